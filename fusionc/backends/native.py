@@ -123,8 +123,7 @@ class SegmentWriter:
             self._emit([f"real {work.base}[{prod(work.shape)}] {ALIGNED} = {{0}};"])
         product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops) or "(real)1"
         if vector is not None and vector in summed:  # a vector reduction per output element
-            outer = "".join(c for c in work.labels)
-            loops, depth = _loops(outer, sizes, 0)
+            loops, depth = _loops(work.labels, sizes, 0)
             inner, end = _loops(summed.replace(vector, "") + vector, sizes, depth + 1)
             self._emit([*loops, "    " * depth + "{", "    " * (depth + 1) + "real acc = 0;", *inner,
                         "    " * end + f"acc += {product};",

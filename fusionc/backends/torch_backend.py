@@ -427,29 +427,30 @@ class _NativeWriter(_ProgramWriter):
             if not self.p.tensors[v.tensor].rows or not matrix_copies(layouts[k], *groups):
                 continue
             sizes = dict(zip(v.labels.replace("z", ""), v.shape))
-            preferred = "z" + "".join(c for c in "".join(groups) if c in v.labels and c != "z")
-            for order in [preferred] + ["z" + "".join(q) for q in permutations(preferred[1:])]:
-                key = (v, order)
-                if key in self.relayouts:
-                    break
+            best = None  # the row-first order whose product is fastest without copying this operand
+            for order in ["z" + "".join(q) for q in permutations(v.labels.replace("z", ""))]:
                 trial = list(layouts)
                 trial[k] = row_view(order, (PLANNING_ROWS, *(sizes[c] for c in order[1:])))
                 again = plan_pair(*trial, s.out.labels)
                 mine = (again.batch, again.left, again.summed) if k == 0 else (again.batch, again.summed, again.right)
-                if not matrix_copies(trial[k], *mine):
-                    shape = tuple(sizes[c] for c in order[1:])
-                    name = self.fresh("_copy")
-                    self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
-                    self.writers[name] = 1
-                    self.written_at[name] = [position - 0.5]
-                    self.owned.add(name)
-                    self.relayouts[key] = View(name, 0, shape, order)
-                    self.enqueue(position - 0.5, Einsum(self.relayouts[key], (v,), note=""))
-                    break
-            else:
+                if not matrix_copies(trial[k], *mine) and (best is None or again.time < best[0]):
+                    best = (again.time, order)
+            if best is None or best[0] >= plan.time:
                 continue
+            key = (v, best[1])
+            if key not in self.relayouts:
+                order = best[1]
+                shape = tuple(sizes[c] for c in order[1:])
+                name = self.fresh("_copy")
+                self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
+                self.writers[name] = 1
+                self.written_at[name] = [position - 0.5]
+                self.owned.add(name)
+                self.relayouts[key] = View(name, 0, shape, order)
+                self.enqueue(position - 0.5, Einsum(self.relayouts[key], (v,), note=""))
             self.read_at.setdefault(self.relayouts[key].tensor, []).append(position)
             operands[k] = self.relayouts[key]
+            layouts[k] = view_layout(operands[k], self.p.tensors[operands[k].tensor])
         return replace(s, operands=tuple(operands))
 
     def flush(self) -> None:
@@ -708,10 +709,10 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
         w("_native = rt.NativeKernels(")
         w.indent()
         w("{")
-        programs_: dict[str, list[str]] = {}
+        by_program: dict[str, list[str]] = {}
         for name, (source, _) in kernels.items():
-            programs_.setdefault(name.rsplit("_s", 1)[0], []).append(source)
-        for program, sources in programs_.items():
+            by_program.setdefault(name.rsplit("_s", 1)[0], []).append(source)
+        for program, sources in by_program.items():
             w(f'"{program}": """\\')
             w.lines.extend("\n\n".join(sources).split("\n"))
             w('""",')

@@ -31,7 +31,8 @@ from fusionc.algebra.cache import cache_root
 from fusionc.backends.native import HEADER
 
 #: -O1 with the vectoriser: as fast as -O3 on these kernels (-O2 does not vectorise them: 3× slower)
-#: and a third of its compile time, which grows with the diagram (about 0.7 ms per line of C).
+#: and a third of its compile time, which grows with the program (about 0.7 ms per line of C:
+#: fc_tp's forward 0.2 s, fusion_block's gradient 4.7 s).
 FLAGS = ("-O1", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-fno-math-errno",
          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-ffp-contract=fast")
 TYPES = {torch.float32: "float", torch.float64: "double"}

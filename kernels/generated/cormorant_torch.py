@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_626a1cb6462b3dfa")
+_ops = rt.OpNamespace("fusionc_507534b94e460f8c")
 
 
 def _cormorant_cg(
@@ -435,7 +435,7 @@ def _cormorant_cg_d_cpu(
     _native.run('cormorant_cg_d_s4', n, d_f, _copy1, _mm0, f[:, 64:144].reshape(n, 16, 5))
     del _mm0
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
+    d_weight_0 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
     del _copy1
     _copy2 = weight.new_empty(n, 48)
     _native.run('cormorant_cg_d_s5', n, _copy2, d_g[:, 16:64].reshape(n, 16, 3))
@@ -445,7 +445,7 @@ def _cormorant_cg_d_cpu(
     _native.run('cormorant_cg_d_s6', n, d_f, _copy3, _mm1, f[:, 16:64].reshape(n, 16, 3))
     del _mm1
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
+    d_weight_1 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy3.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
     del _copy3
     # ∂/∂f: 16x0 -> 16x0
     _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
@@ -455,21 +455,23 @@ def _cormorant_cg_d_cpu(
     del _mm2
     # ∂/∂p: 16x2 -> 16x2
     _mm3 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
     d_p = weight.new_empty(n, 144)
     _copy4 = weight.new_empty(n, 80)
     _native.run('cormorant_cg_d_s8', n, d_p, _copy4, _mm3, p)
     del _mm3
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_3 = torch.mm(_copy4.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
-    del _copy0, _copy4
+    d_weight_3 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy4.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy4
     # ∂/∂p: 16x1 -> 16x1
     _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy2
     _copy5 = weight.new_empty(n, 48)
     _native.run('cormorant_cg_d_s9', n, d_p, _copy5, _mm4, p)
     del _mm4
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_4 = torch.mm(_copy5.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
-    del _copy2, _copy5
+    d_weight_4 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy5.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy5
     # ∂/∂p: 16x0 -> 16x0
     _mm5 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
     # ∂/∂weight: 16x0 -> 16x0
@@ -1054,17 +1056,18 @@ def _cormorant_cg_d2_f_cpu(
     del _mm17
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
     _mm18 = torch.mm(_copy10.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
-    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_10 = torch.mm((_copy10.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy10
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_10 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
     _copy11 = weight.new_empty(n, 80)
     _native.run('cormorant_cg_d2_f_s25', n, d2_d_g, _copy11, _mm18, d2_d_p)
-    del _mm18, d2_d_p
+    del _mm18
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
     _mm19 = torch.mm(_copy11.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
-    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_11 = torch.mm((_copy11.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy11
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_11 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del d2_d_p
     _native.run('cormorant_cg_d2_f_s26', n, d2_d_g, _mm19)
     del _mm19
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
@@ -1076,17 +1079,19 @@ def _cormorant_cg_d2_f_cpu(
     del _mm20
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
     _mm21 = torch.mm(_copy12.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy12
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_13 = torch.mm((_copy12.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy1, _copy12
+    d2_weight_13 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy1
     _copy13 = weight.new_empty(n, 80)
     _native.run('cormorant_cg_d2_f_s28', n, d2_d_g, _copy13, _mm21, d2_d_f[:, 64:144].reshape(n, 16, 5))
     del _mm21
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
     _mm22 = torch.mm(_copy13.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy13
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_14 = torch.mm((_copy13.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy0, _copy13
+    d2_weight_14 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy0
     _native.run('cormorant_cg_d2_f_s29', n, d2_d_g, _mm22)
     del _mm22
     d2_weight = torch.cat([
@@ -1493,9 +1498,9 @@ def _cormorant_cg_d2_weight_cpu(
     del _mm7
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
     _mm8 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
-    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((_copy3.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy3
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
     _copy4 = weight.new_empty(n, 80)
     _native.run('cormorant_cg_d2_weight_s12', n, d2_d_g, _copy4, _mm8, p)
     del _mm8, p
@@ -1508,12 +1513,13 @@ def _cormorant_cg_d2_weight_cpu(
     _mm10 = torch.mm(_copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16)  # uw,ziw->ziu
     _copy5 = weight.new_empty(n, 80)
     _native.run('cormorant_cg_d2_weight_s14', n, d2_p, _copy5, _mm10, d2_d_p)
-    del _mm10, d2_d_p
+    del _mm10
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
     _mm11 = torch.mm(_copy5.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
-    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((_copy5.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy5
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del d2_d_p
     _native.run('cormorant_cg_d2_weight_s15', n, d2_d_g, _mm11)
     del _mm11
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
@@ -2061,23 +2067,25 @@ def _cormorant_message_d_cpu(
     _native.run('cormorant_message_d_s0', n, _t_p_0_0_0, p, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _w_p_0_1_1, _t_p_0_1_1, _w_p_0_1_2, _t_p_0_1_2, _t_p_0_2_0, _w_p_0_2_1, _t_p_0_2_1, _w_p_0_2_2, _t_p_0_2_2, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3), d_m[:, 64:144].reshape(n, 16, 5))
     # ∂/∂p: 16x2 -> 16x2
     _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
     d_p = weight.new_empty(n, 144)
     _copy1 = weight.new_empty(n, 80)
     _native.run('cormorant_message_d_s1', n, d_p, _copy1, _mm0, p)
     del _mm0
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
-    del _copy0, _copy1
+    d_weight_0 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy1
     _copy2 = weight.new_empty(n, 48)
     _native.run('cormorant_message_d_s2', n, _copy2, d_m[:, 16:64].reshape(n, 16, 3))
     # ∂/∂p: 16x1 -> 16x1
     _mm1 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy2
     _copy3 = weight.new_empty(n, 48)
     _native.run('cormorant_message_d_s3', n, d_p, _copy3, _mm1, p)
     del _mm1
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
-    del _copy2, _copy3
+    d_weight_1 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy3.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy3
     # ∂/∂p: 16x0 -> 16x0
     _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
     # ∂/∂weight: 16x0 -> 16x0
@@ -2406,17 +2414,19 @@ def _cormorant_message_d2_f_cpu(
     del _mm3
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
     _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy2
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy1, _copy2
+    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy1
     _copy3 = weight.new_empty(n, 80)
     _native.run('cormorant_message_d2_f_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
-    del _mm4, d2_d_p
+    del _mm4
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy3
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy0, _copy3
+    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy0, d2_d_p
     _native.run('cormorant_message_d2_f_s6', n, d2_d_m, d2_w, _mm5, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1)
     del _mm5, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
     # ∂/∂sh: every path's (i, k) map at once: sh · G
@@ -2708,17 +2718,19 @@ def _cormorant_message_d2_sh_cpu(
     del _mm3
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
     _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy2
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy1, _copy2
+    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy1
     _copy3 = weight.new_empty(n, 80)
     _native.run('cormorant_message_d2_sh_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
-    del _mm4, d2_d_p
+    del _mm4
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy3
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy0, _copy3
+    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy0, d2_d_p
     _native.run('cormorant_message_d2_sh_s6', n, d2_d_m, d2_w, _mm5, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1)
     del _mm5, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
     d2_sh = weight.new_zeros(n, 9)
@@ -2998,17 +3010,19 @@ def _cormorant_message_d2_w_cpu(
     del _mm3
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
     _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy2
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy1, _copy2
+    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy1
     _copy3 = weight.new_empty(n, 80)
     _native.run('cormorant_message_d2_w_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
-    del _mm4, d2_d_p
+    del _mm4
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy3
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy0, _copy3
+    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy0, d2_d_p
     d2_f = weight.new_empty(n, 144)
     d2__m_p_0 = weight.new_empty(n, 179)
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_eed7e9fb987209fc")
+_ops = rt.OpNamespace("fusionc_ad18a6f11224db6a")
 
 
 def _fc_tp(
@@ -399,32 +399,31 @@ def _fc_tp_d_cpu(
     d_x = weight.new_empty(n, 288)
     d__m_z_0 = weight.new_empty(n, 145)
     _c1 = weight.new_empty(n, 320)
-    _copy1 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c1, _copy1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5))
     del _c0
-    d__w_z_0_2_2 = torch.mm(_c1.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy1.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c1, _copy1
+    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c1.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c1
     d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_2_2
-    _copy2 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s2', n, _copy2, d_z[:, 32:128].reshape(n, 32, 3))
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s2', n, _copy1, d_z[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
-    _c2 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    _c2 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
     del _w_z_0_2_1
     _c3 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     _native.run('fc_tp_d_s3', n, d_x, d__m_z_0, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c2, x[:, 128:288].reshape(n, 32, 5))
     del _c2
-    d__w_z_0_2_1 = torch.mm(_c3.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c3
     d_weight_10 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_11 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
@@ -447,14 +446,14 @@ def _fc_tp_d_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _mm0 = torch.mm(_c6.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
-    _copy3 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s6', n, d_x, _copy3, _mm0, x[:, 32:128].reshape(n, 32, 3))
+    _copy2 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s6', n, d_x, _copy2, _mm0, x[:, 32:128].reshape(n, 32, 3))
     del _mm0
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c7 = torch.mm(_copy3.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
-    del _w_z_0_1_2
+    _c7 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _copy2, _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d__w_z_0_1_2 = torch.mm(_c6.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c6.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c6
     d_weight_13 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_14 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
@@ -465,15 +464,15 @@ def _fc_tp_d_cpu(
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
     del w_z_0_1_1_0, w_z_0_1_1_1
-    _c8 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _copy2, _w_z_0_1_1
+    _c8 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy1, _w_z_0_1_1
     _c9 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     _native.run('fc_tp_d_s7', n, d__m_z_0, d_x, _c9, d_z[:, 128:288].reshape(n, 32, 5), _c7, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3))
     del _c7, _c8
-    d__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c9, _copy3
+    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c9
     d_weight_15 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_16 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_1_1
@@ -793,12 +792,11 @@ def _fc_tp_d2_x_cpu(
     _c8 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
     del _w_z_0_1_1
     _c9 = weight.new_empty(n, 192)
-    _copy1 = weight.new_empty(n, 96)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c9, _copy1, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3), d2_d_x[:, 32:128].reshape(n, 32, 3))
+    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c9, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3), d2_d_x[:, 32:128].reshape(n, 32, 3))
     del _c8
-    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    d2__w_z_0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c9
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -807,14 +805,14 @@ def _fc_tp_d2_x_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
-    del _w_z_0_1_2
+    del _copy0, _w_z_0_1_2
     _c11 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _native.run('fc_tp_d2_x_s6', n, d2_d_z, d2__m_z_0, _c11, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
     del _c10
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c11, _copy0
+    d2__w_z_0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c11
     _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _native.run('fc_tp_d2_x_s7', n, _c12, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
@@ -834,15 +832,18 @@ def _fc_tp_d2_x_cpu(
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
     _mm2 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_x_s9', n, d2_d_z, _copy1, _mm2, d_z[:, 32:128].reshape(n, 32, 3))
+    del _mm2
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _w_z_0_2_1
+    del _copy1, _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
-    del _c14, _copy1
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    del _c14
     _copy2 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_x_s9', n, d2_d_z, d2__m_z_0, _copy2, _mm2, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
-    del _c15, _mm2
+    _native.run('fc_tp_d2_x_s10', n, d2__m_z_0, _copy2, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
+    del _c15
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
@@ -852,13 +853,12 @@ def _fc_tp_d2_x_cpu(
     _c16 = torch.mm(_copy2.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # ziu,puw->zipw
     del _copy2, _w_z_0_2_2
     _c17 = weight.new_empty(n, 320)
-    _copy3 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s10', n, d2_d_z, d2__m_z_0, _c17, _copy3, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d2_x_s11', n, d2_d_z, d2__m_z_0, _c17, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5))
     del _c16, _m_z_0
-    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32)  # zkw,zkpu->puw
-    del _c17, _copy3
+    d2__w_z_0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    del _c17
     d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_2_2
@@ -875,7 +875,7 @@ def _fc_tp_d2_x_cpu(
     _mm3 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     del d2__m_z_0
     d2_y = weight.new_empty(n, 16)
-    _native.run('fc_tp_d2_x_s11', n, d2_y, _mm3)
+    _native.run('fc_tp_d2_x_s12', n, d2_y, _mm3)
     del _mm3
     d2_x = weight.new_zeros(n, 288)
     d2_weight = torch.cat([
@@ -1150,12 +1150,12 @@ def _fc_tp_d2_y_cpu(
     del _mm5
     _mm6 = torch.mm(_c9.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
     del _w_z_0_1_1
+    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c9
     _copy0 = weight.new_empty(n, 96)
     _native.run('fc_tp_d2_y_s7', n, d2_x, _copy0, _mm6, x[:, 32:128].reshape(n, 32, 3))
     del _mm6
-    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c9
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
@@ -1163,6 +1163,7 @@ def _fc_tp_d2_y_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _copy0
     _c11 = weight.new_empty(n, 192)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _native.run('fc_tp_d2_y_s8', n, d2_d_z, _c11, d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
@@ -1170,8 +1171,8 @@ def _fc_tp_d2_y_cpu(
     _mm7 = torch.mm(_c11.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
     del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c11, _copy0
+    d2__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c11
     _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _native.run('fc_tp_d2_y_s9', n, d2_x, _c12, _mm7, d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
@@ -1197,10 +1198,10 @@ def _fc_tp_d2_y_cpu(
     del _mm9
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _w_z_0_2_1
+    del _copy1, _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
-    del _c14, _copy1
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    del _c14
     _c16 = weight.new_empty(n, 320)
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _native.run('fc_tp_d2_y_s12', n, d2_x, _c16, d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c15, d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2), x[:, 128:288].reshape(n, 32, 5))
@@ -1218,12 +1219,9 @@ def _fc_tp_d2_y_cpu(
     del _mm10, d2_d__m_z_0
     _mm11 = torch.mm(_c17.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
     del _w_z_0_2_2
-    _copy2 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_y_s14', n, d2_x, _copy2, _mm11, x[:, 128:288].reshape(n, 32, 5))
-    del _mm11
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c17, _copy2
+    d2__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c17
     d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_2_2
@@ -1236,6 +1234,8 @@ def _fc_tp_d2_y_cpu(
     d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_1_1
+    _native.run('fc_tp_d2_y_s14', n, d2_x, _mm11)
+    del _mm11
     d2_y = weight.new_zeros(n, 16)
     d2_weight = torch.cat([
         d2_weight_8.reshape(1024),
@@ -5268,28 +5268,28 @@ def _full_tp_d_cpu(
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _native.run('full_tp_d_s6', n, _c5, _copy7, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
     del _c5
-    _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
     _c7 = weight.new_empty(n, 96)
     _copy8 = weight.new_empty(n, 96)
     d_a_2 = weight.new_empty(n, 4, 3)
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _native.run('full_tp_d_s7', n, _c7, _copy8, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_a_2, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
     del _c6, _c7
-    _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
     del _copy8
     _native.run('full_tp_d_s8', n, d_b, cg_1_1_0, _c8.permute(1, 0, 2, 3))
     del _c8
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c9 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
     del _copy4
-    d_weight_3 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
+    d_weight_3 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 2, 1).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkjuv,jkzu->uv
     del _c9, _copy7
     _c10 = weight.new_empty(n, 96)
     _copy9 = weight.new_empty(n, 96)
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _native.run('full_tp_d_s9', n, _c10, _copy9, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
     del _c10
-    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy9.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy9.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
     del _copy9
     _c13 = weight.new_empty(n, 32)
     _copy10 = weight.new_empty(n, 32)
@@ -5298,43 +5298,40 @@ def _full_tp_d_cpu(
     _native.run('full_tp_d_s10', n, _c13, d_b, _copy10, cg_1_0_1, _c11.permute(1, 0, 2, 3), d_a_4, a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
     del _c11, _c13
     # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy10.reshape(n, 8, 1, 4).permute(1, 0, 2, 3).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvju->uv
+    d_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy10.reshape(n, 8, 4, 1).permute(1, 0, 3, 2).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvuj->uv
     del _copy10
     _c15 = weight.new_empty(n, 32)
     _copy11 = weight.new_empty(n, 32)
     # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _native.run('full_tp_d_s11', n, _c15, _copy11, b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c15
     d_a_6 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy11.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
-    del _copy11
     _c16 = weight.new_empty(n, 96)
     _copy12 = weight.new_empty(n, 96)
     # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _native.run('full_tp_d_s12', n, _c16, _copy12, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
     del _c16
-    _c17 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy12.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    _c17 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy12.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
     del _copy12
-    _copy13 = weight.new_empty(n, 32)
-    _native.run('full_tp_d_s13', n, d_b, _copy13, cg_0_1_1, _c17.permute(1, 0, 2, 3), _c15)
-    del _c15, _c17
     # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d_weight_7 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy13.reshape(n, 4, 1, 8).permute(1, 0, 2, 3).reshape(4, n, 8)).view(4, 8)  # zui,zuiv->uv
-    del _copy13
+    d_weight_7 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy11.reshape(n, 4, 8, 1).permute(1, 0, 3, 2).reshape(4, n, 8)).view(4, 8)  # zui,zuvi->uv
+    del _copy11
     _c19 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
     _c18 = weight.new_empty(n, 32)
-    _copy14 = weight.new_empty(n, 32)
+    _copy13 = weight.new_empty(n, 32)
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d_s14', n, _c18, _copy14, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
-    del _c18
-    d_a_8 = (_copy14.reshape(n, 4, 8, 1, 1).permute(0, 1, 4, 3, 2).reshape(n, 4, 1, 8) * (_c19 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
-    del _copy14
+    _native.run('full_tp_d_s13', n, d_b, _c18, _copy13, cg_0_1_1, _c17.permute(1, 0, 2, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c17, _c18
+    d_a_8 = (_copy13.reshape(n, 1, 4, 8, 1).permute(0, 2, 4, 1, 3).reshape(n, 4, 1, 8) * (_c19 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _copy13
     _c20 = weight.new_empty(n, 32)
-    _copy15 = weight.new_empty(n, 32)
+    _copy14 = weight.new_empty(n, 32)
     # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d_s15', n, _c20, d_b, _copy15, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c19)
+    _native.run('full_tp_d_s14', n, _c20, d_b, _copy14, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c19)
     del _c19, _c20
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c21 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy15.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
-    del _copy15
+    _c21 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy14.reshape(n, 1, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zkvui->vjiku
+    del _copy14
     d_weight_9 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c21.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c21
     d_a = torch.cat([
@@ -5469,7 +5466,7 @@ def _full_tp_d2_a_cpu(
     _native.run('full_tp_d2_a_s0', n, _c2, d2_b, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c1, _c2
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy0.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
+    _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy0.reshape(n, 1, 1, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zikvu->vjiku
     del _copy0
     d2_weight_1 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c3
@@ -5501,7 +5498,7 @@ def _full_tp_d2_a_cpu(
     _native.run('full_tp_d2_a_s4', n, _c12, d2_b, _copy4, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, d2_d_c_4, cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
     del _c10, _c12
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy4.reshape(n, 8, 1, 4).permute(1, 0, 2, 3).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvju->uv
+    d2_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy4.reshape(n, 8, 4, 1).permute(1, 0, 3, 2).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvuj->uv
     del _copy4
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     _c13 = weight.new_empty(n, 288)
@@ -5516,12 +5513,12 @@ def _full_tp_d2_a_cpu(
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _native.run('full_tp_d2_a_s6', n, _c15, _copy6, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c15
-    _c16 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy6.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    _c16 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy6.reshape(n, 3, 1, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 3, 1, 4)).sum((4,))
     _native.run('full_tp_d2_a_s7', n, d2_b, cg_1_1_0, _c16.permute(1, 0, 2, 3))
     del _c16
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
-    d2_weight_7 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy6.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zivuk,ikzv->uv
+    d2_weight_7 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy6.reshape(n, 3, 1, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,ikzv->uv
     del _c17, _copy6
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
@@ -5677,97 +5674,91 @@ def _full_tp_d2_b_cpu(
     d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _native.run('full_tp_d2_b_s0', n, _c2, _copy0, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
-    d2_a_1 = (_copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
-    del _c1, _copy0
-    _copy1 = weight.new_empty(n, 32)
-    _native.run('full_tp_d2_b_s1', n, _copy1, _c2)
     del _c2
+    d2_a_1 = (_copy0.reshape(n, 1, 1, 4, 8).permute(0, 3, 1, 2, 4).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
+    del _c1
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy1.reshape(n, 4, 1, 1, 8).permute(1, 0, 2, 3, 4).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zujkv->uijkv
-    del _copy1
+    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy0.reshape(n, 1, 1, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zjkuv->uijkv
+    del _copy0
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     del _c3
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
     _c7 = weight.new_empty(n, 32)
-    _copy2 = weight.new_empty(n, 32)
+    _copy1 = weight.new_empty(n, 32)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_b_s2', n, _c7, _copy2, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, d2_d_c_3, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c5
-    d2_a_4 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy2.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
-    del _copy2
-    _copy3 = weight.new_empty(n, 32)
-    _native.run('full_tp_d2_b_s3', n, _copy3, _c7)
-    del _c7
+    _native.run('full_tp_d2_b_s1', n, _c7, _copy1, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, d2_d_c_3, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c5, _c7
+    d2_a_4 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy1.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d2_weight_5 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy3.reshape(n, 4, 1, 8).permute(1, 0, 2, 3).reshape(4, n, 8)).view(4, 8)  # zui,zuiv->uv
-    del _copy3
+    d2_weight_5 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy1.reshape(n, 4, 8, 1).permute(1, 0, 3, 2).reshape(4, n, 8)).view(4, 8)  # zui,zuvi->uv
+    del _copy1
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
     _c10 = weight.new_empty(n, 96)
-    _copy4 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_b_s4', n, _c10, _copy4, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_b_s2', n, _c10, _copy2, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
     del _c10, _c9
-    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
-    _copy5 = weight.new_empty(n, 12)
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy2.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _copy3 = weight.new_empty(n, 12)
     d2_a_7 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s5', n, _copy5, cg_1_0_1, _c11.permute(1, 0, 2, 3), d2_a_7, a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d2_b_s3', n, _copy3, cg_1_0_1, _c11.permute(1, 0, 2, 3), d2_a_7, a[:, 4:16].reshape(n, 4, 3))
     del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    _copy6 = weight.new_empty(n, 12)
-    _native.run('full_tp_d2_b_s6', n, _copy6, _c12.permute(2, 0, 1, 3))
+    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    _copy4 = weight.new_empty(n, 12)
+    _native.run('full_tp_d2_b_s4', n, _copy4, _c12.permute(2, 0, 1, 3))
     del _c12
-    d2_weight_8 = torch.bmm((_copy6.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy4.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy4, _copy6
+    d2_weight_8 = torch.bmm((_copy4.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy2.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy2, _copy4
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     _c13 = weight.new_empty(n, 288)
-    _copy7 = weight.new_empty(n, 288)
+    _copy5 = weight.new_empty(n, 288)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_b_s7', n, _c13, _copy7, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d2_b_s5', n, _c13, _copy5, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
     del _c13
-    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
     del _c14
     _c15 = weight.new_empty(n, 96)
-    _copy8 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 96)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_b_s8', n, _c15, _copy8, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _native.run('full_tp_d2_b_s6', n, _c15, _copy6, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c15
-    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy8.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy6.reshape(n, 3, 1, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 3, 1, 8)).sum((4,))
     d2_a_10 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s9', n, cg_1_1_0, _c16.permute(1, 0, 2, 3), d2_a_10)
+    _native.run('full_tp_d2_b_s7', n, cg_1_1_0, _c16.permute(1, 0, 2, 3), d2_a_10)
     del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy8.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
-    del _c17, _copy8
+    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy6.reshape(n, 3, 1, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,jkzu->uv
+    del _c17, _copy6
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
-    del _c18, _copy7
+    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c18, _copy5
     _c19 = weight.new_empty(n, 288)
-    _copy9 = weight.new_empty(n, 288)
+    _copy7 = weight.new_empty(n, 288)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_b_s10', n, _c19, _copy9, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_b_s8', n, _c19, _copy7, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
     del _c19
-    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy9.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
-    _copy10 = weight.new_empty(n, 36)
-    _native.run('full_tp_d2_b_s11', n, _copy10, _c20.permute(1, 0, 2, 3))
+    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy7.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    _copy8 = weight.new_empty(n, 36)
+    _native.run('full_tp_d2_b_s9', n, _copy8, _c20.permute(1, 0, 2, 3))
     del _c20
-    _mm0 = torch.mm(_copy10.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
-    del _copy10
+    _mm0 = torch.mm(_copy8.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy8
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    del _copy5
-    _copy11 = weight.new_empty(n, 36)
+    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    del _copy3
+    _copy9 = weight.new_empty(n, 36)
     d2_a_13 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s12', n, _copy11, _mm0, d2_a_13, _c21.permute(2, 0, 1, 3))
+    _native.run('full_tp_d2_b_s10', n, _copy9, _mm0, d2_a_13, _c21.permute(2, 0, 1, 3))
     del _c21, _mm0
-    d2_weight_14 = torch.bmm((_copy11.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy9.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy11, _copy9
+    d2_weight_14 = torch.bmm((_copy9.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy7.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy7, _copy9
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
@@ -5909,7 +5900,7 @@ def _full_tp_d2_weight_cpu(
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _native.run('full_tp_d2_weight_s0', n, d2_d_c, _c2, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c0, d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c2
-    d2_a_0 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8)).sum((3,))
+    d2_a_0 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _copy0.reshape(n, 1, 4, 8, 1).permute(0, 2, 4, 1, 3).reshape(n, 4, 1, 8)).sum((3,))
     del _copy0
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
@@ -5927,7 +5918,7 @@ def _full_tp_d2_weight_cpu(
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _native.run('full_tp_d2_weight_s2', n, _c8, _copy2, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
     del _c8
-    _c9 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    _c9 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
     del _copy2
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c10 = d2_d_weight[64:96].view(4, 8).permute(1, 0).reshape(8, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
@@ -5937,7 +5928,7 @@ def _full_tp_d2_weight_cpu(
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _native.run('full_tp_d2_weight_s3', n, d2_b, _c11, d2_d_c, _c12, _copy3, cg_0_1_1, _c9.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, _c10.permute(2, 0, 1, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
     del _c10, _c12, _c9
-    _c13 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _c13 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
     del _copy3
     _c17 = weight.new_empty(n, 96)
     _copy4 = weight.new_empty(n, 96)
@@ -5947,7 +5938,7 @@ def _full_tp_d2_weight_cpu(
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _native.run('full_tp_d2_weight_s4', n, d2_b, d2_d_c, _c17, _copy4, cg_1_0_1, _c13.permute(1, 0, 2, 3), d2_a_2, d_c[:, 32:128].reshape(n, 4, 8, 3), _c11, d2_d_weight[64:96].view(4, 8), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0, b[:, 8:32].reshape(n, 8, 3), d2_d_weight[96:128].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c11, _c13, _c17
-    _c18 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    _c18 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
     del _copy4
     _c19 = weight.new_empty(n, 96)
     _copy5 = weight.new_empty(n, 96)
@@ -5955,7 +5946,7 @@ def _full_tp_d2_weight_cpu(
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _native.run('full_tp_d2_weight_s5', n, _c19, _copy5, cg_1_1_0, _c18.permute(1, 0, 2, 3), d2_a_3, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
     del _c18, _c19
-    _c20 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy5.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    _c20 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy5.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
     del _copy5
     _copy6 = weight.new_empty(n, 24)
     _native.run('full_tp_d2_weight_s6', n, d2_b, _copy6, cg_1_1_0, _c20.permute(1, 0, 2, 3), b[:, 8:32].reshape(n, 8, 3))
@@ -6105,12 +6096,13 @@ def _linear_d_cpu(
     _native.run('linear_d_s2', n, _copy2, d_y[:, 16:64].reshape(n, 16, 3))
     # ∂/∂x: 16x1o -> 16x1o
     _mm1 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy2
     _copy3 = weight.new_empty(n, 48)
     _native.run('linear_d_s3', n, d_x, _copy3, _mm1, x[:, 32:80].reshape(n, 16, 3))
     del _mm1
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
-    del _copy2, _copy3
+    d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy3.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy3
     # ∂/∂x: 32x0e -> 16x0e
     _mm2 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32)  # zwi,uw->ziu
     # ∂/∂weight: 32x0e -> 16x0e
@@ -6174,22 +6166,24 @@ def _linear_d2_x_cpu(
     del _mm0
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
     _mm1 = torch.mm(_copy0.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy0
     _copy1 = weight.new_empty(n, 48)
     _native.run('linear_d2_x_s1', n, d2_d_y, _copy1, _mm1, d_y[:, 16:64].reshape(n, 16, 3))
     del _mm1
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_1 = torch.mm((_copy0.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
-    del _copy0, _copy1
+    d2_weight_1 = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
+    del _copy1
     _copy2 = weight.new_empty(n, 40)
     _native.run('linear_d2_x_s2', n, _copy2, d2_d_x[:, 80:120].reshape(n, 8, 5))
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
     _mm2 = torch.mm(_copy2.reshape(n, 5, 8).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy2
     _copy3 = weight.new_empty(n, 80)
     _native.run('linear_d2_x_s3', n, d2_d_y, _copy3, _mm2, d_y[:, 64:144].reshape(n, 16, 5))
     del _mm2
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_2 = torch.mm((_copy2.reshape(n, 5, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # ziu,ziw->uw
-    del _copy2, _copy3
+    d2_weight_2 = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # zui,ziw->uw
+    del _copy3
     d2_x = weight.new_zeros(n, 120)
     d2_weight = torch.cat([
         d2_weight_0.reshape(512),
@@ -6532,16 +6526,15 @@ def _tp_then_linear_d_cpu(
     del _mm2
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     d_weight_2 = torch.bmm(_copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c4.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c4
+    del _c4, _copy3
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _native.run('tp_then_linear_d_s5', n, d_x, d_t, _m_t_0, weight[24:32].view(1, 8))
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c7 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
-    del _copy3
+    _c7 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     _copy4 = weight.new_empty(n, 24)
     _native.run('tp_then_linear_d_s6', n, _copy4, _c7.permute(1, 0, 2, 3))
     del _c7
-    _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 8).permute(0, 2, 1, 3).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy4
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d_weight_3 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
@@ -6558,7 +6551,7 @@ def _tp_then_linear_d_cpu(
     _copy7 = weight.new_empty(n, 24)
     _native.run('tp_then_linear_d_s8', n, _copy7, _c9.permute(1, 0, 2, 3))
     del _c9
-    _mm4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy7.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _mm4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy7.reshape(n, 3, 8, 1).permute(0, 3, 1, 2).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _copy7
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     d_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c8.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
@@ -6741,7 +6734,7 @@ def _tp_then_linear_d2_x_cpu(
     _native.run('tp_then_linear_d2_x_s5', n, d2__m_t_0, _copy2, _mm3, _m_t_0)
     del _mm3
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_1 = torch.mm(_copy2.reshape(n, 1, 1, 3).permute(1, 0, 2, 3).reshape(1, n * 3), _copy1.reshape(n, 1, 3, 8).reshape(n * 3, 8)).view(1, 8)  # zpik,ziku->pu
+    d2_weight_1 = torch.mm(_copy2.reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _copy1.reshape(n, 1, 3, 8).reshape(n * 3, 8)).view(1, 8)  # zikp,ziku->pu
     del _copy1, _copy2
     _c4 = weight.new_empty(n, 8)
     _copy3 = weight.new_empty(n, 24)
@@ -6750,7 +6743,7 @@ def _tp_then_linear_d2_x_cpu(
     _native.run('tp_then_linear_d2_x_s6', n, _c4, d2_d_t, _copy3, _copy4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[24:32].view(1, 8), d_t)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _c5 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy4.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    del _copy4
+    del _copy3, _copy4
     _copy5 = weight.new_empty(n, 24)
     _native.run('tp_then_linear_d2_x_s7', n, _copy5, _c5.permute(1, 0, 2, 3))
     del _c5
@@ -6759,18 +6752,19 @@ def _tp_then_linear_d2_x_cpu(
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c4
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c7 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    del _copy3
     _c6 = weight.new_empty(n, 24)
-    _copy6 = weight.new_empty(n, 72)
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_x_s8', n, d2__m_t_0, _c6, d2_d_t, _copy6, _mm4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3))
-    del _c7, _m_t_0, _mm4
+    _native.run('tp_then_linear_d2_x_s8', n, d2__m_t_0, _c6, d2_d_t, _mm4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8))
+    del _m_t_0, _mm4
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _c7 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy6 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d2_x_s9', n, _copy6, _c7.permute(1, 0, 2, 3))
+    del _c7
     _mm5 = torch.mm(_copy6.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
     del _copy6
     _copy7 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s9', n, d2__m_t_0, _copy7, _mm5, d_t)
+    _native.run('tp_then_linear_d2_x_s10', n, d2__m_t_0, _copy7, _mm5, d_t)
     del _mm5, d_t
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_3 = torch.bmm(_copy7.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c6.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
@@ -6781,7 +6775,7 @@ def _tp_then_linear_d2_x_cpu(
     d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     d2_d_z = weight.new_empty(n, 32)
     _copy8 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s10', n, d2_d_z, _copy8, _mm6, d2_d_t)
+    _native.run('tp_then_linear_d2_x_s11', n, d2_d_z, _copy8, _mm6, d2_d_t)
     del _mm6, d2_d_t
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
     _mm7 = torch.mm(_copy8.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
@@ -6790,13 +6784,13 @@ def _tp_then_linear_d2_x_cpu(
     del _copy0, _copy8
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d2_x_s11', n, d2_d_z, _mm7, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3))
+    _native.run('tp_then_linear_d2_x_s12', n, d2_d_z, _mm7, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3))
     del _mm7
     # ∂/∂y: every path's (i, k) map at once: y · G
     _mm8 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
     del d2__m_t_0
     d2_y = weight.new_empty(n, 4)
-    _native.run('tp_then_linear_d2_x_s12', n, d2_y, _mm8)
+    _native.run('tp_then_linear_d2_x_s13', n, d2_y, _mm8)
     del _mm8
     d2_x = weight.new_zeros(n, 32)
     d2_weight = torch.cat([
@@ -7222,10 +7216,11 @@ def _tp_then_linear_d2_weight_cpu(
     del _c1, _mm2
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     _c7 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy1
     _copy3 = weight.new_empty(n, 24)
     _native.run('tp_then_linear_d2_weight_s5', n, _copy3, _c7.permute(1, 0, 2, 3))
     del _c7
-    _mm3 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _mm3 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy3.reshape(n, 3, 8, 1).permute(0, 3, 1, 2).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _copy3
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _native.run('tp_then_linear_d2_weight_s6', n, d2__m_t_0, d2_d_t, _mm3, d2_d_weight[24:32].view(1, 8), _c2)
@@ -7234,25 +7229,26 @@ def _tp_then_linear_d2_weight_cpu(
     _c8 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _c9 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    del d_t
     _copy4 = weight.new_empty(n, 24)
     _native.run('tp_then_linear_d2_weight_s7', n, d2_x, _copy4, _m_t_0, _c8.permute(2, 0, 1, 3), _c9.permute(1, 0, 2, 3))
     del _c8, _c9
-    _mm4 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    _mm4 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 8).permute(0, 2, 1, 3).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy4
+    _copy5 = weight.new_empty(n, 24)
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s8', n, d2__m_t_0, d2_d_t, _mm4, d2_d_weight[16:24].view(1, 8), _c3)
+    _native.run('tp_then_linear_d2_weight_s8', n, d2__m_t_0, d2_d_t, _copy5, _mm4, d2_d_weight[16:24].view(1, 8), _c3, d_t)
     del _c3, _mm4
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c10 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c11 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    del _copy1
-    _copy5 = weight.new_empty(n, 72)
-    _native.run('tp_then_linear_d2_weight_s9', n, d2_x, _copy5, _m_t_0, _c10.permute(2, 0, 1, 3), _c11.permute(1, 0, 2, 3))
-    del _c10, _c11
-    _mm5 = torch.mm(_copy5.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    _c10 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * _copy5.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n, 3)
     del _copy5
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _c11 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    del d_t
+    _copy6 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d2_weight_s9', n, d2_x, _copy6, _m_t_0, _c10.permute(2, 0, 1, 3), _c11.permute(1, 0, 2, 3))
+    del _c10, _c11
+    _mm5 = torch.mm(_copy6.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy6
     _native.run('tp_then_linear_d2_weight_s10', n, d2__m_t_0, _mm5)
     del _mm5
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
@@ -7269,67 +7265,66 @@ def _tp_then_linear_d2_weight_cpu(
     _mm8 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
     d2_weight_0 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
-    _copy6 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s13', n, d2_d_z, _copy6, _mm8, t)
+    _copy7 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s13', n, d2_d_z, _copy7, _mm8, t)
     del _mm8, t
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    _mm9 = torch.mm(_copy6.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8)  # uw,ziu->ziw
-    del _copy6
+    _mm9 = torch.mm(_copy7.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8)  # uw,ziu->ziw
+    del _copy7
     _native.run('tp_then_linear_d2_weight_s14', n, d2_d_z, _mm9)
     del _mm9
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
     _mm10 = torch.mm(_copy0.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8)  # uw,ziw->ziu
-    _copy7 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s15', n, d2_t, _copy7, _mm10, d2_d_t)
+    _copy8 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s15', n, d2_t, _copy8, _mm10, d2_d_t)
     del _mm10, d2_d_t
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    _mm11 = torch.mm(_copy7.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
+    _mm11 = torch.mm(_copy8.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_1 = torch.mm((_copy7.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
-    del _copy0, _copy7
+    d2_weight_1 = torch.mm((_copy8.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
+    del _copy0, _copy8
     _c12 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _native.run('tp_then_linear_d2_weight_s16', n, d2_d_z, _c12, d2_x, _mm11, d2_t, _m_t_0, weight[16:24].view(1, 8))
     del _mm11
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c13 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    _copy8 = weight.new_empty(n, 72)
-    _native.run('tp_then_linear_d2_weight_s17', n, _copy8, _c13.permute(1, 0, 2, 3))
+    _copy9 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d2_weight_s17', n, _copy9, _c13.permute(1, 0, 2, 3))
     del _c13
-    _mm12 = torch.mm(_copy8.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
-    del _copy8
-    _copy9 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s18', n, d2__m_t_0, _copy9, _mm12, x[:, 8:32].reshape(n, 8, 3))
+    _mm12 = torch.mm(_copy9.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy9
+    _copy10 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s18', n, d2__m_t_0, _copy10, _mm12, x[:, 8:32].reshape(n, 8, 3))
     del _mm12
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_2 = torch.bmm(_copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c12.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c12
+    d2_weight_2 = torch.bmm(_copy10.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c12.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
+    del _c12, _copy10
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _native.run('tp_then_linear_d2_weight_s19', n, d2_x, d2_t, _m_t_0, weight[24:32].view(1, 8))
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
-    del _copy9
-    _copy10 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s20', n, _copy10, _c15.permute(1, 0, 2, 3))
+    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy11 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s20', n, _copy11, _c15.permute(1, 0, 2, 3))
     del _c15
-    _mm13 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy10.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
-    del _copy10
+    _mm13 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy11.reshape(n, 1, 3, 8).permute(0, 2, 1, 3).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy11
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_3 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c2
     _c16 = weight.new_empty(n, 8)
-    _copy11 = weight.new_empty(n, 24)
+    _copy12 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s21', n, d2__m_t_0, _c16, d2_x, _copy11, _mm13, d2_t, _m_t_0, weight[8:16].view(1, 8))
+    _native.run('tp_then_linear_d2_weight_s21', n, d2__m_t_0, _c16, d2_x, _copy12, _mm13, d2_t, _m_t_0, weight[8:16].view(1, 8))
     del _mm13
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c17 = _copy11.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    del _copy11, _copy2
-    _copy12 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s22', n, _copy12, _c17.permute(1, 0, 2, 3))
+    _c17 = _copy12.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy12, _copy2
+    _copy13 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s22', n, _copy13, _c17.permute(1, 0, 2, 3))
     del _c17
-    _mm14 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy12.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
-    del _copy12
+    _mm14 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy13.reshape(n, 3, 8, 1).permute(0, 3, 1, 2).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy13
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c16.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
     del _c16
@@ -7913,7 +7908,7 @@ void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
     }
 }
 
-void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7923,19 +7918,17 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         memset(a1, 0, sizeof(real) * 145);
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 320);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 160);
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -7943,30 +7936,26 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 32 + _u] = a6[_u * 5 + _i];
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t2[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
                         (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
         real t3[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 32 + _w] = a7[_w * 5 + _k];
+                t3[_k * 32 + _w] = a6[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a4[_i * 10 + _k * 2 + _p];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_i * 32 + _u] += a6[_u * 5 + _i];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
     }
 }
 
@@ -8495,7 +8484,7 @@ void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8503,19 +8492,17 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 192);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zipw->zwk */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a4[_i * 6 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+                        w1[_k * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
@@ -8523,30 +8510,26 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 32 + _w] = a6[_w * 3 + _k];
+                t2[_k * 32 + _w] = a5[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                            acc += t2[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
                         (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
         real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 32 + _u] = a7[_u * 3 + _i];
+                t3[_i * 32 + _u] = a6[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a6[_w * 3 + _k];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
     }
 }
 
@@ -8649,43 +8632,57 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 160);
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
         /* zkw->zwk */
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += a3[_k * 32 + _w];
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a3[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
         /* zui,zkpu->zikp */
         real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a4[_u * 5 + _i];
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
-                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
+                        (a0 + 65)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_i * 32 + _u] += a4[_u * 5 + _i];
+                (a1 + 0)[_i * 32 + _u] += a2[_u * 5 + _i];
     }
 }
 
-void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8693,19 +8690,17 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 320);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 160);
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a4[_i * 10 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+                        w1[_k * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -8713,34 +8708,30 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 32 + _w] = a6[_w * 5 + _k];
+                t2[_k * 32 + _w] = a5[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                            acc += t2[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
                         (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
         real t3[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 32 + _u] = a7[_u * 5 + _i];
+                t3[_i * 32 + _u] = a6[_u * 5 + _i];
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a6[_w * 5 + _k];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a3[_i * 10 + _k * 2 + _p];
     }
 }
 
-void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -9141,23 +9132,16 @@ void fc_tp_d2_y_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride
     }
 }
 
-void fc_tp_d2_y_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d2_y_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
         /* ziu->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a3[_u * 5 + _i];
+                (a0 + 128)[_u * 5 + _i] += a1[_i * 32 + _u];
     }
 }
     """,
@@ -17993,7 +17977,7 @@ void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
                     (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
-        /* zvkuj->zjuvk */
+        /* zvkuj->zkjuv */
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18038,7 +18022,7 @@ void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     (a0 + 0)[_u * 24 + _v * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
-        /* zukvi->zivuk */
+        /* zukvi->zkivu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
@@ -18094,7 +18078,7 @@ void full_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
                     (a0 + 0)[_v * 12 + _k * 4 + _u] += w2[_k * 32 + _u * 8 + _v];
-        /* zvkuj->zjkuv */
+        /* zvkuj->zkuvj */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18159,7 +18143,7 @@ void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a1 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
-        /* zuvj->zvju */
+        /* zuvj->zvuj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
@@ -18236,7 +18220,7 @@ void full_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
                     (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
-        /* zukvi->zikvu */
+        /* zukvi->zkvui */
         for (int _k = 0; _k < 3; ++_k)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
@@ -18244,62 +18228,48 @@ void full_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2;
-        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
         /* ijk,vzik->zvj */
         real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _v] = a3[_v * 3 + _k];
+                t1[_k * 8 + _v] = a4[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a3[_j * 3 + _k] * t1[_k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
-        /* zvui->zuiv */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += (a4 + 0)[_v * 4 + _u];
-    }
-}
-
-void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] __attribute__((aligned(64))) = {0};
+        real w3[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                w1[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_v];
+                w3[_u * 8 + _v] += a5[_u * 8 + _v] * a6[_v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
-                (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
-        /* zvkuj->zuvkj */
+                (a1 + 0)[_v * 4 + _u] += w3[_u * 8 + _v];
+        /* zvkuj->zkuvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+                (a2 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
     }
 }
 
-void full_tp_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18319,7 +18289,7 @@ void full_tp_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
-        /* zukvi->zviku */
+        /* zukvi->zkvui */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
@@ -18360,7 +18330,7 @@ void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
-        /* zuikv->zviku */
+        /* zuikv->zikvu */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
@@ -18538,7 +18508,7 @@ void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a1 + 0)[_v] += (real)1.224744871391589 * a9[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
-        /* zuvj->zvju */
+        /* zuvj->zvuj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
@@ -18589,7 +18559,7 @@ void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
                     (a0 + 0)[_u * 24 + _i * 8 + _v] += a2[_u * 3 + _i] * a3[_u * 8 + _v];
-        /* zuikv->zivuk */
+        /* zuikv->zikvu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
@@ -18730,28 +18700,14 @@ void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a0 + 0)[_v * 4 + _u] += w4[_u * 8 + _v];
-        /* zvjku->zuvjk */
+        /* zvjku->zjkuv */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
     }
 }
 
-void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zvjku->zujkv */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
-    }
-}
-
-void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18838,21 +18794,7 @@ void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zvui->zuiv */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
-    }
-}
-
-void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18922,7 +18864,7 @@ void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18953,7 +18895,7 @@ void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18967,7 +18909,7 @@ void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19002,7 +18944,7 @@ void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19026,7 +18968,7 @@ void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
                     (a0 + 0)[_v * 12 + _j * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
-        /* zvjku->zjuvk */
+        /* zvjku->zjkuv */
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -19034,7 +18976,7 @@ void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s9(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+void full_tp_d2_b_s7(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19058,7 +19000,7 @@ void full_tp_d2_b_s9(int64_t n, int threads, const real *restrict A0, int64_t a0
     }
 }
 
-void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19098,7 +19040,7 @@ void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stri
     }
 }
 
-void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19113,7 +19055,7 @@ void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stri
     }
 }
 
-void full_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19167,7 +19109,7 @@ void full_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a1 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
-        /* zvkuj->zuvjk */
+        /* zvkuj->zkuvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 (a2 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
@@ -19293,7 +19235,7 @@ void full_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
                     (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
-        /* zukvi->zikvu */
+        /* zukvi->zkvui */
         for (int _k = 0; _k < 3; ++_k)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
@@ -19375,7 +19317,7 @@ void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
                     (a3 + 0)[_v * 12 + _k * 4 + _u] += w8[_k * 32 + _u * 8 + _v];
-        /* zvkuj->zjkuv */
+        /* zvkuj->zkuvj */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -19471,7 +19413,7 @@ void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
                     (a2 + 0)[_v * 12 + _u * 3 + _j] += w7[_u * 24 + _j * 8 + _v];
-        /* zvkuj->zjuvk */
+        /* zvkuj->zkjuv */
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -19516,7 +19458,7 @@ void full_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     (a0 + 0)[_u * 24 + _v * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
-        /* zukvi->zivuk */
+        /* zukvi->zkivu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
@@ -20361,7 +20303,7 @@ void tp_then_linear_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 24);
         const real *restrict a1 = A1 + z * a1_stride;
-        /* uzki->ziuk */
+        /* uzki->zkiu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 (a0 + 0)[_i * 8 + _u] += a1[_u * 3 + _i];
@@ -20416,7 +20358,7 @@ void tp_then_linear_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 24);
         const real *restrict a1 = A1 + z * a1_stride;
-        /* uzki->ziku */
+        /* uzki->zkui */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
@@ -20597,7 +20539,7 @@ void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a
         /* zikp->zikp */
         for (int _k = 0; _k < 3; ++_k)
             (a0 + 1)[_k] += a2[_k];
-        /* zikp->zpik */
+        /* zikp->zikp */
         for (int _k = 0; _k < 3; ++_k)
             (a1 + 0)[_k] += (a3 + 1)[_k];
     }
@@ -20653,7 +20595,7 @@ void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20661,42 +20603,49 @@ void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 24);
         real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 72);
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a6 = A6;
         /* zikp->zikp */
         for (int _i = 0; _i < 3; ++_i)
-            (a0 + 4)[_i] += a4[_i];
+            (a0 + 4)[_i] += a3[_i];
         /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
         real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a5[_u * 3 + _i];
+                t1[_i * 8 + _u] = a4[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_k * 8 + _u] += t1[_i * 8 + _u] * (a6 + 7)[_i * 3 + _k];
+                    (a1 + 0)[_k * 8 + _u] += t1[_i * 8 + _u] * (a5 + 7)[_i * 3 + _k];
         /* pu,zkpu->zuk */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w2[_k * 8 + _u] += a7[_u] * (a1 + 0)[_k * 8 + _u];
+                w2[_k * 8 + _u] += a6[_u] * (a1 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 8)[_u * 3 + _k] += w2[_k * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
         /* uzik->ziku */
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 8; ++_u)
-                    (a3 + 0)[_i * 24 + _k * 8 + _u] += a8[_u * 9 + _i * 3 + _k];
+                    (a0 + 0)[_i * 24 + _k * 8 + _u] += a1[_u * 9 + _i * 3 + _k];
     }
 }
 
-void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20716,7 +20665,7 @@ void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20736,7 +20685,7 @@ void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20758,7 +20707,7 @@ void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void tp_then_linear_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_x_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21200,7 +21149,7 @@ void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int6
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 24);
         const real *restrict a1 = A1 + z * a1_stride;
-        /* uzki->ziku */
+        /* uzki->zkui */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
@@ -21243,33 +21192,40 @@ void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
-        /* uzki->ziuk */
+        /* uzki->zkiu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
     }
 }
 
-void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
-        const real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
         /* zikp->zikp */
         for (int _i = 0; _i < 3; ++_i)
-            (a0 + 4)[_i] += a2[_i];
+            (a0 + 4)[_i] += a3[_i];
         /* ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
         real w1[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += a3[_u] * (a4 + 0)[_k * 8 + _u];
+                w1[_k * 8 + _u] += a4[_u] * (a5 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* zuk->zku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_k * 8 + _u] += (a6 + 8)[_u * 3 + _k];
     }
 }
 
@@ -21497,7 +21453,7 @@ void tp_then_linear_d2_weight_s20(int64_t n, int threads, real *restrict A0, int
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 24);
         const real *restrict a1 = A1 + z * a1_stride;
-        /* uzki->ziuk */
+        /* uzki->zkiu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 (a0 + 0)[_i * 8 + _u] += a1[_u * 3 + _i];
@@ -21546,7 +21502,7 @@ void tp_then_linear_d2_weight_s22(int64_t n, int threads, real *restrict A0, int
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 24);
         const real *restrict a1 = A1 + z * a1_stride;
-        /* uzki->ziku */
+        /* uzki->zkui */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
@@ -21617,7 +21573,7 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_s6': 'aorrr',
         'fc_tp_s7': 'ar',
         'fc_tp_d_s0': 'or',
-        'fc_tp_d_s1': 'oooorrrr',
+        'fc_tp_d_s1': 'ooorrrr',
         'fc_tp_d_s2': 'or',
         'fc_tp_d_s3': 'aaorrr',
         'fc_tp_d_s4': 'aaorrr',
@@ -21635,13 +21591,14 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_x_s2': 'aaorrr',
         'fc_tp_d2_x_s3': 'orr',
         'fc_tp_d2_x_s4': 'aaorrr',
-        'fc_tp_d2_x_s5': 'aaoorrrr',
+        'fc_tp_d2_x_s5': 'aaorrrr',
         'fc_tp_d2_x_s6': 'aaorrr',
         'fc_tp_d2_x_s7': 'orr',
         'fc_tp_d2_x_s8': 'aaorrrr',
-        'fc_tp_d2_x_s9': 'aaorrr',
-        'fc_tp_d2_x_s10': 'aaoorrrr',
-        'fc_tp_d2_x_s11': 'or',
+        'fc_tp_d2_x_s9': 'aorr',
+        'fc_tp_d2_x_s10': 'aorr',
+        'fc_tp_d2_x_s11': 'aaorrrr',
+        'fc_tp_d2_x_s12': 'or',
         'fc_tp_d2_y_s0': 'orr',
         'fc_tp_d2_y_s1': 'oorrr',
         'fc_tp_d2_y_s2': 'oaorrrr',
@@ -21656,7 +21613,7 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_y_s11': 'aorr',
         'fc_tp_d2_y_s12': 'aorrrr',
         'fc_tp_d2_y_s13': 'aorrr',
-        'fc_tp_d2_y_s14': 'aorr',
+        'fc_tp_d2_y_s14': 'ar',
         'fc_tp_d2_weight_s0': 'ooorrrr',
         'fc_tp_d2_weight_s1': 'aorrr',
         'fc_tp_d2_weight_s2': 'aaaorrrrrr',
@@ -21761,9 +21718,8 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'full_tp_d_s10': 'oaosrorrs',
         'full_tp_d_s11': 'oorsr',
         'full_tp_d_s12': 'oorr',
-        'full_tp_d_s13': 'aosrr',
-        'full_tp_d_s14': 'oorr',
-        'full_tp_d_s15': 'oaorrs',
+        'full_tp_d_s13': 'aoosrrr',
+        'full_tp_d_s14': 'oaorrs',
         'full_tp_d2_a_s0': 'ooorrsor',
         'full_tp_d2_a_s1': 'oorrsor',
         'full_tp_d2_a_s2': 'aosrr',
@@ -21776,18 +21732,16 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'full_tp_d2_a_s9': 'or',
         'full_tp_d2_a_s10': 'aorr',
         'full_tp_d2_b_s0': 'oorrsor',
-        'full_tp_d2_b_s1': 'or',
-        'full_tp_d2_b_s2': 'oorrsosr',
-        'full_tp_d2_b_s3': 'or',
-        'full_tp_d2_b_s4': 'oorrsor',
-        'full_tp_d2_b_s5': 'osror',
-        'full_tp_d2_b_s6': 'or',
-        'full_tp_d2_b_s7': 'oorr',
+        'full_tp_d2_b_s1': 'oorrsosr',
+        'full_tp_d2_b_s2': 'oorrsor',
+        'full_tp_d2_b_s3': 'osror',
+        'full_tp_d2_b_s4': 'or',
+        'full_tp_d2_b_s5': 'oorr',
+        'full_tp_d2_b_s6': 'oorr',
+        'full_tp_d2_b_s7': 'sro',
         'full_tp_d2_b_s8': 'oorr',
-        'full_tp_d2_b_s9': 'sro',
-        'full_tp_d2_b_s10': 'oorr',
-        'full_tp_d2_b_s11': 'or',
-        'full_tp_d2_b_s12': 'oror',
+        'full_tp_d2_b_s9': 'or',
+        'full_tp_d2_b_s10': 'oror',
         'full_tp_d2_weight_s0': 'ooorrsr',
         'full_tp_d2_weight_s1': 'oaoorrsrssr',
         'full_tp_d2_weight_s2': 'oorr',
@@ -21842,11 +21796,12 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'tp_then_linear_d2_x_s5': 'aorr',
         'tp_then_linear_d2_x_s6': 'oaoorrsr',
         'tp_then_linear_d2_x_s7': 'or',
-        'tp_then_linear_d2_x_s8': 'aoaorrrsr',
-        'tp_then_linear_d2_x_s9': 'aorr',
-        'tp_then_linear_d2_x_s10': 'oorr',
-        'tp_then_linear_d2_x_s11': 'arrr',
-        'tp_then_linear_d2_x_s12': 'or',
+        'tp_then_linear_d2_x_s8': 'aoarrrs',
+        'tp_then_linear_d2_x_s9': 'or',
+        'tp_then_linear_d2_x_s10': 'aorr',
+        'tp_then_linear_d2_x_s11': 'oorr',
+        'tp_then_linear_d2_x_s12': 'arrr',
+        'tp_then_linear_d2_x_s13': 'or',
         'tp_then_linear_d2_y_s0': 'or',
         'tp_then_linear_d2_y_s1': 'or',
         'tp_then_linear_d2_y_s2': 'aoooorrsrs',
@@ -21863,7 +21818,7 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'tp_then_linear_d2_weight_s5': 'or',
         'tp_then_linear_d2_weight_s6': 'aarsr',
         'tp_then_linear_d2_weight_s7': 'aorrr',
-        'tp_then_linear_d2_weight_s8': 'aarsr',
+        'tp_then_linear_d2_weight_s8': 'aaorsrr',
         'tp_then_linear_d2_weight_s9': 'aorrr',
         'tp_then_linear_d2_weight_s10': 'ar',
         'tp_then_linear_d2_weight_s11': 'or',
