@@ -517,7 +517,8 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
         if not isinstance(s, Einsum) or len(s.operands) < 3:
             statements.append(s)
             continue
-        upcoming = [t.operands for t in p.statements[position:] if isinstance(t, Einsum) and len(t.operands) >= 3]
+        upcoming = ([t.operands for t in p.statements[position:] if isinstance(t, Einsum) and len(t.operands) >= 3]
+                    if ahead else [])
         sizes = {"z": rows}
         for v in s.operands:
             sizes.update(zip(v.labels.replace("z", ""), v.shape))
@@ -538,8 +539,8 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
                 kept = "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
                 found = (tuple(sorted((a, b), key=repr)), kept)  # formed once, whatever its layout
                 if found not in formed:
-                    sharers = sum(1 for ops in upcoming if a in ops and b in ops) if ahead else 1
-                    total += pair_cost(a.labels, b.labels, kept, sizes, penalty) / max(sharers, 1)
+                    sharers = max(sum(1 for ops in upcoming if a in ops and b in ops), 1)
+                    total += pair_cost(a.labels, b.labels, kept, sizes, penalty) / sharers
                     if not build:
                         operands.append(View("?", 0, tuple(sizes[c] for c in kept if c != "z"), kept))
                         continue

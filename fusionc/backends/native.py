@@ -137,6 +137,11 @@ class SegmentWriter:
             self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
 
 
+def program_of(function: str) -> str:
+    """The program a segment function belongs to: functions are named `<program>_s<k>`."""
+    return function.rsplit("_s", 1)[0]
+
+
 @dataclass(frozen=True)
 class Argument:
     """A tensor the segment reads or writes: a C parameter named `name`; `rows` when it is (n, ...)

@@ -711,7 +711,7 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
         w("{")
         by_program: dict[str, list[str]] = {}
         for name, (source, _) in kernels.items():
-            by_program.setdefault(name.rsplit("_s", 1)[0], []).append(source)
+            by_program.setdefault(native.program_of(name), []).append(source)
         for program, sources in by_program.items():
             w(f'"{program}": """\\')
             w.lines.extend("\n\n".join(sources).split("\n"))

@@ -1,10 +1,10 @@
 """Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
 
 Each kernel (a diagram's fused forward in every autotuning configuration, and its derivative
-programs: backward, and backward of backward per cotangent) is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda",
-sm, 32))` for float32 rows, and its cubin's resource usage is read with the `cuobjdump` that Triton
-ships: registers, shared memory, local memory and the stack frame (register spills land in one of
-the last two).
+programs: backward, and backward of backward per cotangent) is compiled with
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for float32 rows, and its
+cubin's resource usage is read with the `cuobjdump` that Triton ships: registers, shared memory,
+local memory and the stack frame (register spills land in one of the last two).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from fusionc.algebra.cache import cache_root
-from fusionc.backends.native import HEADER
+from fusionc.backends.native import HEADER, program_of
 
 #: -O1 with the vectoriser: as fast as -O3 on these kernels (-O2 does not vectorise them: 3× slower)
 #: and a third of its compile time, which grows with the program (about 0.7 ms per line of C:
@@ -64,6 +64,12 @@ def enabled() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _version(cc: str) -> str:
+    return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+
+
+@functools.lru_cache(maxsize=1)
 def _machine() -> str:
     """What -march=native depends on: the CPU's model and flags."""
     try:
@@ -76,9 +82,8 @@ def _machine() -> str:
 
 def _build(source: str, real: str) -> Path:
     cc = _compiler()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     flags = (*(os.environ.get("FUSIONC_NATIVE_FLAGS") or " ".join(FLAGS)).split(), f"-Dreal={real}")
-    key = hashlib.sha256("\0".join((source, " ".join(flags), version, _machine())).encode()).hexdigest()
+    key = hashlib.sha256("\0".join((source, " ".join(flags), _version(cc), _machine())).encode()).hexdigest()
     path = cache_root() / "native" / f"{key[:32]}.so"
     if path.exists():
         return path
@@ -111,8 +116,7 @@ class NativeKernels:
 
     def __init__(self, sources: dict[str, str], kinds: dict[str, str]) -> None:
         self.sources, self.kinds = sources, kinds
-        self.programs = {name: program for program in sources for name in kinds
-                         if name.startswith(program + "_s") and name[len(program) + 2:].isdigit()}
+        self.programs = {name: program_of(name) for name in kinds}
         self.libraries: dict[tuple[str, torch.dtype], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype], object] = {}
 
