@@ -63,6 +63,7 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
                       for j, o in enumerate(outputs)]
         got = first(*rows, cotangents[k], weight, *constants)
         _close(got, _vjp(forward, rows, weight, constants, cotangents))
+        _check_partials(code, first_name, rows + [cotangents[k]], weight, constants, got)
         rows2 = rows + [cotangents[k]]
         floats = [i.name for i in diagram.inputs if i.kind != "index"] + ["weight"]
         for j, input_name in enumerate(floats):
@@ -71,6 +72,22 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
                            for i, o in enumerate(got)]
             got2 = second(*rows2, cotangents2[j], weight, *constants)
             _close(got2, _vjp(first, rows2, weight, constants, cotangents2))
+
+
+def _output_names(fn) -> list[str]:
+    return [part.split(" (")[0].strip() for part in fn.__doc__.split("->")[1].split("),")]
+
+
+def _check_partials(code, first_name: str, rows: list, weight, constants, full: list) -> int:
+    """Each version of a derivative program that computes only some gradients gives those of the
+    whole program."""
+    names = _output_names(getattr(code, first_name))
+    versions = [fn for key, fn in sorted(vars(code).items())
+                if key.startswith(f"{first_name}_only_") and not key.endswith("_cpu")]
+    for fn in versions:
+        got = fn(*rows, weight, *constants)
+        _close(got, [full[names.index(o)] for o in _output_names(fn)])
+    return len(versions)
 
 
 @pytest.mark.parametrize("path, name", list(_cases()))
@@ -102,6 +119,42 @@ def test_ops_run_the_derivative_programs():
     assert any(n.endswith("::fc_tp_d") for n in names)
     assert any(n.endswith("::fc_tp_d2_x") for n in names)
     assert not any(n.endswith(("::fc_tp_d2_y", "::fc_tp_d2_weight")) for n in names)
+
+
+def _fusionc_ops_run(fn) -> list[str]:
+    with torch.profiler.profile() as prof:
+        fn()
+    return sorted({e.name.split("::")[-1] for e in prof.events() if e.name.startswith("fusionc_")})
+
+
+def test_backward_computes_only_the_gradients_autograd_uses():
+    """The forces' `autograd.grad(energy, y)` runs the version of the vector-Jacobian product that
+    computes y's gradient alone (the weights' and x's gradient nodes do not run); an input that does
+    not require grad gets none; every gradient equals the one the whole program gives."""
+    ops = fusionc.load(KERNELS[-1].parent / "tensor_products.fus")
+    module = ops.fc_tp(dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 288, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(4, 288, generator=g, dtype=torch.float64)
+    full = dict(zip("xyw", torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)))
+    assert _fusionc_ops_run(lambda: torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)) == [
+        "fc_tp", "fc_tp_d"]
+
+    for wrt, version in (("y", "fc_tp_d_only_y"), ("x", "fc_tp_d_only_x"), ("xy", "fc_tp_d_only_x_y")):
+        got: list = []
+        inputs = [{"x": x, "y": y}[k] for k in wrt]
+        ran = _fusionc_ops_run(lambda: got.extend(torch.autograd.grad(module(x, y), inputs, cotangent)))
+        assert ran == ["fc_tp", version], ran
+        for k, grad in zip(wrt, got):
+            torch.testing.assert_close(grad, full[k], rtol=1e-12, atol=1e-12)
+
+    # x constant, weights frozen: backward() needs y's gradient only
+    module.weight.requires_grad_(False)
+    y.grad = None
+    ran = _fusionc_ops_run(lambda: module(x.detach(), y).backward(cotangent))
+    assert ran == ["fc_tp", "fc_tp_d_only_y"], ran
+    torch.testing.assert_close(y.grad, full["y"], rtol=1e-12, atol=1e-12)
 
 
 def test_weight_gradients_reduce_over_rows():

@@ -24,7 +24,7 @@ from fusionc.analysis.layout import matrix_copies, plan_pair, row_view
 from fusionc.backends import native
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
 from fusionc.analysis.program import (NATIVE_PENALTY, PLANNING_ROWS, Einsum, Gather, Program, Statement, Tensor,
-                                      View, derivative, factorize, lower, view_layout)
+                                      View, derivative, factorize, lower, prune, view_layout)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
@@ -610,6 +610,27 @@ def programs(d: Diagram, plan: DiagramPlan) -> tuple[Program, list[Program], lis
     return forward, firsts, seconds
 
 
+def partials(first: Program) -> dict[tuple[int, ...], Program]:
+    """Versions of a vector-Jacobian product that compute only some of its gradients, keyed by
+    their positions in its outputs: each gradient alone, and all but the weight's. Autograd often
+    needs only those: `torch.autograd.grad(energy, positions)` for the forces never asks for the
+    weights' gradient, and an input that does not require grad needs none. A version that would
+    leave out no work, or that computes only an empty gradient, is not made."""
+    n = len(first.outputs)
+    wanted = [(k,) for k in range(n)] + ([tuple(range(n - 1))] if n > 2 else [])
+    versions = {}
+    for keep in wanted:
+        outputs = tuple(first.outputs[k] for k in keep)
+        if not any(first.tensors[o].size for o in outputs):
+            continue
+        names = ", ".join(outputs)
+        p = prune(replace(first, name=f"{first.name}_only_{'_'.join(o.removeprefix('d_') for o in outputs)}",
+                          outputs=outputs, doc=f"{first.doc}, {names} only"))
+        if len(p.statements) < len(first.statements):
+            versions[keep] = p
+    return versions
+
+
 def _signature(p: Program) -> str:
     outputs = tuple((p.tensors[o].size, p.tensors[o].rows) for o in p.outputs)
     ranges = {k: (i, p.tensors[i].size) for k, i in enumerate(p.inputs) if p.tensors[i].kind == "index"}
@@ -649,7 +670,10 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     cpu: dict[str, str] = {}  # program -> its CPU version
     for d in diagrams:
         forward, firsts, seconds = programs(d, plans[d.name])
-        chain = [forward, *firsts, *(p for group in seconds for p in group)]
+        # versions of the first derivatives that leave out gradients nobody asked for (torch code)
+        partial = [{} if program_lowering else partials(first) for first in firsts]
+        chain = [forward, *firsts, *(p for group in seconds for p in group),
+                 *(p for versions in partial for p in versions.values())]
         blocks, runners = [], {}
         for position, p in enumerate(chain):
             factorized = factorize(p)
@@ -671,12 +695,12 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                         blocks.append(_free_dead_locals(f.lines))
                         cpu[p.name] = f"_{p.name}_cpu"
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
-        functions.append((d, (forward, firsts, seconds), blocks, lowered, runners))
+        functions.append((d, (forward, firsts, seconds, partial), blocks, lowered, runners))
     # ops are named by a hash of their code: the same name always means the same computation
     code = "\n".join(line for _, _, blocks, (extra, _), _ in functions for lines in blocks + [extra] for line in lines)
     w()
     w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
-    for d, (forward, firsts, seconds), blocks, (extra, runner), runners in functions:
+    for d, (forward, firsts, seconds, partial), blocks, (extra, runner), runners in functions:
         for block in blocks + [extra]:
             if block:
                 w()
@@ -695,10 +719,18 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
             backward = ", ".join(f"_ops.{s.name}" for s in group)
             w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, {_signature(first)}, '
               f'backward=[{backward}]{_native_impl(cpu, first)})')
+        for first, group, versions in zip(firsts, seconds, partial):
+            for keep, p in versions.items():
+                backward = ", ".join(f"_ops.{group[k].name}" for k in keep)
+                w(f'_ops.register("{p.name}", _{p.name}, {_signature(p)}, backward=[{backward}]{_native_impl(cpu, p)})')
         backward = ", ".join(f"_ops.{f.name}" for f in firsts)
+        versions = ""
+        if any(partial):
+            versions = ", partial=[" + ", ".join(
+                "{" + ", ".join(f"{keep!r}: _ops.{p.name}" for keep, p in v.items()) + "}" for v in partial) + "]"
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
-          f'backward=[{backward}], check_indices=True{_native_impl(cpu, forward)})')
-    for d, (forward, _, _), _, _, _ in functions:
+          f'backward=[{backward}]{versions}, check_indices=True{_native_impl(cpu, forward)})')
+    for d, (forward, *_), _, _, _ in functions:
         w()
         w()
         _emit_class(w, d, forward)

@@ -138,6 +138,31 @@ def tuning_configs(configs: list, named_args: dict, **kwargs) -> list:
     return configs[:1] if os.environ.get("TRITON_INTERPRET") == "1" else configs
 
 
+def wanted(ctx, rows: list[torch.Tensor]) -> set[int]:
+    """Positions of the gradients (the floating inputs', then the weight's) that the running
+    backward will use: those of inputs that require grad and whose gradient node the autograd
+    engine will execute (`torch.autograd.grad(energy, positions)` executes none of the weights').
+    Where the engine cannot say, every gradient of an input that requires grad."""
+    needs = [*ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    float_positions = [i for i, r in enumerate(rows) if r.is_floating_point()] + [len(rows)]
+    try:
+        nodes = [node for node, _ in ctx.next_functions]
+    except (AttributeError, RuntimeError):
+        nodes = None
+    needed = set()
+    for k, i in enumerate(float_positions):
+        if not needs[i]:
+            continue
+        node = nodes[i] if nodes is not None and len(nodes) > len(rows) else None
+        try:
+            if node is not None and not torch._C._will_engine_execute_node(node):
+                continue
+        except RuntimeError:  # a leaf autograd.grad asked for, or not inside the engine: needed
+            pass
+        needed.add(k)
+    return needed
+
+
 def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
     if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
@@ -158,13 +183,16 @@ class OpNamespace:
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
                  index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False,
-                 reference=None, cpu=None) -> None:
+                 reference=None, cpu=None, partial=None) -> None:
         """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
         `index_ranges` maps the position of each index input to its name and size; with
         `check_indices` the values are checked when the op runs (not when it is traced). `backward`
         holds, per output, the op computing this one's vector-Jacobian product for that output's
         cotangent from (inputs + [cotangent], weight, constants); the products of the cotangents
-        present are summed. Without it, the VJP of `reference` (torch code computing what `fn`
+        present are summed; `partial` holds, per output, ops computing only some of those gradients,
+        keyed by their positions (the floating inputs', then the weight's): the backward runs the
+        one that covers the gradients autograd will use with the fewest others (`wanted`). Without
+        `backward`, the VJP of `reference` (torch code computing what `fn`
         computes, for an `fn` that runs a kernel autograd cannot see through), else of `fn` itself.
         `cpu`, where given, computes the same with native kernels for its row-local statements, and
         runs instead of `fn` on CPU tensors of float32 or float64 when those kernels can be built
@@ -221,13 +249,16 @@ class OpNamespace:
             saved, count = ctx.saved_tensors, ctx.count
             rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
             if backward is not None:
-                result = None
-                for op, g in zip(backward, grads):
-                    if g is not None:
-                        part = op(rows + [g], weight, constants)
-                        result = part if result is None else [a + b for a, b in zip(result, part)]
-                if result is None:
-                    return [None] * count, None, [None] * len(constants)
+                floats = sum(r.is_floating_point() for r in rows)
+                needed = wanted(ctx, rows)
+                result: list[torch.Tensor | None] = [None] * (floats + 1)
+                for op, g, versions in zip(backward, grads, partial or [{}] * len(backward)):
+                    if g is None or not needed:
+                        continue
+                    keep = min((k for k in versions if needed <= set(k)), key=len, default=None)
+                    part = (op if keep is None else versions[keep])(rows + [g], weight, constants)
+                    for k, x in zip(range(floats + 1) if keep is None else keep, part):
+                        result[k] = x if result[k] is None else result[k] + x
             else:
                 result = vjp(rows, weight, constants, cotangents(grads, rows[0].shape[0], weight))
             grad_rows: list[torch.Tensor | None] = [None] * count

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_507534b94e460f8c")
+_ops = rt.OpNamespace("fusionc_4adcf4d7ea4d58de")
 
 
 def _cormorant_cg(
@@ -1652,12 +1652,470 @@ def _cormorant_cg_d2_weight_cpu(
     return [d2_f, d2_d_g, d2_weight]
 
 
+def _cormorant_cg_d_only_f(
+    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg, d_f only: f (n, 144), d_g (n, 144) -> d_f (n, 144)."""
+    n = f.shape[0]
+    # ∂/∂f: 16x2 -> 16x2
+    d_f_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂f: 16x1 -> 16x1
+    d_f_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂f: 16x0 -> 16x0
+    d_f_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_3 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_4 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_5 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    d_p = torch.cat([
+        d_p_5.reshape(n, 16),
+        d_p_4.reshape(n, 48),
+        d_p_3.reshape(n, 80),
+    ], dim=-1)
+    del d_p_3, d_p_4, d_p_5
+    d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _c0 = d__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_6 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c0
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _c1 = d__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p11
+    d_f_7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c1
+    d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c2 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_f_8 = torch.mm(_c2.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c2
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c3 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p10
+    d_f_9 = torch.mm(_c3.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c3
+    d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _c4 = d__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_10 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c4
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _c5 = d__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p9
+    d_f_11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c5
+    d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c6 = d__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_12 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c6
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c7 = d__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p8
+    d_f_13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c7
+    d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _c8 = d__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d_f_14 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c8
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _c9 = d__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p7
+    d_f_15 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c9
+    d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c10 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_16 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c10
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c11 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p6
+    d_f_17 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c11
+    d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c12 = d__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_18 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c12
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c13 = d__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p5
+    d_f_19 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c13
+    d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c14 = d__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d_f_20 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c14
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c15 = d__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p3
+    d_f_21 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c15
+    d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    del d_p
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c16 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_f_22 = cg_0_0_0.reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _c16
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c17 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p1
+    d_f_23 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _c17
+    d_f = torch.cat([
+        (d_f_2 + d_f_18 + d_f_20 + d_f_22 + d_f_23).reshape(n, 16),
+        (d_f_1 + d_f_10 + d_f_12 + d_f_14 + d_f_15 + d_f_16 + d_f_17 + d_f_21).reshape(n, 48),
+        (d_f_0 + d_f_6 + d_f_7 + d_f_8 + d_f_9 + d_f_11 + d_f_13 + d_f_19).reshape(n, 80),
+    ], dim=-1)
+    del d_f_0, d_f_1, d_f_10, d_f_11, d_f_12, d_f_13, d_f_14, d_f_15, d_f_16, d_f_17, d_f_18, d_f_19, d_f_2, d_f_20, d_f_21, d_f_22, d_f_23, d_f_6, d_f_7, d_f_8, d_f_9
+    return [d_f]
+
+
+def _cormorant_cg_d_only_f_cpu(
+    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg, d_f only: f (n, 144), d_g (n, 144) -> d_f (n, 144)."""
+    n = f.shape[0]
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_f_s0', n, _copy0, d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_f = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_f_s1', n, d_f, _copy1, _mm0, d_g[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂f: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_cg_d_only_f_s2', n, d_f, _mm1)
+    del _mm1
+    # ∂/∂f: 16x0 -> 16x0
+    _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    _native.run('cormorant_cg_d_only_f_s3', n, d_f, _mm2)
+    del _mm2
+    # ∂/∂p: 16x2 -> 16x2
+    _mm3 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
+    d_p = weight.new_empty(n, 144)
+    _native.run('cormorant_cg_d_only_f_s4', n, d_p, _mm3)
+    del _mm3
+    # ∂/∂p: 16x1 -> 16x1
+    _mm4 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('cormorant_cg_d_only_f_s5', n, d_p, _mm4)
+    del _mm4
+    # ∂/∂p: 16x0 -> 16x0
+    _mm5 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d__p11 = weight.new_empty(n, 80)
+    _c0 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_only_f_s6', n, d_p, d__p11, _c0, _mm5, weight[128:144].view(16), f[:, 64:144].reshape(n, 16, 5))
+    del _mm5
+    _mm6 = torch.mm(_c0.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c0
+    _c1 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_only_f_s7', n, d_f, _c1, _mm6, d__p11, f[:, 64:144].reshape(n, 16, 5))
+    del _mm6, d__p11
+    _mm7 = torch.mm(_c1.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c1
+    d__p8 = weight.new_empty(n, 48)
+    _c5 = weight.new_empty(n, 240)
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_only_f_s8', n, d_f, d__p8, _c5, _mm7, d_p, weight[112:128].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), weight[96:112].view(16), cg_1_2_2, f[:, 16:64].reshape(n, 16, 3), weight[80:96].view(16))
+    del _mm7
+    _mm8 = torch.mm(_c5.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c5
+    _c6 = weight.new_empty(n, 144)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_only_f_s9', n, d_f, _c6, _mm8, d__p8, f[:, 16:64].reshape(n, 16, 3))
+    del _mm8, d__p8
+    _mm9 = torch.mm(_c6.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c6
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _native.run('cormorant_cg_d_only_f_s10', n, d_f, _mm9, d_p, weight[64:80].view(16), cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), weight[48:64].view(16), cg_1_1_0, weight[32:48].view(16), cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), weight[16:32].view(16), cg_0_1_1, weight[0:16].view(16), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0)
+    del _mm9, d_p
+    return [d_f]
+
+
+def _cormorant_cg_d_only_weight(
+    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg, d_weight only: f (n, 144), d_g (n, 144) -> d_weight (1680,)."""
+    n = f.shape[0]
+    # p1 = (p0 ⊗ p0) -> 16x0
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
+    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    # p3 = (p0 ⊗ p2) -> 16x1
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
+    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    # p5 = (p0 ⊗ p4) -> 16x2
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
+    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_9 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_10 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_11 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_12 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂weight: 16x2 -> 16x2
+    p = torch.cat([
+        (p_0 + p_3 + p_7).reshape(n, 16),
+        (p_1 + p_5).reshape(n, 48),
+        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+    ], dim=-1)
+    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
+    d_weight_13 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_14 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_15 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_16 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_17 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    d_p = torch.cat([
+        d_p_16.reshape(n, 16),
+        d_p_14.reshape(n, 48),
+        d_p_12.reshape(n, 80),
+    ], dim=-1)
+    del d_p_12, d_p_14, d_p_16
+    d_weight_18 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p11
+    d_weight_19 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p10
+    d_weight_20 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9
+    d_weight_21 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p8
+    d_weight_22 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p7
+    d_weight_23 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p6
+    d_weight_24 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p5
+    d_weight_25 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p3
+    d_weight_26 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p1, d_p
+    d_weight = torch.cat([
+        d_weight_26.reshape(16),
+        d_weight_25.reshape(16),
+        d_weight_24.reshape(16),
+        d_weight_23.reshape(16),
+        d_weight_22.reshape(16),
+        d_weight_21.reshape(16),
+        d_weight_20.reshape(16),
+        d_weight_19.reshape(16),
+        d_weight_18.reshape(16),
+        d_weight_17.reshape(256),
+        d_weight_15.reshape(256),
+        d_weight_13.reshape(256),
+        d_weight_11.reshape(256),
+        d_weight_10.reshape(256),
+        d_weight_9.reshape(256),
+    ], dim=-1)
+    del d_weight_10, d_weight_11, d_weight_13, d_weight_15, d_weight_17, d_weight_18, d_weight_19, d_weight_20, d_weight_21, d_weight_22, d_weight_23, d_weight_24, d_weight_25, d_weight_26, d_weight_9
+    return [d_weight]
+
+
+def _cormorant_cg_d_only_weight_cpu(
+    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg, d_weight only: f (n, 144), d_g (n, 144) -> d_weight (1680,)."""
+    n = f.shape[0]
+    _p1 = weight.new_empty(n, 16)
+    p = weight.new_empty(n, 144)
+    _p3 = weight.new_empty(n, 48)
+    _p5 = weight.new_empty(n, 80)
+    _c3 = weight.new_empty(n, 144)
+    # p1 = (p0 ⊗ p0) -> 16x0
+    # p3 = (p0 ⊗ p2) -> 16x1
+    # p5 = (p0 ⊗ p4) -> 16x2
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d_only_weight_s0', n, _p1, p, _p3, _p5, _c3, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3))
+    _p6 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    _c4 = weight.new_empty(n, 240)
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_only_weight_s1', n, p, _c4, _p6, weight[48:64].view(16), _p7, weight[64:80].view(16), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    _p8 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    _c5 = weight.new_empty(n, 400)
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d_only_weight_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s3', n, p, _copy0, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16), f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_0 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy0
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_weight_s4', n, _copy1, f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_1 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy1
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_2 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _copy2 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s5', n, _copy2, d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy2.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy2
+    d_p = weight.new_empty(n, 144)
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s6', n, d_p, _copy3, _mm0, p)
+    del _mm0
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_3 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy3
+    _copy4 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_weight_s7', n, _copy4, d_g[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy4.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy4
+    _copy5 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_weight_s8', n, d_p, _copy5, _mm1, p)
+    del _mm1
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_4 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy5.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy5
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_5 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    _copy6 = weight.new_empty(n, 80)
+    _copy7 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s9', n, d_p, _copy6, _copy7, _mm2, _p11)
+    del _mm2, _p11
+    d_weight_6 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy7.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy7
+    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p10
+    _copy8 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s10', n, _copy8, _p9)
+    del _p9
+    d_weight_8 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy8.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy8
+    _copy9 = weight.new_empty(n, 48)
+    _copy10 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_weight_s11', n, _copy9, _copy10, d_p, _p8)
+    del _p8
+    d_weight_9 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy10.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy10
+    _copy11 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s12', n, _copy11, _p7)
+    del _p7
+    d_weight_10 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy11.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy11
+    d_weight_11 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p6
+    _copy12 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_only_weight_s13', n, _copy12, _p5)
+    del _p5
+    d_weight_12 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy12.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy12, _copy6
+    _copy13 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_only_weight_s14', n, _copy13, _p3)
+    del _p3
+    d_weight_13 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy13.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy13, _copy9
+    d_weight_14 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p1, d_p
+    d_weight = torch.cat([
+        d_weight_14.reshape(16),
+        d_weight_13.reshape(16),
+        d_weight_12.reshape(16),
+        d_weight_11.reshape(16),
+        d_weight_10.reshape(16),
+        d_weight_9.reshape(16),
+        d_weight_8.reshape(16),
+        d_weight_7.reshape(16),
+        d_weight_6.reshape(16),
+        d_weight_5.reshape(256),
+        d_weight_4.reshape(256),
+        d_weight_3.reshape(256),
+        d_weight_2.reshape(256),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(256),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_13, d_weight_14, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
 # cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_f_cpu)
 _ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_weight_cpu)
 _ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight], cpu=_cormorant_cg_d_cpu)
-_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True, cpu=_cormorant_cg_cpu)
+_ops.register("cormorant_cg_d_only_f", _cormorant_cg_d_only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d2_f], cpu=_cormorant_cg_d_only_f_cpu)
+_ops.register("cormorant_cg_d_only_weight", _cormorant_cg_d_only_weight, outputs=((1680, False),), index_ranges={}, backward=[_ops.cormorant_cg_d2_weight], cpu=_cormorant_cg_d_only_weight_cpu)
+_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], partial=[{(0,): _ops.cormorant_cg_d_only_f, (1,): _ops.cormorant_cg_d_only_weight}], check_indices=True, cpu=_cormorant_cg_cpu)
 
 
 def _cormorant_message(
@@ -3392,6 +3850,873 @@ def _cormorant_message_d2_weight_cpu(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _cormorant_message_d_only_f(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_f only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    d_p = torch.cat([
+        d_p_12.reshape(n, 16),
+        d_p_11.reshape(n, 48),
+        d_p_10.reshape(n, 80),
+    ], dim=-1)
+    del d_p_10, d_p_11, d_p_12
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_7.reshape(n, 16),
+        w_p_0_2_2_8.reshape(n, 16),
+        w_p_0_2_2_9.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
+    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_2_2
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d_f_13 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_2_2
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_5.reshape(n, 16),
+        w_p_0_2_1_6.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_1_5, w_p_0_2_1_6
+    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_2_1
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d_f_14 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_2_1
+    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d_f_15 = d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    del d__t_p_0_2_0
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_3.reshape(n, 16),
+        w_p_0_1_2_4.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_2_3, w_p_0_1_2_4
+    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_1_2
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d_f_16 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_1_2
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_0.reshape(n, 16),
+        w_p_0_1_1_1.reshape(n, 16),
+        w_p_0_1_1_2.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
+    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_1_1
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d_f_17 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_1_1
+    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d_f_18 = d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    del d__t_p_0_1_0
+    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d_f_19 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_0_2
+    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d_f_20 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p_0_0_1
+    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    del d_p
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d_f_21 = d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p_0, d__t_p_0_0_0
+    d_f = torch.cat([
+        (d_f_19 + d_f_20 + d_f_21).reshape(n, 16),
+        (d_f_16 + d_f_17 + d_f_18).reshape(n, 48),
+        (d_f_13 + d_f_14 + d_f_15).reshape(n, 80),
+    ], dim=-1)
+    del d_f_13, d_f_14, d_f_15, d_f_16, d_f_17, d_f_18, d_f_19, d_f_20, d_f_21
+    return [d_f]
+
+
+def _cormorant_message_d_only_f_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_f only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d_only_f_s0', n, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, _copy0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_only_f_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('cormorant_message_d_only_f_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d_f = weight.new_empty(n, 144)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d_only_f_s3', n, d_p, d_f, _mm2, _w_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 5, 3), _w_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 192:208].reshape(n, 1, 16), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _w_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 5, 2), _w_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 64:80].reshape(n, 1, 16), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 32:48].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_p_0, _mm2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
+    return [d_f]
+
+
+def _cormorant_message_d_only_sh(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_sh only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_sh (n, 9)."""
+    n = f.shape[0]
+    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    d_p = torch.cat([
+        d_p_12.reshape(n, 16),
+        d_p_11.reshape(n, 48),
+        d_p_10.reshape(n, 80),
+    ], dim=-1)
+    del d_p_10, d_p_11, d_p_12
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_7.reshape(n, 16),
+        w_p_0_2_2_8.reshape(n, 16),
+        w_p_0_2_2_9.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
+    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_2_2
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d__m_p_0_13 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_2_2
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_5.reshape(n, 16),
+        w_p_0_2_1_6.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_1_5, w_p_0_2_1_6
+    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_2_1
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d__m_p_0_14 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_2_1
+    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d__m_p_0_15 = torch.bmm(d__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p_0_2_0
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_3.reshape(n, 16),
+        w_p_0_1_2_4.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_2_3, w_p_0_1_2_4
+    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_1_2
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d__m_p_0_16 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_1_2
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_0.reshape(n, 16),
+        w_p_0_1_1_1.reshape(n, 16),
+        w_p_0_1_1_2.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
+    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_1_1
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d__m_p_0_17 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_1_1
+    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d__m_p_0_18 = torch.bmm(d__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p_0_1_0
+    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d__m_p_0_19 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_2
+    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d__m_p_0_20 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_1
+    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    del d_p
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d__m_p_0_21 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d__m_p_0 = torch.cat([
+        d__m_p_0_21.reshape(n, 1),
+        d__m_p_0_20.reshape(n, 3),
+        d__m_p_0_19.reshape(n, 5),
+        d__m_p_0_18.reshape(n, 3),
+        d__m_p_0_17.reshape(n, 27),
+        d__m_p_0_16.reshape(n, 30),
+        d__m_p_0_15.reshape(n, 5),
+        d__m_p_0_14.reshape(n, 30),
+        d__m_p_0_13.reshape(n, 75),
+    ], dim=-1)
+    del d__m_p_0_13, d__m_p_0_14, d__m_p_0_15, d__m_p_0_16, d__m_p_0_17, d__m_p_0_18, d__m_p_0_19, d__m_p_0_20, d__m_p_0_21
+    d_sh_22 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p_0
+    d_sh = d_sh_22
+    del d_sh_22
+    return [d_sh]
+
+
+def _cormorant_message_d_only_sh_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_sh only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_sh (n, 9)."""
+    n = f.shape[0]
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d_only_sh_s0', n, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, _copy0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_only_sh_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('cormorant_message_d_only_sh_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d__m_p_0 = weight.new_empty(n, 179)
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d_only_sh_s3', n, d_p, d__m_p_0, _mm2, _w_p_0_2_2, f[:, 64:144].reshape(n, 16, 5), _w_p_0_2_1, w[:, 192:208].reshape(n, 1, 16), _w_p_0_1_2, f[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1, w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16))
+    del _mm2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm3 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p_0
+    d_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d_only_sh_s4', n, d_sh, _mm3)
+    del _mm3
+    return [d_sh]
+
+
+def _cormorant_message_d_only_w(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_w (n, 240)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p_0
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    d_p = torch.cat([
+        d_p_2.reshape(n, 16),
+        d_p_1.reshape(n, 48),
+        d_p_0.reshape(n, 80),
+    ], dim=-1)
+    del d_p_0, d_p_1, d_p_2
+    d__w_p_0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p_0_2_2
+    d_w_3 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_4 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_5 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_2_2
+    d__w_p_0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p_0_2_1
+    d_w_6 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_7 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_2_1
+    d_w_8 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_2_0
+    d__w_p_0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p_0_1_2
+    d_w_9 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_10 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_1_2
+    d__w_p_0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p_0_1_1
+    d_w_11 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_12 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_13 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_1_1
+    d_w_14 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_1_0
+    d_w_15 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p_0_0_2
+    d_w_16 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p_0_0_1
+    d_w_17 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_0_0, d_p
+    d_w = torch.cat([
+        d_w_17.reshape(n, 16),
+        d_w_16.reshape(n, 16),
+        d_w_15.reshape(n, 16),
+        d_w_13.reshape(n, 16),
+        d_w_14.reshape(n, 16),
+        d_w_12.reshape(n, 16),
+        d_w_10.reshape(n, 16),
+        d_w_11.reshape(n, 16),
+        d_w_9.reshape(n, 16),
+        d_w_5.reshape(n, 16),
+        d_w_7.reshape(n, 16),
+        d_w_4.reshape(n, 16),
+        d_w_8.reshape(n, 16),
+        d_w_6.reshape(n, 16),
+        d_w_3.reshape(n, 16),
+    ], dim=-1)
+    del d_w_10, d_w_11, d_w_12, d_w_13, d_w_14, d_w_15, d_w_16, d_w_17, d_w_3, d_w_4, d_w_5, d_w_6, d_w_7, d_w_8, d_w_9
+    return [d_w]
+
+
+def _cormorant_message_d_only_w_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_w (n, 240)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _t_p_0_0_0 = weight.new_empty(n, 16)
+    _t_p_0_0_1 = weight.new_empty(n, 48)
+    _t_p_0_0_2 = weight.new_empty(n, 80)
+    _t_p_0_1_0 = weight.new_empty(n, 16)
+    _t_p_0_1_1 = weight.new_empty(n, 144)
+    _t_p_0_1_2 = weight.new_empty(n, 160)
+    _t_p_0_2_0 = weight.new_empty(n, 16)
+    _t_p_0_2_1 = weight.new_empty(n, 96)
+    _t_p_0_2_2 = weight.new_empty(n, 240)
+    _copy0 = weight.new_empty(n, 80)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d_only_w_s0', n, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), _m_p_0[:, 104:179].reshape(n, 5, 5, 3), d_m[:, 64:144].reshape(n, 16, 5))
+    del _m_p_0
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_only_w_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('cormorant_message_d_only_w_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d_w = weight.new_empty(n, 240)
+    _native.run('cormorant_message_d_only_w_s3', n, d_p, d_w, _mm2, _t_p_0_2_2, _t_p_0_2_1, _t_p_0_2_0, _t_p_0_1_2, _t_p_0_1_1, _t_p_0_1_0, _t_p_0_0_2, _t_p_0_0_1, _t_p_0_0_0)
+    del _mm2, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, d_p
+    return [d_w]
+
+
+def _cormorant_message_d_only_weight(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_weight only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p_0_0_0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p_0_0_1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p_0_0_2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p_0_1_0
+    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_4.reshape(n, 16),
+        w_p_0_1_1_5.reshape(n, 16),
+        w_p_0_1_1_6.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
+    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _t_p_0_1_1, _w_p_0_1_1
+    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_8.reshape(n, 16),
+        w_p_0_1_2_9.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_2_8, w_p_0_1_2_9
+    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p_0_1_2, _w_p_0_1_2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p_0_2_0
+    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_12.reshape(n, 16),
+        w_p_0_2_1_13.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_1_12, w_p_0_2_1_13
+    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _t_p_0_2_1, _w_p_0_2_1
+    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p_0
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_15.reshape(n, 16),
+        w_p_0_2_2_16.reshape(n, 16),
+        w_p_0_2_2_17.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
+    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p_0_2_2, _w_p_0_2_2
+    # ∂/∂weight: 16x2 -> 16x2
+    p = torch.cat([
+        (p_0 + p_3 + p_11).reshape(n, 16),
+        (p_1 + p_7 + p_14).reshape(n, 48),
+        (p_2 + p_10 + p_18).reshape(n, 80),
+    ], dim=-1)
+    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
+    d_weight_19 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_20 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_21 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    d_weight = torch.cat([
+        d_weight_21.reshape(256),
+        d_weight_20.reshape(256),
+        d_weight_19.reshape(256),
+    ], dim=-1)
+    del d_weight_19, d_weight_20, d_weight_21
+    return [d_weight]
+
+
+def _cormorant_message_d_only_weight_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_weight only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    p = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 80)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d_only_weight_s0', n, p, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3))
+    del _m_p_0
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_0 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy0
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_only_weight_s1', n, _copy1, p)
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_1 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy1
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_2 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    d_weight = torch.cat([
+        d_weight_2.reshape(256),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(256),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
+    return [d_weight]
+
+
+def _cormorant_message_d_only_f_sh_w(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_f, d_sh, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    d_p = torch.cat([
+        d_p_12.reshape(n, 16),
+        d_p_11.reshape(n, 48),
+        d_p_10.reshape(n, 80),
+    ], dim=-1)
+    del d_p_10, d_p_11, d_p_12
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_7.reshape(n, 16),
+        w_p_0_2_2_8.reshape(n, 16),
+        w_p_0_2_2_9.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
+    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_2_2
+    d__w_p_0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p_0_2_2
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d_f_13 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d__m_p_0_14 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_2_2
+    d_w_15 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_16 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_17 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_2_2
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_5.reshape(n, 16),
+        w_p_0_2_1_6.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_2_1_5, w_p_0_2_1_6
+    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_2_1
+    d__w_p_0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p_0_2_1
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d_f_18 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d__m_p_0_19 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_2_1
+    d_w_20 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_21 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_2_1
+    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d_w_22 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_2_0
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d_f_23 = d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d__m_p_0_24 = torch.bmm(d__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p_0_2_0
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_3.reshape(n, 16),
+        w_p_0_1_2_4.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_2_3, w_p_0_1_2_4
+    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p_0_1_2
+    d__w_p_0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p_0_1_2
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d_f_25 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d__m_p_0_26 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_1_2
+    d_w_27 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_28 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_1_2
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_0.reshape(n, 16),
+        w_p_0_1_1_1.reshape(n, 16),
+        w_p_0_1_1_2.reshape(n, 16),
+    ], dim=-1)
+    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
+    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p_0_1_1
+    d__w_p_0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p_0_1_1
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d_f_29 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d__m_p_0_30 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p_0_1_1
+    d_w_31 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_32 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_33 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d__w_p_0_1_1
+    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d_w_34 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_1_0
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d_f_35 = d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d__m_p_0_36 = torch.bmm(d__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p_0_1_0
+    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d_w_37 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p_0_0_2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d_f_38 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d__m_p_0_39 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_2
+    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d_w_40 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p_0_0_1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d_f_41 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d__m_p_0_42 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_1
+    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d_w_43 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p_0_0_0, d_p
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d_f_44 = d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p_0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_p_0_0_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d__m_p_0 = torch.cat([
+        d__m_p_0_45.reshape(n, 1),
+        d__m_p_0_42.reshape(n, 3),
+        d__m_p_0_39.reshape(n, 5),
+        d__m_p_0_36.reshape(n, 3),
+        d__m_p_0_30.reshape(n, 27),
+        d__m_p_0_26.reshape(n, 30),
+        d__m_p_0_24.reshape(n, 5),
+        d__m_p_0_19.reshape(n, 30),
+        d__m_p_0_14.reshape(n, 75),
+    ], dim=-1)
+    del d__m_p_0_14, d__m_p_0_19, d__m_p_0_24, d__m_p_0_26, d__m_p_0_30, d__m_p_0_36, d__m_p_0_39, d__m_p_0_42, d__m_p_0_45
+    d_sh_46 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p_0
+    d_f = torch.cat([
+        (d_f_38 + d_f_41 + d_f_44).reshape(n, 16),
+        (d_f_25 + d_f_29 + d_f_35).reshape(n, 48),
+        (d_f_13 + d_f_18 + d_f_23).reshape(n, 80),
+    ], dim=-1)
+    del d_f_13, d_f_18, d_f_23, d_f_25, d_f_29, d_f_35, d_f_38, d_f_41, d_f_44
+    d_sh = d_sh_46
+    del d_sh_46
+    d_w = torch.cat([
+        d_w_43.reshape(n, 16),
+        d_w_40.reshape(n, 16),
+        d_w_37.reshape(n, 16),
+        d_w_33.reshape(n, 16),
+        d_w_34.reshape(n, 16),
+        d_w_32.reshape(n, 16),
+        d_w_28.reshape(n, 16),
+        d_w_31.reshape(n, 16),
+        d_w_27.reshape(n, 16),
+        d_w_17.reshape(n, 16),
+        d_w_21.reshape(n, 16),
+        d_w_16.reshape(n, 16),
+        d_w_22.reshape(n, 16),
+        d_w_20.reshape(n, 16),
+        d_w_15.reshape(n, 16),
+    ], dim=-1)
+    del d_w_15, d_w_16, d_w_17, d_w_20, d_w_21, d_w_22, d_w_27, d_w_28, d_w_31, d_w_32, d_w_33, d_w_34, d_w_37, d_w_40, d_w_43
+    return [d_f, d_sh, d_w]
+
+
+def _cormorant_message_d_only_f_sh_w_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message, d_f, d_sh, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _t_p_0_0_0 = weight.new_empty(n, 16)
+    _t_p_0_0_1 = weight.new_empty(n, 48)
+    _t_p_0_0_2 = weight.new_empty(n, 80)
+    _t_p_0_1_0 = weight.new_empty(n, 16)
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _t_p_0_1_1 = weight.new_empty(n, 144)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _t_p_0_1_2 = weight.new_empty(n, 160)
+    _t_p_0_2_0 = weight.new_empty(n, 16)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _t_p_0_2_1 = weight.new_empty(n, 96)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _t_p_0_2_2 = weight.new_empty(n, 240)
+    _copy0 = weight.new_empty(n, 80)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d_only_f_sh_w_s0', n, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _w_p_0_1_1, _t_p_0_1_1, _w_p_0_1_2, _t_p_0_1_2, _t_p_0_2_0, _w_p_0_2_1, _t_p_0_2_1, _w_p_0_2_2, _t_p_0_2_2, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    del _copy0
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_only_f_sh_w_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('cormorant_message_d_only_f_sh_w_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d_f = weight.new_empty(n, 144)
+    d__m_p_0 = weight.new_empty(n, 179)
+    d_w = weight.new_empty(n, 240)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d_only_f_sh_w_s3', n, d_p, d_f, d__m_p_0, d_w, _mm2, _w_p_0_2_2, _t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 5, 3), f[:, 64:144].reshape(n, 16, 5), _w_p_0_2_1, _t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _w_p_0_1_2, _t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1, _t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_p_0, _mm2, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm3 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p_0
+    d_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d_only_f_sh_w_s4', n, d_sh, _mm3)
+    del _mm3
+    return [d_f, d_sh, d_w]
+
+
 # cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_f_cpu)
@@ -3399,7 +4724,12 @@ _ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144
 _ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_w_cpu)
 _ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_weight_cpu)
 _ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight], cpu=_cormorant_message_d_cpu)
-_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True, cpu=_cormorant_message_cpu)
+_ops.register("cormorant_message_d_only_f", _cormorant_message_d_only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_f], cpu=_cormorant_message_d_only_f_cpu)
+_ops.register("cormorant_message_d_only_sh", _cormorant_message_d_only_sh, outputs=((9, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_sh], cpu=_cormorant_message_d_only_sh_cpu)
+_ops.register("cormorant_message_d_only_w", _cormorant_message_d_only_w, outputs=((240, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_w], cpu=_cormorant_message_d_only_w_cpu)
+_ops.register("cormorant_message_d_only_weight", _cormorant_message_d_only_weight, outputs=((768, False),), index_ranges={}, backward=[_ops.cormorant_message_d2_weight], cpu=_cormorant_message_d_only_weight_cpu)
+_ops.register("cormorant_message_d_only_f_sh_w", _cormorant_message_d_only_f_sh_w, outputs=((144, True), (9, True), (240, True)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w], cpu=_cormorant_message_d_only_f_sh_w_cpu)
+_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], partial=[{(0,): _ops.cormorant_message_d_only_f, (1,): _ops.cormorant_message_d_only_sh, (2,): _ops.cormorant_message_d_only_w, (3,): _ops.cormorant_message_d_only_weight, (0, 1, 2): _ops.cormorant_message_d_only_f_sh_w}], check_indices=True, cpu=_cormorant_message_cpu)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -7795,6 +9125,1090 @@ void cormorant_cg_d2_weight_s34(int64_t n, int threads, real *restrict A0, int64
     }
 }
     """,
+    "cormorant_cg_d_only_f": """\
+void cormorant_cg_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_only_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+
+void cormorant_cg_d_only_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 400);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zui,u->zui */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a4[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a5[_u * 5 + _j];
+        real w5[400] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 80 + _k * 16 + _u] += t3[_k * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a2 + 0)[_u * 25 + _j * 5 + _k] += w5[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 240);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
+        real l3[80] __attribute__((aligned(64))) = {0};
+        real l4[240] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += (real)0.5773502691896257 * (a4 + 0)[_u] * a5[_u];
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a6[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (l0 + 0)[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l1 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        real w4[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a7[_i * 5 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a8[_u * 5 + _i];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (l0 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l2 + 0)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (l2 + 0)[_u * 5 + _i];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a7[_i * 5 + _j] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a4 + 64)[_u * 5 + _i];
+        real w10[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a9[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l3 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t11[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t11[_k * 16 + _u] = (l3 + 0)[_u * 5 + _k];
+        real w12[240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w12[_i * 80 + _j * 16 + _u] += t11[_k * 16 + _u] * a10[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l4 + 0)[_u * 15 + _i * 5 + _j] += w12[_i * 80 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t13[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t13[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
+        real w14[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 16 + _u] += t1[_j * 16 + _u] * t13[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w14[_i * 16 + _u];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t15[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t15[_i * 16 + _u] = a11[_u * 3 + _i];
+        real t16[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t16[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
+        real w17[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_j * 16 + _u] += t15[_i * 16 + _u] * t16[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w17[_j * 16 + _u];
+        /* zui,u->zui */
+        real t18[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t18[_i * 16 + _u] = (a4 + 16)[_u * 3 + _i];
+        real w19[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w19[_i * 16 + _u] += (real)1.224744871391589 * t18[_i * 16 + _u] * a12[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w19[_i * 16 + _u];
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t20[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t20[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
+        real w21[240] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w21[_j * 48 + _k * 16 + _u] += t20[_k * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 0)[_u * 15 + _j * 3 + _k] += w21[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[144] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
+        real l4[48] __attribute__((aligned(64))) = {0};
+        real l5[80] __attribute__((aligned(64))) = {0};
+        real l6[80] __attribute__((aligned(64))) = {0};
+        real l7[48] __attribute__((aligned(64))) = {0};
+        real l8[48] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[16] __attribute__((aligned(64))) = {0};
+        real l11[16] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a1[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a2 + 64)[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_i * 48 + _j * 16 + _u] += t3[_k * 16 + _u] * a4[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l1 + 0)[_u * 9 + _i * 3 + _j] += w4[_i * 48 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 16 + _u] = a5[_u * 3 + _j];
+        real t6[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_i * 48 + _j * 16 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w7[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 16 + _u] += t5[_j * 16 + _u] * t6[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t8[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 16 + _u] = a6[_u * 3 + _i];
+        real t9[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_i * 48 + _j * 16 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w10[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_j * 16 + _u] += t8[_i * 16 + _u] * t9[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a7[_u];
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real w11[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w11[_j * 16 + _u] += (l2 + 0)[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l3 + 0)[_u * 3 + _j] += w11[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t12[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t12[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
+        real w13[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_i * 16 + _u] += a8[_i * 3 + _j] * t12[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w13[_i * 16 + _u];
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real w14[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w14[_i * 16 + _u] += (l2 + 0)[_u] * t8[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l4 + 0)[_u * 3 + _i] += w14[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t15[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t15[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+        real w16[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w16[_j * 16 + _u] += a8[_i * 3 + _j] * t15[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w16[_j * 16 + _u];
+        /* zui,u->zui */
+        real w17[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w17[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a9[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l5 + 0)[_u * 5 + _i] += w17[_i * 16 + _u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t18[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t18[_k * 16 + _u] = (l5 + 0)[_u * 5 + _k];
+        real w19[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w19[_j * 16 + _u] += t18[_k * 16 + _u] * a10[_j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l6 + 0)[_u * 5 + _j] += w19[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t20[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t20[_j * 16 + _u] = a11[_u * 5 + _j];
+        real t21[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t21[_j * 16 + _u] = (l6 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t20[_j * 16 + _u] * t21[_j * 16 + _u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t22[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t22[_j * 16 + _u] = (l6 + 0)[_u * 5 + _j];
+        real w23[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w23[_j * 16 + _u] += a12[_u] * t22[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w23[_j * 16 + _u];
+        /* zui,u->zui */
+        real t24[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t24[_i * 16 + _u] = (a2 + 16)[_u * 3 + _i];
+        real w25[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w25[_i * 16 + _u] += (real)1.224744871391589 * t24[_i * 16 + _u] * a13[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l7 + 0)[_u * 3 + _i] += w25[_i * 16 + _u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t26[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t26[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
+        real w27[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w27[_j * 16 + _u] += t26[_k * 16 + _u] * a14[_j * 3 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l8 + 0)[_u * 3 + _j] += w27[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t28[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t28[_j * 16 + _u] = (l8 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t5[_j * 16 + _u] * t28[_j * 16 + _u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t29[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t29[_j * 16 + _u] = (l8 + 0)[_u * 3 + _j];
+        real w30[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w30[_j * 16 + _u] += a12[_u] * t29[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w30[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a15[_u];
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l10 + 0)[_u] += (l9 + 0)[_u] * a16[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a17[0] * (l10 + 0)[_u];
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 0)[_u] += (l9 + 0)[_u] * a12[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a17[0] * (l11 + 0)[_u];
+    }
+}
+    """,
+    "cormorant_cg_d_only_weight": """\
+void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 144);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a5[_u] * a6[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a7[0] * (l0 + 0)[_u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a8[_u];
+        /* p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a9[_u * 3 + _j];
+        real w2[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a5[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* zui,u->zui */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
+        real w6[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a11[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* p5 = (p0 ⊗ p4) -> 16x2 */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a12[_u * 5 + _j];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_j * 16 + _u] += a5[_u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t9[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
+        real w10[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zui,u->zui */
+        real t11[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
+        real w12[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a14[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* p6 = (p2 ⊗ p2) -> 16x0 */
+        real t13[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = a15[_u * 3 + _i];
+        real w14[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a4 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* p8 = (p2 ⊗ p4) -> 16x1 */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a6[_u * 3 + _i];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w5[240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w2[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui,u->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w4[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real t6[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w7[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a6[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += a1[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a0 + 64)[_u * 5 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += a4[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += a1[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += (a2 + 16)[_u * 3 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += a1[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_only_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 3 + _i];
+    }
+}
+    """,
     "cormorant_message": """\
 void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride)
 {
@@ -11864,6 +14278,1947 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
     }
 }
     """,
+    "cormorant_message_d_only_f": """\
+void cormorant_message_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 16)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 32)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 16)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 16)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 16)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 32)[_u] += a14[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a4 + 0)[_i * 16 + _w] += a15[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d_only_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d_only_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[144] __attribute__((aligned(64))) = {0};
+        real l5[16] __attribute__((aligned(64))) = {0};
+        real l6[80] __attribute__((aligned(64))) = {0};
+        real l7[48] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zuk,zpu->zupk */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a3 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t3[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real w4[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_i * 16 + _u] += t3[_p * 80 + _k * 16 + _u] * a4[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_p * 48 + _k * 16 + _u] += t5[_k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 6 + _p * 3 + _k] += w6[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += t7[_p * 48 + _k * 16 + _u] * a6[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += (a0 + 0)[_u] * a7[_u];
+        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w9[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w9[_i * 16 + _u] += (l2 + 0)[_u] * a8[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w9[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t10[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t10[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w11[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_p * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l3 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t12[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t12[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
+        real w13[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w13[_i * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * a10[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w13[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t14[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t14[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w15[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_p * 48 + _k * 16 + _u] += t14[_k * 16 + _u] * (a11 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 9 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t16[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
+        real w17[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_i * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * a12[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w17[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l5 + 0)[_u] += (a0 + 0)[_u] * a13[_u];
+        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w18[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w18[_i * 16 + _u] += (l5 + 0)[_u] * a14[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w18[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t19[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w20[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w20[_k * 16 + _u] += t19[_k * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l6 + 0)[_u * 5 + _k] += w20[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t21[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t21[_k * 16 + _u] * a16[_k];
+        /* zuk,zpu->zupk */
+        real t22[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t22[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w23[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w23[_k * 16 + _u] += t22[_k * 16 + _u] * a17[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w23[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t24[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t24[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t24[_k * 16 + _u] * a18[_k];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l8 + 0)[_u] += (a0 + 0)[_u] * a19[_u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (l8 + 0)[_u] * a20[0];
+    }
+}
+    """,
+    "cormorant_message_d_only_sh": """\
+void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 16)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 32)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 16)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 16)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 16)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 32)[_u] += a14[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a4 + 0)[_i * 16 + _w] += a15[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d_only_sh_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d_only_sh_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d_only_sh_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 179);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[144] __attribute__((aligned(64))) = {0};
+        real l5[16] __attribute__((aligned(64))) = {0};
+        real l6[80] __attribute__((aligned(64))) = {0};
+        real l7[48] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zuk,zpu->zupk */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a3 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t3[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t3[_p * 80 + _k * 16 + _u] * t4[_i * 16 + _u];
+                        (a1 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_p * 48 + _k * 16 + _u] += t5[_k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 6 + _p * 3 + _k] += w6[_p * 48 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t7[_p * 48 + _k * 16 + _u] * t4[_i * 16 + _u];
+                        (a1 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += (a0 + 0)[_u] * a6[_u];
+        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l2 + 0)[_u] * t4[_i * 16 + _u];
+                (a1 + 69)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w9[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_p * 80 + _k * 16 + _u] += t8[_k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l3 + 0)[_u * 10 + _p * 5 + _k] += w9[_p * 80 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t10[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
+        real t11[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 16 + _u] = a8[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t10[_p * 80 + _k * 16 + _u] * t11[_i * 16 + _u];
+                        (a1 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real t12[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t12[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w13[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_p * 48 + _k * 16 + _u] += t12[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 9 + _p * 3 + _k] += w13[_p * 48 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t14[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t14[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t14[_p * 48 + _k * 16 + _u] * t11[_i * 16 + _u];
+                        (a1 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l5 + 0)[_u] += (a0 + 0)[_u] * a10[_u];
+        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l5 + 0)[_u] * t11[_i * 16 + _u];
+                (a1 + 9)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t15[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t15[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w16[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_k * 16 + _u] += t15[_k * 16 + _u] * a11[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l6 + 0)[_u * 5 + _k] += w16[_k * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t17[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t17[_k * 16 + _u] * a12[_u];
+                (a1 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t18[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w19[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w19[_k * 16 + _u] += t18[_k * 16 + _u] * a13[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w19[_k * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t20[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t20[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t20[_k * 16 + _u] * a12[_u];
+                (a1 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l8 + 0)[_u] += (a0 + 0)[_u] * a14[_u];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += (l8 + 0)[_u] * a12[_u];
+            (a1 + 0)[0] += acc;
+        }
+    }
+}
+
+void cormorant_message_d_only_sh_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "cormorant_message_d_only_w": """\
+void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 16);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 144);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 96);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 240);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 80);
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a10[_u] * a11[0];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a10[_u] * a12[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += a10[_u] * a13[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a14[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_u] += t3[_i * 16 + _u] * a15[_i];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w4[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w5[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a5 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t6[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a18[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a6 + 0)[_u] += t6[_i * 16 + _u] * a19[_i];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a7 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w8[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a8 + 0)[_u * 15 + _p * 5 + _k] += w8[_p * 80 + _k * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a9 + 0)[_i * 16 + _w] += a22[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d_only_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d_only_w_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[32] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zuk,zupk->zpu */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t2[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t2[_p * 80 + _k * 16 + _u] = (a3 + 0)[_u * 15 + _p * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l0 + 0)[_p * 16 + _u] += t1[_k * 16 + _u] * t2[_p * 80 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 224)[_u] += (l0 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 176)[_u] += (l0 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 144)[_u] += (l0 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_p * 48 + _k * 16 + _u] = (a4 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 208)[_u] += (l1 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 160)[_u] += (l1 + 0)[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 192)[_u] += (a0 + 0)[_u] * (a5 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t6[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l2 + 0)[_p * 16 + _u] += t5[_k * 16 + _u] * t6[_p * 80 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 128)[_u] += (l2 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 96)[_u] += (l2 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t7[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t8[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l3 + 0)[_p * 16 + _u] += t7[_k * 16 + _u] * t8[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 112)[_u] += (l3 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 80)[_u] += (l3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 48)[_u] += (l3 + 0)[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 64)[_u] += (a0 + 0)[_u] * (a8 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t9[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t10[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t10[_k * 16 + _u] = (a9 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 32)[_u] += t9[_k * 16 + _u] * t10[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t11[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t12[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t12[_k * 16 + _u] = (a10 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 16)[_u] += t11[_k * 16 + _u] * t12[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a0 + 0)[_u] * (a11 + 0)[_u];
+    }
+}
+    """,
+    "cormorant_message_d_only_weight": """\
+void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
+        real l3[16] __attribute__((aligned(64))) = {0};
+        real l4[48] __attribute__((aligned(64))) = {0};
+        real l5[144] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[160] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        real l9[32] __attribute__((aligned(64))) = {0};
+        real l10[96] __attribute__((aligned(64))) = {0};
+        real l11[48] __attribute__((aligned(64))) = {0};
+        real l12[240] __attribute__((aligned(64))) = {0};
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a2[_u] * a3[0];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l0 + 0)[_u] * a4[_u];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a2[_u] * a5[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w4[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_k * 16 + _u] += a2[_u] * a7[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (l2 + 0)[_u * 5 + _k];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t7[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = a9[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 0)[_u] += t7[_i * 16 + _u] * a10[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l3 + 0)[_u] * a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 16)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 32)[_u] += a14[_u];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w8[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l5 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t9[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
+        real w10[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l6 + 0)[_u] += a16[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l6 + 16)[_u] += a17[_u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w11[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a18[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l7 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t12[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t12[_p * 80 + _k * 16 + _u] = (l7 + 0)[_u * 10 + _p * 5 + _k];
+        real w13[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t14[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 16 + _u] = a19[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 0)[_u] += t14[_i * 16 + _u] * a20[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l8 + 0)[_u] * a21[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += a22[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 16)[_u] += a23[_u];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w15[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a24[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l10 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t16[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 6 + _p * 3 + _k];
+        real w17[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 0)[_u] += a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 16)[_u] += a26[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 32)[_u] += a27[_u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w18[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a28[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t19[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t19[_p * 80 + _k * 16 + _u] = (l12 + 0)[_u * 15 + _p * 5 + _k];
+        real w20[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a0 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += (a1 + 16)[_u * 3 + _i];
+    }
+}
+    """,
+    "cormorant_message_d_only_f_sh_w": """\
+void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 16);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 144);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 160);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 16);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 32);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 96);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 48);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 240);
+        real *restrict a13 = A13 + z * a13_stride;
+        memset(a13, 0, sizeof(real) * 80);
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a14[_u] * a15[0];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a14[_u] * a16[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += a14[_u] * a17[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a18[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_u] += t3[_i * 16 + _u] * a19[_i];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a4 + 0)[_u] += a20[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a4 + 16)[_u] += a21[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a4 + 32)[_u] += a22[_u];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w4[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a23[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a5 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a6 + 0)[_u] += a24[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a6 + 16)[_u] += a25[_u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w5[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a26[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a7 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t6[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a27[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a8 + 0)[_u] += t6[_i * 16 + _u] * a28[_i];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a9 + 0)[_u] += a29[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a9 + 16)[_u] += a30[_u];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a31[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a10 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a11 + 0)[_u] += a32[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a11 + 16)[_u] += a33[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a11 + 32)[_u] += a34[_u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w8[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a35[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a12 + 0)[_u * 15 + _p * 5 + _k] += w8[_p * 80 + _k * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a13 + 0)[_i * 16 + _w] += a36[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d_only_f_sh_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d_only_f_sh_w_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 179);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 240);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[32] __attribute__((aligned(64))) = {0};
+        real l4[16] __attribute__((aligned(64))) = {0};
+        real l5[160] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[144] __attribute__((aligned(64))) = {0};
+        real l8[48] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[80] __attribute__((aligned(64))) = {0};
+        real l11[48] __attribute__((aligned(64))) = {0};
+        real l12[16] __attribute__((aligned(64))) = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a4[_u];
+        /* zuk,zpu->zupk */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t4[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t5[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t7[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = a8[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t7[_p * 80 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 224)[_u] += (l1 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 176)[_u] += (l1 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 144)[_u] += (l1 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t9[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w10[96] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_p * 48 + _k * 16 + _u] += t9[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 0)[_u * 6 + _p * 3 + _k] += w10[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t11[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        real w14[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t15[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t15[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t15[_p * 48 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 208)[_u] += (l3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 160)[_u] += (l3 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += (a0 + 0)[_u] * a12[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 192)[_u] += (a0 + 0)[_u] * (a13 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w16[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_i * 16 + _u] += (l4 + 0)[_u] * a14[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w16[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l4 + 0)[_u] * t8[_i * 16 + _u];
+                (a2 + 69)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t17[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w18[160] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_p * 80 + _k * 16 + _u] += t17[_k * 16 + _u] * (a15 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l5 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t19[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t20[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t21[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real w22[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t23[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t23[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real t24[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t24[_i * 16 + _u] = a18[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t23[_p * 80 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 128)[_u] += (l6 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 96)[_u] += (l6 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t25[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w26[144] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w26[_p * 48 + _k * 16 + _u] += t25[_k * 16 + _u] * (a19 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l7 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t27[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t27[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t28[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t29[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        real w30[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t31[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t31[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t31[_p * 48 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 112)[_u] += (l8 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 80)[_u] += (l8 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 48)[_u] += (l8 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += (a0 + 0)[_u] * a22[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 64)[_u] += (a0 + 0)[_u] * (a23 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w32[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w32[_i * 16 + _u] += (l9 + 0)[_u] * a24[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w32[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l9 + 0)[_u] * t24[_i * 16 + _u];
+                (a2 + 9)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t33[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t33[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w34[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w34[_k * 16 + _u] += t33[_k * 16 + _u] * a25[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t35[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t35[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t36[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t37[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t38[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t38[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t38[_k * 16 + _u] * a28[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t39[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t39[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w40[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w40[_k * 16 + _u] += t39[_k * 16 + _u] * a29[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l11 + 0)[_u * 3 + _k] += w40[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t41[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t41[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t42[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t43[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t44[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t44[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t44[_k * 16 + _u] * a28[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l12 + 0)[_u] += (a0 + 0)[_u] * a32[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += (a0 + 0)[_u] * (a33 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (l12 + 0)[_u] * a34[0];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += (l12 + 0)[_u] * a28[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void cormorant_message_d_only_f_sh_w_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
     },
     {
         'cormorant_cg_s0': 'oorrssrssrssr',
@@ -11965,6 +16320,32 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
         'cormorant_cg_d2_weight_s32': 'aaorsrrrsr',
         'cormorant_cg_d2_weight_s33': 'aarsrrrs',
         'cormorant_cg_d2_weight_s34': 'arrsr',
+        'cormorant_cg_d_only_f_s0': 'or',
+        'cormorant_cg_d_only_f_s1': 'oorr',
+        'cormorant_cg_d_only_f_s2': 'ar',
+        'cormorant_cg_d_only_f_s3': 'ar',
+        'cormorant_cg_d_only_f_s4': 'or',
+        'cormorant_cg_d_only_f_s5': 'ar',
+        'cormorant_cg_d_only_f_s6': 'aoorsr',
+        'cormorant_cg_d_only_f_s7': 'aorrr',
+        'cormorant_cg_d_only_f_s8': 'aoorrsrsrssrs',
+        'cormorant_cg_d_only_f_s9': 'aorrr',
+        'cormorant_cg_d_only_f_s10': 'arrssrrssssrrsssrs',
+        'cormorant_cg_d_only_weight_s0': 'ooooorrssrssrssr',
+        'cormorant_cg_d_only_weight_s1': 'aorsrsrr',
+        'cormorant_cg_d_only_weight_s2': 'aorsrsrr',
+        'cormorant_cg_d_only_weight_s3': 'aorsrsr',
+        'cormorant_cg_d_only_weight_s4': 'or',
+        'cormorant_cg_d_only_weight_s5': 'or',
+        'cormorant_cg_d_only_weight_s6': 'oorr',
+        'cormorant_cg_d_only_weight_s7': 'or',
+        'cormorant_cg_d_only_weight_s8': 'aorr',
+        'cormorant_cg_d_only_weight_s9': 'aoorr',
+        'cormorant_cg_d_only_weight_s10': 'or',
+        'cormorant_cg_d_only_weight_s11': 'oorr',
+        'cormorant_cg_d_only_weight_s12': 'or',
+        'cormorant_cg_d_only_weight_s13': 'or',
+        'cormorant_cg_d_only_weight_s14': 'or',
         'cormorant_message_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'cormorant_message_s1': 'oorr',
         'cormorant_message_s2': 'aorr',
@@ -12006,6 +16387,26 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
         'cormorant_message_d2_weight_s5': 'aorr',
         'cormorant_message_d2_weight_s6': 'aooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'cormorant_message_d2_weight_s7': 'or',
+        'cormorant_message_d_only_f_s0': 'ooooorrrrrrrrrrr',
+        'cormorant_message_d_only_f_s1': 'oorr',
+        'cormorant_message_d_only_f_s2': 'ar',
+        'cormorant_message_d_only_f_s3': 'aorrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_only_sh_s0': 'ooooorrrrrrrrrrr',
+        'cormorant_message_d_only_sh_s1': 'oorr',
+        'cormorant_message_d_only_sh_s2': 'ar',
+        'cormorant_message_d_only_sh_s3': 'aorrrrrrrrrrrrr',
+        'cormorant_message_d_only_sh_s4': 'or',
+        'cormorant_message_d_only_w_s0': 'oooooooooorrrrrrrrrrrrr',
+        'cormorant_message_d_only_w_s1': 'oorr',
+        'cormorant_message_d_only_w_s2': 'ar',
+        'cormorant_message_d_only_w_s3': 'aorrrrrrrrrr',
+        'cormorant_message_d_only_weight_s0': 'oorrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_only_weight_s1': 'or',
+        'cormorant_message_d_only_f_sh_w_s0': 'oooooooooooooorrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_only_f_sh_w_s1': 'oorr',
+        'cormorant_message_d_only_f_sh_w_s2': 'ar',
+        'cormorant_message_d_only_f_sh_w_s3': 'aooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_only_f_sh_w_s4': 'or',
     },
 )
 _ops.kernels = _native

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_fae87fb47b7844de")
+_ops = rt.OpNamespace("fusionc_8887cbdee5e4b934")
 
 
 def _mace_product(
@@ -2781,12 +2781,850 @@ def _mace_product_d2_weight_cpu(
     return [d2_A, d2_d_B, d2_weight]
 
 
+def _mace_product_d_only_A(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
+    cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product, d_A only: A (n, 1024), z (n,), d_B (n, 256) -> d_A (n, 1024)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # one weight set per row, chosen by z
+    _w_B_2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c4
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c5
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c6
+    p15_0 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    p15_1 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    p15_2 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    p15_3 = (_p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    p17_4 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _p1
+    p17_5 = (_p4 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    del _p4
+    p17_6 = (_p7 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    del _p7
+    p17_7 = (_p10 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    del _p10
+    p19_8 = _p3.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del _p3
+    p19_9 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    p21_10 = _p11.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    del _p11
+    p21_11 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    p23_12 = _p6.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    del _p6
+    p23_13 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    p25_14 = _p12.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    p25_15 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    p27_16 = _p12.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    del _p12
+    p27_17 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    del _p14
+    _p29 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del _p9
+    d__p31 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
+    _c7 = d__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    d__p13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c7
+    # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
+    _c8 = d__p31.reshape(n, 64, 3, 1) * _p13.reshape(n, 64, 1, 5)
+    del _p13, d__p31
+    d_A_18 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c8
+    d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    _c9 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    d__p29 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c9
+    # ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
+    _c10 = d__p30.reshape(n, 64, 1, 3) * _p29.reshape(n, 64, 3, 1)
+    del _p29, d__p30
+    d_A_19 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    del _c10
+    d__p9_20 = d__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del d__p29
+    d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    _c11 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    d__p27 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c11
+    # ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
+    _p27 = p27_16 + p27_17
+    del p27_16, p27_17
+    _c12 = d__p28.reshape(n, 64, 1, 1) * _p27.reshape(n, 64, 1, 5)
+    del _p27, d__p28
+    d_A_21 = torch.mm(_c12.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c12
+    d__p14_22 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    d__p12_23 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    del d__p27
+    d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _c13 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    d__p25 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c13
+    # ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
+    _p25 = p25_14 + p25_15
+    del p25_14, p25_15
+    _c14 = d__p26.reshape(n, 64, 3, 1) * _p25.reshape(n, 64, 1, 5)
+    del _p25, d__p26
+    d_A_24 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c14
+    d__p14_25 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    d__p12_26 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    del d__p25
+    d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    _c15 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    d__p23 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c15
+    # ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
+    _p23 = p23_12 + p23_13
+    del p23_12, p23_13
+    _c16 = d__p24.reshape(n, 64, 1, 1) * _p23.reshape(n, 64, 1, 3)
+    del _p23, d__p24
+    d_A_27 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c16
+    d__p9_28 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    d__p6_29 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    del d__p23
+    d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    _c17 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    d__p21 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c17
+    # ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
+    _p21 = p21_10 + p21_11
+    del p21_10, p21_11
+    _c18 = d__p22.reshape(n, 64, 3, 1) * _p21.reshape(n, 64, 1, 5)
+    del _p21, d__p22
+    d_A_30 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c18
+    d__p14_31 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    d__p11 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    del d__p21
+    d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    _c19 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    d__p19 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c19
+    # ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
+    _p19 = p19_8 + p19_9
+    del p19_8, p19_9
+    _c20 = d__p20.reshape(n, 64, 3, 1) * _p19.reshape(n, 64, 1, 3)
+    del _p19, d__p20
+    d_A_32 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c20
+    d__p9_33 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    d__p3_34 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del d__p19
+    d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    _c21 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    d__p17 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c21
+    # ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
+    _p17 = p17_4 + p17_5 + p17_6 + p17_7
+    del p17_4, p17_5, p17_6, p17_7
+    _c22 = d__p18.reshape(n, 64, 3, 1) * _p17.reshape(n, 64, 1, 1)
+    del _p17, d__p18
+    d_A_35 = torch.mm(_c22.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c22
+    d__p10_36 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    d__p7_37 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    d__p4_38 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    d__p1_39 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del d__p17
+    d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    _c23 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c23
+    # ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
+    _p15 = p15_0 + p15_1 + p15_2 + p15_3
+    del p15_0, p15_1, p15_2, p15_3
+    _c24 = d__p16.reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1, 1)
+    del _p15, d__p16
+    d_A_40 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c24.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c24
+    d__p10_41 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    d__p7_42 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    d__p4_43 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    d__p1_44 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_2, d__p15
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    d__p14 = d__p14_22 + d__p14_25 + d__p14_31
+    del d__p14_22, d__p14_25, d__p14_31
+    _c25 = d__p14.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    d_A_45 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c25
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    _c26 = d__p14.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d__p14
+    d_A_46 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c26
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    _c27 = d__p13.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    d_A_47 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c27
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    _c28 = d__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p13
+    d_A_48 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c28
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    d__p12 = d__p12_23 + d__p12_26
+    del d__p12_23, d__p12_26
+    _c29 = d__p12.reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    d_A_49 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c29
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    _c30 = d__p12.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p12
+    d_A_50 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c30
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    _c31 = d__p11.reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    d_A_51 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c31
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    _c32 = d__p11.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p11
+    d_A_52 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c32
+    d__p10_53 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    d__p10 = d__p10_36 + d__p10_41 + d__p10_53
+    del d__p10_36, d__p10_41, d__p10_53
+    _c33 = d__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    d_A_54 = torch.mm(_c33.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    del _c33
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c34 = d__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d__p10
+    d_A_55 = torch.mm(_c34.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c34
+    d__p9_56 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    d__p9 = d__p9_20 + d__p9_28 + d__p9_33 + d__p9_56
+    del d__p9_20, d__p9_28, d__p9_33, d__p9_56
+    _c35 = d__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    d_A_57 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c35
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c36 = d__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p9
+    d_A_58 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c36
+    d__p7_59 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    d__p7 = d__p7_37 + d__p7_42 + d__p7_59
+    del d__p7_37, d__p7_42, d__p7_59
+    _c37 = d__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    d_A_60 = torch.mm(_c37.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c37
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c38 = d__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p7
+    d_A_61 = torch.mm(_c38.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c38
+    d__p6_62 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    d__p6 = d__p6_29 + d__p6_62
+    del d__p6_29, d__p6_62
+    _c39 = d__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    d_A_63 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c39
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c40 = d__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p6
+    d_A_64 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c40
+    d__p4_65 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    d__p4 = d__p4_38 + d__p4_43 + d__p4_65
+    del d__p4_38, d__p4_43, d__p4_65
+    _c41 = d__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    d_A_66 = torch.mm(_c41.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c41
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c42 = d__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p4
+    d_A_67 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c42
+    d__p3_68 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    d__p3 = d__p3_34 + d__p3_68
+    del d__p3_34, d__p3_68
+    _c43 = d__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    d_A_69 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c43
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c44 = d__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p3
+    d_A_70 = torch.mm(_c44.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c44
+    d__p1_71 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_1
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    d__p1 = d__p1_39 + d__p1_44 + d__p1_71
+    del d__p1_39, d__p1_44, d__p1_71
+    _c45 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    d_A_72 = cg_0_0_0.reshape(1, 1, 1) * _c45.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c45
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c46 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p1
+    d_A_73 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c46.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c46
+    # ∂/∂A: 64x1o -> 64x1o
+    d_A_74 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: 64x0e -> 64x0e
+    d_A_75 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_0
+    d_A = torch.cat([
+        (d_A_19 + d_A_40 + d_A_69 + d_A_72 + d_A_73 + d_A_75).reshape(n, 64),
+        (d_A_24 + d_A_27 + d_A_35 + d_A_51 + d_A_52 + d_A_63 + d_A_66 + d_A_67 + d_A_70 + d_A_74).reshape(n, 192),
+        (d_A_18 + d_A_21 + d_A_32 + d_A_47 + d_A_49 + d_A_50 + d_A_57 + d_A_60 + d_A_61 + d_A_64).reshape(n, 320),
+        (d_A_30 + d_A_45 + d_A_46 + d_A_48 + d_A_54 + d_A_55 + d_A_58).reshape(n, 448),
+    ], dim=-1)
+    del d_A_18, d_A_19, d_A_21, d_A_24, d_A_27, d_A_30, d_A_32, d_A_35, d_A_40, d_A_45, d_A_46, d_A_47, d_A_48, d_A_49, d_A_50, d_A_51, d_A_52, d_A_54, d_A_55, d_A_57, d_A_58, d_A_60, d_A_61, d_A_63, d_A_64, d_A_66, d_A_67, d_A_69, d_A_70, d_A_72, d_A_73, d_A_74, d_A_75
+    return [d_A]
+
+
+def _mace_product_d_only_A_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
+    cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product, d_A only: A (n, 1024), z (n,), d_B (n, 256) -> d_A (n, 1024)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    # one weight set per row, chosen by z
+    _w_B_2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    _p1 = weight.new_empty(n, 64)
+    _p3 = weight.new_empty(n, 192)
+    _c2 = weight.new_empty(n, 192)
+    _p4 = weight.new_empty(n, 64)
+    _c3 = weight.new_empty(n, 576)
+    _p6 = weight.new_empty(n, 192)
+    _c4 = weight.new_empty(n, 320)
+    _p7 = weight.new_empty(n, 64)
+    _c5 = weight.new_empty(n, 960)
+    _p9 = weight.new_empty(n, 192)
+    _c6 = weight.new_empty(n, 448)
+    _p10 = weight.new_empty(n, 64)
+    _c7 = weight.new_empty(n, 576)
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _native.run('mace_product_d_only_A_s0', n, _p1, _p3, _c2, _p4, _c3, _p6, _c4, _p7, _c5, _p9, _c6, _p10, _c7, A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, A[:, 64:256].reshape(n, 64, 3), cg_0_1_1, cg_1_1_0, A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5), cg_1_2_1, cg_2_2_0, A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7), cg_2_3_1, A[:, 576:1024].reshape(n, 64, 7), cg_3_3_0)
+    _p11 = torch.mm(_c7.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c7
+    _c8 = weight.new_empty(n, 1600)
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _native.run('mace_product_d_only_A_s1', n, _c8, A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    _p12 = torch.mm(_c8.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c8
+    _c9 = weight.new_empty(n, 1600)
+    _p13 = weight.new_empty(n, 320)
+    _c10 = weight.new_empty(n, 2240)
+    _p15 = weight.new_empty(n, 64)
+    _p17 = weight.new_empty(n, 64)
+    _p19 = weight.new_empty(n, 192)
+    _p21 = weight.new_empty(n, 320)
+    _p23 = weight.new_empty(n, 192)
+    _p25 = weight.new_empty(n, 320)
+    _p27 = weight.new_empty(n, 320)
+    _p29 = weight.new_empty(n, 192)
+    d__p31 = weight.new_empty(n, 192)
+    _c11 = weight.new_empty(n, 960)
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
+    _native.run('mace_product_d_only_A_s2', n, _c9, _p13, _c10, _p15, _p17, _p19, _p21, _p23, _p25, _p27, _p29, d__p31, _c11, A[:, 576:1024].reshape(n, 64, 7), cg_2_3_2, A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7), cg_3_3_2, _p1, _w_B_2[:, 0:64].reshape(n, 64), _p4, _w_B_2[:, 192:256].reshape(n, 64), _p7, _w_B_2[:, 448:512].reshape(n, 64), _p10, _w_B_2[:, 960:1024].reshape(n, 64), _w_B_2[:, 64:128].reshape(n, 64), _w_B_2[:, 256:320].reshape(n, 64), _w_B_2[:, 512:576].reshape(n, 64), _w_B_2[:, 1024:1088].reshape(n, 64), _p3, _w_B_2[:, 128:192].reshape(n, 64), _p9, _w_B_2[:, 832:896].reshape(n, 64), _p11, _w_B_2[:, 320:384].reshape(n, 64), _w_B_2[:, 1216:1280].reshape(n, 64), _p6, _w_B_2[:, 384:448].reshape(n, 64), _w_B_2[:, 768:832].reshape(n, 64), _p12, _w_B_2[:, 576:640].reshape(n, 64), _w_B_2[:, 1088:1152].reshape(n, 64), _w_B_2[:, 640:704].reshape(n, 64), _w_B_2[:, 1152:1216].reshape(n, 64), _w_B_2[:, 704:768].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3), _w_B_2[:, 896:960].reshape(n, 64), A[:, 256:576].reshape(n, 64, 5))
+    del _p1, _p10, _p11, _p12, _p3, _p4, _p6, _p7, _p9
+    d__p13 = torch.mm(_c11.reshape(n, 64, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c11
+    _c12 = weight.new_empty(n, 960)
+    # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
+    _native.run('mace_product_d_only_A_s3', n, _c12, d__p31, _p13)
+    del _p13, d__p31
+    _mm0 = torch.mm(_c12.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c12
+    d_A = weight.new_empty(n, 1024)
+    d__p29 = weight.new_empty(n, 192)
+    _c14 = weight.new_empty(n, 576)
+    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    # ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
+    _native.run('mace_product_d_only_A_s4', n, d_A, d__p29, _c14, _mm0, d_B[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1), cg_1_0_1, _p29)
+    del _mm0, _p29
+    _mm1 = torch.mm(_c14.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    del _c14
+    d__p9 = weight.new_empty(n, 192)
+    d__p14 = weight.new_empty(n, 320)
+    d__p12 = weight.new_empty(n, 320)
+    d__p26 = weight.new_empty(n, 192)
+    _c16 = weight.new_empty(n, 576)
+    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    # ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
+    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _native.run('mace_product_d_only_A_s5', n, d_A, d__p9, d__p14, d__p12, d__p26, _c16, _mm1, d__p29, _w_B_2[:, 704:768].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1), _c4, _p27, cg_2_2_0, _w_B_2[:, 1152:1216].reshape(n, 64), _w_B_2[:, 640:704].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    del _mm1, _p27, d__p29
+    d__p25 = torch.mm(_c16.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c16
+    _c17 = weight.new_empty(n, 960)
+    # ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
+    _native.run('mace_product_d_only_A_s6', n, _c17, d__p26, _p25)
+    del _p25, d__p26
+    _mm2 = torch.mm(_c17.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c17
+    d__p6 = weight.new_empty(n, 192)
+    d__p21 = weight.new_empty(n, 320)
+    _c19 = weight.new_empty(n, 960)
+    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    # ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
+    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    # ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
+    _native.run('mace_product_d_only_A_s7', n, d_A, d__p14, d__p12, d__p9, d__p6, d__p21, _c19, _mm2, d__p25, _w_B_2[:, 1088:1152].reshape(n, 64), _w_B_2[:, 576:640].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1), _c2, _p23, cg_1_1_0, _w_B_2[:, 768:832].reshape(n, 64), _w_B_2[:, 384:448].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3), _c5, _p21)
+    del _mm2, _p21, _p23, d__p25
+    _mm3 = torch.mm(_c19.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c19
+    d__p11 = weight.new_empty(n, 320)
+    d__p19 = weight.new_empty(n, 192)
+    _c20 = weight.new_empty(n, 576)
+    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    # ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
+    _native.run('mace_product_d_only_A_s8', n, d_A, d__p14, d__p11, d__p19, _c20, _mm3, d__p21, _w_B_2[:, 1216:1280].reshape(n, 64), _w_B_2[:, 320:384].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3), _c3, _p19)
+    del _mm3, _p19, d__p21
+    _mm4 = torch.mm(_c20.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c20
+    d__p3 = weight.new_empty(n, 192)
+    d__p10 = weight.new_empty(n, 64)
+    d__p7 = weight.new_empty(n, 64)
+    d__p4 = weight.new_empty(n, 64)
+    d__p1 = weight.new_empty(n, 64)
+    _c24 = weight.new_empty(n, 2240)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    # ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
+    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    # ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    _native.run('mace_product_d_only_A_s9', n, d_A, d__p9, d__p3, d__p10, d__p7, d__p4, d__p1, _c24, _mm4, d__p19, _w_B_2[:, 832:896].reshape(n, 64), _w_B_2[:, 128:192].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3), cg_0_1_1, A[:, 64:256].reshape(n, 64, 3), _p17, _w_B_2[:, 1024:1088].reshape(n, 64), _w_B_2[:, 512:576].reshape(n, 64), _w_B_2[:, 256:320].reshape(n, 64), _w_B_2[:, 64:128].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, _p15, _w_B_2[:, 960:1024].reshape(n, 64), _w_B_2[:, 448:512].reshape(n, 64), _w_B_2[:, 192:256].reshape(n, 64), _w_B_2[:, 0:64].reshape(n, 64), d__p14, A[:, 576:1024].reshape(n, 64, 7))
+    del _mm4, _p15, _p17, _w_B_2, d__p19
+    _mm5 = torch.mm(_c24.reshape(n, 64, 7, 5).permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c24
+    _c25 = weight.new_empty(n, 1600)
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    _native.run('mace_product_d_only_A_s10', n, d_A, _c25, _mm5, d__p14, _c10, d__p13, _c9, A[:, 256:576].reshape(n, 64, 5))
+    del _c10, _c9, _mm5, d__p13, d__p14
+    _mm6 = torch.mm(_c25.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c25
+    _c26 = weight.new_empty(n, 1600)
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    _native.run('mace_product_d_only_A_s11', n, d_A, _c26, _mm6, d__p12, A[:, 256:576].reshape(n, 64, 5))
+    del _mm6
+    _mm7 = torch.mm(_c26.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c26
+    _c27 = weight.new_empty(n, 1600)
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    _native.run('mace_product_d_only_A_s12', n, d_A, _c27, _mm7, d__p12, A[:, 256:576].reshape(n, 64, 5))
+    del _mm7, d__p12
+    _mm8 = torch.mm(_c27.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c27
+    _c30 = weight.new_empty(n, 960)
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _native.run('mace_product_d_only_A_s13', n, d_A, d__p10, d__p9, _c30, _mm8, d__p11, cg_1_1_2, A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3), d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 384:448].reshape(n, 64), A[:, 576:1024].reshape(n, 64, 7), cg_3_3_0, _c6, d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 320:384].reshape(n, 64), _c5, A[:, 256:576].reshape(n, 64, 5))
+    del _c5, _c6, _mm8, d__p10, d__p11, d__p9
+    _mm9 = torch.mm(_c30.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c30
+    _c32 = weight.new_empty(n, 576)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _native.run('mace_product_d_only_A_s14', n, d_A, d__p7, d__p6, _c32, _mm9, d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 256:320].reshape(n, 64), _c4, A[:, 256:576].reshape(n, 64, 5), cg_2_2_0, d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 192:256].reshape(n, 64), _c3, A[:, 64:256].reshape(n, 64, 3))
+    del _c3, _c4, _mm9, d__p6, d__p7
+    _mm10 = torch.mm(_c32.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c32
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    # ∂/∂A: 64x1o -> 64x1o
+    # ∂/∂A: 64x0e -> 64x0e
+    _native.run('mace_product_d_only_A_s15', n, d_A, d__p4, d__p3, d__p1, _mm10, d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 128:192].reshape(n, 64), _c2, A[:, 64:256].reshape(n, 64, 3), cg_1_1_0, d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 64:128].reshape(n, 64), cg_0_1_1, A[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 0:64].reshape(n, 64), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, _w_B_0[:, 64:128].reshape(n, 64), _w_B_0[:, 0:64].reshape(n, 64))
+    del _c2, _mm10, _w_B_0, _w_B_1, d__p1, d__p3, d__p4
+    return [d_A]
+
+
+def _mace_product_d_only_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
+    cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product, d_weight only: A (n, 1024), z (n,), d_B (n, 256) -> d_weight (18560,)."""
+    n = A.shape[0]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c4
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c5
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c6
+    # p31 = (p13 ⊗ p5) -> 64x1o
+    _c7 = _p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del _p13
+    _p31 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c7
+    d__w_B_2_0 = ((d_B[:, 64:256].reshape(n, 64, 3) * 1.118033988749895).reshape(n, 64, 3) * _p31.reshape(n, 64, 3)).sum((2,))
+    del _p31
+    d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    _c8 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p30
+    d__p29 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c8
+    d__w_B_2_1 = ((d__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    del d__p29
+    d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    _c9 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p28
+    d__p27 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c9
+    d__w_B_2_2 = ((d__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    d__w_B_2_3 = ((d__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
+    del d__p27
+    d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _c10 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    del d__p26
+    d__p25 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c10
+    d__w_B_2_4 = ((d__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    d__w_B_2_5 = ((d__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
+    del _p12, d__p25
+    d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    _c11 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p24
+    d__p23 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c11
+    d__w_B_2_6 = ((d__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    d__w_B_2_7 = ((d__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
+    del d__p23
+    d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    _c12 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    del d__p22
+    d__p21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c12
+    d__w_B_2_8 = ((d__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    del _p14
+    d__w_B_2_9 = ((d__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,))
+    del _p11, d__p21
+    d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    _c13 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    del d__p20
+    d__p19 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c13
+    d__w_B_2_10 = ((d__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    d__w_B_2_11 = ((d__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
+    del d__p19
+    d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    _c14 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    del d__p18
+    d__p17 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c14
+    d__w_B_2_12 = (d__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
+    d__w_B_2_13 = (d__p17 * 0.5).reshape(n, 64) * _p7.reshape(n, 64)
+    d__w_B_2_14 = (d__p17 * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
+    d__w_B_2_15 = (d__p17 * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
+    del d__p17
+    d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p16
+    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c15
+    d__w_B_2_16 = (d__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64)
+    d__w_B_2_17 = (d__p15 * 0.3535533905932738).reshape(n, 64) * _p7.reshape(n, 64)
+    d__w_B_2_18 = (d__p15 * 0.3535533905932738).reshape(n, 64) * _p4.reshape(n, 64)
+    d__w_B_2_19 = (d__p15 * 0.3535533905932738).reshape(n, 64) * _p1.reshape(n, 64)
+    del d__p15
+    # weight gradient per index value
+    d__w_B_2 = torch.cat([
+        d__w_B_2_19.reshape(n, 64),
+        d__w_B_2_15.reshape(n, 64),
+        d__w_B_2_11.reshape(n, 64),
+        d__w_B_2_18.reshape(n, 64),
+        d__w_B_2_14.reshape(n, 64),
+        d__w_B_2_9.reshape(n, 64),
+        d__w_B_2_7.reshape(n, 64),
+        d__w_B_2_17.reshape(n, 64),
+        d__w_B_2_13.reshape(n, 64),
+        d__w_B_2_5.reshape(n, 64),
+        d__w_B_2_3.reshape(n, 64),
+        d__w_B_2_1.reshape(n, 64),
+        d__w_B_2_6.reshape(n, 64),
+        d__w_B_2_10.reshape(n, 64),
+        d__w_B_2_0.reshape(n, 64),
+        d__w_B_2_16.reshape(n, 64),
+        d__w_B_2_12.reshape(n, 64),
+        d__w_B_2_4.reshape(n, 64),
+        d__w_B_2_2.reshape(n, 64),
+        d__w_B_2_8.reshape(n, 64),
+    ], dim=-1)
+    del d__w_B_2_0, d__w_B_2_1, d__w_B_2_10, d__w_B_2_11, d__w_B_2_12, d__w_B_2_13, d__w_B_2_14, d__w_B_2_15, d__w_B_2_16, d__w_B_2_17, d__w_B_2_18, d__w_B_2_19, d__w_B_2_2, d__w_B_2_3, d__w_B_2_4, d__w_B_2_5, d__w_B_2_6, d__w_B_2_7, d__w_B_2_8, d__w_B_2_9
+    d_weight_20 = weight.new_zeros(10, 1280).index_add(0, z, d__w_B_2.reshape(n, 1280)).reshape(12800)
+    del d__w_B_2
+    d__w_B_1_21 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
+    del _p10
+    d__w_B_1_22 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    del _p9
+    d__w_B_1_23 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p7.reshape(n, 64)
+    del _p7
+    d__w_B_1_24 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
+    del _p6
+    d__w_B_1_25 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
+    del _p4
+    d__w_B_1_26 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
+    del _p3
+    d__w_B_1_27 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
+    del _p1
+    # weight gradient per index value
+    d__w_B_1 = torch.cat([
+        d__w_B_1_27.reshape(n, 64),
+        d__w_B_1_26.reshape(n, 64),
+        d__w_B_1_25.reshape(n, 64),
+        d__w_B_1_24.reshape(n, 64),
+        d__w_B_1_23.reshape(n, 64),
+        d__w_B_1_22.reshape(n, 64),
+        d__w_B_1_21.reshape(n, 64),
+    ], dim=-1)
+    del d__w_B_1_21, d__w_B_1_22, d__w_B_1_23, d__w_B_1_24, d__w_B_1_25, d__w_B_1_26, d__w_B_1_27
+    d_weight_28 = weight.new_zeros(10, 448).index_add(0, z, d__w_B_1.reshape(n, 448)).reshape(4480)
+    del d__w_B_1
+    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    d__w_B_0_29 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    d__w_B_0_30 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    # weight gradient per index value
+    d__w_B_0 = torch.cat([
+        d__w_B_0_30.reshape(n, 64),
+        d__w_B_0_29.reshape(n, 64),
+    ], dim=-1)
+    del d__w_B_0_29, d__w_B_0_30
+    d_weight_31 = weight.new_zeros(10, 128).index_add(0, z, d__w_B_0.reshape(n, 128)).reshape(1280)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_31.reshape(1280),
+        d_weight_28.reshape(4480),
+        d_weight_20.reshape(12800),
+    ], dim=-1)
+    del d_weight_20, d_weight_28, d_weight_31
+    return [d_weight]
+
+
+def _mace_product_d_only_weight_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
+    cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product, d_weight only: A (n, 1024), z (n,), d_B (n, 256) -> d_weight (18560,)."""
+    n = A.shape[0]
+    _p1 = weight.new_empty(n, 64)
+    _p3 = weight.new_empty(n, 192)
+    _c2 = weight.new_empty(n, 576)
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _native.run('mace_product_d_only_weight_s0', n, _p1, _p3, _c2, A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, A[:, 64:256].reshape(n, 64, 3), cg_0_1_1, A[:, 64:256].reshape(n, 64, 3))
+    _p4 = torch.mm(_c2.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _p11 = torch.mm(_c2.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
+    _c3 = weight.new_empty(n, 576)
+    _p6 = weight.new_empty(n, 192)
+    _c4 = weight.new_empty(n, 320)
+    _p7 = weight.new_empty(n, 64)
+    _c5 = weight.new_empty(n, 960)
+    _p9 = weight.new_empty(n, 192)
+    _p10 = weight.new_empty(n, 64)
+    _c7 = weight.new_empty(n, 1600)
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _native.run('mace_product_d_only_weight_s1', n, _c3, _p6, _c4, _p7, _c5, _p9, _p10, _c7, A[:, 256:576].reshape(n, 64, 5), cg_1_2_1, A[:, 64:256].reshape(n, 64, 3), cg_2_2_0, A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7), cg_2_3_1, A[:, 576:1024].reshape(n, 64, 7), cg_3_3_0)
+    _p12 = torch.mm(_c7.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c7
+    _c8 = weight.new_empty(n, 2240)
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    _native.run('mace_product_d_only_weight_s2', n, _c8, A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
+    _p13 = torch.mm(_c8.reshape(n, 64, 5, 7).permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c8
+    _c9 = weight.new_empty(n, 3136)
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    _native.run('mace_product_d_only_weight_s3', n, _c9, A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    _p14 = torch.mm(_c9.reshape(n, 64, 7, 7).permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c9
+    _c10 = weight.new_empty(n, 1600)
+    # p31 = (p13 ⊗ p5) -> 64x1o
+    _native.run('mace_product_d_only_weight_s4', n, _c10, _p13, A[:, 256:576].reshape(n, 64, 5))
+    del _p13
+    _p31 = torch.mm(_c10.reshape(n, 64, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c10
+    d__w_B_2 = weight.new_empty(n, 1280)
+    _c12 = weight.new_empty(n, 576)
+    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _native.run('mace_product_d_only_weight_s5', n, d__w_B_2, _c12, d_B[:, 64:256].reshape(n, 64, 3), _p31, A[:, 0:64].reshape(n, 64, 1), cg_1_0_1, _p9, d_B[:, 0:64].reshape(n, 64, 1), _c4, _p14, _p12, A[:, 64:256].reshape(n, 64, 3))
+    del _c4, _p31
+    d__p25 = torch.mm(_c12.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c12
+    _c14 = weight.new_empty(n, 576)
+    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    _native.run('mace_product_d_only_weight_s6', n, d__w_B_2, _c14, d__p25, _p14, _p12, d_B[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3), cg_1_1_0, _p9, _p6, d_B[:, 64:256].reshape(n, 64, 3), _c5, _p11, _c3, _p3)
+    del _c3, _c5, _p11, _p12, _p14, d__p25
+    d__p17 = torch.mm(_c14.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c14
+    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    _native.run('mace_product_d_only_weight_s7', n, d__w_B_2, d__p17, _p10, _p7, _p4, _p1, d_B[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0)
+    del d__p17
+    # weight gradient per index value
+    d_weight_0 = weight.new_zeros(10, 1280).index_add(0, z, d__w_B_2.reshape(n, 1280)).reshape(12800)
+    del d__w_B_2
+    d__w_B_1 = weight.new_empty(n, 448)
+    _native.run('mace_product_d_only_weight_s8', n, d__w_B_1, d_B[:, 0:64].reshape(n, 64, 1), _p10, d_B[:, 64:256].reshape(n, 64, 3), _p9, _p7, _p6, _p4, _p3, _p1)
+    del _p1, _p10, _p3, _p4, _p6, _p7, _p9
+    # weight gradient per index value
+    d_weight_1 = weight.new_zeros(10, 448).index_add(0, z, d__w_B_1.reshape(n, 448)).reshape(4480)
+    del d__w_B_1
+    d__w_B_0 = weight.new_empty(n, 128)
+    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    _native.run('mace_product_d_only_weight_s9', n, d__w_B_0, d_B[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3), d_B[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    # weight gradient per index value
+    d_weight_2 = weight.new_zeros(10, 128).index_add(0, z, d__w_B_0.reshape(n, 128)).reshape(1280)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_2.reshape(1280),
+        d_weight_1.reshape(4480),
+        d_weight_0.reshape(12800),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
+    return [d_weight]
+
+
 # mace_product: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_d2_A", _mace_product_d2_A, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_d2_A_cpu)
 _ops.register("mace_product_d2_weight", _mace_product_d2_weight, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_d2_weight_cpu)
 _ops.register("mace_product_d", _mace_product_d, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d2_A, _ops.mace_product_d2_weight], cpu=_mace_product_d_cpu)
-_ops.register("mace_product", _mace_product, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d], check_indices=True, cpu=_mace_product_cpu)
+_ops.register("mace_product_d_only_A", _mace_product_d_only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d2_A], cpu=_mace_product_d_only_A_cpu)
+_ops.register("mace_product_d_only_weight", _mace_product_d_only_weight, outputs=((18560, False),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d2_weight], cpu=_mace_product_d_only_weight_cpu)
+_ops.register("mace_product", _mace_product, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d], partial=[{(0,): _ops.mace_product_d_only_A, (1,): _ops.mace_product_d_only_weight}], check_indices=True, cpu=_mace_product_cpu)
 
 
 def _mace_product_2(
@@ -3647,12 +4485,297 @@ def _mace_product_2_d2_weight_cpu(
     return [d2_A, d2_d_B, d2_weight]
 
 
+def _mace_product_2_d_only_A(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_2, d_A only: A (n, 1024), z (n,), d_B (n, 256) -> d_A (n, 1024)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c0 = d__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    d_A_0 = torch.mm(_c0.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    del _c0
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c1 = d__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d__p10
+    d_A_1 = torch.mm(_c1.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c1
+    d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c2 = d__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
+    d_A_2 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c2
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c3 = d__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p9
+    d_A_3 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c3
+    d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = d__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    d_A_4 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c4
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c5 = d__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d__p7
+    d_A_5 = torch.mm(_c5.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c5
+    d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c6 = d__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
+    d_A_6 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c6
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c7 = d__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p6
+    d_A_7 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c7
+    d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c8 = d__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    d_A_8 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c8
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c9 = d__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d__p4
+    d_A_9 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c9
+    d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c10 = d__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
+    d_A_10 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c10
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c11 = d__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p3
+    d_A_11 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c11
+    d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_1
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c12 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    d_A_12 = cg_0_0_0.reshape(1, 1, 1) * _c12.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c12
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c13 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d__p1
+    d_A_13 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c13.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    del _c13
+    # ∂/∂A: 64x1o -> 64x1o
+    d_A_14 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂A: 64x0e -> 64x0e
+    d_A_15 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_0
+    d_A = torch.cat([
+        (d_A_10 + d_A_12 + d_A_13 + d_A_15).reshape(n, 64),
+        (d_A_6 + d_A_8 + d_A_9 + d_A_11 + d_A_14).reshape(n, 192),
+        (d_A_2 + d_A_4 + d_A_5 + d_A_7).reshape(n, 320),
+        (d_A_0 + d_A_1 + d_A_3).reshape(n, 448),
+    ], dim=-1)
+    del d_A_0, d_A_1, d_A_10, d_A_11, d_A_12, d_A_13, d_A_14, d_A_15, d_A_2, d_A_3, d_A_4, d_A_5, d_A_6, d_A_7, d_A_8, d_A_9
+    return [d_A]
+
+
+def _mace_product_2_d_only_A_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_2, d_A only: A (n, 1024), z (n,), d_B (n, 256) -> d_A (n, 1024)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d_A = weight.new_empty(n, 1024)
+    d__p9 = weight.new_empty(n, 192)
+    _c2 = weight.new_empty(n, 1344)
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _native.run('mace_product_2_d_only_A_s0', n, d_A, d__p9, _c2, d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 384:448].reshape(n, 64), A[:, 576:1024].reshape(n, 64, 7), cg_3_3_0, A[:, 576:1024].reshape(n, 64, 7), d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 320:384].reshape(n, 64))
+    _mm0 = torch.mm(_c2.reshape(n, 64, 7, 3).permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c2
+    _c3 = weight.new_empty(n, 960)
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _native.run('mace_product_2_d_only_A_s1', n, d_A, _c3, _mm0, d__p9, A[:, 256:576].reshape(n, 64, 5))
+    del _mm0, d__p9
+    _mm1 = torch.mm(_c3.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c3
+    d__p6 = weight.new_empty(n, 192)
+    _c6 = weight.new_empty(n, 960)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _native.run('mace_product_2_d_only_A_s2', n, d_A, d__p6, _c6, _mm1, d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 256:320].reshape(n, 64), A[:, 256:576].reshape(n, 64, 5), cg_2_2_0, A[:, 256:576].reshape(n, 64, 5), d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 192:256].reshape(n, 64))
+    del _mm1
+    _mm2 = torch.mm(_c6.reshape(n, 64, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c6
+    _c7 = weight.new_empty(n, 576)
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _native.run('mace_product_2_d_only_A_s3', n, d_A, _c7, _mm2, d__p6, A[:, 64:256].reshape(n, 64, 3))
+    del _mm2, d__p6
+    _mm3 = torch.mm(_c7.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c7
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    # ∂/∂A: 64x1o -> 64x1o
+    # ∂/∂A: 64x0e -> 64x0e
+    _native.run('mace_product_2_d_only_A_s4', n, d_A, _mm3, d_B[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 128:192].reshape(n, 64), A[:, 64:256].reshape(n, 64, 3), cg_1_1_0, A[:, 64:256].reshape(n, 64, 3), d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 64:128].reshape(n, 64), cg_0_1_1, A[:, 0:64].reshape(n, 64, 1), _w_B_1[:, 0:64].reshape(n, 64), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, _w_B_0[:, 64:128].reshape(n, 64), _w_B_0[:, 0:64].reshape(n, 64))
+    del _mm3, _w_B_0, _w_B_1
+    return [d_A]
+
+
+def _mace_product_2_d_only_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_2, d_weight only: A (n, 1024), z (n,), d_B (n, 256) -> d_weight (5760,)."""
+    n = A.shape[0]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c2
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c4
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c5
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c6
+    d__w_B_1_0 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
+    del _p10
+    d__w_B_1_1 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    del _p9
+    d__w_B_1_2 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p7.reshape(n, 64)
+    del _p7
+    d__w_B_1_3 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
+    del _p6
+    d__w_B_1_4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
+    del _p4
+    d__w_B_1_5 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
+    del _p3
+    d__w_B_1_6 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
+    del _p1
+    # weight gradient per index value
+    d__w_B_1 = torch.cat([
+        d__w_B_1_6.reshape(n, 64),
+        d__w_B_1_5.reshape(n, 64),
+        d__w_B_1_4.reshape(n, 64),
+        d__w_B_1_3.reshape(n, 64),
+        d__w_B_1_2.reshape(n, 64),
+        d__w_B_1_1.reshape(n, 64),
+        d__w_B_1_0.reshape(n, 64),
+    ], dim=-1)
+    del d__w_B_1_0, d__w_B_1_1, d__w_B_1_2, d__w_B_1_3, d__w_B_1_4, d__w_B_1_5, d__w_B_1_6
+    d_weight_7 = weight.new_zeros(10, 448).index_add(0, z, d__w_B_1.reshape(n, 448)).reshape(4480)
+    del d__w_B_1
+    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    d__w_B_0_8 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    d__w_B_0_9 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    # weight gradient per index value
+    d__w_B_0 = torch.cat([
+        d__w_B_0_9.reshape(n, 64),
+        d__w_B_0_8.reshape(n, 64),
+    ], dim=-1)
+    del d__w_B_0_8, d__w_B_0_9
+    d_weight_10 = weight.new_zeros(10, 128).index_add(0, z, d__w_B_0.reshape(n, 128)).reshape(1280)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_10.reshape(1280),
+        d_weight_7.reshape(4480),
+    ], dim=-1)
+    del d_weight_10, d_weight_7
+    return [d_weight]
+
+
+def _mace_product_2_d_only_weight_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_2, d_weight only: A (n, 1024), z (n,), d_B (n, 256) -> d_weight (5760,)."""
+    n = A.shape[0]
+    _p1 = weight.new_empty(n, 64)
+    _p3 = weight.new_empty(n, 192)
+    _c2 = weight.new_empty(n, 576)
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _native.run('mace_product_2_d_only_weight_s0', n, _p1, _p3, _c2, A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1), cg_0_0_0, A[:, 64:256].reshape(n, 64, 3), cg_0_1_1, A[:, 64:256].reshape(n, 64, 3))
+    _p4 = torch.mm(_c2.reshape(n, 64, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c2
+    _c3 = weight.new_empty(n, 960)
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _native.run('mace_product_2_d_only_weight_s1', n, _c3, A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
+    _p6 = torch.mm(_c3.reshape(n, 64, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    _p7 = weight.new_empty(n, 64)
+    _c5 = weight.new_empty(n, 2240)
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _native.run('mace_product_2_d_only_weight_s2', n, _p7, _c5, A[:, 256:576].reshape(n, 64, 5), cg_2_2_0, A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
+    _p9 = torch.mm(_c5.reshape(n, 64, 5, 7).permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c5
+    d__w_B_1 = weight.new_empty(n, 448)
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _native.run('mace_product_2_d_only_weight_s3', n, d__w_B_1, A[:, 576:1024].reshape(n, 64, 7), cg_3_3_0, A[:, 576:1024].reshape(n, 64, 7), d_B[:, 0:64].reshape(n, 64, 1), d_B[:, 64:256].reshape(n, 64, 3), _p9, _p7, _p6, _p4, _p3, _p1)
+    del _p1, _p3, _p4, _p6, _p7, _p9
+    # weight gradient per index value
+    d_weight_0 = weight.new_zeros(10, 448).index_add(0, z, d__w_B_1.reshape(n, 448)).reshape(4480)
+    del d__w_B_1
+    d__w_B_0 = weight.new_empty(n, 128)
+    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    _native.run('mace_product_2_d_only_weight_s4', n, d__w_B_0, d_B[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3), d_B[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    # weight gradient per index value
+    d_weight_1 = weight.new_zeros(10, 128).index_add(0, z, d__w_B_0.reshape(n, 128)).reshape(1280)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_1.reshape(1280),
+        d_weight_0.reshape(4480),
+    ], dim=-1)
+    del d_weight_0, d_weight_1
+    return [d_weight]
+
+
 # mace_product_2: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_2_d2_A", _mace_product_2_d2_A, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_2_d2_A_cpu)
 _ops.register("mace_product_2_d2_weight", _mace_product_2_d2_weight, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_2_d2_weight_cpu)
 _ops.register("mace_product_2_d", _mace_product_2_d, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d2_A, _ops.mace_product_2_d2_weight], cpu=_mace_product_2_d_cpu)
-_ops.register("mace_product_2", _mace_product_2, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d], check_indices=True, cpu=_mace_product_2_cpu)
+_ops.register("mace_product_2_d_only_A", _mace_product_2_d_only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d2_A], cpu=_mace_product_2_d_only_A_cpu)
+_ops.register("mace_product_2_d_only_weight", _mace_product_2_d_only_weight, outputs=((5760, False),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d2_weight], cpu=_mace_product_2_d_only_weight_cpu)
+_ops.register("mace_product_2", _mace_product_2, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d], partial=[{(0,): _ops.mace_product_2_d_only_A, (1,): _ops.mace_product_2_d_only_weight}], check_indices=True, cpu=_mace_product_2_cpu)
 
 
 def _mace_product_4(
@@ -9325,12 +10448,1624 @@ def _mace_product_4_d2_weight_cpu(
     return [d2_A, d2_d_B, d2_weight]
 
 
+def _mace_product_4_d_only_A(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_4, d_A only: A (n, 288), z (n,), d_B (n, 288) -> d_A (n, 288)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:384].view(384).reshape(4, 96)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    del _c0
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c1
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c2
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c3
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    _c5 = A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c5
+    # one weight set per row, chosen by z
+    _w_B_2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
+    p11_0 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    p11_1 = (_p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    p11_2 = (_p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    p13_3 = (_p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    p13_4 = (_p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    p13_5 = (_p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    p15_6 = (_p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    p15_7 = (_p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    p15_8 = (_p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _p17 = _p3.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    _p19 = _p3.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    p21_9 = _p5.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    p21_10 = _p7.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    del _p7
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    _c6 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p23 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    _c7 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p24 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c7
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    _c8 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c8
+    # one weight set per row, chosen by z
+    _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    del _c9
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p27 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c10
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    _c11 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p28 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    _c12 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p29 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    _c13 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p31 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    _p32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c13
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    del _c14
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p34 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c15
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _p35 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c6
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _c16 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p38 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c16
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    del _c17
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c18
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c19
+    p42_11 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    p42_12 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    p42_13 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    p42_14 = (_p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    p42_15 = (_p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    p44_16 = (_p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    p44_17 = (_p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    del _p31
+    p44_18 = (_p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    del _p33
+    p44_19 = _p23.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    p44_20 = (_p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    p46_21 = (_p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del _p26
+    p46_22 = (_p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    del _p29
+    p46_23 = (_p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    del _p23
+    p46_24 = (_p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    del _p39
+    p46_25 = (_p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    del _p25
+    p48_26 = _p27.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    p48_27 = _p34.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _p50 = _p27.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    del _p27
+    p52_28 = _p28.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    del _p28
+    p52_29 = _p30.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    del _p30
+    p52_30 = _p36.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    del _p36
+    p52_31 = _p38.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    del _p38
+    p52_32 = _p41.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    p54_33 = _p32.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    del _p32
+    p54_34 = _p41.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    p56_35 = _p34.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    del _p34
+    p56_36 = _p40.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    del _p40
+    p56_37 = _p24.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    del _p24
+    _p58 = _p35.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _p60 = _p35.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    del _p35
+    d__p62 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
+    _c20 = d__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d__p41_38 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c20
+    # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
+    _c21 = d__p62.reshape(n, 32, 1, 1) * _p41.reshape(n, 32, 1, 5)
+    del _p41, d__p62
+    d_A_39 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c21
+    d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _c22 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p60 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c22
+    # ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
+    _c23 = d__p61.reshape(n, 32, 5, 1) * _p60.reshape(n, 32, 1, 3)
+    del _p60, d__p61
+    d_A_40 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c23
+    d__p35_41 = d__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    del d__p60
+    d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _c24 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p58 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c24
+    # ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
+    _c25 = d__p59.reshape(n, 32, 3, 1) * _p58.reshape(n, 32, 1, 3)
+    del _p58, d__p59
+    d_A_42 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c25
+    d__p35_43 = d__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    del d__p58
+    d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    _c26 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d__p56 = torch.mm(_c26.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c26
+    # ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
+    _p56 = p56_35 + p56_36 + p56_37
+    del p56_35, p56_36, p56_37
+    _c27 = d__p57.reshape(n, 32, 1, 1) * _p56.reshape(n, 32, 1, 3)
+    del _p56, d__p57
+    d_A_44 = torch.mm(_c27.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c27
+    d__p24_45 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    d__p40 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    d__p34_46 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    del d__p56
+    d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _c28 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p54 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c28
+    # ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
+    _p54 = p54_33 + p54_34
+    del p54_33, p54_34
+    _c29 = d__p55.reshape(n, 32, 3, 1) * _p54.reshape(n, 32, 1, 5)
+    del _p54, d__p55
+    d_A_47 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c29
+    d__p41_48 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    d__p32 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    del d__p54
+    d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    _c30 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p52 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c30
+    # ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
+    _p52 = p52_28 + p52_29 + p52_30 + p52_31 + p52_32
+    del p52_28, p52_29, p52_30, p52_31, p52_32
+    _c31 = d__p53.reshape(n, 32, 5, 1) * _p52.reshape(n, 32, 1, 5)
+    del _p52, d__p53
+    d_A_49 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c31
+    d__p41_50 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    d__p38 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    d__p36 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    d__p30 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    d__p28 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    del d__p52
+    d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    _c32 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p50 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c32
+    # ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
+    _c33 = d__p51.reshape(n, 32, 3, 1) * _p50.reshape(n, 32, 1, 3)
+    del _p50, d__p51
+    d_A_51 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c33
+    d__p27_52 = d__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    del d__p50
+    d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    _c34 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p48 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c34
+    # ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
+    _p48 = p48_26 + p48_27
+    del p48_26, p48_27
+    _c35 = d__p49.reshape(n, 32, 5, 1) * _p48.reshape(n, 32, 1, 3)
+    del _p48, d__p49
+    d_A_53 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c35
+    d__p34_54 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    d__p27_55 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    del d__p48
+    d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    _c36 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p46 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c36
+    # ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
+    _p46 = p46_21 + p46_22 + p46_23 + p46_24 + p46_25
+    del p46_21, p46_22, p46_23, p46_24, p46_25
+    _c37 = d__p47.reshape(n, 32, 5, 1) * _p46.reshape(n, 32, 1, 1)
+    del _p46, d__p47
+    d_A_56 = torch.mm(_c37.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c37
+    d__p25_57 = (d__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    d__p39_58 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    d__p23_59 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    d__p29 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    d__p26_60 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del d__p46
+    d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    _c38 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p44 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c38
+    # ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
+    _p44 = p44_16 + p44_17 + p44_18 + p44_19 + p44_20
+    del p44_16, p44_17, p44_18, p44_19, p44_20
+    _c39 = d__p45.reshape(n, 32, 3, 1) * _p44.reshape(n, 32, 1, 1)
+    del _p44, d__p45
+    d_A_61 = torch.mm(_c39.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c39
+    d__p25_62 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    d__p23_63 = d__p44.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    d__p33_64 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    d__p31 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    d__p26_65 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    del d__p44
+    d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    _c40 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c40.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c40
+    # ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
+    _p42 = p42_11 + p42_12 + p42_13 + p42_14 + p42_15
+    del p42_11, p42_12, p42_13, p42_14, p42_15
+    _c41 = d__p43.reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1, 1)
+    del _p42, d__p43
+    d_A_66 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c41.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c41
+    d__p25_67 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    d__p39_68 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    d__p23_69 = (d__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    d__p33_70 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    d__p26_71 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_3, d__p42
+    # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
+    d__p41 = d__p41_38 + d__p41_48 + d__p41_50
+    del d__p41_38, d__p41_48, d__p41_50
+    _c42 = d__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p9_72 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c42
+    # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
+    _c43 = d__p41.reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
+    del d__p41
+    d_A_73 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c43
+    # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
+    _c44 = d__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p9_74 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c44
+    # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
+    _c45 = d__p40.reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
+    del d__p40
+    d_A_75 = torch.mm(_c45.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c45
+    # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
+    d__p39 = d__p39_58 + d__p39_68
+    del d__p39_58, d__p39_68
+    _c46 = d__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d__p9_76 = cg_0_0_0.reshape(1, 1, 1) * _c46.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c46
+    # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
+    _c47 = d__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
+    del _p9, d__p39
+    d_A_77 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c47.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c47
+    # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
+    _c48 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p37 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c48
+    # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
+    _c49 = d__p38.reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
+    del _p37, d__p38
+    d_A_78 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c49
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    _c50 = d__p37.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d_A_79 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c50
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    _c51 = d__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d__p37
+    d_A_80 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c51
+    # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
+    _c52 = d__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p8_81 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c52
+    # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
+    _c53 = d__p36.reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
+    del d__p36
+    d_A_82 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c53
+    # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
+    d__p35 = d__p35_41 + d__p35_43
+    del d__p35_41, d__p35_43
+    _c54 = d__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p8_83 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c54
+    # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
+    _c55 = d__p35.reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
+    del d__p35
+    d_A_84 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c55
+    # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
+    d__p34 = d__p34_46 + d__p34_54
+    del d__p34_46, d__p34_54
+    _c56 = d__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p6_85 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c56
+    # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
+    _c57 = d__p34.reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
+    del d__p34
+    d_A_86 = torch.mm(_c57.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c57
+    # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
+    d__p33 = d__p33_64 + d__p33_70
+    del d__p33_64, d__p33_70
+    _c58 = d__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d__p6_87 = cg_0_0_0.reshape(1, 1, 1) * _c58.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c58
+    # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
+    _c59 = d__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
+    del _p6, d__p33
+    d_A_88 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c59.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c59
+    # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
+    _c60 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p5_89 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c60
+    # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
+    _c61 = d__p32.reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
+    del d__p32
+    d_A_90 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c61
+    # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
+    _c62 = d__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d__p5_91 = torch.mm(_c62.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c62
+    # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
+    _c63 = d__p31.reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
+    del _p5, d__p31
+    d_A_92 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c63
+    # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
+    _c64 = d__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p3_93 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c64
+    # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
+    _c65 = d__p30.reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
+    del d__p30
+    d_A_94 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c65
+    # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
+    _c66 = d__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d__p3_95 = torch.mm(_c66.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c66
+    # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
+    _c67 = d__p29.reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
+    del _p3, d__p29
+    d_A_96 = torch.mm(_c67.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c67
+    # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
+    _c68 = d__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p1_97 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c68
+    # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
+    _c69 = d__p28.reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
+    del d__p28
+    d_A_98 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c69
+    # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
+    d__p27 = d__p27_52 + d__p27_55
+    del d__p27_52, d__p27_55
+    _c70 = d__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p1_99 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c70
+    # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
+    _c71 = d__p27.reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
+    del d__p27
+    d_A_100 = torch.mm(_c71.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c71
+    # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
+    d__p26 = d__p26_60 + d__p26_65 + d__p26_71
+    del d__p26_60, d__p26_65, d__p26_71
+    _c72 = d__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d__p1_101 = cg_0_0_0.reshape(1, 1, 1) * _c72.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c72
+    # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
+    _c73 = d__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
+    del _p1, d__p26
+    d_A_102 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c73.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c73
+    d__p25_103 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
+    d__p25 = d__p25_57 + d__p25_62 + d__p25_67 + d__p25_103
+    del d__p25_103, d__p25_57, d__p25_62, d__p25_67
+    _c74 = d__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d__p10_104 = torch.mm(_c74.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c74
+    # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
+    _c75 = d__p25.reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
+    del d__p25
+    d_A_105 = torch.mm(_c75.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c75
+    d__p24_106 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
+    d__p24 = d__p24_45 + d__p24_106
+    del d__p24_106, d__p24_45
+    _c76 = d__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p10_107 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c76
+    # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
+    _c77 = d__p24.reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
+    del _p10, d__p24
+    d_A_108 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c77
+    d__p23_109 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
+    d__p23 = d__p23_59 + d__p23_63 + d__p23_69 + d__p23_109
+    del d__p23_109, d__p23_59, d__p23_63, d__p23_69
+    _c78 = d__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d__p8_110 = torch.mm(_c78.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c78
+    # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
+    _c79 = d__p23.reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
+    del _p8, d__p23
+    d_A_111 = torch.mm(_c79.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c79
+    d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    _c80 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p21 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c80
+    # ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
+    _p21 = p21_9 + p21_10
+    del p21_10, p21_9
+    _c81 = d__p22.reshape(n, 32, 5, 1) * _p21.reshape(n, 32, 1, 5)
+    del _p21, d__p22
+    d_A_112 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c81
+    d__p7_113 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    d__p5_114 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    del d__p21
+    d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    _c82 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p19 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c82
+    # ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
+    _c83 = d__p20.reshape(n, 32, 3, 1) * _p19.reshape(n, 32, 1, 3)
+    del _p19, d__p20
+    d_A_115 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c83
+    d__p3_116 = d__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    del d__p19
+    d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _c84 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p17 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c84
+    # ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
+    _c85 = d__p18.reshape(n, 32, 5, 1) * _p17.reshape(n, 32, 1, 3)
+    del _p17, d__p18
+    d_A_117 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c85
+    d__p3_118 = d__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    del d__p17
+    d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    _c86 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d__p15 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c86
+    # ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
+    _p15 = p15_6 + p15_7 + p15_8
+    del p15_6, p15_7, p15_8
+    _c87 = d__p16.reshape(n, 32, 5, 1) * _p15.reshape(n, 32, 1, 1)
+    del _p15, d__p16
+    d_A_119 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c87
+    d__p9_120 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    d__p6_121 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    d__p1_122 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del d__p15
+    d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    _c88 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d__p13 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c88
+    # ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
+    _p13 = p13_3 + p13_4 + p13_5
+    del p13_3, p13_4, p13_5
+    _c89 = d__p14.reshape(n, 32, 3, 1) * _p13.reshape(n, 32, 1, 1)
+    del _p13, d__p14
+    d_A_123 = torch.mm(_c89.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c89
+    d__p9_124 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    d__p6_125 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    d__p1_126 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    del d__p13
+    d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    _c90 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c90.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c90
+    # ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
+    _p11 = p11_0 + p11_1 + p11_2
+    del p11_0, p11_1, p11_2
+    _c91 = d__p12.reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1, 1)
+    del _p11, d__p12
+    d_A_127 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c91.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c91
+    d__p9_128 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    d__p6_129 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    d__p1_130 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_2, d__p11
+    d__p10_131 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    d__p10 = d__p10_104 + d__p10_107 + d__p10_131
+    del d__p10_104, d__p10_107, d__p10_131
+    _c92 = d__p10.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d_A_132 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c92
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    _c93 = d__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d__p10
+    d_A_133 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c93
+    d__p9_134 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    d__p9 = d__p9_72 + d__p9_74 + d__p9_76 + d__p9_120 + d__p9_124 + d__p9_128 + d__p9_134
+    del d__p9_120, d__p9_124, d__p9_128, d__p9_134, d__p9_72, d__p9_74, d__p9_76
+    _c94 = d__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d_A_135 = torch.mm(_c94.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c94
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    _c95 = d__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d__p9
+    d_A_136 = torch.mm(_c95.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c95
+    d__p8_137 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    d__p8 = d__p8_81 + d__p8_83 + d__p8_110 + d__p8_137
+    del d__p8_110, d__p8_137, d__p8_81, d__p8_83
+    _c96 = d__p8.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d_A_138 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c96
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    _c97 = d__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d__p8
+    d_A_139 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c97
+    d__p7_140 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    d__p7 = d__p7_113 + d__p7_140
+    del d__p7_113, d__p7_140
+    _c98 = d__p7.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d_A_141 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c98
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    _c99 = d__p7.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d__p7
+    d_A_142 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c99
+    d__p6_143 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    d__p6 = d__p6_85 + d__p6_87 + d__p6_121 + d__p6_125 + d__p6_129 + d__p6_143
+    del d__p6_121, d__p6_125, d__p6_129, d__p6_143, d__p6_85, d__p6_87
+    _c100 = d__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d_A_144 = torch.mm(_c100.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c100
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    _c101 = d__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d__p6
+    d_A_145 = torch.mm(_c101.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c101
+    d__p5_146 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    d__p5 = d__p5_89 + d__p5_91 + d__p5_114 + d__p5_146
+    del d__p5_114, d__p5_146, d__p5_89, d__p5_91
+    _c102 = d__p5.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    d_A_147 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c102
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    _c103 = d__p5.reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d__p5
+    d_A_148 = torch.mm(_c103.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c103
+    d__p3_149 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    d__p3 = d__p3_93 + d__p3_95 + d__p3_116 + d__p3_118 + d__p3_149
+    del d__p3_116, d__p3_118, d__p3_149, d__p3_93, d__p3_95
+    _c104 = d__p3.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    d_A_150 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c104
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    _c105 = d__p3.reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d__p3
+    d_A_151 = torch.mm(_c105.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c105
+    d__p1_152 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_1
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    d__p1 = d__p1_97 + d__p1_99 + d__p1_101 + d__p1_122 + d__p1_126 + d__p1_130 + d__p1_152
+    del d__p1_101, d__p1_122, d__p1_126, d__p1_130, d__p1_152, d__p1_97, d__p1_99
+    _c106 = d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d_A_153 = cg_0_0_0.reshape(1, 1, 1) * _c106.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c106
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    _c107 = d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d__p1
+    d_A_154 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c107.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c107
+    # ∂/∂A: 32x2e -> 32x2e
+    d_A_155 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂A: 32x1o -> 32x1o
+    d_A_156 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂A: 32x0e -> 32x0e
+    d_A_157 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_0
+    d_A = torch.cat([
+        (d_A_66 + d_A_77 + d_A_88 + d_A_102 + d_A_127 + d_A_147 + d_A_150 + d_A_153 + d_A_154 + d_A_157).reshape(n, 32),
+        (d_A_42 + d_A_44 + d_A_47 + d_A_53 + d_A_61 + d_A_75 + d_A_78 + d_A_79 + d_A_82 + d_A_84 + d_A_86 + d_A_94 + d_A_96 + d_A_100 + d_A_108 + d_A_111 + d_A_117 + d_A_123 + d_A_138 + d_A_141 + d_A_142 + d_A_144 + d_A_145 + d_A_151 + d_A_156).reshape(n, 96),
+        (d_A_39 + d_A_40 + d_A_49 + d_A_51 + d_A_56 + d_A_73 + d_A_80 + d_A_90 + d_A_92 + d_A_98 + d_A_105 + d_A_112 + d_A_115 + d_A_119 + d_A_132 + d_A_133 + d_A_135 + d_A_136 + d_A_139 + d_A_148 + d_A_155).reshape(n, 160),
+    ], dim=-1)
+    del d_A_100, d_A_102, d_A_105, d_A_108, d_A_111, d_A_112, d_A_115, d_A_117, d_A_119, d_A_123, d_A_127, d_A_132, d_A_133, d_A_135, d_A_136, d_A_138, d_A_139, d_A_141, d_A_142, d_A_144, d_A_145, d_A_147, d_A_148, d_A_150, d_A_151, d_A_153, d_A_154, d_A_155, d_A_156, d_A_157, d_A_39, d_A_40, d_A_42, d_A_44, d_A_47, d_A_49, d_A_51, d_A_53, d_A_56, d_A_61, d_A_66, d_A_73, d_A_75, d_A_77, d_A_78, d_A_79, d_A_80, d_A_82, d_A_84, d_A_86, d_A_88, d_A_90, d_A_92, d_A_94, d_A_96, d_A_98
+    return [d_A]
+
+
+def _mace_product_4_d_only_A_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_4, d_A only: A (n, 288), z (n,), d_B (n, 288) -> d_A (n, 288)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B_0 = weight[0:384].view(384).reshape(4, 96)[z]
+    # one weight set per row, chosen by z
+    _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
+    _p1 = weight.new_empty(n, 32)
+    _c1 = weight.new_empty(n, 96)
+    _p3 = weight.new_empty(n, 96)
+    _c2 = weight.new_empty(n, 160)
+    _p5 = weight.new_empty(n, 160)
+    _c3 = weight.new_empty(n, 96)
+    _p6 = weight.new_empty(n, 32)
+    _c4 = weight.new_empty(n, 288)
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s0', n, _p1, _c1, _p3, _c2, _p5, _c3, _p6, _c4, A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, A[:, 128:288].reshape(n, 32, 5), cg_0_2_2, cg_1_1_0, A[:, 32:128].reshape(n, 32, 3))
+    _p7 = torch.mm(_c4.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
+    # one weight set per row, chosen by z
+    _w_B_2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
+    # one weight set per row, chosen by z
+    _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
+    _c5 = weight.new_empty(n, 288)
+    _p8 = weight.new_empty(n, 96)
+    _c6 = weight.new_empty(n, 160)
+    _p9 = weight.new_empty(n, 32)
+    _c7 = weight.new_empty(n, 800)
+    _p10 = weight.new_empty(n, 160)
+    _p11 = weight.new_empty(n, 32)
+    _p13 = weight.new_empty(n, 32)
+    _p15 = weight.new_empty(n, 32)
+    _p17 = weight.new_empty(n, 96)
+    _p19 = weight.new_empty(n, 96)
+    _p21 = weight.new_empty(n, 160)
+    _p23 = weight.new_empty(n, 32)
+    _c8 = weight.new_empty(n, 288)
+    _p24 = weight.new_empty(n, 96)
+    _p25 = weight.new_empty(n, 32)
+    _p26 = weight.new_empty(n, 32)
+    _p27 = weight.new_empty(n, 96)
+    _p28 = weight.new_empty(n, 160)
+    _p29 = weight.new_empty(n, 32)
+    _c10 = weight.new_empty(n, 288)
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s1', n, _c5, _p8, _c6, _p9, _c7, _p10, _p11, _p13, _p15, _p17, _p19, _p21, _p23, _c8, _p24, _p25, _p26, _p27, _p28, _p29, _c10, A[:, 128:288].reshape(n, 32, 5), cg_1_2_1, A[:, 32:128].reshape(n, 32, 3), cg_2_2_0, A[:, 128:288].reshape(n, 32, 5), cg_2_2_2, _p1, _w_B_2[:, 0:32].reshape(n, 32), _p6, _w_B_2[:, 192:224].reshape(n, 32), _w_B_2[:, 352:384].reshape(n, 32), _w_B_2[:, 32:64].reshape(n, 32), _w_B_2[:, 224:256].reshape(n, 32), _w_B_2[:, 384:416].reshape(n, 32), _w_B_2[:, 64:96].reshape(n, 32), _w_B_2[:, 256:288].reshape(n, 32), _w_B_2[:, 448:480].reshape(n, 32), _p3, _w_B_2[:, 96:128].reshape(n, 32), _w_B_2[:, 128:160].reshape(n, 32), _p5, _w_B_2[:, 160:192].reshape(n, 32), _p7, _w_B_2[:, 288:320].reshape(n, 32), _c3, cg_2_1_1, A[:, 32:128].reshape(n, 32, 3), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _c1, _c2)
+    del _p7
+    _p30 = torch.mm(_c10.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c10
+    _p31 = weight.new_empty(n, 32)
+    _p32 = weight.new_empty(n, 160)
+    _p33 = weight.new_empty(n, 32)
+    _p34 = weight.new_empty(n, 96)
+    _c12 = weight.new_empty(n, 288)
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _native.run('mace_product_4_d_only_A_s2', n, _p31, _p32, _p33, _p34, _c12, _p5, _c6, _c7, _p6, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _c1, _p8, A[:, 32:128].reshape(n, 32, 3))
+    _p35 = torch.mm(_c12.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.mm(_c12.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
+    _c13 = weight.new_empty(n, 480)
+    _p37 = weight.new_empty(n, 160)
+    _c14 = weight.new_empty(n, 480)
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s3', n, _c13, _p37, _c14, A[:, 128:288].reshape(n, 32, 5), cg_1_2_2, A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    _p38 = torch.mm(_c14.reshape(n, 32, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c14
+    _p42 = weight.new_empty(n, 32)
+    _p44 = weight.new_empty(n, 32)
+    _p46 = weight.new_empty(n, 32)
+    _p48 = weight.new_empty(n, 96)
+    _p50 = weight.new_empty(n, 96)
+    _p52 = weight.new_empty(n, 160)
+    _p54 = weight.new_empty(n, 160)
+    _p56 = weight.new_empty(n, 96)
+    _p58 = weight.new_empty(n, 96)
+    d__p41 = weight.new_empty(n, 160)
+    d_A = weight.new_empty(n, 288)
+    d__p60 = weight.new_empty(n, 96)
+    _c17 = weight.new_empty(n, 480)
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
+    # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
+    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    # ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s4', n, _p42, _p44, _p46, _p48, _p50, _p52, _p54, _p56, _p58, d__p41, d_A, d__p60, _c17, _p9, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _c1, _c2, _p26, _w_B_3[:, 0:32].reshape(n, 32), _p33, _w_B_3[:, 320:352].reshape(n, 32), _p23, _w_B_3[:, 448:480].reshape(n, 32), _w_B_3[:, 672:704].reshape(n, 32), _p25, _w_B_3[:, 800:832].reshape(n, 32), _w_B_3[:, 32:64].reshape(n, 32), _p31, _w_B_3[:, 256:288].reshape(n, 32), _w_B_3[:, 352:384].reshape(n, 32), _w_B_3[:, 480:512].reshape(n, 32), _w_B_3[:, 864:896].reshape(n, 32), _w_B_3[:, 64:96].reshape(n, 32), _p29, _w_B_3[:, 192:224].reshape(n, 32), _w_B_3[:, 544:576].reshape(n, 32), _w_B_3[:, 704:736].reshape(n, 32), _w_B_3[:, 960:992].reshape(n, 32), _p27, _w_B_3[:, 96:128].reshape(n, 32), _p34, _w_B_3[:, 416:448].reshape(n, 32), _w_B_3[:, 128:160].reshape(n, 32), _p28, _w_B_3[:, 160:192].reshape(n, 32), _p30, _w_B_3[:, 224:256].reshape(n, 32), _p36, _w_B_3[:, 608:640].reshape(n, 32), _p38, _w_B_3[:, 640:672].reshape(n, 32), _w_B_3[:, 928:960].reshape(n, 32), _p32, _w_B_3[:, 288:320].reshape(n, 32), _w_B_3[:, 832:864].reshape(n, 32), _w_B_3[:, 384:416].reshape(n, 32), _w_B_3[:, 736:768].reshape(n, 32), _p24, _w_B_3[:, 768:800].reshape(n, 32), _p35, _w_B_3[:, 512:544].reshape(n, 32), _w_B_3[:, 576:608].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1), _w_B_3[:, 896:928].reshape(n, 32), _c6, cg_2_2_0, d_B[:, 128:288].reshape(n, 32, 5), _c13)
+    del _p23, _p24, _p25, _p26, _p27, _p28, _p29, _p30, _p31, _p32, _p33, _p34, _p35, _p36, _p38
+    _mm0 = torch.mm(_c17.reshape(n, 32, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c17
+    d__p35 = weight.new_empty(n, 96)
+    d__p59 = weight.new_empty(n, 96)
+    _c18 = weight.new_empty(n, 288)
+    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s5', n, d_A, d__p35, d__p59, _c18, _mm0, d__p60, _w_B_3[:, 576:608].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    del _mm0, d__p60
+    d__p58 = torch.mm(_c18.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c18
+    _c19 = weight.new_empty(n, 288)
+    # ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s6', n, _c19, d__p59, _p58)
+    del _p58, d__p59
+    _mm1 = torch.mm(_c19.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c19
+    d__p24 = weight.new_empty(n, 96)
+    d__p40 = weight.new_empty(n, 96)
+    d__p34 = weight.new_empty(n, 96)
+    d__p55 = weight.new_empty(n, 96)
+    _c21 = weight.new_empty(n, 288)
+    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    # ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
+    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s7', n, d_A, d__p35, d__p24, d__p40, d__p34, d__p55, _c21, _mm1, d__p58, _w_B_3[:, 512:544].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1), _c3, _p56, cg_1_1_0, _w_B_3[:, 768:800].reshape(n, 32), _w_B_3[:, 736:768].reshape(n, 32), _w_B_3[:, 384:416].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    del _mm1, _p56, d__p58
+    d__p54 = torch.mm(_c21.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c21
+    _c22 = weight.new_empty(n, 480)
+    # ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s8', n, _c22, d__p55, _p54)
+    del _p54, d__p55
+    _mm2 = torch.mm(_c22.reshape(n, 32, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c22
+    d__p32 = weight.new_empty(n, 160)
+    d__p52 = weight.new_empty(n, 160)
+    _c23 = weight.new_empty(n, 800)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    # ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s9', n, d_A, d__p41, d__p32, d__p52, _c23, _mm2, d__p54, _w_B_3[:, 832:864].reshape(n, 32), _w_B_3[:, 288:320].reshape(n, 32), d_B[:, 128:288].reshape(n, 32, 5), _c7, _p52)
+    del _mm2, _p52, d__p54
+    _mm3 = torch.mm(_c23.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c23
+    d__p38 = weight.new_empty(n, 160)
+    d__p36 = weight.new_empty(n, 160)
+    d__p30 = weight.new_empty(n, 160)
+    d__p28 = weight.new_empty(n, 160)
+    d__p50 = weight.new_empty(n, 96)
+    _c24 = weight.new_empty(n, 288)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    # ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s10', n, d_A, d__p41, d__p38, d__p36, d__p30, d__p28, d__p50, _c24, _mm3, d__p52, _w_B_3[:, 928:960].reshape(n, 32), _w_B_3[:, 640:672].reshape(n, 32), _w_B_3[:, 608:640].reshape(n, 32), _w_B_3[:, 224:256].reshape(n, 32), _w_B_3[:, 160:192].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), _c5, _p50)
+    del _mm3, _p50, d__p52
+    _mm4 = torch.mm(_c24.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c24
+    d__p27 = weight.new_empty(n, 96)
+    d__p25 = weight.new_empty(n, 32)
+    d__p23 = weight.new_empty(n, 32)
+    d__p29 = weight.new_empty(n, 32)
+    d__p26 = weight.new_empty(n, 32)
+    d__p33 = weight.new_empty(n, 32)
+    d__p31 = weight.new_empty(n, 32)
+    d__p9 = weight.new_empty(n, 32)
+    _c34 = weight.new_empty(n, 480)
+    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    # ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
+    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    # ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
+    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    # ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
+    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    # ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
+    # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
+    # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
+    # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
+    # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
+    # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
+    # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
+    # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s11', n, d_A, d__p27, d__p34, d__p25, d__p23, d__p29, d__p26, d__p33, d__p31, d__p9, _c34, _mm4, d__p50, _w_B_3[:, 128:160].reshape(n, 32), d_B[:, 128:288].reshape(n, 32, 5), cg_1_1_2, A[:, 32:128].reshape(n, 32, 3), _p48, _w_B_3[:, 416:448].reshape(n, 32), _w_B_3[:, 96:128].reshape(n, 32), _c2, _p46, cg_0_2_2, _w_B_3[:, 960:992].reshape(n, 32), _w_B_3[:, 704:736].reshape(n, 32), _w_B_3[:, 544:576].reshape(n, 32), _w_B_3[:, 192:224].reshape(n, 32), _w_B_3[:, 64:96].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), _c1, _p44, cg_0_1_1, _w_B_3[:, 864:896].reshape(n, 32), _w_B_3[:, 480:512].reshape(n, 32), _w_B_3[:, 352:384].reshape(n, 32), _w_B_3[:, 256:288].reshape(n, 32), _w_B_3[:, 32:64].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _p42, _w_B_3[:, 800:832].reshape(n, 32), _w_B_3[:, 672:704].reshape(n, 32), _w_B_3[:, 448:480].reshape(n, 32), _w_B_3[:, 320:352].reshape(n, 32), _w_B_3[:, 0:32].reshape(n, 32), d__p41, _p9, d__p40, d__p38)
+    del _mm4, _p42, _p44, _p46, _p48, _p9, _w_B_3, d__p40, d__p41, d__p50
+    d__p37 = torch.mm(_c34.reshape(n, 32, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c34
+    _c35 = weight.new_empty(n, 800)
+    # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s12', n, _c35, d__p38, _p37)
+    del _p37, d__p38
+    _mm5 = torch.mm(_c35.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c35
+    _c36 = weight.new_empty(n, 480)
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    _native.run('mace_product_4_d_only_A_s13', n, d_A, _c36, _mm5, d__p37, _c13, A[:, 32:128].reshape(n, 32, 3))
+    del _c13, _mm5, d__p37
+    _mm6 = torch.mm(_c36.reshape(n, 32, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c36
+    d__p8 = weight.new_empty(n, 96)
+    _c38 = weight.new_empty(n, 288)
+    # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
+    # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
+    # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
+    _native.run('mace_product_4_d_only_A_s14', n, d_A, d__p8, _c38, _mm6, d__p36, cg_1_1_2, A[:, 32:128].reshape(n, 32, 3), _p8, d__p35)
+    del _mm6, d__p36
+    _mm7 = torch.mm(_c38.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c38
+    _c39 = weight.new_empty(n, 288)
+    # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
+    _native.run('mace_product_4_d_only_A_s15', n, d__p8, _c39, _mm7, d__p35, _p8)
+    del _mm7, d__p35
+    _mm8 = torch.mm(_c39.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c39
+    d__p6 = weight.new_empty(n, 32)
+    d__p5 = weight.new_empty(n, 160)
+    _c43 = weight.new_empty(n, 800)
+    # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
+    # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
+    # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
+    # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
+    # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
+    # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s16', n, d_A, d__p6, d__p5, _c43, _mm8, d__p34, _c1, _p6, cg_0_1_1, d__p33, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, d__p32, _c7, _p5)
+    del _mm8, _p6, d__p32, d__p33, d__p34
+    _mm9 = torch.mm(_c43.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c43
+    d__p3 = weight.new_empty(n, 96)
+    d__p1 = weight.new_empty(n, 32)
+    d__p10 = weight.new_empty(n, 160)
+    _c52 = weight.new_empty(n, 288)
+    # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
+    # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
+    # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
+    # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
+    # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
+    # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
+    # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
+    # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
+    # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
+    # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
+    # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
+    # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
+    # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
+    # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
+    # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s17', n, d_A, d__p5, d__p3, d__p1, d__p25, d__p10, d__p24, _c52, _mm9, d__p31, _c6, _p5, cg_2_2_0, d__p30, cg_1_1_2, A[:, 32:128].reshape(n, 32, 3), _p3, d__p29, _c3, cg_1_1_0, d__p28, _c2, _p1, cg_0_2_2, d__p27, _c1, cg_0_1_1, d__p26, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, d_B[:, 0:32].reshape(n, 32, 1), _w_B_2[:, 480:512].reshape(n, 32), _p10, d_B[:, 32:128].reshape(n, 32, 3), _w_B_2[:, 416:448].reshape(n, 32))
+    del _mm9, _p1, _p10, _p3, _p5, d__p25, d__p26, d__p27, d__p28, d__p29, d__p30, d__p31
+    _mm10 = torch.mm(_c52.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c52
+    d__p21 = weight.new_empty(n, 160)
+    _c54 = weight.new_empty(n, 800)
+    # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
+    # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
+    # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
+    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    # ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s18', n, d__p10, d_A, d__p23, d__p8, d__p21, _c54, _mm10, d__p24, _c8, d_B[:, 0:32].reshape(n, 32, 1), _w_B_2[:, 320:352].reshape(n, 32), _c3, _p8, cg_1_1_0, d_B[:, 128:288].reshape(n, 32, 5), _c7, _p21)
+    del _c8, _mm10, _p21, _p8, d__p23, d__p24
+    _mm11 = torch.mm(_c54.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c54
+    d__p7 = weight.new_empty(n, 160)
+    d__p19 = weight.new_empty(n, 96)
+    _c55 = weight.new_empty(n, 288)
+    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    # ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s19', n, d_A, d__p7, d__p5, d__p19, _c55, _mm11, d__p21, _w_B_2[:, 288:320].reshape(n, 32), _w_B_2[:, 160:192].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), _c5, _p19)
+    del _mm11, _p19, d__p21
+    _mm12 = torch.mm(_c55.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c55
+    _c61 = weight.new_empty(n, 800)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    # ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
+    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    # ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
+    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    # ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
+    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    # ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_A_s20', n, d_A, d__p3, d__p9, d__p6, d__p1, d__p10, _c61, _mm12, d__p19, _w_B_2[:, 128:160].reshape(n, 32), d_B[:, 128:288].reshape(n, 32, 5), cg_1_1_2, A[:, 32:128].reshape(n, 32, 3), _p17, _w_B_2[:, 96:128].reshape(n, 32), _c2, _p15, cg_0_2_2, _w_B_2[:, 448:480].reshape(n, 32), _w_B_2[:, 256:288].reshape(n, 32), _w_B_2[:, 64:96].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3), _c1, _p13, cg_0_1_1, _w_B_2[:, 384:416].reshape(n, 32), _w_B_2[:, 224:256].reshape(n, 32), _w_B_2[:, 32:64].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _p11, _w_B_2[:, 352:384].reshape(n, 32), _w_B_2[:, 192:224].reshape(n, 32), _w_B_2[:, 0:32].reshape(n, 32), _w_B_1[:, 224:256].reshape(n, 32), _c7, A[:, 128:288].reshape(n, 32, 5))
+    del _c7, _mm12, _p11, _p13, _p15, _p17, _w_B_2, d__p10, d__p19
+    _mm13 = torch.mm(_c61.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c61
+    _c63 = weight.new_empty(n, 288)
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    _native.run('mace_product_4_d_only_A_s21', n, d_A, d__p9, d__p8, _c63, _mm13, d_B[:, 0:32].reshape(n, 32, 1), _w_B_1[:, 192:224].reshape(n, 32), _c6, A[:, 128:288].reshape(n, 32, 5), cg_2_2_0, d_B[:, 32:128].reshape(n, 32, 3), _w_B_1[:, 160:192].reshape(n, 32), _c5, A[:, 32:128].reshape(n, 32, 3))
+    del _c5, _c6, _mm13, d__p8, d__p9
+    _mm14 = torch.mm(_c63.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c63
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    # ∂/∂A: 32x2e -> 32x2e
+    # ∂/∂A: 32x1o -> 32x1o
+    # ∂/∂A: 32x0e -> 32x0e
+    _native.run('mace_product_4_d_only_A_s22', n, d_A, d__p7, d__p6, d__p5, d__p3, d__p1, _mm14, d_B[:, 128:288].reshape(n, 32, 5), _w_B_1[:, 128:160].reshape(n, 32), cg_1_1_2, A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3), d_B[:, 0:32].reshape(n, 32, 1), _w_B_1[:, 96:128].reshape(n, 32), _c3, cg_1_1_0, _w_B_1[:, 64:96].reshape(n, 32), _c2, A[:, 0:32].reshape(n, 32, 1), cg_0_2_2, d_B[:, 32:128].reshape(n, 32, 3), _w_B_1[:, 32:64].reshape(n, 32), _c1, cg_0_1_1, _w_B_1[:, 0:32].reshape(n, 32), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, _w_B_0[:, 64:96].reshape(n, 32), _w_B_0[:, 32:64].reshape(n, 32), _w_B_0[:, 0:32].reshape(n, 32))
+    del _c1, _c2, _c3, _mm14, _w_B_0, _w_B_1, d__p1, d__p3, d__p5, d__p6, d__p7
+    return [d_A]
+
+
+def _mace_product_4_d_only_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_4, d_weight only: A (n, 288), z (n,), d_B (n, 288) -> d_weight (7424,)."""
+    n = A.shape[0]
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    del _c0
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c1
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c2
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c3
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    _c5 = A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c5
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    _c6 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p23 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    _c7 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p24 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c7
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    _c8 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c8
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    del _c9
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p27 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c10
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    _c11 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p28 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    _c12 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p29 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    _c13 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p31 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    _p32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c13
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    del _c14
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p34 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c15
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _p35 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c6
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _c16 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p37
+    _p38 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c16
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    del _c17
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c18
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c19
+    # p62 = (p41 ⊗ p4) -> 32x0e
+    _c20 = _p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p62 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c20
+    d__w_B_3_0 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32) * _p62.reshape(n, 32)
+    del _p62
+    d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _c21 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p61
+    d__p60 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c21
+    d__w_B_3_1 = ((d__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
+    del d__p60
+    d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _c22 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p59
+    d__p58 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c22
+    d__w_B_3_2 = ((d__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
+    del _p35, d__p58
+    d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    _c23 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d__p57
+    d__p56 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c23
+    d__w_B_3_3 = ((d__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
+    d__w_B_3_4 = ((d__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,))
+    del _p40
+    d__w_B_3_5 = ((d__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
+    del d__p56
+    d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _c24 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p55
+    d__p54 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c24
+    d__w_B_3_6 = ((d__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
+    d__w_B_3_7 = ((d__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,))
+    del _p32, d__p54
+    d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    _c25 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p53
+    d__p52 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c25
+    d__w_B_3_8 = ((d__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
+    del _p41
+    d__w_B_3_9 = ((d__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,))
+    del _p38
+    d__w_B_3_10 = ((d__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,))
+    del _p36
+    d__w_B_3_11 = ((d__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,))
+    del _p30
+    d__w_B_3_12 = ((d__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,))
+    del _p28, d__p52
+    d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    _c26 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p51
+    d__p50 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c26
+    d__w_B_3_13 = (d__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
+    del d__p50
+    d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    _c27 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p49
+    d__p48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c27
+    d__w_B_3_14 = ((d__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
+    del _p34
+    d__w_B_3_15 = ((d__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
+    del _p27, d__p48
+    d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    _c28 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p47
+    d__p46 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c28
+    d__w_B_3_16 = (d__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32)
+    d__w_B_3_17 = (d__p46 * 0.6201736729460423).reshape(n, 32) * _p39.reshape(n, 32)
+    d__w_B_3_18 = (d__p46 * 1.0741723110591492).reshape(n, 32) * _p23.reshape(n, 32)
+    d__w_B_3_19 = (d__p46 * 1.0741723110591492).reshape(n, 32) * _p29.reshape(n, 32)
+    del _p29
+    d__w_B_3_20 = (d__p46 * 0.6201736729460423).reshape(n, 32) * _p26.reshape(n, 32)
+    del d__p46
+    d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    _c29 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p45
+    d__p44 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c29
+    d__w_B_3_21 = (d__p44 * 1.2909944487358056).reshape(n, 32) * _p25.reshape(n, 32)
+    d__w_B_3_22 = d__p44.reshape(n, 32) * _p23.reshape(n, 32)
+    d__w_B_3_23 = (d__p44 * 0.5773502691896257).reshape(n, 32) * _p33.reshape(n, 32)
+    d__w_B_3_24 = (d__p44 * 1.2909944487358056).reshape(n, 32) * _p31.reshape(n, 32)
+    del _p31
+    d__w_B_3_25 = (d__p44 * 0.5773502691896257).reshape(n, 32) * _p26.reshape(n, 32)
+    del d__p44
+    d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d__p43
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c30
+    d__w_B_3_26 = (d__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32)
+    d__w_B_3_27 = (d__p42 * 0.3333333333333333).reshape(n, 32) * _p39.reshape(n, 32)
+    del _p39
+    d__w_B_3_28 = (d__p42 * 0.5773502691896257).reshape(n, 32) * _p23.reshape(n, 32)
+    d__w_B_3_29 = (d__p42 * 0.3333333333333333).reshape(n, 32) * _p33.reshape(n, 32)
+    del _p33
+    d__w_B_3_30 = (d__p42 * 0.3333333333333333).reshape(n, 32) * _p26.reshape(n, 32)
+    del _p26, d__p42
+    # weight gradient per index value
+    d__w_B_3 = torch.cat([
+        d__w_B_3_30.reshape(n, 32),
+        d__w_B_3_25.reshape(n, 32),
+        d__w_B_3_20.reshape(n, 32),
+        d__w_B_3_15.reshape(n, 32),
+        d__w_B_3_13.reshape(n, 32),
+        d__w_B_3_12.reshape(n, 32),
+        d__w_B_3_19.reshape(n, 32),
+        d__w_B_3_11.reshape(n, 32),
+        d__w_B_3_24.reshape(n, 32),
+        d__w_B_3_7.reshape(n, 32),
+        d__w_B_3_29.reshape(n, 32),
+        d__w_B_3_23.reshape(n, 32),
+        d__w_B_3_5.reshape(n, 32),
+        d__w_B_3_14.reshape(n, 32),
+        d__w_B_3_28.reshape(n, 32),
+        d__w_B_3_22.reshape(n, 32),
+        d__w_B_3_2.reshape(n, 32),
+        d__w_B_3_18.reshape(n, 32),
+        d__w_B_3_1.reshape(n, 32),
+        d__w_B_3_10.reshape(n, 32),
+        d__w_B_3_9.reshape(n, 32),
+        d__w_B_3_27.reshape(n, 32),
+        d__w_B_3_17.reshape(n, 32),
+        d__w_B_3_4.reshape(n, 32),
+        d__w_B_3_3.reshape(n, 32),
+        d__w_B_3_26.reshape(n, 32),
+        d__w_B_3_6.reshape(n, 32),
+        d__w_B_3_21.reshape(n, 32),
+        d__w_B_3_0.reshape(n, 32),
+        d__w_B_3_8.reshape(n, 32),
+        d__w_B_3_16.reshape(n, 32),
+    ], dim=-1)
+    del d__w_B_3_0, d__w_B_3_1, d__w_B_3_10, d__w_B_3_11, d__w_B_3_12, d__w_B_3_13, d__w_B_3_14, d__w_B_3_15, d__w_B_3_16, d__w_B_3_17, d__w_B_3_18, d__w_B_3_19, d__w_B_3_2, d__w_B_3_20, d__w_B_3_21, d__w_B_3_22, d__w_B_3_23, d__w_B_3_24, d__w_B_3_25, d__w_B_3_26, d__w_B_3_27, d__w_B_3_28, d__w_B_3_29, d__w_B_3_3, d__w_B_3_30, d__w_B_3_4, d__w_B_3_5, d__w_B_3_6, d__w_B_3_7, d__w_B_3_8, d__w_B_3_9
+    d_weight_31 = weight.new_zeros(4, 992).index_add(0, z, d__w_B_3.reshape(n, 992)).reshape(3968)
+    del d__w_B_3
+    d__w_B_2_32 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) * _p25.reshape(n, 32)
+    del _p25
+    d__w_B_2_33 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.7320508075688772).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
+    del _p24
+    d__w_B_2_34 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32) * _p23.reshape(n, 32)
+    del _p23
+    d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    _c31 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p22
+    d__p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c31
+    d__w_B_2_35 = ((d__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
+    d__w_B_2_36 = ((d__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
+    del d__p21
+    d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    _c32 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p20
+    d__p19 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c32
+    d__w_B_2_37 = ((d__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
+    del d__p19
+    d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _c33 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p18
+    d__p17 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c33
+    d__w_B_2_38 = ((d__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
+    del d__p17
+    d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    _c34 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
+    del d__p16
+    d__p15 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c34
+    d__w_B_2_39 = (d__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32)
+    d__w_B_2_40 = (d__p15 * 0.9128709291752769).reshape(n, 32) * _p6.reshape(n, 32)
+    d__w_B_2_41 = (d__p15 * 0.9128709291752769).reshape(n, 32) * _p1.reshape(n, 32)
+    del d__p15
+    d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    _c35 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
+    del d__p14
+    d__p13 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c35
+    d__w_B_2_42 = (d__p13 * 0.7745966692414834).reshape(n, 32) * _p9.reshape(n, 32)
+    d__w_B_2_43 = (d__p13 * 0.7745966692414834).reshape(n, 32) * _p6.reshape(n, 32)
+    d__w_B_2_44 = (d__p13 * 0.7745966692414834).reshape(n, 32) * _p1.reshape(n, 32)
+    del d__p13
+    d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    _c36 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d__p12
+    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c36.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _c36
+    d__w_B_2_45 = (d__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32)
+    d__w_B_2_46 = (d__p11 * 0.4472135954999579).reshape(n, 32) * _p6.reshape(n, 32)
+    d__w_B_2_47 = (d__p11 * 0.4472135954999579).reshape(n, 32) * _p1.reshape(n, 32)
+    del d__p11
+    # weight gradient per index value
+    d__w_B_2 = torch.cat([
+        d__w_B_2_47.reshape(n, 32),
+        d__w_B_2_44.reshape(n, 32),
+        d__w_B_2_41.reshape(n, 32),
+        d__w_B_2_38.reshape(n, 32),
+        d__w_B_2_37.reshape(n, 32),
+        d__w_B_2_36.reshape(n, 32),
+        d__w_B_2_46.reshape(n, 32),
+        d__w_B_2_43.reshape(n, 32),
+        d__w_B_2_40.reshape(n, 32),
+        d__w_B_2_35.reshape(n, 32),
+        d__w_B_2_34.reshape(n, 32),
+        d__w_B_2_45.reshape(n, 32),
+        d__w_B_2_42.reshape(n, 32),
+        d__w_B_2_33.reshape(n, 32),
+        d__w_B_2_39.reshape(n, 32),
+        d__w_B_2_32.reshape(n, 32),
+    ], dim=-1)
+    del d__w_B_2_32, d__w_B_2_33, d__w_B_2_34, d__w_B_2_35, d__w_B_2_36, d__w_B_2_37, d__w_B_2_38, d__w_B_2_39, d__w_B_2_40, d__w_B_2_41, d__w_B_2_42, d__w_B_2_43, d__w_B_2_44, d__w_B_2_45, d__w_B_2_46, d__w_B_2_47
+    d_weight_48 = weight.new_zeros(4, 512).index_add(0, z, d__w_B_2.reshape(n, 512)).reshape(2048)
+    del d__w_B_2
+    d__w_B_1_49 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p10.reshape(n, 32, 5)).sum((2,))
+    del _p10
+    d__w_B_1_50 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * _p9.reshape(n, 32)
+    del _p9
+    d__w_B_1_51 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * _p8.reshape(n, 32, 3)).sum((2,))
+    del _p8
+    d__w_B_1_52 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
+    del _p7
+    d__w_B_1_53 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * _p6.reshape(n, 32)
+    del _p6
+    d__w_B_1_54 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
+    del _p5
+    d__w_B_1_55 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
+    del _p3
+    d__w_B_1_56 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * _p1.reshape(n, 32)
+    del _p1
+    # weight gradient per index value
+    d__w_B_1 = torch.cat([
+        d__w_B_1_56.reshape(n, 32),
+        d__w_B_1_55.reshape(n, 32),
+        d__w_B_1_54.reshape(n, 32),
+        d__w_B_1_53.reshape(n, 32),
+        d__w_B_1_52.reshape(n, 32),
+        d__w_B_1_51.reshape(n, 32),
+        d__w_B_1_50.reshape(n, 32),
+        d__w_B_1_49.reshape(n, 32),
+    ], dim=-1)
+    del d__w_B_1_49, d__w_B_1_50, d__w_B_1_51, d__w_B_1_52, d__w_B_1_53, d__w_B_1_54, d__w_B_1_55, d__w_B_1_56
+    d_weight_57 = weight.new_zeros(4, 256).index_add(0, z, d__w_B_1.reshape(n, 256)).reshape(1024)
+    del d__w_B_1
+    # ∂/∂_w_B_0: 32x2e -> 32x2e
+    d__w_B_0_58 = (d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
+    # ∂/∂_w_B_0: 32x1o -> 32x1o
+    d__w_B_0_59 = (d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
+    # ∂/∂_w_B_0: 32x0e -> 32x0e
+    d__w_B_0_60 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    # weight gradient per index value
+    d__w_B_0 = torch.cat([
+        d__w_B_0_60.reshape(n, 32),
+        d__w_B_0_59.reshape(n, 32),
+        d__w_B_0_58.reshape(n, 32),
+    ], dim=-1)
+    del d__w_B_0_58, d__w_B_0_59, d__w_B_0_60
+    d_weight_61 = weight.new_zeros(4, 96).index_add(0, z, d__w_B_0.reshape(n, 96)).reshape(384)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_61.reshape(384),
+        d_weight_57.reshape(1024),
+        d_weight_48.reshape(2048),
+        d_weight_31.reshape(3968),
+    ], dim=-1)
+    del d_weight_31, d_weight_48, d_weight_57, d_weight_61
+    return [d_weight]
+
+
+def _mace_product_4_d_only_weight_cpu(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_4, d_weight only: A (n, 288), z (n,), d_B (n, 288) -> d_weight (7424,)."""
+    n = A.shape[0]
+    _p1 = weight.new_empty(n, 32)
+    _p3 = weight.new_empty(n, 96)
+    _c2 = weight.new_empty(n, 160)
+    _p5 = weight.new_empty(n, 160)
+    _c3 = weight.new_empty(n, 96)
+    _p6 = weight.new_empty(n, 32)
+    _c4 = weight.new_empty(n, 288)
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s0', n, _p1, _p3, _c2, _p5, _c3, _p6, _c4, A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, A[:, 128:288].reshape(n, 32, 5), cg_0_2_2, cg_1_1_0, A[:, 32:128].reshape(n, 32, 3))
+    _p7 = torch.mm(_c4.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
+    _c5 = weight.new_empty(n, 288)
+    _p8 = weight.new_empty(n, 96)
+    _c6 = weight.new_empty(n, 160)
+    _p9 = weight.new_empty(n, 32)
+    _c7 = weight.new_empty(n, 800)
+    _p10 = weight.new_empty(n, 160)
+    _p23 = weight.new_empty(n, 32)
+    _c8 = weight.new_empty(n, 480)
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_weight_s1', n, _c5, _p8, _c6, _p9, _c7, _p10, _p23, _c8, A[:, 128:288].reshape(n, 32, 5), cg_1_2_1, A[:, 32:128].reshape(n, 32, 3), cg_2_2_0, A[:, 128:288].reshape(n, 32, 5), cg_2_2_2, _c3, A[:, 32:128].reshape(n, 32, 3))
+    _p24 = torch.mm(_c8.reshape(n, 32, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c8
+    _p25 = weight.new_empty(n, 32)
+    _p26 = weight.new_empty(n, 32)
+    _p27 = weight.new_empty(n, 96)
+    _p28 = weight.new_empty(n, 160)
+    _p29 = weight.new_empty(n, 32)
+    _c11 = weight.new_empty(n, 288)
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s2', n, _p25, _p26, _p27, _p28, _p29, _c11, _p10, _c6, _p1, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, _c2, _p3, _c3)
+    _p30 = torch.mm(_c11.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
+    _p31 = weight.new_empty(n, 32)
+    _p32 = weight.new_empty(n, 160)
+    _p33 = weight.new_empty(n, 32)
+    _p34 = weight.new_empty(n, 96)
+    _c14 = weight.new_empty(n, 288)
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _native.run('mace_product_4_d_only_weight_s3', n, _p31, _p32, _p33, _p34, _c14, _p5, _c6, _c7, _p6, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, _p8)
+    _p35 = torch.mm(_c14.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.mm(_c14.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c14
+    _c15 = weight.new_empty(n, 480)
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    _native.run('mace_product_4_d_only_weight_s4', n, _c15, A[:, 32:128].reshape(n, 32, 3), A[:, 128:288].reshape(n, 32, 5))
+    _p37 = torch.mm(_c15.reshape(n, 32, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c15
+    _c16 = weight.new_empty(n, 480)
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s5', n, _c16, _p37, A[:, 32:128].reshape(n, 32, 3))
+    del _p37
+    _p38 = torch.mm(_c16.reshape(n, 32, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c16
+    _p39 = weight.new_empty(n, 32)
+    _p40 = weight.new_empty(n, 96)
+    _p41 = weight.new_empty(n, 160)
+    d__w_B_3 = weight.new_empty(n, 992)
+    _c19 = weight.new_empty(n, 800)
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    # p62 = (p41 ⊗ p4) -> 32x0e
+    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s6', n, _p39, _p40, _p41, d__w_B_3, _c19, _p9, A[:, 0:32].reshape(n, 32, 1), cg_0_0_0, A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, _c2, _c6, d_B[:, 0:32].reshape(n, 32, 1), d_B[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
+    del _c6
+    d__p60 = torch.mm(_c19.reshape(n, 32, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c19
+    _c20 = weight.new_empty(n, 288)
+    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_weight_s7', n, d__w_B_3, _c20, d__p60, _p35, d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    del d__p60
+    d__p58 = torch.mm(_c20.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c20
+    _c21 = weight.new_empty(n, 288)
+    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _native.run('mace_product_4_d_only_weight_s8', n, d__w_B_3, _c21, d__p58, _p35, d_B[:, 0:32].reshape(n, 32, 1), _c3, _p24, _p40, _p34, d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    del _c3, _p35, _p40, d__p58
+    d__p54 = torch.mm(_c21.reshape(n, 32, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c21
+    _c22 = weight.new_empty(n, 480)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s9', n, d__w_B_3, _c22, d__p54, _p41, _p32, d_B[:, 128:288].reshape(n, 32, 5), _c7, _p38, _p36, _p30, _p28, d_B[:, 32:128].reshape(n, 32, 3), _c5, _p27, A[:, 32:128].reshape(n, 32, 3))
+    del _p28, _p30, _p32, _p36, _p38, _p41, d__p54
+    d__p48 = torch.mm(_c22.reshape(n, 32, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c22
+    _c23 = weight.new_empty(n, 96)
+    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    _native.run('mace_product_4_d_only_weight_s10', n, d__w_B_3, _c23, d__p48, _p34, _p27, d_B[:, 128:288].reshape(n, 32, 5), _c2, _p25, _p39, _p23, _p29, _p26, d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3), cg_0_1_1, _p33, _p31, d_B[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0)
+    del _p26, _p27, _p29, _p31, _p33, _p34, _p39, d__p48
+    # weight gradient per index value
+    d_weight_0 = weight.new_zeros(4, 992).index_add(0, z, d__w_B_3.reshape(n, 992)).reshape(3968)
+    del d__w_B_3
+    d__w_B_2 = weight.new_empty(n, 512)
+    _c25 = weight.new_empty(n, 480)
+    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _native.run('mace_product_4_d_only_weight_s11', n, d__w_B_2, _c25, d_B[:, 0:32].reshape(n, 32, 1), _p25, d_B[:, 32:128].reshape(n, 32, 3), _p24, _p23, d_B[:, 128:288].reshape(n, 32, 5), _c7, _p7, _p5, _c5, _p3, A[:, 32:128].reshape(n, 32, 3))
+    del _c5, _c7, _p23, _p24, _p25
+    d__p17 = torch.mm(_c25.reshape(n, 32, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c25
+    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    _native.run('mace_product_4_d_only_weight_s12', n, d__w_B_2, d__p17, _p3, d_B[:, 128:288].reshape(n, 32, 5), _c2, _p9, _p6, _p1, d_B[:, 32:128].reshape(n, 32, 3), _c23, d_B[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1), cg_0_0_0)
+    del _c2, _c23, d__p17
+    # weight gradient per index value
+    d_weight_1 = weight.new_zeros(4, 512).index_add(0, z, d__w_B_2.reshape(n, 512)).reshape(2048)
+    del d__w_B_2
+    d__w_B_1 = weight.new_empty(n, 256)
+    _native.run('mace_product_4_d_only_weight_s13', n, d__w_B_1, d_B[:, 128:288].reshape(n, 32, 5), _p10, d_B[:, 0:32].reshape(n, 32, 1), _p9, d_B[:, 32:128].reshape(n, 32, 3), _p8, _p7, _p6, _p5, _p3, _p1)
+    del _p1, _p10, _p3, _p5, _p6, _p7, _p8, _p9
+    # weight gradient per index value
+    d_weight_2 = weight.new_zeros(4, 256).index_add(0, z, d__w_B_1.reshape(n, 256)).reshape(1024)
+    del d__w_B_1
+    d__w_B_0 = weight.new_empty(n, 96)
+    # ∂/∂_w_B_0: 32x2e -> 32x2e
+    # ∂/∂_w_B_0: 32x1o -> 32x1o
+    # ∂/∂_w_B_0: 32x0e -> 32x0e
+    _native.run('mace_product_4_d_only_weight_s14', n, d__w_B_0, d_B[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5), d_B[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3), d_B[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
+    # weight gradient per index value
+    d_weight_3 = weight.new_zeros(4, 96).index_add(0, z, d__w_B_0.reshape(n, 96)).reshape(384)
+    del d__w_B_0
+    d_weight = torch.cat([
+        d_weight_3.reshape(384),
+        d_weight_2.reshape(1024),
+        d_weight_1.reshape(2048),
+        d_weight_0.reshape(3968),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2, d_weight_3
+    return [d_weight]
+
+
 # mace_product_4: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_4_d2_A", _mace_product_4_d2_A, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, cpu=_mace_product_4_d2_A_cpu)
 _ops.register("mace_product_4_d2_weight", _mace_product_4_d2_weight, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, cpu=_mace_product_4_d2_weight_cpu)
 _ops.register("mace_product_4_d", _mace_product_4_d, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d2_A, _ops.mace_product_4_d2_weight], cpu=_mace_product_4_d_cpu)
-_ops.register("mace_product_4", _mace_product_4, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d], check_indices=True, cpu=_mace_product_4_cpu)
+_ops.register("mace_product_4_d_only_A", _mace_product_4_d_only_A, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d2_A], cpu=_mace_product_4_d_only_A_cpu)
+_ops.register("mace_product_4_d_only_weight", _mace_product_4_d_only_weight, outputs=((7424, False),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d2_weight], cpu=_mace_product_4_d_only_weight_cpu)
+_ops.register("mace_product_4", _mace_product_4, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d], partial=[{(0,): _ops.mace_product_4_d_only_A, (1,): _ops.mace_product_4_d_only_weight}], check_indices=True, cpu=_mace_product_4_cpu)
 
 
 class mace_product(rt.FusionModule):
@@ -18365,6 +21100,2598 @@ void mace_product_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64
     }
 }
     """,
+    "mace_product_d_only_A": """\
+void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 64);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 64);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 576);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 192);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 320);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 64);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 960);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 192);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 448);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 64);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 576);
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17;
+        const real *restrict a18 = A18;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21;
+        const real *restrict a22 = A22;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a13[_u] * a14[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a15[0] * (l0 + 0)[_u];
+        /* p3 = (p0 ⊗ p2) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 64 + _u] = a16[_u * 3 + _j];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += a13[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 64 + _u];
+        /* ijk,zuij->zuk */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
+        /* p4 = (p2 ⊗ p2) -> 64x0e */
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w5[_i * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
+        /* zui,zuik->zuk */
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 64 + _u] = a19[_u * 3 + _i];
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = (a2 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a3 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+        /* p6 = (p2 ⊗ p5) -> 64x1o */
+        real t8[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t8[_j * 64 + _u] = a20[_u * 5 + _j];
+        real w9[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 9 + _i * 3 + _k] += w9[_i * 192 + _k * 64 + _u];
+        /* zui,zuik->zuk */
+        real t10[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
+        real w11[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w11[_k * 64 + _u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
+        /* p7 = (p5 ⊗ p5) -> 64x0e */
+        real w12[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_i * 64 + _u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
+        /* zui,zuik->zuk */
+        real t13[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t13[_i * 64 + _u] = a23[_u * 5 + _i];
+        real t14[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a7 + 0)[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
+        /* p9 = (p5 ⊗ p8) -> 64x1o */
+        real t15[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t15[_j * 64 + _u] = a24[_u * 7 + _j];
+        real w16[960] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a8 + 0)[_u * 15 + _i * 3 + _k] += w16[_i * 192 + _k * 64 + _u];
+        /* zui,zuik->zuk */
+        real t17[960] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t17[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 15 + _i * 3 + _k];
+        real w18[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w18[_k * 64 + _u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
+        /* p10 = (p8 ⊗ p8) -> 64x0e */
+        real t19[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t19[_i * 64 + _u] = a26[_u * 7 + _i];
+        real w20[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a10 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
+        /* zuj,zujk->zuk */
+        real t21[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t21[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (a11 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+        /* p11 = (p2 ⊗ p2) -> 64x2e */
+        real w22[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w22[_i * 192 + _j * 64 + _u] += t6[_i * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a12 + 0)[_u * 9 + _i * 3 + _j] += w22[_i * 192 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1600);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p12 = (p5 ⊗ p5) -> 64x2e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 5 + _i];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 64 + _u] = a2[_u * 5 + _j];
+        real w3[1600] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_i * 320 + _j * 64 + _u] += t1[_i * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 320 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1600);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 320);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 2240);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 64);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 64);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 192);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 320);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 192);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 320);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 320);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 192);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 192);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 960);
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        real l0[320] __attribute__((aligned(64))) = {0};
+        /* p13 = (p5 ⊗ p8) -> 64x2o */
+        real t1[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t1[_j * 64 + _u] = a13[_u * 7 + _j];
+        real w2[1600] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w2[_i * 320 + _k * 64 + _u] += t1[_j * 64 + _u] * a14[_i * 35 + _j * 5 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _i * 5 + _k] += w2[_i * 320 + _k * 64 + _u];
+        /* zui,zuik->zuk */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 64 + _u] = a15[_u * 5 + _i];
+        real t4[1600] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 320 + _k * 64 + _u] = (a0 + 0)[_u * 25 + _i * 5 + _k];
+        real w5[320] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
+        /* p14 = (p8 ⊗ p8) -> 64x2e */
+        real t6[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t6[_i * 64 + _u] = a16[_u * 7 + _i];
+        real w7[2240] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w7[_j * 320 + _k * 64 + _u] += t6[_i * 64 + _u] * a17[_i * 35 + _j * 5 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a2 + 0)[_u * 35 + _j * 5 + _k] += w7[_j * 320 + _k * 64 + _u];
+        /* zuj,zujk->zuk */
+        real t8[2240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t8[_j * 320 + _k * 64 + _u] = (a2 + 0)[_u * 35 + _j * 5 + _k];
+        real w9[320] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w9[_k * 64 + _u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w9[_k * 64 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.3535533905932738 * (a18 + 0)[_u] * a19[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.3535533905932738 * (a20 + 0)[_u] * a21[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.3535533905932738 * (a22 + 0)[_u] * a23[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.3535533905932738 * (a24 + 0)[_u] * a25[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.5 * (a18 + 0)[_u] * a26[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.5 * (a20 + 0)[_u] * a27[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.5 * (a22 + 0)[_u] * a28[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.5 * (a24 + 0)[_u] * a29[_u];
+        /* zui,zu->zui */
+        real t10[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 64 + _u] = (a30 + 0)[_u * 3 + _i];
+        real w11[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w11[_i * 64 + _u] += (real)0.8660254037844386 * t10[_i * 64 + _u] * a31[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a5 + 0)[_u * 3 + _i] += w11[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t12[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t12[_i * 64 + _u] = (a32 + 0)[_u * 3 + _i];
+        real w13[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w13[_i * 64 + _u] += (real)0.8660254037844386 * t12[_i * 64 + _u] * a33[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a5 + 0)[_u * 3 + _i] += w13[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t14[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 64 + _u] = a34[_u * 5 + _i];
+        real w15[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w15[_i * 64 + _u] += (real)1.118033988749895 * t14[_i * 64 + _u] * a35[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w15[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t16[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t16[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w17[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w17[_i * 64 + _u] += (real)1.118033988749895 * t16[_i * 64 + _u] * a36[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w17[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t18[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t18[_i * 64 + _u] = (a37 + 0)[_u * 3 + _i];
+        real w19[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w19[_i * 64 + _u] += (real)0.6123724356957945 * t18[_i * 64 + _u] * a38[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w19[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w20[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w20[_i * 64 + _u] += (real)0.6123724356957945 * t12[_i * 64 + _u] * a39[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w20[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t21[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t21[_i * 64 + _u] = a40[_u * 5 + _i];
+        real w22[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w22[_i * 64 + _u] += (real)1.118033988749895 * t21[_i * 64 + _u] * a41[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a8 + 0)[_u * 5 + _i] += w22[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t23[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t23[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w24[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w24[_i * 64 + _u] += (real)1.118033988749895 * t23[_i * 64 + _u] * a42[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a8 + 0)[_u * 5 + _i] += w24[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w25[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w25[_i * 64 + _u] += (real)0.7905694150420949 * t21[_i * 64 + _u] * a43[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a9 + 0)[_u * 5 + _i] += w25[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t26[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t26[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w27[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w27[_i * 64 + _u] += (real)0.7905694150420949 * t26[_i * 64 + _u] * a44[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a9 + 0)[_u * 5 + _i] += w27[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w28[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w28[_i * 64 + _u] += (real)0.8660254037844386 * t12[_i * 64 + _u] * a45[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a10 + 0)[_u * 3 + _i] += w28[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t29[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t29[_i * 64 + _u] = a46[_u * 3 + _i];
+        real w30[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w30[_i * 64 + _u] += (real)1.118033988749895 * t29[_i * 64 + _u] * a47[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a11 + 0)[_u * 3 + _i] += w30[_i * 64 + _u];
+        /* ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o */
+        real t31[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t31[_k * 64 + _u] = (a11 + 0)[_u * 3 + _k];
+        real t32[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t32[_j * 64 + _u] = a48[_u * 5 + _j];
+        real w33[960] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w33[_j * 192 + _k * 64 + _u] += t31[_k * 64 + _u] * t32[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a12 + 0)[_u * 15 + _j * 3 + _k] += w33[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 960);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 64 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 64 + _u] = (a2 + 0)[_u * 5 + _i];
+        real w3[960] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_k * 320 + _i * 64 + _u] += t1[_k * 64 + _u] * t2[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1024);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 576);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[192] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+        /* ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_k * 64 + _u] += t1[_k * 64 + _u] * a5[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w2[_k * 64 + _u];
+        /* ijk,zukj->zui */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_i * 64 + _u] += a6[_i * 3 + _k] * t3[_k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w4[_i * 64 + _u];
+        /* ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 64 + _u] = (a7 + 0)[_u * 3 + _i];
+        real w7[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w7[_i * 192 + _k * 64 + _u] += t5[_k * 64 + _u] * t6[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 0)[_u * 9 + _i * 3 + _k] += w7[_i * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 320);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 192);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 576);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[320] __attribute__((aligned(64))) = {0};
+        real l2[320] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a6[_u];
+        /* zui,zu->zui */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = (a7 + 0)[_u * 3 + _i];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * a8[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a9[_u];
+        /* ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 64 + _u] = (a10 + 0)[_u * 5 + _i];
+        real w4[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w4[_i * 64 + _u] += (l0 + 0)[_u] * t3[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w4[_i * 64 + _u];
+        /* ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e */
+        real t5[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 64 + _u] = (a11 + 0)[_u * 5 + _i];
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w6[_i * 64 + _u] += (l0 + 0)[_u] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l2 + 0)[_u * 5 + _i] += w6[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t7[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 64 + _u] = (l2 + 0)[_u * 5 + _i];
+        real w8[320] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_j * 64 + _u] += a12[_i * 5 + _j] * t7[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += w8[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t9[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 64 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w10[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_i * 64 + _u] += (real)0.7905694150420949 * t9[_i * 64 + _u] * a13[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w10[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t11[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 64 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w12[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w12[_i * 64 + _u] += (real)0.7905694150420949 * t11[_i * 64 + _u] * a14[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a3 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += a15[_u * 3 + _i];
+        /* ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o */
+        real t13[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t13[_k * 64 + _u] = (a4 + 0)[_u * 3 + _k];
+        real t14[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t14[_j * 64 + _u] = a16[_u * 3 + _j];
+        real w15[576] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w15[_j * 192 + _k * 64 + _u] += t13[_k * 64 + _u] * t14[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a5 + 0)[_u * 9 + _j * 3 + _k] += w15[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 960);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 64 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 64 + _u] = (a2 + 0)[_u * 5 + _i];
+        real w3[960] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_k * 320 + _i * 64 + _u] += t1[_k * 64 + _u] * t2[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 192);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 320);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 960);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[192] __attribute__((aligned(64))) = {0};
+        real l3[192] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += a7[_u * 3 + _j];
+        /* zui,zu->zui */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a8[_u * 5 + _i];
+        real w2[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (real)1.118033988749895 * t1[_i * 64 + _u] * a9[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w3[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w3[_i * 64 + _u] += (real)1.118033988749895 * t1[_i * 64 + _u] * a10[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w3[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a11[_u];
+        /* ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e */
+        real t4[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 64 + _u] = (a12 + 0)[_u * 3 + _i];
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w5[_i * 64 + _u] += (l0 + 0)[_u] * t4[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
+        /* ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e */
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 64 + _u] = (a13 + 0)[_u * 3 + _i];
+        real w7[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w7[_i * 64 + _u] += (l0 + 0)[_u] * t6[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w7[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w9[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w9[_j * 64 + _u] += a14[_i * 3 + _j] * t8[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w9[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t10[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 64 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w11[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w11[_i * 64 + _u] += (real)0.6123724356957945 * t10[_i * 64 + _u] * a15[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w11[_i * 64 + _u];
+        /* zui,zu->zui */
+        real t12[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t12[_i * 64 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w13[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w13[_i * 64 + _u] += (real)0.6123724356957945 * t12[_i * 64 + _u] * a16[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w13[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += a17[_u * 3 + _i];
+        /* ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o */
+        real t14[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t14[_k * 64 + _u] = (l3 + 0)[_u * 3 + _k];
+        real t15[960] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t15[_i * 192 + _k * 64 + _u] = (a18 + 0)[_u * 15 + _i * 3 + _k];
+        real w16[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w16[_i * 64 + _u] += t14[_k * 64 + _u] * t15[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w16[_i * 64 + _u];
+        /* ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o */
+        real t17[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t17[_k * 64 + _u] = (l3 + 0)[_u * 3 + _k];
+        real t18[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t18[_i * 64 + _u] = (a19 + 0)[_u * 5 + _i];
+        real w19[960] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w19[_k * 320 + _i * 64 + _u] += t17[_k * 64 + _u] * t18[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a6 + 0)[_u * 15 + _k * 5 + _i] += w19[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 192);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 576);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[192] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += a5[_u * 7 + _j];
+        /* zui,zu->zui */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
+        real w2[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (real)1.118033988749895 * t1[_i * 64 + _u] * a7[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w3[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w3[_i * 64 + _u] += (real)1.118033988749895 * t1[_i * 64 + _u] * a8[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w3[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a9[_u * 3 + _i];
+        /* ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o */
+        real t4[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t5[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_i * 192 + _k * 64 + _u] = (a10 + 0)[_u * 9 + _i * 3 + _k];
+        real w6[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w6[_i * 64 + _u];
+        /* ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 64 + _u] = (a11 + 0)[_u * 3 + _i];
+        real w9[576] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w9[_k * 192 + _i * 64 + _u] += t7[_k * 64 + _u] * t8[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a4 + 0)[_u * 9 + _k * 3 + _i] += w9[_k * 192 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 64);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 64);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 64);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 64);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 2240);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        real l0[192] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[64] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[64] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += a8[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = (a9 + 0)[_u * 3 + _i];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * a10[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 64 + _u];
+        /* zui,zu->zui */
+        real w3[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w3[_i * 64 + _u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * a11[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w3[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a12[_u * 3 + _i];
+        /* ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o */
+        real t4[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w5[_j * 64 + _u] += t4[_k * 64 + _u] * a13[_j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w5[_j * 64 + _u];
+        /* zuj,zuij->zui */
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 64 + _u] = a14[_u * 3 + _j];
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t7[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (l2 + 0)[_u] += t6[_j * 64 + _u] * t7[_j * 64 + _u];
+        /* ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o */
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t8[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w9[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w9[_j * 64 + _u] += (a15 + 0)[_u] * t8[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w9[_j * 64 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.5 * (l2 + 0)[_u] * a16[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.5 * (l2 + 0)[_u] * a17[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a5 + 0)[_u] += (real)0.5 * (l2 + 0)[_u] * a18[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a6 + 0)[_u] += (real)0.5 * (l2 + 0)[_u] * a19[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l3 + 0)[_u] += a20[_u];
+        /* ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l4 + 0)[_u] += (l3 + 0)[_u] * a21[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l5 + 0)[_u] += a22[0] * (l4 + 0)[_u];
+        /* ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l6 + 0)[_u] += (l3 + 0)[_u] * (a23 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a22[0] * (l6 + 0)[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.3535533905932738 * (l5 + 0)[_u] * a24[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a4 + 0)[_u] += (real)0.3535533905932738 * (l5 + 0)[_u] * a25[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a5 + 0)[_u] += (real)0.3535533905932738 * (l5 + 0)[_u] * a26[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a6 + 0)[_u] += (real)0.3535533905932738 * (l5 + 0)[_u] * a27[_u];
+        /* ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e */
+        real t10[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t10[_k * 64 + _u] = (a28 + 0)[_u * 5 + _k];
+        real t11[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t11[_j * 64 + _u] = a29[_u * 7 + _j];
+        real w12[2240] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_j * 320 + _k * 64 + _u] += t10[_k * 64 + _u] * t11[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a7 + 0)[_u * 35 + _j * 5 + _k] += w12[_j * 320 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 1600);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                (a0 + 576)[_u * 7 + _i] += a2[_u * 7 + _i];
+        /* ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 64 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[2240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
+        real w3[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += w3[_j * 64 + _u];
+        /* ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o */
+        real t4[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 64 + _u] = a5[_u * 5 + _k];
+        real t5[1600] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_i * 320 + _k * 64 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += w6[_i * 64 + _u];
+        /* ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o */
+        real t7[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 64 + _u] = a7[_u * 5 + _i];
+        real w8[1600] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_k * 320 + _i * 64 + _u] += t4[_k * 64 + _u] * t7[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 25 + _k * 5 + _i] += w8[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 1600);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += a2[_u * 7 + _j];
+        /* ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 64 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 64 + _u] = a4[_u * 5 + _j];
+        real w3[1600] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_j * 320 + _k * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 320 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 1600);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 64 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 64 + _u] = a4[_u * 5 + _i];
+        real w3[1600] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_k * 320 + _i * 64 + _u] += t1[_k * 64 + _u] * t2[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 960);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        real l0[576] __attribute__((aligned(64))) = {0};
+        real l1[448] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 64 + _u] = (a5 + 0)[_u * 5 + _k];
+        real w2[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w2[_i * 192 + _j * 64 + _u] += t1[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 192 + _j * 64 + _u];
+        /* zuj,zuij->zui */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 64 + _u] = a7[_u * 3 + _j];
+        real t4[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w5[_i * 64 + _u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w5[_i * 64 + _u];
+        /* ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e */
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 64 + _u] = a8[_u * 3 + _i];
+        real t7[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t7[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w8[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_j * 64 + _u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a1 + 0)[_u] += (real)0.5 * a9[_u] * a10[_u];
+        /* ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
+        real t9[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t9[_j * 64 + _u] = a11[_u * 7 + _j];
+        real w10[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_j * 64 + _u] += (a1 + 0)[_u] * t9[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (l1 + 0)[_u * 7 + _j] += w10[_j * 64 + _u];
+        /* ijk,zukj->zui */
+        real t11[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t11[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
+        real w12[448] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 7; ++_i)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_i * 64 + _u] += a12[_i * 7 + _j] * t11[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                (a0 + 576)[_u * 7 + _i] += w12[_i * 64 + _u];
+        /* ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
+        real t13[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t13[_j * 64 + _u] = (a13 + 0)[_u * 7 + _j];
+        real w14[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w14[_j * 64 + _u] += (a1 + 0)[_u] * t13[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += w14[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t15[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t15[_i * 64 + _u] = a14[_u * 3 + _i];
+        real w16[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w16[_i * 64 + _u] += t15[_i * 64 + _u] * a15[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w16[_i * 64 + _u];
+        /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
+        real t17[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t17[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t18[960] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t18[_i * 192 + _k * 64 + _u] = (a16 + 0)[_u * 15 + _i * 3 + _k];
+        real w19[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w19[_i * 64 + _u] += t17[_k * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += w19[_i * 64 + _u];
+        /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
+        real t20[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t20[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t21[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t21[_i * 64 + _u] = a17[_u * 5 + _i];
+        real w22[960] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w22[_k * 320 + _i * 64 + _u] += t20[_k * 64 + _u] * t21[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a3 + 0)[_u * 15 + _k * 5 + _i] += w22[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 576);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        real l0[320] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += a4[_u * 7 + _j];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a1 + 0)[_u] += (real)0.5 * a5[_u] * a6[_u];
+        /* ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = (a7 + 0)[_u * 5 + _i];
+        real w2[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (a1 + 0)[_u] * t1[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += w2[_i * 64 + _u];
+        /* ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 64 + _u] = a8[_u * 5 + _i];
+        real w4[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w4[_i * 64 + _u] += (a1 + 0)[_u] * t3[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w4[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t5[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_j * 64 + _u] += a9[_i * 5 + _j] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += w6[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = a10[_u * 3 + _i];
+        real w8[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w8[_i * 64 + _u] += t7[_i * 64 + _u] * a11[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w8[_i * 64 + _u];
+        /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t10[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_i * 192 + _k * 64 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
+        real w11[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w11[_i * 64 + _u] += t9[_k * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w11[_i * 64 + _u];
+        /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
+        real t12[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t12[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t13[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 64 + _u] = a13[_u * 3 + _i];
+        real w14[576] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w14[_k * 192 + _i * 64 + _u] += t12[_k * 64 + _u] * t13[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a3 + 0)[_u * 9 + _k * 3 + _i] += w14[_k * 192 + _i * 64 + _u];
+    }
+}
+
+void mace_product_d_only_A_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        real l0[192] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a1 + 0)[_u] += (real)0.5 * a5[_u] * a6[_u];
+        /* ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = (a7 + 0)[_u * 3 + _i];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_i * 64 + _u] += (a1 + 0)[_u] * t1[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w2[_i * 64 + _u];
+        /* ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 64 + _u] = a8[_u * 3 + _i];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w4[_i * 64 + _u] += (a1 + 0)[_u] * t3[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w4[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 64 + _u] = (l0 + 0)[_u * 3 + _i];
+        real w6[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_j * 64 + _u] += a9[_i * 3 + _j] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w6[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = a10[_u * 3 + _i];
+        real w8[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w8[_i * 64 + _u] += t7[_i * 64 + _u] * a11[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w8[_i * 64 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
+        real w10[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w10[_j * 64 + _u] += t9[_k * 64 + _u] * a12[_j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w10[_j * 64 + _u];
+        /* zuj,zuij->zui */
+        real t11[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t11[_j * 64 + _u] = a13[_u * 3 + _j];
+        real t12[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t12[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 0)[_u] += t11[_j * 64 + _u] * t12[_j * 64 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
+        real t13[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t13[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w14[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w14[_j * 64 + _u] += a14[_u] * t13[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w14[_j * 64 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a3 + 0)[_u] += (real)0.5 * a5[_u] * a15[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l2 + 0)[_u] += (a3 + 0)[_u] * a16[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a17[0] * (l2 + 0)[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l3 + 0)[_u] += (a3 + 0)[_u] * a14[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a17[0] * (l3 + 0)[_u];
+        /* ∂/∂A: 64x1o -> 64x1o */
+        real w15[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w15[_i * 64 + _u] += t7[_i * 64 + _u] * a18[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w15[_i * 64 + _u];
+        /* ∂/∂A: 64x0e -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a5[_u] * a19[_u];
+    }
+}
+    """,
+    "mace_product_d_only_weight": """\
+void mace_product_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 64);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 576);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a3[_u] * a4[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a5[0] * (l0 + 0)[_u];
+        /* p3 = (p0 ⊗ p2) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 64 + _u] = a6[_u * 3 + _j];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += a3[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 64 + _u];
+        /* ijk,zuij->zuk */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_k * 64 + _u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
+        /* p4 = (p2 ⊗ p2) -> 64x0e */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 64 + _u] = a8[_u * 3 + _i];
+        real w6[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 192 + _j * 64 + _u] += t5[_i * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 0)[_u * 9 + _i * 3 + _j] += w6[_i * 192 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 576);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 64);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 960);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 192);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 64);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 1600);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16;
+        real l0[448] __attribute__((aligned(64))) = {0};
+        /* p6 = (p2 ⊗ p5) -> 64x1o */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 64 + _u] = a8[_u * 5 + _j];
+        real w2[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w2[_i * 192 + _k * 64 + _u] += t1[_j * 64 + _u] * a9[_i * 15 + _j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w2[_i * 192 + _k * 64 + _u];
+        /* zui,zuik->zuk */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 64 + _u] = a10[_u * 3 + _i];
+        real t4[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 192 + _k * 64 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w5[_k * 64 + _u];
+        /* p7 = (p5 ⊗ p5) -> 64x0e */
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 64 + _u] += t1[_j * 64 + _u] * a11[_i * 5 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w6[_i * 64 + _u];
+        /* zui,zuik->zuk */
+        real t7[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 64 + _u] = a12[_u * 5 + _i];
+        real t8[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 64 + _u] = (a2 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a3 + 0)[_u] += t7[_i * 64 + _u] * t8[_i * 64 + _u];
+        /* p9 = (p5 ⊗ p8) -> 64x1o */
+        real t9[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t9[_j * 64 + _u] = a13[_u * 7 + _j];
+        real w10[960] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        w10[_i * 192 + _k * 64 + _u] += t9[_j * 64 + _u] * a14[_i * 21 + _j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 15 + _i * 3 + _k] += w10[_i * 192 + _k * 64 + _u];
+        /* zui,zuik->zuk */
+        real t11[960] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t11[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 15 + _i * 3 + _k];
+        real w12[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_k * 64 + _u] += t7[_i * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a5 + 0)[_u * 3 + _k] += w12[_k * 64 + _u];
+        /* p10 = (p8 ⊗ p8) -> 64x0e */
+        real t13[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t13[_i * 64 + _u] = a15[_u * 7 + _i];
+        real w14[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w14[_j * 64 + _u] += t13[_i * 64 + _u] * a16[_i * 7 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (l0 + 0)[_u * 7 + _j] += w14[_j * 64 + _u];
+        /* zuj,zujk->zuk */
+        real t15[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t15[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (a6 + 0)[_u] += t9[_j * 64 + _u] * t15[_j * 64 + _u];
+        /* p12 = (p5 ⊗ p5) -> 64x2e */
+        real w16[1600] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w16[_i * 320 + _j * 64 + _u] += t7[_i * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a7 + 0)[_u * 25 + _i * 5 + _j] += w16[_i * 320 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 2240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p13 = (p5 ⊗ p8) -> 64x2o */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 5 + _i];
+        real t2[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t2[_j * 64 + _u] = a2[_u * 7 + _j];
+        real w3[2240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_i * 448 + _j * 64 + _u] += t1[_i * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 7; ++_j)
+                    (a0 + 0)[_u * 35 + _i * 7 + _j] += w3[_i * 448 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 3136);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p14 = (p8 ⊗ p8) -> 64x2e */
+        real t1[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 7 + _i];
+        real t2[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t2[_j * 64 + _u] = a2[_u * 7 + _j];
+        real w3[3136] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 7; ++_i)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_i * 448 + _j * 64 + _u] += t1[_i * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _j = 0; _j < 7; ++_j)
+                    (a0 + 0)[_u * 49 + _i * 7 + _j] += w3[_i * 448 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1600);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p31 = (p13 ⊗ p5) -> 64x1o */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 5 + _i];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 64 + _u] = a2[_u * 5 + _j];
+        real w3[1600] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_i * 320 + _j * 64 + _u] += t1[_i * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 320 + _j * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1280);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 576);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[192] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[192] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[320] __attribute__((aligned(64))) = {0};
+        real l5[192] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = a2[_u * 3 + _i];
+        real t2[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 64 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 896)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 64; ++_u)
+                w4[_k * 64 + _u] += t3[_k * 64 + _u] * a4[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
+        /* ijk,zukj->zui */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w6[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 64 + _u] += a5[_i * 3 + _k] * t5[_k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w6[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 64 + _u] = (a6 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 704)[_u] += (real)0.8660254037844386 * t7[_i * 64 + _u] * t8[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l3 + 0)[_u] += a7[_u];
+        /* ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e */
+        real t9[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 64 + _u] = (a8 + 0)[_u * 5 + _i];
+        real w10[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_i * 64 + _u] += (l3 + 0)[_u] * t9[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l4 + 0)[_u * 5 + _i] += w10[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t11[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 64 + _u] = (l4 + 0)[_u * 5 + _i];
+        real t12[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t12[_i * 64 + _u] = a9[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 1152)[_u] += (real)0.7905694150420949 * t11[_i * 64 + _u] * t12[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t13[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t13[_i * 64 + _u] = (l4 + 0)[_u * 5 + _i];
+        real t14[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 64 + _u] = a10[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 640)[_u] += (real)0.7905694150420949 * t13[_i * 64 + _u] * t14[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l5 + 0)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o */
+        real t15[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 64 + _u] = (l5 + 0)[_u * 3 + _k];
+        real t16[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t16[_j * 64 + _u] = a11[_u * 3 + _j];
+        real w17[576] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w17[_j * 192 + _k * 64 + _u] += t15[_k * 64 + _u] * t16[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w17[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 576);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[192] __attribute__((aligned(64))) = {0};
+        real l3[192] __attribute__((aligned(64))) = {0};
+        real l4[320] __attribute__((aligned(64))) = {0};
+        real l5[192] __attribute__((aligned(64))) = {0};
+        real l6[192] __attribute__((aligned(64))) = {0};
+        real l7[192] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a2[_u * 5 + _i];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 64 + _u] = a3[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 1088)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 64 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 576)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a5[_u];
+        /* ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e */
+        real t4[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 64 + _u] = a6[_u * 3 + _j];
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w5[_j * 64 + _u] += (l0 + 0)[_u] * t4[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w5[_j * 64 + _u];
+        /* ijk,zukj->zui */
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w7[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w7[_i * 64 + _u] += a7[_i * 3 + _j] * t6[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w7[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 64 + _u] = (a8 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 768)[_u] += (real)0.6123724356957945 * t8[_i * 64 + _u] * t9[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t10[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
+        real t11[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 64 + _u] = (a9 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 384)[_u] += (real)0.6123724356957945 * t10[_i * 64 + _u] * t11[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += a10[_u * 3 + _i];
+        /* ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o */
+        real t12[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t12[_k * 64 + _u] = (l3 + 0)[_u * 3 + _k];
+        real t13[960] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t13[_i * 192 + _k * 64 + _u] = (a11 + 0)[_u * 15 + _i * 3 + _k];
+        real w14[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w14[_i * 64 + _u] += t12[_k * 64 + _u] * t13[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l4 + 0)[_u * 5 + _i] += w14[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t15[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t15[_i * 64 + _u] = (l4 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 1216)[_u] += (real)1.118033988749895 * t15[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t16[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t16[_i * 64 + _u] = (l4 + 0)[_u * 5 + _i];
+        real t17[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t17[_i * 64 + _u] = a12[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 320)[_u] += (real)1.118033988749895 * t16[_i * 64 + _u] * t17[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l5 + 0)[_u * 3 + _i] += a10[_u * 3 + _i];
+        /* ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o */
+        real t18[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 64 + _u] = (l5 + 0)[_u * 3 + _k];
+        real t19[576] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t19[_i * 192 + _k * 64 + _u] = (a13 + 0)[_u * 9 + _i * 3 + _k];
+        real w20[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w20[_i * 64 + _u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l6 + 0)[_u * 3 + _i] += w20[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t21[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t21[_i * 64 + _u] = (l6 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 832)[_u] += (real)0.8660254037844386 * t21[_i * 64 + _u] * t9[_i * 64 + _u];
+        /* zui,zui->zu */
+        real t22[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t22[_i * 64 + _u] = (l6 + 0)[_u * 3 + _i];
+        real t23[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t23[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 128)[_u] += (real)0.8660254037844386 * t22[_i * 64 + _u] * t23[_i * 64 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l7 + 0)[_u * 3 + _i] += a10[_u * 3 + _i];
+        /* ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o */
+        real t24[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t24[_k * 64 + _u] = (l7 + 0)[_u * 3 + _k];
+        real w25[576] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w25[_j * 192 + _k * 64 + _u] += t24[_k * 64 + _u] * t4[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w25[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 1024)[_u] += (real)0.5 * a1[_u] * (a2 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 512)[_u] += (real)0.5 * a1[_u] * (a3 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 256)[_u] += (real)0.5 * a1[_u] * a4[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 64)[_u] += (real)0.5 * a1[_u] * (a5 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a6[_u];
+        /* ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l1 + 0)[_u] += (l0 + 0)[_u] * a7[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l2 + 0)[_u] += a8[0] * (l1 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 960)[_u] += (real)0.3535533905932738 * (l2 + 0)[_u] * (a2 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 448)[_u] += (real)0.3535533905932738 * (l2 + 0)[_u] * (a3 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 192)[_u] += (real)0.3535533905932738 * (l2 + 0)[_u] * a4[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += (real)0.3535533905932738 * (l2 + 0)[_u] * (a5 + 0)[_u];
+    }
+}
+
+void mace_product_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 448);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 384)[_u] += (real)0.5 * a1[_u] * (a2 + 0)[_u];
+        /* zui,zui->zu */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = a3[_u * 3 + _i];
+        real t2[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 64 + _u] = (a4 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 320)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 256)[_u] += (real)0.5 * a1[_u] * (a5 + 0)[_u];
+        /* zui,zui->zu */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 64 + _u] = (a6 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 192)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 128)[_u] += (real)0.5 * a1[_u] * a7[_u];
+        /* zui,zui->zu */
+        real t4[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 64 + _u] = (a8 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 64)[_u] += t1[_i * 64 + _u] * t4[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += (real)0.5 * a1[_u] * (a9 + 0)[_u];
+    }
+}
+
+void mace_product_d_only_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 128);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ∂/∂_w_B_0: 64x1o -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 3 + _i];
+        real t2[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 64 + _u] = a2[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 64)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* ∂/∂_w_B_0: 64x0e -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a3[_u] * a4[_u];
+    }
+}
+    """,
     "mace_product_2": """\
 void mace_product_2_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
@@ -20598,6 +25925,710 @@ void mace_product_2_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
         /* ijk,zuki->zuj */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += a11[0] * (l3 + 0)[_u];
+    }
+}
+    """,
+    "mace_product_2_d_only_A": """\
+void mace_product_2_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 1024);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 1344);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[448] __attribute__((aligned(64))) = {0};
+        real l2[448] __attribute__((aligned(64))) = {0};
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += (real)0.5 * a3[_u] * a4[_u];
+        /* ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
+        real t1[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t1[_j * 64 + _u] = a5[_u * 7 + _j];
+        real w2[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += (l0 + 0)[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (l1 + 0)[_u * 7 + _j] += w2[_j * 64 + _u];
+        /* ijk,zukj->zui */
+        real t3[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
+        real w4[448] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 7; ++_i)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_i * 64 + _u] += a6[_i * 7 + _j] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                (a0 + 576)[_u * 7 + _i] += w4[_i * 64 + _u];
+        /* ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
+        real t5[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t5[_i * 64 + _u] = a7[_u * 7 + _i];
+        real w6[448] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 7; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w6[_i * 64 + _u] += (l0 + 0)[_u] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                (l2 + 0)[_u * 7 + _i] += w6[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t7[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t7[_i * 64 + _u] = (l2 + 0)[_u * 7 + _i];
+        real w8[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_j * 64 + _u] += a6[_i * 7 + _j] * t7[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += w8[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 64 + _u] = a8[_u * 3 + _i];
+        real w10[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_i * 64 + _u] += t9[_i * 64 + _u] * a9[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w10[_i * 64 + _u];
+        /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
+        real t11[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 64 + _u] = (a1 + 0)[_u * 3 + _k];
+        real w12[1344] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_j * 192 + _k * 64 + _u] += t11[_k * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 0)[_u * 21 + _j * 3 + _k] += w12[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 960);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 64 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 64 + _u] = a4[_u * 5 + _i];
+        real w3[960] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_k * 320 + _i * 64 + _u] += t1[_k * 64 + _u] * t2[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 320 + _i * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 960);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[320] __attribute__((aligned(64))) = {0};
+        real l2[320] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (a0 + 576)[_u * 7 + _j] += a3[_u * 7 + _j];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += (real)0.5 * a4[_u] * a5[_u];
+        /* ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 64 + _u] = a6[_u * 5 + _j];
+        real w2[320] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += (l0 + 0)[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l1 + 0)[_u * 5 + _j] += w2[_j * 64 + _u];
+        /* ijk,zukj->zui */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 5 + _j];
+        real w4[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_i * 64 + _u] += a7[_i * 5 + _j] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 256)[_u * 5 + _i] += w4[_i * 64 + _u];
+        /* ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
+        real t5[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 64 + _u] = a8[_u * 5 + _i];
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w6[_i * 64 + _u] += (l0 + 0)[_u] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l2 + 0)[_u * 5 + _i] += w6[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t7[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 64 + _u] = (l2 + 0)[_u * 5 + _i];
+        real w8[320] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_j * 64 + _u] += a7[_i * 5 + _j] * t7[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += w8[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 64 + _u] = a9[_u * 3 + _i];
+        real w10[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_i * 64 + _u] += t9[_i * 64 + _u] * a10[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w10[_i * 64 + _u];
+        /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
+        real t11[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 64 + _u] = (a1 + 0)[_u * 3 + _k];
+        real w12[960] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_j * 192 + _k * 64 + _u] += t11[_k * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 0)[_u * 15 + _j * 3 + _k] += w12[_j * 192 + _k * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 576);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 64 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 64 + _u] = a4[_u * 3 + _i];
+        real w3[576] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_k * 192 + _i * 64 + _u] += t1[_k * 64 + _u] * t2[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 192 + _i * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        real l2[192] __attribute__((aligned(64))) = {0};
+        real l3[192] __attribute__((aligned(64))) = {0};
+        real l4[192] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[64] __attribute__((aligned(64))) = {0};
+        real l7[64] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 256)[_u * 5 + _j] += a1[_u * 5 + _j];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += (real)0.5 * a2[_u] * a3[_u];
+        /* ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 64 + _u] = a4[_u * 3 + _j];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += (l0 + 0)[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 64 + _u];
+        /* ijk,zukj->zui */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_i * 64 + _u] += a5[_i * 3 + _j] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w4[_i * 64 + _u];
+        /* ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 64 + _u] = a6[_u * 3 + _i];
+        real w6[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w6[_i * 64 + _u] += (l0 + 0)[_u] * t5[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w6[_i * 64 + _u];
+        /* ijk,zuki->zuj */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w8[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w8[_j * 64 + _u] += a5[_i * 3 + _j] * t7[_i * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
+        /* zui,zu->zui */
+        real t9[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 64 + _u] = a7[_u * 3 + _i];
+        real w10[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w10[_i * 64 + _u] += t9[_i * 64 + _u] * a8[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += w10[_i * 64 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
+        real t11[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 64 + _u] = (l3 + 0)[_u * 3 + _k];
+        real w12[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    w12[_j * 64 + _u] += t11[_k * 64 + _u] * a9[_j * 3 + _k];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l4 + 0)[_u * 3 + _j] += w12[_j * 64 + _u];
+        /* zuj,zuij->zui */
+        real t13[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t13[_j * 64 + _u] = (l4 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 0)[_u] += t1[_j * 64 + _u] * t13[_j * 64 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
+        real t14[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t14[_j * 64 + _u] = (l4 + 0)[_u * 3 + _j];
+        real w15[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w15[_j * 64 + _u] += a10[_u] * t14[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 64)[_u * 3 + _j] += w15[_j * 64 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (l5 + 0)[_u] += (real)0.5 * a2[_u] * a11[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l6 + 0)[_u] += (l5 + 0)[_u] * a12[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a13[0] * (l6 + 0)[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l7 + 0)[_u] += (l5 + 0)[_u] * a10[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a13[0] * (l7 + 0)[_u];
+        /* ∂/∂A: 64x1o -> 64x1o */
+        real w16[192] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                w16[_i * 64 + _u] += t9[_i * 64 + _u] * a14[_u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 64)[_u * 3 + _i] += w16[_i * 64 + _u];
+        /* ∂/∂A: 64x0e -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a2[_u] * a15[_u];
+    }
+}
+    """,
+    "mace_product_2_d_only_weight": """\
+void mace_product_2_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 64);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 576);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[192] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (l0 + 0)[_u] += a3[_u] * a4[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a5[0] * (l0 + 0)[_u];
+        /* p3 = (p0 ⊗ p2) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 64 + _u] = a6[_u * 3 + _j];
+        real w2[192] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                w2[_j * 64 + _u] += a3[_u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 64 + _u];
+        /* ijk,zuij->zuk */
+        real t3[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[192] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w4[_k * 64 + _u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
+        /* p4 = (p2 ⊗ p2) -> 64x0e */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 64 + _u] = a8[_u * 3 + _i];
+        real w6[576] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 192 + _j * 64 + _u] += t5[_i * 64 + _u] * t1[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 0)[_u * 9 + _i * 3 + _j] += w6[_i * 192 + _j * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 960);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p6 = (p2 ⊗ p5) -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 3 + _i];
+        real t2[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 64 + _u] = a2[_u * 5 + _j];
+        real w3[960] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w3[_i * 320 + _j * 64 + _u] += t1[_i * 64 + _u] * t2[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 320 + _j * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 64);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 2240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[320] __attribute__((aligned(64))) = {0};
+        /* p7 = (p5 ⊗ p5) -> 64x0e */
+        real t1[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 64 + _u] = a2[_u * 5 + _i];
+        real w2[320] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w2[_j * 64 + _u] += t1[_i * 64 + _u] * a3[_i * 5 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 64 + _u];
+        /* zuj,zujk->zuk */
+        real t3[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 64 + _u] = a4[_u * 5 + _j];
+        real t4[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 64 + _u] = (l0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 0)[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
+        /* p9 = (p5 ⊗ p8) -> 64x1o */
+        real t5[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t5[_j * 64 + _u] = a5[_u * 7 + _j];
+        real w6[2240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    w6[_i * 448 + _j * 64 + _u] += t1[_i * 64 + _u] * t5[_j * 64 + _u];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 7; ++_j)
+                    (a1 + 0)[_u * 35 + _i * 7 + _j] += w6[_i * 448 + _j * 64 + _u];
+    }
+}
+
+void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 448);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[448] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        /* p10 = (p8 ⊗ p8) -> 64x0e */
+        real t1[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 7; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 7 + _i];
+        real w2[448] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    w2[_j * 64 + _u] += t1[_i * 64 + _u] * a2[_i * 7 + _j];
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                (l0 + 0)[_u * 7 + _j] += w2[_j * 64 + _u];
+        /* zuj,zujk->zuk */
+        real t3[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t3[_j * 64 + _u] = a3[_u * 7 + _j];
+        real t4[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _j = 0; _j < 7; ++_j)
+                t4[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
+        for (int _j = 0; _j < 7; ++_j)
+            for (int _u = 0; _u < 64; ++_u)
+                (l1 + 0)[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 384)[_u] += (real)0.5 * a4[_u] * (l1 + 0)[_u];
+        /* zui,zui->zu */
+        real t5[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 64 + _u] = a5[_u * 3 + _i];
+        real t6[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 64 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 320)[_u] += t5[_i * 64 + _u] * t6[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 256)[_u] += (real)0.5 * a4[_u] * (a7 + 0)[_u];
+        /* zui,zui->zu */
+        real t7[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 64 + _u] = a8[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 192)[_u] += t5[_i * 64 + _u] * t7[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 128)[_u] += (real)0.5 * a4[_u] * a9[_u];
+        /* zui,zui->zu */
+        real t8[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 64 + _u] = (a10 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 64)[_u] += t5[_i * 64 + _u] * t8[_i * 64 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += (real)0.5 * a4[_u] * (a11 + 0)[_u];
+    }
+}
+
+void mace_product_2_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 128);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ∂/∂_w_B_0: 64x1o -> 64x1o */
+        real t1[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 64 + _u] = a1[_u * 3 + _i];
+        real t2[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 64; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 64 + _u] = a2[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 64; ++_u)
+                (a0 + 64)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+        /* ∂/∂_w_B_0: 64x0e -> 64x0e */
+        for (int _u = 0; _u < 64; ++_u)
+            (a0 + 0)[_u] += a3[_u] * a4[_u];
     }
 }
     """,
@@ -38079,6 +44110,4963 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
     }
 }
     """,
+    "mace_product_4_d_only_A": """\
+void mace_product_4_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 160);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 288);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a8[_u] * a9[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a10[0] * (l0 + 0)[_u];
+        /* p3 = (p0 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 32 + _u] = a11[_u * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w2[_k * 32 + _u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 32 + _u] = (a1 + 0)[_u * 3 + _k];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_k * 32 + _u] += a8[_u] * t3[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
+        /* p5 = (p0 ⊗ p4) -> 32x2e */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t5[_j * 32 + _u] = a13[_u * 5 + _j];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 32 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_k * 32 + _u] += a8[_u] * t7[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a4 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* p6 = (p2 ⊗ p2) -> 32x0e */
+        real w9[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
+        /* zui,zuik->zuk */
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 32 + _u] = a16[_u * 3 + _i];
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a6 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+        /* p7 = (p2 ⊗ p2) -> 32x2e */
+        real w12[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 96 + _j * 32 + _u] += t10[_i * 32 + _u] * t1[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a7 + 0)[_u * 9 + _i * 3 + _j] += w12[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, real *restrict A14, int64_t a14_stride, real *restrict A15, int64_t a15_stride, real *restrict A16, int64_t a16_stride, real *restrict A17, int64_t a17_stride, real *restrict A18, int64_t a18_stride, real *restrict A19, int64_t a19_stride, real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 800);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 32);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 32);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 96);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 96);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 160);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 32);
+        real *restrict a13 = A13 + z * a13_stride;
+        memset(a13, 0, sizeof(real) * 288);
+        real *restrict a14 = A14 + z * a14_stride;
+        memset(a14, 0, sizeof(real) * 96);
+        real *restrict a15 = A15 + z * a15_stride;
+        memset(a15, 0, sizeof(real) * 32);
+        real *restrict a16 = A16 + z * a16_stride;
+        memset(a16, 0, sizeof(real) * 32);
+        real *restrict a17 = A17 + z * a17_stride;
+        memset(a17, 0, sizeof(real) * 96);
+        real *restrict a18 = A18 + z * a18_stride;
+        memset(a18, 0, sizeof(real) * 160);
+        real *restrict a19 = A19 + z * a19_stride;
+        memset(a19, 0, sizeof(real) * 32);
+        real *restrict a20 = A20 + z * a20_stride;
+        memset(a20, 0, sizeof(real) * 288);
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* p8 = (p2 ⊗ p4) -> 32x1o */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 32 + _u] = a21[_u * 5 + _j];
+        real w2[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w2[_i * 96 + _k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a23[_u * 3 + _i];
+        real t4[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
+        real w5[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
+        /* p9 = (p4 ⊗ p4) -> 32x0e */
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
+        /* zui,zuik->zuk */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 32 + _u] = a25[_u * 5 + _i];
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+        /* p10 = (p4 ⊗ p4) -> 32x2e */
+        real w9[800] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a4 + 0)[_u * 25 + _i * 5 + _k] += w9[_i * 160 + _k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t10[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
+        real w11[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.4472135954999579 * (a27 + 0)[_u] * a28[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.4472135954999579 * (a29 + 0)[_u] * a30[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.4472135954999579 * (a3 + 0)[_u] * a31[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a7 + 0)[_u] += (real)0.7745966692414834 * (a27 + 0)[_u] * a32[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a7 + 0)[_u] += (real)0.7745966692414834 * (a29 + 0)[_u] * a33[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a7 + 0)[_u] += (real)0.7745966692414834 * (a3 + 0)[_u] * a34[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a8 + 0)[_u] += (real)0.9128709291752769 * (a27 + 0)[_u] * a35[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a8 + 0)[_u] += (real)0.9128709291752769 * (a29 + 0)[_u] * a36[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a8 + 0)[_u] += (real)0.9128709291752769 * (a3 + 0)[_u] * a37[_u];
+        /* zui,zu->zui */
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t12[_i * 32 + _u] = (a38 + 0)[_u * 3 + _i];
+        real w13[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w13[_i * 32 + _u] += (real)1.5811388300841898 * t12[_i * 32 + _u] * a39[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a9 + 0)[_u * 3 + _i] += w13[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_i * 32 + _u] += (real)1.3416407864998738 * t12[_i * 32 + _u] * a40[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a10 + 0)[_u * 3 + _i] += w14[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t15[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t15[_i * 32 + _u] = (a41 + 0)[_u * 5 + _i];
+        real w16[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_i * 32 + _u] += (real)2.041241452319315 * t15[_i * 32 + _u] * a42[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a11 + 0)[_u * 5 + _i] += w16[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t17[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t17[_i * 32 + _u] = a43[_u * 5 + _i];
+        real w18[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w18[_i * 32 + _u] += (real)2.041241452319315 * t17[_i * 32 + _u] * a44[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a11 + 0)[_u * 5 + _i] += w18[_i * 32 + _u];
+        /* p23 = (p8 ⊗ p2) -> 32x0e */
+        real t19[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t19[_i * 32 + _u] = (a1 + 0)[_u * 3 + _i];
+        real t20[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t20[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a12 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+        /* p24 = (p10 ⊗ p2) -> 32x1o */
+        real t21[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t21[_i * 32 + _u] = (a5 + 0)[_u * 5 + _i];
+        real w22[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w22[_j * 96 + _k * 32 + _u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a13 + 0)[_u * 9 + _j * 3 + _k] += w22[_j * 96 + _k * 32 + _u];
+        /* zuj,zujk->zuk */
+        real t23[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t23[_j * 32 + _u] = a47[_u * 3 + _j];
+        real t24[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t24[_j * 96 + _k * 32 + _u] = (a13 + 0)[_u * 9 + _j * 3 + _k];
+        real w25[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w25[_k * 32 + _u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a14 + 0)[_u * 3 + _k] += w25[_k * 32 + _u];
+        /* p25 = (p10 ⊗ p4) -> 32x0e */
+        real t26[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t26[_i * 32 + _u] = (a5 + 0)[_u * 5 + _i];
+        real t27[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t27[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a15 + 0)[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
+        /* p26 = (p1 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a27 + 0)[_u] * a48[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a16 + 0)[_u] += a49[0] * (l0 + 0)[_u];
+        /* p27 = (p1 ⊗ p2) -> 32x1o */
+        real t28[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t28[_k * 32 + _u] = (a50 + 0)[_u * 3 + _k];
+        real w29[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w29[_k * 32 + _u] += (a27 + 0)[_u] * t28[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a17 + 0)[_u * 3 + _k] += w29[_k * 32 + _u];
+        /* p28 = (p1 ⊗ p4) -> 32x2e */
+        real t30[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t30[_k * 32 + _u] = (a51 + 0)[_u * 5 + _k];
+        real w31[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w31[_k * 32 + _u] += (a27 + 0)[_u] * t30[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a18 + 0)[_u * 5 + _k] += w31[_k * 32 + _u];
+        /* p29 = (p3 ⊗ p2) -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a19 + 0)[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
+        /* p30 = (p3 ⊗ p2) -> 32x2e */
+        real w32[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w32[_i * 96 + _j * 32 + _u] += t12[_i * 32 + _u] * t23[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a20 + 0)[_u * 9 + _i * 3 + _j] += w32[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 288);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* p31 = (p5 ⊗ p4) -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a5 + 0)[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* p32 = (p5 ⊗ p4) -> 32x2e */
+        real t3[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
+        /* p33 = (p6 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a8 + 0)[_u] * a9[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += a10[0] * (l0 + 0)[_u];
+        /* p34 = (p6 ⊗ p2) -> 32x1o */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 32 + _u] = (a11 + 0)[_u * 3 + _k];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_k * 32 + _u] += (a8 + 0)[_u] * t5[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += w6[_k * 32 + _u];
+        /* p35 = (p8 ⊗ p2) -> 32x1e */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t8[_j * 32 + _u] = a13[_u * 3 + _j];
+        real w9[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_i * 96 + _j * 32 + _u] += t7[_i * 32 + _u] * t8[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a4 + 0)[_u * 9 + _i * 3 + _j] += w9[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 480);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 480);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* p37 = (p2 ⊗ p4) -> 32x2o */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 32 + _u] = a3[_u * 5 + _j];
+        real w2[480] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _i * 5 + _k] += w2[_i * 160 + _k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a5[_u * 3 + _i];
+        real t4[480] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
+        real w5[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 0)[_u * 5 + _k] += w5[_k * 32 + _u];
+        /* p38 = (p37 ⊗ p2) -> 32x2e */
+        real t6[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 32 + _u] = (a1 + 0)[_u * 5 + _i];
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t7[_j * 32 + _u] = a6[_u * 3 + _j];
+        real w8[480] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_i * 96 + _j * 32 + _u] += t6[_i * 32 + _u] * t7[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 0)[_u * 15 + _i * 3 + _j] += w8[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride, const real *restrict A55, int64_t a55_stride, const real *restrict A56, int64_t a56_stride, const real *restrict A57, int64_t a57_stride, const real *restrict A58, int64_t a58_stride, const real *restrict A59, int64_t a59_stride, const real *restrict A60, int64_t a60_stride, const real *restrict A61, int64_t a61_stride, const real *restrict A62, int64_t a62_stride, const real *restrict A63, int64_t a63_stride, const real *restrict A64, int64_t a64_stride, const real *restrict A65, int64_t a65_stride, const real *restrict A66, int64_t a66_stride, const real *restrict A67, int64_t a67_stride, const real *restrict A68, int64_t a68_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 96);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 160);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 96);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 96);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 160);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 288);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 96);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 480);
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        const real *restrict a52 = A52 + z * a52_stride;
+        const real *restrict a53 = A53 + z * a53_stride;
+        const real *restrict a54 = A54 + z * a54_stride;
+        const real *restrict a55 = A55 + z * a55_stride;
+        const real *restrict a56 = A56 + z * a56_stride;
+        const real *restrict a57 = A57 + z * a57_stride;
+        const real *restrict a58 = A58 + z * a58_stride;
+        const real *restrict a59 = A59 + z * a59_stride;
+        const real *restrict a60 = A60 + z * a60_stride;
+        const real *restrict a61 = A61 + z * a61_stride;
+        const real *restrict a62 = A62 + z * a62_stride;
+        const real *restrict a63 = A63 + z * a63_stride;
+        const real *restrict a64 = A64 + z * a64_stride;
+        const real *restrict a65 = A65 + z * a65_stride;
+        const real *restrict a66 = A66;
+        const real *restrict a67 = A67 + z * a67_stride;
+        const real *restrict a68 = A68 + z * a68_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[96] __attribute__((aligned(64))) = {0};
+        real l5[32] __attribute__((aligned(64))) = {0};
+        real l6[160] __attribute__((aligned(64))) = {0};
+        real l7[160] __attribute__((aligned(64))) = {0};
+        /* p39 = (p9 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a13 + 0)[_u] * a14[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += a15[0] * (l0 + 0)[_u];
+        /* p40 = (p9 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a16 + 0)[_u * 3 + _k];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += (a13 + 0)[_u] * t1[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l2 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
+        /* p41 = (p9 ⊗ p4) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (a17 + 0)[_u * 5 + _k];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_k * 32 + _u] += (a13 + 0)[_u] * t3[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l3 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.3333333333333333 * (a18 + 0)[_u] * a19[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.3333333333333333 * (a20 + 0)[_u] * a21[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * (a22 + 0)[_u] * a23[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.3333333333333333 * (l1 + 0)[_u] * a24[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.7453559924999299 * (a25 + 0)[_u] * a26[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a18 + 0)[_u] * a27[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (real)1.2909944487358056 * (a28 + 0)[_u] * a29[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a20 + 0)[_u] * a30[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (a22 + 0)[_u] * a31[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (real)1.2909944487358056 * (a25 + 0)[_u] * a32[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.6201736729460423 * (a18 + 0)[_u] * a33[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)1.0741723110591492 * (a34 + 0)[_u] * a35[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)1.0741723110591492 * (a22 + 0)[_u] * a36[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.6201736729460423 * (l1 + 0)[_u] * a37[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)1.3867504905630728 * (a25 + 0)[_u] * a38[_u];
+        /* zui,zu->zui */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 32 + _u] = (a39 + 0)[_u * 3 + _i];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_i * 32 + _u] += (real)1.0741723110591492 * t5[_i * 32 + _u] * a40[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w6[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = (a41 + 0)[_u * 3 + _i];
+        real w8[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_i * 32 + _u] += (real)1.0741723110591492 * t7[_i * 32 + _u] * a42[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w9[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w9[_i * 32 + _u] += t5[_i * 32 + _u] * a43[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t10[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t10[_i * 32 + _u] = (a44 + 0)[_u * 5 + _i];
+        real w11[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w11[_i * 32 + _u] += (real)1.3867504905630728 * t10[_i * 32 + _u] * a45[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w11[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t12[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t12[_i * 32 + _u] = a46[_u * 5 + _i];
+        real w13[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w13[_i * 32 + _u] += (real)2.401922307076307 * t12[_i * 32 + _u] * a47[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w13[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 32 + _u] = a48[_u * 5 + _i];
+        real w15[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w15[_i * 32 + _u] += (real)2.401922307076307 * t14[_i * 32 + _u] * a49[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w15[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t16[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t16[_i * 32 + _u] = a50[_u * 5 + _i];
+        real w17[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w17[_i * 32 + _u] += (real)3.1008683647302115 * t16[_i * 32 + _u] * a51[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w17[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t18[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t18[_i * 32 + _u] = (l3 + 0)[_u * 5 + _i];
+        real w19[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_i * 32 + _u] += (real)1.3867504905630728 * t18[_i * 32 + _u] * a52[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w19[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t20[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t20[_i * 32 + _u] = (a53 + 0)[_u * 5 + _i];
+        real w21[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w21[_i * 32 + _u] += (real)2.886751345948129 * t20[_i * 32 + _u] * a54[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w21[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t22[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t22[_i * 32 + _u] = (l3 + 0)[_u * 5 + _i];
+        real w23[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w23[_i * 32 + _u] += (real)1.2909944487358056 * t22[_i * 32 + _u] * a55[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w23[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w24[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w24[_i * 32 + _u] += (real)0.5773502691896257 * t7[_i * 32 + _u] * a56[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w24[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t25[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t25[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w26[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w26[_i * 32 + _u] += (real)0.5773502691896257 * t25[_i * 32 + _u] * a57[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w26[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t27[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t27[_i * 32 + _u] = (a58 + 0)[_u * 3 + _i];
+        real w28[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w28[_i * 32 + _u] += (real)1.2909944487358056 * t27[_i * 32 + _u] * a59[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w28[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t29[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t29[_i * 32 + _u] = a60[_u * 3 + _i];
+        real w30[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w30[_i * 32 + _u] += (real)1.7320508075688772 * t29[_i * 32 + _u] * a61[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a8 + 0)[_u * 3 + _i] += w30[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w31[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w31[_i * 32 + _u] += (real)1.860521018838127 * t29[_i * 32 + _u] * a62[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l4 + 0)[_u * 3 + _i] += w31[_i * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += (real)0.7453559924999299 * a63[_u] * a64[_u];
+        /* ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e */
+        real t32[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t32[_i * 32 + _u] = (a65 + 0)[_u * 5 + _i];
+        real w33[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w33[_i * 32 + _u] += (l5 + 0)[_u] * t32[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a9 + 0)[_u * 5 + _i] += w33[_i * 32 + _u];
+        /* ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e */
+        real t34[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t34[_i * 32 + _u] = (l3 + 0)[_u * 5 + _i];
+        real w35[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w35[_i * 32 + _u] += (l5 + 0)[_u] * t34[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l6 + 0)[_u * 5 + _i] += w35[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t36[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t36[_i * 32 + _u] = (l6 + 0)[_u * 5 + _i];
+        real w37[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w37[_j * 32 + _u] += a66[_i * 5 + _j] * t36[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a10 + 128)[_u * 5 + _j] += w37[_j * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l7 + 0)[_u * 5 + _i] += a67[_u * 5 + _i];
+        /* ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e */
+        real t38[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t38[_k * 32 + _u] = (l7 + 0)[_u * 5 + _k];
+        real t39[480] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t39[_i * 160 + _k * 32 + _u] = (a68 + 0)[_u * 15 + _i * 5 + _k];
+        real w40[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w40[_i * 32 + _u] += t38[_k * 32 + _u] * t39[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a11 + 0)[_u * 3 + _i] += w40[_i * 32 + _u];
+        /* ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e */
+        real t41[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t41[_k * 32 + _u] = (l7 + 0)[_u * 5 + _k];
+        real t42[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t42[_i * 32 + _u] = (l4 + 0)[_u * 3 + _i];
+        real w43[480] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w43[_k * 96 + _i * 32 + _u] += t41[_k * 32 + _u] * t42[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a12 + 0)[_u * 15 + _k * 3 + _i] += w43[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 288);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.860521018838127 * t1[_i * 32 + _u] * a6[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += a7[_u * 3 + _i];
+        /* ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 32 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 32 + _u] = a8[_u * 3 + _j];
+        real w5[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_j * 96 + _k * 32 + _u] += t3[_k * 32 + _u] * t4[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a3 + 0)[_u * 9 + _j * 3 + _k] += w5[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = (a2 + 0)[_u * 3 + _i];
+        real w3[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_k * 96 + _i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 96);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 288);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += a7[_u * 3 + _j];
+        /* zui,zu->zui */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a8[_u * 3 + _i];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * a9[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a10[_u];
+        /* ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = (a11 + 0)[_u * 3 + _i];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_i * 32 + _u] += (l0 + 0)[_u] * t3[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w4[_i * 32 + _u];
+        /* ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_i * 32 + _u] += (l0 + 0)[_u] * t5[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w6[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w8[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_j * 32 + _u] += a13[_i * 3 + _j] * t7[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w10[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w10[_i * 32 + _u] += (real)1.2909944487358056 * t9[_i * 32 + _u] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w10[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w12[_i * 32 + _u] += (real)0.5773502691896257 * t11[_i * 32 + _u] * a15[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_i * 32 + _u] += (real)0.5773502691896257 * t13[_i * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w14[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a5 + 0)[_u * 3 + _i] += a17[_u * 3 + _i];
+        /* ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o */
+        real t15[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 32 + _u] = (a5 + 0)[_u * 3 + _k];
+        real t16[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t16[_j * 32 + _u] = a18[_u * 3 + _j];
+        real w17[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_j * 96 + _k * 32 + _u] += t15[_k * 32 + _u] * t16[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a6 + 0)[_u * 9 + _j * 3 + _k] += w17[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 480);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        real w3[480] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_k * 160 + _i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 800);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += a5[_u * 3 + _j];
+        /* zui,zu->zui */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a6[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * a7[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w3[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_i * 32 + _u] += (real)2.886751345948129 * t1[_i * 32 + _u] * a8[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w3[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a9[_u * 5 + _i];
+        /* ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e */
+        real t4[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t5[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_i * 160 + _k * 32 + _u] = (a10 + 0)[_u * 25 + _i * 5 + _k];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a3 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
+        /* ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
+        real w9[800] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_k * 160 + _i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a4 + 0)[_u * 25 + _k * 5 + _i] += w9[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 160);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 96);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 288);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a8[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a9 + 0)[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.3867504905630728 * t1[_i * 32 + _u] * a10[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w3[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_i * 32 + _u] += (real)3.1008683647302115 * t1[_i * 32 + _u] * a11[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w3[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_i * 32 + _u] += (real)2.401922307076307 * t1[_i * 32 + _u] * a12[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a3 + 0)[_u * 5 + _i] += w4[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w5[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w5[_i * 32 + _u] += (real)2.401922307076307 * t1[_i * 32 + _u] * a13[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a4 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_i * 32 + _u] += (real)1.3867504905630728 * t1[_i * 32 + _u] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a15[_u * 3 + _i];
+        /* ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t8[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_i * 96 + _k * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _k];
+        real w9[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a6 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
+        /* ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o */
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t10[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (a17 + 0)[_u * 3 + _i];
+        real w12[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_k * 96 + _i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a7 + 0)[_u * 9 + _k * 3 + _i] += w12[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 32);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 32);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 32);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 32);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 480);
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[288] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[160] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[96] __attribute__((aligned(64))) = {0};
+        real l8[32] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[32] __attribute__((aligned(64))) = {0};
+        real l11[32] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        real l13[32] __attribute__((aligned(64))) = {0};
+        real l14[160] __attribute__((aligned(64))) = {0};
+        real l15[96] __attribute__((aligned(64))) = {0};
+        real l16[32] __attribute__((aligned(64))) = {0};
+        real l17[32] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a11[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += t1[_i * 32 + _u] * a13[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a14[_u * 5 + _i];
+        /* ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a15[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l1 + 0)[_u * 9 + _i * 3 + _j] += w4[_i * 96 + _j * 32 + _u];
+        /* zuj,zuij->zui */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 32 + _u] = a16[_u * 3 + _j];
+        real t6[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w7[_i * 32 + _u];
+        /* ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e */
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = (a17 + 0)[_u * 3 + _i];
+        real t9[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w10[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w12[_i * 32 + _u] += (real)1.0741723110591492 * t11[_i * 32 + _u] * a18[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
+        /* zui,zu->zui */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_i * 32 + _u] += (real)1.0741723110591492 * t13[_i * 32 + _u] * a19[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w14[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l3 + 0)[_u * 5 + _i] += a14[_u * 5 + _i];
+        /* ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e */
+        real t15[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t15[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real t16[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t16[_k * 32 + _u] = (a20 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
+        /* ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e */
+        real t17[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real w18[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w18[_k * 32 + _u] += t17[_k * 32 + _u] * (a21 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l5 + 0)[_u * 5 + _k] += w18[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t19[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
+        real w20[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w20[_j * 32 + _u] += a22[_j * 5 + _k] * t19[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w20[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)1.3867504905630728 * (l4 + 0)[_u] * a23[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l6 + 0)[_u] += (real)0.6201736729460423 * (l4 + 0)[_u] * a24[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (real)1.0741723110591492 * (l4 + 0)[_u] * a25[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a5 + 0)[_u] += (real)1.0741723110591492 * (l4 + 0)[_u] * a26[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.6201736729460423 * (l4 + 0)[_u] * a27[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l7 + 0)[_u * 3 + _i] += a28[_u * 3 + _i];
+        /* ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o */
+        real t21[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t21[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
+        real t22[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t22[_k * 32 + _u] = (a29 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l8 + 0)[_u] += t21[_k * 32 + _u] * t22[_k * 32 + _u];
+        /* ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o */
+        real t23[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t23[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
+        real w24[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w24[_k * 32 + _u] += t23[_k * 32 + _u] * (a30 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w24[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t25[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        real w26[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w26[_j * 32 + _u] += a31[_j * 3 + _k] * t25[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w26[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)1.2909944487358056 * (l8 + 0)[_u] * a32[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (l8 + 0)[_u] * a33[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a7 + 0)[_u] += (real)0.5773502691896257 * (l8 + 0)[_u] * a34[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a8 + 0)[_u] += (real)1.2909944487358056 * (l8 + 0)[_u] * a35[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.5773502691896257 * (l8 + 0)[_u] * a36[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l10 + 0)[_u] += a37[_u];
+        /* ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l11 + 0)[_u] += (l10 + 0)[_u] * a38[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += a39[0] * (l11 + 0)[_u];
+        /* ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l13 + 0)[_u] += (l10 + 0)[_u] * (a40 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a39[0] * (l13 + 0)[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)0.7453559924999299 * (l12 + 0)[_u] * a41[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l6 + 0)[_u] += (real)0.3333333333333333 * (l12 + 0)[_u] * a42[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (real)0.5773502691896257 * (l12 + 0)[_u] * a43[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a7 + 0)[_u] += (real)0.3333333333333333 * (l12 + 0)[_u] * a44[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a6 + 0)[_u] += (real)0.3333333333333333 * (l12 + 0)[_u] * a45[_u];
+        /* ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e */
+        real t27[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t27[_k * 32 + _u] = (a46 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a9 + 0)[_u] += t27[_k * 32 + _u] * t16[_k * 32 + _u];
+        /* ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e */
+        real w28[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w28[_k * 32 + _u] += t27[_k * 32 + _u] * (a47 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l14 + 0)[_u * 5 + _k] += w28[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t29[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t29[_k * 32 + _u] = (l14 + 0)[_u * 5 + _k];
+        real w30[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w30[_j * 32 + _u] += a22[_j * 5 + _k] * t29[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w30[_j * 32 + _u];
+        /* ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o */
+        real t31[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t31[_k * 32 + _u] = (a48 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a9 + 0)[_u] += t31[_k * 32 + _u] * t22[_k * 32 + _u];
+        /* ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o */
+        real w32[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_k * 32 + _u] += t31[_k * 32 + _u] * (a47 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l15 + 0)[_u * 3 + _k] += w32[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t33[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t33[_k * 32 + _u] = (l15 + 0)[_u * 3 + _k];
+        real w34[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w34[_j * 32 + _u] += a31[_j * 3 + _k] * t33[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w34[_j * 32 + _u];
+        /* ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l16 + 0)[_u] += (l6 + 0)[_u] * a38[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a9 + 0)[_u] += a39[0] * (l16 + 0)[_u];
+        /* ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l17 + 0)[_u] += (l6 + 0)[_u] * (a47 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a39[0] * (l17 + 0)[_u];
+        /* ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e */
+        real t35[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t35[_k * 32 + _u] = (a49 + 0)[_u * 5 + _k];
+        real w36[480] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w36[_j * 160 + _k * 32 + _u] += t35[_k * 32 + _u] * t5[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a10 + 0)[_u * 15 + _j * 5 + _k] += w36[_j * 160 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 800);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        real w3[800] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_k * 160 + _i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 480);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += a2[_u * 3 + _j];
+        /* ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _u] = a3[_u * 5 + _k];
+        real t2[480] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t2[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 15 + _i * 5 + _k];
+        real w3[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
+        /* ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o */
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = a5[_u * 3 + _i];
+        real w5[480] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_k * 96 + _i * 32 + _u] += t1[_k * 32 + _u] * t4[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w5[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 288);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[288] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 96 + _j * 32 + _u];
+        /* zuj,zuij->zui */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 32 + _u] = a6[_u * 3 + _j];
+        real t4[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
+        /* ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e */
+        real t6[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 32 + _u] = (a7 + 0)[_u * 3 + _i];
+        real t7[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w8[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
+        /* ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 32 + _u] = (a8 + 0)[_u * 3 + _k];
+        real w10[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_j * 96 + _k * 32 + _u] += t9[_k * 32 + _u] * t3[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 0)[_u * 9 + _j * 3 + _k] += w10[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 0)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = (a4 + 0)[_u * 3 + _i];
+        real w3[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_k * 96 + _i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 800);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[32] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += a4[_u * 3 + _j];
+        /* ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a5 + 0)[_u * 3 + _k];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+        /* ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o */
+        real w3[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_k * 32 + _u] += t1[_k * 32 + _u] * (a7 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w3[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w5[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_j * 32 + _u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w5[_j * 32 + _u];
+        /* ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += (a9 + 0)[_u] * a10[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += a11[0] * (l1 + 0)[_u];
+        /* ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 0)[_u] += (a9 + 0)[_u] * (a7 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a11[0] * (l2 + 0)[_u];
+        /* ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e */
+        real t6[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 32 + _u] = (a12 + 0)[_u * 5 + _k];
+        real t7[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
+        /* ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e */
+        real t9[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 32 + _u] = (a14 + 0)[_u * 5 + _i];
+        real w10[800] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_k * 160 + _i * 32 + _u] += t6[_k * 32 + _u] * t9[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a3 + 0)[_u * 25 + _k * 5 + _i] += w10[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 288);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[288] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[96] __attribute__((aligned(64))) = {0};
+        real l5[32] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[160] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a8[_u * 5 + _j];
+        /* ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (a9 + 0)[_u] * t1[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_i * 32 + _u] += (a9 + 0)[_u] * t3[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w4[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_j * 32 + _u] += a12[_i * 5 + _j] * t5[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
+        /* ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 32 + _u] = (a13 + 0)[_u * 5 + _k];
+        real w8[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a14[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l1 + 0)[_u * 9 + _i * 3 + _j] += w8[_i * 96 + _j * 32 + _u];
+        /* zuj,zuij->zui */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t9[_j * 32 + _u] = a15[_u * 3 + _j];
+        real t10[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w11[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
+        /* ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e */
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t12[_i * 32 + _u] = (a16 + 0)[_u * 3 + _i];
+        real t13[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t13[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w14[_j * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w14[_j * 32 + _u];
+        /* ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e */
+        real t15[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t15[_i * 32 + _u] = (a18 + 0)[_u * 3 + _i];
+        real w16[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_i * 32 + _u] += (a17 + 0)[_u] * t15[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w16[_i * 32 + _u];
+        /* ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e */
+        real w17[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w17[_i * 32 + _u] += (a17 + 0)[_u] * t12[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w17[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t18[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w19[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w19[_j * 32 + _u] += a19[_i * 3 + _j] * t18[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w19[_j * 32 + _u];
+        /* ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e */
+        real t20[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t20[_k * 32 + _u] = (a20 + 0)[_u * 5 + _k];
+        real t21[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 32 + _u] = (a21 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
+        /* ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e */
+        real w22[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w22[_k * 32 + _u] += t20[_k * 32 + _u] * (a22 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l3 + 0)[_u * 5 + _k] += w22[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t23[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t23[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real w24[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w24[_j * 32 + _u] += a23[_j * 5 + _k] * t23[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
+        /* ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o */
+        real t25[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 32 + _u] = (a24 + 0)[_u * 3 + _k];
+        real t26[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t26[_k * 32 + _u] = (a25 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+        /* ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o */
+        real w27[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w27[_k * 32 + _u] += t25[_k * 32 + _u] * (a22 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l4 + 0)[_u * 3 + _k] += w27[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t28[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t28[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
+        real w29[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w29[_j * 32 + _u] += a26[_j * 3 + _k] * t28[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w29[_j * 32 + _u];
+        /* ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += (a27 + 0)[_u] * a28[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += a29[0] * (l5 + 0)[_u];
+        /* ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l6 + 0)[_u] += (a27 + 0)[_u] * (a22 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a29[0] * (l6 + 0)[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += a30[_u] * a31[_u];
+        /* ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e */
+        real w30[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w30[_i * 32 + _u] += (a4 + 0)[_u] * t1[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w30[_i * 32 + _u];
+        /* ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e */
+        real t31[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t31[_i * 32 + _u] = (a32 + 0)[_u * 5 + _i];
+        real w32[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_i * 32 + _u] += (a4 + 0)[_u] * t31[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l7 + 0)[_u * 5 + _i] += w32[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t33[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t33[_i * 32 + _u] = (l7 + 0)[_u * 5 + _i];
+        real w34[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w34[_j * 32 + _u] += a12[_i * 5 + _j] * t33[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t35[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t35[_i * 32 + _u] = a33[_u * 3 + _i];
+        real w36[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w36[_i * 32 + _u] += (real)1.7320508075688772 * t35[_i * 32 + _u] * a34[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a6 + 0)[_u * 3 + _i] += w36[_i * 32 + _u];
+        /* ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o */
+        real t37[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t37[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
+        real w38[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w38[_j * 96 + _k * 32 + _u] += t37[_k * 32 + _u] * t9[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a7 + 0)[_u * 9 + _j * 3 + _k] += w38[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 160);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 800);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        real l1[160] __attribute__((aligned(64))) = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 0)[_u * 5 + _i] += a6[_u * 5 + _i];
+        /* ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _u] = (a7 + 0)[_u * 3 + _k];
+        real t2[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_j * 96 + _k * 32 + _u] = (a8 + 0)[_u * 9 + _j * 3 + _k];
+        real w3[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.7745966692414834 * a9[_u] * a10[_u];
+        /* ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e */
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = (a11 + 0)[_u * 3 + _i];
+        real w5[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w5[_i * 32 + _u] += (a2 + 0)[_u] * t4[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
+        /* ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e */
+        real t6[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w7[_i * 32 + _u] += (a2 + 0)[_u] * t6[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w7[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
+        real w9[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_j * 32 + _u] += a13[_i * 3 + _j] * t8[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a1 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += a14[_u * 5 + _i];
+        /* ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e */
+        real t10[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t10[_k * 32 + _u] = (l1 + 0)[_u * 5 + _k];
+        real t11[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t11[_i * 160 + _k * 32 + _u] = (a15 + 0)[_u * 25 + _i * 5 + _k];
+        real w12[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a4 + 0)[_u * 5 + _i] += w12[_i * 32 + _u];
+        /* ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e */
+        real t13[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t13[_k * 32 + _u] = (l1 + 0)[_u * 5 + _k];
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 32 + _u] = (a16 + 0)[_u * 5 + _i];
+        real w15[800] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w15[_k * 160 + _i * 32 + _u] += t13[_k * 32 + _u] * t14[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a5 + 0)[_u * 25 + _k * 5 + _i] += w15[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 288);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a5[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)2.041241452319315 * t1[_i * 32 + _u] * a7[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* zui,zu->zui */
+        real w3[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_i * 32 + _u] += (real)2.041241452319315 * t1[_i * 32 + _u] * a8[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w3[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a9[_u * 3 + _i];
+        /* ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o */
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t5[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_i * 96 + _k * 32 + _u] = (a10 + 0)[_u * 9 + _i * 3 + _k];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w6[_i * 32 + _u];
+        /* ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = (a11 + 0)[_u * 3 + _i];
+        real w9[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_k * 96 + _i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a4 + 0)[_u * 9 + _k * 3 + _i] += w9[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 800);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[288] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[160] __attribute__((aligned(64))) = {0};
+        real l6[96] __attribute__((aligned(64))) = {0};
+        real l7[32] __attribute__((aligned(64))) = {0};
+        real l8[96] __attribute__((aligned(64))) = {0};
+        real l9[32] __attribute__((aligned(64))) = {0};
+        real l10[32] __attribute__((aligned(64))) = {0};
+        real l11[32] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a7[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = (a8 + 0)[_u * 3 + _i];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.3416407864998738 * t1[_i * 32 + _u] * a9[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a10[_u * 5 + _i];
+        /* ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l1 + 0)[_u * 9 + _i * 3 + _j] += w4[_i * 96 + _j * 32 + _u];
+        /* zuj,zuij->zui */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 32 + _u] = a12[_u * 3 + _j];
+        real t6[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += w7[_i * 32 + _u];
+        /* ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e */
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
+        real t9[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
+        real w10[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w12[_i * 32 + _u] += (real)1.5811388300841898 * t11[_i * 32 + _u] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l3 + 0)[_u * 5 + _i] += a10[_u * 5 + _i];
+        /* ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e */
+        real t13[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t13[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t14[_k * 32 + _u] = (a15 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t13[_k * 32 + _u] * t14[_k * 32 + _u];
+        /* ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e */
+        real t15[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t15[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real w16[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_k * 32 + _u] += t15[_k * 32 + _u] * (a16 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l5 + 0)[_u * 5 + _k] += w16[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t17[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
+        real w18[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_j * 32 + _u] += a17[_j * 5 + _k] * t17[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w18[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.9128709291752769 * (l4 + 0)[_u] * a18[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)0.9128709291752769 * (l4 + 0)[_u] * a19[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (real)0.9128709291752769 * (l4 + 0)[_u] * a20[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l6 + 0)[_u * 3 + _i] += a21[_u * 3 + _i];
+        /* ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o */
+        real t19[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t19[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
+        real t20[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t20[_k * 32 + _u] = (a22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l7 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+        /* ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o */
+        real t21[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t21[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
+        real w22[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w22[_k * 32 + _u] += t21[_k * 32 + _u] * (a23 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l8 + 0)[_u * 3 + _k] += w22[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t23[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t23[_k * 32 + _u] = (l8 + 0)[_u * 3 + _k];
+        real w24[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w24[_j * 32 + _u] += a24[_j * 3 + _k] * t23[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w24[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.7745966692414834 * (l7 + 0)[_u] * a25[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)0.7745966692414834 * (l7 + 0)[_u] * a26[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (real)0.7745966692414834 * (l7 + 0)[_u] * a27[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l9 + 0)[_u] += a28[_u];
+        /* ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l10 + 0)[_u] += (l9 + 0)[_u] * a29[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l11 + 0)[_u] += a30[0] * (l10 + 0)[_u];
+        /* ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += (l9 + 0)[_u] * (a31 + 0)[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a30[0] * (l12 + 0)[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.4472135954999579 * (l11 + 0)[_u] * a32[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 0)[_u] += (real)0.4472135954999579 * (l11 + 0)[_u] * a33[_u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a4 + 0)[_u] += (real)0.4472135954999579 * (l11 + 0)[_u] * a34[_u];
+        /* zui,zu->zui */
+        real t25[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t25[_i * 32 + _u] = a10[_u * 5 + _i];
+        real w26[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w26[_i * 32 + _u] += (real)1.2909944487358056 * t25[_i * 32 + _u] * a35[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w26[_i * 32 + _u];
+        /* ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e */
+        real t27[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t27[_k * 32 + _u] = (a5 + 0)[_u * 5 + _k];
+        real t28[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t28[_i * 160 + _k * 32 + _u] = (a36 + 0)[_u * 25 + _i * 5 + _k];
+        real w29[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w29[_i * 32 + _u] += t27[_k * 32 + _u] * t28[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w29[_i * 32 + _u];
+        /* ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e */
+        real t30[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t30[_k * 32 + _u] = (a5 + 0)[_u * 5 + _k];
+        real t31[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t31[_i * 32 + _u] = a37[_u * 5 + _i];
+        real w32[800] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w32[_k * 160 + _i * 32 + _u] += t30[_k * 32 + _u] * t31[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a6 + 0)[_u * 25 + _k * 5 + _i] += w32[_k * 160 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 288);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * a5[_u] * a6[_u];
+        /* ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a7 + 0)[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (a1 + 0)[_u] * t1[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 32 + _u] = a8[_u * 5 + _i];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_i * 32 + _u] += (a1 + 0)[_u] * t3[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w4[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_j * 32 + _u] += a9[_i * 5 + _j] * t5[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = a10[_u * 3 + _i];
+        real w8[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_i * 32 + _u] += (real)1.224744871391589 * t7[_i * 32 + _u] * a11[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
+        /* ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 32 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t10[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_i * 96 + _k * 32 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
+        real w11[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_i * 32 + _u] += t9[_k * 32 + _u] * t10[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w11[_i * 32 + _u];
+        /* ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o */
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t12[_k * 32 + _u] = (a2 + 0)[_u * 3 + _k];
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 32 + _u] = a13[_u * 3 + _i];
+        real w14[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w14[_k * 96 + _i * 32 + _u] += t12[_k * 32 + _u] * t13[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a3 + 0)[_u * 9 + _k * 3 + _i] += w14[_k * 96 + _i * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        real l0[288] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[160] __attribute__((aligned(64))) = {0};
+        real l3[96] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[32] __attribute__((aligned(64))) = {0};
+        /* zuj->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += a6[_u * 5 + _j];
+        /* zui,zu->zui */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a7[_u * 5 + _i];
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * a8[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (a1 + 0)[_u * 5 + _k];
+        real w4[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a9[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w4[_i * 96 + _j * 32 + _u];
+        /* zuj,zuij->zui */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 32 + _u] = a10[_u * 3 + _j];
+        real t6[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w7[_i * 32 + _u];
+        /* ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e */
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = a11[_u * 3 + _i];
+        real t9[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w10[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * a12[_u] * a13[_u];
+        /* ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (a14 + 0)[_u * 3 + _i];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w12[_i * 32 + _u] += (a2 + 0)[_u] * t11[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w12[_i * 32 + _u];
+        /* ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
+        real w13[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w13[_i * 32 + _u] += (a2 + 0)[_u] * t8[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w13[_i * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t14[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t14[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w15[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w15[_j * 32 + _u] += a15[_i * 3 + _j] * t14[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w15[_j * 32 + _u];
+        /* zui,zu->zui */
+        real w16[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_i * 32 + _u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a3 + 0)[_u * 5 + _i] += w16[_i * 32 + _u];
+        /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
+        real t17[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 32 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t18[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t18[_k * 32 + _u] = (a17 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t17[_k * 32 + _u] * t18[_k * 32 + _u];
+        /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
+        real t19[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 32 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w20[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w20[_k * 32 + _u] += t19[_k * 32 + _u] * a18[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t21[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
+        real w22[160] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w22[_j * 32 + _u] += a19[_j * 5 + _k] * t21[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 128)[_u * 5 + _j] += w22[_j * 32 + _u];
+        /* zui,zu->zui */
+        real t23[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t23[_i * 32 + _u] = a20[_u * 3 + _i];
+        real w24[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w24[_i * 32 + _u] += (real)1.224744871391589 * t23[_i * 32 + _u] * a21[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w24[_i * 32 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
+        real t25[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 32 + _u] = (a4 + 0)[_u * 3 + _k];
+        real t26[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t26[_k * 32 + _u] = (a22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+        /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
+        real t27[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t27[_k * 32 + _u] = (a4 + 0)[_u * 3 + _k];
+        real w28[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w28[_k * 32 + _u] += t27[_k * 32 + _u] * a18[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l3 + 0)[_u * 3 + _k] += w28[_k * 32 + _u];
+        /* ijk,zuki->zuj */
+        real t29[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t29[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
+        real w30[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w30[_j * 32 + _u] += a23[_j * 3 + _k] * t29[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 32)[_u * 3 + _j] += w30[_j * 32 + _u];
+        /* zui,zu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a5 + 0)[_u] += (real)0.5773502691896257 * a12[_u] * a24[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += (a5 + 0)[_u] * a25[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a26[0] * (l4 + 0)[_u];
+        /* ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += (a5 + 0)[_u] * a18[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a26[0] * (l5 + 0)[_u];
+        /* ∂/∂A: 32x2e -> 32x2e */
+        real w31[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w31[_i * 32 + _u] += t1[_i * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w31[_i * 32 + _u];
+        /* ∂/∂A: 32x1o -> 32x1o */
+        real w32[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_i * 32 + _u] += t23[_i * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w32[_i * 32 + _u];
+        /* ∂/∂A: 32x0e -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a12[_u] * a29[_u];
+    }
+}
+    """,
+    "mace_product_4_d_only_weight": """\
+void mace_product_4_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 96);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 288);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        /* p1 = (p0 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a7[_u] * a8[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a9[0] * (l0 + 0)[_u];
+        /* p3 = (p0 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 32 + _u] = a10[_u * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_j * 32 + _u] += a7[_u] * t1[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 32 + _u];
+        /* ijk,zuij->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_k * 32 + _u] += a11[_j * 3 + _k] * t3[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
+        /* p5 = (p0 ⊗ p4) -> 32x2e */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t5[_j * 32 + _u] = a12[_u * 5 + _j];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a13[_j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 32 + _u] = (a2 + 0)[_u * 5 + _k];
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_k * 32 + _u] += a7[_u] * t7[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* p6 = (p2 ⊗ p2) -> 32x0e */
+        real w9[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a14[_i * 3 + _j];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
+        /* zui,zuik->zuk */
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 32 + _u] = a15[_u * 3 + _i];
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 32 + _u] = (a4 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a5 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+        /* p7 = (p2 ⊗ p2) -> 32x2e */
+        real w12[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 96 + _j * 32 + _u] += t10[_i * 32 + _u] * t1[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a6 + 0)[_u * 9 + _i * 3 + _j] += w12[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 800);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 480);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        /* p8 = (p2 ⊗ p4) -> 32x1o */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 32 + _u] = a8[_u * 5 + _j];
+        real w2[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a9[_i * 15 + _j * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w2[_i * 96 + _k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a10[_u * 3 + _i];
+        real t4[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
+        real w5[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
+        /* p9 = (p4 ⊗ p4) -> 32x0e */
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a11[_i * 5 + _j];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
+        /* zui,zuik->zuk */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 32 + _u] = a12[_u * 5 + _i];
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+        /* p10 = (p4 ⊗ p4) -> 32x2e */
+        real w9[800] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a13[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a4 + 0)[_u * 25 + _i * 5 + _k] += w9[_i * 160 + _k * 32 + _u];
+        /* zui,zuik->zuk */
+        real t10[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
+        real w11[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
+        /* p23 = (p8 ⊗ p2) -> 32x0e */
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t12[_i * 32 + _u] = (a1 + 0)[_u * 3 + _i];
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 32 + _u] = (a14 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a6 + 0)[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
+        /* p24 = (p10 ⊗ p2) -> 32x1o */
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 32 + _u] = (a5 + 0)[_u * 5 + _i];
+        real t15[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t15[_j * 32 + _u] = a15[_u * 3 + _j];
+        real w16[480] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w16[_i * 96 + _j * 32 + _u] += t14[_i * 32 + _u] * t15[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a7 + 0)[_u * 15 + _i * 3 + _j] += w16[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 32);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 288);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        /* p25 = (p10 ⊗ p4) -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a7 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* p26 = (p1 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a8 + 0)[_u] * a9[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += a10[0] * (l0 + 0)[_u];
+        /* p27 = (p1 ⊗ p2) -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 32 + _u] = a11[_u * 3 + _j];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_j * 32 + _u] += (a8 + 0)[_u] * t3[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w4[_j * 32 + _u];
+        /* ijk,zuij->zuk */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_k * 32 + _u] += a12[_j * 3 + _k] * t5[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w6[_k * 32 + _u];
+        /* p28 = (p1 ⊗ p4) -> 32x2e */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 32 + _u] = (a13 + 0)[_u * 5 + _k];
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_k * 32 + _u] += (a8 + 0)[_u] * t7[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* p29 = (p3 ⊗ p2) -> 32x0e */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 32 + _u] = (a14 + 0)[_u * 3 + _i];
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 32 + _u] = (a15 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a4 + 0)[_u] += t9[_i * 32 + _u] * t10[_i * 32 + _u];
+        /* p30 = (p3 ⊗ p2) -> 32x2e */
+        real w11[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_i * 96 + _j * 32 + _u] += t9[_i * 32 + _u] * t3[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a5 + 0)[_u * 9 + _i * 3 + _j] += w11[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 288);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        /* p31 = (p5 ⊗ p4) -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = (a5 + 0)[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* p32 = (p5 ⊗ p4) -> 32x2e */
+        real t3[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
+        /* p33 = (p6 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a8 + 0)[_u] * a9[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += a10[0] * (l0 + 0)[_u];
+        /* p34 = (p6 ⊗ p2) -> 32x1o */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 32 + _u] = a11[_u * 3 + _j];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_j * 32 + _u] += (a8 + 0)[_u] * t5[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w6[_j * 32 + _u];
+        /* ijk,zuij->zuk */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t7[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w8[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_k * 32 + _u] += a12[_j * 3 + _k] * t7[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
+        /* p35 = (p8 ⊗ p2) -> 32x1e */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
+        real w10[288] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_i * 96 + _j * 32 + _u] += t9[_i * 32 + _u] * t5[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a4 + 0)[_u * 9 + _i * 3 + _j] += w10[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 480);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p37 = (p2 ⊗ p4) -> 32x2o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 3 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 32 + _u] = a2[_u * 5 + _j];
+        real w3[480] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_i * 160 + _j * 32 + _u] += t1[_i * 32 + _u] * t2[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 160 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 480);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* p38 = (p37 ⊗ p2) -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 32 + _u] = a2[_u * 3 + _j];
+        real w3[480] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_i * 96 + _j * 32 + _u] += t1[_i * 32 + _u] * t2[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 96 + _j * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 992);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 800);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[32] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        /* p39 = (p9 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += (a5 + 0)[_u] * a6[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a7[0] * (l0 + 0)[_u];
+        /* p40 = (p9 ⊗ p2) -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 32 + _u] = a8[_u * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_j * 32 + _u] += (a5 + 0)[_u] * t1[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 32 + _u];
+        /* ijk,zuij->zuk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_k * 32 + _u] += a9[_j * 3 + _k] * t3[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
+        /* p41 = (p9 ⊗ p4) -> 32x2e */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 32 + _u] = (a10 + 0)[_u * 5 + _k];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_k * 32 + _u] += (a5 + 0)[_u] * t5[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
+        /* p62 = (p41 ⊗ p4) -> 32x0e */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l2 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a3 + 896)[_u] += (real)0.7453559924999299 * a12[_u] * (l2 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l3 + 0)[_u * 5 + _i] += a13[_u * 5 + _i];
+        /* ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e */
+        real t9[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
+        real t10[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t10[_j * 32 + _u] = a14[_u * 5 + _j];
+        real w11[800] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w11[_j * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * t10[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a4 + 0)[_u * 25 + _j * 5 + _k] += w11[_j * 160 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 3 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 576)[_u] += (real)1.860521018838127 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+        /* ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 32 + _u] = a5[_u * 3 + _j];
+        real w5[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_j * 96 + _k * 32 + _u] += t3[_k * 32 + _u] * t4[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w5[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 3 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 512)[_u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a4[_u];
+        /* ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_i * 32 + _u] += (l0 + 0)[_u] * t3[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w4[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real t6[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 32 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 768)[_u] += (real)1.2909944487358056 * t5[_i * 32 + _u] * t6[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 32 + _u] = (a7 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 736)[_u] += (real)0.5773502691896257 * t7[_i * 32 + _u] * t8[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 32 + _u] = (a8 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 384)[_u] += (real)0.5773502691896257 * t9[_i * 32 + _u] * t10[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += a9[_u * 3 + _i];
+        /* ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 32 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t12[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t12[_j * 32 + _u] = a10[_u * 3 + _j];
+        real w13[288] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w13[_j * 96 + _k * 32 + _u] += t11[_k * 32 + _u] * t12[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w13[_j * 96 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 480);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[160] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[96] __attribute__((aligned(64))) = {0};
+        real l4[160] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a3 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 832)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 32 + _u] = (a4 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 288)[_u] += (real)2.886751345948129 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a5[_u * 5 + _i];
+        /* ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e */
+        real t4[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t5[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_i * 160 + _k * 32 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
+        real w6[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 928)[_u] += (real)1.3867504905630728 * t7[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t9[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 640)[_u] += (real)3.1008683647302115 * t8[_i * 32 + _u] * t9[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t10[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t10[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t11[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 32 + _u] = a8[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 608)[_u] += (real)2.401922307076307 * t10[_i * 32 + _u] * t11[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t12[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t12[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t13[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t13[_i * 32 + _u] = a9[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 224)[_u] += (real)2.401922307076307 * t12[_i * 32 + _u] * t13[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t15[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t15[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 160)[_u] += (real)1.3867504905630728 * t14[_i * 32 + _u] * t15[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += a11[_u * 3 + _i];
+        /* ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o */
+        real t16[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t16[_k * 32 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t17[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t17[_i * 96 + _k * 32 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
+        real w18[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_i * 32 + _u] += t16[_k * 32 + _u] * t17[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += w18[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t19[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t19[_i * 32 + _u] = (l3 + 0)[_u * 3 + _i];
+        real t20[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t20[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 128)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l4 + 0)[_u * 5 + _i] += a5[_u * 5 + _i];
+        /* ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e */
+        real t21[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 32 + _u] = (l4 + 0)[_u * 5 + _k];
+        real t22[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t22[_j * 32 + _u] = a14[_u * 3 + _j];
+        real w23[480] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w23[_j * 160 + _k * 32 + _u] += t21[_k * 32 + _u] * t22[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 15 + _j * 5 + _k] += w23[_j * 160 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[32] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[32] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 3 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = (a3 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 416)[_u] += (real)1.0741723110591492 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = (a4 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 96)[_u] += (real)1.0741723110591492 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a5[_u * 5 + _i];
+        /* ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e */
+        real t4[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 32 + _u] = (a6 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l1 + 0)[_u] += t4[_k * 32 + _u] * t5[_k * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 960)[_u] += (real)1.3867504905630728 * (l1 + 0)[_u] * (a7 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 704)[_u] += (real)0.6201736729460423 * (l1 + 0)[_u] * (a8 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 544)[_u] += (real)1.0741723110591492 * (l1 + 0)[_u] * (a9 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 192)[_u] += (real)1.0741723110591492 * (l1 + 0)[_u] * (a10 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 64)[_u] += (real)0.6201736729460423 * (l1 + 0)[_u] * (a11 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += a12[_u * 3 + _i];
+        /* ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o */
+        real t6[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 32 + _u] = a13[_u * 3 + _j];
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_k * 32 + _u] += t6[_j * 32 + _u] * a14[_j * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
+        /* zuk,zuik->zui */
+        real t8[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 32 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t9[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 32 + _u] = (a1 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l3 + 0)[_u] += t8[_k * 32 + _u] * t9[_k * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 864)[_u] += (real)1.2909944487358056 * (l3 + 0)[_u] * (a7 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 480)[_u] += (l3 + 0)[_u] * (a9 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 352)[_u] += (real)0.5773502691896257 * (l3 + 0)[_u] * (a15 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 256)[_u] += (real)1.2909944487358056 * (l3 + 0)[_u] * (a16 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 32)[_u] += (real)0.5773502691896257 * (l3 + 0)[_u] * (a11 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a17[_u];
+        /* ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += (l4 + 0)[_u] * a18[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l6 + 0)[_u] += a19[0] * (l5 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 800)[_u] += (real)0.7453559924999299 * (l6 + 0)[_u] * (a7 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 672)[_u] += (real)0.3333333333333333 * (l6 + 0)[_u] * (a8 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 448)[_u] += (real)0.5773502691896257 * (l6 + 0)[_u] * (a9 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 320)[_u] += (real)0.3333333333333333 * (l6 + 0)[_u] * (a15 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.3333333333333333 * (l6 + 0)[_u] * (a11 + 0)[_u];
+    }
+}
+
+void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 512);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 480);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[160] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[96] __attribute__((aligned(64))) = {0};
+        real l4[160] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 480)[_u] += a2[_u] * (a3 + 0)[_u];
+        /* zui,zui->zu */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 3 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 416)[_u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 320)[_u] += (real)0.7745966692414834 * a2[_u] * (a6 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a7[_u * 5 + _i];
+        /* ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[800] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 160 + _k * 32 + _u] = (a8 + 0)[_u * 25 + _i * 5 + _k];
+        real w5[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_i * 32 + _u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t6[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t7[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 32 + _u] = a9[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 288)[_u] += (real)2.041241452319315 * t6[_i * 32 + _u] * t7[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
+        real t9[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 160)[_u] += (real)2.041241452319315 * t8[_i * 32 + _u] * t9[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+        /* ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o */
+        real t10[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t10[_k * 32 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t11[288] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t11[_i * 96 + _k * 32 + _u] = (a11 + 0)[_u * 9 + _i * 3 + _k];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 32 + _u] = (l3 + 0)[_u * 3 + _i];
+        real t14[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t14[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 128)[_u] += (real)1.3416407864998738 * t13[_i * 32 + _u] * t14[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l4 + 0)[_u * 5 + _i] += a7[_u * 5 + _i];
+        /* ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e */
+        real t15[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t15[_k * 32 + _u] = (l4 + 0)[_u * 5 + _k];
+        real t16[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t16[_j * 32 + _u] = a13[_u * 3 + _j];
+        real w17[480] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_j * 160 + _k * 32 + _u] += t15[_k * 32 + _u] * t16[_j * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 15 + _j * 5 + _k] += w17[_j * 160 + _k * 32 + _u];
+    }
+}
+
+void mace_product_4_d_only_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        real l0[160] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[32] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[32] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        /* zui,zui->zu */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 3 + _i];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = (a2 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 96)[_u] += (real)1.5811388300841898 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += a3[_u * 5 + _i];
+        /* ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 32 + _u] = (a4 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l1 + 0)[_u] += t3[_k * 32 + _u] * t4[_k * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 448)[_u] += (real)0.9128709291752769 * (l1 + 0)[_u] * (a5 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 256)[_u] += (real)0.9128709291752769 * (l1 + 0)[_u] * (a6 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 64)[_u] += (real)0.9128709291752769 * (l1 + 0)[_u] * (a7 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l2 + 0)[_u * 3 + _i] += a8[_u * 3 + _i];
+        /* ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 32 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t6[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 32 + _u] = (a9 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (l3 + 0)[_u] += t5[_k * 32 + _u] * t6[_k * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 384)[_u] += (real)0.7745966692414834 * (l3 + 0)[_u] * (a5 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 224)[_u] += (real)0.7745966692414834 * (l3 + 0)[_u] * (a6 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 32)[_u] += (real)0.7745966692414834 * (l3 + 0)[_u] * (a7 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a10[_u];
+        /* ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += (l4 + 0)[_u] * a11[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (l6 + 0)[_u] += a12[0] * (l5 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 352)[_u] += (real)0.4472135954999579 * (l6 + 0)[_u] * (a5 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 192)[_u] += (real)0.4472135954999579 * (l6 + 0)[_u] * (a6 + 0)[_u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.4472135954999579 * (l6 + 0)[_u] * (a7 + 0)[_u];
+    }
+}
+
+void mace_product_4_d_only_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 256);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        /* zui,zui->zu */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 224)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 192)[_u] += (real)0.5773502691896257 * a3[_u] * (a4 + 0)[_u];
+        /* zui,zui->zu */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a5[_u * 3 + _i];
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = (a6 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 160)[_u] += (real)1.224744871391589 * t3[_i * 32 + _u] * t4[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t5[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 128)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t5[_i * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 96)[_u] += (real)0.5773502691896257 * a3[_u] * (a8 + 0)[_u];
+        /* zui,zui->zu */
+        real t6[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 32 + _u] = (a9 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 64)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t6[_i * 32 + _u];
+        /* zui,zui->zu */
+        real t7[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 32 + _u] = (a10 + 0)[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 32)[_u] += (real)1.224744871391589 * t3[_i * 32 + _u] * t7[_i * 32 + _u];
+        /* zui,zui->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a3[_u] * (a11 + 0)[_u];
+    }
+}
+
+void mace_product_4_d_only_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ∂/∂_w_B_0: 32x2e -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a2[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 64)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+        /* ∂/∂_w_B_0: 32x1o -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a3[_u * 3 + _i];
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = a4[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 32)[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
+        /* ∂/∂_w_B_0: 32x0e -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a5[_u] * a6[_u];
+    }
+}
+    """,
     },
     {
         'mace_product_s0': 'oooorrrrrsrrsr',
@@ -38142,6 +49130,32 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         'mace_product_d2_weight_s11': 'aorrsrrrrsrrrr',
         'mace_product_d2_weight_s12': 'aorrrrsrrr',
         'mace_product_d2_weight_s13': 'arrrrsrrrsrrs',
+        'mace_product_d_only_A_s0': 'ooooooooooooorrsrssrrssrrsrs',
+        'mace_product_d_only_A_s1': 'orr',
+        'mace_product_d_only_A_s2': 'ooooooooooooorsrrsrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'mace_product_d_only_A_s3': 'orr',
+        'mace_product_d_only_A_s4': 'ooorrrsr',
+        'mace_product_d_only_A_s5': 'aooooorrrrrrsrrrr',
+        'mace_product_d_only_A_s6': 'orr',
+        'mace_product_d_only_A_s7': 'aaaaooorrrrrrrsrrrrr',
+        'mace_product_d_only_A_s8': 'aaooorrrrrrr',
+        'mace_product_d_only_A_s9': 'aaoooooorrrrrsrrrrrrrrsrrrrrrr',
+        'mace_product_d_only_A_s10': 'aorrrrrr',
+        'mace_product_d_only_A_s11': 'aorrr',
+        'mace_product_d_only_A_s12': 'aorrr',
+        'mace_product_d_only_A_s13': 'aaaorrsrrrrrsrrrrr',
+        'mace_product_d_only_A_s14': 'aaaorrrrrsrrrr',
+        'mace_product_d_only_A_s15': 'aaaarrrrrsrrsrrrrsrr',
+        'mace_product_d_only_weight_s0': 'ooorrsrsr',
+        'mace_product_d_only_weight_s1': 'oooooooorsrsrrsrs',
+        'mace_product_d_only_weight_s2': 'orr',
+        'mace_product_d_only_weight_s3': 'orr',
+        'mace_product_d_only_weight_s4': 'orr',
+        'mace_product_d_only_weight_s5': 'oorrrsrrrrrr',
+        'mace_product_d_only_weight_s6': 'aorrrrrsrrrrrrr',
+        'mace_product_d_only_weight_s7': 'arrrrrrrs',
+        'mace_product_d_only_weight_s8': 'orrrrrrrrr',
+        'mace_product_d_only_weight_s9': 'orrrr',
         'mace_product_2_s0': 'oorrrrrsrrsr',
         'mace_product_2_s1': 'aorrrr',
         'mace_product_2_s2': 'aorrrsrrr',
@@ -38156,6 +49170,16 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         'mace_product_2_d2_weight_s0': 'ooooooooooorrsrsrsrsrsrsrsrrrrrrrrrrr',
         'mace_product_2_d2_weight_s1': 'aorrrsrrrr',
         'mace_product_2_d2_weight_s2': 'arrrsrrsrrrs',
+        'mace_product_2_d_only_A_s0': 'ooorrrsrrr',
+        'mace_product_2_d_only_A_s1': 'aorrr',
+        'mace_product_2_d_only_A_s2': 'aoorrrrsrrr',
+        'mace_product_2_d_only_A_s3': 'aorrr',
+        'mace_product_2_d_only_A_s4': 'arrrrsrrrsrrrsrr',
+        'mace_product_2_d_only_weight_s0': 'ooorrsrsr',
+        'mace_product_2_d_only_weight_s1': 'orr',
+        'mace_product_2_d_only_weight_s2': 'oorsrr',
+        'mace_product_2_d_only_weight_s3': 'orsrrrrrrrrr',
+        'mace_product_2_d_only_weight_s4': 'orrrr',
         'mace_product_4_s0': 'oooooooorrrrrrrsrrsrrsrsr',
         'mace_product_4_s1': 'aooooooorrrsrrsrrsrrrrrrrsrrrrsrrrrrr',
         'mace_product_4_s2': 'aoorrrrrrrrrrrrrr',
@@ -38266,6 +49290,44 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         'mace_product_4_d2_weight_s22': 'aaaorrrrrrsrr',
         'mace_product_4_d2_weight_s23': 'aorrrrsrrr',
         'mace_product_4_d2_weight_s24': 'arrsrrrrsrrrsrrsrrs',
+        'mace_product_4_d_only_A_s0': 'oooooooorrsrsrssr',
+        'mace_product_4_d_only_A_s1': 'ooooooooooooooooooooorsrsrsrrrrrrrrrrrrrrrrrrrsrrsrr',
+        'mace_product_4_d_only_A_s2': 'ooooorrrrrsrrr',
+        'mace_product_4_d_only_A_s3': 'ooorsrr',
+        'mace_product_4_d_only_A_s4': 'ooooooooooooorrsrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrsrr',
+        'mace_product_4_d_only_A_s5': 'aooorrrrr',
+        'mace_product_4_d_only_A_s6': 'orr',
+        'mace_product_4_d_only_A_s7': 'aaooooorrrrrrsrrrrr',
+        'mace_product_4_d_only_A_s8': 'orr',
+        'mace_product_4_d_only_A_s9': 'aaooorrrrrrr',
+        'mace_product_4_d_only_A_s10': 'aaoooooorrrrrrrrrr',
+        'mace_product_4_d_only_A_s11': 'aoaoooooooorrrrsrrrrrrsrrrrrrrrsrrrrrrrsrrrrrrrrrr',
+        'mace_product_4_d_only_A_s12': 'orr',
+        'mace_product_4_d_only_A_s13': 'aorrrr',
+        'mace_product_4_d_only_A_s14': 'aoorrsrrr',
+        'mace_product_4_d_only_A_s15': 'aorrr',
+        'mace_product_4_d_only_A_s16': 'aooorrrrsrrsrrr',
+        'mace_product_4_d_only_A_s17': 'aaooaoaorrrrsrsrrrrsrrrsrrsrrsrrrrr',
+        'mace_product_4_d_only_A_s18': 'aaaaoorrrrrrrsrrr',
+        'mace_product_4_d_only_A_s19': 'aoaoorrrrrrr',
+        'mace_product_4_d_only_A_s20': 'aaaaaaorrrrsrrrrrsrrrrrrsrrrrrsrrrrrrr',
+        'mace_product_4_d_only_A_s21': 'aaaorrrrrsrrrr',
+        'mace_product_4_d_only_A_s22': 'aaaaaarrrsrrrrrsrrrsrrrsrrsrrr',
+        'mace_product_4_d_only_weight_s0': 'ooooooorrsrsrssr',
+        'mace_product_4_d_only_weight_s1': 'oooooooorsrsrsrr',
+        'mace_product_4_d_only_weight_s2': 'oooooorrrrsrsrrr',
+        'mace_product_4_d_only_weight_s3': 'ooooorrrrrsrsr',
+        'mace_product_4_d_only_weight_s4': 'orr',
+        'mace_product_4_d_only_weight_s5': 'orr',
+        'mace_product_4_d_only_weight_s6': 'ooooorrsrsrrrrr',
+        'mace_product_4_d_only_weight_s7': 'aorrrr',
+        'mace_product_4_d_only_weight_s8': 'aorrrrrrrrr',
+        'mace_product_4_d_only_weight_s9': 'aorrrrrrrrrrrrr',
+        'mace_product_4_d_only_weight_s10': 'aorrrrrrrrrrrrsrrrrs',
+        'mace_product_4_d_only_weight_s11': 'oorrrrrrrrrrrr',
+        'mace_product_4_d_only_weight_s12': 'arrrrrrrrrrrs',
+        'mace_product_4_d_only_weight_s13': 'orrrrrrrrrrr',
+        'mace_product_4_d_only_weight_s14': 'orrrrrr',
     },
 )
 _ops.kernels = _native

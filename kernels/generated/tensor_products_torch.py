@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_ad18a6f11224db6a")
+_ops = rt.OpNamespace("fusionc_cf9d666daa6a835e")
 
 
 def _fc_tp(
@@ -1550,13 +1550,754 @@ def _fc_tp_d2_weight_cpu(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _fc_tp_d_only_x(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_x only: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c0 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    d_x_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c0, _w_z_0_2_2
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_1
+    d_x_9 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c1.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    del _c1
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d_x_10 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    del _c2
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _c3 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    d_x_11 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c3, _w_z_0_1_2
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c4 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    d_x_12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c4, _w_z_0_1_1
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d_x_13 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    del _c5
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _c6 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_x_14 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c6
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _c7 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_x_15 = torch.mm(_c7.permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c7
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c8 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    del _m_z_0
+    d_x_16 = torch.mm(_c8.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c8
+    d_x = torch.cat([
+        (d_x_14 + d_x_15 + d_x_16).reshape(n, 32),
+        (d_x_11 + d_x_12 + d_x_13).reshape(n, 96),
+        (d_x_8 + d_x_9 + d_x_10).reshape(n, 160),
+    ], dim=-1)
+    del d_x_10, d_x_11, d_x_12, d_x_13, d_x_14, d_x_15, d_x_16, d_x_8, d_x_9
+    return [d_x]
+
+
+def _fc_tp_d_only_x_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_x only: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _c0 = weight.new_empty(n, 320)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_x_s0', n, _c0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _mm0 = torch.mm(_c0.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
+    del _c0, _w_z_0_2_2
+    d_x = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_only_x_s1', n, d_x, _copy0, _mm0, d_z[:, 32:128].reshape(n, 32, 3))
+    del _mm0
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c1 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy0, _w_z_0_2_1
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c3 = weight.new_empty(n, 192)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_x_s2', n, d_x, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c1, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
+    del _c1, _c2
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _mm1 = torch.mm(_c3.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    del _c3, _w_z_0_1_2
+    _c4 = weight.new_empty(n, 192)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_x_s3', n, d_x, _c4, _mm1, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
+    del _mm1
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _mm2 = torch.mm(_c4.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    del _c4, _w_z_0_1_1
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_x_s4', n, d_x, _c6, _mm2, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c5, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
+    del _c5, _mm2
+    _mm3 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c6
+    _c7 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_x_s5', n, d_x, _c7, _mm3, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
+    del _mm3
+    _mm4 = torch.mm(_c7.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c7
+    _c8 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_only_x_s6', n, d_x, _c8, _mm4, d_z[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_z_0, _mm4
+    _mm5 = torch.mm(_c8.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c8
+    _native.run('fc_tp_d_only_x_s7', n, d_x, _mm5)
+    del _mm5
+    return [d_x]
+
+
+def _fc_tp_d_only_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_y only: x (n, 288), y (n, 16), d_z (n, 288) -> d_y (n, 16)."""
+    n = x.shape[0]
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _c0 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_2
+    d__m_z_0_8 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c0.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
+    del _c0
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_1
+    d__m_z_0_9 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    del _c1
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d__m_z_0_10 = torch.bmm(_c2.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c2
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c3 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z_0_1_2
+    d__m_z_0_11 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c3.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c3
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _c4 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_1_1
+    d__m_z_0_12 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c4.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
+    del _c4
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d__m_z_0_13 = torch.bmm(_c5.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c5
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c6 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_14 = torch.bmm(_c6.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c6
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c7 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_15 = torch.bmm(_c7.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c7
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c8 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d__m_z_0_16 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c8.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zkpu->zikp
+    del _c8
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_z_0 = torch.cat([
+        d__m_z_0_16.reshape(n, 1),
+        d__m_z_0_15.reshape(n, 3),
+        d__m_z_0_14.reshape(n, 5),
+        d__m_z_0_13.reshape(n, 3),
+        d__m_z_0_12.reshape(n, 18),
+        d__m_z_0_11.reshape(n, 30),
+        d__m_z_0_10.reshape(n, 5),
+        d__m_z_0_9.reshape(n, 30),
+        d__m_z_0_8.reshape(n, 50),
+    ], dim=-1)
+    del d__m_z_0_10, d__m_z_0_11, d__m_z_0_12, d__m_z_0_13, d__m_z_0_14, d__m_z_0_15, d__m_z_0_16, d__m_z_0_8, d__m_z_0_9
+    d_y_17 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_z_0
+    d_y = d_y_17
+    del d_y_17
+    return [d_y]
+
+
+def _fc_tp_d_only_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_y only: x (n, 288), y (n, 16), d_z (n, 288) -> d_y (n, 16)."""
+    n = x.shape[0]
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _copy0 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d_only_y_s0', n, _copy0, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _c0 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
+    del _copy0, _w_z_0_2_2
+    d__m_z_0 = weight.new_empty(n, 145)
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_only_y_s1', n, d__m_z_0, _copy1, x[:, 128:288].reshape(n, 32, 5), _c0, d_z[:, 32:128].reshape(n, 32, 3))
+    del _c0
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c1 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_1
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _copy2 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_only_y_s2', n, d__m_z_0, _copy2, x[:, 128:288].reshape(n, 32, 5), _c1, _c2, x[:, 32:128].reshape(n, 32, 3))
+    del _c1, _c2
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c3 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _copy2, _w_z_0_1_2
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _c4 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy1, _w_z_0_1_1
+    _native.run('fc_tp_d_only_y_s3', n, d__m_z_0, d_z[:, 128:288].reshape(n, 32, 5), _c3, x[:, 32:128].reshape(n, 32, 3), _c4)
+    del _c3, _c4
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _native.run('fc_tp_d_only_y_s4', n, d__m_z_0, x[:, 32:128].reshape(n, 32, 3), _c5)
+    del _c5
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c6 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c7 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _native.run('fc_tp_d_only_y_s5', n, d__m_z_0, d_z[:, 128:288].reshape(n, 32, 5), _c6, d_z[:, 32:128].reshape(n, 32, 3), _c7)
+    del _c6, _c7
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c8 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _native.run('fc_tp_d_only_y_s6', n, d__m_z_0, x[:, 0:32].reshape(n, 32, 1), _c8)
+    del _c8
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm0 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_z_0
+    d_y = weight.new_empty(n, 16)
+    _native.run('fc_tp_d_only_y_s7', n, d_y, _mm0)
+    del _mm0
+    return [d_y]
+
+
+def _fc_tp_d_only_weight(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_weight only: x (n, 288), y (n, 16), d_z (n, 288) -> d_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _c0 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zwk,zikp->zipw
+    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c0.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c0
+    d_weight_0 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_1 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_2
+    # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c1 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c1.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    del _c1
+    d_weight_2 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_3 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_1
+    # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    d_weight_4 = torch.mm(_c2.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c2
+    # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _c3 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c3
+    d_weight_5 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_6 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_2
+    # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _c4 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c4.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c4
+    d_weight_7 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_8 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_1
+    # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.bmm(_m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    d_weight_9 = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c5
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _c6 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_weight_10 = torch.mm(_c6.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c6
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _c7 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_weight_11 = torch.mm(_c7.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c7
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _c8 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    del _m_z_0
+    d_weight_12 = torch.mm(_c8.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c8
+    d_weight = torch.cat([
+        d_weight_12.reshape(1024),
+        d_weight_11.reshape(1024),
+        d_weight_10.reshape(1024),
+        d_weight_8.reshape(1024),
+        d_weight_9.reshape(1024),
+        d_weight_6.reshape(1024),
+        d_weight_7.reshape(1024),
+        d_weight_5.reshape(1024),
+        d_weight_1.reshape(1024),
+        d_weight_3.reshape(1024),
+        d_weight_4.reshape(1024),
+        d_weight_0.reshape(1024),
+        d_weight_2.reshape(1024),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
+def _fc_tp_d_only_weight_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_weight only: x (n, 288), y (n, 16), d_z (n, 288) -> d_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    _c0 = weight.new_empty(n, 320)
+    # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_weight_s0', n, _c0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
+    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c0.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c0
+    d_weight_0 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_1 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_2
+    _c1 = weight.new_empty(n, 192)
+    # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_weight_s1', n, _c1, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
+    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c1.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    del _c1
+    d_weight_2 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_3 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_1
+    _c2 = weight.new_empty(n, 32)
+    # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_only_weight_s2', n, _c2, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d_weight_4 = torch.mm(_c2.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c2
+    _c3 = weight.new_empty(n, 192)
+    # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_weight_s3', n, _c3, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
+    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c3
+    d_weight_5 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_6 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_2
+    _c4 = weight.new_empty(n, 192)
+    # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_weight_s4', n, _c4, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
+    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c4.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    del _c4
+    d_weight_7 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_8 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_1
+    _c5 = weight.new_empty(n, 32)
+    # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d_only_weight_s5', n, _c5, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d_weight_9 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c5
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_weight_s6', n, _c6, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
+    d_weight_10 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c6
+    _c7 = weight.new_empty(n, 32)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_weight_s7', n, _c7, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
+    d_weight_11 = torch.mm(_c7.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c7
+    _c8 = weight.new_empty(n, 32)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_only_weight_s8', n, _c8, d_z[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_z_0
+    d_weight_12 = torch.mm(_c8.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c8
+    d_weight = torch.cat([
+        d_weight_12.reshape(1024),
+        d_weight_11.reshape(1024),
+        d_weight_10.reshape(1024),
+        d_weight_8.reshape(1024),
+        d_weight_9.reshape(1024),
+        d_weight_6.reshape(1024),
+        d_weight_7.reshape(1024),
+        d_weight_5.reshape(1024),
+        d_weight_1.reshape(1024),
+        d_weight_3.reshape(1024),
+        d_weight_4.reshape(1024),
+        d_weight_0.reshape(1024),
+        d_weight_2.reshape(1024),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
+def _fc_tp_d_only_x_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_x, d_y only: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c0 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    d_x_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c0
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _c1 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_2
+    d__m_z_0_9 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
+    del _c1
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c2 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_1
+    d_x_10 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c2.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d__m_z_0_11 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c2.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    del _c2
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c3 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d_x_12 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c3.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d__m_z_0_13 = torch.bmm(_c3.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c3
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _c4 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    d_x_14 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c4
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _c5 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z_0_1_2
+    d__m_z_0_15 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c5.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c5
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c6 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    d_x_16 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c6
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _c7 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_1_1
+    d__m_z_0_17 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
+    del _c7
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c8 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d_x_18 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c8.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d__m_z_0_19 = torch.bmm(_c8.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c8
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _c9 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_x_20 = torch.mm(_c9.permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c9
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c10 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_21 = torch.bmm(_c10.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c10
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _c11 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    d_x_22 = torch.mm(_c11.permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c11
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c12 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_23 = torch.bmm(_c12.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c12
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c13 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    del _m_z_0
+    d_x_24 = torch.mm(_c13.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c13
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c14 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d__m_z_0_25 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c14.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zkpu->zikp
+    del _c14
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_z_0 = torch.cat([
+        d__m_z_0_25.reshape(n, 1),
+        d__m_z_0_23.reshape(n, 3),
+        d__m_z_0_21.reshape(n, 5),
+        d__m_z_0_19.reshape(n, 3),
+        d__m_z_0_17.reshape(n, 18),
+        d__m_z_0_15.reshape(n, 30),
+        d__m_z_0_13.reshape(n, 5),
+        d__m_z_0_11.reshape(n, 30),
+        d__m_z_0_9.reshape(n, 50),
+    ], dim=-1)
+    del d__m_z_0_11, d__m_z_0_13, d__m_z_0_15, d__m_z_0_17, d__m_z_0_19, d__m_z_0_21, d__m_z_0_23, d__m_z_0_25, d__m_z_0_9
+    d_y_26 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_z_0
+    d_x = torch.cat([
+        (d_x_20 + d_x_22 + d_x_24).reshape(n, 32),
+        (d_x_14 + d_x_16 + d_x_18).reshape(n, 96),
+        (d_x_8 + d_x_10 + d_x_12).reshape(n, 160),
+    ], dim=-1)
+    del d_x_10, d_x_12, d_x_14, d_x_16, d_x_18, d_x_20, d_x_22, d_x_24, d_x_8
+    d_y = d_y_26
+    del d_y_26
+    return [d_x, d_y]
+
+
+def _fc_tp_d_only_x_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp, d_x, d_y only: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _copy0 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d_only_x_y_s0', n, _copy0, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _c0 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_2
+    d_x = weight.new_empty(n, 288)
+    d__m_z_0 = weight.new_empty(n, 145)
+    _copy1 = weight.new_empty(n, 96)
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_x_y_s1', n, d_x, d__m_z_0, _copy1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 32:128].reshape(n, 32, 3))
+    del _c0
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c1 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_1
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c2 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c3 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_1_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
+    del _copy0, _w_z_0_1_2
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _c4 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy1, _w_z_0_1_1
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c5 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_only_x_y_s2', n, d_x, d__m_z_0, _c6, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c1, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c2, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c3, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c4, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c5, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
+    del _c1, _c2, _c3, _c4, _c5
+    _mm0 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c6
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c7 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _c8 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_only_x_y_s3', n, d_x, d__m_z_0, _c8, _mm0, d_z[:, 128:288].reshape(n, 32, 5), _c7, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
+    del _c7, _mm0
+    _mm1 = torch.mm(_c8.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c8
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c9 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _native.run('fc_tp_d_only_x_y_s4', n, d_x, d__m_z_0, _mm1, d_z[:, 32:128].reshape(n, 32, 3), _c9)
+    del _c9, _mm1
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c10 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_only_x_y_s5', n, d_x, d__m_z_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1), _c10, x[:, 0:32].reshape(n, 32, 1))
+    del _c10, _m_z_0
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm2 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_z_0
+    d_y = weight.new_empty(n, 16)
+    _native.run('fc_tp_d_only_x_y_s6', n, d_y, _mm2)
+    del _mm2
+    return [d_x, d_y]
+
+
 # fc_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("fc_tp_d2_x", _fc_tp_d2_x, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_x_cpu)
 _ops.register("fc_tp_d2_y", _fc_tp_d2_y, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_y_cpu)
 _ops.register("fc_tp_d2_weight", _fc_tp_d2_weight, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_weight_cpu)
 _ops.register("fc_tp_d", _fc_tp_d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y, _ops.fc_tp_d2_weight], cpu=_fc_tp_d_cpu)
-_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], check_indices=True, cpu=_fc_tp_cpu)
+_ops.register("fc_tp_d_only_x", _fc_tp_d_only_x, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d2_x], cpu=_fc_tp_d_only_x_cpu)
+_ops.register("fc_tp_d_only_y", _fc_tp_d_only_y, outputs=((16, True),), index_ranges={}, backward=[_ops.fc_tp_d2_y], cpu=_fc_tp_d_only_y_cpu)
+_ops.register("fc_tp_d_only_weight", _fc_tp_d_only_weight, outputs=((13312, False),), index_ranges={}, backward=[_ops.fc_tp_d2_weight], cpu=_fc_tp_d_only_weight_cpu)
+_ops.register("fc_tp_d_only_x_y", _fc_tp_d_only_x_y, outputs=((288, True), (16, True)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y], cpu=_fc_tp_d_only_x_y_cpu)
+_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], partial=[{(0,): _ops.fc_tp_d_only_x, (1,): _ops.fc_tp_d_only_y, (2,): _ops.fc_tp_d_only_weight, (0, 1): _ops.fc_tp_d_only_x_y}], check_indices=True, cpu=_fc_tp_cpu)
 
 
 def _conv_tp(
@@ -3201,6 +3942,526 @@ def _conv_tp_d2_weight(
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _conv_tp_d_only_h(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_h only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
+    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
+    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
+    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d_h_12 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d__t_m_0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_6
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_10.reshape(n, 32),
+        w_m_0_2_5_11.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_5_10, w_m_0_2_5_11
+    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_5
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d_h_13 = torch.bmm(_m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2), d__t_m_0_2_5.reshape(n, 32, 14).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_5
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_8.reshape(n, 32),
+        w_m_0_2_4_9.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_4_8, w_m_0_2_4_9
+    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_4
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d_h_14 = torch.bmm(_m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d__t_m_0_2_4.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_4
+    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d_h_15 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2), d__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_3
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_6.reshape(n, 32),
+        w_m_0_2_2_7.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_2_6, w_m_0_2_2_7
+    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_2
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d_h_16 = torch.bmm(_m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d__t_m_0_2_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_2
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_4.reshape(n, 32),
+        w_m_0_2_1_5.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_1_4, w_m_0_2_1_5
+    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_1
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d_h_17 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_m_0_2_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_2_1
+    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d_h_18 = d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    del d__t_m_0_2_0
+    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d_h_19 = torch.bmm(_m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d__t_m_0_1_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_6
+    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d_h_20 = torch.bmm(_m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d__t_m_0_1_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_5
+    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d_h_21 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2), d__t_m_0_1_4.reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_4
+    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d_h_22 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2), d__t_m_0_1_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_3
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_2.reshape(n, 32),
+        w_m_0_1_2_3.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_1_2_2, w_m_0_1_2_3
+    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_1_2
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d_h_23 = torch.bmm(_m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_m_0_1_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_2
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_0.reshape(n, 32),
+        w_m_0_1_1_1.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_1_1_0, w_m_0_1_1_1
+    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_1_1
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d_h_24 = torch.bmm(_m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2), d__t_m_0_1_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_1_1
+    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d_h_25 = d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    del d__t_m_0_1_0
+    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d_h_26 = torch.bmm(_m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2), d__t_m_0_0_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_0_5
+    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d_h_27 = torch.bmm(_m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_m_0_0_2.reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_0_2
+    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d_h_28 = torch.bmm(_m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_m_0_0_1.reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_m_0_0_1
+    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d_h_29 = d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_m_0, d__t_m_0_0_0
+    d_h = torch.cat([
+        (d_h_26 + d_h_27 + d_h_28 + d_h_29).reshape(n, 32),
+        (d_h_19 + d_h_20 + d_h_21 + d_h_22 + d_h_23 + d_h_24 + d_h_25).reshape(n, 96),
+        (d_h_12 + d_h_13 + d_h_14 + d_h_15 + d_h_16 + d_h_17 + d_h_18).reshape(n, 160),
+    ], dim=-1)
+    del d_h_12, d_h_13, d_h_14, d_h_15, d_h_16, d_h_17, d_h_18, d_h_19, d_h_20, d_h_21, d_h_22, d_h_23, d_h_24, d_h_25, d_h_26, d_h_27, d_h_28, d_h_29
+    return [d_h]
+
+
+def _conv_tp_d_only_h_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_h only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d_h = weight.new_empty(n, 288)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    _native.run('conv_tp_d_only_h_s0', n, d_h, w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32), _m_m_0[:, 353:388].reshape(n, 5, 7, 1), d_m[:, 544:768].reshape(n, 32, 7), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), d_m[:, 384:544].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), d_m[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), d_m[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), w[:, 384:416].reshape(n, 1, 32), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), w[:, 320:352].reshape(n, 1, 32), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), w[:, 288:320].reshape(n, 1, 32), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), w[:, 224:256].reshape(n, 1, 32), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), w[:, 160:192].reshape(n, 1, 32), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), w[:, 96:128].reshape(n, 1, 32), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), w[:, 64:96].reshape(n, 1, 32), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:64].reshape(n, 1, 32), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 0:32].reshape(n, 1, 32), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_m_0
+    return [d_h]
+
+
+def _conv_tp_d_only_sh(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_sh only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_sh (n, 16)."""
+    n = h.shape[0]
+    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
+    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
+    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
+    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d__m_m_0_12 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
+    del d__t_m_0_2_6
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_10.reshape(n, 32),
+        w_m_0_2_5_11.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_5_10, w_m_0_2_5_11
+    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_5
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d__m_m_0_13 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_2_5
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_8.reshape(n, 32),
+        w_m_0_2_4_9.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_4_8, w_m_0_2_4_9
+    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_4
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d__m_m_0_14 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_2_4
+    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d__m_m_0_15 = torch.bmm(d__t_m_0_2_3.permute(0, 2, 3, 1).reshape(n, 3, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_m_0_2_3
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_6.reshape(n, 32),
+        w_m_0_2_2_7.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_2_6, w_m_0_2_2_7
+    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_2
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d__m_m_0_16 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_2_2
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_4.reshape(n, 32),
+        w_m_0_2_1_5.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_2_1_4, w_m_0_2_1_5
+    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_2_1
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d__m_m_0_17 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_2_1
+    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d__m_m_0_18 = torch.bmm(d__t_m_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_m_0_2_0
+    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d__m_m_0_19 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d__t_m_0_1_6
+    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d__m_m_0_20 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d__t_m_0_1_5
+    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d__m_m_0_21 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
+    del d__t_m_0_1_4
+    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d__m_m_0_22 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
+    del d__t_m_0_1_3
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_2.reshape(n, 32),
+        w_m_0_1_2_3.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_1_2_2, w_m_0_1_2_3
+    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_1_2
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d__m_m_0_23 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_1_2
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_0.reshape(n, 32),
+        w_m_0_1_1_1.reshape(n, 32),
+    ], dim=-1)
+    del w_m_0_1_1_0, w_m_0_1_1_1
+    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    del _w_m_0_1_1
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d__m_m_0_24 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_m_0_1_1
+    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d__m_m_0_25 = torch.bmm(d__t_m_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_m_0_1_0
+    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d__m_m_0_26 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
+    del d__t_m_0_0_5
+    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d__m_m_0_27 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_m_0_0_2
+    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d__m_m_0_28 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_m_0_0_1
+    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d__m_m_0_29 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_m_0_0_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d__m_m_0 = torch.cat([
+        d__m_m_0_29.reshape(n, 1),
+        d__m_m_0_28.reshape(n, 3),
+        d__m_m_0_27.reshape(n, 5),
+        d__m_m_0_26.reshape(n, 7),
+        d__m_m_0_25.reshape(n, 3),
+        d__m_m_0_24.reshape(n, 18),
+        d__m_m_0_23.reshape(n, 30),
+        d__m_m_0_22.reshape(n, 9),
+        d__m_m_0_21.reshape(n, 15),
+        d__m_m_0_20.reshape(n, 21),
+        d__m_m_0_19.reshape(n, 21),
+        d__m_m_0_18.reshape(n, 5),
+        d__m_m_0_17.reshape(n, 30),
+        d__m_m_0_16.reshape(n, 50),
+        d__m_m_0_15.reshape(n, 15),
+        d__m_m_0_14.reshape(n, 50),
+        d__m_m_0_13.reshape(n, 70),
+        d__m_m_0_12.reshape(n, 35),
+    ], dim=-1)
+    del d__m_m_0_12, d__m_m_0_13, d__m_m_0_14, d__m_m_0_15, d__m_m_0_16, d__m_m_0_17, d__m_m_0_18, d__m_m_0_19, d__m_m_0_20, d__m_m_0_21, d__m_m_0_22, d__m_m_0_23, d__m_m_0_24, d__m_m_0_25, d__m_m_0_26, d__m_m_0_27, d__m_m_0_28, d__m_m_0_29
+    d_sh_30 = torch.mm(d__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_m_0
+    d_sh = d_sh_30
+    del d_sh_30
+    return [d_sh]
+
+
+def _conv_tp_d_only_sh_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_sh only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_sh (n, 16)."""
+    n = h.shape[0]
+    d__m_m_0 = weight.new_empty(n, 388)
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    _native.run('conv_tp_d_only_sh_s0', n, d__m_m_0, w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7), d_m[:, 384:544].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32), w[:, 384:416].reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3), w[:, 320:352].reshape(n, 1, 32), w[:, 288:320].reshape(n, 1, 32), w[:, 224:256].reshape(n, 1, 32), w[:, 160:192].reshape(n, 1, 32), w[:, 96:128].reshape(n, 1, 32), h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 1, 32), w[:, 32:64].reshape(n, 1, 32), w[:, 0:32].reshape(n, 1, 32))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm0 = torch.mm(d__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_m_0
+    d_sh = weight.new_empty(n, 16)
+    _native.run('conv_tp_d_only_sh_s1', n, d_sh, _mm0)
+    del _mm0
+    return [d_sh]
+
+
+def _conv_tp_d_only_w(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_w only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_w (n, 768)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    _t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    _t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    _t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    _t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    _t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    del _m_m_0
+    d_w_0 = (d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7) * _t_m_0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7)).sum((3,))
+    del _t_m_0_2_6
+    d__w_m_0_2_5 = (d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7) * _t_m_0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7)).sum((3,))
+    del _t_m_0_2_5
+    d_w_1 = d__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_2 = d__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_2_5
+    d__w_m_0_2_4 = (d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5) * _t_m_0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5)).sum((3,))
+    del _t_m_0_2_4
+    d_w_3 = d__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_4 = d__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_2_4
+    d_w_5 = (d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3) * _t_m_0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del _t_m_0_2_3
+    d__w_m_0_2_2 = (d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5) * _t_m_0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5)).sum((3,))
+    del _t_m_0_2_2
+    d_w_6 = d__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_7 = d__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_2_2
+    d__w_m_0_2_1 = (d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3) * _t_m_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3)).sum((3,))
+    del _t_m_0_2_1
+    d_w_8 = d__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_9 = d__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_2_1
+    d_w_10 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) * _t_m_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32)
+    del _t_m_0_2_0
+    d_w_11 = (d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7) * _t_m_0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7)).sum((3,))
+    del _t_m_0_1_6
+    d_w_12 = (d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7) * _t_m_0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7)).sum((3,))
+    del _t_m_0_1_5
+    d_w_13 = (d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5) * _t_m_0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5)).sum((3,))
+    del _t_m_0_1_4
+    d_w_14 = (d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3) * _t_m_0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del _t_m_0_1_3
+    d__w_m_0_1_2 = (d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5) * _t_m_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5)).sum((3,))
+    del _t_m_0_1_2
+    d_w_15 = d__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_16 = d__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_1_2
+    d__w_m_0_1_1 = (d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3) * _t_m_0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3)).sum((3,))
+    del _t_m_0_1_1
+    d_w_17 = d__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_18 = d__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d__w_m_0_1_1
+    d_w_19 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) * _t_m_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32)
+    del _t_m_0_1_0
+    d_w_20 = (d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7) * _t_m_0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7)).sum((3,))
+    del _t_m_0_0_5
+    d_w_21 = (d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5) * _t_m_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5)).sum((3,))
+    del _t_m_0_0_2
+    d_w_22 = (d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3) * _t_m_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del _t_m_0_0_1
+    d_w_23 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) * _t_m_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32)
+    del _t_m_0_0_0
+    d_w = torch.cat([
+        d_w_23.reshape(n, 32),
+        d_w_22.reshape(n, 32),
+        d_w_21.reshape(n, 32),
+        d_w_20.reshape(n, 32),
+        d_w_18.reshape(n, 32),
+        d_w_19.reshape(n, 32),
+        d_w_16.reshape(n, 32),
+        d_w_14.reshape(n, 32),
+        d_w_17.reshape(n, 32),
+        d_w_13.reshape(n, 32),
+        d_w_12.reshape(n, 32),
+        d_w_15.reshape(n, 32),
+        d_w_11.reshape(n, 32),
+        d_w_7.reshape(n, 32),
+        d_w_9.reshape(n, 32),
+        d_w_4.reshape(n, 32),
+        d_w_2.reshape(n, 32),
+        d_w_10.reshape(n, 32),
+        d_w_6.reshape(n, 32),
+        d_w_5.reshape(n, 32),
+        d_w_0.reshape(n, 32),
+        d_w_8.reshape(n, 32),
+        d_w_3.reshape(n, 32),
+        d_w_1.reshape(n, 32),
+    ], dim=-1)
+    del d_w_0, d_w_1, d_w_10, d_w_11, d_w_12, d_w_13, d_w_14, d_w_15, d_w_16, d_w_17, d_w_18, d_w_19, d_w_2, d_w_20, d_w_21, d_w_22, d_w_23, d_w_3, d_w_4, d_w_5, d_w_6, d_w_7, d_w_8, d_w_9
+    return [d_w]
+
+
+def _conv_tp_d_only_w_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp, d_w only: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_w (n, 768)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d_w = weight.new_empty(n, 768)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _native.run('conv_tp_d_only_w_s0', n, d_w, h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), _m_m_0[:, 353:388].reshape(n, 5, 7, 1), d_m[:, 768:992].reshape(n, 32, 7), d_m[:, 544:768].reshape(n, 32, 7), d_m[:, 384:544].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1))
+    del _m_m_0
+    return [d_w]
+
+
 # conv_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("conv_tp_d2_h", _conv_tp_d2_h, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp_d2_h_cpu)
@@ -3208,7 +4469,10 @@ _ops.register("conv_tp_d2_sh", _conv_tp_d2_sh, outputs=((288, True), (16, True),
 _ops.register("conv_tp_d2_w", _conv_tp_d2_w, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp_d2_w_cpu)
 _ops.register("conv_tp_d2_weight", _conv_tp_d2_weight, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
 _ops.register("conv_tp_d", _conv_tp_d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp_d2_h, _ops.conv_tp_d2_sh, _ops.conv_tp_d2_w, _ops.conv_tp_d2_weight], cpu=_conv_tp_d_cpu)
-_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], check_indices=True, cpu=_conv_tp_cpu)
+_ops.register("conv_tp_d_only_h", _conv_tp_d_only_h, outputs=((288, True),), index_ranges={}, backward=[_ops.conv_tp_d2_h], cpu=_conv_tp_d_only_h_cpu)
+_ops.register("conv_tp_d_only_sh", _conv_tp_d_only_sh, outputs=((16, True),), index_ranges={}, backward=[_ops.conv_tp_d2_sh], cpu=_conv_tp_d_only_sh_cpu)
+_ops.register("conv_tp_d_only_w", _conv_tp_d_only_w, outputs=((768, True),), index_ranges={}, backward=[_ops.conv_tp_d2_w], cpu=_conv_tp_d_only_w_cpu)
+_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], partial=[{(0,): _ops.conv_tp_d_only_h, (1,): _ops.conv_tp_d_only_sh, (2,): _ops.conv_tp_d_only_w}], check_indices=True, cpu=_conv_tp_cpu)
 
 
 def _elementwise_tp(
@@ -5038,13 +6302,811 @@ def _elementwise_tp_d2_weight_cpu(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _elementwise_tp_d_only_a(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_a only: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144)."""
+    n = a.shape[0]
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c0 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    d_a_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c0, _c1
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c2 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c3 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    d_a_1 = torch.bmm((_c3 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c3
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c4 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    d_a_2 = torch.bmm((_c5 * 0.5773502691896257).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c4, _c5
+    # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c7 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    d_a_3 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c7
+    # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c8 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c9 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    d_a_4 = torch.bmm((_c9 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c8, _c9
+    # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _c10 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c11 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    d_a_5 = torch.bmm((_c11 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c10, _c11
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c12 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c13 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    d_a_6 = torch.bmm((_c13 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c12, _c13
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c14 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c15 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
+    d_a_7 = torch.bmm((_c15 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c14, _c15
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c16 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c17 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    d_a_8 = (_c16.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).reshape(1, 16, 3, 3)).sum((3,))
+    del _c16, _c17
+    # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c18 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c19 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d_a_9 = (_c18.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c19 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
+    del _c18, _c19
+    # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c20 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    d_a_10 = torch.bmm((_c20 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c2, _c20
+    # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c21 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_11 = torch.bmm((_c21 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c21, _c6
+    # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c22 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c23 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d_a_12 = _c22.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c23 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
+    del _c22, _c23
+    d_a = torch.cat([
+        (d_a_10 + d_a_11 + d_a_12).reshape(n, 16),
+        (d_a_5 + d_a_6 + d_a_7 + d_a_8 + d_a_9).reshape(n, 48),
+        (d_a_0 + d_a_1 + d_a_2 + d_a_3 + d_a_4).reshape(n, 80),
+    ], dim=-1)
+    del d_a_0, d_a_1, d_a_10, d_a_11, d_a_12, d_a_2, d_a_3, d_a_4, d_a_5, d_a_6, d_a_7, d_a_8, d_a_9
+    return [d_a]
+
+
+def _elementwise_tp_d_only_a_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_a only: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144)."""
+    n = a.shape[0]
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    _c0 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_only_a_s0', n, _c0, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_a_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c0, _c1
+    _c3 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    _c2 = weight.new_empty(n, 400)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_only_a_s1', n, _c2, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d_a_1 = torch.bmm((_c3 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c2.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c3
+    _c5 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    _c7 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    _c6 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    d_a_2 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_only_a_s2', n, _c6, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c5, d_a_2, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    del _c5
+    d_a_3 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c7
+    _c9 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _c11 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    _c10 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    d_a_4 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_only_a_s3', n, _c10, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c9, d_a_4, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    del _c9
+    d_a_5 = torch.bmm((_c11 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c10.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c10, _c11
+    _c13 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    _c12 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_only_a_s4', n, _c12, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d_a_6 = torch.bmm((_c13 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c12.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c12, _c13
+    _c15 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
+    _c14 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d_only_a_s5', n, _c14, d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d_a_7 = torch.bmm((_c15 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c14.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c14, _c15
+    _c17 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    _c19 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c20 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    d_a_8 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _native.run('elementwise_tp_d_only_a_s6', n, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c17, d_a_8, d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c19)
+    del _c17, _c19
+    d_a_9 = torch.bmm((_c20 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c2.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c2, _c20
+    # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c21 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_10 = torch.bmm((_c21 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c21, _c6
+    _c23 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    d_a_11 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d_only_a_s7', n, d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c23, d_a_11)
+    del _c23
+    d_a = torch.cat([
+        (d_a_9 + d_a_10 + d_a_11).reshape(n, 16),
+        (d_a_5 + d_a_6 + d_a_7 + d_a_8).reshape(n, 48),
+        (d_a_0 + d_a_1 + d_a_2 + d_a_3 + d_a_4).reshape(n, 80),
+    ], dim=-1)
+    del d_a_0, d_a_1, d_a_10, d_a_11, d_a_2, d_a_3, d_a_4, d_a_5, d_a_6, d_a_7, d_a_8, d_a_9
+    return [d_a]
+
+
+def _elementwise_tp_d_only_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_b only: a (n, 144), b (n, 144), d_c (n, 192) -> d_b (n, 144)."""
+    n = a.shape[0]
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c0 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->ujki
+    d_b_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c0, _c1
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c2 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c3 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujki
+    d_b_1 = torch.bmm((_c3 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c3
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c4 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    d_b_2 = torch.bmm((_c5 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c4, _c5
+    # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c7 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujki
+    d_b_3 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c6, _c7
+    # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c8 = torch.mm(cg_2_0_2.permute(1, 2, 0).reshape(25, 1), weight[128:144].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->jkiu
+    d_b_4 = torch.bmm((_c8 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,jkiu->zuj
+    del _c2, _c8
+    # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c9 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c10 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujki
+    d_b_5 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c9.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c10
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c12 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujki
+    d_b_6 = torch.bmm((_c12 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c11.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c11, _c12
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c13 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c14 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujki
+    d_b_7 = torch.bmm((_c14 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c13.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c13, _c14
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c15 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c16 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    d_b_8 = (_c15.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
+    del _c15, _c16
+    # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c17 = torch.mm(cg_1_0_1.permute(1, 2, 0).reshape(9, 1), weight[48:64].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->jkiu
+    d_b_9 = torch.bmm((_c17 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c9.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,jkiu->zuj
+    del _c17, _c9
+    # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c18 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c19 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    d_b_10 = torch.bmm((_c19 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c18, _c19
+    # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c20 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c21 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    d_b_11 = (_c20.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c21 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
+    del _c20, _c21
+    # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c22 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c23 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d_b_12 = _c22.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c23 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
+    del _c22, _c23
+    d_b = torch.cat([
+        (d_b_4 + d_b_9 + d_b_12).reshape(n, 16),
+        (d_b_3 + d_b_6 + d_b_7 + d_b_8 + d_b_11).reshape(n, 48),
+        (d_b_0 + d_b_1 + d_b_2 + d_b_5 + d_b_10).reshape(n, 80),
+    ], dim=-1)
+    del d_b_0, d_b_1, d_b_10, d_b_11, d_b_12, d_b_2, d_b_3, d_b_4, d_b_5, d_b_6, d_b_7, d_b_8, d_b_9
+    return [d_b]
+
+
+def _elementwise_tp_d_only_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_b only: a (n, 144), b (n, 144), d_c (n, 192) -> d_b (n, 144)."""
+    n = a.shape[0]
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->ujki
+    _c0 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_only_b_s0', n, _c0, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c0, _c1
+    _c3 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujki
+    _c2 = weight.new_empty(n, 400)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_only_b_s1', n, _c2, d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d_b_1 = torch.bmm((_c3 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c2.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c3
+    _c5 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    _c7 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujki
+    _c6 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    d_b_2 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_only_b_s2', n, _c6, d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), _c5, d_b_2, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c5
+    d_b_3 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c6.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c6, _c7
+    # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c8 = torch.mm(cg_2_0_2.permute(1, 2, 0).reshape(25, 1), weight[128:144].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->jkiu
+    d_b_4 = torch.bmm((_c8 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c2.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,jkiu->zuj
+    del _c2, _c8
+    _c10 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujki
+    _c9 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_only_b_s3', n, _c9, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_5 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c9.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c10
+    _c12 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujki
+    _c11 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_only_b_s4', n, _c11, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_6 = torch.bmm((_c12 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c11.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c11, _c12
+    _c14 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujki
+    _c13 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d_only_b_s5', n, _c13, d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d_b_7 = torch.bmm((_c14 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c13.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ujki->zuj
+    del _c13, _c14
+    _c16 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c17 = torch.mm(cg_1_0_1.permute(1, 2, 0).reshape(9, 1), weight[48:64].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->jkiu
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    d_b_8 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d_only_b_s6', n, d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), _c16, d_b_8)
+    del _c16
+    d_b_9 = torch.bmm((_c17 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c9.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,jkiu->zuj
+    del _c17, _c9
+    _c19 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    _c21 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    _c23 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    d_b_10 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    d_b_11 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    d_b_12 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d_only_b_s7', n, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c19, d_b_10, d_c[:, 16:64].reshape(n, 16, 3), _c21, d_b_11, d_c[:, 0:16].reshape(n, 16, 1), _c23, d_b_12)
+    del _c19, _c21, _c23
+    d_b = torch.cat([
+        (d_b_4 + d_b_9 + d_b_12).reshape(n, 16),
+        (d_b_3 + d_b_6 + d_b_7 + d_b_8 + d_b_11).reshape(n, 48),
+        (d_b_0 + d_b_1 + d_b_2 + d_b_5 + d_b_10).reshape(n, 80),
+    ], dim=-1)
+    del d_b_0, d_b_1, d_b_10, d_b_11, d_b_12, d_b_2, d_b_3, d_b_4, d_b_5, d_b_6, d_b_7, d_b_8, d_b_9
+    return [d_b]
+
+
+def _elementwise_tp_d_only_weight(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_weight only: a (n, 144), b (n, 144), d_c (n, 192) -> d_weight (208,)."""
+    n = a.shape[0]
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c0 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c1 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c0.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c0
+    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c1.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c1
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c2 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c3 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c3.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c3
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c4 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.bmm(_c4.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c4
+    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c5.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c5
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c7 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
+    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c7.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c7
+    # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _c8 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c2
+    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c8.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c8
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c9 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c10 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c9.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c10.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c10
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c12 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c11.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c11
+    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c12.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c12
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c13 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c14 = torch.bmm(d_c[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c13.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 2, 3, 1)  # zuk,zuij->uijk
+    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c14.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c14
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c15 = torch.bmm(d_c[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c13.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuk,zuij->ukij
+    del _c13
+    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c15.permute(2, 3, 1, 0).reshape(9, 16)).view(16)  # ijk,ukij->u
+    del _c15
+    # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c16 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c9.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c9
+    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c16.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c16
+    # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c17 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c18 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c17.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c17
+    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c18.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c18
+    # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c19 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
+    del _c6
+    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c19
+    # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _c20 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c21 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c20.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c20
+    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c21.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c21
+    d_weight = torch.cat([
+        d_weight_12.reshape(16),
+        d_weight_11.reshape(16),
+        d_weight_10.reshape(16),
+        d_weight_9.reshape(16),
+        d_weight_8.reshape(16),
+        d_weight_7.reshape(16),
+        d_weight_6.reshape(16),
+        d_weight_5.reshape(16),
+        d_weight_4.reshape(16),
+        d_weight_3.reshape(16),
+        d_weight_2.reshape(16),
+        d_weight_1.reshape(16),
+        d_weight_0.reshape(16),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
+def _elementwise_tp_d_only_weight_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_weight only: a (n, 144), b (n, 144), d_c (n, 192) -> d_weight (208,)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 400)
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_only_weight_s0', n, _c0, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    _c1 = torch.bmm(d_c[:, 144:192].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 2, 3, 1)  # zuk,zuij->uijk
+    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c1.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c1
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c2 = torch.bmm(d_c[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 2, 3, 1)  # zuk,zuij->uijk
+    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c2.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    del _c2
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c3 = torch.bmm(d_c[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuk,zuij->ukij
+    del _c0
+    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c3.permute(2, 3, 1, 0).reshape(25, 16)).view(16)  # ijk,ukij->u
+    del _c3
+    _c4 = weight.new_empty(n, 144)
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_only_weight_s1', n, _c4, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c5 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c4.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
+    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c5.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c5
+    _c6 = weight.new_empty(n, 80)
+    # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _native.run('elementwise_tp_d_only_weight_s2', n, _c6, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    _c7 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zukj->uijk
+    del _c6
+    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c7.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c7
+    _c8 = weight.new_empty(n, 144)
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_only_weight_s3', n, _c8, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    _c9 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c9.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c9
+    _c10 = weight.new_empty(n, 144)
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_only_weight_s4', n, _c10, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c11 = torch.bmm(d_c[:, 144:192].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 2, 3, 1)  # zuk,zuij->uijk
+    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c11.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    del _c11
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c12 = torch.bmm(d_c[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 2, 3, 1)  # zuk,zuij->uijk
+    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c12.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c12
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c13 = torch.bmm(d_c[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuk,zuij->ukij
+    del _c10
+    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c13.permute(2, 3, 1, 0).reshape(9, 16)).view(16)  # ijk,ukij->u
+    del _c13
+    # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c14 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c8
+    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c14.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c14
+    _c15 = weight.new_empty(n, 80)
+    # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_only_weight_s5', n, _c15, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    _c16 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c15.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c15
+    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c16.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c16
+    # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c17 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c4.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
+    del _c4
+    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c17.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c17
+    _c18 = weight.new_empty(n, 16)
+    # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _native.run('elementwise_tp_d_only_weight_s6', n, _c18, d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
+    _c19 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c18.reshape(n, 16, 1, 1).permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c18
+    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c19.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c19
+    d_weight = torch.cat([
+        d_weight_12.reshape(16),
+        d_weight_11.reshape(16),
+        d_weight_10.reshape(16),
+        d_weight_9.reshape(16),
+        d_weight_8.reshape(16),
+        d_weight_7.reshape(16),
+        d_weight_6.reshape(16),
+        d_weight_5.reshape(16),
+        d_weight_4.reshape(16),
+        d_weight_3.reshape(16),
+        d_weight_2.reshape(16),
+        d_weight_1.reshape(16),
+        d_weight_0.reshape(16),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
+def _elementwise_tp_d_only_a_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_a, d_b only: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144), d_b (n, 144)."""
+    n = a.shape[0]
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c0 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    d_a_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c0
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c2 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_1 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 15, 5).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c1, _c2
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c3 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c4 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    d_a_2 = torch.bmm((_c4 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c3.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c5 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_3 = torch.bmm((_c4 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 25, 5).transpose(1, 2), _c5.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c4
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c6 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c7 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    d_a_4 = torch.bmm((_c7 * 0.5773502691896257).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c6
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c8 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_5 = torch.bmm((_c7 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c7, _c8
+    # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c9 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c10 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    d_a_6 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c9.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _c11 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_7 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c11.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c10, _c11
+    # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c12 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c13 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    d_a_8 = torch.bmm((_c13 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c12
+    # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    d_b_9 = torch.bmm((_c13 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c5.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13, _c5
+    # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c15 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    d_a_10 = torch.bmm((_c15 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c14
+    # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c16 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_11 = torch.bmm((_c15 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c15
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c17 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c18 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    d_a_12 = torch.bmm((_c18 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c17
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c19 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_13 = torch.bmm((_c18 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 9, 3).transpose(1, 2), _c19.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c18, _c19
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c21 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
+    d_a_14 = torch.bmm((_c21 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c20
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_15 = torch.bmm((_c21 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c22.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c21, _c22
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c23 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c24 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    d_a_16 = (_c23.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c24 * 0.5773502691896257).reshape(1, 16, 3, 3)).sum((3,))
+    del _c23
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c25 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_17 = (_c25.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c24 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
+    del _c24, _c25
+    # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c26 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c27 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d_a_18 = (_c26.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c27 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
+    del _c26
+    # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    d_b_19 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16, _c27
+    # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c28 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    d_a_20 = torch.bmm((_c28 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c3.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c3
+    # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c29 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_21 = torch.bmm((_c28 * 1.118033988749895).permute(3, 1, 0, 2).reshape(16, 5, 5).transpose(1, 2), _c29.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ikju->zuj
+    del _c28, _c29
+    # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c30 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_22 = torch.bmm((_c30 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c9.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c9
+    # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c31 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_23 = (_c31.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c30 * 0.8660254037844386).permute(3, 2, 0, 1).reshape(1, 16, 3, 3)).sum((3,))
+    del _c30, _c31
+    # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c32 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c33 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d_a_24 = _c32.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c33 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
+    del _c32
+    # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c34 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_25 = _c34.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c33 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
+    del _c33, _c34
+    d_a = torch.cat([
+        (d_a_20 + d_a_22 + d_a_24).reshape(n, 16),
+        (d_a_10 + d_a_12 + d_a_14 + d_a_16 + d_a_18).reshape(n, 48),
+        (d_a_0 + d_a_2 + d_a_4 + d_a_6 + d_a_8).reshape(n, 80),
+    ], dim=-1)
+    del d_a_0, d_a_10, d_a_12, d_a_14, d_a_16, d_a_18, d_a_2, d_a_20, d_a_22, d_a_24, d_a_4, d_a_6, d_a_8
+    d_b = torch.cat([
+        (d_b_9 + d_b_19 + d_b_25).reshape(n, 16),
+        (d_b_7 + d_b_13 + d_b_15 + d_b_17 + d_b_23).reshape(n, 48),
+        (d_b_1 + d_b_3 + d_b_5 + d_b_11 + d_b_21).reshape(n, 80),
+    ], dim=-1)
+    del d_b_1, d_b_11, d_b_13, d_b_15, d_b_17, d_b_19, d_b_21, d_b_23, d_b_25, d_b_3, d_b_5, d_b_7, d_b_9
+    return [d_a, d_b]
+
+
+def _elementwise_tp_d_only_a_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp, d_a, d_b only: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144), d_b (n, 144)."""
+    n = a.shape[0]
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    _c0 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_only_a_b_s0', n, _c0, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_a_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c0
+    _c2 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_only_a_b_s1', n, _c2, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_1 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 15, 5).transpose(1, 2), _c2.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c1, _c2
+    _c4 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    _c3 = weight.new_empty(n, 400)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_only_a_b_s2', n, _c3, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d_a_2 = torch.bmm((_c4 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c3.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    _c5 = weight.new_empty(n, 400)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_only_a_b_s3', n, _c5, d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d_b_3 = torch.bmm((_c4 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 25, 5).transpose(1, 2), _c5.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c4
+    _c7 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    _c10 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    _c9 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    d_a_4 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    d_b_5 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_only_a_b_s4', n, _c9, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c7, d_a_4, a[:, 64:144].reshape(n, 16, 5), d_b_5, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    del _c7
+    d_a_6 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c9.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    _c11 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_only_a_b_s5', n, _c11, d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_7 = torch.bmm((_c10 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c11.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c10, _c11
+    _c13 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    d_a_8 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d_only_a_b_s6', n, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c13, d_a_8)
+    # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    d_b_9 = torch.bmm((_c13 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c5.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13, _c5
+    _c15 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    _c14 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_only_a_b_s7', n, _c14, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_a_10 = torch.bmm((_c15 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c14.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c14
+    _c16 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_only_a_b_s8', n, _c16, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_11 = torch.bmm((_c15 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 9, 5).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c15
+    _c18 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    _c17 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_only_a_b_s9', n, _c17, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d_a_12 = torch.bmm((_c18 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c17.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c17
+    _c19 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_only_a_b_s10', n, _c19, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_13 = torch.bmm((_c18 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 9, 3).transpose(1, 2), _c19.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c18, _c19
+    _c20 = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d_only_a_b_s11', n, _c20, _copy0, d_c[:, 64:144].reshape(n, 16, 5), cg_1_1_2, b[:, 16:64].reshape(n, 16, 3))
+    _c21 = _copy0.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3) * weight[80:96].view(16).reshape(16, 1, 1)
+    del _copy0
+    _copy1 = weight.new_empty(n, 48)
+    d_a_14 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d_only_a_b_s12', n, _copy1, _c20, _c21.permute(1, 0, 2), d_a_14, a[:, 16:64].reshape(n, 16, 3))
+    del _c21
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = _copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3) * weight[80:96].view(16).reshape(16, 1, 1)
+    del _copy1
+    _c24 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    _c27 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d_b_15 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    d_a_16 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _native.run('elementwise_tp_d_only_a_b_s13', n, _c20, _c22.permute(1, 0, 2), d_b_15, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c24, d_a_16, a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c27)
+    del _c20, _c22, _c24
+    # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    d_b_17 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16, _c27
+    # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c28 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    d_a_18 = torch.bmm((_c28 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c3.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c3
+    # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c30 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_19 = torch.bmm((_c30 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c9.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c9
+    _c33 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    d_b_20 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    d_b_21 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    d_a_22 = weight.new_empty(n, 16, 1)
+    # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    d_b_23 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d_only_a_b_s14', n, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c28, d_b_20, d_c[:, 16:64].reshape(n, 16, 3), _c30, d_b_21, d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c33, d_a_22, d_b_23)
+    del _c28, _c30, _c33
+    d_a = torch.cat([
+        (d_a_18 + d_a_19 + d_a_22).reshape(n, 16),
+        (d_a_10 + d_a_12 + d_a_14 + d_a_16).reshape(n, 48),
+        (d_a_0 + d_a_2 + d_a_4 + d_a_6 + d_a_8).reshape(n, 80),
+    ], dim=-1)
+    del d_a_0, d_a_10, d_a_12, d_a_14, d_a_16, d_a_18, d_a_19, d_a_2, d_a_22, d_a_4, d_a_6, d_a_8
+    d_b = torch.cat([
+        (d_b_9 + d_b_17 + d_b_23).reshape(n, 16),
+        (d_b_7 + d_b_13 + d_b_15 + d_b_21).reshape(n, 48),
+        (d_b_1 + d_b_3 + d_b_5 + d_b_11 + d_b_20).reshape(n, 80),
+    ], dim=-1)
+    del d_b_1, d_b_11, d_b_13, d_b_15, d_b_17, d_b_20, d_b_21, d_b_23, d_b_3, d_b_5, d_b_7, d_b_9
+    return [d_a, d_b]
+
+
 # elementwise_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("elementwise_tp_d2_a", _elementwise_tp_d2_a, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_a_cpu)
 _ops.register("elementwise_tp_d2_b", _elementwise_tp_d2_b, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_b_cpu)
 _ops.register("elementwise_tp_d2_weight", _elementwise_tp_d2_weight, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_weight_cpu)
 _ops.register("elementwise_tp_d", _elementwise_tp_d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b, _ops.elementwise_tp_d2_weight], cpu=_elementwise_tp_d_cpu)
-_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], check_indices=True, cpu=_elementwise_tp_cpu)
+_ops.register("elementwise_tp_d_only_a", _elementwise_tp_d_only_a, outputs=((144, True),), index_ranges={}, backward=[_ops.elementwise_tp_d2_a], cpu=_elementwise_tp_d_only_a_cpu)
+_ops.register("elementwise_tp_d_only_b", _elementwise_tp_d_only_b, outputs=((144, True),), index_ranges={}, backward=[_ops.elementwise_tp_d2_b], cpu=_elementwise_tp_d_only_b_cpu)
+_ops.register("elementwise_tp_d_only_weight", _elementwise_tp_d_only_weight, outputs=((208, False),), index_ranges={}, backward=[_ops.elementwise_tp_d2_weight], cpu=_elementwise_tp_d_only_weight_cpu)
+_ops.register("elementwise_tp_d_only_a_b", _elementwise_tp_d_only_a_b, outputs=((144, True), (144, True)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b], cpu=_elementwise_tp_d_only_a_b_cpu)
+_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], partial=[{(0,): _ops.elementwise_tp_d_only_a, (1,): _ops.elementwise_tp_d_only_b, (2,): _ops.elementwise_tp_d_only_weight, (0, 1): _ops.elementwise_tp_d_only_a_b}], check_indices=True, cpu=_elementwise_tp_cpu)
 
 
 def _full_tp(
@@ -5990,13 +8052,481 @@ def _full_tp_d2_weight_cpu(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _full_tp_d_only_a(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_a only: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16)."""
+    n = a.shape[0]
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c0 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c0.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
+    del _c0
+    d_a_0 = torch.mm(_c1.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c1
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c3 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c2.permute(3, 0, 4, 2, 1).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _c2
+    d_a_1 = torch.mm(_c3.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c3
+    # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _c4 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c5 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c4.permute(3, 0, 4, 2, 1).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _c4
+    d_a_2 = torch.mm(_c5.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c5
+    # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c6 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c7 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    d_a_3 = torch.bmm((_c7 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c6.permute(3, 0, 1, 4, 2).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvkuj,uvijk->zui
+    del _c6, _c7
+    # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c8 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c9 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    d_a_4 = (_c8.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8) * (_c9 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _c8, _c9
+    d_a = torch.cat([
+        (d_a_3 + d_a_4).reshape(n, 4),
+        (d_a_0 + d_a_1 + d_a_2).reshape(n, 12),
+    ], dim=-1)
+    del d_a_0, d_a_1, d_a_2, d_a_3, d_a_4
+    return [d_a]
+
+
+def _full_tp_d_only_a_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_a only: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 288)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_only_a_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c0
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy0.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy0
+    _copy1 = weight.new_empty(n, 36)
+    _native.run('full_tp_d_only_a_s1', n, _copy1, _c1.permute(1, 0, 2, 3))
+    del _c1
+    _mm0 = torch.mm(_copy1.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy1
+    _c2 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
+    d_a_0 = weight.new_empty(n, 4, 3)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_only_a_s2', n, _c2, _copy2, _mm0, d_a_0, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c2, _mm0
+    _c3 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy2.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy2
+    _c4 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    d_a_1 = weight.new_empty(n, 4, 3)
+    # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d_only_a_s3', n, _c4, _copy3, cg_1_1_0, _c3.permute(1, 0, 2, 3), d_a_1, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c3, _c4
+    _c5 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy3
+    _c7 = weight.new_empty(n, 32)
+    _copy4 = weight.new_empty(n, 32)
+    d_a_2 = weight.new_empty(n, 4, 3)
+    # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_only_a_s4', n, _c7, _copy4, cg_1_0_1, _c5.permute(1, 0, 2, 3), d_a_2, b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c5, _c7
+    d_a_3 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy4.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
+    del _copy4
+    _c9 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c8 = weight.new_empty(n, 32)
+    _copy5 = weight.new_empty(n, 32)
+    # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_only_a_s5', n, _c8, _copy5, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c8
+    d_a_4 = (_copy5.reshape(n, 1, 4, 8, 1).permute(0, 2, 4, 1, 3).reshape(n, 4, 1, 8) * (_c9 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _c9, _copy5
+    d_a = torch.cat([
+        (d_a_3 + d_a_4).reshape(n, 4),
+        (d_a_0 + d_a_1 + d_a_2).reshape(n, 12),
+    ], dim=-1)
+    del d_a_0, d_a_1, d_a_2, d_a_3, d_a_4
+    return [d_a]
+
+
+def _full_tp_d_only_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_b only: a (n, 16), b (n, 32), d_c (n, 224) -> d_b (n, 32)."""
+    n = a.shape[0]
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c0 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c1 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c0.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
+    del _c0
+    d_b_0 = torch.mm(_c1.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c1
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c3 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c2.permute(3, 0, 4, 2, 1).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _c2
+    d_b_1 = torch.mm(_c3.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c3
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c4 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c5 = torch.mm(cg_1_0_1.reshape(9, 1), weight[64:96].view(4, 8).reshape(1, 32)).view(3, 1, 3, 4, 8)  # ijk,uv->ijkuv
+    d_b_2 = torch.bmm((_c5 * 1.224744871391589).permute(4, 0, 2, 3, 1).reshape(8, 36, 1).transpose(1, 2), _c4.permute(3, 0, 4, 2, 1).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zukvi,ijkuv->zvj
+    del _c4, _c5
+    # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c6 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c6.permute(3, 0, 4, 2, 1).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _c6
+    d_b_3 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c7
+    # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c8 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c9 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    d_b_4 = (_c8.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4) * (_c9 * 0.7071067811865476).permute(4, 1, 0, 2, 3).reshape(1, 8, 1, 4)).sum((3,))
+    del _c8, _c9
+    d_b = torch.cat([
+        (d_b_2 + d_b_4).reshape(n, 8),
+        (d_b_0 + d_b_1 + d_b_3).reshape(n, 24),
+    ], dim=-1)
+    del d_b_0, d_b_1, d_b_2, d_b_3, d_b_4
+    return [d_b]
+
+
+def _full_tp_d_only_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_b only: a (n, 16), b (n, 32), d_c (n, 224) -> d_b (n, 32)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 288)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_only_b_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c0
+    _c1 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy0.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy0
+    _copy1 = weight.new_empty(n, 72)
+    _native.run('full_tp_d_only_b_s1', n, _copy1, _c1.permute(1, 0, 2, 3))
+    del _c1
+    _mm0 = torch.mm(_copy1.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy1
+    d_b = weight.new_empty(n, 32)
+    _c2 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_only_b_s2', n, d_b, _c2, _copy2, _mm0, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c2, _mm0
+    _c3 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy2
+    _c6 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_only_b_s3', n, d_b, _c6, _copy3, cg_1_1_0, _c3.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8), a[:, 0:4].reshape(n, 4, 1))
+    del _c3, _c6
+    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy3.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy3
+    _c9 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_only_b_s4', n, d_b, cg_0_1_1, _c7.permute(1, 0, 2, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c9)
+    del _c7, _c9
+    return [d_b]
+
+
+def _full_tp_d_only_weight(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_weight only: a (n, 16), b (n, 32), d_c (n, 224) -> d_weight (160,)."""
+    n = a.shape[0]
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _c0 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c1 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    d_weight_0 = torch.bmm((_c1 * 1.7320508075688772).permute(3, 2, 1, 0).reshape(4, n * 9, 1).transpose(1, 2), _c0.permute(3, 1, 0, 2, 4).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zvkuj,jkzu->uv
+    del _c0, _c1
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c3 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d_weight_1 = torch.bmm((_c3 * 0.7071067811865476).permute(3, 0, 2, 1).reshape(4, n * 3, 1).transpose(1, 2), _c2.permute(3, 1, 4, 0, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvkuj,jkzu->uv
+    del _c2, _c3
+    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _c4 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c5 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    d_weight_2 = torch.bmm((_c5 * 1.224744871391589).permute(3, 2, 1, 0).reshape(4, n * 3, 1).transpose(1, 2), _c4.permute(3, 1, 0, 2, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvkuj,jkzu->uv
+    del _c4, _c5
+    # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _c6 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c7 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    d_weight_3 = torch.bmm((_c7 * 1.224744871391589).permute(3, 2, 1, 0).reshape(8, n * 3, 1).transpose(1, 2), _c6.permute(3, 1, 0, 2, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zukvi,ikzv->uv
+    del _c6, _c7
+    # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    _c8 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c9 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c8.permute(3, 0, 4, 2, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zukvi->vjiku
+    del _c8
+    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c9.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c9
+    d_weight = torch.cat([
+        d_weight_4.reshape(32),
+        d_weight_3.reshape(32),
+        d_weight_2.reshape(32),
+        d_weight_1.reshape(32),
+        d_weight_0.reshape(32),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4
+    return [d_weight]
+
+
+def _full_tp_d_only_weight_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_weight only: a (n, 16), b (n, 32), d_c (n, 224) -> d_weight (160,)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 12)
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_only_weight_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c1 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    _copy1 = weight.new_empty(n, 288)
+    _copy2 = weight.new_empty(n, 36)
+    _native.run('full_tp_d_only_weight_s1', n, _copy1, _copy2, _c0, _c1.permute(2, 0, 1, 3))
+    del _c0, _c1
+    d_weight_0 = torch.bmm((_copy2.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy1.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
+    del _copy1, _copy2
+    _c3 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    _c2 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_only_weight_s2', n, _c2, _copy3, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c2
+    d_weight_1 = torch.bmm((_c3 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy3.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 2, 1).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkjuv,jkzu->uv
+    del _c3, _copy3
+    _c5 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    del _copy0
+    _c4 = weight.new_empty(n, 96)
+    _copy4 = weight.new_empty(n, 96)
+    _copy5 = weight.new_empty(n, 12)
+    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d_only_weight_s3', n, _c4, _copy4, _copy5, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), _c5.permute(2, 0, 1, 3))
+    del _c4, _c5
+    d_weight_2 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 2, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy4.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkuvj,zjku->uv
+    del _copy4, _copy5
+    _c6 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 24)
+    # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_only_weight_s4', n, _c6, _copy6, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c7 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy6.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    del _copy6
+    _copy7 = weight.new_empty(n, 96)
+    _copy8 = weight.new_empty(n, 24)
+    _native.run('full_tp_d_only_weight_s5', n, _copy7, _copy8, _c6, _c7.permute(2, 0, 1, 3))
+    del _c6, _c7
+    d_weight_3 = torch.bmm((_copy8.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 2, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zkvui,zikv->uv
+    del _copy7, _copy8
+    _c8 = weight.new_empty(n, 32)
+    _copy9 = weight.new_empty(n, 32)
+    # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_only_weight_s6', n, _c8, _copy9, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
+    del _c8
+    _c9 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy9.reshape(n, 1, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zkvui->vjiku
+    del _copy9
+    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c9.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c9
+    d_weight = torch.cat([
+        d_weight_4.reshape(32),
+        d_weight_3.reshape(32),
+        d_weight_2.reshape(32),
+        d_weight_1.reshape(32),
+        d_weight_0.reshape(32),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4
+    return [d_weight]
+
+
+def _full_tp_d_only_a_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_a, d_b only: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16), d_b (n, 32)."""
+    n = a.shape[0]
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c0 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c0.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
+    del _c0
+    d_a_0 = torch.mm(_c1.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c1
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c2 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c3 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c2.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
+    del _c2
+    d_b_1 = torch.mm(_c3.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c3
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c4 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c5 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c4.permute(3, 0, 4, 2, 1).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _c4
+    d_a_2 = torch.mm(_c5.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c5
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c6 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c7 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c6.permute(3, 0, 4, 2, 1).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _c6
+    d_b_3 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c7
+    # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _c8 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c9 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c8.permute(3, 0, 4, 2, 1).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _c8
+    d_a_4 = torch.mm(_c9.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c9
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c10 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c11 = torch.mm(cg_1_0_1.reshape(9, 1), weight[64:96].view(4, 8).reshape(1, 32)).view(3, 1, 3, 4, 8)  # ijk,uv->ijkuv
+    d_b_5 = torch.bmm((_c11 * 1.224744871391589).permute(4, 0, 2, 3, 1).reshape(8, 36, 1).transpose(1, 2), _c10.permute(3, 0, 4, 2, 1).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zukvi,ijkuv->zvj
+    del _c10, _c11
+    # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c12 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c13 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    d_a_6 = torch.bmm((_c13 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c12.permute(3, 0, 1, 4, 2).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvkuj,uvijk->zui
+    del _c12, _c13
+    # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c14 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c15 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c14.permute(3, 0, 4, 2, 1).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _c14
+    d_b_7 = torch.mm(_c15.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c15
+    # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c16 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c17 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    d_a_8 = (_c16.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8) * (_c17 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _c16
+    # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c18 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    d_b_9 = (_c18.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4) * (_c17 * 0.7071067811865476).permute(4, 1, 0, 2, 3).reshape(1, 8, 1, 4)).sum((3,))
+    del _c17, _c18
+    d_a = torch.cat([
+        (d_a_6 + d_a_8).reshape(n, 4),
+        (d_a_0 + d_a_2 + d_a_4).reshape(n, 12),
+    ], dim=-1)
+    del d_a_0, d_a_2, d_a_4, d_a_6, d_a_8
+    d_b = torch.cat([
+        (d_b_5 + d_b_9).reshape(n, 8),
+        (d_b_1 + d_b_3 + d_b_7).reshape(n, 24),
+    ], dim=-1)
+    del d_b_1, d_b_3, d_b_5, d_b_7, d_b_9
+    return [d_a, d_b]
+
+
+def _full_tp_d_only_a_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp, d_a, d_b only: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16), d_b (n, 32)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 288)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_only_a_b_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c0
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy0.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy0
+    _copy1 = weight.new_empty(n, 36)
+    _native.run('full_tp_d_only_a_b_s1', n, _copy1, _c1.permute(1, 0, 2, 3))
+    del _c1
+    _mm0 = torch.mm(_copy1.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy1
+    _c2 = weight.new_empty(n, 288)
+    _copy2 = weight.new_empty(n, 288)
+    d_a_0 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_only_a_b_s2', n, _c2, _copy2, _mm0, d_a_0, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c2, _mm0
+    _c3 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy2.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy2
+    _copy3 = weight.new_empty(n, 72)
+    _native.run('full_tp_d_only_a_b_s3', n, _copy3, _c3.permute(1, 0, 2, 3))
+    del _c3
+    _mm1 = torch.mm(_copy3.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy3
+    d_b = weight.new_empty(n, 32)
+    _c4 = weight.new_empty(n, 96)
+    _copy4 = weight.new_empty(n, 96)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_only_a_b_s4', n, d_b, _c4, _copy4, _mm1, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c4, _mm1
+    _c5 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy4
+    _c6 = weight.new_empty(n, 96)
+    _copy5 = weight.new_empty(n, 96)
+    d_a_1 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_only_a_b_s5', n, _c6, _copy5, cg_1_1_0, _c5.permute(1, 0, 2, 3), d_a_1, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c5, _c6
+    _c7 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy5.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy5
+    _c8 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 96)
+    # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d_only_a_b_s6', n, d_b, _c8, _copy6, cg_1_1_0, _c7.permute(1, 0, 2, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c7, _c8
+    _c9 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy6.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy6
+    _c13 = weight.new_empty(n, 32)
+    _copy7 = weight.new_empty(n, 32)
+    d_a_2 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_only_a_b_s7', n, d_b, _c13, _copy7, cg_1_0_1, _c9.permute(1, 0, 2, 3), d_a_2, a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
+    del _c13, _c9
+    d_a_3 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy7.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
+    del _copy7
+    _c14 = weight.new_empty(n, 96)
+    _copy8 = weight.new_empty(n, 96)
+    # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_only_a_b_s8', n, _c14, _copy8, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    del _c14
+    _c15 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy8
+    _c17 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c16 = weight.new_empty(n, 32)
+    _copy9 = weight.new_empty(n, 32)
+    # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_only_a_b_s9', n, d_b, _c16, _copy9, cg_0_1_1, _c15.permute(1, 0, 2, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c15, _c16
+    d_a_4 = (_copy9.reshape(n, 1, 4, 8, 1).permute(0, 2, 4, 1, 3).reshape(n, 4, 1, 8) * (_c17 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _copy9
+    # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_only_a_b_s10', n, d_b, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c17)
+    del _c17
+    d_a = torch.cat([
+        (d_a_3 + d_a_4).reshape(n, 4),
+        (d_a_0 + d_a_1 + d_a_2).reshape(n, 12),
+    ], dim=-1)
+    del d_a_0, d_a_1, d_a_2, d_a_3, d_a_4
+    return [d_a, d_b]
+
+
 # full_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("full_tp_d2_a", _full_tp_d2_a, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_a_cpu)
 _ops.register("full_tp_d2_b", _full_tp_d2_b, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_b_cpu)
 _ops.register("full_tp_d2_weight", _full_tp_d2_weight, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_weight_cpu)
 _ops.register("full_tp_d", _full_tp_d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b, _ops.full_tp_d2_weight], cpu=_full_tp_d_cpu)
-_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], check_indices=True, cpu=_full_tp_cpu)
+_ops.register("full_tp_d_only_a", _full_tp_d_only_a, outputs=((16, True),), index_ranges={}, backward=[_ops.full_tp_d2_a], cpu=_full_tp_d_only_a_cpu)
+_ops.register("full_tp_d_only_b", _full_tp_d_only_b, outputs=((32, True),), index_ranges={}, backward=[_ops.full_tp_d2_b], cpu=_full_tp_d_only_b_cpu)
+_ops.register("full_tp_d_only_weight", _full_tp_d_only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops.full_tp_d2_weight], cpu=_full_tp_d_only_weight_cpu)
+_ops.register("full_tp_d_only_a_b", _full_tp_d_only_a_b, outputs=((16, True), (32, True)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b], cpu=_full_tp_d_only_a_b_cpu)
+_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], partial=[{(0,): _ops.full_tp_d_only_a, (1,): _ops.full_tp_d_only_b, (2,): _ops.full_tp_d_only_weight, (0, 1): _ops.full_tp_d_only_a_b}], check_indices=True, cpu=_full_tp_cpu)
 
 
 def _linear(
@@ -6270,12 +8800,107 @@ def _linear_d2_weight_cpu(
     return [d2_x, d2_d_y, d2_weight]
 
 
+def _linear_d_only_x(
+    x: torch.Tensor, d_y: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear, d_x only: x (n, 120), d_y (n, 144) -> d_x (n, 120)."""
+    n = x.shape[0]
+    # ∂/∂x: 8x2e -> 16x2e
+    d_x_0 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8)).view(n, 5, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂x: 16x1o -> 16x1o
+    d_x_1 = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂x: 32x0e -> 16x0e
+    d_x_2 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32).permute(0, 2, 1)  # zwi,uw->zui
+    d_x = torch.cat([
+        d_x_2.reshape(n, 32),
+        d_x_1.reshape(n, 48),
+        d_x_0.reshape(n, 40),
+    ], dim=-1)
+    del d_x_0, d_x_1, d_x_2
+    return [d_x]
+
+
+def _linear_d_only_x_cpu(
+    x: torch.Tensor, d_y: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear, d_x only: x (n, 120), d_y (n, 144) -> d_x (n, 120)."""
+    n = x.shape[0]
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('linear_d_only_x_s0', n, _copy0, d_y[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂x: 8x2e -> 16x2e
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8)).view(n, 5, 8)  # ziw,uw->ziu
+    del _copy0
+    d_x = weight.new_empty(n, 120)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('linear_d_only_x_s1', n, d_x, _copy1, _mm0, d_y[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂x: 16x1o -> 16x1o
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    del _copy1
+    _native.run('linear_d_only_x_s2', n, d_x, _mm1)
+    del _mm1
+    # ∂/∂x: 32x0e -> 16x0e
+    _mm2 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32)  # zwi,uw->ziu
+    _native.run('linear_d_only_x_s3', n, d_x, _mm2)
+    del _mm2
+    return [d_x]
+
+
+def _linear_d_only_weight(
+    x: torch.Tensor, d_y: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear, d_weight only: x (n, 120), d_y (n, 144) -> d_weight (896,)."""
+    n = x.shape[0]
+    # ∂/∂weight: 8x2e -> 16x2e
+    d_weight_0 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5), (x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(0, 2, 1).reshape(n * 5, 8)).view(16, 8).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 16x1o -> 16x1o
+    d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂weight: 32x0e -> 16x0e
+    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight = torch.cat([
+        d_weight_2.reshape(512),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(128),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
+    return [d_weight]
+
+
+def _linear_d_only_weight_cpu(
+    x: torch.Tensor, d_y: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear, d_weight only: x (n, 120), d_y (n, 144) -> d_weight (896,)."""
+    n = x.shape[0]
+    _copy0 = weight.new_empty(n, 80)
+    _copy1 = weight.new_empty(n, 40)
+    _native.run('linear_d_only_weight_s0', n, _copy0, _copy1, d_y[:, 64:144].reshape(n, 16, 5), x[:, 80:120].reshape(n, 8, 5))
+    # ∂/∂weight: 8x2e -> 16x2e
+    d_weight_0 = torch.mm((_copy1.reshape(n, 5, 8) * 0.35355339059327373).reshape(n * 5, 8).t(), _copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t()).view(8, 16)  # ziw,ziu->uw
+    del _copy0, _copy1
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('linear_d_only_weight_s1', n, _copy2, x[:, 32:80].reshape(n, 16, 3))
+    # ∂/∂weight: 16x1o -> 16x1o
+    d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy2.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
+    del _copy2
+    # ∂/∂weight: 32x0e -> 16x0e
+    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight = torch.cat([
+        d_weight_2.reshape(512),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(128),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
+    return [d_weight]
+
+
 # linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("linear_d2_x", _linear_d2_x, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear_d2_x_cpu)
 _ops.register("linear_d2_weight", _linear_d2_weight, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear_d2_weight_cpu)
 _ops.register("linear_d", _linear_d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear_d2_x, _ops.linear_d2_weight], cpu=_linear_d_cpu)
-_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], check_indices=True, cpu=_linear_cpu)
+_ops.register("linear_d_only_x", _linear_d_only_x, outputs=((120, True),), index_ranges={}, backward=[_ops.linear_d2_x], cpu=_linear_d_only_x_cpu)
+_ops.register("linear_d_only_weight", _linear_d_only_weight, outputs=((896, False),), index_ranges={}, backward=[_ops.linear_d2_weight], cpu=_linear_d_only_weight_cpu)
+_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], partial=[{(0,): _ops.linear_d_only_x, (1,): _ops.linear_d_only_weight}], check_indices=True, cpu=_linear_cpu)
 
 
 def _tp_then_linear(
@@ -7357,13 +9982,485 @@ def _tp_then_linear_d2_weight_cpu(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _tp_then_linear_d_only_x(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_x only: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
+    # ∂/∂x: 8x1o -> 8x1o
+    d_x_0 = d_z[:, 8:32].reshape(n, 8, 3)
+    # ∂/∂x: 8x0e -> 8x0e
+    d_x_1 = d_z[:, 0:8].reshape(n, 8, 1)
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_2 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_3 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d_t = torch.cat([
+        d_t_3.reshape(n, 8),
+        d_t_2.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del d_t_2, d_t_3
+    _c0 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
+    d_x_4 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    del _c0
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c1 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d_x_5 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    del _c1
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
+    d_x_6 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    del _c2
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _c3 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    del _m_t_0, d_t
+    d_x_7 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.reshape(n, 8, 1)
+    del _c3
+    d_x = torch.cat([
+        (d_x_1 + d_x_6 + d_x_7).reshape(n, 8),
+        (d_x_0 + d_x_4 + d_x_5).reshape(n, 24),
+    ], dim=-1)
+    del d_x_0, d_x_1, d_x_4, d_x_5, d_x_6, d_x_7
+    return [d_x]
+
+
+def _tp_then_linear_d_only_x_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_x only: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    d_x = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    # ∂/∂x: 8x1o -> 8x1o
+    # ∂/∂x: 8x0e -> 8x0e
+    _native.run('tp_then_linear_d_only_x_s0', n, _m_t_0, d_x, _copy0, y.reshape(n, 4), _g_t_0, d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    del _copy0
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d_only_x_s1', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d_only_x_s2', n, d_t, d_x, _mm1, _m_t_0, weight[16:24].view(1, 8))
+    del _mm1
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c1 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d_only_x_s3', n, d_x, _m_t_0, _c1.permute(1, 0, 2, 3), d_t, weight[8:16].view(1, 8), weight[0:8].view(1, 8))
+    del _c1, _m_t_0, d_t
+    return [d_x]
+
+
+def _tp_then_linear_d_only_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_y only: x (n, 32), y (n, 4), d_z (n, 32) -> d_y (n, 4)."""
+    n = x.shape[0]
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_0 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d_t = torch.cat([
+        d_t_1.reshape(n, 8),
+        d_t_0.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del d_t_0, d_t_1
+    _c0 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0_2 = torch.mm(_c0.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    del _c0
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c1 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0_3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c1.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _c1
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d__m_t_0_4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c2.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _c2
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _c3 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    del d_t
+    d__m_t_0_5 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    del _c3
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_t_0 = torch.cat([
+        d__m_t_0_5.reshape(n, 1),
+        d__m_t_0_4.reshape(n, 3),
+        d__m_t_0_3.reshape(n, 3),
+        d__m_t_0_2.reshape(n, 9),
+    ], dim=-1)
+    del d__m_t_0_2, d__m_t_0_3, d__m_t_0_4, d__m_t_0_5
+    d_y_6 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d__m_t_0
+    d_y = d_y_6
+    del d_y_6
+    return [d_y]
+
+
+def _tp_then_linear_d_only_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_y only: x (n, 32), y (n, 4), d_z (n, 32) -> d_y (n, 4)."""
+    n = x.shape[0]
+    _copy0 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_y_s0', n, _copy0, d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    del _copy0
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d_only_y_s1', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    _native.run('tp_then_linear_d_only_y_s2', n, d_t, _mm1)
+    del _mm1
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c0 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy1 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d_only_y_s3', n, _copy1, _c0.permute(1, 0, 2, 3))
+    del _c0
+    _mm2 = torch.mm(_copy1.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy1
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c1 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0 = weight.new_empty(n, 16)
+    _copy2 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_y_s4', n, d__m_t_0, _copy2, _mm2, _c1.permute(1, 0, 2, 3))
+    del _c1, _mm2
+    _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy2.reshape(n, 1, 3, 8).permute(0, 2, 1, 3).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy2
+    _copy3 = weight.new_empty(n, 24)
+    _copy4 = weight.new_empty(n, 8)
+    _native.run('tp_then_linear_d_only_y_s5', n, d__m_t_0, _copy3, _copy4, _mm3, d_t, x[:, 0:8].reshape(n, 8, 1))
+    del _mm3
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy4.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy3, _copy4
+    _copy5 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_y_s6', n, _copy5, _c2.permute(1, 0, 2, 3))
+    del _c2
+    _mm4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy5.reshape(n, 3, 8, 1).permute(0, 3, 1, 2).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy5
+    _c3 = weight.new_empty(n, 8)
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d_only_y_s7', n, d__m_t_0, _c3, _mm4, d_t, x[:, 0:8].reshape(n, 8, 1))
+    del _mm4, d_t
+    _mm5 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    del _c3
+    _native.run('tp_then_linear_d_only_y_s8', n, d__m_t_0, _mm5)
+    del _mm5
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d__m_t_0
+    d_y = weight.new_empty(n, 4)
+    _native.run('tp_then_linear_d_only_y_s9', n, d_y, _mm6)
+    del _mm6
+    return [d_y]
+
+
+def _tp_then_linear_d_only_weight(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_weight only: x (n, 32), y (n, 4), d_z (n, 32) -> d_weight (160,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    t_0 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    del _c1
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    _c2 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    t_2 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    t_3 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_4 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂weight: 8x1o -> 8x1o
+    t = torch.cat([
+        (t_0 + t_2).reshape(n, 8),
+        (t_1 + t_3).reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del t_0, t_1, t_2, t_3
+    d_weight_5 = torch.mm((d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8).permute(1, 0)  # zwi,zui->uw
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_6 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂weight: 8x0e -> 8x0e
+    d_weight_7 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
+    del t
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d_t = torch.cat([
+        d_t_6.reshape(n, 8),
+        d_t_4.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del d_t_4, d_t_6
+    d_weight_8 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c3.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    del _c3
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d_weight_9 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c2
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c4 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d_weight_10 = torch.mm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c4.permute(1, 3, 2, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzki->pu
+    del _c4, _m_t_0
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d_weight_11 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c0.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c0, d_t
+    d_weight = torch.cat([
+        d_weight_11.reshape(8),
+        d_weight_10.reshape(8),
+        d_weight_8.reshape(8),
+        d_weight_9.reshape(8),
+        d_weight_7.reshape(64),
+        d_weight_5.reshape(64),
+    ], dim=-1)
+    del d_weight_10, d_weight_11, d_weight_5, d_weight_7, d_weight_8, d_weight_9
+    return [d_weight]
+
+
+def _tp_then_linear_d_only_weight_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_weight only: x (n, 32), y (n, 4), d_z (n, 32) -> d_weight (160,)."""
+    n = x.shape[0]
+    _c0 = weight.new_empty(n, 8)
+    t = weight.new_empty(n, 56)
+    _c1 = weight.new_empty(n, 24)
+    _c2 = weight.new_empty(n, 8)
+    _c3 = weight.new_empty(n, 24)
+    _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d_only_weight_s0', n, _c0, t, _c1, _c2, _c3, _copy0, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    d_t = weight.new_empty(n, 56)
+    _copy1 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_weight_s1', n, d_t, _copy1, _mm0, t)
+    del _mm0
+    # ∂/∂weight: 8x1o -> 8x1o
+    d_weight_0 = torch.mm(_copy1.reshape(n, 3, 8).reshape(n * 3, 8).t(), (_copy0.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3).t()).view(8, 8)  # ziw,ziu->uw
+    del _copy0, _copy1
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    # ∂/∂weight: 8x0e -> 8x0e
+    d_weight_1 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
+    del t
+    _copy2 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_weight_s2', n, d_t, _copy2, _mm1)
+    del _mm1
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d_weight_2 = torch.bmm(_copy2.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c3.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
+    del _c3
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d_weight_3 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c2
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    d_weight_4 = torch.bmm(_copy2.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c1.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
+    del _c1, _copy2
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d_weight_5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c0.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c0, d_t
+    d_weight = torch.cat([
+        d_weight_5.reshape(8),
+        d_weight_4.reshape(8),
+        d_weight_2.reshape(8),
+        d_weight_3.reshape(8),
+        d_weight_1.reshape(64),
+        d_weight_0.reshape(64),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4, d_weight_5
+    return [d_weight]
+
+
+def _tp_then_linear_d_only_x_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_x, d_y only: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
+    # ∂/∂x: 8x1o -> 8x1o
+    d_x_0 = d_z[:, 8:32].reshape(n, 8, 3)
+    # ∂/∂x: 8x0e -> 8x0e
+    d_x_1 = d_z[:, 0:8].reshape(n, 8, 1)
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_2 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_3 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d_t = torch.cat([
+        d_t_3.reshape(n, 8),
+        d_t_2.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del d_t_2, d_t_3
+    _c0 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
+    d_x_4 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    del _c0
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c1 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0_5 = torch.mm(_c1.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    del _c1
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c2 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d_x_6 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    del _c2
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c3 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0_7 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _c3
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _c4 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
+    d_x_8 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
+    del _c4
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c5 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d__m_t_0_9 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _c5
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _c6 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    del _m_t_0
+    d_x_10 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.reshape(n, 8, 1)
+    del _c6
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _c7 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    del d_t
+    d__m_t_0_11 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c7.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    del _c7
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_t_0 = torch.cat([
+        d__m_t_0_11.reshape(n, 1),
+        d__m_t_0_9.reshape(n, 3),
+        d__m_t_0_7.reshape(n, 3),
+        d__m_t_0_5.reshape(n, 9),
+    ], dim=-1)
+    del d__m_t_0_11, d__m_t_0_5, d__m_t_0_7, d__m_t_0_9
+    d_y_12 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d__m_t_0
+    d_x = torch.cat([
+        (d_x_1 + d_x_8 + d_x_10).reshape(n, 8),
+        (d_x_0 + d_x_4 + d_x_6).reshape(n, 24),
+    ], dim=-1)
+    del d_x_0, d_x_1, d_x_10, d_x_4, d_x_6, d_x_8
+    d_y = d_y_12
+    del d_y_12
+    return [d_x, d_y]
+
+
+def _tp_then_linear_d_only_x_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear, d_x, d_y only: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    d_x = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    # ∂/∂x: 8x1o -> 8x1o
+    # ∂/∂x: 8x0e -> 8x0e
+    _native.run('tp_then_linear_d_only_x_y_s0', n, _m_t_0, d_x, _copy0, y.reshape(n, 4), _g_t_0, d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    del _copy0
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d_only_x_y_s1', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    _copy1 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_x_y_s2', n, d_t, _copy1, _mm1)
+    del _mm1
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _c0 = _copy1.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 3, 1) * weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    del _copy1
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c1 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy2 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d_only_x_y_s3', n, d_x, _copy2, _m_t_0, _c0.permute(1, 0, 2, 3), _c1.permute(1, 0, 2, 3))
+    del _c0, _c1
+    _mm2 = torch.mm(_copy2.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy2
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c2 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c3 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d__m_t_0 = weight.new_empty(n, 16)
+    _copy3 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_x_y_s4', n, d__m_t_0, d_x, _copy3, _mm2, _m_t_0, _c2.permute(1, 0, 2, 3), _c3.permute(1, 0, 2, 3))
+    del _c2, _c3, _mm2
+    _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 8).permute(0, 2, 1, 3).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy3
+    _copy4 = weight.new_empty(n, 24)
+    _copy5 = weight.new_empty(n, 8)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d_only_x_y_s5', n, d__m_t_0, d_x, _copy4, _copy5, _mm3, d_t, _m_t_0, weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _mm3
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c5 = _copy4.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy5.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy4, _copy5
+    _copy6 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_only_x_y_s6', n, _copy6, _c5.permute(1, 0, 2, 3))
+    del _c5
+    _mm4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy6.reshape(n, 3, 8, 1).permute(0, 3, 1, 2).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy6
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _c6 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _c7 = weight.new_empty(n, 8)
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d_only_x_y_s7', n, d__m_t_0, d_x, _c7, _mm4, _m_t_0, _c6.permute(1, 0, 2, 3), d_t, x[:, 0:8].reshape(n, 8, 1))
+    del _c6, _m_t_0, _mm4, d_t
+    _mm5 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c7.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    del _c7
+    _native.run('tp_then_linear_d_only_x_y_s8', n, d__m_t_0, _mm5)
+    del _mm5
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d__m_t_0
+    d_y = weight.new_empty(n, 4)
+    _native.run('tp_then_linear_d_only_x_y_s9', n, d_y, _mm6)
+    del _mm6
+    return [d_x, d_y]
+
+
 # tp_then_linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
 _ops.register("tp_then_linear_d2_x", _tp_then_linear_d2_x, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_x_cpu)
 _ops.register("tp_then_linear_d2_y", _tp_then_linear_d2_y, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_y_cpu)
 _ops.register("tp_then_linear_d2_weight", _tp_then_linear_d2_weight, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_weight_cpu)
 _ops.register("tp_then_linear_d", _tp_then_linear_d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y, _ops.tp_then_linear_d2_weight], cpu=_tp_then_linear_d_cpu)
-_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], check_indices=True, cpu=_tp_then_linear_cpu)
+_ops.register("tp_then_linear_d_only_x", _tp_then_linear_d_only_x, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d2_x], cpu=_tp_then_linear_d_only_x_cpu)
+_ops.register("tp_then_linear_d_only_y", _tp_then_linear_d_only_y, outputs=((4, True),), index_ranges={}, backward=[_ops.tp_then_linear_d2_y], cpu=_tp_then_linear_d_only_y_cpu)
+_ops.register("tp_then_linear_d_only_weight", _tp_then_linear_d_only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops.tp_then_linear_d2_weight], cpu=_tp_then_linear_d_only_weight_cpu)
+_ops.register("tp_then_linear_d_only_x_y", _tp_then_linear_d_only_x_y, outputs=((32, True), (4, True)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y], cpu=_tp_then_linear_d_only_x_y_cpu)
+_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], partial=[{(0,): _ops.tp_then_linear_d_only_x, (1,): _ops.tp_then_linear_d_only_y, (2,): _ops.tp_then_linear_d_only_weight, (0, 1): _ops.tp_then_linear_d_only_x_y}], check_indices=True, cpu=_tp_then_linear_cpu)
 
 
 class fc_tp(rt.FusionModule):
@@ -9592,6 +12689,894 @@ void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_st
 }
 
 void fc_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "fc_tp_d_only_x": """\
+void fc_tp_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 320);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a3[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* zikp,zkpu->zui */
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += a4[_i] * a5[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _w] = a6[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a7[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
+        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a3[_w * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a4[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
+        /* zikp,zkpu->zui */
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a3[_i] * a4[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t2[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a5[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_w] += t2[_k * 32 + _w] * a6[_k];
+    }
+}
+
+void fc_tp_d_only_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a3[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_w] += t1[_k * 32 + _w] * a4[_k];
+    }
+}
+
+void fc_tp_d_only_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _w = 0; _w < 32; ++_w)
+            (a1 + 0)[_w] += a3[_w] * a4[0];
+    }
+}
+
+void fc_tp_d_only_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+    """,
+    "fc_tp_d_only_y": """\
+void fc_tp_d_only_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 160);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_k * 32 + _w] += a1[_w * 5 + _k];
+    }
+}
+
+void fc_tp_d_only_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 145);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui,zkpu->zikp */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
+                        (a0 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a4[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d_only_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zui,zkpu->zikp */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
+                        (a0 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zui,zkpu->zikp */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t1[_i * 32 + _u] * a4[_u];
+                (a0 + 60)[_i] += acc;
+            }
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a5[_u * 3 + _i];
+    }
+}
+
+void fc_tp_d_only_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zwk,zipw->zikp */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t1[_k * 32 + _w] * a2[_i * 64 + _p * 32 + _w];
+                        (a0 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zui,zkpu->zikp */
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
+                        (a0 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+    }
+}
+
+void fc_tp_d_only_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zkpu->zikp */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t1[_i * 32 + _u] * a2[_u];
+                (a0 + 9)[_i] += acc;
+            }
+    }
+}
+
+void fc_tp_d_only_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zwk,zipw->zikp */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a2[_w];
+                (a0 + 4)[_k] += acc;
+            }
+        /* zwk,zipw->zikp */
+        real t2[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a3[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t2[_k * 32 + _w] * a4[_w];
+                (a0 + 1)[_k] += acc;
+            }
+    }
+}
+
+void fc_tp_d_only_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zkpu->zikp */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a1[_u] * a2[_u];
+            (a0 + 0)[0] += acc;
+        }
+    }
+}
+
+void fc_tp_d_only_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "fc_tp_d_only_weight": """\
+void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 320);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 192);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a0 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a2[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+    }
+}
+
+void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 192);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 192);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+    }
+}
+
+void fc_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+    }
+}
+
+void fc_tp_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+    }
+}
+
+void fc_tp_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a1[_w] * a2[0];
+    }
+}
+    """,
+    "fc_tp_d_only_x_y": """\
+void fc_tp_d_only_x_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 160);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_k * 32 + _w] += a1[_w * 5 + _k];
+    }
+}
+
+void fc_tp_d_only_x_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 145);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
+                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_k * 32 + _w] += a6[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t2[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
+                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zkpu->zui */
+        real w3[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_i * 32 + _u] += a6[_i] * a7[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w3[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t2[_i * 32 + _u] * a7[_u];
+                (a1 + 60)[_i] += acc;
+            }
+        /* zikp,zkpu->zui */
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w4[_i * 32 + _u] += a8[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w4[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 32 + _u] = a10[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t5[_i * 32 + _u] * a9[_k * 64 + _p * 32 + _u];
+                        (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zkpu->zui */
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w6[_i * 32 + _u] += a11[_i * 6 + _k * 2 + _p] * a12[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w6[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t5[_i * 32 + _u] * a12[_k * 64 + _p * 32 + _u];
+                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zkpu->zui */
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w7[_i * 32 + _u] += a13[_i] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w7[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t5[_i * 32 + _u] * a14[_u];
+                (a1 + 9)[_i] += acc;
+            }
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t8[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 32 + _w] = a15[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += t8[_k * 32 + _w] * a16[_k];
+    }
+}
+
+void fc_tp_d_only_x_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zwk,zipw->zikp */
+        real t1[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a5[_w];
+                (a1 + 4)[_k] += acc;
+            }
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t2[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += t2[_k * 32 + _w] * a7[_k];
+    }
+}
+
+void fc_tp_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zwk,zipw->zikp */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a3[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a4[_w];
+                (a1 + 1)[_k] += acc;
+            }
+    }
+}
+
+void fc_tp_d_only_x_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,zkpu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[0] * a3[_u];
+        /* ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a4[_u] * a3[_u];
+            (a1 + 0)[0] += acc;
+        }
+    }
+}
+
+void fc_tp_d_only_x_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -14476,6 +18461,1444 @@ void conv_tp_d2_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
     """,
+    "conv_tp_d_only_h": """\
+void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[64] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[224] __attribute__((aligned(64))) = {0};
+        real l7[448] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[320] __attribute__((aligned(64))) = {0};
+        real l11[192] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        real l13[224] __attribute__((aligned(64))) = {0};
+        real l14[224] __attribute__((aligned(64))) = {0};
+        real l15[160] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[192] __attribute__((aligned(64))) = {0};
+        real l19[32] __attribute__((aligned(64))) = {0};
+        real l20[224] __attribute__((aligned(64))) = {0};
+        real l21[160] __attribute__((aligned(64))) = {0};
+        real l22[96] __attribute__((aligned(64))) = {0};
+        real l23[32] __attribute__((aligned(64))) = {0};
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a1[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 32)[_u] += a2[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += a3[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 32)[_u] += a4[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 32)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 0)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 32)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 32)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a12[_u];
+        /* zuk,zpu->zupk */
+        real t1[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t1[_k * 32 + _u] = a13[_u * 7 + _k];
+        real w2[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += t1[_k * 32 + _u] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t3[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t3[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
+        real w4[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_i * 32 + _u] += t3[_k * 32 + _u] * a15[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w4[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t5[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t5[_k * 32 + _u] = a16[_u * 7 + _k];
+        real w6[448] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_p * 224 + _k * 32 + _u] += t5[_k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l7 + 0)[_u * 14 + _p * 7 + _k] += w6[_p * 224 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t7[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t7[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w8[_i * 32 + _u] += t7[_p * 224 + _k * 32 + _u] * a17[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w8[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t9[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 32 + _u] = a18[_u * 5 + _k];
+        real w10[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_p * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w10[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t11[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t11[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        real w12[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w12[_i * 32 + _u] += t11[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w12[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t13[_k * 32 + _u] = a20[_u * 3 + _k];
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_k * 32 + _u] += t13[_k * 32 + _u] * a21[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t15[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        real w16[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w16[_i * 32 + _u] += t15[_k * 32 + _u] * a22[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w16[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t17[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 32 + _u] = a23[_u * 5 + _k];
+        real w18[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_p * 160 + _k * 32 + _u] += t17[_k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l10 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t19[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t19[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
+        real w20[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w20[_i * 32 + _u] += t19[_p * 160 + _k * 32 + _u] * a24[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w20[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t21[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t21[_k * 32 + _u] = a25[_u * 3 + _k];
+        real w22[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w22[_p * 96 + _k * 32 + _u] += t21[_k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 6 + _p * 3 + _k] += w22[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t23[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t23[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
+        real w24[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w24[_i * 32 + _u] += t23[_p * 96 + _k * 32 + _u] * a26[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w24[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += a27[_u] * a28[_u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real w25[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_i * 32 + _u] += (l12 + 0)[_u] * a29[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w25[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w26[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w26[_k * 32 + _u] += t1[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l13 + 0)[_u * 7 + _k] += w26[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t27[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t27[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
+        real w28[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w28[_i * 32 + _u] += t27[_k * 32 + _u] * a31[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w28[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w29[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w29[_k * 32 + _u] += t5[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l14 + 0)[_u * 7 + _k] += w29[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t30[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t30[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
+        real w31[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w31[_i * 32 + _u] += t30[_k * 32 + _u] * a33[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w31[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w32[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_k * 32 + _u] += t9[_k * 32 + _u] * a34[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l15 + 0)[_u * 5 + _k] += w32[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t33[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t33[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
+        real w34[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w34[_i * 32 + _u] += t33[_k * 32 + _u] * a35[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w34[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w35[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w35[_k * 32 + _u] += t13[_k * 32 + _u] * a36[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l16 + 0)[_u * 3 + _k] += w35[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t36[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t36[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
+        real w37[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w37[_i * 32 + _u] += t36[_k * 32 + _u] * a37[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w37[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w38[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w38[_p * 160 + _k * 32 + _u] += t17[_k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w38[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t39[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t39[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        real w40[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w40[_i * 32 + _u] += t39[_p * 160 + _k * 32 + _u] * a38[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w40[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w41[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w41[_p * 96 + _k * 32 + _u] += t21[_k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l18 + 0)[_u * 6 + _p * 3 + _k] += w41[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t42[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t42[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
+        real w43[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w43[_i * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * a39[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w43[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a27[_u] * a40[_u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real w44[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w44[_i * 32 + _u] += (l19 + 0)[_u] * a41[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w44[_i * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w45[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w45[_k * 32 + _u] += t5[_k * 32 + _u] * a42[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l20 + 0)[_u * 7 + _k] += w45[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t46[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t46[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t46[_k * 32 + _u] * a43[_k];
+        /* zuk,zpu->zupk */
+        real w47[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w47[_k * 32 + _u] += t17[_k * 32 + _u] * a44[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l21 + 0)[_u * 5 + _k] += w47[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t48[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t48[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t48[_k * 32 + _u] * a45[_k];
+        /* zuk,zpu->zupk */
+        real w49[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w49[_k * 32 + _u] += t21[_k * 32 + _u] * a46[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l22 + 0)[_u * 3 + _k] += w49[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t50[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t50[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t50[_k * 32 + _u] * a47[_k];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 0)[_u] += a27[_u] * a48[_u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (l23 + 0)[_u] * a49[0];
+    }
+}
+    """,
+    "conv_tp_d_only_sh": """\
+void conv_tp_d_only_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 388);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[64] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[224] __attribute__((aligned(64))) = {0};
+        real l7[448] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[320] __attribute__((aligned(64))) = {0};
+        real l11[192] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        real l13[224] __attribute__((aligned(64))) = {0};
+        real l14[224] __attribute__((aligned(64))) = {0};
+        real l15[160] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[192] __attribute__((aligned(64))) = {0};
+        real l19[32] __attribute__((aligned(64))) = {0};
+        real l20[224] __attribute__((aligned(64))) = {0};
+        real l21[160] __attribute__((aligned(64))) = {0};
+        real l22[96] __attribute__((aligned(64))) = {0};
+        real l23[32] __attribute__((aligned(64))) = {0};
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a1[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 32)[_u] += a2[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += a3[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 32)[_u] += a4[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 32)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 0)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 32)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 32)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a12[_u];
+        /* zuk,zpu->zupk */
+        real t1[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t1[_k * 32 + _u] = a13[_u * 7 + _k];
+        real w2[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += t1[_k * 32 + _u] * a14[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t3[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t3[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
+        real t4[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 32 + _u] = a15[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t3[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a0 + 353)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real t5[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t5[_k * 32 + _u] = a16[_u * 7 + _k];
+        real w6[448] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_p * 224 + _k * 32 + _u] += t5[_k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l7 + 0)[_u * 14 + _p * 7 + _k] += w6[_p * 224 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t7[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t7[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t7[_p * 224 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a0 + 283)[_i * 14 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real t8[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 32 + _u] = a17[_u * 5 + _k];
+        real w9[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_p * 160 + _k * 32 + _u] += t8[_k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w9[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t10[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t10[_p * 160 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a0 + 233)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real t11[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 32 + _u] = a18[_u * 3 + _k];
+        real w12[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w12[_k * 32 + _u] += t11[_k * 32 + _u] * a19[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w12[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t13[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t13[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t13[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a0 + 218)[_i * 3 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real t14[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t14[_k * 32 + _u] = a20[_u * 5 + _k];
+        real w15[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w15[_p * 160 + _k * 32 + _u] += t14[_k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l10 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t16[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t16[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t16[_p * 160 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a0 + 168)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real t17[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t17[_k * 32 + _u] = a21[_u * 3 + _k];
+        real w18[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_p * 96 + _k * 32 + _u] += t17[_k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 6 + _p * 3 + _k] += w18[_p * 96 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t19[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t19[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t19[_p * 96 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a0 + 138)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += a22[_u] * a23[_u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l12 + 0)[_u] * t4[_i * 32 + _u];
+                (a0 + 133)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w20[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w20[_k * 32 + _u] += t1[_k * 32 + _u] * a24[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l13 + 0)[_u * 7 + _k] += w20[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t21[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t21[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
+        real t22[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t22[_i * 32 + _u] = a25[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t21[_k * 32 + _u] * t22[_i * 32 + _u];
+                    (a0 + 112)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w23[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w23[_k * 32 + _u] += t5[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l14 + 0)[_u * 7 + _k] += w23[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t24[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t24[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t24[_k * 32 + _u] * t22[_i * 32 + _u];
+                    (a0 + 91)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w25[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_k * 32 + _u] += t8[_k * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l15 + 0)[_u * 5 + _k] += w25[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t26[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t26[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t26[_k * 32 + _u] * t22[_i * 32 + _u];
+                    (a0 + 76)[_i * 5 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w27[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w27[_k * 32 + _u] += t11[_k * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l16 + 0)[_u * 3 + _k] += w27[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t28[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t28[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t28[_k * 32 + _u] * t22[_i * 32 + _u];
+                    (a0 + 67)[_i * 3 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w29[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w29[_p * 160 + _k * 32 + _u] += t14[_k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w29[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t30[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t30[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t30[_p * 160 + _k * 32 + _u] * t22[_i * 32 + _u];
+                        (a0 + 37)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        real w31[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w31[_p * 96 + _k * 32 + _u] += t17[_k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l18 + 0)[_u * 6 + _p * 3 + _k] += w31[_p * 96 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t32[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t32[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t32[_p * 96 + _k * 32 + _u] * t22[_i * 32 + _u];
+                        (a0 + 19)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a22[_u] * a29[_u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l19 + 0)[_u] * t22[_i * 32 + _u];
+                (a0 + 16)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w33[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w33[_k * 32 + _u] += t5[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l20 + 0)[_u * 7 + _k] += w33[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t34[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t34[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t34[_k * 32 + _u] * a31[_u];
+                (a0 + 9)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w35[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w35[_k * 32 + _u] += t14[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l21 + 0)[_u * 5 + _k] += w35[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t36[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t36[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t36[_k * 32 + _u] * a31[_u];
+                (a0 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w37[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w37[_k * 32 + _u] += t17[_k * 32 + _u] * a33[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l22 + 0)[_u * 3 + _k] += w37[_k * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t38[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t38[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t38[_k * 32 + _u] * a31[_u];
+                (a0 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 0)[_u] += a22[_u] * a34[_u];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += (l23 + 0)[_u] * a31[_u];
+            (a0 + 0)[0] += acc;
+        }
+    }
+}
+
+void conv_tp_d_only_sh_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "conv_tp_d_only_w": """\
+void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 768);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[160] __attribute__((aligned(64))) = {0};
+        real l3[224] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[192] __attribute__((aligned(64))) = {0};
+        real l6[320] __attribute__((aligned(64))) = {0};
+        real l7[96] __attribute__((aligned(64))) = {0};
+        real l8[160] __attribute__((aligned(64))) = {0};
+        real l9[224] __attribute__((aligned(64))) = {0};
+        real l10[224] __attribute__((aligned(64))) = {0};
+        real l11[32] __attribute__((aligned(64))) = {0};
+        real l12[192] __attribute__((aligned(64))) = {0};
+        real l13[320] __attribute__((aligned(64))) = {0};
+        real l14[96] __attribute__((aligned(64))) = {0};
+        real l15[320] __attribute__((aligned(64))) = {0};
+        real l16[448] __attribute__((aligned(64))) = {0};
+        real l17[224] __attribute__((aligned(64))) = {0};
+        real l18[64] __attribute__((aligned(64))) = {0};
+        real l19[64] __attribute__((aligned(64))) = {0};
+        real l20[64] __attribute__((aligned(64))) = {0};
+        real l21[64] __attribute__((aligned(64))) = {0};
+        real l22[64] __attribute__((aligned(64))) = {0};
+        real l23[64] __attribute__((aligned(64))) = {0};
+        /* 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[0];
+        /* 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_k * 32 + _u] += a1[_u] * a3[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += a1[_u] * a4[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w2[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w3[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_k * 32 + _u] += a1[_u] * a5[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l3 + 0)[_u * 7 + _k] += w3[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t4[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t4[_i * 32 + _u] * a7[_i];
+        /* 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w5[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a8[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l5 + 0)[_u * 6 + _p * 3 + _k] += w5[_p * 96 + _k * 32 + _u];
+        /* 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w6[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a9[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l6 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a10[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w8[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a11[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l8 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w9[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l9 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w10[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a13[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l10 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t11[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 32 + _u] = a14[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l11 + 0)[_u] += t11[_i * 32 + _u] * a15[_i];
+        /* 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w12[192] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a16[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l12 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w13[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l13 + 0)[_u * 10 + _p * 5 + _k] += w13[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w14[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a18[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l14 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w15[320] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l15 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 160 + _k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w16[448] __attribute__((aligned(64))) = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a20[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l16 + 0)[_u * 14 + _p * 7 + _k] += w16[_p * 224 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w17[224] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a21[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l17 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t18[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t18[_k * 32 + _u] = a22[_u * 7 + _k];
+        real t19[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t19[_k * 32 + _u] = (l17 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 640)[_u] += t18[_k * 32 + _u] * t19[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t20[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t20[_k * 32 + _u] = a23[_u * 7 + _k];
+        real t21[448] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t21[_p * 224 + _k * 32 + _u] = (l16 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l18 + 0)[_p * 32 + _u] += t20[_k * 32 + _u] * t21[_p * 224 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 736)[_u] += (l18 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 512)[_u] += (l18 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t22[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t22[_k * 32 + _u] = a24[_u * 5 + _k];
+        real t23[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t23[_p * 160 + _k * 32 + _u] = (l15 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l19 + 0)[_p * 32 + _u] += t22[_k * 32 + _u] * t23[_p * 160 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 704)[_u] += (l19 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 480)[_u] += (l19 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t24[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t24[_k * 32 + _u] = a25[_u * 3 + _k];
+        real t25[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 32 + _u] = (l14 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 608)[_u] += t24[_k * 32 + _u] * t25[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t26[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t26[_k * 32 + _u] = a26[_u * 5 + _k];
+        real t27[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t27[_p * 160 + _k * 32 + _u] = (l13 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l20 + 0)[_p * 32 + _u] += t26[_k * 32 + _u] * t27[_p * 160 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 576)[_u] += (l20 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 416)[_u] += (l20 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t28[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t28[_k * 32 + _u] = a27[_u * 3 + _k];
+        real t29[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t29[_p * 96 + _k * 32 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l21 + 0)[_p * 32 + _u] += t28[_k * 32 + _u] * t29[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 672)[_u] += (l21 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 448)[_u] += (l21 + 0)[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 544)[_u] += a28[_u] * (l11 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t30[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t30[_k * 32 + _u] = (l10 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 384)[_u] += t18[_k * 32 + _u] * t30[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t31[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t31[_k * 32 + _u] = (l9 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 320)[_u] += t20[_k * 32 + _u] * t31[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t32[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t32[_k * 32 + _u] = (l8 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 288)[_u] += t22[_k * 32 + _u] * t32[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t33[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t33[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 224)[_u] += t24[_k * 32 + _u] * t33[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t34[320] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t34[_p * 160 + _k * 32 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l22 + 0)[_p * 32 + _u] += t26[_k * 32 + _u] * t34[_p * 160 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 352)[_u] += (l22 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 192)[_u] += (l22 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t35[192] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t35[_p * 96 + _k * 32 + _u] = (l5 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l23 + 0)[_p * 32 + _u] += t28[_k * 32 + _u] * t35[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 256)[_u] += (l23 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 128)[_u] += (l23 + 0)[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 160)[_u] += a28[_u] * (l4 + 0)[_u];
+        /* zuk,zupk->zpu */
+        real t36[224] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t36[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 96)[_u] += t20[_k * 32 + _u] * t36[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t37[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t37[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 64)[_u] += t26[_k * 32 + _u] * t37[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t38[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t38[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 32)[_u] += t28[_k * 32 + _u] * t38[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a28[_u] * (l0 + 0)[_u];
+    }
+}
+    """,
     "elementwise_tp": """\
 void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
@@ -17666,6 +23089,1547 @@ void elementwise_tp_d2_weight_s16(int64_t n, int threads, real *restrict A0, int
     }
 }
     """,
+    "elementwise_tp_d_only_a": """\
+void elementwise_tp_d_only_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a4[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real t7[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t7[_j * 16 + _u] = a6[_u * 3 + _j];
+        real w8[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_k * 48 + _j * 16 + _u] += t6[_k * 16 + _u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w8[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a4[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a6[_u * 5 + _j];
+        real w8[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_k * 80 + _j * 16 + _u] += t6[_k * 16 + _u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w8[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s6(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real w2[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a0[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = a2[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a4[_u * 3 + _k];
+        real w7[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += t6[_k * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t8[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real t9[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_i * 48 + _k * 16 + _u] = a6[_u * 9 + _i * 3 + _k];
+        real w10[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_i * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t9[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w10[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_s7(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 16);
+        real l0[16] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a0[_u] * a1[_u];
+        /* zukj,ijku->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a3[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a2[_u];
+    }
+}
+    """,
+    "elementwise_tp_d_only_b": """\
+void elementwise_tp_d_only_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += a1[_u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a4[_u * 5 + _j] += w5[_j * 16 + _u];
+        /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real w7[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_k * 80 + _i * 16 + _u] += t6[_k * 16 + _u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w7[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s6(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real l0[48] __attribute__((aligned(64))) = {0};
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real w2[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += a0[_u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = a2[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a3[_u * 3 + _j] += w5[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_b_s7(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 16);
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a0[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_j * 80 + _k * 16 + _u] = a2[_u * 25 + _j * 5 + _k];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a3[_u * 5 + _j] += w5[_j * 16 + _u];
+        /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a4[_u * 3 + _k];
+        real w7[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += t6[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t8[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real t9[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_j * 48 + _k * 16 + _u] = a5[_u * 9 + _j * 3 + _k];
+        real w10[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_j * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t9[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a6[_u * 3 + _j] += w10[_j * 16 + _u];
+        /* ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += a7[_u] * a1[_u];
+        /* zuki,ijku->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            a9[_u] += (real)0.5773502691896257 * (l2 + 0)[_u] * a8[_u];
+    }
+}
+    """,
+    "elementwise_tp_d_only_weight": """\
+void elementwise_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a2[_u];
+    }
+}
+    """,
+    "elementwise_tp_d_only_a_b": """\
+void elementwise_tp_d_only_a_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a4[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t6[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 5 + _i];
+        real w7[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w9[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a6[_u * 5 + _j] += w9[_j * 16 + _u];
+        /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+        real t10[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t10[_k * 16 + _u] = a7[_u * 3 + _k];
+        real t11[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t11[_j * 16 + _u] = a8[_u * 3 + _j];
+        real w12[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w12[_k * 48 + _j * 16 + _u] += t10[_k * 16 + _u] * t11[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w12[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s6(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real l0[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a0[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a2[_u * 25 + _i * 5 + _k];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a3[_u * 5 + _i] += w5[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a2[_u * 5 + _k];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        /* zuj->zju */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_j * 16 + _u] += a4[_u * 3 + _j];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuij,uzj->zui */
+        real t1[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_i * 48 + _j * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _j];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 48 + _j * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w3[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += a4[_u * 3 + _i];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s13(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[48] __attribute__((aligned(64))) = {0};
+        /* zuij,uzi->zuj */
+        real t1[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
+        real t2[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a1[_u * 3 + _i];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 16 + _u] += (real)1.118033988749895 * t1[_i * 48 + _j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_u * 3 + _j] += w3[_j * 16 + _u];
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+        real t4[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 16 + _u] = a4[_u * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w5[_j * 16 + _u] += a3[_u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w5[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real t7[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t7[_i * 48 + _j * 16 + _u] = a5[_u * 9 + _i * 3 + _j];
+        real w8[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_i * 16 + _u] += (real)0.5773502691896257 * t6[_j * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a6[_u * 3 + _i] += w8[_i * 16 + _u];
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+        real t9[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 16 + _u] = a7[_u * 3 + _i];
+        real w10[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += a3[_u] * t9[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w10[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t11[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w12[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w12[_j * 16 + _u] += (real)0.5773502691896257 * t11[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_u * 3 + _j] += w12[_j * 16 + _u];
+        /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+        real t13[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t13[_k * 16 + _u] = a8[_u * 3 + _k];
+        real w14[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w14[_k * 16 + _u] += t13[_k * 16 + _u] * a9[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l2 + 0)[_u * 3 + _k] += w14[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t15[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 16 + _u] = (l2 + 0)[_u * 3 + _k];
+        real t16[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_i * 48 + _k * 16 + _u] = a10[_u * 9 + _i * 3 + _k];
+        real w17[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_i * 16 + _u] += (real)0.8660254037844386 * t15[_k * 16 + _u] * t16[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a6[_u * 3 + _i] += w17[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_only_a_b_s14(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 16);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 16);
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[16] __attribute__((aligned(64))) = {0};
+        /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a0[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zuki,ikju->zuj */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * a2[_k * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a3[_u * 5 + _j] += w4[_j * 16 + _u];
+        /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 16 + _u] = a4[_u * 3 + _k];
+        real w6[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w6[_k * 16 + _u];
+        /* zuki,ikju->zuj */
+        real t7[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w8[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += (real)0.8660254037844386 * t7[_k * 16 + _u] * a5[_k * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a6[_u * 3 + _j] += w8[_j * 16 + _u];
+        /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += a7[_u] * a8[_u];
+        /* zukj,ijku->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a10[_u] += (real)0.5773502691896257 * (l2 + 0)[_u] * a9[_u];
+        /* ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l3 + 0)[_u] += a7[_u] * a1[_u];
+        /* zuki,ijku->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            a11[_u] += (real)0.5773502691896257 * (l3 + 0)[_u] * a9[_u];
+    }
+}
+    """,
     "full_tp": """\
 void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
@@ -19658,6 +26622,1073 @@ void full_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
     """,
+    "full_tp_d_only_a": """\
+void full_tp_d_only_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real t2[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w3[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_only_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzjk->zujk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += a1[_u * 9 + _j * 3 + _k];
+    }
+}
+
+void full_tp_d_only_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a5[_v * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a4[_u * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* zvkuj->zkjuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_only_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,uzjk->zui */
+        real t1[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 4 + _u] = a3[_u * 3 + _j];
+        real w2[12] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_k * 32 + _u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a6[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w4[_k * 32 + _u * 8 + _v];
+        /* zvkuj->zkuvj */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d_only_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ijk,uzjk->zui */
+        real t1[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 4 + _u] = a3[_u * 3 + _k];
+        real w2[12] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a2[_i * 3 + _k] * t1[_k * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t3[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 8 + _v] = a5[_v * 3 + _j];
+        real w4[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_k * 8 + _v] += t3[_j * 8 + _v] * a6[_j * 3 + _k];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_v * 3 + _k] += w4[_k * 8 + _v];
+        /* zuvk,zvik->zvui */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+        real t6[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 8 + _v] = (l0 + 0)[_v * 3 + _k];
+        real w7[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w7[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * t6[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w7[_u * 8 + _v];
+        /* zvui->zuvi */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d_only_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+        real w1[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w1[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        /* zvkuj->zkuvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+    }
+}
+    """,
+    "full_tp_d_only_b": """\
+void full_tp_d_only_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real w2[288] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_u * 72 + _k * 24 + _i * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w2[_u * 72 + _k * 24 + _i * 8 + _v];
+        /* zukvi->zikvu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a1 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_only_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* vzik->zvik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_v * 9 + _i * 3 + _k] += a1[_v * 9 + _i * 3 + _k];
+    }
+}
+
+void full_tp_d_only_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += a3[_v * 3 + _j];
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w1[_u * 24 + _i * 8 + _v] += a4[_u * 8 + _v] * a5[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 24 + _v * 3 + _i] += w1[_u * 24 + _i * 8 + _v];
+        /* zukvi->zkivu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a2 + 0)[_i * 32 + _v * 4 + _u] += (a1 + 0)[_u * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_only_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[12] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        /* ijk,vzik->zvj */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _v] = a4[_v * 3 + _i];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a3[_i * 3 + _j] * t1[_i * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 4 + _u] = a5[_u * 3 + _i];
+        real w4[12] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a6[_i * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+        /* zuvk,zujk->zuvj */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+        /* uv,zuvj->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
+        /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_u * 24 + _k * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * a9[_u];
+        /* zukvi->zkvui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a2 + 0)[_k * 32 + _v * 4 + _u] += (a1 + 0)[_u * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d_only_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* ijk,vzik->zvj */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _v] = a2[_v * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a3[_u * 8 + _v] * a4[_u];
+        /* zukvi,ijkuv->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+    }
+}
+    """,
+    "full_tp_d_only_weight": """\
+void full_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 12);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real t2[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w3[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+    }
+}
+
+void full_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 36);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zvkuj->zkjuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_k * 96 + _j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+        /* jkzu->zkju */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 12 + _j * 4 + _u] += a3[_j * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* zvkuj->zkjuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 12);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a3[_u * 24 + _v * 3 + _k];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_k * 32 + _u * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a4[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w2[_k * 32 + _u * 8 + _v];
+        /* zvkuj->zkuvj */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+        /* jkzu->zjku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                (a2 + 0)[_k * 4 + _u] += a5[_k * 4 + _u];
+    }
+}
+
+void full_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a1 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
+    }
+}
+
+void full_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zukvi->zkvui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_k * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _k * 8 + _v];
+        /* ikzv->zikv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_k * 8 + _v] += a3[_k * 8 + _v];
+    }
+}
+
+void full_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
+        /* zukvi->zkvui */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+    }
+}
+    """,
+    "full_tp_d_only_a_b": """\
+void full_tp_d_only_a_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real t2[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w3[288] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_only_a_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzjk->zujk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += a1[_u * 9 + _j * 3 + _k];
+    }
+}
+
+void full_tp_d_only_a_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
+        real w2[288] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_u * 72 + _k * 24 + _i * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a5[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w2[_u * 72 + _k * 24 + _i * 8 + _v];
+        /* zukvi->zikvu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a1 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_only_a_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* vzik->zvik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_v * 9 + _i * 3 + _k] += a1[_v * 9 + _i * 3 + _k];
+    }
+}
+
+void full_tp_d_only_a_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += a3[_v * 3 + _j];
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a5[_v * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a4[_u * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* zvkuj->zkjuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a2 + 0)[_j * 32 + _u * 8 + _v] += (a1 + 0)[_v * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_only_a_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,uzjk->zui */
+        real t1[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 4 + _u] = a3[_u * 3 + _j];
+        real w2[12] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+        real w3[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w3[_u * 24 + _i * 8 + _v] += a5[_u * 8 + _v] * a6[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 24 + _v * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
+        /* zukvi->zkivu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_i * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_only_a_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,vzik->zvj */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _v] = a4[_v * 3 + _i];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a3[_i * 3 + _j] * t1[_i * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_k * 32 + _u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a6[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_v * 12 + _k * 4 + _u] += w4[_k * 32 + _u * 8 + _v];
+        /* zvkuj->zkuvj */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a2 + 0)[_k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 12);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        real l0[12] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[24] __attribute__((aligned(64))) = {0};
+        /* ijk,uzjk->zui */
+        real t1[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 4 + _u] = a4[_u * 3 + _k];
+        real w2[12] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a3[_i * 3 + _k] * t1[_k * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a5[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 4 + _u] = a6[_u * 3 + _i];
+        real w4[12] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+        /* zuvk,zujk->zuvj */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+        /* uv,zuvj->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
+        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t6[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 8 + _v] = a9[_v * 3 + _j];
+        real w7[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w7[_k * 8 + _v] += t6[_j * 8 + _v] * a10[_j * 3 + _k];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                (l2 + 0)[_v * 3 + _k] += w7[_k * 8 + _v];
+        /* zuvk,zvik->zvui */
+        real t8[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 8 + _v] = (l2 + 0)[_v * 3 + _k];
+        real w9[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w9[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
+        /* zvui->zuvi */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a2 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d_only_a_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
+        /* zukvi->zkvui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d_only_a_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,vzik->zvj */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _v] = a4[_v * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a3[_j * 3 + _k] * t1[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+        real w3[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w3[_u * 8 + _v] += a5[_u * 8 + _v] * a6[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += w3[_u * 8 + _v];
+        /* zvkuj->zkuvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a2 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d_only_a_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a1[_u * 8 + _v] * a2[_u];
+        /* zukvi,ijkuv->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a3[_u * 8 + _v];
+    }
+}
+    """,
     "linear": """\
 void linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
@@ -19973,6 +28004,103 @@ void linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 80)[_u * 5 + _i] += a1[_i * 8 + _u];
+    }
+}
+    """,
+    "linear_d_only_x": """\
+void linear_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 5 + _i];
+    }
+}
+
+void linear_d_only_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 120);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 80)[_u * 5 + _i] += a2[_i * 8 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void linear_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void linear_d_only_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+    """,
+    "linear_d_only_weight": """\
+void linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 40);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a2[_w * 5 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void linear_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_i * 16 + _u] += a1[_u * 3 + _i];
     }
 }
     """,
@@ -21562,6 +29690,637 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
     }
 }
     """,
+    "tp_then_linear_d_only_x": """\
+void tp_then_linear_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+        /* ∂/∂x: 8x1o -> 8x1o */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u * 3 + _i] += a5[_u * 3 + _i];
+        /* ∂/∂x: 8x0e -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a2 + 0)[_i * 8 + _w] += a7[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a0 + 8)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a3 + 7)[_i * 3 + _k];
+        /* pu,zipu->zui */
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w2[_i * 8 + _u] += a4[_u] * (l0 + 0)[_i * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_only_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5;
+        real l0[8] __attribute__((aligned(64))) = {0};
+        real l1[8] __attribute__((aligned(64))) = {0};
+        /* zikp,uzkp->zui */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a1 + 4)[_i] * a2[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t2[24] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 8 + _u] = (a3 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a1 + 1)[_k];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a4[_u] * (l0 + 0)[_u];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l1 + 0)[_u] += (a3 + 0)[_u] * (a1 + 0)[0];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a5[_u] * (l1 + 0)[_u];
+    }
+}
+    """,
+    "tp_then_linear_d_only_y": """\
+void tp_then_linear_d_only_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a0 + 0)[_i * 8 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_only_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+
+void tp_then_linear_d_only_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a0 + 0)[_i * 24 + _k * 8 + _u] += a1[_u * 9 + _k * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a2[_i * 3 + _k];
+        /* uzki->zkiu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a3[_i];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += (a4 + 8)[_u * 3 + _k];
+        /* zui->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a5[_u];
+    }
+}
+
+void tp_then_linear_d_only_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->zkui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d_only_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a2[_k];
+        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += (a3 + 0)[_u] * a4[_u];
+    }
+}
+
+void tp_then_linear_d_only_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zikp->zikp */
+        (a0 + 0)[0] += a1[0];
+    }
+}
+
+void tp_then_linear_d_only_y_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 4);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 4; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "tp_then_linear_d_only_weight": """\
+void tp_then_linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 8);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 56);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 8);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 24);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 24);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[16] __attribute__((aligned(64))) = {0};
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (l0 + 0)[_c] += a6[_j] * a7[_j * 16 + _c];
+        /* 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a8[_u] * (l0 + 0)[0];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a9[_u] * (a0 + 0)[_u];
+        /* 1 paths 8x0e ⊗ y -> 8x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_k * 8 + _u] += a8[_u] * (l0 + 1)[_k];
+        /* pu,zkpu->zuk */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a10[_u] * (a2 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* 1 paths 8x1o ⊗ y -> 8x0e */
+        real t2[24] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 8 + _u] = a11[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a3 + 0)[_u] += t2[_i * 8 + _u] * (l0 + 4)[_i];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a12[_u] * (a3 + 0)[_u];
+        /* 1 paths 8x1o ⊗ y -> 8x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a4 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (l0 + 7)[_i * 3 + _k];
+        /* pu,zkpu->zuk */
+        real w3[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w3[_k * 8 + _u] += a13[_u] * (a4 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a5 + 0)[_i * 8 + _w] += a14[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a2[_i * 8 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zuk->zku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_k * 8 + _u] += (a0 + 8)[_u * 3 + _k];
+    }
+}
+    """,
+    "tp_then_linear_d_only_x_y": """\
+void tp_then_linear_d_only_x_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+        /* ∂/∂x: 8x1o -> 8x1o */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u * 3 + _i] += a5[_u * 3 + _i];
+        /* ∂/∂x: 8x0e -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a2 + 0)[_i * 8 + _w] += a7[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zuk->zku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_k * 8 + _u] += (a0 + 8)[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 72);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,uzkp->zui */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = a3[_u * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w2[_i * 8 + _u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+        /* uzki->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 0)[_i * 24 + _k * 8 + _u] += a4[_u * 9 + _k * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a3[_i * 3 + _k];
+        /* zikp,uzkp->zui */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a4 + 4)[_i] * a5[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* uzki->zkiu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_i * 8 + _u] += a6[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 8);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[8] __attribute__((aligned(64))) = {0};
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a4[_i];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (l0 + 0)[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a7[_u] * (l0 + 0)[_u];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += (a5 + 8)[_u * 3 + _k];
+        /* zui->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a3 + 0)[_u] += a8[_u];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->zkui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a3[_k];
+        /* zikp,uzkp->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += (a4 + 0)[0] * a5[_u];
+        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += (a6 + 0)[_u] * a7[_u];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zikp->zikp */
+        (a0 + 0)[0] += a1[0];
+    }
+}
+
+void tp_then_linear_d_only_x_y_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 4);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 4; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
     },
     {
         'fc_tp_s0': 'orr',
@@ -21625,6 +30384,38 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_weight_s8': 'aaaorrrr',
         'fc_tp_d2_weight_s9': 'aaarrrrrrr',
         'fc_tp_d2_weight_s10': 'or',
+        'fc_tp_d_only_x_s0': 'orr',
+        'fc_tp_d_only_x_s1': 'oorr',
+        'fc_tp_d_only_x_s2': 'aorrrrrr',
+        'fc_tp_d_only_x_s3': 'aorrr',
+        'fc_tp_d_only_x_s4': 'aorrrrr',
+        'fc_tp_d_only_x_s5': 'aorrr',
+        'fc_tp_d_only_x_s6': 'aorrr',
+        'fc_tp_d_only_x_s7': 'ar',
+        'fc_tp_d_only_y_s0': 'or',
+        'fc_tp_d_only_y_s1': 'oorrr',
+        'fc_tp_d_only_y_s2': 'aorrrr',
+        'fc_tp_d_only_y_s3': 'arrrr',
+        'fc_tp_d_only_y_s4': 'arr',
+        'fc_tp_d_only_y_s5': 'arrrr',
+        'fc_tp_d_only_y_s6': 'arr',
+        'fc_tp_d_only_y_s7': 'or',
+        'fc_tp_d_only_weight_s0': 'orr',
+        'fc_tp_d_only_weight_s1': 'orr',
+        'fc_tp_d_only_weight_s2': 'orr',
+        'fc_tp_d_only_weight_s3': 'orr',
+        'fc_tp_d_only_weight_s4': 'orr',
+        'fc_tp_d_only_weight_s5': 'orr',
+        'fc_tp_d_only_weight_s6': 'orr',
+        'fc_tp_d_only_weight_s7': 'orr',
+        'fc_tp_d_only_weight_s8': 'orr',
+        'fc_tp_d_only_x_y_s0': 'or',
+        'fc_tp_d_only_x_y_s1': 'ooorrrr',
+        'fc_tp_d_only_x_y_s2': 'aaorrrrrrrrrrrrrr',
+        'fc_tp_d_only_x_y_s3': 'aaorrrrr',
+        'fc_tp_d_only_x_y_s4': 'aarrr',
+        'fc_tp_d_only_x_y_s5': 'aarrr',
+        'fc_tp_d_only_x_y_s6': 'or',
         'conv_tp_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d_s1': 'or',
@@ -21633,6 +30424,10 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'conv_tp_d2_sh_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d2_w_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d2_w_s1': 'or',
+        'conv_tp_d_only_h_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d_only_sh_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d_only_sh_s1': 'or',
+        'conv_tp_d_only_w_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'elementwise_tp_s0': 'orrsorsorsors',
         'elementwise_tp_s1': 'orr',
         'elementwise_tp_s2': 'orrsor',
@@ -21703,6 +30498,44 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'elementwise_tp_d2_weight_s14': 'orr',
         'elementwise_tp_d2_weight_s15': 'orr',
         'elementwise_tp_d2_weight_s16': 'orr',
+        'elementwise_tp_d_only_a_s0': 'orr',
+        'elementwise_tp_d_only_a_s1': 'orr',
+        'elementwise_tp_d_only_a_s2': 'orrsorr',
+        'elementwise_tp_d_only_a_s3': 'orrsorr',
+        'elementwise_tp_d_only_a_s4': 'orr',
+        'elementwise_tp_d_only_a_s5': 'orr',
+        'elementwise_tp_d_only_a_s6': 'rrsorrs',
+        'elementwise_tp_d_only_a_s7': 'rrso',
+        'elementwise_tp_d_only_b_s0': 'orr',
+        'elementwise_tp_d_only_b_s1': 'orr',
+        'elementwise_tp_d_only_b_s2': 'orrsor',
+        'elementwise_tp_d_only_b_s3': 'orr',
+        'elementwise_tp_d_only_b_s4': 'orr',
+        'elementwise_tp_d_only_b_s5': 'orr',
+        'elementwise_tp_d_only_b_s6': 'rrso',
+        'elementwise_tp_d_only_b_s7': 'rrsorsorso',
+        'elementwise_tp_d_only_weight_s0': 'orr',
+        'elementwise_tp_d_only_weight_s1': 'orr',
+        'elementwise_tp_d_only_weight_s2': 'orr',
+        'elementwise_tp_d_only_weight_s3': 'orr',
+        'elementwise_tp_d_only_weight_s4': 'orr',
+        'elementwise_tp_d_only_weight_s5': 'orr',
+        'elementwise_tp_d_only_weight_s6': 'orr',
+        'elementwise_tp_d_only_a_b_s0': 'orr',
+        'elementwise_tp_d_only_a_b_s1': 'orr',
+        'elementwise_tp_d_only_a_b_s2': 'orr',
+        'elementwise_tp_d_only_a_b_s3': 'orr',
+        'elementwise_tp_d_only_a_b_s4': 'orrsororr',
+        'elementwise_tp_d_only_a_b_s5': 'orr',
+        'elementwise_tp_d_only_a_b_s6': 'rrso',
+        'elementwise_tp_d_only_a_b_s7': 'orr',
+        'elementwise_tp_d_only_a_b_s8': 'orr',
+        'elementwise_tp_d_only_a_b_s9': 'orr',
+        'elementwise_tp_d_only_a_b_s10': 'orr',
+        'elementwise_tp_d_only_a_b_s11': 'oorsr',
+        'elementwise_tp_d_only_a_b_s12': 'orror',
+        'elementwise_tp_d_only_a_b_s13': 'rrorrsorrrs',
+        'elementwise_tp_d_only_a_b_s14': 'rrsorsorrsoo',
         'full_tp_s0': 'orrsorsorsss',
         'full_tp_s1': 'or',
         'full_tp_d_s0': 'oorr',
@@ -21754,6 +30587,35 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'full_tp_d2_weight_s9': 'oororr',
         'full_tp_d2_weight_s10': 'or',
         'full_tp_d2_weight_s11': 'ar',
+        'full_tp_d_only_a_s0': 'oorr',
+        'full_tp_d_only_a_s1': 'or',
+        'full_tp_d_only_a_s2': 'oororr',
+        'full_tp_d_only_a_s3': 'oosrorr',
+        'full_tp_d_only_a_s4': 'oosrorsr',
+        'full_tp_d_only_a_s5': 'oorr',
+        'full_tp_d_only_b_s0': 'oorr',
+        'full_tp_d_only_b_s1': 'or',
+        'full_tp_d_only_b_s2': 'ooorrr',
+        'full_tp_d_only_b_s3': 'aoosrrsrsr',
+        'full_tp_d_only_b_s4': 'asrrrs',
+        'full_tp_d_only_weight_s0': 'oorrr',
+        'full_tp_d_only_weight_s1': 'oorr',
+        'full_tp_d_only_weight_s2': 'oorr',
+        'full_tp_d_only_weight_s3': 'ooorrr',
+        'full_tp_d_only_weight_s4': 'oorrr',
+        'full_tp_d_only_weight_s5': 'oorr',
+        'full_tp_d_only_weight_s6': 'oorr',
+        'full_tp_d_only_a_b_s0': 'oorr',
+        'full_tp_d_only_a_b_s1': 'or',
+        'full_tp_d_only_a_b_s2': 'oororr',
+        'full_tp_d_only_a_b_s3': 'or',
+        'full_tp_d_only_a_b_s4': 'ooorrr',
+        'full_tp_d_only_a_b_s5': 'oosrorr',
+        'full_tp_d_only_a_b_s6': 'aoosrrr',
+        'full_tp_d_only_a_b_s7': 'aoosrorrsrs',
+        'full_tp_d_only_a_b_s8': 'oorr',
+        'full_tp_d_only_a_b_s9': 'aoosrrr',
+        'full_tp_d_only_a_b_s10': 'arrs',
         'linear_s0': 'oorr',
         'linear_s1': 'aorr',
         'linear_s2': 'ar',
@@ -21772,6 +30634,12 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'linear_d2_weight_s3': 'aorr',
         'linear_d2_weight_s4': 'aorr',
         'linear_d2_weight_s5': 'ar',
+        'linear_d_only_x_s0': 'or',
+        'linear_d_only_x_s1': 'oorr',
+        'linear_d_only_x_s2': 'ar',
+        'linear_d_only_x_s3': 'ar',
+        'linear_d_only_weight_s0': 'oorr',
+        'linear_d_only_weight_s1': 'or',
         'tp_then_linear_s0': 'oorsrs',
         'tp_then_linear_s1': 'arrrss',
         'tp_then_linear_s2': 'oorr',
@@ -21836,6 +30704,33 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'tp_then_linear_d2_weight_s23': 'aaorrrsr',
         'tp_then_linear_d2_weight_s24': 'ar',
         'tp_then_linear_d2_weight_s25': 'or',
+        'tp_then_linear_d_only_x_s0': 'ooorsrrr',
+        'tp_then_linear_d_only_x_s1': 'or',
+        'tp_then_linear_d_only_x_s2': 'aarrs',
+        'tp_then_linear_d_only_x_s3': 'arrrss',
+        'tp_then_linear_d_only_y_s0': 'or',
+        'tp_then_linear_d_only_y_s1': 'or',
+        'tp_then_linear_d_only_y_s2': 'ar',
+        'tp_then_linear_d_only_y_s3': 'or',
+        'tp_then_linear_d_only_y_s4': 'oorr',
+        'tp_then_linear_d_only_y_s5': 'aoorrr',
+        'tp_then_linear_d_only_y_s6': 'or',
+        'tp_then_linear_d_only_y_s7': 'aorrr',
+        'tp_then_linear_d_only_y_s8': 'ar',
+        'tp_then_linear_d_only_y_s9': 'or',
+        'tp_then_linear_d_only_weight_s0': 'oooooorsrssrssr',
+        'tp_then_linear_d_only_weight_s1': 'oorr',
+        'tp_then_linear_d_only_weight_s2': 'aor',
+        'tp_then_linear_d_only_x_y_s0': 'ooorsrrr',
+        'tp_then_linear_d_only_x_y_s1': 'or',
+        'tp_then_linear_d_only_x_y_s2': 'aor',
+        'tp_then_linear_d_only_x_y_s3': 'aorrr',
+        'tp_then_linear_d_only_x_y_s4': 'oaorrrr',
+        'tp_then_linear_d_only_x_y_s5': 'aaoorrrsr',
+        'tp_then_linear_d_only_x_y_s6': 'or',
+        'tp_then_linear_d_only_x_y_s7': 'aaorrrrr',
+        'tp_then_linear_d_only_x_y_s8': 'ar',
+        'tp_then_linear_d_only_x_y_s9': 'or',
     },
 )
 _ops.kernels = _native
