@@ -32,9 +32,13 @@ from fusionc.backends.native import HEADER, program_of
 
 #: -O1 with the vectoriser: as fast as -O3 on these kernels (-O2 does not vectorise them: 3× slower)
 #: and a third of its compile time, which grows with the program (about 0.7 ms per line of C:
-#: fc_tp's forward 0.2 s, fusion_block's gradient 4.7 s).
-FLAGS = ("-O1", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-fno-math-errno",
-         "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-ffp-contract=fast")
+#: fc_tp's forward 0.2 s, fusion_block's gradient 4.7 s). -fexpensive-optimizations makes gcc end
+#: AVX code with vzeroupper (its -O1 does not): without it the dirty upper halves of the vector
+#: registers left by a kernel slowed every matrix product MKL ran after it 2.5× (fusion_block's
+#: (16,000 × 35)·(35 × 5) CG products: 1.15 ms against 0.45), until a torch kernel cleared them.
+FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
+         "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-ffp-contract=fast")
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
