@@ -143,16 +143,19 @@ def plan_pair(a: Strided, b: Strided, out: str) -> PairPlan | None:
             moved = copies + (0 if plan.natural == out else n_batch * n_left * n_right)
             rows, columns = (n_right, n_left) if swap else (n_left, n_right)
             time = product_time(n_batch, rows, n_summed, columns)
-            # a long reduction (over rows: a weight gradient) with both of the call's operands
-            # column-major (bᵀ·aᵀ transposes each): a slow path of MKL's double-precision product,
-            # (64 × 6,000)·(6,000 × 32) 8× slower than with either operand row-major (float32 is not)
-            # With the first only column-major it is slower too: 0.86 ms against 0.43 (first row-,
-            # second column-major) alone, 2.75 ms in fc_tp's float64 gradient, where the native
-            # kernels' row-first copies had made every weight gradient's product so.
+            # a long reduction (over rows: a weight gradient) whose call's first operand is
+            # column-major: slow paths of MKL's double-precision product (float32 has none) unless
+            # the result is at least twice as wide as tall. At K = 10,000 against both row-major:
+            # both column-major 6.4× (64 × 32 results), 3.3× (32 × 32), 2.0× (96 × 32), 1.3×
+            # (32 × 64); the first only, 1.7× (64 × 32), 1.3× (32 × 32), 1.0× (32 × 64, 96 × 32).
+            # fc_tp's float64 gradient had taken 2.75 ms per (64 × 6,000)·(6,000 × 32) product.
             first_column = not column_b if swap else column_a
             second_column = not column_a if swap else column_b
             if n_batch == 1 and n_summed > 8 * max(rows, columns) and first_column:
-                time *= 8 if second_column else 3
+                if columns >= 2 * rows:
+                    time *= 1.3 if second_column else 1
+                else:
+                    time *= 8 if second_column else 3
             # short of time, rows outermost, as the results it is added to have them
             cost = (COPY * moved + time, plan.natural[:1] != out[:1])
             if best is None or cost < best[0]:

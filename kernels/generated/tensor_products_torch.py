@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_cf9d666daa6a835e")
+_ops = rt.OpNamespace("fusionc_ad5cd93eb41b3cf7")
 
 
 def _fc_tp(
@@ -399,31 +399,32 @@ def _fc_tp_d_cpu(
     d_x = weight.new_empty(n, 288)
     d__m_z_0 = weight.new_empty(n, 145)
     _c1 = weight.new_empty(n, 320)
+    _copy1 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c1, _copy1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5))
     del _c0
-    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c1.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c1
+    d__w_z_0_2_2 = torch.mm(_copy1.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c1.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c1, _copy1
     d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_2_2
-    _copy1 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s2', n, _copy1, d_z[:, 32:128].reshape(n, 32, 3))
+    _copy2 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s2', n, _copy2, d_z[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
-    _c2 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    _c2 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
     del _w_z_0_2_1
     _c3 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     _native.run('fc_tp_d_s3', n, d_x, d__m_z_0, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c2, x[:, 128:288].reshape(n, 32, 5))
     del _c2
-    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    d__w_z_0_2_1 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
     del _c3
     d_weight_10 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_11 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
@@ -446,14 +447,14 @@ def _fc_tp_d_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _mm0 = torch.mm(_c6.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
-    _copy2 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s6', n, d_x, _copy2, _mm0, x[:, 32:128].reshape(n, 32, 3))
+    _copy3 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s6', n, d_x, _copy3, _mm0, x[:, 32:128].reshape(n, 32, 3))
     del _mm0
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c7 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
-    del _copy2, _w_z_0_1_2
+    _c7 = torch.mm(_copy3.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c6.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    d__w_z_0_1_2 = torch.mm(_copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c6.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
     del _c6
     d_weight_13 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_14 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
@@ -464,15 +465,15 @@ def _fc_tp_d_cpu(
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
     del w_z_0_1_1_0, w_z_0_1_1_1
-    _c8 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _copy1, _w_z_0_1_1
+    _c8 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy2, _w_z_0_1_1
     _c9 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     _native.run('fc_tp_d_s7', n, d__m_z_0, d_x, _c9, d_z[:, 128:288].reshape(n, 32, 5), _c7, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3))
     del _c7, _c8
-    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c9
+    d__w_z_0_1_1 = torch.mm(_copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c9, _copy3
     d_weight_15 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_16 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_1_1
@@ -792,11 +793,12 @@ def _fc_tp_d2_x_cpu(
     _c8 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
     del _w_z_0_1_1
     _c9 = weight.new_empty(n, 192)
+    _copy1 = weight.new_empty(n, 96)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c9, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3), d2_d_x[:, 32:128].reshape(n, 32, 3))
+    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c9, _copy1, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3), d2_d_x[:, 32:128].reshape(n, 32, 3))
     del _c8
-    d2__w_z_0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    d2__w_z_0_1_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
     del _c9
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -805,14 +807,14 @@ def _fc_tp_d2_x_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
-    del _copy0, _w_z_0_1_2
+    del _w_z_0_1_2
     _c11 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _native.run('fc_tp_d2_x_s6', n, d2_d_z, d2__m_z_0, _c11, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
     del _c10
-    d2__w_z_0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c11
+    d2__w_z_0_1_2 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c11, _copy0
     _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _native.run('fc_tp_d2_x_s7', n, _c12, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
@@ -832,18 +834,15 @@ def _fc_tp_d2_x_cpu(
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
     _mm2 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
-    _copy1 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d2_x_s9', n, d2_d_z, _copy1, _mm2, d_z[:, 32:128].reshape(n, 32, 3))
-    del _mm2
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _copy1, _w_z_0_2_1
+    del _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
-    del _c14
+    d2__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
+    del _c14, _copy1
     _copy2 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_x_s10', n, d2__m_z_0, _copy2, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
-    del _c15
+    _native.run('fc_tp_d2_x_s9', n, d2_d_z, d2__m_z_0, _copy2, _mm2, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
+    del _c15, _mm2
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
@@ -853,12 +852,13 @@ def _fc_tp_d2_x_cpu(
     _c16 = torch.mm(_copy2.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # ziu,puw->zipw
     del _copy2, _w_z_0_2_2
     _c17 = weight.new_empty(n, 320)
+    _copy3 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s11', n, d2_d_z, d2__m_z_0, _c17, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d2_x_s10', n, d2_d_z, d2__m_z_0, _c17, _copy3, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5))
     del _c16, _m_z_0
-    d2__w_z_0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
-    del _c17
+    d2__w_z_0_2_2 = torch.mm(_copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
+    del _c17, _copy3
     d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_2_2
@@ -875,7 +875,7 @@ def _fc_tp_d2_x_cpu(
     _mm3 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     del d2__m_z_0
     d2_y = weight.new_empty(n, 16)
-    _native.run('fc_tp_d2_x_s12', n, d2_y, _mm3)
+    _native.run('fc_tp_d2_x_s11', n, d2_y, _mm3)
     del _mm3
     d2_x = weight.new_zeros(n, 288)
     d2_weight = torch.cat([
@@ -1150,12 +1150,12 @@ def _fc_tp_d2_y_cpu(
     del _mm5
     _mm6 = torch.mm(_c9.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
     del _w_z_0_1_1
-    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c9
     _copy0 = weight.new_empty(n, 96)
     _native.run('fc_tp_d2_y_s7', n, d2_x, _copy0, _mm6, x[:, 32:128].reshape(n, 32, 3))
     del _mm6
+    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c9
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
@@ -1163,7 +1163,6 @@ def _fc_tp_d2_y_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
-    del _copy0
     _c11 = weight.new_empty(n, 192)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _native.run('fc_tp_d2_y_s8', n, d2_d_z, _c11, d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
@@ -1171,8 +1170,8 @@ def _fc_tp_d2_y_cpu(
     _mm7 = torch.mm(_c11.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
     del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c11
+    d2__w_z_0_1_2 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c11, _copy0
     _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _native.run('fc_tp_d2_y_s9', n, d2_x, _c12, _mm7, d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
@@ -1198,10 +1197,10 @@ def _fc_tp_d2_y_cpu(
     del _mm9
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
-    del _copy1, _w_z_0_2_1
+    del _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
-    del _c14
+    d2__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
+    del _c14, _copy1
     _c16 = weight.new_empty(n, 320)
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _native.run('fc_tp_d2_y_s12', n, d2_x, _c16, d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c15, d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2), x[:, 128:288].reshape(n, 32, 5))
@@ -1219,9 +1218,12 @@ def _fc_tp_d2_y_cpu(
     del _mm10, d2_d__m_z_0
     _mm11 = torch.mm(_c17.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
     del _w_z_0_2_2
+    _copy2 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_y_s14', n, d2_x, _copy2, _mm11, x[:, 128:288].reshape(n, 32, 5))
+    del _mm11
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c17
+    d2__w_z_0_2_2 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c17, _copy2
     d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_2_2
@@ -1234,8 +1236,6 @@ def _fc_tp_d2_y_cpu(
     d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_1_1
-    _native.run('fc_tp_d2_y_s14', n, d2_x, _mm11)
-    del _mm11
     d2_y = weight.new_zeros(n, 16)
     d2_weight = torch.cat([
         d2_weight_8.reshape(1024),
@@ -1981,18 +1981,20 @@ def _fc_tp_d_only_weight_cpu(
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     _c0 = weight.new_empty(n, 320)
+    _copy0 = weight.new_empty(n, 160)
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_only_weight_s0', n, _c0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
-    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c0.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c0
+    _native.run('fc_tp_d_only_weight_s0', n, _c0, _copy0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2), x[:, 128:288].reshape(n, 32, 5))
+    d__w_z_0_2_2 = torch.mm(_copy0.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c0.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c0, _copy0
     d_weight_0 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_1 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_2_2
     _c1 = weight.new_empty(n, 192)
+    _copy1 = weight.new_empty(n, 96)
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d_only_weight_s1', n, _c1, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
-    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c1.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
-    del _c1
+    _native.run('fc_tp_d_only_weight_s1', n, _c1, _copy1, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2), d_z[:, 32:128].reshape(n, 32, 3))
+    d__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c1.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
+    del _c1, _copy1
     d_weight_2 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_3 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_2_1
@@ -2002,9 +2004,10 @@ def _fc_tp_d_only_weight_cpu(
     d_weight_4 = torch.mm(_c2.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c2
     _c3 = weight.new_empty(n, 192)
+    _copy2 = weight.new_empty(n, 96)
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d_only_weight_s3', n, _c3, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
-    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    _native.run('fc_tp_d_only_weight_s3', n, _c3, _copy2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2), x[:, 32:128].reshape(n, 32, 3))
+    d__w_z_0_1_2 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
     del _c3
     d_weight_5 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_6 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
@@ -2012,8 +2015,8 @@ def _fc_tp_d_only_weight_cpu(
     _c4 = weight.new_empty(n, 192)
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     _native.run('fc_tp_d_only_weight_s4', n, _c4, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
-    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c4.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
-    del _c4
+    d__w_z_0_1_1 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c4.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
+    del _c4, _copy2
     d_weight_7 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_8 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_1_1
@@ -8590,7 +8593,7 @@ def _linear_d(
     # ∂/∂x: 32x0e -> 16x0e
     d_x_4 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_5 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight_5 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
     d_x = torch.cat([
         d_x_4.reshape(n, 32),
         d_x_2.reshape(n, 48),
@@ -8636,7 +8639,7 @@ def _linear_d_cpu(
     # ∂/∂x: 32x0e -> 16x0e
     _mm2 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32)  # zwi,uw->ziu
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight_2 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
     _native.run('linear_d_s4', n, d_x, _mm2)
     del _mm2
     d_weight = torch.cat([
@@ -8656,7 +8659,7 @@ def _linear_d2_x(
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
     d2_d_y_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16)).view(32, 16)  # zui,zwi->uw
+    d2_weight_1 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
     d2_d_y_2 = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
@@ -8689,7 +8692,7 @@ def _linear_d2_x_cpu(
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
     _mm0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16)  # zui,uw->ziw
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16)).view(32, 16)  # zui,zwi->uw
+    d2_weight_0 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
     d2_d_y = weight.new_empty(n, 144)
     _copy0 = weight.new_empty(n, 48)
     _native.run('linear_d2_x_s0', n, d2_d_y, _copy0, _mm0, d2_d_x[:, 32:80].reshape(n, 16, 3))
@@ -8707,13 +8710,12 @@ def _linear_d2_x_cpu(
     _native.run('linear_d2_x_s2', n, _copy2, d2_d_x[:, 80:120].reshape(n, 8, 5))
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
     _mm2 = torch.mm(_copy2.reshape(n, 5, 8).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16)  # ziu,uw->ziw
-    del _copy2
     _copy3 = weight.new_empty(n, 80)
     _native.run('linear_d2_x_s3', n, d2_d_y, _copy3, _mm2, d_y[:, 64:144].reshape(n, 16, 5))
     del _mm2
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_2 = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # zui,ziw->uw
-    del _copy3
+    d2_weight_2 = torch.mm((_copy2.reshape(n, 5, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # ziu,ziw->uw
+    del _copy2, _copy3
     d2_x = weight.new_zeros(n, 120)
     d2_weight = torch.cat([
         d2_weight_0.reshape(512),
@@ -8856,7 +8858,7 @@ def _linear_d_only_weight(
     # ∂/∂weight: 16x1o -> 16x1o
     d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight_2 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
     d_weight = torch.cat([
         d_weight_2.reshape(512),
         d_weight_1.reshape(256),
@@ -8883,7 +8885,7 @@ def _linear_d_only_weight_cpu(
     d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy2.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
     del _copy2
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    d_weight_2 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
     d_weight = torch.cat([
         d_weight_2.reshape(512),
         d_weight_1.reshape(256),
@@ -11005,7 +11007,7 @@ void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
     }
 }
 
-void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -11015,17 +11017,19 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         memset(a1, 0, sizeof(real) * 145);
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 320);
-        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+                        w1[_i * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -11033,26 +11037,30 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+                t2[_i * 32 + _u] = a6[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
+                            acc += t2[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
                         (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
         real t3[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 32 + _w] = a6[_w * 5 + _k];
+                t3[_k * 32 + _w] = a7[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a4[_i * 10 + _k * 2 + _p];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_i * 32 + _u] += a6[_u * 5 + _i];
     }
 }
 
@@ -11581,7 +11589,7 @@ void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -11589,17 +11597,19 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 192);
-        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zipw->zwk */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+                        w1[_k * 32 + _w] += a4[_i * 6 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
@@ -11607,26 +11617,30 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 32 + _w] = a5[_w * 3 + _k];
+                t2[_k * 32 + _w] = a6[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
+                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
                         (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
         real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 32 + _u] = a6[_u * 3 + _i];
+                t3[_i * 32 + _u] = a7[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a3 + 0)[_k * 32 + _w] += a6[_w * 3 + _k];
     }
 }
 
@@ -11729,57 +11743,43 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 160);
         const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
         /* zkw->zwk */
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a3[_w * 3 + _k];
-    }
-}
-
-void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
+                (a0 + 32)[_w * 3 + _k] += a3[_k * 32 + _w];
         /* zui,zkpu->zikp */
         real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+                t1[_i * 32 + _u] = a4[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
-                        (a0 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                            acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a2[_u * 5 + _i];
+                (a2 + 0)[_i * 32 + _u] += a4[_u * 5 + _i];
     }
 }
 
-void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -11787,17 +11787,19 @@ void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 320);
-        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+                        w1[_k * 32 + _w] += a4[_i * 10 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -11805,30 +11807,34 @@ void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 32 + _w] = a5[_w * 5 + _k];
+                t2[_k * 32 + _w] = a6[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
+                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
                         (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
         real t3[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 32 + _u] = a6[_u * 5 + _i];
+                t3[_i * 32 + _u] = a7[_u * 5 + _i];
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a3[_i * 10 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a3 + 0)[_k * 32 + _w] += a6[_w * 5 + _k];
     }
 }
 
-void fc_tp_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -12229,16 +12235,23 @@ void fc_tp_d2_y_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride
     }
 }
 
-void fc_tp_d2_y_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d2_y_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
         /* ziu->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 128)[_u * 5 + _i] += a1[_i * 32 + _u];
+                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 5 + _i];
     }
 }
     """,
@@ -13121,45 +13134,59 @@ void fc_tp_d_only_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
 }
     """,
     "fc_tp_d_only_weight": """\
-void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 320);
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
         const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
         /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
         real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+                t1[_k * 32 + _w] = a2[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a4[_u * 5 + _i];
     }
 }
 
-void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 192);
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
         const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
         /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
         real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 32; ++_u)
-                        (a0 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a2[_i * 6 + _k * 2 + _p];
+                        (a0 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a4[_w * 3 + _k];
     }
 }
 
@@ -13182,24 +13209,31 @@ void fc_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 192);
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
         const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
         /* ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
         real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+                t1[_k * 32 + _w] = a2[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a4[_u * 3 + _i];
     }
 }
 
@@ -30332,7 +30366,7 @@ void tp_then_linear_d_only_x_y_s9(int64_t n, int threads, real *restrict A0, int
         'fc_tp_s6': 'aorrr',
         'fc_tp_s7': 'ar',
         'fc_tp_d_s0': 'or',
-        'fc_tp_d_s1': 'ooorrrr',
+        'fc_tp_d_s1': 'oooorrrr',
         'fc_tp_d_s2': 'or',
         'fc_tp_d_s3': 'aaorrr',
         'fc_tp_d_s4': 'aaorrr',
@@ -30350,14 +30384,13 @@ void tp_then_linear_d_only_x_y_s9(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_x_s2': 'aaorrr',
         'fc_tp_d2_x_s3': 'orr',
         'fc_tp_d2_x_s4': 'aaorrr',
-        'fc_tp_d2_x_s5': 'aaorrrr',
+        'fc_tp_d2_x_s5': 'aaoorrrr',
         'fc_tp_d2_x_s6': 'aaorrr',
         'fc_tp_d2_x_s7': 'orr',
         'fc_tp_d2_x_s8': 'aaorrrr',
-        'fc_tp_d2_x_s9': 'aorr',
-        'fc_tp_d2_x_s10': 'aorr',
-        'fc_tp_d2_x_s11': 'aaorrrr',
-        'fc_tp_d2_x_s12': 'or',
+        'fc_tp_d2_x_s9': 'aaorrr',
+        'fc_tp_d2_x_s10': 'aaoorrrr',
+        'fc_tp_d2_x_s11': 'or',
         'fc_tp_d2_y_s0': 'orr',
         'fc_tp_d2_y_s1': 'oorrr',
         'fc_tp_d2_y_s2': 'oaorrrr',
@@ -30372,7 +30405,7 @@ void tp_then_linear_d_only_x_y_s9(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_y_s11': 'aorr',
         'fc_tp_d2_y_s12': 'aorrrr',
         'fc_tp_d2_y_s13': 'aorrr',
-        'fc_tp_d2_y_s14': 'ar',
+        'fc_tp_d2_y_s14': 'aorr',
         'fc_tp_d2_weight_s0': 'ooorrrr',
         'fc_tp_d2_weight_s1': 'aorrr',
         'fc_tp_d2_weight_s2': 'aaaorrrrrr',
@@ -30400,10 +30433,10 @@ void tp_then_linear_d_only_x_y_s9(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d_only_y_s5': 'arrrr',
         'fc_tp_d_only_y_s6': 'arr',
         'fc_tp_d_only_y_s7': 'or',
-        'fc_tp_d_only_weight_s0': 'orr',
-        'fc_tp_d_only_weight_s1': 'orr',
+        'fc_tp_d_only_weight_s0': 'oorrr',
+        'fc_tp_d_only_weight_s1': 'oorrr',
         'fc_tp_d_only_weight_s2': 'orr',
-        'fc_tp_d_only_weight_s3': 'orr',
+        'fc_tp_d_only_weight_s3': 'oorrr',
         'fc_tp_d_only_weight_s4': 'orr',
         'fc_tp_d_only_weight_s5': 'orr',
         'fc_tp_d_only_weight_s6': 'orr',

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_c45cebefeaf2ed9b")
+_ops = rt.OpNamespace("fusionc_6c579afb823a0e76")
 
 
 @triton.jit
@@ -22826,7 +22826,7 @@ def _linear_d2_x(
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
     d2_d_y_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16)).view(32, 16)  # zui,zwi->uw
+    d2_weight_1 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
     d2_d_y_2 = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
