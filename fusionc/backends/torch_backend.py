@@ -652,6 +652,8 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     w()
     w("Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`")
     w("(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.")
+    if not program_lowering:
+        w("`_<name>_d_only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.")
     w('"""')
     w()
     w("from __future__ import annotations")

@@ -4,6 +4,7 @@
 
 Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
 (the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
+`_<name>_d_only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.
 """
 
 from __future__ import annotations
