@@ -138,22 +138,25 @@ def tuning_configs(configs: list, named_args: dict, **kwargs) -> list:
     return configs[:1] if os.environ.get("TRITON_INTERPRET") == "1" else configs
 
 
-def wanted(ctx, rows: list[torch.Tensor]) -> set[int]:
+def wanted(ctx, rows: list[torch.Tensor], tensors: int) -> set[int]:
     """Positions of the gradients (the floating inputs', then the weight's) that the running
     backward will use: those of inputs that require grad and whose gradient node the autograd
     engine will execute (`torch.autograd.grad(energy, positions)` executes none of the weights').
-    Where the engine cannot say, every gradient of an input that requires grad."""
+    Where the engine cannot say, every gradient of an input that requires grad. `tensors` counts
+    the op's tensor arguments (rows, weight, constants), each an edge of the node `ctx`."""
     needs = [*ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
     float_positions = [i for i, r in enumerate(rows) if r.is_floating_point()] + [len(rows)]
     try:
         nodes = [node for node, _ in ctx.next_functions]
     except (AttributeError, RuntimeError):
-        nodes = None
+        nodes = []
+    if len(nodes) != tensors:  # not the edges this op's arguments make: ask nothing of them
+        nodes = [None] * tensors
     needed = set()
     for k, i in enumerate(float_positions):
         if not needs[i]:
             continue
-        node = nodes[i] if nodes is not None and len(nodes) > len(rows) else None
+        node = nodes[i]
         try:
             if node is not None and not torch._C._will_engine_execute_node(node):
                 continue
@@ -249,15 +252,15 @@ class OpNamespace:
             saved, count = ctx.saved_tensors, ctx.count
             rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
             if backward is not None:
-                floats = sum(r.is_floating_point() for r in rows)
-                needed = wanted(ctx, rows)
-                result: list[torch.Tensor | None] = [None] * (floats + 1)
+                gradients = sum(r.is_floating_point() for r in rows) + 1
+                needed = wanted(ctx, rows, len(saved))
+                result: list[torch.Tensor | None] = [None] * gradients
                 for op, g, versions in zip(backward, grads, partial or [{}] * len(backward)):
                     if g is None or not needed:
                         continue
                     keep = min((k for k in versions if needed <= set(k)), key=len, default=None)
                     part = (op if keep is None else versions[keep])(rows + [g], weight, constants)
-                    for k, x in zip(range(floats + 1) if keep is None else keep, part):
+                    for k, x in zip(range(gradients) if keep is None else keep, part):
                         result[k] = x if result[k] is None else result[k] + x
             else:
                 result = vjp(rows, weight, constants, cotangents(grads, rows[0].shape[0], weight))
