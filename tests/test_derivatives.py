@@ -62,8 +62,9 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
         cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64) if j == k else torch.zeros_like(o)
                       for j, o in enumerate(outputs)]
         got = first(*rows, cotangents[k], weight, *constants)
-        _close(got, _vjp(forward, rows, weight, constants, cotangents))
-        _check_partials(code, first_name, rows + [cotangents[k]], weight, constants, got)
+        reference = _vjp(forward, rows, weight, constants, cotangents)
+        _close(got, reference)
+        _check_partials(code, first_name, rows + [cotangents[k]], weight, constants, reference)
         rows2 = rows + [cotangents[k]]
         floats = [i.name for i in diagram.inputs if i.kind != "index"] + ["weight"]
         for j, input_name in enumerate(floats):
@@ -80,7 +81,7 @@ def _output_names(fn) -> list[str]:
 
 def _check_partials(code, first_name: str, rows: list, weight, constants, full: list) -> None:
     """Each version of a derivative program that computes only some gradients gives those of the
-    whole program."""
+    reference (`full`: the VJP through the forward's torch code, in the whole program's order)."""
     names = _output_names(getattr(code, first_name))
     versions = [fn for key, fn in sorted(vars(code).items())
                 if key.startswith(f"{first_name}_only_") and not key.endswith("_cpu")]
