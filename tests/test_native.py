@@ -212,3 +212,23 @@ def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, 
         code = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
         if "ymm" in code or "zmm" in code:
             assert "vzeroupper" in code, program
+
+
+def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch):
+    """Ops are named by a hash of their module's code: two modules with the same torch code but
+    different C kernels (another fusionc's) must not share ops, or the second runs the first's kernels."""
+    from fusionc.backends import get_backend
+    from fusionc.pipeline import compile_source
+
+    diagrams = compile_source(_SOURCE, "native.fus")
+    emit = get_backend("torch")
+
+    def namespace_and_c(text: str) -> tuple[str, str]:
+        return text.split('OpNamespace("')[1].split('"')[0], text.split("rt.NativeKernels(")[1]
+
+    before = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
+    from fusionc.backends import native as writer
+    monkeypatch.setattr(writer, "ACCUMULATOR_MAX", 0)  # sums accumulate in memory: other C, same torch code
+    after = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
+    assert before[1] != after[1], "the change should have changed the C source"
+    assert before[0] != after[0]

@@ -28,6 +28,11 @@ from fusionc.analysis.program import Einsum
 #: Labels at least this long are worth vectorising over.
 VECTOR_MIN = 4
 
+#: A statement summing into a vector of at most this many elements sums in a local accumulator
+#: (registers), then adds it to the output once, rather than adding to the output in memory at
+#: every step of the sum (a load-add-store chain per step).
+ACCUMULATOR_MAX = 128
+
 #: Every per-row buffer is declared 64-byte aligned. gcc 12's vectoriser at -O1/-O2 may raise a
 #: local array's alignment for aligned vector stores after the stack frame is laid out, so the
 #: array sits 16 bytes off and the first aligned store faults (a random uvw product in float64
@@ -128,6 +133,15 @@ class SegmentWriter:
             self._emit([*loops, "    " * depth + "{", "    " * (depth + 1) + "real acc = 0;", *inner,
                         "    " * end + f"acc += {product};",
                         "    " * (depth + 1) + f"{work.base}[{_index(work)}] += {coeff}acc;", "    " * depth + "}"])
+        elif vector is not None and summed and sizes[vector] <= ACCUMULATOR_MAX:  # sums kept in registers
+            loops, depth = _loops(work.labels.replace(vector, ""), sizes, 0)
+            inner, end = _loops(summed + vector, sizes, depth + 1)
+            (across,), _ = _loops(vector, sizes, depth + 1)
+            self._emit([*loops, "    " * depth + "{",
+                        "    " * (depth + 1) + f"real acc[{sizes[vector]}] {ALIGNED} = {{0}};", *inner,
+                        "    " * end + f"acc[_{vector}] += {product};", across,
+                        "    " * (depth + 2) + f"{work.base}[{_index(work)}] += {coeff}acc[_{vector}];",
+                        "    " * depth + "}"])
         else:
             first = "".join(c for c in work.labels if c != vector) + summed
             loops, depth = _loops(first + (vector or ""), sizes, 0)

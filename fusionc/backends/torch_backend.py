@@ -698,8 +698,10 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                         cpu[p.name] = f"_{p.name}_cpu"
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
         functions.append((d, (forward, firsts, seconds, partial), blocks, lowered, runners))
-    # ops are named by a hash of their code: the same name always means the same computation
-    code = "\n".join(line for _, _, blocks, (extra, _), _ in functions for lines in blocks + [extra] for line in lines)
+    # ops are named by a hash of their code, native kernels included: the same name always means
+    # the same computation
+    code = "\n".join([*(line for _, _, blocks, (extra, _), _ in functions for lines in blocks + [extra] for line in lines),
+                      *(source for source, _ in (kernels or {}).values())])
     w()
     w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
     for d, (forward, firsts, seconds, partial), blocks, (extra, runner), runners in functions:

@@ -1,10 +1,11 @@
 """Compile, cache and call the native CPU kernels of a generated module.
 
 A module's C source (`fusionc.backends.native`) is compiled on first use, once per dtype, with the
-system C compiler (`$CC`, else `cc`): `-O3 -march=native -fopenmp`, `real` defined as float or
-double. The shared library is cached under `$FUSIONC_CACHE_DIR/native/`, keyed by the source, the
-flags, the compiler and the CPU, and written atomically: a compile that fails or is interrupted
-leaves no entry. OpenMP runs on the libgomp torch has loaded, so kernels and torch share one
+system C compiler (`$CC`, else `cc`): `-O1` with the vectoriser and some of -O3's loop
+transformations (`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double.
+The shared library is cached under `$FUSIONC_CACHE_DIR/native/`, keyed by the source, the flags,
+the compiler and the CPU, and written atomically: a compile that fails or is interrupted leaves no
+entry. OpenMP runs on the libgomp torch has loaded, so kernels and torch share one
 thread pool (`torch.get_num_threads()` threads).
 
 Where there is no C compiler, or `FUSIONC_NATIVE=0`, the ops run their torch code on the CPU as
@@ -30,15 +31,22 @@ import torch
 from fusionc.algebra.cache import cache_root
 from fusionc.backends.native import HEADER, program_of
 
-#: -O1 with the vectoriser: as fast as -O3 on these kernels (-O2 does not vectorise them: 3× slower)
-#: and a third of its compile time, which grows with the program (about 0.7 ms per line of C:
-#: fc_tp's forward 0.2 s, fusion_block's gradient 4.7 s). -fexpensive-optimizations makes gcc end
-#: AVX code with vzeroupper (its -O1 does not): without it the dirty upper halves of the vector
-#: registers left by a kernel slowed every matrix product MKL ran after it 2.5× (fusion_block's
-#: (16,000 × 35)·(35 × 5) CG products: 1.15 ms against 0.45), until a torch kernel cleared them.
+#: -O1 with the vectoriser: its compile time grows with the program (about 0.6 ms per line of C:
+#: fc_tp's gradient 1 s, fusion_block's largest second derivative 9 s); -O3 takes 4× as long there.
+#: -fexpensive-optimizations makes gcc end AVX code with vzeroupper (its -O1 does not): without it
+#: the dirty upper halves of the vector registers left by a kernel slowed every matrix product MKL
+#: ran after it 2.5× (fusion_block's (16,000 × 35)·(35 × 5) CG products: 1.15 ms against 0.45),
+#: until a torch kernel cleared them.
 FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
          "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
          "-ffp-contract=fast")
+#: -O3's loop transformations that matter here, for programs of at most LOOP_LINES lines of C: full
+#: unrolling of the short loops over CG components (5, 3, 2), which keeps a statement's vector sums
+#: in registers, and unroll-and-jam. fc_tp's programs run 10-20% faster with them (as fast as at
+#: -O3); they more than double the compile time (fusion_block's largest program: 9 s -> 22 s), so
+#: the largest programs, which run once per call among many, keep -O1's.
+LOOP_FLAGS = ("-fpeel-loops", "-floop-interchange", "-floop-unroll-and-jam", "-fversion-loops-for-strides")
+LOOP_LINES = 2500
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
@@ -84,9 +92,14 @@ def _machine() -> str:
         return platform.processor() + platform.machine()
 
 
+def flags_for(source: str) -> tuple[str, ...]:
+    """The compiler flags for a program's C source (see LOOP_FLAGS)."""
+    return FLAGS + LOOP_FLAGS if source.count("\n") <= LOOP_LINES else FLAGS
+
+
 def _build(source: str, real: str) -> Path:
     cc = _compiler()
-    flags = (*(os.environ.get("FUSIONC_NATIVE_FLAGS") or " ".join(FLAGS)).split(), f"-Dreal={real}")
+    flags = (*(os.environ.get("FUSIONC_NATIVE_FLAGS") or " ".join(flags_for(source))).split(), f"-Dreal={real}")
     key = hashlib.sha256("\0".join((source, " ".join(flags), _version(cc), _machine())).encode()).hexdigest()
     path = cache_root() / "native" / f"{key[:32]}.so"
     if path.exists():

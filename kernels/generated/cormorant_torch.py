@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_4adcf4d7ea4d58de")
+_ops = rt.OpNamespace("fusionc_69a1d931bdff8b01")
 
 
 def _cormorant_cg(
@@ -4893,9 +4893,14 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t3[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l3 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
@@ -4930,9 +4935,14 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t9[_j * 16 + _u] = (l4 + 0)[_u * 5 + _j];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a10[_j * 5 + _k] * t9[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += a10[_j * 5 + _k] * t9[_j * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l5 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -5261,9 +5271,14 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
@@ -5298,9 +5313,14 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -5432,9 +5452,14 @@ void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t5[_i * 16 + _u] = a8[_u * 5 + _i];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
+                    w6[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
@@ -5447,9 +5472,14 @@ void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t8[_j * 16 + _u] = (a1 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a11[_u];
@@ -5763,9 +5793,14 @@ void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
@@ -5827,9 +5862,14 @@ void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real w2[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+                        w2[_i * 80 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
@@ -5846,9 +5886,14 @@ void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -5864,9 +5909,14 @@ void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
@@ -6015,9 +6065,14 @@ void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -6034,9 +6089,14 @@ void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -6052,9 +6112,14 @@ void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
@@ -6101,9 +6166,14 @@ void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
@@ -6126,9 +6196,14 @@ void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
@@ -6175,9 +6250,14 @@ void cormorant_cg_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
+                    w2[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
@@ -6190,9 +6270,14 @@ void cormorant_cg_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
         real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -6245,9 +6330,14 @@ void cormorant_cg_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
         real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
+                    w2[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
@@ -6260,9 +6350,14 @@ void cormorant_cg_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
         real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -6559,9 +6654,14 @@ void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
@@ -6572,9 +6672,14 @@ void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t5[_k * 16 + _u] = (a8 + 0)[_u * 3 + _k];
         real w6[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_k * 16 + _u] * a7[_j * 3 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += t5[_k * 16 + _u] * a7[_j * 3 + _k];
+                    w6[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w6[_j * 16 + _u];
@@ -6583,9 +6688,14 @@ void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t7[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
         real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -6605,9 +6715,14 @@ void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t10[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
         real w11[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_j * 3 + _k] * t10[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w11[_k * 16 + _u] += a7[_j * 3 + _k] * t10[_j * 16 + _u];
+                    w11[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w11[_k * 16 + _u];
@@ -6688,9 +6803,14 @@ void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_j * 5 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a7[_j * 5 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
@@ -6701,9 +6821,14 @@ void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t5[_k * 16 + _u] = (a8 + 0)[_u * 5 + _k];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_k * 16 + _u] * a7[_j * 5 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += t5[_k * 16 + _u] * a7[_j * 5 + _k];
+                    w6[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
@@ -6712,9 +6837,14 @@ void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t7[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
         real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -6734,9 +6864,14 @@ void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t10[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
         real w11[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_j * 5 + _k] * t10[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w11[_k * 16 + _u] += a7[_j * 5 + _k] * t10[_j * 16 + _u];
+                    w11[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += w11[_k * 16 + _u];
@@ -6842,9 +6977,14 @@ void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a6[_i * 3 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a6[_i * 3 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
@@ -6904,9 +7044,14 @@ void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a6[_i * 3 + _j] * t3[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a6[_i * 3 + _j] * t3[_i * 16 + _u];
+                    w4[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
@@ -6941,9 +7086,14 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 15 + _j * 5 + _k];
+                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -6960,9 +7110,14 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t4[_i * 48 + _j * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -6998,9 +7153,14 @@ void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0
                     t2[_i * 48 + _j * 16 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _j];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 16 + _u] += t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
+                    w3[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 16)[_u * 3 + _j] += w3[_j * 16 + _u];
@@ -7217,9 +7377,14 @@ void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         real w2[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+                        w2[_i * 80 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
@@ -7236,9 +7401,14 @@ void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                     t4[_i * 80 + _j * 16 + _u] = (a1 + 0)[_u * 15 + _i * 5 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -7274,9 +7444,14 @@ void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0
                     t2[_i * 80 + _j * 16 + _u] = (a6 + 0)[_u * 15 + _i * 5 + _j];
         real w3[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 16 + _u] * t2[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 16 + _u] += t1[_i * 16 + _u] * t2[_i * 80 + _j * 16 + _u];
+                    w3[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 64)[_u * 5 + _j] += w3[_j * 16 + _u];
@@ -7323,9 +7498,14 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
                 t1[_j * 16 + _u] = a3[_u * 5 + _j];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_j * 16 + _u] * a4[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += t1[_j * 16 + _u] * a4[_i * 5 + _j];
+                    w2[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
@@ -7338,9 +7518,14 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t4[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
         real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -7360,9 +7545,14 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
                 t7[_i * 16 + _u] = a7[_u * 5 + _i];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_i * 16 + _u] * a4[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += t7[_i * 16 + _u] * a4[_i * 5 + _j];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l1 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
@@ -7375,9 +7565,14 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t10[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t9[_j * 16 + _u] * t10[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t9[_j * 16 + _u] * t10[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
         real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -7727,9 +7922,14 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
@@ -7764,9 +7964,14 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                 t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -7898,9 +8103,14 @@ void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
                 t5[_i * 16 + _u] = a8[_u * 5 + _i];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
+                    w6[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
@@ -7913,9 +8123,14 @@ void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t8[_j * 16 + _u] = (a1 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a11[_u];
@@ -8588,9 +8803,14 @@ void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
@@ -8651,9 +8871,14 @@ void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64
         real w2[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+                        w2[_i * 80 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
@@ -8670,9 +8895,14 @@ void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -8688,9 +8918,14 @@ void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64
                     t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
@@ -8837,9 +9072,14 @@ void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -8856,9 +9096,14 @@ void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -8874,9 +9119,14 @@ void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64
                     t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
@@ -8922,9 +9172,14 @@ void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
@@ -8947,9 +9202,14 @@ void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64
                 t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
@@ -8995,9 +9255,14 @@ void cormorant_cg_d2_weight_s32(int64_t n, int threads, real *restrict A0, int64
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
+                    w2[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
@@ -9010,9 +9275,14 @@ void cormorant_cg_d2_weight_s32(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
         real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -9064,9 +9334,14 @@ void cormorant_cg_d2_weight_s33(int64_t n, int threads, real *restrict A0, int64
                 t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
         real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
+                    w2[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
@@ -9079,9 +9354,14 @@ void cormorant_cg_d2_weight_s33(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
         real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -9347,9 +9627,14 @@ void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_i * 5 + _j] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a7[_i * 5 + _j] * t3[_j * 16 + _u];
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
@@ -9372,9 +9657,14 @@ void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t
                 t7[_i * 16 + _u] = (l2 + 0)[_u * 5 + _i];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_i * 5 + _j] * t7[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a7[_i * 5 + _j] * t7[_i * 16 + _u];
+                    w8[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
@@ -9398,9 +9688,14 @@ void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t
         real w12[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t11[_k * 16 + _u] * a10[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w12[_i * 80 + _j * 16 + _u] += t11[_k * 16 + _u] * a10[_i * 25 + _j * 5 + _k];
+                        w12[_i * 80 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
@@ -9413,9 +9708,14 @@ void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t
                     t13[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
         real w14[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_j * 16 + _u] * t13[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_i * 16 + _u] += t1[_j * 16 + _u] * t13[_i * 80 + _j * 16 + _u];
+                    w14[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w14[_i * 16 + _u];
@@ -9431,9 +9731,14 @@ void cormorant_cg_d_only_f_s8(int64_t n, int threads, real *restrict A0, int64_t
                     t16[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
         real w17[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t15[_i * 16 + _u] * t16[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_j * 16 + _u] += t15[_i * 16 + _u] * t16[_i * 80 + _j * 16 + _u];
+                    w17[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += w17[_j * 16 + _u];
@@ -9559,9 +9864,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
         real w4[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_k * 16 + _u] * a4[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w4[_i * 48 + _j * 16 + _u] += t3[_k * 16 + _u] * a4[_i * 15 + _j * 5 + _k];
+                        w4[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -9578,9 +9888,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                     t6[_i * 48 + _j * 16 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w7[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_j * 16 + _u] * t6[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += t5[_j * 16 + _u] * t6[_i * 48 + _j * 16 + _u];
+                    w7[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
@@ -9596,9 +9911,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                     t9[_i * 48 + _j * 16 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_i * 16 + _u] * t9[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += t8[_i * 16 + _u] * t9[_i * 48 + _j * 16 + _u];
+                    w10[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
@@ -9620,9 +9940,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                 t12[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
         real w13[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a8[_i * 3 + _j] * t12[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_i * 16 + _u] += a8[_i * 3 + _j] * t12[_j * 16 + _u];
+                    w13[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w13[_i * 16 + _u];
@@ -9641,9 +9966,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                 t15[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
         real w16[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a8[_i * 3 + _j] * t15[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w16[_j * 16 + _u] += a8[_i * 3 + _j] * t15[_i * 16 + _u];
+                    w16[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w16[_j * 16 + _u];
@@ -9662,9 +9992,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                 t18[_k * 16 + _u] = (l5 + 0)[_u * 5 + _k];
         real w19[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t18[_k * 16 + _u] * a10[_j * 5 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w19[_j * 16 + _u] += t18[_k * 16 + _u] * a10[_j * 5 + _k];
+                    w19[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l6 + 0)[_u * 5 + _j] += w19[_j * 16 + _u];
@@ -9677,9 +10012,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t21[_j * 16 + _u] = (l6 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t20[_j * 16 + _u] * t21[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t20[_j * 16 + _u] * t21[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
         real t22[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -9711,9 +10051,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
                 t26[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
         real w27[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t26[_k * 16 + _u] * a14[_j * 3 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w27[_j * 16 + _u] += t26[_k * 16 + _u] * a14[_j * 3 + _k];
+                    w27[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l8 + 0)[_u * 3 + _j] += w27[_j * 16 + _u];
@@ -9722,9 +10067,14 @@ void cormorant_cg_d_only_f_s10(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t28[_j * 16 + _u] = (l8 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t5[_j * 16 + _u] * t28[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += t5[_j * 16 + _u] * t28[_j * 16 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
         real t29[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -9812,9 +10162,14 @@ void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, in
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
@@ -9849,9 +10204,14 @@ void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, in
                 t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -10308,9 +10668,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_i * 16 + _u] * a9[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l3 + 0)[_u] += t7[_i * 16 + _u] * a9[_i];
+                (l3 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l3 + 0)[_u] * a10[_u];
@@ -10327,9 +10692,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a14[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a14[_i * 9 + _k * 3 + _p];
+                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10342,9 +10712,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t9[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
@@ -10358,9 +10733,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10373,9 +10753,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t12[_p * 80 + _k * 16 + _u] = (l7 + 0)[_u * 10 + _p * 5 + _k];
         real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+                    w13[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
@@ -10384,9 +10769,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a18[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t14[_i * 16 + _u] * a19[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l8 + 0)[_u] += t14[_i * 16 + _u] * a19[_i];
+                (l8 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l8 + 0)[_u] * a20[_u];
@@ -10400,9 +10790,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a23[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a23[_i * 6 + _k * 2 + _p];
+                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10415,9 +10810,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t16[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 6 + _p * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
+                    w17[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
@@ -10434,9 +10834,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a27[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a27[_i * 15 + _k * 3 + _p];
+                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10449,9 +10854,14 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t19[_p * 80 + _k * 16 + _u] = (l12 + 0)[_u * 15 + _p * 5 + _k];
         real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+                    w20[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
@@ -10625,9 +11035,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a22[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_i * 16 + _u] * a23[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_u] += t7[_i * 16 + _u] * a23[_i];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a4 + 0)[_u] * a24[_u];
@@ -10644,9 +11059,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a28[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a28[_i * 9 + _k * 3 + _p];
+                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10659,9 +11079,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
@@ -10675,9 +11100,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a31[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a31[_i * 10 + _k * 2 + _p];
+                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10690,9 +11120,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
         real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
+                    w13[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
@@ -10701,9 +11136,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a32[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t14[_i * 16 + _u] * a33[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a9 + 0)[_u] += t14[_i * 16 + _u] * a33[_i];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a9 + 0)[_u] * a34[_u];
@@ -10717,9 +11157,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a37[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a37[_i * 6 + _k * 2 + _p];
+                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10732,9 +11177,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+                    w17[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
@@ -10751,9 +11201,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a41[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a41[_i * 15 + _k * 3 + _p];
+                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10766,9 +11221,14 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
         real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+                    w20[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
@@ -10917,9 +11377,14 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+                    (l1 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t5[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -10928,10 +11393,15 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                     t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
@@ -10988,9 +11458,14 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+                    (l3 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t13[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -10999,10 +11474,15 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                     t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
         real w14[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
@@ -11074,9 +11554,14 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+                    (l6 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -11085,10 +11570,15 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                     t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
         real w22[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w22[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
@@ -11142,9 +11632,14 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+                    (l8 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t29[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -11153,10 +11648,15 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                     t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
         real w30[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w30[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
@@ -11227,17 +11727,27 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+                (a3 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t37[_k * 16 + _u] * a27[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -11271,17 +11781,27 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+                (a3 + 16)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t43[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t43[_k * 16 + _u] * a31[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -11631,9 +12151,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
+                (a3 + 16)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
         real w19[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -11675,17 +12200,27 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
+                (a3 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
         real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 16 + _u] = a22[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t25[_i * 16 + _u] * a23[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l12 + 0)[_u] += t25[_i * 16 + _u] * a23[_i];
+                (l12 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 3; ++_i)
             {
@@ -11704,9 +12239,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         real w26[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t25[_i * 16 + _u] * a24[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w26[_p * 48 + _k * 16 + _u] += t25[_i * 16 + _u] * a24[_i * 9 + _k * 3 + _p];
+                        w26[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11734,9 +12274,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                     t28[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
         real w29[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t28[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w29[_k * 16 + _u] += t28[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+                    w29[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w29[_k * 16 + _u];
@@ -11751,16 +12296,26 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 t31[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t30[_p * 48 + _k * 16 + _u] * t31[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a4 + 0)[_p * 16 + _u] += t30[_p * 48 + _k * 16 + _u] * t31[_k * 16 + _u];
+                    (a4 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
         real w32[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t25[_i * 16 + _u] * a25[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w32[_p * 80 + _k * 16 + _u] += t25[_i * 16 + _u] * a25[_i * 10 + _k * 2 + _p];
+                        w32[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11788,9 +12343,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                     t34[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
         real w35[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t34[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w35[_k * 16 + _u] += t34[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+                    w35[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w35[_k * 16 + _u];
@@ -11805,17 +12365,27 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t36[_p * 80 + _k * 16 + _u] * t37[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a5 + 0)[_p * 16 + _u] += t36[_p * 80 + _k * 16 + _u] * t37[_k * 16 + _u];
+                    (a5 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
         real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t38[_i * 16 + _u] = a26[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t38[_i * 16 + _u] * a27[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l15 + 0)[_u] += t38[_i * 16 + _u] * a27[_i];
+                (l15 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 5; ++_i)
             {
@@ -11834,9 +12404,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         real w39[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t38[_i * 16 + _u] * a28[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w39[_p * 48 + _k * 16 + _u] += t38[_i * 16 + _u] * a28[_i * 6 + _k * 2 + _p];
+                        w39[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11864,9 +12439,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                     t41[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
         real w42[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t41[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w42[_k * 16 + _u] += t41[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+                    w42[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w42[_k * 16 + _u];
@@ -11881,16 +12461,26 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 t44[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t43[_p * 48 + _k * 16 + _u] * t44[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a6 + 0)[_p * 16 + _u] += t43[_p * 48 + _k * 16 + _u] * t44[_k * 16 + _u];
+                    (a6 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
         real w45[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t38[_i * 16 + _u] * a29[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w45[_p * 80 + _k * 16 + _u] += t38[_i * 16 + _u] * a29[_i * 15 + _k * 3 + _p];
+                        w45[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11918,9 +12508,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                     t47[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
         real w48[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t47[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w48[_k * 16 + _u] += t47[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+                    w48[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w48[_k * 16 + _u];
@@ -11935,9 +12530,14 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 t50[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t49[_p * 80 + _k * 16 + _u] * t50[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a7 + 0)[_p * 16 + _u] += t49[_p * 80 + _k * 16 + _u] * t50[_k * 16 + _u];
+                    (a7 + 0)[_p * 16 + _u] += acc[_u];
+            }
     }
 }
 
@@ -12315,9 +12915,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += a20[_k] * t14[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += a20[_k] * t14[_k * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         real t15[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -12339,9 +12944,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
+                (a3 + 16)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real w19[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -12355,9 +12965,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t20[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += a21[_k] * t20[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += a21[_k] * t20[_k * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         real t21[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -12379,17 +12994,27 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
+                (a3 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
         real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 16 + _u] = a23[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += a22[_i] * t25[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (l12 + 0)[_u] += a22[_i] * t25[_i * 16 + _u];
+                (l12 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
         real w26[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -12408,9 +13033,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         real w27[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a24[_i * 9 + _k * 3 + _p] * t25[_i * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w27[_p * 48 + _k * 16 + _u] += a24[_i * 9 + _k * 3 + _p] * t25[_i * 16 + _u];
+                        w27[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12423,10 +13053,15 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t28[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
         real w29[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w29[_i * 16 + _u] += a24[_i * 9 + _k * 3 + _p] * t28[_p * 48 + _k * 16 + _u];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a24[_i * 9 + _k * 3 + _p] * t28[_p * 48 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    w29[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w29[_i * 16 + _u];
@@ -12438,9 +13073,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t30[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
         real w31[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t30[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w31[_k * 16 + _u] += t30[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+                    w31[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w31[_k * 16 + _u];
@@ -12455,16 +13095,26 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 t33[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t32[_p * 48 + _k * 16 + _u] * t33[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a4 + 0)[_p * 16 + _u] += t32[_p * 48 + _k * 16 + _u] * t33[_k * 16 + _u];
+                    (a4 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a25[_i * 10 + _k * 2 + _p] * t25[_i * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w34[_p * 80 + _k * 16 + _u] += a25[_i * 10 + _k * 2 + _p] * t25[_i * 16 + _u];
+                        w34[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12477,10 +13127,15 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t35[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
         real w36[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w36[_i * 16 + _u] += a25[_i * 10 + _k * 2 + _p] * t35[_p * 80 + _k * 16 + _u];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a25[_i * 10 + _k * 2 + _p] * t35[_p * 80 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    w36[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w36[_i * 16 + _u];
@@ -12492,9 +13147,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t37[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
         real w38[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t37[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w38[_k * 16 + _u] += t37[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+                    w38[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w38[_k * 16 + _u];
@@ -12509,17 +13169,27 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 t40[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t39[_p * 80 + _k * 16 + _u] * t40[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a5 + 0)[_p * 16 + _u] += t39[_p * 80 + _k * 16 + _u] * t40[_k * 16 + _u];
+                    (a5 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
         real t41[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t41[_i * 16 + _u] = a27[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += a26[_i] * t41[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (l15 + 0)[_u] += a26[_i] * t41[_i * 16 + _u];
+                (l15 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
         real w42[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -12538,9 +13208,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         real w43[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a28[_i * 6 + _k * 2 + _p] * t41[_i * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w43[_p * 48 + _k * 16 + _u] += a28[_i * 6 + _k * 2 + _p] * t41[_i * 16 + _u];
+                        w43[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12553,10 +13228,15 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t44[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
         real w45[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w45[_i * 16 + _u] += a28[_i * 6 + _k * 2 + _p] * t44[_p * 48 + _k * 16 + _u];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a28[_i * 6 + _k * 2 + _p] * t44[_p * 48 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    w45[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w45[_i * 16 + _u];
@@ -12568,9 +13248,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t46[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
         real w47[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t46[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w47[_k * 16 + _u] += t46[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+                    w47[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w47[_k * 16 + _u];
@@ -12585,16 +13270,26 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 t49[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a6 + 0)[_p * 16 + _u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
+                    (a6 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
         real w50[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a29[_i * 15 + _k * 3 + _p] * t41[_i * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w50[_p * 80 + _k * 16 + _u] += a29[_i * 15 + _k * 3 + _p] * t41[_i * 16 + _u];
+                        w50[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12607,10 +13302,15 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t51[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
         real w52[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w52[_i * 16 + _u] += a29[_i * 15 + _k * 3 + _p] * t51[_p * 80 + _k * 16 + _u];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a29[_i * 15 + _k * 3 + _p] * t51[_p * 80 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    w52[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w52[_i * 16 + _u];
@@ -12622,9 +13322,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                     t53[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
         real w54[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t53[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w54[_k * 16 + _u] += t53[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+                    w54[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w54[_k * 16 + _u];
@@ -12639,9 +13344,14 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 t56[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t55[_p * 80 + _k * 16 + _u] * t56[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a7 + 0)[_p * 16 + _u] += t55[_p * 80 + _k * 16 + _u] * t56[_k * 16 + _u];
+                    (a7 + 0)[_p * 16 + _u] += acc[_u];
+            }
     }
 }
 
@@ -12795,16 +13505,26 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a14[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_i * 16 + _u] * a15[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_u] += t3[_i * 16 + _u] * a15[_i];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
         real w4[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
+                        w4[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12813,9 +13533,14 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                        w5[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12825,16 +13550,26 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 16 + _u] = a18[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t6[_i * 16 + _u] * a19[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a6 + 0)[_u] += t6[_i * 16 + _u] * a19[_i];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
+                        w7[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12843,9 +13578,14 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         real w8[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
+                        w8[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13025,9 +13765,14 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
                     t9[_p * 48 + _k * 16 + _u] = (a23 + 0)[_u * 9 + _p * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l0 + 0)[_p * 16 + _u] * t9[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += (l0 + 0)[_p * 16 + _u] * t9[_p * 48 + _k * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
@@ -13059,9 +13804,14 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
                     t13[_p * 80 + _k * 16 + _u] = (a26 + 0)[_u * 10 + _p * 5 + _k];
         real w14[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l1 + 0)[_p * 16 + _u] * t13[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_k * 16 + _u] += (l1 + 0)[_p * 16 + _u] * t13[_p * 80 + _k * 16 + _u];
+                    w14[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w14[_k * 16 + _u];
@@ -13099,9 +13849,14 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
                     t17[_p * 48 + _k * 16 + _u] = (a31 + 0)[_u * 6 + _p * 3 + _k];
         real w18[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l2 + 0)[_p * 16 + _u] * t17[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w18[_k * 16 + _u] += (l2 + 0)[_p * 16 + _u] * t17[_p * 48 + _k * 16 + _u];
+                    w18[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w18[_k * 16 + _u];
@@ -13136,9 +13891,14 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
                     t21[_p * 80 + _k * 16 + _u] = (a35 + 0)[_u * 15 + _p * 5 + _k];
         real w22[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l3 + 0)[_p * 16 + _u] * t21[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w22[_k * 16 + _u] += (l3 + 0)[_p * 16 + _u] * t21[_p * 80 + _k * 16 + _u];
+                    w22[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
@@ -13242,10 +14002,15 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                     t1[_p * 80 + _k * 16 + _u] = (a4 + 0)[_u * 15 + _p * 5 + _k];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 16 + _u] += t1[_p * 80 + _k * 16 + _u] * a5[_i * 15 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_p * 80 + _k * 16 + _u] * a5[_i * 15 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
@@ -13271,10 +14036,15 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                     t4[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 6 + _p * 3 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w5[_i * 16 + _u] += t4[_p * 48 + _k * 16 + _u] * a8[_i * 6 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t4[_p * 48 + _k * 16 + _u] * a8[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -13312,10 +14082,15 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                     t7[_p * 80 + _k * 16 + _u] = (a11 + 0)[_u * 10 + _p * 5 + _k];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w8[_i * 16 + _u] += t7[_p * 80 + _k * 16 + _u] * a12[_i * 10 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_p * 80 + _k * 16 + _u] * a12[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
@@ -13341,10 +14116,15 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                     t10[_p * 48 + _k * 16 + _u] = (a14 + 0)[_u * 9 + _p * 3 + _k];
         real w11[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w11[_i * 16 + _u] += t10[_p * 48 + _k * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t10[_p * 48 + _k * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w11[_i * 16 + _u];
@@ -13379,9 +14159,14 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t13[_k * 16 + _u] = (a18 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t13[_k * 16 + _u] * a19[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t13[_k * 16 + _u] * a19[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
         for (int _k = 0; _k < 5; ++_k)
             {
@@ -13395,9 +14180,14 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 16 + _u] = (a21 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t14[_k * 16 + _u] * a22[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t14[_k * 16 + _u] * a22[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
         for (int _k = 0; _k < 3; ++_k)
             {
@@ -13543,9 +14333,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a21[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_i * 16 + _u] * a22[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_u] += t7[_i * 16 + _u] * a22[_i];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a4 + 0)[_u] * a23[_u];
@@ -13562,9 +14357,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a27[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a27[_i * 9 + _k * 3 + _p];
+                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13577,9 +14377,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                     t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
@@ -13593,9 +14398,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a30[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a30[_i * 10 + _k * 2 + _p];
+                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13608,9 +14418,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                     t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
         real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
+                    w13[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
@@ -13619,9 +14434,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a31[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t14[_i * 16 + _u] * a32[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a9 + 0)[_u] += t14[_i * 16 + _u] * a32[_i];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a9 + 0)[_u] * a33[_u];
@@ -13635,9 +14455,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a36[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a36[_i * 6 + _k * 2 + _p];
+                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13650,9 +14475,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                     t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+                    w17[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
@@ -13669,9 +14499,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a40[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a40[_i * 15 + _k * 3 + _p];
+                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13684,9 +14519,14 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                     t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
         real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+                    w20[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
@@ -13870,9 +14710,14 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+                    (l1 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t5[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -13881,10 +14726,15 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                     t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
@@ -13941,9 +14791,14 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+                    (l3 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t13[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -13952,10 +14807,15 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                     t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
         real w14[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
@@ -14027,9 +14887,14 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+                    (l6 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -14038,10 +14903,15 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                     t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
         real w22[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w22[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
@@ -14095,9 +14965,14 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+                    (l8 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t29[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -14106,10 +14981,15 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                     t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
         real w30[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w30[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
@@ -14180,17 +15060,27 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+                (a3 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t37[_k * 16 + _u] * a27[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -14224,17 +15114,27 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+                (a3 + 16)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t43[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t43[_k * 16 + _u] * a31[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -14436,10 +15336,15 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
                     t3[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w4[_i * 16 + _u] += t3[_p * 80 + _k * 16 + _u] * a4[_i * 15 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_p * 80 + _k * 16 + _u] * a4[_i * 15 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
@@ -14465,10 +15370,15 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
                     t7[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w8[_i * 16 + _u] += t7[_p * 48 + _k * 16 + _u] * a6[_i * 6 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_p * 48 + _k * 16 + _u] * a6[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
@@ -14505,10 +15415,15 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
                     t12[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
         real w13[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w13[_i * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * a10[_i * 10 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t12[_p * 80 + _k * 16 + _u] * a10[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w13[_i * 16 + _u];
@@ -14534,10 +15449,15 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
                     t16[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w17[_i * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * a12[_i * 9 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t16[_p * 48 + _k * 16 + _u] * a12[_i * 9 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w17[_i * 16 + _u];
@@ -14569,9 +15489,14 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t21[_k * 16 + _u] * a16[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t21[_k * 16 + _u] * a16[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zuk,zpu->zupk */
         real t22[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -14589,9 +15514,14 @@ void cormorant_message_d_only_f_s3(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t24[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t24[_k * 16 + _u] * a18[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t24[_k * 16 + _u] * a18[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zuk,zpu->zupk */
         for (int _u = 0; _u < 16; ++_u)
             (l8 + 0)[_u] += (a0 + 0)[_u] * a19[_u];
@@ -15012,16 +15942,26 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a14[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_i * 16 + _u] * a15[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_u] += t3[_i * 16 + _u] * a15[_i];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
         real w4[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
+                        w4[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15030,9 +15970,14 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                        w5[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15042,16 +15987,26 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 16 + _u] = a18[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t6[_i * 16 + _u] * a19[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a6 + 0)[_u] += t6[_i * 16 + _u] * a19[_i];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
+                        w7[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15060,9 +16015,14 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
         real w8[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
+                        w8[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15143,9 +16103,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
                 for (int _k = 0; _k < 5; ++_k)
                     t2[_p * 80 + _k * 16 + _u] = (a3 + 0)[_u * 15 + _p * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * t2[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l0 + 0)[_p * 16 + _u] += t1[_k * 16 + _u] * t2[_p * 80 + _k * 16 + _u];
+                    (l0 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 224)[_u] += (l0 + 32)[_u];
@@ -15166,9 +16131,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_p * 48 + _k * 16 + _u] = (a4 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 48 + _k * 16 + _u];
+                    (l1 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 208)[_u] += (l1 + 16)[_u];
@@ -15189,9 +16159,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
                 for (int _k = 0; _k < 5; ++_k)
                     t6[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_k * 16 + _u] * t6[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l2 + 0)[_p * 16 + _u] += t5[_k * 16 + _u] * t6[_p * 80 + _k * 16 + _u];
+                    (l2 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 128)[_u] += (l2 + 16)[_u];
@@ -15209,9 +16184,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
                 for (int _k = 0; _k < 3; ++_k)
                     t8[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 9 + _p * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_k * 16 + _u] * t8[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l3 + 0)[_p * 16 + _u] += t7[_k * 16 + _u] * t8[_p * 48 + _k * 16 + _u];
+                    (l3 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 112)[_u] += (l3 + 32)[_u];
@@ -15233,9 +16213,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t10[_k * 16 + _u] = (a9 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t9[_k * 16 + _u] * t10[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 32)[_u] += t9[_k * 16 + _u] * t10[_k * 16 + _u];
+                (a1 + 32)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -15245,9 +16230,14 @@ void cormorant_message_d_only_w_s3(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t12[_k * 16 + _u] = (a10 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t11[_k * 16 + _u] * t12[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 16)[_u] += t11[_k * 16 + _u] * t12[_k * 16 + _u];
+                (a1 + 16)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a0 + 0)[_u] * (a11 + 0)[_u];
@@ -15354,9 +16344,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a9[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t7[_i * 16 + _u] * a10[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l3 + 0)[_u] += t7[_i * 16 + _u] * a10[_i];
+                (l3 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l3 + 0)[_u] * a11[_u];
@@ -15373,9 +16368,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
+                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15388,9 +16388,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
                     t9[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+                    w10[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
@@ -15404,9 +16409,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_i * 16 + _u] * a18[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a18[_i * 10 + _k * 2 + _p];
+                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15419,9 +16429,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
                     t12[_p * 80 + _k * 16 + _u] = (l7 + 0)[_u * 10 + _p * 5 + _k];
         real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+                    w13[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
@@ -15430,9 +16445,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a19[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t14[_i * 16 + _u] * a20[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (l8 + 0)[_u] += t14[_i * 16 + _u] * a20[_i];
+                (l8 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l8 + 0)[_u] * a21[_u];
@@ -15446,9 +16466,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a24[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a24[_i * 6 + _k * 2 + _p];
+                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15461,9 +16486,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
                     t16[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 6 + _p * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
+                    w17[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
@@ -15480,9 +16510,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
         real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t14[_i * 16 + _u] * a28[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a28[_i * 15 + _k * 3 + _p];
+                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15495,9 +16530,14 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
                     t19[_p * 80 + _k * 16 + _u] = (l12 + 0)[_u * 15 + _p * 5 + _k];
         real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 3; ++_p)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+                    w20[_k * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
@@ -15602,9 +16642,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a18[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_i * 16 + _u] * a19[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_u] += t3[_i * 16 + _u] * a19[_i];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a4 + 0)[_u] += a20[_u];
@@ -15618,9 +16663,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         real w4[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a23[_i * 9 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a23[_i * 9 + _k * 3 + _p];
+                        w4[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15635,9 +16685,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * a26[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a26[_i * 10 + _k * 2 + _p];
+                        w5[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15647,9 +16702,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 16 + _u] = a27[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t6[_i * 16 + _u] * a28[_i];
             for (int _u = 0; _u < 16; ++_u)
-                (a8 + 0)[_u] += t6[_i * 16 + _u] * a28[_i];
+                (a8 + 0)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 16; ++_u)
             (a9 + 0)[_u] += a29[_u];
@@ -15660,9 +16720,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a31[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a31[_i * 6 + _k * 2 + _p];
+                        w7[_p * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15680,9 +16745,14 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         real w8[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a35[_i * 15 + _k * 3 + _p];
                     for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a35[_i * 15 + _k * 3 + _p];
+                        w8[_p * 80 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15811,9 +16881,14 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+                    (l1 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t5[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -15822,10 +16897,15 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                     t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
         real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
@@ -15882,9 +16962,14 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                 for (int _k = 0; _k < 3; ++_k)
                     t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+                    (l3 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t13[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -15893,10 +16978,15 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                     t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
         real w14[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
@@ -15968,9 +17058,14 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                 for (int _k = 0; _k < 5; ++_k)
                     t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+                    (l6 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -15979,10 +17074,15 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                     t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
         real w22[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w22[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
@@ -16036,9 +17136,14 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                 for (int _k = 0; _k < 3; ++_k)
                     t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
         for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+                    (l8 + 0)[_p * 16 + _u] += acc[_u];
+            }
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t29[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -16047,10 +17152,15 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
                     t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
         real w30[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+                for (int _u = 0; _u < 16; ++_u)
+                    w30[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
@@ -16121,17 +17231,27 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+                (a3 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t37[_k * 16 + _u] * a27[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
@@ -16165,17 +17285,27 @@ void cormorant_message_d_only_f_sh_w_s3(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+                (a3 + 16)[_u] += acc[_u];
+        }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t43[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t43[_k * 16 + _u] * a31[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)

@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_8887cbdee5e4b934")
+_ops = rt.OpNamespace("fusionc_0f27dec4e880268e")
 
 
 def _mace_product(
@@ -12233,9 +12233,14 @@ void mace_product_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t5[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a12[_j * 3 + _k] * t5[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_k * 64 + _u] += a12[_j * 3 + _k] * t5[_j * 64 + _u];
+                    w6[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w6[_k * 64 + _u];
@@ -12312,9 +12317,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a12[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _k * 64 + _u] += t1[_j * 64 + _u] * a12[_i * 15 + _j * 3 + _k];
+                        w2[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12331,9 +12341,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t4[_i * 192 + _k * 64 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w5[_k * 64 + _u];
@@ -12352,9 +12367,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w8[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a15[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t1[_j * 64 + _u] * a15[_i * 5 + _j];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w8[_i * 64 + _u];
@@ -12367,9 +12387,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t10[_i * 64 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t9[_i * 64 + _u] * t10[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a4 + 0)[_u] += t9[_i * 64 + _u] * t10[_i * 64 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * (a4 + 0)[_u] * a17[_u];
@@ -12381,9 +12406,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w12[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t11[_j * 64 + _u] * a19[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w12[_i * 192 + _k * 64 + _u] += t11[_j * 64 + _u] * a19[_i * 21 + _j * 3 + _k];
+                        w12[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12396,9 +12426,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t13[_i * 192 + _k * 64 + _u] = (a5 + 0)[_u * 15 + _i * 3 + _k];
         real w14[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_i * 64 + _u] * t13[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_k * 64 + _u] += t9[_i * 64 + _u] * t13[_i * 192 + _k * 64 + _u];
+                    w14[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w14[_k * 64 + _u];
@@ -12421,9 +12456,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t17[_i * 64 + _u] = a21[_u * 7 + _i];
         real w18[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t17[_i * 64 + _u] * a22[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_j * 64 + _u] += t17[_i * 64 + _u] * a22[_i * 7 + _j];
+                    w18[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l0 + 0)[_u * 7 + _j] += w18[_j * 64 + _u];
@@ -12432,9 +12472,14 @@ void mace_product_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t19[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_j * 64 + _u] * t19[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t11[_j * 64 + _u] * t19[_j * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * (a7 + 0)[_u] * a23[_u];
@@ -12608,9 +12653,14 @@ void mace_product_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t3[_j * 64 + _u] = (l4 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l5 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
@@ -12654,9 +12704,14 @@ void mace_product_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t10[_i * 192 + _k * 64 + _u] = (a22 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t9[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l7 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
@@ -12700,9 +12755,14 @@ void mace_product_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t17[_i * 192 + _k * 64 + _u] = (a27 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t16[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t16[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -12870,9 +12930,14 @@ void mace_product_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 64 + _u] = (a7 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_i * 64 + _u] * t6[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t5[_i * 64 + _u] * t6[_i * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (l1 + 0)[_u];
@@ -12907,9 +12972,14 @@ void mace_product_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t11[_i * 64 + _u] = (l3 + 0)[_u * 3 + _i];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a11[_i * 3 + _k] * t11[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_k * 64 + _u] += a11[_i * 3 + _k] * t11[_i * 64 + _u];
+                    w12[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l4 + 0)[_u * 3 + _k] += w12[_k * 64 + _u];
@@ -13033,18 +13103,28 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
         /* p4 = (p2 ⊗ p2) -> 64x0e */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -13057,9 +13137,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = (a2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -13068,9 +13153,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13083,18 +13173,28 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
@@ -13107,9 +13207,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -13118,9 +13223,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13133,9 +13243,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t17[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -13146,9 +13261,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t19[_i * 64 + _u] = a26[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a10 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -13157,9 +13277,14 @@ void mace_product_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a11 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (a11 + 0)[_u] += acc[_u];
+        }
         /* p11 = (p2 ⊗ p2) -> 64x2e */
         real w22[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -13283,9 +13408,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w2[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a16[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 320 + _k * 64 + _u] += t1[_j * 64 + _u] * a16[_i * 35 + _j * 5 + _k];
+                        w2[_i * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13302,9 +13432,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t4[_i * 320 + _k * 64 + _u] = (a0 + 0)[_u * 25 + _i * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l0 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -13316,9 +13451,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w7[2240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 7; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 7; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t6[_i * 64 + _u] * a19[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w7[_j * 320 + _k * 64 + _u] += t6[_i * 64 + _u] * a19[_i * 35 + _j * 5 + _k];
+                        w7[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13331,9 +13471,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t8[_j * 320 + _k * 64 + _u] = (a1 + 0)[_u * 35 + _j * 5 + _k];
         real w9[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_k * 64 + _u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
+                    w9[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w9[_k * 64 + _u];
@@ -13489,9 +13634,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w30[960] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t29[_i * 64 + _u] * a48[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w30[_j * 192 + _k * 64 + _u] += t29[_i * 64 + _u] * a48[_i * 15 + _j * 3 + _k];
+                        w30[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13508,9 +13658,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t32[_j * 192 + _k * 64 + _u] = (a11 + 0)[_u * 15 + _j * 3 + _k];
         real w33[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t31[_j * 64 + _u] * t32[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w33[_k * 64 + _u] += t31[_j * 64 + _u] * t32[_j * 192 + _k * 64 + _u];
+                    w33[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w33[_k * 64 + _u];
@@ -13531,9 +13686,14 @@ void mace_product_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t36[_i * 64 + _u] = (l1 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t34[_i * 64 + _u] * t36[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a13 + 896)[_u] += (real)1.118033988749895 * t34[_i * 64 + _u] * t36[_i * 64 + _u];
+                (a13 + 896)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o */
         real t37[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -13581,9 +13741,14 @@ void mace_product_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t2[_j * 192 + _k * 64 + _u] = (a4 + 0)[_u * 15 + _j * 3 + _k];
         real w3[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 192 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w3[_j * 64 + _u];
@@ -13610,9 +13775,14 @@ void mace_product_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t6[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w7[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_i * 3 + _k] * t6[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w7[_i * 64 + _u] += a7[_i * 3 + _k] * t6[_k * 64 + _u];
+                    w7[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w7[_i * 64 + _u];
@@ -13690,9 +13860,14 @@ void mace_product_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 704)[_u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 704)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l0 + 0)[_u] += a11[_u];
@@ -13727,9 +13902,14 @@ void mace_product_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t8[_i * 64 + _u] = (l2 + 0)[_u * 5 + _i];
         real w9[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a14[_i * 5 + _j] * t8[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_j * 64 + _u] += a14[_i * 5 + _j] * t8[_i * 64 + _u];
+                    w9[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w9[_j * 64 + _u];
@@ -13754,9 +13934,14 @@ void mace_product_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t13[_i * 64 + _u] = (a16 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t12[_i * 64 + _u] * t13[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 1152)[_u] += (real)0.7905694150420949 * t12[_i * 64 + _u] * t13[_i * 64 + _u];
+                (a2 + 1152)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui,zu->zui */
         real t14[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -13778,9 +13963,14 @@ void mace_product_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t17[_i * 64 + _u] = a18[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t16[_i * 64 + _u] * t17[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 640)[_u] += (real)0.7905694150420949 * t16[_i * 64 + _u] * t17[_i * 64 + _u];
+                (a2 + 640)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -13892,9 +14082,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 64 + _u] = (a11 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 1088)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 1088)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -13908,9 +14103,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 64 + _u] = a13[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t5[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 576)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t5[_i * 64 + _u];
+                (a2 + 576)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l0 + 0)[_u] += a14[_u];
@@ -13945,9 +14145,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t10[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_i * 3 + _j] * t10[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += a17[_i * 3 + _j] * t10[_i * 64 + _u];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -13972,9 +14177,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t15[_i * 64 + _u] = (a19 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t14[_i * 64 + _u] * t15[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 768)[_u] += (real)0.6123724356957945 * t14[_i * 64 + _u] * t15[_i * 64 + _u];
+                (a2 + 768)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui,zu->zui */
         real t16[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -13996,9 +14206,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t19[_i * 64 + _u] = (a21 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t18[_i * 64 + _u] * t19[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 384)[_u] += (real)0.6123724356957945 * t18[_i * 64 + _u] * t19[_i * 64 + _u];
+                (a2 + 384)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -14015,9 +14230,14 @@ void mace_product_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t21[_i * 192 + _k * 64 + _u] = (a23 + 0)[_u * 15 + _i * 3 + _k];
         real w22[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t20[_k * 64 + _u] * t21[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w22[_i * 64 + _u] += t20[_k * 64 + _u] * t21[_i * 192 + _k * 64 + _u];
+                    w22[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w22[_i * 64 + _u];
@@ -14086,9 +14306,14 @@ void mace_product_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 64 + _u] = (a9 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 1216)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 1216)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -14102,9 +14327,14 @@ void mace_product_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 64 + _u] = a11[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t5[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 320)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t5[_i * 64 + _u];
+                (a2 + 320)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -14121,9 +14351,14 @@ void mace_product_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t7[_i * 192 + _k * 64 + _u] = (a13 + 0)[_u * 9 + _i * 3 + _k];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w8[_i * 64 + _u];
@@ -14223,9 +14458,14 @@ void mace_product_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = (a12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 832)[_u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 832)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -14239,9 +14479,14 @@ void mace_product_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t5[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 128)[_u] += (real)0.8660254037844386 * t1[_i * 64 + _u] * t5[_i * 64 + _u];
+                (a2 + 128)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -14253,9 +14498,14 @@ void mace_product_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t6[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
         real w7[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * a16[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w7[_j * 64 + _u] += t6[_k * 64 + _u] * a16[_j * 3 + _k];
+                    w7[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w7[_j * 64 + _u];
@@ -14268,9 +14518,14 @@ void mace_product_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t9[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t8[_j * 64 + _u] * t9[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l2 + 0)[_u] += t8[_j * 64 + _u] * t9[_j * 64 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -14396,9 +14651,14 @@ void mace_product_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
         real w3[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w3[_j * 64 + _u];
@@ -14414,9 +14674,14 @@ void mace_product_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t5[_i * 320 + _k * 64 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w6[_i * 64 + _u];
@@ -14548,9 +14813,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_k * 64 + _u] * a7[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _j * 64 + _u] += t1[_k * 64 + _u] * a7[_i * 15 + _j * 5 + _k];
+                        w2[_i * 192 + _j * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -14567,9 +14837,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t4[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -14585,9 +14860,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t7[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -14616,9 +14896,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t11[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
         real w12[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a14[_i * 7 + _j] * t11[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += a14[_i * 7 + _j] * t11[_j * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w12[_i * 64 + _u];
@@ -14651,9 +14936,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t17[_i * 64 + _u] = (a18 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_i * 64 + _u] * t17[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 320)[_u] += t15[_i * 64 + _u] * t17[_i * 64 + _u];
+                (a2 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
         real t18[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -14666,9 +14956,14 @@ void mace_product_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t19[_i * 192 + _k * 64 + _u] = (a19 + 0)[_u * 15 + _i * 3 + _k];
         real w20[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_i * 64 + _u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
+                    w20[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w20[_i * 64 + _u];
@@ -14757,9 +15052,14 @@ void mace_product_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a11[_i * 5 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a11[_i * 5 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w6[_j * 64 + _u];
@@ -14780,9 +15080,14 @@ void mace_product_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 192)[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a2 + 192)[_u] += acc[_u];
+        }
         /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -14795,9 +15100,14 @@ void mace_product_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_st
                     t11[_i * 192 + _k * 64 + _u] = (a15 + 0)[_u * 9 + _i * 3 + _k];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w12[_i * 64 + _u];
@@ -14893,9 +15203,14 @@ void mace_product_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a11[_i * 3 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a11[_i * 3 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -14916,9 +15231,14 @@ void mace_product_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 64)[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a2 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -14926,9 +15246,14 @@ void mace_product_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 t10[_k * 64 + _u] = (a3 + 0)[_u * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_k * 64 + _u] * a15[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += t10[_k * 64 + _u] * a15[_j * 3 + _k];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -14941,9 +15266,14 @@ void mace_product_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t13[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t12[_j * 64 + _u] * t13[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t12[_j * 64 + _u] * t13[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t14[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -15007,9 +15337,14 @@ void mace_product_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a1 + 64)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a1 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂A: 64x0e -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += a5[_u] * a6[_u];
@@ -15092,18 +15427,28 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
         /* p4 = (p2 ⊗ p2) -> 64x0e */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -15116,9 +15461,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = (a2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -15127,9 +15477,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15142,18 +15497,28 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
@@ -15166,9 +15531,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -15177,9 +15547,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15192,9 +15567,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t17[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -15205,9 +15585,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t19[_i * 64 + _u] = a26[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a10 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -15216,9 +15601,14 @@ void mace_product_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a11 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (a11 + 0)[_u] += acc[_u];
+        }
         /* p11 = (p2 ⊗ p2) -> 64x2e */
         real w22[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -15312,9 +15702,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w2[1600] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_i * 64 + _u] * a17[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_j * 320 + _k * 64 + _u] += t1[_i * 64 + _u] * a17[_i * 25 + _j * 5 + _k];
+                        w2[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15331,9 +15726,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t4[_j * 320 + _k * 64 + _u] = (a0 + 0)[_u * 25 + _j * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_j * 64 + _u] * t4[_j * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -15345,9 +15745,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w7[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t6[_j * 64 + _u] * a20[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w7[_i * 320 + _k * 64 + _u] += t6[_j * 64 + _u] * a20[_i * 35 + _j * 5 + _k];
+                        w7[_i * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15360,9 +15765,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t8[_i * 320 + _k * 64 + _u] = (a2 + 0)[_u * 25 + _i * 5 + _k];
         real w9[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_i * 64 + _u] * t8[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_k * 64 + _u] += t1[_i * 64 + _u] * t8[_i * 320 + _k * 64 + _u];
+                    w9[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w9[_k * 64 + _u];
@@ -15374,9 +15784,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w11[2240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 7; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 7; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t10[_i * 64 + _u] * a22[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w11[_j * 320 + _k * 64 + _u] += t10[_i * 64 + _u] * a22[_i * 35 + _j * 5 + _k];
+                        w11[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15389,9 +15804,14 @@ void mace_product_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t12[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_j * 64 + _u] * t12[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_k * 64 + _u] += t6[_j * 64 + _u] * t12[_j * 320 + _k * 64 + _u];
+                    w13[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w13[_k * 64 + _u];
@@ -15627,9 +16047,14 @@ void mace_product_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a11[_i * 3 + _k] * t3[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a11[_i * 3 + _k] * t3[_k * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w4[_i * 64 + _u];
@@ -15899,9 +16324,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t11[_i * 192 + _k * 64 + _u] = (a37 + 0)[_u * 15 + _i * 3 + _k];
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
@@ -15945,9 +16375,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t18[_i * 192 + _k * 64 + _u] = (a40 + 0)[_u * 9 + _i * 3 + _k];
         real w19[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t17[_k * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w19[_i * 64 + _u] += t17[_k * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
+                    w19[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a9 + 0)[_u * 3 + _i] += w19[_i * 64 + _u];
@@ -15986,9 +16421,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t24[_j * 64 + _u] = a43[_u * 3 + _j];
         real w25[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t24[_j * 64 + _u] * a44[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w25[_k * 64 + _u] += t24[_j * 64 + _u] * a44[_j * 3 + _k];
+                    w25[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a11 + 0)[_u * 3 + _k] += w25[_k * 64 + _u];
@@ -16001,9 +16441,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t27[_k * 64 + _u] = (a11 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t26[_k * 64 + _u] * t27[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a12 + 0)[_u] += t26[_k * 64 + _u] * t27[_k * 64 + _u];
+                (a12 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a13 + 0)[_u] += (real)0.5 * (a12 + 0)[_u] * a45[_u];
@@ -16096,9 +16541,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 (a17 + 64)[_u * 3 + _i] += w33[_i * 64 + _u];
         /* ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t32[_i * 64 + _u] * t28[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a18 + 64)[_u] += t32[_i * 64 + _u] * t28[_i * 64 + _u];
+                (a18 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (l5 + 0)[_u] += a66[_u] * a67[_u];
@@ -16148,18 +16598,28 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t36[_j * 64 + _u] = (l9 + 0)[_u * 3 + _j];
         real w37[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a44[_j * 3 + _k] * t36[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w37[_k * 64 + _u] += a44[_j * 3 + _k] * t36[_j * 64 + _u];
+                    w37[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a22 + 0)[_u * 3 + _k] += w37[_k * 64 + _u];
         /* ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real w38[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t34[_j * 64 + _u] * a44[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w38[_k * 64 + _u] += t34[_j * 64 + _u] * a44[_j * 3 + _k];
+                    w38[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a23 + 0)[_u * 3 + _k] += w38[_k * 64 + _u];
@@ -16172,9 +16632,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t40[_k * 64 + _u] = (a23 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t39[_k * 64 + _u] * t40[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a20 + 0)[_u] += t39[_k * 64 + _u] * t40[_k * 64 + _u];
+                (a20 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t41[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16206,9 +16671,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t45[_k * 64 + _u] = (l10 + 0)[_u * 3 + _k];
         real w46[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a44[_j * 3 + _k] * t45[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w46[_j * 64 + _u] += a44[_j * 3 + _k] * t45[_k * 64 + _u];
+                    w46[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a20 + 64)[_u * 3 + _j] += w46[_j * 64 + _u];
@@ -16229,15 +16699,25 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t49[_i * 64 + _u] = (a22 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t49[_i * 64 + _u] * t28[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a21 + 64)[_u] += t49[_i * 64 + _u] * t28[_i * 64 + _u];
+                (a21 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real w50[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t34[_j * 64 + _u] * a69[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w50[_i * 64 + _u] += t34[_j * 64 + _u] * a69[_i * 3 + _j];
+                    w50[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a24 + 0)[_u * 3 + _i] += w50[_i * 64 + _u];
@@ -16250,9 +16730,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t52[_i * 64 + _u] = (a24 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t51[_i * 64 + _u] * t52[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a25 + 0)[_u] += t51[_i * 64 + _u] * t52[_i * 64 + _u];
+                (a25 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real t53[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16266,9 +16751,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 (a20 + 64)[_u * 3 + _i] += w54[_i * 64 + _u];
         /* ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t32[_i * 64 + _u] * t4[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a25 + 0)[_u] += t32[_i * 64 + _u] * t4[_i * 64 + _u];
+                (a25 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real w55[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -16284,9 +16774,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t56[_i * 64 + _u] = (l11 + 0)[_u * 3 + _i];
         real w57[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a69[_i * 3 + _j] * t56[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w57[_j * 64 + _u] += a69[_i * 3 + _j] * t56[_i * 64 + _u];
+                    w57[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a20 + 64)[_u * 3 + _j] += w57[_j * 64 + _u];
@@ -16304,9 +16799,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w59[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t58[_j * 64 + _u] * a72[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w59[_i * 192 + _k * 64 + _u] += t58[_j * 64 + _u] * a72[_i * 15 + _j * 3 + _k];
+                        w59[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -16319,9 +16819,14 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t60[_i * 192 + _k * 64 + _u] = (a26 + 0)[_u * 9 + _i * 3 + _k];
         real w61[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t51[_i * 64 + _u] * t60[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w61[_k * 64 + _u] += t51[_i * 64 + _u] * t60[_i * 192 + _k * 64 + _u];
+                    w61[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a27 + 0)[_u * 3 + _k] += w61[_k * 64 + _u];
@@ -16337,18 +16842,28 @@ void mace_product_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t63[_i * 192 + _k * 64 + _u] = (a26 + 0)[_u * 9 + _i * 3 + _k];
         real w64[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t62[_k * 64 + _u] * t63[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w64[_i * 64 + _u] += t62[_k * 64 + _u] * t63[_i * 192 + _k * 64 + _u];
+                    w64[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a20 + 64)[_u * 3 + _i] += w64[_i * 64 + _u];
         /* ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
         real w65[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t32[_i * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w65[_k * 64 + _u] += t32[_i * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
+                    w65[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a27 + 0)[_u * 3 + _k] += w65[_k * 64 + _u];
@@ -16424,9 +16939,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = a11[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 192)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 192)[_u] += acc[_u];
+        }
         /* ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real t4[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16434,9 +16954,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t4[_j * 64 + _u] = a12[_u * 5 + _j];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_j * 64 + _u] * a13[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t4[_j * 64 + _u] * a13[_i * 5 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w5[_i * 64 + _u];
@@ -16449,9 +16974,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 64 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a4 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16473,9 +17003,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 64 + _u] = (a17 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t10[_i * 64 + _u] * t11[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a4 + 0)[_u] += t10[_i * 64 + _u] * t11[_i * 64 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -16491,9 +17026,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t13[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
         real w14[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a13[_i * 5 + _j] * t13[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_j * 64 + _u] += a13[_i * 5 + _j] * t13[_i * 64 + _u];
+                    w14[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w14[_j * 64 + _u];
@@ -16511,9 +17051,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a21[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a21[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -16526,9 +17071,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t17[_i * 192 + _k * 64 + _u] = (a5 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t6[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -16544,9 +17094,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t20[_i * 192 + _k * 64 + _u] = (a5 + 0)[_u * 15 + _i * 3 + _k];
         real w21[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_k * 64 + _u] * t20[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w21[_i * 64 + _u] += t19[_k * 64 + _u] * t20[_i * 192 + _k * 64 + _u];
+                    w21[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w21[_i * 64 + _u];
@@ -16558,9 +17113,14 @@ void mace_product_d2_A_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t22[_i * 192 + _k * 64 + _u] = (a23 + 0)[_u * 15 + _i * 3 + _k];
         real w23[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_i * 64 + _u] * t22[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w23[_k * 64 + _u] += t10[_i * 64 + _u] * t22[_i * 192 + _k * 64 + _u];
+                    w23[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w23[_k * 64 + _u];
@@ -16625,9 +17185,14 @@ void mace_product_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 320)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real t4[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16637,9 +17202,14 @@ void mace_product_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t5[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t4[_j * 64 + _u] * t5[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t4[_j * 64 + _u] * t5[_j * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real w6[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
@@ -16655,9 +17225,14 @@ void mace_product_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t7[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
         real w8[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a12[_i * 7 + _j] * t7[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += a12[_i * 7 + _j] * t7[_j * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w8[_i * 64 + _u];
@@ -16668,9 +17243,14 @@ void mace_product_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t9[_i * 64 + _u] = a13[_u * 7 + _i];
         real w10[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_i * 64 + _u] * a12[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_j * 64 + _u] += t9[_i * 64 + _u] * a12[_i * 7 + _j];
+                    w10[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l1 + 0)[_u * 7 + _j] += w10[_j * 64 + _u];
@@ -16683,9 +17263,14 @@ void mace_product_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t12[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_j * 64 + _u] * t12[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t11[_j * 64 + _u] * t12[_j * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real t13[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -16754,9 +17339,14 @@ void mace_product_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _j * 64 + _u] += t1[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
+                        w2[_i * 192 + _j * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -16773,9 +17363,14 @@ void mace_product_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t4[_i * 192 + _j * 64 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _j];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 64)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -16832,9 +17427,14 @@ void mace_product_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t2[_i * 192 + _j * 64 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _j];
         real w3[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_i * 64 + _u] * t2[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_i * 64 + _u] * t2[_i * 192 + _j * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 64)[_u * 3 + _j] += w3[_j * 64 + _u];
@@ -16850,9 +17450,14 @@ void mace_product_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t5[_j * 320 + _k * 64 + _u] = (a8 + 0)[_u * 25 + _j * 5 + _k];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_j * 64 + _u] * t5[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_k * 64 + _u] += t4[_j * 64 + _u] * t5[_j * 320 + _k * 64 + _u];
+                    w6[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w6[_k * 64 + _u];
@@ -16972,9 +17577,14 @@ void mace_product_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0
         real w2[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a5[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 320 + _k * 64 + _u] += t1[_j * 64 + _u] * a5[_i * 35 + _j * 5 + _k];
+                        w2[_i * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -16991,9 +17601,14 @@ void mace_product_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0
                     t4[_i * 320 + _k * 64 + _u] = (l0 + 0)[_u * 25 + _i * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -17009,9 +17624,14 @@ void mace_product_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_i * 320 + _k * 64 + _u] = (l0 + 0)[_u * 25 + _i * 5 + _k];
         real w8[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t6[_k * 64 + _u] * t7[_i * 320 + _k * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w8[_i * 64 + _u];
@@ -17027,9 +17647,14 @@ void mace_product_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t a0
                     t10[_i * 320 + _k * 64 + _u] = (a9 + 0)[_u * 25 + _i * 5 + _k];
         real w11[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_i * 64 + _u] * t10[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t9[_i * 64 + _u] * t10[_i * 320 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w11[_k * 64 + _u];
@@ -17075,9 +17700,14 @@ void mace_product_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t a0
                     t2[_j * 320 + _k * 64 + _u] = (a5 + 0)[_u * 35 + _j * 5 + _k];
         real w3[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_k * 64 + _u] += t1[_j * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w3[_k * 64 + _u];
@@ -17178,9 +17808,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
         real w2[2240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 7; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 7; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_i * 64 + _u] * a11[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_j * 320 + _k * 64 + _u] += t1[_i * 64 + _u] * a11[_i * 35 + _j * 5 + _k];
+                        w2[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17197,9 +17832,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                     t4[_j * 320 + _k * 64 + _u] = (l0 + 0)[_u * 35 + _j * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_j * 64 + _u] * t4[_j * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -17215,9 +17855,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_j * 320 + _k * 64 + _u] = (l0 + 0)[_u * 35 + _j * 5 + _k];
         real w8[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t6[_k * 64 + _u] * t7[_j * 320 + _k * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w8[_j * 64 + _u];
@@ -17313,9 +17958,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 64 + _u] = (a35 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_k * 64 + _u] * t9[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a5 + 0)[_u] += t11[_k * 64 + _u] * t9[_k * 64 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o */
         real t12[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17343,9 +17993,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                 t15[_k * 64 + _u] = (l9 + 0)[_u * 3 + _k];
         real w16[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a37[_j * 3 + _k] * t15[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w16[_j * 64 + _u] += a37[_j * 3 + _k] * t15[_k * 64 + _u];
+                    w16[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w16[_j * 64 + _u];
@@ -17370,9 +18025,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t19[_i * 64 + _u] = (a40 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t17[_i * 64 + _u] * t19[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 128)[_u] += (real)0.8660254037844386 * t17[_i * 64 + _u] * t19[_i * 64 + _u];
+                (a2 + 128)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zu->zui */
         real t20[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17386,9 +18046,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (l10 + 0)[_u * 3 + _i] += w21[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t20[_i * 64 + _u] * t19[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 832)[_u] += (real)0.8660254037844386 * t20[_i * 64 + _u] * t19[_i * 64 + _u];
+                (a2 + 832)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o */
         real t22[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17401,9 +18066,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                     t23[_i * 192 + _k * 64 + _u] = (a44 + 0)[_u * 9 + _i * 3 + _k];
         real w24[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t22[_i * 64 + _u] * t23[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w24[_k * 64 + _u] += t22[_i * 64 + _u] * t23[_i * 192 + _k * 64 + _u];
+                    w24[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w24[_k * 64 + _u];
@@ -17414,9 +18084,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                 t25[_k * 64 + _u] = (a45 + 0)[_u * 3 + _k];
         real w26[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t25[_k * 64 + _u] * t23[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w26[_i * 64 + _u] += t25[_k * 64 + _u] * t23[_i * 192 + _k * 64 + _u];
+                    w26[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a7 + 0)[_u * 3 + _i] += w26[_i * 64 + _u];
@@ -17432,9 +18107,14 @@ void mace_product_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t a0
                     t28[_i * 192 + _k * 64 + _u] = (a46 + 0)[_u * 9 + _i * 3 + _k];
         real w29[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t27[_i * 64 + _u] * t28[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w29[_k * 64 + _u] += t27[_i * 64 + _u] * t28[_i * 192 + _k * 64 + _u];
+                    w29[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w29[_k * 64 + _u];
@@ -17505,9 +18185,14 @@ void mace_product_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 64 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 320)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 320)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real t4[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17521,9 +18206,14 @@ void mace_product_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w5[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t4[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 1216)[_u] += (real)1.118033988749895 * t4[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 1216)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o */
         real t6[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17536,9 +18226,14 @@ void mace_product_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_i * 192 + _k * 64 + _u] = (a14 + 0)[_u * 15 + _i * 3 + _k];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_k * 64 + _u] += t6[_i * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w8[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w8[_k * 64 + _u];
@@ -17549,9 +18244,14 @@ void mace_product_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0
                 t9[_k * 64 + _u] = (a15 + 0)[_u * 3 + _k];
         real w10[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_i * 64 + _u] += t9[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w10[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w10[_i * 64 + _u];
@@ -17567,9 +18267,14 @@ void mace_product_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t a0
                     t12[_i * 192 + _k * 64 + _u] = (a16 + 0)[_u * 15 + _i * 3 + _k];
         real w13[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t11[_i * 64 + _u] * t12[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_k * 64 + _u] += t11[_i * 64 + _u] * t12[_i * 192 + _k * 64 + _u];
+                    w13[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w13[_k * 64 + _u];
@@ -17650,9 +18355,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 384)[_u] += (real)0.6123724356957945 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 384)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui,zu->zui */
         real t4[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17666,9 +18376,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (l0 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t4[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 768)[_u] += (real)0.6123724356957945 * t4[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 768)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e */
         real t6[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17678,9 +18393,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p23: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e */
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -17698,9 +18418,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t10[_i * 64 + _u] = (a16 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t9[_i * 64 + _u] * t10[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t9[_i * 64 + _u] * t10[_i * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e */
         real t11[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17720,9 +18445,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
                 t13[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
         real w14[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_i * 3 + _j] * t13[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_j * 64 + _u] += a17[_i * 3 + _j] * t13[_i * 64 + _u];
+                    w14[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w14[_j * 64 + _u];
@@ -17746,9 +18476,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t17[_i * 64 + _u] = a20[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_i * 64 + _u] * t17[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 576)[_u] += (real)1.118033988749895 * t15[_i * 64 + _u] * t17[_i * 64 + _u];
+                (a2 + 576)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real t18[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17762,9 +18497,14 @@ void mace_product_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w19[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t18[_i * 64 + _u] * t17[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 1088)[_u] += (real)1.118033988749895 * t18[_i * 64 + _u] * t17[_i * 64 + _u];
+                (a2 + 1088)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o */
         real t20[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17876,9 +18616,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_i * 64 + _u] * a9[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_j * 192 + _k * 64 + _u] += t1[_i * 64 + _u] * a9[_i * 9 + _j * 3 + _k];
+                        w2[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -17895,9 +18640,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                     t4[_j * 192 + _k * 64 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_j * 64 + _u] * t4[_j * 192 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w5[_k * 64 + _u];
@@ -17913,9 +18663,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_j * 192 + _k * 64 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t6[_k * 64 + _u] * t7[_j * 192 + _k * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -17940,9 +18695,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 64 + _u] = (a14 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t9[_i * 64 + _u] * t11[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 640)[_u] += (real)0.7905694150420949 * t9[_i * 64 + _u] * t11[_i * 64 + _u];
+                (a3 + 640)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui,zu->zui */
         real t12[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17956,9 +18716,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (l1 + 0)[_u * 5 + _i] += w13[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t12[_i * 64 + _u] * t11[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 1152)[_u] += (real)0.7905694150420949 * t12[_i * 64 + _u] * t11[_i * 64 + _u];
+                (a3 + 1152)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e */
         real t14[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -17968,9 +18733,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t15[_i * 64 + _u] = (a18 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t14[_i * 64 + _u] * t15[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l2 + 0)[_u] += t14[_i * 64 + _u] * t15[_i * 64 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p27: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e */
         real w16[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -17988,9 +18758,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t18[_i * 64 + _u] = (a20 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t17[_i * 64 + _u] * t18[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l2 + 0)[_u] += t17[_i * 64 + _u] * t18[_i * 64 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e */
         real t19[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18010,9 +18785,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                 t21[_i * 64 + _u] = (l3 + 0)[_u * 5 + _i];
         real w22[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a21[_i * 5 + _j] * t21[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w22[_j * 64 + _u] += a21[_i * 5 + _j] * t21[_i * 64 + _u];
+                    w22[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 256)[_u * 5 + _j] += w22[_j * 64 + _u];
@@ -18036,9 +18816,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 64 + _u] = (a24 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t23[_i * 64 + _u] * t25[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 704)[_u] += (real)0.8660254037844386 * t23[_i * 64 + _u] * t25[_i * 64 + _u];
+                (a3 + 704)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o */
         real t26[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18058,9 +18843,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                 t28[_i * 64 + _u] = (l5 + 0)[_u * 3 + _i];
         real w29[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a27[_i * 3 + _k] * t28[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w29[_k * 64 + _u] += a27[_i * 3 + _k] * t28[_i * 64 + _u];
+                    w29[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w29[_k * 64 + _u];
@@ -18083,9 +18873,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                 t32[_k * 64 + _u] = (l6 + 0)[_u * 3 + _k];
         real w33[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a27[_i * 3 + _k] * t32[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w33[_i * 64 + _u] += a27[_i * 3 + _k] * t32[_k * 64 + _u];
+                    w33[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a6 + 0)[_u * 3 + _i] += w33[_i * 64 + _u];
@@ -18108,9 +18903,14 @@ void mace_product_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t a0
                 t36[_i * 64 + _u] = (l7 + 0)[_u * 3 + _i];
         real w37[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a27[_i * 3 + _k] * t36[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w37[_k * 64 + _u] += a27[_i * 3 + _k] * t36[_i * 64 + _u];
+                    w37[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w37[_k * 64 + _u];
@@ -18228,9 +19028,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         real w2[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a18[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _k * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 15 + _j * 3 + _k];
+                        w2[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -18247,9 +19052,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
                     t4[_i * 192 + _k * 64 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _k];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w5[_k * 64 + _u];
@@ -18265,9 +19075,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_i * 192 + _k * 64 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _k];
         real w8[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w8[_i * 64 + _u];
@@ -18279,9 +19094,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         real w10[960] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t9[_i * 64 + _u] * a18[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w10[_j * 192 + _k * 64 + _u] += t9[_i * 64 + _u] * a18[_i * 15 + _j * 3 + _k];
+                        w10[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -18298,9 +19118,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
                     t12[_j * 192 + _k * 64 + _u] = (l2 + 0)[_u * 15 + _j * 3 + _k];
         real w13[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t11[_j * 64 + _u] * t12[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_k * 64 + _u] += t11[_j * 64 + _u] * t12[_j * 192 + _k * 64 + _u];
+                    w13[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w13[_k * 64 + _u];
@@ -18312,9 +19137,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
                     t14[_j * 192 + _k * 64 + _u] = (l2 + 0)[_u * 15 + _j * 3 + _k];
         real w15[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t14[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w15[_j * 64 + _u] += t6[_k * 64 + _u] * t14[_j * 192 + _k * 64 + _u];
+                    w15[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w15[_j * 64 + _u];
@@ -18339,9 +19169,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t19[_i * 64 + _u] = a24[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t18[_i * 64 + _u] * t19[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 896)[_u] += (real)1.118033988749895 * t18[_i * 64 + _u] * t19[_i * 64 + _u];
+                (a3 + 896)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real t20[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18359,9 +19194,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t22[_i * 64 + _u] = (a27 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t20[_i * 64 + _u] * t22[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 704)[_u] += (real)0.8660254037844386 * t20[_i * 64 + _u] * t22[_i * 64 + _u];
+                (a3 + 704)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zu->zui */
         real t23[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18379,9 +19219,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t25[_i * 64 + _u] = (a30 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t23[_i * 64 + _u] * t25[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 1152)[_u] += (real)0.7905694150420949 * t23[_i * 64 + _u] * t25[_i * 64 + _u];
+                (a3 + 1152)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui,zu->zui */
         real w26[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -18395,9 +19240,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t27[_i * 64 + _u] = (a32 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t23[_i * 64 + _u] * t27[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 640)[_u] += (real)0.7905694150420949 * t23[_i * 64 + _u] * t27[_i * 64 + _u];
+                (a3 + 640)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui,zu->zui */
         real t28[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18411,9 +19261,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (a5 + 0)[_u * 5 + _i] += w29[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t28[_i * 64 + _u] * t25[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 1088)[_u] += (real)1.118033988749895 * t28[_i * 64 + _u] * t25[_i * 64 + _u];
+                (a3 + 1088)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real w30[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -18423,9 +19278,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w30[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t28[_i * 64 + _u] * t27[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 576)[_u] += (real)1.118033988749895 * t28[_i * 64 + _u] * t27[_i * 64 + _u];
+                (a3 + 576)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real t31[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18439,9 +19299,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w32[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t31[_i * 64 + _u] * t22[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 768)[_u] += (real)0.6123724356957945 * t31[_i * 64 + _u] * t22[_i * 64 + _u];
+                (a3 + 768)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui,zu->zui */
         real w33[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -18455,9 +19320,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t34[_i * 64 + _u] = (a39 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t31[_i * 64 + _u] * t34[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 384)[_u] += (real)0.6123724356957945 * t31[_i * 64 + _u] * t34[_i * 64 + _u];
+                (a3 + 384)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui,zu->zui */
         real t35[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18471,9 +19341,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 5; ++_i)
                 (a5 + 0)[_u * 5 + _i] += w36[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t35[_i * 64 + _u] * t25[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 1216)[_u] += (real)1.118033988749895 * t35[_i * 64 + _u] * t25[_i * 64 + _u];
+                (a3 + 1216)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real w37[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -18487,9 +19362,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t38[_i * 64 + _u] = a43[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t35[_i * 64 + _u] * t38[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 320)[_u] += (real)1.118033988749895 * t35[_i * 64 + _u] * t38[_i * 64 + _u];
+                (a3 + 320)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zu->zui */
         real t39[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -18503,9 +19383,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w40[_i * 64 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t39[_i * 64 + _u] * t22[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 832)[_u] += (real)0.8660254037844386 * t39[_i * 64 + _u] * t22[_i * 64 + _u];
+                (a3 + 832)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zu->zui */
         real w41[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -18519,9 +19404,14 @@ void mace_product_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t42[_i * 64 + _u] = (a47 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t39[_i * 64 + _u] * t42[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 128)[_u] += (real)0.8660254037844386 * t39[_i * 64 + _u] * t42[_i * 64 + _u];
+                (a3 + 128)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a10 + 0)[_u] += (real)0.5 * (a48 + 0)[_u] * a49[_u];
@@ -18620,9 +19510,14 @@ void mace_product_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t a0
                     t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
         real w3[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w3[_j * 64 + _u];
@@ -18638,9 +19533,14 @@ void mace_product_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t a0
                     t5[_i * 320 + _k * 64 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w6[_i * 64 + _u];
@@ -18735,9 +19635,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
                     t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 25 + _j * 5 + _k];
         real w3[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w3[_j * 64 + _u];
@@ -18749,9 +19654,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
         real w5[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t4[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w5[_i * 192 + _j * 64 + _u] += t4[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
+                        w5[_i * 192 + _j * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -18768,9 +19678,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
                     t7[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_j * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t6[_j * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w8[_i * 64 + _u];
@@ -18786,9 +19701,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
                     t10[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_i * 64 + _u] * t10[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += t9[_i * 64 + _u] * t10[_i * 192 + _j * 64 + _u];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -18811,9 +19731,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
                 t14[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
         real w15[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a11[_i * 7 + _j] * t14[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w15[_i * 64 + _u] += a11[_i * 7 + _j] * t14[_j * 64 + _u];
+                    w15[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w15[_i * 64 + _u];
@@ -18841,9 +19766,14 @@ void mace_product_d2_A_s20(int64_t n, int threads, real *restrict A0, int64_t a0
                     t19[_i * 192 + _k * 64 + _u] = (a14 + 0)[_u * 15 + _i * 3 + _k];
         real w20[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_i * 64 + _u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
+                    w20[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w20[_i * 64 + _u];
@@ -18915,9 +19845,14 @@ void mace_product_d2_A_s21(int64_t n, int threads, real *restrict A0, int64_t a0
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a6[_i * 5 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a6[_i * 5 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w6[_j * 64 + _u];
@@ -18933,9 +19868,14 @@ void mace_product_d2_A_s21(int64_t n, int threads, real *restrict A0, int64_t a0
                     t8[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _k];
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_i * 64 + _u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
+                    w9[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w9[_i * 64 + _u];
@@ -19012,9 +19952,14 @@ void mace_product_d2_A_s22(int64_t n, int threads, real *restrict A0, int64_t a0
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a5[_i * 3 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -19027,9 +19972,14 @@ void mace_product_d2_A_s22(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t8[_k * 64 + _u] = (a7 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_k * 64 + _u] * t8[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t7[_k * 64 + _u] * t8[_k * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -19045,9 +19995,14 @@ void mace_product_d2_A_s22(int64_t n, int threads, real *restrict A0, int64_t a0
                 t10[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a9[_j * 3 + _k] * t10[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += a9[_j * 3 + _k] * t10[_k * 64 + _u];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -19139,18 +20094,28 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
         /* p4 = (p2 ⊗ p2) -> 64x0e */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -19163,9 +20128,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = (a2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -19174,9 +20144,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19189,18 +20164,28 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                     t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
@@ -19213,9 +20198,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -19224,9 +20214,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19239,9 +20234,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                     t17[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -19252,9 +20252,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                 t19[_i * 64 + _u] = a26[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a10 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -19263,9 +20268,14 @@ void mace_product_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a11 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (a11 + 0)[_u] += acc[_u];
+        }
         /* p11 = (p2 ⊗ p2) -> 64x2e */
         real w22[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -19357,9 +20367,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
         real w2[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a12[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 320 + _k * 64 + _u] += t1[_j * 64 + _u] * a12[_i * 35 + _j * 5 + _k];
+                        w2[_i * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -19376,9 +20391,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
                     t4[_i * 320 + _k * 64 + _u] = (a0 + 0)[_u * 25 + _i * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l0 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -19390,9 +20410,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
         real w7[2240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 7; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 7; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t6[_i * 64 + _u] * a15[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w7[_j * 320 + _k * 64 + _u] += t6[_i * 64 + _u] * a15[_i * 35 + _j * 5 + _k];
+                        w7[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -19405,9 +20430,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
                     t8[_j * 320 + _k * 64 + _u] = (a1 + 0)[_u * 35 + _j * 5 + _k];
         real w9[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_k * 64 + _u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
+                    w9[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w9[_k * 64 + _u];
@@ -19419,9 +20449,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
         real w11[960] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t10[_i * 64 + _u] * a16[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w11[_j * 192 + _k * 64 + _u] += t10[_i * 64 + _u] * a16[_i * 15 + _j * 3 + _k];
+                        w11[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19438,9 +20473,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
                     t13[_j * 192 + _k * 64 + _u] = (a3 + 0)[_u * 15 + _j * 3 + _k];
         real w14[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_j * 64 + _u] * t13[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_k * 64 + _u] += t12[_j * 64 + _u] * t13[_j * 192 + _k * 64 + _u];
+                    w14[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w14[_k * 64 + _u];
@@ -19467,9 +20507,14 @@ void mace_product_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_
                 t17[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a20[_i * 3 + _k] * t17[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_i * 64 + _u] += a20[_i * 3 + _k] * t17[_k * 64 + _u];
+                    w18[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a6 + 0)[_u * 3 + _i] += w18[_i * 64 + _u];
@@ -19632,9 +20677,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
                     t4[_i * 192 + _k * 64 + _u] = (a19 + 0)[_u * 15 + _i * 3 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_k * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t3[_k * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w5[_i * 64 + _u];
@@ -19654,9 +20704,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
                     t7[_i * 192 + _k * 64 + _u] = (a20 + 0)[_u * 9 + _i * 3 + _k];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_i * 64 + _u] += t6[_k * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w8[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w8[_i * 64 + _u];
@@ -19671,9 +20726,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
                 t9[_j * 64 + _u] = a21[_u * 3 + _j];
         real w10[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_j * 64 + _u] * a22[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_k * 64 + _u] += t9[_j * 64 + _u] * a22[_j * 3 + _k];
+                    w10[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w10[_k * 64 + _u];
@@ -19686,9 +20746,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t12[_k * 64 + _u] = (a4 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_k * 64 + _u] * t12[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l3 + 0)[_u] += t11[_k * 64 + _u] * t12[_k * 64 + _u];
+                (l3 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l4 + 0)[_u] += a16[_u];
@@ -19906,9 +20971,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
                 t30[_k * 64 + _u] = (l13 + 0)[_u * 3 + _k];
         real w31[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a22[_j * 3 + _k] * t30[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w31[_j * 64 + _u] += a22[_j * 3 + _k] * t30[_k * 64 + _u];
+                    w31[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a6 + 64)[_u * 3 + _j] += w31[_j * 64 + _u];
@@ -19963,9 +21033,14 @@ void mace_product_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
                 t38[_i * 64 + _u] = (l14 + 0)[_u * 3 + _i];
         real w39[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t38[_i * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w39[_k * 64 + _u] += t38[_i * 64 + _u] * t7[_i * 192 + _k * 64 + _u];
+                    w39[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a14 + 0)[_u * 3 + _k] += w39[_k * 64 + _u];
@@ -20078,9 +21153,14 @@ void mace_product_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_
                     t9[_i * 192 + _k * 64 + _u] = (a13 + 0)[_u * 15 + _i * 3 + _k];
         real w10[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t8[_i * 64 + _u] * t9[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_k * 64 + _u] += t8[_i * 64 + _u] * t9[_i * 192 + _k * 64 + _u];
+                    w10[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w10[_k * 64 + _u];
@@ -20221,9 +21301,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a15 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t8[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t8[_i * 64 + _u] * t9[_i * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -20243,9 +21328,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
                 t12[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
         real w13[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_i * 3 + _j] * t12[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_j * 64 + _u] += a17[_i * 3 + _j] * t12[_i * 64 + _u];
+                    w13[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w13[_j * 64 + _u];
@@ -20304,9 +21394,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
         real w22[576] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t21[_i * 64 + _u] * a23[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w22[_j * 192 + _k * 64 + _u] += t21[_i * 64 + _u] * a23[_i * 9 + _j * 3 + _k];
+                        w22[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -20323,9 +21418,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
                     t24[_j * 192 + _k * 64 + _u] = (l4 + 0)[_u * 9 + _j * 3 + _k];
         real w25[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t23[_j * 64 + _u] * t24[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w25[_k * 64 + _u] += t23[_j * 64 + _u] * t24[_j * 192 + _k * 64 + _u];
+                    w25[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l5 + 0)[_u * 3 + _k] += w25[_k * 64 + _u];
@@ -20341,9 +21441,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
                     t27[_j * 192 + _k * 64 + _u] = (l4 + 0)[_u * 9 + _j * 3 + _k];
         real w28[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t26[_k * 64 + _u] * t27[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w28[_j * 64 + _u] += t26[_k * 64 + _u] * t27[_j * 192 + _k * 64 + _u];
+                    w28[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w28[_j * 64 + _u];
@@ -20396,9 +21501,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t35[_i * 64 + _u] = (a29 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t34[_i * 64 + _u] * t35[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l7 + 0)[_u] += t34[_i * 64 + _u] * t35[_i * 64 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e */
         real t36[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -20418,9 +21528,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
                 t38[_i * 64 + _u] = (l8 + 0)[_u * 5 + _i];
         real w39[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a31[_i * 5 + _j] * t38[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w39[_j * 64 + _u] += a31[_i * 5 + _j] * t38[_i * 64 + _u];
+                    w39[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w39[_j * 64 + _u];
@@ -20466,9 +21581,14 @@ void mace_product_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_
                 t45[_i * 64 + _u] = (l10 + 0)[_u * 3 + _i];
         real w46[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a35[_i * 3 + _k] * t45[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w46[_k * 64 + _u] += a35[_i * 3 + _k] * t45[_i * 64 + _u];
+                    w46[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a6 + 0)[_u * 3 + _k] += w46[_k * 64 + _u];
@@ -20584,9 +21704,14 @@ void mace_product_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_
                     t2[_j * 192 + _k * 64 + _u] = (a3 + 0)[_u * 15 + _j * 3 + _k];
         real w3[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 192 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w3[_j * 64 + _u];
@@ -20640,9 +21765,14 @@ void mace_product_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_
                     t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
         real w3[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w3[_j * 64 + _u];
@@ -20658,9 +21788,14 @@ void mace_product_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_
                     t5[_i * 320 + _k * 64 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w6[_i * 64 + _u];
@@ -20784,9 +21919,14 @@ void mace_product_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_k * 64 + _u] * a4[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _j * 64 + _u] += t1[_k * 64 + _u] * a4[_i * 15 + _j * 5 + _k];
+                        w2[_i * 192 + _j * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -20803,9 +21943,14 @@ void mace_product_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -20821,9 +21966,14 @@ void mace_product_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64
                     t7[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -20846,9 +21996,14 @@ void mace_product_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64
                 t11[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
         real w12[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a9[_i * 7 + _j] * t11[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += a9[_i * 7 + _j] * t11[_j * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w12[_i * 64 + _u];
@@ -20876,9 +22031,14 @@ void mace_product_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64
                     t16[_i * 192 + _k * 64 + _u] = (a12 + 0)[_u * 15 + _i * 3 + _k];
         real w17[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t15[_k * 64 + _u] * t16[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w17[_i * 64 + _u] += t15[_k * 64 + _u] * t16[_i * 192 + _k * 64 + _u];
+                    w17[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w17[_i * 64 + _u];
@@ -20950,9 +22110,14 @@ void mace_product_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a6[_i * 5 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a6[_i * 5 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w6[_j * 64 + _u];
@@ -20968,9 +22133,14 @@ void mace_product_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64
                     t8[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _k];
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_i * 64 + _u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
+                    w9[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w9[_i * 64 + _u];
@@ -21047,9 +22217,14 @@ void mace_product_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a5[_i * 3 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -21062,9 +22237,14 @@ void mace_product_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t8[_k * 64 + _u] = (a7 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_k * 64 + _u] * t8[_k * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t7[_k * 64 + _u] * t8[_k * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -21080,9 +22260,14 @@ void mace_product_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64
                 t10[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a9[_j * 3 + _k] * t10[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += a9[_j * 3 + _k] * t10[_k * 64 + _u];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -21174,18 +22359,28 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a17[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
         /* p4 = (p2 ⊗ p2) -> 64x0e */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t1[_j * 64 + _u] * a18[_i * 3 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -21198,9 +22393,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = (a2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -21209,9 +22409,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a21[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -21224,18 +22429,28 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
                     t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t6[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w12[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t8[_j * 64 + _u] * a22[_i * 5 + _j];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 64 + _u];
@@ -21248,9 +22463,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 64 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -21259,9 +22479,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a25[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -21274,9 +22499,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
                     t17[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t13[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a9 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -21287,9 +22517,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
                 t19[_i * 64 + _u] = a26[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a27[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a10 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -21298,9 +22533,14 @@ void mace_product_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64_t
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (a10 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a11 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (a11 + 0)[_u] += acc[_u];
+        }
         /* p11 = (p2 ⊗ p2) -> 64x2e */
         real w22[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -21418,9 +22658,14 @@ void mace_product_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t
         real w2[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a14[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 320 + _k * 64 + _u] += t1[_j * 64 + _u] * a14[_i * 35 + _j * 5 + _k];
+                        w2[_i * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -21437,9 +22682,14 @@ void mace_product_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t
                     t4[_i * 320 + _k * 64 + _u] = (a0 + 0)[_u * 25 + _i * 5 + _k];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 320 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 64 + _u];
@@ -21451,9 +22701,14 @@ void mace_product_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t
         real w7[2240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 7; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 7; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t6[_i * 64 + _u] * a17[_i * 35 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w7[_j * 320 + _k * 64 + _u] += t6[_i * 64 + _u] * a17[_i * 35 + _j * 5 + _k];
+                        w7[_j * 320 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -21466,9 +22721,14 @@ void mace_product_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64_t
                     t8[_j * 320 + _k * 64 + _u] = (a2 + 0)[_u * 35 + _j * 5 + _k];
         real w9[320] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_k * 64 + _u] += t1[_j * 64 + _u] * t8[_j * 320 + _k * 64 + _u];
+                    w9[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l0 + 0)[_u * 5 + _k] += w9[_k * 64 + _u];
@@ -21722,9 +22982,14 @@ void mace_product_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64_t
                 t3[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a6[_i * 3 + _k] * t3[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a6[_i * 3 + _k] * t3[_k * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w4[_i * 64 + _u];
@@ -21827,9 +23092,14 @@ void mace_product_d_only_A_s5(int64_t n, int threads, real *restrict A0, int64_t
                 t7[_i * 64 + _u] = (l2 + 0)[_u * 5 + _i];
         real w8[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a12[_i * 5 + _j] * t7[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += a12[_i * 5 + _j] * t7[_i * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w8[_j * 64 + _u];
@@ -22000,9 +23270,14 @@ void mace_product_d_only_A_s7(int64_t n, int threads, real *restrict A0, int64_t
                 t8[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a14[_i * 3 + _j] * t8[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_j * 64 + _u] += a14[_i * 3 + _j] * t8[_i * 64 + _u];
+                    w9[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w9[_j * 64 + _u];
@@ -22046,9 +23321,14 @@ void mace_product_d_only_A_s7(int64_t n, int threads, real *restrict A0, int64_t
                     t15[_i * 192 + _k * 64 + _u] = (a18 + 0)[_u * 15 + _i * 3 + _k];
         real w16[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t14[_k * 64 + _u] * t15[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w16[_i * 64 + _u] += t14[_k * 64 + _u] * t15[_i * 192 + _k * 64 + _u];
+                    w16[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a5 + 0)[_u * 5 + _i] += w16[_i * 64 + _u];
@@ -22133,9 +23413,14 @@ void mace_product_d_only_A_s8(int64_t n, int threads, real *restrict A0, int64_t
                     t5[_i * 192 + _k * 64 + _u] = (a10 + 0)[_u * 9 + _i * 3 + _k];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * t5[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 192 + _k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a3 + 0)[_u * 3 + _i] += w6[_i * 64 + _u];
@@ -22242,9 +23527,14 @@ void mace_product_d_only_A_s9(int64_t n, int threads, real *restrict A0, int64_t
                 t4[_k * 64 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * a13[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_j * 64 + _u] += t4[_k * 64 + _u] * a13[_j * 3 + _k];
+                    w5[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w5[_j * 64 + _u];
@@ -22257,9 +23547,14 @@ void mace_product_d_only_A_s9(int64_t n, int threads, real *restrict A0, int64_t
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t7[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_j * 64 + _u] * t7[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l2 + 0)[_u] += t6[_j * 64 + _u] * t7[_j * 64 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o */
         real t8[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -22361,9 +23656,14 @@ void mace_product_d_only_A_s10(int64_t n, int threads, real *restrict A0, int64_
                     t2[_j * 320 + _k * 64 + _u] = (a4 + 0)[_u * 35 + _j * 5 + _k];
         real w3[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w3[_j * 64 + _u] += t1[_k * 64 + _u] * t2[_j * 320 + _k * 64 + _u];
+                    w3[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w3[_j * 64 + _u];
@@ -22379,9 +23679,14 @@ void mace_product_d_only_A_s10(int64_t n, int threads, real *restrict A0, int64_
                     t5[_i * 320 + _k * 64 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t4[_k * 64 + _u] * t5[_i * 320 + _k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w6[_i * 64 + _u];
@@ -22509,9 +23814,14 @@ void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _j * 64 + _u] += t1[_k * 64 + _u] * a6[_i * 15 + _j * 5 + _k];
+                        w2[_i * 192 + _j * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -22528,9 +23838,14 @@ void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_
                     t4[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t3[_j * 64 + _u] * t4[_i * 192 + _j * 64 + _u];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w5[_i * 64 + _u];
@@ -22546,9 +23861,14 @@ void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_
                     t7[_i * 192 + _j * 64 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t6[_i * 64 + _u] * t7[_i * 192 + _j * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -22574,9 +23894,14 @@ void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_
                 t11[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
         real w12[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a12[_i * 7 + _j] * t11[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += a12[_i * 7 + _j] * t11[_j * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w12[_i * 64 + _u];
@@ -22616,9 +23941,14 @@ void mace_product_d_only_A_s13(int64_t n, int threads, real *restrict A0, int64_
                     t18[_i * 192 + _k * 64 + _u] = (a16 + 0)[_u * 15 + _i * 3 + _k];
         real w19[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t17[_k * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w19[_i * 64 + _u] += t17[_k * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
+                    w19[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w19[_i * 64 + _u];
@@ -22701,9 +24031,14 @@ void mace_product_d_only_A_s14(int64_t n, int threads, real *restrict A0, int64_
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a9[_i * 5 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a9[_i * 5 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w6[_j * 64 + _u];
@@ -22731,9 +24066,14 @@ void mace_product_d_only_A_s14(int64_t n, int threads, real *restrict A0, int64_
                     t10[_i * 192 + _k * 64 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_k * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_i * 64 + _u] += t9[_k * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w11[_i * 64 + _u];
@@ -22824,9 +24164,14 @@ void mace_product_d_only_A_s15(int64_t n, int threads, real *restrict A0, int64_
                 t5[_i * 64 + _u] = (l0 + 0)[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a9[_i * 3 + _j] * t5[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += a9[_i * 3 + _j] * t5[_i * 64 + _u];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -22849,9 +24194,14 @@ void mace_product_d_only_A_s15(int64_t n, int threads, real *restrict A0, int64_
                 t9[_k * 64 + _u] = (a2 + 0)[_u * 3 + _k];
         real w10[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t9[_k * 64 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_j * 64 + _u] += t9[_k * 64 + _u] * a12[_j * 3 + _k];
+                    w10[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w10[_j * 64 + _u];
@@ -22864,9 +24214,14 @@ void mace_product_d_only_A_s15(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t12[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_j * 64 + _u] * t12[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t11[_j * 64 + _u] * t12[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t13[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -22952,9 +24307,14 @@ void mace_product_d_only_weight_s0(int64_t n, int threads, real *restrict A0, in
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
@@ -23013,9 +24373,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
         real w2[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t1[_j * 64 + _u] * a9[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w2[_i * 192 + _k * 64 + _u] += t1[_j * 64 + _u] * a9[_i * 15 + _j * 3 + _k];
+                        w2[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -23032,18 +24397,28 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
                     t4[_i * 192 + _k * 64 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_k * 64 + _u] += t3[_i * 64 + _u] * t4[_i * 192 + _k * 64 + _u];
+                    w5[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 64 + _u];
         /* p7 = (p5 ⊗ p5) -> 64x0e */
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_j * 64 + _u] * a11[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += t1[_j * 64 + _u] * a11[_i * 5 + _j];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 64 + _u];
@@ -23056,9 +24431,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 64 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t8[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t7[_i * 64 + _u] * t8[_i * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t9[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -23067,9 +24447,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
         real w10[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t9[_j * 64 + _u] * a14[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w10[_i * 192 + _k * 64 + _u] += t9[_j * 64 + _u] * a14[_i * 21 + _j * 3 + _k];
+                        w10[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -23082,9 +24467,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
                     t11[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 15 + _i * 3 + _k];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_i * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_k * 64 + _u] += t7[_i * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
+                    w12[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w12[_k * 64 + _u];
@@ -23095,9 +24485,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
                 t13[_i * 64 + _u] = a15[_u * 7 + _i];
         real w14[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t13[_i * 64 + _u] * a16[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_j * 64 + _u] += t13[_i * 64 + _u] * a16[_i * 7 + _j];
+                    w14[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l0 + 0)[_u * 7 + _j] += w14[_j * 64 + _u];
@@ -23106,9 +24501,14 @@ void mace_product_d_only_weight_s1(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t15[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t9[_j * 64 + _u] * t15[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a6 + 0)[_u] += t9[_j * 64 + _u] * t15[_j * 64 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p12 = (p5 ⊗ p5) -> 64x2e */
         real w16[1600] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -23242,9 +24642,14 @@ void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 64 + _u] = a3[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 896)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 896)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -23268,9 +24673,14 @@ void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, in
                 t5[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 3 + _k] * t5[_k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_i * 64 + _u] += a5[_i * 3 + _k] * t5[_k * 64 + _u];
+                    w6[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w6[_i * 64 + _u];
@@ -23283,9 +24693,14 @@ void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 64 + _u] = (a6 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t8[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 704)[_u] += (real)0.8660254037844386 * t7[_i * 64 + _u] * t8[_i * 64 + _u];
+                (a0 + 704)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l3 + 0)[_u] += a7[_u];
@@ -23310,9 +24725,14 @@ void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t12[_i * 64 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t11[_i * 64 + _u] * t12[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 1152)[_u] += (real)0.7905694150420949 * t11[_i * 64 + _u] * t12[_i * 64 + _u];
+                (a0 + 1152)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui,zui->zu */
         real t13[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -23322,9 +24742,14 @@ void mace_product_d_only_weight_s5(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 64 + _u] = a10[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t13[_i * 64 + _u] * t14[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 640)[_u] += (real)0.7905694150420949 * t13[_i * 64 + _u] * t14[_i * 64 + _u];
+                (a0 + 640)[_u] += (real)0.7905694150420949 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -23387,17 +24812,27 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 64 + _u] = a3[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 1088)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 1088)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zui->zu */
         real t3[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 64 + _u] = a4[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 576)[_u] += (real)1.118033988749895 * t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a0 + 576)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l0 + 0)[_u] += a5[_u];
@@ -23420,9 +24855,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
                 t6[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w7[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_i * 3 + _j] * t6[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w7[_i * 64 + _u] += a7[_i * 3 + _j] * t6[_j * 64 + _u];
+                    w7[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w7[_i * 64 + _u];
@@ -23435,9 +24875,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a8 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t8[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 768)[_u] += (real)0.6123724356957945 * t8[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a0 + 768)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui,zui->zu */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -23447,9 +24892,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 64 + _u] = (a9 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t10[_i * 64 + _u] * t11[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 384)[_u] += (real)0.6123724356957945 * t10[_i * 64 + _u] * t11[_i * 64 + _u];
+                (a0 + 384)[_u] += (real)0.6123724356957945 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -23466,9 +24916,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
                     t13[_i * 192 + _k * 64 + _u] = (a11 + 0)[_u * 15 + _i * 3 + _k];
         real w14[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_k * 64 + _u] * t13[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w14[_i * 64 + _u] += t12[_k * 64 + _u] * t13[_i * 192 + _k * 64 + _u];
+                    w14[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (l4 + 0)[_u * 5 + _i] += w14[_i * 64 + _u];
@@ -23477,9 +24932,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t15[_i * 64 + _u] = (l4 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 1216)[_u] += (real)1.118033988749895 * t15[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 1216)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui,zui->zu */
         real t16[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -23489,9 +24949,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t17[_i * 64 + _u] = a12[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t16[_i * 64 + _u] * t17[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 320)[_u] += (real)1.118033988749895 * t16[_i * 64 + _u] * t17[_i * 64 + _u];
+                (a0 + 320)[_u] += (real)1.118033988749895 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -23508,9 +24973,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
                     t19[_i * 192 + _k * 64 + _u] = (a13 + 0)[_u * 9 + _i * 3 + _k];
         real w20[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_i * 64 + _u] += t18[_k * 64 + _u] * t19[_i * 192 + _k * 64 + _u];
+                    w20[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l6 + 0)[_u * 3 + _i] += w20[_i * 64 + _u];
@@ -23519,9 +24989,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t21[_i * 64 + _u] = (l6 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t21[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 832)[_u] += (real)0.8660254037844386 * t21[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a0 + 832)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui,zui->zu */
         real t22[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -23531,9 +25006,14 @@ void mace_product_d_only_weight_s6(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t23[_i * 64 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t22[_i * 64 + _u] * t23[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 128)[_u] += (real)0.8660254037844386 * t22[_i * 64 + _u] * t23[_i * 64 + _u];
+                (a0 + 128)[_u] += (real)0.8660254037844386 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -23634,9 +25114,14 @@ void mace_product_d_only_weight_s8(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 64 + _u] = (a4 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 320)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 320)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 256)[_u] += (real)0.5 * a1[_u] * (a5 + 0)[_u];
@@ -23645,9 +25130,14 @@ void mace_product_d_only_weight_s8(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = (a6 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 192)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a0 + 192)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 128)[_u] += (real)0.5 * a1[_u] * a7[_u];
@@ -23656,9 +25146,14 @@ void mace_product_d_only_weight_s8(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 64 + _u] = (a8 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t4[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 64)[_u] += t1[_i * 64 + _u] * t4[_i * 64 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * a1[_u] * (a9 + 0)[_u];
@@ -23684,9 +25179,14 @@ void mace_product_d_only_weight_s9(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 64 + _u] = a2[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 64)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂_w_B_0: 64x0e -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += a3[_u] * a4[_u];
@@ -23759,9 +25259,14 @@ void mace_product_2_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t5[_j * 64 + _u] = (l2 + 0)[_u * 3 + _j];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a10[_j * 3 + _k] * t5[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_k * 64 + _u] += a10[_j * 3 + _k] * t5[_j * 64 + _u];
+                    w6[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l3 + 0)[_u * 3 + _k] += w6[_k * 64 + _u];
@@ -23860,9 +25365,14 @@ void mace_product_2_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_i * 64 + _u] = a4[_u * 5 + _i];
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * a5[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_j * 64 + _u] += t3[_i * 64 + _u] * a5[_i * 5 + _j];
+                    w4[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w4[_j * 64 + _u];
@@ -23875,9 +25385,14 @@ void mace_product_2_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t6[_j * 64 + _u] = (l0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_j * 64 + _u] * t6[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t5[_j * 64 + _u] * t6[_j * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * (l1 + 0)[_u] * a7[_u];
@@ -23930,9 +25445,14 @@ void mace_product_2_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_i * 64 + _u] = a3[_u * 7 + _i];
         real w4[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t3[_i * 64 + _u] * a4[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_j * 64 + _u] += t3[_i * 64 + _u] * a4[_i * 7 + _j];
+                    w4[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l0 + 0)[_u * 7 + _j] += w4[_j * 64 + _u];
@@ -23945,9 +25465,14 @@ void mace_product_2_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t6[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_j * 64 + _u] * t6[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t5[_j * 64 + _u] * t6[_j * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * (l1 + 0)[_u] * a6[_u];
@@ -24034,9 +25559,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a15[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a15[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
@@ -24047,9 +25577,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t5[_i * 64 + _u] = a16[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t5[_i * 64 + _u] * a17[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += t5[_i * 64 + _u] * a17[_i * 3 + _j];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a2 + 0)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -24058,9 +25593,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t7[_j * 64 + _u] = (a2 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_j * 64 + _u] * t7[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a3 + 0)[_u] += t1[_j * 64 + _u] * t7[_j * 64 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24069,9 +25609,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a19[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a19[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -24084,9 +25629,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t10[_i * 192 + _k * 64 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t5[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t5[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
@@ -24097,9 +25647,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t12[_i * 64 + _u] = a20[_u * 5 + _i];
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_i * 64 + _u] * a21[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_j * 64 + _u] += t12[_i * 64 + _u] * a21[_i * 5 + _j];
+                    w13[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a6 + 0)[_u * 5 + _j] += w13[_j * 64 + _u];
@@ -24108,9 +25663,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t14[_j * 64 + _u] = (a6 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t8[_j * 64 + _u] * t14[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 0)[_u] += t8[_j * 64 + _u] * t14[_j * 64 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24119,9 +25679,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a23[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a23[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -24134,9 +25699,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t17[_i * 192 + _k * 64 + _u] = (l2 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t12[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l3 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -24147,9 +25717,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t19[_i * 64 + _u] = a24[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a25[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a25[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l4 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -24158,9 +25733,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (l4 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l5 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (l5 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 64; ++_u)
             (l6 + 0)[_u] += (real)0.5 * a26[_u] * a27[_u];
@@ -24182,9 +25762,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t23[_j * 64 + _u] = (l7 + 0)[_u * 7 + _j];
         real w24[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a25[_i * 7 + _j] * t23[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w24[_i * 64 + _u] += a25[_i * 7 + _j] * t23[_j * 64 + _u];
+                    w24[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a9 + 576)[_u * 7 + _i] += w24[_i * 64 + _u];
@@ -24217,9 +25802,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t29[_i * 64 + _u] = (l3 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t27[_i * 64 + _u] * t29[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a8 + 320)[_u] += t27[_i * 64 + _u] * t29[_i * 64 + _u];
+                (a8 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o */
         real t30[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24232,9 +25822,14 @@ void mace_product_2_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t31[_i * 192 + _k * 64 + _u] = (l2 + 0)[_u * 15 + _i * 3 + _k];
         real w32[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t30[_k * 64 + _u] * t31[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w32[_i * 64 + _u] += t30[_k * 64 + _u] * t31[_i * 192 + _k * 64 + _u];
+                    w32[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a9 + 256)[_u * 5 + _i] += w32[_i * 64 + _u];
@@ -24307,9 +25902,14 @@ void mace_product_2_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 5 + _j];
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a8[_i * 5 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a8[_i * 5 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w4[_i * 64 + _u];
@@ -24342,9 +25942,14 @@ void mace_product_2_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a1 + 192)[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a1 + 192)[_u] += acc[_u];
+        }
         /* ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24357,9 +25962,14 @@ void mace_product_2_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t11[_i * 192 + _k * 64 + _u] = (a13 + 0)[_u * 9 + _i * 3 + _k];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_i * 64 + _u] += t10[_k * 64 + _u] * t11[_i * 192 + _k * 64 + _u];
+                    w12[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w12[_i * 64 + _u];
@@ -24442,9 +26052,14 @@ void mace_product_2_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_i * 3 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a7[_i * 3 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w4[_i * 64 + _u];
@@ -24477,9 +26092,14 @@ void mace_product_2_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 64 + _u] = (a11 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a1 + 64)[_u] += t7[_i * 64 + _u] * t9[_i * 64 + _u];
+                (a1 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24487,9 +26107,14 @@ void mace_product_2_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t10[_k * 64 + _u] = (l2 + 0)[_u * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_k * 64 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += t10[_k * 64 + _u] * a12[_j * 3 + _k];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l3 + 0)[_u * 3 + _j] += w11[_j * 64 + _u];
@@ -24498,9 +26123,14 @@ void mace_product_2_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t12[_j * 64 + _u] = (l3 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_j * 64 + _u] * t12[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t1[_j * 64 + _u] * t12[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t13[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24564,9 +26194,14 @@ void mace_product_2_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a1 + 64)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a1 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂A: 64x0e -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += a5[_u] * a6[_u];
@@ -24701,9 +26336,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 64)[_u * 3 + _i] += w6[_i * 64 + _u];
         /* ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_i * 64 + _u] * t1[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a5 + 64)[_u] += t5[_i * 64 + _u] * t1[_i * 64 + _u];
+                (a5 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (l3 + 0)[_u] += a23[_u] * a24[_u];
@@ -24753,9 +26393,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t9[_j * 64 + _u] = (l8 + 0)[_u * 3 + _j];
         real w10[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a28[_j * 3 + _k] * t9[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w10[_k * 64 + _u] += a28[_j * 3 + _k] * t9[_j * 64 + _u];
+                    w10[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w10[_k * 64 + _u];
@@ -24766,9 +26411,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t11[_k * 64 + _u] = (l1 + 0)[_u * 3 + _k];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t11[_k * 64 + _u] * a28[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_j * 64 + _u] += t11[_k * 64 + _u] * a28[_j * 3 + _k];
+                    w12[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l10 + 0)[_u * 3 + _j] += w12[_j * 64 + _u];
@@ -24777,9 +26427,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t13[_j * 64 + _u] = (l10 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t7[_j * 64 + _u] * t13[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a6 + 0)[_u] += t7[_j * 64 + _u] * t13[_j * 64 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t14[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24799,9 +26454,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t16[_j * 64 + _u] = (l11 + 0)[_u * 3 + _j];
         real w17[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a28[_j * 3 + _k] * t16[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w17[_k * 64 + _u] += a28[_j * 3 + _k] * t16[_j * 64 + _u];
+                    w17[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w17[_k * 64 + _u];
@@ -24834,15 +26494,25 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t22[_i * 64 + _u] = (l9 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t22[_i * 64 + _u] * t1[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a7 + 64)[_u] += t22[_i * 64 + _u] * t1[_i * 64 + _u];
+                (a7 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real w23[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_j * 64 + _u] * a30[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w23[_i * 64 + _u] += t7[_j * 64 + _u] * a30[_i * 3 + _j];
+                    w23[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l12 + 0)[_u * 3 + _i] += w23[_i * 64 + _u];
@@ -24855,9 +26525,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 64 + _u] = (l12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t24[_i * 64 + _u] * t25[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l13 + 0)[_u] += t24[_i * 64 + _u] * t25[_i * 64 + _u];
+                (l13 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real t26[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24873,9 +26548,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         /* ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real w28[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t5[_i * 64 + _u] * a30[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w28[_j * 64 + _u] += t5[_i * 64 + _u] * a30[_i * 3 + _j];
+                    w28[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l14 + 0)[_u * 3 + _j] += w28[_j * 64 + _u];
@@ -24884,9 +26564,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t29[_j * 64 + _u] = (l14 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t14[_j * 64 + _u] * t29[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l13 + 0)[_u] += t14[_j * 64 + _u] * t29[_j * 64 + _u];
+                (l13 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e */
         real t30[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -24913,9 +26598,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         real w33[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t32[_j * 64 + _u] * a33[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w33[_i * 192 + _k * 64 + _u] += t32[_j * 64 + _u] * a33[_i * 15 + _j * 3 + _k];
+                        w33[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -24928,9 +26618,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t34[_i * 192 + _k * 64 + _u] = (l15 + 0)[_u * 9 + _i * 3 + _k];
         real w35[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t24[_i * 64 + _u] * t34[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w35[_k * 64 + _u] += t24[_i * 64 + _u] * t34[_i * 192 + _k * 64 + _u];
+                    w35[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a8 + 0)[_u * 3 + _k] += w35[_k * 64 + _u];
@@ -24946,9 +26641,14 @@ void mace_product_2_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                     t37[_i * 192 + _k * 64 + _u] = (l15 + 0)[_u * 9 + _i * 3 + _k];
         real w38[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t36[_k * 64 + _u] * t37[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w38[_i * 64 + _u] += t36[_k * 64 + _u] * t37[_i * 192 + _k * 64 + _u];
+                    w38[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a6 + 64)[_u * 3 + _i] += w38[_i * 64 + _u];
@@ -25063,9 +26763,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 64 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 192)[_u] += t1[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 192)[_u] += acc[_u];
+        }
         /* ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real t4[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25073,9 +26778,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                 t4[_j * 64 + _u] = a7[_u * 5 + _j];
         real w5[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t4[_j * 64 + _u] * a8[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w5[_i * 64 + _u] += t4[_j * 64 + _u] * a8[_i * 5 + _j];
+                    w5[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w5[_i * 64 + _u];
@@ -25088,9 +26798,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 64 + _u] = (l0 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t6[_i * 64 + _u] * t7[_i * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25110,9 +26825,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                 t10[_i * 64 + _u] = a11[_u * 5 + _i];
         real w11[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t10[_i * 64 + _u] * a8[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_j * 64 + _u] += t10[_i * 64 + _u] * a8[_i * 5 + _j];
+                    w11[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l2 + 0)[_u * 5 + _j] += w11[_j * 64 + _u];
@@ -25125,9 +26845,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t13[_j * 64 + _u] = (l2 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t12[_j * 64 + _u] * t13[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t12[_j * 64 + _u] * t13[_j * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e */
         real t14[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25154,9 +26879,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         real w17[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t16[_j * 64 + _u] * a16[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w17[_i * 192 + _k * 64 + _u] += t16[_j * 64 + _u] * a16[_i * 21 + _j * 3 + _k];
+                        w17[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25169,9 +26899,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t18[_i * 192 + _k * 64 + _u] = (l3 + 0)[_u * 15 + _i * 3 + _k];
         real w19[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t6[_i * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w19[_k * 64 + _u] += t6[_i * 64 + _u] * t18[_i * 192 + _k * 64 + _u];
+                    w19[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l4 + 0)[_u * 3 + _k] += w19[_k * 64 + _u];
@@ -25187,9 +26922,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t21[_i * 192 + _k * 64 + _u] = (l3 + 0)[_u * 15 + _i * 3 + _k];
         real w22[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t20[_k * 64 + _u] * t21[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w22[_i * 64 + _u] += t20[_k * 64 + _u] * t21[_i * 192 + _k * 64 + _u];
+                    w22[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w22[_i * 64 + _u];
@@ -25197,9 +26937,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         real w23[1344] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t10[_i * 64 + _u] * a16[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w23[_j * 192 + _k * 64 + _u] += t10[_i * 64 + _u] * a16[_i * 21 + _j * 3 + _k];
+                        w23[_j * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25216,9 +26961,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t25[_j * 192 + _k * 64 + _u] = (l5 + 0)[_u * 21 + _j * 3 + _k];
         real w26[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t24[_j * 64 + _u] * t25[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w26[_k * 64 + _u] += t24[_j * 64 + _u] * t25[_j * 192 + _k * 64 + _u];
+                    w26[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l4 + 0)[_u * 3 + _k] += w26[_k * 64 + _u];
@@ -25230,9 +26980,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t27[_j * 192 + _k * 64 + _u] = (l5 + 0)[_u * 21 + _j * 3 + _k];
         real w28[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t20[_k * 64 + _u] * t27[_j * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w28[_j * 64 + _u] += t20[_k * 64 + _u] * t27[_j * 192 + _k * 64 + _u];
+                    w28[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w28[_j * 64 + _u];
@@ -25253,15 +27008,25 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t31[_i * 64 + _u] = (l4 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t31[_i * 64 + _u] * t3[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a2 + 320)[_u] += t31[_i * 64 + _u] * t3[_i * 64 + _u];
+                (a2 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real w32[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t16[_j * 64 + _u] * a20[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w32[_i * 64 + _u] += t16[_j * 64 + _u] * a20[_i * 7 + _j];
+                    w32[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (l6 + 0)[_u * 7 + _i] += w32[_i * 64 + _u];
@@ -25274,9 +27039,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 t34[_i * 64 + _u] = (l6 + 0)[_u * 7 + _i];
-        for (int _i = 0; _i < 7; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 7; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t33[_i * 64 + _u] * t34[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l7 + 0)[_u] += t33[_i * 64 + _u] * t34[_i * 64 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real t35[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25296,9 +27066,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                 t37[_i * 64 + _u] = a23[_u * 7 + _i];
         real w38[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t37[_i * 64 + _u] * a20[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w38[_j * 64 + _u] += t37[_i * 64 + _u] * a20[_i * 7 + _j];
+                    w38[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l8 + 0)[_u * 7 + _j] += w38[_j * 64 + _u];
@@ -25307,9 +27082,14 @@ void mace_product_2_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t39[_j * 64 + _u] = (l8 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t24[_j * 64 + _u] * t39[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l7 + 0)[_u] += t24[_j * 64 + _u] * t39[_j * 64 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e */
         real t40[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25423,9 +27203,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t3[_j * 64 + _u] = (l2 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a15[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a15[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l3 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
@@ -25436,9 +27221,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t5[_i * 64 + _u] = a16[_u * 3 + _i];
         real w6[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t5[_i * 64 + _u] * a17[_i * 3 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w6[_j * 64 + _u] += t5[_i * 64 + _u] * a17[_i * 3 + _j];
+                    w6[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 0)[_u * 3 + _j] += w6[_j * 64 + _u];
@@ -25447,9 +27237,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t7[_j * 64 + _u] = (a0 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_j * 64 + _u] * t7[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l4 + 0)[_u] += t1[_j * 64 + _u] * t7[_j * 64 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* p6 = (p2 ⊗ p5) -> 64x1o */
         real t8[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25458,9 +27253,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         real w9[576] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t8[_j * 64 + _u] * a19[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w9[_i * 192 + _k * 64 + _u] += t8[_j * 64 + _u] * a19[_i * 15 + _j * 3 + _k];
+                        w9[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25473,9 +27273,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                     t10[_i * 192 + _k * 64 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t5[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w11[_k * 64 + _u] += t5[_i * 64 + _u] * t10[_i * 192 + _k * 64 + _u];
+                    w11[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l5 + 0)[_u * 3 + _k] += w11[_k * 64 + _u];
@@ -25486,9 +27291,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t12[_i * 64 + _u] = a20[_u * 5 + _i];
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_i * 64 + _u] * a21[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w13[_j * 64 + _u] += t12[_i * 64 + _u] * a21[_i * 5 + _j];
+                    w13[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a2 + 0)[_u * 5 + _j] += w13[_j * 64 + _u];
@@ -25497,9 +27307,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t14[_j * 64 + _u] = (a2 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t8[_j * 64 + _u] * t14[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l6 + 0)[_u] += t8[_j * 64 + _u] * t14[_j * 64 + _u];
+                (l6 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t15[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25508,9 +27323,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         real w16[960] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 7; ++_j)
+                {
+                    real acc[64] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 7; ++_j)
+                        for (int _u = 0; _u < 64; ++_u)
+                            acc[_u] += t15[_j * 64 + _u] * a23[_i * 21 + _j * 3 + _k];
                     for (int _u = 0; _u < 64; ++_u)
-                        w16[_i * 192 + _k * 64 + _u] += t15[_j * 64 + _u] * a23[_i * 21 + _j * 3 + _k];
+                        w16[_i * 192 + _k * 64 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25523,9 +27343,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                     t17[_i * 192 + _k * 64 + _u] = (l7 + 0)[_u * 15 + _i * 3 + _k];
         real w18[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t12[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w18[_k * 64 + _u] += t12[_i * 64 + _u] * t17[_i * 192 + _k * 64 + _u];
+                    w18[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l8 + 0)[_u * 3 + _k] += w18[_k * 64 + _u];
@@ -25536,9 +27361,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t19[_i * 64 + _u] = a24[_u * 7 + _i];
         real w20[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t19[_i * 64 + _u] * a25[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w20[_j * 64 + _u] += t19[_i * 64 + _u] * a25[_i * 7 + _j];
+                    w20[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l9 + 0)[_u * 7 + _j] += w20[_j * 64 + _u];
@@ -25547,9 +27377,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t21[_j * 64 + _u] = (l9 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l10 + 0)[_u] += t15[_j * 64 + _u] * t21[_j * 64 + _u];
+                (l10 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (a3 + 0)[_u] += a26[_u] * a11[_u];
@@ -25675,9 +27510,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t35[_j * 64 + _u] = (l13 + 0)[_u * 7 + _j];
         real w36[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a25[_i * 7 + _j] * t35[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w36[_i * 64 + _u] += a25[_i * 7 + _j] * t35[_j * 64 + _u];
+                    w36[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a4 + 576)[_u * 7 + _i] += w36[_i * 64 + _u];
@@ -25705,9 +27545,14 @@ void mace_product_2_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                     t40[_i * 192 + _k * 64 + _u] = (l7 + 0)[_u * 15 + _i * 3 + _k];
         real w41[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t39[_k * 64 + _u] * t40[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w41[_i * 64 + _u] += t39[_k * 64 + _u] * t40[_i * 192 + _k * 64 + _u];
+                    w41[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 256)[_u * 5 + _i] += w41[_i * 64 + _u];
@@ -25767,9 +27612,14 @@ void mace_product_2_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                 t3[_j * 64 + _u] = (l0 + 0)[_u * 5 + _j];
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 5 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a5[_i * 5 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w4[_i * 64 + _u];
@@ -25797,9 +27647,14 @@ void mace_product_2_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                     t8[_i * 192 + _k * 64 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _k];
         real w9[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w9[_i * 64 + _u] += t7[_k * 64 + _u] * t8[_i * 192 + _k * 64 + _u];
+                    w9[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w9[_i * 64 + _u];
@@ -25863,9 +27718,14 @@ void mace_product_2_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
                 t3[_j * 64 + _u] = (l0 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a4[_i * 3 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a4[_i * 3 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w4[_i * 64 + _u];
@@ -25888,9 +27748,14 @@ void mace_product_2_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
                 t7[_k * 64 + _u] = (a6 + 0)[_u * 3 + _k];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t7[_k * 64 + _u] * a7[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += t7[_k * 64 + _u] * a7[_j * 3 + _k];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -25899,9 +27764,14 @@ void mace_product_2_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t9[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_j * 64 + _u] * t9[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t1[_j * 64 + _u] * t9[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t10[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -25972,9 +27842,14 @@ void mace_product_2_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 7 + _j];
         real w4[448] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 7; ++_i)
-            for (int _j = 0; _j < 7; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 7; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a6[_i * 7 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a6[_i * 7 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 7; ++_i)
                 (a0 + 576)[_u * 7 + _i] += w4[_i * 64 + _u];
@@ -25997,9 +27872,14 @@ void mace_product_2_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
                 t7[_i * 64 + _u] = (l2 + 0)[_u * 7 + _i];
         real w8[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a6[_i * 7 + _j] * t7[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += a6[_i * 7 + _j] * t7[_i * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (a0 + 576)[_u * 7 + _j] += w8[_j * 64 + _u];
@@ -26113,9 +27993,14 @@ void mace_product_2_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 5 + _j];
         real w4[320] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_i * 5 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a7[_i * 5 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 256)[_u * 5 + _i] += w4[_i * 64 + _u];
@@ -26138,9 +28023,14 @@ void mace_product_2_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64
                 t7[_i * 64 + _u] = (l2 + 0)[_u * 5 + _i];
         real w8[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_i * 5 + _j] * t7[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += a7[_i * 5 + _j] * t7[_i * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 256)[_u * 5 + _j] += w8[_j * 64 + _u];
@@ -26262,9 +28152,14 @@ void mace_product_2_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_i * 64 + _u] += a5[_i * 3 + _j] * t3[_j * 64 + _u];
+                    w4[_i * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 64)[_u * 3 + _i] += w4[_i * 64 + _u];
@@ -26287,9 +28182,14 @@ void mace_product_2_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
                 t7[_i * 64 + _u] = (l2 + 0)[_u * 3 + _i];
         real w8[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a5[_i * 3 + _j] * t7[_i * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w8[_j * 64 + _u] += a5[_i * 3 + _j] * t7[_i * 64 + _u];
+                    w8[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 64)[_u * 3 + _j] += w8[_j * 64 + _u];
@@ -26312,9 +28212,14 @@ void mace_product_2_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
                 t11[_k * 64 + _u] = (l3 + 0)[_u * 3 + _k];
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t11[_k * 64 + _u] * a9[_j * 3 + _k];
                 for (int _u = 0; _u < 64; ++_u)
-                    w12[_j * 64 + _u] += t11[_k * 64 + _u] * a9[_j * 3 + _k];
+                    w12[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l4 + 0)[_u * 3 + _j] += w12[_j * 64 + _u];
@@ -26323,9 +28228,14 @@ void mace_product_2_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t13[_j * 64 + _u] = (l4 + 0)[_u * 3 + _j];
-        for (int _j = 0; _j < 3; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_j * 64 + _u] * t13[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t1[_j * 64 + _u] * t13[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o */
         real t14[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -26411,9 +28321,14 @@ void mace_product_2_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
                 t3[_j * 64 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[192] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
                 for (int _u = 0; _u < 64; ++_u)
-                    w4[_k * 64 + _u] += a7[_j * 3 + _k] * t3[_j * 64 + _u];
+                    w4[_k * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 64 + _u];
@@ -26483,9 +28398,14 @@ void mace_product_2_d_only_weight_s2(int64_t n, int threads, real *restrict A0, 
                 t1[_i * 64 + _u] = a2[_u * 5 + _i];
         real w2[320] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_i * 64 + _u] * a3[_i * 5 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w2[_j * 64 + _u] += t1[_i * 64 + _u] * a3[_i * 5 + _j];
+                    w2[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 64 + _u];
@@ -26498,9 +28418,14 @@ void mace_product_2_d_only_weight_s2(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 64 + _u] = (l0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 0)[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p9 = (p5 ⊗ p8) -> 64x1o */
         real t5[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 64; ++_u)
@@ -26544,9 +28469,14 @@ void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
                 t1[_i * 64 + _u] = a1[_u * 7 + _i];
         real w2[448] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 7; ++_j)
-            for (int _i = 0; _i < 7; ++_i)
+            {
+                real acc[64] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 7; ++_i)
+                    for (int _u = 0; _u < 64; ++_u)
+                        acc[_u] += t1[_i * 64 + _u] * a2[_i * 7 + _j];
                 for (int _u = 0; _u < 64; ++_u)
-                    w2[_j * 64 + _u] += t1[_i * 64 + _u] * a2[_i * 7 + _j];
+                    w2[_j * 64 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 (l0 + 0)[_u * 7 + _j] += w2[_j * 64 + _u];
@@ -26559,9 +28489,14 @@ void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _j = 0; _j < 7; ++_j)
                 t4[_j * 64 + _u] = (l0 + 0)[_u * 7 + _j];
-        for (int _j = 0; _j < 7; ++_j)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 7; ++_j)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (l1 + 0)[_u] += t3[_j * 64 + _u] * t4[_j * 64 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 384)[_u] += (real)0.5 * a4[_u] * (l1 + 0)[_u];
@@ -26574,9 +28509,14 @@ void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 64 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_i * 64 + _u] * t6[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 320)[_u] += t5[_i * 64 + _u] * t6[_i * 64 + _u];
+                (a0 + 320)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 256)[_u] += (real)0.5 * a4[_u] * (a7 + 0)[_u];
@@ -26585,9 +28525,14 @@ void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 64 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_i * 64 + _u] * t7[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 192)[_u] += t5[_i * 64 + _u] * t7[_i * 64 + _u];
+                (a0 + 192)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 128)[_u] += (real)0.5 * a4[_u] * a9[_u];
@@ -26596,9 +28541,14 @@ void mace_product_2_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 64 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t5[_i * 64 + _u] * t8[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 64)[_u] += t5[_i * 64 + _u] * t8[_i * 64 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += (real)0.5 * a4[_u] * (a11 + 0)[_u];
@@ -26624,9 +28574,14 @@ void mace_product_2_d_only_weight_s4(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 64; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 64 + _u] = a2[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[64] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 64; ++_u)
+                    acc[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
             for (int _u = 0; _u < 64; ++_u)
-                (a0 + 64)[_u] += t1[_i * 64 + _u] * t2[_i * 64 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂_w_B_0: 64x0e -> 64x0e */
         for (int _u = 0; _u < 64; ++_u)
             (a0 + 0)[_u] += a3[_u] * a4[_u];
@@ -26728,9 +28683,14 @@ void mace_product_4_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t7[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a18[_j * 3 + _k] * t7[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += a18[_j * 3 + _k] * t7[_j * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
@@ -26753,9 +28713,14 @@ void mace_product_4_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t11[_j * 32 + _u] = a20[_u * 5 + _j];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_j * 32 + _u] * a21[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_k * 32 + _u] += t11[_j * 32 + _u] * a21[_j * 5 + _k];
+                    w12[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w12[_k * 32 + _u];
@@ -26786,9 +28751,14 @@ void mace_product_4_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w17[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a23[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_i * 32 + _u] += t5[_j * 32 + _u] * a23[_i * 3 + _j];
+                    w17[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w17[_i * 32 + _u];
@@ -26797,9 +28767,14 @@ void mace_product_4_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t18[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t18[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t1[_i * 32 + _u] * t18[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a24[_u];
@@ -26893,9 +28868,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w4[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_j * 32 + _u] * a11[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w4[_i * 96 + _k * 32 + _u] += t3[_j * 32 + _u] * a11[_i * 15 + _j * 3 + _k];
+                        w4[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -26912,9 +28892,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t6[_i * 96 + _k * 32 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_i * 32 + _u] * t6[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t5[_i * 32 + _u] * t6[_i * 96 + _k * 32 + _u];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
@@ -26933,9 +28918,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w10[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * a14[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_i * 32 + _u] += t3[_j * 32 + _u] * a14[_i * 5 + _j];
+                    w10[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w10[_i * 32 + _u];
@@ -26948,9 +28938,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t12[_i * 32 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * t12[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 0)[_u] += t11[_i * 32 + _u] * t12[_i * 32 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * (a4 + 0)[_u] * a16[_u];
@@ -26958,9 +28953,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real w13[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_j * 32 + _u] * a17[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w13[_i * 160 + _k * 32 + _u] += t3[_j * 32 + _u] * a17[_i * 25 + _j * 5 + _k];
+                        w13[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -26973,9 +28973,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t14[_i * 160 + _k * 32 + _u] = (a5 + 0)[_u * 25 + _i * 5 + _k];
         real w15[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * t14[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w15[_k * 32 + _u] += t11[_i * 32 + _u] * t14[_i * 160 + _k * 32 + _u];
+                    w15[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a6 + 0)[_u * 5 + _k] += w15[_k * 32 + _u];
@@ -27037,9 +29042,14 @@ void mace_product_4_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t20[_j * 32 + _u] = (l4 + 0)[_u * 3 + _j];
         real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a30[_j * 3 + _k] * t20[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w21[_k * 32 + _u] += a30[_j * 3 + _k] * t20[_j * 32 + _u];
+                    w21[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l5 + 0)[_u * 3 + _k] += w21[_k * 32 + _u];
@@ -27156,9 +29166,14 @@ void mace_product_4_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t4[_i * 96 + _k * 32 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
@@ -27202,9 +29217,14 @@ void mace_product_4_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t11[_i * 160 + _k * 32 + _u] = (a11 + 0)[_u * 25 + _i * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_k * 32 + _u] += t10[_i * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
+                    w12[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l3 + 0)[_u * 5 + _k] += w12[_k * 32 + _u];
@@ -27221,9 +29241,14 @@ void mace_product_4_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t14[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t13[_i * 32 + _u] * t14[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t13[_i * 32 + _u] * t14[_i * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (real)0.7745966692414834 * (a1 + 0)[_u] * a14[_u];
@@ -27301,9 +29326,14 @@ void mace_product_4_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t4[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (a1 + 0)[_u] * a11[_u];
@@ -27332,9 +29362,14 @@ void mace_product_4_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t7[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a16[_j * 3 + _k] * t7[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += a16[_j * 3 + _k] * t7[_j * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
@@ -27359,9 +29394,14 @@ void mace_product_4_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t12[_i * 32 + _u] = (a19 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * t12[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t11[_i * 32 + _u] * t12[_i * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w13[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -27409,9 +29449,14 @@ void mace_product_4_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -27420,9 +29465,14 @@ void mace_product_4_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -27451,9 +29501,14 @@ void mace_product_4_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t7[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_j * 3 + _k] * t7[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += a12[_j * 3 + _k] * t7[_j * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
@@ -27611,9 +29666,14 @@ void mace_product_4_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_j * 32 + _u] = (l2 + 0)[_u * 3 + _j];
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t3[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += a8[_j * 3 + _k] * t3[_j * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
@@ -27683,9 +29743,14 @@ void mace_product_4_s7(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t8[_j * 32 + _u] = (l7 + 0)[_u * 3 + _j];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t8[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += a8[_j * 3 + _k] * t8[_j * 32 + _u];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l8 + 0)[_u * 3 + _k] += w9[_k * 32 + _u];
@@ -27820,9 +29885,14 @@ void mace_product_4_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t4[_i * 96 + _k * 32 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
@@ -27902,9 +29972,14 @@ void mace_product_4_s8(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t17[_i * 160 + _k * 32 + _u] = (a16 + 0)[_u * 25 + _i * 5 + _k];
         real w18[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t16[_i * 32 + _u] * t17[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_k * 32 + _u] += t16[_i * 32 + _u] * t17[_i * 160 + _k * 32 + _u];
+                    w18[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l3 + 0)[_u * 5 + _k] += w18[_k * 32 + _u];
@@ -28023,9 +30098,14 @@ void mace_product_4_s9(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 32 + _u] = (a9 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l1 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (l1 + 0)[_u];
@@ -28134,9 +30214,14 @@ void mace_product_4_s11(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (real)0.7453559924999299 * (l0 + 0)[_u] * a4[_u];
@@ -28187,9 +30272,14 @@ void mace_product_4_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t1[_j * 32 + _u] = a11[_u * 3 + _j];
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w2[_k * 32 + _u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
+                    w2[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
@@ -28212,9 +30302,14 @@ void mace_product_4_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t5[_j * 32 + _u] = a13[_u * 5 + _j];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -28233,9 +30328,14 @@ void mace_product_4_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -28248,9 +30348,14 @@ void mace_product_4_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p7 = (p2 ⊗ p2) -> 32x2e */
         real w12[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -28350,9 +30455,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
+                        w2[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -28369,18 +30479,28 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -28393,16 +30513,26 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p10 = (p4 ⊗ p4) -> 32x2e */
         real w9[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
+                        w9[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -28415,9 +30545,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -28501,9 +30636,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a12 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a12 + 0)[_u] += acc[_u];
+        }
         /* p24 = (p10 ⊗ p2) -> 32x1o */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -28512,9 +30652,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w22[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w22[_j * 96 + _k * 32 + _u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
+                        w22[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -28531,9 +30676,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t24[_j * 96 + _k * 32 + _u] = (a13 + 0)[_u * 9 + _j * 3 + _k];
         real w25[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w25[_k * 32 + _u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
+                    w25[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a14 + 0)[_u * 3 + _k] += w25[_k * 32 + _u];
@@ -28546,9 +30696,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t27[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a15 + 0)[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
+                (a15 + 0)[_u] += acc[_u];
+        }
         /* p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a27 + 0)[_u] * a48[_u];
@@ -28580,9 +30735,14 @@ void mace_product_4_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 5; ++_k)
                 (a18 + 0)[_u * 5 + _k] += w31[_k * 32 + _u];
         /* p29 = (p3 ⊗ p2) -> 32x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a19 + 0)[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a19 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w32[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -28629,9 +30789,14 @@ void mace_product_4_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -28640,9 +30805,14 @@ void mace_product_4_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -28707,9 +30877,14 @@ void mace_product_4_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w2[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
+                        w2[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -28726,9 +30901,14 @@ void mace_product_4_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t4[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 32 + _u];
@@ -29105,9 +31285,14 @@ void mace_product_4_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t33[_i * 32 + _u] = (a67 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t32[_i * 32 + _u] * t33[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l2 + 0)[_u] += t32[_i * 32 + _u] * t33[_i * 32 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (l3 + 0)[_u] += (real)0.7453559924999299 * a68[_u] * a69[_u];
@@ -29141,9 +31326,14 @@ void mace_product_4_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t37[_i * 32 + _u] = (l4 + 0)[_u * 5 + _i];
         real w38[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a70[_i * 5 + _j] * t37[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w38[_j * 32 + _u] += a70[_i * 5 + _j] * t37[_i * 32 + _u];
+                    w38[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a14 + 128)[_u * 5 + _j] += w38[_j * 32 + _u];
@@ -29163,9 +31353,14 @@ void mace_product_4_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t40[_i * 160 + _k * 32 + _u] = (a72 + 0)[_u * 15 + _i * 5 + _k];
         real w41[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t39[_k * 32 + _u] * t40[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w41[_i * 32 + _u] += t39[_k * 32 + _u] * t40[_i * 160 + _k * 32 + _u];
+                    w41[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a15 + 0)[_u * 3 + _i] += w41[_i * 32 + _u];
@@ -29229,9 +31424,14 @@ void mace_product_4_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 576)[_u] += (real)1.860521018838127 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 576)[_u] += (real)1.860521018838127 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -29343,9 +31543,14 @@ void mace_product_4_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = a11[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 512)[_u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 512)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a12[_u];
@@ -29380,9 +31585,14 @@ void mace_product_4_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t8[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_i * 3 + _j] * t8[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_j * 32 + _u] += a15[_i * 3 + _j] * t8[_i * 32 + _u];
+                    w9[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
@@ -29407,9 +31617,14 @@ void mace_product_4_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 32 + _u] = (a17 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 768)[_u] += (real)1.2909944487358056 * t12[_i * 32 + _u] * t13[_i * 32 + _u];
+                (a2 + 768)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zu->zui */
         real t14[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -29431,9 +31646,14 @@ void mace_product_4_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t17[_i * 32 + _u] = (a19 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t16[_i * 32 + _u] * t17[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 736)[_u] += (real)0.5773502691896257 * t16[_i * 32 + _u] * t17[_i * 32 + _u];
+                (a2 + 736)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zu->zui */
         real t18[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -29455,9 +31675,14 @@ void mace_product_4_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t21[_i * 32 + _u] = (a21 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_i * 32 + _u] * t21[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 384)[_u] += (real)0.5773502691896257 * t20[_i * 32 + _u] * t21[_i * 32 + _u];
+                (a2 + 384)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -29556,9 +31781,14 @@ void mace_product_4_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a9 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 832)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 832)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -29572,9 +31802,14 @@ void mace_product_4_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += (real)2.886751345948129 * t1[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a2 + 288)[_u] += (real)2.886751345948129 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -29591,9 +31826,14 @@ void mace_product_4_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -29674,9 +31914,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a12 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 928)[_u] += (real)1.3867504905630728 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 928)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -29690,9 +31935,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = a14[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 640)[_u] += (real)3.1008683647302115 * t1[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a2 + 640)[_u] += (real)3.1008683647302115 * acc[_u];
+        }
         /* zui,zu->zui */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -29706,9 +31956,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 32 + _u] = a16[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t7[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 608)[_u] += (real)2.401922307076307 * t1[_i * 32 + _u] * t7[_i * 32 + _u];
+                (a2 + 608)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -29722,9 +31977,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 32 + _u] = a18[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t9[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += (real)2.401922307076307 * t1[_i * 32 + _u] * t9[_i * 32 + _u];
+                (a2 + 224)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real w10[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -29738,9 +31998,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = (a20 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)1.3867504905630728 * t1[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -29757,9 +32022,14 @@ void mace_product_4_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t13[_i * 96 + _k * 32 + _u] = (a22 + 0)[_u * 9 + _i * 3 + _k];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_k * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_i * 32 + _u] += t12[_k * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
+                    w14[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a7 + 0)[_u * 3 + _i] += w14[_i * 32 + _u];
@@ -29896,9 +32166,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = (a15 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 128)[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 128)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -29911,9 +32186,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w5[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_k * 32 + _u] * a17[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_i * 96 + _j * 32 + _u] += t4[_k * 32 + _u] * a17[_i * 15 + _j * 5 + _k];
+                        w5[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -29930,9 +32210,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
@@ -29948,9 +32233,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w11[_j * 32 + _u];
@@ -29975,9 +32265,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t15[_i * 32 + _u] = (a21 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t15[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 416)[_u] += (real)1.0741723110591492 * t14[_i * 32 + _u] * t15[_i * 32 + _u];
+                (a2 + 416)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui,zu->zui */
         real t16[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -29995,9 +32290,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 96)[_u] += (real)1.0741723110591492 * t18[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 96)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -30011,9 +32311,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t20[_k * 32 + _u] = (a23 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -30033,9 +32338,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t23[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a25[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a25[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -30082,9 +32392,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a37 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l8 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (l8 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o */
         real t27[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -30104,9 +32419,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t29[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
         real w30[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a39[_j * 3 + _k] * t29[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w30[_j * 32 + _u] += a39[_j * 3 + _k] * t29[_k * 32 + _u];
+                    w30[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w30[_j * 32 + _u];
@@ -30190,9 +32510,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t31[_k * 32 + _u] = (a56 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t31[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a10 + 0)[_u] += t31[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a10 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e */
         real w32[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -30208,9 +32533,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t33[_k * 32 + _u] = (l14 + 0)[_u * 5 + _k];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a25[_j * 5 + _k] * t33[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a25[_j * 5 + _k] * t33[_k * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
@@ -30219,9 +32549,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t35[_k * 32 + _u] = (a58 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a10 + 0)[_u] += t35[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a10 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o */
         real w36[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -30237,9 +32572,14 @@ void mace_product_4_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t37[_k * 32 + _u] = (l15 + 0)[_u * 3 + _k];
         real w38[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a39[_j * 3 + _k] * t37[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w38[_j * 32 + _u] += a39[_j * 3 + _k] * t37[_k * 32 + _u];
+                    w38[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w38[_j * 32 + _u];
@@ -30328,9 +32668,14 @@ void mace_product_4_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t2[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 15 + _i * 5 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -30379,9 +32724,14 @@ void mace_product_4_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -30398,9 +32748,14 @@ void mace_product_4_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -30416,9 +32771,14 @@ void mace_product_4_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -30512,9 +32872,14 @@ void mace_product_4_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o */
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -30530,9 +32895,14 @@ void mace_product_4_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_j * 32 + _u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
+                    w5[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w5[_j * 32 + _u];
@@ -30560,9 +32930,14 @@ void mace_product_4_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -30673,9 +33048,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a13[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -30687,9 +33067,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w8[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_k * 32 + _u] * a15[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a15[_i * 15 + _j * 5 + _k];
+                        w8[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -30706,9 +33091,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -30724,9 +33114,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t13[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_j * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
+                    w14[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w14[_j * 32 + _u];
@@ -30757,9 +33152,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a20[_i * 3 + _j] * t18[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a20[_i * 3 + _j] * t18[_i * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w19[_j * 32 + _u];
@@ -30772,9 +33172,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 32 + _u] = (a22 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e */
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -30790,9 +33195,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t23[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a24[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -30805,9 +33215,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a26 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o */
         real w27[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -30823,9 +33238,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t28[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
         real w29[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a27[_j * 3 + _k] * t28[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w29[_j * 32 + _u] += a27[_j * 3 + _k] * t28[_k * 32 + _u];
+                    w29[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w29[_j * 32 + _u];
@@ -30874,9 +33294,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t33[_i * 32 + _u] = (l7 + 0)[_u * 5 + _i];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_i * 5 + _j] * t33[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a13[_i * 5 + _j] * t33[_i * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
@@ -30897,9 +33322,14 @@ void mace_product_4_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = (a37 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_i * 32 + _u] * t37[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 416)[_u] += (real)1.7320508075688772 * t35[_i * 32 + _u] * t37[_i * 32 + _u];
+                (a5 + 416)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o */
         real t38[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -30960,9 +33390,14 @@ void mace_product_4_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t2[_j * 96 + _k * 32 + _u] = (a9 + 0)[_u * 9 + _j * 3 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -31003,9 +33438,14 @@ void mace_product_4_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t8[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_i * 3 + _j] * t8[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_j * 32 + _u] += a15[_i * 3 + _j] * t8[_i * 32 + _u];
+                    w9[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
@@ -31025,9 +33465,14 @@ void mace_product_4_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t11[_i * 160 + _k * 32 + _u] = (a17 + 0)[_u * 25 + _i * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a5 + 0)[_u * 5 + _i] += w12[_i * 32 + _u];
@@ -31096,9 +33541,14 @@ void mace_product_4_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += (real)2.041241452319315 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 288)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui,zu->zui */
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -31112,9 +33562,14 @@ void mace_product_4_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)2.041241452319315 * t1[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -31131,9 +33586,14 @@ void mace_product_4_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 96 + _k * 32 + _u] = (a13 + 0)[_u * 9 + _i * 3 + _k];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 96 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
@@ -31234,9 +33694,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = (a9 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 128)[_u] += (real)1.3416407864998738 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 128)[_u] += (real)1.3416407864998738 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -31249,9 +33714,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w5[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_i * 96 + _j * 32 + _u] += t4[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
+                        w5[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -31268,9 +33738,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
@@ -31286,9 +33761,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w11[_j * 32 + _u];
@@ -31309,9 +33789,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t14[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 96)[_u] += (real)1.5811388300841898 * t14[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 96)[_u] += (real)1.5811388300841898 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -31325,9 +33810,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t16[_k * 32 + _u] = (a15 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e */
         real t17[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31347,9 +33837,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t19[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
         real w20[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a17[_j * 5 + _k] * t19[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w20[_j * 32 + _u] += a17[_j * 5 + _k] * t19[_k * 32 + _u];
+                    w20[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w20[_j * 32 + _u];
@@ -31384,9 +33879,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t22[_k * 32 + _u] = (a25 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t21[_k * 32 + _u] * t22[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l7 + 0)[_u] += t21[_k * 32 + _u] * t22[_k * 32 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o */
         real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31406,9 +33906,14 @@ void mace_product_4_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t25[_k * 32 + _u] = (l8 + 0)[_u * 3 + _k];
         real w26[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a27[_j * 3 + _k] * t25[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w26[_j * 32 + _u] += a27[_j * 3 + _k] * t25[_k * 32 + _u];
+                    w26[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w26[_j * 32 + _u];
@@ -31498,9 +34003,14 @@ void mace_product_4_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 224)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a1 + 224)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31513,9 +34023,14 @@ void mace_product_4_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t5[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 128)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -31604,9 +34119,14 @@ void mace_product_4_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a11[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a11[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -31627,9 +34147,14 @@ void mace_product_4_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 32 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t9[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)1.224744871391589 * t7[_i * 32 + _u] * t9[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o */
         real t10[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31642,9 +34167,14 @@ void mace_product_4_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t11[_i * 96 + _k * 32 + _u] = (a15 + 0)[_u * 9 + _i * 3 + _k];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w12[_i * 32 + _u];
@@ -31733,9 +34263,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a10[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 128)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 128)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31744,9 +34279,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w5[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_i * 96 + _j * 32 + _u] += t4[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
+                        w5[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -31763,9 +34303,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_j * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w8[_i * 32 + _u];
@@ -31781,9 +34326,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t10[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += t9[_i * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w11[_j * 32 + _u];
@@ -31820,9 +34370,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t15[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
         real w16[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a18[_i * 3 + _j] * t15[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w16[_j * 32 + _u] += a18[_i * 3 + _j] * t15[_i * 32 + _u];
+                    w16[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w16[_j * 32 + _u];
@@ -31839,9 +34394,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t18[_i * 32 + _u] = (a20 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t18[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 64)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t18[_i * 32 + _u];
+                (a2 + 64)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real t19[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31851,9 +34411,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t20[_k * 32 + _u] = (a21 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31873,9 +34438,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t23[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a23[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a23[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -31896,9 +34466,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t27[_i * 32 + _u] = (a26 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 32)[_u] += (real)1.224744871391589 * t25[_i * 32 + _u] * t27[_i * 32 + _u];
+                (a2 + 32)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real t28[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31908,9 +34483,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t29[_k * 32 + _u] = (a27 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t28[_k * 32 + _u] * t29[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t28[_k * 32 + _u] * t29[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real t30[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -31930,9 +34510,14 @@ void mace_product_4_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t32[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
         real w33[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a28[_j * 3 + _k] * t32[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w33[_j * 32 + _u] += a28[_j * 3 + _k] * t32[_k * 32 + _u];
+                    w33[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w33[_j * 32 + _u];
@@ -31990,9 +34575,14 @@ void mace_product_4_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a4[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 64)[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a1 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂A: 32x1o -> 32x1o */
         real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -32010,9 +34600,14 @@ void mace_product_4_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 32 + _u] = a7[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 32)[_u] += t4[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a1 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂A: 32x0e -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a8[_u] * a9[_u];
@@ -32066,9 +34661,14 @@ void mace_product_4_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t1[_j * 32 + _u] = a11[_u * 3 + _j];
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w2[_k * 32 + _u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
+                    w2[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
@@ -32091,9 +34691,14 @@ void mace_product_4_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t5[_j * 32 + _u] = a13[_u * 5 + _j];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -32112,9 +34717,14 @@ void mace_product_4_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -32127,9 +34737,14 @@ void mace_product_4_d2_A_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p7 = (p2 ⊗ p2) -> 32x2e */
         real w12[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -32229,9 +34844,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
+                        w2[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -32248,18 +34868,28 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -32272,16 +34902,26 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p10 = (p4 ⊗ p4) -> 32x2e */
         real w9[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
+                        w9[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -32294,9 +34934,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
                     t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -32380,9 +35025,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a12 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a12 + 0)[_u] += acc[_u];
+        }
         /* p24 = (p10 ⊗ p2) -> 32x1o */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -32391,9 +35041,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
         real w22[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w22[_j * 96 + _k * 32 + _u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
+                        w22[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -32410,9 +35065,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
                     t24[_j * 96 + _k * 32 + _u] = (a13 + 0)[_u * 9 + _j * 3 + _k];
         real w25[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w25[_k * 32 + _u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
+                    w25[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a14 + 0)[_u * 3 + _k] += w25[_k * 32 + _u];
@@ -32425,9 +35085,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t27[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a15 + 0)[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
+                (a15 + 0)[_u] += acc[_u];
+        }
         /* p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a27 + 0)[_u] * a48[_u];
@@ -32459,9 +35124,14 @@ void mace_product_4_d2_A_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (a18 + 0)[_u * 5 + _k] += w31[_k * 32 + _u];
         /* p29 = (p3 ⊗ p2) -> 32x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a19 + 0)[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a19 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w32[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -32508,9 +35178,14 @@ void mace_product_4_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -32519,9 +35194,14 @@ void mace_product_4_d2_A_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -32683,9 +35363,14 @@ void mace_product_4_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a
         real w2[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a24[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a24[_i * 25 + _j * 5 + _k];
+                        w2[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -32702,9 +35387,14 @@ void mace_product_4_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l0 + 0)[_u * 5 + _k] += w5[_k * 32 + _u];
@@ -32716,9 +35406,14 @@ void mace_product_4_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a
         real w7[480] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t6[_i * 32 + _u] * a26[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w7[_j * 160 + _k * 32 + _u] += t6[_i * 32 + _u] * a26[_i * 15 + _j * 5 + _k];
+                        w7[_j * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
@@ -32735,9 +35430,14 @@ void mace_product_4_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a
                     t9[_j * 160 + _k * 32 + _u] = (a1 + 0)[_u * 15 + _j * 5 + _k];
         real w10[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_j * 32 + _u] * t9[_j * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t8[_j * 32 + _u] * t9[_j * 160 + _k * 32 + _u];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w10[_k * 32 + _u];
@@ -33015,9 +35715,14 @@ void mace_product_4_d2_A_s3(int64_t n, int threads, real *restrict A0, int64_t a
                     t45[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
         real w46[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t44[_k * 32 + _u] * t45[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w46[_i * 32 + _u] += t44[_k * 32 + _u] * t45[_i * 160 + _k * 32 + _u];
+                    w46[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a19 + 0)[_u * 3 + _i] += w46[_i * 32 + _u];
@@ -33315,9 +36020,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
                     t5[_i * 160 + _k * 32 + _u] = (a35 + 0)[_u * 25 + _i * 5 + _k];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -33397,9 +36107,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
                     t18[_i * 96 + _k * 32 + _u] = (a42 + 0)[_u * 9 + _i * 3 + _k];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t17[_k * 32 + _u] * t18[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_i * 32 + _u] += t17[_k * 32 + _u] * t18[_i * 96 + _k * 32 + _u];
+                    w19[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a7 + 0)[_u * 3 + _i] += w19[_i * 32 + _u];
@@ -33427,9 +36142,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         real w23[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t22[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w23[_i * 96 + _j * 32 + _u] += t22[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
+                        w23[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -33446,9 +36166,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
                     t25[_i * 96 + _j * 32 + _u] = (a9 + 0)[_u * 9 + _i * 3 + _j];
         real w26[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t24[_j * 32 + _u] * t25[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w26[_i * 32 + _u] += t24[_j * 32 + _u] * t25[_i * 96 + _j * 32 + _u];
+                    w26[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a10 + 0)[_u * 3 + _i] += w26[_i * 32 + _u];
@@ -33489,9 +36214,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t32[_k * 32 + _u] = (a48 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t31[_k * 32 + _u] * t32[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a13 + 0)[_u] += t31[_k * 32 + _u] * t32[_k * 32 + _u];
+                (a13 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a14 + 0)[_u] += (real)1.3867504905630728 * (a13 + 0)[_u] * a49[_u];
@@ -33520,9 +36250,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t34[_k * 32 + _u] = (a54 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t33[_k * 32 + _u] * t34[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a20 + 0)[_u] += t33[_k * 32 + _u] * t34[_k * 32 + _u];
+                (a20 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a14 + 0)[_u] += (real)1.2909944487358056 * (a20 + 0)[_u] * a55[_u];
@@ -33567,17 +36302,27 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t35[_k * 32 + _u] = (a0 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_k * 32 + _u] * t32[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a25 + 0)[_u] += t35[_k * 32 + _u] * t32[_k * 32 + _u];
+                (a25 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o */
         real t36[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t36[_k * 32 + _u] = (a68 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_k * 32 + _u] * t34[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a25 + 0)[_u] += t36[_k * 32 + _u] * t34[_k * 32 + _u];
+                (a25 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l4 + 0)[_u] += (a15 + 0)[_u] * a61[_u];
@@ -33592,9 +36337,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         real w38[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t37[_k * 32 + _u] * a69[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w38[_i * 96 + _j * 32 + _u] += t37[_k * 32 + _u] * a69[_i * 15 + _j * 5 + _k];
+                        w38[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -33607,9 +36357,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
                     t39[_i * 96 + _j * 32 + _u] = (a26 + 0)[_u * 15 + _i * 3 + _j];
         real w40[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t24[_j * 32 + _u] * t39[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w40[_i * 32 + _u] += t24[_j * 32 + _u] * t39[_i * 96 + _j * 32 + _u];
+                    w40[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a27 + 0)[_u * 5 + _i] += w40[_i * 32 + _u];
@@ -33621,9 +36376,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
         real w42[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t41[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w42[_i * 96 + _j * 32 + _u] += t41[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
+                        w42[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -33636,9 +36396,14 @@ void mace_product_4_d2_A_s5(int64_t n, int threads, real *restrict A0, int64_t a
                     t43[_i * 96 + _j * 32 + _u] = (a28 + 0)[_u * 9 + _i * 3 + _j];
         real w44[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t24[_j * 32 + _u] * t43[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w44[_i * 32 + _u] += t24[_j * 32 + _u] * t43[_i * 96 + _j * 32 + _u];
+                    w44[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a29 + 0)[_u * 3 + _i] += w44[_i * 32 + _u];
@@ -33718,9 +36483,14 @@ void mace_product_4_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (a12 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a13 + 0)[_u] * a14[_u];
@@ -33739,9 +36509,14 @@ void mace_product_4_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 160 + _k * 32 + _u] = (a17 + 0)[_u * 25 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -33765,9 +36540,14 @@ void mace_product_4_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a
         real w9[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t8[_k * 32 + _u] * a21[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 96 + _j * 32 + _u] += t8[_k * 32 + _u] * a21[_i * 15 + _j * 5 + _k];
+                        w9[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -33784,9 +36564,14 @@ void mace_product_4_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a
                     t11[_i * 96 + _j * 32 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_j * 32 + _u] * t11[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_j * 32 + _u] * t11[_i * 96 + _j * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
@@ -33811,17 +36596,27 @@ void mace_product_4_d2_A_s6(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t16[_k * 32 + _u] = (a26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o */
         real t17[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t17[_k * 32 + _u] = (a27 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t17[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t17[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l1 + 0)[_u] += (a28 + 0)[_u] * a14[_u];
@@ -34023,9 +36818,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 160 + _k * 32 + _u] = (a38 + 0)[_u * 25 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -34069,9 +36869,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                     t11[_i * 96 + _k * 32 + _u] = (a42 + 0)[_u * 9 + _i * 3 + _k];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a8 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
@@ -34099,9 +36904,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         real w16[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t15[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w16[_i * 96 + _j * 32 + _u] += t15[_k * 32 + _u] * a44[_i * 15 + _j * 5 + _k];
+                        w16[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -34118,9 +36928,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                     t18[_i * 96 + _j * 32 + _u] = (a10 + 0)[_u * 9 + _i * 3 + _j];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t17[_j * 32 + _u] * t18[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_i * 32 + _u] += t17[_j * 32 + _u] * t18[_i * 96 + _j * 32 + _u];
+                    w19[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a11 + 0)[_u * 3 + _i] += w19[_i * 32 + _u];
@@ -34149,9 +36964,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t23[_k * 32 + _u] = (a47 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t22[_k * 32 + _u] * t23[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a13 + 0)[_u] += t22[_k * 32 + _u] * t23[_k * 32 + _u];
+                (a13 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a14 + 0)[_u] += (real)0.9128709291752769 * (a13 + 0)[_u] * a48[_u];
@@ -34174,9 +36994,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t25[_k * 32 + _u] = (a51 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t25[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a18 + 0)[_u] += t24[_k * 32 + _u] * t25[_k * 32 + _u];
+                (a18 + 0)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a14 + 0)[_u] += (real)0.7745966692414834 * (a18 + 0)[_u] * a52[_u];
@@ -34280,9 +37105,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a21 + 32)[_u * 3 + _i] += w34[_i * 32 + _u];
         /* ∂/∂_w_B_0: ∂/∂A: 32x1o -> 32x1o */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t33[_i * 32 + _u] * t28[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a22 + 32)[_u] += t33[_i * 32 + _u] * t28[_i * 32 + _u];
+                (a22 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e */
         real t35[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34296,9 +37126,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 5; ++_i)
                 (a21 + 128)[_u * 5 + _i] += w36[_i * 32 + _u];
         /* ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_i * 32 + _u] * t26[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a22 + 64)[_u] += t35[_i * 32 + _u] * t26[_i * 32 + _u];
+                (a22 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l2 + 0)[_u] += a74[_u] * a75[_u];
@@ -34336,9 +37171,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 t37[_j * 32 + _u] = a76[_u * 3 + _j];
         real w38[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_j * 32 + _u] * a77[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w38[_k * 32 + _u] += t37[_j * 32 + _u] * a77[_j * 3 + _k];
+                    w38[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a26 + 0)[_u * 3 + _k] += w38[_k * 32 + _u];
@@ -34363,9 +37203,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 32 + _u] = (a26 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t41[_k * 32 + _u] * t42[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a24 + 0)[_u] += t41[_k * 32 + _u] * t42[_k * 32 + _u];
+                (a24 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real w43[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -34393,9 +37238,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 t46[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
         real w47[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a77[_j * 3 + _k] * t46[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w47[_j * 32 + _u] += a77[_j * 3 + _k] * t46[_k * 32 + _u];
+                    w47[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a24 + 32)[_u * 3 + _j] += w47[_j * 32 + _u];
@@ -34416,9 +37266,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t50[_i * 32 + _u] = (a27 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t50[_i * 32 + _u] * t28[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a25 + 32)[_u] += (real)1.224744871391589 * t50[_i * 32 + _u] * t28[_i * 32 + _u];
+                (a25 + 32)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real t51[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34426,9 +37281,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 t51[_j * 32 + _u] = a78[_u * 5 + _j];
         real w52[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t51[_j * 32 + _u] * a79[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w52[_k * 32 + _u] += t51[_j * 32 + _u] * a79[_j * 5 + _k];
+                    w52[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a28 + 0)[_u * 5 + _k] += w52[_k * 32 + _u];
@@ -34453,9 +37313,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t56[_k * 32 + _u] = (a28 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t55[_k * 32 + _u] * t56[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a24 + 0)[_u] += t55[_k * 32 + _u] * t56[_k * 32 + _u];
+                (a24 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real w57[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -34483,9 +37348,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 t60[_k * 32 + _u] = (l7 + 0)[_u * 5 + _k];
         real w61[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a79[_j * 5 + _k] * t60[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w61[_j * 32 + _u] += a79[_j * 5 + _k] * t60[_k * 32 + _u];
+                    w61[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a24 + 128)[_u * 5 + _j] += w61[_j * 32 + _u];
@@ -34506,15 +37376,25 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t64[_i * 32 + _u] = (a29 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t64[_i * 32 + _u] * t26[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a25 + 64)[_u] += (real)1.2909944487358056 * t64[_i * 32 + _u] * t26[_i * 32 + _u];
+                (a25 + 64)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
         real w65[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_j * 32 + _u] * a80[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w65[_i * 32 + _u] += t37[_j * 32 + _u] * a80[_i * 3 + _j];
+                    w65[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a30 + 0)[_u * 3 + _i] += w65[_i * 32 + _u];
@@ -34527,9 +37407,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t67[_i * 32 + _u] = (a30 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t66[_i * 32 + _u] * t67[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a31 + 0)[_u] += t66[_i * 32 + _u] * t67[_i * 32 + _u];
+                (a31 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
         real t68[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34543,9 +37428,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a24 + 32)[_u * 3 + _i] += w69[_i * 32 + _u];
         /* ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t33[_i * 32 + _u] * t1[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a31 + 0)[_u] += t33[_i * 32 + _u] * t1[_i * 32 + _u];
+                (a31 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e */
         real w70[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -34561,9 +37451,14 @@ void mace_product_4_d2_A_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 t71[_i * 32 + _u] = (l8 + 0)[_u * 3 + _i];
         real w72[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a80[_i * 3 + _j] * t71[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w72[_j * 32 + _u] += a80[_i * 3 + _j] * t71[_i * 32 + _u];
+                    w72[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a24 + 32)[_u * 3 + _j] += w72[_j * 32 + _u];
@@ -34615,9 +37510,14 @@ void mace_product_4_d2_A_s8(int64_t n, int threads, real *restrict A0, int64_t a
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a6[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a6[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -34634,9 +37534,14 @@ void mace_product_4_d2_A_s8(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 96 + _j * 32 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 32)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -34701,9 +37606,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
                     t2[_i * 96 + _j * 32 + _u] = (a9 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -34728,9 +37638,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 32 + _u] = a11[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_i * 32 + _u] * t7[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 128)[_u] += (real)1.2909944487358056 * t6[_i * 32 + _u] * t7[_i * 32 + _u];
+                (a3 + 128)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o */
         real t8[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34739,9 +37654,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
         real w9[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t8[_j * 32 + _u] * a13[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 96 + _k * 32 + _u] += t8[_j * 32 + _u] * a13[_i * 15 + _j * 3 + _k];
+                        w9[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -34758,9 +37678,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
                     t11[_i * 96 + _k * 32 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_k * 32 + _u] += t10[_i * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
+                    w12[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w12[_k * 32 + _u];
@@ -34776,9 +37701,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
                     t14[_i * 96 + _k * 32 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _k];
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t13[_k * 32 + _u] * t14[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w15[_i * 32 + _u] += t13[_k * 32 + _u] * t14[_i * 96 + _k * 32 + _u];
+                    w15[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w15[_i * 32 + _u];
@@ -34790,9 +37720,14 @@ void mace_product_4_d2_A_s9(int64_t n, int threads, real *restrict A0, int64_t a
                     t16[_i * 96 + _k * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _k];
         real w17[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t16[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t1[_i * 32 + _u] * t16[_i * 96 + _k * 32 + _u];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w17[_k * 32 + _u];
@@ -34863,9 +37798,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = a11[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)1.224744871391589 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34873,9 +37813,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
                 t4[_j * 32 + _u] = a12[_u * 5 + _j];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_j * 32 + _u] * a13[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t4[_j * 32 + _u] * a13[_i * 5 + _j];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -34888,9 +37833,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 32 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_i * 32 + _u] * t7[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 0)[_u] += t6[_i * 32 + _u] * t7[_i * 32 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e */
         real t8[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -34912,9 +37862,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = (a17 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e */
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -34930,9 +37885,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
                 t13[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w14[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_i * 5 + _j] * t13[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_j * 32 + _u] += a13[_i * 5 + _j] * t13[_i * 32 + _u];
+                    w14[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w14[_j * 32 + _u];
@@ -34946,9 +37906,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
         real w15[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_j * 32 + _u] * a20[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w15[_i * 160 + _k * 32 + _u] += t4[_j * 32 + _u] * a20[_i * 25 + _j * 5 + _k];
+                        w15[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -34961,9 +37926,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
                     t16[_i * 160 + _k * 32 + _u] = (a5 + 0)[_u * 25 + _i * 5 + _k];
         real w17[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t16[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t6[_i * 32 + _u] * t16[_i * 160 + _k * 32 + _u];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a6 + 0)[_u * 5 + _k] += w17[_k * 32 + _u];
@@ -34979,9 +37949,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
                     t19[_i * 160 + _k * 32 + _u] = (a5 + 0)[_u * 25 + _i * 5 + _k];
         real w20[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t18[_k * 32 + _u] * t19[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w20[_i * 32 + _u] += t18[_k * 32 + _u] * t19[_i * 160 + _k * 32 + _u];
+                    w20[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w20[_i * 32 + _u];
@@ -34993,9 +37968,14 @@ void mace_product_4_d2_A_s10(int64_t n, int threads, real *restrict A0, int64_t 
                     t21[_i * 160 + _k * 32 + _u] = (a22 + 0)[_u * 25 + _i * 5 + _k];
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * t21[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w22[_k * 32 + _u] += t10[_i * 32 + _u] * t21[_i * 160 + _k * 32 + _u];
+                    w22[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a6 + 0)[_u * 5 + _k] += w22[_k * 32 + _u];
@@ -35103,9 +38083,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a12[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 224)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (real)0.4472135954999579 * (a13 + 0)[_u] * a14[_u];
@@ -35186,9 +38171,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 32 + _u] = (a31 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_k * 32 + _u] * t4[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t6[_k * 32 + _u] * t4[_k * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35216,9 +38206,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
                 t10[_k * 32 + _u] = (l8 + 0)[_u * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a33[_j * 3 + _k] * t10[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += a33[_j * 3 + _k] * t10[_k * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w11[_j * 32 + _u];
@@ -35261,9 +38256,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t14[_k * 32 + _u] = (a40 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_k * 32 + _u] * t12[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t14[_k * 32 + _u] * t12[_k * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e */
         real t15[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35291,9 +38291,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
                 t18[_k * 32 + _u] = (l11 + 0)[_u * 5 + _k];
         real w19[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a42[_j * 5 + _k] * t18[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a42[_j * 5 + _k] * t18[_k * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w19[_j * 32 + _u];
@@ -35318,9 +38323,14 @@ void mace_product_4_d2_A_s11(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t22[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_i * 32 + _u] * t22[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 96)[_u] += (real)1.5811388300841898 * t20[_i * 32 + _u] * t22[_i * 32 + _u];
+                (a3 + 96)[_u] += (real)1.5811388300841898 * acc[_u];
+        }
         /* ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e */
         real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35373,9 +38383,14 @@ void mace_product_4_d2_A_s12(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -35441,9 +38456,14 @@ void mace_product_4_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a9 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -35468,9 +38488,14 @@ void mace_product_4_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 128)[_u] += (real)1.3416407864998738 * t4[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a3 + 128)[_u] += (real)1.3416407864998738 * acc[_u];
+        }
         /* ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35483,9 +38508,14 @@ void mace_product_4_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t 
                     t8[_i * 96 + _k * 32 + _u] = (a14 + 0)[_u * 9 + _i * 3 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += t7[_i * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w9[_k * 32 + _u];
@@ -35496,9 +38526,14 @@ void mace_product_4_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t 
                 t10[_k * 32 + _u] = (a15 + 0)[_u * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t10[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -35514,9 +38549,14 @@ void mace_product_4_d2_A_s13(int64_t n, int threads, real *restrict A0, int64_t 
                     t13[_i * 96 + _k * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _k];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
@@ -35587,9 +38627,14 @@ void mace_product_4_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)2.041241452319315 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui,zu->zui */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35603,9 +38648,14 @@ void mace_product_4_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += (real)2.041241452319315 * t4[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 288)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e */
         real t6[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35618,9 +38668,14 @@ void mace_product_4_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_i * 160 + _k * 32 + _u] = (a14 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
@@ -35631,9 +38686,14 @@ void mace_product_4_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t 
                 t9[_k * 32 + _u] = (a15 + 0)[_u * 5 + _k];
         real w10[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_i * 32 + _u] += t9[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w10[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w10[_i * 32 + _u];
@@ -35649,9 +38709,14 @@ void mace_product_4_d2_A_s14(int64_t n, int threads, real *restrict A0, int64_t 
                     t12[_i * 160 + _k * 32 + _u] = (a16 + 0)[_u * 25 + _i * 5 + _k];
         real w13[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w13[_k * 32 + _u] += t11[_i * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
+                    w13[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w13[_k * 32 + _u];
@@ -35718,9 +38783,14 @@ void mace_product_4_d2_A_s15(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p8: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e */
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -35738,9 +38808,14 @@ void mace_product_4_d2_A_s15(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e */
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -35756,9 +38831,14 @@ void mace_product_4_d2_A_s15(int64_t n, int threads, real *restrict A0, int64_t 
                 t7[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a14[_i * 3 + _j] * t7[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += a14[_i * 3 + _j] * t7[_i * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -35780,9 +38860,14 @@ void mace_product_4_d2_A_s15(int64_t n, int threads, real *restrict A0, int64_t 
                     t10[_j * 96 + _k * 32 + _u] = (a18 + 0)[_u * 9 + _j * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t9[_j * 32 + _u] * t10[_j * 96 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a5 + 0)[_u * 3 + _k] += w11[_k * 32 + _u];
@@ -35885,9 +38970,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a15[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_j * 96 + _k * 32 + _u] += t1[_i * 32 + _u] * a15[_i * 9 + _j * 3 + _k];
+                        w2[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -35904,9 +38994,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_j * 96 + _k * 32 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_j * 32 + _u] * t4[_j * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
@@ -35922,9 +39017,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_j * 96 + _k * 32 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_k * 32 + _u] * t7[_j * 96 + _k * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a2 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -35949,9 +39049,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t12[_i * 32 + _u] = a19[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * t12[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 416)[_u] += (real)1.7320508075688772 * t11[_i * 32 + _u] * t12[_i * 32 + _u];
+                (a4 + 416)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e */
         real t13[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -35961,9 +39066,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 32 + _u] = (a21 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t13[_i * 32 + _u] * t14[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t13[_i * 32 + _u] * t14[_i * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p10: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e */
         real w15[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -35977,9 +39087,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t16[_i * 32 + _u] = (a23 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t16[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t1[_i * 32 + _u] * t16[_i * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e */
         real w17[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -35995,9 +39110,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                 t18[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
         real w19[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_i * 5 + _j] * t18[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a24[_i * 5 + _j] * t18[_i * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a2 + 128)[_u * 5 + _j] += w19[_j * 32 + _u];
@@ -36048,9 +39168,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t22[_k * 32 + _u] = (a34 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t22[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a7 + 0)[_u] += t22[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p27: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o */
         real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -36078,9 +39203,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                 t26[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
         real w27[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a36[_j * 3 + _k] * t26[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w27[_j * 32 + _u] += a36[_j * 3 + _k] * t26[_k * 32 + _u];
+                    w27[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a2 + 32)[_u * 3 + _j] += w27[_j * 32 + _u];
@@ -36101,9 +39231,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t30[_k * 32 + _u] = (a38 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t30[_k * 32 + _u] * t28[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a7 + 0)[_u] += t30[_k * 32 + _u] * t28[_k * 32 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p28: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e */
         real t31[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -36131,9 +39266,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                 t34[_k * 32 + _u] = (l7 + 0)[_u * 5 + _k];
         real w35[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a40[_j * 5 + _k] * t34[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w35[_j * 32 + _u] += a40[_j * 5 + _k] * t34[_k * 32 + _u];
+                    w35[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a2 + 128)[_u * 5 + _j] += w35[_j * 32 + _u];
@@ -36146,9 +39286,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = (a42 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_i * 32 + _u] * t37[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a10 + 0)[_u] += t36[_i * 32 + _u] * t37[_i * 32 + _u];
+                (a10 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p3: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e */
         real w38[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -36166,9 +39311,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t40[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t39[_i * 32 + _u] * t40[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a10 + 0)[_u] += t39[_i * 32 + _u] * t40[_i * 32 + _u];
+                (a10 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e */
         real w41[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -36184,9 +39334,14 @@ void mace_product_4_d2_A_s16(int64_t n, int threads, real *restrict A0, int64_t 
                 t42[_i * 32 + _u] = (l8 + 0)[_u * 3 + _i];
         real w43[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a46[_i * 3 + _j] * t42[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w43[_j * 32 + _u] += a46[_i * 3 + _j] * t42[_i * 32 + _u];
+                    w43[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a2 + 32)[_u * 3 + _j] += w43[_j * 32 + _u];
@@ -36237,9 +39392,14 @@ void mace_product_4_d2_A_s17(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -36307,9 +39467,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -36322,9 +39487,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p5: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -36342,9 +39512,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a13 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e */
         real w9[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -36360,9 +39535,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
                 t10[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a14[_i * 5 + _j] * t10[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += a14[_i * 5 + _j] * t10[_i * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 128)[_u * 5 + _j] += w11[_j * 32 + _u];
@@ -36374,9 +39554,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
                     t12[_i * 160 + _k * 32 + _u] = (a15 + 0)[_u * 25 + _i * 5 + _k];
         real w13[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w13[_k * 32 + _u] += t4[_i * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
+                    w13[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a4 + 0)[_u * 5 + _k] += w13[_k * 32 + _u];
@@ -36387,9 +39572,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
                 t14[_k * 32 + _u] = (a16 + 0)[_u * 5 + _k];
         real w15[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t14[_k * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w15[_i * 32 + _u] += t14[_k * 32 + _u] * t12[_i * 160 + _k * 32 + _u];
+                    w15[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w15[_i * 32 + _u];
@@ -36401,9 +39591,14 @@ void mace_product_4_d2_A_s18(int64_t n, int threads, real *restrict A0, int64_t 
                     t16[_i * 160 + _k * 32 + _u] = (a17 + 0)[_u * 25 + _i * 5 + _k];
         real w17[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t16[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t7[_i * 32 + _u] * t16[_i * 160 + _k * 32 + _u];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a4 + 0)[_u * 5 + _k] += w17[_k * 32 + _u];
@@ -36496,9 +39691,14 @@ void mace_product_4_d2_A_s19(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 32 + _u] = (a13 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_k * 32 + _u] * t1[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t3[_k * 32 + _u] * t1[_k * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p34: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o */
         real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -36526,9 +39726,14 @@ void mace_product_4_d2_A_s19(int64_t n, int threads, real *restrict A0, int64_t 
                 t7[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_j * 3 + _k] * t7[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += a15[_j * 3 + _k] * t7[_k * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -36698,9 +39903,14 @@ void mace_product_4_d2_A_s24(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -36744,9 +39954,14 @@ void mace_product_4_d2_A_s25(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a7 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -36758,9 +39973,14 @@ void mace_product_4_d2_A_s25(int64_t n, int threads, real *restrict A0, int64_t 
         real w5[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_j * 32 + _u] * a9[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_i * 160 + _k * 32 + _u] += t4[_j * 32 + _u] * a9[_i * 25 + _j * 5 + _k];
+                        w5[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -36777,9 +39997,14 @@ void mace_product_4_d2_A_s25(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_i * 160 + _k * 32 + _u] = (a2 + 0)[_u * 15 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
@@ -36795,9 +40020,14 @@ void mace_product_4_d2_A_s25(int64_t n, int threads, real *restrict A0, int64_t 
                     t10[_i * 160 + _k * 32 + _u] = (a2 + 0)[_u * 15 + _i * 5 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_k * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_k * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -36813,9 +40043,14 @@ void mace_product_4_d2_A_s25(int64_t n, int threads, real *restrict A0, int64_t 
                     t13[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 15 + _i * 5 + _k];
         real w14[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w14[_k * 32 + _u];
@@ -36865,9 +40100,14 @@ void mace_product_4_d2_A_s26(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_j * 160 + _k * 32 + _u] = (a6 + 0)[_u * 15 + _j * 5 + _k];
         real w3[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t2[_j * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_k * 32 + _u] += t1[_j * 32 + _u] * t2[_j * 160 + _k * 32 + _u];
+                    w3[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w3[_k * 32 + _u];
@@ -36879,9 +40119,14 @@ void mace_product_4_d2_A_s26(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_i * 96 + _j * 32 + _u] = (a7 + 0)[_u * 15 + _i * 3 + _j];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t1[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -37020,9 +40265,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a14 + 0)[_u * 15 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -37067,9 +40317,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 32 + _u] = (a22 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_k * 32 + _u] * t4[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t6[_k * 32 + _u] * t4[_k * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p40: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37097,9 +40352,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
                 t10[_k * 32 + _u] = (l5 + 0)[_u * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 3 + _k] * t10[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_j * 32 + _u] += a24[_j * 3 + _k] * t10[_k * 32 + _u];
+                    w11[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w11[_j * 32 + _u];
@@ -37120,9 +40380,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t14[_k * 32 + _u] = (a26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_k * 32 + _u] * t12[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t14[_k * 32 + _u] * t12[_k * 32 + _u];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p41: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e */
         real t15[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37150,9 +40415,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
                 t18[_k * 32 + _u] = (l6 + 0)[_u * 5 + _k];
         real w19[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a28[_j * 5 + _k] * t18[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a28[_j * 5 + _k] * t18[_k * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 128)[_u * 5 + _j] += w19[_j * 32 + _u];
@@ -37256,9 +40526,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t21[_k * 32 + _u] = (a49 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t21[_k * 32 + _u] * t4[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a8 + 0)[_u] += t21[_k * 32 + _u] * t4[_k * 32 + _u];
+                (a8 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o */
         real w22[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -37282,9 +40557,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
                 t24[_k * 32 + _u] = (l15 + 0)[_u * 3 + _k];
         real w25[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 3 + _k] * t24[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w25[_j * 32 + _u] += a24[_j * 3 + _k] * t24[_k * 32 + _u];
+                    w25[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w25[_j * 32 + _u];
@@ -37335,9 +40615,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t27[_k * 32 + _u] = (a58 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t27[_k * 32 + _u] * t12[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a9 + 0)[_u] += t27[_k * 32 + _u] * t12[_k * 32 + _u];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e */
         real w28[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -37361,9 +40646,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
                 t30[_k * 32 + _u] = (l18 + 0)[_u * 5 + _k];
         real w31[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a28[_j * 5 + _k] * t30[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w31[_j * 32 + _u] += a28[_j * 5 + _k] * t30[_k * 32 + _u];
+                    w31[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a1 + 128)[_u * 5 + _j] += w31[_j * 32 + _u];
@@ -37388,9 +40678,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t34[_i * 32 + _u] = (a61 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t32[_i * 32 + _u] * t34[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 96)[_u] += (real)1.0741723110591492 * t32[_i * 32 + _u] * t34[_i * 32 + _u];
+                (a5 + 96)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui,zu->zui */
         real t35[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37404,9 +40699,14 @@ void mace_product_4_d2_A_s27(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (a10 + 0)[_u * 3 + _i] += w36[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_i * 32 + _u] * t34[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 416)[_u] += (real)1.0741723110591492 * t35[_i * 32 + _u] * t34[_i * 32 + _u];
+                (a5 + 416)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e */
         real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37459,9 +40759,14 @@ void mace_product_4_d2_A_s28(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_j * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -37527,9 +40832,14 @@ void mace_product_4_d2_A_s29(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 96 + _j * 32 + _u] = (a9 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -37554,9 +40864,14 @@ void mace_product_4_d2_A_s29(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 128)[_u] += t4[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a3 + 128)[_u] += acc[_u];
+        }
         /* ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37569,9 +40884,14 @@ void mace_product_4_d2_A_s29(int64_t n, int threads, real *restrict A0, int64_t 
                     t8[_i * 96 + _k * 32 + _u] = (a14 + 0)[_u * 9 + _i * 3 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += t7[_i * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w9[_k * 32 + _u];
@@ -37582,9 +40902,14 @@ void mace_product_4_d2_A_s29(int64_t n, int threads, real *restrict A0, int64_t 
                 t10[_k * 32 + _u] = (a15 + 0)[_u * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t10[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -37600,9 +40925,14 @@ void mace_product_4_d2_A_s29(int64_t n, int threads, real *restrict A0, int64_t 
                     t13[_i * 96 + _k * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _k];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _k * 32 + _u];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a4 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
@@ -37679,9 +41009,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)1.3867504905630728 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui,zu->zui */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37695,9 +41030,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += (real)2.401922307076307 * t4[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 224)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real t6[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37711,9 +41051,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w7[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 608)[_u] += (real)2.401922307076307 * t6[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 608)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real t8[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37727,9 +41072,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w9[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t8[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 640)[_u] += (real)3.1008683647302115 * t8[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 640)[_u] += (real)3.1008683647302115 * acc[_u];
+        }
         /* zui,zu->zui */
         real t10[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37743,9 +41093,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w11[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 928)[_u] += (real)1.3867504905630728 * t10[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 928)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e */
         real t12[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37758,9 +41113,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
                     t13[_i * 160 + _k * 32 + _u] = (a20 + 0)[_u * 25 + _i * 5 + _k];
         real w14[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w14[_k * 32 + _u];
@@ -37771,9 +41131,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
                 t15[_k * 32 + _u] = (a21 + 0)[_u * 5 + _k];
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t15[_k * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w16[_i * 32 + _u] += t15[_k * 32 + _u] * t13[_i * 160 + _k * 32 + _u];
+                    w16[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w16[_i * 32 + _u];
@@ -37789,9 +41154,14 @@ void mace_product_4_d2_A_s30(int64_t n, int threads, real *restrict A0, int64_t 
                     t18[_i * 160 + _k * 32 + _u] = (a22 + 0)[_u * 25 + _i * 5 + _k];
         real w19[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t17[_i * 32 + _u] * t18[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_k * 32 + _u] += t17[_i * 32 + _u] * t18[_i * 160 + _k * 32 + _u];
+                    w19[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w19[_k * 32 + _u];
@@ -37857,9 +41227,14 @@ void mace_product_4_d2_A_s31(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 288)[_u] += (real)2.886751345948129 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a3 + 288)[_u] += (real)2.886751345948129 * acc[_u];
+        }
         /* zui,zu->zui */
         real t4[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37873,9 +41248,14 @@ void mace_product_4_d2_A_s31(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 832)[_u] += (real)1.2909944487358056 * t4[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a3 + 832)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o */
         real t6[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -37980,9 +41360,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a8[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_j * 96 + _k * 32 + _u] += t1[_i * 32 + _u] * a8[_i * 9 + _j * 3 + _k];
+                        w2[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -37999,9 +41384,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_j * 96 + _k * 32 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_j * 32 + _u] * t4[_j * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
@@ -38017,9 +41407,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_j * 96 + _k * 32 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_k * 32 + _u] * t7[_j * 96 + _k * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -38044,9 +41439,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t9[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 384)[_u] += (real)0.5773502691896257 * t9[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a3 + 384)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zu->zui */
         real t12[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38060,9 +41460,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w13[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 736)[_u] += (real)0.5773502691896257 * t12[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a3 + 736)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zu->zui */
         real t14[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38076,9 +41481,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w15[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 768)[_u] += (real)1.2909944487358056 * t14[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a3 + 768)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e */
         real t16[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38088,9 +41498,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t17[_i * 32 + _u] = (a19 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t16[_i * 32 + _u] * t17[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l2 + 0)[_u] += t16[_i * 32 + _u] * t17[_i * 32 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p56: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e */
         real w18[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -38108,9 +41523,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a21 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l2 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e */
         real t21[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38130,9 +41550,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
                 t23[_i * 32 + _u] = (l3 + 0)[_u * 3 + _i];
         real w24[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a22[_i * 3 + _j] * t23[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a22[_i * 3 + _j] * t23[_i * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w24[_j * 32 + _u];
@@ -38156,9 +41581,14 @@ void mace_product_4_d2_A_s33(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t27[_i * 32 + _u] = a25[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 512)[_u] += (real)1.7320508075688772 * t25[_i * 32 + _u] * t27[_i * 32 + _u];
+                (a3 + 512)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o */
         real t28[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38328,9 +41758,14 @@ void mace_product_4_d2_A_s37(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 576)[_u] += (real)1.860521018838127 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a2 + 576)[_u] += (real)1.860521018838127 * acc[_u];
+        }
         /* ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e */
         real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38343,9 +41778,14 @@ void mace_product_4_d2_A_s37(int64_t n, int threads, real *restrict A0, int64_t 
                     t5[_i * 160 + _k * 32 + _u] = (a12 + 0)[_u * 15 + _i * 5 + _k];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t4[_i * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -38356,9 +41796,14 @@ void mace_product_4_d2_A_s37(int64_t n, int threads, real *restrict A0, int64_t 
                 t7[_k * 32 + _u] = (a13 + 0)[_u * 5 + _k];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t7[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w8[_i * 32 + _u];
@@ -38374,9 +41819,14 @@ void mace_product_4_d2_A_s37(int64_t n, int threads, real *restrict A0, int64_t 
                     t10[_i * 160 + _k * 32 + _u] = (a14 + 0)[_u * 15 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t9[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -38538,9 +41988,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a23 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_p41: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e */
         real w3[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38558,9 +42013,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = (a26 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l0 + 0)[_u] += t4[_i * 32 + _u] * t5[_i * 32 + _u];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38576,9 +42036,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
                 t7[_i * 32 + _u] = (l2 + 0)[_u * 5 + _i];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a27[_i * 5 + _j] * t7[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += a27[_i * 5 + _j] * t7[_i * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w8[_j * 32 + _u];
@@ -38605,9 +42070,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = a32[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t9[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 576)[_u] += (real)1.860521018838127 * t9[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a2 + 576)[_u] += (real)1.860521018838127 * acc[_u];
+        }
         /* zui,zu->zui */
         real t12[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38621,9 +42091,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (a3 + 0)[_u * 3 + _i] += w13[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 512)[_u] += (real)1.7320508075688772 * t12[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a2 + 512)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* zui,zu->zui */
         real t14[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38641,9 +42116,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t16[_i * 32 + _u] = (a37 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t16[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 768)[_u] += (real)1.2909944487358056 * t14[_i * 32 + _u] * t16[_i * 32 + _u];
+                (a2 + 768)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zu->zui */
         real w17[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -38657,9 +42137,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t18[_i * 32 + _u] = (a39 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t18[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 736)[_u] += (real)0.5773502691896257 * t14[_i * 32 + _u] * t18[_i * 32 + _u];
+                (a2 + 736)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zu->zui */
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -38673,9 +42158,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a41 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 384)[_u] += (real)0.5773502691896257 * t14[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a2 + 384)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zu->zui */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38689,9 +42179,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l1 + 0)[_u * 5 + _i] += w22[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t21[_i * 32 + _u] * t1[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 832)[_u] += (real)1.2909944487358056 * t21[_i * 32 + _u] * t1[_i * 32 + _u];
+                (a2 + 832)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zu->zui */
         real w23[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38705,9 +42200,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t24[_i * 32 + _u] = (a45 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t21[_i * 32 + _u] * t24[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += (real)2.886751345948129 * t21[_i * 32 + _u] * t24[_i * 32 + _u];
+                (a2 + 288)[_u] += (real)2.886751345948129 * acc[_u];
+        }
         /* zui,zu->zui */
         real t25[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38721,9 +42221,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l1 + 0)[_u * 5 + _i] += w26[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t1[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 928)[_u] += (real)1.3867504905630728 * t25[_i * 32 + _u] * t1[_i * 32 + _u];
+                (a2 + 928)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui,zu->zui */
         real w27[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38737,9 +42242,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t28[_i * 32 + _u] = (a49 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t28[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 640)[_u] += (real)3.1008683647302115 * t25[_i * 32 + _u] * t28[_i * 32 + _u];
+                (a2 + 640)[_u] += (real)3.1008683647302115 * acc[_u];
+        }
         /* zui,zu->zui */
         real w29[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38753,9 +42263,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t30[_i * 32 + _u] = a51[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t30[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 608)[_u] += (real)2.401922307076307 * t25[_i * 32 + _u] * t30[_i * 32 + _u];
+                (a2 + 608)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real w31[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38769,9 +42284,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t32[_i * 32 + _u] = a53[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t32[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += (real)2.401922307076307 * t25[_i * 32 + _u] * t32[_i * 32 + _u];
+                (a2 + 224)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zu->zui */
         real w33[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -38785,9 +42305,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t34[_i * 32 + _u] = (a55 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t34[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 160)[_u] += (real)1.3867504905630728 * t25[_i * 32 + _u] * t34[_i * 32 + _u];
+                (a2 + 160)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui,zu->zui */
         real t35[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38805,9 +42330,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = (a58 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t35[_i * 32 + _u] * t37[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 128)[_u] += t35[_i * 32 + _u] * t37[_i * 32 + _u];
+                (a2 + 128)[_u] += acc[_u];
+        }
         /* zui,zu->zui */
         real t38[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38821,9 +42351,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w39[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t38[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 416)[_u] += (real)1.0741723110591492 * t38[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a2 + 416)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui,zu->zui */
         real w40[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -38833,9 +42368,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (a11 + 0)[_u * 3 + _i] += w40[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t38[_i * 32 + _u] * t37[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 96)[_u] += (real)1.0741723110591492 * t38[_i * 32 + _u] * t37[_i * 32 + _u];
+                (a2 + 96)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a12 + 0)[_u] += (real)1.3867504905630728 * (a62 + 0)[_u] * a63[_u];
@@ -38935,9 +42475,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t42[_k * 32 + _u] = (a87 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t41[_k * 32 + _u] * t42[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a18 + 0)[_u] += t41[_k * 32 + _u] * t42[_k * 32 + _u];
+                (a18 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e */
         real t43[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38957,9 +42502,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
                 t45[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
         real w46[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a89[_j * 5 + _k] * t45[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w46[_j * 32 + _u] += a89[_j * 5 + _k] * t45[_k * 32 + _u];
+                    w46[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w46[_j * 32 + _u];
@@ -38972,9 +42522,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t48[_k * 32 + _u] = (a90 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t47[_k * 32 + _u] * t48[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a18 + 0)[_u] += t47[_k * 32 + _u] * t48[_k * 32 + _u];
+                (a18 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o */
         real t49[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -38994,9 +42549,14 @@ void mace_product_4_d2_A_s38(int64_t n, int threads, real *restrict A0, int64_t 
                 t51[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
         real w52[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a91[_j * 3 + _k] * t51[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w52[_j * 32 + _u] += a91[_j * 3 + _k] * t51[_k * 32 + _u];
+                    w52[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w52[_j * 32 + _u];
@@ -39062,9 +42622,14 @@ void mace_product_4_d2_A_s39(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_j * 160 + _k * 32 + _u] = (a5 + 0)[_u * 15 + _j * 5 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_j * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 160 + _k * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -39080,9 +42645,14 @@ void mace_product_4_d2_A_s39(int64_t n, int threads, real *restrict A0, int64_t 
                     t5[_i * 160 + _k * 32 + _u] = (a6 + 0)[_u * 15 + _i * 5 + _k];
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w6[_i * 32 + _u];
@@ -39134,9 +42704,14 @@ void mace_product_4_d2_A_s40(int64_t n, int threads, real *restrict A0, int64_t 
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -39153,9 +42728,14 @@ void mace_product_4_d2_A_s40(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -39171,9 +42751,14 @@ void mace_product_4_d2_A_s40(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -39265,9 +42850,14 @@ void mace_product_4_d2_A_s42(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o */
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -39283,9 +42873,14 @@ void mace_product_4_d2_A_s42(int64_t n, int threads, real *restrict A0, int64_t 
                 t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_j * 32 + _u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
+                    w5[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w5[_j * 32 + _u];
@@ -39313,9 +42908,14 @@ void mace_product_4_d2_A_s42(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -39415,9 +43015,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a10[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a10[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -39429,9 +43034,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
         real w8[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_k * 32 + _u] * a12[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a12[_i * 15 + _j * 5 + _k];
+                        w8[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -39448,9 +43058,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -39466,9 +43081,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                     t13[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_j * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
+                    w14[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w14[_j * 32 + _u];
@@ -39499,9 +43119,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                 t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a17[_i * 3 + _j] * t18[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a17[_i * 3 + _j] * t18[_i * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w19[_j * 32 + _u];
@@ -39514,9 +43139,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 32 + _u] = (a19 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e */
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -39532,9 +43162,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                 t23[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a21[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a21[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -39547,9 +43182,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a23 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o */
         real w27[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -39565,9 +43205,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                 t28[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
         real w29[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 3 + _k] * t28[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w29[_j * 32 + _u] += a24[_j * 3 + _k] * t28[_k * 32 + _u];
+                    w29[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w29[_j * 32 + _u];
@@ -39610,9 +43255,14 @@ void mace_product_4_d2_A_s43(int64_t n, int threads, real *restrict A0, int64_t 
                 t33[_i * 32 + _u] = (l7 + 0)[_u * 5 + _i];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a10[_i * 5 + _j] * t33[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a10[_i * 5 + _j] * t33[_i * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
@@ -39697,9 +43347,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_j * 96 + _k * 32 + _u] = (a12 + 0)[_u * 9 + _j * 3 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -39734,9 +43389,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
                 t8[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a16[_i * 3 + _j] * t8[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_j * 32 + _u] += a16[_i * 3 + _j] * t8[_i * 32 + _u];
+                    w9[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
@@ -39757,9 +43417,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t12[_i * 32 + _u] = a19[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t12[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 288)[_u] += (real)2.041241452319315 * t10[_i * 32 + _u] * t12[_i * 32 + _u];
+                (a4 + 288)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui,zu->zui */
         real w13[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -39773,9 +43438,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 32 + _u] = (a21 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t14[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 160)[_u] += (real)2.041241452319315 * t10[_i * 32 + _u] * t14[_i * 32 + _u];
+                (a4 + 160)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui,zu->zui */
         real t15[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -39793,9 +43463,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t17[_i * 32 + _u] = (a24 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t15[_i * 32 + _u] * t17[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 128)[_u] += (real)1.3416407864998738 * t15[_i * 32 + _u] * t17[_i * 32 + _u];
+                (a4 + 128)[_u] += (real)1.3416407864998738 * acc[_u];
+        }
         /* zui,zu->zui */
         real t18[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -39809,9 +43484,14 @@ void mace_product_4_d2_A_s44(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 3; ++_i)
                 (a6 + 0)[_u * 3 + _i] += w19[_i * 32 + _u];
         /* zui,zui->zu */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_i * 32 + _u] * t17[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 96)[_u] += (real)1.5811388300841898 * t18[_i * 32 + _u] * t17[_i * 32 + _u];
+                (a4 + 96)[_u] += (real)1.5811388300841898 * acc[_u];
+        }
         /* zui,zu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a7 + 0)[_u] += (real)0.9128709291752769 * (a27 + 0)[_u] * a28[_u];
@@ -39891,9 +43571,14 @@ void mace_product_4_d2_A_s45(int64_t n, int threads, real *restrict A0, int64_t 
                     t2[_i * 160 + _k * 32 + _u] = (a3 + 0)[_u * 25 + _i * 5 + _k];
         real w3[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w3[_i * 32 + _u];
@@ -39965,9 +43650,14 @@ void mace_product_4_d2_A_s46(int64_t n, int threads, real *restrict A0, int64_t 
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a6[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a6[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -39983,9 +43673,14 @@ void mace_product_4_d2_A_s46(int64_t n, int threads, real *restrict A0, int64_t 
                     t8[_i * 96 + _k * 32 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -40047,9 +43742,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -40066,9 +43766,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -40084,9 +43789,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -40117,9 +43827,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
                 t12[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
         real w13[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_i * 3 + _j] * t12[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w13[_j * 32 + _u] += a8[_i * 3 + _j] * t12[_i * 32 + _u];
+                    w13[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w13[_j * 32 + _u];
@@ -40132,9 +43847,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t15[_k * 32 + _u] = (a10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -40150,9 +43870,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
                 t17[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
         real w18[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_j * 5 + _k] * t17[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_j * 32 + _u] += a12[_j * 5 + _k] * t17[_k * 32 + _u];
+                    w18[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w18[_j * 32 + _u];
@@ -40165,9 +43890,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t20[_k * 32 + _u] = (a14 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -40183,9 +43913,14 @@ void mace_product_4_d2_A_s47(int64_t n, int threads, real *restrict A0, int64_t 
                 t22[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
         real w23[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_j * 3 + _k] * t22[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w23[_j * 32 + _u] += a15[_j * 3 + _k] * t22[_k * 32 + _u];
+                    w23[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w23[_j * 32 + _u];
@@ -40248,9 +43983,14 @@ void mace_product_4_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t1[_j * 32 + _u] = a11[_u * 3 + _j];
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w2[_k * 32 + _u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
+                    w2[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
@@ -40273,9 +44013,14 @@ void mace_product_4_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t5[_j * 32 + _u] = a13[_u * 5 + _j];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -40294,9 +44039,14 @@ void mace_product_4_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -40309,9 +44059,14 @@ void mace_product_4_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p7 = (p2 ⊗ p2) -> 32x2e */
         real w12[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -40383,9 +44138,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a16[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a16[_i * 15 + _j * 3 + _k];
+                        w2[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -40402,18 +44162,28 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                     t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a18[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a18[_i * 5 + _j];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -40426,16 +44196,26 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p10 = (p4 ⊗ p4) -> 32x2e */
         real w9[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a20[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a20[_i * 25 + _j * 5 + _k];
+                        w9[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -40448,9 +44228,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                     t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -40463,9 +44248,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 32 + _u] = (a21 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p24 = (p10 ⊗ p2) -> 32x1o */
         real t14[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -40474,9 +44264,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         real w15[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t14[_i * 32 + _u] * a22[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w15[_j * 96 + _k * 32 + _u] += t14[_i * 32 + _u] * a22[_i * 9 + _j * 3 + _k];
+                        w15[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -40493,9 +44288,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                     t17[_j * 96 + _k * 32 + _u] = (a7 + 0)[_u * 9 + _j * 3 + _k];
         real w18[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t16[_j * 32 + _u] * t17[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_k * 32 + _u] += t16[_j * 32 + _u] * t17[_j * 96 + _k * 32 + _u];
+                    w18[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a8 + 0)[_u * 3 + _k] += w18[_k * 32 + _u];
@@ -40508,9 +44308,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t20[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a9 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a24 + 0)[_u] * a25[_u];
@@ -40546,9 +44351,14 @@ void mace_product_4_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 32 + _u] = (a29 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_i * 32 + _u] * t13[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a13 + 0)[_u] += t25[_i * 32 + _u] * t13[_i * 32 + _u];
+                (a13 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w26[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -40595,9 +44405,14 @@ void mace_product_4_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -40606,9 +44421,14 @@ void mace_product_4_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -40673,9 +44493,14 @@ void mace_product_4_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
         real w2[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
+                        w2[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -40692,9 +44517,14 @@ void mace_product_4_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
                     t4[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 32 + _u];
@@ -40789,9 +44619,14 @@ void mace_product_4_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 32 + _u] = (a13 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t5[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t5[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -40808,9 +44643,14 @@ void mace_product_4_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
                     t8[_i * 160 + _k * 32 + _u] = (a15 + 0)[_u * 15 + _i * 5 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_k * 32 + _u] * t8[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 160 + _k * 32 + _u];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -41039,9 +44879,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                     t2[_i * 160 + _k * 32 + _u] = (a30 + 0)[_u * 25 + _i * 5 + _k];
         real w3[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 0)[_u * 5 + _i] += w3[_i * 32 + _u];
@@ -41061,9 +44906,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                     t5[_i * 96 + _k * 32 + _u] = (a32 + 0)[_u * 9 + _i * 3 + _k];
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a3 + 0)[_u * 3 + _i] += w6[_i * 32 + _u];
@@ -41079,9 +44929,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         real w8[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_k * 32 + _u] * a33[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a33[_i * 15 + _j * 5 + _k];
+                        w8[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -41098,9 +44953,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                     t10[_i * 96 + _j * 32 + _u] = (a4 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -41117,9 +44977,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t13[_k * 32 + _u] = (a35 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_k * 32 + _u] * t13[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a7 + 0)[_u] += t12[_k * 32 + _u] * t13[_k * 32 + _u];
+                (a7 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -41133,9 +44998,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t15[_k * 32 + _u] = (a36 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a9 + 0)[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a10 + 0)[_u] += a37[_u];
@@ -41156,9 +45026,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                 t16[_k * 32 + _u] = (a12 + 0)[_u * 5 + _k];
         real w17[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t16[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_i * 32 + _u] += t16[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w17[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a13 + 0)[_u * 5 + _i] += w17[_i * 32 + _u];
@@ -41173,9 +45048,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                 t18[_k * 32 + _u] = (a14 + 0)[_u * 3 + _k];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t18[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_i * 32 + _u] += t18[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
+                    w19[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a15 + 0)[_u * 3 + _i] += w19[_i * 32 + _u];
@@ -41191,9 +45071,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         real w21[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t20[_k * 32 + _u] * a33[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w21[_i * 96 + _j * 32 + _u] += t20[_k * 32 + _u] * a33[_i * 15 + _j * 5 + _k];
+                        w21[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -41206,9 +45091,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                     t22[_i * 96 + _j * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _j];
         real w23[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t22[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w23[_i * 32 + _u] += t9[_j * 32 + _u] * t22[_i * 96 + _j * 32 + _u];
+                    w23[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l3 + 0)[_u * 3 + _i] += w23[_i * 32 + _u];
@@ -41221,9 +45111,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 32 + _u] = (l4 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t13[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l5 + 0)[_u] += t24[_k * 32 + _u] * t13[_k * 32 + _u];
+                (l5 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -41233,9 +45128,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t25[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t15[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l7 + 0)[_u] += t25[_k * 32 + _u] * t15[_k * 32 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             (l8 + 0)[_u] += a37[_u];
@@ -41495,9 +45395,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                 t52[_k * 32 + _u] = (l17 + 0)[_u * 3 + _k];
         real w53[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a68[_j * 3 + _k] * t52[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w53[_j * 32 + _u] += a68[_j * 3 + _k] * t52[_k * 32 + _u];
+                    w53[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a18 + 32)[_u * 3 + _j] += w53[_j * 32 + _u];
@@ -41550,9 +45455,14 @@ void mace_product_4_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                 t57[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
         real w58[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a72[_j * 5 + _k] * t57[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w58[_j * 32 + _u] += a72[_j * 5 + _k] * t57[_k * 32 + _u];
+                    w58[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a18 + 128)[_u * 5 + _j] += w58[_j * 32 + _u];
@@ -41629,9 +45539,14 @@ void mace_product_4_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
                     t2[_i * 96 + _j * 32 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -41675,9 +45590,14 @@ void mace_product_4_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
                     t9[_i * 96 + _k * 32 + _u] = (a11 + 0)[_u * 9 + _i * 3 + _k];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _k * 32 + _u];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w10[_k * 32 + _u];
@@ -41788,9 +45708,14 @@ void mace_product_4_d2_weight_s8(int64_t n, int threads, real *restrict A0, int6
                     t9[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w10[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 160 + _k * 32 + _u];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a4 + 0)[_u * 5 + _k] += w10[_k * 32 + _u];
@@ -42053,9 +45978,14 @@ void mace_product_4_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                 t9[_k * 32 + _u] = (l6 + 0)[_u * 3 + _k];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a45[_j * 3 + _k] * t9[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_j * 32 + _u] += a45[_j * 3 + _k] * t9[_k * 32 + _u];
+                    w10[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
@@ -42124,9 +46054,14 @@ void mace_product_4_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                 t15[_k * 32 + _u] = (l9 + 0)[_u * 5 + _k];
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a55[_j * 5 + _k] * t15[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w16[_j * 32 + _u] += a55[_j * 5 + _k] * t15[_k * 32 + _u];
+                    w16[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w16[_j * 32 + _u];
@@ -42231,9 +46166,14 @@ void mace_product_4_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
                     t2[_i * 96 + _j * 32 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _j];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_i * 32 + _u] * t2[_i * 96 + _j * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -42277,9 +46217,14 @@ void mace_product_4_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
                     t9[_i * 96 + _k * 32 + _u] = (a11 + 0)[_u * 9 + _i * 3 + _k];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _k * 32 + _u];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w10[_k * 32 + _u];
@@ -42464,9 +46409,14 @@ void mace_product_4_d2_weight_s11(int64_t n, int threads, real *restrict A0, int
                     t18[_i * 160 + _k * 32 + _u] = (a22 + 0)[_u * 25 + _i * 5 + _k];
         real w19[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t17[_i * 32 + _u] * t18[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_k * 32 + _u] += t17[_i * 32 + _u] * t18[_i * 160 + _k * 32 + _u];
+                    w19[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a7 + 0)[_u * 5 + _k] += w19[_k * 32 + _u];
@@ -42599,9 +46549,14 @@ void mace_product_4_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
         real w9[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t8[_i * 32 + _u] * a17[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_j * 96 + _k * 32 + _u] += t8[_i * 32 + _u] * a17[_i * 9 + _j * 3 + _k];
+                        w9[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -42618,9 +46573,14 @@ void mace_product_4_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
                     t11[_j * 96 + _k * 32 + _u] = (l1 + 0)[_u * 9 + _j * 3 + _k];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_j * 32 + _u] * t11[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_k * 32 + _u] += t10[_j * 32 + _u] * t11[_j * 96 + _k * 32 + _u];
+                    w12[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l2 + 0)[_u * 3 + _k] += w12[_k * 32 + _u];
@@ -42636,9 +46596,14 @@ void mace_product_4_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
                     t14[_j * 96 + _k * 32 + _u] = (l1 + 0)[_u * 9 + _j * 3 + _k];
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t13[_k * 32 + _u] * t14[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w15[_j * 32 + _u] += t13[_k * 32 + _u] * t14[_j * 96 + _k * 32 + _u];
+                    w15[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w15[_j * 32 + _u];
@@ -42719,9 +46684,14 @@ void mace_product_4_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t27[_i * 32 + _u] = (a27 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e */
         real t28[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -42741,9 +46711,14 @@ void mace_product_4_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
                 t30[_i * 32 + _u] = (l5 + 0)[_u * 3 + _i];
         real w31[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a29[_i * 3 + _j] * t30[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w31[_j * 32 + _u] += a29[_i * 3 + _j] * t30[_i * 32 + _u];
+                    w31[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w31[_j * 32 + _u];
@@ -42883,9 +46858,14 @@ void mace_product_4_d2_weight_s14(int64_t n, int threads, real *restrict A0, int
                     t6[_i * 160 + _k * 32 + _u] = (a10 + 0)[_u * 15 + _i * 5 + _k];
         real w7[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_i * 32 + _u] * t6[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t5[_i * 32 + _u] * t6[_i * 160 + _k * 32 + _u];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w7[_k * 32 + _u];
@@ -42990,9 +46970,14 @@ void mace_product_4_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
                 t5[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a12[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -43005,9 +46990,14 @@ void mace_product_4_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t8[_k * 32 + _u] = (a13 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_k * 32 + _u] * t8[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_k * 32 + _u] * t8[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e */
         real t9[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -43027,9 +47017,14 @@ void mace_product_4_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
                 t11[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_j * 5 + _k] * t11[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_j * 32 + _u] += a15[_j * 5 + _k] * t11[_k * 32 + _u];
+                    w12[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w12[_j * 32 + _u];
@@ -43042,9 +47037,14 @@ void mace_product_4_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 32 + _u] = (a17 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t13[_k * 32 + _u] * t14[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t13[_k * 32 + _u] * t14[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o */
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -43060,9 +47060,14 @@ void mace_product_4_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
                 t16[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
         real w17[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a18[_j * 3 + _k] * t16[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_j * 32 + _u] += a18[_j * 3 + _k] * t16[_k * 32 + _u];
+                    w17[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w17[_j * 32 + _u];
@@ -43155,9 +47160,14 @@ void mace_product_4_d2_weight_s17(int64_t n, int threads, real *restrict A0, int
                     t2[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 15 + _i * 5 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -43205,9 +47215,14 @@ void mace_product_4_d2_weight_s18(int64_t n, int threads, real *restrict A0, int
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -43224,9 +47239,14 @@ void mace_product_4_d2_weight_s18(int64_t n, int threads, real *restrict A0, int
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -43242,9 +47262,14 @@ void mace_product_4_d2_weight_s18(int64_t n, int threads, real *restrict A0, int
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -43336,9 +47361,14 @@ void mace_product_4_d2_weight_s20(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o */
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -43354,9 +47384,14 @@ void mace_product_4_d2_weight_s20(int64_t n, int threads, real *restrict A0, int
                 t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_j * 32 + _u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
+                    w5[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w5[_j * 32 + _u];
@@ -43384,9 +47419,14 @@ void mace_product_4_d2_weight_s20(int64_t n, int threads, real *restrict A0, int
                     t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -43486,9 +47526,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a10[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a10[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -43500,9 +47545,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
         real w8[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_k * 32 + _u] * a12[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a12[_i * 15 + _j * 5 + _k];
+                        w8[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -43519,9 +47569,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -43537,9 +47592,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                     t13[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_j * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
+                    w14[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w14[_j * 32 + _u];
@@ -43570,9 +47630,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                 t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a17[_i * 3 + _j] * t18[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a17[_i * 3 + _j] * t18[_i * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w19[_j * 32 + _u];
@@ -43585,9 +47650,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 32 + _u] = (a19 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e */
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -43603,9 +47673,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                 t23[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a21[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a21[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -43618,9 +47693,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a23 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o */
         real w27[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -43636,9 +47716,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                 t28[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
         real w29[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 3 + _k] * t28[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w29[_j * 32 + _u] += a24[_j * 3 + _k] * t28[_k * 32 + _u];
+                    w29[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w29[_j * 32 + _u];
@@ -43681,9 +47766,14 @@ void mace_product_4_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
                 t33[_i * 32 + _u] = (l7 + 0)[_u * 5 + _i];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a10[_i * 5 + _j] * t33[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a10[_i * 5 + _j] * t33[_i * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
@@ -43739,9 +47829,14 @@ void mace_product_4_d2_weight_s22(int64_t n, int threads, real *restrict A0, int
                     t2[_j * 96 + _k * 32 + _u] = (a6 + 0)[_u * 9 + _j * 3 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -43776,9 +47871,14 @@ void mace_product_4_d2_weight_s22(int64_t n, int threads, real *restrict A0, int
                 t8[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a10[_i * 3 + _j] * t8[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_j * 32 + _u] += a10[_i * 3 + _j] * t8[_i * 32 + _u];
+                    w9[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
@@ -43794,9 +47894,14 @@ void mace_product_4_d2_weight_s22(int64_t n, int threads, real *restrict A0, int
                     t11[_i * 160 + _k * 32 + _u] = (a11 + 0)[_u * 25 + _i * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w12[_i * 32 + _u];
@@ -43872,9 +47977,14 @@ void mace_product_4_d2_weight_s23(int64_t n, int threads, real *restrict A0, int
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a6[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a6[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -43890,9 +48000,14 @@ void mace_product_4_d2_weight_s23(int64_t n, int threads, real *restrict A0, int
                     t8[_i * 96 + _k * 32 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -43954,9 +48069,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -43973,9 +48093,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -43991,9 +48116,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -44024,9 +48154,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
                 t12[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
         real w13[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_i * 3 + _j] * t12[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w13[_j * 32 + _u] += a8[_i * 3 + _j] * t12[_i * 32 + _u];
+                    w13[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w13[_j * 32 + _u];
@@ -44039,9 +48174,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t15[_k * 32 + _u] = (a10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t14[_k * 32 + _u] * t15[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -44057,9 +48197,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
                 t17[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
         real w18[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_j * 5 + _k] * t17[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_j * 32 + _u] += a12[_j * 5 + _k] * t17[_k * 32 + _u];
+                    w18[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w18[_j * 32 + _u];
@@ -44072,9 +48217,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t20[_k * 32 + _u] = (a14 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -44090,9 +48240,14 @@ void mace_product_4_d2_weight_s24(int64_t n, int threads, real *restrict A0, int
                 t22[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
         real w23[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_j * 3 + _k] * t22[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w23[_j * 32 + _u] += a15[_j * 3 + _k] * t22[_k * 32 + _u];
+                    w23[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w23[_j * 32 + _u];
@@ -44155,9 +48310,14 @@ void mace_product_4_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
                 t1[_j * 32 + _u] = a11[_u * 3 + _j];
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w2[_k * 32 + _u] += t1[_j * 32 + _u] * a12[_j * 3 + _k];
+                    w2[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w2[_k * 32 + _u];
@@ -44180,9 +48340,14 @@ void mace_product_4_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
                 t5[_j * 32 + _u] = a13[_u * 5 + _j];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a14[_j * 5 + _k];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -44201,9 +48366,14 @@ void mace_product_4_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a15[_i * 3 + _j];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a5 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -44216,9 +48386,14 @@ void mace_product_4_d_only_A_s0(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a5 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p7 = (p2 ⊗ p2) -> 32x2e */
         real w12[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -44318,9 +48493,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a22[_i * 15 + _j * 3 + _k];
+                        w2[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -44337,18 +48517,28 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a24[_i * 5 + _j];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -44361,16 +48551,26 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p10 = (p4 ⊗ p4) -> 32x2e */
         real w9[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a26[_i * 25 + _j * 5 + _k];
+                        w9[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -44383,9 +48583,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
                     t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -44469,9 +48674,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a45 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a12 + 0)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a12 + 0)[_u] += acc[_u];
+        }
         /* p24 = (p10 ⊗ p2) -> 32x1o */
         real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -44480,9 +48690,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
         real w22[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w22[_j * 96 + _k * 32 + _u] += t21[_i * 32 + _u] * a46[_i * 9 + _j * 3 + _k];
+                        w22[_j * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -44499,9 +48714,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
                     t24[_j * 96 + _k * 32 + _u] = (a13 + 0)[_u * 9 + _j * 3 + _k];
         real w25[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w25[_k * 32 + _u] += t23[_j * 32 + _u] * t24[_j * 96 + _k * 32 + _u];
+                    w25[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a14 + 0)[_u * 3 + _k] += w25[_k * 32 + _u];
@@ -44514,9 +48734,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t27[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a15 + 0)[_u] += t26[_i * 32 + _u] * t27[_i * 32 + _u];
+                (a15 + 0)[_u] += acc[_u];
+        }
         /* p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a27 + 0)[_u] * a48[_u];
@@ -44548,9 +48773,14 @@ void mace_product_4_d_only_A_s1(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (a18 + 0)[_u * 5 + _k] += w31[_k * 32 + _u];
         /* p29 = (p3 ⊗ p2) -> 32x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a19 + 0)[_u] += t12[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a19 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w32[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -44597,9 +48827,14 @@ void mace_product_4_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -44608,9 +48843,14 @@ void mace_product_4_d_only_A_s2(int64_t n, int threads, real *restrict A0, int64
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -44675,9 +48915,14 @@ void mace_product_4_d_only_A_s3(int64_t n, int threads, real *restrict A0, int64
         real w2[480] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a4[_i * 25 + _j * 5 + _k];
+                        w2[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -44694,9 +48939,14 @@ void mace_product_4_d_only_A_s3(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 160 + _k * 32 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w5[_k * 32 + _u];
@@ -45092,9 +49342,14 @@ void mace_product_4_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
                 t36[_i * 32 + _u] = (l6 + 0)[_u * 5 + _i];
         real w37[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a66[_i * 5 + _j] * t36[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w37[_j * 32 + _u] += a66[_i * 5 + _j] * t36[_i * 32 + _u];
+                    w37[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a10 + 128)[_u * 5 + _j] += w37[_j * 32 + _u];
@@ -45114,9 +49369,14 @@ void mace_product_4_d_only_A_s4(int64_t n, int threads, real *restrict A0, int64
                     t39[_i * 160 + _k * 32 + _u] = (a68 + 0)[_u * 15 + _i * 5 + _k];
         real w40[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t38[_k * 32 + _u] * t39[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w40[_i * 32 + _u] += t38[_k * 32 + _u] * t39[_i * 160 + _k * 32 + _u];
+                    w40[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a11 + 0)[_u * 3 + _i] += w40[_i * 32 + _u];
@@ -45308,9 +49568,14 @@ void mace_product_4_d_only_A_s7(int64_t n, int threads, real *restrict A0, int64
                 t7[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_i * 3 + _j] * t7[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += a13[_i * 3 + _j] * t7[_i * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -45464,9 +49729,14 @@ void mace_product_4_d_only_A_s9(int64_t n, int threads, real *restrict A0, int64
                     t5[_i * 160 + _k * 32 + _u] = (a10 + 0)[_u * 25 + _i * 5 + _k];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -45584,9 +49854,14 @@ void mace_product_4_d_only_A_s10(int64_t n, int threads, real *restrict A0, int6
                     t8[_i * 96 + _k * 32 + _u] = (a16 + 0)[_u * 9 + _i * 3 + _k];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t7[_k * 32 + _u] * t8[_i * 96 + _k * 32 + _u];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a6 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -45720,9 +49995,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
         real w4[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_k * 32 + _u] * a15[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a15[_i * 15 + _j * 5 + _k];
+                        w4[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -45739,9 +50019,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                     t6[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+                    w7[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w7[_i * 32 + _u];
@@ -45757,9 +50042,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                     t9[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+                    w10[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
@@ -45800,9 +50090,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t16[_k * 32 + _u] = (a20 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t15[_k * 32 + _u] * t16[_k * 32 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e */
         real t17[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -45822,9 +50117,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                 t19[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
         real w20[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a22[_j * 5 + _k] * t19[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w20[_j * 32 + _u] += a22[_j * 5 + _k] * t19[_k * 32 + _u];
+                    w20[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w20[_j * 32 + _u];
@@ -45856,9 +50156,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t22[_k * 32 + _u] = (a29 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t21[_k * 32 + _u] * t22[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l8 + 0)[_u] += t21[_k * 32 + _u] * t22[_k * 32 + _u];
+                (l8 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o */
         real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -45878,9 +50183,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                 t25[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
         real w26[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a31[_j * 3 + _k] * t25[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w26[_j * 32 + _u] += a31[_j * 3 + _k] * t25[_k * 32 + _u];
+                    w26[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w26[_j * 32 + _u];
@@ -45934,9 +50244,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t27[_k * 32 + _u] = (a46 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t27[_k * 32 + _u] * t16[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a9 + 0)[_u] += t27[_k * 32 + _u] * t16[_k * 32 + _u];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e */
         real w28[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -45952,9 +50267,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                 t29[_k * 32 + _u] = (l14 + 0)[_u * 5 + _k];
         real w30[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a22[_j * 5 + _k] * t29[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w30[_j * 32 + _u] += a22[_j * 5 + _k] * t29[_k * 32 + _u];
+                    w30[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w30[_j * 32 + _u];
@@ -45963,9 +50283,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t31[_k * 32 + _u] = (a48 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t31[_k * 32 + _u] * t22[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a9 + 0)[_u] += t31[_k * 32 + _u] * t22[_k * 32 + _u];
+                (a9 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o */
         real w32[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -45981,9 +50306,14 @@ void mace_product_4_d_only_A_s11(int64_t n, int threads, real *restrict A0, int6
                 t33[_k * 32 + _u] = (l15 + 0)[_u * 3 + _k];
         real w34[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a31[_j * 3 + _k] * t33[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a31[_j * 3 + _k] * t33[_k * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w34[_j * 32 + _u];
@@ -46072,9 +50402,14 @@ void mace_product_4_d_only_A_s13(int64_t n, int threads, real *restrict A0, int6
                     t2[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 15 + _i * 5 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += t1[_k * 32 + _u] * t2[_i * 160 + _k * 32 + _u];
+                    w3[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
@@ -46123,9 +50458,14 @@ void mace_product_4_d_only_A_s14(int64_t n, int threads, real *restrict A0, int6
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _j * 32 + _u] += t1[_k * 32 + _u] * a5[_i * 15 + _j * 5 + _k];
+                        w2[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -46142,9 +50482,14 @@ void mace_product_4_d_only_A_s14(int64_t n, int threads, real *restrict A0, int6
                     t4[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_j * 32 + _u] * t4[_i * 96 + _j * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 0)[_u * 3 + _i] += w5[_i * 32 + _u];
@@ -46160,9 +50505,14 @@ void mace_product_4_d_only_A_s14(int64_t n, int threads, real *restrict A0, int6
                     t7[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_j * 32 + _u] += t6[_i * 32 + _u] * t7[_i * 96 + _j * 32 + _u];
+                    w8[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w8[_j * 32 + _u];
@@ -46256,9 +50606,14 @@ void mace_product_4_d_only_A_s16(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (a6 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t1[_k * 32 + _u] * t2[_k * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o */
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -46274,9 +50629,14 @@ void mace_product_4_d_only_A_s16(int64_t n, int threads, real *restrict A0, int6
                 t4[_k * 32 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_j * 32 + _u] += a8[_j * 3 + _k] * t4[_k * 32 + _u];
+                    w5[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w5[_j * 32 + _u];
@@ -46304,9 +50664,14 @@ void mace_product_4_d_only_A_s16(int64_t n, int threads, real *restrict A0, int6
                     t7[_i * 160 + _k * 32 + _u] = (a13 + 0)[_u * 25 + _i * 5 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_i * 32 + _u] += t6[_k * 32 + _u] * t7[_i * 160 + _k * 32 + _u];
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -46413,9 +50778,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a12[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -46427,9 +50797,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
         real w8[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_k * 32 + _u] * a14[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 96 + _j * 32 + _u] += t7[_k * 32 + _u] * a14[_i * 15 + _j * 5 + _k];
+                        w8[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -46446,9 +50821,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                     t10[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_j * 32 + _u] * t10[_i * 96 + _j * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a2 + 0)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -46464,9 +50844,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                     t13[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_j * 32 + _u] += t12[_i * 32 + _u] * t13[_i * 96 + _j * 32 + _u];
+                    w14[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w14[_j * 32 + _u];
@@ -46497,9 +50882,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                 t18[_i * 32 + _u] = (l2 + 0)[_u * 3 + _i];
         real w19[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a19[_i * 3 + _j] * t18[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w19[_j * 32 + _u] += a19[_i * 3 + _j] * t18[_i * 32 + _u];
+                    w19[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w19[_j * 32 + _u];
@@ -46512,9 +50902,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 32 + _u] = (a21 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t20[_k * 32 + _u] * t21[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e */
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -46530,9 +50925,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                 t23[_k * 32 + _u] = (l3 + 0)[_u * 5 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a23[_j * 5 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a23[_j * 5 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w24[_j * 32 + _u];
@@ -46545,9 +50945,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a25 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o */
         real w27[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -46563,9 +50968,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                 t28[_k * 32 + _u] = (l4 + 0)[_u * 3 + _k];
         real w29[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a26[_j * 3 + _k] * t28[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w29[_j * 32 + _u] += a26[_j * 3 + _k] * t28[_k * 32 + _u];
+                    w29[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w29[_j * 32 + _u];
@@ -46611,9 +51021,14 @@ void mace_product_4_d_only_A_s17(int64_t n, int threads, real *restrict A0, int6
                 t33[_i * 32 + _u] = (l7 + 0)[_u * 5 + _i];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_i * 5 + _j] * t33[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_j * 32 + _u] += a12[_i * 5 + _j] * t33[_i * 32 + _u];
+                    w34[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w34[_j * 32 + _u];
@@ -46687,9 +51102,14 @@ void mace_product_4_d_only_A_s18(int64_t n, int threads, real *restrict A0, int6
                     t2[_j * 96 + _k * 32 + _u] = (a8 + 0)[_u * 9 + _j * 3 + _k];
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w3[_j * 32 + _u] += t1[_k * 32 + _u] * t2[_j * 96 + _k * 32 + _u];
+                    w3[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w3[_j * 32 + _u];
@@ -46727,9 +51147,14 @@ void mace_product_4_d_only_A_s18(int64_t n, int threads, real *restrict A0, int6
                 t8[_i * 32 + _u] = (l0 + 0)[_u * 3 + _i];
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_i * 3 + _j] * t8[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_j * 32 + _u] += a13[_i * 3 + _j] * t8[_i * 32 + _u];
+                    w9[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a1 + 32)[_u * 3 + _j] += w9[_j * 32 + _u];
@@ -46749,9 +51174,14 @@ void mace_product_4_d_only_A_s18(int64_t n, int threads, real *restrict A0, int6
                     t11[_i * 160 + _k * 32 + _u] = (a15 + 0)[_u * 25 + _i * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 160 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a4 + 0)[_u * 5 + _i] += w12[_i * 32 + _u];
@@ -46836,9 +51266,14 @@ void mace_product_4_d_only_A_s19(int64_t n, int threads, real *restrict A0, int6
                     t5[_i * 96 + _k * 32 + _u] = (a10 + 0)[_u * 9 + _i * 3 + _k];
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 96 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a3 + 0)[_u * 3 + _i] += w6[_i * 32 + _u];
@@ -46947,9 +51382,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
         real w4[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a11[_i * 15 + _j * 5 + _k];
+                        w4[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -46966,9 +51406,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
                     t6[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+                    w7[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l2 + 0)[_u * 3 + _i] += w7[_i * 32 + _u];
@@ -46984,9 +51429,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
                     t9[_i * 96 + _j * 32 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _j];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+                    w10[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
@@ -47015,9 +51465,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t14[_k * 32 + _u] = (a15 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t13[_k * 32 + _u] * t14[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t13[_k * 32 + _u] * t14[_k * 32 + _u];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e */
         real t15[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47037,9 +51492,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
                 t17[_k * 32 + _u] = (l5 + 0)[_u * 5 + _k];
         real w18[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a17[_j * 5 + _k] * t17[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_j * 32 + _u] += a17[_j * 5 + _k] * t17[_k * 32 + _u];
+                    w18[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w18[_j * 32 + _u];
@@ -47065,9 +51525,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t20[_k * 32 + _u] = (a22 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l7 + 0)[_u] += t19[_k * 32 + _u] * t20[_k * 32 + _u];
+                (l7 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o */
         real t21[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47087,9 +51552,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
                 t23[_k * 32 + _u] = (l8 + 0)[_u * 3 + _k];
         real w24[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a24[_j * 3 + _k] * t23[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w24[_j * 32 + _u] += a24[_j * 3 + _k] * t23[_k * 32 + _u];
+                    w24[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w24[_j * 32 + _u];
@@ -47150,9 +51620,14 @@ void mace_product_4_d_only_A_s20(int64_t n, int threads, real *restrict A0, int6
                     t28[_i * 160 + _k * 32 + _u] = (a36 + 0)[_u * 25 + _i * 5 + _k];
         real w29[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t27[_k * 32 + _u] * t28[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w29[_i * 32 + _u] += t27[_k * 32 + _u] * t28[_i * 160 + _k * 32 + _u];
+                    w29[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w29[_i * 32 + _u];
@@ -47235,9 +51710,14 @@ void mace_product_4_d_only_A_s21(int64_t n, int threads, real *restrict A0, int6
                 t5[_i * 32 + _u] = (l0 + 0)[_u * 5 + _i];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a9[_i * 5 + _j] * t5[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_j * 32 + _u] += a9[_i * 5 + _j] * t5[_i * 32 + _u];
+                    w6[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w6[_j * 32 + _u];
@@ -47265,9 +51745,14 @@ void mace_product_4_d_only_A_s21(int64_t n, int threads, real *restrict A0, int6
                     t10[_i * 96 + _k * 32 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
         real w11[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t9[_k * 32 + _u] * t10[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_i * 32 + _u] += t9[_k * 32 + _u] * t10[_i * 96 + _k * 32 + _u];
+                    w11[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w11[_i * 32 + _u];
@@ -47356,9 +51841,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
         real w4[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_k * 32 + _u] * a9[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w4[_i * 96 + _j * 32 + _u] += t3[_k * 32 + _u] * a9[_i * 15 + _j * 5 + _k];
+                        w4[_i * 96 + _j * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -47375,9 +51865,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
                     t6[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_i * 32 + _u] += t5[_j * 32 + _u] * t6[_i * 96 + _j * 32 + _u];
+                    w7[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w7[_i * 32 + _u];
@@ -47393,9 +51888,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
                     t9[_i * 96 + _j * 32 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
         real w10[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_j * 32 + _u] += t8[_i * 32 + _u] * t9[_i * 96 + _j * 32 + _u];
+                    w10[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w10[_j * 32 + _u];
@@ -47429,9 +51929,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
                 t14[_i * 32 + _u] = (l1 + 0)[_u * 3 + _i];
         real w15[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a15[_i * 3 + _j] * t14[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w15[_j * 32 + _u] += a15[_i * 3 + _j] * t14[_i * 32 + _u];
+                    w15[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w15[_j * 32 + _u];
@@ -47452,9 +51957,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t18[_k * 32 + _u] = (a17 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t17[_k * 32 + _u] * t18[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t17[_k * 32 + _u] * t18[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e */
         real t19[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47474,9 +51984,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
                 t21[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a19[_j * 5 + _k] * t21[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w22[_j * 32 + _u] += a19[_j * 5 + _k] * t21[_k * 32 + _u];
+                    w22[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 128)[_u * 5 + _j] += w22[_j * 32 + _u];
@@ -47501,9 +52016,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (a22 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t25[_k * 32 + _u] * t26[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o */
         real t27[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47523,9 +52043,14 @@ void mace_product_4_d_only_A_s22(int64_t n, int threads, real *restrict A0, int6
                 t29[_k * 32 + _u] = (l3 + 0)[_u * 3 + _k];
         real w30[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a23[_j * 3 + _k] * t29[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w30[_j * 32 + _u] += a23[_j * 3 + _k] * t29[_k * 32 + _u];
+                    w30[_j * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 32)[_u * 3 + _j] += w30[_j * 32 + _u];
@@ -47621,9 +52146,14 @@ void mace_product_4_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
                 t3[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a11[_j * 3 + _k] * t3[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += a11[_j * 3 + _k] * t3[_j * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
@@ -47634,9 +52164,14 @@ void mace_product_4_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
                 t5[_j * 32 + _u] = a12[_u * 5 + _j];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t5[_j * 32 + _u] * a13[_j * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += t5[_j * 32 + _u] * a13[_j * 5 + _k];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w6[_k * 32 + _u];
@@ -47655,9 +52190,14 @@ void mace_product_4_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
         /* p6 = (p2 ⊗ p2) -> 32x0e */
         real w9[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a14[_i * 3 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_i * 32 + _u] += t1[_j * 32 + _u] * a14[_i * 3 + _j];
+                    w9[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w9[_i * 32 + _u];
@@ -47670,9 +52210,14 @@ void mace_product_4_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 32 + _u] = (a4 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a5 + 0)[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a5 + 0)[_u] += acc[_u];
+        }
         /* p7 = (p2 ⊗ p2) -> 32x2e */
         real w12[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -47722,9 +52267,14 @@ void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, 
         real w2[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a9[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 96 + _k * 32 + _u] += t1[_j * 32 + _u] * a9[_i * 15 + _j * 3 + _k];
+                        w2[_i * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -47741,18 +52291,28 @@ void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, 
                     t4[_i * 96 + _k * 32 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_k * 32 + _u] += t3[_i * 32 + _u] * t4[_i * 96 + _k * 32 + _u];
+                    w5[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w5[_k * 32 + _u];
         /* p9 = (p4 ⊗ p4) -> 32x0e */
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_j * 32 + _u] * a11[_i * 5 + _j];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t1[_j * 32 + _u] * a11[_i * 5 + _j];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a2 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -47765,16 +52325,26 @@ void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* p10 = (p4 ⊗ p4) -> 32x2e */
         real w9[800] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_j * 32 + _u] * a13[_i * 25 + _j * 5 + _k];
                     for (int _u = 0; _u < 32; ++_u)
-                        w9[_i * 160 + _k * 32 + _u] += t1[_j * 32 + _u] * a13[_i * 25 + _j * 5 + _k];
+                        w9[_i * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
@@ -47787,9 +52357,14 @@ void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, 
                     t10[_i * 160 + _k * 32 + _u] = (a4 + 0)[_u * 25 + _i * 5 + _k];
         real w11[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w11[_k * 32 + _u] += t7[_i * 32 + _u] * t10[_i * 160 + _k * 32 + _u];
+                    w11[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a5 + 0)[_u * 5 + _k] += w11[_k * 32 + _u];
@@ -47802,9 +52377,14 @@ void mace_product_4_d_only_weight_s1(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 32 + _u] = (a14 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a6 + 0)[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
+                (a6 + 0)[_u] += acc[_u];
+        }
         /* p24 = (p10 ⊗ p2) -> 32x1o */
         real t14[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47863,9 +52443,14 @@ void mace_product_4_d_only_weight_s2(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a7 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p26 = (p1 ⊗ p0) -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += (a8 + 0)[_u] * a9[_u];
@@ -47891,9 +52476,14 @@ void mace_product_4_d_only_weight_s2(int64_t n, int threads, real *restrict A0, 
                 t5[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_j * 3 + _k] * t5[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_k * 32 + _u] += a12[_j * 3 + _k] * t5[_j * 32 + _u];
+                    w6[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w6[_k * 32 + _u];
@@ -47918,9 +52508,14 @@ void mace_product_4_d_only_weight_s2(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t10[_i * 32 + _u] = (a15 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t9[_i * 32 + _u] * t10[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 0)[_u] += t9[_i * 32 + _u] * t10[_i * 32 + _u];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* p30 = (p3 ⊗ p2) -> 32x2e */
         real w11[288] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -47968,9 +52563,14 @@ void mace_product_4_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a6 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* p32 = (p5 ⊗ p4) -> 32x2e */
         real t3[800] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -47979,9 +52579,14 @@ void mace_product_4_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
                     t3[_i * 160 + _k * 32 + _u] = (a7 + 0)[_u * 25 + _i * 5 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += t1[_i * 32 + _u] * t3[_i * 160 + _k * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
@@ -48010,9 +52615,14 @@ void mace_product_4_d_only_weight_s3(int64_t n, int threads, real *restrict A0, 
                 t7[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a12[_j * 3 + _k] * t7[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += a12[_j * 3 + _k] * t7[_j * 32 + _u];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
@@ -48144,9 +52754,14 @@ void mace_product_4_d_only_weight_s6(int64_t n, int threads, real *restrict A0, 
                 t3[_j * 32 + _u] = (l1 + 0)[_u * 3 + _j];
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a9[_j * 3 + _k] * t3[_j * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_k * 32 + _u] += a9[_j * 3 + _k] * t3[_j * 32 + _u];
+                    w4[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 32 + _u];
@@ -48171,9 +52786,14 @@ void mace_product_4_d_only_weight_s6(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 32 + _u] = (a11 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l2 + 0)[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a3 + 896)[_u] += (real)0.7453559924999299 * a12[_u] * (l2 + 0)[_u];
@@ -48223,9 +52843,14 @@ void mace_product_4_d_only_weight_s7(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a3[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 576)[_u] += (real)1.860521018838127 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 576)[_u] += (real)1.860521018838127 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -48279,9 +52904,14 @@ void mace_product_4_d_only_weight_s8(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a3[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 512)[_u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 512)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a4[_u];
@@ -48306,9 +52936,14 @@ void mace_product_4_d_only_weight_s8(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 32 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t5[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 768)[_u] += (real)1.2909944487358056 * t5[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a0 + 768)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zui->zu */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48318,9 +52953,14 @@ void mace_product_4_d_only_weight_s8(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 32 + _u] = (a7 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t8[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 736)[_u] += (real)0.5773502691896257 * t7[_i * 32 + _u] * t8[_i * 32 + _u];
+                (a0 + 736)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui,zui->zu */
         real t9[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48330,9 +52970,14 @@ void mace_product_4_d_only_weight_s8(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t10[_i * 32 + _u] = (a8 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t9[_i * 32 + _u] * t10[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 384)[_u] += (real)0.5773502691896257 * t9[_i * 32 + _u] * t10[_i * 32 + _u];
+                (a0 + 384)[_u] += (real)0.5773502691896257 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -48392,17 +53037,27 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a3 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 832)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 832)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zui->zu */
         real t3[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = (a4 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 288)[_u] += (real)2.886751345948129 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a0 + 288)[_u] += (real)2.886751345948129 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -48419,9 +53074,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
                     t5[_i * 160 + _k * 32 + _u] = (a6 + 0)[_u * 25 + _i * 5 + _k];
         real w6[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w6[_i * 32 + _u] += t4[_k * 32 + _u] * t5[_i * 160 + _k * 32 + _u];
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (l1 + 0)[_u * 5 + _i] += w6[_i * 32 + _u];
@@ -48430,9 +53090,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 32 + _u] = (l1 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t7[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 928)[_u] += (real)1.3867504905630728 * t7[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 928)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui,zui->zu */
         real t8[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48442,9 +53107,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 32 + _u] = a7[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t8[_i * 32 + _u] * t9[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 640)[_u] += (real)3.1008683647302115 * t8[_i * 32 + _u] * t9[_i * 32 + _u];
+                (a0 + 640)[_u] += (real)3.1008683647302115 * acc[_u];
+        }
         /* zui,zui->zu */
         real t10[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48454,9 +53124,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a8[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * t11[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 608)[_u] += (real)2.401922307076307 * t10[_i * 32 + _u] * t11[_i * 32 + _u];
+                (a0 + 608)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zui->zu */
         real t12[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48466,9 +53141,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t13[_i * 32 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t12[_i * 32 + _u] * t13[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 224)[_u] += (real)2.401922307076307 * t12[_i * 32 + _u] * t13[_i * 32 + _u];
+                (a0 + 224)[_u] += (real)2.401922307076307 * acc[_u];
+        }
         /* zui,zui->zu */
         real t14[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48478,9 +53158,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t15[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t14[_i * 32 + _u] * t15[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 160)[_u] += (real)1.3867504905630728 * t14[_i * 32 + _u] * t15[_i * 32 + _u];
+                (a0 + 160)[_u] += (real)1.3867504905630728 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -48497,9 +53182,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
                     t17[_i * 96 + _k * 32 + _u] = (a12 + 0)[_u * 9 + _i * 3 + _k];
         real w18[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t16[_k * 32 + _u] * t17[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w18[_i * 32 + _u] += t16[_k * 32 + _u] * t17[_i * 96 + _k * 32 + _u];
+                    w18[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l3 + 0)[_u * 3 + _i] += w18[_i * 32 + _u];
@@ -48512,9 +53202,14 @@ void mace_product_4_d_only_weight_s9(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t20[_i * 32 + _u] = (a13 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 128)[_u] += t19[_i * 32 + _u] * t20[_i * 32 + _u];
+                (a0 + 128)[_u] += acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -48581,17 +53276,27 @@ void mace_product_4_d_only_weight_s10(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = (a3 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 416)[_u] += (real)1.0741723110591492 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 416)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui,zui->zu */
         real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = (a4 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t3[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 96)[_u] += (real)1.0741723110591492 * t1[_i * 32 + _u] * t3[_i * 32 + _u];
+                (a0 + 96)[_u] += (real)1.0741723110591492 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -48605,9 +53310,14 @@ void mace_product_4_d_only_weight_s10(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 32 + _u] = (a6 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_k * 32 + _u] * t5[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l1 + 0)[_u] += t4[_k * 32 + _u] * t5[_k * 32 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 960)[_u] += (real)1.3867504905630728 * (l1 + 0)[_u] * (a7 + 0)[_u];
@@ -48634,9 +53344,14 @@ void mace_product_4_d_only_weight_s10(int64_t n, int threads, real *restrict A0,
                 t6[_j * 32 + _u] = a13[_u * 3 + _j];
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_j * 32 + _u] * a14[_j * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t6[_j * 32 + _u] * a14[_j * 3 + _k];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
@@ -48649,9 +53364,14 @@ void mace_product_4_d_only_weight_s10(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t9[_k * 32 + _u] = (a1 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t8[_k * 32 + _u] * t9[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l3 + 0)[_u] += t8[_k * 32 + _u] * t9[_k * 32 + _u];
+                (l3 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 864)[_u] += (real)1.2909944487358056 * (l3 + 0)[_u] * (a7 + 0)[_u];
@@ -48731,9 +53451,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a5[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 416)[_u] += (real)1.7320508075688772 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 416)[_u] += (real)1.7320508075688772 * acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 320)[_u] += (real)0.7745966692414834 * a2[_u] * (a6 + 0)[_u];
@@ -48753,9 +53478,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
                     t4[_i * 160 + _k * 32 + _u] = (a8 + 0)[_u * 25 + _i * 5 + _k];
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += t3[_k * 32 + _u] * t4[_i * 160 + _k * 32 + _u];
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (l1 + 0)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -48768,9 +53498,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 32 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t6[_i * 32 + _u] * t7[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 288)[_u] += (real)2.041241452319315 * t6[_i * 32 + _u] * t7[_i * 32 + _u];
+                (a0 + 288)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui,zui->zu */
         real t8[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -48780,9 +53515,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 32 + _u] = (a10 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t8[_i * 32 + _u] * t9[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 160)[_u] += (real)2.041241452319315 * t8[_i * 32 + _u] * t9[_i * 32 + _u];
+                (a0 + 160)[_u] += (real)2.041241452319315 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -48799,9 +53539,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
                     t11[_i * 96 + _k * 32 + _u] = (a11 + 0)[_u * 9 + _i * 3 + _k];
         real w12[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w12[_i * 32 + _u] += t10[_k * 32 + _u] * t11[_i * 96 + _k * 32 + _u];
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (l3 + 0)[_u * 3 + _i] += w12[_i * 32 + _u];
@@ -48814,9 +53559,14 @@ void mace_product_4_d_only_weight_s11(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t14[_i * 32 + _u] = (a12 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t13[_i * 32 + _u] * t14[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 128)[_u] += (real)1.3416407864998738 * t13[_i * 32 + _u] * t14[_i * 32 + _u];
+                (a0 + 128)[_u] += (real)1.3416407864998738 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -48875,9 +53625,14 @@ void mace_product_4_d_only_weight_s12(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = (a2 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 96)[_u] += (real)1.5811388300841898 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 96)[_u] += (real)1.5811388300841898 * acc[_u];
+        }
         /* zui->zui */
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
@@ -48891,9 +53646,14 @@ void mace_product_4_d_only_weight_s12(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t4[_k * 32 + _u] = (a4 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_k * 32 + _u] * t4[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l1 + 0)[_u] += t3[_k * 32 + _u] * t4[_k * 32 + _u];
+                (l1 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 448)[_u] += (real)0.9128709291752769 * (l1 + 0)[_u] * (a5 + 0)[_u];
@@ -48916,9 +53676,14 @@ void mace_product_4_d_only_weight_s12(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 32 + _u] = (a9 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t5[_k * 32 + _u] * t6[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l3 + 0)[_u] += t5[_k * 32 + _u] * t6[_k * 32 + _u];
+                (l3 + 0)[_u] += acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 384)[_u] += (real)0.7745966692414834 * (l3 + 0)[_u] * (a5 + 0)[_u];
@@ -48975,9 +53740,14 @@ void mace_product_4_d_only_weight_s13(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = (a2 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 224)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 224)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 192)[_u] += (real)0.5773502691896257 * a3[_u] * (a4 + 0)[_u];
@@ -48990,17 +53760,27 @@ void mace_product_4_d_only_weight_s13(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = (a6 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 160)[_u] += (real)1.224744871391589 * t3[_i * 32 + _u] * t4[_i * 32 + _u];
+                (a0 + 160)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* zui,zui->zu */
         real t5[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 32 + _u] = a7[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t5[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 128)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t5[_i * 32 + _u];
+                (a0 + 128)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 96)[_u] += (real)0.5773502691896257 * a3[_u] * (a8 + 0)[_u];
@@ -49009,17 +53789,27 @@ void mace_product_4_d_only_weight_s13(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 32 + _u] = (a9 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t6[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 64)[_u] += (real)1.2909944487358056 * t1[_i * 32 + _u] * t6[_i * 32 + _u];
+                (a0 + 64)[_u] += (real)1.2909944487358056 * acc[_u];
+        }
         /* zui,zui->zu */
         real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 32 + _u] = (a10 + 0)[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * t7[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 32)[_u] += (real)1.224744871391589 * t3[_i * 32 + _u] * t7[_i * 32 + _u];
+                (a0 + 32)[_u] += (real)1.224744871391589 * acc[_u];
+        }
         /* zui,zui->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * a3[_u] * (a11 + 0)[_u];
@@ -49047,9 +53837,14 @@ void mace_product_4_d_only_weight_s14(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a2[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 64)[_u] += t1[_i * 32 + _u] * t2[_i * 32 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂_w_B_0: 32x1o -> 32x1o */
         real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -49059,9 +53854,14 @@ void mace_product_4_d_only_weight_s14(int64_t n, int threads, real *restrict A0,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 32)[_u] += t3[_i * 32 + _u] * t4[_i * 32 + _u];
+                (a0 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂_w_B_0: 32x0e -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a5[_u] * a6[_u];

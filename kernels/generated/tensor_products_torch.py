@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_ad5cd93eb41b3cf7")
+_ops = rt.OpNamespace("fusionc_8c2c385cd74e775d")
 
 
 def _fc_tp(
@@ -10843,9 +10843,14 @@ void fc_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = a7[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * a8[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t3[_i * 32 + _u] * a8[_i];
+                (a1 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -10869,9 +10874,14 @@ void fc_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
                 t1[_i * 32 + _u] = a3[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -10909,10 +10919,15 @@ void fc_tp_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -10921,9 +10936,14 @@ void fc_tp_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a4[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t2[_i * 32 + _u] * a5[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t2[_i * 32 + _u] * a5[_i];
+                (a1 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -10947,9 +10967,14 @@ void fc_tp_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
                 t1[_i * 32 + _u] = a3[_u * 5 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -10974,9 +10999,14 @@ void fc_tp_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
                 t1[_i * 32 + _u] = a3[_u * 5 + _i];
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -11027,10 +11057,15 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a4[_i * 10 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -11055,9 +11090,14 @@ void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
                 t3[_k * 32 + _w] = a7[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t3[_k * 32 + _w] * a4[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a4[_i * 10 + _k * 2 + _p];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
@@ -11093,10 +11133,15 @@ void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -11117,9 +11162,14 @@ void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t2[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t2[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -11155,9 +11205,14 @@ void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
                 (a1 + 60)[_i] += acc;
             }
         /* ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t2[_i * 32 + _u] * a3[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t2[_i * 32 + _u] * a3[_i];
+                (a2 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -11176,9 +11231,14 @@ void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -11233,10 +11293,15 @@ void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         /* zikp,zkpu->zui */
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 32 + _u] += a5[_i * 6 + _k * 2 + _p] * a6[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a5[_i * 6 + _k * 2 + _p] * a6[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w2[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
@@ -11261,9 +11326,14 @@ void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
                 t4[_k * 32 + _w] = a8[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t4[_k * 32 + _w] * a5[_i * 6 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t4[_k * 32 + _w] * a5[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -11299,9 +11369,14 @@ void fc_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
                 (a1 + 9)[_i] += acc;
             }
         /* ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t2[_i * 32 + _u] * a3[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t2[_i * 32 + _u] * a3[_i];
+                (a2 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -11318,9 +11393,14 @@ void fc_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t1[_k * 32 + _w] * a2[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+                (a0 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11357,9 +11437,14 @@ void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, r
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a7[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += t2[_k * 32 + _w] * a7[_k];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11494,9 +11579,14 @@ void fc_tp_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 (a1 + 1)[_k] += acc;
             }
         /* ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a3[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += t2[_k * 32 + _w] * a3[_k];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11532,9 +11622,14 @@ void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 (a1 + 4)[_k] += acc;
             }
         /* ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a3[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += t2[_k * 32 + _w] * a3[_k];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11551,9 +11646,14 @@ void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * a2[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+                (a0 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -11607,10 +11707,15 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         /* zikp,zipw->zwk */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a4[_i * 6 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a4[_i * 6 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
@@ -11635,9 +11740,14 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t3[_i * 32 + _u] = a7[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
         /* zwk->zkw */
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
@@ -11659,10 +11769,15 @@ void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a3[_i * 10 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -11683,9 +11798,14 @@ void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         /* ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t2[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t2[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -11702,9 +11822,14 @@ void fc_tp_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * a2[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+                (a0 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -11738,9 +11863,14 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a6[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -11797,10 +11927,15 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a4[_i * 10 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a4[_i * 10 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -11825,9 +11960,14 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
                 t3[_i * 32 + _u] = a7[_u * 5 + _i];
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t3[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
         /* zwk->zkw */
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
@@ -11912,9 +12052,14 @@ void fc_tp_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += a4[_k] * t2[_k * 32 + _w];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += a4[_k] * t2[_k * 32 + _w];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11946,9 +12091,14 @@ void fc_tp_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += a4[_k] * t2[_k * 32 + _w];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += a4[_k] * t2[_k * 32 + _w];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -11970,9 +12120,14 @@ void fc_tp_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a3[_i] * t1[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += a3[_i] * t1[_i * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -12007,9 +12162,14 @@ void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t2[_i * 32 + _u] = a7[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -12034,9 +12194,14 @@ void fc_tp_d2_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t1[_k * 32 + _w] = a4[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a3[_i * 6 + _k * 2 + _p] * t1[_k * 32 + _w];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * t1[_k * 32 + _w];
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12073,10 +12238,15 @@ void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         /* zikp,zipw->zwk */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
@@ -12087,9 +12257,14 @@ void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t2[_k * 32 + _w] = a4[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a2[_i * 10 + _k * 2 + _p] * t2[_k * 32 + _w];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * t2[_k * 32 + _w];
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12112,9 +12287,14 @@ void fc_tp_d2_y_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a3[_i] * t1[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += a3[_i] * t1[_i * 32 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -12149,9 +12329,14 @@ void fc_tp_d2_y_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
                 t2[_i * 32 + _u] = a7[_u * 5 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -12189,10 +12374,15 @@ void fc_tp_d2_y_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -12203,9 +12393,14 @@ void fc_tp_d2_y_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride
                 t2[_i * 32 + _u] = a5[_u * 5 + _i];
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a4[_i * 10 + _k * 2 + _p] * t2[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a1 + 0)[_k * 64 + _p * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * t2[_i * 32 + _u];
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
     }
 }
 
@@ -12230,9 +12425,14 @@ void fc_tp_d2_y_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride
                 t1[_k * 32 + _w] = a4[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a3[_i * 10 + _k * 2 + _p] * t1[_k * 32 + _w];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * t1[_k * 32 + _w];
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12310,9 +12510,14 @@ void fc_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a4[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a2[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_w] += t2[_k * 32 + _w] * a2[_k];
+                (a1 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -12359,9 +12564,14 @@ void fc_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 32 + _w] = a9[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t3[_k * 32 + _w] * a7[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_w] += t3[_k * 32 + _w] * a7[_k];
+                (a3 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -12398,9 +12608,14 @@ void fc_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t2[_i * 32 + _u] * a7[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t2[_i * 32 + _u] * a7[_i];
+                (a2 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -12460,10 +12675,15 @@ void fc_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zipw->zwk */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a2[_i * 6 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a2[_i * 6 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
@@ -12492,10 +12712,15 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zkpu->zui */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a4[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a4[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
@@ -12516,10 +12741,15 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zipw->zwk */
         real w3[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w3[_k * 32 + _w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w3[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 128)[_w * 5 + _k] += w3[_k * 32 + _w];
@@ -12546,10 +12776,15 @@ void fc_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zkpu->zui */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
@@ -12572,9 +12807,14 @@ void fc_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 32 + _u] = a6[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t3[_i * 32 + _u] * a7[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t3[_i * 32 + _u] * a7[_i];
+                (a2 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -12638,20 +12878,30 @@ void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zipw->zwk */
         real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a3[_i * 6 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w1[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
         /* zikp,zkpu->zui */
         real w2[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w2[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a3[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w2[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
@@ -12672,20 +12922,30 @@ void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_st
         /* zikp,zipw->zwk */
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        w4[_k * 32 + _w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
+                for (int _w = 0; _w < 32; ++_w)
+                    w4[_k * 32 + _w] += acc[_w];
+            }
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w4[_k * 32 + _w];
         /* zikp,zkpu->zui */
         real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w5[_i * 32 + _u] += a7[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a7[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w5[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w5[_i * 32 + _u];
@@ -12731,9 +12991,14 @@ void fc_tp_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12774,10 +13039,15 @@ void fc_tp_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -12796,9 +13066,14 @@ void fc_tp_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t3[_k * 32 + _w] = a6[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t3[_k * 32 + _w] * a7[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a7[_i * 10 + _k * 2 + _p];
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12823,9 +13098,14 @@ void fc_tp_d_only_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 t1[_k * 32 + _w] = a3[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a4[_i * 6 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a4[_i * 6 + _k * 2 + _p];
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -12858,9 +13138,14 @@ void fc_tp_d_only_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a5[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a6[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_w] += t2[_k * 32 + _w] * a6[_k];
+                (a1 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -12882,9 +13167,14 @@ void fc_tp_d_only_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 32 + _w] = a3[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t1[_k * 32 + _w] * a4[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_w] += t1[_k * 32 + _w] * a4[_k];
+                (a1 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -13153,9 +13443,14 @@ void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 t1[_k * 32 + _w] = a2[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
@@ -13181,9 +13476,14 @@ void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a
                 t1[_i * 32 + _u] = a2[_u * 5 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t1[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a0 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
+                        (a0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                }
         /* zwk->zkw */
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
@@ -13204,9 +13504,14 @@ void fc_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * a2[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+                (a0 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -13228,9 +13533,14 @@ void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a
                 t1[_k * 32 + _w] = a2[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
@@ -13253,9 +13563,14 @@ void fc_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 t1[_k * 32 + _w] = a1[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc[_w] += t1[_k * 32 + _w] * a2[_i * 6 + _k * 2 + _p];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 6 + _k * 2 + _p];
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                }
     }
 }
 
@@ -13272,9 +13587,14 @@ void fc_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t1[_i * 32 + _u] * a2[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+                (a0 + 0)[_u] += acc[_u];
+        }
     }
 }
 
@@ -13291,9 +13611,14 @@ void fc_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t1[_k * 32 + _w] * a2[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+                (a0 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -13310,9 +13635,14 @@ void fc_tp_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 32 + _w] = a1[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t1[_k * 32 + _w] * a2[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+                (a0 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -13362,10 +13692,15 @@ void fc_tp_d_only_x_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -13415,10 +13750,15 @@ void fc_tp_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* zikp,zkpu->zui */
         real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w1[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
@@ -13455,10 +13795,15 @@ void fc_tp_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* zikp,zkpu->zui */
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w4[_i * 32 + _u] += a8[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a8[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w4[_i * 32 + _u];
@@ -13479,10 +13824,15 @@ void fc_tp_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* zikp,zkpu->zui */
         real w6[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w6[_i * 32 + _u] += a11[_i * 6 + _k * 2 + _p] * a12[_k * 64 + _p * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a11[_i * 6 + _k * 2 + _p] * a12[_k * 64 + _p * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w6[_i * 32 + _u];
@@ -13517,9 +13867,14 @@ void fc_tp_d_only_x_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t8[_k * 32 + _w] = a15[_w * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t8[_k * 32 + _w] * a16[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += t8[_k * 32 + _w] * a16[_k];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -13556,9 +13911,14 @@ void fc_tp_d_only_x_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _w = 0; _w < 32; ++_w)
+                    acc[_w] += t2[_k * 32 + _w] * a7[_k];
             for (int _w = 0; _w < 32; ++_w)
-                (a2 + 0)[_w] += t2[_k * 32 + _w] * a7[_k];
+                (a2 + 0)[_w] += acc[_w];
+        }
     }
 }
 
@@ -13771,9 +14131,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t10[_i * 32 + _u] = a10[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t10[_i * 32 + _u] * a11[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t10[_i * 32 + _u] * a11[_i];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (l4 + 0)[_u] * a12[_u];
@@ -13787,9 +14152,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w11[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t10[_i * 32 + _u] * a15[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w11[_p * 96 + _k * 32 + _u] += t10[_i * 32 + _u] * a15[_i * 6 + _k * 2 + _p];
+                        w11[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13802,9 +14172,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t12[_p * 96 + _k * 32 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
         real w13[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t12[_p * 96 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w13[_k * 32 + _u] += t12[_p * 96 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+                    w13[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w13[_k * 32 + _u];
@@ -13818,9 +14193,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w14[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t10[_i * 32 + _u] * a18[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w14[_p * 160 + _k * 32 + _u] += t10[_i * 32 + _u] * a18[_i * 10 + _k * 2 + _p];
+                        w14[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13833,18 +14213,28 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t15[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t15[_p * 160 + _k * 32 + _u] * (l7 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w16[_k * 32 + _u] += t15[_p * 160 + _k * 32 + _u] * (l7 + 0)[_p * 32 + _u];
+                    w16[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w16[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
         real w17[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * a19[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t10[_i * 32 + _u] * a19[_i * 3 + _k];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w17[_k * 32 + _u];
@@ -13863,9 +14253,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
         real w20[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * a21[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w20[_k * 32 + _u] += t10[_i * 32 + _u] * a21[_i * 5 + _k];
+                    w20[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
@@ -13884,9 +14279,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
         real w23[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * a23[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w23[_k * 32 + _u] += t10[_i * 32 + _u] * a23[_i * 7 + _k];
+                    w23[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l11 + 0)[_u * 7 + _k] += w23[_k * 32 + _u];
@@ -13905,9 +14305,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
         real w26[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t10[_i * 32 + _u] * a25[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w26[_k * 32 + _u] += t10[_i * 32 + _u] * a25[_i * 7 + _k];
+                    w26[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l12 + 0)[_u * 7 + _k] += w26[_k * 32 + _u];
@@ -13928,9 +14333,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t29[_i * 32 + _u] = a27[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t29[_i * 32 + _u] * a28[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l13 + 0)[_u] += t29[_i * 32 + _u] * a28[_i];
+                (l13 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (l13 + 0)[_u] * a29[_u];
@@ -13944,9 +14354,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w30[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t29[_i * 32 + _u] * a32[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w30[_p * 96 + _k * 32 + _u] += t29[_i * 32 + _u] * a32[_i * 6 + _k * 2 + _p];
+                        w30[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13959,9 +14374,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t31[_p * 96 + _k * 32 + _u] = (l15 + 0)[_u * 6 + _p * 3 + _k];
         real w32[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t31[_p * 96 + _k * 32 + _u] * (l14 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w32[_k * 32 + _u] += t31[_p * 96 + _k * 32 + _u] * (l14 + 0)[_p * 32 + _u];
+                    w32[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w32[_k * 32 + _u];
@@ -13975,9 +14395,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w33[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t29[_i * 32 + _u] * a35[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w33[_p * 160 + _k * 32 + _u] += t29[_i * 32 + _u] * a35[_i * 10 + _k * 2 + _p];
+                        w33[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13990,18 +14415,28 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t34[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
         real w35[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t34[_p * 160 + _k * 32 + _u] * (l16 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w35[_k * 32 + _u] += t34[_p * 160 + _k * 32 + _u] * (l16 + 0)[_p * 32 + _u];
+                    w35[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w35[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
         real w36[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t29[_i * 32 + _u] * a36[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w36[_k * 32 + _u] += t29[_i * 32 + _u] * a36[_i * 3 + _k];
+                    w36[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l18 + 0)[_u * 3 + _k] += w36[_k * 32 + _u];
@@ -14027,9 +14462,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w39[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t29[_i * 32 + _u] * a40[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w39[_p * 160 + _k * 32 + _u] += t29[_i * 32 + _u] * a40[_i * 10 + _k * 2 + _p];
+                        w39[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14042,9 +14482,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t40[_p * 160 + _k * 32 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
         real w41[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t40[_p * 160 + _k * 32 + _u] * (l19 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w41[_k * 32 + _u] += t40[_p * 160 + _k * 32 + _u] * (l19 + 0)[_p * 32 + _u];
+                    w41[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 384)[_u * 5 + _k] += w41[_k * 32 + _u];
@@ -14058,9 +14503,14 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w42[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t29[_i * 32 + _u] * a43[_i * 14 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w42[_p * 224 + _k * 32 + _u] += t29[_i * 32 + _u] * a43[_i * 14 + _k * 2 + _p];
+                        w42[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -14073,18 +14523,28 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                     t43[_p * 224 + _k * 32 + _u] = (l22 + 0)[_u * 14 + _p * 7 + _k];
         real w44[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t43[_p * 224 + _k * 32 + _u] * (l21 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w44[_k * 32 + _u] += t43[_p * 224 + _k * 32 + _u] * (l21 + 0)[_p * 32 + _u];
+                    w44[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w44[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
         real w45[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t29[_i * 32 + _u] * a44[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w45[_k * 32 + _u] += t29[_i * 32 + _u] * a44[_i * 7 + _k];
+                    w45[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l23 + 0)[_u * 7 + _k] += w45[_k * 32 + _u];
@@ -14246,9 +14706,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * a9[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t4[_i * 32 + _u] * a9[_i];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (l5 + 0)[_u] += a10[_u];
@@ -14259,9 +14724,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
+                        w5[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -14276,9 +14746,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
+                        w6[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14286,36 +14761,56 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a16[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a16[_i * 3 + _k];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a17[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a17[_i * 5 + _k];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
         real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a18[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a18[_i * 7 + _k];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l11 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
         real w10[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a19[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a19[_i * 7 + _k];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l12 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
@@ -14324,9 +14819,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a20[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * a21[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l13 + 0)[_u] += t11[_i * 32 + _u] * a21[_i];
+                (l13 + 0)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (l14 + 0)[_u] += a22[_u];
@@ -14337,9 +14837,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
+                        w12[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -14354,9 +14859,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
+                        w13[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14364,9 +14874,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a28[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a28[_i * 3 + _k];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l18 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
@@ -14380,9 +14895,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w15[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
+                        w15[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14397,9 +14917,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         real w16[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
+                        w16[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -14407,9 +14932,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
         real w17[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a35[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a35[_i * 7 + _k];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l23 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
@@ -14430,9 +14960,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t20[_k * 32 + _u] = (l23 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_k * 32 + _u] * t20[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 640)[_u] += t18[_k * 32 + _u] * t20[_k * 32 + _u];
+                (a0 + 640)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
         real t21[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14440,9 +14975,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t21[_k * 32 + _u] = (l24 + 0)[_u * 7 + _k];
         real w22[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t21[_k * 32 + _u] * a35[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w22[_i * 32 + _u] += t21[_k * 32 + _u] * a35[_i * 7 + _k];
+                    w22[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w22[_i * 32 + _u];
@@ -14480,9 +15020,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 7; ++_k)
                     t26[_p * 224 + _k * 32 + _u] = (l22 + 0)[_u * 14 + _p * 7 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t24[_k * 32 + _u] * t26[_p * 224 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l26 + 0)[_p * 32 + _u] += t24[_k * 32 + _u] * t26[_p * 224 + _k * 32 + _u];
+                    (l26 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
         real t27[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14491,10 +15036,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t27[_p * 224 + _k * 32 + _u] = (l25 + 0)[_u * 14 + _p * 7 + _k];
         real w28[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w28[_i * 32 + _u] += t27[_p * 224 + _k * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t27[_p * 224 + _k * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w28[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w28[_i * 32 + _u];
@@ -14540,9 +15090,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     t32[_p * 160 + _k * 32 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t30[_k * 32 + _u] * t32[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l28 + 0)[_p * 32 + _u] += t30[_k * 32 + _u] * t32[_p * 160 + _k * 32 + _u];
+                    (l28 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
         real t33[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14551,10 +15106,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t33[_p * 160 + _k * 32 + _u] = (l27 + 0)[_u * 10 + _p * 5 + _k];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w34[_i * 32 + _u] += t33[_p * 160 + _k * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t33[_p * 160 + _k * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w34[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w34[_i * 32 + _u];
@@ -14596,9 +15156,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t38[_k * 32 + _u] = (l18 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_k * 32 + _u] * t38[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 608)[_u] += t36[_k * 32 + _u] * t38[_k * 32 + _u];
+                (a0 + 608)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
         real t39[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14606,9 +15171,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t39[_k * 32 + _u] = (l29 + 0)[_u * 3 + _k];
         real w40[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t39[_k * 32 + _u] * a28[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w40[_i * 32 + _u] += t39[_k * 32 + _u] * a28[_i * 3 + _k];
+                    w40[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w40[_i * 32 + _u];
@@ -14646,9 +15216,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     t44[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t42[_k * 32 + _u] * t44[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l31 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t44[_p * 160 + _k * 32 + _u];
+                    (l31 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
         real t45[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14657,10 +15232,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t45[_p * 160 + _k * 32 + _u] = (l30 + 0)[_u * 10 + _p * 5 + _k];
         real w46[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w46[_i * 32 + _u] += t45[_p * 160 + _k * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t45[_p * 160 + _k * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w46[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w46[_i * 32 + _u];
@@ -14706,9 +15286,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 3; ++_k)
                     t50[_p * 96 + _k * 32 + _u] = (l15 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t48[_k * 32 + _u] * t50[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l33 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t50[_p * 96 + _k * 32 + _u];
+                    (l33 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
         real t51[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14717,10 +15302,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t51[_p * 96 + _k * 32 + _u] = (l32 + 0)[_u * 6 + _p * 3 + _k];
         real w52[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w52[_i * 32 + _u] += t51[_p * 96 + _k * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t51[_p * 96 + _k * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w52[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w52[_i * 32 + _u];
@@ -14780,9 +15370,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t56[_k * 32 + _u] = (l12 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_k * 32 + _u] * t56[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 384)[_u] += t18[_k * 32 + _u] * t56[_k * 32 + _u];
+                (a0 + 384)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
         real t57[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14790,9 +15385,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t57[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
         real w58[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t57[_k * 32 + _u] * a19[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w58[_i * 32 + _u] += t57[_k * 32 + _u] * a19[_i * 7 + _k];
+                    w58[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w58[_i * 32 + _u];
@@ -14822,9 +15422,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t61[_k * 32 + _u] = (l11 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t61[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 320)[_u] += t24[_k * 32 + _u] * t61[_k * 32 + _u];
+                (a0 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
         real t62[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14832,9 +15437,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t62[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
         real w63[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t62[_k * 32 + _u] * a18[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w63[_i * 32 + _u] += t62[_k * 32 + _u] * a18[_i * 7 + _k];
+                    w63[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w63[_i * 32 + _u];
@@ -14864,9 +15474,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t66[_k * 32 + _u] = (l10 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t30[_k * 32 + _u] * t66[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 288)[_u] += t30[_k * 32 + _u] * t66[_k * 32 + _u];
+                (a0 + 288)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
         real t67[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14874,9 +15489,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t67[_k * 32 + _u] = (l37 + 0)[_u * 5 + _k];
         real w68[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t67[_k * 32 + _u] * a17[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w68[_i * 32 + _u] += t67[_k * 32 + _u] * a17[_i * 5 + _k];
+                    w68[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w68[_i * 32 + _u];
@@ -14906,9 +15526,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t71[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_k * 32 + _u] * t71[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 224)[_u] += t36[_k * 32 + _u] * t71[_k * 32 + _u];
+                (a0 + 224)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
         real t72[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14916,9 +15541,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t72[_k * 32 + _u] = (l38 + 0)[_u * 3 + _k];
         real w73[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t72[_k * 32 + _u] * a16[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w73[_i * 32 + _u] += t72[_k * 32 + _u] * a16[_i * 3 + _k];
+                    w73[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w73[_i * 32 + _u];
@@ -14952,9 +15582,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     t76[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t42[_k * 32 + _u] * t76[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l40 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t76[_p * 160 + _k * 32 + _u];
+                    (l40 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
         real t77[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -14963,10 +15598,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t77[_p * 160 + _k * 32 + _u] = (l39 + 0)[_u * 10 + _p * 5 + _k];
         real w78[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w78[_i * 32 + _u] += t77[_p * 160 + _k * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t77[_p * 160 + _k * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w78[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w78[_i * 32 + _u];
@@ -15008,9 +15648,14 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 3; ++_k)
                     t81[_p * 96 + _k * 32 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t48[_k * 32 + _u] * t81[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l42 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t81[_p * 96 + _k * 32 + _u];
+                    (l42 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
         real t82[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -15019,10 +15664,15 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     t82[_p * 96 + _k * 32 + _u] = (l41 + 0)[_u * 6 + _p * 3 + _k];
         real w83[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w83[_i * 32 + _u] += t82[_p * 96 + _k * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t82[_p * 96 + _k * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w83[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w83[_i * 32 + _u];
@@ -15082,17 +15732,27 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t87[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t87[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 96)[_u] += t24[_k * 32 + _u] * t87[_k * 32 + _u];
+                (a0 + 96)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
         real t88[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t88[_k * 32 + _u] = (l44 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t88[_k * 32 + _u] * a7[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t88[_k * 32 + _u] * a7[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
         real t89[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -15118,17 +15778,27 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t91[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t42[_k * 32 + _u] * t91[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 64)[_u] += t42[_k * 32 + _u] * t91[_k * 32 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
         real t92[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t92[_k * 32 + _u] = (l45 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t92[_k * 32 + _u] * a6[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t92[_k * 32 + _u] * a6[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
         real t93[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -15154,17 +15824,27 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t95[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t48[_k * 32 + _u] * t95[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 32)[_u] += t48[_k * 32 + _u] * t95[_k * 32 + _u];
+                (a0 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
         real t96[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t96[_k * 32 + _u] = (l46 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t96[_k * 32 + _u] * a5[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t96[_k * 32 + _u] * a5[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
         real t97[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -15574,9 +16254,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
+                (a2 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
         real w27[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -15614,9 +16299,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
+                (a2 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
         real w32[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
@@ -15654,17 +16344,27 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
+                (a2 + 96)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
         real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = a39[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t37[_i * 32 + _u] * a40[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l28 + 0)[_u] += t37[_i * 32 + _u] * a40[_i];
+                (l28 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
         for (int _i = 0; _i < 3; ++_i)
             {
@@ -15683,9 +16383,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w38[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t37[_i * 32 + _u] * a41[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w38[_p * 96 + _k * 32 + _u] += t37[_i * 32 + _u] * a41[_i * 6 + _k * 2 + _p];
+                        w38[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -15713,9 +16418,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t40[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
         real w41[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t40[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w41[_k * 32 + _u] += t40[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+                    w41[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w41[_k * 32 + _u];
@@ -15726,16 +16436,26 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     t42[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t42[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l30 + 0)[_p * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+                    (l30 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
         real w43[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t37[_i * 32 + _u] * a42[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w43[_p * 160 + _k * 32 + _u] += t37[_i * 32 + _u] * a42[_i * 10 + _k * 2 + _p];
+                        w43[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -15763,9 +16483,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t45[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
         real w46[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t45[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w46[_k * 32 + _u] += t45[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+                    w46[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w46[_k * 32 + _u];
@@ -15776,15 +16501,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     t47[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t47[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l32 + 0)[_p * 32 + _u] += t47[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+                    (l32 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
         real w48[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_i * 32 + _u] * a43[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w48[_k * 32 + _u] += t37[_i * 32 + _u] * a43[_i * 3 + _k];
+                    w48[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l33 + 0)[_u * 3 + _k] += w48[_k * 32 + _u];
@@ -15818,15 +16553,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t52[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t52[_k * 32 + _u] * t7[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += t52[_k * 32 + _u] * t7[_k * 32 + _u];
+                (a2 + 224)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
         real w53[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_i * 32 + _u] * a44[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w53[_k * 32 + _u] += t37[_i * 32 + _u] * a44[_i * 5 + _k];
+                    w53[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l34 + 0)[_u * 5 + _k] += w53[_k * 32 + _u];
@@ -15860,15 +16605,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t57[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t57[_k * 32 + _u] * t5[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += t57[_k * 32 + _u] * t5[_k * 32 + _u];
+                (a2 + 288)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
         real w58[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_i * 32 + _u] * a45[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w58[_k * 32 + _u] += t37[_i * 32 + _u] * a45[_i * 7 + _k];
+                    w58[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l35 + 0)[_u * 7 + _k] += w58[_k * 32 + _u];
@@ -15902,15 +16657,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t62[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t62[_k * 32 + _u] * t3[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 320)[_u] += t62[_k * 32 + _u] * t3[_k * 32 + _u];
+                (a2 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
         real w63[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t37[_i * 32 + _u] * a46[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w63[_k * 32 + _u] += t37[_i * 32 + _u] * a46[_i * 7 + _k];
+                    w63[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l36 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
@@ -15944,17 +16709,27 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t67[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t67[_k * 32 + _u] * t1[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 384)[_u] += t67[_k * 32 + _u] * t1[_k * 32 + _u];
+                (a2 + 384)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
         real t68[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t68[_i * 32 + _u] = a47[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t68[_i * 32 + _u] * a48[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l37 + 0)[_u] += t68[_i * 32 + _u] * a48[_i];
+                (l37 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
         for (int _i = 0; _i < 5; ++_i)
             {
@@ -15973,9 +16748,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w69[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t68[_i * 32 + _u] * a49[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w69[_p * 96 + _k * 32 + _u] += t68[_i * 32 + _u] * a49[_i * 6 + _k * 2 + _p];
+                        w69[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -16003,9 +16783,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t71[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
         real w72[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t71[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w72[_k * 32 + _u] += t71[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+                    w72[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w72[_k * 32 + _u];
@@ -16016,16 +16801,26 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     t73[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t73[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l39 + 0)[_p * 32 + _u] += t73[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+                    (l39 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
         real w74[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t68[_i * 32 + _u] * a50[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w74[_p * 160 + _k * 32 + _u] += t68[_i * 32 + _u] * a50[_i * 10 + _k * 2 + _p];
+                        w74[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -16053,9 +16848,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t76[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
         real w77[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t76[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w77[_k * 32 + _u] += t76[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+                    w77[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w77[_k * 32 + _u];
@@ -16066,15 +16866,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     t78[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t78[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l41 + 0)[_p * 32 + _u] += t78[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+                    (l41 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
         real w79[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t68[_i * 32 + _u] * a51[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w79[_k * 32 + _u] += t68[_i * 32 + _u] * a51[_i * 3 + _k];
+                    w79[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l42 + 0)[_u * 3 + _k] += w79[_k * 32 + _u];
@@ -16108,16 +16918,26 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t83[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t83[_k * 32 + _u] * t7[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 608)[_u] += t83[_k * 32 + _u] * t7[_k * 32 + _u];
+                (a2 + 608)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
         real w84[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t68[_i * 32 + _u] * a52[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w84[_p * 160 + _k * 32 + _u] += t68[_i * 32 + _u] * a52[_i * 10 + _k * 2 + _p];
+                        w84[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -16145,9 +16965,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t86[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
         real w87[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t86[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w87[_k * 32 + _u] += t86[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+                    w87[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w87[_k * 32 + _u];
@@ -16158,16 +16983,26 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     t88[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t88[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l44 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
+                    (l44 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
         real w89[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t68[_i * 32 + _u] * a53[_i * 14 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w89[_p * 224 + _k * 32 + _u] += t68[_i * 32 + _u] * a53[_i * 14 + _k * 2 + _p];
+                        w89[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -16195,9 +17030,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t91[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
         real w92[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t91[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w92[_k * 32 + _u] += t91[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+                    w92[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w92[_k * 32 + _u];
@@ -16208,15 +17048,25 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 7; ++_k)
                     t93[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t93[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l46 + 0)[_p * 32 + _u] += t93[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
+                    (l46 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
         real w94[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t68[_i * 32 + _u] * a54[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w94[_k * 32 + _u] += t68[_i * 32 + _u] * a54[_i * 7 + _k];
+                    w94[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l47 + 0)[_u * 7 + _k] += w94[_k * 32 + _u];
@@ -16250,9 +17100,14 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t98[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t98[_k * 32 + _u] * t1[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 640)[_u] += t98[_k * 32 + _u] * t1[_k * 32 + _u];
+                (a2 + 640)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 736)[_u] += (l46 + 32)[_u];
@@ -16642,9 +17497,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t23[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a36[_k] * t23[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += a36[_k] * t23[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         real t24[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -16662,9 +17522,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
+                (a2 + 32)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
         real w27[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -16678,9 +17543,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t28[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a37[_k] * t28[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += a37[_k] * t28[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         real t29[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -16698,9 +17568,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
+                (a2 + 64)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
         real w32[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
@@ -16714,9 +17589,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t33[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a38[_k] * t33[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += a38[_k] * t33[_k * 32 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zupk,zpu->zuk */
         real t34[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -16734,17 +17614,27 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
+                (a2 + 96)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
         real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = a40[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a39[_i] * t37[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l28 + 0)[_u] += a39[_i] * t37[_i * 32 + _u];
+                (l28 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
         real w38[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -16763,9 +17653,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         real w39[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a41[_i * 6 + _k * 2 + _p] * t37[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w39[_p * 96 + _k * 32 + _u] += a41[_i * 6 + _k * 2 + _p] * t37[_i * 32 + _u];
+                        w39[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -16778,10 +17673,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t40[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
         real w41[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w41[_i * 32 + _u] += a41[_i * 6 + _k * 2 + _p] * t40[_p * 96 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a41[_i * 6 + _k * 2 + _p] * t40[_p * 96 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w41[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w41[_i * 32 + _u];
@@ -16793,9 +17693,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t42[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
         real w43[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t42[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w43[_k * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+                    w43[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w43[_k * 32 + _u];
@@ -16806,16 +17711,26 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 3; ++_k)
                     t44[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t44[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l30 + 0)[_p * 32 + _u] += t44[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+                    (l30 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
         real w45[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a42[_i * 10 + _k * 2 + _p] * t37[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w45[_p * 160 + _k * 32 + _u] += a42[_i * 10 + _k * 2 + _p] * t37[_i * 32 + _u];
+                        w45[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -16828,10 +17743,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t46[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
         real w47[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w47[_i * 32 + _u] += a42[_i * 10 + _k * 2 + _p] * t46[_p * 160 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a42[_i * 10 + _k * 2 + _p] * t46[_p * 160 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w47[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w47[_i * 32 + _u];
@@ -16843,9 +17763,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t48[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
         real w49[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t48[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w49[_k * 32 + _u] += t48[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+                    w49[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w49[_k * 32 + _u];
@@ -16856,15 +17781,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     t50[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t50[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l32 + 0)[_p * 32 + _u] += t50[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+                    (l32 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
         real w51[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a43[_i * 3 + _k] * t37[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w51[_k * 32 + _u] += a43[_i * 3 + _k] * t37[_i * 32 + _u];
+                    w51[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l33 + 0)[_u * 3 + _k] += w51[_k * 32 + _u];
@@ -16875,9 +17810,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t52[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
         real w53[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a43[_i * 3 + _k] * t52[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w53[_i * 32 + _u] += a43[_i * 3 + _k] * t52[_k * 32 + _u];
+                    w53[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w53[_i * 32 + _u];
@@ -16898,15 +17838,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t56[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t56[_k * 32 + _u] * t7[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 224)[_u] += t56[_k * 32 + _u] * t7[_k * 32 + _u];
+                (a2 + 224)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
         real w57[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a44[_i * 5 + _k] * t37[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w57[_k * 32 + _u] += a44[_i * 5 + _k] * t37[_i * 32 + _u];
+                    w57[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l34 + 0)[_u * 5 + _k] += w57[_k * 32 + _u];
@@ -16917,9 +17867,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t58[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
         real w59[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a44[_i * 5 + _k] * t58[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w59[_i * 32 + _u] += a44[_i * 5 + _k] * t58[_k * 32 + _u];
+                    w59[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w59[_i * 32 + _u];
@@ -16940,15 +17895,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t62[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t62[_k * 32 + _u] * t5[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 288)[_u] += t62[_k * 32 + _u] * t5[_k * 32 + _u];
+                (a2 + 288)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
         real w63[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a45[_i * 7 + _k] * t37[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w63[_k * 32 + _u] += a45[_i * 7 + _k] * t37[_i * 32 + _u];
+                    w63[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l35 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
@@ -16959,9 +17924,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t64[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
         real w65[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a45[_i * 7 + _k] * t64[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w65[_i * 32 + _u] += a45[_i * 7 + _k] * t64[_k * 32 + _u];
+                    w65[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w65[_i * 32 + _u];
@@ -16982,15 +17952,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t68[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t68[_k * 32 + _u] * t3[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 320)[_u] += t68[_k * 32 + _u] * t3[_k * 32 + _u];
+                (a2 + 320)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
         real w69[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a46[_i * 7 + _k] * t37[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w69[_k * 32 + _u] += a46[_i * 7 + _k] * t37[_i * 32 + _u];
+                    w69[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l36 + 0)[_u * 7 + _k] += w69[_k * 32 + _u];
@@ -17001,9 +17981,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t70[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
         real w71[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a46[_i * 7 + _k] * t70[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w71[_i * 32 + _u] += a46[_i * 7 + _k] * t70[_k * 32 + _u];
+                    w71[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w71[_i * 32 + _u];
@@ -17024,17 +18009,27 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t74[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t74[_k * 32 + _u] * t1[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 384)[_u] += t74[_k * 32 + _u] * t1[_k * 32 + _u];
+                (a2 + 384)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
         real t75[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t75[_i * 32 + _u] = a48[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += a47[_i] * t75[_i * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (l37 + 0)[_u] += a47[_i] * t75[_i * 32 + _u];
+                (l37 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
         real w76[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
@@ -17053,9 +18048,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         real w77[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a49[_i * 6 + _k * 2 + _p] * t75[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w77[_p * 96 + _k * 32 + _u] += a49[_i * 6 + _k * 2 + _p] * t75[_i * 32 + _u];
+                        w77[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -17068,10 +18068,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t78[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
         real w79[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w79[_i * 32 + _u] += a49[_i * 6 + _k * 2 + _p] * t78[_p * 96 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a49[_i * 6 + _k * 2 + _p] * t78[_p * 96 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w79[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
@@ -17083,9 +18088,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t80[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
         real w81[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t80[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w81[_k * 32 + _u] += t80[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+                    w81[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w81[_k * 32 + _u];
@@ -17096,16 +18106,26 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 3; ++_k)
                     t82[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t82[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l39 + 0)[_p * 32 + _u] += t82[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+                    (l39 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
         real w83[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a50[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w83[_p * 160 + _k * 32 + _u] += a50[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
+                        w83[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17118,10 +18138,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t84[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
         real w85[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w85[_i * 32 + _u] += a50[_i * 10 + _k * 2 + _p] * t84[_p * 160 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a50[_i * 10 + _k * 2 + _p] * t84[_p * 160 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w85[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
@@ -17133,9 +18158,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t86[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
         real w87[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t86[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w87[_k * 32 + _u] += t86[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+                    w87[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w87[_k * 32 + _u];
@@ -17146,15 +18176,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     t88[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t88[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l41 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+                    (l41 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
         real w89[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a51[_i * 3 + _k] * t75[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w89[_k * 32 + _u] += a51[_i * 3 + _k] * t75[_i * 32 + _u];
+                    w89[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l42 + 0)[_u * 3 + _k] += w89[_k * 32 + _u];
@@ -17165,9 +18205,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t90[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
         real w91[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a51[_i * 3 + _k] * t90[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w91[_i * 32 + _u] += a51[_i * 3 + _k] * t90[_k * 32 + _u];
+                    w91[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w91[_i * 32 + _u];
@@ -17188,16 +18233,26 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t94[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t94[_k * 32 + _u] * t7[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 608)[_u] += t94[_k * 32 + _u] * t7[_k * 32 + _u];
+                (a2 + 608)[_u] += acc[_u];
+        }
         /* ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
         real w95[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a52[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w95[_p * 160 + _k * 32 + _u] += a52[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
+                        w95[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17210,10 +18265,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t96[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
         real w97[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w97[_i * 32 + _u] += a52[_i * 10 + _k * 2 + _p] * t96[_p * 160 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a52[_i * 10 + _k * 2 + _p] * t96[_p * 160 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w97[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w97[_i * 32 + _u];
@@ -17225,9 +18285,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t98[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
         real w99[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t98[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w99[_k * 32 + _u] += t98[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+                    w99[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w99[_k * 32 + _u];
@@ -17238,16 +18303,26 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     t100[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t100[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l44 + 0)[_p * 32 + _u] += t100[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
+                    (l44 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
         real w101[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a53[_i * 14 + _k * 2 + _p] * t75[_i * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        w101[_p * 224 + _k * 32 + _u] += a53[_i * 14 + _k * 2 + _p] * t75[_i * 32 + _u];
+                        w101[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -17260,10 +18335,15 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t102[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
         real w103[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w103[_i * 32 + _u] += a53[_i * 14 + _k * 2 + _p] * t102[_p * 224 + _k * 32 + _u];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += a53[_i * 14 + _k * 2 + _p] * t102[_p * 224 + _k * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w103[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w103[_i * 32 + _u];
@@ -17275,9 +18355,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                     t104[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
         real w105[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t104[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w105[_k * 32 + _u] += t104[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+                    w105[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w105[_k * 32 + _u];
@@ -17288,15 +18373,25 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 7; ++_k)
                     t106[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t106[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l46 + 0)[_p * 32 + _u] += t106[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
+                    (l46 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
         real w107[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a54[_i * 7 + _k] * t75[_i * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w107[_k * 32 + _u] += a54[_i * 7 + _k] * t75[_i * 32 + _u];
+                    w107[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l47 + 0)[_u * 7 + _k] += w107[_k * 32 + _u];
@@ -17307,9 +18402,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 t108[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
         real w109[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a54[_i * 7 + _k] * t108[_k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w109[_i * 32 + _u] += a54[_i * 7 + _k] * t108[_k * 32 + _u];
+                    w109[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w109[_i * 32 + _u];
@@ -17330,9 +18430,14 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t112[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t112[_k * 32 + _u] * t1[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 640)[_u] += t112[_k * 32 + _u] * t1[_k * 32 + _u];
+                (a2 + 640)[_u] += acc[_u];
+        }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 736)[_u] += (l46 + 32)[_u];
@@ -17509,16 +18614,26 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * a9[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t4[_i * 32 + _u] * a9[_i];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 32x1o ⊗ sh -> 32x1o */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
+                        w5[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -17527,9 +18642,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
+                        w6[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17537,36 +18657,56 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a12[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 3 + _k];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l7 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a13[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a13[_i * 5 + _k];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l8 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
         real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a14[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a14[_i * 7 + _k];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l9 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
         real w10[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a15[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a15[_i * 7 + _k];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l10 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
@@ -17575,16 +18715,26 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a16[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * a17[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l11 + 0)[_u] += t11[_i * 32 + _u] * a17[_i];
+                (l11 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 32x2e ⊗ sh -> 32x1o */
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
+                        w12[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -17593,9 +18743,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+                        w13[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17603,9 +18758,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a20[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a20[_i * 3 + _k];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l14 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
@@ -17613,9 +18773,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w15[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
+                        w15[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -17624,9 +18789,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w16[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
+                        w16[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -17634,9 +18804,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
         real w17[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a23[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a23[_i * 7 + _k];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l17 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
@@ -17738,9 +18913,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t30[_p * 96 + _k * 32 + _u] = (l5 + 0)[_u * 6 + _p * 3 + _k];
         real w31[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l23 + 0)[_p * 32 + _u] * t30[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w31[_k * 32 + _u] += (l23 + 0)[_p * 32 + _u] * t30[_p * 96 + _k * 32 + _u];
+                    w31[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w31[_k * 32 + _u];
@@ -17768,9 +18948,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t33[_p * 160 + _k * 32 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
         real w34[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l25 + 0)[_p * 32 + _u] * t33[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_k * 32 + _u] += (l25 + 0)[_p * 32 + _u] * t33[_p * 160 + _k * 32 + _u];
+                    w34[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w34[_k * 32 + _u];
@@ -17896,9 +19081,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t51[_p * 96 + _k * 32 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
         real w52[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l32 + 0)[_p * 32 + _u] * t51[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w52[_k * 32 + _u] += (l32 + 0)[_p * 32 + _u] * t51[_p * 96 + _k * 32 + _u];
+                    w52[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w52[_k * 32 + _u];
@@ -17926,9 +19116,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t54[_p * 160 + _k * 32 + _u] = (l13 + 0)[_u * 10 + _p * 5 + _k];
         real w55[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l34 + 0)[_p * 32 + _u] * t54[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w55[_k * 32 + _u] += (l34 + 0)[_p * 32 + _u] * t54[_p * 160 + _k * 32 + _u];
+                    w55[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w55[_k * 32 + _u];
@@ -17976,9 +19171,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t60[_p * 160 + _k * 32 + _u] = (l15 + 0)[_u * 10 + _p * 5 + _k];
         real w61[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l37 + 0)[_p * 32 + _u] * t60[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w61[_k * 32 + _u] += (l37 + 0)[_p * 32 + _u] * t60[_p * 160 + _k * 32 + _u];
+                    w61[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 384)[_u * 5 + _k] += w61[_k * 32 + _u];
@@ -18006,9 +19206,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t63[_p * 224 + _k * 32 + _u] = (l16 + 0)[_u * 14 + _p * 7 + _k];
         real w64[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (l39 + 0)[_p * 32 + _u] * t63[_p * 224 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    w64[_k * 32 + _u] += (l39 + 0)[_p * 32 + _u] * t63[_p * 224 + _k * 32 + _u];
+                    w64[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w64[_k * 32 + _u];
@@ -18049,9 +19254,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t69[_k * 32 + _u] = (l41 + 0)[_u * 7 + _k];
         real w70[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t69[_k * 32 + _u] * a23[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w70[_i * 32 + _u] += t69[_k * 32 + _u] * a23[_i * 7 + _k];
+                    w70[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w70[_i * 32 + _u];
@@ -18076,10 +19286,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t72[_p * 224 + _k * 32 + _u] = (l40 + 0)[_u * 14 + _p * 7 + _k];
         real w73[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w73[_i * 32 + _u] += t72[_p * 224 + _k * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t72[_p * 224 + _k * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w73[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w73[_i * 32 + _u];
@@ -18106,10 +19321,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t75[_p * 160 + _k * 32 + _u] = (l38 + 0)[_u * 10 + _p * 5 + _k];
         real w76[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w76[_i * 32 + _u] += t75[_p * 160 + _k * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t75[_p * 160 + _k * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w76[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w76[_i * 32 + _u];
@@ -18135,9 +19355,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t78[_k * 32 + _u] = (l36 + 0)[_u * 3 + _k];
         real w79[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t78[_k * 32 + _u] * a20[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w79[_i * 32 + _u] += t78[_k * 32 + _u] * a20[_i * 3 + _k];
+                    w79[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
@@ -18162,10 +19387,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t81[_p * 160 + _k * 32 + _u] = (l35 + 0)[_u * 10 + _p * 5 + _k];
         real w82[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w82[_i * 32 + _u] += t81[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t81[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w82[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w82[_i * 32 + _u];
@@ -18192,10 +19422,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t84[_p * 96 + _k * 32 + _u] = (l33 + 0)[_u * 6 + _p * 3 + _k];
         real w85[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w85[_i * 32 + _u] += t84[_p * 96 + _k * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t84[_p * 96 + _k * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w85[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
@@ -18237,9 +19472,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t88[_k * 32 + _u] = (l30 + 0)[_u * 7 + _k];
         real w89[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t88[_k * 32 + _u] * a15[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w89[_i * 32 + _u] += t88[_k * 32 + _u] * a15[_i * 7 + _k];
+                    w89[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w89[_i * 32 + _u];
@@ -18263,9 +19503,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t91[_k * 32 + _u] = (l29 + 0)[_u * 7 + _k];
         real w92[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t91[_k * 32 + _u] * a14[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w92[_i * 32 + _u] += t91[_k * 32 + _u] * a14[_i * 7 + _k];
+                    w92[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w92[_i * 32 + _u];
@@ -18289,9 +19534,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t94[_k * 32 + _u] = (l28 + 0)[_u * 5 + _k];
         real w95[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t94[_k * 32 + _u] * a13[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w95[_i * 32 + _u] += t94[_k * 32 + _u] * a13[_i * 5 + _k];
+                    w95[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w95[_i * 32 + _u];
@@ -18315,9 +19565,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t97[_k * 32 + _u] = (l27 + 0)[_u * 3 + _k];
         real w98[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t97[_k * 32 + _u] * a12[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w98[_i * 32 + _u] += t97[_k * 32 + _u] * a12[_i * 3 + _k];
+                    w98[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w98[_i * 32 + _u];
@@ -18342,10 +19597,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t100[_p * 160 + _k * 32 + _u] = (l26 + 0)[_u * 10 + _p * 5 + _k];
         real w101[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w101[_i * 32 + _u] += t100[_p * 160 + _k * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t100[_p * 160 + _k * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w101[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w101[_i * 32 + _u];
@@ -18372,10 +19632,15 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     t103[_p * 96 + _k * 32 + _u] = (l24 + 0)[_u * 6 + _p * 3 + _k];
         real w104[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w104[_i * 32 + _u] += t103[_p * 96 + _k * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t103[_p * 96 + _k * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w104[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w104[_i * 32 + _u];
@@ -18415,9 +19680,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t107[_k * 32 + _u] = (l21 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t107[_k * 32 + _u] * a7[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t107[_k * 32 + _u] * a7[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
         real t108[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -18435,9 +19705,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t109[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t109[_k * 32 + _u] * a6[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t109[_k * 32 + _u] * a6[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
         real t110[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -18455,9 +19730,14 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t111[_k * 32 + _u] = (l19 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t111[_k * 32 + _u] * a5[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_u] += t111[_k * 32 + _u] * a5[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
         real t112[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -18631,9 +19911,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
         real w4[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t3[_k * 32 + _u] * a15[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w4[_i * 32 + _u] += t3[_k * 32 + _u] * a15[_i * 7 + _k];
+                    w4[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w4[_i * 32 + _u];
@@ -18659,10 +19944,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t7[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w8[_i * 32 + _u] += t7[_p * 224 + _k * 32 + _u] * a17[_i * 14 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t7[_p * 224 + _k * 32 + _u] * a17[_i * 14 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w8[_i * 32 + _u];
@@ -18688,10 +19978,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t11[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
         real w12[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w12[_i * 32 + _u] += t11[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w12[_i * 32 + _u];
@@ -18714,9 +20009,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t15[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
         real w16[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t15[_k * 32 + _u] * a22[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w16[_i * 32 + _u] += t15[_k * 32 + _u] * a22[_i * 3 + _k];
+                    w16[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w16[_i * 32 + _u];
@@ -18742,10 +20042,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t19[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
         real w20[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w20[_i * 32 + _u] += t19[_p * 160 + _k * 32 + _u] * a24[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t19[_p * 160 + _k * 32 + _u] * a24[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w20[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w20[_i * 32 + _u];
@@ -18771,10 +20076,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t23[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
         real w24[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w24[_i * 32 + _u] += t23[_p * 96 + _k * 32 + _u] * a26[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t23[_p * 96 + _k * 32 + _u] * a26[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w24[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w24[_i * 32 + _u];
@@ -18804,9 +20114,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t27[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
         real w28[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t27[_k * 32 + _u] * a31[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w28[_i * 32 + _u] += t27[_k * 32 + _u] * a31[_i * 7 + _k];
+                    w28[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w28[_i * 32 + _u];
@@ -18825,9 +20140,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t30[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
         real w31[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t30[_k * 32 + _u] * a33[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w31[_i * 32 + _u] += t30[_k * 32 + _u] * a33[_i * 7 + _k];
+                    w31[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w31[_i * 32 + _u];
@@ -18846,9 +20166,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t33[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
         real w34[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t33[_k * 32 + _u] * a35[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w34[_i * 32 + _u] += t33[_k * 32 + _u] * a35[_i * 5 + _k];
+                    w34[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w34[_i * 32 + _u];
@@ -18867,9 +20192,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t36[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
         real w37[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t36[_k * 32 + _u] * a37[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w37[_i * 32 + _u] += t36[_k * 32 + _u] * a37[_i * 3 + _k];
+                    w37[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w37[_i * 32 + _u];
@@ -18891,10 +20221,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t39[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
         real w40[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w40[_i * 32 + _u] += t39[_p * 160 + _k * 32 + _u] * a38[_i * 10 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t39[_p * 160 + _k * 32 + _u] * a38[_i * 10 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w40[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w40[_i * 32 + _u];
@@ -18916,10 +20251,15 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t42[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
         real w43[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w43[_i * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * a39[_i * 6 + _k * 2 + _p];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t42[_p * 96 + _k * 32 + _u] * a39[_i * 6 + _k * 2 + _p];
+                for (int _u = 0; _u < 32; ++_u)
+                    w43[_i * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w43[_i * 32 + _u];
@@ -18947,9 +20287,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t46[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t46[_k * 32 + _u] * a43[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t46[_k * 32 + _u] * a43[_k];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zuk,zpu->zupk */
         real w47[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
@@ -18963,9 +20308,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t48[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t48[_k * 32 + _u] * a45[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t48[_k * 32 + _u] * a45[_k];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zuk,zpu->zupk */
         real w49[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -18979,9 +20329,14 @@ void conv_tp_d_only_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t50[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t50[_k * 32 + _u] * a47[_k];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += t50[_k * 32 + _u] * a47[_k];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* zuk,zpu->zupk */
         for (int _u = 0; _u < 32; ++_u)
             (l23 + 0)[_u] += a27[_u] * a48[_u];
@@ -19599,16 +20954,26 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t4[_i * 32 + _u] * a7[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l4 + 0)[_u] += t4[_i * 32 + _u] * a7[_i];
+                (l4 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 32x1o ⊗ sh -> 32x1o */
         real w5[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a8[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a8[_i * 6 + _k * 2 + _p];
+                        w5[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19617,9 +20982,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t4[_i * 32 + _u] * a9[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a9[_i * 10 + _k * 2 + _p];
+                        w6[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -19627,36 +20997,56 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
         real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a10[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a10[_i * 3 + _k];
+                    w7[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l7 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
         real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a11[_i * 5 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a11[_i * 5 + _k];
+                    w8[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l8 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
         real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a12[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 7 + _k];
+                    w9[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l9 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
         real w10[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t4[_i * 32 + _u] * a13[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a13[_i * 7 + _k];
+                    w10[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l10 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
@@ -19665,16 +21055,26 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a14[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t11[_i * 32 + _u] * a15[_i];
             for (int _u = 0; _u < 32; ++_u)
-                (l11 + 0)[_u] += t11[_i * 32 + _u] * a15[_i];
+                (l11 + 0)[_u] += acc[_u];
+        }
         /* 2 paths 32x2e ⊗ sh -> 32x1o */
         real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a16[_i * 6 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a16[_i * 6 + _k * 2 + _p];
+                        w12[_p * 96 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19683,9 +21083,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w13[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a17[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a17[_i * 10 + _k * 2 + _p];
+                        w13[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -19693,9 +21098,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
         real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a18[_i * 3 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a18[_i * 3 + _k];
+                    w14[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l14 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
@@ -19703,9 +21113,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w15[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+                        w15[_p * 160 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -19714,9 +21129,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real w16[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc[_u] += t11[_i * 32 + _u] * a20[_i * 14 + _k * 2 + _p];
                     for (int _u = 0; _u < 32; ++_u)
-                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a20[_i * 14 + _k * 2 + _p];
+                        w16[_p * 224 + _k * 32 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -19724,9 +21144,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
         real w17[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t11[_i * 32 + _u] * a21[_i * 7 + _k];
                 for (int _u = 0; _u < 32; ++_u)
-                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a21[_i * 7 + _k];
+                    w17[_k * 32 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 (l17 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
@@ -19739,9 +21164,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t19[_k * 32 + _u] = (l17 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_k * 32 + _u] * t19[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 640)[_u] += t18[_k * 32 + _u] * t19[_k * 32 + _u];
+                (a0 + 640)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t20[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -19753,9 +21183,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 7; ++_k)
                     t21[_p * 224 + _k * 32 + _u] = (l16 + 0)[_u * 14 + _p * 7 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 7; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t20[_k * 32 + _u] * t21[_p * 224 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l18 + 0)[_p * 32 + _u] += t20[_k * 32 + _u] * t21[_p * 224 + _k * 32 + _u];
+                    (l18 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 736)[_u] += (l18 + 32)[_u];
@@ -19773,9 +21208,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 5; ++_k)
                     t23[_p * 160 + _k * 32 + _u] = (l15 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t22[_k * 32 + _u] * t23[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l19 + 0)[_p * 32 + _u] += t22[_k * 32 + _u] * t23[_p * 160 + _k * 32 + _u];
+                    (l19 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 704)[_u] += (l19 + 32)[_u];
@@ -19791,9 +21231,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t25[_k * 32 + _u] = (l14 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t25[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 608)[_u] += t24[_k * 32 + _u] * t25[_k * 32 + _u];
+                (a0 + 608)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t26[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -19805,9 +21250,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 5; ++_k)
                     t27[_p * 160 + _k * 32 + _u] = (l13 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t26[_k * 32 + _u] * t27[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l20 + 0)[_p * 32 + _u] += t26[_k * 32 + _u] * t27[_p * 160 + _k * 32 + _u];
+                    (l20 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 576)[_u] += (l20 + 32)[_u];
@@ -19825,9 +21275,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 3; ++_k)
                     t29[_p * 96 + _k * 32 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t28[_k * 32 + _u] * t29[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l21 + 0)[_p * 32 + _u] += t28[_k * 32 + _u] * t29[_p * 96 + _k * 32 + _u];
+                    (l21 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 672)[_u] += (l21 + 32)[_u];
@@ -19842,33 +21297,53 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t30[_k * 32 + _u] = (l10 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t18[_k * 32 + _u] * t30[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 384)[_u] += t18[_k * 32 + _u] * t30[_k * 32 + _u];
+                (a0 + 384)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t31[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t31[_k * 32 + _u] = (l9 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t31[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 320)[_u] += t20[_k * 32 + _u] * t31[_k * 32 + _u];
+                (a0 + 320)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t32[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t32[_k * 32 + _u] = (l8 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t22[_k * 32 + _u] * t32[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 288)[_u] += t22[_k * 32 + _u] * t32[_k * 32 + _u];
+                (a0 + 288)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t33[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t33[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t24[_k * 32 + _u] * t33[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 224)[_u] += t24[_k * 32 + _u] * t33[_k * 32 + _u];
+                (a0 + 224)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t34[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
@@ -19876,9 +21351,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 5; ++_k)
                     t34[_p * 160 + _k * 32 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t26[_k * 32 + _u] * t34[_p * 160 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l22 + 0)[_p * 32 + _u] += t26[_k * 32 + _u] * t34[_p * 160 + _k * 32 + _u];
+                    (l22 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 352)[_u] += (l22 + 32)[_u];
@@ -19892,9 +21372,14 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 3; ++_k)
                     t35[_p * 96 + _k * 32 + _u] = (l5 + 0)[_u * 6 + _p * 3 + _k];
         for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t28[_k * 32 + _u] * t35[_p * 96 + _k * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    (l23 + 0)[_p * 32 + _u] += t28[_k * 32 + _u] * t35[_p * 96 + _k * 32 + _u];
+                    (l23 + 0)[_p * 32 + _u] += acc[_u];
+            }
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 256)[_u] += (l23 + 32)[_u];
@@ -19909,25 +21394,40 @@ void conv_tp_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t36[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
-        for (int _k = 0; _k < 7; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t20[_k * 32 + _u] * t36[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 96)[_u] += t20[_k * 32 + _u] * t36[_k * 32 + _u];
+                (a0 + 96)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t37[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t26[_k * 32 + _u] * t37[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 64)[_u] += t26[_k * 32 + _u] * t37[_k * 32 + _u];
+                (a0 + 64)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         real t38[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t38[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[32] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    acc[_u] += t28[_k * 32 + _u] * t38[_k * 32 + _u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 32)[_u] += t28[_k * 32 + _u] * t38[_k * 32 + _u];
+                (a0 + 32)[_u] += acc[_u];
+        }
         /* zuk,zupk->zpu */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a28[_u] * (l0 + 0)[_u];
@@ -19990,9 +21490,14 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t4[_j * 48 + _k * 16 + _u] = a6[_u * 9 + _j * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a7[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -20020,9 +21525,14 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t9[_j * 80 + _k * 16 + _u] = a9[_u * 25 + _j * 5 + _k];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_j * 16 + _u] * t9[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += (real)1.118033988749895 * t8[_j * 16 + _u] * t9[_j * 80 + _k * 16 + _u];
+                    w10[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a10[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -20050,9 +21560,14 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t14[_i * 48 + _k * 16 + _u] = a12[_u * 9 + _i * 3 + _k];
         real w15[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t13[_i * 16 + _u] * t14[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w15[_k * 16 + _u] += (real)0.8660254037844386 * t13[_i * 16 + _u] * t14[_i * 48 + _k * 16 + _u];
+                    w15[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a7[_u * 3 + _k] += w15[_k * 16 + _u];
@@ -20135,9 +21650,14 @@ void elementwise_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
@@ -20343,9 +21863,14 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                     t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a4[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -20368,9 +21893,14 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t8[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
         real w9[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a6[_u * 5 + _j] += w9[_j * 16 + _u];
@@ -20469,9 +21999,14 @@ void elementwise_tp_d_s7(int64_t n, int threads, const real *restrict A0, int64_
                     t4[_i * 80 + _k * 16 + _u] = a2[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a3[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -20691,9 +22226,14 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
                     t4[_i * 48 + _j * 16 + _u] = a3[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -20716,9 +22256,14 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t8[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
         real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w9[_j * 16 + _u];
@@ -20759,9 +22304,14 @@ void elementwise_tp_d_s15(int64_t n, int threads, const real *restrict A0, int64
                     t4[_i * 48 + _k * 16 + _u] = a2[_u * 9 + _i * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.8660254037844386 * t3[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -20798,9 +22348,14 @@ void elementwise_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * a3[_k * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * a3[_k * 80 + _j * 16 + _u];
+                    w4[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a4[_u * 5 + _j] += w4[_j * 16 + _u];
@@ -20837,9 +22392,14 @@ void elementwise_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * a3[_k * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += (real)0.8660254037844386 * t3[_k * 16 + _u] * a3[_k * 48 + _j * 16 + _u];
+                    w4[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a4[_u * 3 + _j] += w4[_j * 16 + _u];
@@ -20946,9 +22506,14 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -20971,9 +22536,14 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
         real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    w9[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w9[_j * 16 + _u];
@@ -21019,9 +22589,14 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
@@ -21044,9 +22619,14 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
         real w9[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)1.118033988749895 * t8[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    w9[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a6[_u * 5 + _j] += w9[_j * 16 + _u];
@@ -21090,9 +22670,14 @@ void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -21172,9 +22757,14 @@ void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a
                 t3[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * a3[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * a3[_i * 48 + _j * 16 + _u];
+                    w4[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a4[_u * 3 + _j] += w4[_j * 16 + _u];
@@ -21305,9 +22895,14 @@ void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
@@ -21407,9 +23002,14 @@ void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t 
                 t1[_i * 16 + _u] = a2[_u * 5 + _i];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 16 + _u] * a3[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += t1[_i * 16 + _u] * a3[_i * 5 + _j];
+                    w2[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
@@ -21422,9 +23022,14 @@ void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* u,zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             a6[_u] += (real)0.5773502691896257 * a5[_u] * (a1 + 0)[_u];
@@ -21573,9 +23178,14 @@ void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -21633,9 +23243,14 @@ void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
@@ -21695,9 +23310,14 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
                     t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -21720,9 +23340,14 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
         real w9[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    w9[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a6[_u * 3 + _i] += w9[_i * 16 + _u];
@@ -21788,9 +23413,14 @@ void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a
                 t3[_j * 16 + _u] = (a0 + 0)[_u * 3 + _j];
         real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * a3[_j * 48 + _i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * a3[_j * 48 + _i * 16 + _u];
+                    w4[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w4[_i * 16 + _u];
@@ -21952,9 +23582,14 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
@@ -21977,9 +23612,14 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
         real w9[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += (real)1.118033988749895 * t8[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w9[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a6[_u * 5 + _i] += w9[_i * 16 + _u];
@@ -22036,9 +23676,14 @@ void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t 
                 t1[_j * 16 + _u] = a2[_u * 5 + _j];
         real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_j * 16 + _u] * a3[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += t1[_j * 16 + _u] * a3[_i * 5 + _j];
+                    w2[_i * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
@@ -22051,9 +23696,14 @@ void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t 
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t4[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* u,zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             a6[_u] += (real)0.5773502691896257 * a5[_u] * (a1 + 0)[_u];
@@ -22202,9 +23852,14 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
                 t4[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 48 + _k * 16 + _u] * t4[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 48 + _k * 16 + _u] * t4[_j * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a10[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -22272,9 +23927,14 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                 t4[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 48 + _k * 16 + _u] * t4[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)0.8660254037844386 * t3[_j * 48 + _k * 16 + _u] * t4[_k * 16 + _u];
+                    w5[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a4[_u * 3 + _j] += w5[_j * 16 + _u];
@@ -22302,9 +23962,14 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                 t9[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
         real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_j * 80 + _k * 16 + _u] * t9[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += (real)1.118033988749895 * t8[_j * 80 + _k * 16 + _u] * t9[_j * 16 + _u];
+                    w10[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a7[_u * 5 + _k] += w10[_k * 16 + _u];
@@ -22315,9 +23980,14 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
                 t11[_k * 16 + _u] = a8[_u * 5 + _k];
         real w12[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t11[_k * 16 + _u] * a9[_j * 5 + _k];
                 for (int _u = 0; _u < 16; ++_u)
-                    w12[_j * 16 + _u] += t11[_k * 16 + _u] * a9[_j * 5 + _k];
+                    w12[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 0)[_u * 5 + _j] += w12[_j * 16 + _u];
@@ -22326,9 +23996,14 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t13[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t6[_j * 16 + _u] * t13[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (l2 + 0)[_u] += t6[_j * 16 + _u] * t13[_j * 16 + _u];
+                (l2 + 0)[_u] += acc[_u];
+        }
         /* u,zui->zui */
         for (int _u = 0; _u < 16; ++_u)
             a11[_u] += (real)1.118033988749895 * a10[_u] * (l2 + 0)[_u];
@@ -22391,9 +24066,14 @@ void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
                 t6[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
         real w7[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_i * 48 + _k * 16 + _u] * t6[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w7[_k * 16 + _u] += (real)0.8660254037844386 * t5[_i * 48 + _k * 16 + _u] * t6[_i * 16 + _u];
+                    w7[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a7[_u * 3 + _k] += w7[_k * 16 + _u];
@@ -22416,9 +24096,14 @@ void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
                 t10[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
         real w11[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t5[_i * 48 + _k * 16 + _u] * t10[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w11[_i * 16 + _u] += (real)0.8660254037844386 * t5[_i * 48 + _k * 16 + _u] * t10[_k * 16 + _u];
+                    w11[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a9[_u * 3 + _i] += w11[_i * 16 + _u];
@@ -22504,9 +24189,14 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 48 + _j * 16 + _u] * t4[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_i * 48 + _j * 16 + _u] * t4[_j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -22529,9 +24219,14 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
                 t8[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
         real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 48 + _j * 16 + _u] * t8[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 48 + _j * 16 + _u] * t8[_i * 16 + _u];
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w9[_j * 16 + _u];
@@ -22564,9 +24259,14 @@ void elementwise_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int6
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -22583,9 +24283,14 @@ void elementwise_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int6
                     t4[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a5[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -22620,9 +24325,14 @@ void elementwise_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
                     t2[_i * 48 + _j * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _j];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
+                    w3[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a3[_u * 3 + _j] += w3[_j * 16 + _u];
@@ -22698,9 +24408,14 @@ void elementwise_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int6
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_j * 16 + _u] * a3[_i * 15 + _j * 3 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * a3[_i * 15 + _j * 3 + _k];
+                        w2[_i * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
@@ -22717,9 +24432,14 @@ void elementwise_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int6
                     t4[_i * 48 + _k * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a5[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -22762,9 +24482,14 @@ void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                     t2[_i * 48 + _k * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _k];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * t2[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 16 + _u] += (real)0.8660254037844386 * t1[_k * 16 + _u] * t2[_i * 48 + _k * 16 + _u];
+                    w3[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w3[_i * 16 + _u];
@@ -22792,9 +24517,14 @@ void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                 t7[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
         real w8[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 80 + _k * 16 + _u] * t7[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 16 + _u] += (real)1.118033988749895 * t6[_i * 80 + _k * 16 + _u] * t7[_i * 16 + _u];
+                    w8[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 a7[_u * 5 + _k] += w8[_k * 16 + _u];
@@ -22817,9 +24547,14 @@ void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                 t11[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
         real w12[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 80 + _k * 16 + _u] * t11[_k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w12[_i * 16 + _u] += (real)1.118033988749895 * t6[_i * 80 + _k * 16 + _u] * t11[_k * 16 + _u];
+                    w12[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a9[_u * 5 + _i] += w12[_i * 16 + _u];
@@ -22855,9 +24590,14 @@ void elementwise_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_i * 16 + _u] * a2[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_j * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * a2[_i * 9 + _j * 3 + _k];
+                        w2[_j * 48 + _k * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -22874,9 +24614,14 @@ void elementwise_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
                     t4[_j * 48 + _k * 16 + _u] = (a0 + 0)[_u * 9 + _j * 3 + _k];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
@@ -22912,9 +24657,14 @@ void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int
                     t2[_j * 48 + _k * 16 + _u] = (a2 + 0)[_u * 9 + _j * 3 + _k];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_k * 16 + _u] * t2[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 16 + _u] += (real)0.8660254037844386 * t1[_k * 16 + _u] * t2[_j * 48 + _k * 16 + _u];
+                    w3[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a3[_u * 3 + _j] += w3[_j * 16 + _u];
@@ -22925,9 +24675,14 @@ void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int
                 t4[_i * 16 + _u] = a4[_u * 5 + _i];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t4[_i * 16 + _u] * a5[_i * 5 + _j];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += t4[_i * 16 + _u] * a5[_i * 5 + _j];
+                    w5[_j * 16 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 0)[_u * 5 + _j] += w5[_j * 16 + _u];
@@ -22940,9 +24695,14 @@ void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t7[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
-        for (int _j = 0; _j < 5; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    acc[_u] += t6[_j * 16 + _u] * t7[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (l0 + 0)[_u] += t6[_j * 16 + _u] * t7[_j * 16 + _u];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* u,zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             a8[_u] += (real)0.5773502691896257 * a7[_u] * (l0 + 0)[_u];
@@ -22983,9 +24743,14 @@ void elementwise_tp_d2_weight_s12(int64_t n, int threads, const real *restrict A
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 80 + _j * 16 + _u] * t4[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_i * 80 + _j * 16 + _u] * t4[_j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a3[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -23221,9 +24986,14 @@ void elementwise_tp_d_only_a_s2(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a4[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -23286,9 +25056,14 @@ void elementwise_tp_d_only_a_s3(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a4[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -23409,9 +25184,14 @@ void elementwise_tp_d_only_a_s6(int64_t n, int threads, const real *restrict A0,
                     t4[_i * 48 + _j * 16 + _u] = a2[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w5[_i * 16 + _u];
@@ -23439,9 +25219,14 @@ void elementwise_tp_d_only_a_s6(int64_t n, int threads, const real *restrict A0,
                     t9[_i * 48 + _k * 16 + _u] = a6[_u * 9 + _i * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t9[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t9[_i * 48 + _k * 16 + _u];
+                    w10[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w10[_i * 16 + _u];
@@ -23563,9 +25348,14 @@ void elementwise_tp_d_only_b_s2(int64_t n, int threads, real *restrict A0, int64
                     t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a4[_u * 5 + _j] += w5[_j * 16 + _u];
@@ -23707,9 +25497,14 @@ void elementwise_tp_d_only_b_s6(int64_t n, int threads, const real *restrict A0,
                     t4[_i * 48 + _j * 16 + _u] = a2[_u * 9 + _i * 3 + _j];
         real w5[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    w5[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a3[_u * 3 + _j] += w5[_j * 16 + _u];
@@ -23760,9 +25555,14 @@ void elementwise_tp_d_only_b_s7(int64_t n, int threads, const real *restrict A0,
                     t4[_j * 80 + _k * 16 + _u] = a2[_u * 25 + _j * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    w5[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a3[_u * 5 + _j] += w5[_j * 16 + _u];
@@ -23790,9 +25590,14 @@ void elementwise_tp_d_only_b_s7(int64_t n, int threads, const real *restrict A0,
                     t9[_j * 48 + _k * 16 + _u] = a5[_u * 9 + _j * 3 + _k];
         real w10[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_k * 16 + _u] * t9[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t9[_j * 48 + _k * 16 + _u];
+                    w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w10[_j * 16 + _u];
@@ -24141,9 +25946,14 @@ void elementwise_tp_d_only_a_b_s4(int64_t n, int threads, real *restrict A0, int
                     t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a4[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -24166,9 +25976,14 @@ void elementwise_tp_d_only_a_b_s4(int64_t n, int threads, real *restrict A0, int
                 t8[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
         real w9[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a6[_u * 5 + _j] += w9[_j * 16 + _u];
@@ -24256,9 +26071,14 @@ void elementwise_tp_d_only_a_b_s6(int64_t n, int threads, const real *restrict A
                     t4[_i * 80 + _k * 16 + _u] = a2[_u * 25 + _i * 5 + _k];
         real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a3[_u * 5 + _i] += w5[_i * 16 + _u];
@@ -24400,9 +26220,14 @@ void elementwise_tp_d_only_a_b_s11(int64_t n, int threads, real *restrict A0, in
         real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
@@ -24437,9 +26262,14 @@ void elementwise_tp_d_only_a_b_s12(int64_t n, int threads, real *restrict A0, in
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 48 + _j * 16 + _u] * t2[_j * 16 + _u];
+                    w3[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w3[_i * 16 + _u];
@@ -24482,9 +26312,14 @@ void elementwise_tp_d_only_a_b_s13(int64_t n, int threads, const real *restrict 
                 t2[_i * 16 + _u] = a1[_u * 3 + _i];
         real w3[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 16 + _u] += (real)1.118033988749895 * t1[_i * 48 + _j * 16 + _u] * t2[_i * 16 + _u];
+                    w3[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a2[_u * 3 + _j] += w3[_j * 16 + _u];
@@ -24512,9 +26347,14 @@ void elementwise_tp_d_only_a_b_s13(int64_t n, int threads, const real *restrict 
                     t7[_i * 48 + _j * 16 + _u] = a5[_u * 9 + _i * 3 + _j];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_j * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += (real)0.5773502691896257 * t6[_j * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    w8[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a6[_u * 3 + _i] += w8[_i * 16 + _u];
@@ -24537,9 +26377,14 @@ void elementwise_tp_d_only_a_b_s13(int64_t n, int threads, const real *restrict 
                 t11[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
         real w12[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t11[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w12[_j * 16 + _u] += (real)0.5773502691896257 * t11[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    w12[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a2[_u * 3 + _j] += w12[_j * 16 + _u];
@@ -24567,9 +26412,14 @@ void elementwise_tp_d_only_a_b_s13(int64_t n, int threads, const real *restrict 
                     t16[_i * 48 + _k * 16 + _u] = a10[_u * 9 + _i * 3 + _k];
         real w17[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t15[_k * 16 + _u] * t16[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_i * 16 + _u] += (real)0.8660254037844386 * t15[_k * 16 + _u] * t16[_i * 48 + _k * 16 + _u];
+                    w17[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a6[_u * 3 + _i] += w17[_i * 16 + _u];
@@ -24619,9 +26469,14 @@ void elementwise_tp_d_only_a_b_s14(int64_t n, int threads, const real *restrict 
                 t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
         real w4[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_k * 16 + _u] * a2[_k * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * a2[_k * 80 + _j * 16 + _u];
+                    w4[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 a3[_u * 5 + _j] += w4[_j * 16 + _u];
@@ -24644,9 +26499,14 @@ void elementwise_tp_d_only_a_b_s14(int64_t n, int threads, const real *restrict 
                 t7[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
         real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_k * 16 + _u] * a5[_k * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += (real)0.8660254037844386 * t7[_k * 16 + _u] * a5[_k * 48 + _j * 16 + _u];
+                    w8[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+            }
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w8[_j * 16 + _u];
@@ -24717,9 +26577,14 @@ void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (l1 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l1 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
+                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -24739,9 +26604,14 @@ void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (l2 + 0)[_i * 32 + _u * 8 + _v] * t4[_u * 72 + _i * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l2 + 0)[_i * 32 + _u * 8 + _v] * t4[_u * 72 + _i * 24 + _k * 8 + _v];
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -24753,17 +26623,27 @@ void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 t6[_i * 4 + _u] = a8[_u * 3 + _i];
         real w7[12] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t6[_i * 4 + _u] * a10[_i * 3 + _j];
                 for (int _u = 0; _u < 4; ++_u)
-                    w7[_j * 4 + _u] += t6[_i * 4 + _u] * a10[_i * 3 + _j];
+                    w7[_j * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l3 + 0)[_u * 3 + _j] += w7[_j * 4 + _u];
         /* zvj,zujk->zkuv */
         for (int _u = 0; _u < 4; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t1[_j * 8 + _v] * (l3 + 0)[_u * 3 + _j];
                 for (int _v = 0; _v < 8; ++_v)
-                    (l4 + 0)[_u * 8 + _v] += t1[_j * 8 + _v] * (l3 + 0)[_u * 3 + _j];
+                    (l4 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zkuv->zuvk */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
@@ -25005,9 +26885,14 @@ void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a2[_i * 3 + _j] * t1[_j * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -25043,9 +26928,14 @@ void full_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 t1[_i * 8 + _v] = a2[_v * 3 + _i];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a1[_i * 3 + _j] * t1[_i * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a1[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -25109,9 +26999,14 @@ void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t1[_k * 4 + _u] = a4[_u * 3 + _k];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a3[_i * 3 + _k] * t1[_k * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a3[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a5[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -25122,9 +27017,14 @@ void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t3[_i * 4 + _u] = a6[_u * 3 + _i];
         real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
+                    w4[_k * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
@@ -25135,13 +27035,23 @@ void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+                    (a0 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zuvj->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a8[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+        }
         /* zuvj->zvuj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
@@ -25168,9 +27078,14 @@ void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t1[_j * 8 + _v] = a2[_v * 3 + _j];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t1[_j * 8 + _v] * a3[_j * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_k * 8 + _v] += t1[_j * 8 + _v] * a3[_j * 3 + _k];
+                    w2[_k * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_v * 3 + _k] += w2[_k * 8 + _v];
@@ -25186,9 +27101,14 @@ void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t4[_k * 8 + _v] = (l0 + 0)[_v * 3 + _k];
         real w5[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t3[_u * 24 + _k * 8 + _v] * t4[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w5[_u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * t4[_k * 8 + _v];
+                    w5[_u * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a0 + 0)[_v * 4 + _u] += w5[_u * 8 + _v];
@@ -25247,9 +27167,14 @@ void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                 t1[_k * 8 + _v] = a4[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a3[_j * 3 + _k] * t1[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a3[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -25285,9 +27210,14 @@ void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _v = 0; _v < 8; ++_v)
                 (a0 + 0)[_u * 8 + _v] += a3[_u * 8 + _v] * a4[_u];
         /* zukvi,ijkuv->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+        }
         /* zukvi->zkvui */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
@@ -25326,9 +27256,14 @@ void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _v = 0; _v < 8; ++_v)
                 (a0 + 0)[_u * 8 + _v] += a3[_u] * a7[_u * 8 + _v];
         /* zuikv,ijkuv->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+        }
         /* zuikv->zikvu */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
@@ -25370,9 +27305,14 @@ void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (l0 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l0 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
+                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25412,9 +27352,14 @@ void full_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t1[_k * 8 + _v] = a3[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a2[_j * 3 + _k] * t1[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -25473,9 +27418,14 @@ void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w2[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (l0 + 0)[_i * 32 + _u * 8 + _v] * t1[_u * 72 + _i * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w2[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l0 + 0)[_i * 32 + _u * 8 + _v] * t1[_u * 72 + _i * 24 + _k * 8 + _v];
+                        w2[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25487,9 +27437,14 @@ void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t3[_i * 4 + _u] = a3[_u * 3 + _i];
         real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t3[_i * 4 + _u] * a7[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a7[_i * 3 + _k];
+                    w4[_k * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
@@ -25500,13 +27455,23 @@ void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_u * 24 + _k * 8 + _v] = a8[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l1 + 0)[_u * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l1 + 0)[_u * 3 + _k];
+                    (a0 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zuvj->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a9[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_v] += (real)1.224744871391589 * a9[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+        }
         /* zuvj->zvuj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
@@ -25580,9 +27545,14 @@ void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t1[_i * 8 + _v] = a2[_v * 3 + _i];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a1[_i * 3 + _j] * t1[_i * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a1[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -25752,9 +27722,14 @@ void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t3[_j * 32 + _u * 8 + _v] * t4[_u * 72 + _j * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t3[_j * 32 + _u * 8 + _v] * t4[_u * 72 + _j * 24 + _k * 8 + _v];
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25762,9 +27737,14 @@ void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
         real w6[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t1[_j * 8 + _v] * a6[_j * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    w6[_k * 8 + _v] += t1[_j * 8 + _v] * a6[_j * 3 + _k];
+                    w6[_k * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
@@ -25780,9 +27760,14 @@ void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t8[_k * 8 + _v] = (l1 + 0)[_v * 3 + _k];
         real w9[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w9[_u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+                    w9[_u * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a0 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
@@ -25833,9 +27818,14 @@ void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t2[_i * 32 + _u * 8 + _v] * t3[_u * 72 + _i * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w4[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t2[_i * 32 + _u * 8 + _v] * t3[_u * 72 + _i * 24 + _k * 8 + _v];
+                        w4[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -25881,9 +27871,14 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 t1[_k * 4 + _u] = a2[_u * 3 + _k];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a1[_i * 3 + _k] * t1[_k * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a1[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -25990,9 +27985,14 @@ void full_tp_d2_b_s7(int64_t n, int threads, const real *restrict A0, int64_t a0
                 t1[_j * 4 + _u] = a1[_u * 3 + _j];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a0[_i * 3 + _j] * t1[_j * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_j * 4 + _u];
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a2[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -26141,9 +28141,14 @@ void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _v = 0; _v < 8; ++_v)
                 (l0 + 0)[_u * 8 + _v] += a4[_u * 8 + _v] * a5[_u];
         /* uvijk,zukvi->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a6[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)0.7071067811865476 * a6[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+        }
         /* zui,zvj->ziuvj */
         real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
@@ -26173,9 +28178,14 @@ void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t3[_u * 72 + _j * 24 + _k * 8 + _v] * t4[_u * 24 + _j * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t3[_u * 72 + _j * 24 + _k * 8 + _v] * t4[_u * 24 + _j * 8 + _v];
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -26183,9 +28193,14 @@ void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
         real w6[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t1[_j * 8 + _v] * a9[_j * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    w6[_k * 8 + _v] += t1[_j * 8 + _v] * a9[_j * 3 + _k];
+                    w6[_k * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 (l2 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
@@ -26201,9 +28216,14 @@ void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t8[_k * 8 + _v] = (l2 + 0)[_v * 3 + _k];
         real w9[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w9[_u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+                    w9[_u * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a2 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
@@ -26268,9 +28288,14 @@ void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t1[_k * 8 + _v] = a6[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a5[_j * 3 + _k] * t1[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a5[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -26281,9 +28306,14 @@ void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t3[_i * 4 + _u] = a7[_u * 3 + _i];
         real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t3[_i * 4 + _u] * a8[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a8[_i * 3 + _k];
+                    w4[_k * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
@@ -26356,9 +28386,14 @@ void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t1[_k * 4 + _u] = a5[_u * 3 + _k];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a4[_i * 3 + _k] * t1[_k * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a4[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a6[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -26369,13 +28404,23 @@ void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 for (int _k = 0; _k < 3; ++_k)
                     t3[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t3[_u * 24 + _k * 8 + _v] * (a8 + 0)[_u * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    (l0 + 0)[_u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * (a8 + 0)[_u * 3 + _k];
+                    (l0 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zuvj->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a9[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)1.224744871391589 * a9[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+        }
         /* ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
         real t4[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
@@ -26383,9 +28428,14 @@ void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t4[_i * 4 + _u] = a10[_u * 3 + _i];
         real w5[12] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t4[_i * 4 + _u] * a11[_i * 3 + _j];
                 for (int _u = 0; _u < 4; ++_u)
-                    w5[_j * 4 + _u] += t4[_i * 4 + _u] * a11[_i * 3 + _j];
+                    w5[_j * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w5[_j * 4 + _u];
@@ -26395,9 +28445,14 @@ void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _j = 0; _j < 3; ++_j)
                 t6[_j * 8 + _v] = a12[_v * 3 + _j];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t6[_j * 8 + _v] * (l1 + 0)[_u * 3 + _j];
                 for (int _v = 0; _v < 8; ++_v)
-                    (l2 + 0)[_u * 8 + _v] += t6[_j * 8 + _v] * (l1 + 0)[_u * 3 + _j];
+                    (l2 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zkuv->zuvk */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
@@ -26441,9 +28496,14 @@ void full_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a2[_i * 3 + _j] * t1[_j * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -26482,9 +28542,14 @@ void full_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_
                 t1[_i * 8 + _v] = a3[_v * 3 + _i];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a2[_i * 3 + _j] * t1[_i * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -26518,9 +28583,14 @@ void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w2[36] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[4] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            acc[_u] += t1[_i * 4 + _u] * a4[_i * 9 + _j * 3 + _k];
                     for (int _u = 0; _u < 4; ++_u)
-                        w2[_j * 12 + _k * 4 + _u] += t1[_i * 4 + _u] * a4[_i * 9 + _j * 3 + _k];
+                        w2[_j * 12 + _k * 4 + _u] += acc[_u];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
@@ -26534,9 +28604,14 @@ void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
         real w4[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t3[_u * 24 + _j * 8 + _v] * (l0 + 0)[_u * 9 + _j * 3 + _k];
                     for (int _v = 0; _v < 8; ++_v)
-                        w4[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * t3[_u * 24 + _j * 8 + _v] * (l0 + 0)[_u * 9 + _j * 3 + _k];
+                        w4[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -26773,9 +28848,14 @@ void full_tp_d_only_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a2[_i * 3 + _j] * t1[_j * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -26825,9 +28905,14 @@ void full_tp_d_only_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t1[_k * 4 + _u] = a3[_u * 3 + _k];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a2[_i * 3 + _k] * t1[_k * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a2[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -26838,9 +28923,14 @@ void full_tp_d_only_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_j * 8 + _v] = a5[_v * 3 + _j];
         real w4[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t3[_j * 8 + _v] * a6[_j * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    w4[_k * 8 + _v] += t3[_j * 8 + _v] * a6[_j * 3 + _k];
+                    w4[_k * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_v * 3 + _k] += w4[_k * 8 + _v];
@@ -26856,9 +28946,14 @@ void full_tp_d_only_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t6[_k * 8 + _v] = (l0 + 0)[_v * 3 + _k];
         real w7[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * t6[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w7[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * t6[_k * 8 + _v];
+                    w7[_u * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a0 + 0)[_v * 4 + _u] += w7[_u * 8 + _v];
@@ -27006,9 +29101,14 @@ void full_tp_d_only_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t1[_i * 8 + _v] = a4[_v * 3 + _i];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a3[_i * 3 + _j] * t1[_i * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a3[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -27019,9 +29119,14 @@ void full_tp_d_only_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t3[_i * 4 + _u] = a5[_u * 3 + _i];
         real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t3[_i * 4 + _u] * a6[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a6[_i * 3 + _k];
+                    w4[_k * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
@@ -27032,13 +29137,23 @@ void full_tp_d_only_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    (l1 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+                    (l1 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zuvj->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+        }
         /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
@@ -27070,9 +29185,14 @@ void full_tp_d_only_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 t1[_k * 8 + _v] = a2[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a1[_j * 3 + _k] * t1[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -27081,9 +29201,14 @@ void full_tp_d_only_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _v = 0; _v < 8; ++_v)
                 (l0 + 0)[_u * 8 + _v] += a3[_u * 8 + _v] * a4[_u];
         /* zukvi,ijkuv->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += (l0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+        }
     }
 }
     """,
@@ -27468,9 +29593,14 @@ void full_tp_d_only_a_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a2[_i * 3 + _j] * t1[_j * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -27512,9 +29642,14 @@ void full_tp_d_only_a_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0
                 t1[_i * 8 + _v] = a4[_v * 3 + _i];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a3[_i * 3 + _j] * t1[_i * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a3[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -27569,9 +29704,14 @@ void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0
                 t1[_k * 4 + _u] = a4[_u * 3 + _k];
         real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += a3[_i * 3 + _k] * t1[_k * 4 + _u];
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a3[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 a5[_u * 3 + _i] += w2[_i * 4 + _u];
@@ -27582,9 +29722,14 @@ void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0
                 t3[_i * 4 + _u] = a6[_u * 3 + _i];
         real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[4] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        acc[_u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
+                    w4[_k * 4 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
@@ -27595,13 +29740,23 @@ void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    (l1 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+                    (l1 + 0)[_u * 8 + _v] += acc[_v];
+            }
         /* uv,zuvj->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+        }
         /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
         real t6[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
@@ -27609,9 +29764,14 @@ void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0
                 t6[_j * 8 + _v] = a9[_v * 3 + _j];
         real w7[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t6[_j * 8 + _v] * a10[_j * 3 + _k];
                 for (int _v = 0; _v < 8; ++_v)
-                    w7[_k * 8 + _v] += t6[_j * 8 + _v] * a10[_j * 3 + _k];
+                    w7[_k * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 (l2 + 0)[_v * 3 + _k] += w7[_k * 8 + _v];
@@ -27622,9 +29782,14 @@ void full_tp_d_only_a_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0
                 t8[_k * 8 + _v] = (l2 + 0)[_v * 3 + _k];
         real w9[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w9[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+                    w9[_u * 8 + _v] += acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 (a1 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
@@ -27683,9 +29848,14 @@ void full_tp_d_only_a_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0
                 t1[_k * 8 + _v] = a4[_v * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += a3[_j * 3 + _k] * t1[_k * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a3[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+            }
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
@@ -27718,9 +29888,14 @@ void full_tp_d_only_a_b_s10(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _v = 0; _v < 8; ++_v)
                 (l0 + 0)[_u * 8 + _v] += a1[_u * 8 + _v] * a2[_u];
         /* zukvi,ijkuv->zvj */
-        for (int _u = 0; _u < 4; ++_u)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    acc[_v] += (l0 + 0)[_u * 8 + _v] * a3[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a3[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+        }
     }
 }
     """,
@@ -28154,9 +30329,14 @@ void tp_then_linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a5 = A5;
         real l0[8] __attribute__((aligned(64))) = {0};
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a2[_j] * a3[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
             (l0 + 0)[_u] += a4[_u] * (a0 + 0)[0];
@@ -28191,17 +30371,27 @@ void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 8 + _u] = a3[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_i * 8 + _u] * (a1 + 4)[_i];
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_u] += t2[_i * 8 + _u] * (a1 + 4)[_i];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a4[_u] * (l0 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a1 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (l1 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a1 + 7)[_i * 3 + _k];
+                    (l1 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -28285,9 +30475,14 @@ void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         real l1[24] __attribute__((aligned(64))) = {0};
         real l2[24] __attribute__((aligned(64))) = {0};
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a5[_j] * a6[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a5[_j] * a6[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
             (l0 + 0)[_u] += a7[_u] * (a0 + 0)[0];
@@ -28311,17 +30506,27 @@ void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 8 + _u] = a10[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
             for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
+                (a2 + 0)[_u] += acc[_u];
+        }
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a11[_u] * (a2 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (l2 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
+                    (l2 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -28385,9 +30590,14 @@ void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a0 + 8)[_u * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t1[_k * 8 + _u] * (a4 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+                    (a1 + 0)[_i * 8 + _u] += acc[_u];
+            }
         /* pu,zipu->zui */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -28498,9 +30708,14 @@ void tp_then_linear_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t1[_k * 8 + _u] * (a7 + 1)[_k];
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += t1[_k * 8 + _u] * (a7 + 1)[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a2 + 0)[_u] += a8[_u] * (a1 + 0)[_u];
@@ -28594,9 +30809,14 @@ void tp_then_linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a2[_j] * a3[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* zwi->ziw */
         for (int _i = 0; _i < 3; ++_i)
             for (int _w = 0; _w < 8; ++_w)
@@ -28728,9 +30948,14 @@ void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t1[_i * 8 + _u] * (a5 + 4)[_i];
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += t1[_i * 8 + _u] * (a5 + 4)[_i];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a6[_u] * (a0 + 0)[_u];
@@ -28779,9 +31004,14 @@ void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a4[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t1[_i * 8 + _u] * (a5 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_k * 8 + _u] += t1[_i * 8 + _u] * (a5 + 7)[_i * 3 + _k];
+                    (a1 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -28935,9 +31165,14 @@ void tp_then_linear_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a5[_u];
         /* ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a6[_j] * a7[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a1 + 0)[_c] += a6[_j] * a7[_j * 16 + _c];
+                (a1 + 0)[_c] += acc[_c];
+        }
         /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
             (l0 + 0)[_u] += (a1 + 0)[0] * a8[_u];
@@ -28983,9 +31218,14 @@ void tp_then_linear_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += (a3 + 1)[_k] * t2[_k * 8 + _u];
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += (a3 + 1)[_k] * t2[_k * 8 + _u];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* pu,zipu->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a2 + 0)[_u] += a5[_u] * (a1 + 0)[_u];
@@ -29010,9 +31250,14 @@ void tp_then_linear_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += (a3 + 4)[_i] * t1[_i * 8 + _u];
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += (a3 + 4)[_i] * t1[_i * 8 + _u];
+                (a0 + 0)[_u] += acc[_u];
+        }
         /* pu,zkpu->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a5[_u] * (a0 + 0)[_u];
@@ -29052,9 +31297,14 @@ void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a5[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (a4 + 7)[_i * 3 + _k] * t1[_i * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    (l0 + 0)[_k * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t1[_i * 8 + _u];
+                    (l0 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -29069,9 +31319,14 @@ void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 8 + _u] = (a7 + 8)[_u * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (a4 + 7)[_i * 3 + _k] * t3[_k * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_i * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t3[_k * 8 + _u];
+                    (a1 + 0)[_i * 8 + _u] += acc[_u];
+            }
         /* pu,zipu->zui */
         real w4[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -29149,9 +31404,14 @@ void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         const real *restrict a14 = A14;
         const real *restrict a15 = A15 + z * a15_stride;
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a7[_j] * a8[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a7[_j] * a8[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a9[_u] * (a0 + 0)[0];
@@ -29175,17 +31435,27 @@ void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 8 + _u] = a12[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
             for (int _u = 0; _u < 8; ++_u)
-                (a4 + 0)[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
+                (a4 + 0)[_u] += acc[_u];
+        }
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a2 + 0)[_u] += a13[_u] * (a4 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a5 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
+                    (a5 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -29289,9 +31559,14 @@ void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_k * 8 + _u] * (a9 + 1)[_k];
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a9 + 1)[_k];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a2 + 0)[_u] += a6[_u] * (l0 + 0)[_u];
@@ -29409,9 +31684,14 @@ void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
                 t1[_k * 8 + _u] = a3[_u * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    w2[_i * 8 + _u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
+                    w2[_i * 8 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
@@ -29536,9 +31816,14 @@ void tp_then_linear_d2_weight_s16(int64_t n, int threads, real *restrict A0, int
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a4 + 8)[_u * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t1[_k * 8 + _u] * (a5 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a5 + 7)[_i * 3 + _k];
+                    (a1 + 0)[_i * 8 + _u] += acc[_u];
+            }
         /* pu,zipu->zui */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -29645,9 +31930,14 @@ void tp_then_linear_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
+                (a1 + 0)[_u] += acc[_u];
+        }
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a2 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
@@ -29742,9 +32032,14 @@ void tp_then_linear_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a3[_j] * a4[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* ∂/∂x: 8x1o -> 8x1o */
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -29792,9 +32087,14 @@ void tp_then_linear_d_only_x_s2(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a0 + 8)[_u * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t1[_k * 8 + _u] * (a3 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (l0 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a3 + 7)[_i * 3 + _k];
+                    (l0 + 0)[_i * 8 + _u] += acc[_u];
+            }
         /* pu,zipu->zui */
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
@@ -29831,9 +32131,14 @@ void tp_then_linear_d_only_x_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 8 + _u] = (a3 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_k * 8 + _u] * (a1 + 1)[_k];
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a1 + 1)[_k];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a4[_u] * (l0 + 0)[_u];
@@ -30033,9 +32338,14 @@ void tp_then_linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
         const real *restrict a14 = A14 + z * a14_stride;
         real l0[16] __attribute__((aligned(64))) = {0};
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a6[_j] * a7[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (l0 + 0)[_c] += a6[_j] * a7[_j * 16 + _c];
+                (l0 + 0)[_c] += acc[_c];
+        }
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a8[_u] * (l0 + 0)[0];
@@ -30059,17 +32369,27 @@ void tp_then_linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, 
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 8 + _u] = a11[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t2[_i * 8 + _u] * (l0 + 4)[_i];
             for (int _u = 0; _u < 8; ++_u)
-                (a3 + 0)[_u] += t2[_i * 8 + _u] * (l0 + 4)[_i];
+                (a3 + 0)[_u] += acc[_u];
+        }
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a12[_u] * (a3 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (l0 + 7)[_i * 3 + _k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a4 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (l0 + 7)[_i * 3 + _k];
+                    (a4 + 0)[_k * 8 + _u] += acc[_u];
+            }
         /* pu,zkpu->zuk */
         real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
@@ -30141,9 +32461,14 @@ void tp_then_linear_d_only_x_y_s0(int64_t n, int threads, real *restrict A0, int
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
         /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
+        {
+            real acc[16] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 4; ++_j)
+                for (int _c = 0; _c < 16; ++_c)
+                    acc[_c] += a3[_j] * a4[_j * 16 + _c];
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+                (a0 + 0)[_c] += acc[_c];
+        }
         /* ∂/∂x: 8x1o -> 8x1o */
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
@@ -30207,9 +32532,14 @@ void tp_then_linear_d_only_x_y_s3(int64_t n, int threads, real *restrict A0, int
                 t1[_k * 8 + _u] = a3[_u * 3 + _k];
         real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    w2[_i * 8 + _u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
+                    w2[_i * 8 + _u] += acc[_u];
+            }
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
@@ -30277,9 +32607,14 @@ void tp_then_linear_d_only_x_y_s5(int64_t n, int threads, real *restrict A0, int
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+        {
+            real acc[8] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    acc[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
+                (l0 + 0)[_u] += acc[_u];
+        }
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a1 + 0)[_u] += a7[_u] * (l0 + 0)[_u];
