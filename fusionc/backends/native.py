@@ -1,8 +1,8 @@
 """Native CPU kernels: the row-local statements of a program as C, compiled at first use.
 
-The torch back end runs matrix products against shared weights and constants as torch.mm (the
-BLAS is as fast as it gets there), but most of a diagram's statements are small contractions
-within one row: x (32 × 3) with that row's (3 × 5·paths) CG map, per-row weights times a CG
+The torch back end runs sums over rows (weight gradients) and products with large shared operands
+as torch.mm (the BLAS is as fast as it gets there), but most of a diagram's statements are small
+contractions within one row, or with a small shared operand (weights, a CG table): x (32 × 3) with that row's (3 × 5·paths) CG map, per-row weights times a CG
 product, the adjoints of these. torch runs each as a batch of thousands of tiny matrix products
 (`bmm`, 13 GFLOP/s) or a chain of broadcast multiplications, with a dispatch and a trip through
 memory per step. Here every run of consecutive row-local statements becomes one C function: one
@@ -10,8 +10,8 @@ loop over rows (split between threads), and per row each statement as a loop nes
 sizes, its temporaries in per-row buffers that never leave the cache.
 
 Per statement, the loop nest vectorises over one label (the largest; channels u/v/w when
-present): the operands that carry it are copied, per row, to buffers where it is the
-innermost axis, so the innermost loop is a contiguous multiply-add the C compiler turns into
+present): the operands that carry it are copied, per row (a shared one once per call), to
+buffers where it is the innermost axis, so the innermost loop is a contiguous multiply-add the C compiler turns into
 SIMD (or, when the label is summed, a vector reduction).
 
 The source is plain C99 + OpenMP, one function per segment, written for a `real` type the
@@ -43,15 +43,17 @@ ALIGNED = "__attribute__((aligned(64)))"
 @dataclass(frozen=True)
 class Buffer:
     """Where a view lives inside a segment's row loop: a C pointer expression to the row's first
-    element of the view, contiguous in `labels` order (`shape` by label)."""
+    element of the view, contiguous in `labels` order (`shape` by label); `shared` when it is the
+    same for every row (weights, constants)."""
 
     base: str
     labels: str
     shape: tuple[int, ...]
+    shared: bool = False
 
     def squeezed(self) -> "Buffer":
         kept = [(c, s) for c, s in zip(self.labels, self.shape) if s > 1]
-        return Buffer(self.base, "".join(c for c, _ in kept), tuple(s for _, s in kept))
+        return Buffer(self.base, "".join(c for c, _ in kept), tuple(s for _, s in kept), self.shared)
 
 
 def _index(b: Buffer) -> str:
@@ -76,26 +78,32 @@ class SegmentWriter:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.prologue: list[str] = []
         self.scratch = 0
         self.copies: dict[tuple[str, str], Buffer] = {}  # (base, order) -> per-row copy of a read-only view
 
     def _emit(self, lines: list[str], depth: int = 2) -> None:
         self.lines.extend("    " * depth + line for line in lines)
 
+    def _emit_once(self, lines: list[str]) -> None:
+        """Lines run once per call, before the row loop (for what every row shares)."""
+        self.prologue.extend("    " + line for line in lines)
+
     def _name(self, prefix: str) -> str:
         self.scratch += 1
         return f"{prefix}{self.scratch}"
 
     def _reordered(self, b: Buffer, order: str, read_only: bool) -> Buffer:
-        """b copied to a per-row buffer whose labels are in `order`."""
+        """b copied to a per-row buffer whose labels are in `order`; a shared b, once per call."""
         key = (b.base, order)
         if read_only and key in self.copies:
             return self.copies[key]
         sizes = dict(zip(b.labels, b.shape))
-        out = Buffer(self._name("t"), order, tuple(sizes[c] for c in order))
+        out = Buffer(self._name("t"), order, tuple(sizes[c] for c in order), b.shared)
         loops, depth = _loops(b.labels, sizes, 0)
-        self._emit([f"real {out.base}[{prod(out.shape)}] {ALIGNED};", *loops,
-                    "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"])
+        (self._emit_once if b.shared else self._emit)([
+            f"real {out.base}[{prod(out.shape)}] {ALIGNED};", *loops,
+            "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"])
         if read_only:
             self.copies[key] = out
         return out
@@ -168,10 +176,13 @@ class Argument:
     kind: str
 
 
-def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: list[str]) -> str:
+def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: list[str],
+                     prologue: list[str] = ()) -> str:
     """A C function running `body` for every row: `void name(int64_t n, int threads, <per argument:
-    pointer, row stride>)`. Outputs `o` are zeroed per row before the body accumulates into them."""
+    pointer, row stride>)`, after `prologue` (once per call, after the shared arguments' pointers).
+    Outputs `o` are zeroed per row before the body accumulates into them."""
     params = ["int64_t n", "int threads"]
+    once = []
     setup = []
     for a in arguments:
         const = "" if a.kind in "oa" else "const "
@@ -180,12 +191,12 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
         if a.rows:
             setup.append(f"{const}real *restrict {a.name} = {a.name.upper()} + z * {a.name}_stride;")
         else:
-            setup.append(f"{const}real *restrict {a.name} = {a.name.upper()};")
+            once.append(f"    {const}real *restrict {a.name} = {a.name.upper()};")
         if a.kind == "o":
             setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
     for local, size in locals_.items():
         setup.append(f"real {local}[{size}] {ALIGNED} = {{0}};")
-    lines = [f"void {name}({', '.join(params)})", "{",
+    lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue,
              "    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)",
              "    for (int64_t z = 0; z < n; ++z) {"]
     lines += ["        " + line for line in setup]
