@@ -50,6 +50,8 @@ def _arguments(fn, diagram, module_cls, rows: int, dtype: torch.dtype, g: torch.
 
 
 def _check_module(ops, rows: int = 37) -> int:
+    if hasattr(ops.module, "_native") and native.NativeKernels.usable(torch.float32):
+        ops.module._native.build(torch.float64, torch.float32)  # every CPU compiling at once
     checked = 0
     for diagram in ops.diagrams:
         for name, reference, cpu in _programs(ops.module):
@@ -232,3 +234,16 @@ def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch)
     after = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
     assert before[1] != after[1], "the change should have changed the C source"
     assert before[0] != after[0]
+
+
+def test_build_compiles_every_program_before_its_first_call(tmp_path, monkeypatch):
+    if native._compiler() is None:
+        pytest.skip("needs a C compiler")
+    monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path))
+    ops = fusionc.loads(_SOURCE + "# built ahead\n")  # a module of its own: nothing compiled yet
+    kernels = ops.module._native
+    assert not kernels.libraries
+    kernels.build(torch.float32, torch.float64)
+    assert set(kernels.libraries) == {(p, d) for p in kernels.sources for d in (torch.float32, torch.float64)}
+    assert len(list((tmp_path / "native").glob("*.so"))) == 2 * len(kernels.sources)
+    assert _check_module(ops, rows=5) > 0

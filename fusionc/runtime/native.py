@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -142,14 +143,24 @@ class NativeKernels:
         """Whether ops of this dtype run native kernels."""
         return dtype in TYPES and enabled()
 
+    def build(self, *dtypes: torch.dtype) -> None:
+        """Compile every program's kernels for these dtypes now, a compiler process per CPU at
+        once, rather than each at its program's first call."""
+        todo = [(program, dtype) for dtype in dtypes for program in self.sources
+                if (program, dtype) not in self.libraries]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            paths = list(pool.map(lambda key: _build(HEADER + self.sources[key[0]], TYPES[key[1]]), todo))
+        with _lock:
+            for key, path in zip(todo, paths):
+                self.libraries.setdefault(key, ctypes.CDLL(str(path)))
+
     def _function(self, name: str, dtype: torch.dtype):
         f = self.functions.get((name, dtype))
         if f is None:
             key = (self.programs[name], dtype)
             with _lock:
                 if key not in self.libraries:
-                    source = HEADER + self.sources[key[0]]
-                    self.libraries[key] = ctypes.CDLL(str(_build(source, TYPES[dtype])))
+                    self.libraries[key] = ctypes.CDLL(str(_build(HEADER + self.sources[key[0]], TYPES[dtype])))
             f = getattr(self.libraries[key], name)
             f.argtypes = [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p, ctypes.c_int64] * len(self.kinds[name])
             f.restype = None
