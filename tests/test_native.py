@@ -15,6 +15,9 @@ import pytest
 import torch
 
 import fusionc
+from fusionc.backends import get_backend
+from fusionc.backends import native as native_writer
+from fusionc.pipeline import compile_source
 from fusionc.runtime import native
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
@@ -219,9 +222,6 @@ def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, 
 def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch):
     """Ops are named by a hash of their module's code: two modules with the same torch code but
     different C kernels (another fusionc's) must not share ops, or the second runs the first's kernels."""
-    from fusionc.backends import get_backend
-    from fusionc.pipeline import compile_source
-
     diagrams = compile_source(_SOURCE, "native.fus")
     emit = get_backend("torch")
 
@@ -229,8 +229,7 @@ def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch)
         return text.split('OpNamespace("')[1].split('"')[0], text.split("rt.NativeKernels(")[1]
 
     before = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
-    from fusionc.backends import native as writer
-    monkeypatch.setattr(writer, "ACCUMULATOR_MAX", 0)  # sums accumulate in memory: other C, same torch code
+    monkeypatch.setattr(native_writer, "ACCUMULATOR_MAX", 0)  # sums accumulate in memory: other C, same torch code
     after = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
     assert before[1] != after[1], "the change should have changed the C source"
     assert before[0] != after[0]
@@ -247,3 +246,22 @@ def test_build_compiles_every_program_before_its_first_call(tmp_path, monkeypatc
     assert set(kernels.libraries) == {(p, d) for p in kernels.sources for d in (torch.float32, torch.float64)}
     assert len(list((tmp_path / "native").glob("*.so"))) == 2 * len(kernels.sources)
     assert _check_module(ops, rows=5) > 0
+
+
+def test_sums_over_rows_are_deterministic_and_zero_over_no_rows():
+    """Weight gradients summed over rows by the kernels (each thread its block of rows, then the
+    threads' sums in order) are the same bits run after run, and zero when there are no rows."""
+    ops = fusionc.loads(_SOURCE)
+    assert any("O" in kinds for kinds in ops.module._native.kinds.values())  # some sum runs natively
+    module = ops.tp(dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(500, 72, generator=g), torch.randn(500, 9, generator=g)
+    grads = []
+    for _ in range(3):
+        module.zero_grad()
+        module(x, y).pow(2).sum().backward()
+        grads.append(module.weight.grad.clone())
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    module.zero_grad()
+    module(x[:0], y[:0]).sum().backward()
+    assert torch.equal(module.weight.grad, torch.zeros_like(module.weight))

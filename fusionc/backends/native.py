@@ -1,18 +1,20 @@
 """Native CPU kernels: the row-local statements of a program as C, compiled at first use.
 
-The torch back end runs sums over rows (weight gradients) and products with large shared operands
-as torch.mm (the BLAS is as fast as it gets there), but most of a diagram's statements are small
-contractions within one row, or with a small shared operand (weights, a CG table): x (32 × 3) with that row's (3 × 5·paths) CG map, per-row weights times a CG
-product, the adjoints of these. torch runs each as a batch of thousands of tiny matrix products
-(`bmm`, 13 GFLOP/s) or a chain of broadcast multiplications, with a dispatch and a trip through
-memory per step. Here every run of consecutive row-local statements becomes one C function: one
-loop over rows (split between threads), and per row each statement as a loop nest with static
-sizes, its temporaries in per-row buffers that never leave the cache.
+The torch back end runs products with large shared operands, and sums over rows into large shared
+tensors, as torch.mm (the BLAS is as fast as it gets there), but most of a diagram's statements
+are small contractions within one row, or with a small shared operand, or summed over rows into
+a small shared tensor (a path group's weight gradient): x (32 × 3) with that row's
+(3 × 5·paths) CG map, per-row weights times a CG product, a path group's (2 × 32 × 32) weights
+times that, the adjoints of these. torch runs each as a batch of thousands of tiny matrix
+products (`bmm`, 13 GFLOP/s), a chain of broadcast multiplications or a matrix product, with a
+dispatch and a trip through memory per step. Here every run of consecutive row-local statements
+becomes one C function: one loop over rows (split between threads), and per row each statement
+as a loop nest with static sizes, its temporaries in per-row buffers that never leave the cache.
 
 Per statement, the loop nest vectorises over one label (the largest; channels u/v/w when
 present): the operands that carry it are copied, per row (a shared one once per call), to
-buffers where it is the innermost axis, so the innermost loop is a contiguous multiply-add the C compiler turns into
-SIMD (or, when the label is summed, a vector reduction).
+buffers where it is the innermost axis, so the innermost loop is a contiguous multiply-add the C
+compiler turns into SIMD (or, when the label is summed, a vector reduction).
 
 The source is plain C99 + OpenMP, one function per segment, written for a `real` type the
 runtime defines as float or double. This module writes text only (no torch, no compiler).
@@ -21,6 +23,7 @@ runtime defines as float or double. This module writes text only (no torch, no c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from math import prod
 
 from fusionc.analysis.program import Einsum
@@ -168,7 +171,8 @@ def program_of(function: str) -> str:
 class Argument:
     """A tensor the segment reads or writes: a C parameter named `name`; `rows` when it is (n, ...)
     with a row stride, `numel` the elements per row (or in all, for a shared one). `kind`: `r` read
-    (rows), `s` read (shared), `o` written (zeroed per row first), `a` accumulated into."""
+    (rows), `s` read (shared), `o` written (zeroed per row first), `a` accumulated into; `O` (written)
+    and `A` (added to): shared, the sum over rows of what the body adds to it."""
 
     name: str
     rows: bool
@@ -180,28 +184,50 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
                      prologue: list[str] = ()) -> str:
     """A C function running `body` for every row: `void name(int64_t n, int threads, <per argument:
     pointer, row stride>)`, after `prologue` (once per call, after the shared arguments' pointers).
-    Outputs `o` are zeroed per row before the body accumulates into them."""
+    Outputs `o` are zeroed per row before the body accumulates into them. Sums over rows (`O`, `A`)
+    go to per-thread partial sums (each thread takes one block of rows), added up in thread order
+    after the loop: the same result for the same thread count, run after run."""
     params = ["int64_t n", "int threads"]
     once = []
     setup = []
+    sums = [a for a in arguments if a.kind in "OA"]
+    offsets = dict(zip((a.name for a in sums), accumulate([0] + [a.numel for a in sums])))
+    total = sum(a.numel for a in sums)
     for a in arguments:
-        const = "" if a.kind in "oa" else "const "
+        const = "" if a.kind in "oaOA" else "const "
         params.append(f"{const}real *restrict {a.name.upper()}")
         params.append(f"int64_t {a.name}_stride")
         if a.rows:
             setup.append(f"{const}real *restrict {a.name} = {a.name.upper()} + z * {a.name}_stride;")
-        else:
+        elif a.kind not in "OA":
             once.append(f"    {const}real *restrict {a.name} = {a.name.upper()};")
         if a.kind == "o":
             setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
     for local, size in locals_.items():
         setup.append(f"real {local}[{size}] {ALIGNED} = {{0}};")
+    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *body, "    }"]
+    if not sums:
+        lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue,
+                 "    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop, "}"]
+        return "\n".join(lines)
     lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue,
-             "    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)",
-             "    for (int64_t z = 0; z < n; ++z) {"]
-    lines += ["        " + line for line in setup]
-    lines += body
-    lines += ["    }", "}"]
+             f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
+             "    #pragma omp parallel num_threads(threads) if (n >= 64)",
+             "    {",
+             *(f"        real *restrict {a.name} = partial + (int64_t)omp_get_thread_num() * {total} + "
+               f"{offsets[a.name]};" for a in sums),
+             "        #pragma omp for schedule(static)",
+             *("    " + line for line in loop),
+             "    }"]
+    for a in sums:
+        first = "0" if a.kind == "O" else f"{a.name.upper()}[i]"
+        lines += [f"    for (int64_t i = 0; i < {a.numel}; ++i) {{",
+                  f"        real sum = {first};",
+                  "        for (int t = 0; t < threads; ++t)",
+                  f"            sum += partial[(int64_t)t * {total} + {offsets[a.name]} + i];",
+                  f"        {a.name.upper()}[i] = sum;",
+                  "    }"]
+    lines += ["    free(partial);", "}"]
     return "\n".join(lines)
 
 
@@ -209,6 +235,8 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
 HEADER = """\
 /* Row-local statements of a fusionc program as C (fusionc/backends/native.py): per function,
  * one loop over rows. `real` is float or double, defined when the runtime compiles. */
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 """

@@ -316,20 +316,22 @@ def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
     return f"({product}).sum(({', '.join(str(k) for k in range(len(out), len(kept)))},))"
 
 
-#: Elements of a shared operand (weights, a constant matrix) beyond which a product with it is a
-#: matrix product for the BLAS, not a row-local statement for native code. Up to this (32 KiB in
-#: float32) it stays in L1 while every row reads it, and a native statement, fused with the
-#: statements around it, beats MKL on these short products: fc_tp's (5 × 32)·(32 × 64) per row,
-#: forward+backward 16% and double backward 17% faster than with torch.mm for them (float64:
-#: 22% and 30%), mace_product's 46%.
+#: Elements of a shared operand (weights, a constant matrix), or of a shared tensor summed over
+#: rows (a weight gradient), beyond which a product is a matrix product for the BLAS, not a
+#: statement for native code. Up to this (32 KiB in float32) it stays in L1 while every row
+#: reads or adds to it, and a native statement, fused with the statements around it, beats MKL
+#: on these short products. fc_tp's (5 × 32)·(32 × 64) per row: forward+backward 16% and double
+#: backward 17% faster than with torch.mm for them (float64: 22% and 30%), mace_product's 46%;
+#: its weight gradients summed natively, 7% and 9% more (fusion_block's 24% and 21%).
 SHARED_NATIVE = 8192
 
 
 class _NativeWriter(_ProgramWriter):
     """Writes a program as torch code in which every run of consecutive row-local statements is
     one call of a native kernel (`fusionc.backends.native`): products within a row, with per-row
-    or small shared operands (`SHARED_NATIVE`). Matrix products against larger shared weights or
-    constants (torch.mm), weight gradients (sums over rows), gathers and scatters stay torch code.
+    or small shared operands (`SHARED_NATIVE`), and sums over rows into small shared tensors.
+    Matrix products against larger shared weights or constants and sums over rows into larger
+    shared tensors (torch.mm), gathers and scatters stay torch code.
 
     A row tensor that only native code writes (a matrix product into it is written to a temporary
     in the product's own layout, which a native statement then adds in) is one flat (n, size)
@@ -353,12 +355,18 @@ class _NativeWriter(_ProgramWriter):
         self.relayouts: dict[tuple[View, str], View] = {}  # (view, label order) -> its native copy
 
     def row_local(self, s: Statement) -> bool:
-        """Whether s runs within each row: no sum over rows, no shared operand beyond SHARED_NATIVE."""
-        if not isinstance(s, Einsum) or not s.out.labels.startswith("z"):
+        """Whether s runs row by row: no shared operand beyond SHARED_NATIVE, and either no sum
+        over rows or a sum over rows into a shared tensor of at most SHARED_NATIVE elements (a
+        weight gradient: each thread sums its rows, then the threads' sums are added in order)."""
+        if not isinstance(s, Einsum):
             return False
         summed = set("".join(v.labels for v in s.operands)) - set(s.out.labels)
         shared = [v for v in s.operands if not self.p.tensors[v.tensor].rows]
-        return "z" not in summed and all(v.numel <= SHARED_NATIVE for v in shared)
+        if not all(v.numel <= SHARED_NATIVE for v in shared):
+            return False
+        if s.out.labels.startswith("z"):
+            return "z" not in summed
+        return "z" in summed and self.p.tensors[s.out.tensor].size <= SHARED_NATIVE
 
     def added_in(self, s: Statement) -> bool:
         """Whether s is a matrix product into a row tensor that others write too, or an output:
@@ -404,6 +412,10 @@ class _NativeWriter(_ProgramWriter):
 
     def enqueue(self, position: float, s: Einsum) -> None:
         inside = {k for k, _ in self.segment}
+        summing = {t.out.tensor for _, t in self.segment if not self.p.tensors[t.out.tensor].rows}
+        if any(v.tensor in summing for v in s.operands):  # a sum over rows is complete after its kernel
+            self.flush()
+            inside = set()
         for v in s.operands:  # a tensor partly written outside the segment is read as torch assembles it
             writers = self.written_at.get(v.tensor, [])
             if v.tensor not in self.owned and any(k in inside for k in writers) and not all(
@@ -477,13 +489,16 @@ class _NativeWriter(_ProgramWriter):
             t = s.out.tensor
             if t in home or t not in self.owned:
                 continue
-            if (t in p.outputs or t in self.allocated or any(k not in inside for k in self.written_at[t])
+            if (t in p.outputs or t in self.allocated or not p.tensors[t].rows
+                    or any(k not in inside for k in self.written_at[t])
                     or any(k not in inside for k in self.read_at.get(t, []))):
                 first = t not in self.allocated  # its first kernel zeroes each row, the others add in
+                rows = p.tensors[t].rows
                 if first:
-                    self.w(f"{t} = weight.new_empty(n, {p.tensors[t].size})")
+                    self.w(f"{t} = weight.new_empty({'n, ' if rows else ''}{p.tensors[t].size})")
                     self.allocated.add(t)
-                home[t] = argument(t, True, p.tensors[t].size, "o" if first else "a")
+                home[t] = argument(t, rows, p.tensors[t].size, ("o" if first else "a") if rows else
+                                   ("O" if first else "A"))
                 if max(self.written_at[t]) <= last:
                     self.ready[t] = (t, (p.tensors[t].size,))
             else:
@@ -498,9 +513,10 @@ class _NativeWriter(_ProgramWriter):
             for v in s.operands:
                 labels = v.labels.replace("z", "")
                 if v.tensor in home or v.tensor in self.allocated:  # complete: its writers come before
+                    rows = p.tensors[v.tensor].rows
                     if v.tensor not in home:
-                        home[v.tensor] = argument(v.tensor, True, p.tensors[v.tensor].size, "r")
-                    buffer = native.Buffer(f"({home[v.tensor]} + {v.start})", labels, v.shape)
+                        home[v.tensor] = argument(v.tensor, rows, p.tensors[v.tensor].size, "r" if rows else "s")
+                    buffer = native.Buffer(f"({home[v.tensor]} + {v.start})", labels, v.shape, not rows)
                     operands.append((buffer, v.tensor not in written))
                     continue
                 if v not in reads:
@@ -519,9 +535,10 @@ class _NativeWriter(_ProgramWriter):
                 if key not in pieces:
                     local = f"{o.tensor.lstrip('_')}_{self.locals}"
                     self.locals += 1
-                    self.w(f"{local} = weight.new_empty(n, {', '.join(map(str, o.shape))})")
+                    rows = p.tensors[o.tensor].rows
+                    self.w(f"{local} = weight.new_empty({'n, ' if rows else ''}{', '.join(map(str, o.shape))})")
                     self.pieces.setdefault(o.tensor, {}).setdefault((o.start, o.shape), []).append(local)
-                    pieces[key] = argument(local, True, o.numel, "o")
+                    pieces[key] = argument(local, rows, o.numel, "o" if rows else "O")
                 base = pieces[key]
             body.statement(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands)
             if s.note:
@@ -701,8 +718,8 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
         functions.append((d, (forward, firsts, seconds, partial), blocks, lowered, runners))
     # ops are named by a hash of their code, native kernels included: the same name always means
     # the same computation
-    code = "\n".join([*(line for _, _, blocks, (extra, _), _ in functions for lines in blocks + [extra] for line in lines),
-                      *(source for source, _ in (kernels or {}).values())])
+    code = "\n".join([*(line for _, _, blocks, (extra, _), _ in functions for lines in blocks + [extra]
+                        for line in lines), *(source for source, _ in (kernels or {}).values())])
     w()
     w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
     for d, (forward, firsts, seconds, partial), blocks, (extra, runner), runners in functions:

@@ -130,7 +130,8 @@ class NativeKernels:
     """The C functions of one generated module, by program: `sources[program]` holds its
     functions (compiled together, on the first call of one of them, per dtype); `kinds[name]`
     gives, per argument of function `name`, `r` (rows in, (n, ...) with a row stride), `s` (shared
-    in, no rows), `o` (rows out, overwritten) or `a` (rows, accumulated into)."""
+    in, no rows), `o` (rows out, overwritten), `a` (rows, accumulated into), `O` (shared out, the
+    sum over rows) or `A` (shared, the sum over rows added to it)."""
 
     def __init__(self, sources: dict[str, str], kinds: dict[str, str]) -> None:
         self.sources, self.kinds = sources, kinds
@@ -169,16 +170,21 @@ class NativeKernels:
 
     def run(self, name: str, n: int, *tensors: torch.Tensor) -> None:
         """Run kernel `name` on n rows; its outputs (the `o` and `a` arguments) are written."""
-        if n == 0:
-            return
         dtype = tensors[0].dtype
+        if n == 0:  # nothing to run: sums over no rows are zero
+            for t, kind in zip(tensors, self.kinds[name]):
+                if kind == "O":
+                    t.zero_()
+            return
         arguments: list = [n, torch.get_num_threads()]
         keep = []  # copies made here live until the call returns
         for t, kind in zip(tensors, self.kinds[name]):
             if t.dtype is not dtype or not t.is_cpu:
                 raise ValueError(f"native kernel {name}: every tensor must be {dtype} on the CPU, got {t.dtype} "
                                  f"on {t.device}")
-            if kind == "s":
+            if kind in "OA" and not t.is_contiguous():
+                raise ValueError(f"native kernel {name}: a sum over rows must be contiguous, got strides {t.stride()}")
+            if kind in "sOA":
                 if not t.is_contiguous():
                     t = t.contiguous()
                     keep.append(t)

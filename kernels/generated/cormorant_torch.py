@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_69b5e3563e03c371")
+_ops = rt.OpNamespace("fusionc_bb0cdac1b0e5e779")
 
 
 def _cormorant_cg(
@@ -353,19 +353,8 @@ def _cormorant_cg_d_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_cg: f (n, 144), d_g (n, 144) -> d_f (n, 144), d_weight (1680,)."""
     n = f.shape[0]
-    _p1 = weight.new_empty(n, 16)
-    p = weight.new_empty(n, 144)
-    _p3 = weight.new_empty(n, 48)
-    _p5 = weight.new_empty(n, 80)
-    _p6 = weight.new_empty(n, 16)
-    _p7 = weight.new_empty(n, 80)
-    _p8 = weight.new_empty(n, 48)
-    _p9 = weight.new_empty(n, 80)
-    _c5 = weight.new_empty(n, 80)
-    _p10 = weight.new_empty(n, 16)
-    _p11 = weight.new_empty(n, 80)
     d_f = weight.new_empty(n, 144)
-    _copy0 = weight.new_empty(n, 80)
+    d_weight = weight.new_empty(1680)
     # p1 = (p0 ⊗ p0) -> 16x0
     # p3 = (p0 ⊗ p2) -> 16x1
     # p5 = (p0 ⊗ p4) -> 16x2
@@ -376,129 +365,36 @@ def _cormorant_cg_d_cpu(
     # p10 = (p4 ⊗ p4) -> 16x0
     # p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂f: 16x2 -> 16x2
-    _native.run('cormorant_cg_d_s0', n, _p1, p, _p3, _p5, _p6, _p7, _p8, _p9, _c5, _p10, _p11, d_f, _copy0, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16))
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 48)
     # ∂/∂f: 16x1 -> 16x1
-    _native.run('cormorant_cg_d_s1', n, d_f, _copy1, d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy1
     # ∂/∂f: 16x0 -> 16x0
-    _native.run('cormorant_cg_d_s2', n, d_f, d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16))
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_2 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    d_p = weight.new_empty(n, 144)
-    _copy2 = weight.new_empty(n, 80)
     # ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_cg_d_s3', n, d_p, _copy2, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), p)
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_3 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy2.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy2
-    _copy3 = weight.new_empty(n, 48)
     # ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_cg_d_s4', n, d_p, _copy3, d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), p)
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_4 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy3.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy3
     # ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_cg_d_s5', n, d_p, d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16))
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_5 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    del p
-    d__p11 = weight.new_empty(n, 80)
-    _copy4 = weight.new_empty(n, 80)
-    _copy5 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_s6', n, d__p11, _copy4, _copy5, d_p, weight[128:144].view(16), _p11)
-    del _p11
-    d_weight_6 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy5
-    d__p10 = weight.new_empty(n, 16)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s7', n, d_f, d__p10, d__p11, f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, f[:, 64:144].reshape(n, 16, 5), d_p, weight[112:128].view(16))
-    del d__p11
-    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p10
-    d__p9 = weight.new_empty(n, 80)
-    _copy6 = weight.new_empty(n, 80)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d_s8', n, d_f, d__p9, _copy6, d__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, _c5, d_p, weight[96:112].view(16), _p9)
-    del _c5, _p9, d__p10
-    d_weight_8 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy6.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy6
-    d__p8 = weight.new_empty(n, 48)
-    _copy7 = weight.new_empty(n, 48)
-    _copy8 = weight.new_empty(n, 48)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s9', n, d_f, d__p8, _copy7, _copy8, d__p9, cg_1_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), d_p, weight[80:96].view(16), _p8)
-    del _p8, d__p9
-    d_weight_9 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy8.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy8
-    d__p7 = weight.new_empty(n, 80)
-    _copy9 = weight.new_empty(n, 80)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d_s10', n, d_f, d__p7, _copy9, d__p8, f[:, 64:144].reshape(n, 16, 5), cg_1_2_1, f[:, 16:64].reshape(n, 16, 3), d_p, weight[64:80].view(16), _p7)
-    del _p7, d__p8
-    d_weight_10 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy9.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy9
-    d__p6 = weight.new_empty(n, 16)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d_s11', n, d_f, d__p6, d__p7, cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), d_p, weight[48:64].view(16))
-    del d__p7
-    d_weight_11 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p6
-    d__p5 = weight.new_empty(n, 80)
-    _copy10 = weight.new_empty(n, 80)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d_s12', n, d_f, d__p5, _copy10, d__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d_p, weight[32:48].view(16), _p5)
-    del _p5, d__p6
-    d_weight_12 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy10.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy10, _copy4
-    d__p3 = weight.new_empty(n, 48)
-    _copy11 = weight.new_empty(n, 48)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s13', n, d_f, d__p3, _copy11, d__p5, cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), d_p, weight[16:32].view(16), _p3)
-    del _p3, d__p5
-    d_weight_13 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy11.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy11, _copy7
-    d__p1 = weight.new_empty(n, 16)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d_s14', n, d_f, d__p1, d__p3, cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), d_p, weight[0:16].view(16))
-    del d__p3
-    d_weight_14 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p1, d_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d_s15', n, d_f, d__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
-    del d__p1
-    d_weight = torch.cat([
-        d_weight_14.reshape(16),
-        d_weight_13.reshape(16),
-        d_weight_12.reshape(16),
-        d_weight_11.reshape(16),
-        d_weight_10.reshape(16),
-        d_weight_9.reshape(16),
-        d_weight_8.reshape(16),
-        d_weight_7.reshape(16),
-        d_weight_6.reshape(16),
-        d_weight_5.reshape(256),
-        d_weight_4.reshape(256),
-        d_weight_3.reshape(256),
-        d_weight_2.reshape(256),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(256),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_13, d_weight_14, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    _native.run('cormorant_cg_d_s0', n, d_f, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
     return [d_f, d_weight]
 
 
@@ -789,18 +685,9 @@ def _cormorant_cg_d2_f_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
-    d_p = weight.new_empty(n, 144)
-    d__p11 = weight.new_empty(n, 80)
-    d__p10 = weight.new_empty(n, 16)
-    d__p9 = weight.new_empty(n, 80)
-    d__p8 = weight.new_empty(n, 48)
-    d__p7 = weight.new_empty(n, 80)
-    d__p6 = weight.new_empty(n, 16)
-    d__p5 = weight.new_empty(n, 80)
-    d__p3 = weight.new_empty(n, 48)
-    d2_d__p1 = weight.new_empty(n, 16)
     d2_f = weight.new_empty(n, 144)
-    d2_d_p = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(1680)
+    d2_d_g = weight.new_empty(n, 144)
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
@@ -808,141 +695,51 @@ def _cormorant_cg_d2_f_cpu(
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d2_f_s0', n, d_p, d__p11, d__p10, d__p9, d__p8, d__p7, d__p6, d__p5, d__p3, d2_d__p1, d2_f, d2_d_p, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), weight[128:144].view(16), weight[112:128].view(16), weight[96:112].view(16), weight[80:96].view(16), weight[64:80].view(16), weight[48:64].view(16), weight[32:48].view(16), weight[16:32].view(16), weight[0:16].view(16), d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_weight_0 = torch.bmm((d2_d__p1.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del d2_d__p1
-    d2_d__p3 = weight.new_empty(n, 48)
-    _copy0 = weight.new_empty(n, 48)
-    _copy1 = weight.new_empty(n, 48)
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_f_s1', n, d2_d__p3, d2_f, d2_d_p, _copy0, _copy1, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d__p3, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), weight[16:32].view(16), d_p)
-    del d2_d__p3, d__p3
-    d2_weight_1 = torch.bmm((_copy0.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy0
-    d2_d__p5 = weight.new_empty(n, 80)
-    _copy2 = weight.new_empty(n, 80)
-    _copy3 = weight.new_empty(n, 80)
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s2', n, d2_d__p5, d2_f, d2_d_p, _copy2, _copy3, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d__p5, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5), weight[32:48].view(16), d_p)
-    del d2_d__p5, d__p5
-    d2_weight_2 = torch.bmm((_copy2.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy2
-    _c10 = weight.new_empty(n, 144)
-    d2_d__p6 = weight.new_empty(n, 16)
-    _c12 = weight.new_empty(n, 144)
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_f_s3', n, _c10, d2_d__p6, d2_f, _c12, d2_d_p, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, d__p6, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), weight[48:64].view(16))
-    del d__p6
-    d2_weight_3 = torch.bmm((d2_d__p6.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del d2_d__p6
-    d2_d__p7 = weight.new_empty(n, 80)
-    _copy4 = weight.new_empty(n, 80)
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_f_s4', n, d2_d__p7, d2_f, d2_d_p, _copy4, cg_1_1_2, _c10, d__p7, d2_d_f[:, 16:64].reshape(n, 16, 3), _c12, d2_d_f[:, 16:64].reshape(n, 16, 3), weight[64:80].view(16))
-    del _c10, _c12, d2_d__p7, d__p7
-    d2_weight_4 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy4
-    _c15 = weight.new_empty(n, 240)
-    d2_d__p8 = weight.new_empty(n, 48)
-    _c17 = weight.new_empty(n, 240)
-    _copy5 = weight.new_empty(n, 48)
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_f_s5', n, _c15, d2_d__p8, d2_f, _c17, d2_d_p, _copy5, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), cg_1_2_1, d__p8, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), weight[80:96].view(16))
-    del d2_d__p8, d__p8
-    d2_weight_5 = torch.bmm((_copy5.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy1, _copy5
-    d2_d__p9 = weight.new_empty(n, 80)
-    _copy6 = weight.new_empty(n, 80)
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s6', n, d2_d__p9, d2_f, d2_d_p, _copy6, cg_1_2_2, _c15, d__p9, d2_d_f[:, 64:144].reshape(n, 16, 5), _c17, d2_d_f[:, 16:64].reshape(n, 16, 3), weight[96:112].view(16))
-    del _c15, _c17, d2_d__p9, d__p9
-    d2_weight_6 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy6
-    d2_d__p10 = weight.new_empty(n, 16)
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_f_s7', n, d2_d__p10, d2_f, d2_d_p, d2_d_f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d__p10, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16))
-    del d__p10
-    d2_weight_7 = torch.bmm((d2_d__p10.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del d2_d__p10, d_p
-    d2_d__p11 = weight.new_empty(n, 80)
-    _copy7 = weight.new_empty(n, 80)
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s8', n, d2_d__p11, d2_f, d2_d_p, _copy7, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, d__p11, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5), weight[128:144].view(16))
-    del d2_d__p11, d__p11
-    d2_weight_8 = torch.bmm((_copy7.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy3, _copy7
-    d2_d_g = weight.new_empty(n, 144)
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_cg_d2_f_s9', n, d2_d_g, d2_d_p, weight[144:400].view(16, 16))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_9 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    _copy8 = weight.new_empty(n, 48)
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_cg_d2_f_s10', n, d2_d_g, _copy8, d2_d_p, weight[400:656].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_10 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy8.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    _copy9 = weight.new_empty(n, 80)
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_cg_d2_f_s11', n, d2_d_g, _copy9, d2_d_p, weight[656:912].view(16, 16), d_g[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_11 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy9.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del d2_d_p
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    _native.run('cormorant_cg_d2_f_s12', n, d2_d_g, d2_d_f[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16))
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_12 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    _native.run('cormorant_cg_d2_f_s13', n, d2_d_g, d2_d_f[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16))
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_13 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy8.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy8
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    _native.run('cormorant_cg_d2_f_s14', n, d2_d_g, d2_d_f[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16))
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_14 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy9.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy9
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(16),
-        d2_weight_1.reshape(16),
-        d2_weight_2.reshape(16),
-        d2_weight_3.reshape(16),
-        d2_weight_4.reshape(16),
-        d2_weight_5.reshape(16),
-        d2_weight_6.reshape(16),
-        d2_weight_7.reshape(16),
-        d2_weight_8.reshape(16),
-        d2_weight_9.reshape(256),
-        d2_weight_10.reshape(256),
-        d2_weight_11.reshape(256),
-        d2_weight_12.reshape(256),
-        d2_weight_13.reshape(256),
-        d2_weight_14.reshape(256),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_10, d2_weight_11, d2_weight_12, d2_weight_13, d2_weight_14, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5, d2_weight_6, d2_weight_7, d2_weight_8, d2_weight_9
+    _native.run('cormorant_cg_d2_f_s0', n, d2_f, d2_weight, d2_d_g, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), weight[128:144].view(16), weight[112:128].view(16), weight[96:112].view(16), weight[80:96].view(16), weight[64:80].view(16), weight[48:64].view(16), weight[32:48].view(16), weight[16:32].view(16), weight[0:16].view(16), d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[912:1168].view(16, 16), weight[1168:1424].view(16, 16), weight[1424:1680].view(16, 16))
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -1245,29 +1042,9 @@ def _cormorant_cg_d2_weight_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
-    _p1 = weight.new_empty(n, 16)
-    p = weight.new_empty(n, 144)
-    _p3 = weight.new_empty(n, 48)
-    _p5 = weight.new_empty(n, 80)
-    _p6 = weight.new_empty(n, 16)
-    _p7 = weight.new_empty(n, 80)
-    _p8 = weight.new_empty(n, 48)
-    _p9 = weight.new_empty(n, 80)
-    _c5 = weight.new_empty(n, 80)
-    _p10 = weight.new_empty(n, 16)
-    _p11 = weight.new_empty(n, 80)
-    d2_d_p = weight.new_empty(n, 144)
-    d2__p1 = weight.new_empty(n, 16)
-    d2__p3 = weight.new_empty(n, 48)
-    d2__p5 = weight.new_empty(n, 80)
-    d2__p6 = weight.new_empty(n, 16)
-    d2__p7 = weight.new_empty(n, 80)
-    d2__p8 = weight.new_empty(n, 48)
-    d2__p9 = weight.new_empty(n, 80)
-    d2__p10 = weight.new_empty(n, 16)
-    d2__p11 = weight.new_empty(n, 80)
     d2_d_g = weight.new_empty(n, 144)
-    d2_p = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(1680)
+    d2_f = weight.new_empty(n, 144)
     # p1 = (p0 ⊗ p0) -> 16x0
     # p3 = (p0 ⊗ p2) -> 16x1
     # p5 = (p0 ⊗ p4) -> 16x2
@@ -1283,113 +1060,40 @@ def _cormorant_cg_d2_weight_cpu(
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_cg_d2_weight_s0', n, _p1, p, _p3, _p5, _p6, _p7, _p8, _p9, _c5, _p10, _p11, d2_d_p, d2__p1, d2__p3, d2__p5, d2__p6, d2__p7, d2__p8, d2__p9, d2__p10, d2__p11, d2_d_g, d2_p, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), d2_d_weight[0:16].view(16), d2_d_weight[16:32].view(16), d2_d_weight[32:48].view(16), d2_d_weight[48:64].view(16), d2_d_weight[64:80].view(16), d2_d_weight[80:96].view(16), d2_d_weight[96:112].view(16), d2_d_weight[112:128].view(16), d2_d_weight[128:144].view(16), d2_d_weight[144:400].view(16, 16))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    _copy0 = weight.new_empty(n, 48)
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_cg_d2_weight_s1', n, d2_d_g, d2_p, _copy0, d2_d_weight[400:656].view(16, 16), p, d_g[:, 16:64].reshape(n, 16, 3), d2_d_p, weight[400:656].view(16, 16))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy0.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 80)
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_cg_d2_weight_s2', n, d2_d_g, d2_p, _copy1, d2_d_weight[656:912].view(16, 16), p, d_g[:, 64:144].reshape(n, 16, 5), d2_d_p, weight[656:912].view(16, 16))
-    del p
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy1, d2_d_p
-    d2_f = weight.new_empty(n, 144)
-    _copy2 = weight.new_empty(n, 80)
-    _copy3 = weight.new_empty(n, 80)
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    _native.run('cormorant_cg_d2_weight_s3', n, d2_d_g, d2_f, d2__p11, _copy2, _copy3, d2_d_weight[912:1168].view(16, 16), f[:, 0:16].reshape(n, 16, 1), d_g[:, 0:16].reshape(n, 16, 1), d2_d_weight[1168:1424].view(16, 16), f[:, 16:64].reshape(n, 16, 3), d_g[:, 16:64].reshape(n, 16, 3), d2_d_weight[1424:1680].view(16, 16), f[:, 64:144].reshape(n, 16, 5), d_g[:, 64:144].reshape(n, 16, 5), d2_p, weight[128:144].view(16), _p11)
-    del _p11
-    d2_weight_3 = torch.bmm((_copy2.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy3
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s4', n, d2_f, d2__p10, d2__p11, f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, f[:, 64:144].reshape(n, 16, 5), d2_p, weight[112:128].view(16))
-    del d2__p11
-    d2_weight_4 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p10
-    _copy4 = weight.new_empty(n, 80)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s5', n, d2_f, d2__p9, _copy4, d2__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, _c5, d2_p, weight[96:112].view(16), _p9)
-    del _c5, _p9, d2__p10
-    d2_weight_5 = torch.bmm((_copy2.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy4.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy4
-    _copy5 = weight.new_empty(n, 48)
-    _copy6 = weight.new_empty(n, 48)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s6', n, d2_f, d2__p8, _copy5, _copy6, d2__p9, cg_1_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), d2_p, weight[80:96].view(16), _p8)
-    del _p8, d2__p9
-    d2_weight_6 = torch.bmm((_copy5.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy6.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy6
-    _copy7 = weight.new_empty(n, 80)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s7', n, d2_f, d2__p7, _copy7, d2__p8, f[:, 64:144].reshape(n, 16, 5), cg_1_2_1, f[:, 16:64].reshape(n, 16, 3), d2_p, weight[64:80].view(16), _p7)
-    del _p7, d2__p8
-    d2_weight_7 = torch.bmm((_copy2.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy7.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy7
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s8', n, d2_f, d2__p6, d2__p7, cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), d2_p, weight[48:64].view(16))
-    del d2__p7
-    d2_weight_8 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p6
-    _copy8 = weight.new_empty(n, 80)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s9', n, d2_f, d2__p5, _copy8, d2__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d2_p, weight[32:48].view(16), _p5)
-    del _p5, d2__p6
-    d2_weight_9 = torch.bmm((_copy2.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy8.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy2, _copy8
-    _copy9 = weight.new_empty(n, 48)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s10', n, d2_f, d2__p3, _copy9, d2__p5, cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), d2_p, weight[16:32].view(16), _p3)
-    del _p3, d2__p5
-    d2_weight_10 = torch.bmm((_copy5.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy9.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy5, _copy9
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s11', n, d2_f, d2__p1, d2__p3, cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), d2_p, weight[0:16].view(16))
-    del d2__p3
-    d2_weight_11 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p1, d2_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s12', n, d2_f, d2__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
-    del d2__p1
-    d2_weight = torch.cat([
-        d2_weight_11.reshape(16),
-        d2_weight_10.reshape(16),
-        d2_weight_9.reshape(16),
-        d2_weight_8.reshape(16),
-        d2_weight_7.reshape(16),
-        d2_weight_6.reshape(16),
-        d2_weight_5.reshape(16),
-        d2_weight_4.reshape(16),
-        d2_weight_3.reshape(16),
-        d2_weight_0.reshape(256),
-        d2_weight_1.reshape(256),
-        d2_weight_2.reshape(256),
-        weight.new_zeros(768),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_10, d2_weight_11, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5, d2_weight_6, d2_weight_7, d2_weight_8, d2_weight_9
+    _native.run('cormorant_cg_d2_weight_s0', n, d2_d_g, d2_weight, d2_f, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), d2_d_weight[0:16].view(16), d2_d_weight[16:32].view(16), d2_d_weight[32:48].view(16), d2_d_weight[48:64].view(16), d2_d_weight[64:80].view(16), d2_d_weight[80:96].view(16), d2_d_weight[96:112].view(16), d2_d_weight[112:128].view(16), d2_d_weight[128:144].view(16), d2_d_weight[144:400].view(16, 16), d2_d_weight[400:656].view(16, 16), d2_d_weight[656:912].view(16, 16), d2_d_weight[912:1168].view(16, 16), d2_d_weight[1168:1424].view(16, 16), d2_d_weight[1424:1680].view(16, 16))
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -1677,17 +1381,7 @@ def _cormorant_cg_d_only_weight_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_cg, d_weight only: f (n, 144), d_g (n, 144) -> d_weight (1680,)."""
     n = f.shape[0]
-    _p1 = weight.new_empty(n, 16)
-    p = weight.new_empty(n, 144)
-    _p3 = weight.new_empty(n, 48)
-    _p5 = weight.new_empty(n, 80)
-    _p6 = weight.new_empty(n, 16)
-    _p7 = weight.new_empty(n, 80)
-    _p8 = weight.new_empty(n, 48)
-    _p9 = weight.new_empty(n, 80)
-    _p10 = weight.new_empty(n, 16)
-    _p11 = weight.new_empty(n, 80)
-    _copy0 = weight.new_empty(n, 80)
+    d_weight = weight.new_empty(1680)
     # p1 = (p0 ⊗ p0) -> 16x0
     # p3 = (p0 ⊗ p2) -> 16x1
     # p5 = (p0 ⊗ p4) -> 16x2
@@ -1697,91 +1391,16 @@ def _cormorant_cg_d_only_weight_cpu(
     # p9 = (p2 ⊗ p4) -> 16x2
     # p10 = (p4 ⊗ p4) -> 16x0
     # p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_only_weight_s0', n, _p1, p, _p3, _p5, _p6, _p7, _p8, _p9, _p10, _p11, _copy0, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16))
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d_only_weight_s1', n, _copy1, f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy1
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_2 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    d_p = weight.new_empty(n, 144)
-    _copy2 = weight.new_empty(n, 80)
     # ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_cg_d_only_weight_s2', n, d_p, _copy2, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), p)
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_3 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy2.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy2
-    _copy3 = weight.new_empty(n, 48)
     # ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_cg_d_only_weight_s3', n, d_p, _copy3, d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), p)
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_4 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy3.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy3
     # ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_cg_d_only_weight_s4', n, d_p, d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16))
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_5 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    del p
-    _copy4 = weight.new_empty(n, 80)
-    _copy5 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_only_weight_s5', n, _copy4, _copy5, d_p, _p11)
-    del _p11
-    d_weight_6 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy5
-    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p10
-    _copy6 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_only_weight_s6', n, _copy6, _p9)
-    del _p9
-    d_weight_8 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy6.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy6
-    _copy7 = weight.new_empty(n, 48)
-    _copy8 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d_only_weight_s7', n, _copy7, _copy8, d_p, _p8)
-    del _p8
-    d_weight_9 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy8.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy8
-    _copy9 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_only_weight_s8', n, _copy9, _p7)
-    del _p7
-    d_weight_10 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy9.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy9
-    d_weight_11 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p6
-    _copy10 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_only_weight_s9', n, _copy10, _p5)
-    del _p5
-    d_weight_12 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy10.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
-    del _copy10, _copy4
-    _copy11 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d_only_weight_s10', n, _copy11, _p3)
-    del _p3
-    d_weight_13 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy11.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
-    del _copy11, _copy7
-    d_weight_14 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
-    del _p1, d_p
-    d_weight = torch.cat([
-        d_weight_14.reshape(16),
-        d_weight_13.reshape(16),
-        d_weight_12.reshape(16),
-        d_weight_11.reshape(16),
-        d_weight_10.reshape(16),
-        d_weight_9.reshape(16),
-        d_weight_8.reshape(16),
-        d_weight_7.reshape(16),
-        d_weight_6.reshape(16),
-        d_weight_5.reshape(256),
-        d_weight_4.reshape(256),
-        d_weight_3.reshape(256),
-        d_weight_2.reshape(256),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(256),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_13, d_weight_14, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
+    _native.run('cormorant_cg_d_only_weight_s0', n, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), d_g[:, 16:64].reshape(n, 16, 3), d_g[:, 0:16].reshape(n, 16, 1), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
     return [d_weight]
 
 
@@ -2157,23 +1776,10 @@ def _cormorant_message_d_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
     n = f.shape[0]
-    _m_p_0 = weight.new_empty(n, 179)
-    _t_p_0_0_0 = weight.new_empty(n, 16)
-    p = weight.new_empty(n, 144)
-    _t_p_0_0_1 = weight.new_empty(n, 48)
-    _t_p_0_0_2 = weight.new_empty(n, 80)
-    _t_p_0_1_0 = weight.new_empty(n, 16)
-    _w_p_0_1_1 = weight.new_empty(n, 48)
-    _t_p_0_1_1 = weight.new_empty(n, 144)
-    _w_p_0_1_2 = weight.new_empty(n, 32)
-    _t_p_0_1_2 = weight.new_empty(n, 160)
-    _t_p_0_2_0 = weight.new_empty(n, 16)
-    _w_p_0_2_1 = weight.new_empty(n, 32)
-    _t_p_0_2_1 = weight.new_empty(n, 96)
-    _w_p_0_2_2 = weight.new_empty(n, 48)
-    _t_p_0_2_2 = weight.new_empty(n, 240)
-    d_p = weight.new_empty(n, 144)
-    _copy0 = weight.new_empty(n, 80)
+    d_weight = weight.new_empty(768)
+    d_f = weight.new_empty(n, 144)
+    d_w = weight.new_empty(n, 240)
+    d_sh = weight.new_empty(n, 9)
     # every path's (i, k) map at once: sh · G
     # 1 paths 16x0 ⊗ sh -> 16x0
     # 1 paths 16x0 ⊗ sh -> 16x1
@@ -2185,24 +1791,11 @@ def _cormorant_message_d_cpu(
     # 2 paths 16x2 ⊗ sh -> 16x1
     # 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_message_d_s0', n, _m_p_0, _t_p_0_0_0, p, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _w_p_0_1_1, _t_p_0_1_1, _w_p_0_1_2, _t_p_0_1_2, _t_p_0_2_0, _w_p_0_2_1, _t_p_0_2_1, _w_p_0_2_2, _t_p_0_2_2, d_p, _copy0, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16))
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 48)
     # ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_message_d_s1', n, d_p, _copy1, d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), p)
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy1
     # ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_message_d_s2', n, d_p, d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_2 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    del p
-    d_f = weight.new_empty(n, 144)
-    d_w = weight.new_empty(n, 240)
-    d_sh = weight.new_empty(n, 9)
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
@@ -2222,14 +1815,7 @@ def _cormorant_message_d_cpu(
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d_s3', n, d_f, d_w, d_sh, d_p, _w_p_0_2_2, _t_p_0_2_2, _m_p_0, f[:, 64:144].reshape(n, 16, 5), _w_p_0_2_1, _t_p_0_2_1, w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0, _w_p_0_1_2, _t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1, _t_p_0_1_1, w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0, w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1, w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0, _g_p_0)
-    del _m_p_0, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
-    d_weight = torch.cat([
-        d_weight_2.reshape(256),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(256),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2
+    _native.run('cormorant_message_d_s0', n, d_weight, d_f, d_w, d_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
     return [d_f, d_sh, d_w, d_weight]
 
 
@@ -2461,14 +2047,10 @@ def _cormorant_message_d2_f_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
-    d2__m_p_0 = weight.new_empty(n, 179)
-    d2_d_p = weight.new_empty(n, 144)
     d2_w = weight.new_empty(n, 240)
-    d2__w_p_0_1_1 = weight.new_empty(n, 48)
-    d2__w_p_0_1_2 = weight.new_empty(n, 32)
-    d2__w_p_0_2_1 = weight.new_empty(n, 32)
-    d2__w_p_0_2_2 = weight.new_empty(n, 48)
     d2_d_m = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(768)
+    d2_sh = weight.new_empty(n, 9)
     # every path's (i, k) map at once: sh · G
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
@@ -2492,32 +2074,14 @@ def _cormorant_message_d2_f_cpu(
     # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_message_d2_f_s0', n, d2__m_p_0, d2_d_p, d2_w, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2, d2_d_m, sh.reshape(n, 9), _g_p_0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    _copy0 = weight.new_empty(n, 48)
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_message_d2_f_s1', n, d2_d_m, _copy0, d2_d_p, weight[256:512].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy0.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 80)
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_message_d2_f_s2', n, d2_d_m, _copy1, d2_d_p, weight[512:768].view(16, 16), d_m[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy1, d2_d_p
-    d2_sh = weight.new_empty(n, 9)
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d2_f_s3', n, d2_w, d2_sh, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1, d2__m_p_0, _g_p_0)
-    del d2__m_p_0, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
+    _native.run('cormorant_message_d2_f_s0', n, d2_w, d2_d_m, d2_weight, d2_sh, sh.reshape(n, 9), _g_p_0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5))
     d2_f = weight.new_zeros(n, 144)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(256),
-        d2_weight_1.reshape(256),
-        d2_weight_2.reshape(256),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -2738,13 +2302,9 @@ def _cormorant_message_d2_sh_cpu(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     d2_f = weight.new_empty(n, 144)
-    d2_d_p = weight.new_empty(n, 144)
     d2_w = weight.new_empty(n, 240)
-    d2__w_p_0_1_1 = weight.new_empty(n, 48)
-    d2__w_p_0_1_2 = weight.new_empty(n, 32)
-    d2__w_p_0_2_1 = weight.new_empty(n, 32)
-    d2__w_p_0_2_2 = weight.new_empty(n, 48)
     d2_d_m = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(768)
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
@@ -2768,30 +2328,13 @@ def _cormorant_message_d2_sh_cpu(
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_message_d2_sh_s0', n, d2_f, d2_d_p, d2_w, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2, d2_d_m, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    _copy0 = weight.new_empty(n, 48)
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_message_d2_sh_s1', n, d2_d_m, _copy0, d2_d_p, weight[256:512].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy0.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 80)
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_message_d2_sh_s2', n, d2_d_m, _copy1, d2_d_p, weight[512:768].view(16, 16), d_m[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy1, d2_d_p
-    _native.run('cormorant_message_d2_sh_s3', n, d2_w, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1)
-    del d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
+    _native.run('cormorant_message_d2_sh_s0', n, d2_f, d2_w, d2_d_m, d2_weight, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     d2_sh = weight.new_zeros(n, 9)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(256),
-        d2_weight_1.reshape(256),
-        d2_weight_2.reshape(256),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -3006,18 +2549,10 @@ def _cormorant_message_d2_w_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
-    _m_p_0 = weight.new_empty(n, 179)
-    d2_d_p = weight.new_empty(n, 144)
-    d2__t_p_0_0_0 = weight.new_empty(n, 16)
-    d2__t_p_0_0_1 = weight.new_empty(n, 48)
-    d2__t_p_0_0_2 = weight.new_empty(n, 80)
-    d2__t_p_0_1_0 = weight.new_empty(n, 16)
-    d2__t_p_0_1_1 = weight.new_empty(n, 144)
-    d2__t_p_0_1_2 = weight.new_empty(n, 160)
-    d2__t_p_0_2_0 = weight.new_empty(n, 16)
-    d2__t_p_0_2_1 = weight.new_empty(n, 96)
-    d2__t_p_0_2_2 = weight.new_empty(n, 240)
     d2_d_m = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(768)
+    d2_f = weight.new_empty(n, 144)
+    d2_sh = weight.new_empty(n, 9)
     # every path's (i, k) map at once: sh · G
     # 1 paths 16x0 ⊗ sh -> 16x0
     # 1 paths 16x0 ⊗ sh -> 16x1
@@ -3032,23 +2567,11 @@ def _cormorant_message_d2_w_cpu(
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_message_d2_w_s0', n, _m_p_0, d2_d_p, d2__t_p_0_0_0, d2__t_p_0_0_1, d2__t_p_0_0_2, d2__t_p_0_1_0, d2__t_p_0_1_1, d2__t_p_0_1_2, d2__t_p_0_2_0, d2__t_p_0_2_1, d2__t_p_0_2_2, d2_d_m, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), d2_d_w[:, 0:16].reshape(n, 1, 16), d2_d_w[:, 16:32].reshape(n, 1, 16), d2_d_w[:, 32:48].reshape(n, 1, 16), d2_d_w[:, 64:80].reshape(n, 1, 16), d2_d_w[:, 48:64].reshape(n, 16), d2_d_w[:, 80:96].reshape(n, 16), d2_d_w[:, 112:128].reshape(n, 16), d2_d_w[:, 96:112].reshape(n, 16), d2_d_w[:, 128:144].reshape(n, 16), d2_d_w[:, 192:208].reshape(n, 1, 16), d2_d_w[:, 160:176].reshape(n, 16), d2_d_w[:, 208:224].reshape(n, 16), d2_d_w[:, 144:160].reshape(n, 16), d2_d_w[:, 176:192].reshape(n, 16), d2_d_w[:, 224:240].reshape(n, 16))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    _copy0 = weight.new_empty(n, 48)
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    _native.run('cormorant_message_d2_w_s1', n, d2_d_m, _copy0, d2_d_p, weight[256:512].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_1 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy0.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 80)
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_message_d2_w_s2', n, d2_d_m, _copy1, d2_d_p, weight[512:768].view(16, 16), d_m[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_2 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy1.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy1, d2_d_p
-    d2_f = weight.new_empty(n, 144)
-    d2_sh = weight.new_empty(n, 9)
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
@@ -3068,15 +2591,8 @@ def _cormorant_message_d2_w_cpu(
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d2_w_s3', n, d2_f, d2_sh, d2__t_p_0_2_2, _m_p_0, f[:, 64:144].reshape(n, 16, 5), d2__t_p_0_2_1, d2__t_p_0_2_0, d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3), d2__t_p_0_1_1, d2__t_p_0_1_0, d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1), d2__t_p_0_0_1, d2__t_p_0_0_0, _g_p_0)
-    del _m_p_0, d2__t_p_0_0_0, d2__t_p_0_0_1, d2__t_p_0_0_2, d2__t_p_0_1_0, d2__t_p_0_1_1, d2__t_p_0_1_2, d2__t_p_0_2_0, d2__t_p_0_2_1, d2__t_p_0_2_2
+    _native.run('cormorant_message_d2_w_s0', n, d2_d_m, d2_weight, d2_f, d2_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), d2_d_w[:, 0:16].reshape(n, 1, 16), d2_d_w[:, 16:32].reshape(n, 1, 16), d2_d_w[:, 32:48].reshape(n, 1, 16), d2_d_w[:, 64:80].reshape(n, 1, 16), d2_d_w[:, 48:64].reshape(n, 16), d2_d_w[:, 80:96].reshape(n, 16), d2_d_w[:, 112:128].reshape(n, 16), d2_d_w[:, 96:112].reshape(n, 16), d2_d_w[:, 128:144].reshape(n, 16), d2_d_w[:, 192:208].reshape(n, 1, 16), d2_d_w[:, 160:176].reshape(n, 16), d2_d_w[:, 208:224].reshape(n, 16), d2_d_w[:, 144:160].reshape(n, 16), d2_d_w[:, 176:192].reshape(n, 16), d2_d_w[:, 224:240].reshape(n, 16))
     d2_w = weight.new_zeros(n, 240)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(256),
-        d2_weight_1.reshape(256),
-        d2_weight_2.reshape(256),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -3846,8 +3362,7 @@ def _cormorant_message_d_only_weight_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_weight only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_weight (768,)."""
     n = f.shape[0]
-    p = weight.new_empty(n, 144)
-    _copy0 = weight.new_empty(n, 80)
+    d_weight = weight.new_empty(768)
     # every path's (i, k) map at once: sh · G
     # 1 paths 16x0 ⊗ sh -> 16x0
     # 1 paths 16x0 ⊗ sh -> 16x1
@@ -3858,24 +3373,10 @@ def _cormorant_message_d_only_weight_cpu(
     # 1 paths 16x2 ⊗ sh -> 16x0
     # 2 paths 16x2 ⊗ sh -> 16x1
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _native.run('cormorant_message_d_only_weight_s0', n, p, _copy0, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16))
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_0 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 48)
-    _native.run('cormorant_message_d_only_weight_s1', n, _copy1, p)
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_1 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy1
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_2 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
-    del p
-    d_weight = torch.cat([
-        d_weight_2.reshape(256),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(256),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2
+    _native.run('cormorant_message_d_only_weight_s0', n, d_weight, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), d_m[:, 16:64].reshape(n, 16, 3), d_m[:, 0:16].reshape(n, 16, 1))
     return [d_weight]
 
 
@@ -4676,2915 +4177,2657 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
 }
     """,
     "cormorant_cg_d": """\
-void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride)
+void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
 {
+    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
+    const real *restrict a7 = A7;
+    const real *restrict a8 = A8;
+    const real *restrict a10 = A10;
+    const real *restrict a11 = A11;
+    const real *restrict a13 = A13;
+    const real *restrict a14 = A14;
     const real *restrict a15 = A15;
     const real *restrict a16 = A16;
+    const real *restrict a17 = A17;
     const real *restrict a18 = A18;
     const real *restrict a19 = A19;
-    const real *restrict a21 = A21;
+    const real *restrict a20 = A20;
     const real *restrict a22 = A22;
+    const real *restrict a23 = A23;
     const real *restrict a24 = A24;
     const real *restrict a25 = A25;
-    const real *restrict a26 = A26;
     const real *restrict a27 = A27;
-    const real *restrict a28 = A28;
     const real *restrict a29 = A29;
-    const real *restrict a30 = A30;
     const real *restrict a31 = A31;
+    const real *restrict a32 = A32;
     const real *restrict a33 = A33;
     const real *restrict a34 = A34;
-    const real *restrict a35 = A35;
-    const real *restrict a36 = A36;
-    const real *restrict a38 = A38;
     real t37[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t37[_w * 16 + _u] = a38[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 16);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 80);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 80);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 80);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 16);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 80);
-        real *restrict a11 = A11 + z * a11_stride;
-        memset(a11, 0, sizeof(real) * 144);
-        real *restrict a12 = A12 + z * a12_stride;
-        memset(a12, 0, sizeof(real) * 80);
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a23 = A23 + z * a23_stride;
-        const real *restrict a32 = A32 + z * a32_stride;
-        const real *restrict a37 = A37 + z * a37_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[80] __attribute__((aligned(64))) = {0};
-        real l3[144] __attribute__((aligned(64))) = {0};
-        real l4[240] __attribute__((aligned(64))) = {0};
-        real l5[400] __attribute__((aligned(64))) = {0};
-        /* p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a13[_u] * a14[_u];
-        /* ijk,zuij->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a15[0] * (l0 + 0)[_u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a16[_u];
-        /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a17[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+            t37[_w * 16 + _u] = a27[_u * 16 + _w];
+    real t40[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t40[_w * 16 + _u] = a29[_u * 16 + _w];
+    real t43[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t43[_w * 16 + _u] = a31[_u * 16 + _w];
+    real t44[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t44[_w * 16 + _u] = a32[_u * 16 + _w];
+    real t46[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t46[_w * 16 + _u] = a33[_u * 16 + _w];
+    real t48[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t48[_w * 16 + _u] = a34[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            const real *restrict a30 = A30 + z * a30_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[144] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[48] __attribute__((aligned(64))) = {0};
+            real l5[80] __attribute__((aligned(64))) = {0};
+            real l6[80] __attribute__((aligned(64))) = {0};
+            real l7[144] __attribute__((aligned(64))) = {0};
+            real l8[16] __attribute__((aligned(64))) = {0};
+            real l9[80] __attribute__((aligned(64))) = {0};
+            real l10[240] __attribute__((aligned(64))) = {0};
+            real l11[48] __attribute__((aligned(64))) = {0};
+            real l12[80] __attribute__((aligned(64))) = {0};
+            real l13[80] __attribute__((aligned(64))) = {0};
+            real l14[16] __attribute__((aligned(64))) = {0};
+            real l15[400] __attribute__((aligned(64))) = {0};
+            real l16[80] __attribute__((aligned(64))) = {0};
+            real l17[144] __attribute__((aligned(64))) = {0};
+            real l18[80] __attribute__((aligned(64))) = {0};
+            real l19[400] __attribute__((aligned(64))) = {0};
+            real l20[400] __attribute__((aligned(64))) = {0};
+            real l21[16] __attribute__((aligned(64))) = {0};
+            real l22[80] __attribute__((aligned(64))) = {0};
+            real l23[80] __attribute__((aligned(64))) = {0};
+            real l24[240] __attribute__((aligned(64))) = {0};
+            real l25[48] __attribute__((aligned(64))) = {0};
+            real l26[240] __attribute__((aligned(64))) = {0};
+            real l27[144] __attribute__((aligned(64))) = {0};
+            real l28[80] __attribute__((aligned(64))) = {0};
+            real l29[144] __attribute__((aligned(64))) = {0};
+            real l30[16] __attribute__((aligned(64))) = {0};
+            real l31[48] __attribute__((aligned(64))) = {0};
+            real l32[48] __attribute__((aligned(64))) = {0};
+            real l33[80] __attribute__((aligned(64))) = {0};
+            real l34[80] __attribute__((aligned(64))) = {0};
+            real l35[48] __attribute__((aligned(64))) = {0};
+            real l36[48] __attribute__((aligned(64))) = {0};
+            real l37[16] __attribute__((aligned(64))) = {0};
+            real l38[16] __attribute__((aligned(64))) = {0};
+            real l39[16] __attribute__((aligned(64))) = {0};
+            /* p1 = (p0 ⊗ p0) -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a13[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                (l0 + 0)[_u] += a2[_u] * a3[_u];
+            /* ijk,zuij->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a4[0] * (l0 + 0)[_u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
+            /* p3 = (p0 ⊗ p2) -> 16x1 */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a18[_j * 3 + _k] * t3[_j * 16 + _u];
+                    t1[_j * 16 + _u] = a6[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += a2[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l3 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
+            real w4[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
-        /* zui,u->zui */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a19[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t7[_j * 16 + _u] = a20[_u * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+            /* zui,u->zui */
+            real t5[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w8[_j * 16 + _u] += a13[_u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    t5[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* p5 = (p0 ⊗ p4) -> 16x2 */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a21[_j * 5 + _k] * t9[_j * 16 + _u];
+                    t7[_j * 16 + _u] = a9[_u * 5 + _j];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a2[_u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l5 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t9[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t9[_j * 16 + _u] = (l5 + 0)[_u * 5 + _j];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
-        /* zui,u->zui */
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a10[_j * 5 + _k] * t9[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a22[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+            /* zui,u->zui */
+            real t11[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t11[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            real w12[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
-        /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t13[_i * 16 + _u] = a23[_u * 3 + _i];
-        real w14[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l3 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t15[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t15[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a11[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+            /* p6 = (p2 ⊗ p2) -> 16x0 */
+            real t13[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t13[_i * 16 + _u] = a12[_u * 3 + _i];
+            real w14[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a24[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
+                        w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a4 + 0)[_u] * a25[_u];
-        /* p7 = (p2 ⊗ p2) -> 16x2 */
-        real t16[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t16[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        real w17[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l7 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t15[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t15[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a26[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                            acc[_u] += a13[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += acc[_u];
+                    (l8 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a5 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
-        /* zui,u->zui */
-        real t18[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t18[_i * 16 + _u] = (a5 + 0)[_u * 5 + _i];
-        real w19[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+            /* zui,u->zui */
             for (int _u = 0; _u < 16; ++_u)
-                w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a27[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l8 + 0)[_u] * a14[_u];
+            /* p7 = (p2 ⊗ p2) -> 16x2 */
+            real t16[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t16[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
+            real w17[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a15[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l9 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
+            /* zui,u->zui */
+            real t18[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t18[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
+            real w19[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
-        /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real w20[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a16[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
+            /* p8 = (p2 ⊗ p4) -> 16x1 */
+            real w20[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l4 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t21[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t21[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w22[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a28[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w22[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (l10 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t21[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t21[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w22[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a6 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
-        /* zui,u->zui */
-        real t23[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t23[_i * 16 + _u] = (a6 + 0)[_u * 3 + _i];
-        real w24[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a17[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a29[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
+            /* zui,u->zui */
+            real t23[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t23[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
+            real w24[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
-        /* p9 = (p2 ⊗ p4) -> 16x2 */
-        real t25[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a18[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
+            /* p9 = (p2 ⊗ p4) -> 16x2 */
+            real t25[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t25[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w26[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a19[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w26[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
+            /* zui,u->zui */
+            real t27[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t27[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            real w28[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a20[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
+            /* p10 = (p4 ⊗ p4) -> 16x0 */
+            real t29[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t29[_i * 16 + _u] = a21[_u * 5 + _i];
+            real w30[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t29[_i * 16 + _u] * a22[_i * 5 + _j];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w30[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l13 + 0)[_u * 5 + _j] += w30[_j * 16 + _u];
+            /* zuj,zujk->zuk */
+            real t31[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t31[_j * 16 + _u] = (l13 + 0)[_u * 5 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_j * 16 + _u] * t31[_j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l14 + 0)[_u] += acc[_u];
+            }
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l14 + 0)[_u] * a23[_u];
+            /* p11 = (p4 ⊗ p4) -> 16x2 */
+            real w32[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w32[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l15 + 0)[_u * 25 + _i * 5 + _j] += w32[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t33[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t33[_i * 80 + _j * 16 + _u] = (l15 + 0)[_u * 25 + _i * 5 + _j];
+            real w34[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a24[_i * 25 + _j * 5 + _k] * t33[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w34[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l16 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
+            /* zui,u->zui */
+            real t35[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t35[_i * 16 + _u] = (l16 + 0)[_u * 5 + _i];
+            real w36[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w36[_i * 16 + _u] += (real)1.118033988749895 * t35[_i * 16 + _u] * a25[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w36[_i * 16 + _u];
+            /* ∂/∂f: 16x2 -> 16x2 */
+            real w38[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a26[_w * 5 + _i] * t37[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w38[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w38[_i * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            real t39[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t39[_i * 16 + _w] = a26[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t39[_i * 16 + _w] * a21[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 1424)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂f: 16x1 -> 16x1 */
+            real w41[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a28[_w * 3 + _i] * t40[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w41[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w41[_i * 16 + _u];
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            real t42[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t42[_i * 16 + _w] = a28[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t42[_i * 16 + _w] * a12[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 1168)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂f: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a30[_w] * t43[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂weight: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 912)[_u * 16 + _w] += (real)0.25 * a30[_w] * a2[_u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w45[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a26[_w * 5 + _i] * t44[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w45[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l17 + 64)[_u * 5 + _i] += w45[_i * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t39[_i * 16 + _w] * (l2 + 64)[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 656)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w47[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a28[_w * 3 + _i] * t46[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w47[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l17 + 16)[_u * 3 + _i] += w47[_i * 16 + _u];
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t42[_i * 16 + _w] * (l2 + 16)[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 400)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a30[_w] * t48[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l17 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂weight: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 144)[_u * 16 + _w] += (real)0.25 * a30[_w] * (l2 + 0)[_u];
+            /* zui,u->zui */
+            real t49[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t49[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w50[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w50[_i * 16 + _u] += (real)1.118033988749895 * t49[_i * 16 + _u] * a25[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l18 + 0)[_u * 5 + _i] += w50[_i * 16 + _u];
+            /* zui,zui->u */
+            real t51[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t51[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real t52[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t52[_i * 16 + _u] = (l16 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t51[_i * 16 + _u] * t52[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 128)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t53[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t53[_k * 16 + _u] = (l18 + 0)[_u * 5 + _k];
+            real w54[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w54[_j * 80 + _k * 16 + _u] += t53[_k * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l19 + 0)[_u * 25 + _j * 5 + _k] += w54[_j * 80 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t55[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t55[_j * 80 + _k * 16 + _u] = (l19 + 0)[_u * 25 + _j * 5 + _k];
+            real w56[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a24[_i * 25 + _j * 5 + _k] * t55[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w56[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w56[_i * 16 + _u];
+            /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t57[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t57[_k * 16 + _u] = (l18 + 0)[_u * 5 + _k];
+            real w58[400] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w58[_k * 80 + _i * 16 + _u] += t57[_k * 16 + _u] * t29[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (l20 + 0)[_u * 25 + _k * 5 + _i] += w58[_k * 80 + _i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t59[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t59[_k * 80 + _i * 16 + _u] = (l20 + 0)[_u * 25 + _k * 5 + _i];
+            real w60[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a24[_i * 25 + _j * 5 + _k] * t59[_k * 80 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w60[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w60[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l21 + 0)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * a23[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 112)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * (l14 + 0)[_u];
+            /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real w61[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w61[_j * 16 + _u] += (l21 + 0)[_u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l22 + 0)[_u * 5 + _j] += w61[_j * 16 + _u];
+            /* ijk,zukj->zui */
+            real t62[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t62[_j * 16 + _u] = (l22 + 0)[_u * 5 + _j];
+            real w63[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a22[_i * 5 + _j] * t62[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w63[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w63[_i * 16 + _u];
+            /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real t64[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t64[_j * 16 + _u] = (l13 + 0)[_u * 5 + _j];
+            real w65[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w65[_j * 16 + _u] += (l21 + 0)[_u] * t64[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w65[_j * 16 + _u];
+            /* zui,u->zui */
+            real t66[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t66[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w67[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w67[_i * 16 + _u] += (real)1.118033988749895 * t66[_i * 16 + _u] * a20[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l23 + 0)[_u * 5 + _i] += w67[_i * 16 + _u];
+            /* zui,zui->u */
+            real t68[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t68[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real t69[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t69[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t68[_i * 16 + _u] * t69[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 96)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t70[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t70[_k * 16 + _u] = (l23 + 0)[_u * 5 + _k];
+            real w71[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    t25[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w26[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t70[_k * 16 + _u] * a19[_i * 25 + _j * 5 + _k];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w71[_i * 80 + _j * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l24 + 0)[_u * 15 + _i * 5 + _j] += w71[_i * 80 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t72[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t72[_i * 80 + _j * 16 + _u] = (l24 + 0)[_u * 15 + _i * 5 + _j];
+            real w73[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_j * 16 + _u] * t72[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w73[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w73[_i * 16 + _u];
+            /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t74[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t74[_i * 80 + _j * 16 + _u] = (l24 + 0)[_u * 15 + _i * 5 + _j];
+            real w75[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_i * 16 + _u] * t74[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w75[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w75[_j * 16 + _u];
+            /* zui,u->zui */
+            real t76[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t76[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real w77[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w77[_i * 16 + _u] += (real)1.224744871391589 * t76[_i * 16 + _u] * a18[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l25 + 0)[_u * 3 + _i] += w77[_i * 16 + _u];
+            /* zui,zui->u */
+            real t78[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t78[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real t79[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t79[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a30[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w26[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a7 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
-        /* zui,u->zui */
-        real t27[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t27[_i * 16 + _u] = (a7 + 0)[_u * 5 + _i];
-        real w28[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a31[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
-        /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t29[_i * 16 + _u] = a32[_u * 5 + _i];
-        real w30[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t29[_i * 16 + _u] * a33[_i * 5 + _j];
+                        acc[_u] += t78[_i * 16 + _u] * t79[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w30[_j * 16 + _u] += acc[_u];
+                    (a1 + 80)[_u] += (real)1.224744871391589 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a8 + 0)[_u * 5 + _j] += w30[_j * 16 + _u];
-        /* zuj,zujk->zuk */
-        real t31[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t31[_j * 16 + _u] = (a8 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t7[_j * 16 + _u] * t31[_j * 16 + _u];
+            /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t80[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                (a9 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a9 + 0)[_u] * a34[_u];
-        /* p11 = (p4 ⊗ p4) -> 16x2 */
-        real w32[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t80[_k * 16 + _u] = (l25 + 0)[_u * 3 + _k];
+            real w81[240] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w32[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w81[_j * 48 + _k * 16 + _u] += t80[_k * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l5 + 0)[_u * 25 + _i * 5 + _j] += w32[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t33[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l26 + 0)[_u * 15 + _j * 3 + _k] += w81[_j * 48 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t82[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    t33[_i * 80 + _j * 16 + _u] = (l5 + 0)[_u * 25 + _i * 5 + _j];
-        real w34[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a35[_i * 25 + _j * 5 + _k] * t33[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w34[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
-        /* zui,u->zui */
-        real t35[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t35[_i * 16 + _u] = (a10 + 0)[_u * 5 + _i];
-        real w36[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w36[_i * 16 + _u] += (real)1.118033988749895 * t35[_i * 16 + _u] * a36[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w36[_i * 16 + _u];
-        /* ∂/∂f: 16x2 -> 16x2 */
-        real w38[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a37[_w * 5 + _i] * t37[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w38[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a11 + 64)[_u * 5 + _i] += w38[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a12 + 0)[_i * 16 + _u] += a32[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂f: 16x1 -> 16x1 */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 3 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t82[_j * 48 + _k * 16 + _u] = (l26 + 0)[_u * 15 + _j * 3 + _k];
+            real w83[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += a4[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂f: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-    }
-}
-
-void cormorant_cg_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a17[_i * 15 + _j * 3 + _k] * t82[_j * 48 + _k * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 5 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        w83[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w83[_i * 16 + _u];
+            /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t84[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t84[_k * 16 + _u] = (l25 + 0)[_u * 3 + _k];
+            real w85[144] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w85[_k * 48 + _i * 16 + _u] += t84[_k * 16 + _u] * t13[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (l27 + 0)[_u * 9 + _k * 3 + _i] += w85[_k * 48 + _i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t86[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t86[_k * 48 + _i * 16 + _u] = (l27 + 0)[_u * 9 + _k * 3 + _i];
+            real w87[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a17[_i * 15 + _j * 3 + _k] * t86[_k * 48 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w87[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w87[_j * 16 + _u];
+            /* zui,u->zui */
+            real t88[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t88[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w89[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w89[_i * 16 + _u] += (real)1.118033988749895 * t88[_i * 16 + _u] * a16[_u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a4 + 64)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l28 + 0)[_u * 5 + _i] += w89[_i * 16 + _u];
+            /* zui,zui->u */
+            real t90[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t90[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real t91[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t91[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 3 + _i] * t1[_w * 16 + _u];
+                        acc[_u] += t90[_i * 16 + _u] * t91[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
+                    (a1 + 64)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
+            /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t92[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t92[_k * 16 + _u] = (l28 + 0)[_u * 5 + _k];
+            real w93[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a4 + 16)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-    }
-}
-
-void cormorant_cg_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* zui,u->zui */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = (a3 + 64)[_u * 5 + _i];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a5 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[400] __attribute__((aligned(64))) = {0};
-        real l1[400] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a3[_u * 5 + _j];
-        real w3[400] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t4[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t4[_j * 80 + _k * 16 + _u] = (l0 + 0)[_u * 25 + _j * 5 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t92[_k * 16 + _u] * a15[_i * 15 + _j * 5 + _k];
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t4[_j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = a5[_u * 5 + _i];
-        real w7[400] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (l1 + 0)[_u * 25 + _k * 5 + _i] += w7[_k * 80 + _i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t8[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    t8[_k * 80 + _i * 16 + _u] = (l1 + 0)[_u * 25 + _k * 5 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t8[_k * 80 + _i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
-    }
-}
-
-void cormorant_cg_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                            w93[_i * 48 + _j * 16 + _u] += acc[_u];
+                    }
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zukj->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l29 + 0)[_u * 9 + _i * 3 + _j] += w93[_i * 48 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t94[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t94[_i * 48 + _j * 16 + _u] = (l29 + 0)[_u * 9 + _i * 3 + _j];
+            real w95[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_j * 16 + _u] * t94[_i * 48 + _j * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+                        w95[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w95[_i * 16 + _u];
+            /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t96[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t96[_i * 48 + _j * 16 + _u] = (l29 + 0)[_u * 9 + _i * 3 + _j];
+            real w97[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_i * 16 + _u] * t96[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w97[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 16)[_u * 3 + _j] += w97[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l30 + 0)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * a14[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 48)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * (l8 + 0)[_u];
+            /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w98[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += acc[_u];
+                    w98[_j * 16 + _u] += (l30 + 0)[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l31 + 0)[_u * 3 + _j] += w98[_j * 16 + _u];
+            /* ijk,zukj->zui */
+            real t99[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t99[_j * 16 + _u] = (l31 + 0)[_u * 3 + _j];
+            real w100[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a13[_i * 3 + _j] * t99[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w100[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w100[_i * 16 + _u];
+            /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w101[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w101[_i * 16 + _u] += (l30 + 0)[_u] * t13[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l32 + 0)[_u * 3 + _i] += w101[_i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t102[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t102[_i * 16 + _u] = (l32 + 0)[_u * 3 + _i];
+            real w103[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a13[_i * 3 + _j] * t102[_i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w103[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 16)[_u * 3 + _j] += w103[_j * 16 + _u];
+            /* zui,u->zui */
+            real t104[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t104[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w105[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w105[_i * 16 + _u] += (real)1.118033988749895 * t104[_i * 16 + _u] * a11[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l33 + 0)[_u * 5 + _i] += w105[_i * 16 + _u];
+            /* zui,zui->u */
+            real t106[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t106[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real t107[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t107[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t106[_i * 16 + _u] * t107[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 32)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t5[_j * 16 + _u] = (a6 + 0)[_u * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+            /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t108[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += (a3 + 0)[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a9 = A9;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w2[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t108[_k * 16 + _u] = (l33 + 0)[_u * 5 + _k];
+            real w109[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+                            acc[_u] += t108[_k * 16 + _u] * a10[_j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 80 + _j * 16 + _u] += acc[_u];
+                        w109[_j * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = a6[_u * 5 + _j];
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+                    (l34 + 0)[_u * 5 + _j] += w109[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t110[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t110[_j * 16 + _u] = (l34 + 0)[_u * 5 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                        acc[_u] += t7[_j * 16 + _u] * t110[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
+                    (a0 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a7[_u * 3 + _i];
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t111[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                    t111[_j * 16 + _u] = (l34 + 0)[_u * 5 + _j];
+            real w112[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w112[_j * 16 + _u] += a2[_u] * t111[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w112[_j * 16 + _u];
+            /* zui,u->zui */
+            real t113[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t113[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real w114[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w114[_i * 16 + _u] += (real)1.224744871391589 * t113[_i * 16 + _u] * a8[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l35 + 0)[_u * 3 + _i] += w114[_i * 16 + _u];
+            /* zui,zui->u */
+            real t115[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t115[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real t116[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t116[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+                        acc[_u] += t115[_i * 16 + _u] * t116[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
+                    (a1 + 16)[_u] += (real)1.224744871391589 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        real t9[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t9[_i * 16 + _u] = (a8 + 16)[_u * 3 + _i];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t117[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a9[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w10[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a8 + 16)[_u * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a10 + 0)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        real l1[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
-                    (l0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t4[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _k];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a5[_i * 15 + _j * 3 + _k] * t4[_j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w7[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (l1 + 0)[_u * 9 + _k * 3 + _i] += w7[_k * 48 + _i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t8[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t8[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 9 + _k * 3 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a5[_i * 15 + _j * 3 + _k] * t8[_k * 48 + _i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
-        /* zui,u->zui */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t10[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w11[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w11[_i * 16 + _u] += (real)1.118033988749895 * t10[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w11[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
-        real w2[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t117[_k * 16 + _u] = (l35 + 0)[_u * 3 + _k];
+            real w118[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
+                    for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                            acc[_u] += t117[_k * 16 + _u] * a7[_j * 3 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                        w118[_j * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = a4[_u * 3 + _j];
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+                    (l36 + 0)[_u * 3 + _j] += w118[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t119[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t119[_j * 16 + _u] = (l36 + 0)[_u * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                        acc[_u] += t1[_j * 16 + _u] * t119[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
+                    (a0 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a5[_u * 3 + _i];
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t120[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    t120[_j * 16 + _u] = (l36 + 0)[_u * 3 + _j];
+            real w121[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
-    }
-}
-
-void cormorant_cg_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                    w121[_j * 16 + _u] += a2[_u] * t120[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zukj->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _j] += w121[_j * 16 + _u];
+            /* zui,u->zui */
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                (l37 + 0)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * a5[_u];
+            /* zui,zui->u */
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l17 + 0)[_u] * (l1 + 0)[_u];
+            /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = a5[_u * 5 + _j];
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (l38 + 0)[_u] += (l37 + 0)[_u] * a3[_u];
+            /* ijk,zukj->zui */
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
+                (a0 + 0)[_u] += a4[0] * (l38 + 0)[_u];
+            /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l39 + 0)[_u] += (l37 + 0)[_u] * a2[_u];
+            /* ijk,zuki->zuj */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += a4[0] * (l39 + 0)[_u];
         }
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t5[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += a6[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w8[_i * 16 + _u] += (real)1.224744871391589 * t7[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w8[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 3 + _i];
     }
-}
-
-void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = a4[_u * 3 + _j];
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t5[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += a5[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
+    for (int64_t i = 0; i < 1680; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1680 + 0 + i];
+        A1[i] = sum;
     }
-}
-
-void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
-        /* ijk,zukj->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[0] * (l0 + 0)[_u];
-        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += (a1 + 0)[_u] * a4[_u];
-        /* ijk,zuki->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[0] * (l1 + 0)[_u];
-    }
+    free(partial);
 }
     """,
     "cormorant_cg_d2_f": """\
-void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride)
+void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride)
 {
+    const real *restrict a4 = A4;
+    const real *restrict a6 = A6;
+    const real *restrict a8 = A8;
+    const real *restrict a9 = A9;
+    const real *restrict a10 = A10;
+    const real *restrict a11 = A11;
+    const real *restrict a12 = A12;
     const real *restrict a13 = A13;
+    const real *restrict a14 = A14;
     const real *restrict a15 = A15;
+    const real *restrict a16 = A16;
+    const real *restrict a17 = A17;
+    const real *restrict a20 = A20;
+    const real *restrict a24 = A24;
+    const real *restrict a27 = A27;
+    const real *restrict a30 = A30;
+    const real *restrict a32 = A32;
+    const real *restrict a33 = A33;
+    const real *restrict a34 = A34;
+    const real *restrict a35 = A35;
+    const real *restrict a38 = A38;
+    const real *restrict a39 = A39;
+    const real *restrict a40 = A40;
+    const real *restrict a41 = A41;
+    real t1[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t1[_w * 16 + _u] = a4[_u * 16 + _w];
+    real t3[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t3[_w * 16 + _u] = a6[_u * 16 + _w];
+    real t5[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t5[_w * 16 + _u] = a8[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 144);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a19 = A19 + z * a19_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            const real *restrict a25 = A25 + z * a25_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            const real *restrict a29 = A29 + z * a29_stride;
+            const real *restrict a31 = A31 + z * a31_stride;
+            const real *restrict a36 = A36 + z * a36_stride;
+            const real *restrict a37 = A37 + z * a37_stride;
+            real l0[144] __attribute__((aligned(64))) = {0};
+            real l1[80] __attribute__((aligned(64))) = {0};
+            real l2[16] __attribute__((aligned(64))) = {0};
+            real l3[80] __attribute__((aligned(64))) = {0};
+            real l4[48] __attribute__((aligned(64))) = {0};
+            real l5[80] __attribute__((aligned(64))) = {0};
+            real l6[16] __attribute__((aligned(64))) = {0};
+            real l7[80] __attribute__((aligned(64))) = {0};
+            real l8[48] __attribute__((aligned(64))) = {0};
+            real l9[16] __attribute__((aligned(64))) = {0};
+            real l10[16] __attribute__((aligned(64))) = {0};
+            real l11[16] __attribute__((aligned(64))) = {0};
+            real l12[16] __attribute__((aligned(64))) = {0};
+            real l13[16] __attribute__((aligned(64))) = {0};
+            real l14[16] __attribute__((aligned(64))) = {0};
+            real l15[144] __attribute__((aligned(64))) = {0};
+            real l16[48] __attribute__((aligned(64))) = {0};
+            real l17[48] __attribute__((aligned(64))) = {0};
+            real l18[48] __attribute__((aligned(64))) = {0};
+            real l19[48] __attribute__((aligned(64))) = {0};
+            real l20[80] __attribute__((aligned(64))) = {0};
+            real l21[80] __attribute__((aligned(64))) = {0};
+            real l22[80] __attribute__((aligned(64))) = {0};
+            real l23[80] __attribute__((aligned(64))) = {0};
+            real l24[144] __attribute__((aligned(64))) = {0};
+            real l25[16] __attribute__((aligned(64))) = {0};
+            real l26[48] __attribute__((aligned(64))) = {0};
+            real l27[144] __attribute__((aligned(64))) = {0};
+            real l28[48] __attribute__((aligned(64))) = {0};
+            real l29[80] __attribute__((aligned(64))) = {0};
+            real l30[144] __attribute__((aligned(64))) = {0};
+            real l31[240] __attribute__((aligned(64))) = {0};
+            real l32[48] __attribute__((aligned(64))) = {0};
+            real l33[240] __attribute__((aligned(64))) = {0};
+            real l34[240] __attribute__((aligned(64))) = {0};
+            real l35[144] __attribute__((aligned(64))) = {0};
+            real l36[80] __attribute__((aligned(64))) = {0};
+            real l37[240] __attribute__((aligned(64))) = {0};
+            real l38[80] __attribute__((aligned(64))) = {0};
+            real l39[16] __attribute__((aligned(64))) = {0};
+            real l40[80] __attribute__((aligned(64))) = {0};
+            real l41[400] __attribute__((aligned(64))) = {0};
+            real l42[80] __attribute__((aligned(64))) = {0};
+            real l43[400] __attribute__((aligned(64))) = {0};
+            real l44[400] __attribute__((aligned(64))) = {0};
+            real l45[400] __attribute__((aligned(64))) = {0};
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a3[_w * 5 + _i] * t1[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w4[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a5[_w * 3 + _i] * t3[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a7[_w] * t5[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l0 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* zui,u->zui */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t6[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            real w7[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 16 + _u] += (real)1.118033988749895 * t6[_i * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a10[_u];
+            /* zui,u->zui */
+            real t8[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t8[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            real w9[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_i * 16 + _u] += (real)1.118033988749895 * t8[_i * 16 + _u] * a11[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l3 + 0)[_u * 5 + _i] += w9[_i * 16 + _u];
+            /* zui,u->zui */
+            real t10[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t10[_i * 16 + _u] = (l0 + 16)[_u * 3 + _i];
+            real w11[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_i * 16 + _u] += (real)1.224744871391589 * t10[_i * 16 + _u] * a12[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l4 + 0)[_u * 3 + _i] += w11[_i * 16 + _u];
+            /* zui,u->zui */
+            real t12[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t12[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            real w13[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_i * 16 + _u] += (real)1.118033988749895 * t12[_i * 16 + _u] * a13[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l5 + 0)[_u * 5 + _i] += w13[_i * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a14[_u];
+            /* zui,u->zui */
+            real t14[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t14[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            real w15[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_i * 16 + _u] += (real)1.118033988749895 * t14[_i * 16 + _u] * a15[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l7 + 0)[_u * 5 + _i] += w15[_i * 16 + _u];
+            /* zui,u->zui */
+            real t16[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t16[_i * 16 + _u] = (l0 + 16)[_u * 3 + _i];
+            real w17[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_i * 16 + _u] += (real)1.224744871391589 * t16[_i * 16 + _u] * a16[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l8 + 0)[_u * 3 + _i] += w17[_i * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l9 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a17[_u];
+            /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l10 + 0)[_u] += a18[_u] * a19[_u];
+            /* ijk,zuji->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a20[0] * (l10 + 0)[_u];
+            /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l12 + 0)[_u] += a18[_u] * (l9 + 0)[_u];
+            /* ijk,zujk->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += a20[0] * (l12 + 0)[_u];
+            /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 0)[_u] += a21[_u] * a22[_u];
+            /* ijk,zuij->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a20[0] * (l13 + 0)[_u];
+            /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l14 + 0)[_u] += a21[_u] * (l9 + 0)[_u];
+            /* ijk,zuik->zuj */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += a20[0] * (l14 + 0)[_u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += (real)0.5773502691896257 * (l11 + 0)[_u] * a17[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l11 + 0)[_u] * (l0 + 0)[_u];
+            /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t18[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t18[_j * 16 + _u] = a23[_u * 3 + _j];
+            real w19[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w19[_j * 16 + _u] += t18[_j * 16 + _u] * a19[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l16 + 0)[_u * 3 + _j] += w19[_j * 16 + _u];
+            /* ijk,zuji->zuk */
+            real t20[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t20[_j * 16 + _u] = (l16 + 0)[_u * 3 + _j];
+            real w21[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a24[_j * 3 + _k] * t20[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w21[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 0)[_u * 3 + _k] += w21[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t22[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t22[_k * 16 + _u] = (l8 + 0)[_u * 3 + _k];
+            real w23[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t22[_k * 16 + _u] * a24[_j * 3 + _k];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w23[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l18 + 0)[_u * 3 + _j] += w23[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t24[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t24[_j * 16 + _u] = (l18 + 0)[_u * 3 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t18[_j * 16 + _u] * t24[_j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t25[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t25[_j * 16 + _u] = a25[_u * 3 + _j];
+            real w26[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w26[_j * 16 + _u] += a21[_u] * t25[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l19 + 0)[_u * 3 + _j] += w26[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t27[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t27[_j * 16 + _u] = (l19 + 0)[_u * 3 + _j];
+            real w28[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a24[_j * 3 + _k] * t27[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w28[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 0)[_u * 3 + _k] += w28[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t29[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t29[_j * 16 + _u] = (l18 + 0)[_u * 3 + _j];
+            real w30[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w30[_j * 16 + _u] += a21[_u] * t29[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 16)[_u * 3 + _j] += w30[_j * 16 + _u];
+            /* zui,u->zui */
+            real t31[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t31[_i * 16 + _u] = (l17 + 0)[_u * 3 + _i];
+            real w32[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w32[_i * 16 + _u] += (real)1.224744871391589 * t31[_i * 16 + _u] * a16[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l15 + 16)[_u * 3 + _i] += w32[_i * 16 + _u];
+            /* zui,zui->u */
+            real t33[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t33[_i * 16 + _u] = (l17 + 0)[_u * 3 + _i];
+            real t34[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t34[_i * 16 + _u] = (l0 + 16)[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t33[_i * 16 + _u] * t34[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 16)[_u] += (real)1.224744871391589 * acc[_u];
+            }
+            /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t35[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t35[_j * 16 + _u] = a26[_u * 5 + _j];
+            real w36[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w36[_j * 16 + _u] += t35[_j * 16 + _u] * a19[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l20 + 0)[_u * 5 + _j] += w36[_j * 16 + _u];
+            /* ijk,zuji->zuk */
+            real t37[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t37[_j * 16 + _u] = (l20 + 0)[_u * 5 + _j];
+            real w38[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a27[_j * 5 + _k] * t37[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w38[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l21 + 0)[_u * 5 + _k] += w38[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t39[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t39[_k * 16 + _u] = (l7 + 0)[_u * 5 + _k];
+            real w40[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t39[_k * 16 + _u] * a27[_j * 5 + _k];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w40[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l22 + 0)[_u * 5 + _j] += w40[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t41[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t41[_j * 16 + _u] = (l22 + 0)[_u * 5 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t35[_j * 16 + _u] * t41[_j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t42[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t42[_j * 16 + _u] = a28[_u * 5 + _j];
+            real w43[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w43[_j * 16 + _u] += a21[_u] * t42[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l23 + 0)[_u * 5 + _j] += w43[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t44[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t44[_j * 16 + _u] = (l23 + 0)[_u * 5 + _j];
+            real w45[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a27[_j * 5 + _k] * t44[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w45[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l21 + 0)[_u * 5 + _k] += w45[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t46[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t46[_j * 16 + _u] = (l22 + 0)[_u * 5 + _j];
+            real w47[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w47[_j * 16 + _u] += a21[_u] * t46[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w47[_j * 16 + _u];
+            /* zui,u->zui */
+            real t48[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t48[_i * 16 + _u] = (l21 + 0)[_u * 5 + _i];
+            real w49[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w49[_i * 16 + _u] += (real)1.118033988749895 * t48[_i * 16 + _u] * a15[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l15 + 64)[_u * 5 + _i] += w49[_i * 16 + _u];
+            /* zui,zui->u */
+            real t50[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t50[_i * 16 + _u] = (l21 + 0)[_u * 5 + _i];
+            real t51[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t51[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t50[_i * 16 + _u] * t51[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 32)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real t52[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t52[_i * 16 + _u] = a29[_u * 3 + _i];
+            real w53[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w53[_i * 48 + _j * 16 + _u] += t18[_j * 16 + _u] * t52[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l24 + 0)[_u * 9 + _i * 3 + _j] += w53[_i * 48 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t54[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t54[_i * 48 + _j * 16 + _u] = (l24 + 0)[_u * 9 + _i * 3 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a30[_i * 3 + _j] * t54[_i * 48 + _j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l25 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w55[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w55[_j * 16 + _u] += t18[_j * 16 + _u] * (l6 + 0)[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l26 + 0)[_u * 3 + _j] += w55[_j * 16 + _u];
+            /* ijk,zujk->zui */
+            real t56[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t56[_j * 16 + _u] = (l26 + 0)[_u * 3 + _j];
+            real w57[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a30[_i * 3 + _j] * t56[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w57[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w57[_i * 16 + _u];
+            /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real t58[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t58[_i * 16 + _u] = a31[_u * 3 + _i];
+            real w59[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w59[_i * 48 + _j * 16 + _u] += t58[_i * 16 + _u] * t25[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l27 + 0)[_u * 9 + _i * 3 + _j] += w59[_i * 48 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t60[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t60[_i * 48 + _j * 16 + _u] = (l27 + 0)[_u * 9 + _i * 3 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a30[_i * 3 + _j] * t60[_i * 48 + _j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l25 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w61[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w61[_i * 16 + _u] += t58[_i * 16 + _u] * (l6 + 0)[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l28 + 0)[_u * 3 + _i] += w61[_i * 16 + _u];
+            /* ijk,zuik->zuj */
+            real t62[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t62[_i * 16 + _u] = (l28 + 0)[_u * 3 + _i];
+            real w63[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a30[_i * 3 + _j] * t62[_i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w63[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 16)[_u * 3 + _j] += w63[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += (real)0.5773502691896257 * (l25 + 0)[_u] * a14[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 48)[_u] += (real)0.5773502691896257 * (l25 + 0)[_u] * (l0 + 0)[_u];
+            /* ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t64[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t64[_i * 48 + _j * 16 + _u] = (l24 + 0)[_u * 9 + _i * 3 + _j];
+            real w65[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a32[_i * 15 + _j * 5 + _k] * t64[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w65[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l29 + 0)[_u * 5 + _k] += w65[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t66[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t66[_k * 16 + _u] = (l5 + 0)[_u * 5 + _k];
+            real w67[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t66[_k * 16 + _u] * a32[_i * 15 + _j * 5 + _k];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w67[_i * 48 + _j * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l30 + 0)[_u * 9 + _i * 3 + _j] += w67[_i * 48 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t68[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t68[_i * 48 + _j * 16 + _u] = (l30 + 0)[_u * 9 + _i * 3 + _j];
+            real w69[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t18[_j * 16 + _u] * t68[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w69[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w69[_i * 16 + _u];
+            /* ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t70[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t70[_i * 48 + _j * 16 + _u] = (l27 + 0)[_u * 9 + _i * 3 + _j];
+            real w71[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a32[_i * 15 + _j * 5 + _k] * t70[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w71[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l29 + 0)[_u * 5 + _k] += w71[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t72[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t72[_i * 48 + _j * 16 + _u] = (l30 + 0)[_u * 9 + _i * 3 + _j];
+            real w73[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t58[_i * 16 + _u] * t72[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w73[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 16)[_u * 3 + _j] += w73[_j * 16 + _u];
+            /* zui,u->zui */
+            real t74[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t74[_i * 16 + _u] = (l29 + 0)[_u * 5 + _i];
+            real w75[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w75[_i * 16 + _u] += (real)1.118033988749895 * t74[_i * 16 + _u] * a13[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l15 + 64)[_u * 5 + _i] += w75[_i * 16 + _u];
+            /* zui,zui->u */
+            real t76[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t76[_i * 16 + _u] = (l29 + 0)[_u * 5 + _i];
+            real t77[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t77[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t76[_i * 16 + _u] * t77[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 64)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real w78[240] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w78[_i * 80 + _j * 16 + _u] += t35[_j * 16 + _u] * t52[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l31 + 0)[_u * 15 + _i * 5 + _j] += w78[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t79[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t79[_i * 80 + _j * 16 + _u] = (l31 + 0)[_u * 15 + _i * 5 + _j];
+            real w80[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a33[_i * 15 + _j * 3 + _k] * t79[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w80[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l32 + 0)[_u * 3 + _k] += w80[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t81[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t81[_k * 16 + _u] = (l4 + 0)[_u * 3 + _k];
+            real w82[240] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w82[_j * 48 + _k * 16 + _u] += t35[_j * 16 + _u] * t81[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l33 + 0)[_u * 15 + _j * 3 + _k] += w82[_j * 48 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t83[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t83[_j * 48 + _k * 16 + _u] = (l33 + 0)[_u * 15 + _j * 3 + _k];
+            real w84[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a33[_i * 15 + _j * 3 + _k] * t83[_j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w84[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w84[_i * 16 + _u];
+            /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real w85[240] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w85[_i * 80 + _j * 16 + _u] += t58[_i * 16 + _u] * t42[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l34 + 0)[_u * 15 + _i * 5 + _j] += w85[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t86[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t86[_i * 80 + _j * 16 + _u] = (l34 + 0)[_u * 15 + _i * 5 + _j];
+            real w87[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a33[_i * 15 + _j * 3 + _k] * t86[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w87[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l32 + 0)[_u * 3 + _k] += w87[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t88[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t88[_k * 16 + _u] = (l4 + 0)[_u * 3 + _k];
+            real w89[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w89[_i * 48 + _k * 16 + _u] += t58[_i * 16 + _u] * t88[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l35 + 0)[_u * 9 + _i * 3 + _k] += w89[_i * 48 + _k * 16 + _u];
+            /* ijk,zuik->zuj */
+            real t90[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t90[_i * 48 + _k * 16 + _u] = (l35 + 0)[_u * 9 + _i * 3 + _k];
+            real w91[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a33[_i * 15 + _j * 3 + _k] * t90[_i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w91[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w91[_j * 16 + _u];
+            /* zui,u->zui */
+            real t92[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t92[_i * 16 + _u] = (l32 + 0)[_u * 3 + _i];
+            real w93[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w93[_i * 16 + _u] += (real)1.224744871391589 * t92[_i * 16 + _u] * a12[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l15 + 16)[_u * 3 + _i] += w93[_i * 16 + _u];
+            /* zui,zui->u */
+            real t94[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t94[_i * 16 + _u] = (l32 + 0)[_u * 3 + _i];
+            real t95[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t95[_i * 16 + _u] = (l0 + 16)[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t94[_i * 16 + _u] * t95[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 80)[_u] += (real)1.224744871391589 * acc[_u];
+            }
+            /* ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t96[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t96[_i * 80 + _j * 16 + _u] = (l31 + 0)[_u * 15 + _i * 5 + _j];
+            real w97[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a34[_i * 25 + _j * 5 + _k] * t96[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w97[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l36 + 0)[_u * 5 + _k] += w97[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t98[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t98[_k * 16 + _u] = (l3 + 0)[_u * 5 + _k];
+            real w99[240] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t98[_k * 16 + _u] * a34[_i * 25 + _j * 5 + _k];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w99[_i * 80 + _j * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l37 + 0)[_u * 15 + _i * 5 + _j] += w99[_i * 80 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t100[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t100[_i * 80 + _j * 16 + _u] = (l37 + 0)[_u * 15 + _i * 5 + _j];
+            real w101[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t35[_j * 16 + _u] * t100[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w101[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w101[_i * 16 + _u];
+            /* ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t102[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t102[_i * 80 + _j * 16 + _u] = (l34 + 0)[_u * 15 + _i * 5 + _j];
+            real w103[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a34[_i * 25 + _j * 5 + _k] * t102[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w103[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l36 + 0)[_u * 5 + _k] += w103[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t104[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t104[_i * 80 + _j * 16 + _u] = (l37 + 0)[_u * 15 + _i * 5 + _j];
+            real w105[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t58[_i * 16 + _u] * t104[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w105[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w105[_j * 16 + _u];
+            /* zui,u->zui */
+            real t106[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t106[_i * 16 + _u] = (l36 + 0)[_u * 5 + _i];
+            real w107[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w107[_i * 16 + _u] += (real)1.118033988749895 * t106[_i * 16 + _u] * a11[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l15 + 64)[_u * 5 + _i] += w107[_i * 16 + _u];
+            /* zui,zui->u */
+            real t108[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t108[_i * 16 + _u] = (l36 + 0)[_u * 5 + _i];
+            real t109[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t109[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t108[_i * 16 + _u] * t109[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 96)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real w110[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t35[_j * 16 + _u] * a35[_i * 5 + _j];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w110[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l38 + 0)[_u * 5 + _i] += w110[_i * 16 + _u];
+            /* zui,zuik->zuk */
+            real t111[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t111[_i * 16 + _u] = a36[_u * 5 + _i];
+            real t112[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t112[_i * 16 + _u] = (l38 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t111[_i * 16 + _u] * t112[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l39 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real t113[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t113[_i * 16 + _u] = (l38 + 0)[_u * 5 + _i];
+            real w114[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w114[_i * 16 + _u] += (l2 + 0)[_u] * t113[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w114[_i * 16 + _u];
+            /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real t115[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t115[_i * 16 + _u] = a37[_u * 5 + _i];
+            real w116[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t115[_i * 16 + _u] * a35[_i * 5 + _j];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w116[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l40 + 0)[_u * 5 + _j] += w116[_j * 16 + _u];
+            /* zuj,zujk->zuk */
+            real t117[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t117[_j * 16 + _u] = (l40 + 0)[_u * 5 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t42[_j * 16 + _u] * t117[_j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l39 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real t118[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t118[_j * 16 + _u] = (l40 + 0)[_u * 5 + _j];
+            real w119[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w119[_j * 16 + _u] += (l2 + 0)[_u] * t118[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w119[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += (real)0.5773502691896257 * (l39 + 0)[_u] * a10[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 112)[_u] += (real)0.5773502691896257 * (l39 + 0)[_u] * (l0 + 0)[_u];
+            /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real w120[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w120[_i * 80 + _j * 16 + _u] += t35[_j * 16 + _u] * t111[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l41 + 0)[_u * 25 + _i * 5 + _j] += w120[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t121[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t121[_i * 80 + _j * 16 + _u] = (l41 + 0)[_u * 25 + _i * 5 + _j];
+            real w122[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a38[_i * 25 + _j * 5 + _k] * t121[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w122[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l42 + 0)[_u * 5 + _k] += w122[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t123[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t123[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w124[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w124[_j * 80 + _k * 16 + _u] += t35[_j * 16 + _u] * t123[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l43 + 0)[_u * 25 + _j * 5 + _k] += w124[_j * 80 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t125[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t125[_j * 80 + _k * 16 + _u] = (l43 + 0)[_u * 25 + _j * 5 + _k];
+            real w126[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a38[_i * 25 + _j * 5 + _k] * t125[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w126[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w126[_i * 16 + _u];
+            /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real w127[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w127[_i * 80 + _j * 16 + _u] += t115[_i * 16 + _u] * t42[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l44 + 0)[_u * 25 + _i * 5 + _j] += w127[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t128[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t128[_i * 80 + _j * 16 + _u] = (l44 + 0)[_u * 25 + _i * 5 + _j];
+            real w129[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a38[_i * 25 + _j * 5 + _k] * t128[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w129[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l42 + 0)[_u * 5 + _k] += w129[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t130[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t130[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w131[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w131[_i * 80 + _k * 16 + _u] += t115[_i * 16 + _u] * t130[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l45 + 0)[_u * 25 + _i * 5 + _k] += w131[_i * 80 + _k * 16 + _u];
+            /* ijk,zuik->zuj */
+            real t132[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t132[_i * 80 + _k * 16 + _u] = (l45 + 0)[_u * 25 + _i * 5 + _k];
+            real w133[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a38[_i * 25 + _j * 5 + _k] * t132[_i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w133[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w133[_j * 16 + _u];
+            /* zui,u->zui */
+            real t134[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t134[_i * 16 + _u] = (l42 + 0)[_u * 5 + _i];
+            real w135[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w135[_i * 16 + _u] += (real)1.118033988749895 * t134[_i * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l15 + 64)[_u * 5 + _i] += w135[_i * 16 + _u];
+            /* zui,zui->u */
+            real t136[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t136[_i * 16 + _u] = (l42 + 0)[_u * 5 + _i];
+            real t137[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t137[_i * 16 + _u] = (l0 + 64)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t136[_i * 16 + _u] * t137[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 128)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂d_g: ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += (l15 + 0)[_u] * a8[_u * 16 + _w];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a2 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂p: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 144)[_u * 16 + _w] += (real)0.25 * (l15 + 0)[_u] * a7[_w];
+            /* ∂/∂d_g: ∂/∂p: 16x1 -> 16x1 */
+            real w138[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l15 + 16)[_u * 3 + _i] * a6[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w138[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_w * 3 + _i] += w138[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x1 -> 16x1 */
+            real t139[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t139[_i * 16 + _w] = a5[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l15 + 16)[_u * 3 + _i] * t139[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 400)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_g: ∂/∂p: 16x2 -> 16x2 */
+            real w140[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l15 + 64)[_u * 5 + _i] * a4[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w140[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_w * 5 + _i] += w140[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x2 -> 16x2 */
+            real t141[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t141[_i * 16 + _w] = a3[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l15 + 64)[_u * 5 + _i] * t141[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 656)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_g: ∂/∂f: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += a21[_u] * a39[_u * 16 + _w];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a2 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂f: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 912)[_u * 16 + _w] += (real)0.25 * a21[_u] * a7[_w];
+            /* ∂/∂d_g: ∂/∂f: 16x1 -> 16x1 */
+            real w142[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a31[_u * 3 + _i] * a40[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w142[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_w * 3 + _i] += w142[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂f: 16x1 -> 16x1 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a31[_u * 3 + _i] * t139[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 1168)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_g: ∂/∂f: 16x2 -> 16x2 */
+            real w143[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a37[_u * 5 + _i] * a41[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w143[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_w * 5 + _i] += w143[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂f: 16x2 -> 16x2 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a37[_u * 5 + _i] * t141[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 1424)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+        }
+    }
+    for (int64_t i = 0; i < 1680; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1680 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+    """,
+    "cormorant_cg_d2_weight": """\
+void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride)
+{
+    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
+    const real *restrict a8 = A8;
+    const real *restrict a9 = A9;
+    const real *restrict a11 = A11;
+    const real *restrict a12 = A12;
+    const real *restrict a14 = A14;
+    const real *restrict a15 = A15;
+    const real *restrict a16 = A16;
     const real *restrict a17 = A17;
     const real *restrict a18 = A18;
     const real *restrict a19 = A19;
     const real *restrict a20 = A20;
     const real *restrict a21 = A21;
-    const real *restrict a22 = A22;
     const real *restrict a23 = A23;
     const real *restrict a24 = A24;
     const real *restrict a25 = A25;
     const real *restrict a26 = A26;
-    const real *restrict a29 = A29;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a13[_u * 16 + _w];
-    real t3[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t3[_w * 16 + _u] = a15[_u * 16 + _w];
-    real t5[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t5[_w * 16 + _u] = a17[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 16);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 48);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 80);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 16);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 80);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 48);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 16);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 144);
-        real *restrict a11 = A11 + z * a11_stride;
-        memset(a11, 0, sizeof(real) * 144);
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a28 = A28 + z * a28_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        const real *restrict a31 = A31 + z * a31_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[16] __attribute__((aligned(64))) = {0};
-        real l2[16] __attribute__((aligned(64))) = {0};
-        real l3[16] __attribute__((aligned(64))) = {0};
-        real l4[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a12[_w * 5 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a14[_w * 3 + _i] * t3[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a16[_w] * t5[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* zui,u->zui */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w7[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w7[_i * 16 + _u] += (real)1.118033988749895 * t6[_i * 16 + _u] * a18[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a19[_u];
-        /* zui,u->zui */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t8[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w9[_i * 16 + _u] += (real)1.118033988749895 * t8[_i * 16 + _u] * a20[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a3 + 0)[_u * 5 + _i] += w9[_i * 16 + _u];
-        /* zui,u->zui */
-        real t10[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t10[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w11[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w11[_i * 16 + _u] += (real)1.224744871391589 * t10[_i * 16 + _u] * a21[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a4 + 0)[_u * 3 + _i] += w11[_i * 16 + _u];
-        /* zui,u->zui */
-        real t12[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t12[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w13[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w13[_i * 16 + _u] += (real)1.118033988749895 * t12[_i * 16 + _u] * a22[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a5 + 0)[_u * 5 + _i] += w13[_i * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a6 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a23[_u];
-        /* zui,u->zui */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t14[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w15[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w15[_i * 16 + _u] += (real)1.118033988749895 * t14[_i * 16 + _u] * a24[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a7 + 0)[_u * 5 + _i] += w15[_i * 16 + _u];
-        /* zui,u->zui */
-        real t16[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t16[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w17[_i * 16 + _u] += (real)1.224744871391589 * t16[_i * 16 + _u] * a25[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a8 + 0)[_u * 3 + _i] += w17[_i * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a26[_u];
-        /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += a27[_u] * a28[_u];
-        /* ijk,zuji->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a9 + 0)[_u] += a29[0] * (l1 + 0)[_u];
-        /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l2 + 0)[_u] += a27[_u] * (l0 + 0)[_u];
-        /* ijk,zujk->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a10 + 0)[_u] += a29[0] * (l2 + 0)[_u];
-        /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 0)[_u] += a30[_u] * a31[_u];
-        /* ijk,zuij->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a9 + 0)[_u] += a29[0] * (l3 + 0)[_u];
-        /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l4 + 0)[_u] += a30[_u] * (l0 + 0)[_u];
-        /* ijk,zuik->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            (a10 + 0)[_u] += a29[0] * (l4 + 0)[_u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 0)[_u] += (real)0.5773502691896257 * (a9 + 0)[_u] * a26[_u];
-    }
-}
-
-void cormorant_cg_d2_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
-{
-    const real *restrict a7 = A7;
-    const real *restrict a11 = A11;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 48);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a5[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a6[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuji->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = (a8 + 0)[_u * 3 + _k];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t5[_k * 16 + _u] * a7[_j * 3 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l1 + 0)[_u * 3 + _j] += w6[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t7[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t8[_j * 16 + _u] = a10[_u * 3 + _j];
-        real w9[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w9[_j * 16 + _u] += a9[_u] * t8[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l2 + 0)[_u * 3 + _j] += w9[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t10[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t10[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
-        real w11[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_j * 3 + _k] * t10[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 0)[_u * 3 + _k] += w11[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t12[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t12[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w13[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w13[_j * 16 + _u] += a9[_u] * t12[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a1 + 16)[_u * 3 + _j] += w13[_j * 16 + _u];
-        /* zui,u->zui */
-        real t14[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t14[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
-        real w15[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w15[_i * 16 + _u] += (real)1.224744871391589 * t14[_i * 16 + _u] * a11[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w15[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_i * 16 + _u] += (a12 + 16)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
-{
-    const real *restrict a7 = A7;
-    const real *restrict a11 = A11;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        real l1[80] __attribute__((aligned(64))) = {0};
-        real l2[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a5[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a6[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuji->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_j * 5 + _k] * t3[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = (a8 + 0)[_u * 5 + _k];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t5[_k * 16 + _u] * a7[_j * 5 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t7[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t8[_j * 16 + _u] = a10[_u * 5 + _j];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w9[_j * 16 + _u] += a9[_u] * t8[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l2 + 0)[_u * 5 + _j] += w9[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t10[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w11[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_j * 5 + _k] * t10[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w11[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t12[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t12[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        real w13[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w13[_j * 16 + _u] += a9[_u] * t12[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w13[_j * 16 + _u];
-        /* zui,u->zui */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t14[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w15[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w15[_i * 16 + _u] += (real)1.118033988749895 * t14[_i * 16 + _u] * a11[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w15[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_i * 16 + _u] += (a12 + 64)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
-{
-    const real *restrict a7 = A7;
-    const real *restrict a11 = A11;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 144);
-        real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a5[_u * 3 + _j];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 48 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_i * 3 + _j] * t4[_i * 48 + _j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w5[_j * 16 + _u] += t1[_j * 16 + _u] * (a8 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w5[_j * 16 + _u];
-        /* ijk,zujk->zui */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t6[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_i * 3 + _j] * t6[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
-        /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t8[_i * 16 + _u] = a9[_u * 3 + _i];
-        real t9[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t9[_j * 16 + _u] = a10[_u * 3 + _j];
-        real w10[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 48 + _j * 16 + _u] += t8[_i * 16 + _u] * t9[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a3 + 0)[_u * 9 + _i * 3 + _j] += w10[_i * 48 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t11[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t11[_i * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_i * 3 + _j] * t11[_i * 48 + _j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real w12[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w12[_i * 16 + _u] += t8[_i * 16 + _u] * (a8 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l1 + 0)[_u * 3 + _i] += w12[_i * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t13[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t13[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w14[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a7[_i * 3 + _j] * t13[_i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w14[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w14[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a4 + 0)[_u] += (real)0.5773502691896257 * (a1 + 0)[_u] * a11[_u];
-    }
-}
-
-void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a10 = A10;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t1[_i * 48 + _j * 16 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 15 + _j * 5 + _k] * t1[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 16 + _u] = (a6 + 0)[_u * 5 + _k];
-        real w4[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t3[_k * 16 + _u] * a4[_i * 15 + _j * 5 + _k];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w4[_i * 48 + _j * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w4[_i * 48 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t5[_j * 16 + _u] = a7[_u * 3 + _j];
-        real t6[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t6[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t5[_j * 16 + _u] * t6[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
-        /* ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t8[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t8[_i * 48 + _j * 16 + _u] = (a8 + 0)[_u * 9 + _i * 3 + _j];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 15 + _j * 5 + _k] * t8[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w9[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t10[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t10[_i * 16 + _u] = a9[_u * 3 + _i];
-        real t11[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t11[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w12[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t10[_i * 16 + _u] * t11[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a1 + 16)[_u * 3 + _j] += w12[_j * 16 + _u];
-        /* zui,u->zui */
-        real t13[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t13[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w14[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w14[_i * 16 + _u] += (real)1.118033988749895 * t13[_i * 16 + _u] * a10[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
-{
-    const real *restrict a8 = A8;
-    const real *restrict a12 = A12;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 240);
-        real *restrict a4 = A4 + z * a4_stride;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 48);
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        real l1[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a6[_u * 5 + _j];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a7[_u * 3 + _i];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_i * 80 + _j * 16 + _u] = (a0 + 0)[_u * 15 + _i * 5 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a8[_i * 15 + _j * 3 + _k] * t4[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t6[_k * 16 + _u] = (a9 + 0)[_u * 3 + _k];
-        real w7[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l0 + 0)[_u * 15 + _j * 3 + _k] += w7[_j * 48 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t8[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t8[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _k];
-        real w9[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a8[_i * 15 + _j * 3 + _k] * t8[_j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w9[_i * 16 + _u];
-        /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t10[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t10[_i * 16 + _u] = a10[_u * 3 + _i];
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t11[_j * 16 + _u] = a11[_u * 5 + _j];
-        real w12[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_i * 80 + _j * 16 + _u] += t10[_i * 16 + _u] * t11[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a3 + 0)[_u * 15 + _i * 5 + _j] += w12[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t13[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t13[_i * 80 + _j * 16 + _u] = (a3 + 0)[_u * 15 + _i * 5 + _j];
-        real w14[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a8[_i * 15 + _j * 3 + _k] * t13[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w14[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w14[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real w15[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w15[_i * 48 + _k * 16 + _u] += t10[_i * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l1 + 0)[_u * 9 + _i * 3 + _k] += w15[_i * 48 + _k * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t16[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    t16[_i * 48 + _k * 16 + _u] = (l1 + 0)[_u * 9 + _i * 3 + _k];
-        real w17[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a8[_i * 15 + _j * 3 + _k] * t16[_i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w17[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w17[_j * 16 + _u];
-        /* zui,u->zui */
-        real t18[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t18[_i * 16 + _u] = (a1 + 0)[_u * 3 + _i];
-        real w19[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w19[_i * 16 + _u] += (real)1.224744871391589 * t18[_i * 16 + _u] * a12[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a4 + 16)[_u * 3 + _i] += w19[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a5 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a10 = A10;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t1[_i * 80 + _j * 16 + _u] = (a5 + 0)[_u * 15 + _i * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t1[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 16 + _u] = (a6 + 0)[_u * 5 + _k];
-        real w4[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t3[_k * 16 + _u] * a4[_i * 25 + _j * 5 + _k];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w4[_i * 80 + _j * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w4[_i * 80 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t5[_j * 16 + _u] = a7[_u * 5 + _j];
-        real t6[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t6[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t5[_j * 16 + _u] * t6[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
-        /* ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t8[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t8[_i * 80 + _j * 16 + _u] = (a8 + 0)[_u * 15 + _i * 5 + _j];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t8[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w9[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t10[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t10[_i * 16 + _u] = a9[_u * 3 + _i];
-        real t11[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t11[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t10[_i * 16 + _u] * t11[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w12[_j * 16 + _u];
-        /* zui,u->zui */
-        real t13[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t13[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w14[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w14[_i * 16 + _u] += (real)1.118033988749895 * t13[_i * 16 + _u] * a10[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a9 = A9;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        real l1[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_j * 16 + _u] * a4[_i * 5 + _j];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zui,zuik->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = a5[_u * 5 + _i];
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t4[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a6 + 0)[_u] * t5[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = a7[_u * 5 + _i];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t7[_i * 16 + _u] * a4[_i * 5 + _j];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l1 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* zuj,zujk->zuk */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t9[_j * 16 + _u] = a8[_u * 5 + _j];
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t10[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t9[_j * 16 + _u] * t10[_j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t11[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w12[_j * 16 + _u] += (a6 + 0)[_u] * t11[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w12[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a9[_u];
-    }
-}
-
-void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a6 = A6;
-    const real *restrict a10 = A10;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[400] __attribute__((aligned(64))) = {0};
-        real l1[400] __attribute__((aligned(64))) = {0};
-        real l2[400] __attribute__((aligned(64))) = {0};
-        real l3[400] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 16 + _u] = a5[_u * 5 + _i];
-        real w3[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t4[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 25 + _i * 5 + _j];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a6[_i * 25 + _j * 5 + _k] * t4[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = (a7 + 0)[_u * 5 + _k];
-        real w7[400] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l1 + 0)[_u * 25 + _j * 5 + _k] += w7[_j * 80 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t8[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t8[_j * 80 + _k * 16 + _u] = (l1 + 0)[_u * 25 + _j * 5 + _k];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a6[_i * 25 + _j * 5 + _k] * t8[_j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w9[_i * 16 + _u];
-        /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t10[_i * 16 + _u] = a8[_u * 5 + _i];
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t11[_j * 16 + _u] = a9[_u * 5 + _j];
-        real w12[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_i * 80 + _j * 16 + _u] += t10[_i * 16 + _u] * t11[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l2 + 0)[_u * 25 + _i * 5 + _j] += w12[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t13[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t13[_i * 80 + _j * 16 + _u] = (l2 + 0)[_u * 25 + _i * 5 + _j];
-        real w14[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a6[_i * 25 + _j * 5 + _k] * t13[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w14[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w14[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real w15[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w15[_i * 80 + _k * 16 + _u] += t10[_i * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l3 + 0)[_u * 25 + _i * 5 + _k] += w15[_i * 80 + _k * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t16[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    t16[_i * 80 + _k * 16 + _u] = (l3 + 0)[_u * 25 + _i * 5 + _k];
-        real w17[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a6[_i * 25 + _j * 5 + _k] * t16[_i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w17[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w17[_j * 16 + _u];
-        /* zui,u->zui */
-        real t18[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t18[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w19[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a10[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_g: ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a2[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a0 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_g: ∂/∂p: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 16)[_u * 3 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_g: ∂/∂p: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 64)[_u * 5 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_g: ∂/∂f: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += a1[_u] * a2[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a0 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_cg_d2_f_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_g: ∂/∂f: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a1[_u * 3 + _i] * a2[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-    }
-}
-
-void cormorant_cg_d2_f_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_g: ∂/∂f: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a1[_u * 5 + _i] * a2[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-    }
-}
-    """,
-    "cormorant_cg_d2_weight": """\
-void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, real *restrict A14, int64_t a14_stride, real *restrict A15, int64_t a15_stride, real *restrict A16, int64_t a16_stride, real *restrict A17, int64_t a17_stride, real *restrict A18, int64_t a18_stride, real *restrict A19, int64_t a19_stride, real *restrict A20, int64_t a20_stride, real *restrict A21, int64_t a21_stride, real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride, const real *restrict A55, int64_t a55_stride, const real *restrict A56, int64_t a56_stride, const real *restrict A57, int64_t a57_stride, const real *restrict A58, int64_t a58_stride, const real *restrict A59, int64_t a59_stride, const real *restrict A60, int64_t a60_stride, const real *restrict A61, int64_t a61_stride, const real *restrict A62, int64_t a62_stride)
-{
-    const real *restrict a25 = A25;
-    const real *restrict a26 = A26;
     const real *restrict a28 = A28;
-    const real *restrict a29 = A29;
-    const real *restrict a31 = A31;
+    const real *restrict a30 = A30;
     const real *restrict a32 = A32;
+    const real *restrict a33 = A33;
     const real *restrict a34 = A34;
     const real *restrict a35 = A35;
     const real *restrict a36 = A36;
@@ -7593,1641 +6836,1473 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
     const real *restrict a39 = A39;
     const real *restrict a40 = A40;
     const real *restrict a41 = A41;
+    const real *restrict a42 = A42;
     const real *restrict a43 = A43;
     const real *restrict a44 = A44;
     const real *restrict a45 = A45;
     const real *restrict a46 = A46;
-    const real *restrict a48 = A48;
-    const real *restrict a50 = A50;
-    const real *restrict a52 = A52;
-    const real *restrict a53 = A53;
-    const real *restrict a54 = A54;
-    const real *restrict a55 = A55;
-    const real *restrict a56 = A56;
-    const real *restrict a57 = A57;
-    const real *restrict a58 = A58;
-    const real *restrict a59 = A59;
-    const real *restrict a60 = A60;
-    const real *restrict a61 = A61;
-    const real *restrict a62 = A62;
+    const real *restrict a47 = A47;
     real t37[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t37[_w * 16 + _u] = a48[_u * 16 + _w];
+            t37[_w * 16 + _u] = a28[_u * 16 + _w];
     real t39[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t39[_w * 16 + _u] = a50[_u * 16 + _w];
+            t39[_w * 16 + _u] = a30[_u * 16 + _w];
     real t41[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t41[_w * 16 + _u] = a52[_u * 16 + _w];
+            t41[_w * 16 + _u] = a32[_u * 16 + _w];
     real t66[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t66[_w * 16 + _u] = a62[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 16);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 80);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 80);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 80);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 16);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 80);
-        real *restrict a11 = A11 + z * a11_stride;
-        memset(a11, 0, sizeof(real) * 144);
-        real *restrict a12 = A12 + z * a12_stride;
-        memset(a12, 0, sizeof(real) * 16);
-        real *restrict a13 = A13 + z * a13_stride;
-        memset(a13, 0, sizeof(real) * 48);
-        real *restrict a14 = A14 + z * a14_stride;
-        memset(a14, 0, sizeof(real) * 80);
-        real *restrict a15 = A15 + z * a15_stride;
-        memset(a15, 0, sizeof(real) * 16);
-        real *restrict a16 = A16 + z * a16_stride;
-        memset(a16, 0, sizeof(real) * 80);
-        real *restrict a17 = A17 + z * a17_stride;
-        memset(a17, 0, sizeof(real) * 48);
-        real *restrict a18 = A18 + z * a18_stride;
-        memset(a18, 0, sizeof(real) * 80);
-        real *restrict a19 = A19 + z * a19_stride;
-        memset(a19, 0, sizeof(real) * 16);
-        real *restrict a20 = A20 + z * a20_stride;
-        memset(a20, 0, sizeof(real) * 80);
-        real *restrict a21 = A21 + z * a21_stride;
-        memset(a21, 0, sizeof(real) * 144);
-        real *restrict a22 = A22 + z * a22_stride;
-        memset(a22, 0, sizeof(real) * 144);
-        const real *restrict a23 = A23 + z * a23_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        const real *restrict a33 = A33 + z * a33_stride;
-        const real *restrict a42 = A42 + z * a42_stride;
-        const real *restrict a47 = A47 + z * a47_stride;
-        const real *restrict a49 = A49 + z * a49_stride;
-        const real *restrict a51 = A51 + z * a51_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[80] __attribute__((aligned(64))) = {0};
-        real l3[144] __attribute__((aligned(64))) = {0};
-        real l4[240] __attribute__((aligned(64))) = {0};
-        real l5[400] __attribute__((aligned(64))) = {0};
-        real l6[144] __attribute__((aligned(64))) = {0};
-        /* p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a23[_u] * a24[_u];
-        /* ijk,zuij->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a25[0] * (l0 + 0)[_u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a26[_u];
-        /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a27[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+            t66[_w * 16 + _u] = a42[_u * 16 + _w];
+    real t68[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t68[_w * 16 + _u] = a43[_u * 16 + _w];
+    real t73[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t73[_w * 16 + _u] = a44[_u * 16 + _w];
+    real t77[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t77[_w * 16 + _u] = a45[_u * 16 + _w];
+    real t79[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t79[_w * 16 + _u] = a46[_u * 16 + _w];
+    real t82[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t82[_w * 16 + _u] = a47[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 144);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a27 = A27 + z * a27_stride;
+            const real *restrict a29 = A29 + z * a29_stride;
+            const real *restrict a31 = A31 + z * a31_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[144] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[48] __attribute__((aligned(64))) = {0};
+            real l5[80] __attribute__((aligned(64))) = {0};
+            real l6[80] __attribute__((aligned(64))) = {0};
+            real l7[144] __attribute__((aligned(64))) = {0};
+            real l8[16] __attribute__((aligned(64))) = {0};
+            real l9[80] __attribute__((aligned(64))) = {0};
+            real l10[240] __attribute__((aligned(64))) = {0};
+            real l11[48] __attribute__((aligned(64))) = {0};
+            real l12[80] __attribute__((aligned(64))) = {0};
+            real l13[80] __attribute__((aligned(64))) = {0};
+            real l14[16] __attribute__((aligned(64))) = {0};
+            real l15[400] __attribute__((aligned(64))) = {0};
+            real l16[80] __attribute__((aligned(64))) = {0};
+            real l17[144] __attribute__((aligned(64))) = {0};
+            real l18[144] __attribute__((aligned(64))) = {0};
+            real l19[16] __attribute__((aligned(64))) = {0};
+            real l20[48] __attribute__((aligned(64))) = {0};
+            real l21[80] __attribute__((aligned(64))) = {0};
+            real l22[16] __attribute__((aligned(64))) = {0};
+            real l23[80] __attribute__((aligned(64))) = {0};
+            real l24[48] __attribute__((aligned(64))) = {0};
+            real l25[80] __attribute__((aligned(64))) = {0};
+            real l26[16] __attribute__((aligned(64))) = {0};
+            real l27[80] __attribute__((aligned(64))) = {0};
+            real l28[144] __attribute__((aligned(64))) = {0};
+            real l29[400] __attribute__((aligned(64))) = {0};
+            real l30[400] __attribute__((aligned(64))) = {0};
+            real l31[80] __attribute__((aligned(64))) = {0};
+            real l32[240] __attribute__((aligned(64))) = {0};
+            real l33[240] __attribute__((aligned(64))) = {0};
+            real l34[144] __attribute__((aligned(64))) = {0};
+            real l35[144] __attribute__((aligned(64))) = {0};
+            real l36[48] __attribute__((aligned(64))) = {0};
+            real l37[48] __attribute__((aligned(64))) = {0};
+            real l38[80] __attribute__((aligned(64))) = {0};
+            real l39[48] __attribute__((aligned(64))) = {0};
+            real l40[16] __attribute__((aligned(64))) = {0};
+            real l41[16] __attribute__((aligned(64))) = {0};
+            /* p1 = (p0 ⊗ p0) -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a23[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                (l0 + 0)[_u] += a3[_u] * a4[_u];
+            /* ijk,zuij->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a5[0] * (l0 + 0)[_u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a6[_u];
+            /* p3 = (p0 ⊗ p2) -> 16x1 */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a28[_j * 3 + _k] * t3[_j * 16 + _u];
+                    t1[_j * 16 + _u] = a7[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l3 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
+            real w4[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
-        /* zui,u->zui */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a8[_j * 3 + _k] * t3[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a29[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t7[_j * 16 + _u] = a30[_u * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+            /* zui,u->zui */
+            real t5[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w8[_j * 16 + _u] += a23[_u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    t5[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* p5 = (p0 ⊗ p4) -> 16x2 */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a31[_j * 5 + _k] * t9[_j * 16 + _u];
+                    t7[_j * 16 + _u] = a10[_u * 5 + _j];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a3[_u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l5 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t9[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t9[_j * 16 + _u] = (l5 + 0)[_u * 5 + _j];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
-        /* zui,u->zui */
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a11[_j * 5 + _k] * t9[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a32[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+            /* zui,u->zui */
+            real t11[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t11[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            real w12[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
-        /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t13[_i * 16 + _u] = a33[_u * 3 + _i];
-        real w14[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l3 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t15[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t15[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a12[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+            /* p6 = (p2 ⊗ p2) -> 16x0 */
+            real t13[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t13[_i * 16 + _u] = a13[_u * 3 + _i];
+            real w14[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a34[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
+                        w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a4 + 0)[_u] * a35[_u];
-        /* p7 = (p2 ⊗ p2) -> 16x2 */
-        real t16[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t16[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        real w17[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l7 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t15[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t15[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a36[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                            acc[_u] += a14[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += acc[_u];
+                    (l8 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a5 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
-        /* zui,u->zui */
-        real t18[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t18[_i * 16 + _u] = (a5 + 0)[_u * 5 + _i];
-        real w19[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+            /* zui,u->zui */
             for (int _u = 0; _u < 16; ++_u)
-                w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a37[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l8 + 0)[_u] * a15[_u];
+            /* p7 = (p2 ⊗ p2) -> 16x2 */
+            real t16[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t16[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
+            real w17[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a16[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l9 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
+            /* zui,u->zui */
+            real t18[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t18[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
+            real w19[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
-        /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real w20[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a17[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
+            /* p8 = (p2 ⊗ p4) -> 16x1 */
+            real w20[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l4 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t21[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t21[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w22[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a38[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w22[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (l10 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t21[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t21[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w22[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a6 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
-        /* zui,u->zui */
-        real t23[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t23[_i * 16 + _u] = (a6 + 0)[_u * 3 + _i];
-        real w24[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a18[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a39[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
+            /* zui,u->zui */
+            real t23[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t23[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
+            real w24[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
-        /* p9 = (p2 ⊗ p4) -> 16x2 */
-        real t25[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a19[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
+            /* p9 = (p2 ⊗ p4) -> 16x2 */
+            real t25[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t25[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w26[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a20[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w26[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
+            /* zui,u->zui */
+            real t27[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t27[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            real w28[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a21[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
+            /* p10 = (p4 ⊗ p4) -> 16x0 */
+            real t29[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t29[_i * 16 + _u] = a22[_u * 5 + _i];
+            real w30[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t29[_i * 16 + _u] * a23[_i * 5 + _j];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w30[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l13 + 0)[_u * 5 + _j] += w30[_j * 16 + _u];
+            /* zuj,zujk->zuk */
+            real t31[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t31[_j * 16 + _u] = (l13 + 0)[_u * 5 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_j * 16 + _u] * t31[_j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l14 + 0)[_u] += acc[_u];
+            }
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l14 + 0)[_u] * a24[_u];
+            /* p11 = (p4 ⊗ p4) -> 16x2 */
+            real w32[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w32[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l15 + 0)[_u * 25 + _i * 5 + _j] += w32[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t33[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t33[_i * 80 + _j * 16 + _u] = (l15 + 0)[_u * 25 + _i * 5 + _j];
+            real w34[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a25[_i * 25 + _j * 5 + _k] * t33[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w34[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l16 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
+            /* zui,u->zui */
+            real t35[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t35[_i * 16 + _u] = (l16 + 0)[_u * 5 + _i];
+            real w36[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w36[_i * 16 + _u] += (real)1.118033988749895 * t35[_i * 16 + _u] * a26[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w36[_i * 16 + _u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w38[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a27[_w * 5 + _i] * t37[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w38[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l17 + 64)[_u * 5 + _i] += w38[_i * 16 + _u];
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w40[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a29[_w * 3 + _i] * t39[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w40[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l17 + 16)[_u * 3 + _i] += w40[_i * 16 + _u];
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a31[_w] * t41[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l17 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l18 + 0)[_u] += (real)0.5773502691896257 * a33[_u] * (l1 + 0)[_u];
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l19 + 0)[_u] += (real)0.5773502691896257 * a33[_u] * (l17 + 0)[_u];
+            /* u,zui->zui */
+            real t42[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t42[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+            real w43[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w43[_i * 16 + _u] += (real)1.224744871391589 * a34[_u] * t42[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l18 + 16)[_u * 3 + _i] += w43[_i * 16 + _u];
+            /* u,zui->zui */
+            real t44[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t44[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real w45[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w45[_i * 16 + _u] += (real)1.224744871391589 * a34[_u] * t44[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l20 + 0)[_u * 3 + _i] += w45[_i * 16 + _u];
+            /* u,zui->zui */
+            real t46[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t46[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            real w47[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w47[_i * 16 + _u] += (real)1.118033988749895 * a35[_u] * t46[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l18 + 64)[_u * 5 + _i] += w47[_i * 16 + _u];
+            /* u,zui->zui */
+            real t48[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t48[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w49[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w49[_i * 16 + _u] += (real)1.118033988749895 * a35[_u] * t48[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l21 + 0)[_u * 5 + _i] += w49[_i * 16 + _u];
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l18 + 0)[_u] += (real)0.5773502691896257 * a36[_u] * (l8 + 0)[_u];
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l22 + 0)[_u] += (real)0.5773502691896257 * a36[_u] * (l17 + 0)[_u];
+            /* u,zui->zui */
+            real t50[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t50[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
+            real w51[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w51[_i * 16 + _u] += (real)1.118033988749895 * a37[_u] * t50[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l18 + 64)[_u * 5 + _i] += w51[_i * 16 + _u];
+            /* u,zui->zui */
+            real t52[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t52[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w53[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w53[_i * 16 + _u] += (real)1.118033988749895 * a37[_u] * t52[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l23 + 0)[_u * 5 + _i] += w53[_i * 16 + _u];
+            /* u,zui->zui */
+            real t54[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t54[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
+            real w55[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w55[_i * 16 + _u] += (real)1.224744871391589 * a38[_u] * t54[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l18 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
+            /* u,zui->zui */
+            real t56[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t56[_i * 16 + _u] = (l17 + 16)[_u * 3 + _i];
+            real w57[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w57[_i * 16 + _u] += (real)1.224744871391589 * a38[_u] * t56[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l24 + 0)[_u * 3 + _i] += w57[_i * 16 + _u];
+            /* u,zui->zui */
+            real t58[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t58[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            real w59[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w59[_i * 16 + _u] += (real)1.118033988749895 * a39[_u] * t58[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l18 + 64)[_u * 5 + _i] += w59[_i * 16 + _u];
+            /* u,zui->zui */
+            real t60[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t60[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w61[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w61[_i * 16 + _u] += (real)1.118033988749895 * a39[_u] * t60[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l25 + 0)[_u * 5 + _i] += w61[_i * 16 + _u];
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l18 + 0)[_u] += (real)0.5773502691896257 * a40[_u] * (l14 + 0)[_u];
+            /* u,zui->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l26 + 0)[_u] += (real)0.5773502691896257 * a40[_u] * (l17 + 0)[_u];
+            /* u,zui->zui */
+            real t62[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t62[_i * 16 + _u] = (l16 + 0)[_u * 5 + _i];
+            real w63[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w63[_i * 16 + _u] += (real)1.118033988749895 * a41[_u] * t62[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l18 + 64)[_u * 5 + _i] += w63[_i * 16 + _u];
+            /* u,zui->zui */
+            real t64[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t64[_i * 16 + _u] = (l17 + 64)[_u * 5 + _i];
+            real w65[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w65[_i * 16 + _u] += (real)1.118033988749895 * a41[_u] * t64[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l27 + 0)[_u * 5 + _i] += w65[_i * 16 + _u];
+            /* ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += a42[_u * 16 + _w] * (l2 + 0)[_u];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂p: ∂/∂weight: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t66[_w * 16 + _u] * a31[_w];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l28 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂d_g: ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += (l18 + 0)[_u] * a32[_u * 16 + _w];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂p: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 144)[_u * 16 + _w] += (real)0.25 * (l18 + 0)[_u] * a31[_w];
+            /* ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1 */
+            real w67[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a43[_u * 16 + _w] * (l2 + 16)[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w67[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_w * 3 + _i] += w67[_i * 16 + _w];
+            /* ∂/∂p: ∂/∂weight: 16x1 -> 16x1 */
+            real w69[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t68[_w * 16 + _u] * a29[_w * 3 + _i];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w69[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l28 + 16)[_u * 3 + _i] += w69[_i * 16 + _u];
+            /* ∂/∂d_g: ∂/∂p: 16x1 -> 16x1 */
+            real w70[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l18 + 16)[_u * 3 + _i] * a30[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w70[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_w * 3 + _i] += w70[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x1 -> 16x1 */
+            real t71[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t71[_i * 16 + _w] = a29[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l18 + 16)[_u * 3 + _i] * t71[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 400)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2 */
+            real w72[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a44[_u * 16 + _w] * (l2 + 64)[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w72[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_w * 5 + _i] += w72[_i * 16 + _w];
+            /* ∂/∂p: ∂/∂weight: 16x2 -> 16x2 */
+            real w74[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t73[_w * 16 + _u] * a27[_w * 5 + _i];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w74[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l28 + 64)[_u * 5 + _i] += w74[_i * 16 + _u];
+            /* ∂/∂d_g: ∂/∂p: 16x2 -> 16x2 */
+            real w75[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l18 + 64)[_u * 5 + _i] * a28[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w75[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_w * 5 + _i] += w75[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x2 -> 16x2 */
+            real t76[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t76[_i * 16 + _w] = a27[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l18 + 64)[_u * 5 + _i] * t76[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 656)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += a45[_u * 16 + _w] * a3[_u];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂f: ∂/∂weight: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t77[_w * 16 + _u] * a31[_w];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a2 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1 */
+            real w78[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a46[_u * 16 + _w] * a13[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w78[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_w * 3 + _i] += w78[_i * 16 + _w];
+            /* ∂/∂f: ∂/∂weight: 16x1 -> 16x1 */
+            real w80[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t79[_w * 16 + _u] * a29[_w * 3 + _i];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w80[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w80[_i * 16 + _u];
+            /* ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2 */
+            real w81[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a47[_u * 16 + _w] * a22[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w81[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_w * 5 + _i] += w81[_i * 16 + _w];
+            /* ∂/∂f: ∂/∂weight: 16x2 -> 16x2 */
+            real w83[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t82[_w * 16 + _u] * a27[_w * 5 + _i];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w83[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w83[_i * 16 + _u];
+            /* zui,u->zui */
+            real t84[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t84[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real w85[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w85[_i * 16 + _u] += (real)1.118033988749895 * t84[_i * 16 + _u] * a26[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l27 + 0)[_u * 5 + _i] += w85[_i * 16 + _u];
+            /* zui,zui->u */
+            real t86[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t86[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real t87[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t87[_i * 16 + _u] = (l16 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t86[_i * 16 + _u] * t87[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 128)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t88[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t88[_k * 16 + _u] = (l27 + 0)[_u * 5 + _k];
+            real w89[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w89[_j * 80 + _k * 16 + _u] += t88[_k * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l29 + 0)[_u * 25 + _j * 5 + _k] += w89[_j * 80 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t90[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t90[_j * 80 + _k * 16 + _u] = (l29 + 0)[_u * 25 + _j * 5 + _k];
+            real w91[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a25[_i * 25 + _j * 5 + _k] * t90[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w91[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w91[_i * 16 + _u];
+            /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+            real t92[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t92[_k * 16 + _u] = (l27 + 0)[_u * 5 + _k];
+            real w93[400] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w93[_k * 80 + _i * 16 + _u] += t92[_k * 16 + _u] * t29[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (l30 + 0)[_u * 25 + _k * 5 + _i] += w93[_k * 80 + _i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t94[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t94[_k * 80 + _i * 16 + _u] = (l30 + 0)[_u * 25 + _k * 5 + _i];
+            real w95[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a25[_i * 25 + _j * 5 + _k] * t94[_k * 80 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w95[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w95[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l26 + 0)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * a24[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 112)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * (l14 + 0)[_u];
+            /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real w96[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w96[_j * 16 + _u] += (l26 + 0)[_u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l31 + 0)[_u * 5 + _j] += w96[_j * 16 + _u];
+            /* ijk,zukj->zui */
+            real t97[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t97[_j * 16 + _u] = (l31 + 0)[_u * 5 + _j];
+            real w98[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a23[_i * 5 + _j] * t97[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w98[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w98[_i * 16 + _u];
+            /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+            real t99[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t99[_j * 16 + _u] = (l13 + 0)[_u * 5 + _j];
+            real w100[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w100[_j * 16 + _u] += (l26 + 0)[_u] * t99[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w100[_j * 16 + _u];
+            /* zui,u->zui */
+            real t101[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t101[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real w102[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w102[_i * 16 + _u] += (real)1.118033988749895 * t101[_i * 16 + _u] * a21[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l25 + 0)[_u * 5 + _i] += w102[_i * 16 + _u];
+            /* zui,zui->u */
+            real t103[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t103[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real t104[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t104[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t103[_i * 16 + _u] * t104[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 96)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t105[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t105[_k * 16 + _u] = (l25 + 0)[_u * 5 + _k];
+            real w106[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    t25[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w26[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t105[_k * 16 + _u] * a20[_i * 25 + _j * 5 + _k];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w106[_i * 80 + _j * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l32 + 0)[_u * 15 + _i * 5 + _j] += w106[_i * 80 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t107[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t107[_i * 80 + _j * 16 + _u] = (l32 + 0)[_u * 15 + _i * 5 + _j];
+            real w108[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t7[_j * 16 + _u] * t107[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w108[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w108[_i * 16 + _u];
+            /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+            real t109[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t109[_i * 80 + _j * 16 + _u] = (l32 + 0)[_u * 15 + _i * 5 + _j];
+            real w110[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_i * 16 + _u] * t109[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w110[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w110[_j * 16 + _u];
+            /* zui,u->zui */
+            real t111[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t111[_i * 16 + _u] = (l28 + 16)[_u * 3 + _i];
+            real w112[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w112[_i * 16 + _u] += (real)1.224744871391589 * t111[_i * 16 + _u] * a19[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l24 + 0)[_u * 3 + _i] += w112[_i * 16 + _u];
+            /* zui,zui->u */
+            real t113[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t113[_i * 16 + _u] = (l28 + 16)[_u * 3 + _i];
+            real t114[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t114[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t113[_i * 16 + _u] * t114[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 80)[_u] += (real)1.224744871391589 * acc[_u];
+            }
+            /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t115[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t115[_k * 16 + _u] = (l24 + 0)[_u * 3 + _k];
+            real w116[240] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w116[_j * 48 + _k * 16 + _u] += t115[_k * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l33 + 0)[_u * 15 + _j * 3 + _k] += w116[_j * 48 + _k * 16 + _u];
+            /* ijk,zujk->zui */
+            real t117[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t117[_j * 48 + _k * 16 + _u] = (l33 + 0)[_u * 15 + _j * 3 + _k];
+            real w118[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a40[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w26[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a7 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
-        /* zui,u->zui */
-        real t27[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t27[_i * 16 + _u] = (a7 + 0)[_u * 5 + _i];
-        real w28[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a18[_i * 15 + _j * 3 + _k] * t117[_j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w118[_i * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a41[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w118[_i * 16 + _u];
+            /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+            real t119[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t119[_k * 16 + _u] = (l24 + 0)[_u * 3 + _k];
+            real w120[144] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w120[_k * 48 + _i * 16 + _u] += t119[_k * 16 + _u] * t13[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (l34 + 0)[_u * 9 + _k * 3 + _i] += w120[_k * 48 + _i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t121[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t121[_k * 48 + _i * 16 + _u] = (l34 + 0)[_u * 9 + _k * 3 + _i];
+            real w122[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a18[_i * 15 + _j * 3 + _k] * t121[_k * 48 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w122[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w122[_j * 16 + _u];
+            /* zui,u->zui */
+            real t123[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t123[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real w124[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
-        /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t29[_i * 16 + _u] = a42[_u * 5 + _i];
-        real w30[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w124[_i * 16 + _u] += (real)1.118033988749895 * t123[_i * 16 + _u] * a17[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l23 + 0)[_u * 5 + _i] += w124[_i * 16 + _u];
+            /* zui,zui->u */
+            real t125[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t125[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real t126[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t126[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t29[_i * 16 + _u] * a43[_i * 5 + _j];
+                        acc[_u] += t125[_i * 16 + _u] * t126[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w30[_j * 16 + _u] += acc[_u];
+                    (a1 + 64)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a8 + 0)[_u * 5 + _j] += w30[_j * 16 + _u];
-        /* zuj,zujk->zuk */
-        real t31[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t31[_j * 16 + _u] = (a8 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t7[_j * 16 + _u] * t31[_j * 16 + _u];
+            /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t127[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                (a9 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a9 + 0)[_u] * a44[_u];
-        /* p11 = (p4 ⊗ p4) -> 16x2 */
-        real w32[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w32[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l5 + 0)[_u * 25 + _i * 5 + _j] += w32[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t33[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t33[_i * 80 + _j * 16 + _u] = (l5 + 0)[_u * 25 + _i * 5 + _j];
-        real w34[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a45[_i * 25 + _j * 5 + _k] * t33[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w34[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
-        /* zui,u->zui */
-        real t35[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t35[_i * 16 + _u] = (a10 + 0)[_u * 5 + _i];
-        real w36[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w36[_i * 16 + _u] += (real)1.118033988749895 * t35[_i * 16 + _u] * a46[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w36[_i * 16 + _u];
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w38[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a47[_w * 5 + _i] * t37[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w38[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l6 + 64)[_u * 5 + _i] += w38[_i * 16 + _u];
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w40[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a49[_w * 3 + _i] * t39[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w40[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l6 + 16)[_u * 3 + _i] += w40[_i * 16 + _u];
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a51[_w] * t41[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (l6 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 0)[_u] += (real)0.5773502691896257 * a53[_u] * (a0 + 0)[_u];
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a12 + 0)[_u] += (real)0.5773502691896257 * a53[_u] * (l6 + 0)[_u];
-        /* u,zui->zui */
-        real t42[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t42[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w43[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w43[_i * 16 + _u] += (real)1.224744871391589 * a54[_u] * t42[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a11 + 16)[_u * 3 + _i] += w43[_i * 16 + _u];
-        /* u,zui->zui */
-        real t44[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t44[_i * 16 + _u] = (l6 + 16)[_u * 3 + _i];
-        real w45[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w45[_i * 16 + _u] += (real)1.224744871391589 * a54[_u] * t44[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a13 + 0)[_u * 3 + _i] += w45[_i * 16 + _u];
-        /* u,zui->zui */
-        real t46[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t46[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w47[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w47[_i * 16 + _u] += (real)1.118033988749895 * a55[_u] * t46[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a11 + 64)[_u * 5 + _i] += w47[_i * 16 + _u];
-        /* u,zui->zui */
-        real t48[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t48[_i * 16 + _u] = (l6 + 64)[_u * 5 + _i];
-        real w49[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w49[_i * 16 + _u] += (real)1.118033988749895 * a55[_u] * t48[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a14 + 0)[_u * 5 + _i] += w49[_i * 16 + _u];
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 0)[_u] += (real)0.5773502691896257 * a56[_u] * (a4 + 0)[_u];
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a15 + 0)[_u] += (real)0.5773502691896257 * a56[_u] * (l6 + 0)[_u];
-        /* u,zui->zui */
-        real t50[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t50[_i * 16 + _u] = (a5 + 0)[_u * 5 + _i];
-        real w51[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w51[_i * 16 + _u] += (real)1.118033988749895 * a57[_u] * t50[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a11 + 64)[_u * 5 + _i] += w51[_i * 16 + _u];
-        /* u,zui->zui */
-        real t52[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t52[_i * 16 + _u] = (l6 + 64)[_u * 5 + _i];
-        real w53[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w53[_i * 16 + _u] += (real)1.118033988749895 * a57[_u] * t52[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a16 + 0)[_u * 5 + _i] += w53[_i * 16 + _u];
-        /* u,zui->zui */
-        real t54[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t54[_i * 16 + _u] = (a6 + 0)[_u * 3 + _i];
-        real w55[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w55[_i * 16 + _u] += (real)1.224744871391589 * a58[_u] * t54[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a11 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
-        /* u,zui->zui */
-        real t56[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t56[_i * 16 + _u] = (l6 + 16)[_u * 3 + _i];
-        real w57[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w57[_i * 16 + _u] += (real)1.224744871391589 * a58[_u] * t56[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a17 + 0)[_u * 3 + _i] += w57[_i * 16 + _u];
-        /* u,zui->zui */
-        real t58[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t58[_i * 16 + _u] = (a7 + 0)[_u * 5 + _i];
-        real w59[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w59[_i * 16 + _u] += (real)1.118033988749895 * a59[_u] * t58[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a11 + 64)[_u * 5 + _i] += w59[_i * 16 + _u];
-        /* u,zui->zui */
-        real t60[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t60[_i * 16 + _u] = (l6 + 64)[_u * 5 + _i];
-        real w61[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w61[_i * 16 + _u] += (real)1.118033988749895 * a59[_u] * t60[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a18 + 0)[_u * 5 + _i] += w61[_i * 16 + _u];
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 0)[_u] += (real)0.5773502691896257 * a60[_u] * (a9 + 0)[_u];
-        /* u,zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a19 + 0)[_u] += (real)0.5773502691896257 * a60[_u] * (l6 + 0)[_u];
-        /* u,zui->zui */
-        real t62[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t62[_i * 16 + _u] = (a10 + 0)[_u * 5 + _i];
-        real w63[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w63[_i * 16 + _u] += (real)1.118033988749895 * a61[_u] * t62[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a11 + 64)[_u * 5 + _i] += w63[_i * 16 + _u];
-        /* u,zui->zui */
-        real t64[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t64[_i * 16 + _u] = (l6 + 64)[_u * 5 + _i];
-        real w65[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w65[_i * 16 + _u] += (real)1.118033988749895 * a61[_u] * t64[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a20 + 0)[_u * 5 + _i] += w65[_i * 16 + _u];
-        /* ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += a62[_u * 16 + _w] * (a1 + 0)[_u];
-            for (int _w = 0; _w < 16; ++_w)
-                (a21 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-        /* ∂/∂p: ∂/∂weight: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t66[_w * 16 + _u] * a51[_w];
-            for (int _u = 0; _u < 16; ++_u)
-                (a22 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* ∂/∂d_g: ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += (a11 + 0)[_u] * a52[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a21 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_cg_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    real t2[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t2[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a3[_u * 16 + _w] * (a4 + 16)[_u * 3 + _i];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* ∂/∂p: ∂/∂weight: 16x1 -> 16x1 */
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t2[_w * 16 + _u] * a5[_w * 3 + _i];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w3[_i * 16 + _u];
-        /* ∂/∂d_g: ∂/∂p: 16x1 -> 16x1 */
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a6 + 16)[_u * 3 + _i] * a7[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w4[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w4[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a2 + 0)[_i * 16 + _w] += a5[_w * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    real t2[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t2[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a3[_u * 16 + _w] * (a4 + 64)[_u * 5 + _i];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* ∂/∂p: ∂/∂weight: 16x2 -> 16x2 */
-        real w3[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t2[_w * 16 + _u] * a5[_w * 5 + _i];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w3[_i * 16 + _u];
-        /* ∂/∂d_g: ∂/∂p: 16x2 -> 16x2 */
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a6 + 64)[_u * 5 + _i] * a7[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w4[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w4[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a2 + 0)[_i * 16 + _w] += a5[_w * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    const real *restrict a11 = A11;
-    const real *restrict a15 = A15;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a5[_u * 16 + _w];
-    real t3[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t3[_w * 16 + _u] = a8[_u * 16 + _w];
-    real t6[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t6[_w * 16 + _u] = a11[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        /* ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += a5[_u * 16 + _w] * a6[_u];
-            for (int _w = 0; _w < 16; ++_w)
-                (a0 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-        /* ∂/∂f: ∂/∂weight: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t1[_w * 16 + _u] * a7[_w];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1 */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a8[_u * 16 + _w] * a9[_u * 3 + _i];
-                for (int _w = 0; _w < 16; ++_w)
-                    w2[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w2[_i * 16 + _w];
-        /* ∂/∂f: ∂/∂weight: 16x1 -> 16x1 */
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_w * 16 + _u] * a10[_w * 3 + _i];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2 */
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a11[_u * 16 + _w] * a12[_u * 5 + _i];
-                for (int _w = 0; _w < 16; ++_w)
-                    w5[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w5[_i * 16 + _w];
-        /* ∂/∂f: ∂/∂weight: 16x2 -> 16x2 */
-        real w7[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_w * 16 + _u] * a13[_w * 5 + _i];
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w7[_i * 16 + _u];
-        /* zui,u->zui */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t8[_i * 16 + _u] = (a14 + 64)[_u * 5 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w9[_i * 16 + _u] += (real)1.118033988749895 * t8[_i * 16 + _u] * a15[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 0)[_u * 5 + _i] += w9[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a14 + 64)[_u * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_i * 16 + _u] += (a16 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[400] __attribute__((aligned(64))) = {0};
-        real l1[400] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a3[_u * 5 + _j];
-        real w3[400] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
-                    (l0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t4[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t4[_j * 80 + _k * 16 + _u] = (l0 + 0)[_u * 25 + _j * 5 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 5; ++_k)
+                    t127[_k * 16 + _u] = (l23 + 0)[_u * 5 + _k];
+            real w128[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t127[_k * 16 + _u] * a16[_i * 15 + _j * 5 + _k];
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t4[_j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = a5[_u * 5 + _i];
-        real w7[400] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (l1 + 0)[_u * 25 + _k * 5 + _i] += w7[_k * 80 + _i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t8[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    t8[_k * 80 + _i * 16 + _u] = (l1 + 0)[_u * 25 + _k * 5 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a4[_i * 25 + _j * 5 + _k] * t8[_k * 80 + _i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
-    }
-}
-
-void cormorant_cg_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                            w128[_i * 48 + _j * 16 + _u] += acc[_u];
+                    }
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zukj->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l35 + 0)[_u * 9 + _i * 3 + _j] += w128[_i * 48 + _j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t129[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t129[_i * 48 + _j * 16 + _u] = (l35 + 0)[_u * 9 + _i * 3 + _j];
+            real w130[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_j * 16 + _u] * t129[_i * 48 + _j * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+                        w130[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w130[_i * 16 + _u];
+            /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+            real t131[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t131[_i * 48 + _j * 16 + _u] = (l35 + 0)[_u * 9 + _i * 3 + _j];
+            real w132[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t13[_i * 16 + _u] * t131[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w132[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 16)[_u * 3 + _j] += w132[_j * 16 + _u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l22 + 0)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * a15[_u];
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 48)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * (l8 + 0)[_u];
+            /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w133[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += acc[_u];
+                    w133[_j * 16 + _u] += (l22 + 0)[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l36 + 0)[_u * 3 + _j] += w133[_j * 16 + _u];
+            /* ijk,zukj->zui */
+            real t134[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t134[_j * 16 + _u] = (l36 + 0)[_u * 3 + _j];
+            real w135[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a14[_i * 3 + _j] * t134[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w135[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w135[_i * 16 + _u];
+            /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+            real w136[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w136[_i * 16 + _u] += (l22 + 0)[_u] * t13[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l37 + 0)[_u * 3 + _i] += w136[_i * 16 + _u];
+            /* ijk,zuki->zuj */
+            real t137[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t137[_i * 16 + _u] = (l37 + 0)[_u * 3 + _i];
+            real w138[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a14[_i * 3 + _j] * t137[_i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w138[_j * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 16)[_u * 3 + _j] += w138[_j * 16 + _u];
+            /* zui,u->zui */
+            real t139[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t139[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real w140[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w140[_i * 16 + _u] += (real)1.118033988749895 * t139[_i * 16 + _u] * a12[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l21 + 0)[_u * 5 + _i] += w140[_i * 16 + _u];
+            /* zui,zui->u */
+            real t141[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t141[_i * 16 + _u] = (l28 + 64)[_u * 5 + _i];
+            real t142[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t142[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t141[_i * 16 + _u] * t142[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 32)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t5[_j * 16 + _u] = (a6 + 0)[_u * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+            /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t143[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += (a3 + 0)[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a9 = A9;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w2[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t143[_k * 16 + _u] = (l21 + 0)[_u * 5 + _k];
+            real w144[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+                            acc[_u] += t143[_k * 16 + _u] * a11[_j * 5 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 80 + _j * 16 + _u] += acc[_u];
+                        w144[_j * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = a6[_u * 5 + _j];
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+                    (l38 + 0)[_u * 5 + _j] += w144[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t145[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t145[_j * 16 + _u] = (l38 + 0)[_u * 5 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                        acc[_u] += t7[_j * 16 + _u] * t145[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
+                    (a2 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a7[_u * 3 + _i];
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+            real t146[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                    t146[_j * 16 + _u] = (l38 + 0)[_u * 5 + _j];
+            real w147[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w147[_j * 16 + _u] += a3[_u] * t146[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w147[_j * 16 + _u];
+            /* zui,u->zui */
+            real t148[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t148[_i * 16 + _u] = (l28 + 16)[_u * 3 + _i];
+            real w149[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w149[_i * 16 + _u] += (real)1.224744871391589 * t148[_i * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l20 + 0)[_u * 3 + _i] += w149[_i * 16 + _u];
+            /* zui,zui->u */
+            real t150[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t150[_i * 16 + _u] = (l28 + 16)[_u * 3 + _i];
+            real t151[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t151[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+                        acc[_u] += t150[_i * 16 + _u] * t151[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
+                    (a1 + 16)[_u] += (real)1.224744871391589 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        real t9[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t9[_i * 16 + _u] = (a8 + 16)[_u * 3 + _i];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t152[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a9[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w10[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a8 + 16)[_u * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a10 + 0)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        real l1[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
-                    (l0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
-        /* ijk,zujk->zui */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t4[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _k];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a5[_i * 15 + _j * 3 + _k] * t4[_j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w7[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (l1 + 0)[_u * 9 + _k * 3 + _i] += w7[_k * 48 + _i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t8[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t8[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 9 + _k * 3 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a5[_i * 15 + _j * 3 + _k] * t8[_k * 48 + _i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
-        /* zui,u->zui */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t10[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w11[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w11[_i * 16 + _u] += (real)1.118033988749895 * t10[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w11[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
-        real w2[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t152[_k * 16 + _u] = (l20 + 0)[_u * 3 + _k];
+            real w153[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
+                    for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+                            acc[_u] += t152[_k * 16 + _u] * a8[_j * 3 + _k];
                     for (int _u = 0; _u < 16; ++_u)
-                        w2[_i * 48 + _j * 16 + _u] += acc[_u];
+                        w153[_j * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = a4[_u * 3 + _j];
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+                    (l39 + 0)[_u * 3 + _j] += w153[_j * 16 + _u];
+            /* zuj,zuij->zui */
+            real t154[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    t154[_j * 16 + _u] = (l39 + 0)[_u * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                        acc[_u] += t1[_j * 16 + _u] * t154[_j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
+                    (a2 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a5[_u * 3 + _i];
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+            real t155[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+                    t155[_j * 16 + _u] = (l39 + 0)[_u * 3 + _j];
+            real w156[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
-    }
-}
-
-void cormorant_cg_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                    w156[_j * 16 + _u] += a3[_u] * t155[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zukj->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _j] += w156[_j * 16 + _u];
+            /* zui,u->zui */
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
-        /* zui,u->zui */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                (l19 + 0)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * a6[_u];
+            /* zui,zui->u */
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l28 + 0)[_u] * (l1 + 0)[_u];
+            /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = a5[_u * 5 + _j];
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+                (l40 + 0)[_u] += (l19 + 0)[_u] * a4[_u];
+            /* ijk,zukj->zui */
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
+                (a2 + 0)[_u] += a5[0] * (l40 + 0)[_u];
+            /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l41 + 0)[_u] += (l19 + 0)[_u] * a3[_u];
+            /* ijk,zuki->zuj */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += a5[0] * (l41 + 0)[_u];
         }
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t5[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += a6[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w8[_i * 16 + _u] += (real)1.224744871391589 * t7[_i * 16 + _u] * a8[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w8[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 3 + _i];
     }
-}
-
-void cormorant_cg_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_j * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* zuj,zuij->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = a4[_u * 3 + _j];
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t5[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_j * 16 + _u] += a5[_u] * t5[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w6[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
+    for (int64_t i = 0; i < 1680; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1680 + 0 + i];
+        A1[i] = sum;
     }
-}
-
-void cormorant_cg_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
-        /* ijk,zukj->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[0] * (l0 + 0)[_u];
-        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += (a1 + 0)[_u] * a4[_u];
-        /* ijk,zuki->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[0] * (l1 + 0)[_u];
-    }
+    free(partial);
 }
     """,
     "cormorant_cg_d_only_f": """\
@@ -9947,568 +9022,581 @@ void cormorant_cg_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t
 }
     """,
     "cormorant_cg_d_only_weight": """\
-void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride)
 {
+    const real *restrict a3 = A3;
+    const real *restrict a4 = A4;
+    const real *restrict a6 = A6;
+    const real *restrict a7 = A7;
+    const real *restrict a9 = A9;
+    const real *restrict a10 = A10;
+    const real *restrict a12 = A12;
     const real *restrict a13 = A13;
     const real *restrict a14 = A14;
+    const real *restrict a15 = A15;
     const real *restrict a16 = A16;
     const real *restrict a17 = A17;
+    const real *restrict a18 = A18;
     const real *restrict a19 = A19;
-    const real *restrict a20 = A20;
+    const real *restrict a21 = A21;
     const real *restrict a22 = A22;
     const real *restrict a23 = A23;
     const real *restrict a24 = A24;
-    const real *restrict a25 = A25;
-    const real *restrict a26 = A26;
-    const real *restrict a27 = A27;
     const real *restrict a28 = A28;
     const real *restrict a29 = A29;
-    const real *restrict a31 = A31;
-    const real *restrict a32 = A32;
-    const real *restrict a33 = A33;
-    const real *restrict a34 = A34;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 80);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 16);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 80);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 80);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 16);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 80);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 80);
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a18 = A18 + z * a18_stride;
-        const real *restrict a21 = A21 + z * a21_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[80] __attribute__((aligned(64))) = {0};
-        real l3[144] __attribute__((aligned(64))) = {0};
-        real l4[240] __attribute__((aligned(64))) = {0};
-        real l5[400] __attribute__((aligned(64))) = {0};
-        /* p1 = (p0 ⊗ p0) -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a11[_u] * a12[_u];
-        /* ijk,zuij->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a13[0] * (l0 + 0)[_u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a14[_u];
-        /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a15[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+    const real *restrict a30 = A30;
+    real t38[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t38[_w * 16 + _u] = a28[_u * 16 + _w];
+    real t40[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t40[_w * 16 + _u] = a29[_u * 16 + _w];
+    real t42[256] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 16; ++_u)
+        for (int _w = 0; _w < 16; ++_w)
+            t42[_w * 16 + _u] = a30[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a25 = A25 + z * a25_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a27 = A27 + z * a27_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[144] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[48] __attribute__((aligned(64))) = {0};
+            real l5[80] __attribute__((aligned(64))) = {0};
+            real l6[80] __attribute__((aligned(64))) = {0};
+            real l7[144] __attribute__((aligned(64))) = {0};
+            real l8[16] __attribute__((aligned(64))) = {0};
+            real l9[80] __attribute__((aligned(64))) = {0};
+            real l10[240] __attribute__((aligned(64))) = {0};
+            real l11[48] __attribute__((aligned(64))) = {0};
+            real l12[80] __attribute__((aligned(64))) = {0};
+            real l13[400] __attribute__((aligned(64))) = {0};
+            real l14[16] __attribute__((aligned(64))) = {0};
+            real l15[80] __attribute__((aligned(64))) = {0};
+            real l16[144] __attribute__((aligned(64))) = {0};
+            /* p1 = (p0 ⊗ p0) -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a11[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                (l0 + 0)[_u] += a1[_u] * a2[_u];
+            /* ijk,zuij->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a3[0] * (l0 + 0)[_u];
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a4[_u];
+            /* p3 = (p0 ⊗ p2) -> 16x1 */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a16[_j * 3 + _k] * t3[_j * 16 + _u];
+                    t1[_j * 16 + _u] = a5[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l3 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
+            real w4[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
-        /* zui,u->zui */
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a6[_j * 3 + _k] * t3[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a17[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t7[_j * 16 + _u] = a18[_u * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+            /* zui,u->zui */
+            real t5[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w8[_j * 16 + _u] += a11[_u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t9[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    t5[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a7[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* p5 = (p0 ⊗ p4) -> 16x2 */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a19[_j * 5 + _k] * t9[_j * 16 + _u];
+                    t7[_j * 16 + _u] = a8[_u * 5 + _j];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a1[_u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l5 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t9[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t9[_j * 16 + _u] = (l5 + 0)[_u * 5 + _j];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
-        /* zui,u->zui */
-        real t11[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a9[_j * 5 + _k] * t9[_j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a20[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+            /* zui,u->zui */
+            real t11[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t11[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            real w12[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
-        /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t13[_i * 16 + _u] = a21[_u * 3 + _i];
-        real w14[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l3 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t15[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t15[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a10[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+            /* p6 = (p2 ⊗ p2) -> 16x0 */
+            real t13[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t13[_i * 16 + _u] = a11[_u * 3 + _i];
+            real w14[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a22[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
+                        w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a4 + 0)[_u] * a23[_u];
-        /* p7 = (p2 ⊗ p2) -> 16x2 */
-        real t16[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t16[_i * 48 + _j * 16 + _u] = (l3 + 0)[_u * 9 + _i * 3 + _j];
-        real w17[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l7 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t15[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t15[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a24[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                            acc[_u] += a12[_i * 3 + _j] * t15[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += acc[_u];
+                    (l8 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a5 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
-        /* zui,u->zui */
-        real t18[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t18[_i * 16 + _u] = (a5 + 0)[_u * 5 + _i];
-        real w19[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+            /* zui,u->zui */
             for (int _u = 0; _u < 16; ++_u)
-                w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a25[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l8 + 0)[_u] * a13[_u];
+            /* p7 = (p2 ⊗ p2) -> 16x2 */
+            real t16[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t16[_i * 48 + _j * 16 + _u] = (l7 + 0)[_u * 9 + _i * 3 + _j];
+            real w17[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a14[_i * 15 + _j * 5 + _k] * t16[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l9 + 0)[_u * 5 + _k] += w17[_k * 16 + _u];
+            /* zui,u->zui */
+            real t18[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t18[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
+            real w19[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
-        /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real w20[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w19[_i * 16 + _u] += (real)1.118033988749895 * t18[_i * 16 + _u] * a15[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
+            /* p8 = (p2 ⊗ p4) -> 16x1 */
+            real w20[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l4 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t21[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t21[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w22[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w20[_i * 80 + _j * 16 + _u] += t13[_i * 16 + _u] * t7[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a26[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w22[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (l10 + 0)[_u * 15 + _i * 5 + _j] += w20[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t21[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t21[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w22[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a6 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
-        /* zui,u->zui */
-        real t23[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t23[_i * 16 + _u] = (a6 + 0)[_u * 3 + _i];
-        real w24[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a16[_i * 15 + _j * 3 + _k] * t21[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a27[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 3 + _k] += w22[_k * 16 + _u];
+            /* zui,u->zui */
+            real t23[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t23[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
+            real w24[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
-        /* p9 = (p2 ⊗ p4) -> 16x2 */
-        real t25[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t25[_i * 80 + _j * 16 + _u] = (l4 + 0)[_u * 15 + _i * 5 + _j];
-        real w26[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    w24[_i * 16 + _u] += (real)1.224744871391589 * t23[_i * 16 + _u] * a17[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l2 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
+            /* p9 = (p2 ⊗ p4) -> 16x2 */
+            real t25[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a28[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w26[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        t25[_i * 80 + _j * 16 + _u] = (l10 + 0)[_u * 15 + _i * 5 + _j];
+            real w26[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a7 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
-        /* zui,u->zui */
-        real t27[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t27[_i * 16 + _u] = (a7 + 0)[_u * 5 + _i];
-        real w28[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a18[_i * 25 + _j * 5 + _k] * t25[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w26[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a29[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 5 + _k] += w26[_k * 16 + _u];
+            /* zui,u->zui */
+            real t27[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t27[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            real w28[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
-        /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t29[_i * 16 + _u] = a30[_u * 5 + _i];
-        real w30[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w30[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l5 + 0)[_u * 25 + _i * 5 + _j] += w30[_i * 80 + _j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t31[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t31[_i * 80 + _j * 16 + _u] = (l5 + 0)[_u * 25 + _i * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    w28[_i * 16 + _u] += (real)1.118033988749895 * t27[_i * 16 + _u] * a19[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
+            /* p10 = (p4 ⊗ p4) -> 16x0 */
+            real t29[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t29[_i * 16 + _u] = a20[_u * 5 + _i];
+            real w30[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a31[_i * 5 + _j] * t31[_i * 80 + _j * 16 + _u];
+                        w30[_i * 80 + _j * 16 + _u] += t29[_i * 16 + _u] * t7[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a8 + 0)[_u] += acc[_u];
-        }
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a8 + 0)[_u] * a32[_u];
-        /* p11 = (p4 ⊗ p4) -> 16x2 */
-        real t32[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t32[_i * 80 + _j * 16 + _u] = (l5 + 0)[_u * 25 + _i * 5 + _j];
-        real w33[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l13 + 0)[_u * 25 + _i * 5 + _j] += w30[_i * 80 + _j * 16 + _u];
+            /* ijk,zuij->zuk */
+            real t31[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t31[_i * 80 + _j * 16 + _u] = (l13 + 0)[_u * 25 + _i * 5 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += a33[_i * 25 + _j * 5 + _k] * t32[_i * 80 + _j * 16 + _u];
+                            acc[_u] += a21[_i * 5 + _j] * t31[_i * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w33[_k * 16 + _u] += acc[_u];
+                    (l14 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
+            /* zui,u->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (real)0.5773502691896257 * (l14 + 0)[_u] * a22[_u];
+            /* p11 = (p4 ⊗ p4) -> 16x2 */
+            real t32[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t32[_i * 80 + _j * 16 + _u] = (l13 + 0)[_u * 25 + _i * 5 + _j];
+            real w33[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a9 + 0)[_u * 5 + _k] += w33[_k * 16 + _u];
-        /* zui,u->zui */
-        real t34[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t34[_i * 16 + _u] = (a9 + 0)[_u * 5 + _i];
-        real w35[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w35[_i * 16 + _u] += (real)1.118033988749895 * t34[_i * 16 + _u] * a34[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w35[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a10 + 0)[_i * 16 + _u] += a30[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += a1[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += a23[_i * 25 + _j * 5 + _k] * t32[_i * 80 + _j * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 5 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        w33[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l15 + 0)[_u * 5 + _k] += w33[_k * 16 + _u];
+            /* zui,u->zui */
+            real t34[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t34[_i * 16 + _u] = (l15 + 0)[_u * 5 + _i];
+            real w35[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a4 + 64)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 3 + _i] * t1[_w * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+                    w35[_i * 16 + _u] += (real)1.118033988749895 * t34[_i * 16 + _u] * a24[_u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a4 + 16)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[256] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 16; ++_u)
-        for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    (l2 + 64)[_u * 5 + _i] += w35[_i * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            real t36[80] __attribute__((aligned(64)));
             for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 16 + _u];
+                for (int _i = 0; _i < 5; ++_i)
+                    t36[_i * 16 + _w] = a25[_w * 5 + _i];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.25 * acc[_u];
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t36[_i * 16 + _w] * a20[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 1424)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            real t37[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t37[_i * 16 + _w] = a26[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t37[_i * 16 + _w] * a11[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 1168)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂weight: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 912)[_u * 16 + _w] += (real)0.25 * a27[_w] * a1[_u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w39[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a25[_w * 5 + _i] * t38[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w39[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l16 + 64)[_u * 5 + _i] += w39[_i * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t36[_i * 16 + _w] * (l2 + 64)[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 656)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w41[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a26[_w * 3 + _i] * t40[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w41[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l16 + 16)[_u * 3 + _i] += w41[_i * 16 + _u];
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t37[_i * 16 + _w] * (l2 + 16)[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 400)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a27[_w] * t42[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l16 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂weight: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 144)[_u * 16 + _w] += (real)0.25 * a27[_w] * (l2 + 0)[_u];
+            /* zui,zui->u */
+            real t43[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t43[_i * 16 + _u] = (l16 + 64)[_u * 5 + _i];
+            real t44[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t44[_i * 16 + _u] = (l15 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t43[_i * 16 + _u] * t44[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 128)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 112)[_u] += (real)0.5773502691896257 * (l16 + 0)[_u] * (l14 + 0)[_u];
+            /* zui,zui->u */
+            real t45[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t45[_i * 16 + _u] = (l16 + 64)[_u * 5 + _i];
+            real t46[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t46[_i * 16 + _u] = (l12 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t45[_i * 16 + _u] * t46[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 96)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* zui,zui->u */
+            real t47[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t47[_i * 16 + _u] = (l16 + 16)[_u * 3 + _i];
+            real t48[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t48[_i * 16 + _u] = (l11 + 0)[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t47[_i * 16 + _u] * t48[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 80)[_u] += (real)1.224744871391589 * acc[_u];
+            }
+            /* zui,zui->u */
+            real t49[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t49[_i * 16 + _u] = (l16 + 64)[_u * 5 + _i];
+            real t50[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t50[_i * 16 + _u] = (l9 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t49[_i * 16 + _u] * t50[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 64)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 48)[_u] += (real)0.5773502691896257 * (l16 + 0)[_u] * (l8 + 0)[_u];
+            /* zui,zui->u */
+            real t51[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t51[_i * 16 + _u] = (l16 + 64)[_u * 5 + _i];
+            real t52[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t52[_i * 16 + _u] = (l6 + 0)[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t51[_i * 16 + _u] * t52[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 32)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* zui,zui->u */
+            real t53[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t53[_i * 16 + _u] = (l16 + 16)[_u * 3 + _i];
+            real t54[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t54[_i * 16 + _u] = (l4 + 0)[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t53[_i * 16 + _u] * t54[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 16)[_u] += (real)1.224744871391589 * acc[_u];
+            }
+            /* zui,zui->u */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (real)0.5773502691896257 * (l16 + 0)[_u] * (l1 + 0)[_u];
         }
     }
-}
-
-void cormorant_cg_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a2 + 64)[_u * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a3 + 0)[_u * 5 + _i];
+    for (int64_t i = 0; i < 1680; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1680 + 0 + i];
+        A0[i] = sum;
     }
-}
-
-void cormorant_cg_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a2 + 16)[_u * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a3 + 0)[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d_only_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 3 + _i];
-    }
+    free(partial);
 }
     """,
     "cormorant_message": """\
@@ -10849,3311 +9937,3292 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
 }
     """,
     "cormorant_message_d": """\
-void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, real *restrict A14, int64_t a14_stride, real *restrict A15, int64_t a15_stride, real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride)
+void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
 {
-    const real *restrict a18 = A18;
-    const real *restrict a38 = A38;
+    const real *restrict a5 = A5;
+    const real *restrict a25 = A25;
+    const real *restrict a27 = A27;
+    const real *restrict a29 = A29;
     real t21[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t21[_w * 16 + _u] = a38[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 179);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 144);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 16);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 144);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 32);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 160);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 16);
-        real *restrict a11 = A11 + z * a11_stride;
-        memset(a11, 0, sizeof(real) * 32);
-        real *restrict a12 = A12 + z * a12_stride;
-        memset(a12, 0, sizeof(real) * 96);
-        real *restrict a13 = A13 + z * a13_stride;
-        memset(a13, 0, sizeof(real) * 48);
-        real *restrict a14 = A14 + z * a14_stride;
-        memset(a14, 0, sizeof(real) * 240);
-        real *restrict a15 = A15 + z * a15_stride;
-        memset(a15, 0, sizeof(real) * 144);
-        real *restrict a16 = A16 + z * a16_stride;
-        memset(a16, 0, sizeof(real) * 80);
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a19 = A19 + z * a19_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a21 = A21 + z * a21_stride;
-        const real *restrict a22 = A22 + z * a22_stride;
-        const real *restrict a23 = A23 + z * a23_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a25 = A25 + z * a25_stride;
-        const real *restrict a26 = A26 + z * a26_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a28 = A28 + z * a28_stride;
-        const real *restrict a29 = A29 + z * a29_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        const real *restrict a31 = A31 + z * a31_stride;
-        const real *restrict a32 = A32 + z * a32_stride;
-        const real *restrict a33 = A33 + z * a33_stride;
-        const real *restrict a34 = A34 + z * a34_stride;
-        const real *restrict a35 = A35 + z * a35_stride;
-        const real *restrict a36 = A36 + z * a36_stride;
-        const real *restrict a37 = A37 + z * a37_stride;
-        /* every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            for (int _c = 0; _c < 179; ++_c)
-                (a0 + 0)[_c] += a17[_j] * a18[_j * 179 + _c];
-        /* 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a19[_u] * (a0 + 0)[0];
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (a1 + 0)[_u] * a20[_u];
-        /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w1[_k * 16 + _u] += a19[_u] * (a0 + 1)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a3 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a21[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a2 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w4[_k * 16 + _u] += a19[_u] * (a0 + 4)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a4 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a22[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a2 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
-        /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = a23[_u * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t7[_i * 16 + _u] * (a0 + 9)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (a5 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (a5 + 0)[_u] * a24[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a6 + 0)[_u] += a25[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a6 + 16)[_u] += a26[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a6 + 32)[_u] += a27[_u];
-        /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w8[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 16 + _u] * (a0 + 12)[_i * 9 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a7 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t9[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t9[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (a6 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a2 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a8 + 0)[_u] += a28[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a8 + 16)[_u] += a29[_u];
-        /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w11[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 16 + _u] * (a0 + 39)[_i * 10 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a9 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t12[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t12[_p * 80 + _k * 16 + _u] = (a9 + 0)[_u * 10 + _p * 5 + _k];
-        real w13[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (a8 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a2 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
-        /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t14[_i * 16 + _u] = a30[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t14[_i * 16 + _u] * (a0 + 69)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (a10 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (a10 + 0)[_u] * a31[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 0)[_u] += a32[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a11 + 16)[_u] += a33[_u];
-        /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w15[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t14[_i * 16 + _u] * (a0 + 74)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a12 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t16[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t16[_p * 48 + _k * 16 + _u] = (a12 + 0)[_u * 6 + _p * 3 + _k];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (a11 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a2 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a13 + 0)[_u] += a34[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a13 + 16)[_u] += a35[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a13 + 32)[_u] += a36[_u];
-        /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w18[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t14[_i * 16 + _u] * (a0 + 104)[_i * 15 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a14 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t19[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t19[_p * 80 + _k * 16 + _u] = (a14 + 0)[_u * 15 + _p * 5 + _k];
-        real w20[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a2 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w22[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a37[_w * 5 + _i] * t21[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w22[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a15 + 64)[_u * 5 + _i] += w22[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a16 + 0)[_i * 16 + _u] += (a2 + 64)[_u * 5 + _i];
-    }
-}
-
-void cormorant_message_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
+            t21[_w * 16 + _u] = a25[_u * 16 + _w];
+    real t24[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 3 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a4 + 16)[_u * 3 + _i];
-    }
-}
-
-void cormorant_message_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[256] __attribute__((aligned(64)));
+            t24[_w * 16 + _u] = a27[_u * 16 + _w];
+    real t27[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-    }
-}
-
-void cormorant_message_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride)
-{
-    const real *restrict a26 = A26;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 9);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a18 = A18 + z * a18_stride;
-        const real *restrict a19 = A19 + z * a19_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a21 = A21 + z * a21_stride;
-        const real *restrict a22 = A22 + z * a22_stride;
-        const real *restrict a23 = A23 + z * a23_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a25 = A25 + z * a25_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[179] __attribute__((aligned(64))) = {0};
-        real l3[96] __attribute__((aligned(64))) = {0};
-        real l4[32] __attribute__((aligned(64))) = {0};
-        real l5[16] __attribute__((aligned(64))) = {0};
-        real l6[160] __attribute__((aligned(64))) = {0};
-        real l7[32] __attribute__((aligned(64))) = {0};
-        real l8[144] __attribute__((aligned(64))) = {0};
-        real l9[48] __attribute__((aligned(64))) = {0};
-        real l10[16] __attribute__((aligned(64))) = {0};
-        real l11[80] __attribute__((aligned(64))) = {0};
-        real l12[48] __attribute__((aligned(64))) = {0};
-        real l13[16] __attribute__((aligned(64))) = {0};
-        /* zuk,zpu->zupk */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 64)[_u * 5 + _k];
-        real w2[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a4 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t3[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t3[_p * 80 + _k * 16 + _u] = (a5 + 0)[_u * 15 + _p * 5 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * t3[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (l1 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t4[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 3; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_p * 80 + _k * 16 + _u] * (a6 + 104)[_i * 15 + _k * 3 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t6[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t6[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = a7[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t6[_p * 80 + _k * 16 + _u] * t7[_i * 16 + _u];
-                        (l2 + 104)[_i * 15 + _k * 3 + _p] += acc;
-                    }
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 224)[_u] += (l1 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 176)[_u] += (l1 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 144)[_u] += (l1 + 0)[_u];
-        /* zuk,zpu->zupk */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 16 + _u] = (a3 + 16)[_u * 3 + _k];
-        real w9[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (a8 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l3 + 0)[_u * 6 + _p * 3 + _k] += w9[_p * 48 + _k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t10[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t10[_p * 48 + _k * 16 + _u] = (a9 + 0)[_u * 6 + _p * 3 + _k];
-        for (int _p = 0; _p < 2; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t10[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (l4 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t11[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t11[_p * 48 + _k * 16 + _u] = (l3 + 0)[_u * 6 + _p * 3 + _k];
-        real w12[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t11[_p * 48 + _k * 16 + _u] * (a6 + 74)[_i * 6 + _k * 2 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t13[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t13[_p * 48 + _k * 16 + _u] = (l3 + 0)[_u * 6 + _p * 3 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t13[_p * 48 + _k * 16 + _u] * t7[_i * 16 + _u];
-                        (l2 + 74)[_i * 6 + _k * 2 + _p] += acc;
-                    }
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 208)[_u] += (l4 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 160)[_u] += (l4 + 0)[_u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l5 + 0)[_u] += (a3 + 0)[_u] * a10[_u];
-        /* zuk,zupk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 192)[_u] += (a3 + 0)[_u] * (a11 + 0)[_u];
-        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w14[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w14[_i * 16 + _u] += (l5 + 0)[_u] * (a6 + 69)[_i];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += (l5 + 0)[_u] * t7[_i * 16 + _u];
-                (l2 + 69)[_i] += acc;
-            }
-        /* zuk,zpu->zupk */
-        real w15[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w15[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l6 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 80 + _k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t16[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t16[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 10 + _p * 5 + _k];
-        for (int _p = 0; _p < 2; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 16 + _u] * t16[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (l7 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t17[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t17[_p * 80 + _k * 16 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
-        real w18[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t17[_p * 80 + _k * 16 + _u] * (a6 + 39)[_i * 10 + _k * 2 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w18[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w18[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t19[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t19[_p * 80 + _k * 16 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
-        real t20[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t20[_i * 16 + _u] = a14[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t19[_p * 80 + _k * 16 + _u] * t20[_i * 16 + _u];
-                        (l2 + 39)[_i * 10 + _k * 2 + _p] += acc;
-                    }
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 128)[_u] += (l7 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 96)[_u] += (l7 + 0)[_u];
-        /* zuk,zpu->zupk */
-        real w21[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w21[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (a15 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l8 + 0)[_u * 9 + _p * 3 + _k] += w21[_p * 48 + _k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t22[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t22[_p * 48 + _k * 16 + _u] = (a16 + 0)[_u * 9 + _p * 3 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t22[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (l9 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t23[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t23[_p * 48 + _k * 16 + _u] = (l8 + 0)[_u * 9 + _p * 3 + _k];
-        real w24[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 3; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t23[_p * 48 + _k * 16 + _u] * (a6 + 12)[_i * 9 + _k * 3 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w24[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w24[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t25[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t25[_p * 48 + _k * 16 + _u] = (l8 + 0)[_u * 9 + _p * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t25[_p * 48 + _k * 16 + _u] * t20[_i * 16 + _u];
-                        (l2 + 12)[_i * 9 + _k * 3 + _p] += acc;
-                    }
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 112)[_u] += (l9 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 80)[_u] += (l9 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 48)[_u] += (l9 + 0)[_u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 0)[_u] += (a3 + 0)[_u] * a17[_u];
-        /* zuk,zupk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 64)[_u] += (a3 + 0)[_u] * (a18 + 0)[_u];
-        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w26[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w26[_i * 16 + _u] += (l10 + 0)[_u] * (a6 + 9)[_i];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w26[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += (l10 + 0)[_u] * t20[_i * 16 + _u];
-                (l2 + 9)[_i] += acc;
-            }
-        /* zuk,zpu->zupk */
-        real w27[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w27[_k * 16 + _u] += t1[_k * 16 + _u] * a19[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l11 + 0)[_u * 5 + _k] += w27[_k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t28[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t28[_k * 16 + _u] = (a20 + 0)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t1[_k * 16 + _u] * t28[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 32)[_u] += acc[_u];
-        }
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t29[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t29[_k * 16 + _u] * (a6 + 4)[_k];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t30[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t30[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t30[_k * 16 + _u] * a21[_u];
-                (l2 + 4)[_k] += acc;
-            }
-        /* zuk,zpu->zupk */
-        real w31[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w31[_k * 16 + _u] += t8[_k * 16 + _u] * a22[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l12 + 0)[_u * 3 + _k] += w31[_k * 16 + _u];
-        /* zuk,zupk->zpu */
-        real t32[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t32[_k * 16 + _u] = (a23 + 0)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t8[_k * 16 + _u] * t32[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 16)[_u] += acc[_u];
-        }
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t33[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t33[_k * 16 + _u] = (l12 + 0)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t33[_k * 16 + _u] * (a6 + 1)[_k];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t34[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t34[_k * 16 + _u] = (l12 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t34[_k * 16 + _u] * a21[_u];
-                (l2 + 1)[_k] += acc;
-            }
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l13 + 0)[_u] += (a3 + 0)[_u] * a24[_u];
-        /* zuk,zupk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (a3 + 0)[_u] * (a25 + 0)[_u];
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (l13 + 0)[_u] * (a6 + 0)[0];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 16; ++_u)
-                acc += (l13 + 0)[_u] * a21[_u];
-            (l2 + 0)[0] += acc;
-        }
-        /* ∂/∂sh: every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            {
-                real acc = 0;
+            t27[_w * 16 + _u] = a29[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 768, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 240);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 9);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a17 = A17 + z * a17_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a19 = A19 + z * a19_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            const real *restrict a24 = A24 + z * a24_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            real l0[179] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[144] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[80] __attribute__((aligned(64))) = {0};
+            real l5[16] __attribute__((aligned(64))) = {0};
+            real l6[48] __attribute__((aligned(64))) = {0};
+            real l7[144] __attribute__((aligned(64))) = {0};
+            real l8[32] __attribute__((aligned(64))) = {0};
+            real l9[160] __attribute__((aligned(64))) = {0};
+            real l10[16] __attribute__((aligned(64))) = {0};
+            real l11[32] __attribute__((aligned(64))) = {0};
+            real l12[96] __attribute__((aligned(64))) = {0};
+            real l13[48] __attribute__((aligned(64))) = {0};
+            real l14[240] __attribute__((aligned(64))) = {0};
+            real l15[144] __attribute__((aligned(64))) = {0};
+            real l16[240] __attribute__((aligned(64))) = {0};
+            real l17[48] __attribute__((aligned(64))) = {0};
+            real l18[179] __attribute__((aligned(64))) = {0};
+            real l19[96] __attribute__((aligned(64))) = {0};
+            real l20[32] __attribute__((aligned(64))) = {0};
+            real l21[16] __attribute__((aligned(64))) = {0};
+            real l22[160] __attribute__((aligned(64))) = {0};
+            real l23[32] __attribute__((aligned(64))) = {0};
+            real l24[144] __attribute__((aligned(64))) = {0};
+            real l25[48] __attribute__((aligned(64))) = {0};
+            real l26[16] __attribute__((aligned(64))) = {0};
+            real l27[80] __attribute__((aligned(64))) = {0};
+            real l28[48] __attribute__((aligned(64))) = {0};
+            real l29[16] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
                 for (int _c = 0; _c < 179; ++_c)
-                    acc += (l2 + 0)[_c] * a26[_j * 179 + _c];
-                (a2 + 0)[_j] += acc;
+                    (l0 + 0)[_c] += a4[_j] * a5[_j * 179 + _c];
+            /* 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a6[_u] * (l0 + 0)[0];
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (l1 + 0)[_u] * a7[_u];
+            /* 1 paths 16x0 ⊗ sh -> 16x1 */
+            real w1[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w1[_k * 16 + _u] += a6[_u] * (l0 + 1)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l3 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 16 + _u] = (l3 + 0)[_u * 3 + _k];
+            real w3[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 16 + _u] += t2[_k * 16 + _u] * a8[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* 1 paths 16x0 ⊗ sh -> 16x2 */
+            real w4[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a6[_u] * (l0 + 4)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l4 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t5[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_k * 16 + _u] = (l4 + 0)[_u * 5 + _k];
+            real w6[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_k * 16 + _u] += t5[_k * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+            /* 1 paths 16x1 ⊗ sh -> 16x0 */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t7[_i * 16 + _u] = a10[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_i * 16 + _u] * (l0 + 9)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l5 + 0)[_u] += acc[_u];
             }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (l5 + 0)[_u] * a11[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 0)[_u] += a12[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 16)[_u] += a13[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 32)[_u] += a14[_u];
+            /* 3 paths 16x1 ⊗ sh -> 16x1 */
+            real w8[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l7 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+            real w10[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t9[_p * 48 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 0)[_u] += a15[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 16)[_u] += a16[_u];
+            /* 2 paths 16x1 ⊗ sh -> 16x2 */
+            real w11[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l9 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t12[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t12[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 10 + _p * 5 + _k];
+            real w13[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t12[_p * 80 + _k * 16 + _u] * (l8 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w13[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+            /* 1 paths 16x2 ⊗ sh -> 16x0 */
+            real t14[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t14[_i * 16 + _u] = a17[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t14[_i * 16 + _u] * (l0 + 69)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l10 + 0)[_u] += acc[_u];
+            }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (l10 + 0)[_u] * a18[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a19[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 16)[_u] += a20[_u];
+            /* 2 paths 16x2 ⊗ sh -> 16x1 */
+            real w15[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t14[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l12 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t16[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t16[_p * 48 + _k * 16 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
+            real w17[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t16[_p * 48 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 0)[_u] += a21[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 16)[_u] += a22[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 32)[_u] += a23[_u];
+            /* 3 paths 16x2 ⊗ sh -> 16x2 */
+            real w18[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t14[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l14 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t19[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t19[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 15 + _p * 5 + _k];
+            real w20[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t19[_p * 80 + _k * 16 + _u] * (l13 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w20[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w22[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a24[_w * 5 + _i] * t21[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l15 + 64)[_u * 5 + _i] += w22[_i * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            real t23[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t23[_i * 16 + _w] = a24[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t23[_i * 16 + _w] * (l2 + 64)[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w25[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a26[_w * 3 + _i] * t24[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w25[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l15 + 16)[_u * 3 + _i] += w25[_i * 16 + _u];
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            real t26[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t26[_i * 16 + _w] = a26[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t26[_i * 16 + _w] * (l2 + 16)[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 256)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a28[_w] * t27[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l15 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* ∂/∂weight: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_u * 16 + _w] += (real)0.25 * a28[_w] * (l2 + 0)[_u];
+            /* zuk,zpu->zupk */
+            real t28[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t28[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real w29[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w29[_p * 80 + _k * 16 + _u] += t28[_k * 16 + _u] * (l13 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l16 + 0)[_u * 15 + _p * 5 + _k] += w29[_p * 80 + _k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t30[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t30[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real t31[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t31[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 15 + _p * 5 + _k];
+            for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t30[_k * 16 + _u] * t31[_p * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l17 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t32[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t32[_p * 80 + _k * 16 + _u] = (l16 + 0)[_u * 15 + _p * 5 + _k];
+            real w33[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t32[_p * 80 + _k * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w33[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w33[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t34[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t34[_p * 80 + _k * 16 + _u] = (l16 + 0)[_u * 15 + _p * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t34[_p * 80 + _k * 16 + _u] * t14[_i * 16 + _u];
+                            (l18 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                        }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 224)[_u] += (l17 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 176)[_u] += (l17 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 144)[_u] += (l17 + 0)[_u];
+            /* zuk,zpu->zupk */
+            real t35[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t35[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real w36[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w36[_p * 48 + _k * 16 + _u] += t35[_k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l19 + 0)[_u * 6 + _p * 3 + _k] += w36[_p * 48 + _k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t37[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t37[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real t38[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t38[_p * 48 + _k * 16 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t37[_k * 16 + _u] * t38[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l20 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t39[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t39[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 6 + _p * 3 + _k];
+            real w40[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t39[_p * 48 + _k * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w40[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w40[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t41[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t41[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 6 + _p * 3 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t41[_p * 48 + _k * 16 + _u] * t14[_i * 16 + _u];
+                            (l18 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 208)[_u] += (l20 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 160)[_u] += (l20 + 0)[_u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l21 + 0)[_u] += (l15 + 0)[_u] * a18[_u];
+            /* zuk,zupk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 192)[_u] += (l15 + 0)[_u] * (l10 + 0)[_u];
+            /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            real w42[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w42[_i * 16 + _u] += (l21 + 0)[_u] * (l0 + 69)[_i];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w42[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += (l21 + 0)[_u] * t14[_i * 16 + _u];
+                    (l18 + 69)[_i] += acc;
+                }
+            /* zuk,zpu->zupk */
+            real t43[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t43[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real w44[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w44[_p * 80 + _k * 16 + _u] += t43[_k * 16 + _u] * (l8 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l22 + 0)[_u * 10 + _p * 5 + _k] += w44[_p * 80 + _k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t45[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t45[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real t46[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t46[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 10 + _p * 5 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t45[_k * 16 + _u] * t46[_p * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l23 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t47[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t47[_p * 80 + _k * 16 + _u] = (l22 + 0)[_u * 10 + _p * 5 + _k];
+            real w48[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t47[_p * 80 + _k * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w48[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w48[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t49[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t49[_p * 80 + _k * 16 + _u] = (l22 + 0)[_u * 10 + _p * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t49[_p * 80 + _k * 16 + _u] * t7[_i * 16 + _u];
+                            (l18 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 128)[_u] += (l23 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 96)[_u] += (l23 + 0)[_u];
+            /* zuk,zpu->zupk */
+            real t50[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t50[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real w51[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w51[_p * 48 + _k * 16 + _u] += t50[_k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l24 + 0)[_u * 9 + _p * 3 + _k] += w51[_p * 48 + _k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t52[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t52[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real t53[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t53[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+            for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t52[_k * 16 + _u] * t53[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l25 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t54[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t54[_p * 48 + _k * 16 + _u] = (l24 + 0)[_u * 9 + _p * 3 + _k];
+            real w55[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t54[_p * 48 + _k * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w55[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t56[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t56[_p * 48 + _k * 16 + _u] = (l24 + 0)[_u * 9 + _p * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t56[_p * 48 + _k * 16 + _u] * t7[_i * 16 + _u];
+                            (l18 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                        }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 112)[_u] += (l25 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 80)[_u] += (l25 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 48)[_u] += (l25 + 0)[_u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l26 + 0)[_u] += (l15 + 0)[_u] * a11[_u];
+            /* zuk,zupk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 64)[_u] += (l15 + 0)[_u] * (l5 + 0)[_u];
+            /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            real w57[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w57[_i * 16 + _u] += (l26 + 0)[_u] * (l0 + 9)[_i];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w57[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += (l26 + 0)[_u] * t7[_i * 16 + _u];
+                    (l18 + 9)[_i] += acc;
+                }
+            /* zuk,zpu->zupk */
+            real t58[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t58[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real w59[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w59[_k * 16 + _u] += t58[_k * 16 + _u] * a9[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l27 + 0)[_u * 5 + _k] += w59[_k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t60[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t60[_k * 16 + _u] = (l15 + 64)[_u * 5 + _k];
+            real t61[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t61[_k * 16 + _u] = (l4 + 0)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t60[_k * 16 + _u] * t61[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a2 + 32)[_u] += acc[_u];
+            }
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t62[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t62[_k * 16 + _u] = (l27 + 0)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t62[_k * 16 + _u] * (l0 + 4)[_k];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t63[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t63[_k * 16 + _u] = (l27 + 0)[_u * 5 + _k];
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t63[_k * 16 + _u] * a6[_u];
+                    (l18 + 4)[_k] += acc;
+                }
+            /* zuk,zpu->zupk */
+            real t64[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t64[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real w65[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w65[_k * 16 + _u] += t64[_k * 16 + _u] * a8[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l28 + 0)[_u * 3 + _k] += w65[_k * 16 + _u];
+            /* zuk,zupk->zpu */
+            real t66[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t66[_k * 16 + _u] = (l15 + 16)[_u * 3 + _k];
+            real t67[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t67[_k * 16 + _u] = (l3 + 0)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t66[_k * 16 + _u] * t67[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a2 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t68[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t68[_k * 16 + _u] = (l28 + 0)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t68[_k * 16 + _u] * (l0 + 1)[_k];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t69[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t69[_k * 16 + _u] = (l28 + 0)[_u * 3 + _k];
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t69[_k * 16 + _u] * a6[_u];
+                    (l18 + 1)[_k] += acc;
+                }
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l29 + 0)[_u] += (l15 + 0)[_u] * a7[_u];
+            /* zuk,zupk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += (l15 + 0)[_u] * (l1 + 0)[_u];
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (l29 + 0)[_u] * (l0 + 0)[0];
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l29 + 0)[_u] * a6[_u];
+                (l18 + 0)[0] += acc;
+            }
+            /* ∂/∂sh: every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 179; ++_c)
+                        acc += (l18 + 0)[_c] * a5[_j * 179 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
+        }
     }
+    for (int64_t i = 0; i < 768; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 768 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
     """,
     "cormorant_message_d2_f": """\
-void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride)
+void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
 {
-    const real *restrict a9 = A9;
+    const real *restrict a5 = A5;
+    const real *restrict a17 = A17;
+    const real *restrict a19 = A19;
     const real *restrict a21 = A21;
-    const real *restrict a23 = A23;
-    const real *restrict a25 = A25;
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a21[_u * 16 + _w];
+            t1[_w * 16 + _u] = a17[_u * 16 + _w];
     real t3[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t3[_w * 16 + _u] = a23[_u * 16 + _w];
+            t3[_w * 16 + _u] = a19[_u * 16 + _w];
     real t5[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t5[_w * 16 + _u] = a25[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 179);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 240);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 32);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 32);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 144);
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a18 = A18 + z * a18_stride;
-        const real *restrict a19 = A19 + z * a19_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a22 = A22 + z * a22_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a26 = A26 + z * a26_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a28 = A28 + z * a28_stride;
-        const real *restrict a29 = A29 + z * a29_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        const real *restrict a31 = A31 + z * a31_stride;
-        const real *restrict a32 = A32 + z * a32_stride;
-        const real *restrict a33 = A33 + z * a33_stride;
-        real l0[179] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[32] __attribute__((aligned(64))) = {0};
-        real l3[32] __attribute__((aligned(64))) = {0};
-        real l4[48] __attribute__((aligned(64))) = {0};
-        real l5[144] __attribute__((aligned(64))) = {0};
-        real l6[240] __attribute__((aligned(64))) = {0};
-        real l7[96] __attribute__((aligned(64))) = {0};
-        real l8[16] __attribute__((aligned(64))) = {0};
-        real l9[160] __attribute__((aligned(64))) = {0};
-        real l10[144] __attribute__((aligned(64))) = {0};
-        real l11[16] __attribute__((aligned(64))) = {0};
-        real l12[80] __attribute__((aligned(64))) = {0};
-        real l13[48] __attribute__((aligned(64))) = {0};
-        real l14[16] __attribute__((aligned(64))) = {0};
-        real l15[16] __attribute__((aligned(64))) = {0};
-        real l16[48] __attribute__((aligned(64))) = {0};
-        real l17[80] __attribute__((aligned(64))) = {0};
-        real l18[16] __attribute__((aligned(64))) = {0};
-        real l19[144] __attribute__((aligned(64))) = {0};
-        real l20[160] __attribute__((aligned(64))) = {0};
-        real l21[16] __attribute__((aligned(64))) = {0};
-        real l22[96] __attribute__((aligned(64))) = {0};
-        real l23[240] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            for (int _c = 0; _c < 179; ++_c)
-                (l0 + 0)[_c] += a8[_j] * a9[_j * 179 + _c];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += a10[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 16)[_u] += a11[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 32)[_u] += a12[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l2 + 0)[_u] += a13[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l2 + 16)[_u] += a14[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 0)[_u] += a15[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 16)[_u] += a16[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l4 + 0)[_u] += a17[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l4 + 16)[_u] += a18[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l4 + 32)[_u] += a19[_u];
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a20[_w * 5 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l5 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a22[_w * 3 + _i] * t3[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l5 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a24[_w] * t5[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (l5 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* zuk,zpu->zupk */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        real w7[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_p * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l6 + 0)[_u * 15 + _p * 5 + _k] += w7[_p * 80 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        real w9[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l7 + 0)[_u * 6 + _p * 3 + _k] += w9[_p * 48 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l8 + 0)[_u] += (l5 + 0)[_u] * a26[_u];
-        /* zuk,zpu->zupk */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t10[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        real w11[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_p * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l9 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t12[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t12[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        real w13[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w13[_p * 48 + _k * 16 + _u] += t12[_k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l10 + 0)[_u * 9 + _p * 3 + _k] += w13[_p * 48 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l11 + 0)[_u] += (l5 + 0)[_u] * a27[_u];
-        /* zuk,zpu->zupk */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t14[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        real w15[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w15[_k * 16 + _u] += t14[_k * 16 + _u] * a28[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l12 + 0)[_u * 5 + _k] += w15[_k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t16[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t16[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w17[_k * 16 + _u] += t16[_k * 16 + _u] * a29[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l13 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l14 + 0)[_u] += (l5 + 0)[_u] * a30[_u];
-        /* ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l15 + 0)[_u] += a31[_u] * (l0 + 0)[0];
-        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 16; ++_u)
-                acc += a31[_u] * (l14 + 0)[_u];
-            (a0 + 0)[0] += acc;
-        }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l15 + 0)[_u] * a30[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (l15 + 0)[_u] * (l5 + 0)[_u];
-        /* ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w18[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w18[_k * 16 + _u] += a31[_u] * (l0 + 1)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l16 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t19[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t19[_k * 16 + _u] = (l13 + 0)[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += a31[_u] * t19[_k * 16 + _u];
-                (a0 + 1)[_k] += acc;
-            }
-        /* zupk,zpu->zuk */
-        real t20[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t20[_k * 16 + _u] = (l16 + 0)[_u * 3 + _k];
-        real w21[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w21[_k * 16 + _u] += t20[_k * 16 + _u] * a29[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w21[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t22[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t22[_k * 16 + _u] = (l16 + 0)[_u * 3 + _k];
-        real t23[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t23[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t22[_k * 16 + _u] * t23[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 16)[_u] += acc[_u];
-        }
-        /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w24[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w24[_k * 16 + _u] += a31[_u] * (l0 + 4)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l17 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t25[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t25[_k * 16 + _u] = (l12 + 0)[_u * 5 + _k];
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += a31[_u] * t25[_k * 16 + _u];
-                (a0 + 4)[_k] += acc;
-            }
-        /* zupk,zpu->zuk */
-        real t26[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t26[_k * 16 + _u] = (l17 + 0)[_u * 5 + _k];
-        real w27[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w27[_k * 16 + _u] += t26[_k * 16 + _u] * a28[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t28[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t28[_k * 16 + _u] = (l17 + 0)[_u * 5 + _k];
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t29[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t28[_k * 16 + _u] * t29[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 32)[_u] += acc[_u];
-        }
-        /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t30[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t30[_i * 16 + _u] = a32[_u * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t30[_i * 16 + _u] * (l0 + 9)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (l18 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t30[_i * 16 + _u] * (l11 + 0)[_u];
-                (a0 + 9)[_i] += acc;
-            }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l18 + 0)[_u] * a27[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 64)[_u] += (l18 + 0)[_u] * (l5 + 0)[_u];
-        /* ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w31[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t30[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w31[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l19 + 0)[_u * 9 + _p * 3 + _k] += w31[_p * 48 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t32[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t32[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 9 + _p * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t30[_i * 16 + _u] * t32[_p * 48 + _k * 16 + _u];
-                        (a0 + 12)[_i * 9 + _k * 3 + _p] += acc;
-                    }
-        /* zupk,zpu->zuk */
-        real t33[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t33[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 9 + _p * 3 + _k];
-        real w34[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t33[_p * 48 + _k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w34[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w34[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t35[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t35[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 9 + _p * 3 + _k];
-        real t36[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t36[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t35[_p * 48 + _k * 16 + _u] * t36[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a3 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w37[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t30[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w37[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l20 + 0)[_u * 10 + _p * 5 + _k] += w37[_p * 80 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t38[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t38[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 10 + _p * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t30[_i * 16 + _u] * t38[_p * 80 + _k * 16 + _u];
-                        (a0 + 39)[_i * 10 + _k * 2 + _p] += acc;
-                    }
-        /* zupk,zpu->zuk */
-        real t39[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t39[_p * 80 + _k * 16 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
-        real w40[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t39[_p * 80 + _k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w40[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w40[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t41[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t41[_p * 80 + _k * 16 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
-        real t42[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t42[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        for (int _p = 0; _p < 2; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t41[_p * 80 + _k * 16 + _u] * t42[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a4 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t43[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t43[_i * 16 + _u] = a33[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t43[_i * 16 + _u] * (l0 + 69)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (l21 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t43[_i * 16 + _u] * (l8 + 0)[_u];
-                (a0 + 69)[_i] += acc;
-            }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l21 + 0)[_u] * a26[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 192)[_u] += (l21 + 0)[_u] * (l5 + 0)[_u];
-        /* ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w44[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t43[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w44[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l22 + 0)[_u * 6 + _p * 3 + _k] += w44[_p * 48 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t45[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t45[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 6 + _p * 3 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t43[_i * 16 + _u] * t45[_p * 48 + _k * 16 + _u];
-                        (a0 + 74)[_i * 6 + _k * 2 + _p] += acc;
-                    }
-        /* zupk,zpu->zuk */
-        real t46[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t46[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
-        real w47[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t46[_p * 48 + _k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w47[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w47[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t48[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t48[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
-        real t49[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t49[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
-        for (int _p = 0; _p < 2; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a5 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w50[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t43[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w50[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l23 + 0)[_u * 15 + _p * 5 + _k] += w50[_p * 80 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t51[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t51[_p * 80 + _k * 16 + _u] = (l6 + 0)[_u * 15 + _p * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t43[_i * 16 + _u] * t51[_p * 80 + _k * 16 + _u];
-                        (a0 + 104)[_i * 15 + _k * 3 + _p] += acc;
-                    }
-        /* zupk,zpu->zuk */
-        real t52[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t52[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 15 + _p * 5 + _k];
-        real w53[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t52[_p * 80 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w53[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w53[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t54[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t54[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 15 + _p * 5 + _k];
-        real t55[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t55[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t54[_p * 80 + _k * 16 + _u] * t55[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a6 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a25[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a7 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_message_d2_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 16)[_u * 3 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 3 + _i];
-    }
-}
-
-void cormorant_message_d2_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 64)[_u * 5 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
-    }
-}
-
-void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 9);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 224)[_u] += (a2 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 176)[_u] += (a2 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 144)[_u] += (a2 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 208)[_u] += (a3 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 160)[_u] += (a3 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 128)[_u] += (a4 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 96)[_u] += (a4 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 112)[_u] += (a5 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 80)[_u] += (a5 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 48)[_u] += (a5 + 0)[_u];
-        /* ∂/∂sh: every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            {
-                real acc = 0;
+            t5[_w * 16 + _u] = a21[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 768, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 240);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 9);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            const real *restrict a24 = A24 + z * a24_stride;
+            const real *restrict a25 = A25 + z * a25_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a27 = A27 + z * a27_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            const real *restrict a29 = A29 + z * a29_stride;
+            real l0[179] __attribute__((aligned(64))) = {0};
+            real l1[48] __attribute__((aligned(64))) = {0};
+            real l2[32] __attribute__((aligned(64))) = {0};
+            real l3[32] __attribute__((aligned(64))) = {0};
+            real l4[48] __attribute__((aligned(64))) = {0};
+            real l5[144] __attribute__((aligned(64))) = {0};
+            real l6[240] __attribute__((aligned(64))) = {0};
+            real l7[96] __attribute__((aligned(64))) = {0};
+            real l8[16] __attribute__((aligned(64))) = {0};
+            real l9[160] __attribute__((aligned(64))) = {0};
+            real l10[144] __attribute__((aligned(64))) = {0};
+            real l11[16] __attribute__((aligned(64))) = {0};
+            real l12[80] __attribute__((aligned(64))) = {0};
+            real l13[48] __attribute__((aligned(64))) = {0};
+            real l14[16] __attribute__((aligned(64))) = {0};
+            real l15[16] __attribute__((aligned(64))) = {0};
+            real l16[179] __attribute__((aligned(64))) = {0};
+            real l17[144] __attribute__((aligned(64))) = {0};
+            real l18[48] __attribute__((aligned(64))) = {0};
+            real l19[80] __attribute__((aligned(64))) = {0};
+            real l20[16] __attribute__((aligned(64))) = {0};
+            real l21[144] __attribute__((aligned(64))) = {0};
+            real l22[48] __attribute__((aligned(64))) = {0};
+            real l23[160] __attribute__((aligned(64))) = {0};
+            real l24[32] __attribute__((aligned(64))) = {0};
+            real l25[16] __attribute__((aligned(64))) = {0};
+            real l26[96] __attribute__((aligned(64))) = {0};
+            real l27[32] __attribute__((aligned(64))) = {0};
+            real l28[240] __attribute__((aligned(64))) = {0};
+            real l29[48] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
                 for (int _c = 0; _c < 179; ++_c)
-                    acc += (a6 + 0)[_c] * a7[_j * 179 + _c];
-                (a1 + 0)[_j] += acc;
+                    (l0 + 0)[_c] += a4[_j] * a5[_j * 179 + _c];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a6[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 16)[_u] += a7[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 32)[_u] += a8[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += a9[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 16)[_u] += a10[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 0)[_u] += a11[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 16)[_u] += a12[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l4 + 0)[_u] += a13[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l4 + 16)[_u] += a14[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l4 + 32)[_u] += a15[_u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a16[_w * 5 + _i] * t1[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l5 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w4[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a18[_w * 3 + _i] * t3[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l5 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a20[_w] * t5[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l5 + 0)[_u] += (real)0.25 * acc[_u];
             }
+            /* zuk,zpu->zupk */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            real w7[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_p * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l6 + 0)[_u * 15 + _p * 5 + _k] += w7[_p * 80 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            real w9[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l7 + 0)[_u * 6 + _p * 3 + _k] += w9[_p * 48 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 0)[_u] += (l5 + 0)[_u] * a22[_u];
+            /* zuk,zpu->zupk */
+            real t10[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            real w11[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l9 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t12[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            real w13[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w13[_p * 48 + _k * 16 + _u] += t12[_k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l10 + 0)[_u * 9 + _p * 3 + _k] += w13[_p * 48 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += (l5 + 0)[_u] * a23[_u];
+            /* zuk,zpu->zupk */
+            real t14[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t14[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            real w15[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_k * 16 + _u] += t14[_k * 16 + _u] * a24[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 5 + _k] += w15[_k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t16[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            real w17[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_k * 16 + _u] * a25[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l13 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l14 + 0)[_u] += (l5 + 0)[_u] * a26[_u];
+            /* ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += a27[_u] * (l0 + 0)[0];
+            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += a27[_u] * (l14 + 0)[_u];
+                (l16 + 0)[0] += acc;
+            }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l17 + 0)[_u] += (l15 + 0)[_u] * a26[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (l15 + 0)[_u] * (l5 + 0)[_u];
+            /* ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real w18[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_k * 16 + _u] += a27[_u] * (l0 + 1)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l18 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t19[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t19[_k * 16 + _u] = (l13 + 0)[_u * 3 + _k];
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += a27[_u] * t19[_k * 16 + _u];
+                    (l16 + 1)[_k] += acc;
+                }
+            /* zupk,zpu->zuk */
+            real t20[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t20[_k * 16 + _u] = (l18 + 0)[_u * 3 + _k];
+            real w21[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w21[_k * 16 + _u] += t20[_k * 16 + _u] * a25[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 16)[_u * 3 + _k] += w21[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t22[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t22[_k * 16 + _u] = (l18 + 0)[_u * 3 + _k];
+            real t23[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t23[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t22[_k * 16 + _u] * t23[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real w24[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w24[_k * 16 + _u] += a27[_u] * (l0 + 4)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l19 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t25[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t25[_k * 16 + _u] = (l12 + 0)[_u * 5 + _k];
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += a27[_u] * t25[_k * 16 + _u];
+                    (l16 + 4)[_k] += acc;
+                }
+            /* zupk,zpu->zuk */
+            real t26[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t26[_k * 16 + _u] = (l19 + 0)[_u * 5 + _k];
+            real w27[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w27[_k * 16 + _u] += t26[_k * 16 + _u] * a24[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t28[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t28[_k * 16 + _u] = (l19 + 0)[_u * 5 + _k];
+            real t29[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t29[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t28[_k * 16 + _u] * t29[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 32)[_u] += acc[_u];
+            }
+            /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            real t30[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t30[_i * 16 + _u] = a28[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t30[_i * 16 + _u] * (l0 + 9)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l20 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t30[_i * 16 + _u] * (l11 + 0)[_u];
+                    (l16 + 9)[_i] += acc;
+                }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l17 + 0)[_u] += (l20 + 0)[_u] * a23[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 64)[_u] += (l20 + 0)[_u] * (l5 + 0)[_u];
+            /* ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real w31[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t30[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w31[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l21 + 0)[_u * 9 + _p * 3 + _k] += w31[_p * 48 + _k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t32[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t32[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 9 + _p * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t30[_i * 16 + _u] * t32[_p * 48 + _k * 16 + _u];
+                            (l16 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                        }
+            /* zupk,zpu->zuk */
+            real t33[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t33[_p * 48 + _k * 16 + _u] = (l21 + 0)[_u * 9 + _p * 3 + _k];
+            real w34[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t33[_p * 48 + _k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w34[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 16)[_u * 3 + _k] += w34[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t35[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t35[_p * 48 + _k * 16 + _u] = (l21 + 0)[_u * 9 + _p * 3 + _k];
+            real t36[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t36[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t35[_p * 48 + _k * 16 + _u] * t36[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l22 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real w37[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t30[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w37[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l23 + 0)[_u * 10 + _p * 5 + _k] += w37[_p * 80 + _k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t38[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t38[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 10 + _p * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t30[_i * 16 + _u] * t38[_p * 80 + _k * 16 + _u];
+                            (l16 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* zupk,zpu->zuk */
+            real t39[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t39[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 10 + _p * 5 + _k];
+            real w40[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t39[_p * 80 + _k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w40[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 64)[_u * 5 + _k] += w40[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t41[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t41[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 10 + _p * 5 + _k];
+            real t42[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t42[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t41[_p * 80 + _k * 16 + _u] * t42[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l24 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            real t43[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t43[_i * 16 + _u] = a29[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t43[_i * 16 + _u] * (l0 + 69)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l25 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t43[_i * 16 + _u] * (l8 + 0)[_u];
+                    (l16 + 69)[_i] += acc;
+                }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l17 + 0)[_u] += (l25 + 0)[_u] * a22[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 192)[_u] += (l25 + 0)[_u] * (l5 + 0)[_u];
+            /* ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real w44[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t43[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w44[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l26 + 0)[_u * 6 + _p * 3 + _k] += w44[_p * 48 + _k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t45[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t45[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 6 + _p * 3 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t43[_i * 16 + _u] * t45[_p * 48 + _k * 16 + _u];
+                            (l16 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* zupk,zpu->zuk */
+            real t46[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t46[_p * 48 + _k * 16 + _u] = (l26 + 0)[_u * 6 + _p * 3 + _k];
+            real w47[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t46[_p * 48 + _k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w47[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 16)[_u * 3 + _k] += w47[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t48[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t48[_p * 48 + _k * 16 + _u] = (l26 + 0)[_u * 6 + _p * 3 + _k];
+            real t49[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t49[_k * 16 + _u] = (l5 + 16)[_u * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l27 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real w50[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t43[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w50[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l28 + 0)[_u * 15 + _p * 5 + _k] += w50[_p * 80 + _k * 16 + _u];
+            /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t51[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t51[_p * 80 + _k * 16 + _u] = (l6 + 0)[_u * 15 + _p * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t43[_i * 16 + _u] * t51[_p * 80 + _k * 16 + _u];
+                            (l16 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                        }
+            /* zupk,zpu->zuk */
+            real t52[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t52[_p * 80 + _k * 16 + _u] = (l28 + 0)[_u * 15 + _p * 5 + _k];
+            real w53[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t52[_p * 80 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w53[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 64)[_u * 5 + _k] += w53[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t54[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t54[_p * 80 + _k * 16 + _u] = (l28 + 0)[_u * 15 + _p * 5 + _k];
+            real t55[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t55[_k * 16 + _u] = (l5 + 64)[_u * 5 + _k];
+            for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t54[_p * 80 + _k * 16 + _u] * t55[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l29 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += (l17 + 0)[_u] * a21[_u * 16 + _w];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂p: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a2 + 0)[_u * 16 + _w] += (real)0.25 * (l17 + 0)[_u] * a20[_w];
+            /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
+            real w56[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l17 + 16)[_u * 3 + _i] * a19[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w56[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_w * 3 + _i] += w56[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x1 -> 16x1 */
+            real t57[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t57[_i * 16 + _w] = a18[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l17 + 16)[_u * 3 + _i] * t57[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a2 + 256)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
+            real w58[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l17 + 64)[_u * 5 + _i] * a17[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w58[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_w * 5 + _i] += w58[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x2 -> 16x2 */
+            real t59[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t59[_i * 16 + _w] = a16[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l17 + 64)[_u * 5 + _i] * t59[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a2 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 224)[_u] += (l29 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 176)[_u] += (l29 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 144)[_u] += (l29 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 208)[_u] += (l27 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 160)[_u] += (l27 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 128)[_u] += (l24 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 96)[_u] += (l24 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 112)[_u] += (l22 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 80)[_u] += (l22 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 48)[_u] += (l22 + 0)[_u];
+            /* ∂/∂sh: every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 179; ++_c)
+                        acc += (l16 + 0)[_c] * a5[_j * 179 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
+        }
     }
+    for (int64_t i = 0; i < 768; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 768 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "cormorant_message_d2_sh": """\
-void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride)
+void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
 {
+    const real *restrict a15 = A15;
+    const real *restrict a17 = A17;
     const real *restrict a19 = A19;
-    const real *restrict a21 = A21;
-    const real *restrict a23 = A23;
-    const real *restrict a30 = A30;
+    const real *restrict a26 = A26;
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a19[_u * 16 + _w];
+            t1[_w * 16 + _u] = a15[_u * 16 + _w];
     real t3[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t3[_w * 16 + _u] = a21[_u * 16 + _w];
+            t3[_w * 16 + _u] = a17[_u * 16 + _w];
     real t5[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t5[_w * 16 + _u] = a23[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 240);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 32);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 32);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 48);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 144);
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a18 = A18 + z * a18_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a22 = A22 + z * a22_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a25 = A25 + z * a25_stride;
-        const real *restrict a26 = A26 + z * a26_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a28 = A28 + z * a28_stride;
-        const real *restrict a29 = A29 + z * a29_stride;
-        const real *restrict a31 = A31 + z * a31_stride;
-        const real *restrict a32 = A32 + z * a32_stride;
-        const real *restrict a33 = A33 + z * a33_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        real l1[32] __attribute__((aligned(64))) = {0};
-        real l2[32] __attribute__((aligned(64))) = {0};
-        real l3[48] __attribute__((aligned(64))) = {0};
-        real l4[144] __attribute__((aligned(64))) = {0};
-        real l5[240] __attribute__((aligned(64))) = {0};
-        real l6[96] __attribute__((aligned(64))) = {0};
-        real l7[16] __attribute__((aligned(64))) = {0};
-        real l8[160] __attribute__((aligned(64))) = {0};
-        real l9[144] __attribute__((aligned(64))) = {0};
-        real l10[16] __attribute__((aligned(64))) = {0};
-        real l11[80] __attribute__((aligned(64))) = {0};
-        real l12[48] __attribute__((aligned(64))) = {0};
-        real l13[16] __attribute__((aligned(64))) = {0};
-        real l14[179] __attribute__((aligned(64))) = {0};
-        real l15[16] __attribute__((aligned(64))) = {0};
-        real l16[48] __attribute__((aligned(64))) = {0};
-        real l17[80] __attribute__((aligned(64))) = {0};
-        real l18[16] __attribute__((aligned(64))) = {0};
-        real l19[144] __attribute__((aligned(64))) = {0};
-        real l20[160] __attribute__((aligned(64))) = {0};
-        real l21[16] __attribute__((aligned(64))) = {0};
-        real l22[96] __attribute__((aligned(64))) = {0};
-        real l23[240] __attribute__((aligned(64))) = {0};
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a8[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 16)[_u] += a9[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 32)[_u] += a10[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += a11[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 16)[_u] += a12[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l2 + 0)[_u] += a13[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l2 + 16)[_u] += a14[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 0)[_u] += a15[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 16)[_u] += a16[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l3 + 32)[_u] += a17[_u];
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a18[_w * 5 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+            t5[_w * 16 + _u] = a19[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 768, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 240);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 144);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            const real *restrict a24 = A24 + z * a24_stride;
+            const real *restrict a25 = A25 + z * a25_stride;
+            const real *restrict a27 = A27 + z * a27_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            const real *restrict a29 = A29 + z * a29_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            real l1[32] __attribute__((aligned(64))) = {0};
+            real l2[32] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[144] __attribute__((aligned(64))) = {0};
+            real l5[240] __attribute__((aligned(64))) = {0};
+            real l6[96] __attribute__((aligned(64))) = {0};
+            real l7[16] __attribute__((aligned(64))) = {0};
+            real l8[160] __attribute__((aligned(64))) = {0};
+            real l9[144] __attribute__((aligned(64))) = {0};
+            real l10[16] __attribute__((aligned(64))) = {0};
+            real l11[80] __attribute__((aligned(64))) = {0};
+            real l12[48] __attribute__((aligned(64))) = {0};
+            real l13[16] __attribute__((aligned(64))) = {0};
+            real l14[179] __attribute__((aligned(64))) = {0};
+            real l15[16] __attribute__((aligned(64))) = {0};
+            real l16[144] __attribute__((aligned(64))) = {0};
+            real l17[48] __attribute__((aligned(64))) = {0};
+            real l18[80] __attribute__((aligned(64))) = {0};
+            real l19[16] __attribute__((aligned(64))) = {0};
+            real l20[144] __attribute__((aligned(64))) = {0};
+            real l21[48] __attribute__((aligned(64))) = {0};
+            real l22[160] __attribute__((aligned(64))) = {0};
+            real l23[32] __attribute__((aligned(64))) = {0};
+            real l24[16] __attribute__((aligned(64))) = {0};
+            real l25[96] __attribute__((aligned(64))) = {0};
+            real l26[32] __attribute__((aligned(64))) = {0};
+            real l27[240] __attribute__((aligned(64))) = {0};
+            real l28[48] __attribute__((aligned(64))) = {0};
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += a4[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 16)[_u] += a5[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 32)[_u] += a6[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a7[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 16)[_u] += a8[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += a9[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 16)[_u] += a10[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 0)[_u] += a11[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 16)[_u] += a12[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 32)[_u] += a13[_u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (l4 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w4[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a14[_w * 5 + _i] * t1[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l4 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w4[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a16[_w * 3 + _i] * t3[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l4 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+            /* ∂/∂p: 16x0 -> 16x0 */
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _w = 0; _w < 16; ++_w)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a20[_w * 3 + _i] * t3[_w * 16 + _u];
+                        acc[_u] += a18[_w] * t5[_w * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.25 * acc[_u];
+                    (l4 + 0)[_u] += (real)0.25 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l4 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a22[_w] * t5[_w * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t6[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                (l4 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* zuk,zpu->zupk */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        real w7[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_p * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
+            real w7[240] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
-                    (l5 + 0)[_u * 15 + _p * 5 + _k] += w7[_p * 80 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        real w9[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_p * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l5 + 0)[_u * 15 + _p * 5 + _k] += w7[_p * 80 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
+            real w9[96] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
-                    (l6 + 0)[_u * 6 + _p * 3 + _k] += w9[_p * 48 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l7 + 0)[_u] += (l4 + 0)[_u] * a24[_u];
-        /* zuk,zpu->zupk */
-        real t10[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t10[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        real w11[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_p * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_p * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l6 + 0)[_u * 6 + _p * 3 + _k] += w9[_p * 48 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l7 + 0)[_u] += (l4 + 0)[_u] * a20[_u];
+            /* zuk,zpu->zupk */
+            real t10[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
+            real w11[160] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
-                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t12[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t12[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        real w13[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w13[_p * 48 + _k * 16 + _u] += t12[_k * 16 + _u] * (l0 + 0)[_p * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t12[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
+            real w13[144] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
-                    (l9 + 0)[_u * 9 + _p * 3 + _k] += w13[_p * 48 + _k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 0)[_u] += (l4 + 0)[_u] * a25[_u];
-        /* zuk,zpu->zupk */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t14[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        real w15[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w13[_p * 48 + _k * 16 + _u] += t12[_k * 16 + _u] * (l0 + 0)[_p * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w15[_k * 16 + _u] += t14[_k * 16 + _u] * a26[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l11 + 0)[_u * 5 + _k] += w15[_k * 16 + _u];
-        /* zuk,zpu->zupk */
-        real t16[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t16[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l9 + 0)[_u * 9 + _p * 3 + _k] += w13[_p * 48 + _k * 16 + _u];
+            /* zuk,zpu->zupk */
             for (int _u = 0; _u < 16; ++_u)
-                w17[_k * 16 + _u] += t16[_k * 16 + _u] * a27[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l12 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
-        /* zuk,zpu->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (l13 + 0)[_u] += (l4 + 0)[_u] * a28[_u];
-        /* ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            for (int _c = 0; _c < 179; ++_c)
-                (l14 + 0)[_c] += a29[_j] * a30[_j * 179 + _c];
-        /* ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l15 + 0)[_u] += (l14 + 0)[0] * a31[_u];
-        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (l14 + 0)[0] * (l13 + 0)[_u];
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l15 + 0)[_u] * a28[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (l15 + 0)[_u] * (l4 + 0)[_u];
-        /* ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w18[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                (l10 + 0)[_u] += (l4 + 0)[_u] * a21[_u];
+            /* zuk,zpu->zupk */
+            real t14[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w18[_k * 16 + _u] += (l14 + 1)[_k] * a31[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l16 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t19[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t19[_k * 16 + _u] = (l12 + 0)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += (l14 + 1)[_k] * t19[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        real t20[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t20[_k * 16 + _u] = (l16 + 0)[_u * 3 + _k];
-        real w21[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w21[_k * 16 + _u] += t20[_k * 16 + _u] * a27[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w21[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t22[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t22[_k * 16 + _u] = (l16 + 0)[_u * 3 + _k];
-        real t23[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t23[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t22[_k * 16 + _u] * t23[_k * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 16)[_u] += acc[_u];
-        }
-        /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w24[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w24[_k * 16 + _u] += (l14 + 4)[_k] * a31[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l17 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t25[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t25[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    t14[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
+            real w15[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += (l14 + 4)[_k] * t25[_k * 16 + _u];
+                    w15[_k * 16 + _u] += t14[_k * 16 + _u] * a22[_u];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        real t26[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t26[_k * 16 + _u] = (l17 + 0)[_u * 5 + _k];
-        real w27[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l11 + 0)[_u * 5 + _k] += w15[_k * 16 + _u];
+            /* zuk,zpu->zupk */
+            real t16[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w27[_k * 16 + _u] += t26[_k * 16 + _u] * a26[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t28[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t28[_k * 16 + _u] = (l17 + 0)[_u * 5 + _k];
-        real t29[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t29[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
+            real w17[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_k * 16 + _u] * a23[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l12 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
+            /* zuk,zpu->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 0)[_u] += (l4 + 0)[_u] * a24[_u];
+            /* ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
+                for (int _c = 0; _c < 179; ++_c)
+                    (l14 + 0)[_c] += a25[_j] * a26[_j * 179 + _c];
+            /* ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += (l14 + 0)[0] * a27[_u];
+            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (l14 + 0)[0] * (l13 + 0)[_u];
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l16 + 0)[_u] += (l15 + 0)[_u] * a24[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (l15 + 0)[_u] * (l4 + 0)[_u];
+            /* ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real w18[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_k * 16 + _u] += (l14 + 1)[_k] * a27[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l17 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t19[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t19[_k * 16 + _u] = (l12 + 0)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l14 + 1)[_k] * t19[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += acc[_u];
+            }
+            /* zupk,zpu->zuk */
+            real t20[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t20[_k * 16 + _u] = (l17 + 0)[_u * 3 + _k];
+            real w21[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w21[_k * 16 + _u] += t20[_k * 16 + _u] * a23[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l16 + 16)[_u * 3 + _k] += w21[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t22[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t22[_k * 16 + _u] = (l17 + 0)[_u * 3 + _k];
+            real t23[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t23[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t22[_k * 16 + _u] * t23[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real w24[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t28[_k * 16 + _u] * t29[_k * 16 + _u];
+                    w24[_k * 16 + _u] += (l14 + 4)[_k] * a27[_u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 32)[_u] += acc[_u];
-        }
-        /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t30[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l18 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t25[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t25[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l14 + 4)[_k] * t25[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += acc[_u];
+            }
+            /* zupk,zpu->zuk */
+            real t26[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t26[_k * 16 + _u] = (l18 + 0)[_u * 5 + _k];
+            real w27[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w27[_k * 16 + _u] += t26[_k * 16 + _u] * a22[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l16 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t28[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t28[_k * 16 + _u] = (l18 + 0)[_u * 5 + _k];
+            real t29[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t29[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t28[_k * 16 + _u] * t29[_k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 32)[_u] += acc[_u];
+            }
+            /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            real t30[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t30[_i * 16 + _u] = a28[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += (l14 + 9)[_i] * t30[_i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l19 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            real w31[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                t30[_i * 16 + _u] = a32[_u * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += (l14 + 9)[_i] * t30[_i * 16 + _u];
+                    w31[_i * 16 + _u] += (l14 + 9)[_i] * (l10 + 0)[_u];
             for (int _u = 0; _u < 16; ++_u)
-                (l18 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w31[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w31[_i * 16 + _u];
+            /* zupk,zpu->zuk */
             for (int _u = 0; _u < 16; ++_u)
-                w31[_i * 16 + _u] += (l14 + 9)[_i] * (l10 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                (l16 + 0)[_u] += (l19 + 0)[_u] * a21[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 64)[_u] += (l19 + 0)[_u] * (l4 + 0)[_u];
+            /* ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real w32[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 12)[_i * 9 + _k * 3 + _p] * t30[_i * 16 + _u];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w32[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l20 + 0)[_u * 9 + _p * 3 + _k] += w32[_p * 48 + _k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t33[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t33[_p * 48 + _k * 16 + _u] = (l9 + 0)[_u * 9 + _p * 3 + _k];
+            real w34[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w31[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l18 + 0)[_u] * a25[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 64)[_u] += (l18 + 0)[_u] * (l4 + 0)[_u];
-        /* ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w32[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 12)[_i * 9 + _k * 3 + _p] * t33[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w34[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w34[_i * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t35[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t35[_p * 48 + _k * 16 + _u] = (l20 + 0)[_u * 9 + _p * 3 + _k];
+            real w36[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 12)[_i * 9 + _k * 3 + _p] * t30[_i * 16 + _u];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w32[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l19 + 0)[_u * 9 + _p * 3 + _k] += w32[_p * 48 + _k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t33[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t33[_p * 48 + _k * 16 + _u] = (l9 + 0)[_u * 9 + _p * 3 + _k];
-        real w34[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
                     for (int _p = 0; _p < 3; ++_p)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 12)[_i * 9 + _k * 3 + _p] * t33[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w34[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w34[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t35[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
+                            acc[_u] += t35[_p * 48 + _k * 16 + _u] * (l0 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w36[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    t35[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 9 + _p * 3 + _k];
-        real w36[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    (l16 + 16)[_u * 3 + _k] += w36[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t37[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t35[_p * 48 + _k * 16 + _u] * (l0 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w36[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w36[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t37[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t37[_p * 48 + _k * 16 + _u] = (l20 + 0)[_u * 9 + _p * 3 + _k];
+            real t38[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t38[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
             for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t37[_p * 48 + _k * 16 + _u] = (l19 + 0)[_u * 9 + _p * 3 + _k];
-        real t38[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t38[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t37[_p * 48 + _k * 16 + _u] * t38[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a3 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w39[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 39)[_i * 10 + _k * 2 + _p] * t30[_i * 16 + _u];
+                            acc[_u] += t37[_p * 48 + _k * 16 + _u] * t38[_k * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w39[_p * 80 + _k * 16 + _u] += acc[_u];
+                        (l21 + 0)[_p * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
+            /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real w39[160] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
-                    (l20 + 0)[_u * 10 + _p * 5 + _k] += w39[_p * 80 + _k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t40[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t40[_p * 80 + _k * 16 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
-        real w41[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 39)[_i * 10 + _k * 2 + _p] * t30[_i * 16 + _u];
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 39)[_i * 10 + _k * 2 + _p] * t40[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w41[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                            w39[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l22 + 0)[_u * 10 + _p * 5 + _k] += w39[_p * 80 + _k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t40[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t40[_p * 80 + _k * 16 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+            real w41[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w41[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t42[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t42[_p * 80 + _k * 16 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
-        real w43[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t42[_p * 80 + _k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w43[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w43[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t44[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t44[_p * 80 + _k * 16 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
-        real t45[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t45[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        for (int _p = 0; _p < 2; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t44[_p * 80 + _k * 16 + _u] * t45[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a4 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t46[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t46[_i * 16 + _u] = a33[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += (l14 + 69)[_i] * t46[_i * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (l21 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w47[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w47[_i * 16 + _u] += (l14 + 69)[_i] * (l7 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w47[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (l21 + 0)[_u] * a24[_u];
-        /* zupk,zuk->zpu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 192)[_u] += (l21 + 0)[_u] * (l4 + 0)[_u];
-        /* ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w48[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 74)[_i * 6 + _k * 2 + _p] * t46[_i * 16 + _u];
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 39)[_i * 10 + _k * 2 + _p] * t40[_p * 80 + _k * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w48[_p * 48 + _k * 16 + _u] += acc[_u];
+                        w41[_i * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l22 + 0)[_u * 6 + _p * 3 + _k] += w48[_p * 48 + _k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t49[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t49[_p * 48 + _k * 16 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
-        real w50[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w41[_i * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t42[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t42[_p * 80 + _k * 16 + _u] = (l22 + 0)[_u * 10 + _p * 5 + _k];
+            real w43[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _p = 0; _p < 2; ++_p)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 74)[_i * 6 + _k * 2 + _p] * t49[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w50[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w50[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t51[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t51[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
-        real w52[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                            acc[_u] += t42[_p * 80 + _k * 16 + _u] * (l1 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w43[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l16 + 64)[_u * 5 + _k] += w43[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t44[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t51[_p * 48 + _k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w52[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w52[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t53[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t44[_p * 80 + _k * 16 + _u] = (l22 + 0)[_u * 10 + _p * 5 + _k];
+            real t45[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t45[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
             for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t53[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
-        real t54[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t54[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
-        for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t44[_p * 80 + _k * 16 + _u] * t45[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l23 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            real t46[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t46[_i * 16 + _u] = a29[_u * 5 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t53[_p * 48 + _k * 16 + _u] * t54[_k * 16 + _u];
+                        acc[_u] += (l14 + 69)[_i] * t46[_i * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    (a5 + 0)[_p * 16 + _u] += acc[_u];
+                    (l24 + 0)[_u] += acc[_u];
             }
-        /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w55[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
+            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            real w47[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w47[_i * 16 + _u] += (l14 + 69)[_i] * (l7 + 0)[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w47[_i * 16 + _u];
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l16 + 0)[_u] += (l24 + 0)[_u] * a20[_u];
+            /* zupk,zuk->zpu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 192)[_u] += (l24 + 0)[_u] * (l4 + 0)[_u];
+            /* ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real w48[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 74)[_i * 6 + _k * 2 + _p] * t46[_i * 16 + _u];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w48[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l25 + 0)[_u * 6 + _p * 3 + _k] += w48[_p * 48 + _k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t49[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t49[_p * 48 + _k * 16 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
+            real w50[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 74)[_i * 6 + _k * 2 + _p] * t49[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w50[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w50[_i * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t51[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t51[_p * 48 + _k * 16 + _u] = (l25 + 0)[_u * 6 + _p * 3 + _k];
+            real w52[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t51[_p * 48 + _k * 16 + _u] * (l2 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w52[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l16 + 16)[_u * 3 + _k] += w52[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t53[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t53[_p * 48 + _k * 16 + _u] = (l25 + 0)[_u * 6 + _p * 3 + _k];
+            real t54[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t54[_k * 16 + _u] = (l4 + 16)[_u * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t53[_p * 48 + _k * 16 + _u] * t54[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l26 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real w55[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 104)[_i * 15 + _k * 3 + _p] * t46[_i * 16 + _u];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w55[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l27 + 0)[_u * 15 + _p * 5 + _k] += w55[_p * 80 + _k * 16 + _u];
+            /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t56[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t56[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 15 + _p * 5 + _k];
+            real w57[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += (l14 + 104)[_i * 15 + _k * 3 + _p] * t56[_p * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w57[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w57[_i * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t58[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t58[_p * 80 + _k * 16 + _u] = (l27 + 0)[_u * 15 + _p * 5 + _k];
+            real w59[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 104)[_i * 15 + _k * 3 + _p] * t46[_i * 16 + _u];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w55[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l23 + 0)[_u * 15 + _p * 5 + _k] += w55[_p * 80 + _k * 16 + _u];
-        /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t56[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t56[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 15 + _p * 5 + _k];
-        real w57[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
                     for (int _p = 0; _p < 3; ++_p)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += (l14 + 104)[_i * 15 + _k * 3 + _p] * t56[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w57[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w57[_i * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t58[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t58[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 15 + _p * 5 + _k];
-        real w59[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
+                            acc[_u] += t58[_p * 80 + _k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t58[_p * 80 + _k * 16 + _u] * (l3 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w59[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w59[_k * 16 + _u];
-        /* zupk,zuk->zpu */
-        real t60[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t60[_p * 80 + _k * 16 + _u] = (l23 + 0)[_u * 15 + _p * 5 + _k];
-        real t61[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t61[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
-        for (int _p = 0; _p < 3; ++_p)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t60[_p * 80 + _k * 16 + _u] * t61[_k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    (a6 + 0)[_p * 16 + _u] += acc[_u];
-            }
-        /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                        w59[_k * 16 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a23[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a7 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_message_d2_sh_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l16 + 64)[_u * 5 + _k] += w59[_k * 16 + _u];
+            /* zupk,zuk->zpu */
+            real t60[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t60[_p * 80 + _k * 16 + _u] = (l27 + 0)[_u * 15 + _p * 5 + _k];
+            real t61[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t61[_k * 16 + _u] = (l4 + 64)[_u * 5 + _k];
+            for (int _p = 0; _p < 3; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t60[_p * 80 + _k * 16 + _u] * t61[_k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        (l28 + 0)[_p * 16 + _u] += acc[_u];
+                }
+            /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _u = 0; _u < 16; ++_u)
                     for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 16)[_u * 3 + _i] * a3[_u * 16 + _w];
+                        acc[_w] += (l16 + 0)[_u] * a19[_u * 16 + _w];
                 for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
+                    (a2 + 0)[_w] += (real)0.25 * acc[_w];
             }
-        for (int _w = 0; _w < 16; ++_w)
+            /* ∂/∂weight: ∂/∂p: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a3 + 0)[_u * 16 + _w] += (real)0.25 * (l16 + 0)[_u] * a18[_w];
+            /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
+            real w62[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 3 + _i];
-    }
-}
-
-void cormorant_message_d2_sh_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l16 + 16)[_u * 3 + _i] * a17[_u * 16 + _w];
                     for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 64)[_u * 5 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
+                        w62[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
             for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_w * 3 + _i] += w62[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x1 -> 16x1 */
+            real t63[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t63[_i * 16 + _w] = a16[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l16 + 16)[_u * 3 + _i] * t63[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a3 + 256)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
+            real w64[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l16 + 64)[_u * 5 + _i] * a15[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w64[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_w * 5 + _i] += w64[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x2 -> 16x2 */
+            real t65[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t65[_i * 16 + _w] = a14[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l16 + 64)[_u * 5 + _i] * t65[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a3 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 224)[_u] += (l28 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 176)[_u] += (l28 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 144)[_u] += (l28 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 208)[_u] += (l26 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 160)[_u] += (l26 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 128)[_u] += (l23 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 96)[_u] += (l23 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 112)[_u] += (l21 + 32)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 80)[_u] += (l21 + 16)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 48)[_u] += (l21 + 0)[_u];
+        }
     }
-}
-
-void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 224)[_u] += (a1 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 176)[_u] += (a1 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 144)[_u] += (a1 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 208)[_u] += (a2 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 160)[_u] += (a2 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 128)[_u] += (a3 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 96)[_u] += (a3 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 112)[_u] += (a4 + 32)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 80)[_u] += (a4 + 16)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 48)[_u] += (a4 + 0)[_u];
+    for (int64_t i = 0; i < 768; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 768 + 0 + i];
+        A3[i] = sum;
     }
+    free(partial);
 }
     """,
     "cormorant_message_d2_w": """\
-void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride)
+void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
 {
-    const real *restrict a13 = A13;
-    const real *restrict a18 = A18;
-    const real *restrict a20 = A20;
-    const real *restrict a22 = A22;
+    const real *restrict a5 = A5;
+    const real *restrict a10 = A10;
+    const real *restrict a12 = A12;
+    const real *restrict a14 = A14;
     real t9[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t9[_w * 16 + _u] = a18[_u * 16 + _w];
+            t9[_w * 16 + _u] = a10[_u * 16 + _w];
     real t11[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t11[_w * 16 + _u] = a20[_u * 16 + _w];
+            t11[_w * 16 + _u] = a12[_u * 16 + _w];
     real t13[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t13[_w * 16 + _u] = a22[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 179);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 16);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 48);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 16);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 144);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 160);
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 16);
-        real *restrict a9 = A9 + z * a9_stride;
-        memset(a9, 0, sizeof(real) * 96);
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 240);
-        real *restrict a11 = A11 + z * a11_stride;
-        memset(a11, 0, sizeof(real) * 144);
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a19 = A19 + z * a19_stride;
-        const real *restrict a21 = A21 + z * a21_stride;
-        const real *restrict a23 = A23 + z * a23_stride;
-        const real *restrict a24 = A24 + z * a24_stride;
-        const real *restrict a25 = A25 + z * a25_stride;
-        const real *restrict a26 = A26 + z * a26_stride;
-        const real *restrict a27 = A27 + z * a27_stride;
-        const real *restrict a28 = A28 + z * a28_stride;
-        const real *restrict a29 = A29 + z * a29_stride;
-        const real *restrict a30 = A30 + z * a30_stride;
-        const real *restrict a31 = A31 + z * a31_stride;
-        const real *restrict a32 = A32 + z * a32_stride;
-        const real *restrict a33 = A33 + z * a33_stride;
-        const real *restrict a34 = A34 + z * a34_stride;
-        const real *restrict a35 = A35 + z * a35_stride;
-        const real *restrict a36 = A36 + z * a36_stride;
-        const real *restrict a37 = A37 + z * a37_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        real l1[48] __attribute__((aligned(64))) = {0};
-        real l2[80] __attribute__((aligned(64))) = {0};
-        real l3[16] __attribute__((aligned(64))) = {0};
-        real l4[144] __attribute__((aligned(64))) = {0};
-        real l5[160] __attribute__((aligned(64))) = {0};
-        real l6[16] __attribute__((aligned(64))) = {0};
-        real l7[96] __attribute__((aligned(64))) = {0};
-        real l8[240] __attribute__((aligned(64))) = {0};
-        real l9[144] __attribute__((aligned(64))) = {0};
-        real l10[48] __attribute__((aligned(64))) = {0};
-        real l11[32] __attribute__((aligned(64))) = {0};
-        real l12[32] __attribute__((aligned(64))) = {0};
-        real l13[48] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            for (int _c = 0; _c < 179; ++_c)
-                (a0 + 0)[_c] += a12[_j] * a13[_j * 179 + _c];
-        /* 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a14[_u] * (a0 + 0)[0];
-        /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w1[_k * 16 + _u] += a14[_u] * (a0 + 1)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
-        /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += a14[_u] * (a0 + 4)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l2 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 16 + _u] = a15[_u * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t3[_i * 16 + _u] * (a0 + 9)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (l3 + 0)[_u] += acc[_u];
-        }
-        /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w4[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t3[_i * 16 + _u] * (a0 + 12)[_i * 9 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w4[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l4 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
-        /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w5[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t3[_i * 16 + _u] * (a0 + 39)[_i * 10 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w5[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l5 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
-        /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = a16[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t6[_i * 16 + _u] * (a0 + 69)[_i];
-            for (int _u = 0; _u < 16; ++_u)
-                (l6 + 0)[_u] += acc[_u];
-        }
-        /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w7[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t6[_i * 16 + _u] * (a0 + 74)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w7[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l7 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
-        /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t6[_i * 16 + _u] * (a0 + 104)[_i * 15 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 80 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l8 + 0)[_u * 15 + _p * 5 + _k] += w8[_p * 80 + _k * 16 + _u];
-        /* ∂/∂p: 16x2 -> 16x2 */
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a17[_w * 5 + _i] * t9[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l9 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
-        /* ∂/∂p: 16x1 -> 16x1 */
-        real w12[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a19[_w * 3 + _i] * t11[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w12[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l9 + 16)[_u * 3 + _i] += w12[_i * 16 + _u];
-        /* ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 16; ++_w)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += a21[_w] * t13[_w * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (l9 + 0)[_u] += (real)0.25 * acc[_u];
-        }
-        /* zpu,zupk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a23[_u] * (l0 + 0)[_u];
-        /* zpu,zuk->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += a23[_u] * (l9 + 0)[_u];
-        /* zpu,zupk->zuk */
-        real t14[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t14[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
-        real w15[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w15[_k * 16 + _u] += a24[_u] * t14[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w15[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t16[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t16[_k * 16 + _u] = (l9 + 16)[_u * 3 + _k];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w17[_k * 16 + _u] += a24[_u] * t16[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a3 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
-        /* zpu,zupk->zuk */
-        real t18[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t18[_k * 16 + _u] = (l2 + 0)[_u * 5 + _k];
-        real w19[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w19[_k * 16 + _u] += a25[_u] * t18[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w19[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t20[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t20[_k * 16 + _u] = (l9 + 64)[_u * 5 + _k];
-        real w21[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w21[_k * 16 + _u] += a25[_u] * t20[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a4 + 0)[_u * 5 + _k] += w21[_k * 16 + _u];
-        /* zpu,zupk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a26[_u] * (l3 + 0)[_u];
-        /* zpu,zuk->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a5 + 0)[_u] += a26[_u] * (l9 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 0)[_u] += a27[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 16)[_u] += a28[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 32)[_u] += a29[_u];
-        /* zpu,zupk->zuk */
-        real t22[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t22[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
-        real w23[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += (l10 + 0)[_p * 16 + _u] * t22[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w23[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w23[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t24[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t24[_k * 16 + _u] = (l9 + 16)[_u * 3 + _k];
-        real w25[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w25[_p * 48 + _k * 16 + _u] += (l10 + 0)[_p * 16 + _u] * t24[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a6 + 0)[_u * 9 + _p * 3 + _k] += w25[_p * 48 + _k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l11 + 0)[_u] += a30[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l11 + 16)[_u] += a31[_u];
-        /* zpu,zupk->zuk */
-        real t26[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t26[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
-        real w27[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += (l11 + 0)[_p * 16 + _u] * t26[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w27[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t28[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t28[_k * 16 + _u] = (l9 + 64)[_u * 5 + _k];
-        real w29[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w29[_p * 80 + _k * 16 + _u] += (l11 + 0)[_p * 16 + _u] * t28[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a7 + 0)[_u * 10 + _p * 5 + _k] += w29[_p * 80 + _k * 16 + _u];
-        /* zpu,zupk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a32[_u] * (l6 + 0)[_u];
-        /* zpu,zuk->zupk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a8 + 0)[_u] += a32[_u] * (l9 + 0)[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l12 + 0)[_u] += a33[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l12 + 16)[_u] += a34[_u];
-        /* zpu,zupk->zuk */
-        real t30[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t30[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 6 + _p * 3 + _k];
-        real w31[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += (l12 + 0)[_p * 16 + _u] * t30[_p * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w31[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 16)[_u * 3 + _k] += w31[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t32[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t32[_k * 16 + _u] = (l9 + 16)[_u * 3 + _k];
-        real w33[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w33[_p * 48 + _k * 16 + _u] += (l12 + 0)[_p * 16 + _u] * t32[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a9 + 0)[_u * 6 + _p * 3 + _k] += w33[_p * 48 + _k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l13 + 0)[_u] += a35[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l13 + 16)[_u] += a36[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l13 + 32)[_u] += a37[_u];
-        /* zpu,zupk->zuk */
-        real t34[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t34[_p * 80 + _k * 16 + _u] = (l8 + 0)[_u * 15 + _p * 5 + _k];
-        real w35[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += (l13 + 0)[_p * 16 + _u] * t34[_p * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w35[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 64)[_u * 5 + _k] += w35[_k * 16 + _u];
-        /* zpu,zuk->zupk */
-        real t36[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t36[_k * 16 + _u] = (l9 + 64)[_u * 5 + _k];
-        real w37[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w37[_p * 80 + _k * 16 + _u] += (l13 + 0)[_p * 16 + _u] * t36[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a10 + 0)[_u * 15 + _p * 5 + _k] += w37[_p * 80 + _k * 16 + _u];
-        /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 16; ++_u)
-                for (int _w = 0; _w < 16; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a22[_u * 16 + _w];
-            for (int _w = 0; _w < 16; ++_w)
-                (a11 + 0)[_w] += (real)0.25 * acc[_w];
-        }
-    }
-}
-
-void cormorant_message_d2_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 16)[_u * 3 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 3 + _i];
-    }
-}
-
-void cormorant_message_d2_w_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += (a2 + 64)[_u * 5 + _i] * a3[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
-    }
-}
-
-void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
-{
-    const real *restrict a15 = A15;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 9);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        real l0[179] __attribute__((aligned(64))) = {0};
-        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t1[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t1[_p * 80 + _k * 16 + _u] = (a2 + 0)[_u * 15 + _p * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 3; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_p * 80 + _k * 16 + _u] * (a3 + 104)[_i * 15 + _k * 3 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = a4[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t1[_p * 80 + _k * 16 + _u] * t3[_i * 16 + _u];
-                        (l0 + 104)[_i * 15 + _k * 3 + _p] += acc;
-                    }
-        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t4[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t4[_p * 48 + _k * 16 + _u] = (a5 + 0)[_u * 6 + _p * 3 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_p * 48 + _k * 16 + _u] * (a3 + 74)[_i * 6 + _k * 2 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t4[_p * 48 + _k * 16 + _u] * t3[_i * 16 + _u];
-                        (l0 + 74)[_i * 6 + _k * 2 + _p] += acc;
-                    }
-        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a6 + 0)[_u] * (a3 + 69)[_i];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += (a6 + 0)[_u] * t3[_i * 16 + _u];
-                (l0 + 69)[_i] += acc;
-            }
-        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t7[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t7[_p * 80 + _k * 16 + _u] = (a7 + 0)[_u * 10 + _p * 5 + _k];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_p * 80 + _k * 16 + _u] * (a3 + 39)[_i * 10 + _k * 2 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t9[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t9[_i * 16 + _u] = a8[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t7[_p * 80 + _k * 16 + _u] * t9[_i * 16 + _u];
-                        (l0 + 39)[_i * 10 + _k * 2 + _p] += acc;
-                    }
-        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t10[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t10[_p * 48 + _k * 16 + _u] = (a9 + 0)[_u * 9 + _p * 3 + _k];
-        real w11[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 3; ++_p)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t10[_p * 48 + _k * 16 + _u] * (a3 + 12)[_i * 9 + _k * 3 + _p];
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_i * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w11[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 3; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc += t10[_p * 48 + _k * 16 + _u] * t9[_i * 16 + _u];
-                        (l0 + 12)[_i * 9 + _k * 3 + _p] += acc;
-                    }
-        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w12[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w12[_i * 16 + _u] += (a10 + 0)[_u] * (a3 + 9)[_i];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w12[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += (a10 + 0)[_u] * t9[_i * 16 + _u];
-                (l0 + 9)[_i] += acc;
-            }
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t13[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t13[_k * 16 + _u] = (a11 + 0)[_u * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t13[_k * 16 + _u] * (a3 + 4)[_k];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t13[_k * 16 + _u] * a12[_u];
-                (l0 + 4)[_k] += acc;
-            }
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t14[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t14[_k * 16 + _u] = (a13 + 0)[_u * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t14[_k * 16 + _u] * (a3 + 1)[_k];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 16; ++_u)
-                    acc += t14[_k * 16 + _u] * a12[_u];
-                (l0 + 1)[_k] += acc;
-            }
-        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (a14 + 0)[_u] * (a3 + 0)[0];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 16; ++_u)
-                acc += (a14 + 0)[_u] * a12[_u];
-            (l0 + 0)[0] += acc;
-        }
-        /* ∂/∂sh: every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            {
-                real acc = 0;
+            t13[_w * 16 + _u] = a14[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 768, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 144);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 9);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a17 = A17 + z * a17_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a19 = A19 + z * a19_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            const real *restrict a24 = A24 + z * a24_stride;
+            const real *restrict a25 = A25 + z * a25_stride;
+            const real *restrict a26 = A26 + z * a26_stride;
+            const real *restrict a27 = A27 + z * a27_stride;
+            const real *restrict a28 = A28 + z * a28_stride;
+            const real *restrict a29 = A29 + z * a29_stride;
+            real l0[179] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[48] __attribute__((aligned(64))) = {0};
+            real l3[80] __attribute__((aligned(64))) = {0};
+            real l4[16] __attribute__((aligned(64))) = {0};
+            real l5[144] __attribute__((aligned(64))) = {0};
+            real l6[160] __attribute__((aligned(64))) = {0};
+            real l7[16] __attribute__((aligned(64))) = {0};
+            real l8[96] __attribute__((aligned(64))) = {0};
+            real l9[240] __attribute__((aligned(64))) = {0};
+            real l10[144] __attribute__((aligned(64))) = {0};
+            real l11[144] __attribute__((aligned(64))) = {0};
+            real l12[16] __attribute__((aligned(64))) = {0};
+            real l13[48] __attribute__((aligned(64))) = {0};
+            real l14[80] __attribute__((aligned(64))) = {0};
+            real l15[16] __attribute__((aligned(64))) = {0};
+            real l16[48] __attribute__((aligned(64))) = {0};
+            real l17[144] __attribute__((aligned(64))) = {0};
+            real l18[32] __attribute__((aligned(64))) = {0};
+            real l19[160] __attribute__((aligned(64))) = {0};
+            real l20[16] __attribute__((aligned(64))) = {0};
+            real l21[32] __attribute__((aligned(64))) = {0};
+            real l22[96] __attribute__((aligned(64))) = {0};
+            real l23[48] __attribute__((aligned(64))) = {0};
+            real l24[240] __attribute__((aligned(64))) = {0};
+            real l25[179] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
                 for (int _c = 0; _c < 179; ++_c)
-                    acc += (l0 + 0)[_c] * a15[_j * 179 + _c];
-                (a1 + 0)[_j] += acc;
+                    (l0 + 0)[_c] += a4[_j] * a5[_j * 179 + _c];
+            /* 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a6[_u] * (l0 + 0)[0];
+            /* 1 paths 16x0 ⊗ sh -> 16x1 */
+            real w1[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w1[_k * 16 + _u] += a6[_u] * (l0 + 1)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+            /* 1 paths 16x0 ⊗ sh -> 16x2 */
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_k * 16 + _u] += a6[_u] * (l0 + 4)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l3 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+            /* 1 paths 16x1 ⊗ sh -> 16x0 */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 16 + _u] = a7[_u * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t3[_i * 16 + _u] * (l0 + 9)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l4 + 0)[_u] += acc[_u];
             }
+            /* 3 paths 16x1 ⊗ sh -> 16x1 */
+            real w4[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t3[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w4[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l5 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+            /* 2 paths 16x1 ⊗ sh -> 16x2 */
+            real w5[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t3[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w5[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l6 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
+            /* 1 paths 16x2 ⊗ sh -> 16x0 */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t6[_i * 16 + _u] = a8[_u * 5 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t6[_i * 16 + _u] * (l0 + 69)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l7 + 0)[_u] += acc[_u];
+            }
+            /* 2 paths 16x2 ⊗ sh -> 16x1 */
+            real w7[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t6[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w7[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l8 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
+            /* 3 paths 16x2 ⊗ sh -> 16x2 */
+            real w8[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t6[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w8[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l9 + 0)[_u * 15 + _p * 5 + _k] += w8[_p * 80 + _k * 16 + _u];
+            /* ∂/∂p: 16x2 -> 16x2 */
+            real w10[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a9[_w * 5 + _i] * t9[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l10 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+            /* ∂/∂p: 16x1 -> 16x1 */
+            real w12[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a11[_w * 3 + _i] * t11[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w12[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l10 + 16)[_u * 3 + _i] += w12[_i * 16 + _u];
+            /* ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += a13[_w] * t13[_w * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l10 + 0)[_u] += (real)0.25 * acc[_u];
+            }
+            /* zpu,zupk->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a15[_u] * (l1 + 0)[_u];
+            /* zpu,zuk->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l12 + 0)[_u] += a15[_u] * (l10 + 0)[_u];
+            /* zpu,zupk->zuk */
+            real t14[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t14[_k * 16 + _u] = (l2 + 0)[_u * 3 + _k];
+            real w15[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_k * 16 + _u] += a16[_u] * t14[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 16)[_u * 3 + _k] += w15[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t16[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_k * 16 + _u] = (l10 + 16)[_u * 3 + _k];
+            real w17[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += a16[_u] * t16[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l13 + 0)[_u * 3 + _k] += w17[_k * 16 + _u];
+            /* zpu,zupk->zuk */
+            real t18[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t18[_k * 16 + _u] = (l3 + 0)[_u * 5 + _k];
+            real w19[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w19[_k * 16 + _u] += a17[_u] * t18[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l11 + 64)[_u * 5 + _k] += w19[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t20[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t20[_k * 16 + _u] = (l10 + 64)[_u * 5 + _k];
+            real w21[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w21[_k * 16 + _u] += a17[_u] * t20[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l14 + 0)[_u * 5 + _k] += w21[_k * 16 + _u];
+            /* zpu,zupk->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a18[_u] * (l4 + 0)[_u];
+            /* zpu,zuk->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += a18[_u] * (l10 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l16 + 0)[_u] += a19[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l16 + 16)[_u] += a20[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l16 + 32)[_u] += a21[_u];
+            /* zpu,zupk->zuk */
+            real t22[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t22[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
+            real w23[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += (l16 + 0)[_p * 16 + _u] * t22[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w23[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 16)[_u * 3 + _k] += w23[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t24[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t24[_k * 16 + _u] = (l10 + 16)[_u * 3 + _k];
+            real w25[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w25[_p * 48 + _k * 16 + _u] += (l16 + 0)[_p * 16 + _u] * t24[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l17 + 0)[_u * 9 + _p * 3 + _k] += w25[_p * 48 + _k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l18 + 0)[_u] += a22[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l18 + 16)[_u] += a23[_u];
+            /* zpu,zupk->zuk */
+            real t26[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t26[_p * 80 + _k * 16 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
+            real w27[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += (l18 + 0)[_p * 16 + _u] * t26[_p * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w27[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l11 + 64)[_u * 5 + _k] += w27[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t28[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t28[_k * 16 + _u] = (l10 + 64)[_u * 5 + _k];
+            real w29[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w29[_p * 80 + _k * 16 + _u] += (l18 + 0)[_p * 16 + _u] * t28[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l19 + 0)[_u * 10 + _p * 5 + _k] += w29[_p * 80 + _k * 16 + _u];
+            /* zpu,zupk->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a24[_u] * (l7 + 0)[_u];
+            /* zpu,zuk->zupk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l20 + 0)[_u] += a24[_u] * (l10 + 0)[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l21 + 0)[_u] += a25[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l21 + 16)[_u] += a26[_u];
+            /* zpu,zupk->zuk */
+            real t30[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t30[_p * 48 + _k * 16 + _u] = (l8 + 0)[_u * 6 + _p * 3 + _k];
+            real w31[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += (l21 + 0)[_p * 16 + _u] * t30[_p * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w31[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 16)[_u * 3 + _k] += w31[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t32[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t32[_k * 16 + _u] = (l10 + 16)[_u * 3 + _k];
+            real w33[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w33[_p * 48 + _k * 16 + _u] += (l21 + 0)[_p * 16 + _u] * t32[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l22 + 0)[_u * 6 + _p * 3 + _k] += w33[_p * 48 + _k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l23 + 0)[_u] += a27[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l23 + 16)[_u] += a28[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l23 + 32)[_u] += a29[_u];
+            /* zpu,zupk->zuk */
+            real t34[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t34[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 15 + _p * 5 + _k];
+            real w35[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += (l23 + 0)[_p * 16 + _u] * t34[_p * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w35[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l11 + 64)[_u * 5 + _k] += w35[_k * 16 + _u];
+            /* zpu,zuk->zupk */
+            real t36[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t36[_k * 16 + _u] = (l10 + 64)[_u * 5 + _k];
+            real w37[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w37[_p * 80 + _k * 16 + _u] += (l23 + 0)[_p * 16 + _u] * t36[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l24 + 0)[_u * 15 + _p * 5 + _k] += w37[_p * 80 + _k * 16 + _u];
+            /* ∂/∂d_m: ∂/∂p: 16x0 -> 16x0 */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    for (int _w = 0; _w < 16; ++_w)
+                        acc[_w] += (l11 + 0)[_u] * a14[_u * 16 + _w];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_w] += (real)0.25 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂p: 16x0 -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 0)[_u * 16 + _w] += (real)0.25 * (l11 + 0)[_u] * a13[_w];
+            /* ∂/∂d_m: ∂/∂p: 16x1 -> 16x1 */
+            real w38[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l11 + 16)[_u * 3 + _i] * a12[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w38[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_w * 3 + _i] += w38[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x1 -> 16x1 */
+            real t39[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t39[_i * 16 + _w] = a11[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l11 + 16)[_u * 3 + _i] * t39[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 256)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_m: ∂/∂p: 16x2 -> 16x2 */
+            real w40[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l11 + 64)[_u * 5 + _i] * a10[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w40[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_w * 5 + _i] += w40[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂p: 16x2 -> 16x2 */
+            real t41[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t41[_i * 16 + _w] = a9[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += (l11 + 64)[_u * 5 + _i] * t41[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t42[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t42[_p * 80 + _k * 16 + _u] = (l24 + 0)[_u * 15 + _p * 5 + _k];
+            real w43[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t42[_p * 80 + _k * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w43[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w43[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            real t44[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t44[_p * 80 + _k * 16 + _u] = (l24 + 0)[_u * 15 + _p * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t44[_p * 80 + _k * 16 + _u] * t6[_i * 16 + _u];
+                            (l25 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                        }
+            /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t45[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t45[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
+            real w46[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t45[_p * 48 + _k * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w46[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w46[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            real t47[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t47[_p * 48 + _k * 16 + _u] = (l22 + 0)[_u * 6 + _p * 3 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t47[_p * 48 + _k * 16 + _u] * t6[_i * 16 + _u];
+                            (l25 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            real w48[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w48[_i * 16 + _u] += (l20 + 0)[_u] * (l0 + 69)[_i];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a2 + 64)[_u * 5 + _i] += w48[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += (l20 + 0)[_u] * t6[_i * 16 + _u];
+                    (l25 + 69)[_i] += acc;
+                }
+            /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t49[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t49[_p * 80 + _k * 16 + _u] = (l19 + 0)[_u * 10 + _p * 5 + _k];
+            real w50[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t49[_p * 80 + _k * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w50[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w50[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            real t51[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t51[_p * 80 + _k * 16 + _u] = (l19 + 0)[_u * 10 + _p * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t51[_p * 80 + _k * 16 + _u] * t3[_i * 16 + _u];
+                            (l25 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t52[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t52[_p * 48 + _k * 16 + _u] = (l17 + 0)[_u * 9 + _p * 3 + _k];
+            real w53[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 3; ++_p)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t52[_p * 48 + _k * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w53[_i * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w53[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            real t54[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t54[_p * 48 + _k * 16 + _u] = (l17 + 0)[_u * 9 + _p * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 3; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc += t54[_p * 48 + _k * 16 + _u] * t3[_i * 16 + _u];
+                            (l25 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                        }
+            /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            real w55[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w55[_i * 16 + _u] += (l15 + 0)[_u] * (l0 + 9)[_i];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
+            /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += (l15 + 0)[_u] * t3[_i * 16 + _u];
+                    (l25 + 9)[_i] += acc;
+                }
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t56[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t56[_k * 16 + _u] = (l14 + 0)[_u * 5 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t56[_k * 16 + _u] * (l0 + 4)[_k];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a2 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            real t57[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t57[_k * 16 + _u] = (l14 + 0)[_u * 5 + _k];
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t57[_k * 16 + _u] * a6[_u];
+                    (l25 + 4)[_k] += acc;
+                }
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t58[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t58[_k * 16 + _u] = (l13 + 0)[_u * 3 + _k];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t58[_k * 16 + _u] * (l0 + 1)[_k];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a2 + 0)[_u] += acc[_u];
+            }
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            real t59[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t59[_k * 16 + _u] = (l13 + 0)[_u * 3 + _k];
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc += t59[_k * 16 + _u] * a6[_u];
+                    (l25 + 1)[_k] += acc;
+                }
+            /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += (l12 + 0)[_u] * (l0 + 0)[0];
+            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l12 + 0)[_u] * a6[_u];
+                (l25 + 0)[0] += acc;
+            }
+            /* ∂/∂sh: every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 179; ++_c)
+                        acc += (l25 + 0)[_c] * a5[_j * 179 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
+        }
     }
+    for (int64_t i = 0; i < 768; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 768 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
     """,
     "cormorant_message_d2_weight": """\
@@ -16078,319 +15147,345 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
 }
     """,
     "cormorant_message_d_only_weight": """\
-void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride)
+void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride)
 {
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a14 = A14 + z * a14_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        const real *restrict a18 = A18 + z * a18_stride;
-        const real *restrict a19 = A19 + z * a19_stride;
-        const real *restrict a20 = A20 + z * a20_stride;
-        const real *restrict a21 = A21 + z * a21_stride;
-        real l0[179] __attribute__((aligned(64))) = {0};
-        real l1[16] __attribute__((aligned(64))) = {0};
-        real l2[48] __attribute__((aligned(64))) = {0};
-        real l3[80] __attribute__((aligned(64))) = {0};
-        real l4[16] __attribute__((aligned(64))) = {0};
-        real l5[48] __attribute__((aligned(64))) = {0};
-        real l6[144] __attribute__((aligned(64))) = {0};
-        real l7[32] __attribute__((aligned(64))) = {0};
-        real l8[160] __attribute__((aligned(64))) = {0};
-        real l9[16] __attribute__((aligned(64))) = {0};
-        real l10[32] __attribute__((aligned(64))) = {0};
-        real l11[96] __attribute__((aligned(64))) = {0};
-        real l12[48] __attribute__((aligned(64))) = {0};
-        real l13[240] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: sh · G */
-        for (int _j = 0; _j < 9; ++_j)
-            for (int _c = 0; _c < 179; ++_c)
-                (l0 + 0)[_c] += a2[_j] * a3[_j * 179 + _c];
-        /* 1 paths 16x0 ⊗ sh -> 16x0 */
-        for (int _u = 0; _u < 16; ++_u)
-            (l1 + 0)[_u] += a4[_u] * (l0 + 0)[0];
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (l1 + 0)[_u] * a5[_u];
-        /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+    const real *restrict a2 = A2;
+    real *partial = calloc((size_t)threads * 768, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a17 = A17 + z * a17_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            const real *restrict a19 = A19 + z * a19_stride;
+            const real *restrict a20 = A20 + z * a20_stride;
+            const real *restrict a21 = A21 + z * a21_stride;
+            const real *restrict a22 = A22 + z * a22_stride;
+            const real *restrict a23 = A23 + z * a23_stride;
+            real l0[179] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[144] __attribute__((aligned(64))) = {0};
+            real l3[48] __attribute__((aligned(64))) = {0};
+            real l4[80] __attribute__((aligned(64))) = {0};
+            real l5[16] __attribute__((aligned(64))) = {0};
+            real l6[48] __attribute__((aligned(64))) = {0};
+            real l7[144] __attribute__((aligned(64))) = {0};
+            real l8[32] __attribute__((aligned(64))) = {0};
+            real l9[160] __attribute__((aligned(64))) = {0};
+            real l10[16] __attribute__((aligned(64))) = {0};
+            real l11[32] __attribute__((aligned(64))) = {0};
+            real l12[96] __attribute__((aligned(64))) = {0};
+            real l13[48] __attribute__((aligned(64))) = {0};
+            real l14[240] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: sh · G */
+            for (int _j = 0; _j < 9; ++_j)
+                for (int _c = 0; _c < 179; ++_c)
+                    (l0 + 0)[_c] += a1[_j] * a2[_j * 179 + _c];
+            /* 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                w1[_k * 16 + _u] += a4[_u] * (l0 + 1)[_k];
-        for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a3[_u] * (l0 + 0)[0];
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (l1 + 0)[_u] * a4[_u];
+            /* 1 paths 16x0 ⊗ sh -> 16x1 */
+            real w1[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (l2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 16 + _u] = (l2 + 0)[_u * 3 + _k];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w4[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w4[_k * 16 + _u] += a4[_u] * (l0 + 4)[_k];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l3 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = (l3 + 0)[_u * 5 + _k];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a7[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
-        /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = a8[_u * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t7[_i * 16 + _u] * (l0 + 9)[_i];
+                    w1[_k * 16 + _u] += a3[_u] * (l0 + 1)[_k];
             for (int _u = 0; _u < 16; ++_u)
-                (l4 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (l4 + 0)[_u] * a9[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l5 + 0)[_u] += a10[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l5 + 16)[_u] += a11[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l5 + 32)[_u] += a12[_u];
-        /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w8[144] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l3 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 16 + _u] = (l3 + 0)[_u * 3 + _k];
+            real w3[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w8[_p * 48 + _k * 16 + _u] += acc[_u];
-                }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 16 + _u] += t2[_k * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    (l6 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t9[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t9[_p * 48 + _k * 16 + _u] = (l6 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* 1 paths 16x0 ⊗ sh -> 16x2 */
+            real w4[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a3[_u] * (l0 + 4)[_k];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l4 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t5[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_k * 16 + _u] = (l4 + 0)[_u * 5 + _k];
+            real w6[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_k * 16 + _u] += t5[_k * 16 + _u] * a6[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+            /* 1 paths 16x1 ⊗ sh -> 16x0 */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t7[_i * 16 + _u] = a7[_u * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        acc[_u] += t7[_i * 16 + _u] * (l0 + 9)[_i];
+                for (int _u = 0; _u < 16; ++_u)
+                    (l5 + 0)[_u] += acc[_u];
+            }
+            /* zupk,zpu->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += (l5 + 0)[_u] * a8[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 0)[_u] += a9[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 16)[_u] += a10[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l6 + 32)[_u] += a11[_u];
+            /* 3 paths 16x1 ⊗ sh -> 16x1 */
+            real w8[144] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 16 + _u] * (l0 + 12)[_i * 9 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w8[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t9[_p * 48 + _k * 16 + _u] * (l5 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l7 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+            real w10[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l7 + 0)[_u] += a13[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l7 + 16)[_u] += a14[_u];
-        /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w11[160] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t9[_p * 48 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 0)[_u] += a12[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 16)[_u] += a13[_u];
+            /* 2 paths 16x1 ⊗ sh -> 16x2 */
+            real w11[160] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l9 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t12[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t12[_p * 80 + _k * 16 + _u] = (l9 + 0)[_u * 10 + _p * 5 + _k];
+            real w13[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
+                    for (int _p = 0; _p < 2; ++_p)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 16 + _u] * (l0 + 39)[_i * 10 + _k * 2 + _p];
+                            acc[_u] += t12[_p * 80 + _k * 16 + _u] * (l8 + 0)[_p * 16 + _u];
                     for (int _u = 0; _u < 16; ++_u)
-                        w11[_p * 80 + _k * 16 + _u] += acc[_u];
+                        w13[_k * 16 + _u] += acc[_u];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
-                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t12[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t12[_p * 80 + _k * 16 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
-        real w13[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+            /* 1 paths 16x2 ⊗ sh -> 16x0 */
+            real t14[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t14[_i * 16 + _u] = a14[_u * 5 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t12[_p * 80 + _k * 16 + _u] * (l7 + 0)[_p * 16 + _u];
+                        acc[_u] += t14[_i * 16 + _u] * (l0 + 69)[_i];
                 for (int _u = 0; _u < 16; ++_u)
-                    w13[_k * 16 + _u] += acc[_u];
+                    (l10 + 0)[_u] += acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
-        /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t14[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t14[_i * 16 + _u] = a15[_u * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    acc[_u] += t14[_i * 16 + _u] * (l0 + 69)[_i];
+            /* zupk,zpu->zuk */
             for (int _u = 0; _u < 16; ++_u)
-                (l9 + 0)[_u] += acc[_u];
-        }
-        /* zupk,zpu->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (l9 + 0)[_u] * a16[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 0)[_u] += a17[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l10 + 16)[_u] += a18[_u];
-        /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w15[96] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 2; ++_p)
+                (l2 + 0)[_u] += (l10 + 0)[_u] * a15[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 0)[_u] += a16[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l11 + 16)[_u] += a17[_u];
+            /* 2 paths 16x2 ⊗ sh -> 16x1 */
+            real w15[96] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t14[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l12 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t16[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t16[_p * 48 + _k * 16 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
+            real w17[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t16[_p * 48 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w17[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 0)[_u] += a18[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 16)[_u] += a19[_u];
+            /* zu->zu */
+            for (int _u = 0; _u < 16; ++_u)
+                (l13 + 32)[_u] += a20[_u];
+            /* 3 paths 16x2 ⊗ sh -> 16x2 */
+            real w18[240] __attribute__((aligned(64))) = {0};
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    {
+                        real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t14[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
+                        for (int _u = 0; _u < 16; ++_u)
+                            w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                    }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l14 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+            /* zupk,zpu->zuk */
+            real t19[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t19[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 15 + _p * 5 + _k];
+            real w20[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 3; ++_p)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t19[_p * 80 + _k * 16 + _u] * (l13 + 0)[_p * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w20[_k * 16 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l2 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+            /* ∂/∂weight: 16x2 -> 16x2 */
+            real t21[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t21[_i * 16 + _w] = a21[_w * 5 + _i];
+            for (int _u = 0; _u < 16; ++_u)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t14[_i * 16 + _u] * (l0 + 74)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w15[_p * 48 + _k * 16 + _u] += acc[_u];
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t21[_i * 16 + _w] * (l2 + 64)[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    (l11 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t16[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 3; ++_k)
-                    t16[_p * 48 + _k * 16 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
-        real w17[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t16[_p * 48 + _k * 16 + _u] * (l10 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w17[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l12 + 0)[_u] += a19[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l12 + 16)[_u] += a20[_u];
-        /* zu->zu */
-        for (int _u = 0; _u < 16; ++_u)
-            (l12 + 32)[_u] += a21[_u];
-        /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w18[240] __attribute__((aligned(64))) = {0};
-        for (int _p = 0; _p < 3; ++_p)
-            for (int _k = 0; _k < 5; ++_k)
+            /* ∂/∂weight: 16x1 -> 16x1 */
+            real t22[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t22[_i * 16 + _w] = a22[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
                 {
                     real acc[16] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t14[_i * 16 + _u] * (l0 + 104)[_i * 15 + _k * 3 + _p];
-                    for (int _u = 0; _u < 16; ++_u)
-                        w18[_p * 80 + _k * 16 + _u] += acc[_u];
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t22[_i * 16 + _w] * (l2 + 16)[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 256)[_u * 16 + _w] += (real)0.25 * acc[_w];
                 }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    (l13 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
-        /* zupk,zpu->zuk */
-        real t19[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _p = 0; _p < 3; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    t19[_p * 80 + _k * 16 + _u] = (l13 + 0)[_u * 15 + _p * 5 + _k];
-        real w20[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 3; ++_p)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t19[_p * 80 + _k * 16 + _u] * (l12 + 0)[_p * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w20[_k * 16 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+            /* ∂/∂weight: 16x0 -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += (a0 + 64)[_u * 5 + _i];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_u * 16 + _w] += (real)0.25 * a23[_w] * (l2 + 0)[_u];
+        }
     }
-}
-
-void cormorant_message_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += (a1 + 16)[_u * 3 + _i];
+    for (int64_t i = 0; i < 768; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 768 + 0 + i];
+        A0[i] = sum;
     }
+    free(partial);
 }
     """,
     "cormorant_message_d_only_f_sh_w": """\
@@ -17135,85 +16230,21 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
     },
     {
         'cormorant_cg_s0': 'orrssrssrssrssssssssrssssssssss',
-        'cormorant_cg_d_s0': 'ooooooooooooorrssrssrssrssssssssrssssrs',
-        'cormorant_cg_d_s1': 'aorsr',
-        'cormorant_cg_d_s2': 'ars',
-        'cormorant_cg_d_s3': 'oorsr',
-        'cormorant_cg_d_s4': 'aorsr',
-        'cormorant_cg_d_s5': 'ars',
-        'cormorant_cg_d_s6': 'ooorsr',
-        'cormorant_cg_d_s7': 'aorrsrrs',
-        'cormorant_cg_d_s8': 'aoorrsrrsr',
-        'cormorant_cg_d_s9': 'aooorsrrrsr',
-        'cormorant_cg_d_s10': 'aoorrsrrsr',
-        'cormorant_cg_d_s11': 'aorsrrrs',
-        'cormorant_cg_d_s12': 'aoorrsrrsr',
-        'cormorant_cg_d_s13': 'aoorsrrrsr',
-        'cormorant_cg_d_s14': 'aorsrrrs',
-        'cormorant_cg_d_s15': 'arrsr',
-        'cormorant_cg_d2_f_s0': 'oooooooooooorsrsrssssssssssrrsrr',
-        'cormorant_cg_d2_f_s1': 'oaaoorrsrrrsr',
-        'cormorant_cg_d2_f_s2': 'oaaoorrsrrrsr',
-        'cormorant_cg_d2_f_s3': 'ooaoarrsrrrs',
-        'cormorant_cg_d2_f_s4': 'oaaosrrrrrs',
-        'cormorant_cg_d2_f_s5': 'ooaoaorrsrrrs',
-        'cormorant_cg_d2_f_s6': 'oaaosrrrrrs',
-        'cormorant_cg_d2_f_s7': 'oaarsrrrrs',
-        'cormorant_cg_d2_f_s8': 'oaaorrsrrrs',
-        'cormorant_cg_d2_f_s9': 'ors',
-        'cormorant_cg_d2_f_s10': 'aorsr',
-        'cormorant_cg_d2_f_s11': 'aorsr',
-        'cormorant_cg_d2_f_s12': 'ars',
-        'cormorant_cg_d2_f_s13': 'ars',
-        'cormorant_cg_d2_f_s14': 'ars',
-        'cormorant_cg_d2_weight_s0': 'ooooooooooooooooooooooorrssrssrssrssssssssrssssrsrsrsssssssssss',
-        'cormorant_cg_d2_weight_s1': 'aaosrrrs',
-        'cormorant_cg_d2_weight_s2': 'aaosrrrs',
-        'cormorant_cg_d2_weight_s3': 'aoaoosrrsrrsrrrsr',
-        'cormorant_cg_d2_weight_s4': 'aarrsrrs',
-        'cormorant_cg_d2_weight_s5': 'aaorrsrrsr',
-        'cormorant_cg_d2_weight_s6': 'aaoorsrrrsr',
-        'cormorant_cg_d2_weight_s7': 'aaorrsrrsr',
-        'cormorant_cg_d2_weight_s8': 'aarsrrrs',
-        'cormorant_cg_d2_weight_s9': 'aaorrsrrsr',
-        'cormorant_cg_d2_weight_s10': 'aaorsrrrsr',
-        'cormorant_cg_d2_weight_s11': 'aarsrrrs',
-        'cormorant_cg_d2_weight_s12': 'arrsr',
+        'cormorant_cg_d_s0': 'oOrrssrssrssrssssssssrssssrsrsrssss',
+        'cormorant_cg_d2_f_s0': 'oOorsrsrssssssssssrrsrrrsrrsrrsrssssrrssss',
+        'cormorant_cg_d2_weight_s0': 'oOorrssrssrssrssssssssrssssrsrsrssssssssssssssss',
         'cormorant_cg_d_only_f_s0': 'orsrsrsssssrsrssssrssssrssssrsssrs',
-        'cormorant_cg_d_only_weight_s0': 'ooooooooooorrssrssrssrssssssssrssss',
-        'cormorant_cg_d_only_weight_s1': 'or',
-        'cormorant_cg_d_only_weight_s2': 'oorsr',
-        'cormorant_cg_d_only_weight_s3': 'aorsr',
-        'cormorant_cg_d_only_weight_s4': 'ars',
-        'cormorant_cg_d_only_weight_s5': 'oorr',
-        'cormorant_cg_d_only_weight_s6': 'or',
-        'cormorant_cg_d_only_weight_s7': 'oorr',
-        'cormorant_cg_d_only_weight_s8': 'or',
-        'cormorant_cg_d_only_weight_s9': 'or',
-        'cormorant_cg_d_only_weight_s10': 'or',
+        'cormorant_cg_d_only_weight_s0': 'Orrssrssrssrssssssssrssssrrrsss',
         'cormorant_message_s0': 'orsrrrrrrrrrrrrrrrrrrsss',
-        'cormorant_message_d_s0': 'ooooooooooooooooorsrrrrrrrrrrrrrrrrrrrs',
-        'cormorant_message_d_s1': 'aorsr',
-        'cormorant_message_d_s2': 'ars',
-        'cormorant_message_d_s3': 'ooorrrrrrrrrrrrrrrrrrrrrrrs',
-        'cormorant_message_d2_f_s0': 'oooooooorsrrrrrrrrrrrsrsrsrrrrrrrr',
-        'cormorant_message_d2_f_s1': 'aorsr',
-        'cormorant_message_d2_f_s2': 'aorsr',
-        'cormorant_message_d2_f_s3': 'aorrrrrs',
-        'cormorant_message_d2_sh_s0': 'oooooooorrrrrrrrrrrsrsrsrrrrrrsrrr',
-        'cormorant_message_d2_sh_s1': 'aorsr',
-        'cormorant_message_d2_sh_s2': 'aorsr',
-        'cormorant_message_d2_sh_s3': 'arrrr',
-        'cormorant_message_d2_w_s0': 'oooooooooooorsrrrrsrsrsrrrrrrrrrrrrrrr',
-        'cormorant_message_d2_w_s1': 'aorsr',
-        'cormorant_message_d2_w_s2': 'aorsr',
-        'cormorant_message_d2_w_s3': 'oorrrrrrrrrrrrrs',
+        'cormorant_message_d_s0': 'Oooorsrrrrrrrrrrrrrrrrrrrsrsrs',
+        'cormorant_message_d2_f_s0': 'ooOorsrrrrrrrrrrrsrsrsrrrrrrrr',
+        'cormorant_message_d2_sh_s0': 'oooOrrrrrrrrrrrsrsrsrrrrrrsrrr',
+        'cormorant_message_d2_w_s0': 'oOoorsrrrrsrsrsrrrrrrrrrrrrrrr',
         'cormorant_message_d2_weight_s0': 'oooorsrrrrrrrrrrrrrrrrrrsrsrsr',
         'cormorant_message_d_only_f_s0': 'orsrrrrrrrrrrrsrsrsrrrrr',
         'cormorant_message_d_only_sh_s0': 'orrrrrrrrrrrsrsrsrrrrrrrrs',
         'cormorant_message_d_only_w_s0': 'orsrrrrsrsrs',
-        'cormorant_message_d_only_weight_s0': 'oorsrrrrrrrrrrrrrrrrrr',
-        'cormorant_message_d_only_weight_s1': 'or',
+        'cormorant_message_d_only_weight_s0': 'Orsrrrrrrrrrrrrrrrrrrrrr',
         'cormorant_message_d_only_f_sh_w_s0': 'ooorsrrrrrrrrrrrrrrsrsrsrrrrr',
     },
 )

@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_f9ad6a231b8e7e54")
+_ops = rt.OpNamespace("fusionc_3f4fdf0568aee4ef")
 
 
 def _fc_tp(
@@ -355,8 +355,7 @@ def _fc_tp_d_cpu(
     _m_z_0 = weight.new_empty(n, 145)
     d_x = weight.new_empty(n, 288)
     d__m_z_0 = weight.new_empty(n, 145)
-    _c1 = weight.new_empty(n, 320)
-    _copy0 = weight.new_empty(n, 160)
+    d__w_z_0_2_2 = weight.new_empty(2048)
     # every path's (i, k) map at once: y · G
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
@@ -366,15 +365,12 @@ def _fc_tp_d_cpu(
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s0', n, _m_z_0, d_x, d__m_z_0, _c1, _copy0, y.reshape(n, 16), _g_z_0, d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32), x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s0', n, _m_z_0, d_x, d__m_z_0, d__w_z_0_2_2, y.reshape(n, 16), _g_z_0, d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32), x[:, 128:288].reshape(n, 32, 5))
     del _w_z_0_2_2
-    d__w_z_0_2_2 = torch.mm(_copy0.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c1.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c1, _copy0
-    d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    d_weight_8 = d__w_z_0_2_2[1024:2048].view(32, 32)
+    d_weight_9 = d__w_z_0_2_2[0:1024].view(32, 32)
     del d__w_z_0_2_2
-    _c3 = weight.new_empty(n, 192)
-    _copy1 = weight.new_empty(n, 96)
+    d__w_z_0_2_1 = weight.new_empty(2048)
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
@@ -383,12 +379,10 @@ def _fc_tp_d_cpu(
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c3, _copy1, d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32), _m_z_0, x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, d__w_z_0_2_1, d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32), _m_z_0, x[:, 128:288].reshape(n, 32, 5))
     del _w_z_0_2_1
-    d__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c3, _copy1
-    d_weight_10 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_11 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    d_weight_10 = d__w_z_0_2_1[1024:2048].view(32, 32)
+    d_weight_11 = d__w_z_0_2_1[0:1024].view(32, 32)
     del d__w_z_0_2_1
     _c5 = weight.new_empty(n, 32)
     # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
@@ -397,8 +391,7 @@ def _fc_tp_d_cpu(
     _native.run('fc_tp_d_s2', n, d_x, d__m_z_0, _c5, d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32), _m_z_0, x[:, 128:288].reshape(n, 32, 5))
     d_weight_12 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c5
-    _c6 = weight.new_empty(n, 192)
-    _copy2 = weight.new_empty(n, 96)
+    d__w_z_0_1_2 = weight.new_empty(2048)
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
@@ -406,15 +399,13 @@ def _fc_tp_d_cpu(
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s3', n, _c6, d_x, d__m_z_0, _copy2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0, _w_z_0_1_2.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
-    del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d__w_z_0_1_2 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c6.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c6
-    d_weight_13 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_14 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d_s3', n, d_x, d__m_z_0, d__w_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0, _w_z_0_1_2.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
+    del _w_z_0_1_2
+    d_weight_13 = d__w_z_0_1_2[1024:2048].view(32, 32)
+    d_weight_14 = d__w_z_0_1_2[0:1024].view(32, 32)
     del d__w_z_0_1_2
-    _c9 = weight.new_empty(n, 192)
+    d__w_z_0_1_1 = weight.new_empty(2048)
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
@@ -423,12 +414,10 @@ def _fc_tp_d_cpu(
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d_s4', n, d_x, d__m_z_0, _c9, d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), _m_z_0, x[:, 32:128].reshape(n, 32, 3))
+    _native.run('fc_tp_d_s4', n, d_x, d__m_z_0, d__w_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), _m_z_0, x[:, 32:128].reshape(n, 32, 3))
     del _w_z_0_1_1
-    d__w_z_0_1_1 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c9, _copy2
-    d_weight_15 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_16 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    d_weight_15 = d__w_z_0_1_1[1024:2048].view(32, 32)
+    d_weight_16 = d__w_z_0_1_1[0:1024].view(32, 32)
     del d__w_z_0_1_1
     _c11 = weight.new_empty(n, 32)
     # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
@@ -714,8 +703,9 @@ def _fc_tp_d2_x_cpu(
     # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_11 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c6
-    _c9 = weight.new_empty(n, 192)
-    _copy0 = weight.new_empty(n, 96)
+    d2__w_z_0_1_1 = weight.new_empty(2048)
+    d2__w_z_0_1_2 = weight.new_empty(2048)
+    _c12 = weight.new_empty(n, 32)
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
@@ -724,12 +714,6 @@ def _fc_tp_d2_x_cpu(
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s4', n, d2_d_z, d2__m_z_0, _c9, _copy0, d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), _m_z_0, d_z[:, 32:128].reshape(n, 32, 3))
-    del _w_z_0_1_1
-    d2__w_z_0_1_1 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c9
-    _c11 = weight.new_empty(n, 192)
-    _copy1 = weight.new_empty(n, 96)
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
@@ -738,18 +722,15 @@ def _fc_tp_d2_x_cpu(
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c11, _copy1, d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32), _m_z_0, d_z[:, 128:288].reshape(n, 32, 5))
-    del _w_z_0_1_2
-    d2__w_z_0_1_2 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c11, _copy1
-    _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_x_s6', n, _c12, d2_d_z, d2__m_z_0, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0, weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    _native.run('fc_tp_d2_x_s4', n, d2_d_z, d2__m_z_0, d2__w_z_0_1_1, d2__w_z_0_1_2, _c12, d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), _m_z_0, d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5), weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    del _w_z_0_1_1, _w_z_0_1_2
     # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     d2_weight_12 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c12
-    _c14 = weight.new_empty(n, 192)
+    d2__w_z_0_2_1 = weight.new_empty(2048)
+    d2__w_z_0_2_2 = weight.new_empty(2048)
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
@@ -757,13 +738,7 @@ def _fc_tp_d2_x_cpu(
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s7', n, _c14, d2_d_z, d2__m_z_0, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0, _w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    del _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c14, _copy0
-    _c17 = weight.new_empty(n, 320)
-    _copy2 = weight.new_empty(n, 160)
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
@@ -772,25 +747,23 @@ def _fc_tp_d2_x_cpu(
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s8', n, d2_d_z, d2__m_z_0, _c17, _copy2, d2_d_x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32), _m_z_0, d_z[:, 128:288].reshape(n, 32, 5))
-    del _m_z_0, _w_z_0_2_2
-    d2__w_z_0_2_2 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c17, _copy2
-    d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, d2__w_z_0_2_1, d2__w_z_0_2_2, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0, _w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    del _m_z_0, _w_z_0_2_1, _w_z_0_2_2
+    d2_weight_13 = d2__w_z_0_2_2[1024:2048].view(32, 32)
+    d2_weight_14 = d2__w_z_0_2_2[0:1024].view(32, 32)
     del d2__w_z_0_2_2
-    d2_weight_15 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_16 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_15 = d2__w_z_0_2_1[1024:2048].view(32, 32)
+    d2_weight_16 = d2__w_z_0_2_1[0:1024].view(32, 32)
     del d2__w_z_0_2_1
-    d2_weight_17 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_18 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_17 = d2__w_z_0_1_2[1024:2048].view(32, 32)
+    d2_weight_18 = d2__w_z_0_1_2[0:1024].view(32, 32)
     del d2__w_z_0_1_2
-    d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_19 = d2__w_z_0_1_1[1024:2048].view(32, 32)
+    d2_weight_20 = d2__w_z_0_1_1[0:1024].view(32, 32)
     del d2__w_z_0_1_1
     d2_y = weight.new_empty(n, 16)
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _native.run('fc_tp_d2_x_s9', n, d2_y, d2__m_z_0, _g_z_0)
+    _native.run('fc_tp_d2_x_s6', n, d2_y, d2__m_z_0, _g_z_0)
     del d2__m_z_0
     d2_x = weight.new_zeros(n, 288)
     d2_weight = torch.cat([
@@ -1033,8 +1006,9 @@ def _fc_tp_d2_y_cpu(
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_11 = torch.mm(_c6.reshape(n, 1, 1, 32).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     del _c6
-    _c9 = weight.new_empty(n, 192)
-    _copy0 = weight.new_empty(n, 96)
+    d2__w_z_0_1_1 = weight.new_empty(2048)
+    d2__w_z_0_1_2 = weight.new_empty(2048)
+    _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
@@ -1042,12 +1016,7 @@ def _fc_tp_d2_y_cpu(
     ], dim=-1)
     del w_z_0_1_1_0, w_z_0_1_1_1
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_y_s4', n, d2_d_z, _c9, d2_x, _copy0, d2_d__m_z_0, x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    del _w_z_0_1_1
     # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c9.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c9
-    _c11 = weight.new_empty(n, 192)
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
@@ -1055,20 +1024,16 @@ def _fc_tp_d2_y_cpu(
     del w_z_0_1_2_2, w_z_0_1_2_3
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_y_s5', n, d2_d_z, _c11, d2_x, x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32), d2_d__m_z_0, d_z[:, 128:288].reshape(n, 32, 5))
-    del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c11.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c11, _copy0
-    _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_y_s6', n, _c12, d2_d_z, d2_x, d2_d__m_z_0, x[:, 128:288].reshape(n, 32, 5), weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    _native.run('fc_tp_d2_y_s4', n, d2_d_z, d2_x, d2__w_z_0_1_1, d2__w_z_0_1_2, _c12, d2_d__m_z_0, x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    del _w_z_0_1_1, _w_z_0_1_2
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d2_weight_12 = torch.mm(_c12.reshape(n, 1, 1, 32).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     del _c12
-    _c14 = weight.new_empty(n, 192)
-    _copy1 = weight.new_empty(n, 96)
+    d2__w_z_0_2_1 = weight.new_empty(2048)
+    d2__w_z_0_2_2 = weight.new_empty(2048)
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
@@ -1076,13 +1041,7 @@ def _fc_tp_d2_y_cpu(
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_y_s7', n, _c14, d2_d_z, d2_x, _copy1, d2_d__m_z_0, x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    del _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c14.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c14, _copy1
-    _c17 = weight.new_empty(n, 320)
-    _copy2 = weight.new_empty(n, 160)
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
@@ -1090,22 +1049,20 @@ def _fc_tp_d2_y_cpu(
     ], dim=-1)
     del w_z_0_2_2_6, w_z_0_2_2_7
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_y_s8', n, d2_d_z, _c17, d2_x, _copy2, d2_d__m_z_0, x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    del _w_z_0_2_2, d2_d__m_z_0
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c17.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c17, _copy2
-    d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d2_y_s5', n, d2_d_z, d2_x, d2__w_z_0_2_1, d2__w_z_0_2_2, d2_d__m_z_0, x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    del _w_z_0_2_1, _w_z_0_2_2, d2_d__m_z_0
+    d2_weight_13 = d2__w_z_0_2_2[1024:2048].view(32, 32)
+    d2_weight_14 = d2__w_z_0_2_2[0:1024].view(32, 32)
     del d2__w_z_0_2_2
-    d2_weight_15 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_16 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_15 = d2__w_z_0_2_1[1024:2048].view(32, 32)
+    d2_weight_16 = d2__w_z_0_2_1[0:1024].view(32, 32)
     del d2__w_z_0_2_1
-    d2_weight_17 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_18 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_17 = d2__w_z_0_1_2[1024:2048].view(32, 32)
+    d2_weight_18 = d2__w_z_0_1_2[0:1024].view(32, 32)
     del d2__w_z_0_1_2
-    d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_19 = d2__w_z_0_1_1[1024:2048].view(32, 32)
+    d2_weight_20 = d2__w_z_0_1_1[0:1024].view(32, 32)
     del d2__w_z_0_1_1
     d2_y = weight.new_zeros(n, 16)
     d2_weight = torch.cat([
@@ -1738,46 +1695,35 @@ def _fc_tp_d_only_weight_cpu(
     """the vector-Jacobian product of fc_tp, d_weight only: x (n, 288), y (n, 16), d_z (n, 288) -> d_weight (13312,)."""
     n = x.shape[0]
     _m_z_0 = weight.new_empty(n, 145)
-    _c0 = weight.new_empty(n, 320)
-    _copy0 = weight.new_empty(n, 160)
+    d__w_z_0_2_2 = weight.new_empty(2048)
     # every path's (i, k) map at once: y · G
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_only_weight_s0', n, _m_z_0, _c0, _copy0, y.reshape(n, 16), _g_z_0, d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5))
-    d__w_z_0_2_2 = torch.mm(_copy0.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5), _c0.reshape(n, 5, 2, 32).reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c0, _copy0
-    d_weight_0 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_1 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d_only_weight_s0', n, _m_z_0, d__w_z_0_2_2, y.reshape(n, 16), _g_z_0, d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5))
+    d_weight_0 = d__w_z_0_2_2[1024:2048].view(32, 32)
+    d_weight_1 = d__w_z_0_2_2[0:1024].view(32, 32)
     del d__w_z_0_2_2
-    _c1 = weight.new_empty(n, 192)
-    _copy1 = weight.new_empty(n, 96)
+    d__w_z_0_2_1 = weight.new_empty(2048)
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d_only_weight_s1', n, _c1, _copy1, x[:, 128:288].reshape(n, 32, 5), _m_z_0, d_z[:, 32:128].reshape(n, 32, 3))
-    d__w_z_0_2_1 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c1.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zkw,zkpu->puw
-    del _c1, _copy1
-    d_weight_2 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_3 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d_only_weight_s1', n, d__w_z_0_2_1, x[:, 128:288].reshape(n, 32, 5), _m_z_0, d_z[:, 32:128].reshape(n, 32, 3))
+    d_weight_2 = d__w_z_0_2_1[1024:2048].view(32, 32)
+    d_weight_3 = d__w_z_0_2_1[0:1024].view(32, 32)
     del d__w_z_0_2_1
     _c2 = weight.new_empty(n, 32)
     # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     _native.run('fc_tp_d_only_weight_s2', n, _c2, x[:, 128:288].reshape(n, 32, 5), _m_z_0)
     d_weight_4 = torch.mm(_c2.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c2
-    _c3 = weight.new_empty(n, 192)
-    _copy2 = weight.new_empty(n, 96)
+    d__w_z_0_1_2 = weight.new_empty(2048)
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d_only_weight_s3', n, _c3, _copy2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0, x[:, 32:128].reshape(n, 32, 3))
-    d__w_z_0_1_2 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c3.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c3
-    d_weight_5 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_6 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d_only_weight_s3', n, d__w_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0, x[:, 32:128].reshape(n, 32, 3))
+    d_weight_5 = d__w_z_0_1_2[1024:2048].view(32, 32)
+    d_weight_6 = d__w_z_0_1_2[0:1024].view(32, 32)
     del d__w_z_0_1_2
-    _c4 = weight.new_empty(n, 192)
+    d__w_z_0_1_1 = weight.new_empty(2048)
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d_only_weight_s4', n, _c4, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0)
-    d__w_z_0_1_1 = torch.mm(_copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3), _c4.reshape(n, 3, 2, 32).reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # ziu,zipw->puw
-    del _c4, _copy2
-    d_weight_7 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_8 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    _native.run('fc_tp_d_only_weight_s4', n, d__w_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0, x[:, 32:128].reshape(n, 32, 3))
+    d_weight_7 = d__w_z_0_1_1[1024:2048].view(32, 32)
+    d_weight_8 = d__w_z_0_1_1[0:1024].view(32, 32)
     del d__w_z_0_1_1
     _c5 = weight.new_empty(n, 32)
     # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
@@ -4511,146 +4457,126 @@ def _elementwise_tp_d_cpu(
     n = a.shape[0]
     _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
     d_a = weight.new_empty(n, 144)
-    _c2 = weight.new_empty(n, 240)
     d_b = weight.new_empty(n, 144)
+    _c3 = weight.new_empty(1200)
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d_s0', n, d_a, _c2, d_b, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c1, a[:, 64:144].reshape(n, 16, 5))
-    del _c1
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c3 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c2.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c2
-    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c3.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s0', n, d_a, d_b, _c3, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c1, a[:, 64:144].reshape(n, 16, 5))
+    del _c1
+    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c3.view(16, 5, 5, 3).permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     del _c3
     _c5 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
     _c4 = weight.new_empty(n, 400)
     _c6 = weight.new_empty(n, 400)
+    _c7 = weight.new_empty(2000)
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d_s1', n, _c4, d_a, _c6, d_b, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), _c5, a[:, 64:144].reshape(n, 16, 5))
-    del _c5
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c7 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c7.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s1', n, _c4, d_a, _c6, d_b, _c7, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), _c5, a[:, 64:144].reshape(n, 16, 5))
+    del _c5
+    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c7.view(16, 5, 5, 5).permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
     del _c7
     _c9 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
-    _c10 = weight.new_empty(n, 80)
+    _c11 = weight.new_empty(400)
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _native.run('elementwise_tp_d_s2', n, d_a, _c10, d_b, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, a[:, 64:144].reshape(n, 16, 5))
-    del _c9
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c11 = torch.bmm(_c10.reshape(n, 16, 1, 5).permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
-    del _c10
-    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c11.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    _native.run('elementwise_tp_d_s2', n, d_a, d_b, _c11, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, a[:, 64:144].reshape(n, 16, 5))
+    del _c9
+    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c11.view(16, 5, 1, 5).permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
     del _c11
     _c13 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
     _c12 = weight.new_empty(n, 144)
-    _c14 = weight.new_empty(n, 240)
+    _c15 = weight.new_empty(720)
     # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d_s3', n, _c12, d_a, _c14, d_b, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c13, a[:, 64:144].reshape(n, 16, 5))
-    del _c13
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c15 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c14
-    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c15.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s3', n, _c12, d_a, d_b, _c15, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c13, a[:, 64:144].reshape(n, 16, 5))
+    del _c13
+    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c15.view(16, 3, 5, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c15
     _c17 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _c18 = weight.new_empty(400)
     # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _native.run('elementwise_tp_d_s4', n, d_a, d_b, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c17, _c6)
-    del _c17
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c18 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c6
-    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c18.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s4', n, d_a, d_b, _c18, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c17, _c6)
+    del _c17, _c6
+    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c18.view(16, 1, 5, 5).permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c18
     _c20 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
     _c21 = weight.new_empty(n, 144)
+    _c22 = weight.new_empty(720)
     # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _native.run('elementwise_tp_d_s5', n, d_a, _c21, d_b, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c20, a[:, 16:64].reshape(n, 16, 3))
-    del _c20
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c22 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s5', n, d_a, _c21, d_b, _c22, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c20, a[:, 16:64].reshape(n, 16, 3))
+    del _c20
+    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c22.view(16, 5, 3, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c22
     _c24 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
-    _c25 = weight.new_empty(n, 144)
+    _c26 = weight.new_empty(432)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d_s6', n, d_a, _c25, d_b, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c24, a[:, 16:64].reshape(n, 16, 3))
-    del _c24
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c26 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c25.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c25
-    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c26.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s6', n, d_a, d_b, _c26, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c24, a[:, 16:64].reshape(n, 16, 3))
+    del _c24
+    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c26.view(16, 3, 3, 3).permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
     del _c26
     _c28 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
-    _c29 = weight.new_empty(n, 240)
+    _c30 = weight.new_empty(720)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _native.run('elementwise_tp_d_s7', n, d_a, _c29, d_b, d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), _c28, a[:, 16:64].reshape(n, 16, 3))
-    del _c28
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c30 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c29.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c29
-    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c30.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s7', n, d_a, d_b, _c30, d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), _c28, a[:, 16:64].reshape(n, 16, 3))
+    del _c28
+    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c30.view(16, 3, 3, 5).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c30
     _c32 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
-    _c33 = weight.new_empty(n, 48)
+    _c34 = weight.new_empty(144)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _native.run('elementwise_tp_d_s8', n, d_a, _c33, d_b, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c32, a[:, 16:64].reshape(n, 16, 3))
-    del _c32
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c34 = torch.bmm(_c33.reshape(n, 16, 1, 3).permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
-    del _c33
-    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c34.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    _native.run('elementwise_tp_d_s8', n, d_a, d_b, _c34, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c32, a[:, 16:64].reshape(n, 16, 3))
+    del _c32
+    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c34.view(16, 3, 1, 3).permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
     del _c34
     _c36 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    _c37 = weight.new_empty(144)
     # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _native.run('elementwise_tp_d_s9', n, d_a, d_b, d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c36, _c21)
-    del _c36
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c37 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    del _c21
-    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c37.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s9', n, d_a, d_b, _c37, d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c36, _c21)
+    del _c21, _c36
+    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c37.view(16, 1, 3, 3).permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c37
     # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c38 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
-    _c39 = weight.new_empty(n, 80)
+    _c40 = weight.new_empty(400)
     # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d_s10', n, d_a, _c39, d_b, _c4, _c38, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    del _c38, _c4
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c40 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
-    del _c39
-    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c40.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s10', n, d_a, d_b, _c40, _c4, _c38, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    del _c38, _c4
+    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c40.view(16, 5, 1, 5).permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c40
     # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c41 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
-    _c42 = weight.new_empty(n, 48)
+    _c43 = weight.new_empty(144)
     # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d_s11', n, d_a, _c42, d_b, _c12, _c41, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    del _c12, _c41
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c43 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c42.reshape(n, 16, 3, 1).permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
-    del _c42
-    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c43.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s11', n, d_a, d_b, _c43, _c12, _c41, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    del _c12, _c41
+    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c43.view(16, 3, 1, 3).permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c43
     _c45 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    _c46 = weight.new_empty(n, 16)
+    _c47 = weight.new_empty(16)
     # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _native.run('elementwise_tp_d_s12', n, d_a, _c46, d_b, d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c45, a[:, 0:16].reshape(n, 16, 1))
-    del _c45
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c47 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c46.reshape(n, 16, 1, 1).permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
-    del _c46
-    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c47.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_s12', n, d_a, d_b, _c47, d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c45, a[:, 0:16].reshape(n, 16, 1))
+    del _c45
+    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c47.view(16, 1, 1, 1).permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     del _c47
     d_weight = torch.cat([
         d_weight_12.reshape(16),
@@ -4894,113 +4820,98 @@ def _elementwise_tp_d2_a_cpu(
     n = a.shape[0]
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
     d2_d_c = weight.new_empty(n, 192)
-    _c2 = weight.new_empty(n, 16)
     d2_b = weight.new_empty(n, 144)
+    _c3 = weight.new_empty(16)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _native.run('elementwise_tp_d2_a_s0', n, d2_d_c, _c2, d2_b, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c1, d_c[:, 0:16].reshape(n, 16, 1))
-    del _c1
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.reshape(n, 16, 1, 1).permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
-    del _c2
-    d2_weight_0 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s0', n, d2_d_c, d2_b, _c3, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c1, d_c[:, 0:16].reshape(n, 16, 1))
+    del _c1
+    d2_weight_0 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.view(16, 1, 1, 1).permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     del _c3
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    _c6 = weight.new_empty(n, 48)
+    _c7 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d2_a_s1', n, d2_d_c, _c6, d2_b, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c5, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c5
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.reshape(n, 16, 1, 3).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
-    del _c6
-    d2_weight_1 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s1', n, d2_d_c, d2_b, _c7, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c5, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c5
+    d2_weight_1 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.view(16, 3, 1, 3).permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c7
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    _c10 = weight.new_empty(n, 80)
+    _c11 = weight.new_empty(400)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d2_a_s2', n, d2_d_c, _c10, d2_b, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c9
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c11 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 1, 5).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
-    del _c10
-    d2_weight_2 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s2', n, d2_d_c, d2_b, _c11, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c9
+    d2_weight_2 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.view(16, 5, 1, 5).permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c11
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
     _c14 = weight.new_empty(n, 144)
+    _c15 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _native.run('elementwise_tp_d2_a_s3', n, d2_d_c, _c14, d2_b, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c13, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c13
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c15 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
-    d2_weight_3 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s3', n, d2_d_c, _c14, d2_b, _c15, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c13, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c13
+    d2_weight_3 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.view(16, 1, 3, 3).permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c15
     _c17 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
     _c16 = weight.new_empty(n, 144)
-    _c18 = weight.new_empty(n, 48)
+    _c19 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _native.run('elementwise_tp_d2_a_s4', n, _c16, d2_d_c, _c18, d2_b, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c17, d_c[:, 0:16].reshape(n, 16, 1))
-    del _c17
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c19 = torch.bmm(_c18.reshape(n, 16, 3, 1).permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
-    del _c18
-    d2_weight_4 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    _native.run('elementwise_tp_d2_a_s4', n, _c16, d2_d_c, d2_b, _c19, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), _c17, d_c[:, 0:16].reshape(n, 16, 1))
+    del _c17
+    d2_weight_4 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.view(16, 3, 1, 3).permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
     del _c19
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    _c21 = weight.new_empty(n, 240)
+    _c22 = weight.new_empty(720)
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _native.run('elementwise_tp_d2_a_s5', n, d2_d_c, _c21, d2_b, _c16, _c20, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    del _c20
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c22 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
-    del _c21
-    d2_weight_5 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s5', n, d2_d_c, d2_b, _c22, _c16, _c20, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    del _c20
+    d2_weight_5 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.view(16, 3, 3, 5).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c22
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    _c24 = weight.new_empty(n, 144)
+    _c25 = weight.new_empty(432)
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d2_a_s6', n, d2_d_c, _c24, d2_b, _c16, _c23, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    del _c16, _c23
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
-    del _c24
-    d2_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s6', n, d2_d_c, d2_b, _c25, _c16, _c23, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    del _c16, _c23
+    d2_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.view(16, 3, 3, 3).permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
     del _c25
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    _c28 = weight.new_empty(720)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _native.run('elementwise_tp_d2_a_s7', n, d2_d_c, d2_b, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c27, _c14)
-    del _c27
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c28 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
-    del _c14
-    d2_weight_7 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s7', n, d2_d_c, d2_b, _c28, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), _c27, _c14)
+    del _c14, _c27
+    d2_weight_7 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.view(16, 5, 3, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c28
     _c30 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
     _c31 = weight.new_empty(n, 400)
+    _c32 = weight.new_empty(400)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _native.run('elementwise_tp_d2_a_s8', n, d2_d_c, _c31, d2_b, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c30, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c30
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c32 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
-    d2_weight_8 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s8', n, d2_d_c, _c31, d2_b, _c32, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c30, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c30
+    d2_weight_8 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.view(16, 1, 5, 5).permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c32
     _c34 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    _c35 = weight.new_empty(n, 240)
+    _c36 = weight.new_empty(720)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d2_a_s9', n, d2_d_c, _c35, d2_b, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), _c34, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c34
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c36 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c35.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
-    del _c35
-    d2_weight_9 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s9', n, d2_d_c, d2_b, _c36, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), _c34, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c34
+    d2_weight_9 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.view(16, 3, 5, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c36
     _c37 = weight.new_empty(n, 80)
     _c38 = weight.new_empty(n, 16)
@@ -5008,30 +4919,26 @@ def _elementwise_tp_d2_a_cpu(
     _native.run('elementwise_tp_d2_a_s10', n, _c37, _c38, d2_d_c, d2_d_a[:, 64:144].reshape(n, 16, 5), cg_2_2_0, b[:, 64:144].reshape(n, 16, 5), weight[160:176].view(16))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d_c[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1) * weight[160:176].view(16).reshape(16, 1, 1)
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d2_weight_10 = torch.bmm((d_c[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _c38.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zuk,zuk->u
-    del _c38
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
     _c40 = weight.new_empty(n, 400)
+    _c42 = weight.new_empty(2000)
+    d2_weight_10 = weight.new_empty(16)
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d2_a_s11', n, d2_b, _c40, d2_d_c, _c37, _c39.permute(1, 0, 2), d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), _c41, _c31)
-    del _c37, _c39, _c41
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c42 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
-    del _c31
-    d2_weight_11 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s11', n, d2_b, _c40, d2_d_c, _c42, _c37, _c39.permute(1, 0, 2), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_weight_10, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), _c41, _c31)
+    del _c31, _c37, _c38, _c39, _c41
+    d2_weight_11 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.view(16, 5, 5, 5).permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
     del _c42
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    _c44 = weight.new_empty(n, 240)
+    _c45 = weight.new_empty(1200)
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d2_a_s12', n, d2_d_c, _c44, d2_b, _c40, _c43, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    del _c40, _c43
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
-    del _c44
-    d2_weight_12 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d2_a_s12', n, d2_d_c, d2_b, _c45, _c40, _c43, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    del _c40, _c43
+    d2_weight_12 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.view(16, 5, 5, 3).permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     del _c45
     d2_a = weight.new_zeros(n, 144)
     d2_weight = torch.cat([
@@ -5276,113 +5183,98 @@ def _elementwise_tp_d2_b_cpu(
     n = a.shape[0]
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
     d2_d_c = weight.new_empty(n, 192)
-    _c2 = weight.new_empty(n, 16)
     d2_a = weight.new_empty(n, 144)
+    _c3 = weight.new_empty(16)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _native.run('elementwise_tp_d2_b_s0', n, d2_d_c, _c2, d2_a, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), _c1, d_c[:, 0:16].reshape(n, 16, 1))
-    del _c1
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.reshape(n, 16, 1, 1).permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
-    del _c2
-    d2_weight_0 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s0', n, d2_d_c, d2_a, _c3, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), _c1, d_c[:, 0:16].reshape(n, 16, 1))
+    del _c1
+    d2_weight_0 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.view(16, 1, 1, 1).permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
     del _c3
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
     _c6 = weight.new_empty(n, 144)
+    _c7 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d2_b_s1', n, d2_d_c, _c6, d2_a, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c5, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c5
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
-    d2_weight_1 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s1', n, d2_d_c, _c6, d2_a, _c7, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c5, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c5
+    d2_weight_1 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.view(16, 1, 3, 3).permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c7
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
     _c10 = weight.new_empty(n, 400)
+    _c11 = weight.new_empty(400)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d2_b_s2', n, d2_d_c, _c10, d2_a, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c9, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c9
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c11 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
-    d2_weight_2 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s2', n, d2_d_c, _c10, d2_a, _c11, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c9, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c9
+    d2_weight_2 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.view(16, 1, 5, 5).permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c11
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    _c14 = weight.new_empty(n, 48)
+    _c15 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _native.run('elementwise_tp_d2_b_s3', n, d2_d_c, _c14, d2_a, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), _c13, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c13
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.reshape(n, 16, 1, 3).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
-    del _c14
-    d2_weight_3 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s3', n, d2_d_c, d2_a, _c15, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), _c13, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c13
+    d2_weight_3 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.view(16, 3, 1, 3).permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c15
     _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
     _c16 = weight.new_empty(n, 144)
-    _c18 = weight.new_empty(n, 48)
+    _c19 = weight.new_empty(144)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _native.run('elementwise_tp_d2_b_s4', n, _c16, d2_d_c, _c18, d2_a, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), _c17, d_c[:, 0:16].reshape(n, 16, 1))
-    del _c17
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.reshape(n, 16, 3, 1).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
-    del _c18
-    d2_weight_4 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s4', n, _c16, d2_d_c, d2_a, _c19, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), _c17, d_c[:, 0:16].reshape(n, 16, 1))
+    del _c17
+    d2_weight_4 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.view(16, 3, 3, 1).permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c19
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
-    _c21 = weight.new_empty(n, 240)
+    _c22 = weight.new_empty(720)
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _native.run('elementwise_tp_d2_b_s5', n, d2_d_c, _c21, d2_a, _c16, _c20, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    del _c20
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c22 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
-    del _c21
-    d2_weight_5 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s5', n, d2_d_c, d2_a, _c22, _c16, _c20, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    del _c20
+    d2_weight_5 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.view(16, 3, 3, 5).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c22
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
-    _c24 = weight.new_empty(n, 144)
+    _c25 = weight.new_empty(432)
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d2_b_s6', n, d2_d_c, _c24, d2_a, _c16, _c23, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    del _c16, _c23
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
-    del _c24
-    d2_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s6', n, d2_d_c, d2_a, _c25, _c16, _c23, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    del _c16, _c23
+    d2_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.view(16, 3, 3, 3).permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
     del _c25
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
-    _c28 = weight.new_empty(n, 240)
+    _c29 = weight.new_empty(720)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _native.run('elementwise_tp_d2_b_s7', n, d2_d_c, _c28, d2_a, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), _c27, d_c[:, 16:64].reshape(n, 16, 3))
-    del _c27
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c29 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c28.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
-    del _c28
-    d2_weight_7 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s7', n, d2_d_c, d2_a, _c29, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), _c27, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c27
+    d2_weight_7 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.view(16, 3, 5, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c29
     _c31 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    _c32 = weight.new_empty(n, 80)
+    _c33 = weight.new_empty(400)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _native.run('elementwise_tp_d2_b_s8', n, d2_d_c, _c32, d2_a, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), _c31, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c31
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c33 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c32.reshape(n, 16, 1, 5).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
-    del _c32
-    d2_weight_8 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s8', n, d2_d_c, d2_a, _c33, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), _c31, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c31
+    d2_weight_8 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.view(16, 5, 1, 5).permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c33
     _c35 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
+    _c36 = weight.new_empty(720)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d2_b_s9', n, d2_d_c, d2_a, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), _c35, _c6)
-    del _c35
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c36 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
-    del _c6
-    d2_weight_9 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s9', n, d2_d_c, d2_a, _c36, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), _c35, _c6)
+    del _c35, _c6
+    d2_weight_9 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.view(16, 5, 3, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c36
     _c37 = weight.new_empty(n, 80)
     _c38 = weight.new_empty(n, 16)
@@ -5390,30 +5282,26 @@ def _elementwise_tp_d2_b_cpu(
     _native.run('elementwise_tp_d2_b_s10', n, _c37, _c38, d2_d_c, d2_d_b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, a[:, 64:144].reshape(n, 16, 5), weight[160:176].view(16))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d_c[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1) * weight[160:176].view(16).reshape(16, 1, 1)
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d2_weight_10 = torch.bmm((d_c[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _c38.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zuk,zuk->u
-    del _c38
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
     _c40 = weight.new_empty(n, 400)
+    _c42 = weight.new_empty(2000)
+    d2_weight_10 = weight.new_empty(16)
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d2_b_s11', n, d2_a, _c40, d2_d_c, _c37, _c39.permute(1, 0, 2), d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), _c41, _c10)
-    del _c37, _c39, _c41
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c42 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
-    del _c10
-    d2_weight_11 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s11', n, d2_a, _c40, d2_d_c, _c42, _c37, _c39.permute(1, 0, 2), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_weight_10, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), _c41, _c10)
+    del _c10, _c37, _c38, _c39, _c41
+    d2_weight_11 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.view(16, 5, 5, 5).permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
     del _c42
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
-    _c44 = weight.new_empty(n, 240)
+    _c45 = weight.new_empty(1200)
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d2_b_s12', n, d2_d_c, _c44, d2_a, _c40, _c43, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    del _c40, _c43
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c45 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
-    del _c44
-    d2_weight_12 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d2_b_s12', n, d2_d_c, d2_a, _c45, _c40, _c43, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    del _c40, _c43
+    d2_weight_12 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.view(16, 5, 5, 3).permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
     del _c45
     d2_b = weight.new_zeros(n, 144)
     d2_weight = torch.cat([
@@ -6081,77 +5969,77 @@ def _elementwise_tp_d_only_weight_cpu(
     """the vector-Jacobian product of elementwise_tp, d_weight only: a (n, 144), b (n, 144), d_c (n, 192) -> d_weight (208,)."""
     n = a.shape[0]
     _c0 = weight.new_empty(n, 400)
+    _c1 = weight.new_empty(1200)
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d_only_weight_s0', n, _c0, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    _c1 = torch.bmm(d_c[:, 144:192].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 2, 3, 1)  # zuk,zuij->uijk
-    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c1.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s0', n, _c0, _c1, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d_weight_0 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c1.view(16, 5, 5, 3).permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
     del _c1
+    _c2 = weight.new_empty(2000)
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c2 = torch.bmm(d_c[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 2, 3, 1)  # zuk,zuij->uijk
-    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c2.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s1', n, _c2, d_c[:, 64:144].reshape(n, 16, 5), _c0)
+    d_weight_1 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c2.view(16, 5, 5, 5).permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
     del _c2
+    _c3 = weight.new_empty(400)
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c3 = torch.bmm(d_c[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c0.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuk,zuij->ukij
+    _native.run('elementwise_tp_d_only_weight_s2', n, _c3, d_c[:, 0:16].reshape(n, 16, 1), _c0)
     del _c0
-    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c3.permute(2, 3, 1, 0).reshape(25, 16)).view(16)  # ijk,ukij->u
+    d_weight_2 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c3.view(16, 1, 5, 5).permute(2, 3, 1, 0).reshape(25, 16)).view(16)  # ijk,ukij->u
     del _c3
     _c4 = weight.new_empty(n, 144)
+    _c5 = weight.new_empty(720)
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d_only_weight_s1', n, _c4, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c5 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c4.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
-    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c5.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s3', n, _c4, _c5, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_weight_3 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c5.view(16, 5, 3, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c5
-    _c6 = weight.new_empty(n, 80)
+    _c7 = weight.new_empty(400)
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _native.run('elementwise_tp_d_only_weight_s2', n, _c6, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    _c7 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zukj->uijk
-    del _c6
-    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c7.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s4', n, _c7, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    d_weight_4 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c7.view(16, 5, 1, 5).permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c7
     _c8 = weight.new_empty(n, 144)
+    _c9 = weight.new_empty(720)
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _native.run('elementwise_tp_d_only_weight_s3', n, _c8, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    _c9 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
-    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c9.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_only_weight_s5', n, _c8, _c9, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_weight_5 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c9.view(16, 5, 3, 3).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c9
     _c10 = weight.new_empty(n, 144)
+    _c11 = weight.new_empty(432)
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d_only_weight_s4', n, _c10, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c11 = torch.bmm(d_c[:, 144:192].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 2, 3, 1)  # zuk,zuij->uijk
-    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c11.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s6', n, _c10, _c11, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d_weight_6 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c11.view(16, 3, 3, 3).permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
     del _c11
+    _c12 = weight.new_empty(720)
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c12 = torch.bmm(d_c[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 2, 3, 1)  # zuk,zuij->uijk
-    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c12.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _native.run('elementwise_tp_d_only_weight_s7', n, _c12, d_c[:, 64:144].reshape(n, 16, 5), _c10)
+    d_weight_7 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c12.view(16, 3, 3, 5).permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c12
+    _c13 = weight.new_empty(144)
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c13 = torch.bmm(d_c[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuk,zuij->ukij
+    _native.run('elementwise_tp_d_only_weight_s8', n, _c13, d_c[:, 0:16].reshape(n, 16, 1), _c10)
     del _c10
-    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c13.permute(2, 3, 1, 0).reshape(9, 16)).view(16)  # ijk,ukij->u
+    d_weight_8 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c13.view(16, 1, 3, 3).permute(2, 3, 1, 0).reshape(9, 16)).view(16)  # ijk,ukij->u
     del _c13
+    _c14 = weight.new_empty(144)
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c14 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    _native.run('elementwise_tp_d_only_weight_s9', n, _c14, b[:, 0:16].reshape(n, 16, 1), _c8)
     del _c8
-    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c14.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    d_weight_9 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c14.view(16, 1, 3, 3).permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c14
-    _c15 = weight.new_empty(n, 80)
+    _c16 = weight.new_empty(400)
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d_only_weight_s5', n, _c15, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    _c16 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c15.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
-    del _c15
-    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c16.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_only_weight_s10', n, _c16, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d_weight_10 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c16.view(16, 5, 1, 5).permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c16
+    _c17 = weight.new_empty(144)
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c17 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c4.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zui,zukj->uijk
+    _native.run('elementwise_tp_d_only_weight_s11', n, _c17, a[:, 0:16].reshape(n, 16, 1), _c4)
     del _c4
-    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c17.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    d_weight_11 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c17.view(16, 1, 3, 3).permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c17
-    _c18 = weight.new_empty(n, 16)
+    _c19 = weight.new_empty(16)
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _native.run('elementwise_tp_d_only_weight_s6', n, _c18, d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
-    _c19 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c18.reshape(n, 16, 1, 1).permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
-    del _c18
-    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c19.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    _native.run('elementwise_tp_d_only_weight_s12', n, _c19, d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    d_weight_12 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c19.view(16, 1, 1, 1).permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     del _c19
     d_weight = torch.cat([
         d_weight_12.reshape(16),
@@ -6578,73 +6466,56 @@ def _full_tp_d_cpu(
     del _c3
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c4 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy2.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    _copy3 = weight.new_empty(n, 288)
-    _copy4 = weight.new_empty(n, 36)
-    _native.run('full_tp_d_s3', n, _copy3, _copy4, _c0, _c4.permute(2, 0, 1, 3))
-    del _c0, _c4
-    d_weight_0 = torch.bmm((_copy4.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy3.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
-    del _copy3, _copy4
     _c5 = weight.new_empty(n, 96)
-    _copy5 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    d_weight_0 = weight.new_empty(4, 8)
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d_s4', n, _c5, _copy5, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    del _c5
-    _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy5.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
+    _native.run('full_tp_d_s3', n, _c5, _copy3, _c0, _c4.permute(2, 0, 1, 3), d_weight_0, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c0, _c4
+    _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 2, 1, 4).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy3
     _c7 = weight.new_empty(n, 96)
-    _copy6 = weight.new_empty(n, 96)
+    _copy4 = weight.new_empty(n, 96)
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d_s5', n, d_a, _c7, _copy6, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d_s4', n, d_a, _c7, _copy4, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
     del _c6, _c7
-    _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy6.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
-    del _copy6
-    _native.run('full_tp_d_s6', n, d_b, cg_1_1_0, _c8.permute(1, 0, 2, 3))
+    _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy4.reshape(n, 1, 3, 8, 4).permute(3, 0, 2, 1, 4).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy4
+    _native.run('full_tp_d_s5', n, d_b, cg_1_1_0, _c8.permute(1, 0, 2, 3))
     del _c8
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c9 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy2.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
     del _copy2
-    d_weight_1 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy5.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 2, 1).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkjuv,jkzu->uv
-    del _c9, _copy5
     _c10 = weight.new_empty(n, 96)
-    _copy7 = weight.new_empty(n, 96)
+    _copy5 = weight.new_empty(n, 96)
+    d_weight_1 = weight.new_empty(4, 8)
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d_s7', n, _c10, _copy7, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    del _c10
-    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
-    del _copy7
-    _c13 = weight.new_empty(n, 32)
-    _copy8 = weight.new_empty(n, 32)
-    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d_s8', n, d_a, _c13, d_b, _copy8, cg_1_0_1, _c11.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
-    del _c11, _c13
-    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d_weight_2 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy8.reshape(n, 8, 4, 1).permute(1, 0, 3, 2).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvuj->uv
-    del _copy8
+    _native.run('full_tp_d_s6', n, _c10, _copy5, _c5, _c9.permute(2, 0, 1, 3), d_weight_1, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c10, _c5, _c9
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy5.reshape(n, 3, 4, 8, 1).permute(2, 0, 4, 1, 3).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy5
     _c15 = weight.new_empty(n, 32)
     _c16 = weight.new_empty(n, 96)
-    _copy9 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 96)
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    d_weight_2 = weight.new_empty(4, 8)
+    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d_s9', n, _c15, d_a, _c16, _copy9, b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[32:64].view(4, 8), a[:, 0:4].reshape(n, 4, 1))
-    del _c16
-    _c17 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy9.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
-    del _copy9
-    _copy10 = weight.new_empty(n, 32)
-    _native.run('full_tp_d_s10', n, d_b, _copy10, cg_0_1_1, _c17.permute(1, 0, 2, 3), _c15)
-    del _c15, _c17
-    # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d_weight_3 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy10.reshape(n, 4, 8, 1).permute(1, 0, 3, 2).reshape(4, n, 8)).view(4, 8)  # zui,zuvi->uv
-    del _copy10
+    _native.run('full_tp_d_s7', n, d_a, d_b, _c15, _c16, _copy6, cg_1_0_1, _c11.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8), b[:, 0:8].reshape(n, 8, 1), d_weight_2, b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[32:64].view(4, 8), a[:, 0:4].reshape(n, 4, 1))
+    del _c11, _c16
+    _c17 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy6.reshape(n, 3, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy6
     _c19 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
-    _c20 = weight.new_empty(n, 32)
-    _copy11 = weight.new_empty(n, 32)
+    _c21 = weight.new_empty(32)
+    d_weight_3 = weight.new_empty(4, 8)
+    # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d_s11', n, d_a, _c20, d_b, _copy11, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1), _c19, a[:, 0:4].reshape(n, 4, 1))
-    del _c19, _c20
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c21 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy11.reshape(n, 1, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zkvui->vjiku
-    del _copy11
-    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c21.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    _native.run('full_tp_d_s8', n, d_b, d_a, _c21, cg_0_1_1, _c17.permute(1, 0, 2, 3), a[:, 0:4].reshape(n, 4, 1), _c15, d_weight_3, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1), _c19)
+    del _c15, _c17, _c19
+    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c21.view(8, 1, 1, 1, 4).permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c21
     d_weight = torch.cat([
         d_weight_4.reshape(32),
@@ -6765,79 +6636,69 @@ def _full_tp_d2_a_cpu(
     n = a.shape[0]
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
     d2_d_c = weight.new_empty(n, 224)
-    _c2 = weight.new_empty(n, 32)
     d2_b = weight.new_empty(n, 32)
-    _copy0 = weight.new_empty(n, 32)
+    _c3 = weight.new_empty(32)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d2_a_s0', n, d2_d_c, _c2, d2_b, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d_c[:, 0:32].reshape(n, 4, 8, 1))
-    del _c1, _c2
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy0.reshape(n, 1, 1, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zikvu->vjiku
-    del _copy0
-    d2_weight_0 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    _native.run('full_tp_d2_a_s0', n, d2_d_c, d2_b, _c3, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c1
+    d2_weight_0 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.view(8, 1, 1, 1, 4).permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c3
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
     _c6 = weight.new_empty(n, 96)
-    _copy1 = weight.new_empty(n, 96)
+    _copy0 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_a_s1', n, d2_d_c, _c6, _copy1, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), _c5, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c5, _c6
-    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy1.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
-    _copy2 = weight.new_empty(n, 24)
-    _native.run('full_tp_d2_a_s2', n, d2_b, _copy2, cg_0_1_1, _c7.permute(1, 0, 2, 3), b[:, 8:32].reshape(n, 8, 3))
+    _native.run('full_tp_d2_a_s1', n, d2_d_c, _c6, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), _c5, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c5
+    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy0.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy0
+    _copy1 = weight.new_empty(n, 24)
+    _native.run('full_tp_d2_a_s2', n, d2_b, _copy1, cg_0_1_1, _c7.permute(1, 0, 2, 3), b[:, 8:32].reshape(n, 8, 3))
     del _c7
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
-    _copy3 = weight.new_empty(n, 24)
-    _native.run('full_tp_d2_a_s3', n, _copy3, _c8.permute(2, 0, 1, 3))
-    del _c8
-    d2_weight_1 = torch.bmm((_copy3.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 1, 2).reshape(8, n * 3, 1).transpose(1, 2), _copy1.reshape(n, 1, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
-    del _copy1, _copy3
+    _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy1.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
     _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    _c12 = weight.new_empty(n, 32)
-    _copy4 = weight.new_empty(n, 32)
+    _c13 = weight.new_empty(n, 288)
+    d2_weight_1 = weight.new_empty(4, 8)
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_a_s4', n, d2_d_c, _c12, d2_b, _copy4, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
-    del _c10, _c12
+    d2_weight_2 = weight.new_empty(4, 8)
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_weight_2 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy4.reshape(n, 8, 4, 1).permute(1, 0, 3, 2).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvuj->uv
-    del _copy4
-    _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    _c13 = weight.new_empty(n, 288)
-    _c15 = weight.new_empty(n, 96)
-    _copy5 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_a_s3', n, d2_d_c, d2_b, _c13, _c6, _c8.permute(2, 0, 1, 3), d2_weight_1, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8), d2_weight_2, b[:, 8:32].reshape(n, 8, 3))
+    del _c10, _c6, _c8
+    _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _c15 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_a_s5', n, _c13, d2_d_c, _c15, _copy5, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), _c14, d_c[:, 0:32].reshape(n, 4, 8, 1))
-    del _c14, _c15
-    _c16 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy5.reshape(n, 3, 1, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 3, 1, 4)).sum((4,))
-    _native.run('full_tp_d2_a_s6', n, d2_b, cg_1_1_0, _c16.permute(1, 0, 2, 3))
+    _native.run('full_tp_d2_a_s4', n, d2_d_c, _c15, _copy2, _c13, _c14, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c14
+    _c16 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 3, 1, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy2
+    _native.run('full_tp_d2_a_s5', n, d2_b, cg_1_1_0, _c16.permute(1, 0, 2, 3))
     del _c16
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
-    d2_weight_3 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy5.reshape(n, 3, 1, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,ikzv->uv
-    del _c17, _copy5
+    _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy1.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
     _c19 = weight.new_empty(n, 288)
-    _copy6 = weight.new_empty(n, 288)
+    _copy3 = weight.new_empty(n, 288)
+    d2_weight_3 = weight.new_empty(4, 8)
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_a_s7', n, d2_d_c, _c19, _copy6, _c13, _c18, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    del _c13, _c18, _c19
-    _c20 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy6.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
-    _native.run('full_tp_d2_a_s8', n, d2_b, cg_1_1_1, _c20.permute(1, 0, 2, 3))
+    _native.run('full_tp_d2_a_s6', n, d2_d_c, _c19, _copy3, _c15, _c17.permute(2, 0, 1, 3), d2_weight_3, _c13, _c18, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    del _c13, _c15, _c17, _c18
+    _c20 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy3.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy3
+    _native.run('full_tp_d2_a_s7', n, d2_b, cg_1_1_1, _c20.permute(1, 0, 2, 3))
     del _c20
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
-    del _copy2
-    _copy7 = weight.new_empty(n, 72)
-    _native.run('full_tp_d2_a_s9', n, _copy7, _c21.permute(2, 0, 1, 3))
-    del _c21
-    d2_weight_4 = torch.bmm((_copy7.reshape(n, 3, 3, 8) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(8, n * 9, 1).transpose(1, 2), _copy6.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
-    del _copy6, _copy7
+    _c21 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), _copy1.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
+    del _copy1
+    d2_weight_4 = weight.new_empty(4, 8)
+    _native.run('full_tp_d2_a_s8', n, _c19, _c21.permute(2, 0, 1, 3), d2_weight_4)
+    del _c19, _c21
     d2_a = weight.new_zeros(n, 16)
     d2_weight = torch.cat([
         d2_weight_0.reshape(32),
@@ -6958,79 +6819,70 @@ def _full_tp_d2_b_cpu(
     n = a.shape[0]
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
     d2_d_c = weight.new_empty(n, 224)
-    _c2 = weight.new_empty(n, 32)
     d2_a = weight.new_empty(n, 16)
-    _copy0 = weight.new_empty(n, 32)
+    _c3 = weight.new_empty(32)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d2_b_s0', n, d2_d_c, _c2, d2_a, _copy0, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c1, d_c[:, 0:32].reshape(n, 4, 8, 1))
-    del _c1, _c2
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy0.reshape(n, 1, 1, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zjkuv->uijkv
-    del _copy0
-    d2_weight_0 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
+    _native.run('full_tp_d2_b_s0', n, d2_d_c, d2_a, _c3, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c1, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c1
+    d2_weight_0 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.view(4, 1, 1, 1, 8).permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     del _c3
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    _c7 = weight.new_empty(n, 32)
-    _copy1 = weight.new_empty(n, 32)
+    _c8 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_b_s1', n, d2_d_c, _c7, d2_a, _copy1, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[32:64].view(4, 8))
-    del _c5, _c7
+    d2_weight_1 = weight.new_empty(4, 8)
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d2_weight_1 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy1.reshape(n, 4, 8, 1).permute(1, 0, 3, 2).reshape(4, n, 8)).view(4, 8)  # zui,zuvi->uv
-    del _copy1
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_b_s1', n, d2_d_c, d2_a, _c8, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[32:64].view(4, 8), d2_weight_1, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c5
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
     _c10 = weight.new_empty(n, 96)
-    _copy2 = weight.new_empty(n, 96)
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _copy0 = weight.new_empty(n, 96)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_b_s2', n, d2_d_c, _c10, _copy2, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c10, _c9
-    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy2.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
-    _copy3 = weight.new_empty(n, 12)
-    _native.run('full_tp_d2_b_s3', n, d2_a, _copy3, cg_1_0_1, _c11.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d2_b_s2', n, d2_d_c, _c10, _copy0, _c8, _c9, d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c8, _c9
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy0.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy0
+    _copy1 = weight.new_empty(n, 12)
+    _native.run('full_tp_d2_b_s3', n, d2_a, _copy1, cg_1_0_1, _c11.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3))
     del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    _copy4 = weight.new_empty(n, 12)
-    _native.run('full_tp_d2_b_s4', n, _copy4, _c12.permute(2, 0, 1, 3))
-    del _c12
-    d2_weight_2 = torch.bmm((_copy4.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy2.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy2, _copy4
+    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy1.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     _c13 = weight.new_empty(n, 288)
     _c15 = weight.new_empty(n, 96)
-    _copy5 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
+    d2_weight_2 = weight.new_empty(4, 8)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_b_s5', n, _c13, d2_d_c, _c15, _copy5, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3), _c14, d_c[:, 0:32].reshape(n, 4, 8, 1))
-    del _c14, _c15
-    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy5.reshape(n, 3, 1, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 3, 1, 8)).sum((4,))
-    _native.run('full_tp_d2_b_s6', n, d2_a, cg_1_1_0, _c16.permute(1, 0, 2, 3))
+    _native.run('full_tp_d2_b_s4', n, _c13, d2_d_c, _c15, _copy2, _c10, _c12.permute(2, 0, 1, 3), d2_weight_2, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3), _c14, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c10, _c12, _c14
+    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy2.reshape(n, 3, 1, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy2
+    _native.run('full_tp_d2_b_s5', n, d2_a, cg_1_1_0, _c16.permute(1, 0, 2, 3))
     del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d2_weight_3 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy5.reshape(n, 3, 1, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,jkzu->uv
-    del _c17, _copy5
+    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy1.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
     _c19 = weight.new_empty(n, 288)
-    _copy6 = weight.new_empty(n, 288)
+    _copy3 = weight.new_empty(n, 288)
+    d2_weight_3 = weight.new_empty(4, 8)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_b_s7', n, d2_d_c, _c19, _copy6, _c13, _c18, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    del _c13, _c18, _c19
-    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy6.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
-    _native.run('full_tp_d2_b_s8', n, d2_a, cg_1_1_1, _c20.permute(1, 0, 2, 3))
+    _native.run('full_tp_d2_b_s6', n, d2_d_c, _c19, _copy3, _c15, _c17.permute(2, 0, 1, 3), d2_weight_3, _c13, _c18, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    del _c13, _c15, _c17, _c18
+    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy3.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy3
+    _native.run('full_tp_d2_b_s7', n, d2_a, cg_1_1_1, _c20.permute(1, 0, 2, 3))
     del _c20
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy3.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    del _copy3
-    _copy7 = weight.new_empty(n, 36)
-    _native.run('full_tp_d2_b_s9', n, _copy7, _c21.permute(2, 0, 1, 3))
-    del _c21
-    d2_weight_4 = torch.bmm((_copy7.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy6.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy6, _copy7
+    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy1.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    del _copy1
+    d2_weight_4 = weight.new_empty(4, 8)
+    _native.run('full_tp_d2_b_s8', n, _c19, _c21.permute(2, 0, 1, 3), d2_weight_4)
+    del _c19, _c21
     d2_b = weight.new_zeros(n, 32)
     d2_weight = torch.cat([
         d2_weight_0.reshape(32),
@@ -7441,50 +7293,27 @@ def _full_tp_d_only_weight_cpu(
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _native.run('full_tp_d_only_weight_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
     _c1 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    _copy1 = weight.new_empty(n, 288)
-    _copy2 = weight.new_empty(n, 36)
-    _native.run('full_tp_d_only_weight_s1', n, _copy1, _copy2, _c0, _c1.permute(2, 0, 1, 3))
-    del _c0, _c1
-    d_weight_0 = torch.bmm((_copy2.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy1.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
-    del _copy1, _copy2
     _c3 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    _c2 = weight.new_empty(n, 96)
-    _copy3 = weight.new_empty(n, 96)
-    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d_only_weight_s2', n, _c2, _copy3, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    del _c2
-    d_weight_1 = torch.bmm((_c3 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy3.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 2, 1).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkjuv,jkzu->uv
-    del _c3, _copy3
     _c5 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy0.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
     del _copy0
-    _c4 = weight.new_empty(n, 96)
-    _copy4 = weight.new_empty(n, 96)
-    _copy5 = weight.new_empty(n, 12)
-    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d_only_weight_s3', n, _c4, _copy4, _copy5, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), _c5.permute(2, 0, 1, 3))
-    del _c4, _c5
-    d_weight_2 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 2, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy4.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkuvj,zjku->uv
-    del _copy4, _copy5
     _c6 = weight.new_empty(n, 96)
-    _copy6 = weight.new_empty(n, 24)
+    _copy1 = weight.new_empty(n, 24)
+    d_weight_0 = weight.new_empty(4, 8)
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    d_weight_1 = weight.new_empty(4, 8)
+    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    d_weight_2 = weight.new_empty(4, 8)
     # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d_only_weight_s4', n, _c6, _copy6, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c7 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy6.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
-    del _copy6
-    _copy7 = weight.new_empty(n, 96)
-    _copy8 = weight.new_empty(n, 24)
-    _native.run('full_tp_d_only_weight_s5', n, _copy7, _copy8, _c6, _c7.permute(2, 0, 1, 3))
-    del _c6, _c7
-    d_weight_3 = torch.bmm((_copy8.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 2, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zkvui,zikv->uv
-    del _copy7, _copy8
-    _c8 = weight.new_empty(n, 32)
-    _copy9 = weight.new_empty(n, 32)
+    _native.run('full_tp_d_only_weight_s1', n, _c6, _copy1, _c0, _c1.permute(2, 0, 1, 3), d_weight_0, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3), _c3.permute(2, 0, 1, 3), d_weight_1, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), _c5.permute(2, 0, 1, 3), d_weight_2, a[:, 0:4].reshape(n, 4, 1))
+    del _c0, _c1, _c3, _c5
+    _c7 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy1.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    del _copy1
+    _c9 = weight.new_empty(32)
+    d_weight_3 = weight.new_empty(4, 8)
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d_only_weight_s6', n, _c8, _copy9, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
-    del _c8
-    _c9 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy9.reshape(n, 1, 8, 4, 1).permute(2, 0, 4, 1, 3).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zkvui->vjiku
-    del _copy9
-    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c9.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    _native.run('full_tp_d_only_weight_s2', n, _c9, _c6, _c7.permute(2, 0, 1, 3), d_weight_3, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c6, _c7
+    d_weight_4 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c9.view(8, 1, 1, 1, 4).permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c9
     d_weight = torch.cat([
         d_weight_4.reshape(32),
@@ -7717,29 +7546,14 @@ def _linear_d_cpu(
     """the vector-Jacobian product of linear: x (n, 120), d_y (n, 144) -> d_x (n, 120), d_weight (896,)."""
     n = x.shape[0]
     d_x = weight.new_empty(n, 120)
-    _copy0 = weight.new_empty(n, 80)
-    _copy1 = weight.new_empty(n, 40)
+    d_weight = weight.new_empty(896)
     # ∂/∂x: 8x2e -> 16x2e
-    _native.run('linear_d_s0', n, d_x, _copy0, _copy1, d_y[:, 64:144].reshape(n, 16, 5), weight[768:896].view(8, 16), x[:, 80:120].reshape(n, 8, 5))
     # ∂/∂weight: 8x2e -> 16x2e
-    d_weight_0 = torch.mm((_copy1.reshape(n, 5, 8) * 0.35355339059327373).reshape(n * 5, 8).t(), _copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t()).view(8, 16)  # ziw,ziu->uw
-    del _copy0, _copy1
-    _copy2 = weight.new_empty(n, 48)
     # ∂/∂x: 16x1o -> 16x1o
-    _native.run('linear_d_s1', n, d_x, _copy2, d_y[:, 16:64].reshape(n, 16, 3), weight[512:768].view(16, 16), x[:, 32:80].reshape(n, 16, 3))
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy2.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy2
     # ∂/∂x: 32x0e -> 16x0e
-    _native.run('linear_d_s2', n, d_x, d_y[:, 0:16].reshape(n, 16, 1), weight[0:512].view(32, 16))
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_2 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
-    d_weight = torch.cat([
-        d_weight_2.reshape(512),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(128),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2
+    _native.run('linear_d_s0', n, d_x, d_weight, d_y[:, 64:144].reshape(n, 16, 5), weight[768:896].view(8, 16), x[:, 80:120].reshape(n, 8, 5), d_y[:, 16:64].reshape(n, 16, 3), weight[512:768].view(16, 16), x[:, 32:80].reshape(n, 16, 3), d_y[:, 0:16].reshape(n, 16, 1), weight[0:512].view(32, 16), x[:, 0:32].reshape(n, 32, 1))
     return [d_x, d_weight]
 
 
@@ -7782,30 +7596,15 @@ def _linear_d2_x_cpu(
     """the vector-Jacobian product of linear_d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     d2_d_y = weight.new_empty(n, 144)
+    d2_weight = weight.new_empty(896)
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    _native.run('linear_d2_x_s0', n, d2_d_y, d2_d_x[:, 0:32].reshape(n, 32, 1), weight[0:512].view(32, 16))
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_0 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
-    _copy0 = weight.new_empty(n, 48)
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    _native.run('linear_d2_x_s1', n, d2_d_y, _copy0, d2_d_x[:, 32:80].reshape(n, 16, 3), weight[512:768].view(16, 16), d_y[:, 16:64].reshape(n, 16, 3))
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_1 = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy0.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # zui,ziw->uw
-    del _copy0
-    _copy1 = weight.new_empty(n, 40)
-    _copy2 = weight.new_empty(n, 80)
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    _native.run('linear_d2_x_s2', n, d2_d_y, _copy1, _copy2, d2_d_x[:, 80:120].reshape(n, 8, 5), weight[768:896].view(8, 16), d_y[:, 64:144].reshape(n, 16, 5))
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_2 = torch.mm((_copy1.reshape(n, 5, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 5), _copy2.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # ziu,ziw->uw
-    del _copy1, _copy2
+    _native.run('linear_d2_x_s0', n, d2_d_y, d2_weight, d2_d_x[:, 0:32].reshape(n, 32, 1), weight[0:512].view(32, 16), d_y[:, 0:16].reshape(n, 16, 1), d2_d_x[:, 32:80].reshape(n, 16, 3), weight[512:768].view(16, 16), d_y[:, 16:64].reshape(n, 16, 3), d2_d_x[:, 80:120].reshape(n, 8, 5), weight[768:896].view(8, 16), d_y[:, 64:144].reshape(n, 16, 5))
     d2_x = weight.new_zeros(n, 120)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(512),
-        d2_weight_1.reshape(256),
-        d2_weight_2.reshape(128),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2
     return [d2_x, d2_d_y, d2_weight]
 
 
@@ -7918,25 +7717,11 @@ def _linear_d_only_weight_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of linear, d_weight only: x (n, 120), d_y (n, 144) -> d_weight (896,)."""
     n = x.shape[0]
-    _copy0 = weight.new_empty(n, 80)
-    _copy1 = weight.new_empty(n, 40)
-    _native.run('linear_d_only_weight_s0', n, _copy0, _copy1, d_y[:, 64:144].reshape(n, 16, 5), x[:, 80:120].reshape(n, 8, 5))
+    d_weight = weight.new_empty(896)
     # ∂/∂weight: 8x2e -> 16x2e
-    d_weight_0 = torch.mm((_copy1.reshape(n, 5, 8) * 0.35355339059327373).reshape(n * 5, 8).t(), _copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t()).view(8, 16)  # ziw,ziu->uw
-    del _copy0, _copy1
-    _copy2 = weight.new_empty(n, 48)
-    _native.run('linear_d_only_weight_s1', n, _copy2, x[:, 32:80].reshape(n, 16, 3))
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_1 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), _copy2.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,ziu->uw
-    del _copy2
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_2 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n), x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32)).view(16, 32).permute(1, 0)  # zwi,zui->uw
-    d_weight = torch.cat([
-        d_weight_2.reshape(512),
-        d_weight_1.reshape(256),
-        d_weight_0.reshape(128),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2
+    _native.run('linear_d_only_weight_s0', n, d_weight, d_y[:, 64:144].reshape(n, 16, 5), x[:, 80:120].reshape(n, 8, 5), d_y[:, 16:64].reshape(n, 16, 3), x[:, 32:80].reshape(n, 16, 3), d_y[:, 0:16].reshape(n, 16, 1), x[:, 0:32].reshape(n, 32, 1))
     return [d_weight]
 
 
@@ -8147,12 +7932,11 @@ def _tp_then_linear_d_cpu(
     """the vector-Jacobian product of tp_then_linear: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4), d_weight (160,)."""
     n = x.shape[0]
     _m_t_0 = weight.new_empty(n, 16)
-    t = weight.new_empty(n, 56)
     _c2 = weight.new_empty(n, 8)
     d_x = weight.new_empty(n, 32)
     d_t = weight.new_empty(n, 56)
-    _copy0 = weight.new_empty(n, 24)
-    _copy1 = weight.new_empty(n, 24)
+    d_weight = weight.new_empty(160)
+    _c4 = weight.new_empty(n, 24)
     # every path's (i, k) map at once: y · G
     # 1 paths 8x0e ⊗ y -> 8x0e
     # 1 paths 8x0e ⊗ y -> 8x1o
@@ -8161,67 +7945,38 @@ def _tp_then_linear_d_cpu(
     # ∂/∂x: 8x1o -> 8x1o
     # ∂/∂x: 8x0e -> 8x0e
     # ∂/∂t: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d_s0', n, _m_t_0, t, _c2, d_x, d_t, _copy0, _copy1, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8))
     # ∂/∂weight: 8x1o -> 8x1o
-    d_weight_0 = torch.mm(_copy1.reshape(n, 3, 8).reshape(n * 3, 8).t(), (_copy0.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3).t()).view(8, 8)  # ziw,ziu->uw
-    del _copy0, _copy1
     # ∂/∂t: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d_s1', n, d_t, d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8))
     # ∂/∂weight: 8x0e -> 8x0e
-    d_weight_1 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
-    del t
-    _c4 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d_s2', n, _c4, d_x, d_t, _m_t_0, weight[16:24].view(1, 8))
+    _native.run('tp_then_linear_d_s0', n, _m_t_0, _c2, d_x, d_t, d_weight, _c4, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8))
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c5 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     d__m_t_0 = weight.new_empty(n, 16)
-    _copy2 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d_s3', n, d__m_t_0, _copy2, weight[16:24].view(1, 8), _c5.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3))
-    del _c5
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d_weight_2 = torch.bmm(_copy2.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c4.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c4, _copy2
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d_s4', n, d_x, d_t, _m_t_0, weight[24:32].view(1, 8))
+    _native.run('tp_then_linear_d_s1', n, d__m_t_0, d_weight, d_x, weight[16:24].view(1, 8), _c5.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), _c4, d_t, _m_t_0, weight[24:32].view(1, 8))
+    del _c4, _c5
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c7 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d_weight_3 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
-    del _c2
     _c8 = weight.new_empty(n, 8)
-    _copy3 = weight.new_empty(n, 24)
-    _copy4 = weight.new_empty(n, 8)
+    _copy0 = weight.new_empty(n, 24)
+    _copy1 = weight.new_empty(n, 8)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d_s5', n, d__m_t_0, _c8, d_x, _copy3, _copy4, weight[24:32].view(1, 8), _c7.permute(1, 0, 2, 3), d_t, _m_t_0, weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
-    del _c7
+    _native.run('tp_then_linear_d_s2', n, d__m_t_0, d_weight, _c8, d_x, _copy0, _copy1, weight[24:32].view(1, 8), _c7.permute(1, 0, 2, 3), d_t, _c2, _m_t_0, weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _c2, _c7
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c9 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy4.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    del _copy3, _copy4
+    _c9 = _copy0.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy1.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy0, _copy1
+    d_y = weight.new_empty(n, 4)
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c8.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
-    del _c8
-    _c11 = weight.new_empty(n, 8)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d_s6', n, d__m_t_0, d_x, _c11, weight[8:16].view(1, 8), _c9.permute(1, 0, 2, 3), d_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
-    del _c9, d_t
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c11.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
-    del _c11, _m_t_0
-    d_y = weight.new_empty(n, 4)
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _native.run('tp_then_linear_d_s7', n, d_y, d__m_t_0, _g_t_0)
-    del d__m_t_0
-    d_weight = torch.cat([
-        d_weight_5.reshape(8),
-        d_weight_4.reshape(8),
-        d_weight_2.reshape(8),
-        d_weight_3.reshape(8),
-        d_weight_1.reshape(64),
-        d_weight_0.reshape(64),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4, d_weight_5
+    _native.run('tp_then_linear_d_s3', n, d__m_t_0, d_weight, d_x, d_y, weight[8:16].view(1, 8), _c9.permute(1, 0, 2, 3), x[:, 0:8].reshape(n, 8, 1), _c8, d_t, _m_t_0, weight[0:8].view(1, 8), _g_t_0)
+    del _c8, _c9, _m_t_0, d__m_t_0, d_t
     return [d_x, d_y, d_weight]
 
 
@@ -8342,80 +8097,48 @@ def _tp_then_linear_d2_x_cpu(
     _m_t_0 = weight.new_empty(n, 16)
     d_t = weight.new_empty(n, 56)
     d2_d_t = weight.new_empty(n, 56)
-    _c1 = weight.new_empty(n, 8)
     d2__m_t_0 = weight.new_empty(n, 16)
+    d2_weight = weight.new_empty(160)
     # every path's (i, k) map at once: y · G
     # ∂/∂t: 8x1o -> 8x1o
     # ∂/∂t: 8x0e -> 8x0e
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_x_s0', n, _m_t_0, d_t, d2_d_t, _c1, d2__m_t_0, y.reshape(n, 4), _g_t_0, d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8), d2_d_x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_0 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.reshape(n, 8, 1, 1).permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
-    del _c1
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_x_s1', n, d2_d_t, d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0, weight[8:16].view(1, 8))
+    _native.run('tp_then_linear_d2_x_s0', n, _m_t_0, d_t, d2_d_t, d2__m_t_0, d2_weight, y.reshape(n, 4), _g_t_0, d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8), d2_d_x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8))
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    _copy0 = weight.new_empty(n, 3)
-    _copy1 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s2', n, d2__m_t_0, _copy0, _copy1, weight[8:16].view(1, 8), _c3.permute(1, 0, 2, 3), _m_t_0)
-    del _c3
-    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_1 = torch.mm(_copy0.reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _copy1.reshape(n, 1, 3, 8).reshape(n * 3, 8)).view(1, 8)  # zikp,ziku->pu
-    del _copy0, _copy1
     _c4 = weight.new_empty(n, 8)
-    _copy2 = weight.new_empty(n, 24)
-    _copy3 = weight.new_empty(n, 8)
+    _copy0 = weight.new_empty(n, 24)
+    _copy1 = weight.new_empty(n, 8)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_x_s3', n, _c4, d2_d_t, _copy2, _copy3, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[24:32].view(1, 8), d_t)
+    _native.run('tp_then_linear_d2_x_s1', n, d2__m_t_0, d2_weight, _c4, d2_d_t, _copy0, _copy1, weight[8:16].view(1, 8), _c3.permute(1, 0, 2, 3), _m_t_0, d2_d_x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), d_t)
+    del _c3
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = _copy2.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy3.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    del _copy2, _copy3
-    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
-    del _c4
+    _c5 = _copy0.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy1.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy0, _copy1
     _c6 = weight.new_empty(n, 24)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_x_s4', n, d2__m_t_0, _c6, d2_d_t, weight[24:32].view(1, 8), _c5.permute(1, 0, 2, 3), d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8))
-    del _c5, _m_t_0
+    _native.run('tp_then_linear_d2_x_s2', n, d2__m_t_0, d2_weight, _c6, d2_d_t, weight[24:32].view(1, 8), _c5.permute(1, 0, 2, 3), d_t, _c4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8))
+    del _c4, _c5, _m_t_0
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _c7 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    _copy4 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s5', n, d2__m_t_0, _copy4, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3), d_t)
-    del _c7, d_t
-    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_3 = torch.bmm(_copy4.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c6.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
-    del _c6, _copy4
     d2_d_z = weight.new_empty(n, 32)
-    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d2_x_s6', n, d2_d_z, d2_d_t, weight[32:96].view(8, 8))
-    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
-    _copy5 = weight.new_empty(n, 24)
-    _copy6 = weight.new_empty(n, 24)
-    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d2_x_s7', n, d2_d_z, _copy5, _copy6, d2_d_t, weight[96:160].view(8, 8), d_z[:, 8:32].reshape(n, 8, 3))
-    del d2_d_t
-    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_5 = torch.mm((_copy5.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy6.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
-    del _copy5, _copy6
     d2_y = weight.new_empty(n, 4)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _native.run('tp_then_linear_d2_x_s8', n, d2_d_z, d2_y, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3), d2__m_t_0, _g_t_0)
-    del d2__m_t_0
+    _native.run('tp_then_linear_d2_x_s3', n, d2__m_t_0, d2_weight, d2_d_z, d2_y, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3), d_t, _c6, d2_d_t, weight[32:96].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[96:160].view(8, 8), d_z[:, 8:32].reshape(n, 8, 3), d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3), _g_t_0)
+    del _c6, _c7, d2__m_t_0, d2_d_t, d_t
     d2_x = weight.new_zeros(n, 32)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(8),
-        d2_weight_1.reshape(8),
-        d2_weight_3.reshape(8),
-        d2_weight_2.reshape(8),
-        d2_weight_4.reshape(64),
-        d2_weight_5.reshape(64),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -8522,66 +8245,30 @@ def _tp_then_linear_d2_y_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
-    d_t = weight.new_empty(n, 56)
-    d2_d__m_t_0 = weight.new_empty(n, 16)
-    d2_d_t = weight.new_empty(n, 56)
-    _c1 = weight.new_empty(n, 8)
     d2_x = weight.new_empty(n, 32)
+    d2_weight = weight.new_empty(160)
+    d2_d_z = weight.new_empty(n, 32)
     # ∂/∂t: 8x1o -> 8x1o
     # ∂/∂t: 8x0e -> 8x0e
     # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_y_s0', n, d_t, d2_d__m_t_0, d2_d_t, _c1, d2_x, d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8), d2_d_y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_0 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
-    del _c1
-    _c3 = weight.new_empty(n, 8)
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_y_s1', n, d2_d_t, _c3, d2_x, d2_d__m_t_0, x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8), d_t)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
-    del _c3
-    _c4 = weight.new_empty(n, 8)
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_y_s2', n, _c4, d2_d_t, d2_x, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), d_t)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
-    del _c4
-    _c7 = weight.new_empty(n, 24)
-    _copy0 = weight.new_empty(n, 24)
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_y_s3', n, d2_d_t, _c7, d2_x, _copy0, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8), d_t)
-    del d2_d__m_t_0, d_t
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_3 = torch.bmm(_copy0.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c7.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c7, _copy0
-    d2_d_z = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d2_y_s4', n, d2_d_z, d2_d_t, weight[32:96].view(8, 8))
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
-    _copy1 = weight.new_empty(n, 24)
-    _copy2 = weight.new_empty(n, 24)
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d2_y_s5', n, d2_d_z, _copy1, _copy2, d2_d_t, weight[96:160].view(8, 8), d_z[:, 8:32].reshape(n, 8, 3))
-    del d2_d_t
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_5 = torch.mm((_copy1.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy2.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
-    del _copy1, _copy2
+    _native.run('tp_then_linear_d2_y_s0', n, d2_x, d2_weight, d2_d_z, d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8), d2_d_y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8))
     d2_y = weight.new_zeros(n, 4)
-    d2_weight = torch.cat([
-        d2_weight_0.reshape(8),
-        d2_weight_1.reshape(8),
-        d2_weight_3.reshape(8),
-        d2_weight_2.reshape(8),
-        d2_weight_4.reshape(64),
-        d2_weight_5.reshape(64),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -8828,73 +8515,44 @@ def _tp_then_linear_d2_weight_cpu(
     del d_t
     d2_d_z = weight.new_empty(n, 32)
     d2_t = weight.new_empty(n, 56)
+    d2_weight = weight.new_empty(160)
+    _c12 = weight.new_empty(n, 24)
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s4', n, d2_x, d2__m_t_0, d2_d_z, d2_t, _m_t_0, _c10.permute(2, 0, 1, 3), d2_d_weight[16:24].view(1, 8), _c11.permute(1, 0, 2, 3), d2_d_weight[32:96].view(8, 8), t, d_z[:, 0:8].reshape(n, 8, 1), d2_d_t, weight[32:96].view(8, 8))
-    del _c10, _c11
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_0 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
-    _copy3 = weight.new_empty(n, 24)
-    _copy4 = weight.new_empty(n, 24)
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s5', n, d2_d_z, d2_t, _copy3, _copy4, d2_d_weight[96:160].view(8, 8), t, d_z[:, 8:32].reshape(n, 8, 3), d2_d_t, weight[96:160].view(8, 8))
-    del d2_d_t, t
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_1 = torch.mm((_copy3.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy4.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
-    del _copy3, _copy4
-    _c12 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s6', n, _c12, d2_x, d2_t, _m_t_0, weight[16:24].view(1, 8))
+    _native.run('tp_then_linear_d2_weight_s4', n, d2_x, d2__m_t_0, d2_d_z, d2_t, d2_weight, _c12, _m_t_0, _c10.permute(2, 0, 1, 3), d2_d_weight[16:24].view(1, 8), _c11.permute(1, 0, 2, 3), d2_d_weight[32:96].view(8, 8), t, d_z[:, 0:8].reshape(n, 8, 1), d2_d_t, weight[32:96].view(8, 8), d2_d_weight[96:160].view(8, 8), d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), weight[16:24].view(1, 8))
+    del _c10, _c11, d2_d_t, t
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c13 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    _copy5 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s7', n, d2__m_t_0, _copy5, weight[16:24].view(1, 8), _c13.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3))
-    del _c13
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_2 = torch.bmm(_copy5.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c12.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c12, _copy5
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s8', n, d2_x, d2_t, _m_t_0, weight[24:32].view(1, 8))
+    _native.run('tp_then_linear_d2_weight_s5', n, d2__m_t_0, d2_weight, d2_x, weight[16:24].view(1, 8), _c13.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), _c12, d2_t, _m_t_0, weight[24:32].view(1, 8))
+    del _c12, _c13
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_3 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
-    del _c2
     _c16 = weight.new_empty(n, 8)
-    _copy6 = weight.new_empty(n, 24)
+    _copy3 = weight.new_empty(n, 24)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s9', n, d2__m_t_0, _c16, d2_x, _copy6, weight[24:32].view(1, 8), _c15.permute(1, 0, 2, 3), d2_t, _m_t_0, weight[8:16].view(1, 8))
-    del _c15
+    _native.run('tp_then_linear_d2_weight_s6', n, d2__m_t_0, d2_weight, _c16, d2_x, _copy3, weight[24:32].view(1, 8), _c15.permute(1, 0, 2, 3), d2_t, _c2, _m_t_0, weight[8:16].view(1, 8))
+    del _c15, _c2
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c17 = _copy6.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy1.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    del _copy1, _copy6
+    _c17 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy1.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy1, _copy3
+    d2_y = weight.new_empty(n, 4)
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c16.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
-    del _c16
-    _c19 = weight.new_empty(n, 8)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s10', n, d2__m_t_0, d2_x, _c19, weight[8:16].view(1, 8), _c17.permute(1, 0, 2, 3), d2_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
-    del _c17, d2_t
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c19.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
-    del _c19, _m_t_0
-    d2_y = weight.new_empty(n, 4)
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _native.run('tp_then_linear_d2_weight_s11', n, d2_y, d2__m_t_0, _g_t_0)
-    del d2__m_t_0
-    d2_weight = torch.cat([
-        d2_weight_5.reshape(8),
-        d2_weight_4.reshape(8),
-        d2_weight_2.reshape(8),
-        d2_weight_3.reshape(8),
-        d2_weight_0.reshape(64),
-        d2_weight_1.reshape(64),
-    ], dim=-1)
-    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
+    _native.run('tp_then_linear_d2_weight_s7', n, d2__m_t_0, d2_weight, d2_x, d2_y, weight[8:16].view(1, 8), _c17.permute(1, 0, 2, 3), x[:, 0:8].reshape(n, 8, 1), _c16, d2_t, _m_t_0, weight[0:8].view(1, 8), _g_t_0)
+    del _c16, _c17, _m_t_0, d2__m_t_0, d2_t
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -9121,52 +8779,21 @@ def _tp_then_linear_d_only_weight_cpu(
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of tp_then_linear, d_weight only: x (n, 32), y (n, 4), d_z (n, 32) -> d_weight (160,)."""
     n = x.shape[0]
-    _c0 = weight.new_empty(n, 8)
-    t = weight.new_empty(n, 56)
-    _c1 = weight.new_empty(n, 24)
-    _c2 = weight.new_empty(n, 8)
-    _c3 = weight.new_empty(n, 24)
-    d_t = weight.new_empty(n, 56)
-    _copy0 = weight.new_empty(n, 24)
-    _copy1 = weight.new_empty(n, 24)
+    d_weight = weight.new_empty(160)
     # every path's (i, k) map at once: y · G
     # 1 paths 8x0e ⊗ y -> 8x0e
     # 1 paths 8x0e ⊗ y -> 8x1o
     # 1 paths 8x1o ⊗ y -> 8x0e
     # 1 paths 8x1o ⊗ y -> 8x1o
     # ∂/∂t: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d_only_weight_s0', n, _c0, t, _c1, _c2, _c3, d_t, _copy0, _copy1, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8))
     # ∂/∂weight: 8x1o -> 8x1o
-    d_weight_0 = torch.mm(_copy1.reshape(n, 3, 8).reshape(n * 3, 8).t(), (_copy0.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3).t()).view(8, 8)  # ziw,ziu->uw
-    del _copy0, _copy1
     # ∂/∂t: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d_only_weight_s1', n, d_t, d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8))
     # ∂/∂weight: 8x0e -> 8x0e
-    d_weight_1 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
-    del t
-    _copy2 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d_only_weight_s2', n, _copy2, d_t)
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d_weight_2 = torch.bmm(_copy2.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c3.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
-    del _c3
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d_weight_3 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
-    del _c2
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d_weight_4 = torch.bmm(_copy2.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c1.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
-    del _c1, _copy2
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d_weight_5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c0.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
-    del _c0, d_t
-    d_weight = torch.cat([
-        d_weight_5.reshape(8),
-        d_weight_4.reshape(8),
-        d_weight_2.reshape(8),
-        d_weight_3.reshape(8),
-        d_weight_1.reshape(64),
-        d_weight_0.reshape(64),
-    ], dim=-1)
-    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4, d_weight_5
+    _native.run('tp_then_linear_d_only_weight_s0', n, d_weight, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8))
     return [d_weight]
 
 
@@ -9892,173 +9519,209 @@ void fc_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, cons
 }
     """,
     "fc_tp_d": """\
-void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
-    const real *restrict a6 = A6;
-    const real *restrict a8 = A8;
+    const real *restrict a5 = A5;
+    const real *restrict a7 = A7;
     real t1[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t1[_p * 1024 + _w * 32 + _u] = a8[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 145);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 145);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 320);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 160);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[320] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 16; ++_j)
-            for (int _c = 0; _c < 145; ++_c)
-                (a0 + 0)[_c] += a5[_j] * a6[_j * 145 + _c];
-        /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += a7[_w * 5 + _k] * t1[_p * 1024 + _w * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zikp,zkpu->zui */
-        real w2[160] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a0 + 95)[_i * 10 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _u = 0; _u < 32; ++_u)
-                    w2[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
-        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t3[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 32 + _u] = a9[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+                t1[_p * 1024 + _w * 32 + _u] = a7[_p * 1024 + _u * 32 + _w];
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 145);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 288);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 145);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            real l0[320] __attribute__((aligned(64))) = {0};
+            real l1[320] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: y · G */
+            for (int _j = 0; _j < 16; ++_j)
+                for (int _c = 0; _c < 145; ++_c)
+                    (a0 + 0)[_c] += a4[_j] * a5[_j * 145 + _c];
+            /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += a6[_w * 5 + _k] * t1[_p * 1024 + _w * 32 + _u];
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                        (a2 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
                     }
-        /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t4[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t4[_k * 32 + _w] = a7[_w * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
+            /* zikp,zkpu->zui */
+            real w2[160] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
                     for (int _k = 0; _k < 5; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t4[_k * 32 + _w] * (a0 + 95)[_i * 10 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a3 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a0 + 95)[_i * 10 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 32 + _u] += acc[_u];
                 }
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a4 + 0)[_i * 32 + _u] += a9[_u * 5 + _i];
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
+            /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+            real t3[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 32 + _u] = a8[_u * 5 + _i];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                            (a2 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
+            real t4[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_k * 32 + _w] = a6[_w * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t4[_k * 32 + _w] * (a0 + 95)[_i * 10 + _k * 2 + _p];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a8[_u * 5 + _i] * (l1 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a3 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a4 = A4;
     real t1[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t1[_p * 1024 + _w * 32 + _u] = a5[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 192);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += a4[_w * 3 + _k] * t1[_p * 1024 + _w * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zikp,zkpu->zui */
-        real w2[160] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a6 + 65)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _u = 0; _u < 32; ++_u)
-                    w2[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
-        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t3[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 32 + _u] = a7[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
+                t1[_p * 1024 + _w * 32 + _u] = a4[_p * 1024 + _u * 32 + _w];
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += a3[_w * 3 + _k] * t1[_p * 1024 + _w * 32 + _u];
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
                     }
-        /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            /* zikp,zkpu->zui */
+            real w2[160] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t3[_i * 32 + _u] * (a6 + 65)[_i * 6 + _k * 2 + _p];
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a5 + 65)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
                     for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                        w2[_i * 32 + _u] += acc[_u];
                 }
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
+            /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t3[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 32 + _u] = a6[_u * 5 + _i];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                            (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t3[_i * 32 + _u] * (a5 + 65)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* zwk,zkpu->puw */
+            real t4[96] __attribute__((aligned(64)));
             for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a4[_w * 3 + _k];
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 32 + _w] = a3[_w * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t4[_k * 32 + _w] * (l1 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void fc_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -10119,82 +9782,98 @@ void fc_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
     }
 }
 
-void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a6 = A6;
+    const real *restrict a5 = A5;
     real t2[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t2[_p * 1024 + _w * 32 + _u] = a6[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a4[_w * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t1[_k * 32 + _w] * (a5 + 30)[_i * 10 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* puw,zipw->zui */
-        real w3[96] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t2[_p * 1024 + _w * 32 + _u] * (a0 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _u = 0; _u < 32; ++_u)
-                    w3[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
+                t2[_p * 1024 + _w * 32 + _u] = a5[_p * 1024 + _u * 32 + _w];
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+            real t1[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 32 + _w] = a3[_w * 5 + _k];
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
-        /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a7[_u * 3 + _i] * a6[_p * 1024 + _u * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zwk,zipw->zikp */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t1[_k * 32 + _w] * (a4 + 30)[_i * 10 + _k * 2 + _p];
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t1[_k * 32 + _w] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                        (a2 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                            (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
                     }
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* puw,zipw->zui */
+            real w3[96] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t2[_p * 1024 + _w * 32 + _u] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w3[_i * 32 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_i * 32 + _u] += a7[_u * 3 + _i];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 32)[_u * 3 + _i] += w3[_i * 32 + _u];
+            /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * a5[_p * 1024 + _u * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zwk,zipw->zikp */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc += t1[_k * 32 + _w] * (l1 + 0)[_i * 64 + _p * 32 + _w];
+                            (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -10205,72 +9884,94 @@ void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
                 t1[_p * 1024 + _w * 32 + _u] = a4[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 192);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += a3[_w * 3 + _k] * t1[_p * 1024 + _w * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zikp,zkpu->zui */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a5 + 12)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _u = 0; _u < 32; ++_u)
-                    w2[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
-        /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 32 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += a3[_w * 3 + _k] * t1[_p * 1024 + _w * 32 + _u];
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
                     }
-        /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t4[96] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                t4[_k * 32 + _w] = a3[_w * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
+            /* zikp,zkpu->zui */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
                     for (int _k = 0; _k < 3; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t4[_k * 32 + _w] * (a5 + 12)[_i * 6 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a5 + 12)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 32 + _u] += acc[_u];
                 }
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
+            /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t3[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 32 + _u] = a6[_u * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc += t3[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                            (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t4[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 32 + _w] = a3[_w * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t4[_k * 32 + _w] * (a5 + 12)[_i * 6 + _k * 2 + _p];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * (l1 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -10725,365 +10426,393 @@ void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
 {
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 192);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a4[_u * 3 + _i] * a5[_p * 1024 + _u * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zikp,zipw->zwk */
-        real w1[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a6 + 12)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _w = 0; _w < 32; ++_w)
-                    w1[_k * 32 + _w] += acc[_w];
-            }
+    const real *restrict a6 = A6;
+    const real *restrict a9 = A9;
+    const real *restrict a12 = A12;
+    real t7[1024] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 32; ++_u)
         for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
-        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t2[96] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 32 + _w] = a7[_w * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
+            t7[_w * 32 + _u] = a12[_u * 32 + _w];
+    real *partial = calloc((size_t)threads * 4096, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 4096 + 0;
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 4096 + 2048;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 32);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            real l2[192] __attribute__((aligned(64))) = {0};
+            real l3[192] __attribute__((aligned(64))) = {0};
+            real l4[32] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a5[_u * 3 + _i] * a6[_p * 1024 + _u * 32 + _w];
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                            (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
                     }
-        /* ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 32 + _u] = a4[_u * 3 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
+            /* zikp,zipw->zwk */
+            real w1[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
                     for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t3[_i * 32 + _u] * (a6 + 12)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a7[_w * 3 + _k];
-    }
-}
-
-void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 192);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a4[_u * 3 + _i] * a5[_p * 1024 + _u * 32 + _w];
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a7 + 12)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_i * 64 + _p * 32 + _w];
                     for (int _w = 0; _w < 32; ++_w)
-                        (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                        w1[_k * 32 + _w] += acc[_w];
                 }
-        /* zikp,zipw->zwk */
-        real w1[160] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+            /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t2[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 32 + _w] = a8[_w * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
                     for (int _p = 0; _p < 2; ++_p)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a6 + 30)[_i * 10 + _k * 2 + _p] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _w = 0; _w < 32; ++_w)
-                    w1[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
-        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t2[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 32 + _w] = a7[_w * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+                        {
+                            real acc = 0;
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc += t2[_k * 32 + _w] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                            (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t3[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 32 + _u] = a5[_u * 3 + _i];
+            for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                        (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t3[_i * 32 + _u] * (a7 + 12)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
                     }
-        /* ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        for (int _i = 0; _i < 3; ++_i)
+            /* zwk,zkpu->puw */
             for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t2[_k * 32 + _w] * (l1 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a5[_u * 3 + _i] * a9[_p * 1024 + _u * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zikp,zipw->zwk */
+            real w4[160] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t2[_k * 32 + _w] * (a6 + 30)[_i * 10 + _k * 2 + _p];
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a7 + 30)[_i * 10 + _k * 2 + _p] * (l2 + 0)[_i * 64 + _p * 32 + _w];
                     for (int _w = 0; _w < 32; ++_w)
-                        (a2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                        w4[_k * 32 + _w] += acc[_w];
                 }
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_i * 32 + _u] += a4[_u * 3 + _i];
-    }
-}
-
-void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
-{
-    const real *restrict a5 = A5;
-    real t2[1024] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 32; ++_u)
-        for (int _w = 0; _w < 32; ++_w)
-            t2[_w * 32 + _u] = a5[_u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[32] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a3[_u * 5 + _i];
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 32; ++_u)
-                    acc[_u] += t1[_i * 32 + _u] * (a4 + 60)[_i];
-            for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* puw,zukp->zwk */
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 32; ++_u)
-                for (int _w = 0; _w < 32; ++_w)
-                    acc[_w] += a5[_u * 32 + _w] * (a0 + 0)[_u];
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_w] += acc[_w];
-        }
-        /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 128)[_w * 5 + _k] += w4[_k * 32 + _w];
+            /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+            real t5[160] __attribute__((aligned(64)));
             for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_k * 32 + _w] = a10[_w * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc += t5[_k * 32 + _w] * (l2 + 0)[_i * 64 + _p * 32 + _w];
+                            (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t5[_k * 32 + _w] * (a7 + 30)[_i * 10 + _k * 2 + _p];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l3 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
-                    acc[_u] += a6[_w] * t2[_w * 32 + _u];
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a5[_u * 3 + _i] * (l3 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a3 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
+            real t6[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 32; ++_u)
-                (l0 + 0)[_u] += acc[_u];
-        }
-        /* zui,zkpu->zikp */
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _i = 0; _i < 5; ++_i)
+                    t6[_i * 32 + _u] = a11[_u * 5 + _i];
             {
-                real acc = 0;
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += t6[_i * 32 + _u] * (a7 + 60)[_i];
                 for (int _u = 0; _u < 32; ++_u)
-                    acc += t1[_i * 32 + _u] * (l0 + 0)[_u];
-                (a2 + 60)[_i] += acc;
+                    (a4 + 0)[_u] += acc[_u];
             }
+            /* puw,zukp->zwk */
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 32; ++_u)
+                    for (int _w = 0; _w < 32; ++_w)
+                        acc[_w] += a12[_u * 32 + _w] * (a4 + 0)[_u];
+                for (int _w = 0; _w < 32; ++_w)
+                    (a0 + 0)[_w] += acc[_w];
+            }
+            /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 32; ++_w)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_w] * t7[_w * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    (l4 + 0)[_u] += acc[_u];
+            }
+            /* zui,zkpu->zikp */
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t6[_i * 32 + _u] * (l4 + 0)[_u];
+                    (a1 + 60)[_i] += acc;
+                }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 0 + i];
+        A2[i] = sum;
+    }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 2048 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
+    const real *restrict a8 = A8;
     real t3[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t3[_p * 1024 + _w * 32 + _u] = a5[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a3[_u * 5 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t1[_i * 32 + _u] * (a4 + 65)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* puw,zkpu->zwk */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a5[_p * 1024 + _u * 32 + _w] * (a0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _w = 0; _w < 32; ++_w)
-                    w2[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
-        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += a6[_w * 3 + _k] * t3[_p * 1024 + _w * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zui,zkpu->zikp */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc += t1[_i * 32 + _u] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                        (a2 + 65)[_i * 6 + _k * 2 + _p] += acc;
-                    }
-    }
-}
-
-void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 320);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 160);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[320] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a4[_u * 5 + _i] * a5[_p * 1024 + _u * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zikp,zipw->zwk */
-        real w1[160] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
+                t3[_p * 1024 + _w * 32 + _u] = a6[_p * 1024 + _u * 32 + _w];
+    real *partial = calloc((size_t)threads * 4096, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 4096 + 0;
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 4096 + 2048;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            real l2[320] __attribute__((aligned(64))) = {0};
+            real l3[320] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t1[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a6 + 95)[_i * 10 + _k * 2 + _p] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _w = 0; _w < 32; ++_w)
-                    w1[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
-        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t2[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 32 + _w] = a7[_w * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
+                    t1[_i * 32 + _u] = a4[_u * 5 + _i];
+            for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
-                        real acc = 0;
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc += t2[_k * 32 + _w] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t1[_i * 32 + _u] * (a5 + 65)[_i * 6 + _k * 2 + _p];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
                     }
-        /* ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t3[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
+            /* puw,zkpu->zwk */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_p * 1024 + _u * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w2[_k * 32 + _w] += acc[_w];
+                }
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
+            /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += a7[_w * 3 + _k] * t3[_p * 1024 + _w * 32 + _u];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* zui,zkpu->zikp */
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 32 + _u] = a4[_u * 5 + _i];
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc += t1[_i * 32 + _u] * (l1 + 0)[_k * 64 + _p * 32 + _u];
+                            (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t4[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 32 + _w] = a7[_w * 3 + _k];
             for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t4[_k * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a4[_u * 5 + _i] * a8[_p * 1024 + _u * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zikp,zipw->zwk */
+            real w5[160] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
                 {
                     real acc[32] __attribute__((aligned(64))) = {0};
                     for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t3[_i * 32 + _u] * (a6 + 95)[_i * 10 + _k * 2 + _p];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a5 + 95)[_i * 10 + _k * 2 + _p] * (l2 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w5[_k * 32 + _w] += acc[_w];
                 }
-        /* zwk->zkw */
-        for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a7[_w * 5 + _k];
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 128)[_w * 5 + _k] += w5[_k * 32 + _w];
+            /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+            real t6[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 32 + _w] = a9[_w * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _p = 0; _p < 2; ++_p)
+                        {
+                            real acc = 0;
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc += t6[_k * 32 + _w] * (l2 + 0)[_i * 64 + _p * 32 + _w];
+                            (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                        }
+            /* ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t1[_i * 32 + _u] * (a5 + 95)[_i * 10 + _k * 2 + _p];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l3 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* zwk,zkpu->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t6[_k * 32 + _w] * (l3 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a3 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 0 + i];
+        A2[i] = sum;
+    }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 2048 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a2 = A2;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -11333,397 +11062,425 @@ void fc_tp_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
 {
-    const real *restrict a6 = A6;
+    const real *restrict a7 = A7;
+    const real *restrict a9 = A9;
+    const real *restrict a12 = A12;
     real t4[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t4[_p * 1024 + _w * 32 + _u] = a6[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 192);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t1[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 32 + _u] = a5[_u * 3 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a4 + 12)[_i * 6 + _k * 2 + _p] * t1[_i * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* puw,zkpu->zwk */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a6[_p * 1024 + _u * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _w = 0; _w < 32; ++_w)
-                    w2[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
-        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                t3[_k * 32 + _w] = a7[_w * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a4 + 12)[_i * 6 + _k * 2 + _p] * t3[_k * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* puw,zipw->zui */
-        real w5[96] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t4[_p * 1024 + _w * 32 + _u] * (a1 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 32)[_u * 3 + _i] += w5[_i * 32 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_i * 32 + _u] += a5[_u * 3 + _i];
-    }
-}
-
-void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
-{
-    const real *restrict a4 = A4;
-    real t3[2048] __attribute__((aligned(64)));
+                t4[_p * 1024 + _w * 32 + _u] = a7[_p * 1024 + _u * 32 + _w];
+    real t8[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t3[_p * 1024 + _w * 32 + _u] = a4[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 192);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a3[_u * 3 + _i] * a4[_p * 1024 + _u * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zikp,zipw->zwk */
-        real w1[160] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a5 + 30)[_i * 10 + _k * 2 + _p] * (l0 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _w = 0; _w < 32; ++_w)
-                    w1[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
-        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t2[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 32 + _w] = a6[_w * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a5 + 30)[_i * 10 + _k * 2 + _p] * t2[_k * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* puw,zipw->zui */
-        real w4[96] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t3[_p * 1024 + _w * 32 + _u] * (a1 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _u = 0; _u < 32; ++_u)
-                    w4[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 32)[_u * 3 + _i] += w4[_i * 32 + _u];
-    }
-}
-
-void fc_tp_d2_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
-{
-    const real *restrict a5 = A5;
-    real t2[1024] __attribute__((aligned(64)));
+                t8[_p * 1024 + _w * 32 + _u] = a9[_p * 1024 + _u * 32 + _w];
+    real t11[1024] __attribute__((aligned(64)));
     for (int _u = 0; _u < 32; ++_u)
         for (int _w = 0; _w < 32; ++_w)
-            t2[_w * 32 + _u] = a5[_u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[32] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a4[_u * 5 + _i];
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 5; ++_i)
+            t11[_w * 32 + _u] = a12[_u * 32 + _w];
+    real *partial = calloc((size_t)threads * 4096, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 4096 + 0;
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 4096 + 2048;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 32);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            real l2[192] __attribute__((aligned(64))) = {0};
+            real l3[192] __attribute__((aligned(64))) = {0};
+            real l4[32] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t1[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 32 + _u] = a6[_u * 3 + _i];
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a5 + 12)[_i * 6 + _k * 2 + _p] * t1[_i * 32 + _u];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* puw,zkpu->zwk */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a7[_p * 1024 + _u * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w2[_k * 32 + _w] += acc[_w];
+                }
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
+            /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t3[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_k * 32 + _w] = a8[_w * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a5 + 12)[_i * 6 + _k * 2 + _p] * t3[_k * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* puw,zipw->zui */
+            real w5[96] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t4[_p * 1024 + _w * 32 + _u] * (l1 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w5[_i * 32 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 32)[_u * 3 + _i] += w5[_i * 32 + _u];
+            /* ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+            for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
-                    acc[_u] += (a3 + 60)[_i] * t1[_i * 32 + _u];
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * (l1 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * a9[_p * 1024 + _u * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l2 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zikp,zipw->zwk */
+            real w6[160] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a5 + 30)[_i * 10 + _k * 2 + _p] * (l2 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w6[_k * 32 + _w] += acc[_w];
+                }
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 128)[_w * 5 + _k] += w6[_k * 32 + _w];
+            /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+            real t7[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_k * 32 + _w] = a10[_w * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a5 + 30)[_i * 10 + _k * 2 + _p] * t7[_k * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l3 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* puw,zipw->zui */
+            real w9[96] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t8[_p * 1024 + _w * 32 + _u] * (l3 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w9[_i * 32 + _u] += acc[_u];
+                }
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* puw,zkpu->zwk */
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 32)[_u * 3 + _i] += w9[_i * 32 + _u];
+            /* ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_u * 3 + _i] * (l3 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a3 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
+            real t10[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t10[_i * 32 + _u] = a11[_u * 5 + _i];
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += (a5 + 60)[_i] * t10[_i * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    (a4 + 0)[_u] += acc[_u];
+            }
+            /* puw,zkpu->zwk */
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 32; ++_u)
+                    for (int _w = 0; _w < 32; ++_w)
+                        acc[_w] += a12[_u * 32 + _w] * (a4 + 0)[_u];
                 for (int _w = 0; _w < 32; ++_w)
-                    acc[_w] += a5[_u * 32 + _w] * (a0 + 0)[_u];
-            for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_w] += acc[_w];
-        }
-        /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 32; ++_w)
+                    (a0 + 0)[_w] += acc[_w];
+            }
+            /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 32; ++_w)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a13[_w] * t11[_w * 32 + _u];
                 for (int _u = 0; _u < 32; ++_u)
-                    acc[_u] += a6[_w] * t2[_w * 32 + _u];
-            for (int _u = 0; _u < 32; ++_u)
-                (l0 + 0)[_u] += acc[_u];
-        }
-        /* zikp,zkpu->zui */
-        real w3[160] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                w3[_i * 32 + _u] += (a3 + 60)[_i] * (l0 + 0)[_u];
-        for (int _u = 0; _u < 32; ++_u)
+                    (l4 + 0)[_u] += acc[_u];
+            }
+            /* zikp,zkpu->zui */
+            real w12[160] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (a2 + 128)[_u * 5 + _i] += w3[_i * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_i * 32 + _u] += (a5 + 60)[_i] * (l4 + 0)[_u];
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 128)[_u * 5 + _i] += w12[_i * 32 + _u];
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 0 + i];
+        A2[i] = sum;
+    }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 2048 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d2_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     const real *restrict a6 = A6;
+    const real *restrict a8 = A8;
     real t3[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
                 t3[_p * 1024 + _w * 32 + _u] = a6[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[192] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a5[_u * 5 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a4 + 65)[_i * 6 + _k * 2 + _p] * t1[_i * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* puw,zkpu->zwk */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a6[_p * 1024 + _u * 32 + _w] * (a0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _w = 0; _w < 32; ++_w)
-                    w2[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
-        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += a7[_w * 3 + _k] * t3[_p * 1024 + _w * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zikp,zkpu->zui */
-        real w4[160] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _p = 0; _p < 2; ++_p)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a4 + 65)[_i * 6 + _k * 2 + _p] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _u = 0; _u < 32; ++_u)
-                    w4[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 128)[_u * 5 + _i] += w4[_i * 32 + _u];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a3 + 0)[_k * 32 + _w] += a7[_w * 3 + _k];
-    }
-}
-
-void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a6 = A6;
-    real t4[2048] __attribute__((aligned(64)));
+    real t8[2048] __attribute__((aligned(64)));
     for (int _p = 0; _p < 2; ++_p)
         for (int _u = 0; _u < 32; ++_u)
             for (int _w = 0; _w < 32; ++_w)
-                t4[_p * 1024 + _w * 32 + _u] = a6[_p * 1024 + _u * 32 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 320);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 160);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[320] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a5[_u * 5 + _i];
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += (a4 + 95)[_i * 10 + _k * 2 + _p] * t1[_i * 32 + _u];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* puw,zkpu->zwk */
-        real w2[160] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += a6[_p * 1024 + _u * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
-                for (int _w = 0; _w < 32; ++_w)
-                    w2[_k * 32 + _w] += acc[_w];
-            }
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += w2[_k * 32 + _w];
-        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t3[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 32 + _w] = a7[_w * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += (a4 + 95)[_i * 10 + _k * 2 + _p] * t3[_k * 32 + _w];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* puw,zipw->zui */
-        real w5[160] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[32] __attribute__((aligned(64))) = {0};
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _w = 0; _w < 32; ++_w)
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t4[_p * 1024 + _w * 32 + _u] * (a1 + 0)[_i * 64 + _p * 32 + _w];
-                for (int _u = 0; _u < 32; ++_u)
-                    w5[_i * 32 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 128)[_u * 5 + _i] += w5[_i * 32 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+                t8[_p * 1024 + _w * 32 + _u] = a8[_p * 1024 + _u * 32 + _w];
+    real *partial = calloc((size_t)threads * 4096, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 4096 + 0;
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 4096 + 2048;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            real l1[192] __attribute__((aligned(64))) = {0};
+            real l2[320] __attribute__((aligned(64))) = {0};
+            real l3[320] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t1[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 32; ++_u)
-                (a3 + 0)[_i * 32 + _u] += a5[_u * 5 + _i];
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 32 + _u] = a5[_u * 5 + _i];
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a4 + 65)[_i * 6 + _k * 2 + _p] * t1[_i * 32 + _u];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* puw,zkpu->zwk */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a6[_p * 1024 + _u * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w2[_k * 32 + _w] += acc[_w];
+                }
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 32)[_w * 3 + _k] += w2[_k * 32 + _w];
+            /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += a7[_w * 3 + _k] * t3[_p * 1024 + _w * 32 + _u];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l1 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* zikp,zkpu->zui */
+            real w4[160] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _p = 0; _p < 2; ++_p)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a4 + 65)[_i * 6 + _k * 2 + _p] * (l1 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w4[_i * 32 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 128)[_u * 5 + _i] += w4[_i * 32 + _u];
+            /* ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t5[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 32 + _w] = a7[_w * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t5[_k * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a2 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+            /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += (a4 + 95)[_i * 10 + _k * 2 + _p] * t1[_i * 32 + _u];
+                        for (int _u = 0; _u < 32; ++_u)
+                            (l2 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* puw,zkpu->zwk */
+            real w6[160] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _u = 0; _u < 32; ++_u)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a8[_p * 1024 + _u * 32 + _w] * (l2 + 0)[_k * 64 + _p * 32 + _u];
+                    for (int _w = 0; _w < 32; ++_w)
+                        w6[_k * 32 + _w] += acc[_w];
+                }
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 128)[_w * 5 + _k] += w6[_k * 32 + _w];
+            /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+            real t7[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_k * 32 + _w] = a9[_w * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += (a4 + 95)[_i * 10 + _k * 2 + _p] * t7[_k * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (l3 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* puw,zipw->zui */
+            real w9[160] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[32] __attribute__((aligned(64))) = {0};
+                    for (int _p = 0; _p < 2; ++_p)
+                        for (int _w = 0; _w < 32; ++_w)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t8[_p * 1024 + _w * 32 + _u] * (l3 + 0)[_i * 64 + _p * 32 + _w];
+                    for (int _u = 0; _u < 32; ++_u)
+                        w9[_i * 32 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 128)[_u * 5 + _i] += w9[_i * 32 + _u];
+            /* ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a5[_u * 5 + _i] * (l3 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a3 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 0 + i];
+        A2[i] = sum;
+    }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 4096 + 2048 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
     """,
     "fc_tp_d2_weight": """\
@@ -12817,77 +12574,113 @@ void fc_tp_d_only_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
 }
     """,
     "fc_tp_d_only_weight": """\
-void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 145);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 320);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 160);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 16; ++_j)
-            for (int _c = 0; _c < 145; ++_c)
-                (a0 + 0)[_c] += a3[_j] * a4[_j * 145 + _c];
-        /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a5[_w * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
+    const real *restrict a3 = A3;
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 145);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            real l0[320] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: y · G */
+            for (int _j = 0; _j < 16; ++_j)
+                for (int _c = 0; _c < 145; ++_c)
+                    (a0 + 0)[_c] += a2[_j] * a3[_j * 145 + _c];
+            /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
+            real t1[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 32 + _w] = a4[_w * 5 + _k];
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t1[_k * 32 + _w] * (a0 + 95)[_i * 10 + _k * 2 + _p];
                         for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t1[_k * 32 + _w] * (a0 + 95)[_i * 10 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_i * 32 + _u] += a6[_u * 5 + _i];
+                            (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a5[_u * 5 + _i] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a1 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void fc_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a2[_u * 5 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 5; ++_i)
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+            real t1[160] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 32 + _u] = a1[_u * 5 + _i];
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 5; ++_i)
+                            for (int _u = 0; _u < 32; ++_u)
+                                acc[_u] += t1[_i * 32 + _u] * (a2 + 65)[_i * 6 + _k * 2 + _p];
                         for (int _u = 0; _u < 32; ++_u)
-                            acc[_u] += t1[_i * 32 + _u] * (a3 + 65)[_i * 6 + _k * 2 + _p];
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
-                }
-        /* zwk->zkw */
-        for (int _k = 0; _k < 3; ++_k)
+                            (l0 + 0)[_k * 64 + _p * 32 + _u] += acc[_u];
+                    }
+            /* zwk,zkpu->puw */
+            real t2[96] __attribute__((aligned(64)));
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a4[_w * 3 + _k];
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 32 + _w] = a3[_w * 3 + _k];
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t2[_k * 32 + _w] * (l0 + 0)[_k * 64 + _p * 32 + _u];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a0 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
 
 void fc_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
@@ -12914,63 +12707,102 @@ void fc_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void fc_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t1[160] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a2[_w * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 5; ++_k)
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
+            real t1[160] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 32 + _w] = a1[_w * 5 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t1[_k * 32 + _w] * (a2 + 30)[_i * 10 + _k * 2 + _p];
                         for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t1[_k * 32 + _w] * (a3 + 30)[_i * 10 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a4[_u * 3 + _i];
+                            (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a3[_u * 3 + _i] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a0 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
 
-void fc_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t1[96] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 32 + _w] = a1[_w * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                {
-                    real acc[32] __attribute__((aligned(64))) = {0};
-                    for (int _k = 0; _k < 3; ++_k)
+    real *partial = calloc((size_t)threads * 2048, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 2048 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[192] __attribute__((aligned(64))) = {0};
+            /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
+            real t1[96] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 32; ++_w)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 32 + _w] = a1[_w * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += t1[_k * 32 + _w] * (a2 + 12)[_i * 6 + _k * 2 + _p];
                         for (int _w = 0; _w < 32; ++_w)
-                            acc[_w] += t1[_k * 32 + _w] * (a2 + 12)[_i * 6 + _k * 2 + _p];
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
-                }
+                            (l0 + 0)[_i * 64 + _p * 32 + _w] += acc[_w];
+                    }
+            /* zui,zipw->puw */
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    {
+                        real acc[32] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _w = 0; _w < 32; ++_w)
+                                acc[_w] += a3[_u * 3 + _i] * (l0 + 0)[_i * 64 + _p * 32 + _w];
+                        for (int _w = 0; _w < 32; ++_w)
+                            (a0 + 0)[_p * 1024 + _u * 32 + _w] += acc[_w];
+                    }
+        }
     }
+    for (int64_t i = 0; i < 2048; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2048 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
 
 void fc_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
@@ -21230,186 +21062,243 @@ void elementwise_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 5; ++_j)
                     t5[_i * 240 + _k * 80 + _j * 16 + _u] = a5[_u * 75 + _i * 15 + _k * 5 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 144);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 1200, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 1200 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            real l1[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a3[_u * 3 + _k];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_j * 16 + _u] = a4[_u * 5 + _j];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a3[_u * 3 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t4[_k * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _j];
+            real w6[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t7[_i * 16 + _u] = a6[_u * 5 + _i];
+            real w8[240] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (l1 + 0)[_u * 15 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t9[_k * 80 + _i * 16 + _u] = (l1 + 0)[_u * 15 + _k * 5 + _i];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
+            real t11[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t11[_k * 80 + _i * 16 + _u] = (l1 + 0)[_u * 15 + _k * 5 + _i];
+            real w12[1200] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_k * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = a6[_u * 5 + _i];
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    t9[_k * 80 + _i * 16 + _u] = (a1 + 0)[_u * 15 + _k * 5 + _i];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 240 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 80 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 75 + _j * 15 + _i * 3 + _k] += w12[_j * 240 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 1200; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1200 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void elementwise_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
-    const real *restrict a6 = A6;
+    const real *restrict a7 = A7;
     real t5[2000] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _j = 0; _j < 5; ++_j)
-                    t5[_i * 400 + _k * 80 + _j * 16 + _u] = a6[_u * 125 + _i * 25 + _k * 5 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 400);
-        real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    t5[_i * 400 + _k * 80 + _j * 16 + _u] = a7[_u * 125 + _i * 25 + _k * 5 + _j];
+    real *partial = calloc((size_t)threads * 2000, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 2000 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 400);
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 400);
+            real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a5[_u * 5 + _k];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_j * 16 + _u] = a6[_u * 5 + _j];
+            real w3[400] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a4[_u * 5 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (a0 + 0)[_u * 25 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t4[_k * 80 + _j * 16 + _u] = (a0 + 0)[_u * 25 + _k * 5 + _j];
+            real w6[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 400 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t7[_i * 16 + _u] = a8[_u * 5 + _i];
+            real w8[400] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (a2 + 0)[_u * 25 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t9[_k * 80 + _i * 16 + _u] = (a2 + 0)[_u * 25 + _k * 5 + _i];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a5[_u * 5 + _j];
-        real w3[400] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 400 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a3 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e */
+            real t11[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t11[_k * 80 + _i * 16 + _u] = (a2 + 0)[_u * 25 + _k * 5 + _i];
+            real w12[2000] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 25 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_k * 80 + _j * 16 + _u] = (a0 + 0)[_u * 25 + _k * 5 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 400 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = a7[_u * 5 + _i];
-        real w8[400] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (a2 + 0)[_u * 25 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    t9[_k * 80 + _i * 16 + _u] = (a2 + 0)[_u * 25 + _k * 5 + _i];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 400 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a3 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 400 + _i * 80 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 80 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a4 + 0)[_u * 125 + _j * 25 + _i * 5 + _k] += w12[_j * 400 + _i * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 2000; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2000 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -21420,77 +21309,102 @@ void elementwise_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_i * 80 + _j * 16 + _u] = a5[_u * 25 + _i * 5 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            real l1[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t1[_j * 16 + _u] = a4[_u * 5 + _j];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zukj,uijk->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+            /* zukj,uijk->zui */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+            real w5[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
+            /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t6[_i * 16 + _u] = a6[_u * 5 + _i];
+            real w7[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 16 + _u] += a3[_u] * t6[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
+            /* zuki,uijk->zuj */
+            real t8[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t8[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+            real w9[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
+            real t10[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t10[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+            real w11[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = a6[_u * 5 + _i];
-        real w7[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                        w11[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t10[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_i * 16 + _u] += a3[_u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
-        /* zuki,uijk->zuj */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t8[_i * 16 + _u] = (a1 + 0)[_u * 5 + _i];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
+                    for (int _j = 0; _j < 5; ++_j)
+                        (a2 + 0)[_u * 25 + _i * 5 + _j] += w11[_i * 80 + _j * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
@@ -21502,248 +21416,327 @@ void elementwise_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
                     t5[_i * 144 + _k * 48 + _j * 16 + _u] = a6[_u * 45 + _i * 9 + _k * 3 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 240);
-        real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a4[_u * 3 + _k];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a5[_u * 3 + _j];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a4[_u * 3 + _k];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_k * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _k * 3 + _j];
+            real w6[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t7[_i * 16 + _u] = a7[_u * 5 + _i];
+            real w8[240] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (l0 + 0)[_u * 15 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t9[_k * 80 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _i];
+            real w10[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a5[_u * 3 + _j];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
+            real t11[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t11[_k * 80 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _i];
+            real w12[720] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_k * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _k * 3 + _j];
-        real w6[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
-        real t7[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = a7[_u * 5 + _i];
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (a2 + 0)[_u * 15 + _k * 5 + _i] += w8[_k * 80 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    t9[_k * 80 + _i * 16 + _u] = (a2 + 0)[_u * 15 + _k * 5 + _i];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 80 + _i * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a3 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 240 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 80 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a3 + 0)[_u * 45 + _j * 15 + _i * 3 + _k] += w12[_j * 240 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
     real t4[400] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                t4[_i * 80 + _k * 16 + _u] = a4[_u * 25 + _i * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a2[_u * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                t4[_i * 80 + _k * 16 + _u] = a5[_u * 25 + _i * 5 + _k];
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a3[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a3[_u * 5 + _k];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* zukj,uijk->zui */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+            /* zukj,uijk->zui */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+            real w5[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
+            /* ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+            real t6[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t6[_k * 80 + _i * 16 + _u] = (a6 + 0)[_u * 25 + _k * 5 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
-                    t6[_k * 80 + _i * 16 + _u] = (a5 + 0)[_u * 25 + _k * 5 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_k * 80 + _i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 0)[_u] += (real)1.118033988749895 * acc[_u];
+            }
+            /* ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+            real w7[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_k * 80 + _i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                        w7[_i * 80 + _k * 16 + _u] += a4[_u] * t6[_k * 80 + _i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += (real)1.118033988749895 * acc[_u];
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a2 + 0)[_u * 25 + _i * 5 + _k] += w7[_i * 80 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
     real t5[720] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 5; ++_j)
-                    t5[_i * 240 + _k * 80 + _j * 16 + _u] = a5[_u * 45 + _i * 15 + _k * 5 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    t5[_i * 240 + _k * 80 + _j * 16 + _u] = a6[_u * 45 + _i * 15 + _k * 5 + _j];
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a4[_u * 3 + _k];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_j * 16 + _u] = a5[_u * 5 + _j];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a3[_u * 3 + _k];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (l0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t4[_k * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _j];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t7[_i * 16 + _u] = a7[_u * 3 + _i];
+            real w8[144] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a1 + 0)[_u * 9 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t9[_k * 48 + _i * 16 + _u] = (a1 + 0)[_u * 9 + _k * 3 + _i];
+            real w10[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
+            real t11[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t11[_k * 48 + _i * 16 + _u] = (a1 + 0)[_u * 9 + _k * 3 + _i];
+            real w12[720] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_k * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 5 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 80 + _j * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w8[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t9[_k * 48 + _i * 16 + _u] = (a1 + 0)[_u * 9 + _k * 3 + _i];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 240 + _k * 80 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 144 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 48 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a3 + 0)[_u * 45 + _j * 9 + _i * 3 + _k] += w12[_j * 144 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -21755,89 +21748,117 @@ void elementwise_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
                     t5[_i * 144 + _k * 48 + _j * 16 + _u] = a5[_u * 27 + _i * 9 + _k * 3 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[144] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 432, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 432 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[144] __attribute__((aligned(64))) = {0};
+            real l1[144] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a3[_u * 3 + _k];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a3[_u * 3 + _k];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_k * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _k * 3 + _j];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t7[_i * 16 + _u] = a6[_u * 3 + _i];
+            real w8[144] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (l1 + 0)[_u * 9 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t9[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 9 + _k * 3 + _i];
+            real w10[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+            real t11[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t11[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 9 + _k * 3 + _i];
+            real w12[432] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_k * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _k * 3 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w8[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t9[_k * 48 + _i * 16 + _u] = (a1 + 0)[_u * 9 + _k * 3 + _i];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 144 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 144 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 48 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 27 + _j * 9 + _i * 3 + _k] += w12[_j * 144 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 432; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 432 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -21849,89 +21870,117 @@ void elementwise_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _k = 0; _k < 5; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
                     t5[_i * 240 + _k * 48 + _j * 16 + _u] = a5[_u * 45 + _i * 15 + _k * 3 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            real l1[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a3[_u * 5 + _k];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a3[_u * 5 + _k];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l0 + 0)[_u * 15 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+            /* zukj,uikj->zui */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_k * 48 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 3 + _j];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 240 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+            /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t7[_i * 16 + _u] = a6[_u * 3 + _i];
+            real w8[240] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (l1 + 0)[_u * 15 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
+            /* zuki,uikj->zuj */
+            real t9[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t9[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 15 + _k * 3 + _i];
+            real w10[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 240 + _k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
+            real t11[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t11[_k * 48 + _i * 16 + _u] = (l1 + 0)[_u * 15 + _k * 3 + _i];
+            real w12[720] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 15 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
-        /* zukj,uikj->zui */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_k * 48 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _k * 3 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_k * 48 + _j * 16 + _u] * t5[_i * 240 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
-        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t7[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t7[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w8[_k * 48 + _i * 16 + _u];
-        /* zuki,uikj->zuj */
-        real t9[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t9[_k * 48 + _i * 16 + _u] = (a1 + 0)[_u * 15 + _k * 3 + _i];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 5; ++_k)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_k * 48 + _i * 16 + _u] * t5[_i * 240 + _k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 240 + _i * 80 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_k * 48 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a2 + 0)[_u * 45 + _j * 15 + _i * 5 + _k] += w12[_j * 240 + _i * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -21942,320 +21991,455 @@ void elementwise_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 t4[_i * 48 + _j * 16 + _u] = a5[_u * 9 + _i * 3 + _j];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            real l1[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* zukj,uijk->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* zukj,uijk->zui */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+            /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t6[_i * 16 + _u] = a6[_u * 3 + _i];
+            real w7[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 16 + _u] += a3[_u] * t6[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
+            /* zuki,uijk->zuj */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t8[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+            real w9[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w9[_j * 16 + _u];
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
+            real t10[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t10[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+            real w11[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                        w11[_i * 48 + _j * 16 + _u] += t1[_j * 16 + _u] * t10[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_i * 16 + _u] += a3[_u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
-        /* zuki,uijk->zuj */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t8[_i * 16 + _u] = (a1 + 0)[_u * 3 + _i];
-        real w9[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w9[_j * 16 + _u];
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a2 + 0)[_u * 9 + _i * 3 + _j] += w11[_i * 48 + _j * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void elementwise_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
     real t4[144] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                t4[_i * 48 + _k * 16 + _u] = a4[_u * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                t4[_i * 48 + _k * 16 + _u] = a5[_u * 9 + _i * 3 + _k];
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a3[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
-        /* zukj,uijk->zui */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
-        real t6[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    t1[_k * 16 + _u] = a3[_u * 3 + _k];
+            real w2[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+            /* zukj,uijk->zui */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
-                    t6[_k * 48 + _i * 16 + _u] = (a5 + 0)[_u * 9 + _k * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+            /* ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+            real t6[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t6[_k * 48 + _i * 16 + _u] = (a6 + 0)[_u * 9 + _k * 3 + _i];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_k * 48 + _i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
+            }
+            /* ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
+            real w7[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_k * 48 + _i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                        w7[_i * 48 + _k * 16 + _u] += a4[_u] * t6[_k * 48 + _i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a2 + 0)[_u * 9 + _i * 3 + _k] += w7[_i * 48 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zukj,ikju->zui */
-        real t1[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* zukj,ikju->zui */
+            real t1[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t1[_k * 80 + _j * 16 + _u] = (a3 + 0)[_u * 25 + _k * 5 + _j];
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 5; ++_j)
-                    t1[_k * 80 + _j * 16 + _u] = (a3 + 0)[_u * 25 + _k * 5 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 80 + _j * 16 + _u] * a4[_k * 80 + _j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)1.118033988749895 * acc[_u];
-        }
-        /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w3[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a1 + 0)[_u * 5 + _k] += w3[_k * 16 + _u];
-        /* zuki,ikju->zuj */
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t4[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t4[_k * 16 + _u] * a4[_k * 80 + _j * 16 + _u];
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 80 + _j * 16 + _u] * a4[_k * 80 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                    (a0 + 0)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
+            /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t2[_k * 16 + _u] = a5[_u * 5 + _k];
+            real w3[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 5 + _k] += w3[_k * 16 + _u];
+            /* zuki,ikju->zuj */
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+            real w5[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w5[_j * 16 + _u];
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t4[_k * 16 + _u] * a4[_k * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w5[_j * 16 + _u];
+            /* ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t6[_j * 16 + _u] = a7[_u * 5 + _j];
+            real t7[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+            real w8[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 80 + _k * 16 + _u] += t6[_j * 16 + _u] * t7[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a2 + 0)[_u * 25 + _j * 5 + _k] += w8[_j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zukj,ikju->zui */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    t1[_k * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _k * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 3; ++_j)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* zukj,ikju->zui */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t1[_k * 48 + _j * 16 + _u] * a4[_k * 48 + _j * 16 + _u];
-            for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
-        }
-        /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 16 + _u] = a5[_u * 3 + _k];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* zuki,ikju->zuj */
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t4[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t1[_k * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _k * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t1[_k * 48 + _j * 16 + _u] * a4[_k * 48 + _j * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a0 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
+            }
+            /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 16 + _u] = a5[_u * 3 + _k];
+            real w3[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 16 + _u] += t2[_k * 16 + _u] * a6[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l0 + 0)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* zuki,ikju->zuj */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t4[_k * 16 + _u] * a4[_k * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w5[_j * 16 + _u];
+            /* ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_j * 16 + _u] = a7[_u * 3 + _j];
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+            real w8[144] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t4[_k * 16 + _u] * a4[_k * 48 + _j * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w5[_j * 16 + _u];
+                        w8[_j * 48 + _k * 16 + _u] += t6[_j * 16 + _u] * t7[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a2 + 0)[_u * 9 + _j * 3 + _k] += w8[_j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a3[_u] * a4[_u];
-        /* zukj,ijku->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
-        /* ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a3[_u] * a6[_u];
-        /* zuki,ijku->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a1 + 0)[_u] * a5[_u];
+    real *partial = calloc((size_t)threads * 16, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 16 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += a3[_u] * a4[_u];
+            /* zukj,ijku->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
+            /* ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a3[_u] * a6[_u];
+            /* zuki,ijku->zuj */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
+            /* ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += a4[_u] * (l1 + 0)[_u];
+        }
     }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 16 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "elementwise_tp_d2_a": """\
 void elementwise_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 144);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a3[_u] * a4[_u];
-        /* zuij,ijku->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
-        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a3[_u] * a6[_u];
-        /* zuik,ijku->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a1 + 0)[_u] * a5[_u];
+    real *partial = calloc((size_t)threads * 16, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 16 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 192);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += a3[_u] * a4[_u];
+            /* zuij,ijku->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
+            /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a3[_u] * a6[_u];
+            /* zuik,ijku->zuj */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
+            /* ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += a4[_u] * (l1 + 0)[_u];
+        }
     }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 16 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -22266,77 +22450,102 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 t4[_j * 48 + _k * 16 + _u] = a5[_u * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            real l1[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    t1[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                    w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+            real w5[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w7[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real w9[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+            real w9[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w9[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
+            real t10[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+            real w11[144] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w9[_j * 16 + _u];
+                        w11[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t10[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a2 + 0)[_u * 9 + _j * 3 + _k] += w11[_j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -22347,236 +22556,313 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 t4[_j * 80 + _k * 16 + _u] = a5[_u * 25 + _j * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            real l1[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    t1[_j * 16 + _u] = a4[_u * 5 + _j];
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w7[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    w2[_j * 16 + _u] += a3[_u] * t1[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+            real w5[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = a6[_u * 5 + _k];
+            real w7[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                t8[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t8[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t8[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w9[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
+            real t10[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w11[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w9[_j * 16 + _u];
+                        w11[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t10[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a2 + 0)[_u * 25 + _j * 5 + _k] += w11[_j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
     real t4[144] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                t4[_i * 48 + _k * 16 + _u] = a5[_u * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 3 + _i];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 48 + _k * 16 + _u] = a6[_u * 9 + _i * 3 + _k];
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 16 + _u] = a4[_u * 3 + _i];
+            real w2[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += t1[_i * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_k * 16 + _u] = a7[_u * 3 + _k];
+            real w7[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_u * 9 + _i * 3 + _k] += w7[_i * 48 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t8[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t8[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_i * 48 + _k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                    (a2 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w7[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 9 + _i * 3 + _k] += w7[_i * 48 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t8[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    t8[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
+            real w10[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_i * 48 + _k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                        w10[_i * 48 + _k * 16 + _u] += a5[_u] * t9[_i * 48 + _k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a3 + 0)[_u * 9 + _i * 3 + _k] += w10[_i * 48 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 3 + _i];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a5[_u * 3 + _j];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 16 + _u] = a4[_u * 3 + _i];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
-        /* zuij,ijku->zuk */
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+                    t2[_j * 16 + _u] = a5[_u * 3 + _j];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t4[_i * 48 + _j * 16 + _u] * a6[_i * 48 + _j * 16 + _u];
+                        w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += (real)0.5773502691896257 * acc[_u];
-        }
-        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+            /* zuij,ijku->zuk */
+            real t4[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w5[_i * 16 + _u] += t1[_i * 16 + _u] * a7[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 0)[_u * 3 + _i] += w5[_i * 16 + _u];
-        /* zuik,ijku->zuj */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_i * 16 + _u] * a6[_i * 48 + _j * 16 + _u];
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t4[_i * 48 + _j * 16 + _u] * a6[_i * 48 + _j * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w7[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                    (a1 + 0)[_u] += (real)0.5773502691896257 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
+            /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t1[_i * 16 + _u] * a7[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 0)[_u * 3 + _i] += w5[_i * 16 + _u];
+            /* zuik,ijku->zuj */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t6[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+            real w7[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                (a3 + 16)[_u * 3 + _j] += w7[_j * 16 + _u];
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_i * 16 + _u] * a6[_i * 48 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_j * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 16)[_u * 3 + _j] += w7[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t8[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+            real w9[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_i * 48 + _j * 16 + _u] += t2[_j * 16 + _u] * t8[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a3 + 0)[_u * 9 + _i * 3 + _j] += w9[_i * 48 + _j * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[720] __attribute__((aligned(64)));
@@ -22585,77 +22871,110 @@ void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     t2[_i * 240 + _j * 80 + _k * 16 + _u] = a4[_u * 45 + _i * 15 + _j * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuij,uijk->zuk */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t1[_i * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
-        real w3[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* zuij,uijk->zuk */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_i * 240 + _j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        t1[_i * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
+            real w3[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t4[_i * 16 + _u] = a5[_u * 3 + _i];
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w6[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 80 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_i * 240 + _j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t4[_i * 16 + _u] = a5[_u * 3 + _i];
+            real t5[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 5 + _k];
+            real w6[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 15 + _i * 5 + _k] += w6[_i * 80 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    t7[_i * 80 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _i * 5 + _k];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 80 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l0 + 0)[_u * 15 + _i * 5 + _k] += w6[_i * 80 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t7[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t7[_i * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _k];
+            real w8[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 80 + _k * 16 + _u] * t2[_i * 240 + _j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+            real t9[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_j * 16 + _u] = a7[_u * 3 + _j];
+            real t10[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t10[_i * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _k];
+            real w11[720] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 80 + _k * 16 + _u] * t2[_i * 240 + _j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+                            w11[_j * 240 + _i * 80 + _k * 16 + _u] += t9[_j * 16 + _u] * t10[_i * 80 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a2 + 0)[_u * 45 + _j * 15 + _i * 5 + _k] += w11[_j * 240 + _i * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[432] __attribute__((aligned(64)));
@@ -22664,232 +22983,316 @@ void elementwise_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t2[_i * 144 + _j * 48 + _k * 16 + _u] = a4[_u * 27 + _i * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuij,uijk->zuk */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t1[_i * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+    real *partial = calloc((size_t)threads * 432, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 432 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[144] __attribute__((aligned(64))) = {0};
+            /* zuij,uijk->zuk */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_i * 144 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        t1[_i * 48 + _j * 16 + _u] = (a3 + 0)[_u * 9 + _i * 3 + _j];
+            real w3[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t4[_i * 16 + _u] = a5[_u * 3 + _i];
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w6[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 48 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_i * 48 + _j * 16 + _u] * t2[_i * 144 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t4[_i * 16 + _u] = a5[_u * 3 + _i];
+            real t5[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w6[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 9 + _i * 3 + _k] += w6[_i * 48 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    t7[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _k];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 48 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l0 + 0)[_u * 9 + _i * 3 + _k] += w6[_i * 48 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t7[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_i * 48 + _k * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _k];
+            real w8[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 48 + _k * 16 + _u] * t2[_i * 144 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+            real t9[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t9[_j * 16 + _u] = a7[_u * 3 + _j];
+            real t10[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t10[_i * 48 + _k * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _k];
+            real w11[432] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 48 + _k * 16 + _u] * t2[_i * 144 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+                            w11[_j * 144 + _i * 48 + _k * 16 + _u] += t9[_j * 16 + _u] * t10[_i * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 27 + _j * 9 + _i * 3 + _k] += w11[_j * 144 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 432; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 432 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void elementwise_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
     real t5[720] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
-                    t5[_i * 240 + _j * 48 + _k * 16 + _u] = a4[_u * 45 + _i * 15 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a2[_u * 3 + _i];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a3[_u * 5 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    t5[_i * 240 + _j * 48 + _k * 16 + _u] = a5[_u * 45 + _i * 15 + _j * 3 + _k];
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 16 + _u] = a3[_u * 3 + _i];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_j * 16 + _u] = a4[_u * 5 + _j];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_i * 80 + _j * 16 + _u] * t5[_i * 240 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (l0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
+            real w6[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_i * 80 + _j * 16 + _u] * t5[_i * 240 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    t7[_i * 48 + _k * 16 + _u] = (a5 + 0)[_u * 9 + _i * 3 + _k];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+            real t7[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_i * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _k];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 48 + _k * 16 + _u] * t5[_i * 240 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+            real w9[720] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 48 + _k * 16 + _u] * t5[_i * 240 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+                            w9[_j * 144 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t7[_i * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 45 + _j * 9 + _i * 3 + _k] += w9[_j * 144 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
     real t4[400] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
-                t4[_i * 80 + _k * 16 + _u] = a5[_u * 25 + _i * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 5 + _i];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 80 + _k * 16 + _u] = a6[_u * 25 + _i * 5 + _k];
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 400);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _u] = a4[_u * 5 + _i];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += t1[_i * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+            real w5[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = a7[_u * 5 + _k];
+            real w7[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a1 + 0)[_u * 25 + _i * 5 + _k] += w7[_i * 80 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t8[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t8[_i * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _i * 5 + _k];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_i * 80 + _k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                    (a2 + 0)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w7[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 25 + _i * 5 + _k] += w7[_i * 80 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t8[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    t8[_i * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _i * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+            real t9[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t9[_i * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _i * 5 + _k];
+            real w10[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_i * 80 + _k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                        w10[_i * 80 + _k * 16 + _u] += a5[_u] * t9[_i * 80 + _k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += (real)1.118033988749895 * acc[_u];
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a3 + 0)[_u * 25 + _i * 5 + _k] += w10[_i * 80 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -22901,89 +23304,117 @@ void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_i * 144 + _j * 48 + _k * 16 + _u] = a5[_u * 45 + _i * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 5 + _i];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            real l1[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _u] = a3[_u * 5 + _i];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
-                    (l0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _j];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_i * 48 + _j * 16 + _u] * t5[_i * 144 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (l0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _j];
+            real w6[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t7[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t7[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_i * 48 + _j * 16 + _u] * t5[_i * 144 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w8[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 15 + _i * 3 + _k] += w8[_i * 48 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t9[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    t9[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _i * 3 + _k];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t7[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l1 + 0)[_u * 15 + _i * 3 + _k] += w8[_i * 48 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t9[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_i * 48 + _k * 16 + _u] = (l1 + 0)[_u * 15 + _i * 3 + _k];
+            real w10[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_i * 48 + _k * 16 + _u] * t5[_i * 144 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+            real t11[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t11[_i * 48 + _k * 16 + _u] = (l1 + 0)[_u * 15 + _i * 3 + _k];
+            real w12[720] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_i * 48 + _k * 16 + _u] * t5[_i * 144 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 16)[_u * 3 + _j] += w10[_j * 16 + _u];
+                            w12[_j * 240 + _i * 48 + _k * 16 + _u] += t2[_j * 16 + _u] * t11[_i * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 45 + _j * 15 + _i * 3 + _k] += w12[_j * 240 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -23040,100 +23471,136 @@ void elementwise_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void elementwise_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void elementwise_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
-    const real *restrict a7 = A7;
+    const real *restrict a11 = A11;
     real t7[2000] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
-                    t7[_i * 400 + _j * 80 + _k * 16 + _u] = a7[_u * 125 + _i * 25 + _j * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        /* zujk,uzk->zuj */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = (a3 + 0)[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                    t7[_i * 400 + _j * 80 + _k * 16 + _u] = a11[_u * 125 + _i * 25 + _j * 5 + _k];
+    real *partial = calloc((size_t)threads * 2016, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 2016 + 0;
+        real *restrict a8 = partial + (int64_t)omp_get_thread_num() * 2016 + 2000;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 400);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            /* zujk,uzk->zuj */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += (real)0.5773502691896257 * t1[_j * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = a5[_u * 5 + _i];
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t4[_j * 16 + _u] = a6[_u * 5 + _j];
-        real w5[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t1[_j * 16 + _u] = (a4 + 0)[_u * 5 + _j];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += (real)0.5773502691896257 * t1[_j * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w2[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                a8[_u] += (real)0.5773502691896257 * a6[_u] * (a7 + 0)[_u];
+            /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 16 + _u] = a9[_u * 5 + _i];
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_j * 16 + _u] = a10[_u * 5 + _j];
+            real w5[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
-        /* zuij,uijk->zuk */
-        real t6[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t6[_i * 80 + _j * 16 + _u] = (a1 + 0)[_u * 25 + _i * 5 + _j];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t6[_i * 80 + _j * 16 + _u] * t7[_i * 400 + _j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        (a1 + 0)[_u * 25 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+            /* zuij,uijk->zuk */
+            real t6[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t6[_i * 80 + _j * 16 + _u] = (a1 + 0)[_u * 25 + _i * 5 + _j];
+            real w8[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a2 + 64)[_u * 5 + _k] += w8[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
-        real t9[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t6[_i * 80 + _j * 16 + _u] * t7[_i * 400 + _j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
-                    t9[_i * 80 + _k * 16 + _u] = (a8 + 0)[_u * 25 + _i * 5 + _k];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    (a2 + 64)[_u * 5 + _k] += w8[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+            real t9[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t9[_i * 80 + _k * 16 + _u] = (a12 + 0)[_u * 25 + _i * 5 + _k];
+            real w10[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_i * 80 + _k * 16 + _u] * t7[_i * 400 + _j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+            real w11[2000] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_i * 80 + _k * 16 + _u] * t7[_i * 400 + _j * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_j * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w10[_j * 16 + _u];
+                            w11[_j * 400 + _i * 80 + _k * 16 + _u] += t4[_j * 16 + _u] * t9[_i * 80 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a3 + 0)[_u * 125 + _j * 25 + _i * 5 + _k] += w11[_j * 400 + _i * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 2000; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2016 + 0 + i];
+        A3[i] = sum;
+    }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2016 + 2000 + i];
+        A8[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[1200] __attribute__((aligned(64)));
@@ -23142,265 +23609,366 @@ void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t2[_i * 240 + _j * 48 + _k * 16 + _u] = a4[_u * 75 + _i * 15 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuij,uijk->zuk */
-        real t1[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    t1[_i * 80 + _j * 16 + _u] = (a3 + 0)[_u * 25 + _i * 5 + _j];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+    real *partial = calloc((size_t)threads * 1200, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 1200 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* zuij,uijk->zuk */
+            real t1[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_i * 80 + _j * 16 + _u] * t2[_i * 240 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                        t1[_i * 80 + _j * 16 + _u] = (a3 + 0)[_u * 25 + _i * 5 + _j];
+            real w3[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t4[_i * 16 + _u] = a5[_u * 5 + _i];
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w6[240] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_i * 48 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_i * 80 + _j * 16 + _u] * t2[_i * 240 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t4[_i * 16 + _u] = a5[_u * 5 + _i];
+            real t5[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w6[240] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 15 + _i * 3 + _k] += w6[_i * 48 + _k * 16 + _u];
-        /* zuik,uijk->zuj */
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    t7[_i * 48 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _i * 3 + _k];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 48 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l0 + 0)[_u * 15 + _i * 3 + _k] += w6[_i * 48 + _k * 16 + _u];
+            /* zuik,uijk->zuj */
+            real t7[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_i * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _k];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_i * 48 + _k * 16 + _u] * t2[_i * 240 + _j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+            /* ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+            real t9[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t9[_j * 16 + _u] = a7[_u * 5 + _j];
+            real t10[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t10[_i * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _i * 3 + _k];
+            real w11[1200] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_i * 48 + _k * 16 + _u] * t2[_i * 240 + _j * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a2 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+                            w11[_j * 240 + _i * 48 + _k * 16 + _u] += t9[_j * 16 + _u] * t10[_i * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 75 + _j * 15 + _i * 3 + _k] += w11[_j * 240 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 1200; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1200 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "elementwise_tp_d2_b": """\
 void elementwise_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 192);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 144);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (l0 + 0)[_u] += a3[_u] * a4[_u];
-        /* zuji,ijku->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
-        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += a3[_u] * a6[_u];
-        /* zujk,ijku->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a1 + 0)[_u] * a5[_u];
+    real *partial = calloc((size_t)threads * 16, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 16 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 192);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += a3[_u] * a4[_u];
+            /* zuji,ijku->zuk */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a5[_u];
+            /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l1 + 0)[_u] += a3[_u] * a6[_u];
+            /* zujk,ijku->zui */
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
+            /* ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += a4[_u] * (l1 + 0)[_u];
+        }
     }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 16 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
     real t4[144] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
-                t4[_j * 48 + _k * 16 + _u] = a5[_u * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 3 + _j];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 48 + _k * 16 + _u] = a6[_u * 9 + _j * 3 + _k];
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 144);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_j * 16 + _u] = a4[_u * 3 + _j];
+            real w2[48] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* zuji,uijk->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += t1[_j * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+            /* zuji,uijk->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_k * 16 + _u] = a7[_u * 3 + _k];
+            real w7[144] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_u * 9 + _j * 3 + _k] += w7[_j * 48 + _k * 16 + _u];
+            /* zujk,uijk->zui */
+            real t8[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t8[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _j * 3 + _k];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 3; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_j * 48 + _k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                    (a2 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w7[144] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w7[_j * 48 + _k * 16 + _u];
-        /* zujk,uijk->zui */
-        real t8[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t8[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _j * 3 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+            real t9[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _j * 3 + _k];
+            real w10[144] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_j * 48 + _k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+                        w10[_j * 48 + _k * 16 + _u] += a5[_u] * t9[_j * 48 + _k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += (real)0.8660254037844386 * acc[_u];
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a3 + 0)[_u * 9 + _j * 3 + _k] += w10[_j * 48 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
-    const real *restrict a5 = A5;
+    const real *restrict a6 = A6;
     real t4[400] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
-                t4[_j * 80 + _k * 16 + _u] = a5[_u * 25 + _j * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 80 + _k * 16 + _u] = a6[_u * 25 + _j * 5 + _k];
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 400);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t1[_j * 16 + _u] = a4[_u * 5 + _j];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zuji,uijk->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += t1[_j * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+            /* zuji,uijk->zuk */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+            real w5[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = a7[_u * 5 + _k];
+            real w7[400] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a1 + 0)[_u * 25 + _j * 5 + _k] += w7[_j * 80 + _k * 16 + _u];
+            /* zujk,uijk->zui */
+            real t8[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t8[_j * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _j * 5 + _k];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _j = 0; _j < 5; ++_j)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_j * 80 + _k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                    (a2 + 0)[_u] += (real)1.118033988749895 * acc[_u];
             }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w7[400] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w7[_j * 80 + _k * 16 + _u];
-        /* zujk,uijk->zui */
-        real t8[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t8[_j * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _j * 5 + _k];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+            real t9[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t9[_j * 80 + _k * 16 + _u] = (a1 + 0)[_u * 25 + _j * 5 + _k];
+            real w10[400] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_j * 80 + _k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+                        w10[_j * 80 + _k * 16 + _u] += a5[_u] * t9[_j * 80 + _k * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_u] += (real)1.118033988749895 * acc[_u];
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a3 + 0)[_u * 25 + _j * 5 + _k] += w10[_j * 80 + _k * 16 + _u];
         }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -23411,156 +23979,206 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 t4[_i * 48 + _k * 16 + _u] = a5[_u * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[48] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            real l1[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += a3[_u] * t1[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zuji,uijk->zuk */
-        real t3[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    t1[_i * 16 + _u] = a4[_u * 3 + _i];
+            real w2[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                    w2[_i * 16 + _u] += a3[_u] * t1[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+            /* zuji,uijk->zuk */
+            real t3[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+            real w5[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
-        /* zujk,uijk->zui */
-        real t8[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w7[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real w9[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+            /* zujk,uijk->zui */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+            real w9[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w9[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+            real t10[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+            real w11[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w9[_i * 16 + _u];
+                        w11[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t10[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a2 + 0)[_u * 9 + _i * 3 + _k] += w11[_i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 48);
-        real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a5[_u * 3 + _i];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a0 + 0)[_u * 9 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
-        /* zuji,jiku->zuk */
-        real t4[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    t4[_j * 48 + _i * 16 + _u] = (a0 + 0)[_u * 9 + _j * 3 + _i];
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[48] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
+                    t1[_j * 16 + _u] = a4[_u * 3 + _j];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 16 + _u] = a5[_u * 3 + _i];
+            real w3[144] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t4[_j * 48 + _i * 16 + _u] * a6[_j * 48 + _i * 16 + _u];
+                        w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_u] += (real)0.5773502691896257 * acc[_u];
-        }
-        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real w5[48] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 9 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
+            /* zuji,jiku->zuk */
+            real t4[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w5[_j * 16 + _u] += t1[_j * 16 + _u] * a7[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (a2 + 0)[_u * 3 + _j] += w5[_j * 16 + _u];
-        /* zujk,jiku->zui */
-        real t6[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t6[_j * 16 + _u] = (a2 + 0)[_u * 3 + _j];
-        real w7[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t4[_j * 48 + _i * 16 + _u] = (a0 + 0)[_u * 9 + _j * 3 + _i];
             {
                 real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t4[_j * 48 + _i * 16 + _u] * a6[_j * 48 + _i * 16 + _u];
+                for (int _u = 0; _u < 16; ++_u)
+                    (a1 + 0)[_u] += (real)0.5773502691896257 * acc[_u];
+            }
+            /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+            real w5[48] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += t1[_j * 16 + _u] * a7[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 3 + _j] += w5[_j * 16 + _u];
+            /* zujk,jiku->zui */
+            real t6[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+            real w7[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t6[_j * 16 + _u] * a6[_j * 48 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+            real t8[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t8[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+            real w9[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t6[_j * 16 + _u] * a6[_j * 48 + _i * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 16 + _u] += (real)0.5773502691896257 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a3 + 16)[_u * 3 + _i] += w7[_i * 16 + _u];
+                        w9[_i * 48 + _j * 16 + _u] += t2[_i * 16 + _u] * t8[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a3 + 0)[_u * 9 + _i * 3 + _j] += w9[_i * 48 + _j * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[720] __attribute__((aligned(64)));
@@ -23569,77 +24187,110 @@ void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     t2[_j * 240 + _i * 80 + _k * 16 + _u] = a4[_u * 45 + _j * 15 + _i * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuji,ujik->zuk */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* zuji,ujik->zuk */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t1[_j * 48 + _i * 16 + _u] = (a3 + 0)[_u * 9 + _j * 3 + _i];
+            real w3[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_j * 48 + _i * 16 + _u] * t2[_j * 240 + _i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_j * 16 + _u] = a5[_u * 3 + _j];
+            real t5[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 5 + _k];
+            real w6[240] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    t1[_j * 48 + _i * 16 + _u] = (a3 + 0)[_u * 9 + _j * 3 + _i];
-        real w3[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_j * 80 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (l0 + 0)[_u * 15 + _j * 5 + _k] += w6[_j * 80 + _k * 16 + _u];
+            /* zujk,ujik->zui */
+            real t7[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t7[_j * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 5 + _k];
+            real w8[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_j * 48 + _i * 16 + _u] * t2[_j * 240 + _i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 16 + _u] = a5[_u * 3 + _j];
-        real t5[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w6[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 80 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 15 + _j * 5 + _k] += w6[_j * 80 + _k * 16 + _u];
-        /* zujk,ujik->zui */
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t7[_j * 80 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _j * 5 + _k];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_j * 80 + _k * 16 + _u] * t2[_j * 240 + _i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+            real t9[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t9[_i * 16 + _u] = a7[_u * 3 + _i];
+            real t10[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t10[_j * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 5 + _k];
+            real w11[720] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_j * 80 + _k * 16 + _u] * t2[_j * 240 + _i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
+                            w11[_i * 240 + _j * 80 + _k * 16 + _u] += t9[_i * 16 + _u] * t10[_j * 80 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a2 + 0)[_u * 45 + _i * 15 + _j * 5 + _k] += w11[_i * 240 + _j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[432] __attribute__((aligned(64)));
@@ -23648,74 +24299,107 @@ void elementwise_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t2[_j * 144 + _i * 48 + _k * 16 + _u] = a4[_u * 27 + _j * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuji,ujik->zuk */
-        real t1[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 432, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 432 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[144] __attribute__((aligned(64))) = {0};
+            /* zuji,ujik->zuk */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t1[_j * 48 + _i * 16 + _u] = (a3 + 0)[_u * 9 + _j * 3 + _i];
+            real w3[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_j * 48 + _i * 16 + _u] * t2[_j * 144 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_j * 16 + _u] = a5[_u * 3 + _j];
+            real t5[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w6[144] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    t1[_j * 48 + _i * 16 + _u] = (a3 + 0)[_u * 9 + _j * 3 + _i];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_j * 48 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l0 + 0)[_u * 9 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
+            /* zujk,ujik->zui */
+            real t7[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
+            real w8[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_j * 48 + _i * 16 + _u] * t2[_j * 144 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
-        real t4[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 16 + _u] = a5[_u * 3 + _j];
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w6[144] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 48 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
-        /* zujk,ujik->zui */
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t7[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 9 + _j * 3 + _k];
-        real w8[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_j * 48 + _k * 16 + _u] * t2[_j * 144 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+            real t9[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t9[_i * 16 + _u] = a7[_u * 3 + _i];
+            real t10[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t10[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 9 + _j * 3 + _k];
+            real w11[432] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_j * 48 + _k * 16 + _u] * t2[_j * 144 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
+                            w11[_i * 144 + _j * 48 + _k * 16 + _u] += t9[_i * 16 + _u] * t10[_j * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 27 + _i * 9 + _j * 3 + _k] += w11[_i * 144 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 432; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 432 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -23727,89 +24411,117 @@ void elementwise_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_j * 144 + _i * 48 + _k * 16 + _u] = a5[_u * 45 + _j * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            real l1[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t1[_j * 16 + _u] = a3[_u * 5 + _j];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 16 + _u] = a4[_u * 3 + _i];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (l0 + 0)[_u * 15 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
+            /* zuji,ujik->zuk */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t4[_j * 48 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _i];
+            real w6[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_j * 48 + _i * 16 + _u] * t5[_j * 144 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+            real t7[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w8[240] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t7[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l1 + 0)[_u * 15 + _j * 3 + _k] += w8[_j * 48 + _k * 16 + _u];
+            /* zujk,ujik->zui */
+            real t9[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t9[_j * 48 + _k * 16 + _u] = (l1 + 0)[_u * 15 + _j * 3 + _k];
+            real w10[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    (l0 + 0)[_u * 15 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
-        /* zuji,ujik->zuk */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _i = 0; _i < 3; ++_i)
-                    t4[_j * 48 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_j * 48 + _i * 16 + _u] * t5[_j * 144 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t7[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t7[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w8[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t7[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 15 + _j * 3 + _k] += w8[_j * 48 + _k * 16 + _u];
-        /* zujk,ujik->zui */
-        real t9[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t9[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _j * 3 + _k];
-        real w10[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_j * 48 + _k * 16 + _u] * t5[_j * 144 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 16)[_u * 3 + _i] += w10[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+            real t11[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t11[_j * 48 + _k * 16 + _u] = (l1 + 0)[_u * 15 + _j * 3 + _k];
+            real w12[720] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_j * 48 + _k * 16 + _u] * t5[_j * 144 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w10[_i * 16 + _u];
+                            w12[_i * 240 + _j * 48 + _k * 16 + _u] += t2[_i * 16 + _u] * t11[_j * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 45 + _i * 15 + _j * 3 + _k] += w12[_i * 240 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -23820,155 +24532,204 @@ void elementwise_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 t4[_i * 80 + _k * 16 + _u] = a5[_u * 25 + _i * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[80] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            real l1[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += a3[_u] * t1[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zuji,uijk->zuk */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real w5[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    t1[_i * 16 + _u] = a4[_u * 5 + _i];
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = a6[_u * 5 + _k];
-        real w7[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    w2[_i * 16 + _u] += a3[_u] * t1[_i * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* zuji,uijk->zuk */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+            real w5[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
-        /* zujk,uijk->zui */
-        real t8[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 64)[_u * 5 + _k] += w5[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_k * 16 + _u] = a6[_u * 5 + _k];
+            real w7[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                t8[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real w9[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_k * 16 + _u] += a3[_u] * t6[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
+            /* zujk,uijk->zui */
+            real t8[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t8[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w9[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += t8[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w9[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w9[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+            real t10[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t10[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+            real w11[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += t8[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w9[_i * 16 + _u];
+                        w11[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t10[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a2 + 0)[_u * 25 + _i * 5 + _k] += w11[_i * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void elementwise_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
     real t5[720] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    t5[_j * 240 + _i * 48 + _k * 16 + _u] = a4[_u * 45 + _j * 15 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[240] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a2[_u * 3 + _j];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 16 + _u] = a3[_u * 5 + _i];
-        real w3[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
+                    t5[_j * 240 + _i * 48 + _k * 16 + _u] = a5[_u * 45 + _j * 15 + _i * 3 + _k];
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_j * 16 + _u] = a3[_u * 3 + _j];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
-                    (l0 + 0)[_u * 15 + _j * 5 + _i] += w3[_j * 80 + _i * 16 + _u];
-        /* zuji,ujik->zuk */
-        real t4[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+                    t2[_i * 16 + _u] = a4[_u * 5 + _i];
+            real w3[240] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
-                    t4[_j * 80 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _j * 5 + _i];
-        real w6[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 3; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t4[_j * 80 + _i * 16 + _u] * t5[_j * 240 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_j * 80 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (l0 + 0)[_u * 15 + _j * 5 + _i] += w3[_j * 80 + _i * 16 + _u];
+            /* zuji,ujik->zuk */
+            real t4[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t4[_j * 80 + _i * 16 + _u] = (l0 + 0)[_u * 15 + _j * 5 + _i];
+            real w6[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
-        real t7[144] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t4[_j * 80 + _i * 16 + _u] * t5[_j * 240 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_k * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    t7[_j * 48 + _k * 16 + _u] = (a5 + 0)[_u * 9 + _j * 3 + _k];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    (a0 + 16)[_u * 3 + _k] += w6[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+            real t7[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_j * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _j * 3 + _k];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_j * 48 + _k * 16 + _u] * t5[_j * 240 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+            real w9[720] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_j * 48 + _k * 16 + _u] * t5[_j * 240 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += (real)0.8660254037844386 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
+                            w9[_i * 144 + _j * 48 + _k * 16 + _u] += t2[_i * 16 + _u] * t7[_j * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 45 + _i * 9 + _j * 3 + _k] += w9[_i * 144 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -24025,100 +24786,136 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void elementwise_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void elementwise_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
-    const real *restrict a7 = A7;
+    const real *restrict a11 = A11;
     real t7[2000] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _j = 0; _j < 5; ++_j)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
-                    t7[_j * 400 + _i * 80 + _k * 16 + _u] = a7[_u * 125 + _j * 25 + _i * 5 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        /* zuik,uzk->zui */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
+                    t7[_j * 400 + _i * 80 + _k * 16 + _u] = a11[_u * 125 + _j * 25 + _i * 5 + _k];
+    real *partial = calloc((size_t)threads * 2016, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 2016 + 0;
+        real *restrict a8 = partial + (int64_t)omp_get_thread_num() * 2016 + 2000;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 400);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            /* zuik,uzk->zui */
+            real t1[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)0.5773502691896257 * t1[_i * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
-        real t3[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = a5[_u * 5 + _j];
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t4[_i * 16 + _u] = a6[_u * 5 + _i];
-        real w5[400] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
+            real w2[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 80 + _i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += (real)0.5773502691896257 * t1[_i * 16 + _u] * a5[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                a8[_u] += (real)0.5773502691896257 * a6[_u] * (a7 + 0)[_u];
+            /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_j * 16 + _u] = a9[_u * 5 + _j];
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t4[_i * 16 + _u] = a10[_u * 5 + _i];
+            real w5[400] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
-                    (a1 + 0)[_u * 25 + _j * 5 + _i] += w5[_j * 80 + _i * 16 + _u];
-        /* zuji,ujik->zuk */
-        real t6[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _i = 0; _i < 5; ++_i)
-                    t6[_j * 80 + _i * 16 + _u] = (a1 + 0)[_u * 25 + _j * 5 + _i];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t6[_j * 80 + _i * 16 + _u] * t7[_j * 400 + _i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_j * 80 + _i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        (a1 + 0)[_u * 25 + _j * 5 + _i] += w5[_j * 80 + _i * 16 + _u];
+            /* zuji,ujik->zuk */
+            real t6[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t6[_j * 80 + _i * 16 + _u] = (a1 + 0)[_u * 25 + _j * 5 + _i];
+            real w8[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
-                (a2 + 64)[_u * 5 + _k] += w8[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
-        real t9[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t6[_j * 80 + _i * 16 + _u] * t7[_j * 400 + _i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_k * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
-                    t9[_j * 80 + _k * 16 + _u] = (a8 + 0)[_u * 25 + _j * 5 + _k];
-        real w10[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                    (a2 + 64)[_u * 5 + _k] += w8[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+            real t9[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        t9[_j * 80 + _k * 16 + _u] = (a12 + 0)[_u * 25 + _j * 5 + _k];
+            real w10[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t9[_j * 80 + _k * 16 + _u] * t7[_j * 400 + _i * 80 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w10[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+            real w11[2000] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _k = 0; _k < 5; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t9[_j * 80 + _k * 16 + _u] * t7[_j * 400 + _i * 80 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 16 + _u] += (real)1.118033988749895 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+                            w11[_i * 400 + _j * 80 + _k * 16 + _u] += t4[_i * 16 + _u] * t9[_j * 80 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a3 + 0)[_u * 125 + _i * 25 + _j * 5 + _k] += w11[_i * 400 + _j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 2000; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2016 + 0 + i];
+        A3[i] = sum;
+    }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2016 + 2000 + i];
+        A8[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     const real *restrict a4 = A4;
     real t2[1200] __attribute__((aligned(64)));
@@ -24127,74 +24924,107 @@ void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t2[_j * 240 + _i * 48 + _k * 16 + _u] = a4[_u * 75 + _j * 15 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zuji,ujik->zuk */
-        real t1[400] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 1200, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 1200 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            real l0[240] __attribute__((aligned(64))) = {0};
+            /* zuji,ujik->zuk */
+            real t1[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 5; ++_i)
+                        t1[_j * 80 + _i * 16 + _u] = (a3 + 0)[_u * 25 + _j * 5 + _i];
+            real w3[48] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _j = 0; _j < 5; ++_j)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t1[_j * 80 + _i * 16 + _u] * t2[_j * 240 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
+            /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_j * 16 + _u] = a5[_u * 5 + _j];
+            real t5[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 16 + _u] = a6[_u * 3 + _k];
+            real w6[240] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 5; ++_j)
-                for (int _i = 0; _i < 5; ++_i)
-                    t1[_j * 80 + _i * 16 + _u] = (a3 + 0)[_u * 25 + _j * 5 + _i];
-        real w3[48] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_j * 48 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (l0 + 0)[_u * 15 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
+            /* zujk,ujik->zui */
+            real t7[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _k];
+            real w8[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 5; ++_j)
-                        for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t1[_j * 80 + _i * 16 + _u] * t2[_j * 240 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 144)[_u * 3 + _k] += w3[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
-        real t4[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t4[_j * 16 + _u] = a5[_u * 5 + _j];
-        real t5[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = a6[_u * 3 + _k];
-        real w6[240] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 48 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 15 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
-        /* zujk,ujik->zui */
-        real t7[240] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    t7[_j * 48 + _k * 16 + _u] = (a1 + 0)[_u * 15 + _j * 3 + _k];
-        real w8[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _u = 0; _u < 16; ++_u)
+                                acc[_u] += t7[_j * 48 + _k * 16 + _u] * t2[_j * 240 + _i * 48 + _k * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
+            /* ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+            real t9[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t9[_i * 16 + _u] = a7[_u * 5 + _i];
+            real t10[240] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t10[_j * 48 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _j * 3 + _k];
+            real w11[1200] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         for (int _u = 0; _u < 16; ++_u)
-                            acc[_u] += t7[_j * 48 + _k * 16 + _u] * t2[_j * 240 + _i * 48 + _k * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_i * 16 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w8[_i * 16 + _u];
+                            w11[_i * 240 + _j * 48 + _k * 16 + _u] += t9[_i * 16 + _u] * t10[_j * 48 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a2 + 0)[_u * 75 + _i * 15 + _j * 3 + _k] += w11[_i * 240 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 1200; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1200 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "elementwise_tp_d2_weight": """\
@@ -26374,180 +27204,619 @@ void elementwise_tp_d_only_b_s0(int64_t n, int threads, real *restrict A0, int64
 }
     """,
     "elementwise_tp_d_only_weight": """\
-void elementwise_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 1200, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1200 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 400);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _u] = a2[_u * 5 + _i];
+            real t2[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_j * 16 + _u] = a3[_u * 5 + _j];
+            real w3[400] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+            /* zuk,zuij->uijk */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 16 + _u] = a4[_u * 3 + _k];
+            real t5[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t5[_i * 80 + _j * 16 + _u] = (a0 + 0)[_u * 25 + _i * 5 + _j];
+            real w6[1200] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w6[_i * 240 + _j * 48 + _k * 16 + _u] += t4[_k * 16 + _u] * t5[_i * 80 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a1 + 0)[_u * 75 + _i * 15 + _j * 3 + _k] += w6[_i * 240 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 1200; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 1200 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    real *partial = calloc((size_t)threads * 2000, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 2000 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a1[_u * 5 + _k];
+            real t2[400] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t2[_i * 80 + _j * 16 + _u] = (a2 + 0)[_u * 25 + _i * 5 + _j];
+            real w3[2000] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w3[_i * 400 + _j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 80 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a0 + 0)[_u * 125 + _i * 25 + _j * 5 + _k] += w3[_i * 400 + _j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 2000; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 2000 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
 
 void elementwise_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
+            real t1[400] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        t1[_i * 80 + _j * 16 + _u] = (a2 + 0)[_u * 25 + _i * 5 + _j];
+            real w2[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 80 + _j * 16 + _u] += a1[_u] * t1[_i * 80 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 5; ++_j)
+                        (a0 + 0)[_u * 25 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            /* ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a2[_u * 3 + _k];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a3[_u * 3 + _j];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+            /* zui,zukj->uijk */
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t4[_i * 16 + _u] = a4[_u * 5 + _i];
+            real t5[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t5[_k * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _k * 3 + _j];
+            real w6[720] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w6[_i * 144 + _j * 48 + _k * 16 + _u] += t4[_i * 16 + _u] * t5[_k * 48 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a1 + 0)[_u * 45 + _i * 9 + _j * 3 + _k] += w6[_i * 144 + _j * 48 + _k * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a1[_u * 5 + _k];
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                    w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+            /* zui,zukj->uijk */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    t3[_i * 16 + _u] = a3[_u * 5 + _i];
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+            real w5[400] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * t4[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a0 + 0)[_u * 25 + _i * 5 + _k] += w5[_i * 80 + _k * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            /* ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 16 + _u] = a2[_u * 3 + _k];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 16 + _u] = a3[_u * 3 + _i];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
-                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+            /* zuj,zuki->ujik */
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_j * 16 + _u] = a4[_u * 5 + _j];
+            real t5[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t5[_k * 48 + _i * 16 + _u] = (a0 + 0)[_u * 9 + _k * 3 + _i];
+            real w6[720] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w6[_j * 144 + _i * 48 + _k * 16 + _u] += t4[_j * 16 + _u] * t5[_k * 48 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a1 + 0)[_u * 45 + _j * 9 + _i * 3 + _k] += w6[_j * 144 + _i * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[48] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+    real *partial = calloc((size_t)threads * 432, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 432 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+            real t1[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 16 + _u] = a2[_u * 3 + _i];
+            real t2[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 16 + _u] = a3[_u * 3 + _j];
+            real w3[144] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
-    }
-}
-
-void elementwise_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real w2[80] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
             for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+            /* zuk,zuij->uijk */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_k * 16 + _u] = a4[_u * 3 + _k];
+            real t5[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t5[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
+            real w6[432] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w6[_i * 144 + _j * 48 + _k * 16 + _u] += t4[_k * 16 + _u] * t5[_i * 48 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            (a1 + 0)[_u * 27 + _i * 9 + _j * 3 + _k] += w6[_i * 144 + _j * 48 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 432; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 432 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void elementwise_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d_only_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a1[_u] * a2[_u];
+    real *partial = calloc((size_t)threads * 720, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 720 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a1[_u * 5 + _k];
+            real t2[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t2[_i * 48 + _j * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _j];
+            real w3[720] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        for (int _u = 0; _u < 16; ++_u)
+                            w3[_i * 240 + _j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 5; ++_k)
+                            (a0 + 0)[_u * 45 + _i * 15 + _j * 5 + _k] += w3[_i * 240 + _j * 80 + _k * 16 + _u];
+        }
     }
+    for (int64_t i = 0; i < 720; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 720 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t1[_i * 48 + _j * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _j];
+            real w2[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += a1[_u] * t1[_i * 48 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t1[_k * 48 + _i * 16 + _u] = (a2 + 0)[_u * 9 + _k * 3 + _i];
+            real w2[144] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _k * 16 + _u] += a1[_u] * t1[_k * 48 + _i * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 0)[_u * 9 + _i * 3 + _k] += w2[_i * 48 + _k * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    real *partial = calloc((size_t)threads * 400, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 400 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[80] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_k * 16 + _u] = a1[_u * 5 + _k];
+            real w2[80] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+            /* zuj,zuki->ujik */
+            real t3[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_j * 16 + _u] = a3[_u * 5 + _j];
+            real t4[80] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+            real w5[400] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_j * 80 + _k * 16 + _u] += t3[_j * 16 + _u] * t4[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _k = 0; _k < 5; ++_k)
+                        (a0 + 0)[_u * 25 + _j * 5 + _k] += w5[_j * 80 + _k * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 400; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 400 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    real *partial = calloc((size_t)threads * 144, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 144 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            /* ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
+            real t1[144] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t1[_k * 48 + _j * 16 + _u] = (a2 + 0)[_u * 9 + _k * 3 + _j];
+            real w2[144] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_j * 48 + _k * 16 + _u] += a1[_u] * t1[_k * 48 + _j * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 0)[_u * 9 + _j * 3 + _k] += w2[_j * 48 + _k * 16 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 144; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 144 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
+}
+
+void elementwise_tp_d_only_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    real *partial = calloc((size_t)threads * 16, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 16 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += a1[_u] * a2[_u];
+            /* zuj,zuki->ujik */
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += a3[_u] * (l0 + 0)[_u];
+        }
+    }
+    for (int64_t i = 0; i < 16; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 16 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
     """,
     "elementwise_tp_d_only_a_b": """\
@@ -27692,63 +28961,70 @@ void full_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 36);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zvkuj->zkjuv */
-        for (int _k = 0; _k < 3; ++_k)
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 96);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 96);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            /* zvkuj,jkzu->uv */
+            real t1[288] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        for (int _j = 0; _j < 3; ++_j)
+                            t1[_k * 96 + _u * 24 + _j * 8 + _v] = (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += t1[_k * 96 + _u * 24 + _j * 8 + _v] * a3[_j * 12 + _k * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a4[_u * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                }
+            /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 8 + _v] = a6[_v * 3 + _j];
+            real w3[96] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_u * 24 + _j * 8 + _v] += a5[_u * 8 + _v] * t2[_j * 8 + _v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 12 + _u * 3 + _j] += w3[_u * 24 + _j * 8 + _v];
+            /* zvkuj->zkjuv */
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
                     for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_k * 96 + _j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
-        /* jkzu->zkju */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a1 + 0)[_k * 12 + _j * 4 + _u] += a3[_j * 12 + _k * 4 + _u];
+                        (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _v = 0; _v < 8; ++_v)
-                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
-        /* zvkuj->zkjuv */
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
-    }
-}
-
-void full_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     const real *restrict a3 = A3;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -27797,7 +29073,7 @@ void full_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void full_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a1 = A1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -27825,339 +29101,391 @@ void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        real t1[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 96);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 96);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            /* zvkuj,jkzu->uv */
+            real t1[96] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t1[_u * 24 + _j * 8 + _v] = (a2 + 0)[_v * 12 + _u * 3 + _j];
             for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    w2[_k * 32 + _u * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w2[_k * 32 + _u * 8 + _v];
-        /* zvkuj->zkuvj */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
-    }
-}
-
-void full_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[12] __attribute__((aligned(64))) = {0};
-        /* ijk,uzjk->zui */
-        real t1[12] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 4 + _u] = a5[_u * 3 + _k];
-        real w2[12] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[4] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 4; ++_u)
-                        acc[_u] += a4[_i * 3 + _k] * t1[_k * 4 + _u];
-                for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
-            }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 4)[_u * 3 + _i] += w2[_i * 4 + _u];
-        /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real t3[12] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 4 + _u] = a6[_u * 3 + _i];
-        real w4[12] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[4] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 4; ++_u)
-                        acc[_u] += t3[_i * 4 + _u] * a4[_i * 3 + _k];
-                for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
-        /* zuvk,zujk->zuvj */
-        real t5[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t1[_u * 24 + _j * 8 + _v] * a3[_j * 4 + _u];
                     for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_u * 8 + _v] += acc[_v];
-            }
-        /* uv,zuvj->zvj */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
+                        a4[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+                }
+            /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+            real t2[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    acc[_v] += a8[_u * 8 + _v] * (a1 + 0)[_u * 8 + _v];
+                    for (int _k = 0; _k < 3; ++_k)
+                        t2[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
+            real w3[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 32 + _u * 8 + _v] += t2[_u * 24 + _k * 8 + _v] * a6[_v];
             for (int _v = 0; _v < 8; ++_v)
-                (a2 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a0 + 0)[_v * 12 + _k * 4 + _u] += w3[_k * 32 + _u * 8 + _v];
+            /* zvkuj->zkuvj */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
         }
-        /* zuvj->zvuj */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a3 + 0)[_v * 4 + _u] += (a1 + 0)[_u * 8 + _v];
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
 {
     const real *restrict a5 = A5;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 96);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a4[_v * 3 + _j];
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+    const real *restrict a9 = A9;
+    const real *restrict a13 = A13;
+    const real *restrict a14 = A14;
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a11 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 32);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 96);
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 96);
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            real l0[12] __attribute__((aligned(64))) = {0};
+            real l1[32] __attribute__((aligned(64))) = {0};
+            real l2[24] __attribute__((aligned(64))) = {0};
+            /* ijk,uzjk->zui */
+            real t1[12] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 4 + _u] = a6[_u * 3 + _k];
+            real w2[12] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[4] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 4; ++_u)
+                            acc[_u] += a5[_i * 3 + _k] * t1[_k * 4 + _u];
+                    for (int _u = 0; _u < 4; ++_u)
+                        w2[_i * 4 + _u] += (real)1.224744871391589 * acc[_u];
+                }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 4)[_u * 3 + _i] += w2[_i * 4 + _u];
+            /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+            real t3[12] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 4 + _u] = a7[_u * 3 + _i];
+            real w4[12] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[4] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            acc[_u] += t3[_i * 4 + _u] * a5[_i * 3 + _k];
+                    for (int _u = 0; _u < 4; ++_u)
+                        w4[_k * 4 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+            /* zuvk,zujk->zuvj */
+            real t5[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t5[_u * 24 + _k * 8 + _v] = a8[_u * 24 + _v * 3 + _k];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+                    for (int _v = 0; _v < 8; ++_v)
+                        (l1 + 0)[_u * 8 + _v] += acc[_v];
+                }
+            /* uv,zuvj->zvj */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
                     for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t1[_j * 8 + _v] * a5[_j * 3 + _k];
+                        acc[_v] += a9[_u * 8 + _v] * (l1 + 0)[_u * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_k * 8 + _v] += acc[_v];
+                    (a1 + 0)[_v] += (real)1.224744871391589 * acc[_v];
             }
-        for (int _v = 0; _v < 8; ++_v)
+            /* ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    a11[_u * 8 + _v] += (real)1.224744871391589 * a10[_v] * (l1 + 0)[_u * 8 + _v];
+            /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+            real t6[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_j * 8 + _v] = a12[_v * 3 + _j];
+            real w7[24] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
-                (l0 + 0)[_v * 3 + _k] += w2[_k * 8 + _v];
-        /* zuvk,zvik->zvui */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t6[_j * 8 + _v] * a13[_j * 3 + _k];
+                    for (int _v = 0; _v < 8; ++_v)
+                        w7[_k * 8 + _v] += acc[_v];
+                }
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real t4[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                t4[_k * 8 + _v] = (l0 + 0)[_v * 3 + _k];
-        real w5[32] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
+                    (l2 + 0)[_v * 3 + _k] += w7[_k * 8 + _v];
+            /* zuvk,zvik->zvui */
+            real t8[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 8 + _v] = (l2 + 0)[_v * 3 + _k];
+            real w9[32] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t5[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t3[_u * 24 + _k * 8 + _v] * t4[_k * 8 + _v];
-                for (int _v = 0; _v < 8; ++_v)
-                    w5[_u * 8 + _v] += acc[_v];
-            }
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a0 + 0)[_v * 4 + _u] += w5[_u * 8 + _v];
-        /* uv,zvui->zui */
-        real t6[32] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                t6[_u * 8 + _v] = (a0 + 0)[_v * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc = 0;
-                for (int _v = 0; _v < 8; ++_v)
-                    acc += a7[_u * 8 + _v] * t6[_u * 8 + _v];
-                (a1 + 0)[_u] += (real)1.224744871391589 * acc;
-            }
-        /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a2 + 0)[_u * 24 + _k * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a8[_u];
-        /* zukvi->zkvui */
-        for (int _k = 0; _k < 3; ++_k)
+                        w9[_u * 8 + _v] += acc[_v];
+                }
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a3 + 0)[_k * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _k * 8 + _v];
-    }
-}
-
-void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ijk,vzik->zvj */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _v] = a3[_v * 3 + _k];
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
+                    (a2 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
+            /* uv,zvui->zui */
+            real t10[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t10[_u * 8 + _v] = (a2 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc = 0;
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc += a14[_u * 8 + _v] * t10[_u * 8 + _v];
+                    (a0 + 0)[_u] += (real)1.224744871391589 * acc;
+                }
+            /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+            for (int _u = 0; _u < 4; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += a2[_j * 3 + _k] * t1[_k * 8 + _v];
+                        (a3 + 0)[_u * 24 + _k * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * a15[_u];
+            /* zukvi->zkvui */
+            for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
-            }
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
-        /* zvui->zuvi */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += (a4 + 0)[_v * 4 + _u];
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a4 + 0)[_k * 32 + _v * 4 + _u] += (a3 + 0)[_u * 24 + _k * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A11[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void full_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
-    const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[32] __attribute__((aligned(64))) = {0};
-        /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
+    const real *restrict a3 = A3;
+    const real *restrict a10 = A10;
+    real *partial = calloc((size_t)threads * 64, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 64 + 0;
+        real *restrict a7 = partial + (int64_t)omp_get_thread_num() * 64 + 32;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            real l0[32] __attribute__((aligned(64))) = {0};
+            real l1[32] __attribute__((aligned(64))) = {0};
+            /* ijk,vzik->zvj */
+            real t1[24] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                w1[_u * 8 + _v] += a4[_u * 8 + _v] * a5[_v];
-        for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 8 + _v] = a4[_v * 3 + _k];
+            real w2[24] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += a3[_j * 3 + _k] * t1[_k * 8 + _v];
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_j * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+            /* ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
+            real t3[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t3[_u * 8 + _v] = (a6 + 0)[_v * 4 + _u];
             for (int _u = 0; _u < 4; ++_u)
-                (l0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
-        /* zvkuj,ijkuv->zui */
-        real t2[32] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
+                for (int _v = 0; _v < 8; ++_v)
+                    a7[_u * 8 + _v] += (real)1.224744871391589 * a5[_u] * t3[_u * 8 + _v];
+            /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+            real w4[32] __attribute__((aligned(64))) = {0};
             for (int _u = 0; _u < 4; ++_u)
-                t2[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_u * 8 + _v] += a8[_u * 8 + _v] * a9[_v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (l0 + 0)[_v * 4 + _u] += w4[_u * 8 + _v];
+            /* zvkuj,ijkuv->zui */
+            real t5[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t5[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc = 0;
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc += t5[_u * 8 + _v] * a10[_u * 8 + _v];
+                    (a1 + 0)[_u] += (real)0.7071067811865476 * acc;
+                }
+            /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_u * 8 + _v] += a8[_u * 8 + _v] * a5[_u];
+            /* zukvi,ijkuv->zvj */
             {
-                real acc = 0;
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += (l1 + 0)[_u * 8 + _v] * a10[_u * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    acc += t2[_u * 8 + _v] * a6[_u * 8 + _v];
-                (a0 + 0)[_u] += (real)0.7071067811865476 * acc;
+                    (a0 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
             }
-        /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += a4[_u * 8 + _v] * a7[_u];
-        /* zukvi,ijkuv->zvj */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+            real w6[32] __attribute__((aligned(64))) = {0};
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    acc[_v] += (a1 + 0)[_u * 8 + _v] * a6[_u * 8 + _v];
+                    w6[_u * 8 + _v] += a9[_v] * (l1 + 0)[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                (a2 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+                for (int _u = 0; _u < 4; ++_u)
+                    (a2 + 0)[_v * 4 + _u] += w6[_u * 8 + _v];
         }
-        /* zukvi->zkvui */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a3 + 0)[_v * 4 + _u] += (a1 + 0)[_u * 8 + _v];
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 0 + i];
+        A2[i] = sum;
+    }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 32 + i];
+        A7[i] = sum;
+    }
+    free(partial);
 }
     """,
     "full_tp_d2_a": """\
-void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 224);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 32);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[32] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (l0 + 0)[_u * 8 + _v] += a4[_u] * a5[_v];
-        /* ziujv,ijkuv->zuvk */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a6[_u * 8 + _v];
-        /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += a4[_u] * a7[_u * 8 + _v];
-        /* zuikv,ijkuv->zvj */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
+    const real *restrict a5 = A5;
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 224);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 32);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[32] __attribute__((aligned(64))) = {0};
+            real l1[32] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    acc[_v] += (a1 + 0)[_u * 8 + _v] * a6[_u * 8 + _v];
-            for (int _v = 0; _v < 8; ++_v)
-                (a2 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
-        }
-        /* zuikv->zikvu */
-        for (int _v = 0; _v < 8; ++_v)
+                    (l0 + 0)[_u * 8 + _v] += a3[_u] * a4[_v];
+            /* ziujv,ijkuv->zuvk */
             for (int _u = 0; _u < 4; ++_u)
-                (a3 + 0)[_v * 4 + _u] += (a1 + 0)[_u * 8 + _v];
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+            /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_u * 8 + _v] += a3[_u] * a6[_u * 8 + _v];
+            /* zuikv,ijkuv->zvj */
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc[_v] += (l1 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_v] += (real)0.7071067811865476 * acc[_v];
+            }
+            /* ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+            real w1[32] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w1[_u * 8 + _v] += a4[_v] * (l1 + 0)[_u * 8 + _v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a2 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
 void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
@@ -28258,139 +29586,154 @@ void full_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ikzv->zikv */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_k * 8 + _v] += a1[_k * 8 + _v];
-    }
-}
-
-void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    const real *restrict a6 = A6;
-    const real *restrict a7 = A7;
+    const real *restrict a8 = A8;
     const real *restrict a9 = A9;
+    const real *restrict a11 = A11;
     real t1[288] __attribute__((aligned(64)));
     for (int _u = 0; _u < 4; ++_u)
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    t1[_u * 72 + _i * 24 + _k * 8 + _v] = a6[_u * 72 + _v * 9 + _i * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[96] __attribute__((aligned(64))) = {0};
-        real l1[12] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        for (int _i = 0; _i < 3; ++_i)
+                    t1[_u * 72 + _i * 24 + _k * 8 + _v] = a8[_u * 72 + _v * 9 + _i * 3 + _k];
+    real *partial = calloc((size_t)threads * 64, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a5 = partial + (int64_t)omp_get_thread_num() * 64 + 0;
+        real *restrict a12 = partial + (int64_t)omp_get_thread_num() * 64 + 32;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 288);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            real l0[96] __attribute__((aligned(64))) = {0};
+            real l1[12] __attribute__((aligned(64))) = {0};
+            real l2[32] __attribute__((aligned(64))) = {0};
+            /* zuikv,ikzv->uv */
             for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (l0 + 0)[_i * 32 + _u * 8 + _v] += a4[_u * 3 + _i] * a5[_v];
-        /* ziujv,uvijk->zuvk */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[8] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
                         for (int _v = 0; _v < 8; ++_v)
-                            acc[_v] += (l0 + 0)[_i * 32 + _u * 8 + _v] * t1[_u * 72 + _i * 24 + _k * 8 + _v];
+                            acc[_v] += (a3 + 0)[_u * 24 + _k * 8 + _v] * a4[_k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w2[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                        a5[_u * 8 + _v] += (real)1.224744871391589 * acc[_v];
                 }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 32)[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
-        /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        real t3[12] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
+            /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
             for (int _i = 0; _i < 3; ++_i)
-                t3[_i * 4 + _u] = a4[_u * 3 + _i];
-        real w4[12] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[4] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 4; ++_u)
-                        acc[_u] += t3[_i * 4 + _u] * a7[_i * 3 + _k];
                 for (int _u = 0; _u < 4; ++_u)
-                    w4[_k * 4 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
-        /* zuvk,zujk->zuvj */
-        real t5[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (l0 + 0)[_i * 32 + _u * 8 + _v] += a6[_u * 3 + _i] * a7[_v];
+            /* ziujv,uvijk->zuvk */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    t5[_u * 24 + _k * 8 + _v] = a8[_u * 24 + _v * 3 + _k];
-        for (int _u = 0; _u < 4; ++_u)
+                    {
+                        real acc[8] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += (l0 + 0)[_i * 32 + _u * 8 + _v] * t1[_u * 72 + _i * 24 + _k * 8 + _v];
+                        for (int _v = 0; _v < 8; ++_v)
+                            w2[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                    }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 32)[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
+            /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+            real t3[12] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t3[_i * 4 + _u] = a6[_u * 3 + _i];
+            real w4[12] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[4] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            acc[_u] += t3[_i * 4 + _u] * a9[_i * 3 + _k];
+                    for (int _u = 0; _u < 4; ++_u)
+                        w4[_k * 4 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+            /* zuvk,zujk->zuvj */
+            real t5[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t5[_u * 24 + _k * 8 + _v] = a10[_u * 24 + _v * 3 + _k];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l1 + 0)[_u * 3 + _k];
+                    for (int _v = 0; _v < 8; ++_v)
+                        (l2 + 0)[_u * 8 + _v] += acc[_v];
+                }
+            /* uv,zuvj->zvj */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
                     for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t5[_u * 24 + _k * 8 + _v] * (l1 + 0)[_u * 3 + _k];
+                        acc[_v] += a11[_u * 8 + _v] * (l2 + 0)[_u * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_u * 8 + _v] += acc[_v];
+                    (a1 + 0)[_v] += (real)1.224744871391589 * acc[_v];
             }
-        /* uv,zuvj->zvj */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
+            /* ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    acc[_v] += a9[_u * 8 + _v] * (a1 + 0)[_u * 8 + _v];
+                    a12[_u * 8 + _v] += (real)1.224744871391589 * a7[_v] * (l2 + 0)[_u * 8 + _v];
+            /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+            real t6[24] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                (a2 + 0)[_v] += (real)1.224744871391589 * acc[_v];
+                for (int _j = 0; _j < 3; ++_j)
+                    t6[_j * 8 + _v] = a13[_v * 3 + _j];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            (a2 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a6[_u * 3 + _i] * t6[_j * 8 + _v];
         }
-        /* zuvj->zvuj */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a3 + 0)[_v * 4 + _u] += (a1 + 0)[_u * 8 + _v];
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 0 + i];
+        A5[i] = sum;
+    }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 32 + i];
+        A12[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a6 = A6;
+    const real *restrict a4 = A4;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
         real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 96);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a5[_v * 3 + _j];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a4[_u * 3 + _i] * t1[_j * 8 + _v];
+        const real *restrict a6 = A6 + z * a6_stride;
         /* ziujv,ijkuv->zuvk */
         for (int _u = 0; _u < 4; ++_u)
             {
@@ -28398,24 +29741,24 @@ void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
                         for (int _v = 0; _v < 8; ++_v)
-                            acc[_v] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] * a6[_i * 96 + _j * 32 + _u * 8 + _v];
+                            acc[_v] += (a3 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] * a4[_i * 96 + _j * 32 + _u * 8 + _v];
                 for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+                    (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
             }
         /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
-                    (a2 + 0)[_u * 24 + _i * 8 + _v] += a4[_u * 3 + _i] * a7[_u * 8 + _v];
+                    (a1 + 0)[_u * 24 + _i * 8 + _v] += a5[_u * 3 + _i] * a6[_u * 8 + _v];
         /* zuikv->zikvu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a3 + 0)[_i * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _i * 8 + _v];
+                    (a2 + 0)[_i * 32 + _v * 4 + _u] += (a1 + 0)[_u * 24 + _i * 8 + _v];
     }
 }
 
-void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a1 = A1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -28443,64 +29786,88 @@ void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
-    const real *restrict a4 = A4;
+    const real *restrict a7 = A7;
     real t1[864] __attribute__((aligned(64)));
     for (int _u = 0; _u < 4; ++_u)
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
-                        t1[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 216 + _v * 27 + _i * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 288);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* ziujv,uvijk->zuvk */
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+                        t1[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 216 + _v * 27 + _i * 9 + _j * 3 + _k];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a5 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 288);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 288);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            /* zuikv,ikzv->uv */
+            for (int _u = 0; _u < 4; ++_u)
                 {
                     real acc[8] __attribute__((aligned(64))) = {0};
                     for (int _i = 0; _i < 3; ++_i)
-                        for (int _j = 0; _j < 3; ++_j)
-                            for (int _v = 0; _v < 8; ++_v)
-                                acc[_v] += (a3 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] * t1[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v];
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (a3 + 0)[_u * 24 + _i * 8 + _v] * a4[_i * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w2[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                        a5[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
                 }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
+            /* ziujv,uvijk->zuvk */
+            real w2[96] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 128)[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
-        /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        for (int _u = 0; _u < 4; ++_u)
+                    {
+                        real acc[8] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _j = 0; _j < 3; ++_j)
+                                for (int _v = 0; _v < 8; ++_v)
+                                    acc[_v] += (a6 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] * t1[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v];
+                        for (int _v = 0; _v < 8; ++_v)
+                            w2[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                    }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 128)[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
+            /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
+            real t3[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t3[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            (a1 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] += a8[_u * 3 + _i] * t3[_u * 24 + _k * 8 + _v];
+            /* zuikv->zikvu */
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _v = 0; _v < 8; ++_v)
-                        (a1 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] += a5[_u * 3 + _i] * t3[_u * 24 + _k * 8 + _v];
-        /* zuikv->zikvu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _v = 0; _v < 8; ++_v)
-                    for (int _u = 0; _u < 4; ++_u)
-                        (a2 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a1 + 0)[_u * 72 + _i * 24 + _k * 8 + _v];
+                        for (int _u = 0; _u < 4; ++_u)
+                            (a2 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a1 + 0)[_u * 72 + _i * 24 + _k * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A5[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a1 = A1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -28530,210 +29897,267 @@ void full_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_a_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 72);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ikzv->zikv */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_i * 24 + _k * 8 + _v] += a1[_i * 24 + _k * 8 + _v];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a0 = A0 + z * a0_stride;
+            const real *restrict a1 = A1 + z * a1_stride;
+            /* zuikv,ikzv->uv */
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] * a1[_i * 24 + _k * 8 + _v];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a2[_u * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                }
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "full_tp_d2_b": """\
-void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a6 = A6;
+    const real *restrict a5 = A5;
     real t3[32] __attribute__((aligned(64)));
     for (int _v = 0; _v < 8; ++_v)
         for (int _u = 0; _u < 4; ++_u)
-            t3[_u * 8 + _v] = a6[_v * 4 + _u];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 224);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 16);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[32] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                w1[_u * 8 + _v] += a4[_v] * a5[_u];
-        for (int _v = 0; _v < 8; ++_v)
+            t3[_u * 8 + _v] = a5[_v * 4 + _u];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 224);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 16);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[32] __attribute__((aligned(64))) = {0};
+            real l1[32] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+            real w1[32] __attribute__((aligned(64))) = {0};
             for (int _u = 0; _u < 4; ++_u)
-                (l0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
-        /* zjviu,ijkvu->zuvk */
-        real t2[32] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                t2[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * t2[_u * 8 + _v] * t3[_u * 8 + _v];
-        /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
-        real w4[32] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                w4[_u * 8 + _v] += a4[_v] * a7[_u * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_v * 4 + _u] += w4[_u * 8 + _v];
-        /* zvjku,ijkvu->zui */
-        real t5[32] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                t5[_u * 8 + _v] = (a1 + 0)[_v * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc = 0;
                 for (int _v = 0; _v < 8; ++_v)
-                    acc += t5[_u * 8 + _v] * t3[_u * 8 + _v];
-                (a2 + 0)[_u] += (real)0.7071067811865476 * acc;
-            }
-        /* zvjku->zjkuv */
-        for (int _u = 0; _u < 4; ++_u)
+                    w1[_u * 8 + _v] += a3[_v] * a4[_u];
             for (int _v = 0; _v < 8; ++_v)
-                (a3 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+                for (int _u = 0; _u < 4; ++_u)
+                    (l0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+            /* zjviu,ijkvu->zuvk */
+            real t2[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t2[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * t2[_u * 8 + _v] * t3[_u * 8 + _v];
+            /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+            real w4[32] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_u * 8 + _v] += a3[_v] * a6[_u * 8 + _v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (l1 + 0)[_v * 4 + _u] += w4[_u * 8 + _v];
+            /* zvjku,ijkvu->zui */
+            real t5[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t5[_u * 8 + _v] = (l1 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc = 0;
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc += t5[_u * 8 + _v] * t3[_u * 8 + _v];
+                    (a1 + 0)[_u] += (real)0.7071067811865476 * acc;
+                }
+            /* ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+            real t6[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t6[_u * 8 + _v] = (l1 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a2 + 0)[_u * 8 + _v] += a4[_u] * t6[_u * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
+    const real *restrict a5 = A5;
     const real *restrict a6 = A6;
-    const real *restrict a7 = A7;
-    const real *restrict a9 = A9;
+    const real *restrict a8 = A8;
     real t4[288] __attribute__((aligned(64)));
     for (int _u = 0; _u < 4; ++_u)
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
-                    t4[_u * 72 + _j * 24 + _k * 8 + _v] = a6[_u * 72 + _v * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[96] __attribute__((aligned(64))) = {0};
-        real l1[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
+                    t4[_u * 72 + _j * 24 + _k * 8 + _v] = a5[_u * 72 + _v * 9 + _j * 3 + _k];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a9 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 96);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            real l0[96] __attribute__((aligned(64))) = {0};
+            real l1[24] __attribute__((aligned(64))) = {0};
+            real l2[32] __attribute__((aligned(64))) = {0};
+            /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t1[_j * 8 + _v] = a3[_v * 3 + _j];
+            real w2[96] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a4[_v * 3 + _j];
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_j * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a4[_u];
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (l0 + 0)[_j * 32 + _v * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
+            /* zjviu,uvijk->zuvk */
+            real t3[96] __attribute__((aligned(64)));
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        t3[_j * 32 + _u * 8 + _v] = (l0 + 0)[_j * 32 + _v * 4 + _u];
+            real w5[96] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc[8] __attribute__((aligned(64))) = {0};
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += t3[_j * 32 + _u * 8 + _v] * t4[_u * 72 + _j * 24 + _k * 8 + _v];
+                        for (int _v = 0; _v < 8; ++_v)
+                            w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                    }
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a5[_u];
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _u = 0; _u < 4; ++_u)
-                    (l0 + 0)[_j * 32 + _v * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
-        /* zjviu,uvijk->zuvk */
-        real t3[96] __attribute__((aligned(64)));
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _u = 0; _u < 4; ++_u)
-                    t3[_j * 32 + _u * 8 + _v] = (l0 + 0)[_j * 32 + _v * 4 + _u];
-        real w5[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 32)[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+            /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+            real w6[24] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[8] __attribute__((aligned(64))) = {0};
                     for (int _j = 0; _j < 3; ++_j)
                         for (int _v = 0; _v < 8; ++_v)
-                            acc[_v] += t3[_j * 32 + _u * 8 + _v] * t4[_u * 72 + _j * 24 + _k * 8 + _v];
+                            acc[_v] += t1[_j * 8 + _v] * a6[_j * 3 + _k];
                     for (int _v = 0; _v < 8; ++_v)
-                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                        w6[_k * 8 + _v] += acc[_v];
                 }
-        for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 32)[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
-        /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        real w6[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t1[_j * 8 + _v] * a7[_j * 3 + _k];
-                for (int _v = 0; _v < 8; ++_v)
-                    w6[_k * 8 + _v] += acc[_v];
-            }
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                (l1 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
-        /* zuvk,zvik->zvui */
-        real t7[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t7[_u * 24 + _k * 8 + _v] = a8[_u * 24 + _v * 3 + _k];
-        real t8[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                t8[_k * 8 + _v] = (l1 + 0)[_v * 3 + _k];
-        real w9[32] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _v = 0; _v < 8; ++_v)
-                        acc[_v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
-                for (int _v = 0; _v < 8; ++_v)
-                    w9[_u * 8 + _v] += acc[_v];
-            }
-        for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
+            /* zuvk,zvik->zvui */
+            real t7[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
-        /* uv,zvui->zui */
-        real t10[32] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                t10[_u * 8 + _v] = (a1 + 0)[_v * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc = 0;
                 for (int _v = 0; _v < 8; ++_v)
-                    acc += a9[_u * 8 + _v] * t10[_u * 8 + _v];
-                (a2 + 0)[_u] += (real)1.224744871391589 * acc;
-            }
-        /* zvui->zuvi */
-        for (int _u = 0; _u < 4; ++_u)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t7[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+            real t8[24] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                (a3 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 8 + _v] = (l1 + 0)[_v * 3 + _k];
+            real w9[32] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+                    for (int _v = 0; _v < 8; ++_v)
+                        w9[_u * 8 + _v] += acc[_v];
+                }
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (l2 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
+            /* uv,zvui->zui */
+            real t10[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t10[_u * 8 + _v] = (l2 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc = 0;
+                    for (int _v = 0; _v < 8; ++_v)
+                        acc += a8[_u * 8 + _v] * t10[_u * 8 + _v];
+                    (a1 + 0)[_u] += (real)1.224744871391589 * acc;
+                }
+            /* ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+            real t11[32] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t11[_u * 8 + _v] = (l2 + 0)[_v * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    a9[_u * 8 + _v] += (real)1.224744871391589 * a4[_u] * t11[_u * 8 + _v];
+            /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+            real w12[96] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w12[_i * 32 + _u * 8 + _v] += a10[_v] * a11[_u * 3 + _i];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a2 + 0)[_v * 12 + _i * 4 + _u] += w12[_i * 32 + _u * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A9[i] = sum;
+    }
+    free(partial);
 }
 
 void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    const real *restrict a5 = A5;
-    real t3[288] __attribute__((aligned(64)));
+    const real *restrict a4 = A4;
+    real t2[288] __attribute__((aligned(64)));
     for (int _u = 0; _u < 4; ++_u)
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 72 + _i * 24 + _k * 8 + _v] = a5[_u * 72 + _v * 9 + _i * 3 + _k];
+                    t2[_u * 72 + _i * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _i * 3 + _k];
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
@@ -28742,55 +30166,44 @@ void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 96);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        real l0[96] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real w1[96] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    w1[_i * 32 + _u * 8 + _v] += a3[_v] * a4[_u * 3 + _i];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 4; ++_u)
-                    (l0 + 0)[_v * 12 + _i * 4 + _u] += w1[_i * 32 + _u * 8 + _v];
         /* zjviu,uvijk->zuvk */
-        real t2[96] __attribute__((aligned(64)));
+        real t1[96] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 4; ++_u)
-                    t2[_i * 32 + _u * 8 + _v] = (l0 + 0)[_v * 12 + _i * 4 + _u];
-        real w4[96] __attribute__((aligned(64))) = {0};
+                    t1[_i * 32 + _u * 8 + _v] = (a3 + 0)[_v * 12 + _i * 4 + _u];
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc[8] __attribute__((aligned(64))) = {0};
                     for (int _i = 0; _i < 3; ++_i)
                         for (int _v = 0; _v < 8; ++_v)
-                            acc[_v] += t2[_i * 32 + _u * 8 + _v] * t3[_u * 72 + _i * 24 + _k * 8 + _v];
+                            acc[_v] += t1[_i * 32 + _u * 8 + _v] * t2[_u * 72 + _i * 24 + _k * 8 + _v];
                     for (int _v = 0; _v < 8; ++_v)
-                        w4[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * acc[_v];
                 }
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 32)[_u * 24 + _v * 3 + _k] += w4[_u * 24 + _k * 8 + _v];
+                    (a0 + 32)[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
         /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real t5[96] __attribute__((aligned(64)));
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t5[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real w6[96] __attribute__((aligned(64))) = {0};
+                    t4[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real w5[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    w6[_k * 32 + _u * 8 + _v] += a3[_v] * t5[_u * 24 + _k * 8 + _v];
+                    w5[_k * 32 + _u * 8 + _v] += a5[_v] * t4[_u * 24 + _k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a1 + 0)[_v * 12 + _k * 4 + _u] += w6[_k * 32 + _u * 8 + _v];
+                    (a1 + 0)[_v * 12 + _k * 4 + _u] += w5[_k * 32 + _u * 8 + _v];
         /* zvjku->zjkuv */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
@@ -28834,87 +30247,102 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 12);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* jkzu->zjku */
-        for (int _k = 0; _k < 3; ++_k)
+    const real *restrict a9 = A9;
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a6 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 288);
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 96);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 96);
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            /* zvjku,jkzu->uv */
+            real t1[96] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        t1[_k * 32 + _u * 8 + _v] = (a4 + 0)[_v * 12 + _k * 4 + _u];
             for (int _u = 0; _u < 4; ++_u)
-                (a0 + 0)[_k * 4 + _u] += a1[_k * 4 + _u];
-    }
-}
-
-void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 96);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t1[_k * 32 + _u * 8 + _v] * a5[_k * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a6[_u * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
+            /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 8 + _v] = a7[_v * 3 + _j];
+            real w3[288] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a4[_v * 3 + _j];
-        real w2[288] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _i = 0; _i < 3; ++_i)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        for (int _v = 0; _v < 8; ++_v)
+                            w3[_j * 96 + _i * 32 + _u * 8 + _v] += t2[_j * 8 + _v] * a8[_u * 3 + _i];
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u] += w3[_j * 96 + _i * 32 + _u * 8 + _v];
+            /* zjviu,ijkuv->zuvk */
+            real t4[288] __attribute__((aligned(64)));
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            t4[_j * 96 + _i * 32 + _u * 8 + _v] = (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _j = 0; _j < 3; ++_j)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += t4[_j * 96 + _i * 32 + _u * 8 + _v] * a9[_i * 96 + _j * 32 + _u * 8 + _v];
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+                }
+            /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+            real w5[96] __attribute__((aligned(64))) = {0};
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
                     for (int _v = 0; _v < 8; ++_v)
-                        w2[_j * 96 + _i * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a5[_u * 3 + _i];
-        for (int _j = 0; _j < 3; ++_j)
+                        w5[_j * 32 + _u * 8 + _v] += t2[_j * 8 + _v] * a10[_u * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
-                for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 4; ++_u)
-                        (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u] += w2[_j * 96 + _i * 32 + _u * 8 + _v];
-        /* zjviu,ijkuv->zuvk */
-        real t3[288] __attribute__((aligned(64)));
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 4; ++_u)
-                        t3[_j * 96 + _i * 32 + _u * 8 + _v] = (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u];
-        for (int _u = 0; _u < 4; ++_u)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 3; ++_j)
-                        for (int _v = 0; _v < 8; ++_v)
-                            acc[_v] += t3[_j * 96 + _i * 32 + _u * 8 + _v] * a6[_i * 96 + _j * 32 + _u * 8 + _v];
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
-            }
-        /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
-        real w4[96] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    w4[_j * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a7[_u * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
+                        (a2 + 0)[_v * 12 + _j * 4 + _u] += w5[_j * 32 + _u * 8 + _v];
+            /* zvjku->zjkuv */
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a2 + 0)[_v * 12 + _j * 4 + _u] += w4[_j * 32 + _u * 8 + _v];
-        /* zvjku->zjkuv */
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a3 + 0)[_j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 12 + _j * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a3 + 0)[_j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 12 + _j * 4 + _u];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A6[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a1 = A1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -28942,80 +30370,109 @@ void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
-    const real *restrict a4 = A4;
-    real t2[864] __attribute__((aligned(64)));
+    const real *restrict a7 = A7;
+    real t3[864] __attribute__((aligned(64)));
     for (int _u = 0; _u < 4; ++_u)
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
-                        t2[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 216 + _v * 27 + _i * 9 + _j * 3 + _k];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 288);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* zjviu,uvijk->zuvk */
-        real t1[288] __attribute__((aligned(64)));
-        for (int _j = 0; _j < 3; ++_j)
+                        t3[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 216 + _v * 27 + _i * 9 + _j * 3 + _k];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a5 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 288);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 288);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            /* zvjku,jkzu->uv */
+            real t1[96] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
                     for (int _u = 0; _u < 4; ++_u)
-                        t1[_j * 96 + _i * 32 + _u * 8 + _v] = (a3 + 0)[_j * 96 + _v * 12 + _i * 4 + _u];
-        real w3[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
+                        t1[_j * 32 + _u * 8 + _v] = (a3 + 0)[_v * 12 + _j * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
                 {
                     real acc[8] __attribute__((aligned(64))) = {0};
-                    for (int _i = 0; _i < 3; ++_i)
-                        for (int _j = 0; _j < 3; ++_j)
-                            for (int _v = 0; _v < 8; ++_v)
-                                acc[_v] += t1[_j * 96 + _i * 32 + _u * 8 + _v] * t2[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v];
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t1[_j * 32 + _u * 8 + _v] * a4[_j * 4 + _u];
                     for (int _v = 0; _v < 8; ++_v)
-                        w3[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                        a5[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
                 }
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 128)[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
-        /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
-        real t4[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
+            /* zjviu,uvijk->zuvk */
+            real t2[288] __attribute__((aligned(64)));
             for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 8 + _v] = a5[_v * 3 + _j];
-        real t5[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 4; ++_u)
+                            t2[_j * 96 + _i * 32 + _u * 8 + _v] = (a6 + 0)[_j * 96 + _v * 12 + _i * 4 + _u];
+            real w4[96] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
-                    t5[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real w6[288] __attribute__((aligned(64))) = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w6[_j * 96 + _k * 32 + _u * 8 + _v] += t4[_j * 8 + _v] * t5[_u * 24 + _k * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
+                    {
+                        real acc[8] __attribute__((aligned(64))) = {0};
+                        for (int _i = 0; _i < 3; ++_i)
+                            for (int _j = 0; _j < 3; ++_j)
+                                for (int _v = 0; _v < 8; ++_v)
+                                    acc[_v] += t2[_j * 96 + _i * 32 + _u * 8 + _v] * t3[_u * 216 + _i * 72 + _j * 24 + _k * 8 + _v];
+                        for (int _v = 0; _v < 8; ++_v)
+                            w4[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                    }
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a0 + 128)[_u * 24 + _v * 3 + _k] += w4[_u * 24 + _k * 8 + _v];
+            /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
+            real t5[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t5[_j * 8 + _v] = a8[_v * 3 + _j];
+            real t6[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t6[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
+            real w7[288] __attribute__((aligned(64))) = {0};
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 4; ++_u)
-                        (a1 + 0)[_v * 36 + _j * 12 + _k * 4 + _u] += w6[_j * 96 + _k * 32 + _u * 8 + _v];
-        /* zvjku->zjkuv */
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    for (int _v = 0; _v < 8; ++_v)
-                        (a2 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+                        for (int _v = 0; _v < 8; ++_v)
+                            w7[_j * 96 + _k * 32 + _u * 8 + _v] += t5[_j * 8 + _v] * t6[_u * 24 + _k * 8 + _v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 4; ++_u)
+                            (a1 + 0)[_v * 36 + _j * 12 + _k * 4 + _u] += w7[_j * 96 + _k * 32 + _u * 8 + _v];
+            /* zvjku->zjkuv */
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        for (int _v = 0; _v < 8; ++_v)
+                            (a2 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A5[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     const real *restrict a1 = A1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -29045,19 +30502,42 @@ void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 36);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* jkzu->zjku */
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_j * 12 + _k * 4 + _u] += a1[_j * 12 + _k * 4 + _u];
+    real *partial = calloc((size_t)threads * 32, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 32 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a0 = A0 + z * a0_stride;
+            const real *restrict a1 = A1 + z * a1_stride;
+            /* zvjku,jkzu->uv */
+            real t1[288] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 4; ++_u)
+                            t1[_j * 96 + _k * 32 + _u * 8 + _v] = (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += t1[_j * 96 + _k * 32 + _u * 8 + _v] * a1[_j * 12 + _k * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a2[_u * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                }
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 32 + 0 + i];
+        A2[i] = sum;
+    }
+    free(partial);
 }
     """,
     "full_tp_d2_weight": """\
@@ -30242,171 +31722,191 @@ void full_tp_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t
     }
 }
 
-void full_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 36);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zvkuj->zkjuv */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 4; ++_u)
+    real *partial = calloc((size_t)threads * 96, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 96 + 0;
+        real *restrict a8 = partial + (int64_t)omp_get_thread_num() * 96 + 32;
+        real *restrict a12 = partial + (int64_t)omp_get_thread_num() * 96 + 64;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 96);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 24);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            real l0[96] __attribute__((aligned(64))) = {0};
+            real l1[96] __attribute__((aligned(64))) = {0};
+            /* zvkuj,jkzu->uv */
+            real t1[288] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        for (int _j = 0; _j < 3; ++_j)
+                            t1[_k * 96 + _u * 24 + _j * 8 + _v] = (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _k = 0; _k < 3; ++_k)
+                            for (int _v = 0; _v < 8; ++_v)
+                                acc[_v] += t1[_k * 96 + _u * 24 + _j * 8 + _v] * a3[_j * 12 + _k * 4 + _u];
                     for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_k * 96 + _j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
-        /* jkzu->zkju */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a1 + 0)[_k * 12 + _j * 4 + _u] += a3[_j * 12 + _k * 4 + _u];
-    }
-}
-
-void full_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _v = 0; _v < 8; ++_v)
-                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
+                        a4[_u * 8 + _v] += (real)1.7320508075688772 * acc[_v];
+                }
+            /* ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_j * 8 + _v] = a6[_v * 3 + _j];
+            real w3[96] __attribute__((aligned(64))) = {0};
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
-        /* zvkuj->zkjuv */
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
-    }
-}
-
-void full_tp_d_only_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 12);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
-        real t1[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t1[_u * 24 + _k * 8 + _v] = a3[_u * 24 + _v * 3 + _k];
-        real w2[96] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    w2[_k * 32 + _u * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a4[_v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w2[_k * 32 + _u * 8 + _v];
-        /* zvkuj->zkuvj */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
-        /* jkzu->zjku */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                (a2 + 0)[_k * 4 + _u] += a5[_k * 4 + _u];
-    }
-}
-
-void full_tp_d_only_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[96] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
-        /* zvj->zvj */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                (a1 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
-    }
-}
-
-void full_tp_d_only_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zukvi->zkvui */
-        for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_u * 24 + _j * 8 + _v] += a5[_u * 8 + _v] * t2[_j * 8 + _v];
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_k * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _k * 8 + _v];
-        /* ikzv->zikv */
-        for (int _k = 0; _k < 3; ++_k)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (l0 + 0)[_v * 12 + _u * 3 + _j] += w3[_u * 24 + _j * 8 + _v];
+            /* zvkuj,jkzu->uv */
+            real t4[96] __attribute__((aligned(64)));
             for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_k * 8 + _v] += a3[_k * 8 + _v];
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        t4[_u * 24 + _j * 8 + _v] = (l0 + 0)[_v * 12 + _u * 3 + _j];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _j = 0; _j < 3; ++_j)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t4[_u * 24 + _j * 8 + _v] * a7[_j * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a8[_u * 8 + _v] += (real)0.7071067811865476 * acc[_v];
+                }
+            /* ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
+            real t5[96] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t5[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
+            real w6[96] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w6[_k * 32 + _u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * a10[_v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (l1 + 0)[_v * 12 + _k * 4 + _u] += w6[_k * 32 + _u * 8 + _v];
+            /* zvkuj,jkzu->uv */
+            real t7[96] __attribute__((aligned(64)));
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        t7[_k * 32 + _u * 8 + _v] = (l1 + 0)[_v * 12 + _k * 4 + _u];
+            for (int _u = 0; _u < 4; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += t7[_k * 32 + _u * 8 + _v] * a11[_k * 4 + _u];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a12[_u * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
+            /* ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_u * 24 + _k * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * a13[_u];
+            /* zvj->zvj */
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 0)[_v * 3 + _j] += a6[_v * 3 + _j];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 96 + 0 + i];
+        A4[i] = sum;
+    }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 96 + 32 + i];
+        A8[i] = sum;
+    }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 96 + 64 + i];
+        A12[i] = sum;
+    }
+    free(partial);
 }
 
-void full_tp_d_only_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
-        /* zukvi->zkvui */
-        for (int _v = 0; _v < 8; ++_v)
+    real *partial = calloc((size_t)threads * 64, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 64 + 0;
+        real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 64 + 32;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            real l0[32] __attribute__((aligned(64))) = {0};
+            /* zukvi,ikzv->uv */
             for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _v = 0; _v < 8; ++_v)
+                            acc[_v] += (a1 + 0)[_u * 24 + _k * 8 + _v] * a2[_k * 8 + _v];
+                    for (int _v = 0; _v < 8; ++_v)
+                        a3[_u * 8 + _v] += (real)1.224744871391589 * acc[_v];
+                }
+            /* ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l0 + 0)[_u * 8 + _v] += a4[_u * 8 + _v] * a5[_u];
+            /* zvj,zukvi->vjiku */
+            real w1[32] __attribute__((aligned(64))) = {0};
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w1[_u * 8 + _v] += a6[_v] * (l0 + 0)[_u * 8 + _v];
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        }
     }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 0 + i];
+        A0[i] = sum;
+    }
+    for (int64_t i = 0; i < 32; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 64 + 32 + i];
+        A3[i] = sum;
+    }
+    free(partial);
 }
     """,
     "full_tp_d_only_a_b": """\
@@ -30938,191 +32438,217 @@ void linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, con
 }
     """,
     "linear_d": """\
-void linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 120);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 80);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 40);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* ∂/∂x: 8x2e -> 16x2e */
-        real t1[80] __attribute__((aligned(64)));
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _w] = a3[_w * 5 + _i];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                {
-                    real acc = 0;
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc += t1[_i * 16 + _w] * a4[_u * 16 + _w];
-                    (a0 + 80)[_u * 5 + _i] += (real)0.35355339059327373 * acc;
-                }
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a3[_w * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_i * 8 + _u] += a5[_u * 5 + _i];
-    }
-}
-
-void linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     const real *restrict a3 = A3;
-    real t1[256] __attribute__((aligned(64)));
+    const real *restrict a6 = A6;
+    const real *restrict a9 = A9;
+    real t2[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 16 + _u] = a3[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂x: 16x1o -> 16x1o */
-        real w2[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 16; ++_w)
-                    for (int _u = 0; _u < 16; ++_u)
-                        acc[_u] += a2[_w * 3 + _i] * t1[_w * 16 + _u];
-                for (int _u = 0; _u < 16; ++_u)
-                    w2[_i * 16 + _u] += (real)0.25 * acc[_u];
-            }
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 32)[_u * 3 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a1 + 0)[_i * 16 + _u] += a4[_u * 3 + _i];
-    }
-}
-
-void linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[512] __attribute__((aligned(64)));
+            t2[_w * 16 + _u] = a6[_u * 16 + _w];
+    real t5[512] __attribute__((aligned(64)));
     for (int _u = 0; _u < 32; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 32 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂x: 32x0e -> 16x0e */
-        {
-            real acc[32] __attribute__((aligned(64))) = {0};
+            t5[_w * 32 + _u] = a9[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 896, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 896 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 120);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            /* ∂/∂x: 8x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _w] = a2[_w * 5 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 5; ++_i)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc += t1[_i * 16 + _w] * a3[_u * 16 + _w];
+                        (a0 + 80)[_u * 5 + _i] += (real)0.35355339059327373 * acc;
+                    }
+            /* ∂/∂weight: 8x2e -> 16x2e */
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t1[_i * 16 + _w] * a4[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 768)[_u * 16 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂x: 16x1o -> 16x1o */
+            real w3[48] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 16; ++_w)
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc[_u] += a5[_w * 3 + _i] * t2[_w * 16 + _u];
+                    for (int _u = 0; _u < 16; ++_u)
+                        w3[_i * 16 + _u] += (real)0.25 * acc[_u];
+                }
+            for (int _u = 0; _u < 16; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 32)[_u * 3 + _i] += w3[_i * 16 + _u];
+            /* ∂/∂weight: 16x1o -> 16x1o */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t4[_i * 16 + _w] = a5[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t4[_i * 16 + _w] * a7[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂x: 32x0e -> 16x0e */
+            {
+                real acc[32] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 16; ++_w)
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc[_u] += a8[_w] * t5[_w * 32 + _u];
+                for (int _u = 0; _u < 32; ++_u)
+                    (a0 + 0)[_u] += (real)0.17677669529663687 * acc[_u];
+            }
+            /* ∂/∂weight: 32x0e -> 16x0e */
+            real w6[512] __attribute__((aligned(64))) = {0};
             for (int _w = 0; _w < 16; ++_w)
                 for (int _u = 0; _u < 32; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 32 + _u];
+                    w6[_w * 32 + _u] += (real)0.17677669529663687 * a8[_w] * a10[_u];
             for (int _u = 0; _u < 32; ++_u)
-                (a0 + 0)[_u] += (real)0.17677669529663687 * acc[_u];
+                for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 0)[_u * 16 + _w] += w6[_w * 32 + _u];
         }
     }
+    for (int64_t i = 0; i < 896; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 896 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
     """,
     "linear_d2_x": """\
-void linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
-    const real *restrict a2 = A2;
+    const real *restrict a3 = A3;
+    const real *restrict a6 = A6;
+    const real *restrict a9 = A9;
     real t1[512] __attribute__((aligned(64)));
     for (int _u = 0; _u < 32; ++_u)
         for (int _w = 0; _w < 16; ++_w)
-            t1[_w * 32 + _u] = a2[_u * 16 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e */
-        for (int _w = 0; _w < 16; ++_w)
-            {
-                real acc = 0;
+            t1[_w * 32 + _u] = a3[_u * 16 + _w];
+    real *partial = calloc((size_t)threads * 896, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 896 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 144);
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            /* ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e */
+            for (int _w = 0; _w < 16; ++_w)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += a2[_u] * t1[_w * 32 + _u];
+                    (a0 + 0)[_w] += (real)0.17677669529663687 * acc;
+                }
+            /* ∂/∂weight: ∂/∂x: 32x0e -> 16x0e */
+            real w2[512] __attribute__((aligned(64))) = {0};
+            for (int _w = 0; _w < 16; ++_w)
                 for (int _u = 0; _u < 32; ++_u)
-                    acc += a1[_u] * t1[_w * 32 + _u];
-                (a0 + 0)[_w] += (real)0.17677669529663687 * acc;
-            }
-    }
-}
-
-void linear_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 48);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o */
-        real w1[48] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 16; ++_u)
-                    for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a2[_u * 3 + _i] * a3[_u * 16 + _w];
+                    w2[_w * 32 + _u] += (real)0.17677669529663687 * a2[_u] * a4[_w];
+            for (int _u = 0; _u < 32; ++_u)
                 for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.25 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
+                    (a1 + 0)[_u * 16 + _w] += w2[_w * 32 + _u];
+            /* ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o */
+            real w3[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_w * 3 + _i] += w1[_i * 16 + _w];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a4[_w * 3 + _i];
-    }
-}
-
-void linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 40);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e */
-        real w1[80] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc[16] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 16; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a5[_u * 3 + _i] * a6[_u * 16 + _w];
                     for (int _w = 0; _w < 16; ++_w)
-                        acc[_w] += a3[_u * 5 + _i] * a4[_u * 16 + _w];
-                for (int _w = 0; _w < 16; ++_w)
-                    w1[_i * 16 + _w] += (real)0.35355339059327373 * acc[_w];
-            }
-        for (int _w = 0; _w < 16; ++_w)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_w * 5 + _i] += w1[_i * 16 + _w];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
+                        w3[_i * 16 + _w] += (real)0.25 * acc[_w];
+                }
             for (int _w = 0; _w < 16; ++_w)
-                (a2 + 0)[_i * 16 + _w] += a5[_w * 5 + _i];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 16)[_w * 3 + _i] += w3[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂x: 16x1o -> 16x1o */
+            real t4[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t4[_i * 16 + _w] = a7[_w * 3 + _i];
+            for (int _u = 0; _u < 16; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a5[_u * 3 + _i] * t4[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e */
+            real w5[80] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 5; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 8; ++_u)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a8[_u * 5 + _i] * a9[_u * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        w5[_i * 16 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 64)[_w * 5 + _i] += w5[_i * 16 + _w];
+            /* ∂/∂weight: ∂/∂x: 8x2e -> 16x2e */
+            real t6[80] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 5; ++_i)
+                    t6[_i * 16 + _w] = a10[_w * 5 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += a8[_u * 5 + _i] * t6[_i * 16 + _w];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a1 + 768)[_u * 16 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+        }
     }
+    for (int64_t i = 0; i < 896; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 896 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
     """,
     "linear_d2_weight": """\
@@ -31287,39 +32813,65 @@ void linear_d_only_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_st
 }
     """,
     "linear_d_only_weight": """\
-void linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 40);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zwi->ziw */
-        for (int _i = 0; _i < 5; ++_i)
+    real *partial = calloc((size_t)threads * 896, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 896 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            /* ∂/∂weight: 8x2e -> 16x2e */
+            real t1[80] __attribute__((aligned(64)));
             for (int _w = 0; _w < 16; ++_w)
-                (a0 + 0)[_i * 16 + _w] += a2[_w * 5 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
+                for (int _i = 0; _i < 5; ++_i)
+                    t1[_i * 16 + _w] = a1[_w * 5 + _i];
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
-    }
-}
-
-void linear_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 48);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 5; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t1[_i * 16 + _w] * a2[_u * 5 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 768)[_u * 16 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂weight: 16x1o -> 16x1o */
+            real t2[48] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 16 + _w] = a3[_w * 3 + _i];
             for (int _u = 0; _u < 16; ++_u)
-                (a0 + 0)[_i * 16 + _u] += a1[_u * 3 + _i];
+                {
+                    real acc[16] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 16; ++_w)
+                            acc[_w] += t2[_i * 16 + _w] * a4[_u * 3 + _i];
+                    for (int _w = 0; _w < 16; ++_w)
+                        (a0 + 512)[_u * 16 + _w] += (real)0.25 * acc[_w];
+                }
+            /* ∂/∂weight: 32x0e -> 16x0e */
+            real w3[512] __attribute__((aligned(64))) = {0};
+            for (int _w = 0; _w < 16; ++_w)
+                for (int _u = 0; _u < 32; ++_u)
+                    w3[_w * 32 + _u] += (real)0.17677669529663687 * a5[_w] * a6[_u];
+            for (int _u = 0; _u < 32; ++_u)
+                for (int _w = 0; _w < 16; ++_w)
+                    (a0 + 0)[_u * 16 + _w] += w3[_w * 32 + _u];
+        }
     }
+    for (int64_t i = 0; i < 896; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 896 + 0 + i];
+        A0[i] = sum;
+    }
+    free(partial);
 }
     """,
     "tp_then_linear": """\
@@ -31447,378 +32999,416 @@ void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
 }
     """,
     "tp_then_linear_d": """\
-void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride)
+void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride)
 {
-    const real *restrict a8 = A8;
+    const real *restrict a7 = A7;
+    const real *restrict a9 = A9;
     const real *restrict a10 = A10;
-    const real *restrict a11 = A11;
+    const real *restrict a12 = A12;
     const real *restrict a13 = A13;
-    const real *restrict a14 = A14;
-    const real *restrict a18 = A18;
+    const real *restrict a17 = A17;
+    const real *restrict a19 = A19;
     real t4[64] __attribute__((aligned(64)));
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
-            t4[_w * 8 + _u] = a18[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 56);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 8);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 32);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 56);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 24);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 24);
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a12 = A12 + z * a12_stride;
-        const real *restrict a15 = A15 + z * a15_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        const real *restrict a17 = A17 + z * a17_stride;
-        real l0[8] __attribute__((aligned(64))) = {0};
-        real l1[24] __attribute__((aligned(64))) = {0};
-        real l2[24] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: y · G */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 4; ++_j)
+            t4[_w * 8 + _u] = a17[_u * 8 + _w];
+    real t7[64] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 8; ++_u)
+        for (int _w = 0; _w < 8; ++_w)
+            t7[_w * 8 + _u] = a19[_u * 8 + _w];
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 16);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 8);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 32);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 56);
+            real *restrict a5 = A5 + z * a5_stride;
+            memset(a5, 0, sizeof(real) * 24);
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            const real *restrict a15 = A15 + z * a15_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            const real *restrict a18 = A18 + z * a18_stride;
+            real l0[8] __attribute__((aligned(64))) = {0};
+            real l1[56] __attribute__((aligned(64))) = {0};
+            real l2[24] __attribute__((aligned(64))) = {0};
+            real l3[24] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: y · G */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 4; ++_j)
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc[_c] += a6[_j] * a7[_j * 16 + _c];
                 for (int _c = 0; _c < 16; ++_c)
-                    acc[_c] += a7[_j] * a8[_j * 16 + _c];
-            for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += acc[_c];
-        }
-        /* 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += a9[_u] * (a0 + 0)[0];
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a10[_u] * (l0 + 0)[_u];
-        /* 1 paths 8x0e ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_c] += acc[_c];
+            }
+            /* 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (l1 + 0)[_k * 8 + _u] += a9[_u] * (a0 + 1)[_k];
-        /* pu,zkpu->zuk */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u] += a8[_u] * (a0 + 0)[0];
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += a11[_u] * (l1 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
+                (l1 + 0)[_u] += a9[_u] * (l0 + 0)[_u];
+            /* 1 paths 8x0e ⊗ y -> 8x1o */
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
-        /* 1 paths 8x1o ⊗ y -> 8x0e */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a12[_u * 3 + _i];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
+                    (l2 + 0)[_k * 8 + _u] += a8[_u] * (a0 + 1)[_k];
+            /* pu,zkpu->zuk */
+            real w1[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w1[_k * 8 + _u] += a10[_u] * (l2 + 0)[_k * 8 + _u];
             for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_u] += acc[_u];
-        }
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a13[_u] * (a2 + 0)[_u];
-        /* 1 paths 8x1o ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+            /* 1 paths 8x1o ⊗ y -> 8x0e */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a11[_u * 3 + _i];
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
+                        acc[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
                 for (int _u = 0; _u < 8; ++_u)
-                    (l2 + 0)[_k * 8 + _u] += acc[_u];
+                    (a1 + 0)[_u] += acc[_u];
             }
-        /* pu,zkpu->zuk */
-        real w3[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a14[_u] * (l2 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
+                (l1 + 0)[_u] += a12[_u] * (a1 + 0)[_u];
+            /* 1 paths 8x1o ⊗ y -> 8x1o */
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
-        /* ∂/∂x: 8x1o -> 8x1o */
-        for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (l3 + 0)[_k * 8 + _u] += acc[_u];
+                }
+            /* pu,zkpu->zuk */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w3[_k * 8 + _u] += a13[_u] * (l3 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+            /* ∂/∂x: 8x1o -> 8x1o */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_u * 3 + _i] += a14[_u * 3 + _i];
+            /* ∂/∂x: 8x0e -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_u] += a15[_u];
+            /* ∂/∂t: 8x1o -> 8x1o */
+            real w5[24] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
-                (a3 + 8)[_u * 3 + _i] += a15[_u * 3 + _i];
-        /* ∂/∂x: 8x0e -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a3 + 0)[_u] += a16[_u];
-        /* ∂/∂t: 8x1o -> 8x1o */
-        real w5[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 8; ++_w)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += a16[_w * 3 + _i] * t4[_w * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w5[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a3 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
+            /* ∂/∂weight: 8x1o -> 8x1o */
+            real t6[24] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t6[_i * 8 + _w] = a16[_w * 3 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += t6[_i * 8 + _w] * (l1 + 8)[_u * 3 + _i];
+                    for (int _w = 0; _w < 8; ++_w)
+                        (a4 + 96)[_u * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂t: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _w = 0; _w < 8; ++_w)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += a17[_w * 3 + _i] * t4[_w * 8 + _u];
+                        acc[_u] += a18[_w] * t7[_w * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    w5[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                    (a3 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
             }
-        for (int _u = 0; _u < 8; ++_u)
+            /* ∂/∂weight: 8x0e -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _w = 0; _w < 8; ++_w)
+                    (a4 + 32)[_u * 8 + _w] += (real)0.35355339059327373 * a18[_w] * (l1 + 0)[_u];
+            /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t8[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 8 + _u] = (a3 + 8)[_u * 3 + _k];
             for (int _i = 0; _i < 3; ++_i)
-                (a4 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 8; ++_w)
-                (a5 + 0)[_i * 8 + _w] += a17[_w * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                (a6 + 0)[_i * 8 + _u] += (a1 + 8)[_u * 3 + _i];
-    }
-}
-
-void tp_then_linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[64] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 8; ++_u)
-        for (int _w = 0; _w < 8; ++_w)
-            t1[_w * 8 + _u] = a2[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 8; ++_w)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t8[_k * 8 + _u] * (a0 + 7)[_i * 3 + _k];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (a5 + 0)[_i * 8 + _u] += acc[_u];
+                }
+            /* pu,zipu->zui */
+            real w9[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 8 + _u];
+                    w9[_i * 8 + _u] += a13[_u] * (a5 + 0)[_i * 8 + _u];
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_u * 3 + _i] += w9[_i * 8 + _u];
         }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = (a2 + 8)[_u * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
+    const real *restrict a3 = A3;
+    const real *restrict a9 = A9;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 16);
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            real l0[24] __attribute__((aligned(64))) = {0};
+            /* pu,uzki->zikp */
+            real t1[72] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t1[_k * 24 + _i * 8 + _u] = a4[_u * 9 + _k * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc += a3[_u] * t1[_k * 24 + _i * 8 + _u];
+                        (a0 + 7)[_i * 3 + _k] += acc;
+                    }
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a5[_u * 3 + _i];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a6 + 0)[_i * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_i * 8 + _u] += (a7 + 0)[_u] * (a8 + 4)[_i];
+            /* pu,zipu->zui */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    w3[_i * 8 + _u] += a9[_u] * (l0 + 0)[_i * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_u * 3 + _i] += w3[_i * 8 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+
+void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+{
+    const real *restrict a6 = A6;
+    const real *restrict a11 = A11;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 8);
+            real *restrict a3 = A3 + z * a3_stride;
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 24);
+            real *restrict a5 = A5 + z * a5_stride;
+            memset(a5, 0, sizeof(real) * 8);
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            /* pu,uzki->zikp */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 8 + _u] = a7[_u * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc += a6[_u] * t1[_i * 8 + _u];
+                    (a0 + 4)[_i] += acc;
+                }
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 24)[_u] += (a8 + 0)[_u] * (a9 + 0)[_u];
+            /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t1[_k * 8 + _u] * (a3 + 7)[_i * 3 + _k];
+                        acc[_u] += t2[_k * 8 + _u] * (a10 + 1)[_k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a0 + 0)[_i * 8 + _u] += acc[_u];
+                    (a2 + 0)[_u] += acc[_u];
             }
-        /* pu,zipu->zui */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* pu,zuip->zui */
             for (int _u = 0; _u < 8; ++_u)
-                w2[_i * 8 + _u] += a4[_u] * (a0 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+                (a3 + 0)[_u] += a11[_u] * (a2 + 0)[_u];
+            /* zuk->zuk */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 3 + _k] += (a8 + 8)[_u * 3 + _k];
+            /* zui->zui */
+            for (int _u = 0; _u < 8; ++_u)
+                (a5 + 0)[_u] += a12[_u];
+        }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* pu,uzki->zikp */
-        real t1[72] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t1[_k * 24 + _i * 8 + _u] = a3[_u * 9 + _k * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+    const real *restrict a4 = A4;
+    const real *restrict a10 = A10;
+    const real *restrict a11 = A11;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 4);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            real l0[8] __attribute__((aligned(64))) = {0};
+            real l1[8] __attribute__((aligned(64))) = {0};
+            /* pu,uzki->zikp */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 8 + _u] = a5[_u * 3 + _k];
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc = 0;
                     for (int _u = 0; _u < 8; ++_u)
-                        acc += a2[_u] * t1[_k * 24 + _i * 8 + _u];
-                    (a0 + 7)[_i * 3 + _k] += acc;
+                        acc += a4[_u] * t1[_k * 8 + _u];
+                    (a0 + 1)[_k] += acc;
                 }
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
-    }
-}
-
-void tp_then_linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
-        for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u] += a6[_u] * (a7 + 0)[_u];
+            /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_i * 8 + _u] += (a1 + 0)[_u] * (a2 + 4)[_i];
-        /* pu,zipu->zui */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u] += (a8 + 0)[_u] * (a9 + 0)[0];
+            /* pu,zuip->zui */
             for (int _u = 0; _u < 8; ++_u)
-                w1[_i * 8 + _u] += a3[_u] * (l0 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
-    }
-}
-
-void tp_then_linear_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
-{
-    const real *restrict a5 = A5;
-    const real *restrict a9 = A9;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 8);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 8);
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        /* pu,uzki->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a6[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u] += a10[_u] * (l0 + 0)[_u];
+            /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (l1 + 0)[_u] += (a8 + 0)[_u] * a6[_u];
+            /* pu,zuki->zikp */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 8; ++_u)
-                    acc += a5[_u] * t1[_i * 8 + _u];
-                (a0 + 4)[_i] += acc;
+                    acc += a10[_u] * (l1 + 0)[_u];
+                (a0 + 0)[0] += acc;
             }
-        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 8 + _u] = (a7 + 8)[_u * 3 + _k];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t2[_k * 8 + _u] * (a8 + 1)[_k];
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* pu,zuip->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a9[_u] * (a1 + 0)[_u];
-        /* zuk->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a3 + 0)[_u * 3 + _k] += (a7 + 8)[_u * 3 + _k];
-        /* zui->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a4 + 0)[_u] += a10[_u];
-    }
-}
-
-void tp_then_linear_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 8);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[8] __attribute__((aligned(64))) = {0};
-        /* pu,uzki->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = a4[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 8; ++_u)
-                    acc += a3[_u] * t1[_k * 8 + _u];
-                (a0 + 1)[_k] += acc;
-            }
-        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += (a5 + 0)[_u] * (a6 + 0)[0];
-        /* pu,zuip->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a7[_u] * (l0 + 0)[_u];
-        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += (a5 + 0)[_u] * a8[_u];
-        /* pu,zuki->zikp */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 8; ++_u)
-                acc += a7[_u] * (a2 + 0)[_u];
-            (a0 + 0)[0] += acc;
+                (a1 + 0)[_u] += (a9 + 0)[0] * (l1 + 0)[_u];
+            /* ∂/∂y: every path's (i, k) map at once: y · G */
+            for (int _j = 0; _j < 4; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc += (a0 + 0)[_c] * a11[_j * 16 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
         }
     }
-}
-
-void tp_then_linear_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 4);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂y: every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
-            {
-                real acc = 0;
-                for (int _c = 0; _c < 16; ++_c)
-                    acc += (a1 + 0)[_c] * a2[_j * 16 + _c];
-                (a0 + 0)[_j] += acc;
-            }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
     }
+    free(partial);
 }
     """,
     "tp_then_linear_d2_x": """\
-void tp_then_linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+void tp_then_linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride)
 {
     const real *restrict a6 = A6;
     const real *restrict a8 = A8;
     const real *restrict a10 = A10;
     const real *restrict a12 = A12;
+    const real *restrict a13 = A13;
     real t1[64] __attribute__((aligned(64)));
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
@@ -31827,628 +33417,616 @@ void tp_then_linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
             t3[_w * 8 + _u] = a10[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 56);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 56);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 8);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 16);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[8] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: y · G */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 4; ++_j)
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 16);
+            real *restrict a1 = A1 + z * a1_stride;
+            memset(a1, 0, sizeof(real) * 56);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 56);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 16);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            real l0[8] __attribute__((aligned(64))) = {0};
+            real l1[8] __attribute__((aligned(64))) = {0};
+            real l2[24] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: y · G */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 4; ++_j)
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc[_c] += a5[_j] * a6[_j * 16 + _c];
                 for (int _c = 0; _c < 16; ++_c)
-                    acc[_c] += a5[_j] * a6[_j * 16 + _c];
-            for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += acc[_c];
-        }
-        /* ∂/∂t: 8x1o -> 8x1o */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_c] += acc[_c];
+            }
+            /* ∂/∂t: 8x1o -> 8x1o */
+            real w2[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 8; ++_w)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += a7[_w * 3 + _i] * t1[_w * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w2[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+            /* ∂/∂t: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _w = 0; _w < 8; ++_w)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += a7[_w * 3 + _i] * t1[_w * 8 + _u];
+                        acc[_u] += a9[_w] * t3[_w * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    w2[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                    (a1 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
             }
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
-        /* ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 8; ++_w)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += a9[_w] * t3[_w * 8 + _u];
+            /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
-        }
-        /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += a11[_u] * (a0 + 0)[0];
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a12[_u] * (l0 + 0)[_u];
-        /* ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a3 + 0)[_u] += a11[_u] * (a1 + 0)[_u];
-        /* pu,zuik->zikp */
-        {
-            real acc = 0;
+                (l0 + 0)[_u] += a11[_u] * (a0 + 0)[0];
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                acc += a12[_u] * (a3 + 0)[_u];
-            (a4 + 0)[0] += acc;
-        }
-    }
-}
-
-void tp_then_linear_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u] += a12[_u] * (l0 + 0)[_u];
+            /* ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_k * 8 + _u] += a1[_u] * (a2 + 1)[_k];
-        /* pu,zkpu->zuk */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += a3[_u] * (l0 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
-    }
-}
-
-void tp_then_linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 3);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* pu,uzik->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = a4[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u] += a11[_u] * (a1 + 0)[_u];
+            /* pu,zuik->zikp */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 8; ++_u)
-                    acc += a3[_u] * t1[_k * 8 + _u];
-                (a0 + 1)[_k] += acc;
+                    acc += a12[_u] * (l1 + 0)[_u];
+                (a3 + 0)[0] += acc;
             }
-        /* zikp->zikp */
-        for (int _k = 0; _k < 3; ++_k)
-            (a1 + 0)[_k] += (a5 + 1)[_k];
-        /* uzik->ziku */
-        for (int _k = 0; _k < 3; ++_k)
+            /* ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_k * 8 + _u] += a4[_u * 3 + _k];
+                (a4 + 0)[_u] += (a0 + 0)[0] * (l1 + 0)[_u];
+            /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l2 + 0)[_k * 8 + _u] += a11[_u] * (a0 + 1)[_k];
+            /* pu,zkpu->zuk */
+            real w4[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w4[_k * 8 + _u] += a13[_u] * (l2 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a2 + 8)[_u * 3 + _k] += w4[_k * 8 + _u];
+        }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void tp_then_linear_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
     const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 8);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 8);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a4[_u * 3 + _i];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t1[_i * 8 + _u] * (a5 + 4)[_i];
+    const real *restrict a10 = A10;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 8);
+            real *restrict a3 = A3 + z * a3_stride;
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 24);
+            real *restrict a5 = A5 + z * a5_stride;
+            memset(a5, 0, sizeof(real) * 8);
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            /* pu,uzik->zikp */
+            real t1[24] __attribute__((aligned(64)));
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a6[_u] * (a0 + 0)[_u];
-        /* zui->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
-        /* zuk->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a3 + 0)[_u] += (a7 + 0)[_u];
-    }
-}
-
-void tp_then_linear_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        /* pu,uzik->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 8; ++_u)
-                    acc += a3[_u] * t1[_i * 8 + _u];
-                (a0 + 4)[_i] += acc;
-            }
-        /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a5[_u * 3 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t2[_i * 8 + _u] * (a6 + 7)[_i * 3 + _k];
-                for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_k * 8 + _u] += acc[_u];
-            }
-        /* pu,zkpu->zuk */
-        real w3[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a7[_u] * (a1 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a2 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
-    }
-}
-
-void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* pu,uzik->zikp */
-        real t1[72] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    t1[_i * 24 + _k * 8 + _u] = a3[_u * 9 + _i * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
+                    t1[_k * 8 + _u] = a7[_u * 3 + _k];
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc = 0;
                     for (int _u = 0; _u < 8; ++_u)
-                        acc += a2[_u] * t1[_i * 24 + _k * 8 + _u];
-                    (a0 + 7)[_i * 3 + _k] += acc;
+                        acc += a6[_u] * t1[_k * 8 + _u];
+                    (a0 + 1)[_k] += acc;
                 }
-        /* zuk->zku */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_k * 8 + _u] += (a4 + 8)[_u * 3 + _k];
-    }
-}
-
-void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 8; ++_u)
-                for (int _w = 0; _w < 8; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a2[_u * 8 + _w];
-            for (int _w = 0; _w < 8; ++_w)
-                (a0 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
-        }
-    }
-}
-
-void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _u = 0; _u < 8; ++_u)
-                    for (int _w = 0; _w < 8; ++_w)
-                        acc[_w] += (a3 + 8)[_u * 3 + _i] * a4[_u * 8 + _w];
-                for (int _w = 0; _w < 8; ++_w)
-                    w1[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
-            }
-        for (int _w = 0; _w < 8; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_w * 3 + _i] += w1[_i * 8 + _w];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 8; ++_w)
-                (a2 + 0)[_i * 8 + _w] += a5[_w * 3 + _i];
-    }
-}
-
-void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 4);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a0 + 0)[_u] += a2[_u];
-        /* ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o */
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += a3[_u * 3 + _i];
-        /* ∂/∂y: every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
-            {
-                real acc = 0;
-                for (int _c = 0; _c < 16; ++_c)
-                    acc += (a4 + 0)[_c] * a5[_j * 16 + _c];
-                (a1 + 0)[_j] += acc;
-            }
-    }
-}
-    """,
-    "tp_then_linear_d2_y": """\
-void tp_then_linear_d2_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
-{
-    const real *restrict a6 = A6;
-    const real *restrict a8 = A8;
-    const real *restrict a10 = A10;
-    const real *restrict a12 = A12;
-    real t1[64] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 8; ++_u)
-        for (int _w = 0; _w < 8; ++_w)
-            t1[_w * 8 + _u] = a6[_u * 8 + _w];
-    real t3[64] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 8; ++_u)
-        for (int _w = 0; _w < 8; ++_w)
-            t3[_w * 8 + _u] = a8[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 56);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 16);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 56);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 8);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 32);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[8] __attribute__((aligned(64))) = {0};
-        /* ∂/∂t: 8x1o -> 8x1o */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _w = 0; _w < 8; ++_w)
-                    for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += a5[_w * 3 + _i] * t1[_w * 8 + _u];
-                for (int _u = 0; _u < 8; ++_u)
-                    w2[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
-            }
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
-        /* ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 8; ++_w)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += a7[_w] * t3[_w * 8 + _u];
-            for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
-        }
-        /* ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 4; ++_j)
-                for (int _c = 0; _c < 16; ++_c)
-                    acc[_c] += a9[_j] * a10[_j * 16 + _c];
-            for (int _c = 0; _c < 16; ++_c)
-                (a1 + 0)[_c] += acc[_c];
-        }
-        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += (a1 + 0)[0] * a11[_u];
-        /* pu,zkpu->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a12[_u] * (l0 + 0)[_u];
-        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a3 + 0)[_u] += (a1 + 0)[0] * (a0 + 0)[_u];
-        /* pu,zipu->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a4 + 0)[_u] += a12[_u] * (a3 + 0)[_u];
-    }
-}
-
-void tp_then_linear_d2_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
-{
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 8);
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_k * 8 + _u] += (a3 + 1)[_k] * a4[_u];
-        /* pu,zkpu->zuk */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += a5[_u] * (l0 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
-        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += (a3 + 1)[_k] * t2[_k * 8 + _u];
-            for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* pu,zipu->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a5[_u] * (a1 + 0)[_u];
-    }
-}
-
-void tp_then_linear_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
-{
-    const real *restrict a5 = A5;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 8);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a4[_u * 3 + _i];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += (a3 + 4)[_i] * t1[_i * 8 + _u];
-            for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += acc[_u];
-        }
-        /* pu,zkpu->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a5[_u] * (a0 + 0)[_u];
-        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_i * 8 + _u] += (a3 + 4)[_i] * (a6 + 0)[_u];
-        /* pu,zipu->zui */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                w2[_i * 8 + _u] += a5[_u] * (l0 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
-    }
-}
-
-void tp_then_linear_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    const real *restrict a6 = A6;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a5[_u * 3 + _i];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += (a4 + 7)[_i * 3 + _k] * t1[_i * 8 + _u];
-                for (int _u = 0; _u < 8; ++_u)
-                    (l0 + 0)[_k * 8 + _u] += acc[_u];
-            }
-        /* pu,zkpu->zuk */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                w2[_k * 8 + _u] += a6[_u] * (l0 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w2[_k * 8 + _u];
-        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t3[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t3[_k * 8 + _u] = (a7 + 8)[_u * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += (a4 + 7)[_i * 3 + _k] * t3[_k * 8 + _u];
+                        acc[_u] += (a8 + 1)[_k] * t1[_k * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a1 + 0)[_i * 8 + _u] += acc[_u];
+                    (a1 + 8)[_u] += acc[_u];
             }
-        /* pu,zipu->zui */
-        real w4[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
+            real t2[24] __attribute__((aligned(64)));
             for (int _u = 0; _u < 8; ++_u)
-                w4[_i * 8 + _u] += a6[_u] * (a1 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a2 + 8)[_u * 3 + _i] += w4[_i * 8 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a9[_u * 3 + _i];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a8 + 4)[_i];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a2 + 0)[_u] += acc[_u];
+            }
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                (a3 + 0)[_i * 8 + _u] += a5[_u * 3 + _i];
-    }
-}
-
-void tp_then_linear_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
+                (a3 + 0)[_u] += a10[_u] * (a2 + 0)[_u];
+            /* zui->zui */
             for (int _u = 0; _u < 8; ++_u)
-                for (int _w = 0; _w < 8; ++_w)
-                    acc[_w] += (a1 + 0)[_u] * a2[_u * 8 + _w];
-            for (int _w = 0; _w < 8; ++_w)
-                (a0 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a4 + 0)[_u * 3 + _i] += a9[_u * 3 + _i];
+            /* zuk->zuk */
+            for (int _u = 0; _u < 8; ++_u)
+                (a5 + 0)[_u] += (a11 + 0)[_u];
         }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void tp_then_linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+    const real *restrict a10 = A10;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 24);
+            real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            /* pu,uzik->zikp */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 8 + _u] = a5[_u * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc += a4[_u] * t1[_i * 8 + _u];
+                    (a0 + 4)[_i] += acc;
+                }
+            /* ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 24)[_u] += (a6 + 0)[_u] * (a7 + 0)[_u];
+            /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a8[_u * 3 + _i];
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t2[_i * 8 + _u] * (a9 + 7)[_i * 3 + _k];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (a2 + 0)[_k * 8 + _u] += acc[_u];
+                }
+            /* pu,zkpu->zuk */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w3[_k * 8 + _u] += a10[_u] * (a2 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a3 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+
+void tp_then_linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    const real *restrict a4 = A4;
+    const real *restrict a9 = A9;
+    const real *restrict a11 = A11;
+    const real *restrict a15 = A15;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 32);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 4);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a10 = A10 + z * a10_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a14 = A14 + z * a14_stride;
+            /* pu,uzik->zikp */
+            real t1[72] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t1[_i * 24 + _k * 8 + _u] = a5[_u * 9 + _i * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc += a4[_u] * t1[_i * 24 + _k * 8 + _u];
+                        (a0 + 7)[_i * 3 + _k] += acc;
+                    }
+            /* ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_k * 8 + _u] * (a7 + 0)[_k * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _u = 0; _u < 8; ++_u)
                     for (int _w = 0; _w < 8; ++_w)
-                        acc[_w] += (a3 + 8)[_u * 3 + _i] * a4[_u * 8 + _w];
+                        acc[_w] += (a8 + 0)[_u] * a9[_u * 8 + _w];
                 for (int _w = 0; _w < 8; ++_w)
-                    w1[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                    (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
             }
-        for (int _w = 0; _w < 8; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_w * 3 + _i] += w1[_i * 8 + _w];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: ∂/∂t: 8x0e -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _w = 0; _w < 8; ++_w)
+                    (a1 + 32)[_u * 8 + _w] += (real)0.35355339059327373 * (a8 + 0)[_u] * a10[_w];
+            /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 8; ++_u)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (a8 + 8)[_u * 3 + _i] * a11[_u * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        w3[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
             for (int _w = 0; _w < 8; ++_w)
-                (a2 + 0)[_i * 8 + _w] += a5[_w * 3 + _i];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_w * 3 + _i] += w3[_i * 8 + _w];
+            /* ∂/∂weight: ∂/∂t: 8x1o -> 8x1o */
+            real t4[24] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t4[_i * 8 + _w] = a12[_w * 3 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (a8 + 8)[_u * 3 + _i] * t4[_i * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        (a1 + 96)[_u * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_u] += a13[_u];
+            /* ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_u * 3 + _i] += a14[_u * 3 + _i];
+            /* ∂/∂y: every path's (i, k) map at once: y · G */
+            for (int _j = 0; _j < 4; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc += (a0 + 0)[_c] * a15[_j * 16 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
+        }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+    """,
+    "tp_then_linear_d2_y": """\
+void tp_then_linear_d2_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
+{
+    const real *restrict a4 = A4;
+    const real *restrict a6 = A6;
+    const real *restrict a8 = A8;
+    const real *restrict a10 = A10;
+    const real *restrict a11 = A11;
+    const real *restrict a13 = A13;
+    const real *restrict a14 = A14;
+    real t1[64] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 8; ++_u)
+        for (int _w = 0; _w < 8; ++_w)
+            t1[_w * 8 + _u] = a4[_u * 8 + _w];
+    real t3[64] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 8; ++_u)
+        for (int _w = 0; _w < 8; ++_w)
+            t3[_w * 8 + _u] = a6[_u * 8 + _w];
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            memset(a0, 0, sizeof(real) * 32);
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 32);
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            real l0[56] __attribute__((aligned(64))) = {0};
+            real l1[16] __attribute__((aligned(64))) = {0};
+            real l2[8] __attribute__((aligned(64))) = {0};
+            real l3[56] __attribute__((aligned(64))) = {0};
+            real l4[8] __attribute__((aligned(64))) = {0};
+            real l5[24] __attribute__((aligned(64))) = {0};
+            real l6[8] __attribute__((aligned(64))) = {0};
+            real l7[8] __attribute__((aligned(64))) = {0};
+            real l8[24] __attribute__((aligned(64))) = {0};
+            real l9[24] __attribute__((aligned(64))) = {0};
+            real l10[24] __attribute__((aligned(64))) = {0};
+            /* ∂/∂t: 8x1o -> 8x1o */
+            real w2[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 8; ++_w)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += a3[_w * 3 + _i] * t1[_w * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w2[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+            /* ∂/∂t: 8x0e -> 8x0e */
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _w = 0; _w < 8; ++_w)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += a5[_w] * t3[_w * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
+            }
+            /* ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 4; ++_j)
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc[_c] += a7[_j] * a8[_j * 16 + _c];
+                for (int _c = 0; _c < 16; ++_c)
+                    (l1 + 0)[_c] += acc[_c];
+            }
+            /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (l2 + 0)[_u] += (l1 + 0)[0] * a9[_u];
+            /* pu,zkpu->zuk */
+            for (int _u = 0; _u < 8; ++_u)
+                (l3 + 0)[_u] += a10[_u] * (l2 + 0)[_u];
+            /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (l4 + 0)[_u] += (l1 + 0)[0] * (l0 + 0)[_u];
+            /* pu,zipu->zui */
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_u] += a10[_u] * (l4 + 0)[_u];
+            /* ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += a9[_u] * (l4 + 0)[_u];
+            /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l5 + 0)[_k * 8 + _u] += (l1 + 1)[_k] * a9[_u];
+            /* pu,zkpu->zuk */
+            real w4[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w4[_k * 8 + _u] += a11[_u] * (l5 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l3 + 8)[_u * 3 + _k] += w4[_k * 8 + _u];
+            /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
+            real t5[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_k * 8 + _u] = (l0 + 8)[_u * 3 + _k];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (l1 + 1)[_k] * t5[_k * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (l6 + 0)[_u] += acc[_u];
+            }
+            /* pu,zipu->zui */
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_u] += a11[_u] * (l6 + 0)[_u];
+            /* ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 8)[_u] += a9[_u] * (l6 + 0)[_u];
+            /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
+            real t6[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t6[_i * 8 + _u] = a12[_u * 3 + _i];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += (l1 + 4)[_i] * t6[_i * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (l7 + 0)[_u] += acc[_u];
+            }
+            /* pu,zkpu->zuk */
+            for (int _u = 0; _u < 8; ++_u)
+                (l3 + 0)[_u] += a13[_u] * (l7 + 0)[_u];
+            /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l8 + 0)[_i * 8 + _u] += (l1 + 4)[_i] * (l0 + 0)[_u];
+            /* pu,zipu->zui */
+            real w7[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    w7[_i * 8 + _u] += a13[_u] * (l8 + 0)[_i * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 8)[_u * 3 + _i] += w7[_i * 8 + _u];
+            /* ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 24)[_u] += (l0 + 0)[_u] * (l7 + 0)[_u];
+            /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += (l1 + 7)[_i * 3 + _k] * t6[_i * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (l9 + 0)[_k * 8 + _u] += acc[_u];
+                }
+            /* pu,zkpu->zuk */
+            real w8[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w8[_k * 8 + _u] += a14[_u] * (l9 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l3 + 8)[_u * 3 + _k] += w8[_k * 8 + _u];
+            /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t9[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_k * 8 + _u] = (l0 + 8)[_u * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += (l1 + 7)[_i * 3 + _k] * t9[_k * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (l10 + 0)[_i * 8 + _u] += acc[_u];
+                }
+            /* pu,zipu->zui */
+            real w10[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    w10[_i * 8 + _u] += a14[_u] * (l10 + 0)[_i * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 8)[_u * 3 + _i] += w10[_i * 8 + _u];
+            /* ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t6[_i * 8 + _u] * (l10 + 0)[_i * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _u = 0; _u < 8; ++_u)
+                    for (int _w = 0; _w < 8; ++_w)
+                        acc[_w] += (l3 + 0)[_u] * a6[_u * 8 + _w];
+                for (int _w = 0; _w < 8; ++_w)
+                    (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
+            }
+            /* ∂/∂weight: ∂/∂t: 8x0e -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _w = 0; _w < 8; ++_w)
+                    (a1 + 32)[_u * 8 + _w] += (real)0.35355339059327373 * (l3 + 0)[_u] * a5[_w];
+            /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
+            real w11[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 8; ++_u)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (l3 + 8)[_u * 3 + _i] * a4[_u * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        w11[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_w * 3 + _i] += w11[_i * 8 + _w];
+            /* ∂/∂weight: ∂/∂t: 8x1o -> 8x1o */
+            real t12[24] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t12[_i * 8 + _w] = a3[_w * 3 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (l3 + 8)[_u * 3 + _i] * t12[_i * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        (a1 + 96)[_u * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+        }
+    }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
     """,
     "tp_then_linear_d2_weight": """\
@@ -32730,366 +34308,402 @@ void tp_then_linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride)
 {
-    const real *restrict a6 = A6;
     const real *restrict a8 = A8;
-    const real *restrict a12 = A12;
+    const real *restrict a10 = A10;
+    const real *restrict a14 = A14;
+    const real *restrict a15 = A15;
+    const real *restrict a17 = A17;
+    const real *restrict a18 = A18;
     real t4[64] __attribute__((aligned(64)));
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
-            t4[_w * 8 + _u] = a8[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 32);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 56);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        /* zikp,upzk->zui */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = a5[_u * 3 + _k];
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            {
-                real acc[8] __attribute__((aligned(64))) = {0};
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += (a4 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
-                for (int _u = 0; _u < 8; ++_u)
-                    w2[_i * 8 + _u] += acc[_u];
-            }
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
-        /* pu,uzki->zikp */
-        real t3[72] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t3[_k * 24 + _i * 8 + _u] = a7[_u * 9 + _k * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                {
-                    real acc = 0;
-                    for (int _u = 0; _u < 8; ++_u)
-                        acc += a6[_u] * t3[_k * 24 + _i * 8 + _u];
-                    (a1 + 7)[_i * 3 + _k] += acc;
-                }
-        /* ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 8; ++_u)
-                for (int _w = 0; _w < 8; ++_w)
-                    acc[_w] += a8[_u * 8 + _w] * (a9 + 0)[_u];
-            for (int _w = 0; _w < 8; ++_w)
-                (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
-        }
-        /* ∂/∂t: ∂/∂weight: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 8; ++_w)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t4[_w * 8 + _u] * a10[_w];
-            for (int _u = 0; _u < 8; ++_u)
-                (a3 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
-        }
-        /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _u = 0; _u < 8; ++_u)
-                for (int _w = 0; _w < 8; ++_w)
-                    acc[_w] += (a11 + 0)[_u] * a12[_u * 8 + _w];
-            for (int _w = 0; _w < 8; ++_w)
-                (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
-        }
-    }
-}
-
-void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a8 = A8;
-    real t2[64] __attribute__((aligned(64)));
+            t4[_w * 8 + _u] = a10[_u * 8 + _w];
+    real t6[64] __attribute__((aligned(64)));
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
-            t2[_w * 8 + _u] = a4[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            t6[_w * 8 + _u] = a15[_u * 8 + _w];
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a4 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a1 = A1 + z * a1_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 32);
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 56);
+            real *restrict a5 = A5 + z * a5_stride;
+            memset(a5, 0, sizeof(real) * 24);
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            const real *restrict a12 = A12 + z * a12_stride;
+            const real *restrict a13 = A13 + z * a13_stride;
+            const real *restrict a16 = A16 + z * a16_stride;
+            /* zikp,upzk->zui */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 8 + _u] = a7[_u * 3 + _k];
+            real w2[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += (a6 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w2[_i * 8 + _u] += acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+            /* pu,uzki->zikp */
+            real t3[72] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t3[_k * 24 + _i * 8 + _u] = a9[_u * 9 + _k * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc += a8[_u] * t3[_k * 24 + _i * 8 + _u];
+                        (a1 + 7)[_i * 3 + _k] += acc;
+                    }
+            /* ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _u = 0; _u < 8; ++_u)
                     for (int _w = 0; _w < 8; ++_w)
-                        acc[_w] += a4[_u * 8 + _w] * (a5 + 8)[_u * 3 + _i];
+                        acc[_w] += a10[_u * 8 + _w] * (a11 + 0)[_u];
                 for (int _w = 0; _w < 8; ++_w)
-                    w1[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                    (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
             }
-        for (int _w = 0; _w < 8; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_w * 3 + _i] += w1[_i * 8 + _w];
-        /* ∂/∂t: ∂/∂weight: 8x1o -> 8x1o */
-        real w3[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂t: ∂/∂weight: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _w = 0; _w < 8; ++_w)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t2[_w * 8 + _u] * a6[_w * 3 + _i];
+                        acc[_u] += t4[_w * 8 + _u] * a12[_w];
                 for (int _u = 0; _u < 8; ++_u)
-                    w3[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                    (a3 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
             }
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 8)[_u * 3 + _i] += w3[_i * 8 + _u];
-        /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
-        real w4[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _u = 0; _u < 8; ++_u)
                     for (int _w = 0; _w < 8; ++_w)
-                        acc[_w] += (a7 + 8)[_u * 3 + _i] * a8[_u * 8 + _w];
+                        acc[_w] += (a13 + 0)[_u] * a14[_u * 8 + _w];
                 for (int _w = 0; _w < 8; ++_w)
-                    w4[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                    (a2 + 0)[_w] += (real)0.35355339059327373 * acc[_w];
             }
-        for (int _w = 0; _w < 8; ++_w)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_w * 3 + _i] += w4[_i * 8 + _w];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: ∂/∂t: 8x0e -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_i * 8 + _u] += (a7 + 8)[_u * 3 + _i];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
+                for (int _w = 0; _w < 8; ++_w)
+                    (a4 + 32)[_u * 8 + _w] += (real)0.35355339059327373 * (a13 + 0)[_u] * a12[_w];
+            /* ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o */
+            real w5[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 8; ++_u)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += a15[_u * 8 + _w] * (a11 + 8)[_u * 3 + _i];
+                    for (int _w = 0; _w < 8; ++_w)
+                        w5[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
             for (int _w = 0; _w < 8; ++_w)
-                (a3 + 0)[_i * 8 + _w] += a6[_w * 3 + _i];
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_w * 3 + _i] += w5[_i * 8 + _w];
+            /* ∂/∂t: ∂/∂weight: 8x1o -> 8x1o */
+            real w7[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 8; ++_w)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t6[_w * 8 + _u] * a16[_w * 3 + _i];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w7[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a3 + 8)[_u * 3 + _i] += w7[_i * 8 + _u];
+            /* ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o */
+            real w8[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _u = 0; _u < 8; ++_u)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (a13 + 8)[_u * 3 + _i] * a17[_u * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        w8[_i * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_w * 3 + _i] += w8[_i * 8 + _w];
+            /* ∂/∂weight: ∂/∂t: 8x1o -> 8x1o */
+            real t9[24] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t9[_i * 8 + _w] = a16[_w * 3 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += (a13 + 8)[_u * 3 + _i] * t9[_i * 8 + _w];
+                    for (int _w = 0; _w < 8; ++_w)
+                        (a4 + 96)[_u * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t10[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_k * 8 + _u] = (a3 + 8)[_u * 3 + _k];
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _k = 0; _k < 3; ++_k)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t10[_k * 8 + _u] * (a6 + 7)[_i * 3 + _k];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (a5 + 0)[_i * 8 + _u] += acc[_u];
+                }
+            /* pu,zipu->zui */
+            real w11[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    w11[_i * 8 + _u] += a18[_u] * (a5 + 0)[_i * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 8)[_u * 3 + _i] += w11[_i * 8 + _u];
+        }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A4[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
-    const real *restrict a4 = A4;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = (a2 + 8)[_u * 3 + _k];
-        for (int _i = 0; _i < 3; ++_i)
+    const real *restrict a3 = A3;
+    const real *restrict a9 = A9;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            const real *restrict a4 = A4 + z * a4_stride;
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            real l0[24] __attribute__((aligned(64))) = {0};
+            /* pu,uzki->zikp */
+            real t1[72] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _i = 0; _i < 3; ++_i)
+                        t1[_k * 24 + _i * 8 + _u] = a4[_u * 9 + _k * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc += a3[_u] * t1[_k * 24 + _i * 8 + _u];
+                        (a0 + 7)[_i * 3 + _k] += acc;
+                    }
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a5[_u * 3 + _i];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t2[_i * 8 + _u] * (a6 + 0)[_i * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_i * 8 + _u] += (a7 + 0)[_u] * (a8 + 4)[_i];
+            /* pu,zipu->zui */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    w3[_i * 8 + _u] += a9[_u] * (l0 + 0)[_i * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a2 + 8)[_u * 3 + _i] += w3[_i * 8 + _u];
+        }
+    }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
+}
+
+void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    const real *restrict a5 = A5;
+    const real *restrict a10 = A10;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            memset(a2, 0, sizeof(real) * 8);
+            real *restrict a3 = A3 + z * a3_stride;
+            real *restrict a4 = A4 + z * a4_stride;
+            memset(a4, 0, sizeof(real) * 24);
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            /* pu,uzki->zikp */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t1[_i * 8 + _u] = a6[_u * 3 + _i];
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc += a5[_u] * t1[_i * 8 + _u];
+                    (a0 + 4)[_i] += acc;
+                }
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 24)[_u] += (a7 + 0)[_u] * (a8 + 0)[_u];
+            /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_k * 8 + _u] = (a7 + 8)[_u * 3 + _k];
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t1[_k * 8 + _u] * (a3 + 7)[_i * 3 + _k];
+                        acc[_u] += t2[_k * 8 + _u] * (a9 + 1)[_k];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a0 + 0)[_i * 8 + _u] += acc[_u];
+                    (a2 + 0)[_u] += acc[_u];
             }
-        /* pu,zipu->zui */
-        real w2[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+            /* pu,zuip->zui */
             for (int _u = 0; _u < 8; ++_u)
-                w2[_i * 8 + _u] += a4[_u] * (a0 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a1 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+                (a3 + 0)[_u] += a10[_u] * (a2 + 0)[_u];
+            /* zuk->zuk */
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 3 + _k] += (a7 + 8)[_u * 3 + _k];
+        }
     }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
+    }
+    free(partial);
 }
 
-void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* pu,uzki->zikp */
-        real t1[72] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    t1[_k * 24 + _i * 8 + _u] = a3[_u * 9 + _k * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+    const real *restrict a4 = A4;
+    const real *restrict a10 = A10;
+    const real *restrict a11 = A11;
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            real *restrict a0 = A0 + z * a0_stride;
+            real *restrict a2 = A2 + z * a2_stride;
+            real *restrict a3 = A3 + z * a3_stride;
+            memset(a3, 0, sizeof(real) * 4);
+            const real *restrict a5 = A5 + z * a5_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a7 = A7 + z * a7_stride;
+            const real *restrict a8 = A8 + z * a8_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            real l0[8] __attribute__((aligned(64))) = {0};
+            real l1[8] __attribute__((aligned(64))) = {0};
+            /* pu,uzki->zikp */
+            real t1[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_k * 8 + _u] = a5[_u * 3 + _k];
             for (int _k = 0; _k < 3; ++_k)
                 {
                     real acc = 0;
                     for (int _u = 0; _u < 8; ++_u)
-                        acc += a2[_u] * t1[_k * 24 + _i * 8 + _u];
-                    (a0 + 7)[_i * 3 + _k] += acc;
+                        acc += a4[_u] * t1[_k * 8 + _u];
+                    (a0 + 1)[_k] += acc;
                 }
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
-    }
-}
-
-void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    const real *restrict a3 = A3;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real l0[24] __attribute__((aligned(64))) = {0};
-        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
-        for (int _i = 0; _i < 3; ++_i)
+                (a1 + 8)[_u] += a6[_u] * (a7 + 0)[_u];
+            /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_i * 8 + _u] += (a1 + 0)[_u] * (a2 + 4)[_i];
-        /* pu,zipu->zui */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u] += (a8 + 0)[_u] * (a9 + 0)[0];
+            /* pu,zuip->zui */
             for (int _u = 0; _u < 8; ++_u)
-                w1[_i * 8 + _u] += a3[_u] * (l0 + 0)[_i * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
-    }
-}
-
-void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    const real *restrict a4 = A4;
-    const real *restrict a8 = A8;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 8);
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* pu,uzki->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a5[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u] += a10[_u] * (l0 + 0)[_u];
+            /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (l1 + 0)[_u] += (a8 + 0)[_u] * a6[_u];
+            /* pu,zuki->zikp */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 8; ++_u)
-                    acc += a4[_u] * t1[_i * 8 + _u];
-                (a0 + 4)[_i] += acc;
+                    acc += a10[_u] * (l1 + 0)[_u];
+                (a0 + 0)[0] += acc;
             }
-        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t2[_k * 8 + _u] * (a7 + 1)[_k];
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += acc[_u];
-        }
-        /* pu,zuip->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a8[_u] * (a1 + 0)[_u];
-        /* zuk->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a3 + 0)[_u * 3 + _k] += (a6 + 8)[_u * 3 + _k];
-    }
-}
-
-void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    const real *restrict a3 = A3;
-    const real *restrict a7 = A7;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 8);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[8] __attribute__((aligned(64))) = {0};
-        /* pu,uzki->zikp */
-        real t1[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _u] = a4[_u * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 8; ++_u)
-                    acc += a3[_u] * t1[_k * 8 + _u];
-                (a0 + 1)[_k] += acc;
-            }
-        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += (a5 + 0)[_u] * (a6 + 0)[0];
-        /* pu,zuip->zui */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a7[_u] * (l0 + 0)[_u];
-        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += (a5 + 0)[_u] * a8[_u];
-        /* pu,zuki->zikp */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 8; ++_u)
-                acc += a7[_u] * (a2 + 0)[_u];
-            (a0 + 0)[0] += acc;
+                (a1 + 0)[_u] += (a9 + 0)[0] * (l1 + 0)[_u];
+            /* ∂/∂y: every path's (i, k) map at once: y · G */
+            for (int _j = 0; _j < 4; ++_j)
+                {
+                    real acc = 0;
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc += (a0 + 0)[_c] * a11[_j * 16 + _c];
+                    (a3 + 0)[_j] += acc;
+                }
         }
     }
-}
-
-void tp_then_linear_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 4);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂y: every path's (i, k) map at once: y · G */
-        for (int _j = 0; _j < 4; ++_j)
-            {
-                real acc = 0;
-                for (int _c = 0; _c < 16; ++_c)
-                    acc += (a1 + 0)[_c] * a2[_j * 16 + _c];
-                (a0 + 0)[_j] += acc;
-            }
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = A1[i];
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A1[i] = sum;
     }
+    free(partial);
 }
     """,
     "tp_then_linear_d_only_x": """\
@@ -33375,162 +34989,184 @@ void tp_then_linear_d_only_y_s2(int64_t n, int threads, real *restrict A0, int64
 }
     """,
     "tp_then_linear_d_only_weight": """\
-void tp_then_linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride)
+void tp_then_linear_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
-    const real *restrict a9 = A9;
-    const real *restrict a11 = A11;
+    const real *restrict a2 = A2;
+    const real *restrict a4 = A4;
+    const real *restrict a5 = A5;
+    const real *restrict a7 = A7;
+    const real *restrict a8 = A8;
+    const real *restrict a10 = A10;
     const real *restrict a12 = A12;
-    const real *restrict a14 = A14;
-    const real *restrict a15 = A15;
-    const real *restrict a17 = A17;
     real t4[64] __attribute__((aligned(64)));
     for (int _u = 0; _u < 8; ++_u)
         for (int _w = 0; _w < 8; ++_w)
-            t4[_w * 8 + _u] = a17[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 8);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 56);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 8);
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 24);
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 56);
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 24);
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 24);
-        const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a13 = A13 + z * a13_stride;
-        const real *restrict a16 = A16 + z * a16_stride;
-        real l0[16] __attribute__((aligned(64))) = {0};
-        /* every path's (i, k) map at once: y · G */
-        {
-            real acc[16] __attribute__((aligned(64))) = {0};
-            for (int _j = 0; _j < 4; ++_j)
+            t4[_w * 8 + _u] = a10[_u * 8 + _w];
+    real t7[64] __attribute__((aligned(64)));
+    for (int _u = 0; _u < 8; ++_u)
+        for (int _w = 0; _w < 8; ++_w)
+            t7[_w * 8 + _u] = a12[_u * 8 + _w];
+    real *partial = calloc((size_t)threads * 160, sizeof(real));
+    #pragma omp parallel num_threads(threads) if (n >= 64)
+    {
+        real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 160 + 0;
+        #pragma omp for schedule(static)
+        for (int64_t z = 0; z < n; ++z) {
+            const real *restrict a1 = A1 + z * a1_stride;
+            const real *restrict a3 = A3 + z * a3_stride;
+            const real *restrict a6 = A6 + z * a6_stride;
+            const real *restrict a9 = A9 + z * a9_stride;
+            const real *restrict a11 = A11 + z * a11_stride;
+            real l0[16] __attribute__((aligned(64))) = {0};
+            real l1[8] __attribute__((aligned(64))) = {0};
+            real l2[56] __attribute__((aligned(64))) = {0};
+            real l3[24] __attribute__((aligned(64))) = {0};
+            real l4[8] __attribute__((aligned(64))) = {0};
+            real l5[24] __attribute__((aligned(64))) = {0};
+            real l6[56] __attribute__((aligned(64))) = {0};
+            /* every path's (i, k) map at once: y · G */
+            {
+                real acc[16] __attribute__((aligned(64))) = {0};
+                for (int _j = 0; _j < 4; ++_j)
+                    for (int _c = 0; _c < 16; ++_c)
+                        acc[_c] += a1[_j] * a2[_j * 16 + _c];
                 for (int _c = 0; _c < 16; ++_c)
-                    acc[_c] += a8[_j] * a9[_j * 16 + _c];
-            for (int _c = 0; _c < 16; ++_c)
-                (l0 + 0)[_c] += acc[_c];
-        }
-        /* 1 paths 8x0e ⊗ y -> 8x0e */
-        for (int _u = 0; _u < 8; ++_u)
-            (a0 + 0)[_u] += a10[_u] * (l0 + 0)[0];
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a11[_u] * (a0 + 0)[_u];
-        /* 1 paths 8x0e ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
+                    (l0 + 0)[_c] += acc[_c];
+            }
+            /* 1 paths 8x0e ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_k * 8 + _u] += a10[_u] * (l0 + 1)[_k];
-        /* pu,zkpu->zuk */
-        real w1[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u] += a3[_u] * (l0 + 0)[0];
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += a12[_u] * (a2 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
+                (l2 + 0)[_u] += a4[_u] * (l1 + 0)[_u];
+            /* 1 paths 8x0e ⊗ y -> 8x1o */
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
-        /* 1 paths 8x1o ⊗ y -> 8x0e */
-        real t2[24] __attribute__((aligned(64)));
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a13[_u * 3 + _i];
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += t2[_i * 8 + _u] * (l0 + 4)[_i];
+                    (l3 + 0)[_k * 8 + _u] += a3[_u] * (l0 + 1)[_k];
+            /* pu,zkpu->zuk */
+            real w1[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w1[_k * 8 + _u] += a5[_u] * (l3 + 0)[_k * 8 + _u];
             for (int _u = 0; _u < 8; ++_u)
-                (a3 + 0)[_u] += acc[_u];
-        }
-        /* pu,zukp->zuk */
-        for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a14[_u] * (a3 + 0)[_u];
-        /* 1 paths 8x1o ⊗ y -> 8x1o */
-        for (int _k = 0; _k < 3; ++_k)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+            /* 1 paths 8x1o ⊗ y -> 8x0e */
+            real t2[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t2[_i * 8 + _u] = a6[_u * 3 + _i];
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += t2[_i * 8 + _u] * (l0 + 7)[_i * 3 + _k];
+                        acc[_u] += t2[_i * 8 + _u] * (l0 + 4)[_i];
                 for (int _u = 0; _u < 8; ++_u)
-                    (a4 + 0)[_k * 8 + _u] += acc[_u];
+                    (l4 + 0)[_u] += acc[_u];
             }
-        /* pu,zkpu->zuk */
-        real w3[24] __attribute__((aligned(64))) = {0};
-        for (int _k = 0; _k < 3; ++_k)
+            /* pu,zukp->zuk */
             for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a15[_u] * (a4 + 0)[_k * 8 + _u];
-        for (int _u = 0; _u < 8; ++_u)
+                (l2 + 0)[_u] += a7[_u] * (l4 + 0)[_u];
+            /* 1 paths 8x1o ⊗ y -> 8x1o */
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
-        /* ∂/∂t: 8x1o -> 8x1o */
-        real w5[24] __attribute__((aligned(64))) = {0};
-        for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += t2[_i * 8 + _u] * (l0 + 7)[_i * 3 + _k];
+                    for (int _u = 0; _u < 8; ++_u)
+                        (l5 + 0)[_k * 8 + _u] += acc[_u];
+                }
+            /* pu,zkpu->zuk */
+            real w3[24] __attribute__((aligned(64))) = {0};
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w3[_k * 8 + _u] += a8[_u] * (l5 + 0)[_k * 8 + _u];
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+            /* ∂/∂t: 8x1o -> 8x1o */
+            real w5[24] __attribute__((aligned(64))) = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _w = 0; _w < 8; ++_w)
+                        for (int _u = 0; _u < 8; ++_u)
+                            acc[_u] += a9[_w * 3 + _i] * t4[_w * 8 + _u];
+                    for (int _u = 0; _u < 8; ++_u)
+                        w5[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                }
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l6 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
+            /* ∂/∂weight: 8x1o -> 8x1o */
+            real t6[24] __attribute__((aligned(64)));
+            for (int _w = 0; _w < 8; ++_w)
+                for (int _i = 0; _i < 3; ++_i)
+                    t6[_i * 8 + _w] = a9[_w * 3 + _i];
+            for (int _u = 0; _u < 8; ++_u)
+                {
+                    real acc[8] __attribute__((aligned(64))) = {0};
+                    for (int _i = 0; _i < 3; ++_i)
+                        for (int _w = 0; _w < 8; ++_w)
+                            acc[_w] += t6[_i * 8 + _w] * (l2 + 8)[_u * 3 + _i];
+                    for (int _w = 0; _w < 8; ++_w)
+                        (a0 + 96)[_u * 8 + _w] += (real)0.35355339059327373 * acc[_w];
+                }
+            /* ∂/∂t: 8x0e -> 8x0e */
             {
                 real acc[8] __attribute__((aligned(64))) = {0};
                 for (int _w = 0; _w < 8; ++_w)
                     for (int _u = 0; _u < 8; ++_u)
-                        acc[_u] += a16[_w * 3 + _i] * t4[_w * 8 + _u];
+                        acc[_u] += a11[_w] * t7[_w * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    w5[_i * 8 + _u] += (real)0.35355339059327373 * acc[_u];
+                    (l6 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
             }
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a5 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
-        /* zwi->ziw */
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _w = 0; _w < 8; ++_w)
-                (a6 + 0)[_i * 8 + _w] += a16[_w * 3 + _i];
-        /* zui->ziu */
-        for (int _i = 0; _i < 3; ++_i)
+            /* ∂/∂weight: 8x0e -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a7 + 0)[_i * 8 + _u] += (a1 + 8)[_u * 3 + _i];
-    }
-}
-
-void tp_then_linear_d_only_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    const real *restrict a2 = A2;
-    real t1[64] __attribute__((aligned(64)));
-    for (int _u = 0; _u < 8; ++_u)
-        for (int _w = 0; _w < 8; ++_w)
-            t1[_w * 8 + _u] = a2[_u * 8 + _w];
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* ∂/∂t: 8x0e -> 8x0e */
-        {
-            real acc[8] __attribute__((aligned(64))) = {0};
-            for (int _w = 0; _w < 8; ++_w)
+                for (int _w = 0; _w < 8; ++_w)
+                    (a0 + 32)[_u * 8 + _w] += (real)0.35355339059327373 * a11[_w] * (l2 + 0)[_u];
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
+            real t8[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_k * 8 + _u] = (l6 + 8)[_u * 3 + _k];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t8[_k * 8 + _u] * (l5 + 0)[_k * 8 + _u];
                 for (int _u = 0; _u < 8; ++_u)
-                    acc[_u] += a1[_w] * t1[_w * 8 + _u];
+                    (a0 + 16)[_u] += acc[_u];
+            }
+            /* ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e */
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += (real)0.35355339059327373 * acc[_u];
+                (a0 + 24)[_u] += (l6 + 0)[_u] * (l4 + 0)[_u];
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
+            real t9[24] __attribute__((aligned(64)));
+            for (int _u = 0; _u < 8; ++_u)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_k * 8 + _u] = (l6 + 8)[_u * 3 + _k];
+            {
+                real acc[8] __attribute__((aligned(64))) = {0};
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 8; ++_u)
+                        acc[_u] += t9[_k * 8 + _u] * (l3 + 0)[_k * 8 + _u];
+                for (int _u = 0; _u < 8; ++_u)
+                    (a0 + 8)[_u] += acc[_u];
+            }
+            /* ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e */
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_u] += (l6 + 0)[_u] * (l1 + 0)[_u];
         }
     }
-}
-
-void tp_then_linear_d_only_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zuk->zku */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_k * 8 + _u] += (a1 + 8)[_u * 3 + _k];
+    for (int64_t i = 0; i < 160; ++i) {
+        real sum = 0;
+        for (int t = 0; t < threads; ++t)
+            sum += partial[(int64_t)t * 160 + 0 + i];
+        A0[i] = sum;
     }
+    free(partial);
 }
     """,
     "tp_then_linear_d_only_x_y": """\
@@ -33784,11 +35420,11 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'fc_tp_s0': 'oorsrsssrs',
         'fc_tp_s1': 'arrssrs',
         'fc_tp_s2': 'arrss',
-        'fc_tp_d_s0': 'ooooorsrsr',
-        'fc_tp_d_s1': 'aaoorsrr',
+        'fc_tp_d_s0': 'oooOrsrsr',
+        'fc_tp_d_s1': 'aaOrsrr',
         'fc_tp_d_s2': 'aaorsrr',
-        'fc_tp_d_s3': 'oaaorrsr',
-        'fc_tp_d_s4': 'aaorsrr',
+        'fc_tp_d_s3': 'aaOrrsr',
+        'fc_tp_d_s4': 'aaOrsrr',
         'fc_tp_d_s5': 'aaorsrr',
         'fc_tp_d_s6': 'oaarrsr',
         'fc_tp_d_s7': 'oaarrsr',
@@ -33798,21 +35434,15 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_x_s1': 'aaorsrr',
         'fc_tp_d2_x_s2': 'aaorsrr',
         'fc_tp_d2_x_s3': 'oaarrsr',
-        'fc_tp_d2_x_s4': 'aaoorsrr',
-        'fc_tp_d2_x_s5': 'aaoorsrr',
-        'fc_tp_d2_x_s6': 'oaarrsr',
-        'fc_tp_d2_x_s7': 'oaarrsr',
-        'fc_tp_d2_x_s8': 'aaoorsrr',
-        'fc_tp_d2_x_s9': 'ors',
+        'fc_tp_d2_x_s4': 'aaOOorsrrsrrsr',
+        'fc_tp_d2_x_s5': 'aaOOrrsrsr',
+        'fc_tp_d2_x_s6': 'ors',
         'fc_tp_d2_y_s0': 'oooorsrsr',
         'fc_tp_d2_y_s1': 'aoarsrr',
         'fc_tp_d2_y_s2': 'aoarsrr',
         'fc_tp_d2_y_s3': 'oaarrsr',
-        'fc_tp_d2_y_s4': 'aoaorrsr',
-        'fc_tp_d2_y_s5': 'aoarsrr',
-        'fc_tp_d2_y_s6': 'oaarrsr',
-        'fc_tp_d2_y_s7': 'oaaorrsr',
-        'fc_tp_d2_y_s8': 'aoaorrsr',
+        'fc_tp_d2_y_s4': 'aaOOorrsrsrrsr',
+        'fc_tp_d2_y_s5': 'aaOOrrsrsr',
         'fc_tp_d2_weight_s0': 'oooorsrrr',
         'fc_tp_d2_weight_s1': 'aaarrrs',
         'fc_tp_d2_weight_s2': 'aaarrrsrs',
@@ -33820,11 +35450,11 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_weight_s4': 'aaaorrrsrsrs',
         'fc_tp_d_only_x_s0': 'orsrsrsrsssssss',
         'fc_tp_d_only_y_s0': 'orsrrsrsrsssrssss',
-        'fc_tp_d_only_weight_s0': 'ooorsrr',
-        'fc_tp_d_only_weight_s1': 'oorrr',
+        'fc_tp_d_only_weight_s0': 'oOrsrr',
+        'fc_tp_d_only_weight_s1': 'Orrr',
         'fc_tp_d_only_weight_s2': 'orr',
-        'fc_tp_d_only_weight_s3': 'oorrr',
-        'fc_tp_d_only_weight_s4': 'orr',
+        'fc_tp_d_only_weight_s3': 'Orrr',
+        'fc_tp_d_only_weight_s4': 'Orrr',
         'fc_tp_d_only_weight_s5': 'orr',
         'fc_tp_d_only_weight_s6': 'orr',
         'fc_tp_d_only_weight_s7': 'orr',
@@ -33839,45 +35469,45 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'conv_tp_d_only_sh_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrs',
         'conv_tp_d_only_w_s0': 'orsrrrrrrrrrr',
         'elementwise_tp_s0': 'orrsrsrsrsssssrsssss',
-        'elementwise_tp_d_s0': 'ooorrsr',
-        'elementwise_tp_d_s1': 'oaoarrsr',
-        'elementwise_tp_d_s2': 'aoarrsr',
-        'elementwise_tp_d_s3': 'oaoarrsr',
-        'elementwise_tp_d_s4': 'aarrsr',
-        'elementwise_tp_d_s5': 'aoarrsr',
-        'elementwise_tp_d_s6': 'aoarrsr',
-        'elementwise_tp_d_s7': 'aoarrsr',
-        'elementwise_tp_d_s8': 'aoarrsr',
-        'elementwise_tp_d_s9': 'aarrsr',
-        'elementwise_tp_d_s10': 'aoarsrr',
-        'elementwise_tp_d_s11': 'aoarsrr',
-        'elementwise_tp_d_s12': 'aoarrsr',
-        'elementwise_tp_d2_a_s0': 'ooorrsr',
-        'elementwise_tp_d2_a_s1': 'aoarrsr',
-        'elementwise_tp_d2_a_s2': 'aoarrsr',
-        'elementwise_tp_d2_a_s3': 'aoarrsr',
-        'elementwise_tp_d2_a_s4': 'oaoarrsr',
-        'elementwise_tp_d2_a_s5': 'aoarsrr',
-        'elementwise_tp_d2_a_s6': 'aoarsrr',
-        'elementwise_tp_d2_a_s7': 'aarrsr',
-        'elementwise_tp_d2_a_s8': 'aoarrsr',
-        'elementwise_tp_d2_a_s9': 'aoarrsr',
+        'elementwise_tp_d_s0': 'ooOrrsr',
+        'elementwise_tp_d_s1': 'oaoaOrrsr',
+        'elementwise_tp_d_s2': 'aaOrrsr',
+        'elementwise_tp_d_s3': 'oaaOrrsr',
+        'elementwise_tp_d_s4': 'aaOrrsr',
+        'elementwise_tp_d_s5': 'aoaOrrsr',
+        'elementwise_tp_d_s6': 'aaOrrsr',
+        'elementwise_tp_d_s7': 'aaOrrsr',
+        'elementwise_tp_d_s8': 'aaOrrsr',
+        'elementwise_tp_d_s9': 'aaOrrsr',
+        'elementwise_tp_d_s10': 'aaOrsrrr',
+        'elementwise_tp_d_s11': 'aaOrsrrr',
+        'elementwise_tp_d_s12': 'aaOrrsr',
+        'elementwise_tp_d2_a_s0': 'ooOrrsr',
+        'elementwise_tp_d2_a_s1': 'aaOrrsr',
+        'elementwise_tp_d2_a_s2': 'aaOrrsr',
+        'elementwise_tp_d2_a_s3': 'aoaOrrsr',
+        'elementwise_tp_d2_a_s4': 'oaaOrrsr',
+        'elementwise_tp_d2_a_s5': 'aaOrsrrr',
+        'elementwise_tp_d2_a_s6': 'aaOrsrrr',
+        'elementwise_tp_d2_a_s7': 'aaOrrsr',
+        'elementwise_tp_d2_a_s8': 'aoaOrrsr',
+        'elementwise_tp_d2_a_s9': 'aaOrrsr',
         'elementwise_tp_d2_a_s10': 'ooarsrs',
-        'elementwise_tp_d2_a_s11': 'aoarrrrsr',
-        'elementwise_tp_d2_a_s12': 'aoarsrr',
-        'elementwise_tp_d2_b_s0': 'ooorrsr',
-        'elementwise_tp_d2_b_s1': 'aoarrsr',
-        'elementwise_tp_d2_b_s2': 'aoarrsr',
-        'elementwise_tp_d2_b_s3': 'aoarrsr',
-        'elementwise_tp_d2_b_s4': 'oaoarrsr',
-        'elementwise_tp_d2_b_s5': 'aoarsrr',
-        'elementwise_tp_d2_b_s6': 'aoarsrr',
-        'elementwise_tp_d2_b_s7': 'aoarrsr',
-        'elementwise_tp_d2_b_s8': 'aoarrsr',
-        'elementwise_tp_d2_b_s9': 'aarrsr',
+        'elementwise_tp_d2_a_s11': 'aoaOrrrrOrrsr',
+        'elementwise_tp_d2_a_s12': 'aaOrsrrr',
+        'elementwise_tp_d2_b_s0': 'ooOrrsr',
+        'elementwise_tp_d2_b_s1': 'aoaOrrsr',
+        'elementwise_tp_d2_b_s2': 'aoaOrrsr',
+        'elementwise_tp_d2_b_s3': 'aaOrrsr',
+        'elementwise_tp_d2_b_s4': 'oaaOrrsr',
+        'elementwise_tp_d2_b_s5': 'aaOrsrrr',
+        'elementwise_tp_d2_b_s6': 'aaOrsrrr',
+        'elementwise_tp_d2_b_s7': 'aaOrrsr',
+        'elementwise_tp_d2_b_s8': 'aaOrrsr',
+        'elementwise_tp_d2_b_s9': 'aaOrrsr',
         'elementwise_tp_d2_b_s10': 'ooarsrs',
-        'elementwise_tp_d2_b_s11': 'aoarrrrsr',
-        'elementwise_tp_d2_b_s12': 'aoarsrr',
+        'elementwise_tp_d2_b_s11': 'aoaOrrrrOrrsr',
+        'elementwise_tp_d2_b_s12': 'aaOrsrrr',
         'elementwise_tp_d2_weight_s0': 'ooooorrsrrsrrsrss',
         'elementwise_tp_d2_weight_s1': 'aaaooorrrrsrrsrs',
         'elementwise_tp_d2_weight_s2': 'oaorsrr',
@@ -33888,13 +35518,19 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'elementwise_tp_d2_weight_s7': 'aaarrrrsrrsr',
         'elementwise_tp_d_only_a_s0': 'orrsrsrsrrsrsssssssss',
         'elementwise_tp_d_only_b_s0': 'orrsrsrsrssrsssssrsss',
-        'elementwise_tp_d_only_weight_s0': 'orr',
-        'elementwise_tp_d_only_weight_s1': 'orr',
-        'elementwise_tp_d_only_weight_s2': 'orr',
-        'elementwise_tp_d_only_weight_s3': 'orr',
-        'elementwise_tp_d_only_weight_s4': 'orr',
-        'elementwise_tp_d_only_weight_s5': 'orr',
-        'elementwise_tp_d_only_weight_s6': 'orr',
+        'elementwise_tp_d_only_weight_s0': 'oOrrr',
+        'elementwise_tp_d_only_weight_s1': 'Orr',
+        'elementwise_tp_d_only_weight_s2': 'Orr',
+        'elementwise_tp_d_only_weight_s3': 'oOrrr',
+        'elementwise_tp_d_only_weight_s4': 'Orrr',
+        'elementwise_tp_d_only_weight_s5': 'oOrrr',
+        'elementwise_tp_d_only_weight_s6': 'oOrrr',
+        'elementwise_tp_d_only_weight_s7': 'Orr',
+        'elementwise_tp_d_only_weight_s8': 'Orr',
+        'elementwise_tp_d_only_weight_s9': 'Orr',
+        'elementwise_tp_d_only_weight_s10': 'Orrr',
+        'elementwise_tp_d_only_weight_s11': 'Orr',
+        'elementwise_tp_d_only_weight_s12': 'Orrr',
         'elementwise_tp_d_only_a_b_s0': 'ooooooorrsrrsrsrrsrssrss',
         'elementwise_tp_d_only_a_b_s1': 'aorrr',
         'elementwise_tp_d_only_a_b_s2': 'aarrrrsrrrsrrsrrrss',
@@ -33903,35 +35539,30 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'full_tp_d_s0': 'oorr',
         'full_tp_d_s1': 'ooosrrr',
         'full_tp_d_s2': 'oosrr',
-        'full_tp_d_s3': 'oorr',
-        'full_tp_d_s4': 'oorr',
-        'full_tp_d_s5': 'aoosrrr',
-        'full_tp_d_s6': 'asr',
-        'full_tp_d_s7': 'oorr',
-        'full_tp_d_s8': 'aoaosrrrs',
-        'full_tp_d_s9': 'oaoorsrsr',
-        'full_tp_d_s10': 'aosrr',
-        'full_tp_d_s11': 'aoaorrsr',
-        'full_tp_d2_a_s0': 'oooorrsr',
+        'full_tp_d_s3': 'oorrOrr',
+        'full_tp_d_s4': 'aoosrrr',
+        'full_tp_d_s5': 'asr',
+        'full_tp_d_s6': 'oorrOrr',
+        'full_tp_d_s7': 'aaooosrrrsrOrssr',
+        'full_tp_d_s8': 'aaOsrrrOrrs',
+        'full_tp_d2_a_s0': 'ooOrrsr',
         'full_tp_d2_a_s1': 'aoorrsr',
         'full_tp_d2_a_s2': 'aosrr',
-        'full_tp_d2_a_s3': 'or',
-        'full_tp_d2_a_s4': 'aoaorrssrs',
-        'full_tp_d2_a_s5': 'oaoorrsr',
-        'full_tp_d2_a_s6': 'asr',
-        'full_tp_d2_a_s7': 'aoorsrr',
-        'full_tp_d2_a_s8': 'asr',
-        'full_tp_d2_a_s9': 'or',
-        'full_tp_d2_b_s0': 'oooorrsr',
-        'full_tp_d2_b_s1': 'aoaorrssrs',
-        'full_tp_d2_b_s2': 'aoorrsr',
+        'full_tp_d2_a_s3': 'aaorrOrrssrsOr',
+        'full_tp_d2_a_s4': 'aoorsrr',
+        'full_tp_d2_a_s5': 'asr',
+        'full_tp_d2_a_s6': 'aoorrOrsrr',
+        'full_tp_d2_a_s7': 'asr',
+        'full_tp_d2_a_s8': 'rrO',
+        'full_tp_d2_b_s0': 'ooOrrsr',
+        'full_tp_d2_b_s1': 'aaorrssrsOrr',
+        'full_tp_d2_b_s2': 'aoorsrr',
         'full_tp_d2_b_s3': 'aosrr',
-        'full_tp_d2_b_s4': 'or',
-        'full_tp_d2_b_s5': 'oaoorrsr',
-        'full_tp_d2_b_s6': 'asr',
-        'full_tp_d2_b_s7': 'aoorsrr',
-        'full_tp_d2_b_s8': 'asr',
-        'full_tp_d2_b_s9': 'or',
+        'full_tp_d2_b_s4': 'oaoorrOrrsr',
+        'full_tp_d2_b_s5': 'asr',
+        'full_tp_d2_b_s6': 'aoorrOrsrr',
+        'full_tp_d2_b_s7': 'asr',
+        'full_tp_d2_b_s8': 'rrO',
         'full_tp_d2_weight_s0': 'ooooorrsrrssrs',
         'full_tp_d2_weight_s1': 'aoaoosrrsrrr',
         'full_tp_d2_weight_s2': 'aaaoosrrrsrsrsr',
@@ -33950,12 +35581,8 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'full_tp_d_only_b_s2': 'aoosrrsrsr',
         'full_tp_d_only_b_s3': 'asrrrs',
         'full_tp_d_only_weight_s0': 'oorrr',
-        'full_tp_d_only_weight_s1': 'oorr',
-        'full_tp_d_only_weight_s2': 'oorr',
-        'full_tp_d_only_weight_s3': 'ooorrr',
-        'full_tp_d_only_weight_s4': 'oorrr',
-        'full_tp_d_only_weight_s5': 'oorr',
-        'full_tp_d_only_weight_s6': 'oorr',
+        'full_tp_d_only_weight_s1': 'oorrOrrrOrrrOr',
+        'full_tp_d_only_weight_s2': 'OrrOrrr',
         'full_tp_d_only_a_b_s0': 'oorr',
         'full_tp_d_only_a_b_s1': 'ooosrrr',
         'full_tp_d_only_a_b_s2': 'ooosrrr',
@@ -33964,61 +35591,36 @@ void tp_then_linear_d_only_x_y_s4(int64_t n, int threads, real *restrict A0, int
         'full_tp_d_only_a_b_s5': 'aaoosrrrsrssr',
         'full_tp_d_only_a_b_s6': 'aasrrrsr',
         'linear_s0': 'orsrsrs',
-        'linear_d_s0': 'ooorsr',
-        'linear_d_s1': 'aorsr',
-        'linear_d_s2': 'ars',
-        'linear_d2_x_s0': 'ors',
-        'linear_d2_x_s1': 'aorsr',
-        'linear_d2_x_s2': 'aoorsr',
+        'linear_d_s0': 'oOrsrrsrrsr',
+        'linear_d2_x_s0': 'oOrsrrsrrsr',
         'linear_d2_weight_s0': 'oosrrsrrsrr',
         'linear_d_only_x_s0': 'orsrsrs',
-        'linear_d_only_weight_s0': 'oorr',
-        'linear_d_only_weight_s1': 'or',
+        'linear_d_only_weight_s0': 'Orrrrrr',
         'tp_then_linear_s0': 'oorsrs',
         'tp_then_linear_s1': 'aorrrssssr',
-        'tp_then_linear_d_s0': 'ooooooorsrssrssrrrs',
-        'tp_then_linear_d_s1': 'ars',
-        'tp_then_linear_d_s2': 'oarrs',
-        'tp_then_linear_d_s3': 'oosrr',
-        'tp_then_linear_d_s4': 'arrs',
-        'tp_then_linear_d_s5': 'aoaoosrrrsr',
-        'tp_then_linear_d_s6': 'aaosrrrsr',
-        'tp_then_linear_d_s7': 'ors',
-        'tp_then_linear_d2_x_s0': 'ooooorsrsrsrs',
-        'tp_then_linear_d2_x_s1': 'arrs',
-        'tp_then_linear_d2_x_s2': 'aoosrr',
-        'tp_then_linear_d2_x_s3': 'oaoorrsr',
-        'tp_then_linear_d2_x_s4': 'aoasrrrs',
-        'tp_then_linear_d2_x_s5': 'aosrr',
-        'tp_then_linear_d2_x_s6': 'ors',
-        'tp_then_linear_d2_x_s7': 'aoorsr',
-        'tp_then_linear_d2_x_s8': 'aorrrs',
-        'tp_then_linear_d2_y_s0': 'ooooorsrsrsrs',
-        'tp_then_linear_d2_y_s1': 'aoarrsr',
-        'tp_then_linear_d2_y_s2': 'oaarrsr',
-        'tp_then_linear_d2_y_s3': 'aoaorrsr',
-        'tp_then_linear_d2_y_s4': 'ors',
-        'tp_then_linear_d2_y_s5': 'aoorsr',
+        'tp_then_linear_d_s0': 'ooooOorsrssrssrrrsrs',
+        'tp_then_linear_d_s1': 'oAasrrrrrs',
+        'tp_then_linear_d_s2': 'aAoaoosrrrrsr',
+        'tp_then_linear_d_s3': 'aAaosrrrrrss',
+        'tp_then_linear_d2_x_s0': 'ooooOrsrsrsrss',
+        'tp_then_linear_d2_x_s1': 'aAoaoosrrrsr',
+        'tp_then_linear_d2_x_s2': 'aAoasrrrrrs',
+        'tp_then_linear_d2_x_s3': 'aAoosrrrrsrsrrrs',
+        'tp_then_linear_d2_y_s0': 'oOorsrsrsrssrss',
         'tp_then_linear_d2_weight_s0': 'ooooooorsrssrssrsrss',
         'tp_then_linear_d2_weight_s1': 'ooaoorrrrssr',
         'tp_then_linear_d2_weight_s2': 'aasrsr',
         'tp_then_linear_d2_weight_s3': 'aaaorrsrsrr',
-        'tp_then_linear_d2_weight_s4': 'aaoorrsrsrrrs',
-        'tp_then_linear_d2_weight_s5': 'aaoosrrrs',
-        'tp_then_linear_d2_weight_s6': 'oarrs',
-        'tp_then_linear_d2_weight_s7': 'aosrr',
-        'tp_then_linear_d2_weight_s8': 'arrs',
-        'tp_then_linear_d2_weight_s9': 'aoaosrrrs',
-        'tp_then_linear_d2_weight_s10': 'aaosrrrsr',
-        'tp_then_linear_d2_weight_s11': 'ors',
+        'tp_then_linear_d2_weight_s4': 'aaooOorrsrsrrrssrss',
+        'tp_then_linear_d2_weight_s5': 'aAasrrrrrs',
+        'tp_then_linear_d2_weight_s6': 'aAoaosrrrrs',
+        'tp_then_linear_d2_weight_s7': 'aAaosrrrrrss',
         'tp_then_linear_d_only_x_s0': 'ooorsrrrsrss',
         'tp_then_linear_d_only_x_s1': 'arrrss',
         'tp_then_linear_d_only_y_s0': 'orsrs',
         'tp_then_linear_d_only_y_s1': 'ooosrsrrr',
         'tp_then_linear_d_only_y_s2': 'aosrrrss',
-        'tp_then_linear_d_only_weight_s0': 'oooooooorsrssrssrs',
-        'tp_then_linear_d_only_weight_s1': 'ars',
-        'tp_then_linear_d_only_weight_s2': 'or',
+        'tp_then_linear_d_only_weight_s0': 'Orsrssrssrsrs',
         'tp_then_linear_d_only_x_y_s0': 'oooorsrrrsrs',
         'tp_then_linear_d_only_x_y_s1': 'aorrsr',
         'tp_then_linear_d_only_x_y_s2': 'aaoorrsrrsr',
