@@ -169,7 +169,8 @@ class NativeKernels:
         return f
 
     def run(self, name: str, n: int, *tensors: torch.Tensor) -> None:
-        """Run kernel `name` on n rows; its outputs (the `o` and `a` arguments) are written."""
+        """Run kernel `name` on n rows; its outputs (the `o`, `a`, `O` and `A` arguments) are
+        written."""
         dtype = tensors[0].dtype
         if n == 0:  # nothing to run: sums over no rows are zero
             for t, kind in zip(tensors, self.kinds[name]):
