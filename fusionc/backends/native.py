@@ -206,12 +206,11 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
     for local, size in locals_.items():
         setup.append(f"real {local}[{size}] {ALIGNED} = {{0}};")
     loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *body, "    }"]
+    lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue]
     if not sums:
-        lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue,
-                 "    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop, "}"]
+        lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop, "}"]
         return "\n".join(lines)
-    lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue,
-             f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
+    lines += [f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
              "    #pragma omp parallel num_threads(threads) if (n >= 64)",
              "    {",
              *(f"        real *restrict {a.name} = partial + (int64_t)omp_get_thread_num() * {total} + "

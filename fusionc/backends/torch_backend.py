@@ -497,8 +497,8 @@ class _NativeWriter(_ProgramWriter):
                 if first:
                     self.w(f"{t} = weight.new_empty({'n, ' if rows else ''}{p.tensors[t].size})")
                     self.allocated.add(t)
-                home[t] = argument(t, rows, p.tensors[t].size, ("o" if first else "a") if rows else
-                                   ("O" if first else "A"))
+                kind = "o" if first else "a"
+                home[t] = argument(t, rows, p.tensors[t].size, kind if rows else kind.upper())
                 if max(self.written_at[t]) <= last:
                     self.ready[t] = (t, (p.tensors[t].size,))
             else:

@@ -150,10 +150,13 @@ class NativeKernels:
         todo = [(program, dtype) for dtype in dtypes for program in self.sources
                 if (program, dtype) not in self.libraries]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            paths = list(pool.map(lambda key: _build(HEADER + self.sources[key[0]], TYPES[key[1]]), todo))
+            paths = list(pool.map(lambda key: self._compiled(*key), todo))
         with _lock:
             for key, path in zip(todo, paths):
                 self.libraries.setdefault(key, ctypes.CDLL(str(path)))
+
+    def _compiled(self, program: str, dtype: torch.dtype) -> Path:
+        return _build(HEADER + self.sources[program], TYPES[dtype])
 
     def _function(self, name: str, dtype: torch.dtype):
         f = self.functions.get((name, dtype))
@@ -161,7 +164,7 @@ class NativeKernels:
             key = (self.programs[name], dtype)
             with _lock:
                 if key not in self.libraries:
-                    self.libraries[key] = ctypes.CDLL(str(_build(HEADER + self.sources[key[0]], TYPES[dtype])))
+                    self.libraries[key] = ctypes.CDLL(str(self._compiled(*key)))
             f = getattr(self.libraries[key], name)
             f.argtypes = [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p, ctypes.c_int64] * len(self.kinds[name])
             f.restype = None
