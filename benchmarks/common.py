@@ -3,9 +3,14 @@ half (which runs in its own environment)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -45,16 +50,57 @@ def time_alternating(contenders: dict[str, Callable[[], object]], repeats: int, 
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
-    """Median and interquartile spread, in milliseconds."""
+    """Median, 25th and 75th percentiles, in milliseconds.
+
+    The percentiles interpolate between the runs, so they lie between the fastest and the slowest
+    (statistics.quantiles' default extrapolates past them: below zero for two runs far apart).
+
+    >>> summary([0.001, 0.003])
+    {'median_ms': 2.0, 'p25_ms': 1.5, 'p75_ms': 2.5, 'runs': 2}
+    """
     ms = sorted(1e3 * s for s in seconds)
-    q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
-    return {"median_ms": statistics.median(ms), "q1_ms": q[0], "q3_ms": q[2], "runs": len(ms)}
+    p25, _, p75 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) >= 2 else [ms[0]] * 3
+    return {"median_ms": statistics.median(ms), "p25_ms": p25, "p75_ms": p75, "runs": len(ms)}
+
+
+def spread(row: dict) -> str:
+    """How a timing row is printed: its median and its 25th to 75th percentiles."""
+    return f"{row['median_ms']:>10.2f} ms  (p25–p75 {row['p25_ms']:.2f}–{row['p75_ms']:.2f})"
+
+
+#: What libkineto writes to stderr at each start and stop of the profiler and of its stages.
+_KINETO_NOTICE = re.compile(r"(USDT|STAGE):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def _without_kineto_notices() -> Iterator[None]:
+    """Drop libkineto's start and stop notices from stderr, and pass everything else on.
+
+    libkineto logs them at a level above its errors ('USDT:… profiler_start'), so KINETO_LOG_LEVEL
+    cannot silence them without silencing its errors too: stderr goes to a file while the profiler
+    runs, and its other lines are written out after.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _KINETO_NOTICE.match(line):
+                    sys.stderr.write(line)
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:
     """Peak of the bytes torch allocates on the CPU during one call, beyond what was live before
     (from the profiler's allocation events)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _without_kineto_notices(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                            profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     current = peak = 0

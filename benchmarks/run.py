@@ -6,10 +6,10 @@
 
 Every contender runs in this one process (mace-torch, which pins e3nn 0.4.4, in its own
 environment, started from here: `benchmarks/mace_peer.py`), on 2 threads, taking turns call by
-call; each figure is the median of the runs after warm-up, with the interquartile spread. Peers
-that share fusionc's weights (e3nn, mace-torch) are checked to give the same outputs before they
-are timed; cuEquivariance keeps its own weights (its layout of them differs) and is timed on the
-same shapes.
+call; each figure is the median of the runs after warm-up, with their 25th and 75th percentiles.
+Peers that share fusionc's weights (e3nn, mace-torch) are checked to give the same outputs before
+they are timed; cuEquivariance keeps its own weights (its layout of them differs) and is timed on
+the same shapes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (PASSES, matmul_peak, peak_bytes, relative_error, run_pass, summary,
+from benchmarks.common import (PASSES, matmul_peak, peak_bytes, relative_error, run_pass, spread, summary,
                                time_alternating)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,12 +271,43 @@ def table(report: dict) -> str:
                       "from the same SymmetricContraction (`fusionc.compat.mace`), timed in that run, contenders "
                       "alternating: " + ", ".join(f"{r['dtype']} {r['pass']} {r['median_ms']:.1f} ms"
                                                  for r in report["mace_peer_fusionc"]) + "."]
+    if "first_use" in report:
+        lines += ["", "First use of a cached op in a new process (`fc_tp`, 16 rows, medians of {processes} "
+                      "processes): import fusionc and torch {import_s:.2f} s, `fusionc.load` {load_s:.2f} s, "
+                      "first call {first_call_s:.3f} s.".format(**report["first_use"])]
     naive = {r["case"]: r for r in report["flops"]}
     block = naive.get("fusion_block")
     if block:
         lines += ["", f"fusion_block has no peer; its plan needs {block['flops']:,} FLOPs per row against "
                       f"{block['naive_flops']:,} for the naive plan ({block['naive_flops'] / block['flops']:.1f}×)."]
     return "\n".join(lines)
+
+
+#: One new process's use of a cached op: import, load (parse, check, import the cached module) and
+#: the first call (load the cached native library, run).
+FIRST_USE = """
+import time
+start = time.perf_counter()
+import torch, fusionc
+imported = time.perf_counter()
+module = fusionc.load({path!r}).fc_tp()
+loaded = time.perf_counter()
+module(torch.randn(16, 288), torch.randn(16, 16))
+called = time.perf_counter()
+print(imported - start, loaded - imported, called - loaded)
+"""
+
+
+def first_use(repeats: int) -> dict:
+    """Seconds a new process takes to import fusionc, load `fc_tp` and make its first call, with the
+    module and its native kernels already in the cache (a first process fills it): medians."""
+    code = FIRST_USE.format(path=str(REPO / "kernels" / "tensor_products.fus"))
+    runs = []
+    for _ in range(repeats + 1):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+        runs.append([float(x) for x in out.stdout.split()])
+    medians = [sorted(column)[len(column) // 2] for column in zip(*runs[1:])]
+    return {**dict(zip(("import_s", "load_s", "first_call_s"), medians)), "processes": repeats}
 
 
 def write_readme(markdown: str) -> None:
@@ -317,16 +348,18 @@ def main() -> int:
             report["checks"] += check_case(case, built, dtype)
             report["results"] += measure_case(case, built, dtype, rows[case], repeats, memory=True)
             for r in report["results"][-3 * len(built["contenders"]):]:
-                print(f"  {r['case']:<13}{r['dtype']:<9}{r['pass']:<18}{r['contender']:<16}"
-                      f"{r['median_ms']:>10.2f} ms  [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]")
+                print(f"  {r['case']:<13}{r['dtype']:<9}{r['pass']:<18}{r['contender']:<16}{spread(r)}")
         report["flops"].append({"case": case, "flops": built["flops"], "naive_flops": built["naive_flops"]})
+    report["first_use"] = first_use(1 if args.quick else 5)
+    print("  fc_tp, cached, in a new process: import {import_s:.2f} s, load {load_s:.2f} s, "
+          "first call {first_call_s:.3f} s".format(**report["first_use"]))
     peer = mace_peer(args.quick, args.mace_python)
     if peer is not None:
         flops = next(f["flops"] for f in report["flops"] if f["case"] == "mace_product")
         for r in peer["results"]:
             if r["contender"] == "mace-torch":
                 report["results"].append({**r, "flops_per_row": flops})
-                print(f"  mace_product {r['dtype']:<9}{r['pass']:<18}mace-torch      {r['median_ms']:>10.2f} ms")
+                print(f"  mace_product {r['dtype']:<9}{r['pass']:<18}{'mace-torch':<16}{spread(r)}")
         report["checks"] += peer["checks"]
         report["mace_peer_fusionc"] = [r for r in peer["results"] if r["contender"] == "fusionc"]
         bad = [c for c in peer["checks"] if not c["relative_error"] < TOLERANCE[getattr(torch, c["dtype"])] * 10]

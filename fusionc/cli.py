@@ -1,29 +1,57 @@
 """The `fusionc` command: check, compile and show diagrams.
 
 Exit status: 0 on success, 2 on a syntax or type error in the source (printed as
-file:line:col with a caret, never a traceback), 1 when a numerical check fails.
+file:line:col with a caret, never a traceback), 1 when a numerical check fails, 141 when the
+reader of the output goes away first (`| head`), as a program killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from fusionc.analysis.cost import path_flops
 from fusionc.analysis.plan import DiagramPlan, explain, plan_diagram
 from fusionc.errors import FusionError
+from fusionc.frontend.parser import decode_source
 from fusionc.ir.diagram import Diagram, path_label
 from fusionc.pipeline import PASS_NAMES, compile_source
 
 NUMERIC_TOLERANCE = 1e-10
+
+#: Printed once above the plans of `check --explain` (fusionc.analysis.plan.explain prints them).
+EXPLAIN_LEGEND = """\
+How to read the plans below:
+  FLOPs per row  floating-point operations (each multiplication and each addition counts one) for
+                 one row of the inputs: one atom, edge or sample of the batch
+  naive plan     every fusion tree or path evaluated on its own, with its dense CG table, left to right
+  chosen plan    the plan the generated code follows: each coupling built once and shared by every
+                 tree and term that uses it, CG tables walked over their non-zeros only, and the trees
+                 that end alike summed with their weights (weighted sums) before their last coupling
+  term           one term of an assignment (B.1 is the second term of B's expression), with its
+                 number of fusion trees or paths, and its FLOPs per row in either plan
+  pN             an intermediate of the chosen plan: a block of an input, or the result of a step;
+                 pA(1) ⊗ pB(2) -> 64x1o couples a degree-1 block with a degree-2 block, channel by
+                 channel, into 64 channels of the irrep 1o; the largest intermediate is the pN with
+                 the most elements per row
+  letters        z the row; u, v, w the channels (multiplicities) of the first operand, the second
+                 and the output: mix uvw maps every (u, v) to every w, uvu pairs channel u of the
+                 first with every v of the second into channel u, uuu goes channel by channel;
+                 i, j, k the 2l+1 components of the first operand, the second and the output, so a
+                 coupling is out[z,u,k] = sum over i, j of C[i,j,k] a[z,u,i] b[z,u,j]
+  order          how a coupling's sum is evaluated: fused over CG non-zeros (3 FLOPs per non-zero
+                 and channel), or in the pairwise order opt_einsum picks (a ⊗ b, then CG: the outer
+                 product first; a · CG, then b: a contracted with the CG table first)
+"""
 
 
 class UsageError(Exception):
     """A bad command line (unknown back end, output format, diagram): exit 2 with a message."""
 
 
-def _describe(d: Diagram, plan: DiagramPlan) -> list[str]:
+def _describe(d: Diagram, plan: DiagramPlan, explained: bool) -> list[str]:
     term_cost = {t.vertex: t.planned for t in plan.terms}
     lines = [f"diagram {d.name}  (group {d.group}, convention {d.convention})"]
     for i in d.inputs:
@@ -50,23 +78,40 @@ def _describe(d: Diagram, plan: DiagramPlan) -> list[str]:
             lines.append(f"      {path_label(t, p)}   weights {shape}{flops}")
     external = sum(t.weight_numel for t in d.vertices if t.weight_source is not None)
     lines.append(f"  parameters: {d.internal_weight_numel} learnable, {external} per row from weights inputs")
-    lines.append(f"  FLOPs per row: {plan.planned_flops} (see --explain for the plan)")
+    lines.append(f"  FLOPs per row: {plan.planned_flops}" + ("" if explained else " (see --explain for the plan)"))
     return lines
 
 
 def _compile(path: Path, dump_ir: str | None) -> tuple[str, tuple[Diagram, ...]]:
     try:
-        source = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise FusionError(f"cannot read {path}: {exc.strerror}", filename=str(path)) from None
+    source = decode_source(data, str(path))
     return source, compile_source(source, str(path), dump_ir=dump_ir)
 
 
+def _write(output: str, data: bytes) -> None:
+    from fusionc.algebra.cache import atomic_write
+
+    try:
+        atomic_write(Path(output), data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _check(args: argparse.Namespace) -> int:
-    status = 0
+    if args.explain:
+        print(EXPLAIN_LEGEND)
+    checked = failed = 0
     for path in args.files:
         source, diagrams = _compile(Path(path), args.dump_ir)
-        print(f"{path}: {len(diagrams)} diagram{'s' if len(diagrams) != 1 else ''}, well typed")
+        checked += len(diagrams)
+        print(f"{path}: {_plural(len(diagrams), 'diagram')}, well typed")
         ops = None
         if args.numeric:
             from fusionc.runtime.loader import loads
@@ -75,22 +120,25 @@ def _check(args: argparse.Namespace) -> int:
             ops = loads(source, "torch", str(path))
         for d in diagrams:
             plan = plan_diagram(d)
-            print("\n".join(_describe(d, plan)))
+            print("\n".join(_describe(d, plan, args.explain)))
             if args.explain:
                 print(explain(d, plan))
             if ops is not None:
                 error = equivariance_error(getattr(ops, d.name)(), d, rotations=args.rotations)
                 ok = error < NUMERIC_TOLERANCE
-                status = status or (0 if ok else 1)
+                failed += not ok
                 what = "rotations and inversion" if d.group == "O3" else "rotations"
                 print(f"  equivariance ({args.rotations} random {what}, float64): max relative error "
                       f"{error:.2e}  {'ok' if ok else f'FAILED (tolerance {NUMERIC_TOLERANCE:.0e})'}")
         print()
-    return status
+    verdict = "well typed"
+    if args.numeric:
+        verdict += f"; {failed} of {checked} FAILED the equivariance check" if failed else ", all equivariant"
+    print(f"{_plural(len(args.files), 'file')}, {_plural(checked, 'diagram')}: {verdict}")
+    return 1 if failed else 0
 
 
 def _compile_cmd(args: argparse.Namespace) -> int:
-    from fusionc.algebra.cache import atomic_write
     from fusionc.backends import get_backend
 
     try:
@@ -101,25 +149,35 @@ def _compile_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--target compiles Triton kernels: use it with --backend triton")
     if not args.target and not args.output:
         raise UsageError("say where to write the code (-o OUT.py, or -o - for stdout), or give --target")
+    if args.target:
+        from fusionc.backends.triton_aot import capability
+
+        for target in args.target:
+            try:
+                capability(target)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
     source, diagrams = _compile(Path(args.file), args.dump_ir)
     code = emit(diagrams, source, args.file)
     if args.output == "-":
         sys.stdout.write(code)
     elif args.output:
-        atomic_write(Path(args.output), code.encode())
+        _write(args.output, code.encode())
         print(f"wrote {args.output} ({', '.join(d.name for d in diagrams)})")
     for target in args.target or ():
-        from fusionc.backends.triton_aot import compile_for, format_reports
+        from fusionc.backends.triton_aot import REPORT_HEADER, compile_for, format_report
         from fusionc.runtime.loader import loads
 
         ops = loads(source, "triton", args.file)
         print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
-        print(format_reports(compile_for(ops.module, diagrams, target, args.kernels)))
+        # flushed row by row: compiling a file's kernels takes minutes, and a pipe would hold them all
+        print(REPORT_HEADER, flush=True)
+        for report in compile_for(ops.module, diagrams, target, args.kernels):
+            print(format_report(report), flush=True)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from fusionc.algebra.cache import atomic_write
     from fusionc.show import to_dot, to_svg
 
     suffix = Path(args.output).suffix
@@ -133,7 +191,7 @@ def _show(args: argparse.Namespace) -> int:
                              f"{', '.join(d.name for d in diagrams)}")
         diagrams = chosen
     text = to_svg(diagrams) if suffix == ".svg" else to_dot(diagrams)
-    atomic_write(Path(args.output), text.encode())
+    _write(args.output, text.encode())
     print(f"wrote {args.output}")
     return 0
 
@@ -185,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fusionc: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout goes nowhere from now on, so that flushing it at exit raises nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -44,10 +45,14 @@ class FusionError(Exception):
         head = f"{self.filename}:{self.span.line}:{self.span.column}: error: {self.message}"
         if self.source is None:
             return head
-        lines = self.source.splitlines()
+        # lines end at "\n" only, as lark counts them: str.splitlines would also break at a form
+        # feed, a vertical tab or U+2028, and show the wrong line
+        lines = self.source.split("\n")
         if not 1 <= self.span.line <= len(lines):
             return head
-        text = lines[self.span.line - 1].expandtabs(1)
+        # one column per character, as spans count them: a tab, a form feed or a line separator
+        # shows as a space, not as a jump of the terminal's cursor
+        text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in lines[self.span.line - 1])
         width = 1
         if self.span.end_line == self.span.line and self.span.end_column:
             width = max(1, self.span.end_column - self.span.column)

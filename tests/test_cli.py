@@ -80,3 +80,54 @@ def test_console_script_runs_from_any_directory(tmp_path) -> None:
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert "6 diagrams, well typed" in result.stdout
+
+
+SMALL = """\
+diagram scalar { in x : 2x0e  in y : 0e  out z : 2x0e  z = fuse(x, y) mix uvw }
+diagram vector { in x : 2x1o  out z : 2x1o  z = x mix uvw }
+"""
+
+
+def test_check_ends_with_a_summary_over_all_files(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = tmp_path / "small.fus"
+    small.write_text(SMALL)
+    assert main(["check", TP, str(small)]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == "2 files, 8 diagrams: well typed"
+
+
+def test_check_numeric_summary_counts_equivariant_diagrams(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = tmp_path / "small.fus"
+    small.write_text(SMALL)
+    assert main(["check", "--numeric", "--rotations", "1", str(small)]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == "1 file, 2 diagrams: well typed, all equivariant"
+
+
+def test_check_numeric_summary_counts_failures(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import fusionc.testing
+
+    small = tmp_path / "small.fus"
+    small.write_text(SMALL)
+    # a broken back end, as the check would see it: the vector diagram's outputs do not rotate
+    monkeypatch.setattr(fusionc.testing, "equivariance_error", lambda module, d, rotations: 0.5 * (d.name == "vector"))
+    assert main(["check", "--numeric", str(small), str(small)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAILED (tolerance") == 2
+    assert out.rstrip().splitlines()[-1] == "2 files, 4 diagrams: well typed; 2 of 4 FAILED the equivariance check"
+
+
+def test_check_explain_has_one_legend_and_no_hint_to_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", TP, "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "see --explain" not in out
+    assert out.count("FLOPs per row:") == 6  # every diagram still reports its cost
+    legend = out[:out.index("tensor_products.fus: 6 diagrams")]
+    for term in ("FLOPs per row", "naive", "chosen", "pN", "z the row", "u, v, w", "i, j, k", "order"):
+        assert term in legend, term
+    assert out.count("How to read") == 1
+
+
+def test_check_without_explain_points_to_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", TP]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(see --explain for the plan)") == 6 and "How to read" not in out

@@ -57,7 +57,7 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
     forward = getattr(code, f"_{name}")
     outputs = forward(*rows, weight, *constants)
     for k, value in enumerate(diagram.outputs):
-        first_name = f"_{name}_d" + (f"_{value.name}" if len(outputs) > 1 else "")
+        first_name = f"_{name}__d" + (f"_{value.name}" if len(outputs) > 1 else "")
         first = getattr(code, first_name)
         cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64) if j == k else torch.zeros_like(o)
                       for j, o in enumerate(outputs)]
@@ -68,7 +68,7 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
         rows2 = rows + [cotangents[k]]
         floats = [i.name for i in diagram.inputs if i.kind != "index"] + ["weight"]
         for j, input_name in enumerate(floats):
-            second = getattr(code, f"{first_name}2_{input_name}")
+            second = getattr(code, f"{first_name}__d2_{input_name}")
             cotangents2 = [torch.randn(o.shape, generator=g, dtype=torch.float64) if i == j else torch.zeros_like(o)
                            for i, o in enumerate(got)]
             got2 = second(*rows2, cotangents2[j], weight, *constants)
@@ -84,7 +84,7 @@ def _check_partials(code, first_name: str, rows: list, weight, constants, full: 
     reference (`full`: the VJP through the forward's torch code, in the whole program's order)."""
     names = _output_names(getattr(code, first_name))
     versions = [fn for key, fn in sorted(vars(code).items())
-                if key.startswith(f"{first_name}_only_") and not key.endswith("_cpu")]
+                if key.startswith(f"{first_name}__only_") and not key.endswith("__cpu")]
     for fn in versions:
         got = fn(*rows, weight, *constants)
         _close(got, [full[names.index(o)] for o in _output_names(fn)])
@@ -116,9 +116,9 @@ def test_ops_run_the_derivative_programs():
         (gx,) = torch.autograd.grad(z.pow(2).sum(), x, create_graph=True)
         gx.sum().backward()
     names = {e.name for e in prof.events()}
-    assert any(n.endswith("::fc_tp_d") for n in names)
-    assert any(n.endswith("::fc_tp_d2_x") for n in names)
-    assert not any(n.endswith(("::fc_tp_d2_y", "::fc_tp_d2_weight")) for n in names)
+    assert any(n.endswith("::fc_tp__d") for n in names)
+    assert any(n.endswith("::fc_tp__d__d2_x") for n in names)
+    assert not any(n.endswith(("::fc_tp__d__d2_y", "::fc_tp__d__d2_weight")) for n in names)
 
 
 def _fusionc_ops_run(fn) -> list[str]:
@@ -139,9 +139,9 @@ def test_backward_computes_only_the_gradients_autograd_uses():
     cotangent = torch.randn(4, 288, generator=g, dtype=torch.float64)
     full = dict(zip("xyw", torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)))
     assert _fusionc_ops_run(lambda: torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)) == [
-        "fc_tp", "fc_tp_d"]
+        "fc_tp", "fc_tp__d"]
 
-    for wrt, version in (("y", "fc_tp_d_only_y"), ("x", "fc_tp_d_only_x"), ("xy", "fc_tp_d_only_x_y")):
+    for wrt, version in (("y", "fc_tp__d__only_y"), ("x", "fc_tp__d__only_x"), ("xy", "fc_tp__d__only_x_y")):
         got: list = []
         inputs = [{"x": x, "y": y}[k] for k in wrt]
         ran = _fusionc_ops_run(lambda: got.extend(torch.autograd.grad(module(x, y), inputs, cotangent)))
@@ -153,7 +153,7 @@ def test_backward_computes_only_the_gradients_autograd_uses():
     module.weight.requires_grad_(False)
     y.grad = None
     ran = _fusionc_ops_run(lambda: module(x.detach(), y).backward(cotangent))
-    assert ran == ["fc_tp", "fc_tp_d_only_y"], ran
+    assert ran == ["fc_tp", "fc_tp__d__only_y"], ran
     torch.testing.assert_close(y.grad, full["y"], rtol=1e-12, atol=1e-12)
 
 

@@ -221,3 +221,15 @@ def test_issue_figures(nu: int, out: str, mace_paths: int, trees: int) -> None:
     assert u.shape[-1] == mace_paths
     assert fusionc_counts(v, nu, [out]) == {out: trees}
     assert symmetric_rank(u, nu, Irreps.parse(v).dim) == trees
+
+
+def test_readme_mace_example_runs_as_written() -> None:
+    """The README's mace-torch example, run as a user would in this environment, prints a small
+    difference between the fusionc module and the SymmetricContraction it replaces."""
+    from test_readme import python_blocks
+
+    (block,) = [b for b in python_blocks() if "from mace" in b]
+    result = subprocess.run([sys.executable, "-c", block], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < 1e-4  # mace may print a notice first

@@ -27,8 +27,8 @@ from conftest import KERNELS
 def _programs(module):
     """(name, torch function, CPU function) of every program that has a CPU version."""
     for name, cpu in sorted(vars(module).items()):
-        if name.endswith("_cpu") and callable(cpu):
-            yield name[:-4], getattr(module, name[:-4]), cpu
+        if name.endswith("__cpu") and callable(cpu):
+            yield name[:-5], getattr(module, name[:-5]), cpu
 
 
 def _arguments(fn, diagram, module_cls, rows: int, dtype: torch.dtype, g: torch.Generator) -> list:
@@ -58,7 +58,7 @@ def _check_module(ops, rows: int = 37) -> int:
     checked = 0
     for diagram in ops.diagrams:
         for name, reference, cpu in _programs(ops.module):
-            if name != f"_{diagram.name}" and not name.startswith(f"_{diagram.name}_d"):
+            if name != f"_{diagram.name}" and not name.startswith(f"_{diagram.name}__d"):
                 continue
             for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
                 g = torch.Generator().manual_seed(7)
@@ -126,7 +126,7 @@ def test_cpu_ops_run_native_kernels_by_default_and_torch_code_when_disabled(monk
     calls = _counting(monkeypatch)
     out = module(x, y)
     grads = torch.autograd.grad(out.pow(2).sum(), (x, y, module.weight))
-    assert any(c.startswith("tp_s") for c in calls) and any(c.startswith("tp_d_s") for c in calls)
+    assert any(c.startswith("tp__s") for c in calls) and any(c.startswith("tp__d__s") for c in calls)
     calls.clear()
     monkeypatch.setenv("FUSIONC_NATIVE", "0")
     out0 = module(x, y)
@@ -196,7 +196,7 @@ def test_a_failing_compile_is_an_error_and_leaves_no_cache_entry(monkeypatch, tm
 def test_kernel_arguments_are_checked():
     ops = fusionc.loads(_SOURCE)
     kernels = ops.module._native
-    name = next(n for n in kernels.kinds if n.startswith("tp_s"))
+    name = next(n for n in kernels.kinds if n.startswith("tp__s"))
     tensors = [torch.zeros(4, 200) for _ in kernels.kinds[name]]
     tensors[-1] = tensors[-1].double()
     with pytest.raises(ValueError, match="must be torch.float32 on the CPU, got torch.float64"):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import keyword
 import re
 
 from fusionc.analysis.paths import (channel_mismatch, coupling_paths, linear_paths, normalise_coupling,
                                     tree_paths, why_not)
-from fusionc.analysis.trees import canonical_order, symmetric_trees
+from fusionc.analysis.trees import TooManyTrees, canonical_order, symmetric_trees
 from fusionc.errors import FusionError, Span
 from fusionc.frontend import ast
 from fusionc.ir.diagram import MODES, CouplingVertex, Diagram, Input, Value
 from fusionc.ir.irreps import Irreps
+from fusionc.limits import LIMITS, limit, over
 
 #: Names the generated modules use themselves (the module's weight, the row count, imported modules).
 _GENERATED = frozenset({"weight", "n", "self", "torch", "rt", "triton", "tl"})
@@ -21,6 +23,16 @@ GROUPS = ("O3", "SO3")
 CONVENTIONS = ("e3nn",)
 _LINEAR_MODES = ("uvw", "uuu", "none")
 _TREE_MODES = ("uuu", "none")
+
+
+def check_name(name: ast.Name) -> None:
+    """A located error for a name the generated code cannot take: it would shadow a name of its
+    own, or (containing '__', the separator of every name it derives) equal a derived one."""
+    text = name.text
+    if text in _RESERVED or text.startswith("_") or "__" in text or re.fullmatch(r"cg_\d+_\d+_\d+|recouple_\w*", text):
+        raise FusionError(f"'{text}' is reserved: the generated code uses this name (Python keywords, "
+                          f"{', '.join(sorted(_GENERATED))}, names starting with '_' or containing '__', cg_L_L_L, "
+                          f"recouple_…)", name.span)
 
 
 class _DiagramChecker:
@@ -33,15 +45,14 @@ class _DiagramChecker:
         self.used: set[str] = set()
         self.weights_user: dict[str, Span] = {}
         self.lets: set[str] = set()
+        self.paths = 0  # paths and fusion trees of the terms checked so far
+        self.weights = 0  # their learnable weights
 
     def irreps(self, text: ast.IrrepsText) -> Irreps:
         return Irreps.parse(text.text, so3=self.group == "SO3", span=text.span)
 
     def declare(self, name: ast.Name) -> None:
-        if name.text in _RESERVED or name.text.startswith("_") or re.fullmatch(r"cg_\d+_\d+_\d+|recouple_\w*", name.text):
-            raise FusionError(f"'{name.text}' is reserved: the generated code uses this name (Python keywords, "
-                              f"{', '.join(sorted(_GENERATED))}, names starting with '_', cg_L_L_L, recouple_…)",
-                              name.span)
+        check_name(name)
         if name.text in self.decl_span:
             first = self.decl_span[name.text]
             raise FusionError(f"'{name.text}' is already declared at line {first.line}", name.span)
@@ -58,6 +69,9 @@ class _DiagramChecker:
             elif isinstance(stmt, ast.LetStmt):
                 self.declare(stmt.name)
                 self.lets.add(stmt.name.text)
+        if not self.outputs:
+            raise FusionError(f"diagram '{self.d.name.text}' has no outputs: declare one with 'out NAME : IRREPS'",
+                              self.d.name.span)
         order: list[Value] = []
         for stmt in self.d.statements:
             if isinstance(stmt, ast.LetStmt):
@@ -103,7 +117,26 @@ class _DiagramChecker:
         if text in self.lets:
             raise FusionError(f"'{text}' is used before it is defined (line {self.decl_span[text].line})",
                               name.span)
-        raise FusionError(f"unknown name '{text}'", name.span)
+        raise FusionError(self.unknown(text), name.span)
+
+    def paths_left(self) -> int:
+        return max(limit("paths") - self.paths, 0)
+
+    def bound_combinations(self, irreps: tuple[Irreps, ...], span: Span) -> None:
+        """Before enumerating a term's paths or trees, each combination of its blocks: at most ten
+        for each path the diagram may still have."""
+        combinations = 1
+        for i in irreps:
+            combinations *= len(i)
+        if combinations > 10 * self.paths_left():
+            raise FusionError(f"the blocks of this term combine in {combinations:,} ways, over fusionc's limit of "
+                              f"10 per path still allowed ({self.paths_left():,}; set "
+                              f"{LIMITS['paths'].variable} to raise it)", span)
+
+    def unknown(self, text: str) -> str:
+        """'unknown name', with the closest declared name as a suggestion."""
+        close = difflib.get_close_matches(text, list(self.decl_span), n=1)
+        return f"unknown name '{text}'" + (f"; did you mean '{close[0]}'?" if close else "")
 
     def let(self, stmt: ast.LetStmt) -> Value:
         irreps = self.let_irreps(stmt.expr)
@@ -139,12 +172,21 @@ class _DiagramChecker:
         return value
 
     def terms(self, dest: str, irreps: Irreps, expr: ast.Expr) -> tuple[CouplingVertex, ...]:
-        vertices = tuple(self.term(f"{dest}.{k}", dest, irreps, t) for k, t in enumerate(expr.terms))
+        vertices = []
+        for k, t in enumerate(expr.terms):
+            vertices.append(self.term(f"{dest}.{k}", dest, irreps, t))
+            self.paths += len(vertices[-1].paths)
+            self.weights += vertices[-1].parameter_numel
+            if (problem := over("paths", self.paths) or over("weights", self.weights)) is not None:
+                raise FusionError(problem, t.span)
         produced = {b for v in vertices for p in v.paths for b in [v.placement[p.out_block]]}
         for block_index, block in enumerate(irreps):
             if block_index not in produced:
                 raise FusionError(self.unproduced(dest, block_index, irreps, vertices), expr.span)
-        return vertices
+        for v, t in zip(vertices, expr.terms):
+            if not v.paths:
+                raise FusionError(f"'{v.text}' gives no block of '{dest}' ({irreps}): it has no path", t.span)
+        return tuple(vertices)
 
     def unproduced(self, dest: str, block_index: int, irreps: Irreps, vertices) -> str:
         block = irreps[block_index]
@@ -180,7 +222,7 @@ class _DiagramChecker:
                                   "parameters, not both", mix.per.span)
             per = mix.per.text
             if per not in self.inputs:
-                raise FusionError(f"unknown name '{per}'", mix.per.span)
+                raise FusionError(self.unknown(per), mix.per.span)
             if self.inputs[per].kind != "index":
                 raise FusionError(f"'per {per}' needs an index input (in {per} : index(K)), but '{per}' is "
                                   f"declared as {self.inputs[per].kind}", mix.per.span)
@@ -192,7 +234,7 @@ class _DiagramChecker:
         if mode == "none":
             raise FusionError("mix none has no weights to take 'by' an input", by.span)
         if by.text not in self.inputs:
-            raise FusionError(f"unknown name '{by.text}'", by.span)
+            raise FusionError(self.unknown(by.text), by.span)
         if self.inputs[by.text].kind != "weights":
             raise FusionError(f"'by {by.text}' needs a weights input, but '{by.text}' is declared as "
                               f"{self.inputs[by.text].kind}", by.span)
@@ -241,6 +283,7 @@ class _DiagramChecker:
             return self.tree_term(vid, term, names, operand_irreps, mode, source, per, sets, lmax, target,
                                   placement, text)
         x, y = (operand_irreps[n] for n in names)
+        self.bound_combinations((x, y, target), term.span)
         triples = coupling_paths(mode, x, y, target)
         for i1, i2, io in triples:
             problem = channel_mismatch(mode, x[i1], y[i2], target[io])
@@ -280,7 +323,13 @@ class _DiagramChecker:
                               f"none, not {mode}", where)
         canonical = canonical_order(names)
         irreps = tuple(operand_irreps[n] for n in canonical)
-        trees = symmetric_trees(canonical, irreps, target, lmax)
+        self.bound_combinations(irreps, term.span)
+        try:
+            trees = symmetric_trees(canonical, irreps, target, lmax, bound=self.paths_left())
+        except TooManyTrees:
+            raise FusionError(f"this term has more than {self.paths_left():,} fusion trees, over fusionc's limit of "
+                              f"{limit('paths'):,} paths and trees a diagram (set {LIMITS['paths'].variable} to "
+                              f"raise it)", term.span) from None
         for t in trees:
             blocks = [irr[b] for irr, b in zip(irreps, t.blocks)] + [target[t.out_block]]
             if len({b.mul for b in blocks}) > 1:
@@ -324,5 +373,6 @@ def build(program: ast.Program, filename: str = "<string>") -> tuple[Diagram, ..
             raise FusionError(f"diagram '{d.name.text}' is already defined at line {seen[d.name.text].line}",
                               d.name.span)
         seen[d.name.text] = d.name.span
+        check_name(d.name)
         diagrams.append(_DiagramChecker(d, group, convention, filename).check())
     return tuple(diagrams)

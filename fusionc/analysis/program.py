@@ -144,7 +144,7 @@ def _constant_order(name: str) -> tuple:
 
 
 def recoupling_name(t: CouplingVertex) -> str:
-    return "recouple_" + t.id.replace(".", "_")
+    return "recouple_" + t.stem
 
 
 class _Lowering:
@@ -192,7 +192,7 @@ class _Lowering:
         if t.weight_source is not None:
             source, base = t.weight_source, 0
         elif t.per is not None:
-            source, base = self.temp("_w_" + t.id.replace(".", "_"), (t.weight_numel,)), 0
+            source, base = self.temp("_w_" + t.stem, (t.weight_numel,)), 0
             self.statements.append(Gather(View(source, 0, (t.weight_numel,), "zp"),
                                           View("weight", offset, (t.weight_sets * t.weight_numel,), "p"),
                                           t.per, t.weight_sets, note=f"one weight set per row, chosen by {t.per}"))
@@ -204,7 +204,7 @@ class _Lowering:
         rows = self.tensors[source].rows
         mul = t.paths[0].weight_shape[0]
         shape = (len(t.recoupled.paths), mul)
-        name = self.temp("_r_" + t.id.replace(".", "_"), shape, rows)
+        name = self.temp("_r_" + t.stem, shape, rows)
         z = "z" if rows else ""
         matrix = self.const(View(recoupling_name(t), 0, (len(t.paths), len(t.recoupled.paths)), "pq"))
         self.matrices[matrix.tensor] = t.recoupled.matrix
@@ -274,7 +274,7 @@ class _Lowering:
         if batched_cost > per_path_cost:
             return False
         y_slices = y_irreps.slices()
-        name = "_g_" + t.id.replace(".", "_")
+        name = "_g_" + t.stem
         entries: list[tuple[int, int, float]] = []
         column = 0
         layout = []
@@ -290,7 +290,7 @@ class _Lowering:
             column += d_b * n_p * d_o
         matrix = self.const(View(name, 0, (y_irreps.dim, column), "jc"))
         self.matrices[name] = tuple(sorted(entries))
-        maps = self.temp("_m_" + t.id.replace(".", "_"), (column,))
+        maps = self.temp("_m_" + t.stem, (column,))
         self.statements.append(Einsum(View(maps, 0, (column,), "zc"),
                                       (View(t.operands[1], 0, (y_irreps.dim,), "zj"), matrix),
                                       note=f"every path's (i, k) map at once: {t.operands[1]} · G"))
@@ -300,7 +300,7 @@ class _Lowering:
         for (b, o), ps, start in layout:
             mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
             w_mul = out_irreps[o].mul
-            group = f"{t.id.replace('.', '_')}_{b}_{o}"
+            group = f"{t.stem}_{b}_{o}"
             shape = (mul, w_mul) if t.mode == "uvw" else (mul,)
             numel = prod(shape)
             offsets = [self.bases[t.id] + p.weight_offset for p in ps]
@@ -392,6 +392,7 @@ def derivative(p: Program, name: str, output: str | None = None, prefix: str = "
         g = prefix + name
         while g in taken:
             g = "d" + g
+        taken.add(g)
         return g
 
     seeded = p.outputs if output is None else (output,)

@@ -51,11 +51,15 @@ def _groups(names: tuple[str, ...]) -> list[tuple[int, int]]:
     return runs
 
 
+class TooManyTrees(Exception):
+    """More trees than the caller's bound: enumeration stops there rather than run on."""
+
+
 def enumerate_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: Irreps,
-                    lmax: int | None = None, ordered: bool = True) -> list[Tree]:
+                    lmax: int | None = None, ordered: bool = True, bound: int | None = None) -> list[Tree]:
     """All left-associative trees reaching a block of `target`, in lexicographic order of
     (blocks, inner labels, output block); with `ordered`, the blocks of a repeated operand are
-    non-decreasing (one ordering of each multiset)."""
+    non-decreasing (one ordering of each multiset). Raises `TooManyTrees` past `bound` trees."""
     n = len(irreps)
     wanted = {b.ir for b in target}
 
@@ -83,6 +87,8 @@ def enumerate_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: 
         def extend(position: int, label: Irrep, inner: tuple[Irrep, ...]) -> None:
             if position == n:
                 trees.extend(Tree(blocks, inner[:-1], o) for o, b in enumerate(target) if b.ir == label)
+                if bound is not None and len(trees) > bound:
+                    raise TooManyTrees
                 return
             for k in label * irreps[position][blocks[position]].ir:
                 last = position == n - 1
@@ -151,7 +157,7 @@ def _trees_cost(trees: list[Tree], irreps: tuple[Irreps, ...], target: Irreps) -
 
 
 def symmetric_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: Irreps,
-                    lmax: int | None = None, seed: int = 0) -> list[Tree]:
+                    lmax: int | None = None, seed: int = 0, bound: int | None = None) -> list[Tree]:
     """For a repeated operand, a basis of the symmetric maps made of trees; else every tree.
 
     Trees of different block multisets are polynomials in different variables, so each
@@ -159,9 +165,9 @@ def symmetric_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: 
     one whose independent trees cost least is kept, ties going to the sorted ordering.
     """
     if len(set(names)) == len(names):
-        return enumerate_trees(names, irreps, target, lmax)
+        return enumerate_trees(names, irreps, target, lmax, bound=bound)
     rng = np.random.default_rng(seed)
-    every = enumerate_trees(names, irreps, target, lmax, ordered=False)
+    every = enumerate_trees(names, irreps, target, lmax, ordered=False, bound=bound)
     by_multiset: dict[tuple, dict[tuple, list[Tree]]] = {}
     for t in every:
         key = (_multiset(names, t.blocks), t.out_block)

@@ -42,6 +42,14 @@ ACCUMULATOR_MAX = 128
 #: did); declared alignment is honoured when the frame is laid out.
 ALIGNED = "__attribute__((aligned(64)))"
 
+#: Scratch buffers live on the stack while one holds at most STACK_BUFFER elements and a function's
+#: hold at most STACK_TOTAL (2 MiB of doubles: the standard library's largest function has 256,960,
+#: well within a thread's 8 MiB stack); larger ones are allocated on the heap, once per thread or
+#: per call, and a failed allocation is reported (a 40000x4e output's 1.8-million-element buffer
+#: overflowed the stack: SIGSEGV).
+STACK_BUFFER = 8192
+STACK_TOTAL = 1 << 18
+
 
 @dataclass(frozen=True)
 class Buffer:
@@ -84,6 +92,18 @@ class SegmentWriter:
         self.prologue: list[str] = []
         self.scratch = 0
         self.copies: dict[tuple[str, str], Buffer] = {}  # (base, order) -> per-row copy of a read-only view
+        self.stacked = 0  # elements of the function's buffers on the stack
+        self.heap: dict[str, int] = {}  # per-row buffers on the heap (one per thread) -> elements
+        self.shared_heap: dict[str, int] = {}  # once-per-call buffers on the heap -> elements
+
+    def buffer(self, name: str, size: int, zero: bool, shared: bool = False) -> list[str]:
+        """The lines declaring a scratch buffer where it is used: an array on the stack while small
+        (STACK_BUFFER, STACK_TOTAL), else a heap buffer the function allocates; `zero` clears it."""
+        if size <= STACK_BUFFER and self.stacked + size <= STACK_TOTAL:
+            self.stacked += size
+            return [f"real {name}[{size}] {ALIGNED}{' = {0}' if zero else ''};"]
+        (self.shared_heap if shared else self.heap)[name] = size
+        return [f"memset({name}, 0, sizeof(real) * {size});"] if zero else []
 
     def _emit(self, lines: list[str], depth: int = 2) -> None:
         self.lines.extend("    " * depth + line for line in lines)
@@ -105,7 +125,7 @@ class SegmentWriter:
         out = Buffer(self._name("t"), order, tuple(sizes[c] for c in order), b.shared)
         loops, depth = _loops(b.labels, sizes, 0)
         (self._emit_once if b.shared else self._emit)([
-            f"real {out.base}[{prod(out.shape)}] {ALIGNED};", *loops,
+            *self.buffer(out.base, prod(out.shape), False, b.shared), *loops,
             "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"])
         if read_only:
             self.copies[key] = out
@@ -136,7 +156,7 @@ class SegmentWriter:
         if vector is not None and vector in out.labels and out.labels[-1] != vector:
             order = out.labels.replace(vector, "") + vector
             work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
-            self._emit([f"real {work.base}[{prod(work.shape)}] {ALIGNED} = {{0}};"])
+            self._emit(self.buffer(work.base, prod(work.shape), True))
         product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops) or "(real)1"
         if vector is not None and vector in summed:  # a vector reduction per output element
             loops, depth = _loops(work.labels, sizes, 0)
@@ -163,8 +183,8 @@ class SegmentWriter:
 
 
 def program_of(function: str) -> str:
-    """The program a segment function belongs to: functions are named `<program>_s<k>`."""
-    return function.rsplit("_s", 1)[0]
+    """The program a segment function belongs to: functions are named `<program>__s<k>`."""
+    return function.rsplit("__s", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -180,53 +200,75 @@ class Argument:
     kind: str
 
 
-def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: list[str],
-                     prologue: list[str] = ()) -> str:
-    """A C function running `body` for every row: `void name(int64_t n, int threads, <per argument:
-    pointer, row stride>)`, after `prologue` (once per call, after the shared arguments' pointers).
-    Outputs `o` are zeroed per row before the body accumulates into them. Sums over rows (`O`, `A`)
-    go to per-thread partial sums (each thread takes one block of rows), added up in thread order
-    after the loop: the same result for the same thread count, run after run."""
-    params = ["int64_t n", "int threads"]
+def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: SegmentWriter) -> str:
+    """A C function running `body` for every row: `int name(int64_t n, int threads, void *const *ptr,
+    const int64_t *stride)`, the arguments' pointers and row strides in order (arrays: a segment
+    may have more arguments than a C call or ctypes takes), after the body's prologue (once per
+    call); it returns 0, or 1 when a heap buffer could not be allocated. Outputs `o` are zeroed
+    per row before the body accumulates into them. Sums over rows (`O`, `A`) go to per-thread
+    partial sums (each thread takes one block of rows), added up in thread order after the loop:
+    the same result for the same thread count, run after run."""
     once = []
     setup = []
     sums = [a for a in arguments if a.kind in "OA"]
     offsets = dict(zip((a.name for a in sums), accumulate([0] + [a.numel for a in sums])))
     total = sum(a.numel for a in sums)
-    for a in arguments:
+    for k, a in enumerate(arguments):
         const = "" if a.kind in "oaOA" else "const "
-        params.append(f"{const}real *restrict {a.name.upper()}")
-        params.append(f"int64_t {a.name}_stride")
+        once.append(f"    {const}real *restrict {a.name.upper()} = ptr[{k}];")
         if a.rows:
+            once.append(f"    const int64_t {a.name}_stride = stride[{k}];")
             setup.append(f"{const}real *restrict {a.name} = {a.name.upper()} + z * {a.name}_stride;")
         elif a.kind not in "OA":
             once.append(f"    {const}real *restrict {a.name} = {a.name.upper()};")
         if a.kind == "o":
             setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
     for local, size in locals_.items():
-        setup.append(f"real {local}[{size}] {ALIGNED} = {{0}};")
-    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *body, "    }"]
-    lines = [f"void {name}({', '.join(params)})", "{", *once, *prologue]
-    if not sums:
-        lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop, "}"]
+        setup.extend(body.buffer(local, size, zero=True))
+    lines = [f"int {name}(int64_t n, int threads, void *const *ptr, const int64_t *stride)", "{", *once]
+    owned = list(body.shared_heap)  # what the function frees before it returns
+    for buffer, size in body.shared_heap.items():
+        lines += [f"    real *restrict {buffer} = malloc(sizeof(real) * {size});",
+                  f"    if (!{buffer}) {{{''.join(f' free({b});' for b in owned[:owned.index(buffer)])} return 1; }}"]
+    lines += body.prologue
+    if sums:
+        lines += [f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
+                  f"    if (!partial) {{{''.join(f' free({b});' for b in owned)} return 1; }}"]
+        owned.append("partial")
+    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *body.lines, "    }"]
+    frees = [f"    free({b});" for b in owned]
+    if not sums and not body.heap:
+        lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop,
+                  *frees, "    return 0;", "}"]
         return "\n".join(lines)
-    lines += [f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
-             "    #pragma omp parallel num_threads(threads) if (n >= 64)",
-             "    {",
-             *(f"        real *restrict {a.name} = partial + (int64_t)omp_get_thread_num() * {total} + "
-               f"{offsets[a.name]};" for a in sums),
-             "        #pragma omp for schedule(static)",
-             *("    " + line for line in loop),
-             "    }"]
-    for a in sums:
-        first = "0" if a.kind == "O" else f"{a.name.upper()}[i]"
-        lines += [f"    for (int64_t i = 0; i < {a.numel}; ++i) {{",
-                  f"        real sum = {first};",
-                  "        for (int t = 0; t < threads; ++t)",
-                  f"            sum += partial[(int64_t)t * {total} + {offsets[a.name]} + i];",
-                  f"        {a.name.upper()}[i] = sum;",
-                  "    }"]
-    lines += ["    free(partial);", "}"]
+    allocated = " && ".join(f"{b} != NULL" for b in body.heap) or "1"
+    lines += ["    int failed = 0;",
+              "    #pragma omp parallel num_threads(threads) if (n >= 64)",
+              "    {",
+              *(f"        real *restrict {a.name} = partial + (int64_t)omp_get_thread_num() * {total} + "
+                f"{offsets[a.name]};" for a in sums),
+              *(f"        real *restrict {b} = malloc(sizeof(real) * {size});" for b, size in body.heap.items()),
+              f"        int ok = {allocated};",
+              "        if (!ok) {",
+              "            #pragma omp atomic write",
+              "            failed = 1;",
+              "        }",
+              "        #pragma omp for schedule(static)",
+              "    " + loop[0], "            if (!ok) continue;", *("    " + line for line in loop[1:]),
+              *(f"        free({b});" for b in body.heap),
+              "    }"]
+    if sums:
+        lines.append("    if (!failed) {")
+        for a in sums:
+            first = "0" if a.kind == "O" else f"{a.name.upper()}[i]"
+            lines += [f"        for (int64_t i = 0; i < {a.numel}; ++i) {{",
+                      f"            real sum = {first};",
+                      "            for (int t = 0; t < threads; ++t)",
+                      f"                sum += partial[(int64_t)t * {total} + {offsets[a.name]} + i];",
+                      f"            {a.name.upper()}[i] = sum;",
+                      "        }"]
+        lines.append("    }")
+    lines += [*frees, "    return failed;", "}"]
     return "\n".join(lines)
 
 

@@ -104,22 +104,23 @@ def _emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     w.indent()
     specs = ", ".join(f'"{i.name}": ({i.name}, {i.irreps.dim})' for i in irreps_inputs)
     wspecs = ", ".join(f'"{k}": ({k}, {t.weight_numel})' for k, t in weight_inputs.items())
-    w(f"batch = rt.batch_shape(self.weight, {{{specs}}}, {{{wspecs}}})")
+    # the method's own locals start with '_': an input may be named `batch`
+    w(f"_batch = rt.batch_shape(self.weight, {{{specs}}}, {{{wspecs}}})")
     rows = []
     for i in d.inputs:
         if i.kind == "irreps":
-            rows.append(f"rt.rows({i.name}, batch, {i.irreps.dim})")
+            rows.append(f"rt.rows({i.name}, _batch, {i.irreps.dim})")
         elif i.kind == "weights":
-            rows.append(f"rt.weight_rows({i.name}, batch, {weight_inputs[i.name].weight_numel})")
+            rows.append(f"rt.weight_rows({i.name}, _batch, {weight_inputs[i.name].weight_numel})")
         else:
-            rows.append(f'rt.index_rows({i.name}, batch, "{i.name}")')
-    w("outputs = _ops.{}([".format(d.name))
+            rows.append(f'rt.index_rows({i.name}, _batch, "{i.name}", self.weight)')
+    w("_outputs = _ops.{}([".format(d.name))
     w.indent()
     for r in rows:
         w(f"{r},")
     w.dedent()
     w("], self.weight, self.constants())")
-    w(f"return {', '.join(f'outputs[{k}].reshape(*batch, {v.irreps.dim})' for k, v in enumerate(outputs))}")
+    w(f"return {', '.join(f'_outputs[{k}].reshape(*_batch, {v.irreps.dim})' for k, v in enumerate(outputs))}")
     w.dedent()
     w.dedent()
 
@@ -134,6 +135,10 @@ def _slice(t: Tensor, v: View, source: str) -> str:
     return part if v.shape in ((t.size,), t.shape) else f"{part}.view({shape})"
 
 
+#: Terms of a sum written on one line.
+SUM_TERMS = 32
+
+
 class _ProgramWriter:
     """Writes a program as straight-line torch code. Each statement is one product (or gather /
     scatter) bound to a local; the pieces of a tensor are summed per segment and concatenated when
@@ -143,6 +148,7 @@ class _ProgramWriter:
         self.w, self.p = w, p
         self.pieces: dict[str, dict[tuple[int, tuple[int, ...]], list[str]]] = {}
         self.ready: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (local, shape of the local)
+        self.aliases: set[str] = set()  # locals that are inputs, or views of them (a custom op may not return one)
         self.writers: dict[str, int] = {}
         for s in p.statements:
             self.writers[s.out.tensor] = self.writers.get(s.out.tensor, 0) + 1
@@ -155,20 +161,40 @@ class _ProgramWriter:
         local, shape = self.materialize(v.tensor)
         if shape == v.shape:
             return local
-        flat = local if len(shape) == 1 else f"{local}.reshape(n, -1)" if t.rows else f"{local}.reshape(-1)"
+        # sizes spelled out: with no rows, -1 would be ambiguous
+        flat = local if len(shape) == 1 else f"{local}.reshape(n, {t.size})" if t.rows else f"{local}.reshape({t.size})"
         return _slice(t, v, flat)
 
-    def add(self, s: Statement, expression: str) -> None:
+    def add(self, s: Statement, expression: str, alias: bool = False) -> None:
         t = self.p.tensors[s.out.tensor]
         whole = (s.out.start, s.out.numel) == (0, t.size)
         if t.kind == "temp" and self.writers[s.out.tensor] == 1 and whole:
             self.w(f"{s.out.tensor} = {expression}")
             self.ready[s.out.tensor] = (s.out.tensor, s.out.shape)
+            if alias:
+                self.aliases.add(s.out.tensor)
             return
-        local = f"{s.out.tensor.lstrip('_')}_{self.locals}"
-        self.locals += 1
+        local = self.piece(s.out.tensor)
+        if alias:
+            self.aliases.add(local)
         self.w(f"{local} = {expression}")
         self.pieces.setdefault(s.out.tensor, {}).setdefault((s.out.start, s.out.shape), []).append(local)
+
+    def piece(self, tensor: str) -> str:
+        """A fresh local for a piece of `tensor`: `_piece` is no prefix of a source or tensor name."""
+        self.locals += 1
+        return f"_piece{self.locals - 1}_{tensor.lstrip('_')}"
+
+    def summed(self, names: list[str]) -> str:
+        """An expression for the sum of `names`; a long sum is added up over several lines first
+        (Python's parser recurses once per '+': 3,000 terms overflowed its stack)."""
+        if len(names) <= SUM_TERMS:
+            return " + ".join(names)
+        local = self.piece("sum")
+        self.w(f"{local} = {' + '.join(names[:SUM_TERMS])}")
+        for start in range(SUM_TERMS, len(names), SUM_TERMS):
+            self.w(f"{local} = {local} + {' + '.join(names[start:start + SUM_TERMS])}")
+        return local
 
     def materialize(self, name: str) -> tuple[str, tuple[int, ...]]:
         if name in self.ready:
@@ -178,7 +204,9 @@ class _ProgramWriter:
         lead = "n, " if t.rows else ""
         if len(pieces) == 1 and next(iter(pieces))[0] == 0 and prod(next(iter(pieces))[1]) == t.size:
             (_, shape), names = next(iter(pieces.items()))
-            self.w(f"{name} = {' + '.join(names)}")
+            self.w(f"{name} = {self.summed(names)}")
+            if names == [names[0]] and names[0] in self.aliases:
+                self.aliases.add(name)
             self.ready[name] = (name, shape)
             return self.ready[name]
         segments = sorted(pieces.items())
@@ -189,7 +217,7 @@ class _ProgramWriter:
             for (start, shape), names in segments:
                 if start > position:
                     parts.append(f"weight.new_zeros({lead}{start - position})")
-                total = " + ".join(names)
+                total = self.summed(names)
                 parts.append(f"({total}).reshape({lead}{prod(shape)})" if len(names) > 1 else
                              f"{total}.reshape({lead}{prod(shape)})")
                 position = start + prod(shape)
@@ -197,7 +225,7 @@ class _ProgramWriter:
             self.w(f"{name} = weight.new_zeros({lead}{t.size})")
             for (start, shape), names in segments:
                 where = f"[:, {start}:{start + prod(shape)}]" if t.rows else f"[{start}:{start + prod(shape)}]"
-                self.w(f"{name}{where} += ({' + '.join(names)}).reshape({lead}{prod(shape)})")
+                self.w(f"{name}{where} += ({self.summed(names)}).reshape({lead}{prod(shape)})")
         else:
             if position < t.size:
                 parts.append(f"weight.new_zeros({lead}{t.size - position})")
@@ -258,10 +286,13 @@ class _ProgramWriter:
     def statement(self, s: Statement) -> None:
         if s.note:
             self.w(f"# {s.note}")
+        alias = False
         if isinstance(s, Einsum):
             operands = [self.read(v) for v in s.operands]
             if len(operands) == 1 and s.operands[0].labels == s.out.labels:
                 expression = operands[0] + ("" if s.coeff == 1.0 else f" * {s.coeff!r}")
+                alias = s.coeff == 1.0 and (self.p.tensors[s.operands[0].tensor].kind not in ("temp", "output")
+                                            or s.operands[0].tensor in self.aliases)
             else:
                 if s.coeff != 1.0:  # scale the smallest operand: fewest multiplications
                     k = min(range(len(operands)), key=lambda k: (self._numel(s.operands[k]), k))
@@ -278,7 +309,7 @@ class _ProgramWriter:
             numel = s.source.numel
             expression = (f"weight.new_zeros({s.sets}, {numel}).index_add(0, {s.index}, "
                           f"{self.read(s.source)}.reshape(n, {numel})).reshape({s.out.numel})")
-        self.add(s, expression)
+        self.add(s, expression, alias)
 
 
 def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
@@ -473,7 +504,7 @@ class _NativeWriter(_ProgramWriter):
         inside = {k for k, _ in segment}
         last = max(inside)
         p = self.p
-        name = f"{p.name}_s{sum(1 for k in self.kernels if k.startswith(p.name + '_s'))}"
+        name = f"{p.name}__s{sum(1 for k in self.kernels if native.program_of(k) == p.name)}"
         arguments: list[native.Argument] = []
         expressions: list[str] = []
         locals_: dict[str, int] = {}  # C buffer -> elements per row
@@ -533,7 +564,7 @@ class _NativeWriter(_ProgramWriter):
             else:  # a piece of a tensor torch code writes too
                 key = (o.tensor, o.start, o.shape)
                 if key not in pieces:
-                    local = f"{o.tensor.lstrip('_')}_{self.locals}"
+                    local = self.piece(o.tensor)
                     self.locals += 1
                     rows = p.tensors[o.tensor].rows
                     self.w(f"{local} = weight.new_empty({'n, ' if rows else ''}{', '.join(map(str, o.shape))})")
@@ -544,7 +575,7 @@ class _NativeWriter(_ProgramWriter):
             if s.note:
                 self.w(f"# {s.note}")
         kinds = "".join(a.kind for a in arguments)
-        self.kernels[name] = (native.segment_function(name, arguments, locals_, body.lines, body.prologue), kinds)
+        self.kernels[name] = (native.segment_function(name, arguments, locals_, body), kinds)
         self.w(f"_native.run({name!r}, n, {', '.join(expressions)})")
 
 
@@ -552,7 +583,7 @@ def _emit_program(w: CodeWriter, p: Program, kernels: dict[str, tuple[str, str]]
     """A program as a plain function of tensors on rows: the body of its custom op; with `kernels`,
     its CPU version, whose row-local statements run as native kernels (collected there)."""
     names = list(p.inputs) + ["weight"] + list(p.constants)
-    w(f"def _{p.name}{'_cpu' if kernels is not None else ''}(")
+    w(f"def _{p.name}{'__cpu' if kernels is not None else ''}(")
     w.indent()
     for start in range(0, len(names), 4):
         w(" ".join(f"{name}: torch.Tensor," for name in names[start:start + 4]))
@@ -578,7 +609,8 @@ def _emit_program(w: CodeWriter, p: Program, kernels: dict[str, tuple[str, str]]
     for o in p.outputs:
         local, shape = writer.materialize(o)
         t = p.tensors[o]
-        results.append(local if shape == (t.size,) else f"{local}.reshape({'n, ' if t.rows else ''}{t.size})")
+        result = local if shape == (t.size,) else f"{local}.reshape({'n, ' if t.rows else ''}{t.size})"
+        results.append(f"{result}.clone()" if local in writer.aliases or local in p.inputs else result)
     w(f"return [{', '.join(results)}]")
     w.dedent()
 
@@ -621,9 +653,9 @@ def programs(d: Diagram, plan: DiagramPlan) -> tuple[Program, list[Program], lis
     those, the product's own. Splitting by cotangent lets autograd skip the work of a cotangent
     that is absent (in force training, only the positions' gradient carries one)."""
     forward = lower(d, plan)
-    firsts = [derivative(forward, f"{d.name}_d" + (f"_{o}" if len(forward.outputs) > 1 else ""), o)
+    firsts = [derivative(forward, f"{d.name}__d" + (f"_{o}" if len(forward.outputs) > 1 else ""), o)
               for o in forward.outputs]
-    seconds = [[derivative(first, f"{first.name}2_{o.removeprefix('d_')}", o, prefix="d2_") for o in first.outputs]
+    seconds = [[derivative(first, f"{first.name}__d2_{o.removeprefix('d_')}", o, prefix="d2_") for o in first.outputs]
                for first in firsts]
     return forward, firsts, seconds
 
@@ -642,7 +674,7 @@ def partials(first: Program) -> dict[tuple[int, ...], Program]:
         if not any(first.tensors[o].size for o in outputs):
             continue
         names = ", ".join(outputs)
-        p = prune(replace(first, name=f"{first.name}_only_{'_'.join(o.removeprefix('d_') for o in outputs)}",
+        p = prune(replace(first, name=f"{first.name}__only_{'_'.join(o.removeprefix('d_') for o in outputs)}",
                           outputs=outputs, doc=f"{first.doc}, {names} only"))
         if len(p.statements) < len(first.statements):
             versions[keep] = p
@@ -668,10 +700,10 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     w(f"# Source sha256: {hashlib.sha256(source.encode()).hexdigest()}")
     w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}.')
     w()
-    w("Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`")
+    w("Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`")
     w("(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.")
     if not program_lowering:
-        w("`_<name>_d_only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.")
+        w("`_<name>__d__only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.")
     w('"""')
     w()
     w("from __future__ import annotations")
@@ -713,7 +745,7 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                     _emit_program(f, factorize(p, penalty=NATIVE_PENALTY, ahead=True), kernels)
                     if len(kernels) > count:  # it has row-local statements
                         blocks.append(_free_dead_locals(f.lines))
-                        cpu[p.name] = f"_{p.name}_cpu"
+                        cpu[p.name] = f"_{p.name}__cpu"
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
         functions.append((d, (forward, firsts, seconds, partial), blocks, lowered, runners))
     # ops are named by a hash of their code, native kernels included: the same name always means

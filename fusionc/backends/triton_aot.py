@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 from fusionc.analysis.plan import plan_diagram
 from fusionc.analysis.program import factorize
@@ -50,7 +51,7 @@ def _signature(d: Diagram) -> dict[str, str]:
     types = {"irreps": "*fp32", "weights": "*fp32", "index": "*i64"}
     signature = {i.name: types[i.kind] for i in d.inputs}
     signature["weight"] = "*fp32"
-    signature.update({f"{v.name}_out": "*fp32" for v in d.outputs})
+    signature.update({f"{v.name}__out": "*fp32" for v in d.outputs})
     signature.update({"n": "i32", "BLOCK_Z": "constexpr", "BLOCK_U": "constexpr"})
     return signature
 
@@ -76,10 +77,10 @@ def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
     for d in diagrams:
         plan = plan_diagram(d)
         if which in ("all", "forward"):  # every configuration the autotuner may pick
-            tuned = getattr(module, f"_{d.name}_kernel")
+            tuned = getattr(module, f"_{d.name}__kernel")
             for config in tuned.configs:
                 block_z, block_u = config.kwargs["BLOCK_Z"], config.kwargs["BLOCK_U"]
-                yield (f"_{d.name}_kernel[{block_z}x{block_u},{config.num_warps}w]", tuned.fn, _signature(d),
+                yield (f"_{d.name}__kernel[{block_z}x{block_u},{config.num_warps}w]", tuned.fn, _signature(d),
                        dict(config.kwargs), {"num_warps": config.num_warps, "maxnreg": config.maxnreg},
                        plan.planned_flops, _bytes_per_row(d))
         if which == "forward":
@@ -93,22 +94,31 @@ def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
                        {"num_warps": triton_program.WARPS, "maxnreg": triton_program.MAX_REGISTERS}, flops, traffic)
 
 
+def capability(target: str) -> int:
+    """The compute capability a target names: sm_90 -> 90.
+
+    >>> capability("sm_90")
+    90
+    """
+    match = re.fullmatch(r"sm_(\d+)", target)
+    if not match:
+        raise ValueError(f"unknown target '{target}'; expected sm_80, sm_90, …")
+    return int(match.group(1))
+
+
 def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str,
-                which: str = "all") -> list[KernelReport]:
+                which: str = "all") -> Iterator[KernelReport]:
     """Compile the kernels of a generated Triton module for `target` (sm_80, sm_90, …): `which` is
-    all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels)."""
+    all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels).
+    Each kernel's report comes as soon as it is compiled: a file's kernels take minutes."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    match = re.fullmatch(r"sm_(\d+)", target)
-    if not match:
-        raise ValueError(f"unknown target '{target}'; expected sm_80, sm_90, …")
-    capability = int(match.group(1))
-    reports = []
+    arch = capability(target)
     for name, kernel, signature, constexprs, options, flops, traffic in _kernels(module, diagrams, which):
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options={**options, "enable_fp_fusion": True})
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"
@@ -116,14 +126,15 @@ def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str,
             usage = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(cubin)],
                                    capture_output=True, text=True, check=True).stdout
         registers, stack, shared, local = map(int, _USAGE.search(usage).groups())
-        reports.append(KernelReport(name, target, registers, shared, local, stack, flops, traffic))
-    return reports
+        yield KernelReport(name, target, registers, shared, local, stack, flops, traffic)
 
 
-def format_reports(reports: list[KernelReport]) -> str:
-    lines = [f"{'kernel':<40}{'target':>7}{'registers':>10}{'shared B':>10}{'local B':>9}{'stack B':>9}"
-             f"{'FLOPs/row':>11}{'bytes/row':>10}"]
-    for r in reports:
-        lines.append(f"{r.kernel:<40}{r.target:>7}{r.registers:>10}{r.shared_bytes:>10}{r.local_bytes:>9}"
-                     f"{r.stack_bytes:>9}{r.flops_per_row:>11,}{r.bytes_per_row:>10,}")
-    return "\n".join(lines)
+#: The column titles of `format_report`'s rows.
+REPORT_HEADER = (f"{'kernel':<40}{'target':>7}{'registers':>10}{'shared B':>10}{'local B':>9}{'stack B':>9}"
+                 f"{'FLOPs/row':>11}{'bytes/row':>10}")
+
+
+def format_report(r: KernelReport) -> str:
+    """One row of the table under `REPORT_HEADER`."""
+    return (f"{r.kernel:<40}{r.target:>7}{r.registers:>10}{r.shared_bytes:>10}{r.local_bytes:>9}"
+            f"{r.stack_bytes:>9}{r.flops_per_row:>11,}{r.bytes_per_row:>10,}")

@@ -64,7 +64,7 @@ def tile_configs(d: Diagram) -> list[tuple[int, int, int]]:
 
 
 def _terms(coefficients: list[tuple[float, str]]) -> str:
-    return " + ".join(f"{c!r} * {x}" for c, x in coefficients) if coefficients else "zero"
+    return " + ".join(f"{c!r} * {x}" for c, x in coefficients) if coefficients else "_zero"
 
 
 class _Kernel:
@@ -84,13 +84,13 @@ class _Kernel:
     def chan(self, mul: int) -> tuple[str, str, str, str]:
         """(channel index, channel mask, tile mask, zero tile) for blocks of `mul` channels."""
         if self.channel_tiled:
-            return "chans", "chan_mask", "mask", "zero"
+            return "_chans", "_chan_mask", "_mask", "_zero"
         if mul not in self.channel_sets:
-            self.w(f"ch{mul} = tl.arange(0, {_pow2(mul, 16)})")
-            self.w(f"cm{mul} = ch{mul} < {mul}")
-            self.w(f"mask{mul} = row_mask[:, None] & cm{mul}[None, :]")
-            self.w(f"zero{mul} = tl.zeros([BLOCK_Z, {_pow2(mul, 16)}], dtype={self.dtype})")
-            self.channel_sets[mul] = (f"ch{mul}", f"cm{mul}", f"mask{mul}", f"zero{mul}")
+            self.w(f"_ch{mul} = tl.arange(0, {_pow2(mul, 16)})")
+            self.w(f"_cm{mul} = _ch{mul} < {mul}")
+            self.w(f"_mask{mul} = _row_mask[:, None] & _cm{mul}[None, :]")
+            self.w(f"_zero{mul} = tl.zeros([BLOCK_Z, {_pow2(mul, 16)}], dtype={self.dtype})")
+            self.channel_sets[mul] = (f"_ch{mul}", f"_cm{mul}", f"_mask{mul}", f"_zero{mul}")
         return self.channel_sets[mul]
 
     def block(self, operand: str, irreps: Irreps, index: int,
@@ -102,12 +102,12 @@ class _Kernel:
             start, _ = irreps.slices()[index]
             dim, mul = irreps[index].ir.dim, irreps[index].mul
             ch, _, mask, _ = self.chan(mul)
-            prefix = f"{operand}_{index}"
+            prefix = f"{operand}__{index}"
             if grid is not None:
                 prefix, ch, mask = f"{prefix}_{grid[0]}", f"({grid[1]})", grid[2]
             names = []
             for m in range(dim):
-                self.w(f"{prefix}_{m} = tl.load({operand} + rows[:, None] * {irreps.dim} + "
+                self.w(f"{prefix}_{m} = tl.load({operand} + _rows[:, None] * {irreps.dim} + "
                        f"({start + m} + {ch}[None, :] * {dim}), mask={mask}, other=0.0)")
                 names.append(f"{prefix}_{m}")
             self.components[key] = names
@@ -118,9 +118,9 @@ class _Kernel:
         key = (operand, index, channel, m)
         if key not in self.columns:
             start, _ = irreps.slices()[index]
-            name = f"{operand}_{index}_c{channel}_{m}"
-            self.w(f"{name} = tl.load({operand} + rows * {irreps.dim} + {start + channel * irreps[index].ir.dim + m}, "
-                   f"mask=row_mask, other=0.0)")
+            name = f"{operand}__{index}_c{channel}_{m}"
+            self.w(f"{name} = tl.load({operand} + _rows * {irreps.dim} + {start + channel * irreps[index].ir.dim + m}, "
+                   f"mask=_row_mask, other=0.0)")
             self.columns[key] = name
         return self.columns[key]
 
@@ -129,7 +129,7 @@ class _Kernel:
         result stays live until the block is stored (fewer registers)."""
         self.parts += 1
         previous = sums[block][0] if sums[block] else None
-        names = [f"sum{self.parts}_{m}" for m in range(len(tiles))]
+        names = [f"_sum{self.parts}_{m}" for m in range(len(tiles))]
         for m, (name, tile) in enumerate(zip(names, tiles)):
             self.w(f"{name} = {previous[m] + ' + ' if previous else ''}{tile}")
         sums[block] = [names]
@@ -146,8 +146,8 @@ class _Kernel:
 
     def index(self, name: str) -> str:
         if name not in self.indices:
-            self.w(f"{name}_rows = tl.load({name} + rows, mask=row_mask, other=0)")
-            self.indices[name] = f"{name}_rows"
+            self.w(f"{name}__rows = tl.load({name} + _rows, mask=_row_mask, other=0)")
+            self.indices[name] = f"{name}__rows"
         return self.indices[name]
 
     def weight(self, t: CouplingVertex, offset: int, start: int) -> str:
@@ -155,7 +155,7 @@ class _Kernel:
         key = (t.id, start)
         if key in self.weights:
             return self.weights[key]
-        name = f"w_{t.id.replace('.', '_')}_{start}"
+        name = f"_w_{t.stem}_{start}"
         if t.recoupled is not None:  # weights of a recoupled tree: a fixed mix of the canonical ones
             j = start // t.paths[0].weight_shape[0]
             parts = [(v, self._raw_weight(t, offset, t.paths[i].weight_offset)) for i, q, v in t.recoupled.matrix
@@ -179,7 +179,7 @@ class _Kernel:
     def _load_weights(self, t: CouplingVertex, offset: int, where: str, row_mask: str, shared_mask: str) -> str:
         """Load weights at offsets `where` (an expression over channel indices) of the term's set."""
         if t.weight_source is not None:
-            return f"tl.load({t.weight_source} + rows[:, None] * {t.weight_numel} + ({where}), mask={row_mask}, other=0.0)"
+            return f"tl.load({t.weight_source} + _rows[:, None] * {t.weight_numel} + ({where}), mask={row_mask}, other=0.0)"
         if t.per is not None:
             z = self.index(t.per)
             return (f"tl.load(weight + {offset} + {z}[:, None] * {t.weight_numel} + ({where}), mask={row_mask}, "
@@ -192,7 +192,7 @@ class _Kernel:
 
 
 def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
-    args = [i.name for i in d.inputs] + ["weight"] + [v.name + "_out" for v in d.outputs]
+    args = [i.name for i in d.inputs] + ["weight"] + [v.name + "__out" for v in d.outputs]
     w("@triton.autotune(configs=[")
     w.indent()
     for block_z, block_u, warps in tile_configs(d):
@@ -200,19 +200,19 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     w.dedent()
     w('], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})')
     w("@triton.jit")
-    w(f"def _{d.name}_kernel({', '.join(args)}, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):")
+    w(f"def _{d.name}__kernel({', '.join(args)}, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):")
     w.indent()
     mul = channels(d)
     first = next(i for i in d.inputs if i.kind == "irreps")
     dtype = f"{first.name}.dtype.element_ty"
-    w("rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
-    w("row_mask = rows < n")
+    w("_rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+    w("_row_mask = _rows < n")
     if mul is not None:
         w(f'"""{d.name}: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""')
-        w("chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)")
-        w(f"chan_mask = chans < {mul}")
-        w("mask = row_mask[:, None] & chan_mask[None, :]")
-        w(f"zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={dtype})")
+        w("_chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)")
+        w(f"_chan_mask = _chans < {mul}")
+        w("_mask = _row_mask[:, None] & _chan_mask[None, :]")
+        w(f"_zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={dtype})")
     else:
         w(f'"""{d.name}: BLOCK_Z rows with all their channels, the whole diagram in registers."""')
     k = _Kernel(plan, w, channel_tiled=mul is not None, dtype=dtype, arguments={i.name for i in d.inputs})
@@ -250,14 +250,14 @@ def _finish_block(k: _Kernel, v, b: int, parts: list[list[str]]) -> None:
     ch, _, mask, zero = k.chan(block.mul)
     names = []
     for m in range(block.ir.dim):
-        name = f"{v.name}_{b}_{m}"
+        name = f"{v.name}__{b}_{m}"
         k.w(f"{name} = {' + '.join(p[m] for p in parts) if parts else zero}")
         names.append(name)
     k.components[(v.name, b)] = names
     if v.is_output:
         start, _ = v.irreps.slices()[b]
         for m, name in enumerate(names):
-            k.w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + {ch}[None, :] * "
+            k.w(f"tl.store({v.name}__out + _rows[:, None] * {v.irreps.dim} + ({start + m} + {ch}[None, :] * "
                 f"{block.ir.dim}), {name}, mask={mask})")
 
 
@@ -270,14 +270,14 @@ def _tree_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         if isinstance(step, Leaf):
             k.components[step.name] = k.block(step.operand, _operand_irreps(t, step.operand), step.block)
         elif isinstance(step, Couple):
-            k.components[step.name] = k.couple(step.name, k.components[step.a], k.components[step.b],
+            k.components[step.name] = k.couple(f"_{step.name}", k.components[step.a], k.components[step.b],
                                                step.la, step.lb, step.k.l)
         elif isinstance(step, WeightedSum):
             parts = [k.scaled(k.components[node], t, offset, start, c) for node, start, c in step.parts]
             names = []
             for m in range(step.ir.dim):
-                names.append(f"{step.name}_{m}")
-                k.w(f"{step.name}_{m} = {' + '.join(p[m] for p in parts)}")
+                names.append(f"_{step.name}_{m}")
+                k.w(f"_{step.name}_{m} = {' + '.join(p[m] for p in parts)}")
             k.components[step.name] = names
         elif isinstance(step, Contribution):
             k.contribute(sums, step.block, k.scaled(k.components[step.node], t, offset, step.start, step.coeff))
@@ -288,7 +288,7 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         blocks = [k.block(op, irreps, b) for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks)]
         if len(blocks) == 2:
             ls = [irreps[b].ir.l for irreps, b in zip(t.irreps_in, p.operand_blocks)]
-            tiles = k.couple(f"{t.id.replace('.', '_')}_p{n}", blocks[0], blocks[1], ls[0], ls[1],
+            tiles = k.couple(f"_{t.stem}_p{n}", blocks[0], blocks[1], ls[0], ls[1],
                              t.irreps_out[p.out_block].ir.l)
         else:
             tiles = blocks[0]
@@ -307,7 +307,7 @@ def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, lis
     order = sorted(range(len(t.paths)), key=lambda n: t.placement[t.paths[n].out_block])
     for position, n in enumerate(order):
         p = t.paths[n]
-        name = f"{t.id.replace('.', '_')}_p{n}"
+        name = f"_{t.stem}_p{n}"
         a = t.irreps_in[0][p.operand_blocks[0]]
         out = t.irreps_out[p.out_block]
         start = p.weight_offset
@@ -346,7 +346,7 @@ def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, lis
                                                stride=b.mul * out.mul)
                     else:  # uvu: W[u, v]
                         weights = k._load_weights(t, offset, f"{start} + {ch_u}[None, :] * {b.mul} + {v}",
-                                                  f"row_mask[:, None] & {cm_u}[None, :]", f"{cm_u}[None, :]")
+                                                  f"_row_mask[:, None] & {cm_u}[None, :]", f"{cm_u}[None, :]")
                         contribution = f"{name}_t * {weights}"
                     k.w(f"{acc[m]} += {contribution}")
             k.contribute(sums, t.placement[p.out_block], [f"{m} * {p.normalization!r}" for m in acc])
@@ -386,8 +386,8 @@ def _column_path(k: _Kernel, t: CouplingVertex, offset: int, p, name: str) -> li
         k.w(f"for _u in range({a.mul}):")
         k.w.indent()
         for i in sorted({i for terms in products for _, i, _ in terms}):
-            k.w(f"{name}_x{i} = tl.load({t.operands[0]} + rows * {a_irreps.dim} + {start_a + i} + _u * {a.ir.dim}, "
-                f"mask=row_mask, other=0.0)")
+            k.w(f"{name}_x{i} = tl.load({t.operands[0]} + _rows * {a_irreps.dim} + {start_a + i} + _u * {a.ir.dim}, "
+                f"mask=_row_mask, other=0.0)")
         where = f"{p.weight_offset} + _u * {channels_v * out.mul} + {v * out.mul} + {ch}[None, :]"
         k.w(f"{name}_w = {k._load_weights(t, offset, where, mask, f'{cm}[None, :]')}")
         for m, terms in enumerate(products):
@@ -425,12 +425,12 @@ def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, r
         where = f"{start} + {ch_u}[None, :, None] * {stride} + {ch_w}[None, None, :]"
         source = t.weight_source
         if source is not None:
-            weights = (f"tl.load({source} + rows[:, None, None] * {t.weight_numel} + ({where}), "
-                       f"mask=row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
+            weights = (f"tl.load({source} + _rows[:, None, None] * {t.weight_numel} + ({where}), "
+                       f"mask=_row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
         else:
             z = k.index(t.per)
             weights = (f"tl.load(weight + {offset} + {z}[:, None, None] * {t.weight_numel} + ({where}), "
-                       f"mask=row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
+                       f"mask=_row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
         return f"tl.sum({tile}[:, :, None] * {weights}, axis=1)"
     weights = (f"tl.load(weight + {offset} + ({start} + {ch_u}[:, None] * {stride} + {ch_w}[None, :]), "
                f"mask={cm_u}[:, None] & {cm_w}[None, :], other=0.0)")
@@ -439,18 +439,18 @@ def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, r
 
 def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
     names = [i.name for i in d.inputs] + ["weight"]
-    w(f"def _{d.name}_triton({', '.join(names)}, *constants: torch.Tensor) -> list[torch.Tensor]:")
+    w(f"def _{d.name}__triton({', '.join(names)}, *constants: torch.Tensor) -> list[torch.Tensor]:")
     w.indent()
     w(f'"""Launch the {d.name} kernel on (n, dim) rows, in the tiles the autotuner picks."""')
     first = next(i for i in d.inputs if i.kind == "irreps")
     w(f"n = {first.name}.shape[0]")
     outs = []
     for v in d.outputs:
-        w(f"{v.name}_out = rt.output_rows({first.name}, n, {v.irreps.dim})")
-        outs.append(f"{v.name}_out")
-    w(f'grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv({channels(d) or 1}, meta["BLOCK_U"]))')
+        w(f"{v.name}__out = rt.output_rows({first.name}, n, {v.irreps.dim})")
+        outs.append(f"{v.name}__out")
+    w(f'_grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv({channels(d) or 1}, meta["BLOCK_U"]))')
     args = [f"{i.name}.contiguous()" for i in d.inputs] + ["weight.contiguous()"] + outs
-    w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, enable_fp_fusion=True)")
+    w(f"_{d.name}__kernel[_grid]({', '.join(args)}, n, enable_fp_fusion=True)")
     w(f"return [{', '.join(outs)}]")
     w.dedent()
 
@@ -461,7 +461,7 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
     w()
     w()
     _emit_launcher(w, d)
-    return w.lines, f"_{d.name}_triton"
+    return w.lines, f"_{d.name}__triton"
 
 
 def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
@@ -472,4 +472,4 @@ def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
 
 
 def _lower_program(p: Program) -> tuple[list[str], str]:
-    return lower_program(p), f"_{p.name}_triton"
+    return lower_program(p), f"_{p.name}__triton"

@@ -327,7 +327,7 @@ class _Writer:
         that no input name can collide with a local."""
         p = self.p
         w = CodeWriter()
-        w(f"def _{p.name}_triton(*args: torch.Tensor) -> list[torch.Tensor]:")
+        w(f"def _{p.name}__triton(*args: torch.Tensor) -> list[torch.Tensor]:")
         w.indent()
         w(f'"""Launch the {p.name} kernel on ({", ".join((*p.inputs, "weight", *p.constants))}), {BLOCK_Z} rows '
           'per program; gradients without rows sum the programs\' partial slots."""')
@@ -371,7 +371,7 @@ def _pointers(p: Program) -> list[str]:
 
 def kernel_names(p: Program) -> list[str]:
     """The kernels a (factorized) program runs as, in order: one per SEGMENT statements."""
-    return [f"_{p.name}_{k}_kernel" for k in range(max(1, -(-len(p.statements) // SEGMENT)))]
+    return [f"_{p.name}__kernel{k}" for k in range(max(1, -(-len(p.statements) // SEGMENT)))]
 
 
 def lower_program(p: Program) -> list[str]:

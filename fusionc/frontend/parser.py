@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -52,9 +54,28 @@ def _describe(names: set[str]) -> str:
     return ", ".join(sorted(words))
 
 
+def decode_source(data: bytes, filename: str) -> str:
+    """The text of a `.fus` file: UTF-8, without a leading byte-order mark, lines ending in "\\n"
+    (as Python's text mode reads "\\r\\n" and "\\r"); a byte that is not UTF-8 is a located error.
+
+    >>> decode_source(b"diagram d {\\r\\n}", "d.fus")
+    'diagram d {\\n}'
+    """
+    # "\r" and "\n" are never part of a multi-byte UTF-8 character, so this is safe before decoding
+    data = data.removeprefix(codecs.BOM_UTF8).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[line_start:exc.start].decode("utf-8")) + 1
+        span = Span(data.count(b"\n", 0, exc.start) + 1, column)
+        raise FusionError(f"the file is not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})", span,
+                          source=data.decode("utf-8", errors="replace"), filename=filename) from None
+
+
 def _end_of(source: str) -> Span:
     """Just after the last line that holds code (not blank, not only a comment)."""
-    lines = source.splitlines()
+    lines = source.split("\n")
     for number in range(len(lines), 0, -1):
         code = lines[number - 1].split("#")[0].rstrip()
         if code:
@@ -62,13 +83,91 @@ def _end_of(source: str) -> Span:
     return Span(1, 1)
 
 
-def _irreps_diagnosis(source: str, line: int, column: int) -> FusionError | None:
-    """Where the lexer found no irreps but the text starts like one, the irreps parser says why."""
-    rest = source.splitlines()[line - 1][column - 1:].split("#")[0]
-    if not rest[:1].isdigit():
-        return None
+#: A summand of an irreps string as far as it reaches: '8x1y' whole, not '8x1' and then 'y'.
+_SUMMAND = re.compile(r"(?:(\d+)[ \t]*x[ \t]*)?(\w*)")
+_GAP = re.compile(r"(?:\s|#[^\n]*)*")
+
+
+def _position(source: str, offset: int) -> Span:
+    return Span(source.count("\n", 0, offset) + 1, offset - source.rfind("\n", 0, offset))
+
+
+def _not_an_irrep(mul: str | None, word: str, so3: bool) -> str:
+    """Why a summand, `mul`x`word`, is not an irrep (of SO(3) when `so3`, which has no parity)."""
+    degree = re.match(r"\d*", word).group(0)
+    if not degree:
+        one, two = ("1", "(0 + 1)") if so3 else ("1o", "(0e + 1o)")
+        return (f"after '{mul}x' comes an irrep, as in {mul}x{one}, or a group, as in {mul}x{two}" if mul
+                else "an irrep is a degree l, as in 0, 1 or 32x2" if so3
+                else "an irrep is a degree l and a parity, as in 0e, 1o or 32x2e")
+    parity, written = word[len(degree)], f"{mul}x{degree}" if mul else degree
+    if so3:
+        return f"SO(3) irreps are degrees alone, as in {written}"
+    if parity not in "eo":
+        return f"'{parity}' is not a parity; write {written}e (even) or {written}o (odd)"
+    return f"nothing may follow the parity in {written}{parity}"
+
+
+def _bad_summand(source: str, offset: int) -> FusionError | None:
+    """The first summand, from `offset` to the end of the irreps there, that is not an irrep."""
+    pos, grouped = offset, False
+    while True:
+        pos = _GAP.match(source, pos).end()
+        m = _SUMMAND.match(source, pos)
+        after = _GAP.match(source, m.end()).end()
+        if m.group(1) and not m.group(2) and not grouped and source.startswith("(", after):
+            pos, grouped = after + 1, True
+            continue
+        if not re.fullmatch(r"\d+[eo]?", m.group(2)):
+            if not m.group(0):  # nothing like an irrep here ('+ +', '()'): the irreps parser says what is missing
+                return None
+            start = _position(source, pos)
+            so3 = re.search(r"^\s*group\s+SO3\b", source, re.MULTILINE) is not None
+            return FusionError(f"'{m.group(0)}' is not an irrep: {_not_an_irrep(m.group(1), m.group(2), so3)}",
+                               Span(start.line, start.column, start.line, start.column + len(m.group(0))))
+        pos = after
+        if grouped and source.startswith(")", pos):
+            pos, grouped = _GAP.match(source, pos + 1).end(), False
+        if not source.startswith("+", pos):
+            return None
+        pos += 1
+
+
+def _irreps_before(source: str, offset: int) -> bool:
+    """Whether irreps end at `offset`, after a declaration's ':' or a fusion's '->'."""
+    ends = [at + len(mark) for mark in (":", "->") if (at := source.rfind(mark, 0, offset)) >= 0]
+    if not ends:
+        return False
+    text = re.sub(r"#[^\n]*", "", source[max(ends):offset]).strip()
     try:
-        Irreps.parse(rest.rstrip(), span=Span(line, column), check_parity=False)
+        Irreps.parse(text, check_parity=False)
+    except FusionError:
+        return False
+    return True
+
+
+def _irreps_diagnosis(source: str, offset: int, expected: set[str]) -> FusionError | None:
+    """Why the text at `offset`, where lark found no irreps token, is not irreps.
+
+    lark takes irreps as one token, as long as every summand is an irrep: at '8x1y' the token
+    ends before it ('in x : 2e + 8x1y' then fails at the '+'), or never starts ('in x : 8x1y').
+    The summand that is not an irrep is named, whole; failing that, the irreps parser says why.
+    """
+    before = source[:offset].rstrip()
+    if source.startswith("+", offset) and "PLUS" not in expected and _irreps_before(source, offset):
+        start = offset + 1  # the summands after irreps that lark could not continue
+    elif before.endswith("+") and source[offset:offset + 1].isdigit() and _irreps_before(source, len(before) - 1):
+        start = offset  # a summand after irreps and a '+' that lark read as a sum of terms
+    elif "IRREPS" in expected and source[offset:offset + 1].isdigit():
+        start = offset
+    else:
+        return None
+    if bad := _bad_summand(source, start):
+        return bad
+    start = _GAP.match(source, start).end()
+    rest = source[start:].split("\n")[0].split("#")[0]
+    try:
+        Irreps.parse(rest.rstrip(), span=_position(source, start), check_parity=False)
     except FusionError as exc:
         return exc
     return None
@@ -76,7 +175,8 @@ def _irreps_diagnosis(source: str, line: int, column: int) -> FusionError | None
 
 def _syntax_error(exc: lark.exceptions.UnexpectedInput, source: str) -> FusionError:
     expected = set(getattr(exc, "allowed", None) or getattr(exc, "expected", None) or ())
-    if "IRREPS" in expected and exc.line > 0 and (diagnosis := _irreps_diagnosis(source, exc.line, exc.column)):
+    offset = getattr(exc, "pos_in_stream", None)
+    if offset is not None and (diagnosis := _irreps_diagnosis(source, offset, expected)):
         return diagnosis
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         found = repr(exc.char)
@@ -102,6 +202,9 @@ class _ToAst(lark.Transformer):
         return ast.Name(str(token), _span(token))
 
     def INT(self, token):  # noqa: N802
+        if len(token) > 18:  # past any size a diagram can use (and Python's 4,300-digit conversion limit)
+            raise FusionError(f"the number {token[:8]}… has {len(token)} digits; fusionc reads at most 18",
+                              _span(token))
         return int(token)
 
     def IRREPS(self, token):  # noqa: N802

@@ -83,6 +83,12 @@ class CouplingVertex:
     span: Span | None = field(default=None, compare=False)
 
     @property
+    def stem(self) -> str:
+        """The term's part of the names generated code gives its tensors: `y__0` for term 0 of y.
+        Source names never contain '__', so no generated name can equal another's."""
+        return self.id.replace(".", "__")
+
+    @property
     def weight_numel(self) -> int:
         """Weights of one set (one index value)."""
         return sum(p.weight_numel for p in self.paths)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from fusionc.errors import FusionError, Span
+from fusionc.limits import over
 
 #: Parity of an SO(3) irrep: the group has no inversion, so parity is absent.
 NO_PARITY = 0
@@ -115,6 +116,8 @@ class _IrrepsParser:
         return FusionError(message, self.span.advanced(self.text, at) if self.span else None)
 
     def irrep(self, l_text: str, parity: str, at: int) -> Irrep:
+        if (problem := over("l", l_text)) is not None:
+            raise self.error(problem, at)
         if not self.check_parity:
             return Irrep(int(l_text), NO_PARITY)
         if self.so3 and parity:
@@ -130,6 +133,8 @@ class _IrrepsParser:
         if not m:
             raise self.error("expected an irrep such as '0e', '32x1o' or '32x(0e + 1o)'", self.pos)
         start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
+        if m.group(1) and (problem := over("mul", m.group(1))) is not None:
+            raise self.error(problem, start)
         mul = int(m.group(1)) if m.group(1) else 1
         if m.group(1) and mul == 0:
             raise self.error("a multiplicity must be at least 1", start)
@@ -143,6 +148,8 @@ class _IrrepsParser:
         if not close:
             raise self.error("expected ')' to close the group", self.pos)
         self.pos = close.end()
+        if (problem := over("mul", mul * max(b.mul for b in blocks))) is not None:
+            raise self.error(problem, start)
         return [MulIrrep(mul * b.mul, b.ir) for b in blocks]
 
     def sum(self, inner: bool) -> list[MulIrrep]:

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from fusionc.algebra.cache import atomic_write, cache_root
 from fusionc.backends import get_backend
+from fusionc.frontend.parser import decode_source
 from fusionc.ir.diagram import Diagram
 from fusionc.pipeline import compile_source
 from fusionc.version import __version__
@@ -94,4 +95,4 @@ def loads(source: str, backend: str = "torch", filename: str = "<string>") -> Co
 def load(path: str | Path, backend: str = "torch") -> CompiledOps:
     """Compile and import a `.fus` file."""
     path = Path(path)
-    return loads(path.read_text(), backend, str(path))
+    return loads(decode_source(path.read_bytes(), str(path)), backend, str(path))

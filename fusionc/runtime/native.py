@@ -98,12 +98,28 @@ def flags_for(source: str) -> tuple[str, ...]:
     return FLAGS + LOOP_FLAGS if source.count("\n") <= LOOP_LINES else FLAGS
 
 
+#: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader
+#: reads only the parts the ELF headers point at): a truncated or overwritten library, which
+#: would crash the process that loads it, is seen as damaged and built again.
+_TRAILER = b"\nfusionc sha256 "
+
+
+def _whole(path: Path) -> bool:
+    """Whether a cached library is the one its trailer vouches for."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    body, found, digest = data.rpartition(_TRAILER)
+    return bool(found) and digest == hashlib.sha256(body).hexdigest().encode()
+
+
 def _build(source: str, real: str) -> Path:
     cc = _compiler()
     flags = (*(os.environ.get("FUSIONC_NATIVE_FLAGS") or " ".join(flags_for(source))).split(), f"-Dreal={real}")
     key = hashlib.sha256("\0".join((source, " ".join(flags), _version(cc), _machine())).encode()).hexdigest()
     path = cache_root() / "native" / f"{key[:32]}.so"
-    if path.exists():
+    if _whole(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as build:
@@ -112,6 +128,8 @@ def _build(source: str, real: str) -> Path:
         result = subprocess.run([cc, *flags, "-o", str(so), str(c)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"fusionc: compiling native kernels with {cc} failed:\n{result.stderr[-4000:]}")
+        data = so.read_bytes()
+        so.write_bytes(data + _TRAILER + hashlib.sha256(data).hexdigest().encode())
         os.replace(so, path)  # whole or absent: readers never see a partial library
     return path
 
@@ -166,8 +184,8 @@ class NativeKernels:
                 if key not in self.libraries:
                     self.libraries[key] = ctypes.CDLL(str(self._compiled(*key)))
             f = getattr(self.libraries[key], name)
-            f.argtypes = [ctypes.c_int64, ctypes.c_int] + [ctypes.c_void_p, ctypes.c_int64] * len(self.kinds[name])
-            f.restype = None
+            f.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+            f.restype = ctypes.c_int
             self.functions[(name, dtype)] = f
         return f
 
@@ -180,7 +198,7 @@ class NativeKernels:
                 if kind == "O":
                     t.zero_()
             return
-        arguments: list = [n, torch.get_num_threads()]
+        pointers, strides = [], []
         keep = []  # copies made here live until the call returns
         for t, kind in zip(tensors, self.kinds[name]):
             if t.dtype is not dtype or not t.is_cpu:
@@ -192,12 +210,17 @@ class NativeKernels:
                 if not t.is_contiguous():
                     t = t.contiguous()
                     keep.append(t)
-                arguments += (t.data_ptr(), 0)
+                pointers.append(t.data_ptr())
+                strides.append(0)
                 continue
             if not t.is_contiguous() and not _row_major(t):
                 if kind in "oa":
                     raise ValueError(f"native kernel {name}: an output must be row-major, got strides {t.stride()}")
                 t = t.contiguous()
                 keep.append(t)
-            arguments += (t.data_ptr(), t.stride(0))
-        self._function(name, dtype)(*arguments)
+            pointers.append(t.data_ptr())
+            strides.append(t.stride(0))
+        count = len(pointers)
+        if self._function(name, dtype)(n, torch.get_num_threads(), (ctypes.c_void_p * count)(*pointers),
+                                       (ctypes.c_int64 * count)(*strides)):
+            raise MemoryError(f"fusionc: native kernel {name} could not allocate its scratch buffers")

@@ -110,18 +110,21 @@ def weight_rows(w: torch.Tensor, batch: torch.Size, numel: int) -> torch.Tensor:
     return w.expand(*batch, numel).reshape(-1, numel)
 
 
-def index_rows(z: torch.Tensor, batch: torch.Size, name: str) -> torch.Tensor:
-    """An index input as an (n,) integer column, broadcast to the batch shape (its values are
-    checked inside the op, where the data is at hand)."""
+def index_rows(z: torch.Tensor, batch: torch.Size, name: str, ref: torch.Tensor) -> torch.Tensor:
+    """An index input as an (n,) int64 column, broadcast to the batch shape (its values are
+    checked inside the op, where the data is at hand). Any integer dtype is read as its values:
+    torch would take a uint8 tensor as a mask, and int8/int16 not at all."""
     if not isinstance(z, torch.Tensor) or z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
         raise ValueError(f"input '{name}' must be an integer tensor of shape {tuple(batch)}, "
                          f"got {getattr(z, 'dtype', type(z).__name__)}")
+    if z.device != ref.device:
+        raise ValueError(f"input '{name}' is on {z.device} but the module is on {ref.device}")
     try:
         if torch.broadcast_shapes(z.shape, batch) != batch:
             raise RuntimeError
     except RuntimeError:
         raise ValueError(f"input '{name}' must have shape {tuple(batch)}, got {tuple(z.shape)}") from None
-    return z.expand(batch).reshape(-1)
+    return z.to(torch.int64).expand(batch).reshape(-1)
 
 
 def output_rows(like: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -171,6 +174,9 @@ def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
 
 
+_LIBRARIES: dict[str, torch.library.Library] = {}
+
+
 class OpNamespace:
     """The torch.library ops of one generated module: each program (a diagram's forward, its
     derivative, the derivative's derivative) as a custom op with a fake (meta) implementation,
@@ -182,6 +188,10 @@ class OpNamespace:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        # the registrations last as long as their library object: as long as the process
+        if namespace not in _LIBRARIES:
+            _LIBRARIES[namespace] = torch.library.Library(namespace, "FRAGMENT")
+        self.library = _LIBRARIES[namespace]
         self.kernels: NativeKernels | None = None  # the module's native CPU kernels, set after its ops
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
@@ -207,9 +217,8 @@ class OpNamespace:
         except AttributeError:
             pass
 
-        schema = "(Tensor[] inputs, Tensor weight, Tensor[] constants) -> Tensor[]"
+        self.library.define(f"{name}(Tensor[] inputs, Tensor weight, Tensor[] constants) -> Tensor[]")
 
-        @torch.library.custom_op(qualname, mutates_args=(), schema=schema)
         def op(inputs, weight, constants):
             if check_indices:
                 for position, (input_name, size) in index_ranges.items():
@@ -219,7 +228,11 @@ class OpNamespace:
                 run = cpu
             return run(*inputs, weight, *constants)
 
-        @op.register_fake
+        # registered as a plain op, not through torch.library.custom_op, whose first call in a
+        # process imports torch._dynamo (0.9 s) to keep dynamo out of the implementation
+        self.library.impl(name, op, "CompositeExplicitAutograd")
+
+        @torch.library.register_fake(qualname, lib=self.library)
         def _(inputs, weight, constants):
             n = inputs[0].shape[0]
             return [weight.new_empty(n, size) if rows else weight.new_empty(size) for size, rows in outputs]
@@ -270,5 +283,5 @@ class OpNamespace:
                 grad_rows[i] = g
             return grad_rows, result[-1], [None] * len(constants)
 
-        op.register_autograd(backward_fn, setup_context=setup_context)
-        setattr(self, name, op)
+        torch.library.register_autograd(qualname, backward_fn, setup_context=setup_context, lib=self.library)
+        setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))

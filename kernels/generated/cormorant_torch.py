@@ -2,9 +2,9 @@
 # Source sha256: b6cbc0b98c3784c43545886f67dd36891fd55edfd20ab2651f935513342fc8c4
 """fusionc torch ops compiled from kernels/cormorant.fus: cormorant_cg, cormorant_message.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`
 (the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
-`_<name>_d_only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.
+`_<name>__d__only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_bb0cdac1b0e5e779")
+_ops = rt.OpNamespace("fusionc_0aaaa3a76fb4bf08")
 
 
 def _cormorant_cg(
@@ -29,79 +29,79 @@ def _cormorant_cg(
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     del _p1
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c1
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     del _p3
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c2
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     del _p5
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     del _p6
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c3
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     del _p7
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     del _p8
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     del _p9
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     del _p10
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c5
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     del _p11
     # 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    g_9 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece9_g = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    g_10 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece10_g = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    g_11 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece11_g = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     del p
     # 16x0 -> 16x0
-    g_12 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece12_g = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    g_13 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece13_g = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    g_14 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece14_g = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     g = torch.cat([
-        (g_9 + g_12).reshape(n, 16),
-        (g_10 + g_13).reshape(n, 48),
-        (g_11 + g_14).reshape(n, 80),
+        (_piece9_g + _piece12_g).reshape(n, 16),
+        (_piece10_g + _piece13_g).reshape(n, 48),
+        (_piece11_g + _piece14_g).reshape(n, 80),
     ], dim=-1)
-    del g_10, g_11, g_12, g_13, g_14, g_9
+    del _piece10_g, _piece11_g, _piece12_g, _piece13_g, _piece14_g, _piece9_g
     return [g]
 
 
-def _cormorant_cg_cpu(
+def _cormorant_cg__cpu(
     f: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
     cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
     cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -124,11 +124,11 @@ def _cormorant_cg_cpu(
     # 16x0 -> 16x0
     # 16x1 -> 16x1
     # 16x2 -> 16x2
-    _native.run('cormorant_cg_s0', n, g, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), weight[144:400].view(16, 16), weight[400:656].view(16, 16), weight[656:912].view(16, 16), weight[912:1168].view(16, 16), weight[1168:1424].view(16, 16), weight[1424:1680].view(16, 16))
+    _native.run('cormorant_cg__s0', n, g, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), weight[144:400].view(16, 16), weight[400:656].view(16, 16), weight[656:912].view(16, 16), weight[912:1168].view(16, 16), weight[1168:1424].view(16, 16), weight[1424:1680].view(16, 16))
     return [g]
 
 
-def _cormorant_cg_d(
+def _cormorant_cg__d(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -139,214 +139,214 @@ def _cormorant_cg_d(
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c1
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c2
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c3
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c5
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: 16x2 -> 16x2
-    d_f_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece9_d_f = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_10 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece10_d_weight = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂f: 16x1 -> 16x1
-    d_f_11 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_f = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_12 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece12_d_weight = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂f: 16x0 -> 16x0
-    d_f_13 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece13_d_f = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_14 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece14_d_weight = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x2 -> 16x2
-    d_p_15 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece15_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    d_weight_16 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece16_d_weight = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
-    d_p_17 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece17_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_18 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece18_d_weight = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
-    d_p_19 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece19_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_20 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece20_d_weight = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     del p
     d_p = torch.cat([
-        d_p_19.reshape(n, 16),
-        d_p_17.reshape(n, 48),
-        d_p_15.reshape(n, 80),
+        _piece19_d_p.reshape(n, 16),
+        _piece17_d_p.reshape(n, 48),
+        _piece15_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_15, d_p_17, d_p_19
+    del _piece15_d_p, _piece17_d_p, _piece19_d_p
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_21 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece21_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p11
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c6 = d__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_22 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece22_d_f = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c6
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = d__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d__p11
-    d_f_23 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece23_d_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c7
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_24 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece24_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c8 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_f_25 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    _piece25_d_f = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     del _c8
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d__p10
-    d_f_26 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece26_d_f = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c9
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_27 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece27_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p9
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c10 = d__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_28 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece28_d_f = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c10
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = d__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p9
-    d_f_29 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece29_d_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c11
     d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_30 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece30_d_weight = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p8
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c12 = d__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_31 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece31_d_f = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c12
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = d__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p8
-    d_f_32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece32_d_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c13
     d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_33 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece33_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p7
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c14 = d__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d_f_34 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece34_d_f = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c14
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = d__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p7
-    d_f_35 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece35_d_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c15
     d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_36 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece36_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c16 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_f_37 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    _piece37_d_f = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     del _c16
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p6
-    d_f_38 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece38_d_f = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c17
     d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_39 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece39_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p5
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c18 = d__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece40_d_f = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c18
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = d__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p5
-    d_f_41 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece41_d_f = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c19
     d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_42 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece42_d_weight = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p3
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c20 = d__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d_f_43 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece43_d_f = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c20
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = d__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p3
-    d_f_44 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece44_d_f = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c21
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_45 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece45_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c22 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_f_46 = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece46_d_f = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c22
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p1
-    d_f_47 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece47_d_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c23
     d_f = torch.cat([
-        (d_f_13 + d_f_40 + d_f_43 + d_f_46 + d_f_47).reshape(n, 16),
-        (d_f_11 + d_f_28 + d_f_31 + d_f_34 + d_f_35 + d_f_37 + d_f_38 + d_f_44).reshape(n, 48),
-        (d_f_9 + d_f_22 + d_f_23 + d_f_25 + d_f_26 + d_f_29 + d_f_32 + d_f_41).reshape(n, 80),
+        (_piece13_d_f + _piece40_d_f + _piece43_d_f + _piece46_d_f + _piece47_d_f).reshape(n, 16),
+        (_piece11_d_f + _piece28_d_f + _piece31_d_f + _piece34_d_f + _piece35_d_f + _piece37_d_f + _piece38_d_f + _piece44_d_f).reshape(n, 48),
+        (_piece9_d_f + _piece22_d_f + _piece23_d_f + _piece25_d_f + _piece26_d_f + _piece29_d_f + _piece32_d_f + _piece41_d_f).reshape(n, 80),
     ], dim=-1)
-    del d_f_11, d_f_13, d_f_22, d_f_23, d_f_25, d_f_26, d_f_28, d_f_29, d_f_31, d_f_32, d_f_34, d_f_35, d_f_37, d_f_38, d_f_40, d_f_41, d_f_43, d_f_44, d_f_46, d_f_47, d_f_9
+    del _piece11_d_f, _piece13_d_f, _piece22_d_f, _piece23_d_f, _piece25_d_f, _piece26_d_f, _piece28_d_f, _piece29_d_f, _piece31_d_f, _piece32_d_f, _piece34_d_f, _piece35_d_f, _piece37_d_f, _piece38_d_f, _piece40_d_f, _piece41_d_f, _piece43_d_f, _piece44_d_f, _piece46_d_f, _piece47_d_f, _piece9_d_f
     d_weight = torch.cat([
-        d_weight_45.reshape(16),
-        d_weight_42.reshape(16),
-        d_weight_39.reshape(16),
-        d_weight_36.reshape(16),
-        d_weight_33.reshape(16),
-        d_weight_30.reshape(16),
-        d_weight_27.reshape(16),
-        d_weight_24.reshape(16),
-        d_weight_21.reshape(16),
-        d_weight_20.reshape(256),
-        d_weight_18.reshape(256),
-        d_weight_16.reshape(256),
-        d_weight_14.reshape(256),
-        d_weight_12.reshape(256),
-        d_weight_10.reshape(256),
+        _piece45_d_weight.reshape(16),
+        _piece42_d_weight.reshape(16),
+        _piece39_d_weight.reshape(16),
+        _piece36_d_weight.reshape(16),
+        _piece33_d_weight.reshape(16),
+        _piece30_d_weight.reshape(16),
+        _piece27_d_weight.reshape(16),
+        _piece24_d_weight.reshape(16),
+        _piece21_d_weight.reshape(16),
+        _piece20_d_weight.reshape(256),
+        _piece18_d_weight.reshape(256),
+        _piece16_d_weight.reshape(256),
+        _piece14_d_weight.reshape(256),
+        _piece12_d_weight.reshape(256),
+        _piece10_d_weight.reshape(256),
     ], dim=-1)
-    del d_weight_10, d_weight_12, d_weight_14, d_weight_16, d_weight_18, d_weight_20, d_weight_21, d_weight_24, d_weight_27, d_weight_30, d_weight_33, d_weight_36, d_weight_39, d_weight_42, d_weight_45
+    del _piece10_d_weight, _piece12_d_weight, _piece14_d_weight, _piece16_d_weight, _piece18_d_weight, _piece20_d_weight, _piece21_d_weight, _piece24_d_weight, _piece27_d_weight, _piece30_d_weight, _piece33_d_weight, _piece36_d_weight, _piece39_d_weight, _piece42_d_weight, _piece45_d_weight
     return [d_f, d_weight]
 
 
-def _cormorant_cg_d_cpu(
+def _cormorant_cg__d__cpu(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -394,30 +394,30 @@ def _cormorant_cg_d_cpu(
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d_s0', n, d_f, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
+    _native.run('cormorant_cg__d__s0', n, d_f, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
     return [d_f, d_weight]
 
 
-def _cormorant_cg_d2_f(
+def _cormorant_cg__d__d2_f(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece2_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_2.reshape(n, 16),
-        d_p_1.reshape(n, 48),
-        d_p_0.reshape(n, 80),
+        _piece2_d_p.reshape(n, 16),
+        _piece1_d_p.reshape(n, 48),
+        _piece0_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_0, d_p_1, d_p_2
+    del _piece0_d_p, _piece1_d_p, _piece2_d_p
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
@@ -429,261 +429,261 @@ def _cormorant_cg_d2_f(
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_3 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece3_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c0
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
-    d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
+    _piece4_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
     del _c1
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_5 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
+    _piece5_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     del _c2
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     del d__p1
-    d2_f_6 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
+    _piece6_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     del _c3
-    d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
-    del d2_d__p1_3, d2_d__p1_5
-    d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_8 = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p1 = _piece3_d2_d__p1 + _piece5_d2_d__p1
+    del _piece3_d2_d__p1, _piece5_d2_d__p1
+    _piece7_d2_d_p = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece8_d2_weight = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p1
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c4 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p3_9 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    _piece9_d2_d__p3 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
     del _c4
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c5 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3)
-    d2_f_10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece10_d2_f = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c5
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d__p3_11 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece11_d2_d__p3 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c6
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3)
     del d__p3
-    d2_f_12 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece12_d2_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c7
-    d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
-    del d2_d__p3_11, d2_d__p3_9
-    d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_14 = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    d2_d__p3 = _piece9_d2_d__p3 + _piece11_d2_d__p3
+    del _piece11_d2_d__p3, _piece9_d2_d__p3
+    _piece13_d2_d_p = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece14_d2_weight = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del d2_d__p3
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c8 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p5_15 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    _piece15_d2_d__p5 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
     del _c8
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c9 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5)
-    d2_f_16 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece16_d2_f = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c9
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c10 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p5_17 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece17_d2_d__p5 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c10
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c11 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5)
     del d__p5
-    d2_f_18 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece18_d2_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c11
-    d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
-    del d2_d__p5_15, d2_d__p5_17
-    d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_20 = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p5 = _piece15_d2_d__p5 + _piece17_d2_d__p5
+    del _piece15_d2_d__p5, _piece17_d2_d__p5
+    _piece19_d2_d_p = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece20_d2_weight = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p5
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c12 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_d__p6_21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece21_d2_d__p6 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c13 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
-    d2_f_22 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece22_d2_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c13
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c14 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d__p6_23 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece23_d2_d__p6 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c15 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
     del d__p6
-    d2_f_24 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece24_d2_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c15
-    d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
-    del d2_d__p6_21, d2_d__p6_23
-    d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_26 = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p6 = _piece21_d2_d__p6 + _piece23_d2_d__p6
+    del _piece21_d2_d__p6, _piece23_d2_d__p6
+    _piece25_d2_d_p = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece26_d2_weight = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p6
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_27 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece27_d2_d__p7 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c12
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c16 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
-    d2_f_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece28_d2_f = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c16
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_29 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece29_d2_d__p7 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c14
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c17 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
     del d__p7
-    d2_f_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece30_d2_f = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c17
-    d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
-    del d2_d__p7_27, d2_d__p7_29
-    d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_32 = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p7 = _piece27_d2_d__p7 + _piece29_d2_d__p7
+    del _piece27_d2_d__p7, _piece29_d2_d__p7
+    _piece31_d2_d_p = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece32_d2_weight = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p7
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c18 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_d__p8_33 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece33_d2_d__p8 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c19 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3)
-    d2_f_34 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece34_d2_f = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c19
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p8_35 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece35_d2_d__p8 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3)
     del d__p8
-    d2_f_36 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece36_d2_f = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c21
-    d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
-    del d2_d__p8_33, d2_d__p8_35
-    d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_38 = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    d2_d__p8 = _piece33_d2_d__p8 + _piece35_d2_d__p8
+    del _piece33_d2_d__p8, _piece35_d2_d__p8
+    _piece37_d2_d_p = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece38_d2_weight = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del d2_d__p8
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_39 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece39_d2_d__p9 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c18
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c22 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
-    d2_f_40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece40_d2_f = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c22
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_41 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece41_d2_d__p9 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c20
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5)
     del d__p9
-    d2_f_42 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece42_d2_f = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c23
-    d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
-    del d2_d__p9_39, d2_d__p9_41
-    d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_44 = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p9 = _piece39_d2_d__p9 + _piece41_d2_d__p9
+    del _piece39_d2_d__p9, _piece41_d2_d__p9
+    _piece43_d2_d_p = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece44_d2_weight = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p9
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_d__p10_45 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece45_d2_d__p10 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
-    d2_f_46 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece46_d2_f = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c25
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c26 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p10_47 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece47_d2_d__p10 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c27 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
     del d__p10
-    d2_f_48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece48_d2_f = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c27
-    d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
-    del d2_d__p10_45, d2_d__p10_47
-    d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_50 = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p10 = _piece45_d2_d__p10 + _piece47_d2_d__p10
+    del _piece45_d2_d__p10, _piece47_d2_d__p10
+    _piece49_d2_d_p = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece50_d2_weight = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p10
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_51 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece51_d2_d__p11 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c24
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
-    d2_f_52 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece52_d2_f = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c28
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_53 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece53_d2_d__p11 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c26
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c29 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
     del d__p11
-    d2_f_54 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece54_d2_f = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c29
-    d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
-    del d2_d__p11_51, d2_d__p11_53
-    d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_56 = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p11 = _piece51_d2_d__p11 + _piece53_d2_d__p11
+    del _piece51_d2_d__p11, _piece53_d2_d__p11
+    _piece55_d2_d_p = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece56_d2_weight = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p11, d_p
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
-        (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
-        (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
+        (_piece7_d2_d_p + _piece25_d2_d_p + _piece49_d2_d_p).reshape(n, 16),
+        (_piece13_d2_d_p + _piece37_d2_d_p).reshape(n, 48),
+        (_piece19_d2_d_p + _piece31_d2_d_p + _piece43_d2_d_p + _piece55_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_13, d2_d_p_19, d2_d_p_25, d2_d_p_31, d2_d_p_37, d2_d_p_43, d2_d_p_49, d2_d_p_55, d2_d_p_7
-    d2_d_g_57 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece13_d2_d_p, _piece19_d2_d_p, _piece25_d2_d_p, _piece31_d2_d_p, _piece37_d2_d_p, _piece43_d2_d_p, _piece49_d2_d_p, _piece55_d2_d_p, _piece7_d2_d_p
+    _piece57_d2_d_g = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_58 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece58_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_59 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece59_d2_d_g = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_60 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece60_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_61 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece61_d2_d_g = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_62 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece62_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    d2_d_g_63 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece63_d2_d_g = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_64 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece64_d2_weight = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    d2_d_g_65 = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece65_d2_d_g = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_66 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece66_d2_weight = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    d2_d_g_67 = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece67_d2_d_g = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_68 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece68_d2_weight = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_f = torch.cat([
-        (d2_f_4 + d2_f_6 + d2_f_10 + d2_f_16).reshape(n, 16),
-        (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
-        (d2_f_18 + d2_f_36 + d2_f_42 + d2_f_46 + d2_f_48 + d2_f_52 + d2_f_54).reshape(n, 80),
+        (_piece4_d2_f + _piece6_d2_f + _piece10_d2_f + _piece16_d2_f).reshape(n, 16),
+        (_piece12_d2_f + _piece22_d2_f + _piece24_d2_f + _piece28_d2_f + _piece30_d2_f + _piece34_d2_f + _piece40_d2_f).reshape(n, 48),
+        (_piece18_d2_f + _piece36_d2_f + _piece42_d2_f + _piece46_d2_f + _piece48_d2_f + _piece52_d2_f + _piece54_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_10, d2_f_12, d2_f_16, d2_f_18, d2_f_22, d2_f_24, d2_f_28, d2_f_30, d2_f_34, d2_f_36, d2_f_4, d2_f_40, d2_f_42, d2_f_46, d2_f_48, d2_f_52, d2_f_54, d2_f_6
+    del _piece10_d2_f, _piece12_d2_f, _piece16_d2_f, _piece18_d2_f, _piece22_d2_f, _piece24_d2_f, _piece28_d2_f, _piece30_d2_f, _piece34_d2_f, _piece36_d2_f, _piece40_d2_f, _piece42_d2_f, _piece46_d2_f, _piece48_d2_f, _piece4_d2_f, _piece52_d2_f, _piece54_d2_f, _piece6_d2_f
     d2_d_g = torch.cat([
-        (d2_d_g_57 + d2_d_g_63).reshape(n, 16),
-        (d2_d_g_59 + d2_d_g_65).reshape(n, 48),
-        (d2_d_g_61 + d2_d_g_67).reshape(n, 80),
+        (_piece57_d2_d_g + _piece63_d2_d_g).reshape(n, 16),
+        (_piece59_d2_d_g + _piece65_d2_d_g).reshape(n, 48),
+        (_piece61_d2_d_g + _piece67_d2_d_g).reshape(n, 80),
     ], dim=-1)
-    del d2_d_g_57, d2_d_g_59, d2_d_g_61, d2_d_g_63, d2_d_g_65, d2_d_g_67
+    del _piece57_d2_d_g, _piece59_d2_d_g, _piece61_d2_d_g, _piece63_d2_d_g, _piece65_d2_d_g, _piece67_d2_d_g
     d2_weight = torch.cat([
-        d2_weight_8.reshape(16),
-        d2_weight_14.reshape(16),
-        d2_weight_20.reshape(16),
-        d2_weight_26.reshape(16),
-        d2_weight_32.reshape(16),
-        d2_weight_38.reshape(16),
-        d2_weight_44.reshape(16),
-        d2_weight_50.reshape(16),
-        d2_weight_56.reshape(16),
-        d2_weight_58.reshape(256),
-        d2_weight_60.reshape(256),
-        d2_weight_62.reshape(256),
-        d2_weight_64.reshape(256),
-        d2_weight_66.reshape(256),
-        d2_weight_68.reshape(256),
+        _piece8_d2_weight.reshape(16),
+        _piece14_d2_weight.reshape(16),
+        _piece20_d2_weight.reshape(16),
+        _piece26_d2_weight.reshape(16),
+        _piece32_d2_weight.reshape(16),
+        _piece38_d2_weight.reshape(16),
+        _piece44_d2_weight.reshape(16),
+        _piece50_d2_weight.reshape(16),
+        _piece56_d2_weight.reshape(16),
+        _piece58_d2_weight.reshape(256),
+        _piece60_d2_weight.reshape(256),
+        _piece62_d2_weight.reshape(256),
+        _piece64_d2_weight.reshape(256),
+        _piece66_d2_weight.reshape(256),
+        _piece68_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_14, d2_weight_20, d2_weight_26, d2_weight_32, d2_weight_38, d2_weight_44, d2_weight_50, d2_weight_56, d2_weight_58, d2_weight_60, d2_weight_62, d2_weight_64, d2_weight_66, d2_weight_68, d2_weight_8
+    del _piece14_d2_weight, _piece20_d2_weight, _piece26_d2_weight, _piece32_d2_weight, _piece38_d2_weight, _piece44_d2_weight, _piece50_d2_weight, _piece56_d2_weight, _piece58_d2_weight, _piece60_d2_weight, _piece62_d2_weight, _piece64_d2_weight, _piece66_d2_weight, _piece68_d2_weight, _piece8_d2_weight
     return [d2_f, d2_d_g, d2_weight]
 
 
-def _cormorant_cg_d2_f_cpu(
+def _cormorant_cg__d__d2_f__cpu(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     d2_f = weight.new_empty(n, 144)
     d2_weight = weight.new_empty(1680)
@@ -739,308 +739,308 @@ def _cormorant_cg_d2_f_cpu(
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    _native.run('cormorant_cg_d2_f_s0', n, d2_f, d2_weight, d2_d_g, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), weight[128:144].view(16), weight[112:128].view(16), weight[96:112].view(16), weight[80:96].view(16), weight[64:80].view(16), weight[48:64].view(16), weight[32:48].view(16), weight[16:32].view(16), weight[0:16].view(16), d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[912:1168].view(16, 16), weight[1168:1424].view(16, 16), weight[1424:1680].view(16, 16))
+    _native.run('cormorant_cg__d__d2_f__s0', n, d2_f, d2_weight, d2_d_g, d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), weight[128:144].view(16), weight[112:128].view(16), weight[96:112].view(16), weight[80:96].view(16), weight[64:80].view(16), weight[48:64].view(16), weight[32:48].view(16), weight[16:32].view(16), weight[0:16].view(16), d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d2_d_f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[912:1168].view(16, 16), weight[1168:1424].view(16, 16), weight[1424:1680].view(16, 16))
     return [d2_f, d2_d_g, d2_weight]
 
 
-def _cormorant_cg_d2_weight(
+def _cormorant_cg__d__d2_weight(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c1
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c2
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c3
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c5
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece9_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_10 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_11 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d2_d_p_12 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
+    _piece11_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d2_d_p = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
     d_p = torch.cat([
-        d_p_11.reshape(n, 16),
-        d_p_10.reshape(n, 48),
-        d_p_9.reshape(n, 80),
+        _piece11_d_p.reshape(n, 16),
+        _piece10_d_p.reshape(n, 48),
+        _piece9_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_9
-    d2__p1_13 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_14 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
-    d2__p3_15 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
-    d2_d_p_16 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5)
-    d2__p5_17 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_18 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1)
-    d2__p6_19 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_20 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5)
-    d2__p7_21 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_22 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3)
-    d2__p8_23 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
-    d2_d_p_24 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
-    d2__p9_25 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_26 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1)
-    d2__p10_27 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_28 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
-    d2__p11_29 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    del _piece10_d_p, _piece11_d_p, _piece9_d_p
+    _piece13_d2__p1 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece14_d2_d_p = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
+    _piece15_d2__p3 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    _piece16_d2_d_p = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5)
+    _piece17_d2__p5 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece18_d2_d_p = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1)
+    _piece19_d2__p6 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece20_d2_d_p = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5)
+    _piece21_d2__p7 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece22_d2_d_p = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3)
+    _piece23_d2__p8 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    _piece24_d2_d_p = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
+    _piece25_d2__p9 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece26_d2_d_p = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1)
+    _piece27_d2__p10 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece28_d2_d_p = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
+    _piece29_d2__p11 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
     del d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    d2_d_g_30 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece30_d2_d_g = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_31 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece31_d2_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_12 + d2_d_p_18 + d2_d_p_26).reshape(n, 16),
-        (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
-        (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
+        (_piece12_d2_d_p + _piece18_d2_d_p + _piece26_d2_d_p).reshape(n, 16),
+        (_piece14_d2_d_p + _piece22_d2_d_p).reshape(n, 48),
+        (_piece16_d2_d_p + _piece20_d2_d_p + _piece24_d2_d_p + _piece28_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_12, d2_d_p_14, d2_d_p_16, d2_d_p_18, d2_d_p_20, d2_d_p_22, d2_d_p_24, d2_d_p_26, d2_d_p_28
-    d2_d_g_32 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece12_d2_d_p, _piece14_d2_d_p, _piece16_d2_d_p, _piece18_d2_d_p, _piece20_d2_d_p, _piece22_d2_d_p, _piece24_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p
+    _piece32_d2_d_g = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_33 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece33_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_34 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece34_d2_d_g = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_35 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece35_d2_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_36 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece36_d2_d_g = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_37 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_38 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece38_d2_d_g = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_39 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece39_d2_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_g = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    d2_d_g_42 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece42_d2_d_g = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    d2_f_43 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece43_d2_f = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_44 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece44_d2_d_g = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    d2_f_45 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece45_d2_f = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_46 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece46_d2_d_g = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    d2_f_47 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece47_d2_f = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
-        d2_p_31.reshape(n, 16),
-        d2_p_35.reshape(n, 48),
-        d2_p_39.reshape(n, 80),
+        _piece31_d2_p.reshape(n, 16),
+        _piece35_d2_p.reshape(n, 48),
+        _piece39_d2_p.reshape(n, 80),
     ], dim=-1)
-    del d2_p_31, d2_p_35, d2_p_39
-    d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_49 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _piece31_d2_p, _piece35_d2_p, _piece39_d2_p
+    _piece48_d2__p11 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece49_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p11
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2__p11 = d2__p11_29 + d2__p11_48
-    del d2__p11_29, d2__p11_48
+    d2__p11 = _piece29_d2__p11 + _piece48_d2__p11
+    del _piece29_d2__p11, _piece48_d2__p11
     _c6 = d2__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_50 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece50_d2_f = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c6
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = d2__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2__p11
-    d2_f_51 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece51_d2_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c7
-    d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_53 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece52_d2__p10 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece53_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    d2__p10 = d2__p10_27 + d2__p10_52
-    del d2__p10_27, d2__p10_52
+    d2__p10 = _piece27_d2__p10 + _piece52_d2__p10
+    del _piece27_d2__p10, _piece52_d2__p10
     _c8 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_f_54 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    _piece54_d2_f = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     del _c8
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2__p10
-    d2_f_55 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece55_d2_f = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c9
-    d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_57 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece56_d2__p9 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece57_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p9
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2__p9 = d2__p9_25 + d2__p9_56
-    del d2__p9_25, d2__p9_56
+    d2__p9 = _piece25_d2__p9 + _piece56_d2__p9
+    del _piece25_d2__p9, _piece56_d2__p9
     _c10 = d2__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_58 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece58_d2_f = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c10
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = d2__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p9
-    d2_f_59 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece59_d2_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c11
-    d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_61 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece60_d2__p8 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece61_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p8
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    d2__p8 = d2__p8_23 + d2__p8_60
-    del d2__p8_23, d2__p8_60
+    d2__p8 = _piece23_d2__p8 + _piece60_d2__p8
+    del _piece23_d2__p8, _piece60_d2__p8
     _c12 = d2__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_62 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece62_d2_f = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c12
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = d2__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p8
-    d2_f_63 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece63_d2_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c13
-    d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_65 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece64_d2__p7 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece65_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p7
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2__p7 = d2__p7_21 + d2__p7_64
-    del d2__p7_21, d2__p7_64
+    d2__p7 = _piece21_d2__p7 + _piece64_d2__p7
+    del _piece21_d2__p7, _piece64_d2__p7
     _c14 = d2__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_f_66 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece66_d2_f = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c14
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = d2__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p7
-    d2_f_67 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece67_d2_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c15
-    d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_69 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece68_d2__p6 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece69_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    d2__p6 = d2__p6_19 + d2__p6_68
-    del d2__p6_19, d2__p6_68
+    d2__p6 = _piece19_d2__p6 + _piece68_d2__p6
+    del _piece19_d2__p6, _piece68_d2__p6
     _c16 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_f_70 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    _piece70_d2_f = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     del _c16
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p6
-    d2_f_71 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece71_d2_f = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c17
-    d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_73 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece72_d2__p5 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece73_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p5
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    d2__p5 = d2__p5_17 + d2__p5_72
-    del d2__p5_17, d2__p5_72
+    d2__p5 = _piece17_d2__p5 + _piece72_d2__p5
+    del _piece17_d2__p5, _piece72_d2__p5
     _c18 = d2__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_74 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece74_d2_f = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c18
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = d2__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p5
-    d2_f_75 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece75_d2_f = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c19
-    d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_77 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece76_d2__p3 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece77_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p3
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    d2__p3 = d2__p3_15 + d2__p3_76
-    del d2__p3_15, d2__p3_76
+    d2__p3 = _piece15_d2__p3 + _piece76_d2__p3
+    del _piece15_d2__p3, _piece76_d2__p3
     _c20 = d2__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_f_78 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece78_d2_f = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c20
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = d2__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p3
-    d2_f_79 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece79_d2_f = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c21
-    d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_81 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece80_d2__p1 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece81_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d2_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    d2__p1 = d2__p1_13 + d2__p1_80
-    del d2__p1_13, d2__p1_80
+    d2__p1 = _piece13_d2__p1 + _piece80_d2__p1
+    del _piece13_d2__p1, _piece80_d2__p1
     _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece82_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c22
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p1
-    d2_f_83 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece83_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c23
     d2_f = torch.cat([
-        (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
-        (d2_f_45 + d2_f_58 + d2_f_62 + d2_f_66 + d2_f_67 + d2_f_70 + d2_f_71 + d2_f_79).reshape(n, 48),
-        (d2_f_47 + d2_f_50 + d2_f_51 + d2_f_54 + d2_f_55 + d2_f_59 + d2_f_63 + d2_f_75).reshape(n, 80),
+        (_piece43_d2_f + _piece74_d2_f + _piece78_d2_f + _piece82_d2_f + _piece83_d2_f).reshape(n, 16),
+        (_piece45_d2_f + _piece58_d2_f + _piece62_d2_f + _piece66_d2_f + _piece67_d2_f + _piece70_d2_f + _piece71_d2_f + _piece79_d2_f).reshape(n, 48),
+        (_piece47_d2_f + _piece50_d2_f + _piece51_d2_f + _piece54_d2_f + _piece55_d2_f + _piece59_d2_f + _piece63_d2_f + _piece75_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_43, d2_f_45, d2_f_47, d2_f_50, d2_f_51, d2_f_54, d2_f_55, d2_f_58, d2_f_59, d2_f_62, d2_f_63, d2_f_66, d2_f_67, d2_f_70, d2_f_71, d2_f_74, d2_f_75, d2_f_78, d2_f_79, d2_f_82, d2_f_83
+    del _piece43_d2_f, _piece45_d2_f, _piece47_d2_f, _piece50_d2_f, _piece51_d2_f, _piece54_d2_f, _piece55_d2_f, _piece58_d2_f, _piece59_d2_f, _piece62_d2_f, _piece63_d2_f, _piece66_d2_f, _piece67_d2_f, _piece70_d2_f, _piece71_d2_f, _piece74_d2_f, _piece75_d2_f, _piece78_d2_f, _piece79_d2_f, _piece82_d2_f, _piece83_d2_f
     d2_d_g = torch.cat([
-        (d2_d_g_30 + d2_d_g_32 + d2_d_g_42).reshape(n, 16),
-        (d2_d_g_34 + d2_d_g_36 + d2_d_g_44).reshape(n, 48),
-        (d2_d_g_38 + d2_d_g_40 + d2_d_g_46).reshape(n, 80),
+        (_piece30_d2_d_g + _piece32_d2_d_g + _piece42_d2_d_g).reshape(n, 16),
+        (_piece34_d2_d_g + _piece36_d2_d_g + _piece44_d2_d_g).reshape(n, 48),
+        (_piece38_d2_d_g + _piece40_d2_d_g + _piece46_d2_d_g).reshape(n, 80),
     ], dim=-1)
-    del d2_d_g_30, d2_d_g_32, d2_d_g_34, d2_d_g_36, d2_d_g_38, d2_d_g_40, d2_d_g_42, d2_d_g_44, d2_d_g_46
+    del _piece30_d2_d_g, _piece32_d2_d_g, _piece34_d2_d_g, _piece36_d2_d_g, _piece38_d2_d_g, _piece40_d2_d_g, _piece42_d2_d_g, _piece44_d2_d_g, _piece46_d2_d_g
     d2_weight = torch.cat([
-        d2_weight_81.reshape(16),
-        d2_weight_77.reshape(16),
-        d2_weight_73.reshape(16),
-        d2_weight_69.reshape(16),
-        d2_weight_65.reshape(16),
-        d2_weight_61.reshape(16),
-        d2_weight_57.reshape(16),
-        d2_weight_53.reshape(16),
-        d2_weight_49.reshape(16),
-        d2_weight_33.reshape(256),
-        d2_weight_37.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece81_d2_weight.reshape(16),
+        _piece77_d2_weight.reshape(16),
+        _piece73_d2_weight.reshape(16),
+        _piece69_d2_weight.reshape(16),
+        _piece65_d2_weight.reshape(16),
+        _piece61_d2_weight.reshape(16),
+        _piece57_d2_weight.reshape(16),
+        _piece53_d2_weight.reshape(16),
+        _piece49_d2_weight.reshape(16),
+        _piece33_d2_weight.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
         weight.new_zeros(768),
     ], dim=-1)
-    del d2_weight_33, d2_weight_37, d2_weight_41, d2_weight_49, d2_weight_53, d2_weight_57, d2_weight_61, d2_weight_65, d2_weight_69, d2_weight_73, d2_weight_77, d2_weight_81
+    del _piece33_d2_weight, _piece37_d2_weight, _piece41_d2_weight, _piece49_d2_weight, _piece53_d2_weight, _piece57_d2_weight, _piece61_d2_weight, _piece65_d2_weight, _piece69_d2_weight, _piece73_d2_weight, _piece77_d2_weight, _piece81_d2_weight
     return [d2_f, d2_d_g, d2_weight]
 
 
-def _cormorant_cg_d2_weight_cpu(
+def _cormorant_cg__d__d2_weight__cpu(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     d2_d_g = weight.new_empty(n, 144)
     d2_weight = weight.new_empty(1680)
@@ -1093,11 +1093,11 @@ def _cormorant_cg_d2_weight_cpu(
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s0', n, d2_d_g, d2_weight, d2_f, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), d2_d_weight[0:16].view(16), d2_d_weight[16:32].view(16), d2_d_weight[32:48].view(16), d2_d_weight[48:64].view(16), d2_d_weight[64:80].view(16), d2_d_weight[80:96].view(16), d2_d_weight[96:112].view(16), d2_d_weight[112:128].view(16), d2_d_weight[128:144].view(16), d2_d_weight[144:400].view(16, 16), d2_d_weight[400:656].view(16, 16), d2_d_weight[656:912].view(16, 16), d2_d_weight[912:1168].view(16, 16), d2_d_weight[1168:1424].view(16, 16), d2_d_weight[1424:1680].view(16, 16))
+    _native.run('cormorant_cg__d__d2_weight__s0', n, d2_d_g, d2_weight, d2_f, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), weight[656:912].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[400:656].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[144:400].view(16, 16), d2_d_weight[0:16].view(16), d2_d_weight[16:32].view(16), d2_d_weight[32:48].view(16), d2_d_weight[48:64].view(16), d2_d_weight[64:80].view(16), d2_d_weight[80:96].view(16), d2_d_weight[96:112].view(16), d2_d_weight[112:128].view(16), d2_d_weight[128:144].view(16), d2_d_weight[144:400].view(16, 16), d2_d_weight[400:656].view(16, 16), d2_d_weight[656:912].view(16, 16), d2_d_weight[912:1168].view(16, 16), d2_d_weight[1168:1424].view(16, 16), d2_d_weight[1424:1680].view(16, 16))
     return [d2_f, d2_d_g, d2_weight]
 
 
-def _cormorant_cg_d_only_f(
+def _cormorant_cg__d__only_f(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -1105,124 +1105,124 @@ def _cormorant_cg_d_only_f(
     """the vector-Jacobian product of cormorant_cg, d_f only: f (n, 144), d_g (n, 144) -> d_f (n, 144)."""
     n = f.shape[0]
     # ∂/∂f: 16x2 -> 16x2
-    d_f_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_f = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂f: 16x1 -> 16x1
-    d_f_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_f = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂f: 16x0 -> 16x0
-    d_f_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece2_d_f = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x2 -> 16x2
-    d_p_3 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece3_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_4 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece4_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_5 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece5_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_5.reshape(n, 16),
-        d_p_4.reshape(n, 48),
-        d_p_3.reshape(n, 80),
+        _piece5_d_p.reshape(n, 16),
+        _piece4_d_p.reshape(n, 48),
+        _piece3_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_3, d_p_4, d_p_5
+    del _piece3_d_p, _piece4_d_p, _piece5_d_p
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c0 = d__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_6 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece6_d_f = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c0
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c1 = d__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d__p11
-    d_f_7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece7_d_f = torch.mm(_c1.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c1
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c2 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_f_8 = torch.mm(_c2.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    _piece8_d_f = torch.mm(_c2.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     del _c2
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c3 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d__p10
-    d_f_9 = torch.mm(_c3.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece9_d_f = torch.mm(_c3.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c3
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c4 = d__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_10 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece10_d_f = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c4
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c5 = d__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p9
-    d_f_11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece11_d_f = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c5
     d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c6 = d__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_12 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece12_d_f = torch.mm(_c6.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c6
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c7 = d__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p8
-    d_f_13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece13_d_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c7
     d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c8 = d__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d_f_14 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece14_d_f = torch.mm(_c8.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c8
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c9 = d__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p7
-    d_f_15 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece15_d_f = torch.mm(_c9.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c9
     d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c10 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_f_16 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    _piece16_d_f = torch.mm(_c10.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     del _c10
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c11 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d__p6
-    d_f_17 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece17_d_f = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c11
     d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c12 = d__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d_f_18 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece18_d_f = torch.mm(_c12.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c12
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c13 = d__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p5
-    d_f_19 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece19_d_f = torch.mm(_c13.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c13
     d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c14 = d__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d_f_20 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece20_d_f = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c14
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c15 = d__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p3
-    d_f_21 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece21_d_f = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c15
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     del d_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c16 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_f_22 = cg_0_0_0.reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece22_d_f = cg_0_0_0.reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c16
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c17 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p1
-    d_f_23 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece23_d_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c17
     d_f = torch.cat([
-        (d_f_2 + d_f_18 + d_f_20 + d_f_22 + d_f_23).reshape(n, 16),
-        (d_f_1 + d_f_10 + d_f_12 + d_f_14 + d_f_15 + d_f_16 + d_f_17 + d_f_21).reshape(n, 48),
-        (d_f_0 + d_f_6 + d_f_7 + d_f_8 + d_f_9 + d_f_11 + d_f_13 + d_f_19).reshape(n, 80),
+        (_piece2_d_f + _piece18_d_f + _piece20_d_f + _piece22_d_f + _piece23_d_f).reshape(n, 16),
+        (_piece1_d_f + _piece10_d_f + _piece12_d_f + _piece14_d_f + _piece15_d_f + _piece16_d_f + _piece17_d_f + _piece21_d_f).reshape(n, 48),
+        (_piece0_d_f + _piece6_d_f + _piece7_d_f + _piece8_d_f + _piece9_d_f + _piece11_d_f + _piece13_d_f + _piece19_d_f).reshape(n, 80),
     ], dim=-1)
-    del d_f_0, d_f_1, d_f_10, d_f_11, d_f_12, d_f_13, d_f_14, d_f_15, d_f_16, d_f_17, d_f_18, d_f_19, d_f_2, d_f_20, d_f_21, d_f_22, d_f_23, d_f_6, d_f_7, d_f_8, d_f_9
+    del _piece0_d_f, _piece10_d_f, _piece11_d_f, _piece12_d_f, _piece13_d_f, _piece14_d_f, _piece15_d_f, _piece16_d_f, _piece17_d_f, _piece18_d_f, _piece19_d_f, _piece1_d_f, _piece20_d_f, _piece21_d_f, _piece22_d_f, _piece23_d_f, _piece2_d_f, _piece6_d_f, _piece7_d_f, _piece8_d_f, _piece9_d_f
     return [d_f]
 
 
-def _cormorant_cg_d_only_f_cpu(
+def _cormorant_cg__d__only_f__cpu(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -1254,11 +1254,11 @@ def _cormorant_cg_d_only_f_cpu(
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d_only_f_s0', n, d_f, d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16), weight[128:144].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16), cg_2_2_0, weight[96:112].view(16), cg_1_2_2, f[:, 16:64].reshape(n, 16, 3), weight[80:96].view(16), cg_1_2_1, weight[64:80].view(16), cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), weight[48:64].view(16), cg_1_1_0, weight[32:48].view(16), cg_0_2_2, f[:, 0:16].reshape(n, 16, 1), weight[16:32].view(16), cg_0_1_1, weight[0:16].view(16), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0)
+    _native.run('cormorant_cg__d__only_f__s0', n, d_f, d_g[:, 64:144].reshape(n, 16, 5), weight[1424:1680].view(16, 16), d_g[:, 16:64].reshape(n, 16, 3), weight[1168:1424].view(16, 16), d_g[:, 0:16].reshape(n, 16, 1), weight[912:1168].view(16, 16), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16), weight[128:144].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_2, f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16), cg_2_2_0, weight[96:112].view(16), cg_1_2_2, f[:, 16:64].reshape(n, 16, 3), weight[80:96].view(16), cg_1_2_1, weight[64:80].view(16), cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), weight[48:64].view(16), cg_1_1_0, weight[32:48].view(16), cg_0_2_2, f[:, 0:16].reshape(n, 16, 1), weight[16:32].view(16), cg_0_1_1, weight[0:16].view(16), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0)
     return [d_f]
 
 
-def _cormorant_cg_d_only_weight(
+def _cormorant_cg__d__only_weight(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -1269,112 +1269,112 @@ def _cormorant_cg_d_only_weight(
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c1
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c2
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c3
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c5
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_9 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece9_d_weight = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_10 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece10_d_weight = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_11 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece11_d_weight = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x2 -> 16x2
-    d_p_12 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    d_weight_13 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece13_d_weight = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
-    d_p_14 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece14_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_15 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece15_d_weight = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
-    d_p_16 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece16_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_17 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece17_d_weight = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     del p
     d_p = torch.cat([
-        d_p_16.reshape(n, 16),
-        d_p_14.reshape(n, 48),
-        d_p_12.reshape(n, 80),
+        _piece16_d_p.reshape(n, 16),
+        _piece14_d_p.reshape(n, 48),
+        _piece12_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_12, d_p_14, d_p_16
-    d_weight_18 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _piece12_d_p, _piece14_d_p, _piece16_d_p
+    _piece18_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p11
-    d_weight_19 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece19_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
-    d_weight_20 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece20_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p9
-    d_weight_21 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece21_d_weight = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p8
-    d_weight_22 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece22_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p7
-    d_weight_23 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece23_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
-    d_weight_24 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece24_d_weight = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p5
-    d_weight_25 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece25_d_weight = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p3
-    d_weight_26 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece26_d_weight = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d_p
     d_weight = torch.cat([
-        d_weight_26.reshape(16),
-        d_weight_25.reshape(16),
-        d_weight_24.reshape(16),
-        d_weight_23.reshape(16),
-        d_weight_22.reshape(16),
-        d_weight_21.reshape(16),
-        d_weight_20.reshape(16),
-        d_weight_19.reshape(16),
-        d_weight_18.reshape(16),
-        d_weight_17.reshape(256),
-        d_weight_15.reshape(256),
-        d_weight_13.reshape(256),
-        d_weight_11.reshape(256),
-        d_weight_10.reshape(256),
-        d_weight_9.reshape(256),
+        _piece26_d_weight.reshape(16),
+        _piece25_d_weight.reshape(16),
+        _piece24_d_weight.reshape(16),
+        _piece23_d_weight.reshape(16),
+        _piece22_d_weight.reshape(16),
+        _piece21_d_weight.reshape(16),
+        _piece20_d_weight.reshape(16),
+        _piece19_d_weight.reshape(16),
+        _piece18_d_weight.reshape(16),
+        _piece17_d_weight.reshape(256),
+        _piece15_d_weight.reshape(256),
+        _piece13_d_weight.reshape(256),
+        _piece11_d_weight.reshape(256),
+        _piece10_d_weight.reshape(256),
+        _piece9_d_weight.reshape(256),
     ], dim=-1)
-    del d_weight_10, d_weight_11, d_weight_13, d_weight_15, d_weight_17, d_weight_18, d_weight_19, d_weight_20, d_weight_21, d_weight_22, d_weight_23, d_weight_24, d_weight_25, d_weight_26, d_weight_9
+    del _piece10_d_weight, _piece11_d_weight, _piece13_d_weight, _piece15_d_weight, _piece17_d_weight, _piece18_d_weight, _piece19_d_weight, _piece20_d_weight, _piece21_d_weight, _piece22_d_weight, _piece23_d_weight, _piece24_d_weight, _piece25_d_weight, _piece26_d_weight, _piece9_d_weight
     return [d_weight]
 
 
-def _cormorant_cg_d_only_weight_cpu(
+def _cormorant_cg__d__only_weight__cpu(
     f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
@@ -1400,122 +1400,122 @@ def _cormorant_cg_d_only_weight_cpu(
     # ∂/∂weight: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
     # ∂/∂weight: 16x0 -> 16x0
-    _native.run('cormorant_cg_d_only_weight_s0', n, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), d_g[:, 16:64].reshape(n, 16, 3), d_g[:, 0:16].reshape(n, 16, 1), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
+    _native.run('cormorant_cg__d__only_weight__s0', n, d_weight, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[48:64].view(16), cg_1_1_2, weight[64:80].view(16), cg_1_2_1, weight[80:96].view(16), cg_1_2_2, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[112:128].view(16), cg_2_2_2, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5), d_g[:, 16:64].reshape(n, 16, 3), d_g[:, 0:16].reshape(n, 16, 1), weight[656:912].view(16, 16), weight[400:656].view(16, 16), weight[144:400].view(16, 16))
     return [d_weight]
 
 
 # cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_f_cpu)
-_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_weight_cpu)
-_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight], cpu=_cormorant_cg_d_cpu)
-_ops.register("cormorant_cg_d_only_f", _cormorant_cg_d_only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d2_f], cpu=_cormorant_cg_d_only_f_cpu)
-_ops.register("cormorant_cg_d_only_weight", _cormorant_cg_d_only_weight, outputs=((1680, False),), index_ranges={}, backward=[_ops.cormorant_cg_d2_weight], cpu=_cormorant_cg_d_only_weight_cpu)
-_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], partial=[{(0,): _ops.cormorant_cg_d_only_f, (1,): _ops.cormorant_cg_d_only_weight}], check_indices=True, cpu=_cormorant_cg_cpu)
+_ops.register("cormorant_cg__d__d2_f", _cormorant_cg__d__d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg__d__d2_f__cpu)
+_ops.register("cormorant_cg__d__d2_weight", _cormorant_cg__d__d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg__d__d2_weight__cpu)
+_ops.register("cormorant_cg__d", _cormorant_cg__d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f, _ops.cormorant_cg__d__d2_weight], cpu=_cormorant_cg__d__cpu)
+_ops.register("cormorant_cg__d__only_f", _cormorant_cg__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f], cpu=_cormorant_cg__d__only_f__cpu)
+_ops.register("cormorant_cg__d__only_weight", _cormorant_cg__d__only_weight, outputs=((1680, False),), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_weight], cpu=_cormorant_cg__d__only_weight__cpu)
+_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d], partial=[{(0,): _ops.cormorant_cg__d__only_f, (1,): _ops.cormorant_cg__d__only_weight}], check_indices=True, cpu=_cormorant_cg__cpu)
 
 
 def _cormorant_message(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-    _g_p_0: torch.Tensor,
+    _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_0
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_0
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_1
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_1
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_2
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_2
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_1_0
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_1_0
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _t_p_0_1_1, _w_p_0_1_1
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _t_p__0_1_1, _w_p__0_1_1
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_8, w_p_0_1_2_9
-    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _t_p_0_1_2, _w_p_0_1_2
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_1_2, _w_p__0_1_2
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_2_0
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_2_0
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _t_p_0_2_1, _w_p_0_2_1
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _t_p__0_2_1, _w_p__0_2_1
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    del _m_p_0
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
-    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _t_p_0_2_2, _w_p_0_2_2
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_2_2, _w_p__0_2_2
     # 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece19_m = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    m_20 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece20_m = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    m_21 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece21_m = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     del p
     m = torch.cat([
-        m_19.reshape(n, 16),
-        m_20.reshape(n, 48),
-        m_21.reshape(n, 80),
+        _piece19_m.reshape(n, 16),
+        _piece20_m.reshape(n, 48),
+        _piece21_m.reshape(n, 80),
     ], dim=-1)
-    del m_19, m_20, m_21
+    del _piece19_m, _piece20_m, _piece21_m
     return [m]
 
 
-def _cormorant_message_cpu(
+def _cormorant_message__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-    _g_p_0: torch.Tensor,
+    _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
     n = f.shape[0]
@@ -1533,246 +1533,246 @@ def _cormorant_message_cpu(
     # 16x0 -> 16x0
     # 16x1 -> 16x1
     # 16x2 -> 16x2
-    _native.run('cormorant_message_s0', n, m, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), weight[0:256].view(16, 16), weight[256:512].view(16, 16), weight[512:768].view(16, 16))
+    _native.run('cormorant_message__s0', n, m, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), weight[0:256].view(16, 16), weight[256:512].view(16, 16), weight[512:768].view(16, 16))
     return [m]
 
 
-def _cormorant_message_d(
+def _cormorant_message__d(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_8, w_p_0_1_2_9
-    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
-    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_19 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece19_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    d_weight_20 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece20_d_weight = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
-    d_p_21 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece21_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_22 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece22_d_weight = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
-    d_p_23 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece23_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_24 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece24_d_weight = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     del p
     d_p = torch.cat([
-        d_p_23.reshape(n, 16),
-        d_p_21.reshape(n, 48),
-        d_p_19.reshape(n, 80),
+        _piece23_d_p.reshape(n, 16),
+        _piece21_d_p.reshape(n, 48),
+        _piece19_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_19, d_p_21, d_p_23
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
-    d__w_p_0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
-    del _t_p_0_2_2
+    del _piece19_d_p, _piece21_d_p, _piece23_d_p
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
+    d__w_p__0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p__0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_25 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_26 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_2
-    d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_28 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_29 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_2
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
-    d__w_p_0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
-    del _t_p_0_2_1
+    _piece25_d_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece26_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_2
+    _piece27_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece28_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece29_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_2
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
+    d__w_p__0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p__0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_1
-    d_w_32 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_33 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_1
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_34 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_2_0
+    _piece30_d_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece31_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_1
+    _piece32_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece33_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_1
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece34_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d_f_35 = d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d__m_p_0_36 = torch.bmm(d__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_2_0
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
-    d__w_p_0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
-    del _t_p_0_1_2
+    _piece35_d_f = d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece36_d__m_p__0 = torch.bmm(d__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_2_0
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
+    d__w_p__0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p__0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_37 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_38 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_2
-    d_w_39 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_40 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
-    d__w_p_0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
-    del _t_p_0_1_1
+    _piece37_d_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece38_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_2
+    _piece39_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece40_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_2
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
+    d__w_p__0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p__0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_41 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_42 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_1
-    d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_44 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_45 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_1
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_46 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_1_0
+    _piece41_d_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece42_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_1
+    _piece43_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece44_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece45_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_1
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece46_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d_f_47 = d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d__m_p_0_48 = torch.bmm(d__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_1_0
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_49 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
-    del _t_p_0_0_2
+    _piece47_d_f = d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece48_d__m_p__0 = torch.bmm(d__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_1_0
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece49_d_w = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d_f_50 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_2
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_52 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del _t_p_0_0_1
+    _piece50_d_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece51_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_2
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece52_d_w = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d_f_53 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_1
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_55 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_0_0, d_p
+    _piece53_d_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece54_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_1
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece55_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_0_0, d_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d_f_56 = d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_0
+    _piece56_d_f = d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece57_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d__m_p_0 = torch.cat([
-        d__m_p_0_57.reshape(n, 1),
-        d__m_p_0_54.reshape(n, 3),
-        d__m_p_0_51.reshape(n, 5),
-        d__m_p_0_48.reshape(n, 3),
-        d__m_p_0_42.reshape(n, 27),
-        d__m_p_0_38.reshape(n, 30),
-        d__m_p_0_36.reshape(n, 5),
-        d__m_p_0_31.reshape(n, 30),
-        d__m_p_0_26.reshape(n, 75),
+    d__m_p__0 = torch.cat([
+        _piece57_d__m_p__0.reshape(n, 1),
+        _piece54_d__m_p__0.reshape(n, 3),
+        _piece51_d__m_p__0.reshape(n, 5),
+        _piece48_d__m_p__0.reshape(n, 3),
+        _piece42_d__m_p__0.reshape(n, 27),
+        _piece38_d__m_p__0.reshape(n, 30),
+        _piece36_d__m_p__0.reshape(n, 5),
+        _piece31_d__m_p__0.reshape(n, 30),
+        _piece26_d__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d__m_p_0_26, d__m_p_0_31, d__m_p_0_36, d__m_p_0_38, d__m_p_0_42, d__m_p_0_48, d__m_p_0_51, d__m_p_0_54, d__m_p_0_57
-    d_sh_58 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d__m_p_0
+    del _piece26_d__m_p__0, _piece31_d__m_p__0, _piece36_d__m_p__0, _piece38_d__m_p__0, _piece42_d__m_p__0, _piece48_d__m_p__0, _piece51_d__m_p__0, _piece54_d__m_p__0, _piece57_d__m_p__0
+    _piece58_d_sh = torch.mm(d__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p__0
     d_f = torch.cat([
-        (d_f_50 + d_f_53 + d_f_56).reshape(n, 16),
-        (d_f_37 + d_f_41 + d_f_47).reshape(n, 48),
-        (d_f_25 + d_f_30 + d_f_35).reshape(n, 80),
+        (_piece50_d_f + _piece53_d_f + _piece56_d_f).reshape(n, 16),
+        (_piece37_d_f + _piece41_d_f + _piece47_d_f).reshape(n, 48),
+        (_piece25_d_f + _piece30_d_f + _piece35_d_f).reshape(n, 80),
     ], dim=-1)
-    del d_f_25, d_f_30, d_f_35, d_f_37, d_f_41, d_f_47, d_f_50, d_f_53, d_f_56
-    d_sh = d_sh_58
-    del d_sh_58
+    del _piece25_d_f, _piece30_d_f, _piece35_d_f, _piece37_d_f, _piece41_d_f, _piece47_d_f, _piece50_d_f, _piece53_d_f, _piece56_d_f
+    d_sh = _piece58_d_sh
+    del _piece58_d_sh
     d_w = torch.cat([
-        d_w_55.reshape(n, 16),
-        d_w_52.reshape(n, 16),
-        d_w_49.reshape(n, 16),
-        d_w_45.reshape(n, 16),
-        d_w_46.reshape(n, 16),
-        d_w_44.reshape(n, 16),
-        d_w_40.reshape(n, 16),
-        d_w_43.reshape(n, 16),
-        d_w_39.reshape(n, 16),
-        d_w_29.reshape(n, 16),
-        d_w_33.reshape(n, 16),
-        d_w_28.reshape(n, 16),
-        d_w_34.reshape(n, 16),
-        d_w_32.reshape(n, 16),
-        d_w_27.reshape(n, 16),
+        _piece55_d_w.reshape(n, 16),
+        _piece52_d_w.reshape(n, 16),
+        _piece49_d_w.reshape(n, 16),
+        _piece45_d_w.reshape(n, 16),
+        _piece46_d_w.reshape(n, 16),
+        _piece44_d_w.reshape(n, 16),
+        _piece40_d_w.reshape(n, 16),
+        _piece43_d_w.reshape(n, 16),
+        _piece39_d_w.reshape(n, 16),
+        _piece29_d_w.reshape(n, 16),
+        _piece33_d_w.reshape(n, 16),
+        _piece28_d_w.reshape(n, 16),
+        _piece34_d_w.reshape(n, 16),
+        _piece32_d_w.reshape(n, 16),
+        _piece27_d_w.reshape(n, 16),
     ], dim=-1)
-    del d_w_27, d_w_28, d_w_29, d_w_32, d_w_33, d_w_34, d_w_39, d_w_40, d_w_43, d_w_44, d_w_45, d_w_46, d_w_49, d_w_52, d_w_55
+    del _piece27_d_w, _piece28_d_w, _piece29_d_w, _piece32_d_w, _piece33_d_w, _piece34_d_w, _piece39_d_w, _piece40_d_w, _piece43_d_w, _piece44_d_w, _piece45_d_w, _piece46_d_w, _piece49_d_w, _piece52_d_w, _piece55_d_w
     d_weight = torch.cat([
-        d_weight_24.reshape(256),
-        d_weight_22.reshape(256),
-        d_weight_20.reshape(256),
+        _piece24_d_weight.reshape(256),
+        _piece22_d_weight.reshape(256),
+        _piece20_d_weight.reshape(256),
     ], dim=-1)
-    del d_weight_20, d_weight_22, d_weight_24
+    del _piece20_d_weight, _piece22_d_weight, _piece24_d_weight
     return [d_f, d_sh, d_w, d_weight]
 
 
-def _cormorant_message_d_cpu(
+def _cormorant_message__d__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
     n = f.shape[0]
@@ -1797,255 +1797,255 @@ def _cormorant_message_d_cpu(
     # ∂/∂p: 16x0 -> 16x0
     # ∂/∂weight: 16x0 -> 16x0
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d_s0', n, d_weight, d_f, d_w, d_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
+    _native.run('cormorant_message__d__s0', n, d_weight, d_f, d_w, d_sh, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
     return [d_f, d_sh, d_w, d_weight]
 
 
-def _cormorant_message_d2_f(
+def _cormorant_message__d__d2_f(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_0_0
-    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_0_1
-    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_0_2
-    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_22 = torch.bmm(d__t_p_0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_1_0
-    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_1_1
-    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_1_1
-    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_27 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_1_2
-    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_1_2
-    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_29 = torch.bmm(d__t_p_0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_2_0
-    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_2_1
-    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_2_1
-    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    del _m_p_0
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_34 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_2_2
-    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_2_2, d_p
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p__0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece13_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_0
+    _piece14_d2_d_p = d2_d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece15_d2_w = d2_d__t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_0_0
+    # ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p__0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece16_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_1
+    _piece17_d2_d_p = d2_d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece18_d2_w = (d2_d__t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_0_1
+    # ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p__0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece19_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_2
+    _piece20_d2_d_p = d2_d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece21_d2_w = (d2_d__t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_0_2
+    # ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece22_d2__m_p__0 = torch.bmm(d__t_p__0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p__0_1_0
+    _piece23_d2_d_p = d2_d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece24_d2_w = d2_d__t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_1_0
+    # ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p__0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece25_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_1_1
+    _piece26_d2_d_p = (d2_d__t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_d__t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_1_1
+    # ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p__0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece27_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_1_2
+    _piece28_d2_d_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_d__t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_1_2
+    # ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece29_d2__m_p__0 = torch.bmm(d__t_p__0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p__0_2_0
+    _piece30_d2_d_p = d2_d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece31_d2_w = d2_d__t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_2_0
+    # ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece32_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_2_1
+    _piece33_d2_d_p = (d2_d__t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_d__t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_2_1
+    # ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p__0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece34_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_2_2
+    _piece35_d2_d_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_d__t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
-        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
-        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
+        (_piece14_d2_d_p + _piece23_d2_d_p + _piece30_d2_d_p).reshape(n, 16),
+        (_piece17_d2_d_p + _piece26_d2_d_p + _piece33_d2_d_p).reshape(n, 48),
+        (_piece20_d2_d_p + _piece28_d2_d_p + _piece35_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
-    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece14_d2_d_p, _piece17_d2_d_p, _piece20_d2_d_p, _piece23_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p, _piece30_d2_d_p, _piece33_d2_d_p, _piece35_d2_d_p
+    _piece36_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece38_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece39_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
-    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
+    _piece42_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece43_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    _piece45_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece46_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    _piece47_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece48_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    _piece49_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece50_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece51_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_13.reshape(n, 1),
-        d2__m_p_0_16.reshape(n, 3),
-        d2__m_p_0_19.reshape(n, 5),
-        d2__m_p_0_22.reshape(n, 3),
-        d2__m_p_0_25.reshape(n, 27),
-        d2__m_p_0_27.reshape(n, 30),
-        d2__m_p_0_29.reshape(n, 5),
-        d2__m_p_0_32.reshape(n, 30),
-        d2__m_p_0_34.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece13_d2__m_p__0.reshape(n, 1),
+        _piece16_d2__m_p__0.reshape(n, 3),
+        _piece19_d2__m_p__0.reshape(n, 5),
+        _piece22_d2__m_p__0.reshape(n, 3),
+        _piece25_d2__m_p__0.reshape(n, 27),
+        _piece27_d2__m_p__0.reshape(n, 30),
+        _piece29_d2__m_p__0.reshape(n, 5),
+        _piece32_d2__m_p__0.reshape(n, 30),
+        _piece34_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_13, d2__m_p_0_16, d2__m_p_0_19, d2__m_p_0_22, d2__m_p_0_25, d2__m_p_0_27, d2__m_p_0_29, d2__m_p_0_32, d2__m_p_0_34
-    d2_sh_52 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece13_d2__m_p__0, _piece16_d2__m_p__0, _piece19_d2__m_p__0, _piece22_d2__m_p__0, _piece25_d2__m_p__0, _piece27_d2__m_p__0, _piece29_d2__m_p__0, _piece32_d2__m_p__0, _piece34_d2__m_p__0
+    _piece52_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = weight.new_zeros(n, 144)
-    d2_sh = d2_sh_52
-    del d2_sh_52
+    d2_sh = _piece52_d2_sh
+    del _piece52_d2_sh
     d2_w = torch.cat([
-        d2_w_15.reshape(n, 16),
-        d2_w_18.reshape(n, 16),
-        d2_w_21.reshape(n, 16),
-        d2_w_51.reshape(n, 16),
-        d2_w_24.reshape(n, 16),
-        d2_w_50.reshape(n, 16),
-        d2_w_48.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_47.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_31.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_42.reshape(n, 16),
+        _piece15_d2_w.reshape(n, 16),
+        _piece18_d2_w.reshape(n, 16),
+        _piece21_d2_w.reshape(n, 16),
+        _piece51_d2_w.reshape(n, 16),
+        _piece24_d2_w.reshape(n, 16),
+        _piece50_d2_w.reshape(n, 16),
+        _piece48_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece47_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece31_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece42_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
+    del _piece15_d2_w, _piece18_d2_w, _piece21_d2_w, _piece24_d2_w, _piece31_d2_w, _piece42_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece47_d2_w, _piece48_d2_w, _piece49_d2_w, _piece50_d2_w, _piece51_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_36.reshape(n, 16),
-        d2_d_m_38.reshape(n, 48),
-        d2_d_m_40.reshape(n, 80),
+        _piece36_d2_d_m.reshape(n, 16),
+        _piece38_d2_d_m.reshape(n, 48),
+        _piece40_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_36, d2_d_m_38, d2_d_m_40
+    del _piece36_d2_d_m, _piece38_d2_d_m, _piece40_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_37.reshape(256),
-        d2_weight_39.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece39_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_37, d2_weight_39, d2_weight_41
+    del _piece37_d2_weight, _piece39_d2_weight, _piece41_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_f_cpu(
+def _cormorant_message__d__d2_f__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     d2_w = weight.new_empty(n, 240)
     d2_d_m = weight.new_empty(n, 144)
@@ -2055,24 +2055,24 @@ def _cormorant_message_d2_f_cpu(
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
-    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
@@ -2080,226 +2080,226 @@ def _cormorant_message_d2_f_cpu(
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d2_f_s0', n, d2_w, d2_d_m, d2_weight, d2_sh, sh.reshape(n, 9), _g_p_0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5))
+    _native.run('cormorant_message__d__d2_f__s0', n, d2_w, d2_d_m, d2_weight, d2_sh, sh.reshape(n, 9), _g_p__0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_f[:, 0:16].reshape(n, 16, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), d2_d_f[:, 64:144].reshape(n, 16, 5))
     d2_f = weight.new_zeros(n, 144)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_sh(
+def _cormorant_message__d__d2_sh(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
-    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_0_0
-    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_16 = torch.bmm(d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_0_1
-    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_19 = torch.bmm(d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_0_2
-    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_1_0
-    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_25 = torch.bmm(d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_1_1
-    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_1_1
-    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_27 = torch.bmm(d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_1_2
-    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_1_2
-    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_2_0
-    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_2_1
-    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_2_1
-    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d2_d__m_p_0, d__t_p_0_2_2
-    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_2_2, d_p
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_p__0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    # ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p__0_0_0 = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece13_d2_f = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_0_0
+    _piece14_d2_d_p = d2_d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece15_d2_w = d2_d__t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_0_0
+    # ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p__0_0_1 = d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece16_d2_f = torch.bmm(d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_0_1
+    _piece17_d2_d_p = d2_d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece18_d2_w = (d2_d__t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_0_1
+    # ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p__0_0_2 = d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece19_d2_f = torch.bmm(d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_0_2
+    _piece20_d2_d_p = d2_d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece21_d2_w = (d2_d__t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_0_2
+    # ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p__0_1_0 = torch.bmm(d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece22_d2_f = d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_1_0
+    _piece23_d2_d_p = d2_d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece24_d2_w = d2_d__t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_1_0
+    # ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece25_d2_f = torch.bmm(d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_1_1
+    _piece26_d2_d_p = (d2_d__t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_d__t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_1_1
+    # ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece27_d2_f = torch.bmm(d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_1_2
+    _piece28_d2_d_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_d__t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_1_2
+    # ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p__0_2_0 = torch.bmm(d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece29_d2_f = d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_2_0
+    _piece30_d2_d_p = d2_d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece31_d2_w = d2_d__t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_2_0
+    # ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p__0_2_1 = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece32_d2_f = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_2_1
+    _piece33_d2_d_p = (d2_d__t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_d__t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_2_1
+    # ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece34_d2_f = torch.bmm(d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d2_d__m_p__0, d__t_p__0_2_2
+    _piece35_d2_d_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_d__t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
-        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
-        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
+        (_piece14_d2_d_p + _piece23_d2_d_p + _piece30_d2_d_p).reshape(n, 16),
+        (_piece17_d2_d_p + _piece26_d2_d_p + _piece33_d2_d_p).reshape(n, 48),
+        (_piece20_d2_d_p + _piece28_d2_d_p + _piece35_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
-    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece14_d2_d_p, _piece17_d2_d_p, _piece20_d2_d_p, _piece23_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p, _piece30_d2_d_p, _piece33_d2_d_p, _piece35_d2_d_p
+    _piece36_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece38_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece39_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
-    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
+    _piece42_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece43_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    _piece45_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece46_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    _piece47_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece48_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    _piece49_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece50_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece51_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
     d2_f = torch.cat([
-        (d2_f_13 + d2_f_16 + d2_f_19).reshape(n, 16),
-        (d2_f_22 + d2_f_25 + d2_f_27).reshape(n, 48),
-        (d2_f_29 + d2_f_32 + d2_f_34).reshape(n, 80),
+        (_piece13_d2_f + _piece16_d2_f + _piece19_d2_f).reshape(n, 16),
+        (_piece22_d2_f + _piece25_d2_f + _piece27_d2_f).reshape(n, 48),
+        (_piece29_d2_f + _piece32_d2_f + _piece34_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_13, d2_f_16, d2_f_19, d2_f_22, d2_f_25, d2_f_27, d2_f_29, d2_f_32, d2_f_34
+    del _piece13_d2_f, _piece16_d2_f, _piece19_d2_f, _piece22_d2_f, _piece25_d2_f, _piece27_d2_f, _piece29_d2_f, _piece32_d2_f, _piece34_d2_f
     d2_sh = weight.new_zeros(n, 9)
     d2_w = torch.cat([
-        d2_w_15.reshape(n, 16),
-        d2_w_18.reshape(n, 16),
-        d2_w_21.reshape(n, 16),
-        d2_w_51.reshape(n, 16),
-        d2_w_24.reshape(n, 16),
-        d2_w_50.reshape(n, 16),
-        d2_w_48.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_47.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_31.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_42.reshape(n, 16),
+        _piece15_d2_w.reshape(n, 16),
+        _piece18_d2_w.reshape(n, 16),
+        _piece21_d2_w.reshape(n, 16),
+        _piece51_d2_w.reshape(n, 16),
+        _piece24_d2_w.reshape(n, 16),
+        _piece50_d2_w.reshape(n, 16),
+        _piece48_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece47_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece31_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece42_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
+    del _piece15_d2_w, _piece18_d2_w, _piece21_d2_w, _piece24_d2_w, _piece31_d2_w, _piece42_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece47_d2_w, _piece48_d2_w, _piece49_d2_w, _piece50_d2_w, _piece51_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_36.reshape(n, 16),
-        d2_d_m_38.reshape(n, 48),
-        d2_d_m_40.reshape(n, 80),
+        _piece36_d2_d_m.reshape(n, 16),
+        _piece38_d2_d_m.reshape(n, 48),
+        _piece40_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_36, d2_d_m_38, d2_d_m_40
+    del _piece36_d2_d_m, _piece38_d2_d_m, _piece40_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_37.reshape(256),
-        d2_weight_39.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece39_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_37, d2_weight_39, d2_weight_41
+    del _piece37_d2_weight, _piece39_d2_weight, _piece41_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_sh_cpu(
+def _cormorant_message__d__d2_sh__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     d2_f = weight.new_empty(n, 144)
     d2_w = weight.new_empty(n, 240)
@@ -2308,246 +2308,246 @@ def _cormorant_message_d2_sh_cpu(
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
-    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    # ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    _native.run('cormorant_message_d2_sh_s0', n, d2_f, d2_w, d2_d_m, d2_weight, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    _native.run('cormorant_message__d__d2_sh__s0', n, d2_f, d2_w, d2_d_m, d2_weight, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     d2_sh = weight.new_zeros(n, 9)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_w(
+def _cormorant_message__d__d2_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_0_0
+    _piece2_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece3_d2_d_p = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_0_0
     d_p = torch.cat([
-        d_p_2.reshape(n, 16),
-        d_p_1.reshape(n, 48),
-        d_p_0.reshape(n, 80),
+        _piece2_d_p.reshape(n, 16),
+        _piece1_d_p.reshape(n, 48),
+        _piece0_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_0, d_p_1, d_p_2
-    d2__t_p_0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)
-    del _t_p_0_0_1
-    d2__t_p_0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)
-    del _t_p_0_0_2
-    d2__t_p_0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_1_0
-    d2__t_p_0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
-    d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
-    d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
-    d2_d__w_p_0_1_1 = torch.cat([
-        d2_d__w_p_0_1_1_7.reshape(n, 16),
-        d2_d__w_p_0_1_1_8.reshape(n, 16),
-        d2_d__w_p_0_1_1_9.reshape(n, 16),
+    del _piece0_d_p, _piece1_d_p, _piece2_d_p
+    d2__t_p__0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece4_d2_d_p = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)
+    del _t_p__0_0_1
+    d2__t_p__0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _piece5_d2_d_p = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)
+    del _t_p__0_0_2
+    d2__t_p__0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _piece6_d2_d_p = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_1_0
+    d2__t_p__0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece7_d2_d__w_p__0_1_1 = d2_d_w[:, 48:64].reshape(n, 16)
+    _piece8_d2_d__w_p__0_1_1 = d2_d_w[:, 80:96].reshape(n, 16)
+    _piece9_d2_d__w_p__0_1_1 = d2_d_w[:, 112:128].reshape(n, 16)
+    d2_d__w_p__0_1_1 = torch.cat([
+        _piece7_d2_d__w_p__0_1_1.reshape(n, 16),
+        _piece8_d2_d__w_p__0_1_1.reshape(n, 16),
+        _piece9_d2_d__w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_1_1_7, d2_d__w_p_0_1_1_8, d2_d__w_p_0_1_1_9
-    d2_d_p_10 = (d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,))
-    del _t_p_0_1_1
-    d2__t_p_0_1_1 = d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    del d2_d__w_p_0_1_1
-    d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
-    d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
-    d2_d__w_p_0_1_2 = torch.cat([
-        d2_d__w_p_0_1_2_11.reshape(n, 16),
-        d2_d__w_p_0_1_2_12.reshape(n, 16),
+    del _piece7_d2_d__w_p__0_1_1, _piece8_d2_d__w_p__0_1_1, _piece9_d2_d__w_p__0_1_1
+    _piece10_d2_d_p = (d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,))
+    del _t_p__0_1_1
+    d2__t_p__0_1_1 = d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2_d__w_p__0_1_1
+    _piece11_d2_d__w_p__0_1_2 = d2_d_w[:, 96:112].reshape(n, 16)
+    _piece12_d2_d__w_p__0_1_2 = d2_d_w[:, 128:144].reshape(n, 16)
+    d2_d__w_p__0_1_2 = torch.cat([
+        _piece11_d2_d__w_p__0_1_2.reshape(n, 16),
+        _piece12_d2_d__w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_1_2_11, d2_d__w_p_0_1_2_12
-    d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
-    del _t_p_0_1_2
-    d2__t_p_0_1_2 = d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    del d2_d__w_p_0_1_2
-    d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_2_0
-    d2__t_p_0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
-    d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
-    d2_d__w_p_0_2_1 = torch.cat([
-        d2_d__w_p_0_2_1_15.reshape(n, 16),
-        d2_d__w_p_0_2_1_16.reshape(n, 16),
+    del _piece11_d2_d__w_p__0_1_2, _piece12_d2_d__w_p__0_1_2
+    _piece13_d2_d_p = torch.bmm(d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p__0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p__0_1_2
+    d2__t_p__0_1_2 = d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2_d__w_p__0_1_2
+    _piece14_d2_d_p = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_2_0
+    d2__t_p__0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece15_d2_d__w_p__0_2_1 = d2_d_w[:, 160:176].reshape(n, 16)
+    _piece16_d2_d__w_p__0_2_1 = d2_d_w[:, 208:224].reshape(n, 16)
+    d2_d__w_p__0_2_1 = torch.cat([
+        _piece15_d2_d__w_p__0_2_1.reshape(n, 16),
+        _piece16_d2_d__w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_2_1_15, d2_d__w_p_0_2_1_16
-    d2_d_p_17 = (d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,))
-    del _t_p_0_2_1
-    d2__t_p_0_2_1 = d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    del d2_d__w_p_0_2_1
-    d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
-    d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
-    d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
-    d2_d__w_p_0_2_2 = torch.cat([
-        d2_d__w_p_0_2_2_18.reshape(n, 16),
-        d2_d__w_p_0_2_2_19.reshape(n, 16),
-        d2_d__w_p_0_2_2_20.reshape(n, 16),
+    del _piece15_d2_d__w_p__0_2_1, _piece16_d2_d__w_p__0_2_1
+    _piece17_d2_d_p = (d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,))
+    del _t_p__0_2_1
+    d2__t_p__0_2_1 = d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2_d__w_p__0_2_1
+    _piece18_d2_d__w_p__0_2_2 = d2_d_w[:, 144:160].reshape(n, 16)
+    _piece19_d2_d__w_p__0_2_2 = d2_d_w[:, 176:192].reshape(n, 16)
+    _piece20_d2_d__w_p__0_2_2 = d2_d_w[:, 224:240].reshape(n, 16)
+    d2_d__w_p__0_2_2 = torch.cat([
+        _piece18_d2_d__w_p__0_2_2.reshape(n, 16),
+        _piece19_d2_d__w_p__0_2_2.reshape(n, 16),
+        _piece20_d2_d__w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_2_2_18, d2_d__w_p_0_2_2_19, d2_d__w_p_0_2_2_20
-    d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
-    del _t_p_0_2_2
-    d2__t_p_0_2_2 = d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    del d2_d__w_p_0_2_2, d_p
+    del _piece18_d2_d__w_p__0_2_2, _piece19_d2_d__w_p__0_2_2, _piece20_d2_d__w_p__0_2_2
+    _piece21_d2_d_p = torch.bmm(d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p__0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p__0_2_2
+    d2__t_p__0_2_2 = d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2_d__w_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
-        (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
-        (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
+        (_piece3_d2_d_p + _piece6_d2_d_p + _piece14_d2_d_p).reshape(n, 16),
+        (_piece4_d2_d_p + _piece10_d2_d_p + _piece17_d2_d_p).reshape(n, 48),
+        (_piece5_d2_d_p + _piece13_d2_d_p + _piece21_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_10, d2_d_p_13, d2_d_p_14, d2_d_p_17, d2_d_p_21, d2_d_p_3, d2_d_p_4, d2_d_p_5, d2_d_p_6
-    d2_d_m_22 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece10_d2_d_p, _piece13_d2_d_p, _piece14_d2_d_p, _piece17_d2_d_p, _piece21_d2_d_p, _piece3_d2_d_p, _piece4_d2_d_p, _piece5_d2_d_p, _piece6_d2_d_p
+    _piece22_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_23 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece23_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_24 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece24_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_25 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece25_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_26 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece26_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_27 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece27_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_2
+    _piece28_d2_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece29_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_1
+    _piece30_d2_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece31_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_32 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_33 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_2_0
+    _piece32_d2_f = d2__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece33_d2__m_p__0 = torch.bmm(d2__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_2_0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_35 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_2
+    _piece34_d2_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece35_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_36 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_37 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_1
+    _piece36_d2_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece37_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_38 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_39 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_1_0
+    _piece38_d2_f = d2__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece39_d2__m_p__0 = torch.bmm(d2__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_1_0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_40 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_41 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_2
+    _piece40_d2_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece41_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_42 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_1
+    _piece42_d2_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece43_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_44 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_0
+    _piece44_d2_f = d2__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece45_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_45.reshape(n, 1),
-        d2__m_p_0_43.reshape(n, 3),
-        d2__m_p_0_41.reshape(n, 5),
-        d2__m_p_0_39.reshape(n, 3),
-        d2__m_p_0_37.reshape(n, 27),
-        d2__m_p_0_35.reshape(n, 30),
-        d2__m_p_0_33.reshape(n, 5),
-        d2__m_p_0_31.reshape(n, 30),
-        d2__m_p_0_29.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece45_d2__m_p__0.reshape(n, 1),
+        _piece43_d2__m_p__0.reshape(n, 3),
+        _piece41_d2__m_p__0.reshape(n, 5),
+        _piece39_d2__m_p__0.reshape(n, 3),
+        _piece37_d2__m_p__0.reshape(n, 27),
+        _piece35_d2__m_p__0.reshape(n, 30),
+        _piece33_d2__m_p__0.reshape(n, 5),
+        _piece31_d2__m_p__0.reshape(n, 30),
+        _piece29_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_29, d2__m_p_0_31, d2__m_p_0_33, d2__m_p_0_35, d2__m_p_0_37, d2__m_p_0_39, d2__m_p_0_41, d2__m_p_0_43, d2__m_p_0_45
-    d2_sh_46 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece29_d2__m_p__0, _piece31_d2__m_p__0, _piece33_d2__m_p__0, _piece35_d2__m_p__0, _piece37_d2__m_p__0, _piece39_d2__m_p__0, _piece41_d2__m_p__0, _piece43_d2__m_p__0, _piece45_d2__m_p__0
+    _piece46_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = torch.cat([
-        (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
-        (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
-        (d2_f_28 + d2_f_30 + d2_f_32).reshape(n, 80),
+        (_piece40_d2_f + _piece42_d2_f + _piece44_d2_f).reshape(n, 16),
+        (_piece34_d2_f + _piece36_d2_f + _piece38_d2_f).reshape(n, 48),
+        (_piece28_d2_f + _piece30_d2_f + _piece32_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_28, d2_f_30, d2_f_32, d2_f_34, d2_f_36, d2_f_38, d2_f_40, d2_f_42, d2_f_44
-    d2_sh = d2_sh_46
-    del d2_sh_46
+    del _piece28_d2_f, _piece30_d2_f, _piece32_d2_f, _piece34_d2_f, _piece36_d2_f, _piece38_d2_f, _piece40_d2_f, _piece42_d2_f, _piece44_d2_f
+    d2_sh = _piece46_d2_sh
+    del _piece46_d2_sh
     d2_w = weight.new_zeros(n, 240)
     d2_d_m = torch.cat([
-        d2_d_m_22.reshape(n, 16),
-        d2_d_m_24.reshape(n, 48),
-        d2_d_m_26.reshape(n, 80),
+        _piece22_d2_d_m.reshape(n, 16),
+        _piece24_d2_d_m.reshape(n, 48),
+        _piece26_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_22, d2_d_m_24, d2_d_m_26
+    del _piece22_d2_d_m, _piece24_d2_d_m, _piece26_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_23.reshape(256),
-        d2_weight_25.reshape(256),
-        d2_weight_27.reshape(256),
+        _piece23_d2_weight.reshape(256),
+        _piece25_d2_weight.reshape(256),
+        _piece27_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_23, d2_weight_25, d2_weight_27
+    del _piece23_d2_weight, _piece25_d2_weight, _piece27_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_w_cpu(
+def _cormorant_message__d__d2_w__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     d2_d_m = weight.new_empty(n, 144)
     d2_weight = weight.new_empty(768)
@@ -2573,268 +2573,268 @@ def _cormorant_message_d2_w_cpu(
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d2_w_s0', n, d2_d_m, d2_weight, d2_f, d2_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), d2_d_w[:, 0:16].reshape(n, 1, 16), d2_d_w[:, 16:32].reshape(n, 1, 16), d2_d_w[:, 32:48].reshape(n, 1, 16), d2_d_w[:, 64:80].reshape(n, 1, 16), d2_d_w[:, 48:64].reshape(n, 16), d2_d_w[:, 80:96].reshape(n, 16), d2_d_w[:, 112:128].reshape(n, 16), d2_d_w[:, 96:112].reshape(n, 16), d2_d_w[:, 128:144].reshape(n, 16), d2_d_w[:, 192:208].reshape(n, 1, 16), d2_d_w[:, 160:176].reshape(n, 16), d2_d_w[:, 208:224].reshape(n, 16), d2_d_w[:, 144:160].reshape(n, 16), d2_d_w[:, 176:192].reshape(n, 16), d2_d_w[:, 224:240].reshape(n, 16))
+    _native.run('cormorant_message__d__d2_w__s0', n, d2_d_m, d2_weight, d2_f, d2_sh, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), d2_d_w[:, 0:16].reshape(n, 1, 16), d2_d_w[:, 16:32].reshape(n, 1, 16), d2_d_w[:, 32:48].reshape(n, 1, 16), d2_d_w[:, 64:80].reshape(n, 1, 16), d2_d_w[:, 48:64].reshape(n, 16), d2_d_w[:, 80:96].reshape(n, 16), d2_d_w[:, 112:128].reshape(n, 16), d2_d_w[:, 96:112].reshape(n, 16), d2_d_w[:, 128:144].reshape(n, 16), d2_d_w[:, 192:208].reshape(n, 1, 16), d2_d_w[:, 160:176].reshape(n, 16), d2_d_w[:, 208:224].reshape(n, 16), d2_d_w[:, 144:160].reshape(n, 16), d2_d_w[:, 176:192].reshape(n, 16), d2_d_w[:, 224:240].reshape(n, 16))
     d2_w = weight.new_zeros(n, 240)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_weight(
+def _cormorant_message__d__d2_weight(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_8, w_p_0_1_2_9
-    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
-    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    d2_d_m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece19_d2_d_m = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_20 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece20_d2_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    d2_d_m_21 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece21_d2_d_m = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_22 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece22_d2_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    d2_d_m_23 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece23_d2_d_m = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_24 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece24_d2_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
-        d2_p_20.reshape(n, 16),
-        d2_p_22.reshape(n, 48),
-        d2_p_24.reshape(n, 80),
+        _piece20_d2_p.reshape(n, 16),
+        _piece22_d2_p.reshape(n, 48),
+        _piece24_d2_p.reshape(n, 80),
     ], dim=-1)
-    del d2_p_20, d2_p_22, d2_p_24
-    d2__t_p_0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
-    del _t_p_0_2_2
+    del _piece20_d2_p, _piece22_d2_p, _piece24_d2_p
+    d2__t_p__0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p__0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_25 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_26 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_2
-    d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2__t_p_0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
-    del _t_p_0_2_1
+    _piece25_d2_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece26_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_2
+    _piece27_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece28_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece29_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    d2__t_p__0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p__0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_1
-    d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2__t_p_0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_34 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_2_0
+    _piece30_d2_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece31_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_1
+    _piece32_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece33_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    d2__t_p__0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece34_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_35 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_36 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_2_0
-    d2__t_p_0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
-    del _t_p_0_1_2
+    _piece35_d2_f = d2__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece36_d2__m_p__0 = torch.bmm(d2__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_2_0
+    d2__t_p__0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p__0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_37 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_38 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_2
-    d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2__t_p_0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
-    del _t_p_0_1_1
+    _piece37_d2_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece38_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_2
+    _piece39_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece40_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    d2__t_p__0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p__0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_41 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_42 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_1
-    d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
-    d2__t_p_0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_46 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_1_0
+    _piece41_d2_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece42_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_1
+    _piece43_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece45_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
+    d2__t_p__0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece46_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_47 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_48 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_1_0
-    d2__t_p_0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_49 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
-    del _t_p_0_0_2
+    _piece47_d2_f = d2__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece48_d2__m_p__0 = torch.bmm(d2__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_1_0
+    d2__t_p__0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece49_d2_w = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_50 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_2
-    d2__t_p_0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_52 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del _t_p_0_0_1
+    _piece50_d2_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece51_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_2
+    d2__t_p__0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece52_d2_w = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_53 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_1
-    d2__t_p_0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_55 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_0_0, d2_p
+    _piece53_d2_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece54_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_1
+    d2__t_p__0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece55_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_0_0, d2_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_56 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_0
+    _piece56_d2_f = d2__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece57_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_57.reshape(n, 1),
-        d2__m_p_0_54.reshape(n, 3),
-        d2__m_p_0_51.reshape(n, 5),
-        d2__m_p_0_48.reshape(n, 3),
-        d2__m_p_0_42.reshape(n, 27),
-        d2__m_p_0_38.reshape(n, 30),
-        d2__m_p_0_36.reshape(n, 5),
-        d2__m_p_0_31.reshape(n, 30),
-        d2__m_p_0_26.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece57_d2__m_p__0.reshape(n, 1),
+        _piece54_d2__m_p__0.reshape(n, 3),
+        _piece51_d2__m_p__0.reshape(n, 5),
+        _piece48_d2__m_p__0.reshape(n, 3),
+        _piece42_d2__m_p__0.reshape(n, 27),
+        _piece38_d2__m_p__0.reshape(n, 30),
+        _piece36_d2__m_p__0.reshape(n, 5),
+        _piece31_d2__m_p__0.reshape(n, 30),
+        _piece26_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_26, d2__m_p_0_31, d2__m_p_0_36, d2__m_p_0_38, d2__m_p_0_42, d2__m_p_0_48, d2__m_p_0_51, d2__m_p_0_54, d2__m_p_0_57
-    d2_sh_58 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece26_d2__m_p__0, _piece31_d2__m_p__0, _piece36_d2__m_p__0, _piece38_d2__m_p__0, _piece42_d2__m_p__0, _piece48_d2__m_p__0, _piece51_d2__m_p__0, _piece54_d2__m_p__0, _piece57_d2__m_p__0
+    _piece58_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = torch.cat([
-        (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
-        (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
-        (d2_f_25 + d2_f_30 + d2_f_35).reshape(n, 80),
+        (_piece50_d2_f + _piece53_d2_f + _piece56_d2_f).reshape(n, 16),
+        (_piece37_d2_f + _piece41_d2_f + _piece47_d2_f).reshape(n, 48),
+        (_piece25_d2_f + _piece30_d2_f + _piece35_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_25, d2_f_30, d2_f_35, d2_f_37, d2_f_41, d2_f_47, d2_f_50, d2_f_53, d2_f_56
-    d2_sh = d2_sh_58
-    del d2_sh_58
+    del _piece25_d2_f, _piece30_d2_f, _piece35_d2_f, _piece37_d2_f, _piece41_d2_f, _piece47_d2_f, _piece50_d2_f, _piece53_d2_f, _piece56_d2_f
+    d2_sh = _piece58_d2_sh
+    del _piece58_d2_sh
     d2_w = torch.cat([
-        d2_w_55.reshape(n, 16),
-        d2_w_52.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_40.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_39.reshape(n, 16),
-        d2_w_29.reshape(n, 16),
-        d2_w_33.reshape(n, 16),
-        d2_w_28.reshape(n, 16),
-        d2_w_34.reshape(n, 16),
-        d2_w_32.reshape(n, 16),
-        d2_w_27.reshape(n, 16),
+        _piece55_d2_w.reshape(n, 16),
+        _piece52_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece40_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece39_d2_w.reshape(n, 16),
+        _piece29_d2_w.reshape(n, 16),
+        _piece33_d2_w.reshape(n, 16),
+        _piece28_d2_w.reshape(n, 16),
+        _piece34_d2_w.reshape(n, 16),
+        _piece32_d2_w.reshape(n, 16),
+        _piece27_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_27, d2_w_28, d2_w_29, d2_w_32, d2_w_33, d2_w_34, d2_w_39, d2_w_40, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_49, d2_w_52, d2_w_55
+    del _piece27_d2_w, _piece28_d2_w, _piece29_d2_w, _piece32_d2_w, _piece33_d2_w, _piece34_d2_w, _piece39_d2_w, _piece40_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece49_d2_w, _piece52_d2_w, _piece55_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_19.reshape(n, 16),
-        d2_d_m_21.reshape(n, 48),
-        d2_d_m_23.reshape(n, 80),
+        _piece19_d2_d_m.reshape(n, 16),
+        _piece21_d2_d_m.reshape(n, 48),
+        _piece23_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_19, d2_d_m_21, d2_d_m_23
+    del _piece19_d2_d_m, _piece21_d2_d_m, _piece23_d2_d_m
     d2_weight = weight.new_zeros(768)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d2_weight_cpu(
+def _cormorant_message__d__d2_weight__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     d2_d_m = weight.new_empty(n, 144)
     d2_f = weight.new_empty(n, 144)
@@ -2857,134 +2857,134 @@ def _cormorant_message_d2_weight_cpu(
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d2_weight_s0', n, d2_d_m, d2_f, d2_w, d2_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d2_d_weight[0:256].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), d2_d_weight[256:512].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), d2_d_weight[512:768].view(16, 16), d_m[:, 64:144].reshape(n, 16, 5))
+    _native.run('cormorant_message__d__d2_weight__s0', n, d2_d_m, d2_f, d2_w, d2_sh, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d2_d_weight[0:256].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), d2_d_weight[256:512].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), d2_d_weight[512:768].view(16, 16), d_m[:, 64:144].reshape(n, 16, 5))
     d2_weight = weight.new_zeros(768)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
-def _cormorant_message_d_only_f(
+def _cormorant_message__d__only_f(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_f only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_13 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_2_2
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    _piece13_d_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_2_2
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_14 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_2_1
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece14_d_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_2_1
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d_f_15 = d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    del d__t_p_0_2_0
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    _piece15_d_f = d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    del d__t_p__0_2_0
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_16 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_1_2
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    _piece16_d_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_1_2
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_17 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_1_1
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece17_d_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_1_1
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d_f_18 = d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    del d__t_p_0_1_0
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece18_d_f = d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    del d__t_p__0_1_0
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d_f_19 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_0_2
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece19_d_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_0_2
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d_f_20 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    del d__t_p_0_0_1
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece20_d_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    del d__t_p__0_0_1
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     del d_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d_f_21 = d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0, d__t_p_0_0_0
+    _piece21_d_f = d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0, d__t_p__0_0_0
     d_f = torch.cat([
-        (d_f_19 + d_f_20 + d_f_21).reshape(n, 16),
-        (d_f_16 + d_f_17 + d_f_18).reshape(n, 48),
-        (d_f_13 + d_f_14 + d_f_15).reshape(n, 80),
+        (_piece19_d_f + _piece20_d_f + _piece21_d_f).reshape(n, 16),
+        (_piece16_d_f + _piece17_d_f + _piece18_d_f).reshape(n, 48),
+        (_piece13_d_f + _piece14_d_f + _piece15_d_f).reshape(n, 80),
     ], dim=-1)
-    del d_f_13, d_f_14, d_f_15, d_f_16, d_f_17, d_f_18, d_f_19, d_f_20, d_f_21
+    del _piece13_d_f, _piece14_d_f, _piece15_d_f, _piece16_d_f, _piece17_d_f, _piece18_d_f, _piece19_d_f, _piece20_d_f, _piece21_d_f
     return [d_f]
 
 
-def _cormorant_message_d_only_f_cpu(
+def _cormorant_message__d__only_f__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_f only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144)."""
     n = f.shape[0]
@@ -3002,124 +3002,124 @@ def _cormorant_message_d_only_f_cpu(
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    _native.run('cormorant_message_d_only_f_s0', n, d_f, sh.reshape(n, 9), _g_p_0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16))
+    _native.run('cormorant_message__d__only_f__s0', n, d_f, sh.reshape(n, 9), _g_p__0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16))
     return [d_f]
 
 
-def _cormorant_message_d_only_sh(
+def _cormorant_message__d__only_sh(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_sh only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_sh (n, 9)."""
     n = f.shape[0]
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_13 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_2
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece13_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_2
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_14 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_1
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d__m_p_0_15 = torch.bmm(d__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_2_0
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece14_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_1
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece15_d__m_p__0 = torch.bmm(d__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_2_0
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_16 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_2
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece16_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_2
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_17 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_1
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d__m_p_0_18 = torch.bmm(d__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_1_0
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d__m_p_0_19 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_2
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d__m_p_0_20 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_1
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece17_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_1
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece18_d__m_p__0 = torch.bmm(d__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_1_0
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece19_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_2
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece20_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_1
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     del d_p
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d__m_p_0_21 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece21_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d__m_p_0 = torch.cat([
-        d__m_p_0_21.reshape(n, 1),
-        d__m_p_0_20.reshape(n, 3),
-        d__m_p_0_19.reshape(n, 5),
-        d__m_p_0_18.reshape(n, 3),
-        d__m_p_0_17.reshape(n, 27),
-        d__m_p_0_16.reshape(n, 30),
-        d__m_p_0_15.reshape(n, 5),
-        d__m_p_0_14.reshape(n, 30),
-        d__m_p_0_13.reshape(n, 75),
+    d__m_p__0 = torch.cat([
+        _piece21_d__m_p__0.reshape(n, 1),
+        _piece20_d__m_p__0.reshape(n, 3),
+        _piece19_d__m_p__0.reshape(n, 5),
+        _piece18_d__m_p__0.reshape(n, 3),
+        _piece17_d__m_p__0.reshape(n, 27),
+        _piece16_d__m_p__0.reshape(n, 30),
+        _piece15_d__m_p__0.reshape(n, 5),
+        _piece14_d__m_p__0.reshape(n, 30),
+        _piece13_d__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d__m_p_0_13, d__m_p_0_14, d__m_p_0_15, d__m_p_0_16, d__m_p_0_17, d__m_p_0_18, d__m_p_0_19, d__m_p_0_20, d__m_p_0_21
-    d_sh_22 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d__m_p_0
-    d_sh = d_sh_22
-    del d_sh_22
+    del _piece13_d__m_p__0, _piece14_d__m_p__0, _piece15_d__m_p__0, _piece16_d__m_p__0, _piece17_d__m_p__0, _piece18_d__m_p__0, _piece19_d__m_p__0, _piece20_d__m_p__0, _piece21_d__m_p__0
+    _piece22_d_sh = torch.mm(d__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p__0
+    d_sh = _piece22_d_sh
+    del _piece22_d_sh
     return [d_sh]
 
 
-def _cormorant_message_d_only_sh_cpu(
+def _cormorant_message__d__only_sh__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_sh only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_sh (n, 9)."""
     n = f.shape[0]
@@ -3127,115 +3127,115 @@ def _cormorant_message_d_only_sh_cpu(
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d_only_sh_s0', n, d_sh, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), _g_p_0)
+    _native.run('cormorant_message__d__only_sh__s0', n, d_sh, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), _g_p__0)
     return [d_sh]
 
 
-def _cormorant_message_d_only_w(
+def _cormorant_message__d__only_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_w (n, 240)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    del _m_p_0
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece2_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_2.reshape(n, 16),
-        d_p_1.reshape(n, 48),
-        d_p_0.reshape(n, 80),
+        _piece2_d_p.reshape(n, 16),
+        _piece1_d_p.reshape(n, 48),
+        _piece0_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_0, d_p_1, d_p_2
-    d__w_p_0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
-    del _t_p_0_2_2
-    d_w_3 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_4 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_5 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_2
-    d__w_p_0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
-    del _t_p_0_2_1
-    d_w_6 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_7 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_1
-    d_w_8 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_2_0
-    d__w_p_0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
-    del _t_p_0_1_2
-    d_w_9 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_10 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_2
-    d__w_p_0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
-    del _t_p_0_1_1
-    d_w_11 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_12 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_13 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_1
-    d_w_14 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_1_0
-    d_w_15 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
-    del _t_p_0_0_2
-    d_w_16 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del _t_p_0_0_1
-    d_w_17 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_0_0, d_p
+    del _piece0_d_p, _piece1_d_p, _piece2_d_p
+    d__w_p__0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p__0_2_2
+    _piece3_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece4_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece5_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_2
+    d__w_p__0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p__0_2_1
+    _piece6_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece7_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_1
+    _piece8_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_2_0
+    d__w_p__0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p__0_1_2
+    _piece9_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece10_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_2
+    d__w_p__0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p__0_1_1
+    _piece11_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece12_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece13_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_1
+    _piece14_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_1_0
+    _piece15_d_w = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p__0_0_2
+    _piece16_d_w = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p__0_0_1
+    _piece17_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_0_0, d_p
     d_w = torch.cat([
-        d_w_17.reshape(n, 16),
-        d_w_16.reshape(n, 16),
-        d_w_15.reshape(n, 16),
-        d_w_13.reshape(n, 16),
-        d_w_14.reshape(n, 16),
-        d_w_12.reshape(n, 16),
-        d_w_10.reshape(n, 16),
-        d_w_11.reshape(n, 16),
-        d_w_9.reshape(n, 16),
-        d_w_5.reshape(n, 16),
-        d_w_7.reshape(n, 16),
-        d_w_4.reshape(n, 16),
-        d_w_8.reshape(n, 16),
-        d_w_6.reshape(n, 16),
-        d_w_3.reshape(n, 16),
+        _piece17_d_w.reshape(n, 16),
+        _piece16_d_w.reshape(n, 16),
+        _piece15_d_w.reshape(n, 16),
+        _piece13_d_w.reshape(n, 16),
+        _piece14_d_w.reshape(n, 16),
+        _piece12_d_w.reshape(n, 16),
+        _piece10_d_w.reshape(n, 16),
+        _piece11_d_w.reshape(n, 16),
+        _piece9_d_w.reshape(n, 16),
+        _piece5_d_w.reshape(n, 16),
+        _piece7_d_w.reshape(n, 16),
+        _piece4_d_w.reshape(n, 16),
+        _piece8_d_w.reshape(n, 16),
+        _piece6_d_w.reshape(n, 16),
+        _piece3_d_w.reshape(n, 16),
     ], dim=-1)
-    del d_w_10, d_w_11, d_w_12, d_w_13, d_w_14, d_w_15, d_w_16, d_w_17, d_w_3, d_w_4, d_w_5, d_w_6, d_w_7, d_w_8, d_w_9
+    del _piece10_d_w, _piece11_d_w, _piece12_d_w, _piece13_d_w, _piece14_d_w, _piece15_d_w, _piece16_d_w, _piece17_d_w, _piece3_d_w, _piece4_d_w, _piece5_d_w, _piece6_d_w, _piece7_d_w, _piece8_d_w, _piece9_d_w
     return [d_w]
 
 
-def _cormorant_message_d_only_w_cpu(
+def _cormorant_message__d__only_w__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_w (n, 240)."""
     n = f.shape[0]
@@ -3253,112 +3253,112 @@ def _cormorant_message_d_only_w_cpu(
     # ∂/∂p: 16x2 -> 16x2
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
-    _native.run('cormorant_message_d_only_w_s0', n, d_w, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
+    _native.run('cormorant_message__d__only_w__s0', n, d_w, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16))
     return [d_w]
 
 
-def _cormorant_message_d_only_weight(
+def _cormorant_message__d__only_weight(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_weight only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_0
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_0
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_1
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_1
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_0_2
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_2
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_1_0
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_1_0
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _t_p_0_1_1, _w_p_0_1_1
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _t_p__0_1_1, _w_p__0_1_1
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_8, w_p_0_1_2_9
-    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _t_p_0_1_2, _w_p_0_1_2
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_1_2, _w_p__0_1_2
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    del _t_p_0_2_0
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_2_0
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _t_p_0_2_1, _w_p_0_2_1
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _t_p__0_2_1, _w_p__0_2_1
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    del _m_p_0
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
-    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _t_p_0_2_2, _w_p_0_2_2
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_2_2, _w_p__0_2_2
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    d_weight_19 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece19_d_weight = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_20 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
+    _piece20_d_weight = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_21 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _piece21_d_weight = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     del p
     d_weight = torch.cat([
-        d_weight_21.reshape(256),
-        d_weight_20.reshape(256),
-        d_weight_19.reshape(256),
+        _piece21_d_weight.reshape(256),
+        _piece20_d_weight.reshape(256),
+        _piece19_d_weight.reshape(256),
     ], dim=-1)
-    del d_weight_19, d_weight_20, d_weight_21
+    del _piece19_d_weight, _piece20_d_weight, _piece21_d_weight
     return [d_weight]
 
 
-def _cormorant_message_d_only_weight_cpu(
+def _cormorant_message__d__only_weight__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_weight only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_weight (768,)."""
     n = f.shape[0]
@@ -3376,218 +3376,218 @@ def _cormorant_message_d_only_weight_cpu(
     # ∂/∂weight: 16x2 -> 16x2
     # ∂/∂weight: 16x1 -> 16x1
     # ∂/∂weight: 16x0 -> 16x0
-    _native.run('cormorant_message_d_only_weight_s0', n, d_weight, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), d_m[:, 16:64].reshape(n, 16, 3), d_m[:, 0:16].reshape(n, 16, 1))
+    _native.run('cormorant_message__d__only_weight__s0', n, d_weight, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), d_m[:, 16:64].reshape(n, 16, 3), d_m[:, 0:16].reshape(n, 16, 1))
     return [d_weight]
 
 
-def _cormorant_message_d_only_f_sh_w(
+def _cormorant_message__d__only_f_sh_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_f, d_sh, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
-    d__w_p_0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
-    del _t_p_0_2_2
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
+    d__w_p__0_2_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p__0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_13 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_14 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_2
-    d_w_15 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_16 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_17 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_2
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    _piece13_d_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece14_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_2
+    _piece15_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece16_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece17_d_w = d__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_2
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
-    d__w_p_0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
-    del _t_p_0_2_1
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
+    d__w_p__0_2_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p__0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_18 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_19 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_2_1
-    d_w_20 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_21 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_2_1
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_22 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_2_0
+    _piece18_d_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece19_d__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_2_1
+    _piece20_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece21_d_w = d__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_2_1
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece22_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d_f_23 = d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d__m_p_0_24 = torch.bmm(d__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_2_0
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    _piece23_d_f = d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece24_d__m_p__0 = torch.bmm(d__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_2_0
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
-    d__w_p_0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
-    del _t_p_0_1_2
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
+    d__w_p__0_1_2 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p__0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_25 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_26 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_2
-    d_w_27 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_28 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_2
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    _piece25_d_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece26_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_2
+    _piece27_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece28_d_w = d__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_2
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
-    d__w_p_0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
-    del _t_p_0_1_1
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
+    d__w_p__0_1_1 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p__0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_29 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_30 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d__t_p_0_1_1
-    d_w_31 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_32 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_33 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d__w_p_0_1_1
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_34 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_1_0
+    _piece29_d_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece30_d__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d__t_p__0_1_1
+    _piece31_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece32_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece33_d_w = d__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d__w_p__0_1_1
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece34_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d_f_35 = d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d__m_p_0_36 = torch.bmm(d__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d__t_p_0_1_0
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_37 = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
-    del _t_p_0_0_2
+    _piece35_d_f = d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece36_d__m_p__0 = torch.bmm(d__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d__t_p__0_1_0
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece37_d_w = (d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d_f_38 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d__m_p_0_39 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_2
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_40 = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del _t_p_0_0_1
+    _piece38_d_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece39_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_2
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece40_d_w = (d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d_f_41 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d__m_p_0_42 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_1
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d_w_43 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_0_0, d_p
+    _piece41_d_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece42_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_1
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece43_d_w = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_0_0, d_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d_f_44 = d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d__t_p_0_0_0
+    _piece44_d_f = d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece45_d__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d__m_p_0 = torch.cat([
-        d__m_p_0_45.reshape(n, 1),
-        d__m_p_0_42.reshape(n, 3),
-        d__m_p_0_39.reshape(n, 5),
-        d__m_p_0_36.reshape(n, 3),
-        d__m_p_0_30.reshape(n, 27),
-        d__m_p_0_26.reshape(n, 30),
-        d__m_p_0_24.reshape(n, 5),
-        d__m_p_0_19.reshape(n, 30),
-        d__m_p_0_14.reshape(n, 75),
+    d__m_p__0 = torch.cat([
+        _piece45_d__m_p__0.reshape(n, 1),
+        _piece42_d__m_p__0.reshape(n, 3),
+        _piece39_d__m_p__0.reshape(n, 5),
+        _piece36_d__m_p__0.reshape(n, 3),
+        _piece30_d__m_p__0.reshape(n, 27),
+        _piece26_d__m_p__0.reshape(n, 30),
+        _piece24_d__m_p__0.reshape(n, 5),
+        _piece19_d__m_p__0.reshape(n, 30),
+        _piece14_d__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d__m_p_0_14, d__m_p_0_19, d__m_p_0_24, d__m_p_0_26, d__m_p_0_30, d__m_p_0_36, d__m_p_0_39, d__m_p_0_42, d__m_p_0_45
-    d_sh_46 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d__m_p_0
+    del _piece14_d__m_p__0, _piece19_d__m_p__0, _piece24_d__m_p__0, _piece26_d__m_p__0, _piece30_d__m_p__0, _piece36_d__m_p__0, _piece39_d__m_p__0, _piece42_d__m_p__0, _piece45_d__m_p__0
+    _piece46_d_sh = torch.mm(d__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p__0
     d_f = torch.cat([
-        (d_f_38 + d_f_41 + d_f_44).reshape(n, 16),
-        (d_f_25 + d_f_29 + d_f_35).reshape(n, 48),
-        (d_f_13 + d_f_18 + d_f_23).reshape(n, 80),
+        (_piece38_d_f + _piece41_d_f + _piece44_d_f).reshape(n, 16),
+        (_piece25_d_f + _piece29_d_f + _piece35_d_f).reshape(n, 48),
+        (_piece13_d_f + _piece18_d_f + _piece23_d_f).reshape(n, 80),
     ], dim=-1)
-    del d_f_13, d_f_18, d_f_23, d_f_25, d_f_29, d_f_35, d_f_38, d_f_41, d_f_44
-    d_sh = d_sh_46
-    del d_sh_46
+    del _piece13_d_f, _piece18_d_f, _piece23_d_f, _piece25_d_f, _piece29_d_f, _piece35_d_f, _piece38_d_f, _piece41_d_f, _piece44_d_f
+    d_sh = _piece46_d_sh
+    del _piece46_d_sh
     d_w = torch.cat([
-        d_w_43.reshape(n, 16),
-        d_w_40.reshape(n, 16),
-        d_w_37.reshape(n, 16),
-        d_w_33.reshape(n, 16),
-        d_w_34.reshape(n, 16),
-        d_w_32.reshape(n, 16),
-        d_w_28.reshape(n, 16),
-        d_w_31.reshape(n, 16),
-        d_w_27.reshape(n, 16),
-        d_w_17.reshape(n, 16),
-        d_w_21.reshape(n, 16),
-        d_w_16.reshape(n, 16),
-        d_w_22.reshape(n, 16),
-        d_w_20.reshape(n, 16),
-        d_w_15.reshape(n, 16),
+        _piece43_d_w.reshape(n, 16),
+        _piece40_d_w.reshape(n, 16),
+        _piece37_d_w.reshape(n, 16),
+        _piece33_d_w.reshape(n, 16),
+        _piece34_d_w.reshape(n, 16),
+        _piece32_d_w.reshape(n, 16),
+        _piece28_d_w.reshape(n, 16),
+        _piece31_d_w.reshape(n, 16),
+        _piece27_d_w.reshape(n, 16),
+        _piece17_d_w.reshape(n, 16),
+        _piece21_d_w.reshape(n, 16),
+        _piece16_d_w.reshape(n, 16),
+        _piece22_d_w.reshape(n, 16),
+        _piece20_d_w.reshape(n, 16),
+        _piece15_d_w.reshape(n, 16),
     ], dim=-1)
-    del d_w_15, d_w_16, d_w_17, d_w_20, d_w_21, d_w_22, d_w_27, d_w_28, d_w_31, d_w_32, d_w_33, d_w_34, d_w_37, d_w_40, d_w_43
+    del _piece15_d_w, _piece16_d_w, _piece17_d_w, _piece20_d_w, _piece21_d_w, _piece22_d_w, _piece27_d_w, _piece28_d_w, _piece31_d_w, _piece32_d_w, _piece33_d_w, _piece34_d_w, _piece37_d_w, _piece40_d_w, _piece43_d_w
     return [d_f, d_sh, d_w]
 
 
-def _cormorant_message_d_only_f_sh_w_cpu(
+def _cormorant_message__d__only_f_sh_w__cpu(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
+    weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message, d_f, d_sh, d_w only: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240)."""
     n = f.shape[0]
@@ -3608,41 +3608,41 @@ def _cormorant_message_d_only_f_sh_w_cpu(
     # ∂/∂p: 16x1 -> 16x1
     # ∂/∂p: 16x0 -> 16x0
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    _native.run('cormorant_message_d_only_f_sh_w_s0', n, d_f, d_w, d_sh, sh.reshape(n, 9), _g_p_0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16))
+    _native.run('cormorant_message__d__only_f_sh_w__s0', n, d_f, d_w, d_sh, sh.reshape(n, 9), _g_p__0, f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), f[:, 64:144].reshape(n, 16, 5), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5), weight[512:768].view(16, 16), d_m[:, 16:64].reshape(n, 16, 3), weight[256:512].view(16, 16), d_m[:, 0:16].reshape(n, 16, 1), weight[0:256].view(16, 16), w[:, 192:208].reshape(n, 1, 16), w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16))
     return [d_f, d_sh, d_w]
 
 
 # cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_f_cpu)
-_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_sh_cpu)
-_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_w_cpu)
-_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_weight_cpu)
-_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight], cpu=_cormorant_message_d_cpu)
-_ops.register("cormorant_message_d_only_f", _cormorant_message_d_only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_f], cpu=_cormorant_message_d_only_f_cpu)
-_ops.register("cormorant_message_d_only_sh", _cormorant_message_d_only_sh, outputs=((9, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_sh], cpu=_cormorant_message_d_only_sh_cpu)
-_ops.register("cormorant_message_d_only_w", _cormorant_message_d_only_w, outputs=((240, True),), index_ranges={}, backward=[_ops.cormorant_message_d2_w], cpu=_cormorant_message_d_only_w_cpu)
-_ops.register("cormorant_message_d_only_weight", _cormorant_message_d_only_weight, outputs=((768, False),), index_ranges={}, backward=[_ops.cormorant_message_d2_weight], cpu=_cormorant_message_d_only_weight_cpu)
-_ops.register("cormorant_message_d_only_f_sh_w", _cormorant_message_d_only_f_sh_w, outputs=((144, True), (9, True), (240, True)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w], cpu=_cormorant_message_d_only_f_sh_w_cpu)
-_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], partial=[{(0,): _ops.cormorant_message_d_only_f, (1,): _ops.cormorant_message_d_only_sh, (2,): _ops.cormorant_message_d_only_w, (3,): _ops.cormorant_message_d_only_weight, (0, 1, 2): _ops.cormorant_message_d_only_f_sh_w}], check_indices=True, cpu=_cormorant_message_cpu)
+_ops.register("cormorant_message__d__d2_f", _cormorant_message__d__d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_f__cpu)
+_ops.register("cormorant_message__d__d2_sh", _cormorant_message__d__d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_sh__cpu)
+_ops.register("cormorant_message__d__d2_w", _cormorant_message__d__d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_w__cpu)
+_ops.register("cormorant_message__d__d2_weight", _cormorant_message__d__d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_weight__cpu)
+_ops.register("cormorant_message__d", _cormorant_message__d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w, _ops.cormorant_message__d__d2_weight], cpu=_cormorant_message__d__cpu)
+_ops.register("cormorant_message__d__only_f", _cormorant_message__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f], cpu=_cormorant_message__d__only_f__cpu)
+_ops.register("cormorant_message__d__only_sh", _cormorant_message__d__only_sh, outputs=((9, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_sh], cpu=_cormorant_message__d__only_sh__cpu)
+_ops.register("cormorant_message__d__only_w", _cormorant_message__d__only_w, outputs=((240, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_w], cpu=_cormorant_message__d__only_w__cpu)
+_ops.register("cormorant_message__d__only_weight", _cormorant_message__d__only_weight, outputs=((768, False),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_weight], cpu=_cormorant_message__d__only_weight__cpu)
+_ops.register("cormorant_message__d__only_f_sh_w", _cormorant_message__d__only_f_sh_w, outputs=((144, True), (9, True), (240, True)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w], cpu=_cormorant_message__d__only_f_sh_w__cpu)
+_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d], partial=[{(0,): _ops.cormorant_message__d__only_f, (1,): _ops.cormorant_message__d__only_sh, (2,): _ops.cormorant_message__d__only_w, (3,): _ops.cormorant_message__d__only_weight, (0, 1, 2): _ops.cormorant_message__d__only_f_sh_w}], check_indices=True, cpu=_cormorant_message__cpu)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -3668,11 +3668,11 @@ class cormorant_cg(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
-        outputs = _ops.cormorant_cg([
-            rt.rows(f, batch, 144),
+        _batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
+        _outputs = _ops.cormorant_cg([
+            rt.rows(f, _batch, 144),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 144)
+        return _outputs[0].reshape(*_batch, 144)
 
 
 class cormorant_message(rt.FusionModule):
@@ -3691,7 +3691,7 @@ class cormorant_message(rt.FusionModule):
     input_weight_numel = {'w': 240}
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
-        "_g_p_0": ((9, 179), (
+        "_g_p__0": ((9, 179), (
             (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 24, 0.408248290463863), (0, 36, 0.408248290463863),
             (0, 104, 0.408248290463863), (0, 122, 0.408248290463863), (0, 140, 0.408248290463863), (0, 158, 0.408248290463863),
             (0, 176, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 28, -0.2886751345948129),
@@ -3739,44 +3739,82 @@ class cormorant_message(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
-        outputs = _ops.cormorant_message([
-            rt.rows(f, batch, 144),
-            rt.rows(sh, batch, 9),
-            rt.weight_rows(w, batch, 240),
+        _batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
+        _outputs = _ops.cormorant_message([
+            rt.rows(f, _batch, 144),
+            rt.rows(sh, _batch, 9),
+            rt.weight_rows(w, _batch, 240),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 144)
+        return _outputs[0].reshape(*_batch, 144)
 
 
 # the CPU versions' native kernels: C per program, compiled on first use (fusionc.runtime.native)
 _native = rt.NativeKernels(
     {
     "cormorant_cg": """\
-void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride)
+int cormorant_cg__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
     const real *restrict a3 = A3;
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
     const real *restrict a6 = A6;
+    const real *restrict A7 = ptr[7];
     const real *restrict a7 = A7;
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
     const real *restrict a13 = A13;
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
     const real *restrict a18 = A18;
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
     const real *restrict a22 = A22;
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
+    const real *restrict A26 = ptr[26];
     const real *restrict a26 = A26;
+    const real *restrict A27 = ptr[27];
     const real *restrict a27 = A27;
+    const real *restrict A28 = ptr[28];
     const real *restrict a28 = A28;
+    const real *restrict A29 = ptr[29];
     const real *restrict a29 = A29;
+    const real *restrict A30 = ptr[30];
     const real *restrict a30 = A30;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4174,34 +4212,80 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_w * 5 + _i] += w39[_i * 16 + _w];
     }
+    return 0;
 }
     """,
-    "cormorant_cg_d": """\
-void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+    "cormorant_cg__d": """\
+int cormorant_cg__d__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    const real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
     const real *restrict a7 = A7;
+    const real *restrict A8 = ptr[8];
     const real *restrict a8 = A8;
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
     const real *restrict a11 = A11;
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
     const real *restrict a13 = A13;
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
     const real *restrict a18 = A18;
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
     const real *restrict a20 = A20;
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
     const real *restrict a22 = A22;
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
     const real *restrict a27 = A27;
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
     const real *restrict a29 = A29;
+    const real *restrict A30 = ptr[30];
+    const int64_t a30_stride = stride[30];
+    const real *restrict A31 = ptr[31];
     const real *restrict a31 = A31;
+    const real *restrict A32 = ptr[32];
     const real *restrict a32 = A32;
+    const real *restrict A33 = ptr[33];
     const real *restrict a33 = A33;
+    const real *restrict A34 = ptr[34];
     const real *restrict a34 = A34;
     real t37[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -4228,11 +4312,19 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _w = 0; _w < 16; ++_w)
             t48[_w * 16 + _u] = a34[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 144);
             const real *restrict a2 = A2 + z * a2_stride;
@@ -5355,41 +5447,103 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 (a0 + 0)[_u] += a4[0] * (l39 + 0)[_u];
         }
     }
-    for (int64_t i = 0; i < 1680; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 1680 + 0 + i];
-        A1[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 1680; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 1680 + 0 + i];
+            A1[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_cg_d2_f": """\
-void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride)
+    "cormorant_cg__d__d2_f": """\
+int cormorant_cg__d__d2_f__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
     const real *restrict a6 = A6;
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
     const real *restrict a8 = A8;
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
     const real *restrict a11 = A11;
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
     const real *restrict a13 = A13;
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
     const real *restrict a20 = A20;
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
     const real *restrict a27 = A27;
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
+    const real *restrict A30 = ptr[30];
     const real *restrict a30 = A30;
+    const real *restrict A31 = ptr[31];
+    const int64_t a31_stride = stride[31];
+    const real *restrict A32 = ptr[32];
     const real *restrict a32 = A32;
+    const real *restrict A33 = ptr[33];
     const real *restrict a33 = A33;
+    const real *restrict A34 = ptr[34];
     const real *restrict a34 = A34;
+    const real *restrict A35 = ptr[35];
     const real *restrict a35 = A35;
+    const real *restrict A36 = ptr[36];
+    const int64_t a36_stride = stride[36];
+    const real *restrict A37 = ptr[37];
+    const int64_t a37_stride = stride[37];
+    const real *restrict A38 = ptr[38];
     const real *restrict a38 = A38;
+    const real *restrict A39 = ptr[39];
     const real *restrict a39 = A39;
+    const real *restrict A40 = ptr[40];
     const real *restrict a40 = A40;
+    const real *restrict A41 = ptr[41];
     const real *restrict a41 = A41;
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -5404,11 +5558,19 @@ void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _w = 0; _w < 16; ++_w)
             t5[_w * 16 + _u] = a8[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 144);
             real *restrict a2 = A2 + z * a2_stride;
@@ -6794,53 +6956,115 @@ void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 }
         }
     }
-    for (int64_t i = 0; i < 1680; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 1680 + 0 + i];
-        A1[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 1680; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 1680 + 0 + i];
+            A1[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_cg_d2_weight": """\
-void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride)
+    "cormorant_cg__d__d2_weight": """\
+int cormorant_cg__d__d2_weight__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
     const real *restrict a6 = A6;
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
     const real *restrict a8 = A8;
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
     const real *restrict a11 = A11;
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
     const real *restrict a18 = A18;
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
     const real *restrict a20 = A20;
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
+    const real *restrict A26 = ptr[26];
     const real *restrict a26 = A26;
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
     const real *restrict a28 = A28;
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
+    const real *restrict A30 = ptr[30];
     const real *restrict a30 = A30;
+    const real *restrict A31 = ptr[31];
+    const int64_t a31_stride = stride[31];
+    const real *restrict A32 = ptr[32];
     const real *restrict a32 = A32;
+    const real *restrict A33 = ptr[33];
     const real *restrict a33 = A33;
+    const real *restrict A34 = ptr[34];
     const real *restrict a34 = A34;
+    const real *restrict A35 = ptr[35];
     const real *restrict a35 = A35;
+    const real *restrict A36 = ptr[36];
     const real *restrict a36 = A36;
+    const real *restrict A37 = ptr[37];
     const real *restrict a37 = A37;
+    const real *restrict A38 = ptr[38];
     const real *restrict a38 = A38;
+    const real *restrict A39 = ptr[39];
     const real *restrict a39 = A39;
+    const real *restrict A40 = ptr[40];
     const real *restrict a40 = A40;
+    const real *restrict A41 = ptr[41];
     const real *restrict a41 = A41;
+    const real *restrict A42 = ptr[42];
     const real *restrict a42 = A42;
+    const real *restrict A43 = ptr[43];
     const real *restrict a43 = A43;
+    const real *restrict A44 = ptr[44];
     const real *restrict a44 = A44;
+    const real *restrict A45 = ptr[45];
     const real *restrict a45 = A45;
+    const real *restrict A46 = ptr[46];
     const real *restrict a46 = A46;
+    const real *restrict A47 = ptr[47];
     const real *restrict a47 = A47;
     real t37[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -6879,11 +7103,19 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _w = 0; _w < 16; ++_w)
             t82[_w * 16 + _u] = a47[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 144);
             real *restrict a2 = A2 + z * a2_stride;
@@ -8296,41 +8528,88 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
                 (a2 + 0)[_u] += a5[0] * (l41 + 0)[_u];
         }
     }
-    for (int64_t i = 0; i < 1680; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 1680 + 0 + i];
-        A1[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 1680; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 1680 + 0 + i];
+            A1[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_cg_d_only_f": """\
-void cormorant_cg_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride)
+    "cormorant_cg__d__only_f": """\
+int cormorant_cg__d__only_f__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
     const real *restrict a2 = A2;
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
     const real *restrict a6 = A6;
+    const real *restrict A7 = ptr[7];
     const real *restrict a7 = A7;
+    const real *restrict A8 = ptr[8];
     const real *restrict a8 = A8;
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
     const real *restrict a20 = A20;
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
     const real *restrict a22 = A22;
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
+    const real *restrict A26 = ptr[26];
     const real *restrict a26 = A26;
+    const real *restrict A27 = ptr[27];
     const real *restrict a27 = A27;
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
     const real *restrict a29 = A29;
+    const real *restrict A30 = ptr[30];
     const real *restrict a30 = A30;
+    const real *restrict A31 = ptr[31];
     const real *restrict a31 = A31;
+    const real *restrict A32 = ptr[32];
+    const int64_t a32_stride = stride[32];
+    const real *restrict A33 = ptr[33];
     const real *restrict a33 = A33;
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -9019,31 +9298,72 @@ void cormorant_cg_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a33[0] * (l23 + 0)[_u];
     }
+    return 0;
 }
     """,
-    "cormorant_cg_d_only_weight": """\
-void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride)
+    "cormorant_cg__d__only_weight": """\
+int cormorant_cg__d__only_weight__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
     const real *restrict a3 = A3;
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
     const real *restrict a6 = A6;
+    const real *restrict A7 = ptr[7];
     const real *restrict a7 = A7;
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
     const real *restrict a13 = A13;
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
     const real *restrict a18 = A18;
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
     const real *restrict a22 = A22;
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
     const real *restrict a28 = A28;
+    const real *restrict A29 = ptr[29];
     const real *restrict a29 = A29;
+    const real *restrict A30 = ptr[30];
     const real *restrict a30 = A30;
     real t38[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -9058,11 +9378,19 @@ void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, in
         for (int _w = 0; _w < 16; ++_w)
             t42[_w * 16 + _u] = a30[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 1680, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 1680 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             const real *restrict a1 = A1 + z * a1_stride;
             const real *restrict a2 = A2 + z * a2_stride;
             const real *restrict a5 = A5 + z * a5_stride;
@@ -9590,21 +9918,68 @@ void cormorant_cg_d_only_weight_s0(int64_t n, int threads, real *restrict A0, in
                 (a0 + 0)[_u] += (real)0.5773502691896257 * (l16 + 0)[_u] * (l1 + 0)[_u];
         }
     }
-    for (int64_t i = 0; i < 1680; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 1680 + 0 + i];
-        A0[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 1680; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 1680 + 0 + i];
+            A0[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
     "cormorant_message": """\
-void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride)
+int cormorant_message__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
     const real *restrict a2 = A2;
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
     const real *restrict a22 = A22;
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -9934,14 +10309,70 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_w * 5 + _i] += w22[_i * 16 + _w];
     }
+    return 0;
 }
     """,
-    "cormorant_message_d": """\
-void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+    "cormorant_message__d": """\
+int cormorant_message__d__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
     const real *restrict a27 = A27;
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
     const real *restrict a29 = A29;
     real t21[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -9956,11 +10387,19 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _w = 0; _w < 16; ++_w)
             t27[_w * 16 + _u] = a29[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 768, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a1 = A1 + z * a1_stride;
             memset(a1, 0, sizeof(real) * 144);
             real *restrict a2 = A2 + z * a2_stride;
@@ -10393,7 +10832,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a1 + 64)[_u * 5 + _i] += w33[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
             real t34[240] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -10470,7 +10909,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a1 + 64)[_u * 5 + _i] += w40[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
             real t41[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10505,7 +10944,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a1 + 64)[_u * 5 + _i] += w42[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 5; ++_i)
                 {
                     real acc = 0;
@@ -10566,7 +11005,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a1 + 16)[_u * 3 + _i] += w48[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
             real t49[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10640,7 +11079,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a1 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
             real t56[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -10678,7 +11117,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a1 + 16)[_u * 3 + _i] += w57[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 3; ++_i)
                 {
                     real acc = 0;
@@ -10728,7 +11167,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (a1 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
             real t63[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10782,7 +11221,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (a1 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
             real t69[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10803,7 +11242,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += (l29 + 0)[_u] * (l0 + 0)[0];
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 16; ++_u)
@@ -10820,22 +11259,80 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 }
         }
     }
-    for (int64_t i = 0; i < 768; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 768 + 0 + i];
-        A0[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 768; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 768 + 0 + i];
+            A0[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_message_d2_f": """\
-void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+    "cormorant_message__d__d2_f": """\
+int cormorant_message__d__d2_f__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    real *restrict A2 = ptr[2];
+    real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -10849,11 +11346,19 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _w = 0; _w < 16; ++_w)
             t5[_w * 16 + _u] = a21[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 768, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a2 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 240);
             real *restrict a1 = A1 + z * a1_stride;
@@ -11072,10 +11577,10 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             /* zuk,zpu->zupk */
             for (int _u = 0; _u < 16; ++_u)
                 (l14 + 0)[_u] += (l5 + 0)[_u] * a26[_u];
-            /* ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
                 (l15 + 0)[_u] += a27[_u] * (l0 + 0)[0];
-            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 16; ++_u)
@@ -11088,7 +11593,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 0)[_u] += (l15 + 0)[_u] * (l5 + 0)[_u];
-            /* ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
             real w18[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11096,7 +11601,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
                     (l18 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
             real t19[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11137,7 +11642,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a0 + 16)[_u] += acc[_u];
             }
-            /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
             real w24[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11145,7 +11650,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
                     (l19 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
             real t25[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11186,7 +11691,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a0 + 32)[_u] += acc[_u];
             }
-            /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
             real t30[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
@@ -11199,7 +11704,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (l20 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 3; ++_i)
                 {
                     real acc = 0;
@@ -11213,7 +11718,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 64)[_u] += (l20 + 0)[_u] * (l5 + 0)[_u];
-            /* ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
             real w31[144] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11229,7 +11734,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _p = 0; _p < 3; ++_p)
                     for (int _k = 0; _k < 3; ++_k)
                         (l21 + 0)[_u * 9 + _p * 3 + _k] += w31[_p * 48 + _k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
             real t32[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11282,7 +11787,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                     for (int _u = 0; _u < 16; ++_u)
                         (l22 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
             real w37[160] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11298,7 +11803,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _k = 0; _k < 5; ++_k)
                         (l23 + 0)[_u * 10 + _p * 5 + _k] += w37[_p * 80 + _k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
             real t38[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11351,7 +11856,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                     for (int _u = 0; _u < 16; ++_u)
                         (l24 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
             real t43[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
@@ -11364,7 +11869,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (l25 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 5; ++_i)
                 {
                     real acc = 0;
@@ -11378,7 +11883,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 192)[_u] += (l25 + 0)[_u] * (l5 + 0)[_u];
-            /* ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
             real w44[96] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11394,7 +11899,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _k = 0; _k < 3; ++_k)
                         (l26 + 0)[_u * 6 + _p * 3 + _k] += w44[_p * 48 + _k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
             real t45[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11447,7 +11952,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                     for (int _u = 0; _u < 16; ++_u)
                         (l27 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
             real w50[240] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11463,7 +11968,7 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _p = 0; _p < 3; ++_p)
                     for (int _k = 0; _k < 5; ++_k)
                         (l28 + 0)[_u * 15 + _p * 5 + _k] += w50[_p * 80 + _k * 16 + _u];
-            /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
             real t51[240] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11625,22 +12130,80 @@ void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_
                 }
         }
     }
-    for (int64_t i = 0; i < 768; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 768 + 0 + i];
-        A2[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 768; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 768 + 0 + i];
+            A2[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_message_d2_sh": """\
-void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+    "cormorant_message__d__d2_sh": """\
+int cormorant_message__d__d2_sh__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    real *restrict A3 = ptr[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
     const real *restrict a15 = A15;
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
     const real *restrict a17 = A17;
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
     const real *restrict a26 = A26;
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -11654,11 +12217,19 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
         for (int _w = 0; _w < 16; ++_w)
             t5[_w * 16 + _u] = a19[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 768, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a3 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 144);
             real *restrict a1 = A1 + z * a1_stride;
@@ -11872,14 +12443,14 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             /* zuk,zpu->zupk */
             for (int _u = 0; _u < 16; ++_u)
                 (l13 + 0)[_u] += (l4 + 0)[_u] * a24[_u];
-            /* ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G */
+            /* ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G */
             for (int _j = 0; _j < 9; ++_j)
                 for (int _c = 0; _c < 179; ++_c)
                     (l14 + 0)[_c] += a25[_j] * a26[_j * 179 + _c];
-            /* ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
                 (l15 + 0)[_u] += (l14 + 0)[0] * a27[_u];
-            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 0)[_u] += (l14 + 0)[0] * (l13 + 0)[_u];
             /* zupk,zpu->zuk */
@@ -11888,7 +12459,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += (l15 + 0)[_u] * (l4 + 0)[_u];
-            /* ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
             real w18[48] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11896,7 +12467,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
                     (l17 + 0)[_u * 3 + _k] += w18[_k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
             real t19[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11938,7 +12509,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (a1 + 16)[_u] += acc[_u];
             }
-            /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
             real w24[80] __attribute__((aligned(64))) = {0};
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11946,7 +12517,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
                     (l18 + 0)[_u * 5 + _k] += w24[_k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
             real t25[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11988,7 +12559,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (a1 + 32)[_u] += acc[_u];
             }
-            /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
             real t30[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
@@ -12001,7 +12572,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (l19 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
             real w31[48] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -12015,7 +12586,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 64)[_u] += (l19 + 0)[_u] * (l4 + 0)[_u];
-            /* ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
             real w32[144] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12031,7 +12602,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _p = 0; _p < 3; ++_p)
                     for (int _k = 0; _k < 3; ++_k)
                         (l20 + 0)[_u * 9 + _p * 3 + _k] += w32[_p * 48 + _k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
             real t33[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -12089,7 +12660,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                     for (int _u = 0; _u < 16; ++_u)
                         (l21 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
             real w39[160] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12105,7 +12676,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _k = 0; _k < 5; ++_k)
                         (l22 + 0)[_u * 10 + _p * 5 + _k] += w39[_p * 80 + _k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
             real t40[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -12163,7 +12734,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                     for (int _u = 0; _u < 16; ++_u)
                         (l23 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
             real t46[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
@@ -12176,7 +12747,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (l24 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
             real w47[80] __attribute__((aligned(64))) = {0};
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -12190,7 +12761,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
             /* zupk,zuk->zpu */
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 192)[_u] += (l24 + 0)[_u] * (l4 + 0)[_u];
-            /* ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
             real w48[96] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12206,7 +12777,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _k = 0; _k < 3; ++_k)
                         (l25 + 0)[_u * 6 + _p * 3 + _k] += w48[_p * 48 + _k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
             real t49[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -12264,7 +12835,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                     for (int _u = 0; _u < 16; ++_u)
                         (l26 + 0)[_p * 16 + _u] += acc[_u];
                 }
-            /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
             real w55[240] __attribute__((aligned(64))) = {0};
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12280,7 +12851,7 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 for (int _p = 0; _p < 3; ++_p)
                     for (int _k = 0; _k < 5; ++_k)
                         (l27 + 0)[_u * 15 + _p * 5 + _k] += w55[_p * 80 + _k * 16 + _u];
-            /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
             real t56[240] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -12439,22 +13010,80 @@ void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64
                 (a1 + 48)[_u] += (l21 + 0)[_u];
         }
     }
-    for (int64_t i = 0; i < 768; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 768 + 0 + i];
-        A3[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 768; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 768 + 0 + i];
+            A3[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_message_d2_w": """\
-void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+    "cormorant_message__d__d2_w": """\
+int cormorant_message__d__d2_w__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
     const real *restrict a10 = A10;
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
     real t9[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -12468,11 +13097,19 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _w = 0; _w < 16; ++_w)
             t13[_w * 16 + _u] = a14[_u * 16 + _w];
     real *partial = calloc((size_t)threads * 768, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a1 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             real *restrict a0 = A0 + z * a0_stride;
             memset(a0, 0, sizeof(real) * 144);
             real *restrict a2 = A2 + z * a2_stride;
@@ -12994,7 +13631,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a2 + 64)[_u * 5 + _i] += w43[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
             real t44[240] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -13029,7 +13666,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a2 + 64)[_u * 5 + _i] += w46[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
             real t47[96] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13052,7 +13689,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 5; ++_i)
                     (a2 + 64)[_u * 5 + _i] += w48[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 5; ++_i)
                 {
                     real acc = 0;
@@ -13080,7 +13717,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a2 + 16)[_u * 3 + _i] += w50[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
             real t51[160] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13115,7 +13752,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a2 + 16)[_u * 3 + _i] += w53[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
             real t54[144] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _p = 0; _p < 3; ++_p)
@@ -13138,7 +13775,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 for (int _i = 0; _i < 3; ++_i)
                     (a2 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
-            /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
             for (int _i = 0; _i < 3; ++_i)
                 {
                     real acc = 0;
@@ -13159,7 +13796,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a2 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
             real t57[80] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13184,7 +13821,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a2 + 0)[_u] += acc[_u];
             }
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
             real t59[48] __attribute__((aligned(64)));
             for (int _u = 0; _u < 16; ++_u)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13199,7 +13836,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
             for (int _u = 0; _u < 16; ++_u)
                 (a2 + 0)[_u] += (l12 + 0)[_u] * (l0 + 0)[0];
-            /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+            /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
             {
                 real acc = 0;
                 for (int _u = 0; _u < 16; ++_u)
@@ -13216,22 +13853,81 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 }
         }
     }
-    for (int64_t i = 0; i < 768; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 768 + 0 + i];
-        A1[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 768; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 768 + 0 + i];
+            A1[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_message_d2_weight": """\
-void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+    "cormorant_message__d__d2_weight": """\
+int cormorant_message__d__d2_weight__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
     const real *restrict a5 = A5;
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
     const real *restrict a24 = A24;
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
     const real *restrict a26 = A26;
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
     const real *restrict a28 = A28;
+    const real *restrict A29 = ptr[29];
+    const int64_t a29_stride = stride[29];
     real t21[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -13685,7 +14381,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w33[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t34[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -13762,7 +14458,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w40[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t41[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -13797,7 +14493,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w42[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 5; ++_i)
             {
                 real acc = 0;
@@ -13858,7 +14554,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w48[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t49[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -13932,7 +14628,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w55[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t56[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -13970,7 +14666,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w57[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 3; ++_i)
             {
                 real acc = 0;
@@ -14020,7 +14716,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += acc[_u];
         }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t63[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
@@ -14074,7 +14770,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += acc[_u];
         }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t69[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
@@ -14095,7 +14791,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (l29 + 0)[_u] * (l0 + 0)[0];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
         {
             real acc = 0;
             for (int _u = 0; _u < 16; ++_u)
@@ -14111,15 +14807,60 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                 (a3 + 0)[_j] += acc;
             }
     }
+    return 0;
 }
     """,
-    "cormorant_message_d_only_f": """\
-void cormorant_message_d_only_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride)
+    "cormorant_message__d__only_f": """\
+int cormorant_message__d__only_f__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
     const real *restrict a2 = A2;
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
     const real *restrict a18 = A18;
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -14456,14 +15197,63 @@ void cormorant_message_d_only_f_s0(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l14 + 0)[_u] * (l0 + 0)[0];
     }
+    return 0;
 }
     """,
-    "cormorant_message_d_only_sh": """\
-void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride)
+    "cormorant_message__d__only_sh": """\
+int cormorant_message__d__only_sh__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
     const real *restrict a12 = A12;
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
     const real *restrict a14 = A14;
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
     const real *restrict a16 = A16;
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
     const real *restrict a25 = A25;
     real t1[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -14598,7 +15388,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     (l5 + 0)[_u * 15 + _p * 5 + _k] += w7[_p * 80 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t8[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -14631,7 +15421,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     (l7 + 0)[_u * 6 + _p * 3 + _k] += w11[_p * 48 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t12[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -14649,7 +15439,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
         /* zuk,zpu->zupk */
         for (int _u = 0; _u < 16; ++_u)
             (l8 + 0)[_u] += (l4 + 0)[_u] * a18[_u];
-        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 5; ++_i)
             {
                 real acc = 0;
@@ -14671,7 +15461,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     (l9 + 0)[_u * 10 + _p * 5 + _k] += w14[_p * 80 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t15[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -14704,7 +15494,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     (l10 + 0)[_u * 9 + _p * 3 + _k] += w18[_p * 48 + _k * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t19[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -14722,7 +15512,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
         /* zuk,zpu->zupk */
         for (int _u = 0; _u < 16; ++_u)
             (l11 + 0)[_u] += (l4 + 0)[_u] * a20[_u];
-        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 3; ++_i)
             {
                 real acc = 0;
@@ -14742,7 +15532,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (l12 + 0)[_u * 5 + _k] += w21[_k * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t22[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
@@ -14766,7 +15556,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (l13 + 0)[_u * 3 + _k] += w24[_k * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
@@ -14781,7 +15571,7 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
         /* zuk,zpu->zupk */
         for (int _u = 0; _u < 16; ++_u)
             (l14 + 0)[_u] += (l4 + 0)[_u] * a24[_u];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
         {
             real acc = 0;
             for (int _u = 0; _u < 16; ++_u)
@@ -14797,14 +15587,35 @@ void cormorant_message_d_only_sh_s0(int64_t n, int threads, real *restrict A0, i
                 (a0 + 0)[_j] += acc;
             }
     }
+    return 0;
 }
     """,
-    "cormorant_message_d_only_w": """\
-void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+    "cormorant_message__d__only_w": """\
+int cormorant_message__d__only_w__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
     const real *restrict a2 = A2;
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
     const real *restrict a7 = A7;
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
     const real *restrict a9 = A9;
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
     const real *restrict a11 = A11;
     real t9[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
@@ -15144,18 +15955,73 @@ void cormorant_message_d_only_w_s0(int64_t n, int threads, real *restrict A0, in
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l10 + 0)[_u] * (l1 + 0)[_u];
     }
+    return 0;
 }
     """,
-    "cormorant_message_d_only_weight": """\
-void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride)
+    "cormorant_message__d__only_weight": """\
+int cormorant_message__d__only_weight__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    const real *restrict A2 = ptr[2];
     const real *restrict a2 = A2;
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
+    const int64_t a4_stride = stride[4];
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
+    const int64_t a19_stride = stride[19];
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
+    const int64_t a21_stride = stride[21];
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
+    const int64_t a23_stride = stride[23];
     real *partial = calloc((size_t)threads * 768, sizeof(real));
+    if (!partial) { return 1; }
+    int failed = 0;
     #pragma omp parallel num_threads(threads) if (n >= 64)
     {
         real *restrict a0 = partial + (int64_t)omp_get_thread_num() * 768 + 0;
+        int ok = 1;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t z = 0; z < n; ++z) {
+            if (!ok) continue;
             const real *restrict a1 = A1 + z * a1_stride;
             const real *restrict a3 = A3 + z * a3_stride;
             const real *restrict a4 = A4 + z * a4_stride;
@@ -15479,22 +16345,79 @@ void cormorant_message_d_only_weight_s0(int64_t n, int threads, real *restrict A
                     (a0 + 0)[_u * 16 + _w] += (real)0.25 * a23[_w] * (l2 + 0)[_u];
         }
     }
-    for (int64_t i = 0; i < 768; ++i) {
-        real sum = 0;
-        for (int t = 0; t < threads; ++t)
-            sum += partial[(int64_t)t * 768 + 0 + i];
-        A0[i] = sum;
+    if (!failed) {
+        for (int64_t i = 0; i < 768; ++i) {
+            real sum = 0;
+            for (int t = 0; t < threads; ++t)
+                sum += partial[(int64_t)t * 768 + 0 + i];
+            A0[i] = sum;
+        }
     }
     free(partial);
+    return failed;
 }
     """,
-    "cormorant_message_d_only_f_sh_w": """\
-void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride)
+    "cormorant_message__d__only_f_sh_w": """\
+int cormorant_message__d__only_f_sh_w__s0(int64_t n, int threads, void *const *ptr, const int64_t *stride)
 {
+    real *restrict A0 = ptr[0];
+    const int64_t a0_stride = stride[0];
+    real *restrict A1 = ptr[1];
+    const int64_t a1_stride = stride[1];
+    real *restrict A2 = ptr[2];
+    const int64_t a2_stride = stride[2];
+    const real *restrict A3 = ptr[3];
+    const int64_t a3_stride = stride[3];
+    const real *restrict A4 = ptr[4];
     const real *restrict a4 = A4;
+    const real *restrict A5 = ptr[5];
+    const int64_t a5_stride = stride[5];
+    const real *restrict A6 = ptr[6];
+    const int64_t a6_stride = stride[6];
+    const real *restrict A7 = ptr[7];
+    const int64_t a7_stride = stride[7];
+    const real *restrict A8 = ptr[8];
+    const int64_t a8_stride = stride[8];
+    const real *restrict A9 = ptr[9];
+    const int64_t a9_stride = stride[9];
+    const real *restrict A10 = ptr[10];
+    const int64_t a10_stride = stride[10];
+    const real *restrict A11 = ptr[11];
+    const int64_t a11_stride = stride[11];
+    const real *restrict A12 = ptr[12];
+    const int64_t a12_stride = stride[12];
+    const real *restrict A13 = ptr[13];
+    const int64_t a13_stride = stride[13];
+    const real *restrict A14 = ptr[14];
+    const int64_t a14_stride = stride[14];
+    const real *restrict A15 = ptr[15];
+    const int64_t a15_stride = stride[15];
+    const real *restrict A16 = ptr[16];
+    const int64_t a16_stride = stride[16];
+    const real *restrict A17 = ptr[17];
+    const int64_t a17_stride = stride[17];
+    const real *restrict A18 = ptr[18];
+    const int64_t a18_stride = stride[18];
+    const real *restrict A19 = ptr[19];
     const real *restrict a19 = A19;
+    const real *restrict A20 = ptr[20];
+    const int64_t a20_stride = stride[20];
+    const real *restrict A21 = ptr[21];
     const real *restrict a21 = A21;
+    const real *restrict A22 = ptr[22];
+    const int64_t a22_stride = stride[22];
+    const real *restrict A23 = ptr[23];
     const real *restrict a23 = A23;
+    const real *restrict A24 = ptr[24];
+    const int64_t a24_stride = stride[24];
+    const real *restrict A25 = ptr[25];
+    const int64_t a25_stride = stride[25];
+    const real *restrict A26 = ptr[26];
+    const int64_t a26_stride = stride[26];
+    const real *restrict A27 = ptr[27];
+    const int64_t a27_stride = stride[27];
+    const real *restrict A28 = ptr[28];
+    const int64_t a28_stride = stride[28];
     real t9[256] __attribute__((aligned(64)));
     for (int _u = 0; _u < 16; ++_u)
         for (int _w = 0; _w < 16; ++_w)
@@ -15799,7 +16722,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w19[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2 */
         real t20[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -15876,7 +16799,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w26[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1 */
         real t27[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -15911,7 +16834,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w28[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 5; ++_i)
             {
                 real acc = 0;
@@ -15972,7 +16895,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w34[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2 */
         real t35[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
@@ -16046,7 +16969,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w41[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1 */
         real t42[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
@@ -16084,7 +17007,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w43[_i * 16 + _u];
-        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0 */
         for (int _i = 0; _i < 3; ++_i)
             {
                 real acc = 0;
@@ -16134,7 +17057,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 0)[_u] += acc[_u];
         }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2 */
         real t49[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
@@ -16188,7 +17111,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
             for (int _u = 0; _u < 16; ++_u)
                 (a0 + 0)[_u] += acc[_u];
         }
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1 */
         real t55[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
@@ -16209,7 +17132,7 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l28 + 0)[_u] * (l0 + 0)[0];
-        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        /* ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0 */
         {
             real acc = 0;
             for (int _u = 0; _u < 16; ++_u)
@@ -16225,27 +17148,28 @@ void cormorant_message_d_only_f_sh_w_s0(int64_t n, int threads, real *restrict A
                 (a2 + 0)[_j] += acc;
             }
     }
+    return 0;
 }
     """,
     },
     {
-        'cormorant_cg_s0': 'orrssrssrssrssssssssrssssssssss',
-        'cormorant_cg_d_s0': 'oOrrssrssrssrssssssssrssssrsrsrssss',
-        'cormorant_cg_d2_f_s0': 'oOorsrsrssssssssssrrsrrrsrrsrrsrssssrrssss',
-        'cormorant_cg_d2_weight_s0': 'oOorrssrssrssrssssssssrssssrsrsrssssssssssssssss',
-        'cormorant_cg_d_only_f_s0': 'orsrsrsssssrsrssssrssssrssssrsssrs',
-        'cormorant_cg_d_only_weight_s0': 'Orrssrssrssrssssssssrssssrrrsss',
-        'cormorant_message_s0': 'orsrrrrrrrrrrrrrrrrrrsss',
-        'cormorant_message_d_s0': 'Oooorsrrrrrrrrrrrrrrrrrrrsrsrs',
-        'cormorant_message_d2_f_s0': 'ooOorsrrrrrrrrrrrsrsrsrrrrrrrr',
-        'cormorant_message_d2_sh_s0': 'oooOrrrrrrrrrrrsrsrsrrrrrrsrrr',
-        'cormorant_message_d2_w_s0': 'oOoorsrrrrsrsrsrrrrrrrrrrrrrrr',
-        'cormorant_message_d2_weight_s0': 'oooorsrrrrrrrrrrrrrrrrrrsrsrsr',
-        'cormorant_message_d_only_f_s0': 'orsrrrrrrrrrrrsrsrsrrrrr',
-        'cormorant_message_d_only_sh_s0': 'orrrrrrrrrrrsrsrsrrrrrrrrs',
-        'cormorant_message_d_only_w_s0': 'orsrrrrsrsrs',
-        'cormorant_message_d_only_weight_s0': 'Orsrrrrrrrrrrrrrrrrrrrrr',
-        'cormorant_message_d_only_f_sh_w_s0': 'ooorsrrrrrrrrrrrrrrsrsrsrrrrr',
+        'cormorant_cg__s0': 'orrssrssrssrssssssssrssssssssss',
+        'cormorant_cg__d__s0': 'oOrrssrssrssrssssssssrssssrsrsrssss',
+        'cormorant_cg__d__d2_f__s0': 'oOorsrsrssssssssssrrsrrrsrrsrrsrssssrrssss',
+        'cormorant_cg__d__d2_weight__s0': 'oOorrssrssrssrssssssssrssssrsrsrssssssssssssssss',
+        'cormorant_cg__d__only_f__s0': 'orsrsrsssssrsrssssrssssrssssrsssrs',
+        'cormorant_cg__d__only_weight__s0': 'Orrssrssrssrssssssssrssssrrrsss',
+        'cormorant_message__s0': 'orsrrrrrrrrrrrrrrrrrrsss',
+        'cormorant_message__d__s0': 'Oooorsrrrrrrrrrrrrrrrrrrrsrsrs',
+        'cormorant_message__d__d2_f__s0': 'ooOorsrrrrrrrrrrrsrsrsrrrrrrrr',
+        'cormorant_message__d__d2_sh__s0': 'oooOrrrrrrrrrrrsrsrsrrrrrrsrrr',
+        'cormorant_message__d__d2_w__s0': 'oOoorsrrrrsrsrsrrrrrrrrrrrrrrr',
+        'cormorant_message__d__d2_weight__s0': 'oooorsrrrrrrrrrrrrrrrrrrsrsrsr',
+        'cormorant_message__d__only_f__s0': 'orsrrrrrrrrrrrsrsrsrrrrr',
+        'cormorant_message__d__only_sh__s0': 'orrrrrrrrrrrsrsrsrrrrrrrrs',
+        'cormorant_message__d__only_w__s0': 'orsrrrrsrsrs',
+        'cormorant_message__d__only_weight__s0': 'Orsrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message__d__only_f_sh_w__s0': 'ooorsrrrrrrrrrrrrrrsrsrsrrrrr',
     },
 )
 _ops.kernels = _native

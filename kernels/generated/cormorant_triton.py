@@ -2,7 +2,7 @@
 # Source sha256: b6cbc0b98c3784c43545886f67dd36891fd55edfd20ab2651f935513342fc8c4
 """fusionc triton ops compiled from kernels/cormorant.fus: cormorant_cg, cormorant_message.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`
 (the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
@@ -16,11 +16,11 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_21b473ac6a435682")
+_ops = rt.OpNamespace("fusionc_b117612439f637ae")
 
 
 @triton.jit
-def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel0(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 1–16 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -266,7 +266,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
 
 
 @triton.jit
-def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel1(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 17–32 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -527,7 +527,7 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
 
 
 @triton.jit
-def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel2(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 33–48 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -780,7 +780,7 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
 
 
 @triton.jit
-def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel3(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 49–64 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1035,7 +1035,7 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
 
 
 @triton.jit
-def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel4(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 65–80 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1274,7 +1274,7 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
 
 
 @triton.jit
-def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_cg__d__kernel5(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_cg, statements 81–90 of 90: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1424,8 +1424,8 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.debug_barrier()
 
 
-def _cormorant_cg_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_cg_d kernel on (f, d_g, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_cg__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg__d kernel on (f, d_g, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[2], n, size) for size in (144,)]
@@ -1433,15 +1433,15 @@ def _cormorant_cg_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[2].new_zeros(programs, 1680)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[2].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_cg_d_0_kernel, _cormorant_cg_d_1_kernel, _cormorant_cg_d_2_kernel, _cormorant_cg_d_3_kernel, _cormorant_cg_d_4_kernel, _cormorant_cg_d_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_cg__d__kernel0, _cormorant_cg__d__kernel1, _cormorant_cg__d__kernel2, _cormorant_cg__d__kernel3, _cormorant_cg__d__kernel4, _cormorant_cg__d__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], partial[:, 0:1680].sum(0)]
 
 
 @triton.jit
-def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 1–16 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel0(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 1–16 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -1672,8 +1672,8 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 17–32 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel1(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 17–32 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -1907,8 +1907,8 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 33–48 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel2(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 33–48 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2155,8 +2155,8 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 49–64 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel3(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 49–64 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2418,8 +2418,8 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 65–80 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel4(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 65–80 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2688,8 +2688,8 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 81–96 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel5(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 81–96 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2953,8 +2953,8 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
 
 
 @triton.jit
-def _cormorant_cg_d2_f_6_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 97–108 of 108: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_f__kernel6(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f, statements 97–108 of 108: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3153,8 +3153,8 @@ def _cormorant_cg_d2_f_6_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.debug_barrier()
 
 
-def _cormorant_cg_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_cg_d2_f kernel on (f, d_g, d2_d_f, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_cg__d__d2_f__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg__d__d2_f kernel on (f, d_g, d2_d_f, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (144, 144)]
@@ -3162,32 +3162,32 @@ def _cormorant_cg_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 1680)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_cg_d2_f_0_kernel, _cormorant_cg_d2_f_1_kernel, _cormorant_cg_d2_f_2_kernel, _cormorant_cg_d2_f_3_kernel, _cormorant_cg_d2_f_4_kernel, _cormorant_cg_d2_f_5_kernel, _cormorant_cg_d2_f_6_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_cg__d__d2_f__kernel0, _cormorant_cg__d__d2_f__kernel1, _cormorant_cg__d__d2_f__kernel2, _cormorant_cg__d__d2_f__kernel3, _cormorant_cg__d__d2_f__kernel4, _cormorant_cg__d__d2_f__kernel5, _cormorant_cg__d__d2_f__kernel6,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:1680].sum(0)]
 
 
-def _cormorant_cg_d2_f(
+def _cormorant_cg__d__d2_f(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece2_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_2.reshape(n, 16),
-        d_p_1.reshape(n, 48),
-        d_p_0.reshape(n, 80),
+        _piece2_d_p.reshape(n, 16),
+        _piece1_d_p.reshape(n, 48),
+        _piece0_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_0, d_p_1, d_p_2
+    del _piece0_d_p, _piece1_d_p, _piece2_d_p
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
@@ -3199,257 +3199,257 @@ def _cormorant_cg_d2_f(
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_3 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece3_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c0
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
-    d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
+    _piece4_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
     del _c1
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_5 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
+    _piece5_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     del _c2
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     del d__p1
-    d2_f_6 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
+    _piece6_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     del _c3
-    d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
-    del d2_d__p1_3, d2_d__p1_5
-    d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_8 = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p1 = _piece3_d2_d__p1 + _piece5_d2_d__p1
+    del _piece3_d2_d__p1, _piece5_d2_d__p1
+    _piece7_d2_d_p = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece8_d2_weight = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p1
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c4 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p3_9 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    _piece9_d2_d__p3 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
     del _c4
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c5 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3)
-    d2_f_10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece10_d2_f = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c5
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d__p3_11 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece11_d2_d__p3 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c6
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3)
     del d__p3
-    d2_f_12 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece12_d2_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c7
-    d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
-    del d2_d__p3_11, d2_d__p3_9
-    d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_14 = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    d2_d__p3 = _piece9_d2_d__p3 + _piece11_d2_d__p3
+    del _piece11_d2_d__p3, _piece9_d2_d__p3
+    _piece13_d2_d_p = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece14_d2_weight = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del d2_d__p3
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c8 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p5_15 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    _piece15_d2_d__p5 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
     del _c8
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c9 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5)
-    d2_f_16 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece16_d2_f = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c9
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c10 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p5_17 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece17_d2_d__p5 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c10
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c11 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5)
     del d__p5
-    d2_f_18 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece18_d2_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c11
-    d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
-    del d2_d__p5_15, d2_d__p5_17
-    d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_20 = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p5 = _piece15_d2_d__p5 + _piece17_d2_d__p5
+    del _piece15_d2_d__p5, _piece17_d2_d__p5
+    _piece19_d2_d_p = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece20_d2_weight = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p5
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c12 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_d__p6_21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece21_d2_d__p6 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c13 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
-    d2_f_22 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece22_d2_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c13
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c14 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d__p6_23 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece23_d2_d__p6 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c15 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
     del d__p6
-    d2_f_24 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece24_d2_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c15
-    d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
-    del d2_d__p6_21, d2_d__p6_23
-    d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_26 = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p6 = _piece21_d2_d__p6 + _piece23_d2_d__p6
+    del _piece21_d2_d__p6, _piece23_d2_d__p6
+    _piece25_d2_d_p = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece26_d2_weight = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p6
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_27 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece27_d2_d__p7 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c12
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c16 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
-    d2_f_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece28_d2_f = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c16
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_29 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece29_d2_d__p7 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c14
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c17 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
     del d__p7
-    d2_f_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    _piece30_d2_f = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
     del _c17
-    d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
-    del d2_d__p7_27, d2_d__p7_29
-    d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_32 = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p7 = _piece27_d2_d__p7 + _piece29_d2_d__p7
+    del _piece27_d2_d__p7, _piece29_d2_d__p7
+    _piece31_d2_d_p = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece32_d2_weight = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p7
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c18 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_d__p8_33 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece33_d2_d__p8 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c19 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3)
-    d2_f_34 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece34_d2_f = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c19
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p8_35 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece35_d2_d__p8 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3)
     del d__p8
-    d2_f_36 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece36_d2_f = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c21
-    d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
-    del d2_d__p8_33, d2_d__p8_35
-    d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_38 = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    d2_d__p8 = _piece33_d2_d__p8 + _piece35_d2_d__p8
+    del _piece33_d2_d__p8, _piece35_d2_d__p8
+    _piece37_d2_d_p = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece38_d2_weight = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del d2_d__p8
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_39 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece39_d2_d__p9 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c18
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c22 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
-    d2_f_40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece40_d2_f = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c22
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_41 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece41_d2_d__p9 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c20
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5)
     del d__p9
-    d2_f_42 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece42_d2_f = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c23
-    d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
-    del d2_d__p9_39, d2_d__p9_41
-    d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_44 = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p9 = _piece39_d2_d__p9 + _piece41_d2_d__p9
+    del _piece39_d2_d__p9, _piece41_d2_d__p9
+    _piece43_d2_d_p = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece44_d2_weight = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p9
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_d__p10_45 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece45_d2_d__p10 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
-    d2_f_46 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece46_d2_f = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c25
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c26 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d__p10_47 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece47_d2_d__p10 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c27 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
     del d__p10
-    d2_f_48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece48_d2_f = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c27
-    d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
-    del d2_d__p10_45, d2_d__p10_47
-    d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_50 = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_d__p10 = _piece45_d2_d__p10 + _piece47_d2_d__p10
+    del _piece45_d2_d__p10, _piece47_d2_d__p10
+    _piece49_d2_d_p = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece50_d2_weight = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p10
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_51 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece51_d2_d__p11 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c24
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
-    d2_f_52 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece52_d2_f = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c28
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_53 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    _piece53_d2_d__p11 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c26
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c29 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
     del d__p11
-    d2_f_54 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    _piece54_d2_f = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
     del _c29
-    d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
-    del d2_d__p11_51, d2_d__p11_53
-    d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_56 = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    d2_d__p11 = _piece51_d2_d__p11 + _piece53_d2_d__p11
+    del _piece51_d2_d__p11, _piece53_d2_d__p11
+    _piece55_d2_d_p = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece56_d2_weight = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del d2_d__p11, d_p
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
-        (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
-        (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
+        (_piece7_d2_d_p + _piece25_d2_d_p + _piece49_d2_d_p).reshape(n, 16),
+        (_piece13_d2_d_p + _piece37_d2_d_p).reshape(n, 48),
+        (_piece19_d2_d_p + _piece31_d2_d_p + _piece43_d2_d_p + _piece55_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_13, d2_d_p_19, d2_d_p_25, d2_d_p_31, d2_d_p_37, d2_d_p_43, d2_d_p_49, d2_d_p_55, d2_d_p_7
-    d2_d_g_57 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece13_d2_d_p, _piece19_d2_d_p, _piece25_d2_d_p, _piece31_d2_d_p, _piece37_d2_d_p, _piece43_d2_d_p, _piece49_d2_d_p, _piece55_d2_d_p, _piece7_d2_d_p
+    _piece57_d2_d_g = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_58 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece58_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_59 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece59_d2_d_g = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_60 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece60_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_61 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece61_d2_d_g = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_62 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece62_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    d2_d_g_63 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece63_d2_d_g = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_64 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece64_d2_weight = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    d2_d_g_65 = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece65_d2_d_g = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_66 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece66_d2_weight = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    d2_d_g_67 = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece67_d2_d_g = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_68 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece68_d2_weight = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_f = torch.cat([
-        (d2_f_4 + d2_f_6 + d2_f_10 + d2_f_16).reshape(n, 16),
-        (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
-        (d2_f_18 + d2_f_36 + d2_f_42 + d2_f_46 + d2_f_48 + d2_f_52 + d2_f_54).reshape(n, 80),
+        (_piece4_d2_f + _piece6_d2_f + _piece10_d2_f + _piece16_d2_f).reshape(n, 16),
+        (_piece12_d2_f + _piece22_d2_f + _piece24_d2_f + _piece28_d2_f + _piece30_d2_f + _piece34_d2_f + _piece40_d2_f).reshape(n, 48),
+        (_piece18_d2_f + _piece36_d2_f + _piece42_d2_f + _piece46_d2_f + _piece48_d2_f + _piece52_d2_f + _piece54_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_10, d2_f_12, d2_f_16, d2_f_18, d2_f_22, d2_f_24, d2_f_28, d2_f_30, d2_f_34, d2_f_36, d2_f_4, d2_f_40, d2_f_42, d2_f_46, d2_f_48, d2_f_52, d2_f_54, d2_f_6
+    del _piece10_d2_f, _piece12_d2_f, _piece16_d2_f, _piece18_d2_f, _piece22_d2_f, _piece24_d2_f, _piece28_d2_f, _piece30_d2_f, _piece34_d2_f, _piece36_d2_f, _piece40_d2_f, _piece42_d2_f, _piece46_d2_f, _piece48_d2_f, _piece4_d2_f, _piece52_d2_f, _piece54_d2_f, _piece6_d2_f
     d2_d_g = torch.cat([
-        (d2_d_g_57 + d2_d_g_63).reshape(n, 16),
-        (d2_d_g_59 + d2_d_g_65).reshape(n, 48),
-        (d2_d_g_61 + d2_d_g_67).reshape(n, 80),
+        (_piece57_d2_d_g + _piece63_d2_d_g).reshape(n, 16),
+        (_piece59_d2_d_g + _piece65_d2_d_g).reshape(n, 48),
+        (_piece61_d2_d_g + _piece67_d2_d_g).reshape(n, 80),
     ], dim=-1)
-    del d2_d_g_57, d2_d_g_59, d2_d_g_61, d2_d_g_63, d2_d_g_65, d2_d_g_67
+    del _piece57_d2_d_g, _piece59_d2_d_g, _piece61_d2_d_g, _piece63_d2_d_g, _piece65_d2_d_g, _piece67_d2_d_g
     d2_weight = torch.cat([
-        d2_weight_8.reshape(16),
-        d2_weight_14.reshape(16),
-        d2_weight_20.reshape(16),
-        d2_weight_26.reshape(16),
-        d2_weight_32.reshape(16),
-        d2_weight_38.reshape(16),
-        d2_weight_44.reshape(16),
-        d2_weight_50.reshape(16),
-        d2_weight_56.reshape(16),
-        d2_weight_58.reshape(256),
-        d2_weight_60.reshape(256),
-        d2_weight_62.reshape(256),
-        d2_weight_64.reshape(256),
-        d2_weight_66.reshape(256),
-        d2_weight_68.reshape(256),
+        _piece8_d2_weight.reshape(16),
+        _piece14_d2_weight.reshape(16),
+        _piece20_d2_weight.reshape(16),
+        _piece26_d2_weight.reshape(16),
+        _piece32_d2_weight.reshape(16),
+        _piece38_d2_weight.reshape(16),
+        _piece44_d2_weight.reshape(16),
+        _piece50_d2_weight.reshape(16),
+        _piece56_d2_weight.reshape(16),
+        _piece58_d2_weight.reshape(256),
+        _piece60_d2_weight.reshape(256),
+        _piece62_d2_weight.reshape(256),
+        _piece64_d2_weight.reshape(256),
+        _piece66_d2_weight.reshape(256),
+        _piece68_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_14, d2_weight_20, d2_weight_26, d2_weight_32, d2_weight_38, d2_weight_44, d2_weight_50, d2_weight_56, d2_weight_58, d2_weight_60, d2_weight_62, d2_weight_64, d2_weight_66, d2_weight_68, d2_weight_8
+    del _piece14_d2_weight, _piece20_d2_weight, _piece26_d2_weight, _piece32_d2_weight, _piece38_d2_weight, _piece44_d2_weight, _piece50_d2_weight, _piece56_d2_weight, _piece58_d2_weight, _piece60_d2_weight, _piece62_d2_weight, _piece64_d2_weight, _piece66_d2_weight, _piece68_d2_weight, _piece8_d2_weight
     return [d2_f, d2_d_g, d2_weight]
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 1–16 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel0(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 1–16 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3697,8 +3697,8 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 17–32 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel1(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 17–32 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3938,8 +3938,8 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_2_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 33–48 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel2(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 33–48 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4145,8 +4145,8 @@ def _cormorant_cg_d2_weight_2_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_3_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 49–64 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel3(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 49–64 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4420,8 +4420,8 @@ def _cormorant_cg_d2_weight_3_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 65–80 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel4(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 65–80 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4675,8 +4675,8 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 81–96 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel5(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 81–96 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4928,8 +4928,8 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 97–112 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel6(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 97–112 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -5165,8 +5165,8 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 113–117 of 117: BLOCK_Z rows per program."""
+def _cormorant_cg__d__d2_weight__kernel7(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight, statements 113–117 of 117: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -5243,8 +5243,8 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.debug_barrier()
 
 
-def _cormorant_cg_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_cg_d2_weight kernel on (f, d_g, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_cg__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg__d__d2_weight kernel on (f, d_g, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (144, 144)]
@@ -5252,300 +5252,300 @@ def _cormorant_cg_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 1680)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_cg_d2_weight_0_kernel, _cormorant_cg_d2_weight_1_kernel, _cormorant_cg_d2_weight_2_kernel, _cormorant_cg_d2_weight_3_kernel, _cormorant_cg_d2_weight_4_kernel, _cormorant_cg_d2_weight_5_kernel, _cormorant_cg_d2_weight_6_kernel, _cormorant_cg_d2_weight_7_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_cg__d__d2_weight__kernel0, _cormorant_cg__d__d2_weight__kernel1, _cormorant_cg__d__d2_weight__kernel2, _cormorant_cg__d__d2_weight__kernel3, _cormorant_cg__d__d2_weight__kernel4, _cormorant_cg__d__d2_weight__kernel5, _cormorant_cg__d__d2_weight__kernel6, _cormorant_cg__d__d2_weight__kernel7,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:1680].sum(0)]
 
 
-def _cormorant_cg_d2_weight(
+def _cormorant_cg__d__d2_weight(
     f: torch.Tensor, d_g: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
     cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg__d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     del _c1
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c2
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c3
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c5
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece9_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_10 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_11 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d2_d_p_12 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
+    _piece11_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d2_d_p = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
     d_p = torch.cat([
-        d_p_11.reshape(n, 16),
-        d_p_10.reshape(n, 48),
-        d_p_9.reshape(n, 80),
+        _piece11_d_p.reshape(n, 16),
+        _piece10_d_p.reshape(n, 48),
+        _piece9_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_9
-    d2__p1_13 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_14 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
-    d2__p3_15 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
-    d2_d_p_16 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5)
-    d2__p5_17 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_18 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1)
-    d2__p6_19 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_20 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5)
-    d2__p7_21 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_22 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3)
-    d2__p8_23 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
-    d2_d_p_24 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
-    d2__p9_25 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
-    d2_d_p_26 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1)
-    d2__p10_27 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
-    d2_d_p_28 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
-    d2__p11_29 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    del _piece10_d_p, _piece11_d_p, _piece9_d_p
+    _piece13_d2__p1 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece14_d2_d_p = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
+    _piece15_d2__p3 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    _piece16_d2_d_p = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5)
+    _piece17_d2__p5 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece18_d2_d_p = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1)
+    _piece19_d2__p6 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece20_d2_d_p = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5)
+    _piece21_d2__p7 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece22_d2_d_p = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3)
+    _piece23_d2__p8 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    _piece24_d2_d_p = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
+    _piece25_d2__p9 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    _piece26_d2_d_p = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1)
+    _piece27_d2__p10 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    _piece28_d2_d_p = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
+    _piece29_d2__p11 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
     del d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    d2_d_g_30 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece30_d2_d_g = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_31 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece31_d2_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_12 + d2_d_p_18 + d2_d_p_26).reshape(n, 16),
-        (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
-        (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
+        (_piece12_d2_d_p + _piece18_d2_d_p + _piece26_d2_d_p).reshape(n, 16),
+        (_piece14_d2_d_p + _piece22_d2_d_p).reshape(n, 48),
+        (_piece16_d2_d_p + _piece20_d2_d_p + _piece24_d2_d_p + _piece28_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_12, d2_d_p_14, d2_d_p_16, d2_d_p_18, d2_d_p_20, d2_d_p_22, d2_d_p_24, d2_d_p_26, d2_d_p_28
-    d2_d_g_32 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece12_d2_d_p, _piece14_d2_d_p, _piece16_d2_d_p, _piece18_d2_d_p, _piece20_d2_d_p, _piece22_d2_d_p, _piece24_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p
+    _piece32_d2_d_g = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_33 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece33_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_34 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece34_d2_d_g = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_35 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece35_d2_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_36 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece36_d2_d_g = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_37 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_38 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece38_d2_d_g = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_39 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece39_d2_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_g = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    d2_d_g_42 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece42_d2_d_g = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    d2_f_43 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece43_d2_f = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_44 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece44_d2_d_g = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    d2_f_45 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece45_d2_f = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_46 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece46_d2_d_g = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    d2_f_47 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece47_d2_f = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
-        d2_p_31.reshape(n, 16),
-        d2_p_35.reshape(n, 48),
-        d2_p_39.reshape(n, 80),
+        _piece31_d2_p.reshape(n, 16),
+        _piece35_d2_p.reshape(n, 48),
+        _piece39_d2_p.reshape(n, 80),
     ], dim=-1)
-    del d2_p_31, d2_p_35, d2_p_39
-    d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_49 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _piece31_d2_p, _piece35_d2_p, _piece39_d2_p
+    _piece48_d2__p11 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece49_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p11
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2__p11 = d2__p11_29 + d2__p11_48
-    del d2__p11_29, d2__p11_48
+    d2__p11 = _piece29_d2__p11 + _piece48_d2__p11
+    del _piece29_d2__p11, _piece48_d2__p11
     _c6 = d2__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_50 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    _piece50_d2_f = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c6
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = d2__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2__p11
-    d2_f_51 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece51_d2_f = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c7
-    d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_53 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece52_d2__p10 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece53_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    d2__p10 = d2__p10_27 + d2__p10_52
-    del d2__p10_27, d2__p10_52
+    d2__p10 = _piece27_d2__p10 + _piece52_d2__p10
+    del _piece27_d2__p10, _piece52_d2__p10
     _c8 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_f_54 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    _piece54_d2_f = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     del _c8
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2__p10
-    d2_f_55 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece55_d2_f = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c9
-    d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_57 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece56_d2__p9 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece57_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p9
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2__p9 = d2__p9_25 + d2__p9_56
-    del d2__p9_25, d2__p9_56
+    d2__p9 = _piece25_d2__p9 + _piece56_d2__p9
+    del _piece25_d2__p9, _piece56_d2__p9
     _c10 = d2__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_58 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece58_d2_f = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c10
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = d2__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p9
-    d2_f_59 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece59_d2_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c11
-    d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_61 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece60_d2__p8 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece61_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p8
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    d2__p8 = d2__p8_23 + d2__p8_60
-    del d2__p8_23, d2__p8_60
+    d2__p8 = _piece23_d2__p8 + _piece60_d2__p8
+    del _piece23_d2__p8, _piece60_d2__p8
     _c12 = d2__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_62 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece62_d2_f = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c12
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = d2__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p8
-    d2_f_63 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece63_d2_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c13
-    d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_65 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece64_d2__p7 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece65_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p7
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2__p7 = d2__p7_21 + d2__p7_64
-    del d2__p7_21, d2__p7_64
+    d2__p7 = _piece21_d2__p7 + _piece64_d2__p7
+    del _piece21_d2__p7, _piece64_d2__p7
     _c14 = d2__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_f_66 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _piece66_d2_f = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     del _c14
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = d2__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p7
-    d2_f_67 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece67_d2_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c15
-    d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_69 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece68_d2__p6 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece69_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    d2__p6 = d2__p6_19 + d2__p6_68
-    del d2__p6_19, d2__p6_68
+    d2__p6 = _piece19_d2__p6 + _piece68_d2__p6
+    del _piece19_d2__p6, _piece68_d2__p6
     _c16 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_f_70 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    _piece70_d2_f = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     del _c16
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2__p6
-    d2_f_71 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece71_d2_f = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c17
-    d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_73 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    _piece72_d2__p5 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    _piece73_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     del _p5
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    d2__p5 = d2__p5_17 + d2__p5_72
-    del d2__p5_17, d2__p5_72
+    d2__p5 = _piece17_d2__p5 + _piece72_d2__p5
+    del _piece17_d2__p5, _piece72_d2__p5
     _c18 = d2__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_f_74 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece74_d2_f = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c18
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = d2__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p5
-    d2_f_75 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _piece75_d2_f = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c19
-    d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_77 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    _piece76_d2__p3 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    _piece77_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     del _p3
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    d2__p3 = d2__p3_15 + d2__p3_76
-    del d2__p3_15, d2__p3_76
+    d2__p3 = _piece15_d2__p3 + _piece76_d2__p3
+    del _piece15_d2__p3, _piece76_d2__p3
     _c20 = d2__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_f_78 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    _piece78_d2_f = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     del _c20
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = d2__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p3
-    d2_f_79 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    _piece79_d2_f = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     del _c21
-    d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_81 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    _piece80_d2__p1 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    _piece81_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d2_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    d2__p1 = d2__p1_13 + d2__p1_80
-    del d2__p1_13, d2__p1_80
+    d2__p1 = _piece13_d2__p1 + _piece80_d2__p1
+    del _piece13_d2__p1, _piece80_d2__p1
     _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece82_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c22
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p1
-    d2_f_83 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece83_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c23
     d2_f = torch.cat([
-        (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
-        (d2_f_45 + d2_f_58 + d2_f_62 + d2_f_66 + d2_f_67 + d2_f_70 + d2_f_71 + d2_f_79).reshape(n, 48),
-        (d2_f_47 + d2_f_50 + d2_f_51 + d2_f_54 + d2_f_55 + d2_f_59 + d2_f_63 + d2_f_75).reshape(n, 80),
+        (_piece43_d2_f + _piece74_d2_f + _piece78_d2_f + _piece82_d2_f + _piece83_d2_f).reshape(n, 16),
+        (_piece45_d2_f + _piece58_d2_f + _piece62_d2_f + _piece66_d2_f + _piece67_d2_f + _piece70_d2_f + _piece71_d2_f + _piece79_d2_f).reshape(n, 48),
+        (_piece47_d2_f + _piece50_d2_f + _piece51_d2_f + _piece54_d2_f + _piece55_d2_f + _piece59_d2_f + _piece63_d2_f + _piece75_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_43, d2_f_45, d2_f_47, d2_f_50, d2_f_51, d2_f_54, d2_f_55, d2_f_58, d2_f_59, d2_f_62, d2_f_63, d2_f_66, d2_f_67, d2_f_70, d2_f_71, d2_f_74, d2_f_75, d2_f_78, d2_f_79, d2_f_82, d2_f_83
+    del _piece43_d2_f, _piece45_d2_f, _piece47_d2_f, _piece50_d2_f, _piece51_d2_f, _piece54_d2_f, _piece55_d2_f, _piece58_d2_f, _piece59_d2_f, _piece62_d2_f, _piece63_d2_f, _piece66_d2_f, _piece67_d2_f, _piece70_d2_f, _piece71_d2_f, _piece74_d2_f, _piece75_d2_f, _piece78_d2_f, _piece79_d2_f, _piece82_d2_f, _piece83_d2_f
     d2_d_g = torch.cat([
-        (d2_d_g_30 + d2_d_g_32 + d2_d_g_42).reshape(n, 16),
-        (d2_d_g_34 + d2_d_g_36 + d2_d_g_44).reshape(n, 48),
-        (d2_d_g_38 + d2_d_g_40 + d2_d_g_46).reshape(n, 80),
+        (_piece30_d2_d_g + _piece32_d2_d_g + _piece42_d2_d_g).reshape(n, 16),
+        (_piece34_d2_d_g + _piece36_d2_d_g + _piece44_d2_d_g).reshape(n, 48),
+        (_piece38_d2_d_g + _piece40_d2_d_g + _piece46_d2_d_g).reshape(n, 80),
     ], dim=-1)
-    del d2_d_g_30, d2_d_g_32, d2_d_g_34, d2_d_g_36, d2_d_g_38, d2_d_g_40, d2_d_g_42, d2_d_g_44, d2_d_g_46
+    del _piece30_d2_d_g, _piece32_d2_d_g, _piece34_d2_d_g, _piece36_d2_d_g, _piece38_d2_d_g, _piece40_d2_d_g, _piece42_d2_d_g, _piece44_d2_d_g, _piece46_d2_d_g
     d2_weight = torch.cat([
-        d2_weight_81.reshape(16),
-        d2_weight_77.reshape(16),
-        d2_weight_73.reshape(16),
-        d2_weight_69.reshape(16),
-        d2_weight_65.reshape(16),
-        d2_weight_61.reshape(16),
-        d2_weight_57.reshape(16),
-        d2_weight_53.reshape(16),
-        d2_weight_49.reshape(16),
-        d2_weight_33.reshape(256),
-        d2_weight_37.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece81_d2_weight.reshape(16),
+        _piece77_d2_weight.reshape(16),
+        _piece73_d2_weight.reshape(16),
+        _piece69_d2_weight.reshape(16),
+        _piece65_d2_weight.reshape(16),
+        _piece61_d2_weight.reshape(16),
+        _piece57_d2_weight.reshape(16),
+        _piece53_d2_weight.reshape(16),
+        _piece49_d2_weight.reshape(16),
+        _piece33_d2_weight.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
         weight.new_zeros(768),
     ], dim=-1)
-    del d2_weight_33, d2_weight_37, d2_weight_41, d2_weight_49, d2_weight_53, d2_weight_57, d2_weight_61, d2_weight_65, d2_weight_69, d2_weight_73, d2_weight_77, d2_weight_81
+    del _piece33_d2_weight, _piece37_d2_weight, _piece41_d2_weight, _piece49_d2_weight, _piece53_d2_weight, _piece57_d2_weight, _piece61_d2_weight, _piece65_d2_weight, _piece69_d2_weight, _piece73_d2_weight, _piece77_d2_weight, _piece81_d2_weight
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -5554,196 +5554,196 @@ def _cormorant_cg_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _cormorant_cg__kernel(f, weight, g__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """cormorant_cg: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # let p : 16x0+16x1+16x2
     # p.0: fuse(f, f) -> 16x(0 + 1 + 2) mix uuu
-    ch16 = tl.arange(0, 16)
-    cm16 = ch16 < 16
-    mask16 = row_mask[:, None] & cm16[None, :]
-    zero16 = tl.zeros([BLOCK_Z, 16], dtype=f.dtype.element_ty)
-    f_0_0 = tl.load(f + rows[:, None] * 144 + (0 + ch16[None, :] * 1), mask=mask16, other=0.0)
-    p1_0 = 1.0 * f_0_0 * f_0_0
-    w_p_0_0 = tl.load(weight + 0 + (0 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum1_0 = p1_0 * w_p_0_0 * 0.5773502691896257
-    f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    p3_0 = 0.5773502691896257 * f_0_0 * f_1_0
-    p3_1 = 0.5773502691896257 * f_0_0 * f_1_1
-    p3_2 = 0.5773502691896257 * f_0_0 * f_1_2
-    w_p_0_16 = tl.load(weight + 0 + (16 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum2_0 = p3_0 * w_p_0_16 * 1.224744871391589
-    sum2_1 = p3_1 * w_p_0_16 * 1.224744871391589
-    sum2_2 = p3_2 * w_p_0_16 * 1.224744871391589
-    f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_3 = tl.load(f + rows[:, None] * 144 + (67 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_4 = tl.load(f + rows[:, None] * 144 + (68 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    p5_0 = 0.4472135954999579 * f_0_0 * f_2_0
-    p5_1 = 0.4472135954999579 * f_0_0 * f_2_1
-    p5_2 = 0.4472135954999579 * f_0_0 * f_2_2
-    p5_3 = 0.4472135954999579 * f_0_0 * f_2_3
-    p5_4 = 0.4472135954999579 * f_0_0 * f_2_4
-    w_p_0_32 = tl.load(weight + 0 + (32 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum3_0 = p5_0 * w_p_0_32 * 1.118033988749895
-    sum3_1 = p5_1 * w_p_0_32 * 1.118033988749895
-    sum3_2 = p5_2 * w_p_0_32 * 1.118033988749895
-    sum3_3 = p5_3 * w_p_0_32 * 1.118033988749895
-    sum3_4 = p5_4 * w_p_0_32 * 1.118033988749895
-    p6_0 = 0.5773502691896257 * f_1_0 * f_1_0 + 0.5773502691896257 * f_1_1 * f_1_1 + 0.5773502691896257 * f_1_2 * f_1_2
-    w_p_0_48 = tl.load(weight + 0 + (48 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum4_0 = sum1_0 + p6_0 * w_p_0_48 * 0.5773502691896257
-    p7_0 = 0.31622776601683794 * f_1_0 * f_1_2 + 0.31622776601683794 * f_1_2 * f_1_0
-    p7_1 = 0.31622776601683794 * f_1_0 * f_1_1 + 0.31622776601683794 * f_1_1 * f_1_0
-    p7_2 = -0.18257418583505536 * f_1_0 * f_1_0 + 0.3651483716701107 * f_1_1 * f_1_1 + -0.18257418583505536 * f_1_2 * f_1_2
-    p7_3 = 0.31622776601683794 * f_1_1 * f_1_2 + 0.31622776601683794 * f_1_2 * f_1_1
-    p7_4 = -0.31622776601683794 * f_1_0 * f_1_0 + 0.31622776601683794 * f_1_2 * f_1_2
-    w_p_0_64 = tl.load(weight + 0 + (64 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum5_0 = sum3_0 + p7_0 * w_p_0_64 * 1.118033988749895
-    sum5_1 = sum3_1 + p7_1 * w_p_0_64 * 1.118033988749895
-    sum5_2 = sum3_2 + p7_2 * w_p_0_64 * 1.118033988749895
-    sum5_3 = sum3_3 + p7_3 * w_p_0_64 * 1.118033988749895
-    sum5_4 = sum3_4 + p7_4 * w_p_0_64 * 1.118033988749895
-    p8_0 = -0.18257418583505536 * f_1_0 * f_2_2 + -0.31622776601683794 * f_1_0 * f_2_4 + 0.31622776601683794 * f_1_1 * f_2_1 + 0.31622776601683794 * f_1_2 * f_2_0
-    p8_1 = 0.31622776601683794 * f_1_0 * f_2_1 + 0.3651483716701107 * f_1_1 * f_2_2 + 0.31622776601683794 * f_1_2 * f_2_3
-    p8_2 = 0.31622776601683794 * f_1_0 * f_2_0 + 0.31622776601683794 * f_1_1 * f_2_3 + -0.18257418583505536 * f_1_2 * f_2_2 + 0.31622776601683794 * f_1_2 * f_2_4
-    w_p_0_80 = tl.load(weight + 0 + (80 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum6_0 = sum2_0 + p8_0 * w_p_0_80 * 1.224744871391589
-    sum6_1 = sum2_1 + p8_1 * w_p_0_80 * 1.224744871391589
-    sum6_2 = sum2_2 + p8_2 * w_p_0_80 * 1.224744871391589
-    p9_0 = 0.18257418583505536 * f_1_0 * f_2_1 + 0.3651483716701107 * f_1_1 * f_2_4 + -0.18257418583505536 * f_1_2 * f_2_3
-    p9_1 = -0.18257418583505536 * f_1_0 * f_2_0 + 0.18257418583505536 * f_1_1 * f_2_3 + -0.31622776601683794 * f_1_2 * f_2_2 + -0.18257418583505536 * f_1_2 * f_2_4
-    p9_2 = -0.31622776601683794 * f_1_0 * f_2_3 + 0.31622776601683794 * f_1_2 * f_2_1
-    p9_3 = 0.31622776601683794 * f_1_0 * f_2_2 + -0.18257418583505536 * f_1_0 * f_2_4 + -0.18257418583505536 * f_1_1 * f_2_1 + 0.18257418583505536 * f_1_2 * f_2_0
-    p9_4 = 0.18257418583505536 * f_1_0 * f_2_3 + -0.3651483716701107 * f_1_1 * f_2_0 + 0.18257418583505536 * f_1_2 * f_2_1
-    w_p_0_96 = tl.load(weight + 0 + (96 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum7_0 = sum5_0 + p9_0 * w_p_0_96 * 1.118033988749895
-    sum7_1 = sum5_1 + p9_1 * w_p_0_96 * 1.118033988749895
-    sum7_2 = sum5_2 + p9_2 * w_p_0_96 * 1.118033988749895
-    sum7_3 = sum5_3 + p9_3 * w_p_0_96 * 1.118033988749895
-    sum7_4 = sum5_4 + p9_4 * w_p_0_96 * 1.118033988749895
-    p10_0 = 0.4472135954999579 * f_2_0 * f_2_0 + 0.4472135954999579 * f_2_1 * f_2_1 + 0.4472135954999579 * f_2_2 * f_2_2 + 0.4472135954999579 * f_2_3 * f_2_3 + 0.4472135954999579 * f_2_4 * f_2_4
-    w_p_0_112 = tl.load(weight + 0 + (112 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum8_0 = sum4_0 + p10_0 * w_p_0_112 * 0.5773502691896257
-    p11_0 = -0.23904572186687872 * f_2_0 * f_2_2 + 0.20701966780270625 * f_2_1 * f_2_3 + -0.23904572186687872 * f_2_2 * f_2_0 + 0.20701966780270625 * f_2_3 * f_2_1
-    p11_1 = 0.20701966780270625 * f_2_0 * f_2_3 + 0.11952286093343936 * f_2_1 * f_2_2 + -0.20701966780270625 * f_2_1 * f_2_4 + 0.11952286093343936 * f_2_2 * f_2_1 + 0.20701966780270625 * f_2_3 * f_2_0 + -0.20701966780270625 * f_2_4 * f_2_1
-    p11_2 = -0.23904572186687872 * f_2_0 * f_2_0 + 0.11952286093343936 * f_2_1 * f_2_1 + 0.23904572186687872 * f_2_2 * f_2_2 + 0.11952286093343936 * f_2_3 * f_2_3 + -0.23904572186687872 * f_2_4 * f_2_4
-    p11_3 = 0.20701966780270625 * f_2_0 * f_2_1 + 0.20701966780270625 * f_2_1 * f_2_0 + 0.11952286093343936 * f_2_2 * f_2_3 + 0.11952286093343936 * f_2_3 * f_2_2 + 0.20701966780270625 * f_2_3 * f_2_4 + 0.20701966780270625 * f_2_4 * f_2_3
-    p11_4 = -0.20701966780270625 * f_2_1 * f_2_1 + -0.23904572186687872 * f_2_2 * f_2_4 + 0.20701966780270625 * f_2_3 * f_2_3 + -0.23904572186687872 * f_2_4 * f_2_2
-    w_p_0_128 = tl.load(weight + 0 + (128 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    sum9_0 = sum7_0 + p11_0 * w_p_0_128 * 1.118033988749895
-    sum9_1 = sum7_1 + p11_1 * w_p_0_128 * 1.118033988749895
-    sum9_2 = sum7_2 + p11_2 * w_p_0_128 * 1.118033988749895
-    sum9_3 = sum7_3 + p11_3 * w_p_0_128 * 1.118033988749895
-    sum9_4 = sum7_4 + p11_4 * w_p_0_128 * 1.118033988749895
-    p_0_0 = sum8_0
-    p_1_0 = sum6_0
-    p_1_1 = sum6_1
-    p_1_2 = sum6_2
-    p_2_0 = sum9_0
-    p_2_1 = sum9_1
-    p_2_2 = sum9_2
-    p_2_3 = sum9_3
-    p_2_4 = sum9_4
+    _ch16 = tl.arange(0, 16)
+    _cm16 = _ch16 < 16
+    _mask16 = _row_mask[:, None] & _cm16[None, :]
+    _zero16 = tl.zeros([BLOCK_Z, 16], dtype=f.dtype.element_ty)
+    f__0_0 = tl.load(f + _rows[:, None] * 144 + (0 + _ch16[None, :] * 1), mask=_mask16, other=0.0)
+    _p1_0 = 1.0 * f__0_0 * f__0_0
+    _w_p__0_0 = tl.load(weight + 0 + (0 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum1_0 = _p1_0 * _w_p__0_0 * 0.5773502691896257
+    f__1_0 = tl.load(f + _rows[:, None] * 144 + (16 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    f__1_1 = tl.load(f + _rows[:, None] * 144 + (17 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    f__1_2 = tl.load(f + _rows[:, None] * 144 + (18 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    _p3_0 = 0.5773502691896257 * f__0_0 * f__1_0
+    _p3_1 = 0.5773502691896257 * f__0_0 * f__1_1
+    _p3_2 = 0.5773502691896257 * f__0_0 * f__1_2
+    _w_p__0_16 = tl.load(weight + 0 + (16 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum2_0 = _p3_0 * _w_p__0_16 * 1.224744871391589
+    _sum2_1 = _p3_1 * _w_p__0_16 * 1.224744871391589
+    _sum2_2 = _p3_2 * _w_p__0_16 * 1.224744871391589
+    f__2_0 = tl.load(f + _rows[:, None] * 144 + (64 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_1 = tl.load(f + _rows[:, None] * 144 + (65 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_2 = tl.load(f + _rows[:, None] * 144 + (66 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_3 = tl.load(f + _rows[:, None] * 144 + (67 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_4 = tl.load(f + _rows[:, None] * 144 + (68 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    _p5_0 = 0.4472135954999579 * f__0_0 * f__2_0
+    _p5_1 = 0.4472135954999579 * f__0_0 * f__2_1
+    _p5_2 = 0.4472135954999579 * f__0_0 * f__2_2
+    _p5_3 = 0.4472135954999579 * f__0_0 * f__2_3
+    _p5_4 = 0.4472135954999579 * f__0_0 * f__2_4
+    _w_p__0_32 = tl.load(weight + 0 + (32 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum3_0 = _p5_0 * _w_p__0_32 * 1.118033988749895
+    _sum3_1 = _p5_1 * _w_p__0_32 * 1.118033988749895
+    _sum3_2 = _p5_2 * _w_p__0_32 * 1.118033988749895
+    _sum3_3 = _p5_3 * _w_p__0_32 * 1.118033988749895
+    _sum3_4 = _p5_4 * _w_p__0_32 * 1.118033988749895
+    _p6_0 = 0.5773502691896257 * f__1_0 * f__1_0 + 0.5773502691896257 * f__1_1 * f__1_1 + 0.5773502691896257 * f__1_2 * f__1_2
+    _w_p__0_48 = tl.load(weight + 0 + (48 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum4_0 = _sum1_0 + _p6_0 * _w_p__0_48 * 0.5773502691896257
+    _p7_0 = 0.31622776601683794 * f__1_0 * f__1_2 + 0.31622776601683794 * f__1_2 * f__1_0
+    _p7_1 = 0.31622776601683794 * f__1_0 * f__1_1 + 0.31622776601683794 * f__1_1 * f__1_0
+    _p7_2 = -0.18257418583505536 * f__1_0 * f__1_0 + 0.3651483716701107 * f__1_1 * f__1_1 + -0.18257418583505536 * f__1_2 * f__1_2
+    _p7_3 = 0.31622776601683794 * f__1_1 * f__1_2 + 0.31622776601683794 * f__1_2 * f__1_1
+    _p7_4 = -0.31622776601683794 * f__1_0 * f__1_0 + 0.31622776601683794 * f__1_2 * f__1_2
+    _w_p__0_64 = tl.load(weight + 0 + (64 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum5_0 = _sum3_0 + _p7_0 * _w_p__0_64 * 1.118033988749895
+    _sum5_1 = _sum3_1 + _p7_1 * _w_p__0_64 * 1.118033988749895
+    _sum5_2 = _sum3_2 + _p7_2 * _w_p__0_64 * 1.118033988749895
+    _sum5_3 = _sum3_3 + _p7_3 * _w_p__0_64 * 1.118033988749895
+    _sum5_4 = _sum3_4 + _p7_4 * _w_p__0_64 * 1.118033988749895
+    _p8_0 = -0.18257418583505536 * f__1_0 * f__2_2 + -0.31622776601683794 * f__1_0 * f__2_4 + 0.31622776601683794 * f__1_1 * f__2_1 + 0.31622776601683794 * f__1_2 * f__2_0
+    _p8_1 = 0.31622776601683794 * f__1_0 * f__2_1 + 0.3651483716701107 * f__1_1 * f__2_2 + 0.31622776601683794 * f__1_2 * f__2_3
+    _p8_2 = 0.31622776601683794 * f__1_0 * f__2_0 + 0.31622776601683794 * f__1_1 * f__2_3 + -0.18257418583505536 * f__1_2 * f__2_2 + 0.31622776601683794 * f__1_2 * f__2_4
+    _w_p__0_80 = tl.load(weight + 0 + (80 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum6_0 = _sum2_0 + _p8_0 * _w_p__0_80 * 1.224744871391589
+    _sum6_1 = _sum2_1 + _p8_1 * _w_p__0_80 * 1.224744871391589
+    _sum6_2 = _sum2_2 + _p8_2 * _w_p__0_80 * 1.224744871391589
+    _p9_0 = 0.18257418583505536 * f__1_0 * f__2_1 + 0.3651483716701107 * f__1_1 * f__2_4 + -0.18257418583505536 * f__1_2 * f__2_3
+    _p9_1 = -0.18257418583505536 * f__1_0 * f__2_0 + 0.18257418583505536 * f__1_1 * f__2_3 + -0.31622776601683794 * f__1_2 * f__2_2 + -0.18257418583505536 * f__1_2 * f__2_4
+    _p9_2 = -0.31622776601683794 * f__1_0 * f__2_3 + 0.31622776601683794 * f__1_2 * f__2_1
+    _p9_3 = 0.31622776601683794 * f__1_0 * f__2_2 + -0.18257418583505536 * f__1_0 * f__2_4 + -0.18257418583505536 * f__1_1 * f__2_1 + 0.18257418583505536 * f__1_2 * f__2_0
+    _p9_4 = 0.18257418583505536 * f__1_0 * f__2_3 + -0.3651483716701107 * f__1_1 * f__2_0 + 0.18257418583505536 * f__1_2 * f__2_1
+    _w_p__0_96 = tl.load(weight + 0 + (96 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum7_0 = _sum5_0 + _p9_0 * _w_p__0_96 * 1.118033988749895
+    _sum7_1 = _sum5_1 + _p9_1 * _w_p__0_96 * 1.118033988749895
+    _sum7_2 = _sum5_2 + _p9_2 * _w_p__0_96 * 1.118033988749895
+    _sum7_3 = _sum5_3 + _p9_3 * _w_p__0_96 * 1.118033988749895
+    _sum7_4 = _sum5_4 + _p9_4 * _w_p__0_96 * 1.118033988749895
+    _p10_0 = 0.4472135954999579 * f__2_0 * f__2_0 + 0.4472135954999579 * f__2_1 * f__2_1 + 0.4472135954999579 * f__2_2 * f__2_2 + 0.4472135954999579 * f__2_3 * f__2_3 + 0.4472135954999579 * f__2_4 * f__2_4
+    _w_p__0_112 = tl.load(weight + 0 + (112 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum8_0 = _sum4_0 + _p10_0 * _w_p__0_112 * 0.5773502691896257
+    _p11_0 = -0.23904572186687872 * f__2_0 * f__2_2 + 0.20701966780270625 * f__2_1 * f__2_3 + -0.23904572186687872 * f__2_2 * f__2_0 + 0.20701966780270625 * f__2_3 * f__2_1
+    _p11_1 = 0.20701966780270625 * f__2_0 * f__2_3 + 0.11952286093343936 * f__2_1 * f__2_2 + -0.20701966780270625 * f__2_1 * f__2_4 + 0.11952286093343936 * f__2_2 * f__2_1 + 0.20701966780270625 * f__2_3 * f__2_0 + -0.20701966780270625 * f__2_4 * f__2_1
+    _p11_2 = -0.23904572186687872 * f__2_0 * f__2_0 + 0.11952286093343936 * f__2_1 * f__2_1 + 0.23904572186687872 * f__2_2 * f__2_2 + 0.11952286093343936 * f__2_3 * f__2_3 + -0.23904572186687872 * f__2_4 * f__2_4
+    _p11_3 = 0.20701966780270625 * f__2_0 * f__2_1 + 0.20701966780270625 * f__2_1 * f__2_0 + 0.11952286093343936 * f__2_2 * f__2_3 + 0.11952286093343936 * f__2_3 * f__2_2 + 0.20701966780270625 * f__2_3 * f__2_4 + 0.20701966780270625 * f__2_4 * f__2_3
+    _p11_4 = -0.20701966780270625 * f__2_1 * f__2_1 + -0.23904572186687872 * f__2_2 * f__2_4 + 0.20701966780270625 * f__2_3 * f__2_3 + -0.23904572186687872 * f__2_4 * f__2_2
+    _w_p__0_128 = tl.load(weight + 0 + (128 + _ch16[None, :] * 1), mask=_cm16[None, :], other=0.0)
+    _sum9_0 = _sum7_0 + _p11_0 * _w_p__0_128 * 1.118033988749895
+    _sum9_1 = _sum7_1 + _p11_1 * _w_p__0_128 * 1.118033988749895
+    _sum9_2 = _sum7_2 + _p11_2 * _w_p__0_128 * 1.118033988749895
+    _sum9_3 = _sum7_3 + _p11_3 * _w_p__0_128 * 1.118033988749895
+    _sum9_4 = _sum7_4 + _p11_4 * _w_p__0_128 * 1.118033988749895
+    p__0_0 = _sum8_0
+    p__1_0 = _sum6_0
+    p__1_1 = _sum6_1
+    p__1_2 = _sum6_2
+    p__2_0 = _sum9_0
+    p__2_1 = _sum9_1
+    p__2_2 = _sum9_2
+    p__2_3 = _sum9_3
+    p__2_4 = _sum9_4
 
     # out g : 16x0+16x1+16x2
     # g.0: p mix uvw
-    sum10_0 = tl.dot(p_0_0, tl.load(weight + 144 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum11_0 = tl.dot(p_1_0, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum11_1 = tl.dot(p_1_1, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum11_2 = tl.dot(p_1_2, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum12_0 = tl.dot(p_2_0, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum12_1 = tl.dot(p_2_1, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum12_2 = tl.dot(p_2_2, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum12_3 = tl.dot(p_2_3, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum12_4 = tl.dot(p_2_4, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum10_0 = tl.dot(p__0_0, tl.load(weight + 144 + (0 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum11_0 = tl.dot(p__1_0, tl.load(weight + 144 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum11_1 = tl.dot(p__1_1, tl.load(weight + 144 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum11_2 = tl.dot(p__1_2, tl.load(weight + 144 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum12_0 = tl.dot(p__2_0, tl.load(weight + 144 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum12_1 = tl.dot(p__2_1, tl.load(weight + 144 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum12_2 = tl.dot(p__2_2, tl.load(weight + 144 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum12_3 = tl.dot(p__2_3, tl.load(weight + 144 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum12_4 = tl.dot(p__2_4, tl.load(weight + 144 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     # g.1: f mix uvw
-    g_1_p0_0 = zero16
+    _g__1_p0_0 = _zero16
     for _u in range(16):
-        g_1_p0_x0 = tl.load(f + rows * 144 + 0 + _u * 1, mask=row_mask, other=0.0)
-        g_1_p0_w = tl.load(weight + 912 + (0 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        g_1_p0_0 += (1.0 * g_1_p0_x0)[:, None] * g_1_p0_w
-    sum13_0 = sum10_0 + g_1_p0_0 * 0.25
-    g_1_p1_0 = zero16
-    g_1_p1_1 = zero16
-    g_1_p1_2 = zero16
+        _g__1_p0_x0 = tl.load(f + _rows * 144 + 0 + _u * 1, mask=_row_mask, other=0.0)
+        _g__1_p0_w = tl.load(weight + 912 + (0 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _g__1_p0_0 += (1.0 * _g__1_p0_x0)[:, None] * _g__1_p0_w
+    _sum13_0 = _sum10_0 + _g__1_p0_0 * 0.25
+    _g__1_p1_0 = _zero16
+    _g__1_p1_1 = _zero16
+    _g__1_p1_2 = _zero16
     for _u in range(16):
-        g_1_p1_x0 = tl.load(f + rows * 144 + 16 + _u * 3, mask=row_mask, other=0.0)
-        g_1_p1_x1 = tl.load(f + rows * 144 + 17 + _u * 3, mask=row_mask, other=0.0)
-        g_1_p1_x2 = tl.load(f + rows * 144 + 18 + _u * 3, mask=row_mask, other=0.0)
-        g_1_p1_w = tl.load(weight + 912 + (256 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        g_1_p1_0 += (1.0 * g_1_p1_x0)[:, None] * g_1_p1_w
-        g_1_p1_1 += (1.0 * g_1_p1_x1)[:, None] * g_1_p1_w
-        g_1_p1_2 += (1.0 * g_1_p1_x2)[:, None] * g_1_p1_w
-    sum14_0 = sum11_0 + g_1_p1_0 * 0.25
-    sum14_1 = sum11_1 + g_1_p1_1 * 0.25
-    sum14_2 = sum11_2 + g_1_p1_2 * 0.25
-    g_1_p2_0 = zero16
-    g_1_p2_1 = zero16
-    g_1_p2_2 = zero16
-    g_1_p2_3 = zero16
-    g_1_p2_4 = zero16
+        _g__1_p1_x0 = tl.load(f + _rows * 144 + 16 + _u * 3, mask=_row_mask, other=0.0)
+        _g__1_p1_x1 = tl.load(f + _rows * 144 + 17 + _u * 3, mask=_row_mask, other=0.0)
+        _g__1_p1_x2 = tl.load(f + _rows * 144 + 18 + _u * 3, mask=_row_mask, other=0.0)
+        _g__1_p1_w = tl.load(weight + 912 + (256 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _g__1_p1_0 += (1.0 * _g__1_p1_x0)[:, None] * _g__1_p1_w
+        _g__1_p1_1 += (1.0 * _g__1_p1_x1)[:, None] * _g__1_p1_w
+        _g__1_p1_2 += (1.0 * _g__1_p1_x2)[:, None] * _g__1_p1_w
+    _sum14_0 = _sum11_0 + _g__1_p1_0 * 0.25
+    _sum14_1 = _sum11_1 + _g__1_p1_1 * 0.25
+    _sum14_2 = _sum11_2 + _g__1_p1_2 * 0.25
+    _g__1_p2_0 = _zero16
+    _g__1_p2_1 = _zero16
+    _g__1_p2_2 = _zero16
+    _g__1_p2_3 = _zero16
+    _g__1_p2_4 = _zero16
     for _u in range(16):
-        g_1_p2_x0 = tl.load(f + rows * 144 + 64 + _u * 5, mask=row_mask, other=0.0)
-        g_1_p2_x1 = tl.load(f + rows * 144 + 65 + _u * 5, mask=row_mask, other=0.0)
-        g_1_p2_x2 = tl.load(f + rows * 144 + 66 + _u * 5, mask=row_mask, other=0.0)
-        g_1_p2_x3 = tl.load(f + rows * 144 + 67 + _u * 5, mask=row_mask, other=0.0)
-        g_1_p2_x4 = tl.load(f + rows * 144 + 68 + _u * 5, mask=row_mask, other=0.0)
-        g_1_p2_w = tl.load(weight + 912 + (512 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        g_1_p2_0 += (1.0 * g_1_p2_x0)[:, None] * g_1_p2_w
-        g_1_p2_1 += (1.0 * g_1_p2_x1)[:, None] * g_1_p2_w
-        g_1_p2_2 += (1.0 * g_1_p2_x2)[:, None] * g_1_p2_w
-        g_1_p2_3 += (1.0 * g_1_p2_x3)[:, None] * g_1_p2_w
-        g_1_p2_4 += (1.0 * g_1_p2_x4)[:, None] * g_1_p2_w
-    sum15_0 = sum12_0 + g_1_p2_0 * 0.25
-    sum15_1 = sum12_1 + g_1_p2_1 * 0.25
-    sum15_2 = sum12_2 + g_1_p2_2 * 0.25
-    sum15_3 = sum12_3 + g_1_p2_3 * 0.25
-    sum15_4 = sum12_4 + g_1_p2_4 * 0.25
-    g_0_0 = sum13_0
-    tl.store(g_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), g_0_0, mask=mask16)
-    g_1_0 = sum14_0
-    g_1_1 = sum14_1
-    g_1_2 = sum14_2
-    tl.store(g_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), g_1_0, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), g_1_1, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), g_1_2, mask=mask16)
-    g_2_0 = sum15_0
-    g_2_1 = sum15_1
-    g_2_2 = sum15_2
-    g_2_3 = sum15_3
-    g_2_4 = sum15_4
-    tl.store(g_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), g_2_0, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), g_2_1, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), g_2_2, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (67 + ch16[None, :] * 5), g_2_3, mask=mask16)
-    tl.store(g_out + rows[:, None] * 144 + (68 + ch16[None, :] * 5), g_2_4, mask=mask16)
+        _g__1_p2_x0 = tl.load(f + _rows * 144 + 64 + _u * 5, mask=_row_mask, other=0.0)
+        _g__1_p2_x1 = tl.load(f + _rows * 144 + 65 + _u * 5, mask=_row_mask, other=0.0)
+        _g__1_p2_x2 = tl.load(f + _rows * 144 + 66 + _u * 5, mask=_row_mask, other=0.0)
+        _g__1_p2_x3 = tl.load(f + _rows * 144 + 67 + _u * 5, mask=_row_mask, other=0.0)
+        _g__1_p2_x4 = tl.load(f + _rows * 144 + 68 + _u * 5, mask=_row_mask, other=0.0)
+        _g__1_p2_w = tl.load(weight + 912 + (512 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _g__1_p2_0 += (1.0 * _g__1_p2_x0)[:, None] * _g__1_p2_w
+        _g__1_p2_1 += (1.0 * _g__1_p2_x1)[:, None] * _g__1_p2_w
+        _g__1_p2_2 += (1.0 * _g__1_p2_x2)[:, None] * _g__1_p2_w
+        _g__1_p2_3 += (1.0 * _g__1_p2_x3)[:, None] * _g__1_p2_w
+        _g__1_p2_4 += (1.0 * _g__1_p2_x4)[:, None] * _g__1_p2_w
+    _sum15_0 = _sum12_0 + _g__1_p2_0 * 0.25
+    _sum15_1 = _sum12_1 + _g__1_p2_1 * 0.25
+    _sum15_2 = _sum12_2 + _g__1_p2_2 * 0.25
+    _sum15_3 = _sum12_3 + _g__1_p2_3 * 0.25
+    _sum15_4 = _sum12_4 + _g__1_p2_4 * 0.25
+    g__0_0 = _sum13_0
+    tl.store(g__out + _rows[:, None] * 144 + (0 + _ch16[None, :] * 1), g__0_0, mask=_mask16)
+    g__1_0 = _sum14_0
+    g__1_1 = _sum14_1
+    g__1_2 = _sum14_2
+    tl.store(g__out + _rows[:, None] * 144 + (16 + _ch16[None, :] * 3), g__1_0, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (17 + _ch16[None, :] * 3), g__1_1, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (18 + _ch16[None, :] * 3), g__1_2, mask=_mask16)
+    g__2_0 = _sum15_0
+    g__2_1 = _sum15_1
+    g__2_2 = _sum15_2
+    g__2_3 = _sum15_3
+    g__2_4 = _sum15_4
+    tl.store(g__out + _rows[:, None] * 144 + (64 + _ch16[None, :] * 5), g__2_0, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (65 + _ch16[None, :] * 5), g__2_1, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (66 + _ch16[None, :] * 5), g__2_2, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (67 + _ch16[None, :] * 5), g__2_3, mask=_mask16)
+    tl.store(g__out + _rows[:, None] * 144 + (68 + _ch16[None, :] * 5), g__2_4, mask=_mask16)
 
 
-def _cormorant_cg_triton(f, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _cormorant_cg__triton(f, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the cormorant_cg kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = f.shape[0]
-    g_out = rt.output_rows(f, n, 144)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _cormorant_cg_kernel[grid](f.contiguous(), weight.contiguous(), g_out, n, enable_fp_fusion=True)
-    return [g_out]
+    g__out = rt.output_rows(f, n, 144)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _cormorant_cg__kernel[_grid](f.contiguous(), weight.contiguous(), g__out, n, enable_fp_fusion=True)
+    return [g__out]
 
 
 # cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f_triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg_d2_f)
-_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight_triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg_d2_weight)
-_ops.register("cormorant_cg_d", _cormorant_cg_d_triton, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight])
-_ops.register("cormorant_cg", _cormorant_cg_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True)
+_ops.register("cormorant_cg__d__d2_f", _cormorant_cg__d__d2_f__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg__d__d2_f)
+_ops.register("cormorant_cg__d__d2_weight", _cormorant_cg__d__d2_weight__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg__d__d2_weight)
+_ops.register("cormorant_cg__d", _cormorant_cg__d__triton, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f, _ops.cormorant_cg__d__d2_weight])
+_ops.register("cormorant_cg", _cormorant_cg__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d], check_indices=True)
 
 
 @triton.jit
-def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel0(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 1–16 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5763,7 +5763,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
-    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    p1_1 = _g_p__0_ptr + 0 + ij_1[None, None, :] * 179
     m1_1 = (ij_1[None, None, :] < 9)
     po_1 = scratch + 144 + z[:, None] * 2598
     mo_1 = row_mask[:, None]
@@ -5973,7 +5973,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
 
 
 @triton.jit
-def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel1(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 17–32 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6207,7 +6207,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
 
 
 @triton.jit
-def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel2(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 33–48 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6308,7 +6308,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
             q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
             tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_39 = tl.arange(0, 4)
     p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, None, :, None] * 5
     m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, None, :, None] < 3)
@@ -6401,7 +6401,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
         q_45 = po_45 + iu_45[None, :, None] * 5
         tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     ik_46 = tl.arange(0, 4)
     ip_46 = tl.arange(0, 2)
     p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, None, :, None] * 3 + ik_46[None, None, :, None, None]
@@ -6442,7 +6442,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
 
 
 @triton.jit
-def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel3(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 49–64 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6492,7 +6492,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(tl.sum(a0_51 * a1_51, axis=4), axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_52 = tl.arange(0, 8)
     ik_52 = tl.arange(0, 1)
     ip_52 = tl.arange(0, 1)
@@ -6553,7 +6553,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
         q_55 = po_55 + iu_55[None, :, None] * 3
         tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_56 = tl.arange(0, 4)
     ip_56 = tl.arange(0, 2)
     p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, None, :, None] * 5
@@ -6636,7 +6636,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
         q_61 = po_61 + iu_61[None, :, None] * 3
         tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + tl.sum(tl.sum(a0_61 * a1_61, axis=4), axis=3), mask=mo_61)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_62 = tl.arange(0, 4)
     ik_62 = tl.arange(0, 4)
     ip_62 = tl.arange(0, 4)
@@ -6676,7 +6676,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
 
 
 @triton.jit
-def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel4(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 65–80 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6735,7 +6735,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     q_68 = po_68
     tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_69 = tl.arange(0, 4)
     ik_69 = tl.arange(0, 1)
     ip_69 = tl.arange(0, 1)
@@ -6795,7 +6795,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     q_72 = po_72
     tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_73 = tl.arange(0, 1)
     ik_73 = tl.arange(0, 8)
     ip_73 = tl.arange(0, 1)
@@ -6855,7 +6855,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     q_76 = po_76
     tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_77 = tl.arange(0, 1)
     ik_77 = tl.arange(0, 4)
     ip_77 = tl.arange(0, 1)
@@ -6918,13 +6918,13 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
 
 
 @triton.jit
-def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _cormorant_message__d__kernel5(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p__0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of cormorant_message, statements 81–82 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
     ip_81 = tl.arange(0, 1)
@@ -6944,7 +6944,7 @@ def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ij_82 = tl.arange(0, 16)
     p0_82 = scratch + 1443 + z[:, None, None] * 2598
     m0_82 = row_mask[:, None, None]
-    p1_82 = _g_p_0_ptr + 0 + ij_82[None, :, None] * 179
+    p1_82 = _g_p__0_ptr + 0 + ij_82[None, :, None] * 179
     m1_82 = (ij_82[None, :, None] < 9)
     po_82 = d_sh_ptr + 0 + z[:, None] * 9 + ij_82[None, :]
     mo_82 = row_mask[:, None] & (ij_82[None, :] < 9)
@@ -6959,8 +6959,8 @@ def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
 
 
-def _cormorant_message_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message_d kernel on (f, sh, w, d_m, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_message__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message__d kernel on (f, sh, w, d_m, weight, _g_p__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (144, 9, 240)]
@@ -6968,15 +6968,15 @@ def _cormorant_message_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 768)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_message_d_0_kernel, _cormorant_message_d_1_kernel, _cormorant_message_d_2_kernel, _cormorant_message_d_3_kernel, _cormorant_message_d_4_kernel, _cormorant_message_d_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_message__d__kernel0, _cormorant_message__d__kernel1, _cormorant_message__d__kernel2, _cormorant_message__d__kernel3, _cormorant_message__d__kernel4, _cormorant_message__d__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:768].sum(0)]
 
 
 @triton.jit
-def _cormorant_message_d2_f_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 1–16 of 76: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_f__kernel0(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f, statements 1–16 of 76: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6998,7 +6998,7 @@ def _cormorant_message_d2_f_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
-    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    p1_1 = _g_p__0_ptr + 0 + ij_1[None, None, :] * 179
     m1_1 = (ij_1[None, None, :] < 9)
     po_1 = scratch + 0 + z[:, None] * 2598
     mo_1 = row_mask[:, None]
@@ -7181,8 +7181,8 @@ def _cormorant_message_d2_f_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 17–32 of 76: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_f__kernel1(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f, statements 17–32 of 76: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -7285,7 +7285,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_23 = po_23
     tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + a0_23 * a1_23, mask=mo_23)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     iu_24 = tl.arange(0, 16)
     ip_24 = tl.arange(0, 1)
     ik_24 = tl.arange(0, 1)
@@ -7301,7 +7301,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_24 = po_24
     tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=4), mask=mo_24)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     ii_25 = tl.arange(0, 1)
     ik_25 = tl.arange(0, 1)
     ip_25 = tl.arange(0, 1)
@@ -7345,7 +7345,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_27 = po_27
     tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3), mask=mo_27)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     iu_28 = tl.arange(0, 16)
     ip_28 = tl.arange(0, 1)
     ik_28 = tl.arange(0, 4)
@@ -7361,7 +7361,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_28 = po_28
     tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(a0_28 * a1_28, axis=4), mask=mo_28)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     ii_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 4)
     ip_29 = tl.arange(0, 1)
@@ -7405,7 +7405,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_31 = po_31
     tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3), mask=mo_31)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     iu_32 = tl.arange(0, 16)
     ip_32 = tl.arange(0, 1)
     ik_32 = tl.arange(0, 8)
@@ -7424,13 +7424,13 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 33–48 of 76: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_f__kernel2(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f, statements 33–48 of 76: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     ii_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 8)
     ip_33 = tl.arange(0, 1)
@@ -7474,7 +7474,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_35 = po_35
     tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     iu_36 = tl.arange(0, 16)
     ip_36 = tl.arange(0, 1)
     ik_36 = tl.arange(0, 1)
@@ -7490,7 +7490,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_36 = po_36
     tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     ii_37 = tl.arange(0, 4)
     ik_37 = tl.arange(0, 1)
     ip_37 = tl.arange(0, 1)
@@ -7534,7 +7534,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     ip_40 = tl.arange(0, 4)
     ik_40 = tl.arange(0, 4)
     ii_40 = tl.arange(0, 4)
@@ -7551,7 +7551,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
         q_40 = po_40 + iu_40[None, :, None, None] * 9
         tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     ii_41 = tl.arange(0, 4)
     ik_41 = tl.arange(0, 4)
     ip_41 = tl.arange(0, 4)
@@ -7598,7 +7598,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_43 = po_43
     tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     ip_44 = tl.arange(0, 2)
     ik_44 = tl.arange(0, 8)
     ii_44 = tl.arange(0, 4)
@@ -7615,7 +7615,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
         q_44 = po_44 + iu_44[None, :, None, None] * 10
         tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     ii_45 = tl.arange(0, 4)
     ip_45 = tl.arange(0, 2)
     p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_45[None, :, None, None, None]
@@ -7663,7 +7663,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     iu_48 = tl.arange(0, 16)
     ip_48 = tl.arange(0, 1)
     ik_48 = tl.arange(0, 1)
@@ -7682,13 +7682,13 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 49–64 of 76: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_f__kernel3(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f, statements 49–64 of 76: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     ii_49 = tl.arange(0, 8)
     ik_49 = tl.arange(0, 1)
     ip_49 = tl.arange(0, 1)
@@ -7732,7 +7732,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 4)
     ii_52 = tl.arange(0, 8)
@@ -7749,7 +7749,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
         q_52 = po_52 + iu_52[None, :, None, None] * 6
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     ik_53 = tl.arange(0, 4)
     ip_53 = tl.arange(0, 2)
     p0_53 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
@@ -7797,7 +7797,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     q_55 = po_55
     tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     ip_56 = tl.arange(0, 4)
     p0_56 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_56 = row_mask[:, None, None, None, None]
@@ -7818,7 +7818,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
             q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
             tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     ip_57 = tl.arange(0, 4)
     p0_57 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_57 = row_mask[:, None, None, None, None]
@@ -7952,8 +7952,8 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_f_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 65–76 of 76: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_f__kernel4(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f, statements 65–76 of 76: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8068,7 +8068,7 @@ def _cormorant_message_d2_f_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ij_76 = tl.arange(0, 16)
     p0_76 = scratch + 1299 + z[:, None, None] * 2598
     m0_76 = row_mask[:, None, None]
-    p1_76 = _g_p_0_ptr + 0 + ij_76[None, :, None] * 179
+    p1_76 = _g_p__0_ptr + 0 + ij_76[None, :, None] * 179
     m1_76 = (ij_76[None, :, None] < 9)
     po_76 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_76[None, :]
     mo_76 = row_mask[:, None] & (ij_76[None, :] < 9)
@@ -8083,8 +8083,8 @@ def _cormorant_message_d2_f_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     tl.debug_barrier()
 
 
-def _cormorant_message_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message_d2_f kernel on (f, sh, w, d_m, d2_d_f, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_message__d__d2_f__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message__d__d2_f kernel on (f, sh, w, d_m, d2_d_f, weight, _g_p__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
@@ -8092,237 +8092,237 @@ def _cormorant_message_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 768)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_message_d2_f_0_kernel, _cormorant_message_d2_f_1_kernel, _cormorant_message_d2_f_2_kernel, _cormorant_message_d2_f_3_kernel, _cormorant_message_d2_f_4_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_message__d__d2_f__kernel0, _cormorant_message__d__d2_f__kernel1, _cormorant_message__d__d2_f__kernel2, _cormorant_message__d__d2_f__kernel3, _cormorant_message__d__d2_f__kernel4,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
-def _cormorant_message_d2_f(
+def _cormorant_message__d__d2_f(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_0_0
-    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_0_1
-    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
-    del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_0_2
-    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_22 = torch.bmm(d__t_p_0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_1_0
-    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_1_1
-    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_1_1
-    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_27 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_1_2
-    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_1_2
-    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_29 = torch.bmm(d__t_p_0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_2_0
-    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_2_1
-    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_2_1
-    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    del _m_p_0
-    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_34 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_p_0_2_2
-    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_2_2, d_p
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p__0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece13_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_0
+    _piece14_d2_d_p = d2_d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece15_d2_w = d2_d__t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_0_0
+    # ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p__0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece16_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_1
+    _piece17_d2_d_p = d2_d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece18_d2_w = (d2_d__t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_0_1
+    # ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p__0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece19_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
+    del d__t_p__0_0_2
+    _piece20_d2_d_p = d2_d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece21_d2_w = (d2_d__t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_0_2
+    # ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece22_d2__m_p__0 = torch.bmm(d__t_p__0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p__0_1_0
+    _piece23_d2_d_p = d2_d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece24_d2_w = d2_d__t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_1_0
+    # ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p__0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece25_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_1_1
+    _piece26_d2_d_p = (d2_d__t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_d__t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_1_1
+    # ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p__0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece27_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_1_2
+    _piece28_d2_d_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_d__t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_1_2
+    # ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece29_d2__m_p__0 = torch.bmm(d__t_p__0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p__0_2_0
+    _piece30_d2_d_p = d2_d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece31_d2_w = d2_d__t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_2_0
+    # ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece32_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_2_1
+    _piece33_d2_d_p = (d2_d__t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_d__t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_2_1
+    # ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p__0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
+    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece34_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_p__0_2_2
+    _piece35_d2_d_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_d__t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
-        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
-        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
+        (_piece14_d2_d_p + _piece23_d2_d_p + _piece30_d2_d_p).reshape(n, 16),
+        (_piece17_d2_d_p + _piece26_d2_d_p + _piece33_d2_d_p).reshape(n, 48),
+        (_piece20_d2_d_p + _piece28_d2_d_p + _piece35_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
-    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece14_d2_d_p, _piece17_d2_d_p, _piece20_d2_d_p, _piece23_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p, _piece30_d2_d_p, _piece33_d2_d_p, _piece35_d2_d_p
+    _piece36_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece38_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece39_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
-    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
+    _piece42_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece43_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    _piece45_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece46_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    _piece47_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece48_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    _piece49_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece50_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece51_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_13.reshape(n, 1),
-        d2__m_p_0_16.reshape(n, 3),
-        d2__m_p_0_19.reshape(n, 5),
-        d2__m_p_0_22.reshape(n, 3),
-        d2__m_p_0_25.reshape(n, 27),
-        d2__m_p_0_27.reshape(n, 30),
-        d2__m_p_0_29.reshape(n, 5),
-        d2__m_p_0_32.reshape(n, 30),
-        d2__m_p_0_34.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece13_d2__m_p__0.reshape(n, 1),
+        _piece16_d2__m_p__0.reshape(n, 3),
+        _piece19_d2__m_p__0.reshape(n, 5),
+        _piece22_d2__m_p__0.reshape(n, 3),
+        _piece25_d2__m_p__0.reshape(n, 27),
+        _piece27_d2__m_p__0.reshape(n, 30),
+        _piece29_d2__m_p__0.reshape(n, 5),
+        _piece32_d2__m_p__0.reshape(n, 30),
+        _piece34_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_13, d2__m_p_0_16, d2__m_p_0_19, d2__m_p_0_22, d2__m_p_0_25, d2__m_p_0_27, d2__m_p_0_29, d2__m_p_0_32, d2__m_p_0_34
-    d2_sh_52 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece13_d2__m_p__0, _piece16_d2__m_p__0, _piece19_d2__m_p__0, _piece22_d2__m_p__0, _piece25_d2__m_p__0, _piece27_d2__m_p__0, _piece29_d2__m_p__0, _piece32_d2__m_p__0, _piece34_d2__m_p__0
+    _piece52_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = weight.new_zeros(n, 144)
-    d2_sh = d2_sh_52
-    del d2_sh_52
+    d2_sh = _piece52_d2_sh
+    del _piece52_d2_sh
     d2_w = torch.cat([
-        d2_w_15.reshape(n, 16),
-        d2_w_18.reshape(n, 16),
-        d2_w_21.reshape(n, 16),
-        d2_w_51.reshape(n, 16),
-        d2_w_24.reshape(n, 16),
-        d2_w_50.reshape(n, 16),
-        d2_w_48.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_47.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_31.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_42.reshape(n, 16),
+        _piece15_d2_w.reshape(n, 16),
+        _piece18_d2_w.reshape(n, 16),
+        _piece21_d2_w.reshape(n, 16),
+        _piece51_d2_w.reshape(n, 16),
+        _piece24_d2_w.reshape(n, 16),
+        _piece50_d2_w.reshape(n, 16),
+        _piece48_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece47_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece31_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece42_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
+    del _piece15_d2_w, _piece18_d2_w, _piece21_d2_w, _piece24_d2_w, _piece31_d2_w, _piece42_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece47_d2_w, _piece48_d2_w, _piece49_d2_w, _piece50_d2_w, _piece51_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_36.reshape(n, 16),
-        d2_d_m_38.reshape(n, 48),
-        d2_d_m_40.reshape(n, 80),
+        _piece36_d2_d_m.reshape(n, 16),
+        _piece38_d2_d_m.reshape(n, 48),
+        _piece40_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_36, d2_d_m_38, d2_d_m_40
+    del _piece36_d2_d_m, _piece38_d2_d_m, _piece40_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_37.reshape(256),
-        d2_weight_39.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece39_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_37, d2_weight_39, d2_weight_41
+    del _piece37_d2_weight, _piece39_d2_weight, _piece41_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _cormorant_message_d2_sh_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 1–16 of 75: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_sh__kernel0(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh, statements 1–16 of 75: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8526,8 +8526,8 @@ def _cormorant_message_d2_sh_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
 
 
 @triton.jit
-def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 17–32 of 75: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_sh__kernel1(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh, statements 17–32 of 75: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8616,11 +8616,11 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_22 = po_22
     tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22 * a1_22, mask=mo_22)
     tl.debug_barrier()
-    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    # ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G
     ij_23 = tl.arange(0, 16)
     p0_23 = d2_d_sh_ptr + 0 + z[:, None, None] * 9 + ij_23[None, None, :]
     m0_23 = row_mask[:, None, None] & (ij_23[None, None, :] < 9)
-    p1_23 = _g_p_0_ptr + 0 + ij_23[None, None, :] * 179
+    p1_23 = _g_p__0_ptr + 0 + ij_23[None, None, :] * 179
     m1_23 = (ij_23[None, None, :] < 9)
     po_23 = scratch + 1424 + z[:, None] * 2419
     mo_23 = row_mask[:, None]
@@ -8631,7 +8631,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
         q_23 = po_23 + ic_23[None, :]
         tl.store(q_23, tl.load(q_23, mask=mo_23 & (ic_23[None, :] < 179), other=0.0) + tl.sum(a0_23 * a1_23, axis=2), mask=mo_23 & (ic_23[None, :] < 179))
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     iu_24 = tl.arange(0, 16)
     ip_24 = tl.arange(0, 1)
     ik_24 = tl.arange(0, 1)
@@ -8647,7 +8647,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_24 = po_24
     tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=4), mask=mo_24)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     iu_25 = tl.arange(0, 16)
     ii_25 = tl.arange(0, 1)
     ik_25 = tl.arange(0, 1)
@@ -8691,7 +8691,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_27 = po_27
     tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3), mask=mo_27)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     iu_28 = tl.arange(0, 16)
     ip_28 = tl.arange(0, 1)
     ik_28 = tl.arange(0, 4)
@@ -8707,7 +8707,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_28 = po_28
     tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(a0_28 * a1_28, axis=4), mask=mo_28)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     iu_29 = tl.arange(0, 16)
     ii_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 4)
@@ -8751,7 +8751,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_31 = po_31
     tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3), mask=mo_31)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     iu_32 = tl.arange(0, 16)
     ip_32 = tl.arange(0, 1)
     ik_32 = tl.arange(0, 8)
@@ -8770,13 +8770,13 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
 
 
 @triton.jit
-def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 33–48 of 75: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_sh__kernel2(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh, statements 33–48 of 75: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 8)
@@ -8820,7 +8820,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_35 = po_35
     tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     iu_36 = tl.arange(0, 16)
     ip_36 = tl.arange(0, 1)
     ik_36 = tl.arange(0, 1)
@@ -8836,7 +8836,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_36 = po_36
     tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     iu_37 = tl.arange(0, 16)
     ii_37 = tl.arange(0, 4)
     ik_37 = tl.arange(0, 1)
@@ -8880,7 +8880,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     ip_40 = tl.arange(0, 4)
     ik_40 = tl.arange(0, 4)
     ii_40 = tl.arange(0, 4)
@@ -8897,7 +8897,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
         q_40 = po_40 + iu_40[None, :, None, None] * 9
         tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_41 = tl.arange(0, 4)
     ik_41 = tl.arange(0, 4)
     ip_41 = tl.arange(0, 4)
@@ -8942,7 +8942,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_43 = po_43
     tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     ip_44 = tl.arange(0, 2)
     ik_44 = tl.arange(0, 8)
     ii_44 = tl.arange(0, 4)
@@ -8959,7 +8959,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
         q_44 = po_44 + iu_44[None, :, None, None] * 10
         tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_45 = tl.arange(0, 4)
     ik_45 = tl.arange(0, 8)
     ip_45 = tl.arange(0, 2)
@@ -9004,7 +9004,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     iu_48 = tl.arange(0, 16)
     ip_48 = tl.arange(0, 1)
     ik_48 = tl.arange(0, 1)
@@ -9023,13 +9023,13 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
 
 
 @triton.jit
-def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 49–64 of 75: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_sh__kernel3(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh, statements 49–64 of 75: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     iu_49 = tl.arange(0, 16)
     ii_49 = tl.arange(0, 8)
     ik_49 = tl.arange(0, 1)
@@ -9073,7 +9073,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 4)
     ii_52 = tl.arange(0, 8)
@@ -9090,7 +9090,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
         q_52 = po_52 + iu_52[None, :, None, None] * 6
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     ii_53 = tl.arange(0, 8)
     ik_53 = tl.arange(0, 4)
     ip_53 = tl.arange(0, 2)
@@ -9135,7 +9135,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     q_55 = po_55
     tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_56 = tl.arange(0, 4)
     p0_56 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_56[None, None, :, None, None]
     m0_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, :, None, None] < 3)
@@ -9156,7 +9156,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
             q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
             tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_57 = tl.arange(0, 4)
     p0_57 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, None, :]
     m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, None, :] < 3)
@@ -9290,8 +9290,8 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
 
 
 @triton.jit
-def _cormorant_message_d2_sh_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 65–75 of 75: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_sh__kernel4(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh, statements 65–75 of 75: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -9404,8 +9404,8 @@ def _cormorant_message_d2_sh_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
 
 
-def _cormorant_message_d2_sh_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message_d2_sh kernel on (f, sh, w, d_m, d2_d_sh, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_message__d__d2_sh__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message__d__d2_sh kernel on (f, sh, w, d_m, d2_d_sh, weight, _g_p__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
@@ -9413,225 +9413,225 @@ def _cormorant_message_d2_sh_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 768)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_message_d2_sh_0_kernel, _cormorant_message_d2_sh_1_kernel, _cormorant_message_d2_sh_2_kernel, _cormorant_message_d2_sh_3_kernel, _cormorant_message_d2_sh_4_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_message__d__d2_sh__kernel0, _cormorant_message__d__d2_sh__kernel1, _cormorant_message__d__d2_sh__kernel2, _cormorant_message__d__d2_sh__kernel3, _cormorant_message__d__d2_sh__kernel4,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
-def _cormorant_message_d2_sh(
+def _cormorant_message__d__d2_sh(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
-    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
-    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
-    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
-    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    _piece0_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece1_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece2_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    _piece3_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece4_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    _piece5_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece6_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    _piece7_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece8_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece9_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece10_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece11_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece12_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
-        d_p_12.reshape(n, 16),
-        d_p_11.reshape(n, 48),
-        d_p_10.reshape(n, 80),
+        _piece12_d_p.reshape(n, 16),
+        _piece11_d_p.reshape(n, 48),
+        _piece10_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_10, d_p_11, d_p_12
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_7.reshape(n, 16),
-        w_p_0_2_2_8.reshape(n, 16),
-        w_p_0_2_2_9.reshape(n, 16),
+    del _piece10_d_p, _piece11_d_p, _piece12_d_p
+    _w_p__0_2_2 = torch.cat([
+        _piece7_w_p__0_2_2.reshape(n, 16),
+        _piece8_w_p__0_2_2.reshape(n, 16),
+        _piece9_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_5.reshape(n, 16),
-        w_p_0_2_1_6.reshape(n, 16),
+    del _piece7_w_p__0_2_2, _piece8_w_p__0_2_2, _piece9_w_p__0_2_2
+    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    _w_p__0_2_1 = torch.cat([
+        _piece5_w_p__0_2_1.reshape(n, 16),
+        _piece6_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_3.reshape(n, 16),
-        w_p_0_1_2_4.reshape(n, 16),
+    del _piece5_w_p__0_2_1, _piece6_w_p__0_2_1
+    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _w_p__0_1_2 = torch.cat([
+        _piece3_w_p__0_1_2.reshape(n, 16),
+        _piece4_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_0.reshape(n, 16),
-        w_p_0_1_1_1.reshape(n, 16),
-        w_p_0_1_1_2.reshape(n, 16),
+    del _piece3_w_p__0_1_2, _piece4_w_p__0_1_2
+    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    _w_p__0_1_1 = torch.cat([
+        _piece0_w_p__0_1_1.reshape(n, 16),
+        _piece1_w_p__0_1_1.reshape(n, 16),
+        _piece2_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
-    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_0_0
-    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_16 = torch.bmm(d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_0_1
-    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_19 = torch.bmm(d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_0_2
-    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_1_0
-    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_25 = torch.bmm(d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_1_1
-    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_1_1
-    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_27 = torch.bmm(d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_1_2
-    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_1_2
-    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
-    del d2_d__t_p_0_2_0
-    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_p_0_2_1
-    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del d2_d__t_p_0_2_1
-    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
-    del d2_d__m_p_0, d__t_p_0_2_2
-    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
-    del d2_d__t_p_0_2_2, d_p
+    del _piece0_w_p__0_1_1, _piece1_w_p__0_1_1, _piece2_w_p__0_1_1
+    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    # ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_p__0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    # ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p__0_0_0 = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece13_d2_f = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_0_0
+    _piece14_d2_d_p = d2_d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece15_d2_w = d2_d__t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_0_0
+    # ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p__0_0_1 = d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece16_d2_f = torch.bmm(d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_0_1
+    _piece17_d2_d_p = d2_d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece18_d2_w = (d2_d__t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_0_1
+    # ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p__0_0_2 = d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece19_d2_f = torch.bmm(d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_0_2
+    _piece20_d2_d_p = d2_d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece21_d2_w = (d2_d__t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_0_2
+    # ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p__0_1_0 = torch.bmm(d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece22_d2_f = d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_1_0
+    _piece23_d2_d_p = d2_d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece24_d2_w = d2_d__t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_1_0
+    # ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece25_d2_f = torch.bmm(d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_1_1
+    _piece26_d2_d_p = (d2_d__t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_d__t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_1_1
+    # ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece27_d2_f = torch.bmm(d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_1_2
+    _piece28_d2_d_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_d__t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_1_2
+    # ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p__0_2_0 = torch.bmm(d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece29_d2_f = d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del d__t_p__0_2_0
+    _piece30_d2_d_p = d2_d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece31_d2_w = d2_d__t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
+    del d2_d__t_p__0_2_0
+    # ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p__0_2_1 = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece32_d2_f = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p__0_2_1
+    _piece33_d2_d_p = (d2_d__t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_d__t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del d2_d__t_p__0_2_1
+    # ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
+    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece34_d2_f = torch.bmm(d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d2_d__m_p__0, d__t_p__0_2_2
+    _piece35_d2_d_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_d__t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
+    del d2_d__t_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
-        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
-        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
+        (_piece14_d2_d_p + _piece23_d2_d_p + _piece30_d2_d_p).reshape(n, 16),
+        (_piece17_d2_d_p + _piece26_d2_d_p + _piece33_d2_d_p).reshape(n, 48),
+        (_piece20_d2_d_p + _piece28_d2_d_p + _piece35_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
-    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece14_d2_d_p, _piece17_d2_d_p, _piece20_d2_d_p, _piece23_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p, _piece30_d2_d_p, _piece33_d2_d_p, _piece35_d2_d_p
+    _piece36_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece37_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece38_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece39_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece40_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece41_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
-    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
+    _piece42_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece43_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    _piece45_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece46_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    _piece47_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece48_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    _piece49_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece50_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece51_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
     d2_f = torch.cat([
-        (d2_f_13 + d2_f_16 + d2_f_19).reshape(n, 16),
-        (d2_f_22 + d2_f_25 + d2_f_27).reshape(n, 48),
-        (d2_f_29 + d2_f_32 + d2_f_34).reshape(n, 80),
+        (_piece13_d2_f + _piece16_d2_f + _piece19_d2_f).reshape(n, 16),
+        (_piece22_d2_f + _piece25_d2_f + _piece27_d2_f).reshape(n, 48),
+        (_piece29_d2_f + _piece32_d2_f + _piece34_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_13, d2_f_16, d2_f_19, d2_f_22, d2_f_25, d2_f_27, d2_f_29, d2_f_32, d2_f_34
+    del _piece13_d2_f, _piece16_d2_f, _piece19_d2_f, _piece22_d2_f, _piece25_d2_f, _piece27_d2_f, _piece29_d2_f, _piece32_d2_f, _piece34_d2_f
     d2_sh = weight.new_zeros(n, 9)
     d2_w = torch.cat([
-        d2_w_15.reshape(n, 16),
-        d2_w_18.reshape(n, 16),
-        d2_w_21.reshape(n, 16),
-        d2_w_51.reshape(n, 16),
-        d2_w_24.reshape(n, 16),
-        d2_w_50.reshape(n, 16),
-        d2_w_48.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_47.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_31.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_42.reshape(n, 16),
+        _piece15_d2_w.reshape(n, 16),
+        _piece18_d2_w.reshape(n, 16),
+        _piece21_d2_w.reshape(n, 16),
+        _piece51_d2_w.reshape(n, 16),
+        _piece24_d2_w.reshape(n, 16),
+        _piece50_d2_w.reshape(n, 16),
+        _piece48_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece47_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece31_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece42_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
+    del _piece15_d2_w, _piece18_d2_w, _piece21_d2_w, _piece24_d2_w, _piece31_d2_w, _piece42_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece47_d2_w, _piece48_d2_w, _piece49_d2_w, _piece50_d2_w, _piece51_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_36.reshape(n, 16),
-        d2_d_m_38.reshape(n, 48),
-        d2_d_m_40.reshape(n, 80),
+        _piece36_d2_d_m.reshape(n, 16),
+        _piece38_d2_d_m.reshape(n, 48),
+        _piece40_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_36, d2_d_m_38, d2_d_m_40
+    del _piece36_d2_d_m, _piece38_d2_d_m, _piece40_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_37.reshape(256),
-        d2_weight_39.reshape(256),
-        d2_weight_41.reshape(256),
+        _piece37_d2_weight.reshape(256),
+        _piece39_d2_weight.reshape(256),
+        _piece41_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_37, d2_weight_39, d2_weight_41
+    del _piece37_d2_weight, _piece39_d2_weight, _piece41_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 1–16 of 66: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_w__kernel0(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w, statements 1–16 of 66: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -9653,7 +9653,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
-    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    p1_1 = _g_p__0_ptr + 0 + ij_1[None, None, :] * 179
     m1_1 = (ij_1[None, None, :] < 9)
     po_1 = scratch + 0 + z[:, None] * 2438
     mo_1 = row_mask[:, None]
@@ -9911,8 +9911,8 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_w_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 17–32 of 66: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_w__kernel1(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w, statements 17–32 of 66: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10119,8 +10119,8 @@ def _cormorant_message_d2_w_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 33–48 of 66: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_w__kernel2(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w, statements 33–48 of 66: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10348,13 +10348,13 @@ def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 49–64 of 66: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_w__kernel3(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w, statements 49–64 of 66: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_49 = tl.arange(0, 4)
     p0_49 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_49[None, None, None, :, None] * 5
     m0_49 = row_mask[:, None, None, None, None] & (ip_49[None, None, None, :, None] < 3)
@@ -10392,7 +10392,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
         q_50 = po_50 + iu_50[None, :, None] * 5
         tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(tl.sum(a0_50 * a1_50, axis=4), axis=3), mask=mo_50)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     ik_51 = tl.arange(0, 4)
     ip_51 = tl.arange(0, 2)
     p0_51 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_51[None, None, None, :, None] * 3 + ik_51[None, None, :, None, None]
@@ -10428,7 +10428,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     q_52 = po_52
     tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(tl.sum(a0_52 * a1_52, axis=4), axis=3), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_53 = tl.arange(0, 8)
     ik_53 = tl.arange(0, 1)
     ip_53 = tl.arange(0, 1)
@@ -10461,7 +10461,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
         q_54 = po_54 + iu_54[None, :, None] * 3
         tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(tl.sum(a0_54 * a1_54, axis=4), axis=3), mask=mo_54)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_55 = tl.arange(0, 4)
     ip_55 = tl.arange(0, 2)
     p0_55 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_55[None, None, None, :, None] * 5
@@ -10498,7 +10498,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
         q_56 = po_56 + iu_56[None, :, None] * 3
         tl.store(q_56, tl.load(q_56, mask=mo_56, other=0.0) + tl.sum(tl.sum(a0_56 * a1_56, axis=4), axis=3), mask=mo_56)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_57 = tl.arange(0, 4)
     ik_57 = tl.arange(0, 4)
     ip_57 = tl.arange(0, 4)
@@ -10533,7 +10533,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     q_58 = po_58
     tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3), mask=mo_58)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_59 = tl.arange(0, 4)
     ik_59 = tl.arange(0, 1)
     ip_59 = tl.arange(0, 1)
@@ -10565,7 +10565,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     q_60 = po_60
     tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(tl.sum(a0_60 * a1_60, axis=4), axis=3), mask=mo_60)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_61 = tl.arange(0, 1)
     ik_61 = tl.arange(0, 8)
     ip_61 = tl.arange(0, 1)
@@ -10597,7 +10597,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     q_62 = po_62
     tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + tl.sum(tl.sum(a0_62 * a1_62, axis=4), axis=3), mask=mo_62)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_63 = tl.arange(0, 1)
     ik_63 = tl.arange(0, 4)
     ip_63 = tl.arange(0, 1)
@@ -10632,13 +10632,13 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
 
 
 @triton.jit
-def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 65–66 of 66: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_w__kernel4(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w, statements 65–66 of 66: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_65 = tl.arange(0, 1)
     ik_65 = tl.arange(0, 1)
     ip_65 = tl.arange(0, 1)
@@ -10658,7 +10658,7 @@ def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ij_66 = tl.arange(0, 16)
     p0_66 = scratch + 1139 + z[:, None, None] * 2438
     m0_66 = row_mask[:, None, None]
-    p1_66 = _g_p_0_ptr + 0 + ij_66[None, :, None] * 179
+    p1_66 = _g_p__0_ptr + 0 + ij_66[None, :, None] * 179
     m1_66 = (ij_66[None, :, None] < 9)
     po_66 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_66[None, :]
     mo_66 = row_mask[:, None] & (ij_66[None, :] < 9)
@@ -10673,8 +10673,8 @@ def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
 
 
-def _cormorant_message_d2_w_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message_d2_w kernel on (f, sh, w, d_m, d2_d_w, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_message__d__d2_w__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message__d__d2_w kernel on (f, sh, w, d_m, d2_d_w, weight, _g_p__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
@@ -10682,220 +10682,220 @@ def _cormorant_message_d2_w_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 768)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_message_d2_w_0_kernel, _cormorant_message_d2_w_1_kernel, _cormorant_message_d2_w_2_kernel, _cormorant_message_d2_w_3_kernel, _cormorant_message_d2_w_4_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_message__d__d2_w__kernel0, _cormorant_message__d__d2_w__kernel1, _cormorant_message__d__d2_w__kernel2, _cormorant_message__d__d2_w__kernel3, _cormorant_message__d__d2_w__kernel4,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
-def _cormorant_message_d2_w(
+def _cormorant_message__d__d2_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_0_0
+    _piece2_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
+    _piece3_d2_d_p = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_0_0
     d_p = torch.cat([
-        d_p_2.reshape(n, 16),
-        d_p_1.reshape(n, 48),
-        d_p_0.reshape(n, 80),
+        _piece2_d_p.reshape(n, 16),
+        _piece1_d_p.reshape(n, 48),
+        _piece0_d_p.reshape(n, 80),
     ], dim=-1)
-    del d_p_0, d_p_1, d_p_2
-    d2__t_p_0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)
-    del _t_p_0_0_1
-    d2__t_p_0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)
-    del _t_p_0_0_2
-    d2__t_p_0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_1_0
-    d2__t_p_0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
-    d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
-    d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
-    d2_d__w_p_0_1_1 = torch.cat([
-        d2_d__w_p_0_1_1_7.reshape(n, 16),
-        d2_d__w_p_0_1_1_8.reshape(n, 16),
-        d2_d__w_p_0_1_1_9.reshape(n, 16),
+    del _piece0_d_p, _piece1_d_p, _piece2_d_p
+    d2__t_p__0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece4_d2_d_p = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)
+    del _t_p__0_0_1
+    d2__t_p__0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _piece5_d2_d_p = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)
+    del _t_p__0_0_2
+    d2__t_p__0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _piece6_d2_d_p = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_1_0
+    d2__t_p__0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece7_d2_d__w_p__0_1_1 = d2_d_w[:, 48:64].reshape(n, 16)
+    _piece8_d2_d__w_p__0_1_1 = d2_d_w[:, 80:96].reshape(n, 16)
+    _piece9_d2_d__w_p__0_1_1 = d2_d_w[:, 112:128].reshape(n, 16)
+    d2_d__w_p__0_1_1 = torch.cat([
+        _piece7_d2_d__w_p__0_1_1.reshape(n, 16),
+        _piece8_d2_d__w_p__0_1_1.reshape(n, 16),
+        _piece9_d2_d__w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_1_1_7, d2_d__w_p_0_1_1_8, d2_d__w_p_0_1_1_9
-    d2_d_p_10 = (d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,))
-    del _t_p_0_1_1
-    d2__t_p_0_1_1 = d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    del d2_d__w_p_0_1_1
-    d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
-    d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
-    d2_d__w_p_0_1_2 = torch.cat([
-        d2_d__w_p_0_1_2_11.reshape(n, 16),
-        d2_d__w_p_0_1_2_12.reshape(n, 16),
+    del _piece7_d2_d__w_p__0_1_1, _piece8_d2_d__w_p__0_1_1, _piece9_d2_d__w_p__0_1_1
+    _piece10_d2_d_p = (d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,))
+    del _t_p__0_1_1
+    d2__t_p__0_1_1 = d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2_d__w_p__0_1_1
+    _piece11_d2_d__w_p__0_1_2 = d2_d_w[:, 96:112].reshape(n, 16)
+    _piece12_d2_d__w_p__0_1_2 = d2_d_w[:, 128:144].reshape(n, 16)
+    d2_d__w_p__0_1_2 = torch.cat([
+        _piece11_d2_d__w_p__0_1_2.reshape(n, 16),
+        _piece12_d2_d__w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_1_2_11, d2_d__w_p_0_1_2_12
-    d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
-    del _t_p_0_1_2
-    d2__t_p_0_1_2 = d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    del d2_d__w_p_0_1_2
-    d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
-    del _t_p_0_2_0
-    d2__t_p_0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
-    d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
-    d2_d__w_p_0_2_1 = torch.cat([
-        d2_d__w_p_0_2_1_15.reshape(n, 16),
-        d2_d__w_p_0_2_1_16.reshape(n, 16),
+    del _piece11_d2_d__w_p__0_1_2, _piece12_d2_d__w_p__0_1_2
+    _piece13_d2_d_p = torch.bmm(d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p__0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p__0_1_2
+    d2__t_p__0_1_2 = d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2_d__w_p__0_1_2
+    _piece14_d2_d_p = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    del _t_p__0_2_0
+    d2__t_p__0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _piece15_d2_d__w_p__0_2_1 = d2_d_w[:, 160:176].reshape(n, 16)
+    _piece16_d2_d__w_p__0_2_1 = d2_d_w[:, 208:224].reshape(n, 16)
+    d2_d__w_p__0_2_1 = torch.cat([
+        _piece15_d2_d__w_p__0_2_1.reshape(n, 16),
+        _piece16_d2_d__w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_2_1_15, d2_d__w_p_0_2_1_16
-    d2_d_p_17 = (d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,))
-    del _t_p_0_2_1
-    d2__t_p_0_2_1 = d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    del d2_d__w_p_0_2_1
-    d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
-    d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
-    d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
-    d2_d__w_p_0_2_2 = torch.cat([
-        d2_d__w_p_0_2_2_18.reshape(n, 16),
-        d2_d__w_p_0_2_2_19.reshape(n, 16),
-        d2_d__w_p_0_2_2_20.reshape(n, 16),
+    del _piece15_d2_d__w_p__0_2_1, _piece16_d2_d__w_p__0_2_1
+    _piece17_d2_d_p = (d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,))
+    del _t_p__0_2_1
+    d2__t_p__0_2_1 = d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2_d__w_p__0_2_1
+    _piece18_d2_d__w_p__0_2_2 = d2_d_w[:, 144:160].reshape(n, 16)
+    _piece19_d2_d__w_p__0_2_2 = d2_d_w[:, 176:192].reshape(n, 16)
+    _piece20_d2_d__w_p__0_2_2 = d2_d_w[:, 224:240].reshape(n, 16)
+    d2_d__w_p__0_2_2 = torch.cat([
+        _piece18_d2_d__w_p__0_2_2.reshape(n, 16),
+        _piece19_d2_d__w_p__0_2_2.reshape(n, 16),
+        _piece20_d2_d__w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del d2_d__w_p_0_2_2_18, d2_d__w_p_0_2_2_19, d2_d__w_p_0_2_2_20
-    d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
-    del _t_p_0_2_2
-    d2__t_p_0_2_2 = d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    del d2_d__w_p_0_2_2, d_p
+    del _piece18_d2_d__w_p__0_2_2, _piece19_d2_d__w_p__0_2_2, _piece20_d2_d__w_p__0_2_2
+    _piece21_d2_d_p = torch.bmm(d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p__0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p__0_2_2
+    d2__t_p__0_2_2 = d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2_d__w_p__0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
-        (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
-        (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
+        (_piece3_d2_d_p + _piece6_d2_d_p + _piece14_d2_d_p).reshape(n, 16),
+        (_piece4_d2_d_p + _piece10_d2_d_p + _piece17_d2_d_p).reshape(n, 48),
+        (_piece5_d2_d_p + _piece13_d2_d_p + _piece21_d2_d_p).reshape(n, 80),
     ], dim=-1)
-    del d2_d_p_10, d2_d_p_13, d2_d_p_14, d2_d_p_17, d2_d_p_21, d2_d_p_3, d2_d_p_4, d2_d_p_5, d2_d_p_6
-    d2_d_m_22 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece10_d2_d_p, _piece13_d2_d_p, _piece14_d2_d_p, _piece17_d2_d_p, _piece21_d2_d_p, _piece3_d2_d_p, _piece4_d2_d_p, _piece5_d2_d_p, _piece6_d2_d_p
+    _piece22_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_23 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _piece23_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_24 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece24_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_25 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece25_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_26 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece26_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_27 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    _piece27_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     del d2_d_p
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_2
+    _piece28_d2_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece29_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_1
+    _piece30_d2_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece31_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_32 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_33 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_2_0
+    _piece32_d2_f = d2__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece33_d2__m_p__0 = torch.bmm(d2__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_2_0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_35 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_2
+    _piece34_d2_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece35_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_36 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_37 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_1
+    _piece36_d2_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece37_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_38 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_39 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_1_0
+    _piece38_d2_f = d2__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece39_d2__m_p__0 = torch.bmm(d2__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_1_0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_40 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_41 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_2
+    _piece40_d2_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece41_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_42 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_1
+    _piece42_d2_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece43_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_44 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_0
+    _piece44_d2_f = d2__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece45_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_45.reshape(n, 1),
-        d2__m_p_0_43.reshape(n, 3),
-        d2__m_p_0_41.reshape(n, 5),
-        d2__m_p_0_39.reshape(n, 3),
-        d2__m_p_0_37.reshape(n, 27),
-        d2__m_p_0_35.reshape(n, 30),
-        d2__m_p_0_33.reshape(n, 5),
-        d2__m_p_0_31.reshape(n, 30),
-        d2__m_p_0_29.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece45_d2__m_p__0.reshape(n, 1),
+        _piece43_d2__m_p__0.reshape(n, 3),
+        _piece41_d2__m_p__0.reshape(n, 5),
+        _piece39_d2__m_p__0.reshape(n, 3),
+        _piece37_d2__m_p__0.reshape(n, 27),
+        _piece35_d2__m_p__0.reshape(n, 30),
+        _piece33_d2__m_p__0.reshape(n, 5),
+        _piece31_d2__m_p__0.reshape(n, 30),
+        _piece29_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_29, d2__m_p_0_31, d2__m_p_0_33, d2__m_p_0_35, d2__m_p_0_37, d2__m_p_0_39, d2__m_p_0_41, d2__m_p_0_43, d2__m_p_0_45
-    d2_sh_46 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece29_d2__m_p__0, _piece31_d2__m_p__0, _piece33_d2__m_p__0, _piece35_d2__m_p__0, _piece37_d2__m_p__0, _piece39_d2__m_p__0, _piece41_d2__m_p__0, _piece43_d2__m_p__0, _piece45_d2__m_p__0
+    _piece46_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = torch.cat([
-        (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
-        (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
-        (d2_f_28 + d2_f_30 + d2_f_32).reshape(n, 80),
+        (_piece40_d2_f + _piece42_d2_f + _piece44_d2_f).reshape(n, 16),
+        (_piece34_d2_f + _piece36_d2_f + _piece38_d2_f).reshape(n, 48),
+        (_piece28_d2_f + _piece30_d2_f + _piece32_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_28, d2_f_30, d2_f_32, d2_f_34, d2_f_36, d2_f_38, d2_f_40, d2_f_42, d2_f_44
-    d2_sh = d2_sh_46
-    del d2_sh_46
+    del _piece28_d2_f, _piece30_d2_f, _piece32_d2_f, _piece34_d2_f, _piece36_d2_f, _piece38_d2_f, _piece40_d2_f, _piece42_d2_f, _piece44_d2_f
+    d2_sh = _piece46_d2_sh
+    del _piece46_d2_sh
     d2_w = weight.new_zeros(n, 240)
     d2_d_m = torch.cat([
-        d2_d_m_22.reshape(n, 16),
-        d2_d_m_24.reshape(n, 48),
-        d2_d_m_26.reshape(n, 80),
+        _piece22_d2_d_m.reshape(n, 16),
+        _piece24_d2_d_m.reshape(n, 48),
+        _piece26_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_22, d2_d_m_24, d2_d_m_26
+    del _piece22_d2_d_m, _piece24_d2_d_m, _piece26_d2_d_m
     d2_weight = torch.cat([
-        d2_weight_23.reshape(256),
-        d2_weight_25.reshape(256),
-        d2_weight_27.reshape(256),
+        _piece23_d2_weight.reshape(256),
+        _piece25_d2_weight.reshape(256),
+        _piece27_d2_weight.reshape(256),
     ], dim=-1)
-    del d2_weight_23, d2_weight_25, d2_weight_27
+    del _piece23_d2_weight, _piece25_d2_weight, _piece27_d2_weight
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 1–16 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel0(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 1–16 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10917,7 +10917,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
-    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    p1_1 = _g_p__0_ptr + 0 + ij_1[None, None, :] * 179
     m1_1 = (ij_1[None, None, :] < 9)
     po_1 = scratch + 144 + z[:, None] * 2598
     mo_1 = row_mask[:, None]
@@ -11127,8 +11127,8 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
 
 
 @triton.jit
-def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 17–32 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel1(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 17–32 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11355,8 +11355,8 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
 
 
 @triton.jit
-def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 33–48 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel2(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 33–48 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11466,7 +11466,7 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
             q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
             tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_39 = tl.arange(0, 4)
     p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, None, :, None] * 5
     m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, None, :, None] < 3)
@@ -11559,7 +11559,7 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
         q_45 = po_45 + iu_45[None, :, None] * 5
         tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
     ik_46 = tl.arange(0, 4)
     ip_46 = tl.arange(0, 2)
     p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, None, :, None] * 3 + ik_46[None, None, :, None, None]
@@ -11600,8 +11600,8 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
 
 
 @triton.jit
-def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 49–64 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel3(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 49–64 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11650,7 +11650,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(tl.sum(a0_51 * a1_51, axis=4), axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_52 = tl.arange(0, 8)
     ik_52 = tl.arange(0, 1)
     ip_52 = tl.arange(0, 1)
@@ -11711,7 +11711,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
         q_55 = po_55 + iu_55[None, :, None] * 3
         tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_56 = tl.arange(0, 4)
     ip_56 = tl.arange(0, 2)
     p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, None, :, None] * 5
@@ -11794,7 +11794,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
         q_61 = po_61 + iu_61[None, :, None] * 3
         tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + tl.sum(tl.sum(a0_61 * a1_61, axis=4), axis=3), mask=mo_61)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_62 = tl.arange(0, 4)
     ik_62 = tl.arange(0, 4)
     ip_62 = tl.arange(0, 4)
@@ -11834,8 +11834,8 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
 
 
 @triton.jit
-def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 65–80 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel4(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 65–80 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11893,7 +11893,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     q_68 = po_68
     tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_69 = tl.arange(0, 4)
     ik_69 = tl.arange(0, 1)
     ip_69 = tl.arange(0, 1)
@@ -11953,7 +11953,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     q_72 = po_72
     tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_73 = tl.arange(0, 1)
     ik_73 = tl.arange(0, 8)
     ip_73 = tl.arange(0, 1)
@@ -12013,7 +12013,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     q_76 = po_76
     tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
     tl.debug_barrier()
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_77 = tl.arange(0, 1)
     ik_77 = tl.arange(0, 4)
     ip_77 = tl.arange(0, 1)
@@ -12076,13 +12076,13 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
 
 
 @triton.jit
-def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 81–82 of 82: BLOCK_Z rows per program."""
+def _cormorant_message__d__d2_weight__kernel5(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p__0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight, statements 81–82 of 82: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
     ip_81 = tl.arange(0, 1)
@@ -12102,7 +12102,7 @@ def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ij_82 = tl.arange(0, 16)
     p0_82 = scratch + 1443 + z[:, None, None] * 2598
     m0_82 = row_mask[:, None, None]
-    p1_82 = _g_p_0_ptr + 0 + ij_82[None, :, None] * 179
+    p1_82 = _g_p__0_ptr + 0 + ij_82[None, :, None] * 179
     m1_82 = (ij_82[None, :, None] < 9)
     po_82 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_82[None, :]
     mo_82 = row_mask[:, None] & (ij_82[None, :] < 9)
@@ -12117,8 +12117,8 @@ def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
 
 
-def _cormorant_message_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message_d2_weight kernel on (f, sh, w, d_m, d2_d_weight, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _cormorant_message__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message__d__d2_weight kernel on (f, sh, w, d_m, d2_d_weight, weight, _g_p__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
@@ -12126,242 +12126,242 @@ def _cormorant_message_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tenso
     partial = args[5].new_zeros(programs, 768)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_cormorant_message_d2_weight_0_kernel, _cormorant_message_d2_weight_1_kernel, _cormorant_message_d2_weight_2_kernel, _cormorant_message_d2_weight_3_kernel, _cormorant_message_d2_weight_4_kernel, _cormorant_message_d2_weight_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_cormorant_message__d__d2_weight__kernel0, _cormorant_message__d__d2_weight__kernel1, _cormorant_message__d__d2_weight__kernel2, _cormorant_message__d__d2_weight__kernel3, _cormorant_message__d__d2_weight__kernel4, _cormorant_message__d__d2_weight__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
-def _cormorant_message_d2_weight(
+def _cormorant_message__d__d2_weight(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message__d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_1_2_8, w_p_0_1_2_9
-    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
     ], dim=-1)
-    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
-    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
     ], dim=-1)
-    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    d2_d_m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece19_d2_d_m = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_20 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece20_d2_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    d2_d_m_21 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece21_d2_d_m = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_22 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece22_d2_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    d2_d_m_23 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece23_d2_d_m = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_24 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece24_d2_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
-        d2_p_20.reshape(n, 16),
-        d2_p_22.reshape(n, 48),
-        d2_p_24.reshape(n, 80),
+        _piece20_d2_p.reshape(n, 16),
+        _piece22_d2_p.reshape(n, 48),
+        _piece24_d2_p.reshape(n, 80),
     ], dim=-1)
-    del d2_p_20, d2_p_22, d2_p_24
-    d2__t_p_0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_2_2
-    d2__w_p_0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
-    del _t_p_0_2_2
+    del _piece20_d2_p, _piece22_d2_p, _piece24_d2_p
+    d2__t_p__0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_2_2
+    d2__w_p__0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
+    del _t_p__0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_25 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_26 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_2
-    d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_2
-    d2__t_p_0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_2_1
-    d2__w_p_0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
-    del _t_p_0_2_1
+    _piece25_d2_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
+    _piece26_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_2
+    _piece27_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece28_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece29_d2_w = d2__w_p__0_2_2.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_2
+    d2__t_p__0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_2_1
+    d2__w_p__0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
+    del _t_p__0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_2_1
-    d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_2_1
-    d2__t_p_0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_34 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_2_0
+    _piece30_d2_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
+    _piece31_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_2_1
+    _piece32_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece33_d2_w = d2__w_p__0_2_1.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_2_1
+    d2__t_p__0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece34_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_35 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_36 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_2_0
-    d2__t_p_0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
-    del _w_p_0_1_2
-    d2__w_p_0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
-    del _t_p_0_1_2
+    _piece35_d2_f = d2__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
+    _piece36_d2__m_p__0 = torch.bmm(d2__t_p__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_2_0
+    d2__t_p__0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    del _w_p__0_1_2
+    d2__w_p__0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
+    del _t_p__0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_37 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_38 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_2
-    d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_2
-    d2__t_p_0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
-    del _w_p_0_1_1
-    d2__w_p_0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
-    del _t_p_0_1_1
+    _piece37_d2_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
+    _piece38_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_2
+    _piece39_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 16:32].reshape(n, 16)
+    _piece40_d2_w = d2__w_p__0_1_2.reshape(n, 32)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_2
+    d2__t_p__0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    del _w_p__0_1_1
+    d2__w_p__0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
+    del _t_p__0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_41 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_42 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_p_0_1_1
-    d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    del d2__w_p_0_1_1
-    d2__t_p_0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_46 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_1_0
+    _piece41_d2_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
+    _piece42_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p__0_1_1
+    _piece43_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 32:48].reshape(n, 16)
+    _piece44_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 16:32].reshape(n, 16)
+    _piece45_d2_w = d2__w_p__0_1_1.reshape(n, 48)[:, 0:16].reshape(n, 16)
+    del d2__w_p__0_1_1
+    d2__t_p__0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece46_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_47 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_48 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_p_0_1_0
-    d2__t_p_0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_49 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
-    del _t_p_0_0_2
+    _piece47_d2_f = d2__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
+    _piece48_d2__m_p__0 = torch.bmm(d2__t_p__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p__0_1_0
+    d2__t_p__0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece49_d2_w = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
+    del _t_p__0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_50 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_2
-    d2__t_p_0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_52 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
-    del _t_p_0_0_1
+    _piece50_d2_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
+    _piece51_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_2
+    d2__t_p__0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece52_d2_w = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
+    del _t_p__0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_53 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_1
-    d2__t_p_0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
-    d2_w_55 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
-    del _t_p_0_0_0, d2_p
+    _piece53_d2_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
+    _piece54_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_1
+    d2__t_p__0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    _piece55_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
+    del _t_p__0_0_0, d2_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_56 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_p_0
-    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d2__t_p_0_0_0
+    _piece56_d2_f = d2__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p__0
+    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
+    _piece57_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p_0 = torch.cat([
-        d2__m_p_0_57.reshape(n, 1),
-        d2__m_p_0_54.reshape(n, 3),
-        d2__m_p_0_51.reshape(n, 5),
-        d2__m_p_0_48.reshape(n, 3),
-        d2__m_p_0_42.reshape(n, 27),
-        d2__m_p_0_38.reshape(n, 30),
-        d2__m_p_0_36.reshape(n, 5),
-        d2__m_p_0_31.reshape(n, 30),
-        d2__m_p_0_26.reshape(n, 75),
+    d2__m_p__0 = torch.cat([
+        _piece57_d2__m_p__0.reshape(n, 1),
+        _piece54_d2__m_p__0.reshape(n, 3),
+        _piece51_d2__m_p__0.reshape(n, 5),
+        _piece48_d2__m_p__0.reshape(n, 3),
+        _piece42_d2__m_p__0.reshape(n, 27),
+        _piece38_d2__m_p__0.reshape(n, 30),
+        _piece36_d2__m_p__0.reshape(n, 5),
+        _piece31_d2__m_p__0.reshape(n, 30),
+        _piece26_d2__m_p__0.reshape(n, 75),
     ], dim=-1)
-    del d2__m_p_0_26, d2__m_p_0_31, d2__m_p_0_36, d2__m_p_0_38, d2__m_p_0_42, d2__m_p_0_48, d2__m_p_0_51, d2__m_p_0_54, d2__m_p_0_57
-    d2_sh_58 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
-    del d2__m_p_0
+    del _piece26_d2__m_p__0, _piece31_d2__m_p__0, _piece36_d2__m_p__0, _piece38_d2__m_p__0, _piece42_d2__m_p__0, _piece48_d2__m_p__0, _piece51_d2__m_p__0, _piece54_d2__m_p__0, _piece57_d2__m_p__0
+    _piece58_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p__0
     d2_f = torch.cat([
-        (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
-        (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
-        (d2_f_25 + d2_f_30 + d2_f_35).reshape(n, 80),
+        (_piece50_d2_f + _piece53_d2_f + _piece56_d2_f).reshape(n, 16),
+        (_piece37_d2_f + _piece41_d2_f + _piece47_d2_f).reshape(n, 48),
+        (_piece25_d2_f + _piece30_d2_f + _piece35_d2_f).reshape(n, 80),
     ], dim=-1)
-    del d2_f_25, d2_f_30, d2_f_35, d2_f_37, d2_f_41, d2_f_47, d2_f_50, d2_f_53, d2_f_56
-    d2_sh = d2_sh_58
-    del d2_sh_58
+    del _piece25_d2_f, _piece30_d2_f, _piece35_d2_f, _piece37_d2_f, _piece41_d2_f, _piece47_d2_f, _piece50_d2_f, _piece53_d2_f, _piece56_d2_f
+    d2_sh = _piece58_d2_sh
+    del _piece58_d2_sh
     d2_w = torch.cat([
-        d2_w_55.reshape(n, 16),
-        d2_w_52.reshape(n, 16),
-        d2_w_49.reshape(n, 16),
-        d2_w_45.reshape(n, 16),
-        d2_w_46.reshape(n, 16),
-        d2_w_44.reshape(n, 16),
-        d2_w_40.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
-        d2_w_39.reshape(n, 16),
-        d2_w_29.reshape(n, 16),
-        d2_w_33.reshape(n, 16),
-        d2_w_28.reshape(n, 16),
-        d2_w_34.reshape(n, 16),
-        d2_w_32.reshape(n, 16),
-        d2_w_27.reshape(n, 16),
+        _piece55_d2_w.reshape(n, 16),
+        _piece52_d2_w.reshape(n, 16),
+        _piece49_d2_w.reshape(n, 16),
+        _piece45_d2_w.reshape(n, 16),
+        _piece46_d2_w.reshape(n, 16),
+        _piece44_d2_w.reshape(n, 16),
+        _piece40_d2_w.reshape(n, 16),
+        _piece43_d2_w.reshape(n, 16),
+        _piece39_d2_w.reshape(n, 16),
+        _piece29_d2_w.reshape(n, 16),
+        _piece33_d2_w.reshape(n, 16),
+        _piece28_d2_w.reshape(n, 16),
+        _piece34_d2_w.reshape(n, 16),
+        _piece32_d2_w.reshape(n, 16),
+        _piece27_d2_w.reshape(n, 16),
     ], dim=-1)
-    del d2_w_27, d2_w_28, d2_w_29, d2_w_32, d2_w_33, d2_w_34, d2_w_39, d2_w_40, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_49, d2_w_52, d2_w_55
+    del _piece27_d2_w, _piece28_d2_w, _piece29_d2_w, _piece32_d2_w, _piece33_d2_w, _piece34_d2_w, _piece39_d2_w, _piece40_d2_w, _piece43_d2_w, _piece44_d2_w, _piece45_d2_w, _piece46_d2_w, _piece49_d2_w, _piece52_d2_w, _piece55_d2_w
     d2_d_m = torch.cat([
-        d2_d_m_19.reshape(n, 16),
-        d2_d_m_21.reshape(n, 48),
-        d2_d_m_23.reshape(n, 80),
+        _piece19_d2_d_m.reshape(n, 16),
+        _piece21_d2_d_m.reshape(n, 48),
+        _piece23_d2_d_m.reshape(n, 80),
     ], dim=-1)
-    del d2_d_m_19, d2_d_m_21, d2_d_m_23
+    del _piece19_d2_d_m, _piece21_d2_d_m, _piece23_d2_d_m
     d2_weight = weight.new_zeros(768)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -12371,297 +12371,297 @@ def _cormorant_message_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _cormorant_message__kernel(f, sh, w, weight, m__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """cormorant_message: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # let p : 16x0+16x1+16x2
     # p.0: fuse(f, sh) -> 16x(0 + 1 + 2) mix uvu by w
-    ch16 = tl.arange(0, 16)
-    cm16 = ch16 < 16
-    mask16 = row_mask[:, None] & cm16[None, :]
-    zero16 = tl.zeros([BLOCK_Z, 16], dtype=f.dtype.element_ty)
-    f_0_0 = tl.load(f + rows[:, None] * 144 + (0 + ch16[None, :] * 1), mask=mask16, other=0.0)
-    p_0_p0_0 = zero16
-    sh_0_c0_0 = tl.load(sh + rows * 9 + 0, mask=row_mask, other=0.0)
-    p_0_p0_t = 1.0 * f_0_0 * sh_0_c0_0[:, None]
-    p_0_p0_0 += p_0_p0_t * tl.load(w + rows[:, None] * 240 + (0 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum1_0 = p_0_p0_0 * 0.5773502691896257
-    f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    p_0_p4_0 = zero16
-    sh_1_c0_0 = tl.load(sh + rows * 9 + 1, mask=row_mask, other=0.0)
-    sh_1_c0_1 = tl.load(sh + rows * 9 + 2, mask=row_mask, other=0.0)
-    sh_1_c0_2 = tl.load(sh + rows * 9 + 3, mask=row_mask, other=0.0)
-    p_0_p4_t = 0.5773502691896257 * f_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * f_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * f_1_2 * sh_1_c0_2[:, None]
-    p_0_p4_0 += p_0_p4_t * tl.load(w + rows[:, None] * 240 + (64 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum2_0 = sum1_0 + p_0_p4_0 * 0.5773502691896257
-    f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_3 = tl.load(f + rows[:, None] * 144 + (67 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_4 = tl.load(f + rows[:, None] * 144 + (68 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    p_0_p12_0 = zero16
-    sh_2_c0_0 = tl.load(sh + rows * 9 + 4, mask=row_mask, other=0.0)
-    sh_2_c0_1 = tl.load(sh + rows * 9 + 5, mask=row_mask, other=0.0)
-    sh_2_c0_2 = tl.load(sh + rows * 9 + 6, mask=row_mask, other=0.0)
-    sh_2_c0_3 = tl.load(sh + rows * 9 + 7, mask=row_mask, other=0.0)
-    sh_2_c0_4 = tl.load(sh + rows * 9 + 8, mask=row_mask, other=0.0)
-    p_0_p12_t = 0.4472135954999579 * f_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * f_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * f_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * f_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * f_2_4 * sh_2_c0_4[:, None]
-    p_0_p12_0 += p_0_p12_t * tl.load(w + rows[:, None] * 240 + (192 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum3_0 = sum2_0 + p_0_p12_0 * 0.5773502691896257
-    p_0_0 = sum3_0
-    p_0_p1_0 = zero16
-    p_0_p1_1 = zero16
-    p_0_p1_2 = zero16
-    p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_0[:, None]
-    p_0_p1_0 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_1[:, None]
-    p_0_p1_1 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_2[:, None]
-    p_0_p1_2 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum4_0 = p_0_p1_0 * 0.7071067811865476
-    sum4_1 = p_0_p1_1 * 0.7071067811865476
-    sum4_2 = p_0_p1_2 * 0.7071067811865476
-    p_0_p3_0 = zero16
-    p_0_p3_1 = zero16
-    p_0_p3_2 = zero16
-    p_0_p3_t = 0.5773502691896257 * f_1_0 * sh_0_c0_0[:, None]
-    p_0_p3_0 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p3_t = 0.5773502691896257 * f_1_1 * sh_0_c0_0[:, None]
-    p_0_p3_1 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p3_t = 0.5773502691896257 * f_1_2 * sh_0_c0_0[:, None]
-    p_0_p3_2 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum5_0 = sum4_0 + p_0_p3_0 * 0.7071067811865476
-    sum5_1 = sum4_1 + p_0_p3_1 * 0.7071067811865476
-    sum5_2 = sum4_2 + p_0_p3_2 * 0.7071067811865476
-    p_0_p5_0 = zero16
-    p_0_p5_1 = zero16
-    p_0_p5_2 = zero16
-    p_0_p5_t = 0.408248290463863 * f_1_1 * sh_1_c0_2[:, None] + -0.408248290463863 * f_1_2 * sh_1_c0_1[:, None]
-    p_0_p5_0 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p5_t = -0.408248290463863 * f_1_0 * sh_1_c0_2[:, None] + 0.408248290463863 * f_1_2 * sh_1_c0_0[:, None]
-    p_0_p5_1 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p5_t = 0.408248290463863 * f_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * f_1_1 * sh_1_c0_0[:, None]
-    p_0_p5_2 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum6_0 = sum5_0 + p_0_p5_0 * 0.7071067811865476
-    sum6_1 = sum5_1 + p_0_p5_1 * 0.7071067811865476
-    sum6_2 = sum5_2 + p_0_p5_2 * 0.7071067811865476
-    p_0_p7_0 = zero16
-    p_0_p7_1 = zero16
-    p_0_p7_2 = zero16
-    p_0_p7_t = -0.18257418583505536 * f_1_0 * sh_2_c0_2[:, None] + -0.31622776601683794 * f_1_0 * sh_2_c0_4[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_1[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_0[:, None]
-    p_0_p7_0 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_1_1 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_3[:, None]
-    p_0_p7_1 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_4[:, None]
-    p_0_p7_2 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum7_0 = sum6_0 + p_0_p7_0 * 0.7071067811865476
-    sum7_1 = sum6_1 + p_0_p7_1 * 0.7071067811865476
-    sum7_2 = sum6_2 + p_0_p7_2 * 0.7071067811865476
-    p_0_p10_0 = zero16
-    p_0_p10_1 = zero16
-    p_0_p10_2 = zero16
-    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_0[:, None] + -0.31622776601683794 * f_2_4 * sh_1_c0_0[:, None]
-    p_0_p10_0 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p10_t = 0.31622776601683794 * f_2_1 * sh_1_c0_0[:, None] + 0.3651483716701107 * f_2_2 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_2[:, None]
-    p_0_p10_1 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_4 * sh_1_c0_2[:, None]
-    p_0_p10_2 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum8_0 = sum7_0 + p_0_p10_0 * 0.7071067811865476
-    sum8_1 = sum7_1 + p_0_p10_1 * 0.7071067811865476
-    sum8_2 = sum7_2 + p_0_p10_2 * 0.7071067811865476
-    p_0_p13_0 = zero16
-    p_0_p13_1 = zero16
-    p_0_p13_2 = zero16
-    p_0_p13_t = -0.18257418583505536 * f_2_0 * sh_2_c0_1[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_2_2 * sh_2_c0_3[:, None] + -0.31622776601683794 * f_2_3 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_3[:, None]
-    p_0_p13_0 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p13_t = -0.3651483716701107 * f_2_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_1 * sh_2_c0_3[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_2_4 * sh_2_c0_0[:, None]
-    p_0_p13_1 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p13_t = 0.18257418583505536 * f_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * f_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * f_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * f_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_1[:, None]
-    p_0_p13_2 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum9_0 = sum8_0 + p_0_p13_0 * 0.7071067811865476
-    sum9_1 = sum8_1 + p_0_p13_1 * 0.7071067811865476
-    sum9_2 = sum8_2 + p_0_p13_2 * 0.7071067811865476
-    p_1_0 = sum9_0
-    p_1_1 = sum9_1
-    p_1_2 = sum9_2
-    p_0_p2_0 = zero16
-    p_0_p2_1 = zero16
-    p_0_p2_2 = zero16
-    p_0_p2_3 = zero16
-    p_0_p2_4 = zero16
-    p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_0[:, None]
-    p_0_p2_0 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_1[:, None]
-    p_0_p2_1 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_2[:, None]
-    p_0_p2_2 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_3[:, None]
-    p_0_p2_3 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_4[:, None]
-    p_0_p2_4 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum10_0 = p_0_p2_0 * 0.9128709291752769
-    sum10_1 = p_0_p2_1 * 0.9128709291752769
-    sum10_2 = p_0_p2_2 * 0.9128709291752769
-    sum10_3 = p_0_p2_3 * 0.9128709291752769
-    sum10_4 = p_0_p2_4 * 0.9128709291752769
-    p_0_p6_0 = zero16
-    p_0_p6_1 = zero16
-    p_0_p6_2 = zero16
-    p_0_p6_3 = zero16
-    p_0_p6_4 = zero16
-    p_0_p6_t = 0.31622776601683794 * f_1_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_1_c0_0[:, None]
-    p_0_p6_0 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p6_t = 0.31622776601683794 * f_1_0 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_1_1 * sh_1_c0_0[:, None]
-    p_0_p6_1 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p6_t = -0.18257418583505536 * f_1_0 * sh_1_c0_0[:, None] + 0.3651483716701107 * f_1_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_1_2 * sh_1_c0_2[:, None]
-    p_0_p6_2 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p6_t = 0.31622776601683794 * f_1_1 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_1_c0_1[:, None]
-    p_0_p6_3 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p6_t = -0.31622776601683794 * f_1_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * f_1_2 * sh_1_c0_2[:, None]
-    p_0_p6_4 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum11_0 = sum10_0 + p_0_p6_0 * 0.9128709291752769
-    sum11_1 = sum10_1 + p_0_p6_1 * 0.9128709291752769
-    sum11_2 = sum10_2 + p_0_p6_2 * 0.9128709291752769
-    sum11_3 = sum10_3 + p_0_p6_3 * 0.9128709291752769
-    sum11_4 = sum10_4 + p_0_p6_4 * 0.9128709291752769
-    p_0_p8_0 = zero16
-    p_0_p8_1 = zero16
-    p_0_p8_2 = zero16
-    p_0_p8_3 = zero16
-    p_0_p8_4 = zero16
-    p_0_p8_t = 0.18257418583505536 * f_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_1_1 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_3[:, None]
-    p_0_p8_0 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p8_t = -0.18257418583505536 * f_1_0 * sh_2_c0_0[:, None] + 0.18257418583505536 * f_1_1 * sh_2_c0_3[:, None] + -0.31622776601683794 * f_1_2 * sh_2_c0_2[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_4[:, None]
-    p_0_p8_1 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p8_t = -0.31622776601683794 * f_1_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_1[:, None]
-    p_0_p8_2 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p8_t = 0.31622776601683794 * f_1_0 * sh_2_c0_2[:, None] + -0.18257418583505536 * f_1_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_1_1 * sh_2_c0_1[:, None] + 0.18257418583505536 * f_1_2 * sh_2_c0_0[:, None]
-    p_0_p8_3 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p8_t = 0.18257418583505536 * f_1_0 * sh_2_c0_3[:, None] + -0.3651483716701107 * f_1_1 * sh_2_c0_0[:, None] + 0.18257418583505536 * f_1_2 * sh_2_c0_1[:, None]
-    p_0_p8_4 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum12_0 = sum11_0 + p_0_p8_0 * 0.9128709291752769
-    sum12_1 = sum11_1 + p_0_p8_1 * 0.9128709291752769
-    sum12_2 = sum11_2 + p_0_p8_2 * 0.9128709291752769
-    sum12_3 = sum11_3 + p_0_p8_3 * 0.9128709291752769
-    sum12_4 = sum11_4 + p_0_p8_4 * 0.9128709291752769
-    p_0_p9_0 = zero16
-    p_0_p9_1 = zero16
-    p_0_p9_2 = zero16
-    p_0_p9_3 = zero16
-    p_0_p9_4 = zero16
-    p_0_p9_t = 0.4472135954999579 * f_2_0 * sh_0_c0_0[:, None]
-    p_0_p9_0 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p9_t = 0.4472135954999579 * f_2_1 * sh_0_c0_0[:, None]
-    p_0_p9_1 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p9_t = 0.4472135954999579 * f_2_2 * sh_0_c0_0[:, None]
-    p_0_p9_2 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p9_t = 0.4472135954999579 * f_2_3 * sh_0_c0_0[:, None]
-    p_0_p9_3 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p9_t = 0.4472135954999579 * f_2_4 * sh_0_c0_0[:, None]
-    p_0_p9_4 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum13_0 = sum12_0 + p_0_p9_0 * 0.9128709291752769
-    sum13_1 = sum12_1 + p_0_p9_1 * 0.9128709291752769
-    sum13_2 = sum12_2 + p_0_p9_2 * 0.9128709291752769
-    sum13_3 = sum12_3 + p_0_p9_3 * 0.9128709291752769
-    sum13_4 = sum12_4 + p_0_p9_4 * 0.9128709291752769
-    p_0_p11_0 = zero16
-    p_0_p11_1 = zero16
-    p_0_p11_2 = zero16
-    p_0_p11_3 = zero16
-    p_0_p11_4 = zero16
-    p_0_p11_t = -0.18257418583505536 * f_2_1 * sh_1_c0_0[:, None] + 0.18257418583505536 * f_2_3 * sh_1_c0_2[:, None] + -0.3651483716701107 * f_2_4 * sh_1_c0_1[:, None]
-    p_0_p11_0 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p11_t = 0.18257418583505536 * f_2_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * f_2_2 * sh_1_c0_2[:, None] + -0.18257418583505536 * f_2_3 * sh_1_c0_1[:, None] + 0.18257418583505536 * f_2_4 * sh_1_c0_2[:, None]
-    p_0_p11_1 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p11_t = -0.31622776601683794 * f_2_1 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_0[:, None]
-    p_0_p11_2 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p11_t = -0.18257418583505536 * f_2_0 * sh_1_c0_2[:, None] + 0.18257418583505536 * f_2_1 * sh_1_c0_1[:, None] + -0.31622776601683794 * f_2_2 * sh_1_c0_0[:, None] + 0.18257418583505536 * f_2_4 * sh_1_c0_0[:, None]
-    p_0_p11_3 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p11_t = 0.3651483716701107 * f_2_0 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_1 * sh_1_c0_2[:, None] + -0.18257418583505536 * f_2_3 * sh_1_c0_0[:, None]
-    p_0_p11_4 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum14_0 = sum13_0 + p_0_p11_0 * 0.9128709291752769
-    sum14_1 = sum13_1 + p_0_p11_1 * 0.9128709291752769
-    sum14_2 = sum13_2 + p_0_p11_2 * 0.9128709291752769
-    sum14_3 = sum13_3 + p_0_p11_3 * 0.9128709291752769
-    sum14_4 = sum13_4 + p_0_p11_4 * 0.9128709291752769
-    p_0_p14_0 = zero16
-    p_0_p14_1 = zero16
-    p_0_p14_2 = zero16
-    p_0_p14_3 = zero16
-    p_0_p14_4 = zero16
-    p_0_p14_t = -0.23904572186687872 * f_2_0 * sh_2_c0_2[:, None] + 0.20701966780270625 * f_2_1 * sh_2_c0_3[:, None] + -0.23904572186687872 * f_2_2 * sh_2_c0_0[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_1[:, None]
-    p_0_p14_0 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p14_t = 0.20701966780270625 * f_2_0 * sh_2_c0_3[:, None] + 0.11952286093343936 * f_2_1 * sh_2_c0_2[:, None] + -0.20701966780270625 * f_2_1 * sh_2_c0_4[:, None] + 0.11952286093343936 * f_2_2 * sh_2_c0_1[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_0[:, None] + -0.20701966780270625 * f_2_4 * sh_2_c0_1[:, None]
-    p_0_p14_1 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p14_t = -0.23904572186687872 * f_2_0 * sh_2_c0_0[:, None] + 0.11952286093343936 * f_2_1 * sh_2_c0_1[:, None] + 0.23904572186687872 * f_2_2 * sh_2_c0_2[:, None] + 0.11952286093343936 * f_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * f_2_4 * sh_2_c0_4[:, None]
-    p_0_p14_2 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p14_t = 0.20701966780270625 * f_2_0 * sh_2_c0_1[:, None] + 0.20701966780270625 * f_2_1 * sh_2_c0_0[:, None] + 0.11952286093343936 * f_2_2 * sh_2_c0_3[:, None] + 0.11952286093343936 * f_2_3 * sh_2_c0_2[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_4[:, None] + 0.20701966780270625 * f_2_4 * sh_2_c0_3[:, None]
-    p_0_p14_3 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p14_t = -0.20701966780270625 * f_2_1 * sh_2_c0_1[:, None] + -0.23904572186687872 * f_2_2 * sh_2_c0_4[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * f_2_4 * sh_2_c0_2[:, None]
-    p_0_p14_4 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum15_0 = sum14_0 + p_0_p14_0 * 0.9128709291752769
-    sum15_1 = sum14_1 + p_0_p14_1 * 0.9128709291752769
-    sum15_2 = sum14_2 + p_0_p14_2 * 0.9128709291752769
-    sum15_3 = sum14_3 + p_0_p14_3 * 0.9128709291752769
-    sum15_4 = sum14_4 + p_0_p14_4 * 0.9128709291752769
-    p_2_0 = sum15_0
-    p_2_1 = sum15_1
-    p_2_2 = sum15_2
-    p_2_3 = sum15_3
-    p_2_4 = sum15_4
+    _ch16 = tl.arange(0, 16)
+    _cm16 = _ch16 < 16
+    _mask16 = _row_mask[:, None] & _cm16[None, :]
+    _zero16 = tl.zeros([BLOCK_Z, 16], dtype=f.dtype.element_ty)
+    f__0_0 = tl.load(f + _rows[:, None] * 144 + (0 + _ch16[None, :] * 1), mask=_mask16, other=0.0)
+    _p__0_p0_0 = _zero16
+    sh__0_c0_0 = tl.load(sh + _rows * 9 + 0, mask=_row_mask, other=0.0)
+    _p__0_p0_t = 1.0 * f__0_0 * sh__0_c0_0[:, None]
+    _p__0_p0_0 += _p__0_p0_t * tl.load(w + _rows[:, None] * 240 + (0 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum1_0 = _p__0_p0_0 * 0.5773502691896257
+    f__1_0 = tl.load(f + _rows[:, None] * 144 + (16 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    f__1_1 = tl.load(f + _rows[:, None] * 144 + (17 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    f__1_2 = tl.load(f + _rows[:, None] * 144 + (18 + _ch16[None, :] * 3), mask=_mask16, other=0.0)
+    _p__0_p4_0 = _zero16
+    sh__1_c0_0 = tl.load(sh + _rows * 9 + 1, mask=_row_mask, other=0.0)
+    sh__1_c0_1 = tl.load(sh + _rows * 9 + 2, mask=_row_mask, other=0.0)
+    sh__1_c0_2 = tl.load(sh + _rows * 9 + 3, mask=_row_mask, other=0.0)
+    _p__0_p4_t = 0.5773502691896257 * f__1_0 * sh__1_c0_0[:, None] + 0.5773502691896257 * f__1_1 * sh__1_c0_1[:, None] + 0.5773502691896257 * f__1_2 * sh__1_c0_2[:, None]
+    _p__0_p4_0 += _p__0_p4_t * tl.load(w + _rows[:, None] * 240 + (64 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum2_0 = _sum1_0 + _p__0_p4_0 * 0.5773502691896257
+    f__2_0 = tl.load(f + _rows[:, None] * 144 + (64 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_1 = tl.load(f + _rows[:, None] * 144 + (65 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_2 = tl.load(f + _rows[:, None] * 144 + (66 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_3 = tl.load(f + _rows[:, None] * 144 + (67 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    f__2_4 = tl.load(f + _rows[:, None] * 144 + (68 + _ch16[None, :] * 5), mask=_mask16, other=0.0)
+    _p__0_p12_0 = _zero16
+    sh__2_c0_0 = tl.load(sh + _rows * 9 + 4, mask=_row_mask, other=0.0)
+    sh__2_c0_1 = tl.load(sh + _rows * 9 + 5, mask=_row_mask, other=0.0)
+    sh__2_c0_2 = tl.load(sh + _rows * 9 + 6, mask=_row_mask, other=0.0)
+    sh__2_c0_3 = tl.load(sh + _rows * 9 + 7, mask=_row_mask, other=0.0)
+    sh__2_c0_4 = tl.load(sh + _rows * 9 + 8, mask=_row_mask, other=0.0)
+    _p__0_p12_t = 0.4472135954999579 * f__2_0 * sh__2_c0_0[:, None] + 0.4472135954999579 * f__2_1 * sh__2_c0_1[:, None] + 0.4472135954999579 * f__2_2 * sh__2_c0_2[:, None] + 0.4472135954999579 * f__2_3 * sh__2_c0_3[:, None] + 0.4472135954999579 * f__2_4 * sh__2_c0_4[:, None]
+    _p__0_p12_0 += _p__0_p12_t * tl.load(w + _rows[:, None] * 240 + (192 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum3_0 = _sum2_0 + _p__0_p12_0 * 0.5773502691896257
+    p__0_0 = _sum3_0
+    _p__0_p1_0 = _zero16
+    _p__0_p1_1 = _zero16
+    _p__0_p1_2 = _zero16
+    _p__0_p1_t = 0.5773502691896257 * f__0_0 * sh__1_c0_0[:, None]
+    _p__0_p1_0 += _p__0_p1_t * tl.load(w + _rows[:, None] * 240 + (16 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p1_t = 0.5773502691896257 * f__0_0 * sh__1_c0_1[:, None]
+    _p__0_p1_1 += _p__0_p1_t * tl.load(w + _rows[:, None] * 240 + (16 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p1_t = 0.5773502691896257 * f__0_0 * sh__1_c0_2[:, None]
+    _p__0_p1_2 += _p__0_p1_t * tl.load(w + _rows[:, None] * 240 + (16 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum4_0 = _p__0_p1_0 * 0.7071067811865476
+    _sum4_1 = _p__0_p1_1 * 0.7071067811865476
+    _sum4_2 = _p__0_p1_2 * 0.7071067811865476
+    _p__0_p3_0 = _zero16
+    _p__0_p3_1 = _zero16
+    _p__0_p3_2 = _zero16
+    _p__0_p3_t = 0.5773502691896257 * f__1_0 * sh__0_c0_0[:, None]
+    _p__0_p3_0 += _p__0_p3_t * tl.load(w + _rows[:, None] * 240 + (48 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p3_t = 0.5773502691896257 * f__1_1 * sh__0_c0_0[:, None]
+    _p__0_p3_1 += _p__0_p3_t * tl.load(w + _rows[:, None] * 240 + (48 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p3_t = 0.5773502691896257 * f__1_2 * sh__0_c0_0[:, None]
+    _p__0_p3_2 += _p__0_p3_t * tl.load(w + _rows[:, None] * 240 + (48 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum5_0 = _sum4_0 + _p__0_p3_0 * 0.7071067811865476
+    _sum5_1 = _sum4_1 + _p__0_p3_1 * 0.7071067811865476
+    _sum5_2 = _sum4_2 + _p__0_p3_2 * 0.7071067811865476
+    _p__0_p5_0 = _zero16
+    _p__0_p5_1 = _zero16
+    _p__0_p5_2 = _zero16
+    _p__0_p5_t = 0.408248290463863 * f__1_1 * sh__1_c0_2[:, None] + -0.408248290463863 * f__1_2 * sh__1_c0_1[:, None]
+    _p__0_p5_0 += _p__0_p5_t * tl.load(w + _rows[:, None] * 240 + (80 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p5_t = -0.408248290463863 * f__1_0 * sh__1_c0_2[:, None] + 0.408248290463863 * f__1_2 * sh__1_c0_0[:, None]
+    _p__0_p5_1 += _p__0_p5_t * tl.load(w + _rows[:, None] * 240 + (80 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p5_t = 0.408248290463863 * f__1_0 * sh__1_c0_1[:, None] + -0.408248290463863 * f__1_1 * sh__1_c0_0[:, None]
+    _p__0_p5_2 += _p__0_p5_t * tl.load(w + _rows[:, None] * 240 + (80 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum6_0 = _sum5_0 + _p__0_p5_0 * 0.7071067811865476
+    _sum6_1 = _sum5_1 + _p__0_p5_1 * 0.7071067811865476
+    _sum6_2 = _sum5_2 + _p__0_p5_2 * 0.7071067811865476
+    _p__0_p7_0 = _zero16
+    _p__0_p7_1 = _zero16
+    _p__0_p7_2 = _zero16
+    _p__0_p7_t = -0.18257418583505536 * f__1_0 * sh__2_c0_2[:, None] + -0.31622776601683794 * f__1_0 * sh__2_c0_4[:, None] + 0.31622776601683794 * f__1_1 * sh__2_c0_1[:, None] + 0.31622776601683794 * f__1_2 * sh__2_c0_0[:, None]
+    _p__0_p7_0 += _p__0_p7_t * tl.load(w + _rows[:, None] * 240 + (112 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p7_t = 0.31622776601683794 * f__1_0 * sh__2_c0_1[:, None] + 0.3651483716701107 * f__1_1 * sh__2_c0_2[:, None] + 0.31622776601683794 * f__1_2 * sh__2_c0_3[:, None]
+    _p__0_p7_1 += _p__0_p7_t * tl.load(w + _rows[:, None] * 240 + (112 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p7_t = 0.31622776601683794 * f__1_0 * sh__2_c0_0[:, None] + 0.31622776601683794 * f__1_1 * sh__2_c0_3[:, None] + -0.18257418583505536 * f__1_2 * sh__2_c0_2[:, None] + 0.31622776601683794 * f__1_2 * sh__2_c0_4[:, None]
+    _p__0_p7_2 += _p__0_p7_t * tl.load(w + _rows[:, None] * 240 + (112 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum7_0 = _sum6_0 + _p__0_p7_0 * 0.7071067811865476
+    _sum7_1 = _sum6_1 + _p__0_p7_1 * 0.7071067811865476
+    _sum7_2 = _sum6_2 + _p__0_p7_2 * 0.7071067811865476
+    _p__0_p10_0 = _zero16
+    _p__0_p10_1 = _zero16
+    _p__0_p10_2 = _zero16
+    _p__0_p10_t = 0.31622776601683794 * f__2_0 * sh__1_c0_2[:, None] + 0.31622776601683794 * f__2_1 * sh__1_c0_1[:, None] + -0.18257418583505536 * f__2_2 * sh__1_c0_0[:, None] + -0.31622776601683794 * f__2_4 * sh__1_c0_0[:, None]
+    _p__0_p10_0 += _p__0_p10_t * tl.load(w + _rows[:, None] * 240 + (160 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p10_t = 0.31622776601683794 * f__2_1 * sh__1_c0_0[:, None] + 0.3651483716701107 * f__2_2 * sh__1_c0_1[:, None] + 0.31622776601683794 * f__2_3 * sh__1_c0_2[:, None]
+    _p__0_p10_1 += _p__0_p10_t * tl.load(w + _rows[:, None] * 240 + (160 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p10_t = 0.31622776601683794 * f__2_0 * sh__1_c0_0[:, None] + -0.18257418583505536 * f__2_2 * sh__1_c0_2[:, None] + 0.31622776601683794 * f__2_3 * sh__1_c0_1[:, None] + 0.31622776601683794 * f__2_4 * sh__1_c0_2[:, None]
+    _p__0_p10_2 += _p__0_p10_t * tl.load(w + _rows[:, None] * 240 + (160 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum8_0 = _sum7_0 + _p__0_p10_0 * 0.7071067811865476
+    _sum8_1 = _sum7_1 + _p__0_p10_1 * 0.7071067811865476
+    _sum8_2 = _sum7_2 + _p__0_p10_2 * 0.7071067811865476
+    _p__0_p13_0 = _zero16
+    _p__0_p13_1 = _zero16
+    _p__0_p13_2 = _zero16
+    _p__0_p13_t = -0.18257418583505536 * f__2_0 * sh__2_c0_1[:, None] + 0.18257418583505536 * f__2_1 * sh__2_c0_0[:, None] + 0.31622776601683794 * f__2_2 * sh__2_c0_3[:, None] + -0.31622776601683794 * f__2_3 * sh__2_c0_2[:, None] + 0.18257418583505536 * f__2_3 * sh__2_c0_4[:, None] + -0.18257418583505536 * f__2_4 * sh__2_c0_3[:, None]
+    _p__0_p13_0 += _p__0_p13_t * tl.load(w + _rows[:, None] * 240 + (208 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p13_t = -0.3651483716701107 * f__2_0 * sh__2_c0_4[:, None] + -0.18257418583505536 * f__2_1 * sh__2_c0_3[:, None] + 0.18257418583505536 * f__2_3 * sh__2_c0_1[:, None] + 0.3651483716701107 * f__2_4 * sh__2_c0_0[:, None]
+    _p__0_p13_1 += _p__0_p13_t * tl.load(w + _rows[:, None] * 240 + (208 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p13_t = 0.18257418583505536 * f__2_0 * sh__2_c0_3[:, None] + 0.31622776601683794 * f__2_1 * sh__2_c0_2[:, None] + 0.18257418583505536 * f__2_1 * sh__2_c0_4[:, None] + -0.31622776601683794 * f__2_2 * sh__2_c0_1[:, None] + -0.18257418583505536 * f__2_3 * sh__2_c0_0[:, None] + -0.18257418583505536 * f__2_4 * sh__2_c0_1[:, None]
+    _p__0_p13_2 += _p__0_p13_t * tl.load(w + _rows[:, None] * 240 + (208 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum9_0 = _sum8_0 + _p__0_p13_0 * 0.7071067811865476
+    _sum9_1 = _sum8_1 + _p__0_p13_1 * 0.7071067811865476
+    _sum9_2 = _sum8_2 + _p__0_p13_2 * 0.7071067811865476
+    p__1_0 = _sum9_0
+    p__1_1 = _sum9_1
+    p__1_2 = _sum9_2
+    _p__0_p2_0 = _zero16
+    _p__0_p2_1 = _zero16
+    _p__0_p2_2 = _zero16
+    _p__0_p2_3 = _zero16
+    _p__0_p2_4 = _zero16
+    _p__0_p2_t = 0.4472135954999579 * f__0_0 * sh__2_c0_0[:, None]
+    _p__0_p2_0 += _p__0_p2_t * tl.load(w + _rows[:, None] * 240 + (32 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p2_t = 0.4472135954999579 * f__0_0 * sh__2_c0_1[:, None]
+    _p__0_p2_1 += _p__0_p2_t * tl.load(w + _rows[:, None] * 240 + (32 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p2_t = 0.4472135954999579 * f__0_0 * sh__2_c0_2[:, None]
+    _p__0_p2_2 += _p__0_p2_t * tl.load(w + _rows[:, None] * 240 + (32 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p2_t = 0.4472135954999579 * f__0_0 * sh__2_c0_3[:, None]
+    _p__0_p2_3 += _p__0_p2_t * tl.load(w + _rows[:, None] * 240 + (32 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p2_t = 0.4472135954999579 * f__0_0 * sh__2_c0_4[:, None]
+    _p__0_p2_4 += _p__0_p2_t * tl.load(w + _rows[:, None] * 240 + (32 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum10_0 = _p__0_p2_0 * 0.9128709291752769
+    _sum10_1 = _p__0_p2_1 * 0.9128709291752769
+    _sum10_2 = _p__0_p2_2 * 0.9128709291752769
+    _sum10_3 = _p__0_p2_3 * 0.9128709291752769
+    _sum10_4 = _p__0_p2_4 * 0.9128709291752769
+    _p__0_p6_0 = _zero16
+    _p__0_p6_1 = _zero16
+    _p__0_p6_2 = _zero16
+    _p__0_p6_3 = _zero16
+    _p__0_p6_4 = _zero16
+    _p__0_p6_t = 0.31622776601683794 * f__1_0 * sh__1_c0_2[:, None] + 0.31622776601683794 * f__1_2 * sh__1_c0_0[:, None]
+    _p__0_p6_0 += _p__0_p6_t * tl.load(w + _rows[:, None] * 240 + (96 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p6_t = 0.31622776601683794 * f__1_0 * sh__1_c0_1[:, None] + 0.31622776601683794 * f__1_1 * sh__1_c0_0[:, None]
+    _p__0_p6_1 += _p__0_p6_t * tl.load(w + _rows[:, None] * 240 + (96 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p6_t = -0.18257418583505536 * f__1_0 * sh__1_c0_0[:, None] + 0.3651483716701107 * f__1_1 * sh__1_c0_1[:, None] + -0.18257418583505536 * f__1_2 * sh__1_c0_2[:, None]
+    _p__0_p6_2 += _p__0_p6_t * tl.load(w + _rows[:, None] * 240 + (96 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p6_t = 0.31622776601683794 * f__1_1 * sh__1_c0_2[:, None] + 0.31622776601683794 * f__1_2 * sh__1_c0_1[:, None]
+    _p__0_p6_3 += _p__0_p6_t * tl.load(w + _rows[:, None] * 240 + (96 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p6_t = -0.31622776601683794 * f__1_0 * sh__1_c0_0[:, None] + 0.31622776601683794 * f__1_2 * sh__1_c0_2[:, None]
+    _p__0_p6_4 += _p__0_p6_t * tl.load(w + _rows[:, None] * 240 + (96 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum11_0 = _sum10_0 + _p__0_p6_0 * 0.9128709291752769
+    _sum11_1 = _sum10_1 + _p__0_p6_1 * 0.9128709291752769
+    _sum11_2 = _sum10_2 + _p__0_p6_2 * 0.9128709291752769
+    _sum11_3 = _sum10_3 + _p__0_p6_3 * 0.9128709291752769
+    _sum11_4 = _sum10_4 + _p__0_p6_4 * 0.9128709291752769
+    _p__0_p8_0 = _zero16
+    _p__0_p8_1 = _zero16
+    _p__0_p8_2 = _zero16
+    _p__0_p8_3 = _zero16
+    _p__0_p8_4 = _zero16
+    _p__0_p8_t = 0.18257418583505536 * f__1_0 * sh__2_c0_1[:, None] + 0.3651483716701107 * f__1_1 * sh__2_c0_4[:, None] + -0.18257418583505536 * f__1_2 * sh__2_c0_3[:, None]
+    _p__0_p8_0 += _p__0_p8_t * tl.load(w + _rows[:, None] * 240 + (128 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p8_t = -0.18257418583505536 * f__1_0 * sh__2_c0_0[:, None] + 0.18257418583505536 * f__1_1 * sh__2_c0_3[:, None] + -0.31622776601683794 * f__1_2 * sh__2_c0_2[:, None] + -0.18257418583505536 * f__1_2 * sh__2_c0_4[:, None]
+    _p__0_p8_1 += _p__0_p8_t * tl.load(w + _rows[:, None] * 240 + (128 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p8_t = -0.31622776601683794 * f__1_0 * sh__2_c0_3[:, None] + 0.31622776601683794 * f__1_2 * sh__2_c0_1[:, None]
+    _p__0_p8_2 += _p__0_p8_t * tl.load(w + _rows[:, None] * 240 + (128 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p8_t = 0.31622776601683794 * f__1_0 * sh__2_c0_2[:, None] + -0.18257418583505536 * f__1_0 * sh__2_c0_4[:, None] + -0.18257418583505536 * f__1_1 * sh__2_c0_1[:, None] + 0.18257418583505536 * f__1_2 * sh__2_c0_0[:, None]
+    _p__0_p8_3 += _p__0_p8_t * tl.load(w + _rows[:, None] * 240 + (128 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p8_t = 0.18257418583505536 * f__1_0 * sh__2_c0_3[:, None] + -0.3651483716701107 * f__1_1 * sh__2_c0_0[:, None] + 0.18257418583505536 * f__1_2 * sh__2_c0_1[:, None]
+    _p__0_p8_4 += _p__0_p8_t * tl.load(w + _rows[:, None] * 240 + (128 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum12_0 = _sum11_0 + _p__0_p8_0 * 0.9128709291752769
+    _sum12_1 = _sum11_1 + _p__0_p8_1 * 0.9128709291752769
+    _sum12_2 = _sum11_2 + _p__0_p8_2 * 0.9128709291752769
+    _sum12_3 = _sum11_3 + _p__0_p8_3 * 0.9128709291752769
+    _sum12_4 = _sum11_4 + _p__0_p8_4 * 0.9128709291752769
+    _p__0_p9_0 = _zero16
+    _p__0_p9_1 = _zero16
+    _p__0_p9_2 = _zero16
+    _p__0_p9_3 = _zero16
+    _p__0_p9_4 = _zero16
+    _p__0_p9_t = 0.4472135954999579 * f__2_0 * sh__0_c0_0[:, None]
+    _p__0_p9_0 += _p__0_p9_t * tl.load(w + _rows[:, None] * 240 + (144 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p9_t = 0.4472135954999579 * f__2_1 * sh__0_c0_0[:, None]
+    _p__0_p9_1 += _p__0_p9_t * tl.load(w + _rows[:, None] * 240 + (144 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p9_t = 0.4472135954999579 * f__2_2 * sh__0_c0_0[:, None]
+    _p__0_p9_2 += _p__0_p9_t * tl.load(w + _rows[:, None] * 240 + (144 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p9_t = 0.4472135954999579 * f__2_3 * sh__0_c0_0[:, None]
+    _p__0_p9_3 += _p__0_p9_t * tl.load(w + _rows[:, None] * 240 + (144 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p9_t = 0.4472135954999579 * f__2_4 * sh__0_c0_0[:, None]
+    _p__0_p9_4 += _p__0_p9_t * tl.load(w + _rows[:, None] * 240 + (144 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum13_0 = _sum12_0 + _p__0_p9_0 * 0.9128709291752769
+    _sum13_1 = _sum12_1 + _p__0_p9_1 * 0.9128709291752769
+    _sum13_2 = _sum12_2 + _p__0_p9_2 * 0.9128709291752769
+    _sum13_3 = _sum12_3 + _p__0_p9_3 * 0.9128709291752769
+    _sum13_4 = _sum12_4 + _p__0_p9_4 * 0.9128709291752769
+    _p__0_p11_0 = _zero16
+    _p__0_p11_1 = _zero16
+    _p__0_p11_2 = _zero16
+    _p__0_p11_3 = _zero16
+    _p__0_p11_4 = _zero16
+    _p__0_p11_t = -0.18257418583505536 * f__2_1 * sh__1_c0_0[:, None] + 0.18257418583505536 * f__2_3 * sh__1_c0_2[:, None] + -0.3651483716701107 * f__2_4 * sh__1_c0_1[:, None]
+    _p__0_p11_0 += _p__0_p11_t * tl.load(w + _rows[:, None] * 240 + (176 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p11_t = 0.18257418583505536 * f__2_0 * sh__1_c0_0[:, None] + 0.31622776601683794 * f__2_2 * sh__1_c0_2[:, None] + -0.18257418583505536 * f__2_3 * sh__1_c0_1[:, None] + 0.18257418583505536 * f__2_4 * sh__1_c0_2[:, None]
+    _p__0_p11_1 += _p__0_p11_t * tl.load(w + _rows[:, None] * 240 + (176 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p11_t = -0.31622776601683794 * f__2_1 * sh__1_c0_2[:, None] + 0.31622776601683794 * f__2_3 * sh__1_c0_0[:, None]
+    _p__0_p11_2 += _p__0_p11_t * tl.load(w + _rows[:, None] * 240 + (176 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p11_t = -0.18257418583505536 * f__2_0 * sh__1_c0_2[:, None] + 0.18257418583505536 * f__2_1 * sh__1_c0_1[:, None] + -0.31622776601683794 * f__2_2 * sh__1_c0_0[:, None] + 0.18257418583505536 * f__2_4 * sh__1_c0_0[:, None]
+    _p__0_p11_3 += _p__0_p11_t * tl.load(w + _rows[:, None] * 240 + (176 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p11_t = 0.3651483716701107 * f__2_0 * sh__1_c0_1[:, None] + -0.18257418583505536 * f__2_1 * sh__1_c0_2[:, None] + -0.18257418583505536 * f__2_3 * sh__1_c0_0[:, None]
+    _p__0_p11_4 += _p__0_p11_t * tl.load(w + _rows[:, None] * 240 + (176 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum14_0 = _sum13_0 + _p__0_p11_0 * 0.9128709291752769
+    _sum14_1 = _sum13_1 + _p__0_p11_1 * 0.9128709291752769
+    _sum14_2 = _sum13_2 + _p__0_p11_2 * 0.9128709291752769
+    _sum14_3 = _sum13_3 + _p__0_p11_3 * 0.9128709291752769
+    _sum14_4 = _sum13_4 + _p__0_p11_4 * 0.9128709291752769
+    _p__0_p14_0 = _zero16
+    _p__0_p14_1 = _zero16
+    _p__0_p14_2 = _zero16
+    _p__0_p14_3 = _zero16
+    _p__0_p14_4 = _zero16
+    _p__0_p14_t = -0.23904572186687872 * f__2_0 * sh__2_c0_2[:, None] + 0.20701966780270625 * f__2_1 * sh__2_c0_3[:, None] + -0.23904572186687872 * f__2_2 * sh__2_c0_0[:, None] + 0.20701966780270625 * f__2_3 * sh__2_c0_1[:, None]
+    _p__0_p14_0 += _p__0_p14_t * tl.load(w + _rows[:, None] * 240 + (224 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p14_t = 0.20701966780270625 * f__2_0 * sh__2_c0_3[:, None] + 0.11952286093343936 * f__2_1 * sh__2_c0_2[:, None] + -0.20701966780270625 * f__2_1 * sh__2_c0_4[:, None] + 0.11952286093343936 * f__2_2 * sh__2_c0_1[:, None] + 0.20701966780270625 * f__2_3 * sh__2_c0_0[:, None] + -0.20701966780270625 * f__2_4 * sh__2_c0_1[:, None]
+    _p__0_p14_1 += _p__0_p14_t * tl.load(w + _rows[:, None] * 240 + (224 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p14_t = -0.23904572186687872 * f__2_0 * sh__2_c0_0[:, None] + 0.11952286093343936 * f__2_1 * sh__2_c0_1[:, None] + 0.23904572186687872 * f__2_2 * sh__2_c0_2[:, None] + 0.11952286093343936 * f__2_3 * sh__2_c0_3[:, None] + -0.23904572186687872 * f__2_4 * sh__2_c0_4[:, None]
+    _p__0_p14_2 += _p__0_p14_t * tl.load(w + _rows[:, None] * 240 + (224 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p14_t = 0.20701966780270625 * f__2_0 * sh__2_c0_1[:, None] + 0.20701966780270625 * f__2_1 * sh__2_c0_0[:, None] + 0.11952286093343936 * f__2_2 * sh__2_c0_3[:, None] + 0.11952286093343936 * f__2_3 * sh__2_c0_2[:, None] + 0.20701966780270625 * f__2_3 * sh__2_c0_4[:, None] + 0.20701966780270625 * f__2_4 * sh__2_c0_3[:, None]
+    _p__0_p14_3 += _p__0_p14_t * tl.load(w + _rows[:, None] * 240 + (224 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _p__0_p14_t = -0.20701966780270625 * f__2_1 * sh__2_c0_1[:, None] + -0.23904572186687872 * f__2_2 * sh__2_c0_4[:, None] + 0.20701966780270625 * f__2_3 * sh__2_c0_3[:, None] + -0.23904572186687872 * f__2_4 * sh__2_c0_2[:, None]
+    _p__0_p14_4 += _p__0_p14_t * tl.load(w + _rows[:, None] * 240 + (224 + _ch16[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm16[None, :], other=0.0)
+    _sum15_0 = _sum14_0 + _p__0_p14_0 * 0.9128709291752769
+    _sum15_1 = _sum14_1 + _p__0_p14_1 * 0.9128709291752769
+    _sum15_2 = _sum14_2 + _p__0_p14_2 * 0.9128709291752769
+    _sum15_3 = _sum14_3 + _p__0_p14_3 * 0.9128709291752769
+    _sum15_4 = _sum14_4 + _p__0_p14_4 * 0.9128709291752769
+    p__2_0 = _sum15_0
+    p__2_1 = _sum15_1
+    p__2_2 = _sum15_2
+    p__2_3 = _sum15_3
+    p__2_4 = _sum15_4
 
     # out m : 16x0+16x1+16x2
     # m.0: p mix uvw
-    sum16_0 = tl.dot(p_0_0, tl.load(weight + 0 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_0_0 = sum16_0
-    tl.store(m_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), m_0_0, mask=mask16)
-    sum17_0 = tl.dot(p_1_0, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum17_1 = tl.dot(p_1_1, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum17_2 = tl.dot(p_1_2, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_1_0 = sum17_0
-    m_1_1 = sum17_1
-    m_1_2 = sum17_2
-    tl.store(m_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), m_1_0, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), m_1_1, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), m_1_2, mask=mask16)
-    sum18_0 = tl.dot(p_2_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_1 = tl.dot(p_2_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_2 = tl.dot(p_2_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_3 = tl.dot(p_2_3, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_4 = tl.dot(p_2_4, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_2_0 = sum18_0
-    m_2_1 = sum18_1
-    m_2_2 = sum18_2
-    m_2_3 = sum18_3
-    m_2_4 = sum18_4
-    tl.store(m_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), m_2_0, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), m_2_1, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), m_2_2, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (67 + ch16[None, :] * 5), m_2_3, mask=mask16)
-    tl.store(m_out + rows[:, None] * 144 + (68 + ch16[None, :] * 5), m_2_4, mask=mask16)
+    _sum16_0 = tl.dot(p__0_0, tl.load(weight + 0 + (0 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m__0_0 = _sum16_0
+    tl.store(m__out + _rows[:, None] * 144 + (0 + _ch16[None, :] * 1), m__0_0, mask=_mask16)
+    _sum17_0 = tl.dot(p__1_0, tl.load(weight + 0 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum17_1 = tl.dot(p__1_1, tl.load(weight + 0 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum17_2 = tl.dot(p__1_2, tl.load(weight + 0 + (256 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m__1_0 = _sum17_0
+    m__1_1 = _sum17_1
+    m__1_2 = _sum17_2
+    tl.store(m__out + _rows[:, None] * 144 + (16 + _ch16[None, :] * 3), m__1_0, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (17 + _ch16[None, :] * 3), m__1_1, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (18 + _ch16[None, :] * 3), m__1_2, mask=_mask16)
+    _sum18_0 = tl.dot(p__2_0, tl.load(weight + 0 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum18_1 = tl.dot(p__2_1, tl.load(weight + 0 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum18_2 = tl.dot(p__2_2, tl.load(weight + 0 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum18_3 = tl.dot(p__2_3, tl.load(weight + 0 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    _sum18_4 = tl.dot(p__2_4, tl.load(weight + 0 + (512 + _ch16[:, None] * 16 + _ch16[None, :]), mask=_cm16[:, None] & _cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m__2_0 = _sum18_0
+    m__2_1 = _sum18_1
+    m__2_2 = _sum18_2
+    m__2_3 = _sum18_3
+    m__2_4 = _sum18_4
+    tl.store(m__out + _rows[:, None] * 144 + (64 + _ch16[None, :] * 5), m__2_0, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (65 + _ch16[None, :] * 5), m__2_1, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (66 + _ch16[None, :] * 5), m__2_2, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (67 + _ch16[None, :] * 5), m__2_3, mask=_mask16)
+    tl.store(m__out + _rows[:, None] * 144 + (68 + _ch16[None, :] * 5), m__2_4, mask=_mask16)
 
 
-def _cormorant_message_triton(f, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _cormorant_message__triton(f, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the cormorant_message kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = f.shape[0]
-    m_out = rt.output_rows(f, n, 144)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _cormorant_message_kernel[grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, enable_fp_fusion=True)
-    return [m_out]
+    m__out = rt.output_rows(f, n, 144)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _cormorant_message__kernel[_grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m__out, n, enable_fp_fusion=True)
+    return [m__out]
 
 
 # cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_f)
-_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_sh)
-_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_w)
-_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_weight)
-_ops.register("cormorant_message_d", _cormorant_message_d_triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight])
-_ops.register("cormorant_message", _cormorant_message_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True)
+_ops.register("cormorant_message__d__d2_f", _cormorant_message__d__d2_f__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_f)
+_ops.register("cormorant_message__d__d2_sh", _cormorant_message__d__d2_sh__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_sh)
+_ops.register("cormorant_message__d__d2_w", _cormorant_message__d__d2_w__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_w)
+_ops.register("cormorant_message__d__d2_weight", _cormorant_message__d__d2_weight__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_weight)
+_ops.register("cormorant_message__d", _cormorant_message__d__triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w, _ops.cormorant_message__d__d2_weight])
+_ops.register("cormorant_message", _cormorant_message__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d], check_indices=True)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -12687,11 +12687,11 @@ class cormorant_cg(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
-        outputs = _ops.cormorant_cg([
-            rt.rows(f, batch, 144),
+        _batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
+        _outputs = _ops.cormorant_cg([
+            rt.rows(f, _batch, 144),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 144)
+        return _outputs[0].reshape(*_batch, 144)
 
 
 class cormorant_message(rt.FusionModule):
@@ -12710,7 +12710,7 @@ class cormorant_message(rt.FusionModule):
     input_weight_numel = {'w': 240}
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
-        "_g_p_0": ((9, 179), (
+        "_g_p__0": ((9, 179), (
             (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 24, 0.408248290463863), (0, 36, 0.408248290463863),
             (0, 104, 0.408248290463863), (0, 122, 0.408248290463863), (0, 140, 0.408248290463863), (0, 158, 0.408248290463863),
             (0, 176, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 28, -0.2886751345948129),
@@ -12758,10 +12758,10 @@ class cormorant_message(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
-        outputs = _ops.cormorant_message([
-            rt.rows(f, batch, 144),
-            rt.rows(sh, batch, 9),
-            rt.weight_rows(w, batch, 240),
+        _batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
+        _outputs = _ops.cormorant_message([
+            rt.rows(f, _batch, 144),
+            rt.rows(sh, _batch, 9),
+            rt.weight_rows(w, _batch, 240),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 144)
+        return _outputs[0].reshape(*_batch, 144)

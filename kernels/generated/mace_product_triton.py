@@ -2,7 +2,7 @@
 # Source sha256: 0b75326334e88c6cf4af463082b657ac0a1df51c73132d7d38968588565c58d8
 """fusionc triton ops compiled from kernels/mace_product.fus: mace_product, mace_product_2, mace_product_4.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`
 (the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
@@ -16,11 +16,11 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_01cd6ace4259895a")
+_ops = rt.OpNamespace("fusionc_f48cf0ce99b3e6b0")
 
 
 @triton.jit
-def _mace_product_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel0(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 1–16 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -278,7 +278,7 @@ def _mace_product_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel1(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 17–32 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -521,7 +521,7 @@ def _mace_product_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel2(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 33–48 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -773,7 +773,7 @@ def _mace_product_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel3(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 49–64 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1011,7 +1011,7 @@ def _mace_product_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel4(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 65–80 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1252,7 +1252,7 @@ def _mace_product_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel5(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 81–96 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1503,7 +1503,7 @@ def _mace_product_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel6(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 97–112 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1728,7 +1728,7 @@ def _mace_product_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel7(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 113–128 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -1958,7 +1958,7 @@ def _mace_product_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel8(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 129–144 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -2243,7 +2243,7 @@ def _mace_product_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel9(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 145–160 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -2501,7 +2501,7 @@ def _mace_product_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
 
 
 @triton.jit
-def _mace_product_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel10(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 161–176 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -2750,7 +2750,7 @@ def _mace_product_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
 
 
 @triton.jit
-def _mace_product_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product__d__kernel11(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product, statements 177–191 of 191: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -2914,7 +2914,7 @@ def _mace_product_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
     q_187 = po_187
     tl.store(q_187, tl.load(q_187, mask=mo_187, other=0.0) + a0_187 * a1_187, mask=mo_187)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_188 = tl.arange(0, 64)
     ii_188 = tl.arange(0, 4)
     p0_188 = d_B_ptr + 64 + z[:, None, None] * 256 + iu_188[None, :, None] * 3 + ii_188[None, None, :]
@@ -2942,7 +2942,7 @@ def _mace_product_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
     q_189 = po_189
     tl.store(q_189, tl.load(q_189, mask=mo_189, other=0.0) + a0_189 * a1_189, mask=mo_189)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_190 = tl.arange(0, 64)
     ii_190 = tl.arange(0, 1)
     p0_190 = d_B_ptr + 0 + z[:, None, None] * 256 + iu_190[None, :, None] + ii_190[None, None, :]
@@ -2971,8 +2971,8 @@ def _mace_product_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
     tl.debug_barrier()
 
 
-def _mace_product_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product__d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (1024,)]
@@ -2980,15 +2980,15 @@ def _mace_product_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 18560)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_d_0_kernel, _mace_product_d_1_kernel, _mace_product_d_2_kernel, _mace_product_d_3_kernel, _mace_product_d_4_kernel, _mace_product_d_5_kernel, _mace_product_d_6_kernel, _mace_product_d_7_kernel, _mace_product_d_8_kernel, _mace_product_d_9_kernel, _mace_product_d_10_kernel, _mace_product_d_11_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product__d__kernel0, _mace_product__d__kernel1, _mace_product__d__kernel2, _mace_product__d__kernel3, _mace_product__d__kernel4, _mace_product__d__kernel5, _mace_product__d__kernel6, _mace_product__d__kernel7, _mace_product__d__kernel8, _mace_product__d__kernel9, _mace_product__d__kernel10, _mace_product__d__kernel11,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], partial[:, 0:18560].sum(0)]
 
 
 @triton.jit
-def _mace_product_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 1–16 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 1–16 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3248,8 +3248,8 @@ def _mace_product_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 17–32 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 17–32 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3491,8 +3491,8 @@ def _mace_product_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 33–48 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 33–48 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3722,8 +3722,8 @@ def _mace_product_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 49–64 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 49–64 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3955,8 +3955,8 @@ def _mace_product_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 65–80 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel4(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 65–80 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4187,8 +4187,8 @@ def _mace_product_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 81–96 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel5(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 81–96 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4379,7 +4379,7 @@ def _mace_product_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     q_94 = po_94
     tl.store(q_94, tl.load(q_94, mask=mo_94, other=0.0) + a0_94 * a1_94, mask=mo_94)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
+    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
     iu_95 = tl.arange(0, 64)
     ii_95 = tl.arange(0, 1)
     p0_95 = d2_d_A_ptr + 0 + z[:, None, None] * 1024 + iu_95[None, :, None] + ii_95[None, None, :]
@@ -4410,13 +4410,13 @@ def _mace_product_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 97–112 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel6(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 97–112 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
-    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
+    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
     iu_97 = tl.arange(0, 64)
     ii_97 = tl.arange(0, 4)
     p0_97 = d2_d_A_ptr + 64 + z[:, None, None] * 1024 + iu_97[None, :, None] * 3 + ii_97[None, None, :]
@@ -4653,8 +4653,8 @@ def _mace_product_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 113–128 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel7(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 113–128 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4903,8 +4903,8 @@ def _mace_product_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 129–144 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel8(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 129–144 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -5172,8 +5172,8 @@ def _mace_product_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 145–160 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel9(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 145–160 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -5441,8 +5441,8 @@ def _mace_product_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
 
 
 @triton.jit
-def _mace_product_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 161–176 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel10(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 161–176 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -5719,8 +5719,8 @@ def _mace_product_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 177–192 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel11(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 177–192 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6026,8 +6026,8 @@ def _mace_product_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 193–208 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel12(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 193–208 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6252,8 +6252,8 @@ def _mace_product_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 209–224 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel13(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 209–224 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6490,8 +6490,8 @@ def _mace_product_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 225–240 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel14(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 225–240 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6737,8 +6737,8 @@ def _mace_product_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 241–256 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel15(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 241–256 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6996,8 +6996,8 @@ def _mace_product_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 257–272 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel16(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 257–272 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -7249,8 +7249,8 @@ def _mace_product_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 273–288 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel17(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 273–288 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -7506,8 +7506,8 @@ def _mace_product_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 289–304 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel18(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 289–304 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -7754,8 +7754,8 @@ def _mace_product_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 305–320 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel19(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 305–320 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8005,8 +8005,8 @@ def _mace_product_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 321–336 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel20(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 321–336 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8227,8 +8227,8 @@ def _mace_product_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 337–352 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel21(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 337–352 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8457,8 +8457,8 @@ def _mace_product_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 353–368 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel22(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 353–368 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8745,8 +8745,8 @@ def _mace_product_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 369–384 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel23(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 369–384 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -9021,8 +9021,8 @@ def _mace_product_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
 
 
 @triton.jit
-def _mace_product_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A, statements 385–396 of 396: BLOCK_Z rows per program."""
+def _mace_product__d__d2_A__kernel24(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A, statements 385–396 of 396: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -9207,8 +9207,8 @@ def _mace_product_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     tl.debug_barrier()
 
 
-def _mace_product_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product__d__d2_A__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product__d__d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (1024, 256)]
@@ -9216,25 +9216,25 @@ def _mace_product_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 18560)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_d2_A_0_kernel, _mace_product_d2_A_1_kernel, _mace_product_d2_A_2_kernel, _mace_product_d2_A_3_kernel, _mace_product_d2_A_4_kernel, _mace_product_d2_A_5_kernel, _mace_product_d2_A_6_kernel, _mace_product_d2_A_7_kernel, _mace_product_d2_A_8_kernel, _mace_product_d2_A_9_kernel, _mace_product_d2_A_10_kernel, _mace_product_d2_A_11_kernel, _mace_product_d2_A_12_kernel, _mace_product_d2_A_13_kernel, _mace_product_d2_A_14_kernel, _mace_product_d2_A_15_kernel, _mace_product_d2_A_16_kernel, _mace_product_d2_A_17_kernel, _mace_product_d2_A_18_kernel, _mace_product_d2_A_19_kernel, _mace_product_d2_A_20_kernel, _mace_product_d2_A_21_kernel, _mace_product_d2_A_22_kernel, _mace_product_d2_A_23_kernel, _mace_product_d2_A_24_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product__d__d2_A__kernel0, _mace_product__d__d2_A__kernel1, _mace_product__d__d2_A__kernel2, _mace_product__d__d2_A__kernel3, _mace_product__d__d2_A__kernel4, _mace_product__d__d2_A__kernel5, _mace_product__d__d2_A__kernel6, _mace_product__d__d2_A__kernel7, _mace_product__d__d2_A__kernel8, _mace_product__d__d2_A__kernel9, _mace_product__d__d2_A__kernel10, _mace_product__d__d2_A__kernel11, _mace_product__d__d2_A__kernel12, _mace_product__d__d2_A__kernel13, _mace_product__d__d2_A__kernel14, _mace_product__d__d2_A__kernel15, _mace_product__d__d2_A__kernel16, _mace_product__d__d2_A__kernel17, _mace_product__d__d2_A__kernel18, _mace_product__d__d2_A__kernel19, _mace_product__d__d2_A__kernel20, _mace_product__d__d2_A__kernel21, _mace_product__d__d2_A__kernel22, _mace_product__d__d2_A__kernel23, _mace_product__d__d2_A__kernel24,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:18560].sum(0)]
 
 
-def _mace_product_d2_A(
+def _mace_product__d__d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor,
     cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
     cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
-    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z]
     # one weight set per row, chosen by z
-    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
@@ -9260,7 +9260,7 @@ def _mace_product_d2_A(
     _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # one weight set per row, chosen by z
-    _w_B_2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    _w_B__2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
     # p11 = (p2 ⊗ p2) -> 64x2e
     _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c2
@@ -9273,26 +9273,26 @@ def _mace_product_d2_A(
     # p14 = (p8 ⊗ p8) -> 64x2e
     _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c6
-    p15_0 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    p15_1 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    p15_2 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
-    p15_3 = (_p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
-    p17_4 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    p17_5 = (_p4 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    p17_6 = (_p7 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
-    p17_7 = (_p10 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
-    p19_8 = _p3.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    p19_9 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    p21_10 = _p11.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    p21_11 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    p23_12 = _p6.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    p23_13 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    p25_14 = _p12.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    p25_15 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    p27_16 = _p12.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    p27_17 = _p14.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    _p29 = _p9.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d__p31 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece0_p15 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece1_p15 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece2_p15 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    _piece3_p15 = (_p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    _piece4_p17 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece5_p17 = (_p4 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece6_p17 = (_p7 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    _piece7_p17 = (_p10 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    _piece8_p19 = _p3.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece9_p19 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece10_p21 = _p11.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece11_p21 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece12_p23 = _p6.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece13_p23 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece14_p25 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece15_p25 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece16_p27 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece17_p27 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _p29 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    d__p31 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c7 = d__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d__p13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
@@ -9302,539 +9302,539 @@ def _mace_product_d2_A(
     _c8 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p29 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
     del _c8
-    d__p9_18 = d__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece18_d__p9 = d__p29.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c9 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d__p27 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
     del _c9
-    d__p14_19 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d__p12_20 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece19_d__p14 = d__p27.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece20_d__p12 = d__p27.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c10 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p25 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c10
-    d__p14_21 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__p12_22 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece21_d__p14 = d__p25.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece22_d__p12 = d__p25.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c11 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d__p23 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
     del _c11
-    d__p9_23 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d__p6_24 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece23_d__p9 = d__p23.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece24_d__p6 = d__p23.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c12 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d__p21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c12
-    d__p14_25 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__p11 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece25_d__p14 = d__p21.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    d__p11 = d__p21.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c13 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d__p19 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c13
-    d__p9_26 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d__p3_27 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece26_d__p9 = d__p19.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece27_d__p3 = d__p19.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c14 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p17 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c14
-    d__p10_28 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
-    d__p7_29 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
-    d__p4_30 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d__p1_31 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece28_d__p10 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    _piece29_d__p7 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    _piece30_d__p4 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece31_d__p1 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c15
-    d__p10_32 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
-    d__p7_33 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
-    d__p4_34 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d__p1_35 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    d__p10_36 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
-    d__p9_37 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d__p7_38 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d__p6_39 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d__p4_40 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
-    d__p3_41 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d__p1_42 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece32_d__p10 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    _piece33_d__p7 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    _piece34_d__p4 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece35_d__p1 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece36_d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    _piece37_d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    _piece38_d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece39_d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece40_d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    _piece41_d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece42_d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    d2_d_B_43 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
-    d2__w_B_0_44 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    _piece43_d2_d_B = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
+    _piece44_d2__w_B__0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    d2_d_B_45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    del _w_B_0
-    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_46 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    _piece45_d2_d_B = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__0
+    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
+    _piece46_d2__w_B__0 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c16 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_47 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece47_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c16
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d__p1 = d__p1_31 + d__p1_35 + d__p1_42
-    del d__p1_31, d__p1_35, d__p1_42
+    d__p1 = _piece31_d__p1 + _piece35_d__p1 + _piece42_d__p1
+    del _piece31_d__p1, _piece35_d__p1, _piece42_d__p1
     _c17 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
-    d2_A_48 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
+    _piece48_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
     del _c17
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c18 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_49 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c18.reshape(n, 64, 1)
+    _piece49_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c18.reshape(n, 64, 1)
     del _c18
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     del d__p1
-    d2_A_50 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    _piece50_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
     del _c19
-    d2_d__p1 = d2_d__p1_47 + d2_d__p1_49
-    del d2_d__p1_47, d2_d__p1_49
-    d2_d_B_51 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_52 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p1 = _piece47_d2_d__p1 + _piece49_d2_d__p1
+    del _piece47_d2_d__p1, _piece49_d2_d__p1
+    _piece51_d2_d_B = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece52_d2__w_B__1 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c20 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p3_53 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    _piece53_d2_d__p3 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
     del _c20
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    d__p3 = d__p3_27 + d__p3_41
-    del d__p3_27, d__p3_41
+    d__p3 = _piece27_d__p3 + _piece41_d__p3
+    del _piece27_d__p3, _piece41_d__p3
     _c21 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 1, 3)
-    d2_A_54 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    _piece54_d2_A = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c21
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c22 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p3_55 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece55_d2_d__p3 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c22
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c23 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 1, 3)
     del d__p3
-    d2_A_56 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece56_d2_A = torch.mm(_c23.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c23
-    d2_d__p3 = d2_d__p3_53 + d2_d__p3_55
-    del d2_d__p3_53, d2_d__p3_55
-    d2_d_B_57 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_58 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p3 = _piece53_d2_d__p3 + _piece55_d2_d__p3
+    del _piece53_d2_d__p3, _piece55_d2_d__p3
+    _piece57_d2_d_B = d2_d__p3.reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece58_d2__w_B__1 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c24 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_d__p4_59 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece59_d2_d__p4 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d__p4 = d__p4_30 + d__p4_34 + d__p4_40
-    del d__p4_30, d__p4_34, d__p4_40
+    d__p4 = _piece30_d__p4 + _piece34_d__p4 + _piece40_d__p4
+    del _piece30_d__p4, _piece34_d__p4, _piece40_d__p4
     _c25 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
-    d2_A_60 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece60_d2_A = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c25
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c26 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p4_61 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece61_d2_d__p4 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c27 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
     del d__p4
-    d2_A_62 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece62_d2_A = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c27
-    d2_d__p4 = d2_d__p4_59 + d2_d__p4_61
-    del d2_d__p4_59, d2_d__p4_61
-    d2_d_B_63 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_64 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p4 = _piece59_d2_d__p4 + _piece61_d2_d__p4
+    del _piece59_d2_d__p4, _piece61_d2_d__p4
+    _piece63_d2_d_B = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    _piece64_d2__w_B__1 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c28 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_d__p6_65 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece65_d2_d__p6 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c28
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    d__p6 = d__p6_24 + d__p6_39
-    del d__p6_24, d__p6_39
+    d__p6 = _piece24_d__p6 + _piece39_d__p6
+    del _piece24_d__p6, _piece39_d__p6
     _c29 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 1, 3)
-    d2_A_66 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece66_d2_A = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c29
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c30 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p6_67 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece67_d2_d__p6 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c30
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c31 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 1, 3)
     del d__p6
-    d2_A_68 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece68_d2_A = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c31
-    d2_d__p6 = d2_d__p6_65 + d2_d__p6_67
-    del d2_d__p6_65, d2_d__p6_67
-    d2_d_B_69 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_70 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p6 = _piece65_d2_d__p6 + _piece67_d2_d__p6
+    del _piece65_d2_d__p6, _piece67_d2_d__p6
+    _piece69_d2_d_B = d2_d__p6.reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece70_d2__w_B__1 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c32 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_d__p7_71 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece71_d2_d__p7 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d__p7 = d__p7_29 + d__p7_33 + d__p7_38
-    del d__p7_29, d__p7_33, d__p7_38
+    d__p7 = _piece29_d__p7 + _piece33_d__p7 + _piece38_d__p7
+    del _piece29_d__p7, _piece33_d__p7, _piece38_d__p7
     _c33 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
-    d2_A_72 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece72_d2_A = torch.mm(_c33.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c33
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c34 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p7_73 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece73_d2_d__p7 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c35 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
     del d__p7
-    d2_A_74 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece74_d2_A = torch.mm(_c35.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c35
-    d2_d__p7 = d2_d__p7_71 + d2_d__p7_73
-    del d2_d__p7_71, d2_d__p7_73
-    d2_d_B_75 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_76 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p7 = _piece71_d2_d__p7 + _piece73_d2_d__p7
+    del _piece71_d2_d__p7, _piece73_d2_d__p7
+    _piece75_d2_d_B = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece76_d2__w_B__1 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c36 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_d__p9_77 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece77_d2_d__p9 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d__p9 = d__p9_18 + d__p9_23 + d__p9_26 + d__p9_37
-    del d__p9_18, d__p9_23, d__p9_26, d__p9_37
+    d__p9 = _piece18_d__p9 + _piece23_d__p9 + _piece26_d__p9 + _piece37_d__p9
+    del _piece18_d__p9, _piece23_d__p9, _piece26_d__p9, _piece37_d__p9
     _c37 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 1, 3)
-    d2_A_78 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece78_d2_A = torch.mm(_c37.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c37
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c38 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_d__p9_79 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece79_d2_d__p9 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c39 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 1, 3)
     del d__p9
-    d2_A_80 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece80_d2_A = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c39
-    d2_d__p9 = d2_d__p9_77 + d2_d__p9_79
-    del d2_d__p9_77, d2_d__p9_79
-    d2_d_B_81 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_82 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p9 = _piece77_d2_d__p9 + _piece79_d2_d__p9
+    del _piece77_d2_d__p9, _piece79_d2_d__p9
+    _piece81_d2_d_B = d2_d__p9.reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    _piece82_d2__w_B__1 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c40 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_d__p10_83 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece83_d2_d__p10 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d__p10 = d__p10_28 + d__p10_32 + d__p10_36
-    del d__p10_28, d__p10_32, d__p10_36
+    d__p10 = _piece28_d__p10 + _piece32_d__p10 + _piece36_d__p10
+    del _piece28_d__p10, _piece32_d__p10, _piece36_d__p10
     _c41 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
-    d2_A_84 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
+    _piece84_d2_A = torch.mm(_c41.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
     del _c41
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c42 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_d__p10_85 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece85_d2_d__p10 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c43 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
     del d__p10
-    d2_A_86 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece86_d2_A = torch.mm(_c43.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c43
-    d2_d__p10 = d2_d__p10_83 + d2_d__p10_85
-    del d2_d__p10_83, d2_d__p10_85
-    d2_d_B_87 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
-    del _w_B_1
-    d2__w_B_1_88 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p10 = _piece83_d2_d__p10 + _piece85_d2_d__p10
+    del _piece83_d2_d__p10, _piece85_d2_d__p10
+    _piece87_d2_d_B = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__1
+    _piece88_d2__w_B__1 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2_d__p11_89 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece89_d2_d__p11 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c24
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c44 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5)
-    d2_A_90 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece90_d2_A = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c44
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2_d__p11_91 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece91_d2_d__p11 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c26
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5)
     del d__p11
-    d2_A_92 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece92_d2_A = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c45
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2_d__p12_93 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece93_d2_d__p12 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c32
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d__p12 = d__p12_20 + d__p12_22
-    del d__p12_20, d__p12_22
+    d__p12 = _piece20_d__p12 + _piece22_d__p12
+    del _piece20_d__p12, _piece22_d__p12
     _c46 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 1, 5)
-    d2_A_94 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece94_d2_A = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c46
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2_d__p12_95 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece95_d2_d__p12 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c34
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c47 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 1, 5)
     del d__p12
-    d2_A_96 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece96_d2_A = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c47
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2_d__p13_97 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece97_d2_d__p13 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c36
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c48 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p13.reshape(n, 64, 1, 5)
-    d2_A_98 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece98_d2_A = torch.mm(_c48.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c48
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2_d__p13_99 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece99_d2_d__p13 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c38
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c49 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p13.reshape(n, 64, 1, 5)
     del d__p13
-    d2_A_100 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 0, 2).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece100_d2_A = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 0, 2).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c49
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2_d__p14_101 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece101_d2_d__p14 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c40
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d__p14 = d__p14_19 + d__p14_21 + d__p14_25
-    del d__p14_19, d__p14_21, d__p14_25
+    d__p14 = _piece19_d__p14 + _piece21_d__p14 + _piece25_d__p14
+    del _piece19_d__p14, _piece21_d__p14, _piece25_d__p14
     _c50 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 1, 5)
-    d2_A_102 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    _piece102_d2_A = torch.mm(_c50.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
     del _c50
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2_d__p14_103 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    _piece103_d2_d__p14 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
     del _c42
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c51 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 1, 5)
     del d__p14
-    d2_A_104 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 0, 2).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece104_d2_A = torch.mm(_c51.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 0, 2).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c51
-    d2_d__p15_105 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_106 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
-    d2_d__p15_107 = (d2_d__p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_108 = (d2_d__p4 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
-    d2_d__p15_109 = (d2_d__p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_110 = (d2_d__p7 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
-    d2_d__p15_111 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_112 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
+    _piece105_d2_d__p15 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece106_d2__w_B__2 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
+    _piece107_d2_d__p15 = (d2_d__p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece108_d2__w_B__2 = (d2_d__p4 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
+    _piece109_d2_d__p15 = (d2_d__p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    _piece110_d2__w_B__2 = (d2_d__p7 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
+    _piece111_d2_d__p15 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    _piece112_d2__w_B__2 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
     del d__p15
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
-    _p15 = p15_0 + p15_1 + p15_2 + p15_3
-    del p15_0, p15_1, p15_2, p15_3
+    _p15 = _piece0_p15 + _piece1_p15 + _piece2_p15 + _piece3_p15
+    del _piece0_p15, _piece1_p15, _piece2_p15, _piece3_p15
     _c52 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1, 1)
     del _p15
-    d2_d__p16_113 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c52.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece113_d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c52.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c52
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _c53 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     d2__p15 = cg_0_0_0.reshape(1, 1, 1) * _c53.reshape(n, 64, 1)
     del _c53
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    d2_d__p15 = d2_d__p15_105 + d2_d__p15_107 + d2_d__p15_109 + d2_d__p15_111
-    del d2_d__p15_105, d2_d__p15_107, d2_d__p15_109, d2_d__p15_111
+    d2_d__p15 = _piece105_d2_d__p15 + _piece107_d2_d__p15 + _piece109_d2_d__p15 + _piece111_d2_d__p15
+    del _piece105_d2_d__p15, _piece107_d2_d__p15, _piece109_d2_d__p15, _piece111_d2_d__p15
     _c54 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p16_114 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
+    _piece114_d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
     del _c54
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c55 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     del d2_d__p15, d__p16
-    d2_A_115 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
+    _piece115_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
     del _c55
-    d2_d__p16 = d2_d__p16_113 + d2_d__p16_114
-    del d2_d__p16_113, d2_d__p16_114
-    d2_d_B_116 = d2_d__p16
+    d2_d__p16 = _piece113_d2_d__p16 + _piece114_d2_d__p16
+    del _piece113_d2_d__p16, _piece114_d2_d__p16
+    _piece116_d2_d_B = d2_d__p16
     del d2_d__p16
-    d2_d__p17_117 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_118 = (d2_d__p1 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    _piece117_d2_d__p17 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece118_d2__w_B__2 = (d2_d__p1 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
     del d2_d__p1
-    d2_d__p17_119 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_120 = (d2_d__p4 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    _piece119_d2_d__p17 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece120_d2__w_B__2 = (d2_d__p4 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
     del d2_d__p4
-    d2_d__p17_121 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_122 = (d2_d__p7 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    _piece121_d2_d__p17 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    _piece122_d2__w_B__2 = (d2_d__p7 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
     del d2_d__p7
-    d2_d__p17_123 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_124 = (d2_d__p10 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    _piece123_d2_d__p17 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    _piece124_d2__w_B__2 = (d2_d__p10 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
     del d2_d__p10, d__p17
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
-    _p17 = p17_4 + p17_5 + p17_6 + p17_7
-    del p17_4, p17_5, p17_6, p17_7
+    _p17 = _piece4_p17 + _piece5_p17 + _piece6_p17 + _piece7_p17
+    del _piece4_p17, _piece5_p17, _piece6_p17, _piece7_p17
     _c56 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * _p17.reshape(n, 64, 1, 1)
     del _p17
-    d2_d__p18_125 = torch.mm(_c56.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    _piece125_d2_d__p18 = torch.mm(_c56.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
     del _c56
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
     _c57 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p18.reshape(n, 64, 1, 3)
     d2__p17 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c57
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    d2_d__p17 = d2_d__p17_117 + d2_d__p17_119 + d2_d__p17_121 + d2_d__p17_123
-    del d2_d__p17_117, d2_d__p17_119, d2_d__p17_121, d2_d__p17_123
+    d2_d__p17 = _piece117_d2_d__p17 + _piece119_d2_d__p17 + _piece121_d2_d__p17 + _piece123_d2_d__p17
+    del _piece117_d2_d__p17, _piece119_d2_d__p17, _piece121_d2_d__p17, _piece123_d2_d__p17
     _c58 = d2_d__p17.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p18_126 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece126_d2_d__p18 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c58
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c59 = d2_d__p17.reshape(n, 64, 1, 1) * d__p18.reshape(n, 64, 1, 3)
     del d2_d__p17, d__p18
-    d2_A_127 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece127_d2_A = torch.mm(_c59.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c59
-    d2_d__p18 = d2_d__p18_125 + d2_d__p18_126
-    del d2_d__p18_125, d2_d__p18_126
-    d2_d_B_128 = d2_d__p18
+    d2_d__p18 = _piece125_d2_d__p18 + _piece126_d2_d__p18
+    del _piece125_d2_d__p18, _piece126_d2_d__p18
+    _piece128_d2_d_B = d2_d__p18
     del d2_d__p18
-    d2_d__p19_129 = d2_d__p3.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_130 = ((d2_d__p3 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
+    _piece129_d2_d__p19 = d2_d__p3.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece130_d2__w_B__2 = ((d2_d__p3 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
     del d2_d__p3
-    d2_d__p19_131 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_132 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
+    _piece131_d2_d__p19 = d2_d__p9.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece132_d2__w_B__2 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
     del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
-    _p19 = p19_8 + p19_9
-    del p19_8, p19_9
+    _p19 = _piece8_p19 + _piece9_p19
+    del _piece8_p19, _piece9_p19
     _c60 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p19.reshape(n, 64, 3, 1)
     del _p19
-    d2_d__p20_133 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece133_d2_d__p20 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c60
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
     _c61 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p20.reshape(n, 64, 1, 3)
     d2__p19 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c61
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    d2_d__p19 = d2_d__p19_129 + d2_d__p19_131
-    del d2_d__p19_129, d2_d__p19_131
+    d2_d__p19 = _piece129_d2_d__p19 + _piece131_d2_d__p19
+    del _piece129_d2_d__p19, _piece131_d2_d__p19
     _c62 = d2_d__p19.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p20_134 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece134_d2_d__p20 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c62
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c63 = d2_d__p19.reshape(n, 64, 3, 1) * d__p20.reshape(n, 64, 1, 3)
     del d2_d__p19, d__p20
-    d2_A_135 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece135_d2_A = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c63
-    d2_d__p20 = d2_d__p20_133 + d2_d__p20_134
-    del d2_d__p20_133, d2_d__p20_134
-    d2_d_B_136 = d2_d__p20
+    d2_d__p20 = _piece133_d2_d__p20 + _piece134_d2_d__p20
+    del _piece133_d2_d__p20, _piece134_d2_d__p20
+    _piece136_d2_d_B = d2_d__p20
     del d2_d__p20
-    d2_d__p11 = d2_d__p11_89 + d2_d__p11_91
-    del d2_d__p11_89, d2_d__p11_91
-    d2_d__p21_137 = d2_d__p11.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_138 = ((d2_d__p11 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
+    d2_d__p11 = _piece89_d2_d__p11 + _piece91_d2_d__p11
+    del _piece89_d2_d__p11, _piece91_d2_d__p11
+    _piece137_d2_d__p21 = d2_d__p11.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece138_d2__w_B__2 = ((d2_d__p11 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
     del d2_d__p11
-    d2_d__p14 = d2_d__p14_101 + d2_d__p14_103
-    del d2_d__p14_101, d2_d__p14_103
-    d2_d__p21_139 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_140 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
+    d2_d__p14 = _piece101_d2_d__p14 + _piece103_d2_d__p14
+    del _piece101_d2_d__p14, _piece103_d2_d__p14
+    _piece139_d2_d__p21 = d2_d__p14.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece140_d2__w_B__2 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
     del d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
-    _p21 = p21_10 + p21_11
-    del p21_10, p21_11
+    _p21 = _piece10_p21 + _piece11_p21
+    del _piece10_p21, _piece11_p21
     _c64 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * _p21.reshape(n, 64, 5, 1)
     del _p21
-    d2_d__p22_141 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece141_d2_d__p22 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c64
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
     _c65 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p22.reshape(n, 64, 1, 3)
     d2__p21 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c65
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    d2_d__p21 = d2_d__p21_137 + d2_d__p21_139
-    del d2_d__p21_137, d2_d__p21_139
+    d2_d__p21 = _piece137_d2_d__p21 + _piece139_d2_d__p21
+    del _piece137_d2_d__p21, _piece139_d2_d__p21
     _c66 = d2_d__p21.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_d__p22_142 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece142_d2_d__p22 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c66
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c67 = d2_d__p21.reshape(n, 64, 5, 1) * d__p22.reshape(n, 64, 1, 3)
     del d2_d__p21, d__p22
-    d2_A_143 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece143_d2_A = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c67
-    d2_d__p22 = d2_d__p22_141 + d2_d__p22_142
-    del d2_d__p22_141, d2_d__p22_142
-    d2_d_B_144 = d2_d__p22
+    d2_d__p22 = _piece141_d2_d__p22 + _piece142_d2_d__p22
+    del _piece141_d2_d__p22, _piece142_d2_d__p22
+    _piece144_d2_d_B = d2_d__p22
     del d2_d__p22
-    d2_d__p23_145 = d2_d__p6.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_146 = ((d2_d__p6 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
+    _piece145_d2_d__p23 = d2_d__p6.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece146_d2__w_B__2 = ((d2_d__p6 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
     del d2_d__p6
-    d2_d__p23_147 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_148 = ((d2_d__p9 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
+    _piece147_d2_d__p23 = d2_d__p9.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece148_d2__w_B__2 = ((d2_d__p9 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
     del d__p23
     # ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
-    _p23 = p23_12 + p23_13
-    del p23_12, p23_13
+    _p23 = _piece12_p23 + _piece13_p23
+    del _piece12_p23, _piece13_p23
     _c68 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p23.reshape(n, 64, 3, 1)
     del _p23
-    d2_d__p24_149 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece149_d2_d__p24 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c68
     # ∂/∂_p23: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
     _c69 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
     d2__p23 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c69
     # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    d2_d__p23 = d2_d__p23_145 + d2_d__p23_147
-    del d2_d__p23_145, d2_d__p23_147
+    d2_d__p23 = _piece145_d2_d__p23 + _piece147_d2_d__p23
+    del _piece145_d2_d__p23, _piece147_d2_d__p23
     _c70 = d2_d__p23.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p24_150 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece150_d2_d__p24 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c70
     # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c71 = d2_d__p23.reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
     del d2_d__p23, d__p24
-    d2_A_151 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece151_d2_A = torch.mm(_c71.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c71
-    d2_d__p24 = d2_d__p24_149 + d2_d__p24_150
-    del d2_d__p24_149, d2_d__p24_150
-    d2_d_B_152 = d2_d__p24
+    d2_d__p24 = _piece149_d2_d__p24 + _piece150_d2_d__p24
+    del _piece149_d2_d__p24, _piece150_d2_d__p24
+    _piece152_d2_d_B = d2_d__p24
     del d2_d__p24
-    d2_d__p12 = d2_d__p12_93 + d2_d__p12_95
-    del d2_d__p12_93, d2_d__p12_95
-    d2_d__p25_153 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_154 = ((d2_d__p12 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
-    d2_d__p25_155 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_156 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
+    d2_d__p12 = _piece93_d2_d__p12 + _piece95_d2_d__p12
+    del _piece93_d2_d__p12, _piece95_d2_d__p12
+    _piece153_d2_d__p25 = d2_d__p12.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece154_d2__w_B__2 = ((d2_d__p12 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
+    _piece155_d2_d__p25 = d2_d__p14.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece156_d2__w_B__2 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
     del d__p25
     # ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
-    _p25 = p25_14 + p25_15
-    del p25_14, p25_15
+    _p25 = _piece14_p25 + _piece15_p25
+    del _piece14_p25, _piece15_p25
     _c72 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p25.reshape(n, 64, 5, 1)
     del _p25
-    d2_d__p26_157 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece157_d2_d__p26 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c72
     # ∂/∂_p25: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
     _c73 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p26.reshape(n, 64, 1, 3)
     d2__p25 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c73
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    d2_d__p25 = d2_d__p25_153 + d2_d__p25_155
-    del d2_d__p25_153, d2_d__p25_155
+    d2_d__p25 = _piece153_d2_d__p25 + _piece155_d2_d__p25
+    del _piece153_d2_d__p25, _piece155_d2_d__p25
     _c74 = d2_d__p25.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p26_158 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece158_d2_d__p26 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c74
     # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c75 = d2_d__p25.reshape(n, 64, 5, 1) * d__p26.reshape(n, 64, 1, 3)
     del d2_d__p25, d__p26
-    d2_A_159 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece159_d2_A = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c75
-    d2_d__p26 = d2_d__p26_157 + d2_d__p26_158
-    del d2_d__p26_157, d2_d__p26_158
-    d2_d_B_160 = d2_d__p26
+    d2_d__p26 = _piece157_d2_d__p26 + _piece158_d2_d__p26
+    del _piece157_d2_d__p26, _piece158_d2_d__p26
+    _piece160_d2_d_B = d2_d__p26
     del d2_d__p26
-    d2_d__p27_161 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_162 = ((d2_d__p12 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
+    _piece161_d2_d__p27 = d2_d__p12.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece162_d2__w_B__2 = ((d2_d__p12 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
     del d2_d__p12
-    d2_d__p27_163 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_164 = ((d2_d__p14 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
+    _piece163_d2_d__p27 = d2_d__p14.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece164_d2__w_B__2 = ((d2_d__p14 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
     del d2_d__p14, d__p27
     # ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
-    _p27 = p27_16 + p27_17
-    del p27_16, p27_17
+    _p27 = _piece16_p27 + _piece17_p27
+    del _piece16_p27, _piece17_p27
     _c76 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p27.reshape(n, 64, 5, 1)
     del _p27
-    d2_d__p28_165 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece165_d2_d__p28 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c76
     # ∂/∂_p27: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
     _c77 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
     d2__p27 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c77
     # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    d2_d__p27 = d2_d__p27_161 + d2_d__p27_163
-    del d2_d__p27_161, d2_d__p27_163
+    d2_d__p27 = _piece161_d2_d__p27 + _piece163_d2_d__p27
+    del _piece161_d2_d__p27, _piece163_d2_d__p27
     _c78 = d2_d__p27.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p28_166 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece166_d2_d__p28 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c78
     # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c79 = d2_d__p27.reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
     del d2_d__p27, d__p28
-    d2_A_167 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece167_d2_A = torch.mm(_c79.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c79
-    d2_d__p28 = d2_d__p28_165 + d2_d__p28_166
-    del d2_d__p28_165, d2_d__p28_166
-    d2_d_B_168 = d2_d__p28
+    d2_d__p28 = _piece165_d2_d__p28 + _piece166_d2_d__p28
+    del _piece165_d2_d__p28, _piece166_d2_d__p28
+    _piece168_d2_d_B = d2_d__p28
     del d2_d__p28
-    d2_d__p29 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_169 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p29.reshape(n, 64, 3)).sum((2,))
+    d2_d__p29 = d2_d__p9.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece169_d2__w_B__2 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p29.reshape(n, 64, 3)).sum((2,))
     del d2_d__p9, d__p29
     # ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
     _c80 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p29.reshape(n, 64, 1, 3)
     del _p29
-    d2_d__p30_170 = torch.mm(_c80.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    _piece170_d2_d__p30 = torch.mm(_c80.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
     del _c80
     # ∂/∂_p29: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
     _c81 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p30.reshape(n, 64, 1, 3)
@@ -9842,278 +9842,278 @@ def _mace_product_d2_A(
     del _c81
     # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c82 = d2_d__p29.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p30_171 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece171_d2_d__p30 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c82
     # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c83 = d2_d__p29.reshape(n, 64, 3, 1) * d__p30.reshape(n, 64, 1, 3)
     del d2_d__p29, d__p30
-    d2_A_172 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    _piece172_d2_A = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
     del _c83
-    d2_d__p30 = d2_d__p30_170 + d2_d__p30_171
-    del d2_d__p30_170, d2_d__p30_171
-    d2_d_B_173 = d2_d__p30
+    d2_d__p30 = _piece170_d2_d__p30 + _piece171_d2_d__p30
+    del _piece170_d2_d__p30, _piece171_d2_d__p30
+    _piece173_d2_d_B = d2_d__p30
     del d2_d__p30
     # ∂/∂d__p31: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c84 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p13.reshape(n, 64, 5, 1)
     del _p13
-    d2_d__p31_174 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece174_d2_d__p31 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c84
     # ∂/∂_p13: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c85 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3)
     d2__p13 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c85
     # ∂/∂d__p31: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    d2_d__p13 = d2_d__p13_97 + d2_d__p13_99
-    del d2_d__p13_97, d2_d__p13_99
+    d2_d__p13 = _piece97_d2_d__p13 + _piece99_d2_d__p13
+    del _piece97_d2_d__p13, _piece99_d2_d__p13
     _c86 = d2_d__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p31_175 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece175_d2_d__p31 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c86
     # ∂/∂A: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c87 = d2_d__p13.reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3)
     del d2_d__p13, d__p31
-    d2_A_176 = torch.mm(_c87.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece176_d2_A = torch.mm(_c87.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c87
-    d2_d__p31 = d2_d__p31_174 + d2_d__p31_175
-    del d2_d__p31_174, d2_d__p31_175
-    d2_d_B_177 = d2_d__p31.reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_178 = ((d2_d__p31 * 1.118033988749895).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p31 = _piece174_d2_d__p31 + _piece175_d2_d__p31
+    del _piece174_d2_d__p31, _piece175_d2_d__p31
+    _piece177_d2_d_B = d2_d__p31.reshape(n, 64, 3) * (_w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece178_d2__w_B__2 = ((d2_d__p31 * 1.118033988749895).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p31
-    d2__p9_179 = d2__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_180 = ((d2__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    _piece179_d2__p9 = d2__p29.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece180_d2__w_B__2 = ((d2__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del d2__p29
-    d2__p14_181 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_182 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
-    d2__p12_183 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_184 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
+    _piece181_d2__p14 = d2__p27.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece182_d2__w_B__2 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    _piece183_d2__p12 = d2__p27.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    _piece184_d2__w_B__2 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del d2__p27
-    d2__p14_185 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_186 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
-    d2__p12_187 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_188 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
+    _piece185_d2__p14 = d2__p25.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece186_d2__w_B__2 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    _piece187_d2__p12 = d2__p25.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece188_d2__w_B__2 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del _p12, d2__p25
-    d2__p9_189 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_190 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
-    d2__p6 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_191 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
+    _piece189_d2__p9 = d2__p23.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece190_d2__w_B__2 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    d2__p6 = d2__p23.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    _piece191_d2__w_B__2 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
     del _p6, d2__p23
-    d2__p14_192 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_193 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
+    _piece192_d2__p14 = d2__p21.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece193_d2__w_B__2 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     del _p14
-    d2__p11 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_194 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,))
+    d2__p11 = d2__p21.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece194_d2__w_B__2 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,))
     del _p11, d2__p21
-    d2__p9_195 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_196 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
+    _piece195_d2__p9 = d2__p19.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece196_d2__w_B__2 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del _p9
-    d2__p3 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_197 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
+    d2__p3 = d2__p19.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    _piece197_d2__w_B__2 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
     del _p3, d2__p19
-    d2__p10_198 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_199 = (d2__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
-    d2__p7_200 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_201 = (d2__p17 * 0.5).reshape(n, 64) * _p7.reshape(n, 64)
-    d2__p4_202 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_203 = (d2__p17 * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
-    d2__p1_204 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_205 = (d2__p17 * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
+    _piece198_d2__p10 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    _piece199_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
+    _piece200_d2__p7 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    _piece201_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p7.reshape(n, 64)
+    _piece202_d2__p4 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece203_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
+    _piece204_d2__p1 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece205_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
     del d2__p17
-    d2__p10_206 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_207 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64)
+    _piece206_d2__p10 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    _piece207_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64)
     del _p10
-    d2__p7_208 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_209 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p7.reshape(n, 64)
+    _piece208_d2__p7 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    _piece209_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p7.reshape(n, 64)
     del _p7
-    d2__p4_210 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_2_211 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p4.reshape(n, 64)
+    _piece210_d2__p4 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece211_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p4.reshape(n, 64)
     del _p4
-    d2__p1_212 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    del _w_B_2
-    d2__w_B_2_213 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p1.reshape(n, 64)
+    _piece212_d2__p1 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__2
+    _piece213_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p1.reshape(n, 64)
     del _p1, d2__p15
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2__p14 = d2__p14_181 + d2__p14_185 + d2__p14_192
-    del d2__p14_181, d2__p14_185, d2__p14_192
+    d2__p14 = _piece181_d2__p14 + _piece185_d2__p14 + _piece192_d2__p14
+    del _piece181_d2__p14, _piece185_d2__p14, _piece192_d2__p14
     _c88 = d2__p14.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_214 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    _piece214_d2_A = torch.mm(_c88.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
     del _c88
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c89 = d2__p14.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     del d2__p14
-    d2_A_215 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece215_d2_A = torch.mm(_c89.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c89
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c90 = d2__p13.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_216 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece216_d2_A = torch.mm(_c90.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c90
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c91 = d2__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p13
-    d2_A_217 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece217_d2_A = torch.mm(_c91.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c91
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2__p12 = d2__p12_183 + d2__p12_187
-    del d2__p12_183, d2__p12_187
+    d2__p12 = _piece183_d2__p12 + _piece187_d2__p12
+    del _piece183_d2__p12, _piece187_d2__p12
     _c92 = d2__p12.reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_A_218 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece218_d2_A = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c92
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c93 = d2__p12.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p12
-    d2_A_219 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece219_d2_A = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c93
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c94 = d2__p11.reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_A_220 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece220_d2_A = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c94
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c95 = d2__p11.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p11
-    d2_A_221 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece221_d2_A = torch.mm(_c95.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c95
     # weight gradient per index value
-    d2__w_B_2 = torch.cat([
-        (d2__w_B_2_106 + d2__w_B_2_213).reshape(n, 64),
-        (d2__w_B_2_118 + d2__w_B_2_205).reshape(n, 64),
-        (d2__w_B_2_130 + d2__w_B_2_197).reshape(n, 64),
-        (d2__w_B_2_108 + d2__w_B_2_211).reshape(n, 64),
-        (d2__w_B_2_120 + d2__w_B_2_203).reshape(n, 64),
-        (d2__w_B_2_138 + d2__w_B_2_194).reshape(n, 64),
-        (d2__w_B_2_146 + d2__w_B_2_191).reshape(n, 64),
-        (d2__w_B_2_110 + d2__w_B_2_209).reshape(n, 64),
-        (d2__w_B_2_122 + d2__w_B_2_201).reshape(n, 64),
-        (d2__w_B_2_154 + d2__w_B_2_188).reshape(n, 64),
-        (d2__w_B_2_162 + d2__w_B_2_184).reshape(n, 64),
-        (d2__w_B_2_169 + d2__w_B_2_180).reshape(n, 64),
-        (d2__w_B_2_148 + d2__w_B_2_190).reshape(n, 64),
-        (d2__w_B_2_132 + d2__w_B_2_196).reshape(n, 64),
-        d2__w_B_2_178.reshape(n, 64),
-        (d2__w_B_2_112 + d2__w_B_2_207).reshape(n, 64),
-        (d2__w_B_2_124 + d2__w_B_2_199).reshape(n, 64),
-        (d2__w_B_2_156 + d2__w_B_2_186).reshape(n, 64),
-        (d2__w_B_2_164 + d2__w_B_2_182).reshape(n, 64),
-        (d2__w_B_2_140 + d2__w_B_2_193).reshape(n, 64),
+    d2__w_B__2 = torch.cat([
+        (_piece106_d2__w_B__2 + _piece213_d2__w_B__2).reshape(n, 64),
+        (_piece118_d2__w_B__2 + _piece205_d2__w_B__2).reshape(n, 64),
+        (_piece130_d2__w_B__2 + _piece197_d2__w_B__2).reshape(n, 64),
+        (_piece108_d2__w_B__2 + _piece211_d2__w_B__2).reshape(n, 64),
+        (_piece120_d2__w_B__2 + _piece203_d2__w_B__2).reshape(n, 64),
+        (_piece138_d2__w_B__2 + _piece194_d2__w_B__2).reshape(n, 64),
+        (_piece146_d2__w_B__2 + _piece191_d2__w_B__2).reshape(n, 64),
+        (_piece110_d2__w_B__2 + _piece209_d2__w_B__2).reshape(n, 64),
+        (_piece122_d2__w_B__2 + _piece201_d2__w_B__2).reshape(n, 64),
+        (_piece154_d2__w_B__2 + _piece188_d2__w_B__2).reshape(n, 64),
+        (_piece162_d2__w_B__2 + _piece184_d2__w_B__2).reshape(n, 64),
+        (_piece169_d2__w_B__2 + _piece180_d2__w_B__2).reshape(n, 64),
+        (_piece148_d2__w_B__2 + _piece190_d2__w_B__2).reshape(n, 64),
+        (_piece132_d2__w_B__2 + _piece196_d2__w_B__2).reshape(n, 64),
+        _piece178_d2__w_B__2.reshape(n, 64),
+        (_piece112_d2__w_B__2 + _piece207_d2__w_B__2).reshape(n, 64),
+        (_piece124_d2__w_B__2 + _piece199_d2__w_B__2).reshape(n, 64),
+        (_piece156_d2__w_B__2 + _piece186_d2__w_B__2).reshape(n, 64),
+        (_piece164_d2__w_B__2 + _piece182_d2__w_B__2).reshape(n, 64),
+        (_piece140_d2__w_B__2 + _piece193_d2__w_B__2).reshape(n, 64),
     ], dim=-1)
-    del d2__w_B_2_106, d2__w_B_2_108, d2__w_B_2_110, d2__w_B_2_112, d2__w_B_2_118, d2__w_B_2_120, d2__w_B_2_122, d2__w_B_2_124, d2__w_B_2_130, d2__w_B_2_132, d2__w_B_2_138, d2__w_B_2_140, d2__w_B_2_146, d2__w_B_2_148, d2__w_B_2_154, d2__w_B_2_156, d2__w_B_2_162, d2__w_B_2_164, d2__w_B_2_169, d2__w_B_2_178, d2__w_B_2_180, d2__w_B_2_182, d2__w_B_2_184, d2__w_B_2_186, d2__w_B_2_188, d2__w_B_2_190, d2__w_B_2_191, d2__w_B_2_193, d2__w_B_2_194, d2__w_B_2_196, d2__w_B_2_197, d2__w_B_2_199, d2__w_B_2_201, d2__w_B_2_203, d2__w_B_2_205, d2__w_B_2_207, d2__w_B_2_209, d2__w_B_2_211, d2__w_B_2_213
-    d2_weight_222 = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B_2.reshape(n, 1280)).reshape(12800)
-    del d2__w_B_2
+    del _piece106_d2__w_B__2, _piece108_d2__w_B__2, _piece110_d2__w_B__2, _piece112_d2__w_B__2, _piece118_d2__w_B__2, _piece120_d2__w_B__2, _piece122_d2__w_B__2, _piece124_d2__w_B__2, _piece130_d2__w_B__2, _piece132_d2__w_B__2, _piece138_d2__w_B__2, _piece140_d2__w_B__2, _piece146_d2__w_B__2, _piece148_d2__w_B__2, _piece154_d2__w_B__2, _piece156_d2__w_B__2, _piece162_d2__w_B__2, _piece164_d2__w_B__2, _piece169_d2__w_B__2, _piece178_d2__w_B__2, _piece180_d2__w_B__2, _piece182_d2__w_B__2, _piece184_d2__w_B__2, _piece186_d2__w_B__2, _piece188_d2__w_B__2, _piece190_d2__w_B__2, _piece191_d2__w_B__2, _piece193_d2__w_B__2, _piece194_d2__w_B__2, _piece196_d2__w_B__2, _piece197_d2__w_B__2, _piece199_d2__w_B__2, _piece201_d2__w_B__2, _piece203_d2__w_B__2, _piece205_d2__w_B__2, _piece207_d2__w_B__2, _piece209_d2__w_B__2, _piece211_d2__w_B__2, _piece213_d2__w_B__2
+    _piece222_d2_weight = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B__2.reshape(n, 1280)).reshape(12800)
+    del d2__w_B__2
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d2__p10 = d2__p10_198 + d2__p10_206
-    del d2__p10_198, d2__p10_206
+    d2__p10 = _piece198_d2__p10 + _piece206_d2__p10
+    del _piece198_d2__p10, _piece206_d2__p10
     _c96 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_A_223 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    _piece223_d2_A = torch.mm(_c96.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
     del _c96
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c97 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     del d2__p10
-    d2_A_224 = torch.mm(_c97.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece224_d2_A = torch.mm(_c97.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c97
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d2__p9 = d2__p9_179 + d2__p9_189 + d2__p9_195
-    del d2__p9_179, d2__p9_189, d2__p9_195
+    d2__p9 = _piece179_d2__p9 + _piece189_d2__p9 + _piece195_d2__p9
+    del _piece179_d2__p9, _piece189_d2__p9, _piece195_d2__p9
     _c98 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_225 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece225_d2_A = torch.mm(_c98.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c98
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c99 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p9
-    d2_A_226 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece226_d2_A = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c99
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d2__p7 = d2__p7_200 + d2__p7_208
-    del d2__p7_200, d2__p7_208
+    d2__p7 = _piece200_d2__p7 + _piece208_d2__p7
+    del _piece200_d2__p7, _piece208_d2__p7
     _c100 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_A_227 = torch.mm(_c100.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    _piece227_d2_A = torch.mm(_c100.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
     del _c100
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c101 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p7
-    d2_A_228 = torch.mm(_c101.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece228_d2_A = torch.mm(_c101.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c101
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c102 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_A_229 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece229_d2_A = torch.mm(_c102.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c102
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c103 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p6
-    d2_A_230 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece230_d2_A = torch.mm(_c103.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c103
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d2__p4 = d2__p4_202 + d2__p4_210
-    del d2__p4_202, d2__p4_210
+    d2__p4 = _piece202_d2__p4 + _piece210_d2__p4
+    del _piece202_d2__p4, _piece210_d2__p4
     _c104 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_A_231 = torch.mm(_c104.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    _piece231_d2_A = torch.mm(_c104.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
     del _c104
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c105 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p4
-    d2_A_232 = torch.mm(_c105.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece232_d2_A = torch.mm(_c105.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c105
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c106 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_A_233 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    _piece233_d2_A = torch.mm(_c106.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c106
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c107 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p3
-    d2_A_234 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece234_d2_A = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c107
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d2__p1 = d2__p1_204 + d2__p1_212
-    del d2__p1_204, d2__p1_212
+    d2__p1 = _piece204_d2__p1 + _piece212_d2__p1
+    del _piece204_d2__p1, _piece212_d2__p1
     _c108 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_235 = cg_0_0_0.reshape(1, 1, 1) * _c108.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece235_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c108.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c108
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c109 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_236 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c109.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece236_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c109.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c109
     # weight gradient per index value
-    d2__w_B_1 = torch.cat([
-        d2__w_B_1_52.reshape(n, 64),
-        d2__w_B_1_58.reshape(n, 64),
-        d2__w_B_1_64.reshape(n, 64),
-        d2__w_B_1_70.reshape(n, 64),
-        d2__w_B_1_76.reshape(n, 64),
-        d2__w_B_1_82.reshape(n, 64),
-        d2__w_B_1_88.reshape(n, 64),
+    d2__w_B__1 = torch.cat([
+        _piece52_d2__w_B__1.reshape(n, 64),
+        _piece58_d2__w_B__1.reshape(n, 64),
+        _piece64_d2__w_B__1.reshape(n, 64),
+        _piece70_d2__w_B__1.reshape(n, 64),
+        _piece76_d2__w_B__1.reshape(n, 64),
+        _piece82_d2__w_B__1.reshape(n, 64),
+        _piece88_d2__w_B__1.reshape(n, 64),
     ], dim=-1)
-    del d2__w_B_1_52, d2__w_B_1_58, d2__w_B_1_64, d2__w_B_1_70, d2__w_B_1_76, d2__w_B_1_82, d2__w_B_1_88
-    d2_weight_237 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
-    del d2__w_B_1
+    del _piece52_d2__w_B__1, _piece58_d2__w_B__1, _piece64_d2__w_B__1, _piece70_d2__w_B__1, _piece76_d2__w_B__1, _piece82_d2__w_B__1, _piece88_d2__w_B__1
+    _piece237_d2_weight = weight.new_zeros(10, 448).index_add(0, z, d2__w_B__1.reshape(n, 448)).reshape(4480)
+    del d2__w_B__1
     # weight gradient per index value
-    d2__w_B_0 = torch.cat([
-        d2__w_B_0_44.reshape(n, 64),
-        d2__w_B_0_46.reshape(n, 64),
+    d2__w_B__0 = torch.cat([
+        _piece44_d2__w_B__0.reshape(n, 64),
+        _piece46_d2__w_B__0.reshape(n, 64),
     ], dim=-1)
-    del d2__w_B_0_44, d2__w_B_0_46
-    d2_weight_238 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
-    del d2__w_B_0
+    del _piece44_d2__w_B__0, _piece46_d2__w_B__0
+    _piece238_d2_weight = weight.new_zeros(10, 128).index_add(0, z, d2__w_B__0.reshape(n, 128)).reshape(1280)
+    del d2__w_B__0
     d2_A = torch.cat([
-        (d2_A_48 + d2_A_50 + d2_A_54 + d2_A_115 + d2_A_172 + d2_A_233 + d2_A_235 + d2_A_236).reshape(n, 64),
-        (d2_A_56 + d2_A_60 + d2_A_62 + d2_A_66 + d2_A_90 + d2_A_92 + d2_A_127 + d2_A_151 + d2_A_159 + d2_A_220 + d2_A_221 + d2_A_229 + d2_A_231 + d2_A_232 + d2_A_234).reshape(n, 192),
-        (d2_A_68 + d2_A_72 + d2_A_74 + d2_A_78 + d2_A_94 + d2_A_96 + d2_A_98 + d2_A_135 + d2_A_167 + d2_A_176 + d2_A_216 + d2_A_218 + d2_A_219 + d2_A_225 + d2_A_227 + d2_A_228 + d2_A_230).reshape(n, 320),
-        (d2_A_80 + d2_A_84 + d2_A_86 + d2_A_100 + d2_A_102 + d2_A_104 + d2_A_143 + d2_A_214 + d2_A_215 + d2_A_217 + d2_A_223 + d2_A_224 + d2_A_226).reshape(n, 448),
+        (_piece48_d2_A + _piece50_d2_A + _piece54_d2_A + _piece115_d2_A + _piece172_d2_A + _piece233_d2_A + _piece235_d2_A + _piece236_d2_A).reshape(n, 64),
+        (_piece56_d2_A + _piece60_d2_A + _piece62_d2_A + _piece66_d2_A + _piece90_d2_A + _piece92_d2_A + _piece127_d2_A + _piece151_d2_A + _piece159_d2_A + _piece220_d2_A + _piece221_d2_A + _piece229_d2_A + _piece231_d2_A + _piece232_d2_A + _piece234_d2_A).reshape(n, 192),
+        (_piece68_d2_A + _piece72_d2_A + _piece74_d2_A + _piece78_d2_A + _piece94_d2_A + _piece96_d2_A + _piece98_d2_A + _piece135_d2_A + _piece167_d2_A + _piece176_d2_A + _piece216_d2_A + _piece218_d2_A + _piece219_d2_A + _piece225_d2_A + _piece227_d2_A + _piece228_d2_A + _piece230_d2_A).reshape(n, 320),
+        (_piece80_d2_A + _piece84_d2_A + _piece86_d2_A + _piece100_d2_A + _piece102_d2_A + _piece104_d2_A + _piece143_d2_A + _piece214_d2_A + _piece215_d2_A + _piece217_d2_A + _piece223_d2_A + _piece224_d2_A + _piece226_d2_A).reshape(n, 448),
     ], dim=-1)
-    del d2_A_100, d2_A_102, d2_A_104, d2_A_115, d2_A_127, d2_A_135, d2_A_143, d2_A_151, d2_A_159, d2_A_167, d2_A_172, d2_A_176, d2_A_214, d2_A_215, d2_A_216, d2_A_217, d2_A_218, d2_A_219, d2_A_220, d2_A_221, d2_A_223, d2_A_224, d2_A_225, d2_A_226, d2_A_227, d2_A_228, d2_A_229, d2_A_230, d2_A_231, d2_A_232, d2_A_233, d2_A_234, d2_A_235, d2_A_236, d2_A_48, d2_A_50, d2_A_54, d2_A_56, d2_A_60, d2_A_62, d2_A_66, d2_A_68, d2_A_72, d2_A_74, d2_A_78, d2_A_80, d2_A_84, d2_A_86, d2_A_90, d2_A_92, d2_A_94, d2_A_96, d2_A_98
+    del _piece100_d2_A, _piece102_d2_A, _piece104_d2_A, _piece115_d2_A, _piece127_d2_A, _piece135_d2_A, _piece143_d2_A, _piece151_d2_A, _piece159_d2_A, _piece167_d2_A, _piece172_d2_A, _piece176_d2_A, _piece214_d2_A, _piece215_d2_A, _piece216_d2_A, _piece217_d2_A, _piece218_d2_A, _piece219_d2_A, _piece220_d2_A, _piece221_d2_A, _piece223_d2_A, _piece224_d2_A, _piece225_d2_A, _piece226_d2_A, _piece227_d2_A, _piece228_d2_A, _piece229_d2_A, _piece230_d2_A, _piece231_d2_A, _piece232_d2_A, _piece233_d2_A, _piece234_d2_A, _piece235_d2_A, _piece236_d2_A, _piece48_d2_A, _piece50_d2_A, _piece54_d2_A, _piece56_d2_A, _piece60_d2_A, _piece62_d2_A, _piece66_d2_A, _piece68_d2_A, _piece72_d2_A, _piece74_d2_A, _piece78_d2_A, _piece80_d2_A, _piece84_d2_A, _piece86_d2_A, _piece90_d2_A, _piece92_d2_A, _piece94_d2_A, _piece96_d2_A, _piece98_d2_A
     d2_d_B = torch.cat([
-        (d2_d_B_43 + d2_d_B_51 + d2_d_B_63 + d2_d_B_75 + d2_d_B_87 + d2_d_B_116 + d2_d_B_152 + d2_d_B_168).reshape(n, 64),
-        (d2_d_B_45 + d2_d_B_57 + d2_d_B_69 + d2_d_B_81 + d2_d_B_128 + d2_d_B_136 + d2_d_B_144 + d2_d_B_160 + d2_d_B_173 + d2_d_B_177).reshape(n, 192),
+        (_piece43_d2_d_B + _piece51_d2_d_B + _piece63_d2_d_B + _piece75_d2_d_B + _piece87_d2_d_B + _piece116_d2_d_B + _piece152_d2_d_B + _piece168_d2_d_B).reshape(n, 64),
+        (_piece45_d2_d_B + _piece57_d2_d_B + _piece69_d2_d_B + _piece81_d2_d_B + _piece128_d2_d_B + _piece136_d2_d_B + _piece144_d2_d_B + _piece160_d2_d_B + _piece173_d2_d_B + _piece177_d2_d_B).reshape(n, 192),
     ], dim=-1)
-    del d2_d_B_116, d2_d_B_128, d2_d_B_136, d2_d_B_144, d2_d_B_152, d2_d_B_160, d2_d_B_168, d2_d_B_173, d2_d_B_177, d2_d_B_43, d2_d_B_45, d2_d_B_51, d2_d_B_57, d2_d_B_63, d2_d_B_69, d2_d_B_75, d2_d_B_81, d2_d_B_87
+    del _piece116_d2_d_B, _piece128_d2_d_B, _piece136_d2_d_B, _piece144_d2_d_B, _piece152_d2_d_B, _piece160_d2_d_B, _piece168_d2_d_B, _piece173_d2_d_B, _piece177_d2_d_B, _piece43_d2_d_B, _piece45_d2_d_B, _piece51_d2_d_B, _piece57_d2_d_B, _piece63_d2_d_B, _piece69_d2_d_B, _piece75_d2_d_B, _piece81_d2_d_B, _piece87_d2_d_B
     d2_weight = torch.cat([
-        d2_weight_238.reshape(1280),
-        d2_weight_237.reshape(4480),
-        d2_weight_222.reshape(12800),
+        _piece238_d2_weight.reshape(1280),
+        _piece237_d2_weight.reshape(4480),
+        _piece222_d2_weight.reshape(12800),
     ], dim=-1)
-    del d2_weight_222, d2_weight_237, d2_weight_238
+    del _piece222_d2_weight, _piece237_d2_weight, _piece238_d2_weight
     return [d2_A, d2_d_B, d2_weight]
 
 
 @triton.jit
-def _mace_product_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 1–16 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 1–16 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10394,8 +10394,8 @@ def _mace_product_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 17–32 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 17–32 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10648,8 +10648,8 @@ def _mace_product_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 33–48 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 33–48 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10834,7 +10834,7 @@ def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
         o_45 = scratch + z[:, None] * 59328 + 7424 + cols_45[None, :]
         tl.store(o_45, tl.load(o_45, mask=m_45, other=0.0) + v_45, mask=m_45)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_46 = tl.arange(0, 64)
     ii_46 = tl.arange(0, 1)
     p0_46 = scratch + 7424 + z[:, None, None] * 59328 + iu_46[None, :, None]
@@ -10848,7 +10848,7 @@ def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     q_46 = po_46
     tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + a0_46 * a1_46, mask=mo_46)
     tl.debug_barrier()
-    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_47 = tl.arange(0, 64)
     ii_47 = tl.arange(0, 1)
     p0_47 = scratch + 7424 + z[:, None, None] * 59328 + iu_47[None, :, None]
@@ -10862,7 +10862,7 @@ def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + a0_47 * a1_47, mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_48 = tl.arange(0, 64)
     ii_48 = tl.arange(0, 4)
     p0_48 = scratch + 7488 + z[:, None, None] * 59328 + iu_48[None, :, None]
@@ -10879,13 +10879,13 @@ def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 49–64 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 49–64 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
-    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_49 = tl.arange(0, 64)
     ii_49 = tl.arange(0, 4)
     p0_49 = scratch + 7488 + z[:, None, None] * 59328 + iu_49[None, :, None]
@@ -11092,8 +11092,8 @@ def _mace_product_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 65–80 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel4(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 65–80 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11307,8 +11307,8 @@ def _mace_product_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 81–96 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel5(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 81–96 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11534,8 +11534,8 @@ def _mace_product_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 97–112 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel6(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 97–112 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11782,8 +11782,8 @@ def _mace_product_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 113–128 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel7(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 113–128 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -12027,8 +12027,8 @@ def _mace_product_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 129–144 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel8(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 129–144 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -12264,8 +12264,8 @@ def _mace_product_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 145–160 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel9(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 145–160 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -12554,8 +12554,8 @@ def _mace_product_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
 
 
 @triton.jit
-def _mace_product_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 161–176 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel10(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 161–176 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -12837,8 +12837,8 @@ def _mace_product_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
 
 
 @triton.jit
-def _mace_product_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 177–192 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel11(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 177–192 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -13099,8 +13099,8 @@ def _mace_product_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
 
 
 @triton.jit
-def _mace_product_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight, statements 193–193 of 193: BLOCK_Z rows per program."""
+def _mace_product__d__d2_weight__kernel12(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, cg_2_3_1_ptr, cg_2_3_2_ptr, cg_3_3_0_ptr, cg_3_3_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight, statements 193–193 of 193: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -13121,8 +13121,8 @@ def _mace_product_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
     tl.debug_barrier()
 
 
-def _mace_product_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product__d__d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2, cg_2_3_1, cg_2_3_2, cg_3_3_0, cg_3_3_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (1024, 256)]
@@ -13130,20 +13130,20 @@ def _mace_product_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 18560)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_d2_weight_0_kernel, _mace_product_d2_weight_1_kernel, _mace_product_d2_weight_2_kernel, _mace_product_d2_weight_3_kernel, _mace_product_d2_weight_4_kernel, _mace_product_d2_weight_5_kernel, _mace_product_d2_weight_6_kernel, _mace_product_d2_weight_7_kernel, _mace_product_d2_weight_8_kernel, _mace_product_d2_weight_9_kernel, _mace_product_d2_weight_10_kernel, _mace_product_d2_weight_11_kernel, _mace_product_d2_weight_12_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product__d__d2_weight__kernel0, _mace_product__d__d2_weight__kernel1, _mace_product__d__d2_weight__kernel2, _mace_product__d__d2_weight__kernel3, _mace_product__d__d2_weight__kernel4, _mace_product__d__d2_weight__kernel5, _mace_product__d__d2_weight__kernel6, _mace_product__d__d2_weight__kernel7, _mace_product__d__d2_weight__kernel8, _mace_product__d__d2_weight__kernel9, _mace_product__d__d2_weight__kernel10, _mace_product__d__d2_weight__kernel11, _mace_product__d__d2_weight__kernel12,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:18560].sum(0)]
 
 
-def _mace_product_d2_weight(
+def _mace_product__d__d2_weight(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor,
     cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
     cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (18560,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
+    """the vector-Jacobian product of mace_product__d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (18560,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
@@ -13225,179 +13225,179 @@ def _mace_product_d2_weight(
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c15
-    d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_d_B_0 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_A_1 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_d_B_2 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_A_3 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    del d2_d__w_B_0
-    d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
-    d2_d_B_4 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
-    d2__p1_5 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_6 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
-    d2__p3_7 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_8 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
-    d2__p4_9 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_10 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
-    d2__p6_11 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_12 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
-    d2__p7_13 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_14 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
-    d2__p9_15 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_16 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
-    d2__p10_17 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    del d2_d__w_B_1
-    d2_d__w_B_2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z]
-    d2_d__p15_18 = (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
-    d2__p1_19 = (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
-    d2_d__p15_20 = (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
-    d2__p4_21 = (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
-    d2_d__p15_22 = (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
-    d2__p7_23 = (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
-    d2_d__p15_24 = (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
-    d2__p10_25 = (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
+    d2_d__w_B__0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
+    _piece0_d2_d_B = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
+    _piece1_d2_A = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
+    _piece2_d2_d_B = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
+    _piece3_d2_A = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B__0
+    d2_d__w_B__1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
+    _piece4_d2_d_B = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    _piece5_d2__p1 = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece6_d2_d_B = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
+    _piece7_d2__p3 = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece8_d2_d_B = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    _piece9_d2__p4 = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece10_d2_d_B = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
+    _piece11_d2__p6 = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece12_d2_d_B = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    _piece13_d2__p7 = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece14_d2_d_B = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    _piece15_d2__p9 = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece16_d2_d_B = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    _piece17_d2__p10 = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    del d2_d__w_B__1
+    d2_d__w_B__2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    _piece18_d2_d__p15 = (d2_d__w_B__2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    _piece19_d2__p1 = (d2_d__w_B__2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
+    _piece20_d2_d__p15 = (d2_d__w_B__2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    _piece21_d2__p4 = (d2_d__w_B__2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
+    _piece22_d2_d__p15 = (d2_d__w_B__2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    _piece23_d2__p7 = (d2_d__w_B__2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
+    _piece24_d2_d__p15 = (d2_d__w_B__2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    _piece25_d2__p10 = (d2_d__w_B__2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
     del d__p15
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    d2_d__p15 = d2_d__p15_18 + d2_d__p15_20 + d2_d__p15_22 + d2_d__p15_24
-    del d2_d__p15_18, d2_d__p15_20, d2_d__p15_22, d2_d__p15_24
+    d2_d__p15 = _piece18_d2_d__p15 + _piece20_d2_d__p15 + _piece22_d2_d__p15 + _piece24_d2_d__p15
+    del _piece18_d2_d__p15, _piece20_d2_d__p15, _piece22_d2_d__p15, _piece24_d2_d__p15
     _c16 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
     del _c16
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c17 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     del d2_d__p15, d__p16
-    d2_A_26 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
+    _piece26_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
     del _c17
-    d2_d_B_27 = d2_d__p16
+    _piece27_d2_d_B = d2_d__p16
     del d2_d__p16
-    d2_d__p17_28 = (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    _piece28_d2_d__p17 = (d2_d__w_B__2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
     del _p1
-    d2__p1_29 = (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
-    d2_d__p17_30 = (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    _piece29_d2__p1 = (d2_d__w_B__2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
+    _piece30_d2_d__p17 = (d2_d__w_B__2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
     del _p4
-    d2__p4_31 = (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
-    d2_d__p17_32 = (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    _piece31_d2__p4 = (d2_d__w_B__2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
+    _piece32_d2_d__p17 = (d2_d__w_B__2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
     del _p7
-    d2__p7_33 = (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
-    d2_d__p17_34 = (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    _piece33_d2__p7 = (d2_d__w_B__2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
+    _piece34_d2_d__p17 = (d2_d__w_B__2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
     del _p10
-    d2__p10_35 = (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
+    _piece35_d2__p10 = (d2_d__w_B__2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
     del d__p17
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    d2_d__p17 = d2_d__p17_28 + d2_d__p17_30 + d2_d__p17_32 + d2_d__p17_34
-    del d2_d__p17_28, d2_d__p17_30, d2_d__p17_32, d2_d__p17_34
+    d2_d__p17 = _piece28_d2_d__p17 + _piece30_d2_d__p17 + _piece32_d2_d__p17 + _piece34_d2_d__p17
+    del _piece28_d2_d__p17, _piece30_d2_d__p17, _piece32_d2_d__p17, _piece34_d2_d__p17
     _c18 = d2_d__p17.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p18 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c18
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c19 = d2_d__p17.reshape(n, 64, 1, 1) * d__p18.reshape(n, 64, 1, 3)
     del d2_d__p17, d__p18
-    d2_A_36 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece36_d2_A = torch.mm(_c19.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c19
-    d2_d_B_37 = d2_d__p18
+    _piece37_d2_d_B = d2_d__p18
     del d2_d__p18
-    d2_d__p19_38 = (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
+    _piece38_d2_d__p19 = (d2_d__w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
     del _p3
-    d2__p3_39 = (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
-    d2_d__p19_40 = (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
-    d2__p9_41 = (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
+    _piece39_d2__p3 = (d2_d__w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
+    _piece40_d2_d__p19 = (d2_d__w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    _piece41_d2__p9 = (d2_d__w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
     del d__p19
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    d2_d__p19 = d2_d__p19_38 + d2_d__p19_40
-    del d2_d__p19_38, d2_d__p19_40
+    d2_d__p19 = _piece38_d2_d__p19 + _piece40_d2_d__p19
+    del _piece38_d2_d__p19, _piece40_d2_d__p19
     _c20 = d2_d__p19.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p20 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c20
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c21 = d2_d__p19.reshape(n, 64, 3, 1) * d__p20.reshape(n, 64, 1, 3)
     del d2_d__p19, d__p20
-    d2_A_42 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece42_d2_A = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c21
-    d2_d_B_43 = d2_d__p20
+    _piece43_d2_d_B = d2_d__p20
     del d2_d__p20
-    d2_d__p21_44 = (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p11.reshape(n, 64, 5)
+    _piece44_d2_d__p21 = (d2_d__w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p11.reshape(n, 64, 5)
     del _p11
-    d2__p11 = (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
-    d2_d__p21_45 = (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
-    d2__p14_46 = (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
+    d2__p11 = (d2_d__w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
+    _piece45_d2_d__p21 = (d2_d__w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
+    _piece46_d2__p14 = (d2_d__w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
     del d__p21
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    d2_d__p21 = d2_d__p21_44 + d2_d__p21_45
-    del d2_d__p21_44, d2_d__p21_45
+    d2_d__p21 = _piece44_d2_d__p21 + _piece45_d2_d__p21
+    del _piece44_d2_d__p21, _piece45_d2_d__p21
     _c22 = d2_d__p21.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p22 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c22
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c23 = d2_d__p21.reshape(n, 64, 5, 1) * d__p22.reshape(n, 64, 1, 3)
     del d2_d__p21, d__p22
-    d2_A_47 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece47_d2_A = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c23
-    d2_d_B_48 = d2_d__p22
+    _piece48_d2_d_B = d2_d__p22
     del d2_d__p22
-    d2_d__p23_49 = (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
+    _piece49_d2_d__p23 = (d2_d__w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
     del _p6
-    d2__p6_50 = (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
-    d2_d__p23_51 = (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
-    d2__p9_52 = (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
+    _piece50_d2__p6 = (d2_d__w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
+    _piece51_d2_d__p23 = (d2_d__w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    _piece52_d2__p9 = (d2_d__w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
     del d__p23
     # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    d2_d__p23 = d2_d__p23_49 + d2_d__p23_51
-    del d2_d__p23_49, d2_d__p23_51
+    d2_d__p23 = _piece49_d2_d__p23 + _piece51_d2_d__p23
+    del _piece49_d2_d__p23, _piece51_d2_d__p23
     _c24 = d2_d__p23.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p24 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c24
     # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c25 = d2_d__p23.reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
     del d2_d__p23, d__p24
-    d2_A_53 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece53_d2_A = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c25
-    d2_d_B_54 = d2_d__p24
+    _piece54_d2_d_B = d2_d__p24
     del d2_d__p24
-    d2_d__p25_55 = (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
-    d2__p12_56 = (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
-    d2_d__p25_57 = (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
-    d2__p14_58 = (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
+    _piece55_d2_d__p25 = (d2_d__w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
+    _piece56_d2__p12 = (d2_d__w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
+    _piece57_d2_d__p25 = (d2_d__w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
+    _piece58_d2__p14 = (d2_d__w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
     del d__p25
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    d2_d__p25 = d2_d__p25_55 + d2_d__p25_57
-    del d2_d__p25_55, d2_d__p25_57
+    d2_d__p25 = _piece55_d2_d__p25 + _piece57_d2_d__p25
+    del _piece55_d2_d__p25, _piece57_d2_d__p25
     _c26 = d2_d__p25.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p26 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c26
     # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c27 = d2_d__p25.reshape(n, 64, 5, 1) * d__p26.reshape(n, 64, 1, 3)
     del d2_d__p25, d__p26
-    d2_A_59 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece59_d2_A = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c27
-    d2_d_B_60 = d2_d__p26
+    _piece60_d2_d_B = d2_d__p26
     del d2_d__p26
-    d2_d__p27_61 = (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
+    _piece61_d2_d__p27 = (d2_d__w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
     del _p12
-    d2__p12_62 = (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
-    d2_d__p27_63 = (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
+    _piece62_d2__p12 = (d2_d__w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
+    _piece63_d2_d__p27 = (d2_d__w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
     del _p14
-    d2__p14_64 = (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
+    _piece64_d2__p14 = (d2_d__w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
     del d__p27
     # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    d2_d__p27 = d2_d__p27_61 + d2_d__p27_63
-    del d2_d__p27_61, d2_d__p27_63
+    d2_d__p27 = _piece61_d2_d__p27 + _piece63_d2_d__p27
+    del _piece61_d2_d__p27, _piece63_d2_d__p27
     _c28 = d2_d__p27.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p28 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c28
     # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c29 = d2_d__p27.reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
     del d2_d__p27, d__p28
-    d2_A_65 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece65_d2_A = torch.mm(_c29.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c29
-    d2_d_B_66 = d2_d__p28
+    _piece66_d2_d_B = d2_d__p28
     del d2_d__p28
-    d2_d__p29 = (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    d2_d__p29 = (d2_d__w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
     del _p9
-    d2__p9_67 = (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p29.reshape(n, 64, 3)
+    _piece67_d2__p9 = (d2_d__w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p29.reshape(n, 64, 3)
     del d__p29
     # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c30 = d2_d__p29.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
@@ -13406,14 +13406,14 @@ def _mace_product_d2_weight(
     # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c31 = d2_d__p29.reshape(n, 64, 3, 1) * d__p30.reshape(n, 64, 1, 3)
     del d2_d__p29, d__p30
-    d2_A_68 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    _piece68_d2_A = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
     del _c31
-    d2_d_B_69 = d2_d__p30
+    _piece69_d2_d_B = d2_d__p30
     del d2_d__p30
-    d2_d_B_70 = (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p31.reshape(n, 64, 3)
+    _piece70_d2_d_B = (d2_d__w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p31.reshape(n, 64, 3)
     del _p31
-    d2__p31 = (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    del d2_d__w_B_2
+    d2__p31 = (d2_d__w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B__2
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c32 = d2__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2__p13 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
@@ -13421,137 +13421,137 @@ def _mace_product_d2_weight(
     # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c33 = d2__p31.reshape(n, 64, 3, 1) * _p13.reshape(n, 64, 1, 5)
     del _p13, d2__p31
-    d2_A_71 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece71_d2_A = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c33
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2__p14 = d2__p14_46 + d2__p14_58 + d2__p14_64
-    del d2__p14_46, d2__p14_58, d2__p14_64
+    d2__p14 = _piece46_d2__p14 + _piece58_d2__p14 + _piece64_d2__p14
+    del _piece46_d2__p14, _piece58_d2__p14, _piece64_d2__p14
     _c34 = d2__p14.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_72 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    _piece72_d2_A = torch.mm(_c34.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
     del _c34
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c35 = d2__p14.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     del d2__p14
-    d2_A_73 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece73_d2_A = torch.mm(_c35.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c35
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c36 = d2__p13.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_74 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece74_d2_A = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c36
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c37 = d2__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p13
-    d2_A_75 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece75_d2_A = torch.mm(_c37.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c37
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2__p12 = d2__p12_56 + d2__p12_62
-    del d2__p12_56, d2__p12_62
+    d2__p12 = _piece56_d2__p12 + _piece62_d2__p12
+    del _piece56_d2__p12, _piece62_d2__p12
     _c38 = d2__p12.reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_A_76 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece76_d2_A = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c38
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c39 = d2__p12.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p12
-    d2_A_77 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece77_d2_A = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c39
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c40 = d2__p11.reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_A_78 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece78_d2_A = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c40
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c41 = d2__p11.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p11
-    d2_A_79 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece79_d2_A = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c41
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d2__p10 = d2__p10_17 + d2__p10_25 + d2__p10_35
-    del d2__p10_17, d2__p10_25, d2__p10_35
+    d2__p10 = _piece17_d2__p10 + _piece25_d2__p10 + _piece35_d2__p10
+    del _piece17_d2__p10, _piece25_d2__p10, _piece35_d2__p10
     _c42 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_A_80 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    _piece80_d2_A = torch.mm(_c42.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
     del _c42
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c43 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     del d2__p10
-    d2_A_81 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece81_d2_A = torch.mm(_c43.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c43
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d2__p9 = d2__p9_15 + d2__p9_41 + d2__p9_52 + d2__p9_67
-    del d2__p9_15, d2__p9_41, d2__p9_52, d2__p9_67
+    d2__p9 = _piece15_d2__p9 + _piece41_d2__p9 + _piece52_d2__p9 + _piece67_d2__p9
+    del _piece15_d2__p9, _piece41_d2__p9, _piece52_d2__p9, _piece67_d2__p9
     _c44 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_82 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece82_d2_A = torch.mm(_c44.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c44
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c45 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p9
-    d2_A_83 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece83_d2_A = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c45
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d2__p7 = d2__p7_13 + d2__p7_23 + d2__p7_33
-    del d2__p7_13, d2__p7_23, d2__p7_33
+    d2__p7 = _piece13_d2__p7 + _piece23_d2__p7 + _piece33_d2__p7
+    del _piece13_d2__p7, _piece23_d2__p7, _piece33_d2__p7
     _c46 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_A_84 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    _piece84_d2_A = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
     del _c46
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c47 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p7
-    d2_A_85 = torch.mm(_c47.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece85_d2_A = torch.mm(_c47.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c47
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    d2__p6 = d2__p6_11 + d2__p6_50
-    del d2__p6_11, d2__p6_50
+    d2__p6 = _piece11_d2__p6 + _piece50_d2__p6
+    del _piece11_d2__p6, _piece50_d2__p6
     _c48 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_A_86 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece86_d2_A = torch.mm(_c48.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c48
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c49 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p6
-    d2_A_87 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece87_d2_A = torch.mm(_c49.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c49
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d2__p4 = d2__p4_9 + d2__p4_21 + d2__p4_31
-    del d2__p4_21, d2__p4_31, d2__p4_9
+    d2__p4 = _piece9_d2__p4 + _piece21_d2__p4 + _piece31_d2__p4
+    del _piece21_d2__p4, _piece31_d2__p4, _piece9_d2__p4
     _c50 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_A_88 = torch.mm(_c50.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    _piece88_d2_A = torch.mm(_c50.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
     del _c50
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c51 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p4
-    d2_A_89 = torch.mm(_c51.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece89_d2_A = torch.mm(_c51.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c51
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    d2__p3 = d2__p3_7 + d2__p3_39
-    del d2__p3_39, d2__p3_7
+    d2__p3 = _piece7_d2__p3 + _piece39_d2__p3
+    del _piece39_d2__p3, _piece7_d2__p3
     _c52 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_A_90 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    _piece90_d2_A = torch.mm(_c52.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c52
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c53 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p3
-    d2_A_91 = torch.mm(_c53.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece91_d2_A = torch.mm(_c53.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c53
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d2__p1 = d2__p1_5 + d2__p1_19 + d2__p1_29
-    del d2__p1_19, d2__p1_29, d2__p1_5
+    d2__p1 = _piece5_d2__p1 + _piece19_d2__p1 + _piece29_d2__p1
+    del _piece19_d2__p1, _piece29_d2__p1, _piece5_d2__p1
     _c54 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_92 = cg_0_0_0.reshape(1, 1, 1) * _c54.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece92_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c54.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c54
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c55 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_93 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece93_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c55
     d2_A = torch.cat([
-        (d2_A_1 + d2_A_26 + d2_A_68 + d2_A_90 + d2_A_92 + d2_A_93).reshape(n, 64),
-        (d2_A_3 + d2_A_36 + d2_A_53 + d2_A_59 + d2_A_78 + d2_A_79 + d2_A_86 + d2_A_88 + d2_A_89 + d2_A_91).reshape(n, 192),
-        (d2_A_42 + d2_A_65 + d2_A_71 + d2_A_74 + d2_A_76 + d2_A_77 + d2_A_82 + d2_A_84 + d2_A_85 + d2_A_87).reshape(n, 320),
-        (d2_A_47 + d2_A_72 + d2_A_73 + d2_A_75 + d2_A_80 + d2_A_81 + d2_A_83).reshape(n, 448),
+        (_piece1_d2_A + _piece26_d2_A + _piece68_d2_A + _piece90_d2_A + _piece92_d2_A + _piece93_d2_A).reshape(n, 64),
+        (_piece3_d2_A + _piece36_d2_A + _piece53_d2_A + _piece59_d2_A + _piece78_d2_A + _piece79_d2_A + _piece86_d2_A + _piece88_d2_A + _piece89_d2_A + _piece91_d2_A).reshape(n, 192),
+        (_piece42_d2_A + _piece65_d2_A + _piece71_d2_A + _piece74_d2_A + _piece76_d2_A + _piece77_d2_A + _piece82_d2_A + _piece84_d2_A + _piece85_d2_A + _piece87_d2_A).reshape(n, 320),
+        (_piece47_d2_A + _piece72_d2_A + _piece73_d2_A + _piece75_d2_A + _piece80_d2_A + _piece81_d2_A + _piece83_d2_A).reshape(n, 448),
     ], dim=-1)
-    del d2_A_1, d2_A_26, d2_A_3, d2_A_36, d2_A_42, d2_A_47, d2_A_53, d2_A_59, d2_A_65, d2_A_68, d2_A_71, d2_A_72, d2_A_73, d2_A_74, d2_A_75, d2_A_76, d2_A_77, d2_A_78, d2_A_79, d2_A_80, d2_A_81, d2_A_82, d2_A_83, d2_A_84, d2_A_85, d2_A_86, d2_A_87, d2_A_88, d2_A_89, d2_A_90, d2_A_91, d2_A_92, d2_A_93
+    del _piece1_d2_A, _piece26_d2_A, _piece36_d2_A, _piece3_d2_A, _piece42_d2_A, _piece47_d2_A, _piece53_d2_A, _piece59_d2_A, _piece65_d2_A, _piece68_d2_A, _piece71_d2_A, _piece72_d2_A, _piece73_d2_A, _piece74_d2_A, _piece75_d2_A, _piece76_d2_A, _piece77_d2_A, _piece78_d2_A, _piece79_d2_A, _piece80_d2_A, _piece81_d2_A, _piece82_d2_A, _piece83_d2_A, _piece84_d2_A, _piece85_d2_A, _piece86_d2_A, _piece87_d2_A, _piece88_d2_A, _piece89_d2_A, _piece90_d2_A, _piece91_d2_A, _piece92_d2_A, _piece93_d2_A
     d2_d_B = torch.cat([
-        (d2_d_B_0 + d2_d_B_4 + d2_d_B_8 + d2_d_B_12 + d2_d_B_16 + d2_d_B_27 + d2_d_B_54 + d2_d_B_66).reshape(n, 64),
-        (d2_d_B_2 + d2_d_B_6 + d2_d_B_10 + d2_d_B_14 + d2_d_B_37 + d2_d_B_43 + d2_d_B_48 + d2_d_B_60 + d2_d_B_69 + d2_d_B_70).reshape(n, 192),
+        (_piece0_d2_d_B + _piece4_d2_d_B + _piece8_d2_d_B + _piece12_d2_d_B + _piece16_d2_d_B + _piece27_d2_d_B + _piece54_d2_d_B + _piece66_d2_d_B).reshape(n, 64),
+        (_piece2_d2_d_B + _piece6_d2_d_B + _piece10_d2_d_B + _piece14_d2_d_B + _piece37_d2_d_B + _piece43_d2_d_B + _piece48_d2_d_B + _piece60_d2_d_B + _piece69_d2_d_B + _piece70_d2_d_B).reshape(n, 192),
     ], dim=-1)
-    del d2_d_B_0, d2_d_B_10, d2_d_B_12, d2_d_B_14, d2_d_B_16, d2_d_B_2, d2_d_B_27, d2_d_B_37, d2_d_B_4, d2_d_B_43, d2_d_B_48, d2_d_B_54, d2_d_B_6, d2_d_B_60, d2_d_B_66, d2_d_B_69, d2_d_B_70, d2_d_B_8
+    del _piece0_d2_d_B, _piece10_d2_d_B, _piece12_d2_d_B, _piece14_d2_d_B, _piece16_d2_d_B, _piece27_d2_d_B, _piece2_d2_d_B, _piece37_d2_d_B, _piece43_d2_d_B, _piece48_d2_d_B, _piece4_d2_d_B, _piece54_d2_d_B, _piece60_d2_d_B, _piece66_d2_d_B, _piece69_d2_d_B, _piece6_d2_d_B, _piece70_d2_d_B, _piece8_d2_d_B
     d2_weight = weight.new_zeros(18560)
     return [d2_A, d2_d_B, d2_weight]
 
@@ -13562,212 +13562,212 @@ def _mace_product_d2_weight(
     triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _mace_product__kernel(A, z, weight, B__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """mace_product: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    chan_mask = chans < 64
-    mask = row_mask[:, None] & chan_mask[None, :]
-    zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
+    _chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    _chan_mask = _chans < 64
+    _mask = _row_mask[:, None] & _chan_mask[None, :]
+    _zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
 
     # out B : 64x0e+64x1o
     # B.0: A mix uuu per z
-    A_0_0 = tl.load(A + rows[:, None] * 1024 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    z_rows = tl.load(z + rows, mask=row_mask, other=0)
-    w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 128 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum1_0 = A_0_0 * w_B_0_0 * 1.0
-    A_1_0 = tl.load(A + rows[:, None] * 1024 + (64 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_1 = tl.load(A + rows[:, None] * 1024 + (65 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_2 = tl.load(A + rows[:, None] * 1024 + (66 + chans[None, :] * 3), mask=mask, other=0.0)
-    w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 128 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum2_0 = A_1_0 * w_B_0_64 * 1.0
-    sum2_1 = A_1_1 * w_B_0_64 * 1.0
-    sum2_2 = A_1_2 * w_B_0_64 * 1.0
+    A__0_0 = tl.load(A + _rows[:, None] * 1024 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    z__rows = tl.load(z + _rows, mask=_row_mask, other=0)
+    _w_B__0_0 = tl.load(weight + 0 + z__rows[:, None] * 128 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum1_0 = A__0_0 * _w_B__0_0 * 1.0
+    A__1_0 = tl.load(A + _rows[:, None] * 1024 + (64 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_1 = tl.load(A + _rows[:, None] * 1024 + (65 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_2 = tl.load(A + _rows[:, None] * 1024 + (66 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    _w_B__0_64 = tl.load(weight + 0 + z__rows[:, None] * 128 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum2_0 = A__1_0 * _w_B__0_64 * 1.0
+    _sum2_1 = A__1_1 * _w_B__0_64 * 1.0
+    _sum2_2 = A__1_2 * _w_B__0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
-    p1_0 = 1.0 * A_0_0 * A_0_0
-    w_B_1_0 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum3_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5
-    p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
-    p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
-    p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
-    w_B_1_64 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum4_0 = sum2_0 + p3_0 * w_B_1_64 * 1.0
-    sum4_1 = sum2_1 + p3_1 * w_B_1_64 * 1.0
-    sum4_2 = sum2_2 + p3_2 * w_B_1_64 * 1.0
-    p4_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
-    w_B_1_128 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum5_0 = sum3_0 + p4_0 * w_B_1_128 * 0.5
-    A_2_0 = tl.load(A + rows[:, None] * 1024 + (256 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_1 = tl.load(A + rows[:, None] * 1024 + (257 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_2 = tl.load(A + rows[:, None] * 1024 + (258 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_3 = tl.load(A + rows[:, None] * 1024 + (259 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_4 = tl.load(A + rows[:, None] * 1024 + (260 + chans[None, :] * 5), mask=mask, other=0.0)
-    p6_0 = -0.18257418583505536 * A_1_0 * A_2_2 + -0.31622776601683794 * A_1_0 * A_2_4 + 0.31622776601683794 * A_1_1 * A_2_1 + 0.31622776601683794 * A_1_2 * A_2_0
-    p6_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
-    p6_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
-    w_B_1_192 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum6_0 = sum4_0 + p6_0 * w_B_1_192 * 1.0
-    sum6_1 = sum4_1 + p6_1 * w_B_1_192 * 1.0
-    sum6_2 = sum4_2 + p6_2 * w_B_1_192 * 1.0
-    p7_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
-    w_B_1_256 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum7_0 = sum5_0 + p7_0 * w_B_1_256 * 0.5
-    A_3_0 = tl.load(A + rows[:, None] * 1024 + (576 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_1 = tl.load(A + rows[:, None] * 1024 + (577 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_2 = tl.load(A + rows[:, None] * 1024 + (578 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_3 = tl.load(A + rows[:, None] * 1024 + (579 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_4 = tl.load(A + rows[:, None] * 1024 + (580 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_5 = tl.load(A + rows[:, None] * 1024 + (581 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_6 = tl.load(A + rows[:, None] * 1024 + (582 + chans[None, :] * 7), mask=mask, other=0.0)
-    p9_0 = -0.06900655593423542 * A_2_0 * A_3_4 + -0.2672612419124244 * A_2_0 * A_3_6 + -0.1690308509457033 * A_2_1 * A_3_3 + -0.2182178902359924 * A_2_1 * A_3_5 + 0.23904572186687872 * A_2_2 * A_3_2 + 0.2182178902359924 * A_2_3 * A_3_1 + 0.2672612419124244 * A_2_4 * A_3_0 + 0.06900655593423542 * A_2_4 * A_3_2
-    p9_1 = 0.2182178902359924 * A_2_0 * A_3_1 + 0.2760262237369417 * A_2_1 * A_3_2 + 0.29277002188455997 * A_2_2 * A_3_3 + 0.2760262237369417 * A_2_3 * A_3_4 + 0.2182178902359924 * A_2_4 * A_3_5
-    p9_2 = 0.2672612419124244 * A_2_0 * A_3_0 + -0.06900655593423542 * A_2_0 * A_3_2 + 0.2182178902359924 * A_2_1 * A_3_1 + 0.23904572186687872 * A_2_2 * A_3_4 + -0.1690308509457033 * A_2_3 * A_3_3 + 0.2182178902359924 * A_2_3 * A_3_5 + -0.06900655593423542 * A_2_4 * A_3_4 + 0.2672612419124244 * A_2_4 * A_3_6
-    w_B_1_320 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum8_0 = sum6_0 + p9_0 * w_B_1_320 * 1.0
-    sum8_1 = sum6_1 + p9_1 * w_B_1_320 * 1.0
-    sum8_2 = sum6_2 + p9_2 * w_B_1_320 * 1.0
-    p10_0 = 0.37796447300922725 * A_3_0 * A_3_0 + 0.37796447300922725 * A_3_1 * A_3_1 + 0.37796447300922725 * A_3_2 * A_3_2 + 0.37796447300922725 * A_3_3 * A_3_3 + 0.37796447300922725 * A_3_4 * A_3_4 + 0.37796447300922725 * A_3_5 * A_3_5 + 0.37796447300922725 * A_3_6 * A_3_6
-    w_B_1_384 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum9_0 = sum7_0 + p10_0 * w_B_1_384 * 0.5
+    _p1_0 = 1.0 * A__0_0 * A__0_0
+    _w_B__1_0 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum3_0 = _sum1_0 + _p1_0 * _w_B__1_0 * 0.5
+    _p3_0 = 0.5773502691896257 * A__0_0 * A__1_0
+    _p3_1 = 0.5773502691896257 * A__0_0 * A__1_1
+    _p3_2 = 0.5773502691896257 * A__0_0 * A__1_2
+    _w_B__1_64 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum4_0 = _sum2_0 + _p3_0 * _w_B__1_64 * 1.0
+    _sum4_1 = _sum2_1 + _p3_1 * _w_B__1_64 * 1.0
+    _sum4_2 = _sum2_2 + _p3_2 * _w_B__1_64 * 1.0
+    _p4_0 = 0.5773502691896257 * A__1_0 * A__1_0 + 0.5773502691896257 * A__1_1 * A__1_1 + 0.5773502691896257 * A__1_2 * A__1_2
+    _w_B__1_128 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum5_0 = _sum3_0 + _p4_0 * _w_B__1_128 * 0.5
+    A__2_0 = tl.load(A + _rows[:, None] * 1024 + (256 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_1 = tl.load(A + _rows[:, None] * 1024 + (257 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_2 = tl.load(A + _rows[:, None] * 1024 + (258 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_3 = tl.load(A + _rows[:, None] * 1024 + (259 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_4 = tl.load(A + _rows[:, None] * 1024 + (260 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    _p6_0 = -0.18257418583505536 * A__1_0 * A__2_2 + -0.31622776601683794 * A__1_0 * A__2_4 + 0.31622776601683794 * A__1_1 * A__2_1 + 0.31622776601683794 * A__1_2 * A__2_0
+    _p6_1 = 0.31622776601683794 * A__1_0 * A__2_1 + 0.3651483716701107 * A__1_1 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_3
+    _p6_2 = 0.31622776601683794 * A__1_0 * A__2_0 + 0.31622776601683794 * A__1_1 * A__2_3 + -0.18257418583505536 * A__1_2 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_4
+    _w_B__1_192 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum6_0 = _sum4_0 + _p6_0 * _w_B__1_192 * 1.0
+    _sum6_1 = _sum4_1 + _p6_1 * _w_B__1_192 * 1.0
+    _sum6_2 = _sum4_2 + _p6_2 * _w_B__1_192 * 1.0
+    _p7_0 = 0.4472135954999579 * A__2_0 * A__2_0 + 0.4472135954999579 * A__2_1 * A__2_1 + 0.4472135954999579 * A__2_2 * A__2_2 + 0.4472135954999579 * A__2_3 * A__2_3 + 0.4472135954999579 * A__2_4 * A__2_4
+    _w_B__1_256 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (256 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum7_0 = _sum5_0 + _p7_0 * _w_B__1_256 * 0.5
+    A__3_0 = tl.load(A + _rows[:, None] * 1024 + (576 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_1 = tl.load(A + _rows[:, None] * 1024 + (577 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_2 = tl.load(A + _rows[:, None] * 1024 + (578 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_3 = tl.load(A + _rows[:, None] * 1024 + (579 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_4 = tl.load(A + _rows[:, None] * 1024 + (580 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_5 = tl.load(A + _rows[:, None] * 1024 + (581 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_6 = tl.load(A + _rows[:, None] * 1024 + (582 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    _p9_0 = -0.06900655593423542 * A__2_0 * A__3_4 + -0.2672612419124244 * A__2_0 * A__3_6 + -0.1690308509457033 * A__2_1 * A__3_3 + -0.2182178902359924 * A__2_1 * A__3_5 + 0.23904572186687872 * A__2_2 * A__3_2 + 0.2182178902359924 * A__2_3 * A__3_1 + 0.2672612419124244 * A__2_4 * A__3_0 + 0.06900655593423542 * A__2_4 * A__3_2
+    _p9_1 = 0.2182178902359924 * A__2_0 * A__3_1 + 0.2760262237369417 * A__2_1 * A__3_2 + 0.29277002188455997 * A__2_2 * A__3_3 + 0.2760262237369417 * A__2_3 * A__3_4 + 0.2182178902359924 * A__2_4 * A__3_5
+    _p9_2 = 0.2672612419124244 * A__2_0 * A__3_0 + -0.06900655593423542 * A__2_0 * A__3_2 + 0.2182178902359924 * A__2_1 * A__3_1 + 0.23904572186687872 * A__2_2 * A__3_4 + -0.1690308509457033 * A__2_3 * A__3_3 + 0.2182178902359924 * A__2_3 * A__3_5 + -0.06900655593423542 * A__2_4 * A__3_4 + 0.2672612419124244 * A__2_4 * A__3_6
+    _w_B__1_320 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (320 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum8_0 = _sum6_0 + _p9_0 * _w_B__1_320 * 1.0
+    _sum8_1 = _sum6_1 + _p9_1 * _w_B__1_320 * 1.0
+    _sum8_2 = _sum6_2 + _p9_2 * _w_B__1_320 * 1.0
+    _p10_0 = 0.37796447300922725 * A__3_0 * A__3_0 + 0.37796447300922725 * A__3_1 * A__3_1 + 0.37796447300922725 * A__3_2 * A__3_2 + 0.37796447300922725 * A__3_3 * A__3_3 + 0.37796447300922725 * A__3_4 * A__3_4 + 0.37796447300922725 * A__3_5 * A__3_5 + 0.37796447300922725 * A__3_6 * A__3_6
+    _w_B__1_384 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (384 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum9_0 = _sum7_0 + _p10_0 * _w_B__1_384 * 0.5
     # B.2: fuse(A, A, A) mix uuu per z
-    p11_0 = 0.31622776601683794 * A_1_0 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_0
-    p11_1 = 0.31622776601683794 * A_1_0 * A_1_1 + 0.31622776601683794 * A_1_1 * A_1_0
-    p11_2 = -0.18257418583505536 * A_1_0 * A_1_0 + 0.3651483716701107 * A_1_1 * A_1_1 + -0.18257418583505536 * A_1_2 * A_1_2
-    p11_3 = 0.31622776601683794 * A_1_1 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_1
-    p11_4 = -0.31622776601683794 * A_1_0 * A_1_0 + 0.31622776601683794 * A_1_2 * A_1_2
-    p12_0 = -0.23904572186687872 * A_2_0 * A_2_2 + 0.20701966780270625 * A_2_1 * A_2_3 + -0.23904572186687872 * A_2_2 * A_2_0 + 0.20701966780270625 * A_2_3 * A_2_1
-    p12_1 = 0.20701966780270625 * A_2_0 * A_2_3 + 0.11952286093343936 * A_2_1 * A_2_2 + -0.20701966780270625 * A_2_1 * A_2_4 + 0.11952286093343936 * A_2_2 * A_2_1 + 0.20701966780270625 * A_2_3 * A_2_0 + -0.20701966780270625 * A_2_4 * A_2_1
-    p12_2 = -0.23904572186687872 * A_2_0 * A_2_0 + 0.11952286093343936 * A_2_1 * A_2_1 + 0.23904572186687872 * A_2_2 * A_2_2 + 0.11952286093343936 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_4
-    p12_3 = 0.20701966780270625 * A_2_0 * A_2_1 + 0.20701966780270625 * A_2_1 * A_2_0 + 0.11952286093343936 * A_2_2 * A_2_3 + 0.11952286093343936 * A_2_3 * A_2_2 + 0.20701966780270625 * A_2_3 * A_2_4 + 0.20701966780270625 * A_2_4 * A_2_3
-    p12_4 = -0.20701966780270625 * A_2_1 * A_2_1 + -0.23904572186687872 * A_2_2 * A_2_4 + 0.20701966780270625 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_2
-    p13_0 = 0.18898223650461363 * A_2_1 * A_3_0 + 0.14638501094227999 * A_2_1 * A_3_2 + 0.2672612419124244 * A_2_2 * A_3_5 + -0.14638501094227999 * A_2_3 * A_3_4 + 0.18898223650461363 * A_2_3 * A_3_6 + 0.11952286093343936 * A_2_4 * A_3_3
-    p13_1 = -0.18898223650461363 * A_2_0 * A_3_0 + -0.14638501094227999 * A_2_0 * A_3_2 + 0.1690308509457033 * A_2_2 * A_3_4 + -0.23904572186687872 * A_2_3 * A_3_3 + -0.14638501094227999 * A_2_4 * A_3_4 + -0.18898223650461363 * A_2_4 * A_3_6
-    p13_2 = -0.2672612419124244 * A_2_0 * A_3_5 + -0.1690308509457033 * A_2_1 * A_3_4 + 0.1690308509457033 * A_2_3 * A_3_2 + 0.2672612419124244 * A_2_4 * A_3_1
-    p13_3 = 0.14638501094227999 * A_2_0 * A_3_4 + -0.18898223650461363 * A_2_0 * A_3_6 + 0.23904572186687872 * A_2_1 * A_3_3 + -0.1690308509457033 * A_2_2 * A_3_2 + 0.18898223650461363 * A_2_4 * A_3_0 + -0.14638501094227999 * A_2_4 * A_3_2
-    p13_4 = -0.11952286093343936 * A_2_0 * A_3_3 + 0.14638501094227999 * A_2_1 * A_3_4 + 0.18898223650461363 * A_2_1 * A_3_6 + -0.2672612419124244 * A_2_2 * A_3_1 + -0.18898223650461363 * A_2_3 * A_3_0 + 0.14638501094227999 * A_2_3 * A_3_2
-    p14_0 = -0.1091089451179962 * A_3_0 * A_3_4 + -0.2182178902359924 * A_3_1 * A_3_3 + 0.1690308509457033 * A_3_2 * A_3_4 + 0.1091089451179962 * A_3_2 * A_3_6 + -0.2182178902359924 * A_3_3 * A_3_1 + -0.1091089451179962 * A_3_4 * A_3_0 + 0.1690308509457033 * A_3_4 * A_3_2 + 0.1091089451179962 * A_3_6 * A_3_2
-    p14_1 = 0.17251638983558856 * A_3_0 * A_3_5 + 0.1336306209562122 * A_3_1 * A_3_4 + -0.17251638983558856 * A_3_1 * A_3_6 + 0.06900655593423542 * A_3_2 * A_3_3 + -0.1336306209562122 * A_3_2 * A_3_5 + 0.06900655593423542 * A_3_3 * A_3_2 + 0.1336306209562122 * A_3_4 * A_3_1 + 0.17251638983558856 * A_3_5 * A_3_0 + -0.1336306209562122 * A_3_5 * A_3_2 + -0.17251638983558856 * A_3_6 * A_3_1
-    p14_2 = -0.2439750182371333 * A_3_0 * A_3_0 + 0.14638501094227999 * A_3_2 * A_3_2 + 0.19518001458970663 * A_3_3 * A_3_3 + 0.14638501094227999 * A_3_4 * A_3_4 + -0.2439750182371333 * A_3_6 * A_3_6
-    p14_3 = 0.17251638983558856 * A_3_0 * A_3_1 + 0.17251638983558856 * A_3_1 * A_3_0 + 0.1336306209562122 * A_3_1 * A_3_2 + 0.1336306209562122 * A_3_2 * A_3_1 + 0.06900655593423542 * A_3_3 * A_3_4 + 0.06900655593423542 * A_3_4 * A_3_3 + 0.1336306209562122 * A_3_4 * A_3_5 + 0.1336306209562122 * A_3_5 * A_3_4 + 0.17251638983558856 * A_3_5 * A_3_6 + 0.17251638983558856 * A_3_6 * A_3_5
-    p14_4 = -0.1091089451179962 * A_3_0 * A_3_2 + -0.1091089451179962 * A_3_2 * A_3_0 + -0.1690308509457033 * A_3_2 * A_3_2 + -0.2182178902359924 * A_3_3 * A_3_5 + 0.1690308509457033 * A_3_4 * A_3_4 + -0.1091089451179962 * A_3_4 * A_3_6 + -0.2182178902359924 * A_3_5 * A_3_3 + -0.1091089451179962 * A_3_6 * A_3_4
-    w_B_2_0 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_192 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_448 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (448 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_960 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (960 + chans[None, :] * 1), mask=mask, other=0.0)
-    p15_0 = p1_0 * w_B_2_0 * 0.3535533905932738 + p4_0 * w_B_2_192 * 0.3535533905932738 + p7_0 * w_B_2_448 * 0.3535533905932738 + p10_0 * w_B_2_960 * 0.3535533905932738
-    p16_0 = 1.0 * p15_0 * A_0_0
-    sum10_0 = sum9_0 + p16_0 * 1.0
-    w_B_2_64 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_256 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_512 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (512 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_1024 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1024 + chans[None, :] * 1), mask=mask, other=0.0)
-    p17_0 = p1_0 * w_B_2_64 * 0.5 + p4_0 * w_B_2_256 * 0.5 + p7_0 * w_B_2_512 * 0.5 + p10_0 * w_B_2_1024 * 0.5
-    p18_0 = 0.5773502691896257 * p17_0 * A_1_0
-    p18_1 = 0.5773502691896257 * p17_0 * A_1_1
-    p18_2 = 0.5773502691896257 * p17_0 * A_1_2
-    sum11_0 = sum8_0 + p18_0 * 1.0
-    sum11_1 = sum8_1 + p18_1 * 1.0
-    sum11_2 = sum8_2 + p18_2 * 1.0
-    w_B_2_128 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_832 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (832 + chans[None, :] * 1), mask=mask, other=0.0)
-    p19_0 = p3_0 * w_B_2_128 * 0.8660254037844386 + p9_0 * w_B_2_832 * 0.8660254037844386
-    p19_1 = p3_1 * w_B_2_128 * 0.8660254037844386 + p9_1 * w_B_2_832 * 0.8660254037844386
-    p19_2 = p3_2 * w_B_2_128 * 0.8660254037844386 + p9_2 * w_B_2_832 * 0.8660254037844386
-    p20_0 = -0.18257418583505536 * p19_0 * A_2_2 + -0.31622776601683794 * p19_0 * A_2_4 + 0.31622776601683794 * p19_1 * A_2_1 + 0.31622776601683794 * p19_2 * A_2_0
-    p20_1 = 0.31622776601683794 * p19_0 * A_2_1 + 0.3651483716701107 * p19_1 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_3
-    p20_2 = 0.31622776601683794 * p19_0 * A_2_0 + 0.31622776601683794 * p19_1 * A_2_3 + -0.18257418583505536 * p19_2 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_4
-    sum12_0 = sum11_0 + p20_0 * 1.0
-    sum12_1 = sum11_1 + p20_1 * 1.0
-    sum12_2 = sum11_2 + p20_2 * 1.0
-    w_B_2_320 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_1216 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1216 + chans[None, :] * 1), mask=mask, other=0.0)
-    p21_0 = p11_0 * w_B_2_320 * 1.118033988749895 + p14_0 * w_B_2_1216 * 1.118033988749895
-    p21_1 = p11_1 * w_B_2_320 * 1.118033988749895 + p14_1 * w_B_2_1216 * 1.118033988749895
-    p21_2 = p11_2 * w_B_2_320 * 1.118033988749895 + p14_2 * w_B_2_1216 * 1.118033988749895
-    p21_3 = p11_3 * w_B_2_320 * 1.118033988749895 + p14_3 * w_B_2_1216 * 1.118033988749895
-    p21_4 = p11_4 * w_B_2_320 * 1.118033988749895 + p14_4 * w_B_2_1216 * 1.118033988749895
-    p22_0 = -0.06900655593423542 * p21_0 * A_3_4 + -0.2672612419124244 * p21_0 * A_3_6 + -0.1690308509457033 * p21_1 * A_3_3 + -0.2182178902359924 * p21_1 * A_3_5 + 0.23904572186687872 * p21_2 * A_3_2 + 0.2182178902359924 * p21_3 * A_3_1 + 0.2672612419124244 * p21_4 * A_3_0 + 0.06900655593423542 * p21_4 * A_3_2
-    p22_1 = 0.2182178902359924 * p21_0 * A_3_1 + 0.2760262237369417 * p21_1 * A_3_2 + 0.29277002188455997 * p21_2 * A_3_3 + 0.2760262237369417 * p21_3 * A_3_4 + 0.2182178902359924 * p21_4 * A_3_5
-    p22_2 = 0.2672612419124244 * p21_0 * A_3_0 + -0.06900655593423542 * p21_0 * A_3_2 + 0.2182178902359924 * p21_1 * A_3_1 + 0.23904572186687872 * p21_2 * A_3_4 + -0.1690308509457033 * p21_3 * A_3_3 + 0.2182178902359924 * p21_3 * A_3_5 + -0.06900655593423542 * p21_4 * A_3_4 + 0.2672612419124244 * p21_4 * A_3_6
-    sum13_0 = sum12_0 + p22_0 * 1.0
-    sum13_1 = sum12_1 + p22_1 * 1.0
-    sum13_2 = sum12_2 + p22_2 * 1.0
-    w_B_2_384 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_768 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (768 + chans[None, :] * 1), mask=mask, other=0.0)
-    p23_0 = p6_0 * w_B_2_384 * 0.6123724356957945 + p9_0 * w_B_2_768 * 0.6123724356957945
-    p23_1 = p6_1 * w_B_2_384 * 0.6123724356957945 + p9_1 * w_B_2_768 * 0.6123724356957945
-    p23_2 = p6_2 * w_B_2_384 * 0.6123724356957945 + p9_2 * w_B_2_768 * 0.6123724356957945
-    p24_0 = 0.5773502691896257 * p23_0 * A_1_0 + 0.5773502691896257 * p23_1 * A_1_1 + 0.5773502691896257 * p23_2 * A_1_2
-    sum14_0 = sum10_0 + p24_0 * 1.0
-    w_B_2_576 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (576 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_1088 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1088 + chans[None, :] * 1), mask=mask, other=0.0)
-    p25_0 = p12_0 * w_B_2_576 * 1.118033988749895 + p14_0 * w_B_2_1088 * 1.118033988749895
-    p25_1 = p12_1 * w_B_2_576 * 1.118033988749895 + p14_1 * w_B_2_1088 * 1.118033988749895
-    p25_2 = p12_2 * w_B_2_576 * 1.118033988749895 + p14_2 * w_B_2_1088 * 1.118033988749895
-    p25_3 = p12_3 * w_B_2_576 * 1.118033988749895 + p14_3 * w_B_2_1088 * 1.118033988749895
-    p25_4 = p12_4 * w_B_2_576 * 1.118033988749895 + p14_4 * w_B_2_1088 * 1.118033988749895
-    p26_0 = 0.31622776601683794 * p25_0 * A_1_2 + 0.31622776601683794 * p25_1 * A_1_1 + -0.18257418583505536 * p25_2 * A_1_0 + -0.31622776601683794 * p25_4 * A_1_0
-    p26_1 = 0.31622776601683794 * p25_1 * A_1_0 + 0.3651483716701107 * p25_2 * A_1_1 + 0.31622776601683794 * p25_3 * A_1_2
-    p26_2 = 0.31622776601683794 * p25_0 * A_1_0 + -0.18257418583505536 * p25_2 * A_1_2 + 0.31622776601683794 * p25_3 * A_1_1 + 0.31622776601683794 * p25_4 * A_1_2
-    sum15_0 = sum13_0 + p26_0 * 1.0
-    sum15_1 = sum13_1 + p26_1 * 1.0
-    sum15_2 = sum13_2 + p26_2 * 1.0
-    w_B_2_640 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (640 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_1152 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1152 + chans[None, :] * 1), mask=mask, other=0.0)
-    p27_0 = p12_0 * w_B_2_640 * 0.7905694150420949 + p14_0 * w_B_2_1152 * 0.7905694150420949
-    p27_1 = p12_1 * w_B_2_640 * 0.7905694150420949 + p14_1 * w_B_2_1152 * 0.7905694150420949
-    p27_2 = p12_2 * w_B_2_640 * 0.7905694150420949 + p14_2 * w_B_2_1152 * 0.7905694150420949
-    p27_3 = p12_3 * w_B_2_640 * 0.7905694150420949 + p14_3 * w_B_2_1152 * 0.7905694150420949
-    p27_4 = p12_4 * w_B_2_640 * 0.7905694150420949 + p14_4 * w_B_2_1152 * 0.7905694150420949
-    p28_0 = 0.4472135954999579 * p27_0 * A_2_0 + 0.4472135954999579 * p27_1 * A_2_1 + 0.4472135954999579 * p27_2 * A_2_2 + 0.4472135954999579 * p27_3 * A_2_3 + 0.4472135954999579 * p27_4 * A_2_4
-    sum16_0 = sum14_0 + p28_0 * 1.0
-    w_B_2_704 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (704 + chans[None, :] * 1), mask=mask, other=0.0)
-    p29_0 = p9_0 * w_B_2_704 * 0.8660254037844386
-    p29_1 = p9_1 * w_B_2_704 * 0.8660254037844386
-    p29_2 = p9_2 * w_B_2_704 * 0.8660254037844386
-    p30_0 = 0.5773502691896257 * p29_0 * A_0_0
-    p30_1 = 0.5773502691896257 * p29_1 * A_0_0
-    p30_2 = 0.5773502691896257 * p29_2 * A_0_0
-    sum17_0 = sum15_0 + p30_0 * 1.0
-    sum17_1 = sum15_1 + p30_1 * 1.0
-    sum17_2 = sum15_2 + p30_2 * 1.0
-    p31_0 = -0.18257418583505536 * p13_0 * A_2_1 + 0.18257418583505536 * p13_1 * A_2_0 + 0.31622776601683794 * p13_2 * A_2_3 + -0.31622776601683794 * p13_3 * A_2_2 + 0.18257418583505536 * p13_3 * A_2_4 + -0.18257418583505536 * p13_4 * A_2_3
-    p31_1 = -0.3651483716701107 * p13_0 * A_2_4 + -0.18257418583505536 * p13_1 * A_2_3 + 0.18257418583505536 * p13_3 * A_2_1 + 0.3651483716701107 * p13_4 * A_2_0
-    p31_2 = 0.18257418583505536 * p13_0 * A_2_3 + 0.31622776601683794 * p13_1 * A_2_2 + 0.18257418583505536 * p13_1 * A_2_4 + -0.31622776601683794 * p13_2 * A_2_1 + -0.18257418583505536 * p13_3 * A_2_0 + -0.18257418583505536 * p13_4 * A_2_1
-    w_B_2_896 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (896 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum18_0 = sum17_0 + p31_0 * w_B_2_896 * 1.118033988749895
-    sum18_1 = sum17_1 + p31_1 * w_B_2_896 * 1.118033988749895
-    sum18_2 = sum17_2 + p31_2 * w_B_2_896 * 1.118033988749895
-    B_0_0 = sum16_0
-    tl.store(B_out + rows[:, None] * 256 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = sum18_0
-    B_1_1 = sum18_1
-    B_1_2 = sum18_2
-    tl.store(B_out + rows[:, None] * 256 + (64 + chans[None, :] * 3), B_1_0, mask=mask)
-    tl.store(B_out + rows[:, None] * 256 + (65 + chans[None, :] * 3), B_1_1, mask=mask)
-    tl.store(B_out + rows[:, None] * 256 + (66 + chans[None, :] * 3), B_1_2, mask=mask)
+    _p11_0 = 0.31622776601683794 * A__1_0 * A__1_2 + 0.31622776601683794 * A__1_2 * A__1_0
+    _p11_1 = 0.31622776601683794 * A__1_0 * A__1_1 + 0.31622776601683794 * A__1_1 * A__1_0
+    _p11_2 = -0.18257418583505536 * A__1_0 * A__1_0 + 0.3651483716701107 * A__1_1 * A__1_1 + -0.18257418583505536 * A__1_2 * A__1_2
+    _p11_3 = 0.31622776601683794 * A__1_1 * A__1_2 + 0.31622776601683794 * A__1_2 * A__1_1
+    _p11_4 = -0.31622776601683794 * A__1_0 * A__1_0 + 0.31622776601683794 * A__1_2 * A__1_2
+    _p12_0 = -0.23904572186687872 * A__2_0 * A__2_2 + 0.20701966780270625 * A__2_1 * A__2_3 + -0.23904572186687872 * A__2_2 * A__2_0 + 0.20701966780270625 * A__2_3 * A__2_1
+    _p12_1 = 0.20701966780270625 * A__2_0 * A__2_3 + 0.11952286093343936 * A__2_1 * A__2_2 + -0.20701966780270625 * A__2_1 * A__2_4 + 0.11952286093343936 * A__2_2 * A__2_1 + 0.20701966780270625 * A__2_3 * A__2_0 + -0.20701966780270625 * A__2_4 * A__2_1
+    _p12_2 = -0.23904572186687872 * A__2_0 * A__2_0 + 0.11952286093343936 * A__2_1 * A__2_1 + 0.23904572186687872 * A__2_2 * A__2_2 + 0.11952286093343936 * A__2_3 * A__2_3 + -0.23904572186687872 * A__2_4 * A__2_4
+    _p12_3 = 0.20701966780270625 * A__2_0 * A__2_1 + 0.20701966780270625 * A__2_1 * A__2_0 + 0.11952286093343936 * A__2_2 * A__2_3 + 0.11952286093343936 * A__2_3 * A__2_2 + 0.20701966780270625 * A__2_3 * A__2_4 + 0.20701966780270625 * A__2_4 * A__2_3
+    _p12_4 = -0.20701966780270625 * A__2_1 * A__2_1 + -0.23904572186687872 * A__2_2 * A__2_4 + 0.20701966780270625 * A__2_3 * A__2_3 + -0.23904572186687872 * A__2_4 * A__2_2
+    _p13_0 = 0.18898223650461363 * A__2_1 * A__3_0 + 0.14638501094227999 * A__2_1 * A__3_2 + 0.2672612419124244 * A__2_2 * A__3_5 + -0.14638501094227999 * A__2_3 * A__3_4 + 0.18898223650461363 * A__2_3 * A__3_6 + 0.11952286093343936 * A__2_4 * A__3_3
+    _p13_1 = -0.18898223650461363 * A__2_0 * A__3_0 + -0.14638501094227999 * A__2_0 * A__3_2 + 0.1690308509457033 * A__2_2 * A__3_4 + -0.23904572186687872 * A__2_3 * A__3_3 + -0.14638501094227999 * A__2_4 * A__3_4 + -0.18898223650461363 * A__2_4 * A__3_6
+    _p13_2 = -0.2672612419124244 * A__2_0 * A__3_5 + -0.1690308509457033 * A__2_1 * A__3_4 + 0.1690308509457033 * A__2_3 * A__3_2 + 0.2672612419124244 * A__2_4 * A__3_1
+    _p13_3 = 0.14638501094227999 * A__2_0 * A__3_4 + -0.18898223650461363 * A__2_0 * A__3_6 + 0.23904572186687872 * A__2_1 * A__3_3 + -0.1690308509457033 * A__2_2 * A__3_2 + 0.18898223650461363 * A__2_4 * A__3_0 + -0.14638501094227999 * A__2_4 * A__3_2
+    _p13_4 = -0.11952286093343936 * A__2_0 * A__3_3 + 0.14638501094227999 * A__2_1 * A__3_4 + 0.18898223650461363 * A__2_1 * A__3_6 + -0.2672612419124244 * A__2_2 * A__3_1 + -0.18898223650461363 * A__2_3 * A__3_0 + 0.14638501094227999 * A__2_3 * A__3_2
+    _p14_0 = -0.1091089451179962 * A__3_0 * A__3_4 + -0.2182178902359924 * A__3_1 * A__3_3 + 0.1690308509457033 * A__3_2 * A__3_4 + 0.1091089451179962 * A__3_2 * A__3_6 + -0.2182178902359924 * A__3_3 * A__3_1 + -0.1091089451179962 * A__3_4 * A__3_0 + 0.1690308509457033 * A__3_4 * A__3_2 + 0.1091089451179962 * A__3_6 * A__3_2
+    _p14_1 = 0.17251638983558856 * A__3_0 * A__3_5 + 0.1336306209562122 * A__3_1 * A__3_4 + -0.17251638983558856 * A__3_1 * A__3_6 + 0.06900655593423542 * A__3_2 * A__3_3 + -0.1336306209562122 * A__3_2 * A__3_5 + 0.06900655593423542 * A__3_3 * A__3_2 + 0.1336306209562122 * A__3_4 * A__3_1 + 0.17251638983558856 * A__3_5 * A__3_0 + -0.1336306209562122 * A__3_5 * A__3_2 + -0.17251638983558856 * A__3_6 * A__3_1
+    _p14_2 = -0.2439750182371333 * A__3_0 * A__3_0 + 0.14638501094227999 * A__3_2 * A__3_2 + 0.19518001458970663 * A__3_3 * A__3_3 + 0.14638501094227999 * A__3_4 * A__3_4 + -0.2439750182371333 * A__3_6 * A__3_6
+    _p14_3 = 0.17251638983558856 * A__3_0 * A__3_1 + 0.17251638983558856 * A__3_1 * A__3_0 + 0.1336306209562122 * A__3_1 * A__3_2 + 0.1336306209562122 * A__3_2 * A__3_1 + 0.06900655593423542 * A__3_3 * A__3_4 + 0.06900655593423542 * A__3_4 * A__3_3 + 0.1336306209562122 * A__3_4 * A__3_5 + 0.1336306209562122 * A__3_5 * A__3_4 + 0.17251638983558856 * A__3_5 * A__3_6 + 0.17251638983558856 * A__3_6 * A__3_5
+    _p14_4 = -0.1091089451179962 * A__3_0 * A__3_2 + -0.1091089451179962 * A__3_2 * A__3_0 + -0.1690308509457033 * A__3_2 * A__3_2 + -0.2182178902359924 * A__3_3 * A__3_5 + 0.1690308509457033 * A__3_4 * A__3_4 + -0.1091089451179962 * A__3_4 * A__3_6 + -0.2182178902359924 * A__3_5 * A__3_3 + -0.1091089451179962 * A__3_6 * A__3_4
+    _w_B__2_0 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_192 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_448 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (448 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_960 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (960 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p15_0 = _p1_0 * _w_B__2_0 * 0.3535533905932738 + _p4_0 * _w_B__2_192 * 0.3535533905932738 + _p7_0 * _w_B__2_448 * 0.3535533905932738 + _p10_0 * _w_B__2_960 * 0.3535533905932738
+    _p16_0 = 1.0 * _p15_0 * A__0_0
+    _sum10_0 = _sum9_0 + _p16_0 * 1.0
+    _w_B__2_64 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_256 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (256 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_512 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (512 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_1024 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (1024 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p17_0 = _p1_0 * _w_B__2_64 * 0.5 + _p4_0 * _w_B__2_256 * 0.5 + _p7_0 * _w_B__2_512 * 0.5 + _p10_0 * _w_B__2_1024 * 0.5
+    _p18_0 = 0.5773502691896257 * _p17_0 * A__1_0
+    _p18_1 = 0.5773502691896257 * _p17_0 * A__1_1
+    _p18_2 = 0.5773502691896257 * _p17_0 * A__1_2
+    _sum11_0 = _sum8_0 + _p18_0 * 1.0
+    _sum11_1 = _sum8_1 + _p18_1 * 1.0
+    _sum11_2 = _sum8_2 + _p18_2 * 1.0
+    _w_B__2_128 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_832 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (832 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p19_0 = _p3_0 * _w_B__2_128 * 0.8660254037844386 + _p9_0 * _w_B__2_832 * 0.8660254037844386
+    _p19_1 = _p3_1 * _w_B__2_128 * 0.8660254037844386 + _p9_1 * _w_B__2_832 * 0.8660254037844386
+    _p19_2 = _p3_2 * _w_B__2_128 * 0.8660254037844386 + _p9_2 * _w_B__2_832 * 0.8660254037844386
+    _p20_0 = -0.18257418583505536 * _p19_0 * A__2_2 + -0.31622776601683794 * _p19_0 * A__2_4 + 0.31622776601683794 * _p19_1 * A__2_1 + 0.31622776601683794 * _p19_2 * A__2_0
+    _p20_1 = 0.31622776601683794 * _p19_0 * A__2_1 + 0.3651483716701107 * _p19_1 * A__2_2 + 0.31622776601683794 * _p19_2 * A__2_3
+    _p20_2 = 0.31622776601683794 * _p19_0 * A__2_0 + 0.31622776601683794 * _p19_1 * A__2_3 + -0.18257418583505536 * _p19_2 * A__2_2 + 0.31622776601683794 * _p19_2 * A__2_4
+    _sum12_0 = _sum11_0 + _p20_0 * 1.0
+    _sum12_1 = _sum11_1 + _p20_1 * 1.0
+    _sum12_2 = _sum11_2 + _p20_2 * 1.0
+    _w_B__2_320 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (320 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_1216 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (1216 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p21_0 = _p11_0 * _w_B__2_320 * 1.118033988749895 + _p14_0 * _w_B__2_1216 * 1.118033988749895
+    _p21_1 = _p11_1 * _w_B__2_320 * 1.118033988749895 + _p14_1 * _w_B__2_1216 * 1.118033988749895
+    _p21_2 = _p11_2 * _w_B__2_320 * 1.118033988749895 + _p14_2 * _w_B__2_1216 * 1.118033988749895
+    _p21_3 = _p11_3 * _w_B__2_320 * 1.118033988749895 + _p14_3 * _w_B__2_1216 * 1.118033988749895
+    _p21_4 = _p11_4 * _w_B__2_320 * 1.118033988749895 + _p14_4 * _w_B__2_1216 * 1.118033988749895
+    _p22_0 = -0.06900655593423542 * _p21_0 * A__3_4 + -0.2672612419124244 * _p21_0 * A__3_6 + -0.1690308509457033 * _p21_1 * A__3_3 + -0.2182178902359924 * _p21_1 * A__3_5 + 0.23904572186687872 * _p21_2 * A__3_2 + 0.2182178902359924 * _p21_3 * A__3_1 + 0.2672612419124244 * _p21_4 * A__3_0 + 0.06900655593423542 * _p21_4 * A__3_2
+    _p22_1 = 0.2182178902359924 * _p21_0 * A__3_1 + 0.2760262237369417 * _p21_1 * A__3_2 + 0.29277002188455997 * _p21_2 * A__3_3 + 0.2760262237369417 * _p21_3 * A__3_4 + 0.2182178902359924 * _p21_4 * A__3_5
+    _p22_2 = 0.2672612419124244 * _p21_0 * A__3_0 + -0.06900655593423542 * _p21_0 * A__3_2 + 0.2182178902359924 * _p21_1 * A__3_1 + 0.23904572186687872 * _p21_2 * A__3_4 + -0.1690308509457033 * _p21_3 * A__3_3 + 0.2182178902359924 * _p21_3 * A__3_5 + -0.06900655593423542 * _p21_4 * A__3_4 + 0.2672612419124244 * _p21_4 * A__3_6
+    _sum13_0 = _sum12_0 + _p22_0 * 1.0
+    _sum13_1 = _sum12_1 + _p22_1 * 1.0
+    _sum13_2 = _sum12_2 + _p22_2 * 1.0
+    _w_B__2_384 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (384 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_768 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (768 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p23_0 = _p6_0 * _w_B__2_384 * 0.6123724356957945 + _p9_0 * _w_B__2_768 * 0.6123724356957945
+    _p23_1 = _p6_1 * _w_B__2_384 * 0.6123724356957945 + _p9_1 * _w_B__2_768 * 0.6123724356957945
+    _p23_2 = _p6_2 * _w_B__2_384 * 0.6123724356957945 + _p9_2 * _w_B__2_768 * 0.6123724356957945
+    _p24_0 = 0.5773502691896257 * _p23_0 * A__1_0 + 0.5773502691896257 * _p23_1 * A__1_1 + 0.5773502691896257 * _p23_2 * A__1_2
+    _sum14_0 = _sum10_0 + _p24_0 * 1.0
+    _w_B__2_576 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (576 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_1088 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (1088 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p25_0 = _p12_0 * _w_B__2_576 * 1.118033988749895 + _p14_0 * _w_B__2_1088 * 1.118033988749895
+    _p25_1 = _p12_1 * _w_B__2_576 * 1.118033988749895 + _p14_1 * _w_B__2_1088 * 1.118033988749895
+    _p25_2 = _p12_2 * _w_B__2_576 * 1.118033988749895 + _p14_2 * _w_B__2_1088 * 1.118033988749895
+    _p25_3 = _p12_3 * _w_B__2_576 * 1.118033988749895 + _p14_3 * _w_B__2_1088 * 1.118033988749895
+    _p25_4 = _p12_4 * _w_B__2_576 * 1.118033988749895 + _p14_4 * _w_B__2_1088 * 1.118033988749895
+    _p26_0 = 0.31622776601683794 * _p25_0 * A__1_2 + 0.31622776601683794 * _p25_1 * A__1_1 + -0.18257418583505536 * _p25_2 * A__1_0 + -0.31622776601683794 * _p25_4 * A__1_0
+    _p26_1 = 0.31622776601683794 * _p25_1 * A__1_0 + 0.3651483716701107 * _p25_2 * A__1_1 + 0.31622776601683794 * _p25_3 * A__1_2
+    _p26_2 = 0.31622776601683794 * _p25_0 * A__1_0 + -0.18257418583505536 * _p25_2 * A__1_2 + 0.31622776601683794 * _p25_3 * A__1_1 + 0.31622776601683794 * _p25_4 * A__1_2
+    _sum15_0 = _sum13_0 + _p26_0 * 1.0
+    _sum15_1 = _sum13_1 + _p26_1 * 1.0
+    _sum15_2 = _sum13_2 + _p26_2 * 1.0
+    _w_B__2_640 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (640 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_1152 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (1152 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p27_0 = _p12_0 * _w_B__2_640 * 0.7905694150420949 + _p14_0 * _w_B__2_1152 * 0.7905694150420949
+    _p27_1 = _p12_1 * _w_B__2_640 * 0.7905694150420949 + _p14_1 * _w_B__2_1152 * 0.7905694150420949
+    _p27_2 = _p12_2 * _w_B__2_640 * 0.7905694150420949 + _p14_2 * _w_B__2_1152 * 0.7905694150420949
+    _p27_3 = _p12_3 * _w_B__2_640 * 0.7905694150420949 + _p14_3 * _w_B__2_1152 * 0.7905694150420949
+    _p27_4 = _p12_4 * _w_B__2_640 * 0.7905694150420949 + _p14_4 * _w_B__2_1152 * 0.7905694150420949
+    _p28_0 = 0.4472135954999579 * _p27_0 * A__2_0 + 0.4472135954999579 * _p27_1 * A__2_1 + 0.4472135954999579 * _p27_2 * A__2_2 + 0.4472135954999579 * _p27_3 * A__2_3 + 0.4472135954999579 * _p27_4 * A__2_4
+    _sum16_0 = _sum14_0 + _p28_0 * 1.0
+    _w_B__2_704 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (704 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p29_0 = _p9_0 * _w_B__2_704 * 0.8660254037844386
+    _p29_1 = _p9_1 * _w_B__2_704 * 0.8660254037844386
+    _p29_2 = _p9_2 * _w_B__2_704 * 0.8660254037844386
+    _p30_0 = 0.5773502691896257 * _p29_0 * A__0_0
+    _p30_1 = 0.5773502691896257 * _p29_1 * A__0_0
+    _p30_2 = 0.5773502691896257 * _p29_2 * A__0_0
+    _sum17_0 = _sum15_0 + _p30_0 * 1.0
+    _sum17_1 = _sum15_1 + _p30_1 * 1.0
+    _sum17_2 = _sum15_2 + _p30_2 * 1.0
+    _p31_0 = -0.18257418583505536 * _p13_0 * A__2_1 + 0.18257418583505536 * _p13_1 * A__2_0 + 0.31622776601683794 * _p13_2 * A__2_3 + -0.31622776601683794 * _p13_3 * A__2_2 + 0.18257418583505536 * _p13_3 * A__2_4 + -0.18257418583505536 * _p13_4 * A__2_3
+    _p31_1 = -0.3651483716701107 * _p13_0 * A__2_4 + -0.18257418583505536 * _p13_1 * A__2_3 + 0.18257418583505536 * _p13_3 * A__2_1 + 0.3651483716701107 * _p13_4 * A__2_0
+    _p31_2 = 0.18257418583505536 * _p13_0 * A__2_3 + 0.31622776601683794 * _p13_1 * A__2_2 + 0.18257418583505536 * _p13_1 * A__2_4 + -0.31622776601683794 * _p13_2 * A__2_1 + -0.18257418583505536 * _p13_3 * A__2_0 + -0.18257418583505536 * _p13_4 * A__2_1
+    _w_B__2_896 = tl.load(weight + 5760 + z__rows[:, None] * 1280 + (896 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum18_0 = _sum17_0 + _p31_0 * _w_B__2_896 * 1.118033988749895
+    _sum18_1 = _sum17_1 + _p31_1 * _w_B__2_896 * 1.118033988749895
+    _sum18_2 = _sum17_2 + _p31_2 * _w_B__2_896 * 1.118033988749895
+    B__0_0 = _sum16_0
+    tl.store(B__out + _rows[:, None] * 256 + (0 + _chans[None, :] * 1), B__0_0, mask=_mask)
+    B__1_0 = _sum18_0
+    B__1_1 = _sum18_1
+    B__1_2 = _sum18_2
+    tl.store(B__out + _rows[:, None] * 256 + (64 + _chans[None, :] * 3), B__1_0, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 256 + (65 + _chans[None, :] * 3), B__1_1, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 256 + (66 + _chans[None, :] * 3), B__1_2, mask=_mask)
 
 
-def _mace_product_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _mace_product__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the mace_product kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
-    B_out = rt.output_rows(A, n, 256)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
-    _mace_product_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
-    return [B_out]
+    B__out = rt.output_rows(A, n, 256)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
+    _mace_product__kernel[_grid](A.contiguous(), z.contiguous(), weight.contiguous(), B__out, n, enable_fp_fusion=True)
+    return [B__out]
 
 
 # mace_product: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("mace_product_d2_A", _mace_product_d2_A_triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_d2_A)
-_ops.register("mace_product_d2_weight", _mace_product_d2_weight_triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_d2_weight)
-_ops.register("mace_product_d", _mace_product_d_triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d2_A, _ops.mace_product_d2_weight])
-_ops.register("mace_product", _mace_product_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d], check_indices=True)
+_ops.register("mace_product__d__d2_A", _mace_product__d__d2_A__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product__d__d2_A)
+_ops.register("mace_product__d__d2_weight", _mace_product__d__d2_weight__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product__d__d2_weight)
+_ops.register("mace_product__d", _mace_product__d__triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d__d2_A, _ops.mace_product__d__d2_weight])
+_ops.register("mace_product", _mace_product__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d], check_indices=True)
 
 
 @triton.jit
-def _mace_product_2_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_2__d__kernel0(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_2, statements 1–16 of 64: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14025,7 +14025,7 @@ def _mace_product_2_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_2_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_2__d__kernel1(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_2, statements 17–32 of 64: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14280,7 +14280,7 @@ def _mace_product_2_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_2_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_2__d__kernel2(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_2, statements 33–48 of 64: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14529,7 +14529,7 @@ def _mace_product_2_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_2_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_2__d__kernel3(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_2, statements 49–64 of 64: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14709,7 +14709,7 @@ def _mace_product_2_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     q_60 = po_60
     tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + a0_60 * a1_60, mask=mo_60)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_61 = tl.arange(0, 64)
     ii_61 = tl.arange(0, 4)
     p0_61 = d_B_ptr + 64 + z[:, None, None] * 256 + iu_61[None, :, None] * 3 + ii_61[None, None, :]
@@ -14737,7 +14737,7 @@ def _mace_product_2_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     q_62 = po_62
     tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + a0_62 * a1_62, mask=mo_62)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_63 = tl.arange(0, 64)
     ii_63 = tl.arange(0, 1)
     p0_63 = d_B_ptr + 0 + z[:, None, None] * 256 + iu_63[None, :, None] + ii_63[None, None, :]
@@ -14766,8 +14766,8 @@ def _mace_product_2_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     tl.debug_barrier()
 
 
-def _mace_product_2_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_2_d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_2__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_2__d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (1024,)]
@@ -14775,15 +14775,15 @@ def _mace_product_2_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 5760)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_2_d_0_kernel, _mace_product_2_d_1_kernel, _mace_product_2_d_2_kernel, _mace_product_2_d_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_2__d__kernel0, _mace_product_2__d__kernel1, _mace_product_2__d__kernel2, _mace_product_2__d__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], partial[:, 0:5760].sum(0)]
 
 
 @triton.jit
-def _mace_product_2_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 1–16 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 1–16 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -14918,7 +14918,7 @@ def _mace_product_2_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     q_10 = po_10
     tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10 * a1_10, mask=mo_10)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
+    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
     iu_11 = tl.arange(0, 64)
     ii_11 = tl.arange(0, 1)
     p0_11 = d2_d_A_ptr + 0 + z[:, None, None] * 1024 + iu_11[None, :, None] + ii_11[None, None, :]
@@ -14946,7 +14946,7 @@ def _mace_product_2_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     q_12 = po_12
     tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12 * a1_12, mask=mo_12)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
+    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
     iu_13 = tl.arange(0, 64)
     ii_13 = tl.arange(0, 4)
     p0_13 = d2_d_A_ptr + 64 + z[:, None, None] * 1024 + iu_13[None, :, None] * 3 + ii_13[None, None, :]
@@ -15007,8 +15007,8 @@ def _mace_product_2_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_2_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 17–32 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 17–32 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15252,8 +15252,8 @@ def _mace_product_2_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_2_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 33–48 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 33–48 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15512,8 +15512,8 @@ def _mace_product_2_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_2_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 49–64 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 49–64 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15769,8 +15769,8 @@ def _mace_product_2_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_2_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 65–80 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel4(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 65–80 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16044,8 +16044,8 @@ def _mace_product_2_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_2_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A, statements 81–85 of 85: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_A__kernel5(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A, statements 81–85 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16120,8 +16120,8 @@ def _mace_product_2_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     tl.debug_barrier()
 
 
-def _mace_product_2_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_2_d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_2__d__d2_A__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_2__d__d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (1024, 256)]
@@ -16129,238 +16129,238 @@ def _mace_product_2_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 5760)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_2_d2_A_0_kernel, _mace_product_2_d2_A_1_kernel, _mace_product_2_d2_A_2_kernel, _mace_product_2_d2_A_3_kernel, _mace_product_2_d2_A_4_kernel, _mace_product_2_d2_A_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_2__d__d2_A__kernel0, _mace_product_2__d__d2_A__kernel1, _mace_product_2__d__d2_A__kernel2, _mace_product_2__d__d2_A__kernel3, _mace_product_2__d__d2_A__kernel4, _mace_product_2__d__d2_A__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:5760].sum(0)]
 
 
-def _mace_product_2_d2_A(
+def _mace_product_2__d__d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
-    _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z]
     # one weight set per row, chosen by z
-    _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
-    d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
-    d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
-    d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    d2_d_B_0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
-    d2__w_B_0_1 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    _piece0_d2_d_B = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
+    _piece1_d2__w_B__0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    d2_d_B_2 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    del _w_B_0
-    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_3 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    _piece2_d2_d_B = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__0
+    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
+    _piece3_d2__w_B__0 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_4 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece4_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c0
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c1 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
-    d2_A_5 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 64, 1)
+    _piece5_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 64, 1)
     del _c1
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c2 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_6 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 64, 1)
+    _piece6_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 64, 1)
     del _c2
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c3 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     del d__p1
-    d2_A_7 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 64, 1)
+    _piece7_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 64, 1)
     del _c3
-    d2_d__p1 = d2_d__p1_4 + d2_d__p1_6
-    del d2_d__p1_4, d2_d__p1_6
-    d2_d_B_8 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_9 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p1 = _piece4_d2_d__p1 + _piece6_d2_d__p1
+    del _piece4_d2_d__p1, _piece6_d2_d__p1
+    _piece8_d2_d_B = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece9_d2__w_B__1 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     del d2_d__p1
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c4 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p3_10 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    _piece10_d2_d__p3 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
     del _c4
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c5 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 1, 3)
-    d2_A_11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    _piece11_d2_A = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c5
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c6 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p3_12 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece12_d2_d__p3 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c6
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c7 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 1, 3)
     del d__p3
-    d2_A_13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece13_d2_A = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c7
-    d2_d__p3 = d2_d__p3_10 + d2_d__p3_12
-    del d2_d__p3_10, d2_d__p3_12
-    d2_d_B_14 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_15 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p3 = _piece10_d2_d__p3 + _piece12_d2_d__p3
+    del _piece10_d2_d__p3, _piece12_d2_d__p3
+    _piece14_d2_d_B = d2_d__p3.reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    _piece15_d2__w_B__1 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p3
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c8 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_d__p4_16 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece16_d2_d__p4 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c8
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c9 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
-    d2_A_17 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece17_d2_A = torch.mm(_c9.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c9
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c10 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_d__p4_18 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece18_d2_d__p4 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c10
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c11 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
     del d__p4
-    d2_A_19 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    _piece19_d2_A = torch.mm(_c11.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
     del _c11
-    d2_d__p4 = d2_d__p4_16 + d2_d__p4_18
-    del d2_d__p4_16, d2_d__p4_18
-    d2_d_B_20 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_21 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p4 = _piece16_d2_d__p4 + _piece18_d2_d__p4
+    del _piece16_d2_d__p4, _piece18_d2_d__p4
+    _piece20_d2_d_B = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    _piece21_d2__w_B__1 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     del d2_d__p4
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c12 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_d__p6_22 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece22_d2_d__p6 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c12
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c13 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 1, 3)
-    d2_A_23 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece23_d2_A = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c13
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c14 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p6_24 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece24_d2_d__p6 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c14
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c15 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 1, 3)
     del d__p6
-    d2_A_25 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece25_d2_A = torch.mm(_c15.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c15
-    d2_d__p6 = d2_d__p6_22 + d2_d__p6_24
-    del d2_d__p6_22, d2_d__p6_24
-    d2_d_B_26 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_27 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p6 = _piece22_d2_d__p6 + _piece24_d2_d__p6
+    del _piece22_d2_d__p6, _piece24_d2_d__p6
+    _piece26_d2_d_B = d2_d__p6.reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece27_d2__w_B__1 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p6
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c16 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_d__p7_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece28_d2_d__p7 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c16
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c17 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
-    d2_A_29 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece29_d2_A = torch.mm(_c17.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c17
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c18 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_d__p7_30 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece30_d2_d__p7 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c18
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c19 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
     del d__p7
-    d2_A_31 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    _piece31_d2_A = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
     del _c19
-    d2_d__p7 = d2_d__p7_28 + d2_d__p7_30
-    del d2_d__p7_28, d2_d__p7_30
-    d2_d_B_32 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_33 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p7 = _piece28_d2_d__p7 + _piece30_d2_d__p7
+    del _piece28_d2_d__p7, _piece30_d2_d__p7
+    _piece32_d2_d_B = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    _piece33_d2__w_B__1 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     del d2_d__p7
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c20 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_d__p9_34 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece34_d2_d__p9 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c20
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c21 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 1, 3)
-    d2_A_35 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece35_d2_A = torch.mm(_c21.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c21
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c22 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_d__p9_36 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece36_d2_d__p9 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c22
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c23 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 1, 3)
     del d__p9
-    d2_A_37 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece37_d2_A = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c23
-    d2_d__p9 = d2_d__p9_34 + d2_d__p9_36
-    del d2_d__p9_34, d2_d__p9_36
-    d2_d_B_38 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_39 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
+    d2_d__p9 = _piece34_d2_d__p9 + _piece36_d2_d__p9
+    del _piece34_d2_d__p9, _piece36_d2_d__p9
+    _piece38_d2_d_B = d2_d__p9.reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    _piece39_d2__w_B__1 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p9
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c24 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_d__p10_40 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece40_d2_d__p10 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c24
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c25 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
-    d2_A_41 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
+    _piece41_d2_A = torch.mm(_c25.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
     del _c25
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c26 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_d__p10_42 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece42_d2_d__p10 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c26
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c27 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
     del d__p10
-    d2_A_43 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    _piece43_d2_A = torch.mm(_c27.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
     del _c27
-    d2_d__p10 = d2_d__p10_40 + d2_d__p10_42
-    del d2_d__p10_40, d2_d__p10_42
-    d2_d_B_44 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
-    del _w_B_1
-    d2__w_B_1_45 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    d2_d__p10 = _piece40_d2_d__p10 + _piece42_d2_d__p10
+    del _piece40_d2_d__p10, _piece42_d2_d__p10
+    _piece44_d2_d_B = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__1
+    _piece45_d2__w_B__1 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     del d2_d__p10
     # weight gradient per index value
-    d2__w_B_1 = torch.cat([
-        d2__w_B_1_9.reshape(n, 64),
-        d2__w_B_1_15.reshape(n, 64),
-        d2__w_B_1_21.reshape(n, 64),
-        d2__w_B_1_27.reshape(n, 64),
-        d2__w_B_1_33.reshape(n, 64),
-        d2__w_B_1_39.reshape(n, 64),
-        d2__w_B_1_45.reshape(n, 64),
+    d2__w_B__1 = torch.cat([
+        _piece9_d2__w_B__1.reshape(n, 64),
+        _piece15_d2__w_B__1.reshape(n, 64),
+        _piece21_d2__w_B__1.reshape(n, 64),
+        _piece27_d2__w_B__1.reshape(n, 64),
+        _piece33_d2__w_B__1.reshape(n, 64),
+        _piece39_d2__w_B__1.reshape(n, 64),
+        _piece45_d2__w_B__1.reshape(n, 64),
     ], dim=-1)
-    del d2__w_B_1_15, d2__w_B_1_21, d2__w_B_1_27, d2__w_B_1_33, d2__w_B_1_39, d2__w_B_1_45, d2__w_B_1_9
-    d2_weight_46 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
-    del d2__w_B_1
+    del _piece15_d2__w_B__1, _piece21_d2__w_B__1, _piece27_d2__w_B__1, _piece33_d2__w_B__1, _piece39_d2__w_B__1, _piece45_d2__w_B__1, _piece9_d2__w_B__1
+    _piece46_d2_weight = weight.new_zeros(10, 448).index_add(0, z, d2__w_B__1.reshape(n, 448)).reshape(4480)
+    del d2__w_B__1
     # weight gradient per index value
-    d2__w_B_0 = torch.cat([
-        d2__w_B_0_1.reshape(n, 64),
-        d2__w_B_0_3.reshape(n, 64),
+    d2__w_B__0 = torch.cat([
+        _piece1_d2__w_B__0.reshape(n, 64),
+        _piece3_d2__w_B__0.reshape(n, 64),
     ], dim=-1)
-    del d2__w_B_0_1, d2__w_B_0_3
-    d2_weight_47 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
-    del d2__w_B_0
+    del _piece1_d2__w_B__0, _piece3_d2__w_B__0
+    _piece47_d2_weight = weight.new_zeros(10, 128).index_add(0, z, d2__w_B__0.reshape(n, 128)).reshape(1280)
+    del d2__w_B__0
     d2_A = torch.cat([
-        (d2_A_5 + d2_A_7 + d2_A_11).reshape(n, 64),
-        (d2_A_13 + d2_A_17 + d2_A_19 + d2_A_23).reshape(n, 192),
-        (d2_A_25 + d2_A_29 + d2_A_31 + d2_A_35).reshape(n, 320),
-        (d2_A_37 + d2_A_41 + d2_A_43).reshape(n, 448),
+        (_piece5_d2_A + _piece7_d2_A + _piece11_d2_A).reshape(n, 64),
+        (_piece13_d2_A + _piece17_d2_A + _piece19_d2_A + _piece23_d2_A).reshape(n, 192),
+        (_piece25_d2_A + _piece29_d2_A + _piece31_d2_A + _piece35_d2_A).reshape(n, 320),
+        (_piece37_d2_A + _piece41_d2_A + _piece43_d2_A).reshape(n, 448),
     ], dim=-1)
-    del d2_A_11, d2_A_13, d2_A_17, d2_A_19, d2_A_23, d2_A_25, d2_A_29, d2_A_31, d2_A_35, d2_A_37, d2_A_41, d2_A_43, d2_A_5, d2_A_7
+    del _piece11_d2_A, _piece13_d2_A, _piece17_d2_A, _piece19_d2_A, _piece23_d2_A, _piece25_d2_A, _piece29_d2_A, _piece31_d2_A, _piece35_d2_A, _piece37_d2_A, _piece41_d2_A, _piece43_d2_A, _piece5_d2_A, _piece7_d2_A
     d2_d_B = torch.cat([
-        (d2_d_B_0 + d2_d_B_8 + d2_d_B_20 + d2_d_B_32 + d2_d_B_44).reshape(n, 64),
-        (d2_d_B_2 + d2_d_B_14 + d2_d_B_26 + d2_d_B_38).reshape(n, 192),
+        (_piece0_d2_d_B + _piece8_d2_d_B + _piece20_d2_d_B + _piece32_d2_d_B + _piece44_d2_d_B).reshape(n, 64),
+        (_piece2_d2_d_B + _piece14_d2_d_B + _piece26_d2_d_B + _piece38_d2_d_B).reshape(n, 192),
     ], dim=-1)
-    del d2_d_B_0, d2_d_B_14, d2_d_B_2, d2_d_B_20, d2_d_B_26, d2_d_B_32, d2_d_B_38, d2_d_B_44, d2_d_B_8
+    del _piece0_d2_d_B, _piece14_d2_d_B, _piece20_d2_d_B, _piece26_d2_d_B, _piece2_d2_d_B, _piece32_d2_d_B, _piece38_d2_d_B, _piece44_d2_d_B, _piece8_d2_d_B
     d2_weight = torch.cat([
-        d2_weight_47.reshape(1280),
-        d2_weight_46.reshape(4480),
+        _piece47_d2_weight.reshape(1280),
+        _piece46_d2_weight.reshape(4480),
     ], dim=-1)
-    del d2_weight_46, d2_weight_47
+    del _piece46_d2_weight, _piece47_d2_weight
     return [d2_A, d2_d_B, d2_weight]
 
 
 @triton.jit
-def _mace_product_2_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight, statements 1–16 of 62: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_weight__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_weight, statements 1–16 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16607,7 +16607,7 @@ def _mace_product_2_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
         o_15 = scratch + z[:, None] * 17664 + 1664 + cols_15[None, :]
         tl.store(o_15, tl.load(o_15, mask=m_15, other=0.0) + v_15, mask=m_15)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_16 = tl.arange(0, 64)
     ii_16 = tl.arange(0, 1)
     p0_16 = scratch + 1664 + z[:, None, None] * 17664 + iu_16[None, :, None]
@@ -16624,13 +16624,13 @@ def _mace_product_2_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_2_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight, statements 17–32 of 62: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_weight__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_weight, statements 17–32 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
-    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
+    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
     iu_17 = tl.arange(0, 64)
     ii_17 = tl.arange(0, 1)
     p0_17 = scratch + 1664 + z[:, None, None] * 17664 + iu_17[None, :, None]
@@ -16644,7 +16644,7 @@ def _mace_product_2_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_17 = po_17
     tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17, mask=mo_17)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_18 = tl.arange(0, 64)
     ii_18 = tl.arange(0, 4)
     p0_18 = scratch + 1728 + z[:, None, None] * 17664 + iu_18[None, :, None]
@@ -16658,7 +16658,7 @@ def _mace_product_2_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_18 = po_18
     tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + a0_18 * a1_18, mask=mo_18)
     tl.debug_barrier()
-    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
+    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
     iu_19 = tl.arange(0, 64)
     ii_19 = tl.arange(0, 4)
     p0_19 = scratch + 1728 + z[:, None, None] * 17664 + iu_19[None, :, None]
@@ -16839,8 +16839,8 @@ def _mace_product_2_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_2_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight, statements 33–48 of 62: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_weight__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_weight, statements 33–48 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -17109,8 +17109,8 @@ def _mace_product_2_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_2_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight, statements 49–62 of 62: BLOCK_Z rows per program."""
+def _mace_product_2__d__d2_weight__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_1_0_ptr, cg_1_2_1_ptr, cg_2_2_0_ptr, cg_2_3_1_ptr, cg_3_3_0_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_weight, statements 49–62 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -17333,8 +17333,8 @@ def _mace_product_2_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     tl.debug_barrier()
 
 
-def _mace_product_2_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_2_d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_2__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_2__d__d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_1_0, cg_1_2_1, cg_2_2_0, cg_2_3_1, cg_3_3_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (1024, 256)]
@@ -17342,18 +17342,18 @@ def _mace_product_2_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 5760)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_2_d2_weight_0_kernel, _mace_product_2_d2_weight_1_kernel, _mace_product_2_d2_weight_2_kernel, _mace_product_2_d2_weight_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_2__d__d2_weight__kernel0, _mace_product_2__d__d2_weight__kernel1, _mace_product_2__d__d2_weight__kernel2, _mace_product_2__d__d2_weight__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:5760].sum(0)]
 
 
-def _mace_product_2_d2_weight(
+def _mace_product_2__d__d2_weight(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (5760,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
+    """the vector-Jacobian product of mace_product_2__d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (5760,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
@@ -17383,114 +17383,114 @@ def _mace_product_2_d2_weight(
     _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     del _c6
-    d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_d_B_0 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_A_1 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_d_B_2 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_A_3 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    del d2_d__w_B_0
-    d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
-    d2_d_B_4 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    d2_d__w_B__0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
+    _piece0_d2_d_B = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
+    _piece1_d2_A = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
+    _piece2_d2_d_B = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
+    _piece3_d2_A = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B__0
+    d2_d__w_B__1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
+    _piece4_d2_d_B = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
     del _p1
-    d2__p1 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_5 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
+    d2__p1 = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece5_d2_d_B = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
     del _p3
-    d2__p3 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_6 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    d2__p3 = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece6_d2_d_B = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
     del _p4
-    d2__p4 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_7 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
+    d2__p4 = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece7_d2_d_B = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
     del _p6
-    d2__p6 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_8 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    d2__p6 = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece8_d2_d_B = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
     del _p7
-    d2__p7 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    d2_d_B_9 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    d2__p7 = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    _piece9_d2_d_B = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
     del _p9
-    d2__p9 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
-    d2_d_B_10 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    d2__p9 = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    _piece10_d2_d_B = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
     del _p10
-    d2__p10 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
-    del d2_d__w_B_1
+    d2__p10 = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    del d2_d__w_B__1
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c7 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    d2_A_11 = torch.mm(_c7.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    _piece11_d2_A = torch.mm(_c7.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
     del _c7
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c8 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     del d2__p10
-    d2_A_12 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece12_d2_A = torch.mm(_c8.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c8
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c9 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d2_A_13 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    _piece13_d2_A = torch.mm(_c9.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
     del _c9
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c10 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p9
-    d2_A_14 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    _piece14_d2_A = torch.mm(_c10.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c10
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c11 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d2_A_15 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    _piece15_d2_A = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
     del _c11
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c12 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     del d2__p7
-    d2_A_16 = torch.mm(_c12.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece16_d2_A = torch.mm(_c12.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c12
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c13 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d2_A_17 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    _piece17_d2_A = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
     del _c13
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c14 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p6
-    d2_A_18 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    _piece18_d2_A = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c14
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c15 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d2_A_19 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    _piece19_d2_A = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
     del _c15
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c16 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     del d2__p4
-    d2_A_20 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece20_d2_A = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c16
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c17 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d2_A_21 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    _piece21_d2_A = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
     del _c17
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c18 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p3
-    d2_A_22 = torch.mm(_c18.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    _piece22_d2_A = torch.mm(_c18.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c18
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_23 = cg_0_0_0.reshape(1, 1, 1) * _c19.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece23_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c19.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c19
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c20 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_24 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.permute(0, 1, 3, 2).reshape(n, 64, 1)
+    _piece24_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c20
     d2_A = torch.cat([
-        (d2_A_1 + d2_A_21 + d2_A_23 + d2_A_24).reshape(n, 64),
-        (d2_A_3 + d2_A_17 + d2_A_19 + d2_A_20 + d2_A_22).reshape(n, 192),
-        (d2_A_13 + d2_A_15 + d2_A_16 + d2_A_18).reshape(n, 320),
-        (d2_A_11 + d2_A_12 + d2_A_14).reshape(n, 448),
+        (_piece1_d2_A + _piece21_d2_A + _piece23_d2_A + _piece24_d2_A).reshape(n, 64),
+        (_piece3_d2_A + _piece17_d2_A + _piece19_d2_A + _piece20_d2_A + _piece22_d2_A).reshape(n, 192),
+        (_piece13_d2_A + _piece15_d2_A + _piece16_d2_A + _piece18_d2_A).reshape(n, 320),
+        (_piece11_d2_A + _piece12_d2_A + _piece14_d2_A).reshape(n, 448),
     ], dim=-1)
-    del d2_A_1, d2_A_11, d2_A_12, d2_A_13, d2_A_14, d2_A_15, d2_A_16, d2_A_17, d2_A_18, d2_A_19, d2_A_20, d2_A_21, d2_A_22, d2_A_23, d2_A_24, d2_A_3
+    del _piece11_d2_A, _piece12_d2_A, _piece13_d2_A, _piece14_d2_A, _piece15_d2_A, _piece16_d2_A, _piece17_d2_A, _piece18_d2_A, _piece19_d2_A, _piece1_d2_A, _piece20_d2_A, _piece21_d2_A, _piece22_d2_A, _piece23_d2_A, _piece24_d2_A, _piece3_d2_A
     d2_d_B = torch.cat([
-        (d2_d_B_0 + d2_d_B_4 + d2_d_B_6 + d2_d_B_8 + d2_d_B_10).reshape(n, 64),
-        (d2_d_B_2 + d2_d_B_5 + d2_d_B_7 + d2_d_B_9).reshape(n, 192),
+        (_piece0_d2_d_B + _piece4_d2_d_B + _piece6_d2_d_B + _piece8_d2_d_B + _piece10_d2_d_B).reshape(n, 64),
+        (_piece2_d2_d_B + _piece5_d2_d_B + _piece7_d2_d_B + _piece9_d2_d_B).reshape(n, 192),
     ], dim=-1)
-    del d2_d_B_0, d2_d_B_10, d2_d_B_2, d2_d_B_4, d2_d_B_5, d2_d_B_6, d2_d_B_7, d2_d_B_8, d2_d_B_9
+    del _piece0_d2_d_B, _piece10_d2_d_B, _piece2_d2_d_B, _piece4_d2_d_B, _piece5_d2_d_B, _piece6_d2_d_B, _piece7_d2_d_B, _piece8_d2_d_B, _piece9_d2_d_B
     d2_weight = weight.new_zeros(5760)
     return [d2_A, d2_d_B, d2_weight]
 
@@ -17501,103 +17501,103 @@ def _mace_product_2_d2_weight(
     triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _mace_product_2__kernel(A, z, weight, B__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """mace_product_2: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    chan_mask = chans < 64
-    mask = row_mask[:, None] & chan_mask[None, :]
-    zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
+    _chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    _chan_mask = _chans < 64
+    _mask = _row_mask[:, None] & _chan_mask[None, :]
+    _zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
 
     # out B : 64x0e+64x1o
     # B.0: A mix uuu per z
-    A_0_0 = tl.load(A + rows[:, None] * 1024 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    z_rows = tl.load(z + rows, mask=row_mask, other=0)
-    w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 128 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum1_0 = A_0_0 * w_B_0_0 * 1.0
-    A_1_0 = tl.load(A + rows[:, None] * 1024 + (64 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_1 = tl.load(A + rows[:, None] * 1024 + (65 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_2 = tl.load(A + rows[:, None] * 1024 + (66 + chans[None, :] * 3), mask=mask, other=0.0)
-    w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 128 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum2_0 = A_1_0 * w_B_0_64 * 1.0
-    sum2_1 = A_1_1 * w_B_0_64 * 1.0
-    sum2_2 = A_1_2 * w_B_0_64 * 1.0
+    A__0_0 = tl.load(A + _rows[:, None] * 1024 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    z__rows = tl.load(z + _rows, mask=_row_mask, other=0)
+    _w_B__0_0 = tl.load(weight + 0 + z__rows[:, None] * 128 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum1_0 = A__0_0 * _w_B__0_0 * 1.0
+    A__1_0 = tl.load(A + _rows[:, None] * 1024 + (64 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_1 = tl.load(A + _rows[:, None] * 1024 + (65 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_2 = tl.load(A + _rows[:, None] * 1024 + (66 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    _w_B__0_64 = tl.load(weight + 0 + z__rows[:, None] * 128 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum2_0 = A__1_0 * _w_B__0_64 * 1.0
+    _sum2_1 = A__1_1 * _w_B__0_64 * 1.0
+    _sum2_2 = A__1_2 * _w_B__0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
-    p1_0 = 1.0 * A_0_0 * A_0_0
-    w_B_1_0 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum3_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5
-    p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
-    p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
-    p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
-    w_B_1_64 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum4_0 = sum2_0 + p3_0 * w_B_1_64 * 1.0
-    sum4_1 = sum2_1 + p3_1 * w_B_1_64 * 1.0
-    sum4_2 = sum2_2 + p3_2 * w_B_1_64 * 1.0
-    p4_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
-    w_B_1_128 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum5_0 = sum3_0 + p4_0 * w_B_1_128 * 0.5
-    A_2_0 = tl.load(A + rows[:, None] * 1024 + (256 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_1 = tl.load(A + rows[:, None] * 1024 + (257 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_2 = tl.load(A + rows[:, None] * 1024 + (258 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_3 = tl.load(A + rows[:, None] * 1024 + (259 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_4 = tl.load(A + rows[:, None] * 1024 + (260 + chans[None, :] * 5), mask=mask, other=0.0)
-    p6_0 = -0.18257418583505536 * A_1_0 * A_2_2 + -0.31622776601683794 * A_1_0 * A_2_4 + 0.31622776601683794 * A_1_1 * A_2_1 + 0.31622776601683794 * A_1_2 * A_2_0
-    p6_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
-    p6_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
-    w_B_1_192 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum6_0 = sum4_0 + p6_0 * w_B_1_192 * 1.0
-    sum6_1 = sum4_1 + p6_1 * w_B_1_192 * 1.0
-    sum6_2 = sum4_2 + p6_2 * w_B_1_192 * 1.0
-    p7_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
-    w_B_1_256 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum7_0 = sum5_0 + p7_0 * w_B_1_256 * 0.5
-    A_3_0 = tl.load(A + rows[:, None] * 1024 + (576 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_1 = tl.load(A + rows[:, None] * 1024 + (577 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_2 = tl.load(A + rows[:, None] * 1024 + (578 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_3 = tl.load(A + rows[:, None] * 1024 + (579 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_4 = tl.load(A + rows[:, None] * 1024 + (580 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_5 = tl.load(A + rows[:, None] * 1024 + (581 + chans[None, :] * 7), mask=mask, other=0.0)
-    A_3_6 = tl.load(A + rows[:, None] * 1024 + (582 + chans[None, :] * 7), mask=mask, other=0.0)
-    p9_0 = -0.06900655593423542 * A_2_0 * A_3_4 + -0.2672612419124244 * A_2_0 * A_3_6 + -0.1690308509457033 * A_2_1 * A_3_3 + -0.2182178902359924 * A_2_1 * A_3_5 + 0.23904572186687872 * A_2_2 * A_3_2 + 0.2182178902359924 * A_2_3 * A_3_1 + 0.2672612419124244 * A_2_4 * A_3_0 + 0.06900655593423542 * A_2_4 * A_3_2
-    p9_1 = 0.2182178902359924 * A_2_0 * A_3_1 + 0.2760262237369417 * A_2_1 * A_3_2 + 0.29277002188455997 * A_2_2 * A_3_3 + 0.2760262237369417 * A_2_3 * A_3_4 + 0.2182178902359924 * A_2_4 * A_3_5
-    p9_2 = 0.2672612419124244 * A_2_0 * A_3_0 + -0.06900655593423542 * A_2_0 * A_3_2 + 0.2182178902359924 * A_2_1 * A_3_1 + 0.23904572186687872 * A_2_2 * A_3_4 + -0.1690308509457033 * A_2_3 * A_3_3 + 0.2182178902359924 * A_2_3 * A_3_5 + -0.06900655593423542 * A_2_4 * A_3_4 + 0.2672612419124244 * A_2_4 * A_3_6
-    w_B_1_320 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum8_0 = sum6_0 + p9_0 * w_B_1_320 * 1.0
-    sum8_1 = sum6_1 + p9_1 * w_B_1_320 * 1.0
-    sum8_2 = sum6_2 + p9_2 * w_B_1_320 * 1.0
-    p10_0 = 0.37796447300922725 * A_3_0 * A_3_0 + 0.37796447300922725 * A_3_1 * A_3_1 + 0.37796447300922725 * A_3_2 * A_3_2 + 0.37796447300922725 * A_3_3 * A_3_3 + 0.37796447300922725 * A_3_4 * A_3_4 + 0.37796447300922725 * A_3_5 * A_3_5 + 0.37796447300922725 * A_3_6 * A_3_6
-    w_B_1_384 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum9_0 = sum7_0 + p10_0 * w_B_1_384 * 0.5
-    B_0_0 = sum9_0
-    tl.store(B_out + rows[:, None] * 256 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = sum8_0
-    B_1_1 = sum8_1
-    B_1_2 = sum8_2
-    tl.store(B_out + rows[:, None] * 256 + (64 + chans[None, :] * 3), B_1_0, mask=mask)
-    tl.store(B_out + rows[:, None] * 256 + (65 + chans[None, :] * 3), B_1_1, mask=mask)
-    tl.store(B_out + rows[:, None] * 256 + (66 + chans[None, :] * 3), B_1_2, mask=mask)
+    _p1_0 = 1.0 * A__0_0 * A__0_0
+    _w_B__1_0 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum3_0 = _sum1_0 + _p1_0 * _w_B__1_0 * 0.5
+    _p3_0 = 0.5773502691896257 * A__0_0 * A__1_0
+    _p3_1 = 0.5773502691896257 * A__0_0 * A__1_1
+    _p3_2 = 0.5773502691896257 * A__0_0 * A__1_2
+    _w_B__1_64 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum4_0 = _sum2_0 + _p3_0 * _w_B__1_64 * 1.0
+    _sum4_1 = _sum2_1 + _p3_1 * _w_B__1_64 * 1.0
+    _sum4_2 = _sum2_2 + _p3_2 * _w_B__1_64 * 1.0
+    _p4_0 = 0.5773502691896257 * A__1_0 * A__1_0 + 0.5773502691896257 * A__1_1 * A__1_1 + 0.5773502691896257 * A__1_2 * A__1_2
+    _w_B__1_128 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum5_0 = _sum3_0 + _p4_0 * _w_B__1_128 * 0.5
+    A__2_0 = tl.load(A + _rows[:, None] * 1024 + (256 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_1 = tl.load(A + _rows[:, None] * 1024 + (257 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_2 = tl.load(A + _rows[:, None] * 1024 + (258 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_3 = tl.load(A + _rows[:, None] * 1024 + (259 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_4 = tl.load(A + _rows[:, None] * 1024 + (260 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    _p6_0 = -0.18257418583505536 * A__1_0 * A__2_2 + -0.31622776601683794 * A__1_0 * A__2_4 + 0.31622776601683794 * A__1_1 * A__2_1 + 0.31622776601683794 * A__1_2 * A__2_0
+    _p6_1 = 0.31622776601683794 * A__1_0 * A__2_1 + 0.3651483716701107 * A__1_1 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_3
+    _p6_2 = 0.31622776601683794 * A__1_0 * A__2_0 + 0.31622776601683794 * A__1_1 * A__2_3 + -0.18257418583505536 * A__1_2 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_4
+    _w_B__1_192 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum6_0 = _sum4_0 + _p6_0 * _w_B__1_192 * 1.0
+    _sum6_1 = _sum4_1 + _p6_1 * _w_B__1_192 * 1.0
+    _sum6_2 = _sum4_2 + _p6_2 * _w_B__1_192 * 1.0
+    _p7_0 = 0.4472135954999579 * A__2_0 * A__2_0 + 0.4472135954999579 * A__2_1 * A__2_1 + 0.4472135954999579 * A__2_2 * A__2_2 + 0.4472135954999579 * A__2_3 * A__2_3 + 0.4472135954999579 * A__2_4 * A__2_4
+    _w_B__1_256 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (256 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum7_0 = _sum5_0 + _p7_0 * _w_B__1_256 * 0.5
+    A__3_0 = tl.load(A + _rows[:, None] * 1024 + (576 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_1 = tl.load(A + _rows[:, None] * 1024 + (577 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_2 = tl.load(A + _rows[:, None] * 1024 + (578 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_3 = tl.load(A + _rows[:, None] * 1024 + (579 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_4 = tl.load(A + _rows[:, None] * 1024 + (580 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_5 = tl.load(A + _rows[:, None] * 1024 + (581 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    A__3_6 = tl.load(A + _rows[:, None] * 1024 + (582 + _chans[None, :] * 7), mask=_mask, other=0.0)
+    _p9_0 = -0.06900655593423542 * A__2_0 * A__3_4 + -0.2672612419124244 * A__2_0 * A__3_6 + -0.1690308509457033 * A__2_1 * A__3_3 + -0.2182178902359924 * A__2_1 * A__3_5 + 0.23904572186687872 * A__2_2 * A__3_2 + 0.2182178902359924 * A__2_3 * A__3_1 + 0.2672612419124244 * A__2_4 * A__3_0 + 0.06900655593423542 * A__2_4 * A__3_2
+    _p9_1 = 0.2182178902359924 * A__2_0 * A__3_1 + 0.2760262237369417 * A__2_1 * A__3_2 + 0.29277002188455997 * A__2_2 * A__3_3 + 0.2760262237369417 * A__2_3 * A__3_4 + 0.2182178902359924 * A__2_4 * A__3_5
+    _p9_2 = 0.2672612419124244 * A__2_0 * A__3_0 + -0.06900655593423542 * A__2_0 * A__3_2 + 0.2182178902359924 * A__2_1 * A__3_1 + 0.23904572186687872 * A__2_2 * A__3_4 + -0.1690308509457033 * A__2_3 * A__3_3 + 0.2182178902359924 * A__2_3 * A__3_5 + -0.06900655593423542 * A__2_4 * A__3_4 + 0.2672612419124244 * A__2_4 * A__3_6
+    _w_B__1_320 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (320 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum8_0 = _sum6_0 + _p9_0 * _w_B__1_320 * 1.0
+    _sum8_1 = _sum6_1 + _p9_1 * _w_B__1_320 * 1.0
+    _sum8_2 = _sum6_2 + _p9_2 * _w_B__1_320 * 1.0
+    _p10_0 = 0.37796447300922725 * A__3_0 * A__3_0 + 0.37796447300922725 * A__3_1 * A__3_1 + 0.37796447300922725 * A__3_2 * A__3_2 + 0.37796447300922725 * A__3_3 * A__3_3 + 0.37796447300922725 * A__3_4 * A__3_4 + 0.37796447300922725 * A__3_5 * A__3_5 + 0.37796447300922725 * A__3_6 * A__3_6
+    _w_B__1_384 = tl.load(weight + 1280 + z__rows[:, None] * 448 + (384 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum9_0 = _sum7_0 + _p10_0 * _w_B__1_384 * 0.5
+    B__0_0 = _sum9_0
+    tl.store(B__out + _rows[:, None] * 256 + (0 + _chans[None, :] * 1), B__0_0, mask=_mask)
+    B__1_0 = _sum8_0
+    B__1_1 = _sum8_1
+    B__1_2 = _sum8_2
+    tl.store(B__out + _rows[:, None] * 256 + (64 + _chans[None, :] * 3), B__1_0, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 256 + (65 + _chans[None, :] * 3), B__1_1, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 256 + (66 + _chans[None, :] * 3), B__1_2, mask=_mask)
 
 
-def _mace_product_2_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _mace_product_2__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the mace_product_2 kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
-    B_out = rt.output_rows(A, n, 256)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
-    _mace_product_2_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
-    return [B_out]
+    B__out = rt.output_rows(A, n, 256)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
+    _mace_product_2__kernel[_grid](A.contiguous(), z.contiguous(), weight.contiguous(), B__out, n, enable_fp_fusion=True)
+    return [B__out]
 
 
 # mace_product_2: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("mace_product_2_d2_A", _mace_product_2_d2_A_triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2_d2_A)
-_ops.register("mace_product_2_d2_weight", _mace_product_2_d2_weight_triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2_d2_weight)
-_ops.register("mace_product_2_d", _mace_product_2_d_triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d2_A, _ops.mace_product_2_d2_weight])
-_ops.register("mace_product_2", _mace_product_2_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d], check_indices=True)
+_ops.register("mace_product_2__d__d2_A", _mace_product_2__d__d2_A__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2__d__d2_A)
+_ops.register("mace_product_2__d__d2_weight", _mace_product_2__d__d2_weight__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2__d__d2_weight)
+_ops.register("mace_product_2__d", _mace_product_2__d__triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d__d2_A, _ops.mace_product_2__d__d2_weight])
+_ops.register("mace_product_2", _mace_product_2__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d], check_indices=True)
 
 
 @triton.jit
-def _mace_product_4_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel0(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 1–16 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -17857,7 +17857,7 @@ def _mace_product_4_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel1(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 17–32 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -18076,7 +18076,7 @@ def _mace_product_4_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel2(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 33–48 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -18334,7 +18334,7 @@ def _mace_product_4_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel3(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 49–64 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -18607,7 +18607,7 @@ def _mace_product_4_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel4(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 65–80 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -18824,7 +18824,7 @@ def _mace_product_4_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel5(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 81–96 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19047,7 +19047,7 @@ def _mace_product_4_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel6(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 97–112 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19294,7 +19294,7 @@ def _mace_product_4_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel7(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 113–128 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19521,7 +19521,7 @@ def _mace_product_4_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel8(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 129–144 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19771,7 +19771,7 @@ def _mace_product_4_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel9(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 145–160 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20001,7 +20001,7 @@ def _mace_product_4_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel10(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 161–176 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20241,7 +20241,7 @@ def _mace_product_4_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel11(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 177–192 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20466,7 +20466,7 @@ def _mace_product_4_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_12_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel12(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 193–208 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20686,7 +20686,7 @@ def _mace_product_4_d_12_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_13_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel13(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 209–224 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20931,7 +20931,7 @@ def _mace_product_4_d_13_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_14_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel14(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 225–240 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -21218,7 +21218,7 @@ def _mace_product_4_d_14_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_15_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel15(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 241–256 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -21482,7 +21482,7 @@ def _mace_product_4_d_15_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_16_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel16(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 257–272 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -21749,7 +21749,7 @@ def _mace_product_4_d_16_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_17_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel17(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 273–288 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -21992,7 +21992,7 @@ def _mace_product_4_d_17_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_18_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel18(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 289–304 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22242,7 +22242,7 @@ def _mace_product_4_d_18_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_19_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel19(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 305–320 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22487,7 +22487,7 @@ def _mace_product_4_d_19_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_20_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel20(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 321–336 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22720,7 +22720,7 @@ def _mace_product_4_d_20_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_21_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel21(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 337–352 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22940,7 +22940,7 @@ def _mace_product_4_d_21_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_22_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel22(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 353–368 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23196,7 +23196,7 @@ def _mace_product_4_d_22_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_23_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel23(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 369–384 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23448,7 +23448,7 @@ def _mace_product_4_d_23_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_24_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel24(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 385–400 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23693,7 +23693,7 @@ def _mace_product_4_d_24_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
 
 
 @triton.jit
-def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _mace_product_4__d__kernel25(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_A_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of mace_product_4, statements 401–408 of 408: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23726,7 +23726,7 @@ def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     q_402 = po_402
     tl.store(q_402, tl.load(q_402, mask=mo_402, other=0.0) + a0_402 * a1_402, mask=mo_402)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 32x2e -> 32x2e
+    # ∂/∂_w_B__0: 32x2e -> 32x2e
     iu_403 = tl.arange(0, 32)
     ii_403 = tl.arange(0, 8)
     p0_403 = d_B_ptr + 128 + z[:, None, None] * 288 + iu_403[None, :, None] * 5 + ii_403[None, None, :]
@@ -23754,7 +23754,7 @@ def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     q_404 = po_404
     tl.store(q_404, tl.load(q_404, mask=mo_404, other=0.0) + a0_404 * a1_404, mask=mo_404)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 32x1o -> 32x1o
+    # ∂/∂_w_B__0: 32x1o -> 32x1o
     iu_405 = tl.arange(0, 32)
     ii_405 = tl.arange(0, 4)
     p0_405 = d_B_ptr + 32 + z[:, None, None] * 288 + iu_405[None, :, None] * 3 + ii_405[None, None, :]
@@ -23782,7 +23782,7 @@ def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     q_406 = po_406
     tl.store(q_406, tl.load(q_406, mask=mo_406, other=0.0) + a0_406 * a1_406, mask=mo_406)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: 32x0e -> 32x0e
+    # ∂/∂_w_B__0: 32x0e -> 32x0e
     iu_407 = tl.arange(0, 32)
     ii_407 = tl.arange(0, 1)
     p0_407 = d_B_ptr + 0 + z[:, None, None] * 288 + iu_407[None, :, None] + ii_407[None, None, :]
@@ -23811,8 +23811,8 @@ def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     tl.debug_barrier()
 
 
-def _mace_product_4_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_4_d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_4__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_4__d kernel on (A, z, d_B, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (288,)]
@@ -23820,15 +23820,15 @@ def _mace_product_4_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 7424)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_4_d_0_kernel, _mace_product_4_d_1_kernel, _mace_product_4_d_2_kernel, _mace_product_4_d_3_kernel, _mace_product_4_d_4_kernel, _mace_product_4_d_5_kernel, _mace_product_4_d_6_kernel, _mace_product_4_d_7_kernel, _mace_product_4_d_8_kernel, _mace_product_4_d_9_kernel, _mace_product_4_d_10_kernel, _mace_product_4_d_11_kernel, _mace_product_4_d_12_kernel, _mace_product_4_d_13_kernel, _mace_product_4_d_14_kernel, _mace_product_4_d_15_kernel, _mace_product_4_d_16_kernel, _mace_product_4_d_17_kernel, _mace_product_4_d_18_kernel, _mace_product_4_d_19_kernel, _mace_product_4_d_20_kernel, _mace_product_4_d_21_kernel, _mace_product_4_d_22_kernel, _mace_product_4_d_23_kernel, _mace_product_4_d_24_kernel, _mace_product_4_d_25_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_4__d__kernel0, _mace_product_4__d__kernel1, _mace_product_4__d__kernel2, _mace_product_4__d__kernel3, _mace_product_4__d__kernel4, _mace_product_4__d__kernel5, _mace_product_4__d__kernel6, _mace_product_4__d__kernel7, _mace_product_4__d__kernel8, _mace_product_4__d__kernel9, _mace_product_4__d__kernel10, _mace_product_4__d__kernel11, _mace_product_4__d__kernel12, _mace_product_4__d__kernel13, _mace_product_4__d__kernel14, _mace_product_4__d__kernel15, _mace_product_4__d__kernel16, _mace_product_4__d__kernel17, _mace_product_4__d__kernel18, _mace_product_4__d__kernel19, _mace_product_4__d__kernel20, _mace_product_4__d__kernel21, _mace_product_4__d__kernel22, _mace_product_4__d__kernel23, _mace_product_4__d__kernel24, _mace_product_4__d__kernel25,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], partial[:, 0:7424].sum(0)]
 
 
 @triton.jit
-def _mace_product_4_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 1–16 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 1–16 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24090,8 +24090,8 @@ def _mace_product_4_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 17–32 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 17–32 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24309,8 +24309,8 @@ def _mace_product_4_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 33–48 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 33–48 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24567,8 +24567,8 @@ def _mace_product_4_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 49–64 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 49–64 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24840,8 +24840,8 @@ def _mace_product_4_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 65–80 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel4(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 65–80 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25057,8 +25057,8 @@ def _mace_product_4_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 81–96 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel5(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 81–96 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25276,8 +25276,8 @@ def _mace_product_4_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 97–112 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel6(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 97–112 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25505,8 +25505,8 @@ def _mace_product_4_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 113–128 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel7(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 113–128 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25742,8 +25742,8 @@ def _mace_product_4_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 129–144 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel8(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 129–144 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25971,8 +25971,8 @@ def _mace_product_4_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 145–160 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel9(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 145–160 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -26197,8 +26197,8 @@ def _mace_product_4_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
 
 
 @triton.jit
-def _mace_product_4_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 161–176 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel10(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 161–176 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -26466,8 +26466,8 @@ def _mace_product_4_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 177–192 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel11(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 177–192 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -26723,8 +26723,8 @@ def _mace_product_4_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 193–208 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel12(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 193–208 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -26968,8 +26968,8 @@ def _mace_product_4_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 209–224 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel13(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 209–224 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -27191,8 +27191,8 @@ def _mace_product_4_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 225–240 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel14(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 225–240 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -27354,7 +27354,7 @@ def _mace_product_4_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     q_236 = po_236
     tl.store(q_236, tl.load(q_236, mask=mo_236, other=0.0) + a0_236 * a1_236, mask=mo_236)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: ∂/∂A: 32x0e -> 32x0e
+    # ∂/∂_w_B__0: ∂/∂A: 32x0e -> 32x0e
     iu_237 = tl.arange(0, 32)
     ii_237 = tl.arange(0, 1)
     p0_237 = d2_d_A_ptr + 0 + z[:, None, None] * 288 + iu_237[None, :, None] + ii_237[None, None, :]
@@ -27382,7 +27382,7 @@ def _mace_product_4_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     q_238 = po_238
     tl.store(q_238, tl.load(q_238, mask=mo_238, other=0.0) + a0_238 * a1_238, mask=mo_238)
     tl.debug_barrier()
-    # ∂/∂_w_B_0: ∂/∂A: 32x1o -> 32x1o
+    # ∂/∂_w_B__0: ∂/∂A: 32x1o -> 32x1o
     iu_239 = tl.arange(0, 32)
     ii_239 = tl.arange(0, 4)
     p0_239 = d2_d_A_ptr + 32 + z[:, None, None] * 288 + iu_239[None, :, None] * 3 + ii_239[None, None, :]
@@ -27413,13 +27413,13 @@ def _mace_product_4_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 241–256 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel15(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 241–256 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
-    # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
+    # ∂/∂_w_B__0: ∂/∂A: 32x2e -> 32x2e
     iu_241 = tl.arange(0, 32)
     ii_241 = tl.arange(0, 8)
     p0_241 = d2_d_A_ptr + 128 + z[:, None, None] * 288 + iu_241[None, :, None] * 5 + ii_241[None, None, :]
@@ -27656,8 +27656,8 @@ def _mace_product_4_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 257–272 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel16(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 257–272 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -27905,8 +27905,8 @@ def _mace_product_4_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 273–288 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel17(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 273–288 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -28169,8 +28169,8 @@ def _mace_product_4_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 289–304 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel18(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 289–304 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -28434,8 +28434,8 @@ def _mace_product_4_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 305–320 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel19(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 305–320 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -28695,8 +28695,8 @@ def _mace_product_4_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 321–336 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel20(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 321–336 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -28921,8 +28921,8 @@ def _mace_product_4_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 337–352 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel21(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 337–352 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -29156,8 +29156,8 @@ def _mace_product_4_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 353–368 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel22(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 353–368 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -29407,8 +29407,8 @@ def _mace_product_4_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 369–384 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel23(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 369–384 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -29668,8 +29668,8 @@ def _mace_product_4_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 385–400 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel24(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 385–400 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -29930,8 +29930,8 @@ def _mace_product_4_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 401–416 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel25(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 401–416 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -30195,8 +30195,8 @@ def _mace_product_4_d2_A_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_26_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 417–432 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel26(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 417–432 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -30442,8 +30442,8 @@ def _mace_product_4_d2_A_26_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_27_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 433–448 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel27(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 433–448 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -30697,8 +30697,8 @@ def _mace_product_4_d2_A_27_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_28_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 449–464 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel28(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 449–464 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -30966,8 +30966,8 @@ def _mace_product_4_d2_A_28_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_29_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 465–480 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel29(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 465–480 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -31249,8 +31249,8 @@ def _mace_product_4_d2_A_29_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_30_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 481–496 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel30(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 481–496 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -31501,8 +31501,8 @@ def _mace_product_4_d2_A_30_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_31_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 497–512 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel31(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 497–512 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -31791,8 +31791,8 @@ def _mace_product_4_d2_A_31_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_32_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 513–528 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel32(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 513–528 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -32066,8 +32066,8 @@ def _mace_product_4_d2_A_32_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_33_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 529–544 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel33(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 529–544 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -32323,8 +32323,8 @@ def _mace_product_4_d2_A_33_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_34_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 545–560 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel34(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 545–560 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -32551,8 +32551,8 @@ def _mace_product_4_d2_A_34_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_35_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 561–576 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel35(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 561–576 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -32774,8 +32774,8 @@ def _mace_product_4_d2_A_35_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_36_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 577–592 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel36(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 577–592 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -33004,8 +33004,8 @@ def _mace_product_4_d2_A_36_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_37_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 593–608 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel37(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 593–608 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -33246,8 +33246,8 @@ def _mace_product_4_d2_A_37_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_38_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 609–624 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel38(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 609–624 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -33515,8 +33515,8 @@ def _mace_product_4_d2_A_38_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_39_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 625–640 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel39(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 625–640 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -33753,8 +33753,8 @@ def _mace_product_4_d2_A_39_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_40_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 641–656 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel40(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 641–656 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -34015,8 +34015,8 @@ def _mace_product_4_d2_A_40_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_41_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 657–672 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel41(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 657–672 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -34257,8 +34257,8 @@ def _mace_product_4_d2_A_41_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_42_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 673–688 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel42(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 673–688 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -34502,8 +34502,8 @@ def _mace_product_4_d2_A_42_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_43_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 689–704 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel43(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 689–704 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -34768,8 +34768,8 @@ def _mace_product_4_d2_A_43_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_44_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 705–720 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel44(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 705–720 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -34985,8 +34985,8 @@ def _mace_product_4_d2_A_44_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_45_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 721–736 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel45(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 721–736 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -35202,8 +35202,8 @@ def _mace_product_4_d2_A_45_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_46_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 737–752 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel46(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 737–752 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -35419,8 +35419,8 @@ def _mace_product_4_d2_A_46_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_47_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 753–768 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel47(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 753–768 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -35644,8 +35644,8 @@ def _mace_product_4_d2_A_47_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_48_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 769–784 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel48(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 769–784 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -35914,8 +35914,8 @@ def _mace_product_4_d2_A_48_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_49_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 785–800 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel49(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 785–800 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -36184,8 +36184,8 @@ def _mace_product_4_d2_A_49_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_50_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 801–816 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel50(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 801–816 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -36457,8 +36457,8 @@ def _mace_product_4_d2_A_50_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_51_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 817–832 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel51(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 817–832 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -36710,8 +36710,8 @@ def _mace_product_4_d2_A_51_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_52_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 833–848 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel52(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 833–848 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -36958,8 +36958,8 @@ def _mace_product_4_d2_A_52_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_53_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 849–864 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel53(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 849–864 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -37175,8 +37175,8 @@ def _mace_product_4_d2_A_53_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_54_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 865–880 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel54(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 865–880 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -37434,8 +37434,8 @@ def _mace_product_4_d2_A_54_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_55_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 881–896 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel55(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 881–896 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -37702,8 +37702,8 @@ def _mace_product_4_d2_A_55_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
 
 
 @triton.jit
-def _mace_product_4_d2_A_56_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A, statements 897–903 of 903: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_A__kernel56(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A, statements 897–903 of 903: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -37810,8 +37810,8 @@ def _mace_product_4_d2_A_56_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     tl.debug_barrier()
 
 
-def _mace_product_4_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_4_d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_4__d__d2_A__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_4__d__d2_A kernel on (A, z, d_B, d2_d_A, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 288)]
@@ -37819,25 +37819,25 @@ def _mace_product_4_d2_A_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 7424)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_4_d2_A_0_kernel, _mace_product_4_d2_A_1_kernel, _mace_product_4_d2_A_2_kernel, _mace_product_4_d2_A_3_kernel, _mace_product_4_d2_A_4_kernel, _mace_product_4_d2_A_5_kernel, _mace_product_4_d2_A_6_kernel, _mace_product_4_d2_A_7_kernel, _mace_product_4_d2_A_8_kernel, _mace_product_4_d2_A_9_kernel, _mace_product_4_d2_A_10_kernel, _mace_product_4_d2_A_11_kernel, _mace_product_4_d2_A_12_kernel, _mace_product_4_d2_A_13_kernel, _mace_product_4_d2_A_14_kernel, _mace_product_4_d2_A_15_kernel, _mace_product_4_d2_A_16_kernel, _mace_product_4_d2_A_17_kernel, _mace_product_4_d2_A_18_kernel, _mace_product_4_d2_A_19_kernel, _mace_product_4_d2_A_20_kernel, _mace_product_4_d2_A_21_kernel, _mace_product_4_d2_A_22_kernel, _mace_product_4_d2_A_23_kernel, _mace_product_4_d2_A_24_kernel, _mace_product_4_d2_A_25_kernel, _mace_product_4_d2_A_26_kernel, _mace_product_4_d2_A_27_kernel, _mace_product_4_d2_A_28_kernel, _mace_product_4_d2_A_29_kernel, _mace_product_4_d2_A_30_kernel, _mace_product_4_d2_A_31_kernel, _mace_product_4_d2_A_32_kernel, _mace_product_4_d2_A_33_kernel, _mace_product_4_d2_A_34_kernel, _mace_product_4_d2_A_35_kernel, _mace_product_4_d2_A_36_kernel, _mace_product_4_d2_A_37_kernel, _mace_product_4_d2_A_38_kernel, _mace_product_4_d2_A_39_kernel, _mace_product_4_d2_A_40_kernel, _mace_product_4_d2_A_41_kernel, _mace_product_4_d2_A_42_kernel, _mace_product_4_d2_A_43_kernel, _mace_product_4_d2_A_44_kernel, _mace_product_4_d2_A_45_kernel, _mace_product_4_d2_A_46_kernel, _mace_product_4_d2_A_47_kernel, _mace_product_4_d2_A_48_kernel, _mace_product_4_d2_A_49_kernel, _mace_product_4_d2_A_50_kernel, _mace_product_4_d2_A_51_kernel, _mace_product_4_d2_A_52_kernel, _mace_product_4_d2_A_53_kernel, _mace_product_4_d2_A_54_kernel, _mace_product_4_d2_A_55_kernel, _mace_product_4_d2_A_56_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_4__d__d2_A__kernel0, _mace_product_4__d__d2_A__kernel1, _mace_product_4__d__d2_A__kernel2, _mace_product_4__d__d2_A__kernel3, _mace_product_4__d__d2_A__kernel4, _mace_product_4__d__d2_A__kernel5, _mace_product_4__d__d2_A__kernel6, _mace_product_4__d__d2_A__kernel7, _mace_product_4__d__d2_A__kernel8, _mace_product_4__d__d2_A__kernel9, _mace_product_4__d__d2_A__kernel10, _mace_product_4__d__d2_A__kernel11, _mace_product_4__d__d2_A__kernel12, _mace_product_4__d__d2_A__kernel13, _mace_product_4__d__d2_A__kernel14, _mace_product_4__d__d2_A__kernel15, _mace_product_4__d__d2_A__kernel16, _mace_product_4__d__d2_A__kernel17, _mace_product_4__d__d2_A__kernel18, _mace_product_4__d__d2_A__kernel19, _mace_product_4__d__d2_A__kernel20, _mace_product_4__d__d2_A__kernel21, _mace_product_4__d__d2_A__kernel22, _mace_product_4__d__d2_A__kernel23, _mace_product_4__d__d2_A__kernel24, _mace_product_4__d__d2_A__kernel25, _mace_product_4__d__d2_A__kernel26, _mace_product_4__d__d2_A__kernel27, _mace_product_4__d__d2_A__kernel28, _mace_product_4__d__d2_A__kernel29, _mace_product_4__d__d2_A__kernel30, _mace_product_4__d__d2_A__kernel31, _mace_product_4__d__d2_A__kernel32, _mace_product_4__d__d2_A__kernel33, _mace_product_4__d__d2_A__kernel34, _mace_product_4__d__d2_A__kernel35, _mace_product_4__d__d2_A__kernel36, _mace_product_4__d__d2_A__kernel37, _mace_product_4__d__d2_A__kernel38, _mace_product_4__d__d2_A__kernel39, _mace_product_4__d__d2_A__kernel40, _mace_product_4__d__d2_A__kernel41, _mace_product_4__d__d2_A__kernel42, _mace_product_4__d__d2_A__kernel43, _mace_product_4__d__d2_A__kernel44, _mace_product_4__d__d2_A__kernel45, _mace_product_4__d__d2_A__kernel46, _mace_product_4__d__d2_A__kernel47, _mace_product_4__d__d2_A__kernel48, _mace_product_4__d__d2_A__kernel49, _mace_product_4__d__d2_A__kernel50, _mace_product_4__d__d2_A__kernel51, _mace_product_4__d__d2_A__kernel52, _mace_product_4__d__d2_A__kernel53, _mace_product_4__d__d2_A__kernel54, _mace_product_4__d__d2_A__kernel55, _mace_product_4__d__d2_A__kernel56,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:7424].sum(0)]
 
 
-def _mace_product_4_d2_A(
+def _mace_product_4__d__d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
     cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A: A (n, 288), z (n,), d_B (n, 288), d2_d_A (n, 288) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_A: A (n, 288), z (n,), d_B (n, 288), d2_d_A (n, 288) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
-    _w_B_0 = weight[0:384].view(384).reshape(4, 96)[z]
+    _w_B__0 = weight[0:384].view(384).reshape(4, 96)[z]
     # one weight set per row, chosen by z
-    _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
+    _w_B__1 = weight[384:1408].view(1024).reshape(4, 256)[z]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
@@ -37866,20 +37866,20 @@ def _mace_product_4_d2_A(
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c5
     # one weight set per row, chosen by z
-    _w_B_2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
-    p11_0 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    p11_1 = (_p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    p11_2 = (_p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    p13_3 = (_p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    p13_4 = (_p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
-    p13_5 = (_p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
-    p15_6 = (_p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    p15_7 = (_p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    p15_8 = (_p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    _p17 = _p3.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    _p19 = _p3.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    p21_9 = _p5.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    p21_10 = _p7.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _w_B__2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
+    _piece0_p11 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece1_p11 = (_p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece2_p11 = (_p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece3_p13 = (_p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece4_p13 = (_p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    _piece5_p13 = (_p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    _piece6_p15 = (_p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece7_p15 = (_p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece8_p15 = (_p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _p17 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    _p19 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    _piece9_p21 = _p5.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece10_p21 = _p7.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     # p23 = (p8 ⊗ p2) -> 32x0e
     _c6 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p23 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
@@ -37892,7 +37892,7 @@ def _mace_product_4_d2_A(
     _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c8
     # one weight set per row, chosen by z
-    _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
+    _w_B__3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
@@ -37949,136 +37949,136 @@ def _mace_product_4_d2_A(
     _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c19
-    p42_11 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    p42_12 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
-    p42_13 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    p42_14 = (_p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
-    p42_15 = (_p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
-    p44_16 = (_p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    p44_17 = (_p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    p44_18 = (_p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    p44_19 = _p23.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
-    p44_20 = (_p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
-    p46_21 = (_p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    p46_22 = (_p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    p46_23 = (_p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
-    p46_24 = (_p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
-    p46_25 = (_p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
-    p48_26 = _p27.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    p48_27 = _p34.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    _p50 = _p27.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    p52_28 = _p28.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    p52_29 = _p30.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    p52_30 = _p36.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    p52_31 = _p38.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    p52_32 = _p41.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    p54_33 = _p32.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    p54_34 = _p41.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    p56_35 = _p34.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    p56_36 = _p40.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    p56_37 = _p24.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    _p58 = _p35.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    _p60 = _p35.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d__p62 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
+    _piece11_p42 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece12_p42 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece13_p42 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece14_p42 = (_p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    _piece15_p42 = (_p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    _piece16_p44 = (_p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece17_p44 = (_p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece18_p44 = (_p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece19_p44 = _p23.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece20_p44 = (_p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    _piece21_p46 = (_p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece22_p46 = (_p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece23_p46 = (_p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    _piece24_p46 = (_p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    _piece25_p46 = (_p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    _piece26_p48 = _p27.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece27_p48 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _p50 = _p27.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    _piece28_p52 = _p28.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece29_p52 = _p30.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece30_p52 = _p36.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece31_p52 = _p38.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    _piece32_p52 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece33_p54 = _p32.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    _piece34_p54 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece35_p56 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece36_p56 = _p40.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece37_p56 = _p24.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _p58 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _p60 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    d__p62 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c20 = d__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d__p41_38 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece38_d__p41 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c20
     d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c21 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p60 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c21
-    d__p35_39 = d__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    _piece39_d__p35 = d__p60.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
     d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c22 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p58 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c22
-    d__p35_40 = d__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _piece40_d__p35 = d__p58.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c23 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d__p56 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c23
-    d__p24_41 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__p40 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d__p34_42 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece41_d__p24 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    d__p40 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece42_d__p34 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c24 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p54 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c24
-    d__p41_43 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__p32 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    _piece43_d__p41 = d__p54.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    d__p32 = d__p54.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
     d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c25 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p52 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c25
-    d__p41_44 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d__p38 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d__p36 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d__p30 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d__p28 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece44_d__p41 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    d__p38 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    d__p36 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    d__p30 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    d__p28 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c26 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p50 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c26
-    d__p27_45 = d__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    _piece45_d__p27 = d__p50.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
     d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c27 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c27
-    d__p34_46 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d__p27_47 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece46_d__p34 = d__p48.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece47_d__p27 = d__p48.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c28 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p46 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c28
-    d__p25_48 = (d__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
-    d__p39_49 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
-    d__p23_50 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
-    d__p29 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d__p26_51 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece48_d__p25 = (d__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    _piece49_d__p39 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    _piece50_d__p23 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    d__p29 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece51_d__p26 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c29 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p44 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c29
-    d__p25_52 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
-    d__p23_53 = d__p44.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
-    d__p33_54 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d__p31 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d__p26_55 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece52_d__p25 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    _piece53_d__p23 = d__p44.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece54_d__p33 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    d__p31 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece55_d__p26 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c30
-    d__p25_56 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
-    d__p39_57 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
-    d__p23_58 = (d__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d__p33_59 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
-    d__p26_60 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece56_d__p25 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    _piece57_d__p39 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    _piece58_d__p23 = (d__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece59_d__p33 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece60_d__p26 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d__p41 = d__p41_38 + d__p41_43 + d__p41_44
-    del d__p41_38, d__p41_43, d__p41_44
+    d__p41 = _piece38_d__p41 + _piece43_d__p41 + _piece44_d__p41
+    del _piece38_d__p41, _piece43_d__p41, _piece44_d__p41
     _c31 = d__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p9_61 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece61_d__p9 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c31
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c32 = d__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p9_62 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece62_d__p9 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c32
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d__p39 = d__p39_49 + d__p39_57
-    del d__p39_49, d__p39_57
+    d__p39 = _piece49_d__p39 + _piece57_d__p39
+    del _piece49_d__p39, _piece57_d__p39
     _c33 = d__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p9_63 = cg_0_0_0.reshape(1, 1, 1) * _c33.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece63_d__p9 = cg_0_0_0.reshape(1, 1, 1) * _c33.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c33
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c34 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -38086,424 +38086,424 @@ def _mace_product_4_d2_A(
     del _c34
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c35 = d__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p8_64 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece64_d__p8 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c35
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d__p35 = d__p35_39 + d__p35_40
-    del d__p35_39, d__p35_40
+    d__p35 = _piece39_d__p35 + _piece40_d__p35
+    del _piece39_d__p35, _piece40_d__p35
     _c36 = d__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p8_65 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece65_d__p8 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c36
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d__p34 = d__p34_42 + d__p34_46
-    del d__p34_42, d__p34_46
+    d__p34 = _piece42_d__p34 + _piece46_d__p34
+    del _piece42_d__p34, _piece46_d__p34
     _c37 = d__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p6_66 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece66_d__p6 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c37
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d__p33 = d__p33_54 + d__p33_59
-    del d__p33_54, d__p33_59
+    d__p33 = _piece54_d__p33 + _piece59_d__p33
+    del _piece54_d__p33, _piece59_d__p33
     _c38 = d__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p6_67 = cg_0_0_0.reshape(1, 1, 1) * _c38.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece67_d__p6 = cg_0_0_0.reshape(1, 1, 1) * _c38.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c38
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c39 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p5_68 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece68_d__p5 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c39
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c40 = d__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d__p5_69 = torch.mm(_c40.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece69_d__p5 = torch.mm(_c40.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c40
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c41 = d__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p3_70 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece70_d__p3 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c41
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c42 = d__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d__p3_71 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece71_d__p3 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c42
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c43 = d__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p1_72 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece72_d__p1 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c43
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d__p27 = d__p27_45 + d__p27_47
-    del d__p27_45, d__p27_47
+    d__p27 = _piece45_d__p27 + _piece47_d__p27
+    del _piece45_d__p27, _piece47_d__p27
     _c44 = d__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p1_73 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece73_d__p1 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c44
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d__p26 = d__p26_51 + d__p26_55 + d__p26_60
-    del d__p26_51, d__p26_55, d__p26_60
+    d__p26 = _piece51_d__p26 + _piece55_d__p26 + _piece60_d__p26
+    del _piece51_d__p26, _piece55_d__p26, _piece60_d__p26
     _c45 = d__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p1_74 = cg_0_0_0.reshape(1, 1, 1) * _c45.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece74_d__p1 = cg_0_0_0.reshape(1, 1, 1) * _c45.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c45
-    d__p25_75 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece75_d__p25 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d__p25 = d__p25_48 + d__p25_52 + d__p25_56 + d__p25_75
-    del d__p25_48, d__p25_52, d__p25_56, d__p25_75
+    d__p25 = _piece48_d__p25 + _piece52_d__p25 + _piece56_d__p25 + _piece75_d__p25
+    del _piece48_d__p25, _piece52_d__p25, _piece56_d__p25, _piece75_d__p25
     _c46 = d__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d__p10_76 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece76_d__p10 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c46
-    d__p24_77 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _piece77_d__p24 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    d__p24 = d__p24_41 + d__p24_77
-    del d__p24_41, d__p24_77
+    d__p24 = _piece41_d__p24 + _piece77_d__p24
+    del _piece41_d__p24, _piece77_d__p24
     _c47 = d__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p10_78 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece78_d__p10 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c47
-    d__p23_79 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece79_d__p23 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d__p23 = d__p23_50 + d__p23_53 + d__p23_58 + d__p23_79
-    del d__p23_50, d__p23_53, d__p23_58, d__p23_79
+    d__p23 = _piece50_d__p23 + _piece53_d__p23 + _piece58_d__p23 + _piece79_d__p23
+    del _piece50_d__p23, _piece53_d__p23, _piece58_d__p23, _piece79_d__p23
     _c48 = d__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d__p8_80 = torch.mm(_c48.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece80_d__p8 = torch.mm(_c48.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c48
     d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c49 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p21 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c49
-    d__p7_81 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d__p5_82 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece81_d__p7 = d__p21.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece82_d__p5 = d__p21.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c50 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p19 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c50
-    d__p3_83 = d__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    _piece83_d__p3 = d__p19.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
     d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c51 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p17 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c51
-    d__p3_84 = d__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    _piece84_d__p3 = d__p17.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
     d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c52 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p15 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c52
-    d__p9_85 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d__p6_86 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d__p1_87 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece85_d__p9 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece86_d__p6 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece87_d__p1 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c53 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p13 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c53
-    d__p9_88 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
-    d__p6_89 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
-    d__p1_90 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece88_d__p9 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    _piece89_d__p6 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    _piece90_d__p1 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c54 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c54.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c54
-    d__p9_91 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d__p6_92 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d__p1_93 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    d__p10_94 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__p9_95 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d__p8_96 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d__p7_97 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__p6_98 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
-    d__p5_99 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__p3_100 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d__p1_101 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece91_d__p9 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece92_d__p6 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece93_d__p1 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece94_d__p10 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece95_d__p9 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece96_d__p8 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    _piece97_d__p7 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece98_d__p6 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
+    _piece99_d__p5 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece100_d__p3 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    _piece101_d__p1 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂d_B: ∂/∂A: 32x0e -> 32x0e
-    d2_d_B_102 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    # ∂/∂_w_B_0: ∂/∂A: 32x0e -> 32x0e
-    d2__w_B_0_103 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    _piece102_d2_d_B = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂_w_B__0: ∂/∂A: 32x0e -> 32x0e
+    _piece103_d2__w_B__0 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d_B: ∂/∂A: 32x1o -> 32x1o
-    d2_d_B_104 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    # ∂/∂_w_B_0: ∂/∂A: 32x1o -> 32x1o
-    d2__w_B_0_105 = (d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
+    _piece104_d2_d_B = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    # ∂/∂_w_B__0: ∂/∂A: 32x1o -> 32x1o
+    _piece105_d2__w_B__0 = (d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e
-    d2_d_B_106 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    del _w_B_0
-    # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
-    d2__w_B_0_107 = (d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
+    _piece106_d2_d_B = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B__0
+    # ∂/∂_w_B__0: ∂/∂A: 32x2e -> 32x2e
+    _piece107_d2__w_B__0 = (d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c55 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p1_108 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece108_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c55
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d__p1 = d__p1_72 + d__p1_73 + d__p1_74 + d__p1_87 + d__p1_90 + d__p1_93 + d__p1_101
-    del d__p1_101, d__p1_72, d__p1_73, d__p1_74, d__p1_87, d__p1_90, d__p1_93
+    d__p1 = _piece72_d__p1 + _piece73_d__p1 + _piece74_d__p1 + _piece87_d__p1 + _piece90_d__p1 + _piece93_d__p1 + _piece101_d__p1
+    del _piece101_d__p1, _piece72_d__p1, _piece73_d__p1, _piece74_d__p1, _piece87_d__p1, _piece90_d__p1, _piece93_d__p1
     _c56 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1, 1)
-    d2_A_109 = cg_0_0_0.reshape(1, 1, 1) * _c56.reshape(n, 32, 1)
+    _piece109_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c56.reshape(n, 32, 1)
     del _c56
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c57 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p1_110 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c57.reshape(n, 32, 1)
+    _piece110_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c57.reshape(n, 32, 1)
     del _c57
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c58 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1, 1)
     del d__p1
-    d2_A_111 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c58.reshape(n, 32, 1)
+    _piece111_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c58.reshape(n, 32, 1)
     del _c58
-    d2_d__p1 = d2_d__p1_108 + d2_d__p1_110
-    del d2_d__p1_108, d2_d__p1_110
-    d2_d_B_112 = (d2_d__p1 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_1_113 = (d2_d__p1 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p1 = _piece108_d2_d__p1 + _piece110_d2_d__p1
+    del _piece108_d2_d__p1, _piece110_d2_d__p1
+    _piece112_d2_d_B = (d2_d__p1 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece113_d2__w_B__1 = (d2_d__p1 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c59 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p3_114 = torch.mm(_c59.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece114_d2_d__p3 = torch.mm(_c59.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c59
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d__p3 = d__p3_70 + d__p3_71 + d__p3_83 + d__p3_84 + d__p3_100
-    del d__p3_100, d__p3_70, d__p3_71, d__p3_83, d__p3_84
+    d__p3 = _piece70_d__p3 + _piece71_d__p3 + _piece83_d__p3 + _piece84_d__p3 + _piece100_d__p3
+    del _piece100_d__p3, _piece70_d__p3, _piece71_d__p3, _piece83_d__p3, _piece84_d__p3
     _c60 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p3.reshape(n, 32, 1, 3)
-    d2_A_115 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece115_d2_A = torch.mm(_c60.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c60
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c61 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p3_116 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece116_d2_d__p3 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c61
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c62 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p3.reshape(n, 32, 1, 3)
     del d__p3
-    d2_A_117 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece117_d2_A = torch.mm(_c62.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c62
-    d2_d__p3 = d2_d__p3_114 + d2_d__p3_116
-    del d2_d__p3_114, d2_d__p3_116
-    d2_d_B_118 = d2_d__p3.reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d2__w_B_1_119 = ((d2_d__p3 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
+    d2_d__p3 = _piece114_d2_d__p3 + _piece116_d2_d__p3
+    del _piece114_d2_d__p3, _piece116_d2_d__p3
+    _piece118_d2_d_B = d2_d__p3.reshape(n, 32, 3) * (_w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    _piece119_d2__w_B__1 = ((d2_d__p3 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c63 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p5_120 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    _piece120_d2_d__p5 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
     del _c63
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d__p5 = d__p5_68 + d__p5_69 + d__p5_82 + d__p5_99
-    del d__p5_68, d__p5_69, d__p5_82, d__p5_99
+    d__p5 = _piece68_d__p5 + _piece69_d__p5 + _piece82_d__p5 + _piece99_d__p5
+    del _piece68_d__p5, _piece69_d__p5, _piece82_d__p5, _piece99_d__p5
     _c64 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p5.reshape(n, 32, 1, 5)
-    d2_A_121 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece121_d2_A = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c64
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c65 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p5_122 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece122_d2_d__p5 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c65
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c66 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p5.reshape(n, 32, 1, 5)
     del d__p5
-    d2_A_123 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece123_d2_A = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c66
-    d2_d__p5 = d2_d__p5_120 + d2_d__p5_122
-    del d2_d__p5_120, d2_d__p5_122
-    d2_d_B_124 = d2_d__p5.reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_1_125 = ((d2_d__p5 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
+    d2_d__p5 = _piece120_d2_d__p5 + _piece122_d2_d__p5
+    del _piece120_d2_d__p5, _piece122_d2_d__p5
+    _piece124_d2_d_B = d2_d__p5.reshape(n, 32, 5) * (_w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece125_d2__w_B__1 = ((d2_d__p5 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c67 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_d__p6_126 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece126_d2_d__p6 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d__p6 = d__p6_66 + d__p6_67 + d__p6_86 + d__p6_89 + d__p6_92 + d__p6_98
-    del d__p6_66, d__p6_67, d__p6_86, d__p6_89, d__p6_92, d__p6_98
+    d__p6 = _piece66_d__p6 + _piece67_d__p6 + _piece86_d__p6 + _piece89_d__p6 + _piece92_d__p6 + _piece98_d__p6
+    del _piece66_d__p6, _piece67_d__p6, _piece86_d__p6, _piece89_d__p6, _piece92_d__p6, _piece98_d__p6
     _c68 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1, 1)
-    d2_A_127 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece127_d2_A = torch.mm(_c68.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c68
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c69 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p6_128 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece128_d2_d__p6 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c70 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1, 1)
     del d__p6
-    d2_A_129 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece129_d2_A = torch.mm(_c70.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c70
-    d2_d__p6 = d2_d__p6_126 + d2_d__p6_128
-    del d2_d__p6_126, d2_d__p6_128
-    d2_d_B_130 = (d2_d__p6 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_1_131 = (d2_d__p6 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p6 = _piece126_d2_d__p6 + _piece128_d2_d__p6
+    del _piece126_d2_d__p6, _piece128_d2_d__p6
+    _piece130_d2_d_B = (d2_d__p6 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
+    _piece131_d2__w_B__1 = (d2_d__p6 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2_d__p7_132 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece132_d2_d__p7 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c67
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d__p7 = d__p7_81 + d__p7_97
-    del d__p7_81, d__p7_97
+    d__p7 = _piece81_d__p7 + _piece97_d__p7
+    del _piece81_d__p7, _piece97_d__p7
     _c71 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 1, 5)
-    d2_A_133 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece133_d2_A = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c71
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2_d__p7_134 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece134_d2_d__p7 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c69
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c72 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 1, 5)
     del d__p7
-    d2_A_135 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece135_d2_A = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c72
-    d2_d__p7 = d2_d__p7_132 + d2_d__p7_134
-    del d2_d__p7_132, d2_d__p7_134
-    d2_d_B_136 = d2_d__p7.reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_1_137 = ((d2_d__p7 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
+    d2_d__p7 = _piece132_d2_d__p7 + _piece134_d2_d__p7
+    del _piece132_d2_d__p7, _piece134_d2_d__p7
+    _piece136_d2_d_B = d2_d__p7.reshape(n, 32, 5) * (_w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece137_d2__w_B__1 = ((d2_d__p7 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c73 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_d__p8_138 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece138_d2_d__p8 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d__p8 = d__p8_64 + d__p8_65 + d__p8_80 + d__p8_96
-    del d__p8_64, d__p8_65, d__p8_80, d__p8_96
+    d__p8 = _piece64_d__p8 + _piece65_d__p8 + _piece80_d__p8 + _piece96_d__p8
+    del _piece64_d__p8, _piece65_d__p8, _piece80_d__p8, _piece96_d__p8
     _c74 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p8.reshape(n, 32, 1, 3)
-    d2_A_139 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece139_d2_A = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c74
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c75 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p8_140 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece140_d2_d__p8 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c76 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p8.reshape(n, 32, 1, 3)
     del d__p8
-    d2_A_141 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece141_d2_A = torch.mm(_c76.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c76
-    d2_d__p8 = d2_d__p8_138 + d2_d__p8_140
-    del d2_d__p8_138, d2_d__p8_140
-    d2_d_B_142 = d2_d__p8.reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d2__w_B_1_143 = ((d2_d__p8 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
+    d2_d__p8 = _piece138_d2_d__p8 + _piece140_d2_d__p8
+    del _piece138_d2_d__p8, _piece140_d2_d__p8
+    _piece142_d2_d_B = d2_d__p8.reshape(n, 32, 3) * (_w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    _piece143_d2__w_B__1 = ((d2_d__p8 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c77 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_d__p9_144 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece144_d2_d__p9 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d__p9 = d__p9_61 + d__p9_62 + d__p9_63 + d__p9_85 + d__p9_88 + d__p9_91 + d__p9_95
-    del d__p9_61, d__p9_62, d__p9_63, d__p9_85, d__p9_88, d__p9_91, d__p9_95
+    d__p9 = _piece61_d__p9 + _piece62_d__p9 + _piece63_d__p9 + _piece85_d__p9 + _piece88_d__p9 + _piece91_d__p9 + _piece95_d__p9
+    del _piece61_d__p9, _piece62_d__p9, _piece63_d__p9, _piece85_d__p9, _piece88_d__p9, _piece91_d__p9, _piece95_d__p9
     _c78 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1, 1)
-    d2_A_145 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece145_d2_A = torch.mm(_c78.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c78
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c79 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p9_146 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece146_d2_d__p9 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c80 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1, 1)
     del d__p9
-    d2_A_147 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece147_d2_A = torch.mm(_c80.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c80
-    d2_d__p9 = d2_d__p9_144 + d2_d__p9_146
-    del d2_d__p9_144, d2_d__p9_146
-    d2_d_B_148 = (d2_d__p9 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_1_149 = (d2_d__p9 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p9 = _piece144_d2_d__p9 + _piece146_d2_d__p9
+    del _piece144_d2_d__p9, _piece146_d2_d__p9
+    _piece148_d2_d_B = (d2_d__p9 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece149_d2__w_B__1 = (d2_d__p9 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2_d__p10_150 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece150_d2_d__p10 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c77
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d__p10 = d__p10_76 + d__p10_78 + d__p10_94
-    del d__p10_76, d__p10_78, d__p10_94
+    d__p10 = _piece76_d__p10 + _piece78_d__p10 + _piece94_d__p10
+    del _piece76_d__p10, _piece78_d__p10, _piece94_d__p10
     _c81 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 1, 5)
-    d2_A_151 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece151_d2_A = torch.mm(_c81.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c81
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2_d__p10_152 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece152_d2_d__p10 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c79
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c82 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 1, 5)
     del d__p10
-    d2_A_153 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece153_d2_A = torch.mm(_c82.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c82
-    d2_d__p10 = d2_d__p10_150 + d2_d__p10_152
-    del d2_d__p10_150, d2_d__p10_152
-    d2_d_B_154 = d2_d__p10.reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    del _w_B_1
-    d2__w_B_1_155 = ((d2_d__p10 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
-    d2_d__p11_156 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_157 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
-    d2_d__p11_158 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_159 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
-    d2_d__p11_160 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_161 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
+    d2_d__p10 = _piece150_d2_d__p10 + _piece152_d2_d__p10
+    del _piece150_d2_d__p10, _piece152_d2_d__p10
+    _piece154_d2_d_B = d2_d__p10.reshape(n, 32, 5) * (_w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    del _w_B__1
+    _piece155_d2__w_B__1 = ((d2_d__p10 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
+    _piece156_d2_d__p11 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece157_d2__w_B__2 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
+    _piece158_d2_d__p11 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece159_d2__w_B__2 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
+    _piece160_d2_d__p11 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece161_d2__w_B__2 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
     del d__p11
     # ∂/∂d__p12: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
-    _p11 = p11_0 + p11_1 + p11_2
-    del p11_0, p11_1, p11_2
+    _p11 = _piece0_p11 + _piece1_p11 + _piece2_p11
+    del _piece0_p11, _piece1_p11, _piece2_p11
     _c83 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1, 1)
     del _p11
-    d2_d__p12_162 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c83.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece162_d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c83.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c83
     # ∂/∂_p11: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _c84 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     d2__p11 = cg_0_0_0.reshape(1, 1, 1) * _c84.reshape(n, 32, 1)
     del _c84
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    d2_d__p11 = d2_d__p11_156 + d2_d__p11_158 + d2_d__p11_160
-    del d2_d__p11_156, d2_d__p11_158, d2_d__p11_160
+    d2_d__p11 = _piece156_d2_d__p11 + _piece158_d2_d__p11 + _piece160_d2_d__p11
+    del _piece156_d2_d__p11, _piece158_d2_d__p11, _piece160_d2_d__p11
     _c85 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p12_163 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c85.reshape(n, 32, 1)
+    _piece163_d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c85.reshape(n, 32, 1)
     del _c85
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c86 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     del d2_d__p11, d__p12
-    d2_A_164 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
+    _piece164_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
     del _c86
-    d2_d__p12 = d2_d__p12_162 + d2_d__p12_163
-    del d2_d__p12_162, d2_d__p12_163
-    d2_d_B_165 = d2_d__p12
+    d2_d__p12 = _piece162_d2_d__p12 + _piece163_d2_d__p12
+    del _piece162_d2_d__p12, _piece163_d2_d__p12
+    _piece165_d2_d_B = d2_d__p12
     del d2_d__p12
-    d2_d__p13_166 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_167 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
-    d2_d__p13_168 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_169 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
-    d2_d__p13_170 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_171 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
+    _piece166_d2_d__p13 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece167_d2__w_B__2 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
+    _piece168_d2_d__p13 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    _piece169_d2__w_B__2 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
+    _piece170_d2_d__p13 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    _piece171_d2__w_B__2 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
     del d__p13
     # ∂/∂d__p14: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
-    _p13 = p13_3 + p13_4 + p13_5
-    del p13_3, p13_4, p13_5
+    _p13 = _piece3_p13 + _piece4_p13 + _piece5_p13
+    del _piece3_p13, _piece4_p13, _piece5_p13
     _c87 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p13.reshape(n, 32, 1, 1)
     del _p13
-    d2_d__p14_172 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece172_d2_d__p14 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c87
     # ∂/∂_p13: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
     _c88 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p14.reshape(n, 32, 1, 3)
     d2__p13 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c88
     # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    d2_d__p13 = d2_d__p13_166 + d2_d__p13_168 + d2_d__p13_170
-    del d2_d__p13_166, d2_d__p13_168, d2_d__p13_170
+    d2_d__p13 = _piece166_d2_d__p13 + _piece168_d2_d__p13 + _piece170_d2_d__p13
+    del _piece166_d2_d__p13, _piece168_d2_d__p13, _piece170_d2_d__p13
     _c89 = d2_d__p13.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p14_173 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece173_d2_d__p14 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c89
     # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c90 = d2_d__p13.reshape(n, 32, 1, 1) * d__p14.reshape(n, 32, 1, 3)
     del d2_d__p13, d__p14
-    d2_A_174 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece174_d2_A = torch.mm(_c90.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c90
-    d2_d__p14 = d2_d__p14_172 + d2_d__p14_173
-    del d2_d__p14_172, d2_d__p14_173
-    d2_d_B_175 = d2_d__p14
+    d2_d__p14 = _piece172_d2_d__p14 + _piece173_d2_d__p14
+    del _piece172_d2_d__p14, _piece173_d2_d__p14
+    _piece175_d2_d_B = d2_d__p14
     del d2_d__p14
-    d2_d__p15_176 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_177 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
-    d2_d__p15_178 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_179 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
-    d2_d__p15_180 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_181 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
+    _piece176_d2_d__p15 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece177_d2__w_B__2 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
+    _piece178_d2_d__p15 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece179_d2__w_B__2 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
+    _piece180_d2_d__p15 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece181_d2__w_B__2 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
     del d__p15
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
-    _p15 = p15_6 + p15_7 + p15_8
-    del p15_6, p15_7, p15_8
+    _p15 = _piece6_p15 + _piece7_p15 + _piece8_p15
+    del _piece6_p15, _piece7_p15, _piece8_p15
     _c91 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p15.reshape(n, 32, 1, 1)
     del _p15
-    d2_d__p16_182 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    _piece182_d2_d__p16 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
     del _c91
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
     _c92 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p16.reshape(n, 32, 1, 5)
     d2__p15 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c92
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    d2_d__p15 = d2_d__p15_176 + d2_d__p15_178 + d2_d__p15_180
-    del d2_d__p15_176, d2_d__p15_178, d2_d__p15_180
+    d2_d__p15 = _piece176_d2_d__p15 + _piece178_d2_d__p15 + _piece180_d2_d__p15
+    del _piece176_d2_d__p15, _piece178_d2_d__p15, _piece180_d2_d__p15
     _c93 = d2_d__p15.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p16_183 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece183_d2_d__p16 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c93
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c94 = d2_d__p15.reshape(n, 32, 1, 1) * d__p16.reshape(n, 32, 1, 5)
     del d2_d__p15, d__p16
-    d2_A_184 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece184_d2_A = torch.mm(_c94.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c94
-    d2_d__p16 = d2_d__p16_182 + d2_d__p16_183
-    del d2_d__p16_182, d2_d__p16_183
-    d2_d_B_185 = d2_d__p16
+    d2_d__p16 = _piece182_d2_d__p16 + _piece183_d2_d__p16
+    del _piece182_d2_d__p16, _piece183_d2_d__p16
+    _piece185_d2_d_B = d2_d__p16
     del d2_d__p16
-    d2_d__p17 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    d2__w_B_2_186 = ((d2_d__p3 * 1.5811388300841898).reshape(n, 32, 3) * d__p17.reshape(n, 32, 3)).sum((2,))
+    d2_d__p17 = d2_d__p3.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    _piece186_d2__w_B__2 = ((d2_d__p3 * 1.5811388300841898).reshape(n, 32, 3) * d__p17.reshape(n, 32, 3)).sum((2,))
     del d__p17
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
     _c95 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p17.reshape(n, 32, 3, 1)
     del _p17
-    d2_d__p18_187 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece187_d2_d__p18 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c95
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
     _c96 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
@@ -38511,24 +38511,24 @@ def _mace_product_4_d2_A(
     del _c96
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c97 = d2_d__p17.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p18_188 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece188_d2_d__p18 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c97
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c98 = d2_d__p17.reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
     del d2_d__p17, d__p18
-    d2_A_189 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece189_d2_A = torch.mm(_c98.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c98
-    d2_d__p18 = d2_d__p18_187 + d2_d__p18_188
-    del d2_d__p18_187, d2_d__p18_188
-    d2_d_B_190 = d2_d__p18
+    d2_d__p18 = _piece187_d2_d__p18 + _piece188_d2_d__p18
+    del _piece187_d2_d__p18, _piece188_d2_d__p18
+    _piece190_d2_d_B = d2_d__p18
     del d2_d__p18
-    d2_d__p19 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    d2__w_B_2_191 = ((d2_d__p3 * 1.3416407864998738).reshape(n, 32, 3) * d__p19.reshape(n, 32, 3)).sum((2,))
+    d2_d__p19 = d2_d__p3.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    _piece191_d2__w_B__2 = ((d2_d__p3 * 1.3416407864998738).reshape(n, 32, 3) * d__p19.reshape(n, 32, 3)).sum((2,))
     del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
     _c99 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p19.reshape(n, 32, 3, 1)
     del _p19
-    d2_d__p20_192 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece192_d2_d__p20 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c99
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
     _c100 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p20.reshape(n, 32, 1, 3)
@@ -38536,536 +38536,536 @@ def _mace_product_4_d2_A(
     del _c100
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c101 = d2_d__p19.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p20_193 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece193_d2_d__p20 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c101
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c102 = d2_d__p19.reshape(n, 32, 3, 1) * d__p20.reshape(n, 32, 1, 3)
     del d2_d__p19, d__p20
-    d2_A_194 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece194_d2_A = torch.mm(_c102.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c102
-    d2_d__p20 = d2_d__p20_192 + d2_d__p20_193
-    del d2_d__p20_192, d2_d__p20_193
-    d2_d_B_195 = d2_d__p20
+    d2_d__p20 = _piece192_d2_d__p20 + _piece193_d2_d__p20
+    del _piece192_d2_d__p20, _piece193_d2_d__p20
+    _piece195_d2_d_B = d2_d__p20
     del d2_d__p20
-    d2_d__p21_196 = d2_d__p5.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_197 = ((d2_d__p5 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
-    d2_d__p21_198 = d2_d__p7.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_199 = ((d2_d__p7 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
+    _piece196_d2_d__p21 = d2_d__p5.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece197_d2__w_B__2 = ((d2_d__p5 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
+    _piece198_d2_d__p21 = d2_d__p7.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece199_d2__w_B__2 = ((d2_d__p7 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
     del d2_d__p7, d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
-    _p21 = p21_9 + p21_10
-    del p21_10, p21_9
+    _p21 = _piece9_p21 + _piece10_p21
+    del _piece10_p21, _piece9_p21
     _c103 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p21.reshape(n, 32, 5, 1)
     del _p21
-    d2_d__p22_200 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece200_d2_d__p22 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c103
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
     _c104 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
     d2__p21 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c104
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    d2_d__p21 = d2_d__p21_196 + d2_d__p21_198
-    del d2_d__p21_196, d2_d__p21_198
+    d2_d__p21 = _piece196_d2_d__p21 + _piece198_d2_d__p21
+    del _piece196_d2_d__p21, _piece198_d2_d__p21
     _c105 = d2_d__p21.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p22_201 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece201_d2_d__p22 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c105
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c106 = d2_d__p21.reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
     del d2_d__p21, d__p22
-    d2_A_202 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece202_d2_A = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c106
-    d2_d__p22 = d2_d__p22_200 + d2_d__p22_201
-    del d2_d__p22_200, d2_d__p22_201
-    d2_d_B_203 = d2_d__p22
+    d2_d__p22 = _piece200_d2_d__p22 + _piece201_d2_d__p22
+    del _piece200_d2_d__p22, _piece201_d2_d__p22
+    _piece203_d2_d_B = d2_d__p22
     del d2_d__p22
     # ∂/∂d__p23: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c107 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p8.reshape(n, 32, 3, 1)
-    d2_d__p23_204 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece204_d2_d__p23 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p8: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c108 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1, 1)
-    d2__p8_205 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece205_d2__p8 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c108
     # ∂/∂d__p23: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     _c109 = d2_d__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p23_206 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece206_d2_d__p23 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     _c110 = d2_d__p8.reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1, 1)
     del d__p23
-    d2_A_207 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece207_d2_A = torch.mm(_c110.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c110
-    d2_d__p23 = d2_d__p23_204 + d2_d__p23_206
-    del d2_d__p23_204, d2_d__p23_206
-    d2_d_B_208 = (d2_d__p23 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_209 = (d2_d__p23 * 0.7745966692414834).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p23 = _piece204_d2_d__p23 + _piece206_d2_d__p23
+    del _piece204_d2_d__p23, _piece206_d2_d__p23
+    _piece208_d2_d_B = (d2_d__p23 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece209_d2__w_B__2 = (d2_d__p23 * 0.7745966692414834).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p24: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c111 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p10.reshape(n, 32, 5, 1)
-    d2_d__p24_210 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece210_d2_d__p24 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c111
     # ∂/∂_p10: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c112 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p24.reshape(n, 32, 1, 3)
-    d2__p10_211 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece211_d2__p10 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c112
     # ∂/∂d__p24: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c113 = d2_d__p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p24_212 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece212_d2_d__p24 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c113
     # ∂/∂A: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c114 = d2_d__p10.reshape(n, 32, 5, 1) * d__p24.reshape(n, 32, 1, 3)
     del d__p24
-    d2_A_213 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece213_d2_A = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c114
-    d2_d__p24 = d2_d__p24_210 + d2_d__p24_212
-    del d2_d__p24_210, d2_d__p24_212
-    d2_d_B_214 = d2_d__p24.reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_2_215 = ((d2_d__p24 * 1.7320508075688772).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
+    d2_d__p24 = _piece210_d2_d__p24 + _piece212_d2_d__p24
+    del _piece210_d2_d__p24, _piece212_d2_d__p24
+    _piece214_d2_d_B = d2_d__p24.reshape(n, 32, 3) * (_w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _piece215_d2__w_B__2 = ((d2_d__p24 * 1.7320508075688772).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c115 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p10.reshape(n, 32, 5, 1)
-    d2_d__p25_216 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece216_d2_d__p25 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c115
     # ∂/∂_p10: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c116 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1, 1)
-    d2__p10_217 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece217_d2__p10 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c116
     # ∂/∂d__p25: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     _c117 = d2_d__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p25_218 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece218_d2_d__p25 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c117
     # ∂/∂A: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     _c118 = d2_d__p10.reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1, 1)
     del d2_d__p10, d__p25
-    d2_A_219 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece219_d2_A = torch.mm(_c118.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c118
-    d2_d__p25 = d2_d__p25_216 + d2_d__p25_218
-    del d2_d__p25_216, d2_d__p25_218
-    d2_d_B_220 = d2_d__p25.reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_221 = d2_d__p25.reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p25 = _piece216_d2_d__p25 + _piece218_d2_d__p25
+    del _piece216_d2_d__p25, _piece218_d2_d__p25
+    _piece220_d2_d_B = d2_d__p25.reshape(n, 32, 1) * _w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece221_d2__w_B__2 = d2_d__p25.reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p26: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c119 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
-    d2_d__p26_222 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c119.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece222_d2_d__p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c119.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c119
     # ∂/∂_p1: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c120 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
-    d2__p1_223 = cg_0_0_0.reshape(1, 1, 1) * _c120.reshape(n, 32, 1)
+    _piece223_d2__p1 = cg_0_0_0.reshape(1, 1, 1) * _c120.reshape(n, 32, 1)
     del _c120
     # ∂/∂d__p26: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c121 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p26_224 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c121.reshape(n, 32, 1)
+    _piece224_d2_d__p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c121.reshape(n, 32, 1)
     del _c121
     # ∂/∂A: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c122 = d2_d__p1.reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
     del d__p26
-    d2_A_225 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c122.reshape(n, 32, 1)
+    _piece225_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c122.reshape(n, 32, 1)
     del _c122
     # ∂/∂d__p27: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c123 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
-    d2_d__p27_226 = torch.mm(_c123.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece226_d2_d__p27 = torch.mm(_c123.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c123
     # ∂/∂_p1: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c124 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p27.reshape(n, 32, 1, 3)
-    d2__p1_227 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece227_d2__p1 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c124
     # ∂/∂d__p27: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     _c125 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p27_228 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece228_d2_d__p27 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c125
     # ∂/∂A: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     _c126 = d2_d__p1.reshape(n, 32, 1, 1) * d__p27.reshape(n, 32, 1, 3)
     del d__p27
-    d2_A_229 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece229_d2_A = torch.mm(_c126.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c126
     # ∂/∂d__p28: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c127 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
-    d2_d__p28_230 = torch.mm(_c127.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    _piece230_d2_d__p28 = torch.mm(_c127.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
     del _c127
     # ∂/∂_p1: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c128 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p28.reshape(n, 32, 1, 5)
-    d2__p1_231 = torch.mm(_c128.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece231_d2__p1 = torch.mm(_c128.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c128
     # ∂/∂d__p28: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c129 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p28_232 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece232_d2_d__p28 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c129
     # ∂/∂A: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c130 = d2_d__p1.reshape(n, 32, 1, 1) * d__p28.reshape(n, 32, 1, 5)
     del d2_d__p1, d__p28
-    d2_A_233 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece233_d2_A = torch.mm(_c130.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c130
     # ∂/∂d__p29: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c131 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p3.reshape(n, 32, 3, 1)
-    d2_d__p29_234 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece234_d2_d__p29 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p3: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c132 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1)
-    d2__p3_235 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece235_d2__p3 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c132
     # ∂/∂d__p29: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c133 = d2_d__p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p29_236 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece236_d2_d__p29 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c134 = d2_d__p3.reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1)
     del d__p29
-    d2_A_237 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece237_d2_A = torch.mm(_c134.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c134
     # ∂/∂d__p30: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    d2_d__p30_238 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece238_d2_d__p30 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c131
     # ∂/∂_p3: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c135 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5)
-    d2__p3_239 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece239_d2__p3 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c135
     # ∂/∂d__p30: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    d2_d__p30_240 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece240_d2_d__p30 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c133
     # ∂/∂A: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c136 = d2_d__p3.reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5)
     del d2_d__p3, d__p30
-    d2_A_241 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece241_d2_A = torch.mm(_c136.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c136
     # ∂/∂d__p31: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c137 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p5.reshape(n, 32, 5, 1)
-    d2_d__p31_242 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece242_d2_d__p31 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p5: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c138 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1)
-    d2__p5_243 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece243_d2__p5 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c138
     # ∂/∂d__p31: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c139 = d2_d__p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p31_244 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece244_d2_d__p31 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c140 = d2_d__p5.reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1)
     del d__p31
-    d2_A_245 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece245_d2_A = torch.mm(_c140.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c140
     # ∂/∂d__p32: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    d2_d__p32_246 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece246_d2_d__p32 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c137
     # ∂/∂_p5: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c141 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5)
-    d2__p5_247 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece247_d2__p5 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c141
     # ∂/∂d__p32: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    d2_d__p32_248 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece248_d2_d__p32 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c139
     # ∂/∂A: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c142 = d2_d__p5.reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5)
     del d2_d__p5, d__p32
-    d2_A_249 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece249_d2_A = torch.mm(_c142.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c142
     # ∂/∂d__p33: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c143 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
-    d2_d__p33_250 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c143.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece250_d2_d__p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c143.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c143
     # ∂/∂_p6: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c144 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
-    d2__p6_251 = cg_0_0_0.reshape(1, 1, 1) * _c144.reshape(n, 32, 1)
+    _piece251_d2__p6 = cg_0_0_0.reshape(1, 1, 1) * _c144.reshape(n, 32, 1)
     del _c144
     # ∂/∂d__p33: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c145 = d2_d__p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p33_252 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c145.reshape(n, 32, 1)
+    _piece252_d2_d__p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c145.reshape(n, 32, 1)
     del _c145
     # ∂/∂A: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c146 = d2_d__p6.reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
     del d__p33
-    d2_A_253 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c146.reshape(n, 32, 1)
+    _piece253_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c146.reshape(n, 32, 1)
     del _c146
     # ∂/∂d__p34: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c147 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
-    d2_d__p34_254 = torch.mm(_c147.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece254_d2_d__p34 = torch.mm(_c147.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c147
     # ∂/∂_p6: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c148 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p34.reshape(n, 32, 1, 3)
-    d2__p6_255 = torch.mm(_c148.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece255_d2__p6 = torch.mm(_c148.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c148
     # ∂/∂d__p34: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     _c149 = d2_d__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p34_256 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece256_d2_d__p34 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c149
     # ∂/∂A: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     _c150 = d2_d__p6.reshape(n, 32, 1, 1) * d__p34.reshape(n, 32, 1, 3)
     del d2_d__p6, d__p34
-    d2_A_257 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece257_d2_A = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c150
     # ∂/∂d__p35: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    d2_d__p35_258 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece258_d2_d__p35 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂_p8: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c151 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 1, 3)
-    d2__p8_259 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece259_d2__p8 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c151
     # ∂/∂d__p35: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2_d__p35_260 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece260_d2_d__p35 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     _c152 = d2_d__p8.reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 1, 3)
     del d__p35
-    d2_A_261 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece261_d2_A = torch.mm(_c152.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c152
     # ∂/∂d__p36: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    d2_d__p36_262 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece262_d2_d__p36 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c107
     # ∂/∂_p8: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c153 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5)
-    d2__p8_263 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece263_d2__p8 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c153
     # ∂/∂d__p36: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    d2_d__p36_264 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece264_d2_d__p36 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c109
     # ∂/∂A: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c154 = d2_d__p8.reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5)
     del d2_d__p8, d__p36
-    d2_A_265 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece265_d2_A = torch.mm(_c154.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c154
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2_d__p37_266 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece266_d2_d__p37 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c73
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c155 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p37.reshape(n, 32, 1, 5)
-    d2_A_267 = torch.mm(_c155.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece267_d2_A = torch.mm(_c155.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c155
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2_d__p37_268 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece268_d2_d__p37 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c75
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c156 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p37.reshape(n, 32, 1, 5)
     del d__p37
-    d2_A_269 = torch.mm(_c156.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece269_d2_A = torch.mm(_c156.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c156
     # ∂/∂d__p38: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c157 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p37.reshape(n, 32, 5, 1)
-    d2_d__p38_270 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece270_d2_d__p38 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c157
     # ∂/∂_p37: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c158 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p38.reshape(n, 32, 1, 5)
-    d2__p37_271 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece271_d2__p37 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c158
     # ∂/∂d__p38: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    d2_d__p37 = d2_d__p37_266 + d2_d__p37_268
-    del d2_d__p37_266, d2_d__p37_268
+    d2_d__p37 = _piece266_d2_d__p37 + _piece268_d2_d__p37
+    del _piece266_d2_d__p37, _piece268_d2_d__p37
     _c159 = d2_d__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p38_272 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece272_d2_d__p38 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c159
     # ∂/∂A: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c160 = d2_d__p37.reshape(n, 32, 5, 1) * d__p38.reshape(n, 32, 1, 5)
     del d2_d__p37, d__p38
-    d2_A_273 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece273_d2_A = torch.mm(_c160.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c160
     # ∂/∂d__p39: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c161 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
-    d2_d__p39_274 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c161.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece274_d2_d__p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c161.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c161
     # ∂/∂_p9: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c162 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
-    d2__p9_275 = cg_0_0_0.reshape(1, 1, 1) * _c162.reshape(n, 32, 1)
+    _piece275_d2__p9 = cg_0_0_0.reshape(1, 1, 1) * _c162.reshape(n, 32, 1)
     del _c162
     # ∂/∂d__p39: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c163 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p39_276 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c163.reshape(n, 32, 1)
+    _piece276_d2_d__p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c163.reshape(n, 32, 1)
     del _c163
     # ∂/∂A: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c164 = d2_d__p9.reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
     del d__p39
-    d2_A_277 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c164.reshape(n, 32, 1)
+    _piece277_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c164.reshape(n, 32, 1)
     del _c164
     # ∂/∂d__p40: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c165 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
-    d2_d__p40_278 = torch.mm(_c165.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece278_d2_d__p40 = torch.mm(_c165.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c165
     # ∂/∂_p9: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c166 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p40.reshape(n, 32, 1, 3)
-    d2__p9_279 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece279_d2__p9 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c166
     # ∂/∂d__p40: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c167 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p40_280 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece280_d2_d__p40 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c167
     # ∂/∂A: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c168 = d2_d__p9.reshape(n, 32, 1, 1) * d__p40.reshape(n, 32, 1, 3)
     del d__p40
-    d2_A_281 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece281_d2_A = torch.mm(_c168.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c168
     # ∂/∂d__p41: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c169 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
-    d2_d__p41_282 = torch.mm(_c169.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    _piece282_d2_d__p41 = torch.mm(_c169.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
     del _c169
     # ∂/∂_p9: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c170 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p41.reshape(n, 32, 1, 5)
-    d2__p9_283 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece283_d2__p9 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c170
     # ∂/∂d__p41: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     _c171 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p41_284 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece284_d2_d__p41 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c171
     # ∂/∂A: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     _c172 = d2_d__p9.reshape(n, 32, 1, 1) * d__p41.reshape(n, 32, 1, 5)
     del d2_d__p9, d__p41
-    d2_A_285 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece285_d2_A = torch.mm(_c172.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c172
-    d2_d__p26 = d2_d__p26_222 + d2_d__p26_224
-    del d2_d__p26_222, d2_d__p26_224
-    d2_d__p42_286 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_287 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
-    d2_d__p33 = d2_d__p33_250 + d2_d__p33_252
-    del d2_d__p33_250, d2_d__p33_252
-    d2_d__p42_288 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_289 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
-    d2_d__p42_290 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_291 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32) * d__p42.reshape(n, 32)
-    d2_d__p39 = d2_d__p39_274 + d2_d__p39_276
-    del d2_d__p39_274, d2_d__p39_276
-    d2_d__p42_292 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_293 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
-    d2_d__p42_294 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_295 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32) * d__p42.reshape(n, 32)
+    d2_d__p26 = _piece222_d2_d__p26 + _piece224_d2_d__p26
+    del _piece222_d2_d__p26, _piece224_d2_d__p26
+    _piece286_d2_d__p42 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece287_d2__w_B__3 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
+    d2_d__p33 = _piece250_d2_d__p33 + _piece252_d2_d__p33
+    del _piece250_d2_d__p33, _piece252_d2_d__p33
+    _piece288_d2_d__p42 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece289_d2__w_B__3 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
+    _piece290_d2_d__p42 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece291_d2__w_B__3 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32) * d__p42.reshape(n, 32)
+    d2_d__p39 = _piece274_d2_d__p39 + _piece276_d2_d__p39
+    del _piece274_d2_d__p39, _piece276_d2_d__p39
+    _piece292_d2_d__p42 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    _piece293_d2__w_B__3 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
+    _piece294_d2_d__p42 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    _piece295_d2__w_B__3 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32) * d__p42.reshape(n, 32)
     del d__p42
     # ∂/∂d__p43: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
-    _p42 = p42_11 + p42_12 + p42_13 + p42_14 + p42_15
-    del p42_11, p42_12, p42_13, p42_14, p42_15
+    _p42 = _piece11_p42 + _piece12_p42 + _piece13_p42 + _piece14_p42 + _piece15_p42
+    del _piece11_p42, _piece12_p42, _piece13_p42, _piece14_p42, _piece15_p42
     _c173 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1, 1)
     del _p42
-    d2_d__p43_296 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c173.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece296_d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c173.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c173
     # ∂/∂_p42: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _c174 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     d2__p42 = cg_0_0_0.reshape(1, 1, 1) * _c174.reshape(n, 32, 1)
     del _c174
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    d2_d__p42 = d2_d__p42_286 + d2_d__p42_288 + d2_d__p42_290 + d2_d__p42_292 + d2_d__p42_294
-    del d2_d__p42_286, d2_d__p42_288, d2_d__p42_290, d2_d__p42_292, d2_d__p42_294
+    d2_d__p42 = _piece286_d2_d__p42 + _piece288_d2_d__p42 + _piece290_d2_d__p42 + _piece292_d2_d__p42 + _piece294_d2_d__p42
+    del _piece286_d2_d__p42, _piece288_d2_d__p42, _piece290_d2_d__p42, _piece292_d2_d__p42, _piece294_d2_d__p42
     _c175 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p43_297 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c175.reshape(n, 32, 1)
+    _piece297_d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c175.reshape(n, 32, 1)
     del _c175
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c176 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     del d2_d__p42, d__p43
-    d2_A_298 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
+    _piece298_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
     del _c176
-    d2_d__p43 = d2_d__p43_296 + d2_d__p43_297
-    del d2_d__p43_296, d2_d__p43_297
-    d2_d_B_299 = d2_d__p43
+    d2_d__p43 = _piece296_d2_d__p43 + _piece297_d2_d__p43
+    del _piece296_d2_d__p43, _piece297_d2_d__p43
+    _piece299_d2_d_B = d2_d__p43
     del d2_d__p43
-    d2_d__p44_300 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_301 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
-    d2_d__p31 = d2_d__p31_242 + d2_d__p31_244
-    del d2_d__p31_242, d2_d__p31_244
-    d2_d__p44_302 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_303 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
+    _piece300_d2_d__p44 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece301_d2__w_B__3 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
+    d2_d__p31 = _piece242_d2_d__p31 + _piece244_d2_d__p31
+    del _piece242_d2_d__p31, _piece244_d2_d__p31
+    _piece302_d2_d__p44 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece303_d2__w_B__3 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
     del d2_d__p31
-    d2_d__p44_304 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_305 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
+    _piece304_d2_d__p44 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece305_d2__w_B__3 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
     del d2_d__p33
-    d2_d__p44_306 = d2_d__p23.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_307 = d2_d__p23.reshape(n, 32) * d__p44.reshape(n, 32)
-    d2_d__p44_308 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_309 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
+    _piece306_d2_d__p44 = d2_d__p23.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece307_d2__w_B__3 = d2_d__p23.reshape(n, 32) * d__p44.reshape(n, 32)
+    _piece308_d2_d__p44 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    _piece309_d2__w_B__3 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
     del d__p44
     # ∂/∂d__p45: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
-    _p44 = p44_16 + p44_17 + p44_18 + p44_19 + p44_20
-    del p44_16, p44_17, p44_18, p44_19, p44_20
+    _p44 = _piece16_p44 + _piece17_p44 + _piece18_p44 + _piece19_p44 + _piece20_p44
+    del _piece16_p44, _piece17_p44, _piece18_p44, _piece19_p44, _piece20_p44
     _c177 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p44.reshape(n, 32, 1, 1)
     del _p44
-    d2_d__p45_310 = torch.mm(_c177.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    _piece310_d2_d__p45 = torch.mm(_c177.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
     del _c177
     # ∂/∂_p44: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
     _c178 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p45.reshape(n, 32, 1, 3)
     d2__p44 = torch.mm(_c178.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c178
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    d2_d__p44 = d2_d__p44_300 + d2_d__p44_302 + d2_d__p44_304 + d2_d__p44_306 + d2_d__p44_308
-    del d2_d__p44_300, d2_d__p44_302, d2_d__p44_304, d2_d__p44_306, d2_d__p44_308
+    d2_d__p44 = _piece300_d2_d__p44 + _piece302_d2_d__p44 + _piece304_d2_d__p44 + _piece306_d2_d__p44 + _piece308_d2_d__p44
+    del _piece300_d2_d__p44, _piece302_d2_d__p44, _piece304_d2_d__p44, _piece306_d2_d__p44, _piece308_d2_d__p44
     _c179 = d2_d__p44.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p45_311 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece311_d2_d__p45 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c179
     # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c180 = d2_d__p44.reshape(n, 32, 1, 1) * d__p45.reshape(n, 32, 1, 3)
     del d2_d__p44, d__p45
-    d2_A_312 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece312_d2_A = torch.mm(_c180.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c180
-    d2_d__p45 = d2_d__p45_310 + d2_d__p45_311
-    del d2_d__p45_310, d2_d__p45_311
-    d2_d_B_313 = d2_d__p45
+    d2_d__p45 = _piece310_d2_d__p45 + _piece311_d2_d__p45
+    del _piece310_d2_d__p45, _piece311_d2_d__p45
+    _piece313_d2_d_B = d2_d__p45
     del d2_d__p45
-    d2_d__p46_314 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_315 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
+    _piece314_d2_d__p46 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece315_d2__w_B__3 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
     del d2_d__p26
-    d2_d__p29 = d2_d__p29_234 + d2_d__p29_236
-    del d2_d__p29_234, d2_d__p29_236
-    d2_d__p46_316 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_317 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
+    d2_d__p29 = _piece234_d2_d__p29 + _piece236_d2_d__p29
+    del _piece234_d2_d__p29, _piece236_d2_d__p29
+    _piece316_d2_d__p46 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece317_d2__w_B__3 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
     del d2_d__p29
-    d2_d__p46_318 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_319 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
+    _piece318_d2_d__p46 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    _piece319_d2__w_B__3 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
     del d2_d__p23
-    d2_d__p46_320 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_321 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
+    _piece320_d2_d__p46 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    _piece321_d2__w_B__3 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
     del d2_d__p39
-    d2_d__p46_322 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_323 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32) * d__p46.reshape(n, 32)
+    _piece322_d2_d__p46 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    _piece323_d2__w_B__3 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32) * d__p46.reshape(n, 32)
     del d2_d__p25, d__p46
     # ∂/∂d__p47: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
-    _p46 = p46_21 + p46_22 + p46_23 + p46_24 + p46_25
-    del p46_21, p46_22, p46_23, p46_24, p46_25
+    _p46 = _piece21_p46 + _piece22_p46 + _piece23_p46 + _piece24_p46 + _piece25_p46
+    del _piece21_p46, _piece22_p46, _piece23_p46, _piece24_p46, _piece25_p46
     _c181 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p46.reshape(n, 32, 1, 1)
     del _p46
-    d2_d__p47_324 = torch.mm(_c181.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    _piece324_d2_d__p47 = torch.mm(_c181.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
     del _c181
     # ∂/∂_p46: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
     _c182 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p47.reshape(n, 32, 1, 5)
     d2__p46 = torch.mm(_c182.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c182
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    d2_d__p46 = d2_d__p46_314 + d2_d__p46_316 + d2_d__p46_318 + d2_d__p46_320 + d2_d__p46_322
-    del d2_d__p46_314, d2_d__p46_316, d2_d__p46_318, d2_d__p46_320, d2_d__p46_322
+    d2_d__p46 = _piece314_d2_d__p46 + _piece316_d2_d__p46 + _piece318_d2_d__p46 + _piece320_d2_d__p46 + _piece322_d2_d__p46
+    del _piece314_d2_d__p46, _piece316_d2_d__p46, _piece318_d2_d__p46, _piece320_d2_d__p46, _piece322_d2_d__p46
     _c183 = d2_d__p46.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p47_325 = torch.mm(_c183.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece325_d2_d__p47 = torch.mm(_c183.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c183
     # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c184 = d2_d__p46.reshape(n, 32, 1, 1) * d__p47.reshape(n, 32, 1, 5)
     del d2_d__p46, d__p47
-    d2_A_326 = torch.mm(_c184.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece326_d2_A = torch.mm(_c184.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c184
-    d2_d__p47 = d2_d__p47_324 + d2_d__p47_325
-    del d2_d__p47_324, d2_d__p47_325
-    d2_d_B_327 = d2_d__p47
+    d2_d__p47 = _piece324_d2_d__p47 + _piece325_d2_d__p47
+    del _piece324_d2_d__p47, _piece325_d2_d__p47
+    _piece327_d2_d_B = d2_d__p47
     del d2_d__p47
-    d2_d__p27 = d2_d__p27_226 + d2_d__p27_228
-    del d2_d__p27_226, d2_d__p27_228
-    d2_d__p48_328 = d2_d__p27.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_329 = ((d2_d__p27 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
-    d2_d__p34 = d2_d__p34_254 + d2_d__p34_256
-    del d2_d__p34_254, d2_d__p34_256
-    d2_d__p48_330 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_331 = ((d2_d__p34 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
+    d2_d__p27 = _piece226_d2_d__p27 + _piece228_d2_d__p27
+    del _piece226_d2_d__p27, _piece228_d2_d__p27
+    _piece328_d2_d__p48 = d2_d__p27.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece329_d2__w_B__3 = ((d2_d__p27 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
+    d2_d__p34 = _piece254_d2_d__p34 + _piece256_d2_d__p34
+    del _piece254_d2_d__p34, _piece256_d2_d__p34
+    _piece330_d2_d__p48 = d2_d__p34.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece331_d2__w_B__3 = ((d2_d__p34 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
     del d__p48
     # ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
-    _p48 = p48_26 + p48_27
-    del p48_26, p48_27
+    _p48 = _piece26_p48 + _piece27_p48
+    del _piece26_p48, _piece27_p48
     _c185 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p48.reshape(n, 32, 3, 1)
     del _p48
-    d2_d__p49_332 = torch.mm(_c185.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece332_d2_d__p49 = torch.mm(_c185.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c185
     # ∂/∂_p48: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     _c186 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
     d2__p48 = torch.mm(_c186.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c186
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    d2_d__p48 = d2_d__p48_328 + d2_d__p48_330
-    del d2_d__p48_328, d2_d__p48_330
+    d2_d__p48 = _piece328_d2_d__p48 + _piece330_d2_d__p48
+    del _piece328_d2_d__p48, _piece330_d2_d__p48
     _c187 = d2_d__p48.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p49_333 = torch.mm(_c187.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece333_d2_d__p49 = torch.mm(_c187.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c187
     # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c188 = d2_d__p48.reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
     del d2_d__p48, d__p49
-    d2_A_334 = torch.mm(_c188.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece334_d2_A = torch.mm(_c188.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c188
-    d2_d__p49 = d2_d__p49_332 + d2_d__p49_333
-    del d2_d__p49_332, d2_d__p49_333
-    d2_d_B_335 = d2_d__p49
+    d2_d__p49 = _piece332_d2_d__p49 + _piece333_d2_d__p49
+    del _piece332_d2_d__p49, _piece333_d2_d__p49
+    _piece335_d2_d_B = d2_d__p49
     del d2_d__p49
-    d2_d__p50 = d2_d__p27.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_336 = (d2_d__p27.reshape(n, 32, 3) * d__p50.reshape(n, 32, 3)).sum((2,))
+    d2_d__p50 = d2_d__p27.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    _piece336_d2__w_B__3 = (d2_d__p27.reshape(n, 32, 3) * d__p50.reshape(n, 32, 3)).sum((2,))
     del d2_d__p27, d__p50
     # ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
     _c189 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p50.reshape(n, 32, 3, 1)
     del _p50
-    d2_d__p51_337 = torch.mm(_c189.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece337_d2_d__p51 = torch.mm(_c189.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c189
     # ∂/∂_p50: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
     _c190 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p51.reshape(n, 32, 1, 3)
@@ -39073,148 +39073,148 @@ def _mace_product_4_d2_A(
     del _c190
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c191 = d2_d__p50.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p51_338 = torch.mm(_c191.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece338_d2_d__p51 = torch.mm(_c191.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c191
     # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c192 = d2_d__p50.reshape(n, 32, 3, 1) * d__p51.reshape(n, 32, 1, 3)
     del d2_d__p50, d__p51
-    d2_A_339 = torch.mm(_c192.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece339_d2_A = torch.mm(_c192.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c192
-    d2_d__p51 = d2_d__p51_337 + d2_d__p51_338
-    del d2_d__p51_337, d2_d__p51_338
-    d2_d_B_340 = d2_d__p51
+    d2_d__p51 = _piece337_d2_d__p51 + _piece338_d2_d__p51
+    del _piece337_d2_d__p51, _piece338_d2_d__p51
+    _piece340_d2_d_B = d2_d__p51
     del d2_d__p51
-    d2_d__p28 = d2_d__p28_230 + d2_d__p28_232
-    del d2_d__p28_230, d2_d__p28_232
-    d2_d__p52_341 = d2_d__p28.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_342 = ((d2_d__p28 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
+    d2_d__p28 = _piece230_d2_d__p28 + _piece232_d2_d__p28
+    del _piece230_d2_d__p28, _piece232_d2_d__p28
+    _piece341_d2_d__p52 = d2_d__p28.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece342_d2__w_B__3 = ((d2_d__p28 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p28
-    d2_d__p30 = d2_d__p30_238 + d2_d__p30_240
-    del d2_d__p30_238, d2_d__p30_240
-    d2_d__p52_343 = d2_d__p30.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_344 = ((d2_d__p30 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
+    d2_d__p30 = _piece238_d2_d__p30 + _piece240_d2_d__p30
+    del _piece238_d2_d__p30, _piece240_d2_d__p30
+    _piece343_d2_d__p52 = d2_d__p30.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece344_d2__w_B__3 = ((d2_d__p30 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p30
-    d2_d__p36 = d2_d__p36_262 + d2_d__p36_264
-    del d2_d__p36_262, d2_d__p36_264
-    d2_d__p52_345 = d2_d__p36.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_346 = ((d2_d__p36 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
+    d2_d__p36 = _piece262_d2_d__p36 + _piece264_d2_d__p36
+    del _piece262_d2_d__p36, _piece264_d2_d__p36
+    _piece345_d2_d__p52 = d2_d__p36.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece346_d2__w_B__3 = ((d2_d__p36 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p36
-    d2_d__p38 = d2_d__p38_270 + d2_d__p38_272
-    del d2_d__p38_270, d2_d__p38_272
-    d2_d__p52_347 = d2_d__p38.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d2__w_B_3_348 = ((d2_d__p38 * 3.1008683647302115).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
+    d2_d__p38 = _piece270_d2_d__p38 + _piece272_d2_d__p38
+    del _piece270_d2_d__p38, _piece272_d2_d__p38
+    _piece347_d2_d__p52 = d2_d__p38.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    _piece348_d2__w_B__3 = ((d2_d__p38 * 3.1008683647302115).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p38
-    d2_d__p41 = d2_d__p41_282 + d2_d__p41_284
-    del d2_d__p41_282, d2_d__p41_284
-    d2_d__p52_349 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_350 = ((d2_d__p41 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
+    d2_d__p41 = _piece282_d2_d__p41 + _piece284_d2_d__p41
+    del _piece282_d2_d__p41, _piece284_d2_d__p41
+    _piece349_d2_d__p52 = d2_d__p41.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece350_d2__w_B__3 = ((d2_d__p41 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d__p52
     # ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
-    _p52 = p52_28 + p52_29 + p52_30 + p52_31 + p52_32
-    del p52_28, p52_29, p52_30, p52_31, p52_32
+    _p52 = _piece28_p52 + _piece29_p52 + _piece30_p52 + _piece31_p52 + _piece32_p52
+    del _piece28_p52, _piece29_p52, _piece30_p52, _piece31_p52, _piece32_p52
     _c193 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p52.reshape(n, 32, 5, 1)
     del _p52
-    d2_d__p53_351 = torch.mm(_c193.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece351_d2_d__p53 = torch.mm(_c193.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c193
     # ∂/∂_p52: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
     _c194 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
     d2__p52 = torch.mm(_c194.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c194
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    d2_d__p52 = d2_d__p52_341 + d2_d__p52_343 + d2_d__p52_345 + d2_d__p52_347 + d2_d__p52_349
-    del d2_d__p52_341, d2_d__p52_343, d2_d__p52_345, d2_d__p52_347, d2_d__p52_349
+    d2_d__p52 = _piece341_d2_d__p52 + _piece343_d2_d__p52 + _piece345_d2_d__p52 + _piece347_d2_d__p52 + _piece349_d2_d__p52
+    del _piece341_d2_d__p52, _piece343_d2_d__p52, _piece345_d2_d__p52, _piece347_d2_d__p52, _piece349_d2_d__p52
     _c195 = d2_d__p52.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p53_352 = torch.mm(_c195.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece352_d2_d__p53 = torch.mm(_c195.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c195
     # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c196 = d2_d__p52.reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
     del d2_d__p52, d__p53
-    d2_A_353 = torch.mm(_c196.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece353_d2_A = torch.mm(_c196.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c196
-    d2_d__p53 = d2_d__p53_351 + d2_d__p53_352
-    del d2_d__p53_351, d2_d__p53_352
-    d2_d_B_354 = d2_d__p53
+    d2_d__p53 = _piece351_d2_d__p53 + _piece352_d2_d__p53
+    del _piece351_d2_d__p53, _piece352_d2_d__p53
+    _piece354_d2_d_B = d2_d__p53
     del d2_d__p53
-    d2_d__p32 = d2_d__p32_246 + d2_d__p32_248
-    del d2_d__p32_246, d2_d__p32_248
-    d2_d__p54_355 = d2_d__p32.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    d2__w_B_3_356 = ((d2_d__p32 * 2.886751345948129).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
+    d2_d__p32 = _piece246_d2_d__p32 + _piece248_d2_d__p32
+    del _piece246_d2_d__p32, _piece248_d2_d__p32
+    _piece355_d2_d__p54 = d2_d__p32.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    _piece356_d2__w_B__3 = ((d2_d__p32 * 2.886751345948129).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
     del d2_d__p32
-    d2_d__p54_357 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_358 = ((d2_d__p41 * 1.2909944487358056).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
+    _piece357_d2_d__p54 = d2_d__p41.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece358_d2__w_B__3 = ((d2_d__p41 * 1.2909944487358056).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
     del d__p54
     # ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
-    _p54 = p54_33 + p54_34
-    del p54_33, p54_34
+    _p54 = _piece33_p54 + _piece34_p54
+    del _piece33_p54, _piece34_p54
     _c197 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p54.reshape(n, 32, 5, 1)
     del _p54
-    d2_d__p55_359 = torch.mm(_c197.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece359_d2_d__p55 = torch.mm(_c197.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c197
     # ∂/∂_p54: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
     _c198 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p55.reshape(n, 32, 1, 3)
     d2__p54 = torch.mm(_c198.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c198
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    d2_d__p54 = d2_d__p54_355 + d2_d__p54_357
-    del d2_d__p54_355, d2_d__p54_357
+    d2_d__p54 = _piece355_d2_d__p54 + _piece357_d2_d__p54
+    del _piece355_d2_d__p54, _piece357_d2_d__p54
     _c199 = d2_d__p54.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p55_360 = torch.mm(_c199.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece360_d2_d__p55 = torch.mm(_c199.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c199
     # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c200 = d2_d__p54.reshape(n, 32, 5, 1) * d__p55.reshape(n, 32, 1, 3)
     del d2_d__p54, d__p55
-    d2_A_361 = torch.mm(_c200.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece361_d2_A = torch.mm(_c200.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c200
-    d2_d__p55 = d2_d__p55_359 + d2_d__p55_360
-    del d2_d__p55_359, d2_d__p55_360
-    d2_d_B_362 = d2_d__p55
+    d2_d__p55 = _piece359_d2_d__p55 + _piece360_d2_d__p55
+    del _piece359_d2_d__p55, _piece360_d2_d__p55
+    _piece362_d2_d_B = d2_d__p55
     del d2_d__p55
-    d2_d__p56_363 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_364 = ((d2_d__p34 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
+    _piece363_d2_d__p56 = d2_d__p34.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece364_d2__w_B__3 = ((d2_d__p34 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p34
-    d2_d__p40 = d2_d__p40_278 + d2_d__p40_280
-    del d2_d__p40_278, d2_d__p40_280
-    d2_d__p56_365 = d2_d__p40.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_366 = ((d2_d__p40 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
+    d2_d__p40 = _piece278_d2_d__p40 + _piece280_d2_d__p40
+    del _piece278_d2_d__p40, _piece280_d2_d__p40
+    _piece365_d2_d__p56 = d2_d__p40.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece366_d2__w_B__3 = ((d2_d__p40 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p40
-    d2_d__p56_367 = d2_d__p24.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_368 = ((d2_d__p24 * 1.2909944487358056).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
+    _piece367_d2_d__p56 = d2_d__p24.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece368_d2__w_B__3 = ((d2_d__p24 * 1.2909944487358056).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p24, d__p56
     # ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
-    _p56 = p56_35 + p56_36 + p56_37
-    del p56_35, p56_36, p56_37
+    _p56 = _piece35_p56 + _piece36_p56 + _piece37_p56
+    del _piece35_p56, _piece36_p56, _piece37_p56
     _c201 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p56.reshape(n, 32, 3, 1)
     del _p56
-    d2_d__p57_369 = torch.mm(_c201.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece369_d2_d__p57 = torch.mm(_c201.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c201
     # ∂/∂_p56: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
     _c202 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
     d2__p56 = torch.mm(_c202.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c202
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    d2_d__p56 = d2_d__p56_363 + d2_d__p56_365 + d2_d__p56_367
-    del d2_d__p56_363, d2_d__p56_365, d2_d__p56_367
+    d2_d__p56 = _piece363_d2_d__p56 + _piece365_d2_d__p56 + _piece367_d2_d__p56
+    del _piece363_d2_d__p56, _piece365_d2_d__p56, _piece367_d2_d__p56
     _c203 = d2_d__p56.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p57_370 = torch.mm(_c203.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece370_d2_d__p57 = torch.mm(_c203.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c203
     # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c204 = d2_d__p56.reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
     del d2_d__p56, d__p57
-    d2_A_371 = torch.mm(_c204.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece371_d2_A = torch.mm(_c204.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c204
-    d2_d__p57 = d2_d__p57_369 + d2_d__p57_370
-    del d2_d__p57_369, d2_d__p57_370
-    d2_d_B_372 = d2_d__p57
+    d2_d__p57 = _piece369_d2_d__p57 + _piece370_d2_d__p57
+    del _piece369_d2_d__p57, _piece370_d2_d__p57
+    _piece372_d2_d_B = d2_d__p57
     del d2_d__p57
-    d2_d__p35 = d2_d__p35_258 + d2_d__p35_260
-    del d2_d__p35_258, d2_d__p35_260
-    d2_d__p58 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_3_373 = ((d2_d__p35 * 1.7320508075688772).reshape(n, 32, 3) * d__p58.reshape(n, 32, 3)).sum((2,))
+    d2_d__p35 = _piece258_d2_d__p35 + _piece260_d2_d__p35
+    del _piece258_d2_d__p35, _piece260_d2_d__p35
+    d2_d__p58 = d2_d__p35.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _piece373_d2__w_B__3 = ((d2_d__p35 * 1.7320508075688772).reshape(n, 32, 3) * d__p58.reshape(n, 32, 3)).sum((2,))
     del d__p58
     # ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     _c205 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p58.reshape(n, 32, 3, 1)
     del _p58
-    d2_d__p59_374 = torch.mm(_c205.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece374_d2_d__p59 = torch.mm(_c205.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c205
     # ∂/∂_p58: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     _c206 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
@@ -39222,24 +39222,24 @@ def _mace_product_4_d2_A(
     del _c206
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c207 = d2_d__p58.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__p59_375 = torch.mm(_c207.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece375_d2_d__p59 = torch.mm(_c207.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c207
     # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c208 = d2_d__p58.reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
     del d2_d__p58, d__p59
-    d2_A_376 = torch.mm(_c208.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece376_d2_A = torch.mm(_c208.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c208
-    d2_d__p59 = d2_d__p59_374 + d2_d__p59_375
-    del d2_d__p59_374, d2_d__p59_375
-    d2_d_B_377 = d2_d__p59
+    d2_d__p59 = _piece374_d2_d__p59 + _piece375_d2_d__p59
+    del _piece374_d2_d__p59, _piece375_d2_d__p59
+    _piece377_d2_d_B = d2_d__p59
     del d2_d__p59
-    d2_d__p60 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d2__w_B_3_378 = ((d2_d__p35 * 1.860521018838127).reshape(n, 32, 3) * d__p60.reshape(n, 32, 3)).sum((2,))
+    d2_d__p60 = d2_d__p35.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    _piece378_d2__w_B__3 = ((d2_d__p35 * 1.860521018838127).reshape(n, 32, 3) * d__p60.reshape(n, 32, 3)).sum((2,))
     del d2_d__p35, d__p60
     # ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     _c209 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p60.reshape(n, 32, 3, 1)
     del _p60
-    d2_d__p61_379 = torch.mm(_c209.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece379_d2_d__p61 = torch.mm(_c209.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c209
     # ∂/∂_p60: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     _c210 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p61.reshape(n, 32, 1, 5)
@@ -39247,543 +39247,547 @@ def _mace_product_4_d2_A(
     del _c210
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c211 = d2_d__p60.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p61_380 = torch.mm(_c211.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    _piece380_d2_d__p61 = torch.mm(_c211.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c211
     # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c212 = d2_d__p60.reshape(n, 32, 3, 1) * d__p61.reshape(n, 32, 1, 5)
     del d2_d__p60, d__p61
-    d2_A_381 = torch.mm(_c212.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece381_d2_A = torch.mm(_c212.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c212
-    d2_d__p61 = d2_d__p61_379 + d2_d__p61_380
-    del d2_d__p61_379, d2_d__p61_380
-    d2_d_B_382 = d2_d__p61
+    d2_d__p61 = _piece379_d2_d__p61 + _piece380_d2_d__p61
+    del _piece379_d2_d__p61, _piece380_d2_d__p61
+    _piece382_d2_d_B = d2_d__p61
     del d2_d__p61
     # ∂/∂d__p62: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c213 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p41.reshape(n, 32, 5, 1)
-    d2_d__p62_383 = torch.mm(_c213.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece383_d2_d__p62 = torch.mm(_c213.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c213
     # ∂/∂_p41: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c214 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1)
-    d2__p41_384 = torch.mm(_c214.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece384_d2__p41 = torch.mm(_c214.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c214
     # ∂/∂d__p62: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c215 = d2_d__p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d__p62_385 = torch.mm(_c215.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece385_d2_d__p62 = torch.mm(_c215.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c215
     # ∂/∂A: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c216 = d2_d__p41.reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1)
     del d2_d__p41, d__p62
-    d2_A_386 = torch.mm(_c216.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece386_d2_A = torch.mm(_c216.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c216
-    d2_d__p62 = d2_d__p62_383 + d2_d__p62_385
-    del d2_d__p62_383, d2_d__p62_385
-    d2_d_B_387 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_388 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    d2_d__p62 = _piece383_d2_d__p62 + _piece385_d2_d__p62
+    del _piece383_d2_d__p62, _piece385_d2_d__p62
+    _piece387_d2_d_B = (d2_d__p62 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
+    _piece388_d2__w_B__3 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     del d2_d__p62
-    d2__p35_389 = d2__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d2__w_B_3_390 = ((d2__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
+    _piece389_d2__p35 = d2__p60.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    _piece390_d2__w_B__3 = ((d2__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del d2__p60
-    d2__p35_391 = d2__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_3_392 = ((d2__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
+    _piece391_d2__p35 = d2__p58.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    _piece392_d2__w_B__3 = ((d2__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del _p35, d2__p58
-    d2__p24 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_393 = ((d2__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
+    d2__p24 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece393_d2__w_B__3 = ((d2__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
     del _p24
-    d2__p40 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_394 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,))
+    d2__p40 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece394_d2__w_B__3 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,))
     del _p40
-    d2__p34_395 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_396 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
+    _piece395_d2__p34 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    _piece396_d2__w_B__3 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del d2__p56
-    d2__p41_397 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_398 = ((d2__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
-    d2__p32 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    d2__w_B_3_399 = ((d2__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,))
+    _piece397_d2__p41 = d2__p54.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    _piece398_d2__w_B__3 = ((d2__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
+    d2__p32 = d2__p54.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    _piece399_d2__w_B__3 = ((d2__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,))
     del _p32, d2__p54
-    d2__p41_400 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_401 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
+    _piece400_d2__p41 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece401_d2__w_B__3 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
     del _p41
-    d2__p38 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d2__w_B_3_402 = ((d2__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,))
+    d2__p38 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    _piece402_d2__w_B__3 = ((d2__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,))
     del _p38
-    d2__p36 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_403 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,))
+    d2__p36 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece403_d2__w_B__3 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,))
     del _p36
-    d2__p30 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_404 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,))
+    d2__p30 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    _piece404_d2__w_B__3 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,))
     del _p30
-    d2__p28 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_405 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,))
+    d2__p28 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    _piece405_d2__w_B__3 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,))
     del _p28, d2__p52
-    d2__p27_406 = d2__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_407 = (d2__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
+    _piece406_d2__p27 = d2__p50.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    _piece407_d2__w_B__3 = (d2__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del d2__p50
-    d2__p34_408 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_409 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
+    _piece408_d2__p34 = d2__p48.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece409_d2__w_B__3 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del _p34
-    d2__p27_410 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_411 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
+    _piece410_d2__p27 = d2__p48.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece411_d2__w_B__3 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del _p27, d2__p48
-    d2__p25_412 = (d2__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_413 = (d2__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32)
-    d2__p39_414 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_415 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p39.reshape(n, 32)
-    d2__p23_416 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_417 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p23.reshape(n, 32)
-    d2__p29 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_418 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p29.reshape(n, 32)
+    _piece412_d2__p25 = (d2__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    _piece413_d2__w_B__3 = (d2__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32)
+    _piece414_d2__p39 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    _piece415_d2__w_B__3 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p39.reshape(n, 32)
+    _piece416_d2__p23 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    _piece417_d2__w_B__3 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p23.reshape(n, 32)
+    d2__p29 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece418_d2__w_B__3 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p29.reshape(n, 32)
     del _p29
-    d2__p26_419 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_420 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p26.reshape(n, 32)
+    _piece419_d2__p26 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece420_d2__w_B__3 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p26.reshape(n, 32)
     del d2__p46
-    d2__p25_421 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_422 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p25.reshape(n, 32)
-    d2__p23_423 = d2__p44.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_424 = d2__p44.reshape(n, 32) * _p23.reshape(n, 32)
-    d2__p33_425 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_426 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p33.reshape(n, 32)
-    d2__p31 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_427 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p31.reshape(n, 32)
+    _piece421_d2__p25 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    _piece422_d2__w_B__3 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p25.reshape(n, 32)
+    _piece423_d2__p23 = d2__p44.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece424_d2__w_B__3 = d2__p44.reshape(n, 32) * _p23.reshape(n, 32)
+    _piece425_d2__p33 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece426_d2__w_B__3 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p33.reshape(n, 32)
+    d2__p31 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece427_d2__w_B__3 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p31.reshape(n, 32)
     del _p31
-    d2__p26_428 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_429 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p26.reshape(n, 32)
+    _piece428_d2__p26 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece429_d2__w_B__3 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p26.reshape(n, 32)
     del d2__p44
-    d2__p25_430 = (d2__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_431 = (d2__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32)
+    _piece430_d2__p25 = (d2__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    _piece431_d2__w_B__3 = (d2__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32)
     del _p25
-    d2__p39_432 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_433 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p39.reshape(n, 32)
+    _piece432_d2__p39 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    _piece433_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p39.reshape(n, 32)
     del _p39
-    d2__p23_434 = (d2__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_435 = (d2__p42 * 0.5773502691896257).reshape(n, 32) * _p23.reshape(n, 32)
+    _piece434_d2__p23 = (d2__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece435_d2__w_B__3 = (d2__p42 * 0.5773502691896257).reshape(n, 32) * _p23.reshape(n, 32)
     del _p23
-    d2__p33_436 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_437 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p33.reshape(n, 32)
+    _piece436_d2__p33 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece437_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p33.reshape(n, 32)
     del _p33
-    d2__p26_438 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    del _w_B_3
-    d2__w_B_3_439 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p26.reshape(n, 32)
+    _piece438_d2__p26 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B__3
+    _piece439_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p26.reshape(n, 32)
     del _p26, d2__p42
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d2__p41 = d2__p41_384 + d2__p41_397 + d2__p41_400
-    del d2__p41_384, d2__p41_397, d2__p41_400
+    d2__p41 = _piece384_d2__p41 + _piece397_d2__p41 + _piece400_d2__p41
+    del _piece384_d2__p41, _piece397_d2__p41, _piece400_d2__p41
     _c217 = d2__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p9_440 = torch.mm(_c217.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece440_d2__p9 = torch.mm(_c217.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c217
     # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c218 = d2__p41.reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p41
-    d2_A_441 = torch.mm(_c218.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece441_d2_A = torch.mm(_c218.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c218
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c219 = d2__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p9_442 = torch.mm(_c219.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece442_d2__p9 = torch.mm(_c219.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c219
     # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c220 = d2__p40.reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p40
-    d2_A_443 = torch.mm(_c220.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece443_d2_A = torch.mm(_c220.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c220
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d2__p39 = d2__p39_414 + d2__p39_432
-    del d2__p39_414, d2__p39_432
+    d2__p39 = _piece414_d2__p39 + _piece432_d2__p39
+    del _piece414_d2__p39, _piece432_d2__p39
     _c221 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p9_444 = cg_0_0_0.reshape(1, 1, 1) * _c221.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece444_d2__p9 = cg_0_0_0.reshape(1, 1, 1) * _c221.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c221
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c222 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p39
-    d2_A_445 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c222.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece445_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c222.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c222
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c223 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p37_446 = torch.mm(_c223.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece446_d2__p37 = torch.mm(_c223.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c223
     # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c224 = d2__p38.reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
     del _p37, d2__p38
-    d2_A_447 = torch.mm(_c224.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece447_d2_A = torch.mm(_c224.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c224
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2__p37 = d2__p37_271 + d2__p37_446
-    del d2__p37_271, d2__p37_446
+    d2__p37 = _piece271_d2__p37 + _piece446_d2__p37
+    del _piece271_d2__p37, _piece446_d2__p37
     _c225 = d2__p37.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_448 = torch.mm(_c225.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece448_d2_A = torch.mm(_c225.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c225
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c226 = d2__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p37
-    d2_A_449 = torch.mm(_c226.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece449_d2_A = torch.mm(_c226.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c226
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c227 = d2__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p8_450 = torch.mm(_c227.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece450_d2__p8 = torch.mm(_c227.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c227
     # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c228 = d2__p36.reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
     del d2__p36
-    d2_A_451 = torch.mm(_c228.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece451_d2_A = torch.mm(_c228.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c228
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2__p35 = d2__p35_389 + d2__p35_391
-    del d2__p35_389, d2__p35_391
+    d2__p35 = _piece389_d2__p35 + _piece391_d2__p35
+    del _piece389_d2__p35, _piece391_d2__p35
     _c229 = d2__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p8_452 = torch.mm(_c229.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece452_d2__p8 = torch.mm(_c229.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c229
     # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c230 = d2__p35.reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
     del d2__p35
-    d2_A_453 = torch.mm(_c230.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece453_d2_A = torch.mm(_c230.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c230
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d2__p34 = d2__p34_395 + d2__p34_408
-    del d2__p34_395, d2__p34_408
+    d2__p34 = _piece395_d2__p34 + _piece408_d2__p34
+    del _piece395_d2__p34, _piece408_d2__p34
     _c231 = d2__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p6_454 = torch.mm(_c231.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece454_d2__p6 = torch.mm(_c231.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c231
     # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c232 = d2__p34.reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
     del d2__p34
-    d2_A_455 = torch.mm(_c232.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece455_d2_A = torch.mm(_c232.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c232
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d2__p33 = d2__p33_425 + d2__p33_436
-    del d2__p33_425, d2__p33_436
+    d2__p33 = _piece425_d2__p33 + _piece436_d2__p33
+    del _piece425_d2__p33, _piece436_d2__p33
     _c233 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p6_456 = cg_0_0_0.reshape(1, 1, 1) * _c233.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece456_d2__p6 = cg_0_0_0.reshape(1, 1, 1) * _c233.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c233
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c234 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     del d2__p33
-    d2_A_457 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c234.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece457_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c234.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c234
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c235 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p5_458 = torch.mm(_c235.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece458_d2__p5 = torch.mm(_c235.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c235
     # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c236 = d2__p32.reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
     del d2__p32
-    d2_A_459 = torch.mm(_c236.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece459_d2_A = torch.mm(_c236.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c236
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c237 = d2__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2__p5_460 = torch.mm(_c237.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece460_d2__p5 = torch.mm(_c237.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c237
     # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c238 = d2__p31.reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
     del d2__p31
-    d2_A_461 = torch.mm(_c238.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece461_d2_A = torch.mm(_c238.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c238
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c239 = d2__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p3_462 = torch.mm(_c239.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece462_d2__p3 = torch.mm(_c239.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c239
     # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c240 = d2__p30.reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
     del d2__p30
-    d2_A_463 = torch.mm(_c240.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece463_d2_A = torch.mm(_c240.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c240
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c241 = d2__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2__p3_464 = torch.mm(_c241.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece464_d2__p3 = torch.mm(_c241.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c241
     # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c242 = d2__p29.reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
     del d2__p29
-    d2_A_465 = torch.mm(_c242.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece465_d2_A = torch.mm(_c242.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c242
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c243 = d2__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p1_466 = torch.mm(_c243.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece466_d2__p1 = torch.mm(_c243.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c243
     # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c244 = d2__p28.reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p28
-    d2_A_467 = torch.mm(_c244.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece467_d2_A = torch.mm(_c244.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c244
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d2__p27 = d2__p27_406 + d2__p27_410
-    del d2__p27_406, d2__p27_410
+    d2__p27 = _piece406_d2__p27 + _piece410_d2__p27
+    del _piece406_d2__p27, _piece410_d2__p27
     _c245 = d2__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p1_468 = torch.mm(_c245.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece468_d2__p1 = torch.mm(_c245.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c245
     # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c246 = d2__p27.reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p27
-    d2_A_469 = torch.mm(_c246.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece469_d2_A = torch.mm(_c246.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c246
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d2__p26 = d2__p26_419 + d2__p26_428 + d2__p26_438
-    del d2__p26_419, d2__p26_428, d2__p26_438
+    d2__p26 = _piece419_d2__p26 + _piece428_d2__p26 + _piece438_d2__p26
+    del _piece419_d2__p26, _piece428_d2__p26, _piece438_d2__p26
     _c247 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p1_470 = cg_0_0_0.reshape(1, 1, 1) * _c247.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece470_d2__p1 = cg_0_0_0.reshape(1, 1, 1) * _c247.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c247
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c248 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p26
-    d2_A_471 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c248.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece471_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c248.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c248
     # weight gradient per index value
-    d2__w_B_3 = torch.cat([
-        (d2__w_B_3_287 + d2__w_B_3_439).reshape(n, 32),
-        (d2__w_B_3_301 + d2__w_B_3_429).reshape(n, 32),
-        (d2__w_B_3_315 + d2__w_B_3_420).reshape(n, 32),
-        (d2__w_B_3_329 + d2__w_B_3_411).reshape(n, 32),
-        (d2__w_B_3_336 + d2__w_B_3_407).reshape(n, 32),
-        (d2__w_B_3_342 + d2__w_B_3_405).reshape(n, 32),
-        (d2__w_B_3_317 + d2__w_B_3_418).reshape(n, 32),
-        (d2__w_B_3_344 + d2__w_B_3_404).reshape(n, 32),
-        (d2__w_B_3_303 + d2__w_B_3_427).reshape(n, 32),
-        (d2__w_B_3_356 + d2__w_B_3_399).reshape(n, 32),
-        (d2__w_B_3_289 + d2__w_B_3_437).reshape(n, 32),
-        (d2__w_B_3_305 + d2__w_B_3_426).reshape(n, 32),
-        (d2__w_B_3_364 + d2__w_B_3_396).reshape(n, 32),
-        (d2__w_B_3_331 + d2__w_B_3_409).reshape(n, 32),
-        (d2__w_B_3_291 + d2__w_B_3_435).reshape(n, 32),
-        (d2__w_B_3_307 + d2__w_B_3_424).reshape(n, 32),
-        (d2__w_B_3_373 + d2__w_B_3_392).reshape(n, 32),
-        (d2__w_B_3_319 + d2__w_B_3_417).reshape(n, 32),
-        (d2__w_B_3_378 + d2__w_B_3_390).reshape(n, 32),
-        (d2__w_B_3_346 + d2__w_B_3_403).reshape(n, 32),
-        (d2__w_B_3_348 + d2__w_B_3_402).reshape(n, 32),
-        (d2__w_B_3_293 + d2__w_B_3_433).reshape(n, 32),
-        (d2__w_B_3_321 + d2__w_B_3_415).reshape(n, 32),
-        (d2__w_B_3_366 + d2__w_B_3_394).reshape(n, 32),
-        (d2__w_B_3_368 + d2__w_B_3_393).reshape(n, 32),
-        (d2__w_B_3_295 + d2__w_B_3_431).reshape(n, 32),
-        (d2__w_B_3_358 + d2__w_B_3_398).reshape(n, 32),
-        (d2__w_B_3_309 + d2__w_B_3_422).reshape(n, 32),
-        d2__w_B_3_388.reshape(n, 32),
-        (d2__w_B_3_350 + d2__w_B_3_401).reshape(n, 32),
-        (d2__w_B_3_323 + d2__w_B_3_413).reshape(n, 32),
+    d2__w_B__3 = torch.cat([
+        (_piece287_d2__w_B__3 + _piece439_d2__w_B__3).reshape(n, 32),
+        (_piece301_d2__w_B__3 + _piece429_d2__w_B__3).reshape(n, 32),
+        (_piece315_d2__w_B__3 + _piece420_d2__w_B__3).reshape(n, 32),
+        (_piece329_d2__w_B__3 + _piece411_d2__w_B__3).reshape(n, 32),
+        (_piece336_d2__w_B__3 + _piece407_d2__w_B__3).reshape(n, 32),
+        (_piece342_d2__w_B__3 + _piece405_d2__w_B__3).reshape(n, 32),
+        (_piece317_d2__w_B__3 + _piece418_d2__w_B__3).reshape(n, 32),
+        (_piece344_d2__w_B__3 + _piece404_d2__w_B__3).reshape(n, 32),
+        (_piece303_d2__w_B__3 + _piece427_d2__w_B__3).reshape(n, 32),
+        (_piece356_d2__w_B__3 + _piece399_d2__w_B__3).reshape(n, 32),
+        (_piece289_d2__w_B__3 + _piece437_d2__w_B__3).reshape(n, 32),
+        (_piece305_d2__w_B__3 + _piece426_d2__w_B__3).reshape(n, 32),
+        (_piece364_d2__w_B__3 + _piece396_d2__w_B__3).reshape(n, 32),
+        (_piece331_d2__w_B__3 + _piece409_d2__w_B__3).reshape(n, 32),
+        (_piece291_d2__w_B__3 + _piece435_d2__w_B__3).reshape(n, 32),
+        (_piece307_d2__w_B__3 + _piece424_d2__w_B__3).reshape(n, 32),
+        (_piece373_d2__w_B__3 + _piece392_d2__w_B__3).reshape(n, 32),
+        (_piece319_d2__w_B__3 + _piece417_d2__w_B__3).reshape(n, 32),
+        (_piece378_d2__w_B__3 + _piece390_d2__w_B__3).reshape(n, 32),
+        (_piece346_d2__w_B__3 + _piece403_d2__w_B__3).reshape(n, 32),
+        (_piece348_d2__w_B__3 + _piece402_d2__w_B__3).reshape(n, 32),
+        (_piece293_d2__w_B__3 + _piece433_d2__w_B__3).reshape(n, 32),
+        (_piece321_d2__w_B__3 + _piece415_d2__w_B__3).reshape(n, 32),
+        (_piece366_d2__w_B__3 + _piece394_d2__w_B__3).reshape(n, 32),
+        (_piece368_d2__w_B__3 + _piece393_d2__w_B__3).reshape(n, 32),
+        (_piece295_d2__w_B__3 + _piece431_d2__w_B__3).reshape(n, 32),
+        (_piece358_d2__w_B__3 + _piece398_d2__w_B__3).reshape(n, 32),
+        (_piece309_d2__w_B__3 + _piece422_d2__w_B__3).reshape(n, 32),
+        _piece388_d2__w_B__3.reshape(n, 32),
+        (_piece350_d2__w_B__3 + _piece401_d2__w_B__3).reshape(n, 32),
+        (_piece323_d2__w_B__3 + _piece413_d2__w_B__3).reshape(n, 32),
     ], dim=-1)
-    del d2__w_B_3_287, d2__w_B_3_289, d2__w_B_3_291, d2__w_B_3_293, d2__w_B_3_295, d2__w_B_3_301, d2__w_B_3_303, d2__w_B_3_305, d2__w_B_3_307, d2__w_B_3_309, d2__w_B_3_315, d2__w_B_3_317, d2__w_B_3_319, d2__w_B_3_321, d2__w_B_3_323, d2__w_B_3_329, d2__w_B_3_331, d2__w_B_3_336, d2__w_B_3_342, d2__w_B_3_344, d2__w_B_3_346, d2__w_B_3_348, d2__w_B_3_350, d2__w_B_3_356, d2__w_B_3_358, d2__w_B_3_364, d2__w_B_3_366, d2__w_B_3_368, d2__w_B_3_373, d2__w_B_3_378, d2__w_B_3_388, d2__w_B_3_390, d2__w_B_3_392, d2__w_B_3_393, d2__w_B_3_394, d2__w_B_3_396, d2__w_B_3_398, d2__w_B_3_399, d2__w_B_3_401, d2__w_B_3_402, d2__w_B_3_403, d2__w_B_3_404, d2__w_B_3_405, d2__w_B_3_407, d2__w_B_3_409, d2__w_B_3_411, d2__w_B_3_413, d2__w_B_3_415, d2__w_B_3_417, d2__w_B_3_418, d2__w_B_3_420, d2__w_B_3_422, d2__w_B_3_424, d2__w_B_3_426, d2__w_B_3_427, d2__w_B_3_429, d2__w_B_3_431, d2__w_B_3_433, d2__w_B_3_435, d2__w_B_3_437, d2__w_B_3_439
-    d2_weight_472 = weight.new_zeros(4, 992).index_add(0, z, d2__w_B_3.reshape(n, 992)).reshape(3968)
-    del d2__w_B_3
+    del _piece287_d2__w_B__3, _piece289_d2__w_B__3, _piece291_d2__w_B__3, _piece293_d2__w_B__3, _piece295_d2__w_B__3, _piece301_d2__w_B__3, _piece303_d2__w_B__3, _piece305_d2__w_B__3, _piece307_d2__w_B__3, _piece309_d2__w_B__3, _piece315_d2__w_B__3, _piece317_d2__w_B__3, _piece319_d2__w_B__3, _piece321_d2__w_B__3, _piece323_d2__w_B__3, _piece329_d2__w_B__3, _piece331_d2__w_B__3, _piece336_d2__w_B__3, _piece342_d2__w_B__3, _piece344_d2__w_B__3, _piece346_d2__w_B__3, _piece348_d2__w_B__3, _piece350_d2__w_B__3, _piece356_d2__w_B__3, _piece358_d2__w_B__3, _piece364_d2__w_B__3, _piece366_d2__w_B__3, _piece368_d2__w_B__3, _piece373_d2__w_B__3, _piece378_d2__w_B__3, _piece388_d2__w_B__3, _piece390_d2__w_B__3, _piece392_d2__w_B__3, _piece393_d2__w_B__3, _piece394_d2__w_B__3, _piece396_d2__w_B__3, _piece398_d2__w_B__3, _piece399_d2__w_B__3, _piece401_d2__w_B__3, _piece402_d2__w_B__3, _piece403_d2__w_B__3, _piece404_d2__w_B__3, _piece405_d2__w_B__3, _piece407_d2__w_B__3, _piece409_d2__w_B__3, _piece411_d2__w_B__3, _piece413_d2__w_B__3, _piece415_d2__w_B__3, _piece417_d2__w_B__3, _piece418_d2__w_B__3, _piece420_d2__w_B__3, _piece422_d2__w_B__3, _piece424_d2__w_B__3, _piece426_d2__w_B__3, _piece427_d2__w_B__3, _piece429_d2__w_B__3, _piece431_d2__w_B__3, _piece433_d2__w_B__3, _piece435_d2__w_B__3, _piece437_d2__w_B__3, _piece439_d2__w_B__3
+    _piece472_d2_weight = weight.new_zeros(4, 992).index_add(0, z, d2__w_B__3.reshape(n, 992)).reshape(3968)
+    del d2__w_B__3
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d2__p25 = d2__p25_412 + d2__p25_421 + d2__p25_430
-    del d2__p25_412, d2__p25_421, d2__p25_430
+    d2__p25 = _piece412_d2__p25 + _piece421_d2__p25 + _piece430_d2__p25
+    del _piece412_d2__p25, _piece421_d2__p25, _piece430_d2__p25
     _c249 = d2__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2__p10_473 = torch.mm(_c249.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece473_d2__p10 = torch.mm(_c249.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c249
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c250 = d2__p25.reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
     del d2__p25
-    d2_A_474 = torch.mm(_c250.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece474_d2_A = torch.mm(_c250.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c250
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c251 = d2__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p10_475 = torch.mm(_c251.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece475_d2__p10 = torch.mm(_c251.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c251
     # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c252 = d2__p24.reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
     del _p10, d2__p24
-    d2_A_476 = torch.mm(_c252.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece476_d2_A = torch.mm(_c252.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c252
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d2__p23 = d2__p23_416 + d2__p23_423 + d2__p23_434
-    del d2__p23_416, d2__p23_423, d2__p23_434
+    d2__p23 = _piece416_d2__p23 + _piece423_d2__p23 + _piece434_d2__p23
+    del _piece416_d2__p23, _piece423_d2__p23, _piece434_d2__p23
     _c253 = d2__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2__p8_477 = torch.mm(_c253.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece477_d2__p8 = torch.mm(_c253.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c253
     # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c254 = d2__p23.reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
     del _p8, d2__p23
-    d2_A_478 = torch.mm(_c254.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece478_d2_A = torch.mm(_c254.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c254
-    d2__p7 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_479 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
+    d2__p7 = d2__p21.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece479_d2__w_B__2 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
     del _p7
-    d2__p5_480 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_481 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
+    _piece480_d2__p5 = d2__p21.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece481_d2__w_B__2 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
     del _p5, d2__p21
-    d2__p3_482 = d2__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    d2__w_B_2_483 = ((d2__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
+    _piece482_d2__p3 = d2__p19.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    _piece483_d2__w_B__2 = ((d2__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del d2__p19
-    d2__p3_484 = d2__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    d2__w_B_2_485 = ((d2__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
+    _piece484_d2__p3 = d2__p17.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    _piece485_d2__w_B__2 = ((d2__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del _p3, d2__p17
-    d2__p9_486 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_487 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32)
-    d2__p6_488 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_489 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p6.reshape(n, 32)
-    d2__p1_490 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_491 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p1.reshape(n, 32)
+    _piece486_d2__p9 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece487_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32)
+    _piece488_d2__p6 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece489_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p6.reshape(n, 32)
+    _piece490_d2__p1 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece491_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p1.reshape(n, 32)
     del d2__p15
-    d2__p9_492 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_493 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p9.reshape(n, 32)
-    d2__p6_494 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_495 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p6.reshape(n, 32)
-    d2__p1_496 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_497 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p1.reshape(n, 32)
+    _piece492_d2__p9 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    _piece493_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p9.reshape(n, 32)
+    _piece494_d2__p6 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    _piece495_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p6.reshape(n, 32)
+    _piece496_d2__p1 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece497_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p1.reshape(n, 32)
     del d2__p13
-    d2__p9_498 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_499 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32)
+    _piece498_d2__p9 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    _piece499_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32)
     del _p9
-    d2__p6_500 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_2_501 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p6.reshape(n, 32)
+    _piece500_d2__p6 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece501_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p6.reshape(n, 32)
     del _p6
-    d2__p1_502 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
-    del _w_B_2
-    d2__w_B_2_503 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p1.reshape(n, 32)
+    _piece502_d2__p1 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B__2
+    _piece503_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p1.reshape(n, 32)
     del _p1, d2__p11
     # weight gradient per index value
-    d2__w_B_2 = torch.cat([
-        (d2__w_B_2_157 + d2__w_B_2_503).reshape(n, 32),
-        (d2__w_B_2_167 + d2__w_B_2_497).reshape(n, 32),
-        (d2__w_B_2_177 + d2__w_B_2_491).reshape(n, 32),
-        (d2__w_B_2_186 + d2__w_B_2_485).reshape(n, 32),
-        (d2__w_B_2_191 + d2__w_B_2_483).reshape(n, 32),
-        (d2__w_B_2_197 + d2__w_B_2_481).reshape(n, 32),
-        (d2__w_B_2_159 + d2__w_B_2_501).reshape(n, 32),
-        (d2__w_B_2_169 + d2__w_B_2_495).reshape(n, 32),
-        (d2__w_B_2_179 + d2__w_B_2_489).reshape(n, 32),
-        (d2__w_B_2_199 + d2__w_B_2_479).reshape(n, 32),
-        d2__w_B_2_209.reshape(n, 32),
-        (d2__w_B_2_161 + d2__w_B_2_499).reshape(n, 32),
-        (d2__w_B_2_171 + d2__w_B_2_493).reshape(n, 32),
-        d2__w_B_2_215.reshape(n, 32),
-        (d2__w_B_2_181 + d2__w_B_2_487).reshape(n, 32),
-        d2__w_B_2_221.reshape(n, 32),
+    d2__w_B__2 = torch.cat([
+        (_piece157_d2__w_B__2 + _piece503_d2__w_B__2).reshape(n, 32),
+        (_piece167_d2__w_B__2 + _piece497_d2__w_B__2).reshape(n, 32),
+        (_piece177_d2__w_B__2 + _piece491_d2__w_B__2).reshape(n, 32),
+        (_piece186_d2__w_B__2 + _piece485_d2__w_B__2).reshape(n, 32),
+        (_piece191_d2__w_B__2 + _piece483_d2__w_B__2).reshape(n, 32),
+        (_piece197_d2__w_B__2 + _piece481_d2__w_B__2).reshape(n, 32),
+        (_piece159_d2__w_B__2 + _piece501_d2__w_B__2).reshape(n, 32),
+        (_piece169_d2__w_B__2 + _piece495_d2__w_B__2).reshape(n, 32),
+        (_piece179_d2__w_B__2 + _piece489_d2__w_B__2).reshape(n, 32),
+        (_piece199_d2__w_B__2 + _piece479_d2__w_B__2).reshape(n, 32),
+        _piece209_d2__w_B__2.reshape(n, 32),
+        (_piece161_d2__w_B__2 + _piece499_d2__w_B__2).reshape(n, 32),
+        (_piece171_d2__w_B__2 + _piece493_d2__w_B__2).reshape(n, 32),
+        _piece215_d2__w_B__2.reshape(n, 32),
+        (_piece181_d2__w_B__2 + _piece487_d2__w_B__2).reshape(n, 32),
+        _piece221_d2__w_B__2.reshape(n, 32),
     ], dim=-1)
-    del d2__w_B_2_157, d2__w_B_2_159, d2__w_B_2_161, d2__w_B_2_167, d2__w_B_2_169, d2__w_B_2_171, d2__w_B_2_177, d2__w_B_2_179, d2__w_B_2_181, d2__w_B_2_186, d2__w_B_2_191, d2__w_B_2_197, d2__w_B_2_199, d2__w_B_2_209, d2__w_B_2_215, d2__w_B_2_221, d2__w_B_2_479, d2__w_B_2_481, d2__w_B_2_483, d2__w_B_2_485, d2__w_B_2_487, d2__w_B_2_489, d2__w_B_2_491, d2__w_B_2_493, d2__w_B_2_495, d2__w_B_2_497, d2__w_B_2_499, d2__w_B_2_501, d2__w_B_2_503
-    d2_weight_504 = weight.new_zeros(4, 512).index_add(0, z, d2__w_B_2.reshape(n, 512)).reshape(2048)
-    del d2__w_B_2
+    del _piece157_d2__w_B__2, _piece159_d2__w_B__2, _piece161_d2__w_B__2, _piece167_d2__w_B__2, _piece169_d2__w_B__2, _piece171_d2__w_B__2, _piece177_d2__w_B__2, _piece179_d2__w_B__2, _piece181_d2__w_B__2, _piece186_d2__w_B__2, _piece191_d2__w_B__2, _piece197_d2__w_B__2, _piece199_d2__w_B__2, _piece209_d2__w_B__2, _piece215_d2__w_B__2, _piece221_d2__w_B__2, _piece479_d2__w_B__2, _piece481_d2__w_B__2, _piece483_d2__w_B__2, _piece485_d2__w_B__2, _piece487_d2__w_B__2, _piece489_d2__w_B__2, _piece491_d2__w_B__2, _piece493_d2__w_B__2, _piece495_d2__w_B__2, _piece497_d2__w_B__2, _piece499_d2__w_B__2, _piece501_d2__w_B__2, _piece503_d2__w_B__2
+    _piece504_d2_weight = weight.new_zeros(4, 512).index_add(0, z, d2__w_B__2.reshape(n, 512)).reshape(2048)
+    del d2__w_B__2
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2__p10 = d2__p10_211 + d2__p10_217 + d2__p10_473 + d2__p10_475
-    del d2__p10_211, d2__p10_217, d2__p10_473, d2__p10_475
+    d2__p10 = _piece211_d2__p10 + _piece217_d2__p10 + _piece473_d2__p10 + _piece475_d2__p10
+    del _piece211_d2__p10, _piece217_d2__p10, _piece473_d2__p10, _piece475_d2__p10
     _c255 = d2__p10.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_505 = torch.mm(_c255.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece505_d2_A = torch.mm(_c255.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c255
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c256 = d2__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2__p10
-    d2_A_506 = torch.mm(_c256.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece506_d2_A = torch.mm(_c256.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c256
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d2__p9 = d2__p9_275 + d2__p9_279 + d2__p9_283 + d2__p9_440 + d2__p9_442 + d2__p9_444 + d2__p9_486 + d2__p9_492 + d2__p9_498
-    del d2__p9_275, d2__p9_279, d2__p9_283, d2__p9_440, d2__p9_442, d2__p9_444, d2__p9_486, d2__p9_492, d2__p9_498
+    d2__p9 = _piece275_d2__p9 + _piece279_d2__p9 + _piece283_d2__p9 + _piece440_d2__p9 + _piece442_d2__p9 + _piece444_d2__p9 + _piece486_d2__p9 + _piece492_d2__p9 + _piece498_d2__p9
+    del _piece275_d2__p9, _piece279_d2__p9, _piece283_d2__p9, _piece440_d2__p9, _piece442_d2__p9, _piece444_d2__p9, _piece486_d2__p9, _piece492_d2__p9, _piece498_d2__p9
     _c257 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_A_507 = torch.mm(_c257.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece507_d2_A = torch.mm(_c257.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c257
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c258 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2__p9
-    d2_A_508 = torch.mm(_c258.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece508_d2_A = torch.mm(_c258.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c258
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d2__p8 = d2__p8_205 + d2__p8_259 + d2__p8_263 + d2__p8_450 + d2__p8_452 + d2__p8_477
-    del d2__p8_205, d2__p8_259, d2__p8_263, d2__p8_450, d2__p8_452, d2__p8_477
+    d2__p8 = _piece205_d2__p8 + _piece259_d2__p8 + _piece263_d2__p8 + _piece450_d2__p8 + _piece452_d2__p8 + _piece477_d2__p8
+    del _piece205_d2__p8, _piece259_d2__p8, _piece263_d2__p8, _piece450_d2__p8, _piece452_d2__p8, _piece477_d2__p8
     _c259 = d2__p8.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_509 = torch.mm(_c259.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece509_d2_A = torch.mm(_c259.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c259
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c260 = d2__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p8
-    d2_A_510 = torch.mm(_c260.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece510_d2_A = torch.mm(_c260.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c260
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c261 = d2__p7.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_A_511 = torch.mm(_c261.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece511_d2_A = torch.mm(_c261.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c261
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c262 = d2__p7.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p7
-    d2_A_512 = torch.mm(_c262.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece512_d2_A = torch.mm(_c262.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c262
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d2__p6 = d2__p6_251 + d2__p6_255 + d2__p6_454 + d2__p6_456 + d2__p6_488 + d2__p6_494 + d2__p6_500
-    del d2__p6_251, d2__p6_255, d2__p6_454, d2__p6_456, d2__p6_488, d2__p6_494, d2__p6_500
+    d2__p6 = _piece251_d2__p6 + _piece255_d2__p6 + _piece454_d2__p6 + _piece456_d2__p6 + _piece488_d2__p6 + _piece494_d2__p6 + _piece500_d2__p6
+    del _piece251_d2__p6, _piece255_d2__p6, _piece454_d2__p6, _piece456_d2__p6, _piece488_d2__p6, _piece494_d2__p6, _piece500_d2__p6
     _c263 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_A_513 = torch.mm(_c263.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece513_d2_A = torch.mm(_c263.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c263
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c264 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p6
-    d2_A_514 = torch.mm(_c264.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece514_d2_A = torch.mm(_c264.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c264
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d2__p5 = d2__p5_243 + d2__p5_247 + d2__p5_458 + d2__p5_460 + d2__p5_480
-    del d2__p5_243, d2__p5_247, d2__p5_458, d2__p5_460, d2__p5_480
+    d2__p5 = _piece243_d2__p5 + _piece247_d2__p5 + _piece458_d2__p5 + _piece460_d2__p5 + _piece480_d2__p5
+    del _piece243_d2__p5, _piece247_d2__p5, _piece458_d2__p5, _piece460_d2__p5, _piece480_d2__p5
     _c265 = d2__p5.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_515 = torch.mm(_c265.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece515_d2_A = torch.mm(_c265.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c265
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c266 = d2__p5.reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p5
-    d2_A_516 = torch.mm(_c266.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece516_d2_A = torch.mm(_c266.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c266
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d2__p3 = d2__p3_235 + d2__p3_239 + d2__p3_462 + d2__p3_464 + d2__p3_482 + d2__p3_484
-    del d2__p3_235, d2__p3_239, d2__p3_462, d2__p3_464, d2__p3_482, d2__p3_484
+    d2__p3 = _piece235_d2__p3 + _piece239_d2__p3 + _piece462_d2__p3 + _piece464_d2__p3 + _piece482_d2__p3 + _piece484_d2__p3
+    del _piece235_d2__p3, _piece239_d2__p3, _piece462_d2__p3, _piece464_d2__p3, _piece482_d2__p3, _piece484_d2__p3
     _c267 = d2__p3.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_A_517 = torch.mm(_c267.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece517_d2_A = torch.mm(_c267.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c267
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c268 = d2__p3.reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p3
-    d2_A_518 = torch.mm(_c268.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece518_d2_A = torch.mm(_c268.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c268
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d2__p1 = d2__p1_223 + d2__p1_227 + d2__p1_231 + d2__p1_466 + d2__p1_468 + d2__p1_470 + d2__p1_490 + d2__p1_496 + d2__p1_502
-    del d2__p1_223, d2__p1_227, d2__p1_231, d2__p1_466, d2__p1_468, d2__p1_470, d2__p1_490, d2__p1_496, d2__p1_502
+    d2__p1 = _piece223_d2__p1 + _piece227_d2__p1 + _piece231_d2__p1 + _piece466_d2__p1 + _piece468_d2__p1 + _piece470_d2__p1 + _piece490_d2__p1 + _piece496_d2__p1 + _piece502_d2__p1
+    del _piece223_d2__p1, _piece227_d2__p1, _piece231_d2__p1, _piece466_d2__p1, _piece468_d2__p1, _piece470_d2__p1, _piece490_d2__p1, _piece496_d2__p1, _piece502_d2__p1
     _c269 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_A_519 = cg_0_0_0.reshape(1, 1, 1) * _c269.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece519_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c269.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c269
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c270 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p1
-    d2_A_520 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c270.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece520_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c270.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c270
     # weight gradient per index value
-    d2__w_B_1 = torch.cat([
-        d2__w_B_1_113.reshape(n, 32),
-        d2__w_B_1_119.reshape(n, 32),
-        d2__w_B_1_125.reshape(n, 32),
-        d2__w_B_1_131.reshape(n, 32),
-        d2__w_B_1_137.reshape(n, 32),
-        d2__w_B_1_143.reshape(n, 32),
-        d2__w_B_1_149.reshape(n, 32),
-        d2__w_B_1_155.reshape(n, 32),
+    d2__w_B__1 = torch.cat([
+        _piece113_d2__w_B__1.reshape(n, 32),
+        _piece119_d2__w_B__1.reshape(n, 32),
+        _piece125_d2__w_B__1.reshape(n, 32),
+        _piece131_d2__w_B__1.reshape(n, 32),
+        _piece137_d2__w_B__1.reshape(n, 32),
+        _piece143_d2__w_B__1.reshape(n, 32),
+        _piece149_d2__w_B__1.reshape(n, 32),
+        _piece155_d2__w_B__1.reshape(n, 32),
     ], dim=-1)
-    del d2__w_B_1_113, d2__w_B_1_119, d2__w_B_1_125, d2__w_B_1_131, d2__w_B_1_137, d2__w_B_1_143, d2__w_B_1_149, d2__w_B_1_155
-    d2_weight_521 = weight.new_zeros(4, 256).index_add(0, z, d2__w_B_1.reshape(n, 256)).reshape(1024)
-    del d2__w_B_1
+    del _piece113_d2__w_B__1, _piece119_d2__w_B__1, _piece125_d2__w_B__1, _piece131_d2__w_B__1, _piece137_d2__w_B__1, _piece143_d2__w_B__1, _piece149_d2__w_B__1, _piece155_d2__w_B__1
+    _piece521_d2_weight = weight.new_zeros(4, 256).index_add(0, z, d2__w_B__1.reshape(n, 256)).reshape(1024)
+    del d2__w_B__1
     # weight gradient per index value
-    d2__w_B_0 = torch.cat([
-        d2__w_B_0_103.reshape(n, 32),
-        d2__w_B_0_105.reshape(n, 32),
-        d2__w_B_0_107.reshape(n, 32),
+    d2__w_B__0 = torch.cat([
+        _piece103_d2__w_B__0.reshape(n, 32),
+        _piece105_d2__w_B__0.reshape(n, 32),
+        _piece107_d2__w_B__0.reshape(n, 32),
     ], dim=-1)
-    del d2__w_B_0_103, d2__w_B_0_105, d2__w_B_0_107
-    d2_weight_522 = weight.new_zeros(4, 96).index_add(0, z, d2__w_B_0.reshape(n, 96)).reshape(384)
-    del d2__w_B_0
+    del _piece103_d2__w_B__0, _piece105_d2__w_B__0, _piece107_d2__w_B__0
+    _piece522_d2_weight = weight.new_zeros(4, 96).index_add(0, z, d2__w_B__0.reshape(n, 96)).reshape(384)
+    del d2__w_B__0
+    _piece523_sum = _piece117_d2_A + _piece127_d2_A + _piece129_d2_A + _piece133_d2_A + _piece135_d2_A + _piece139_d2_A + _piece174_d2_A + _piece189_d2_A + _piece207_d2_A + _piece213_d2_A + _piece229_d2_A + _piece237_d2_A + _piece241_d2_A + _piece257_d2_A + _piece261_d2_A + _piece265_d2_A + _piece267_d2_A + _piece273_d2_A + _piece281_d2_A + _piece312_d2_A + _piece334_d2_A + _piece361_d2_A + _piece371_d2_A + _piece376_d2_A + _piece443_d2_A + _piece447_d2_A + _piece448_d2_A + _piece451_d2_A + _piece453_d2_A + _piece455_d2_A + _piece463_d2_A + _piece465_d2_A
+    del _piece117_d2_A, _piece127_d2_A, _piece129_d2_A, _piece133_d2_A, _piece135_d2_A, _piece139_d2_A, _piece174_d2_A, _piece189_d2_A, _piece207_d2_A, _piece213_d2_A, _piece229_d2_A, _piece237_d2_A, _piece241_d2_A, _piece257_d2_A, _piece261_d2_A, _piece265_d2_A, _piece267_d2_A, _piece273_d2_A, _piece281_d2_A, _piece312_d2_A, _piece334_d2_A, _piece361_d2_A, _piece371_d2_A, _piece376_d2_A, _piece443_d2_A, _piece447_d2_A, _piece448_d2_A, _piece451_d2_A, _piece453_d2_A, _piece455_d2_A, _piece463_d2_A, _piece465_d2_A
+    _piece523_sum = _piece523_sum + _piece469_d2_A + _piece476_d2_A + _piece478_d2_A + _piece509_d2_A + _piece511_d2_A + _piece512_d2_A + _piece513_d2_A + _piece514_d2_A + _piece518_d2_A
+    del _piece469_d2_A, _piece476_d2_A, _piece478_d2_A, _piece509_d2_A, _piece511_d2_A, _piece512_d2_A, _piece513_d2_A, _piece514_d2_A, _piece518_d2_A
     d2_A = torch.cat([
-        (d2_A_109 + d2_A_111 + d2_A_115 + d2_A_121 + d2_A_164 + d2_A_225 + d2_A_253 + d2_A_277 + d2_A_298 + d2_A_445 + d2_A_457 + d2_A_471 + d2_A_515 + d2_A_517 + d2_A_519 + d2_A_520).reshape(n, 32),
-        (d2_A_117 + d2_A_127 + d2_A_129 + d2_A_133 + d2_A_135 + d2_A_139 + d2_A_174 + d2_A_189 + d2_A_207 + d2_A_213 + d2_A_229 + d2_A_237 + d2_A_241 + d2_A_257 + d2_A_261 + d2_A_265 + d2_A_267 + d2_A_273 + d2_A_281 + d2_A_312 + d2_A_334 + d2_A_361 + d2_A_371 + d2_A_376 + d2_A_443 + d2_A_447 + d2_A_448 + d2_A_451 + d2_A_453 + d2_A_455 + d2_A_463 + d2_A_465 + d2_A_469 + d2_A_476 + d2_A_478 + d2_A_509 + d2_A_511 + d2_A_512 + d2_A_513 + d2_A_514 + d2_A_518).reshape(n, 96),
-        (d2_A_123 + d2_A_141 + d2_A_145 + d2_A_147 + d2_A_151 + d2_A_153 + d2_A_184 + d2_A_194 + d2_A_202 + d2_A_219 + d2_A_233 + d2_A_245 + d2_A_249 + d2_A_269 + d2_A_285 + d2_A_326 + d2_A_339 + d2_A_353 + d2_A_381 + d2_A_386 + d2_A_441 + d2_A_449 + d2_A_459 + d2_A_461 + d2_A_467 + d2_A_474 + d2_A_505 + d2_A_506 + d2_A_507 + d2_A_508 + d2_A_510 + d2_A_516).reshape(n, 160),
+        (_piece109_d2_A + _piece111_d2_A + _piece115_d2_A + _piece121_d2_A + _piece164_d2_A + _piece225_d2_A + _piece253_d2_A + _piece277_d2_A + _piece298_d2_A + _piece445_d2_A + _piece457_d2_A + _piece471_d2_A + _piece515_d2_A + _piece517_d2_A + _piece519_d2_A + _piece520_d2_A).reshape(n, 32),
+        (_piece523_sum).reshape(n, 96),
+        (_piece123_d2_A + _piece141_d2_A + _piece145_d2_A + _piece147_d2_A + _piece151_d2_A + _piece153_d2_A + _piece184_d2_A + _piece194_d2_A + _piece202_d2_A + _piece219_d2_A + _piece233_d2_A + _piece245_d2_A + _piece249_d2_A + _piece269_d2_A + _piece285_d2_A + _piece326_d2_A + _piece339_d2_A + _piece353_d2_A + _piece381_d2_A + _piece386_d2_A + _piece441_d2_A + _piece449_d2_A + _piece459_d2_A + _piece461_d2_A + _piece467_d2_A + _piece474_d2_A + _piece505_d2_A + _piece506_d2_A + _piece507_d2_A + _piece508_d2_A + _piece510_d2_A + _piece516_d2_A).reshape(n, 160),
     ], dim=-1)
-    del d2_A_109, d2_A_111, d2_A_115, d2_A_117, d2_A_121, d2_A_123, d2_A_127, d2_A_129, d2_A_133, d2_A_135, d2_A_139, d2_A_141, d2_A_145, d2_A_147, d2_A_151, d2_A_153, d2_A_164, d2_A_174, d2_A_184, d2_A_189, d2_A_194, d2_A_202, d2_A_207, d2_A_213, d2_A_219, d2_A_225, d2_A_229, d2_A_233, d2_A_237, d2_A_241, d2_A_245, d2_A_249, d2_A_253, d2_A_257, d2_A_261, d2_A_265, d2_A_267, d2_A_269, d2_A_273, d2_A_277, d2_A_281, d2_A_285, d2_A_298, d2_A_312, d2_A_326, d2_A_334, d2_A_339, d2_A_353, d2_A_361, d2_A_371, d2_A_376, d2_A_381, d2_A_386, d2_A_441, d2_A_443, d2_A_445, d2_A_447, d2_A_448, d2_A_449, d2_A_451, d2_A_453, d2_A_455, d2_A_457, d2_A_459, d2_A_461, d2_A_463, d2_A_465, d2_A_467, d2_A_469, d2_A_471, d2_A_474, d2_A_476, d2_A_478, d2_A_505, d2_A_506, d2_A_507, d2_A_508, d2_A_509, d2_A_510, d2_A_511, d2_A_512, d2_A_513, d2_A_514, d2_A_515, d2_A_516, d2_A_517, d2_A_518, d2_A_519, d2_A_520
+    del _piece109_d2_A, _piece111_d2_A, _piece115_d2_A, _piece121_d2_A, _piece123_d2_A, _piece141_d2_A, _piece145_d2_A, _piece147_d2_A, _piece151_d2_A, _piece153_d2_A, _piece164_d2_A, _piece184_d2_A, _piece194_d2_A, _piece202_d2_A, _piece219_d2_A, _piece225_d2_A, _piece233_d2_A, _piece245_d2_A, _piece249_d2_A, _piece253_d2_A, _piece269_d2_A, _piece277_d2_A, _piece285_d2_A, _piece298_d2_A, _piece326_d2_A, _piece339_d2_A, _piece353_d2_A, _piece381_d2_A, _piece386_d2_A, _piece441_d2_A, _piece445_d2_A, _piece449_d2_A, _piece457_d2_A, _piece459_d2_A, _piece461_d2_A, _piece467_d2_A, _piece471_d2_A, _piece474_d2_A, _piece505_d2_A, _piece506_d2_A, _piece507_d2_A, _piece508_d2_A, _piece510_d2_A, _piece515_d2_A, _piece516_d2_A, _piece517_d2_A, _piece519_d2_A, _piece520_d2_A, _piece523_sum
     d2_d_B = torch.cat([
-        (d2_d_B_102 + d2_d_B_112 + d2_d_B_130 + d2_d_B_148 + d2_d_B_165 + d2_d_B_208 + d2_d_B_220 + d2_d_B_299 + d2_d_B_372 + d2_d_B_387).reshape(n, 32),
-        (d2_d_B_104 + d2_d_B_118 + d2_d_B_142 + d2_d_B_175 + d2_d_B_195 + d2_d_B_214 + d2_d_B_313 + d2_d_B_340 + d2_d_B_362 + d2_d_B_377).reshape(n, 96),
-        (d2_d_B_106 + d2_d_B_124 + d2_d_B_136 + d2_d_B_154 + d2_d_B_185 + d2_d_B_190 + d2_d_B_203 + d2_d_B_327 + d2_d_B_335 + d2_d_B_354 + d2_d_B_382).reshape(n, 160),
+        (_piece102_d2_d_B + _piece112_d2_d_B + _piece130_d2_d_B + _piece148_d2_d_B + _piece165_d2_d_B + _piece208_d2_d_B + _piece220_d2_d_B + _piece299_d2_d_B + _piece372_d2_d_B + _piece387_d2_d_B).reshape(n, 32),
+        (_piece104_d2_d_B + _piece118_d2_d_B + _piece142_d2_d_B + _piece175_d2_d_B + _piece195_d2_d_B + _piece214_d2_d_B + _piece313_d2_d_B + _piece340_d2_d_B + _piece362_d2_d_B + _piece377_d2_d_B).reshape(n, 96),
+        (_piece106_d2_d_B + _piece124_d2_d_B + _piece136_d2_d_B + _piece154_d2_d_B + _piece185_d2_d_B + _piece190_d2_d_B + _piece203_d2_d_B + _piece327_d2_d_B + _piece335_d2_d_B + _piece354_d2_d_B + _piece382_d2_d_B).reshape(n, 160),
     ], dim=-1)
-    del d2_d_B_102, d2_d_B_104, d2_d_B_106, d2_d_B_112, d2_d_B_118, d2_d_B_124, d2_d_B_130, d2_d_B_136, d2_d_B_142, d2_d_B_148, d2_d_B_154, d2_d_B_165, d2_d_B_175, d2_d_B_185, d2_d_B_190, d2_d_B_195, d2_d_B_203, d2_d_B_208, d2_d_B_214, d2_d_B_220, d2_d_B_299, d2_d_B_313, d2_d_B_327, d2_d_B_335, d2_d_B_340, d2_d_B_354, d2_d_B_362, d2_d_B_372, d2_d_B_377, d2_d_B_382, d2_d_B_387
+    del _piece102_d2_d_B, _piece104_d2_d_B, _piece106_d2_d_B, _piece112_d2_d_B, _piece118_d2_d_B, _piece124_d2_d_B, _piece130_d2_d_B, _piece136_d2_d_B, _piece142_d2_d_B, _piece148_d2_d_B, _piece154_d2_d_B, _piece165_d2_d_B, _piece175_d2_d_B, _piece185_d2_d_B, _piece190_d2_d_B, _piece195_d2_d_B, _piece203_d2_d_B, _piece208_d2_d_B, _piece214_d2_d_B, _piece220_d2_d_B, _piece299_d2_d_B, _piece313_d2_d_B, _piece327_d2_d_B, _piece335_d2_d_B, _piece340_d2_d_B, _piece354_d2_d_B, _piece362_d2_d_B, _piece372_d2_d_B, _piece377_d2_d_B, _piece382_d2_d_B, _piece387_d2_d_B
     d2_weight = torch.cat([
-        d2_weight_522.reshape(384),
-        d2_weight_521.reshape(1024),
-        d2_weight_504.reshape(2048),
-        d2_weight_472.reshape(3968),
+        _piece522_d2_weight.reshape(384),
+        _piece521_d2_weight.reshape(1024),
+        _piece504_d2_weight.reshape(2048),
+        _piece472_d2_weight.reshape(3968),
     ], dim=-1)
-    del d2_weight_472, d2_weight_504, d2_weight_521, d2_weight_522
+    del _piece472_d2_weight, _piece504_d2_weight, _piece521_d2_weight, _piece522_d2_weight
     return [d2_A, d2_d_B, d2_weight]
 
 
 @triton.jit
-def _mace_product_4_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 1–16 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel0(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 1–16 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -40059,8 +40063,8 @@ def _mace_product_4_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 17–32 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel1(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 17–32 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -40329,8 +40333,8 @@ def _mace_product_4_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 33–48 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel2(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 33–48 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -40597,8 +40601,8 @@ def _mace_product_4_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 49–64 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel3(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 49–64 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -40840,8 +40844,8 @@ def _mace_product_4_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 65–80 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel4(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 65–80 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -41072,8 +41076,8 @@ def _mace_product_4_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 81–96 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel5(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 81–96 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -41316,8 +41320,8 @@ def _mace_product_4_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 97–112 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel6(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 97–112 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -41344,7 +41348,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
         o_98 = scratch + z[:, None] * 54688 + 8384 + cols_98[None, :]
         tl.store(o_98, tl.load(o_98, mask=m_98, other=0.0) + v_98, mask=m_98)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x0e -> 32x0e
     iu_99 = tl.arange(0, 32)
     ii_99 = tl.arange(0, 1)
     p0_99 = scratch + 8384 + z[:, None, None] * 54688 + iu_99[None, :, None]
@@ -41358,7 +41362,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_99 = po_99
     tl.store(q_99, tl.load(q_99, mask=mo_99, other=0.0) + a0_99 * a1_99, mask=mo_99)
     tl.debug_barrier()
-    # ∂/∂A: ∂/∂_w_B_0: 32x0e -> 32x0e
+    # ∂/∂A: ∂/∂_w_B__0: 32x0e -> 32x0e
     iu_100 = tl.arange(0, 32)
     ii_100 = tl.arange(0, 1)
     p0_100 = scratch + 8384 + z[:, None, None] * 54688 + iu_100[None, :, None]
@@ -41372,7 +41376,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_100 = po_100
     tl.store(q_100, tl.load(q_100, mask=mo_100, other=0.0) + a0_100 * a1_100, mask=mo_100)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x1o -> 32x1o
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x1o -> 32x1o
     iu_101 = tl.arange(0, 32)
     ii_101 = tl.arange(0, 4)
     p0_101 = scratch + 8416 + z[:, None, None] * 54688 + iu_101[None, :, None]
@@ -41386,7 +41390,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_101 = po_101
     tl.store(q_101, tl.load(q_101, mask=mo_101, other=0.0) + a0_101 * a1_101, mask=mo_101)
     tl.debug_barrier()
-    # ∂/∂A: ∂/∂_w_B_0: 32x1o -> 32x1o
+    # ∂/∂A: ∂/∂_w_B__0: 32x1o -> 32x1o
     iu_102 = tl.arange(0, 32)
     ii_102 = tl.arange(0, 4)
     p0_102 = scratch + 8416 + z[:, None, None] * 54688 + iu_102[None, :, None]
@@ -41400,7 +41404,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_102 = po_102
     tl.store(q_102, tl.load(q_102, mask=mo_102, other=0.0) + a0_102 * a1_102, mask=mo_102)
     tl.debug_barrier()
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x2e -> 32x2e
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x2e -> 32x2e
     iu_103 = tl.arange(0, 32)
     ii_103 = tl.arange(0, 8)
     p0_103 = scratch + 8448 + z[:, None, None] * 54688 + iu_103[None, :, None]
@@ -41414,7 +41418,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     q_103 = po_103
     tl.store(q_103, tl.load(q_103, mask=mo_103, other=0.0) + a0_103 * a1_103, mask=mo_103)
     tl.debug_barrier()
-    # ∂/∂A: ∂/∂_w_B_0: 32x2e -> 32x2e
+    # ∂/∂A: ∂/∂_w_B__0: 32x2e -> 32x2e
     iu_104 = tl.arange(0, 32)
     ii_104 = tl.arange(0, 8)
     p0_104 = scratch + 8448 + z[:, None, None] * 54688 + iu_104[None, :, None]
@@ -41530,8 +41534,8 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 113–128 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel7(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 113–128 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -41742,8 +41746,8 @@ def _mace_product_4_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 129–144 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel8(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 129–144 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -41969,8 +41973,8 @@ def _mace_product_4_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 145–160 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel9(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 145–160 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -42203,8 +42207,8 @@ def _mace_product_4_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _mace_product_4_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 161–176 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel10(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 161–176 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -42449,8 +42453,8 @@ def _mace_product_4_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 177–192 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel11(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 177–192 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -42665,8 +42669,8 @@ def _mace_product_4_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 193–208 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel12(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 193–208 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -42885,8 +42889,8 @@ def _mace_product_4_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 209–224 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel13(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 209–224 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -43109,8 +43113,8 @@ def _mace_product_4_d2_weight_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 225–240 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel14(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 225–240 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -43346,8 +43350,8 @@ def _mace_product_4_d2_weight_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 241–256 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel15(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 241–256 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -43576,8 +43580,8 @@ def _mace_product_4_d2_weight_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 257–272 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel16(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 257–272 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -43825,8 +43829,8 @@ def _mace_product_4_d2_weight_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 273–288 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel17(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 273–288 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -44059,8 +44063,8 @@ def _mace_product_4_d2_weight_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 289–304 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel18(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 289–304 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -44311,8 +44315,8 @@ def _mace_product_4_d2_weight_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 305–320 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel19(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 305–320 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -44581,8 +44585,8 @@ def _mace_product_4_d2_weight_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 321–336 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel20(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 321–336 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -44851,8 +44855,8 @@ def _mace_product_4_d2_weight_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 337–352 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel21(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 337–352 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -45124,8 +45128,8 @@ def _mace_product_4_d2_weight_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 353–368 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel22(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 353–368 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -45379,8 +45383,8 @@ def _mace_product_4_d2_weight_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 369–384 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel23(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 369–384 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -45652,8 +45656,8 @@ def _mace_product_4_d2_weight_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 385–400 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel24(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 385–400 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -45924,8 +45928,8 @@ def _mace_product_4_d2_weight_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
 
 
 @triton.jit
-def _mace_product_4_d2_weight_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight, statements 401–409 of 409: BLOCK_Z rows per program."""
+def _mace_product_4__d__d2_weight__kernel25(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_1_1_ptr, cg_2_1_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_A_ptr, d2_d_B_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight, statements 401–409 of 409: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -46069,8 +46073,8 @@ def _mace_product_4_d2_weight_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     tl.debug_barrier()
 
 
-def _mace_product_4_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_4_d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _mace_product_4__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the mace_product_4__d__d2_weight kernel on (A, z, d_B, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_1_1, cg_2_1_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 288)]
@@ -46078,20 +46082,20 @@ def _mace_product_4_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 7424)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_mace_product_4_d2_weight_0_kernel, _mace_product_4_d2_weight_1_kernel, _mace_product_4_d2_weight_2_kernel, _mace_product_4_d2_weight_3_kernel, _mace_product_4_d2_weight_4_kernel, _mace_product_4_d2_weight_5_kernel, _mace_product_4_d2_weight_6_kernel, _mace_product_4_d2_weight_7_kernel, _mace_product_4_d2_weight_8_kernel, _mace_product_4_d2_weight_9_kernel, _mace_product_4_d2_weight_10_kernel, _mace_product_4_d2_weight_11_kernel, _mace_product_4_d2_weight_12_kernel, _mace_product_4_d2_weight_13_kernel, _mace_product_4_d2_weight_14_kernel, _mace_product_4_d2_weight_15_kernel, _mace_product_4_d2_weight_16_kernel, _mace_product_4_d2_weight_17_kernel, _mace_product_4_d2_weight_18_kernel, _mace_product_4_d2_weight_19_kernel, _mace_product_4_d2_weight_20_kernel, _mace_product_4_d2_weight_21_kernel, _mace_product_4_d2_weight_22_kernel, _mace_product_4_d2_weight_23_kernel, _mace_product_4_d2_weight_24_kernel, _mace_product_4_d2_weight_25_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_mace_product_4__d__d2_weight__kernel0, _mace_product_4__d__d2_weight__kernel1, _mace_product_4__d__d2_weight__kernel2, _mace_product_4__d__d2_weight__kernel3, _mace_product_4__d__d2_weight__kernel4, _mace_product_4__d__d2_weight__kernel5, _mace_product_4__d__d2_weight__kernel6, _mace_product_4__d__d2_weight__kernel7, _mace_product_4__d__d2_weight__kernel8, _mace_product_4__d__d2_weight__kernel9, _mace_product_4__d__d2_weight__kernel10, _mace_product_4__d__d2_weight__kernel11, _mace_product_4__d__d2_weight__kernel12, _mace_product_4__d__d2_weight__kernel13, _mace_product_4__d__d2_weight__kernel14, _mace_product_4__d__d2_weight__kernel15, _mace_product_4__d__d2_weight__kernel16, _mace_product_4__d__d2_weight__kernel17, _mace_product_4__d__d2_weight__kernel18, _mace_product_4__d__d2_weight__kernel19, _mace_product_4__d__d2_weight__kernel20, _mace_product_4__d__d2_weight__kernel21, _mace_product_4__d__d2_weight__kernel22, _mace_product_4__d__d2_weight__kernel23, _mace_product_4__d__d2_weight__kernel24, _mace_product_4__d__d2_weight__kernel25,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:7424].sum(0)]
 
 
-def _mace_product_4_d2_weight(
+def _mace_product_4__d__d2_weight(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
     cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight: A (n, 288), z (n,), d_B (n, 288), d2_d_weight (7424,) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
+    """the vector-Jacobian product of mace_product_4__d for the cotangent of d_weight: A (n, 288), z (n,), d_B (n, 288), d2_d_weight (7424,) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
@@ -46271,101 +46275,101 @@ def _mace_product_4_d2_weight(
     _c36 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c36.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c36
-    d2_d__w_B_0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
-    d2_d_B_0 = d2_d__w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    # ∂/∂A: ∂/∂_w_B_0: 32x0e -> 32x0e
-    d2_A_1 = d2_d__w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x1o -> 32x1o
-    d2_d_B_2 = d2_d__w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
-    # ∂/∂A: ∂/∂_w_B_0: 32x1o -> 32x1o
-    d2_A_3 = d2_d__w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x2e -> 32x2e
-    d2_d_B_4 = d2_d__w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
-    # ∂/∂A: ∂/∂_w_B_0: 32x2e -> 32x2e
-    d2_A_5 = d2_d__w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
-    del d2_d__w_B_0
-    d2_d__w_B_1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z]
-    d2_d_B_6 = (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
-    d2__p1_7 = (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    d2_d_B_8 = (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
-    d2__p3_9 = (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
-    d2_d_B_10 = (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p5.reshape(n, 32, 5)
-    d2__p5_11 = (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
-    d2_d_B_12 = (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
-    d2__p6_13 = (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    d2_d_B_14 = (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p7.reshape(n, 32, 5)
-    d2__p7_15 = (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
-    d2_d_B_16 = (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p8.reshape(n, 32, 3)
-    d2__p8_17 = (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
-    d2_d_B_18 = (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
-    d2__p9_19 = (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    d2_d_B_20 = (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p10.reshape(n, 32, 5)
-    d2__p10_21 = (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
-    del d2_d__w_B_1
-    d2_d__w_B_2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z]
-    d2_d__p11_22 = (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
-    d2__p1_23 = (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
-    d2_d__p11_24 = (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
-    d2__p6_25 = (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
-    d2_d__p11_26 = (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
-    d2__p9_27 = (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
+    d2_d__w_B__0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x0e -> 32x0e
+    _piece0_d2_d_B = d2_d__w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    # ∂/∂A: ∂/∂_w_B__0: 32x0e -> 32x0e
+    _piece1_d2_A = d2_d__w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x1o -> 32x1o
+    _piece2_d2_d_B = d2_d__w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
+    # ∂/∂A: ∂/∂_w_B__0: 32x1o -> 32x1o
+    _piece3_d2_A = d2_d__w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
+    # ∂/∂d_B: ∂/∂_w_B__0: 32x2e -> 32x2e
+    _piece4_d2_d_B = d2_d__w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    # ∂/∂A: ∂/∂_w_B__0: 32x2e -> 32x2e
+    _piece5_d2_A = d2_d__w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    del d2_d__w_B__0
+    d2_d__w_B__1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z]
+    _piece6_d2_d_B = (d2_d__w_B__1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
+    _piece7_d2__p1 = (d2_d__w_B__1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    _piece8_d2_d_B = (d2_d__w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
+    _piece9_d2__p3 = (d2_d__w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
+    _piece10_d2_d_B = (d2_d__w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p5.reshape(n, 32, 5)
+    _piece11_d2__p5 = (d2_d__w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    _piece12_d2_d_B = (d2_d__w_B__1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
+    _piece13_d2__p6 = (d2_d__w_B__1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    _piece14_d2_d_B = (d2_d__w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p7.reshape(n, 32, 5)
+    _piece15_d2__p7 = (d2_d__w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    _piece16_d2_d_B = (d2_d__w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p8.reshape(n, 32, 3)
+    _piece17_d2__p8 = (d2_d__w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
+    _piece18_d2_d_B = (d2_d__w_B__1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
+    _piece19_d2__p9 = (d2_d__w_B__1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    _piece20_d2_d_B = (d2_d__w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p10.reshape(n, 32, 5)
+    _piece21_d2__p10 = (d2_d__w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    del d2_d__w_B__1
+    d2_d__w_B__2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z]
+    _piece22_d2_d__p11 = (d2_d__w_B__2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
+    _piece23_d2__p1 = (d2_d__w_B__2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
+    _piece24_d2_d__p11 = (d2_d__w_B__2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
+    _piece25_d2__p6 = (d2_d__w_B__2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
+    _piece26_d2_d__p11 = (d2_d__w_B__2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
+    _piece27_d2__p9 = (d2_d__w_B__2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
     del d__p11
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    d2_d__p11 = d2_d__p11_22 + d2_d__p11_24 + d2_d__p11_26
-    del d2_d__p11_22, d2_d__p11_24, d2_d__p11_26
+    d2_d__p11 = _piece22_d2_d__p11 + _piece24_d2_d__p11 + _piece26_d2_d__p11
+    del _piece22_d2_d__p11, _piece24_d2_d__p11, _piece26_d2_d__p11
     _c37 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c37.reshape(n, 32, 1)
     del _c37
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c38 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     del d2_d__p11, d__p12
-    d2_A_28 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
+    _piece28_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
     del _c38
-    d2_d_B_29 = d2_d__p12
+    _piece29_d2_d_B = d2_d__p12
     del d2_d__p12
-    d2_d__p13_30 = (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
-    d2__p1_31 = (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
-    d2_d__p13_32 = (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
-    d2__p6_33 = (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
-    d2_d__p13_34 = (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
-    d2__p9_35 = (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
+    _piece30_d2_d__p13 = (d2_d__w_B__2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
+    _piece31_d2__p1 = (d2_d__w_B__2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
+    _piece32_d2_d__p13 = (d2_d__w_B__2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
+    _piece33_d2__p6 = (d2_d__w_B__2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
+    _piece34_d2_d__p13 = (d2_d__w_B__2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
+    _piece35_d2__p9 = (d2_d__w_B__2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
     del d__p13
     # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    d2_d__p13 = d2_d__p13_30 + d2_d__p13_32 + d2_d__p13_34
-    del d2_d__p13_30, d2_d__p13_32, d2_d__p13_34
+    d2_d__p13 = _piece30_d2_d__p13 + _piece32_d2_d__p13 + _piece34_d2_d__p13
+    del _piece30_d2_d__p13, _piece32_d2_d__p13, _piece34_d2_d__p13
     _c39 = d2_d__p13.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p14 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c39
     # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c40 = d2_d__p13.reshape(n, 32, 1, 1) * d__p14.reshape(n, 32, 1, 3)
     del d2_d__p13, d__p14
-    d2_A_36 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece36_d2_A = torch.mm(_c40.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c40
-    d2_d_B_37 = d2_d__p14
+    _piece37_d2_d_B = d2_d__p14
     del d2_d__p14
-    d2_d__p15_38 = (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
-    d2__p1_39 = (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
-    d2_d__p15_40 = (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
-    d2__p6_41 = (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
-    d2_d__p15_42 = (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
-    d2__p9_43 = (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
+    _piece38_d2_d__p15 = (d2_d__w_B__2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
+    _piece39_d2__p1 = (d2_d__w_B__2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
+    _piece40_d2_d__p15 = (d2_d__w_B__2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
+    _piece41_d2__p6 = (d2_d__w_B__2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
+    _piece42_d2_d__p15 = (d2_d__w_B__2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
+    _piece43_d2__p9 = (d2_d__w_B__2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
     del d__p15
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    d2_d__p15 = d2_d__p15_38 + d2_d__p15_40 + d2_d__p15_42
-    del d2_d__p15_38, d2_d__p15_40, d2_d__p15_42
+    d2_d__p15 = _piece38_d2_d__p15 + _piece40_d2_d__p15 + _piece42_d2_d__p15
+    del _piece38_d2_d__p15, _piece40_d2_d__p15, _piece42_d2_d__p15
     _c41 = d2_d__p15.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p16 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c41
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c42 = d2_d__p15.reshape(n, 32, 1, 1) * d__p16.reshape(n, 32, 1, 5)
     del d2_d__p15, d__p16
-    d2_A_44 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece44_d2_A = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c42
-    d2_d_B_45 = d2_d__p16
+    _piece45_d2_d_B = d2_d__p16
     del d2_d__p16
-    d2_d__p17 = (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
-    d2__p3_46 = (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * d__p17.reshape(n, 32, 3)
+    d2_d__p17 = (d2_d__w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
+    _piece46_d2__p3 = (d2_d__w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * d__p17.reshape(n, 32, 3)
     del d__p17
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c43 = d2_d__p17.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -46374,12 +46378,12 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c44 = d2_d__p17.reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
     del d2_d__p17, d__p18
-    d2_A_47 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece47_d2_A = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c44
-    d2_d_B_48 = d2_d__p18
+    _piece48_d2_d_B = d2_d__p18
     del d2_d__p18
-    d2_d__p19 = (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
-    d2__p3_49 = (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * d__p19.reshape(n, 32, 3)
+    d2_d__p19 = (d2_d__w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
+    _piece49_d2__p3 = (d2_d__w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * d__p19.reshape(n, 32, 3)
     del d__p19
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c45 = d2_d__p19.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
@@ -46388,137 +46392,137 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c46 = d2_d__p19.reshape(n, 32, 3, 1) * d__p20.reshape(n, 32, 1, 3)
     del d2_d__p19, d__p20
-    d2_A_50 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece50_d2_A = torch.mm(_c46.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c46
-    d2_d_B_51 = d2_d__p20
+    _piece51_d2_d_B = d2_d__p20
     del d2_d__p20
-    d2_d__p21_52 = (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p5.reshape(n, 32, 5)
-    d2__p5_53 = (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
-    d2_d__p21_54 = (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p7.reshape(n, 32, 5)
+    _piece52_d2_d__p21 = (d2_d__w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p5.reshape(n, 32, 5)
+    _piece53_d2__p5 = (d2_d__w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
+    _piece54_d2_d__p21 = (d2_d__w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p7.reshape(n, 32, 5)
     del _p7
-    d2__p7_55 = (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
+    _piece55_d2__p7 = (d2_d__w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
     del d__p21
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    d2_d__p21 = d2_d__p21_52 + d2_d__p21_54
-    del d2_d__p21_52, d2_d__p21_54
+    d2_d__p21 = _piece52_d2_d__p21 + _piece54_d2_d__p21
+    del _piece52_d2_d__p21, _piece54_d2_d__p21
     _c47 = d2_d__p21.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p22 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c47
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c48 = d2_d__p21.reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
     del d2_d__p21, d__p22
-    d2_A_56 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece56_d2_A = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c48
-    d2_d_B_57 = d2_d__p22
+    _piece57_d2_d_B = d2_d__p22
     del d2_d__p22
-    d2_d_B_58 = (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
-    d2__p23_59 = (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    d2_d_B_60 = (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
-    d2__p24_61 = (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
-    d2_d_B_62 = d2_d__w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
-    d2__p25_63 = d2_d__w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    del d2_d__w_B_2
-    d2_d__w_B_3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z]
-    d2_d__p42_64 = (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
-    d2__p26_65 = (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
-    d2_d__p42_66 = (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p33.reshape(n, 32, 1)
-    d2__p33_67 = (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
-    d2_d__p42_68 = (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
-    d2__p23_69 = (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
-    d2_d__p42_70 = (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p39.reshape(n, 32, 1)
-    d2__p39_71 = (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
-    d2_d__p42_72 = (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
-    d2__p25_73 = (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    _piece58_d2_d_B = (d2_d__w_B__2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
+    _piece59_d2__p23 = (d2_d__w_B__2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    _piece60_d2_d_B = (d2_d__w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
+    _piece61_d2__p24 = (d2_d__w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
+    _piece62_d2_d_B = d2_d__w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
+    _piece63_d2__p25 = d2_d__w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    del d2_d__w_B__2
+    d2_d__w_B__3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z]
+    _piece64_d2_d__p42 = (d2_d__w_B__3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
+    _piece65_d2__p26 = (d2_d__w_B__3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    _piece66_d2_d__p42 = (d2_d__w_B__3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p33.reshape(n, 32, 1)
+    _piece67_d2__p33 = (d2_d__w_B__3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    _piece68_d2_d__p42 = (d2_d__w_B__3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
+    _piece69_d2__p23 = (d2_d__w_B__3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    _piece70_d2_d__p42 = (d2_d__w_B__3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p39.reshape(n, 32, 1)
+    _piece71_d2__p39 = (d2_d__w_B__3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    _piece72_d2_d__p42 = (d2_d__w_B__3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
+    _piece73_d2__p25 = (d2_d__w_B__3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
     del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70 + d2_d__p42_72
-    del d2_d__p42_64, d2_d__p42_66, d2_d__p42_68, d2_d__p42_70, d2_d__p42_72
+    d2_d__p42 = _piece64_d2_d__p42 + _piece66_d2_d__p42 + _piece68_d2_d__p42 + _piece70_d2_d__p42 + _piece72_d2_d__p42
+    del _piece64_d2_d__p42, _piece66_d2_d__p42, _piece68_d2_d__p42, _piece70_d2_d__p42, _piece72_d2_d__p42
     _c49 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c49.reshape(n, 32, 1)
     del _c49
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c50 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     del d2_d__p42, d__p43
-    d2_A_74 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c50.reshape(n, 32, 1)
+    _piece74_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c50.reshape(n, 32, 1)
     del _c50
-    d2_d_B_75 = d2_d__p43
+    _piece75_d2_d_B = d2_d__p43
     del d2_d__p43
-    d2_d__p44_76 = (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
-    d2__p26_77 = (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
-    d2_d__p44_78 = (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p31.reshape(n, 32, 1)
+    _piece76_d2_d__p44 = (d2_d__w_B__3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
+    _piece77_d2__p26 = (d2_d__w_B__3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    _piece78_d2_d__p44 = (d2_d__w_B__3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p31.reshape(n, 32, 1)
     del _p31
-    d2__p31 = (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
-    d2_d__p44_79 = (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p33.reshape(n, 32, 1)
+    d2__p31 = (d2_d__w_B__3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    _piece79_d2_d__p44 = (d2_d__w_B__3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p33.reshape(n, 32, 1)
     del _p33
-    d2__p33_80 = (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
-    d2_d__p44_81 = d2_d__w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
-    d2__p23_82 = d2_d__w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
-    d2_d__p44_83 = (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
-    d2__p25_84 = (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    _piece80_d2__p33 = (d2_d__w_B__3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    _piece81_d2_d__p44 = d2_d__w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
+    _piece82_d2__p23 = d2_d__w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    _piece83_d2_d__p44 = (d2_d__w_B__3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
+    _piece84_d2__p25 = (d2_d__w_B__3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
     del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    d2_d__p44 = d2_d__p44_76 + d2_d__p44_78 + d2_d__p44_79 + d2_d__p44_81 + d2_d__p44_83
-    del d2_d__p44_76, d2_d__p44_78, d2_d__p44_79, d2_d__p44_81, d2_d__p44_83
+    d2_d__p44 = _piece76_d2_d__p44 + _piece78_d2_d__p44 + _piece79_d2_d__p44 + _piece81_d2_d__p44 + _piece83_d2_d__p44
+    del _piece76_d2_d__p44, _piece78_d2_d__p44, _piece79_d2_d__p44, _piece81_d2_d__p44, _piece83_d2_d__p44
     _c51 = d2_d__p44.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p45 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c51
     # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c52 = d2_d__p44.reshape(n, 32, 1, 1) * d__p45.reshape(n, 32, 1, 3)
     del d2_d__p44, d__p45
-    d2_A_85 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece85_d2_A = torch.mm(_c52.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c52
-    d2_d_B_86 = d2_d__p45
+    _piece86_d2_d_B = d2_d__p45
     del d2_d__p45
-    d2_d__p46_87 = (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
+    _piece87_d2_d__p46 = (d2_d__w_B__3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
     del _p26
-    d2__p26_88 = (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
-    d2_d__p46_89 = (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p29.reshape(n, 32, 1)
+    _piece88_d2__p26 = (d2_d__w_B__3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    _piece89_d2_d__p46 = (d2_d__w_B__3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p29.reshape(n, 32, 1)
     del _p29
-    d2__p29 = (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
-    d2_d__p46_90 = (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
+    d2__p29 = (d2_d__w_B__3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    _piece90_d2_d__p46 = (d2_d__w_B__3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
     del _p23
-    d2__p23_91 = (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
-    d2_d__p46_92 = (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p39.reshape(n, 32, 1)
+    _piece91_d2__p23 = (d2_d__w_B__3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    _piece92_d2_d__p46 = (d2_d__w_B__3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p39.reshape(n, 32, 1)
     del _p39
-    d2__p39_93 = (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
-    d2_d__p46_94 = (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
+    _piece93_d2__p39 = (d2_d__w_B__3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    _piece94_d2_d__p46 = (d2_d__w_B__3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
     del _p25
-    d2__p25_95 = (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    _piece95_d2__p25 = (d2_d__w_B__3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
     del d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    d2_d__p46 = d2_d__p46_87 + d2_d__p46_89 + d2_d__p46_90 + d2_d__p46_92 + d2_d__p46_94
-    del d2_d__p46_87, d2_d__p46_89, d2_d__p46_90, d2_d__p46_92, d2_d__p46_94
+    d2_d__p46 = _piece87_d2_d__p46 + _piece89_d2_d__p46 + _piece90_d2_d__p46 + _piece92_d2_d__p46 + _piece94_d2_d__p46
+    del _piece87_d2_d__p46, _piece89_d2_d__p46, _piece90_d2_d__p46, _piece92_d2_d__p46, _piece94_d2_d__p46
     _c53 = d2_d__p46.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p47 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c53
     # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c54 = d2_d__p46.reshape(n, 32, 1, 1) * d__p47.reshape(n, 32, 1, 5)
     del d2_d__p46, d__p47
-    d2_A_96 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece96_d2_A = torch.mm(_c54.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c54
-    d2_d_B_97 = d2_d__p47
+    _piece97_d2_d_B = d2_d__p47
     del d2_d__p47
-    d2_d__p48_98 = (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
-    d2__p27_99 = (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
-    d2_d__p48_100 = (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
-    d2__p34_101 = (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
+    _piece98_d2_d__p48 = (d2_d__w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
+    _piece99_d2__p27 = (d2_d__w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
+    _piece100_d2_d__p48 = (d2_d__w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
+    _piece101_d2__p34 = (d2_d__w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
     del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    d2_d__p48 = d2_d__p48_98 + d2_d__p48_100
-    del d2_d__p48_100, d2_d__p48_98
+    d2_d__p48 = _piece98_d2_d__p48 + _piece100_d2_d__p48
+    del _piece100_d2_d__p48, _piece98_d2_d__p48
     _c55 = d2_d__p48.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p49 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c55
     # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c56 = d2_d__p48.reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
     del d2_d__p48, d__p49
-    d2_A_102 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece102_d2_A = torch.mm(_c56.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c56
-    d2_d_B_103 = d2_d__p49
+    _piece103_d2_d_B = d2_d__p49
     del d2_d__p49
-    d2_d__p50 = d2_d__w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
+    d2_d__p50 = d2_d__w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
     del _p27
-    d2__p27_104 = d2_d__w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * d__p50.reshape(n, 32, 3)
+    _piece104_d2__p27 = d2_d__w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * d__p50.reshape(n, 32, 3)
     del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c57 = d2_d__p50.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
@@ -46527,82 +46531,82 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c58 = d2_d__p50.reshape(n, 32, 3, 1) * d__p51.reshape(n, 32, 1, 3)
     del d2_d__p50, d__p51
-    d2_A_105 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece105_d2_A = torch.mm(_c58.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c58
-    d2_d_B_106 = d2_d__p51
+    _piece106_d2_d_B = d2_d__p51
     del d2_d__p51
-    d2_d__p52_107 = (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p28.reshape(n, 32, 5)
+    _piece107_d2_d__p52 = (d2_d__w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p28.reshape(n, 32, 5)
     del _p28
-    d2__p28 = (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
-    d2_d__p52_108 = (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p30.reshape(n, 32, 5)
+    d2__p28 = (d2_d__w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    _piece108_d2_d__p52 = (d2_d__w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p30.reshape(n, 32, 5)
     del _p30
-    d2__p30 = (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
-    d2_d__p52_109 = (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p36.reshape(n, 32, 5)
+    d2__p30 = (d2_d__w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    _piece109_d2_d__p52 = (d2_d__w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p36.reshape(n, 32, 5)
     del _p36
-    d2__p36 = (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
-    d2_d__p52_110 = (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * _p38.reshape(n, 32, 5)
+    d2__p36 = (d2_d__w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    _piece110_d2_d__p52 = (d2_d__w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * _p38.reshape(n, 32, 5)
     del _p38
-    d2__p38 = (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
-    d2_d__p52_111 = (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
-    d2__p41_112 = (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    d2__p38 = (d2_d__w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    _piece111_d2_d__p52 = (d2_d__w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
+    _piece112_d2__p41 = (d2_d__w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
     del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    d2_d__p52 = d2_d__p52_107 + d2_d__p52_108 + d2_d__p52_109 + d2_d__p52_110 + d2_d__p52_111
-    del d2_d__p52_107, d2_d__p52_108, d2_d__p52_109, d2_d__p52_110, d2_d__p52_111
+    d2_d__p52 = _piece107_d2_d__p52 + _piece108_d2_d__p52 + _piece109_d2_d__p52 + _piece110_d2_d__p52 + _piece111_d2_d__p52
+    del _piece107_d2_d__p52, _piece108_d2_d__p52, _piece109_d2_d__p52, _piece110_d2_d__p52, _piece111_d2_d__p52
     _c59 = d2_d__p52.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p53 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
     del _c59
     # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c60 = d2_d__p52.reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
     del d2_d__p52, d__p53
-    d2_A_113 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece113_d2_A = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c60
-    d2_d_B_114 = d2_d__p53
+    _piece114_d2_d_B = d2_d__p53
     del d2_d__p53
-    d2_d__p54_115 = (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * _p32.reshape(n, 32, 5)
+    _piece115_d2_d__p54 = (d2_d__w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * _p32.reshape(n, 32, 5)
     del _p32
-    d2__p32 = (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
-    d2_d__p54_116 = (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
-    d2__p41_117 = (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
+    d2__p32 = (d2_d__w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
+    _piece116_d2_d__p54 = (d2_d__w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
+    _piece117_d2__p41 = (d2_d__w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
     del d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    d2_d__p54 = d2_d__p54_115 + d2_d__p54_116
-    del d2_d__p54_115, d2_d__p54_116
+    d2_d__p54 = _piece115_d2_d__p54 + _piece116_d2_d__p54
+    del _piece115_d2_d__p54, _piece116_d2_d__p54
     _c61 = d2_d__p54.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p55 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     del _c61
     # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c62 = d2_d__p54.reshape(n, 32, 5, 1) * d__p55.reshape(n, 32, 1, 3)
     del d2_d__p54, d__p55
-    d2_A_118 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece118_d2_A = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c62
-    d2_d_B_119 = d2_d__p55
+    _piece119_d2_d_B = d2_d__p55
     del d2_d__p55
-    d2_d__p56_120 = (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
+    _piece120_d2_d__p56 = (d2_d__w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
     del _p34
-    d2__p34_121 = (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
-    d2_d__p56_122 = (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p40.reshape(n, 32, 3)
+    _piece121_d2__p34 = (d2_d__w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
+    _piece122_d2_d__p56 = (d2_d__w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p40.reshape(n, 32, 3)
     del _p40
-    d2__p40 = (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
-    d2_d__p56_123 = (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
+    d2__p40 = (d2_d__w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
+    _piece123_d2_d__p56 = (d2_d__w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
     del _p24
-    d2__p24_124 = (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
+    _piece124_d2__p24 = (d2_d__w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
     del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    d2_d__p56 = d2_d__p56_120 + d2_d__p56_122 + d2_d__p56_123
-    del d2_d__p56_120, d2_d__p56_122, d2_d__p56_123
+    d2_d__p56 = _piece120_d2_d__p56 + _piece122_d2_d__p56 + _piece123_d2_d__p56
+    del _piece120_d2_d__p56, _piece122_d2_d__p56, _piece123_d2_d__p56
     _c63 = d2_d__p56.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p57 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     del _c63
     # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c64 = d2_d__p56.reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
     del d2_d__p56, d__p57
-    d2_A_125 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece125_d2_A = torch.mm(_c64.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c64
-    d2_d_B_126 = d2_d__p57
+    _piece126_d2_d_B = d2_d__p57
     del d2_d__p57
-    d2_d__p58 = (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
-    d2__p35_127 = (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d__p58.reshape(n, 32, 3)
+    d2_d__p58 = (d2_d__w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
+    _piece127_d2__p35 = (d2_d__w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d__p58.reshape(n, 32, 3)
     del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c65 = d2_d__p58.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -46611,13 +46615,13 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c66 = d2_d__p58.reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
     del d2_d__p58, d__p59
-    d2_A_128 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    _piece128_d2_A = torch.mm(_c66.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
     del _c66
-    d2_d_B_129 = d2_d__p59
+    _piece129_d2_d_B = d2_d__p59
     del d2_d__p59
-    d2_d__p60 = (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
+    d2_d__p60 = (d2_d__w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
     del _p35
-    d2__p35_130 = (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * d__p60.reshape(n, 32, 3)
+    _piece130_d2__p35 = (d2_d__w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * d__p60.reshape(n, 32, 3)
     del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c67 = d2_d__p60.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
@@ -46626,53 +46630,53 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c68 = d2_d__p60.reshape(n, 32, 3, 1) * d__p61.reshape(n, 32, 1, 5)
     del d2_d__p60, d__p61
-    d2_A_131 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    _piece131_d2_A = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
     del _c68
-    d2_d_B_132 = d2_d__p61
+    _piece132_d2_d_B = d2_d__p61
     del d2_d__p61
-    d2_d_B_133 = (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p62.reshape(n, 32, 1)
+    _piece133_d2_d_B = (d2_d__w_B__3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p62.reshape(n, 32, 1)
     del _p62
-    d2__p62 = (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
-    del d2_d__w_B_3
+    d2__p62 = (d2_d__w_B__3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    del d2_d__w_B__3
     # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c69 = d2__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2__p41_134 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece134_d2__p41 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c69
     # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c70 = d2__p62.reshape(n, 32, 1, 1) * _p41.reshape(n, 32, 1, 5)
     del _p41, d2__p62
-    d2_A_135 = torch.mm(_c70.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece135_d2_A = torch.mm(_c70.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c70
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d2__p41 = d2__p41_112 + d2__p41_117 + d2__p41_134
-    del d2__p41_112, d2__p41_117, d2__p41_134
+    d2__p41 = _piece112_d2__p41 + _piece117_d2__p41 + _piece134_d2__p41
+    del _piece112_d2__p41, _piece117_d2__p41, _piece134_d2__p41
     _c71 = d2__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p9_136 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece136_d2__p9 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c71
     # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c72 = d2__p41.reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p41
-    d2_A_137 = torch.mm(_c72.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece137_d2_A = torch.mm(_c72.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c72
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c73 = d2__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p9_138 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece138_d2__p9 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c73
     # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c74 = d2__p40.reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p40
-    d2_A_139 = torch.mm(_c74.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece139_d2_A = torch.mm(_c74.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c74
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d2__p39 = d2__p39_71 + d2__p39_93
-    del d2__p39_71, d2__p39_93
+    d2__p39 = _piece71_d2__p39 + _piece93_d2__p39
+    del _piece71_d2__p39, _piece93_d2__p39
     _c75 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p9_140 = cg_0_0_0.reshape(1, 1, 1) * _c75.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece140_d2__p9 = cg_0_0_0.reshape(1, 1, 1) * _c75.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c75
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c76 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     del _p9, d2__p39
-    d2_A_141 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c76.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece141_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c76.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c76
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c77 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -46681,259 +46685,259 @@ def _mace_product_4_d2_weight(
     # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c78 = d2__p38.reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
     del _p37, d2__p38
-    d2_A_142 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece142_d2_A = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c78
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c79 = d2__p37.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_143 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece143_d2_A = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c79
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c80 = d2__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p37
-    d2_A_144 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece144_d2_A = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c80
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c81 = d2__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p8_145 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece145_d2__p8 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c81
     # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c82 = d2__p36.reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
     del d2__p36
-    d2_A_146 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece146_d2_A = torch.mm(_c82.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c82
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2__p35 = d2__p35_127 + d2__p35_130
-    del d2__p35_127, d2__p35_130
+    d2__p35 = _piece127_d2__p35 + _piece130_d2__p35
+    del _piece127_d2__p35, _piece130_d2__p35
     _c83 = d2__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p8_147 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece147_d2__p8 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c83
     # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c84 = d2__p35.reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
     del d2__p35
-    d2_A_148 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece148_d2_A = torch.mm(_c84.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c84
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d2__p34 = d2__p34_101 + d2__p34_121
-    del d2__p34_101, d2__p34_121
+    d2__p34 = _piece101_d2__p34 + _piece121_d2__p34
+    del _piece101_d2__p34, _piece121_d2__p34
     _c85 = d2__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p6_149 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece149_d2__p6 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c85
     # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c86 = d2__p34.reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
     del d2__p34
-    d2_A_150 = torch.mm(_c86.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece150_d2_A = torch.mm(_c86.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c86
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d2__p33 = d2__p33_67 + d2__p33_80
-    del d2__p33_67, d2__p33_80
+    d2__p33 = _piece67_d2__p33 + _piece80_d2__p33
+    del _piece67_d2__p33, _piece80_d2__p33
     _c87 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p6_151 = cg_0_0_0.reshape(1, 1, 1) * _c87.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece151_d2__p6 = cg_0_0_0.reshape(1, 1, 1) * _c87.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c87
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c88 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     del _p6, d2__p33
-    d2_A_152 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c88.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece152_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c88.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c88
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c89 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p5_153 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece153_d2__p5 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c89
     # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c90 = d2__p32.reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
     del d2__p32
-    d2_A_154 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece154_d2_A = torch.mm(_c90.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c90
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c91 = d2__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2__p5_155 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece155_d2__p5 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c91
     # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c92 = d2__p31.reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
     del _p5, d2__p31
-    d2_A_156 = torch.mm(_c92.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece156_d2_A = torch.mm(_c92.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c92
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c93 = d2__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p3_157 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece157_d2__p3 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c93
     # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c94 = d2__p30.reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
     del d2__p30
-    d2_A_158 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece158_d2_A = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c94
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c95 = d2__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2__p3_159 = torch.mm(_c95.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece159_d2__p3 = torch.mm(_c95.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c95
     # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c96 = d2__p29.reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
     del _p3, d2__p29
-    d2_A_160 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece160_d2_A = torch.mm(_c96.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c96
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c97 = d2__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2__p1_161 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece161_d2__p1 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c97
     # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c98 = d2__p28.reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p28
-    d2_A_162 = torch.mm(_c98.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece162_d2_A = torch.mm(_c98.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c98
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d2__p27 = d2__p27_99 + d2__p27_104
-    del d2__p27_104, d2__p27_99
+    d2__p27 = _piece99_d2__p27 + _piece104_d2__p27
+    del _piece104_d2__p27, _piece99_d2__p27
     _c99 = d2__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p1_163 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece163_d2__p1 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c99
     # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c100 = d2__p27.reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p27
-    d2_A_164 = torch.mm(_c100.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece164_d2_A = torch.mm(_c100.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c100
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d2__p26 = d2__p26_65 + d2__p26_77 + d2__p26_88
-    del d2__p26_65, d2__p26_77, d2__p26_88
+    d2__p26 = _piece65_d2__p26 + _piece77_d2__p26 + _piece88_d2__p26
+    del _piece65_d2__p26, _piece77_d2__p26, _piece88_d2__p26
     _c101 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p1_165 = cg_0_0_0.reshape(1, 1, 1) * _c101.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece165_d2__p1 = cg_0_0_0.reshape(1, 1, 1) * _c101.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c101
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c102 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     del _p1, d2__p26
-    d2_A_166 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c102.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece166_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c102.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c102
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d2__p25 = d2__p25_63 + d2__p25_73 + d2__p25_84 + d2__p25_95
-    del d2__p25_63, d2__p25_73, d2__p25_84, d2__p25_95
+    d2__p25 = _piece63_d2__p25 + _piece73_d2__p25 + _piece84_d2__p25 + _piece95_d2__p25
+    del _piece63_d2__p25, _piece73_d2__p25, _piece84_d2__p25, _piece95_d2__p25
     _c103 = d2__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2__p10_167 = torch.mm(_c103.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece167_d2__p10 = torch.mm(_c103.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c103
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c104 = d2__p25.reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
     del d2__p25
-    d2_A_168 = torch.mm(_c104.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece168_d2_A = torch.mm(_c104.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c104
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    d2__p24 = d2__p24_61 + d2__p24_124
-    del d2__p24_124, d2__p24_61
+    d2__p24 = _piece61_d2__p24 + _piece124_d2__p24
+    del _piece124_d2__p24, _piece61_d2__p24
     _c105 = d2__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2__p10_169 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece169_d2__p10 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c105
     # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c106 = d2__p24.reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
     del _p10, d2__p24
-    d2_A_170 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece170_d2_A = torch.mm(_c106.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c106
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d2__p23 = d2__p23_59 + d2__p23_69 + d2__p23_82 + d2__p23_91
-    del d2__p23_59, d2__p23_69, d2__p23_82, d2__p23_91
+    d2__p23 = _piece59_d2__p23 + _piece69_d2__p23 + _piece82_d2__p23 + _piece91_d2__p23
+    del _piece59_d2__p23, _piece69_d2__p23, _piece82_d2__p23, _piece91_d2__p23
     _c107 = d2__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2__p8_171 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece171_d2__p8 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c107
     # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c108 = d2__p23.reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
     del _p8, d2__p23
-    d2_A_172 = torch.mm(_c108.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece172_d2_A = torch.mm(_c108.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c108
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2__p10 = d2__p10_21 + d2__p10_167 + d2__p10_169
-    del d2__p10_167, d2__p10_169, d2__p10_21
+    d2__p10 = _piece21_d2__p10 + _piece167_d2__p10 + _piece169_d2__p10
+    del _piece167_d2__p10, _piece169_d2__p10, _piece21_d2__p10
     _c109 = d2__p10.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_173 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    _piece173_d2_A = torch.mm(_c109.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
     del _c109
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c110 = d2__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2__p10
-    d2_A_174 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece174_d2_A = torch.mm(_c110.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c110
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d2__p9 = d2__p9_19 + d2__p9_27 + d2__p9_35 + d2__p9_43 + d2__p9_136 + d2__p9_138 + d2__p9_140
-    del d2__p9_136, d2__p9_138, d2__p9_140, d2__p9_19, d2__p9_27, d2__p9_35, d2__p9_43
+    d2__p9 = _piece19_d2__p9 + _piece27_d2__p9 + _piece35_d2__p9 + _piece43_d2__p9 + _piece136_d2__p9 + _piece138_d2__p9 + _piece140_d2__p9
+    del _piece136_d2__p9, _piece138_d2__p9, _piece140_d2__p9, _piece19_d2__p9, _piece27_d2__p9, _piece35_d2__p9, _piece43_d2__p9
     _c111 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_A_175 = torch.mm(_c111.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    _piece175_d2_A = torch.mm(_c111.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
     del _c111
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c112 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2__p9
-    d2_A_176 = torch.mm(_c112.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece176_d2_A = torch.mm(_c112.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c112
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d2__p8 = d2__p8_17 + d2__p8_145 + d2__p8_147 + d2__p8_171
-    del d2__p8_145, d2__p8_147, d2__p8_17, d2__p8_171
+    d2__p8 = _piece17_d2__p8 + _piece145_d2__p8 + _piece147_d2__p8 + _piece171_d2__p8
+    del _piece145_d2__p8, _piece147_d2__p8, _piece171_d2__p8, _piece17_d2__p8
     _c113 = d2__p8.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_177 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece177_d2_A = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c113
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c114 = d2__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p8
-    d2_A_178 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece178_d2_A = torch.mm(_c114.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c114
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2__p7 = d2__p7_15 + d2__p7_55
-    del d2__p7_15, d2__p7_55
+    d2__p7 = _piece15_d2__p7 + _piece55_d2__p7
+    del _piece15_d2__p7, _piece55_d2__p7
     _c115 = d2__p7.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_A_179 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    _piece179_d2_A = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
     del _c115
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c116 = d2__p7.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p7
-    d2_A_180 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece180_d2_A = torch.mm(_c116.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c116
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d2__p6 = d2__p6_13 + d2__p6_25 + d2__p6_33 + d2__p6_41 + d2__p6_149 + d2__p6_151
-    del d2__p6_13, d2__p6_149, d2__p6_151, d2__p6_25, d2__p6_33, d2__p6_41
+    d2__p6 = _piece13_d2__p6 + _piece25_d2__p6 + _piece33_d2__p6 + _piece41_d2__p6 + _piece149_d2__p6 + _piece151_d2__p6
+    del _piece13_d2__p6, _piece149_d2__p6, _piece151_d2__p6, _piece25_d2__p6, _piece33_d2__p6, _piece41_d2__p6
     _c117 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_A_181 = torch.mm(_c117.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    _piece181_d2_A = torch.mm(_c117.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
     del _c117
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c118 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2__p6
-    d2_A_182 = torch.mm(_c118.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece182_d2_A = torch.mm(_c118.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c118
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d2__p5 = d2__p5_11 + d2__p5_53 + d2__p5_153 + d2__p5_155
-    del d2__p5_11, d2__p5_153, d2__p5_155, d2__p5_53
+    d2__p5 = _piece11_d2__p5 + _piece53_d2__p5 + _piece153_d2__p5 + _piece155_d2__p5
+    del _piece11_d2__p5, _piece153_d2__p5, _piece155_d2__p5, _piece53_d2__p5
     _c119 = d2__p5.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d2_A_183 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece183_d2_A = torch.mm(_c119.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c119
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c120 = d2__p5.reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p5
-    d2_A_184 = torch.mm(_c120.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    _piece184_d2_A = torch.mm(_c120.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c120
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d2__p3 = d2__p3_9 + d2__p3_46 + d2__p3_49 + d2__p3_157 + d2__p3_159
-    del d2__p3_157, d2__p3_159, d2__p3_46, d2__p3_49, d2__p3_9
+    d2__p3 = _piece9_d2__p3 + _piece46_d2__p3 + _piece49_d2__p3 + _piece157_d2__p3 + _piece159_d2__p3
+    del _piece157_d2__p3, _piece159_d2__p3, _piece46_d2__p3, _piece49_d2__p3, _piece9_d2__p3
     _c121 = d2__p3.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d2_A_185 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    _piece185_d2_A = torch.mm(_c121.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
     del _c121
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c122 = d2__p3.reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p3
-    d2_A_186 = torch.mm(_c122.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    _piece186_d2_A = torch.mm(_c122.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c122
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d2__p1 = d2__p1_7 + d2__p1_23 + d2__p1_31 + d2__p1_39 + d2__p1_161 + d2__p1_163 + d2__p1_165
-    del d2__p1_161, d2__p1_163, d2__p1_165, d2__p1_23, d2__p1_31, d2__p1_39, d2__p1_7
+    d2__p1 = _piece7_d2__p1 + _piece23_d2__p1 + _piece31_d2__p1 + _piece39_d2__p1 + _piece161_d2__p1 + _piece163_d2__p1 + _piece165_d2__p1
+    del _piece161_d2__p1, _piece163_d2__p1, _piece165_d2__p1, _piece23_d2__p1, _piece31_d2__p1, _piece39_d2__p1, _piece7_d2__p1
     _c123 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_A_187 = cg_0_0_0.reshape(1, 1, 1) * _c123.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece187_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c123.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c123
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c124 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p1
-    d2_A_188 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c124.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    _piece188_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c124.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c124
     d2_A = torch.cat([
-        (d2_A_1 + d2_A_28 + d2_A_74 + d2_A_141 + d2_A_152 + d2_A_166 + d2_A_183 + d2_A_185 + d2_A_187 + d2_A_188).reshape(n, 32),
-        (d2_A_3 + d2_A_36 + d2_A_47 + d2_A_85 + d2_A_102 + d2_A_118 + d2_A_125 + d2_A_128 + d2_A_139 + d2_A_142 + d2_A_143 + d2_A_146 + d2_A_148 + d2_A_150 + d2_A_158 + d2_A_160 + d2_A_164 + d2_A_170 + d2_A_172 + d2_A_177 + d2_A_179 + d2_A_180 + d2_A_181 + d2_A_182 + d2_A_186).reshape(n, 96),
-        (d2_A_5 + d2_A_44 + d2_A_50 + d2_A_56 + d2_A_96 + d2_A_105 + d2_A_113 + d2_A_131 + d2_A_135 + d2_A_137 + d2_A_144 + d2_A_154 + d2_A_156 + d2_A_162 + d2_A_168 + d2_A_173 + d2_A_174 + d2_A_175 + d2_A_176 + d2_A_178 + d2_A_184).reshape(n, 160),
+        (_piece1_d2_A + _piece28_d2_A + _piece74_d2_A + _piece141_d2_A + _piece152_d2_A + _piece166_d2_A + _piece183_d2_A + _piece185_d2_A + _piece187_d2_A + _piece188_d2_A).reshape(n, 32),
+        (_piece3_d2_A + _piece36_d2_A + _piece47_d2_A + _piece85_d2_A + _piece102_d2_A + _piece118_d2_A + _piece125_d2_A + _piece128_d2_A + _piece139_d2_A + _piece142_d2_A + _piece143_d2_A + _piece146_d2_A + _piece148_d2_A + _piece150_d2_A + _piece158_d2_A + _piece160_d2_A + _piece164_d2_A + _piece170_d2_A + _piece172_d2_A + _piece177_d2_A + _piece179_d2_A + _piece180_d2_A + _piece181_d2_A + _piece182_d2_A + _piece186_d2_A).reshape(n, 96),
+        (_piece5_d2_A + _piece44_d2_A + _piece50_d2_A + _piece56_d2_A + _piece96_d2_A + _piece105_d2_A + _piece113_d2_A + _piece131_d2_A + _piece135_d2_A + _piece137_d2_A + _piece144_d2_A + _piece154_d2_A + _piece156_d2_A + _piece162_d2_A + _piece168_d2_A + _piece173_d2_A + _piece174_d2_A + _piece175_d2_A + _piece176_d2_A + _piece178_d2_A + _piece184_d2_A).reshape(n, 160),
     ], dim=-1)
-    del d2_A_1, d2_A_102, d2_A_105, d2_A_113, d2_A_118, d2_A_125, d2_A_128, d2_A_131, d2_A_135, d2_A_137, d2_A_139, d2_A_141, d2_A_142, d2_A_143, d2_A_144, d2_A_146, d2_A_148, d2_A_150, d2_A_152, d2_A_154, d2_A_156, d2_A_158, d2_A_160, d2_A_162, d2_A_164, d2_A_166, d2_A_168, d2_A_170, d2_A_172, d2_A_173, d2_A_174, d2_A_175, d2_A_176, d2_A_177, d2_A_178, d2_A_179, d2_A_180, d2_A_181, d2_A_182, d2_A_183, d2_A_184, d2_A_185, d2_A_186, d2_A_187, d2_A_188, d2_A_28, d2_A_3, d2_A_36, d2_A_44, d2_A_47, d2_A_5, d2_A_50, d2_A_56, d2_A_74, d2_A_85, d2_A_96
+    del _piece102_d2_A, _piece105_d2_A, _piece113_d2_A, _piece118_d2_A, _piece125_d2_A, _piece128_d2_A, _piece131_d2_A, _piece135_d2_A, _piece137_d2_A, _piece139_d2_A, _piece141_d2_A, _piece142_d2_A, _piece143_d2_A, _piece144_d2_A, _piece146_d2_A, _piece148_d2_A, _piece150_d2_A, _piece152_d2_A, _piece154_d2_A, _piece156_d2_A, _piece158_d2_A, _piece160_d2_A, _piece162_d2_A, _piece164_d2_A, _piece166_d2_A, _piece168_d2_A, _piece170_d2_A, _piece172_d2_A, _piece173_d2_A, _piece174_d2_A, _piece175_d2_A, _piece176_d2_A, _piece177_d2_A, _piece178_d2_A, _piece179_d2_A, _piece180_d2_A, _piece181_d2_A, _piece182_d2_A, _piece183_d2_A, _piece184_d2_A, _piece185_d2_A, _piece186_d2_A, _piece187_d2_A, _piece188_d2_A, _piece1_d2_A, _piece28_d2_A, _piece36_d2_A, _piece3_d2_A, _piece44_d2_A, _piece47_d2_A, _piece50_d2_A, _piece56_d2_A, _piece5_d2_A, _piece74_d2_A, _piece85_d2_A, _piece96_d2_A
     d2_d_B = torch.cat([
-        (d2_d_B_0 + d2_d_B_6 + d2_d_B_12 + d2_d_B_18 + d2_d_B_29 + d2_d_B_58 + d2_d_B_62 + d2_d_B_75 + d2_d_B_126 + d2_d_B_133).reshape(n, 32),
-        (d2_d_B_2 + d2_d_B_8 + d2_d_B_16 + d2_d_B_37 + d2_d_B_51 + d2_d_B_60 + d2_d_B_86 + d2_d_B_106 + d2_d_B_119 + d2_d_B_129).reshape(n, 96),
-        (d2_d_B_4 + d2_d_B_10 + d2_d_B_14 + d2_d_B_20 + d2_d_B_45 + d2_d_B_48 + d2_d_B_57 + d2_d_B_97 + d2_d_B_103 + d2_d_B_114 + d2_d_B_132).reshape(n, 160),
+        (_piece0_d2_d_B + _piece6_d2_d_B + _piece12_d2_d_B + _piece18_d2_d_B + _piece29_d2_d_B + _piece58_d2_d_B + _piece62_d2_d_B + _piece75_d2_d_B + _piece126_d2_d_B + _piece133_d2_d_B).reshape(n, 32),
+        (_piece2_d2_d_B + _piece8_d2_d_B + _piece16_d2_d_B + _piece37_d2_d_B + _piece51_d2_d_B + _piece60_d2_d_B + _piece86_d2_d_B + _piece106_d2_d_B + _piece119_d2_d_B + _piece129_d2_d_B).reshape(n, 96),
+        (_piece4_d2_d_B + _piece10_d2_d_B + _piece14_d2_d_B + _piece20_d2_d_B + _piece45_d2_d_B + _piece48_d2_d_B + _piece57_d2_d_B + _piece97_d2_d_B + _piece103_d2_d_B + _piece114_d2_d_B + _piece132_d2_d_B).reshape(n, 160),
     ], dim=-1)
-    del d2_d_B_0, d2_d_B_10, d2_d_B_103, d2_d_B_106, d2_d_B_114, d2_d_B_119, d2_d_B_12, d2_d_B_126, d2_d_B_129, d2_d_B_132, d2_d_B_133, d2_d_B_14, d2_d_B_16, d2_d_B_18, d2_d_B_2, d2_d_B_20, d2_d_B_29, d2_d_B_37, d2_d_B_4, d2_d_B_45, d2_d_B_48, d2_d_B_51, d2_d_B_57, d2_d_B_58, d2_d_B_6, d2_d_B_60, d2_d_B_62, d2_d_B_75, d2_d_B_8, d2_d_B_86, d2_d_B_97
+    del _piece0_d2_d_B, _piece103_d2_d_B, _piece106_d2_d_B, _piece10_d2_d_B, _piece114_d2_d_B, _piece119_d2_d_B, _piece126_d2_d_B, _piece129_d2_d_B, _piece12_d2_d_B, _piece132_d2_d_B, _piece133_d2_d_B, _piece14_d2_d_B, _piece16_d2_d_B, _piece18_d2_d_B, _piece20_d2_d_B, _piece29_d2_d_B, _piece2_d2_d_B, _piece37_d2_d_B, _piece45_d2_d_B, _piece48_d2_d_B, _piece4_d2_d_B, _piece51_d2_d_B, _piece57_d2_d_B, _piece58_d2_d_B, _piece60_d2_d_B, _piece62_d2_d_B, _piece6_d2_d_B, _piece75_d2_d_B, _piece86_d2_d_B, _piece8_d2_d_B, _piece97_d2_d_B
     d2_weight = weight.new_zeros(7424)
     return [d2_A, d2_d_B, d2_weight]
 
@@ -46944,398 +46948,398 @@ def _mace_product_4_d2_weight(
     triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _mace_product_4__kernel(A, z, weight, B__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """mace_product_4: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    chan_mask = chans < 32
-    mask = row_mask[:, None] & chan_mask[None, :]
-    zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
+    _chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    _chan_mask = _chans < 32
+    _mask = _row_mask[:, None] & _chan_mask[None, :]
+    _zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=A.dtype.element_ty)
 
     # out B : 32x0e+32x1o+32x2e
     # B.0: A mix uuu per z
-    A_0_0 = tl.load(A + rows[:, None] * 288 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    z_rows = tl.load(z + rows, mask=row_mask, other=0)
-    w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 96 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum1_0 = A_0_0 * w_B_0_0 * 1.0
-    A_1_0 = tl.load(A + rows[:, None] * 288 + (32 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_1 = tl.load(A + rows[:, None] * 288 + (33 + chans[None, :] * 3), mask=mask, other=0.0)
-    A_1_2 = tl.load(A + rows[:, None] * 288 + (34 + chans[None, :] * 3), mask=mask, other=0.0)
-    w_B_0_32 = tl.load(weight + 0 + z_rows[:, None] * 96 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum2_0 = A_1_0 * w_B_0_32 * 1.0
-    sum2_1 = A_1_1 * w_B_0_32 * 1.0
-    sum2_2 = A_1_2 * w_B_0_32 * 1.0
-    A_2_0 = tl.load(A + rows[:, None] * 288 + (128 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_1 = tl.load(A + rows[:, None] * 288 + (129 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_2 = tl.load(A + rows[:, None] * 288 + (130 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_3 = tl.load(A + rows[:, None] * 288 + (131 + chans[None, :] * 5), mask=mask, other=0.0)
-    A_2_4 = tl.load(A + rows[:, None] * 288 + (132 + chans[None, :] * 5), mask=mask, other=0.0)
-    w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 96 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum3_0 = A_2_0 * w_B_0_64 * 1.0
-    sum3_1 = A_2_1 * w_B_0_64 * 1.0
-    sum3_2 = A_2_2 * w_B_0_64 * 1.0
-    sum3_3 = A_2_3 * w_B_0_64 * 1.0
-    sum3_4 = A_2_4 * w_B_0_64 * 1.0
+    A__0_0 = tl.load(A + _rows[:, None] * 288 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    z__rows = tl.load(z + _rows, mask=_row_mask, other=0)
+    _w_B__0_0 = tl.load(weight + 0 + z__rows[:, None] * 96 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum1_0 = A__0_0 * _w_B__0_0 * 1.0
+    A__1_0 = tl.load(A + _rows[:, None] * 288 + (32 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_1 = tl.load(A + _rows[:, None] * 288 + (33 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    A__1_2 = tl.load(A + _rows[:, None] * 288 + (34 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    _w_B__0_32 = tl.load(weight + 0 + z__rows[:, None] * 96 + (32 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum2_0 = A__1_0 * _w_B__0_32 * 1.0
+    _sum2_1 = A__1_1 * _w_B__0_32 * 1.0
+    _sum2_2 = A__1_2 * _w_B__0_32 * 1.0
+    A__2_0 = tl.load(A + _rows[:, None] * 288 + (128 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_1 = tl.load(A + _rows[:, None] * 288 + (129 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_2 = tl.load(A + _rows[:, None] * 288 + (130 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_3 = tl.load(A + _rows[:, None] * 288 + (131 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    A__2_4 = tl.load(A + _rows[:, None] * 288 + (132 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    _w_B__0_64 = tl.load(weight + 0 + z__rows[:, None] * 96 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum3_0 = A__2_0 * _w_B__0_64 * 1.0
+    _sum3_1 = A__2_1 * _w_B__0_64 * 1.0
+    _sum3_2 = A__2_2 * _w_B__0_64 * 1.0
+    _sum3_3 = A__2_3 * _w_B__0_64 * 1.0
+    _sum3_4 = A__2_4 * _w_B__0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
-    p1_0 = 1.0 * A_0_0 * A_0_0
-    w_B_1_0 = tl.load(weight + 384 + z_rows[:, None] * 256 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum4_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5773502691896257
-    p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
-    p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
-    p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
-    w_B_1_32 = tl.load(weight + 384 + z_rows[:, None] * 256 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum5_0 = sum2_0 + p3_0 * w_B_1_32 * 1.224744871391589
-    sum5_1 = sum2_1 + p3_1 * w_B_1_32 * 1.224744871391589
-    sum5_2 = sum2_2 + p3_2 * w_B_1_32 * 1.224744871391589
-    p5_0 = 0.4472135954999579 * A_0_0 * A_2_0
-    p5_1 = 0.4472135954999579 * A_0_0 * A_2_1
-    p5_2 = 0.4472135954999579 * A_0_0 * A_2_2
-    p5_3 = 0.4472135954999579 * A_0_0 * A_2_3
-    p5_4 = 0.4472135954999579 * A_0_0 * A_2_4
-    w_B_1_64 = tl.load(weight + 384 + z_rows[:, None] * 256 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum6_0 = sum3_0 + p5_0 * w_B_1_64 * 1.2909944487358056
-    sum6_1 = sum3_1 + p5_1 * w_B_1_64 * 1.2909944487358056
-    sum6_2 = sum3_2 + p5_2 * w_B_1_64 * 1.2909944487358056
-    sum6_3 = sum3_3 + p5_3 * w_B_1_64 * 1.2909944487358056
-    sum6_4 = sum3_4 + p5_4 * w_B_1_64 * 1.2909944487358056
-    p6_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
-    w_B_1_96 = tl.load(weight + 384 + z_rows[:, None] * 256 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum7_0 = sum4_0 + p6_0 * w_B_1_96 * 0.5773502691896257
-    p7_0 = 0.31622776601683794 * A_1_0 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_0
-    p7_1 = 0.31622776601683794 * A_1_0 * A_1_1 + 0.31622776601683794 * A_1_1 * A_1_0
-    p7_2 = -0.18257418583505536 * A_1_0 * A_1_0 + 0.3651483716701107 * A_1_1 * A_1_1 + -0.18257418583505536 * A_1_2 * A_1_2
-    p7_3 = 0.31622776601683794 * A_1_1 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_1
-    p7_4 = -0.31622776601683794 * A_1_0 * A_1_0 + 0.31622776601683794 * A_1_2 * A_1_2
-    w_B_1_128 = tl.load(weight + 384 + z_rows[:, None] * 256 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum8_0 = sum6_0 + p7_0 * w_B_1_128 * 1.2909944487358056
-    sum8_1 = sum6_1 + p7_1 * w_B_1_128 * 1.2909944487358056
-    sum8_2 = sum6_2 + p7_2 * w_B_1_128 * 1.2909944487358056
-    sum8_3 = sum6_3 + p7_3 * w_B_1_128 * 1.2909944487358056
-    sum8_4 = sum6_4 + p7_4 * w_B_1_128 * 1.2909944487358056
-    p8_0 = -0.18257418583505536 * A_1_0 * A_2_2 + -0.31622776601683794 * A_1_0 * A_2_4 + 0.31622776601683794 * A_1_1 * A_2_1 + 0.31622776601683794 * A_1_2 * A_2_0
-    p8_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
-    p8_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
-    w_B_1_160 = tl.load(weight + 384 + z_rows[:, None] * 256 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum9_0 = sum5_0 + p8_0 * w_B_1_160 * 1.224744871391589
-    sum9_1 = sum5_1 + p8_1 * w_B_1_160 * 1.224744871391589
-    sum9_2 = sum5_2 + p8_2 * w_B_1_160 * 1.224744871391589
-    p9_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
-    w_B_1_192 = tl.load(weight + 384 + z_rows[:, None] * 256 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum10_0 = sum7_0 + p9_0 * w_B_1_192 * 0.5773502691896257
-    p10_0 = -0.23904572186687872 * A_2_0 * A_2_2 + 0.20701966780270625 * A_2_1 * A_2_3 + -0.23904572186687872 * A_2_2 * A_2_0 + 0.20701966780270625 * A_2_3 * A_2_1
-    p10_1 = 0.20701966780270625 * A_2_0 * A_2_3 + 0.11952286093343936 * A_2_1 * A_2_2 + -0.20701966780270625 * A_2_1 * A_2_4 + 0.11952286093343936 * A_2_2 * A_2_1 + 0.20701966780270625 * A_2_3 * A_2_0 + -0.20701966780270625 * A_2_4 * A_2_1
-    p10_2 = -0.23904572186687872 * A_2_0 * A_2_0 + 0.11952286093343936 * A_2_1 * A_2_1 + 0.23904572186687872 * A_2_2 * A_2_2 + 0.11952286093343936 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_4
-    p10_3 = 0.20701966780270625 * A_2_0 * A_2_1 + 0.20701966780270625 * A_2_1 * A_2_0 + 0.11952286093343936 * A_2_2 * A_2_3 + 0.11952286093343936 * A_2_3 * A_2_2 + 0.20701966780270625 * A_2_3 * A_2_4 + 0.20701966780270625 * A_2_4 * A_2_3
-    p10_4 = -0.20701966780270625 * A_2_1 * A_2_1 + -0.23904572186687872 * A_2_2 * A_2_4 + 0.20701966780270625 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_2
-    w_B_1_224 = tl.load(weight + 384 + z_rows[:, None] * 256 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum11_0 = sum8_0 + p10_0 * w_B_1_224 * 1.2909944487358056
-    sum11_1 = sum8_1 + p10_1 * w_B_1_224 * 1.2909944487358056
-    sum11_2 = sum8_2 + p10_2 * w_B_1_224 * 1.2909944487358056
-    sum11_3 = sum8_3 + p10_3 * w_B_1_224 * 1.2909944487358056
-    sum11_4 = sum8_4 + p10_4 * w_B_1_224 * 1.2909944487358056
+    _p1_0 = 1.0 * A__0_0 * A__0_0
+    _w_B__1_0 = tl.load(weight + 384 + z__rows[:, None] * 256 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum4_0 = _sum1_0 + _p1_0 * _w_B__1_0 * 0.5773502691896257
+    _p3_0 = 0.5773502691896257 * A__0_0 * A__1_0
+    _p3_1 = 0.5773502691896257 * A__0_0 * A__1_1
+    _p3_2 = 0.5773502691896257 * A__0_0 * A__1_2
+    _w_B__1_32 = tl.load(weight + 384 + z__rows[:, None] * 256 + (32 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum5_0 = _sum2_0 + _p3_0 * _w_B__1_32 * 1.224744871391589
+    _sum5_1 = _sum2_1 + _p3_1 * _w_B__1_32 * 1.224744871391589
+    _sum5_2 = _sum2_2 + _p3_2 * _w_B__1_32 * 1.224744871391589
+    _p5_0 = 0.4472135954999579 * A__0_0 * A__2_0
+    _p5_1 = 0.4472135954999579 * A__0_0 * A__2_1
+    _p5_2 = 0.4472135954999579 * A__0_0 * A__2_2
+    _p5_3 = 0.4472135954999579 * A__0_0 * A__2_3
+    _p5_4 = 0.4472135954999579 * A__0_0 * A__2_4
+    _w_B__1_64 = tl.load(weight + 384 + z__rows[:, None] * 256 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum6_0 = _sum3_0 + _p5_0 * _w_B__1_64 * 1.2909944487358056
+    _sum6_1 = _sum3_1 + _p5_1 * _w_B__1_64 * 1.2909944487358056
+    _sum6_2 = _sum3_2 + _p5_2 * _w_B__1_64 * 1.2909944487358056
+    _sum6_3 = _sum3_3 + _p5_3 * _w_B__1_64 * 1.2909944487358056
+    _sum6_4 = _sum3_4 + _p5_4 * _w_B__1_64 * 1.2909944487358056
+    _p6_0 = 0.5773502691896257 * A__1_0 * A__1_0 + 0.5773502691896257 * A__1_1 * A__1_1 + 0.5773502691896257 * A__1_2 * A__1_2
+    _w_B__1_96 = tl.load(weight + 384 + z__rows[:, None] * 256 + (96 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum7_0 = _sum4_0 + _p6_0 * _w_B__1_96 * 0.5773502691896257
+    _p7_0 = 0.31622776601683794 * A__1_0 * A__1_2 + 0.31622776601683794 * A__1_2 * A__1_0
+    _p7_1 = 0.31622776601683794 * A__1_0 * A__1_1 + 0.31622776601683794 * A__1_1 * A__1_0
+    _p7_2 = -0.18257418583505536 * A__1_0 * A__1_0 + 0.3651483716701107 * A__1_1 * A__1_1 + -0.18257418583505536 * A__1_2 * A__1_2
+    _p7_3 = 0.31622776601683794 * A__1_1 * A__1_2 + 0.31622776601683794 * A__1_2 * A__1_1
+    _p7_4 = -0.31622776601683794 * A__1_0 * A__1_0 + 0.31622776601683794 * A__1_2 * A__1_2
+    _w_B__1_128 = tl.load(weight + 384 + z__rows[:, None] * 256 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum8_0 = _sum6_0 + _p7_0 * _w_B__1_128 * 1.2909944487358056
+    _sum8_1 = _sum6_1 + _p7_1 * _w_B__1_128 * 1.2909944487358056
+    _sum8_2 = _sum6_2 + _p7_2 * _w_B__1_128 * 1.2909944487358056
+    _sum8_3 = _sum6_3 + _p7_3 * _w_B__1_128 * 1.2909944487358056
+    _sum8_4 = _sum6_4 + _p7_4 * _w_B__1_128 * 1.2909944487358056
+    _p8_0 = -0.18257418583505536 * A__1_0 * A__2_2 + -0.31622776601683794 * A__1_0 * A__2_4 + 0.31622776601683794 * A__1_1 * A__2_1 + 0.31622776601683794 * A__1_2 * A__2_0
+    _p8_1 = 0.31622776601683794 * A__1_0 * A__2_1 + 0.3651483716701107 * A__1_1 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_3
+    _p8_2 = 0.31622776601683794 * A__1_0 * A__2_0 + 0.31622776601683794 * A__1_1 * A__2_3 + -0.18257418583505536 * A__1_2 * A__2_2 + 0.31622776601683794 * A__1_2 * A__2_4
+    _w_B__1_160 = tl.load(weight + 384 + z__rows[:, None] * 256 + (160 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum9_0 = _sum5_0 + _p8_0 * _w_B__1_160 * 1.224744871391589
+    _sum9_1 = _sum5_1 + _p8_1 * _w_B__1_160 * 1.224744871391589
+    _sum9_2 = _sum5_2 + _p8_2 * _w_B__1_160 * 1.224744871391589
+    _p9_0 = 0.4472135954999579 * A__2_0 * A__2_0 + 0.4472135954999579 * A__2_1 * A__2_1 + 0.4472135954999579 * A__2_2 * A__2_2 + 0.4472135954999579 * A__2_3 * A__2_3 + 0.4472135954999579 * A__2_4 * A__2_4
+    _w_B__1_192 = tl.load(weight + 384 + z__rows[:, None] * 256 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum10_0 = _sum7_0 + _p9_0 * _w_B__1_192 * 0.5773502691896257
+    _p10_0 = -0.23904572186687872 * A__2_0 * A__2_2 + 0.20701966780270625 * A__2_1 * A__2_3 + -0.23904572186687872 * A__2_2 * A__2_0 + 0.20701966780270625 * A__2_3 * A__2_1
+    _p10_1 = 0.20701966780270625 * A__2_0 * A__2_3 + 0.11952286093343936 * A__2_1 * A__2_2 + -0.20701966780270625 * A__2_1 * A__2_4 + 0.11952286093343936 * A__2_2 * A__2_1 + 0.20701966780270625 * A__2_3 * A__2_0 + -0.20701966780270625 * A__2_4 * A__2_1
+    _p10_2 = -0.23904572186687872 * A__2_0 * A__2_0 + 0.11952286093343936 * A__2_1 * A__2_1 + 0.23904572186687872 * A__2_2 * A__2_2 + 0.11952286093343936 * A__2_3 * A__2_3 + -0.23904572186687872 * A__2_4 * A__2_4
+    _p10_3 = 0.20701966780270625 * A__2_0 * A__2_1 + 0.20701966780270625 * A__2_1 * A__2_0 + 0.11952286093343936 * A__2_2 * A__2_3 + 0.11952286093343936 * A__2_3 * A__2_2 + 0.20701966780270625 * A__2_3 * A__2_4 + 0.20701966780270625 * A__2_4 * A__2_3
+    _p10_4 = -0.20701966780270625 * A__2_1 * A__2_1 + -0.23904572186687872 * A__2_2 * A__2_4 + 0.20701966780270625 * A__2_3 * A__2_3 + -0.23904572186687872 * A__2_4 * A__2_2
+    _w_B__1_224 = tl.load(weight + 384 + z__rows[:, None] * 256 + (224 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum11_0 = _sum8_0 + _p10_0 * _w_B__1_224 * 1.2909944487358056
+    _sum11_1 = _sum8_1 + _p10_1 * _w_B__1_224 * 1.2909944487358056
+    _sum11_2 = _sum8_2 + _p10_2 * _w_B__1_224 * 1.2909944487358056
+    _sum11_3 = _sum8_3 + _p10_3 * _w_B__1_224 * 1.2909944487358056
+    _sum11_4 = _sum8_4 + _p10_4 * _w_B__1_224 * 1.2909944487358056
     # B.2: fuse(A, A, A) mix uuu per z
-    w_B_2_0 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_192 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_352 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (352 + chans[None, :] * 1), mask=mask, other=0.0)
-    p11_0 = p1_0 * w_B_2_0 * 0.4472135954999579 + p6_0 * w_B_2_192 * 0.4472135954999579 + p9_0 * w_B_2_352 * 0.4472135954999579
-    p12_0 = 1.0 * p11_0 * A_0_0
-    sum12_0 = sum10_0 + p12_0 * 1.0
-    w_B_2_32 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_224 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_384 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    p13_0 = p1_0 * w_B_2_32 * 0.7745966692414834 + p6_0 * w_B_2_224 * 0.7745966692414834 + p9_0 * w_B_2_384 * 0.7745966692414834
-    p14_0 = 0.5773502691896257 * p13_0 * A_1_0
-    p14_1 = 0.5773502691896257 * p13_0 * A_1_1
-    p14_2 = 0.5773502691896257 * p13_0 * A_1_2
-    sum13_0 = sum9_0 + p14_0 * 1.0
-    sum13_1 = sum9_1 + p14_1 * 1.0
-    sum13_2 = sum9_2 + p14_2 * 1.0
-    w_B_2_64 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_256 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_448 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (448 + chans[None, :] * 1), mask=mask, other=0.0)
-    p15_0 = p1_0 * w_B_2_64 * 0.9128709291752769 + p6_0 * w_B_2_256 * 0.9128709291752769 + p9_0 * w_B_2_448 * 0.9128709291752769
-    p16_0 = 0.4472135954999579 * p15_0 * A_2_0
-    p16_1 = 0.4472135954999579 * p15_0 * A_2_1
-    p16_2 = 0.4472135954999579 * p15_0 * A_2_2
-    p16_3 = 0.4472135954999579 * p15_0 * A_2_3
-    p16_4 = 0.4472135954999579 * p15_0 * A_2_4
-    sum14_0 = sum11_0 + p16_0 * 1.0
-    sum14_1 = sum11_1 + p16_1 * 1.0
-    sum14_2 = sum11_2 + p16_2 * 1.0
-    sum14_3 = sum11_3 + p16_3 * 1.0
-    sum14_4 = sum11_4 + p16_4 * 1.0
-    w_B_2_96 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
-    p17_0 = p3_0 * w_B_2_96 * 1.5811388300841898
-    p17_1 = p3_1 * w_B_2_96 * 1.5811388300841898
-    p17_2 = p3_2 * w_B_2_96 * 1.5811388300841898
-    p18_0 = 0.31622776601683794 * p17_0 * A_1_2 + 0.31622776601683794 * p17_2 * A_1_0
-    p18_1 = 0.31622776601683794 * p17_0 * A_1_1 + 0.31622776601683794 * p17_1 * A_1_0
-    p18_2 = -0.18257418583505536 * p17_0 * A_1_0 + 0.3651483716701107 * p17_1 * A_1_1 + -0.18257418583505536 * p17_2 * A_1_2
-    p18_3 = 0.31622776601683794 * p17_1 * A_1_2 + 0.31622776601683794 * p17_2 * A_1_1
-    p18_4 = -0.31622776601683794 * p17_0 * A_1_0 + 0.31622776601683794 * p17_2 * A_1_2
-    sum15_0 = sum14_0 + p18_0 * 1.0
-    sum15_1 = sum14_1 + p18_1 * 1.0
-    sum15_2 = sum14_2 + p18_2 * 1.0
-    sum15_3 = sum14_3 + p18_3 * 1.0
-    sum15_4 = sum14_4 + p18_4 * 1.0
-    w_B_2_128 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    p19_0 = p3_0 * w_B_2_128 * 1.3416407864998738
-    p19_1 = p3_1 * w_B_2_128 * 1.3416407864998738
-    p19_2 = p3_2 * w_B_2_128 * 1.3416407864998738
-    p20_0 = -0.18257418583505536 * p19_0 * A_2_2 + -0.31622776601683794 * p19_0 * A_2_4 + 0.31622776601683794 * p19_1 * A_2_1 + 0.31622776601683794 * p19_2 * A_2_0
-    p20_1 = 0.31622776601683794 * p19_0 * A_2_1 + 0.3651483716701107 * p19_1 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_3
-    p20_2 = 0.31622776601683794 * p19_0 * A_2_0 + 0.31622776601683794 * p19_1 * A_2_3 + -0.18257418583505536 * p19_2 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_4
-    sum16_0 = sum13_0 + p20_0 * 1.0
-    sum16_1 = sum13_1 + p20_1 * 1.0
-    sum16_2 = sum13_2 + p20_2 * 1.0
-    w_B_2_160 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_2_288 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (288 + chans[None, :] * 1), mask=mask, other=0.0)
-    p21_0 = p5_0 * w_B_2_160 * 2.041241452319315 + p7_0 * w_B_2_288 * 2.041241452319315
-    p21_1 = p5_1 * w_B_2_160 * 2.041241452319315 + p7_1 * w_B_2_288 * 2.041241452319315
-    p21_2 = p5_2 * w_B_2_160 * 2.041241452319315 + p7_2 * w_B_2_288 * 2.041241452319315
-    p21_3 = p5_3 * w_B_2_160 * 2.041241452319315 + p7_3 * w_B_2_288 * 2.041241452319315
-    p21_4 = p5_4 * w_B_2_160 * 2.041241452319315 + p7_4 * w_B_2_288 * 2.041241452319315
-    p22_0 = -0.23904572186687872 * p21_0 * A_2_2 + 0.20701966780270625 * p21_1 * A_2_3 + -0.23904572186687872 * p21_2 * A_2_0 + 0.20701966780270625 * p21_3 * A_2_1
-    p22_1 = 0.20701966780270625 * p21_0 * A_2_3 + 0.11952286093343936 * p21_1 * A_2_2 + -0.20701966780270625 * p21_1 * A_2_4 + 0.11952286093343936 * p21_2 * A_2_1 + 0.20701966780270625 * p21_3 * A_2_0 + -0.20701966780270625 * p21_4 * A_2_1
-    p22_2 = -0.23904572186687872 * p21_0 * A_2_0 + 0.11952286093343936 * p21_1 * A_2_1 + 0.23904572186687872 * p21_2 * A_2_2 + 0.11952286093343936 * p21_3 * A_2_3 + -0.23904572186687872 * p21_4 * A_2_4
-    p22_3 = 0.20701966780270625 * p21_0 * A_2_1 + 0.20701966780270625 * p21_1 * A_2_0 + 0.11952286093343936 * p21_2 * A_2_3 + 0.11952286093343936 * p21_3 * A_2_2 + 0.20701966780270625 * p21_3 * A_2_4 + 0.20701966780270625 * p21_4 * A_2_3
-    p22_4 = -0.20701966780270625 * p21_1 * A_2_1 + -0.23904572186687872 * p21_2 * A_2_4 + 0.20701966780270625 * p21_3 * A_2_3 + -0.23904572186687872 * p21_4 * A_2_2
-    sum17_0 = sum15_0 + p22_0 * 1.0
-    sum17_1 = sum15_1 + p22_1 * 1.0
-    sum17_2 = sum15_2 + p22_2 * 1.0
-    sum17_3 = sum15_3 + p22_3 * 1.0
-    sum17_4 = sum15_4 + p22_4 * 1.0
-    p23_0 = 0.5773502691896257 * p8_0 * A_1_0 + 0.5773502691896257 * p8_1 * A_1_1 + 0.5773502691896257 * p8_2 * A_1_2
-    w_B_2_320 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum18_0 = sum12_0 + p23_0 * w_B_2_320 * 0.7745966692414834
-    p24_0 = 0.31622776601683794 * p10_0 * A_1_2 + 0.31622776601683794 * p10_1 * A_1_1 + -0.18257418583505536 * p10_2 * A_1_0 + -0.31622776601683794 * p10_4 * A_1_0
-    p24_1 = 0.31622776601683794 * p10_1 * A_1_0 + 0.3651483716701107 * p10_2 * A_1_1 + 0.31622776601683794 * p10_3 * A_1_2
-    p24_2 = 0.31622776601683794 * p10_0 * A_1_0 + -0.18257418583505536 * p10_2 * A_1_2 + 0.31622776601683794 * p10_3 * A_1_1 + 0.31622776601683794 * p10_4 * A_1_2
-    w_B_2_416 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (416 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum19_0 = sum16_0 + p24_0 * w_B_2_416 * 1.7320508075688772
-    sum19_1 = sum16_1 + p24_1 * w_B_2_416 * 1.7320508075688772
-    sum19_2 = sum16_2 + p24_2 * w_B_2_416 * 1.7320508075688772
-    p25_0 = 0.4472135954999579 * p10_0 * A_2_0 + 0.4472135954999579 * p10_1 * A_2_1 + 0.4472135954999579 * p10_2 * A_2_2 + 0.4472135954999579 * p10_3 * A_2_3 + 0.4472135954999579 * p10_4 * A_2_4
-    w_B_2_480 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (480 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum20_0 = sum18_0 + p25_0 * w_B_2_480 * 1.0
+    _w_B__2_0 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_192 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_352 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (352 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p11_0 = _p1_0 * _w_B__2_0 * 0.4472135954999579 + _p6_0 * _w_B__2_192 * 0.4472135954999579 + _p9_0 * _w_B__2_352 * 0.4472135954999579
+    _p12_0 = 1.0 * _p11_0 * A__0_0
+    _sum12_0 = _sum10_0 + _p12_0 * 1.0
+    _w_B__2_32 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (32 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_224 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (224 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_384 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (384 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p13_0 = _p1_0 * _w_B__2_32 * 0.7745966692414834 + _p6_0 * _w_B__2_224 * 0.7745966692414834 + _p9_0 * _w_B__2_384 * 0.7745966692414834
+    _p14_0 = 0.5773502691896257 * _p13_0 * A__1_0
+    _p14_1 = 0.5773502691896257 * _p13_0 * A__1_1
+    _p14_2 = 0.5773502691896257 * _p13_0 * A__1_2
+    _sum13_0 = _sum9_0 + _p14_0 * 1.0
+    _sum13_1 = _sum9_1 + _p14_1 * 1.0
+    _sum13_2 = _sum9_2 + _p14_2 * 1.0
+    _w_B__2_64 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_256 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (256 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_448 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (448 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p15_0 = _p1_0 * _w_B__2_64 * 0.9128709291752769 + _p6_0 * _w_B__2_256 * 0.9128709291752769 + _p9_0 * _w_B__2_448 * 0.9128709291752769
+    _p16_0 = 0.4472135954999579 * _p15_0 * A__2_0
+    _p16_1 = 0.4472135954999579 * _p15_0 * A__2_1
+    _p16_2 = 0.4472135954999579 * _p15_0 * A__2_2
+    _p16_3 = 0.4472135954999579 * _p15_0 * A__2_3
+    _p16_4 = 0.4472135954999579 * _p15_0 * A__2_4
+    _sum14_0 = _sum11_0 + _p16_0 * 1.0
+    _sum14_1 = _sum11_1 + _p16_1 * 1.0
+    _sum14_2 = _sum11_2 + _p16_2 * 1.0
+    _sum14_3 = _sum11_3 + _p16_3 * 1.0
+    _sum14_4 = _sum11_4 + _p16_4 * 1.0
+    _w_B__2_96 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (96 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p17_0 = _p3_0 * _w_B__2_96 * 1.5811388300841898
+    _p17_1 = _p3_1 * _w_B__2_96 * 1.5811388300841898
+    _p17_2 = _p3_2 * _w_B__2_96 * 1.5811388300841898
+    _p18_0 = 0.31622776601683794 * _p17_0 * A__1_2 + 0.31622776601683794 * _p17_2 * A__1_0
+    _p18_1 = 0.31622776601683794 * _p17_0 * A__1_1 + 0.31622776601683794 * _p17_1 * A__1_0
+    _p18_2 = -0.18257418583505536 * _p17_0 * A__1_0 + 0.3651483716701107 * _p17_1 * A__1_1 + -0.18257418583505536 * _p17_2 * A__1_2
+    _p18_3 = 0.31622776601683794 * _p17_1 * A__1_2 + 0.31622776601683794 * _p17_2 * A__1_1
+    _p18_4 = -0.31622776601683794 * _p17_0 * A__1_0 + 0.31622776601683794 * _p17_2 * A__1_2
+    _sum15_0 = _sum14_0 + _p18_0 * 1.0
+    _sum15_1 = _sum14_1 + _p18_1 * 1.0
+    _sum15_2 = _sum14_2 + _p18_2 * 1.0
+    _sum15_3 = _sum14_3 + _p18_3 * 1.0
+    _sum15_4 = _sum14_4 + _p18_4 * 1.0
+    _w_B__2_128 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p19_0 = _p3_0 * _w_B__2_128 * 1.3416407864998738
+    _p19_1 = _p3_1 * _w_B__2_128 * 1.3416407864998738
+    _p19_2 = _p3_2 * _w_B__2_128 * 1.3416407864998738
+    _p20_0 = -0.18257418583505536 * _p19_0 * A__2_2 + -0.31622776601683794 * _p19_0 * A__2_4 + 0.31622776601683794 * _p19_1 * A__2_1 + 0.31622776601683794 * _p19_2 * A__2_0
+    _p20_1 = 0.31622776601683794 * _p19_0 * A__2_1 + 0.3651483716701107 * _p19_1 * A__2_2 + 0.31622776601683794 * _p19_2 * A__2_3
+    _p20_2 = 0.31622776601683794 * _p19_0 * A__2_0 + 0.31622776601683794 * _p19_1 * A__2_3 + -0.18257418583505536 * _p19_2 * A__2_2 + 0.31622776601683794 * _p19_2 * A__2_4
+    _sum16_0 = _sum13_0 + _p20_0 * 1.0
+    _sum16_1 = _sum13_1 + _p20_1 * 1.0
+    _sum16_2 = _sum13_2 + _p20_2 * 1.0
+    _w_B__2_160 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (160 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__2_288 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (288 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p21_0 = _p5_0 * _w_B__2_160 * 2.041241452319315 + _p7_0 * _w_B__2_288 * 2.041241452319315
+    _p21_1 = _p5_1 * _w_B__2_160 * 2.041241452319315 + _p7_1 * _w_B__2_288 * 2.041241452319315
+    _p21_2 = _p5_2 * _w_B__2_160 * 2.041241452319315 + _p7_2 * _w_B__2_288 * 2.041241452319315
+    _p21_3 = _p5_3 * _w_B__2_160 * 2.041241452319315 + _p7_3 * _w_B__2_288 * 2.041241452319315
+    _p21_4 = _p5_4 * _w_B__2_160 * 2.041241452319315 + _p7_4 * _w_B__2_288 * 2.041241452319315
+    _p22_0 = -0.23904572186687872 * _p21_0 * A__2_2 + 0.20701966780270625 * _p21_1 * A__2_3 + -0.23904572186687872 * _p21_2 * A__2_0 + 0.20701966780270625 * _p21_3 * A__2_1
+    _p22_1 = 0.20701966780270625 * _p21_0 * A__2_3 + 0.11952286093343936 * _p21_1 * A__2_2 + -0.20701966780270625 * _p21_1 * A__2_4 + 0.11952286093343936 * _p21_2 * A__2_1 + 0.20701966780270625 * _p21_3 * A__2_0 + -0.20701966780270625 * _p21_4 * A__2_1
+    _p22_2 = -0.23904572186687872 * _p21_0 * A__2_0 + 0.11952286093343936 * _p21_1 * A__2_1 + 0.23904572186687872 * _p21_2 * A__2_2 + 0.11952286093343936 * _p21_3 * A__2_3 + -0.23904572186687872 * _p21_4 * A__2_4
+    _p22_3 = 0.20701966780270625 * _p21_0 * A__2_1 + 0.20701966780270625 * _p21_1 * A__2_0 + 0.11952286093343936 * _p21_2 * A__2_3 + 0.11952286093343936 * _p21_3 * A__2_2 + 0.20701966780270625 * _p21_3 * A__2_4 + 0.20701966780270625 * _p21_4 * A__2_3
+    _p22_4 = -0.20701966780270625 * _p21_1 * A__2_1 + -0.23904572186687872 * _p21_2 * A__2_4 + 0.20701966780270625 * _p21_3 * A__2_3 + -0.23904572186687872 * _p21_4 * A__2_2
+    _sum17_0 = _sum15_0 + _p22_0 * 1.0
+    _sum17_1 = _sum15_1 + _p22_1 * 1.0
+    _sum17_2 = _sum15_2 + _p22_2 * 1.0
+    _sum17_3 = _sum15_3 + _p22_3 * 1.0
+    _sum17_4 = _sum15_4 + _p22_4 * 1.0
+    _p23_0 = 0.5773502691896257 * _p8_0 * A__1_0 + 0.5773502691896257 * _p8_1 * A__1_1 + 0.5773502691896257 * _p8_2 * A__1_2
+    _w_B__2_320 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (320 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum18_0 = _sum12_0 + _p23_0 * _w_B__2_320 * 0.7745966692414834
+    _p24_0 = 0.31622776601683794 * _p10_0 * A__1_2 + 0.31622776601683794 * _p10_1 * A__1_1 + -0.18257418583505536 * _p10_2 * A__1_0 + -0.31622776601683794 * _p10_4 * A__1_0
+    _p24_1 = 0.31622776601683794 * _p10_1 * A__1_0 + 0.3651483716701107 * _p10_2 * A__1_1 + 0.31622776601683794 * _p10_3 * A__1_2
+    _p24_2 = 0.31622776601683794 * _p10_0 * A__1_0 + -0.18257418583505536 * _p10_2 * A__1_2 + 0.31622776601683794 * _p10_3 * A__1_1 + 0.31622776601683794 * _p10_4 * A__1_2
+    _w_B__2_416 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (416 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum19_0 = _sum16_0 + _p24_0 * _w_B__2_416 * 1.7320508075688772
+    _sum19_1 = _sum16_1 + _p24_1 * _w_B__2_416 * 1.7320508075688772
+    _sum19_2 = _sum16_2 + _p24_2 * _w_B__2_416 * 1.7320508075688772
+    _p25_0 = 0.4472135954999579 * _p10_0 * A__2_0 + 0.4472135954999579 * _p10_1 * A__2_1 + 0.4472135954999579 * _p10_2 * A__2_2 + 0.4472135954999579 * _p10_3 * A__2_3 + 0.4472135954999579 * _p10_4 * A__2_4
+    _w_B__2_480 = tl.load(weight + 1408 + z__rows[:, None] * 512 + (480 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum20_0 = _sum18_0 + _p25_0 * _w_B__2_480 * 1.0
     # B.3: fuse(A, A, A, A) mix uuu per z
-    p26_0 = 1.0 * p1_0 * A_0_0
-    p27_0 = 0.5773502691896257 * p1_0 * A_1_0
-    p27_1 = 0.5773502691896257 * p1_0 * A_1_1
-    p27_2 = 0.5773502691896257 * p1_0 * A_1_2
-    p28_0 = 0.4472135954999579 * p1_0 * A_2_0
-    p28_1 = 0.4472135954999579 * p1_0 * A_2_1
-    p28_2 = 0.4472135954999579 * p1_0 * A_2_2
-    p28_3 = 0.4472135954999579 * p1_0 * A_2_3
-    p28_4 = 0.4472135954999579 * p1_0 * A_2_4
-    p29_0 = 0.5773502691896257 * p3_0 * A_1_0 + 0.5773502691896257 * p3_1 * A_1_1 + 0.5773502691896257 * p3_2 * A_1_2
-    p30_0 = 0.31622776601683794 * p3_0 * A_1_2 + 0.31622776601683794 * p3_2 * A_1_0
-    p30_1 = 0.31622776601683794 * p3_0 * A_1_1 + 0.31622776601683794 * p3_1 * A_1_0
-    p30_2 = -0.18257418583505536 * p3_0 * A_1_0 + 0.3651483716701107 * p3_1 * A_1_1 + -0.18257418583505536 * p3_2 * A_1_2
-    p30_3 = 0.31622776601683794 * p3_1 * A_1_2 + 0.31622776601683794 * p3_2 * A_1_1
-    p30_4 = -0.31622776601683794 * p3_0 * A_1_0 + 0.31622776601683794 * p3_2 * A_1_2
-    p31_0 = 0.4472135954999579 * p5_0 * A_2_0 + 0.4472135954999579 * p5_1 * A_2_1 + 0.4472135954999579 * p5_2 * A_2_2 + 0.4472135954999579 * p5_3 * A_2_3 + 0.4472135954999579 * p5_4 * A_2_4
-    p32_0 = -0.23904572186687872 * p5_0 * A_2_2 + 0.20701966780270625 * p5_1 * A_2_3 + -0.23904572186687872 * p5_2 * A_2_0 + 0.20701966780270625 * p5_3 * A_2_1
-    p32_1 = 0.20701966780270625 * p5_0 * A_2_3 + 0.11952286093343936 * p5_1 * A_2_2 + -0.20701966780270625 * p5_1 * A_2_4 + 0.11952286093343936 * p5_2 * A_2_1 + 0.20701966780270625 * p5_3 * A_2_0 + -0.20701966780270625 * p5_4 * A_2_1
-    p32_2 = -0.23904572186687872 * p5_0 * A_2_0 + 0.11952286093343936 * p5_1 * A_2_1 + 0.23904572186687872 * p5_2 * A_2_2 + 0.11952286093343936 * p5_3 * A_2_3 + -0.23904572186687872 * p5_4 * A_2_4
-    p32_3 = 0.20701966780270625 * p5_0 * A_2_1 + 0.20701966780270625 * p5_1 * A_2_0 + 0.11952286093343936 * p5_2 * A_2_3 + 0.11952286093343936 * p5_3 * A_2_2 + 0.20701966780270625 * p5_3 * A_2_4 + 0.20701966780270625 * p5_4 * A_2_3
-    p32_4 = -0.20701966780270625 * p5_1 * A_2_1 + -0.23904572186687872 * p5_2 * A_2_4 + 0.20701966780270625 * p5_3 * A_2_3 + -0.23904572186687872 * p5_4 * A_2_2
-    p33_0 = 1.0 * p6_0 * A_0_0
-    p34_0 = 0.5773502691896257 * p6_0 * A_1_0
-    p34_1 = 0.5773502691896257 * p6_0 * A_1_1
-    p34_2 = 0.5773502691896257 * p6_0 * A_1_2
-    p35_0 = 0.408248290463863 * p8_1 * A_1_2 + -0.408248290463863 * p8_2 * A_1_1
-    p35_1 = -0.408248290463863 * p8_0 * A_1_2 + 0.408248290463863 * p8_2 * A_1_0
-    p35_2 = 0.408248290463863 * p8_0 * A_1_1 + -0.408248290463863 * p8_1 * A_1_0
-    p36_0 = 0.31622776601683794 * p8_0 * A_1_2 + 0.31622776601683794 * p8_2 * A_1_0
-    p36_1 = 0.31622776601683794 * p8_0 * A_1_1 + 0.31622776601683794 * p8_1 * A_1_0
-    p36_2 = -0.18257418583505536 * p8_0 * A_1_0 + 0.3651483716701107 * p8_1 * A_1_1 + -0.18257418583505536 * p8_2 * A_1_2
-    p36_3 = 0.31622776601683794 * p8_1 * A_1_2 + 0.31622776601683794 * p8_2 * A_1_1
-    p36_4 = -0.31622776601683794 * p8_0 * A_1_0 + 0.31622776601683794 * p8_2 * A_1_2
-    p37_0 = 0.18257418583505536 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_4 + -0.18257418583505536 * A_1_2 * A_2_3
-    p37_1 = -0.18257418583505536 * A_1_0 * A_2_0 + 0.18257418583505536 * A_1_1 * A_2_3 + -0.31622776601683794 * A_1_2 * A_2_2 + -0.18257418583505536 * A_1_2 * A_2_4
-    p37_2 = -0.31622776601683794 * A_1_0 * A_2_3 + 0.31622776601683794 * A_1_2 * A_2_1
-    p37_3 = 0.31622776601683794 * A_1_0 * A_2_2 + -0.18257418583505536 * A_1_0 * A_2_4 + -0.18257418583505536 * A_1_1 * A_2_1 + 0.18257418583505536 * A_1_2 * A_2_0
-    p37_4 = 0.18257418583505536 * A_1_0 * A_2_3 + -0.3651483716701107 * A_1_1 * A_2_0 + 0.18257418583505536 * A_1_2 * A_2_1
-    p38_0 = -0.18257418583505536 * p37_1 * A_1_0 + 0.18257418583505536 * p37_3 * A_1_2 + -0.3651483716701107 * p37_4 * A_1_1
-    p38_1 = 0.18257418583505536 * p37_0 * A_1_0 + 0.31622776601683794 * p37_2 * A_1_2 + -0.18257418583505536 * p37_3 * A_1_1 + 0.18257418583505536 * p37_4 * A_1_2
-    p38_2 = -0.31622776601683794 * p37_1 * A_1_2 + 0.31622776601683794 * p37_3 * A_1_0
-    p38_3 = -0.18257418583505536 * p37_0 * A_1_2 + 0.18257418583505536 * p37_1 * A_1_1 + -0.31622776601683794 * p37_2 * A_1_0 + 0.18257418583505536 * p37_4 * A_1_0
-    p38_4 = 0.3651483716701107 * p37_0 * A_1_1 + -0.18257418583505536 * p37_1 * A_1_2 + -0.18257418583505536 * p37_3 * A_1_0
-    p39_0 = 1.0 * p9_0 * A_0_0
-    p40_0 = 0.5773502691896257 * p9_0 * A_1_0
-    p40_1 = 0.5773502691896257 * p9_0 * A_1_1
-    p40_2 = 0.5773502691896257 * p9_0 * A_1_2
-    p41_0 = 0.4472135954999579 * p9_0 * A_2_0
-    p41_1 = 0.4472135954999579 * p9_0 * A_2_1
-    p41_2 = 0.4472135954999579 * p9_0 * A_2_2
-    p41_3 = 0.4472135954999579 * p9_0 * A_2_3
-    p41_4 = 0.4472135954999579 * p9_0 * A_2_4
-    w_B_3_0 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_320 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_448 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (448 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_672 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (672 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_800 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (800 + chans[None, :] * 1), mask=mask, other=0.0)
-    p42_0 = p26_0 * w_B_3_0 * 0.3333333333333333 + p33_0 * w_B_3_320 * 0.3333333333333333 + p23_0 * w_B_3_448 * 0.5773502691896257 + p39_0 * w_B_3_672 * 0.3333333333333333 + p25_0 * w_B_3_800 * 0.7453559924999299
-    p43_0 = 1.0 * p42_0 * A_0_0
-    sum21_0 = sum20_0 + p43_0 * 1.0
-    w_B_3_32 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_256 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_352 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (352 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_480 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (480 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_864 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (864 + chans[None, :] * 1), mask=mask, other=0.0)
-    p44_0 = p26_0 * w_B_3_32 * 0.5773502691896257 + p31_0 * w_B_3_256 * 1.2909944487358056 + p33_0 * w_B_3_352 * 0.5773502691896257 + p23_0 * w_B_3_480 * 1.0 + p25_0 * w_B_3_864 * 1.2909944487358056
-    p45_0 = 0.5773502691896257 * p44_0 * A_1_0
-    p45_1 = 0.5773502691896257 * p44_0 * A_1_1
-    p45_2 = 0.5773502691896257 * p44_0 * A_1_2
-    sum22_0 = sum19_0 + p45_0 * 1.0
-    sum22_1 = sum19_1 + p45_1 * 1.0
-    sum22_2 = sum19_2 + p45_2 * 1.0
-    w_B_3_64 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_192 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_544 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (544 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_704 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (704 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_960 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (960 + chans[None, :] * 1), mask=mask, other=0.0)
-    p46_0 = p26_0 * w_B_3_64 * 0.6201736729460423 + p29_0 * w_B_3_192 * 1.0741723110591492 + p23_0 * w_B_3_544 * 1.0741723110591492 + p39_0 * w_B_3_704 * 0.6201736729460423 + p25_0 * w_B_3_960 * 1.3867504905630728
-    p47_0 = 0.4472135954999579 * p46_0 * A_2_0
-    p47_1 = 0.4472135954999579 * p46_0 * A_2_1
-    p47_2 = 0.4472135954999579 * p46_0 * A_2_2
-    p47_3 = 0.4472135954999579 * p46_0 * A_2_3
-    p47_4 = 0.4472135954999579 * p46_0 * A_2_4
-    sum23_0 = sum17_0 + p47_0 * 1.0
-    sum23_1 = sum17_1 + p47_1 * 1.0
-    sum23_2 = sum17_2 + p47_2 * 1.0
-    sum23_3 = sum17_3 + p47_3 * 1.0
-    sum23_4 = sum17_4 + p47_4 * 1.0
-    w_B_3_96 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_416 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (416 + chans[None, :] * 1), mask=mask, other=0.0)
-    p48_0 = p27_0 * w_B_3_96 * 1.0741723110591492 + p34_0 * w_B_3_416 * 1.0741723110591492
-    p48_1 = p27_1 * w_B_3_96 * 1.0741723110591492 + p34_1 * w_B_3_416 * 1.0741723110591492
-    p48_2 = p27_2 * w_B_3_96 * 1.0741723110591492 + p34_2 * w_B_3_416 * 1.0741723110591492
-    p49_0 = 0.31622776601683794 * p48_0 * A_1_2 + 0.31622776601683794 * p48_2 * A_1_0
-    p49_1 = 0.31622776601683794 * p48_0 * A_1_1 + 0.31622776601683794 * p48_1 * A_1_0
-    p49_2 = -0.18257418583505536 * p48_0 * A_1_0 + 0.3651483716701107 * p48_1 * A_1_1 + -0.18257418583505536 * p48_2 * A_1_2
-    p49_3 = 0.31622776601683794 * p48_1 * A_1_2 + 0.31622776601683794 * p48_2 * A_1_1
-    p49_4 = -0.31622776601683794 * p48_0 * A_1_0 + 0.31622776601683794 * p48_2 * A_1_2
-    sum24_0 = sum23_0 + p49_0 * 1.0
-    sum24_1 = sum23_1 + p49_1 * 1.0
-    sum24_2 = sum23_2 + p49_2 * 1.0
-    sum24_3 = sum23_3 + p49_3 * 1.0
-    sum24_4 = sum23_4 + p49_4 * 1.0
-    w_B_3_128 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
-    p50_0 = p27_0 * w_B_3_128 * 1.0
-    p50_1 = p27_1 * w_B_3_128 * 1.0
-    p50_2 = p27_2 * w_B_3_128 * 1.0
-    p51_0 = -0.18257418583505536 * p50_0 * A_2_2 + -0.31622776601683794 * p50_0 * A_2_4 + 0.31622776601683794 * p50_1 * A_2_1 + 0.31622776601683794 * p50_2 * A_2_0
-    p51_1 = 0.31622776601683794 * p50_0 * A_2_1 + 0.3651483716701107 * p50_1 * A_2_2 + 0.31622776601683794 * p50_2 * A_2_3
-    p51_2 = 0.31622776601683794 * p50_0 * A_2_0 + 0.31622776601683794 * p50_1 * A_2_3 + -0.18257418583505536 * p50_2 * A_2_2 + 0.31622776601683794 * p50_2 * A_2_4
-    sum25_0 = sum22_0 + p51_0 * 1.0
-    sum25_1 = sum22_1 + p51_1 * 1.0
-    sum25_2 = sum22_2 + p51_2 * 1.0
-    w_B_3_160 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_224 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_608 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (608 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_640 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (640 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_928 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (928 + chans[None, :] * 1), mask=mask, other=0.0)
-    p52_0 = p28_0 * w_B_3_160 * 1.3867504905630728 + p30_0 * w_B_3_224 * 2.401922307076307 + p36_0 * w_B_3_608 * 2.401922307076307 + p38_0 * w_B_3_640 * 3.1008683647302115 + p41_0 * w_B_3_928 * 1.3867504905630728
-    p52_1 = p28_1 * w_B_3_160 * 1.3867504905630728 + p30_1 * w_B_3_224 * 2.401922307076307 + p36_1 * w_B_3_608 * 2.401922307076307 + p38_1 * w_B_3_640 * 3.1008683647302115 + p41_1 * w_B_3_928 * 1.3867504905630728
-    p52_2 = p28_2 * w_B_3_160 * 1.3867504905630728 + p30_2 * w_B_3_224 * 2.401922307076307 + p36_2 * w_B_3_608 * 2.401922307076307 + p38_2 * w_B_3_640 * 3.1008683647302115 + p41_2 * w_B_3_928 * 1.3867504905630728
-    p52_3 = p28_3 * w_B_3_160 * 1.3867504905630728 + p30_3 * w_B_3_224 * 2.401922307076307 + p36_3 * w_B_3_608 * 2.401922307076307 + p38_3 * w_B_3_640 * 3.1008683647302115 + p41_3 * w_B_3_928 * 1.3867504905630728
-    p52_4 = p28_4 * w_B_3_160 * 1.3867504905630728 + p30_4 * w_B_3_224 * 2.401922307076307 + p36_4 * w_B_3_608 * 2.401922307076307 + p38_4 * w_B_3_640 * 3.1008683647302115 + p41_4 * w_B_3_928 * 1.3867504905630728
-    p53_0 = -0.23904572186687872 * p52_0 * A_2_2 + 0.20701966780270625 * p52_1 * A_2_3 + -0.23904572186687872 * p52_2 * A_2_0 + 0.20701966780270625 * p52_3 * A_2_1
-    p53_1 = 0.20701966780270625 * p52_0 * A_2_3 + 0.11952286093343936 * p52_1 * A_2_2 + -0.20701966780270625 * p52_1 * A_2_4 + 0.11952286093343936 * p52_2 * A_2_1 + 0.20701966780270625 * p52_3 * A_2_0 + -0.20701966780270625 * p52_4 * A_2_1
-    p53_2 = -0.23904572186687872 * p52_0 * A_2_0 + 0.11952286093343936 * p52_1 * A_2_1 + 0.23904572186687872 * p52_2 * A_2_2 + 0.11952286093343936 * p52_3 * A_2_3 + -0.23904572186687872 * p52_4 * A_2_4
-    p53_3 = 0.20701966780270625 * p52_0 * A_2_1 + 0.20701966780270625 * p52_1 * A_2_0 + 0.11952286093343936 * p52_2 * A_2_3 + 0.11952286093343936 * p52_3 * A_2_2 + 0.20701966780270625 * p52_3 * A_2_4 + 0.20701966780270625 * p52_4 * A_2_3
-    p53_4 = -0.20701966780270625 * p52_1 * A_2_1 + -0.23904572186687872 * p52_2 * A_2_4 + 0.20701966780270625 * p52_3 * A_2_3 + -0.23904572186687872 * p52_4 * A_2_2
-    sum26_0 = sum24_0 + p53_0 * 1.0
-    sum26_1 = sum24_1 + p53_1 * 1.0
-    sum26_2 = sum24_2 + p53_2 * 1.0
-    sum26_3 = sum24_3 + p53_3 * 1.0
-    sum26_4 = sum24_4 + p53_4 * 1.0
-    w_B_3_288 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (288 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_832 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (832 + chans[None, :] * 1), mask=mask, other=0.0)
-    p54_0 = p32_0 * w_B_3_288 * 2.886751345948129 + p41_0 * w_B_3_832 * 1.2909944487358056
-    p54_1 = p32_1 * w_B_3_288 * 2.886751345948129 + p41_1 * w_B_3_832 * 1.2909944487358056
-    p54_2 = p32_2 * w_B_3_288 * 2.886751345948129 + p41_2 * w_B_3_832 * 1.2909944487358056
-    p54_3 = p32_3 * w_B_3_288 * 2.886751345948129 + p41_3 * w_B_3_832 * 1.2909944487358056
-    p54_4 = p32_4 * w_B_3_288 * 2.886751345948129 + p41_4 * w_B_3_832 * 1.2909944487358056
-    p55_0 = 0.31622776601683794 * p54_0 * A_1_2 + 0.31622776601683794 * p54_1 * A_1_1 + -0.18257418583505536 * p54_2 * A_1_0 + -0.31622776601683794 * p54_4 * A_1_0
-    p55_1 = 0.31622776601683794 * p54_1 * A_1_0 + 0.3651483716701107 * p54_2 * A_1_1 + 0.31622776601683794 * p54_3 * A_1_2
-    p55_2 = 0.31622776601683794 * p54_0 * A_1_0 + -0.18257418583505536 * p54_2 * A_1_2 + 0.31622776601683794 * p54_3 * A_1_1 + 0.31622776601683794 * p54_4 * A_1_2
-    sum27_0 = sum25_0 + p55_0 * 1.0
-    sum27_1 = sum25_1 + p55_1 * 1.0
-    sum27_2 = sum25_2 + p55_2 * 1.0
-    w_B_3_384 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_736 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (736 + chans[None, :] * 1), mask=mask, other=0.0)
-    w_B_3_768 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (768 + chans[None, :] * 1), mask=mask, other=0.0)
-    p56_0 = p34_0 * w_B_3_384 * 0.5773502691896257 + p40_0 * w_B_3_736 * 0.5773502691896257 + p24_0 * w_B_3_768 * 1.2909944487358056
-    p56_1 = p34_1 * w_B_3_384 * 0.5773502691896257 + p40_1 * w_B_3_736 * 0.5773502691896257 + p24_1 * w_B_3_768 * 1.2909944487358056
-    p56_2 = p34_2 * w_B_3_384 * 0.5773502691896257 + p40_2 * w_B_3_736 * 0.5773502691896257 + p24_2 * w_B_3_768 * 1.2909944487358056
-    p57_0 = 0.5773502691896257 * p56_0 * A_1_0 + 0.5773502691896257 * p56_1 * A_1_1 + 0.5773502691896257 * p56_2 * A_1_2
-    sum28_0 = sum21_0 + p57_0 * 1.0
-    w_B_3_512 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (512 + chans[None, :] * 1), mask=mask, other=0.0)
-    p58_0 = p35_0 * w_B_3_512 * 1.7320508075688772
-    p58_1 = p35_1 * w_B_3_512 * 1.7320508075688772
-    p58_2 = p35_2 * w_B_3_512 * 1.7320508075688772
-    p59_0 = 0.408248290463863 * p58_1 * A_1_2 + -0.408248290463863 * p58_2 * A_1_1
-    p59_1 = -0.408248290463863 * p58_0 * A_1_2 + 0.408248290463863 * p58_2 * A_1_0
-    p59_2 = 0.408248290463863 * p58_0 * A_1_1 + -0.408248290463863 * p58_1 * A_1_0
-    sum29_0 = sum27_0 + p59_0 * 1.0
-    sum29_1 = sum27_1 + p59_1 * 1.0
-    sum29_2 = sum27_2 + p59_2 * 1.0
-    w_B_3_576 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (576 + chans[None, :] * 1), mask=mask, other=0.0)
-    p60_0 = p35_0 * w_B_3_576 * 1.860521018838127
-    p60_1 = p35_1 * w_B_3_576 * 1.860521018838127
-    p60_2 = p35_2 * w_B_3_576 * 1.860521018838127
-    p61_0 = 0.18257418583505536 * p60_0 * A_2_1 + 0.3651483716701107 * p60_1 * A_2_4 + -0.18257418583505536 * p60_2 * A_2_3
-    p61_1 = -0.18257418583505536 * p60_0 * A_2_0 + 0.18257418583505536 * p60_1 * A_2_3 + -0.31622776601683794 * p60_2 * A_2_2 + -0.18257418583505536 * p60_2 * A_2_4
-    p61_2 = -0.31622776601683794 * p60_0 * A_2_3 + 0.31622776601683794 * p60_2 * A_2_1
-    p61_3 = 0.31622776601683794 * p60_0 * A_2_2 + -0.18257418583505536 * p60_0 * A_2_4 + -0.18257418583505536 * p60_1 * A_2_1 + 0.18257418583505536 * p60_2 * A_2_0
-    p61_4 = 0.18257418583505536 * p60_0 * A_2_3 + -0.3651483716701107 * p60_1 * A_2_0 + 0.18257418583505536 * p60_2 * A_2_1
-    sum30_0 = sum26_0 + p61_0 * 1.0
-    sum30_1 = sum26_1 + p61_1 * 1.0
-    sum30_2 = sum26_2 + p61_2 * 1.0
-    sum30_3 = sum26_3 + p61_3 * 1.0
-    sum30_4 = sum26_4 + p61_4 * 1.0
-    p62_0 = 0.4472135954999579 * p41_0 * A_2_0 + 0.4472135954999579 * p41_1 * A_2_1 + 0.4472135954999579 * p41_2 * A_2_2 + 0.4472135954999579 * p41_3 * A_2_3 + 0.4472135954999579 * p41_4 * A_2_4
-    w_B_3_896 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (896 + chans[None, :] * 1), mask=mask, other=0.0)
-    sum31_0 = sum28_0 + p62_0 * w_B_3_896 * 0.7453559924999299
-    B_0_0 = sum31_0
-    tl.store(B_out + rows[:, None] * 288 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = sum29_0
-    B_1_1 = sum29_1
-    B_1_2 = sum29_2
-    tl.store(B_out + rows[:, None] * 288 + (32 + chans[None, :] * 3), B_1_0, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (33 + chans[None, :] * 3), B_1_1, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (34 + chans[None, :] * 3), B_1_2, mask=mask)
-    B_2_0 = sum30_0
-    B_2_1 = sum30_1
-    B_2_2 = sum30_2
-    B_2_3 = sum30_3
-    B_2_4 = sum30_4
-    tl.store(B_out + rows[:, None] * 288 + (128 + chans[None, :] * 5), B_2_0, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (129 + chans[None, :] * 5), B_2_1, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (130 + chans[None, :] * 5), B_2_2, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (131 + chans[None, :] * 5), B_2_3, mask=mask)
-    tl.store(B_out + rows[:, None] * 288 + (132 + chans[None, :] * 5), B_2_4, mask=mask)
+    _p26_0 = 1.0 * _p1_0 * A__0_0
+    _p27_0 = 0.5773502691896257 * _p1_0 * A__1_0
+    _p27_1 = 0.5773502691896257 * _p1_0 * A__1_1
+    _p27_2 = 0.5773502691896257 * _p1_0 * A__1_2
+    _p28_0 = 0.4472135954999579 * _p1_0 * A__2_0
+    _p28_1 = 0.4472135954999579 * _p1_0 * A__2_1
+    _p28_2 = 0.4472135954999579 * _p1_0 * A__2_2
+    _p28_3 = 0.4472135954999579 * _p1_0 * A__2_3
+    _p28_4 = 0.4472135954999579 * _p1_0 * A__2_4
+    _p29_0 = 0.5773502691896257 * _p3_0 * A__1_0 + 0.5773502691896257 * _p3_1 * A__1_1 + 0.5773502691896257 * _p3_2 * A__1_2
+    _p30_0 = 0.31622776601683794 * _p3_0 * A__1_2 + 0.31622776601683794 * _p3_2 * A__1_0
+    _p30_1 = 0.31622776601683794 * _p3_0 * A__1_1 + 0.31622776601683794 * _p3_1 * A__1_0
+    _p30_2 = -0.18257418583505536 * _p3_0 * A__1_0 + 0.3651483716701107 * _p3_1 * A__1_1 + -0.18257418583505536 * _p3_2 * A__1_2
+    _p30_3 = 0.31622776601683794 * _p3_1 * A__1_2 + 0.31622776601683794 * _p3_2 * A__1_1
+    _p30_4 = -0.31622776601683794 * _p3_0 * A__1_0 + 0.31622776601683794 * _p3_2 * A__1_2
+    _p31_0 = 0.4472135954999579 * _p5_0 * A__2_0 + 0.4472135954999579 * _p5_1 * A__2_1 + 0.4472135954999579 * _p5_2 * A__2_2 + 0.4472135954999579 * _p5_3 * A__2_3 + 0.4472135954999579 * _p5_4 * A__2_4
+    _p32_0 = -0.23904572186687872 * _p5_0 * A__2_2 + 0.20701966780270625 * _p5_1 * A__2_3 + -0.23904572186687872 * _p5_2 * A__2_0 + 0.20701966780270625 * _p5_3 * A__2_1
+    _p32_1 = 0.20701966780270625 * _p5_0 * A__2_3 + 0.11952286093343936 * _p5_1 * A__2_2 + -0.20701966780270625 * _p5_1 * A__2_4 + 0.11952286093343936 * _p5_2 * A__2_1 + 0.20701966780270625 * _p5_3 * A__2_0 + -0.20701966780270625 * _p5_4 * A__2_1
+    _p32_2 = -0.23904572186687872 * _p5_0 * A__2_0 + 0.11952286093343936 * _p5_1 * A__2_1 + 0.23904572186687872 * _p5_2 * A__2_2 + 0.11952286093343936 * _p5_3 * A__2_3 + -0.23904572186687872 * _p5_4 * A__2_4
+    _p32_3 = 0.20701966780270625 * _p5_0 * A__2_1 + 0.20701966780270625 * _p5_1 * A__2_0 + 0.11952286093343936 * _p5_2 * A__2_3 + 0.11952286093343936 * _p5_3 * A__2_2 + 0.20701966780270625 * _p5_3 * A__2_4 + 0.20701966780270625 * _p5_4 * A__2_3
+    _p32_4 = -0.20701966780270625 * _p5_1 * A__2_1 + -0.23904572186687872 * _p5_2 * A__2_4 + 0.20701966780270625 * _p5_3 * A__2_3 + -0.23904572186687872 * _p5_4 * A__2_2
+    _p33_0 = 1.0 * _p6_0 * A__0_0
+    _p34_0 = 0.5773502691896257 * _p6_0 * A__1_0
+    _p34_1 = 0.5773502691896257 * _p6_0 * A__1_1
+    _p34_2 = 0.5773502691896257 * _p6_0 * A__1_2
+    _p35_0 = 0.408248290463863 * _p8_1 * A__1_2 + -0.408248290463863 * _p8_2 * A__1_1
+    _p35_1 = -0.408248290463863 * _p8_0 * A__1_2 + 0.408248290463863 * _p8_2 * A__1_0
+    _p35_2 = 0.408248290463863 * _p8_0 * A__1_1 + -0.408248290463863 * _p8_1 * A__1_0
+    _p36_0 = 0.31622776601683794 * _p8_0 * A__1_2 + 0.31622776601683794 * _p8_2 * A__1_0
+    _p36_1 = 0.31622776601683794 * _p8_0 * A__1_1 + 0.31622776601683794 * _p8_1 * A__1_0
+    _p36_2 = -0.18257418583505536 * _p8_0 * A__1_0 + 0.3651483716701107 * _p8_1 * A__1_1 + -0.18257418583505536 * _p8_2 * A__1_2
+    _p36_3 = 0.31622776601683794 * _p8_1 * A__1_2 + 0.31622776601683794 * _p8_2 * A__1_1
+    _p36_4 = -0.31622776601683794 * _p8_0 * A__1_0 + 0.31622776601683794 * _p8_2 * A__1_2
+    _p37_0 = 0.18257418583505536 * A__1_0 * A__2_1 + 0.3651483716701107 * A__1_1 * A__2_4 + -0.18257418583505536 * A__1_2 * A__2_3
+    _p37_1 = -0.18257418583505536 * A__1_0 * A__2_0 + 0.18257418583505536 * A__1_1 * A__2_3 + -0.31622776601683794 * A__1_2 * A__2_2 + -0.18257418583505536 * A__1_2 * A__2_4
+    _p37_2 = -0.31622776601683794 * A__1_0 * A__2_3 + 0.31622776601683794 * A__1_2 * A__2_1
+    _p37_3 = 0.31622776601683794 * A__1_0 * A__2_2 + -0.18257418583505536 * A__1_0 * A__2_4 + -0.18257418583505536 * A__1_1 * A__2_1 + 0.18257418583505536 * A__1_2 * A__2_0
+    _p37_4 = 0.18257418583505536 * A__1_0 * A__2_3 + -0.3651483716701107 * A__1_1 * A__2_0 + 0.18257418583505536 * A__1_2 * A__2_1
+    _p38_0 = -0.18257418583505536 * _p37_1 * A__1_0 + 0.18257418583505536 * _p37_3 * A__1_2 + -0.3651483716701107 * _p37_4 * A__1_1
+    _p38_1 = 0.18257418583505536 * _p37_0 * A__1_0 + 0.31622776601683794 * _p37_2 * A__1_2 + -0.18257418583505536 * _p37_3 * A__1_1 + 0.18257418583505536 * _p37_4 * A__1_2
+    _p38_2 = -0.31622776601683794 * _p37_1 * A__1_2 + 0.31622776601683794 * _p37_3 * A__1_0
+    _p38_3 = -0.18257418583505536 * _p37_0 * A__1_2 + 0.18257418583505536 * _p37_1 * A__1_1 + -0.31622776601683794 * _p37_2 * A__1_0 + 0.18257418583505536 * _p37_4 * A__1_0
+    _p38_4 = 0.3651483716701107 * _p37_0 * A__1_1 + -0.18257418583505536 * _p37_1 * A__1_2 + -0.18257418583505536 * _p37_3 * A__1_0
+    _p39_0 = 1.0 * _p9_0 * A__0_0
+    _p40_0 = 0.5773502691896257 * _p9_0 * A__1_0
+    _p40_1 = 0.5773502691896257 * _p9_0 * A__1_1
+    _p40_2 = 0.5773502691896257 * _p9_0 * A__1_2
+    _p41_0 = 0.4472135954999579 * _p9_0 * A__2_0
+    _p41_1 = 0.4472135954999579 * _p9_0 * A__2_1
+    _p41_2 = 0.4472135954999579 * _p9_0 * A__2_2
+    _p41_3 = 0.4472135954999579 * _p9_0 * A__2_3
+    _p41_4 = 0.4472135954999579 * _p9_0 * A__2_4
+    _w_B__3_0 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_320 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (320 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_448 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (448 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_672 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (672 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_800 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (800 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p42_0 = _p26_0 * _w_B__3_0 * 0.3333333333333333 + _p33_0 * _w_B__3_320 * 0.3333333333333333 + _p23_0 * _w_B__3_448 * 0.5773502691896257 + _p39_0 * _w_B__3_672 * 0.3333333333333333 + _p25_0 * _w_B__3_800 * 0.7453559924999299
+    _p43_0 = 1.0 * _p42_0 * A__0_0
+    _sum21_0 = _sum20_0 + _p43_0 * 1.0
+    _w_B__3_32 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (32 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_256 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (256 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_352 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (352 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_480 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (480 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_864 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (864 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p44_0 = _p26_0 * _w_B__3_32 * 0.5773502691896257 + _p31_0 * _w_B__3_256 * 1.2909944487358056 + _p33_0 * _w_B__3_352 * 0.5773502691896257 + _p23_0 * _w_B__3_480 * 1.0 + _p25_0 * _w_B__3_864 * 1.2909944487358056
+    _p45_0 = 0.5773502691896257 * _p44_0 * A__1_0
+    _p45_1 = 0.5773502691896257 * _p44_0 * A__1_1
+    _p45_2 = 0.5773502691896257 * _p44_0 * A__1_2
+    _sum22_0 = _sum19_0 + _p45_0 * 1.0
+    _sum22_1 = _sum19_1 + _p45_1 * 1.0
+    _sum22_2 = _sum19_2 + _p45_2 * 1.0
+    _w_B__3_64 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (64 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_192 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (192 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_544 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (544 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_704 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (704 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_960 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (960 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p46_0 = _p26_0 * _w_B__3_64 * 0.6201736729460423 + _p29_0 * _w_B__3_192 * 1.0741723110591492 + _p23_0 * _w_B__3_544 * 1.0741723110591492 + _p39_0 * _w_B__3_704 * 0.6201736729460423 + _p25_0 * _w_B__3_960 * 1.3867504905630728
+    _p47_0 = 0.4472135954999579 * _p46_0 * A__2_0
+    _p47_1 = 0.4472135954999579 * _p46_0 * A__2_1
+    _p47_2 = 0.4472135954999579 * _p46_0 * A__2_2
+    _p47_3 = 0.4472135954999579 * _p46_0 * A__2_3
+    _p47_4 = 0.4472135954999579 * _p46_0 * A__2_4
+    _sum23_0 = _sum17_0 + _p47_0 * 1.0
+    _sum23_1 = _sum17_1 + _p47_1 * 1.0
+    _sum23_2 = _sum17_2 + _p47_2 * 1.0
+    _sum23_3 = _sum17_3 + _p47_3 * 1.0
+    _sum23_4 = _sum17_4 + _p47_4 * 1.0
+    _w_B__3_96 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (96 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_416 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (416 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p48_0 = _p27_0 * _w_B__3_96 * 1.0741723110591492 + _p34_0 * _w_B__3_416 * 1.0741723110591492
+    _p48_1 = _p27_1 * _w_B__3_96 * 1.0741723110591492 + _p34_1 * _w_B__3_416 * 1.0741723110591492
+    _p48_2 = _p27_2 * _w_B__3_96 * 1.0741723110591492 + _p34_2 * _w_B__3_416 * 1.0741723110591492
+    _p49_0 = 0.31622776601683794 * _p48_0 * A__1_2 + 0.31622776601683794 * _p48_2 * A__1_0
+    _p49_1 = 0.31622776601683794 * _p48_0 * A__1_1 + 0.31622776601683794 * _p48_1 * A__1_0
+    _p49_2 = -0.18257418583505536 * _p48_0 * A__1_0 + 0.3651483716701107 * _p48_1 * A__1_1 + -0.18257418583505536 * _p48_2 * A__1_2
+    _p49_3 = 0.31622776601683794 * _p48_1 * A__1_2 + 0.31622776601683794 * _p48_2 * A__1_1
+    _p49_4 = -0.31622776601683794 * _p48_0 * A__1_0 + 0.31622776601683794 * _p48_2 * A__1_2
+    _sum24_0 = _sum23_0 + _p49_0 * 1.0
+    _sum24_1 = _sum23_1 + _p49_1 * 1.0
+    _sum24_2 = _sum23_2 + _p49_2 * 1.0
+    _sum24_3 = _sum23_3 + _p49_3 * 1.0
+    _sum24_4 = _sum23_4 + _p49_4 * 1.0
+    _w_B__3_128 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (128 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p50_0 = _p27_0 * _w_B__3_128 * 1.0
+    _p50_1 = _p27_1 * _w_B__3_128 * 1.0
+    _p50_2 = _p27_2 * _w_B__3_128 * 1.0
+    _p51_0 = -0.18257418583505536 * _p50_0 * A__2_2 + -0.31622776601683794 * _p50_0 * A__2_4 + 0.31622776601683794 * _p50_1 * A__2_1 + 0.31622776601683794 * _p50_2 * A__2_0
+    _p51_1 = 0.31622776601683794 * _p50_0 * A__2_1 + 0.3651483716701107 * _p50_1 * A__2_2 + 0.31622776601683794 * _p50_2 * A__2_3
+    _p51_2 = 0.31622776601683794 * _p50_0 * A__2_0 + 0.31622776601683794 * _p50_1 * A__2_3 + -0.18257418583505536 * _p50_2 * A__2_2 + 0.31622776601683794 * _p50_2 * A__2_4
+    _sum25_0 = _sum22_0 + _p51_0 * 1.0
+    _sum25_1 = _sum22_1 + _p51_1 * 1.0
+    _sum25_2 = _sum22_2 + _p51_2 * 1.0
+    _w_B__3_160 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (160 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_224 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (224 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_608 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (608 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_640 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (640 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_928 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (928 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p52_0 = _p28_0 * _w_B__3_160 * 1.3867504905630728 + _p30_0 * _w_B__3_224 * 2.401922307076307 + _p36_0 * _w_B__3_608 * 2.401922307076307 + _p38_0 * _w_B__3_640 * 3.1008683647302115 + _p41_0 * _w_B__3_928 * 1.3867504905630728
+    _p52_1 = _p28_1 * _w_B__3_160 * 1.3867504905630728 + _p30_1 * _w_B__3_224 * 2.401922307076307 + _p36_1 * _w_B__3_608 * 2.401922307076307 + _p38_1 * _w_B__3_640 * 3.1008683647302115 + _p41_1 * _w_B__3_928 * 1.3867504905630728
+    _p52_2 = _p28_2 * _w_B__3_160 * 1.3867504905630728 + _p30_2 * _w_B__3_224 * 2.401922307076307 + _p36_2 * _w_B__3_608 * 2.401922307076307 + _p38_2 * _w_B__3_640 * 3.1008683647302115 + _p41_2 * _w_B__3_928 * 1.3867504905630728
+    _p52_3 = _p28_3 * _w_B__3_160 * 1.3867504905630728 + _p30_3 * _w_B__3_224 * 2.401922307076307 + _p36_3 * _w_B__3_608 * 2.401922307076307 + _p38_3 * _w_B__3_640 * 3.1008683647302115 + _p41_3 * _w_B__3_928 * 1.3867504905630728
+    _p52_4 = _p28_4 * _w_B__3_160 * 1.3867504905630728 + _p30_4 * _w_B__3_224 * 2.401922307076307 + _p36_4 * _w_B__3_608 * 2.401922307076307 + _p38_4 * _w_B__3_640 * 3.1008683647302115 + _p41_4 * _w_B__3_928 * 1.3867504905630728
+    _p53_0 = -0.23904572186687872 * _p52_0 * A__2_2 + 0.20701966780270625 * _p52_1 * A__2_3 + -0.23904572186687872 * _p52_2 * A__2_0 + 0.20701966780270625 * _p52_3 * A__2_1
+    _p53_1 = 0.20701966780270625 * _p52_0 * A__2_3 + 0.11952286093343936 * _p52_1 * A__2_2 + -0.20701966780270625 * _p52_1 * A__2_4 + 0.11952286093343936 * _p52_2 * A__2_1 + 0.20701966780270625 * _p52_3 * A__2_0 + -0.20701966780270625 * _p52_4 * A__2_1
+    _p53_2 = -0.23904572186687872 * _p52_0 * A__2_0 + 0.11952286093343936 * _p52_1 * A__2_1 + 0.23904572186687872 * _p52_2 * A__2_2 + 0.11952286093343936 * _p52_3 * A__2_3 + -0.23904572186687872 * _p52_4 * A__2_4
+    _p53_3 = 0.20701966780270625 * _p52_0 * A__2_1 + 0.20701966780270625 * _p52_1 * A__2_0 + 0.11952286093343936 * _p52_2 * A__2_3 + 0.11952286093343936 * _p52_3 * A__2_2 + 0.20701966780270625 * _p52_3 * A__2_4 + 0.20701966780270625 * _p52_4 * A__2_3
+    _p53_4 = -0.20701966780270625 * _p52_1 * A__2_1 + -0.23904572186687872 * _p52_2 * A__2_4 + 0.20701966780270625 * _p52_3 * A__2_3 + -0.23904572186687872 * _p52_4 * A__2_2
+    _sum26_0 = _sum24_0 + _p53_0 * 1.0
+    _sum26_1 = _sum24_1 + _p53_1 * 1.0
+    _sum26_2 = _sum24_2 + _p53_2 * 1.0
+    _sum26_3 = _sum24_3 + _p53_3 * 1.0
+    _sum26_4 = _sum24_4 + _p53_4 * 1.0
+    _w_B__3_288 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (288 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_832 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (832 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p54_0 = _p32_0 * _w_B__3_288 * 2.886751345948129 + _p41_0 * _w_B__3_832 * 1.2909944487358056
+    _p54_1 = _p32_1 * _w_B__3_288 * 2.886751345948129 + _p41_1 * _w_B__3_832 * 1.2909944487358056
+    _p54_2 = _p32_2 * _w_B__3_288 * 2.886751345948129 + _p41_2 * _w_B__3_832 * 1.2909944487358056
+    _p54_3 = _p32_3 * _w_B__3_288 * 2.886751345948129 + _p41_3 * _w_B__3_832 * 1.2909944487358056
+    _p54_4 = _p32_4 * _w_B__3_288 * 2.886751345948129 + _p41_4 * _w_B__3_832 * 1.2909944487358056
+    _p55_0 = 0.31622776601683794 * _p54_0 * A__1_2 + 0.31622776601683794 * _p54_1 * A__1_1 + -0.18257418583505536 * _p54_2 * A__1_0 + -0.31622776601683794 * _p54_4 * A__1_0
+    _p55_1 = 0.31622776601683794 * _p54_1 * A__1_0 + 0.3651483716701107 * _p54_2 * A__1_1 + 0.31622776601683794 * _p54_3 * A__1_2
+    _p55_2 = 0.31622776601683794 * _p54_0 * A__1_0 + -0.18257418583505536 * _p54_2 * A__1_2 + 0.31622776601683794 * _p54_3 * A__1_1 + 0.31622776601683794 * _p54_4 * A__1_2
+    _sum27_0 = _sum25_0 + _p55_0 * 1.0
+    _sum27_1 = _sum25_1 + _p55_1 * 1.0
+    _sum27_2 = _sum25_2 + _p55_2 * 1.0
+    _w_B__3_384 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (384 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_736 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (736 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _w_B__3_768 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (768 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p56_0 = _p34_0 * _w_B__3_384 * 0.5773502691896257 + _p40_0 * _w_B__3_736 * 0.5773502691896257 + _p24_0 * _w_B__3_768 * 1.2909944487358056
+    _p56_1 = _p34_1 * _w_B__3_384 * 0.5773502691896257 + _p40_1 * _w_B__3_736 * 0.5773502691896257 + _p24_1 * _w_B__3_768 * 1.2909944487358056
+    _p56_2 = _p34_2 * _w_B__3_384 * 0.5773502691896257 + _p40_2 * _w_B__3_736 * 0.5773502691896257 + _p24_2 * _w_B__3_768 * 1.2909944487358056
+    _p57_0 = 0.5773502691896257 * _p56_0 * A__1_0 + 0.5773502691896257 * _p56_1 * A__1_1 + 0.5773502691896257 * _p56_2 * A__1_2
+    _sum28_0 = _sum21_0 + _p57_0 * 1.0
+    _w_B__3_512 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (512 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p58_0 = _p35_0 * _w_B__3_512 * 1.7320508075688772
+    _p58_1 = _p35_1 * _w_B__3_512 * 1.7320508075688772
+    _p58_2 = _p35_2 * _w_B__3_512 * 1.7320508075688772
+    _p59_0 = 0.408248290463863 * _p58_1 * A__1_2 + -0.408248290463863 * _p58_2 * A__1_1
+    _p59_1 = -0.408248290463863 * _p58_0 * A__1_2 + 0.408248290463863 * _p58_2 * A__1_0
+    _p59_2 = 0.408248290463863 * _p58_0 * A__1_1 + -0.408248290463863 * _p58_1 * A__1_0
+    _sum29_0 = _sum27_0 + _p59_0 * 1.0
+    _sum29_1 = _sum27_1 + _p59_1 * 1.0
+    _sum29_2 = _sum27_2 + _p59_2 * 1.0
+    _w_B__3_576 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (576 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _p60_0 = _p35_0 * _w_B__3_576 * 1.860521018838127
+    _p60_1 = _p35_1 * _w_B__3_576 * 1.860521018838127
+    _p60_2 = _p35_2 * _w_B__3_576 * 1.860521018838127
+    _p61_0 = 0.18257418583505536 * _p60_0 * A__2_1 + 0.3651483716701107 * _p60_1 * A__2_4 + -0.18257418583505536 * _p60_2 * A__2_3
+    _p61_1 = -0.18257418583505536 * _p60_0 * A__2_0 + 0.18257418583505536 * _p60_1 * A__2_3 + -0.31622776601683794 * _p60_2 * A__2_2 + -0.18257418583505536 * _p60_2 * A__2_4
+    _p61_2 = -0.31622776601683794 * _p60_0 * A__2_3 + 0.31622776601683794 * _p60_2 * A__2_1
+    _p61_3 = 0.31622776601683794 * _p60_0 * A__2_2 + -0.18257418583505536 * _p60_0 * A__2_4 + -0.18257418583505536 * _p60_1 * A__2_1 + 0.18257418583505536 * _p60_2 * A__2_0
+    _p61_4 = 0.18257418583505536 * _p60_0 * A__2_3 + -0.3651483716701107 * _p60_1 * A__2_0 + 0.18257418583505536 * _p60_2 * A__2_1
+    _sum30_0 = _sum26_0 + _p61_0 * 1.0
+    _sum30_1 = _sum26_1 + _p61_1 * 1.0
+    _sum30_2 = _sum26_2 + _p61_2 * 1.0
+    _sum30_3 = _sum26_3 + _p61_3 * 1.0
+    _sum30_4 = _sum26_4 + _p61_4 * 1.0
+    _p62_0 = 0.4472135954999579 * _p41_0 * A__2_0 + 0.4472135954999579 * _p41_1 * A__2_1 + 0.4472135954999579 * _p41_2 * A__2_2 + 0.4472135954999579 * _p41_3 * A__2_3 + 0.4472135954999579 * _p41_4 * A__2_4
+    _w_B__3_896 = tl.load(weight + 3456 + z__rows[:, None] * 992 + (896 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _sum31_0 = _sum28_0 + _p62_0 * _w_B__3_896 * 0.7453559924999299
+    B__0_0 = _sum31_0
+    tl.store(B__out + _rows[:, None] * 288 + (0 + _chans[None, :] * 1), B__0_0, mask=_mask)
+    B__1_0 = _sum29_0
+    B__1_1 = _sum29_1
+    B__1_2 = _sum29_2
+    tl.store(B__out + _rows[:, None] * 288 + (32 + _chans[None, :] * 3), B__1_0, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (33 + _chans[None, :] * 3), B__1_1, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (34 + _chans[None, :] * 3), B__1_2, mask=_mask)
+    B__2_0 = _sum30_0
+    B__2_1 = _sum30_1
+    B__2_2 = _sum30_2
+    B__2_3 = _sum30_3
+    B__2_4 = _sum30_4
+    tl.store(B__out + _rows[:, None] * 288 + (128 + _chans[None, :] * 5), B__2_0, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (129 + _chans[None, :] * 5), B__2_1, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (130 + _chans[None, :] * 5), B__2_2, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (131 + _chans[None, :] * 5), B__2_3, mask=_mask)
+    tl.store(B__out + _rows[:, None] * 288 + (132 + _chans[None, :] * 5), B__2_4, mask=_mask)
 
 
-def _mace_product_4_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _mace_product_4__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the mace_product_4 kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
-    B_out = rt.output_rows(A, n, 288)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(32, meta["BLOCK_U"]))
-    _mace_product_4_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
-    return [B_out]
+    B__out = rt.output_rows(A, n, 288)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(32, meta["BLOCK_U"]))
+    _mace_product_4__kernel[_grid](A.contiguous(), z.contiguous(), weight.contiguous(), B__out, n, enable_fp_fusion=True)
+    return [B__out]
 
 
 # mace_product_4: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("mace_product_4_d2_A", _mace_product_4_d2_A_triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4_d2_A)
-_ops.register("mace_product_4_d2_weight", _mace_product_4_d2_weight_triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4_d2_weight)
-_ops.register("mace_product_4_d", _mace_product_4_d_triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d2_A, _ops.mace_product_4_d2_weight])
-_ops.register("mace_product_4", _mace_product_4_triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d], check_indices=True)
+_ops.register("mace_product_4__d__d2_A", _mace_product_4__d__d2_A__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4__d__d2_A)
+_ops.register("mace_product_4__d__d2_weight", _mace_product_4__d__d2_weight__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4__d__d2_weight)
+_ops.register("mace_product_4__d", _mace_product_4__d__triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d__d2_A, _ops.mace_product_4__d__d2_weight])
+_ops.register("mace_product_4", _mace_product_4__triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d], check_indices=True)
 
 
 class mace_product(rt.FusionModule):
@@ -47361,12 +47365,12 @@ class mace_product(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        outputs = _ops.mace_product([
-            rt.rows(A, batch, 1024),
-            rt.index_rows(z, batch, "z"),
+        _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
+        _outputs = _ops.mace_product([
+            rt.rows(A, _batch, 1024),
+            rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 256)
+        return _outputs[0].reshape(*_batch, 256)
 
 
 class mace_product_2(rt.FusionModule):
@@ -47392,12 +47396,12 @@ class mace_product_2(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        outputs = _ops.mace_product_2([
-            rt.rows(A, batch, 1024),
-            rt.index_rows(z, batch, "z"),
+        _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
+        _outputs = _ops.mace_product_2([
+            rt.rows(A, _batch, 1024),
+            rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 256)
+        return _outputs[0].reshape(*_batch, 256)
 
 
 class mace_product_4(rt.FusionModule):
@@ -47423,9 +47427,9 @@ class mace_product_4(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})
-        outputs = _ops.mace_product_4([
-            rt.rows(A, batch, 288),
-            rt.index_rows(z, batch, "z"),
+        _batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})
+        _outputs = _ops.mace_product_4([
+            rt.rows(A, _batch, 288),
+            rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 288)
+        return _outputs[0].reshape(*_batch, 288)

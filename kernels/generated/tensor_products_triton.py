@@ -2,7 +2,7 @@
 # Source sha256: 0487e4016d18d1272c3f366ad303032d3354d9aebbc875da0643b394e013c074
 """fusionc triton ops compiled from kernels/tensor_products.fus: fc_tp, conv_tp, elementwise_tp, full_tp, linear, tp_then_linear.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`
 (the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
@@ -16,11 +16,11 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_6c579afb823a0e76")
+_ops = rt.OpNamespace("fusionc_50cc13414a536501")
 
 
 @triton.jit
-def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _fc_tp__d__kernel0(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of fc_tp, statements 1–16 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -37,7 +37,7 @@ def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     ij_1 = tl.arange(0, 16)
     p0_1 = y_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_z_0_ptr + 0 + ij_1[None, None, :] * 145
+    p1_1 = _g_z__0_ptr + 0 + ij_1[None, None, :] * 145
     po_1 = scratch + 0 + z[:, None] * 2402
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 145, 16):
@@ -148,7 +148,7 @@ def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
             q_11 = po_11 + iu_11[None, :, None] * 5 + ii_11[None, None, :]
             tl.store(q_11, tl.load(q_11, mask=mo_11 & (ii_11[None, None, :] < 5), other=0.0) + acc_11, mask=mo_11 & (ii_11[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
     ip_12 = tl.arange(0, 2)
     p0_12 = d_z_ptr + 128 + z[:, None, None, None, None] * 288
     m0_12 = row_mask[:, None, None, None, None]
@@ -188,7 +188,7 @@ def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
             q_13 = po_13 + ii_13[None, :, None, None] * 10 + ik_13[None, None, :, None] * 2
             tl.store(q_13, tl.load(q_13, mask=mo_13 & (ii_13[None, :, None, None] < 5) & (ik_13[None, None, :, None] < 5), other=0.0) + acc_13, mask=mo_13 & (ii_13[None, :, None, None] < 5) & (ik_13[None, None, :, None] < 5))
     tl.debug_barrier()
-    # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     ip_14 = tl.arange(0, 2)
     ii_14 = tl.arange(0, 8)
     p0_14 = x_ptr + 128 + z[:, None, None, None, None] * 288 + ii_14[None, None, None, None, :]
@@ -224,7 +224,7 @@ def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
 
 
 @triton.jit
-def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _fc_tp__d__kernel1(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of fc_tp, statements 17–32 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -265,7 +265,7 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_18 = po_18 + iu_18[None, :, None] * 5
         tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3), mask=mo_18)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
     ik_19 = tl.arange(0, 4)
     ip_19 = tl.arange(0, 2)
     p0_19 = x_ptr + 128 + z[:, None, None, None, None] * 288
@@ -285,7 +285,7 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_19 = po_19 + ii_19[None, :, None, None] * 6
         tl.store(q_19, tl.load(q_19, mask=mo_19 & (ii_19[None, :, None, None] < 5), other=0.0) + acc_19, mask=mo_19 & (ii_19[None, :, None, None] < 5))
     tl.debug_barrier()
-    # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     ik_20 = tl.arange(0, 4)
     ip_20 = tl.arange(0, 2)
     ii_20 = tl.arange(0, 8)
@@ -368,7 +368,7 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     q_25 = po_25
     tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(tl.sum(a0_25 * a1_25, axis=4), axis=3), mask=mo_25)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
     ii_26 = tl.arange(0, 8)
     ik_26 = tl.arange(0, 1)
     ip_26 = tl.arange(0, 1)
@@ -451,7 +451,7 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_30 = po_30 + iu_30[None, :, None] * 3
         tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + acc_30, mask=mo_30)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
     ii_31 = tl.arange(0, 4)
     ip_31 = tl.arange(0, 2)
     p0_31 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_31[None, :, None, None, None]
@@ -492,13 +492,13 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
 
 
 @triton.jit
-def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _fc_tp__d__kernel2(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of fc_tp, statements 33–48 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
-    # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ip_33 = tl.arange(0, 2)
     ii_33 = tl.arange(0, 4)
     p0_33 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_33[None, None, None, None, :]
@@ -566,7 +566,7 @@ def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_37 = po_37 + iu_37[None, :, None] * 3
         tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + acc_37, mask=mo_37)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
     ik_38 = tl.arange(0, 4)
     ip_38 = tl.arange(0, 2)
     p0_38 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_38[None, :, None, None, None]
@@ -603,7 +603,7 @@ def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + acc_39, mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     ip_40 = tl.arange(0, 2)
     ii_40 = tl.arange(0, 4)
     p0_40 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_40[None, None, None, None, :]
@@ -670,7 +670,7 @@ def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     q_44 = po_44
     tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(tl.sum(a0_44 * a1_44, axis=4), axis=3), mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
     ii_45 = tl.arange(0, 4)
     ik_45 = tl.arange(0, 1)
     ip_45 = tl.arange(0, 1)
@@ -737,7 +737,7 @@ def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
 
 
 @triton.jit
-def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _fc_tp__d__kernel3(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of fc_tp, statements 49–63 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -761,7 +761,7 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_49 = po_49 + iu_49[None, :, None]
         tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + acc_49, mask=mo_49)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
     ii_50 = tl.arange(0, 1)
     ip_50 = tl.arange(0, 1)
     p0_50 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_50[None, :, None, None, None]
@@ -846,7 +846,7 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_54 = po_54 + iu_54[None, :, None]
         tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + acc_54, mask=mo_54)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
     ii_55 = tl.arange(0, 1)
     ip_55 = tl.arange(0, 1)
     p0_55 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_55[None, :, None, None, None]
@@ -931,7 +931,7 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
         q_59 = po_59 + iu_59[None, :, None]
         tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + acc_59, mask=mo_59)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
     ik_60 = tl.arange(0, 1)
     ip_60 = tl.arange(0, 1)
     p0_60 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_60[None, :, None, None, None]
@@ -986,7 +986,7 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     ij_63 = tl.arange(0, 16)
     p0_63 = scratch + 145 + z[:, None, None] * 2402
     m0_63 = row_mask[:, None, None]
-    p1_63 = _g_z_0_ptr + 0 + ij_63[None, :, None] * 145
+    p1_63 = _g_z__0_ptr + 0 + ij_63[None, :, None] * 145
     po_63 = d_y_ptr + 0 + z[:, None] * 16 + ij_63[None, :]
     mo_63 = row_mask[:, None]
     acc_63 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -1000,8 +1000,8 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     tl.debug_barrier()
 
 
-def _fc_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fc_tp_d kernel on (x, y, d_z, weight, _g_z_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _fc_tp__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the fc_tp__d kernel on (x, y, d_z, weight, _g_z__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (288, 16)]
@@ -1009,15 +1009,15 @@ def _fc_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 29696)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_fc_tp_d_0_kernel, _fc_tp_d_1_kernel, _fc_tp_d_2_kernel, _fc_tp_d_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_fc_tp__d__kernel0, _fc_tp__d__kernel1, _fc_tp__d__kernel2, _fc_tp__d__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 8192:21504].sum(0)]
 
 
 @triton.jit
-def _fc_tp_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x, statements 1–16 of 63: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_x__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_x, statements 1–16 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -1036,7 +1036,7 @@ def _fc_tp_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     ij_1 = tl.arange(0, 16)
     p0_1 = y_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_z_0_ptr + 0 + ij_1[None, None, :] * 145
+    p1_1 = _g_z__0_ptr + 0 + ij_1[None, None, :] * 145
     po_1 = scratch + 0 + z[:, None] * 2402
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 145, 16):
@@ -1144,7 +1144,7 @@ def _fc_tp_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_11 = po_11 + iw_11[None, :, None]
         tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + acc_11, mask=mo_11)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     ii_12 = tl.arange(0, 1)
     ip_12 = tl.arange(0, 1)
     p0_12 = d2_d_x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_12[None, :, None, None, None]
@@ -1232,13 +1232,13 @@ def _fc_tp_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x, statements 17–32 of 63: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_x__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_x, statements 17–32 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     ii_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 4)
     ip_17 = tl.arange(0, 1)
@@ -1320,7 +1320,7 @@ def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     q_21 = po_21
     tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     ii_22 = tl.arange(0, 1)
     ik_22 = tl.arange(0, 8)
     ip_22 = tl.arange(0, 1)
@@ -1402,7 +1402,7 @@ def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_26 = po_26 + iw_26[None, :, None]
         tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + acc_26, mask=mo_26)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     ik_27 = tl.arange(0, 1)
     ip_27 = tl.arange(0, 1)
     p0_27 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_27[None, :, None, None, None]
@@ -1488,7 +1488,7 @@ def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_31 = po_31 + iw_31[None, :, None] * 3
         tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + acc_31, mask=mo_31)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     ii_32 = tl.arange(0, 4)
     ip_32 = tl.arange(0, 2)
     p0_32 = d2_d_x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_32[None, :, None, None, None]
@@ -1510,8 +1510,8 @@ def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x, statements 33–48 of 63: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_x__kernel2(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_x, statements 33–48 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -1534,7 +1534,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     q_33 = po_33
     tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + acc_33, mask=mo_33)
     tl.debug_barrier()
-    # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     ip_34 = tl.arange(0, 2)
     ik_34 = tl.arange(0, 4)
     p0_34 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_34[None, None, None, None, :]
@@ -1586,7 +1586,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_36 = po_36 + iw_36[None, :, None] * 5
         tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(tl.sum(a0_36 * a1_36, axis=4), axis=3), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     ii_37 = tl.arange(0, 4)
     ip_37 = tl.arange(0, 2)
     p0_37 = d_z_ptr + 128 + z[:, None, None, None, None] * 288
@@ -1606,7 +1606,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_37 = po_37 + ik_37[None, None, :, None] * 2
         tl.store(q_37, tl.load(q_37, mask=mo_37 & (ik_37[None, None, :, None] < 5), other=0.0) + acc_37, mask=mo_37 & (ik_37[None, None, :, None] < 5))
     tl.debug_barrier()
-    # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     ii_38 = tl.arange(0, 4)
     ip_38 = tl.arange(0, 2)
     ik_38 = tl.arange(0, 8)
@@ -1673,7 +1673,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_41 = po_41 + iw_41[None, :, None]
         tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + acc_41, mask=mo_41)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     ik_42 = tl.arange(0, 1)
     ip_42 = tl.arange(0, 1)
     p0_42 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_42[None, :, None, None, None]
@@ -1759,7 +1759,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
         q_46 = po_46 + iw_46[None, :, None] * 3
         tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + acc_46, mask=mo_46)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     ik_47 = tl.arange(0, 4)
     ip_47 = tl.arange(0, 2)
     p0_47 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_47[None, :, None, None, None]
@@ -1800,13 +1800,13 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x, statements 49–63 of 63: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_x__kernel3(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_x, statements 49–63 of 63: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
-    # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     ip_49 = tl.arange(0, 2)
     ik_49 = tl.arange(0, 4)
     p0_49 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_49[None, None, None, None, :]
@@ -1860,7 +1860,7 @@ def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
             q_51 = po_51 + iw_51[None, :, None] * 5 + ik_51[None, None, :]
             tl.store(q_51, tl.load(q_51, mask=mo_51 & (ik_51[None, None, :] < 5), other=0.0) + acc_51, mask=mo_51 & (ik_51[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     ip_52 = tl.arange(0, 2)
     p0_52 = d2_d_x_ptr + 128 + z[:, None, None, None, None] * 288
     m0_52 = row_mask[:, None, None, None, None]
@@ -1900,7 +1900,7 @@ def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
             q_53 = po_53 + ii_53[None, :, None, None] * 10 + ik_53[None, None, :, None] * 2
             tl.store(q_53, tl.load(q_53, mask=mo_53 & (ii_53[None, :, None, None] < 5) & (ik_53[None, None, :, None] < 5), other=0.0) + acc_53, mask=mo_53 & (ii_53[None, :, None, None] < 5) & (ik_53[None, None, :, None] < 5))
     tl.debug_barrier()
-    # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     ip_54 = tl.arange(0, 2)
     ik_54 = tl.arange(0, 8)
     p0_54 = d_z_ptr + 128 + z[:, None, None, None, None] * 288 + ik_54[None, None, None, None, :]
@@ -1985,7 +1985,7 @@ def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     ij_63 = tl.arange(0, 16)
     p0_63 = scratch + 145 + z[:, None, None] * 2402
     m0_63 = row_mask[:, None, None]
-    p1_63 = _g_z_0_ptr + 0 + ij_63[None, :, None] * 145
+    p1_63 = _g_z__0_ptr + 0 + ij_63[None, :, None] * 145
     po_63 = d2_y_ptr + 0 + z[:, None] * 16 + ij_63[None, :]
     mo_63 = row_mask[:, None]
     acc_63 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -1999,8 +1999,8 @@ def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     tl.debug_barrier()
 
 
-def _fc_tp_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fc_tp_d2_x kernel on (x, y, d_z, d2_d_x, weight, _g_z_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _fc_tp__d__d2_x__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the fc_tp__d__d2_x kernel on (x, y, d_z, d2_d_x, weight, _g_z__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 16, 288)]
@@ -2008,201 +2008,201 @@ def _fc_tp_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 29696)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_fc_tp_d2_x_0_kernel, _fc_tp_d2_x_1_kernel, _fc_tp_d2_x_2_kernel, _fc_tp_d2_x_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_fc_tp__d__d2_x__kernel0, _fc_tp__d__d2_x__kernel1, _fc_tp__d__d2_x__kernel2, _fc_tp__d__d2_x__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 8192:21504].sum(0)]
 
 
-def _fc_tp_d2_x(
+def _fc_tp__d__d2_x(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    weight: torch.Tensor, _g_z_0: torch.Tensor,
+    weight: torch.Tensor, _g_z__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_x: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
-    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
-    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
-    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
-    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
-    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
-    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
-    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
-    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _m_z__0 = torch.mm(y.reshape(n, 16), _g_z__0).view(n, 145)  # zj,jc->zc
+    _piece0_w_z__0_1_1 = weight[3072:4096].view(32, 32)
+    _piece1_w_z__0_1_1 = weight[6144:7168].view(32, 32)
+    _piece2_w_z__0_1_2 = weight[5120:6144].view(32, 32)
+    _piece3_w_z__0_1_2 = weight[7168:8192].view(32, 32)
+    _piece4_w_z__0_2_1 = weight[9216:10240].view(32, 32)
+    _piece5_w_z__0_2_1 = weight[12288:13312].view(32, 32)
+    _piece6_w_z__0_2_2 = weight[8192:9216].view(32, 32)
+    _piece7_w_z__0_2_2 = weight[11264:12288].view(32, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
-    d2_d_z_8 = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    _piece8_d2_d_z = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2__m_z_0_9 = torch.bmm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    _piece9_d2__m_z__0 = torch.bmm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c1
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_weight_10 = torch.mm(_c0.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    _piece10_d2_weight = torch.mm(_c0.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c0
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_12 = torch.bmm(_c2.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    _piece11_d2_d_z = _m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _piece12_d2__m_z__0 = torch.bmm(_c2.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
     del _c2
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
-    d2_weight_13 = torch.mm(_c3.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    _c3 = torch.bmm(_m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    _piece13_d2_weight = torch.mm(_c3.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     del _c3
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_15 = torch.bmm(_c4.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    _piece14_d2_d_z = _m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _piece15_d2__m_z__0 = torch.bmm(_c4.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
     del _c4
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
-    d2_weight_16 = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    _c5 = torch.bmm(_m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    _piece16_d2_weight = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     del _c5
     # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.bmm(_m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_z_17 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c6 = torch.bmm(_m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece17_d2_d_z = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2__m_z_0_18 = torch.bmm(_c7.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    _piece18_d2__m_z__0 = torch.bmm(_c7.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2)  # zui,zkpu->zikp
     del _c7
     # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_weight_19 = torch.mm(_c6.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    _piece19_d2_weight = torch.mm(_c6.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c6
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c8 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
-    _w_z_0_1_1 = torch.cat([
-        w_z_0_1_1_0.reshape(1024),
-        w_z_0_1_1_1.reshape(1024),
+    _c8 = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    _w_z__0_1_1 = torch.cat([
+        _piece0_w_z__0_1_1.reshape(1024),
+        _piece1_w_z__0_1_1.reshape(1024),
     ], dim=-1)
-    del w_z_0_1_1_0, w_z_0_1_1_1
-    d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
-    del _w_z_0_1_1
-    d2__m_z_0_21 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _piece0_w_z__0_1_1, _piece1_w_z__0_1_1
+    _piece20_d2_d_z = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z__0_1_1
+    _piece21_d2__m_z__0 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c9
-    # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c8.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    # ∂/∂_w_z__0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z__0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c8.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c8
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _w_z_0_1_2 = torch.cat([
-        w_z_0_1_2_2.reshape(1024),
-        w_z_0_1_2_3.reshape(1024),
+    _w_z__0_1_2 = torch.cat([
+        _piece2_w_z__0_1_2.reshape(1024),
+        _piece3_w_z__0_1_2.reshape(1024),
     ], dim=-1)
-    del w_z_0_1_2_2, w_z_0_1_2_3
-    _c10 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
-    del _w_z_0_1_2
-    d2_d_z_22 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_23 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _piece2_w_z__0_1_2, _piece3_w_z__0_1_2
+    _c10 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z__0_1_2
+    _piece22_d2_d_z = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _piece23_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c10
-    # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
-    d2__w_z_0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    # ∂/∂_w_z__0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _c11 = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    d2__w_z__0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_z_24 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c12 = torch.bmm(_m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece24_d2_d_z = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2__m_z_0_25 = torch.bmm(_c13.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    _piece25_d2__m_z__0 = torch.bmm(_c13.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2)  # zui,zkpu->zikp
     del _c13
     # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_weight_26 = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    _piece26_d2_weight = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c12
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
-    _w_z_0_2_1 = torch.cat([
-        w_z_0_2_1_4.reshape(1024),
-        w_z_0_2_1_5.reshape(1024),
+    _c14 = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    _w_z__0_2_1 = torch.cat([
+        _piece4_w_z__0_2_1.reshape(1024),
+        _piece5_w_z__0_2_1.reshape(1024),
     ], dim=-1)
-    del w_z_0_2_1_4, w_z_0_2_1_5
-    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
-    del _w_z_0_2_1
-    d2__m_z_0_28 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    del _piece4_w_z__0_2_1, _piece5_w_z__0_2_1
+    _piece27_d2_d_z = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z__0_2_1
+    _piece28_d2__m_z__0 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     del _c15
-    # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    # ∂/∂_w_z__0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z__0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c16 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
-    del _m_z_0
-    _w_z_0_2_2 = torch.cat([
-        w_z_0_2_2_6.reshape(1024),
-        w_z_0_2_2_7.reshape(1024),
+    _c16 = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
+    del _m_z__0
+    _w_z__0_2_2 = torch.cat([
+        _piece6_w_z__0_2_2.reshape(1024),
+        _piece7_w_z__0_2_2.reshape(1024),
     ], dim=-1)
-    del w_z_0_2_2_6, w_z_0_2_2_7
-    d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.mm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # zui,puw->zipw
-    del _w_z_0_2_2
-    d2__m_z_0_30 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _piece6_w_z__0_2_2, _piece7_w_z__0_2_2
+    _piece29_d2_d_z = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.mm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z__0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # zui,puw->zipw
+    del _w_z__0_2_2
+    _piece30_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c17
-    # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c16.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    # ∂/∂_w_z__0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z__0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c16.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c16
-    d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_2_2
-    d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_2_1
-    d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_1_2
-    d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_1_1
+    _piece31_d2_weight = d2__w_z__0_2_2.reshape(2048)[1024:2048].view(32, 32)
+    _piece32_d2_weight = d2__w_z__0_2_2.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_2_2
+    _piece33_d2_weight = d2__w_z__0_2_1.reshape(2048)[1024:2048].view(32, 32)
+    _piece34_d2_weight = d2__w_z__0_2_1.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_2_1
+    _piece35_d2_weight = d2__w_z__0_1_2.reshape(2048)[1024:2048].view(32, 32)
+    _piece36_d2_weight = d2__w_z__0_1_2.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_1_2
+    _piece37_d2_weight = d2__w_z__0_1_1.reshape(2048)[1024:2048].view(32, 32)
+    _piece38_d2_weight = d2__w_z__0_1_1.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_1_1
     # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_z_0 = torch.cat([
-        d2__m_z_0_9.reshape(n, 1),
-        d2__m_z_0_12.reshape(n, 3),
-        d2__m_z_0_15.reshape(n, 5),
-        d2__m_z_0_18.reshape(n, 3),
-        d2__m_z_0_21.reshape(n, 18),
-        d2__m_z_0_23.reshape(n, 30),
-        d2__m_z_0_25.reshape(n, 5),
-        d2__m_z_0_28.reshape(n, 30),
-        d2__m_z_0_30.reshape(n, 50),
+    d2__m_z__0 = torch.cat([
+        _piece9_d2__m_z__0.reshape(n, 1),
+        _piece12_d2__m_z__0.reshape(n, 3),
+        _piece15_d2__m_z__0.reshape(n, 5),
+        _piece18_d2__m_z__0.reshape(n, 3),
+        _piece21_d2__m_z__0.reshape(n, 18),
+        _piece23_d2__m_z__0.reshape(n, 30),
+        _piece25_d2__m_z__0.reshape(n, 5),
+        _piece28_d2__m_z__0.reshape(n, 30),
+        _piece30_d2__m_z__0.reshape(n, 50),
     ], dim=-1)
-    del d2__m_z_0_12, d2__m_z_0_15, d2__m_z_0_18, d2__m_z_0_21, d2__m_z_0_23, d2__m_z_0_25, d2__m_z_0_28, d2__m_z_0_30, d2__m_z_0_9
-    d2_y_39 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
-    del d2__m_z_0
+    del _piece12_d2__m_z__0, _piece15_d2__m_z__0, _piece18_d2__m_z__0, _piece21_d2__m_z__0, _piece23_d2__m_z__0, _piece25_d2__m_z__0, _piece28_d2__m_z__0, _piece30_d2__m_z__0, _piece9_d2__m_z__0
+    _piece39_d2_y = torch.mm(d2__m_z__0, _g_z__0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z__0
     d2_x = weight.new_zeros(n, 288)
-    d2_y = d2_y_39
-    del d2_y_39
+    d2_y = _piece39_d2_y
+    del _piece39_d2_y
     d2_d_z = torch.cat([
-        (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
-        (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
-        (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
+        (_piece8_d2_d_z + _piece17_d2_d_z + _piece24_d2_d_z).reshape(n, 32),
+        (_piece11_d2_d_z + _piece20_d2_d_z + _piece27_d2_d_z).reshape(n, 96),
+        (_piece14_d2_d_z + _piece22_d2_d_z + _piece29_d2_d_z).reshape(n, 160),
     ], dim=-1)
-    del d2_d_z_11, d2_d_z_14, d2_d_z_17, d2_d_z_20, d2_d_z_22, d2_d_z_24, d2_d_z_27, d2_d_z_29, d2_d_z_8
+    del _piece11_d2_d_z, _piece14_d2_d_z, _piece17_d2_d_z, _piece20_d2_d_z, _piece22_d2_d_z, _piece24_d2_d_z, _piece27_d2_d_z, _piece29_d2_d_z, _piece8_d2_d_z
     d2_weight = torch.cat([
-        d2_weight_10.reshape(1024),
-        d2_weight_13.reshape(1024),
-        d2_weight_16.reshape(1024),
-        d2_weight_38.reshape(1024),
-        d2_weight_19.reshape(1024),
-        d2_weight_36.reshape(1024),
-        d2_weight_37.reshape(1024),
-        d2_weight_35.reshape(1024),
-        d2_weight_32.reshape(1024),
-        d2_weight_34.reshape(1024),
-        d2_weight_26.reshape(1024),
-        d2_weight_31.reshape(1024),
-        d2_weight_33.reshape(1024),
+        _piece10_d2_weight.reshape(1024),
+        _piece13_d2_weight.reshape(1024),
+        _piece16_d2_weight.reshape(1024),
+        _piece38_d2_weight.reshape(1024),
+        _piece19_d2_weight.reshape(1024),
+        _piece36_d2_weight.reshape(1024),
+        _piece37_d2_weight.reshape(1024),
+        _piece35_d2_weight.reshape(1024),
+        _piece32_d2_weight.reshape(1024),
+        _piece34_d2_weight.reshape(1024),
+        _piece26_d2_weight.reshape(1024),
+        _piece31_d2_weight.reshape(1024),
+        _piece33_d2_weight.reshape(1024),
     ], dim=-1)
-    del d2_weight_10, d2_weight_13, d2_weight_16, d2_weight_19, d2_weight_26, d2_weight_31, d2_weight_32, d2_weight_33, d2_weight_34, d2_weight_35, d2_weight_36, d2_weight_37, d2_weight_38
+    del _piece10_d2_weight, _piece13_d2_weight, _piece16_d2_weight, _piece19_d2_weight, _piece26_d2_weight, _piece31_d2_weight, _piece32_d2_weight, _piece33_d2_weight, _piece34_d2_weight, _piece35_d2_weight, _piece36_d2_weight, _piece37_d2_weight, _piece38_d2_weight
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
 @triton.jit
-def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y, statements 1–16 of 62: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_y__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_y, statements 1–16 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2281,11 +2281,11 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     q_8 = po_8
     tl.store(q_8, tl.load(q_8) + a0_8)
     tl.debug_barrier()
-    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
+    # ∂/∂d__m_z__0: ∂/∂y: every path's (i, k) map at once: y · G
     ij_9 = tl.arange(0, 16)
     p0_9 = d2_d_y_ptr + 0 + z[:, None, None] * 16 + ij_9[None, None, :]
     m0_9 = row_mask[:, None, None]
-    p1_9 = _g_z_0_ptr + 0 + ij_9[None, None, :] * 145
+    p1_9 = _g_z__0_ptr + 0 + ij_9[None, None, :] * 145
     po_9 = scratch + 0 + z[:, None] * 2257
     mo_9 = row_mask[:, None]
     for startc_9 in range(0, 145, 16):
@@ -2295,7 +2295,7 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_9 = po_9 + ic_9[None, :]
         tl.store(q_9, tl.load(q_9, mask=mo_9 & (ic_9[None, :] < 145), other=0.0) + tl.sum(a0_9 * a1_9, axis=2), mask=mo_9 & (ic_9[None, :] < 145))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
     ik_10 = tl.arange(0, 1)
     ip_10 = tl.arange(0, 1)
     iu_10 = tl.arange(0, 32)
@@ -2329,7 +2329,7 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_11 = po_11 + iw_11[None, :, None]
         tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + acc_11, mask=mo_11)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
     ii_12 = tl.arange(0, 1)
     ip_12 = tl.arange(0, 1)
     iw_12 = tl.arange(0, 32)
@@ -2363,7 +2363,7 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_13 = po_13 + iu_13[None, :, None]
         tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + acc_13, mask=mo_13)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
     ip_14 = tl.arange(0, 1)
     ii_14 = tl.arange(0, 1)
     p0_14 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_14[None, None, None, None, :]
@@ -2380,7 +2380,7 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_14 = po_14 + iu_14[None, :, None] * 32 + iw_14[None, None, :]
             tl.store(q_14, tl.load(q_14) + tl.sum(tl.sum(a0_14 * a1_14, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
     ii_15 = tl.arange(0, 1)
     ip_15 = tl.arange(0, 1)
     p0_15 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_15[None, :, None, None, None]
@@ -2417,13 +2417,13 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y, statements 17–32 of 62: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_y__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_y, statements 17–32 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
     ii_17 = tl.arange(0, 1)
     ip_17 = tl.arange(0, 1)
     iw_17 = tl.arange(0, 32)
@@ -2457,7 +2457,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_18 = po_18 + iu_18[None, :, None]
         tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + acc_18, mask=mo_18)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
     ip_19 = tl.arange(0, 1)
     ii_19 = tl.arange(0, 1)
     p0_19 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_19[None, None, None, None, :]
@@ -2474,7 +2474,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_19 = po_19 + iu_19[None, :, None] * 32 + iw_19[None, None, :]
             tl.store(q_19, tl.load(q_19) + tl.sum(tl.sum(a0_19 * a1_19, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
     ii_20 = tl.arange(0, 1)
     ip_20 = tl.arange(0, 1)
     p0_20 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_20[None, :, None, None, None]
@@ -2508,7 +2508,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     q_21 = po_21
     tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
     ii_22 = tl.arange(0, 1)
     ip_22 = tl.arange(0, 1)
     iw_22 = tl.arange(0, 32)
@@ -2542,7 +2542,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_23 = po_23 + iu_23[None, :, None]
         tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + acc_23, mask=mo_23)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
     ip_24 = tl.arange(0, 1)
     ii_24 = tl.arange(0, 1)
     p0_24 = x_ptr + 0 + z[:, None, None, None, None] * 288 + ii_24[None, None, None, None, :]
@@ -2559,7 +2559,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_24 = po_24 + iu_24[None, :, None] * 32 + iw_24[None, None, :]
             tl.store(q_24, tl.load(q_24) + tl.sum(tl.sum(a0_24 * a1_24, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
     ik_25 = tl.arange(0, 1)
     ip_25 = tl.arange(0, 1)
     iu_25 = tl.arange(0, 32)
@@ -2593,7 +2593,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_26 = po_26 + iw_26[None, :, None]
         tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + acc_26, mask=mo_26)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
     ik_27 = tl.arange(0, 1)
     ip_27 = tl.arange(0, 1)
     p0_27 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_27[None, :, None, None, None]
@@ -2627,7 +2627,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     q_28 = po_28
     tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(tl.sum(a0_28 * a1_28, axis=4), axis=3), mask=mo_28)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
     ip_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 1)
     p0_29 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_29[None, None, None, None, :]
@@ -2644,7 +2644,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_29 = po_29 + iu_29[None, :, None] * 32 + iw_29[None, None, :]
             tl.store(q_29, tl.load(q_29) + tl.sum(tl.sum(a0_29 * a1_29, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
     ik_30 = tl.arange(0, 4)
     ip_30 = tl.arange(0, 2)
     ii_30 = tl.arange(0, 4)
@@ -2679,7 +2679,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_31 = po_31 + iw_31[None, :, None] * 3
         tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + acc_31, mask=mo_31)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
     ii_32 = tl.arange(0, 4)
     ip_32 = tl.arange(0, 2)
     ik_32 = tl.arange(0, 4)
@@ -2699,8 +2699,8 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y, statements 33–48 of 62: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_y__kernel2(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_y, statements 33–48 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -2723,7 +2723,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_33 = po_33 + iu_33[None, :, None] * 3
         tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + acc_33, mask=mo_33)
     tl.debug_barrier()
-    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_1_1: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
     ip_34 = tl.arange(0, 2)
     ii_34 = tl.arange(0, 4)
     p0_34 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_34[None, None, None, None, :]
@@ -2740,7 +2740,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_34 = po_34 + iu_34[None, :, None] * 32 + iw_34[None, None, :]
             tl.store(q_34, tl.load(q_34) + tl.sum(tl.sum(a0_34 * a1_34, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
     ii_35 = tl.arange(0, 4)
     ip_35 = tl.arange(0, 2)
     p0_35 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_35[None, :, None, None, None]
@@ -2775,7 +2775,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_36 = po_36 + iw_36[None, :, None] * 5
         tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(tl.sum(a0_36 * a1_36, axis=4), axis=3), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
     ii_37 = tl.arange(0, 4)
     ip_37 = tl.arange(0, 2)
     ik_37 = tl.arange(0, 8)
@@ -2810,7 +2810,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_38 = po_38 + iu_38[None, :, None] * 3
         tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + acc_38, mask=mo_38)
     tl.debug_barrier()
-    # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_1_2: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
     ip_39 = tl.arange(0, 2)
     ii_39 = tl.arange(0, 4)
     p0_39 = x_ptr + 32 + z[:, None, None, None, None] * 288 + ii_39[None, None, None, None, :]
@@ -2827,7 +2827,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_39 = po_39 + iu_39[None, :, None] * 32 + iw_39[None, None, :]
             tl.store(q_39, tl.load(q_39) + tl.sum(tl.sum(a0_39 * a1_39, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
     ik_40 = tl.arange(0, 1)
     ip_40 = tl.arange(0, 1)
     iu_40 = tl.arange(0, 32)
@@ -2861,7 +2861,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_41 = po_41 + iw_41[None, :, None]
         tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + acc_41, mask=mo_41)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
     ik_42 = tl.arange(0, 1)
     ip_42 = tl.arange(0, 1)
     p0_42 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_42[None, :, None, None, None]
@@ -2895,7 +2895,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     q_43 = po_43
     tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(tl.sum(a0_43 * a1_43, axis=4), axis=3), mask=mo_43)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
     ip_44 = tl.arange(0, 1)
     ik_44 = tl.arange(0, 1)
     p0_44 = d_z_ptr + 0 + z[:, None, None, None, None] * 288 + ik_44[None, None, None, None, :]
@@ -2912,7 +2912,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_44 = po_44 + iu_44[None, :, None] * 32 + iw_44[None, None, :]
             tl.store(q_44, tl.load(q_44) + tl.sum(tl.sum(a0_44 * a1_44, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
     ik_45 = tl.arange(0, 4)
     ip_45 = tl.arange(0, 2)
     ii_45 = tl.arange(0, 8)
@@ -2947,7 +2947,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
         q_46 = po_46 + iw_46[None, :, None] * 3
         tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + acc_46, mask=mo_46)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
     ik_47 = tl.arange(0, 4)
     ip_47 = tl.arange(0, 2)
     p0_47 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_47[None, :, None, None, None]
@@ -2985,13 +2985,13 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
 
 
 @triton.jit
-def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y, statements 49–62 of 62: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_y__kernel3(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_y, statements 49–62 of 62: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
-    # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_w_z__0_2_1: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
     ip_49 = tl.arange(0, 2)
     ik_49 = tl.arange(0, 4)
     p0_49 = d_z_ptr + 32 + z[:, None, None, None, None] * 288 + ik_49[None, None, None, None, :]
@@ -3008,7 +3008,7 @@ def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_49 = po_49 + iu_49[None, :, None] * 32 + iw_49[None, None, :]
             tl.store(q_49, tl.load(q_49) + tl.sum(tl.sum(a0_49 * a1_49, axis=4), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
     ip_50 = tl.arange(0, 2)
     ii_50 = tl.arange(0, 8)
     p0_50 = scratch + 95 + z[:, None, None, None, None] * 2257 + ii_50[None, None, None, None, :] * 10 + ip_50[None, None, :, None, None]
@@ -3045,7 +3045,7 @@ def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_51 = po_51 + iw_51[None, :, None] * 5 + ik_51[None, None, :]
             tl.store(q_51, tl.load(q_51, mask=mo_51 & (ik_51[None, None, :] < 5), other=0.0) + acc_51, mask=mo_51 & (ik_51[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 8)
     p0_52 = scratch + 95 + z[:, None, None, None, None] * 2257 + ik_52[None, None, None, None, :] * 2 + ip_52[None, None, :, None, None]
@@ -3082,7 +3082,7 @@ def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
             q_53 = po_53 + iu_53[None, :, None] * 5 + ii_53[None, None, :]
             tl.store(q_53, tl.load(q_53, mask=mo_53 & (ii_53[None, None, :] < 5), other=0.0) + acc_53, mask=mo_53 & (ii_53[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_w_z__0_2_2: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
     ip_54 = tl.arange(0, 2)
     ii_54 = tl.arange(0, 8)
     p0_54 = x_ptr + 128 + z[:, None, None, None, None] * 288 + ii_54[None, None, None, None, :]
@@ -3165,8 +3165,8 @@ def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     tl.debug_barrier()
 
 
-def _fc_tp_d2_y_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fc_tp_d2_y kernel on (x, y, d_z, d2_d_y, weight, _g_z_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _fc_tp__d__d2_y__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the fc_tp__d__d2_y kernel on (x, y, d_z, d2_d_y, weight, _g_z__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 16, 288)]
@@ -3174,190 +3174,190 @@ def _fc_tp_d2_y_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 29696)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_fc_tp_d2_y_0_kernel, _fc_tp_d2_y_1_kernel, _fc_tp_d2_y_2_kernel, _fc_tp_d2_y_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_fc_tp__d__d2_y__kernel0, _fc_tp__d__d2_y__kernel1, _fc_tp__d__d2_y__kernel2, _fc_tp__d__d2_y__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 8192:21504].sum(0)]
 
 
-def _fc_tp_d2_y(
+def _fc_tp__d__d2_y(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
-    weight: torch.Tensor, _g_z_0: torch.Tensor,
+    weight: torch.Tensor, _g_z__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y: x (n, 288), y (n, 16), d_z (n, 288), d2_d_y (n, 16) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_y: x (n, 288), y (n, 16), d_z (n, 288), d2_d_y (n, 16) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
-    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
-    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
-    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
-    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
-    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
-    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
-    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
-    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
-    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_z_0 = torch.mm(d2_d_y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
-    d2_d_z_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    _piece0_w_z__0_1_1 = weight[3072:4096].view(32, 32)
+    _piece1_w_z__0_1_1 = weight[6144:7168].view(32, 32)
+    _piece2_w_z__0_1_2 = weight[5120:6144].view(32, 32)
+    _piece3_w_z__0_1_2 = weight[7168:8192].view(32, 32)
+    _piece4_w_z__0_2_1 = weight[9216:10240].view(32, 32)
+    _piece5_w_z__0_2_1 = weight[12288:13312].view(32, 32)
+    _piece6_w_z__0_2_2 = weight[8192:9216].view(32, 32)
+    _piece7_w_z__0_2_2 = weight[11264:12288].view(32, 32)
+    # ∂/∂d__m_z__0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_z__0 = torch.mm(d2_d_y.reshape(n, 16), _g_z__0).view(n, 145)  # zj,jc->zc
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = d2_d__m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    _piece8_d2_d_z = torch.mm(_c0.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     del _c0
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
-    d2_x_9 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_weight_10 = torch.mm(_c1.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = d2_d__m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    _piece9_d2_x = torch.mm(_c1.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
+    _piece10_d2_weight = torch.mm(_c1.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     del _c1
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    _piece11_d2_d_z = d2_d__m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c2
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.bmm(d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
-    d2_x_12 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_weight_13 = torch.mm(_c3.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c3 = torch.bmm(d2_d__m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
+    _piece12_d2_x = torch.mm(_c3.permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
+    _piece13_d2_weight = torch.mm(_c3.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     del _c3
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    _piece14_d2_d_z = d2_d__m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c4
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.bmm(d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
-    d2_x_15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_weight_16 = torch.mm(_c5.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c5 = torch.bmm(d2_d__m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
+    _piece15_d2_x = torch.mm(_c5.permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
+    _piece16_d2_weight = torch.mm(_c5.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     del _c5
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.bmm(d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
-    d2_d_z_17 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c6 = torch.bmm(d2_d__m_z__0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
+    _piece17_d2_d_z = torch.mm(_c6.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    _piece18_d2_x = d2_d__m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c7
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_weight_19 = torch.mm(_c6.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
+    _piece19_d2_weight = torch.mm(_c6.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     del _c6
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c8 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
-    _w_z_0_1_1 = torch.cat([
-        w_z_0_1_1_0.reshape(1024),
-        w_z_0_1_1_1.reshape(1024),
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
+    _c8 = torch.bmm(d2_d__m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
+    _w_z__0_1_1 = torch.cat([
+        _piece0_w_z__0_1_1.reshape(1024),
+        _piece1_w_z__0_1_1.reshape(1024),
     ], dim=-1)
-    del w_z_0_1_1_0, w_z_0_1_1_1
-    d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _piece0_w_z__0_1_1, _piece1_w_z__0_1_1
+    _piece20_d2_d_z = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     del _c8
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 6, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
-    d2_x_21 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
-    del _w_z_0_1_1
-    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.bmm(d2_d__m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 6, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
+    _piece21_d2_x = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z__0_1_1
+    # ∂/∂_w_z__0_1_1: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z__0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c9
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _w_z_0_1_2 = torch.cat([
-        w_z_0_1_2_2.reshape(1024),
-        w_z_0_1_2_3.reshape(1024),
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z__0_1_2 = torch.cat([
+        _piece2_w_z__0_1_2.reshape(1024),
+        _piece3_w_z__0_1_2.reshape(1024),
     ], dim=-1)
-    del w_z_0_1_2_2, w_z_0_1_2_3
-    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
-    d2_d_z_22 = torch.bmm(d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _piece2_w_z__0_1_2, _piece3_w_z__0_1_2
+    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    _piece22_d2_d_z = torch.bmm(d2_d__m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
     del _c10
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.bmm(d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 6, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
-    d2_x_23 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
-    del _w_z_0_1_2
-    # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
+    _c11 = torch.bmm(d2_d__m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 6, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
+    _piece23_d2_x = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z__0_1_2
+    # ∂/∂_w_z__0_1_2: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__w_z__0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
-    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.bmm(d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
-    d2_d_z_24 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
+    _c12 = torch.bmm(d2_d__m_z__0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
+    _piece24_d2_d_z = torch.mm(_c12.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    _piece25_d2_x = d2_d__m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c13
-    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_weight_26 = torch.mm(_c12.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
+    _piece26_d2_weight = torch.mm(_c12.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     del _c12
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
-    _w_z_0_2_1 = torch.cat([
-        w_z_0_2_1_4.reshape(1024),
-        w_z_0_2_1_5.reshape(1024),
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
+    _c14 = torch.bmm(d2_d__m_z__0[:, 65:95].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
+    _w_z__0_2_1 = torch.cat([
+        _piece4_w_z__0_2_1.reshape(1024),
+        _piece5_w_z__0_2_1.reshape(1024),
     ], dim=-1)
-    del w_z_0_2_1_4, w_z_0_2_1_5
-    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
-    del _w_z_0_2_1
-    d2_x_28 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    del _piece4_w_z__0_2_1, _piece5_w_z__0_2_1
+    _piece27_d2_d_z = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z__0_2_1
+    _piece28_d2_x = torch.bmm(d2_d__m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
     del _c15
-    # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
+    # ∂/∂_w_z__0_2_1: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z__0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
-    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c16 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
-    _w_z_0_2_2 = torch.cat([
-        w_z_0_2_2_6.reshape(1024),
-        w_z_0_2_2_7.reshape(1024),
+    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
+    _c16 = torch.bmm(d2_d__m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
+    _w_z__0_2_2 = torch.cat([
+        _piece6_w_z__0_2_2.reshape(1024),
+        _piece7_w_z__0_2_2.reshape(1024),
     ], dim=-1)
-    del w_z_0_2_2_6, w_z_0_2_2_7
-    d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _piece6_w_z__0_2_2, _piece7_w_z__0_2_2
+    _piece29_d2_d_z = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     del _c16
-    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 10, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zwk->zipw
-    del d2_d__m_z_0
-    d2_x_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
-    del _w_z_0_2_2
-    # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
+    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.bmm(d2_d__m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 10, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zwk->zipw
+    del d2_d__m_z__0
+    _piece30_d2_x = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z__0_2_2
+    # ∂/∂_w_z__0_2_2: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z__0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c17
-    d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_2_2
-    d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_2_1
-    d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_1_2
-    d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
-    del d2__w_z_0_1_1
+    _piece31_d2_weight = d2__w_z__0_2_2.reshape(2048)[1024:2048].view(32, 32)
+    _piece32_d2_weight = d2__w_z__0_2_2.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_2_2
+    _piece33_d2_weight = d2__w_z__0_2_1.reshape(2048)[1024:2048].view(32, 32)
+    _piece34_d2_weight = d2__w_z__0_2_1.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_2_1
+    _piece35_d2_weight = d2__w_z__0_1_2.reshape(2048)[1024:2048].view(32, 32)
+    _piece36_d2_weight = d2__w_z__0_1_2.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_1_2
+    _piece37_d2_weight = d2__w_z__0_1_1.reshape(2048)[1024:2048].view(32, 32)
+    _piece38_d2_weight = d2__w_z__0_1_1.reshape(2048)[0:1024].view(32, 32)
+    del d2__w_z__0_1_1
     d2_x = torch.cat([
-        (d2_x_9 + d2_x_12 + d2_x_15).reshape(n, 32),
-        (d2_x_18 + d2_x_21 + d2_x_23).reshape(n, 96),
-        (d2_x_25 + d2_x_28 + d2_x_30).reshape(n, 160),
+        (_piece9_d2_x + _piece12_d2_x + _piece15_d2_x).reshape(n, 32),
+        (_piece18_d2_x + _piece21_d2_x + _piece23_d2_x).reshape(n, 96),
+        (_piece25_d2_x + _piece28_d2_x + _piece30_d2_x).reshape(n, 160),
     ], dim=-1)
-    del d2_x_12, d2_x_15, d2_x_18, d2_x_21, d2_x_23, d2_x_25, d2_x_28, d2_x_30, d2_x_9
+    del _piece12_d2_x, _piece15_d2_x, _piece18_d2_x, _piece21_d2_x, _piece23_d2_x, _piece25_d2_x, _piece28_d2_x, _piece30_d2_x, _piece9_d2_x
     d2_y = weight.new_zeros(n, 16)
     d2_d_z = torch.cat([
-        (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
-        (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
-        (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
+        (_piece8_d2_d_z + _piece17_d2_d_z + _piece24_d2_d_z).reshape(n, 32),
+        (_piece11_d2_d_z + _piece20_d2_d_z + _piece27_d2_d_z).reshape(n, 96),
+        (_piece14_d2_d_z + _piece22_d2_d_z + _piece29_d2_d_z).reshape(n, 160),
     ], dim=-1)
-    del d2_d_z_11, d2_d_z_14, d2_d_z_17, d2_d_z_20, d2_d_z_22, d2_d_z_24, d2_d_z_27, d2_d_z_29, d2_d_z_8
+    del _piece11_d2_d_z, _piece14_d2_d_z, _piece17_d2_d_z, _piece20_d2_d_z, _piece22_d2_d_z, _piece24_d2_d_z, _piece27_d2_d_z, _piece29_d2_d_z, _piece8_d2_d_z
     d2_weight = torch.cat([
-        d2_weight_10.reshape(1024),
-        d2_weight_13.reshape(1024),
-        d2_weight_16.reshape(1024),
-        d2_weight_38.reshape(1024),
-        d2_weight_19.reshape(1024),
-        d2_weight_36.reshape(1024),
-        d2_weight_37.reshape(1024),
-        d2_weight_35.reshape(1024),
-        d2_weight_32.reshape(1024),
-        d2_weight_34.reshape(1024),
-        d2_weight_26.reshape(1024),
-        d2_weight_31.reshape(1024),
-        d2_weight_33.reshape(1024),
+        _piece10_d2_weight.reshape(1024),
+        _piece13_d2_weight.reshape(1024),
+        _piece16_d2_weight.reshape(1024),
+        _piece38_d2_weight.reshape(1024),
+        _piece19_d2_weight.reshape(1024),
+        _piece36_d2_weight.reshape(1024),
+        _piece37_d2_weight.reshape(1024),
+        _piece35_d2_weight.reshape(1024),
+        _piece32_d2_weight.reshape(1024),
+        _piece34_d2_weight.reshape(1024),
+        _piece26_d2_weight.reshape(1024),
+        _piece31_d2_weight.reshape(1024),
+        _piece33_d2_weight.reshape(1024),
     ], dim=-1)
-    del d2_weight_10, d2_weight_13, d2_weight_16, d2_weight_19, d2_weight_26, d2_weight_31, d2_weight_32, d2_weight_33, d2_weight_34, d2_weight_35, d2_weight_36, d2_weight_37, d2_weight_38
+    del _piece10_d2_weight, _piece13_d2_weight, _piece16_d2_weight, _piece19_d2_weight, _piece26_d2_weight, _piece31_d2_weight, _piece32_d2_weight, _piece33_d2_weight, _piece34_d2_weight, _piece35_d2_weight, _piece36_d2_weight, _piece37_d2_weight, _piece38_d2_weight
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
 @triton.jit
-def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight, statements 1–16 of 55: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_weight__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_weight, statements 1–16 of 55: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3376,7 +3376,7 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     ij_1 = tl.arange(0, 16)
     p0_1 = y_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_z_0_ptr + 0 + ij_1[None, None, :] * 145
+    p1_1 = _g_z__0_ptr + 0 + ij_1[None, None, :] * 145
     po_1 = scratch + 0 + z[:, None] * 2402
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 145, 16):
@@ -3454,7 +3454,7 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_5 = po_5
     tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(tl.sum(a0_5 * a1_5, axis=4), axis=3), mask=mo_5)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     ii_6 = tl.arange(0, 1)
     ik_6 = tl.arange(0, 1)
     ip_6 = tl.arange(0, 1)
@@ -3538,7 +3538,7 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_10 = po_10 + iu_10[None, :, None]
         tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + acc_10, mask=mo_10)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     ii_11 = tl.arange(0, 1)
     ik_11 = tl.arange(0, 4)
     ip_11 = tl.arange(0, 1)
@@ -3622,7 +3622,7 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_15 = po_15 + iu_15[None, :, None]
         tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + acc_15, mask=mo_15)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     ii_16 = tl.arange(0, 1)
     ik_16 = tl.arange(0, 8)
     ip_16 = tl.arange(0, 1)
@@ -3641,8 +3641,8 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight, statements 17–32 of 55: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_weight__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_weight, statements 17–32 of 55: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -3715,7 +3715,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_20 = po_20
     tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(tl.sum(a0_20 * a1_20, axis=4), axis=3), mask=mo_20)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     ii_21 = tl.arange(0, 4)
     ik_21 = tl.arange(0, 1)
     ip_21 = tl.arange(0, 1)
@@ -3747,7 +3747,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_23 = po_23
     tl.store(q_23, tl.load(q_23) + a0_23)
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     ii_24 = tl.arange(0, 4)
     ip_24 = tl.arange(0, 2)
     p0_24 = partial + 13312 + slot + ip_24[None, None, :, None, None] * 1024
@@ -3782,7 +3782,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_25 = po_25 + iw_25[None, :, None] * 3
         tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(tl.sum(a0_25 * a1_25, axis=4), axis=3), mask=mo_25)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     ik_26 = tl.arange(0, 4)
     ip_26 = tl.arange(0, 2)
     p0_26 = partial + 13312 + slot + ip_26[None, None, :, None, None] * 1024
@@ -3817,7 +3817,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_27 = po_27 + iu_27[None, :, None] * 3
         tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(tl.sum(a0_27 * a1_27, axis=4), axis=3), mask=mo_27)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     ii_28 = tl.arange(0, 4)
     ik_28 = tl.arange(0, 4)
     ip_28 = tl.arange(0, 2)
@@ -3852,7 +3852,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_30 = po_30
     tl.store(q_30, tl.load(q_30) + a0_30)
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ii_31 = tl.arange(0, 4)
     ip_31 = tl.arange(0, 2)
     p0_31 = partial + 15360 + slot + ip_31[None, None, :, None, None] * 1024
@@ -3890,13 +3890,13 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight, statements 33–48 of 55: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_weight__kernel2(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_weight, statements 33–48 of 55: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 21504  # this program's slot of the partial buffer
-    # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂x: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ii_33 = tl.arange(0, 4)
     ip_33 = tl.arange(0, 2)
     ik_33 = tl.arange(0, 8)
@@ -3931,7 +3931,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_34 = po_34 + iu_34[None, :, None] * 3
         tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + acc_34, mask=mo_34)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ii_35 = tl.arange(0, 4)
     ip_35 = tl.arange(0, 2)
     p0_35 = d_z_ptr + 128 + z[:, None, None, None, None] * 288
@@ -4019,7 +4019,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(tl.sum(a0_39 * a1_39, axis=4), axis=3), mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     ii_40 = tl.arange(0, 8)
     ik_40 = tl.arange(0, 1)
     ip_40 = tl.arange(0, 1)
@@ -4051,7 +4051,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_42 = po_42
     tl.store(q_42, tl.load(q_42) + a0_42)
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂d_z: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     ik_43 = tl.arange(0, 4)
     ip_43 = tl.arange(0, 2)
     ii_43 = tl.arange(0, 8)
@@ -4086,7 +4086,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_44 = po_44 + iw_44[None, :, None] * 3
         tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + acc_44, mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     ik_45 = tl.arange(0, 4)
     ip_45 = tl.arange(0, 2)
     p0_45 = partial + 17408 + slot + ip_45[None, None, :, None, None] * 1024
@@ -4121,7 +4121,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
         q_46 = po_46 + iu_46[None, :, None] * 5
         tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(tl.sum(a0_46 * a1_46, axis=4), axis=3), mask=mo_46)
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     ik_47 = tl.arange(0, 4)
     ip_47 = tl.arange(0, 2)
     p0_47 = x_ptr + 128 + z[:, None, None, None, None] * 288
@@ -4152,8 +4152,8 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
 
 
 @triton.jit
-def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight, statements 49–55 of 55: BLOCK_Z rows per program."""
+def _fc_tp__d__d2_weight__kernel3(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_z__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_weight, statements 49–55 of 55: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -4166,7 +4166,7 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     q_49 = po_49
     tl.store(q_49, tl.load(q_49) + a0_49)
     tl.debug_barrier()
-    # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     ip_50 = tl.arange(0, 2)
     p0_50 = partial + 19456 + slot + ip_50[None, None, :, None, None] * 1024
     p1_50 = x_ptr + 128 + z[:, None, None, None, None] * 288
@@ -4203,7 +4203,7 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
             q_51 = po_51 + iw_51[None, :, None] * 5 + ik_51[None, None, :]
             tl.store(q_51, tl.load(q_51, mask=mo_51 & (ik_51[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_51 * a1_51, axis=4), axis=3), mask=mo_51 & (ik_51[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂x: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     ip_52 = tl.arange(0, 2)
     p0_52 = partial + 19456 + slot + ip_52[None, None, :, None, None] * 1024
     p1_52 = d_z_ptr + 128 + z[:, None, None, None, None] * 288
@@ -4240,7 +4240,7 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
             q_53 = po_53 + iu_53[None, :, None] * 5 + ii_53[None, None, :]
             tl.store(q_53, tl.load(q_53, mask=mo_53 & (ii_53[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_53 * a1_53, axis=4), axis=3), mask=mo_53 & (ii_53[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     ip_54 = tl.arange(0, 2)
     p0_54 = x_ptr + 128 + z[:, None, None, None, None] * 288
     m0_54 = row_mask[:, None, None, None, None]
@@ -4265,7 +4265,7 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     ij_55 = tl.arange(0, 16)
     p0_55 = scratch + 145 + z[:, None, None] * 2402
     m0_55 = row_mask[:, None, None]
-    p1_55 = _g_z_0_ptr + 0 + ij_55[None, :, None] * 145
+    p1_55 = _g_z__0_ptr + 0 + ij_55[None, :, None] * 145
     po_55 = d2_y_ptr + 0 + z[:, None] * 16 + ij_55[None, :]
     mo_55 = row_mask[:, None]
     acc_55 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -4279,8 +4279,8 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     tl.debug_barrier()
 
 
-def _fc_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fc_tp_d2_weight kernel on (x, y, d_z, d2_d_weight, weight, _g_z_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _fc_tp__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the fc_tp__d__d2_weight kernel on (x, y, d_z, d2_d_weight, weight, _g_z__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 16, 288)]
@@ -4288,171 +4288,171 @@ def _fc_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 21504)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_fc_tp_d2_weight_0_kernel, _fc_tp_d2_weight_1_kernel, _fc_tp_d2_weight_2_kernel, _fc_tp_d2_weight_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_fc_tp__d__d2_weight__kernel0, _fc_tp__d__d2_weight__kernel1, _fc_tp__d__d2_weight__kernel2, _fc_tp__d__d2_weight__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:13312].sum(0)]
 
 
-def _fc_tp_d2_weight(
+def _fc_tp__d__d2_weight(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, _g_z_0: torch.Tensor,
+    weight: torch.Tensor, _g_z__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight: x (n, 288), y (n, 16), d_z (n, 288), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    """the vector-Jacobian product of fc_tp__d for the cotangent of d_weight: x (n, 288), y (n, 16), d_z (n, 288), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    _m_z__0 = torch.mm(y.reshape(n, 16), _g_z__0).view(n, 145)  # zj,jc->zc
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_0 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1) * _c0.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    _piece0_d2_d_z = _m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1) * _c0.permute(2, 1, 3, 0).reshape(n, 32, 1)
     del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_1 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    d2__m_z_0_2 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,puzk->zikp
+    _piece1_d2_x = _m_z__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _piece2_d2__m_z__0 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,puzk->zikp
     del _c1
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_3 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    _piece3_d2_d_z = _m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
-    d2_x_4 = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    _c3 = torch.bmm(_m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    _piece4_d2_x = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     del _c3
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_5 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _piece5_d2__m_z__0 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
     del _c2
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_6 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    _piece6_d2_d_z = _m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
-    d2_x_7 = torch.mm(_c5.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    _c5 = torch.bmm(_m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
+    _piece7_d2_x = torch.mm(_c5.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     del _c5
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_8 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _piece8_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
     del _c4
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.bmm(_m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_z_9 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    _c6 = torch.bmm(_m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece9_d2_d_z = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_10 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    d2__m_z_0_11 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,puzk->zikp
+    _piece10_d2_x = _m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _piece11_d2__m_z__0 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,puzk->zikp
     del _c7
-    d2_d__w_z_0_1_1_12 = d2_d_weight[3072:4096].view(32, 32)
-    d2_d__w_z_0_1_1_13 = d2_d_weight[6144:7168].view(32, 32)
-    # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_d__w_z_0_1_1 = torch.cat([
-        d2_d__w_z_0_1_1_12.reshape(1024),
-        d2_d__w_z_0_1_1_13.reshape(1024),
+    _piece12_d2_d__w_z__0_1_1 = d2_d_weight[3072:4096].view(32, 32)
+    _piece13_d2_d__w_z__0_1_1 = d2_d_weight[6144:7168].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_d__w_z__0_1_1 = torch.cat([
+        _piece12_d2_d__w_z__0_1_1.reshape(1024),
+        _piece13_d2_d__w_z__0_1_1.reshape(1024),
     ], dim=-1)
-    del d2_d__w_z_0_1_1_12, d2_d__w_z_0_1_1_13
-    _c8 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
-    d2_d_z_14 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6), _c8.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _piece12_d2_d__w_z__0_1_1, _piece13_d2_d__w_z__0_1_1
+    _c8 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
+    _piece14_d2_d_z = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6), _c8.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zipw->zwk
     del _c8
-    # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
-    del d2_d__w_z_0_1_1
-    d2_x_15 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6), _c9.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zkpu->zui
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__m_z_0_16 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
+    # ∂/∂x: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
+    del d2_d__w_z__0_1_1
+    _piece15_d2_x = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6), _c9.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _piece16_d2__m_z__0 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
     del _c9
-    d2_d__w_z_0_1_2_17 = d2_d_weight[5120:6144].view(32, 32)
-    d2_d__w_z_0_1_2_18 = d2_d_weight[7168:8192].view(32, 32)
-    # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_d__w_z_0_1_2 = torch.cat([
-        d2_d__w_z_0_1_2_17.reshape(1024),
-        d2_d__w_z_0_1_2_18.reshape(1024),
+    _piece17_d2_d__w_z__0_1_2 = d2_d_weight[5120:6144].view(32, 32)
+    _piece18_d2_d__w_z__0_1_2 = d2_d_weight[7168:8192].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_d__w_z__0_1_2 = torch.cat([
+        _piece17_d2_d__w_z__0_1_2.reshape(1024),
+        _piece18_d2_d__w_z__0_1_2.reshape(1024),
     ], dim=-1)
-    del d2_d__w_z_0_1_2_17, d2_d__w_z_0_1_2_18
-    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
-    d2_d_z_19 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
-    # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
-    d2_x_20 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
-    del _c11, d2_d__w_z_0_1_2
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_21 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _piece17_d2_d__w_z__0_1_2, _piece18_d2_d__w_z__0_1_2
+    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
+    _piece19_d2_d_z = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    # ∂/∂x: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _c11 = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    _piece20_d2_x = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c11, d2_d__w_z__0_1_2
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _piece21_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c10
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_z_22 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    _c12 = torch.bmm(_m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece22_d2_d_z = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     del _c12
     # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_23 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)
-    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    d2__m_z_0_24 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,puzk->zikp
+    _piece23_d2_x = _m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)
+    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _piece24_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,puzk->zikp
     del _c13
-    d2_d__w_z_0_2_1_25 = d2_d_weight[9216:10240].view(32, 32)
-    d2_d__w_z_0_2_1_26 = d2_d_weight[12288:13312].view(32, 32)
-    # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
-    d2_d__w_z_0_2_1 = torch.cat([
-        d2_d__w_z_0_2_1_25.reshape(1024),
-        d2_d__w_z_0_2_1_26.reshape(1024),
+    _piece25_d2_d__w_z__0_2_1 = d2_d_weight[9216:10240].view(32, 32)
+    _piece26_d2_d__w_z__0_2_1 = d2_d_weight[12288:13312].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c14 = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    d2_d__w_z__0_2_1 = torch.cat([
+        _piece25_d2_d__w_z__0_2_1.reshape(1024),
+        _piece26_d2_d__w_z__0_2_1.reshape(1024),
     ], dim=-1)
-    del d2_d__w_z_0_2_1_25, d2_d__w_z_0_2_1_26
-    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _piece25_d2_d__w_z__0_2_1, _piece26_d2_d__w_z__0_2_1
+    _piece27_d2_d_z = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     del _c14
-    # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
-    del d2_d__w_z_0_2_1
-    d2_x_28 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__m_z_0_29 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    # ∂/∂x: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
+    del d2_d__w_z__0_2_1
+    _piece28_d2_x = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _piece29_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     del _c15
-    d2_d__w_z_0_2_2_30 = d2_d_weight[8192:9216].view(32, 32)
-    d2_d__w_z_0_2_2_31 = d2_d_weight[11264:12288].view(32, 32)
-    # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_d__w_z_0_2_2 = torch.cat([
-        d2_d__w_z_0_2_2_30.reshape(1024),
-        d2_d__w_z_0_2_2_31.reshape(1024),
+    _piece30_d2_d__w_z__0_2_2 = d2_d_weight[8192:9216].view(32, 32)
+    _piece31_d2_d__w_z__0_2_2 = d2_d_weight[11264:12288].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_d__w_z__0_2_2 = torch.cat([
+        _piece30_d2_d__w_z__0_2_2.reshape(1024),
+        _piece31_d2_d__w_z__0_2_2.reshape(1024),
     ], dim=-1)
-    del d2_d__w_z_0_2_2_30, d2_d__w_z_0_2_2_31
-    _c16 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zui->zipw
-    d2_d_z_32 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10), _c16.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _piece30_d2_d__w_z__0_2_2, _piece31_d2_d__w_z__0_2_2
+    _c16 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z__0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zui->zipw
+    _piece32_d2_d_z = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10), _c16.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
     del _c16
-    # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zwk->zkpu
-    del d2_d__w_z_0_2_2
-    d2_x_33 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10), _c17.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
-    del _m_z_0
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__m_z_0_34 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
+    # ∂/∂x: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z__0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zwk->zkpu
+    del d2_d__w_z__0_2_2
+    _piece33_d2_x = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10), _c17.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    del _m_z__0
+    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _piece34_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
     del _c17
     # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_z_0 = torch.cat([
-        d2__m_z_0_2.reshape(n, 1),
-        d2__m_z_0_5.reshape(n, 3),
-        d2__m_z_0_8.reshape(n, 5),
-        d2__m_z_0_11.reshape(n, 3),
-        d2__m_z_0_16.reshape(n, 18),
-        d2__m_z_0_21.reshape(n, 30),
-        d2__m_z_0_24.reshape(n, 5),
-        d2__m_z_0_29.reshape(n, 30),
-        d2__m_z_0_34.reshape(n, 50),
+    d2__m_z__0 = torch.cat([
+        _piece2_d2__m_z__0.reshape(n, 1),
+        _piece5_d2__m_z__0.reshape(n, 3),
+        _piece8_d2__m_z__0.reshape(n, 5),
+        _piece11_d2__m_z__0.reshape(n, 3),
+        _piece16_d2__m_z__0.reshape(n, 18),
+        _piece21_d2__m_z__0.reshape(n, 30),
+        _piece24_d2__m_z__0.reshape(n, 5),
+        _piece29_d2__m_z__0.reshape(n, 30),
+        _piece34_d2__m_z__0.reshape(n, 50),
     ], dim=-1)
-    del d2__m_z_0_11, d2__m_z_0_16, d2__m_z_0_2, d2__m_z_0_21, d2__m_z_0_24, d2__m_z_0_29, d2__m_z_0_34, d2__m_z_0_5, d2__m_z_0_8
-    d2_y_35 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
-    del d2__m_z_0
+    del _piece11_d2__m_z__0, _piece16_d2__m_z__0, _piece21_d2__m_z__0, _piece24_d2__m_z__0, _piece29_d2__m_z__0, _piece2_d2__m_z__0, _piece34_d2__m_z__0, _piece5_d2__m_z__0, _piece8_d2__m_z__0
+    _piece35_d2_y = torch.mm(d2__m_z__0, _g_z__0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z__0
     d2_x = torch.cat([
-        (d2_x_1 + d2_x_4 + d2_x_7).reshape(n, 32),
-        (d2_x_10 + d2_x_15 + d2_x_20).reshape(n, 96),
-        (d2_x_23 + d2_x_28 + d2_x_33).reshape(n, 160),
+        (_piece1_d2_x + _piece4_d2_x + _piece7_d2_x).reshape(n, 32),
+        (_piece10_d2_x + _piece15_d2_x + _piece20_d2_x).reshape(n, 96),
+        (_piece23_d2_x + _piece28_d2_x + _piece33_d2_x).reshape(n, 160),
     ], dim=-1)
-    del d2_x_1, d2_x_10, d2_x_15, d2_x_20, d2_x_23, d2_x_28, d2_x_33, d2_x_4, d2_x_7
-    d2_y = d2_y_35
-    del d2_y_35
+    del _piece10_d2_x, _piece15_d2_x, _piece1_d2_x, _piece20_d2_x, _piece23_d2_x, _piece28_d2_x, _piece33_d2_x, _piece4_d2_x, _piece7_d2_x
+    d2_y = _piece35_d2_y
+    del _piece35_d2_y
     d2_d_z = torch.cat([
-        (d2_d_z_0 + d2_d_z_9 + d2_d_z_22).reshape(n, 32),
-        (d2_d_z_3 + d2_d_z_14 + d2_d_z_27).reshape(n, 96),
-        (d2_d_z_6 + d2_d_z_19 + d2_d_z_32).reshape(n, 160),
+        (_piece0_d2_d_z + _piece9_d2_d_z + _piece22_d2_d_z).reshape(n, 32),
+        (_piece3_d2_d_z + _piece14_d2_d_z + _piece27_d2_d_z).reshape(n, 96),
+        (_piece6_d2_d_z + _piece19_d2_d_z + _piece32_d2_d_z).reshape(n, 160),
     ], dim=-1)
-    del d2_d_z_0, d2_d_z_14, d2_d_z_19, d2_d_z_22, d2_d_z_27, d2_d_z_3, d2_d_z_32, d2_d_z_6, d2_d_z_9
+    del _piece0_d2_d_z, _piece14_d2_d_z, _piece19_d2_d_z, _piece22_d2_d_z, _piece27_d2_d_z, _piece32_d2_d_z, _piece3_d2_d_z, _piece6_d2_d_z, _piece9_d2_d_z
     d2_weight = weight.new_zeros(13312)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
@@ -4462,271 +4462,271 @@ def _fc_tp_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _fc_tp__kernel(x, y, weight, z__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """fc_tp: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # out z : 32x0e+32x1o+32x2e
     # z.0: fuse(x, y) mix uvw
-    ch32 = tl.arange(0, 32)
-    cm32 = ch32 < 32
-    mask32 = row_mask[:, None] & cm32[None, :]
-    zero32 = tl.zeros([BLOCK_Z, 32], dtype=x.dtype.element_ty)
-    z_0_p0_0 = zero32
-    y_0_c0_0 = tl.load(y + rows * 16 + 0, mask=row_mask, other=0.0)
+    _ch32 = tl.arange(0, 32)
+    _cm32 = _ch32 < 32
+    _mask32 = _row_mask[:, None] & _cm32[None, :]
+    _zero32 = tl.zeros([BLOCK_Z, 32], dtype=x.dtype.element_ty)
+    _z__0_p0_0 = _zero32
+    y__0_c0_0 = tl.load(y + _rows * 16 + 0, mask=_row_mask, other=0.0)
     for _u in range(32):
-        z_0_p0_x0 = tl.load(x + rows * 288 + 0 + _u * 1, mask=row_mask, other=0.0)
-        z_0_p0_w = tl.load(weight + 0 + (0 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p0_0 += (1.0 * z_0_p0_x0 * y_0_c0_0)[:, None] * z_0_p0_w
-    sum1_0 = z_0_p0_0 * 0.10206207261596575
-    z_0_p4_0 = zero32
-    y_1_c0_0 = tl.load(y + rows * 16 + 1, mask=row_mask, other=0.0)
-    y_1_c0_1 = tl.load(y + rows * 16 + 2, mask=row_mask, other=0.0)
-    y_1_c0_2 = tl.load(y + rows * 16 + 3, mask=row_mask, other=0.0)
+        _z__0_p0_x0 = tl.load(x + _rows * 288 + 0 + _u * 1, mask=_row_mask, other=0.0)
+        _z__0_p0_w = tl.load(weight + 0 + (0 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p0_0 += (1.0 * _z__0_p0_x0 * y__0_c0_0)[:, None] * _z__0_p0_w
+    _sum1_0 = _z__0_p0_0 * 0.10206207261596575
+    _z__0_p4_0 = _zero32
+    y__1_c0_0 = tl.load(y + _rows * 16 + 1, mask=_row_mask, other=0.0)
+    y__1_c0_1 = tl.load(y + _rows * 16 + 2, mask=_row_mask, other=0.0)
+    y__1_c0_2 = tl.load(y + _rows * 16 + 3, mask=_row_mask, other=0.0)
     for _u in range(32):
-        z_0_p4_x0 = tl.load(x + rows * 288 + 32 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p4_x1 = tl.load(x + rows * 288 + 33 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p4_x2 = tl.load(x + rows * 288 + 34 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p4_w = tl.load(weight + 0 + (4096 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p4_0 += (0.5773502691896257 * z_0_p4_x0 * y_1_c0_0 + 0.5773502691896257 * z_0_p4_x1 * y_1_c0_1 + 0.5773502691896257 * z_0_p4_x2 * y_1_c0_2)[:, None] * z_0_p4_w
-    sum2_0 = sum1_0 + z_0_p4_0 * 0.10206207261596575
-    z_0_p10_0 = zero32
-    y_2_c0_0 = tl.load(y + rows * 16 + 4, mask=row_mask, other=0.0)
-    y_2_c0_1 = tl.load(y + rows * 16 + 5, mask=row_mask, other=0.0)
-    y_2_c0_2 = tl.load(y + rows * 16 + 6, mask=row_mask, other=0.0)
-    y_2_c0_3 = tl.load(y + rows * 16 + 7, mask=row_mask, other=0.0)
-    y_2_c0_4 = tl.load(y + rows * 16 + 8, mask=row_mask, other=0.0)
+        _z__0_p4_x0 = tl.load(x + _rows * 288 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p4_x1 = tl.load(x + _rows * 288 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p4_x2 = tl.load(x + _rows * 288 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p4_w = tl.load(weight + 0 + (4096 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p4_0 += (0.5773502691896257 * _z__0_p4_x0 * y__1_c0_0 + 0.5773502691896257 * _z__0_p4_x1 * y__1_c0_1 + 0.5773502691896257 * _z__0_p4_x2 * y__1_c0_2)[:, None] * _z__0_p4_w
+    _sum2_0 = _sum1_0 + _z__0_p4_0 * 0.10206207261596575
+    _z__0_p10_0 = _zero32
+    y__2_c0_0 = tl.load(y + _rows * 16 + 4, mask=_row_mask, other=0.0)
+    y__2_c0_1 = tl.load(y + _rows * 16 + 5, mask=_row_mask, other=0.0)
+    y__2_c0_2 = tl.load(y + _rows * 16 + 6, mask=_row_mask, other=0.0)
+    y__2_c0_3 = tl.load(y + _rows * 16 + 7, mask=_row_mask, other=0.0)
+    y__2_c0_4 = tl.load(y + _rows * 16 + 8, mask=_row_mask, other=0.0)
     for _u in range(32):
-        z_0_p10_x0 = tl.load(x + rows * 288 + 128 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p10_x1 = tl.load(x + rows * 288 + 129 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p10_x2 = tl.load(x + rows * 288 + 130 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p10_x3 = tl.load(x + rows * 288 + 131 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p10_x4 = tl.load(x + rows * 288 + 132 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p10_w = tl.load(weight + 0 + (10240 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p10_0 += (0.4472135954999579 * z_0_p10_x0 * y_2_c0_0 + 0.4472135954999579 * z_0_p10_x1 * y_2_c0_1 + 0.4472135954999579 * z_0_p10_x2 * y_2_c0_2 + 0.4472135954999579 * z_0_p10_x3 * y_2_c0_3 + 0.4472135954999579 * z_0_p10_x4 * y_2_c0_4)[:, None] * z_0_p10_w
-    sum3_0 = sum2_0 + z_0_p10_0 * 0.10206207261596575
-    z_0_0 = sum3_0
-    tl.store(z_out + rows[:, None] * 288 + (0 + ch32[None, :] * 1), z_0_0, mask=mask32)
-    z_0_p1_0 = zero32
-    z_0_p1_1 = zero32
-    z_0_p1_2 = zero32
+        _z__0_p10_x0 = tl.load(x + _rows * 288 + 128 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p10_x1 = tl.load(x + _rows * 288 + 129 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p10_x2 = tl.load(x + _rows * 288 + 130 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p10_x3 = tl.load(x + _rows * 288 + 131 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p10_x4 = tl.load(x + _rows * 288 + 132 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p10_w = tl.load(weight + 0 + (10240 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p10_0 += (0.4472135954999579 * _z__0_p10_x0 * y__2_c0_0 + 0.4472135954999579 * _z__0_p10_x1 * y__2_c0_1 + 0.4472135954999579 * _z__0_p10_x2 * y__2_c0_2 + 0.4472135954999579 * _z__0_p10_x3 * y__2_c0_3 + 0.4472135954999579 * _z__0_p10_x4 * y__2_c0_4)[:, None] * _z__0_p10_w
+    _sum3_0 = _sum2_0 + _z__0_p10_0 * 0.10206207261596575
+    z__0_0 = _sum3_0
+    tl.store(z__out + _rows[:, None] * 288 + (0 + _ch32[None, :] * 1), z__0_0, mask=_mask32)
+    _z__0_p1_0 = _zero32
+    _z__0_p1_1 = _zero32
+    _z__0_p1_2 = _zero32
     for _u in range(32):
-        z_0_p1_x0 = tl.load(x + rows * 288 + 0 + _u * 1, mask=row_mask, other=0.0)
-        z_0_p1_w = tl.load(weight + 0 + (1024 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p1_0 += (0.5773502691896257 * z_0_p1_x0 * y_1_c0_0)[:, None] * z_0_p1_w
-        z_0_p1_1 += (0.5773502691896257 * z_0_p1_x0 * y_1_c0_1)[:, None] * z_0_p1_w
-        z_0_p1_2 += (0.5773502691896257 * z_0_p1_x0 * y_1_c0_2)[:, None] * z_0_p1_w
-    sum4_0 = z_0_p1_0 * 0.13693063937629152
-    sum4_1 = z_0_p1_1 * 0.13693063937629152
-    sum4_2 = z_0_p1_2 * 0.13693063937629152
-    z_0_p3_0 = zero32
-    z_0_p3_1 = zero32
-    z_0_p3_2 = zero32
+        _z__0_p1_x0 = tl.load(x + _rows * 288 + 0 + _u * 1, mask=_row_mask, other=0.0)
+        _z__0_p1_w = tl.load(weight + 0 + (1024 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p1_0 += (0.5773502691896257 * _z__0_p1_x0 * y__1_c0_0)[:, None] * _z__0_p1_w
+        _z__0_p1_1 += (0.5773502691896257 * _z__0_p1_x0 * y__1_c0_1)[:, None] * _z__0_p1_w
+        _z__0_p1_2 += (0.5773502691896257 * _z__0_p1_x0 * y__1_c0_2)[:, None] * _z__0_p1_w
+    _sum4_0 = _z__0_p1_0 * 0.13693063937629152
+    _sum4_1 = _z__0_p1_1 * 0.13693063937629152
+    _sum4_2 = _z__0_p1_2 * 0.13693063937629152
+    _z__0_p3_0 = _zero32
+    _z__0_p3_1 = _zero32
+    _z__0_p3_2 = _zero32
     for _u in range(32):
-        z_0_p3_x0 = tl.load(x + rows * 288 + 32 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p3_x1 = tl.load(x + rows * 288 + 33 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p3_x2 = tl.load(x + rows * 288 + 34 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p3_w = tl.load(weight + 0 + (3072 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p3_0 += (0.5773502691896257 * z_0_p3_x0 * y_0_c0_0)[:, None] * z_0_p3_w
-        z_0_p3_1 += (0.5773502691896257 * z_0_p3_x1 * y_0_c0_0)[:, None] * z_0_p3_w
-        z_0_p3_2 += (0.5773502691896257 * z_0_p3_x2 * y_0_c0_0)[:, None] * z_0_p3_w
-    sum5_0 = sum4_0 + z_0_p3_0 * 0.13693063937629152
-    sum5_1 = sum4_1 + z_0_p3_1 * 0.13693063937629152
-    sum5_2 = sum4_2 + z_0_p3_2 * 0.13693063937629152
-    z_0_p6_0 = zero32
-    z_0_p6_1 = zero32
-    z_0_p6_2 = zero32
+        _z__0_p3_x0 = tl.load(x + _rows * 288 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p3_x1 = tl.load(x + _rows * 288 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p3_x2 = tl.load(x + _rows * 288 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p3_w = tl.load(weight + 0 + (3072 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p3_0 += (0.5773502691896257 * _z__0_p3_x0 * y__0_c0_0)[:, None] * _z__0_p3_w
+        _z__0_p3_1 += (0.5773502691896257 * _z__0_p3_x1 * y__0_c0_0)[:, None] * _z__0_p3_w
+        _z__0_p3_2 += (0.5773502691896257 * _z__0_p3_x2 * y__0_c0_0)[:, None] * _z__0_p3_w
+    _sum5_0 = _sum4_0 + _z__0_p3_0 * 0.13693063937629152
+    _sum5_1 = _sum4_1 + _z__0_p3_1 * 0.13693063937629152
+    _sum5_2 = _sum4_2 + _z__0_p3_2 * 0.13693063937629152
+    _z__0_p6_0 = _zero32
+    _z__0_p6_1 = _zero32
+    _z__0_p6_2 = _zero32
     for _u in range(32):
-        z_0_p6_x0 = tl.load(x + rows * 288 + 32 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p6_x1 = tl.load(x + rows * 288 + 33 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p6_x2 = tl.load(x + rows * 288 + 34 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p6_w = tl.load(weight + 0 + (6144 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p6_0 += (-0.18257418583505536 * z_0_p6_x0 * y_2_c0_2 + -0.31622776601683794 * z_0_p6_x0 * y_2_c0_4 + 0.31622776601683794 * z_0_p6_x1 * y_2_c0_1 + 0.31622776601683794 * z_0_p6_x2 * y_2_c0_0)[:, None] * z_0_p6_w
-        z_0_p6_1 += (0.31622776601683794 * z_0_p6_x0 * y_2_c0_1 + 0.3651483716701107 * z_0_p6_x1 * y_2_c0_2 + 0.31622776601683794 * z_0_p6_x2 * y_2_c0_3)[:, None] * z_0_p6_w
-        z_0_p6_2 += (0.31622776601683794 * z_0_p6_x0 * y_2_c0_0 + 0.31622776601683794 * z_0_p6_x1 * y_2_c0_3 + -0.18257418583505536 * z_0_p6_x2 * y_2_c0_2 + 0.31622776601683794 * z_0_p6_x2 * y_2_c0_4)[:, None] * z_0_p6_w
-    sum6_0 = sum5_0 + z_0_p6_0 * 0.13693063937629152
-    sum6_1 = sum5_1 + z_0_p6_1 * 0.13693063937629152
-    sum6_2 = sum5_2 + z_0_p6_2 * 0.13693063937629152
-    z_0_p9_0 = zero32
-    z_0_p9_1 = zero32
-    z_0_p9_2 = zero32
+        _z__0_p6_x0 = tl.load(x + _rows * 288 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p6_x1 = tl.load(x + _rows * 288 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p6_x2 = tl.load(x + _rows * 288 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p6_w = tl.load(weight + 0 + (6144 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p6_0 += (-0.18257418583505536 * _z__0_p6_x0 * y__2_c0_2 + -0.31622776601683794 * _z__0_p6_x0 * y__2_c0_4 + 0.31622776601683794 * _z__0_p6_x1 * y__2_c0_1 + 0.31622776601683794 * _z__0_p6_x2 * y__2_c0_0)[:, None] * _z__0_p6_w
+        _z__0_p6_1 += (0.31622776601683794 * _z__0_p6_x0 * y__2_c0_1 + 0.3651483716701107 * _z__0_p6_x1 * y__2_c0_2 + 0.31622776601683794 * _z__0_p6_x2 * y__2_c0_3)[:, None] * _z__0_p6_w
+        _z__0_p6_2 += (0.31622776601683794 * _z__0_p6_x0 * y__2_c0_0 + 0.31622776601683794 * _z__0_p6_x1 * y__2_c0_3 + -0.18257418583505536 * _z__0_p6_x2 * y__2_c0_2 + 0.31622776601683794 * _z__0_p6_x2 * y__2_c0_4)[:, None] * _z__0_p6_w
+    _sum6_0 = _sum5_0 + _z__0_p6_0 * 0.13693063937629152
+    _sum6_1 = _sum5_1 + _z__0_p6_1 * 0.13693063937629152
+    _sum6_2 = _sum5_2 + _z__0_p6_2 * 0.13693063937629152
+    _z__0_p9_0 = _zero32
+    _z__0_p9_1 = _zero32
+    _z__0_p9_2 = _zero32
     for _u in range(32):
-        z_0_p9_x0 = tl.load(x + rows * 288 + 128 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p9_x1 = tl.load(x + rows * 288 + 129 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p9_x2 = tl.load(x + rows * 288 + 130 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p9_x3 = tl.load(x + rows * 288 + 131 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p9_x4 = tl.load(x + rows * 288 + 132 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p9_w = tl.load(weight + 0 + (9216 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p9_0 += (0.31622776601683794 * z_0_p9_x0 * y_1_c0_2 + 0.31622776601683794 * z_0_p9_x1 * y_1_c0_1 + -0.18257418583505536 * z_0_p9_x2 * y_1_c0_0 + -0.31622776601683794 * z_0_p9_x4 * y_1_c0_0)[:, None] * z_0_p9_w
-        z_0_p9_1 += (0.31622776601683794 * z_0_p9_x1 * y_1_c0_0 + 0.3651483716701107 * z_0_p9_x2 * y_1_c0_1 + 0.31622776601683794 * z_0_p9_x3 * y_1_c0_2)[:, None] * z_0_p9_w
-        z_0_p9_2 += (0.31622776601683794 * z_0_p9_x0 * y_1_c0_0 + -0.18257418583505536 * z_0_p9_x2 * y_1_c0_2 + 0.31622776601683794 * z_0_p9_x3 * y_1_c0_1 + 0.31622776601683794 * z_0_p9_x4 * y_1_c0_2)[:, None] * z_0_p9_w
-    sum7_0 = sum6_0 + z_0_p9_0 * 0.13693063937629152
-    sum7_1 = sum6_1 + z_0_p9_1 * 0.13693063937629152
-    sum7_2 = sum6_2 + z_0_p9_2 * 0.13693063937629152
-    z_0_p12_0 = zero32
-    z_0_p12_1 = zero32
-    z_0_p12_2 = zero32
-    y_3_c0_0 = tl.load(y + rows * 16 + 9, mask=row_mask, other=0.0)
-    y_3_c0_1 = tl.load(y + rows * 16 + 10, mask=row_mask, other=0.0)
-    y_3_c0_2 = tl.load(y + rows * 16 + 11, mask=row_mask, other=0.0)
-    y_3_c0_3 = tl.load(y + rows * 16 + 12, mask=row_mask, other=0.0)
-    y_3_c0_4 = tl.load(y + rows * 16 + 13, mask=row_mask, other=0.0)
-    y_3_c0_5 = tl.load(y + rows * 16 + 14, mask=row_mask, other=0.0)
-    y_3_c0_6 = tl.load(y + rows * 16 + 15, mask=row_mask, other=0.0)
+        _z__0_p9_x0 = tl.load(x + _rows * 288 + 128 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p9_x1 = tl.load(x + _rows * 288 + 129 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p9_x2 = tl.load(x + _rows * 288 + 130 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p9_x3 = tl.load(x + _rows * 288 + 131 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p9_x4 = tl.load(x + _rows * 288 + 132 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p9_w = tl.load(weight + 0 + (9216 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p9_0 += (0.31622776601683794 * _z__0_p9_x0 * y__1_c0_2 + 0.31622776601683794 * _z__0_p9_x1 * y__1_c0_1 + -0.18257418583505536 * _z__0_p9_x2 * y__1_c0_0 + -0.31622776601683794 * _z__0_p9_x4 * y__1_c0_0)[:, None] * _z__0_p9_w
+        _z__0_p9_1 += (0.31622776601683794 * _z__0_p9_x1 * y__1_c0_0 + 0.3651483716701107 * _z__0_p9_x2 * y__1_c0_1 + 0.31622776601683794 * _z__0_p9_x3 * y__1_c0_2)[:, None] * _z__0_p9_w
+        _z__0_p9_2 += (0.31622776601683794 * _z__0_p9_x0 * y__1_c0_0 + -0.18257418583505536 * _z__0_p9_x2 * y__1_c0_2 + 0.31622776601683794 * _z__0_p9_x3 * y__1_c0_1 + 0.31622776601683794 * _z__0_p9_x4 * y__1_c0_2)[:, None] * _z__0_p9_w
+    _sum7_0 = _sum6_0 + _z__0_p9_0 * 0.13693063937629152
+    _sum7_1 = _sum6_1 + _z__0_p9_1 * 0.13693063937629152
+    _sum7_2 = _sum6_2 + _z__0_p9_2 * 0.13693063937629152
+    _z__0_p12_0 = _zero32
+    _z__0_p12_1 = _zero32
+    _z__0_p12_2 = _zero32
+    y__3_c0_0 = tl.load(y + _rows * 16 + 9, mask=_row_mask, other=0.0)
+    y__3_c0_1 = tl.load(y + _rows * 16 + 10, mask=_row_mask, other=0.0)
+    y__3_c0_2 = tl.load(y + _rows * 16 + 11, mask=_row_mask, other=0.0)
+    y__3_c0_3 = tl.load(y + _rows * 16 + 12, mask=_row_mask, other=0.0)
+    y__3_c0_4 = tl.load(y + _rows * 16 + 13, mask=_row_mask, other=0.0)
+    y__3_c0_5 = tl.load(y + _rows * 16 + 14, mask=_row_mask, other=0.0)
+    y__3_c0_6 = tl.load(y + _rows * 16 + 15, mask=_row_mask, other=0.0)
     for _u in range(32):
-        z_0_p12_x0 = tl.load(x + rows * 288 + 128 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p12_x1 = tl.load(x + rows * 288 + 129 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p12_x2 = tl.load(x + rows * 288 + 130 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p12_x3 = tl.load(x + rows * 288 + 131 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p12_x4 = tl.load(x + rows * 288 + 132 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p12_w = tl.load(weight + 0 + (12288 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p12_0 += (-0.06900655593423542 * z_0_p12_x0 * y_3_c0_4 + -0.2672612419124244 * z_0_p12_x0 * y_3_c0_6 + -0.1690308509457033 * z_0_p12_x1 * y_3_c0_3 + -0.2182178902359924 * z_0_p12_x1 * y_3_c0_5 + 0.23904572186687872 * z_0_p12_x2 * y_3_c0_2 + 0.2182178902359924 * z_0_p12_x3 * y_3_c0_1 + 0.2672612419124244 * z_0_p12_x4 * y_3_c0_0 + 0.06900655593423542 * z_0_p12_x4 * y_3_c0_2)[:, None] * z_0_p12_w
-        z_0_p12_1 += (0.2182178902359924 * z_0_p12_x0 * y_3_c0_1 + 0.2760262237369417 * z_0_p12_x1 * y_3_c0_2 + 0.29277002188455997 * z_0_p12_x2 * y_3_c0_3 + 0.2760262237369417 * z_0_p12_x3 * y_3_c0_4 + 0.2182178902359924 * z_0_p12_x4 * y_3_c0_5)[:, None] * z_0_p12_w
-        z_0_p12_2 += (0.2672612419124244 * z_0_p12_x0 * y_3_c0_0 + -0.06900655593423542 * z_0_p12_x0 * y_3_c0_2 + 0.2182178902359924 * z_0_p12_x1 * y_3_c0_1 + 0.23904572186687872 * z_0_p12_x2 * y_3_c0_4 + -0.1690308509457033 * z_0_p12_x3 * y_3_c0_3 + 0.2182178902359924 * z_0_p12_x3 * y_3_c0_5 + -0.06900655593423542 * z_0_p12_x4 * y_3_c0_4 + 0.2672612419124244 * z_0_p12_x4 * y_3_c0_6)[:, None] * z_0_p12_w
-    sum8_0 = sum7_0 + z_0_p12_0 * 0.13693063937629152
-    sum8_1 = sum7_1 + z_0_p12_1 * 0.13693063937629152
-    sum8_2 = sum7_2 + z_0_p12_2 * 0.13693063937629152
-    z_1_0 = sum8_0
-    z_1_1 = sum8_1
-    z_1_2 = sum8_2
-    tl.store(z_out + rows[:, None] * 288 + (32 + ch32[None, :] * 3), z_1_0, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (33 + ch32[None, :] * 3), z_1_1, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (34 + ch32[None, :] * 3), z_1_2, mask=mask32)
-    z_0_p2_0 = zero32
-    z_0_p2_1 = zero32
-    z_0_p2_2 = zero32
-    z_0_p2_3 = zero32
-    z_0_p2_4 = zero32
+        _z__0_p12_x0 = tl.load(x + _rows * 288 + 128 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p12_x1 = tl.load(x + _rows * 288 + 129 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p12_x2 = tl.load(x + _rows * 288 + 130 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p12_x3 = tl.load(x + _rows * 288 + 131 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p12_x4 = tl.load(x + _rows * 288 + 132 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p12_w = tl.load(weight + 0 + (12288 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p12_0 += (-0.06900655593423542 * _z__0_p12_x0 * y__3_c0_4 + -0.2672612419124244 * _z__0_p12_x0 * y__3_c0_6 + -0.1690308509457033 * _z__0_p12_x1 * y__3_c0_3 + -0.2182178902359924 * _z__0_p12_x1 * y__3_c0_5 + 0.23904572186687872 * _z__0_p12_x2 * y__3_c0_2 + 0.2182178902359924 * _z__0_p12_x3 * y__3_c0_1 + 0.2672612419124244 * _z__0_p12_x4 * y__3_c0_0 + 0.06900655593423542 * _z__0_p12_x4 * y__3_c0_2)[:, None] * _z__0_p12_w
+        _z__0_p12_1 += (0.2182178902359924 * _z__0_p12_x0 * y__3_c0_1 + 0.2760262237369417 * _z__0_p12_x1 * y__3_c0_2 + 0.29277002188455997 * _z__0_p12_x2 * y__3_c0_3 + 0.2760262237369417 * _z__0_p12_x3 * y__3_c0_4 + 0.2182178902359924 * _z__0_p12_x4 * y__3_c0_5)[:, None] * _z__0_p12_w
+        _z__0_p12_2 += (0.2672612419124244 * _z__0_p12_x0 * y__3_c0_0 + -0.06900655593423542 * _z__0_p12_x0 * y__3_c0_2 + 0.2182178902359924 * _z__0_p12_x1 * y__3_c0_1 + 0.23904572186687872 * _z__0_p12_x2 * y__3_c0_4 + -0.1690308509457033 * _z__0_p12_x3 * y__3_c0_3 + 0.2182178902359924 * _z__0_p12_x3 * y__3_c0_5 + -0.06900655593423542 * _z__0_p12_x4 * y__3_c0_4 + 0.2672612419124244 * _z__0_p12_x4 * y__3_c0_6)[:, None] * _z__0_p12_w
+    _sum8_0 = _sum7_0 + _z__0_p12_0 * 0.13693063937629152
+    _sum8_1 = _sum7_1 + _z__0_p12_1 * 0.13693063937629152
+    _sum8_2 = _sum7_2 + _z__0_p12_2 * 0.13693063937629152
+    z__1_0 = _sum8_0
+    z__1_1 = _sum8_1
+    z__1_2 = _sum8_2
+    tl.store(z__out + _rows[:, None] * 288 + (32 + _ch32[None, :] * 3), z__1_0, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (33 + _ch32[None, :] * 3), z__1_1, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (34 + _ch32[None, :] * 3), z__1_2, mask=_mask32)
+    _z__0_p2_0 = _zero32
+    _z__0_p2_1 = _zero32
+    _z__0_p2_2 = _zero32
+    _z__0_p2_3 = _zero32
+    _z__0_p2_4 = _zero32
     for _u in range(32):
-        z_0_p2_x0 = tl.load(x + rows * 288 + 0 + _u * 1, mask=row_mask, other=0.0)
-        z_0_p2_w = tl.load(weight + 0 + (2048 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p2_0 += (0.4472135954999579 * z_0_p2_x0 * y_2_c0_0)[:, None] * z_0_p2_w
-        z_0_p2_1 += (0.4472135954999579 * z_0_p2_x0 * y_2_c0_1)[:, None] * z_0_p2_w
-        z_0_p2_2 += (0.4472135954999579 * z_0_p2_x0 * y_2_c0_2)[:, None] * z_0_p2_w
-        z_0_p2_3 += (0.4472135954999579 * z_0_p2_x0 * y_2_c0_3)[:, None] * z_0_p2_w
-        z_0_p2_4 += (0.4472135954999579 * z_0_p2_x0 * y_2_c0_4)[:, None] * z_0_p2_w
-    sum9_0 = z_0_p2_0 * 0.1767766952966369
-    sum9_1 = z_0_p2_1 * 0.1767766952966369
-    sum9_2 = z_0_p2_2 * 0.1767766952966369
-    sum9_3 = z_0_p2_3 * 0.1767766952966369
-    sum9_4 = z_0_p2_4 * 0.1767766952966369
-    z_0_p5_0 = zero32
-    z_0_p5_1 = zero32
-    z_0_p5_2 = zero32
-    z_0_p5_3 = zero32
-    z_0_p5_4 = zero32
+        _z__0_p2_x0 = tl.load(x + _rows * 288 + 0 + _u * 1, mask=_row_mask, other=0.0)
+        _z__0_p2_w = tl.load(weight + 0 + (2048 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p2_0 += (0.4472135954999579 * _z__0_p2_x0 * y__2_c0_0)[:, None] * _z__0_p2_w
+        _z__0_p2_1 += (0.4472135954999579 * _z__0_p2_x0 * y__2_c0_1)[:, None] * _z__0_p2_w
+        _z__0_p2_2 += (0.4472135954999579 * _z__0_p2_x0 * y__2_c0_2)[:, None] * _z__0_p2_w
+        _z__0_p2_3 += (0.4472135954999579 * _z__0_p2_x0 * y__2_c0_3)[:, None] * _z__0_p2_w
+        _z__0_p2_4 += (0.4472135954999579 * _z__0_p2_x0 * y__2_c0_4)[:, None] * _z__0_p2_w
+    _sum9_0 = _z__0_p2_0 * 0.1767766952966369
+    _sum9_1 = _z__0_p2_1 * 0.1767766952966369
+    _sum9_2 = _z__0_p2_2 * 0.1767766952966369
+    _sum9_3 = _z__0_p2_3 * 0.1767766952966369
+    _sum9_4 = _z__0_p2_4 * 0.1767766952966369
+    _z__0_p5_0 = _zero32
+    _z__0_p5_1 = _zero32
+    _z__0_p5_2 = _zero32
+    _z__0_p5_3 = _zero32
+    _z__0_p5_4 = _zero32
     for _u in range(32):
-        z_0_p5_x0 = tl.load(x + rows * 288 + 32 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p5_x1 = tl.load(x + rows * 288 + 33 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p5_x2 = tl.load(x + rows * 288 + 34 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p5_w = tl.load(weight + 0 + (5120 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p5_0 += (0.31622776601683794 * z_0_p5_x0 * y_1_c0_2 + 0.31622776601683794 * z_0_p5_x2 * y_1_c0_0)[:, None] * z_0_p5_w
-        z_0_p5_1 += (0.31622776601683794 * z_0_p5_x0 * y_1_c0_1 + 0.31622776601683794 * z_0_p5_x1 * y_1_c0_0)[:, None] * z_0_p5_w
-        z_0_p5_2 += (-0.18257418583505536 * z_0_p5_x0 * y_1_c0_0 + 0.3651483716701107 * z_0_p5_x1 * y_1_c0_1 + -0.18257418583505536 * z_0_p5_x2 * y_1_c0_2)[:, None] * z_0_p5_w
-        z_0_p5_3 += (0.31622776601683794 * z_0_p5_x1 * y_1_c0_2 + 0.31622776601683794 * z_0_p5_x2 * y_1_c0_1)[:, None] * z_0_p5_w
-        z_0_p5_4 += (-0.31622776601683794 * z_0_p5_x0 * y_1_c0_0 + 0.31622776601683794 * z_0_p5_x2 * y_1_c0_2)[:, None] * z_0_p5_w
-    sum10_0 = sum9_0 + z_0_p5_0 * 0.1767766952966369
-    sum10_1 = sum9_1 + z_0_p5_1 * 0.1767766952966369
-    sum10_2 = sum9_2 + z_0_p5_2 * 0.1767766952966369
-    sum10_3 = sum9_3 + z_0_p5_3 * 0.1767766952966369
-    sum10_4 = sum9_4 + z_0_p5_4 * 0.1767766952966369
-    z_0_p7_0 = zero32
-    z_0_p7_1 = zero32
-    z_0_p7_2 = zero32
-    z_0_p7_3 = zero32
-    z_0_p7_4 = zero32
+        _z__0_p5_x0 = tl.load(x + _rows * 288 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p5_x1 = tl.load(x + _rows * 288 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p5_x2 = tl.load(x + _rows * 288 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p5_w = tl.load(weight + 0 + (5120 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p5_0 += (0.31622776601683794 * _z__0_p5_x0 * y__1_c0_2 + 0.31622776601683794 * _z__0_p5_x2 * y__1_c0_0)[:, None] * _z__0_p5_w
+        _z__0_p5_1 += (0.31622776601683794 * _z__0_p5_x0 * y__1_c0_1 + 0.31622776601683794 * _z__0_p5_x1 * y__1_c0_0)[:, None] * _z__0_p5_w
+        _z__0_p5_2 += (-0.18257418583505536 * _z__0_p5_x0 * y__1_c0_0 + 0.3651483716701107 * _z__0_p5_x1 * y__1_c0_1 + -0.18257418583505536 * _z__0_p5_x2 * y__1_c0_2)[:, None] * _z__0_p5_w
+        _z__0_p5_3 += (0.31622776601683794 * _z__0_p5_x1 * y__1_c0_2 + 0.31622776601683794 * _z__0_p5_x2 * y__1_c0_1)[:, None] * _z__0_p5_w
+        _z__0_p5_4 += (-0.31622776601683794 * _z__0_p5_x0 * y__1_c0_0 + 0.31622776601683794 * _z__0_p5_x2 * y__1_c0_2)[:, None] * _z__0_p5_w
+    _sum10_0 = _sum9_0 + _z__0_p5_0 * 0.1767766952966369
+    _sum10_1 = _sum9_1 + _z__0_p5_1 * 0.1767766952966369
+    _sum10_2 = _sum9_2 + _z__0_p5_2 * 0.1767766952966369
+    _sum10_3 = _sum9_3 + _z__0_p5_3 * 0.1767766952966369
+    _sum10_4 = _sum9_4 + _z__0_p5_4 * 0.1767766952966369
+    _z__0_p7_0 = _zero32
+    _z__0_p7_1 = _zero32
+    _z__0_p7_2 = _zero32
+    _z__0_p7_3 = _zero32
+    _z__0_p7_4 = _zero32
     for _u in range(32):
-        z_0_p7_x0 = tl.load(x + rows * 288 + 32 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p7_x1 = tl.load(x + rows * 288 + 33 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p7_x2 = tl.load(x + rows * 288 + 34 + _u * 3, mask=row_mask, other=0.0)
-        z_0_p7_w = tl.load(weight + 0 + (7168 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p7_0 += (-0.06900655593423542 * z_0_p7_x0 * y_3_c0_4 + -0.2672612419124244 * z_0_p7_x0 * y_3_c0_6 + 0.2182178902359924 * z_0_p7_x1 * y_3_c0_1 + 0.2672612419124244 * z_0_p7_x2 * y_3_c0_0 + -0.06900655593423542 * z_0_p7_x2 * y_3_c0_2)[:, None] * z_0_p7_w
-        z_0_p7_1 += (-0.1690308509457033 * z_0_p7_x0 * y_3_c0_3 + -0.2182178902359924 * z_0_p7_x0 * y_3_c0_5 + 0.2760262237369417 * z_0_p7_x1 * y_3_c0_2 + 0.2182178902359924 * z_0_p7_x2 * y_3_c0_1)[:, None] * z_0_p7_w
-        z_0_p7_2 += (0.23904572186687872 * z_0_p7_x0 * y_3_c0_2 + 0.29277002188455997 * z_0_p7_x1 * y_3_c0_3 + 0.23904572186687872 * z_0_p7_x2 * y_3_c0_4)[:, None] * z_0_p7_w
-        z_0_p7_3 += (0.2182178902359924 * z_0_p7_x0 * y_3_c0_1 + 0.2760262237369417 * z_0_p7_x1 * y_3_c0_4 + -0.1690308509457033 * z_0_p7_x2 * y_3_c0_3 + 0.2182178902359924 * z_0_p7_x2 * y_3_c0_5)[:, None] * z_0_p7_w
-        z_0_p7_4 += (0.2672612419124244 * z_0_p7_x0 * y_3_c0_0 + 0.06900655593423542 * z_0_p7_x0 * y_3_c0_2 + 0.2182178902359924 * z_0_p7_x1 * y_3_c0_5 + -0.06900655593423542 * z_0_p7_x2 * y_3_c0_4 + 0.2672612419124244 * z_0_p7_x2 * y_3_c0_6)[:, None] * z_0_p7_w
-    sum11_0 = sum10_0 + z_0_p7_0 * 0.1767766952966369
-    sum11_1 = sum10_1 + z_0_p7_1 * 0.1767766952966369
-    sum11_2 = sum10_2 + z_0_p7_2 * 0.1767766952966369
-    sum11_3 = sum10_3 + z_0_p7_3 * 0.1767766952966369
-    sum11_4 = sum10_4 + z_0_p7_4 * 0.1767766952966369
-    z_0_p8_0 = zero32
-    z_0_p8_1 = zero32
-    z_0_p8_2 = zero32
-    z_0_p8_3 = zero32
-    z_0_p8_4 = zero32
+        _z__0_p7_x0 = tl.load(x + _rows * 288 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p7_x1 = tl.load(x + _rows * 288 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p7_x2 = tl.load(x + _rows * 288 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _z__0_p7_w = tl.load(weight + 0 + (7168 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p7_0 += (-0.06900655593423542 * _z__0_p7_x0 * y__3_c0_4 + -0.2672612419124244 * _z__0_p7_x0 * y__3_c0_6 + 0.2182178902359924 * _z__0_p7_x1 * y__3_c0_1 + 0.2672612419124244 * _z__0_p7_x2 * y__3_c0_0 + -0.06900655593423542 * _z__0_p7_x2 * y__3_c0_2)[:, None] * _z__0_p7_w
+        _z__0_p7_1 += (-0.1690308509457033 * _z__0_p7_x0 * y__3_c0_3 + -0.2182178902359924 * _z__0_p7_x0 * y__3_c0_5 + 0.2760262237369417 * _z__0_p7_x1 * y__3_c0_2 + 0.2182178902359924 * _z__0_p7_x2 * y__3_c0_1)[:, None] * _z__0_p7_w
+        _z__0_p7_2 += (0.23904572186687872 * _z__0_p7_x0 * y__3_c0_2 + 0.29277002188455997 * _z__0_p7_x1 * y__3_c0_3 + 0.23904572186687872 * _z__0_p7_x2 * y__3_c0_4)[:, None] * _z__0_p7_w
+        _z__0_p7_3 += (0.2182178902359924 * _z__0_p7_x0 * y__3_c0_1 + 0.2760262237369417 * _z__0_p7_x1 * y__3_c0_4 + -0.1690308509457033 * _z__0_p7_x2 * y__3_c0_3 + 0.2182178902359924 * _z__0_p7_x2 * y__3_c0_5)[:, None] * _z__0_p7_w
+        _z__0_p7_4 += (0.2672612419124244 * _z__0_p7_x0 * y__3_c0_0 + 0.06900655593423542 * _z__0_p7_x0 * y__3_c0_2 + 0.2182178902359924 * _z__0_p7_x1 * y__3_c0_5 + -0.06900655593423542 * _z__0_p7_x2 * y__3_c0_4 + 0.2672612419124244 * _z__0_p7_x2 * y__3_c0_6)[:, None] * _z__0_p7_w
+    _sum11_0 = _sum10_0 + _z__0_p7_0 * 0.1767766952966369
+    _sum11_1 = _sum10_1 + _z__0_p7_1 * 0.1767766952966369
+    _sum11_2 = _sum10_2 + _z__0_p7_2 * 0.1767766952966369
+    _sum11_3 = _sum10_3 + _z__0_p7_3 * 0.1767766952966369
+    _sum11_4 = _sum10_4 + _z__0_p7_4 * 0.1767766952966369
+    _z__0_p8_0 = _zero32
+    _z__0_p8_1 = _zero32
+    _z__0_p8_2 = _zero32
+    _z__0_p8_3 = _zero32
+    _z__0_p8_4 = _zero32
     for _u in range(32):
-        z_0_p8_x0 = tl.load(x + rows * 288 + 128 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p8_x1 = tl.load(x + rows * 288 + 129 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p8_x2 = tl.load(x + rows * 288 + 130 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p8_x3 = tl.load(x + rows * 288 + 131 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p8_x4 = tl.load(x + rows * 288 + 132 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p8_w = tl.load(weight + 0 + (8192 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p8_0 += (0.4472135954999579 * z_0_p8_x0 * y_0_c0_0)[:, None] * z_0_p8_w
-        z_0_p8_1 += (0.4472135954999579 * z_0_p8_x1 * y_0_c0_0)[:, None] * z_0_p8_w
-        z_0_p8_2 += (0.4472135954999579 * z_0_p8_x2 * y_0_c0_0)[:, None] * z_0_p8_w
-        z_0_p8_3 += (0.4472135954999579 * z_0_p8_x3 * y_0_c0_0)[:, None] * z_0_p8_w
-        z_0_p8_4 += (0.4472135954999579 * z_0_p8_x4 * y_0_c0_0)[:, None] * z_0_p8_w
-    sum12_0 = sum11_0 + z_0_p8_0 * 0.1767766952966369
-    sum12_1 = sum11_1 + z_0_p8_1 * 0.1767766952966369
-    sum12_2 = sum11_2 + z_0_p8_2 * 0.1767766952966369
-    sum12_3 = sum11_3 + z_0_p8_3 * 0.1767766952966369
-    sum12_4 = sum11_4 + z_0_p8_4 * 0.1767766952966369
-    z_0_p11_0 = zero32
-    z_0_p11_1 = zero32
-    z_0_p11_2 = zero32
-    z_0_p11_3 = zero32
-    z_0_p11_4 = zero32
+        _z__0_p8_x0 = tl.load(x + _rows * 288 + 128 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p8_x1 = tl.load(x + _rows * 288 + 129 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p8_x2 = tl.load(x + _rows * 288 + 130 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p8_x3 = tl.load(x + _rows * 288 + 131 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p8_x4 = tl.load(x + _rows * 288 + 132 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p8_w = tl.load(weight + 0 + (8192 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p8_0 += (0.4472135954999579 * _z__0_p8_x0 * y__0_c0_0)[:, None] * _z__0_p8_w
+        _z__0_p8_1 += (0.4472135954999579 * _z__0_p8_x1 * y__0_c0_0)[:, None] * _z__0_p8_w
+        _z__0_p8_2 += (0.4472135954999579 * _z__0_p8_x2 * y__0_c0_0)[:, None] * _z__0_p8_w
+        _z__0_p8_3 += (0.4472135954999579 * _z__0_p8_x3 * y__0_c0_0)[:, None] * _z__0_p8_w
+        _z__0_p8_4 += (0.4472135954999579 * _z__0_p8_x4 * y__0_c0_0)[:, None] * _z__0_p8_w
+    _sum12_0 = _sum11_0 + _z__0_p8_0 * 0.1767766952966369
+    _sum12_1 = _sum11_1 + _z__0_p8_1 * 0.1767766952966369
+    _sum12_2 = _sum11_2 + _z__0_p8_2 * 0.1767766952966369
+    _sum12_3 = _sum11_3 + _z__0_p8_3 * 0.1767766952966369
+    _sum12_4 = _sum11_4 + _z__0_p8_4 * 0.1767766952966369
+    _z__0_p11_0 = _zero32
+    _z__0_p11_1 = _zero32
+    _z__0_p11_2 = _zero32
+    _z__0_p11_3 = _zero32
+    _z__0_p11_4 = _zero32
     for _u in range(32):
-        z_0_p11_x0 = tl.load(x + rows * 288 + 128 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p11_x1 = tl.load(x + rows * 288 + 129 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p11_x2 = tl.load(x + rows * 288 + 130 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p11_x3 = tl.load(x + rows * 288 + 131 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p11_x4 = tl.load(x + rows * 288 + 132 + _u * 5, mask=row_mask, other=0.0)
-        z_0_p11_w = tl.load(weight + 0 + (11264 + _u * 32 + 0 + ch32[None, :]), mask=cm32[None, :], other=0.0)
-        z_0_p11_0 += (-0.23904572186687872 * z_0_p11_x0 * y_2_c0_2 + 0.20701966780270625 * z_0_p11_x1 * y_2_c0_3 + -0.23904572186687872 * z_0_p11_x2 * y_2_c0_0 + 0.20701966780270625 * z_0_p11_x3 * y_2_c0_1)[:, None] * z_0_p11_w
-        z_0_p11_1 += (0.20701966780270625 * z_0_p11_x0 * y_2_c0_3 + 0.11952286093343936 * z_0_p11_x1 * y_2_c0_2 + -0.20701966780270625 * z_0_p11_x1 * y_2_c0_4 + 0.11952286093343936 * z_0_p11_x2 * y_2_c0_1 + 0.20701966780270625 * z_0_p11_x3 * y_2_c0_0 + -0.20701966780270625 * z_0_p11_x4 * y_2_c0_1)[:, None] * z_0_p11_w
-        z_0_p11_2 += (-0.23904572186687872 * z_0_p11_x0 * y_2_c0_0 + 0.11952286093343936 * z_0_p11_x1 * y_2_c0_1 + 0.23904572186687872 * z_0_p11_x2 * y_2_c0_2 + 0.11952286093343936 * z_0_p11_x3 * y_2_c0_3 + -0.23904572186687872 * z_0_p11_x4 * y_2_c0_4)[:, None] * z_0_p11_w
-        z_0_p11_3 += (0.20701966780270625 * z_0_p11_x0 * y_2_c0_1 + 0.20701966780270625 * z_0_p11_x1 * y_2_c0_0 + 0.11952286093343936 * z_0_p11_x2 * y_2_c0_3 + 0.11952286093343936 * z_0_p11_x3 * y_2_c0_2 + 0.20701966780270625 * z_0_p11_x3 * y_2_c0_4 + 0.20701966780270625 * z_0_p11_x4 * y_2_c0_3)[:, None] * z_0_p11_w
-        z_0_p11_4 += (-0.20701966780270625 * z_0_p11_x1 * y_2_c0_1 + -0.23904572186687872 * z_0_p11_x2 * y_2_c0_4 + 0.20701966780270625 * z_0_p11_x3 * y_2_c0_3 + -0.23904572186687872 * z_0_p11_x4 * y_2_c0_2)[:, None] * z_0_p11_w
-    sum13_0 = sum12_0 + z_0_p11_0 * 0.1767766952966369
-    sum13_1 = sum12_1 + z_0_p11_1 * 0.1767766952966369
-    sum13_2 = sum12_2 + z_0_p11_2 * 0.1767766952966369
-    sum13_3 = sum12_3 + z_0_p11_3 * 0.1767766952966369
-    sum13_4 = sum12_4 + z_0_p11_4 * 0.1767766952966369
-    z_2_0 = sum13_0
-    z_2_1 = sum13_1
-    z_2_2 = sum13_2
-    z_2_3 = sum13_3
-    z_2_4 = sum13_4
-    tl.store(z_out + rows[:, None] * 288 + (128 + ch32[None, :] * 5), z_2_0, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (129 + ch32[None, :] * 5), z_2_1, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (130 + ch32[None, :] * 5), z_2_2, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (131 + ch32[None, :] * 5), z_2_3, mask=mask32)
-    tl.store(z_out + rows[:, None] * 288 + (132 + ch32[None, :] * 5), z_2_4, mask=mask32)
+        _z__0_p11_x0 = tl.load(x + _rows * 288 + 128 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p11_x1 = tl.load(x + _rows * 288 + 129 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p11_x2 = tl.load(x + _rows * 288 + 130 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p11_x3 = tl.load(x + _rows * 288 + 131 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p11_x4 = tl.load(x + _rows * 288 + 132 + _u * 5, mask=_row_mask, other=0.0)
+        _z__0_p11_w = tl.load(weight + 0 + (11264 + _u * 32 + 0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0)
+        _z__0_p11_0 += (-0.23904572186687872 * _z__0_p11_x0 * y__2_c0_2 + 0.20701966780270625 * _z__0_p11_x1 * y__2_c0_3 + -0.23904572186687872 * _z__0_p11_x2 * y__2_c0_0 + 0.20701966780270625 * _z__0_p11_x3 * y__2_c0_1)[:, None] * _z__0_p11_w
+        _z__0_p11_1 += (0.20701966780270625 * _z__0_p11_x0 * y__2_c0_3 + 0.11952286093343936 * _z__0_p11_x1 * y__2_c0_2 + -0.20701966780270625 * _z__0_p11_x1 * y__2_c0_4 + 0.11952286093343936 * _z__0_p11_x2 * y__2_c0_1 + 0.20701966780270625 * _z__0_p11_x3 * y__2_c0_0 + -0.20701966780270625 * _z__0_p11_x4 * y__2_c0_1)[:, None] * _z__0_p11_w
+        _z__0_p11_2 += (-0.23904572186687872 * _z__0_p11_x0 * y__2_c0_0 + 0.11952286093343936 * _z__0_p11_x1 * y__2_c0_1 + 0.23904572186687872 * _z__0_p11_x2 * y__2_c0_2 + 0.11952286093343936 * _z__0_p11_x3 * y__2_c0_3 + -0.23904572186687872 * _z__0_p11_x4 * y__2_c0_4)[:, None] * _z__0_p11_w
+        _z__0_p11_3 += (0.20701966780270625 * _z__0_p11_x0 * y__2_c0_1 + 0.20701966780270625 * _z__0_p11_x1 * y__2_c0_0 + 0.11952286093343936 * _z__0_p11_x2 * y__2_c0_3 + 0.11952286093343936 * _z__0_p11_x3 * y__2_c0_2 + 0.20701966780270625 * _z__0_p11_x3 * y__2_c0_4 + 0.20701966780270625 * _z__0_p11_x4 * y__2_c0_3)[:, None] * _z__0_p11_w
+        _z__0_p11_4 += (-0.20701966780270625 * _z__0_p11_x1 * y__2_c0_1 + -0.23904572186687872 * _z__0_p11_x2 * y__2_c0_4 + 0.20701966780270625 * _z__0_p11_x3 * y__2_c0_3 + -0.23904572186687872 * _z__0_p11_x4 * y__2_c0_2)[:, None] * _z__0_p11_w
+    _sum13_0 = _sum12_0 + _z__0_p11_0 * 0.1767766952966369
+    _sum13_1 = _sum12_1 + _z__0_p11_1 * 0.1767766952966369
+    _sum13_2 = _sum12_2 + _z__0_p11_2 * 0.1767766952966369
+    _sum13_3 = _sum12_3 + _z__0_p11_3 * 0.1767766952966369
+    _sum13_4 = _sum12_4 + _z__0_p11_4 * 0.1767766952966369
+    z__2_0 = _sum13_0
+    z__2_1 = _sum13_1
+    z__2_2 = _sum13_2
+    z__2_3 = _sum13_3
+    z__2_4 = _sum13_4
+    tl.store(z__out + _rows[:, None] * 288 + (128 + _ch32[None, :] * 5), z__2_0, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (129 + _ch32[None, :] * 5), z__2_1, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (130 + _ch32[None, :] * 5), z__2_2, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (131 + _ch32[None, :] * 5), z__2_3, mask=_mask32)
+    tl.store(z__out + _rows[:, None] * 288 + (132 + _ch32[None, :] * 5), z__2_4, mask=_mask32)
 
 
-def _fc_tp_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _fc_tp__triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the fc_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
-    z_out = rt.output_rows(x, n, 288)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _fc_tp_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, enable_fp_fusion=True)
-    return [z_out]
+    z__out = rt.output_rows(x, n, 288)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _fc_tp__kernel[_grid](x.contiguous(), y.contiguous(), weight.contiguous(), z__out, n, enable_fp_fusion=True)
+    return [z__out]
 
 
 # fc_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("fc_tp_d2_x", _fc_tp_d2_x_triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp_d2_x)
-_ops.register("fc_tp_d2_y", _fc_tp_d2_y_triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp_d2_y)
-_ops.register("fc_tp_d2_weight", _fc_tp_d2_weight_triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp_d2_weight)
-_ops.register("fc_tp_d", _fc_tp_d_triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y, _ops.fc_tp_d2_weight])
-_ops.register("fc_tp", _fc_tp_triton, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], check_indices=True)
+_ops.register("fc_tp__d__d2_x", _fc_tp__d__d2_x__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_x)
+_ops.register("fc_tp__d__d2_y", _fc_tp__d__d2_y__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_y)
+_ops.register("fc_tp__d__d2_weight", _fc_tp__d__d2_weight__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_weight)
+_ops.register("fc_tp__d", _fc_tp__d__triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp__d__d2_x, _ops.fc_tp__d__d2_y, _ops.fc_tp__d__d2_weight])
+_ops.register("fc_tp", _fc_tp__triton, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp__d], check_indices=True)
 
 
 @triton.jit
-def _conv_tp_d_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel0(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 1–16 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -4746,7 +4746,7 @@ def _conv_tp_d_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_m_0_ptr + 0 + ij_1[None, None, :] * 388
+    p1_1 = _g_m__0_ptr + 0 + ij_1[None, None, :] * 388
     po_1 = scratch + 0 + z[:, None] * 8328
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 388, 16):
@@ -4977,7 +4977,7 @@ def _conv_tp_d_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel1(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 17–32 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5193,7 +5193,7 @@ def _conv_tp_d_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel2(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 33–48 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5230,7 +5230,7 @@ def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_34 = po_34 + iu_34[None, :, None] * 5
         tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(tl.sum(a0_34 * a1_34, axis=4), axis=3), mask=mo_34)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
     ik_35 = tl.arange(0, 8)
     ip_35 = tl.arange(0, 1)
     p0_35 = scratch + 8104 + z[:, None, None, None, None] * 8328 + ip_35[None, None, None, :, None] * 7 + ik_35[None, None, :, None, None]
@@ -5298,7 +5298,7 @@ def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
             q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
             tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3), mask=mo_38 & (ii_38[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_39 = tl.arange(0, 2)
     p0_39 = scratch + 7656 + z[:, None, None, None, None] * 8328 + ip_39[None, None, None, :, None] * 7
     m0_39 = row_mask[:, None, None, None, None]
@@ -5385,7 +5385,7 @@ def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
             q_44 = po_44 + iu_44[None, :, None] * 5 + ii_44[None, None, :]
             tl.store(q_44, tl.load(q_44, mask=mo_44 & (ii_44[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_44 * a1_44, axis=4), axis=3), mask=mo_44 & (ii_44[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
     ip_45 = tl.arange(0, 2)
     p0_45 = scratch + 7272 + z[:, None, None, None, None] * 8328 + ip_45[None, None, None, :, None] * 5
     m0_45 = row_mask[:, None, None, None, None]
@@ -5441,7 +5441,7 @@ def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel3(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 49–64 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5478,7 +5478,7 @@ def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_50 = po_50 + iu_50[None, :, None] * 5
         tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(tl.sum(a0_50 * a1_50, axis=4), axis=3), mask=mo_50)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
     ii_51 = tl.arange(0, 8)
     ik_51 = tl.arange(0, 4)
     ip_51 = tl.arange(0, 1)
@@ -5545,7 +5545,7 @@ def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
             q_54 = po_54 + iu_54[None, :, None] * 5 + ii_54[None, None, :]
             tl.store(q_54, tl.load(q_54, mask=mo_54 & (ii_54[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_54 * a1_54, axis=4), axis=3), mask=mo_54 & (ii_54[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
     ip_55 = tl.arange(0, 2)
     p0_55 = scratch + 6792 + z[:, None, None, None, None] * 8328 + ip_55[None, None, None, :, None] * 5
     m0_55 = row_mask[:, None, None, None, None]
@@ -5629,7 +5629,7 @@ def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_60 = po_60 + iu_60[None, :, None] * 5
         tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(tl.sum(a0_60 * a1_60, axis=4), axis=3), mask=mo_60)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
     ik_61 = tl.arange(0, 4)
     ip_61 = tl.arange(0, 2)
     p0_61 = scratch + 6536 + z[:, None, None, None, None] * 8328 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, :, None, None]
@@ -5684,7 +5684,7 @@ def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel4(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 65–80 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5720,7 +5720,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_66 = po_66
     tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + tl.sum(tl.sum(a0_66 * a1_66, axis=4), axis=3), mask=mo_66)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
     ii_67 = tl.arange(0, 8)
     ik_67 = tl.arange(0, 1)
     ip_67 = tl.arange(0, 1)
@@ -5781,7 +5781,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_70 = po_70 + iu_70[None, :, None] * 3
         tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + tl.sum(tl.sum(a0_70 * a1_70, axis=4), axis=3), mask=mo_70)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
     ii_71 = tl.arange(0, 4)
     ik_71 = tl.arange(0, 8)
     ip_71 = tl.arange(0, 1)
@@ -5845,7 +5845,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_74 = po_74 + iu_74[None, :, None] * 3
         tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + tl.sum(tl.sum(a0_74 * a1_74, axis=4), axis=3), mask=mo_74)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
     ii_75 = tl.arange(0, 4)
     ik_75 = tl.arange(0, 8)
     ip_75 = tl.arange(0, 1)
@@ -5909,7 +5909,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_78 = po_78 + iu_78[None, :, None] * 3
         tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + tl.sum(tl.sum(a0_78 * a1_78, axis=4), axis=3), mask=mo_78)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_79 = tl.arange(0, 4)
     ik_79 = tl.arange(0, 8)
     ip_79 = tl.arange(0, 1)
@@ -5945,7 +5945,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel5(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 81–96 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5982,7 +5982,7 @@ def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_82 = po_82 + iu_82[None, :, None] * 3
         tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
     ii_83 = tl.arange(0, 4)
     ik_83 = tl.arange(0, 4)
     ip_83 = tl.arange(0, 1)
@@ -6048,7 +6048,7 @@ def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_86 = po_86 + iu_86[None, :, None] * 3
         tl.store(q_86, tl.load(q_86, mask=mo_86, other=0.0) + tl.sum(tl.sum(a0_86 * a1_86, axis=4), axis=3), mask=mo_86)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
     ii_87 = tl.arange(0, 4)
     ip_87 = tl.arange(0, 2)
     p0_87 = scratch + 5416 + z[:, None, None, None, None] * 8328 + ip_87[None, None, None, :, None] * 5
@@ -6131,7 +6131,7 @@ def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
         q_92 = po_92 + iu_92[None, :, None] * 3
         tl.store(q_92, tl.load(q_92, mask=mo_92, other=0.0) + tl.sum(tl.sum(a0_92 * a1_92, axis=4), axis=3), mask=mo_92)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
     ii_93 = tl.arange(0, 4)
     ik_93 = tl.arange(0, 4)
     ip_93 = tl.arange(0, 2)
@@ -6185,7 +6185,7 @@ def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel6(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 97–112 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6221,7 +6221,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_98 = po_98
     tl.store(q_98, tl.load(q_98, mask=mo_98, other=0.0) + tl.sum(tl.sum(a0_98 * a1_98, axis=4), axis=3), mask=mo_98)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
     ii_99 = tl.arange(0, 4)
     ik_99 = tl.arange(0, 1)
     ip_99 = tl.arange(0, 1)
@@ -6281,7 +6281,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_102 = po_102
     tl.store(q_102, tl.load(q_102, mask=mo_102, other=0.0) + tl.sum(tl.sum(a0_102 * a1_102, axis=4), axis=3), mask=mo_102)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
     ii_103 = tl.arange(0, 1)
     ik_103 = tl.arange(0, 8)
     ip_103 = tl.arange(0, 1)
@@ -6341,7 +6341,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_106 = po_106
     tl.store(q_106, tl.load(q_106, mask=mo_106, other=0.0) + tl.sum(tl.sum(a0_106 * a1_106, axis=4), axis=3), mask=mo_106)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
     ii_107 = tl.arange(0, 1)
     ik_107 = tl.arange(0, 8)
     ip_107 = tl.arange(0, 1)
@@ -6401,7 +6401,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_110 = po_110
     tl.store(q_110, tl.load(q_110, mask=mo_110, other=0.0) + tl.sum(tl.sum(a0_110 * a1_110, axis=4), axis=3), mask=mo_110)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
     ii_111 = tl.arange(0, 1)
     ik_111 = tl.arange(0, 4)
     ip_111 = tl.arange(0, 1)
@@ -6434,7 +6434,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
 
 
 @triton.jit
-def _conv_tp_d_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _conv_tp__d__kernel7(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m__0_ptr, d_h_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of conv_tp, statements 113–116 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -6470,7 +6470,7 @@ def _conv_tp_d_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     q_114 = po_114
     tl.store(q_114, tl.load(q_114, mask=mo_114, other=0.0) + tl.sum(tl.sum(a0_114 * a1_114, axis=4), axis=3), mask=mo_114)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
     ii_115 = tl.arange(0, 1)
     ik_115 = tl.arange(0, 1)
     ip_115 = tl.arange(0, 1)
@@ -6490,7 +6490,7 @@ def _conv_tp_d_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     ij_116 = tl.arange(0, 16)
     p0_116 = scratch + 4164 + z[:, None, None] * 8328
     m0_116 = row_mask[:, None, None]
-    p1_116 = _g_m_0_ptr + 0 + ij_116[None, :, None] * 388
+    p1_116 = _g_m__0_ptr + 0 + ij_116[None, :, None] * 388
     po_116 = d_sh_ptr + 0 + z[:, None] * 16 + ij_116[None, :]
     mo_116 = row_mask[:, None]
     acc_116 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -6504,8 +6504,8 @@ def _conv_tp_d_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     tl.debug_barrier()
 
 
-def _conv_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp_d kernel on (h, sh, w, d_m, weight, _g_m_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _conv_tp__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the conv_tp__d kernel on (h, sh, w, d_m, weight, _g_m__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (288, 16, 768)]
@@ -6513,15 +6513,15 @@ def _conv_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 1)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_conv_tp_d_0_kernel, _conv_tp_d_1_kernel, _conv_tp_d_2_kernel, _conv_tp_d_3_kernel, _conv_tp_d_4_kernel, _conv_tp_d_5_kernel, _conv_tp_d_6_kernel, _conv_tp_d_7_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_conv_tp__d__kernel0, _conv_tp__d__kernel1, _conv_tp__d__kernel2, _conv_tp__d__kernel3, _conv_tp__d__kernel4, _conv_tp__d__kernel5, _conv_tp__d__kernel6, _conv_tp__d__kernel7,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:0].sum(0)]
 
 
 @triton.jit
-def _conv_tp_d2_h_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 1–16 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel0(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 1–16 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6543,7 +6543,7 @@ def _conv_tp_d2_h_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_m_0_ptr + 0 + ij_1[None, None, :] * 388
+    p1_1 = _g_m__0_ptr + 0 + ij_1[None, None, :] * 388
     po_1 = scratch + 0 + z[:, None] * 8328
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 388, 16):
@@ -6708,8 +6708,8 @@ def _conv_tp_d2_h_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 17–32 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel1(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 17–32 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -6926,7 +6926,7 @@ def _conv_tp_d2_h_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_31 = po_31
     tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + a0_31 * a1_31, mask=mo_31)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     iu_32 = tl.arange(0, 32)
     ip_32 = tl.arange(0, 1)
     ik_32 = tl.arange(0, 1)
@@ -6945,13 +6945,13 @@ def _conv_tp_d2_h_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 33–48 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel2(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 33–48 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     ii_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 1)
     ip_33 = tl.arange(0, 1)
@@ -6995,7 +6995,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_35 = po_35
     tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     iu_36 = tl.arange(0, 32)
     ip_36 = tl.arange(0, 1)
     ik_36 = tl.arange(0, 4)
@@ -7011,7 +7011,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_36 = po_36
     tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     ii_37 = tl.arange(0, 1)
     ik_37 = tl.arange(0, 4)
     ip_37 = tl.arange(0, 1)
@@ -7055,7 +7055,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     iu_40 = tl.arange(0, 32)
     ip_40 = tl.arange(0, 1)
     ik_40 = tl.arange(0, 8)
@@ -7071,7 +7071,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_40 = po_40
     tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     ii_41 = tl.arange(0, 1)
     ik_41 = tl.arange(0, 8)
     ip_41 = tl.arange(0, 1)
@@ -7115,7 +7115,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_43 = po_43
     tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     iu_44 = tl.arange(0, 32)
     ip_44 = tl.arange(0, 1)
     ik_44 = tl.arange(0, 8)
@@ -7131,7 +7131,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_44 = po_44
     tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     ii_45 = tl.arange(0, 1)
     ik_45 = tl.arange(0, 8)
     ip_45 = tl.arange(0, 1)
@@ -7175,7 +7175,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     iu_48 = tl.arange(0, 32)
     ip_48 = tl.arange(0, 1)
     ik_48 = tl.arange(0, 1)
@@ -7194,13 +7194,13 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 49–64 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel3(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 49–64 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     ii_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 1)
     ip_49 = tl.arange(0, 1)
@@ -7244,7 +7244,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 4)
     ii_52 = tl.arange(0, 4)
@@ -7261,7 +7261,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_52 = po_52 + iu_52[None, :, None, None] * 6
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     ii_53 = tl.arange(0, 4)
     ik_53 = tl.arange(0, 4)
     ip_53 = tl.arange(0, 2)
@@ -7308,7 +7308,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_55 = po_55
     tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
     ip_56 = tl.arange(0, 2)
     ik_56 = tl.arange(0, 8)
     ii_56 = tl.arange(0, 4)
@@ -7325,7 +7325,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_56 = po_56 + iu_56[None, :, None, None] * 10
         tl.store(q_56, tl.load(q_56, mask=mo_56, other=0.0) + tl.sum(a0_56 * a1_56, axis=4), mask=mo_56)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
     ii_57 = tl.arange(0, 4)
     ip_57 = tl.arange(0, 2)
     p0_57 = d2_d_h_ptr + 32 + z[:, None, None, None, None] * 288 + ii_57[None, :, None, None, None]
@@ -7375,7 +7375,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_59 = po_59 + iu_59[None, None, :]
         tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=3), mask=mo_59)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂d__t_m__0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     ip_60 = tl.arange(0, 1)
     ik_60 = tl.arange(0, 4)
     ii_60 = tl.arange(0, 4)
@@ -7392,7 +7392,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_60 = po_60 + iu_60[None, :, None, None] * 3
         tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=4), mask=mo_60)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     ii_61 = tl.arange(0, 4)
     ik_61 = tl.arange(0, 4)
     ip_61 = tl.arange(0, 1)
@@ -7439,7 +7439,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_63 = po_63
     tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + tl.sum(a0_63 * a1_63, axis=3), mask=mo_63)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂d__t_m__0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     ip_64 = tl.arange(0, 1)
     ik_64 = tl.arange(0, 8)
     ii_64 = tl.arange(0, 4)
@@ -7459,13 +7459,13 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 65–80 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel4(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 65–80 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 8)
     ip_65 = tl.arange(0, 1)
@@ -7512,7 +7512,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_67 = po_67
     tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + tl.sum(a0_67 * a1_67, axis=3), mask=mo_67)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     ip_68 = tl.arange(0, 1)
     ik_68 = tl.arange(0, 8)
     ii_68 = tl.arange(0, 4)
@@ -7529,7 +7529,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_68 = po_68 + iu_68[None, :, None, None] * 7
         tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(a0_68 * a1_68, axis=4), mask=mo_68)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     ii_69 = tl.arange(0, 4)
     ik_69 = tl.arange(0, 8)
     ip_69 = tl.arange(0, 1)
@@ -7576,7 +7576,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_71 = po_71
     tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + tl.sum(a0_71 * a1_71, axis=3), mask=mo_71)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂d__t_m__0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     ip_72 = tl.arange(0, 1)
     ik_72 = tl.arange(0, 8)
     ii_72 = tl.arange(0, 4)
@@ -7593,7 +7593,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_72 = po_72 + iu_72[None, :, None, None] * 7
         tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(a0_72 * a1_72, axis=4), mask=mo_72)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     ii_73 = tl.arange(0, 4)
     ik_73 = tl.arange(0, 8)
     ip_73 = tl.arange(0, 1)
@@ -7640,7 +7640,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_75 = po_75
     tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(a0_75 * a1_75, axis=3), mask=mo_75)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     iu_76 = tl.arange(0, 32)
     ip_76 = tl.arange(0, 1)
     ik_76 = tl.arange(0, 1)
@@ -7656,7 +7656,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_76 = po_76
     tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(a0_76 * a1_76, axis=4), mask=mo_76)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     ii_77 = tl.arange(0, 8)
     ik_77 = tl.arange(0, 1)
     ip_77 = tl.arange(0, 1)
@@ -7700,7 +7700,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_79 = po_79
     tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + tl.sum(a0_79 * a1_79, axis=3), mask=mo_79)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     ip_80 = tl.arange(0, 2)
     ik_80 = tl.arange(0, 4)
     ii_80 = tl.arange(0, 8)
@@ -7720,13 +7720,13 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 81–96 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel5(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 81–96 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     ik_81 = tl.arange(0, 4)
     ip_81 = tl.arange(0, 2)
     p0_81 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
@@ -7774,7 +7774,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_83 = po_83
     tl.store(q_83, tl.load(q_83, mask=mo_83, other=0.0) + tl.sum(a0_83 * a1_83, axis=3), mask=mo_83)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
     ip_84 = tl.arange(0, 2)
     ii_84 = tl.arange(0, 8)
     p0_84 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288 + ii_84[None, None, None, None, :]
@@ -7792,7 +7792,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
             q_84 = po_84 + iu_84[None, :, None, None] * 10 + ik_84[None, None, None, :]
             tl.store(q_84, tl.load(q_84, mask=mo_84 & (ik_84[None, None, None, :] < 5), other=0.0) + tl.sum(a0_84 * a1_84, axis=4), mask=mo_84 & (ik_84[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
     ip_85 = tl.arange(0, 2)
     p0_85 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
     m0_85 = row_mask[:, None, None, None, None]
@@ -7843,7 +7843,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_87 = po_87 + iu_87[None, None, :]
         tl.store(q_87, tl.load(q_87, mask=mo_87, other=0.0) + tl.sum(a0_87 * a1_87, axis=3), mask=mo_87)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂d__t_m__0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
     ip_88 = tl.arange(0, 1)
     ik_88 = tl.arange(0, 4)
     ii_88 = tl.arange(0, 8)
@@ -7860,7 +7860,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_88 = po_88 + iu_88[None, :, None, None] * 3
         tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + tl.sum(a0_88 * a1_88, axis=4), mask=mo_88)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
     ii_89 = tl.arange(0, 8)
     ik_89 = tl.arange(0, 4)
     ip_89 = tl.arange(0, 1)
@@ -7907,7 +7907,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     q_91 = po_91
     tl.store(q_91, tl.load(q_91, mask=mo_91, other=0.0) + tl.sum(a0_91 * a1_91, axis=3), mask=mo_91)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂d__t_m__0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     ip_92 = tl.arange(0, 2)
     ii_92 = tl.arange(0, 8)
     p0_92 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288 + ii_92[None, None, None, None, :]
@@ -7925,7 +7925,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
             q_92 = po_92 + iu_92[None, :, None, None] * 10 + ik_92[None, None, None, :]
             tl.store(q_92, tl.load(q_92, mask=mo_92 & (ik_92[None, None, None, :] < 5), other=0.0) + tl.sum(a0_92 * a1_92, axis=4), mask=mo_92 & (ik_92[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     ip_93 = tl.arange(0, 2)
     p0_93 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
     m0_93 = row_mask[:, None, None, None, None]
@@ -7976,7 +7976,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_95 = po_95 + iu_95[None, None, :]
         tl.store(q_95, tl.load(q_95, mask=mo_95, other=0.0) + tl.sum(a0_95 * a1_95, axis=3), mask=mo_95)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_96 = tl.arange(0, 2)
     ii_96 = tl.arange(0, 8)
     p0_96 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288 + ii_96[None, None, None, None, :]
@@ -7997,13 +7997,13 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 97–112 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel6(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 97–112 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_97 = tl.arange(0, 2)
     p0_97 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
     m0_97 = row_mask[:, None, None, None, None]
@@ -8054,7 +8054,7 @@ def _conv_tp_d2_h_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_99 = po_99 + iu_99[None, None, :]
         tl.store(q_99, tl.load(q_99, mask=mo_99, other=0.0) + tl.sum(a0_99 * a1_99, axis=3), mask=mo_99)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂d__t_m__0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     ip_100 = tl.arange(0, 1)
     ik_100 = tl.arange(0, 8)
     ii_100 = tl.arange(0, 8)
@@ -8071,7 +8071,7 @@ def _conv_tp_d2_h_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
         q_100 = po_100 + iu_100[None, :, None, None] * 7
         tl.store(q_100, tl.load(q_100, mask=mo_100, other=0.0) + tl.sum(a0_100 * a1_100, axis=4), mask=mo_100)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     ik_101 = tl.arange(0, 8)
     ip_101 = tl.arange(0, 1)
     p0_101 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
@@ -8203,8 +8203,8 @@ def _conv_tp_d2_h_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_h_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h, statements 113–116 of 116: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_h__kernel7(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h, statements 113–116 of 116: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8240,7 +8240,7 @@ def _conv_tp_d2_h_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     ij_116 = tl.arange(0, 16)
     p0_116 = scratch + 4164 + z[:, None, None] * 8328
     m0_116 = row_mask[:, None, None]
-    p1_116 = _g_m_0_ptr + 0 + ij_116[None, :, None] * 388
+    p1_116 = _g_m__0_ptr + 0 + ij_116[None, :, None] * 388
     po_116 = d2_sh_ptr + 0 + z[:, None] * 16 + ij_116[None, :]
     mo_116 = row_mask[:, None]
     acc_116 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -8254,8 +8254,8 @@ def _conv_tp_d2_h_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     tl.debug_barrier()
 
 
-def _conv_tp_d2_h_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp_d2_h kernel on (h, sh, w, d_m, d2_d_h, weight, _g_m_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _conv_tp__d__d2_h__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the conv_tp__d__d2_h kernel on (h, sh, w, d_m, d2_d_h, weight, _g_m__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (288, 16, 768, 992)]
@@ -8263,320 +8263,320 @@ def _conv_tp_d2_h_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 1)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_conv_tp_d2_h_0_kernel, _conv_tp_d2_h_1_kernel, _conv_tp_d2_h_2_kernel, _conv_tp_d2_h_3_kernel, _conv_tp_d2_h_4_kernel, _conv_tp_d2_h_5_kernel, _conv_tp_d2_h_6_kernel, _conv_tp_d2_h_7_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_conv_tp__d__d2_h__kernel0, _conv_tp__d__d2_h__kernel1, _conv_tp__d__d2_h__kernel2, _conv_tp__d__d2_h__kernel3, _conv_tp__d__d2_h__kernel4, _conv_tp__d__d2_h__kernel5, _conv_tp__d__d2_h__kernel6, _conv_tp__d__d2_h__kernel7,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:0].sum(0)]
 
 
-def _conv_tp_d2_h(
+def _conv_tp__d__d2_h(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_h: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+    d2_d_h: torch.Tensor, weight: torch.Tensor, _g_m__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_h: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
-    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
-    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
-    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
-    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
-    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
-    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
-    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
-    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
-    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
-    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
-    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
-    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_2_5 = torch.cat([
-        w_m_0_2_5_10.reshape(n, 32),
-        w_m_0_2_5_11.reshape(n, 32),
+    _m_m__0 = torch.mm(sh.reshape(n, 16), _g_m__0).view(n, 388)  # zj,jc->zc
+    _piece0_w_m__0_1_1 = w[:, 128:160].reshape(n, 32)
+    _piece1_w_m__0_1_1 = w[:, 256:288].reshape(n, 32)
+    _piece2_w_m__0_1_2 = w[:, 192:224].reshape(n, 32)
+    _piece3_w_m__0_1_2 = w[:, 352:384].reshape(n, 32)
+    _piece4_w_m__0_2_1 = w[:, 448:480].reshape(n, 32)
+    _piece5_w_m__0_2_1 = w[:, 672:704].reshape(n, 32)
+    _piece6_w_m__0_2_2 = w[:, 416:448].reshape(n, 32)
+    _piece7_w_m__0_2_2 = w[:, 576:608].reshape(n, 32)
+    _piece8_w_m__0_2_4 = w[:, 480:512].reshape(n, 32)
+    _piece9_w_m__0_2_4 = w[:, 704:736].reshape(n, 32)
+    _piece10_w_m__0_2_5 = w[:, 512:544].reshape(n, 32)
+    _piece11_w_m__0_2_5 = w[:, 736:768].reshape(n, 32)
+    d__t_m__0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_2_5 = torch.cat([
+        _piece10_w_m__0_2_5.reshape(n, 32),
+        _piece11_w_m__0_2_5.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_5_10, w_m_0_2_5_11
-    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_2_4 = torch.cat([
-        w_m_0_2_4_8.reshape(n, 32),
-        w_m_0_2_4_9.reshape(n, 32),
+    del _piece10_w_m__0_2_5, _piece11_w_m__0_2_5
+    d__t_m__0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_2_4 = torch.cat([
+        _piece8_w_m__0_2_4.reshape(n, 32),
+        _piece9_w_m__0_2_4.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_4_8, w_m_0_2_4_9
-    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_2_2 = torch.cat([
-        w_m_0_2_2_6.reshape(n, 32),
-        w_m_0_2_2_7.reshape(n, 32),
+    del _piece8_w_m__0_2_4, _piece9_w_m__0_2_4
+    d__t_m__0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_2_2 = torch.cat([
+        _piece6_w_m__0_2_2.reshape(n, 32),
+        _piece7_w_m__0_2_2.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_2_6, w_m_0_2_2_7
-    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_2_1 = torch.cat([
-        w_m_0_2_1_4.reshape(n, 32),
-        w_m_0_2_1_5.reshape(n, 32),
+    del _piece6_w_m__0_2_2, _piece7_w_m__0_2_2
+    d__t_m__0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_2_1 = torch.cat([
+        _piece4_w_m__0_2_1.reshape(n, 32),
+        _piece5_w_m__0_2_1.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_1_4, w_m_0_2_1_5
-    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_1_2 = torch.cat([
-        w_m_0_1_2_2.reshape(n, 32),
-        w_m_0_1_2_3.reshape(n, 32),
+    del _piece4_w_m__0_2_1, _piece5_w_m__0_2_1
+    d__t_m__0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_1_2 = torch.cat([
+        _piece2_w_m__0_1_2.reshape(n, 32),
+        _piece3_w_m__0_1_2.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_1_2_2, w_m_0_1_2_3
-    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_1_1 = torch.cat([
-        w_m_0_1_1_0.reshape(n, 32),
-        w_m_0_1_1_1.reshape(n, 32),
+    del _piece2_w_m__0_1_2, _piece3_w_m__0_1_2
+    d__t_m__0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_1_1 = torch.cat([
+        _piece0_w_m__0_1_1.reshape(n, 32),
+        _piece1_w_m__0_1_1.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_1_1_0, w_m_0_1_1_1
-    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2__m_m_0_12 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
-    del d__t_m_0_0_0
-    d2_d_m_13 = d2_d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_14 = d2_d__t_m_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_0_0
-    # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2__m_m_0_15 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
-    del d__t_m_0_0_1
-    d2_d_m_16 = d2_d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_17 = (d2_d__t_m_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_0_1
-    # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2__m_m_0_18 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
-    del d__t_m_0_0_2
-    d2_d_m_19 = d2_d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_20 = (d2_d__t_m_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_0_2
-    # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2__m_m_0_21 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1)  # zui,zupk->zikp
-    del d__t_m_0_0_5
-    d2_d_m_22 = d2_d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_23 = (d2_d__t_m_0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_0_5
-    # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_24 = torch.bmm(d__t_m_0_1_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_m_0_1_0
-    d2_d_m_25 = d2_d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_26 = d2_d__t_m_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_1_0
-    # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_d__t_m_0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2__m_m_0_27 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_1_1
-    d2_d_m_28 = (d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
-    del _w_m_0_1_1
-    d2__w_m_0_1_1 = (d2_d__t_m_0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_1_1
-    # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_d__t_m_0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2__m_m_0_29 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_2.reshape(n, 32, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_1_2
-    d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_1_2
-    d2__w_m_0_1_2 = (d2_d__t_m_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_1_2
-    # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2__m_m_0_31 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1)  # zui,zupk->zikp
-    del d__t_m_0_1_3
-    d2_d_m_32 = d2_d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_33 = (d2_d__t_m_0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_1_3
-    # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2__m_m_0_34 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1)  # zui,zupk->zikp
-    del d__t_m_0_1_4
-    d2_d_m_35 = d2_d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_36 = (d2_d__t_m_0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_1_4
-    # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_d__t_m_0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2__m_m_0_37 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
-    del d__t_m_0_1_5
-    d2_d_m_38 = d2_d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_39 = (d2_d__t_m_0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_1_5
-    # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_d__t_m_0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2__m_m_0_40 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
-    del d__t_m_0_1_6
-    d2_d_m_41 = d2_d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_42 = (d2_d__t_m_0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_1_6
-    # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.bmm(d__t_m_0_2_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_m_0_2_0
-    d2_d_m_44 = d2_d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_45 = d2_d__t_m_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_2_0
-    # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2__m_m_0_46 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_2_1
-    d2_d_m_47 = (d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
-    del _w_m_0_2_1
-    d2__w_m_0_2_1 = (d2_d__t_m_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_2_1
-    # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_d__t_m_0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2__m_m_0_48 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_2.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_2_2
-    d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_2_2
-    d2__w_m_0_2_2 = (d2_d__t_m_0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_2_2
-    # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_50 = torch.bmm(d__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
-    del d__t_m_0_2_3
-    d2_d_m_51 = d2_d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_52 = (d2_d__t_m_0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_2_3
-    # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_d__t_m_0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2__m_m_0_53 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_4.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_2_4
-    d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_2_4
-    d2__w_m_0_2_4 = (d2_d__t_m_0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_2_4
-    # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_d__t_m_0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
-    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2__m_m_0_55 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_5.reshape(n, 32, 14)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    del d__t_m_0_2_5
-    d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
-    del _w_m_0_2_5
-    d2__w_m_0_2_5 = (d2_d__t_m_0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_2_5
-    # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    del _m_m_0
-    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2__m_m_0_57 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1)  # zui,zupk->zikp
-    del d__t_m_0_2_6
-    d2_d_m_58 = d2_d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_59 = (d2_d__t_m_0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_2_6
-    d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_5
-    d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_4
-    d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_2
-    d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_1
-    d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_1_2
-    d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_1_1
+    del _piece0_w_m__0_1_1, _piece1_w_m__0_1_1
+    d__t_m__0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂d__t_m__0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_d__t_m__0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    _piece12_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
+    del d__t_m__0_0_0
+    _piece13_d2_d_m = d2_d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece14_d2_w = d2_d__t_m__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_0_0
+    # ∂/∂d__t_m__0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_d__t_m__0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    _piece15_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
+    del d__t_m__0_0_1
+    _piece16_d2_d_m = d2_d__t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece17_d2_w = (d2_d__t_m__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_0_1
+    # ∂/∂d__t_m__0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_d__t_m__0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    _piece18_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
+    del d__t_m__0_0_2
+    _piece19_d2_d_m = d2_d__t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece20_d2_w = (d2_d__t_m__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_0_2
+    # ∂/∂d__t_m__0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_d__t_m__0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    _piece21_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1)  # zui,zupk->zikp
+    del d__t_m__0_0_5
+    _piece22_d2_d_m = d2_d__t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece23_d2_w = (d2_d__t_m__0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_0_5
+    # ∂/∂d__t_m__0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_d__t_m__0_1_0 = torch.bmm(_m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    _piece24_d2__m_m__0 = torch.bmm(d__t_m__0_1_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m__0_1_0
+    _piece25_d2_d_m = d2_d__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece26_d2_w = d2_d__t_m__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_1_0
+    # ∂/∂d__t_m__0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_d__t_m__0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    _piece27_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_1_1
+    _piece28_d2_d_m = (d2_d__t_m__0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _w_m__0_1_1
+    d2__w_m__0_1_1 = (d2_d__t_m__0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_1_1
+    # ∂/∂d__t_m__0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_d__t_m__0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    _piece29_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_2.reshape(n, 32, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_1_2
+    _piece30_d2_d_m = torch.bmm(_w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_1_2
+    d2__w_m__0_1_2 = (d2_d__t_m__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_1_2
+    # ∂/∂d__t_m__0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_d__t_m__0_1_3 = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    _piece31_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1)  # zui,zupk->zikp
+    del d__t_m__0_1_3
+    _piece32_d2_d_m = d2_d__t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece33_d2_w = (d2_d__t_m__0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_1_3
+    # ∂/∂d__t_m__0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_d__t_m__0_1_4 = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    _piece34_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1)  # zui,zupk->zikp
+    del d__t_m__0_1_4
+    _piece35_d2_d_m = d2_d__t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece36_d2_w = (d2_d__t_m__0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_1_4
+    # ∂/∂d__t_m__0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_d__t_m__0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    _piece37_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
+    del d__t_m__0_1_5
+    _piece38_d2_d_m = d2_d__t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece39_d2_w = (d2_d__t_m__0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_1_5
+    # ∂/∂d__t_m__0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_d__t_m__0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    _piece40_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
+    del d__t_m__0_1_6
+    _piece41_d2_d_m = d2_d__t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece42_d2_w = (d2_d__t_m__0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_1_6
+    # ∂/∂d__t_m__0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_d__t_m__0_2_0 = torch.bmm(_m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    _piece43_d2__m_m__0 = torch.bmm(d__t_m__0_2_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m__0_2_0
+    _piece44_d2_d_m = d2_d__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece45_d2_w = d2_d__t_m__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_2_0
+    # ∂/∂d__t_m__0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_d__t_m__0_2_1 = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    _piece46_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_2_1
+    _piece47_d2_d_m = (d2_d__t_m__0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _w_m__0_2_1
+    d2__w_m__0_2_1 = (d2_d__t_m__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_2_1
+    # ∂/∂d__t_m__0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_d__t_m__0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    _piece48_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_2.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_2_2
+    _piece49_d2_d_m = torch.bmm(_w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_2_2
+    d2__w_m__0_2_2 = (d2_d__t_m__0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_2_2
+    # ∂/∂d__t_m__0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_d__t_m__0_2_3 = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    _piece50_d2__m_m__0 = torch.bmm(d__t_m__0_2_3.reshape(n, 32, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m__0_2_3
+    _piece51_d2_d_m = d2_d__t_m__0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece52_d2_w = (d2_d__t_m__0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_2_3
+    # ∂/∂d__t_m__0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_d__t_m__0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    _piece53_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_4.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_2_4
+    _piece54_d2_d_m = torch.bmm(_w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_2_4
+    d2__w_m__0_2_4 = (d2_d__t_m__0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_2_4
+    # ∂/∂d__t_m__0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_d__t_m__0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
+    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    _piece55_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_5.reshape(n, 32, 14)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    del d__t_m__0_2_5
+    _piece56_d2_d_m = torch.bmm(_w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
+    del _w_m__0_2_5
+    d2__w_m__0_2_5 = (d2_d__t_m__0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_2_5
+    # ∂/∂d__t_m__0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_d__t_m__0_2_6 = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    del _m_m__0
+    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    _piece57_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1)  # zui,zupk->zikp
+    del d__t_m__0_2_6
+    _piece58_d2_d_m = d2_d__t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece59_d2_w = (d2_d__t_m__0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_2_6
+    _piece60_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece61_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_5
+    _piece62_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece63_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_4
+    _piece64_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece65_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_2
+    _piece66_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece67_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_1
+    _piece68_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece69_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_1_2
+    _piece70_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece71_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_1_1
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_m_0 = torch.cat([
-        d2__m_m_0_12.reshape(n, 1),
-        d2__m_m_0_15.reshape(n, 3),
-        d2__m_m_0_18.reshape(n, 5),
-        d2__m_m_0_21.reshape(n, 7),
-        d2__m_m_0_24.reshape(n, 3),
-        d2__m_m_0_27.reshape(n, 18),
-        d2__m_m_0_29.reshape(n, 30),
-        d2__m_m_0_31.reshape(n, 9),
-        d2__m_m_0_34.reshape(n, 15),
-        d2__m_m_0_37.reshape(n, 21),
-        d2__m_m_0_40.reshape(n, 21),
-        d2__m_m_0_43.reshape(n, 5),
-        d2__m_m_0_46.reshape(n, 30),
-        d2__m_m_0_48.reshape(n, 50),
-        d2__m_m_0_50.reshape(n, 15),
-        d2__m_m_0_53.reshape(n, 50),
-        d2__m_m_0_55.reshape(n, 70),
-        d2__m_m_0_57.reshape(n, 35),
+    d2__m_m__0 = torch.cat([
+        _piece12_d2__m_m__0.reshape(n, 1),
+        _piece15_d2__m_m__0.reshape(n, 3),
+        _piece18_d2__m_m__0.reshape(n, 5),
+        _piece21_d2__m_m__0.reshape(n, 7),
+        _piece24_d2__m_m__0.reshape(n, 3),
+        _piece27_d2__m_m__0.reshape(n, 18),
+        _piece29_d2__m_m__0.reshape(n, 30),
+        _piece31_d2__m_m__0.reshape(n, 9),
+        _piece34_d2__m_m__0.reshape(n, 15),
+        _piece37_d2__m_m__0.reshape(n, 21),
+        _piece40_d2__m_m__0.reshape(n, 21),
+        _piece43_d2__m_m__0.reshape(n, 5),
+        _piece46_d2__m_m__0.reshape(n, 30),
+        _piece48_d2__m_m__0.reshape(n, 50),
+        _piece50_d2__m_m__0.reshape(n, 15),
+        _piece53_d2__m_m__0.reshape(n, 50),
+        _piece55_d2__m_m__0.reshape(n, 70),
+        _piece57_d2__m_m__0.reshape(n, 35),
     ], dim=-1)
-    del d2__m_m_0_12, d2__m_m_0_15, d2__m_m_0_18, d2__m_m_0_21, d2__m_m_0_24, d2__m_m_0_27, d2__m_m_0_29, d2__m_m_0_31, d2__m_m_0_34, d2__m_m_0_37, d2__m_m_0_40, d2__m_m_0_43, d2__m_m_0_46, d2__m_m_0_48, d2__m_m_0_50, d2__m_m_0_53, d2__m_m_0_55, d2__m_m_0_57
-    d2_sh_72 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
-    del d2__m_m_0
+    del _piece12_d2__m_m__0, _piece15_d2__m_m__0, _piece18_d2__m_m__0, _piece21_d2__m_m__0, _piece24_d2__m_m__0, _piece27_d2__m_m__0, _piece29_d2__m_m__0, _piece31_d2__m_m__0, _piece34_d2__m_m__0, _piece37_d2__m_m__0, _piece40_d2__m_m__0, _piece43_d2__m_m__0, _piece46_d2__m_m__0, _piece48_d2__m_m__0, _piece50_d2__m_m__0, _piece53_d2__m_m__0, _piece55_d2__m_m__0, _piece57_d2__m_m__0
+    _piece72_d2_sh = torch.mm(d2__m_m__0, _g_m__0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m__0
     d2_h = weight.new_zeros(n, 288)
-    d2_sh = d2_sh_72
-    del d2_sh_72
+    d2_sh = _piece72_d2_sh
+    del _piece72_d2_sh
     d2_w = torch.cat([
-        d2_w_14.reshape(n, 32),
-        d2_w_17.reshape(n, 32),
-        d2_w_20.reshape(n, 32),
-        d2_w_23.reshape(n, 32),
-        d2_w_71.reshape(n, 32),
-        d2_w_26.reshape(n, 32),
-        d2_w_69.reshape(n, 32),
-        d2_w_33.reshape(n, 32),
-        d2_w_70.reshape(n, 32),
-        d2_w_36.reshape(n, 32),
-        d2_w_39.reshape(n, 32),
-        d2_w_68.reshape(n, 32),
-        d2_w_42.reshape(n, 32),
-        d2_w_65.reshape(n, 32),
-        d2_w_67.reshape(n, 32),
-        d2_w_63.reshape(n, 32),
-        d2_w_61.reshape(n, 32),
-        d2_w_45.reshape(n, 32),
-        d2_w_64.reshape(n, 32),
-        d2_w_52.reshape(n, 32),
-        d2_w_59.reshape(n, 32),
-        d2_w_66.reshape(n, 32),
-        d2_w_62.reshape(n, 32),
-        d2_w_60.reshape(n, 32),
+        _piece14_d2_w.reshape(n, 32),
+        _piece17_d2_w.reshape(n, 32),
+        _piece20_d2_w.reshape(n, 32),
+        _piece23_d2_w.reshape(n, 32),
+        _piece71_d2_w.reshape(n, 32),
+        _piece26_d2_w.reshape(n, 32),
+        _piece69_d2_w.reshape(n, 32),
+        _piece33_d2_w.reshape(n, 32),
+        _piece70_d2_w.reshape(n, 32),
+        _piece36_d2_w.reshape(n, 32),
+        _piece39_d2_w.reshape(n, 32),
+        _piece68_d2_w.reshape(n, 32),
+        _piece42_d2_w.reshape(n, 32),
+        _piece65_d2_w.reshape(n, 32),
+        _piece67_d2_w.reshape(n, 32),
+        _piece63_d2_w.reshape(n, 32),
+        _piece61_d2_w.reshape(n, 32),
+        _piece45_d2_w.reshape(n, 32),
+        _piece64_d2_w.reshape(n, 32),
+        _piece52_d2_w.reshape(n, 32),
+        _piece59_d2_w.reshape(n, 32),
+        _piece66_d2_w.reshape(n, 32),
+        _piece62_d2_w.reshape(n, 32),
+        _piece60_d2_w.reshape(n, 32),
     ], dim=-1)
-    del d2_w_14, d2_w_17, d2_w_20, d2_w_23, d2_w_26, d2_w_33, d2_w_36, d2_w_39, d2_w_42, d2_w_45, d2_w_52, d2_w_59, d2_w_60, d2_w_61, d2_w_62, d2_w_63, d2_w_64, d2_w_65, d2_w_66, d2_w_67, d2_w_68, d2_w_69, d2_w_70, d2_w_71
+    del _piece14_d2_w, _piece17_d2_w, _piece20_d2_w, _piece23_d2_w, _piece26_d2_w, _piece33_d2_w, _piece36_d2_w, _piece39_d2_w, _piece42_d2_w, _piece45_d2_w, _piece52_d2_w, _piece59_d2_w, _piece60_d2_w, _piece61_d2_w, _piece62_d2_w, _piece63_d2_w, _piece64_d2_w, _piece65_d2_w, _piece66_d2_w, _piece67_d2_w, _piece68_d2_w, _piece69_d2_w, _piece70_d2_w, _piece71_d2_w
     d2_d_m = torch.cat([
-        (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
-        (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
-        (d2_d_m_19 + d2_d_m_30 + d2_d_m_49).reshape(n, 160),
-        (d2_d_m_32 + d2_d_m_51).reshape(n, 96),
-        (d2_d_m_35 + d2_d_m_54).reshape(n, 160),
-        (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
-        (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
+        (_piece13_d2_d_m + _piece25_d2_d_m + _piece44_d2_d_m).reshape(n, 32),
+        (_piece16_d2_d_m + _piece28_d2_d_m + _piece47_d2_d_m).reshape(n, 96),
+        (_piece19_d2_d_m + _piece30_d2_d_m + _piece49_d2_d_m).reshape(n, 160),
+        (_piece32_d2_d_m + _piece51_d2_d_m).reshape(n, 96),
+        (_piece35_d2_d_m + _piece54_d2_d_m).reshape(n, 160),
+        (_piece22_d2_d_m + _piece38_d2_d_m + _piece56_d2_d_m).reshape(n, 224),
+        (_piece41_d2_d_m + _piece58_d2_d_m).reshape(n, 224),
     ], dim=-1)
-    del d2_d_m_13, d2_d_m_16, d2_d_m_19, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_30, d2_d_m_32, d2_d_m_35, d2_d_m_38, d2_d_m_41, d2_d_m_44, d2_d_m_47, d2_d_m_49, d2_d_m_51, d2_d_m_54, d2_d_m_56, d2_d_m_58
+    del _piece13_d2_d_m, _piece16_d2_d_m, _piece19_d2_d_m, _piece22_d2_d_m, _piece25_d2_d_m, _piece28_d2_d_m, _piece30_d2_d_m, _piece32_d2_d_m, _piece35_d2_d_m, _piece38_d2_d_m, _piece41_d2_d_m, _piece44_d2_d_m, _piece47_d2_d_m, _piece49_d2_d_m, _piece51_d2_d_m, _piece54_d2_d_m, _piece56_d2_d_m, _piece58_d2_d_m
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _conv_tp_d2_sh_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 1–16 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel0(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 1–16 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8763,8 +8763,8 @@ def _conv_tp_d2_sh_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 17–32 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel1(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 17–32 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -8967,11 +8967,11 @@ def _conv_tp_d2_sh_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_30 = po_30
     tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + a0_30 * a1_30, mask=mo_30)
     tl.debug_barrier()
-    # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    # ∂/∂d__m_m__0: ∂/∂sh: every path's (i, k) map at once: sh · G
     ij_31 = tl.arange(0, 16)
     p0_31 = d2_d_sh_ptr + 0 + z[:, None, None] * 16 + ij_31[None, None, :]
     m0_31 = row_mask[:, None, None]
-    p1_31 = _g_m_0_ptr + 0 + ij_31[None, None, :] * 388
+    p1_31 = _g_m__0_ptr + 0 + ij_31[None, None, :] * 388
     po_31 = scratch + 4160 + z[:, None] * 7940
     mo_31 = row_mask[:, None]
     for startc_31 in range(0, 388, 16):
@@ -8981,7 +8981,7 @@ def _conv_tp_d2_sh_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_31 = po_31 + ic_31[None, :]
         tl.store(q_31, tl.load(q_31, mask=mo_31 & (ic_31[None, :] < 388), other=0.0) + tl.sum(a0_31 * a1_31, axis=2), mask=mo_31 & (ic_31[None, :] < 388))
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_0_0: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
     iu_32 = tl.arange(0, 32)
     ip_32 = tl.arange(0, 1)
     ik_32 = tl.arange(0, 1)
@@ -9000,13 +9000,13 @@ def _conv_tp_d2_sh_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 33–48 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel2(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 33–48 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
     iu_33 = tl.arange(0, 32)
     ii_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 1)
@@ -9050,7 +9050,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_35 = po_35
     tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_0_1: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
     iu_36 = tl.arange(0, 32)
     ip_36 = tl.arange(0, 1)
     ik_36 = tl.arange(0, 4)
@@ -9066,7 +9066,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_36 = po_36
     tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
     iu_37 = tl.arange(0, 32)
     ii_37 = tl.arange(0, 1)
     ik_37 = tl.arange(0, 4)
@@ -9110,7 +9110,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_39 = po_39
     tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_0_2: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
     iu_40 = tl.arange(0, 32)
     ip_40 = tl.arange(0, 1)
     ik_40 = tl.arange(0, 8)
@@ -9126,7 +9126,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_40 = po_40
     tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
     iu_41 = tl.arange(0, 32)
     ii_41 = tl.arange(0, 1)
     ik_41 = tl.arange(0, 8)
@@ -9170,7 +9170,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_43 = po_43
     tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_0_5: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
     iu_44 = tl.arange(0, 32)
     ip_44 = tl.arange(0, 1)
     ik_44 = tl.arange(0, 8)
@@ -9186,7 +9186,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_44 = po_44
     tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
     iu_45 = tl.arange(0, 32)
     ii_45 = tl.arange(0, 1)
     ik_45 = tl.arange(0, 8)
@@ -9230,7 +9230,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_1_0: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
     iu_48 = tl.arange(0, 32)
     ip_48 = tl.arange(0, 1)
     ik_48 = tl.arange(0, 1)
@@ -9249,13 +9249,13 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 49–64 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel3(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 49–64 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
     iu_49 = tl.arange(0, 32)
     ii_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 1)
@@ -9299,7 +9299,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_51 = po_51
     tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_1_1: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 4)
     ii_52 = tl.arange(0, 4)
@@ -9316,7 +9316,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_52 = po_52 + iu_52[None, :, None, None] * 6
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
     ii_53 = tl.arange(0, 4)
     ik_53 = tl.arange(0, 4)
     ip_53 = tl.arange(0, 2)
@@ -9361,7 +9361,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_55 = po_55
     tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_1_2: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
     ip_56 = tl.arange(0, 2)
     ik_56 = tl.arange(0, 8)
     ii_56 = tl.arange(0, 4)
@@ -9378,7 +9378,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_56 = po_56 + iu_56[None, :, None, None] * 10
         tl.store(q_56, tl.load(q_56, mask=mo_56, other=0.0) + tl.sum(a0_56 * a1_56, axis=4), mask=mo_56)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
     ii_57 = tl.arange(0, 4)
     ik_57 = tl.arange(0, 8)
     ip_57 = tl.arange(0, 2)
@@ -9425,7 +9425,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_59 = po_59 + iu_59[None, None, :]
         tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=3), mask=mo_59)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂d__t_m__0_1_3: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
     ip_60 = tl.arange(0, 1)
     ik_60 = tl.arange(0, 4)
     ii_60 = tl.arange(0, 4)
@@ -9442,7 +9442,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_60 = po_60 + iu_60[None, :, None, None] * 3
         tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=4), mask=mo_60)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
     ii_61 = tl.arange(0, 4)
     ik_61 = tl.arange(0, 4)
     ip_61 = tl.arange(0, 1)
@@ -9487,7 +9487,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_63 = po_63
     tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + tl.sum(a0_63 * a1_63, axis=3), mask=mo_63)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂d__t_m__0_1_4: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
     ip_64 = tl.arange(0, 1)
     ik_64 = tl.arange(0, 8)
     ii_64 = tl.arange(0, 4)
@@ -9507,13 +9507,13 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 65–80 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel4(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 65–80 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 8)
     ip_65 = tl.arange(0, 1)
@@ -9558,7 +9558,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_67 = po_67
     tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + tl.sum(a0_67 * a1_67, axis=3), mask=mo_67)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_1_5: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
     ip_68 = tl.arange(0, 1)
     ik_68 = tl.arange(0, 8)
     ii_68 = tl.arange(0, 4)
@@ -9575,7 +9575,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_68 = po_68 + iu_68[None, :, None, None] * 7
         tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(a0_68 * a1_68, axis=4), mask=mo_68)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
     ii_69 = tl.arange(0, 4)
     ik_69 = tl.arange(0, 8)
     ip_69 = tl.arange(0, 1)
@@ -9620,7 +9620,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_71 = po_71
     tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + tl.sum(a0_71 * a1_71, axis=3), mask=mo_71)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂d__t_m__0_1_6: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
     ip_72 = tl.arange(0, 1)
     ik_72 = tl.arange(0, 8)
     ii_72 = tl.arange(0, 4)
@@ -9637,7 +9637,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_72 = po_72 + iu_72[None, :, None, None] * 7
         tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(a0_72 * a1_72, axis=4), mask=mo_72)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
     ii_73 = tl.arange(0, 4)
     ik_73 = tl.arange(0, 8)
     ip_73 = tl.arange(0, 1)
@@ -9682,7 +9682,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_75 = po_75
     tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(a0_75 * a1_75, axis=3), mask=mo_75)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m__0_2_0: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
     iu_76 = tl.arange(0, 32)
     ip_76 = tl.arange(0, 1)
     ik_76 = tl.arange(0, 1)
@@ -9698,7 +9698,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_76 = po_76
     tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(a0_76 * a1_76, axis=4), mask=mo_76)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
     iu_77 = tl.arange(0, 32)
     ii_77 = tl.arange(0, 8)
     ik_77 = tl.arange(0, 1)
@@ -9742,7 +9742,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_79 = po_79
     tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + tl.sum(a0_79 * a1_79, axis=3), mask=mo_79)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m__0_2_1: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
     ip_80 = tl.arange(0, 2)
     ik_80 = tl.arange(0, 4)
     ii_80 = tl.arange(0, 8)
@@ -9762,13 +9762,13 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 81–96 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel5(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 81–96 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
     ii_81 = tl.arange(0, 8)
     ik_81 = tl.arange(0, 4)
     ip_81 = tl.arange(0, 2)
@@ -9813,7 +9813,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_83 = po_83
     tl.store(q_83, tl.load(q_83, mask=mo_83, other=0.0) + tl.sum(a0_83 * a1_83, axis=3), mask=mo_83)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m__0_2_2: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
     ip_84 = tl.arange(0, 2)
     ii_84 = tl.arange(0, 8)
     p0_84 = scratch + 4328 + z[:, None, None, None, None] * 7940 + ii_84[None, None, None, None, :] * 10 + ip_84[None, None, :, None, None]
@@ -9831,7 +9831,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
             q_84 = po_84 + iu_84[None, :, None, None] * 10 + ik_84[None, None, None, :]
             tl.store(q_84, tl.load(q_84, mask=mo_84 & (ik_84[None, None, None, :] < 5), other=0.0) + tl.sum(a0_84 * a1_84, axis=4), mask=mo_84 & (ik_84[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
     ik_85 = tl.arange(0, 8)
     ip_85 = tl.arange(0, 2)
     p0_85 = scratch + 4328 + z[:, None, None, None, None] * 7940 + ik_85[None, None, None, :, None] * 2 + ip_85[None, None, None, None, :]
@@ -9879,7 +9879,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_87 = po_87 + iu_87[None, None, :]
         tl.store(q_87, tl.load(q_87, mask=mo_87, other=0.0) + tl.sum(a0_87 * a1_87, axis=3), mask=mo_87)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂d__t_m__0_2_3: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
     ip_88 = tl.arange(0, 1)
     ik_88 = tl.arange(0, 4)
     ii_88 = tl.arange(0, 8)
@@ -9896,7 +9896,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_88 = po_88 + iu_88[None, :, None, None] * 3
         tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + tl.sum(a0_88 * a1_88, axis=4), mask=mo_88)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
     ii_89 = tl.arange(0, 8)
     ik_89 = tl.arange(0, 4)
     ip_89 = tl.arange(0, 1)
@@ -9941,7 +9941,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     q_91 = po_91
     tl.store(q_91, tl.load(q_91, mask=mo_91, other=0.0) + tl.sum(a0_91 * a1_91, axis=3), mask=mo_91)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂d__t_m__0_2_4: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
     ip_92 = tl.arange(0, 2)
     ii_92 = tl.arange(0, 8)
     p0_92 = scratch + 4393 + z[:, None, None, None, None] * 7940 + ii_92[None, None, None, None, :] * 10 + ip_92[None, None, :, None, None]
@@ -9959,7 +9959,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
             q_92 = po_92 + iu_92[None, :, None, None] * 10 + ik_92[None, None, None, :]
             tl.store(q_92, tl.load(q_92, mask=mo_92 & (ik_92[None, None, None, :] < 5), other=0.0) + tl.sum(a0_92 * a1_92, axis=4), mask=mo_92 & (ik_92[None, None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
     ik_93 = tl.arange(0, 8)
     ip_93 = tl.arange(0, 2)
     p0_93 = scratch + 4393 + z[:, None, None, None, None] * 7940 + ik_93[None, None, None, :, None] * 2 + ip_93[None, None, None, None, :]
@@ -10007,7 +10007,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_95 = po_95 + iu_95[None, None, :]
         tl.store(q_95, tl.load(q_95, mask=mo_95, other=0.0) + tl.sum(a0_95 * a1_95, axis=3), mask=mo_95)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m__0_2_5: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_96 = tl.arange(0, 2)
     ii_96 = tl.arange(0, 8)
     p0_96 = scratch + 4443 + z[:, None, None, None, None] * 7940 + ii_96[None, None, None, None, :] * 14 + ip_96[None, None, :, None, None]
@@ -10028,13 +10028,13 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 97–112 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel6(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 97–112 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
     ik_97 = tl.arange(0, 8)
     ip_97 = tl.arange(0, 2)
     p0_97 = scratch + 4443 + z[:, None, None, None, None] * 7940 + ik_97[None, None, None, :, None] * 2 + ip_97[None, None, None, None, :]
@@ -10082,7 +10082,7 @@ def _conv_tp_d2_sh_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_99 = po_99 + iu_99[None, None, :]
         tl.store(q_99, tl.load(q_99, mask=mo_99, other=0.0) + tl.sum(a0_99 * a1_99, axis=3), mask=mo_99)
     tl.debug_barrier()
-    # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂d__t_m__0_2_6: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
     ip_100 = tl.arange(0, 1)
     ik_100 = tl.arange(0, 8)
     ii_100 = tl.arange(0, 8)
@@ -10099,7 +10099,7 @@ def _conv_tp_d2_sh_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
         q_100 = po_100 + iu_100[None, :, None, None] * 7
         tl.store(q_100, tl.load(q_100, mask=mo_100, other=0.0) + tl.sum(a0_100 * a1_100, axis=4), mask=mo_100)
     tl.debug_barrier()
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
     ii_101 = tl.arange(0, 8)
     ik_101 = tl.arange(0, 8)
     ip_101 = tl.arange(0, 1)
@@ -10228,8 +10228,8 @@ def _conv_tp_d2_sh_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
 
 
 @triton.jit
-def _conv_tp_d2_sh_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh, statements 113–115 of 115: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_sh__kernel7(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh, statements 113–115 of 115: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10263,8 +10263,8 @@ def _conv_tp_d2_sh_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     tl.debug_barrier()
 
 
-def _conv_tp_d2_sh_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp_d2_sh kernel on (h, sh, w, d_m, d2_d_sh, weight, _g_m_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _conv_tp__d__d2_sh__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the conv_tp__d__d2_sh kernel on (h, sh, w, d_m, d2_d_sh, weight, _g_m__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (288, 16, 768, 992)]
@@ -10272,299 +10272,299 @@ def _conv_tp_d2_sh_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 1)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_conv_tp_d2_sh_0_kernel, _conv_tp_d2_sh_1_kernel, _conv_tp_d2_sh_2_kernel, _conv_tp_d2_sh_3_kernel, _conv_tp_d2_sh_4_kernel, _conv_tp_d2_sh_5_kernel, _conv_tp_d2_sh_6_kernel, _conv_tp_d2_sh_7_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_conv_tp__d__d2_sh__kernel0, _conv_tp__d__d2_sh__kernel1, _conv_tp__d__d2_sh__kernel2, _conv_tp__d__d2_sh__kernel3, _conv_tp__d__d2_sh__kernel4, _conv_tp__d__d2_sh__kernel5, _conv_tp__d__d2_sh__kernel6, _conv_tp__d__d2_sh__kernel7,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:0].sum(0)]
 
 
-def _conv_tp_d2_sh(
+def _conv_tp__d__d2_sh(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_m__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_sh (n, 16) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_sh: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_sh (n, 16) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
-    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
-    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
-    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
-    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
-    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
-    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
-    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
-    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
-    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
-    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
-    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
-    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_2_5 = torch.cat([
-        w_m_0_2_5_10.reshape(n, 32),
-        w_m_0_2_5_11.reshape(n, 32),
+    _piece0_w_m__0_1_1 = w[:, 128:160].reshape(n, 32)
+    _piece1_w_m__0_1_1 = w[:, 256:288].reshape(n, 32)
+    _piece2_w_m__0_1_2 = w[:, 192:224].reshape(n, 32)
+    _piece3_w_m__0_1_2 = w[:, 352:384].reshape(n, 32)
+    _piece4_w_m__0_2_1 = w[:, 448:480].reshape(n, 32)
+    _piece5_w_m__0_2_1 = w[:, 672:704].reshape(n, 32)
+    _piece6_w_m__0_2_2 = w[:, 416:448].reshape(n, 32)
+    _piece7_w_m__0_2_2 = w[:, 576:608].reshape(n, 32)
+    _piece8_w_m__0_2_4 = w[:, 480:512].reshape(n, 32)
+    _piece9_w_m__0_2_4 = w[:, 704:736].reshape(n, 32)
+    _piece10_w_m__0_2_5 = w[:, 512:544].reshape(n, 32)
+    _piece11_w_m__0_2_5 = w[:, 736:768].reshape(n, 32)
+    d__t_m__0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_2_5 = torch.cat([
+        _piece10_w_m__0_2_5.reshape(n, 32),
+        _piece11_w_m__0_2_5.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_5_10, w_m_0_2_5_11
-    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_2_4 = torch.cat([
-        w_m_0_2_4_8.reshape(n, 32),
-        w_m_0_2_4_9.reshape(n, 32),
+    del _piece10_w_m__0_2_5, _piece11_w_m__0_2_5
+    d__t_m__0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_2_4 = torch.cat([
+        _piece8_w_m__0_2_4.reshape(n, 32),
+        _piece9_w_m__0_2_4.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_4_8, w_m_0_2_4_9
-    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_2_2 = torch.cat([
-        w_m_0_2_2_6.reshape(n, 32),
-        w_m_0_2_2_7.reshape(n, 32),
+    del _piece8_w_m__0_2_4, _piece9_w_m__0_2_4
+    d__t_m__0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_2_2 = torch.cat([
+        _piece6_w_m__0_2_2.reshape(n, 32),
+        _piece7_w_m__0_2_2.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_2_6, w_m_0_2_2_7
-    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_2_1 = torch.cat([
-        w_m_0_2_1_4.reshape(n, 32),
-        w_m_0_2_1_5.reshape(n, 32),
+    del _piece6_w_m__0_2_2, _piece7_w_m__0_2_2
+    d__t_m__0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_2_1 = torch.cat([
+        _piece4_w_m__0_2_1.reshape(n, 32),
+        _piece5_w_m__0_2_1.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_2_1_4, w_m_0_2_1_5
-    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    _w_m_0_1_2 = torch.cat([
-        w_m_0_1_2_2.reshape(n, 32),
-        w_m_0_1_2_3.reshape(n, 32),
+    del _piece4_w_m__0_2_1, _piece5_w_m__0_2_1
+    d__t_m__0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    _w_m__0_1_2 = torch.cat([
+        _piece2_w_m__0_1_2.reshape(n, 32),
+        _piece3_w_m__0_1_2.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_1_2_2, w_m_0_1_2_3
-    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    _w_m_0_1_1 = torch.cat([
-        w_m_0_1_1_0.reshape(n, 32),
-        w_m_0_1_1_1.reshape(n, 32),
+    del _piece2_w_m__0_1_2, _piece3_w_m__0_1_2
+    d__t_m__0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    _w_m__0_1_1 = torch.cat([
+        _piece0_w_m__0_1_1.reshape(n, 32),
+        _piece1_w_m__0_1_1.reshape(n, 32),
     ], dim=-1)
-    del w_m_0_1_1_0, w_m_0_1_1_1
-    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
-    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
-    # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_m_0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
-    # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del d__t_m_0_0_0
-    d2_d_m_13 = d2_d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_14 = d2_d__t_m_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_0_0
-    # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_15 = torch.bmm(d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_0_1
-    d2_d_m_16 = d2_d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_17 = (d2_d__t_m_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_0_1
-    # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_18 = torch.bmm(d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_0_2
-    d2_d_m_19 = d2_d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_20 = (d2_d__t_m_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_0_2
-    # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_21 = torch.bmm(d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7), d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_0_5
-    d2_d_m_22 = d2_d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_23 = (d2_d__t_m_0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_0_5
-    # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.bmm(d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del d__t_m_0_1_0
-    d2_d_m_25 = d2_d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_26 = d2_d__t_m_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_1_0
-    # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_d__t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_27 = torch.bmm(d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6), d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_1
-    d2_d_m_28 = (d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
-    del _w_m_0_1_1
-    d2__w_m_0_1_1 = (d2_d__t_m_0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_1_1
-    # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_d__t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_29 = torch.bmm(d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_2
-    d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_1_2
-    d2__w_m_0_1_2 = (d2_d__t_m_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_1_2
-    # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_31 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3), d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_3
-    d2_d_m_32 = d2_d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_33 = (d2_d__t_m_0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_1_3
-    # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 2, 3, 1).reshape(n, 5, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_34 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5), d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_4
-    d2_d_m_35 = d2_d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_36 = (d2_d__t_m_0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_1_4
-    # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_d__t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_37 = torch.bmm(d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_5
-    d2_d_m_38 = d2_d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_39 = (d2_d__t_m_0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_1_5
-    # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_d__t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_40 = torch.bmm(d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_1_6
-    d2_d_m_41 = d2_d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_42 = (d2_d__t_m_0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_1_6
-    # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.bmm(d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del d__t_m_0_2_0
-    d2_d_m_44 = d2_d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_45 = d2_d__t_m_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
-    del d2_d__t_m_0_2_0
-    # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_46 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_2_1
-    d2_d_m_47 = (d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
-    del _w_m_0_2_1
-    d2__w_m_0_2_1 = (d2_d__t_m_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_2_1
-    # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_d__t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_48 = torch.bmm(d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_2_2
-    d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_2_2
-    d2__w_m_0_2_2 = (d2_d__t_m_0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_2_2
-    # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_50 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3), d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_2_3
-    d2_d_m_51 = d2_d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_52 = (d2_d__t_m_0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
-    del d2_d__t_m_0_2_3
-    # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_d__t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_53 = torch.bmm(d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_2_4
-    d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
-    del _w_m_0_2_4
-    d2__w_m_0_2_4 = (d2_d__t_m_0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
-    del d2_d__t_m_0_2_4
-    # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_d__t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_55 = torch.bmm(d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14), d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d__t_m_0_2_5
-    d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
-    del _w_m_0_2_5
-    d2__w_m_0_2_5 = (d2_d__t_m_0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_2_5
-    # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 2, 3, 1).reshape(n, 7, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_57 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7), d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
-    del d2_d__m_m_0, d__t_m_0_2_6
-    d2_d_m_58 = d2_d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
-    d2_w_59 = (d2_d__t_m_0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
-    del d2_d__t_m_0_2_6
-    d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_5
-    d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_4
-    d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_2
-    d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_2_1
-    d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_1_2
-    d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    del d2__w_m_0_1_1
+    del _piece0_w_m__0_1_1, _piece1_w_m__0_1_1
+    d__t_m__0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m__0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m__0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    # ∂/∂d__m_m__0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_m__0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m__0).view(n, 388)  # zj,jc->zc
+    # ∂/∂d__t_m__0_0_0: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_d__t_m__0_0_0 = d2_d__m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
+    _piece12_d2_h = d2_d__m_m__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del d__t_m__0_0_0
+    _piece13_d2_d_m = d2_d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece14_d2_w = d2_d__t_m__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_0_0
+    # ∂/∂d__t_m__0_0_1: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_d__t_m__0_0_1 = d2_d__m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
+    _piece15_d2_h = torch.bmm(d2_d__m_m__0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_m__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_0_1
+    _piece16_d2_d_m = d2_d__t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece17_d2_w = (d2_d__t_m__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_0_1
+    # ∂/∂d__t_m__0_0_2: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_d__t_m__0_0_2 = d2_d__m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
+    _piece18_d2_h = torch.bmm(d2_d__m_m__0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_m__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_0_2
+    _piece19_d2_d_m = d2_d__t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece20_d2_w = (d2_d__t_m__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_0_2
+    # ∂/∂d__t_m__0_0_5: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_d__t_m__0_0_5 = d2_d__m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
+    _piece21_d2_h = torch.bmm(d2_d__m_m__0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7), d__t_m__0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_0_5
+    _piece22_d2_d_m = d2_d__t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece23_d2_w = (d2_d__t_m__0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_0_5
+    # ∂/∂d__t_m__0_1_0: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_d__t_m__0_1_0 = torch.bmm(d2_d__m_m__0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
+    _piece24_d2_h = d2_d__m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del d__t_m__0_1_0
+    _piece25_d2_d_m = d2_d__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece26_d2_w = d2_d__t_m__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_1_0
+    # ∂/∂d__t_m__0_1_1: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_d__t_m__0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
+    _piece27_d2_h = torch.bmm(d2_d__m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6), d__t_m__0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_1
+    _piece28_d2_d_m = (d2_d__t_m__0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _w_m__0_1_1
+    d2__w_m__0_1_1 = (d2_d__t_m__0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_1_1
+    # ∂/∂d__t_m__0_1_2: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_d__t_m__0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
+    _piece29_d2_h = torch.bmm(d2_d__m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_m__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_2
+    _piece30_d2_d_m = torch.bmm(_w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_1_2
+    d2__w_m__0_1_2 = (d2_d__t_m__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_1_2
+    # ∂/∂d__t_m__0_1_3: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_d__t_m__0_1_3 = torch.bmm(d2_d__m_m__0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
+    _piece31_d2_h = torch.bmm(d2_d__m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3), d__t_m__0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_3
+    _piece32_d2_d_m = d2_d__t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece33_d2_w = (d2_d__t_m__0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_1_3
+    # ∂/∂d__t_m__0_1_4: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_d__t_m__0_1_4 = torch.bmm(d2_d__m_m__0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 2, 3, 1).reshape(n, 5, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
+    _piece34_d2_h = torch.bmm(d2_d__m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5), d__t_m__0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_4
+    _piece35_d2_d_m = d2_d__t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece36_d2_w = (d2_d__t_m__0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_1_4
+    # ∂/∂d__t_m__0_1_5: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_d__t_m__0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
+    _piece37_d2_h = torch.bmm(d2_d__m_m__0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m__0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_5
+    _piece38_d2_d_m = d2_d__t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece39_d2_w = (d2_d__t_m__0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_1_5
+    # ∂/∂d__t_m__0_1_6: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_d__t_m__0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
+    _piece40_d2_h = torch.bmm(d2_d__m_m__0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m__0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_1_6
+    _piece41_d2_d_m = d2_d__t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece42_d2_w = (d2_d__t_m__0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_1_6
+    # ∂/∂d__t_m__0_2_0: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_d__t_m__0_2_0 = torch.bmm(d2_d__m_m__0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
+    _piece43_d2_h = d2_d__m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del d__t_m__0_2_0
+    _piece44_d2_d_m = d2_d__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece45_d2_w = d2_d__t_m__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
+    del d2_d__t_m__0_2_0
+    # ∂/∂d__t_m__0_2_1: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_d__t_m__0_2_1 = torch.bmm(d2_d__m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
+    _piece46_d2_h = torch.bmm(d2_d__m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_m__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_2_1
+    _piece47_d2_d_m = (d2_d__t_m__0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _w_m__0_2_1
+    d2__w_m__0_2_1 = (d2_d__t_m__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_2_1
+    # ∂/∂d__t_m__0_2_2: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_d__t_m__0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
+    _piece48_d2_h = torch.bmm(d2_d__m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m__0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_2_2
+    _piece49_d2_d_m = torch.bmm(_w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_2_2
+    d2__w_m__0_2_2 = (d2_d__t_m__0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_2_2
+    # ∂/∂d__t_m__0_2_3: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_d__t_m__0_2_3 = torch.bmm(d2_d__m_m__0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
+    _piece50_d2_h = torch.bmm(d2_d__m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3), d__t_m__0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_2_3
+    _piece51_d2_d_m = d2_d__t_m__0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece52_d2_w = (d2_d__t_m__0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
+    del d2_d__t_m__0_2_3
+    # ∂/∂d__t_m__0_2_4: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_d__t_m__0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
+    _piece53_d2_h = torch.bmm(d2_d__m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m__0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_2_4
+    _piece54_d2_d_m = torch.bmm(_w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m__0_2_4
+    d2__w_m__0_2_4 = (d2_d__t_m__0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
+    del d2_d__t_m__0_2_4
+    # ∂/∂d__t_m__0_2_5: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_d__t_m__0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
+    _piece55_d2_h = torch.bmm(d2_d__m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14), d__t_m__0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m__0_2_5
+    _piece56_d2_d_m = torch.bmm(_w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
+    del _w_m__0_2_5
+    d2__w_m__0_2_5 = (d2_d__t_m__0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_2_5
+    # ∂/∂d__t_m__0_2_6: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_d__t_m__0_2_6 = torch.bmm(d2_d__m_m__0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 2, 3, 1).reshape(n, 7, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
+    _piece57_d2_h = torch.bmm(d2_d__m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7), d__t_m__0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d2_d__m_m__0, d__t_m__0_2_6
+    _piece58_d2_d_m = d2_d__t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    _piece59_d2_w = (d2_d__t_m__0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
+    del d2_d__t_m__0_2_6
+    _piece60_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece61_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_5
+    _piece62_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece63_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_4
+    _piece64_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece65_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_2
+    _piece66_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece67_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_2_1
+    _piece68_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece69_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_1_2
+    _piece70_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 32:64].reshape(n, 32)
+    _piece71_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 0:32].reshape(n, 32)
+    del d2__w_m__0_1_1
     d2_h = torch.cat([
-        (d2_h_12 + d2_h_15 + d2_h_18 + d2_h_21).reshape(n, 32),
-        (d2_h_24 + d2_h_27 + d2_h_29 + d2_h_31 + d2_h_34 + d2_h_37 + d2_h_40).reshape(n, 96),
-        (d2_h_43 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_53 + d2_h_55 + d2_h_57).reshape(n, 160),
+        (_piece12_d2_h + _piece15_d2_h + _piece18_d2_h + _piece21_d2_h).reshape(n, 32),
+        (_piece24_d2_h + _piece27_d2_h + _piece29_d2_h + _piece31_d2_h + _piece34_d2_h + _piece37_d2_h + _piece40_d2_h).reshape(n, 96),
+        (_piece43_d2_h + _piece46_d2_h + _piece48_d2_h + _piece50_d2_h + _piece53_d2_h + _piece55_d2_h + _piece57_d2_h).reshape(n, 160),
     ], dim=-1)
-    del d2_h_12, d2_h_15, d2_h_18, d2_h_21, d2_h_24, d2_h_27, d2_h_29, d2_h_31, d2_h_34, d2_h_37, d2_h_40, d2_h_43, d2_h_46, d2_h_48, d2_h_50, d2_h_53, d2_h_55, d2_h_57
+    del _piece12_d2_h, _piece15_d2_h, _piece18_d2_h, _piece21_d2_h, _piece24_d2_h, _piece27_d2_h, _piece29_d2_h, _piece31_d2_h, _piece34_d2_h, _piece37_d2_h, _piece40_d2_h, _piece43_d2_h, _piece46_d2_h, _piece48_d2_h, _piece50_d2_h, _piece53_d2_h, _piece55_d2_h, _piece57_d2_h
     d2_sh = weight.new_zeros(n, 16)
     d2_w = torch.cat([
-        d2_w_14.reshape(n, 32),
-        d2_w_17.reshape(n, 32),
-        d2_w_20.reshape(n, 32),
-        d2_w_23.reshape(n, 32),
-        d2_w_71.reshape(n, 32),
-        d2_w_26.reshape(n, 32),
-        d2_w_69.reshape(n, 32),
-        d2_w_33.reshape(n, 32),
-        d2_w_70.reshape(n, 32),
-        d2_w_36.reshape(n, 32),
-        d2_w_39.reshape(n, 32),
-        d2_w_68.reshape(n, 32),
-        d2_w_42.reshape(n, 32),
-        d2_w_65.reshape(n, 32),
-        d2_w_67.reshape(n, 32),
-        d2_w_63.reshape(n, 32),
-        d2_w_61.reshape(n, 32),
-        d2_w_45.reshape(n, 32),
-        d2_w_64.reshape(n, 32),
-        d2_w_52.reshape(n, 32),
-        d2_w_59.reshape(n, 32),
-        d2_w_66.reshape(n, 32),
-        d2_w_62.reshape(n, 32),
-        d2_w_60.reshape(n, 32),
+        _piece14_d2_w.reshape(n, 32),
+        _piece17_d2_w.reshape(n, 32),
+        _piece20_d2_w.reshape(n, 32),
+        _piece23_d2_w.reshape(n, 32),
+        _piece71_d2_w.reshape(n, 32),
+        _piece26_d2_w.reshape(n, 32),
+        _piece69_d2_w.reshape(n, 32),
+        _piece33_d2_w.reshape(n, 32),
+        _piece70_d2_w.reshape(n, 32),
+        _piece36_d2_w.reshape(n, 32),
+        _piece39_d2_w.reshape(n, 32),
+        _piece68_d2_w.reshape(n, 32),
+        _piece42_d2_w.reshape(n, 32),
+        _piece65_d2_w.reshape(n, 32),
+        _piece67_d2_w.reshape(n, 32),
+        _piece63_d2_w.reshape(n, 32),
+        _piece61_d2_w.reshape(n, 32),
+        _piece45_d2_w.reshape(n, 32),
+        _piece64_d2_w.reshape(n, 32),
+        _piece52_d2_w.reshape(n, 32),
+        _piece59_d2_w.reshape(n, 32),
+        _piece66_d2_w.reshape(n, 32),
+        _piece62_d2_w.reshape(n, 32),
+        _piece60_d2_w.reshape(n, 32),
     ], dim=-1)
-    del d2_w_14, d2_w_17, d2_w_20, d2_w_23, d2_w_26, d2_w_33, d2_w_36, d2_w_39, d2_w_42, d2_w_45, d2_w_52, d2_w_59, d2_w_60, d2_w_61, d2_w_62, d2_w_63, d2_w_64, d2_w_65, d2_w_66, d2_w_67, d2_w_68, d2_w_69, d2_w_70, d2_w_71
+    del _piece14_d2_w, _piece17_d2_w, _piece20_d2_w, _piece23_d2_w, _piece26_d2_w, _piece33_d2_w, _piece36_d2_w, _piece39_d2_w, _piece42_d2_w, _piece45_d2_w, _piece52_d2_w, _piece59_d2_w, _piece60_d2_w, _piece61_d2_w, _piece62_d2_w, _piece63_d2_w, _piece64_d2_w, _piece65_d2_w, _piece66_d2_w, _piece67_d2_w, _piece68_d2_w, _piece69_d2_w, _piece70_d2_w, _piece71_d2_w
     d2_d_m = torch.cat([
-        (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
-        (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
-        (d2_d_m_19 + d2_d_m_30 + d2_d_m_49).reshape(n, 160),
-        (d2_d_m_32 + d2_d_m_51).reshape(n, 96),
-        (d2_d_m_35 + d2_d_m_54).reshape(n, 160),
-        (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
-        (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
+        (_piece13_d2_d_m + _piece25_d2_d_m + _piece44_d2_d_m).reshape(n, 32),
+        (_piece16_d2_d_m + _piece28_d2_d_m + _piece47_d2_d_m).reshape(n, 96),
+        (_piece19_d2_d_m + _piece30_d2_d_m + _piece49_d2_d_m).reshape(n, 160),
+        (_piece32_d2_d_m + _piece51_d2_d_m).reshape(n, 96),
+        (_piece35_d2_d_m + _piece54_d2_d_m).reshape(n, 160),
+        (_piece22_d2_d_m + _piece38_d2_d_m + _piece56_d2_d_m).reshape(n, 224),
+        (_piece41_d2_d_m + _piece58_d2_d_m).reshape(n, 224),
     ], dim=-1)
-    del d2_d_m_13, d2_d_m_16, d2_d_m_19, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_30, d2_d_m_32, d2_d_m_35, d2_d_m_38, d2_d_m_41, d2_d_m_44, d2_d_m_47, d2_d_m_49, d2_d_m_51, d2_d_m_54, d2_d_m_56, d2_d_m_58
+    del _piece13_d2_d_m, _piece16_d2_d_m, _piece19_d2_d_m, _piece22_d2_d_m, _piece25_d2_d_m, _piece28_d2_d_m, _piece30_d2_d_m, _piece32_d2_d_m, _piece35_d2_d_m, _piece38_d2_d_m, _piece41_d2_d_m, _piece44_d2_d_m, _piece47_d2_d_m, _piece49_d2_d_m, _piece51_d2_d_m, _piece54_d2_d_m, _piece56_d2_d_m, _piece58_d2_d_m
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _conv_tp_d2_w_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 1–16 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel0(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 1–16 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -10586,7 +10586,7 @@ def _conv_tp_d2_w_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     ij_1 = tl.arange(0, 16)
     p0_1 = sh_ptr + 0 + z[:, None, None] * 16 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_m_0_ptr + 0 + ij_1[None, None, :] * 388
+    p1_1 = _g_m__0_ptr + 0 + ij_1[None, None, :] * 388
     po_1 = scratch + 0 + z[:, None] * 7944
     mo_1 = row_mask[:, None]
     for startc_1 in range(0, 388, 16):
@@ -10849,8 +10849,8 @@ def _conv_tp_d2_w_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 17–32 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel1(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 17–32 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11083,8 +11083,8 @@ def _conv_tp_d2_w_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 33–48 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel2(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 33–48 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11303,8 +11303,8 @@ def _conv_tp_d2_w_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 49–64 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel3(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 49–64 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11506,8 +11506,8 @@ def _conv_tp_d2_w_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 65–80 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel4(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 65–80 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -11572,7 +11572,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_68 = po_68 + iu_68[None, :, None] * 5
         tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
     ik_69 = tl.arange(0, 8)
     ip_69 = tl.arange(0, 1)
     p0_69 = scratch + 7336 + z[:, None, None, None, None] * 7944 + ip_69[None, None, None, :, None] * 7 + ik_69[None, None, :, None, None]
@@ -11610,7 +11610,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
             q_70 = po_70 + iu_70[None, :, None] * 5 + ii_70[None, None, :]
             tl.store(q_70, tl.load(q_70, mask=mo_70 & (ii_70[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_70 * a1_70, axis=4), axis=3), mask=mo_70 & (ii_70[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_71 = tl.arange(0, 2)
     p0_71 = scratch + 6888 + z[:, None, None, None, None] * 7944 + ip_71[None, None, None, :, None] * 7
     m0_71 = row_mask[:, None, None, None, None]
@@ -11649,7 +11649,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
             q_72 = po_72 + iu_72[None, :, None] * 5 + ii_72[None, None, :]
             tl.store(q_72, tl.load(q_72, mask=mo_72 & (ii_72[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72 & (ii_72[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
     ip_73 = tl.arange(0, 2)
     p0_73 = scratch + 6568 + z[:, None, None, None, None] * 7944 + ip_73[None, None, None, :, None] * 5
     m0_73 = row_mask[:, None, None, None, None]
@@ -11687,7 +11687,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_74 = po_74 + iu_74[None, :, None] * 5
         tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + tl.sum(tl.sum(a0_74 * a1_74, axis=4), axis=3), mask=mo_74)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
     ii_75 = tl.arange(0, 8)
     ik_75 = tl.arange(0, 4)
     ip_75 = tl.arange(0, 1)
@@ -11724,7 +11724,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
             q_76 = po_76 + iu_76[None, :, None] * 5 + ii_76[None, None, :]
             tl.store(q_76, tl.load(q_76, mask=mo_76 & (ii_76[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76 & (ii_76[None, None, :] < 5))
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
     ip_77 = tl.arange(0, 2)
     p0_77 = scratch + 6152 + z[:, None, None, None, None] * 7944 + ip_77[None, None, None, :, None] * 5
     m0_77 = row_mask[:, None, None, None, None]
@@ -11762,7 +11762,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_78 = po_78 + iu_78[None, :, None] * 5
         tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + tl.sum(tl.sum(a0_78 * a1_78, axis=4), axis=3), mask=mo_78)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
     ik_79 = tl.arange(0, 4)
     ip_79 = tl.arange(0, 2)
     p0_79 = scratch + 5960 + z[:, None, None, None, None] * 7944 + ip_79[None, None, None, :, None] * 3 + ik_79[None, None, :, None, None]
@@ -11801,13 +11801,13 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 81–96 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel5(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 81–96 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
     ii_81 = tl.arange(0, 8)
     ik_81 = tl.arange(0, 1)
     ip_81 = tl.arange(0, 1)
@@ -11840,7 +11840,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_82 = po_82 + iu_82[None, :, None] * 3
         tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
     ii_83 = tl.arange(0, 4)
     ik_83 = tl.arange(0, 8)
     ip_83 = tl.arange(0, 1)
@@ -11876,7 +11876,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_84 = po_84 + iu_84[None, :, None] * 3
         tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + tl.sum(tl.sum(a0_84 * a1_84, axis=4), axis=3), mask=mo_84)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
     ii_85 = tl.arange(0, 4)
     ik_85 = tl.arange(0, 8)
     ip_85 = tl.arange(0, 1)
@@ -11912,7 +11912,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_86 = po_86 + iu_86[None, :, None] * 3
         tl.store(q_86, tl.load(q_86, mask=mo_86, other=0.0) + tl.sum(tl.sum(a0_86 * a1_86, axis=4), axis=3), mask=mo_86)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_87 = tl.arange(0, 4)
     ik_87 = tl.arange(0, 8)
     ip_87 = tl.arange(0, 1)
@@ -11948,7 +11948,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_88 = po_88 + iu_88[None, :, None] * 3
         tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + tl.sum(tl.sum(a0_88 * a1_88, axis=4), axis=3), mask=mo_88)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
     ii_89 = tl.arange(0, 4)
     ik_89 = tl.arange(0, 4)
     ip_89 = tl.arange(0, 1)
@@ -11984,7 +11984,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_90 = po_90 + iu_90[None, :, None] * 3
         tl.store(q_90, tl.load(q_90, mask=mo_90, other=0.0) + tl.sum(tl.sum(a0_90 * a1_90, axis=4), axis=3), mask=mo_90)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
     ii_91 = tl.arange(0, 4)
     ip_91 = tl.arange(0, 2)
     p0_91 = scratch + 4904 + z[:, None, None, None, None] * 7944 + ip_91[None, None, None, :, None] * 5
@@ -12021,7 +12021,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
         q_92 = po_92 + iu_92[None, :, None] * 3
         tl.store(q_92, tl.load(q_92, mask=mo_92, other=0.0) + tl.sum(tl.sum(a0_92 * a1_92, axis=4), axis=3), mask=mo_92)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
     ii_93 = tl.arange(0, 4)
     ik_93 = tl.arange(0, 4)
     ip_93 = tl.arange(0, 2)
@@ -12056,7 +12056,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     q_94 = po_94
     tl.store(q_94, tl.load(q_94, mask=mo_94, other=0.0) + tl.sum(tl.sum(a0_94 * a1_94, axis=4), axis=3), mask=mo_94)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
     ii_95 = tl.arange(0, 4)
     ik_95 = tl.arange(0, 1)
     ip_95 = tl.arange(0, 1)
@@ -12091,13 +12091,13 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
 
 
 @triton.jit
-def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w, statements 97–104 of 104: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_w__kernel6(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w, statements 97–104 of 104: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
     ii_97 = tl.arange(0, 1)
     ik_97 = tl.arange(0, 8)
     ip_97 = tl.arange(0, 1)
@@ -12129,7 +12129,7 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     q_98 = po_98
     tl.store(q_98, tl.load(q_98, mask=mo_98, other=0.0) + tl.sum(tl.sum(a0_98 * a1_98, axis=4), axis=3), mask=mo_98)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
     ii_99 = tl.arange(0, 1)
     ik_99 = tl.arange(0, 8)
     ip_99 = tl.arange(0, 1)
@@ -12161,7 +12161,7 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     q_100 = po_100
     tl.store(q_100, tl.load(q_100, mask=mo_100, other=0.0) + tl.sum(tl.sum(a0_100 * a1_100, axis=4), axis=3), mask=mo_100)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
     ii_101 = tl.arange(0, 1)
     ik_101 = tl.arange(0, 4)
     ip_101 = tl.arange(0, 1)
@@ -12193,7 +12193,7 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     q_102 = po_102
     tl.store(q_102, tl.load(q_102, mask=mo_102, other=0.0) + tl.sum(tl.sum(a0_102 * a1_102, axis=4), axis=3), mask=mo_102)
     tl.debug_barrier()
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
     ii_103 = tl.arange(0, 1)
     ik_103 = tl.arange(0, 1)
     ip_103 = tl.arange(0, 1)
@@ -12213,7 +12213,7 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     ij_104 = tl.arange(0, 16)
     p0_104 = scratch + 3780 + z[:, None, None] * 7944
     m0_104 = row_mask[:, None, None]
-    p1_104 = _g_m_0_ptr + 0 + ij_104[None, :, None] * 388
+    p1_104 = _g_m__0_ptr + 0 + ij_104[None, :, None] * 388
     po_104 = d2_sh_ptr + 0 + z[:, None] * 16 + ij_104[None, :]
     mo_104 = row_mask[:, None]
     acc_104 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
@@ -12227,8 +12227,8 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     tl.debug_barrier()
 
 
-def _conv_tp_d2_w_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp_d2_w kernel on (h, sh, w, d_m, d2_d_w, weight, _g_m_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _conv_tp__d__d2_w__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the conv_tp__d__d2_w kernel on (h, sh, w, d_m, d2_d_w, weight, _g_m__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (288, 16, 768, 992)]
@@ -12236,299 +12236,299 @@ def _conv_tp_d2_w_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 1)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_conv_tp_d2_w_0_kernel, _conv_tp_d2_w_1_kernel, _conv_tp_d2_w_2_kernel, _conv_tp_d2_w_3_kernel, _conv_tp_d2_w_4_kernel, _conv_tp_d2_w_5_kernel, _conv_tp_d2_w_6_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_conv_tp__d__d2_w__kernel0, _conv_tp__d__d2_w__kernel1, _conv_tp__d__d2_w__kernel2, _conv_tp__d__d2_w__kernel3, _conv_tp__d__d2_w__kernel4, _conv_tp__d__d2_w__kernel5, _conv_tp__d__d2_w__kernel6,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:0].sum(0)]
 
 
-def _conv_tp_d2_w(
+def _conv_tp__d__d2_w(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_m__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_w (n, 768) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_w: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_w (n, 768) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    _m_m__0 = torch.mm(sh.reshape(n, 16), _g_m__0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _t_m__0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _t_m__0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _t_m__0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
+    _t_m__0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
     # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_1_0 = torch.bmm(_m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    _t_m__0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _t_m__0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_1_3 = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_1_4 = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3o
-    _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _t_m__0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3e
-    _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _t_m__0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_2_0 = torch.bmm(_m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_2_1 = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _t_m__0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m__0_2_3 = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _t_m__0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
+    _t_m__0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _t_m_0_0_0
-    d2__t_m_0_0_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)
-    del _t_m_0_0_1
-    d2__t_m_0_0_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)
-    del _t_m_0_0_2
-    d2__t_m_0_0_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
-    del _t_m_0_0_5
-    d2__t_m_0_0_5 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
-    d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _t_m_0_1_0
-    d2__t_m_0_1_0 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
-    d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
-    d2_d__w_m_0_1_1 = torch.cat([
-        d2_d__w_m_0_1_1_5.reshape(n, 32),
-        d2_d__w_m_0_1_1_6.reshape(n, 32),
+    _t_m__0_2_6 = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece0_d2_d_m = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _t_m__0_0_0
+    d2__t_m__0_0_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _piece1_d2_d_m = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)
+    del _t_m__0_0_1
+    d2__t_m__0_0_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _piece2_d2_d_m = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)
+    del _t_m__0_0_2
+    d2__t_m__0_0_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _piece3_d2_d_m = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
+    del _t_m__0_0_5
+    d2__t_m__0_0_5 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    _piece4_d2_d_m = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _t_m__0_1_0
+    d2__t_m__0_1_0 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _piece5_d2_d__w_m__0_1_1 = d2_d_w[:, 128:160].reshape(n, 32)
+    _piece6_d2_d__w_m__0_1_1 = d2_d_w[:, 256:288].reshape(n, 32)
+    d2_d__w_m__0_1_1 = torch.cat([
+        _piece5_d2_d__w_m__0_1_1.reshape(n, 32),
+        _piece6_d2_d__w_m__0_1_1.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_1_1_5, d2_d__w_m_0_1_1_6
-    d2_d_m_7 = (d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
-    del _t_m_0_1_1
-    d2__t_m_0_1_1 = d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2_d__w_m_0_1_1
-    d2_d__w_m_0_1_2_8 = d2_d_w[:, 192:224].reshape(n, 32)
-    d2_d__w_m_0_1_2_9 = d2_d_w[:, 352:384].reshape(n, 32)
-    d2_d__w_m_0_1_2 = torch.cat([
-        d2_d__w_m_0_1_2_8.reshape(n, 32),
-        d2_d__w_m_0_1_2_9.reshape(n, 32),
+    del _piece5_d2_d__w_m__0_1_1, _piece6_d2_d__w_m__0_1_1
+    _piece7_d2_d_m = (d2_d__w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m__0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
+    del _t_m__0_1_1
+    d2__t_m__0_1_1 = d2_d__w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2_d__w_m__0_1_1
+    _piece8_d2_d__w_m__0_1_2 = d2_d_w[:, 192:224].reshape(n, 32)
+    _piece9_d2_d__w_m__0_1_2 = d2_d_w[:, 352:384].reshape(n, 32)
+    d2_d__w_m__0_1_2 = torch.cat([
+        _piece8_d2_d__w_m__0_1_2.reshape(n, 32),
+        _piece9_d2_d__w_m__0_1_2.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_1_2_8, d2_d__w_m_0_1_2_9
-    d2_d_m_10 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
-    del _t_m_0_1_2
-    d2__t_m_0_1_2 = d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    del d2_d__w_m_0_1_2
-    d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
-    del _t_m_0_1_3
-    d2__t_m_0_1_3 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)
-    del _t_m_0_1_4
-    d2__t_m_0_1_4 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
-    del _t_m_0_1_5
-    d2__t_m_0_1_5 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
-    d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
-    del _t_m_0_1_6
-    d2__t_m_0_1_6 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
-    d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _t_m_0_2_0
-    d2__t_m_0_2_0 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
-    d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
-    d2_d__w_m_0_2_1 = torch.cat([
-        d2_d__w_m_0_2_1_16.reshape(n, 32),
-        d2_d__w_m_0_2_1_17.reshape(n, 32),
+    del _piece8_d2_d__w_m__0_1_2, _piece9_d2_d__w_m__0_1_2
+    _piece10_d2_d_m = torch.bmm(d2_d__w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m__0_1_2
+    d2__t_m__0_1_2 = d2_d__w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2_d__w_m__0_1_2
+    _piece11_d2_d_m = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
+    del _t_m__0_1_3
+    d2__t_m__0_1_3 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _piece12_d2_d_m = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)
+    del _t_m__0_1_4
+    d2__t_m__0_1_4 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _piece13_d2_d_m = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
+    del _t_m__0_1_5
+    d2__t_m__0_1_5 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    _piece14_d2_d_m = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
+    del _t_m__0_1_6
+    d2__t_m__0_1_6 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    _piece15_d2_d_m = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
+    del _t_m__0_2_0
+    d2__t_m__0_2_0 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _piece16_d2_d__w_m__0_2_1 = d2_d_w[:, 448:480].reshape(n, 32)
+    _piece17_d2_d__w_m__0_2_1 = d2_d_w[:, 672:704].reshape(n, 32)
+    d2_d__w_m__0_2_1 = torch.cat([
+        _piece16_d2_d__w_m__0_2_1.reshape(n, 32),
+        _piece17_d2_d__w_m__0_2_1.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_2_1_16, d2_d__w_m_0_2_1_17
-    d2_d_m_18 = (d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
-    del _t_m_0_2_1
-    d2__t_m_0_2_1 = d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2_d__w_m_0_2_1
-    d2_d__w_m_0_2_2_19 = d2_d_w[:, 416:448].reshape(n, 32)
-    d2_d__w_m_0_2_2_20 = d2_d_w[:, 576:608].reshape(n, 32)
-    d2_d__w_m_0_2_2 = torch.cat([
-        d2_d__w_m_0_2_2_19.reshape(n, 32),
-        d2_d__w_m_0_2_2_20.reshape(n, 32),
+    del _piece16_d2_d__w_m__0_2_1, _piece17_d2_d__w_m__0_2_1
+    _piece18_d2_d_m = (d2_d__w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m__0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
+    del _t_m__0_2_1
+    d2__t_m__0_2_1 = d2_d__w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2_d__w_m__0_2_1
+    _piece19_d2_d__w_m__0_2_2 = d2_d_w[:, 416:448].reshape(n, 32)
+    _piece20_d2_d__w_m__0_2_2 = d2_d_w[:, 576:608].reshape(n, 32)
+    d2_d__w_m__0_2_2 = torch.cat([
+        _piece19_d2_d__w_m__0_2_2.reshape(n, 32),
+        _piece20_d2_d__w_m__0_2_2.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_2_2_19, d2_d__w_m_0_2_2_20
-    d2_d_m_21 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
-    del _t_m_0_2_2
-    d2__t_m_0_2_2 = d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    del d2_d__w_m_0_2_2
-    d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
-    del _t_m_0_2_3
-    d2__t_m_0_2_3 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
-    d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
-    d2_d__w_m_0_2_4 = torch.cat([
-        d2_d__w_m_0_2_4_23.reshape(n, 32),
-        d2_d__w_m_0_2_4_24.reshape(n, 32),
+    del _piece19_d2_d__w_m__0_2_2, _piece20_d2_d__w_m__0_2_2
+    _piece21_d2_d_m = torch.bmm(d2_d__w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m__0_2_2
+    d2__t_m__0_2_2 = d2_d__w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2_d__w_m__0_2_2
+    _piece22_d2_d_m = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
+    del _t_m__0_2_3
+    d2__t_m__0_2_3 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _piece23_d2_d__w_m__0_2_4 = d2_d_w[:, 480:512].reshape(n, 32)
+    _piece24_d2_d__w_m__0_2_4 = d2_d_w[:, 704:736].reshape(n, 32)
+    d2_d__w_m__0_2_4 = torch.cat([
+        _piece23_d2_d__w_m__0_2_4.reshape(n, 32),
+        _piece24_d2_d__w_m__0_2_4.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_2_4_23, d2_d__w_m_0_2_4_24
-    d2_d_m_25 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
-    del _t_m_0_2_4
-    d2__t_m_0_2_4 = d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    del d2_d__w_m_0_2_4
-    d2_d__w_m_0_2_5_26 = d2_d_w[:, 512:544].reshape(n, 32)
-    d2_d__w_m_0_2_5_27 = d2_d_w[:, 736:768].reshape(n, 32)
-    d2_d__w_m_0_2_5 = torch.cat([
-        d2_d__w_m_0_2_5_26.reshape(n, 32),
-        d2_d__w_m_0_2_5_27.reshape(n, 32),
+    del _piece23_d2_d__w_m__0_2_4, _piece24_d2_d__w_m__0_2_4
+    _piece25_d2_d_m = torch.bmm(d2_d__w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m__0_2_4
+    d2__t_m__0_2_4 = d2_d__w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2_d__w_m__0_2_4
+    _piece26_d2_d__w_m__0_2_5 = d2_d_w[:, 512:544].reshape(n, 32)
+    _piece27_d2_d__w_m__0_2_5 = d2_d_w[:, 736:768].reshape(n, 32)
+    d2_d__w_m__0_2_5 = torch.cat([
+        _piece26_d2_d__w_m__0_2_5.reshape(n, 32),
+        _piece27_d2_d__w_m__0_2_5.reshape(n, 32),
     ], dim=-1)
-    del d2_d__w_m_0_2_5_26, d2_d__w_m_0_2_5_27
-    d2_d_m_28 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7)  # zpu,zupk->zuk
-    del _t_m_0_2_5
-    d2__t_m_0_2_5 = d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
-    del d2_d__w_m_0_2_5
-    d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
-    del _t_m_0_2_6
-    d2__t_m_0_2_6 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    del _piece26_d2_d__w_m__0_2_5, _piece27_d2_d__w_m__0_2_5
+    _piece28_d2_d_m = torch.bmm(d2_d__w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7)  # zpu,zupk->zuk
+    del _t_m__0_2_5
+    d2__t_m__0_2_5 = d2_d__w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    del d2_d__w_m__0_2_5
+    _piece29_d2_d_m = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
+    del _t_m__0_2_6
+    d2__t_m__0_2_6 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_30 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d2__t_m_0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2__m_m_0_31 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
-    del d2__t_m_0_2_6
+    _piece30_d2_h = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d2__t_m__0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
+    _piece31_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
+    del d2__t_m__0_2_6
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_32 = torch.bmm(_m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2), d2__t_m_0_2_5.reshape(n, 32, 14).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2__m_m_0_33 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_2_5
+    _piece32_d2_h = torch.bmm(_m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2), d2__t_m__0_2_5.reshape(n, 32, 14).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
+    _piece33_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_2_5
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_34 = torch.bmm(_m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m_0_2_4.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2__m_m_0_35 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_2_4
+    _piece34_d2_h = torch.bmm(_m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m__0_2_4.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
+    _piece35_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_2_4
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_36 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2), d2__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_37 = torch.bmm(d2__t_m_0_2_3.permute(0, 2, 3, 1).reshape(n, 3, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_m_0_2_3
+    _piece36_d2_h = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2), d2__t_m__0_2_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
+    _piece37_d2__m_m__0 = torch.bmm(d2__t_m__0_2_3.permute(0, 2, 3, 1).reshape(n, 3, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m__0_2_3
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_38 = torch.bmm(_m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m_0_2_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2__m_m_0_39 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_2_2
+    _piece38_d2_h = torch.bmm(_m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m__0_2_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
+    _piece39_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_2_2
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_40 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_m_0_2_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2__m_m_0_41 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_2_1
+    _piece40_d2_h = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_m__0_2_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
+    _piece41_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_2_1
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_42 = d2__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.bmm(d2__t_m_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_m_0_2_0
+    _piece42_d2_h = d2__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
+    _piece43_d2__m_m__0 = torch.bmm(d2__t_m__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m__0_2_0
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_44 = torch.bmm(_m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m_0_1_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2__m_m_0_45 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
-    del d2__t_m_0_1_6
+    _piece44_d2_h = torch.bmm(_m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m__0_1_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
+    _piece45_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d2__t_m__0_1_6
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_46 = torch.bmm(_m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m_0_1_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2__m_m_0_47 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
-    del d2__t_m_0_1_5
+    _piece46_d2_h = torch.bmm(_m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m__0_1_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
+    _piece47_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d2__t_m__0_1_5
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_48 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2), d2__t_m_0_1_4.reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2__m_m_0_49 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
-    del d2__t_m_0_1_4
+    _piece48_d2_h = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2), d2__t_m__0_1_4.reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
+    _piece49_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
+    del d2__t_m__0_1_4
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_50 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2), d2__t_m_0_1_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2__m_m_0_51 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
-    del d2__t_m_0_1_3
+    _piece50_d2_h = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2), d2__t_m__0_1_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
+    _piece51_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
+    del d2__t_m__0_1_3
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_52 = torch.bmm(_m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_m_0_1_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2__m_m_0_53 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_1_2
+    _piece52_d2_h = torch.bmm(_m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_m__0_1_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
+    _piece53_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_1_2
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_54 = torch.bmm(_m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2), d2__t_m_0_1_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2__m_m_0_55 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
-    del d2__t_m_0_1_1
+    _piece54_d2_h = torch.bmm(_m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2), d2__t_m__0_1_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
+    _piece55_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m__0_1_1
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_56 = d2__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_57 = torch.bmm(d2__t_m_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
-    del d2__t_m_0_1_0
+    _piece56_d2_h = d2__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
+    _piece57_d2__m_m__0 = torch.bmm(d2__t_m__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m__0_1_0
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_58 = torch.bmm(_m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2), d2__t_m_0_0_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2__m_m_0_59 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
-    del d2__t_m_0_0_5
+    _piece58_d2_h = torch.bmm(_m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2), d2__t_m__0_0_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
+    _piece59_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
+    del d2__t_m__0_0_5
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_60 = torch.bmm(_m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_m_0_0_2.reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2__m_m_0_61 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
-    del d2__t_m_0_0_2
+    _piece60_d2_h = torch.bmm(_m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_m__0_0_2.reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
+    _piece61_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_m__0_0_2
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_62 = torch.bmm(_m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_m_0_0_1.reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2__m_m_0_63 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
-    del d2__t_m_0_0_1
+    _piece62_d2_h = torch.bmm(_m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_m__0_0_1.reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
+    _piece63_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_m__0_0_1
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_64 = d2__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    del _m_m_0
-    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2__m_m_0_65 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
-    del d2__t_m_0_0_0
+    _piece64_d2_h = d2__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_m__0
+    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
+    _piece65_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_m__0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_m_0 = torch.cat([
-        d2__m_m_0_65.reshape(n, 1),
-        d2__m_m_0_63.reshape(n, 3),
-        d2__m_m_0_61.reshape(n, 5),
-        d2__m_m_0_59.reshape(n, 7),
-        d2__m_m_0_57.reshape(n, 3),
-        d2__m_m_0_55.reshape(n, 18),
-        d2__m_m_0_53.reshape(n, 30),
-        d2__m_m_0_51.reshape(n, 9),
-        d2__m_m_0_49.reshape(n, 15),
-        d2__m_m_0_47.reshape(n, 21),
-        d2__m_m_0_45.reshape(n, 21),
-        d2__m_m_0_43.reshape(n, 5),
-        d2__m_m_0_41.reshape(n, 30),
-        d2__m_m_0_39.reshape(n, 50),
-        d2__m_m_0_37.reshape(n, 15),
-        d2__m_m_0_35.reshape(n, 50),
-        d2__m_m_0_33.reshape(n, 70),
-        d2__m_m_0_31.reshape(n, 35),
+    d2__m_m__0 = torch.cat([
+        _piece65_d2__m_m__0.reshape(n, 1),
+        _piece63_d2__m_m__0.reshape(n, 3),
+        _piece61_d2__m_m__0.reshape(n, 5),
+        _piece59_d2__m_m__0.reshape(n, 7),
+        _piece57_d2__m_m__0.reshape(n, 3),
+        _piece55_d2__m_m__0.reshape(n, 18),
+        _piece53_d2__m_m__0.reshape(n, 30),
+        _piece51_d2__m_m__0.reshape(n, 9),
+        _piece49_d2__m_m__0.reshape(n, 15),
+        _piece47_d2__m_m__0.reshape(n, 21),
+        _piece45_d2__m_m__0.reshape(n, 21),
+        _piece43_d2__m_m__0.reshape(n, 5),
+        _piece41_d2__m_m__0.reshape(n, 30),
+        _piece39_d2__m_m__0.reshape(n, 50),
+        _piece37_d2__m_m__0.reshape(n, 15),
+        _piece35_d2__m_m__0.reshape(n, 50),
+        _piece33_d2__m_m__0.reshape(n, 70),
+        _piece31_d2__m_m__0.reshape(n, 35),
     ], dim=-1)
-    del d2__m_m_0_31, d2__m_m_0_33, d2__m_m_0_35, d2__m_m_0_37, d2__m_m_0_39, d2__m_m_0_41, d2__m_m_0_43, d2__m_m_0_45, d2__m_m_0_47, d2__m_m_0_49, d2__m_m_0_51, d2__m_m_0_53, d2__m_m_0_55, d2__m_m_0_57, d2__m_m_0_59, d2__m_m_0_61, d2__m_m_0_63, d2__m_m_0_65
-    d2_sh_66 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
-    del d2__m_m_0
+    del _piece31_d2__m_m__0, _piece33_d2__m_m__0, _piece35_d2__m_m__0, _piece37_d2__m_m__0, _piece39_d2__m_m__0, _piece41_d2__m_m__0, _piece43_d2__m_m__0, _piece45_d2__m_m__0, _piece47_d2__m_m__0, _piece49_d2__m_m__0, _piece51_d2__m_m__0, _piece53_d2__m_m__0, _piece55_d2__m_m__0, _piece57_d2__m_m__0, _piece59_d2__m_m__0, _piece61_d2__m_m__0, _piece63_d2__m_m__0, _piece65_d2__m_m__0
+    _piece66_d2_sh = torch.mm(d2__m_m__0, _g_m__0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m__0
     d2_h = torch.cat([
-        (d2_h_58 + d2_h_60 + d2_h_62 + d2_h_64).reshape(n, 32),
-        (d2_h_44 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_52 + d2_h_54 + d2_h_56).reshape(n, 96),
-        (d2_h_30 + d2_h_32 + d2_h_34 + d2_h_36 + d2_h_38 + d2_h_40 + d2_h_42).reshape(n, 160),
+        (_piece58_d2_h + _piece60_d2_h + _piece62_d2_h + _piece64_d2_h).reshape(n, 32),
+        (_piece44_d2_h + _piece46_d2_h + _piece48_d2_h + _piece50_d2_h + _piece52_d2_h + _piece54_d2_h + _piece56_d2_h).reshape(n, 96),
+        (_piece30_d2_h + _piece32_d2_h + _piece34_d2_h + _piece36_d2_h + _piece38_d2_h + _piece40_d2_h + _piece42_d2_h).reshape(n, 160),
     ], dim=-1)
-    del d2_h_30, d2_h_32, d2_h_34, d2_h_36, d2_h_38, d2_h_40, d2_h_42, d2_h_44, d2_h_46, d2_h_48, d2_h_50, d2_h_52, d2_h_54, d2_h_56, d2_h_58, d2_h_60, d2_h_62, d2_h_64
-    d2_sh = d2_sh_66
-    del d2_sh_66
+    del _piece30_d2_h, _piece32_d2_h, _piece34_d2_h, _piece36_d2_h, _piece38_d2_h, _piece40_d2_h, _piece42_d2_h, _piece44_d2_h, _piece46_d2_h, _piece48_d2_h, _piece50_d2_h, _piece52_d2_h, _piece54_d2_h, _piece56_d2_h, _piece58_d2_h, _piece60_d2_h, _piece62_d2_h, _piece64_d2_h
+    d2_sh = _piece66_d2_sh
+    del _piece66_d2_sh
     d2_w = weight.new_zeros(n, 768)
     d2_d_m = torch.cat([
-        (d2_d_m_0 + d2_d_m_4 + d2_d_m_15).reshape(n, 32),
-        (d2_d_m_1 + d2_d_m_7 + d2_d_m_18).reshape(n, 96),
-        (d2_d_m_2 + d2_d_m_10 + d2_d_m_21).reshape(n, 160),
-        (d2_d_m_11 + d2_d_m_22).reshape(n, 96),
-        (d2_d_m_12 + d2_d_m_25).reshape(n, 160),
-        (d2_d_m_3 + d2_d_m_13 + d2_d_m_28).reshape(n, 224),
-        (d2_d_m_14 + d2_d_m_29).reshape(n, 224),
+        (_piece0_d2_d_m + _piece4_d2_d_m + _piece15_d2_d_m).reshape(n, 32),
+        (_piece1_d2_d_m + _piece7_d2_d_m + _piece18_d2_d_m).reshape(n, 96),
+        (_piece2_d2_d_m + _piece10_d2_d_m + _piece21_d2_d_m).reshape(n, 160),
+        (_piece11_d2_d_m + _piece22_d2_d_m).reshape(n, 96),
+        (_piece12_d2_d_m + _piece25_d2_d_m).reshape(n, 160),
+        (_piece3_d2_d_m + _piece13_d2_d_m + _piece28_d2_d_m).reshape(n, 224),
+        (_piece14_d2_d_m + _piece29_d2_d_m).reshape(n, 224),
     ], dim=-1)
-    del d2_d_m_0, d2_d_m_1, d2_d_m_10, d2_d_m_11, d2_d_m_12, d2_d_m_13, d2_d_m_14, d2_d_m_15, d2_d_m_18, d2_d_m_2, d2_d_m_21, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_29, d2_d_m_3, d2_d_m_4, d2_d_m_7
+    del _piece0_d2_d_m, _piece10_d2_d_m, _piece11_d2_d_m, _piece12_d2_d_m, _piece13_d2_d_m, _piece14_d2_d_m, _piece15_d2_d_m, _piece18_d2_d_m, _piece1_d2_d_m, _piece21_d2_d_m, _piece22_d2_d_m, _piece25_d2_d_m, _piece28_d2_d_m, _piece29_d2_d_m, _piece2_d2_d_m, _piece3_d2_d_m, _piece4_d2_d_m, _piece7_d2_d_m
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
 @triton.jit
-def _conv_tp_d2_weight_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_m_0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_weight, statements 1–0 of 0: BLOCK_Z rows per program."""
+def _conv_tp__d__d2_weight__kernel0(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_m__0_ptr, d2_h_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_weight, statements 1–0 of 0: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -12548,8 +12548,8 @@ def _conv_tp_d2_weight_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, 
     tl.debug_barrier()
 
 
-def _conv_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp_d2_weight kernel on (h, sh, w, d_m, d2_d_weight, weight, _g_m_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _conv_tp__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the conv_tp__d__d2_weight kernel on (h, sh, w, d_m, d2_d_weight, weight, _g_m__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[5], n, size) for size in (288, 16, 768, 992)]
@@ -12557,17 +12557,17 @@ def _conv_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[5].new_zeros(programs, 1)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
-    for kernel in (_conv_tp_d2_weight_0_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_conv_tp__d__d2_weight__kernel0,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:0].sum(0)]
 
 
-def _conv_tp_d2_weight(
+def _conv_tp__d__d2_weight(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_m__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp_d for the cotangent of d_weight: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    """the vector-Jacobian product of conv_tp__d for the cotangent of d_weight: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     d2_h = weight.new_zeros(n, 288)
     d2_sh = weight.new_zeros(n, 16)
@@ -12582,551 +12582,551 @@ def _conv_tp_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _conv_tp__kernel(h, sh, w, weight, m__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """conv_tp: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # out m : 32x0e+32x1o+32x2e+32x1e+32x2o+32x3o+32x3e
     # m.0: fuse(h, sh) mix uvu by w
-    ch32 = tl.arange(0, 32)
-    cm32 = ch32 < 32
-    mask32 = row_mask[:, None] & cm32[None, :]
-    zero32 = tl.zeros([BLOCK_Z, 32], dtype=h.dtype.element_ty)
-    h_0_0 = tl.load(h + rows[:, None] * 288 + (0 + ch32[None, :] * 1), mask=mask32, other=0.0)
-    m_0_p0_0 = zero32
-    sh_0_c0_0 = tl.load(sh + rows * 16 + 0, mask=row_mask, other=0.0)
-    m_0_p0_t = 1.0 * h_0_0 * sh_0_c0_0[:, None]
-    m_0_p0_0 += m_0_p0_t * tl.load(w + rows[:, None] * 768 + (0 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum1_0 = m_0_p0_0 * 0.5773502691896257
-    h_1_0 = tl.load(h + rows[:, None] * 288 + (32 + ch32[None, :] * 3), mask=mask32, other=0.0)
-    h_1_1 = tl.load(h + rows[:, None] * 288 + (33 + ch32[None, :] * 3), mask=mask32, other=0.0)
-    h_1_2 = tl.load(h + rows[:, None] * 288 + (34 + ch32[None, :] * 3), mask=mask32, other=0.0)
-    m_0_p5_0 = zero32
-    sh_1_c0_0 = tl.load(sh + rows * 16 + 1, mask=row_mask, other=0.0)
-    sh_1_c0_1 = tl.load(sh + rows * 16 + 2, mask=row_mask, other=0.0)
-    sh_1_c0_2 = tl.load(sh + rows * 16 + 3, mask=row_mask, other=0.0)
-    m_0_p5_t = 0.5773502691896257 * h_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * h_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * h_1_2 * sh_1_c0_2[:, None]
-    m_0_p5_0 += m_0_p5_t * tl.load(w + rows[:, None] * 768 + (160 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum2_0 = sum1_0 + m_0_p5_0 * 0.5773502691896257
-    h_2_0 = tl.load(h + rows[:, None] * 288 + (128 + ch32[None, :] * 5), mask=mask32, other=0.0)
-    h_2_1 = tl.load(h + rows[:, None] * 288 + (129 + ch32[None, :] * 5), mask=mask32, other=0.0)
-    h_2_2 = tl.load(h + rows[:, None] * 288 + (130 + ch32[None, :] * 5), mask=mask32, other=0.0)
-    h_2_3 = tl.load(h + rows[:, None] * 288 + (131 + ch32[None, :] * 5), mask=mask32, other=0.0)
-    h_2_4 = tl.load(h + rows[:, None] * 288 + (132 + ch32[None, :] * 5), mask=mask32, other=0.0)
-    m_0_p17_0 = zero32
-    sh_2_c0_0 = tl.load(sh + rows * 16 + 4, mask=row_mask, other=0.0)
-    sh_2_c0_1 = tl.load(sh + rows * 16 + 5, mask=row_mask, other=0.0)
-    sh_2_c0_2 = tl.load(sh + rows * 16 + 6, mask=row_mask, other=0.0)
-    sh_2_c0_3 = tl.load(sh + rows * 16 + 7, mask=row_mask, other=0.0)
-    sh_2_c0_4 = tl.load(sh + rows * 16 + 8, mask=row_mask, other=0.0)
-    m_0_p17_t = 0.4472135954999579 * h_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * h_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * h_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * h_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * h_2_4 * sh_2_c0_4[:, None]
-    m_0_p17_0 += m_0_p17_t * tl.load(w + rows[:, None] * 768 + (544 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum3_0 = sum2_0 + m_0_p17_0 * 0.5773502691896257
-    m_0_0 = sum3_0
-    tl.store(m_out + rows[:, None] * 992 + (0 + ch32[None, :] * 1), m_0_0, mask=mask32)
-    m_0_p1_0 = zero32
-    m_0_p1_1 = zero32
-    m_0_p1_2 = zero32
-    m_0_p1_t = 0.5773502691896257 * h_0_0 * sh_1_c0_0[:, None]
-    m_0_p1_0 += m_0_p1_t * tl.load(w + rows[:, None] * 768 + (32 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p1_t = 0.5773502691896257 * h_0_0 * sh_1_c0_1[:, None]
-    m_0_p1_1 += m_0_p1_t * tl.load(w + rows[:, None] * 768 + (32 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p1_t = 0.5773502691896257 * h_0_0 * sh_1_c0_2[:, None]
-    m_0_p1_2 += m_0_p1_t * tl.load(w + rows[:, None] * 768 + (32 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum4_0 = m_0_p1_0 * 0.7745966692414834
-    sum4_1 = m_0_p1_1 * 0.7745966692414834
-    sum4_2 = m_0_p1_2 * 0.7745966692414834
-    m_0_p4_0 = zero32
-    m_0_p4_1 = zero32
-    m_0_p4_2 = zero32
-    m_0_p4_t = 0.5773502691896257 * h_1_0 * sh_0_c0_0[:, None]
-    m_0_p4_0 += m_0_p4_t * tl.load(w + rows[:, None] * 768 + (128 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p4_t = 0.5773502691896257 * h_1_1 * sh_0_c0_0[:, None]
-    m_0_p4_1 += m_0_p4_t * tl.load(w + rows[:, None] * 768 + (128 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p4_t = 0.5773502691896257 * h_1_2 * sh_0_c0_0[:, None]
-    m_0_p4_2 += m_0_p4_t * tl.load(w + rows[:, None] * 768 + (128 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum5_0 = sum4_0 + m_0_p4_0 * 0.7745966692414834
-    sum5_1 = sum4_1 + m_0_p4_1 * 0.7745966692414834
-    sum5_2 = sum4_2 + m_0_p4_2 * 0.7745966692414834
-    m_0_p8_0 = zero32
-    m_0_p8_1 = zero32
-    m_0_p8_2 = zero32
-    m_0_p8_t = -0.18257418583505536 * h_1_0 * sh_2_c0_2[:, None] + -0.31622776601683794 * h_1_0 * sh_2_c0_4[:, None] + 0.31622776601683794 * h_1_1 * sh_2_c0_1[:, None] + 0.31622776601683794 * h_1_2 * sh_2_c0_0[:, None]
-    m_0_p8_0 += m_0_p8_t * tl.load(w + rows[:, None] * 768 + (256 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p8_t = 0.31622776601683794 * h_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * h_1_1 * sh_2_c0_2[:, None] + 0.31622776601683794 * h_1_2 * sh_2_c0_3[:, None]
-    m_0_p8_1 += m_0_p8_t * tl.load(w + rows[:, None] * 768 + (256 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p8_t = 0.31622776601683794 * h_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * h_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * h_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * h_1_2 * sh_2_c0_4[:, None]
-    m_0_p8_2 += m_0_p8_t * tl.load(w + rows[:, None] * 768 + (256 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum6_0 = sum5_0 + m_0_p8_0 * 0.7745966692414834
-    sum6_1 = sum5_1 + m_0_p8_1 * 0.7745966692414834
-    sum6_2 = sum5_2 + m_0_p8_2 * 0.7745966692414834
-    m_0_p14_0 = zero32
-    m_0_p14_1 = zero32
-    m_0_p14_2 = zero32
-    m_0_p14_t = 0.31622776601683794 * h_2_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_2_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * h_2_2 * sh_1_c0_0[:, None] + -0.31622776601683794 * h_2_4 * sh_1_c0_0[:, None]
-    m_0_p14_0 += m_0_p14_t * tl.load(w + rows[:, None] * 768 + (448 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p14_t = 0.31622776601683794 * h_2_1 * sh_1_c0_0[:, None] + 0.3651483716701107 * h_2_2 * sh_1_c0_1[:, None] + 0.31622776601683794 * h_2_3 * sh_1_c0_2[:, None]
-    m_0_p14_1 += m_0_p14_t * tl.load(w + rows[:, None] * 768 + (448 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p14_t = 0.31622776601683794 * h_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * h_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * h_2_4 * sh_1_c0_2[:, None]
-    m_0_p14_2 += m_0_p14_t * tl.load(w + rows[:, None] * 768 + (448 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum7_0 = sum6_0 + m_0_p14_0 * 0.7745966692414834
-    sum7_1 = sum6_1 + m_0_p14_1 * 0.7745966692414834
-    sum7_2 = sum6_2 + m_0_p14_2 * 0.7745966692414834
-    m_0_p21_0 = zero32
-    m_0_p21_1 = zero32
-    m_0_p21_2 = zero32
-    sh_3_c0_0 = tl.load(sh + rows * 16 + 9, mask=row_mask, other=0.0)
-    sh_3_c0_1 = tl.load(sh + rows * 16 + 10, mask=row_mask, other=0.0)
-    sh_3_c0_2 = tl.load(sh + rows * 16 + 11, mask=row_mask, other=0.0)
-    sh_3_c0_3 = tl.load(sh + rows * 16 + 12, mask=row_mask, other=0.0)
-    sh_3_c0_4 = tl.load(sh + rows * 16 + 13, mask=row_mask, other=0.0)
-    sh_3_c0_5 = tl.load(sh + rows * 16 + 14, mask=row_mask, other=0.0)
-    sh_3_c0_6 = tl.load(sh + rows * 16 + 15, mask=row_mask, other=0.0)
-    m_0_p21_t = -0.06900655593423542 * h_2_0 * sh_3_c0_4[:, None] + -0.2672612419124244 * h_2_0 * sh_3_c0_6[:, None] + -0.1690308509457033 * h_2_1 * sh_3_c0_3[:, None] + -0.2182178902359924 * h_2_1 * sh_3_c0_5[:, None] + 0.23904572186687872 * h_2_2 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_2_3 * sh_3_c0_1[:, None] + 0.2672612419124244 * h_2_4 * sh_3_c0_0[:, None] + 0.06900655593423542 * h_2_4 * sh_3_c0_2[:, None]
-    m_0_p21_0 += m_0_p21_t * tl.load(w + rows[:, None] * 768 + (672 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p21_t = 0.2182178902359924 * h_2_0 * sh_3_c0_1[:, None] + 0.2760262237369417 * h_2_1 * sh_3_c0_2[:, None] + 0.29277002188455997 * h_2_2 * sh_3_c0_3[:, None] + 0.2760262237369417 * h_2_3 * sh_3_c0_4[:, None] + 0.2182178902359924 * h_2_4 * sh_3_c0_5[:, None]
-    m_0_p21_1 += m_0_p21_t * tl.load(w + rows[:, None] * 768 + (672 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p21_t = 0.2672612419124244 * h_2_0 * sh_3_c0_0[:, None] + -0.06900655593423542 * h_2_0 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_2_1 * sh_3_c0_1[:, None] + 0.23904572186687872 * h_2_2 * sh_3_c0_4[:, None] + -0.1690308509457033 * h_2_3 * sh_3_c0_3[:, None] + 0.2182178902359924 * h_2_3 * sh_3_c0_5[:, None] + -0.06900655593423542 * h_2_4 * sh_3_c0_4[:, None] + 0.2672612419124244 * h_2_4 * sh_3_c0_6[:, None]
-    m_0_p21_2 += m_0_p21_t * tl.load(w + rows[:, None] * 768 + (672 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum8_0 = sum7_0 + m_0_p21_0 * 0.7745966692414834
-    sum8_1 = sum7_1 + m_0_p21_1 * 0.7745966692414834
-    sum8_2 = sum7_2 + m_0_p21_2 * 0.7745966692414834
-    m_1_0 = sum8_0
-    m_1_1 = sum8_1
-    m_1_2 = sum8_2
-    tl.store(m_out + rows[:, None] * 992 + (32 + ch32[None, :] * 3), m_1_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (33 + ch32[None, :] * 3), m_1_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (34 + ch32[None, :] * 3), m_1_2, mask=mask32)
-    m_0_p2_0 = zero32
-    m_0_p2_1 = zero32
-    m_0_p2_2 = zero32
-    m_0_p2_3 = zero32
-    m_0_p2_4 = zero32
-    m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_0[:, None]
-    m_0_p2_0 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_1[:, None]
-    m_0_p2_1 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_2[:, None]
-    m_0_p2_2 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_3[:, None]
-    m_0_p2_3 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_4[:, None]
-    m_0_p2_4 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum9_0 = m_0_p2_0 * 1.0
-    sum9_1 = m_0_p2_1 * 1.0
-    sum9_2 = m_0_p2_2 * 1.0
-    sum9_3 = m_0_p2_3 * 1.0
-    sum9_4 = m_0_p2_4 * 1.0
-    m_0_p6_0 = zero32
-    m_0_p6_1 = zero32
-    m_0_p6_2 = zero32
-    m_0_p6_3 = zero32
-    m_0_p6_4 = zero32
-    m_0_p6_t = 0.31622776601683794 * h_1_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_1_2 * sh_1_c0_0[:, None]
-    m_0_p6_0 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p6_t = 0.31622776601683794 * h_1_0 * sh_1_c0_1[:, None] + 0.31622776601683794 * h_1_1 * sh_1_c0_0[:, None]
-    m_0_p6_1 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p6_t = -0.18257418583505536 * h_1_0 * sh_1_c0_0[:, None] + 0.3651483716701107 * h_1_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * h_1_2 * sh_1_c0_2[:, None]
-    m_0_p6_2 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p6_t = 0.31622776601683794 * h_1_1 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_1_2 * sh_1_c0_1[:, None]
-    m_0_p6_3 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p6_t = -0.31622776601683794 * h_1_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * h_1_2 * sh_1_c0_2[:, None]
-    m_0_p6_4 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum10_0 = sum9_0 + m_0_p6_0 * 1.0
-    sum10_1 = sum9_1 + m_0_p6_1 * 1.0
-    sum10_2 = sum9_2 + m_0_p6_2 * 1.0
-    sum10_3 = sum9_3 + m_0_p6_3 * 1.0
-    sum10_4 = sum9_4 + m_0_p6_4 * 1.0
-    m_0_p11_0 = zero32
-    m_0_p11_1 = zero32
-    m_0_p11_2 = zero32
-    m_0_p11_3 = zero32
-    m_0_p11_4 = zero32
-    m_0_p11_t = -0.06900655593423542 * h_1_0 * sh_3_c0_4[:, None] + -0.2672612419124244 * h_1_0 * sh_3_c0_6[:, None] + 0.2182178902359924 * h_1_1 * sh_3_c0_1[:, None] + 0.2672612419124244 * h_1_2 * sh_3_c0_0[:, None] + -0.06900655593423542 * h_1_2 * sh_3_c0_2[:, None]
-    m_0_p11_0 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p11_t = -0.1690308509457033 * h_1_0 * sh_3_c0_3[:, None] + -0.2182178902359924 * h_1_0 * sh_3_c0_5[:, None] + 0.2760262237369417 * h_1_1 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_1_2 * sh_3_c0_1[:, None]
-    m_0_p11_1 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p11_t = 0.23904572186687872 * h_1_0 * sh_3_c0_2[:, None] + 0.29277002188455997 * h_1_1 * sh_3_c0_3[:, None] + 0.23904572186687872 * h_1_2 * sh_3_c0_4[:, None]
-    m_0_p11_2 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p11_t = 0.2182178902359924 * h_1_0 * sh_3_c0_1[:, None] + 0.2760262237369417 * h_1_1 * sh_3_c0_4[:, None] + -0.1690308509457033 * h_1_2 * sh_3_c0_3[:, None] + 0.2182178902359924 * h_1_2 * sh_3_c0_5[:, None]
-    m_0_p11_3 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p11_t = 0.2672612419124244 * h_1_0 * sh_3_c0_0[:, None] + 0.06900655593423542 * h_1_0 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_1_1 * sh_3_c0_5[:, None] + -0.06900655593423542 * h_1_2 * sh_3_c0_4[:, None] + 0.2672612419124244 * h_1_2 * sh_3_c0_6[:, None]
-    m_0_p11_4 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum11_0 = sum10_0 + m_0_p11_0 * 1.0
-    sum11_1 = sum10_1 + m_0_p11_1 * 1.0
-    sum11_2 = sum10_2 + m_0_p11_2 * 1.0
-    sum11_3 = sum10_3 + m_0_p11_3 * 1.0
-    sum11_4 = sum10_4 + m_0_p11_4 * 1.0
-    m_0_p13_0 = zero32
-    m_0_p13_1 = zero32
-    m_0_p13_2 = zero32
-    m_0_p13_3 = zero32
-    m_0_p13_4 = zero32
-    m_0_p13_t = 0.4472135954999579 * h_2_0 * sh_0_c0_0[:, None]
-    m_0_p13_0 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p13_t = 0.4472135954999579 * h_2_1 * sh_0_c0_0[:, None]
-    m_0_p13_1 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p13_t = 0.4472135954999579 * h_2_2 * sh_0_c0_0[:, None]
-    m_0_p13_2 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p13_t = 0.4472135954999579 * h_2_3 * sh_0_c0_0[:, None]
-    m_0_p13_3 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p13_t = 0.4472135954999579 * h_2_4 * sh_0_c0_0[:, None]
-    m_0_p13_4 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum12_0 = sum11_0 + m_0_p13_0 * 1.0
-    sum12_1 = sum11_1 + m_0_p13_1 * 1.0
-    sum12_2 = sum11_2 + m_0_p13_2 * 1.0
-    sum12_3 = sum11_3 + m_0_p13_3 * 1.0
-    sum12_4 = sum11_4 + m_0_p13_4 * 1.0
-    m_0_p18_0 = zero32
-    m_0_p18_1 = zero32
-    m_0_p18_2 = zero32
-    m_0_p18_3 = zero32
-    m_0_p18_4 = zero32
-    m_0_p18_t = -0.23904572186687872 * h_2_0 * sh_2_c0_2[:, None] + 0.20701966780270625 * h_2_1 * sh_2_c0_3[:, None] + -0.23904572186687872 * h_2_2 * sh_2_c0_0[:, None] + 0.20701966780270625 * h_2_3 * sh_2_c0_1[:, None]
-    m_0_p18_0 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p18_t = 0.20701966780270625 * h_2_0 * sh_2_c0_3[:, None] + 0.11952286093343936 * h_2_1 * sh_2_c0_2[:, None] + -0.20701966780270625 * h_2_1 * sh_2_c0_4[:, None] + 0.11952286093343936 * h_2_2 * sh_2_c0_1[:, None] + 0.20701966780270625 * h_2_3 * sh_2_c0_0[:, None] + -0.20701966780270625 * h_2_4 * sh_2_c0_1[:, None]
-    m_0_p18_1 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p18_t = -0.23904572186687872 * h_2_0 * sh_2_c0_0[:, None] + 0.11952286093343936 * h_2_1 * sh_2_c0_1[:, None] + 0.23904572186687872 * h_2_2 * sh_2_c0_2[:, None] + 0.11952286093343936 * h_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * h_2_4 * sh_2_c0_4[:, None]
-    m_0_p18_2 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p18_t = 0.20701966780270625 * h_2_0 * sh_2_c0_1[:, None] + 0.20701966780270625 * h_2_1 * sh_2_c0_0[:, None] + 0.11952286093343936 * h_2_2 * sh_2_c0_3[:, None] + 0.11952286093343936 * h_2_3 * sh_2_c0_2[:, None] + 0.20701966780270625 * h_2_3 * sh_2_c0_4[:, None] + 0.20701966780270625 * h_2_4 * sh_2_c0_3[:, None]
-    m_0_p18_3 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p18_t = -0.20701966780270625 * h_2_1 * sh_2_c0_1[:, None] + -0.23904572186687872 * h_2_2 * sh_2_c0_4[:, None] + 0.20701966780270625 * h_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * h_2_4 * sh_2_c0_2[:, None]
-    m_0_p18_4 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum13_0 = sum12_0 + m_0_p18_0 * 1.0
-    sum13_1 = sum12_1 + m_0_p18_1 * 1.0
-    sum13_2 = sum12_2 + m_0_p18_2 * 1.0
-    sum13_3 = sum12_3 + m_0_p18_3 * 1.0
-    sum13_4 = sum12_4 + m_0_p18_4 * 1.0
-    m_2_0 = sum13_0
-    m_2_1 = sum13_1
-    m_2_2 = sum13_2
-    m_2_3 = sum13_3
-    m_2_4 = sum13_4
-    tl.store(m_out + rows[:, None] * 992 + (128 + ch32[None, :] * 5), m_2_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (129 + ch32[None, :] * 5), m_2_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (130 + ch32[None, :] * 5), m_2_2, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (131 + ch32[None, :] * 5), m_2_3, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (132 + ch32[None, :] * 5), m_2_4, mask=mask32)
-    m_0_p7_0 = zero32
-    m_0_p7_1 = zero32
-    m_0_p7_2 = zero32
-    m_0_p7_t = 0.408248290463863 * h_1_1 * sh_1_c0_2[:, None] + -0.408248290463863 * h_1_2 * sh_1_c0_1[:, None]
-    m_0_p7_0 += m_0_p7_t * tl.load(w + rows[:, None] * 768 + (224 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p7_t = -0.408248290463863 * h_1_0 * sh_1_c0_2[:, None] + 0.408248290463863 * h_1_2 * sh_1_c0_0[:, None]
-    m_0_p7_1 += m_0_p7_t * tl.load(w + rows[:, None] * 768 + (224 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p7_t = 0.408248290463863 * h_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * h_1_1 * sh_1_c0_0[:, None]
-    m_0_p7_2 += m_0_p7_t * tl.load(w + rows[:, None] * 768 + (224 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum14_0 = m_0_p7_0 * 1.224744871391589
-    sum14_1 = m_0_p7_1 * 1.224744871391589
-    sum14_2 = m_0_p7_2 * 1.224744871391589
-    m_0_p19_0 = zero32
-    m_0_p19_1 = zero32
-    m_0_p19_2 = zero32
-    m_0_p19_t = -0.18257418583505536 * h_2_0 * sh_2_c0_1[:, None] + 0.18257418583505536 * h_2_1 * sh_2_c0_0[:, None] + 0.31622776601683794 * h_2_2 * sh_2_c0_3[:, None] + -0.31622776601683794 * h_2_3 * sh_2_c0_2[:, None] + 0.18257418583505536 * h_2_3 * sh_2_c0_4[:, None] + -0.18257418583505536 * h_2_4 * sh_2_c0_3[:, None]
-    m_0_p19_0 += m_0_p19_t * tl.load(w + rows[:, None] * 768 + (608 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p19_t = -0.3651483716701107 * h_2_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * h_2_1 * sh_2_c0_3[:, None] + 0.18257418583505536 * h_2_3 * sh_2_c0_1[:, None] + 0.3651483716701107 * h_2_4 * sh_2_c0_0[:, None]
-    m_0_p19_1 += m_0_p19_t * tl.load(w + rows[:, None] * 768 + (608 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p19_t = 0.18257418583505536 * h_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * h_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * h_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * h_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * h_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * h_2_4 * sh_2_c0_1[:, None]
-    m_0_p19_2 += m_0_p19_t * tl.load(w + rows[:, None] * 768 + (608 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum15_0 = sum14_0 + m_0_p19_0 * 1.224744871391589
-    sum15_1 = sum14_1 + m_0_p19_1 * 1.224744871391589
-    sum15_2 = sum14_2 + m_0_p19_2 * 1.224744871391589
-    m_3_0 = sum15_0
-    m_3_1 = sum15_1
-    m_3_2 = sum15_2
-    tl.store(m_out + rows[:, None] * 992 + (288 + ch32[None, :] * 3), m_3_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (289 + ch32[None, :] * 3), m_3_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (290 + ch32[None, :] * 3), m_3_2, mask=mask32)
-    m_0_p9_0 = zero32
-    m_0_p9_1 = zero32
-    m_0_p9_2 = zero32
-    m_0_p9_3 = zero32
-    m_0_p9_4 = zero32
-    m_0_p9_t = 0.18257418583505536 * h_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * h_1_1 * sh_2_c0_4[:, None] + -0.18257418583505536 * h_1_2 * sh_2_c0_3[:, None]
-    m_0_p9_0 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p9_t = -0.18257418583505536 * h_1_0 * sh_2_c0_0[:, None] + 0.18257418583505536 * h_1_1 * sh_2_c0_3[:, None] + -0.31622776601683794 * h_1_2 * sh_2_c0_2[:, None] + -0.18257418583505536 * h_1_2 * sh_2_c0_4[:, None]
-    m_0_p9_1 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p9_t = -0.31622776601683794 * h_1_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * h_1_2 * sh_2_c0_1[:, None]
-    m_0_p9_2 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p9_t = 0.31622776601683794 * h_1_0 * sh_2_c0_2[:, None] + -0.18257418583505536 * h_1_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * h_1_1 * sh_2_c0_1[:, None] + 0.18257418583505536 * h_1_2 * sh_2_c0_0[:, None]
-    m_0_p9_3 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p9_t = 0.18257418583505536 * h_1_0 * sh_2_c0_3[:, None] + -0.3651483716701107 * h_1_1 * sh_2_c0_0[:, None] + 0.18257418583505536 * h_1_2 * sh_2_c0_1[:, None]
-    m_0_p9_4 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum16_0 = m_0_p9_0 * 1.2909944487358056
-    sum16_1 = m_0_p9_1 * 1.2909944487358056
-    sum16_2 = m_0_p9_2 * 1.2909944487358056
-    sum16_3 = m_0_p9_3 * 1.2909944487358056
-    sum16_4 = m_0_p9_4 * 1.2909944487358056
-    m_0_p15_0 = zero32
-    m_0_p15_1 = zero32
-    m_0_p15_2 = zero32
-    m_0_p15_3 = zero32
-    m_0_p15_4 = zero32
-    m_0_p15_t = -0.18257418583505536 * h_2_1 * sh_1_c0_0[:, None] + 0.18257418583505536 * h_2_3 * sh_1_c0_2[:, None] + -0.3651483716701107 * h_2_4 * sh_1_c0_1[:, None]
-    m_0_p15_0 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p15_t = 0.18257418583505536 * h_2_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * h_2_2 * sh_1_c0_2[:, None] + -0.18257418583505536 * h_2_3 * sh_1_c0_1[:, None] + 0.18257418583505536 * h_2_4 * sh_1_c0_2[:, None]
-    m_0_p15_1 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p15_t = -0.31622776601683794 * h_2_1 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_2_3 * sh_1_c0_0[:, None]
-    m_0_p15_2 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p15_t = -0.18257418583505536 * h_2_0 * sh_1_c0_2[:, None] + 0.18257418583505536 * h_2_1 * sh_1_c0_1[:, None] + -0.31622776601683794 * h_2_2 * sh_1_c0_0[:, None] + 0.18257418583505536 * h_2_4 * sh_1_c0_0[:, None]
-    m_0_p15_3 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p15_t = 0.3651483716701107 * h_2_0 * sh_1_c0_1[:, None] + -0.18257418583505536 * h_2_1 * sh_1_c0_2[:, None] + -0.18257418583505536 * h_2_3 * sh_1_c0_0[:, None]
-    m_0_p15_4 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum17_0 = sum16_0 + m_0_p15_0 * 1.2909944487358056
-    sum17_1 = sum16_1 + m_0_p15_1 * 1.2909944487358056
-    sum17_2 = sum16_2 + m_0_p15_2 * 1.2909944487358056
-    sum17_3 = sum16_3 + m_0_p15_3 * 1.2909944487358056
-    sum17_4 = sum16_4 + m_0_p15_4 * 1.2909944487358056
-    m_0_p22_0 = zero32
-    m_0_p22_1 = zero32
-    m_0_p22_2 = zero32
-    m_0_p22_3 = zero32
-    m_0_p22_4 = zero32
-    m_0_p22_t = 0.18898223650461363 * h_2_1 * sh_3_c0_0[:, None] + 0.14638501094227999 * h_2_1 * sh_3_c0_2[:, None] + 0.2672612419124244 * h_2_2 * sh_3_c0_5[:, None] + -0.14638501094227999 * h_2_3 * sh_3_c0_4[:, None] + 0.18898223650461363 * h_2_3 * sh_3_c0_6[:, None] + 0.11952286093343936 * h_2_4 * sh_3_c0_3[:, None]
-    m_0_p22_0 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p22_t = -0.18898223650461363 * h_2_0 * sh_3_c0_0[:, None] + -0.14638501094227999 * h_2_0 * sh_3_c0_2[:, None] + 0.1690308509457033 * h_2_2 * sh_3_c0_4[:, None] + -0.23904572186687872 * h_2_3 * sh_3_c0_3[:, None] + -0.14638501094227999 * h_2_4 * sh_3_c0_4[:, None] + -0.18898223650461363 * h_2_4 * sh_3_c0_6[:, None]
-    m_0_p22_1 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p22_t = -0.2672612419124244 * h_2_0 * sh_3_c0_5[:, None] + -0.1690308509457033 * h_2_1 * sh_3_c0_4[:, None] + 0.1690308509457033 * h_2_3 * sh_3_c0_2[:, None] + 0.2672612419124244 * h_2_4 * sh_3_c0_1[:, None]
-    m_0_p22_2 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p22_t = 0.14638501094227999 * h_2_0 * sh_3_c0_4[:, None] + -0.18898223650461363 * h_2_0 * sh_3_c0_6[:, None] + 0.23904572186687872 * h_2_1 * sh_3_c0_3[:, None] + -0.1690308509457033 * h_2_2 * sh_3_c0_2[:, None] + 0.18898223650461363 * h_2_4 * sh_3_c0_0[:, None] + -0.14638501094227999 * h_2_4 * sh_3_c0_2[:, None]
-    m_0_p22_3 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p22_t = -0.11952286093343936 * h_2_0 * sh_3_c0_3[:, None] + 0.14638501094227999 * h_2_1 * sh_3_c0_4[:, None] + 0.18898223650461363 * h_2_1 * sh_3_c0_6[:, None] + -0.2672612419124244 * h_2_2 * sh_3_c0_1[:, None] + -0.18898223650461363 * h_2_3 * sh_3_c0_0[:, None] + 0.14638501094227999 * h_2_3 * sh_3_c0_2[:, None]
-    m_0_p22_4 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum18_0 = sum17_0 + m_0_p22_0 * 1.2909944487358056
-    sum18_1 = sum17_1 + m_0_p22_1 * 1.2909944487358056
-    sum18_2 = sum17_2 + m_0_p22_2 * 1.2909944487358056
-    sum18_3 = sum17_3 + m_0_p22_3 * 1.2909944487358056
-    sum18_4 = sum17_4 + m_0_p22_4 * 1.2909944487358056
-    m_4_0 = sum18_0
-    m_4_1 = sum18_1
-    m_4_2 = sum18_2
-    m_4_3 = sum18_3
-    m_4_4 = sum18_4
-    tl.store(m_out + rows[:, None] * 992 + (384 + ch32[None, :] * 5), m_4_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (385 + ch32[None, :] * 5), m_4_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (386 + ch32[None, :] * 5), m_4_2, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (387 + ch32[None, :] * 5), m_4_3, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (388 + ch32[None, :] * 5), m_4_4, mask=mask32)
-    m_0_p3_0 = zero32
-    m_0_p3_1 = zero32
-    m_0_p3_2 = zero32
-    m_0_p3_3 = zero32
-    m_0_p3_4 = zero32
-    m_0_p3_5 = zero32
-    m_0_p3_6 = zero32
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_0[:, None]
-    m_0_p3_0 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_1[:, None]
-    m_0_p3_1 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_2[:, None]
-    m_0_p3_2 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_3[:, None]
-    m_0_p3_3 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_4[:, None]
-    m_0_p3_4 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_5[:, None]
-    m_0_p3_5 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_6[:, None]
-    m_0_p3_6 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum19_0 = m_0_p3_0 * 1.3228756555322954
-    sum19_1 = m_0_p3_1 * 1.3228756555322954
-    sum19_2 = m_0_p3_2 * 1.3228756555322954
-    sum19_3 = m_0_p3_3 * 1.3228756555322954
-    sum19_4 = m_0_p3_4 * 1.3228756555322954
-    sum19_5 = m_0_p3_5 * 1.3228756555322954
-    sum19_6 = m_0_p3_6 * 1.3228756555322954
-    m_0_p10_0 = zero32
-    m_0_p10_1 = zero32
-    m_0_p10_2 = zero32
-    m_0_p10_3 = zero32
-    m_0_p10_4 = zero32
-    m_0_p10_5 = zero32
-    m_0_p10_6 = zero32
-    m_0_p10_t = 0.2672612419124244 * h_1_0 * sh_2_c0_4[:, None] + 0.2672612419124244 * h_1_2 * sh_2_c0_0[:, None]
-    m_0_p10_0 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = 0.2182178902359924 * h_1_0 * sh_2_c0_3[:, None] + 0.2182178902359924 * h_1_1 * sh_2_c0_0[:, None] + 0.2182178902359924 * h_1_2 * sh_2_c0_1[:, None]
-    m_0_p10_1 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = 0.23904572186687872 * h_1_0 * sh_2_c0_2[:, None] + 0.06900655593423542 * h_1_0 * sh_2_c0_4[:, None] + 0.2760262237369417 * h_1_1 * sh_2_c0_1[:, None] + -0.06900655593423542 * h_1_2 * sh_2_c0_0[:, None]
-    m_0_p10_2 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = -0.1690308509457033 * h_1_0 * sh_2_c0_1[:, None] + 0.29277002188455997 * h_1_1 * sh_2_c0_2[:, None] + -0.1690308509457033 * h_1_2 * sh_2_c0_3[:, None]
-    m_0_p10_3 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = -0.06900655593423542 * h_1_0 * sh_2_c0_0[:, None] + 0.2760262237369417 * h_1_1 * sh_2_c0_3[:, None] + 0.23904572186687872 * h_1_2 * sh_2_c0_2[:, None] + -0.06900655593423542 * h_1_2 * sh_2_c0_4[:, None]
-    m_0_p10_4 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = -0.2182178902359924 * h_1_0 * sh_2_c0_1[:, None] + 0.2182178902359924 * h_1_1 * sh_2_c0_4[:, None] + 0.2182178902359924 * h_1_2 * sh_2_c0_3[:, None]
-    m_0_p10_5 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p10_t = -0.2672612419124244 * h_1_0 * sh_2_c0_0[:, None] + 0.2672612419124244 * h_1_2 * sh_2_c0_4[:, None]
-    m_0_p10_6 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum20_0 = sum19_0 + m_0_p10_0 * 1.3228756555322954
-    sum20_1 = sum19_1 + m_0_p10_1 * 1.3228756555322954
-    sum20_2 = sum19_2 + m_0_p10_2 * 1.3228756555322954
-    sum20_3 = sum19_3 + m_0_p10_3 * 1.3228756555322954
-    sum20_4 = sum19_4 + m_0_p10_4 * 1.3228756555322954
-    sum20_5 = sum19_5 + m_0_p10_5 * 1.3228756555322954
-    sum20_6 = sum19_6 + m_0_p10_6 * 1.3228756555322954
-    m_0_p16_0 = zero32
-    m_0_p16_1 = zero32
-    m_0_p16_2 = zero32
-    m_0_p16_3 = zero32
-    m_0_p16_4 = zero32
-    m_0_p16_5 = zero32
-    m_0_p16_6 = zero32
-    m_0_p16_t = 0.2672612419124244 * h_2_0 * sh_1_c0_2[:, None] + 0.2672612419124244 * h_2_4 * sh_1_c0_0[:, None]
-    m_0_p16_0 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = 0.2182178902359924 * h_2_0 * sh_1_c0_1[:, None] + 0.2182178902359924 * h_2_1 * sh_1_c0_2[:, None] + 0.2182178902359924 * h_2_3 * sh_1_c0_0[:, None]
-    m_0_p16_1 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = -0.06900655593423542 * h_2_0 * sh_1_c0_2[:, None] + 0.2760262237369417 * h_2_1 * sh_1_c0_1[:, None] + 0.23904572186687872 * h_2_2 * sh_1_c0_0[:, None] + 0.06900655593423542 * h_2_4 * sh_1_c0_0[:, None]
-    m_0_p16_2 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = -0.1690308509457033 * h_2_1 * sh_1_c0_0[:, None] + 0.29277002188455997 * h_2_2 * sh_1_c0_1[:, None] + -0.1690308509457033 * h_2_3 * sh_1_c0_2[:, None]
-    m_0_p16_3 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = -0.06900655593423542 * h_2_0 * sh_1_c0_0[:, None] + 0.23904572186687872 * h_2_2 * sh_1_c0_2[:, None] + 0.2760262237369417 * h_2_3 * sh_1_c0_1[:, None] + -0.06900655593423542 * h_2_4 * sh_1_c0_2[:, None]
-    m_0_p16_4 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = -0.2182178902359924 * h_2_1 * sh_1_c0_0[:, None] + 0.2182178902359924 * h_2_3 * sh_1_c0_2[:, None] + 0.2182178902359924 * h_2_4 * sh_1_c0_1[:, None]
-    m_0_p16_5 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p16_t = -0.2672612419124244 * h_2_0 * sh_1_c0_0[:, None] + 0.2672612419124244 * h_2_4 * sh_1_c0_2[:, None]
-    m_0_p16_6 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum21_0 = sum20_0 + m_0_p16_0 * 1.3228756555322954
-    sum21_1 = sum20_1 + m_0_p16_1 * 1.3228756555322954
-    sum21_2 = sum20_2 + m_0_p16_2 * 1.3228756555322954
-    sum21_3 = sum20_3 + m_0_p16_3 * 1.3228756555322954
-    sum21_4 = sum20_4 + m_0_p16_4 * 1.3228756555322954
-    sum21_5 = sum20_5 + m_0_p16_5 * 1.3228756555322954
-    sum21_6 = sum20_6 + m_0_p16_6 * 1.3228756555322954
-    m_0_p23_0 = zero32
-    m_0_p23_1 = zero32
-    m_0_p23_2 = zero32
-    m_0_p23_3 = zero32
-    m_0_p23_4 = zero32
-    m_0_p23_5 = zero32
-    m_0_p23_6 = zero32
-    m_0_p23_t = -0.1091089451179962 * h_2_0 * sh_3_c0_4[:, None] + 0.17251638983558856 * h_2_1 * sh_3_c0_5[:, None] + -0.2439750182371333 * h_2_2 * sh_3_c0_0[:, None] + 0.17251638983558856 * h_2_3 * sh_3_c0_1[:, None] + -0.1091089451179962 * h_2_4 * sh_3_c0_2[:, None]
-    m_0_p23_0 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = -0.2182178902359924 * h_2_0 * sh_3_c0_3[:, None] + 0.1336306209562122 * h_2_1 * sh_3_c0_4[:, None] + -0.17251638983558856 * h_2_1 * sh_3_c0_6[:, None] + 0.17251638983558856 * h_2_3 * sh_3_c0_0[:, None] + 0.1336306209562122 * h_2_3 * sh_3_c0_2[:, None]
-    m_0_p23_1 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = 0.1690308509457033 * h_2_0 * sh_3_c0_4[:, None] + 0.1091089451179962 * h_2_0 * sh_3_c0_6[:, None] + 0.06900655593423542 * h_2_1 * sh_3_c0_3[:, None] + -0.1336306209562122 * h_2_1 * sh_3_c0_5[:, None] + 0.14638501094227999 * h_2_2 * sh_3_c0_2[:, None] + 0.1336306209562122 * h_2_3 * sh_3_c0_1[:, None] + -0.1091089451179962 * h_2_4 * sh_3_c0_0[:, None] + -0.1690308509457033 * h_2_4 * sh_3_c0_2[:, None]
-    m_0_p23_2 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = -0.2182178902359924 * h_2_0 * sh_3_c0_1[:, None] + 0.06900655593423542 * h_2_1 * sh_3_c0_2[:, None] + 0.19518001458970663 * h_2_2 * sh_3_c0_3[:, None] + 0.06900655593423542 * h_2_3 * sh_3_c0_4[:, None] + -0.2182178902359924 * h_2_4 * sh_3_c0_5[:, None]
-    m_0_p23_3 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = -0.1091089451179962 * h_2_0 * sh_3_c0_0[:, None] + 0.1690308509457033 * h_2_0 * sh_3_c0_2[:, None] + 0.1336306209562122 * h_2_1 * sh_3_c0_1[:, None] + 0.14638501094227999 * h_2_2 * sh_3_c0_4[:, None] + 0.06900655593423542 * h_2_3 * sh_3_c0_3[:, None] + 0.1336306209562122 * h_2_3 * sh_3_c0_5[:, None] + 0.1690308509457033 * h_2_4 * sh_3_c0_4[:, None] + -0.1091089451179962 * h_2_4 * sh_3_c0_6[:, None]
-    m_0_p23_4 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = 0.17251638983558856 * h_2_1 * sh_3_c0_0[:, None] + -0.1336306209562122 * h_2_1 * sh_3_c0_2[:, None] + 0.1336306209562122 * h_2_3 * sh_3_c0_4[:, None] + 0.17251638983558856 * h_2_3 * sh_3_c0_6[:, None] + -0.2182178902359924 * h_2_4 * sh_3_c0_3[:, None]
-    m_0_p23_5 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p23_t = 0.1091089451179962 * h_2_0 * sh_3_c0_2[:, None] + -0.17251638983558856 * h_2_1 * sh_3_c0_1[:, None] + -0.2439750182371333 * h_2_2 * sh_3_c0_6[:, None] + 0.17251638983558856 * h_2_3 * sh_3_c0_5[:, None] + -0.1091089451179962 * h_2_4 * sh_3_c0_4[:, None]
-    m_0_p23_6 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum22_0 = sum21_0 + m_0_p23_0 * 1.3228756555322954
-    sum22_1 = sum21_1 + m_0_p23_1 * 1.3228756555322954
-    sum22_2 = sum21_2 + m_0_p23_2 * 1.3228756555322954
-    sum22_3 = sum21_3 + m_0_p23_3 * 1.3228756555322954
-    sum22_4 = sum21_4 + m_0_p23_4 * 1.3228756555322954
-    sum22_5 = sum21_5 + m_0_p23_5 * 1.3228756555322954
-    sum22_6 = sum21_6 + m_0_p23_6 * 1.3228756555322954
-    m_5_0 = sum22_0
-    m_5_1 = sum22_1
-    m_5_2 = sum22_2
-    m_5_3 = sum22_3
-    m_5_4 = sum22_4
-    m_5_5 = sum22_5
-    m_5_6 = sum22_6
-    tl.store(m_out + rows[:, None] * 992 + (544 + ch32[None, :] * 7), m_5_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (545 + ch32[None, :] * 7), m_5_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (546 + ch32[None, :] * 7), m_5_2, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (547 + ch32[None, :] * 7), m_5_3, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (548 + ch32[None, :] * 7), m_5_4, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (549 + ch32[None, :] * 7), m_5_5, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (550 + ch32[None, :] * 7), m_5_6, mask=mask32)
-    m_0_p12_0 = zero32
-    m_0_p12_1 = zero32
-    m_0_p12_2 = zero32
-    m_0_p12_3 = zero32
-    m_0_p12_4 = zero32
-    m_0_p12_5 = zero32
-    m_0_p12_6 = zero32
-    m_0_p12_t = 0.1336306209562122 * h_1_0 * sh_3_c0_1[:, None] + 0.3273268353539886 * h_1_1 * sh_3_c0_6[:, None] + -0.1336306209562122 * h_1_2 * sh_3_c0_5[:, None]
-    m_0_p12_0 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = -0.1336306209562122 * h_1_0 * sh_3_c0_0[:, None] + 0.17251638983558856 * h_1_0 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_1_1 * sh_3_c0_5[:, None] + -0.17251638983558856 * h_1_2 * sh_3_c0_4[:, None] + -0.1336306209562122 * h_1_2 * sh_3_c0_6[:, None]
-    m_0_p12_1 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = -0.17251638983558856 * h_1_0 * sh_3_c0_1[:, None] + 0.1091089451179962 * h_1_1 * sh_3_c0_4[:, None] + -0.2672612419124244 * h_1_2 * sh_3_c0_3[:, None] + -0.17251638983558856 * h_1_2 * sh_3_c0_5[:, None]
-    m_0_p12_2 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = -0.2672612419124244 * h_1_0 * sh_3_c0_4[:, None] + 0.2672612419124244 * h_1_2 * sh_3_c0_2[:, None]
-    m_0_p12_3 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = 0.2672612419124244 * h_1_0 * sh_3_c0_3[:, None] + -0.17251638983558856 * h_1_0 * sh_3_c0_5[:, None] + -0.1091089451179962 * h_1_1 * sh_3_c0_2[:, None] + 0.17251638983558856 * h_1_2 * sh_3_c0_1[:, None]
-    m_0_p12_4 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = 0.17251638983558856 * h_1_0 * sh_3_c0_4[:, None] + -0.1336306209562122 * h_1_0 * sh_3_c0_6[:, None] + -0.2182178902359924 * h_1_1 * sh_3_c0_1[:, None] + 0.1336306209562122 * h_1_2 * sh_3_c0_0[:, None] + 0.17251638983558856 * h_1_2 * sh_3_c0_2[:, None]
-    m_0_p12_5 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p12_t = 0.1336306209562122 * h_1_0 * sh_3_c0_5[:, None] + -0.3273268353539886 * h_1_1 * sh_3_c0_0[:, None] + 0.1336306209562122 * h_1_2 * sh_3_c0_1[:, None]
-    m_0_p12_6 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum23_0 = m_0_p12_0 * 1.8708286933869707
-    sum23_1 = m_0_p12_1 * 1.8708286933869707
-    sum23_2 = m_0_p12_2 * 1.8708286933869707
-    sum23_3 = m_0_p12_3 * 1.8708286933869707
-    sum23_4 = m_0_p12_4 * 1.8708286933869707
-    sum23_5 = m_0_p12_5 * 1.8708286933869707
-    sum23_6 = m_0_p12_6 * 1.8708286933869707
-    m_0_p20_0 = zero32
-    m_0_p20_1 = zero32
-    m_0_p20_2 = zero32
-    m_0_p20_3 = zero32
-    m_0_p20_4 = zero32
-    m_0_p20_5 = zero32
-    m_0_p20_6 = zero32
-    m_0_p20_t = 0.18898223650461363 * h_2_0 * sh_2_c0_1[:, None] + -0.18898223650461363 * h_2_1 * sh_2_c0_0[:, None] + 0.18898223650461363 * h_2_3 * sh_2_c0_4[:, None] + -0.18898223650461363 * h_2_4 * sh_2_c0_3[:, None]
-    m_0_p20_0 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = 0.2672612419124244 * h_2_2 * sh_2_c0_4[:, None] + -0.2672612419124244 * h_2_4 * sh_2_c0_2[:, None]
-    m_0_p20_1 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = 0.14638501094227999 * h_2_0 * sh_2_c0_1[:, None] + -0.14638501094227999 * h_2_1 * sh_2_c0_0[:, None] + 0.1690308509457033 * h_2_2 * sh_2_c0_3[:, None] + -0.1690308509457033 * h_2_3 * sh_2_c0_2[:, None] + -0.14638501094227999 * h_2_3 * sh_2_c0_4[:, None] + 0.14638501094227999 * h_2_4 * sh_2_c0_3[:, None]
-    m_0_p20_2 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = 0.11952286093343936 * h_2_0 * sh_2_c0_4[:, None] + -0.23904572186687872 * h_2_1 * sh_2_c0_3[:, None] + 0.23904572186687872 * h_2_3 * sh_2_c0_1[:, None] + -0.11952286093343936 * h_2_4 * sh_2_c0_0[:, None]
-    m_0_p20_3 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = -0.14638501094227999 * h_2_0 * sh_2_c0_3[:, None] + 0.1690308509457033 * h_2_1 * sh_2_c0_2[:, None] + -0.14638501094227999 * h_2_1 * sh_2_c0_4[:, None] + -0.1690308509457033 * h_2_2 * sh_2_c0_1[:, None] + 0.14638501094227999 * h_2_3 * sh_2_c0_0[:, None] + 0.14638501094227999 * h_2_4 * sh_2_c0_1[:, None]
-    m_0_p20_4 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = 0.2672612419124244 * h_2_0 * sh_2_c0_2[:, None] + -0.2672612419124244 * h_2_2 * sh_2_c0_0[:, None]
-    m_0_p20_5 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_p20_t = 0.18898223650461363 * h_2_0 * sh_2_c0_3[:, None] + -0.18898223650461363 * h_2_1 * sh_2_c0_4[:, None] + -0.18898223650461363 * h_2_3 * sh_2_c0_0[:, None] + 0.18898223650461363 * h_2_4 * sh_2_c0_1[:, None]
-    m_0_p20_6 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    sum24_0 = sum23_0 + m_0_p20_0 * 1.8708286933869707
-    sum24_1 = sum23_1 + m_0_p20_1 * 1.8708286933869707
-    sum24_2 = sum23_2 + m_0_p20_2 * 1.8708286933869707
-    sum24_3 = sum23_3 + m_0_p20_3 * 1.8708286933869707
-    sum24_4 = sum23_4 + m_0_p20_4 * 1.8708286933869707
-    sum24_5 = sum23_5 + m_0_p20_5 * 1.8708286933869707
-    sum24_6 = sum23_6 + m_0_p20_6 * 1.8708286933869707
-    m_6_0 = sum24_0
-    m_6_1 = sum24_1
-    m_6_2 = sum24_2
-    m_6_3 = sum24_3
-    m_6_4 = sum24_4
-    m_6_5 = sum24_5
-    m_6_6 = sum24_6
-    tl.store(m_out + rows[:, None] * 992 + (768 + ch32[None, :] * 7), m_6_0, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (769 + ch32[None, :] * 7), m_6_1, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (770 + ch32[None, :] * 7), m_6_2, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (771 + ch32[None, :] * 7), m_6_3, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (772 + ch32[None, :] * 7), m_6_4, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (773 + ch32[None, :] * 7), m_6_5, mask=mask32)
-    tl.store(m_out + rows[:, None] * 992 + (774 + ch32[None, :] * 7), m_6_6, mask=mask32)
+    _ch32 = tl.arange(0, 32)
+    _cm32 = _ch32 < 32
+    _mask32 = _row_mask[:, None] & _cm32[None, :]
+    _zero32 = tl.zeros([BLOCK_Z, 32], dtype=h.dtype.element_ty)
+    h__0_0 = tl.load(h + _rows[:, None] * 288 + (0 + _ch32[None, :] * 1), mask=_mask32, other=0.0)
+    _m__0_p0_0 = _zero32
+    sh__0_c0_0 = tl.load(sh + _rows * 16 + 0, mask=_row_mask, other=0.0)
+    _m__0_p0_t = 1.0 * h__0_0 * sh__0_c0_0[:, None]
+    _m__0_p0_0 += _m__0_p0_t * tl.load(w + _rows[:, None] * 768 + (0 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum1_0 = _m__0_p0_0 * 0.5773502691896257
+    h__1_0 = tl.load(h + _rows[:, None] * 288 + (32 + _ch32[None, :] * 3), mask=_mask32, other=0.0)
+    h__1_1 = tl.load(h + _rows[:, None] * 288 + (33 + _ch32[None, :] * 3), mask=_mask32, other=0.0)
+    h__1_2 = tl.load(h + _rows[:, None] * 288 + (34 + _ch32[None, :] * 3), mask=_mask32, other=0.0)
+    _m__0_p5_0 = _zero32
+    sh__1_c0_0 = tl.load(sh + _rows * 16 + 1, mask=_row_mask, other=0.0)
+    sh__1_c0_1 = tl.load(sh + _rows * 16 + 2, mask=_row_mask, other=0.0)
+    sh__1_c0_2 = tl.load(sh + _rows * 16 + 3, mask=_row_mask, other=0.0)
+    _m__0_p5_t = 0.5773502691896257 * h__1_0 * sh__1_c0_0[:, None] + 0.5773502691896257 * h__1_1 * sh__1_c0_1[:, None] + 0.5773502691896257 * h__1_2 * sh__1_c0_2[:, None]
+    _m__0_p5_0 += _m__0_p5_t * tl.load(w + _rows[:, None] * 768 + (160 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum2_0 = _sum1_0 + _m__0_p5_0 * 0.5773502691896257
+    h__2_0 = tl.load(h + _rows[:, None] * 288 + (128 + _ch32[None, :] * 5), mask=_mask32, other=0.0)
+    h__2_1 = tl.load(h + _rows[:, None] * 288 + (129 + _ch32[None, :] * 5), mask=_mask32, other=0.0)
+    h__2_2 = tl.load(h + _rows[:, None] * 288 + (130 + _ch32[None, :] * 5), mask=_mask32, other=0.0)
+    h__2_3 = tl.load(h + _rows[:, None] * 288 + (131 + _ch32[None, :] * 5), mask=_mask32, other=0.0)
+    h__2_4 = tl.load(h + _rows[:, None] * 288 + (132 + _ch32[None, :] * 5), mask=_mask32, other=0.0)
+    _m__0_p17_0 = _zero32
+    sh__2_c0_0 = tl.load(sh + _rows * 16 + 4, mask=_row_mask, other=0.0)
+    sh__2_c0_1 = tl.load(sh + _rows * 16 + 5, mask=_row_mask, other=0.0)
+    sh__2_c0_2 = tl.load(sh + _rows * 16 + 6, mask=_row_mask, other=0.0)
+    sh__2_c0_3 = tl.load(sh + _rows * 16 + 7, mask=_row_mask, other=0.0)
+    sh__2_c0_4 = tl.load(sh + _rows * 16 + 8, mask=_row_mask, other=0.0)
+    _m__0_p17_t = 0.4472135954999579 * h__2_0 * sh__2_c0_0[:, None] + 0.4472135954999579 * h__2_1 * sh__2_c0_1[:, None] + 0.4472135954999579 * h__2_2 * sh__2_c0_2[:, None] + 0.4472135954999579 * h__2_3 * sh__2_c0_3[:, None] + 0.4472135954999579 * h__2_4 * sh__2_c0_4[:, None]
+    _m__0_p17_0 += _m__0_p17_t * tl.load(w + _rows[:, None] * 768 + (544 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum3_0 = _sum2_0 + _m__0_p17_0 * 0.5773502691896257
+    m__0_0 = _sum3_0
+    tl.store(m__out + _rows[:, None] * 992 + (0 + _ch32[None, :] * 1), m__0_0, mask=_mask32)
+    _m__0_p1_0 = _zero32
+    _m__0_p1_1 = _zero32
+    _m__0_p1_2 = _zero32
+    _m__0_p1_t = 0.5773502691896257 * h__0_0 * sh__1_c0_0[:, None]
+    _m__0_p1_0 += _m__0_p1_t * tl.load(w + _rows[:, None] * 768 + (32 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p1_t = 0.5773502691896257 * h__0_0 * sh__1_c0_1[:, None]
+    _m__0_p1_1 += _m__0_p1_t * tl.load(w + _rows[:, None] * 768 + (32 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p1_t = 0.5773502691896257 * h__0_0 * sh__1_c0_2[:, None]
+    _m__0_p1_2 += _m__0_p1_t * tl.load(w + _rows[:, None] * 768 + (32 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum4_0 = _m__0_p1_0 * 0.7745966692414834
+    _sum4_1 = _m__0_p1_1 * 0.7745966692414834
+    _sum4_2 = _m__0_p1_2 * 0.7745966692414834
+    _m__0_p4_0 = _zero32
+    _m__0_p4_1 = _zero32
+    _m__0_p4_2 = _zero32
+    _m__0_p4_t = 0.5773502691896257 * h__1_0 * sh__0_c0_0[:, None]
+    _m__0_p4_0 += _m__0_p4_t * tl.load(w + _rows[:, None] * 768 + (128 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p4_t = 0.5773502691896257 * h__1_1 * sh__0_c0_0[:, None]
+    _m__0_p4_1 += _m__0_p4_t * tl.load(w + _rows[:, None] * 768 + (128 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p4_t = 0.5773502691896257 * h__1_2 * sh__0_c0_0[:, None]
+    _m__0_p4_2 += _m__0_p4_t * tl.load(w + _rows[:, None] * 768 + (128 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum5_0 = _sum4_0 + _m__0_p4_0 * 0.7745966692414834
+    _sum5_1 = _sum4_1 + _m__0_p4_1 * 0.7745966692414834
+    _sum5_2 = _sum4_2 + _m__0_p4_2 * 0.7745966692414834
+    _m__0_p8_0 = _zero32
+    _m__0_p8_1 = _zero32
+    _m__0_p8_2 = _zero32
+    _m__0_p8_t = -0.18257418583505536 * h__1_0 * sh__2_c0_2[:, None] + -0.31622776601683794 * h__1_0 * sh__2_c0_4[:, None] + 0.31622776601683794 * h__1_1 * sh__2_c0_1[:, None] + 0.31622776601683794 * h__1_2 * sh__2_c0_0[:, None]
+    _m__0_p8_0 += _m__0_p8_t * tl.load(w + _rows[:, None] * 768 + (256 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p8_t = 0.31622776601683794 * h__1_0 * sh__2_c0_1[:, None] + 0.3651483716701107 * h__1_1 * sh__2_c0_2[:, None] + 0.31622776601683794 * h__1_2 * sh__2_c0_3[:, None]
+    _m__0_p8_1 += _m__0_p8_t * tl.load(w + _rows[:, None] * 768 + (256 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p8_t = 0.31622776601683794 * h__1_0 * sh__2_c0_0[:, None] + 0.31622776601683794 * h__1_1 * sh__2_c0_3[:, None] + -0.18257418583505536 * h__1_2 * sh__2_c0_2[:, None] + 0.31622776601683794 * h__1_2 * sh__2_c0_4[:, None]
+    _m__0_p8_2 += _m__0_p8_t * tl.load(w + _rows[:, None] * 768 + (256 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum6_0 = _sum5_0 + _m__0_p8_0 * 0.7745966692414834
+    _sum6_1 = _sum5_1 + _m__0_p8_1 * 0.7745966692414834
+    _sum6_2 = _sum5_2 + _m__0_p8_2 * 0.7745966692414834
+    _m__0_p14_0 = _zero32
+    _m__0_p14_1 = _zero32
+    _m__0_p14_2 = _zero32
+    _m__0_p14_t = 0.31622776601683794 * h__2_0 * sh__1_c0_2[:, None] + 0.31622776601683794 * h__2_1 * sh__1_c0_1[:, None] + -0.18257418583505536 * h__2_2 * sh__1_c0_0[:, None] + -0.31622776601683794 * h__2_4 * sh__1_c0_0[:, None]
+    _m__0_p14_0 += _m__0_p14_t * tl.load(w + _rows[:, None] * 768 + (448 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p14_t = 0.31622776601683794 * h__2_1 * sh__1_c0_0[:, None] + 0.3651483716701107 * h__2_2 * sh__1_c0_1[:, None] + 0.31622776601683794 * h__2_3 * sh__1_c0_2[:, None]
+    _m__0_p14_1 += _m__0_p14_t * tl.load(w + _rows[:, None] * 768 + (448 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p14_t = 0.31622776601683794 * h__2_0 * sh__1_c0_0[:, None] + -0.18257418583505536 * h__2_2 * sh__1_c0_2[:, None] + 0.31622776601683794 * h__2_3 * sh__1_c0_1[:, None] + 0.31622776601683794 * h__2_4 * sh__1_c0_2[:, None]
+    _m__0_p14_2 += _m__0_p14_t * tl.load(w + _rows[:, None] * 768 + (448 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum7_0 = _sum6_0 + _m__0_p14_0 * 0.7745966692414834
+    _sum7_1 = _sum6_1 + _m__0_p14_1 * 0.7745966692414834
+    _sum7_2 = _sum6_2 + _m__0_p14_2 * 0.7745966692414834
+    _m__0_p21_0 = _zero32
+    _m__0_p21_1 = _zero32
+    _m__0_p21_2 = _zero32
+    sh__3_c0_0 = tl.load(sh + _rows * 16 + 9, mask=_row_mask, other=0.0)
+    sh__3_c0_1 = tl.load(sh + _rows * 16 + 10, mask=_row_mask, other=0.0)
+    sh__3_c0_2 = tl.load(sh + _rows * 16 + 11, mask=_row_mask, other=0.0)
+    sh__3_c0_3 = tl.load(sh + _rows * 16 + 12, mask=_row_mask, other=0.0)
+    sh__3_c0_4 = tl.load(sh + _rows * 16 + 13, mask=_row_mask, other=0.0)
+    sh__3_c0_5 = tl.load(sh + _rows * 16 + 14, mask=_row_mask, other=0.0)
+    sh__3_c0_6 = tl.load(sh + _rows * 16 + 15, mask=_row_mask, other=0.0)
+    _m__0_p21_t = -0.06900655593423542 * h__2_0 * sh__3_c0_4[:, None] + -0.2672612419124244 * h__2_0 * sh__3_c0_6[:, None] + -0.1690308509457033 * h__2_1 * sh__3_c0_3[:, None] + -0.2182178902359924 * h__2_1 * sh__3_c0_5[:, None] + 0.23904572186687872 * h__2_2 * sh__3_c0_2[:, None] + 0.2182178902359924 * h__2_3 * sh__3_c0_1[:, None] + 0.2672612419124244 * h__2_4 * sh__3_c0_0[:, None] + 0.06900655593423542 * h__2_4 * sh__3_c0_2[:, None]
+    _m__0_p21_0 += _m__0_p21_t * tl.load(w + _rows[:, None] * 768 + (672 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p21_t = 0.2182178902359924 * h__2_0 * sh__3_c0_1[:, None] + 0.2760262237369417 * h__2_1 * sh__3_c0_2[:, None] + 0.29277002188455997 * h__2_2 * sh__3_c0_3[:, None] + 0.2760262237369417 * h__2_3 * sh__3_c0_4[:, None] + 0.2182178902359924 * h__2_4 * sh__3_c0_5[:, None]
+    _m__0_p21_1 += _m__0_p21_t * tl.load(w + _rows[:, None] * 768 + (672 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p21_t = 0.2672612419124244 * h__2_0 * sh__3_c0_0[:, None] + -0.06900655593423542 * h__2_0 * sh__3_c0_2[:, None] + 0.2182178902359924 * h__2_1 * sh__3_c0_1[:, None] + 0.23904572186687872 * h__2_2 * sh__3_c0_4[:, None] + -0.1690308509457033 * h__2_3 * sh__3_c0_3[:, None] + 0.2182178902359924 * h__2_3 * sh__3_c0_5[:, None] + -0.06900655593423542 * h__2_4 * sh__3_c0_4[:, None] + 0.2672612419124244 * h__2_4 * sh__3_c0_6[:, None]
+    _m__0_p21_2 += _m__0_p21_t * tl.load(w + _rows[:, None] * 768 + (672 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum8_0 = _sum7_0 + _m__0_p21_0 * 0.7745966692414834
+    _sum8_1 = _sum7_1 + _m__0_p21_1 * 0.7745966692414834
+    _sum8_2 = _sum7_2 + _m__0_p21_2 * 0.7745966692414834
+    m__1_0 = _sum8_0
+    m__1_1 = _sum8_1
+    m__1_2 = _sum8_2
+    tl.store(m__out + _rows[:, None] * 992 + (32 + _ch32[None, :] * 3), m__1_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (33 + _ch32[None, :] * 3), m__1_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (34 + _ch32[None, :] * 3), m__1_2, mask=_mask32)
+    _m__0_p2_0 = _zero32
+    _m__0_p2_1 = _zero32
+    _m__0_p2_2 = _zero32
+    _m__0_p2_3 = _zero32
+    _m__0_p2_4 = _zero32
+    _m__0_p2_t = 0.4472135954999579 * h__0_0 * sh__2_c0_0[:, None]
+    _m__0_p2_0 += _m__0_p2_t * tl.load(w + _rows[:, None] * 768 + (64 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p2_t = 0.4472135954999579 * h__0_0 * sh__2_c0_1[:, None]
+    _m__0_p2_1 += _m__0_p2_t * tl.load(w + _rows[:, None] * 768 + (64 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p2_t = 0.4472135954999579 * h__0_0 * sh__2_c0_2[:, None]
+    _m__0_p2_2 += _m__0_p2_t * tl.load(w + _rows[:, None] * 768 + (64 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p2_t = 0.4472135954999579 * h__0_0 * sh__2_c0_3[:, None]
+    _m__0_p2_3 += _m__0_p2_t * tl.load(w + _rows[:, None] * 768 + (64 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p2_t = 0.4472135954999579 * h__0_0 * sh__2_c0_4[:, None]
+    _m__0_p2_4 += _m__0_p2_t * tl.load(w + _rows[:, None] * 768 + (64 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum9_0 = _m__0_p2_0 * 1.0
+    _sum9_1 = _m__0_p2_1 * 1.0
+    _sum9_2 = _m__0_p2_2 * 1.0
+    _sum9_3 = _m__0_p2_3 * 1.0
+    _sum9_4 = _m__0_p2_4 * 1.0
+    _m__0_p6_0 = _zero32
+    _m__0_p6_1 = _zero32
+    _m__0_p6_2 = _zero32
+    _m__0_p6_3 = _zero32
+    _m__0_p6_4 = _zero32
+    _m__0_p6_t = 0.31622776601683794 * h__1_0 * sh__1_c0_2[:, None] + 0.31622776601683794 * h__1_2 * sh__1_c0_0[:, None]
+    _m__0_p6_0 += _m__0_p6_t * tl.load(w + _rows[:, None] * 768 + (192 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p6_t = 0.31622776601683794 * h__1_0 * sh__1_c0_1[:, None] + 0.31622776601683794 * h__1_1 * sh__1_c0_0[:, None]
+    _m__0_p6_1 += _m__0_p6_t * tl.load(w + _rows[:, None] * 768 + (192 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p6_t = -0.18257418583505536 * h__1_0 * sh__1_c0_0[:, None] + 0.3651483716701107 * h__1_1 * sh__1_c0_1[:, None] + -0.18257418583505536 * h__1_2 * sh__1_c0_2[:, None]
+    _m__0_p6_2 += _m__0_p6_t * tl.load(w + _rows[:, None] * 768 + (192 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p6_t = 0.31622776601683794 * h__1_1 * sh__1_c0_2[:, None] + 0.31622776601683794 * h__1_2 * sh__1_c0_1[:, None]
+    _m__0_p6_3 += _m__0_p6_t * tl.load(w + _rows[:, None] * 768 + (192 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p6_t = -0.31622776601683794 * h__1_0 * sh__1_c0_0[:, None] + 0.31622776601683794 * h__1_2 * sh__1_c0_2[:, None]
+    _m__0_p6_4 += _m__0_p6_t * tl.load(w + _rows[:, None] * 768 + (192 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum10_0 = _sum9_0 + _m__0_p6_0 * 1.0
+    _sum10_1 = _sum9_1 + _m__0_p6_1 * 1.0
+    _sum10_2 = _sum9_2 + _m__0_p6_2 * 1.0
+    _sum10_3 = _sum9_3 + _m__0_p6_3 * 1.0
+    _sum10_4 = _sum9_4 + _m__0_p6_4 * 1.0
+    _m__0_p11_0 = _zero32
+    _m__0_p11_1 = _zero32
+    _m__0_p11_2 = _zero32
+    _m__0_p11_3 = _zero32
+    _m__0_p11_4 = _zero32
+    _m__0_p11_t = -0.06900655593423542 * h__1_0 * sh__3_c0_4[:, None] + -0.2672612419124244 * h__1_0 * sh__3_c0_6[:, None] + 0.2182178902359924 * h__1_1 * sh__3_c0_1[:, None] + 0.2672612419124244 * h__1_2 * sh__3_c0_0[:, None] + -0.06900655593423542 * h__1_2 * sh__3_c0_2[:, None]
+    _m__0_p11_0 += _m__0_p11_t * tl.load(w + _rows[:, None] * 768 + (352 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p11_t = -0.1690308509457033 * h__1_0 * sh__3_c0_3[:, None] + -0.2182178902359924 * h__1_0 * sh__3_c0_5[:, None] + 0.2760262237369417 * h__1_1 * sh__3_c0_2[:, None] + 0.2182178902359924 * h__1_2 * sh__3_c0_1[:, None]
+    _m__0_p11_1 += _m__0_p11_t * tl.load(w + _rows[:, None] * 768 + (352 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p11_t = 0.23904572186687872 * h__1_0 * sh__3_c0_2[:, None] + 0.29277002188455997 * h__1_1 * sh__3_c0_3[:, None] + 0.23904572186687872 * h__1_2 * sh__3_c0_4[:, None]
+    _m__0_p11_2 += _m__0_p11_t * tl.load(w + _rows[:, None] * 768 + (352 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p11_t = 0.2182178902359924 * h__1_0 * sh__3_c0_1[:, None] + 0.2760262237369417 * h__1_1 * sh__3_c0_4[:, None] + -0.1690308509457033 * h__1_2 * sh__3_c0_3[:, None] + 0.2182178902359924 * h__1_2 * sh__3_c0_5[:, None]
+    _m__0_p11_3 += _m__0_p11_t * tl.load(w + _rows[:, None] * 768 + (352 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p11_t = 0.2672612419124244 * h__1_0 * sh__3_c0_0[:, None] + 0.06900655593423542 * h__1_0 * sh__3_c0_2[:, None] + 0.2182178902359924 * h__1_1 * sh__3_c0_5[:, None] + -0.06900655593423542 * h__1_2 * sh__3_c0_4[:, None] + 0.2672612419124244 * h__1_2 * sh__3_c0_6[:, None]
+    _m__0_p11_4 += _m__0_p11_t * tl.load(w + _rows[:, None] * 768 + (352 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum11_0 = _sum10_0 + _m__0_p11_0 * 1.0
+    _sum11_1 = _sum10_1 + _m__0_p11_1 * 1.0
+    _sum11_2 = _sum10_2 + _m__0_p11_2 * 1.0
+    _sum11_3 = _sum10_3 + _m__0_p11_3 * 1.0
+    _sum11_4 = _sum10_4 + _m__0_p11_4 * 1.0
+    _m__0_p13_0 = _zero32
+    _m__0_p13_1 = _zero32
+    _m__0_p13_2 = _zero32
+    _m__0_p13_3 = _zero32
+    _m__0_p13_4 = _zero32
+    _m__0_p13_t = 0.4472135954999579 * h__2_0 * sh__0_c0_0[:, None]
+    _m__0_p13_0 += _m__0_p13_t * tl.load(w + _rows[:, None] * 768 + (416 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p13_t = 0.4472135954999579 * h__2_1 * sh__0_c0_0[:, None]
+    _m__0_p13_1 += _m__0_p13_t * tl.load(w + _rows[:, None] * 768 + (416 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p13_t = 0.4472135954999579 * h__2_2 * sh__0_c0_0[:, None]
+    _m__0_p13_2 += _m__0_p13_t * tl.load(w + _rows[:, None] * 768 + (416 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p13_t = 0.4472135954999579 * h__2_3 * sh__0_c0_0[:, None]
+    _m__0_p13_3 += _m__0_p13_t * tl.load(w + _rows[:, None] * 768 + (416 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p13_t = 0.4472135954999579 * h__2_4 * sh__0_c0_0[:, None]
+    _m__0_p13_4 += _m__0_p13_t * tl.load(w + _rows[:, None] * 768 + (416 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum12_0 = _sum11_0 + _m__0_p13_0 * 1.0
+    _sum12_1 = _sum11_1 + _m__0_p13_1 * 1.0
+    _sum12_2 = _sum11_2 + _m__0_p13_2 * 1.0
+    _sum12_3 = _sum11_3 + _m__0_p13_3 * 1.0
+    _sum12_4 = _sum11_4 + _m__0_p13_4 * 1.0
+    _m__0_p18_0 = _zero32
+    _m__0_p18_1 = _zero32
+    _m__0_p18_2 = _zero32
+    _m__0_p18_3 = _zero32
+    _m__0_p18_4 = _zero32
+    _m__0_p18_t = -0.23904572186687872 * h__2_0 * sh__2_c0_2[:, None] + 0.20701966780270625 * h__2_1 * sh__2_c0_3[:, None] + -0.23904572186687872 * h__2_2 * sh__2_c0_0[:, None] + 0.20701966780270625 * h__2_3 * sh__2_c0_1[:, None]
+    _m__0_p18_0 += _m__0_p18_t * tl.load(w + _rows[:, None] * 768 + (576 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p18_t = 0.20701966780270625 * h__2_0 * sh__2_c0_3[:, None] + 0.11952286093343936 * h__2_1 * sh__2_c0_2[:, None] + -0.20701966780270625 * h__2_1 * sh__2_c0_4[:, None] + 0.11952286093343936 * h__2_2 * sh__2_c0_1[:, None] + 0.20701966780270625 * h__2_3 * sh__2_c0_0[:, None] + -0.20701966780270625 * h__2_4 * sh__2_c0_1[:, None]
+    _m__0_p18_1 += _m__0_p18_t * tl.load(w + _rows[:, None] * 768 + (576 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p18_t = -0.23904572186687872 * h__2_0 * sh__2_c0_0[:, None] + 0.11952286093343936 * h__2_1 * sh__2_c0_1[:, None] + 0.23904572186687872 * h__2_2 * sh__2_c0_2[:, None] + 0.11952286093343936 * h__2_3 * sh__2_c0_3[:, None] + -0.23904572186687872 * h__2_4 * sh__2_c0_4[:, None]
+    _m__0_p18_2 += _m__0_p18_t * tl.load(w + _rows[:, None] * 768 + (576 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p18_t = 0.20701966780270625 * h__2_0 * sh__2_c0_1[:, None] + 0.20701966780270625 * h__2_1 * sh__2_c0_0[:, None] + 0.11952286093343936 * h__2_2 * sh__2_c0_3[:, None] + 0.11952286093343936 * h__2_3 * sh__2_c0_2[:, None] + 0.20701966780270625 * h__2_3 * sh__2_c0_4[:, None] + 0.20701966780270625 * h__2_4 * sh__2_c0_3[:, None]
+    _m__0_p18_3 += _m__0_p18_t * tl.load(w + _rows[:, None] * 768 + (576 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p18_t = -0.20701966780270625 * h__2_1 * sh__2_c0_1[:, None] + -0.23904572186687872 * h__2_2 * sh__2_c0_4[:, None] + 0.20701966780270625 * h__2_3 * sh__2_c0_3[:, None] + -0.23904572186687872 * h__2_4 * sh__2_c0_2[:, None]
+    _m__0_p18_4 += _m__0_p18_t * tl.load(w + _rows[:, None] * 768 + (576 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum13_0 = _sum12_0 + _m__0_p18_0 * 1.0
+    _sum13_1 = _sum12_1 + _m__0_p18_1 * 1.0
+    _sum13_2 = _sum12_2 + _m__0_p18_2 * 1.0
+    _sum13_3 = _sum12_3 + _m__0_p18_3 * 1.0
+    _sum13_4 = _sum12_4 + _m__0_p18_4 * 1.0
+    m__2_0 = _sum13_0
+    m__2_1 = _sum13_1
+    m__2_2 = _sum13_2
+    m__2_3 = _sum13_3
+    m__2_4 = _sum13_4
+    tl.store(m__out + _rows[:, None] * 992 + (128 + _ch32[None, :] * 5), m__2_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (129 + _ch32[None, :] * 5), m__2_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (130 + _ch32[None, :] * 5), m__2_2, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (131 + _ch32[None, :] * 5), m__2_3, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (132 + _ch32[None, :] * 5), m__2_4, mask=_mask32)
+    _m__0_p7_0 = _zero32
+    _m__0_p7_1 = _zero32
+    _m__0_p7_2 = _zero32
+    _m__0_p7_t = 0.408248290463863 * h__1_1 * sh__1_c0_2[:, None] + -0.408248290463863 * h__1_2 * sh__1_c0_1[:, None]
+    _m__0_p7_0 += _m__0_p7_t * tl.load(w + _rows[:, None] * 768 + (224 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p7_t = -0.408248290463863 * h__1_0 * sh__1_c0_2[:, None] + 0.408248290463863 * h__1_2 * sh__1_c0_0[:, None]
+    _m__0_p7_1 += _m__0_p7_t * tl.load(w + _rows[:, None] * 768 + (224 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p7_t = 0.408248290463863 * h__1_0 * sh__1_c0_1[:, None] + -0.408248290463863 * h__1_1 * sh__1_c0_0[:, None]
+    _m__0_p7_2 += _m__0_p7_t * tl.load(w + _rows[:, None] * 768 + (224 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum14_0 = _m__0_p7_0 * 1.224744871391589
+    _sum14_1 = _m__0_p7_1 * 1.224744871391589
+    _sum14_2 = _m__0_p7_2 * 1.224744871391589
+    _m__0_p19_0 = _zero32
+    _m__0_p19_1 = _zero32
+    _m__0_p19_2 = _zero32
+    _m__0_p19_t = -0.18257418583505536 * h__2_0 * sh__2_c0_1[:, None] + 0.18257418583505536 * h__2_1 * sh__2_c0_0[:, None] + 0.31622776601683794 * h__2_2 * sh__2_c0_3[:, None] + -0.31622776601683794 * h__2_3 * sh__2_c0_2[:, None] + 0.18257418583505536 * h__2_3 * sh__2_c0_4[:, None] + -0.18257418583505536 * h__2_4 * sh__2_c0_3[:, None]
+    _m__0_p19_0 += _m__0_p19_t * tl.load(w + _rows[:, None] * 768 + (608 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p19_t = -0.3651483716701107 * h__2_0 * sh__2_c0_4[:, None] + -0.18257418583505536 * h__2_1 * sh__2_c0_3[:, None] + 0.18257418583505536 * h__2_3 * sh__2_c0_1[:, None] + 0.3651483716701107 * h__2_4 * sh__2_c0_0[:, None]
+    _m__0_p19_1 += _m__0_p19_t * tl.load(w + _rows[:, None] * 768 + (608 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p19_t = 0.18257418583505536 * h__2_0 * sh__2_c0_3[:, None] + 0.31622776601683794 * h__2_1 * sh__2_c0_2[:, None] + 0.18257418583505536 * h__2_1 * sh__2_c0_4[:, None] + -0.31622776601683794 * h__2_2 * sh__2_c0_1[:, None] + -0.18257418583505536 * h__2_3 * sh__2_c0_0[:, None] + -0.18257418583505536 * h__2_4 * sh__2_c0_1[:, None]
+    _m__0_p19_2 += _m__0_p19_t * tl.load(w + _rows[:, None] * 768 + (608 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum15_0 = _sum14_0 + _m__0_p19_0 * 1.224744871391589
+    _sum15_1 = _sum14_1 + _m__0_p19_1 * 1.224744871391589
+    _sum15_2 = _sum14_2 + _m__0_p19_2 * 1.224744871391589
+    m__3_0 = _sum15_0
+    m__3_1 = _sum15_1
+    m__3_2 = _sum15_2
+    tl.store(m__out + _rows[:, None] * 992 + (288 + _ch32[None, :] * 3), m__3_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (289 + _ch32[None, :] * 3), m__3_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (290 + _ch32[None, :] * 3), m__3_2, mask=_mask32)
+    _m__0_p9_0 = _zero32
+    _m__0_p9_1 = _zero32
+    _m__0_p9_2 = _zero32
+    _m__0_p9_3 = _zero32
+    _m__0_p9_4 = _zero32
+    _m__0_p9_t = 0.18257418583505536 * h__1_0 * sh__2_c0_1[:, None] + 0.3651483716701107 * h__1_1 * sh__2_c0_4[:, None] + -0.18257418583505536 * h__1_2 * sh__2_c0_3[:, None]
+    _m__0_p9_0 += _m__0_p9_t * tl.load(w + _rows[:, None] * 768 + (288 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p9_t = -0.18257418583505536 * h__1_0 * sh__2_c0_0[:, None] + 0.18257418583505536 * h__1_1 * sh__2_c0_3[:, None] + -0.31622776601683794 * h__1_2 * sh__2_c0_2[:, None] + -0.18257418583505536 * h__1_2 * sh__2_c0_4[:, None]
+    _m__0_p9_1 += _m__0_p9_t * tl.load(w + _rows[:, None] * 768 + (288 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p9_t = -0.31622776601683794 * h__1_0 * sh__2_c0_3[:, None] + 0.31622776601683794 * h__1_2 * sh__2_c0_1[:, None]
+    _m__0_p9_2 += _m__0_p9_t * tl.load(w + _rows[:, None] * 768 + (288 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p9_t = 0.31622776601683794 * h__1_0 * sh__2_c0_2[:, None] + -0.18257418583505536 * h__1_0 * sh__2_c0_4[:, None] + -0.18257418583505536 * h__1_1 * sh__2_c0_1[:, None] + 0.18257418583505536 * h__1_2 * sh__2_c0_0[:, None]
+    _m__0_p9_3 += _m__0_p9_t * tl.load(w + _rows[:, None] * 768 + (288 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p9_t = 0.18257418583505536 * h__1_0 * sh__2_c0_3[:, None] + -0.3651483716701107 * h__1_1 * sh__2_c0_0[:, None] + 0.18257418583505536 * h__1_2 * sh__2_c0_1[:, None]
+    _m__0_p9_4 += _m__0_p9_t * tl.load(w + _rows[:, None] * 768 + (288 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum16_0 = _m__0_p9_0 * 1.2909944487358056
+    _sum16_1 = _m__0_p9_1 * 1.2909944487358056
+    _sum16_2 = _m__0_p9_2 * 1.2909944487358056
+    _sum16_3 = _m__0_p9_3 * 1.2909944487358056
+    _sum16_4 = _m__0_p9_4 * 1.2909944487358056
+    _m__0_p15_0 = _zero32
+    _m__0_p15_1 = _zero32
+    _m__0_p15_2 = _zero32
+    _m__0_p15_3 = _zero32
+    _m__0_p15_4 = _zero32
+    _m__0_p15_t = -0.18257418583505536 * h__2_1 * sh__1_c0_0[:, None] + 0.18257418583505536 * h__2_3 * sh__1_c0_2[:, None] + -0.3651483716701107 * h__2_4 * sh__1_c0_1[:, None]
+    _m__0_p15_0 += _m__0_p15_t * tl.load(w + _rows[:, None] * 768 + (480 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p15_t = 0.18257418583505536 * h__2_0 * sh__1_c0_0[:, None] + 0.31622776601683794 * h__2_2 * sh__1_c0_2[:, None] + -0.18257418583505536 * h__2_3 * sh__1_c0_1[:, None] + 0.18257418583505536 * h__2_4 * sh__1_c0_2[:, None]
+    _m__0_p15_1 += _m__0_p15_t * tl.load(w + _rows[:, None] * 768 + (480 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p15_t = -0.31622776601683794 * h__2_1 * sh__1_c0_2[:, None] + 0.31622776601683794 * h__2_3 * sh__1_c0_0[:, None]
+    _m__0_p15_2 += _m__0_p15_t * tl.load(w + _rows[:, None] * 768 + (480 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p15_t = -0.18257418583505536 * h__2_0 * sh__1_c0_2[:, None] + 0.18257418583505536 * h__2_1 * sh__1_c0_1[:, None] + -0.31622776601683794 * h__2_2 * sh__1_c0_0[:, None] + 0.18257418583505536 * h__2_4 * sh__1_c0_0[:, None]
+    _m__0_p15_3 += _m__0_p15_t * tl.load(w + _rows[:, None] * 768 + (480 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p15_t = 0.3651483716701107 * h__2_0 * sh__1_c0_1[:, None] + -0.18257418583505536 * h__2_1 * sh__1_c0_2[:, None] + -0.18257418583505536 * h__2_3 * sh__1_c0_0[:, None]
+    _m__0_p15_4 += _m__0_p15_t * tl.load(w + _rows[:, None] * 768 + (480 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum17_0 = _sum16_0 + _m__0_p15_0 * 1.2909944487358056
+    _sum17_1 = _sum16_1 + _m__0_p15_1 * 1.2909944487358056
+    _sum17_2 = _sum16_2 + _m__0_p15_2 * 1.2909944487358056
+    _sum17_3 = _sum16_3 + _m__0_p15_3 * 1.2909944487358056
+    _sum17_4 = _sum16_4 + _m__0_p15_4 * 1.2909944487358056
+    _m__0_p22_0 = _zero32
+    _m__0_p22_1 = _zero32
+    _m__0_p22_2 = _zero32
+    _m__0_p22_3 = _zero32
+    _m__0_p22_4 = _zero32
+    _m__0_p22_t = 0.18898223650461363 * h__2_1 * sh__3_c0_0[:, None] + 0.14638501094227999 * h__2_1 * sh__3_c0_2[:, None] + 0.2672612419124244 * h__2_2 * sh__3_c0_5[:, None] + -0.14638501094227999 * h__2_3 * sh__3_c0_4[:, None] + 0.18898223650461363 * h__2_3 * sh__3_c0_6[:, None] + 0.11952286093343936 * h__2_4 * sh__3_c0_3[:, None]
+    _m__0_p22_0 += _m__0_p22_t * tl.load(w + _rows[:, None] * 768 + (704 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p22_t = -0.18898223650461363 * h__2_0 * sh__3_c0_0[:, None] + -0.14638501094227999 * h__2_0 * sh__3_c0_2[:, None] + 0.1690308509457033 * h__2_2 * sh__3_c0_4[:, None] + -0.23904572186687872 * h__2_3 * sh__3_c0_3[:, None] + -0.14638501094227999 * h__2_4 * sh__3_c0_4[:, None] + -0.18898223650461363 * h__2_4 * sh__3_c0_6[:, None]
+    _m__0_p22_1 += _m__0_p22_t * tl.load(w + _rows[:, None] * 768 + (704 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p22_t = -0.2672612419124244 * h__2_0 * sh__3_c0_5[:, None] + -0.1690308509457033 * h__2_1 * sh__3_c0_4[:, None] + 0.1690308509457033 * h__2_3 * sh__3_c0_2[:, None] + 0.2672612419124244 * h__2_4 * sh__3_c0_1[:, None]
+    _m__0_p22_2 += _m__0_p22_t * tl.load(w + _rows[:, None] * 768 + (704 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p22_t = 0.14638501094227999 * h__2_0 * sh__3_c0_4[:, None] + -0.18898223650461363 * h__2_0 * sh__3_c0_6[:, None] + 0.23904572186687872 * h__2_1 * sh__3_c0_3[:, None] + -0.1690308509457033 * h__2_2 * sh__3_c0_2[:, None] + 0.18898223650461363 * h__2_4 * sh__3_c0_0[:, None] + -0.14638501094227999 * h__2_4 * sh__3_c0_2[:, None]
+    _m__0_p22_3 += _m__0_p22_t * tl.load(w + _rows[:, None] * 768 + (704 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p22_t = -0.11952286093343936 * h__2_0 * sh__3_c0_3[:, None] + 0.14638501094227999 * h__2_1 * sh__3_c0_4[:, None] + 0.18898223650461363 * h__2_1 * sh__3_c0_6[:, None] + -0.2672612419124244 * h__2_2 * sh__3_c0_1[:, None] + -0.18898223650461363 * h__2_3 * sh__3_c0_0[:, None] + 0.14638501094227999 * h__2_3 * sh__3_c0_2[:, None]
+    _m__0_p22_4 += _m__0_p22_t * tl.load(w + _rows[:, None] * 768 + (704 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum18_0 = _sum17_0 + _m__0_p22_0 * 1.2909944487358056
+    _sum18_1 = _sum17_1 + _m__0_p22_1 * 1.2909944487358056
+    _sum18_2 = _sum17_2 + _m__0_p22_2 * 1.2909944487358056
+    _sum18_3 = _sum17_3 + _m__0_p22_3 * 1.2909944487358056
+    _sum18_4 = _sum17_4 + _m__0_p22_4 * 1.2909944487358056
+    m__4_0 = _sum18_0
+    m__4_1 = _sum18_1
+    m__4_2 = _sum18_2
+    m__4_3 = _sum18_3
+    m__4_4 = _sum18_4
+    tl.store(m__out + _rows[:, None] * 992 + (384 + _ch32[None, :] * 5), m__4_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (385 + _ch32[None, :] * 5), m__4_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (386 + _ch32[None, :] * 5), m__4_2, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (387 + _ch32[None, :] * 5), m__4_3, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (388 + _ch32[None, :] * 5), m__4_4, mask=_mask32)
+    _m__0_p3_0 = _zero32
+    _m__0_p3_1 = _zero32
+    _m__0_p3_2 = _zero32
+    _m__0_p3_3 = _zero32
+    _m__0_p3_4 = _zero32
+    _m__0_p3_5 = _zero32
+    _m__0_p3_6 = _zero32
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_0[:, None]
+    _m__0_p3_0 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_1[:, None]
+    _m__0_p3_1 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_2[:, None]
+    _m__0_p3_2 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_3[:, None]
+    _m__0_p3_3 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_4[:, None]
+    _m__0_p3_4 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_5[:, None]
+    _m__0_p3_5 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p3_t = 0.37796447300922725 * h__0_0 * sh__3_c0_6[:, None]
+    _m__0_p3_6 += _m__0_p3_t * tl.load(w + _rows[:, None] * 768 + (96 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum19_0 = _m__0_p3_0 * 1.3228756555322954
+    _sum19_1 = _m__0_p3_1 * 1.3228756555322954
+    _sum19_2 = _m__0_p3_2 * 1.3228756555322954
+    _sum19_3 = _m__0_p3_3 * 1.3228756555322954
+    _sum19_4 = _m__0_p3_4 * 1.3228756555322954
+    _sum19_5 = _m__0_p3_5 * 1.3228756555322954
+    _sum19_6 = _m__0_p3_6 * 1.3228756555322954
+    _m__0_p10_0 = _zero32
+    _m__0_p10_1 = _zero32
+    _m__0_p10_2 = _zero32
+    _m__0_p10_3 = _zero32
+    _m__0_p10_4 = _zero32
+    _m__0_p10_5 = _zero32
+    _m__0_p10_6 = _zero32
+    _m__0_p10_t = 0.2672612419124244 * h__1_0 * sh__2_c0_4[:, None] + 0.2672612419124244 * h__1_2 * sh__2_c0_0[:, None]
+    _m__0_p10_0 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = 0.2182178902359924 * h__1_0 * sh__2_c0_3[:, None] + 0.2182178902359924 * h__1_1 * sh__2_c0_0[:, None] + 0.2182178902359924 * h__1_2 * sh__2_c0_1[:, None]
+    _m__0_p10_1 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = 0.23904572186687872 * h__1_0 * sh__2_c0_2[:, None] + 0.06900655593423542 * h__1_0 * sh__2_c0_4[:, None] + 0.2760262237369417 * h__1_1 * sh__2_c0_1[:, None] + -0.06900655593423542 * h__1_2 * sh__2_c0_0[:, None]
+    _m__0_p10_2 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = -0.1690308509457033 * h__1_0 * sh__2_c0_1[:, None] + 0.29277002188455997 * h__1_1 * sh__2_c0_2[:, None] + -0.1690308509457033 * h__1_2 * sh__2_c0_3[:, None]
+    _m__0_p10_3 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = -0.06900655593423542 * h__1_0 * sh__2_c0_0[:, None] + 0.2760262237369417 * h__1_1 * sh__2_c0_3[:, None] + 0.23904572186687872 * h__1_2 * sh__2_c0_2[:, None] + -0.06900655593423542 * h__1_2 * sh__2_c0_4[:, None]
+    _m__0_p10_4 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = -0.2182178902359924 * h__1_0 * sh__2_c0_1[:, None] + 0.2182178902359924 * h__1_1 * sh__2_c0_4[:, None] + 0.2182178902359924 * h__1_2 * sh__2_c0_3[:, None]
+    _m__0_p10_5 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p10_t = -0.2672612419124244 * h__1_0 * sh__2_c0_0[:, None] + 0.2672612419124244 * h__1_2 * sh__2_c0_4[:, None]
+    _m__0_p10_6 += _m__0_p10_t * tl.load(w + _rows[:, None] * 768 + (320 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum20_0 = _sum19_0 + _m__0_p10_0 * 1.3228756555322954
+    _sum20_1 = _sum19_1 + _m__0_p10_1 * 1.3228756555322954
+    _sum20_2 = _sum19_2 + _m__0_p10_2 * 1.3228756555322954
+    _sum20_3 = _sum19_3 + _m__0_p10_3 * 1.3228756555322954
+    _sum20_4 = _sum19_4 + _m__0_p10_4 * 1.3228756555322954
+    _sum20_5 = _sum19_5 + _m__0_p10_5 * 1.3228756555322954
+    _sum20_6 = _sum19_6 + _m__0_p10_6 * 1.3228756555322954
+    _m__0_p16_0 = _zero32
+    _m__0_p16_1 = _zero32
+    _m__0_p16_2 = _zero32
+    _m__0_p16_3 = _zero32
+    _m__0_p16_4 = _zero32
+    _m__0_p16_5 = _zero32
+    _m__0_p16_6 = _zero32
+    _m__0_p16_t = 0.2672612419124244 * h__2_0 * sh__1_c0_2[:, None] + 0.2672612419124244 * h__2_4 * sh__1_c0_0[:, None]
+    _m__0_p16_0 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = 0.2182178902359924 * h__2_0 * sh__1_c0_1[:, None] + 0.2182178902359924 * h__2_1 * sh__1_c0_2[:, None] + 0.2182178902359924 * h__2_3 * sh__1_c0_0[:, None]
+    _m__0_p16_1 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = -0.06900655593423542 * h__2_0 * sh__1_c0_2[:, None] + 0.2760262237369417 * h__2_1 * sh__1_c0_1[:, None] + 0.23904572186687872 * h__2_2 * sh__1_c0_0[:, None] + 0.06900655593423542 * h__2_4 * sh__1_c0_0[:, None]
+    _m__0_p16_2 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = -0.1690308509457033 * h__2_1 * sh__1_c0_0[:, None] + 0.29277002188455997 * h__2_2 * sh__1_c0_1[:, None] + -0.1690308509457033 * h__2_3 * sh__1_c0_2[:, None]
+    _m__0_p16_3 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = -0.06900655593423542 * h__2_0 * sh__1_c0_0[:, None] + 0.23904572186687872 * h__2_2 * sh__1_c0_2[:, None] + 0.2760262237369417 * h__2_3 * sh__1_c0_1[:, None] + -0.06900655593423542 * h__2_4 * sh__1_c0_2[:, None]
+    _m__0_p16_4 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = -0.2182178902359924 * h__2_1 * sh__1_c0_0[:, None] + 0.2182178902359924 * h__2_3 * sh__1_c0_2[:, None] + 0.2182178902359924 * h__2_4 * sh__1_c0_1[:, None]
+    _m__0_p16_5 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p16_t = -0.2672612419124244 * h__2_0 * sh__1_c0_0[:, None] + 0.2672612419124244 * h__2_4 * sh__1_c0_2[:, None]
+    _m__0_p16_6 += _m__0_p16_t * tl.load(w + _rows[:, None] * 768 + (512 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum21_0 = _sum20_0 + _m__0_p16_0 * 1.3228756555322954
+    _sum21_1 = _sum20_1 + _m__0_p16_1 * 1.3228756555322954
+    _sum21_2 = _sum20_2 + _m__0_p16_2 * 1.3228756555322954
+    _sum21_3 = _sum20_3 + _m__0_p16_3 * 1.3228756555322954
+    _sum21_4 = _sum20_4 + _m__0_p16_4 * 1.3228756555322954
+    _sum21_5 = _sum20_5 + _m__0_p16_5 * 1.3228756555322954
+    _sum21_6 = _sum20_6 + _m__0_p16_6 * 1.3228756555322954
+    _m__0_p23_0 = _zero32
+    _m__0_p23_1 = _zero32
+    _m__0_p23_2 = _zero32
+    _m__0_p23_3 = _zero32
+    _m__0_p23_4 = _zero32
+    _m__0_p23_5 = _zero32
+    _m__0_p23_6 = _zero32
+    _m__0_p23_t = -0.1091089451179962 * h__2_0 * sh__3_c0_4[:, None] + 0.17251638983558856 * h__2_1 * sh__3_c0_5[:, None] + -0.2439750182371333 * h__2_2 * sh__3_c0_0[:, None] + 0.17251638983558856 * h__2_3 * sh__3_c0_1[:, None] + -0.1091089451179962 * h__2_4 * sh__3_c0_2[:, None]
+    _m__0_p23_0 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = -0.2182178902359924 * h__2_0 * sh__3_c0_3[:, None] + 0.1336306209562122 * h__2_1 * sh__3_c0_4[:, None] + -0.17251638983558856 * h__2_1 * sh__3_c0_6[:, None] + 0.17251638983558856 * h__2_3 * sh__3_c0_0[:, None] + 0.1336306209562122 * h__2_3 * sh__3_c0_2[:, None]
+    _m__0_p23_1 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = 0.1690308509457033 * h__2_0 * sh__3_c0_4[:, None] + 0.1091089451179962 * h__2_0 * sh__3_c0_6[:, None] + 0.06900655593423542 * h__2_1 * sh__3_c0_3[:, None] + -0.1336306209562122 * h__2_1 * sh__3_c0_5[:, None] + 0.14638501094227999 * h__2_2 * sh__3_c0_2[:, None] + 0.1336306209562122 * h__2_3 * sh__3_c0_1[:, None] + -0.1091089451179962 * h__2_4 * sh__3_c0_0[:, None] + -0.1690308509457033 * h__2_4 * sh__3_c0_2[:, None]
+    _m__0_p23_2 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = -0.2182178902359924 * h__2_0 * sh__3_c0_1[:, None] + 0.06900655593423542 * h__2_1 * sh__3_c0_2[:, None] + 0.19518001458970663 * h__2_2 * sh__3_c0_3[:, None] + 0.06900655593423542 * h__2_3 * sh__3_c0_4[:, None] + -0.2182178902359924 * h__2_4 * sh__3_c0_5[:, None]
+    _m__0_p23_3 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = -0.1091089451179962 * h__2_0 * sh__3_c0_0[:, None] + 0.1690308509457033 * h__2_0 * sh__3_c0_2[:, None] + 0.1336306209562122 * h__2_1 * sh__3_c0_1[:, None] + 0.14638501094227999 * h__2_2 * sh__3_c0_4[:, None] + 0.06900655593423542 * h__2_3 * sh__3_c0_3[:, None] + 0.1336306209562122 * h__2_3 * sh__3_c0_5[:, None] + 0.1690308509457033 * h__2_4 * sh__3_c0_4[:, None] + -0.1091089451179962 * h__2_4 * sh__3_c0_6[:, None]
+    _m__0_p23_4 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = 0.17251638983558856 * h__2_1 * sh__3_c0_0[:, None] + -0.1336306209562122 * h__2_1 * sh__3_c0_2[:, None] + 0.1336306209562122 * h__2_3 * sh__3_c0_4[:, None] + 0.17251638983558856 * h__2_3 * sh__3_c0_6[:, None] + -0.2182178902359924 * h__2_4 * sh__3_c0_3[:, None]
+    _m__0_p23_5 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p23_t = 0.1091089451179962 * h__2_0 * sh__3_c0_2[:, None] + -0.17251638983558856 * h__2_1 * sh__3_c0_1[:, None] + -0.2439750182371333 * h__2_2 * sh__3_c0_6[:, None] + 0.17251638983558856 * h__2_3 * sh__3_c0_5[:, None] + -0.1091089451179962 * h__2_4 * sh__3_c0_4[:, None]
+    _m__0_p23_6 += _m__0_p23_t * tl.load(w + _rows[:, None] * 768 + (736 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum22_0 = _sum21_0 + _m__0_p23_0 * 1.3228756555322954
+    _sum22_1 = _sum21_1 + _m__0_p23_1 * 1.3228756555322954
+    _sum22_2 = _sum21_2 + _m__0_p23_2 * 1.3228756555322954
+    _sum22_3 = _sum21_3 + _m__0_p23_3 * 1.3228756555322954
+    _sum22_4 = _sum21_4 + _m__0_p23_4 * 1.3228756555322954
+    _sum22_5 = _sum21_5 + _m__0_p23_5 * 1.3228756555322954
+    _sum22_6 = _sum21_6 + _m__0_p23_6 * 1.3228756555322954
+    m__5_0 = _sum22_0
+    m__5_1 = _sum22_1
+    m__5_2 = _sum22_2
+    m__5_3 = _sum22_3
+    m__5_4 = _sum22_4
+    m__5_5 = _sum22_5
+    m__5_6 = _sum22_6
+    tl.store(m__out + _rows[:, None] * 992 + (544 + _ch32[None, :] * 7), m__5_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (545 + _ch32[None, :] * 7), m__5_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (546 + _ch32[None, :] * 7), m__5_2, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (547 + _ch32[None, :] * 7), m__5_3, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (548 + _ch32[None, :] * 7), m__5_4, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (549 + _ch32[None, :] * 7), m__5_5, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (550 + _ch32[None, :] * 7), m__5_6, mask=_mask32)
+    _m__0_p12_0 = _zero32
+    _m__0_p12_1 = _zero32
+    _m__0_p12_2 = _zero32
+    _m__0_p12_3 = _zero32
+    _m__0_p12_4 = _zero32
+    _m__0_p12_5 = _zero32
+    _m__0_p12_6 = _zero32
+    _m__0_p12_t = 0.1336306209562122 * h__1_0 * sh__3_c0_1[:, None] + 0.3273268353539886 * h__1_1 * sh__3_c0_6[:, None] + -0.1336306209562122 * h__1_2 * sh__3_c0_5[:, None]
+    _m__0_p12_0 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = -0.1336306209562122 * h__1_0 * sh__3_c0_0[:, None] + 0.17251638983558856 * h__1_0 * sh__3_c0_2[:, None] + 0.2182178902359924 * h__1_1 * sh__3_c0_5[:, None] + -0.17251638983558856 * h__1_2 * sh__3_c0_4[:, None] + -0.1336306209562122 * h__1_2 * sh__3_c0_6[:, None]
+    _m__0_p12_1 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = -0.17251638983558856 * h__1_0 * sh__3_c0_1[:, None] + 0.1091089451179962 * h__1_1 * sh__3_c0_4[:, None] + -0.2672612419124244 * h__1_2 * sh__3_c0_3[:, None] + -0.17251638983558856 * h__1_2 * sh__3_c0_5[:, None]
+    _m__0_p12_2 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = -0.2672612419124244 * h__1_0 * sh__3_c0_4[:, None] + 0.2672612419124244 * h__1_2 * sh__3_c0_2[:, None]
+    _m__0_p12_3 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = 0.2672612419124244 * h__1_0 * sh__3_c0_3[:, None] + -0.17251638983558856 * h__1_0 * sh__3_c0_5[:, None] + -0.1091089451179962 * h__1_1 * sh__3_c0_2[:, None] + 0.17251638983558856 * h__1_2 * sh__3_c0_1[:, None]
+    _m__0_p12_4 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = 0.17251638983558856 * h__1_0 * sh__3_c0_4[:, None] + -0.1336306209562122 * h__1_0 * sh__3_c0_6[:, None] + -0.2182178902359924 * h__1_1 * sh__3_c0_1[:, None] + 0.1336306209562122 * h__1_2 * sh__3_c0_0[:, None] + 0.17251638983558856 * h__1_2 * sh__3_c0_2[:, None]
+    _m__0_p12_5 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p12_t = 0.1336306209562122 * h__1_0 * sh__3_c0_5[:, None] + -0.3273268353539886 * h__1_1 * sh__3_c0_0[:, None] + 0.1336306209562122 * h__1_2 * sh__3_c0_1[:, None]
+    _m__0_p12_6 += _m__0_p12_t * tl.load(w + _rows[:, None] * 768 + (384 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum23_0 = _m__0_p12_0 * 1.8708286933869707
+    _sum23_1 = _m__0_p12_1 * 1.8708286933869707
+    _sum23_2 = _m__0_p12_2 * 1.8708286933869707
+    _sum23_3 = _m__0_p12_3 * 1.8708286933869707
+    _sum23_4 = _m__0_p12_4 * 1.8708286933869707
+    _sum23_5 = _m__0_p12_5 * 1.8708286933869707
+    _sum23_6 = _m__0_p12_6 * 1.8708286933869707
+    _m__0_p20_0 = _zero32
+    _m__0_p20_1 = _zero32
+    _m__0_p20_2 = _zero32
+    _m__0_p20_3 = _zero32
+    _m__0_p20_4 = _zero32
+    _m__0_p20_5 = _zero32
+    _m__0_p20_6 = _zero32
+    _m__0_p20_t = 0.18898223650461363 * h__2_0 * sh__2_c0_1[:, None] + -0.18898223650461363 * h__2_1 * sh__2_c0_0[:, None] + 0.18898223650461363 * h__2_3 * sh__2_c0_4[:, None] + -0.18898223650461363 * h__2_4 * sh__2_c0_3[:, None]
+    _m__0_p20_0 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = 0.2672612419124244 * h__2_2 * sh__2_c0_4[:, None] + -0.2672612419124244 * h__2_4 * sh__2_c0_2[:, None]
+    _m__0_p20_1 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = 0.14638501094227999 * h__2_0 * sh__2_c0_1[:, None] + -0.14638501094227999 * h__2_1 * sh__2_c0_0[:, None] + 0.1690308509457033 * h__2_2 * sh__2_c0_3[:, None] + -0.1690308509457033 * h__2_3 * sh__2_c0_2[:, None] + -0.14638501094227999 * h__2_3 * sh__2_c0_4[:, None] + 0.14638501094227999 * h__2_4 * sh__2_c0_3[:, None]
+    _m__0_p20_2 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = 0.11952286093343936 * h__2_0 * sh__2_c0_4[:, None] + -0.23904572186687872 * h__2_1 * sh__2_c0_3[:, None] + 0.23904572186687872 * h__2_3 * sh__2_c0_1[:, None] + -0.11952286093343936 * h__2_4 * sh__2_c0_0[:, None]
+    _m__0_p20_3 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = -0.14638501094227999 * h__2_0 * sh__2_c0_3[:, None] + 0.1690308509457033 * h__2_1 * sh__2_c0_2[:, None] + -0.14638501094227999 * h__2_1 * sh__2_c0_4[:, None] + -0.1690308509457033 * h__2_2 * sh__2_c0_1[:, None] + 0.14638501094227999 * h__2_3 * sh__2_c0_0[:, None] + 0.14638501094227999 * h__2_4 * sh__2_c0_1[:, None]
+    _m__0_p20_4 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = 0.2672612419124244 * h__2_0 * sh__2_c0_2[:, None] + -0.2672612419124244 * h__2_2 * sh__2_c0_0[:, None]
+    _m__0_p20_5 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _m__0_p20_t = 0.18898223650461363 * h__2_0 * sh__2_c0_3[:, None] + -0.18898223650461363 * h__2_1 * sh__2_c0_4[:, None] + -0.18898223650461363 * h__2_3 * sh__2_c0_0[:, None] + 0.18898223650461363 * h__2_4 * sh__2_c0_1[:, None]
+    _m__0_p20_6 += _m__0_p20_t * tl.load(w + _rows[:, None] * 768 + (640 + _ch32[None, :] * 1 + 0), mask=_row_mask[:, None] & _cm32[None, :], other=0.0)
+    _sum24_0 = _sum23_0 + _m__0_p20_0 * 1.8708286933869707
+    _sum24_1 = _sum23_1 + _m__0_p20_1 * 1.8708286933869707
+    _sum24_2 = _sum23_2 + _m__0_p20_2 * 1.8708286933869707
+    _sum24_3 = _sum23_3 + _m__0_p20_3 * 1.8708286933869707
+    _sum24_4 = _sum23_4 + _m__0_p20_4 * 1.8708286933869707
+    _sum24_5 = _sum23_5 + _m__0_p20_5 * 1.8708286933869707
+    _sum24_6 = _sum23_6 + _m__0_p20_6 * 1.8708286933869707
+    m__6_0 = _sum24_0
+    m__6_1 = _sum24_1
+    m__6_2 = _sum24_2
+    m__6_3 = _sum24_3
+    m__6_4 = _sum24_4
+    m__6_5 = _sum24_5
+    m__6_6 = _sum24_6
+    tl.store(m__out + _rows[:, None] * 992 + (768 + _ch32[None, :] * 7), m__6_0, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (769 + _ch32[None, :] * 7), m__6_1, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (770 + _ch32[None, :] * 7), m__6_2, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (771 + _ch32[None, :] * 7), m__6_3, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (772 + _ch32[None, :] * 7), m__6_4, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (773 + _ch32[None, :] * 7), m__6_5, mask=_mask32)
+    tl.store(m__out + _rows[:, None] * 992 + (774 + _ch32[None, :] * 7), m__6_6, mask=_mask32)
 
 
-def _conv_tp_triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _conv_tp__triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the conv_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = h.shape[0]
-    m_out = rt.output_rows(h, n, 992)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _conv_tp_kernel[grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, enable_fp_fusion=True)
-    return [m_out]
+    m__out = rt.output_rows(h, n, 992)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _conv_tp__kernel[_grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m__out, n, enable_fp_fusion=True)
+    return [m__out]
 
 
 # conv_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("conv_tp_d2_h", _conv_tp_d2_h_triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp_d2_h)
-_ops.register("conv_tp_d2_sh", _conv_tp_d2_sh_triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp_d2_sh)
-_ops.register("conv_tp_d2_w", _conv_tp_d2_w_triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp_d2_w)
-_ops.register("conv_tp_d2_weight", _conv_tp_d2_weight_triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp_d2_weight)
-_ops.register("conv_tp_d", _conv_tp_d_triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp_d2_h, _ops.conv_tp_d2_sh, _ops.conv_tp_d2_w, _ops.conv_tp_d2_weight])
-_ops.register("conv_tp", _conv_tp_triton, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], check_indices=True)
+_ops.register("conv_tp__d__d2_h", _conv_tp__d__d2_h__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_h)
+_ops.register("conv_tp__d__d2_sh", _conv_tp__d__d2_sh__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_sh)
+_ops.register("conv_tp__d__d2_w", _conv_tp__d__d2_w__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_w)
+_ops.register("conv_tp__d__d2_weight", _conv_tp__d__d2_weight__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_weight)
+_ops.register("conv_tp__d", _conv_tp__d__triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp__d__d2_h, _ops.conv_tp__d__d2_sh, _ops.conv_tp__d__d2_w, _ops.conv_tp__d__d2_weight])
+_ops.register("conv_tp", _conv_tp__triton, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp__d], check_indices=True)
 
 
 @triton.jit
-def _elementwise_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel0(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 1–16 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -13411,7 +13411,7 @@ def _elementwise_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _elementwise_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel1(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 17–32 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -13673,7 +13673,7 @@ def _elementwise_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _elementwise_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel2(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 33–48 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -13933,7 +13933,7 @@ def _elementwise_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _elementwise_tp_d_3_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel3(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 49–64 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14191,7 +14191,7 @@ def _elementwise_tp_d_3_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _elementwise_tp_d_4_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel4(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 65–80 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14444,7 +14444,7 @@ def _elementwise_tp_d_4_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
 
 
 @triton.jit
-def _elementwise_tp_d_5_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _elementwise_tp__d__kernel5(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of elementwise_tp, statements 81–87 of 87: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -14549,8 +14549,8 @@ def _elementwise_tp_d_5_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     tl.debug_barrier()
 
 
-def _elementwise_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the elementwise_tp_d kernel on (a, b, d_c, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _elementwise_tp__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the elementwise_tp__d kernel on (a, b, d_c, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (144, 144)]
@@ -14558,15 +14558,15 @@ def _elementwise_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 15088)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_elementwise_tp_d_0_kernel, _elementwise_tp_d_1_kernel, _elementwise_tp_d_2_kernel, _elementwise_tp_d_3_kernel, _elementwise_tp_d_4_kernel, _elementwise_tp_d_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_elementwise_tp__d__kernel0, _elementwise_tp__d__kernel1, _elementwise_tp__d__kernel2, _elementwise_tp__d__kernel3, _elementwise_tp__d__kernel4, _elementwise_tp__d__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:208].sum(0)]
 
 
 @triton.jit
-def _elementwise_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 1–16 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 1–16 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -14814,8 +14814,8 @@ def _elementwise_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 17–32 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 17–32 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15064,8 +15064,8 @@ def _elementwise_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 33–48 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 33–48 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15326,8 +15326,8 @@ def _elementwise_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_a_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 49–64 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel3(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 49–64 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15591,8 +15591,8 @@ def _elementwise_tp_d2_a_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_a_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 65–80 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel4(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 65–80 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15865,8 +15865,8 @@ def _elementwise_tp_d2_a_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_a_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a, statements 81–85 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_a__kernel5(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a, statements 81–85 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -15962,8 +15962,8 @@ def _elementwise_tp_d2_a_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     tl.debug_barrier()
 
 
-def _elementwise_tp_d2_a_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the elementwise_tp_d2_a kernel on (a, b, d_c, d2_d_a, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _elementwise_tp__d__d2_a__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the elementwise_tp__d__d2_a kernel on (a, b, d_c, d2_d_a, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (144, 144, 192)]
@@ -15971,227 +15971,227 @@ def _elementwise_tp_d2_a_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 15088)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_elementwise_tp_d2_a_0_kernel, _elementwise_tp_d2_a_1_kernel, _elementwise_tp_d2_a_2_kernel, _elementwise_tp_d2_a_3_kernel, _elementwise_tp_d2_a_4_kernel, _elementwise_tp_d2_a_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_elementwise_tp__d__d2_a__kernel0, _elementwise_tp__d__d2_a__kernel1, _elementwise_tp__d__d2_a__kernel2, _elementwise_tp__d__d2_a__kernel3, _elementwise_tp__d__d2_a__kernel4, _elementwise_tp__d__d2_a__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:208].sum(0)]
 
 
-def _elementwise_tp_d2_a(
+def _elementwise_tp__d__d2_a(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
     cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_a: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
+    _piece0_d2_d_c = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_1 = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
+    _piece1_d2_b = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
     del _c2
-    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    _piece2_d2_weight = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     del _c3
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = (_c4.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece3_d2_d_c = (_c4.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c4
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_4 = (_c6.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
+    _piece4_d2_b = (_c6.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c5
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
     del _c6
-    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _piece5_d2_weight = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c7
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_c_6 = torch.bmm((_c9 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece6_d2_d_c = torch.bmm((_c9 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c8
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_7 = torch.bmm((_c9 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece7_d2_b = torch.bmm((_c9 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c9
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
     del _c10
-    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _piece8_d2_weight = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c11
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = (_c12.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece9_d2_d_c = (_c12.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c12
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece10_d2_b = torch.bmm((_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c13
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
-    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    _piece11_d2_weight = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     del _c15
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c17 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    _piece12_d2_d_c = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_13 = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece13_d2_b = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c17
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
     del _c18
-    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    _piece14_d2_weight = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
     del _c19
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece15_d2_d_c = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece16_d2_b = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c20
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
     del _c21
-    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _piece17_d2_weight = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c22
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece18_d2_d_c = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c16
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece19_d2_b = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c23
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
     del _c24
-    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    _piece20_d2_weight = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
     del _c25
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece21_d2_d_c = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c26
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece22_d2_b = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c27
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
     del _c14
-    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _piece23_d2_weight = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c28
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c29 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c30 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_c_24 = torch.bmm((_c30 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c29.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece24_d2_d_c = torch.bmm((_c30 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c29.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c29
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c31 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_25 = torch.bmm((_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece25_d2_b = torch.bmm((_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c30
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
-    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    _piece26_d2_weight = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     del _c32
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c33 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c34 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    d2_d_c_27 = torch.bmm((_c34 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c33.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece27_d2_d_c = torch.bmm((_c34 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c33.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c33
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c35 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_28 = torch.bmm((_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c35.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece28_d2_b = torch.bmm((_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c35.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c34
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c36 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c35.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
     del _c35
-    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    _piece29_d2_weight = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c36
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c37 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c38 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    _piece30_d2_d_c = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_31 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    _piece31_d2_b = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,ijku->zuj
     del _c38
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c40 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
     del _c39
-    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    _piece32_d2_weight = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
     del _c40
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece33_d2_d_c = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece34_d2_b = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c41
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     _c42 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
     del _c31
-    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    _piece35_d2_weight = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
     del _c42
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _piece36_d2_d_c = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     del _c37
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c44 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    _piece37_d2_b = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c43
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
     del _c44
-    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    _piece38_d2_weight = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     del _c45
     d2_a = weight.new_zeros(n, 144)
     d2_b = torch.cat([
-        (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
-        (d2_b_4 + d2_b_13 + d2_b_16 + d2_b_19 + d2_b_28).reshape(n, 48),
-        (d2_b_7 + d2_b_22 + d2_b_31 + d2_b_34 + d2_b_37).reshape(n, 80),
+        (_piece1_d2_b + _piece10_d2_b + _piece25_d2_b).reshape(n, 16),
+        (_piece4_d2_b + _piece13_d2_b + _piece16_d2_b + _piece19_d2_b + _piece28_d2_b).reshape(n, 48),
+        (_piece7_d2_b + _piece22_d2_b + _piece31_d2_b + _piece34_d2_b + _piece37_d2_b).reshape(n, 80),
     ], dim=-1)
-    del d2_b_1, d2_b_10, d2_b_13, d2_b_16, d2_b_19, d2_b_22, d2_b_25, d2_b_28, d2_b_31, d2_b_34, d2_b_37, d2_b_4, d2_b_7
+    del _piece10_d2_b, _piece13_d2_b, _piece16_d2_b, _piece19_d2_b, _piece1_d2_b, _piece22_d2_b, _piece25_d2_b, _piece28_d2_b, _piece31_d2_b, _piece34_d2_b, _piece37_d2_b, _piece4_d2_b, _piece7_d2_b
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
-        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
-        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
-        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+        (_piece0_d2_d_c + _piece12_d2_d_c + _piece30_d2_d_c).reshape(n, 16),
+        (_piece3_d2_d_c + _piece9_d2_d_c + _piece21_d2_d_c + _piece27_d2_d_c).reshape(n, 48),
+        (_piece6_d2_d_c + _piece15_d2_d_c + _piece24_d2_d_c + _piece33_d2_d_c).reshape(n, 80),
+        (_piece18_d2_d_c + _piece36_d2_d_c).reshape(n, 48),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece36_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = torch.cat([
-        d2_weight_2.reshape(16),
-        d2_weight_5.reshape(16),
-        d2_weight_8.reshape(16),
-        d2_weight_11.reshape(16),
-        d2_weight_14.reshape(16),
-        d2_weight_17.reshape(16),
-        d2_weight_20.reshape(16),
-        d2_weight_23.reshape(16),
-        d2_weight_26.reshape(16),
-        d2_weight_29.reshape(16),
-        d2_weight_32.reshape(16),
-        d2_weight_35.reshape(16),
-        d2_weight_38.reshape(16),
+        _piece2_d2_weight.reshape(16),
+        _piece5_d2_weight.reshape(16),
+        _piece8_d2_weight.reshape(16),
+        _piece11_d2_weight.reshape(16),
+        _piece14_d2_weight.reshape(16),
+        _piece17_d2_weight.reshape(16),
+        _piece20_d2_weight.reshape(16),
+        _piece23_d2_weight.reshape(16),
+        _piece26_d2_weight.reshape(16),
+        _piece29_d2_weight.reshape(16),
+        _piece32_d2_weight.reshape(16),
+        _piece35_d2_weight.reshape(16),
+        _piece38_d2_weight.reshape(16),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    del _piece11_d2_weight, _piece14_d2_weight, _piece17_d2_weight, _piece20_d2_weight, _piece23_d2_weight, _piece26_d2_weight, _piece29_d2_weight, _piece2_d2_weight, _piece32_d2_weight, _piece35_d2_weight, _piece38_d2_weight, _piece5_d2_weight, _piece8_d2_weight
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
 @triton.jit
-def _elementwise_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 1–16 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 1–16 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16439,8 +16439,8 @@ def _elementwise_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 17–32 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 17–32 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16690,8 +16690,8 @@ def _elementwise_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 33–48 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 33–48 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -16952,8 +16952,8 @@ def _elementwise_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_b_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 49–64 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel3(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 49–64 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -17217,8 +17217,8 @@ def _elementwise_tp_d2_b_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_b_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 65–80 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel4(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 65–80 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -17490,8 +17490,8 @@ def _elementwise_tp_d2_b_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
 
 
 @triton.jit
-def _elementwise_tp_d2_b_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b, statements 81–85 of 85: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_b__kernel5(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b, statements 81–85 of 85: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -17587,8 +17587,8 @@ def _elementwise_tp_d2_b_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     tl.debug_barrier()
 
 
-def _elementwise_tp_d2_b_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the elementwise_tp_d2_b kernel on (a, b, d_c, d2_d_b, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _elementwise_tp__d__d2_b__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the elementwise_tp__d__d2_b kernel on (a, b, d_c, d2_d_b, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (144, 144, 192)]
@@ -17596,227 +17596,227 @@ def _elementwise_tp_d2_b_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 15088)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_elementwise_tp_d2_b_0_kernel, _elementwise_tp_d2_b_1_kernel, _elementwise_tp_d2_b_2_kernel, _elementwise_tp_d2_b_3_kernel, _elementwise_tp_d2_b_4_kernel, _elementwise_tp_d2_b_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_elementwise_tp__d__d2_b__kernel0, _elementwise_tp__d__d2_b__kernel1, _elementwise_tp__d__d2_b__kernel2, _elementwise_tp__d__d2_b__kernel3, _elementwise_tp__d__d2_b__kernel4, _elementwise_tp__d__d2_b__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:208].sum(0)]
 
 
-def _elementwise_tp_d2_b(
+def _elementwise_tp__d__d2_b(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
     cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b: a (n, 144), b (n, 144), d_c (n, 192), d2_d_b (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_b: a (n, 144), b (n, 144), d_c (n, 192), d2_d_b (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = _c0.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
+    _piece0_d2_d_c = _c0.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_1 = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
+    _piece1_d2_a = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
     del _c2
-    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
+    _piece2_d2_weight = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
     del _c3
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = (_c4.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece3_d2_d_c = (_c4.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c4
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_4 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    _piece4_d2_a = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
     del _c5
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
-    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _piece5_d2_weight = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c7
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_c_6 = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    _piece6_d2_d_c = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
     del _c8
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_7 = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    _piece7_d2_a = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
     del _c9
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
-    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _piece8_d2_weight = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c11
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = (_c12.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece9_d2_d_c = (_c12.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c12
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_10 = (_c14.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
+    _piece10_d2_a = (_c14.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c13
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
     del _c14
-    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _piece11_d2_weight = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c15
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
-    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
+    _piece12_d2_d_c = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_13 = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
+    _piece13_d2_a = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c17
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
     del _c18
-    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    _piece14_d2_weight = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     del _c19
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
-    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece15_d2_d_c = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece16_d2_a = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c20
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
     del _c21
-    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _piece17_d2_weight = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c22
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
-    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece18_d2_d_c = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     del _c16
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece19_d2_a = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c23
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
     del _c24
-    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    _piece20_d2_weight = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
     del _c25
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
-    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece21_d2_d_c = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     del _c26
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c28.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece22_d2_a = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c28.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c27
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c29 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c28.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
     del _c28
-    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _piece23_d2_weight = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c29
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c30 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c31 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_c_24 = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c30.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    _piece24_d2_d_c = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c30.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
     del _c30
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_25 = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5).transpose(1, 2), _c32.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,uijk->zui
+    _piece25_d2_a = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5).transpose(1, 2), _c32.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,uijk->zui
     del _c31
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c33 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c32.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
     del _c32
-    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _piece26_d2_weight = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c33
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     _c34 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c35 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
-    d2_d_c_27 = torch.bmm((_c35 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c34.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece27_d2_d_c = torch.bmm((_c35 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c34.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     del _c34
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.bmm((_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece28_d2_a = torch.bmm((_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c35
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     _c36 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
     del _c6
-    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    _piece29_d2_weight = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c36
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c37 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c38 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
-    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
+    _piece30_d2_d_c = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_31 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,jiku->zui
+    _piece31_d2_a = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,jiku->zui
     del _c38
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c40 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
     del _c39
-    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    _piece32_d2_weight = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     del _c40
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
-    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece33_d2_d_c = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece34_d2_a = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c41
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     _c42 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
     del _c10
-    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    _piece35_d2_weight = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
     del _c42
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
-    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _piece36_d2_d_c = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     del _c37
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c44 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    _piece37_d2_a = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c43
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c45 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
     del _c44
-    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    _piece38_d2_weight = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
     del _c45
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
-        (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
-        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
+        (_piece1_d2_a + _piece4_d2_a + _piece7_d2_a).reshape(n, 16),
+        (_piece10_d2_a + _piece13_d2_a + _piece16_d2_a + _piece19_d2_a + _piece22_d2_a).reshape(n, 48),
+        (_piece25_d2_a + _piece28_d2_a + _piece31_d2_a + _piece34_d2_a + _piece37_d2_a).reshape(n, 80),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    del _piece10_d2_a, _piece13_d2_a, _piece16_d2_a, _piece19_d2_a, _piece1_d2_a, _piece22_d2_a, _piece25_d2_a, _piece28_d2_a, _piece31_d2_a, _piece34_d2_a, _piece37_d2_a, _piece4_d2_a, _piece7_d2_a
     d2_b = weight.new_zeros(n, 144)
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
-        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
-        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
-        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+        (_piece0_d2_d_c + _piece12_d2_d_c + _piece30_d2_d_c).reshape(n, 16),
+        (_piece3_d2_d_c + _piece9_d2_d_c + _piece21_d2_d_c + _piece27_d2_d_c).reshape(n, 48),
+        (_piece6_d2_d_c + _piece15_d2_d_c + _piece24_d2_d_c + _piece33_d2_d_c).reshape(n, 80),
+        (_piece18_d2_d_c + _piece36_d2_d_c).reshape(n, 48),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece36_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = torch.cat([
-        d2_weight_2.reshape(16),
-        d2_weight_5.reshape(16),
-        d2_weight_8.reshape(16),
-        d2_weight_11.reshape(16),
-        d2_weight_14.reshape(16),
-        d2_weight_17.reshape(16),
-        d2_weight_20.reshape(16),
-        d2_weight_23.reshape(16),
-        d2_weight_26.reshape(16),
-        d2_weight_29.reshape(16),
-        d2_weight_32.reshape(16),
-        d2_weight_35.reshape(16),
-        d2_weight_38.reshape(16),
+        _piece2_d2_weight.reshape(16),
+        _piece5_d2_weight.reshape(16),
+        _piece8_d2_weight.reshape(16),
+        _piece11_d2_weight.reshape(16),
+        _piece14_d2_weight.reshape(16),
+        _piece17_d2_weight.reshape(16),
+        _piece20_d2_weight.reshape(16),
+        _piece23_d2_weight.reshape(16),
+        _piece26_d2_weight.reshape(16),
+        _piece29_d2_weight.reshape(16),
+        _piece32_d2_weight.reshape(16),
+        _piece35_d2_weight.reshape(16),
+        _piece38_d2_weight.reshape(16),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    del _piece11_d2_weight, _piece14_d2_weight, _piece17_d2_weight, _piece20_d2_weight, _piece23_d2_weight, _piece26_d2_weight, _piece29_d2_weight, _piece2_d2_weight, _piece32_d2_weight, _piece35_d2_weight, _piece38_d2_weight, _piece5_d2_weight, _piece8_d2_weight
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 1–16 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 1–16 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -18066,8 +18066,8 @@ def _elementwise_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 17–32 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 17–32 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -18317,8 +18317,8 @@ def _elementwise_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 33–48 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 33–48 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -18581,8 +18581,8 @@ def _elementwise_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 49–64 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel3(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 49–64 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -18852,8 +18852,8 @@ def _elementwise_tp_d2_weight_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 65–80 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel4(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 65–80 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -19133,8 +19133,8 @@ def _elementwise_tp_d2_weight_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _elementwise_tp_d2_weight_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight, statements 81–83 of 83: BLOCK_Z rows per program."""
+def _elementwise_tp__d__d2_weight__kernel5(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_2_0_2_ptr, cg_2_1_1_ptr, cg_2_2_0_ptr, cg_2_2_1_ptr, cg_2_2_2_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight, statements 81–83 of 83: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -19197,8 +19197,8 @@ def _elementwise_tp_d2_weight_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     tl.debug_barrier()
 
 
-def _elementwise_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the elementwise_tp_d2_weight kernel on (a, b, d_c, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _elementwise_tp__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the elementwise_tp__d__d2_weight kernel on (a, b, d_c, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_0_1, cg_1_1_0, cg_1_1_1, cg_1_1_2, cg_1_2_1, cg_2_0_2, cg_2_1_1, cg_2_2_0, cg_2_2_1, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (144, 144, 192)]
@@ -19206,195 +19206,195 @@ def _elementwise_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 7648)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_elementwise_tp_d2_weight_0_kernel, _elementwise_tp_d2_weight_1_kernel, _elementwise_tp_d2_weight_2_kernel, _elementwise_tp_d2_weight_3_kernel, _elementwise_tp_d2_weight_4_kernel, _elementwise_tp_d2_weight_5_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_elementwise_tp__d__d2_weight__kernel0, _elementwise_tp__d__d2_weight__kernel1, _elementwise_tp__d__d2_weight__kernel2, _elementwise_tp__d__d2_weight__kernel3, _elementwise_tp__d__d2_weight__kernel4, _elementwise_tp__d__d2_weight__kernel5,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:208].sum(0)]
 
 
-def _elementwise_tp_d2_weight(
+def _elementwise_tp__d__d2_weight(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
     cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
     cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
     cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight: a (n, 144), b (n, 144), d_c (n, 192), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    """the vector-Jacobian product of elementwise_tp__d for the cotangent of d_weight: a (n, 144), b (n, 144), d_c (n, 192), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
     _c1 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_c_0 = (_c0 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
+    _piece0_d2_d_c = (_c0 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
     del _c1
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_1 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece1_d2_a = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c2
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_2 = (_c0 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 1) * _c3.permute(0, 1, 3, 2).reshape(n, 16, 1)
+    _piece2_d2_b = (_c0 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 1) * _c3.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
     _c5 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_c_3 = ((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c5.reshape(n, 16, 1, 3)).sum((3,))
+    _piece3_d2_d_c = ((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c5.reshape(n, 16, 1, 3)).sum((3,))
     del _c5
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece4_d2_a = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_5 = ((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c7.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
+    _piece5_d2_b = ((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c7.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c4, _c7
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
     _c9 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d_c_6 = torch.bmm((_c8 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c9.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece6_d2_d_c = torch.bmm((_c8 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c9.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c9
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_a_7 = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece7_d2_a = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_8 = torch.bmm((_c8 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c11.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece8_d2_b = torch.bmm((_c8 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c11.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c11, _c8
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
     _c13 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_c_9 = ((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c13.reshape(n, 16, 1, 3)).sum((3,))
+    _piece9_d2_d_c = ((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c13.reshape(n, 16, 1, 3)).sum((3,))
     del _c13
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_10 = ((_c12 * 0.8660254037844386).reshape(1, 16, 3, 3) * _c14.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
+    _piece10_d2_a = ((_c12 * 0.8660254037844386).reshape(1, 16, 3, 3) * _c14.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c14
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_b_11 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    _piece11_d2_b = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
     del _c12
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
     _c17 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_c_12 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece12_d2_d_c = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_13 = ((_c16 * 0.5773502691896257).reshape(1, 16, 3, 3) * _c18.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
+    _piece13_d2_a = ((_c16 * 0.5773502691896257).reshape(1, 16, 3, 3) * _c18.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c18
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_14 = ((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c19.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
+    _piece14_d2_b = ((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c19.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c16, _c19
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
-    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece15_d2_d_c = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece16_d2_a = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c21
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_17 = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece17_d2_b = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c20, _c22
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
-    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece18_d2_d_c = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c17
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
-    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece19_d2_a = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c24
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_20 = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece20_d2_b = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c23, _c25
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
     _c27 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d_c_21 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece21_d2_d_c = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c27
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_a_22 = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece22_d2_a = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c28
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_23 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    _piece23_d2_b = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
     del _c15, _c26
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c29 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
     _c30 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_c_24 = torch.bmm((_c29 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c30.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece24_d2_d_c = torch.bmm((_c29 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c30.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c30
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c31 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_25 = torch.bmm((_c29 * 1.118033988749895).reshape(16, 5, 5), _c31.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    _piece25_d2_a = torch.bmm((_c29 * 1.118033988749895).reshape(16, 5, 5), _c31.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
     del _c31
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_b_26 = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    _piece26_d2_b = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
     del _c29
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c33 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
     _c34 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_c_27 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece27_d2_d_c = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c34
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece28_d2_a = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c6
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c35 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_29 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece29_d2_b = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c33, _c35
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c36 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
     _c37 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_d_c_30 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece30_d2_d_c = torch.bmm((_c36 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c38 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_31 = torch.bmm((_c36 * 0.5773502691896257).reshape(16, 5, 5), _c38.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    _piece31_d2_a = torch.bmm((_c36 * 0.5773502691896257).reshape(16, 5, 5), _c38.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
     del _c38
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_32 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c39.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece32_d2_b = torch.bmm((_c36 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c39.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c36, _c39
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c40 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
-    d2_d_c_33 = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece33_d2_d_c = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece34_d2_a = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c10
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_35 = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    _piece35_d2_b = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
     del _c32, _c40
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c41 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
-    d2_d_c_36 = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _piece36_d2_d_c = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     del _c37
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c42 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
-    d2_a_37 = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _piece37_d2_a = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     del _c42
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_38 = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    _piece38_d2_b = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     del _c41, _c43
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
-        (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
-        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
+        (_piece1_d2_a + _piece4_d2_a + _piece7_d2_a).reshape(n, 16),
+        (_piece10_d2_a + _piece13_d2_a + _piece16_d2_a + _piece19_d2_a + _piece22_d2_a).reshape(n, 48),
+        (_piece25_d2_a + _piece28_d2_a + _piece31_d2_a + _piece34_d2_a + _piece37_d2_a).reshape(n, 80),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    del _piece10_d2_a, _piece13_d2_a, _piece16_d2_a, _piece19_d2_a, _piece1_d2_a, _piece22_d2_a, _piece25_d2_a, _piece28_d2_a, _piece31_d2_a, _piece34_d2_a, _piece37_d2_a, _piece4_d2_a, _piece7_d2_a
     d2_b = torch.cat([
-        (d2_b_2 + d2_b_11 + d2_b_26).reshape(n, 16),
-        (d2_b_5 + d2_b_14 + d2_b_17 + d2_b_20 + d2_b_29).reshape(n, 48),
-        (d2_b_8 + d2_b_23 + d2_b_32 + d2_b_35 + d2_b_38).reshape(n, 80),
+        (_piece2_d2_b + _piece11_d2_b + _piece26_d2_b).reshape(n, 16),
+        (_piece5_d2_b + _piece14_d2_b + _piece17_d2_b + _piece20_d2_b + _piece29_d2_b).reshape(n, 48),
+        (_piece8_d2_b + _piece23_d2_b + _piece32_d2_b + _piece35_d2_b + _piece38_d2_b).reshape(n, 80),
     ], dim=-1)
-    del d2_b_11, d2_b_14, d2_b_17, d2_b_2, d2_b_20, d2_b_23, d2_b_26, d2_b_29, d2_b_32, d2_b_35, d2_b_38, d2_b_5, d2_b_8
+    del _piece11_d2_b, _piece14_d2_b, _piece17_d2_b, _piece20_d2_b, _piece23_d2_b, _piece26_d2_b, _piece29_d2_b, _piece2_d2_b, _piece32_d2_b, _piece35_d2_b, _piece38_d2_b, _piece5_d2_b, _piece8_d2_b
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
-        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
-        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
-        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+        (_piece0_d2_d_c + _piece12_d2_d_c + _piece30_d2_d_c).reshape(n, 16),
+        (_piece3_d2_d_c + _piece9_d2_d_c + _piece21_d2_d_c + _piece27_d2_d_c).reshape(n, 48),
+        (_piece6_d2_d_c + _piece15_d2_d_c + _piece24_d2_d_c + _piece33_d2_d_c).reshape(n, 80),
+        (_piece18_d2_d_c + _piece36_d2_d_c).reshape(n, 48),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece36_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = weight.new_zeros(208)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -19405,176 +19405,176 @@ def _elementwise_tp_d2_weight(
     triton.Config({"BLOCK_Z": 8, "BLOCK_U": 16}, num_warps=4, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _elementwise_tp__kernel(a, b, weight, c__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """elementwise_tp: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    chan_mask = chans < 16
-    mask = row_mask[:, None] & chan_mask[None, :]
-    zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=a.dtype.element_ty)
+    _chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    _chan_mask = _chans < 16
+    _mask = _row_mask[:, None] & _chan_mask[None, :]
+    _zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=a.dtype.element_ty)
 
     # out c : 16x0e+16x1o+16x2e+16x1e
     # c.0: fuse(a, b) mix uuu
-    a_0_0 = tl.load(a + rows[:, None] * 144 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    b_0_0 = tl.load(b + rows[:, None] * 144 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
-    c_0_p0_0 = 1.0 * a_0_0 * b_0_0
-    w_c_0_0 = tl.load(weight + 0 + (0 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum1_0 = c_0_p0_0 * w_c_0_0 * 0.5773502691896257
-    b_1_0 = tl.load(b + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
-    b_1_1 = tl.load(b + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
-    b_1_2 = tl.load(b + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
-    c_0_p1_0 = 0.5773502691896257 * a_0_0 * b_1_0
-    c_0_p1_1 = 0.5773502691896257 * a_0_0 * b_1_1
-    c_0_p1_2 = 0.5773502691896257 * a_0_0 * b_1_2
-    w_c_0_16 = tl.load(weight + 0 + (16 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum2_0 = c_0_p1_0 * w_c_0_16 * 0.8660254037844386
-    sum2_1 = c_0_p1_1 * w_c_0_16 * 0.8660254037844386
-    sum2_2 = c_0_p1_2 * w_c_0_16 * 0.8660254037844386
-    b_2_0 = tl.load(b + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
-    b_2_1 = tl.load(b + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
-    b_2_2 = tl.load(b + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
-    b_2_3 = tl.load(b + rows[:, None] * 144 + (67 + chans[None, :] * 5), mask=mask, other=0.0)
-    b_2_4 = tl.load(b + rows[:, None] * 144 + (68 + chans[None, :] * 5), mask=mask, other=0.0)
-    c_0_p2_0 = 0.4472135954999579 * a_0_0 * b_2_0
-    c_0_p2_1 = 0.4472135954999579 * a_0_0 * b_2_1
-    c_0_p2_2 = 0.4472135954999579 * a_0_0 * b_2_2
-    c_0_p2_3 = 0.4472135954999579 * a_0_0 * b_2_3
-    c_0_p2_4 = 0.4472135954999579 * a_0_0 * b_2_4
-    w_c_0_32 = tl.load(weight + 0 + (32 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum3_0 = c_0_p2_0 * w_c_0_32 * 1.118033988749895
-    sum3_1 = c_0_p2_1 * w_c_0_32 * 1.118033988749895
-    sum3_2 = c_0_p2_2 * w_c_0_32 * 1.118033988749895
-    sum3_3 = c_0_p2_3 * w_c_0_32 * 1.118033988749895
-    sum3_4 = c_0_p2_4 * w_c_0_32 * 1.118033988749895
-    a_1_0 = tl.load(a + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
-    a_1_1 = tl.load(a + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
-    a_1_2 = tl.load(a + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
-    c_0_p3_0 = 0.5773502691896257 * a_1_0 * b_0_0
-    c_0_p3_1 = 0.5773502691896257 * a_1_1 * b_0_0
-    c_0_p3_2 = 0.5773502691896257 * a_1_2 * b_0_0
-    w_c_0_48 = tl.load(weight + 0 + (48 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum4_0 = sum2_0 + c_0_p3_0 * w_c_0_48 * 0.8660254037844386
-    sum4_1 = sum2_1 + c_0_p3_1 * w_c_0_48 * 0.8660254037844386
-    sum4_2 = sum2_2 + c_0_p3_2 * w_c_0_48 * 0.8660254037844386
-    c_0_p4_0 = 0.5773502691896257 * a_1_0 * b_1_0 + 0.5773502691896257 * a_1_1 * b_1_1 + 0.5773502691896257 * a_1_2 * b_1_2
-    w_c_0_64 = tl.load(weight + 0 + (64 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum5_0 = sum1_0 + c_0_p4_0 * w_c_0_64 * 0.5773502691896257
-    c_0_p5_0 = 0.31622776601683794 * a_1_0 * b_1_2 + 0.31622776601683794 * a_1_2 * b_1_0
-    c_0_p5_1 = 0.31622776601683794 * a_1_0 * b_1_1 + 0.31622776601683794 * a_1_1 * b_1_0
-    c_0_p5_2 = -0.18257418583505536 * a_1_0 * b_1_0 + 0.3651483716701107 * a_1_1 * b_1_1 + -0.18257418583505536 * a_1_2 * b_1_2
-    c_0_p5_3 = 0.31622776601683794 * a_1_1 * b_1_2 + 0.31622776601683794 * a_1_2 * b_1_1
-    c_0_p5_4 = -0.31622776601683794 * a_1_0 * b_1_0 + 0.31622776601683794 * a_1_2 * b_1_2
-    w_c_0_80 = tl.load(weight + 0 + (80 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum6_0 = sum3_0 + c_0_p5_0 * w_c_0_80 * 1.118033988749895
-    sum6_1 = sum3_1 + c_0_p5_1 * w_c_0_80 * 1.118033988749895
-    sum6_2 = sum3_2 + c_0_p5_2 * w_c_0_80 * 1.118033988749895
-    sum6_3 = sum3_3 + c_0_p5_3 * w_c_0_80 * 1.118033988749895
-    sum6_4 = sum3_4 + c_0_p5_4 * w_c_0_80 * 1.118033988749895
-    c_0_p6_0 = 0.408248290463863 * a_1_1 * b_1_2 + -0.408248290463863 * a_1_2 * b_1_1
-    c_0_p6_1 = -0.408248290463863 * a_1_0 * b_1_2 + 0.408248290463863 * a_1_2 * b_1_0
-    c_0_p6_2 = 0.408248290463863 * a_1_0 * b_1_1 + -0.408248290463863 * a_1_1 * b_1_0
-    w_c_0_96 = tl.load(weight + 0 + (96 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum7_0 = c_0_p6_0 * w_c_0_96 * 1.224744871391589
-    sum7_1 = c_0_p6_1 * w_c_0_96 * 1.224744871391589
-    sum7_2 = c_0_p6_2 * w_c_0_96 * 1.224744871391589
-    c_0_p7_0 = -0.18257418583505536 * a_1_0 * b_2_2 + -0.31622776601683794 * a_1_0 * b_2_4 + 0.31622776601683794 * a_1_1 * b_2_1 + 0.31622776601683794 * a_1_2 * b_2_0
-    c_0_p7_1 = 0.31622776601683794 * a_1_0 * b_2_1 + 0.3651483716701107 * a_1_1 * b_2_2 + 0.31622776601683794 * a_1_2 * b_2_3
-    c_0_p7_2 = 0.31622776601683794 * a_1_0 * b_2_0 + 0.31622776601683794 * a_1_1 * b_2_3 + -0.18257418583505536 * a_1_2 * b_2_2 + 0.31622776601683794 * a_1_2 * b_2_4
-    w_c_0_112 = tl.load(weight + 0 + (112 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum8_0 = sum4_0 + c_0_p7_0 * w_c_0_112 * 0.8660254037844386
-    sum8_1 = sum4_1 + c_0_p7_1 * w_c_0_112 * 0.8660254037844386
-    sum8_2 = sum4_2 + c_0_p7_2 * w_c_0_112 * 0.8660254037844386
-    a_2_0 = tl.load(a + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
-    a_2_1 = tl.load(a + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
-    a_2_2 = tl.load(a + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
-    a_2_3 = tl.load(a + rows[:, None] * 144 + (67 + chans[None, :] * 5), mask=mask, other=0.0)
-    a_2_4 = tl.load(a + rows[:, None] * 144 + (68 + chans[None, :] * 5), mask=mask, other=0.0)
-    c_0_p8_0 = 0.4472135954999579 * a_2_0 * b_0_0
-    c_0_p8_1 = 0.4472135954999579 * a_2_1 * b_0_0
-    c_0_p8_2 = 0.4472135954999579 * a_2_2 * b_0_0
-    c_0_p8_3 = 0.4472135954999579 * a_2_3 * b_0_0
-    c_0_p8_4 = 0.4472135954999579 * a_2_4 * b_0_0
-    w_c_0_128 = tl.load(weight + 0 + (128 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum9_0 = sum6_0 + c_0_p8_0 * w_c_0_128 * 1.118033988749895
-    sum9_1 = sum6_1 + c_0_p8_1 * w_c_0_128 * 1.118033988749895
-    sum9_2 = sum6_2 + c_0_p8_2 * w_c_0_128 * 1.118033988749895
-    sum9_3 = sum6_3 + c_0_p8_3 * w_c_0_128 * 1.118033988749895
-    sum9_4 = sum6_4 + c_0_p8_4 * w_c_0_128 * 1.118033988749895
-    c_0_p9_0 = 0.31622776601683794 * a_2_0 * b_1_2 + 0.31622776601683794 * a_2_1 * b_1_1 + -0.18257418583505536 * a_2_2 * b_1_0 + -0.31622776601683794 * a_2_4 * b_1_0
-    c_0_p9_1 = 0.31622776601683794 * a_2_1 * b_1_0 + 0.3651483716701107 * a_2_2 * b_1_1 + 0.31622776601683794 * a_2_3 * b_1_2
-    c_0_p9_2 = 0.31622776601683794 * a_2_0 * b_1_0 + -0.18257418583505536 * a_2_2 * b_1_2 + 0.31622776601683794 * a_2_3 * b_1_1 + 0.31622776601683794 * a_2_4 * b_1_2
-    w_c_0_144 = tl.load(weight + 0 + (144 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum10_0 = sum8_0 + c_0_p9_0 * w_c_0_144 * 0.8660254037844386
-    sum10_1 = sum8_1 + c_0_p9_1 * w_c_0_144 * 0.8660254037844386
-    sum10_2 = sum8_2 + c_0_p9_2 * w_c_0_144 * 0.8660254037844386
-    c_0_p10_0 = 0.4472135954999579 * a_2_0 * b_2_0 + 0.4472135954999579 * a_2_1 * b_2_1 + 0.4472135954999579 * a_2_2 * b_2_2 + 0.4472135954999579 * a_2_3 * b_2_3 + 0.4472135954999579 * a_2_4 * b_2_4
-    w_c_0_160 = tl.load(weight + 0 + (160 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum11_0 = sum5_0 + c_0_p10_0 * w_c_0_160 * 0.5773502691896257
-    c_0_p11_0 = -0.23904572186687872 * a_2_0 * b_2_2 + 0.20701966780270625 * a_2_1 * b_2_3 + -0.23904572186687872 * a_2_2 * b_2_0 + 0.20701966780270625 * a_2_3 * b_2_1
-    c_0_p11_1 = 0.20701966780270625 * a_2_0 * b_2_3 + 0.11952286093343936 * a_2_1 * b_2_2 + -0.20701966780270625 * a_2_1 * b_2_4 + 0.11952286093343936 * a_2_2 * b_2_1 + 0.20701966780270625 * a_2_3 * b_2_0 + -0.20701966780270625 * a_2_4 * b_2_1
-    c_0_p11_2 = -0.23904572186687872 * a_2_0 * b_2_0 + 0.11952286093343936 * a_2_1 * b_2_1 + 0.23904572186687872 * a_2_2 * b_2_2 + 0.11952286093343936 * a_2_3 * b_2_3 + -0.23904572186687872 * a_2_4 * b_2_4
-    c_0_p11_3 = 0.20701966780270625 * a_2_0 * b_2_1 + 0.20701966780270625 * a_2_1 * b_2_0 + 0.11952286093343936 * a_2_2 * b_2_3 + 0.11952286093343936 * a_2_3 * b_2_2 + 0.20701966780270625 * a_2_3 * b_2_4 + 0.20701966780270625 * a_2_4 * b_2_3
-    c_0_p11_4 = -0.20701966780270625 * a_2_1 * b_2_1 + -0.23904572186687872 * a_2_2 * b_2_4 + 0.20701966780270625 * a_2_3 * b_2_3 + -0.23904572186687872 * a_2_4 * b_2_2
-    w_c_0_176 = tl.load(weight + 0 + (176 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum12_0 = sum9_0 + c_0_p11_0 * w_c_0_176 * 1.118033988749895
-    sum12_1 = sum9_1 + c_0_p11_1 * w_c_0_176 * 1.118033988749895
-    sum12_2 = sum9_2 + c_0_p11_2 * w_c_0_176 * 1.118033988749895
-    sum12_3 = sum9_3 + c_0_p11_3 * w_c_0_176 * 1.118033988749895
-    sum12_4 = sum9_4 + c_0_p11_4 * w_c_0_176 * 1.118033988749895
-    c_0_p12_0 = -0.18257418583505536 * a_2_0 * b_2_1 + 0.18257418583505536 * a_2_1 * b_2_0 + 0.31622776601683794 * a_2_2 * b_2_3 + -0.31622776601683794 * a_2_3 * b_2_2 + 0.18257418583505536 * a_2_3 * b_2_4 + -0.18257418583505536 * a_2_4 * b_2_3
-    c_0_p12_1 = -0.3651483716701107 * a_2_0 * b_2_4 + -0.18257418583505536 * a_2_1 * b_2_3 + 0.18257418583505536 * a_2_3 * b_2_1 + 0.3651483716701107 * a_2_4 * b_2_0
-    c_0_p12_2 = 0.18257418583505536 * a_2_0 * b_2_3 + 0.31622776601683794 * a_2_1 * b_2_2 + 0.18257418583505536 * a_2_1 * b_2_4 + -0.31622776601683794 * a_2_2 * b_2_1 + -0.18257418583505536 * a_2_3 * b_2_0 + -0.18257418583505536 * a_2_4 * b_2_1
-    w_c_0_192 = tl.load(weight + 0 + (192 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    sum13_0 = sum7_0 + c_0_p12_0 * w_c_0_192 * 1.224744871391589
-    sum13_1 = sum7_1 + c_0_p12_1 * w_c_0_192 * 1.224744871391589
-    sum13_2 = sum7_2 + c_0_p12_2 * w_c_0_192 * 1.224744871391589
-    c_0_0 = sum11_0
-    tl.store(c_out + rows[:, None] * 192 + (0 + chans[None, :] * 1), c_0_0, mask=mask)
-    c_1_0 = sum10_0
-    c_1_1 = sum10_1
-    c_1_2 = sum10_2
-    tl.store(c_out + rows[:, None] * 192 + (16 + chans[None, :] * 3), c_1_0, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (17 + chans[None, :] * 3), c_1_1, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (18 + chans[None, :] * 3), c_1_2, mask=mask)
-    c_2_0 = sum12_0
-    c_2_1 = sum12_1
-    c_2_2 = sum12_2
-    c_2_3 = sum12_3
-    c_2_4 = sum12_4
-    tl.store(c_out + rows[:, None] * 192 + (64 + chans[None, :] * 5), c_2_0, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (65 + chans[None, :] * 5), c_2_1, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (66 + chans[None, :] * 5), c_2_2, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (67 + chans[None, :] * 5), c_2_3, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (68 + chans[None, :] * 5), c_2_4, mask=mask)
-    c_3_0 = sum13_0
-    c_3_1 = sum13_1
-    c_3_2 = sum13_2
-    tl.store(c_out + rows[:, None] * 192 + (144 + chans[None, :] * 3), c_3_0, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (145 + chans[None, :] * 3), c_3_1, mask=mask)
-    tl.store(c_out + rows[:, None] * 192 + (146 + chans[None, :] * 3), c_3_2, mask=mask)
+    a__0_0 = tl.load(a + _rows[:, None] * 144 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    b__0_0 = tl.load(b + _rows[:, None] * 144 + (0 + _chans[None, :] * 1), mask=_mask, other=0.0)
+    _c__0_p0_0 = 1.0 * a__0_0 * b__0_0
+    _w_c__0_0 = tl.load(weight + 0 + (0 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum1_0 = _c__0_p0_0 * _w_c__0_0 * 0.5773502691896257
+    b__1_0 = tl.load(b + _rows[:, None] * 144 + (16 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    b__1_1 = tl.load(b + _rows[:, None] * 144 + (17 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    b__1_2 = tl.load(b + _rows[:, None] * 144 + (18 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    _c__0_p1_0 = 0.5773502691896257 * a__0_0 * b__1_0
+    _c__0_p1_1 = 0.5773502691896257 * a__0_0 * b__1_1
+    _c__0_p1_2 = 0.5773502691896257 * a__0_0 * b__1_2
+    _w_c__0_16 = tl.load(weight + 0 + (16 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum2_0 = _c__0_p1_0 * _w_c__0_16 * 0.8660254037844386
+    _sum2_1 = _c__0_p1_1 * _w_c__0_16 * 0.8660254037844386
+    _sum2_2 = _c__0_p1_2 * _w_c__0_16 * 0.8660254037844386
+    b__2_0 = tl.load(b + _rows[:, None] * 144 + (64 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    b__2_1 = tl.load(b + _rows[:, None] * 144 + (65 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    b__2_2 = tl.load(b + _rows[:, None] * 144 + (66 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    b__2_3 = tl.load(b + _rows[:, None] * 144 + (67 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    b__2_4 = tl.load(b + _rows[:, None] * 144 + (68 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    _c__0_p2_0 = 0.4472135954999579 * a__0_0 * b__2_0
+    _c__0_p2_1 = 0.4472135954999579 * a__0_0 * b__2_1
+    _c__0_p2_2 = 0.4472135954999579 * a__0_0 * b__2_2
+    _c__0_p2_3 = 0.4472135954999579 * a__0_0 * b__2_3
+    _c__0_p2_4 = 0.4472135954999579 * a__0_0 * b__2_4
+    _w_c__0_32 = tl.load(weight + 0 + (32 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum3_0 = _c__0_p2_0 * _w_c__0_32 * 1.118033988749895
+    _sum3_1 = _c__0_p2_1 * _w_c__0_32 * 1.118033988749895
+    _sum3_2 = _c__0_p2_2 * _w_c__0_32 * 1.118033988749895
+    _sum3_3 = _c__0_p2_3 * _w_c__0_32 * 1.118033988749895
+    _sum3_4 = _c__0_p2_4 * _w_c__0_32 * 1.118033988749895
+    a__1_0 = tl.load(a + _rows[:, None] * 144 + (16 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    a__1_1 = tl.load(a + _rows[:, None] * 144 + (17 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    a__1_2 = tl.load(a + _rows[:, None] * 144 + (18 + _chans[None, :] * 3), mask=_mask, other=0.0)
+    _c__0_p3_0 = 0.5773502691896257 * a__1_0 * b__0_0
+    _c__0_p3_1 = 0.5773502691896257 * a__1_1 * b__0_0
+    _c__0_p3_2 = 0.5773502691896257 * a__1_2 * b__0_0
+    _w_c__0_48 = tl.load(weight + 0 + (48 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum4_0 = _sum2_0 + _c__0_p3_0 * _w_c__0_48 * 0.8660254037844386
+    _sum4_1 = _sum2_1 + _c__0_p3_1 * _w_c__0_48 * 0.8660254037844386
+    _sum4_2 = _sum2_2 + _c__0_p3_2 * _w_c__0_48 * 0.8660254037844386
+    _c__0_p4_0 = 0.5773502691896257 * a__1_0 * b__1_0 + 0.5773502691896257 * a__1_1 * b__1_1 + 0.5773502691896257 * a__1_2 * b__1_2
+    _w_c__0_64 = tl.load(weight + 0 + (64 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum5_0 = _sum1_0 + _c__0_p4_0 * _w_c__0_64 * 0.5773502691896257
+    _c__0_p5_0 = 0.31622776601683794 * a__1_0 * b__1_2 + 0.31622776601683794 * a__1_2 * b__1_0
+    _c__0_p5_1 = 0.31622776601683794 * a__1_0 * b__1_1 + 0.31622776601683794 * a__1_1 * b__1_0
+    _c__0_p5_2 = -0.18257418583505536 * a__1_0 * b__1_0 + 0.3651483716701107 * a__1_1 * b__1_1 + -0.18257418583505536 * a__1_2 * b__1_2
+    _c__0_p5_3 = 0.31622776601683794 * a__1_1 * b__1_2 + 0.31622776601683794 * a__1_2 * b__1_1
+    _c__0_p5_4 = -0.31622776601683794 * a__1_0 * b__1_0 + 0.31622776601683794 * a__1_2 * b__1_2
+    _w_c__0_80 = tl.load(weight + 0 + (80 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum6_0 = _sum3_0 + _c__0_p5_0 * _w_c__0_80 * 1.118033988749895
+    _sum6_1 = _sum3_1 + _c__0_p5_1 * _w_c__0_80 * 1.118033988749895
+    _sum6_2 = _sum3_2 + _c__0_p5_2 * _w_c__0_80 * 1.118033988749895
+    _sum6_3 = _sum3_3 + _c__0_p5_3 * _w_c__0_80 * 1.118033988749895
+    _sum6_4 = _sum3_4 + _c__0_p5_4 * _w_c__0_80 * 1.118033988749895
+    _c__0_p6_0 = 0.408248290463863 * a__1_1 * b__1_2 + -0.408248290463863 * a__1_2 * b__1_1
+    _c__0_p6_1 = -0.408248290463863 * a__1_0 * b__1_2 + 0.408248290463863 * a__1_2 * b__1_0
+    _c__0_p6_2 = 0.408248290463863 * a__1_0 * b__1_1 + -0.408248290463863 * a__1_1 * b__1_0
+    _w_c__0_96 = tl.load(weight + 0 + (96 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum7_0 = _c__0_p6_0 * _w_c__0_96 * 1.224744871391589
+    _sum7_1 = _c__0_p6_1 * _w_c__0_96 * 1.224744871391589
+    _sum7_2 = _c__0_p6_2 * _w_c__0_96 * 1.224744871391589
+    _c__0_p7_0 = -0.18257418583505536 * a__1_0 * b__2_2 + -0.31622776601683794 * a__1_0 * b__2_4 + 0.31622776601683794 * a__1_1 * b__2_1 + 0.31622776601683794 * a__1_2 * b__2_0
+    _c__0_p7_1 = 0.31622776601683794 * a__1_0 * b__2_1 + 0.3651483716701107 * a__1_1 * b__2_2 + 0.31622776601683794 * a__1_2 * b__2_3
+    _c__0_p7_2 = 0.31622776601683794 * a__1_0 * b__2_0 + 0.31622776601683794 * a__1_1 * b__2_3 + -0.18257418583505536 * a__1_2 * b__2_2 + 0.31622776601683794 * a__1_2 * b__2_4
+    _w_c__0_112 = tl.load(weight + 0 + (112 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum8_0 = _sum4_0 + _c__0_p7_0 * _w_c__0_112 * 0.8660254037844386
+    _sum8_1 = _sum4_1 + _c__0_p7_1 * _w_c__0_112 * 0.8660254037844386
+    _sum8_2 = _sum4_2 + _c__0_p7_2 * _w_c__0_112 * 0.8660254037844386
+    a__2_0 = tl.load(a + _rows[:, None] * 144 + (64 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    a__2_1 = tl.load(a + _rows[:, None] * 144 + (65 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    a__2_2 = tl.load(a + _rows[:, None] * 144 + (66 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    a__2_3 = tl.load(a + _rows[:, None] * 144 + (67 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    a__2_4 = tl.load(a + _rows[:, None] * 144 + (68 + _chans[None, :] * 5), mask=_mask, other=0.0)
+    _c__0_p8_0 = 0.4472135954999579 * a__2_0 * b__0_0
+    _c__0_p8_1 = 0.4472135954999579 * a__2_1 * b__0_0
+    _c__0_p8_2 = 0.4472135954999579 * a__2_2 * b__0_0
+    _c__0_p8_3 = 0.4472135954999579 * a__2_3 * b__0_0
+    _c__0_p8_4 = 0.4472135954999579 * a__2_4 * b__0_0
+    _w_c__0_128 = tl.load(weight + 0 + (128 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum9_0 = _sum6_0 + _c__0_p8_0 * _w_c__0_128 * 1.118033988749895
+    _sum9_1 = _sum6_1 + _c__0_p8_1 * _w_c__0_128 * 1.118033988749895
+    _sum9_2 = _sum6_2 + _c__0_p8_2 * _w_c__0_128 * 1.118033988749895
+    _sum9_3 = _sum6_3 + _c__0_p8_3 * _w_c__0_128 * 1.118033988749895
+    _sum9_4 = _sum6_4 + _c__0_p8_4 * _w_c__0_128 * 1.118033988749895
+    _c__0_p9_0 = 0.31622776601683794 * a__2_0 * b__1_2 + 0.31622776601683794 * a__2_1 * b__1_1 + -0.18257418583505536 * a__2_2 * b__1_0 + -0.31622776601683794 * a__2_4 * b__1_0
+    _c__0_p9_1 = 0.31622776601683794 * a__2_1 * b__1_0 + 0.3651483716701107 * a__2_2 * b__1_1 + 0.31622776601683794 * a__2_3 * b__1_2
+    _c__0_p9_2 = 0.31622776601683794 * a__2_0 * b__1_0 + -0.18257418583505536 * a__2_2 * b__1_2 + 0.31622776601683794 * a__2_3 * b__1_1 + 0.31622776601683794 * a__2_4 * b__1_2
+    _w_c__0_144 = tl.load(weight + 0 + (144 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum10_0 = _sum8_0 + _c__0_p9_0 * _w_c__0_144 * 0.8660254037844386
+    _sum10_1 = _sum8_1 + _c__0_p9_1 * _w_c__0_144 * 0.8660254037844386
+    _sum10_2 = _sum8_2 + _c__0_p9_2 * _w_c__0_144 * 0.8660254037844386
+    _c__0_p10_0 = 0.4472135954999579 * a__2_0 * b__2_0 + 0.4472135954999579 * a__2_1 * b__2_1 + 0.4472135954999579 * a__2_2 * b__2_2 + 0.4472135954999579 * a__2_3 * b__2_3 + 0.4472135954999579 * a__2_4 * b__2_4
+    _w_c__0_160 = tl.load(weight + 0 + (160 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum11_0 = _sum5_0 + _c__0_p10_0 * _w_c__0_160 * 0.5773502691896257
+    _c__0_p11_0 = -0.23904572186687872 * a__2_0 * b__2_2 + 0.20701966780270625 * a__2_1 * b__2_3 + -0.23904572186687872 * a__2_2 * b__2_0 + 0.20701966780270625 * a__2_3 * b__2_1
+    _c__0_p11_1 = 0.20701966780270625 * a__2_0 * b__2_3 + 0.11952286093343936 * a__2_1 * b__2_2 + -0.20701966780270625 * a__2_1 * b__2_4 + 0.11952286093343936 * a__2_2 * b__2_1 + 0.20701966780270625 * a__2_3 * b__2_0 + -0.20701966780270625 * a__2_4 * b__2_1
+    _c__0_p11_2 = -0.23904572186687872 * a__2_0 * b__2_0 + 0.11952286093343936 * a__2_1 * b__2_1 + 0.23904572186687872 * a__2_2 * b__2_2 + 0.11952286093343936 * a__2_3 * b__2_3 + -0.23904572186687872 * a__2_4 * b__2_4
+    _c__0_p11_3 = 0.20701966780270625 * a__2_0 * b__2_1 + 0.20701966780270625 * a__2_1 * b__2_0 + 0.11952286093343936 * a__2_2 * b__2_3 + 0.11952286093343936 * a__2_3 * b__2_2 + 0.20701966780270625 * a__2_3 * b__2_4 + 0.20701966780270625 * a__2_4 * b__2_3
+    _c__0_p11_4 = -0.20701966780270625 * a__2_1 * b__2_1 + -0.23904572186687872 * a__2_2 * b__2_4 + 0.20701966780270625 * a__2_3 * b__2_3 + -0.23904572186687872 * a__2_4 * b__2_2
+    _w_c__0_176 = tl.load(weight + 0 + (176 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum12_0 = _sum9_0 + _c__0_p11_0 * _w_c__0_176 * 1.118033988749895
+    _sum12_1 = _sum9_1 + _c__0_p11_1 * _w_c__0_176 * 1.118033988749895
+    _sum12_2 = _sum9_2 + _c__0_p11_2 * _w_c__0_176 * 1.118033988749895
+    _sum12_3 = _sum9_3 + _c__0_p11_3 * _w_c__0_176 * 1.118033988749895
+    _sum12_4 = _sum9_4 + _c__0_p11_4 * _w_c__0_176 * 1.118033988749895
+    _c__0_p12_0 = -0.18257418583505536 * a__2_0 * b__2_1 + 0.18257418583505536 * a__2_1 * b__2_0 + 0.31622776601683794 * a__2_2 * b__2_3 + -0.31622776601683794 * a__2_3 * b__2_2 + 0.18257418583505536 * a__2_3 * b__2_4 + -0.18257418583505536 * a__2_4 * b__2_3
+    _c__0_p12_1 = -0.3651483716701107 * a__2_0 * b__2_4 + -0.18257418583505536 * a__2_1 * b__2_3 + 0.18257418583505536 * a__2_3 * b__2_1 + 0.3651483716701107 * a__2_4 * b__2_0
+    _c__0_p12_2 = 0.18257418583505536 * a__2_0 * b__2_3 + 0.31622776601683794 * a__2_1 * b__2_2 + 0.18257418583505536 * a__2_1 * b__2_4 + -0.31622776601683794 * a__2_2 * b__2_1 + -0.18257418583505536 * a__2_3 * b__2_0 + -0.18257418583505536 * a__2_4 * b__2_1
+    _w_c__0_192 = tl.load(weight + 0 + (192 + _chans[None, :] * 1), mask=_chan_mask[None, :], other=0.0)
+    _sum13_0 = _sum7_0 + _c__0_p12_0 * _w_c__0_192 * 1.224744871391589
+    _sum13_1 = _sum7_1 + _c__0_p12_1 * _w_c__0_192 * 1.224744871391589
+    _sum13_2 = _sum7_2 + _c__0_p12_2 * _w_c__0_192 * 1.224744871391589
+    c__0_0 = _sum11_0
+    tl.store(c__out + _rows[:, None] * 192 + (0 + _chans[None, :] * 1), c__0_0, mask=_mask)
+    c__1_0 = _sum10_0
+    c__1_1 = _sum10_1
+    c__1_2 = _sum10_2
+    tl.store(c__out + _rows[:, None] * 192 + (16 + _chans[None, :] * 3), c__1_0, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (17 + _chans[None, :] * 3), c__1_1, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (18 + _chans[None, :] * 3), c__1_2, mask=_mask)
+    c__2_0 = _sum12_0
+    c__2_1 = _sum12_1
+    c__2_2 = _sum12_2
+    c__2_3 = _sum12_3
+    c__2_4 = _sum12_4
+    tl.store(c__out + _rows[:, None] * 192 + (64 + _chans[None, :] * 5), c__2_0, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (65 + _chans[None, :] * 5), c__2_1, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (66 + _chans[None, :] * 5), c__2_2, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (67 + _chans[None, :] * 5), c__2_3, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (68 + _chans[None, :] * 5), c__2_4, mask=_mask)
+    c__3_0 = _sum13_0
+    c__3_1 = _sum13_1
+    c__3_2 = _sum13_2
+    tl.store(c__out + _rows[:, None] * 192 + (144 + _chans[None, :] * 3), c__3_0, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (145 + _chans[None, :] * 3), c__3_1, mask=_mask)
+    tl.store(c__out + _rows[:, None] * 192 + (146 + _chans[None, :] * 3), c__3_2, mask=_mask)
 
 
-def _elementwise_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _elementwise_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the elementwise_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = a.shape[0]
-    c_out = rt.output_rows(a, n, 192)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(16, meta["BLOCK_U"]))
-    _elementwise_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, enable_fp_fusion=True)
-    return [c_out]
+    c__out = rt.output_rows(a, n, 192)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(16, meta["BLOCK_U"]))
+    _elementwise_tp__kernel[_grid](a.contiguous(), b.contiguous(), weight.contiguous(), c__out, n, enable_fp_fusion=True)
+    return [c__out]
 
 
 # elementwise_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("elementwise_tp_d2_a", _elementwise_tp_d2_a_triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp_d2_a)
-_ops.register("elementwise_tp_d2_b", _elementwise_tp_d2_b_triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp_d2_b)
-_ops.register("elementwise_tp_d2_weight", _elementwise_tp_d2_weight_triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp_d2_weight)
-_ops.register("elementwise_tp_d", _elementwise_tp_d_triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b, _ops.elementwise_tp_d2_weight])
-_ops.register("elementwise_tp", _elementwise_tp_triton, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], check_indices=True)
+_ops.register("elementwise_tp__d__d2_a", _elementwise_tp__d__d2_a__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_a)
+_ops.register("elementwise_tp__d__d2_b", _elementwise_tp__d__d2_b__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_b)
+_ops.register("elementwise_tp__d__d2_weight", _elementwise_tp__d__d2_weight__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_weight)
+_ops.register("elementwise_tp__d", _elementwise_tp__d__triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_a, _ops.elementwise_tp__d__d2_b, _ops.elementwise_tp__d__d2_weight])
+_ops.register("elementwise_tp", _elementwise_tp__triton, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp__d], check_indices=True)
 
 
 @triton.jit
-def _full_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _full_tp__d__kernel0(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of full_tp, statements 1–16 of 39: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19838,7 +19838,7 @@ def _full_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
 
 
 @triton.jit
-def _full_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _full_tp__d__kernel1(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of full_tp, statements 17–32 of 39: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20097,7 +20097,7 @@ def _full_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
 
 
 @triton.jit
-def _full_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _full_tp__d__kernel2(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d_a_ptr, d_b_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of full_tp, statements 33–39 of 39: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -20209,8 +20209,8 @@ def _full_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
     tl.debug_barrier()
 
 
-def _full_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the full_tp_d kernel on (a, b, d_c, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _full_tp__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the full_tp__d kernel on (a, b, d_c, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (16, 32)]
@@ -20218,15 +20218,15 @@ def _full_tp_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 800)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_full_tp_d_0_kernel, _full_tp_d_1_kernel, _full_tp_d_2_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_full_tp__d__kernel0, _full_tp__d__kernel1, _full_tp__d__kernel2,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:160].sum(0)]
 
 
 @triton.jit
-def _full_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_a, statements 1–16 of 38: BLOCK_Z rows per program."""
+def _full_tp__d__d2_a__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_a, statements 1–16 of 38: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -20487,8 +20487,8 @@ def _full_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
 
 
 @triton.jit
-def _full_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_a, statements 17–32 of 38: BLOCK_Z rows per program."""
+def _full_tp__d__d2_a__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_a, statements 17–32 of 38: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -20747,8 +20747,8 @@ def _full_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
 
 
 @triton.jit
-def _full_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_a, statements 33–38 of 38: BLOCK_Z rows per program."""
+def _full_tp__d__d2_a__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_a, statements 33–38 of 38: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -20853,8 +20853,8 @@ def _full_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
     tl.debug_barrier()
 
 
-def _full_tp_d2_a_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the full_tp_d2_a kernel on (a, b, d_c, d2_d_a, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _full_tp__d__d2_a__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the full_tp__d__d2_a kernel on (a, b, d_c, d2_d_a, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (16, 32, 224)]
@@ -20862,114 +20862,114 @@ def _full_tp_d2_a_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 1952)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_full_tp_d2_a_0_kernel, _full_tp_d2_a_1_kernel, _full_tp_d2_a_2_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_full_tp__d__d2_a__kernel0, _full_tp__d__d2_a__kernel1, _full_tp__d__d2_a__kernel2,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _full_tp_d2_a(
+def _full_tp__d__d2_a(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_0 = _c0.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(3, 4, 2, 0, 1).reshape(1, 4, 8, 1)
+    _piece0_d2_d_c = _c0.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(3, 4, 2, 0, 1).reshape(1, 4, 8, 1)
     del _c0
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c2 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8)
-    d2_b_1 = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 8, 1, 4) * (_c1 * 0.7071067811865476).permute(4, 1, 0, 2, 3).reshape(1, 8, 1, 4)).sum((3,))
+    _piece1_d2_b = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 8, 1, 4) * (_c1 * 0.7071067811865476).permute(4, 1, 0, 2, 3).reshape(1, 8, 1, 4)).sum((3,))
     del _c1
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zuikv->vjiku
     del _c2
-    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    _piece2_d2_weight = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c3
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = (_c4.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    _piece3_d2_d_c = (_c4.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c4, _c5
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
     _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c6.permute(4, 0, 2, 3, 1).reshape(8, n, 1, 3, 4)).sum((4,))
-    d2_b_4 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece4_d2_b = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c7
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
-    d2_weight_5 = torch.bmm((_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    _piece5_d2_weight = torch.bmm((_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     del _c6, _c8
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c9 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
     _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = (_c9.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c10 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    _piece6_d2_d_c = (_c9.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c10 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c9
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c11 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
-    d2_b_7 = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,uvijk->zvj
+    _piece7_d2_b = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,uvijk->zvj
     del _c10, _c11
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c12 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_0_1.reshape(3, 3)).view(n, 4, 1, 3)  # zui,ijk->zujk
     _c13 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
-    d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c13.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8)  # zujk,zvkuj->uv
+    _piece8_d2_weight = torch.bmm((_c12 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c13.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8)  # zujk,zvkuj->uv
     del _c12, _c13
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c14 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
     _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_9 = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
+    _piece9_d2_d_c = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
     del _c15
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c16 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8)
     _c17 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c16.permute(4, 0, 2, 3, 1).reshape(8, n, 3, 1, 4)).sum((4,))
-    d2_b_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece10_d2_b = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c17
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c18 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
-    d2_weight_11 = torch.bmm((_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    _piece11_d2_weight = torch.bmm((_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     del _c16, _c18
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c19 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    _piece12_d2_d_c = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
     del _c14, _c19
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c20 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
     _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zuikv->vzik
-    d2_b_13 = torch.mm(_c21.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece13_d2_b = torch.mm(_c21.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c21
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c22 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
-    d2_weight_14 = torch.bmm((_c22 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(8, n * 9, 1).transpose(1, 2), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    _piece14_d2_weight = torch.bmm((_c22 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(8, n * 9, 1).transpose(1, 2), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     del _c20, _c22
     d2_a = weight.new_zeros(n, 16)
     d2_b = torch.cat([
-        (d2_b_1 + d2_b_7).reshape(n, 8),
-        (d2_b_4 + d2_b_10 + d2_b_13).reshape(n, 24),
+        (_piece1_d2_b + _piece7_d2_b).reshape(n, 8),
+        (_piece4_d2_b + _piece10_d2_b + _piece13_d2_b).reshape(n, 24),
     ], dim=-1)
-    del d2_b_1, d2_b_10, d2_b_13, d2_b_4, d2_b_7
+    del _piece10_d2_b, _piece13_d2_b, _piece1_d2_b, _piece4_d2_b, _piece7_d2_b
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
-        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
-        d2_d_c_12.reshape(n, 96),
+        (_piece0_d2_d_c + _piece9_d2_d_c).reshape(n, 32),
+        (_piece3_d2_d_c + _piece6_d2_d_c).reshape(n, 96),
+        _piece12_d2_d_c.reshape(n, 96),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = torch.cat([
-        d2_weight_2.reshape(32),
-        d2_weight_5.reshape(32),
-        d2_weight_8.reshape(32),
-        d2_weight_11.reshape(32),
-        d2_weight_14.reshape(32),
+        _piece2_d2_weight.reshape(32),
+        _piece5_d2_weight.reshape(32),
+        _piece8_d2_weight.reshape(32),
+        _piece11_d2_weight.reshape(32),
+        _piece14_d2_weight.reshape(32),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
+    del _piece11_d2_weight, _piece14_d2_weight, _piece2_d2_weight, _piece5_d2_weight, _piece8_d2_weight
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
 @triton.jit
-def _full_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_b, statements 1–16 of 37: BLOCK_Z rows per program."""
+def _full_tp__d__d2_b__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_b, statements 1–16 of 37: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -21239,8 +21239,8 @@ def _full_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
 
 
 @triton.jit
-def _full_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_b, statements 17–32 of 37: BLOCK_Z rows per program."""
+def _full_tp__d__d2_b__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_b, statements 17–32 of 37: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -21498,8 +21498,8 @@ def _full_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
 
 
 @triton.jit
-def _full_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_b, statements 33–37 of 37: BLOCK_Z rows per program."""
+def _full_tp__d__d2_b__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_b, statements 33–37 of 37: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -21586,8 +21586,8 @@ def _full_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
     tl.debug_barrier()
 
 
-def _full_tp_d2_b_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the full_tp_d2_b kernel on (a, b, d_c, d2_d_b, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _full_tp__d__d2_b__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the full_tp__d__d2_b kernel on (a, b, d_c, d2_d_b, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (16, 32, 224)]
@@ -21595,114 +21595,114 @@ def _full_tp_d2_b_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 2240)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_full_tp_d2_b_0_kernel, _full_tp_d2_b_1_kernel, _full_tp_d2_b_2_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_full_tp__d__d2_b__kernel0, _full_tp__d__d2_b__kernel1, _full_tp__d__d2_b__kernel2,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _full_tp_d2_b(
+def _full_tp__d__d2_b(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
-    d2_d_c_0 = _c0.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(1, 4, 8, 1)
+    _piece0_d2_d_c = _c0.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(1, 4, 8, 1)
     del _c0
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c2 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4)
-    d2_a_1 = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
+    _piece1_d2_a = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
     del _c1
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zvjku->uijkv
     del _c2
-    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
+    _piece2_d2_weight = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     del _c3
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4)
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = (_c4.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    _piece3_d2_d_c = (_c4.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c4
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
-    d2_a_4 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,uvijk->zui
+    _piece4_d2_a = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,uvijk->zui
     del _c5
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72)).view(4, 1, 8, 3, 3)  # zui,zvjku->uivjk
     del _c6
-    d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
+    _piece5_d2_weight = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
     del _c7
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c8 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4)
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = (_c8.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    _piece6_d2_d_c = (_c8.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c8, _c9
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c10 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
     _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c10.permute(4, 0, 2, 3, 1).reshape(4, n, 1, 3, 8)).sum((4,))
-    d2_a_7 = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece7_d2_a = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    _piece8_d2_weight = torch.bmm((_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
     del _c10, _c12
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c13 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4)
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zjviu,ijkuv->zuvk
+    _piece9_d2_d_c = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zjviu,ijkuv->zuvk
     del _c14
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c15 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4)
     _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c15.permute(4, 0, 2, 3, 1).reshape(4, n, 3, 1, 8)).sum((4,))
-    d2_a_10 = torch.mm(_c16.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece10_d2_a = torch.mm(_c16.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    _piece11_d2_weight = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
     del _c15, _c17
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    _piece12_d2_d_c = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
     del _c13, _c18
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c19 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
     _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvjku->uzjk
-    d2_a_13 = torch.mm(_c20.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece13_d2_a = torch.mm(_c20.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c20
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    d2_weight_14 = torch.bmm((_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1).transpose(1, 2), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    _piece14_d2_weight = torch.bmm((_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1).transpose(1, 2), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
     del _c19, _c21
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4).reshape(n, 4),
-        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+        (_piece1_d2_a + _piece4_d2_a).reshape(n, 4),
+        (_piece7_d2_a + _piece10_d2_a + _piece13_d2_a).reshape(n, 12),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
+    del _piece10_d2_a, _piece13_d2_a, _piece1_d2_a, _piece4_d2_a, _piece7_d2_a
     d2_b = weight.new_zeros(n, 32)
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
-        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
-        d2_d_c_12.reshape(n, 96),
+        (_piece0_d2_d_c + _piece9_d2_d_c).reshape(n, 32),
+        (_piece3_d2_d_c + _piece6_d2_d_c).reshape(n, 96),
+        _piece12_d2_d_c.reshape(n, 96),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = torch.cat([
-        d2_weight_2.reshape(32),
-        d2_weight_5.reshape(32),
-        d2_weight_8.reshape(32),
-        d2_weight_11.reshape(32),
-        d2_weight_14.reshape(32),
+        _piece2_d2_weight.reshape(32),
+        _piece5_d2_weight.reshape(32),
+        _piece8_d2_weight.reshape(32),
+        _piece11_d2_weight.reshape(32),
+        _piece14_d2_weight.reshape(32),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
+    del _piece11_d2_weight, _piece14_d2_weight, _piece2_d2_weight, _piece5_d2_weight, _piece8_d2_weight
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
 @triton.jit
-def _full_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight, statements 1–16 of 40: BLOCK_Z rows per program."""
+def _full_tp__d__d2_weight__kernel0(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_weight, statements 1–16 of 40: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -21971,8 +21971,8 @@ def _full_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
 
 
 @triton.jit
-def _full_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight, statements 17–32 of 40: BLOCK_Z rows per program."""
+def _full_tp__d__d2_weight__kernel1(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_weight, statements 17–32 of 40: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -22230,8 +22230,8 @@ def _full_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
 
 
 @triton.jit
-def _full_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight, statements 33–40 of 40: BLOCK_Z rows per program."""
+def _full_tp__d__d2_weight__kernel2(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_1_0_1_ptr, cg_1_1_0_ptr, cg_1_1_1_ptr, d2_a_ptr, d2_b_ptr, d2_d_c_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_weight, statements 33–40 of 40: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -22369,8 +22369,8 @@ def _full_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
     tl.debug_barrier()
 
 
-def _full_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the full_tp_d2_weight kernel on (a, b, d_c, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _full_tp__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the full_tp__d__d2_weight kernel on (a, b, d_c, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_1_0_1, cg_1_1_0, cg_1_1_1), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (16, 32, 224)]
@@ -22378,111 +22378,111 @@ def _full_tp_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 1920)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_full_tp_d2_weight_0_kernel, _full_tp_d2_weight_1_kernel, _full_tp_d2_weight_2_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_full_tp__d__d2_weight__kernel0, _full_tp__d__d2_weight__kernel1, _full_tp__d__d2_weight__kernel2,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _full_tp_d2_weight(
+def _full_tp__d__d2_weight(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
     cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight: a (n, 16), b (n, 32), d_c (n, 224), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    """the vector-Jacobian product of full_tp__d for the cotangent of d_weight: a (n, 16), b (n, 32), d_c (n, 224), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
     _c1 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
-    d2_d_c_0 = (_c0 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 1) * _c1.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1)
+    _piece0_d2_d_c = (_c0 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 1) * _c1.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1)
     del _c1
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
-    d2_a_1 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _c2.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8)).sum((3,))
+    _piece1_d2_a = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _c2.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8)).sum((3,))
     del _c2
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
-    d2_b_2 = ((_c0 * 0.7071067811865476).permute(1, 3, 2, 4, 0).reshape(1, 8, 1, 4) * _c3.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4)).sum((3,))
+    _piece2_d2_b = ((_c0 * 0.7071067811865476).permute(1, 3, 2, 4, 0).reshape(1, 8, 1, 4) * _c3.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4)).sum((3,))
     del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
     _c5 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 1, 8, 3)
-    d2_d_c_3 = ((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c5.permute(0, 2, 3, 1, 4).reshape(n, 4, 8, 1, 3)).sum((4,))
+    _piece3_d2_d_c = ((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c5.permute(0, 2, 3, 1, 4).reshape(n, 4, 8, 1, 3)).sum((4,))
     del _c5
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
-    d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c6.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
+    _piece4_d2_a = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c6.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
     del _c4, _c6
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c7 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
     _c8 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c7.permute(3, 0, 4, 2, 1).reshape(8, n, 1, 3, 4)).sum((4,))
     del _c7
-    d2_b_5 = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece5_d2_b = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c8
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
     _c10 = a[:, 4:16].reshape(n, 4, 3).reshape(n, 1, 1, 4, 3) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1)
-    d2_d_c_6 = ((_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c10.permute(0, 3, 2, 4, 1).reshape(n, 4, 8, 1, 3)).sum((4,))
+    _piece6_d2_d_c = ((_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c10.permute(0, 3, 2, 4, 1).reshape(n, 4, 8, 1, 3)).sum((4,))
     del _c10
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c11 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
     _c12 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c11.permute(3, 0, 4, 2, 1).reshape(4, n, 1, 3, 8)).sum((4,))
     del _c11
-    d2_a_7 = torch.mm(_c12.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece7_d2_a = torch.mm(_c12.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c12
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c13 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
-    d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c13.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
+    _piece8_d2_b = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c13.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
     del _c13, _c9
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
     _c15 = a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
-    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
+    _piece9_d2_d_c = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     del _c14
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c16 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
     _c17 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c16.permute(3, 0, 4, 2, 1).reshape(4, n, 3, 1, 8)).sum((4,))
     del _c16
-    d2_a_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece10_d2_a = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c17
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c18 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
     _c19 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c18.permute(3, 0, 4, 2, 1).reshape(8, n, 3, 1, 4)).sum((4,))
     del _c18
-    d2_b_11 = torch.mm(_c19.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece11_d2_b = torch.mm(_c19.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c19
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c20 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3)  # uv,ijk->uvijk
-    d2_d_c_12 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
+    _piece12_d2_d_c = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     del _c15, _c20
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c21 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
     _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _c21.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
     del _c21
-    d2_a_13 = torch.mm(_c22.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    _piece13_d2_a = torch.mm(_c22.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c22
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c23 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
     _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c23.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
     del _c23
-    d2_b_14 = torch.mm(_c24.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    _piece14_d2_b = torch.mm(_c24.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c24
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4).reshape(n, 4),
-        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+        (_piece1_d2_a + _piece4_d2_a).reshape(n, 4),
+        (_piece7_d2_a + _piece10_d2_a + _piece13_d2_a).reshape(n, 12),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
+    del _piece10_d2_a, _piece13_d2_a, _piece1_d2_a, _piece4_d2_a, _piece7_d2_a
     d2_b = torch.cat([
-        (d2_b_2 + d2_b_8).reshape(n, 8),
-        (d2_b_5 + d2_b_11 + d2_b_14).reshape(n, 24),
+        (_piece2_d2_b + _piece8_d2_b).reshape(n, 8),
+        (_piece5_d2_b + _piece11_d2_b + _piece14_d2_b).reshape(n, 24),
     ], dim=-1)
-    del d2_b_11, d2_b_14, d2_b_2, d2_b_5, d2_b_8
+    del _piece11_d2_b, _piece14_d2_b, _piece2_d2_b, _piece5_d2_b, _piece8_d2_b
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
-        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
-        d2_d_c_12.reshape(n, 96),
+        (_piece0_d2_d_c + _piece9_d2_d_c).reshape(n, 32),
+        (_piece3_d2_d_c + _piece6_d2_d_c).reshape(n, 96),
+        _piece12_d2_d_c.reshape(n, 96),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    del _piece0_d2_d_c, _piece12_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
     d2_weight = weight.new_zeros(160)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -22492,80 +22492,80 @@ def _full_tp_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _full_tp__kernel(a, b, weight, c__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """full_tp: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # out c : 32x0e+32x1o+32x1e
     # c.0: fuse(a, b) mix uvuv
-    ch32 = tl.arange(0, 32)
-    cm32 = ch32 < 32
-    mask32 = row_mask[:, None] & cm32[None, :]
-    zero32 = tl.zeros([BLOCK_Z, 32], dtype=a.dtype.element_ty)
-    ch4 = tl.arange(0, 16)
-    cm4 = ch4 < 4
-    mask4 = row_mask[:, None] & cm4[None, :]
-    zero4 = tl.zeros([BLOCK_Z, 16], dtype=a.dtype.element_ty)
-    a_0_ch32_u8_0 = tl.load(a + rows[:, None] * 16 + (0 + (ch32 // 8)[None, :] * 1), mask=mask32, other=0.0)
-    ch8 = tl.arange(0, 16)
-    cm8 = ch8 < 8
-    mask8 = row_mask[:, None] & cm8[None, :]
-    zero8 = tl.zeros([BLOCK_Z, 16], dtype=a.dtype.element_ty)
-    b_0_ch32_v8_0 = tl.load(b + rows[:, None] * 32 + (0 + (ch32 % 8)[None, :] * 1), mask=mask32, other=0.0)
-    sum1_0 = (1.0 * a_0_ch32_u8_0 * b_0_ch32_v8_0) * tl.load(weight + 0 + (0 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 0.7071067811865476
-    a_1_ch32_u8_0 = tl.load(a + rows[:, None] * 16 + (4 + (ch32 // 8)[None, :] * 3), mask=mask32, other=0.0)
-    a_1_ch32_u8_1 = tl.load(a + rows[:, None] * 16 + (5 + (ch32 // 8)[None, :] * 3), mask=mask32, other=0.0)
-    a_1_ch32_u8_2 = tl.load(a + rows[:, None] * 16 + (6 + (ch32 // 8)[None, :] * 3), mask=mask32, other=0.0)
-    b_1_ch32_v8_0 = tl.load(b + rows[:, None] * 32 + (8 + (ch32 % 8)[None, :] * 3), mask=mask32, other=0.0)
-    b_1_ch32_v8_1 = tl.load(b + rows[:, None] * 32 + (9 + (ch32 % 8)[None, :] * 3), mask=mask32, other=0.0)
-    b_1_ch32_v8_2 = tl.load(b + rows[:, None] * 32 + (10 + (ch32 % 8)[None, :] * 3), mask=mask32, other=0.0)
-    sum2_0 = sum1_0 + (0.5773502691896257 * a_1_ch32_u8_0 * b_1_ch32_v8_0 + 0.5773502691896257 * a_1_ch32_u8_1 * b_1_ch32_v8_1 + 0.5773502691896257 * a_1_ch32_u8_2 * b_1_ch32_v8_2) * tl.load(weight + 0 + (96 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 0.7071067811865476
-    c_0_0 = sum2_0
-    tl.store(c_out + rows[:, None] * 224 + (0 + ch32[None, :] * 1), c_0_0, mask=mask32)
-    sum3_0 = (0.5773502691896257 * a_0_ch32_u8_0 * b_1_ch32_v8_0) * tl.load(weight + 0 + (32 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    sum3_1 = (0.5773502691896257 * a_0_ch32_u8_0 * b_1_ch32_v8_1) * tl.load(weight + 0 + (32 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    sum3_2 = (0.5773502691896257 * a_0_ch32_u8_0 * b_1_ch32_v8_2) * tl.load(weight + 0 + (32 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    sum4_0 = sum3_0 + (0.5773502691896257 * a_1_ch32_u8_0 * b_0_ch32_v8_0) * tl.load(weight + 0 + (64 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    sum4_1 = sum3_1 + (0.5773502691896257 * a_1_ch32_u8_1 * b_0_ch32_v8_0) * tl.load(weight + 0 + (64 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    sum4_2 = sum3_2 + (0.5773502691896257 * a_1_ch32_u8_2 * b_0_ch32_v8_0) * tl.load(weight + 0 + (64 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.224744871391589
-    c_1_0 = sum4_0
-    c_1_1 = sum4_1
-    c_1_2 = sum4_2
-    tl.store(c_out + rows[:, None] * 224 + (32 + ch32[None, :] * 3), c_1_0, mask=mask32)
-    tl.store(c_out + rows[:, None] * 224 + (33 + ch32[None, :] * 3), c_1_1, mask=mask32)
-    tl.store(c_out + rows[:, None] * 224 + (34 + ch32[None, :] * 3), c_1_2, mask=mask32)
-    sum5_0 = (0.408248290463863 * a_1_ch32_u8_1 * b_1_ch32_v8_2 + -0.408248290463863 * a_1_ch32_u8_2 * b_1_ch32_v8_1) * tl.load(weight + 0 + (128 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.7320508075688772
-    sum5_1 = (-0.408248290463863 * a_1_ch32_u8_0 * b_1_ch32_v8_2 + 0.408248290463863 * a_1_ch32_u8_2 * b_1_ch32_v8_0) * tl.load(weight + 0 + (128 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.7320508075688772
-    sum5_2 = (0.408248290463863 * a_1_ch32_u8_0 * b_1_ch32_v8_1 + -0.408248290463863 * a_1_ch32_u8_1 * b_1_ch32_v8_0) * tl.load(weight + 0 + (128 + ch32[None, :]), mask=cm32[None, :], other=0.0) * 1.7320508075688772
-    c_2_0 = sum5_0
-    c_2_1 = sum5_1
-    c_2_2 = sum5_2
-    tl.store(c_out + rows[:, None] * 224 + (128 + ch32[None, :] * 3), c_2_0, mask=mask32)
-    tl.store(c_out + rows[:, None] * 224 + (129 + ch32[None, :] * 3), c_2_1, mask=mask32)
-    tl.store(c_out + rows[:, None] * 224 + (130 + ch32[None, :] * 3), c_2_2, mask=mask32)
+    _ch32 = tl.arange(0, 32)
+    _cm32 = _ch32 < 32
+    _mask32 = _row_mask[:, None] & _cm32[None, :]
+    _zero32 = tl.zeros([BLOCK_Z, 32], dtype=a.dtype.element_ty)
+    _ch4 = tl.arange(0, 16)
+    _cm4 = _ch4 < 4
+    _mask4 = _row_mask[:, None] & _cm4[None, :]
+    _zero4 = tl.zeros([BLOCK_Z, 16], dtype=a.dtype.element_ty)
+    a__0__ch32_u8_0 = tl.load(a + _rows[:, None] * 16 + (0 + (_ch32 // 8)[None, :] * 1), mask=_mask32, other=0.0)
+    _ch8 = tl.arange(0, 16)
+    _cm8 = _ch8 < 8
+    _mask8 = _row_mask[:, None] & _cm8[None, :]
+    _zero8 = tl.zeros([BLOCK_Z, 16], dtype=a.dtype.element_ty)
+    b__0__ch32_v8_0 = tl.load(b + _rows[:, None] * 32 + (0 + (_ch32 % 8)[None, :] * 1), mask=_mask32, other=0.0)
+    _sum1_0 = (1.0 * a__0__ch32_u8_0 * b__0__ch32_v8_0) * tl.load(weight + 0 + (0 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 0.7071067811865476
+    a__1__ch32_u8_0 = tl.load(a + _rows[:, None] * 16 + (4 + (_ch32 // 8)[None, :] * 3), mask=_mask32, other=0.0)
+    a__1__ch32_u8_1 = tl.load(a + _rows[:, None] * 16 + (5 + (_ch32 // 8)[None, :] * 3), mask=_mask32, other=0.0)
+    a__1__ch32_u8_2 = tl.load(a + _rows[:, None] * 16 + (6 + (_ch32 // 8)[None, :] * 3), mask=_mask32, other=0.0)
+    b__1__ch32_v8_0 = tl.load(b + _rows[:, None] * 32 + (8 + (_ch32 % 8)[None, :] * 3), mask=_mask32, other=0.0)
+    b__1__ch32_v8_1 = tl.load(b + _rows[:, None] * 32 + (9 + (_ch32 % 8)[None, :] * 3), mask=_mask32, other=0.0)
+    b__1__ch32_v8_2 = tl.load(b + _rows[:, None] * 32 + (10 + (_ch32 % 8)[None, :] * 3), mask=_mask32, other=0.0)
+    _sum2_0 = _sum1_0 + (0.5773502691896257 * a__1__ch32_u8_0 * b__1__ch32_v8_0 + 0.5773502691896257 * a__1__ch32_u8_1 * b__1__ch32_v8_1 + 0.5773502691896257 * a__1__ch32_u8_2 * b__1__ch32_v8_2) * tl.load(weight + 0 + (96 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 0.7071067811865476
+    c__0_0 = _sum2_0
+    tl.store(c__out + _rows[:, None] * 224 + (0 + _ch32[None, :] * 1), c__0_0, mask=_mask32)
+    _sum3_0 = (0.5773502691896257 * a__0__ch32_u8_0 * b__1__ch32_v8_0) * tl.load(weight + 0 + (32 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    _sum3_1 = (0.5773502691896257 * a__0__ch32_u8_0 * b__1__ch32_v8_1) * tl.load(weight + 0 + (32 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    _sum3_2 = (0.5773502691896257 * a__0__ch32_u8_0 * b__1__ch32_v8_2) * tl.load(weight + 0 + (32 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    _sum4_0 = _sum3_0 + (0.5773502691896257 * a__1__ch32_u8_0 * b__0__ch32_v8_0) * tl.load(weight + 0 + (64 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    _sum4_1 = _sum3_1 + (0.5773502691896257 * a__1__ch32_u8_1 * b__0__ch32_v8_0) * tl.load(weight + 0 + (64 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    _sum4_2 = _sum3_2 + (0.5773502691896257 * a__1__ch32_u8_2 * b__0__ch32_v8_0) * tl.load(weight + 0 + (64 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.224744871391589
+    c__1_0 = _sum4_0
+    c__1_1 = _sum4_1
+    c__1_2 = _sum4_2
+    tl.store(c__out + _rows[:, None] * 224 + (32 + _ch32[None, :] * 3), c__1_0, mask=_mask32)
+    tl.store(c__out + _rows[:, None] * 224 + (33 + _ch32[None, :] * 3), c__1_1, mask=_mask32)
+    tl.store(c__out + _rows[:, None] * 224 + (34 + _ch32[None, :] * 3), c__1_2, mask=_mask32)
+    _sum5_0 = (0.408248290463863 * a__1__ch32_u8_1 * b__1__ch32_v8_2 + -0.408248290463863 * a__1__ch32_u8_2 * b__1__ch32_v8_1) * tl.load(weight + 0 + (128 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.7320508075688772
+    _sum5_1 = (-0.408248290463863 * a__1__ch32_u8_0 * b__1__ch32_v8_2 + 0.408248290463863 * a__1__ch32_u8_2 * b__1__ch32_v8_0) * tl.load(weight + 0 + (128 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.7320508075688772
+    _sum5_2 = (0.408248290463863 * a__1__ch32_u8_0 * b__1__ch32_v8_1 + -0.408248290463863 * a__1__ch32_u8_1 * b__1__ch32_v8_0) * tl.load(weight + 0 + (128 + _ch32[None, :]), mask=_cm32[None, :], other=0.0) * 1.7320508075688772
+    c__2_0 = _sum5_0
+    c__2_1 = _sum5_1
+    c__2_2 = _sum5_2
+    tl.store(c__out + _rows[:, None] * 224 + (128 + _ch32[None, :] * 3), c__2_0, mask=_mask32)
+    tl.store(c__out + _rows[:, None] * 224 + (129 + _ch32[None, :] * 3), c__2_1, mask=_mask32)
+    tl.store(c__out + _rows[:, None] * 224 + (130 + _ch32[None, :] * 3), c__2_2, mask=_mask32)
 
 
-def _full_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _full_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the full_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = a.shape[0]
-    c_out = rt.output_rows(a, n, 224)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _full_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, enable_fp_fusion=True)
-    return [c_out]
+    c__out = rt.output_rows(a, n, 224)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _full_tp__kernel[_grid](a.contiguous(), b.contiguous(), weight.contiguous(), c__out, n, enable_fp_fusion=True)
+    return [c__out]
 
 
 # full_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("full_tp_d2_a", _full_tp_d2_a_triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp_d2_a)
-_ops.register("full_tp_d2_b", _full_tp_d2_b_triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp_d2_b)
-_ops.register("full_tp_d2_weight", _full_tp_d2_weight_triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp_d2_weight)
-_ops.register("full_tp_d", _full_tp_d_triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b, _ops.full_tp_d2_weight])
-_ops.register("full_tp", _full_tp_triton, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], check_indices=True)
+_ops.register("full_tp__d__d2_a", _full_tp__d__d2_a__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_a)
+_ops.register("full_tp__d__d2_b", _full_tp__d__d2_b__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_b)
+_ops.register("full_tp__d__d2_weight", _full_tp__d__d2_weight__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_weight)
+_ops.register("full_tp__d", _full_tp__d__triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp__d__d2_a, _ops.full_tp__d__d2_b, _ops.full_tp__d__d2_weight])
+_ops.register("full_tp", _full_tp__triton, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp__d], check_indices=True)
 
 
 @triton.jit
-def _linear_d_0_kernel(x_ptr, d_y_ptr, weight_ptr, d_x_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _linear__d__kernel0(x_ptr, d_y_ptr, weight_ptr, d_x_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of linear, statements 1–6 of 6: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22675,8 +22675,8 @@ def _linear_d_0_kernel(x_ptr, d_y_ptr, weight_ptr, d_x_ptr, scratch, partial, n,
     tl.debug_barrier()
 
 
-def _linear_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the linear_d kernel on (x, d_y, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _linear__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the linear__d kernel on (x, d_y, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[2], n, size) for size in (120,)]
@@ -22684,15 +22684,15 @@ def _linear_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[2].new_zeros(programs, 896)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[2].dtype == torch.float64 else tl.float32
-    for kernel in (_linear_d_0_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_linear__d__kernel0,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], partial[:, 0:896].sum(0)]
 
 
 @triton.jit
-def _linear_d2_x_0_kernel(x_ptr, d_y_ptr, d2_d_x_ptr, weight_ptr, d2_x_ptr, d2_d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of linear_d for the cotangent of d_x, statements 1–6 of 6: BLOCK_Z rows per program."""
+def _linear__d__d2_x__kernel0(x_ptr, d_y_ptr, d2_d_x_ptr, weight_ptr, d2_x_ptr, d2_d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of linear__d for the cotangent of d_x, statements 1–6 of 6: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -22803,8 +22803,8 @@ def _linear_d2_x_0_kernel(x_ptr, d_y_ptr, d2_d_x_ptr, weight_ptr, d2_x_ptr, d2_d
     tl.debug_barrier()
 
 
-def _linear_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the linear_d2_x kernel on (x, d_y, d2_d_x, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _linear__d__d2_x__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the linear__d__d2_x kernel on (x, d_y, d2_d_x, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (120, 144)]
@@ -22812,48 +22812,48 @@ def _linear_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 896)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_linear_d2_x_0_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_linear__d__d2_x__kernel0,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:896].sum(0)]
 
 
-def _linear_d2_x(
+def _linear__d__d2_x(
     x: torch.Tensor, d_y: torch.Tensor, d2_d_x: torch.Tensor, weight: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of linear_d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    """the vector-Jacobian product of linear__d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    d2_d_y_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece0_d2_d_y = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_1 = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
+    _piece1_d2_weight = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    d2_d_y_2 = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece2_d2_d_y = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_3 = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
+    _piece3_d2_weight = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    d2_d_y_4 = torch.mm(d2_d_x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    _piece4_d2_d_y = torch.mm(d2_d_x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_5 = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(8, 16)  # zui,zwi->uw
+    _piece5_d2_weight = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(8, 16)  # zui,zwi->uw
     d2_x = weight.new_zeros(n, 120)
     d2_d_y = torch.cat([
-        d2_d_y_0.reshape(n, 16),
-        d2_d_y_2.reshape(n, 48),
-        d2_d_y_4.reshape(n, 80),
+        _piece0_d2_d_y.reshape(n, 16),
+        _piece2_d2_d_y.reshape(n, 48),
+        _piece4_d2_d_y.reshape(n, 80),
     ], dim=-1)
-    del d2_d_y_0, d2_d_y_2, d2_d_y_4
+    del _piece0_d2_d_y, _piece2_d2_d_y, _piece4_d2_d_y
     d2_weight = torch.cat([
-        d2_weight_1.reshape(512),
-        d2_weight_3.reshape(256),
-        d2_weight_5.reshape(128),
+        _piece1_d2_weight.reshape(512),
+        _piece3_d2_weight.reshape(256),
+        _piece5_d2_weight.reshape(128),
     ], dim=-1)
-    del d2_weight_1, d2_weight_3, d2_weight_5
+    del _piece1_d2_weight, _piece3_d2_weight, _piece5_d2_weight
     return [d2_x, d2_d_y, d2_weight]
 
 
 @triton.jit
-def _linear_d2_weight_0_kernel(x_ptr, d_y_ptr, d2_d_weight_ptr, weight_ptr, d2_x_ptr, d2_d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of linear_d for the cotangent of d_weight, statements 1–6 of 6: BLOCK_Z rows per program."""
+def _linear__d__d2_weight__kernel0(x_ptr, d_y_ptr, d2_d_weight_ptr, weight_ptr, d2_x_ptr, d2_d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of linear__d for the cotangent of d_weight, statements 1–6 of 6: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -22968,8 +22968,8 @@ def _linear_d2_weight_0_kernel(x_ptr, d_y_ptr, d2_d_weight_ptr, weight_ptr, d2_x
     tl.debug_barrier()
 
 
-def _linear_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the linear_d2_weight kernel on (x, d_y, d2_d_weight, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _linear__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the linear__d__d2_weight kernel on (x, d_y, d2_d_weight, weight), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (120, 144)]
@@ -22977,41 +22977,41 @@ def _linear_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 896)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_linear_d2_weight_0_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_linear__d__d2_weight__kernel0,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:896].sum(0)]
 
 
-def _linear_d2_weight(
+def _linear__d__d2_weight(
     x: torch.Tensor, d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of linear_d for the cotangent of d_weight: x (n, 120), d_y (n, 144), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    """the vector-Jacobian product of linear__d for the cotangent of d_weight: x (n, 120), d_y (n, 144), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
-    d2_d_y_0 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece0_d2_d_y = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
-    d2_x_1 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).t()).view(n, 1, 32).permute(0, 2, 1)  # uw,zwi->zui
+    _piece1_d2_x = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).t()).view(n, 1, 32).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
-    d2_d_y_2 = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece2_d2_d_y = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
-    d2_x_3 = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
+    _piece3_d2_x = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
-    d2_d_y_4 = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(1, 0, 2).reshape(8, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    _piece4_d2_d_y = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(1, 0, 2).reshape(8, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
-    d2_x_5 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).t()).view(n, 5, 8).permute(0, 2, 1)  # uw,zwi->zui
+    _piece5_d2_x = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).t()).view(n, 5, 8).permute(0, 2, 1)  # uw,zwi->zui
     d2_x = torch.cat([
-        d2_x_1.reshape(n, 32),
-        d2_x_3.reshape(n, 48),
-        d2_x_5.reshape(n, 40),
+        _piece1_d2_x.reshape(n, 32),
+        _piece3_d2_x.reshape(n, 48),
+        _piece5_d2_x.reshape(n, 40),
     ], dim=-1)
-    del d2_x_1, d2_x_3, d2_x_5
+    del _piece1_d2_x, _piece3_d2_x, _piece5_d2_x
     d2_d_y = torch.cat([
-        d2_d_y_0.reshape(n, 16),
-        d2_d_y_2.reshape(n, 48),
-        d2_d_y_4.reshape(n, 80),
+        _piece0_d2_d_y.reshape(n, 16),
+        _piece2_d2_d_y.reshape(n, 48),
+        _piece4_d2_d_y.reshape(n, 80),
     ], dim=-1)
-    del d2_d_y_0, d2_d_y_2, d2_d_y_4
+    del _piece0_d2_d_y, _piece2_d2_d_y, _piece4_d2_d_y
     d2_weight = weight.new_zeros(896)
     return [d2_x, d2_d_y, d2_weight]
 
@@ -23021,98 +23021,98 @@ def _linear_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _linear_kernel(x, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _linear__kernel(x, weight, y__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """linear: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # out y : 16x0e+16x1o+16x2e
     # y.0: x mix uvw
-    ch16 = tl.arange(0, 16)
-    cm16 = ch16 < 16
-    mask16 = row_mask[:, None] & cm16[None, :]
-    zero16 = tl.zeros([BLOCK_Z, 16], dtype=x.dtype.element_ty)
-    y_0_p0_0 = zero16
+    _ch16 = tl.arange(0, 16)
+    _cm16 = _ch16 < 16
+    _mask16 = _row_mask[:, None] & _cm16[None, :]
+    _zero16 = tl.zeros([BLOCK_Z, 16], dtype=x.dtype.element_ty)
+    _y__0_p0_0 = _zero16
     for _u in range(32):
-        y_0_p0_x0 = tl.load(x + rows * 120 + 0 + _u * 1, mask=row_mask, other=0.0)
-        y_0_p0_w = tl.load(weight + 0 + (0 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        y_0_p0_0 += (1.0 * y_0_p0_x0)[:, None] * y_0_p0_w
-    sum1_0 = y_0_p0_0 * 0.17677669529663687
-    y_0_0 = sum1_0
-    tl.store(y_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), y_0_0, mask=mask16)
-    y_0_p1_0 = zero16
-    y_0_p1_1 = zero16
-    y_0_p1_2 = zero16
+        _y__0_p0_x0 = tl.load(x + _rows * 120 + 0 + _u * 1, mask=_row_mask, other=0.0)
+        _y__0_p0_w = tl.load(weight + 0 + (0 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _y__0_p0_0 += (1.0 * _y__0_p0_x0)[:, None] * _y__0_p0_w
+    _sum1_0 = _y__0_p0_0 * 0.17677669529663687
+    y__0_0 = _sum1_0
+    tl.store(y__out + _rows[:, None] * 144 + (0 + _ch16[None, :] * 1), y__0_0, mask=_mask16)
+    _y__0_p1_0 = _zero16
+    _y__0_p1_1 = _zero16
+    _y__0_p1_2 = _zero16
     for _u in range(16):
-        y_0_p1_x0 = tl.load(x + rows * 120 + 32 + _u * 3, mask=row_mask, other=0.0)
-        y_0_p1_x1 = tl.load(x + rows * 120 + 33 + _u * 3, mask=row_mask, other=0.0)
-        y_0_p1_x2 = tl.load(x + rows * 120 + 34 + _u * 3, mask=row_mask, other=0.0)
-        y_0_p1_w = tl.load(weight + 0 + (512 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        y_0_p1_0 += (1.0 * y_0_p1_x0)[:, None] * y_0_p1_w
-        y_0_p1_1 += (1.0 * y_0_p1_x1)[:, None] * y_0_p1_w
-        y_0_p1_2 += (1.0 * y_0_p1_x2)[:, None] * y_0_p1_w
-    sum2_0 = y_0_p1_0 * 0.25
-    sum2_1 = y_0_p1_1 * 0.25
-    sum2_2 = y_0_p1_2 * 0.25
-    y_1_0 = sum2_0
-    y_1_1 = sum2_1
-    y_1_2 = sum2_2
-    tl.store(y_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), y_1_0, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), y_1_1, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), y_1_2, mask=mask16)
-    y_0_p2_0 = zero16
-    y_0_p2_1 = zero16
-    y_0_p2_2 = zero16
-    y_0_p2_3 = zero16
-    y_0_p2_4 = zero16
+        _y__0_p1_x0 = tl.load(x + _rows * 120 + 32 + _u * 3, mask=_row_mask, other=0.0)
+        _y__0_p1_x1 = tl.load(x + _rows * 120 + 33 + _u * 3, mask=_row_mask, other=0.0)
+        _y__0_p1_x2 = tl.load(x + _rows * 120 + 34 + _u * 3, mask=_row_mask, other=0.0)
+        _y__0_p1_w = tl.load(weight + 0 + (512 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _y__0_p1_0 += (1.0 * _y__0_p1_x0)[:, None] * _y__0_p1_w
+        _y__0_p1_1 += (1.0 * _y__0_p1_x1)[:, None] * _y__0_p1_w
+        _y__0_p1_2 += (1.0 * _y__0_p1_x2)[:, None] * _y__0_p1_w
+    _sum2_0 = _y__0_p1_0 * 0.25
+    _sum2_1 = _y__0_p1_1 * 0.25
+    _sum2_2 = _y__0_p1_2 * 0.25
+    y__1_0 = _sum2_0
+    y__1_1 = _sum2_1
+    y__1_2 = _sum2_2
+    tl.store(y__out + _rows[:, None] * 144 + (16 + _ch16[None, :] * 3), y__1_0, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (17 + _ch16[None, :] * 3), y__1_1, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (18 + _ch16[None, :] * 3), y__1_2, mask=_mask16)
+    _y__0_p2_0 = _zero16
+    _y__0_p2_1 = _zero16
+    _y__0_p2_2 = _zero16
+    _y__0_p2_3 = _zero16
+    _y__0_p2_4 = _zero16
     for _u in range(8):
-        y_0_p2_x0 = tl.load(x + rows * 120 + 80 + _u * 5, mask=row_mask, other=0.0)
-        y_0_p2_x1 = tl.load(x + rows * 120 + 81 + _u * 5, mask=row_mask, other=0.0)
-        y_0_p2_x2 = tl.load(x + rows * 120 + 82 + _u * 5, mask=row_mask, other=0.0)
-        y_0_p2_x3 = tl.load(x + rows * 120 + 83 + _u * 5, mask=row_mask, other=0.0)
-        y_0_p2_x4 = tl.load(x + rows * 120 + 84 + _u * 5, mask=row_mask, other=0.0)
-        y_0_p2_w = tl.load(weight + 0 + (768 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
-        y_0_p2_0 += (1.0 * y_0_p2_x0)[:, None] * y_0_p2_w
-        y_0_p2_1 += (1.0 * y_0_p2_x1)[:, None] * y_0_p2_w
-        y_0_p2_2 += (1.0 * y_0_p2_x2)[:, None] * y_0_p2_w
-        y_0_p2_3 += (1.0 * y_0_p2_x3)[:, None] * y_0_p2_w
-        y_0_p2_4 += (1.0 * y_0_p2_x4)[:, None] * y_0_p2_w
-    sum3_0 = y_0_p2_0 * 0.35355339059327373
-    sum3_1 = y_0_p2_1 * 0.35355339059327373
-    sum3_2 = y_0_p2_2 * 0.35355339059327373
-    sum3_3 = y_0_p2_3 * 0.35355339059327373
-    sum3_4 = y_0_p2_4 * 0.35355339059327373
-    y_2_0 = sum3_0
-    y_2_1 = sum3_1
-    y_2_2 = sum3_2
-    y_2_3 = sum3_3
-    y_2_4 = sum3_4
-    tl.store(y_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), y_2_0, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), y_2_1, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), y_2_2, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (67 + ch16[None, :] * 5), y_2_3, mask=mask16)
-    tl.store(y_out + rows[:, None] * 144 + (68 + ch16[None, :] * 5), y_2_4, mask=mask16)
+        _y__0_p2_x0 = tl.load(x + _rows * 120 + 80 + _u * 5, mask=_row_mask, other=0.0)
+        _y__0_p2_x1 = tl.load(x + _rows * 120 + 81 + _u * 5, mask=_row_mask, other=0.0)
+        _y__0_p2_x2 = tl.load(x + _rows * 120 + 82 + _u * 5, mask=_row_mask, other=0.0)
+        _y__0_p2_x3 = tl.load(x + _rows * 120 + 83 + _u * 5, mask=_row_mask, other=0.0)
+        _y__0_p2_x4 = tl.load(x + _rows * 120 + 84 + _u * 5, mask=_row_mask, other=0.0)
+        _y__0_p2_w = tl.load(weight + 0 + (768 + _u * 16 + 0 + _ch16[None, :]), mask=_cm16[None, :], other=0.0)
+        _y__0_p2_0 += (1.0 * _y__0_p2_x0)[:, None] * _y__0_p2_w
+        _y__0_p2_1 += (1.0 * _y__0_p2_x1)[:, None] * _y__0_p2_w
+        _y__0_p2_2 += (1.0 * _y__0_p2_x2)[:, None] * _y__0_p2_w
+        _y__0_p2_3 += (1.0 * _y__0_p2_x3)[:, None] * _y__0_p2_w
+        _y__0_p2_4 += (1.0 * _y__0_p2_x4)[:, None] * _y__0_p2_w
+    _sum3_0 = _y__0_p2_0 * 0.35355339059327373
+    _sum3_1 = _y__0_p2_1 * 0.35355339059327373
+    _sum3_2 = _y__0_p2_2 * 0.35355339059327373
+    _sum3_3 = _y__0_p2_3 * 0.35355339059327373
+    _sum3_4 = _y__0_p2_4 * 0.35355339059327373
+    y__2_0 = _sum3_0
+    y__2_1 = _sum3_1
+    y__2_2 = _sum3_2
+    y__2_3 = _sum3_3
+    y__2_4 = _sum3_4
+    tl.store(y__out + _rows[:, None] * 144 + (64 + _ch16[None, :] * 5), y__2_0, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (65 + _ch16[None, :] * 5), y__2_1, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (66 + _ch16[None, :] * 5), y__2_2, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (67 + _ch16[None, :] * 5), y__2_3, mask=_mask16)
+    tl.store(y__out + _rows[:, None] * 144 + (68 + _ch16[None, :] * 5), y__2_4, mask=_mask16)
 
 
-def _linear_triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _linear__triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the linear kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
-    y_out = rt.output_rows(x, n, 144)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _linear_kernel[grid](x.contiguous(), weight.contiguous(), y_out, n, enable_fp_fusion=True)
-    return [y_out]
+    y__out = rt.output_rows(x, n, 144)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _linear__kernel[_grid](x.contiguous(), weight.contiguous(), y__out, n, enable_fp_fusion=True)
+    return [y__out]
 
 
 # linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("linear_d2_x", _linear_d2_x_triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear_d2_x)
-_ops.register("linear_d2_weight", _linear_d2_weight_triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear_d2_weight)
-_ops.register("linear_d", _linear_d_triton, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear_d2_x, _ops.linear_d2_weight])
-_ops.register("linear", _linear_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], check_indices=True)
+_ops.register("linear__d__d2_x", _linear__d__d2_x__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear__d__d2_x)
+_ops.register("linear__d__d2_weight", _linear__d__d2_weight__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear__d__d2_weight)
+_ops.register("linear__d", _linear__d__triton, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear__d__d2_x, _ops.linear__d__d2_weight])
+_ops.register("linear", _linear__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.linear__d], check_indices=True)
 
 
 @triton.jit
-def _tp_then_linear_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _tp_then_linear__d__kernel0(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of tp_then_linear, statements 1–16 of 36: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23130,7 +23130,7 @@ def _tp_then_linear_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     ij_1 = tl.arange(0, 4)
     p0_1 = y_ptr + 0 + z[:, None, None] * 4 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_t_0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
+    p1_1 = _g_t__0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
     po_1 = scratch + 56 + z[:, None] * 368 + ic_1[None, :]
     mo_1 = row_mask[:, None]
     a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
@@ -23351,7 +23351,7 @@ def _tp_then_linear_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
 
 
 @triton.jit
-def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _tp_then_linear__d__kernel1(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of tp_then_linear, statements 17–32 of 36: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23370,7 +23370,7 @@ def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     q_17 = po_17
     tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + tl.sum(a0_17 * a1_17, axis=3), mask=mo_17)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     iu_18 = tl.arange(0, 8)
     ik_18 = tl.arange(0, 4)
     ii_18 = tl.arange(0, 4)
@@ -23442,7 +23442,7 @@ def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     q_22 = po_22
     tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + tl.sum(tl.sum(a0_22 * a1_22, axis=4), axis=3), mask=mo_22)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     iu_23 = tl.arange(0, 8)
     ik_23 = tl.arange(0, 1)
     ii_23 = tl.arange(0, 4)
@@ -23514,7 +23514,7 @@ def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     q_27 = po_27
     tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3), mask=mo_27)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     iu_28 = tl.arange(0, 8)
     ik_28 = tl.arange(0, 4)
     ii_28 = tl.arange(0, 1)
@@ -23589,13 +23589,13 @@ def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
 
 
 @triton.jit
-def _tp_then_linear_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+def _tp_then_linear__d__kernel2(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t__0_ptr, d_x_ptr, d_y_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
     """the vector-Jacobian product of tp_then_linear, statements 33–36 of 36: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     iu_33 = tl.arange(0, 8)
     ik_33 = tl.arange(0, 1)
     ii_33 = tl.arange(0, 1)
@@ -23644,7 +23644,7 @@ def _tp_then_linear_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     ic_36 = tl.arange(0, 16)
     p0_36 = scratch + 128 + z[:, None, None] * 368 + ic_36[None, None, :]
     m0_36 = row_mask[:, None, None]
-    p1_36 = _g_t_0_ptr + 0 + ij_36[None, :, None] * 16 + ic_36[None, None, :]
+    p1_36 = _g_t__0_ptr + 0 + ij_36[None, :, None] * 16 + ic_36[None, None, :]
     po_36 = d_y_ptr + 0 + z[:, None] * 4 + ij_36[None, :]
     mo_36 = row_mask[:, None]
     a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
@@ -23654,8 +23654,8 @@ def _tp_then_linear_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     tl.debug_barrier()
 
 
-def _tp_then_linear_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the tp_then_linear_d kernel on (x, y, d_z, weight, _g_t_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _tp_then_linear__d__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the tp_then_linear__d kernel on (x, y, d_z, weight, _g_t__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[3], n, size) for size in (32, 4)]
@@ -23663,15 +23663,15 @@ def _tp_then_linear_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[3].new_zeros(programs, 160)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
-    for kernel in (_tp_then_linear_d_0_kernel, _tp_then_linear_d_1_kernel, _tp_then_linear_d_2_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_tp_then_linear__d__kernel0, _tp_then_linear__d__kernel1, _tp_then_linear__d__kernel2,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], partial[:, 0:160].sum(0)]
 
 
 @triton.jit
-def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x, statements 1–16 of 30: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_x__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_x, statements 1–16 of 30: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -23691,7 +23691,7 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     ij_1 = tl.arange(0, 4)
     p0_1 = y_ptr + 0 + z[:, None, None] * 4 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_t_0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
+    p1_1 = _g_t__0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
     po_1 = scratch + 0 + z[:, None] * 320 + ic_1[None, :]
     mo_1 = row_mask[:, None]
     a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
@@ -23756,7 +23756,7 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     q_5 = po_5
     tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(a0_5 * a1_5, axis=3), mask=mo_5)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     iu_6 = tl.arange(0, 8)
     ii_6 = tl.arange(0, 1)
     ik_6 = tl.arange(0, 1)
@@ -23829,7 +23829,7 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     q_10 = po_10
     tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + tl.sum(tl.sum(a0_10 * a1_10, axis=4), axis=3), mask=mo_10)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     iu_11 = tl.arange(0, 8)
     ii_11 = tl.arange(0, 1)
     ik_11 = tl.arange(0, 4)
@@ -23902,7 +23902,7 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     q_15 = po_15
     tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + tl.sum(a0_15 * a1_15, axis=3), mask=mo_15)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     iu_16 = tl.arange(0, 8)
     ii_16 = tl.arange(0, 4)
     ik_16 = tl.arange(0, 1)
@@ -23920,8 +23920,8 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
 
 
 @triton.jit
-def _tp_then_linear_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x, statements 17–30 of 30: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_x__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_x, statements 17–30 of 30: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -23983,7 +23983,7 @@ def _tp_then_linear_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     q_20 = po_20
     tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     iu_21 = tl.arange(0, 8)
     ii_21 = tl.arange(0, 4)
     ik_21 = tl.arange(0, 4)
@@ -24109,7 +24109,7 @@ def _tp_then_linear_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     ic_30 = tl.arange(0, 16)
     p0_30 = scratch + 72 + z[:, None, None] * 320 + ic_30[None, None, :]
     m0_30 = row_mask[:, None, None]
-    p1_30 = _g_t_0_ptr + 0 + ij_30[None, :, None] * 16 + ic_30[None, None, :]
+    p1_30 = _g_t__0_ptr + 0 + ij_30[None, :, None] * 16 + ic_30[None, None, :]
     po_30 = d2_y_ptr + 0 + z[:, None] * 4 + ij_30[None, :]
     mo_30 = row_mask[:, None]
     a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
@@ -24119,8 +24119,8 @@ def _tp_then_linear_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     tl.debug_barrier()
 
 
-def _tp_then_linear_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the tp_then_linear_d2_x kernel on (x, y, d_z, d2_d_x, weight, _g_t_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _tp_then_linear__d__d2_x__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the tp_then_linear__d__d2_x kernel on (x, y, d_z, d2_d_x, weight, _g_t__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (32, 4, 32)]
@@ -24128,123 +24128,123 @@ def _tp_then_linear_d2_x_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 160)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_tp_then_linear_d2_x_0_kernel, _tp_then_linear_d2_x_1_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_tp_then_linear__d__d2_x__kernel0, _tp_then_linear__d__d2_x__kernel1,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _tp_then_linear_d2_x(
+def _tp_then_linear__d__d2_x(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    weight: torch.Tensor, _g_t_0: torch.Tensor,
+    weight: torch.Tensor, _g_t__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_x: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
+    _m_t__0 = torch.mm(y.reshape(n, 4), _g_t__0).view(n, 16)  # zj,jc->zc
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_0 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    _piece1_d_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
-    d2_d_t_2 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    _piece2_d2_d_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     del _c0
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
-        d_t_1.reshape(n, 8),
-        d_t_0.reshape(n, 24),
+        _piece1_d_t.reshape(n, 8),
+        _piece0_d_t.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d_t_0, d_t_1
+    del _piece0_d_t, _piece1_d_t
     _c1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
-    d2__m_t_0_3 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c1.permute(0, 2, 3, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    _piece3_d2__m_t__0 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c1.permute(0, 2, 3, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_4 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
+    _piece4_d2_weight = torch.mm(_m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
     del _c1
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c2 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
-    d2_d_t_5 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    _piece5_d2_d_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c2
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0_6 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.permute(1, 2, 3, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _piece6_d2__m_t__0 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.permute(1, 2, 3, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_7 = torch.mm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c3.permute(1, 2, 3, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzik->pu
+    _piece7_d2_weight = torch.mm(_m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c3.permute(1, 2, 3, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzik->pu
     del _c3
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c4 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_t_8 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c4 = torch.bmm(_m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece8_d2_d_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _c5 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    d2__m_t_0_9 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(1, 2, 3, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
+    _piece9_d2__m_t__0 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(1, 2, 3, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c5
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    _piece10_d2_weight = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c4
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c6 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
-    del _m_t_0
-    d2_d_t_11 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _c6 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    del _m_t__0
+    _piece11_d2_d_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _c7 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0_12 = torch.mm(_c7.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzik->zikp
+    _piece12_d2__m_t__0 = torch.mm(_c7.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzik->zikp
     del _c7
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_13 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c6.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    _piece13_d2_weight = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c6.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     del _c6, d_t
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
-        (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
+        (_piece2_d2_d_t + _piece8_d2_d_t).reshape(n, 8),
+        (_piece5_d2_d_t + _piece11_d2_d_t).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d2_d_t_11, d2_d_t_2, d2_d_t_5, d2_d_t_8
-    d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece11_d2_d_t, _piece2_d2_d_t, _piece5_d2_d_t, _piece8_d2_d_t
+    _piece14_d2_d_z = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    _piece15_d2_weight = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
+    _piece16_d2_d_z = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    _piece17_d2_weight = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     del d2_d_t
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
-    d2_d_z_18 = d2_d_x[:, 0:8].reshape(n, 8, 1)
+    _piece18_d2_d_z = d2_d_x[:, 0:8].reshape(n, 8, 1)
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
-    d2_d_z_19 = d2_d_x[:, 8:32].reshape(n, 8, 3)
+    _piece19_d2_d_z = d2_d_x[:, 8:32].reshape(n, 8, 3)
     # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_t_0 = torch.cat([
-        d2__m_t_0_3.reshape(n, 1),
-        d2__m_t_0_6.reshape(n, 3),
-        d2__m_t_0_9.reshape(n, 3),
-        d2__m_t_0_12.reshape(n, 9),
+    d2__m_t__0 = torch.cat([
+        _piece3_d2__m_t__0.reshape(n, 1),
+        _piece6_d2__m_t__0.reshape(n, 3),
+        _piece9_d2__m_t__0.reshape(n, 3),
+        _piece12_d2__m_t__0.reshape(n, 9),
     ], dim=-1)
-    del d2__m_t_0_12, d2__m_t_0_3, d2__m_t_0_6, d2__m_t_0_9
-    d2_y_20 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
-    del d2__m_t_0
+    del _piece12_d2__m_t__0, _piece3_d2__m_t__0, _piece6_d2__m_t__0, _piece9_d2__m_t__0
+    _piece20_d2_y = torch.mm(d2__m_t__0, _g_t__0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t__0
     d2_x = weight.new_zeros(n, 32)
-    d2_y = d2_y_20
-    del d2_y_20
+    d2_y = _piece20_d2_y
+    del _piece20_d2_y
     d2_d_z = torch.cat([
-        (d2_d_z_14 + d2_d_z_18).reshape(n, 8),
-        (d2_d_z_16 + d2_d_z_19).reshape(n, 24),
+        (_piece14_d2_d_z + _piece18_d2_d_z).reshape(n, 8),
+        (_piece16_d2_d_z + _piece19_d2_d_z).reshape(n, 24),
     ], dim=-1)
-    del d2_d_z_14, d2_d_z_16, d2_d_z_18, d2_d_z_19
+    del _piece14_d2_d_z, _piece16_d2_d_z, _piece18_d2_d_z, _piece19_d2_d_z
     d2_weight = torch.cat([
-        d2_weight_4.reshape(8),
-        d2_weight_7.reshape(8),
-        d2_weight_13.reshape(8),
-        d2_weight_10.reshape(8),
-        d2_weight_15.reshape(64),
-        d2_weight_17.reshape(64),
+        _piece4_d2_weight.reshape(8),
+        _piece7_d2_weight.reshape(8),
+        _piece13_d2_weight.reshape(8),
+        _piece10_d2_weight.reshape(8),
+        _piece15_d2_weight.reshape(64),
+        _piece17_d2_weight.reshape(64),
     ], dim=-1)
-    del d2_weight_10, d2_weight_13, d2_weight_15, d2_weight_17, d2_weight_4, d2_weight_7
+    del _piece10_d2_weight, _piece13_d2_weight, _piece15_d2_weight, _piece17_d2_weight, _piece4_d2_weight, _piece7_d2_weight
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
 @triton.jit
-def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y, statements 1–16 of 27: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_y__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_y, statements 1–16 of 27: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24287,12 +24287,12 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_2 = po_2
     tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(a0_2 * a1_2, axis=3) * 0.35355339059327373, mask=mo_2)
     tl.debug_barrier()
-    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
+    # ∂/∂d__m_t__0: ∂/∂y: every path's (i, k) map at once: y · G
     ic_3 = tl.arange(0, 16)
     ij_3 = tl.arange(0, 4)
     p0_3 = d2_d_y_ptr + 0 + z[:, None, None] * 4 + ij_3[None, None, :]
     m0_3 = row_mask[:, None, None]
-    p1_3 = _g_t_0_ptr + 0 + ij_3[None, None, :] * 16 + ic_3[None, :, None]
+    p1_3 = _g_t__0_ptr + 0 + ij_3[None, None, :] * 16 + ic_3[None, :, None]
     po_3 = scratch + 112 + z[:, None] * 224 + ic_3[None, :]
     mo_3 = row_mask[:, None]
     a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
@@ -24300,7 +24300,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_3 = po_3
     tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + tl.sum(a0_3 * a1_3, axis=2), mask=mo_3)
     tl.debug_barrier()
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     ik_4 = tl.arange(0, 1)
     ip_4 = tl.arange(0, 1)
     iu_4 = tl.arange(0, 8)
@@ -24329,7 +24329,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_5 = po_5
     tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(a0_5 * a1_5, axis=3), mask=mo_5)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     ii_6 = tl.arange(0, 1)
     ip_6 = tl.arange(0, 1)
     iu_6 = tl.arange(0, 8)
@@ -24358,7 +24358,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_7 = po_7
     tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + tl.sum(a0_7 * a1_7, axis=3), mask=mo_7)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     ip_8 = tl.arange(0, 1)
     iu_8 = tl.arange(0, 8)
     ii_8 = tl.arange(0, 1)
@@ -24372,7 +24372,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_8 = po_8
     tl.store(q_8, tl.load(q_8) + tl.sum(tl.sum(a0_8 * a1_8, axis=3), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     iu_9 = tl.arange(0, 8)
     ii_9 = tl.arange(0, 1)
     ip_9 = tl.arange(0, 1)
@@ -24401,7 +24401,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_10 = po_10
     tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + tl.sum(tl.sum(a0_10 * a1_10, axis=4), axis=3), mask=mo_10)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     ii_11 = tl.arange(0, 1)
     ip_11 = tl.arange(0, 1)
     iu_11 = tl.arange(0, 8)
@@ -24430,7 +24430,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_12 = po_12
     tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + tl.sum(a0_12 * a1_12, axis=3), mask=mo_12)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     ip_13 = tl.arange(0, 1)
     iu_13 = tl.arange(0, 8)
     ii_13 = tl.arange(0, 1)
@@ -24444,7 +24444,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_13 = po_13
     tl.store(q_13, tl.load(q_13) + tl.sum(tl.sum(a0_13 * a1_13, axis=3), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     ik_14 = tl.arange(0, 1)
     ip_14 = tl.arange(0, 1)
     iu_14 = tl.arange(0, 8)
@@ -24473,7 +24473,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_15 = po_15
     tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + tl.sum(a0_15 * a1_15, axis=3), mask=mo_15)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     iu_16 = tl.arange(0, 8)
     ik_16 = tl.arange(0, 1)
     ip_16 = tl.arange(0, 1)
@@ -24490,8 +24490,8 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
 
 
 @triton.jit
-def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y, statements 17–27 of 27: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_y__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_y, statements 17–27 of 27: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24511,7 +24511,7 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_17 = po_17
     tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + tl.sum(tl.sum(a0_17 * a1_17, axis=4), axis=3), mask=mo_17)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     ip_18 = tl.arange(0, 1)
     iu_18 = tl.arange(0, 8)
     ik_18 = tl.arange(0, 1)
@@ -24525,7 +24525,7 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_18 = po_18
     tl.store(q_18, tl.load(q_18) + tl.sum(tl.sum(a0_18 * a1_18, axis=3), axis=0))
     tl.debug_barrier()
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     ik_19 = tl.arange(0, 4)
     ip_19 = tl.arange(0, 1)
     iu_19 = tl.arange(0, 8)
@@ -24554,7 +24554,7 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_20 = po_20
     tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
     tl.debug_barrier()
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     ii_21 = tl.arange(0, 4)
     ip_21 = tl.arange(0, 1)
     iu_21 = tl.arange(0, 8)
@@ -24583,7 +24583,7 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     q_22 = po_22
     tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + tl.sum(a0_22 * a1_22, axis=3), mask=mo_22)
     tl.debug_barrier()
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     ip_23 = tl.arange(0, 1)
     iu_23 = tl.arange(0, 8)
     ii_23 = tl.arange(0, 4)
@@ -24655,8 +24655,8 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     tl.debug_barrier()
 
 
-def _tp_then_linear_d2_y_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the tp_then_linear_d2_y kernel on (x, y, d_z, d2_d_y, weight, _g_t_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _tp_then_linear__d__d2_y__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the tp_then_linear__d__d2_y kernel on (x, y, d_z, d2_d_y, weight, _g_t__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (32, 4, 32)]
@@ -24664,112 +24664,112 @@ def _tp_then_linear_d2_y_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 160)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_tp_then_linear_d2_y_0_kernel, _tp_then_linear_d2_y_1_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_tp_then_linear__d__d2_y__kernel0, _tp_then_linear__d__d2_y__kernel1,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _tp_then_linear_d2_y(
+def _tp_then_linear__d__d2_y(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
-    weight: torch.Tensor, _g_t_0: torch.Tensor,
+    weight: torch.Tensor, _g_t__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_0 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    _piece0_d_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
-    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_t_0 = torch.mm(d2_d_y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
-    d2_d_t_2 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.permute(0, 3, 1, 2).reshape(n, 8, 1)
+    _piece1_d_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    # ∂/∂d__m_t__0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_t__0 = torch.mm(d2_d_y.reshape(n, 4), _g_t__0).view(n, 16)  # zj,jc->zc
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
+    _c0 = d2_d__m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    _piece2_d2_d_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.permute(0, 3, 1, 2).reshape(n, 8, 1)
     del _c0
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
-        d_t_1.reshape(n, 8),
-        d_t_0.reshape(n, 24),
+        _piece1_d_t.reshape(n, 8),
+        _piece0_d_t.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d_t_0, d_t_1
-    _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
-    d2_x_3 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c1.permute(0, 3, 1, 2).reshape(n, 8, 1)
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _piece0_d_t, _piece1_d_t
+    _c1 = d2_d__m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    _piece3_d2_x = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c1.permute(0, 3, 1, 2).reshape(n, 8, 1)
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
+    _piece4_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c1
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     _c2 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
-    d2_d_t_5 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    _piece5_d2_d_t = d2_d__m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c2
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c3 = torch.bmm(d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zuk->zipu
-    d2_x_6 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 1)
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_7 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c3 = torch.bmm(d2_d__m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zuk->zipu
+    _piece6_d2_x = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 1)
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
+    _piece7_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c3
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c4 = torch.bmm(d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zui->zkpu
-    d2_d_t_8 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.permute(0, 3, 1, 2).reshape(n, 8, 1)
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c4 = torch.bmm(d2_d__m_t__0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zui->zkpu
+    _piece8_d2_d_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.permute(0, 3, 1, 2).reshape(n, 8, 1)
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     _c5 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
-    d2_x_9 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    _piece9_d2_x = d2_d__m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c5
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
+    _piece10_d2_weight = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     del _c4
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c6 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zui->zkpu
-    d2_d_t_11 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c6 = torch.bmm(d2_d__m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zui->zkpu
+    _piece11_d2_d_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
     del _c6
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c7 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zuk->zipu
-    del d2_d__m_t_0, d_t
-    d2_x_12 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.permute(0, 3, 1, 2).reshape(n, 8, 3)
-    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_13 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c7.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c7 = torch.bmm(d2_d__m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zuk->zipu
+    del d2_d__m_t__0, d_t
+    _piece12_d2_x = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
+    _piece13_d2_weight = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c7.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c7
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
-        (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
+        (_piece2_d2_d_t + _piece8_d2_d_t).reshape(n, 8),
+        (_piece5_d2_d_t + _piece11_d2_d_t).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d2_d_t_11, d2_d_t_2, d2_d_t_5, d2_d_t_8
-    d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece11_d2_d_t, _piece2_d2_d_t, _piece5_d2_d_t, _piece8_d2_d_t
+    _piece14_d2_d_z = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    _piece15_d2_weight = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
+    _piece16_d2_d_z = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    _piece17_d2_weight = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     del d2_d_t
     d2_x = torch.cat([
-        (d2_x_3 + d2_x_6).reshape(n, 8),
-        (d2_x_9 + d2_x_12).reshape(n, 24),
+        (_piece3_d2_x + _piece6_d2_x).reshape(n, 8),
+        (_piece9_d2_x + _piece12_d2_x).reshape(n, 24),
     ], dim=-1)
-    del d2_x_12, d2_x_3, d2_x_6, d2_x_9
+    del _piece12_d2_x, _piece3_d2_x, _piece6_d2_x, _piece9_d2_x
     d2_y = weight.new_zeros(n, 4)
     d2_d_z = torch.cat([
-        d2_d_z_14.reshape(n, 8),
-        d2_d_z_16.reshape(n, 24),
+        _piece14_d2_d_z.reshape(n, 8),
+        _piece16_d2_d_z.reshape(n, 24),
     ], dim=-1)
-    del d2_d_z_14, d2_d_z_16
+    del _piece14_d2_d_z, _piece16_d2_d_z
     d2_weight = torch.cat([
-        d2_weight_4.reshape(8),
-        d2_weight_7.reshape(8),
-        d2_weight_13.reshape(8),
-        d2_weight_10.reshape(8),
-        d2_weight_15.reshape(64),
-        d2_weight_17.reshape(64),
+        _piece4_d2_weight.reshape(8),
+        _piece7_d2_weight.reshape(8),
+        _piece13_d2_weight.reshape(8),
+        _piece10_d2_weight.reshape(8),
+        _piece15_d2_weight.reshape(64),
+        _piece17_d2_weight.reshape(64),
     ], dim=-1)
-    del d2_weight_10, d2_weight_13, d2_weight_15, d2_weight_17, d2_weight_4, d2_weight_7
+    del _piece10_d2_weight, _piece13_d2_weight, _piece15_d2_weight, _piece17_d2_weight, _piece4_d2_weight, _piece7_d2_weight
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
 @triton.jit
-def _tp_then_linear_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight, statements 1–16 of 61: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_weight__kernel0(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_weight, statements 1–16 of 61: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -24789,7 +24789,7 @@ def _tp_then_linear_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     ij_1 = tl.arange(0, 4)
     p0_1 = y_ptr + 0 + z[:, None, None] * 4 + ij_1[None, None, :]
     m0_1 = row_mask[:, None, None]
-    p1_1 = _g_t_0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
+    p1_1 = _g_t__0_ptr + 0 + ij_1[None, None, :] * 16 + ic_1[None, :, None]
     po_1 = scratch + 56 + z[:, None] * 664 + ic_1[None, :]
     mo_1 = row_mask[:, None]
     a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
@@ -24984,7 +24984,7 @@ def _tp_then_linear_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_14 = po_14
     tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(tl.sum(a0_14 * a1_14, axis=4), axis=3), mask=mo_14)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     iu_15 = tl.arange(0, 8)
     ik_15 = tl.arange(0, 1)
     ii_15 = tl.arange(0, 1)
@@ -25016,8 +25016,8 @@ def _tp_then_linear_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight, statements 17–32 of 61: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_weight__kernel1(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_weight, statements 17–32 of 61: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25080,7 +25080,7 @@ def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_20 = po_20
     tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     iu_21 = tl.arange(0, 8)
     ik_21 = tl.arange(0, 4)
     ii_21 = tl.arange(0, 1)
@@ -25152,7 +25152,7 @@ def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_25 = po_25
     tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(tl.sum(a0_25 * a1_25, axis=4), axis=3), mask=mo_25)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     iu_26 = tl.arange(0, 8)
     ik_26 = tl.arange(0, 1)
     ii_26 = tl.arange(0, 4)
@@ -25224,7 +25224,7 @@ def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_30 = po_30
     tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + tl.sum(tl.sum(a0_30 * a1_30, axis=4), axis=3), mask=mo_30)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     iu_31 = tl.arange(0, 8)
     ik_31 = tl.arange(0, 4)
     ii_31 = tl.arange(0, 4)
@@ -25256,8 +25256,8 @@ def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _tp_then_linear_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight, statements 33–48 of 61: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_weight__kernel2(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_weight, statements 33–48 of 61: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25403,7 +25403,7 @@ def _tp_then_linear_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_42 = po_42
     tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + tl.sum(a0_42 * a1_42, axis=3), mask=mo_42)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     iu_43 = tl.arange(0, 8)
     ik_43 = tl.arange(0, 4)
     ii_43 = tl.arange(0, 4)
@@ -25475,7 +25475,7 @@ def _tp_then_linear_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_47 = po_47
     tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(tl.sum(a0_47 * a1_47, axis=4), axis=3), mask=mo_47)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     iu_48 = tl.arange(0, 8)
     ik_48 = tl.arange(0, 1)
     ii_48 = tl.arange(0, 4)
@@ -25493,8 +25493,8 @@ def _tp_then_linear_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
 
 
 @triton.jit
-def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t_0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight, statements 49–61 of 61: BLOCK_Z rows per program."""
+def _tp_then_linear__d__d2_weight__kernel3(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr, _g_t__0_ptr, d2_x_ptr, d2_y_ptr, d2_d_z_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_weight, statements 49–61 of 61: BLOCK_Z rows per program."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
@@ -25556,7 +25556,7 @@ def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_52 = po_52
     tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=3), mask=mo_52)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     iu_53 = tl.arange(0, 8)
     ik_53 = tl.arange(0, 4)
     ii_53 = tl.arange(0, 1)
@@ -25628,7 +25628,7 @@ def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     q_57 = po_57
     tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + tl.sum(a0_57 * a1_57, axis=3), mask=mo_57)
     tl.debug_barrier()
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     iu_58 = tl.arange(0, 8)
     ik_58 = tl.arange(0, 1)
     ii_58 = tl.arange(0, 1)
@@ -25677,7 +25677,7 @@ def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     ic_61 = tl.arange(0, 16)
     p0_61 = scratch + 184 + z[:, None, None] * 664 + ic_61[None, None, :]
     m0_61 = row_mask[:, None, None]
-    p1_61 = _g_t_0_ptr + 0 + ij_61[None, :, None] * 16 + ic_61[None, None, :]
+    p1_61 = _g_t__0_ptr + 0 + ij_61[None, :, None] * 16 + ic_61[None, None, :]
     po_61 = d2_y_ptr + 0 + z[:, None] * 4 + ij_61[None, :]
     mo_61 = row_mask[:, None]
     a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
@@ -25687,8 +25687,8 @@ def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     tl.debug_barrier()
 
 
-def _tp_then_linear_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the tp_then_linear_d2_weight kernel on (x, y, d_z, d2_d_weight, weight, _g_t_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+def _tp_then_linear__d__d2_weight__triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the tp_then_linear__d__d2_weight kernel on (x, y, d_z, d2_d_weight, weight, _g_t__0), 16 rows per program; gradients without rows sum the programs' partial slots."""
     n = args[0].shape[0]
     programs = triton.cdiv(n, 16)
     outputs = [rt.output_rows(args[4], n, size) for size in (32, 4, 32)]
@@ -25696,197 +25696,197 @@ def _tp_then_linear_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
     partial = args[4].new_zeros(programs, 160)
     arguments = [a.contiguous() for a in args] + outputs
     dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
-    for kernel in (_tp_then_linear_d2_weight_0_kernel, _tp_then_linear_d2_weight_1_kernel, _tp_then_linear_d2_weight_2_kernel, _tp_then_linear_d2_weight_3_kernel,):  # one after another: each sees the last one's writes
+    for kernel in (_tp_then_linear__d__d2_weight__kernel0, _tp_then_linear__d__d2_weight__kernel1, _tp_then_linear__d__d2_weight__kernel2, _tp_then_linear__d__d2_weight__kernel3,):  # one after another: each sees the last one's writes
         if n:
             kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _tp_then_linear_d2_weight(
+def _tp_then_linear__d__d2_weight(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, _g_t_0: torch.Tensor,
+    weight: torch.Tensor, _g_t__0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight: x (n, 32), y (n, 4), d_z (n, 32), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    """the vector-Jacobian product of tp_then_linear__d for the cotangent of d_weight: x (n, 32), y (n, 4), d_z (n, 32), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
+    _m_t__0 = torch.mm(y.reshape(n, 4), _g_t__0).view(n, 16)  # zj,jc->zc
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
-    t_0 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    _piece0_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
     _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
-    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    _piece1_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c1
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    t_2 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    _c2 = torch.bmm(_m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece2_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
-    t_3 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    _c3 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    _piece3_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_4 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
+    _piece4_d_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_5 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
+    _piece5_d_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    _piece6_d2_d_t = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
-        d_t_5.reshape(n, 8),
-        d_t_4.reshape(n, 24),
+        _piece5_d_t.reshape(n, 8),
+        _piece4_d_t.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d_t_4, d_t_5
+    del _piece4_d_t, _piece5_d_t
     _c4 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
-    d2_x_7 = _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.permute(2, 0, 3, 1).reshape(n, 8, 1)
+    _piece7_d2_x = _m_t__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c4
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     _c5 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
-    d2__m_t_0_8 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    _piece8_d2__m_t__0 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     del _c5
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     _c6 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
-    d2_d_t_9 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c6.permute(2, 0, 3, 1).reshape(n, 8, 1)
+    _piece9_d2_d_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c6.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c7 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
-    d2_x_10 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
+    _c7 = torch.bmm(_m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
+    _piece10_d2_x = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
     del _c7
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     _c8 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    d2__m_t_0_11 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c8.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _piece11_d2__m_t__0 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c8.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _c8
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_d_t_12 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    _piece12_d2_d_t = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _c9 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
-    d2_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c9.permute(2, 0, 3, 1).reshape(n, 8, 1)
+    _piece13_d2_x = _m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c9.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c9
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _c10 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0_14 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c10.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
+    _piece14_d2__m_t__0 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c10.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c10
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_d_t_15 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    _piece15_d2_d_t = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
     del _c3
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     _c11 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
-    d2_x_16 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), _c11.permute(2, 1, 3, 0).reshape(n, 3, 8)).view(n, 3, 8).permute(0, 2, 1)  # zikp,upzk->zui
+    _piece16_d2_x = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), _c11.permute(2, 1, 3, 0).reshape(n, 3, 8)).view(n, 3, 8).permute(0, 2, 1)  # zikp,upzk->zui
     del _c11
-    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     _c12 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     del d_t
-    d2__m_t_0_17 = torch.mm(_c12.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    _piece17_d2__m_t__0 = torch.mm(_c12.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     del _c12
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
-        (t_0 + t_2).reshape(n, 8),
-        (t_1 + t_3).reshape(n, 24),
+        (_piece0_t + _piece2_t).reshape(n, 8),
+        (_piece1_t + _piece3_t).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del t_0, t_1, t_2, t_3
-    d2_d_z_18 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zui->zwi
+    del _piece0_t, _piece1_t, _piece2_t, _piece3_t
+    _piece18_d2_d_z = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    d2_t_19 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zwi->zui
+    _piece19_d2_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_6 + d2_d_t_12).reshape(n, 8),
-        (d2_d_t_9 + d2_d_t_15).reshape(n, 24),
+        (_piece6_d2_d_t + _piece12_d2_d_t).reshape(n, 8),
+        (_piece9_d2_d_t + _piece15_d2_d_t).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d2_d_t_12, d2_d_t_15, d2_d_t_6, d2_d_t_9
-    d2_d_z_20 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
+    del _piece12_d2_d_t, _piece15_d2_d_t, _piece6_d2_d_t, _piece9_d2_d_t
+    _piece20_d2_d_z = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_21 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    _piece21_d2_weight = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    d2_d_z_22 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zui->zwi
+    _piece22_d2_d_z = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zui->zwi
     del t
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    d2_t_23 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zwi->zui
+    _piece23_d2_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_24 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
+    _piece24_d2_d_z = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_25 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    _piece25_d2_weight = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     del d2_d_t
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_t = torch.cat([
-        d2_t_19.reshape(n, 8),
-        d2_t_23.reshape(n, 24),
+        _piece19_d2_t.reshape(n, 8),
+        _piece23_d2_t.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    del d2_t_19, d2_t_23
-    _c13 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
-    d2_x_26 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c13.permute(0, 3, 1, 2).reshape(n, 8, 3)
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    del _piece19_d2_t, _piece23_d2_t
+    _c13 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
+    _piece26_d2_x = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c13.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
     _c14 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0_27 = torch.mm(_c14.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    _piece27_d2__m_t__0 = torch.mm(_c14.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     del _c14
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_28 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c13.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    _piece28_d2_weight = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c13.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c13
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
-    d2_x_29 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c15.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    _piece29_d2_x = _m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c15.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c15
-    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
     _c16 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0_30 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c16.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
+    _piece30_d2__m_t__0 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c16.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c16
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_31 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    _piece31_d2_weight = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c2
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c17 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
-    d2_x_32 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c17 = torch.bmm(_m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
+    _piece32_d2_x = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
     _c18 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
-    d2__m_t_0_33 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c18.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _piece33_d2__m_t__0 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c18.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _c18
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_34 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
+    _piece34_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
     del _c17
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
-    d2_x_35 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
+    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    _piece35_d2_x = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
     del _c19
-    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
     _c20 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     del d2_t
-    d2__m_t_0_36 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c20.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    _piece36_d2__m_t__0 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c20.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_37 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
-    del _c20, _m_t_0
+    _piece37_d2_weight = torch.mm(_m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
+    del _c20, _m_t__0
     # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_t_0 = torch.cat([
-        (d2__m_t_0_8 + d2__m_t_0_36).reshape(n, 1),
-        (d2__m_t_0_11 + d2__m_t_0_33).reshape(n, 3),
-        (d2__m_t_0_14 + d2__m_t_0_30).reshape(n, 3),
-        (d2__m_t_0_17 + d2__m_t_0_27).reshape(n, 9),
+    d2__m_t__0 = torch.cat([
+        (_piece8_d2__m_t__0 + _piece36_d2__m_t__0).reshape(n, 1),
+        (_piece11_d2__m_t__0 + _piece33_d2__m_t__0).reshape(n, 3),
+        (_piece14_d2__m_t__0 + _piece30_d2__m_t__0).reshape(n, 3),
+        (_piece17_d2__m_t__0 + _piece27_d2__m_t__0).reshape(n, 9),
     ], dim=-1)
-    del d2__m_t_0_11, d2__m_t_0_14, d2__m_t_0_17, d2__m_t_0_27, d2__m_t_0_30, d2__m_t_0_33, d2__m_t_0_36, d2__m_t_0_8
-    d2_y_38 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
-    del d2__m_t_0
+    del _piece11_d2__m_t__0, _piece14_d2__m_t__0, _piece17_d2__m_t__0, _piece27_d2__m_t__0, _piece30_d2__m_t__0, _piece33_d2__m_t__0, _piece36_d2__m_t__0, _piece8_d2__m_t__0
+    _piece38_d2_y = torch.mm(d2__m_t__0, _g_t__0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t__0
     d2_x = torch.cat([
-        (d2_x_7 + d2_x_10 + d2_x_32 + d2_x_35).reshape(n, 8),
-        (d2_x_13 + d2_x_16 + d2_x_26 + d2_x_29).reshape(n, 24),
+        (_piece7_d2_x + _piece10_d2_x + _piece32_d2_x + _piece35_d2_x).reshape(n, 8),
+        (_piece13_d2_x + _piece16_d2_x + _piece26_d2_x + _piece29_d2_x).reshape(n, 24),
     ], dim=-1)
-    del d2_x_10, d2_x_13, d2_x_16, d2_x_26, d2_x_29, d2_x_32, d2_x_35, d2_x_7
-    d2_y = d2_y_38
-    del d2_y_38
+    del _piece10_d2_x, _piece13_d2_x, _piece16_d2_x, _piece26_d2_x, _piece29_d2_x, _piece32_d2_x, _piece35_d2_x, _piece7_d2_x
+    d2_y = _piece38_d2_y
+    del _piece38_d2_y
     d2_d_z = torch.cat([
-        (d2_d_z_18 + d2_d_z_20).reshape(n, 8),
-        (d2_d_z_22 + d2_d_z_24).reshape(n, 24),
+        (_piece18_d2_d_z + _piece20_d2_d_z).reshape(n, 8),
+        (_piece22_d2_d_z + _piece24_d2_d_z).reshape(n, 24),
     ], dim=-1)
-    del d2_d_z_18, d2_d_z_20, d2_d_z_22, d2_d_z_24
+    del _piece18_d2_d_z, _piece20_d2_d_z, _piece22_d2_d_z, _piece24_d2_d_z
     d2_weight = torch.cat([
-        d2_weight_37.reshape(8),
-        d2_weight_34.reshape(8),
-        d2_weight_28.reshape(8),
-        d2_weight_31.reshape(8),
-        d2_weight_21.reshape(64),
-        d2_weight_25.reshape(64),
+        _piece37_d2_weight.reshape(8),
+        _piece34_d2_weight.reshape(8),
+        _piece28_d2_weight.reshape(8),
+        _piece31_d2_weight.reshape(8),
+        _piece21_d2_weight.reshape(64),
+        _piece25_d2_weight.reshape(64),
     ], dim=-1)
-    del d2_weight_21, d2_weight_25, d2_weight_28, d2_weight_31, d2_weight_34, d2_weight_37
+    del _piece21_d2_weight, _piece25_d2_weight, _piece28_d2_weight, _piece31_d2_weight, _piece34_d2_weight, _piece37_d2_weight
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -25895,102 +25895,102 @@ def _tp_then_linear_d2_weight(
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
 ], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
-def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    row_mask = rows < n
+def _tp_then_linear__kernel(x, y, weight, z__out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
+    _rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    _row_mask = _rows < n
     """tp_then_linear: BLOCK_Z rows with all their channels, the whole diagram in registers."""
 
     # let t : 8x0e+8x1o+8x1e
     # t.0: fuse(x, y) -> 8x(0e + 1o + 1e) mix uvu
-    ch8 = tl.arange(0, 16)
-    cm8 = ch8 < 8
-    mask8 = row_mask[:, None] & cm8[None, :]
-    zero8 = tl.zeros([BLOCK_Z, 16], dtype=x.dtype.element_ty)
-    x_0_0 = tl.load(x + rows[:, None] * 32 + (0 + ch8[None, :] * 1), mask=mask8, other=0.0)
-    t_0_p0_0 = zero8
-    y_0_c0_0 = tl.load(y + rows * 4 + 0, mask=row_mask, other=0.0)
-    t_0_p0_t = 1.0 * x_0_0 * y_0_c0_0[:, None]
-    t_0_p0_0 += t_0_p0_t * tl.load(weight + 0 + (0 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    sum1_0 = t_0_p0_0 * 0.7071067811865476
-    x_1_0 = tl.load(x + rows[:, None] * 32 + (8 + ch8[None, :] * 3), mask=mask8, other=0.0)
-    x_1_1 = tl.load(x + rows[:, None] * 32 + (9 + ch8[None, :] * 3), mask=mask8, other=0.0)
-    x_1_2 = tl.load(x + rows[:, None] * 32 + (10 + ch8[None, :] * 3), mask=mask8, other=0.0)
-    t_0_p3_0 = zero8
-    y_1_c0_0 = tl.load(y + rows * 4 + 1, mask=row_mask, other=0.0)
-    y_1_c0_1 = tl.load(y + rows * 4 + 2, mask=row_mask, other=0.0)
-    y_1_c0_2 = tl.load(y + rows * 4 + 3, mask=row_mask, other=0.0)
-    t_0_p3_t = 0.5773502691896257 * x_1_0 * y_1_c0_0[:, None] + 0.5773502691896257 * x_1_1 * y_1_c0_1[:, None] + 0.5773502691896257 * x_1_2 * y_1_c0_2[:, None]
-    t_0_p3_0 += t_0_p3_t * tl.load(weight + 0 + (24 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    sum2_0 = sum1_0 + t_0_p3_0 * 0.7071067811865476
-    t_0_0 = sum2_0
-    t_0_p1_0 = zero8
-    t_0_p1_1 = zero8
-    t_0_p1_2 = zero8
-    t_0_p1_t = 0.5773502691896257 * x_0_0 * y_1_c0_0[:, None]
-    t_0_p1_0 += t_0_p1_t * tl.load(weight + 0 + (8 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    t_0_p1_t = 0.5773502691896257 * x_0_0 * y_1_c0_1[:, None]
-    t_0_p1_1 += t_0_p1_t * tl.load(weight + 0 + (8 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    t_0_p1_t = 0.5773502691896257 * x_0_0 * y_1_c0_2[:, None]
-    t_0_p1_2 += t_0_p1_t * tl.load(weight + 0 + (8 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    sum3_0 = t_0_p1_0 * 1.224744871391589
-    sum3_1 = t_0_p1_1 * 1.224744871391589
-    sum3_2 = t_0_p1_2 * 1.224744871391589
-    t_0_p2_0 = zero8
-    t_0_p2_1 = zero8
-    t_0_p2_2 = zero8
-    t_0_p2_t = 0.5773502691896257 * x_1_0 * y_0_c0_0[:, None]
-    t_0_p2_0 += t_0_p2_t * tl.load(weight + 0 + (16 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    t_0_p2_t = 0.5773502691896257 * x_1_1 * y_0_c0_0[:, None]
-    t_0_p2_1 += t_0_p2_t * tl.load(weight + 0 + (16 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    t_0_p2_t = 0.5773502691896257 * x_1_2 * y_0_c0_0[:, None]
-    t_0_p2_2 += t_0_p2_t * tl.load(weight + 0 + (16 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    sum4_0 = sum3_0 + t_0_p2_0 * 1.224744871391589
-    sum4_1 = sum3_1 + t_0_p2_1 * 1.224744871391589
-    sum4_2 = sum3_2 + t_0_p2_2 * 1.224744871391589
-    t_1_0 = sum4_0
-    t_1_1 = sum4_1
-    t_1_2 = sum4_2
-    t_2_0 = zero8
-    t_2_1 = zero8
-    t_2_2 = zero8
+    _ch8 = tl.arange(0, 16)
+    _cm8 = _ch8 < 8
+    _mask8 = _row_mask[:, None] & _cm8[None, :]
+    _zero8 = tl.zeros([BLOCK_Z, 16], dtype=x.dtype.element_ty)
+    x__0_0 = tl.load(x + _rows[:, None] * 32 + (0 + _ch8[None, :] * 1), mask=_mask8, other=0.0)
+    _t__0_p0_0 = _zero8
+    y__0_c0_0 = tl.load(y + _rows * 4 + 0, mask=_row_mask, other=0.0)
+    _t__0_p0_t = 1.0 * x__0_0 * y__0_c0_0[:, None]
+    _t__0_p0_0 += _t__0_p0_t * tl.load(weight + 0 + (0 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _sum1_0 = _t__0_p0_0 * 0.7071067811865476
+    x__1_0 = tl.load(x + _rows[:, None] * 32 + (8 + _ch8[None, :] * 3), mask=_mask8, other=0.0)
+    x__1_1 = tl.load(x + _rows[:, None] * 32 + (9 + _ch8[None, :] * 3), mask=_mask8, other=0.0)
+    x__1_2 = tl.load(x + _rows[:, None] * 32 + (10 + _ch8[None, :] * 3), mask=_mask8, other=0.0)
+    _t__0_p3_0 = _zero8
+    y__1_c0_0 = tl.load(y + _rows * 4 + 1, mask=_row_mask, other=0.0)
+    y__1_c0_1 = tl.load(y + _rows * 4 + 2, mask=_row_mask, other=0.0)
+    y__1_c0_2 = tl.load(y + _rows * 4 + 3, mask=_row_mask, other=0.0)
+    _t__0_p3_t = 0.5773502691896257 * x__1_0 * y__1_c0_0[:, None] + 0.5773502691896257 * x__1_1 * y__1_c0_1[:, None] + 0.5773502691896257 * x__1_2 * y__1_c0_2[:, None]
+    _t__0_p3_0 += _t__0_p3_t * tl.load(weight + 0 + (24 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _sum2_0 = _sum1_0 + _t__0_p3_0 * 0.7071067811865476
+    t__0_0 = _sum2_0
+    _t__0_p1_0 = _zero8
+    _t__0_p1_1 = _zero8
+    _t__0_p1_2 = _zero8
+    _t__0_p1_t = 0.5773502691896257 * x__0_0 * y__1_c0_0[:, None]
+    _t__0_p1_0 += _t__0_p1_t * tl.load(weight + 0 + (8 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _t__0_p1_t = 0.5773502691896257 * x__0_0 * y__1_c0_1[:, None]
+    _t__0_p1_1 += _t__0_p1_t * tl.load(weight + 0 + (8 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _t__0_p1_t = 0.5773502691896257 * x__0_0 * y__1_c0_2[:, None]
+    _t__0_p1_2 += _t__0_p1_t * tl.load(weight + 0 + (8 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _sum3_0 = _t__0_p1_0 * 1.224744871391589
+    _sum3_1 = _t__0_p1_1 * 1.224744871391589
+    _sum3_2 = _t__0_p1_2 * 1.224744871391589
+    _t__0_p2_0 = _zero8
+    _t__0_p2_1 = _zero8
+    _t__0_p2_2 = _zero8
+    _t__0_p2_t = 0.5773502691896257 * x__1_0 * y__0_c0_0[:, None]
+    _t__0_p2_0 += _t__0_p2_t * tl.load(weight + 0 + (16 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _t__0_p2_t = 0.5773502691896257 * x__1_1 * y__0_c0_0[:, None]
+    _t__0_p2_1 += _t__0_p2_t * tl.load(weight + 0 + (16 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _t__0_p2_t = 0.5773502691896257 * x__1_2 * y__0_c0_0[:, None]
+    _t__0_p2_2 += _t__0_p2_t * tl.load(weight + 0 + (16 + _ch8[None, :] * 1 + 0), mask=_cm8[None, :], other=0.0)
+    _sum4_0 = _sum3_0 + _t__0_p2_0 * 1.224744871391589
+    _sum4_1 = _sum3_1 + _t__0_p2_1 * 1.224744871391589
+    _sum4_2 = _sum3_2 + _t__0_p2_2 * 1.224744871391589
+    t__1_0 = _sum4_0
+    t__1_1 = _sum4_1
+    t__1_2 = _sum4_2
+    t__2_0 = _zero8
+    t__2_1 = _zero8
+    t__2_2 = _zero8
 
     # out z : 8x0e+8x1o
     # z.0: t mix uvw
-    sum5_0 = tl.dot(t_0_0, tl.load(weight + 32 + (0 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    sum6_0 = tl.dot(t_1_0, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    sum6_1 = tl.dot(t_1_1, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    sum6_2 = tl.dot(t_1_2, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    _sum5_0 = tl.dot(t__0_0, tl.load(weight + 32 + (0 + _ch8[:, None] * 8 + _ch8[None, :]), mask=_cm8[:, None] & _cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    _sum6_0 = tl.dot(t__1_0, tl.load(weight + 32 + (64 + _ch8[:, None] * 8 + _ch8[None, :]), mask=_cm8[:, None] & _cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    _sum6_1 = tl.dot(t__1_1, tl.load(weight + 32 + (64 + _ch8[:, None] * 8 + _ch8[None, :]), mask=_cm8[:, None] & _cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    _sum6_2 = tl.dot(t__1_2, tl.load(weight + 32 + (64 + _ch8[:, None] * 8 + _ch8[None, :]), mask=_cm8[:, None] & _cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
     # z.1: x
-    sum7_0 = sum5_0 + x_0_0 * 1.0
-    sum8_0 = sum6_0 + x_1_0 * 1.0
-    sum8_1 = sum6_1 + x_1_1 * 1.0
-    sum8_2 = sum6_2 + x_1_2 * 1.0
-    z_0_0 = sum7_0
-    tl.store(z_out + rows[:, None] * 32 + (0 + ch8[None, :] * 1), z_0_0, mask=mask8)
-    z_1_0 = sum8_0
-    z_1_1 = sum8_1
-    z_1_2 = sum8_2
-    tl.store(z_out + rows[:, None] * 32 + (8 + ch8[None, :] * 3), z_1_0, mask=mask8)
-    tl.store(z_out + rows[:, None] * 32 + (9 + ch8[None, :] * 3), z_1_1, mask=mask8)
-    tl.store(z_out + rows[:, None] * 32 + (10 + ch8[None, :] * 3), z_1_2, mask=mask8)
+    _sum7_0 = _sum5_0 + x__0_0 * 1.0
+    _sum8_0 = _sum6_0 + x__1_0 * 1.0
+    _sum8_1 = _sum6_1 + x__1_1 * 1.0
+    _sum8_2 = _sum6_2 + x__1_2 * 1.0
+    z__0_0 = _sum7_0
+    tl.store(z__out + _rows[:, None] * 32 + (0 + _ch8[None, :] * 1), z__0_0, mask=_mask8)
+    z__1_0 = _sum8_0
+    z__1_1 = _sum8_1
+    z__1_2 = _sum8_2
+    tl.store(z__out + _rows[:, None] * 32 + (8 + _ch8[None, :] * 3), z__1_0, mask=_mask8)
+    tl.store(z__out + _rows[:, None] * 32 + (9 + _ch8[None, :] * 3), z__1_1, mask=_mask8)
+    tl.store(z__out + _rows[:, None] * 32 + (10 + _ch8[None, :] * 3), z__1_2, mask=_mask8)
 
 
-def _tp_then_linear_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
+def _tp_then_linear__triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     """Launch the tp_then_linear kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
-    z_out = rt.output_rows(x, n, 32)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
-    _tp_then_linear_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, enable_fp_fusion=True)
-    return [z_out]
+    z__out = rt.output_rows(x, n, 32)
+    _grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _tp_then_linear__kernel[_grid](x.contiguous(), y.contiguous(), weight.contiguous(), z__out, n, enable_fp_fusion=True)
+    return [z__out]
 
 
 # tp_then_linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("tp_then_linear_d2_x", _tp_then_linear_d2_x_triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear_d2_x)
-_ops.register("tp_then_linear_d2_y", _tp_then_linear_d2_y_triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear_d2_y)
-_ops.register("tp_then_linear_d2_weight", _tp_then_linear_d2_weight_triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear_d2_weight)
-_ops.register("tp_then_linear_d", _tp_then_linear_d_triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y, _ops.tp_then_linear_d2_weight])
-_ops.register("tp_then_linear", _tp_then_linear_triton, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], check_indices=True)
+_ops.register("tp_then_linear__d__d2_x", _tp_then_linear__d__d2_x__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_x)
+_ops.register("tp_then_linear__d__d2_y", _tp_then_linear__d__d2_y__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_y)
+_ops.register("tp_then_linear__d__d2_weight", _tp_then_linear__d__d2_weight__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_weight)
+_ops.register("tp_then_linear__d", _tp_then_linear__d__triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_x, _ops.tp_then_linear__d__d2_y, _ops.tp_then_linear__d__d2_weight])
+_ops.register("tp_then_linear", _tp_then_linear__triton, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear__d], check_indices=True)
 
 
 class fc_tp(rt.FusionModule):
@@ -26007,7 +26007,7 @@ class fc_tp(rt.FusionModule):
     input_weight_numel = {}
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
-        "_g_z_0": ((16, 145), (
+        "_g_z__0": ((16, 145), (
             (0, 0, 0.10206207261596575), (0, 12, 0.07905694150420947), (0, 20, 0.07905694150420947), (0, 28, 0.07905694150420947),
             (0, 95, 0.07905694150420949), (0, 107, 0.07905694150420949), (0, 119, 0.07905694150420949), (0, 131, 0.07905694150420949),
             (0, 143, 0.07905694150420949), (1, 1, 0.07905694150420947), (1, 9, 0.05892556509887896), (1, 34, -0.03227486121839514),
@@ -26052,12 +26052,12 @@ class fc_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
-        outputs = _ops.fc_tp([
-            rt.rows(x, batch, 288),
-            rt.rows(y, batch, 16),
+        _batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
+        _outputs = _ops.fc_tp([
+            rt.rows(x, _batch, 288),
+            rt.rows(y, _batch, 16),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 288)
+        return _outputs[0].reshape(*_batch, 288)
 
 
 class conv_tp(rt.FusionModule):
@@ -26075,7 +26075,7 @@ class conv_tp(rt.FusionModule):
     input_weight_numel = {'w': 768}
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
-        "_g_m_0": ((16, 388), (
+        "_g_m__0": ((16, 388), (
             (0, 0, 0.5773502691896257), (0, 19, 0.4472135954999579), (0, 27, 0.4472135954999579), (0, 35, 0.4472135954999579),
             (0, 168, 0.4472135954999579), (0, 180, 0.4472135954999579), (0, 192, 0.4472135954999579), (0, 204, 0.4472135954999579),
             (0, 216, 0.4472135954999579), (1, 1, 0.4472135954999579), (1, 16, 0.3333333333333333), (1, 41, -0.18257418583505536),
@@ -26174,13 +26174,13 @@ class conv_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
-        outputs = _ops.conv_tp([
-            rt.rows(h, batch, 288),
-            rt.rows(sh, batch, 16),
-            rt.weight_rows(w, batch, 768),
+        _batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
+        _outputs = _ops.conv_tp([
+            rt.rows(h, _batch, 288),
+            rt.rows(sh, _batch, 16),
+            rt.weight_rows(w, _batch, 768),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 992)
+        return _outputs[0].reshape(*_batch, 992)
 
 
 class elementwise_tp(rt.FusionModule):
@@ -26206,12 +26206,12 @@ class elementwise_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
-        outputs = _ops.elementwise_tp([
-            rt.rows(a, batch, 144),
-            rt.rows(b, batch, 144),
+        _batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
+        _outputs = _ops.elementwise_tp([
+            rt.rows(a, _batch, 144),
+            rt.rows(b, _batch, 144),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 192)
+        return _outputs[0].reshape(*_batch, 192)
 
 
 class full_tp(rt.FusionModule):
@@ -26237,12 +26237,12 @@ class full_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
-        outputs = _ops.full_tp([
-            rt.rows(a, batch, 16),
-            rt.rows(b, batch, 32),
+        _batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
+        _outputs = _ops.full_tp([
+            rt.rows(a, _batch, 16),
+            rt.rows(b, _batch, 32),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 224)
+        return _outputs[0].reshape(*_batch, 224)
 
 
 class linear(rt.FusionModule):
@@ -26267,11 +26267,11 @@ class linear(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
-        outputs = _ops.linear([
-            rt.rows(x, batch, 120),
+        _batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
+        _outputs = _ops.linear([
+            rt.rows(x, _batch, 120),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 144)
+        return _outputs[0].reshape(*_batch, 144)
 
 
 class tp_then_linear(rt.FusionModule):
@@ -26289,7 +26289,7 @@ class tp_then_linear(rt.FusionModule):
     input_weight_numel = {}
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
-        "_g_t_0": ((4, 16), (
+        "_g_t__0": ((4, 16), (
             (0, 0, 0.7071067811865476), (0, 7, 0.7071067811865475), (0, 11, 0.7071067811865475), (0, 15, 0.7071067811865475),
             (1, 1, 0.7071067811865475), (1, 4, 0.408248290463863), (2, 2, 0.7071067811865475), (2, 5, 0.408248290463863),
             (3, 3, 0.7071067811865475), (3, 6, 0.408248290463863),
@@ -26305,9 +26305,9 @@ class tp_then_linear(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
-        outputs = _ops.tp_then_linear([
-            rt.rows(x, batch, 32),
-            rt.rows(y, batch, 4),
+        _batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
+        _outputs = _ops.tp_then_linear([
+            rt.rows(x, _batch, 32),
+            rt.rows(y, _batch, 4),
         ], self.weight, self.constants())
-        return outputs[0].reshape(*batch, 32)
+        return _outputs[0].reshape(*_batch, 32)
