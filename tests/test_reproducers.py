@@ -91,6 +91,46 @@ def test_diagrams_of_one_name_in_two_sources_stay_apart() -> None:
     torch.testing.assert_close(b(x, s), b.weight.detach() * x + s, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["register", "library", "namespace", "kernels", "annotations"])
+def test_diagrams_named_like_the_runtimes_attributes_run(name: str) -> None:
+    """Found by the fuzzer: a diagram named `register` (or `library`, …) replaced that attribute of
+    the module's op namespace, breaking every diagram after it in the file."""
+    ops = fusionc.loads(f"diagram {name} {{ in x : 1x0e  out y : 1x0e  y = x mix uvw }}\n"
+                        f"diagram b {{ in x : 1x0e  out y : 1x0e  y = x }}")
+    x = torch.randn(2, 1, dtype=torch.float64)
+    module = getattr(ops, name)(dtype=torch.float64)
+    torch.testing.assert_close(module(x), module.weight.detach() * x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ops.b(dtype=torch.float64)(x), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["ops", "native", "module", "diagrams", "path", "super", "max"])
+def test_diagram_names_the_generated_module_needs_are_reserved(name: str) -> None:
+    with pytest.raises(fusionc.FusionError, match=f"'{name}' is reserved for a diagram"):
+        fusionc.loads(f"diagram {name} {{ in x : 1x0e  out y : 1x0e  y = x mix uvw }}")
+
+
+def test_a_weights_input_whose_term_is_pruned_takes_no_weights() -> None:
+    """Found by the fuzzer: the term reading `w` feeds only a block nothing reads, so `w` has 0
+    weights per row; the call raised (a reshape to (-1, 0))."""
+    ops = fusionc.loads("diagram d { in x : 2x0e  in z : 0e + 1o  in w : weights  out o : 2x0e\n"
+                        "  let t = fuse(x, z) -> 2x0e + 2x1o mix uvu + fuse(x, z) -> 2x1o mix uvu by w\n"
+                        "  o = fuse(x, t) -> 2x0e mix uvu }")
+    module = ops.d(dtype=torch.float64)
+    assert module.input_weight_numel == {"w": 0}
+    x, z = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    assert module(x, z, torch.zeros(3, 0, dtype=torch.float64)).shape == (3, 2)
+
+
+def test_numeric_check_passes_an_output_that_symmetry_makes_zero(tmp_path) -> None:
+    """Found by the fuzzer: 2e from 1e ⊗ 1e ⊗ 1e is zero; its rounding noise relative to itself
+    made `check --numeric` report a failure (exit 1)."""
+    path = tmp_path / "zero.fus"
+    path.write_text("diagram d { in x : 1e  out p : 2e  let t = fuse(x, x) -> 2e  p = fuse(t, x) }\n")
+    result = subprocess.run([sys.executable, "-m", "fusionc", "check", "--numeric", str(path)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_names_are_reserved_where_they_would_collide() -> None:
     for name in ("a__d", "class"):
         with pytest.raises(fusionc.FusionError, match=f"'{name}' is reserved"):
@@ -145,6 +185,24 @@ def test_source_names_never_change_the_numbers(backend: str) -> None:
     for mine, theirs in zip(results[:half], results[half:]):
         for a, b in zip(mine, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)], ids=str)
+def test_native_gradients_of_a_small_product_equal_the_torch_code(dtype, tolerance, monkeypatch) -> None:
+    """gcc 12 miscompiled this gradient at -O1 with -fpeel-loops and the vectoriser (x's and the
+    weights' gradients off by 5-400%, differently from run to run); the forward was right."""
+    ops = fusionc.loads("diagram d { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x0e + 2x1o  z = fuse(x, y) mix uvw }")
+    module = ops.d(dtype=dtype)
+    for rows in (1, 3, 16, 100):
+        g = torch.Generator().manual_seed(rows)
+        x, y = (torch.randn(rows, dim, dtype=dtype, generator=g, requires_grad=True) for dim in (8, 4))
+        cotangent = torch.randn(rows, 8, dtype=dtype, generator=g)
+        results = []
+        for native in ("1", "0"):
+            monkeypatch.setenv("FUSIONC_NATIVE", native)
+            results.append(torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
 # -- crashes and hangs ------------------------------------------------------------------------------

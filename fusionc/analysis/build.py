@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import keyword
 import re
@@ -18,6 +19,11 @@ from fusionc.limits import LIMITS, limit, over
 #: Names the generated modules use themselves (the module's weight, the row count, imported modules).
 _GENERATED = frozenset({"weight", "n", "self", "torch", "rt", "triton", "tl"})
 _RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | _GENERATED
+#: A diagram is a class at the top of its generated module and an attribute of what `fusionc.load`
+#: returns: it may not hide a builtin the module calls (`super`), the module's op namespace
+#: (`_ops`, beside the forward function `_<diagram>`) and native kernels (`_native`), or the
+#: loaded object's own attributes.
+DIAGRAM_RESERVED = frozenset(dir(builtins)) | {"ops", "native", "module", "diagrams", "path"}
 
 GROUPS = ("O3", "SO3")
 CONVENTIONS = ("e3nn",)
@@ -374,5 +380,8 @@ def build(program: ast.Program, filename: str = "<string>") -> tuple[Diagram, ..
                               d.name.span)
         seen[d.name.text] = d.name.span
         check_name(d.name)
+        if d.name.text in DIAGRAM_RESERVED:
+            raise FusionError(f"'{d.name.text}' is reserved for a diagram: the generated module or the loaded ops "
+                              f"use the name (Python builtins, ops, native, module, diagrams, path)", d.name.span)
         diagrams.append(_DiagramChecker(d, group, convention, filename).check())
     return tuple(diagrams)

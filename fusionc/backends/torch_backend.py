@@ -114,7 +114,7 @@ def _emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
             rows.append(f"rt.weight_rows({i.name}, _batch, {weight_inputs[i.name].weight_numel})")
         else:
             rows.append(f'rt.index_rows({i.name}, _batch, "{i.name}", self.weight)')
-    w("_outputs = _ops.{}([".format(d.name))
+    w(f'_outputs = _ops["{d.name}"]([')
     w.indent()
     for r in rows:
         w(f"{r},")
@@ -770,18 +770,18 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                 reference = f", reference=_{second.name}" if run else ""
                 w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second)}{reference}'
                   f'{_native_impl(cpu, second)})')
-            backward = ", ".join(f"_ops.{s.name}" for s in group)
+            backward = ", ".join(f'_ops["{s.name}"]' for s in group)
             w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, {_signature(first)}, '
               f'backward=[{backward}]{_native_impl(cpu, first)})')
         for first, group, versions in zip(firsts, seconds, partial):
             for keep, p in versions.items():
-                backward = ", ".join(f"_ops.{group[k].name}" for k in keep)
+                backward = ", ".join(f'_ops["{group[k].name}"]' for k in keep)
                 w(f'_ops.register("{p.name}", _{p.name}, {_signature(p)}, backward=[{backward}]{_native_impl(cpu, p)})')
-        backward = ", ".join(f"_ops.{f.name}" for f in firsts)
+        backward = ", ".join(f'_ops["{f.name}"]' for f in firsts)
         versions = ""
         if any(partial):
             versions = ", partial=[" + ", ".join(
-                "{" + ", ".join(f"{keep!r}: _ops.{p.name}" for keep, p in v.items()) + "}" for v in partial) + "]"
+                "{" + ", ".join(f'{keep!r}: _ops["{p.name}"]' for keep, p in v.items()) + "}" for v in partial) + "]"
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
           f'backward=[{backward}]{versions}, check_indices=True{_native_impl(cpu, forward)})')
     for d, (forward, *_), _, _, _ in functions:

@@ -1,8 +1,8 @@
 """Compile, cache and call the native CPU kernels of a generated module.
 
 A module's C source (`fusionc.backends.native`) is compiled on first use, once per dtype, with the
-system C compiler (`$CC`, else `cc`): `-O1` with the vectoriser and some of -O3's loop
-transformations (`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double.
+system C compiler (`$CC`, else `cc`): `-O1` with the vectoriser, -O3 for the smaller programs
+(`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double.
 The shared library is cached under `$FUSIONC_CACHE_DIR/native/`, keyed by the source, the flags,
 the compiler and the CPU, and written atomically: a compile that fails or is interrupted leaves no
 entry. OpenMP runs on the libgomp torch has loaded, so kernels and torch share one
@@ -41,13 +41,14 @@ from fusionc.backends.native import HEADER, program_of
 FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
          "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
          "-ffp-contract=fast")
-#: -O3's loop transformations that matter here, for programs of at most LOOP_LINES lines of C: full
-#: unrolling of the short loops over CG components (5, 3, 2), which keeps a statement's vector sums
-#: in registers, and unroll-and-jam. fc_tp's programs run 10-20% faster with them (as fast as at
-#: -O3); they more than double the compile time (fusion_block's largest program: 9 s -> 22 s), so
-#: the largest programs, which run once per call among many, keep -O1's.
-LOOP_FLAGS = ("-fpeel-loops", "-floop-interchange", "-floop-unroll-and-jam", "-fversion-loops-for-strides")
-LOOP_LINES = 2500
+#: Programs of at most O3_LINES lines of C compile at -O3: its full unrolling of the short loops over
+#: CG components (5, 3, 2) keeps a statement's vector sums in registers (fc_tp's programs 10-20%
+#: faster than at -O1). The largest programs, which run once per call among many, keep -O1 (-O3
+#: takes 4× as long to compile them). -O1 with -O3's loop flags instead (-fpeel-loops, …), as
+#: fusionc did before, is a pipeline gcc 12 miscompiles: with -fpeel-loops and the vectoriser at
+#: -O1 the gradient of `fuse(x, y) mix uvw` on 2x0e + 2x1o ⊗ 0e + 1o came out wrong (relative
+#: error 0.05-4), run to run different; at -O1, -O2 and -O3 it is right.
+O3_LINES = 2500
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
@@ -94,8 +95,8 @@ def _machine() -> str:
 
 
 def flags_for(source: str) -> tuple[str, ...]:
-    """The compiler flags for a program's C source (see LOOP_FLAGS)."""
-    return FLAGS + LOOP_FLAGS if source.count("\n") <= LOOP_LINES else FLAGS
+    """The compiler flags for a program's C source (see O3_LINES)."""
+    return ("-O3", *FLAGS[1:]) if source.count("\n") <= O3_LINES else FLAGS
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader

@@ -107,7 +107,7 @@ def rows(x: torch.Tensor, batch: torch.Size, dim: int) -> torch.Tensor:
 
 def weight_rows(w: torch.Tensor, batch: torch.Size, numel: int) -> torch.Tensor:
     """Per-row weights as an (n, numel) matrix; a shared (numel,) vector is broadcast."""
-    return w.expand(*batch, numel).reshape(-1, numel)
+    return w.expand(*batch, numel).reshape(math.prod(batch), numel)  # -1 is ambiguous with no weights
 
 
 def index_rows(z: torch.Tensor, batch: torch.Size, name: str, ref: torch.Tensor) -> torch.Tensor:
@@ -193,6 +193,10 @@ class OpNamespace:
             _LIBRARIES[namespace] = torch.library.Library(namespace, "FRAGMENT")
         self.library = _LIBRARIES[namespace]
         self.kernels: NativeKernels | None = None  # the module's native CPU kernels, set after its ops
+        self.ops: dict[str, object] = {}  # by program name (not attributes: a diagram may be named `register`)
+
+    def __getitem__(self, name: str):
+        return self.ops[name]
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
                  index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False,
@@ -212,7 +216,7 @@ class OpNamespace:
         (`fusionc.runtime.native`)."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
-            setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
+            self.ops[name] = getattr(getattr(torch.ops, self.namespace), name)
             return
         except AttributeError:
             pass
@@ -284,4 +288,4 @@ class OpNamespace:
             return grad_rows, result[-1], [None] * len(constants)
 
         torch.library.register_autograd(qualname, backward_fn, setup_context=setup_context, lib=self.library)
-        setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
+        self.ops[name] = getattr(getattr(torch.ops, self.namespace), name)

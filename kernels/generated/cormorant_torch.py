@@ -1408,10 +1408,10 @@ def _cormorant_cg__d__only_weight__cpu(
 # the last ones differentiate through their own torch code
 _ops.register("cormorant_cg__d__d2_f", _cormorant_cg__d__d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg__d__d2_f__cpu)
 _ops.register("cormorant_cg__d__d2_weight", _cormorant_cg__d__d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg__d__d2_weight__cpu)
-_ops.register("cormorant_cg__d", _cormorant_cg__d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f, _ops.cormorant_cg__d__d2_weight], cpu=_cormorant_cg__d__cpu)
-_ops.register("cormorant_cg__d__only_f", _cormorant_cg__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f], cpu=_cormorant_cg__d__only_f__cpu)
-_ops.register("cormorant_cg__d__only_weight", _cormorant_cg__d__only_weight, outputs=((1680, False),), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_weight], cpu=_cormorant_cg__d__only_weight__cpu)
-_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d], partial=[{(0,): _ops.cormorant_cg__d__only_f, (1,): _ops.cormorant_cg__d__only_weight}], check_indices=True, cpu=_cormorant_cg__cpu)
+_ops.register("cormorant_cg__d", _cormorant_cg__d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops["cormorant_cg__d__d2_f"], _ops["cormorant_cg__d__d2_weight"]], cpu=_cormorant_cg__d__cpu)
+_ops.register("cormorant_cg__d__only_f", _cormorant_cg__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d__d2_f"]], cpu=_cormorant_cg__d__only_f__cpu)
+_ops.register("cormorant_cg__d__only_weight", _cormorant_cg__d__only_weight, outputs=((1680, False),), index_ranges={}, backward=[_ops["cormorant_cg__d__d2_weight"]], cpu=_cormorant_cg__d__only_weight__cpu)
+_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d"]], partial=[{(0,): _ops["cormorant_cg__d__only_f"], (1,): _ops["cormorant_cg__d__only_weight"]}], check_indices=True, cpu=_cormorant_cg__cpu)
 
 
 def _cormorant_message(
@@ -3636,13 +3636,13 @@ _ops.register("cormorant_message__d__d2_f", _cormorant_message__d__d2_f, outputs
 _ops.register("cormorant_message__d__d2_sh", _cormorant_message__d__d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_sh__cpu)
 _ops.register("cormorant_message__d__d2_w", _cormorant_message__d__d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_w__cpu)
 _ops.register("cormorant_message__d__d2_weight", _cormorant_message__d__d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message__d__d2_weight__cpu)
-_ops.register("cormorant_message__d", _cormorant_message__d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w, _ops.cormorant_message__d__d2_weight], cpu=_cormorant_message__d__cpu)
-_ops.register("cormorant_message__d__only_f", _cormorant_message__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f], cpu=_cormorant_message__d__only_f__cpu)
-_ops.register("cormorant_message__d__only_sh", _cormorant_message__d__only_sh, outputs=((9, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_sh], cpu=_cormorant_message__d__only_sh__cpu)
-_ops.register("cormorant_message__d__only_w", _cormorant_message__d__only_w, outputs=((240, True),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_w], cpu=_cormorant_message__d__only_w__cpu)
-_ops.register("cormorant_message__d__only_weight", _cormorant_message__d__only_weight, outputs=((768, False),), index_ranges={}, backward=[_ops.cormorant_message__d__d2_weight], cpu=_cormorant_message__d__only_weight__cpu)
-_ops.register("cormorant_message__d__only_f_sh_w", _cormorant_message__d__only_f_sh_w, outputs=((144, True), (9, True), (240, True)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w], cpu=_cormorant_message__d__only_f_sh_w__cpu)
-_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d], partial=[{(0,): _ops.cormorant_message__d__only_f, (1,): _ops.cormorant_message__d__only_sh, (2,): _ops.cormorant_message__d__only_w, (3,): _ops.cormorant_message__d__only_weight, (0, 1, 2): _ops.cormorant_message__d__only_f_sh_w}], check_indices=True, cpu=_cormorant_message__cpu)
+_ops.register("cormorant_message__d", _cormorant_message__d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops["cormorant_message__d__d2_f"], _ops["cormorant_message__d__d2_sh"], _ops["cormorant_message__d__d2_w"], _ops["cormorant_message__d__d2_weight"]], cpu=_cormorant_message__d__cpu)
+_ops.register("cormorant_message__d__only_f", _cormorant_message__d__only_f, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d__d2_f"]], cpu=_cormorant_message__d__only_f__cpu)
+_ops.register("cormorant_message__d__only_sh", _cormorant_message__d__only_sh, outputs=((9, True),), index_ranges={}, backward=[_ops["cormorant_message__d__d2_sh"]], cpu=_cormorant_message__d__only_sh__cpu)
+_ops.register("cormorant_message__d__only_w", _cormorant_message__d__only_w, outputs=((240, True),), index_ranges={}, backward=[_ops["cormorant_message__d__d2_w"]], cpu=_cormorant_message__d__only_w__cpu)
+_ops.register("cormorant_message__d__only_weight", _cormorant_message__d__only_weight, outputs=((768, False),), index_ranges={}, backward=[_ops["cormorant_message__d__d2_weight"]], cpu=_cormorant_message__d__only_weight__cpu)
+_ops.register("cormorant_message__d__only_f_sh_w", _cormorant_message__d__only_f_sh_w, outputs=((144, True), (9, True), (240, True)), index_ranges={}, backward=[_ops["cormorant_message__d__d2_f"], _ops["cormorant_message__d__d2_sh"], _ops["cormorant_message__d__d2_w"]], cpu=_cormorant_message__d__only_f_sh_w__cpu)
+_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d"]], partial=[{(0,): _ops["cormorant_message__d__only_f"], (1,): _ops["cormorant_message__d__only_sh"], (2,): _ops["cormorant_message__d__only_w"], (3,): _ops["cormorant_message__d__only_weight"], (0, 1, 2): _ops["cormorant_message__d__only_f_sh_w"]}], check_indices=True, cpu=_cormorant_message__cpu)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -3669,7 +3669,7 @@ class cormorant_cg(rt.FusionModule):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
-        _outputs = _ops.cormorant_cg([
+        _outputs = _ops["cormorant_cg"]([
             rt.rows(f, _batch, 144),
         ], self.weight, self.constants())
         return _outputs[0].reshape(*_batch, 144)
@@ -3740,7 +3740,7 @@ class cormorant_message(rt.FusionModule):
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
-        _outputs = _ops.cormorant_message([
+        _outputs = _ops["cormorant_message"]([
             rt.rows(f, _batch, 144),
             rt.rows(sh, _batch, 9),
             rt.weight_rows(w, _batch, 240),

@@ -5738,8 +5738,8 @@ def _cormorant_cg__triton(f, weight, *constants: torch.Tensor) -> list[torch.Ten
 # the last ones differentiate through their own torch code
 _ops.register("cormorant_cg__d__d2_f", _cormorant_cg__d__d2_f__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg__d__d2_f)
 _ops.register("cormorant_cg__d__d2_weight", _cormorant_cg__d__d2_weight__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg__d__d2_weight)
-_ops.register("cormorant_cg__d", _cormorant_cg__d__triton, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg__d__d2_f, _ops.cormorant_cg__d__d2_weight])
-_ops.register("cormorant_cg", _cormorant_cg__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg__d], check_indices=True)
+_ops.register("cormorant_cg__d", _cormorant_cg__d__triton, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops["cormorant_cg__d__d2_f"], _ops["cormorant_cg__d__d2_weight"]])
+_ops.register("cormorant_cg", _cormorant_cg__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d"]], check_indices=True)
 
 
 @triton.jit
@@ -12660,8 +12660,8 @@ _ops.register("cormorant_message__d__d2_f", _cormorant_message__d__d2_f__triton,
 _ops.register("cormorant_message__d__d2_sh", _cormorant_message__d__d2_sh__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_sh)
 _ops.register("cormorant_message__d__d2_w", _cormorant_message__d__d2_w__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_w)
 _ops.register("cormorant_message__d__d2_weight", _cormorant_message__d__d2_weight__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message__d__d2_weight)
-_ops.register("cormorant_message__d", _cormorant_message__d__triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message__d__d2_f, _ops.cormorant_message__d__d2_sh, _ops.cormorant_message__d__d2_w, _ops.cormorant_message__d__d2_weight])
-_ops.register("cormorant_message", _cormorant_message__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message__d], check_indices=True)
+_ops.register("cormorant_message__d", _cormorant_message__d__triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops["cormorant_message__d__d2_f"], _ops["cormorant_message__d__d2_sh"], _ops["cormorant_message__d__d2_w"], _ops["cormorant_message__d__d2_weight"]])
+_ops.register("cormorant_message", _cormorant_message__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d"]], check_indices=True)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -12688,7 +12688,7 @@ class cormorant_cg(rt.FusionModule):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
-        _outputs = _ops.cormorant_cg([
+        _outputs = _ops["cormorant_cg"]([
             rt.rows(f, _batch, 144),
         ], self.weight, self.constants())
         return _outputs[0].reshape(*_batch, 144)
@@ -12759,7 +12759,7 @@ class cormorant_message(rt.FusionModule):
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
-        _outputs = _ops.cormorant_message([
+        _outputs = _ops["cormorant_message"]([
             rt.rows(f, _batch, 144),
             rt.rows(sh, _batch, 9),
             rt.weight_rows(w, _batch, 240),

@@ -3064,10 +3064,10 @@ def _mace_product__d__only_weight__cpu(
 # the last ones differentiate through their own torch code
 _ops.register("mace_product__d__d2_A", _mace_product__d__d2_A, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product__d__d2_A__cpu)
 _ops.register("mace_product__d__d2_weight", _mace_product__d__d2_weight, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product__d__d2_weight__cpu)
-_ops.register("mace_product__d", _mace_product__d, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d__d2_A, _ops.mace_product__d__d2_weight], cpu=_mace_product__d__cpu)
-_ops.register("mace_product__d__only_A", _mace_product__d__only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d__d2_A], cpu=_mace_product__d__only_A__cpu)
-_ops.register("mace_product__d__only_weight", _mace_product__d__only_weight, outputs=((18560, False),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d__d2_weight], cpu=_mace_product__d__only_weight__cpu)
-_ops.register("mace_product", _mace_product, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d], partial=[{(0,): _ops.mace_product__d__only_A, (1,): _ops.mace_product__d__only_weight}], check_indices=True, cpu=_mace_product__cpu)
+_ops.register("mace_product__d", _mace_product__d, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d__d2_A"], _ops["mace_product__d__d2_weight"]], cpu=_mace_product__d__cpu)
+_ops.register("mace_product__d__only_A", _mace_product__d__only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d__d2_A"]], cpu=_mace_product__d__only_A__cpu)
+_ops.register("mace_product__d__only_weight", _mace_product__d__only_weight, outputs=((18560, False),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d__d2_weight"]], cpu=_mace_product__d__only_weight__cpu)
+_ops.register("mace_product", _mace_product, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d"]], partial=[{(0,): _ops["mace_product__d__only_A"], (1,): _ops["mace_product__d__only_weight"]}], check_indices=True, cpu=_mace_product__cpu)
 
 
 def _mace_product_2(
@@ -4113,10 +4113,10 @@ def _mace_product_2__d__only_weight__cpu(
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_2__d__d2_A", _mace_product_2__d__d2_A, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_2__d__d2_A__cpu)
 _ops.register("mace_product_2__d__d2_weight", _mace_product_2__d__d2_weight, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, cpu=_mace_product_2__d__d2_weight__cpu)
-_ops.register("mace_product_2__d", _mace_product_2__d, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d__d2_A, _ops.mace_product_2__d__d2_weight], cpu=_mace_product_2__d__cpu)
-_ops.register("mace_product_2__d__only_A", _mace_product_2__d__only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d__d2_A], cpu=_mace_product_2__d__only_A__cpu)
-_ops.register("mace_product_2__d__only_weight", _mace_product_2__d__only_weight, outputs=((5760, False),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d__d2_weight], cpu=_mace_product_2__d__only_weight__cpu)
-_ops.register("mace_product_2", _mace_product_2, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d], partial=[{(0,): _ops.mace_product_2__d__only_A, (1,): _ops.mace_product_2__d__only_weight}], check_indices=True, cpu=_mace_product_2__cpu)
+_ops.register("mace_product_2__d", _mace_product_2__d, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d__d2_A"], _ops["mace_product_2__d__d2_weight"]], cpu=_mace_product_2__d__cpu)
+_ops.register("mace_product_2__d__only_A", _mace_product_2__d__only_A, outputs=((1024, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d__d2_A"]], cpu=_mace_product_2__d__only_A__cpu)
+_ops.register("mace_product_2__d__only_weight", _mace_product_2__d__only_weight, outputs=((5760, False),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d__d2_weight"]], cpu=_mace_product_2__d__only_weight__cpu)
+_ops.register("mace_product_2", _mace_product_2, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d"]], partial=[{(0,): _ops["mace_product_2__d__only_A"], (1,): _ops["mace_product_2__d__only_weight"]}], check_indices=True, cpu=_mace_product_2__cpu)
 
 
 def _mace_product_4(
@@ -10357,10 +10357,10 @@ def _mace_product_4__d__only_weight__cpu(
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_4__d__d2_A", _mace_product_4__d__d2_A, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, cpu=_mace_product_4__d__d2_A__cpu)
 _ops.register("mace_product_4__d__d2_weight", _mace_product_4__d__d2_weight, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, cpu=_mace_product_4__d__d2_weight__cpu)
-_ops.register("mace_product_4__d", _mace_product_4__d, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d__d2_A, _ops.mace_product_4__d__d2_weight], cpu=_mace_product_4__d__cpu)
-_ops.register("mace_product_4__d__only_A", _mace_product_4__d__only_A, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d__d2_A], cpu=_mace_product_4__d__only_A__cpu)
-_ops.register("mace_product_4__d__only_weight", _mace_product_4__d__only_weight, outputs=((7424, False),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d__d2_weight], cpu=_mace_product_4__d__only_weight__cpu)
-_ops.register("mace_product_4", _mace_product_4, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d], partial=[{(0,): _ops.mace_product_4__d__only_A, (1,): _ops.mace_product_4__d__only_weight}], check_indices=True, cpu=_mace_product_4__cpu)
+_ops.register("mace_product_4__d", _mace_product_4__d, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d__d2_A"], _ops["mace_product_4__d__d2_weight"]], cpu=_mace_product_4__d__cpu)
+_ops.register("mace_product_4__d__only_A", _mace_product_4__d__only_A, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d__d2_A"]], cpu=_mace_product_4__d__only_A__cpu)
+_ops.register("mace_product_4__d__only_weight", _mace_product_4__d__only_weight, outputs=((7424, False),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d__d2_weight"]], cpu=_mace_product_4__d__only_weight__cpu)
+_ops.register("mace_product_4", _mace_product_4, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d"]], partial=[{(0,): _ops["mace_product_4__d__only_A"], (1,): _ops["mace_product_4__d__only_weight"]}], check_indices=True, cpu=_mace_product_4__cpu)
 
 
 class mace_product(rt.FusionModule):
@@ -10387,7 +10387,7 @@ class mace_product(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        _outputs = _ops.mace_product([
+        _outputs = _ops["mace_product"]([
             rt.rows(A, _batch, 1024),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
@@ -10418,7 +10418,7 @@ class mace_product_2(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        _outputs = _ops.mace_product_2([
+        _outputs = _ops["mace_product_2"]([
             rt.rows(A, _batch, 1024),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
@@ -10449,7 +10449,7 @@ class mace_product_4(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})
-        _outputs = _ops.mace_product_4([
+        _outputs = _ops["mace_product_4"]([
             rt.rows(A, _batch, 288),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())

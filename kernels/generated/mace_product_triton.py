@@ -13762,8 +13762,8 @@ def _mace_product__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.
 # the last ones differentiate through their own torch code
 _ops.register("mace_product__d__d2_A", _mace_product__d__d2_A__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product__d__d2_A)
 _ops.register("mace_product__d__d2_weight", _mace_product__d__d2_weight__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, reference=_mace_product__d__d2_weight)
-_ops.register("mace_product__d", _mace_product__d__triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d__d2_A, _ops.mace_product__d__d2_weight])
-_ops.register("mace_product", _mace_product__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product__d], check_indices=True)
+_ops.register("mace_product__d", _mace_product__d__triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d__d2_A"], _ops["mace_product__d__d2_weight"]])
+_ops.register("mace_product", _mace_product__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d"]], check_indices=True)
 
 
 @triton.jit
@@ -17592,8 +17592,8 @@ def _mace_product_2__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_2__d__d2_A", _mace_product_2__d__d2_A__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2__d__d2_A)
 _ops.register("mace_product_2__d__d2_weight", _mace_product_2__d__d2_weight__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, reference=_mace_product_2__d__d2_weight)
-_ops.register("mace_product_2__d", _mace_product_2__d__triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d__d2_A, _ops.mace_product_2__d__d2_weight])
-_ops.register("mace_product_2", _mace_product_2__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2__d], check_indices=True)
+_ops.register("mace_product_2__d", _mace_product_2__d__triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d__d2_A"], _ops["mace_product_2__d__d2_weight"]])
+_ops.register("mace_product_2", _mace_product_2__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d"]], check_indices=True)
 
 
 @triton.jit
@@ -47338,8 +47338,8 @@ def _mace_product_4__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 # the last ones differentiate through their own torch code
 _ops.register("mace_product_4__d__d2_A", _mace_product_4__d__d2_A__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4__d__d2_A)
 _ops.register("mace_product_4__d__d2_weight", _mace_product_4__d__d2_weight__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, reference=_mace_product_4__d__d2_weight)
-_ops.register("mace_product_4__d", _mace_product_4__d__triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d__d2_A, _ops.mace_product_4__d__d2_weight])
-_ops.register("mace_product_4", _mace_product_4__triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4__d], check_indices=True)
+_ops.register("mace_product_4__d", _mace_product_4__d__triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d__d2_A"], _ops["mace_product_4__d__d2_weight"]])
+_ops.register("mace_product_4", _mace_product_4__triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d"]], check_indices=True)
 
 
 class mace_product(rt.FusionModule):
@@ -47366,7 +47366,7 @@ class mace_product(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        _outputs = _ops.mace_product([
+        _outputs = _ops["mace_product"]([
             rt.rows(A, _batch, 1024),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
@@ -47397,7 +47397,7 @@ class mace_product_2(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
-        _outputs = _ops.mace_product_2([
+        _outputs = _ops["mace_product_2"]([
             rt.rows(A, _batch, 1024),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())
@@ -47428,7 +47428,7 @@ class mace_product_4(rt.FusionModule):
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})
-        _outputs = _ops.mace_product_4([
+        _outputs = _ops["mace_product_4"]([
             rt.rows(A, _batch, 288),
             rt.index_rows(z, _batch, "z", self.weight),
         ], self.weight, self.constants())

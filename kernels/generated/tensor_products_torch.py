@@ -1964,12 +1964,12 @@ def _fc_tp__d__only_x_y__cpu(
 _ops.register("fc_tp__d__d2_x", _fc_tp__d__d2_x, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp__d__d2_x__cpu)
 _ops.register("fc_tp__d__d2_y", _fc_tp__d__d2_y, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp__d__d2_y__cpu)
 _ops.register("fc_tp__d__d2_weight", _fc_tp__d__d2_weight, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp__d__d2_weight__cpu)
-_ops.register("fc_tp__d", _fc_tp__d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp__d__d2_x, _ops.fc_tp__d__d2_y, _ops.fc_tp__d__d2_weight], cpu=_fc_tp__d__cpu)
-_ops.register("fc_tp__d__only_x", _fc_tp__d__only_x, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp__d__d2_x], cpu=_fc_tp__d__only_x__cpu)
-_ops.register("fc_tp__d__only_y", _fc_tp__d__only_y, outputs=((16, True),), index_ranges={}, backward=[_ops.fc_tp__d__d2_y], cpu=_fc_tp__d__only_y__cpu)
-_ops.register("fc_tp__d__only_weight", _fc_tp__d__only_weight, outputs=((13312, False),), index_ranges={}, backward=[_ops.fc_tp__d__d2_weight], cpu=_fc_tp__d__only_weight__cpu)
-_ops.register("fc_tp__d__only_x_y", _fc_tp__d__only_x_y, outputs=((288, True), (16, True)), index_ranges={}, backward=[_ops.fc_tp__d__d2_x, _ops.fc_tp__d__d2_y], cpu=_fc_tp__d__only_x_y__cpu)
-_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp__d], partial=[{(0,): _ops.fc_tp__d__only_x, (1,): _ops.fc_tp__d__only_y, (2,): _ops.fc_tp__d__only_weight, (0, 1): _ops.fc_tp__d__only_x_y}], check_indices=True, cpu=_fc_tp__cpu)
+_ops.register("fc_tp__d", _fc_tp__d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops["fc_tp__d__d2_x"], _ops["fc_tp__d__d2_y"], _ops["fc_tp__d__d2_weight"]], cpu=_fc_tp__d__cpu)
+_ops.register("fc_tp__d__only_x", _fc_tp__d__only_x, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d__d2_x"]], cpu=_fc_tp__d__only_x__cpu)
+_ops.register("fc_tp__d__only_y", _fc_tp__d__only_y, outputs=((16, True),), index_ranges={}, backward=[_ops["fc_tp__d__d2_y"]], cpu=_fc_tp__d__only_y__cpu)
+_ops.register("fc_tp__d__only_weight", _fc_tp__d__only_weight, outputs=((13312, False),), index_ranges={}, backward=[_ops["fc_tp__d__d2_weight"]], cpu=_fc_tp__d__only_weight__cpu)
+_ops.register("fc_tp__d__only_x_y", _fc_tp__d__only_x_y, outputs=((288, True), (16, True)), index_ranges={}, backward=[_ops["fc_tp__d__d2_x"], _ops["fc_tp__d__d2_y"]], cpu=_fc_tp__d__only_x_y__cpu)
+_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d"]], partial=[{(0,): _ops["fc_tp__d__only_x"], (1,): _ops["fc_tp__d__only_y"], (2,): _ops["fc_tp__d__only_weight"], (0, 1): _ops["fc_tp__d__only_x_y"]}], check_indices=True, cpu=_fc_tp__cpu)
 
 
 def _conv_tp(
@@ -4106,11 +4106,11 @@ _ops.register("conv_tp__d__d2_h", _conv_tp__d__d2_h, outputs=((288, True), (16, 
 _ops.register("conv_tp__d__d2_sh", _conv_tp__d__d2_sh, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp__d__d2_sh__cpu)
 _ops.register("conv_tp__d__d2_w", _conv_tp__d__d2_w, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp__d__d2_w__cpu)
 _ops.register("conv_tp__d__d2_weight", _conv_tp__d__d2_weight, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
-_ops.register("conv_tp__d", _conv_tp__d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp__d__d2_h, _ops.conv_tp__d__d2_sh, _ops.conv_tp__d__d2_w, _ops.conv_tp__d__d2_weight], cpu=_conv_tp__d__cpu)
-_ops.register("conv_tp__d__only_h", _conv_tp__d__only_h, outputs=((288, True),), index_ranges={}, backward=[_ops.conv_tp__d__d2_h], cpu=_conv_tp__d__only_h__cpu)
-_ops.register("conv_tp__d__only_sh", _conv_tp__d__only_sh, outputs=((16, True),), index_ranges={}, backward=[_ops.conv_tp__d__d2_sh], cpu=_conv_tp__d__only_sh__cpu)
-_ops.register("conv_tp__d__only_w", _conv_tp__d__only_w, outputs=((768, True),), index_ranges={}, backward=[_ops.conv_tp__d__d2_w], cpu=_conv_tp__d__only_w__cpu)
-_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp__d], partial=[{(0,): _ops.conv_tp__d__only_h, (1,): _ops.conv_tp__d__only_sh, (2,): _ops.conv_tp__d__only_w}], check_indices=True, cpu=_conv_tp__cpu)
+_ops.register("conv_tp__d", _conv_tp__d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops["conv_tp__d__d2_h"], _ops["conv_tp__d__d2_sh"], _ops["conv_tp__d__d2_w"], _ops["conv_tp__d__d2_weight"]], cpu=_conv_tp__d__cpu)
+_ops.register("conv_tp__d__only_h", _conv_tp__d__only_h, outputs=((288, True),), index_ranges={}, backward=[_ops["conv_tp__d__d2_h"]], cpu=_conv_tp__d__only_h__cpu)
+_ops.register("conv_tp__d__only_sh", _conv_tp__d__only_sh, outputs=((16, True),), index_ranges={}, backward=[_ops["conv_tp__d__d2_sh"]], cpu=_conv_tp__d__only_sh__cpu)
+_ops.register("conv_tp__d__only_w", _conv_tp__d__only_w, outputs=((768, True),), index_ranges={}, backward=[_ops["conv_tp__d__d2_w"]], cpu=_conv_tp__d__only_w__cpu)
+_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops["conv_tp__d"]], partial=[{(0,): _ops["conv_tp__d__only_h"], (1,): _ops["conv_tp__d__only_sh"], (2,): _ops["conv_tp__d__only_w"]}], check_indices=True, cpu=_conv_tp__cpu)
 
 
 def _elementwise_tp(
@@ -6268,12 +6268,12 @@ def _elementwise_tp__d__only_a_b__cpu(
 _ops.register("elementwise_tp__d__d2_a", _elementwise_tp__d__d2_a, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp__d__d2_a__cpu)
 _ops.register("elementwise_tp__d__d2_b", _elementwise_tp__d__d2_b, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp__d__d2_b__cpu)
 _ops.register("elementwise_tp__d__d2_weight", _elementwise_tp__d__d2_weight, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp__d__d2_weight__cpu)
-_ops.register("elementwise_tp__d", _elementwise_tp__d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_a, _ops.elementwise_tp__d__d2_b, _ops.elementwise_tp__d__d2_weight], cpu=_elementwise_tp__d__cpu)
-_ops.register("elementwise_tp__d__only_a", _elementwise_tp__d__only_a, outputs=((144, True),), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_a], cpu=_elementwise_tp__d__only_a__cpu)
-_ops.register("elementwise_tp__d__only_b", _elementwise_tp__d__only_b, outputs=((144, True),), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_b], cpu=_elementwise_tp__d__only_b__cpu)
-_ops.register("elementwise_tp__d__only_weight", _elementwise_tp__d__only_weight, outputs=((208, False),), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_weight], cpu=_elementwise_tp__d__only_weight__cpu)
-_ops.register("elementwise_tp__d__only_a_b", _elementwise_tp__d__only_a_b, outputs=((144, True), (144, True)), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_a, _ops.elementwise_tp__d__d2_b], cpu=_elementwise_tp__d__only_a_b__cpu)
-_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp__d], partial=[{(0,): _ops.elementwise_tp__d__only_a, (1,): _ops.elementwise_tp__d__only_b, (2,): _ops.elementwise_tp__d__only_weight, (0, 1): _ops.elementwise_tp__d__only_a_b}], check_indices=True, cpu=_elementwise_tp__cpu)
+_ops.register("elementwise_tp__d", _elementwise_tp__d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_a"], _ops["elementwise_tp__d__d2_b"], _ops["elementwise_tp__d__d2_weight"]], cpu=_elementwise_tp__d__cpu)
+_ops.register("elementwise_tp__d__only_a", _elementwise_tp__d__only_a, outputs=((144, True),), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_a"]], cpu=_elementwise_tp__d__only_a__cpu)
+_ops.register("elementwise_tp__d__only_b", _elementwise_tp__d__only_b, outputs=((144, True),), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_b"]], cpu=_elementwise_tp__d__only_b__cpu)
+_ops.register("elementwise_tp__d__only_weight", _elementwise_tp__d__only_weight, outputs=((208, False),), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_weight"]], cpu=_elementwise_tp__d__only_weight__cpu)
+_ops.register("elementwise_tp__d__only_a_b", _elementwise_tp__d__only_a_b, outputs=((144, True), (144, True)), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_a"], _ops["elementwise_tp__d__d2_b"]], cpu=_elementwise_tp__d__only_a_b__cpu)
+_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops["elementwise_tp__d"]], partial=[{(0,): _ops["elementwise_tp__d__only_a"], (1,): _ops["elementwise_tp__d__only_b"], (2,): _ops["elementwise_tp__d__only_weight"], (0, 1): _ops["elementwise_tp__d__only_a_b"]}], check_indices=True, cpu=_elementwise_tp__cpu)
 
 
 def _full_tp(
@@ -7467,12 +7467,12 @@ def _full_tp__d__only_a_b__cpu(
 _ops.register("full_tp__d__d2_a", _full_tp__d__d2_a, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp__d__d2_a__cpu)
 _ops.register("full_tp__d__d2_b", _full_tp__d__d2_b, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp__d__d2_b__cpu)
 _ops.register("full_tp__d__d2_weight", _full_tp__d__d2_weight, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp__d__d2_weight__cpu)
-_ops.register("full_tp__d", _full_tp__d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp__d__d2_a, _ops.full_tp__d__d2_b, _ops.full_tp__d__d2_weight], cpu=_full_tp__d__cpu)
-_ops.register("full_tp__d__only_a", _full_tp__d__only_a, outputs=((16, True),), index_ranges={}, backward=[_ops.full_tp__d__d2_a], cpu=_full_tp__d__only_a__cpu)
-_ops.register("full_tp__d__only_b", _full_tp__d__only_b, outputs=((32, True),), index_ranges={}, backward=[_ops.full_tp__d__d2_b], cpu=_full_tp__d__only_b__cpu)
-_ops.register("full_tp__d__only_weight", _full_tp__d__only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops.full_tp__d__d2_weight], cpu=_full_tp__d__only_weight__cpu)
-_ops.register("full_tp__d__only_a_b", _full_tp__d__only_a_b, outputs=((16, True), (32, True)), index_ranges={}, backward=[_ops.full_tp__d__d2_a, _ops.full_tp__d__d2_b], cpu=_full_tp__d__only_a_b__cpu)
-_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp__d], partial=[{(0,): _ops.full_tp__d__only_a, (1,): _ops.full_tp__d__only_b, (2,): _ops.full_tp__d__only_weight, (0, 1): _ops.full_tp__d__only_a_b}], check_indices=True, cpu=_full_tp__cpu)
+_ops.register("full_tp__d", _full_tp__d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops["full_tp__d__d2_a"], _ops["full_tp__d__d2_b"], _ops["full_tp__d__d2_weight"]], cpu=_full_tp__d__cpu)
+_ops.register("full_tp__d__only_a", _full_tp__d__only_a, outputs=((16, True),), index_ranges={}, backward=[_ops["full_tp__d__d2_a"]], cpu=_full_tp__d__only_a__cpu)
+_ops.register("full_tp__d__only_b", _full_tp__d__only_b, outputs=((32, True),), index_ranges={}, backward=[_ops["full_tp__d__d2_b"]], cpu=_full_tp__d__only_b__cpu)
+_ops.register("full_tp__d__only_weight", _full_tp__d__only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops["full_tp__d__d2_weight"]], cpu=_full_tp__d__only_weight__cpu)
+_ops.register("full_tp__d__only_a_b", _full_tp__d__only_a_b, outputs=((16, True), (32, True)), index_ranges={}, backward=[_ops["full_tp__d__d2_a"], _ops["full_tp__d__d2_b"]], cpu=_full_tp__d__only_a_b__cpu)
+_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops["full_tp__d"]], partial=[{(0,): _ops["full_tp__d__only_a"], (1,): _ops["full_tp__d__only_b"], (2,): _ops["full_tp__d__only_weight"], (0, 1): _ops["full_tp__d__only_a_b"]}], check_indices=True, cpu=_full_tp__cpu)
 
 
 def _linear(
@@ -7729,10 +7729,10 @@ def _linear__d__only_weight__cpu(
 # the last ones differentiate through their own torch code
 _ops.register("linear__d__d2_x", _linear__d__d2_x, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear__d__d2_x__cpu)
 _ops.register("linear__d__d2_weight", _linear__d__d2_weight, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear__d__d2_weight__cpu)
-_ops.register("linear__d", _linear__d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear__d__d2_x, _ops.linear__d__d2_weight], cpu=_linear__d__cpu)
-_ops.register("linear__d__only_x", _linear__d__only_x, outputs=((120, True),), index_ranges={}, backward=[_ops.linear__d__d2_x], cpu=_linear__d__only_x__cpu)
-_ops.register("linear__d__only_weight", _linear__d__only_weight, outputs=((896, False),), index_ranges={}, backward=[_ops.linear__d__d2_weight], cpu=_linear__d__only_weight__cpu)
-_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops.linear__d], partial=[{(0,): _ops.linear__d__only_x, (1,): _ops.linear__d__only_weight}], check_indices=True, cpu=_linear__cpu)
+_ops.register("linear__d", _linear__d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops["linear__d__d2_x"], _ops["linear__d__d2_weight"]], cpu=_linear__d__cpu)
+_ops.register("linear__d__only_x", _linear__d__only_x, outputs=((120, True),), index_ranges={}, backward=[_ops["linear__d__d2_x"]], cpu=_linear__d__only_x__cpu)
+_ops.register("linear__d__only_weight", _linear__d__only_weight, outputs=((896, False),), index_ranges={}, backward=[_ops["linear__d__d2_weight"]], cpu=_linear__d__only_weight__cpu)
+_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops["linear__d"]], partial=[{(0,): _ops["linear__d__only_x"], (1,): _ops["linear__d__only_weight"]}], check_indices=True, cpu=_linear__cpu)
 
 
 def _tp_then_linear(
@@ -8926,12 +8926,12 @@ def _tp_then_linear__d__only_x_y__cpu(
 _ops.register("tp_then_linear__d__d2_x", _tp_then_linear__d__d2_x, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear__d__d2_x__cpu)
 _ops.register("tp_then_linear__d__d2_y", _tp_then_linear__d__d2_y, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear__d__d2_y__cpu)
 _ops.register("tp_then_linear__d__d2_weight", _tp_then_linear__d__d2_weight, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear__d__d2_weight__cpu)
-_ops.register("tp_then_linear__d", _tp_then_linear__d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_x, _ops.tp_then_linear__d__d2_y, _ops.tp_then_linear__d__d2_weight], cpu=_tp_then_linear__d__cpu)
-_ops.register("tp_then_linear__d__only_x", _tp_then_linear__d__only_x, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_x], cpu=_tp_then_linear__d__only_x__cpu)
-_ops.register("tp_then_linear__d__only_y", _tp_then_linear__d__only_y, outputs=((4, True),), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_y], cpu=_tp_then_linear__d__only_y__cpu)
-_ops.register("tp_then_linear__d__only_weight", _tp_then_linear__d__only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_weight], cpu=_tp_then_linear__d__only_weight__cpu)
-_ops.register("tp_then_linear__d__only_x_y", _tp_then_linear__d__only_x_y, outputs=((32, True), (4, True)), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_x, _ops.tp_then_linear__d__d2_y], cpu=_tp_then_linear__d__only_x_y__cpu)
-_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear__d], partial=[{(0,): _ops.tp_then_linear__d__only_x, (1,): _ops.tp_then_linear__d__only_y, (2,): _ops.tp_then_linear__d__only_weight, (0, 1): _ops.tp_then_linear__d__only_x_y}], check_indices=True, cpu=_tp_then_linear__cpu)
+_ops.register("tp_then_linear__d", _tp_then_linear__d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_x"], _ops["tp_then_linear__d__d2_y"], _ops["tp_then_linear__d__d2_weight"]], cpu=_tp_then_linear__d__cpu)
+_ops.register("tp_then_linear__d__only_x", _tp_then_linear__d__only_x, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_x"]], cpu=_tp_then_linear__d__only_x__cpu)
+_ops.register("tp_then_linear__d__only_y", _tp_then_linear__d__only_y, outputs=((4, True),), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_y"]], cpu=_tp_then_linear__d__only_y__cpu)
+_ops.register("tp_then_linear__d__only_weight", _tp_then_linear__d__only_weight, outputs=((160, False),), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_weight"]], cpu=_tp_then_linear__d__only_weight__cpu)
+_ops.register("tp_then_linear__d__only_x_y", _tp_then_linear__d__only_x_y, outputs=((32, True), (4, True)), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_x"], _ops["tp_then_linear__d__d2_y"]], cpu=_tp_then_linear__d__only_x_y__cpu)
+_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d"]], partial=[{(0,): _ops["tp_then_linear__d__only_x"], (1,): _ops["tp_then_linear__d__only_y"], (2,): _ops["tp_then_linear__d__only_weight"], (0, 1): _ops["tp_then_linear__d__only_x_y"]}], check_indices=True, cpu=_tp_then_linear__cpu)
 
 
 class fc_tp(rt.FusionModule):
@@ -8994,7 +8994,7 @@ class fc_tp(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
-        _outputs = _ops.fc_tp([
+        _outputs = _ops["fc_tp"]([
             rt.rows(x, _batch, 288),
             rt.rows(y, _batch, 16),
         ], self.weight, self.constants())
@@ -9116,7 +9116,7 @@ class conv_tp(rt.FusionModule):
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
-        _outputs = _ops.conv_tp([
+        _outputs = _ops["conv_tp"]([
             rt.rows(h, _batch, 288),
             rt.rows(sh, _batch, 16),
             rt.weight_rows(w, _batch, 768),
@@ -9148,7 +9148,7 @@ class elementwise_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
-        _outputs = _ops.elementwise_tp([
+        _outputs = _ops["elementwise_tp"]([
             rt.rows(a, _batch, 144),
             rt.rows(b, _batch, 144),
         ], self.weight, self.constants())
@@ -9179,7 +9179,7 @@ class full_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
-        _outputs = _ops.full_tp([
+        _outputs = _ops["full_tp"]([
             rt.rows(a, _batch, 16),
             rt.rows(b, _batch, 32),
         ], self.weight, self.constants())
@@ -9209,7 +9209,7 @@ class linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
-        _outputs = _ops.linear([
+        _outputs = _ops["linear"]([
             rt.rows(x, _batch, 120),
         ], self.weight, self.constants())
         return _outputs[0].reshape(*_batch, 144)
@@ -9247,7 +9247,7 @@ class tp_then_linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
-        _outputs = _ops.tp_then_linear([
+        _outputs = _ops["tp_then_linear"]([
             rt.rows(x, _batch, 32),
             rt.rows(y, _batch, 4),
         ], self.weight, self.constants())

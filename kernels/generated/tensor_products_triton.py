@@ -4721,8 +4721,8 @@ def _fc_tp__triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]
 _ops.register("fc_tp__d__d2_x", _fc_tp__d__d2_x__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_x)
 _ops.register("fc_tp__d__d2_y", _fc_tp__d__d2_y__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_y)
 _ops.register("fc_tp__d__d2_weight", _fc_tp__d__d2_weight__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, reference=_fc_tp__d__d2_weight)
-_ops.register("fc_tp__d", _fc_tp__d__triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp__d__d2_x, _ops.fc_tp__d__d2_y, _ops.fc_tp__d__d2_weight])
-_ops.register("fc_tp", _fc_tp__triton, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp__d], check_indices=True)
+_ops.register("fc_tp__d", _fc_tp__d__triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops["fc_tp__d__d2_x"], _ops["fc_tp__d__d2_y"], _ops["fc_tp__d__d2_weight"]])
+_ops.register("fc_tp", _fc_tp__triton, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d"]], check_indices=True)
 
 
 @triton.jit
@@ -13121,8 +13121,8 @@ _ops.register("conv_tp__d__d2_h", _conv_tp__d__d2_h__triton, outputs=((288, True
 _ops.register("conv_tp__d__d2_sh", _conv_tp__d__d2_sh__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_sh)
 _ops.register("conv_tp__d__d2_w", _conv_tp__d__d2_w__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_w)
 _ops.register("conv_tp__d__d2_weight", _conv_tp__d__d2_weight__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, reference=_conv_tp__d__d2_weight)
-_ops.register("conv_tp__d", _conv_tp__d__triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp__d__d2_h, _ops.conv_tp__d__d2_sh, _ops.conv_tp__d__d2_w, _ops.conv_tp__d__d2_weight])
-_ops.register("conv_tp", _conv_tp__triton, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp__d], check_indices=True)
+_ops.register("conv_tp__d", _conv_tp__d__triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops["conv_tp__d__d2_h"], _ops["conv_tp__d__d2_sh"], _ops["conv_tp__d__d2_w"], _ops["conv_tp__d__d2_weight"]])
+_ops.register("conv_tp", _conv_tp__triton, outputs=((992, True),), index_ranges={}, backward=[_ops["conv_tp__d"]], check_indices=True)
 
 
 @triton.jit
@@ -19569,8 +19569,8 @@ def _elementwise_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torc
 _ops.register("elementwise_tp__d__d2_a", _elementwise_tp__d__d2_a__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_a)
 _ops.register("elementwise_tp__d__d2_b", _elementwise_tp__d__d2_b__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_b)
 _ops.register("elementwise_tp__d__d2_weight", _elementwise_tp__d__d2_weight__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, reference=_elementwise_tp__d__d2_weight)
-_ops.register("elementwise_tp__d", _elementwise_tp__d__triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp__d__d2_a, _ops.elementwise_tp__d__d2_b, _ops.elementwise_tp__d__d2_weight])
-_ops.register("elementwise_tp", _elementwise_tp__triton, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp__d], check_indices=True)
+_ops.register("elementwise_tp__d", _elementwise_tp__d__triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops["elementwise_tp__d__d2_a"], _ops["elementwise_tp__d__d2_b"], _ops["elementwise_tp__d__d2_weight"]])
+_ops.register("elementwise_tp", _elementwise_tp__triton, outputs=((192, True),), index_ranges={}, backward=[_ops["elementwise_tp__d"]], check_indices=True)
 
 
 @triton.jit
@@ -22560,8 +22560,8 @@ def _full_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tenso
 _ops.register("full_tp__d__d2_a", _full_tp__d__d2_a__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_a)
 _ops.register("full_tp__d__d2_b", _full_tp__d__d2_b__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_b)
 _ops.register("full_tp__d__d2_weight", _full_tp__d__d2_weight__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, reference=_full_tp__d__d2_weight)
-_ops.register("full_tp__d", _full_tp__d__triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp__d__d2_a, _ops.full_tp__d__d2_b, _ops.full_tp__d__d2_weight])
-_ops.register("full_tp", _full_tp__triton, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp__d], check_indices=True)
+_ops.register("full_tp__d", _full_tp__d__triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops["full_tp__d__d2_a"], _ops["full_tp__d__d2_b"], _ops["full_tp__d__d2_weight"]])
+_ops.register("full_tp", _full_tp__triton, outputs=((224, True),), index_ranges={}, backward=[_ops["full_tp__d"]], check_indices=True)
 
 
 @triton.jit
@@ -23107,8 +23107,8 @@ def _linear__triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
 # the last ones differentiate through their own torch code
 _ops.register("linear__d__d2_x", _linear__d__d2_x__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear__d__d2_x)
 _ops.register("linear__d__d2_weight", _linear__d__d2_weight__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, reference=_linear__d__d2_weight)
-_ops.register("linear__d", _linear__d__triton, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear__d__d2_x, _ops.linear__d__d2_weight])
-_ops.register("linear", _linear__triton, outputs=((144, True),), index_ranges={}, backward=[_ops.linear__d], check_indices=True)
+_ops.register("linear__d", _linear__d__triton, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops["linear__d__d2_x"], _ops["linear__d__d2_weight"]])
+_ops.register("linear", _linear__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["linear__d"]], check_indices=True)
 
 
 @triton.jit
@@ -25989,8 +25989,8 @@ def _tp_then_linear__triton(x, y, weight, *constants: torch.Tensor) -> list[torc
 _ops.register("tp_then_linear__d__d2_x", _tp_then_linear__d__d2_x__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_x)
 _ops.register("tp_then_linear__d__d2_y", _tp_then_linear__d__d2_y__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_y)
 _ops.register("tp_then_linear__d__d2_weight", _tp_then_linear__d__d2_weight__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, reference=_tp_then_linear__d__d2_weight)
-_ops.register("tp_then_linear__d", _tp_then_linear__d__triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear__d__d2_x, _ops.tp_then_linear__d__d2_y, _ops.tp_then_linear__d__d2_weight])
-_ops.register("tp_then_linear", _tp_then_linear__triton, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear__d], check_indices=True)
+_ops.register("tp_then_linear__d", _tp_then_linear__d__triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops["tp_then_linear__d__d2_x"], _ops["tp_then_linear__d__d2_y"], _ops["tp_then_linear__d__d2_weight"]])
+_ops.register("tp_then_linear", _tp_then_linear__triton, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d"]], check_indices=True)
 
 
 class fc_tp(rt.FusionModule):
@@ -26053,7 +26053,7 @@ class fc_tp(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
-        _outputs = _ops.fc_tp([
+        _outputs = _ops["fc_tp"]([
             rt.rows(x, _batch, 288),
             rt.rows(y, _batch, 16),
         ], self.weight, self.constants())
@@ -26175,7 +26175,7 @@ class conv_tp(rt.FusionModule):
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
-        _outputs = _ops.conv_tp([
+        _outputs = _ops["conv_tp"]([
             rt.rows(h, _batch, 288),
             rt.rows(sh, _batch, 16),
             rt.weight_rows(w, _batch, 768),
@@ -26207,7 +26207,7 @@ class elementwise_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
-        _outputs = _ops.elementwise_tp([
+        _outputs = _ops["elementwise_tp"]([
             rt.rows(a, _batch, 144),
             rt.rows(b, _batch, 144),
         ], self.weight, self.constants())
@@ -26238,7 +26238,7 @@ class full_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
-        _outputs = _ops.full_tp([
+        _outputs = _ops["full_tp"]([
             rt.rows(a, _batch, 16),
             rt.rows(b, _batch, 32),
         ], self.weight, self.constants())
@@ -26268,7 +26268,7 @@ class linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
-        _outputs = _ops.linear([
+        _outputs = _ops["linear"]([
             rt.rows(x, _batch, 120),
         ], self.weight, self.constants())
         return _outputs[0].reshape(*_batch, 144)
@@ -26306,7 +26306,7 @@ class tp_then_linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
-        _outputs = _ops.tp_then_linear([
+        _outputs = _ops["tp_then_linear"]([
             rt.rows(x, _batch, 32),
             rt.rows(y, _batch, 4),
         ], self.weight, self.constants())
