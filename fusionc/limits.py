@@ -6,7 +6,7 @@ standard library's largest term has 64 fusion trees) and can be raised through t
 variable named in its error.
 
 >>> limit("l")
-16
+8
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ class Limit:
 
 
 LIMITS = {
-    # CG tables up to l = 16 take well under a second each (sympy, exact); Triton kernels unroll
-    # over their non-zeros, which grow as l³.
-    "l": Limit("the degree l of an irrep", 16, "FUSIONC_MAX_L"),
+    # of declared irreps and of fusion trees' inner labels: each CG table is computed exactly with
+    # sympy (0.2 s at l = 8, 0.5 s at 10), and a fusion of four operands up to l = 11 needed 307
+    # of them (140 s); Triton kernels unroll over their non-zeros, which grow as l³
+    "l": Limit("the degree l of an irrep", 8, "FUSIONC_MAX_L"),
     "mul": Limit("a multiplicity", 100_000, "FUSIONC_MAX_MUL"),
     # Generated code grows with the paths and fusion trees (each one or a few statements per
     # program, times the derivative programs): this bounds the size of what a diagram generates.

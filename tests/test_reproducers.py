@@ -265,7 +265,8 @@ def test_a_damaged_native_library_is_rebuilt(damage: str) -> None:
     ("diagram d { in A : 1000e  out B : 0e  B = fuse(A, A) mix none }", "FUSIONC_MAX_L"),
     ("diagram d { in A : 2e  out B : 99999999999999999999e  B = fuse(A, A) mix none }", "FUSIONC_MAX_L"),
     ("diagram d { in A : 200000x0e  out B : 200000x0e  B = A mix uuu }", "FUSIONC_MAX_MUL"),
-    ("diagram d { in A : 3e + 3o + 2e + 2o  out B : 0e  B = fuse(A, A, A, A, A, A, A, A) mix none }",
+    ("diagram d { in A : 8e  out B : 8e  B = fuse(A, A, A) mix none }", "FUSIONC_MAX_L"),  # an inner label
+    ("diagram d { in A : 1e + 1o + 2e + 2o  out B : 0e  B = fuse(A, A, A, A, A, A, A, A) mix none }",
      "FUSIONC_MAX_PATHS"),
     ("diagram d { in A : " + " + ".join(["0e"] * 400) + "  out B : 0e  B = fuse(A, A) mix none }",
      "FUSIONC_MAX_PATHS"),
@@ -279,6 +280,14 @@ def test_sizes_nobody_can_run_fail_fast_with_the_limit_named(source: str, limit:
     assert result.returncode == 1
     assert re.search(rf"<string>:1:\d+: error: .*over fusionc's limit of [\d,]+ .*set {limit} to raise it",
                      result.stderr), result.stderr[-1000:]
+
+
+def test_only_ascii_digits_are_numbers() -> None:
+    """Found by the fuzzer: `1١` (an Arabic-Indic one) read as l = 11, and the fusion of four such
+    operands ran for minutes."""
+    with pytest.raises(fusionc.FusionError) as caught:
+        fusionc.loads("diagram d { in A : 1x1١  out B : 1x1  B = A mix uvw }")
+    assert re.match(r"<string>:1:\d+: error: ", str(caught.value))
 
 
 def test_a_limit_can_be_raised(monkeypatch) -> None:

@@ -9,7 +9,7 @@ import re
 
 from fusionc.analysis.paths import (channel_mismatch, coupling_paths, linear_paths, normalise_coupling,
                                     tree_paths, why_not)
-from fusionc.analysis.trees import TooManyTrees, canonical_order, symmetric_trees
+from fusionc.analysis.trees import LabelTooLarge, TooManyTrees, canonical_order, symmetric_trees
 from fusionc.errors import FusionError, Span
 from fusionc.frontend import ast
 from fusionc.ir.diagram import MODES, CouplingVertex, Diagram, Input, Value
@@ -331,7 +331,10 @@ class _DiagramChecker:
         irreps = tuple(operand_irreps[n] for n in canonical)
         self.bound_combinations(irreps, term.span)
         try:
-            trees = symmetric_trees(canonical, irreps, target, lmax, bound=self.paths_left())
+            trees = symmetric_trees(canonical, irreps, target, lmax, bound=self.paths_left(), max_label=limit("l"))
+        except LabelTooLarge as exc:
+            raise FusionError(over("l", exc.args[0], "the degree l of an inner label of this term's fusion trees"),
+                              term.span) from None
         except TooManyTrees:
             raise FusionError(f"this term has more than {self.paths_left():,} fusion trees, over fusionc's limit of "
                               f"{limit('paths'):,} paths and trees a diagram (set {LIMITS['paths'].variable} to "

@@ -55,11 +55,18 @@ class TooManyTrees(Exception):
     """More trees than the caller's bound: enumeration stops there rather than run on."""
 
 
+class LabelTooLarge(Exception):
+    """A tree needs an inner label of a degree above the caller's bound (its CG tables would cost
+    more than the bound allows); `args[0]` is the degree."""
+
+
 def enumerate_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: Irreps,
-                    lmax: int | None = None, ordered: bool = True, bound: int | None = None) -> list[Tree]:
+                    lmax: int | None = None, ordered: bool = True, bound: int | None = None,
+                    max_label: int | None = None) -> list[Tree]:
     """All left-associative trees reaching a block of `target`, in lexicographic order of
     (blocks, inner labels, output block); with `ordered`, the blocks of a repeated operand are
-    non-decreasing (one ordering of each multiset). Raises `TooManyTrees` past `bound` trees."""
+    non-decreasing (one ordering of each multiset). Raises `TooManyTrees` past `bound` trees and
+    `LabelTooLarge` for a tree with an inner label above `max_label`."""
     n = len(irreps)
     wanted = {b.ir for b in target}
 
@@ -93,6 +100,8 @@ def enumerate_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: 
             for k in label * irreps[position][blocks[position]].ir:
                 last = position == n - 1
                 if (last or lmax is None or k.l <= lmax) and reachable(position + 1, k) & wanted:
+                    if max_label is not None and k.l > max_label:
+                        raise LabelTooLarge(k.l)
                     extend(position + 1, k, inner + (k,))
 
         extend(1, irreps[0][blocks[0]].ir, ())
@@ -157,7 +166,8 @@ def _trees_cost(trees: list[Tree], irreps: tuple[Irreps, ...], target: Irreps) -
 
 
 def symmetric_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: Irreps,
-                    lmax: int | None = None, seed: int = 0, bound: int | None = None) -> list[Tree]:
+                    lmax: int | None = None, seed: int = 0, bound: int | None = None,
+                    max_label: int | None = None) -> list[Tree]:
     """For a repeated operand, a basis of the symmetric maps made of trees; else every tree.
 
     Trees of different block multisets are polynomials in different variables, so each
@@ -165,9 +175,9 @@ def symmetric_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: 
     one whose independent trees cost least is kept, ties going to the sorted ordering.
     """
     if len(set(names)) == len(names):
-        return enumerate_trees(names, irreps, target, lmax, bound=bound)
+        return enumerate_trees(names, irreps, target, lmax, bound=bound, max_label=max_label)
     rng = np.random.default_rng(seed)
-    every = enumerate_trees(names, irreps, target, lmax, ordered=False, bound=bound)
+    every = enumerate_trees(names, irreps, target, lmax, ordered=False, bound=bound, max_label=max_label)
     by_multiset: dict[tuple, dict[tuple, list[Tree]]] = {}
     for t in every:
         key = (_multiset(names, t.blocks), t.out_block)

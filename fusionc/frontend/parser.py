@@ -84,7 +84,7 @@ def _end_of(source: str) -> Span:
 
 
 #: A summand of an irreps string as far as it reaches: '8x1y' whole, not '8x1' and then 'y'.
-_SUMMAND = re.compile(r"(?:(\d+)[ \t]*x[ \t]*)?(\w*)")
+_SUMMAND = re.compile(r"(?:([0-9]+)[ \t]*x[ \t]*)?(\w*)")
 _GAP = re.compile(r"(?:\s|#[^\n]*)*")
 
 
@@ -94,7 +94,7 @@ def _position(source: str, offset: int) -> Span:
 
 def _not_an_irrep(mul: str | None, word: str, so3: bool) -> str:
     """Why a summand, `mul`x`word`, is not an irrep (of SO(3) when `so3`, which has no parity)."""
-    degree = re.match(r"\d*", word).group(0)
+    degree = re.match(r"[0-9]*", word).group(0)
     if not degree:
         one, two = ("1", "(0 + 1)") if so3 else ("1o", "(0e + 1o)")
         return (f"after '{mul}x' comes an irrep, as in {mul}x{one}, or a group, as in {mul}x{two}" if mul
@@ -118,7 +118,7 @@ def _bad_summand(source: str, offset: int) -> FusionError | None:
         if m.group(1) and not m.group(2) and not grouped and source.startswith("(", after):
             pos, grouped = after + 1, True
             continue
-        if not re.fullmatch(r"\d+[eo]?", m.group(2)):
+        if not re.fullmatch(r"[0-9]+[eo]?", m.group(2)):
             if not m.group(0):  # nothing like an irrep here ('+ +', '()'): the irreps parser says what is missing
                 return None
             start = _position(source, pos)

@@ -62,7 +62,7 @@ class MulIrrep:
         return f"{self.mul}x{self.ir}"
 
 
-_ATOM = re.compile(r"\s*(?:(\d+)\s*x\s*)?(?:(\d+)([eo]?)|\()")
+_ATOM = re.compile(r"\s*(?:([0-9]+)\s*x\s*)?(?:([0-9]+)([eo]?)|\()")
 
 
 @dataclass(frozen=True)
