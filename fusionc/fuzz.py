@@ -20,7 +20,7 @@ Oracles (each case runs in a worker process with a time limit; a hang or a signa
 - library: `fusionc.loads` raises `FusionError` located as above, or returns ops whose modules,
   called on random float64 rows (0 rows sometimes, batch shapes, shared weights), give finite
   outputs of the right shape equal to a dense einsum reference built from the IR (forward,
-  gradients and sometimes second derivatives, to 1e-10), the same numbers with and without native
+  gradients and sometimes second derivatives, to 1e-8), the same numbers with and without native
   kernels, equivariant outputs, and a ValueError naming the input for a wrong shape or dtype.
 
 Each distinct finding (by target, kind and key) is minimised and written to the output directory
@@ -99,7 +99,10 @@ TIME_LIMIT_S = 20.0
 NATIVE_TIME_LIMIT_S = 120.0
 #: Sizes above which the library oracle only compiles (constructing modules would allocate too much).
 MAX_DIM, MAX_WEIGHTS, MAX_PATHS = 4000, 200_000, 3000
-TOLERANCE = 1e-10
+#: Relative difference from the dense reference, which sums in another order: random fusions of
+#: fusions (polynomials of degree 20 and more) differ from it by up to about 1e-10 through float64
+#: rounding alone; a wrong result is off by far more (gcc's miscompiled gradient: 5e-2 and up).
+TOLERANCE = 1e-8
 
 
 def _is_reserved(name: str) -> bool:
