@@ -238,8 +238,11 @@ def test_a_failed_allocation_is_a_memory_error() -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
-def test_a_damaged_native_library_is_rebuilt(damage: str) -> None:
-    """A truncated or overwritten cached library crashed every later process that loaded it."""
+def test_a_damaged_native_library_is_rebuilt(damage: str, tmp_path, monkeypatch) -> None:
+    """A truncated or overwritten cached library crashed every later process that loaded it. (A
+    cache of its own: this process has the session cache's libraries mapped, and damaging one in
+    place would crash it.)"""
+    monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path))
     call = """
         import torch, fusionc
         ops = fusionc.loads("diagram d { in x : 4x1o  in y : 1o  out z : 4x0e  z = fuse(x, y) mix uvw }")
