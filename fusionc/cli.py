@@ -14,10 +14,12 @@ from pathlib import Path
 
 from fusionc.analysis.cost import path_flops
 from fusionc.analysis.plan import DiagramPlan, explain, plan_diagram
+from fusionc.analysis.program import ProgramSet
+from fusionc.analysis.report import explain_run
 from fusionc.errors import FusionError
-from fusionc.frontend.parser import decode_source
 from fusionc.ir.diagram import Diagram, path_label
-from fusionc.pipeline import PASS_NAMES, compile_source
+from fusionc.pipeline import PASS_NAMES, PASSES, compile
+from fusionc.source import decode_source
 
 NUMERIC_TOLERANCE = 1e-10
 
@@ -27,9 +29,10 @@ How to read the plans below:
   FLOPs per row  floating-point operations (each multiplication and each addition counts one) for
                  one row of the inputs: one atom, edge or sample of the batch
   naive plan     every fusion tree or path evaluated on its own, with its dense CG table, left to right
-  chosen plan    the plan the generated code follows: each coupling built once and shared by every
-                 tree and term that uses it, CG tables walked over their non-zeros only, and the trees
-                 that end alike summed with their weights (weighted sums) before their last coupling
+  chosen plan    the plan the lowering follows: each coupling built once and shared by every tree
+                 and term that uses it, and the trees that end alike summed with their weights
+                 (weighted sums) before their last coupling; its FLOPs count CG non-zeros only (what
+                 the generated code does is under "as it runs")
   term           one term of an assignment (B.1 is the second term of B's expression), with its
                  number of fusion trees or paths, and its FLOPs per row in either plan
   pN             an intermediate of the chosen plan: a block of an input, or the result of a step;
@@ -41,9 +44,16 @@ How to read the plans below:
                  first with every v of the second into channel u, uuu goes channel by channel;
                  i, j, k the 2l+1 components of the first operand, the second and the output, so a
                  coupling is out[z,u,k] = sum over i, j of C[i,j,k] a[z,u,i] b[z,u,j]
-  order          how a coupling's sum is evaluated: fused over CG non-zeros (3 FLOPs per non-zero
-                 and channel), or in the pairwise order opt_einsum picks (a ⊗ b, then CG: the outer
-                 product first; a · CG, then b: a contracted with the CG table first)
+  FLOPs (sparse CG)  a coupling's FLOPs counting only its CG table's non-zeros: what the planner
+                 compares plans by
+  as it runs     the programs the generated code runs, after every pass (--dump-ir help lists them):
+                 each statement of the forward as it runs on the CPU, in torch code (a matrix or
+                 broadcast product, a gather or scatter of per-index weights) or in a native kernel
+                 (s0, s1, …: one C loop over rows), with the FLOPs it does as written (dense CG
+                 blocks, zeros included); then every program's totals: the forward, its
+                 vector-Jacobian products (__d), their own (__d2_*) and partial versions (__only_*)
+  x[16:64]:zui(16,3)  elements 16 to 63 of each row of x, viewed as u = 16 channels by i = 3
+                 components (z: the row)
 """
 
 
@@ -82,13 +92,32 @@ def _describe(d: Diagram, plan: DiagramPlan, explained: bool) -> list[str]:
     return lines
 
 
-def _compile(path: Path, dump_ir: str | None) -> tuple[str, tuple[Diagram, ...]]:
+def _compile(path: Path, dump_ir: str | None, backend: str | None = None) -> ProgramSet:
+    """The file's program set; the IR passes' (and programs' where a pass after the diagrams is
+    dumped, or a `backend` is given)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise FusionError(f"cannot read {path}: {exc.strerror}", filename=str(path)) from None
     source = decode_source(data, str(path))
-    return source, compile_source(source, str(path), dump_ir=dump_ir)
+    if backend is None and dump_ir in PASS_NAMES[PASS_NAMES.index("plan"):]:
+        backend = "torch"
+    return compile(source, str(path), backend, dump_ir=dump_ir)
+
+
+class _PassesHelp(argparse.Action):
+    """`--dump-ir help`: the passes in pipeline order, then exit."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value == "help":
+            print("passes, in pipeline order (--dump-ir PASS prints what PASS produced):")
+            for name, what in PASSES:
+                print(f"  {name:<14}{what}")
+            parser.exit(0)
+        if value not in PASS_NAMES:
+            parser.error(f"argument --dump-ir: unknown pass '{value}' (passes: {', '.join(PASS_NAMES)}; "
+                         f"--dump-ir help describes them)")
+        setattr(namespace, self.dest, value)
 
 
 def _write(output: str, data: bytes) -> None:
@@ -109,12 +138,14 @@ def _check(args: argparse.Namespace) -> int:
         print(EXPLAIN_LEGEND)
     checked = failed = 0
     for path in args.files:
-        source, diagrams = _compile(Path(path), args.dump_ir)
+        ps = _compile(Path(path), args.dump_ir, "torch" if args.explain else None)
+        source, diagrams = ps.source, ps.diagrams
+        runs = {dp.diagram.name: dp for dp in ps.programs}
         checked += len(diagrams)
         print(f"{path}: {_plural(len(diagrams), 'diagram')}, well typed")
         ops = None
         if args.numeric:
-            from fusionc.runtime.loader import loads
+            from fusionc.loader import loads
             from fusionc.testing import equivariance_error
 
             ops = loads(source, "torch", str(path))
@@ -123,6 +154,7 @@ def _check(args: argparse.Namespace) -> int:
             print("\n".join(_describe(d, plan, args.explain)))
             if args.explain:
                 print(explain(d, plan))
+                print(explain_run(runs[d.name]))
             if ops is not None:
                 error = equivariance_error(getattr(ops, d.name)(), d, rotations=args.rotations)
                 ok = error < NUMERIC_TOLERANCE
@@ -157,8 +189,9 @@ def _compile_cmd(args: argparse.Namespace) -> int:
                 capability(target)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-    source, diagrams = _compile(Path(args.file), args.dump_ir)
-    code = emit(diagrams, source, args.file)
+    ps = _compile(Path(args.file), args.dump_ir, args.backend)
+    source, diagrams = ps.source, ps.diagrams
+    code = emit(ps)
     if args.output == "-":
         sys.stdout.write(code)
     elif args.output:
@@ -166,13 +199,13 @@ def _compile_cmd(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} ({', '.join(d.name for d in diagrams)})")
     for target in args.target or ():
         from fusionc.backends.triton_aot import REPORT_HEADER, compile_for, format_report
-        from fusionc.runtime.loader import loads
+        from fusionc.loader import loads
 
         ops = loads(source, "triton", args.file)
         print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
         # flushed row by row: compiling a file's kernels takes minutes, and a pipe would hold them all
         print(REPORT_HEADER, flush=True)
-        for report in compile_for(ops.module, diagrams, target, args.kernels):
+        for report in compile_for(ops.module, ps, target, args.kernels):
             print(format_report(report), flush=True)
     return 0
 
@@ -183,7 +216,7 @@ def _show(args: argparse.Namespace) -> int:
     suffix = Path(args.output).suffix
     if suffix not in (".svg", ".dot"):
         raise UsageError(f"cannot draw to '{args.output}': the output must end in .svg or .dot")
-    _, diagrams = _compile(Path(args.file), None)
+    diagrams = _compile(Path(args.file), None).diagrams
     if args.diagram:
         chosen = tuple(d for d in diagrams if d.name == args.diagram)
         if not chosen:
@@ -209,8 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--explain", action="store_true",
                        help="print each diagram's contraction plan: FLOPs per row, naive and chosen")
     check.add_argument("--rotations", type=int, default=3, help="random rotations for --numeric (default 3)")
-    check.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
-                       help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
+    check.add_argument("--dump-ir", action=_PassesHelp, metavar="PASS",
+                       help=f"print what a pass produced ({', '.join(PASS_NAMES)}); help: describe them")
     check.set_defaults(run=_check)
     comp = sub.add_parser("compile", help="generate code for a back end")
     comp.add_argument("file", metavar="FILE")
@@ -222,8 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--kernels", choices=("all", "forward", "derivatives"), default="all",
                       help="with --target: which kernels to compile: all (default), the fused forward kernels, "
                            "or the derivative programs' kernels")
-    comp.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
-                      help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
+    comp.add_argument("--dump-ir", action=_PassesHelp, metavar="PASS",
+                      help=f"print what a pass produced ({', '.join(PASS_NAMES)}); help: describe them")
     comp.set_defaults(run=_compile_cmd)
     show = sub.add_parser("show", help="draw diagrams as SVG or Graphviz DOT")
     show.add_argument("file", metavar="FILE")

@@ -122,7 +122,7 @@ def test_check_explain_has_one_legend_and_no_hint_to_itself(capsys: pytest.Captu
     assert "see --explain" not in out
     assert out.count("FLOPs per row:") == 6  # every diagram still reports its cost
     legend = out[:out.index("tensor_products.fus: 6 diagrams")]
-    for term in ("FLOPs per row", "naive", "chosen", "pN", "z the row", "u, v, w", "i, j, k", "order"):
+    for term in ("FLOPs per row", "naive", "chosen", "pN", "z the row", "u, v, w", "i, j, k", "as it runs"):
         assert term in legend, term
     assert out.count("How to read") == 1
 

@@ -12,13 +12,13 @@ import sys
 sys.modules["torch"] = None
 sys.modules["triton"] = None
 import fusionc
-from fusionc.pipeline import compile_source
+from fusionc.pipeline import compile_diagrams, compile_source
 from fusionc.backends import get_backend
 from fusionc.show import to_svg
 from fusionc.cli import main
 src = open("kernels/tensor_products.fus").read()
 diagrams = compile_source(src, "kernels/tensor_products.fus")
-code = get_backend("torch")(diagrams, src, "kernels/tensor_products.fus")
+code = get_backend("torch")(compile_diagrams(diagrams, src, "kernels/tensor_products.fus", "torch"))
 assert "class fc_tp(rt.FusionModule)" in code
 assert to_svg(diagrams).startswith("<svg")
 assert main(["check", "kernels/tensor_products.fus"]) == 0

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["fusionc.ir.irreps", "fusionc.algebra.cg", "fusionc.algebra.rotations", "fusionc.frontend.parser",
-           "fusionc.runtime.loader", "fusionc.testing", "fusionc.limits", "fusionc.show",
+           "fusionc.source", "fusionc.loader", "fusionc.testing", "fusionc.limits", "fusionc.show",
            "fusionc.backends.triton_aot"]
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import fusionc
+import fusionc.backends
 from conftest import REPO
 from fusionc.algebra.cache import cache_root
-from fusionc.backends import torch_backend
 
 SOURCE = "diagram lin {\n  in x : 4x0e + 2x1o\n  out y : 3x0e + 2x1o\n  y = x mix uvw\n}\n"
 
@@ -33,8 +33,10 @@ def test_same_source_hits_the_cache() -> None:
     before = set(_entries())
     fusionc.loads(SOURCE, filename="hit.fus")
     first = set(_entries())
-    fusionc.loads(SOURCE, filename="hit.fus")
+    ops = fusionc.loads(SOURCE, filename="hit.fus")
     assert len(first - before) == 1 and set(_entries()) == first
+    # a hit compiles nothing; the diagrams are compiled when asked for
+    assert "diagrams" not in vars(ops) and [d.name for d in ops.diagrams] == ["lin"]
 
 
 def test_corrupt_module_entry_is_rebuilt() -> None:
@@ -52,7 +54,7 @@ def test_crash_mid_compile_leaves_no_entry(monkeypatch: pytest.MonkeyPatch) -> N
     def crash(*args):
         raise RuntimeError("simulated crash in the back end")
 
-    monkeypatch.setitem(fusionc.runtime.loader.get_backend.__globals__["BACKENDS"], "torch", crash)
+    monkeypatch.setitem(fusionc.backends.BACKENDS, "torch", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         fusionc.loads(SOURCE, filename="crash.fus")
     assert not any("crash" in p.read_text() for p in _entries())
@@ -95,7 +97,32 @@ def test_generated_module_is_plain_readable_python() -> None:
     text = fusionc.loads(SOURCE).path.read_text()
     # each contraction a matrix product, its labelled equation beside it
     assert "torch.mm(" in text and "  # zui,uw->zwi" in text and "# 4x0e -> 3x0e" in text
-    assert torch_backend.__name__ == "fusionc.backends.torch_backend"
+
+
+REUSE = r"""
+import sys
+import fusionc
+ops = fusionc.loads(open(sys.argv[1]).read(), filename="reuse.fus")
+print(ops.path, "fusionc.pipeline" in sys.modules, "fusionc.backends" in sys.modules)
+"""
+
+
+def test_another_process_reuses_the_entry_without_compiling(tmp_path) -> None:
+    """The entry is found from the source alone: another process imports it as it is, and imports
+    neither the compiler nor a back end (nor rewrites the entry)."""
+    import os
+    import subprocess
+    import sys
+
+    ops = fusionc.loads(SOURCE, filename="reuse.fus")
+    before = os.stat(ops.path)
+    (tmp_path / "reuse.fus").write_text(SOURCE)
+    result = subprocess.run([sys.executable, "-c", REUSE, str(tmp_path / "reuse.fus")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(ops.path), "False", "False"]
+    after = os.stat(ops.path)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
 
 
 CONCURRENT = r"""

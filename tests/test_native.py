@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import fusionc
-from fusionc.backends import get_backend
 from fusionc.backends import native as native_writer
-from fusionc.pipeline import compile_source
+from fusionc.pipeline import generate
 from fusionc.runtime import native
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
@@ -222,15 +221,12 @@ def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, 
 def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch):
     """Ops are named by a hash of their module's code: two modules with the same torch code but
     different C kernels (another fusionc's) must not share ops, or the second runs the first's kernels."""
-    diagrams = compile_source(_SOURCE, "native.fus")
-    emit = get_backend("torch")
-
     def namespace_and_c(text: str) -> tuple[str, str]:
         return text.split('OpNamespace("')[1].split('"')[0], text.split("rt.NativeKernels(")[1]
 
-    before = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
+    before = namespace_and_c(generate(_SOURCE, "native.fus"))
     monkeypatch.setattr(native_writer, "ACCUMULATOR_MAX", 0)  # sums accumulate in memory: other C, same torch code
-    after = namespace_and_c(emit(diagrams, _SOURCE, "native.fus"))
+    after = namespace_and_c(generate(_SOURCE, "native.fus"))
     assert before[1] != after[1], "the change should have changed the C source"
     assert before[0] != after[0]
 

@@ -16,7 +16,7 @@ from fusionc.algebra.recoupling import recoupling_value, wigner_6j
 from fusionc.analysis.plan import term_cost
 from fusionc.analysis.recouple import recouple_vertex
 from fusionc.backends import get_backend
-from fusionc.pipeline import compile_source
+from fusionc.pipeline import compile_diagrams, compile_source
 from fusionc.testing import random_inputs
 
 
@@ -66,7 +66,8 @@ def _with_shape(diagrams, recoupled: bool):
 
 def _module(diagrams, source: str):
     namespace: dict = {}
-    exec(compile(get_backend("torch")(diagrams, source, "recouple.fus"), "recouple.fus", "exec"), namespace)
+    code = get_backend("torch")(compile_diagrams(diagrams, source, "recouple.fus", "torch"))
+    exec(compile(code, "recouple.fus", "exec"), namespace)
     return namespace[diagrams[0].name](dtype=torch.float64)
 
 

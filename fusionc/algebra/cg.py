@@ -117,3 +117,10 @@ def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
 def nonzeros(l1: int, l2: int, l3: int) -> int:
     """Number of non-zero entries of the CG tensor: the work a sparse contraction does."""
     return int(np.count_nonzero(wigner_3j(l1, l2, l3)))
+
+
+def cg_entries(l1: int, l2: int, l3: int) -> list[tuple[int, int, int, float]]:
+    """The non-zeros (i, j, k, value) of a real-basis CG table, in index order."""
+    table = wigner_3j(l1, l2, l3)
+    return [(i, j, k, float(table[i, j, k])) for i in range(2 * l1 + 1) for j in range(2 * l2 + 1)
+            for k in range(2 * l3 + 1) if table[i, j, k] != 0.0]

@@ -88,18 +88,15 @@ def _order_cost(path, operands: list[set], output: set, sizes: dict, density: di
 
 
 @functools.lru_cache(maxsize=None)
-def coupling_cost(mul: int, la: int, lb: int, k: int) -> tuple[int, str]:
-    """Per-row FLOPs of (a ⊗ b)_k over `mul` channels, and how: the best pairwise order that
-    opt_einsum finds when a CG costs its non-zeros, or one fused pass over the non-zeros
-    (out[k] += c · a[i] · b[j]: 3 FLOPs each), whichever is cheaper."""
+def coupling_cost(mul: int, la: int, lb: int, k: int) -> int:
+    """Per-row FLOPs of (a ⊗ b)_k over `mul` channels counting CG non-zeros only: the best pairwise
+    order that opt_einsum finds when a CG costs its non-zeros, or one fused pass over the non-zeros
+    (out[k] += c · a[i] · b[j]: 3 FLOPs each), whichever is cheaper. The planner compares plans by
+    it; the code that runs contracts dense CG blocks (`fusionc.analysis.report` counts those)."""
     shapes = [(mul, 2 * la + 1), (mul, 2 * lb + 1), (2 * la + 1, 2 * lb + 1, 2 * k + 1)]
     nnz = nonzeros(la, lb, k)
     density = nnz / (shapes[2][0] * shapes[2][1] * shapes[2][2])
     path, _ = opt_einsum.contract_path("ui,uj,ijk->uk", *shapes, shapes=True, optimize=_SparseCG({2: density}))
     sizes = {"u": mul, "i": shapes[0][1], "j": shapes[1][1], "k": shapes[2][2]}
     pairwise = _order_cost(path, [set("ui"), set("uj"), set("ijk")], set("uk"), sizes, {2: density})
-    fused = 3 * nnz * mul
-    if fused <= pairwise:
-        return fused, "fused over CG non-zeros"
-    names = {(0, 1): "a ⊗ b, then CG", (0, 2): "a · CG, then b", (1, 2): "b · CG, then a"}
-    return round(pairwise), names[tuple(sorted(path[0]))]
+    return min(3 * nnz * mul, round(pairwise))

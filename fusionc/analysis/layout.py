@@ -17,6 +17,8 @@ from functools import lru_cache
 from itertools import permutations, product
 from math import prod
 
+from fusionc.machine import CpuBlas
+
 
 @dataclass(frozen=True)
 class Strided:
@@ -101,25 +103,22 @@ def _by_stride(t: Strided) -> str:
     return "".join(sorted(t.labels, key=lambda c: -t.strides[t.labels.index(c)]))
 
 
-#: Time of copying one element, in the units of `product_time`.
-COPY = 6
-
-
-def product_time(batch: int, rows: int, inner: int, columns: int) -> float:
-    """Time of a (rows × inner)·(inner × columns) product, `batch` of them, in units of about 0.08 ns
-    (torch 2.13, 2 threads, MKL): one large matrix product runs at about 100 GFLOP/s; a batch of
-    small ones is dominated by its rows, each as slow as 16 columns (a vector register's worth)
-    however few it has. Measured at 2,000 rows: (32 × 6)·(6 × 5) per row took 500 µs, its
-    transpose (5 × 6)·(6 × 32) 150 µs; (32 × 3)·(3 × 6) 317 µs against 123 µs for (6 × 3)·(3 × 32)."""
+def product_time(batch: int, rows: int, inner: int, columns: int, model: CpuBlas = CpuBlas()) -> float:
+    """Time of a (rows × inner)·(inner × columns) product, `batch` of them, in the units of `model`
+    (`CpuBlas`: about 0.08 ns on the machine it was fitted on, torch 2.13, 2 threads, MKL): one large
+    matrix product runs at `flops_per_unit` multiply-adds per unit; a batch of small ones is
+    dominated by its rows, each as slow as `min_columns` columns (a vector register's worth) however
+    few it has. Measured at 2,000 rows: (32 × 6)·(6 × 5) per row took 500 µs, its transpose
+    (5 × 6)·(6 × 32) 150 µs; (32 × 3)·(3 × 6) 317 µs against 123 µs for (6 × 3)·(3 × 32)."""
     if batch == 1:
-        return rows * inner * columns / 4
-    return batch * (rows * inner * max(columns, 16) + 500)
+        return rows * inner * columns / model.flops_per_unit
+    return batch * (rows * inner * max(columns, model.min_columns) + model.batch_call)
 
 
 @lru_cache(maxsize=None)
-def plan_pair(a: Strided, b: Strided, out: str) -> PairPlan | None:
-    """The cheapest matrix-product plan for out = Σ a · b; None where it is not one matrix product
-    (a label in one operand only that the output lacks, or repeated labels)."""
+def plan_pair(a: Strided, b: Strided, out: str, model: CpuBlas = CpuBlas()) -> PairPlan | None:
+    """The cheapest matrix-product plan for out = Σ a · b on `model`; None where it is not one
+    matrix product (a label in one operand only that the output lacks, or repeated labels)."""
     if len(set(a.labels)) != len(a.labels) or len(set(b.labels)) != len(b.labels) or len(set(out)) != len(out):
         return None
     if set(out) - set(a.labels) - set(b.labels) or (set(a.labels) ^ set(b.labels)) - set(out):
@@ -142,7 +141,7 @@ def plan_pair(a: Strided, b: Strided, out: str) -> PairPlan | None:
             # the result read in `out` order: a later copy unless that is its memory order
             moved = copies + (0 if plan.natural == out else n_batch * n_left * n_right)
             rows, columns = (n_right, n_left) if swap else (n_left, n_right)
-            time = product_time(n_batch, rows, n_summed, columns)
+            time = product_time(n_batch, rows, n_summed, columns, model)
             # a long reduction (over rows: a weight gradient) whose call's first operand is
             # column-major: slow paths of MKL's double-precision product (float32 has none) unless
             # the result is at least twice as wide as tall. At K = 10,000 against both row-major:
@@ -157,7 +156,7 @@ def plan_pair(a: Strided, b: Strided, out: str) -> PairPlan | None:
                 else:
                     time *= 8 if second_column else 3
             # short of time, rows outermost, as the results it is added to have them
-            cost = (COPY * moved + time, plan.natural[:1] != out[:1])
+            cost = (model.copy * moved + time, plan.natural[:1] != out[:1])
             if best is None or cost < best[0]:
                 best = (cost, plan)
     return replace(best[1], time=best[0][0])

@@ -45,7 +45,6 @@ class Couple:
     k: Irrep
     mul: int
     flops: int
-    order: str
 
 
 @dataclass(frozen=True)
@@ -139,8 +138,7 @@ class Planner:
         key = ("couple", a, b, k)
 
         def make(name: str) -> Couple:
-            flops, order = coupling_cost(mul, ia.l, ib.l, k.l)
-            return Couple(name, a, b, ia.l, ib.l, k, mul, flops, order)
+            return Couple(name, a, b, ia.l, ib.l, k, mul, coupling_cost(mul, ia.l, ib.l, k.l))
 
         return self._add(key, make)
 
@@ -267,9 +265,9 @@ def explain(diagram: Diagram, plan: DiagramPlan) -> str:
     couples = [s for s in plan.steps if isinstance(s, Couple)]
     if couples:
         lines.append(f"  {len(couples)} couplings, {sum(isinstance(s, WeightedSum) for s in plan.steps)} weighted sums:")
-        lines.append(f"  {'step':<6}{'coupling':<28}{'FLOPs':>10}  order (opt_einsum, sparse CG)")
+        lines.append(f"  {'step':<6}{'coupling':<28}{'FLOPs (sparse CG)':>18}")
         for s in plan.steps:
             if isinstance(s, Couple):
                 what = f"{s.a}({s.la}) ⊗ {s.b}({s.lb}) -> {s.mul}x{s.k}"
-                lines.append(f"  {s.name:<6}{what:<28}{s.flops:>10,}  {s.order}")
+                lines.append(f"  {s.name:<6}{what:<28}{s.flops:>18,}")
     return "\n".join(lines)

@@ -33,14 +33,11 @@ from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.layout import Strided, natural_orders, plan_pair, row_view
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
+from fusionc.machine import CpuBlas, CpuNative, GpuTriton, Machine
 
-#: Rows assumed when choosing contraction orders and lowerings: the choice depends on how rows
+#: Rows assumed when laying out views (`view_layout`): the layouts chosen depend on how rows
 #: compare with channel and component sizes, and any batch from a few hundred rows up chooses alike.
-PLANNING_ROWS = 1024
-
-#: What one torch call costs beyond its FLOPs (dispatch, einsum's parsing and permutes), in
-#: FLOPs: about 10 µs at the 100 GFLOP/s of a good matrix product on this kind of CPU.
-OP_COST = 1_000_000
+PLANNING_ROWS = CpuBlas.planning_rows
 
 
 @dataclass(frozen=True)
@@ -111,6 +108,22 @@ Statement = Einsum | Gather | Scatter
 
 
 @dataclass(frozen=True)
+class Kernel:
+    """A run of row-local statements that one native function runs, row by row (`segment`).
+
+    `homes` says where each tensor the statements write lives: `local`, a per-row buffer of the
+    function (written and read only here); `new`, a tensor this function allocates and writes
+    whole, `add`, one an earlier kernel allocated, which this one adds to; `piece`, a part of a
+    tensor that torch code writes too (a fresh piece, summed with the others where it is read).
+    `ready` names the tensors complete after it."""
+
+    name: str
+    statements: tuple[Einsum, ...]
+    homes: tuple[tuple[str, str], ...]
+    ready: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Program:
     """`inputs` are the op's positional row arguments, then `weight` (the param) and `constants`."""
 
@@ -123,13 +136,49 @@ class Program:
     doc: str = ""
     #: constant matrices other than CG tables, as sparse entries (row, column, value)
     matrices: dict[str, tuple[tuple[int, int, float], ...]] = field(default_factory=dict)
+    #: per statement, the temporaries nothing after it reads (`liveness`; empty before that pass)
+    frees: tuple[tuple[str, ...], ...] = ()
 
-    def reads(self, s: Statement) -> tuple[View, ...]:
+    def reads(self, s: Statement | Kernel) -> tuple[View, ...]:
+        if isinstance(s, Kernel):
+            return tuple(v for t in s.statements for v in t.operands)
         return s.operands if isinstance(s, Einsum) else (s.source,)
+
+    def pretty(self) -> str:
+        """A printable form: the tensors, then one line per statement (`--dump-ir`)."""
+        lines = [f"program {self.name}" + (f"  ({self.doc})" if self.doc else "")]
+        roles = {**{t: "in" for t in self.inputs}, **{t: "out" for t in self.outputs}}
+        for name, t in self.tensors.items():
+            shape = ("n, " if t.rows else "") + ", ".join(map(str, t.shape or (t.size,)))
+            lines.append(f"  {roles.get(name, t.kind):<6}{name} ({shape})")
+        for k, s in enumerate(self.statements):
+            lines.append("  " + pretty_statement(self, s))
+            if self.frees and self.frees[k]:
+                lines.append(f"    free {', '.join(self.frees[k])}")
+        return "\n".join(lines)
 
     @property
     def differentiable_inputs(self) -> tuple[str, ...]:
         return tuple(i for i in self.inputs if self.tensors[i].kind == "input")
+
+
+def pretty_view(p: Program, v: View) -> str:
+    """`x[16:64]:zui(16,3)`: the elements of the tensor, its labels and shape."""
+    whole = (v.start, v.numel) == (0, p.tensors[v.tensor].size)
+    part = "" if whole else f"[{v.start}:{v.start + v.numel}]"
+    return f"{v.tensor}{part}:{v.labels}({','.join(map(str, v.shape))})"
+
+
+def pretty_statement(p: Program, s: Statement | Kernel) -> str:
+    if isinstance(s, Kernel):
+        homes = ", ".join(f"{t} {how}" for t, how in s.homes)
+        return "\n    ".join([f"native {s.name} ({homes}):"] + [pretty_statement(p, t) for t in s.statements])
+    note = f"  # {s.note}" if s.note else ""
+    if isinstance(s, Einsum):
+        coeff = "" if s.coeff == 1.0 else f"{s.coeff:.6g} · "
+        return f"{pretty_view(p, s.out)} += {coeff}{' · '.join(pretty_view(p, v) for v in s.operands)}{note}"
+    what = "gather" if isinstance(s, Gather) else "scatter"
+    return f"{pretty_view(p, s.out)} += {what}({pretty_view(p, s.source)}, by {s.index}, {s.sets} sets){note}"
 
 
 def _cg(la: int, lb: int, lk: int, labels: str = "ijk") -> View:
@@ -150,8 +199,8 @@ def recoupling_name(t: CouplingVertex) -> str:
 class _Lowering:
     """Builds the forward program of one diagram from its plan."""
 
-    def __init__(self, d: Diagram, plan: DiagramPlan) -> None:
-        self.d, self.plan = d, plan
+    def __init__(self, d: Diagram, plan: DiagramPlan, model: CpuBlas) -> None:
+        self.d, self.plan, self.model = d, plan, model
         self.tensors: dict[str, Tensor] = {"weight": Tensor("weight", "param", d.internal_weight_numel, False)}
         self.statements: list[Statement] = []
         self.constants: dict[str, Tensor] = {}
@@ -252,7 +301,7 @@ class _Lowering:
         for p in t.paths:
             groups.setdefault((p.operand_blocks[0], p.out_block), []).append(p)
         x_irreps, y_irreps, out_irreps = t.irreps_in[0], t.irreps_in[1], t.irreps_out
-        rows = PLANNING_ROWS
+        rows, penalty = self.model.planning_rows, self.model.batched_penalty
         batched_cost = per_path_cost = 0.0
         for (b, o), ps in groups.items():
             mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
@@ -261,16 +310,17 @@ class _Lowering:
             # choice to per-path chains from l_max = 4 (fc_tp forward+backward, 1,000 rows, l_max = 4:
             # 212 ms per path against 45 ms batched)
             batched_cost += sum(2 * rows * y_irreps[p.operand_blocks[1]].ir.dim * d_b * d_o for p in ps)
-            batched_cost += pair_cost("zui", "zipk", "zupk", {"z": rows, "u": mul, "i": d_b, "p": n_p, "k": d_o})
+            batched_cost += pair_cost("zui", "zipk", "zupk", {"z": rows, "u": mul, "i": d_b, "p": n_p, "k": d_o},
+                                      penalty)
             w_mul = out_irreps[o].mul
             batched_cost += 2 * rows * mul * n_p * d_o * (w_mul if t.mode == "uvw" else 1)
             for p in ps:
                 d_j = y_irreps[p.operand_blocks[1]].ir.dim
                 per_path_cost += 2 * rows * d_j * d_b * d_o  # y · CG
-                per_path_cost += pair_cost("zui", "zik", "zuk", {"z": rows, "u": mul, "i": d_b, "k": d_o})
+                per_path_cost += pair_cost("zui", "zik", "zuk", {"z": rows, "u": mul, "i": d_b, "k": d_o}, penalty)
                 per_path_cost += 2 * rows * mul * d_o * (w_mul if t.mode == "uvw" else 1)
-        batched_cost += OP_COST * (1 + 2 * len(groups))
-        per_path_cost += OP_COST * 3 * len(t.paths)
+        batched_cost += self.model.op_cost * (1 + 2 * len(groups))
+        per_path_cost += self.model.op_cost * 3 * len(t.paths)
         if batched_cost > per_path_cost:
             return False
         y_slices = y_irreps.slices()
@@ -376,9 +426,9 @@ class _Lowering:
                                               self.block(value, step.block, "zui")))
 
 
-def lower(d: Diagram, plan: DiagramPlan) -> Program:
-    """The forward program of a diagram, following its plan."""
-    return _Lowering(d, plan).run()
+def lower(d: Diagram, plan: DiagramPlan, model: CpuBlas = CpuBlas()) -> Program:
+    """The forward program of a diagram, following its plan (and choosing lowerings by `model`)."""
+    return _Lowering(d, plan, model).run()
 
 
 def derivative(p: Program, name: str, output: str | None = None, prefix: str = "d_") -> Program:
@@ -454,26 +504,14 @@ def prune(p: Program) -> Program:
     return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(kept))
 
 
-#: Cost per FLOP of a product batched over rows with something summed (per row, tiny matrices:
-#: a loop of small products) relative to a matrix product whose rows fold into one large side:
-#: measured on the CPU with torch, 2,000 rows, (32 × 3)·(3 × 5) per row at about 4 GFLOP/s
-#: against about 95 GFLOP/s for (2,000·5 × 32)·(32 × 32).
-BATCHED_PENALTY = 16
-
-#: The same for the CPU's native kernels (`fusionc.backends.native`), which run such products
-#: within each row: fc_tp's (32 × 5)·(5 × 10) per row at about 30 GFLOP/s, against about 130 for
-#: its matrix products in the same program.
-NATIVE_PENALTY = 4
-
-
-def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int], penalty: float = BATCHED_PENALTY) -> float:
+def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int], penalty: float, element: float = 1) -> float:
     """Cost of forming `kept` from operands labelled `a` and `b`: FLOPs, weighted by how well the
-    CPU runs that kind of product (`penalty` for products batched over rows), plus the elements
-    written."""
+    target runs that kind of product (`penalty` for products batched over rows), plus the elements
+    written (each `element` FLOPs)."""
     labels = set(a) | set(b)
     flops = 2 * prod(sizes[c] for c in labels)
     batched = "z" in a and "z" in b and "z" in kept and labels - set(kept)
-    return flops * (penalty if batched else 1) + prod(sizes[c] for c in kept)
+    return flops * (penalty if batched else 1) + element * prod(sizes[c] for c in kept)
 
 
 def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
@@ -483,10 +521,10 @@ def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
     return row_view(v.labels, (rows, *v.shape) if t.rows else v.shape, t.size if t.rows else None)
 
 
-def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PENALTY,
-              ahead: bool = False) -> Program:
+def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ahead: bool = False,
+              blas: CpuBlas = CpuBlas()) -> Program:
     """Split every contraction of three or more operands into pairwise ones, in the order of least
-    `pair_cost`; a pairwise intermediate that several statements form (the cotangent with the
+    `pair_cost` on the target `model` describes (matrix products' layouts by `blas`); a pairwise intermediate that several statements form (the cotangent with the
     weights, shared by the gradients of both operands) is formed once, and costs nothing the
     second time, so orders that share are preferred. Each intermediate's labels are ordered as
     its matrix product writes them and, if it can be, as the product reading it needs them
@@ -494,6 +532,9 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
     statements could share too costs its share only: for fc_tp's gradients, cotangent·weights,
     shared by those of x and of y's map, rather than cotangent·map, which ties with it for x's
     alone (three matrix products per group of paths become two)."""
+    rows, penalty = blas.planning_rows, model.batched_penalty
+    element = getattr(model, "element_cost", 1)
+    sparse = getattr(model, "sparse_cg", False)
     tensors = dict(p.tensors)
     formed: dict[tuple, View] = {}
     statements: list[Statement] = []
@@ -509,13 +550,13 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
             return candidates[0]
 
         def copies(order: str) -> int:
-            reader = plan_pair(strided(rest[0]), row_view(order, tuple(sizes[c] for c in order)), out.labels)
+            reader = plan_pair(strided(rest[0]), row_view(order, tuple(sizes[c] for c in order)), out.labels, blas)
             return reader.copies if reader is not None else 0
 
         return min(candidates, key=copies)
 
     for position, s in enumerate(p.statements):
-        if not isinstance(s, Einsum) or len(s.operands) < 3:
+        if not isinstance(s, Einsum) or len(s.operands) < 3 or (sparse and sparse_cg(p, s) is not None):
             statements.append(s)
             continue
         upcoming = ([t.operands for t in p.statements[position:] if isinstance(t, Einsum) and len(t.operands) >= 3]
@@ -532,7 +573,7 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
             for step, pair in enumerate(order):
                 a, b = (operands[k] for k in pair)
                 if step == len(order) - 1:  # the statement itself: out = a · b
-                    total += pair_cost(a.labels, b.labels, s.out.labels, sizes, penalty)
+                    total += pair_cost(a.labels, b.labels, s.out.labels, sizes, penalty, element)
                     break
                 for k in sorted(pair, reverse=True):
                     operands.pop(k)
@@ -541,7 +582,7 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
                 found = (tuple(sorted((a, b), key=repr)), kept)  # formed once, whatever its layout
                 if found not in formed:
                     sharers = max(sum(1 for ops in upcoming if a in ops and b in ops), 1)
-                    total += pair_cost(a.labels, b.labels, kept, sizes, penalty) / sharers
+                    total += pair_cost(a.labels, b.labels, kept, sizes, penalty, element) / sharers
                     if not build:
                         operands.append(View("?", 0, tuple(sizes[c] for c in kept if c != "z"), kept))
                         continue
@@ -559,3 +600,119 @@ def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PE
         _, operands = run(best, build=True)
         statements.append(replace(s, operands=tuple(operands), note=note))
     return replace(p, tensors=tensors, statements=tuple(statements))
+
+
+def differentiate(forward: Program) -> tuple[tuple[Program, ...], tuple[tuple[Program, ...], ...]]:
+    """Per output of the forward program its vector-Jacobian product; per output of each of those,
+    the product's own. Splitting by cotangent lets autograd skip the work of a cotangent that is
+    absent (in force training, only the positions' gradient carries one)."""
+    firsts = tuple(derivative(forward, f"{forward.name}__d" + (f"_{o}" if len(forward.outputs) > 1 else ""), o)
+                   for o in forward.outputs)
+    seconds = tuple(tuple(derivative(first, f"{first.name}__d2_{o.removeprefix('d_')}", o, prefix="d2_")
+                          for o in first.outputs) for first in firsts)
+    return firsts, seconds
+
+
+def partials(first: Program) -> tuple[tuple[tuple[int, ...], Program], ...]:
+    """Versions of a vector-Jacobian product that compute only some of its gradients, keyed by
+    their positions in its outputs: each gradient alone, and all but the weight's. Autograd often
+    needs only those: `torch.autograd.grad(energy, positions)` for the forces never asks for the
+    weights' gradient, and an input that does not require grad needs none. A version that would
+    leave out no work, or that computes only an empty gradient, is not made."""
+    n = len(first.outputs)
+    wanted = [(k,) for k in range(n)] + ([tuple(range(n - 1))] if n > 2 else [])
+    versions = []
+    for keep in wanted:
+        outputs = tuple(first.outputs[k] for k in keep)
+        if not any(first.tensors[o].size for o in outputs):
+            continue
+        names = ", ".join(outputs)
+        p = prune(replace(first, name=f"{first.name}__only_{'_'.join(o.removeprefix('d_') for o in outputs)}",
+                          outputs=outputs, doc=f"{first.doc}, {names} only"))
+        if len(p.statements) < len(first.statements):
+            versions.append((keep, p))
+    return tuple(versions)
+
+
+def sparse_cg(p: Program, s: Statement) -> int | None:
+    """The position of the CG table among s's operands when s contracts it channel by channel —
+    `out[z,u,k] += c · a[z,u,i] · b[z,u,j] · CG[i,j,k] (· w[u])`, or a derivative of that: each of
+    the table's three labels in exactly one other view, and every other label but the rows' in the
+    output — so that it runs as a loop over the table's non-zeros, the channels innermost (native
+    kernels). None for any other statement."""
+    if not isinstance(s, Einsum) or len(s.operands) < 3:
+        return None
+    tables = [k for k, v in enumerate(s.operands) if v.tensor.startswith("cg_") and p.tensors[v.tensor].kind == "const"]
+    if len(tables) != 1:
+        return None
+    cg = s.operands[tables[0]]
+    others = [s.out] + [v for k, v in enumerate(s.operands) if k != tables[0]]
+    if len(set(cg.labels)) != 3 or any(sum(c in v.labels for v in others) != 1 for c in cg.labels):
+        return None
+    dense = set("".join(v.labels for v in others)) - set(cg.labels) - {"z"}
+    return tables[0] if dense <= set(s.out.labels) else None
+
+
+def liveness(p: Program) -> Program:
+    """p with `frees`: after each statement, the temporaries no later statement reads, which the
+    code may free there (fc_tp's forward+backward peak: 35 MiB with every temporary live to the
+    end of the function)."""
+    last: dict[str, int] = {}
+    for k, s in enumerate(p.statements):
+        for v in p.reads(s):
+            last[v.tensor] = k
+    frees: list[list[str]] = [[] for _ in p.statements]
+    for tensor, k in last.items():
+        if p.tensors[tensor].kind == "temp":
+            frees[k].append(tensor)
+    return replace(p, frees=tuple(tuple(sorted(f)) for f in frees))
+
+
+@dataclass(frozen=True)
+class Versions:
+    """One program as each target runs it: `program` as lowered or differentiated (the same for
+    every target); `torch`, factorized for torch code (matrix products for the BLAS); `native`,
+    factorized for the CPU's native kernels and cut into them (None where no statement runs
+    natively); `triton`, factorized for the GPU."""
+
+    program: Program
+    torch: Program | None = None
+    native: Program | None = None
+    triton: Program | None = None
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+
+@dataclass(frozen=True)
+class DiagramPrograms:
+    """A diagram's programs: the forward, per output its vector-Jacobian product (`firsts`), per
+    output of each of those its own (`seconds`), and the versions of each first that compute only
+    some gradients (`partials`, keyed by the positions of their outputs)."""
+
+    diagram: Diagram
+    plan: DiagramPlan
+    forward: Versions
+    firsts: tuple[Versions, ...]
+    seconds: tuple[tuple[Versions, ...], ...]
+    partials: tuple[tuple[tuple[tuple[int, ...], Versions], ...], ...]
+
+    def all(self) -> tuple[Versions, ...]:
+        """Every program, in the order a module defines them."""
+        return (self.forward, *self.firsts, *(v for group in self.seconds for v in group),
+                *(v for group in self.partials for _, v in group))
+
+
+@dataclass(frozen=True)
+class ProgramSet:
+    """What the pipeline hands a back end: the source, its diagrams and, per diagram, its programs
+    as the back end's targets run them. Back ends render it; none changes it."""
+
+    source: str
+    filename: str
+    backend: str | None
+    diagrams: tuple[Diagram, ...]
+    programs: tuple[DiagramPrograms, ...] = ()
+    #: the machine model the programs were planned with (back ends lay matrix products out by it)
+    machine: Machine = Machine()

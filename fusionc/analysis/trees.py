@@ -162,7 +162,7 @@ def _trees_cost(trees: list[Tree], irreps: tuple[Irreps, ...], target: Irreps) -
             prefix = prefix + (t.blocks[position], labels[position - 1])
             couplings.add((prefix, current.l, b.l, labels[position - 1].l))
             current = labels[position - 1]
-    return sum(coupling_cost(1, la, lb, k)[0] for _, la, lb, k in couplings)
+    return sum(coupling_cost(1, la, lb, k) for _, la, lb, k in couplings)
 
 
 def symmetric_trees(names: tuple[str, ...], irreps: tuple[Irreps, ...], target: Irreps,

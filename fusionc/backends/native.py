@@ -17,7 +17,9 @@ buffers where it is the innermost axis, so the innermost loop is a contiguous mu
 compiler turns into SIMD (or, when the label is summed, a vector reduction).
 
 The source is plain C99 + OpenMP, one function per segment, written for a `real` type the
-runtime defines as float or double. This module writes text only (no torch, no compiler).
+runtime defines as float or double, after the includes it puts first (`fusionc.runtime.native.HEADER`:
+the runtime owns what compiling needs, so that a generated module loads without this compiler).
+This module writes text only (no torch, no compiler).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from math import prod
 
+from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import Einsum
 
 #: Labels at least this long are worth vectorising over.
@@ -95,6 +98,7 @@ class SegmentWriter:
         self.stacked = 0  # elements of the function's buffers on the stack
         self.heap: dict[str, int] = {}  # per-row buffers on the heap (one per thread) -> elements
         self.shared_heap: dict[str, int] = {}  # once-per-call buffers on the heap -> elements
+        self.tables: set[tuple[int, int, int]] = set()  # CG tables the sparse statements loop over
 
     def buffer(self, name: str, size: int, zero: bool, shared: bool = False) -> list[str]:
         """The lines declaring a scratch buffer where it is used: an array on the stack while small
@@ -130,6 +134,47 @@ class SegmentWriter:
         if read_only:
             self.copies[key] = out
         return out
+
+    def sparse(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]], table: int) -> None:
+        """out += s.coeff · Π operands where operand `table` is a CG table contracted channel by
+        channel (`fusionc.analysis.program.sparse_cg`): a loop over the table's non-zeros (`cg_tables`
+        declares them), and within it the channels, innermost and contiguous (operands copied per
+        row to that order where they are not, the output summed in such a buffer first)."""
+        cg = s.operands[table]
+        ls = tuple(int(x) for x in cg.tensor[3:].split("_"))
+        self.tables.add(ls)
+        out = out.squeezed()
+        ops = [(b.squeezed(), ro) for k, (b, ro) in enumerate(operands) if k != table]
+        sizes: dict[str, int] = {}
+        for b in [out] + [b for b, _ in ops]:
+            sizes.update(zip(b.labels, b.shape))
+        dense = [c for c in out.labels if c not in cg.labels]
+        long = [c for c in dense if sizes[c] >= VECTOR_MIN]
+        vector = max(long, key=lambda c: (sizes[c], c)) if long else None
+        self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
+        if vector is not None:
+            ops = [(self._reordered(b, b.labels.replace(vector, "") + vector, ro)
+                    if vector in b.labels and b.labels[-1] != vector else b, ro) for b, ro in ops]
+        work = out
+        if vector is not None and out.labels[-1] != vector:
+            order = out.labels.replace(vector, "") + vector
+            work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
+            self._emit(self.buffer(work.base, prod(work.shape), True))
+        name = cg_table(ls)
+        fields = "".join(f" _{c} = {name}[_e].{f}," for c, f in zip(cg.labels, "ijk")).rstrip(",")
+        coeff = "" if s.coeff == 1.0 else f"{s.coeff!r} * "
+        loops, depth = _loops("".join(c for c in work.labels if c != vector and c not in cg.labels) + (vector or ""),
+                              sizes, 1)
+        product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops)
+        self._emit([f"for (int _e = 0; _e < {len(cg_entries(*ls))}; ++_e) {{",
+                    f"    const int{fields};",
+                    f"    const real _c = (real)({coeff}{name}[_e].c);",
+                    *loops,
+                    "    " * depth + f"{work.base}[{_index(work)}] += _c * {product};",
+                    "}"])
+        if work is not out:
+            loops, depth = _loops(out.labels, sizes, 0)
+            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
 
     def statement(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]]) -> None:
         """out += s.coeff · Π operands, summed over the labels out lacks. `operands` pairs each
@@ -180,6 +225,21 @@ class SegmentWriter:
         if work is not out:
             loops, depth = _loops(out.labels, sizes, 0)
             self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
+
+
+def cg_table(ls: tuple[int, int, int]) -> str:
+    return "cg_{}_{}_{}".format(*ls)
+
+
+def cg_tables(tables: set[tuple[int, int, int]]) -> str:
+    """C declarations of the CG tables sparse statements loop over: their non-zeros, exact doubles."""
+    lines = ["struct fusionc_cg { int i, j, k; double c; };"]
+    for ls in sorted(tables):
+        entries = [f"{{{i}, {j}, {k}, {v!r}}}," for i, j, k, v in cg_entries(*ls)]
+        lines.append(f"static const struct fusionc_cg {cg_table(ls)}[{len(entries)}] = {{")
+        lines += ["    " + " ".join(entries[start:start + 4]) for start in range(0, len(entries), 4)]
+        lines.append("};")
+    return "\n".join(lines)
 
 
 def program_of(function: str) -> str:
@@ -270,14 +330,3 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
         lines.append("    }")
     lines += [*frees, "    return failed;", "}"]
     return "\n".join(lines)
-
-
-#: What the runtime puts before a program's functions when it compiles them.
-HEADER = """\
-/* Row-local statements of a fusionc program as C (fusionc/backends/native.py): per function,
- * one loop over rows. `real` is float or double, defined when the runtime compiles. */
-#include <omp.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-"""

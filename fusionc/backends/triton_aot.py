@@ -17,10 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator
 
-from fusionc.analysis.plan import plan_diagram
-from fusionc.analysis.program import factorize
+from fusionc.analysis.program import ProgramSet
 from fusionc.backends import triton_program
-from fusionc.backends.torch_backend import programs
 from fusionc.ir.diagram import Diagram
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -70,12 +68,12 @@ def _bytes_per_row(d: Diagram) -> int:
     return total + sum(4 * v.irreps.dim for v in d.outputs)
 
 
-def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
+def _kernels(module: ModuleType, ps: ProgramSet, which: str):
     """(name, kernel, signature, constexprs, compile options, FLOPs per row, bytes per row) of the kernels."""
     import triton.language as tl
 
-    for d in diagrams:
-        plan = plan_diagram(d)
+    for dp in ps.programs:
+        d, plan = dp.diagram, dp.plan
         if which in ("all", "forward"):  # every configuration the autotuner may pick
             tuned = getattr(module, f"_{d.name}__kernel")
             for config in tuned.configs:
@@ -85,9 +83,10 @@ def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
                        plan.planned_flops, _bytes_per_row(d))
         if which == "forward":
             continue
-        _, firsts, seconds = programs(d, plan)
-        for p in (*firsts, *(q for group in seconds for q in group)):
-            p = factorize(p)
+        for v in dp.all():
+            p = v.triton
+            if p is None:
+                continue
             for name, flops, traffic in triton_program.kernel_costs(p):
                 yield (name, getattr(module, name), triton_program.kernel_signature(p),
                        {"BLOCK_Z": triton_program.BLOCK_Z, "DTYPE": tl.float32},
@@ -106,9 +105,9 @@ def capability(target: str) -> int:
     return int(match.group(1))
 
 
-def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str,
-                which: str = "all") -> Iterator[KernelReport]:
-    """Compile the kernels of a generated Triton module for `target` (sm_80, sm_90, …): `which` is
+def compile_for(module: ModuleType, ps: ProgramSet, target: str, which: str = "all") -> Iterator[KernelReport]:
+    """Compile the kernels of a generated Triton module (rendered from `ps`, compiled for the Triton
+    back end) for `target` (sm_80, sm_90, …): `which` is
     all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels).
     Each kernel's report comes as soon as it is compiled: a file's kernels take minutes."""
     import triton
@@ -116,7 +115,7 @@ def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str,
     from triton.compiler import ASTSource
 
     arch = capability(target)
-    for name, kernel, signature, constexprs, options, flops, traffic in _kernels(module, diagrams, which):
+    for name, kernel, signature, constexprs, options, flops, traffic in _kernels(module, ps, which):
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options={**options, "enable_fp_fusion": True})

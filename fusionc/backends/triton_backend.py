@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
-from fusionc.analysis.program import Program
-from fusionc.backends.torch_backend import CodeWriter, emit_module
+from fusionc.analysis.program import Program, ProgramSet
+from fusionc.backends.writer import CodeWriter, emit_module
 from fusionc.backends.triton_program import MAX_REGISTERS, lower_program
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
@@ -464,11 +464,10 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
     return w.lines, f"_{d.name}__triton"
 
 
-def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
-    """The generated Triton module for `diagrams`; same input, same bytes."""
-    return emit_module(diagrams, source, filename, "triton",
-                       imports=("import triton", "import triton.language as tl"), lowering=_lower,
-                       program_lowering=_lower_program)
+def render(ps: ProgramSet) -> str:
+    """The generated Triton module of a program set; same input, same bytes."""
+    return emit_module(ps, imports=("import triton", "import triton.language as tl"), forward_kernel=_lower,
+                       program_kernel=_lower_program)
 
 
 def _lower_program(p: Program) -> tuple[list[str], str]:

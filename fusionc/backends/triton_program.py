@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from math import prod
 
 from fusionc.analysis.program import Einsum, Gather, Program, Scatter, View
-from fusionc.backends.torch_backend import CodeWriter
+from fusionc.backends.writer import CodeWriter
 
 #: Rows per program instance.
 BLOCK_Z = 16

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import functools
 import re
 from importlib import resources
@@ -52,25 +51,6 @@ def _describe(names: set[str]) -> str:
         except KeyError:
             words.add(name.lower())
     return ", ".join(sorted(words))
-
-
-def decode_source(data: bytes, filename: str) -> str:
-    """The text of a `.fus` file: UTF-8, without a leading byte-order mark, lines ending in "\\n"
-    (as Python's text mode reads "\\r\\n" and "\\r"); a byte that is not UTF-8 is a located error.
-
-    >>> decode_source(b"diagram d {\\r\\n}", "d.fus")
-    'diagram d {\\n}'
-    """
-    # "\r" and "\n" are never part of a multi-byte UTF-8 character, so this is safe before decoding
-    data = data.removeprefix(codecs.BOM_UTF8).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_start = data.rfind(b"\n", 0, exc.start) + 1
-        column = len(data[line_start:exc.start].decode("utf-8")) + 1
-        span = Span(data.count(b"\n", 0, exc.start) + 1, column)
-        raise FusionError(f"the file is not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})", span,
-                          source=data.decode("utf-8", errors="replace"), filename=filename) from None
 
 
 def _end_of(source: str) -> Span:

@@ -1,1 +1,2 @@
-"""The runtime: loading compiled modules and the helpers generated code calls (needs torch)."""
+"""The runtime: what generated modules call (needs torch). It imports no part of the compiler, so
+that a generated module loads with torch and this package alone (`tests/test_runtime_imports.py`)."""

@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +31,22 @@ from pathlib import Path
 import torch
 
 from fusionc.algebra.cache import cache_root
-from fusionc.backends.native import HEADER, program_of
+
+#: What goes before a program's functions when they are compiled. It lives here, with the flags and
+#: the `real` it leaves open, not with the code generator: generated modules carry their functions
+#: only, and loading one imports no part of the compiler.
+HEADER = """\
+/* Row-local statements of a fusionc program as C (fusionc/backends/native.py): per function,
+ * one loop over rows. `real` is float or double, defined when the runtime compiles. */
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+"""
+
+#: The first line of a kernel function's definition: the signature `NativeKernels` calls.
+_DEFINITION = re.compile(r"^int (\w+)\(int64_t n, int threads, void \*const \*ptr, const int64_t \*stride\)$",
+                         re.MULTILINE)
 
 #: -O1 with the vectoriser: its compile time grows with the program (about 0.6 ms per line of C:
 #: fc_tp's gradient 1 s, fusion_block's largest second derivative 9 s); -O3 takes 4× as long there.
@@ -154,9 +170,15 @@ class NativeKernels:
 
     def __init__(self, sources: dict[str, str], kinds: dict[str, str]) -> None:
         self.sources, self.kinds = sources, kinds
-        self.programs = {name: program_of(name) for name in kinds}
         self.libraries: dict[tuple[str, torch.dtype], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype], object] = {}
+
+    @functools.cached_property
+    def programs(self) -> dict[str, str]:
+        """The program whose source defines each function: read from the sources, not from the
+        code generator's names for functions (the runtime imports no part of the compiler), and
+        at the first call, so that importing a module scans no C."""
+        return {name: program for program, source in self.sources.items() for name in _DEFINITION.findall(source)}
 
     @staticmethod
     def usable(dtype: torch.dtype) -> bool:

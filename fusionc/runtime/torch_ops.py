@@ -8,13 +8,18 @@ import os
 
 import torch
 
-from fusionc.algebra.cg import wigner_3j as _wigner_3j
 from fusionc.runtime.native import NativeKernels  # noqa: F401  (generated modules use it as rt.NativeKernels)
 
 
-def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-    """The real-basis CG tensor as a torch tensor."""
-    return torch.tensor(_wigner_3j(l1, l2, l3), dtype=dtype, device=device)
+def _dense(shape: tuple[int, ...], entries: tuple[tuple, ...], dtype: torch.dtype,
+           device: torch.device | str | None) -> torch.Tensor:
+    """The table of these sparse entries (indices..., value): built in float64, where the values
+    are exact, then cast, so that each is rounded once to `dtype`."""
+    table = torch.zeros(shape, dtype=torch.float64)
+    if entries:
+        *indices, values = zip(*entries)
+        table[tuple(map(list, indices))] = torch.tensor(values, dtype=torch.float64)
+    return table.to(dtype=dtype, device=device)
 
 
 class FusionModule(torch.nn.Module):
@@ -22,22 +27,21 @@ class FusionModule(torch.nn.Module):
 
     `module.double()` on a float32 module would otherwise upcast CG values already rounded to
     float32; rebuilding them from the exact tables keeps float64 results exact. The constants are
-    the CG tables `cg_{l1}_{l2}_{l3}` and constant matrices (the recoupling matrices of recoupled
-    terms, the stacked CG tables of batched products) given as sparse entries (row, column, value)
-    of a (rows, columns) matrix.
+    the CG tables `cg_{l1}_{l2}_{l3}`, given as their sparse entries (i, j, k, value) by
+    (l1, l2, l3), and constant matrices (the recoupling matrices of recoupled terms, the stacked CG
+    tables of batched products) given as sparse entries (row, column, value) of a (rows, columns)
+    matrix. The generated module holds the values (float64, written to round-trip exactly), so
+    loading it computes no CG table: the runtime needs torch alone.
     """
 
-    cg_tables: tuple[tuple[int, int, int], ...] = ()
+    cg_tables: dict[tuple[int, int, int], tuple[tuple[int, int, int, float], ...]] = {}
     matrices: dict[str, tuple[tuple[int, int], tuple[tuple[int, int, float], ...]]] = {}
 
     def _constants(self, dtype: torch.dtype, device: torch.device | str | None) -> dict[str, torch.Tensor]:
-        tables = {"cg_{}_{}_{}".format(*ls): wigner_3j(*ls, dtype, device) for ls in self.cg_tables}
+        tables = {"cg_{}_{}_{}".format(*ls): _dense(tuple(2 * l + 1 for l in ls), entries, dtype, device)
+                  for ls, entries in self.cg_tables.items()}
         for name, (shape, entries) in self.matrices.items():
-            matrix = torch.zeros(shape, dtype=torch.float64)
-            if entries:
-                rows, columns, values = zip(*entries)
-                matrix[list(rows), list(columns)] = torch.tensor(values, dtype=torch.float64)
-            tables[name] = matrix.to(dtype=dtype, device=device)
+            tables[name] = _dense(shape, entries, dtype, device)
         return tables
 
     def _register_constants(self, dtype: torch.dtype, device: torch.device | str | None) -> None:
@@ -74,6 +78,22 @@ def _check_float(name: str, x: object, dim: int, ref: torch.Tensor, what: str) -
     return x
 
 
+def _broadcast_shapes(*shapes: torch.Size) -> torch.Size:
+    """`torch.broadcast_shapes`, but in eager mode computed here: torch's first call imports sympy
+    (0.5 s), which nothing else a generated module runs needs. When torch.compile traces, torch's,
+    which knows symbolic sizes. A RuntimeError says the shapes do not broadcast."""
+    if torch.compiler.is_compiling():
+        return torch.broadcast_shapes(*shapes)
+    result = [1] * max(map(len, shapes), default=0)
+    for shape in shapes:
+        for k, size in enumerate(shape, len(result) - len(shape)):
+            if size != 1:
+                if result[k] not in (1, size):
+                    raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                result[k] = size
+    return torch.Size(result)
+
+
 def batch_shape(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int]],
                 weights: dict[str, tuple[torch.Tensor, int]]) -> torch.Size:
     """The broadcast leading shape of all inputs; a ValueError names any input that does not fit."""
@@ -81,14 +101,14 @@ def batch_shape(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int]]
     for name, (x, dim) in features.items():
         shapes.append(_check_float(name, x, dim, ref, f"(..., {dim})").shape[:-1])
     try:
-        batch = torch.broadcast_shapes(*shapes)
+        batch = _broadcast_shapes(*shapes)
     except RuntimeError:
         listed = ", ".join(f"'{k}' {tuple(v[0].shape)}" for k, v in features.items())
         raise ValueError(f"the leading (batch) shapes of the inputs do not broadcast: {listed}") from None
     for name, (w, numel) in weights.items():
         leading = _check_float(name, w, numel, ref, f"({numel},) or (..., {numel})").shape[:-1]
         try:
-            if torch.broadcast_shapes(leading, batch) != batch:
+            if _broadcast_shapes(leading, batch) != batch:
                 raise RuntimeError
         except RuntimeError:
             raise ValueError(f"input '{name}' must have shape ({numel},) or {(*batch, numel)}, "
@@ -120,7 +140,7 @@ def index_rows(z: torch.Tensor, batch: torch.Size, name: str, ref: torch.Tensor)
     if z.device != ref.device:
         raise ValueError(f"input '{name}' is on {z.device} but the module is on {ref.device}")
     try:
-        if torch.broadcast_shapes(z.shape, batch) != batch:
+        if _broadcast_shapes(z.shape, batch) != batch:
             raise RuntimeError
     except RuntimeError:
         raise ValueError(f"input '{name}' must have shape {tuple(batch)}, got {tuple(z.shape)}") from None

@@ -1,0 +1,130 @@
+"""Compile `.fus` sources to Python modules, cache them on disk, and import them.
+
+An entry's key is a hash of the compiler's files, the back end, the filename and the source: all
+known before compiling, so a cache hit imports the cached module and nothing else, no parser,
+analysis or code generator (a generated module needs only `fusionc.runtime` and torch). Only a
+source that compiles ever makes an entry, so a hit needs no check of the source; its diagrams
+are compiled again only if `CompiledOps.diagrams` is read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from fusionc.algebra.cache import atomic_write, cache_root
+from fusionc.source import decode_source
+from fusionc.version import __version__
+
+if TYPE_CHECKING:
+    from fusionc.ir.diagram import Diagram
+
+_TRAILER = "# fusionc cache entry sha256: "
+
+
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of the compiler's own files, so that a changed compiler never reuses stale code."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(__version__.encode())
+    files = [p for p in root.rglob("*") if p.suffix in (".py", ".lark", ".json") and "__pycache__" not in p.parts]
+    grammar = root.parent / "grammar" / "fusion.lark"  # a source checkout's (a wheel ships it under fusionc/)
+    for path in sorted(files) + ([grammar] if grammar.exists() else []):
+        digest.update(str(path.relative_to(root.parent)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class CompiledOps:
+    """The ops of one source: one attribute per diagram, each an `nn.Module` class, named by the
+    module's `__all__`."""
+
+    def __init__(self, module: ModuleType, path: Path, source: str, filename: str,
+                 diagrams: tuple[Diagram, ...] | None = None) -> None:
+        self.module = module
+        self.path = path
+        self._source, self._filename = source, filename  # private: no diagram name starts with '_'
+        if diagrams is not None:
+            self.diagrams = diagrams
+        for name in module.__all__:
+            setattr(self, name, getattr(module, name))
+
+    @functools.cached_property
+    def diagrams(self) -> tuple[Diagram, ...]:
+        """The compiled diagrams; after a cache hit, compiled when first read."""
+        from fusionc.pipeline import compile_source
+
+        return compile_source(self._source, self._filename)
+
+    def __repr__(self) -> str:
+        return f"CompiledOps({', '.join(self.module.__all__)})"
+
+
+def _read_entry(path: Path) -> bool:
+    """Whether a cache entry is whole: its trailer holds the hash of the text before it."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    body, _, digest = text.rpartition(_TRAILER)
+    return bool(body) and digest.strip() == hashlib.sha256(body.encode()).hexdigest()
+
+
+def _import(path: Path, key: str) -> ModuleType:
+    name = f"fusionc_generated_{key[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _key(source: str, backend: str, filename: str) -> str:
+    from fusionc import machine
+
+    # the machine model the planner reads (`FUSIONC_MACHINE`) shapes the code as much as the compiler
+    parts = [compiler_fingerprint(), machine.path().read_text(), backend, filename, source]
+    if backend == "triton":  # kernels compile differently under another Triton
+        import importlib.metadata
+
+        parts.append(importlib.metadata.version("triton"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def loads(source: str, backend: str = "torch", filename: str = "<string>") -> CompiledOps:
+    """Compile a `.fus` source (cached by source, options and compiler) and import it.
+
+    >>> ops = loads("diagram lin { in x : 4x1o  out y : 2x1o  y = x mix uvw }")
+    >>> ops.lin().weight_numel
+    8
+    """
+    key = _key(source, backend, filename)
+    path = cache_root() / "modules" / f"{backend}_{key[:32]}.py"
+    diagrams = None
+    if not _read_entry(path):  # a miss: an unknown back end or a bad source raises here
+        from fusionc import pipeline
+        from fusionc.backends import get_backend
+
+        programs = pipeline.compile(source, filename, backend)
+        body = get_backend(backend)(programs)
+        atomic_write(path, (body + _TRAILER + hashlib.sha256(body.encode()).hexdigest() + "\n").encode())
+        diagrams = programs.diagrams
+    return CompiledOps(_import(path, key), path, source, filename, diagrams)
+
+
+def load(path: str | Path, backend: str = "torch") -> CompiledOps:
+    """Compile and import a `.fus` file."""
+    path = Path(path)
+    return loads(decode_source(path.read_bytes(), str(path)), backend, str(path))
