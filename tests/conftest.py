@@ -13,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = sorted((REPO / "kernels").glob("*.fus"))
 
+#: Long-running tests: `pytest -m "not slow"` leaves them out (the quick subset for development);
+#: a plain `pytest` (the README's command, CI) runs them too.
+slow = pytest.mark.slow
+
+
+def slow_unless(values, fast) -> list:
+    """`values` for `parametrize`, each marked slow unless `fast(value)`: the quick subset keeps a few."""
+    return [v if fast(v) else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=slow) for v in values]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true",

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, slow
 
 # Runs the CLI with triton.compile wrapped to print a marker line before each compilation: a row
 # printed as it comes sits between the markers of its own kernel and of the next.
@@ -24,6 +24,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@slow
 def test_compile_for_a_target_prints_each_row_when_its_kernel_is_done(tmp_path) -> None:
     source = tmp_path / "small.fus"
     source.write_text("diagram small { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x0e + 2x1o  "

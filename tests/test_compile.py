@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import fusionc
-from conftest import REPO
+from conftest import REPO, slow
 
 
 class SmallModel(torch.nn.Module):
@@ -43,6 +43,7 @@ def _inputs(generator: torch.Generator):
             torch.randn(6, 4, generator=generator), torch.randint(0, 10, (6,), generator=generator))
 
 
+@slow
 def test_compiled_model_has_no_graph_break_and_matches_eager() -> None:
     torch.manual_seed(0)
     model = SmallModel()

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, slow
 
 WORKER = r"""
 import os, sys
@@ -34,6 +34,7 @@ dist.destroy_process_group()
 """
 
 
+@slow
 def test_ddp_all_reduces_gradients_of_fusionc_ops(tmp_path) -> None:
     # rendezvous through a file: no TCP port to pick, so no race with other processes for one
     env = {**os.environ, "PYTHONPATH": str(REPO), "FUSIONC_CACHE_DIR": str(tmp_path)}

@@ -14,13 +14,16 @@ from fusionc.analysis.plan import plan_diagram
 from fusionc.pipeline import compile_source
 from fusionc.testing import random_inputs, random_nary_diagram
 
-from conftest import KERNELS
+from conftest import KERNELS, slow
 
 
 def _cases():
     for path in KERNELS:
         for d in compile_source(path.read_text(), str(path)):
-            yield pytest.param(path, d.name, id=f"{path.stem}.{d.name}")
+            # the quick subset: the two-input products and cormorant's (mace_product's and
+            # fusion_block's many derivative programs take seconds each)
+            marks = [slow] if path.stem in ("fusion_block", "mace_product") else []
+            yield pytest.param(path, d.name, id=f"{path.stem}.{d.name}", marks=marks)
 
 
 def _vjp(fn, rows, weight, constants, cotangents):

@@ -12,7 +12,7 @@
   numbers are slightly off; and the command writes reproducers and exits 1 on a finding.
 
 Longer runs: `python -m fusionc.fuzz --minutes 10`; FUSIONC_FUZZ_SCALE=N multiplies the example
-counts here.
+counts here. The quick subset (`pytest -m "not slow"`) fuzzes each target with a few programs only.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from conftest import slow, slow_unless
 from fusionc import fuzz
 from fusionc.fuzz import (CLI_COMMANDS, FILENAMES, Case, Finding, HypothesisChooser, RandomChooser, Worker,
                           check_location, grammar_coverage, loose_program, make_case, minimize, mutate,
@@ -130,9 +131,7 @@ def _is_utf8(data: bytes) -> bool:
 # --------------------------------------------------------------------------- bounded fuzzing
 
 
-@_settings(200)
-@given(data=st.data())
-def test_cli_on_random_programs(worker: Worker, data) -> None:
+def _cli_example(worker: Worker, data) -> None:
     c = HypothesisChooser(data)
     text = random_program(c)
     source = mutate(c, text) if c.chance(0.4) else text.encode()
@@ -140,9 +139,7 @@ def test_cli_on_random_programs(worker: Worker, data) -> None:
     _assert_no_findings(lambda k: worker.run(k).findings, case, worker.run(case).findings)
 
 
-@_settings(120)
-@given(data=st.data())
-def test_library_on_random_programs(worker: Worker, data) -> None:
+def _library_example(worker: Worker, data) -> None:
     c = HypothesisChooser(data)
     text = random_program(c, strict_probability=0.85)
     source = mutate(c, text, allow_bytes=False) if c.chance(0.2) else text.encode()
@@ -150,6 +147,34 @@ def test_library_on_random_programs(worker: Worker, data) -> None:
     _assert_no_findings(lambda k: worker.run(k).findings, case, worker.run(case).findings)
 
 
+@slow
+@_settings(200)
+@given(data=st.data())
+def test_cli_on_random_programs(worker: Worker, data) -> None:
+    _cli_example(worker, data)
+
+
+@slow
+@_settings(120)
+@given(data=st.data())
+def test_library_on_random_programs(worker: Worker, data) -> None:
+    _library_example(worker, data)
+
+
+# the quick subset's fuzzing: a few seconds of each target
+@_settings(15)
+@given(data=st.data())
+def test_cli_on_a_few_random_programs(worker: Worker, data) -> None:
+    _cli_example(worker, data)
+
+
+@_settings(8)
+@given(data=st.data())
+def test_library_on_a_few_random_programs(worker: Worker, data) -> None:
+    _library_example(worker, data)
+
+
+@slow
 @pytest.mark.parametrize("seed", [2, 5])
 def test_native_kernels_on_random_programs(worker: Worker, seed: int) -> None:
     """Compiling C costs seconds per diagram: two programs, forward and derivatives."""
@@ -157,7 +182,7 @@ def test_native_kernels_on_random_programs(worker: Worker, seed: int) -> None:
     _assert_no_findings(lambda k: worker.run(k).findings, case, worker.run(case).findings)
 
 
-@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("index", slow_unless([0, 1, 2], lambda i: i == 0))
 def test_cli_as_a_subprocess(cache_env: dict, tmp_path, index: int) -> None:
     """Real exit statuses and signals, as a user sees them."""
     case = make_case(11, index, "cli", subprocess_fraction=1.0)
@@ -242,7 +267,8 @@ def fake_worker(cache_env: dict, fake_cli: str):
     w.close()
 
 
-@pytest.mark.parametrize("function, kind", PLANTED, ids=[f for f, _ in PLANTED])
+@pytest.mark.parametrize("function, kind", slow_unless(PLANTED, lambda planted: planted[0] != "hangs"),
+                         ids=[f for f, _ in PLANTED])
 def test_the_cli_oracle_reports_planted_failures(fake_worker: Worker, fake_cli: str, function: str,
                                                  kind: str) -> None:
     fake_worker.entry = f"{fake_cli}:{function}"
@@ -256,6 +282,7 @@ def test_a_well_behaved_cli_gives_no_finding(fake_worker: Worker, fake_cli: str)
     assert fake_worker.run(Case("cli", b"", 0)).findings == []
 
 
+@slow
 def test_the_command_writes_reproducers_and_exits_1(fake_cli: str, tmp_path, capsys) -> None:
     out = tmp_path / "findings"
     status = fuzz.main(["--minutes", "1", "--max-programs", "4", "--target", "cli", "--seed", "3",

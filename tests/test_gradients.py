@@ -18,6 +18,7 @@ from e3nn import o3
 from torch.func import functional_call
 
 import fusionc
+from conftest import slow, slow_unless
 from fusionc.testing import random_diagram, random_inputs
 
 MODES = ("uvw", "uvu", "uuu", "uvuv", "none")
@@ -67,14 +68,16 @@ def check_derivatives(module: torch.nn.Module, diagram, fast_mode: bool = True) 
     assert torch.autograd.gradgradcheck(function, inputs, fast_mode=fast_mode)
 
 
+# the quick subset: every mode's smallest diagram, whole Jacobians (test_tensor_product_full_jacobian)
+@slow
 @pytest.mark.parametrize("seed", range(3), ids=lambda s: f"seed{s}")
 @pytest.mark.parametrize("mode", MODES)
 def test_tensor_product(mode: str, seed: int) -> None:
     check_derivatives(*compiled(random_diagram(seed, mode, lmax=2, max_mul=3)))
 
 
-@pytest.mark.parametrize("seed", range(3), ids=lambda s: f"seed{s}")
-@pytest.mark.parametrize("mode", WEIGHTED_MODES)
+@pytest.mark.parametrize("seed", slow_unless(range(3), lambda s: s == 0), ids=lambda s: f"seed{s}")
+@pytest.mark.parametrize("mode", slow_unless(WEIGHTED_MODES, lambda mode: mode == "uvu"))  # quick: uvu, seed 0
 def test_tensor_product_per_row_weights(mode: str, seed: int) -> None:
     check_derivatives(*compiled(random_diagram(seed, mode, lmax=2, max_mul=3, by=True)))
 
@@ -89,6 +92,7 @@ def test_linear() -> None:
     check_derivatives(*compiled(LINEAR))
 
 
+@slow
 def test_inner_edge() -> None:
     """`tp_then_linear`: a `let` product feeding a linear map plus a skip connection."""
     ops = fusionc.load(KERNELS)

@@ -20,7 +20,7 @@ from fusionc.pipeline import generate
 from fusionc.runtime import native
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
-from conftest import KERNELS
+from conftest import KERNELS, slow
 
 
 def _programs(module):
@@ -72,23 +72,33 @@ def _check_module(ops, rows: int = 37) -> int:
     return checked
 
 
+@slow
 @pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
 def test_every_program_of_the_standard_library(path):
     assert _check_module(fusionc.load(path)) > 0
 
 
+def test_every_program_of_a_small_product():
+    """The quick subset's check of the C kernels: forward, backward and double backward of a small
+    uvw product (native compiling takes seconds per program), in float64 and float32."""
+    assert _check_module(fusionc.loads(random_diagram(0, "uvw", lmax=1, max_mul=2)), rows=7) > 0
+
+
+@slow
 @pytest.mark.parametrize("mode", ["uvw", "uvu", "uuu", "uvuv"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_products(mode, seed):
     assert _check_module(fusionc.loads(random_diagram(seed, mode, lmax=3, max_mul=8)), rows=19) > 0
 
 
+@slow
 def test_random_product_whose_float64_kernels_faulted():
     """gcc placed a per-row buffer 16 bytes off the alignment its vector stores assumed (before
     buffers were declared aligned): a segmentation fault in float64."""
     assert _check_module(fusionc.loads(random_diagram(24, "uvw")), rows=8) > 0
 
 
+@slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_nary_diagrams(seed):
     assert _check_module(fusionc.loads(random_nary_diagram(seed)), rows=19) > 0
@@ -136,6 +146,7 @@ def test_cpu_ops_run_native_kernels_by_default_and_torch_code_when_disabled(monk
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@slow  # the ops run native kernels by default: test_gradients' gradchecks go through them too
 def test_gradcheck_through_native_kernels():
     ops = fusionc.loads(_SOURCE)
     module = ops.tp(dtype=torch.float64)
@@ -202,6 +213,7 @@ def test_kernel_arguments_are_checked():
         kernels.run(name, 4, *tensors)
 
 
+@slow
 def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, monkeypatch):
     """Code that leaves the upper halves of the AVX registers dirty slows the SSE code that runs
     after it (MKL's matrix products ran 2.5x slower after a kernel): every compiled kernel library
@@ -231,6 +243,7 @@ def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch)
     assert before[0] != after[0]
 
 
+@slow
 def test_build_compiles_every_program_before_its_first_call(tmp_path, monkeypatch):
     if native._compiler() is None:
         pytest.skip("needs a C compiler")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fusionc
+from conftest import slow
 from fusionc.ir.diagram import Diagram
 from fusionc.testing import random_nary_diagram
 
@@ -30,6 +31,7 @@ diagram species {
 #: (id, source with `per z`): the hand-written diagram mixes per-index and shared terms
 PER_SOURCES = [("species", SPECIES)] + [(f"nary{seed}", random_nary_diagram(seed)) for seed in range(20)
                                         if " per z" in random_nary_diagram(seed)][:4]
+QUICK = {"species", "nary0", "nary4"}  # the others take seconds each: slow
 
 
 def without_per(source: str) -> str:
@@ -65,7 +67,8 @@ def features(diagram: Diagram, shape: tuple[int, ...], seed: int = 0) -> list[to
             for i in diagram.inputs if i.kind == "irreps"]
 
 
-@pytest.mark.parametrize("source", [s for _, s in PER_SOURCES], ids=[name for name, _ in PER_SOURCES])
+@pytest.mark.parametrize("source", [s if name in QUICK else pytest.param(s, marks=slow) for name, s in PER_SOURCES],
+                         ids=[name for name, _ in PER_SOURCES])
 def test_per_index_equals_selected_weights_row_by_row(source: str) -> None:
     module, diagram = compiled(source)
     shared, shared_diagram = compiled(without_per(source))

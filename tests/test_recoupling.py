@@ -10,7 +10,7 @@ import pytest
 import sympy
 import torch
 
-from conftest import REPO
+from conftest import REPO, slow, slow_unless
 from fusionc.algebra.cg import triangle, wigner_3j
 from fusionc.algebra.recoupling import recoupling_value, wigner_6j
 from fusionc.analysis.plan import term_cost
@@ -26,7 +26,7 @@ def test_6j_known_values() -> None:
     assert wigner_6j(2, 2, 2, 2, 2, 2) == sympy.Rational(-3, 70)
 
 
-@pytest.mark.parametrize("l1", range(4))
+@pytest.mark.parametrize("l1", slow_unless(range(4), lambda l1: l1 < 2))
 def test_f_move_relates_the_two_tree_shapes(l1: int) -> None:
     """((l1 l2)_k l3)_l = sum_k' F (l1 (l2 l3)_k')_l on e3nn's real unit-norm CG tables."""
     for l2 in range(4):
@@ -71,7 +71,7 @@ def _module(diagrams, source: str):
     return namespace[diagrams[0].name](dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", SOURCES)
+@pytest.mark.parametrize("name", slow_unless(SOURCES, lambda name: name == "three-lmax"))
 def test_recoupled_term_computes_the_same_function(name: str) -> None:
     source = SOURCES[name]
     diagrams = compile_source(source)

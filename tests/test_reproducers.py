@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fusionc
-from conftest import REPO
+from conftest import REPO, slow, slow_unless
 from fusionc.algebra.cache import cache_root
 from fusionc.backends import native
 from fusionc.runtime.native import NativeKernels
@@ -121,6 +121,7 @@ def test_a_weights_input_whose_term_is_pruned_takes_no_weights() -> None:
     assert module(x, z, torch.zeros(3, 0, dtype=torch.float64)).shape == (3, 2)
 
 
+@slow
 def test_numeric_check_passes_an_output_that_symmetry_makes_zero(tmp_path) -> None:
     """Found by the fuzzer: 2e from 1e ⊗ 1e ⊗ 1e is zero; its rounding noise relative to itself
     made `check --numeric` report a failure (exit 1)."""
@@ -150,6 +151,7 @@ def _renamed(source: str, names: dict[str, str]) -> str:
     return re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m.group(1)], source)
 
 
+@slow
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_source_names_never_change_the_numbers(backend: str) -> None:
     """The same diagram with every name replaced by one the generated code used itself gives the
@@ -207,6 +209,7 @@ def test_native_gradients_of_a_small_product_equal_the_torch_code(dtype, toleran
 
 # -- crashes and hangs ------------------------------------------------------------------------------
 
+@slow
 def test_a_large_per_row_buffer_lives_on_the_heap() -> None:
     """The backward of a 40000x4e uvuv product needed a 1.8-million-element per-row buffer, which
     was declared on the stack: SIGSEGV. Its gradients equal the torch code's."""
@@ -237,6 +240,7 @@ def test_a_failed_allocation_is_a_memory_error() -> None:
             kernels.run("t__s0", 3, torch.zeros(3, 4) if arguments[0].rows else torch.zeros(1))
 
 
+@slow
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 def test_a_damaged_native_library_is_rebuilt(damage: str, tmp_path, monkeypatch) -> None:
     """A truncated or overwritten cached library crashed every later process that loaded it. (A
@@ -264,7 +268,8 @@ def test_a_damaged_native_library_is_rebuilt(damage: str, tmp_path, monkeypatch)
     assert again.stdout == first.stdout
 
 
-@pytest.mark.parametrize("source, limit", [
+# a Python process each: the quick subset runs the first
+@pytest.mark.parametrize("source, limit", slow_unless([
     ("diagram d { in A : 1000e  out B : 0e  B = fuse(A, A) mix none }", "FUSIONC_MAX_L"),
     ("diagram d { in A : 2e  out B : 99999999999999999999e  B = fuse(A, A) mix none }", "FUSIONC_MAX_L"),
     ("diagram d { in A : 200000x0e  out B : 200000x0e  B = A mix uuu }", "FUSIONC_MAX_MUL"),
@@ -274,7 +279,7 @@ def test_a_damaged_native_library_is_rebuilt(damage: str, tmp_path, monkeypatch)
     ("diagram d { in A : " + " + ".join(["0e"] * 400) + "  out B : 0e  B = fuse(A, A) mix none }",
      "FUSIONC_MAX_PATHS"),
     ("diagram d { in A : 20000x0e  out B : 20000x0e  B = A mix uvw }", "FUSIONC_MAX_WEIGHTS"),
-])
+], lambda case: " 1000e " in case[0]))
 def test_sizes_nobody_can_run_fail_fast_with_the_limit_named(source: str, limit: str) -> None:
     """These hung (or would have exhausted memory); a subprocess with a time-out catches a hang."""
     result = subprocess.run([sys.executable, "-c", "import sys, fusionc; fusionc.loads(sys.stdin.read())"],
@@ -334,6 +339,7 @@ def test_an_output_equal_to_an_input_is_a_copy(native: str, monkeypatch) -> None
     assert torch.equal(g, torch.ones_like(x))
 
 
+@slow
 def test_a_sum_of_thousands_of_terms_compiles_and_runs() -> None:
     """3,000 terms overflowed Python's parser (one nesting level per '+'); with native kernels,
     a kernel took 6,006 ctypes arguments, over ctypes' 1,024."""
@@ -359,6 +365,7 @@ def test_located_errors_instead_of_crashes(source: str, message: str) -> None:
     assert re.match(r"<string>:1:\d+: error: ", str(caught.value))
 
 
+@slow
 def test_first_call_of_a_cached_op_does_not_import_dynamo() -> None:
     """torch.library.custom_op's first call imports torch._dynamo (0.9 s of a cached fc_tp's 2 s
     first use); the ops are registered without it."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fusionc
-from conftest import REPO
+from conftest import REPO, slow, slow_unless
 from fusionc.backends.triton_backend import tile_configs
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
@@ -66,6 +66,7 @@ def _compare(torch_ops, triton_ops, diagram, dtype: torch.dtype, tol: float, row
         assert _relative(a, b) <= tol
 
 
+@slow
 @pytest.mark.parametrize("file", KERNEL_FILES)
 def test_kernels_equal_the_torch_back_end(file: str) -> None:
     """float32; float64 runs through the same kernels in the gradcheck test (the interpreter takes
@@ -80,6 +81,7 @@ PRODUCTS = [(mode, by) for mode in ("uvw", "uvu", "uuu", "uvuv", "none") for by 
             if not (mode == "none" and by)]  # mix none has no weights to take by an input
 
 
+@slow
 @pytest.mark.parametrize("mode,by", PRODUCTS, ids=[f"{m}-{'by' if b else 'internal'}" for m, b in PRODUCTS])
 def test_two_input_products_equal_the_torch_back_end(mode: str, by: bool) -> None:
     for seed in range(3):
@@ -88,13 +90,23 @@ def test_two_input_products_equal_the_torch_back_end(mode: str, by: bool) -> Non
         _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=19)
 
 
-@pytest.mark.parametrize("seed", range(20), ids=lambda s: f"seed{s}")
+def test_a_small_two_input_product_equals_the_torch_back_end() -> None:
+    """The quick subset's two-input product: uvw with per-row weights, l <= 1, forward, backward and
+    double backward."""
+    source = random_diagram(0, "uvw", lmax=1, max_mul=2, by=True)
+    torch_ops, triton_ops = _pair(source, "small.fus")
+    _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=7)
+
+
+# the quick subset: seeds whose diagrams the interpreter runs in about a second or less (others take up to a minute)
+@pytest.mark.parametrize("seed", slow_unless(range(20), lambda s: s in (1, 3, 4, 15)), ids=lambda s: f"seed{s}")
 def test_random_diagrams_equal_the_torch_back_end(seed: int) -> None:
     source = random_nary_diagram(seed)
     torch_ops, triton_ops = _pair(source, f"random{seed}.fus")
     _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=7)
 
 
+@slow
 def test_gradcheck_through_the_kernels() -> None:
     """float64 through the forward kernel and the derivative programs' kernels (gathers and
     scatters of per-index weights included). Fast mode (random projections): the interpreter runs
@@ -127,6 +139,7 @@ def _aot(path: str, kernels: str, tmp_path) -> dict[tuple[str, str], tuple[int, 
     return {(kernel, target): tuple(map(int, usage)) for kernel, target, *usage in rows}
 
 
+@slow
 @pytest.mark.parametrize("file", KERNEL_FILES)
 def test_forward_kernels_ahead_of_time_for_sm80_and_sm90(file: str, tmp_path) -> None:
     """Every autotuning configuration of every forward kernel compiles without spilling."""
@@ -162,6 +175,7 @@ def test_every_autotuning_configuration_equals_the_torch_back_end() -> None:
             tuned.configs, tuned.cache = configs, {}
 
 
+@slow
 def test_derivative_kernels_ahead_of_time(tmp_path) -> None:
     """Every derivative program of a diagram with a gather and a scatter (per-index weights)
     compiles without spilling (no local memory, no stack frame); the kernels of kernels/ compile the
