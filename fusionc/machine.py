@@ -51,6 +51,11 @@ class CpuBlas:
     min_columns: int = 16
     #: time per matrix of a batched product
     batch_call: float = 500
+    #: FLOPs an element of a pairwise intermediate costs to write and read back (its memory traffic)
+    element_cost: float = 1
+    #: whether CG contractions run over the tables' non-zeros (`CpuNative.sparse_cg`); torch code
+    #: contracts dense blocks
+    sparse_cg: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class CpuNative:
     #: statement fused with its neighbours beats MKL on these short products (fc_tp's forward+
     #: backward 16% faster, mace_product's 46%)
     shared_native: int = 8192
+    #: FLOPs an element of a pairwise intermediate costs (it stays in a per-row buffer, in cache)
+    element_cost: float = 1
     #: labels at least this long are worth vectorising over
     vector_min: int = 4
     #: a statement summing into a vector of at most this many elements sums in registers first
@@ -90,6 +97,8 @@ class GpuTriton:
     fitted_on: str = "not timed: register and spill figures from ptxas for sm_80 and sm_90"
     #: products batched over rows cost this many FLOPs per FLOP
     batched_penalty: float = 1
+    #: contract CG tables over their non-zeros: not yet, derivative kernels contract dense blocks
+    sparse_cg: bool = False
     #: FLOPs one element written to and read back from global memory costs (an H100 does about
     #: 60 FLOPs per byte of DRAM bandwidth in float32; an element is written once and read once)
     element_cost: float = 16

@@ -58,8 +58,6 @@ def compile(source: str, filename: str = "<string>", backend: str | None = None,
             dump_ir: str | None = None, dump: Callable[[str], None] = print) -> ProgramSet:
     """Run the passes in order; with no `backend`, stop after the diagrams (type checking and its
     IR passes). Raises `FusionError` located in `filename`."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; available back ends: {', '.join(BACKENDS)}")
     show = _Dump(dump_ir, dump)
     syntax = show("parse", parse(source, filename), _pretty_syntax)
     diagrams = show("check", _located(build, syntax, source, filename), _pretty_diagrams)
@@ -97,7 +95,8 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
                     backend, model)
         for d, plan, forward, (firsts, seconds), partial in zip(diagrams, plans, forwards, derivatives, versions)),
         _pretty_versions)
-    programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas)) for d in programs),
+    programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
+                                     for d in programs),
                     lambda ps: _pretty_programs(v.native for d in ps for v in d.all() if v.native is not None))
     programs = show("liveness", tuple(_each(_each(d, "torch", liveness), "native", liveness) for d in programs),
                     _pretty_versions)
@@ -140,9 +139,7 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
         return replace(v, triton=factorize(p, model.gpu_triton, blas=model.cpu_blas),
                        torch=factorize(p, model.cpu_blas, blas=model.cpu_blas) if p.name in lasts else None)
 
-    return replace(d, forward=targets(d.forward), firsts=tuple(map(targets, d.firsts)),
-                   seconds=tuple(tuple(map(targets, g)) for g in d.seconds),
-                   partials=tuple(tuple((keep, targets(v)) for keep, v in g) for g in d.partials))
+    return _map(d, targets)
 
 
 def _each(d: DiagramPrograms, target: str, run: Callable[[Program], Program | None]) -> DiagramPrograms:
@@ -152,9 +149,13 @@ def _each(d: DiagramPrograms, target: str, run: Callable[[Program], Program | No
         p = getattr(v, target)
         return v if p is None else replace(v, **{target: run(p)})
 
-    return replace(d, forward=one(d.forward), firsts=tuple(map(one, d.firsts)),
-                   seconds=tuple(tuple(map(one, g)) for g in d.seconds),
-                   partials=tuple(tuple((keep, one(v)) for keep, v in g) for g in d.partials))
+    return _map(d, one)
+
+
+def _map(d: DiagramPrograms, fn: Callable[[Versions], Versions]) -> DiagramPrograms:
+    return replace(d, forward=fn(d.forward), firsts=tuple(map(fn, d.firsts)),
+                   seconds=tuple(tuple(map(fn, g)) for g in d.seconds),
+                   partials=tuple(tuple((keep, fn(v)) for keep, v in g) for g in d.partials))
 
 
 def _pretty_syntax(node, depth: int = 0) -> str:

@@ -524,7 +524,9 @@ def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
 def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ahead: bool = False,
               blas: CpuBlas = CpuBlas()) -> Program:
     """Split every contraction of three or more operands into pairwise ones, in the order of least
-    `pair_cost` on the target `model` describes (matrix products' layouts by `blas`); a pairwise intermediate that several statements form (the cotangent with the
+    `pair_cost` on the target `model` describes (matrix products laid out by `blas`); a channel by
+    channel CG contraction stays whole where the target runs it over the table's non-zeros
+    (`sparse_cg`); a pairwise intermediate that several statements form (the cotangent with the
     weights, shared by the gradients of both operands) is formed once, and costs nothing the
     second time, so orders that share are preferred. Each intermediate's labels are ordered as
     its matrix product writes them and, if it can be, as the product reading it needs them
@@ -533,8 +535,7 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
     shared by those of x and of y's map, rather than cotangent·map, which ties with it for x's
     alone (three matrix products per group of paths become two)."""
     rows, penalty = blas.planning_rows, model.batched_penalty
-    element = getattr(model, "element_cost", 1)
-    sparse = getattr(model, "sparse_cg", False)
+    element, sparse = model.element_cost, model.sparse_cg
     tensors = dict(p.tensors)
     formed: dict[tuple, View] = {}
     statements: list[Statement] = []
