@@ -10,7 +10,7 @@ import pytest
 import sympy
 import torch
 
-from conftest import REPO, slow, slow_unless
+from conftest import REPO, slow_unless
 from fusionc.algebra.cg import triangle, wigner_3j
 from fusionc.algebra.recoupling import recoupling_value, wigner_6j
 from fusionc.analysis.plan import term_cost
