@@ -82,8 +82,14 @@ class CpuNative:
     #: factorized into dense pairwise products
     sparse_cg: bool = True
     #: programs of at most this many lines of C compile at -O3, longer ones at -O1 with the
-    #: vectoriser (gcc's time grows faster than linearly with a function's length at -O3)
+    #: vectoriser (gcc's time grows faster than linearly with a function's length at -O3): -O3's full
+    #: unrolling of the short loops over CG components keeps a statement's vector sums in registers
+    #: (fc_tp's programs 10-20% faster than at -O1); it takes 4x as long to compile the largest
     o3_lines: int = 2500
+    #: a loop over a CG table's non-zeros counts as this many lines per non-zero towards o3_lines:
+    #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
+    #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
+    sparse_weight: float = 2
 
 
 @dataclass(frozen=True)

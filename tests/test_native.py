@@ -6,6 +6,8 @@ autograd (test_derivatives), dense einsums and e3nn (test_numeric, test_e3nn_par
 
 from __future__ import annotations
 
+import json
+
 import inspect
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 import fusionc
-from fusionc.backends import native as native_writer
+from fusionc import machine
 from fusionc.pipeline import generate
 from fusionc.runtime import native
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
@@ -230,14 +232,17 @@ def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, 
             assert "vzeroupper" in code, program
 
 
-def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch):
+def test_modules_whose_native_kernels_differ_register_different_ops(monkeypatch, tmp_path):
     """Ops are named by a hash of their module's code: two modules with the same torch code but
     different C kernels (another fusionc's) must not share ops, or the second runs the first's kernels."""
     def namespace_and_c(text: str) -> tuple[str, str]:
         return text.split('OpNamespace("')[1].split('"')[0], text.split("rt.NativeKernels(")[1]
 
     before = namespace_and_c(generate(_SOURCE, "native.fus"))
-    monkeypatch.setattr(native_writer, "ACCUMULATOR_MAX", 0)  # sums accumulate in memory: other C, same torch code
+    model = json.loads(machine.DEFAULT_PATH.read_text())
+    model["cpu_native"]["accumulator_max"] = 0  # sums accumulate in memory: other C, same torch code
+    (tmp_path / "machine.json").write_text(json.dumps(model))
+    monkeypatch.setenv("FUSIONC_MACHINE", str(tmp_path / "machine.json"))
     after = namespace_and_c(generate(_SOURCE, "native.fus"))
     assert before[1] != after[1], "the change should have changed the C source"
     assert before[0] != after[0]

@@ -30,14 +30,7 @@ from math import prod
 
 from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import Einsum
-
-#: Labels at least this long are worth vectorising over.
-VECTOR_MIN = 4
-
-#: A statement summing into a vector of at most this many elements sums in a local accumulator
-#: (registers), then adds it to the output once, rather than adding to the output in memory at
-#: every step of the sum (a load-add-store chain per step).
-ACCUMULATOR_MAX = 128
+from fusionc.machine import CpuNative
 
 #: Every per-row buffer is declared 64-byte aligned. gcc 12's vectoriser at -O1/-O2 may raise a
 #: local array's alignment for aligned vector stores after the stack frame is laid out, so the
@@ -90,7 +83,8 @@ def _loops(labels: str, sizes: dict[str, int], depth: int) -> tuple[list[str], i
 class SegmentWriter:
     """The body of one segment's row loop, statement by statement."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: CpuNative = CpuNative()) -> None:
+        self.model = model  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
         self.lines: list[str] = []
         self.prologue: list[str] = []
         self.scratch = 0
@@ -149,7 +143,7 @@ class SegmentWriter:
         for b in [out] + [b for b, _ in ops]:
             sizes.update(zip(b.labels, b.shape))
         dense = [c for c in out.labels if c not in cg.labels]
-        long = [c for c in dense if sizes[c] >= VECTOR_MIN]
+        long = [c for c in dense if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c)) if long else None
         self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
         if vector is not None:
@@ -185,7 +179,7 @@ class SegmentWriter:
         for b in [out] + [b for b, _ in ops]:
             sizes.update(zip(b.labels, b.shape))
         summed = "".join(sorted(set("".join(b.labels for b, _ in ops)) - set(out.labels)))
-        long = [c for c in sizes if sizes[c] >= VECTOR_MIN]
+        long = [c for c in sizes if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c in out.labels, c)) if long else None
         self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
         coeff = "" if s.coeff == 1.0 else f"(real){s.coeff!r} * "
@@ -209,7 +203,7 @@ class SegmentWriter:
             self._emit([*loops, "    " * depth + "{", "    " * (depth + 1) + "real acc = 0;", *inner,
                         "    " * end + f"acc += {product};",
                         "    " * (depth + 1) + f"{work.base}[{_index(work)}] += {coeff}acc;", "    " * depth + "}"])
-        elif vector is not None and summed and sizes[vector] <= ACCUMULATOR_MAX:  # sums kept in registers
+        elif vector is not None and summed and sizes[vector] <= self.model.accumulator_max:  # sums kept in registers
             loops, depth = _loops(work.labels.replace(vector, ""), sizes, 0)
             inner, end = _loops(summed + vector, sizes, depth + 1)
             (across,), _ = _loops(vector, sizes, depth + 1)

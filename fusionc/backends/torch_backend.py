@@ -10,16 +10,17 @@ from __future__ import annotations
 from fusionc.analysis.program import Kernel, Program, ProgramSet, Statement, View, sparse_cg
 from fusionc.backends import native
 from fusionc.backends.writer import CodeWriter, CpuVersions, ProgramWriter, emit_module, emit_program
-from fusionc.machine import CpuBlas
+from fusionc.machine import CpuBlas, CpuNative
 
 
 class _NativeWriter(ProgramWriter):
     """Writes a segmented program (`fusionc.analysis.segment`) as torch code in which each `Kernel`
     is one call of a native function (`fusionc.backends.native`), collected in `kernels`."""
 
-    def __init__(self, w: CodeWriter, p: Program, blas: CpuBlas, kernels: dict[str, tuple[str, str]],
-                 tables: set[tuple[int, int, int]]) -> None:
+    def __init__(self, w: CodeWriter, p: Program, blas: CpuBlas, model: CpuNative,
+                 kernels: dict[str, tuple[str, str]], tables: set[tuple[int, int, int]]) -> None:
         super().__init__(w, p, blas)
+        self.model = model
         self.kernels = kernels  # C function name -> (source, argument kinds)
         self.tables = tables  # CG tables (l1, l2, l3) the program's sparse statements loop over
         self.allocated: set[str] = set()
@@ -58,7 +59,7 @@ class _NativeWriter(ProgramWriter):
             self.ready[t] = (t, (p.tensors[t].size,))
         reads: dict[View, str] = {}
         pieces: dict[tuple[str, int, tuple[int, ...]], str] = {}
-        body = native.SegmentWriter()
+        body = native.SegmentWriter(self.model)
         written = {s.out.tensor for s in k.statements}
         for s in k.statements:
             operands = []
@@ -112,15 +113,15 @@ class _NativeVersions(CpuVersions):
     """The CPU versions: each program's native version as torch code calling its kernels, and the C
     of every kernel, per program, at the end of the module."""
 
-    def __init__(self, blas: CpuBlas) -> None:
-        self.blas = blas
+    def __init__(self, blas: CpuBlas, model: CpuNative) -> None:
+        self.blas, self.model = blas, model
         self.kernels: dict[str, tuple[str, str]] = {}  # C function -> (source, argument kinds)
         self.tables: dict[str, set[tuple[int, int, int]]] = {}  # program -> the CG tables its C loops over
 
     def function(self, p: Program) -> list[str]:
         w = CodeWriter()
         self.tables[p.name] = set()
-        emit_program(w, p, _NativeWriter(w, p, self.blas, self.kernels, self.tables[p.name]), "__cpu")
+        emit_program(w, p, _NativeWriter(w, p, self.blas, self.model, self.kernels, self.tables[p.name]), "__cpu")
         return w.lines
 
     def code(self) -> list[str]:
@@ -159,4 +160,4 @@ class _NativeVersions(CpuVersions):
 
 def render(ps: ProgramSet) -> str:
     """The generated torch module of a program set; same input, same bytes."""
-    return emit_module(ps, cpu_versions=_NativeVersions(ps.machine.cpu_blas))
+    return emit_module(ps, cpu_versions=_NativeVersions(ps.machine.cpu_blas, ps.machine.cpu_native))

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from fusionc import machine
+
 from fusionc.algebra.cache import cache_root
 
 #: What goes before a program's functions when they are compiled. It lives here, with the flags and
@@ -57,14 +59,6 @@ _DEFINITION = re.compile(r"^int (\w+)\(int64_t n, int threads, void \*const \*pt
 FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
          "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
          "-ffp-contract=fast")
-#: Programs of at most O3_LINES lines of C compile at -O3: its full unrolling of the short loops over
-#: CG components (5, 3, 2) keeps a statement's vector sums in registers (fc_tp's programs 10-20%
-#: faster than at -O1). The largest programs, which run once per call among many, keep -O1 (-O3
-#: takes 4× as long to compile them). -O1 with -O3's loop flags instead (-fpeel-loops, …), as
-#: fusionc did before, is a pipeline gcc 12 miscompiles: with -fpeel-loops and the vectoriser at
-#: -O1 the gradient of `fuse(x, y) mix uvw` on 2x0e + 2x1o ⊗ 0e + 1o came out wrong (relative
-#: error 0.05-4), run to run different; at -O1, -O2 and -O3 it is right.
-O3_LINES = 2500
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
@@ -110,18 +104,15 @@ def _machine() -> str:
         return platform.processor() + platform.machine()
 
 
-#: A loop over a CG table's non-zeros counts as this many lines per non-zero towards O3_LINES:
-#: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
-#: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and fusion_block's forward
-#: ran faster at -O1; mace_product's forward (548 lines, 230 non-zeros) runs faster at -O3.
-SPARSE_WEIGHT = 2
 _TABLE_LOOP = re.compile(r"for \(int _e = 0; _e < (\d+); \+\+_e\)")
 
 
 def flags_for(source: str) -> tuple[str, ...]:
-    """The compiler flags for a program's C source (see O3_LINES, SPARSE_WEIGHT)."""
-    size = source.count("\n") + SPARSE_WEIGHT * sum(map(int, _TABLE_LOOP.findall(source)))
-    return ("-O3", *FLAGS[1:]) if size <= O3_LINES else FLAGS
+    """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` lines (a loop over
+    a CG table counting `sparse_weight` lines per non-zero), else FLAGS (see `fusionc.machine`)."""
+    model = machine.current().cpu_native
+    size = source.count("\n") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(source)))
+    return ("-O3", *FLAGS[1:]) if size <= model.o3_lines else FLAGS
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader
