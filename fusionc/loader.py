@@ -32,11 +32,13 @@ def compiler_fingerprint() -> str:
     """A hash of the compiler's own files, so that a changed compiler never reuses stale code."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256(__version__.encode())
-    files = [p for p in root.rglob("*") if p.suffix in (".py", ".lark", ".json") and "__pycache__" not in p.parts]
-    grammar = root.parent / "grammar" / "fusion.lark"  # a source checkout's (a wheel ships it under fusionc/)
-    for path in sorted(files) + ([grammar] if grammar.exists() else []):
-        digest.update(str(path.relative_to(root.parent)).encode())
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
+    # the grammar by its text: a wheel ships it as fusionc/grammar/, a source checkout as ../grammar/,
+    # and an installed copy and its checkout must agree
+    shipped = root / "grammar" / "fusion.lark"
+    digest.update((shipped if shipped.exists() else root.parent / "grammar" / "fusion.lark").read_bytes())
     return digest.hexdigest()
 
 
