@@ -129,6 +129,26 @@ class SegmentWriter:
             self.copies[key] = out
         return out
 
+    def _innermost(self, ops: list[tuple[Buffer, bool]], out: Buffer, vector: str | None,
+                   sizes: dict[str, int]) -> tuple[list[tuple[Buffer, bool]], Buffer]:
+        """The operands with `vector` innermost (copied per row where it is not) and the buffer the
+        statement sums into: out, or a zeroed one with `vector` innermost (`_add_back` adds it in)."""
+        if vector is None:
+            return ops, out
+        ops = [(self._reordered(b, b.labels.replace(vector, "") + vector, ro)
+                if vector in b.labels and b.labels[-1] != vector else b, ro) for b, ro in ops]
+        if vector not in out.labels or out.labels[-1] == vector:
+            return ops, out
+        order = out.labels.replace(vector, "") + vector
+        work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
+        self._emit(self.buffer(work.base, prod(work.shape), True))
+        return ops, work
+
+    def _add_back(self, out: Buffer, work: Buffer, sizes: dict[str, int]) -> None:
+        if work is not out:
+            loops, depth = _loops(out.labels, sizes, 0)
+            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
+
     def sparse(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]], table: int) -> None:
         """out += s.coeff · Π operands where operand `table` is a CG table contracted channel by
         channel (`fusionc.analysis.program.sparse_cg`): a loop over the table's non-zeros (`cg_tables`
@@ -146,14 +166,7 @@ class SegmentWriter:
         long = [c for c in dense if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c)) if long else None
         self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
-        if vector is not None:
-            ops = [(self._reordered(b, b.labels.replace(vector, "") + vector, ro)
-                    if vector in b.labels and b.labels[-1] != vector else b, ro) for b, ro in ops]
-        work = out
-        if vector is not None and out.labels[-1] != vector:
-            order = out.labels.replace(vector, "") + vector
-            work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
-            self._emit(self.buffer(work.base, prod(work.shape), True))
+        ops, work = self._innermost(ops, out, vector, sizes)
         name = cg_table(ls)
         fields = "".join(f" _{c} = {name}[_e].{f}," for c, f in zip(cg.labels, "ijk")).rstrip(",")
         coeff = "" if s.coeff == 1.0 else f"{s.coeff!r} * "
@@ -166,9 +179,7 @@ class SegmentWriter:
                     *loops,
                     "    " * depth + f"{work.base}[{_index(work)}] += _c * {product};",
                     "}"])
-        if work is not out:
-            loops, depth = _loops(out.labels, sizes, 0)
-            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
+        self._add_back(out, work, sizes)
 
     def statement(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]]) -> None:
         """out += s.coeff · Π operands, summed over the labels out lacks. `operands` pairs each
@@ -188,14 +199,7 @@ class SegmentWriter:
             loops, depth = _loops(out.labels, sizes, 0)
             self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {coeff}{a.base}[{_index(a)}];"])
             return
-        if vector is not None:
-            ops = [(self._reordered(b, b.labels.replace(vector, "") + vector, ro)
-                    if vector in b.labels and b.labels[-1] != vector else b, ro) for b, ro in ops]
-        work = out
-        if vector is not None and vector in out.labels and out.labels[-1] != vector:
-            order = out.labels.replace(vector, "") + vector
-            work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
-            self._emit(self.buffer(work.base, prod(work.shape), True))
+        ops, work = self._innermost(ops, out, vector, sizes)
         product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops) or "(real)1"
         if vector is not None and vector in summed:  # a vector reduction per output element
             loops, depth = _loops(work.labels, sizes, 0)
@@ -216,9 +220,7 @@ class SegmentWriter:
             first = "".join(c for c in work.labels if c != vector) + summed
             loops, depth = _loops(first + (vector or ""), sizes, 0)
             self._emit([*loops, "    " * depth + f"{work.base}[{_index(work)}] += {coeff}{product};"])
-        if work is not out:
-            loops, depth = _loops(out.labels, sizes, 0)
-            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
+        self._add_back(out, work, sizes)
 
 
 def cg_table(ls: tuple[int, int, int]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fusionc.analysis.program import Kernel, Program, ProgramSet, Statement, View, sparse_cg
 from fusionc.backends import native
-from fusionc.backends.writer import CodeWriter, CpuVersions, ProgramWriter, emit_module, emit_program
+from fusionc.backends.writer import CodeWriter, ProgramWriter, emit_module, emit_program
 from fusionc.machine import CpuBlas, CpuNative
 
 
@@ -109,8 +109,8 @@ class _NativeWriter(ProgramWriter):
         self.w(f"_native.run({name!r}, n, {', '.join(expressions)})")
 
 
-class _NativeVersions(CpuVersions):
-    """The CPU versions: each program's native version as torch code calling its kernels, and the C
+class _NativeVersions:
+    """The CPU versions (`writer.CpuVersions`): each program's native version as torch code calling its kernels, and the C
     of every kernel, per program, at the end of the module."""
 
     def __init__(self, blas: CpuBlas, model: CpuNative) -> None:

@@ -12,7 +12,7 @@ A back end adds its own kernels through `emit_module`'s hooks; this module impor
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Callable, Protocol
 
 from math import prod
 
@@ -423,19 +423,16 @@ def _signature(p: Program) -> str:
     return f"outputs={outputs!r}, index_ranges={ranges!r}"
 
 
-class CpuVersions:
+class CpuVersions(Protocol):
     """A back end's own CPU versions of programs (the torch back end's native kernels): the
     function of each program's `native` version, the code that names the ops, and what the module
     ends with."""
 
-    def function(self, p: Program) -> list[str]:
-        raise NotImplementedError
+    def function(self, p: Program) -> list[str]: ...
 
-    def code(self) -> list[str]:
-        raise NotImplementedError
+    def code(self) -> list[str]: ...
 
-    def write(self, w: CodeWriter) -> None:
-        raise NotImplementedError
+    def write(self, w: CodeWriter) -> None: ...
 
 
 def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: ForwardKernel | None = None,
