@@ -51,7 +51,7 @@ How to read the plans below:
                  broadcast product, a gather or scatter of per-index weights) or in a native kernel
                  (s0, s1, …: one C loop over rows), with the FLOPs it does as written (dense CG
                  blocks, zeros included); then every program's totals: the forward, its
-                 vector-Jacobian products (__d), their own (__d2_*) and partial versions (__only_*)
+                 vector-Jacobian products (__d) and their own (__d2), each with every mask bit set
   x[16:64]:zui(16,3)  elements 16 to 63 of each row of x, viewed as u = 16 channels by i = 3
                  components (z: the row)
 """

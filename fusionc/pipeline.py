@@ -10,7 +10,7 @@ from fusionc import machine
 from fusionc.analysis.build import build
 from fusionc.analysis.plan import explain, plan_diagram
 from fusionc.analysis.program import (DiagramPrograms, Program, ProgramSet, Versions, differentiate, factorize,
-                                      liveness, lower, partials)
+                                      group, liveness, lower, mask)
 from fusionc.analysis.prune import prune
 from fusionc.analysis.recouple import recouple
 from fusionc.analysis.segment import segment
@@ -26,8 +26,8 @@ PASSES: tuple[tuple[str, str], ...] = (
     ("recouple", "tree terms recoupled to a cheaper shape where the function stays the same"),
     ("plan", "per diagram the contraction plan of its tree terms: shared couplings, weighted sums"),
     ("lower", "per diagram its forward program of labelled contractions"),
-    ("differentiate", "per output its vector-Jacobian product, per gradient the product's own"),
-    ("partial", "versions of each product that compute only some gradients (torch back end)"),
+    ("differentiate", "per output its vector-Jacobian product, per product its own"),
+    ("mask", "per statement of each product, the gradients (cotangents) it serves: a call runs only those"),
     ("factorize", "every program split into pairwise products, per target's cost model"),
     ("segment", "programs as the CPU runs them: runs of row-local statements as native kernels"),
     ("liveness", "where each temporary of torch code is last read, and freed"),
@@ -84,16 +84,15 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
                  lambda plans: "\n\n".join(map(explain, diagrams, plans)))
     forwards = show("lower", tuple(lower(d, p, model.cpu_blas) for d, p in zip(diagrams, plans)), _pretty_programs)
     derivatives = show("differentiate", tuple(map(differentiate, forwards)),
-                       lambda ds: _pretty_programs(p for firsts, seconds in ds for p in (*firsts, *sum(seconds, ()))))
-    versions = show("partial", tuple(tuple(map(partials, firsts)) if backend == "torch" else ((),) * len(firsts)
-                                     for firsts, _ in derivatives),
-                    lambda vs: _pretty_programs(p for d in vs for group in d for _, p in group))
+                       lambda ds: _pretty_programs(p for firsts, seconds in ds for p in (*firsts, *seconds)))
+    derivatives = show("mask", tuple((tuple(map(mask, firsts)),
+                                      tuple(mask(s, s.inputs[len(f.inputs):]) for f, s in zip(firsts, seconds)))
+                                     for firsts, seconds in derivatives),
+                       lambda ds: _pretty_programs(p for firsts, seconds in ds for p in (*firsts, *seconds)))
     programs = show("factorize", tuple(
         _factorized(DiagramPrograms(d, plan, Versions(forward), tuple(map(Versions, firsts)),
-                                    tuple(tuple(map(Versions, g)) for g in seconds),
-                                    tuple(tuple((keep, Versions(p)) for keep, p in g) for g in partial)),
-                    backend, model)
-        for d, plan, forward, (firsts, seconds), partial in zip(diagrams, plans, forwards, derivatives, versions)),
+                                    tuple(map(Versions, seconds))), backend, model)
+        for d, plan, forward, (firsts, seconds) in zip(diagrams, plans, forwards, derivatives)),
         _pretty_versions)
     programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
                                      for d in programs),
@@ -127,7 +126,7 @@ def compile_source(source: str, filename: str = "<string>", dump_ir: str | None 
 
 def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> DiagramPrograms:
     """Each program factorized for the targets that run it (see `BACKENDS`)."""
-    lasts = {v.name for group in d.seconds for v in group}
+    lasts = {v.name for v in d.seconds}
 
     def targets(v: Versions) -> Versions:
         p = v.program
@@ -136,7 +135,8 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
                            native=factorize(p, model.cpu_native, ahead=True, blas=model.cpu_blas))
         if v is d.forward:  # the fused forward kernel is written from the diagram and its plan
             return v
-        return replace(v, triton=factorize(p, model.gpu_triton, blas=model.cpu_blas),
+        # the statements of each mask bits together: a masked call skips whole kernels
+        return replace(v, triton=group(factorize(p, model.gpu_triton, blas=model.cpu_blas)),
                        torch=factorize(p, model.cpu_blas, blas=model.cpu_blas) if p.name in lasts else None)
 
     return _map(d, targets)
@@ -153,9 +153,7 @@ def _each(d: DiagramPrograms, target: str, run: Callable[[Program], Program | No
 
 
 def _map(d: DiagramPrograms, fn: Callable[[Versions], Versions]) -> DiagramPrograms:
-    return replace(d, forward=fn(d.forward), firsts=tuple(map(fn, d.firsts)),
-                   seconds=tuple(tuple(map(fn, g)) for g in d.seconds),
-                   partials=tuple(tuple((keep, fn(v)) for keep, v in g) for g in d.partials))
+    return replace(d, forward=fn(d.forward), firsts=tuple(map(fn, d.firsts)), seconds=tuple(map(fn, d.seconds)))
 
 
 def _pretty_syntax(node, depth: int = 0) -> str:

@@ -31,3 +31,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fusionc-cache"))
+
+
+def mask_cases(name: str, fn, args: list) -> list[tuple[int, list, list[int] | None]]:
+    """Per bit of a masked program's mask (a vector-Jacobian product `__d…`: its gradients; its own
+    `__d2`: its cotangent inputs), (mask, the arguments, the outputs that mask computes): a product
+    with one gradient wanted computes that one; its own, with one cotangent present (the others
+    zero), computes all its outputs. [] for a program without a mask."""
+    import inspect
+
+    import torch
+
+    names = list(inspect.signature(fn).parameters)
+    if "_mask" not in names:
+        return []
+    inputs = names[:names.index("weight")]
+    if name.endswith("__d2"):
+        present = [k for k, i in enumerate(inputs) if i.startswith("d2_")]
+        return [(1 << bit, [torch.zeros_like(a) if k in present and k != position else a for k, a in enumerate(args)],
+                 None) for bit, position in enumerate(present)]
+    outputs = len(fn.__doc__.split("->")[1].split("),"))
+    return [(1 << k, args, [k]) for k in range(outputs)]

@@ -50,7 +50,8 @@ def _close(got, want) -> None:
 
 def _check_chain(ops, name: str, diagram, seed: int) -> None:
     """Per output: the derivative program for its cotangent against the VJP of the forward with
-    that cotangent (the others zero); per output of that, the second derivative program alike."""
+    that cotangent (the others zero), whole and masked to each gradient; then its own program
+    against the VJP of the derivative program, per cotangent (masked to it) and for all at once."""
     module = getattr(ops, name)(dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     rows = random_inputs(module, diagram, 5, g)
@@ -67,30 +68,19 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
         got = first(*rows, cotangents[k], weight, *constants)
         reference = _vjp(forward, rows, weight, constants, cotangents)
         _close(got, reference)
-        _check_partials(code, first_name, rows + [cotangents[k]], weight, constants, reference)
+        for j in range(len(got)):  # masked to one gradient: that one, as the whole program gives it; no other
+            masked = first(*rows, cotangents[k], weight, *constants, _mask=1 << j)
+            _close(masked[j:j + 1], reference[j:j + 1])
+            assert not any(x.any() for i, x in enumerate(masked) if i != j)
         rows2 = rows + [cotangents[k]]
-        floats = [i.name for i in diagram.inputs if i.kind != "index"] + ["weight"]
-        for j, input_name in enumerate(floats):
-            second = getattr(code, f"{first_name}__d2_{input_name}")
+        second = getattr(code, f"{first_name}__d2")
+        for j in range(len(got)):
             cotangents2 = [torch.randn(o.shape, generator=g, dtype=torch.float64) if i == j else torch.zeros_like(o)
                            for i, o in enumerate(got)]
-            got2 = second(*rows2, cotangents2[j], weight, *constants)
+            got2 = second(*rows2, *cotangents2, weight, *constants, _mask=1 << j)
             _close(got2, _vjp(first, rows2, weight, constants, cotangents2))
-
-
-def _output_names(fn) -> list[str]:
-    return [part.split(" (")[0].strip() for part in fn.__doc__.split("->")[1].split("),")]
-
-
-def _check_partials(code, first_name: str, rows: list, weight, constants, full: list) -> None:
-    """Each version of a derivative program that computes only some gradients gives those of the
-    reference (`full`: the VJP through the forward's torch code, in the whole program's order)."""
-    names = _output_names(getattr(code, first_name))
-    versions = [fn for key, fn in sorted(vars(code).items())
-                if key.startswith(f"{first_name}__only_") and not key.endswith("__cpu")]
-    for fn in versions:
-        got = fn(*rows, weight, *constants)
-        _close(got, [full[names.index(o)] for o in _output_names(fn)])
+        cotangents2 = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in got]
+        _close(second(*rows2, *cotangents2, weight, *constants), _vjp(first, rows2, weight, constants, cotangents2))
 
 
 @pytest.mark.parametrize("path, name", list(_cases()))
@@ -107,33 +97,35 @@ def test_derivative_programs_of_random_nary_diagrams(seed):
     _check_chain(ops, diagram.name, diagram, seed)
 
 
+def _fusionc_ops_run(fn) -> list[tuple[str, int]]:
+    """The fusionc ops fn runs, in order, each with its mask (-1: none given)."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fn()
+    return [(e.name.split("::")[-1], e.concrete_inputs[-1]) for e in prof.events() if e.name.startswith("fusionc_")]
+
+
 def test_ops_run_the_derivative_programs():
-    """The op's autograd calls the derivative program's op, not autograd through the forward, and
-    the second derivative runs only for the cotangent present (the gradient with respect to x)."""
+    """The op's autograd calls the derivative program's op, not autograd through the forward,
+    masked to the gradient used (x's: bit 0 of d_x, d_y, d_weight), and its own derivative masked
+    to the cotangent present (that of d_x: bit 0)."""
     ops = fusionc.load(KERNELS[-1].parent / "tensor_products.fus")
     module = ops.fc_tp(dtype=torch.float64)
     x = torch.randn(3, 288, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
-    with torch.profiler.profile() as prof:
-        (z,) = [module(x, y)]
-        (gx,) = torch.autograd.grad(z.pow(2).sum(), x, create_graph=True)
+
+    def run():
+        (gx,) = torch.autograd.grad(module(x, y).pow(2).sum(), x, create_graph=True)
         gx.sum().backward()
-    names = {e.name for e in prof.events()}
-    assert any(n.endswith("::fc_tp__d") for n in names)
-    assert any(n.endswith("::fc_tp__d__d2_x") for n in names)
-    assert not any(n.endswith(("::fc_tp__d__d2_y", "::fc_tp__d__d2_weight")) for n in names)
 
-
-def _fusionc_ops_run(fn) -> list[str]:
-    with torch.profiler.profile() as prof:
-        fn()
-    return sorted({e.name.split("::")[-1] for e in prof.events() if e.name.startswith("fusionc_")})
+    assert _fusionc_ops_run(run) == [("fc_tp", -1), ("fc_tp__d", 0b001), ("fc_tp__d__d2", 0b001),
+                                     ("fc_tp__d", 0b111)]
 
 
 def test_backward_computes_only_the_gradients_autograd_uses():
-    """The forces' `autograd.grad(energy, y)` runs the version of the vector-Jacobian product that
-    computes y's gradient alone (the weights' and x's gradient nodes do not run); an input that does
-    not require grad gets none; every gradient equals the one the whole program gives."""
+    """The forces' `autograd.grad(energy, y)` runs the vector-Jacobian product masked to y's
+    gradient alone (the weights' and x's gradient nodes do not run); an input that does not require
+    grad gets none; every gradient equals the one the whole program gives, and a masked call
+    leaves the gradients it was not asked for zero (their statements did not run)."""
     ops = fusionc.load(KERNELS[-1].parent / "tensor_products.fus")
     module = ops.fc_tp(dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
@@ -142,21 +134,25 @@ def test_backward_computes_only_the_gradients_autograd_uses():
     cotangent = torch.randn(4, 288, generator=g, dtype=torch.float64)
     full = dict(zip("xyw", torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)))
     assert _fusionc_ops_run(lambda: torch.autograd.grad(module(x, y), [x, y, module.weight], cotangent)) == [
-        "fc_tp", "fc_tp__d"]
+        ("fc_tp", -1), ("fc_tp__d", 0b111)]
 
-    for wrt, version in (("y", "fc_tp__d__only_y"), ("x", "fc_tp__d__only_x"), ("xy", "fc_tp__d__only_x_y")):
+    for wrt, mask in (("y", 0b010), ("x", 0b001), ("xy", 0b011)):
         got: list = []
         inputs = [{"x": x, "y": y}[k] for k in wrt]
         ran = _fusionc_ops_run(lambda: got.extend(torch.autograd.grad(module(x, y), inputs, cotangent)))
-        assert ran == ["fc_tp", version], ran
+        assert ran == [("fc_tp", -1), ("fc_tp__d", mask)], ran
         for k, grad in zip(wrt, got):
             torch.testing.assert_close(grad, full[k], rtol=1e-12, atol=1e-12)
+        masked = ops.module._fc_tp__d(x.detach(), y.detach(), cotangent, module.weight.detach(), *module.constants(),
+                                      _mask=mask)
+        for k, grad in zip("xyw", masked):
+            assert grad.abs().max() > 0 if k in wrt else not grad.any(), k
 
     # x constant, weights frozen: backward() needs y's gradient only
     module.weight.requires_grad_(False)
     y.grad = None
     ran = _fusionc_ops_run(lambda: module(x.detach(), y).backward(cotangent))
-    assert ran == ["fc_tp", "fc_tp__d__only_y"], ran
+    assert ran == [("fc_tp", -1), ("fc_tp__d", 0b010)], ran
     torch.testing.assert_close(y.grad, full["y"], rtol=1e-12, atol=1e-12)
 
 

@@ -22,7 +22,7 @@ from fusionc.pipeline import generate
 from fusionc.runtime import native
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
-from conftest import KERNELS, slow
+from conftest import KERNELS, mask_cases, slow
 
 
 def _programs(module):
@@ -64,12 +64,17 @@ def _check_module(ops, rows: int = 37) -> int:
             for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
                 g = torch.Generator().manual_seed(7)
                 args = _arguments(reference, diagram, getattr(ops, diagram.name), rows, dtype, g)
-                want, got = reference(*args), cpu(*args)
-                assert len(got) == len(want)
-                for a, b in zip(got, want):
-                    assert a.shape == b.shape and a.dtype == b.dtype
-                    scale = b.abs().max() if b.numel() else 0
-                    assert not b.numel() or (a - b).abs().max() <= tolerance * max(float(scale), 1.0), name
+                cases = [(-1, args, None)] + mask_cases(name, reference, args)
+                for mask, arguments, compared in cases:  # whole, and per mask bit as it computes
+                    want = reference(*arguments)
+                    got = cpu(*arguments) if mask == -1 else cpu(*arguments, _mask=mask)
+                    assert len(got) == len(want)
+                    for k, (a, b) in enumerate(zip(got, want)):
+                        assert a.shape == b.shape and a.dtype == b.dtype
+                        if compared is not None and k not in compared:
+                            continue
+                        scale = b.abs().max() if b.numel() else 0
+                        assert not b.numel() or (a - b).abs().max() <= tolerance * max(float(scale), 1.0), (name, mask)
             checked += 1
     return checked
 
@@ -212,7 +217,7 @@ def test_kernel_arguments_are_checked():
     tensors = [torch.zeros(4, 200) for _ in kernels.kinds[name]]
     tensors[-1] = tensors[-1].double()
     with pytest.raises(ValueError, match="must be torch.float32 on the CPU, got torch.float64"):
-        kernels.run(name, 4, *tensors)
+        kernels.run(name, 4, -1, *tensors)
 
 
 @slow

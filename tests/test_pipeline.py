@@ -29,7 +29,7 @@ def test_dump_ir_help_lists_the_passes_in_pipeline_order(capsys: pytest.CaptureF
     out = capsys.readouterr().out
     positions = [out.index(f"  {name} ") for name in PASS_NAMES]
     assert positions == sorted(positions)
-    assert PASS_NAMES == ("parse", "check", "prune", "recouple", "plan", "lower", "differentiate", "partial",
+    assert PASS_NAMES == ("parse", "check", "prune", "recouple", "plan", "lower", "differentiate", "mask",
                           "factorize", "segment", "liveness")
 
 
@@ -39,7 +39,7 @@ def test_every_pass_can_be_dumped(name: str, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     expected = {"parse": "DiagramDef", "check": "diagram fc_tp", "prune": "diagram fc_tp",
                 "recouple": "diagram fc_tp", "plan": "chosen plan", "lower": "program fc_tp\n",
-                "differentiate": "program fc_tp__d", "partial": "program fc_tp__d__only_x",
+                "differentiate": "program fc_tp__d", "mask": "[when d_x, d_weight]",
                 "factorize": "[native] program fc_tp\n", "segment": "native fc_tp__s0",
                 "liveness": "    free "}[name]
     assert expected in out

@@ -232,12 +232,12 @@ def test_a_large_per_row_buffer_lives_on_the_heap() -> None:
 def test_a_failed_allocation_is_a_memory_error() -> None:
     """A kernel whose heap buffer cannot be had (8 TiB per thread) raises a MemoryError naming it,
     not a crash or a silent wrong result; so does a sum over rows whose partial sums cannot be."""
-    for arguments, locals_ in (([native.Argument("a0", True, 4, "o")], {"l0": 1 << 40}),
+    for arguments, locals_ in (([native.Argument("a0", True, 4, "o")], {"l0": (1 << 40, None)}),
                                ([native.Argument("a0", False, 1 << 40, "O")], {})):
         source = native.segment_function("t__s0", arguments, locals_, native.SegmentWriter())
         kernels = NativeKernels({"t": source}, {"t__s0": arguments[0].kind})
         with pytest.raises(MemoryError, match="native kernel t__s0 could not allocate"):
-            kernels.run("t__s0", 3, torch.zeros(3, 4) if arguments[0].rows else torch.zeros(1))
+            kernels.run("t__s0", 3, -1, torch.zeros(3, 4) if arguments[0].rows else torch.zeros(1))
 
 
 @slow

@@ -25,6 +25,7 @@ intermediates between statements.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field, replace
 from math import prod
 
@@ -80,6 +81,8 @@ class Einsum:
     operands: tuple[View, ...]
     coeff: float = 1.0
     note: str = ""
+    #: the program's keys (bits) it runs for, None for all (`mask`)
+    when: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Gather:
     index: str
     sets: int
     note: str = ""
+    when: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Scatter:
     index: str
     sets: int
     note: str = ""
+    when: int | None = None
 
 
 Statement = Einsum | Gather | Scatter
@@ -138,6 +143,9 @@ class Program:
     matrices: dict[str, tuple[tuple[int, int, float], ...]] = field(default_factory=dict)
     #: per statement, the temporaries nothing after it reads (`liveness`; empty before that pass)
     frees: tuple[tuple[str, ...], ...] = ()
+    #: what a call's mask bits stand for (`mask`): bit k, keys[k] — an output wanted (a vector-Jacobian
+    #: product) or a cotangent input present (its own); a statement runs when its `when` meets the mask
+    keys: tuple[str, ...] = ()
 
     def reads(self, s: Statement | Kernel) -> tuple[View, ...]:
         if isinstance(s, Kernel):
@@ -174,6 +182,8 @@ def pretty_statement(p: Program, s: Statement | Kernel) -> str:
         homes = ", ".join(f"{t} {how}" for t, how in s.homes)
         return "\n    ".join([f"native {s.name} ({homes}):"] + [pretty_statement(p, t) for t in s.statements])
     note = f"  # {s.note}" if s.note else ""
+    if s.when is not None:
+        note += f"  [when {', '.join(k for b, k in enumerate(p.keys) if s.when >> b & 1)}]"
     if isinstance(s, Einsum):
         coeff = "" if s.coeff == 1.0 else f"{s.coeff:.6g} · "
         return f"{pretty_view(p, s.out)} += {coeff}{' · '.join(pretty_view(p, v) for v in s.operands)}{note}"
@@ -538,6 +548,7 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
     element, sparse = model.element_cost, model.sparse_cg
     tensors = dict(p.tensors)
     formed: dict[tuple, View] = {}
+    formers: dict[tuple, int] = {}  # position in `statements` of the statement forming each
     statements: list[Statement] = []
 
     def strided(v: View) -> Strided:
@@ -581,6 +592,9 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
                 later = set(s.out.labels).union(*(v.labels for v in operands))
                 kept = "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
                 found = (tuple(sorted((a, b), key=repr)), kept)  # formed once, whatever its layout
+                if found in formed and build:  # it runs whenever a statement reading it does
+                    at = formers[found]
+                    statements[at] = replace(statements[at], when=union(statements[at].when, s.when))
                 if found not in formed:
                     sharers = max(sum(1 for ops in upcoming if a in ops and b in ops), 1)
                     total += pair_cost(a.labels, b.labels, kept, sizes, penalty, element) / sharers
@@ -592,7 +606,8 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
                     name = f"_c{len(formed)}"
                     tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept)
                     formed[found] = View(name, 0, shape, ordered)
-                    statements.append(Einsum(formed[found], (a, b), note=note))
+                    formers[found] = len(statements)
+                    statements.append(Einsum(formed[found], (a, b), note=note, when=s.when))
                     note = ""
                 operands.append(formed[found])
             return total, operands
@@ -603,36 +618,100 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
     return replace(p, tensors=tensors, statements=tuple(statements))
 
 
-def differentiate(forward: Program) -> tuple[tuple[Program, ...], tuple[tuple[Program, ...], ...]]:
-    """Per output of the forward program its vector-Jacobian product; per output of each of those,
-    the product's own. Splitting by cotangent lets autograd skip the work of a cotangent that is
-    absent (in force training, only the positions' gradient carries one)."""
+def differentiate(forward: Program) -> tuple[tuple[Program, ...], tuple[Program, ...]]:
+    """Per output of the forward program its vector-Jacobian product; per product, the product's
+    own, for all its cotangents at once (`mask` lets a call run only what the cotangents present
+    need: in force training, only the positions' gradient carries one)."""
     firsts = tuple(derivative(forward, f"{forward.name}__d" + (f"_{o}" if len(forward.outputs) > 1 else ""), o)
                    for o in forward.outputs)
-    seconds = tuple(tuple(derivative(first, f"{first.name}__d2_{o.removeprefix('d_')}", o, prefix="d2_")
-                          for o in first.outputs) for first in firsts)
+    seconds = tuple(derivative(first, f"{first.name}__d2", prefix="d2_") for first in firsts)
     return firsts, seconds
 
 
-def partials(first: Program) -> tuple[tuple[tuple[int, ...], Program], ...]:
-    """Versions of a vector-Jacobian product that compute only some of its gradients, keyed by
-    their positions in its outputs: each gradient alone, and all but the weight's. Autograd often
-    needs only those: `torch.autograd.grad(energy, positions)` for the forces never asks for the
-    weights' gradient, and an input that does not require grad needs none. A version that would
-    leave out no work, or that computes only an empty gradient, is not made."""
-    n = len(first.outputs)
-    wanted = [(k,) for k in range(n)] + ([tuple(range(n - 1))] if n > 2 else [])
-    versions = []
-    for keep in wanted:
-        outputs = tuple(first.outputs[k] for k in keep)
-        if not any(first.tensors[o].size for o in outputs):
-            continue
-        names = ", ".join(outputs)
-        p = prune(replace(first, name=f"{first.name}__only_{'_'.join(o.removeprefix('d_') for o in outputs)}",
-                          outputs=outputs, doc=f"{first.doc}, {names} only"))
-        if len(p.statements) < len(first.statements):
-            versions.append((keep, p))
-    return tuple(versions)
+def union(a: int | None, b: int | None) -> int | None:
+    """The keys of a statement that runs for a's keys and for b's (None: for all)."""
+    return None if a is None or b is None else a | b
+
+
+def _active(p: Program, zero: set[str], outputs: tuple[str, ...]) -> set[int]:
+    """Positions of the statements that compute `outputs` when the inputs in `zero` are zero: those
+    left after dropping every statement that reads a zero (until none is left), then every one whose
+    result no output needs."""
+    kept = list(range(len(p.statements)))
+    while True:
+        written = {p.statements[k].out.tensor for k in kept}
+        zeros = zero | {t for t, x in p.tensors.items() if x.kind == "temp" and t not in written}
+        fewer = [k for k in kept if not any(v.tensor in zeros for v in p.reads(p.statements[k]))]
+        if fewer == kept:
+            break
+        kept = fewer
+    needed, active = set(outputs), set()
+    for k in reversed(kept):
+        s = p.statements[k]
+        if s.out.tensor in needed:
+            active.add(k)
+            needed.update(v.tensor for v in p.reads(s))
+    return active
+
+
+def mask(p: Program, cotangents: tuple[str, ...] = ()) -> Program:
+    """p with keys, and per statement the keys it runs for. A vector-Jacobian product's keys are its
+    outputs: a call computes only the gradients autograd will use (`torch.autograd.grad(energy,
+    positions)` for the forces never asks for the weights'); its own product's keys are its
+    `cotangents` (inputs): a call computes only what the cotangents present reach, the absent ones
+    passed as zeros. A statement runs for key k when the program with only key k (that output, or
+    that cotangent with the others zero) needs it, so a call with any set of keys runs the union of
+    what each needs alone, as its own pruned program would: no more work than one per key."""
+    keys = cotangents or p.outputs
+    actives = [_active(p, set(keys) - {key}, p.outputs) if cotangents else _active(p, set(), (key,)) for key in keys]
+    everything = (1 << len(keys)) - 1
+    statements = []
+    for k, s in enumerate(p.statements):
+        bits = sum(1 << b for b, active in enumerate(actives) if k in active)
+        if bits:
+            statements.append(replace(s, when=None if bits == everything else bits))
+    return replace(p, statements=tuple(statements), keys=keys)
+
+
+def group(p: Program) -> Program:
+    """p with its statements in an order that keeps those of the same mask bits together, as far as
+    what each reads and writes allows (the earliest first within a group), so that a masked call
+    skips long stretches, or kernels, whole."""
+    return replace(p, statements=_grouped(p, list(p.statements))) if p.keys else p
+
+
+def _grouped(p: Program, statements: list[Statement]) -> tuple[Statement, ...]:
+    before: list[set[int]] = [set() for _ in statements]
+    writers: dict[str, list[int]] = {}
+    readers: dict[str, list[int]] = {}
+    for k, s in enumerate(statements):
+        for v in p.reads(s):
+            before[k].update(writers.get(v.tensor, ()))
+        before[k].update(readers.get(s.out.tensor, ()))  # writers of one tensor add up in any order
+        for v in p.reads(s):
+            readers.setdefault(v.tensor, []).append(k)
+        writers.setdefault(s.out.tensor, []).append(k)
+    after: list[list[int]] = [[] for _ in statements]
+    for k, ks in enumerate(before):
+        for j in ks:
+            after[j].append(k)
+    waiting = [len(ks) for ks in before]
+    ready: dict[int | None, list[int]] = {}
+    for k, n in enumerate(waiting):
+        if not n:
+            heapq.heappush(ready.setdefault(statements[k].when, []), k)
+    order: list[int] = []
+    group: int | None = statements[0].when if statements else None
+    while len(order) < len(statements):
+        if not ready.get(group):
+            group = min((g for g in ready if ready[g]), key=lambda g: ready[g][0])
+        k = heapq.heappop(ready[group])
+        order.append(k)
+        for j in after[k]:
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready.setdefault(statements[j].when, []), j)
+    return tuple(statements[k] for k in order)
 
 
 def sparse_cg(p: Program, s: Statement) -> int | None:
@@ -688,21 +767,18 @@ class Versions:
 
 @dataclass(frozen=True)
 class DiagramPrograms:
-    """A diagram's programs: the forward, per output its vector-Jacobian product (`firsts`), per
-    output of each of those its own (`seconds`), and the versions of each first that compute only
-    some gradients (`partials`, keyed by the positions of their outputs)."""
+    """A diagram's programs: the forward, per output its vector-Jacobian product (`firsts`), and
+    per product its own (`seconds`), both masked (`mask`)."""
 
     diagram: Diagram
     plan: DiagramPlan
     forward: Versions
     firsts: tuple[Versions, ...]
-    seconds: tuple[tuple[Versions, ...], ...]
-    partials: tuple[tuple[tuple[tuple[int, ...], Versions], ...], ...]
+    seconds: tuple[Versions, ...]
 
     def all(self) -> tuple[Versions, ...]:
         """Every program, in the order a module defines them."""
-        return (self.forward, *self.firsts, *(v for group in self.seconds for v in group),
-                *(v for group in self.partials for _, v in group))
+        return (self.forward, *self.firsts, *self.seconds)
 
 
 @dataclass(frozen=True)

@@ -88,11 +88,13 @@ class SegmentWriter:
         self.lines: list[str] = []
         self.prologue: list[str] = []
         self.scratch = 0
-        self.copies: dict[tuple[str, str], Buffer] = {}  # (base, order) -> per-row copy of a read-only view
+        self.copies: dict[tuple[str, str, int | None], Buffer] = {}  # (base, order, when) -> copy of a view
         self.stacked = 0  # elements of the function's buffers on the stack
         self.heap: dict[str, int] = {}  # per-row buffers on the heap (one per thread) -> elements
         self.shared_heap: dict[str, int] = {}  # once-per-call buffers on the heap -> elements
         self.tables: set[tuple[int, int, int]] = set()  # CG tables the sparse statements loop over
+        self.declarations: list[str] = []  # per-row copies, declared at the top of the row loop
+        self.when: int | None = None  # the mask bits the statement being written runs for (None: any)
 
     def buffer(self, name: str, size: int, zero: bool, shared: bool = False) -> list[str]:
         """The lines declaring a scratch buffer where it is used: an array on the stack while small
@@ -103,8 +105,20 @@ class SegmentWriter:
         (self.shared_heap if shared else self.heap)[name] = size
         return [f"memset({name}, 0, sizeof(real) * {size});"] if zero else []
 
-    def _emit(self, lines: list[str], depth: int = 2) -> None:
+    def _emit(self, lines: list[str]) -> None:
+        depth = 2 if self.when is None else 3
         self.lines.extend("    " * depth + line for line in lines)
+
+    def _open(self, s: Einsum) -> None:
+        """Start s's lines: inside `if (mask & bits)` where s runs for some mask bits only."""
+        self.when = s.when
+        if s.when is not None:
+            self.lines.append(f"        if (mask & {s.when}) {{")
+
+    def _close(self) -> None:
+        if self.when is not None:
+            self.lines.append("        }")
+        self.when = None
 
     def _emit_once(self, lines: list[str]) -> None:
         """Lines run once per call, before the row loop (for what every row shares)."""
@@ -116,17 +130,23 @@ class SegmentWriter:
 
     def _reordered(self, b: Buffer, order: str, read_only: bool) -> Buffer:
         """b copied to a per-row buffer whose labels are in `order`; a shared b, once per call."""
-        key = (b.base, order)
-        if read_only and key in self.copies:
-            return self.copies[key]
+        if read_only:  # a copy made for any mask bits, or for the same ones as this statement's, has run
+            for when in (None, self.when):
+                if (b.base, order, when) in self.copies:
+                    return self.copies[(b.base, order, when)]
         sizes = dict(zip(b.labels, b.shape))
         out = Buffer(self._name("t"), order, tuple(sizes[c] for c in order), b.shared)
         loops, depth = _loops(b.labels, sizes, 0)
-        (self._emit_once if b.shared else self._emit)([
-            *self.buffer(out.base, prod(out.shape), False, b.shared), *loops,
-            "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"])
+        copy = [*loops, "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"]
+        declared = self.buffer(out.base, prod(out.shape), False, b.shared)
+        if b.shared:  # once per call, before the row loop (where the statement runs)
+            guard = [] if self.when is None else [f"if (mask & {self.when})"]
+            self._emit_once([*declared, *guard, *(("    " if guard else "") + line for line in copy)])
+        else:  # declared where every later statement sees it
+            self.declarations.extend(declared)
+            self._emit(copy)
         if read_only:
-            self.copies[key] = out
+            self.copies[(b.base, order, self.when)] = out
         return out
 
     def _innermost(self, ops: list[tuple[Buffer, bool]], out: Buffer, vector: str | None,
@@ -165,6 +185,7 @@ class SegmentWriter:
         dense = [c for c in out.labels if c not in cg.labels]
         long = [c for c in dense if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c)) if long else None
+        self._open(s)
         self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
         ops, work = self._innermost(ops, out, vector, sizes)
         name = cg_table(ls)
@@ -180,6 +201,7 @@ class SegmentWriter:
                     "    " * depth + f"{work.base}[{_index(work)}] += _c * {product};",
                     "}"])
         self._add_back(out, work, sizes)
+        self._close()
 
     def statement(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]]) -> None:
         """out += s.coeff · Π operands, summed over the labels out lacks. `operands` pairs each
@@ -192,12 +214,14 @@ class SegmentWriter:
         summed = "".join(sorted(set("".join(b.labels for b, _ in ops)) - set(out.labels)))
         long = [c for c in sizes if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c in out.labels, c)) if long else None
+        self._open(s)
         self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
         coeff = "" if s.coeff == 1.0 else f"(real){s.coeff!r} * "
         if len(ops) == 1 and not summed:  # a (scaled, reordered) copy: one pass in the output's order
             (a, _), = ops
             loops, depth = _loops(out.labels, sizes, 0)
             self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {coeff}{a.base}[{_index(a)}];"])
+            self._close()
             return
         ops, work = self._innermost(ops, out, vector, sizes)
         product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops) or "(real)1"
@@ -221,6 +245,7 @@ class SegmentWriter:
             loops, depth = _loops(first + (vector or ""), sizes, 0)
             self._emit([*loops, "    " * depth + f"{work.base}[{_index(work)}] += {coeff}{product};"])
         self._add_back(out, work, sizes)
+        self._close()
 
 
 def cg_table(ls: tuple[int, int, int]) -> str:
@@ -256,9 +281,11 @@ class Argument:
     kind: str
 
 
-def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: SegmentWriter) -> str:
-    """A C function running `body` for every row: `int name(int64_t n, int threads, void *const *ptr,
-    const int64_t *stride)`, the arguments' pointers and row strides in order (arrays: a segment
+def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tuple[int, int | None]],
+                     body: SegmentWriter) -> str:
+    """A C function running `body` for every row: `int name(int64_t n, int threads, int64_t mask,
+    void *const *ptr, const int64_t *stride)` (a statement that runs for some mask bits only tests
+    them, and a tensor only such statements read may be NULL), the arguments' pointers and row strides in order (arrays: a segment
     may have more arguments than a C call or ctypes takes), after the body's prologue (once per
     call); it returns 0, or 1 when a heap buffer could not be allocated. Outputs `o` are zeroed
     per row before the body accumulates into them. Sums over rows (`O`, `A`) go to per-thread
@@ -279,9 +306,14 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, in
             once.append(f"    {const}real *restrict {a.name} = {a.name.upper()};")
         if a.kind == "o":
             setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
-    for local, size in locals_.items():
-        setup.extend(body.buffer(local, size, zero=True))
-    lines = [f"int {name}(int64_t n, int threads, void *const *ptr, const int64_t *stride)", "{", *once]
+    for local, (size, when) in locals_.items():  # zeroed per row where a statement writing it runs
+        if when is None:
+            setup.extend(body.buffer(local, size, zero=True))
+        else:
+            setup.extend(body.buffer(local, size, zero=False))
+            setup.append(f"if (mask & {when}) memset({local}, 0, sizeof(real) * {size});")
+    setup.extend(body.declarations)
+    lines = [f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
     owned = list(body.shared_heap)  # what the function frees before it returns
     for buffer, size in body.shared_heap.items():
         lines += [f"    real *restrict {buffer} = malloc(sizeof(real) * {size});",

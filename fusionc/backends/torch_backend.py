@@ -7,7 +7,9 @@ version, which the `segment` pass cut into kernels, as torch code that calls one
 
 from __future__ import annotations
 
-from fusionc.analysis.program import Kernel, Program, ProgramSet, Statement, View, sparse_cg
+from functools import reduce
+
+from fusionc.analysis.program import Kernel, Program, ProgramSet, Statement, View, sparse_cg, union
 from fusionc.backends import native
 from fusionc.backends.writer import CodeWriter, ProgramWriter, emit_module, emit_program
 from fusionc.machine import CpuBlas, CpuNative
@@ -33,9 +35,15 @@ class _NativeWriter(ProgramWriter):
 
     def kernel(self, k: Kernel) -> None:
         p, name = self.p, k.name
+        when = reduce(union, (s.when for s in k.statements))  # the mask bits any of its statements serves
+
+        def skipped(value: str) -> str:
+            """What a tensor the kernel writes holds where the mask skips the kernel whole."""
+            return "" if when is None else f" if _mask & {when} else {value}"
+
         arguments: list[native.Argument] = []
         expressions: list[str] = []
-        locals_: dict[str, int] = {}  # C buffer -> elements per row
+        locals_: dict[str, tuple[int, int | None]] = {}  # C buffer -> (elements per row, mask bits of its writers)
         home: dict[str, str] = {}  # tensor written here, whole -> its C buffer (per-row local or accumulator)
 
         def argument(expression: str, rows: bool, numel: int, kind: str) -> str:
@@ -48,10 +56,11 @@ class _NativeWriter(ProgramWriter):
             size, rows = p.tensors[t].size, p.tensors[t].rows
             if how == "local":
                 home[t] = f"l{len(locals_)}"
-                locals_[home[t]] = size
+                locals_[home[t]] = (size, reduce(union, (s.when for s in k.statements if s.out.tensor == t)))
             elif how in ("new", "add"):  # the first kernel zeroes each row, the others add in
                 if how == "new":
-                    self.w(f"{t} = weight.new_empty({'n, ' if rows else ''}{size})")
+                    shape = f"{'n, ' if rows else ''}{size}"
+                    self.w(f"{t} = weight.new_empty({shape})" + skipped(f"weight.new_zeros({shape})"))
                     self.allocated.add(t)
                 kind = "o" if how == "new" else "a"
                 home[t] = argument(t, rows, size, kind if rows else kind.upper())
@@ -81,6 +90,9 @@ class _NativeWriter(ProgramWriter):
                     if "z" in v.labels[1:]:  # kernels take rows first
                         order = [v.labels.index("z")] + [k for k, c in enumerate(v.labels) if c != "z"]
                         expression += f".permute({', '.join(map(str, order))})"
+                    local = self.ready.get(v.tensor, (None,))[0]
+                    if local in self.maybe:  # torch code the mask skipped: no statement that runs reads it
+                        expression = f"({expression} if {local} is not None else None)"
                     reads[v] = argument(expression, p.tensors[v.tensor].rows, v.numel, "r" if
                                         p.tensors[v.tensor].rows else "s")
                 operands.append((native.Buffer(reads[v], labels, v.shape, not p.tensors[v.tensor].rows), True))
@@ -93,7 +105,10 @@ class _NativeWriter(ProgramWriter):
                     local = self.piece(o.tensor)
                     self.locals += 1
                     rows = p.tensors[o.tensor].rows
-                    self.w(f"{local} = weight.new_empty({'n, ' if rows else ''}{', '.join(map(str, o.shape))})")
+                    self.w(f"{local} = weight.new_empty({'n, ' if rows else ''}{', '.join(map(str, o.shape))})"
+                           + skipped("None"))
+                    if when is not None:
+                        self.maybe.add(local)
                     self.pieces.setdefault(o.tensor, {}).setdefault((o.start, o.shape), []).append(local)
                     pieces[key] = argument(local, rows, o.numel, "o" if rows else "O")
                 base = pieces[key]
@@ -106,7 +121,14 @@ class _NativeWriter(ProgramWriter):
         kinds = "".join(a.kind for a in arguments)
         self.kernels[name] = (native.segment_function(name, arguments, locals_, body), kinds)
         self.tables.update(body.tables)
-        self.w(f"_native.run({name!r}, n, {', '.join(expressions)})")
+        call = f"_native.run({name!r}, n, {'_mask' if p.keys else -1}, {', '.join(expressions)})"
+        if when is None:
+            self.w(call)
+        else:  # no statement of the kernel serves the call's mask bits: skipped whole
+            self.w(f"if _mask & {when}:")
+            self.w.indent()
+            self.w(call)
+            self.w.dedent()
 
 
 class _NativeVersions:

@@ -165,7 +165,7 @@ class _Writer:
                 w()
                 w()
             w("@triton.jit")
-            w(f"def {name}({', '.join(_pointers(p))}, scratch, partial, n, BLOCK_Z: tl.constexpr, "
+            w(f"def {name}({', '.join(_pointers(p))}, scratch, partial, n, mask, BLOCK_Z: tl.constexpr, "
               "DTYPE: tl.constexpr):")
             w.indent()
             what = f"statements {k * SEGMENT + 1}–{k * SEGMENT + len(part)} of {len(p.statements)}"
@@ -180,12 +180,17 @@ class _Writer:
                 self.count += 1
                 if s.note:
                     w(f"# {s.note}")
+                if s.when is not None:  # runs for some mask bits only (`mask`)
+                    w(f"if mask & {s.when}:")
+                    w.indent()
                 if isinstance(s, Einsum):
                     self.einsum(s)
                 elif isinstance(s, Gather):
                     self.gather(s)
                 else:
                     self.scatter(s)
+                if s.when is not None:
+                    w.dedent()
                 w("tl.debug_barrier()")
             w.dedent()
         return w.lines
@@ -327,10 +332,11 @@ class _Writer:
         that no input name can collide with a local."""
         p = self.p
         w = CodeWriter()
-        w(f"def _{p.name}__triton(*args: torch.Tensor) -> list[torch.Tensor]:")
+        w(f"def _{p.name}__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tensor]:")
         w.indent()
-        w(f'"""Launch the {p.name} kernel on ({", ".join((*p.inputs, "weight", *p.constants))}), {BLOCK_Z} rows '
-          'per program; gradients without rows sum the programs\' partial slots."""')
+        w(f'"""Launch the {p.name} kernels on ({", ".join((*p.inputs, "weight", *p.constants))}), {BLOCK_Z} rows '
+          'per program, those with a statement the mask needs (the first zeroes the outputs); gradients without '
+          'rows sum the programs\' partial slots."""')
         first = next(k for k, i in enumerate(p.inputs) if p.tensors[i].rows)
         like = len(p.inputs)  # the weight
         w(f"n = args[{first}].shape[0]")
@@ -341,12 +347,18 @@ class _Writer:
         w(f"partial = args[{like}].new_zeros(programs, {max(self.slots, 1)})")
         w("arguments = [a.contiguous() for a in args] + outputs")
         w(f"dtype = tl.float64 if args[{like}].dtype == torch.float64 else tl.float32")
-        w(f"for kernel in ({', '.join(kernel_names(p))},):  # one after another: each sees the last one's writes")
+        kernels = []  # (kernel, the mask bits any of its statements runs for; -1: any)
+        for k, name in enumerate(kernel_names(p)):
+            bits = 0
+            for t in p.statements[k * SEGMENT:(k + 1) * SEGMENT]:
+                bits = -1 if t.when is None or bits == -1 else bits | t.when
+            kernels.append(f"({name}, {-1 if k == 0 else bits})")
+        w(f"for kernel, bits in ({', '.join(kernels)},):  # one after another: each sees the last one's writes")
         w.indent()
-        w("if n:")
+        w("if n and _mask & bits:")
         w.indent()
-        w(f"kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z={BLOCK_Z}, DTYPE=dtype, num_warps={WARPS}, "
-          f"maxnreg={MAX_REGISTERS})")
+        w(f"kernel[(programs,)](*arguments, scratch, partial, n, _mask, BLOCK_Z={BLOCK_Z}, DTYPE=dtype, "
+          f"num_warps={WARPS}, maxnreg={MAX_REGISTERS})")
         w.dedent()
         w.dedent()
         results, k = [], 0
@@ -384,7 +396,7 @@ def kernel_signature(p: Program) -> dict[str, str]:
     """Argument types of the program's kernels for float32 rows (ahead-of-time compilation)."""
     signature = {name: ("*i64" if p.tensors[name.removesuffix("_ptr")].kind == "index" else "*fp32")
                  for name in _pointers(p)}
-    signature.update(scratch="*fp32", partial="*fp32", n="i32", BLOCK_Z="constexpr", DTYPE="constexpr")
+    signature.update(scratch="*fp32", partial="*fp32", n="i32", mask="i32", BLOCK_Z="constexpr", DTYPE="constexpr")
     return signature
 
 

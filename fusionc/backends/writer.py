@@ -159,6 +159,7 @@ class ProgramWriter:
         self.ready: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (local, shape of the local)
         self.aliases: set[str] = set()  # locals that are inputs, or views of them (a custom op may not return one)
         self.freed: set[str] = set()  # locals deleted
+        self.maybe: set[str] = set()  # locals of statements that run for some mask bits only: None otherwise
         self.writers: dict[str, int] = {}
         for s in p.statements:
             for t in (s.statements if isinstance(s, Kernel) else (s,)):
@@ -179,17 +180,20 @@ class ProgramWriter:
     def add(self, s: Statement, expression: str, alias: bool = False) -> None:
         t = self.p.tensors[s.out.tensor]
         whole = (s.out.start, s.out.numel) == (0, t.size)
-        if t.kind == "temp" and self.writers[s.out.tensor] == 1 and whole:
-            self.w(f"{s.out.tensor} = {expression}")
-            self.ready[s.out.tensor] = (s.out.tensor, s.out.shape)
-            if alias:
-                self.aliases.add(s.out.tensor)
-            return
-        local = self.piece(s.out.tensor)
+        single = t.kind == "temp" and self.writers[s.out.tensor] == 1 and whole
+        local = s.out.tensor if single else self.piece(s.out.tensor)
+        if s.when is None:
+            self.w(f"{local} = {expression}")
+        else:  # runs for some mask bits only
+            code, _, comment = expression.partition("  # ")
+            self.w(f"{local} = {code} if _mask & {s.when} else None" + (f"  # {comment}" if comment else ""))
+            self.maybe.add(local)
         if alias:
             self.aliases.add(local)
-        self.w(f"{local} = {expression}")
-        self.pieces.setdefault(s.out.tensor, {}).setdefault((s.out.start, s.out.shape), []).append(local)
+        if single:
+            self.ready[s.out.tensor] = (local, s.out.shape)
+        else:
+            self.pieces.setdefault(s.out.tensor, {}).setdefault((s.out.start, s.out.shape), []).append(local)
 
     def piece(self, tensor: str) -> str:
         """A fresh local for a piece of `tensor`: `_piece` is no prefix of a source or tensor name."""
@@ -233,6 +237,17 @@ class ProgramWriter:
         """name = the sum of its pieces, each at its place in the tensor (zeros where none is)."""
         t = self.p.tensors[name]
         lead = "n, " if t.rows else ""
+        if any(piece in self.maybe for names in pieces.values() for piece in names):
+            # pieces of statements that may not run: the runtime sums those that did (None if none did)
+            parts = ", ".join(f"({start}, {prod(shape)}, [{', '.join(names)}])" for (start, shape), names in
+                              sorted(pieces.items()))
+            self.w(f"{name} = rt.assemble(weight, {'n' if t.rows else 'None'}, {t.size}, [{parts}])")
+            if all(piece in self.maybe for names in pieces.values() for piece in names):
+                self.maybe.add(name)
+            if any(piece in self.aliases for names in pieces.values() for piece in names):
+                self.aliases.add(name)
+            self.ready[name] = (name, (t.size,))
+            return
         if len(pieces) == 1 and next(iter(pieces))[0] == 0 and prod(next(iter(pieces))[1]) == t.size:
             (_, shape), names = next(iter(pieces.items()))
             self.w(f"{name} = {self.summed(names)}")
@@ -385,6 +400,8 @@ def emit_program(w: CodeWriter, p: Program, writer: "ProgramWriter", suffix: str
     w.indent()
     for start in range(0, len(names), 4):
         w(" ".join(f"{name}: torch.Tensor," for name in names[start:start + 4]))
+    if p.keys:
+        w(f"_mask: int = -1,  # bit k: {', '.join(p.keys)}[k] " + ("present" if p.keys[0] in p.inputs else "wanted"))
     w.dedent()
     w(") -> list[torch.Tensor]:")
     w.indent()
@@ -406,7 +423,10 @@ def emit_program(w: CodeWriter, p: Program, writer: "ProgramWriter", suffix: str
         local, shape = writer.materialize(o)
         t = p.tensors[o]
         result = local if shape == (t.size,) else f"{local}.reshape({'n, ' if t.rows else ''}{t.size})"
-        results.append(f"{result}.clone()" if local in writer.aliases or local in p.inputs else result)
+        result = f"{result}.clone()" if local in writer.aliases or local in p.inputs else result
+        if local in writer.maybe:  # a gradient the mask did not ask for
+            result = f"{result} if {local} is not None else weight.new_zeros({'n, ' if t.rows else ''}{t.size})"
+        results.append(result)
     w(f"return [{', '.join(results)}]")
     w.dedent()
 
@@ -449,10 +469,9 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     w(f"# Machine model {ps.machine.digest()} (fusionc.machine; cpu_blas fitted on {ps.machine.cpu_blas.fitted_on})")
     w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}.')
     w()
-    w("Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2_<input>`")
-    w("(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.")
-    if not program_kernel:
-        w("`_<name>__d__only_<inputs>` computes only those inputs' gradients, for when autograd needs no others.")
+    w("Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2` (the")
+    w("product's own), each a program of labelled contractions compiled from the diagram. A product's `mask`")
+    w("says which gradients to compute (which cotangents are present): statements no bit needs do not run.")
     w('"""')
     w()
     w("from __future__ import annotations")
@@ -490,9 +509,6 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     for dp, blocks, (extra, runner), runners in functions:
         d = dp.diagram
         forward = dp.forward.program
-        firsts = [v.program for v in dp.firsts]
-        seconds = [[v.program for v in group] for group in dp.seconds]
-        partial = [{keep: v.program for keep, v in group} for group in dp.partials]
         for block in blocks + [extra]:
             if block:
                 w()
@@ -500,28 +516,19 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
                 w.lines.extend(block)
         w()
         w()
-        w(f"# {d.name}: an op's autograd runs, per cotangent present, the op of its derivative program;")
-        w("# the last ones differentiate through their own torch code")
-        for first, group in zip(firsts, seconds):
-            for second in group:
-                run = runners.get(second.name)
-                reference = f", reference=_{second.name}" if run else ""
-                w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second)}{reference}'
-                  f'{_native_impl(cpu, second)})')
-            backward = ", ".join(f'_ops["{s.name}"]' for s in group)
-            w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, {_signature(first)}, '
-              f'backward=[{backward}]{_native_impl(cpu, first)})')
-        for first, group, versions in zip(firsts, seconds, partial):
-            for keep, p in versions.items():
-                backward = ", ".join(f'_ops["{group[k].name}"]' for k in keep)
-                w(f'_ops.register("{p.name}", _{p.name}, {_signature(p)}, backward=[{backward}]{_native_impl(cpu, p)})')
-        backward = ", ".join(f'_ops["{f.name}"]' for f in firsts)
-        versions = ""
-        if any(partial):
-            versions = ", partial=[" + ", ".join(
-                "{" + ", ".join(f'{keep!r}: _ops["{p.name}"]' for keep, p in v.items()) + "}" for v in partial) + "]"
+        w(f"# {d.name}: an op's autograd runs the op of its derivative program, masked to the gradients")
+        w("# used (the cotangents present); the last ones differentiate through their own torch code")
+        for first, second in zip(dp.firsts, dp.seconds):
+            run = runners.get(second.name)
+            reference = f", reference=_{second.name}" if run else ""
+            w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second.program)}, '
+              f'masked=True{reference}{_native_impl(cpu, second.name)})')
+            w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, '
+              f'{_signature(first.program)}, backward_all=_ops["{second.name}"], masked=True'
+              f'{_native_impl(cpu, first.name)})')
+        backward = ", ".join(f'_ops["{f.name}"]' for f in dp.firsts)
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
-          f'backward=[{backward}]{versions}, check_indices=True{_native_impl(cpu, forward)})')
+          f'backward=[{backward}], check_indices=True{_native_impl(cpu, d.name)})')
     for dp in ps.programs:
         w()
         w()
@@ -531,5 +538,5 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     return "\n".join(w.lines) + "\n"
 
 
-def _native_impl(cpu: dict[str, str], p: Program) -> str:
-    return f", cpu={cpu[p.name]}" if p.name in cpu else ""
+def _native_impl(cpu: dict[str, str], name: str) -> str:
+    return f", cpu={cpu[name]}" if name in cpu else ""

@@ -189,6 +189,27 @@ def wanted(ctx, rows: list[torch.Tensor], tensors: int) -> set[int]:
     return needed
 
 
+def assemble(like: torch.Tensor, n: int | None, size: int,
+             parts: list[tuple[int, int, list[torch.Tensor | None]]]) -> torch.Tensor | None:
+    """A tensor, (n, size) or (size,), from pieces each added at its place, zeros elsewhere; pieces
+    of statements a masked call did not run are None and left out (all None: None)."""
+    present = [(start, numel, [p for p in pieces if p is not None]) for start, numel, pieces in parts]
+    present = [(start, numel, pieces) for start, numel, pieces in present if pieces]
+    if not present:
+        return None
+    lead = () if n is None else (n,)
+    if len(present) == 1 and present[0][:2] == (0, size):
+        total = present[0][2][0]
+        for piece in present[0][2][1:]:
+            total = total + piece
+        return total.reshape(*lead, size)
+    out = like.new_zeros(*lead, size)
+    for start, numel, pieces in present:
+        for piece in pieces:
+            out[..., start:start + numel] += piece.reshape(*lead, numel)
+    return out
+
+
 def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
     if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
@@ -219,20 +240,21 @@ class OpNamespace:
         return self.ops[name]
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
-                 index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False,
-                 reference=None, cpu=None, partial=None) -> None:
+                 index_ranges: dict[int, tuple[str, int]], backward=None, backward_all=None,
+                 check_indices: bool = False, masked: bool = False, reference=None, cpu=None) -> None:
         """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
         `index_ranges` maps the position of each index input to its name and size; with
-        `check_indices` the values are checked when the op runs (not when it is traced). `backward`
-        holds, per output, the op computing this one's vector-Jacobian product for that output's
-        cotangent from (inputs + [cotangent], weight, constants); the products of the cotangents
-        present are summed; `partial` holds, per output, ops computing only some of those gradients,
-        keyed by their positions (the floating inputs', then the weight's): the backward runs the
-        one that covers the gradients autograd will use with the fewest others (`wanted`). Without
-        `backward`, the VJP of `reference` (torch code computing what `fn`
-        computes, for an `fn` that runs a kernel autograd cannot see through), else of `fn` itself.
-        `cpu`, where given, computes the same with native kernels for its row-local statements, and
-        runs instead of `fn` on CPU tensors of float32 or float64 when those kernels can be built
+        `check_indices` the values are checked when the op runs (not when it is traced). A
+        `masked` op takes a mask (bit k: its k-th gradient wanted, or its k-th cotangent input
+        present) and skips the statements no bit set needs. The backward is, per output, the op of
+        `backward` computing this one's vector-Jacobian product for that output's cotangent from
+        (inputs + [cotangent], weight, constants), masked to the gradients autograd will use
+        (`wanted`), the products of the cotangents present summed; or `backward_all`, one op taking
+        every output's cotangent (zeros for those absent), masked to those present. Without
+        either, the VJP of `reference` (torch code computing what `fn` computes, for an `fn` that
+        runs a kernel autograd cannot see through), else of `fn` itself, mask unset. `cpu`, where
+        given, computes the same with native kernels for its row-local statements, and runs
+        instead of `fn` on CPU tensors of float32 or float64 when those kernels can be built
         (`fusionc.runtime.native`)."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
@@ -241,29 +263,29 @@ class OpNamespace:
         except AttributeError:
             pass
 
-        self.library.define(f"{name}(Tensor[] inputs, Tensor weight, Tensor[] constants) -> Tensor[]")
+        self.library.define(f"{name}(Tensor[] inputs, Tensor weight, Tensor[] constants, int mask=-1) -> Tensor[]")
 
-        def op(inputs, weight, constants):
+        def op(inputs, weight, constants, mask=-1):
             if check_indices:
                 for position, (input_name, size) in index_ranges.items():
                     check_index_range(inputs[position], size, input_name)
             run = fn
             if cpu is not None and weight.device.type == "cpu" and self.kernels.usable(weight.dtype):
                 run = cpu
-            return run(*inputs, weight, *constants)
+            return run(*inputs, weight, *constants, _mask=mask) if masked else run(*inputs, weight, *constants)
 
         # registered as a plain op, not through torch.library.custom_op, whose first call in a
         # process imports torch._dynamo (0.9 s) to keep dynamo out of the implementation
         self.library.impl(name, op, "CompositeExplicitAutograd")
 
         @torch.library.register_fake(qualname, lib=self.library)
-        def _(inputs, weight, constants):
+        def _(inputs, weight, constants, mask=-1):
             n = inputs[0].shape[0]
             return [weight.new_empty(n, size) if rows else weight.new_empty(size) for size, rows in outputs]
 
         def setup_context(ctx, inputs, output):
             ctx.set_materialize_grads(False)  # an unused output's cotangent stays None: its work is skipped
-            rows, weight, constants = inputs
+            rows, weight, constants = inputs[:3]
             ctx.save_for_backward(*rows, weight, *constants)
             ctx.count = len(rows)
 
@@ -288,24 +310,32 @@ class OpNamespace:
         def backward_fn(ctx, grads):
             saved, count = ctx.saved_tensors, ctx.count
             rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
+            gradients = sum(r.is_floating_point() for r in rows) + 1
             if backward is not None:
-                gradients = sum(r.is_floating_point() for r in rows) + 1
                 needed = wanted(ctx, rows, len(saved))
                 result: list[torch.Tensor | None] = [None] * gradients
-                for op, g, versions in zip(backward, grads, partial or [{}] * len(backward)):
+                for op, g in zip(backward, grads):
                     if g is None or not needed:
                         continue
-                    keep = min((k for k in versions if needed <= set(k)), key=len, default=None)
-                    part = (op if keep is None else versions[keep])(rows + [g], weight, constants)
-                    for k, x in zip(range(gradients) if keep is None else keep, part):
-                        result[k] = x if result[k] is None else result[k] + x
+                    part = op(rows + [g], weight, constants, sum(1 << k for k in needed))
+                    for k in needed:
+                        result[k] = part[k] if result[k] is None else result[k] + part[k]
+            elif backward_all is not None:
+                present = [k for k, g in enumerate(grads) if g is not None]
+                if present:
+                    n = rows[0].shape[0]
+                    result = backward_all(rows + cotangents(grads, n, weight), weight, constants,
+                                          sum(1 << k for k in present))
+                else:
+                    result = [None] * gradients
             else:
                 result = vjp(rows, weight, constants, cotangents(grads, rows[0].shape[0], weight))
             grad_rows: list[torch.Tensor | None] = [None] * count
             floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
             for i, g in zip(floats, result[:-1]):
                 grad_rows[i] = g
-            return grad_rows, result[-1], [None] * len(constants)
+            # a mask passed (its own structure says so: not a default torch filled in) has a None gradient
+            return (grad_rows, result[-1], [None] * len(constants)) + (None,) * (len(ctx.needs_input_grad) - 3)
 
         torch.library.register_autograd(qualname, backward_fn, setup_context=setup_context, lib=self.library)
         self.ops[name] = getattr(getattr(torch.ops, self.namespace), name)
