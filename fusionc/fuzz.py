@@ -91,7 +91,7 @@ PLAIN_NAMES = ("x", "y", "h", "A", "B", "C", "D", "sh", "feat", "x1", "x2", "x3"
                "s", "t", "out1", "msg", "attr", "V", "H")
 DIAGRAM_NAMES = ("d", "tp", "conv", "lin", "block", "prod", "fc_tp", "mace", "a", "b", "layer")
 #: Suffixes and prefixes of names the generated code derives from a diagram or value name.
-DERIVED = ("{}_d", "{}_d2_x", "{}_d_only_x", "{}_cpu", "{}_s0", "{}_0", "{}_1", "d_{}", "{}_d_d")
+DERIVED = ("{}_d", "{}_d_d2", "{}_d2_x", "{}_cpu", "{}_s0", "{}_0", "{}_1", "d_{}", "{}_d_d")
 PYTHON_WORDS = tuple(keyword.kwlist) + tuple(keyword.softkwlist)
 LMAX_IN = 3      # largest l of an input block
 LMAX_OUT = 4     # largest l of a value block the strict generator declares

@@ -81,7 +81,8 @@ class CpuNative:
     #: contract CG tables channel by channel as loops over their non-zeros (`sparse_cg`), rather than
     #: factorized into dense pairwise products
     sparse_cg: bool = True
-    #: programs of at most this many lines of C compile at -O3, longer ones at -O1 with the
+    #: programs of at most this many C statements (about a line each as first written) compile at
+    #: -O3, longer ones at -O1 with the
     #: vectoriser (gcc's time grows faster than linearly with a function's length at -O3): -O3's full
     #: unrolling of the short loops over CG components keeps a statement's vector sums in registers
     #: (fc_tp's programs 10-20% faster than at -O1); it takes 4x as long to compile the largest
@@ -90,6 +91,12 @@ class CpuNative:
     #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
     #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
     sparse_weight: float = 2
+    #: programs of at most this many (as o3_lines) compile at -O1 with -fpeel-loops, which unrolls
+    #: the short loops over components as -O3 does: conv_tp's second derivative for one cotangent
+    #: ran 15.3 ms at -O1, 11.6 with it (-O3 11.5), for 25% more compile time (4.0 s against 3.2,
+    #: -O3 9.4 s); past this its compile time grows fast (a 21,000-line forward: 33 s at -O1,
+    #: minutes with it)
+    peel_lines: int = 5000
 
 
 @dataclass(frozen=True)

@@ -148,5 +148,22 @@ def test_two_processes_compiling_at_once_share_one_entry(tmp_path) -> None:
     assert all(code == 0 for _, _, code in results), [err for _, err, _ in results]
     paths = {out.strip() for out, _, _ in results}
     assert len(paths) == 1
-    entries = list((tmp_path / "cache" / "modules").iterdir())
+    entries = [e for e in (tmp_path / "cache" / "modules").iterdir() if e.name != "__pycache__"]
     assert [e.name for e in entries] == [os.path.basename(paths.pop())]  # one entry, no temporary files
+    bytecode = list((tmp_path / "cache" / "modules" / "__pycache__").iterdir())
+    assert [e.suffix for e in bytecode] == [".pyc"]  # and its bytecode, whole
+
+
+def test_an_entry_has_its_bytecode_even_where_python_writes_none(monkeypatch) -> None:
+    """Loading writes the module's bytecode beside the entry although PYTHONDONTWRITEBYTECODE is
+    set (Python would compile a large module again at every import: fusion_block's Triton module,
+    2 s), and the import reads it: its code object comes from that file."""
+    import importlib.util
+    import sys
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    ops = fusionc.loads(SOURCE, filename="bytecode.fus")
+    cached = importlib.util.cache_from_source(str(ops.path))
+    assert ops.module.__spec__.cached == cached
+    with open(cached, "rb") as f:
+        assert f.read(4) == importlib.util.MAGIC_NUMBER

@@ -189,3 +189,23 @@ def test_derivative_kernels_ahead_of_time(tmp_path) -> None:
     assert {target for _, target in report} == {"sm_80", "sm_90"} and len(report) % 2 == 0
     assert all(local == 0 and stack == 0 and 0 < registers <= 255 for registers, _, local, stack in report.values()), \
         report
+
+
+def test_derivative_kernels_are_made_triton_functions_at_their_first_launch(monkeypatch) -> None:
+    """Importing a module decorates no derivative kernel (triton tokenizes each one's source:
+    fusion_block's took 6.5 s at every import); a backward makes those it launches, and the
+    gradient is right."""
+    import triton
+
+    made: list[str] = []
+    jit = triton.jit
+    monkeypatch.setattr(triton, "jit", lambda fn=None, **kw: made.append(fn.__name__) or jit(fn, **kw))
+    source = "diagram lazy { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x1o  z = fuse(x, y) mix uvw }"
+    torch_ops, triton_ops = _pair(source, "lazy.fus")
+    assert not any("__d" in name for name in made), made
+    reference, kernel = _modules(torch_ops, triton_ops, "lazy", torch.float64)
+    x, y = torch.randn(3, 8, dtype=torch.float64, requires_grad=True), torch.randn(3, 4, dtype=torch.float64)
+    (got,) = torch.autograd.grad(kernel(x, y).sum(), x)
+    (want,) = torch.autograd.grad(reference(x, y).sum(), x)
+    torch.testing.assert_close(got, want)
+    assert any(name.startswith("_lazy__d__kernel") for name in made), made

@@ -24,6 +24,7 @@ This module writes text only (no torch, no compiler).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import accumulate
 from math import prod
@@ -252,6 +253,34 @@ def cg_table(ls: tuple[int, int, int]) -> str:
     return "cg_{}_{}_{}".format(*ls)
 
 
+_FOR = re.compile(r"for \(.*\)$")
+
+
+def _tidy(lines: list[str]) -> str:
+    """The function's text as written: indented two spaces a level (its lines are built four), a
+    nest of loops around one statement on one line above it (`for (...) for (...)`)."""
+    def depth(line: str) -> int:
+        return len(line) - len(line.lstrip(" "))
+
+    out, k = [], 0
+    while k < len(lines):
+        nest = [lines[k]]
+        while (k + len(nest) < len(lines) and _FOR.fullmatch(nest[-1].strip())
+               and depth(lines[k + len(nest)]) == depth(nest[-1]) + 4):
+            nest.append(lines[k + len(nest)])
+        body = nest[-1]
+        after = lines[k + len(nest)] if k + len(nest) < len(lines) else ""
+        if (len(nest) > 2 and body.rstrip().endswith(";") and not _FOR.fullmatch(body.strip())
+                and depth(after) <= depth(nest[0])):
+            pad = " " * (depth(nest[0]) // 2)
+            out += [pad + " ".join(line.strip() for line in nest[:-1]), pad + "  " + body.strip()]
+        else:
+            nest = nest[:1]
+            out.append(" " * (depth(nest[0]) // 2) + nest[0].lstrip(" "))
+        k += len(nest)
+    return "\n".join(out)
+
+
 def cg_tables(tables: set[tuple[int, int, int]]) -> str:
     """C declarations of the CG tables sparse statements loop over: their non-zeros, exact doubles."""
     lines = ["struct fusionc_cg { int i, j, k; double c; };"]
@@ -328,7 +357,7 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
     if not sums and not body.heap:
         lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop,
                   *frees, "    return 0;", "}"]
-        return "\n".join(lines)
+        return _tidy(lines)
     allocated = " && ".join(f"{b} != NULL" for b in body.heap) or "1"
     lines += ["    int failed = 0;",
               "    #pragma omp parallel num_threads(threads) if (n >= 64)",
@@ -357,4 +386,4 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
                       "        }"]
         lines.append("    }")
     lines += [*frees, "    return failed;", "}"]
-    return "\n".join(lines)
+    return _tidy(lines)

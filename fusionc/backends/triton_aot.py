@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
 
 Each kernel (a diagram's fused forward in every autotuning configuration, and its derivative
-programs: backward, and backward of backward per cotangent) is compiled with
+programs: backward and backward of backward, each masked) is compiled with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for float32 rows, and its
 cubin's resource usage is read with the `cuobjdump` that Triton ships: registers, shared memory,
 local memory and the stack frame (register spills land in one of the last two).
@@ -88,7 +88,7 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
             if p is None:
                 continue
             for name, flops, traffic in triton_program.kernel_costs(p):
-                yield (name, getattr(module, name), triton_program.kernel_signature(p),
+                yield (name, getattr(module, name).jit, triton_program.kernel_signature(p),
                        {"BLOCK_Z": triton_program.BLOCK_Z, "DTYPE": tl.float32},
                        {"num_warps": triton_program.WARPS, "maxnreg": triton_program.MAX_REGISTERS}, flops, traffic)
 

@@ -1,5 +1,7 @@
 """Programs of labelled contractions (`fusionc.analysis.program`) as Triton kernels: the derivative
-programs of a diagram (backward, and backward of backward per cotangent).
+programs of a diagram (backward and backward of backward, each masked: a statement that serves
+some mask bits only runs under `if mask & bits`, and the launcher skips a kernel none of whose
+statements the mask needs).
 
 One program instance takes BLOCK_Z rows and runs the program's statements in order:
 - an einsum `out[...] += c · Π operands` is a broadcast product of N-dimensional tiles, one axis
@@ -27,7 +29,7 @@ CG tables and constant matrices are read from memory here (the forward kernel un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 from fusionc.analysis.program import Einsum, Gather, Program, Scatter, View
@@ -164,7 +166,7 @@ class _Writer:
             if k:
                 w()
                 w()
-            w("@triton.jit")
+            w("@rt.lazy_jit")
             w(f"def {name}({', '.join(_pointers(p))}, scratch, partial, n, mask, BLOCK_Z: tl.constexpr, "
               "DTYPE: tl.constexpr):")
             w.indent()
@@ -211,6 +213,7 @@ class _Writer:
 
     def einsum(self, s: Einsum) -> None:
         w, n = self.w, self.count
+        s = _squeezed(s)
         sizes: dict[str, int] = {}
         for v in (s.out, *s.operands):
             for c, size in zip(v.labels.replace("z", ""), v.shape):
@@ -373,6 +376,20 @@ class _Writer:
         w(f"return [{', '.join(results)}]")
         w.dedent()
         return w.lines
+
+
+def _squeezed(s: Einsum) -> Einsum:
+    """s without its labels of size 1 (a scalar irrep's component), which index nothing: a tile of
+    fewer axes, the same elements. Where that would leave no axis at all, s as it is."""
+    views = (s.out, *s.operands)
+    if not any("z" in v.labels or any(size > 1 for size in v.shape) for v in views):
+        return s
+
+    def squeezed(v: View) -> View:
+        kept = dict((c, size) for c, size in zip(v.labels.replace("z", ""), v.shape) if size > 1)
+        return replace(v, labels="".join(c for c in v.labels if c == "z" or c in kept), shape=tuple(kept.values()))
+
+    return replace(s, out=squeezed(s.out), operands=tuple(map(squeezed, s.operands)))
 
 
 def _pointers(p: Program) -> list[str]:

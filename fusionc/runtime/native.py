@@ -55,10 +55,8 @@ _DEFINITION = re.compile(r"^int (\w+)\(int64_t n, int threads, int64_t mask, voi
 #: -fexpensive-optimizations makes gcc end AVX code with vzeroupper (its -O1 does not): without it
 #: the dirty upper halves of the vector registers left by a kernel slowed every matrix product MKL
 #: ran after it 2.5× (fusion_block's (16,000 × 35)·(35 × 5) CG products: 1.15 ms against 0.45),
-#: until a torch kernel cleared them. -fpeel-loops unrolls the short loops over components (sizes
-#: 1 to 7) as -O3 does: conv_tp's second derivative for one cotangent ran 15.3 ms at -O1 alone, 11.6
-#: with it (-O3: 11.5), for 25% more compile time (4.0 s against 3.2; -O3 9.4 s).
-FLAGS = ("-O1", "-fpeel-loops", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
+#: until a torch kernel cleared them.
+FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native", "-fopenmp", "-shared", "-fPIC",
          "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
          "-ffp-contract=fast")
 TYPES = {torch.float32: "float", torch.float64: "double"}
@@ -110,11 +108,15 @@ _TABLE_LOOP = re.compile(r"for \(int _e = 0; _e < (\d+); \+\+_e\)")
 
 
 def flags_for(source: str) -> tuple[str, ...]:
-    """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` lines (a loop over
-    a CG table counting `sparse_weight` lines per non-zero), else FLAGS (see `fusionc.machine`)."""
+    """The compiler flags for a program's C source, by its size in C statements (`;`, however the
+    lines are laid out), a loop over a CG table counting `sparse_weight` per non-zero: -O3 up to
+    `CpuNative.o3_lines`; FLAGS with -fpeel-loops up to `CpuNative.peel_lines`; else FLAGS (see
+    `fusionc.machine`)."""
     model = machine.current().cpu_native
-    size = source.count("\n") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(source)))
-    return ("-O3", *FLAGS[1:]) if size <= model.o3_lines else FLAGS
+    size = source.count(";") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(source)))
+    if size <= model.o3_lines:
+        return ("-O3", *FLAGS[1:])
+    return (FLAGS[0], "-fpeel-loops", *FLAGS[1:]) if size <= model.peel_lines else FLAGS
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader

@@ -155,6 +155,28 @@ def output_rows(like: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return like.new_empty(n, dim)
 
 
+class lazy_jit:
+    """A derivative program's Triton kernel, made a `triton.jit` function at its first launch:
+    decorating the hundreds of kernels of a large module at import (triton tokenizes each one's
+    source) took seconds (fusion_block: 6.5 s), for kernels a run may never launch (the double
+    backward's, without forces). Triton is imported only then: the runtime needs torch alone."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self._jit = None
+
+    @property
+    def jit(self):
+        if self._jit is None:
+            import triton
+
+            self._jit = triton.jit(self.fn)
+        return self._jit
+
+    def __getitem__(self, grid):
+        return self.jit[grid]
+
+
 def tuning_configs(configs: list, named_args: dict, **kwargs) -> list:
     """`triton.autotune`'s pruning hook: every configuration on a GPU (the autotuner times them
     there); under TRITON_INTERPRET=1, where nothing can be timed, the first, the default."""
