@@ -91,12 +91,6 @@ class CpuNative:
     #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
     #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
     sparse_weight: float = 2
-    #: programs of at most this many (as o3_lines) compile at -O1 with -fpeel-loops, which unrolls
-    #: the short loops over components as -O3 does: conv_tp's second derivative for one cotangent
-    #: ran 15.3 ms at -O1, 11.6 with it (-O3 11.5), for 25% more compile time (4.0 s against 3.2,
-    #: -O3 9.4 s); past this its compile time grows fast (a 21,000-line forward: 33 s at -O1,
-    #: minutes with it)
-    peel_lines: int = 5000
 
 
 @dataclass(frozen=True)

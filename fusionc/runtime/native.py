@@ -108,15 +108,13 @@ _TABLE_LOOP = re.compile(r"for \(int _e = 0; _e < (\d+); \+\+_e\)")
 
 
 def flags_for(source: str) -> tuple[str, ...]:
-    """The compiler flags for a program's C source, by its size in C statements (`;`, however the
-    lines are laid out), a loop over a CG table counting `sparse_weight` per non-zero: -O3 up to
-    `CpuNative.o3_lines`; FLAGS with -fpeel-loops up to `CpuNative.peel_lines`; else FLAGS (see
-    `fusionc.machine`)."""
+    """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` C statements
+    (`;`, however the lines are laid out; a loop over a CG table counting `sparse_weight` per
+    non-zero), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling in between:
+    gcc 12 miscompiles that (tests/test_reproducers.py)."""
     model = machine.current().cpu_native
     size = source.count(";") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(source)))
-    if size <= model.o3_lines:
-        return ("-O3", *FLAGS[1:])
-    return (FLAGS[0], "-fpeel-loops", *FLAGS[1:]) if size <= model.peel_lines else FLAGS
+    return ("-O3", *FLAGS[1:]) if size <= model.o3_lines else FLAGS
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader
