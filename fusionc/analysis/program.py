@@ -483,35 +483,17 @@ def derivative(p: Program, name: str, output: str | None = None, prefix: str = "
     outputs = tuple(grads[i] for i in p.differentiable_inputs) + (grads["weight"],)
     inputs = p.inputs + tuple(grads[o] for o in seeded)
     what = "" if output is None or len(p.outputs) == 1 else f" for the cotangent of {output}"
-    return prune(_drop_zeros(Program(name, tensors, inputs, outputs, p.constants, tuple(statements),
-                                     doc=f"the vector-Jacobian product of {p.name}{what}", matrices=p.matrices)))
-
-
-def _drop_zeros(p: Program) -> Program:
-    """Leave out statements that read a temporary nothing writes (zero), until none is left."""
-    statements = list(p.statements)
-    while True:
-        written = {s.out.tensor for s in statements}
-        zero = {k for k, t in p.tensors.items() if t.kind == "temp" and k not in written}
-        kept = [s for s in statements if not any(v.tensor in zero for v in p.reads(s))]
-        if len(kept) == len(statements):
-            return replace(p, statements=tuple(kept))
-        statements = kept
+    return prune(Program(name, tensors, inputs, outputs, p.constants, tuple(statements),
+                         doc=f"the vector-Jacobian product of {p.name}{what}", matrices=p.matrices))
 
 
 def prune(p: Program) -> Program:
-    """Drop statements whose results nothing reads, and tensors no statement touches."""
-    needed = set(p.outputs)
-    kept: list[Statement] = []
-    for s in reversed(p.statements):
-        if s.out.tensor in needed:
-            kept.append(s)
-            needed.update(v.tensor for v in p.reads(s))
-            if not isinstance(s, Einsum):
-                needed.add(s.index)
-    kept.reverse()
-    used = needed | set(p.inputs) | set(p.constants) | {"weight"}
-    return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(kept))
+    """Drop statements that read a zero (a temporary nothing writes) or whose results no output
+    needs (`_active`), and tensors no statement touches."""
+    statements = [p.statements[k] for k in sorted(_active(p, set(), p.outputs))]
+    used = ({v.tensor for s in statements for v in p.reads(s)} | {s.index for s in statements if not isinstance(s, Einsum)}
+            | set(p.outputs) | set(p.inputs) | set(p.constants) | {"weight"})
+    return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(statements))
 
 
 def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int], penalty: float, element: float = 1) -> float:
