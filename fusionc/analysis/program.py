@@ -491,8 +491,8 @@ def prune(p: Program) -> Program:
     """Drop statements that read a zero (a temporary nothing writes) or whose results no output
     needs (`_active`), and tensors no statement touches."""
     statements = [p.statements[k] for k in sorted(_active(p, set(), p.outputs))]
-    used = ({v.tensor for s in statements for v in p.reads(s)} | {s.index for s in statements if not isinstance(s, Einsum)}
-            | set(p.outputs) | set(p.inputs) | set(p.constants) | {"weight"})
+    used = ({v.tensor for s in statements for v in p.reads(s)} | set(p.outputs) | set(p.inputs) | set(p.constants)
+            | {s.index for s in statements if not isinstance(s, Einsum)} | {"weight"})
     return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(statements))
 
 

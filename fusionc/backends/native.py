@@ -314,9 +314,10 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
                      body: SegmentWriter) -> str:
     """A C function running `body` for every row: `int name(int64_t n, int threads, int64_t mask,
     void *const *ptr, const int64_t *stride)` (a statement that runs for some mask bits only tests
-    them, and a tensor only such statements read may be NULL), the arguments' pointers and row strides in order (arrays: a segment
-    may have more arguments than a C call or ctypes takes), after the body's prologue (once per
-    call); it returns 0, or 1 when a heap buffer could not be allocated. Outputs `o` are zeroed
+    them, and a tensor only such statements read may be NULL), the arguments' pointers and row
+    strides in order (arrays: a segment may have more arguments than a C call or ctypes takes),
+    after the body's prologue (once per call); it returns 0, or 1 when a heap buffer could not be
+    allocated. Per-row buffers are zeroed per row where a statement writing them runs. Outputs `o` are zeroed
     per row before the body accumulates into them. Sums over rows (`O`, `A`) go to per-thread
     partial sums (each thread takes one block of rows), added up in thread order after the loop:
     the same result for the same thread count, run after run."""

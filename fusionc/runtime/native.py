@@ -47,7 +47,8 @@ HEADER = """\
 """
 
 #: The first line of a kernel function's definition: the signature `NativeKernels` calls.
-_DEFINITION = re.compile(r"^int (\w+)\(int64_t n, int threads, int64_t mask, void \*const \*ptr, const int64_t \*stride\)$",
+_DEFINITION = re.compile(r"^int (\w+)\(int64_t n, int threads, int64_t mask, void \*const \*ptr, "
+                         r"const int64_t \*stride\)$",
                          re.MULTILINE)
 
 #: -O1 with the vectoriser: its compile time grows with the program (about 0.6 ms per line of C:
