@@ -91,6 +91,9 @@ class CpuNative:
     #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
     #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
     sparse_weight: float = 2
+    #: a run of at least this many consecutive statements of one form (the same loop nests,
+    #: operands elsewhere) is written as one loop over a table of where their operands are
+    table_min: int = 4
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from fusionc.analysis.program import (DiagramPrograms, Program, ProgramSet, Vers
                                       group, liveness, lower, mask)
 from fusionc.analysis.prune import prune
 from fusionc.analysis.recouple import recouple
+from fusionc.analysis import schedule
 from fusionc.analysis.segment import segment
 from fusionc.errors import FusionError
 from fusionc.frontend.parser import parse
@@ -30,6 +31,7 @@ PASSES: tuple[tuple[str, str], ...] = (
     ("mask", "per statement of each product, the gradients (cotangents) it serves: a call runs only those"),
     ("factorize", "every program split into pairwise products, per target's cost model"),
     ("segment", "programs as the CPU runs them: runs of row-local statements as native kernels"),
+    ("schedule", "statements of one form together (in each native kernel, in each Triton program): a run is one loop"),
     ("liveness", "where each temporary of torch code is last read, and freed"),
 )
 PASS_NAMES = tuple(name for name, _ in PASSES)
@@ -97,6 +99,8 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
                                      for d in programs),
                     lambda ps: _pretty_programs(v.native for d in ps for v in d.all() if v.native is not None))
+    programs = show("schedule", tuple(_each(_each(d, "native", schedule.native), "triton", schedule.triton)
+                                      for d in programs), _pretty_versions)
     programs = show("liveness", tuple(_each(_each(d, "torch", liveness), "native", liveness) for d in programs),
                     _pretty_versions)
     return ProgramSet(source, filename, backend, diagrams, programs, model)

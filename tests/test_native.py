@@ -6,12 +6,12 @@ autograd (test_derivatives), dense einsums and e3nn (test_numeric, test_e3nn_par
 
 from __future__ import annotations
 
-import json
-
 import inspect
+import json
 import shutil
 import subprocess
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,6 +89,21 @@ def test_every_program_of_a_small_product():
     """The quick subset's check of the C kernels: forward, backward and double backward of a small
     uvw product (native compiling takes seconds per program), in float64 and float32."""
     assert _check_module(fusionc.loads(random_diagram(0, "uvw", lmax=1, max_mul=2)), rows=7) > 0
+
+
+def test_statement_tables_give_what_the_statements_written_out_give(tmp_path, monkeypatch):
+    """Long programs loop over tables of statements of one form (`fusionc.backends.native`): with a
+    machine model where every program is long, a small product's kernels all do, and give what
+    its torch code gives (forward, backward, double backward, per mask bit)."""
+    model = machine.Machine()
+    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0, table_min=2))
+    path = tmp_path / "machine.json"
+    path.write_text(model.to_json())
+    monkeypatch.setenv("FUSIONC_MACHINE", str(path))
+    ops = fusionc.loads(random_diagram(0, "uvw", lmax=1, max_mul=2))
+    sources = ops.module._native.sources
+    assert any("for (int _r = 0; " in source for source in sources.values())
+    assert _check_module(ops, rows=7) > 0
 
 
 @slow

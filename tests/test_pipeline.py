@@ -30,7 +30,7 @@ def test_dump_ir_help_lists_the_passes_in_pipeline_order(capsys: pytest.CaptureF
     positions = [out.index(f"  {name} ") for name in PASS_NAMES]
     assert positions == sorted(positions)
     assert PASS_NAMES == ("parse", "check", "prune", "recouple", "plan", "lower", "differentiate", "mask",
-                          "factorize", "segment", "liveness")
+                          "factorize", "segment", "schedule", "liveness")
 
 
 @pytest.mark.parametrize("name", PASS_NAMES)
@@ -41,6 +41,7 @@ def test_every_pass_can_be_dumped(name: str, capsys: pytest.CaptureFixture[str])
                 "recouple": "diagram fc_tp", "plan": "chosen plan", "lower": "program fc_tp\n",
                 "differentiate": "program fc_tp__d", "mask": "[when d_x, d_weight]",
                 "factorize": "[native] program fc_tp\n", "segment": "native fc_tp__s0",
+                "schedule": "[native] program fc_tp__d ",
                 "liveness": "    free "}[name]
     assert expected in out
 

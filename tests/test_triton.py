@@ -6,6 +6,7 @@ fails the comparison with the torch back end.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -95,6 +96,8 @@ def test_a_small_two_input_product_equals_the_torch_back_end() -> None:
     double backward."""
     source = random_diagram(0, "uvw", lmax=1, max_mul=2, by=True)
     torch_ops, triton_ops = _pair(source, "small.fus")
+    # statements of one form run as loops over the program's table (`triton_program.table_loop`)
+    assert "statements, table rows" in inspect.getsource(triton_ops.module)
     _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=7)
 
 

@@ -659,10 +659,13 @@ def group(p: Program) -> Program:
     """p with its statements in an order that keeps those of the same mask bits together, as far as
     what each reads and writes allows (the earliest first within a group), so that a masked call
     skips long stretches, or kernels, whole."""
-    return replace(p, statements=_grouped(p, list(p.statements))) if p.keys else p
+    return replace(p, statements=scheduled(p, list(p.statements), lambda s: s.when)) if p.keys else p
 
 
-def _grouped(p: Program, statements: list[Statement]) -> tuple[Statement, ...]:
+def scheduled(p: Program, statements: list[Statement], key) -> tuple[Statement, ...]:
+    """The statements in an order that keeps those of the same `key(statement)` together, as far
+    as what each reads and writes allows (the earliest first within a key; writers of one tensor
+    add up in any order)."""
     before: list[set[int]] = [set() for _ in statements]
     writers: dict[str, list[int]] = {}
     readers: dict[str, list[int]] = {}
@@ -678,12 +681,13 @@ def _grouped(p: Program, statements: list[Statement]) -> tuple[Statement, ...]:
         for j in ks:
             after[j].append(k)
     waiting = [len(ks) for ks in before]
-    ready: dict[int | None, list[int]] = {}
+    keys = [key(s) for s in statements]
+    ready: dict[object, list[int]] = {}
     for k, n in enumerate(waiting):
         if not n:
-            heapq.heappush(ready.setdefault(statements[k].when, []), k)
+            heapq.heappush(ready.setdefault(keys[k], []), k)
     order: list[int] = []
-    group: int | None = statements[0].when if statements else None
+    group = keys[0] if statements else None
     while len(order) < len(statements):
         if not ready.get(group):
             group = min((g for g in ready if ready[g]), key=lambda g: ready[g][0])
@@ -692,7 +696,7 @@ def _grouped(p: Program, statements: list[Statement]) -> tuple[Statement, ...]:
         for j in after[k]:
             waiting[j] -= 1
             if not waiting[j]:
-                heapq.heappush(ready.setdefault(statements[j].when, []), j)
+                heapq.heappush(ready.setdefault(keys[j], []), j)
     return tuple(statements[k] for k in order)
 
 

@@ -81,12 +81,65 @@ def _loops(labels: str, sizes: dict[str, int], depth: int) -> tuple[list[str], i
     return lines, depth
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One statement's C lines (per-row copies it makes, its loop nests, its work buffer added
+    back), relative to the row loop; `_coef` in them stands for `coeff`."""
+
+    when: int | None
+    comment: str  # the statement's note, else its equation
+    equation: str
+    lines: tuple[str, ...]
+    coeff: float
+
+
+#: A pointer a statement's lines use: an argument or per-row buffer at an offset, `(a3 + 16)`, or
+#: bare (`l2`, a copy `t5`, a work buffer `w7`)
+_POINTER = re.compile(r"\(([alt]\d+) \+ (\d+)\)|\b([altw]\d+)\b")
+#: A work buffer a statement declares on the stack: its own, renamed with the statement's form
+_WORK = re.compile(r"^real (w\d+)\[", re.MULTILINE)
+
+
+#: A CG table a sparse statement loops over, and its count of non-zeros
+_CG = re.compile(r"\bcg_\d+_\d+_\d+\b")
+_NONZEROS = re.compile(r"_e < (\d+);")
+
+
+def _form(chunk: Chunk) -> tuple[str, tuple[tuple[str, str | int], ...]]:
+    """A statement's lines with its pointers as `_B0`, `_B1`, … (in order of first use), its stack
+    work buffers as `_w0`, … and the CG table it loops over as `_G` with `_ne` non-zeros: its form,
+    shared by statements that differ only in where their operands are and which CG table they
+    contract. Returns it and the values it leaves open, in order: (`pointer`, name) and
+    (`offset`, elements) per `_B`, then (`cg`, table), (`count`, non-zeros) for `_G`."""
+    text = "\n".join(chunk.lines)
+    work = {name: f"_w{k}" for k, name in enumerate(_WORK.findall(text))}
+    bases: dict[tuple[str, int], str] = {}
+
+    def placeholder(m: re.Match) -> str:
+        name, offset = (m.group(1), int(m.group(2))) if m.group(1) else (m.group(3), 0)
+        if name in work:
+            return work[name]
+        return bases.setdefault((name, offset), f"_B{len(bases)}")
+
+    text = _POINTER.sub(placeholder, text)
+    values: list[tuple[str, str | int]] = [v for name, offset in bases for v in (("pointer", name), ("offset", offset))]
+    tables = set(_CG.findall(text))
+    if len(tables) == 1:
+        (table,), (count,) = tables, set(_NONZEROS.findall(text))
+        text = _NONZEROS.sub("_e < _ne;", _CG.sub("_G", text))
+        values += [("cg", table), ("count", int(count))]
+    return text, tuple(values)
+
+
+def _literal(lines: tuple[str, ...] | list[str], coeff: float) -> list[str]:
+    return [line.replace("_coef", repr(coeff)) for line in lines]
+
+
 class SegmentWriter:
     """The body of one segment's row loop, statement by statement."""
 
     def __init__(self, model: CpuNative = CpuNative()) -> None:
         self.model = model  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
-        self.lines: list[str] = []
         self.prologue: list[str] = []
         self.scratch = 0
         self.copies: dict[tuple[str, str, int | None], Buffer] = {}  # (base, order, when) -> copy of a view
@@ -96,6 +149,10 @@ class SegmentWriter:
         self.tables: set[tuple[int, int, int]] = set()  # CG tables the sparse statements loop over
         self.declarations: list[str] = []  # per-row copies, declared at the top of the row loop
         self.when: int | None = None  # the mask bits the statement being written runs for (None: any)
+        self.chunks: list[Chunk] = []  # the statements written, in order
+        self.current: list[str] = []  # the lines of the statement being written
+        self.comment = self.equation = ""
+        self.coeff = 1.0
 
     def buffer(self, name: str, size: int, zero: bool, shared: bool = False) -> list[str]:
         """The lines declaring a scratch buffer where it is used: an array on the stack while small
@@ -107,18 +164,16 @@ class SegmentWriter:
         return [f"memset({name}, 0, sizeof(real) * {size});"] if zero else []
 
     def _emit(self, lines: list[str]) -> None:
-        depth = 2 if self.when is None else 3
-        self.lines.extend("    " * depth + line for line in lines)
+        self.current.extend(lines)
 
     def _open(self, s: Einsum) -> None:
-        """Start s's lines: inside `if (mask & bits)` where s runs for some mask bits only."""
-        self.when = s.when
-        if s.when is not None:
-            self.lines.append(f"        if (mask & {s.when}) {{")
+        """Start s's lines (`Chunk`), its coefficient written `_coef`."""
+        self.when, self.coeff, self.current = s.when, s.coeff, []
+        self.equation = f"{','.join(v.labels for v in s.operands)}->{s.out.labels}"
+        self.comment = s.note or self.equation
 
     def _close(self) -> None:
-        if self.when is not None:
-            self.lines.append("        }")
+        self.chunks.append(Chunk(self.when, self.comment, self.equation, tuple(self.current), self.coeff))
         self.when = None
 
     def _emit_once(self, lines: list[str]) -> None:
@@ -187,11 +242,10 @@ class SegmentWriter:
         long = [c for c in dense if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c)) if long else None
         self._open(s)
-        self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
         ops, work = self._innermost(ops, out, vector, sizes)
         name = cg_table(ls)
         fields = "".join(f" _{c} = {name}[_e].{f}," for c, f in zip(cg.labels, "ijk")).rstrip(",")
-        coeff = "" if s.coeff == 1.0 else f"{s.coeff!r} * "
+        coeff = "" if s.coeff == 1.0 else "_coef * "
         loops, depth = _loops("".join(c for c in work.labels if c != vector and c not in cg.labels) + (vector or ""),
                               sizes, 1)
         product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops)
@@ -216,8 +270,7 @@ class SegmentWriter:
         long = [c for c in sizes if sizes[c] >= self.model.vector_min]
         vector = max(long, key=lambda c: (sizes[c], c in out.labels, c)) if long else None
         self._open(s)
-        self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
-        coeff = "" if s.coeff == 1.0 else f"(real){s.coeff!r} * "
+        coeff = "" if s.coeff == 1.0 else "(real)_coef * "
         if len(ops) == 1 and not summed:  # a (scaled, reordered) copy: one pass in the output's order
             (a, _), = ops
             loops, depth = _loops(out.labels, sizes, 0)
@@ -247,6 +300,86 @@ class SegmentWriter:
             self._emit([*loops, "    " * depth + f"{work.base}[{_index(work)}] += {coeff}{product};"])
         self._add_back(out, work, sizes)
         self._close()
+
+
+    def render(self, function: str) -> tuple[list[str], list[str], list[str]]:
+        """The row loop's body as C. Where the body written out would compile at -O1 (longer than
+        `CpuNative.o3_lines`, see `fusionc.runtime.native.flags_for`), each run of at least
+        `CpuNative.table_min` consecutive statements of one form (`_form`, masked or not alike) is
+        one loop over a constant table of
+        what their form leaves open (and their coefficients and mask bits, where those differ),
+        calling the form's function (one per form, its pointers `restrict` parameters: the
+        compiler vectorises it as it does a statement written out); the others as written.
+        Returns what goes before the function (forms and tables, named after it), the body's lines
+        and the pointers the tables index (`_P`, which the row loop declares first)."""
+        forms = [_form(c) for c in self.chunks]
+        written_out = sum(line.count(";") + self.model.sparse_weight * sum(map(int, _NONZEROS.findall(line)))
+                          for c in self.chunks for line in c.lines)
+        shortest = self.model.table_min if written_out > self.model.o3_lines else len(self.chunks) + 1
+        before: list[str] = []
+        lines: list[str] = []
+        pointers: dict[str, int] = {}
+        cgs: dict[str, int] = {}
+        functions: dict[str, str] = {}  # form -> its function
+        runs = 0
+        k = 0
+        while k < len(self.chunks):
+            end = k + 1
+            while end < len(self.chunks) and forms[end][0] == forms[k][0] and (
+                    self.chunks[end].when is None) == (self.chunks[k].when is None):
+                end += 1
+            run = self.chunks[k:end]
+            if len(run) < shortest:
+                for c in run:
+                    lines += _guarded([f"/* {c.comment} */", *_literal(c.lines, c.coeff)], c.when)
+                k = end
+                continue
+            template, values = forms[k]
+            if template not in functions:
+                functions[template] = f"{function}_f{len(functions)}"
+                parameters = [f"real *restrict _B{j // 2}" if kind == "pointer" else
+                              "const struct fusionc_cg *restrict _G" if kind == "cg" else "const int _ne"
+                              for j, (kind, _) in enumerate(values) if kind in ("pointer", "cg", "count")]
+                before += [f"static inline void {functions[template]}({', '.join(parameters + ['const double _coef'])})",
+                           "{", *("    " + line for line in template.split("\n")), "}"]
+            name = f"{function}_t{runs}"
+            runs += 1
+            whens = sorted({c.when for c in run}, key=str)
+            coeffs = sorted({c.coeff for c in run})
+            index = {"pointer": pointers, "cg": cgs}
+            entries = [[index[kind].setdefault(v, len(index[kind])) if kind in index else v for kind, v in vs]
+                       + ([c.when] if len(whens) > 1 else []) for c, (_, vs) in zip(run, forms[k:end])]
+            texts = [f"{{{', '.join(map(str, e))}}}," for e in entries]
+            before += [f"static const int {name}[{len(run)}][{len(entries[0])}] = {{",
+                       *("    " + " ".join(texts[i:i + 8]) for i in range(0, len(texts), 8)), "};"]
+            arguments = []
+            for j, (kind, _) in enumerate(values):
+                if kind == "pointer":
+                    arguments.append(f"_P[_t[{j}]] + _t[{j + 1}]")
+                elif kind == "cg":
+                    arguments += [f"{function}_g[_t[{j}]]", f"_t[{j + 1}]"]
+            if len(coeffs) > 1:
+                before.append(f"static const double {name}_c[{len(run)}] = {{{', '.join(repr(c.coeff) for c in run)}}};")
+                arguments.append(f"{name}_c[_r]")
+            else:
+                arguments.append(repr(coeffs[0]))
+            body = [f"for (int _r = 0; _r < {len(run)}; ++_r) {{", f"    const int *_t = {name}[_r];"]
+            if len(whens) > 1:
+                body.append(f"    if (!(mask & _t[{len(values)}])) continue;")
+            body += [f"    {functions[template]}({', '.join(arguments)});", "}"]
+            lines += _guarded([f"/* {run[0].equation}: {len(run)} statements, operands from {name} */", *body],
+                              whens[0] if len(whens) == 1 else None)
+            k = end
+        if cgs:
+            before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = {{{', '.join(cgs)}}};")
+        return before, lines, list(pointers)
+
+
+def _guarded(body: list[str], when: int | None) -> list[str]:
+    """Lines of the row loop's body, run where the mask has one of the bits `when` (None: always)."""
+    if when is None:
+        return ["        " + line for line in body]
+    return [f"        if (mask & {when}) {{", *("            " + line for line in body), "        }"]
 
 
 def cg_table(ls: tuple[int, int, int]) -> str:
@@ -343,7 +476,10 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
             setup.extend(body.buffer(local, size, zero=False))
             setup.append(f"if (mask & {when}) memset({local}, 0, sizeof(real) * {size});")
     setup.extend(body.declarations)
-    lines = [f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
+    tables, statements, pointers = body.render(name)
+    if pointers:
+        setup.append(f"real *const _P[{len(pointers)}] = {{{', '.join(f'(real *){p}' for p in pointers)}}};")
+    lines = [*tables, f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
     owned = list(body.shared_heap)  # what the function frees before it returns
     for buffer, size in body.shared_heap.items():
         lines += [f"    real *restrict {buffer} = malloc(sizeof(real) * {size});",
@@ -353,7 +489,7 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
         lines += [f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
                   f"    if (!partial) {{{''.join(f' free({b});' for b in owned)} return 1; }}"]
         owned.append("partial")
-    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *body.lines, "    }"]
+    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *statements, "    }"]
     frees = [f"    free({b});" for b in owned]
     if not sums and not body.heap:
         lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop,

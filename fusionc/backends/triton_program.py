@@ -29,6 +29,7 @@ CG tables and constant matrices are read from memory here (the forward kernel un
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -39,10 +40,13 @@ from fusionc.backends.writer import CodeWriter
 BLOCK_Z = 16
 #: Most elements of one statement's product tile (BLOCK_Z rows included): 16 per thread of 8 warps.
 TILE_BUDGET = 4096
-#: Statements per kernel: a program longer than this runs as several kernels in sequence (its
-#: temporaries are in global memory anyway), which keeps each kernel's compile time and register
-#: pressure bounded however long the program.
+#: Units per kernel (a statement, or a loop over a table of statements of one form): a program of
+#: more runs as several kernels in sequence (its temporaries are in global memory anyway), which
+#: keeps each kernel's compile time and register pressure bounded however long the program.
 SEGMENT = 16
+#: Consecutive statements of one form (`_form`), at least this many, run as one loop over a table
+#: of the values their form leaves open: compiled once, rather than once per statement.
+TABLE_MIN = 2
 #: Columns per step of a gather, a scatter or an output's zero fill.
 CHUNK = 128
 WARPS = 8
@@ -79,7 +83,11 @@ class _Writer:
         self.p = p
         self.w = CodeWriter()
         self.places: dict[str, _Place] = {}
-        self.count = 0  # statements written: locals are suffixed with it
+        self.count: int | str = 0  # units written: locals are suffixed with it
+        self.forms: list[tuple[str, tuple[int | float, ...]]] = []  # per statement (`_form`)
+        self.table: list[int] = []  # what the table loops' forms leave open, row by row
+        self.coefs: list[float] = []
+        self.parts: list[list[list[int]]] | None = None  # `kernels`
         self.scratch = sum(t.size for t in p.tensors.values() if t.kind == "temp" and t.rows)  # per row
         self.slots = 0  # elements per program of the partial buffer
         base = 0
@@ -139,7 +147,7 @@ class _Writer:
         labels = v.labels.replace("z", "")
         if len(labels) != len(v.shape) or len(set(v.labels)) != len(v.labels):
             raise ValueError(f"{self.p.name}: view {v} has labels that do not match its shape")
-        fixed, moving = [f"{place.pointer} + {place.base + v.start}"], []
+        fixed, moving = [f"{place.pointer} + {_int(place.base + v.start)}"], []
         if place.per_program:
             fixed.append("slot")
         fixed_masks, moving_masks = [], []
@@ -151,26 +159,60 @@ class _Writer:
         for k, (c, size) in enumerate(zip(labels, v.shape)):
             term = self.expand(index[c], c, axes)
             stride = prod(v.shape[k + 1:])
-            (moving if c in looped else fixed).append(term if stride == 1 else f"{term} * {stride}")
+            (moving if c in looped else fixed).append(term if stride == 1 else f"{term} * {_int(stride)}")
             if c in masked:
-                (moving_masks if c in looped else fixed_masks).append(f"({term} < {size})")
+                (moving_masks if c in looped else fixed_masks).append(f"({term} < {_int(size)})")
         return (" + ".join(fixed), " & ".join(fixed_masks) or None, " + ".join(moving),
                 " & ".join(moving_masks) or None)
 
     # --- statements ----------------------------------------------------------------------------------
 
+    def unit(self, s) -> list[str]:
+        """s's lines, its locals suffixed `@` and the values its form leaves open marked (`_form`)."""
+        saved, self.w, self.count = self.w, CodeWriter(), "@"
+        if isinstance(s, Einsum):
+            self.einsum(s)
+        elif isinstance(s, Gather):
+            self.gather(s)
+        else:
+            self.scatter(s)
+        lines, self.w = self.w.lines, saved
+        return lines
+
+    def units(self) -> list[list[int]]:
+        """The program's statements (by position) as units: a run of at least TABLE_MIN
+        consecutive statements of one form (masked or not alike), or one statement."""
+        p = self.p
+        self.forms = [_form(self.unit(s)) for s in p.statements]
+        units: list[list[int]] = []
+        for k, s in enumerate(p.statements):
+            if units and self.forms[k][0] == self.forms[units[-1][0]][0] and (
+                    s.when is None) == (p.statements[units[-1][0]].when is None):
+                units[-1].append(k)
+            else:
+                units.append([k])
+        return [u for unit in units for u in ([unit] if len(unit) >= TABLE_MIN else [[k] for k in unit])]
+
+    def kernels(self) -> list[list[list[int]]]:
+        """The units of each kernel: SEGMENT units a kernel."""
+        if self.parts is None:
+            units = self.units()
+            self.parts = [units[k:k + SEGMENT] for k in range(0, max(len(units), 1), SEGMENT)]
+        return self.parts
+
     def run(self) -> list[str]:
         p, w = self.p, self.w
-        for k, name in enumerate(kernel_names(p)):
-            part = p.statements[k * SEGMENT:(k + 1) * SEGMENT]
+        kernels = self.kernels()
+        for k, (name, part) in enumerate(zip(kernel_names(p, len(kernels)), kernels)):
             if k:
                 w()
                 w()
             w("@rt.lazy_jit")
-            w(f"def {name}({', '.join(_pointers(p))}, scratch, partial, n, mask, BLOCK_Z: tl.constexpr, "
-              "DTYPE: tl.constexpr):")
+            w(f"def {name}({', '.join(_pointers(p))}, table_ptr, coefs_ptr, scratch, partial, n, mask, "
+              "BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):")
             w.indent()
-            what = f"statements {k * SEGMENT + 1}–{k * SEGMENT + len(part)} of {len(p.statements)}"
+            first, last = (part[0][0], part[-1][-1]) if part else (0, -1)
+            what = f"statements {first + 1}–{last + 1} of {len(p.statements)}"
             w(f'"""{p.doc or p.name}, {what}: BLOCK_Z rows per program."""')
             w("pid = tl.program_id(0)")
             w("z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
@@ -178,24 +220,73 @@ class _Writer:
             w(f"slot = pid.to(tl.int64) * {self.slots}  # this program's slot of the partial buffer")
             if k == 0:
                 self.zero_outputs()
-            for s in part:
-                self.count += 1
-                if s.note:
-                    w(f"# {s.note}")
-                if s.when is not None:  # runs for some mask bits only (`mask`)
-                    w(f"if mask & {s.when}:")
-                    w.indent()
-                if isinstance(s, Einsum):
-                    self.einsum(s)
-                elif isinstance(s, Gather):
-                    self.gather(s)
+            for unit in part:
+                self.count = 1 + (self.count if isinstance(self.count, int) else 0)
+                if len(unit) == 1:
+                    self.single(unit[0])
                 else:
-                    self.scatter(s)
-                if s.when is not None:
-                    w.dedent()
-                w("tl.debug_barrier()")
+                    self.table_loop(unit)
             w.dedent()
         return w.lines
+
+    def single(self, k: int) -> None:
+        s, w = self.p.statements[k], self.w
+        if s.note:
+            w(f"# {s.note}")
+        if s.when is not None:  # runs for some mask bits only (`mask`)
+            w(f"if mask & {s.when}:")
+            w.indent()
+        template, values = self.forms[k]
+        for line in _filled(template, [repr(v) for v in values], self.count):
+            w(line)
+        if s.when is not None:
+            w.dedent()
+        w("tl.debug_barrier()")
+
+    def table_loop(self, unit: list[int]) -> None:
+        """The statements of `unit`, of one form, as a loop over rows of the program's table: per
+        statement the values its form leaves open (integers in `table`, coefficients in `coefs`)
+        and, where they differ, its mask bits."""
+        p, w, n = self.p, self.w, self.count
+        statements = [p.statements[k] for k in unit]
+        template, first = self.forms[unit[0]]
+        ints = [j for j, v in enumerate(first) if isinstance(v, int)]
+        floats = [j for j, v in enumerate(first) if not isinstance(v, int)]
+        whens = {s.when for s in statements}
+        width = len(ints) + (len(whens) > 1)
+        start, coefs = len(self.table), len(self.coefs)
+        for k, s in zip(unit, statements):
+            values = self.forms[k][1]
+            self.table += [values[j] for j in ints] + ([s.when] if len(whens) > 1 else [])
+            self.coefs += [values[j] for j in floats]
+        equation = ",".join(v.labels for v in statements[0].operands) + "->" + statements[0].out.labels \
+            if isinstance(statements[0], Einsum) else type(statements[0]).__name__.lower()
+        w(f"# {equation}: {len(unit)} statements, table rows {start}–{start + len(unit) * width - 1}")
+        if len(whens) == 1 and statements[0].when is not None:
+            w(f"if mask & {statements[0].when}:")
+            w.indent()
+        w(f"for r_{n} in range({len(unit)}):")
+        w.indent()
+        if width:
+            w(f"t_{n} = table_ptr + {start} + r_{n} * {width}")
+        if len(whens) > 1:
+            w(f"if mask & tl.load(t_{n} + {width - 1}):")
+            w.indent()
+        names = {}
+        for position, j in enumerate(ints):
+            names[j] = f"v{j}_{n}"
+            w(f"{names[j]} = tl.load(t_{n} + {position})")
+        for position, j in enumerate(floats):
+            names[j] = f"v{j}_{n}"
+            w(f"{names[j]} = tl.load(coefs_ptr + {coefs} + r_{n} * {len(floats)} + {position}).to(DTYPE)")
+        for line in _filled(template, [names[j] for j in range(len(first))], n):
+            w(line)
+        if len(whens) > 1:
+            w.dedent()
+        w("tl.debug_barrier()")
+        w.dedent()
+        if len(whens) == 1 and statements[0].when is not None:
+            w.dedent()
 
     def zero_outputs(self) -> None:
         """Row outputs arrive uninitialised (NaN when poisoned): zero this program's rows first."""
@@ -254,7 +345,7 @@ class _Writer:
         out = hoisted(f"o_{n}", s.out, kept)
 
         def loop(c: str) -> None:
-            w(f"for start{c}_{n} in range(0, {sizes[c]}, {chunk[c]}):")
+            w(f"for start{c}_{n} in range(0, {_int(sizes[c])}, {chunk[c]}):")
             w.indent()
             w(f"{index[c]} = start{c}_{n} + tl.arange(0, {chunk[c]})")
 
@@ -279,7 +370,7 @@ class _Writer:
             for _ in summed_loops:
                 w.dedent()
             product = acc if kept else f"tl.sum({acc}, axis=0)"
-        value = product if s.coeff == 1.0 else f"{product} * {s.coeff!r}"
+        value = product if s.coeff == 1.0 else f"{product} * {_float(s.coeff)}"
         pointer, mask = out
         m = f", mask={mask}" if mask else ""
         first_only = s.out.tensor in self.partial and not self._reads(s, self.partial)
@@ -350,17 +441,20 @@ class _Writer:
         w(f"partial = args[{like}].new_zeros(programs, {max(self.slots, 1)})")
         w("arguments = [a.contiguous() for a in args] + outputs")
         w(f"dtype = tl.float64 if args[{like}].dtype == torch.float64 else tl.float32")
+        w(f"table = rt.device_table(_{p.name}__table, torch.int32, args[{like}].device)")
+        w(f"coefs = rt.device_table(_{p.name}__coefs, args[{like}].dtype, args[{like}].device)")
         kernels = []  # (kernel, the mask bits any of its statements runs for; -1: any)
-        for k, name in enumerate(kernel_names(p)):
+        parts = self.kernels()
+        for k, (name, part) in enumerate(zip(kernel_names(p, len(parts)), parts)):
             bits = 0
-            for t in p.statements[k * SEGMENT:(k + 1) * SEGMENT]:
+            for t in (p.statements[j] for unit in part for j in unit):
                 bits = -1 if t.when is None or bits == -1 else bits | t.when
             kernels.append(f"({name}, {-1 if k == 0 else bits})")
         w(f"for kernel, bits in ({', '.join(kernels)},):  # one after another: each sees the last one's writes")
         w.indent()
         w("if n and _mask & bits:")
         w.indent()
-        w(f"kernel[(programs,)](*arguments, scratch, partial, n, _mask, BLOCK_Z={BLOCK_Z}, DTYPE=dtype, "
+        w(f"kernel[(programs,)](*arguments, table, coefs, scratch, partial, n, _mask, BLOCK_Z={BLOCK_Z}, DTYPE=dtype, "
           f"num_warps={WARPS}, maxnreg={MAX_REGISTERS})")
         w.dedent()
         w.dedent()
@@ -398,22 +492,66 @@ def _pointers(p: Program) -> list[str]:
     return [f"{t}_ptr" for t in (*p.inputs, "weight", *p.constants, *(o for o in p.outputs if p.tensors[o].rows))]
 
 
-def kernel_names(p: Program) -> list[str]:
-    """The kernels a (factorized) program runs as, in order: one per SEGMENT statements."""
-    return [f"_{p.name}__kernel{k}" for k in range(max(1, -(-len(p.statements) // SEGMENT)))]
+def kernel_names(p: Program, count: int | None = None) -> list[str]:
+    """The kernels a (factorized) program runs as, in order: one per SEGMENT units."""
+    return [f"_{p.name}__kernel{k}" for k in range(count if count is not None else len(_Writer(p).kernels()))]
+
+
+def _int(value: int) -> str:
+    """An integer a statement's form leaves open (`_form`): an offset, a stride, a size."""
+    return f"⟨{value}⟩"
+
+
+def _float(value: float) -> str:
+    """A coefficient a statement's form leaves open."""
+    return f"⟪{value!r}⟫"
+
+
+_OPEN = re.compile(r"⟨(-?\d+)⟩|⟪([^⟫]*)⟫")
+
+
+def _form(lines: list[str]) -> tuple[str, tuple[int | float, ...]]:
+    """A statement's lines with the values marked open (`_int`, `_float`) as `{0}`, `{1}`, …: its
+    form, shared by the statements that differ only in where their operands are, their sizes
+    within the same tiles, and their coefficients; and those values, in order."""
+    values: list[int | float] = []
+
+    def hole(m: re.Match) -> str:
+        values.append(int(m.group(1)) if m.group(1) is not None else float(m.group(2)))
+        return f"⟦{len(values) - 1}⟧"
+
+    return _OPEN.sub(hole, "\n".join(lines)), tuple(values)
+
+
+_HOLE = re.compile(r"⟦(\d+)⟧")
+
+
+def _filled(template: str, values: list[str], n: int) -> list[str]:
+    """A form's lines with its holes filled and its locals suffixed with n."""
+    return _HOLE.sub(lambda m: values[int(m.group(1))], template.replace("@", str(n))).split("\n")
+
+
+def _constants(name: str, values: list, per_line: int = 24) -> list[str]:
+    items = [repr(v) for v in values]
+    return [f"{name} = (", *("    " + ", ".join(items[k:k + per_line]) + "," for k in range(0, len(items), per_line)),
+            ")"]
 
 
 def lower_program(p: Program) -> list[str]:
-    """The kernels and launcher of a (factorized) program: `_<name>_<k>_kernel`, `_<name>_triton`."""
+    """The kernels and launcher of a (factorized) program: `_<name>__kernel<k>`, `_<name>__triton`,
+    and the tables its kernels' loops read (`_<name>__table`, `_<name>__coefs`)."""
     writer = _Writer(p)
-    return writer.run() + ["", ""] + writer.launcher()
+    kernels = writer.run()
+    return (_constants(f"_{p.name}__table", writer.table) + _constants(f"_{p.name}__coefs", writer.coefs)
+            + ["", ""] + kernels + ["", ""] + writer.launcher())
 
 
 def kernel_signature(p: Program) -> dict[str, str]:
     """Argument types of the program's kernels for float32 rows (ahead-of-time compilation)."""
     signature = {name: ("*i64" if p.tensors[name.removesuffix("_ptr")].kind == "index" else "*fp32")
                  for name in _pointers(p)}
-    signature.update(scratch="*fp32", partial="*fp32", n="i32", mask="i32", BLOCK_Z="constexpr", DTYPE="constexpr")
+    signature.update(table_ptr="*i32", coefs_ptr="*fp32", scratch="*fp32", partial="*fp32", n="i32", mask="i32",
+                     BLOCK_Z="constexpr", DTYPE="constexpr")
     return signature
 
 
@@ -422,9 +560,10 @@ def kernel_costs(p: Program) -> list[tuple[str, int, int]]:
     dense) and float32 bytes per row its statements move (row views read, outputs read and written;
     loops that re-read an operand are not counted)."""
     costs = []
-    for k, name in enumerate(kernel_names(p)):
+    parts = _Writer(p).kernels()
+    for name, part in zip(kernel_names(p, len(parts)), parts):
         flops = traffic = 0
-        for s in p.statements[k * SEGMENT:(k + 1) * SEGMENT]:
+        for s in (p.statements[j] for unit in part for j in unit):
             views = p.reads(s) + (s.out,) * 2
             traffic += sum(4 * v.numel for v in views if p.tensors[v.tensor].rows)
             if isinstance(s, Einsum) and any(p.tensors[v.tensor].rows for v in views):

@@ -155,6 +155,19 @@ def output_rows(like: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return like.new_empty(n, dim)
 
 
+_tables: dict[tuple[int, torch.dtype, torch.device], tuple[tuple, torch.Tensor]] = {}
+
+
+def device_table(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A generated module's constant table (what its kernels' loops over statements read) as a
+    tensor on `device`, made once per (table, dtype, device); an empty one holds a zero."""
+    key = (id(values), dtype, device)
+    entry = _tables.get(key)
+    if entry is None or entry[0] is not values:
+        entry = _tables[key] = (values, torch.tensor(values or (0,), dtype=dtype, device=device))
+    return entry[1]
+
+
 class lazy_jit:
     """A derivative program's Triton kernel, made a `triton.jit` function at its first launch:
     decorating the hundreds of kernels of a large module at import (triton tokenizes each one's

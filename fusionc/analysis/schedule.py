@@ -1,0 +1,60 @@
+"""The `schedule` pass: statements of one form next to each other, so that a back end writes a run
+of them as one loop over a table of where their operands are, and the code grows with the kinds of
+statement in a program rather than with their number.
+
+Two statements have one form when their code differs only in values a back end reads from a table:
+- native kernels (`fusionc.backends.native`): where the operands are and the coefficient; a CG
+  table's non-zeros, looped over, are the same code for every table;
+- Triton (`fusionc.backends.triton_program`): where the operands are, their sizes within the same
+  power-of-two tiles, and the coefficient.
+Statements move only as what each reads and writes allows (`fusionc.analysis.program.scheduled`);
+a native kernel's statements stay within it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fusionc.analysis.program import Einsum, Kernel, Program, Statement, View, scheduled, sparse_cg
+
+
+def native(p: Program) -> Program:
+    """p (segmented) with each kernel's statements of one form together."""
+    def form(s: Einsum) -> tuple:
+        table = sparse_cg(p, s)
+        loose = set(s.operands[table].labels) if table is not None else set()
+
+        def shape(v: View) -> tuple:
+            return v.labels, tuple(n for c, n in zip(v.labels, v.shape) if c not in loose)
+
+        operands = tuple((*shape(v), p.tensors[v.tensor].rows,
+                          v.tensor if p.tensors[v.tensor].kind == "const" and k != table else "")
+                         for k, v in enumerate(s.operands))
+        return s.when is None, s.coeff == 1.0, shape(s.out), operands
+
+    return replace(p, statements=tuple(replace(s, statements=scheduled(p, list(s.statements), form))
+                                       if isinstance(s, Kernel) else s for s in p.statements))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def triton(p: Program) -> Program:
+    """p (factorized for the GPU) with its statements of one form together."""
+    def home(v: View) -> str:
+        t = p.tensors[v.tensor]
+        if t.kind == "temp" and t.rows:
+            return "scratch"
+        if t.kind in ("temp", "output") and not t.rows:
+            return "partial"
+        return v.tensor
+
+    def form(s: Statement) -> tuple:
+        if not isinstance(s, Einsum):
+            return (type(s).__name__, s.out, s.source, s.when)
+        views = (s.out, *s.operands)
+        return (s.when is None, s.coeff == 1.0,
+                tuple((v.labels, tuple(_pow2(n) for n in v.shape), home(v)) for v in views))
+
+    return replace(p, statements=scheduled(p, list(p.statements), form))
