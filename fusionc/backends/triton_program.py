@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from math import prod
+from functools import reduce
+from math import gcd, prod
 
 from fusionc.analysis.program import Einsum, Gather, Program, Scatter, View
 from fusionc.backends.writer import CodeWriter
@@ -275,7 +276,12 @@ class _Writer:
         names = {}
         for position, j in enumerate(ints):
             names[j] = f"v{j}_{n}"
-            w(f"{names[j]} = tl.load(t_{n} + {position})")
+            load = f"tl.load(t_{n} + {position})"
+            # what every statement's value is a multiple of: a literal offset told the compiler
+            # which loads it may vectorise, and so does this
+            common = reduce(gcd, (self.forms[k][1][j] for k in unit))
+            multiple = max((m for m in (2, 4, 8, 16) if common % m == 0), default=1)
+            w(f"{names[j]} = " + (f"tl.multiple_of({load}, {multiple})" if multiple > 1 else load))
         for position, j in enumerate(floats):
             names[j] = f"v{j}_{n}"
             w(f"{names[j]} = tl.load(coefs_ptr + {coefs} + r_{n} * {len(floats)} + {position}).to(DTYPE)")
