@@ -116,7 +116,8 @@ class GpuTriton:
     block_z: int = 16
     #: most elements of one statement's product tile (rows included): 16 per thread of 8 warps
     tile_budget: int = 4096
-    #: statements per kernel: a longer program runs as several kernels in sequence
+    #: units per kernel (a statement, or a loop over a table of statements of one form): a longer
+    #: program runs as several kernels in sequence
     segment: int = 16
     #: columns per step of a gather, a scatter or an output's zero fill
     chunk: int = 128
