@@ -91,9 +91,12 @@ class CpuNative:
     #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
     #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
     sparse_weight: float = 2
-    #: a run of at least this many consecutive statements of one form (the same loop nests,
-    #: operands elsewhere) is written as one loop over a table of where their operands are
+    #: in a kernel too long for -O3, a run of at least this many consecutive statements of one form
+    #: (the same loop nests, operands elsewhere) is one loop over a table of where their operands are
     table_min: int = 4
+    #: C statements a statement counts as towards o3_lines, where the schedule pass decides which
+    #: kernels to write with tables before any C is written (about what the C has per statement)
+    statement_lines: float = 4
 
 
 @dataclass(frozen=True)

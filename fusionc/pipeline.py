@@ -99,7 +99,8 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
                                      for d in programs),
                     lambda ps: _pretty_programs(v.native for d in ps for v in d.all() if v.native is not None))
-    programs = show("schedule", tuple(_each(_each(d, "native", schedule.native), "triton", schedule.triton)
+    programs = show("schedule", tuple(_each(_each(d, "native", lambda p: schedule.native(p, model.cpu_native)),
+                                                     "triton", schedule.triton)
                                       for d in programs), _pretty_versions)
     programs = show("liveness", tuple(_each(_each(d, "torch", liveness), "native", liveness) for d in programs),
                     _pretty_versions)

@@ -126,6 +126,8 @@ class Kernel:
     statements: tuple[Einsum, ...]
     homes: tuple[tuple[str, str], ...]
     ready: tuple[str, ...]
+    #: its runs of statements of one form loop over tables (`fusionc.analysis.schedule.native`)
+    tabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def pretty_view(p: Program, v: View) -> str:
 def pretty_statement(p: Program, s: Statement | Kernel) -> str:
     if isinstance(s, Kernel):
         homes = ", ".join(f"{t} {how}" for t, how in s.homes)
-        return "\n    ".join([f"native {s.name} ({homes}):"] + [pretty_statement(p, t) for t in s.statements])
+        head = f"native {s.name} ({homes}){', tabled' if s.tabled else ''}:"
+        return "\n    ".join([head] + [pretty_statement(p, t) for t in s.statements])
     note = f"  # {s.note}" if s.note else ""
     if s.when is not None:
         note += f"  [when {', '.join(k for b, k in enumerate(p.keys) if s.when >> b & 1)}]"

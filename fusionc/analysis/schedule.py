@@ -3,8 +3,8 @@ of them as one loop over a table of where their operands are, and the code grows
 statement in a program rather than with their number.
 
 Two statements have one form when their code differs only in values a back end reads from a table:
-- native kernels (`fusionc.backends.native`): where the operands are and the coefficient; a CG
-  table's non-zeros, looped over, are the same code for every table;
+- native kernels (`fusionc.backends.native`), in those too long for -O3: where the operands are
+  and the coefficient; a CG table's non-zeros, looped over, are the same code for every table;
 - Triton (`fusionc.backends.triton_program`): where the operands are, their sizes within the same
   power-of-two tiles, and the coefficient.
 Statements move only as what each reads and writes allows (`fusionc.analysis.program.scheduled`);
@@ -15,11 +15,25 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import Einsum, Kernel, Program, Statement, View, scheduled, sparse_cg
+from fusionc.machine import CpuNative
 
 
-def native(p: Program) -> Program:
-    """p (segmented) with each kernel's statements of one form together."""
+def native(p: Program, model: CpuNative) -> Program:
+    """p (segmented) with the statements of one form together in each kernel too long for -O3
+    (`CpuNative.o3_lines`, its statements counted at `statement_lines` each and its loops over CG
+    tables at `sparse_weight` per non-zero, as the compile rule counts the C): those kernels are
+    `tabled`. Shorter ones stay as they are: -O3 compiles them written out, and reordered they
+    ran slower (fusion_block's forward, 25%: its temporaries further from where they are read)."""
+    def size(k: Kernel) -> float:
+        total = 0.0
+        for s in k.statements:
+            table = sparse_cg(p, s)
+            nonzeros = len(cg_entries(*map(int, s.operands[table].tensor[3:].split("_")))) if table is not None else 0
+            total += model.statement_lines + model.sparse_weight * nonzeros
+        return total
+
     def form(s: Einsum) -> tuple:
         table = sparse_cg(p, s)
         loose = set(s.operands[table].labels) if table is not None else set()
@@ -32,8 +46,9 @@ def native(p: Program) -> Program:
                          for k, v in enumerate(s.operands))
         return s.when is None, s.coeff == 1.0, shape(s.out), operands
 
-    return replace(p, statements=tuple(replace(s, statements=scheduled(p, list(s.statements), form))
-                                       if isinstance(s, Kernel) else s for s in p.statements))
+    return replace(p, statements=tuple(
+        replace(s, statements=scheduled(p, list(s.statements), form), tabled=True)
+        if isinstance(s, Kernel) and size(s) > model.o3_lines else s for s in p.statements))
 
 
 def _pow2(n: int) -> int:

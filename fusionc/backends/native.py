@@ -138,8 +138,8 @@ def _literal(lines: tuple[str, ...] | list[str], coeff: float) -> list[str]:
 class SegmentWriter:
     """The body of one segment's row loop, statement by statement."""
 
-    def __init__(self, model: CpuNative = CpuNative()) -> None:
-        self.model = model  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
+    def __init__(self, model: CpuNative = CpuNative(), tabled: bool = False) -> None:
+        self.model, self.tabled = model, tabled  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
         self.prologue: list[str] = []
         self.scratch = 0
         self.copies: dict[tuple[str, str, int | None], Buffer] = {}  # (base, order, when) -> copy of a view
@@ -303,19 +303,16 @@ class SegmentWriter:
 
 
     def render(self, function: str) -> tuple[list[str], list[str], list[str]]:
-        """The row loop's body as C. Where the body written out would compile at -O1 (longer than
-        `CpuNative.o3_lines`, see `fusionc.runtime.native.flags_for`), each run of at least
-        `CpuNative.table_min` consecutive statements of one form (`_form`, masked or not alike) is
-        one loop over a constant table of
+        """The row loop's body as C. In a `tabled` kernel (too long for -O3: the `schedule` pass),
+        each run of at least `CpuNative.table_min` consecutive statements of one form (`_form`,
+        masked or not alike) is one loop over a constant table of
         what their form leaves open (and their coefficients and mask bits, where those differ),
         calling the form's function (one per form, its pointers `restrict` parameters: the
         compiler vectorises it as it does a statement written out); the others as written.
         Returns what goes before the function (forms and tables, named after it), the body's lines
         and the pointers the tables index (`_P`, which the row loop declares first)."""
         forms = [_form(c) for c in self.chunks]
-        written_out = sum(line.count(";") + self.model.sparse_weight * sum(map(int, _NONZEROS.findall(line)))
-                          for c in self.chunks for line in c.lines)
-        shortest = self.model.table_min if written_out > self.model.o3_lines else len(self.chunks) + 1
+        shortest = self.model.table_min if self.tabled else len(self.chunks) + 1
         before: list[str] = []
         lines: list[str] = []
         pointers: dict[str, int] = {}

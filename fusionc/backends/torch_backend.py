@@ -68,7 +68,7 @@ class _NativeWriter(ProgramWriter):
             self.ready[t] = (t, (p.tensors[t].size,))
         reads: dict[View, str] = {}
         pieces: dict[tuple[str, int, tuple[int, ...]], str] = {}
-        body = native.SegmentWriter(self.model)
+        body = native.SegmentWriter(self.model, k.tabled)
         written = {s.out.tensor for s in k.statements}
         for s in k.statements:
             operands = []
