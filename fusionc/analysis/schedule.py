@@ -69,7 +69,7 @@ def triton(p: Program) -> Program:
         if not isinstance(s, Einsum):
             return (type(s).__name__, s.out, s.source, s.when)
         views = (s.out, *s.operands)
-        return (s.when is None, s.coeff == 1.0,
-                tuple((v.labels, tuple(_pow2(n) for n in v.shape), home(v)) for v in views))
+        return (s.when is None, s.coeff == 1.0,  # a size that fills its tile needs no mask
+                tuple((v.labels, tuple((_pow2(n), n == _pow2(n)) for n in v.shape), home(v)) for v in views))
 
     return replace(p, statements=scheduled(p, list(p.statements), form))
