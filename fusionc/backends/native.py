@@ -122,7 +122,8 @@ def _form(chunk: Chunk) -> tuple[str, tuple[tuple[str, str | int], ...]]:
         return bases.setdefault((name, offset), f"_B{len(bases)}")
 
     text = _POINTER.sub(placeholder, text)
-    values: list[tuple[str, str | int]] = [v for name, offset in bases for v in (("pointer", name), ("offset", offset))]
+    values: list[tuple[str, str | int]] = [v for name, offset in bases
+                                           for v in (("pointer", name), ("offset", offset))]
     tables = set(_CG.findall(text))
     if len(tables) == 1:
         (table,), (count,) = tables, set(_NONZEROS.findall(text))
@@ -139,7 +140,8 @@ class SegmentWriter:
     """The body of one segment's row loop, statement by statement."""
 
     def __init__(self, model: CpuNative = CpuNative(), tabled: bool = False) -> None:
-        self.model, self.tabled = model, tabled  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
+        self.model = model  # vector_min: labels worth vectorising over; accumulator_max: sums kept in registers
+        self.tabled = tabled  # runs of statements of one form loop over tables (`render`)
         self.prologue: list[str] = []
         self.scratch = 0
         self.copies: dict[tuple[str, str, int | None], Buffer] = {}  # (base, order, when) -> copy of a view
@@ -301,14 +303,14 @@ class SegmentWriter:
         self._add_back(out, work, sizes)
         self._close()
 
-
     def render(self, function: str) -> tuple[list[str], list[str], list[str]]:
         """The row loop's body as C. In a `tabled` kernel (too long for -O3: the `schedule` pass),
         each run of at least `CpuNative.table_min` consecutive statements of one form (`_form`,
-        masked or not alike) is one loop over a constant table of
-        what their form leaves open (and their coefficients and mask bits, where those differ),
-        calling the form's function (one per form, its pointers `restrict` parameters: the
-        compiler vectorises it as it does a statement written out); the others as written.
+        masked or not alike) is one loop over a constant table of what their form leaves open (and
+        their coefficients and mask bits, where those differ), calling the form's function (one
+        per form, its pointers `restrict` parameters: gcc vectorises it as it does a statement
+        written out, where it did not with `restrict` pointers declared in the loop); the others
+        are written out.
         Returns what goes before the function (forms and tables, named after it), the body's lines
         and the pointers the tables index (`_P`, which the row loop declares first)."""
         forms = [_form(c) for c in self.chunks]
@@ -337,7 +339,8 @@ class SegmentWriter:
                 parameters = [f"real *restrict _B{j // 2}" if kind == "pointer" else
                               "const struct fusionc_cg *restrict _G" if kind == "cg" else "const int _ne"
                               for j, (kind, _) in enumerate(values) if kind in ("pointer", "cg", "count")]
-                before += [f"static inline void {functions[template]}({', '.join(parameters + ['const double _coef'])})",
+                signature = ", ".join(parameters + ["const double _coef"])
+                before += [f"static inline void {functions[template]}({signature})",
                            "{", *("    " + line for line in template.split("\n")), "}"]
             name = f"{function}_t{runs}"
             runs += 1
@@ -356,7 +359,8 @@ class SegmentWriter:
                 elif kind == "cg":
                     arguments += [f"{function}_g[_t[{j}]]", f"_t[{j + 1}]"]
             if len(coeffs) > 1:
-                before.append(f"static const double {name}_c[{len(run)}] = {{{', '.join(repr(c.coeff) for c in run)}}};")
+                coefficients = ", ".join(repr(c.coeff) for c in run)
+                before.append(f"static const double {name}_c[{len(run)}] = {{{coefficients}}};")
                 arguments.append(f"{name}_c[_r]")
             else:
                 arguments.append(repr(coeffs[0]))
@@ -368,7 +372,8 @@ class SegmentWriter:
                               whens[0] if len(whens) == 1 else None)
             k = end
         if cgs:
-            before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = {{{', '.join(cgs)}}};")
+            before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = "
+                             f"{{{', '.join(cgs)}}};")
         return before, lines, list(pointers)
 
 
@@ -476,7 +481,8 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
     tables, statements, pointers = body.render(name)
     if pointers:
         setup.append(f"real *const _P[{len(pointers)}] = {{{', '.join(f'(real *){p}' for p in pointers)}}};")
-    lines = [*tables, f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
+    lines = [*tables, f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)",
+             "{", *once]
     owned = list(body.shared_heap)  # what the function frees before it returns
     for buffer, size in body.shared_heap.items():
         lines += [f"    real *restrict {buffer} = malloc(sizeof(real) * {size});",

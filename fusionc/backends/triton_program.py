@@ -84,7 +84,7 @@ class _Writer:
         self.p = p
         self.w = CodeWriter()
         self.places: dict[str, _Place] = {}
-        self.count: int | str = 0  # units written: locals are suffixed with it
+        self.count: int | str = 0  # units written: locals are suffixed with it (`@` in a form)
         self.forms: list[tuple[str, tuple[int | float, ...]]] = []  # per statement (`_form`)
         self.table: list[int] = []  # what the table loops' forms leave open, row by row
         self.coefs: list[float] = []
@@ -170,14 +170,15 @@ class _Writer:
 
     def unit(self, s) -> list[str]:
         """s's lines, its locals suffixed `@` and the values its form leaves open marked (`_form`)."""
-        saved, self.w, self.count = self.w, CodeWriter(), "@"
+        saved, count = self.w, self.count
+        self.w, self.count = CodeWriter(), "@"
         if isinstance(s, Einsum):
             self.einsum(s)
         elif isinstance(s, Gather):
             self.gather(s)
         else:
             self.scatter(s)
-        lines, self.w = self.w.lines, saved
+        lines, self.w, self.count = self.w.lines, saved, count
         return lines
 
     def units(self) -> list[list[int]]:
@@ -222,7 +223,7 @@ class _Writer:
             if k == 0:
                 self.zero_outputs()
             for unit in part:
-                self.count = 1 + (self.count if isinstance(self.count, int) else 0)
+                self.count += 1
                 if len(unit) == 1:
                     self.single(unit[0])
                 else:
@@ -498,9 +499,9 @@ def _pointers(p: Program) -> list[str]:
     return [f"{t}_ptr" for t in (*p.inputs, "weight", *p.constants, *(o for o in p.outputs if p.tensors[o].rows))]
 
 
-def kernel_names(p: Program, count: int | None = None) -> list[str]:
-    """The kernels a (factorized) program runs as, in order: one per SEGMENT units."""
-    return [f"_{p.name}__kernel{k}" for k in range(count if count is not None else len(_Writer(p).kernels()))]
+def kernel_names(p: Program, count: int) -> list[str]:
+    """The names of a (factorized) program's `count` kernels, in the order they run."""
+    return [f"_{p.name}__kernel{k}" for k in range(count)]
 
 
 def _int(value: int) -> str:
@@ -517,7 +518,7 @@ _OPEN = re.compile(r"⟨(-?\d+)⟩|⟪([^⟫]*)⟫")
 
 
 def _form(lines: list[str]) -> tuple[str, tuple[int | float, ...]]:
-    """A statement's lines with the values marked open (`_int`, `_float`) as `{0}`, `{1}`, …: its
+    """A statement's lines with the values marked open (`_int`, `_float`) as holes `⟦0⟧`, `⟦1⟧`, …: its
     form, shared by the statements that differ only in where their operands are, their sizes
     within the same tiles, and their coefficients; and those values, in order."""
     values: list[int | float] = []
