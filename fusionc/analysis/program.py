@@ -198,10 +198,16 @@ def _cg(la: int, lb: int, lk: int, labels: str = "ijk") -> View:
     return View(f"cg_{la}_{lb}_{lk}", 0, (2 * la + 1, 2 * lb + 1, 2 * lk + 1), labels)
 
 
+def cg_degrees(name: str) -> tuple[int, int, int]:
+    """(l1, l2, l3) of the CG table constant `cg_<l1>_<l2>_<l3>` (`_cg`)."""
+    l1, l2, l3 = map(int, name[3:].split("_"))
+    return l1, l2, l3
+
+
 def _constant_order(name: str) -> tuple:
     """CG tables by (l1, l2, l3), then the other constant matrices by name."""
     if name.startswith("cg_"):
-        return (0, tuple(int(x) for x in name[3:].split("_")), "")
+        return (0, cg_degrees(name), "")
     return (1, (), name)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fusionc.algebra.cg import cg_entries
-from fusionc.analysis.program import Einsum, Kernel, Program, Statement, View, scheduled, sparse_cg
+from fusionc.analysis.program import Einsum, Kernel, Program, Statement, View, cg_degrees, scheduled, sparse_cg
 from fusionc.machine import CpuNative
 
 
@@ -30,7 +30,7 @@ def native(p: Program, model: CpuNative) -> Program:
         total = 0.0
         for s in k.statements:
             table = sparse_cg(p, s)
-            nonzeros = len(cg_entries(*map(int, s.operands[table].tensor[3:].split("_")))) if table is not None else 0
+            nonzeros = len(cg_entries(*cg_degrees(s.operands[table].tensor))) if table is not None else 0
             total += model.statement_lines + model.sparse_weight * nonzeros
         return total
 

@@ -30,7 +30,7 @@ from itertools import accumulate
 from math import prod
 
 from fusionc.algebra.cg import cg_entries
-from fusionc.analysis.program import Einsum
+from fusionc.analysis.program import Einsum, cg_degrees
 from fusionc.machine import CpuNative
 
 #: Every per-row buffer is declared 64-byte aligned. gcc 12's vectoriser at -O1/-O2 may raise a
@@ -233,7 +233,7 @@ class SegmentWriter:
         declares them), and within it the channels, innermost and contiguous (operands copied per
         row to that order where they are not, the output summed in such a buffer first)."""
         cg = s.operands[table]
-        ls = tuple(int(x) for x in cg.tensor[3:].split("_"))
+        ls = cg_degrees(cg.tensor)
         self.tables.add(ls)
         out = out.squeezed()
         ops = [(b.squeezed(), ro) for k, (b, ro) in enumerate(operands) if k != table]

@@ -20,7 +20,7 @@ from fusionc.analysis.layout import plan_pair
 from fusionc.analysis.plan import DiagramPlan
 from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import (PLANNING_ROWS, Einsum, Gather, Kernel, Program, ProgramSet, Statement, Tensor, View,
-                                      view_layout)
+                                      cg_degrees, view_layout)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.machine import CpuBlas
 from fusionc.version import __version__
@@ -73,7 +73,7 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
         w.dedent()
 
     # the CG tables' float64 values, written to round-trip exactly: loading the module needs no sympy
-    tables = [tuple(int(x) for x in c[3:].split("_")) for c in forward.constants if c.startswith("cg_")]
+    tables = [cg_degrees(c) for c in forward.constants if c.startswith("cg_")]
     if tables:
         w("cg_tables = {  # real-basis CG tables C[i, j, k] by (l1, l2, l3), as sparse (i, j, k, value)")
         w.indent()
