@@ -91,6 +91,16 @@ class CpuNative:
     #: gcc -O3 spends its time on them (alias walking, PRE): fusion_block_3's gradient, 2,246 lines
     #: with 1,285 non-zeros, took 29 s to compile at -O3 and 2 s at -O1, and ran faster at -O1
     sparse_weight: float = 2
+    #: a kernel whose channel loops are all this short or shorter (one AVX-512 vector of float32)
+    #: counts `narrow_weight` times towards o3_lines: its loops vanish into single vector operations,
+    #: gcc -O3 unrolls whole nests of component loops around them into straight-line code and then
+    #: spends 6-8 ms per C statement (alias walking) against 1.2-1.6 where channels are 32 or 64:
+    #: cormorant_message's second derivative, 2,421 statements, 19 s at -O3 and 2.3 s at -O1
+    narrow_channels: int = 16
+    narrow_weight: float = 5
+    #: a program's kernels compile as translation units of about this many C statements each, at
+    #: most one per CPU, in parallel (-O1 compiles about 1,000 a second here)
+    unit_lines: int = 1000
     #: in a kernel too long for -O3, a run of at least this many consecutive statements of one form
     #: (the same loop nests, operands elsewhere) is one loop over a table of where their operands are
     table_min: int = 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import shutil
 import subprocess
 import warnings
@@ -104,6 +105,40 @@ def test_statement_tables_give_what_the_statements_written_out_give(tmp_path, mo
     sources = ops.module._native.sources
     assert any("for (int _r = 0; " in source for source in sources.values())
     assert _check_module(ops, rows=7) > 0
+
+
+def test_kernels_cut_into_parts_and_units_give_what_one_function_gives(tmp_path, monkeypatch):
+    """A long kernel's body is cut into functions (`_parts`), and a program's C into translation
+    units compiled in parallel (`runtime.native.units`): with a machine model where every kernel
+    is long and parts and units are short, on 4 CPUs, a small product still gives what its torch
+    code gives, each unit with the forms and tables its parts share."""
+    model = machine.Machine()
+    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0, table_min=2, unit_lines=40))
+    path = tmp_path / "machine.json"
+    path.write_text(model.to_json())
+    monkeypatch.setenv("FUSIONC_MACHINE", str(path))
+    monkeypatch.setattr(native, "_cpus", lambda: 4)
+    ops = fusionc.loads(random_diagram(1, "uvw", lmax=1, max_mul=2))
+    split = [s for s in ops.module._native.sources.values() if "/* shared " in s]
+    assert split, "some kernel should have been cut into parts"
+    for source in split:
+        units = native.units(source)
+        assert len(units) > 1
+        assert all(unit.startswith("/* shared ") for unit in units)
+        assert sorted(name for unit in units for name in re.findall(r"^/\* kernel (\w+) \*/$", unit, re.M)) == \
+            sorted(re.findall(r"^/\* kernel (\w+) \*/$", source, re.M))  # each part in one unit
+    assert _check_module(ops, rows=7) > 0
+
+
+def test_narrow_kernels_count_more_towards_o3():
+    """gcc -O3 unrolls whole loop nests around channel loops that fit one vector, and takes 5 times
+    as long per statement there (`CpuNative.narrow_weight`): the same kernel with 16 channels
+    compiles at -O1 where with 32 it compiles at -O3."""
+    limit = machine.current().cpu_native.o3_lines
+    statement = "for (int _u = 0; _u < {}; ++_u) x[_u] += y[_u];\n"
+    count = int(limit / 6)  # three `;` a line
+    assert native.flags_for(statement.format(32) * count)[0] == "-O3"
+    assert native.flags_for(statement.format(16) * count)[0] == "-O1"
 
 
 @slow
@@ -246,7 +281,7 @@ def test_kernels_using_wide_vector_registers_clear_their_upper_halves(tmp_path, 
     monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path))
     kernels = fusionc.loads(_SOURCE).module._native
     for program, source in kernels.sources.items():
-        library = native._build(native.HEADER + source, "float")
+        library = native._build(native.HEADER + kernels.prelude, source, "float")
         code = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
         if "ymm" in code or "zmm" in code:
             assert "vzeroupper" in code, program

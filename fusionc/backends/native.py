@@ -303,7 +303,7 @@ class SegmentWriter:
         self._add_back(out, work, sizes)
         self._close()
 
-    def render(self, function: str) -> tuple[list[str], list[str], list[str]]:
+    def render(self, function: str) -> tuple[list[str], list[list[str]], list[str]]:
         """The row loop's body as C. In a `tabled` kernel (too long for -O3: the `schedule` pass),
         each run of at least `CpuNative.table_min` consecutive statements of one form (`_form`,
         masked or not alike) is one loop over a constant table of what their form leaves open (and
@@ -312,11 +312,12 @@ class SegmentWriter:
         written out, where it did not with `restrict` pointers declared in the loop); the others
         are written out.
         Returns what goes before the function (forms and tables, named after it), the body's lines
-        and the pointers the tables index (`_P`, which the row loop declares first)."""
+        (a block per statement or table loop) and the pointers the tables index (`_P`, which the
+        row loop declares first)."""
         forms = [_form(c) for c in self.chunks]
         shortest = self.model.table_min if self.tabled else len(self.chunks) + 1
         before: list[str] = []
-        lines: list[str] = []
+        blocks: list[list[str]] = []
         pointers: dict[str, int] = {}
         cgs: dict[str, int] = {}
         functions: dict[str, str] = {}  # form -> its function
@@ -330,7 +331,7 @@ class SegmentWriter:
             run = self.chunks[k:end]
             if len(run) < shortest:
                 for c in run:
-                    lines += _guarded([f"/* {c.comment} */", *_literal(c.lines, c.coeff)], c.when)
+                    blocks.append(_guarded([f"/* {c.comment} */", *_literal(c.lines, c.coeff)], c.when))
                 k = end
                 continue
             template, values = forms[k]
@@ -368,13 +369,53 @@ class SegmentWriter:
             if len(whens) > 1:
                 body.append(f"    if (!(mask & _t[{len(values)}])) continue;")
             body += [f"    {functions[template]}({', '.join(arguments)});", "}"]
-            lines += _guarded([f"/* {run[0].equation}: {len(run)} statements, operands from {name} */", *body],
-                              whens[0] if len(whens) == 1 else None)
+            blocks.append(_guarded([f"/* {run[0].equation}: {len(run)} statements, operands from {name} */", *body],
+                                   whens[0] if len(whens) == 1 else None))
             k = end
         if cgs:
             before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = "
                              f"{{{', '.join(cgs)}}};")
-        return before, lines, list(pointers)
+        return before, blocks, list(pointers)
+
+
+def _parts(blocks: list[list[str]], size: int) -> list[list[list[str]]]:
+    """The body's blocks cut into consecutive parts of about `size` C statements each (at least
+    `size` / 2 in the last): a part is a function of its own, so that a body too long for one
+    compiler process is compiled by several."""
+    statements = [sum(line.count(";") for line in block) for block in blocks]
+    count = max(1, round(sum(statements) / size))
+    parts: list[list[list[str]]] = [[]]
+    done = 0
+    for block, n in zip(blocks, statements):
+        if parts[-1] and done >= sum(statements) * len(parts) / count:
+            parts.append([])
+        parts[-1].append(block)
+        done += n
+    return parts
+
+
+#: Declarations the row loop's body sees: (const, name, whether an array of pointers).
+_DECLARED = re.compile(r"^\s*(const )?real (?:\*restrict |\*const )?(\w+)(\[)?")
+
+
+def _part_function(name: str, lines: list[str], outside: list[str]) -> tuple[list[str], list[str]]:
+    """A part of a row loop's body as a function of the mask and `_V`, the pointers to what the
+    body reads and writes that is declared `outside` it (as restrict-qualified there as here).
+    Returns its lines and, in order, the values the caller puts in `_V`."""
+    declared: dict[str, str] = {}
+    for line in outside:
+        m = _DECLARED.match(line)
+        if m:
+            const, variable, bracket = m.groups()
+            declared[variable] = ("real *const *{v} = (real *const *)" if variable == "_P" else
+                                  f"{const or ''}real *restrict {{v}} = ")
+    used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(lines)))
+    assert not used & {"z", "n", "threads", "partial"}, f"{name}: its statements read the row loop's counters"
+    variables = [v for v in declared if v in used]
+    text = [f"__attribute__((visibility(\"hidden\"))) void {name}(const int64_t mask, void *const *_V)", "{",
+            *(f"    {declared[v].format(v=v)}_V[{k}];" for k, v in enumerate(variables)),
+            *(line[4:] for line in lines), "}"]
+    return text, [f"(void *){v}" for v in variables]
 
 
 def _guarded(body: list[str], when: int | None) -> list[str]:
@@ -414,6 +455,14 @@ def _tidy(lines: list[str]) -> str:
             out.append(" " * (depth(nest[0]) // 2) + nest[0].lstrip(" "))
         k += len(nest)
     return "\n".join(out)
+
+
+#: The first line of a kernel's C (its forms and tables, then its function), or of a part of its body
+#: (`_parts`): where the runtime may cut a program into translation units compiled in parallel
+#: (`fusionc.runtime.native`). What a kernel's parts share (forms, tables) is marked SHARED_MARK: it
+#: goes into every unit.
+KERNEL_MARK = "/* kernel {name} */"
+SHARED_MARK = "/* shared {name} */"
 
 
 def cg_tables(tables: set[tuple[int, int, int]]) -> str:
@@ -478,11 +527,25 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
             setup.extend(body.buffer(local, size, zero=False))
             setup.append(f"if (mask & {when}) memset({local}, 0, sizeof(real) * {size});")
     setup.extend(body.declarations)
-    tables, statements, pointers = body.render(name)
+    tables, blocks, pointers = body.render(name)
     if pointers:
         setup.append(f"real *const _P[{len(pointers)}] = {{{', '.join(f'(real *){p}' for p in pointers)}}};")
-    lines = [*tables, f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)",
-             "{", *once]
+    parts = _parts(blocks, body.model.unit_lines) if body.tabled else [blocks]
+    if len(parts) == 1:
+        lines = [KERNEL_MARK.format(name=name), *tables]
+        statements = [line for block in blocks for line in block]
+    else:  # a function per part, each its own piece of C: the runtime compiles them in parallel
+        outside = [*once, *setup, *body.prologue, *(f"real *restrict {a.name};" for a in sums),
+                   *(f"real *restrict {b};" for b in (*body.heap, *body.shared_heap))]  # what the body sees
+        lines, prototypes, statements = [SHARED_MARK.format(name=name), *tables], [], []
+        for k, part in enumerate(parts):
+            text, values = _part_function(f"{name}_p{k}", [line for block in part for line in block], outside)
+            lines += ["", KERNEL_MARK.format(name=f"{name}_p{k}"), *text]
+            prototypes.append(f"void {name}_p{k}(const int64_t mask, void *const *_V);")
+            statements += [f"        {{ void *const _V[] = {{{', '.join(values)}}};",
+                           f"          {name}_p{k}(mask, _V); }}"]
+        lines += ["", KERNEL_MARK.format(name=name), *prototypes]
+    lines += [f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
     owned = list(body.shared_heap)  # what the function frees before it returns
     for buffer, size in body.shared_heap.items():
         lines += [f"    real *restrict {buffer} = malloc(sizeof(real) * {size});",

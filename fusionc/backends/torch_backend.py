@@ -24,7 +24,7 @@ class _NativeWriter(ProgramWriter):
         super().__init__(w, p, blas)
         self.model = model
         self.kernels = kernels  # C function name -> (source, argument kinds)
-        self.tables = tables  # CG tables (l1, l2, l3) the program's sparse statements loop over
+        self.tables = tables  # CG tables (l1, l2, l3) the sparse statements of any program loop over
         self.allocated: set[str] = set()
 
     def statement(self, s: Statement | Kernel) -> None:
@@ -138,12 +138,11 @@ class _NativeVersions:
     def __init__(self, blas: CpuBlas, model: CpuNative) -> None:
         self.blas, self.model = blas, model
         self.kernels: dict[str, tuple[str, str]] = {}  # C function -> (source, argument kinds)
-        self.tables: dict[str, set[tuple[int, int, int]]] = {}  # program -> the CG tables its C loops over
+        self.tables: set[tuple[int, int, int]] = set()  # the CG tables any program's C loops over
 
     def function(self, p: Program) -> list[str]:
         w = CodeWriter()
-        self.tables[p.name] = set()
-        emit_program(w, p, _NativeWriter(w, p, self.blas, self.model, self.kernels, self.tables[p.name]), "__cpu")
+        emit_program(w, p, _NativeWriter(w, p, self.blas, self.model, self.kernels, self.tables), "__cpu")
         return w.lines
 
     def code(self) -> list[str]:
@@ -154,14 +153,12 @@ class _NativeVersions:
             return
         w()
         w()
-        w("# the CPU versions' native kernels: C per program, compiled on first use (fusionc.runtime.native)")
+        w("# the CPU versions' native kernels: C per program, compiled on first use after the CG tables they")
+        w("# loop over (`prelude`; fusionc.runtime.native)")
         w("_native = rt.NativeKernels(")
         w.indent()
         w("{")
         by_program: dict[str, list[str]] = {}
-        for program, used in self.tables.items():
-            if used:
-                by_program[program] = [native.cg_tables(used)]
         for name, (source, _) in self.kernels.items():
             by_program.setdefault(native.program_of(name), []).append(source)
         for program, sources in by_program.items():
@@ -175,6 +172,10 @@ class _NativeVersions:
             w(f"{name!r}: {kinds!r},")
         w.dedent()
         w("},")
+        if self.tables:
+            w('prelude="""\\')
+            w.lines.extend(native.cg_tables(self.tables).split("\n"))
+            w('""",')
         w.dedent()
         w(")")
         w("_ops.kernels = _native")

@@ -2,7 +2,8 @@
 
 A module's C source (`fusionc.backends.native`) is compiled on first use, once per dtype, with the
 system C compiler (`$CC`, else `cc`): `-O1` with the vectoriser, -O3 for the smaller programs
-(`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double.
+(`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double; a long
+program as several translation units compiled in parallel (`units`).
 The shared library is cached under `$FUSIONC_CACHE_DIR/native/`, keyed by the source, the flags,
 the compiler and the CPU, and written atomically: a compile that fails or is interrupted leaves no
 entry. OpenMP runs on the libgomp torch has loaded, so kernels and torch share one
@@ -109,16 +110,61 @@ def _machine() -> str:
 #: fusion_block's forward 2.7x slower than -O1 did (7.6 ms against 2.7 for 1,000 rows)
 _STATEMENT_TABLE = "for (int _r = 0; "
 _TABLE_LOOP = re.compile(r"for \(int _e = 0; _e < (\d+); \+\+_e\)")
+_CHANNEL_LOOP = re.compile(r"for \(int _[uvw] = 0; _[uvw] < (\d+); ")
+#: The first line of each kernel's C, or of a part of one, and of what its parts share
+#: (`fusionc.backends.native.KERNEL_MARK`, `SHARED_MARK`).
+_PIECE = re.compile(r"^/\* (kernel|shared) \w+ \*/$", re.MULTILINE)
+
+
+def pieces(source: str) -> list[tuple[bool, str]]:
+    """A program's C cut where `_PIECE` marks it: (whether every translation unit needs the piece,
+    the piece). A source without marks is one piece."""
+    marks = list(_PIECE.finditer(source))
+    starts = [0] + [m.start() for m in marks[1:]]
+    shared = [bool(marks) and marks[0].group(1) == "shared"] + [m.group(1) == "shared" for m in marks[1:]]
+    return [(s, source[a:b].strip("\n")) for s, a, b in zip(shared, starts, starts[1:] + [len(source)])]
+
+
+def _size(kernel: str) -> float:
+    """A kernel's C statements as gcc -O3 spends its time on them (`CpuNative`): `;` however the
+    lines are laid out, `sparse_weight` per non-zero of a loop over a CG table, all of it
+    `narrow_weight` times where every channel loop fits one vector."""
+    model = machine.current().cpu_native
+    size = kernel.count(";") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(kernel)))
+    channels = [int(c) for c in _CHANNEL_LOOP.findall(kernel)]
+    return size * (model.narrow_weight if channels and max(channels) <= model.narrow_channels else 1)
 
 
 def flags_for(source: str) -> tuple[str, ...]:
     """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` C statements
-    (`;`, however the lines are laid out; a loop over a CG table counting `sparse_weight` per
-    non-zero), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling in between:
-    gcc 12 miscompiles that (tests/test_reproducers.py)."""
-    model = machine.current().cpu_native
-    size = source.count(";") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(source)))
-    return ("-O3", *FLAGS[1:]) if size <= model.o3_lines and _STATEMENT_TABLE not in source else FLAGS
+    (as `_size` counts them), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling
+    in between: gcc 12 miscompiles that (tests/test_reproducers.py)."""
+    small = sum(_size(piece) for _, piece in pieces(source)) <= machine.current().cpu_native.o3_lines
+    return ("-O3", *FLAGS[1:]) if small and _STATEMENT_TABLE not in source else FLAGS
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def units(source: str) -> list[str]:
+    """A program's C as translation units of about `CpuNative.unit_lines` C statements, at most
+    one per CPU (gcc's time grows with a unit, and each runs on its own CPU): its kernels (and
+    parts of kernels, `pieces`) dealt the largest first, each to the unit with the fewest
+    statements so far, in their order within a unit, after the pieces every unit needs."""
+    shared = [piece for every, piece in pieces(source) if every]
+    own = [piece for every, piece in pieces(source) if not every]
+    sizes = [piece.count(";") for piece in own]
+    count = max(1, min(_cpus(), len(own), round(sum(sizes) / machine.current().cpu_native.unit_lines)))
+    loads, members = [0] * count, [[] for _ in range(count)]
+    for k in sorted(range(len(own)), key=lambda k: (-sizes[k], k)):
+        unit = loads.index(min(loads))
+        loads[unit] += sizes[k]
+        members[unit].append(k)
+    return ["\n\n".join(shared + [own[k] for k in sorted(unit)]) for unit in members]
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader
@@ -137,20 +183,29 @@ def _whole(path: Path) -> bool:
     return bool(found) and digest == hashlib.sha256(body).hexdigest().encode()
 
 
-def _build(source: str, real: str) -> Path:
+def _build(prelude: str, source: str, real: str) -> Path:
+    """The cached library of a program's C: its translation units (`units`, each after `prelude`)
+    compiled in parallel, then linked."""
     cc = _compiler()
     flags = (*(os.environ.get("FUSIONC_NATIVE_FLAGS") or " ".join(flags_for(source))).split(), f"-Dreal={real}")
-    key = hashlib.sha256("\0".join((source, " ".join(flags), _version(cc), _machine())).encode()).hexdigest()
+    key = hashlib.sha256("\0".join((prelude, source, " ".join(flags), _version(cc), _machine())).encode()).hexdigest()
     path = cache_root() / "native" / f"{key[:32]}.so"
     if _whole(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as build:
-        c, so = Path(build) / "kernels.c", Path(build) / "kernels.so"
-        c.write_text(source)
-        result = subprocess.run([cc, *flags, "-o", str(so), str(c)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"fusionc: compiling native kernels with {cc} failed:\n{result.stderr[-4000:]}")
+        so = Path(build) / "kernels.so"
+        parts, objects = units(source), []
+        for k, unit in enumerate(parts):
+            (Path(build) / f"kernels{k}.c").write_text(prelude + unit + "\n")
+            objects.append(str(Path(build) / f"kernels{k}.o"))
+        steps = ([[[cc, *flags, "-o", str(so), str(Path(build) / "kernels0.c")]]] if len(parts) == 1 else
+                 [[[cc, *flags, "-c", "-o", o, o[:-2] + ".c"] for o in objects], [[cc, *flags, "-o", str(so), *objects]]])
+        for step in steps:  # the units at once, then the link
+            running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in step]
+            errors = [error for p in running for error in [p.communicate()[1]] if p.returncode != 0]
+            if errors:
+                raise RuntimeError(f"fusionc: compiling native kernels with {cc} failed:\n{errors[0][-4000:]}")
         data = so.read_bytes()
         so.write_bytes(data + _TRAILER + hashlib.sha256(data).hexdigest().encode())
         os.replace(so, path)  # whole or absent: readers never see a partial library
@@ -169,13 +224,14 @@ def _row_major(t: torch.Tensor) -> bool:
 
 class NativeKernels:
     """The C functions of one generated module, by program: `sources[program]` holds its
-    functions (compiled together, on the first call of one of them, per dtype); `kinds[name]`
+    functions (compiled into one library, after `prelude`, on the first call of one of them, per
+    dtype); `kinds[name]`
     gives, per argument of function `name`, `r` (rows in, (n, ...) with a row stride), `s` (shared
     in, no rows), `o` (rows out, overwritten), `a` (rows, accumulated into), `O` (shared out, the
     sum over rows) or `A` (shared, the sum over rows added to it)."""
 
-    def __init__(self, sources: dict[str, str], kinds: dict[str, str]) -> None:
-        self.sources, self.kinds = sources, kinds
+    def __init__(self, sources: dict[str, str], kinds: dict[str, str], prelude: str = "") -> None:
+        self.sources, self.kinds, self.prelude = sources, kinds, prelude
         self.libraries: dict[tuple[str, torch.dtype], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype], object] = {}
 
@@ -203,7 +259,7 @@ class NativeKernels:
                 self.libraries.setdefault(key, ctypes.CDLL(str(path)))
 
     def _compiled(self, program: str, dtype: torch.dtype) -> Path:
-        return _build(HEADER + self.sources[program], TYPES[dtype])
+        return _build(HEADER + self.prelude, self.sources[program], TYPES[dtype])
 
     def _function(self, name: str, dtype: torch.dtype):
         f = self.functions.get((name, dtype))
