@@ -131,18 +131,16 @@ def compile_source(source: str, filename: str = "<string>", dump_ir: str | None 
 
 def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> DiagramPrograms:
     """Each program factorized for the targets that run it (see `BACKENDS`)."""
-    lasts = {v.name for v in d.seconds}
-
     def targets(v: Versions) -> Versions:
         p = v.program
         if backend == "torch":
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas),
                            native=factorize(p, model.cpu_native, ahead=True, blas=model.cpu_blas))
-        if v is d.forward:  # the fused forward kernel is written from the diagram and its plan
-            return v
+        if v is d.forward:  # the fused forward kernel is written from the diagram and its plan; the
+            # torch code is what the last derivatives' own derivative differentiates twice
+            return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas))
         # the statements of each mask bits together: a masked call skips whole kernels
-        return replace(v, triton=group(factorize(p, model.gpu_triton, blas=model.cpu_blas)),
-                       torch=factorize(p, model.cpu_blas, blas=model.cpu_blas) if p.name in lasts else None)
+        return replace(v, triton=group(factorize(p, model.gpu_triton, blas=model.cpu_blas)))
 
     return _map(d, targets)
 

@@ -212,3 +212,23 @@ def test_derivative_kernels_are_made_triton_functions_at_their_first_launch(monk
     (want,) = torch.autograd.grad(reference(x, y).sum(), x)
     torch.testing.assert_close(got, want)
     assert any(name.startswith("_lazy__d__kernel") for name in made), made
+
+
+def test_third_derivatives_differentiate_the_forward_torch_code() -> None:
+    """The last derivative programs' kernels are opaque to autograd: their own derivative (a third
+    one) differentiates the forward's torch code twice (`rt.second_order`), and gives what the torch
+    back end gives, for every input and the weight."""
+    source = "diagram third { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x0e + 2x1o  z = fuse(x, y) mix uvw }"
+    torch_ops, triton_ops = _pair(source, "third.fus")
+    reference, kernel = _modules(torch_ops, triton_ops, "third", torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    results = []
+    for module in (kernel, reference):
+        xs = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+        (first,) = torch.autograd.grad(module(*xs).pow(2).sum(), xs[0], create_graph=True)
+        (second,) = torch.autograd.grad(first.pow(2).sum(), xs[1], create_graph=True)
+        results.append(torch.autograd.grad(second.pow(2).sum(), [*xs, module.weight]))
+    for got, want in zip(*results):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want)

@@ -245,6 +245,39 @@ def assemble(like: torch.Tensor, n: int | None, size: int,
     return out
 
 
+def second_order(forward, output: int, count: int):
+    """A function computing what a second derivative program computes, by differentiating the
+    forward program's torch code twice (torch.func): the `reference` of a program whose kernel
+    autograd cannot see through, so that its own derivative (a third one) is available. Its
+    arguments are the second program's: the forward's `count` inputs, the cotangent of forward
+    output `output`, the cotangents of the first derivative's gradients (its floating inputs', then
+    the weight's), the weight and the constants; it returns the gradients of the first
+    derivative's floating inputs (the forward's, then the cotangent) and of the weight."""
+
+    def second(*args: torch.Tensor) -> list[torch.Tensor]:
+        rows, cotangent = list(args[:count]), args[count]
+        floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
+        seconds = args[count + 1:count + 2 + len(floats)]
+        weight, constants = args[count + 2 + len(floats)], args[count + 3 + len(floats):]
+
+        def first(weight: torch.Tensor, cotangent: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            def value(weight: torch.Tensor, *xs: torch.Tensor) -> torch.Tensor:
+                inputs = list(rows)
+                for i, x in zip(floats, xs):
+                    inputs[i] = x
+                return forward(*inputs, weight, *constants)[output]
+
+            _, pullback = torch.func.vjp(value, weight, *xs)
+            gradients = pullback(cotangent)
+            return (*gradients[1:], gradients[0])
+
+        _, pullback = torch.func.vjp(first, weight, cotangent, *(rows[i] for i in floats))
+        gradients = pullback(tuple(seconds))
+        return [*gradients[2:], gradients[1], gradients[0]]
+
+    return second
+
+
 def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
     if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
@@ -259,7 +292,8 @@ class OpNamespace:
     for torch.compile, and autograd.
 
     An op's backward is the op of its derivative program; the last op of a chain differentiates
-    through its own torch code (torch.func.vjp), so every order of derivative is available.
+    through its own torch code (torch.func.vjp), or through a `reference` (`second_order`), so
+    every order of derivative is available.
     """
 
     def __init__(self, namespace: str) -> None:

@@ -18,7 +18,90 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_c3b751956eaabc61")
+_ops = rt.OpNamespace("fusionc_c57bb6dd52312044")
+
+
+def _cormorant_cg(
+    f: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_cg on rows: f (n, 144) -> g (n, 144)."""
+    n = f.shape[0]
+    # p1 = (p0 ⊗ p0) -> 16x0
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
+    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    del _p1
+    # p3 = (p0 ⊗ p2) -> 16x1
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
+    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    del _p3
+    # p5 = (p0 ⊗ p4) -> 16x2
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
+    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    del _p5
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    del _p6
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    del _p7
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    del _p8
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    del _p9
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    del _p10
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    del _p11
+    # 16x0 -> 16x0
+    p = torch.cat([
+        (_piece0_p + _piece3_p + _piece7_p).reshape(n, 16),
+        (_piece1_p + _piece5_p).reshape(n, 48),
+        (_piece2_p + _piece4_p + _piece6_p + _piece8_p).reshape(n, 80),
+    ], dim=-1)
+    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
+    _piece9_g = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x1 -> 16x1
+    _piece10_g = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x2 -> 16x2
+    _piece11_g = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del p
+    # 16x0 -> 16x0
+    _piece12_g = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x1 -> 16x1
+    _piece13_g = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x2 -> 16x2
+    _piece14_g = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    g = torch.cat([
+        (_piece9_g + _piece12_g).reshape(n, 16),
+        (_piece10_g + _piece13_g).reshape(n, 48),
+        (_piece11_g + _piece14_g).reshape(n, 80),
+    ], dim=-1)
+    del _piece10_g, _piece11_g, _piece12_g, _piece13_g, _piece14_g, _piece9_g
+    return [g]
 
 
 _cormorant_cg__d__table = (
@@ -4428,470 +4511,6 @@ def _cormorant_cg__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[t
     return [outputs[0], outputs[1], partial[:, 0:1680].sum(0)]
 
 
-def _cormorant_cg__d__d2(
-    f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
-    cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_f, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg__d: f (n, 144), d_g (n, 144), d2_d_f (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
-    n = f.shape[0]
-    # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1) if _mask & 2 else None
-    del _c0
-    _piece0_p = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c1
-    _piece1_p = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 2 else None
-    # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c2
-    _piece2_p = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    _piece3_p = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c3
-    _piece4_p = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    _piece5_p = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 2 else None
-    # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c4
-    _piece6_p = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    _piece7_p = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c5
-    _piece8_p = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    # ∂/∂p: 16x2 -> 16x2
-    _piece9_d_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
-    # ∂/∂p: 16x1 -> 16x1
-    _piece10_d_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
-    # ∂/∂p: 16x0 -> 16x0
-    _piece11_d_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d_p = torch.cat([
-        _piece11_d_p.reshape(n, 16),
-        _piece10_d_p.reshape(n, 48),
-        _piece9_d_p.reshape(n, 80),
-    ], dim=-1)
-    del _piece10_d_p, _piece11_d_p, _piece9_d_p
-    d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 1 else None
-    d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 1 else None
-    d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece12_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c6.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 1 else None
-    del _c6
-    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece13_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c7.reshape(n, 16, 1) if _mask & 1 else None
-    del _c7
-    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c8 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece14_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c8.reshape(n, 16, 1) if _mask & 1 else None
-    del _c8
-    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c9 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1) if _mask & 1 else None
-    del d__p1
-    _piece15_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c9.reshape(n, 16, 1) if _mask & 1 else None
-    del _c9
-    _piece16_d2_d_p = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1) if _mask & 2 else None
-    _piece17_d2__p1 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) if _mask & 2 else None
-    d2_d__p1 = rt.assemble(weight, n, 16, [(0, 16, [_piece12_d2_d__p1, _piece14_d2_d__p1])])
-    del _piece12_d2_d__p1, _piece14_d2_d__p1
-    _piece18_d2_d_p = d2_d__p1.reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    _piece19_d2_weight = torch.bmm((d2_d__p1.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p1
-    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c10 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece20_d2_d__p3 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c10
-    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c11 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece21_d2_f = torch.mm(_c11.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c11
-    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c12 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece22_d2_d__p3 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c12
-    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c13 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3) if _mask & 1 else None
-    del d__p3
-    _piece23_d2_f = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c13
-    _piece24_d2_d_p = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3) if _mask & 2 else None
-    _piece25_d2__p3 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) if _mask & 2 else None
-    d2_d__p3 = rt.assemble(weight, n, 48, [(0, 48, [_piece20_d2_d__p3, _piece22_d2_d__p3])])
-    del _piece20_d2_d__p3, _piece22_d2_d__p3
-    _piece26_d2_d_p = d2_d__p3.reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 1 else None
-    _piece27_d2_weight = torch.bmm((d2_d__p3.reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p3
-    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c14 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece28_d2_d__p5 = torch.mm(_c14.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c14
-    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c15 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece29_d2_f = torch.mm(_c15.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c15
-    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c16 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece30_d2_d__p5 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c16
-    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c17 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5) if _mask & 1 else None
-    del d__p5
-    _piece31_d2_f = torch.mm(_c17.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c17
-    _piece32_d2_d_p = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5) if _mask & 2 else None
-    _piece33_d2__p5 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) if _mask & 2 else None
-    d2_d__p5 = rt.assemble(weight, n, 80, [(0, 80, [_piece28_d2_d__p5, _piece30_d2_d__p5])])
-    del _piece28_d2_d__p5, _piece30_d2_d__p5
-    _piece34_d2_d_p = d2_d__p5.reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    _piece35_d2_weight = torch.bmm((d2_d__p5.reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p5
-    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c18 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 1 else None
-    _piece36_d2_d__p6 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c19 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece37_d2_f = torch.mm(_c19.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c19
-    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece38_d2_d__p6 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1) if _mask & 1 else None
-    del d__p6
-    _piece39_d2_f = torch.mm(_c21.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c21
-    _piece40_d2_d_p = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1) if _mask & 2 else None
-    _piece41_d2__p6 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) if _mask & 2 else None
-    d2_d__p6 = rt.assemble(weight, n, 16, [(0, 16, [_piece36_d2_d__p6, _piece38_d2_d__p6])])
-    del _piece36_d2_d__p6, _piece38_d2_d__p6
-    _piece42_d2_d_p = d2_d__p6.reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    _piece43_d2_weight = torch.bmm((d2_d__p6.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p6
-    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _piece44_d2_d__p7 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c18
-    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c22 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece45_d2_f = torch.mm(_c22.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c22
-    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _piece46_d2_d__p7 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c20
-    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5) if _mask & 1 else None
-    del d__p7
-    _piece47_d2_f = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c23
-    _piece48_d2_d_p = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5) if _mask & 2 else None
-    _piece49_d2__p7 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) if _mask & 2 else None
-    d2_d__p7 = rt.assemble(weight, n, 80, [(0, 80, [_piece44_d2_d__p7, _piece46_d2_d__p7])])
-    del _piece44_d2_d__p7, _piece46_d2_d__p7
-    _piece50_d2_d_p = d2_d__p7.reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    _piece51_d2_weight = torch.bmm((d2_d__p7.reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p7
-    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 1 else None
-    _piece52_d2_d__p8 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece53_d2_f = torch.mm(_c25.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c25
-    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c26 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece54_d2_d__p8 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c27 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3) if _mask & 1 else None
-    del d__p8
-    _piece55_d2_f = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c27
-    _piece56_d2_d_p = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3) if _mask & 2 else None
-    _piece57_d2__p8 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) if _mask & 2 else None
-    d2_d__p8 = rt.assemble(weight, n, 48, [(0, 48, [_piece52_d2_d__p8, _piece54_d2_d__p8])])
-    del _piece52_d2_d__p8, _piece54_d2_d__p8
-    _piece58_d2_d_p = d2_d__p8.reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 1 else None
-    _piece59_d2_weight = torch.bmm((d2_d__p8.reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p8
-    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _piece60_d2_d__p9 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c24
-    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece61_d2_f = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c28
-    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _piece62_d2_d__p9 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c26
-    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c29 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5) if _mask & 1 else None
-    del d__p9
-    _piece63_d2_f = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c29
-    _piece64_d2_d_p = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5) if _mask & 2 else None
-    _piece65_d2__p9 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) if _mask & 2 else None
-    d2_d__p9 = rt.assemble(weight, n, 80, [(0, 80, [_piece60_d2_d__p9, _piece62_d2_d__p9])])
-    del _piece60_d2_d__p9, _piece62_d2_d__p9
-    _piece66_d2_d_p = d2_d__p9.reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    _piece67_d2_weight = torch.bmm((d2_d__p9.reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p9
-    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c30 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 1 else None
-    _piece68_d2_d__p10 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c31 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece69_d2_f = torch.mm(_c31.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c31
-    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c32 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece70_d2_d__p10 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c33 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1) if _mask & 1 else None
-    del d__p10
-    _piece71_d2_f = torch.mm(_c33.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c33
-    _piece72_d2_d_p = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1) if _mask & 2 else None
-    _piece73_d2__p10 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) if _mask & 2 else None
-    d2_d__p10 = rt.assemble(weight, n, 16, [(0, 16, [_piece68_d2_d__p10, _piece70_d2_d__p10])])
-    del _piece68_d2_d__p10, _piece70_d2_d__p10
-    _piece74_d2_d_p = d2_d__p10.reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 1 else None
-    _piece75_d2_weight = torch.bmm((d2_d__p10.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p10
-    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _piece76_d2_d__p11 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c30
-    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c34 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece77_d2_f = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c34
-    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _piece78_d2_d__p11 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c32
-    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c35 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5) if _mask & 1 else None
-    del d__p11
-    _piece79_d2_f = torch.mm(_c35.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c35
-    _piece80_d2_d_p = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5) if _mask & 2 else None
-    _piece81_d2__p11 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) if _mask & 2 else None
-    d2_d__p11 = rt.assemble(weight, n, 80, [(0, 80, [_piece76_d2_d__p11, _piece78_d2_d__p11])])
-    del _piece76_d2_d__p11, _piece78_d2_d__p11
-    _piece82_d2_d_p = d2_d__p11.reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 1 else None
-    _piece83_d2_weight = torch.bmm((d2_d__p11.reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 1 else None  # zui,zui->u
-    del d2_d__p11, d_p
-    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    p = rt.assemble(weight, n, 144, [(0, 16, [_piece0_p, _piece3_p, _piece7_p]), (16, 48, [_piece1_p, _piece5_p]), (64, 80, [_piece2_p, _piece4_p, _piece6_p, _piece8_p])])
-    del _piece0_p, _piece1_p, _piece2_p, _piece3_p, _piece4_p, _piece5_p, _piece6_p, _piece7_p, _piece8_p
-    _piece84_d2_d_g = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    _piece85_d2_p = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
-    d2_d_p = rt.assemble(weight, n, 144, [(0, 16, [_piece16_d2_d_p, _piece18_d2_d_p, _piece40_d2_d_p, _piece42_d2_d_p, _piece72_d2_d_p, _piece74_d2_d_p]), (16, 48, [_piece24_d2_d_p, _piece26_d2_d_p, _piece56_d2_d_p, _piece58_d2_d_p]), (64, 80, [_piece32_d2_d_p, _piece34_d2_d_p, _piece48_d2_d_p, _piece50_d2_d_p, _piece64_d2_d_p, _piece66_d2_d_p, _piece80_d2_d_p, _piece82_d2_d_p])])
-    del _piece16_d2_d_p, _piece18_d2_d_p, _piece24_d2_d_p, _piece26_d2_d_p, _piece32_d2_d_p, _piece34_d2_d_p, _piece40_d2_d_p, _piece42_d2_d_p, _piece48_d2_d_p, _piece50_d2_d_p, _piece56_d2_d_p, _piece58_d2_d_p, _piece64_d2_d_p, _piece66_d2_d_p, _piece72_d2_d_p, _piece74_d2_d_p, _piece80_d2_d_p, _piece82_d2_d_p
-    _piece86_d2_d_g = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    _piece87_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
-    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    _piece88_d2_d_g = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    _piece89_d2_p = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    _piece90_d2_d_g = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    _piece91_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
-    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    _piece92_d2_d_g = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    del p
-    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    _piece93_d2_p = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    _piece94_d2_d_g = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    _piece95_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
-    del d2_d_p
-    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    _piece96_d2_d_g = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    _piece97_d2_f = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    _piece98_d2_d_g = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    _piece99_d2_weight = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16) if _mask & 1 else None  # zui,zwi->uw
-    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    _piece100_d2_d_g = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    _piece101_d2_f = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    _piece102_d2_d_g = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    _piece103_d2_weight = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16) if _mask & 1 else None  # zui,zwi->uw
-    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    _piece104_d2_d_g = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    _piece105_d2_f = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    _piece106_d2_d_g = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    _piece107_d2_weight = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16) if _mask & 1 else None  # zui,zwi->uw
-    d2_p = rt.assemble(weight, n, 144, [(0, 16, [_piece85_d2_p]), (16, 48, [_piece89_d2_p]), (64, 80, [_piece93_d2_p])])
-    del _piece85_d2_p, _piece89_d2_p, _piece93_d2_p
-    _piece108_d2__p11 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    _piece109_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p11
-    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2__p11 = rt.assemble(weight, n, 80, [(0, 80, [_piece81_d2__p11, _piece108_d2__p11])])
-    del _piece108_d2__p11, _piece81_d2__p11
-    _c36 = d2__p11.reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 2 else None
-    _piece110_d2_f = torch.mm(_c36.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zujk->zui
-    del _c36
-    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c37 = d2__p11.reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    del d2__p11
-    _piece111_d2_f = torch.mm(_c37.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c37
-    _piece112_d2__p10 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    _piece113_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p10
-    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    d2__p10 = rt.assemble(weight, n, 16, [(0, 16, [_piece73_d2__p10, _piece112_d2__p10])])
-    del _piece112_d2__p10, _piece73_d2__p10
-    _c38 = d2__p10.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _piece114_d2_f = torch.mm(_c38.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zukj->zui
-    del _c38
-    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c39 = d2__p10.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    del d2__p10
-    _piece115_d2_f = torch.mm(_c39.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c39
-    _piece116_d2__p9 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    _piece117_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p9
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2__p9 = rt.assemble(weight, n, 80, [(0, 80, [_piece65_d2__p9, _piece116_d2__p9])])
-    del _piece116_d2__p9, _piece65_d2__p9
-    _c40 = d2__p9.reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 2 else None
-    _piece118_d2_f = torch.mm(_c40.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zujk->zui
-    del _c40
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c41 = d2__p9.reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    del d2__p9
-    _piece119_d2_f = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c41
-    _piece120_d2__p8 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 2 else None
-    _piece121_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p8
-    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    d2__p8 = rt.assemble(weight, n, 48, [(0, 48, [_piece57_d2__p8, _piece120_d2__p8])])
-    del _piece120_d2__p8, _piece57_d2__p8
-    _c42 = d2__p8.reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 2 else None
-    _piece122_d2_f = torch.mm(_c42.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zujk->zui
-    del _c42
-    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c43 = d2__p8.reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    del d2__p8
-    _piece123_d2_f = torch.mm(_c43.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c43
-    _piece124_d2__p7 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    _piece125_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p7
-    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2__p7 = rt.assemble(weight, n, 80, [(0, 80, [_piece49_d2__p7, _piece124_d2__p7])])
-    del _piece124_d2__p7, _piece49_d2__p7
-    _c44 = d2__p7.reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 2 else None
-    _piece126_d2_f = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zujk->zui
-    del _c44
-    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c45 = d2__p7.reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    del d2__p7
-    _piece127_d2_f = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c45
-    _piece128_d2__p6 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    _piece129_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p6
-    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    d2__p6 = rt.assemble(weight, n, 16, [(0, 16, [_piece41_d2__p6, _piece128_d2__p6])])
-    del _piece128_d2__p6, _piece41_d2__p6
-    _c46 = d2__p6.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece130_d2_f = torch.mm(_c46.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zukj->zui
-    del _c46
-    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c47 = d2__p6.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    del d2__p6
-    _piece131_d2_f = torch.mm(_c47.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c47
-    _piece132_d2__p5 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) if _mask & 2 else None
-    _piece133_d2_weight = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p5
-    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    d2__p5 = rt.assemble(weight, n, 80, [(0, 80, [_piece33_d2__p5, _piece132_d2__p5])])
-    del _piece132_d2__p5, _piece33_d2__p5
-    _c48 = d2__p5.reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 2 else None
-    _piece134_d2_f = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1) if _mask & 2 else None  # ijk,zujk->zui
-    del _c48
-    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c49 = d2__p5.reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    del d2__p5
-    _piece135_d2_f = torch.mm(_c49.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c49
-    _piece136_d2__p3 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) if _mask & 2 else None
-    _piece137_d2_weight = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p3
-    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    d2__p3 = rt.assemble(weight, n, 48, [(0, 48, [_piece25_d2__p3, _piece136_d2__p3])])
-    del _piece136_d2__p3, _piece25_d2__p3
-    _c50 = d2__p3.reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 2 else None
-    _piece138_d2_f = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1) if _mask & 2 else None  # ijk,zujk->zui
-    del _c50
-    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c51 = d2__p3.reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    del d2__p3
-    _piece139_d2_f = torch.mm(_c51.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c51
-    _piece140_d2__p1 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) if _mask & 2 else None
-    _piece141_d2_weight = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16) if _mask & 2 else None  # zui,zui->u
-    del _p1, d2_p
-    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    d2__p1 = rt.assemble(weight, n, 16, [(0, 16, [_piece17_d2__p1, _piece140_d2__p1])])
-    del _piece140_d2__p1, _piece17_d2__p1
-    _c52 = d2__p1.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _piece142_d2_f = cg_0_0_0.reshape(1, 1, 1) * _c52.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 2 else None
-    del _c52
-    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c53 = d2__p1.reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    del d2__p1
-    _piece143_d2_f = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c53.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 2 else None
-    del _c53
-    d2_f = rt.assemble(weight, n, 144, [(0, 16, [_piece13_d2_f, _piece15_d2_f, _piece21_d2_f, _piece29_d2_f, _piece97_d2_f, _piece134_d2_f, _piece138_d2_f, _piece142_d2_f, _piece143_d2_f]), (16, 48, [_piece23_d2_f, _piece37_d2_f, _piece39_d2_f, _piece45_d2_f, _piece47_d2_f, _piece53_d2_f, _piece61_d2_f, _piece101_d2_f, _piece118_d2_f, _piece122_d2_f, _piece126_d2_f, _piece127_d2_f, _piece130_d2_f, _piece131_d2_f, _piece139_d2_f]), (64, 80, [_piece31_d2_f, _piece55_d2_f, _piece63_d2_f, _piece69_d2_f, _piece71_d2_f, _piece77_d2_f, _piece79_d2_f, _piece105_d2_f, _piece110_d2_f, _piece111_d2_f, _piece114_d2_f, _piece115_d2_f, _piece119_d2_f, _piece123_d2_f, _piece135_d2_f])])
-    del _piece101_d2_f, _piece105_d2_f, _piece110_d2_f, _piece111_d2_f, _piece114_d2_f, _piece115_d2_f, _piece118_d2_f, _piece119_d2_f, _piece122_d2_f, _piece123_d2_f, _piece126_d2_f, _piece127_d2_f, _piece130_d2_f, _piece131_d2_f, _piece134_d2_f, _piece135_d2_f, _piece138_d2_f, _piece139_d2_f, _piece13_d2_f, _piece142_d2_f, _piece143_d2_f, _piece15_d2_f, _piece21_d2_f, _piece23_d2_f, _piece29_d2_f, _piece31_d2_f, _piece37_d2_f, _piece39_d2_f, _piece45_d2_f, _piece47_d2_f, _piece53_d2_f, _piece55_d2_f, _piece61_d2_f, _piece63_d2_f, _piece69_d2_f, _piece71_d2_f, _piece77_d2_f, _piece79_d2_f, _piece97_d2_f
-    d2_d_g = rt.assemble(weight, n, 144, [(0, 16, [_piece84_d2_d_g, _piece86_d2_d_g, _piece96_d2_d_g, _piece98_d2_d_g]), (16, 48, [_piece88_d2_d_g, _piece90_d2_d_g, _piece100_d2_d_g, _piece102_d2_d_g]), (64, 80, [_piece92_d2_d_g, _piece94_d2_d_g, _piece104_d2_d_g, _piece106_d2_d_g])])
-    del _piece100_d2_d_g, _piece102_d2_d_g, _piece104_d2_d_g, _piece106_d2_d_g, _piece84_d2_d_g, _piece86_d2_d_g, _piece88_d2_d_g, _piece90_d2_d_g, _piece92_d2_d_g, _piece94_d2_d_g, _piece96_d2_d_g, _piece98_d2_d_g
-    d2_weight = rt.assemble(weight, None, 1680, [(0, 16, [_piece19_d2_weight, _piece141_d2_weight]), (16, 16, [_piece27_d2_weight, _piece137_d2_weight]), (32, 16, [_piece35_d2_weight, _piece133_d2_weight]), (48, 16, [_piece43_d2_weight, _piece129_d2_weight]), (64, 16, [_piece51_d2_weight, _piece125_d2_weight]), (80, 16, [_piece59_d2_weight, _piece121_d2_weight]), (96, 16, [_piece67_d2_weight, _piece117_d2_weight]), (112, 16, [_piece75_d2_weight, _piece113_d2_weight]), (128, 16, [_piece83_d2_weight, _piece109_d2_weight]), (144, 256, [_piece87_d2_weight]), (400, 256, [_piece91_d2_weight]), (656, 256, [_piece95_d2_weight]), (912, 256, [_piece99_d2_weight]), (1168, 256, [_piece103_d2_weight]), (1424, 256, [_piece107_d2_weight])])
-    del _piece103_d2_weight, _piece107_d2_weight, _piece109_d2_weight, _piece113_d2_weight, _piece117_d2_weight, _piece121_d2_weight, _piece125_d2_weight, _piece129_d2_weight, _piece133_d2_weight, _piece137_d2_weight, _piece141_d2_weight, _piece19_d2_weight, _piece27_d2_weight, _piece35_d2_weight, _piece43_d2_weight, _piece51_d2_weight, _piece59_d2_weight, _piece67_d2_weight, _piece75_d2_weight, _piece83_d2_weight, _piece87_d2_weight, _piece91_d2_weight, _piece95_d2_weight, _piece99_d2_weight
-    return [d2_f if d2_f is not None else weight.new_zeros(n, 144), d2_d_g, d2_weight]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -5079,9 +4698,108 @@ def _cormorant_cg__triton(f, weight, *constants: torch.Tensor) -> list[torch.Ten
 
 # cormorant_cg: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("cormorant_cg__d__d2", _cormorant_cg__d__d2__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, masked=True, reference=_cormorant_cg__d__d2)
+_ops.register("cormorant_cg__d__d2", _cormorant_cg__d__d2__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, masked=True, reference=rt.second_order(_cormorant_cg, 0, 1))
 _ops.register("cormorant_cg__d", _cormorant_cg__d__triton, outputs=((144, True), (1680, False)), index_ranges={}, backward_all=_ops["cormorant_cg__d__d2"], masked=True)
 _ops.register("cormorant_cg", _cormorant_cg__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d"]], check_indices=True)
+
+
+def _cormorant_message(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    _g_p__0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179)  # zj,jc->zc
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_0_2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_1_0
+    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16)
+    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16)
+    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
+    _w_p__0_1_1 = torch.cat([
+        _piece4_w_p__0_1_1.reshape(n, 16),
+        _piece5_w_p__0_1_1.reshape(n, 16),
+        _piece6_w_p__0_1_1.reshape(n, 16),
+    ], dim=-1)
+    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
+    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
+    del _t_p__0_1_1, _w_p__0_1_1
+    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16)
+    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
+    _w_p__0_1_2 = torch.cat([
+        _piece8_w_p__0_1_2.reshape(n, 16),
+        _piece9_w_p__0_1_2.reshape(n, 16),
+    ], dim=-1)
+    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
+    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_1_2, _w_p__0_1_2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    del _t_p__0_2_0
+    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16)
+    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_p__0_2_1 = torch.cat([
+        _piece12_w_p__0_2_1.reshape(n, 16),
+        _piece13_w_p__0_2_1.reshape(n, 16),
+    ], dim=-1)
+    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
+    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
+    del _t_p__0_2_1, _w_p__0_2_1
+    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16)
+    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16)
+    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p__0
+    _w_p__0_2_2 = torch.cat([
+        _piece15_w_p__0_2_2.reshape(n, 16),
+        _piece16_w_p__0_2_2.reshape(n, 16),
+        _piece17_w_p__0_2_2.reshape(n, 16),
+    ], dim=-1)
+    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
+    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _t_p__0_2_2, _w_p__0_2_2
+    # 16x0 -> 16x0
+    p = torch.cat([
+        (_piece0_p + _piece3_p + _piece11_p).reshape(n, 16),
+        (_piece1_p + _piece7_p + _piece14_p).reshape(n, 48),
+        (_piece2_p + _piece10_p + _piece18_p).reshape(n, 80),
+    ], dim=-1)
+    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
+    _piece19_m = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x1 -> 16x1
+    _piece20_m = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x2 -> 16x2
+    _piece21_m = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    del p
+    m = torch.cat([
+        _piece19_m.reshape(n, 16),
+        _piece20_m.reshape(n, 48),
+        _piece21_m.reshape(n, 80),
+    ], dim=-1)
+    del _piece19_m, _piece20_m, _piece21_m
+    return [m]
 
 
 _cormorant_message__d__table = (
@@ -8525,414 +8243,6 @@ def _cormorant_message__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> l
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
-def _cormorant_message__d__d2(
-    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_f: torch.Tensor, d2_d_sh: torch.Tensor, d2_d_w: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, _g_p__0: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_f, d2_d_sh, d2_d_w, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message__d: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144), d2_d_sh (n, 9), d2_d_w (n, 240), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
-    n = f.shape[0]
-    # every path's (i, k) map at once: sh · G
-    _m_p__0 = torch.mm(sh.reshape(n, 9), _g_p__0).view(n, 179) if _mask & 13 else None  # zj,jc->zc
-    # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p__0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) if _mask & 12 else None
-    _piece0_p = _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 8 else None
-    # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p__0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) if _mask & 12 else None
-    _piece1_p = _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 8 else None
-    # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p__0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) if _mask & 12 else None
-    _piece2_p = _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 8 else None
-    # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 12 else None  # zui,zikp->zupk
-    _piece3_p = _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 8 else None
-    _piece4_w_p__0_1_1 = w[:, 48:64].reshape(n, 16) if _mask & 11 else None
-    _piece5_w_p__0_1_1 = w[:, 80:96].reshape(n, 16) if _mask & 11 else None
-    _piece6_w_p__0_1_1 = w[:, 112:128].reshape(n, 16) if _mask & 11 else None
-    # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3) if _mask & 12 else None  # zui,zikp->zupk
-    _w_p__0_1_1 = rt.assemble(weight, n, 48, [(0, 16, [_piece4_w_p__0_1_1]), (16, 16, [_piece5_w_p__0_1_1]), (32, 16, [_piece6_w_p__0_1_1])])
-    del _piece4_w_p__0_1_1, _piece5_w_p__0_1_1, _piece6_w_p__0_1_1
-    _piece7_p = (_t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 8 else None
-    _piece8_w_p__0_1_2 = w[:, 96:112].reshape(n, 16) if _mask & 11 else None
-    _piece9_w_p__0_1_2 = w[:, 128:144].reshape(n, 16) if _mask & 11 else None
-    # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5) if _mask & 12 else None  # zui,zikp->zupk
-    _w_p__0_1_2 = rt.assemble(weight, n, 32, [(0, 16, [_piece8_w_p__0_1_2]), (16, 16, [_piece9_w_p__0_1_2])])
-    del _piece8_w_p__0_1_2, _piece9_w_p__0_1_2
-    _piece10_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p__0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5) if _mask & 8 else None  # zupk,zpu->zuk
-    # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 12 else None  # zui,zikp->zupk
-    _piece11_p = _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 8 else None
-    _piece12_w_p__0_2_1 = w[:, 160:176].reshape(n, 16) if _mask & 11 else None
-    _piece13_w_p__0_2_1 = w[:, 208:224].reshape(n, 16) if _mask & 11 else None
-    # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1) if _mask & 12 else None  # zui,zikp->zupk
-    _w_p__0_2_1 = rt.assemble(weight, n, 32, [(0, 16, [_piece12_w_p__0_2_1]), (16, 16, [_piece13_w_p__0_2_1])])
-    del _piece12_w_p__0_2_1, _piece13_w_p__0_2_1
-    _piece14_p = (_t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,)) if _mask & 8 else None
-    _piece15_w_p__0_2_2 = w[:, 144:160].reshape(n, 16) if _mask & 11 else None
-    _piece16_w_p__0_2_2 = w[:, 176:192].reshape(n, 16) if _mask & 11 else None
-    _piece17_w_p__0_2_2 = w[:, 224:240].reshape(n, 16) if _mask & 11 else None
-    # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5) if _mask & 12 else None  # zui,zikp->zupk
-    _w_p__0_2_2 = rt.assemble(weight, n, 48, [(0, 16, [_piece15_w_p__0_2_2]), (16, 16, [_piece16_w_p__0_2_2]), (32, 16, [_piece17_w_p__0_2_2])])
-    del _piece15_w_p__0_2_2, _piece16_w_p__0_2_2, _piece17_w_p__0_2_2
-    _piece18_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p__0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5) if _mask & 8 else None  # zupk,zpu->zuk
-    # ∂/∂p: 16x2 -> 16x2
-    _piece19_d_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1) if _mask & 7 else None  # zwi,uw->zui
-    # ∂/∂p: 16x1 -> 16x1
-    _piece20_d_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1) if _mask & 7 else None  # zwi,uw->zui
-    # ∂/∂p: 16x0 -> 16x0
-    _piece21_d_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1) if _mask & 7 else None  # zwi,uw->zui
-    d_p = rt.assemble(weight, n, 144, [(0, 16, [_piece21_d_p]), (16, 48, [_piece20_d_p]), (64, 80, [_piece19_d_p])])
-    del _piece19_d_p, _piece20_d_p, _piece21_d_p
-    d__t_p__0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) if _mask & 3 else None
-    d__t_p__0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) if _mask & 3 else None
-    d__t_p__0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 3 else None
-    d__t_p__0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) if _mask & 3 else None
-    d__t_p__0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) if _mask & 3 else None
-    d__t_p__0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 3 else None
-    d__t_p__0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 3 else None
-    d__t_p__0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 3 else None
-    d__t_p__0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 3 else None
-    # ∂/∂d__m_p__0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_p__0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p__0).view(n, 179) if _mask & 2 else None  # zj,jc->zc
-    # ∂/∂d__t_p__0_0_0: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
-    _piece22_d2_d__t_p__0_0_0 = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
-    _piece23_d2_f = d2_d__m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 2 else None
-    # ∂/∂d__t_p__0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    _piece24_d2_d__t_p__0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) if _mask & 1 else None
-    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    _piece25_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_0_0
-    _piece26_d2_d_p = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 4 else None
-    _piece27_d2__t_p__0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    d2_d__t_p__0_0_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece22_d2_d__t_p__0_0_0, _piece24_d2_d__t_p__0_0_0])])
-    del _piece22_d2_d__t_p__0_0_0, _piece24_d2_d__t_p__0_0_0
-    _piece28_d2_d_p = d2_d__t_p__0_0_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 3 else None
-    _piece29_d2_w = d2_d__t_p__0_0_0.reshape(n, 16, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) if _mask & 3 else None
-    del d2_d__t_p__0_0_0
-    # ∂/∂d__t_p__0_0_1: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
-    _piece30_d2_d__t_p__0_0_1 = d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
-    _piece31_d2_f = torch.bmm(d2_d__m_p__0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_p__0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    _piece32_d2_d__t_p__0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) if _mask & 1 else None
-    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    _piece33_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_0_1
-    _piece34_d2_d_p = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) if _mask & 4 else None
-    _piece35_d2__t_p__0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    d2_d__t_p__0_0_1 = rt.assemble(weight, n, 48, [(0, 48, [_piece30_d2_d__t_p__0_0_1, _piece32_d2_d__t_p__0_0_1])])
-    del _piece30_d2_d__t_p__0_0_1, _piece32_d2_d__t_p__0_0_1
-    _piece36_d2_d_p = d2_d__t_p__0_0_1.reshape(n, 16, 1, 3).permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 3 else None
-    _piece37_d2_w = (d2_d__t_p__0_0_1.reshape(n, 16, 1, 3).permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_0_1
-    # ∂/∂d__t_p__0_0_2: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
-    _piece38_d2_d__t_p__0_0_2 = d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
-    _piece39_d2_f = torch.bmm(d2_d__m_p__0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_p__0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    _piece40_d2_d__t_p__0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) if _mask & 1 else None
-    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    _piece41_d2__m_p__0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_0_2
-    _piece42_d2_d_p = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) if _mask & 4 else None
-    _piece43_d2__t_p__0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    d2_d__t_p__0_0_2 = rt.assemble(weight, n, 80, [(0, 80, [_piece38_d2_d__t_p__0_0_2, _piece40_d2_d__t_p__0_0_2])])
-    del _piece38_d2_d__t_p__0_0_2, _piece40_d2_d__t_p__0_0_2
-    _piece44_d2_d_p = d2_d__t_p__0_0_2.reshape(n, 16, 1, 5).permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 3 else None
-    _piece45_d2_w = (d2_d__t_p__0_0_2.reshape(n, 16, 1, 5).permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_0_2
-    # ∂/∂d__t_p__0_1_0: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
-    _piece46_d2_d__t_p__0_1_0 = torch.bmm(d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
-    _piece47_d2_f = d2_d__m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 2 else None
-    # ∂/∂d__t_p__0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    _piece48_d2_d__t_p__0_1_0 = torch.bmm(_m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    _piece49_d2__m_p__0 = torch.bmm(d__t_p__0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_1_0
-    _piece50_d2_d_p = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 4 else None
-    _piece51_d2__t_p__0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    d2_d__t_p__0_1_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece46_d2_d__t_p__0_1_0, _piece48_d2_d__t_p__0_1_0])])
-    del _piece46_d2_d__t_p__0_1_0, _piece48_d2_d__t_p__0_1_0
-    _piece52_d2_d_p = d2_d__t_p__0_1_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 3 else None
-    _piece53_d2_w = d2_d__t_p__0_1_0.reshape(n, 16, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) if _mask & 3 else None
-    del d2_d__t_p__0_1_0
-    _piece54_d2_d__w_p__0_1_1 = d2_d_w[:, 48:64].reshape(n, 16) if _mask & 4 else None
-    _piece55_d2_d__w_p__0_1_1 = d2_d_w[:, 80:96].reshape(n, 16) if _mask & 4 else None
-    _piece56_d2_d__w_p__0_1_1 = d2_d_w[:, 112:128].reshape(n, 16) if _mask & 4 else None
-    # ∂/∂d__t_p__0_1_1: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
-    _piece57_d2_d__t_p__0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
-    _piece58_d2_f = torch.bmm(d2_d__m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p__0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_p__0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    _piece59_d2_d__t_p__0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    _piece60_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_1_1
-    d2_d__w_p__0_1_1 = rt.assemble(weight, n, 48, [(0, 16, [_piece54_d2_d__w_p__0_1_1]), (16, 16, [_piece55_d2_d__w_p__0_1_1]), (32, 16, [_piece56_d2_d__w_p__0_1_1])])
-    del _piece54_d2_d__w_p__0_1_1, _piece55_d2_d__w_p__0_1_1, _piece56_d2_d__w_p__0_1_1
-    _piece61_d2_d_p = (d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p__0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,)) if _mask & 4 else None
-    _piece62_d2__t_p__0_1_1 = d2_d__w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    del d2_d__w_p__0_1_1
-    d2_d__t_p__0_1_1 = rt.assemble(weight, n, 144, [(0, 144, [_piece57_d2_d__t_p__0_1_1, _piece59_d2_d__t_p__0_1_1])])
-    del _piece57_d2_d__t_p__0_1_1, _piece59_d2_d__t_p__0_1_1
-    _piece63_d2_d_p = (d2_d__t_p__0_1_1.reshape(n, 16, 3, 3).permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 3 else None
-    _piece64_d2__w_p__0_1_1 = (d2_d__t_p__0_1_1.reshape(n, 16, 3, 3).permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_1_1
-    _piece65_d2_d__w_p__0_1_2 = d2_d_w[:, 96:112].reshape(n, 16) if _mask & 4 else None
-    _piece66_d2_d__w_p__0_1_2 = d2_d_w[:, 128:144].reshape(n, 16) if _mask & 4 else None
-    # ∂/∂d__t_p__0_1_2: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
-    _piece67_d2_d__t_p__0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
-    _piece68_d2_f = torch.bmm(d2_d__m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_p__0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    _piece69_d2_d__t_p__0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    _piece70_d2__m_p__0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p__0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_1_2
-    d2_d__w_p__0_1_2 = rt.assemble(weight, n, 32, [(0, 16, [_piece65_d2_d__w_p__0_1_2]), (16, 16, [_piece66_d2_d__w_p__0_1_2])])
-    del _piece65_d2_d__w_p__0_1_2, _piece66_d2_d__w_p__0_1_2
-    _piece71_d2_d_p = torch.bmm(d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p__0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5) if _mask & 4 else None  # zpu,zupk->zuk
-    _piece72_d2__t_p__0_1_2 = d2_d__w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    del d2_d__w_p__0_1_2
-    d2_d__t_p__0_1_2 = rt.assemble(weight, n, 160, [(0, 160, [_piece67_d2_d__t_p__0_1_2, _piece69_d2_d__t_p__0_1_2])])
-    del _piece67_d2_d__t_p__0_1_2, _piece69_d2_d__t_p__0_1_2
-    _piece73_d2_d_p = torch.bmm(_w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p__0_1_2.reshape(n, 16, 2, 5).permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5) if _mask & 3 else None  # zupk,zpu->zuk
-    _piece74_d2__w_p__0_1_2 = (d2_d__t_p__0_1_2.reshape(n, 16, 2, 5).permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_1_2
-    # ∂/∂d__t_p__0_2_0: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
-    _piece75_d2_d__t_p__0_2_0 = torch.bmm(d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
-    _piece76_d2_f = d2_d__m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 2 else None
-    # ∂/∂d__t_p__0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    _piece77_d2_d__t_p__0_2_0 = torch.bmm(_m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    _piece78_d2__m_p__0 = torch.bmm(d__t_p__0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_2_0
-    _piece79_d2_d_p = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p__0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 4 else None
-    _piece80_d2__t_p__0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    d2_d__t_p__0_2_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece75_d2_d__t_p__0_2_0, _piece77_d2_d__t_p__0_2_0])])
-    del _piece75_d2_d__t_p__0_2_0, _piece77_d2_d__t_p__0_2_0
-    _piece81_d2_d_p = d2_d__t_p__0_2_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) if _mask & 3 else None
-    _piece82_d2_w = d2_d__t_p__0_2_0.reshape(n, 16, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) if _mask & 3 else None
-    del d2_d__t_p__0_2_0
-    _piece83_d2_d__w_p__0_2_1 = d2_d_w[:, 160:176].reshape(n, 16) if _mask & 4 else None
-    _piece84_d2_d__w_p__0_2_1 = d2_d_w[:, 208:224].reshape(n, 16) if _mask & 4 else None
-    # ∂/∂d__t_p__0_2_1: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
-    _piece85_d2_d__t_p__0_2_1 = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
-    _piece86_d2_f = torch.bmm(d2_d__m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_p__0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    _piece87_d2_d__t_p__0_2_1 = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    _piece88_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_2_1
-    d2_d__w_p__0_2_1 = rt.assemble(weight, n, 32, [(0, 16, [_piece83_d2_d__w_p__0_2_1]), (16, 16, [_piece84_d2_d__w_p__0_2_1])])
-    del _piece83_d2_d__w_p__0_2_1, _piece84_d2_d__w_p__0_2_1
-    _piece89_d2_d_p = (d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p__0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,)) if _mask & 4 else None
-    _piece90_d2__t_p__0_2_1 = d2_d__w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    del d2_d__w_p__0_2_1
-    d2_d__t_p__0_2_1 = rt.assemble(weight, n, 96, [(0, 96, [_piece85_d2_d__t_p__0_2_1, _piece87_d2_d__t_p__0_2_1])])
-    del _piece85_d2_d__t_p__0_2_1, _piece87_d2_d__t_p__0_2_1
-    _piece91_d2_d_p = (d2_d__t_p__0_2_1.reshape(n, 16, 2, 3).permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,)) if _mask & 3 else None
-    _piece92_d2__w_p__0_2_1 = (d2_d__t_p__0_2_1.reshape(n, 16, 2, 3).permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_2_1
-    _piece93_d2_d__w_p__0_2_2 = d2_d_w[:, 144:160].reshape(n, 16) if _mask & 4 else None
-    _piece94_d2_d__w_p__0_2_2 = d2_d_w[:, 176:192].reshape(n, 16) if _mask & 4 else None
-    _piece95_d2_d__w_p__0_2_2 = d2_d_w[:, 224:240].reshape(n, 16) if _mask & 4 else None
-    # ∂/∂d__t_p__0_2_2: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
-    _piece96_d2_d__t_p__0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂f: ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
-    _piece97_d2_f = torch.bmm(d2_d__m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p__0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    del d2_d__m_p__0
-    # ∂/∂d__t_p__0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    _piece98_d2_d__t_p__0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_p__0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    _piece99_d2__m_p__0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p__0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_p__0_2_2
-    d2_d__w_p__0_2_2 = rt.assemble(weight, n, 48, [(0, 16, [_piece93_d2_d__w_p__0_2_2]), (16, 16, [_piece94_d2_d__w_p__0_2_2]), (32, 16, [_piece95_d2_d__w_p__0_2_2])])
-    del _piece93_d2_d__w_p__0_2_2, _piece94_d2_d__w_p__0_2_2, _piece95_d2_d__w_p__0_2_2
-    _piece100_d2_d_p = torch.bmm(d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p__0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5) if _mask & 4 else None  # zpu,zupk->zuk
-    _piece101_d2__t_p__0_2_2 = d2_d__w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    del d2_d__w_p__0_2_2
-    d2_d__t_p__0_2_2 = rt.assemble(weight, n, 240, [(0, 240, [_piece96_d2_d__t_p__0_2_2, _piece98_d2_d__t_p__0_2_2])])
-    del _piece96_d2_d__t_p__0_2_2, _piece98_d2_d__t_p__0_2_2
-    _piece102_d2_d_p = torch.bmm(_w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p__0_2_2.reshape(n, 16, 3, 5).permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5) if _mask & 3 else None  # zupk,zpu->zuk
-    _piece103_d2__w_p__0_2_2 = (d2_d__t_p__0_2_2.reshape(n, 16, 3, 5).permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_p__0_2_2, d_p
-    # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
-    p = rt.assemble(weight, n, 144, [(0, 16, [_piece0_p, _piece3_p, _piece11_p]), (16, 48, [_piece1_p, _piece7_p, _piece14_p]), (64, 80, [_piece2_p, _piece10_p, _piece18_p])])
-    del _piece0_p, _piece10_p, _piece11_p, _piece14_p, _piece18_p, _piece1_p, _piece2_p, _piece3_p, _piece7_p
-    _piece104_d2_d_m = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zui->zwi
-    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    _piece105_d2_p = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zwi->zui
-    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
-    d2_d_p = rt.assemble(weight, n, 144, [(0, 16, [_piece26_d2_d_p, _piece28_d2_d_p, _piece50_d2_d_p, _piece52_d2_d_p, _piece79_d2_d_p, _piece81_d2_d_p]), (16, 48, [_piece34_d2_d_p, _piece36_d2_d_p, _piece61_d2_d_p, _piece63_d2_d_p, _piece89_d2_d_p, _piece91_d2_d_p]), (64, 80, [_piece42_d2_d_p, _piece44_d2_d_p, _piece71_d2_d_p, _piece73_d2_d_p, _piece100_d2_d_p, _piece102_d2_d_p])])
-    del _piece100_d2_d_p, _piece102_d2_d_p, _piece26_d2_d_p, _piece28_d2_d_p, _piece34_d2_d_p, _piece36_d2_d_p, _piece42_d2_d_p, _piece44_d2_d_p, _piece50_d2_d_p, _piece52_d2_d_p, _piece61_d2_d_p, _piece63_d2_d_p, _piece71_d2_d_p, _piece73_d2_d_p, _piece79_d2_d_p, _piece81_d2_d_p, _piece89_d2_d_p, _piece91_d2_d_p
-    _piece106_d2_d_m = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1) if _mask & 7 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    _piece107_d2_weight = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16) if _mask & 7 else None  # zui,zwi->uw
-    # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    _piece108_d2_d_m = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zui->zwi
-    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    _piece109_d2_p = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zwi->zui
-    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    _piece110_d2_d_m = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1) if _mask & 7 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    _piece111_d2_weight = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16) if _mask & 7 else None  # zui,zwi->uw
-    # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    _piece112_d2_d_m = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zui->zwi
-    del p
-    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    _piece113_d2_p = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 8 else None  # uw,zwi->zui
-    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    _piece114_d2_d_m = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1) if _mask & 7 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    _piece115_d2_weight = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16) if _mask & 7 else None  # zui,zwi->uw
-    del d2_d_p
-    d2_p = rt.assemble(weight, n, 144, [(0, 16, [_piece105_d2_p]), (16, 48, [_piece109_d2_p]), (64, 80, [_piece113_d2_p])])
-    del _piece105_d2_p, _piece109_d2_p, _piece113_d2_p
-    _piece116_d2__t_p__0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) if _mask & 8 else None
-    del _w_p__0_2_2
-    _piece117_d2__w_p__0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_2_2
-    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__t_p__0_2_2 = rt.assemble(weight, n, 240, [(0, 240, [_piece101_d2__t_p__0_2_2, _piece116_d2__t_p__0_2_2])])
-    del _piece101_d2__t_p__0_2_2, _piece116_d2__t_p__0_2_2
-    _piece118_d2_f = torch.bmm(_m_p__0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 3, 5).reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 3 paths 16x2 ⊗ sh -> 16x2
-    _piece119_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_2.reshape(n, 16, 3, 5).permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_2_2
-    d2__w_p__0_2_2 = rt.assemble(weight, n, 48, [(0, 48, [_piece103_d2__w_p__0_2_2, _piece117_d2__w_p__0_2_2])])
-    del _piece103_d2__w_p__0_2_2, _piece117_d2__w_p__0_2_2
-    _piece120_d2_w = d2__w_p__0_2_2[:, 32:48].reshape(n, 16) if _mask & 11 else None
-    _piece121_d2_w = d2__w_p__0_2_2[:, 16:32].reshape(n, 16) if _mask & 11 else None
-    _piece122_d2_w = d2__w_p__0_2_2[:, 0:16].reshape(n, 16) if _mask & 11 else None
-    del d2__w_p__0_2_2
-    _piece123_d2__t_p__0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) if _mask & 8 else None
-    del _w_p__0_2_1
-    _piece124_d2__w_p__0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_2_1
-    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__t_p__0_2_1 = rt.assemble(weight, n, 96, [(0, 96, [_piece90_d2__t_p__0_2_1, _piece123_d2__t_p__0_2_1])])
-    del _piece123_d2__t_p__0_2_1, _piece90_d2__t_p__0_2_1
-    _piece125_d2_f = torch.bmm(_m_p__0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 2, 3).reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 2 paths 16x2 ⊗ sh -> 16x1
-    _piece126_d2__m_p__0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p__0_2_1.reshape(n, 16, 2, 3).permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_2_1
-    d2__w_p__0_2_1 = rt.assemble(weight, n, 32, [(0, 32, [_piece92_d2__w_p__0_2_1, _piece124_d2__w_p__0_2_1])])
-    del _piece124_d2__w_p__0_2_1, _piece92_d2__w_p__0_2_1
-    _piece127_d2_w = d2__w_p__0_2_1[:, 16:32].reshape(n, 16) if _mask & 11 else None
-    _piece128_d2_w = d2__w_p__0_2_1[:, 0:16].reshape(n, 16) if _mask & 11 else None
-    del d2__w_p__0_2_1
-    _piece129_d2__t_p__0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 8 else None
-    _piece130_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) if _mask & 8 else None
-    del _t_p__0_2_0
-    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__t_p__0_2_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece80_d2__t_p__0_2_0, _piece129_d2__t_p__0_2_0])])
-    del _piece129_d2__t_p__0_2_0, _piece80_d2__t_p__0_2_0
-    _piece131_d2_f = d2__t_p__0_2_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) if _mask & 12 else None
-    # ∂/∂_m_p__0: 1 paths 16x2 ⊗ sh -> 16x0
-    _piece132_d2__m_p__0 = torch.bmm(d2__t_p__0_2_0.reshape(n, 16, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_2_0
-    _piece133_d2__t_p__0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p__0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) if _mask & 8 else None
-    del _w_p__0_1_2
-    _piece134_d2__w_p__0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_1_2
-    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__t_p__0_1_2 = rt.assemble(weight, n, 160, [(0, 160, [_piece72_d2__t_p__0_1_2, _piece133_d2__t_p__0_1_2])])
-    del _piece133_d2__t_p__0_1_2, _piece72_d2__t_p__0_1_2
-    _piece135_d2_f = torch.bmm(_m_p__0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 2, 5).reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 2 paths 16x1 ⊗ sh -> 16x2
-    _piece136_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_2.reshape(n, 16, 2, 5).permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_1_2
-    d2__w_p__0_1_2 = rt.assemble(weight, n, 32, [(0, 32, [_piece74_d2__w_p__0_1_2, _piece134_d2__w_p__0_1_2])])
-    del _piece134_d2__w_p__0_1_2, _piece74_d2__w_p__0_1_2
-    _piece137_d2_w = d2__w_p__0_1_2[:, 16:32].reshape(n, 16) if _mask & 11 else None
-    _piece138_d2_w = d2__w_p__0_1_2[:, 0:16].reshape(n, 16) if _mask & 11 else None
-    del d2__w_p__0_1_2
-    _piece139_d2__t_p__0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p__0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) if _mask & 8 else None
-    del _w_p__0_1_1
-    _piece140_d2__w_p__0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_1_1
-    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__t_p__0_1_1 = rt.assemble(weight, n, 144, [(0, 144, [_piece62_d2__t_p__0_1_1, _piece139_d2__t_p__0_1_1])])
-    del _piece139_d2__t_p__0_1_1, _piece62_d2__t_p__0_1_1
-    _piece141_d2_f = torch.bmm(_m_p__0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 3, 3).reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 3 paths 16x1 ⊗ sh -> 16x1
-    _piece142_d2__m_p__0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p__0_1_1.reshape(n, 16, 3, 3).permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_1_1
-    d2__w_p__0_1_1 = rt.assemble(weight, n, 48, [(0, 48, [_piece64_d2__w_p__0_1_1, _piece140_d2__w_p__0_1_1])])
-    del _piece140_d2__w_p__0_1_1, _piece64_d2__w_p__0_1_1
-    _piece143_d2_w = d2__w_p__0_1_1[:, 32:48].reshape(n, 16) if _mask & 11 else None
-    _piece144_d2_w = d2__w_p__0_1_1[:, 16:32].reshape(n, 16) if _mask & 11 else None
-    _piece145_d2_w = d2__w_p__0_1_1[:, 0:16].reshape(n, 16) if _mask & 11 else None
-    del d2__w_p__0_1_1
-    _piece146_d2__t_p__0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 8 else None
-    _piece147_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) if _mask & 8 else None
-    del _t_p__0_1_0
-    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__t_p__0_1_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece51_d2__t_p__0_1_0, _piece146_d2__t_p__0_1_0])])
-    del _piece146_d2__t_p__0_1_0, _piece51_d2__t_p__0_1_0
-    _piece148_d2_f = d2__t_p__0_1_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) if _mask & 12 else None
-    # ∂/∂_m_p__0: 1 paths 16x1 ⊗ sh -> 16x0
-    _piece149_d2__m_p__0 = torch.bmm(d2__t_p__0_1_0.reshape(n, 16, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_1_0
-    _piece150_d2__t_p__0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 8 else None
-    _piece151_d2_w = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p__0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_0_2
-    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__t_p__0_0_2 = rt.assemble(weight, n, 80, [(0, 80, [_piece43_d2__t_p__0_0_2, _piece150_d2__t_p__0_0_2])])
-    del _piece150_d2__t_p__0_0_2, _piece43_d2__t_p__0_0_2
-    _piece152_d2_f = torch.bmm(_m_p__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 1, 5).reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x2
-    _piece153_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_2.reshape(n, 16, 1, 5).permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_0_2
-    _piece154_d2__t_p__0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 8 else None
-    _piece155_d2_w = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p__0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,)) if _mask & 8 else None
-    del _t_p__0_0_1
-    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__t_p__0_0_1 = rt.assemble(weight, n, 48, [(0, 48, [_piece35_d2__t_p__0_0_1, _piece154_d2__t_p__0_0_1])])
-    del _piece154_d2__t_p__0_0_1, _piece35_d2__t_p__0_0_1
-    _piece156_d2_f = torch.bmm(_m_p__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 1, 3).reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1) if _mask & 12 else None  # zupk,zikp->zui
-    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x1
-    _piece157_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_1.reshape(n, 16, 1, 3).permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_0_1
-    _piece158_d2__t_p__0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) if _mask & 8 else None
-    _piece159_d2_w = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p__0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) if _mask & 8 else None
-    del _t_p__0_0_0, d2_p
-    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__t_p__0_0_0 = rt.assemble(weight, n, 16, [(0, 16, [_piece27_d2__t_p__0_0_0, _piece158_d2__t_p__0_0_0])])
-    del _piece158_d2__t_p__0_0_0, _piece27_d2__t_p__0_0_0
-    _piece160_d2_f = d2__t_p__0_0_0.reshape(n, 16, 1, 1).permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) if _mask & 12 else None
-    del _m_p__0
-    # ∂/∂_m_p__0: 1 paths 16x0 ⊗ sh -> 16x0
-    _piece161_d2__m_p__0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p__0_0_0.reshape(n, 16, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1) if _mask & 12 else None  # zupk,zui->zikp
-    del d2__t_p__0_0_0
-    # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_p__0 = rt.assemble(weight, n, 179, [(0, 1, [_piece25_d2__m_p__0, _piece161_d2__m_p__0]), (1, 3, [_piece33_d2__m_p__0, _piece157_d2__m_p__0]), (4, 5, [_piece41_d2__m_p__0, _piece153_d2__m_p__0]), (9, 3, [_piece49_d2__m_p__0, _piece149_d2__m_p__0]), (12, 27, [_piece60_d2__m_p__0, _piece142_d2__m_p__0]), (39, 30, [_piece70_d2__m_p__0, _piece136_d2__m_p__0]), (69, 5, [_piece78_d2__m_p__0, _piece132_d2__m_p__0]), (74, 30, [_piece88_d2__m_p__0, _piece126_d2__m_p__0]), (104, 75, [_piece99_d2__m_p__0, _piece119_d2__m_p__0])])
-    del _piece119_d2__m_p__0, _piece126_d2__m_p__0, _piece132_d2__m_p__0, _piece136_d2__m_p__0, _piece142_d2__m_p__0, _piece149_d2__m_p__0, _piece153_d2__m_p__0, _piece157_d2__m_p__0, _piece161_d2__m_p__0, _piece25_d2__m_p__0, _piece33_d2__m_p__0, _piece41_d2__m_p__0, _piece49_d2__m_p__0, _piece60_d2__m_p__0, _piece70_d2__m_p__0, _piece78_d2__m_p__0, _piece88_d2__m_p__0, _piece99_d2__m_p__0
-    _piece162_d2_sh = torch.mm(d2__m_p__0, _g_p__0.permute(1, 0).reshape(179, 9)).view(n, 9) if _mask & 13 else None  # zc,jc->zj
-    del d2__m_p__0
-    d2_f = rt.assemble(weight, n, 144, [(0, 16, [_piece23_d2_f, _piece31_d2_f, _piece39_d2_f, _piece152_d2_f, _piece156_d2_f, _piece160_d2_f]), (16, 48, [_piece47_d2_f, _piece58_d2_f, _piece68_d2_f, _piece135_d2_f, _piece141_d2_f, _piece148_d2_f]), (64, 80, [_piece76_d2_f, _piece86_d2_f, _piece97_d2_f, _piece118_d2_f, _piece125_d2_f, _piece131_d2_f])])
-    del _piece118_d2_f, _piece125_d2_f, _piece131_d2_f, _piece135_d2_f, _piece141_d2_f, _piece148_d2_f, _piece152_d2_f, _piece156_d2_f, _piece160_d2_f, _piece23_d2_f, _piece31_d2_f, _piece39_d2_f, _piece47_d2_f, _piece58_d2_f, _piece68_d2_f, _piece76_d2_f, _piece86_d2_f, _piece97_d2_f
-    d2_sh = rt.assemble(weight, n, 9, [(0, 9, [_piece162_d2_sh])])
-    del _piece162_d2_sh
-    d2_w = rt.assemble(weight, n, 240, [(0, 16, [_piece29_d2_w, _piece159_d2_w]), (16, 16, [_piece37_d2_w, _piece155_d2_w]), (32, 16, [_piece45_d2_w, _piece151_d2_w]), (48, 16, [_piece145_d2_w]), (64, 16, [_piece53_d2_w, _piece147_d2_w]), (80, 16, [_piece144_d2_w]), (96, 16, [_piece138_d2_w]), (112, 16, [_piece143_d2_w]), (128, 16, [_piece137_d2_w]), (144, 16, [_piece122_d2_w]), (160, 16, [_piece128_d2_w]), (176, 16, [_piece121_d2_w]), (192, 16, [_piece82_d2_w, _piece130_d2_w]), (208, 16, [_piece127_d2_w]), (224, 16, [_piece120_d2_w])])
-    del _piece120_d2_w, _piece121_d2_w, _piece122_d2_w, _piece127_d2_w, _piece128_d2_w, _piece130_d2_w, _piece137_d2_w, _piece138_d2_w, _piece143_d2_w, _piece144_d2_w, _piece145_d2_w, _piece147_d2_w, _piece151_d2_w, _piece155_d2_w, _piece159_d2_w, _piece29_d2_w, _piece37_d2_w, _piece45_d2_w, _piece53_d2_w, _piece82_d2_w
-    d2_d_m = rt.assemble(weight, n, 144, [(0, 16, [_piece104_d2_d_m, _piece106_d2_d_m]), (16, 48, [_piece108_d2_d_m, _piece110_d2_d_m]), (64, 80, [_piece112_d2_d_m, _piece114_d2_d_m])])
-    del _piece104_d2_d_m, _piece106_d2_d_m, _piece108_d2_d_m, _piece110_d2_d_m, _piece112_d2_d_m, _piece114_d2_d_m
-    d2_weight = rt.assemble(weight, None, 768, [(0, 256, [_piece107_d2_weight]), (256, 256, [_piece111_d2_weight]), (512, 256, [_piece115_d2_weight])])
-    del _piece107_d2_weight, _piece111_d2_weight, _piece115_d2_weight
-    return [d2_f if d2_f is not None else weight.new_zeros(n, 144), d2_sh if d2_sh is not None else weight.new_zeros(n, 9), d2_w if d2_w is not None else weight.new_zeros(n, 240), d2_d_m if d2_d_m is not None else weight.new_zeros(n, 144), d2_weight if d2_weight is not None else weight.new_zeros(768)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -9223,7 +8533,7 @@ def _cormorant_message__triton(f, sh, w, weight, *constants: torch.Tensor) -> li
 
 # cormorant_message: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("cormorant_message__d__d2", _cormorant_message__d__d2__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, masked=True, reference=_cormorant_message__d__d2)
+_ops.register("cormorant_message__d__d2", _cormorant_message__d__d2__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, masked=True, reference=rt.second_order(_cormorant_message, 0, 3))
 _ops.register("cormorant_message__d", _cormorant_message__d__triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward_all=_ops["cormorant_message__d__d2"], masked=True)
 _ops.register("cormorant_message", _cormorant_message__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d"]], check_indices=True)
 

@@ -18,7 +18,185 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_b21199f3ba5edaec")
+_ops = rt.OpNamespace("fusionc_bfa0e1625ede6236")
+
+
+def _mace_product(
+    A: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor,
+    cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """mace_product on rows: A (n, 1024), z (n,) -> B (n, 256)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # 64x0e -> 64x0e
+    _piece0_B = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    # 64x1o -> 64x1o
+    _piece1_B = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__0
+    # one weight set per row, chosen by z
+    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
+    _piece2_B = (_p1 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
+    _piece3_B = _p3.reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece4_B = (_p4 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    _piece5_B = _p6.reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece6_B = (_p7 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    _piece7_B = _p9.reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    _piece8_B = (_p10 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__1
+    # one weight set per row, chosen by z
+    _w_B__2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c4
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c5
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c6
+    _piece9_p15 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    _piece10_p15 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    _piece11_p15 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
+    _piece12_p15 = (_p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
+    # p16 = (p15 ⊗ p0) -> 64x0e
+    _p15 = _piece9_p15 + _piece10_p15 + _piece11_p15 + _piece12_p15
+    del _piece10_p15, _piece11_p15, _piece12_p15, _piece9_p15
+    _c7 = _p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del _p15
+    _p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c7.reshape(n, 64, 1)
+    del _c7
+    _piece13_B = _p16
+    del _p16
+    _piece14_p17 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _p1
+    _piece15_p17 = (_p4 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    del _p4
+    _piece16_p17 = (_p7 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
+    del _p7
+    _piece17_p17 = (_p10 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
+    del _p10
+    # p18 = (p17 ⊗ p2) -> 64x1o
+    _p17 = _piece14_p17 + _piece15_p17 + _piece16_p17 + _piece17_p17
+    del _piece14_p17, _piece15_p17, _piece16_p17, _piece17_p17
+    _c8 = _p17.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del _p17
+    _p18 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c8
+    _piece18_B = _p18
+    del _p18
+    _piece19_p19 = _p3.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del _p3
+    _piece20_p19 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    # p20 = (p19 ⊗ p5) -> 64x1o
+    _p19 = _piece19_p19 + _piece20_p19
+    del _piece19_p19, _piece20_p19
+    _c9 = _p19.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del _p19
+    _p20 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c9
+    _piece21_B = _p20
+    del _p20
+    _piece22_p21 = _p11.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    del _p11
+    _piece23_p21 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    # p22 = (p21 ⊗ p8) -> 64x1o
+    _p21 = _piece22_p21 + _piece23_p21
+    del _piece22_p21, _piece23_p21
+    _c10 = _p21.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del _p21
+    _p22 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c10
+    _piece24_B = _p22
+    del _p22
+    _piece25_p23 = _p6.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    del _p6
+    _piece26_p23 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
+    # p24 = (p23 ⊗ p2) -> 64x0e
+    _p23 = _piece25_p23 + _piece26_p23
+    del _piece25_p23, _piece26_p23
+    _c11 = _p23.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del _p23
+    _p24 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c11
+    _piece27_B = _p24
+    del _p24
+    _piece28_p25 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    _piece29_p25 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    # p26 = (p25 ⊗ p2) -> 64x1o
+    _p25 = _piece28_p25 + _piece29_p25
+    del _piece28_p25, _piece29_p25
+    _c12 = _p25.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del _p25
+    _p26 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c12
+    _piece30_B = _p26
+    del _p26
+    _piece31_p27 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    del _p12
+    _piece32_p27 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
+    del _p14
+    # p28 = (p27 ⊗ p5) -> 64x0e
+    _p27 = _piece31_p27 + _piece32_p27
+    del _piece31_p27, _piece32_p27
+    _c13 = _p27.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del _p27
+    _p28 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c13
+    _piece33_B = _p28
+    del _p28
+    _p29 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
+    del _p9
+    # p30 = (p29 ⊗ p0) -> 64x1o
+    _c14 = _p29.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del _p29
+    _p30 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c14
+    _piece34_B = _p30
+    del _p30
+    # p31 = (p13 ⊗ p5) -> 64x1o
+    _c15 = _p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del _p13
+    _p31 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c15
+    _piece35_B = _p31.reshape(n, 64, 3) * (_w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
+    del _p31, _w_B__2
+    B = torch.cat([
+        (_piece0_B + _piece2_B + _piece4_B + _piece6_B + _piece8_B + _piece13_B + _piece27_B + _piece33_B).reshape(n, 64),
+        (_piece1_B + _piece3_B + _piece5_B + _piece7_B + _piece18_B + _piece21_B + _piece24_B + _piece30_B + _piece34_B + _piece35_B).reshape(n, 192),
+    ], dim=-1)
+    del _piece0_B, _piece13_B, _piece18_B, _piece1_B, _piece21_B, _piece24_B, _piece27_B, _piece2_B, _piece30_B, _piece33_B, _piece34_B, _piece35_B, _piece3_B, _piece4_B, _piece5_B, _piece6_B, _piece7_B, _piece8_B
+    return [B]
 
 
 _mace_product__d__table = (
@@ -6696,943 +6874,6 @@ def _mace_product__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[t
     return [outputs[0], outputs[1], partial[:, 0:18560].sum(0)]
 
 
-def _mace_product__d__d2(
-    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
-    cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_A, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product__d: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024), d2_d_weight (18560,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
-    n = A.shape[0]
-    # one weight set per row, chosen by z
-    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z] if _mask & 1 else None
-    # one weight set per row, chosen by z
-    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z] if _mask & 1 else None
-    # p1 = (p0 ⊗ p0) -> 64x0e
-    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
-    del _c0
-    # p3 = (p0 ⊗ p2) -> 64x1o
-    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c1
-    # p4 = (p2 ⊗ p2) -> 64x0e
-    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
-    # p6 = (p2 ⊗ p5) -> 64x1o
-    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c3
-    # p7 = (p5 ⊗ p5) -> 64x0e
-    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
-    # p9 = (p5 ⊗ p8) -> 64x1o
-    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    # p10 = (p8 ⊗ p8) -> 64x0e
-    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
-    # one weight set per row, chosen by z
-    _w_B__2 = weight[5760:18560].view(12800).reshape(10, 1280)[z] if _mask & 1 else None
-    # p11 = (p2 ⊗ p2) -> 64x2e
-    _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
-    del _c2
-    # p12 = (p5 ⊗ p5) -> 64x2e
-    _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
-    del _c4
-    # p13 = (p5 ⊗ p8) -> 64x2o
-    _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
-    del _c5
-    # p14 = (p8 ⊗ p8) -> 64x2e
-    _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
-    del _c6
-    _piece0_p15 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece1_p15 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece2_p15 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece3_p15 = (_p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece4_p17 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece5_p17 = (_p4 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece6_p17 = (_p7 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece7_p17 = (_p10 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece8_p19 = _p3.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece9_p19 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece10_p21 = _p11.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece11_p21 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece12_p23 = _p6.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece13_p23 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece14_p25 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece15_p25 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece16_p27 = _p12.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece17_p27 = _p14.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _p29 = _p9.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    # p31 = (p13 ⊗ p5) -> 64x1o
-    _c7 = _p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    _p31 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c7
-    d__p31 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c8 = d__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    d__p13 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c8
-    d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
-    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    _c9 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d__p29 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
-    del _c9
-    _piece18_d__p9 = d__p29.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
-    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    _c10 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    d__p27 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
-    del _c10
-    _piece19_d__p14 = d__p27.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece20_d__p12 = d__p27.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
-    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    _c11 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d__p25 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
-    del _c11
-    _piece21_d__p14 = d__p25.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece22_d__p12 = d__p25.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
-    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    _c12 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    d__p23 = torch.mm(_c12.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
-    del _c12
-    _piece23_d__p9 = d__p23.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece24_d__p6 = d__p23.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
-    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    _c13 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    d__p21 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
-    del _c13
-    _piece25_d__p14 = d__p21.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    d__p11 = d__p21.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
-    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    _c14 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    d__p19 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
-    del _c14
-    _piece26_d__p9 = d__p19.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece27_d__p3 = d__p19.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
-    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    _c15 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    d__p17 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
-    del _c15
-    _piece28_d__p10 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece29_d__p7 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece30_d__p4 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece31_d__p1 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
-    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    _c16 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 64, 1)
-    del _c16
-    _piece32_d__p10 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece33_d__p7 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece34_d__p4 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece35_d__p1 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece36_d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece37_d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece38_d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece39_d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece40_d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece41_d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece42_d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d2_d__w_B__0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z] if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
-    _piece43_d2_d_B = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
-    _piece44_d2_A = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    _piece45_d2_d_B = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
-    _piece46_d2__w_B__0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
-    _piece47_d2_d_B = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
-    _piece48_d2_A = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    del d2_d__w_B__0
-    # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    _piece49_d2_d_B = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    del _w_B__0
-    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
-    _piece50_d2__w_B__0 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    d2_d__w_B__1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z] if _mask & 2 else None
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c17 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece51_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 64, 1) if _mask & 1 else None
-    del _c17
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d__p1 = rt.assemble(weight, n, 64, [(0, 64, [_piece31_d__p1, _piece35_d__p1, _piece42_d__p1])])
-    del _piece31_d__p1, _piece35_d__p1, _piece42_d__p1
-    _c18 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece52_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 64, 1) if _mask & 1 else None
-    del _c18
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c19 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece53_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c19.reshape(n, 64, 1) if _mask & 1 else None
-    del _c19
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c20 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p1
-    _piece54_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.reshape(n, 64, 1) if _mask & 1 else None
-    del _c20
-    _piece55_d2_d_B = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1) if _mask & 2 else None
-    _piece56_d2__p1 = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p1 = rt.assemble(weight, n, 64, [(0, 64, [_piece51_d2_d__p1, _piece53_d2_d__p1])])
-    del _piece51_d2_d__p1, _piece53_d2_d__p1
-    _piece57_d2_d_B = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece58_d2__w_B__1 = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c21 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece59_d2_d__p3 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c21
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    d__p3 = rt.assemble(weight, n, 192, [(0, 192, [_piece27_d__p3, _piece41_d__p3])])
-    del _piece27_d__p3, _piece41_d__p3
-    _c22 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece60_d2_A = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c22
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c23 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece61_d2_d__p3 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c23
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c24 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p3
-    _piece62_d2_A = torch.mm(_c24.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c24
-    _piece63_d2_d_B = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3) if _mask & 2 else None
-    _piece64_d2__p3 = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p3 = rt.assemble(weight, n, 192, [(0, 192, [_piece59_d2_d__p3, _piece61_d2_d__p3])])
-    del _piece59_d2_d__p3, _piece61_d2_d__p3
-    _piece65_d2_d_B = d2_d__p3.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece66_d2__w_B__1 = (d2_d__p3.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c25 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    _piece67_d2_d__p4 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d__p4 = rt.assemble(weight, n, 64, [(0, 64, [_piece30_d__p4, _piece34_d__p4, _piece40_d__p4])])
-    del _piece30_d__p4, _piece34_d__p4, _piece40_d__p4
-    _c26 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece68_d2_A = torch.mm(_c26.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c26
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c27 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece69_d2_d__p4 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c28 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p4
-    _piece70_d2_A = torch.mm(_c28.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c28
-    _piece71_d2_d_B = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1) if _mask & 2 else None
-    _piece72_d2__p4 = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p4 = rt.assemble(weight, n, 64, [(0, 64, [_piece67_d2_d__p4, _piece69_d2_d__p4])])
-    del _piece67_d2_d__p4, _piece69_d2_d__p4
-    _piece73_d2_d_B = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece74_d2__w_B__1 = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c29 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    _piece75_d2_d__p6 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c29
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    d__p6 = rt.assemble(weight, n, 192, [(0, 192, [_piece24_d__p6, _piece39_d__p6])])
-    del _piece24_d__p6, _piece39_d__p6
-    _c30 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece76_d2_A = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c30
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c31 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece77_d2_d__p6 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c31
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c32 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p6
-    _piece78_d2_A = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c32
-    _piece79_d2_d_B = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3) if _mask & 2 else None
-    _piece80_d2__p6 = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p6 = rt.assemble(weight, n, 192, [(0, 192, [_piece75_d2_d__p6, _piece77_d2_d__p6])])
-    del _piece75_d2_d__p6, _piece77_d2_d__p6
-    _piece81_d2_d_B = d2_d__p6.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece82_d2__w_B__1 = (d2_d__p6.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c33 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    _piece83_d2_d__p7 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d__p7 = rt.assemble(weight, n, 64, [(0, 64, [_piece29_d__p7, _piece33_d__p7, _piece38_d__p7])])
-    del _piece29_d__p7, _piece33_d__p7, _piece38_d__p7
-    _c34 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece84_d2_A = torch.mm(_c34.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c34
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c35 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece85_d2_d__p7 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c36 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p7
-    _piece86_d2_A = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c36
-    _piece87_d2_d_B = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1) if _mask & 2 else None
-    _piece88_d2__p7 = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p7 = rt.assemble(weight, n, 64, [(0, 64, [_piece83_d2_d__p7, _piece85_d2_d__p7])])
-    del _piece83_d2_d__p7, _piece85_d2_d__p7
-    _piece89_d2_d_B = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece90_d2__w_B__1 = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c37 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    _piece91_d2_d__p9 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d__p9 = rt.assemble(weight, n, 192, [(0, 192, [_piece18_d__p9, _piece23_d__p9, _piece26_d__p9, _piece37_d__p9])])
-    del _piece18_d__p9, _piece23_d__p9, _piece26_d__p9, _piece37_d__p9
-    _c38 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece92_d2_A = torch.mm(_c38.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c38
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c39 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 1 else None
-    _piece93_d2_d__p9 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c40 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p9
-    _piece94_d2_A = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c40
-    _piece95_d2_d_B = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3) if _mask & 2 else None
-    _piece96_d2__p9 = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p9 = rt.assemble(weight, n, 192, [(0, 192, [_piece91_d2_d__p9, _piece93_d2_d__p9])])
-    del _piece91_d2_d__p9, _piece93_d2_d__p9
-    _piece97_d2_d_B = d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece98_d2__w_B__1 = (d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c41 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) if _mask & 1 else None
-    _piece99_d2_d__p10 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d__p10 = rt.assemble(weight, n, 64, [(0, 64, [_piece28_d__p10, _piece32_d__p10, _piece36_d__p10])])
-    del _piece28_d__p10, _piece32_d__p10, _piece36_d__p10
-    _c42 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece100_d2_A = torch.mm(_c42.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zujk->zui
-    del _c42
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c43 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 1 else None
-    _piece101_d2_d__p10 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c44 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p10
-    _piece102_d2_A = torch.mm(_c44.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c44
-    _piece103_d2_d_B = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1) if _mask & 2 else None
-    _piece104_d2__p10 = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    del d2_d__w_B__1
-    d2_d__p10 = rt.assemble(weight, n, 64, [(0, 64, [_piece99_d2_d__p10, _piece101_d2_d__p10])])
-    del _piece101_d2_d__p10, _piece99_d2_d__p10
-    _piece105_d2_d_B = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    del _w_B__1
-    _piece106_d2__w_B__1 = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    d2_d__w_B__2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z] if _mask & 2 else None
-    # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _piece107_d2_d__p11 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c25
-    # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece108_d2_A = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c45
-    # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _piece109_d2_d__p11 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c27
-    # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c46 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5) if _mask & 1 else None
-    del d__p11
-    _piece110_d2_A = torch.mm(_c46.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c46
-    # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _piece111_d2_d__p12 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c33
-    # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d__p12 = rt.assemble(weight, n, 320, [(0, 320, [_piece20_d__p12, _piece22_d__p12])])
-    del _piece20_d__p12, _piece22_d__p12
-    _c47 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece112_d2_A = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c47
-    # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _piece113_d2_d__p12 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c35
-    # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _c48 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    del d__p12
-    _piece114_d2_A = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c48
-    # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _piece115_d2_d__p13 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c37
-    # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c49 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p13.reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece116_d2_A = torch.mm(_c49.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c49
-    # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _piece117_d2_d__p13 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c39
-    # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c50 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p13.reshape(n, 64, 1, 5) if _mask & 1 else None
-    del d__p13
-    _piece118_d2_A = torch.mm(_c50.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 0, 2).reshape(7, 25).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c50
-    # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _piece119_d2_d__p14 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c41
-    # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d__p14 = rt.assemble(weight, n, 320, [(0, 320, [_piece19_d__p14, _piece21_d__p14, _piece25_d__p14])])
-    del _piece19_d__p14, _piece21_d__p14, _piece25_d__p14
-    _c51 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece120_d2_A = torch.mm(_c51.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zujk->zui
-    del _c51
-    # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _piece121_d2_d__p14 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c43
-    # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _c52 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    del d__p14
-    _piece122_d2_A = torch.mm(_c52.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 0, 2).reshape(7, 35).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c52
-    _piece123_d2_d__p15 = (d2_d__w_B__2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p1.reshape(n, 64, 1) if _mask & 2 else None
-    _piece124_d2__p1 = (d2_d__w_B__2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1) if _mask & 2 else None
-    _piece125_d2_d__p15 = (d2_d__p1.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece126_d2__w_B__2 = (d2_d__p1.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64) if _mask & 1 else None
-    _piece127_d2_d__p15 = (d2_d__w_B__2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p4.reshape(n, 64, 1) if _mask & 2 else None
-    _piece128_d2__p4 = (d2_d__w_B__2[:, 192:256].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1) if _mask & 2 else None
-    _piece129_d2_d__p15 = (d2_d__p4.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece130_d2__w_B__2 = (d2_d__p4.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64) if _mask & 1 else None
-    _piece131_d2_d__p15 = (d2_d__w_B__2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p7.reshape(n, 64, 1) if _mask & 2 else None
-    _piece132_d2__p7 = (d2_d__w_B__2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1) if _mask & 2 else None
-    _piece133_d2_d__p15 = (d2_d__p7.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece134_d2__w_B__2 = (d2_d__p7.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64) if _mask & 1 else None
-    _piece135_d2_d__p15 = (d2_d__w_B__2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p10.reshape(n, 64, 1) if _mask & 2 else None
-    _piece136_d2__p10 = (d2_d__w_B__2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1) if _mask & 2 else None
-    _piece137_d2_d__p15 = (d2_d__p10.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece138_d2__w_B__2 = (d2_d__p10.reshape(n, 64, 1) * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64) if _mask & 1 else None
-    del d__p15
-    # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
-    _p15 = rt.assemble(weight, n, 64, [(0, 64, [_piece0_p15, _piece1_p15, _piece2_p15, _piece3_p15])])
-    del _piece0_p15, _piece1_p15, _piece2_p15, _piece3_p15
-    _c53 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del _p15
-    _piece139_d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c53.permute(0, 1, 3, 2).reshape(n, 64, 1) if _mask & 1 else None
-    del _c53
-    # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
-    _c54 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1) if _mask & 1 else None
-    d2__p15 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 64, 1) if _mask & 1 else None
-    del _c54
-    # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    d2_d__p15 = rt.assemble(weight, n, 64, [(0, 64, [_piece123_d2_d__p15, _piece125_d2_d__p15, _piece127_d2_d__p15, _piece129_d2_d__p15, _piece131_d2_d__p15, _piece133_d2_d__p15, _piece135_d2_d__p15, _piece137_d2_d__p15])])
-    del _piece123_d2_d__p15, _piece125_d2_d__p15, _piece127_d2_d__p15, _piece129_d2_d__p15, _piece131_d2_d__p15, _piece133_d2_d__p15, _piece135_d2_d__p15, _piece137_d2_d__p15
-    _c55 = d2_d__p15.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _piece140_d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
-    del _c55
-    # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    _c56 = d2_d__p15.reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
-    del d2_d__p15, d__p16
-    _piece141_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c56.reshape(n, 64, 1)
-    del _c56
-    d2_d__p16 = rt.assemble(weight, n, 64, [(0, 64, [_piece139_d2_d__p16, _piece140_d2_d__p16])])
-    del _piece139_d2_d__p16, _piece140_d2_d__p16
-    _piece142_d2_d_B = d2_d__p16.reshape(n, 64, 1)
-    del d2_d__p16
-    _piece143_d2_d__p17 = (d2_d__w_B__2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1) if _mask & 2 else None
-    _piece144_d2__p1 = (d2_d__w_B__2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1) if _mask & 2 else None
-    _piece145_d2_d__p17 = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece146_d2__w_B__2 = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d__p17.reshape(n, 64) if _mask & 1 else None
-    del d2_d__p1
-    _piece147_d2_d__p17 = (d2_d__w_B__2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1) if _mask & 2 else None
-    _piece148_d2__p4 = (d2_d__w_B__2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1) if _mask & 2 else None
-    _piece149_d2_d__p17 = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece150_d2__w_B__2 = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d__p17.reshape(n, 64) if _mask & 1 else None
-    del d2_d__p4
-    _piece151_d2_d__p17 = (d2_d__w_B__2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1) if _mask & 2 else None
-    _piece152_d2__p7 = (d2_d__w_B__2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1) if _mask & 2 else None
-    _piece153_d2_d__p17 = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece154_d2__w_B__2 = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d__p17.reshape(n, 64) if _mask & 1 else None
-    del d2_d__p7
-    _piece155_d2_d__p17 = (d2_d__w_B__2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1) if _mask & 2 else None
-    _piece156_d2__p10 = (d2_d__w_B__2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1) if _mask & 2 else None
-    _piece157_d2_d__p17 = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece158_d2__w_B__2 = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d__p17.reshape(n, 64) if _mask & 1 else None
-    del d2_d__p10, d__p17
-    # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
-    _p17 = rt.assemble(weight, n, 64, [(0, 64, [_piece4_p17, _piece5_p17, _piece6_p17, _piece7_p17])])
-    del _piece4_p17, _piece5_p17, _piece6_p17, _piece7_p17
-    _c57 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * _p17.reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    del _p17
-    _piece159_d2_d__p18 = torch.mm(_c57.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c57
-    # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
-    _c58 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p18.reshape(n, 64, 1, 3) if _mask & 1 else None
-    d2__p17 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c58
-    # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    d2_d__p17 = rt.assemble(weight, n, 64, [(0, 64, [_piece143_d2_d__p17, _piece145_d2_d__p17, _piece147_d2_d__p17, _piece149_d2_d__p17, _piece151_d2_d__p17, _piece153_d2_d__p17, _piece155_d2_d__p17, _piece157_d2_d__p17])])
-    del _piece143_d2_d__p17, _piece145_d2_d__p17, _piece147_d2_d__p17, _piece149_d2_d__p17, _piece151_d2_d__p17, _piece153_d2_d__p17, _piece155_d2_d__p17, _piece157_d2_d__p17
-    _c59 = d2_d__p17.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _piece160_d2_d__p18 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c59
-    # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    _c60 = d2_d__p17.reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p18.reshape(n, 64, 1, 3)
-    del d2_d__p17, d__p18
-    _piece161_d2_A = torch.mm(_c60.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
-    del _c60
-    d2_d__p18 = rt.assemble(weight, n, 192, [(0, 192, [_piece159_d2_d__p18, _piece160_d2_d__p18])])
-    del _piece159_d2_d__p18, _piece160_d2_d__p18
-    _piece162_d2_d_B = d2_d__p18.reshape(n, 64, 3)
-    del d2_d__p18
-    _piece163_d2_d__p19 = (d2_d__w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p3.reshape(n, 64, 3) if _mask & 2 else None
-    _piece164_d2__p3 = (d2_d__w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3) if _mask & 2 else None
-    _piece165_d2_d__p19 = d2_d__p3.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece166_d2__w_B__2 = ((d2_d__p3.reshape(n, 64, 3) * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p3
-    _piece167_d2_d__p19 = (d2_d__w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3) if _mask & 2 else None
-    _piece168_d2__p9 = (d2_d__w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3) if _mask & 2 else None
-    _piece169_d2_d__p19 = d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece170_d2__w_B__2 = ((d2_d__p9.reshape(n, 64, 3) * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d__p19
-    # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
-    _p19 = rt.assemble(weight, n, 192, [(0, 192, [_piece8_p19, _piece9_p19])])
-    del _piece8_p19, _piece9_p19
-    _c61 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p19.reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    del _p19
-    _piece171_d2_d__p20 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c61
-    # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
-    _c62 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p20.reshape(n, 64, 1, 3) if _mask & 1 else None
-    d2__p19 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c62
-    # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    d2_d__p19 = rt.assemble(weight, n, 192, [(0, 192, [_piece163_d2_d__p19, _piece165_d2_d__p19, _piece167_d2_d__p19, _piece169_d2_d__p19])])
-    del _piece163_d2_d__p19, _piece165_d2_d__p19, _piece167_d2_d__p19, _piece169_d2_d__p19
-    _c63 = d2_d__p19.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    _piece172_d2_d__p20 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c63
-    # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    _c64 = d2_d__p19.reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p20.reshape(n, 64, 1, 3)
-    del d2_d__p19, d__p20
-    _piece173_d2_A = torch.mm(_c64.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
-    del _c64
-    d2_d__p20 = rt.assemble(weight, n, 192, [(0, 192, [_piece171_d2_d__p20, _piece172_d2_d__p20])])
-    del _piece171_d2_d__p20, _piece172_d2_d__p20
-    _piece174_d2_d_B = d2_d__p20.reshape(n, 64, 3)
-    del d2_d__p20
-    _piece175_d2_d__p21 = (d2_d__w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p11.reshape(n, 64, 5) if _mask & 2 else None
-    _piece176_d2__p11 = (d2_d__w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5) if _mask & 2 else None
-    d2_d__p11 = rt.assemble(weight, n, 320, [(0, 320, [_piece107_d2_d__p11, _piece109_d2_d__p11])])
-    del _piece107_d2_d__p11, _piece109_d2_d__p11
-    _piece177_d2_d__p21 = d2_d__p11.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece178_d2__w_B__2 = ((d2_d__p11.reshape(n, 64, 5) * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p11
-    _piece179_d2_d__p21 = (d2_d__w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5) if _mask & 2 else None
-    _piece180_d2__p14 = (d2_d__w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5) if _mask & 2 else None
-    d2_d__p14 = rt.assemble(weight, n, 320, [(0, 320, [_piece119_d2_d__p14, _piece121_d2_d__p14])])
-    del _piece119_d2_d__p14, _piece121_d2_d__p14
-    _piece181_d2_d__p21 = d2_d__p14.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece182_d2__w_B__2 = ((d2_d__p14.reshape(n, 64, 5) * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d__p21
-    # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
-    _p21 = rt.assemble(weight, n, 320, [(0, 320, [_piece10_p21, _piece11_p21])])
-    del _piece10_p21, _piece11_p21
-    _c65 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * _p21.reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    del _p21
-    _piece183_d2_d__p22 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c65
-    # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
-    _c66 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p22.reshape(n, 64, 1, 3) if _mask & 1 else None
-    d2__p21 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c66
-    # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    d2_d__p21 = rt.assemble(weight, n, 320, [(0, 320, [_piece175_d2_d__p21, _piece177_d2_d__p21, _piece179_d2_d__p21, _piece181_d2_d__p21])])
-    del _piece175_d2_d__p21, _piece177_d2_d__p21, _piece179_d2_d__p21, _piece181_d2_d__p21
-    _c67 = d2_d__p21.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    _piece184_d2_d__p22 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c67
-    # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    _c68 = d2_d__p21.reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p22.reshape(n, 64, 1, 3)
-    del d2_d__p21, d__p22
-    _piece185_d2_A = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
-    del _c68
-    d2_d__p22 = rt.assemble(weight, n, 192, [(0, 192, [_piece183_d2_d__p22, _piece184_d2_d__p22])])
-    del _piece183_d2_d__p22, _piece184_d2_d__p22
-    _piece186_d2_d_B = d2_d__p22.reshape(n, 64, 3)
-    del d2_d__p22
-    _piece187_d2_d__p23 = (d2_d__w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p6.reshape(n, 64, 3) if _mask & 2 else None
-    _piece188_d2__p6 = (d2_d__w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3) if _mask & 2 else None
-    _piece189_d2_d__p23 = d2_d__p6.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece190_d2__w_B__2 = ((d2_d__p6.reshape(n, 64, 3) * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p6
-    _piece191_d2_d__p23 = (d2_d__w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p9.reshape(n, 64, 3) if _mask & 2 else None
-    _piece192_d2__p9 = (d2_d__w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3) if _mask & 2 else None
-    _piece193_d2_d__p23 = d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece194_d2__w_B__2 = ((d2_d__p9.reshape(n, 64, 3) * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d__p23
-    # ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
-    _p23 = rt.assemble(weight, n, 192, [(0, 192, [_piece12_p23, _piece13_p23])])
-    del _piece12_p23, _piece13_p23
-    _c69 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p23.reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    del _p23
-    _piece195_d2_d__p24 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c69
-    # ∂/∂_p23: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
-    _c70 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1) if _mask & 1 else None
-    d2__p23 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c70
-    # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    d2_d__p23 = rt.assemble(weight, n, 192, [(0, 192, [_piece187_d2_d__p23, _piece189_d2_d__p23, _piece191_d2_d__p23, _piece193_d2_d__p23])])
-    del _piece187_d2_d__p23, _piece189_d2_d__p23, _piece191_d2_d__p23, _piece193_d2_d__p23
-    _c71 = d2_d__p23.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _piece196_d2_d__p24 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
-    del _c71
-    # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    _c72 = d2_d__p23.reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
-    del d2_d__p23, d__p24
-    _piece197_d2_A = torch.mm(_c72.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
-    del _c72
-    d2_d__p24 = rt.assemble(weight, n, 64, [(0, 64, [_piece195_d2_d__p24, _piece196_d2_d__p24])])
-    del _piece195_d2_d__p24, _piece196_d2_d__p24
-    _piece198_d2_d_B = d2_d__p24.reshape(n, 64, 1)
-    del d2_d__p24
-    _piece199_d2_d__p25 = (d2_d__w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p12.reshape(n, 64, 5) if _mask & 2 else None
-    _piece200_d2__p12 = (d2_d__w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5) if _mask & 2 else None
-    d2_d__p12 = rt.assemble(weight, n, 320, [(0, 320, [_piece111_d2_d__p12, _piece113_d2_d__p12])])
-    del _piece111_d2_d__p12, _piece113_d2_d__p12
-    _piece201_d2_d__p25 = d2_d__p12.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece202_d2__w_B__2 = ((d2_d__p12.reshape(n, 64, 5) * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    _piece203_d2_d__p25 = (d2_d__w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5) if _mask & 2 else None
-    _piece204_d2__p14 = (d2_d__w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5) if _mask & 2 else None
-    _piece205_d2_d__p25 = d2_d__p14.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece206_d2__w_B__2 = ((d2_d__p14.reshape(n, 64, 5) * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d__p25
-    # ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
-    _p25 = rt.assemble(weight, n, 320, [(0, 320, [_piece14_p25, _piece15_p25])])
-    del _piece14_p25, _piece15_p25
-    _c73 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p25.reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    del _p25
-    _piece207_d2_d__p26 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c73
-    # ∂/∂_p25: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
-    _c74 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p26.reshape(n, 64, 1, 3) if _mask & 1 else None
-    d2__p25 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c74
-    # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    d2_d__p25 = rt.assemble(weight, n, 320, [(0, 320, [_piece199_d2_d__p25, _piece201_d2_d__p25, _piece203_d2_d__p25, _piece205_d2_d__p25])])
-    del _piece199_d2_d__p25, _piece201_d2_d__p25, _piece203_d2_d__p25, _piece205_d2_d__p25
-    _c75 = d2_d__p25.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _piece208_d2_d__p26 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c75
-    # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    _c76 = d2_d__p25.reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p26.reshape(n, 64, 1, 3)
-    del d2_d__p25, d__p26
-    _piece209_d2_A = torch.mm(_c76.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
-    del _c76
-    d2_d__p26 = rt.assemble(weight, n, 192, [(0, 192, [_piece207_d2_d__p26, _piece208_d2_d__p26])])
-    del _piece207_d2_d__p26, _piece208_d2_d__p26
-    _piece210_d2_d_B = d2_d__p26.reshape(n, 64, 3)
-    del d2_d__p26
-    _piece211_d2_d__p27 = (d2_d__w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p12.reshape(n, 64, 5) if _mask & 2 else None
-    _piece212_d2__p12 = (d2_d__w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5) if _mask & 2 else None
-    _piece213_d2_d__p27 = d2_d__p12.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece214_d2__w_B__2 = ((d2_d__p12.reshape(n, 64, 5) * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p12
-    _piece215_d2_d__p27 = (d2_d__w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p14.reshape(n, 64, 5) if _mask & 2 else None
-    _piece216_d2__p14 = (d2_d__w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5) if _mask & 2 else None
-    _piece217_d2_d__p27 = d2_d__p14.reshape(n, 64, 5).reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece218_d2__w_B__2 = ((d2_d__p14.reshape(n, 64, 5) * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p14, d__p27
-    # ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
-    _p27 = rt.assemble(weight, n, 320, [(0, 320, [_piece16_p27, _piece17_p27])])
-    del _piece16_p27, _piece17_p27
-    _c77 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p27.reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    del _p27
-    _piece219_d2_d__p28 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c77
-    # ∂/∂_p27: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
-    _c78 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1) if _mask & 1 else None
-    d2__p27 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c78
-    # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    d2_d__p27 = rt.assemble(weight, n, 320, [(0, 320, [_piece211_d2_d__p27, _piece213_d2_d__p27, _piece215_d2_d__p27, _piece217_d2_d__p27])])
-    del _piece211_d2_d__p27, _piece213_d2_d__p27, _piece215_d2_d__p27, _piece217_d2_d__p27
-    _c79 = d2_d__p27.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    _piece220_d2_d__p28 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
-    del _c79
-    # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    _c80 = d2_d__p27.reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
-    del d2_d__p27, d__p28
-    _piece221_d2_A = torch.mm(_c80.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
-    del _c80
-    d2_d__p28 = rt.assemble(weight, n, 64, [(0, 64, [_piece219_d2_d__p28, _piece220_d2_d__p28])])
-    del _piece219_d2_d__p28, _piece220_d2_d__p28
-    _piece222_d2_d_B = d2_d__p28.reshape(n, 64, 1)
-    del d2_d__p28
-    _piece223_d2_d__p29 = (d2_d__w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3) if _mask & 2 else None
-    _piece224_d2__p9 = (d2_d__w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p29.reshape(n, 64, 3) if _mask & 2 else None
-    _piece225_d2_d__p29 = d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece226_d2__w_B__2 = ((d2_d__p9.reshape(n, 64, 3) * 0.8660254037844386).reshape(n, 64, 3) * d__p29.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p9, d__p29
-    # ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
-    _c81 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p29.reshape(n, 64, 1, 3) if _mask & 1 else None
-    del _p29
-    _piece227_d2_d__p30 = torch.mm(_c81.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c81
-    # ∂/∂_p29: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
-    _c82 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p30.reshape(n, 64, 1, 3) if _mask & 1 else None
-    d2__p29 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c82
-    # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    d2_d__p29 = rt.assemble(weight, n, 192, [(0, 192, [_piece223_d2_d__p29, _piece225_d2_d__p29])])
-    del _piece223_d2_d__p29, _piece225_d2_d__p29
-    _c83 = d2_d__p29.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _piece228_d2_d__p30 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
-    del _c83
-    # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    _c84 = d2_d__p29.reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p30.reshape(n, 64, 1, 3)
-    del d2_d__p29, d__p30
-    _piece229_d2_A = torch.mm(_c84.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
-    del _c84
-    d2_d__p30 = rt.assemble(weight, n, 192, [(0, 192, [_piece227_d2_d__p30, _piece228_d2_d__p30])])
-    del _piece227_d2_d__p30, _piece228_d2_d__p30
-    _piece230_d2_d_B = d2_d__p30.reshape(n, 64, 3)
-    del d2_d__p30
-    # ∂/∂d__p31: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c85 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p13.reshape(n, 64, 5, 1) if _mask & 1 else None
-    _piece231_d2_d__p31 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c85
-    # ∂/∂_p13: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c86 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece232_d2__p13 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c86
-    # ∂/∂d__p31: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    d2_d__p13 = rt.assemble(weight, n, 320, [(0, 320, [_piece115_d2_d__p13, _piece117_d2_d__p13])])
-    del _piece115_d2_d__p13, _piece117_d2_d__p13
-    _c87 = d2_d__p13.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece233_d2_d__p31 = torch.mm(_c87.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c87
-    # ∂/∂A: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c88 = d2_d__p13.reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d2_d__p13, d__p31
-    _piece234_d2_A = torch.mm(_c88.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c88
-    _piece235_d2_d_B = (d2_d__w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p31.reshape(n, 64, 3) if _mask & 2 else None
-    del _p31
-    d2__p31 = (d2_d__w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    del d2_d__w_B__2
-    d2_d__p31 = rt.assemble(weight, n, 192, [(0, 192, [_piece231_d2_d__p31, _piece233_d2_d__p31])])
-    del _piece231_d2_d__p31, _piece233_d2_d__p31
-    _piece236_d2_d_B = d2_d__p31.reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B__2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece237_d2__w_B__2 = ((d2_d__p31.reshape(n, 64, 3) * 1.118033988749895).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p31
-    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c89 = d2__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 2 else None
-    _piece238_d2__p13 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zujk->zui
-    del _c89
-    # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c90 = d2__p31.reshape(n, 64, 3, 1) * _p13.reshape(n, 64, 1, 5) if _mask & 2 else None
-    del _p13, d2__p31
-    _piece239_d2_A = torch.mm(_c90.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c90
-    _piece240_d2__p9 = d2__p29.reshape(n, 64, 3) * (_w_B__2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece241_d2__w_B__2 = ((d2__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2__p29
-    _piece242_d2__p14 = d2__p27.reshape(n, 64, 5) * (_w_B__2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece243_d2__w_B__2 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    _piece244_d2__p12 = d2__p27.reshape(n, 64, 5) * (_w_B__2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) if _mask & 1 else None
-    _piece245_d2__w_B__2 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del d2__p27
-    _piece246_d2__p14 = d2__p25.reshape(n, 64, 5) * (_w_B__2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece247_d2__w_B__2 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    _piece248_d2__p12 = d2__p25.reshape(n, 64, 5) * (_w_B__2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece249_d2__w_B__2 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del _p12, d2__p25
-    _piece250_d2__p9 = d2__p23.reshape(n, 64, 3) * (_w_B__2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece251_d2__w_B__2 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    _piece252_d2__p6 = d2__p23.reshape(n, 64, 3) * (_w_B__2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) if _mask & 1 else None
-    _piece253_d2__w_B__2 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del _p6, d2__p23
-    _piece254_d2__p14 = d2__p21.reshape(n, 64, 5) * (_w_B__2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece255_d2__w_B__2 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del _p14
-    _piece256_d2__p11 = d2__p21.reshape(n, 64, 5) * (_w_B__2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) if _mask & 1 else None
-    _piece257_d2__w_B__2 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,)) if _mask & 1 else None
-    del _p11, d2__p21
-    _piece258_d2__p9 = d2__p19.reshape(n, 64, 3) * (_w_B__2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece259_d2__w_B__2 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del _p9
-    _piece260_d2__p3 = d2__p19.reshape(n, 64, 3) * (_w_B__2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) if _mask & 1 else None
-    _piece261_d2__w_B__2 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del _p3, d2__p19
-    _piece262_d2__p10 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece263_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64) if _mask & 1 else None
-    _piece264_d2__p7 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 512:576].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece265_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p7.reshape(n, 64) if _mask & 1 else None
-    _piece266_d2__p4 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece267_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p4.reshape(n, 64) if _mask & 1 else None
-    _piece268_d2__p1 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B__2[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece269_d2__w_B__2 = (d2__p17 * 0.5).reshape(n, 64) * _p1.reshape(n, 64) if _mask & 1 else None
-    del d2__p17
-    _piece270_d2__p10 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece271_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64) if _mask & 1 else None
-    del _p10
-    _piece272_d2__p7 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 448:512].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece273_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p7.reshape(n, 64) if _mask & 1 else None
-    del _p7
-    _piece274_d2__p4 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece275_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p4.reshape(n, 64) if _mask & 1 else None
-    del _p4
-    _piece276_d2__p1 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B__2[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    del _w_B__2
-    _piece277_d2__w_B__2 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p1.reshape(n, 64) if _mask & 1 else None
-    del _p1, d2__p15
-    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2__p14 = rt.assemble(weight, n, 320, [(0, 320, [_piece180_d2__p14, _piece204_d2__p14, _piece216_d2__p14, _piece242_d2__p14, _piece246_d2__p14, _piece254_d2__p14])])
-    del _piece180_d2__p14, _piece204_d2__p14, _piece216_d2__p14, _piece242_d2__p14, _piece246_d2__p14, _piece254_d2__p14
-    _c91 = d2__p14.reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    _piece278_d2_A = torch.mm(_c91.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
-    del _c91
-    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _c92 = d2__p14.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    del d2__p14
-    _piece279_d2_A = torch.mm(_c92.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
-    del _c92
-    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2__p13 = rt.assemble(weight, n, 320, [(0, 320, [_piece232_d2__p13, _piece238_d2__p13])])
-    del _piece232_d2__p13, _piece238_d2__p13
-    _c93 = d2__p13.reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    _piece280_d2_A = torch.mm(_c93.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
-    del _c93
-    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c94 = d2__p13.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    del d2__p13
-    _piece281_d2_A = torch.mm(_c94.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
-    del _c94
-    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2__p12 = rt.assemble(weight, n, 320, [(0, 320, [_piece200_d2__p12, _piece212_d2__p12, _piece244_d2__p12, _piece248_d2__p12])])
-    del _piece200_d2__p12, _piece212_d2__p12, _piece244_d2__p12, _piece248_d2__p12
-    _c95 = d2__p12.reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    _piece282_d2_A = torch.mm(_c95.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
-    del _c95
-    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _c96 = d2__p12.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    del d2__p12
-    _piece283_d2_A = torch.mm(_c96.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
-    del _c96
-    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2__p11 = rt.assemble(weight, n, 320, [(0, 320, [_piece176_d2__p11, _piece256_d2__p11])])
-    del _piece176_d2__p11, _piece256_d2__p11
-    _c97 = d2__p11.reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    _piece284_d2_A = torch.mm(_c97.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
-    del _c97
-    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c98 = d2__p11.reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    del d2__p11
-    _piece285_d2_A = torch.mm(_c98.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
-    del _c98
-    # weight gradient per index value
-    d2__w_B__2 = rt.assemble(weight, n, 1280, [(0, 64, [_piece126_d2__w_B__2, _piece277_d2__w_B__2]), (64, 64, [_piece146_d2__w_B__2, _piece269_d2__w_B__2]), (128, 64, [_piece166_d2__w_B__2, _piece261_d2__w_B__2]), (192, 64, [_piece130_d2__w_B__2, _piece275_d2__w_B__2]), (256, 64, [_piece150_d2__w_B__2, _piece267_d2__w_B__2]), (320, 64, [_piece178_d2__w_B__2, _piece257_d2__w_B__2]), (384, 64, [_piece190_d2__w_B__2, _piece253_d2__w_B__2]), (448, 64, [_piece134_d2__w_B__2, _piece273_d2__w_B__2]), (512, 64, [_piece154_d2__w_B__2, _piece265_d2__w_B__2]), (576, 64, [_piece202_d2__w_B__2, _piece249_d2__w_B__2]), (640, 64, [_piece214_d2__w_B__2, _piece245_d2__w_B__2]), (704, 64, [_piece226_d2__w_B__2, _piece241_d2__w_B__2]), (768, 64, [_piece194_d2__w_B__2, _piece251_d2__w_B__2]), (832, 64, [_piece170_d2__w_B__2, _piece259_d2__w_B__2]), (896, 64, [_piece237_d2__w_B__2]), (960, 64, [_piece138_d2__w_B__2, _piece271_d2__w_B__2]), (1024, 64, [_piece158_d2__w_B__2, _piece263_d2__w_B__2]), (1088, 64, [_piece206_d2__w_B__2, _piece247_d2__w_B__2]), (1152, 64, [_piece218_d2__w_B__2, _piece243_d2__w_B__2]), (1216, 64, [_piece182_d2__w_B__2, _piece255_d2__w_B__2])])
-    del _piece126_d2__w_B__2, _piece130_d2__w_B__2, _piece134_d2__w_B__2, _piece138_d2__w_B__2, _piece146_d2__w_B__2, _piece150_d2__w_B__2, _piece154_d2__w_B__2, _piece158_d2__w_B__2, _piece166_d2__w_B__2, _piece170_d2__w_B__2, _piece178_d2__w_B__2, _piece182_d2__w_B__2, _piece190_d2__w_B__2, _piece194_d2__w_B__2, _piece202_d2__w_B__2, _piece206_d2__w_B__2, _piece214_d2__w_B__2, _piece218_d2__w_B__2, _piece226_d2__w_B__2, _piece237_d2__w_B__2, _piece241_d2__w_B__2, _piece243_d2__w_B__2, _piece245_d2__w_B__2, _piece247_d2__w_B__2, _piece249_d2__w_B__2, _piece251_d2__w_B__2, _piece253_d2__w_B__2, _piece255_d2__w_B__2, _piece257_d2__w_B__2, _piece259_d2__w_B__2, _piece261_d2__w_B__2, _piece263_d2__w_B__2, _piece265_d2__w_B__2, _piece267_d2__w_B__2, _piece269_d2__w_B__2, _piece271_d2__w_B__2, _piece273_d2__w_B__2, _piece275_d2__w_B__2, _piece277_d2__w_B__2
-    _piece286_d2_weight = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B__2.reshape(n, 1280)).reshape(12800) if _mask & 1 else None
-    del d2__w_B__2
-    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d2__p10 = rt.assemble(weight, n, 64, [(0, 64, [_piece104_d2__p10, _piece136_d2__p10, _piece156_d2__p10, _piece262_d2__p10, _piece270_d2__p10])])
-    del _piece104_d2__p10, _piece136_d2__p10, _piece156_d2__p10, _piece262_d2__p10, _piece270_d2__p10
-    _c99 = d2__p10.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    _piece287_d2_A = torch.mm(_c99.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
-    del _c99
-    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c100 = d2__p10.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
-    del d2__p10
-    _piece288_d2_A = torch.mm(_c100.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
-    del _c100
-    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d2__p9 = rt.assemble(weight, n, 192, [(0, 192, [_piece96_d2__p9, _piece168_d2__p9, _piece192_d2__p9, _piece224_d2__p9, _piece240_d2__p9, _piece250_d2__p9, _piece258_d2__p9])])
-    del _piece168_d2__p9, _piece192_d2__p9, _piece224_d2__p9, _piece240_d2__p9, _piece250_d2__p9, _piece258_d2__p9, _piece96_d2__p9
-    _c101 = d2__p9.reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
-    _piece289_d2_A = torch.mm(_c101.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
-    del _c101
-    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c102 = d2__p9.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    del d2__p9
-    _piece290_d2_A = torch.mm(_c102.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
-    del _c102
-    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d2__p7 = rt.assemble(weight, n, 64, [(0, 64, [_piece88_d2__p7, _piece132_d2__p7, _piece152_d2__p7, _piece264_d2__p7, _piece272_d2__p7])])
-    del _piece132_d2__p7, _piece152_d2__p7, _piece264_d2__p7, _piece272_d2__p7, _piece88_d2__p7
-    _c103 = d2__p7.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    _piece291_d2_A = torch.mm(_c103.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
-    del _c103
-    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c104 = d2__p7.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
-    del d2__p7
-    _piece292_d2_A = torch.mm(_c104.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
-    del _c104
-    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    d2__p6 = rt.assemble(weight, n, 192, [(0, 192, [_piece80_d2__p6, _piece188_d2__p6, _piece252_d2__p6])])
-    del _piece188_d2__p6, _piece252_d2__p6, _piece80_d2__p6
-    _c105 = d2__p6.reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
-    _piece293_d2_A = torch.mm(_c105.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
-    del _c105
-    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c106 = d2__p6.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    del d2__p6
-    _piece294_d2_A = torch.mm(_c106.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
-    del _c106
-    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d2__p4 = rt.assemble(weight, n, 64, [(0, 64, [_piece72_d2__p4, _piece128_d2__p4, _piece148_d2__p4, _piece266_d2__p4, _piece274_d2__p4])])
-    del _piece128_d2__p4, _piece148_d2__p4, _piece266_d2__p4, _piece274_d2__p4, _piece72_d2__p4
-    _c107 = d2__p4.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    _piece295_d2_A = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
-    del _c107
-    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c108 = d2__p4.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
-    del d2__p4
-    _piece296_d2_A = torch.mm(_c108.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
-    del _c108
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    d2__p3 = rt.assemble(weight, n, 192, [(0, 192, [_piece64_d2__p3, _piece164_d2__p3, _piece260_d2__p3])])
-    del _piece164_d2__p3, _piece260_d2__p3, _piece64_d2__p3
-    _c109 = d2__p3.reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
-    _piece297_d2_A = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
-    del _c109
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c110 = d2__p3.reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    del d2__p3
-    _piece298_d2_A = torch.mm(_c110.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
-    del _c110
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d2__p1 = rt.assemble(weight, n, 64, [(0, 64, [_piece56_d2__p1, _piece124_d2__p1, _piece144_d2__p1, _piece268_d2__p1, _piece276_d2__p1])])
-    del _piece124_d2__p1, _piece144_d2__p1, _piece268_d2__p1, _piece276_d2__p1, _piece56_d2__p1
-    _c111 = d2__p1.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _piece299_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c111.permute(0, 1, 3, 2).reshape(n, 64, 1)
-    del _c111
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c112 = d2__p1.reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    del d2__p1
-    _piece300_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c112.permute(0, 1, 3, 2).reshape(n, 64, 1)
-    del _c112
-    # weight gradient per index value
-    d2__w_B__1 = rt.assemble(weight, n, 448, [(0, 64, [_piece58_d2__w_B__1]), (64, 64, [_piece66_d2__w_B__1]), (128, 64, [_piece74_d2__w_B__1]), (192, 64, [_piece82_d2__w_B__1]), (256, 64, [_piece90_d2__w_B__1]), (320, 64, [_piece98_d2__w_B__1]), (384, 64, [_piece106_d2__w_B__1])])
-    del _piece106_d2__w_B__1, _piece58_d2__w_B__1, _piece66_d2__w_B__1, _piece74_d2__w_B__1, _piece82_d2__w_B__1, _piece90_d2__w_B__1, _piece98_d2__w_B__1
-    _piece301_d2_weight = weight.new_zeros(10, 448).index_add(0, z, d2__w_B__1.reshape(n, 448)).reshape(4480) if _mask & 1 else None
-    del d2__w_B__1
-    # weight gradient per index value
-    d2__w_B__0 = rt.assemble(weight, n, 128, [(0, 64, [_piece46_d2__w_B__0]), (64, 64, [_piece50_d2__w_B__0])])
-    del _piece46_d2__w_B__0, _piece50_d2__w_B__0
-    _piece302_d2_weight = weight.new_zeros(10, 128).index_add(0, z, d2__w_B__0.reshape(n, 128)).reshape(1280) if _mask & 1 else None
-    del d2__w_B__0
-    d2_A = rt.assemble(weight, n, 1024, [(0, 64, [_piece44_d2_A, _piece52_d2_A, _piece54_d2_A, _piece60_d2_A, _piece141_d2_A, _piece229_d2_A, _piece297_d2_A, _piece299_d2_A, _piece300_d2_A]), (64, 192, [_piece48_d2_A, _piece62_d2_A, _piece68_d2_A, _piece70_d2_A, _piece76_d2_A, _piece108_d2_A, _piece110_d2_A, _piece161_d2_A, _piece197_d2_A, _piece209_d2_A, _piece284_d2_A, _piece285_d2_A, _piece293_d2_A, _piece295_d2_A, _piece296_d2_A, _piece298_d2_A]), (256, 320, [_piece78_d2_A, _piece84_d2_A, _piece86_d2_A, _piece92_d2_A, _piece112_d2_A, _piece114_d2_A, _piece116_d2_A, _piece173_d2_A, _piece221_d2_A, _piece234_d2_A, _piece239_d2_A, _piece280_d2_A, _piece282_d2_A, _piece283_d2_A, _piece289_d2_A, _piece291_d2_A, _piece292_d2_A, _piece294_d2_A]), (576, 448, [_piece94_d2_A, _piece100_d2_A, _piece102_d2_A, _piece118_d2_A, _piece120_d2_A, _piece122_d2_A, _piece185_d2_A, _piece278_d2_A, _piece279_d2_A, _piece281_d2_A, _piece287_d2_A, _piece288_d2_A, _piece290_d2_A])])
-    del _piece100_d2_A, _piece102_d2_A, _piece108_d2_A, _piece110_d2_A, _piece112_d2_A, _piece114_d2_A, _piece116_d2_A, _piece118_d2_A, _piece120_d2_A, _piece122_d2_A, _piece141_d2_A, _piece161_d2_A, _piece173_d2_A, _piece185_d2_A, _piece197_d2_A, _piece209_d2_A, _piece221_d2_A, _piece229_d2_A, _piece234_d2_A, _piece239_d2_A, _piece278_d2_A, _piece279_d2_A, _piece280_d2_A, _piece281_d2_A, _piece282_d2_A, _piece283_d2_A, _piece284_d2_A, _piece285_d2_A, _piece287_d2_A, _piece288_d2_A, _piece289_d2_A, _piece290_d2_A, _piece291_d2_A, _piece292_d2_A, _piece293_d2_A, _piece294_d2_A, _piece295_d2_A, _piece296_d2_A, _piece297_d2_A, _piece298_d2_A, _piece299_d2_A, _piece300_d2_A, _piece44_d2_A, _piece48_d2_A, _piece52_d2_A, _piece54_d2_A, _piece60_d2_A, _piece62_d2_A, _piece68_d2_A, _piece70_d2_A, _piece76_d2_A, _piece78_d2_A, _piece84_d2_A, _piece86_d2_A, _piece92_d2_A, _piece94_d2_A
-    d2_d_B = rt.assemble(weight, n, 256, [(0, 64, [_piece43_d2_d_B, _piece45_d2_d_B, _piece55_d2_d_B, _piece57_d2_d_B, _piece71_d2_d_B, _piece73_d2_d_B, _piece87_d2_d_B, _piece89_d2_d_B, _piece103_d2_d_B, _piece105_d2_d_B, _piece142_d2_d_B, _piece198_d2_d_B, _piece222_d2_d_B]), (64, 192, [_piece47_d2_d_B, _piece49_d2_d_B, _piece63_d2_d_B, _piece65_d2_d_B, _piece79_d2_d_B, _piece81_d2_d_B, _piece95_d2_d_B, _piece97_d2_d_B, _piece162_d2_d_B, _piece174_d2_d_B, _piece186_d2_d_B, _piece210_d2_d_B, _piece230_d2_d_B, _piece235_d2_d_B, _piece236_d2_d_B])])
-    del _piece103_d2_d_B, _piece105_d2_d_B, _piece142_d2_d_B, _piece162_d2_d_B, _piece174_d2_d_B, _piece186_d2_d_B, _piece198_d2_d_B, _piece210_d2_d_B, _piece222_d2_d_B, _piece230_d2_d_B, _piece235_d2_d_B, _piece236_d2_d_B, _piece43_d2_d_B, _piece45_d2_d_B, _piece47_d2_d_B, _piece49_d2_d_B, _piece55_d2_d_B, _piece57_d2_d_B, _piece63_d2_d_B, _piece65_d2_d_B, _piece71_d2_d_B, _piece73_d2_d_B, _piece79_d2_d_B, _piece81_d2_d_B, _piece87_d2_d_B, _piece89_d2_d_B, _piece95_d2_d_B, _piece97_d2_d_B
-    d2_weight = rt.assemble(weight, None, 18560, [(0, 1280, [_piece302_d2_weight]), (1280, 4480, [_piece301_d2_weight]), (5760, 12800, [_piece286_d2_weight])])
-    del _piece286_d2_weight, _piece301_d2_weight, _piece302_d2_weight
-    return [d2_A, d2_d_B, d2_weight if d2_weight is not None else weight.new_zeros(18560)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
     triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
@@ -7837,9 +7078,75 @@ def _mace_product__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.
 
 # mace_product: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("mace_product__d__d2", _mace_product__d__d2__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, masked=True, reference=_mace_product__d__d2)
+_ops.register("mace_product__d__d2", _mace_product__d__d2__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, masked=True, reference=rt.second_order(_mace_product, 0, 2))
 _ops.register("mace_product__d", _mace_product__d__triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product__d__d2"], masked=True)
 _ops.register("mace_product", _mace_product__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d"]], check_indices=True)
+
+
+def _mace_product_2(
+    A: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """mace_product_2 on rows: A (n, 1024), z (n,) -> B (n, 256)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z]
+    # 64x0e -> 64x0e
+    _piece0_B = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    # 64x1o -> 64x1o
+    _piece1_B = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B__0
+    # one weight set per row, chosen by z
+    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
+    _piece2_B = (_p1 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _p1
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
+    _piece3_B = _p3.reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _p3
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c2
+    _piece4_B = (_p4 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
+    del _p4
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
+    _piece5_B = _p6.reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
+    del _p6
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c4
+    _piece6_B = (_p7 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
+    del _p7
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c5
+    _piece7_B = _p9.reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
+    del _p9
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c6
+    _piece8_B = (_p10 * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _p10, _w_B__1
+    B = torch.cat([
+        (_piece0_B + _piece2_B + _piece4_B + _piece6_B + _piece8_B).reshape(n, 64),
+        (_piece1_B + _piece3_B + _piece5_B + _piece7_B).reshape(n, 192),
+    ], dim=-1)
+    del _piece0_B, _piece1_B, _piece2_B, _piece3_B, _piece4_B, _piece5_B, _piece6_B, _piece7_B, _piece8_B
+    return [B]
 
 
 _mace_product_2__d__table = (
@@ -10574,333 +9881,6 @@ def _mace_product_2__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list
     return [outputs[0], outputs[1], partial[:, 0:5760].sum(0)]
 
 
-def _mace_product_2__d__d2(
-    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor,
-    cg_3_3_0: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_A, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_2__d: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024), d2_d_weight (5760,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
-    n = A.shape[0]
-    # one weight set per row, chosen by z
-    _w_B__0 = weight[0:1280].view(1280).reshape(10, 128)[z] if _mask & 1 else None
-    # one weight set per row, chosen by z
-    _w_B__1 = weight[1280:5760].view(4480).reshape(10, 448)[z] if _mask & 1 else None
-    # p1 = (p0 ⊗ p0) -> 64x0e
-    _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 2 else None
-    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1) if _mask & 2 else None
-    del _c0
-    # p3 = (p0 ⊗ p2) -> 64x1o
-    _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 2 else None
-    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c1
-    # p4 = (p2 ⊗ p2) -> 64x0e
-    _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 2 else None
-    _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c2
-    # p6 = (p2 ⊗ p5) -> 64x1o
-    _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c3
-    # p7 = (p5 ⊗ p5) -> 64x0e
-    _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c4
-    # p9 = (p5 ⊗ p8) -> 64x1o
-    _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 2 else None
-    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c5
-    # p10 = (p8 ⊗ p8) -> 64x0e
-    _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 2 else None
-    _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c6
-    d__p10 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p7 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p4 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d__p1 = (d_B[:, 0:64].reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    d2_d__w_B__0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z] if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 64x0e -> 64x0e
-    _piece0_d2_d_B = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 64x0e -> 64x0e
-    _piece1_d2_A = d2_d__w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    _piece2_d2_d_B = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B__0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    # ∂/∂_w_B__0: ∂/∂A: 64x0e -> 64x0e
-    _piece3_d2__w_B__0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 64x1o -> 64x1o
-    _piece4_d2_d_B = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 64x1o -> 64x1o
-    _piece5_d2_A = d2_d__w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    del d2_d__w_B__0
-    # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    _piece6_d2_d_B = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    del _w_B__0
-    # ∂/∂_w_B__0: ∂/∂A: 64x1o -> 64x1o
-    _piece7_d2__w_B__0 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    d2_d__w_B__1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z] if _mask & 2 else None
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c7 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece8_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c7.permute(0, 1, 3, 2).reshape(n, 64, 1) if _mask & 1 else None
-    del _c7
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c8 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece9_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c8.reshape(n, 64, 1) if _mask & 1 else None
-    del _c8
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c9 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece10_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 64, 1) if _mask & 1 else None
-    del _c9
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c10 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p1
-    _piece11_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c10.reshape(n, 64, 1) if _mask & 1 else None
-    del _c10
-    _piece12_d2_d_B = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1) if _mask & 2 else None
-    del _p1
-    d2__p1 = (d2_d__w_B__1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p1 = rt.assemble(weight, n, 64, [(0, 64, [_piece8_d2_d__p1, _piece10_d2_d__p1])])
-    del _piece10_d2_d__p1, _piece8_d2_d__p1
-    _piece13_d2_d_B = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 0:64].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece14_d2__w_B__1 = (d2_d__p1.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    del d2_d__p1
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c11 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece15_d2_d__p3 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c11
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c12 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece16_d2_A = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c12
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c13 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece17_d2_d__p3 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c13
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c14 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p3
-    _piece18_d2_A = torch.mm(_c14.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c14
-    _piece19_d2_d_B = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3) if _mask & 2 else None
-    del _p3
-    d2__p3 = d2_d__w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p3 = rt.assemble(weight, n, 192, [(0, 192, [_piece15_d2_d__p3, _piece17_d2_d__p3])])
-    del _piece15_d2_d__p3, _piece17_d2_d__p3
-    _piece20_d2_d_B = d2_d__p3.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece21_d2__w_B__1 = (d2_d__p3.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p3
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c15 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    _piece22_d2_d__p4 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c15
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c16 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece23_d2_A = torch.mm(_c16.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c16
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c17 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece24_d2_d__p4 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c17
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c18 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p4
-    _piece25_d2_A = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c18
-    _piece26_d2_d_B = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1) if _mask & 2 else None
-    del _p4
-    d2__p4 = (d2_d__w_B__1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p4 = rt.assemble(weight, n, 64, [(0, 64, [_piece22_d2_d__p4, _piece24_d2_d__p4])])
-    del _piece22_d2_d__p4, _piece24_d2_d__p4
-    _piece27_d2_d_B = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 128:192].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece28_d2__w_B__1 = (d2_d__p4.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    del d2_d__p4
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c19 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 1 else None
-    _piece29_d2_d__p6 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c19
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c20 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece30_d2_A = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c20
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c21 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece31_d2_d__p6 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c21
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c22 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p6
-    _piece32_d2_A = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c22
-    _piece33_d2_d_B = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3) if _mask & 2 else None
-    del _p6
-    d2__p6 = d2_d__w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p6 = rt.assemble(weight, n, 192, [(0, 192, [_piece29_d2_d__p6, _piece31_d2_d__p6])])
-    del _piece29_d2_d__p6, _piece31_d2_d__p6
-    _piece34_d2_d_B = d2_d__p6.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece35_d2__w_B__1 = (d2_d__p6.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p6
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c23 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    _piece36_d2_d__p7 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c23
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c24 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece37_d2_A = torch.mm(_c24.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c24
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c25 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 1 else None
-    _piece38_d2_d__p7 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c25
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c26 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p7
-    _piece39_d2_A = torch.mm(_c26.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c26
-    _piece40_d2_d_B = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1) if _mask & 2 else None
-    del _p7
-    d2__p7 = (d2_d__w_B__1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    d2_d__p7 = rt.assemble(weight, n, 64, [(0, 64, [_piece36_d2_d__p7, _piece38_d2_d__p7])])
-    del _piece36_d2_d__p7, _piece38_d2_d__p7
-    _piece41_d2_d_B = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 256:320].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece42_d2__w_B__1 = (d2_d__p7.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    del d2_d__p7
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c27 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 1 else None
-    _piece43_d2_d__p9 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c27
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c28 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 1, 3) if _mask & 1 else None
-    _piece44_d2_A = torch.mm(_c28.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c28
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c29 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 1 else None
-    _piece45_d2_d__p9 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c29
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c30 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 1, 3) if _mask & 1 else None
-    del d__p9
-    _piece46_d2_A = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c30
-    _piece47_d2_d_B = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3) if _mask & 2 else None
-    del _p9
-    d2__p9 = d2_d__w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) if _mask & 2 else None
-    d2_d__p9 = rt.assemble(weight, n, 192, [(0, 192, [_piece43_d2_d__p9, _piece45_d2_d__p9])])
-    del _piece43_d2_d__p9, _piece45_d2_d__p9
-    _piece48_d2_d_B = d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * _w_B__1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    _piece49_d2__w_B__1 = (d2_d__p9.reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p9
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c31 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) if _mask & 1 else None
-    _piece50_d2_d__p10 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c31
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c32 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1) if _mask & 1 else None
-    _piece51_d2_A = torch.mm(_c32.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zujk->zui
-    del _c32
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c33 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 1 else None
-    _piece52_d2_d__p10 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c33
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c34 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1) if _mask & 1 else None
-    del d__p10
-    _piece53_d2_A = torch.mm(_c34.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c34
-    _piece54_d2_d_B = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1) if _mask & 2 else None
-    del _p10
-    d2__p10 = (d2_d__w_B__1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) if _mask & 2 else None
-    del d2_d__w_B__1
-    d2_d__p10 = rt.assemble(weight, n, 64, [(0, 64, [_piece50_d2_d__p10, _piece52_d2_d__p10])])
-    del _piece50_d2_d__p10, _piece52_d2_d__p10
-    _piece55_d2_d_B = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64, 1) * _w_B__1[:, 384:448].reshape(n, 64).reshape(n, 64, 1) if _mask & 1 else None
-    del _w_B__1
-    _piece56_d2__w_B__1 = (d2_d__p10.reshape(n, 64, 1) * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64) if _mask & 1 else None
-    del d2_d__p10
-    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c35 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 2 else None
-    _piece57_d2_A = torch.mm(_c35.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7) if _mask & 2 else None  # ijk,zukj->zui
-    del _c35
-    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c36 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) if _mask & 2 else None
-    del d2__p10
-    _piece58_d2_A = torch.mm(_c36.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c36
-    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c37 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) if _mask & 2 else None
-    _piece59_d2_A = torch.mm(_c37.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zujk->zui
-    del _c37
-    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c38 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    del d2__p9
-    _piece60_d2_A = torch.mm(_c38.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c38
-    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c39 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    _piece61_d2_A = torch.mm(_c39.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zukj->zui
-    del _c39
-    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c40 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) if _mask & 2 else None
-    del d2__p7
-    _piece62_d2_A = torch.mm(_c40.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c40
-    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c41 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) if _mask & 2 else None
-    _piece63_d2_A = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zujk->zui
-    del _c41
-    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c42 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 2 else None
-    del d2__p6
-    _piece64_d2_A = torch.mm(_c42.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c42
-    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c43 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 2 else None
-    _piece65_d2_A = torch.mm(_c43.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zukj->zui
-    del _c43
-    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c44 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) if _mask & 2 else None
-    del d2__p4
-    _piece66_d2_A = torch.mm(_c44.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c44
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c45 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) if _mask & 2 else None
-    _piece67_d2_A = torch.mm(_c45.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1) if _mask & 2 else None  # ijk,zujk->zui
-    del _c45
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c46 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 2 else None
-    del d2__p3
-    _piece68_d2_A = torch.mm(_c46.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c46
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c47 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 2 else None
-    _piece69_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c47.permute(0, 1, 3, 2).reshape(n, 64, 1) if _mask & 2 else None
-    del _c47
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c48 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) if _mask & 2 else None
-    del d2__p1
-    _piece70_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c48.permute(0, 1, 3, 2).reshape(n, 64, 1) if _mask & 2 else None
-    del _c48
-    # weight gradient per index value
-    d2__w_B__1 = rt.assemble(weight, n, 448, [(0, 64, [_piece14_d2__w_B__1]), (64, 64, [_piece21_d2__w_B__1]), (128, 64, [_piece28_d2__w_B__1]), (192, 64, [_piece35_d2__w_B__1]), (256, 64, [_piece42_d2__w_B__1]), (320, 64, [_piece49_d2__w_B__1]), (384, 64, [_piece56_d2__w_B__1])])
-    del _piece14_d2__w_B__1, _piece21_d2__w_B__1, _piece28_d2__w_B__1, _piece35_d2__w_B__1, _piece42_d2__w_B__1, _piece49_d2__w_B__1, _piece56_d2__w_B__1
-    _piece71_d2_weight = weight.new_zeros(10, 448).index_add(0, z, d2__w_B__1.reshape(n, 448)).reshape(4480) if _mask & 1 else None
-    del d2__w_B__1
-    # weight gradient per index value
-    d2__w_B__0 = rt.assemble(weight, n, 128, [(0, 64, [_piece3_d2__w_B__0]), (64, 64, [_piece7_d2__w_B__0])])
-    del _piece3_d2__w_B__0, _piece7_d2__w_B__0
-    _piece72_d2_weight = weight.new_zeros(10, 128).index_add(0, z, d2__w_B__0.reshape(n, 128)).reshape(1280) if _mask & 1 else None
-    del d2__w_B__0
-    d2_A = rt.assemble(weight, n, 1024, [(0, 64, [_piece1_d2_A, _piece9_d2_A, _piece11_d2_A, _piece16_d2_A, _piece67_d2_A, _piece69_d2_A, _piece70_d2_A]), (64, 192, [_piece5_d2_A, _piece18_d2_A, _piece23_d2_A, _piece25_d2_A, _piece30_d2_A, _piece63_d2_A, _piece65_d2_A, _piece66_d2_A, _piece68_d2_A]), (256, 320, [_piece32_d2_A, _piece37_d2_A, _piece39_d2_A, _piece44_d2_A, _piece59_d2_A, _piece61_d2_A, _piece62_d2_A, _piece64_d2_A]), (576, 448, [_piece46_d2_A, _piece51_d2_A, _piece53_d2_A, _piece57_d2_A, _piece58_d2_A, _piece60_d2_A])])
-    del _piece11_d2_A, _piece16_d2_A, _piece18_d2_A, _piece1_d2_A, _piece23_d2_A, _piece25_d2_A, _piece30_d2_A, _piece32_d2_A, _piece37_d2_A, _piece39_d2_A, _piece44_d2_A, _piece46_d2_A, _piece51_d2_A, _piece53_d2_A, _piece57_d2_A, _piece58_d2_A, _piece59_d2_A, _piece5_d2_A, _piece60_d2_A, _piece61_d2_A, _piece62_d2_A, _piece63_d2_A, _piece64_d2_A, _piece65_d2_A, _piece66_d2_A, _piece67_d2_A, _piece68_d2_A, _piece69_d2_A, _piece70_d2_A, _piece9_d2_A
-    d2_d_B = rt.assemble(weight, n, 256, [(0, 64, [_piece0_d2_d_B, _piece2_d2_d_B, _piece12_d2_d_B, _piece13_d2_d_B, _piece26_d2_d_B, _piece27_d2_d_B, _piece40_d2_d_B, _piece41_d2_d_B, _piece54_d2_d_B, _piece55_d2_d_B]), (64, 192, [_piece4_d2_d_B, _piece6_d2_d_B, _piece19_d2_d_B, _piece20_d2_d_B, _piece33_d2_d_B, _piece34_d2_d_B, _piece47_d2_d_B, _piece48_d2_d_B])])
-    del _piece0_d2_d_B, _piece12_d2_d_B, _piece13_d2_d_B, _piece19_d2_d_B, _piece20_d2_d_B, _piece26_d2_d_B, _piece27_d2_d_B, _piece2_d2_d_B, _piece33_d2_d_B, _piece34_d2_d_B, _piece40_d2_d_B, _piece41_d2_d_B, _piece47_d2_d_B, _piece48_d2_d_B, _piece4_d2_d_B, _piece54_d2_d_B, _piece55_d2_d_B, _piece6_d2_d_B
-    d2_weight = rt.assemble(weight, None, 5760, [(0, 1280, [_piece72_d2_weight]), (1280, 4480, [_piece71_d2_weight])])
-    del _piece71_d2_weight, _piece72_d2_weight
-    return [d2_A if d2_A is not None else weight.new_zeros(n, 1024), d2_d_B if d2_d_B is not None else weight.new_zeros(n, 256), d2_weight if d2_weight is not None else weight.new_zeros(5760)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
     triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
@@ -10996,9 +9976,358 @@ def _mace_product_2__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 
 # mace_product_2: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("mace_product_2__d__d2", _mace_product_2__d__d2__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, masked=True, reference=_mace_product_2__d__d2)
+_ops.register("mace_product_2__d__d2", _mace_product_2__d__d2__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, masked=True, reference=rt.second_order(_mace_product_2, 0, 2))
 _ops.register("mace_product_2__d", _mace_product_2__d__triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product_2__d__d2"], masked=True)
 _ops.register("mace_product_2", _mace_product_2__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d"]], check_indices=True)
+
+
+def _mace_product_4(
+    A: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor,
+    cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """mace_product_4 on rows: A (n, 288), z (n,) -> B (n, 288)."""
+    n = A.shape[0]
+    # one weight set per row, chosen by z
+    _w_B__0 = weight[0:384].view(384).reshape(4, 96)[z]
+    # 32x0e -> 32x0e
+    _piece0_B = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    # 32x1o -> 32x1o
+    _piece1_B = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    # 32x2e -> 32x2e
+    _piece2_B = A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B__0
+    # one weight set per row, chosen by z
+    _w_B__1 = weight[384:1408].view(1024).reshape(4, 256)[z]
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    del _c0
+    _piece3_B = (_p1 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c1
+    _piece4_B = _p3.reshape(n, 32, 3) * (_w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c2
+    _piece5_B = _p5.reshape(n, 32, 5) * (_w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece6_B = (_p6 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c3
+    _piece7_B = _p7.reshape(n, 32, 5) * (_w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    _piece8_B = _p8.reshape(n, 32, 3) * (_w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    _c5 = A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece9_B = (_p9 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c5
+    _piece10_B = _p10.reshape(n, 32, 5) * (_w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    del _w_B__1
+    # one weight set per row, chosen by z
+    _w_B__2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
+    _piece11_p11 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece12_p11 = (_p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    _piece13_p11 = (_p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    # p12 = (p11 ⊗ p0) -> 32x0e
+    _p11 = _piece11_p11 + _piece12_p11 + _piece13_p11
+    del _piece11_p11, _piece12_p11, _piece13_p11
+    _c6 = _p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del _p11
+    _p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c6.reshape(n, 32, 1)
+    del _c6
+    _piece14_B = _p12
+    del _p12
+    _piece15_p13 = (_p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece16_p13 = (_p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
+    _piece17_p13 = (_p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
+    # p14 = (p13 ⊗ p2) -> 32x1o
+    _p13 = _piece15_p13 + _piece16_p13 + _piece17_p13
+    del _piece15_p13, _piece16_p13, _piece17_p13
+    _c7 = _p13.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p13
+    _p14 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c7
+    _piece18_B = _p14
+    del _p14
+    _piece19_p15 = (_p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    _piece20_p15 = (_p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    _piece21_p15 = (_p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    # p16 = (p15 ⊗ p4) -> 32x2e
+    _p15 = _piece19_p15 + _piece20_p15 + _piece21_p15
+    del _piece19_p15, _piece20_p15, _piece21_p15
+    _c8 = _p15.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p15
+    _p16 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c8
+    _piece22_B = _p16
+    del _p16
+    _p17 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
+    # p18 = (p17 ⊗ p2) -> 32x2e
+    _c9 = _p17.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p17
+    _p18 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c9
+    _piece23_B = _p18
+    del _p18
+    _p19 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
+    # p20 = (p19 ⊗ p4) -> 32x1o
+    _c10 = _p19.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p19
+    _p20 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c10
+    _piece24_B = _p20
+    del _p20
+    _piece25_p21 = _p5.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    _piece26_p21 = _p7.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
+    del _p7
+    # p22 = (p21 ⊗ p4) -> 32x2e
+    _p21 = _piece25_p21 + _piece26_p21
+    del _piece25_p21, _piece26_p21
+    _c11 = _p21.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p21
+    _p22 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
+    _piece27_B = _p22
+    del _p22
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    _c12 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p8
+    _p23 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    _piece28_B = (_p23 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    _c13 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p24 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c13
+    _piece29_B = _p24.reshape(n, 32, 3) * (_w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    _c14 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p10
+    _p25 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c14
+    _piece30_B = _p25.reshape(n, 32, 1) * _w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B__2
+    # one weight set per row, chosen by z
+    _w_B__3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    _c15 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c15.reshape(n, 32, 1)
+    del _c15
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    _c16 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p27 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c16
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    _c17 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p1
+    _p28 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c17
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    _c18 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p3
+    _p29 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _p30 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c18
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    _c19 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p5
+    _p31 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    _p32 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c19
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    _c20 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c20.reshape(n, 32, 1)
+    del _c20
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    _c21 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p6
+    _p34 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c21
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _p35 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _c22 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p37
+    _p38 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c22
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    _c23 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c23.reshape(n, 32, 1)
+    del _c23
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    _c24 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    _p40 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c24
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    _c25 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p9
+    _p41 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c25
+    _piece31_p42 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    _piece32_p42 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
+    _piece33_p42 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
+    _piece34_p42 = (_p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
+    _piece35_p42 = (_p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
+    # p43 = (p42 ⊗ p0) -> 32x0e
+    _p42 = _piece31_p42 + _piece32_p42 + _piece33_p42 + _piece34_p42 + _piece35_p42
+    del _piece31_p42, _piece32_p42, _piece33_p42, _piece34_p42, _piece35_p42
+    _c26 = _p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del _p42
+    _p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c26.reshape(n, 32, 1)
+    del _c26
+    _piece36_B = _p43
+    del _p43
+    _piece37_p44 = (_p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
+    _piece38_p44 = (_p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
+    del _p31
+    _piece39_p44 = (_p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
+    del _p33
+    _piece40_p44 = _p23.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
+    _piece41_p44 = (_p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
+    # p45 = (p44 ⊗ p2) -> 32x1o
+    _p44 = _piece37_p44 + _piece38_p44 + _piece39_p44 + _piece40_p44 + _piece41_p44
+    del _piece37_p44, _piece38_p44, _piece39_p44, _piece40_p44, _piece41_p44
+    _c27 = _p44.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p44
+    _p45 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c27
+    _piece42_B = _p45
+    del _p45
+    _piece43_p46 = (_p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del _p26
+    _piece44_p46 = (_p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
+    del _p29
+    _piece45_p46 = (_p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
+    del _p23
+    _piece46_p46 = (_p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
+    del _p39
+    _piece47_p46 = (_p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
+    del _p25
+    # p47 = (p46 ⊗ p4) -> 32x2e
+    _p46 = _piece43_p46 + _piece44_p46 + _piece45_p46 + _piece46_p46 + _piece47_p46
+    del _piece43_p46, _piece44_p46, _piece45_p46, _piece46_p46, _piece47_p46
+    _c28 = _p46.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p46
+    _p47 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c28
+    _piece48_B = _p47
+    del _p47
+    _piece49_p48 = _p27.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    _piece50_p48 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
+    # p49 = (p48 ⊗ p2) -> 32x2e
+    _p48 = _piece49_p48 + _piece50_p48
+    del _piece49_p48, _piece50_p48
+    _c29 = _p48.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p48
+    _p49 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c29
+    _piece51_B = _p49
+    del _p49
+    _p50 = _p27.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
+    del _p27
+    # p51 = (p50 ⊗ p4) -> 32x1o
+    _c30 = _p50.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p50
+    _p51 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c30
+    _piece52_B = _p51
+    del _p51
+    _piece53_p52 = _p28.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    del _p28
+    _piece54_p52 = _p30.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    del _p30
+    _piece55_p52 = _p36.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
+    del _p36
+    _piece56_p52 = _p38.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
+    del _p38
+    _piece57_p52 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
+    # p53 = (p52 ⊗ p4) -> 32x2e
+    _p52 = _piece53_p52 + _piece54_p52 + _piece55_p52 + _piece56_p52 + _piece57_p52
+    del _piece53_p52, _piece54_p52, _piece55_p52, _piece56_p52, _piece57_p52
+    _c31 = _p52.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p52
+    _p53 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c31
+    _piece58_B = _p53
+    del _p53
+    _piece59_p54 = _p32.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
+    del _p32
+    _piece60_p54 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    # p55 = (p54 ⊗ p2) -> 32x1o
+    _p54 = _piece59_p54 + _piece60_p54
+    del _piece59_p54, _piece60_p54
+    _c32 = _p54.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p54
+    _p55 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c32
+    _piece61_B = _p55
+    del _p55
+    _piece62_p56 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    del _p34
+    _piece63_p56 = _p40.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
+    del _p40
+    _piece64_p56 = _p24.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    del _p24
+    # p57 = (p56 ⊗ p2) -> 32x0e
+    _p56 = _piece62_p56 + _piece63_p56 + _piece64_p56
+    del _piece62_p56, _piece63_p56, _piece64_p56
+    _c33 = _p56.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p56
+    _p57 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c33
+    _piece65_B = _p57
+    del _p57
+    _p58 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
+    # p59 = (p58 ⊗ p2) -> 32x1o
+    _c34 = _p58.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del _p58
+    _p59 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c34
+    _piece66_B = _p59
+    del _p59
+    _p60 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
+    del _p35
+    # p61 = (p60 ⊗ p4) -> 32x2e
+    _c35 = _p60.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p60
+    _p61 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c35
+    _piece67_B = _p61
+    del _p61
+    # p62 = (p41 ⊗ p4) -> 32x0e
+    _c36 = _p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del _p41
+    _p62 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c36
+    _piece68_B = (_p62 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
+    del _p62, _w_B__3
+    B = torch.cat([
+        (_piece0_B + _piece3_B + _piece6_B + _piece9_B + _piece14_B + _piece28_B + _piece30_B + _piece36_B + _piece65_B + _piece68_B).reshape(n, 32),
+        (_piece1_B + _piece4_B + _piece8_B + _piece18_B + _piece24_B + _piece29_B + _piece42_B + _piece52_B + _piece61_B + _piece66_B).reshape(n, 96),
+        (_piece2_B + _piece5_B + _piece7_B + _piece10_B + _piece22_B + _piece23_B + _piece27_B + _piece48_B + _piece51_B + _piece58_B + _piece67_B).reshape(n, 160),
+    ], dim=-1)
+    del _piece0_B, _piece10_B, _piece14_B, _piece18_B, _piece1_B, _piece22_B, _piece23_B, _piece24_B, _piece27_B, _piece28_B, _piece29_B, _piece2_B, _piece30_B, _piece36_B, _piece3_B, _piece42_B, _piece48_B, _piece4_B, _piece51_B, _piece52_B, _piece58_B, _piece5_B, _piece61_B, _piece65_B, _piece66_B, _piece67_B, _piece68_B, _piece6_B, _piece7_B, _piece8_B, _piece9_B
+    return [B]
 
 
 _mace_product_4__d__table = (
@@ -23142,2062 +22471,6 @@ def _mace_product_4__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list
     return [outputs[0], outputs[1], partial[:, 0:7424].sum(0)]
 
 
-def _mace_product_4__d__d2(
-    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
-    cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_A, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_4__d: A (n, 288), z (n,), d_B (n, 288), d2_d_A (n, 288), d2_d_weight (7424,) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
-    n = A.shape[0]
-    # one weight set per row, chosen by z
-    _w_B__0 = weight[0:384].view(384).reshape(4, 96)[z] if _mask & 1 else None
-    # one weight set per row, chosen by z
-    _w_B__1 = weight[384:1408].view(1024).reshape(4, 256)[z] if _mask & 1 else None
-    # p1 = (p0 ⊗ p0) -> 32x0e
-    _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
-    del _c0
-    # p3 = (p0 ⊗ p2) -> 32x1o
-    _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c1
-    # p5 = (p0 ⊗ p4) -> 32x2e
-    _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c2
-    # p6 = (p2 ⊗ p2) -> 32x0e
-    _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    # p7 = (p2 ⊗ p2) -> 32x2e
-    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c3
-    # p8 = (p2 ⊗ p4) -> 32x1o
-    _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    # p9 = (p4 ⊗ p4) -> 32x0e
-    _c5 = A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    # p10 = (p4 ⊗ p4) -> 32x2e
-    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c5
-    # one weight set per row, chosen by z
-    _w_B__2 = weight[1408:3456].view(2048).reshape(4, 512)[z] if _mask & 1 else None
-    _piece0_p11 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece1_p11 = (_p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece2_p11 = (_p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece3_p13 = (_p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece4_p13 = (_p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece5_p13 = (_p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece6_p15 = (_p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece7_p15 = (_p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece8_p15 = (_p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _p17 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) if _mask & 1 else None
-    _p19 = _p3.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) if _mask & 1 else None
-    _piece9_p21 = _p5.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece10_p21 = _p7.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    # p23 = (p8 ⊗ p2) -> 32x0e
-    _c6 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p23 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    # p24 = (p10 ⊗ p2) -> 32x1o
-    _c7 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p24 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c7
-    # p25 = (p10 ⊗ p4) -> 32x0e
-    _c8 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    del _c8
-    # one weight set per row, chosen by z
-    _w_B__3 = weight[3456:7424].view(3968).reshape(4, 992)[z] if _mask & 1 else None
-    # p26 = (p1 ⊗ p0) -> 32x0e
-    _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
-    del _c9
-    # p27 = (p1 ⊗ p2) -> 32x1o
-    _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p27 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c10
-    # p28 = (p1 ⊗ p4) -> 32x2e
-    _c11 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p28 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c11
-    # p29 = (p3 ⊗ p2) -> 32x0e
-    _c12 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p29 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    # p30 = (p3 ⊗ p2) -> 32x2e
-    _p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c12
-    # p31 = (p5 ⊗ p4) -> 32x0e
-    _c13 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p31 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    # p32 = (p5 ⊗ p4) -> 32x2e
-    _p32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c13
-    # p33 = (p6 ⊗ p0) -> 32x0e
-    _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
-    del _c14
-    # p34 = (p6 ⊗ p2) -> 32x1o
-    _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p34 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c15
-    # p35 = (p8 ⊗ p2) -> 32x1e
-    _p35 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    # p36 = (p8 ⊗ p2) -> 32x2e
-    _p36 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c6
-    # p37 = (p2 ⊗ p4) -> 32x2o
-    _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c4
-    # p38 = (p37 ⊗ p2) -> 32x2e
-    _c16 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p38 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c16
-    # p39 = (p9 ⊗ p0) -> 32x0e
-    _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
-    del _c17
-    # p40 = (p9 ⊗ p2) -> 32x1o
-    _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _p40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c18
-    # p41 = (p9 ⊗ p4) -> 32x2e
-    _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c19
-    _piece11_p42 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece12_p42 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece13_p42 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece14_p42 = (_p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece15_p42 = (_p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece16_p44 = (_p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece17_p44 = (_p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece18_p44 = (_p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece19_p44 = _p23.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece20_p44 = (_p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece21_p46 = (_p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece22_p46 = (_p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece23_p46 = (_p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece24_p46 = (_p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece25_p46 = (_p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece26_p48 = _p27.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece27_p48 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _p50 = _p27.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece28_p52 = _p28.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece29_p52 = _p30.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece30_p52 = _p36.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece31_p52 = _p38.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) if _mask & 1 else None
-    _piece32_p52 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece33_p54 = _p32.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) if _mask & 1 else None
-    _piece34_p54 = _p41.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece35_p56 = _p34.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece36_p56 = _p40.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece37_p56 = _p24.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _p58 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    _p60 = _p35.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) if _mask & 1 else None
-    # p62 = (p41 ⊗ p4) -> 32x0e
-    _c20 = _p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 2 else None
-    _p62 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 2 else None  # ijk,zuij->zuk
-    del _c20
-    d__p62 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 896:928].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c21 = d__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece38_d__p41 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zukj->zui
-    del _c21
-    d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    _c22 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p60 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c22
-    _piece39_d__p35 = d__p60.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) if _mask & 1 else None
-    d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    _c23 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p58 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c23
-    _piece40_d__p35 = d__p58.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
-    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    _c24 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    d__p56 = torch.mm(_c24.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
-    del _c24
-    _piece41_d__p24 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    d__p40 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece42_d__p34 = d__p56.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    _c25 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p54 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c25
-    _piece43_d__p41 = d__p54.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    d__p32 = d__p54.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) if _mask & 1 else None
-    d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    _c26 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p52 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c26
-    _piece44_d__p41 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    d__p38 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) if _mask & 1 else None
-    d__p36 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    d__p30 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    d__p28 = d__p52.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    _c27 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p50 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c27
-    _piece45_d__p27 = d__p50.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    _c28 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p48 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c28
-    _piece46_d__p34 = d__p48.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece47_d__p27 = d__p48.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    _c29 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p46 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c29
-    _piece48_d__p25 = (d__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece49_d__p39 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece50_d__p23 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p29 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece51_d__p26 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    _c30 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p44 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c30
-    _piece52_d__p25 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece53_d__p23 = d__p44.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece54_d__p33 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p31 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece55_d__p26 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
-    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    _c31 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c31.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c31
-    _piece56_d__p25 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece57_d__p39 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece58_d__p23 = (d__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece59_d__p33 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece60_d__p26 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d__p41 = rt.assemble(weight, n, 160, [(0, 160, [_piece38_d__p41, _piece43_d__p41, _piece44_d__p41])])
-    del _piece38_d__p41, _piece43_d__p41, _piece44_d__p41
-    _c32 = d__p41.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece61_d__p9 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c32
-    # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c33 = d__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece62_d__p9 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c33
-    # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d__p39 = rt.assemble(weight, n, 32, [(0, 32, [_piece49_d__p39, _piece57_d__p39])])
-    del _piece49_d__p39, _piece57_d__p39
-    _c34 = d__p39.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece63_d__p9 = cg_0_0_0.reshape(1, 1, 1) * _c34.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c34
-    # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    _c35 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    d__p37 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c35
-    # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    _c36 = d__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece64_d__p8 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c36
-    # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d__p35 = rt.assemble(weight, n, 96, [(0, 96, [_piece39_d__p35, _piece40_d__p35])])
-    del _piece39_d__p35, _piece40_d__p35
-    _c37 = d__p35.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece65_d__p8 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c37
-    # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d__p34 = rt.assemble(weight, n, 96, [(0, 96, [_piece42_d__p34, _piece46_d__p34])])
-    del _piece42_d__p34, _piece46_d__p34
-    _c38 = d__p34.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece66_d__p6 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c38
-    # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d__p33 = rt.assemble(weight, n, 32, [(0, 32, [_piece54_d__p33, _piece59_d__p33])])
-    del _piece54_d__p33, _piece59_d__p33
-    _c39 = d__p33.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece67_d__p6 = cg_0_0_0.reshape(1, 1, 1) * _c39.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c39
-    # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    _c40 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece68_d__p5 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c40
-    # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c41 = d__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece69_d__p5 = torch.mm(_c41.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zukj->zui
-    del _c41
-    # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    _c42 = d__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece70_d__p3 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c42
-    # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c43 = d__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece71_d__p3 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zukj->zui
-    del _c43
-    # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c44 = d__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece72_d__p1 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c44
-    # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d__p27 = rt.assemble(weight, n, 96, [(0, 96, [_piece45_d__p27, _piece47_d__p27])])
-    del _piece45_d__p27, _piece47_d__p27
-    _c45 = d__p27.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece73_d__p1 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c45
-    # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d__p26 = rt.assemble(weight, n, 32, [(0, 32, [_piece51_d__p26, _piece55_d__p26, _piece60_d__p26])])
-    del _piece51_d__p26, _piece55_d__p26, _piece60_d__p26
-    _c46 = d__p26.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece74_d__p1 = cg_0_0_0.reshape(1, 1, 1) * _c46.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c46
-    _piece75_d__p25 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d__p25 = rt.assemble(weight, n, 32, [(0, 32, [_piece48_d__p25, _piece52_d__p25, _piece56_d__p25, _piece75_d__p25])])
-    del _piece48_d__p25, _piece52_d__p25, _piece56_d__p25, _piece75_d__p25
-    _c47 = d__p25.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece76_d__p10 = torch.mm(_c47.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zukj->zui
-    del _c47
-    _piece77_d__p24 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    d__p24 = rt.assemble(weight, n, 96, [(0, 96, [_piece41_d__p24, _piece77_d__p24])])
-    del _piece41_d__p24, _piece77_d__p24
-    _c48 = d__p24.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece78_d__p10 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c48
-    _piece79_d__p23 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d__p23 = rt.assemble(weight, n, 32, [(0, 32, [_piece50_d__p23, _piece53_d__p23, _piece58_d__p23, _piece79_d__p23])])
-    del _piece50_d__p23, _piece53_d__p23, _piece58_d__p23, _piece79_d__p23
-    _c49 = d__p23.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece80_d__p8 = torch.mm(_c49.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zukj->zui
-    del _c49
-    d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    _c50 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p21 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c50
-    _piece81_d__p7 = d__p21.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece82_d__p5 = d__p21.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    _c51 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p19 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c51
-    _piece83_d__p3 = d__p19.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) if _mask & 1 else None
-    d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    _c52 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p17 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c52
-    _piece84_d__p3 = d__p17.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) if _mask & 1 else None
-    d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
-    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    _c53 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    d__p15 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c53
-    _piece85_d__p9 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece86_d__p6 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece87_d__p1 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
-    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    _c54 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    d__p13 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c54
-    _piece88_d__p9 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece89_d__p6 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece90_d__p1 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
-    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    _c55 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c55
-    _piece91_d__p9 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece92_d__p6 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece93_d__p1 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece94_d__p10 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece95_d__p9 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece96_d__p8 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) if _mask & 1 else None
-    _piece97_d__p7 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece98_d__p6 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 96:128].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece99_d__p5 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece100_d__p3 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) if _mask & 1 else None
-    _piece101_d__p1 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    d2_d__w_B__0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z] if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 32x0e -> 32x0e
-    _piece102_d2_d_B = d2_d__w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 32x0e -> 32x0e
-    _piece103_d2_A = d2_d__w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂A: 32x0e -> 32x0e
-    _piece104_d2_d_B = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_w_B__0: ∂/∂A: 32x0e -> 32x0e
-    _piece105_d2__w_B__0 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 32x1o -> 32x1o
-    _piece106_d2_d_B = d2_d__w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 32x1o -> 32x1o
-    _piece107_d2_A = d2_d__w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) if _mask & 2 else None
-    # ∂/∂d_B: ∂/∂A: 32x1o -> 32x1o
-    _piece108_d2_d_B = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B__0[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_w_B__0: ∂/∂A: 32x1o -> 32x1o
-    _piece109_d2__w_B__0 = (d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d_B: ∂/∂_w_B__0: 32x2e -> 32x2e
-    _piece110_d2_d_B = d2_d__w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) if _mask & 2 else None
-    # ∂/∂A: ∂/∂_w_B__0: 32x2e -> 32x2e
-    _piece111_d2_A = d2_d__w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) if _mask & 2 else None
-    del d2_d__w_B__0
-    # ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e
-    _piece112_d2_d_B = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B__0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    del _w_B__0
-    # ∂/∂_w_B__0: ∂/∂A: 32x2e -> 32x2e
-    _piece113_d2__w_B__0 = (d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    d2_d__w_B__1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z] if _mask & 2 else None
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c56 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece114_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c56.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c56
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d__p1 = rt.assemble(weight, n, 32, [(0, 32, [_piece72_d__p1, _piece73_d__p1, _piece74_d__p1, _piece87_d__p1, _piece90_d__p1, _piece93_d__p1, _piece101_d__p1])])
-    del _piece101_d__p1, _piece72_d__p1, _piece73_d__p1, _piece74_d__p1, _piece87_d__p1, _piece90_d__p1, _piece93_d__p1
-    _c57 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece115_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c57.reshape(n, 32, 1) if _mask & 1 else None
-    del _c57
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c58 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece116_d2_d__p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c58.reshape(n, 32, 1) if _mask & 1 else None
-    del _c58
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c59 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p1
-    _piece117_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c59.reshape(n, 32, 1) if _mask & 1 else None
-    del _c59
-    _piece118_d2_d_B = (d2_d__w_B__1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p1.reshape(n, 32, 1) if _mask & 2 else None
-    _piece119_d2__p1 = (d2_d__w_B__1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p1 = rt.assemble(weight, n, 32, [(0, 32, [_piece114_d2_d__p1, _piece116_d2_d__p1])])
-    del _piece114_d2_d__p1, _piece116_d2_d__p1
-    _piece120_d2_d_B = (d2_d__p1.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece121_d2__w_B__1 = (d2_d__p1.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c60 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece122_d2_d__p3 = torch.mm(_c60.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c60
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d__p3 = rt.assemble(weight, n, 96, [(0, 96, [_piece70_d__p3, _piece71_d__p3, _piece83_d__p3, _piece84_d__p3, _piece100_d__p3])])
-    del _piece100_d__p3, _piece70_d__p3, _piece71_d__p3, _piece83_d__p3, _piece84_d__p3
-    _c61 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p3.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece123_d2_A = torch.mm(_c61.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c61
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c62 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece124_d2_d__p3 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c62
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c63 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p3.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p3
-    _piece125_d2_A = torch.mm(_c63.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c63
-    _piece126_d2_d_B = (d2_d__w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p3.reshape(n, 32, 3) if _mask & 2 else None
-    _piece127_d2__p3 = (d2_d__w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p3 = rt.assemble(weight, n, 96, [(0, 96, [_piece122_d2_d__p3, _piece124_d2_d__p3])])
-    del _piece122_d2_d__p3, _piece124_d2_d__p3
-    _piece128_d2_d_B = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) if _mask & 1 else None
-    _piece129_d2__w_B__1 = ((d2_d__p3.reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c64 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece130_d2_d__p5 = torch.mm(_c64.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c64
-    # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d__p5 = rt.assemble(weight, n, 160, [(0, 160, [_piece68_d__p5, _piece69_d__p5, _piece82_d__p5, _piece99_d__p5])])
-    del _piece68_d__p5, _piece69_d__p5, _piece82_d__p5, _piece99_d__p5
-    _c65 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p5.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece131_d2_A = torch.mm(_c65.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c65
-    # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c66 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece132_d2_d__p5 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c66
-    # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c67 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p5.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d__p5
-    _piece133_d2_A = torch.mm(_c67.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c67
-    _piece134_d2_d_B = (d2_d__w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p5.reshape(n, 32, 5) if _mask & 2 else None
-    _piece135_d2__p5 = (d2_d__w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p5 = rt.assemble(weight, n, 160, [(0, 160, [_piece130_d2_d__p5, _piece132_d2_d__p5])])
-    del _piece130_d2_d__p5, _piece132_d2_d__p5
-    _piece136_d2_d_B = d2_d__p5.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece137_d2__w_B__1 = ((d2_d__p5.reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c68 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece138_d2_d__p6 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d__p6 = rt.assemble(weight, n, 32, [(0, 32, [_piece66_d__p6, _piece67_d__p6, _piece86_d__p6, _piece89_d__p6, _piece92_d__p6, _piece98_d__p6])])
-    del _piece66_d__p6, _piece67_d__p6, _piece86_d__p6, _piece89_d__p6, _piece92_d__p6, _piece98_d__p6
-    _c69 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece139_d2_A = torch.mm(_c69.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c69
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c70 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece140_d2_d__p6 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c71 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p6
-    _piece141_d2_A = torch.mm(_c71.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c71
-    _piece142_d2_d_B = (d2_d__w_B__1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p6.reshape(n, 32, 1) if _mask & 2 else None
-    _piece143_d2__p6 = (d2_d__w_B__1[:, 96:128].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p6 = rt.assemble(weight, n, 32, [(0, 32, [_piece138_d2_d__p6, _piece140_d2_d__p6])])
-    del _piece138_d2_d__p6, _piece140_d2_d__p6
-    _piece144_d2_d_B = (d2_d__p6.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 96:128].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece145_d2__w_B__1 = (d2_d__p6.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _piece146_d2_d__p7 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c68
-    # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d__p7 = rt.assemble(weight, n, 160, [(0, 160, [_piece81_d__p7, _piece97_d__p7])])
-    del _piece81_d__p7, _piece97_d__p7
-    _c72 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece147_d2_A = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c72
-    # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _piece148_d2_d__p7 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c70
-    # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _c73 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d__p7
-    _piece149_d2_A = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c73
-    _piece150_d2_d_B = (d2_d__w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p7.reshape(n, 32, 5) if _mask & 2 else None
-    _piece151_d2__p7 = (d2_d__w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p7 = rt.assemble(weight, n, 160, [(0, 160, [_piece146_d2_d__p7, _piece148_d2_d__p7])])
-    del _piece146_d2_d__p7, _piece148_d2_d__p7
-    _piece152_d2_d_B = d2_d__p7.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece153_d2__w_B__1 = ((d2_d__p7.reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c74 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece154_d2_d__p8 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d__p8 = rt.assemble(weight, n, 96, [(0, 96, [_piece64_d__p8, _piece65_d__p8, _piece80_d__p8, _piece96_d__p8])])
-    del _piece64_d__p8, _piece65_d__p8, _piece80_d__p8, _piece96_d__p8
-    _c75 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p8.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece155_d2_A = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c75
-    # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c76 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece156_d2_d__p8 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c77 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p8.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p8
-    _piece157_d2_A = torch.mm(_c77.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c77
-    _piece158_d2_d_B = (d2_d__w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * _p8.reshape(n, 32, 3) if _mask & 2 else None
-    _piece159_d2__p8 = (d2_d__w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p8 = rt.assemble(weight, n, 96, [(0, 96, [_piece154_d2_d__p8, _piece156_d2_d__p8])])
-    del _piece154_d2_d__p8, _piece156_d2_d__p8
-    _piece160_d2_d_B = d2_d__p8.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1) if _mask & 1 else None
-    _piece161_d2__w_B__1 = ((d2_d__p8.reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c78 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece162_d2_d__p9 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d__p9 = rt.assemble(weight, n, 32, [(0, 32, [_piece61_d__p9, _piece62_d__p9, _piece63_d__p9, _piece85_d__p9, _piece88_d__p9, _piece91_d__p9, _piece95_d__p9])])
-    del _piece61_d__p9, _piece62_d__p9, _piece63_d__p9, _piece85_d__p9, _piece88_d__p9, _piece91_d__p9, _piece95_d__p9
-    _c79 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece163_d2_A = torch.mm(_c79.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c79
-    # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c80 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece164_d2_d__p9 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c81 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p9
-    _piece165_d2_A = torch.mm(_c81.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c81
-    _piece166_d2_d_B = (d2_d__w_B__1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p9.reshape(n, 32, 1) if _mask & 2 else None
-    _piece167_d2__p9 = (d2_d__w_B__1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p9 = rt.assemble(weight, n, 32, [(0, 32, [_piece162_d2_d__p9, _piece164_d2_d__p9])])
-    del _piece162_d2_d__p9, _piece164_d2_d__p9
-    _piece168_d2_d_B = (d2_d__p9.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__1[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece169_d2__w_B__1 = (d2_d__p9.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _piece170_d2_d__p10 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c78
-    # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d__p10 = rt.assemble(weight, n, 160, [(0, 160, [_piece76_d__p10, _piece78_d__p10, _piece94_d__p10])])
-    del _piece76_d__p10, _piece78_d__p10, _piece94_d__p10
-    _c82 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece171_d2_A = torch.mm(_c82.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c82
-    # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _piece172_d2_d__p10 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c80
-    # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _c83 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d__p10
-    _piece173_d2_A = torch.mm(_c83.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c83
-    _piece174_d2_d_B = (d2_d__w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p10.reshape(n, 32, 5) if _mask & 2 else None
-    _piece175_d2__p10 = (d2_d__w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) if _mask & 2 else None
-    del d2_d__w_B__1
-    d2_d__p10 = rt.assemble(weight, n, 160, [(0, 160, [_piece170_d2_d__p10, _piece172_d2_d__p10])])
-    del _piece170_d2_d__p10, _piece172_d2_d__p10
-    _piece176_d2_d_B = d2_d__p10.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    del _w_B__1
-    _piece177_d2__w_B__1 = ((d2_d__p10.reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    d2_d__w_B__2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z] if _mask & 2 else None
-    _piece178_d2_d__p11 = (d2_d__w_B__2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p1.reshape(n, 32, 1) if _mask & 2 else None
-    _piece179_d2__p1 = (d2_d__w_B__2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1) if _mask & 2 else None
-    _piece180_d2_d__p11 = (d2_d__p1.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece181_d2__w_B__2 = (d2_d__p1.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32) if _mask & 1 else None
-    _piece182_d2_d__p11 = (d2_d__w_B__2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p6.reshape(n, 32, 1) if _mask & 2 else None
-    _piece183_d2__p6 = (d2_d__w_B__2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1) if _mask & 2 else None
-    _piece184_d2_d__p11 = (d2_d__p6.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece185_d2__w_B__2 = (d2_d__p6.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32) if _mask & 1 else None
-    _piece186_d2_d__p11 = (d2_d__w_B__2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p9.reshape(n, 32, 1) if _mask & 2 else None
-    _piece187_d2__p9 = (d2_d__w_B__2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1) if _mask & 2 else None
-    _piece188_d2_d__p11 = (d2_d__p9.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece189_d2__w_B__2 = (d2_d__p9.reshape(n, 32, 1) * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32) if _mask & 1 else None
-    del d__p11
-    # ∂/∂d__p12: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
-    _p11 = rt.assemble(weight, n, 32, [(0, 32, [_piece0_p11, _piece1_p11, _piece2_p11])])
-    del _piece0_p11, _piece1_p11, _piece2_p11
-    _c84 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p11
-    _piece190_d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c84.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c84
-    # ∂/∂_p11: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
-    _c85 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1) if _mask & 1 else None
-    d2__p11 = cg_0_0_0.reshape(1, 1, 1) * _c85.reshape(n, 32, 1) if _mask & 1 else None
-    del _c85
-    # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    d2_d__p11 = rt.assemble(weight, n, 32, [(0, 32, [_piece178_d2_d__p11, _piece180_d2_d__p11, _piece182_d2_d__p11, _piece184_d2_d__p11, _piece186_d2_d__p11, _piece188_d2_d__p11])])
-    del _piece178_d2_d__p11, _piece180_d2_d__p11, _piece182_d2_d__p11, _piece184_d2_d__p11, _piece186_d2_d__p11, _piece188_d2_d__p11
-    _c86 = d2_d__p11.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece191_d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
-    del _c86
-    # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    _c87 = d2_d__p11.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
-    del d2_d__p11, d__p12
-    _piece192_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c87.reshape(n, 32, 1)
-    del _c87
-    d2_d__p12 = rt.assemble(weight, n, 32, [(0, 32, [_piece190_d2_d__p12, _piece191_d2_d__p12])])
-    del _piece190_d2_d__p12, _piece191_d2_d__p12
-    _piece193_d2_d_B = d2_d__p12.reshape(n, 32, 1)
-    del d2_d__p12
-    _piece194_d2_d__p13 = (d2_d__w_B__2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p1.reshape(n, 32, 1) if _mask & 2 else None
-    _piece195_d2__p1 = (d2_d__w_B__2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1) if _mask & 2 else None
-    _piece196_d2_d__p13 = (d2_d__p1.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece197_d2__w_B__2 = (d2_d__p1.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32) if _mask & 1 else None
-    _piece198_d2_d__p13 = (d2_d__w_B__2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p6.reshape(n, 32, 1) if _mask & 2 else None
-    _piece199_d2__p6 = (d2_d__w_B__2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1) if _mask & 2 else None
-    _piece200_d2_d__p13 = (d2_d__p6.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece201_d2__w_B__2 = (d2_d__p6.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32) if _mask & 1 else None
-    _piece202_d2_d__p13 = (d2_d__w_B__2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p9.reshape(n, 32, 1) if _mask & 2 else None
-    _piece203_d2__p9 = (d2_d__w_B__2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1) if _mask & 2 else None
-    _piece204_d2_d__p13 = (d2_d__p9.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece205_d2__w_B__2 = (d2_d__p9.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32) if _mask & 1 else None
-    del d__p13
-    # ∂/∂d__p14: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
-    _p13 = rt.assemble(weight, n, 32, [(0, 32, [_piece3_p13, _piece4_p13, _piece5_p13])])
-    del _piece3_p13, _piece4_p13, _piece5_p13
-    _c88 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p13.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p13
-    _piece206_d2_d__p14 = torch.mm(_c88.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c88
-    # ∂/∂_p13: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
-    _c89 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p14.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p13 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c89
-    # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    d2_d__p13 = rt.assemble(weight, n, 32, [(0, 32, [_piece194_d2_d__p13, _piece196_d2_d__p13, _piece198_d2_d__p13, _piece200_d2_d__p13, _piece202_d2_d__p13, _piece204_d2_d__p13])])
-    del _piece194_d2_d__p13, _piece196_d2_d__p13, _piece198_d2_d__p13, _piece200_d2_d__p13, _piece202_d2_d__p13, _piece204_d2_d__p13
-    _c90 = d2_d__p13.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece207_d2_d__p14 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c90
-    # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    _c91 = d2_d__p13.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p14.reshape(n, 32, 1, 3)
-    del d2_d__p13, d__p14
-    _piece208_d2_A = torch.mm(_c91.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c91
-    d2_d__p14 = rt.assemble(weight, n, 96, [(0, 96, [_piece206_d2_d__p14, _piece207_d2_d__p14])])
-    del _piece206_d2_d__p14, _piece207_d2_d__p14
-    _piece209_d2_d_B = d2_d__p14.reshape(n, 32, 3)
-    del d2_d__p14
-    _piece210_d2_d__p15 = (d2_d__w_B__2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p1.reshape(n, 32, 1) if _mask & 2 else None
-    _piece211_d2__p1 = (d2_d__w_B__2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1) if _mask & 2 else None
-    _piece212_d2_d__p15 = (d2_d__p1.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece213_d2__w_B__2 = (d2_d__p1.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32) if _mask & 1 else None
-    _piece214_d2_d__p15 = (d2_d__w_B__2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p6.reshape(n, 32, 1) if _mask & 2 else None
-    _piece215_d2__p6 = (d2_d__w_B__2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1) if _mask & 2 else None
-    _piece216_d2_d__p15 = (d2_d__p6.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece217_d2__w_B__2 = (d2_d__p6.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32) if _mask & 1 else None
-    _piece218_d2_d__p15 = (d2_d__w_B__2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p9.reshape(n, 32, 1) if _mask & 2 else None
-    _piece219_d2__p9 = (d2_d__w_B__2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1) if _mask & 2 else None
-    _piece220_d2_d__p15 = (d2_d__p9.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece221_d2__w_B__2 = (d2_d__p9.reshape(n, 32, 1) * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32) if _mask & 1 else None
-    del d__p15
-    # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
-    _p15 = rt.assemble(weight, n, 32, [(0, 32, [_piece6_p15, _piece7_p15, _piece8_p15])])
-    del _piece6_p15, _piece7_p15, _piece8_p15
-    _c92 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p15.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p15
-    _piece222_d2_d__p16 = torch.mm(_c92.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c92
-    # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
-    _c93 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p16.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p15 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c93
-    # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    d2_d__p15 = rt.assemble(weight, n, 32, [(0, 32, [_piece210_d2_d__p15, _piece212_d2_d__p15, _piece214_d2_d__p15, _piece216_d2_d__p15, _piece218_d2_d__p15, _piece220_d2_d__p15])])
-    del _piece210_d2_d__p15, _piece212_d2_d__p15, _piece214_d2_d__p15, _piece216_d2_d__p15, _piece218_d2_d__p15, _piece220_d2_d__p15
-    _c94 = d2_d__p15.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece223_d2_d__p16 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c94
-    # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    _c95 = d2_d__p15.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p16.reshape(n, 32, 1, 5)
-    del d2_d__p15, d__p16
-    _piece224_d2_A = torch.mm(_c95.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c95
-    d2_d__p16 = rt.assemble(weight, n, 160, [(0, 160, [_piece222_d2_d__p16, _piece223_d2_d__p16])])
-    del _piece222_d2_d__p16, _piece223_d2_d__p16
-    _piece225_d2_d_B = d2_d__p16.reshape(n, 32, 5)
-    del d2_d__p16
-    _piece226_d2_d__p17 = (d2_d__w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * _p3.reshape(n, 32, 3) if _mask & 2 else None
-    _piece227_d2__p3 = (d2_d__w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * d__p17.reshape(n, 32, 3) if _mask & 2 else None
-    _piece228_d2_d__p17 = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) if _mask & 1 else None
-    _piece229_d2__w_B__2 = ((d2_d__p3.reshape(n, 32, 3) * 1.5811388300841898).reshape(n, 32, 3) * d__p17.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d__p17
-    # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
-    _c96 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p17.reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p17
-    _piece230_d2_d__p18 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c96
-    # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
-    _c97 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p17 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c97
-    # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    d2_d__p17 = rt.assemble(weight, n, 96, [(0, 96, [_piece226_d2_d__p17, _piece228_d2_d__p17])])
-    del _piece226_d2_d__p17, _piece228_d2_d__p17
-    _c98 = d2_d__p17.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece231_d2_d__p18 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c98
-    # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    _c99 = d2_d__p17.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
-    del d2_d__p17, d__p18
-    _piece232_d2_A = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c99
-    d2_d__p18 = rt.assemble(weight, n, 160, [(0, 160, [_piece230_d2_d__p18, _piece231_d2_d__p18])])
-    del _piece230_d2_d__p18, _piece231_d2_d__p18
-    _piece233_d2_d_B = d2_d__p18.reshape(n, 32, 5)
-    del d2_d__p18
-    _piece234_d2_d__p19 = (d2_d__w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * _p3.reshape(n, 32, 3) if _mask & 2 else None
-    _piece235_d2__p3 = (d2_d__w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * d__p19.reshape(n, 32, 3) if _mask & 2 else None
-    _piece236_d2_d__p19 = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) if _mask & 1 else None
-    _piece237_d2__w_B__2 = ((d2_d__p3.reshape(n, 32, 3) * 1.3416407864998738).reshape(n, 32, 3) * d__p19.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d__p19
-    # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
-    _c100 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p19.reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p19
-    _piece238_d2_d__p20 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c100
-    # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
-    _c101 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p20.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p19 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c101
-    # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    d2_d__p19 = rt.assemble(weight, n, 96, [(0, 96, [_piece234_d2_d__p19, _piece236_d2_d__p19])])
-    del _piece234_d2_d__p19, _piece236_d2_d__p19
-    _c102 = d2_d__p19.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece239_d2_d__p20 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c102
-    # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    _c103 = d2_d__p19.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p20.reshape(n, 32, 1, 3)
-    del d2_d__p19, d__p20
-    _piece240_d2_A = torch.mm(_c103.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c103
-    d2_d__p20 = rt.assemble(weight, n, 96, [(0, 96, [_piece238_d2_d__p20, _piece239_d2_d__p20])])
-    del _piece238_d2_d__p20, _piece239_d2_d__p20
-    _piece241_d2_d_B = d2_d__p20.reshape(n, 32, 3)
-    del d2_d__p20
-    _piece242_d2_d__p21 = (d2_d__w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p5.reshape(n, 32, 5) if _mask & 2 else None
-    _piece243_d2__p5 = (d2_d__w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5) if _mask & 2 else None
-    _piece244_d2_d__p21 = d2_d__p5.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece245_d2__w_B__2 = ((d2_d__p5.reshape(n, 32, 5) * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    _piece246_d2_d__p21 = (d2_d__w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p7.reshape(n, 32, 5) if _mask & 2 else None
-    _piece247_d2__p7 = (d2_d__w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5) if _mask & 2 else None
-    _piece248_d2_d__p21 = d2_d__p7.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece249_d2__w_B__2 = ((d2_d__p7.reshape(n, 32, 5) * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p7, d__p21
-    # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
-    _p21 = rt.assemble(weight, n, 160, [(0, 160, [_piece9_p21, _piece10_p21])])
-    del _piece10_p21, _piece9_p21
-    _c104 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p21.reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    del _p21
-    _piece250_d2_d__p22 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c104
-    # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
-    _c105 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p21 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c105
-    # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    d2_d__p21 = rt.assemble(weight, n, 160, [(0, 160, [_piece242_d2_d__p21, _piece244_d2_d__p21, _piece246_d2_d__p21, _piece248_d2_d__p21])])
-    del _piece242_d2_d__p21, _piece244_d2_d__p21, _piece246_d2_d__p21, _piece248_d2_d__p21
-    _c106 = d2_d__p21.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece251_d2_d__p22 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c106
-    # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    _c107 = d2_d__p21.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
-    del d2_d__p21, d__p22
-    _piece252_d2_A = torch.mm(_c107.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c107
-    d2_d__p22 = rt.assemble(weight, n, 160, [(0, 160, [_piece250_d2_d__p22, _piece251_d2_d__p22])])
-    del _piece250_d2_d__p22, _piece251_d2_d__p22
-    _piece253_d2_d_B = d2_d__p22.reshape(n, 32, 5)
-    del d2_d__p22
-    # ∂/∂d__p23: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c108 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p8.reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece254_d2_d__p23 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂_p8: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c109 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece255_d2__p8 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c109
-    # ∂/∂d__p23: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    _c110 = d2_d__p8.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece256_d2_d__p23 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    _c111 = d2_d__p8.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p23
-    _piece257_d2_A = torch.mm(_c111.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c111
-    _piece258_d2_d_B = (d2_d__w_B__2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p23.reshape(n, 32, 1) if _mask & 2 else None
-    _piece259_d2__p23 = (d2_d__w_B__2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p23 = rt.assemble(weight, n, 32, [(0, 32, [_piece254_d2_d__p23, _piece256_d2_d__p23])])
-    del _piece254_d2_d__p23, _piece256_d2_d__p23
-    _piece260_d2_d_B = (d2_d__p23.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece261_d2__w_B__2 = (d2_d__p23.reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    # ∂/∂d__p24: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c112 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p10.reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece262_d2_d__p24 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c112
-    # ∂/∂_p10: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c113 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p24.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece263_d2__p10 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c113
-    # ∂/∂d__p24: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    _c114 = d2_d__p10.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece264_d2_d__p24 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c114
-    # ∂/∂A: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    _c115 = d2_d__p10.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p24.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p24
-    _piece265_d2_A = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c115
-    _piece266_d2_d_B = (d2_d__w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p24.reshape(n, 32, 3) if _mask & 2 else None
-    _piece267_d2__p24 = (d2_d__w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p24 = rt.assemble(weight, n, 96, [(0, 96, [_piece262_d2_d__p24, _piece264_d2_d__p24])])
-    del _piece262_d2_d__p24, _piece264_d2_d__p24
-    _piece268_d2_d_B = d2_d__p24.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    _piece269_d2__w_B__2 = ((d2_d__p24.reshape(n, 32, 3) * 1.7320508075688772).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    # ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c116 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p10.reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece270_d2_d__p25 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c116
-    # ∂/∂_p10: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c117 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece271_d2__p10 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c117
-    # ∂/∂d__p25: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    _c118 = d2_d__p10.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece272_d2_d__p25 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c118
-    # ∂/∂A: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    _c119 = d2_d__p10.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d2_d__p10, d__p25
-    _piece273_d2_A = torch.mm(_c119.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c119
-    _piece274_d2_d_B = d2_d__w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p25.reshape(n, 32, 1) if _mask & 2 else None
-    _piece275_d2__p25 = d2_d__w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    del d2_d__w_B__2
-    d2_d__p25 = rt.assemble(weight, n, 32, [(0, 32, [_piece270_d2_d__p25, _piece272_d2_d__p25])])
-    del _piece270_d2_d__p25, _piece272_d2_d__p25
-    _piece276_d2_d_B = d2_d__p25.reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece277_d2__w_B__2 = d2_d__p25.reshape(n, 32, 1).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    d2_d__w_B__3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z] if _mask & 2 else None
-    # ∂/∂d__p26: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c120 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece278_d2_d__p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c120.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c120
-    # ∂/∂_p1: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c121 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece279_d2__p1 = cg_0_0_0.reshape(1, 1, 1) * _c121.reshape(n, 32, 1) if _mask & 1 else None
-    del _c121
-    # ∂/∂d__p26: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    _c122 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece280_d2_d__p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c122.reshape(n, 32, 1) if _mask & 1 else None
-    del _c122
-    # ∂/∂A: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    _c123 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p26
-    _piece281_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c123.reshape(n, 32, 1) if _mask & 1 else None
-    del _c123
-    # ∂/∂d__p27: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c124 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece282_d2_d__p27 = torch.mm(_c124.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c124
-    # ∂/∂_p1: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c125 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p27.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece283_d2__p1 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c125
-    # ∂/∂d__p27: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    _c126 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece284_d2_d__p27 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c126
-    # ∂/∂A: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    _c127 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p27.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p27
-    _piece285_d2_A = torch.mm(_c127.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c127
-    # ∂/∂d__p28: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c128 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece286_d2_d__p28 = torch.mm(_c128.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c128
-    # ∂/∂_p1: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c129 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p28.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece287_d2__p1 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c129
-    # ∂/∂d__p28: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c130 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece288_d2_d__p28 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c130
-    # ∂/∂A: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c131 = d2_d__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p28.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p1, d__p28
-    _piece289_d2_A = torch.mm(_c131.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c131
-    # ∂/∂d__p29: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c132 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p3.reshape(n, 32, 3, 1) if _mask & 1 else None
-    _piece290_d2_d__p29 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂_p3: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c133 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece291_d2__p3 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c133
-    # ∂/∂d__p29: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c134 = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece292_d2_d__p29 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c135 = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p29
-    _piece293_d2_A = torch.mm(_c135.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c135
-    # ∂/∂d__p30: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    _piece294_d2_d__p30 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c132
-    # ∂/∂_p3: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    _c136 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece295_d2__p3 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c136
-    # ∂/∂d__p30: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    _piece296_d2_d__p30 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c134
-    # ∂/∂A: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    _c137 = d2_d__p3.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p3, d__p30
-    _piece297_d2_A = torch.mm(_c137.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c137
-    # ∂/∂d__p31: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c138 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p5.reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece298_d2_d__p31 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂_p5: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c139 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece299_d2__p5 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c139
-    # ∂/∂d__p31: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c140 = d2_d__p5.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece300_d2_d__p31 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c141 = d2_d__p5.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p31
-    _piece301_d2_A = torch.mm(_c141.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c141
-    # ∂/∂d__p32: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    _piece302_d2_d__p32 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c138
-    # ∂/∂_p5: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    _c142 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece303_d2__p5 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c142
-    # ∂/∂d__p32: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    _piece304_d2_d__p32 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c140
-    # ∂/∂A: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    _c143 = d2_d__p5.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p5, d__p32
-    _piece305_d2_A = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c143
-    # ∂/∂d__p33: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c144 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece306_d2_d__p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c144.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c144
-    # ∂/∂_p6: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c145 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece307_d2__p6 = cg_0_0_0.reshape(1, 1, 1) * _c145.reshape(n, 32, 1) if _mask & 1 else None
-    del _c145
-    # ∂/∂d__p33: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    _c146 = d2_d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece308_d2_d__p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c146.reshape(n, 32, 1) if _mask & 1 else None
-    del _c146
-    # ∂/∂A: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    _c147 = d2_d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p33
-    _piece309_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c147.reshape(n, 32, 1) if _mask & 1 else None
-    del _c147
-    # ∂/∂d__p34: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c148 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece310_d2_d__p34 = torch.mm(_c148.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c148
-    # ∂/∂_p6: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c149 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p34.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece311_d2__p6 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c149
-    # ∂/∂d__p34: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    _c150 = d2_d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece312_d2_d__p34 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c150
-    # ∂/∂A: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    _c151 = d2_d__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p34.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d2_d__p6, d__p34
-    _piece313_d2_A = torch.mm(_c151.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c151
-    # ∂/∂d__p35: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    _piece314_d2_d__p35 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂_p8: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    _c152 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece315_d2__p8 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c152
-    # ∂/∂d__p35: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    _piece316_d2_d__p35 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    # ∂/∂A: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    _c153 = d2_d__p8.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p35
-    _piece317_d2_A = torch.mm(_c153.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c153
-    # ∂/∂d__p36: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    _piece318_d2_d__p36 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c108
-    # ∂/∂_p8: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    _c154 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece319_d2__p8 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c154
-    # ∂/∂d__p36: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    _piece320_d2_d__p36 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c110
-    # ∂/∂A: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    _c155 = d2_d__p8.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p8, d__p36
-    _piece321_d2_A = torch.mm(_c155.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c155
-    # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _piece322_d2_d__p37 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c74
-    # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c156 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p37.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece323_d2_A = torch.mm(_c156.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c156
-    # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _piece324_d2_d__p37 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c76
-    # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c157 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p37.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d__p37
-    _piece325_d2_A = torch.mm(_c157.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c157
-    # ∂/∂d__p38: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c158 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p37.reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece326_d2_d__p38 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c158
-    # ∂/∂_p37: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c159 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p38.reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece327_d2__p37 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c159
-    # ∂/∂d__p38: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    d2_d__p37 = rt.assemble(weight, n, 160, [(0, 160, [_piece322_d2_d__p37, _piece324_d2_d__p37])])
-    del _piece322_d2_d__p37, _piece324_d2_d__p37
-    _c160 = d2_d__p37.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece328_d2_d__p38 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c160
-    # ∂/∂A: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    _c161 = d2_d__p37.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p38.reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p37, d__p38
-    _piece329_d2_A = torch.mm(_c161.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c161
-    # ∂/∂d__p39: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c162 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece330_d2_d__p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c162.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c162
-    # ∂/∂_p9: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c163 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece331_d2__p9 = cg_0_0_0.reshape(1, 1, 1) * _c163.reshape(n, 32, 1) if _mask & 1 else None
-    del _c163
-    # ∂/∂d__p39: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    _c164 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece332_d2_d__p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c164.reshape(n, 32, 1) if _mask & 1 else None
-    del _c164
-    # ∂/∂A: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    _c165 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d__p39
-    _piece333_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c165.reshape(n, 32, 1) if _mask & 1 else None
-    del _c165
-    # ∂/∂d__p40: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c166 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece334_d2_d__p40 = torch.mm(_c166.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c166
-    # ∂/∂_p9: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c167 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p40.reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece335_d2__p9 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c167
-    # ∂/∂d__p40: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c168 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 1 else None
-    _piece336_d2_d__p40 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c168
-    # ∂/∂A: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c169 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p40.reshape(n, 32, 1, 3) if _mask & 1 else None
-    del d__p40
-    _piece337_d2_A = torch.mm(_c169.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c169
-    # ∂/∂d__p41: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c170 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece338_d2_d__p41 = torch.mm(_c170.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c170
-    # ∂/∂_p9: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c171 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p41.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece339_d2__p9 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c171
-    # ∂/∂d__p41: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    _c172 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece340_d2_d__p41 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c172
-    # ∂/∂A: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    _c173 = d2_d__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p41.reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    del d2_d__p9, d__p41
-    _piece341_d2_A = torch.mm(_c173.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c173
-    _piece342_d2_d__p42 = (d2_d__w_B__3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p26.reshape(n, 32, 1) if _mask & 2 else None
-    _piece343_d2__p26 = (d2_d__w_B__3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p26 = rt.assemble(weight, n, 32, [(0, 32, [_piece278_d2_d__p26, _piece280_d2_d__p26])])
-    del _piece278_d2_d__p26, _piece280_d2_d__p26
-    _piece344_d2_d__p42 = (d2_d__p26.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece345_d2__w_B__3 = (d2_d__p26.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32) if _mask & 1 else None
-    _piece346_d2_d__p42 = (d2_d__w_B__3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p33.reshape(n, 32, 1) if _mask & 2 else None
-    _piece347_d2__p33 = (d2_d__w_B__3[:, 320:352].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p33 = rt.assemble(weight, n, 32, [(0, 32, [_piece306_d2_d__p33, _piece308_d2_d__p33])])
-    del _piece306_d2_d__p33, _piece308_d2_d__p33
-    _piece348_d2_d__p42 = (d2_d__p33.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece349_d2__w_B__3 = (d2_d__p33.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32) if _mask & 1 else None
-    _piece350_d2_d__p42 = (d2_d__w_B__3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p23.reshape(n, 32, 1) if _mask & 2 else None
-    _piece351_d2__p23 = (d2_d__w_B__3[:, 448:480].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1) if _mask & 2 else None
-    _piece352_d2_d__p42 = (d2_d__p23.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece353_d2__w_B__3 = (d2_d__p23.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d__p42.reshape(n, 32) if _mask & 1 else None
-    _piece354_d2_d__p42 = (d2_d__w_B__3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p39.reshape(n, 32, 1) if _mask & 2 else None
-    _piece355_d2__p39 = (d2_d__w_B__3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p39 = rt.assemble(weight, n, 32, [(0, 32, [_piece330_d2_d__p39, _piece332_d2_d__p39])])
-    del _piece330_d2_d__p39, _piece332_d2_d__p39
-    _piece356_d2_d__p42 = (d2_d__p39.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece357_d2__w_B__3 = (d2_d__p39.reshape(n, 32, 1) * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32) if _mask & 1 else None
-    _piece358_d2_d__p42 = (d2_d__w_B__3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p25.reshape(n, 32, 1) if _mask & 2 else None
-    _piece359_d2__p25 = (d2_d__w_B__3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1) if _mask & 2 else None
-    _piece360_d2_d__p42 = (d2_d__p25.reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece361_d2__w_B__3 = (d2_d__p25.reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32) * d__p42.reshape(n, 32) if _mask & 1 else None
-    del d__p42
-    # ∂/∂d__p43: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
-    _p42 = rt.assemble(weight, n, 32, [(0, 32, [_piece11_p42, _piece12_p42, _piece13_p42, _piece14_p42, _piece15_p42])])
-    del _piece11_p42, _piece12_p42, _piece13_p42, _piece14_p42, _piece15_p42
-    _c174 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p42
-    _piece362_d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c174.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 1 else None
-    del _c174
-    # ∂/∂_p42: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
-    _c175 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1) if _mask & 1 else None
-    d2__p42 = cg_0_0_0.reshape(1, 1, 1) * _c175.reshape(n, 32, 1) if _mask & 1 else None
-    del _c175
-    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    d2_d__p42 = rt.assemble(weight, n, 32, [(0, 32, [_piece342_d2_d__p42, _piece344_d2_d__p42, _piece346_d2_d__p42, _piece348_d2_d__p42, _piece350_d2_d__p42, _piece352_d2_d__p42, _piece354_d2_d__p42, _piece356_d2_d__p42, _piece358_d2_d__p42, _piece360_d2_d__p42])])
-    del _piece342_d2_d__p42, _piece344_d2_d__p42, _piece346_d2_d__p42, _piece348_d2_d__p42, _piece350_d2_d__p42, _piece352_d2_d__p42, _piece354_d2_d__p42, _piece356_d2_d__p42, _piece358_d2_d__p42, _piece360_d2_d__p42
-    _c176 = d2_d__p42.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece363_d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
-    del _c176
-    # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    _c177 = d2_d__p42.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
-    del d2_d__p42, d__p43
-    _piece364_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c177.reshape(n, 32, 1)
-    del _c177
-    d2_d__p43 = rt.assemble(weight, n, 32, [(0, 32, [_piece362_d2_d__p43, _piece363_d2_d__p43])])
-    del _piece362_d2_d__p43, _piece363_d2_d__p43
-    _piece365_d2_d_B = d2_d__p43.reshape(n, 32, 1)
-    del d2_d__p43
-    _piece366_d2_d__p44 = (d2_d__w_B__3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p26.reshape(n, 32, 1) if _mask & 2 else None
-    _piece367_d2__p26 = (d2_d__w_B__3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1) if _mask & 2 else None
-    _piece368_d2_d__p44 = (d2_d__p26.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece369_d2__w_B__3 = (d2_d__p26.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32) if _mask & 1 else None
-    _piece370_d2_d__p44 = (d2_d__w_B__3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p31.reshape(n, 32, 1) if _mask & 2 else None
-    _piece371_d2__p31 = (d2_d__w_B__3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p31 = rt.assemble(weight, n, 32, [(0, 32, [_piece298_d2_d__p31, _piece300_d2_d__p31])])
-    del _piece298_d2_d__p31, _piece300_d2_d__p31
-    _piece372_d2_d__p44 = (d2_d__p31.reshape(n, 32, 1) * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece373_d2__w_B__3 = (d2_d__p31.reshape(n, 32, 1) * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p31
-    _piece374_d2_d__p44 = (d2_d__w_B__3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p33.reshape(n, 32, 1) if _mask & 2 else None
-    _piece375_d2__p33 = (d2_d__w_B__3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1) if _mask & 2 else None
-    _piece376_d2_d__p44 = (d2_d__p33.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece377_d2__w_B__3 = (d2_d__p33.reshape(n, 32, 1) * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p33
-    _piece378_d2_d__p44 = d2_d__w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p23.reshape(n, 32, 1) if _mask & 2 else None
-    _piece379_d2__p23 = d2_d__w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1) if _mask & 2 else None
-    _piece380_d2_d__p44 = d2_d__p23.reshape(n, 32, 1).reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece381_d2__w_B__3 = d2_d__p23.reshape(n, 32, 1).reshape(n, 32) * d__p44.reshape(n, 32) if _mask & 1 else None
-    _piece382_d2_d__p44 = (d2_d__w_B__3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p25.reshape(n, 32, 1) if _mask & 2 else None
-    _piece383_d2__p25 = (d2_d__w_B__3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1) if _mask & 2 else None
-    _piece384_d2_d__p44 = (d2_d__p25.reshape(n, 32, 1) * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece385_d2__w_B__3 = (d2_d__p25.reshape(n, 32, 1) * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32) if _mask & 1 else None
-    del d__p44
-    # ∂/∂d__p45: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
-    _p44 = rt.assemble(weight, n, 32, [(0, 32, [_piece16_p44, _piece17_p44, _piece18_p44, _piece19_p44, _piece20_p44])])
-    del _piece16_p44, _piece17_p44, _piece18_p44, _piece19_p44, _piece20_p44
-    _c178 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p44.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p44
-    _piece386_d2_d__p45 = torch.mm(_c178.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c178
-    # ∂/∂_p44: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
-    _c179 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p45.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p44 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c179
-    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    d2_d__p44 = rt.assemble(weight, n, 32, [(0, 32, [_piece366_d2_d__p44, _piece368_d2_d__p44, _piece370_d2_d__p44, _piece372_d2_d__p44, _piece374_d2_d__p44, _piece376_d2_d__p44, _piece378_d2_d__p44, _piece380_d2_d__p44, _piece382_d2_d__p44, _piece384_d2_d__p44])])
-    del _piece366_d2_d__p44, _piece368_d2_d__p44, _piece370_d2_d__p44, _piece372_d2_d__p44, _piece374_d2_d__p44, _piece376_d2_d__p44, _piece378_d2_d__p44, _piece380_d2_d__p44, _piece382_d2_d__p44, _piece384_d2_d__p44
-    _c180 = d2_d__p44.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece387_d2_d__p45 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c180
-    # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    _c181 = d2_d__p44.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p45.reshape(n, 32, 1, 3)
-    del d2_d__p44, d__p45
-    _piece388_d2_A = torch.mm(_c181.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c181
-    d2_d__p45 = rt.assemble(weight, n, 96, [(0, 96, [_piece386_d2_d__p45, _piece387_d2_d__p45])])
-    del _piece386_d2_d__p45, _piece387_d2_d__p45
-    _piece389_d2_d_B = d2_d__p45.reshape(n, 32, 3)
-    del d2_d__p45
-    _piece390_d2_d__p46 = (d2_d__w_B__3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p26.reshape(n, 32, 1) if _mask & 2 else None
-    _piece391_d2__p26 = (d2_d__w_B__3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1) if _mask & 2 else None
-    _piece392_d2_d__p46 = (d2_d__p26.reshape(n, 32, 1) * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece393_d2__w_B__3 = (d2_d__p26.reshape(n, 32, 1) * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p26
-    _piece394_d2_d__p46 = (d2_d__w_B__3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p29.reshape(n, 32, 1) if _mask & 2 else None
-    _piece395_d2__p29 = (d2_d__w_B__3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1) if _mask & 2 else None
-    d2_d__p29 = rt.assemble(weight, n, 32, [(0, 32, [_piece290_d2_d__p29, _piece292_d2_d__p29])])
-    del _piece290_d2_d__p29, _piece292_d2_d__p29
-    _piece396_d2_d__p46 = (d2_d__p29.reshape(n, 32, 1) * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece397_d2__w_B__3 = (d2_d__p29.reshape(n, 32, 1) * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p29
-    _piece398_d2_d__p46 = (d2_d__w_B__3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p23.reshape(n, 32, 1) if _mask & 2 else None
-    _piece399_d2__p23 = (d2_d__w_B__3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1) if _mask & 2 else None
-    _piece400_d2_d__p46 = (d2_d__p23.reshape(n, 32, 1) * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece401_d2__w_B__3 = (d2_d__p23.reshape(n, 32, 1) * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p23
-    _piece402_d2_d__p46 = (d2_d__w_B__3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p39.reshape(n, 32, 1) if _mask & 2 else None
-    _piece403_d2__p39 = (d2_d__w_B__3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1) if _mask & 2 else None
-    _piece404_d2_d__p46 = (d2_d__p39.reshape(n, 32, 1) * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece405_d2__w_B__3 = (d2_d__p39.reshape(n, 32, 1) * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p39
-    _piece406_d2_d__p46 = (d2_d__w_B__3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p25.reshape(n, 32, 1) if _mask & 2 else None
-    _piece407_d2__p25 = (d2_d__w_B__3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1) if _mask & 2 else None
-    _piece408_d2_d__p46 = (d2_d__p25.reshape(n, 32, 1) * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece409_d2__w_B__3 = (d2_d__p25.reshape(n, 32, 1) * 1.3867504905630728).reshape(n, 32) * d__p46.reshape(n, 32) if _mask & 1 else None
-    del d2_d__p25, d__p46
-    # ∂/∂d__p47: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
-    _p46 = rt.assemble(weight, n, 32, [(0, 32, [_piece21_p46, _piece22_p46, _piece23_p46, _piece24_p46, _piece25_p46])])
-    del _piece21_p46, _piece22_p46, _piece23_p46, _piece24_p46, _piece25_p46
-    _c182 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p46.reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 1 else None
-    del _p46
-    _piece410_d2_d__p47 = torch.mm(_c182.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuji->zuk
-    del _c182
-    # ∂/∂_p46: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
-    _c183 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p47.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p46 = torch.mm(_c183.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zujk->zui
-    del _c183
-    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    d2_d__p46 = rt.assemble(weight, n, 32, [(0, 32, [_piece390_d2_d__p46, _piece392_d2_d__p46, _piece394_d2_d__p46, _piece396_d2_d__p46, _piece398_d2_d__p46, _piece400_d2_d__p46, _piece402_d2_d__p46, _piece404_d2_d__p46, _piece406_d2_d__p46, _piece408_d2_d__p46])])
-    del _piece390_d2_d__p46, _piece392_d2_d__p46, _piece394_d2_d__p46, _piece396_d2_d__p46, _piece398_d2_d__p46, _piece400_d2_d__p46, _piece402_d2_d__p46, _piece404_d2_d__p46, _piece406_d2_d__p46, _piece408_d2_d__p46
-    _c184 = d2_d__p46.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece411_d2_d__p47 = torch.mm(_c184.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c184
-    # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    _c185 = d2_d__p46.reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p47.reshape(n, 32, 1, 5)
-    del d2_d__p46, d__p47
-    _piece412_d2_A = torch.mm(_c185.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c185
-    d2_d__p47 = rt.assemble(weight, n, 160, [(0, 160, [_piece410_d2_d__p47, _piece411_d2_d__p47])])
-    del _piece410_d2_d__p47, _piece411_d2_d__p47
-    _piece413_d2_d_B = d2_d__p47.reshape(n, 32, 5)
-    del d2_d__p47
-    _piece414_d2_d__p48 = (d2_d__w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p27.reshape(n, 32, 3) if _mask & 2 else None
-    _piece415_d2__p27 = (d2_d__w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p27 = rt.assemble(weight, n, 96, [(0, 96, [_piece282_d2_d__p27, _piece284_d2_d__p27])])
-    del _piece282_d2_d__p27, _piece284_d2_d__p27
-    _piece416_d2_d__p48 = d2_d__p27.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece417_d2__w_B__3 = ((d2_d__p27.reshape(n, 32, 3) * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    _piece418_d2_d__p48 = (d2_d__w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p34.reshape(n, 32, 3) if _mask & 2 else None
-    _piece419_d2__p34 = (d2_d__w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p34 = rt.assemble(weight, n, 96, [(0, 96, [_piece310_d2_d__p34, _piece312_d2_d__p34])])
-    del _piece310_d2_d__p34, _piece312_d2_d__p34
-    _piece420_d2_d__p48 = d2_d__p34.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece421_d2__w_B__3 = ((d2_d__p34.reshape(n, 32, 3) * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d__p48
-    # ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
-    _p48 = rt.assemble(weight, n, 96, [(0, 96, [_piece26_p48, _piece27_p48])])
-    del _piece26_p48, _piece27_p48
-    _c186 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p48.reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p48
-    _piece422_d2_d__p49 = torch.mm(_c186.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c186
-    # ∂/∂_p48: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
-    _c187 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p48 = torch.mm(_c187.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c187
-    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    d2_d__p48 = rt.assemble(weight, n, 96, [(0, 96, [_piece414_d2_d__p48, _piece416_d2_d__p48, _piece418_d2_d__p48, _piece420_d2_d__p48])])
-    del _piece414_d2_d__p48, _piece416_d2_d__p48, _piece418_d2_d__p48, _piece420_d2_d__p48
-    _c188 = d2_d__p48.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece423_d2_d__p49 = torch.mm(_c188.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c188
-    # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    _c189 = d2_d__p48.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
-    del d2_d__p48, d__p49
-    _piece424_d2_A = torch.mm(_c189.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c189
-    d2_d__p49 = rt.assemble(weight, n, 160, [(0, 160, [_piece422_d2_d__p49, _piece423_d2_d__p49])])
-    del _piece422_d2_d__p49, _piece423_d2_d__p49
-    _piece425_d2_d_B = d2_d__p49.reshape(n, 32, 5)
-    del d2_d__p49
-    _piece426_d2_d__p50 = d2_d__w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * _p27.reshape(n, 32, 3) if _mask & 2 else None
-    _piece427_d2__p27 = d2_d__w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * d__p50.reshape(n, 32, 3) if _mask & 2 else None
-    _piece428_d2_d__p50 = d2_d__p27.reshape(n, 32, 3).reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece429_d2__w_B__3 = (d2_d__p27.reshape(n, 32, 3).reshape(n, 32, 3) * d__p50.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p27, d__p50
-    # ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
-    _c190 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p50.reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p50
-    _piece430_d2_d__p51 = torch.mm(_c190.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c190
-    # ∂/∂_p50: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
-    _c191 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p51.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p50 = torch.mm(_c191.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c191
-    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    d2_d__p50 = rt.assemble(weight, n, 96, [(0, 96, [_piece426_d2_d__p50, _piece428_d2_d__p50])])
-    del _piece426_d2_d__p50, _piece428_d2_d__p50
-    _c192 = d2_d__p50.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece431_d2_d__p51 = torch.mm(_c192.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c192
-    # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    _c193 = d2_d__p50.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p51.reshape(n, 32, 1, 3)
-    del d2_d__p50, d__p51
-    _piece432_d2_A = torch.mm(_c193.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c193
-    d2_d__p51 = rt.assemble(weight, n, 96, [(0, 96, [_piece430_d2_d__p51, _piece431_d2_d__p51])])
-    del _piece430_d2_d__p51, _piece431_d2_d__p51
-    _piece433_d2_d_B = d2_d__p51.reshape(n, 32, 3)
-    del d2_d__p51
-    _piece434_d2_d__p52 = (d2_d__w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p28.reshape(n, 32, 5) if _mask & 2 else None
-    _piece435_d2__p28 = (d2_d__w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p28 = rt.assemble(weight, n, 160, [(0, 160, [_piece286_d2_d__p28, _piece288_d2_d__p28])])
-    del _piece286_d2_d__p28, _piece288_d2_d__p28
-    _piece436_d2_d__p52 = d2_d__p28.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece437_d2__w_B__3 = ((d2_d__p28.reshape(n, 32, 5) * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p28
-    _piece438_d2_d__p52 = (d2_d__w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p30.reshape(n, 32, 5) if _mask & 2 else None
-    _piece439_d2__p30 = (d2_d__w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p30 = rt.assemble(weight, n, 160, [(0, 160, [_piece294_d2_d__p30, _piece296_d2_d__p30])])
-    del _piece294_d2_d__p30, _piece296_d2_d__p30
-    _piece440_d2_d__p52 = d2_d__p30.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece441_d2__w_B__3 = ((d2_d__p30.reshape(n, 32, 5) * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p30
-    _piece442_d2_d__p52 = (d2_d__w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p36.reshape(n, 32, 5) if _mask & 2 else None
-    _piece443_d2__p36 = (d2_d__w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p36 = rt.assemble(weight, n, 160, [(0, 160, [_piece318_d2_d__p36, _piece320_d2_d__p36])])
-    del _piece318_d2_d__p36, _piece320_d2_d__p36
-    _piece444_d2_d__p52 = d2_d__p36.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece445_d2__w_B__3 = ((d2_d__p36.reshape(n, 32, 5) * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p36
-    _piece446_d2_d__p52 = (d2_d__w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * _p38.reshape(n, 32, 5) if _mask & 2 else None
-    _piece447_d2__p38 = (d2_d__w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p38 = rt.assemble(weight, n, 160, [(0, 160, [_piece326_d2_d__p38, _piece328_d2_d__p38])])
-    del _piece326_d2_d__p38, _piece328_d2_d__p38
-    _piece448_d2_d__p52 = d2_d__p38.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) if _mask & 1 else None
-    _piece449_d2__w_B__3 = ((d2_d__p38.reshape(n, 32, 5) * 3.1008683647302115).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p38
-    _piece450_d2_d__p52 = (d2_d__w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p41.reshape(n, 32, 5) if _mask & 2 else None
-    _piece451_d2__p41 = (d2_d__w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p41 = rt.assemble(weight, n, 160, [(0, 160, [_piece338_d2_d__p41, _piece340_d2_d__p41])])
-    del _piece338_d2_d__p41, _piece340_d2_d__p41
-    _piece452_d2_d__p52 = d2_d__p41.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece453_d2__w_B__3 = ((d2_d__p41.reshape(n, 32, 5) * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d__p52
-    # ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
-    _p52 = rt.assemble(weight, n, 160, [(0, 160, [_piece28_p52, _piece29_p52, _piece30_p52, _piece31_p52, _piece32_p52])])
-    del _piece28_p52, _piece29_p52, _piece30_p52, _piece31_p52, _piece32_p52
-    _c194 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p52.reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    del _p52
-    _piece454_d2_d__p53 = torch.mm(_c194.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c194
-    # ∂/∂_p52: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
-    _c195 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p52 = torch.mm(_c195.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c195
-    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    d2_d__p52 = rt.assemble(weight, n, 160, [(0, 160, [_piece434_d2_d__p52, _piece436_d2_d__p52, _piece438_d2_d__p52, _piece440_d2_d__p52, _piece442_d2_d__p52, _piece444_d2_d__p52, _piece446_d2_d__p52, _piece448_d2_d__p52, _piece450_d2_d__p52, _piece452_d2_d__p52])])
-    del _piece434_d2_d__p52, _piece436_d2_d__p52, _piece438_d2_d__p52, _piece440_d2_d__p52, _piece442_d2_d__p52, _piece444_d2_d__p52, _piece446_d2_d__p52, _piece448_d2_d__p52, _piece450_d2_d__p52, _piece452_d2_d__p52
-    _c196 = d2_d__p52.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece455_d2_d__p53 = torch.mm(_c196.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c196
-    # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    _c197 = d2_d__p52.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
-    del d2_d__p52, d__p53
-    _piece456_d2_A = torch.mm(_c197.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c197
-    d2_d__p53 = rt.assemble(weight, n, 160, [(0, 160, [_piece454_d2_d__p53, _piece455_d2_d__p53])])
-    del _piece454_d2_d__p53, _piece455_d2_d__p53
-    _piece457_d2_d_B = d2_d__p53.reshape(n, 32, 5)
-    del d2_d__p53
-    _piece458_d2_d__p54 = (d2_d__w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * _p32.reshape(n, 32, 5) if _mask & 2 else None
-    _piece459_d2__p32 = (d2_d__w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5) if _mask & 2 else None
-    d2_d__p32 = rt.assemble(weight, n, 160, [(0, 160, [_piece302_d2_d__p32, _piece304_d2_d__p32])])
-    del _piece302_d2_d__p32, _piece304_d2_d__p32
-    _piece460_d2_d__p54 = d2_d__p32.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) if _mask & 1 else None
-    _piece461_d2__w_B__3 = ((d2_d__p32.reshape(n, 32, 5) * 2.886751345948129).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d2_d__p32
-    _piece462_d2_d__p54 = (d2_d__w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p41.reshape(n, 32, 5) if _mask & 2 else None
-    _piece463_d2__p41 = (d2_d__w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5) if _mask & 2 else None
-    _piece464_d2_d__p54 = d2_d__p41.reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece465_d2__w_B__3 = ((d2_d__p41.reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del d__p54
-    # ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
-    _p54 = rt.assemble(weight, n, 160, [(0, 160, [_piece33_p54, _piece34_p54])])
-    del _piece33_p54, _piece34_p54
-    _c198 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p54.reshape(n, 32, 5).reshape(n, 32, 5, 1) if _mask & 1 else None
-    del _p54
-    _piece466_d2_d__p55 = torch.mm(_c198.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c198
-    # ∂/∂_p54: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
-    _c199 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p55.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p54 = torch.mm(_c199.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c199
-    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    d2_d__p54 = rt.assemble(weight, n, 160, [(0, 160, [_piece458_d2_d__p54, _piece460_d2_d__p54, _piece462_d2_d__p54, _piece464_d2_d__p54])])
-    del _piece458_d2_d__p54, _piece460_d2_d__p54, _piece462_d2_d__p54, _piece464_d2_d__p54
-    _c200 = d2_d__p54.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece467_d2_d__p55 = torch.mm(_c200.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c200
-    # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    _c201 = d2_d__p54.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p55.reshape(n, 32, 1, 3)
-    del d2_d__p54, d__p55
-    _piece468_d2_A = torch.mm(_c201.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c201
-    d2_d__p55 = rt.assemble(weight, n, 96, [(0, 96, [_piece466_d2_d__p55, _piece467_d2_d__p55])])
-    del _piece466_d2_d__p55, _piece467_d2_d__p55
-    _piece469_d2_d_B = d2_d__p55.reshape(n, 32, 3)
-    del d2_d__p55
-    _piece470_d2_d__p56 = (d2_d__w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p34.reshape(n, 32, 3) if _mask & 2 else None
-    _piece471_d2__p34 = (d2_d__w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3) if _mask & 2 else None
-    _piece472_d2_d__p56 = d2_d__p34.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece473_d2__w_B__3 = ((d2_d__p34.reshape(n, 32, 3) * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p34
-    _piece474_d2_d__p56 = (d2_d__w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p40.reshape(n, 32, 3) if _mask & 2 else None
-    _piece475_d2__p40 = (d2_d__w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p40 = rt.assemble(weight, n, 96, [(0, 96, [_piece334_d2_d__p40, _piece336_d2_d__p40])])
-    del _piece334_d2_d__p40, _piece336_d2_d__p40
-    _piece476_d2_d__p56 = d2_d__p40.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece477_d2__w_B__3 = ((d2_d__p40.reshape(n, 32, 3) * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p40
-    _piece478_d2_d__p56 = (d2_d__w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p24.reshape(n, 32, 3) if _mask & 2 else None
-    _piece479_d2__p24 = (d2_d__w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3) if _mask & 2 else None
-    _piece480_d2_d__p56 = d2_d__p24.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece481_d2__w_B__3 = ((d2_d__p24.reshape(n, 32, 3) * 1.2909944487358056).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p24, d__p56
-    # ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
-    _p56 = rt.assemble(weight, n, 96, [(0, 96, [_piece35_p56, _piece36_p56, _piece37_p56])])
-    del _piece35_p56, _piece36_p56, _piece37_p56
-    _c202 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p56.reshape(n, 32, 3).reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p56
-    _piece482_d2_d__p57 = torch.mm(_c202.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c202
-    # ∂/∂_p56: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
-    _c203 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1) if _mask & 1 else None
-    d2__p56 = torch.mm(_c203.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c203
-    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    d2_d__p56 = rt.assemble(weight, n, 96, [(0, 96, [_piece470_d2_d__p56, _piece472_d2_d__p56, _piece474_d2_d__p56, _piece476_d2_d__p56, _piece478_d2_d__p56, _piece480_d2_d__p56])])
-    del _piece470_d2_d__p56, _piece472_d2_d__p56, _piece474_d2_d__p56, _piece476_d2_d__p56, _piece478_d2_d__p56, _piece480_d2_d__p56
-    _c204 = d2_d__p56.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece483_d2_d__p57 = torch.mm(_c204.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
-    del _c204
-    # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    _c205 = d2_d__p56.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
-    del d2_d__p56, d__p57
-    _piece484_d2_A = torch.mm(_c205.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c205
-    d2_d__p57 = rt.assemble(weight, n, 32, [(0, 32, [_piece482_d2_d__p57, _piece483_d2_d__p57])])
-    del _piece482_d2_d__p57, _piece483_d2_d__p57
-    _piece485_d2_d_B = d2_d__p57.reshape(n, 32, 1)
-    del d2_d__p57
-    _piece486_d2_d__p58 = (d2_d__w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p35.reshape(n, 32, 3) if _mask & 2 else None
-    _piece487_d2__p35 = (d2_d__w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d__p58.reshape(n, 32, 3) if _mask & 2 else None
-    d2_d__p35 = rt.assemble(weight, n, 96, [(0, 96, [_piece314_d2_d__p35, _piece316_d2_d__p35])])
-    del _piece314_d2_d__p35, _piece316_d2_d__p35
-    _piece488_d2_d__p58 = d2_d__p35.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    _piece489_d2__w_B__3 = ((d2_d__p35.reshape(n, 32, 3) * 1.7320508075688772).reshape(n, 32, 3) * d__p58.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d__p58
-    # ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
-    _c206 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p58.reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p58
-    _piece490_d2_d__p59 = torch.mm(_c206.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c206
-    # ∂/∂_p58: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
-    _c207 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3) if _mask & 1 else None
-    d2__p58 = torch.mm(_c207.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c207
-    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    d2_d__p58 = rt.assemble(weight, n, 96, [(0, 96, [_piece486_d2_d__p58, _piece488_d2_d__p58])])
-    del _piece486_d2_d__p58, _piece488_d2_d__p58
-    _c208 = d2_d__p58.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece491_d2_d__p59 = torch.mm(_c208.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
-    del _c208
-    # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    _c209 = d2_d__p58.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
-    del d2_d__p58, d__p59
-    _piece492_d2_A = torch.mm(_c209.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
-    del _c209
-    d2_d__p59 = rt.assemble(weight, n, 96, [(0, 96, [_piece490_d2_d__p59, _piece491_d2_d__p59])])
-    del _piece490_d2_d__p59, _piece491_d2_d__p59
-    _piece493_d2_d_B = d2_d__p59.reshape(n, 32, 3)
-    del d2_d__p59
-    _piece494_d2_d__p60 = (d2_d__w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * _p35.reshape(n, 32, 3) if _mask & 2 else None
-    _piece495_d2__p35 = (d2_d__w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * d__p60.reshape(n, 32, 3) if _mask & 2 else None
-    _piece496_d2_d__p60 = d2_d__p35.reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) if _mask & 1 else None
-    _piece497_d2__w_B__3 = ((d2_d__p35.reshape(n, 32, 3) * 1.860521018838127).reshape(n, 32, 3) * d__p60.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2_d__p35, d__p60
-    # ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
-    _c210 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p60.reshape(n, 32, 3, 1) if _mask & 1 else None
-    del _p60
-    _piece498_d2_d__p61 = torch.mm(_c210.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c210
-    # ∂/∂_p60: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
-    _c211 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p61.reshape(n, 32, 1, 5) if _mask & 1 else None
-    d2__p60 = torch.mm(_c211.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3) if _mask & 1 else None  # ijk,zujk->zui
-    del _c211
-    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    d2_d__p60 = rt.assemble(weight, n, 96, [(0, 96, [_piece494_d2_d__p60, _piece496_d2_d__p60])])
-    del _piece494_d2_d__p60, _piece496_d2_d__p60
-    _c212 = d2_d__p60.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece499_d2_d__p61 = torch.mm(_c212.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
-    del _c212
-    # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    _c213 = d2_d__p60.reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p61.reshape(n, 32, 1, 5)
-    del d2_d__p60, d__p61
-    _piece500_d2_A = torch.mm(_c213.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
-    del _c213
-    d2_d__p61 = rt.assemble(weight, n, 160, [(0, 160, [_piece498_d2_d__p61, _piece499_d2_d__p61])])
-    del _piece498_d2_d__p61, _piece499_d2_d__p61
-    _piece501_d2_d_B = d2_d__p61.reshape(n, 32, 5)
-    del d2_d__p61
-    # ∂/∂d__p62: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c214 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p41.reshape(n, 32, 5, 1) if _mask & 1 else None
-    _piece502_d2_d__p62 = torch.mm(_c214.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c214
-    # ∂/∂_p41: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c215 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1) if _mask & 1 else None
-    _piece503_d2__p41 = torch.mm(_c215.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zujk->zui
-    del _c215
-    # ∂/∂d__p62: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c216 = d2_d__p41.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 1 else None
-    _piece504_d2_d__p62 = torch.mm(_c216.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1) if _mask & 1 else None  # ijk,zuij->zuk
-    del _c216
-    # ∂/∂A: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c217 = d2_d__p41.reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1) if _mask & 1 else None
-    del d2_d__p41, d__p62
-    _piece505_d2_A = torch.mm(_c217.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 1 else None  # ijk,zuik->zuj
-    del _c217
-    _piece506_d2_d_B = (d2_d__w_B__3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p62.reshape(n, 32, 1) if _mask & 2 else None
-    del _p62
-    d2__p62 = (d2_d__w_B__3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) if _mask & 2 else None
-    del d2_d__w_B__3
-    d2_d__p62 = rt.assemble(weight, n, 32, [(0, 32, [_piece502_d2_d__p62, _piece504_d2_d__p62])])
-    del _piece502_d2_d__p62, _piece504_d2_d__p62
-    _piece507_d2_d_B = (d2_d__p62.reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 896:928].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece508_d2__w_B__3 = (d2_d__p62.reshape(n, 32, 1) * 0.7453559924999299).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32) if _mask & 1 else None
-    del d2_d__p62
-    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c218 = d2__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 2 else None
-    _piece509_d2__p41 = torch.mm(_c218.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5) if _mask & 2 else None  # ijk,zukj->zui
-    del _c218
-    # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c219 = d2__p62.reshape(n, 32, 1, 1) * _p41.reshape(n, 32, 1, 5) if _mask & 2 else None
-    del d2__p62
-    _piece510_d2_A = torch.mm(_c219.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5) if _mask & 2 else None  # ijk,zuki->zuj
-    del _c219
-    _piece511_d2__p35 = d2__p60.reshape(n, 32, 3) * (_w_B__3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) if _mask & 1 else None
-    _piece512_d2__w_B__3 = ((d2__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2__p60
-    _piece513_d2__p35 = d2__p58.reshape(n, 32, 3) * (_w_B__3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) if _mask & 1 else None
-    _piece514_d2__w_B__3 = ((d2__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p35, d2__p58
-    _piece515_d2__p24 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece516_d2__w_B__3 = ((d2__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p24
-    _piece517_d2__p40 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece518_d2__w_B__3 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p40
-    _piece519_d2__p34 = d2__p56.reshape(n, 32, 3) * (_w_B__3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) if _mask & 1 else None
-    _piece520_d2__w_B__3 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2__p56
-    _piece521_d2__p41 = d2__p54.reshape(n, 32, 5) * (_w_B__3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) if _mask & 1 else None
-    _piece522_d2__w_B__3 = ((d2__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    _piece523_d2__p32 = d2__p54.reshape(n, 32, 5) * (_w_B__3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) if _mask & 1 else None
-    _piece524_d2__w_B__3 = ((d2__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p32, d2__p54
-    _piece525_d2__p41 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece526_d2__w_B__3 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p41
-    _piece527_d2__p38 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) if _mask & 1 else None
-    _piece528_d2__w_B__3 = ((d2__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p38
-    _piece529_d2__p36 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece530_d2__w_B__3 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p36
-    _piece531_d2__p30 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) if _mask & 1 else None
-    _piece532_d2__w_B__3 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p30
-    _piece533_d2__p28 = d2__p52.reshape(n, 32, 5) * (_w_B__3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) if _mask & 1 else None
-    _piece534_d2__w_B__3 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p28, d2__p52
-    _piece535_d2__p27 = d2__p50.reshape(n, 32, 3) * _w_B__3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece536_d2__w_B__3 = (d2__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2__p50
-    _piece537_d2__p34 = d2__p48.reshape(n, 32, 3) * (_w_B__3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece538_d2__w_B__3 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p34
-    _piece539_d2__p27 = d2__p48.reshape(n, 32, 3) * (_w_B__3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) if _mask & 1 else None
-    _piece540_d2__w_B__3 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p27, d2__p48
-    _piece541_d2__p25 = (d2__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B__3[:, 960:992].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece542_d2__w_B__3 = (d2__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32) if _mask & 1 else None
-    _piece543_d2__p39 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 704:736].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece544_d2__w_B__3 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p39.reshape(n, 32) if _mask & 1 else None
-    _piece545_d2__p23 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 544:576].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece546_d2__w_B__3 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p23.reshape(n, 32) if _mask & 1 else None
-    _piece547_d2__p29 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B__3[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece548_d2__w_B__3 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p29.reshape(n, 32) if _mask & 1 else None
-    del _p29
-    _piece549_d2__p26 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B__3[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece550_d2__w_B__3 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p26.reshape(n, 32) if _mask & 1 else None
-    del d2__p46
-    _piece551_d2__p25 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 864:896].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece552_d2__w_B__3 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p25.reshape(n, 32) if _mask & 1 else None
-    _piece553_d2__p23 = d2__p44.reshape(n, 32, 1) * _w_B__3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece554_d2__w_B__3 = d2__p44.reshape(n, 32) * _p23.reshape(n, 32) if _mask & 1 else None
-    _piece555_d2__p33 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece556_d2__w_B__3 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p33.reshape(n, 32) if _mask & 1 else None
-    _piece557_d2__p31 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B__3[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece558_d2__w_B__3 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p31.reshape(n, 32) if _mask & 1 else None
-    del _p31
-    _piece559_d2__p26 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece560_d2__w_B__3 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p26.reshape(n, 32) if _mask & 1 else None
-    del d2__p44
-    _piece561_d2__p25 = (d2__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B__3[:, 800:832].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece562_d2__w_B__3 = (d2__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32) if _mask & 1 else None
-    del _p25
-    _piece563_d2__p39 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 672:704].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece564_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p39.reshape(n, 32) if _mask & 1 else None
-    del _p39
-    _piece565_d2__p23 = (d2__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B__3[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece566_d2__w_B__3 = (d2__p42 * 0.5773502691896257).reshape(n, 32) * _p23.reshape(n, 32) if _mask & 1 else None
-    del _p23
-    _piece567_d2__p33 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 320:352].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece568_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p33.reshape(n, 32) if _mask & 1 else None
-    del _p33
-    _piece569_d2__p26 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B__3[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    del _w_B__3
-    _piece570_d2__w_B__3 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p26.reshape(n, 32) if _mask & 1 else None
-    del _p26, d2__p42
-    # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d2__p41 = rt.assemble(weight, n, 160, [(0, 160, [_piece451_d2__p41, _piece463_d2__p41, _piece503_d2__p41, _piece509_d2__p41, _piece521_d2__p41, _piece525_d2__p41])])
-    del _piece451_d2__p41, _piece463_d2__p41, _piece503_d2__p41, _piece509_d2__p41, _piece521_d2__p41, _piece525_d2__p41
-    _c220 = d2__p41.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece571_d2__p9 = torch.mm(_c220.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c220
-    # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c221 = d2__p41.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
-    del d2__p41
-    _piece572_d2_A = torch.mm(_c221.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c221
-    # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    d2__p40 = rt.assemble(weight, n, 96, [(0, 96, [_piece475_d2__p40, _piece517_d2__p40])])
-    del _piece475_d2__p40, _piece517_d2__p40
-    _c222 = d2__p40.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece573_d2__p9 = torch.mm(_c222.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c222
-    # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c223 = d2__p40.reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
-    del d2__p40
-    _piece574_d2_A = torch.mm(_c223.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c223
-    # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d2__p39 = rt.assemble(weight, n, 32, [(0, 32, [_piece355_d2__p39, _piece403_d2__p39, _piece543_d2__p39, _piece563_d2__p39])])
-    del _piece355_d2__p39, _piece403_d2__p39, _piece543_d2__p39, _piece563_d2__p39
-    _c224 = d2__p39.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece575_d2__p9 = cg_0_0_0.reshape(1, 1, 1) * _c224.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c224
-    # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c225 = d2__p39.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
-    del d2__p39
-    _piece576_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c225.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c225
-    # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    d2__p38 = rt.assemble(weight, n, 160, [(0, 160, [_piece447_d2__p38, _piece527_d2__p38])])
-    del _piece447_d2__p38, _piece527_d2__p38
-    _c226 = d2__p38.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece577_d2__p37 = torch.mm(_c226.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c226
-    # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c227 = d2__p38.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
-    del _p37, d2__p38
-    _piece578_d2_A = torch.mm(_c227.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c227
-    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2__p37 = rt.assemble(weight, n, 160, [(0, 160, [_piece327_d2__p37, _piece577_d2__p37])])
-    del _piece327_d2__p37, _piece577_d2__p37
-    _c228 = d2__p37.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece579_d2_A = torch.mm(_c228.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c228
-    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c229 = d2__p37.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2__p37
-    _piece580_d2_A = torch.mm(_c229.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c229
-    # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    d2__p36 = rt.assemble(weight, n, 160, [(0, 160, [_piece443_d2__p36, _piece529_d2__p36])])
-    del _piece443_d2__p36, _piece529_d2__p36
-    _c230 = d2__p36.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece581_d2__p8 = torch.mm(_c230.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c230
-    # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    _c231 = d2__p36.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
-    del d2__p36
-    _piece582_d2_A = torch.mm(_c231.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c231
-    # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2__p35 = rt.assemble(weight, n, 96, [(0, 96, [_piece487_d2__p35, _piece495_d2__p35, _piece511_d2__p35, _piece513_d2__p35])])
-    del _piece487_d2__p35, _piece495_d2__p35, _piece511_d2__p35, _piece513_d2__p35
-    _c232 = d2__p35.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece583_d2__p8 = torch.mm(_c232.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c232
-    # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    _c233 = d2__p35.reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
-    del d2__p35
-    _piece584_d2_A = torch.mm(_c233.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c233
-    # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d2__p34 = rt.assemble(weight, n, 96, [(0, 96, [_piece419_d2__p34, _piece471_d2__p34, _piece519_d2__p34, _piece537_d2__p34])])
-    del _piece419_d2__p34, _piece471_d2__p34, _piece519_d2__p34, _piece537_d2__p34
-    _c234 = d2__p34.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece585_d2__p6 = torch.mm(_c234.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c234
-    # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c235 = d2__p34.reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
-    del d2__p34
-    _piece586_d2_A = torch.mm(_c235.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c235
-    # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d2__p33 = rt.assemble(weight, n, 32, [(0, 32, [_piece347_d2__p33, _piece375_d2__p33, _piece555_d2__p33, _piece567_d2__p33])])
-    del _piece347_d2__p33, _piece375_d2__p33, _piece555_d2__p33, _piece567_d2__p33
-    _c236 = d2__p33.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece587_d2__p6 = cg_0_0_0.reshape(1, 1, 1) * _c236.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c236
-    # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c237 = d2__p33.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
-    del d2__p33
-    _piece588_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c237.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c237
-    # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    d2__p32 = rt.assemble(weight, n, 160, [(0, 160, [_piece459_d2__p32, _piece523_d2__p32])])
-    del _piece459_d2__p32, _piece523_d2__p32
-    _c238 = d2__p32.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece589_d2__p5 = torch.mm(_c238.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c238
-    # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    _c239 = d2__p32.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
-    del d2__p32
-    _piece590_d2_A = torch.mm(_c239.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c239
-    # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    d2__p31 = rt.assemble(weight, n, 32, [(0, 32, [_piece371_d2__p31, _piece557_d2__p31])])
-    del _piece371_d2__p31, _piece557_d2__p31
-    _c240 = d2__p31.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece591_d2__p5 = torch.mm(_c240.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
-    del _c240
-    # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c241 = d2__p31.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
-    del d2__p31
-    _piece592_d2_A = torch.mm(_c241.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c241
-    # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    d2__p30 = rt.assemble(weight, n, 160, [(0, 160, [_piece439_d2__p30, _piece531_d2__p30])])
-    del _piece439_d2__p30, _piece531_d2__p30
-    _c242 = d2__p30.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece593_d2__p3 = torch.mm(_c242.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c242
-    # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    _c243 = d2__p30.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
-    del d2__p30
-    _piece594_d2_A = torch.mm(_c243.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c243
-    # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    d2__p29 = rt.assemble(weight, n, 32, [(0, 32, [_piece395_d2__p29, _piece547_d2__p29])])
-    del _piece395_d2__p29, _piece547_d2__p29
-    _c244 = d2__p29.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece595_d2__p3 = torch.mm(_c244.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
-    del _c244
-    # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c245 = d2__p29.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
-    del d2__p29
-    _piece596_d2_A = torch.mm(_c245.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c245
-    # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    d2__p28 = rt.assemble(weight, n, 160, [(0, 160, [_piece435_d2__p28, _piece533_d2__p28])])
-    del _piece435_d2__p28, _piece533_d2__p28
-    _c246 = d2__p28.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece597_d2__p1 = torch.mm(_c246.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c246
-    # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c247 = d2__p28.reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
-    del d2__p28
-    _piece598_d2_A = torch.mm(_c247.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c247
-    # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d2__p27 = rt.assemble(weight, n, 96, [(0, 96, [_piece415_d2__p27, _piece427_d2__p27, _piece535_d2__p27, _piece539_d2__p27])])
-    del _piece415_d2__p27, _piece427_d2__p27, _piece535_d2__p27, _piece539_d2__p27
-    _c248 = d2__p27.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece599_d2__p1 = torch.mm(_c248.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c248
-    # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c249 = d2__p27.reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
-    del d2__p27
-    _piece600_d2_A = torch.mm(_c249.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c249
-    # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d2__p26 = rt.assemble(weight, n, 32, [(0, 32, [_piece343_d2__p26, _piece367_d2__p26, _piece391_d2__p26, _piece549_d2__p26, _piece559_d2__p26, _piece569_d2__p26])])
-    del _piece343_d2__p26, _piece367_d2__p26, _piece391_d2__p26, _piece549_d2__p26, _piece559_d2__p26, _piece569_d2__p26
-    _c250 = d2__p26.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece601_d2__p1 = cg_0_0_0.reshape(1, 1, 1) * _c250.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c250
-    # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c251 = d2__p26.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
-    del d2__p26
-    _piece602_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c251.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c251
-    # weight gradient per index value
-    d2__w_B__3 = rt.assemble(weight, n, 992, [(0, 32, [_piece345_d2__w_B__3, _piece570_d2__w_B__3]), (32, 32, [_piece369_d2__w_B__3, _piece560_d2__w_B__3]), (64, 32, [_piece393_d2__w_B__3, _piece550_d2__w_B__3]), (96, 32, [_piece417_d2__w_B__3, _piece540_d2__w_B__3]), (128, 32, [_piece429_d2__w_B__3, _piece536_d2__w_B__3]), (160, 32, [_piece437_d2__w_B__3, _piece534_d2__w_B__3]), (192, 32, [_piece397_d2__w_B__3, _piece548_d2__w_B__3]), (224, 32, [_piece441_d2__w_B__3, _piece532_d2__w_B__3]), (256, 32, [_piece373_d2__w_B__3, _piece558_d2__w_B__3]), (288, 32, [_piece461_d2__w_B__3, _piece524_d2__w_B__3]), (320, 32, [_piece349_d2__w_B__3, _piece568_d2__w_B__3]), (352, 32, [_piece377_d2__w_B__3, _piece556_d2__w_B__3]), (384, 32, [_piece473_d2__w_B__3, _piece520_d2__w_B__3]), (416, 32, [_piece421_d2__w_B__3, _piece538_d2__w_B__3]), (448, 32, [_piece353_d2__w_B__3, _piece566_d2__w_B__3]), (480, 32, [_piece381_d2__w_B__3, _piece554_d2__w_B__3]), (512, 32, [_piece489_d2__w_B__3, _piece514_d2__w_B__3]), (544, 32, [_piece401_d2__w_B__3, _piece546_d2__w_B__3]), (576, 32, [_piece497_d2__w_B__3, _piece512_d2__w_B__3]), (608, 32, [_piece445_d2__w_B__3, _piece530_d2__w_B__3]), (640, 32, [_piece449_d2__w_B__3, _piece528_d2__w_B__3]), (672, 32, [_piece357_d2__w_B__3, _piece564_d2__w_B__3]), (704, 32, [_piece405_d2__w_B__3, _piece544_d2__w_B__3]), (736, 32, [_piece477_d2__w_B__3, _piece518_d2__w_B__3]), (768, 32, [_piece481_d2__w_B__3, _piece516_d2__w_B__3]), (800, 32, [_piece361_d2__w_B__3, _piece562_d2__w_B__3]), (832, 32, [_piece465_d2__w_B__3, _piece522_d2__w_B__3]), (864, 32, [_piece385_d2__w_B__3, _piece552_d2__w_B__3]), (896, 32, [_piece508_d2__w_B__3]), (928, 32, [_piece453_d2__w_B__3, _piece526_d2__w_B__3]), (960, 32, [_piece409_d2__w_B__3, _piece542_d2__w_B__3])])
-    del _piece345_d2__w_B__3, _piece349_d2__w_B__3, _piece353_d2__w_B__3, _piece357_d2__w_B__3, _piece361_d2__w_B__3, _piece369_d2__w_B__3, _piece373_d2__w_B__3, _piece377_d2__w_B__3, _piece381_d2__w_B__3, _piece385_d2__w_B__3, _piece393_d2__w_B__3, _piece397_d2__w_B__3, _piece401_d2__w_B__3, _piece405_d2__w_B__3, _piece409_d2__w_B__3, _piece417_d2__w_B__3, _piece421_d2__w_B__3, _piece429_d2__w_B__3, _piece437_d2__w_B__3, _piece441_d2__w_B__3, _piece445_d2__w_B__3, _piece449_d2__w_B__3, _piece453_d2__w_B__3, _piece461_d2__w_B__3, _piece465_d2__w_B__3, _piece473_d2__w_B__3, _piece477_d2__w_B__3, _piece481_d2__w_B__3, _piece489_d2__w_B__3, _piece497_d2__w_B__3, _piece508_d2__w_B__3, _piece512_d2__w_B__3, _piece514_d2__w_B__3, _piece516_d2__w_B__3, _piece518_d2__w_B__3, _piece520_d2__w_B__3, _piece522_d2__w_B__3, _piece524_d2__w_B__3, _piece526_d2__w_B__3, _piece528_d2__w_B__3, _piece530_d2__w_B__3, _piece532_d2__w_B__3, _piece534_d2__w_B__3, _piece536_d2__w_B__3, _piece538_d2__w_B__3, _piece540_d2__w_B__3, _piece542_d2__w_B__3, _piece544_d2__w_B__3, _piece546_d2__w_B__3, _piece548_d2__w_B__3, _piece550_d2__w_B__3, _piece552_d2__w_B__3, _piece554_d2__w_B__3, _piece556_d2__w_B__3, _piece558_d2__w_B__3, _piece560_d2__w_B__3, _piece562_d2__w_B__3, _piece564_d2__w_B__3, _piece566_d2__w_B__3, _piece568_d2__w_B__3, _piece570_d2__w_B__3
-    _piece603_d2_weight = weight.new_zeros(4, 992).index_add(0, z, d2__w_B__3.reshape(n, 992)).reshape(3968) if _mask & 1 else None
-    del d2__w_B__3
-    # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d2__p25 = rt.assemble(weight, n, 32, [(0, 32, [_piece275_d2__p25, _piece359_d2__p25, _piece383_d2__p25, _piece407_d2__p25, _piece541_d2__p25, _piece551_d2__p25, _piece561_d2__p25])])
-    del _piece275_d2__p25, _piece359_d2__p25, _piece383_d2__p25, _piece407_d2__p25, _piece541_d2__p25, _piece551_d2__p25, _piece561_d2__p25
-    _c252 = d2__p25.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece604_d2__p10 = torch.mm(_c252.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
-    del _c252
-    # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c253 = d2__p25.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
-    del d2__p25
-    _piece605_d2_A = torch.mm(_c253.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c253
-    # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    d2__p24 = rt.assemble(weight, n, 96, [(0, 96, [_piece267_d2__p24, _piece479_d2__p24, _piece515_d2__p24])])
-    del _piece267_d2__p24, _piece479_d2__p24, _piece515_d2__p24
-    _c254 = d2__p24.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece606_d2__p10 = torch.mm(_c254.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c254
-    # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c255 = d2__p24.reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
-    del _p10, d2__p24
-    _piece607_d2_A = torch.mm(_c255.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c255
-    # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d2__p23 = rt.assemble(weight, n, 32, [(0, 32, [_piece259_d2__p23, _piece351_d2__p23, _piece379_d2__p23, _piece399_d2__p23, _piece545_d2__p23, _piece553_d2__p23, _piece565_d2__p23])])
-    del _piece259_d2__p23, _piece351_d2__p23, _piece379_d2__p23, _piece399_d2__p23, _piece545_d2__p23, _piece553_d2__p23, _piece565_d2__p23
-    _c256 = d2__p23.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece608_d2__p8 = torch.mm(_c256.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
-    del _c256
-    # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c257 = d2__p23.reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
-    del _p8, d2__p23
-    _piece609_d2_A = torch.mm(_c257.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c257
-    _piece610_d2__p7 = d2__p21.reshape(n, 32, 5) * (_w_B__2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece611_d2__w_B__2 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p7
-    _piece612_d2__p5 = d2__p21.reshape(n, 32, 5) * (_w_B__2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) if _mask & 1 else None
-    _piece613_d2__w_B__2 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,)) if _mask & 1 else None
-    del _p5, d2__p21
-    _piece614_d2__p3 = d2__p19.reshape(n, 32, 3) * (_w_B__2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) if _mask & 1 else None
-    _piece615_d2__w_B__2 = ((d2__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del d2__p19
-    _piece616_d2__p3 = d2__p17.reshape(n, 32, 3) * (_w_B__2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) if _mask & 1 else None
-    _piece617_d2__w_B__2 = ((d2__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,)) if _mask & 1 else None
-    del _p3, d2__p17
-    _piece618_d2__p9 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 448:480].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece619_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32) if _mask & 1 else None
-    _piece620_d2__p6 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 256:288].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece621_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p6.reshape(n, 32) if _mask & 1 else None
-    _piece622_d2__p1 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B__2[:, 64:96].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece623_d2__w_B__2 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p1.reshape(n, 32) if _mask & 1 else None
-    del d2__p15
-    _piece624_d2__p9 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 384:416].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece625_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p9.reshape(n, 32) if _mask & 1 else None
-    _piece626_d2__p6 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 224:256].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece627_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p6.reshape(n, 32) if _mask & 1 else None
-    _piece628_d2__p1 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B__2[:, 32:64].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece629_d2__w_B__2 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p1.reshape(n, 32) if _mask & 1 else None
-    del d2__p13
-    _piece630_d2__p9 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 352:384].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece631_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32) if _mask & 1 else None
-    del _p9
-    _piece632_d2__p6 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 192:224].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    _piece633_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p6.reshape(n, 32) if _mask & 1 else None
-    del _p6
-    _piece634_d2__p1 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B__2[:, 0:32].reshape(n, 32).reshape(n, 32, 1) if _mask & 1 else None
-    del _w_B__2
-    _piece635_d2__w_B__2 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p1.reshape(n, 32) if _mask & 1 else None
-    del _p1, d2__p11
-    # weight gradient per index value
-    d2__w_B__2 = rt.assemble(weight, n, 512, [(0, 32, [_piece181_d2__w_B__2, _piece635_d2__w_B__2]), (32, 32, [_piece197_d2__w_B__2, _piece629_d2__w_B__2]), (64, 32, [_piece213_d2__w_B__2, _piece623_d2__w_B__2]), (96, 32, [_piece229_d2__w_B__2, _piece617_d2__w_B__2]), (128, 32, [_piece237_d2__w_B__2, _piece615_d2__w_B__2]), (160, 32, [_piece245_d2__w_B__2, _piece613_d2__w_B__2]), (192, 32, [_piece185_d2__w_B__2, _piece633_d2__w_B__2]), (224, 32, [_piece201_d2__w_B__2, _piece627_d2__w_B__2]), (256, 32, [_piece217_d2__w_B__2, _piece621_d2__w_B__2]), (288, 32, [_piece249_d2__w_B__2, _piece611_d2__w_B__2]), (320, 32, [_piece261_d2__w_B__2]), (352, 32, [_piece189_d2__w_B__2, _piece631_d2__w_B__2]), (384, 32, [_piece205_d2__w_B__2, _piece625_d2__w_B__2]), (416, 32, [_piece269_d2__w_B__2]), (448, 32, [_piece221_d2__w_B__2, _piece619_d2__w_B__2]), (480, 32, [_piece277_d2__w_B__2])])
-    del _piece181_d2__w_B__2, _piece185_d2__w_B__2, _piece189_d2__w_B__2, _piece197_d2__w_B__2, _piece201_d2__w_B__2, _piece205_d2__w_B__2, _piece213_d2__w_B__2, _piece217_d2__w_B__2, _piece221_d2__w_B__2, _piece229_d2__w_B__2, _piece237_d2__w_B__2, _piece245_d2__w_B__2, _piece249_d2__w_B__2, _piece261_d2__w_B__2, _piece269_d2__w_B__2, _piece277_d2__w_B__2, _piece611_d2__w_B__2, _piece613_d2__w_B__2, _piece615_d2__w_B__2, _piece617_d2__w_B__2, _piece619_d2__w_B__2, _piece621_d2__w_B__2, _piece623_d2__w_B__2, _piece625_d2__w_B__2, _piece627_d2__w_B__2, _piece629_d2__w_B__2, _piece631_d2__w_B__2, _piece633_d2__w_B__2, _piece635_d2__w_B__2
-    _piece636_d2_weight = weight.new_zeros(4, 512).index_add(0, z, d2__w_B__2.reshape(n, 512)).reshape(2048) if _mask & 1 else None
-    del d2__w_B__2
-    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2__p10 = rt.assemble(weight, n, 160, [(0, 160, [_piece175_d2__p10, _piece263_d2__p10, _piece271_d2__p10, _piece604_d2__p10, _piece606_d2__p10])])
-    del _piece175_d2__p10, _piece263_d2__p10, _piece271_d2__p10, _piece604_d2__p10, _piece606_d2__p10
-    _c258 = d2__p10.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece637_d2_A = torch.mm(_c258.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
-    del _c258
-    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _c259 = d2__p10.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    del d2__p10
-    _piece638_d2_A = torch.mm(_c259.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c259
-    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d2__p9 = rt.assemble(weight, n, 32, [(0, 32, [_piece167_d2__p9, _piece187_d2__p9, _piece203_d2__p9, _piece219_d2__p9, _piece331_d2__p9, _piece335_d2__p9, _piece339_d2__p9, _piece571_d2__p9, _piece573_d2__p9, _piece575_d2__p9, _piece618_d2__p9, _piece624_d2__p9, _piece630_d2__p9])])
-    del _piece167_d2__p9, _piece187_d2__p9, _piece203_d2__p9, _piece219_d2__p9, _piece331_d2__p9, _piece335_d2__p9, _piece339_d2__p9, _piece571_d2__p9, _piece573_d2__p9, _piece575_d2__p9, _piece618_d2__p9, _piece624_d2__p9, _piece630_d2__p9
-    _c260 = d2__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    _piece639_d2_A = torch.mm(_c260.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
-    del _c260
-    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c261 = d2__p9.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
-    del d2__p9
-    _piece640_d2_A = torch.mm(_c261.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c261
-    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d2__p8 = rt.assemble(weight, n, 96, [(0, 96, [_piece159_d2__p8, _piece255_d2__p8, _piece315_d2__p8, _piece319_d2__p8, _piece581_d2__p8, _piece583_d2__p8, _piece608_d2__p8])])
-    del _piece159_d2__p8, _piece255_d2__p8, _piece315_d2__p8, _piece319_d2__p8, _piece581_d2__p8, _piece583_d2__p8, _piece608_d2__p8
-    _c262 = d2__p8.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece641_d2_A = torch.mm(_c262.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c262
-    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c263 = d2__p8.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2__p8
-    _piece642_d2_A = torch.mm(_c263.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c263
-    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2__p7 = rt.assemble(weight, n, 160, [(0, 160, [_piece151_d2__p7, _piece247_d2__p7, _piece610_d2__p7])])
-    del _piece151_d2__p7, _piece247_d2__p7, _piece610_d2__p7
-    _c264 = d2__p7.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece643_d2_A = torch.mm(_c264.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
-    del _c264
-    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _c265 = d2__p7.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2__p7
-    _piece644_d2_A = torch.mm(_c265.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c265
-    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d2__p6 = rt.assemble(weight, n, 32, [(0, 32, [_piece143_d2__p6, _piece183_d2__p6, _piece199_d2__p6, _piece215_d2__p6, _piece307_d2__p6, _piece311_d2__p6, _piece585_d2__p6, _piece587_d2__p6, _piece620_d2__p6, _piece626_d2__p6, _piece632_d2__p6])])
-    del _piece143_d2__p6, _piece183_d2__p6, _piece199_d2__p6, _piece215_d2__p6, _piece307_d2__p6, _piece311_d2__p6, _piece585_d2__p6, _piece587_d2__p6, _piece620_d2__p6, _piece626_d2__p6, _piece632_d2__p6
-    _c266 = d2__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    _piece645_d2_A = torch.mm(_c266.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
-    del _c266
-    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c267 = d2__p6.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
-    del d2__p6
-    _piece646_d2_A = torch.mm(_c267.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c267
-    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d2__p5 = rt.assemble(weight, n, 160, [(0, 160, [_piece135_d2__p5, _piece243_d2__p5, _piece299_d2__p5, _piece303_d2__p5, _piece589_d2__p5, _piece591_d2__p5, _piece612_d2__p5])])
-    del _piece135_d2__p5, _piece243_d2__p5, _piece299_d2__p5, _piece303_d2__p5, _piece589_d2__p5, _piece591_d2__p5, _piece612_d2__p5
-    _c268 = d2__p5.reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
-    _piece647_d2_A = torch.mm(_c268.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c268
-    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c269 = d2__p5.reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    del d2__p5
-    _piece648_d2_A = torch.mm(_c269.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
-    del _c269
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d2__p3 = rt.assemble(weight, n, 96, [(0, 96, [_piece127_d2__p3, _piece227_d2__p3, _piece235_d2__p3, _piece291_d2__p3, _piece295_d2__p3, _piece593_d2__p3, _piece595_d2__p3, _piece614_d2__p3, _piece616_d2__p3])])
-    del _piece127_d2__p3, _piece227_d2__p3, _piece235_d2__p3, _piece291_d2__p3, _piece295_d2__p3, _piece593_d2__p3, _piece595_d2__p3, _piece614_d2__p3, _piece616_d2__p3
-    _c270 = d2__p3.reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
-    _piece649_d2_A = torch.mm(_c270.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
-    del _c270
-    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c271 = d2__p3.reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    del d2__p3
-    _piece650_d2_A = torch.mm(_c271.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
-    del _c271
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d2__p1 = rt.assemble(weight, n, 32, [(0, 32, [_piece119_d2__p1, _piece179_d2__p1, _piece195_d2__p1, _piece211_d2__p1, _piece279_d2__p1, _piece283_d2__p1, _piece287_d2__p1, _piece597_d2__p1, _piece599_d2__p1, _piece601_d2__p1, _piece622_d2__p1, _piece628_d2__p1, _piece634_d2__p1])])
-    del _piece119_d2__p1, _piece179_d2__p1, _piece195_d2__p1, _piece211_d2__p1, _piece279_d2__p1, _piece283_d2__p1, _piece287_d2__p1, _piece597_d2__p1, _piece599_d2__p1, _piece601_d2__p1, _piece622_d2__p1, _piece628_d2__p1, _piece634_d2__p1
-    _c272 = d2__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _piece651_d2_A = cg_0_0_0.reshape(1, 1, 1) * _c272.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c272
-    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c273 = d2__p1.reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    del d2__p1
-    _piece652_d2_A = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c273.permute(0, 1, 3, 2).reshape(n, 32, 1)
-    del _c273
-    # weight gradient per index value
-    d2__w_B__1 = rt.assemble(weight, n, 256, [(0, 32, [_piece121_d2__w_B__1]), (32, 32, [_piece129_d2__w_B__1]), (64, 32, [_piece137_d2__w_B__1]), (96, 32, [_piece145_d2__w_B__1]), (128, 32, [_piece153_d2__w_B__1]), (160, 32, [_piece161_d2__w_B__1]), (192, 32, [_piece169_d2__w_B__1]), (224, 32, [_piece177_d2__w_B__1])])
-    del _piece121_d2__w_B__1, _piece129_d2__w_B__1, _piece137_d2__w_B__1, _piece145_d2__w_B__1, _piece153_d2__w_B__1, _piece161_d2__w_B__1, _piece169_d2__w_B__1, _piece177_d2__w_B__1
-    _piece653_d2_weight = weight.new_zeros(4, 256).index_add(0, z, d2__w_B__1.reshape(n, 256)).reshape(1024) if _mask & 1 else None
-    del d2__w_B__1
-    # weight gradient per index value
-    d2__w_B__0 = rt.assemble(weight, n, 96, [(0, 32, [_piece105_d2__w_B__0]), (32, 32, [_piece109_d2__w_B__0]), (64, 32, [_piece113_d2__w_B__0])])
-    del _piece105_d2__w_B__0, _piece109_d2__w_B__0, _piece113_d2__w_B__0
-    _piece654_d2_weight = weight.new_zeros(4, 96).index_add(0, z, d2__w_B__0.reshape(n, 96)).reshape(384) if _mask & 1 else None
-    del d2__w_B__0
-    d2_A = rt.assemble(weight, n, 288, [(0, 32, [_piece103_d2_A, _piece115_d2_A, _piece117_d2_A, _piece123_d2_A, _piece131_d2_A, _piece192_d2_A, _piece281_d2_A, _piece309_d2_A, _piece333_d2_A, _piece364_d2_A, _piece576_d2_A, _piece588_d2_A, _piece602_d2_A, _piece647_d2_A, _piece649_d2_A, _piece651_d2_A, _piece652_d2_A]), (32, 96, [_piece107_d2_A, _piece125_d2_A, _piece139_d2_A, _piece141_d2_A, _piece147_d2_A, _piece149_d2_A, _piece155_d2_A, _piece208_d2_A, _piece232_d2_A, _piece257_d2_A, _piece265_d2_A, _piece285_d2_A, _piece293_d2_A, _piece297_d2_A, _piece313_d2_A, _piece317_d2_A, _piece321_d2_A, _piece323_d2_A, _piece329_d2_A, _piece337_d2_A, _piece388_d2_A, _piece424_d2_A, _piece468_d2_A, _piece484_d2_A, _piece492_d2_A, _piece574_d2_A, _piece578_d2_A, _piece579_d2_A, _piece582_d2_A, _piece584_d2_A, _piece586_d2_A, _piece594_d2_A, _piece596_d2_A, _piece600_d2_A, _piece607_d2_A, _piece609_d2_A, _piece641_d2_A, _piece643_d2_A, _piece644_d2_A, _piece645_d2_A, _piece646_d2_A, _piece650_d2_A]), (128, 160, [_piece111_d2_A, _piece133_d2_A, _piece157_d2_A, _piece163_d2_A, _piece165_d2_A, _piece171_d2_A, _piece173_d2_A, _piece224_d2_A, _piece240_d2_A, _piece252_d2_A, _piece273_d2_A, _piece289_d2_A, _piece301_d2_A, _piece305_d2_A, _piece325_d2_A, _piece341_d2_A, _piece412_d2_A, _piece432_d2_A, _piece456_d2_A, _piece500_d2_A, _piece505_d2_A, _piece510_d2_A, _piece572_d2_A, _piece580_d2_A, _piece590_d2_A, _piece592_d2_A, _piece598_d2_A, _piece605_d2_A, _piece637_d2_A, _piece638_d2_A, _piece639_d2_A, _piece640_d2_A, _piece642_d2_A, _piece648_d2_A])])
-    del _piece103_d2_A, _piece107_d2_A, _piece111_d2_A, _piece115_d2_A, _piece117_d2_A, _piece123_d2_A, _piece125_d2_A, _piece131_d2_A, _piece133_d2_A, _piece139_d2_A, _piece141_d2_A, _piece147_d2_A, _piece149_d2_A, _piece155_d2_A, _piece157_d2_A, _piece163_d2_A, _piece165_d2_A, _piece171_d2_A, _piece173_d2_A, _piece192_d2_A, _piece208_d2_A, _piece224_d2_A, _piece232_d2_A, _piece240_d2_A, _piece252_d2_A, _piece257_d2_A, _piece265_d2_A, _piece273_d2_A, _piece281_d2_A, _piece285_d2_A, _piece289_d2_A, _piece293_d2_A, _piece297_d2_A, _piece301_d2_A, _piece305_d2_A, _piece309_d2_A, _piece313_d2_A, _piece317_d2_A, _piece321_d2_A, _piece323_d2_A, _piece325_d2_A, _piece329_d2_A, _piece333_d2_A, _piece337_d2_A, _piece341_d2_A, _piece364_d2_A, _piece388_d2_A, _piece412_d2_A, _piece424_d2_A, _piece432_d2_A, _piece456_d2_A, _piece468_d2_A, _piece484_d2_A, _piece492_d2_A, _piece500_d2_A, _piece505_d2_A, _piece510_d2_A, _piece572_d2_A, _piece574_d2_A, _piece576_d2_A, _piece578_d2_A, _piece579_d2_A, _piece580_d2_A, _piece582_d2_A, _piece584_d2_A, _piece586_d2_A, _piece588_d2_A, _piece590_d2_A, _piece592_d2_A, _piece594_d2_A, _piece596_d2_A, _piece598_d2_A, _piece600_d2_A, _piece602_d2_A, _piece605_d2_A, _piece607_d2_A, _piece609_d2_A, _piece637_d2_A, _piece638_d2_A, _piece639_d2_A, _piece640_d2_A, _piece641_d2_A, _piece642_d2_A, _piece643_d2_A, _piece644_d2_A, _piece645_d2_A, _piece646_d2_A, _piece647_d2_A, _piece648_d2_A, _piece649_d2_A, _piece650_d2_A, _piece651_d2_A, _piece652_d2_A
-    d2_d_B = rt.assemble(weight, n, 288, [(0, 32, [_piece102_d2_d_B, _piece104_d2_d_B, _piece118_d2_d_B, _piece120_d2_d_B, _piece142_d2_d_B, _piece144_d2_d_B, _piece166_d2_d_B, _piece168_d2_d_B, _piece193_d2_d_B, _piece258_d2_d_B, _piece260_d2_d_B, _piece274_d2_d_B, _piece276_d2_d_B, _piece365_d2_d_B, _piece485_d2_d_B, _piece506_d2_d_B, _piece507_d2_d_B]), (32, 96, [_piece106_d2_d_B, _piece108_d2_d_B, _piece126_d2_d_B, _piece128_d2_d_B, _piece158_d2_d_B, _piece160_d2_d_B, _piece209_d2_d_B, _piece241_d2_d_B, _piece266_d2_d_B, _piece268_d2_d_B, _piece389_d2_d_B, _piece433_d2_d_B, _piece469_d2_d_B, _piece493_d2_d_B]), (128, 160, [_piece110_d2_d_B, _piece112_d2_d_B, _piece134_d2_d_B, _piece136_d2_d_B, _piece150_d2_d_B, _piece152_d2_d_B, _piece174_d2_d_B, _piece176_d2_d_B, _piece225_d2_d_B, _piece233_d2_d_B, _piece253_d2_d_B, _piece413_d2_d_B, _piece425_d2_d_B, _piece457_d2_d_B, _piece501_d2_d_B])])
-    del _piece102_d2_d_B, _piece104_d2_d_B, _piece106_d2_d_B, _piece108_d2_d_B, _piece110_d2_d_B, _piece112_d2_d_B, _piece118_d2_d_B, _piece120_d2_d_B, _piece126_d2_d_B, _piece128_d2_d_B, _piece134_d2_d_B, _piece136_d2_d_B, _piece142_d2_d_B, _piece144_d2_d_B, _piece150_d2_d_B, _piece152_d2_d_B, _piece158_d2_d_B, _piece160_d2_d_B, _piece166_d2_d_B, _piece168_d2_d_B, _piece174_d2_d_B, _piece176_d2_d_B, _piece193_d2_d_B, _piece209_d2_d_B, _piece225_d2_d_B, _piece233_d2_d_B, _piece241_d2_d_B, _piece253_d2_d_B, _piece258_d2_d_B, _piece260_d2_d_B, _piece266_d2_d_B, _piece268_d2_d_B, _piece274_d2_d_B, _piece276_d2_d_B, _piece365_d2_d_B, _piece389_d2_d_B, _piece413_d2_d_B, _piece425_d2_d_B, _piece433_d2_d_B, _piece457_d2_d_B, _piece469_d2_d_B, _piece485_d2_d_B, _piece493_d2_d_B, _piece501_d2_d_B, _piece506_d2_d_B, _piece507_d2_d_B
-    d2_weight = rt.assemble(weight, None, 7424, [(0, 384, [_piece654_d2_weight]), (384, 1024, [_piece653_d2_weight]), (1408, 2048, [_piece636_d2_weight]), (3456, 3968, [_piece603_d2_weight])])
-    del _piece603_d2_weight, _piece636_d2_weight, _piece653_d2_weight, _piece654_d2_weight
-    return [d2_A, d2_d_B, d2_weight if d2_weight is not None else weight.new_zeros(7424)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
     triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
@@ -25592,7 +22865,7 @@ def _mace_product_4__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 
 # mace_product_4: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("mace_product_4__d__d2", _mace_product_4__d__d2__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, masked=True, reference=_mace_product_4__d__d2)
+_ops.register("mace_product_4__d__d2", _mace_product_4__d__d2__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, masked=True, reference=rt.second_order(_mace_product_4, 0, 2))
 _ops.register("mace_product_4__d", _mace_product_4__d__triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward_all=_ops["mace_product_4__d__d2"], masked=True)
 _ops.register("mace_product_4", _mace_product_4__triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d"]], check_indices=True)
 

@@ -18,7 +18,89 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_f63352498f844cb3")
+_ops = rt.OpNamespace("fusionc_2b883dd50ddda9b2")
+
+
+def _fc_tp(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_z__0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z__0 = torch.mm(y.reshape(n, 16), _g_z__0).view(n, 145)  # zj,jc->zc
+    # 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    _piece0_z = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    del _c0
+    # 1 paths 32x0e ⊗ y -> 32x1o
+    _c1 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _piece1_z = _m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    del _c1
+    # 1 paths 32x0e ⊗ y -> 32x2e
+    _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _piece2_z = _m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
+    del _c2
+    # 1 paths 32x1o ⊗ y -> 32x0e
+    _c3 = torch.bmm(_m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece3_z = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    del _c3
+    _piece4_w_z__0_1_1 = weight[3072:4096].view(32, 32)
+    _piece5_w_z__0_1_1 = weight[6144:7168].view(32, 32)
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _c4 = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    _w_z__0_1_1 = torch.cat([
+        _piece4_w_z__0_1_1.reshape(1024),
+        _piece5_w_z__0_1_1.reshape(1024),
+    ], dim=-1)
+    del _piece4_w_z__0_1_1, _piece5_w_z__0_1_1
+    _piece6_z = torch.mm(_c4.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c4, _w_z__0_1_1
+    _piece7_w_z__0_1_2 = weight[5120:6144].view(32, 32)
+    _piece8_w_z__0_1_2 = weight[7168:8192].view(32, 32)
+    # 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z__0_1_2 = torch.cat([
+        _piece7_w_z__0_1_2.reshape(1024),
+        _piece8_w_z__0_1_2.reshape(1024),
+    ], dim=-1)
+    del _piece7_w_z__0_1_2, _piece8_w_z__0_1_2
+    _c5 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z__0_1_2
+    _piece9_z = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c5.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _c5
+    # 1 paths 32x2e ⊗ y -> 32x0e
+    _c6 = torch.bmm(_m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece10_z = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    del _c6
+    _piece11_w_z__0_2_1 = weight[9216:10240].view(32, 32)
+    _piece12_w_z__0_2_1 = weight[12288:13312].view(32, 32)
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _c7 = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    _w_z__0_2_1 = torch.cat([
+        _piece11_w_z__0_2_1.reshape(1024),
+        _piece12_w_z__0_2_1.reshape(1024),
+    ], dim=-1)
+    del _piece11_w_z__0_2_1, _piece12_w_z__0_2_1
+    _piece13_z = torch.mm(_c7.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c7, _w_z__0_2_1
+    _piece14_w_z__0_2_2 = weight[8192:9216].view(32, 32)
+    _piece15_w_z__0_2_2 = weight[11264:12288].view(32, 32)
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _c8 = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
+    del _m_z__0
+    _w_z__0_2_2 = torch.cat([
+        _piece14_w_z__0_2_2.reshape(1024),
+        _piece15_w_z__0_2_2.reshape(1024),
+    ], dim=-1)
+    del _piece14_w_z__0_2_2, _piece15_w_z__0_2_2
+    _piece16_z = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c8, _w_z__0_2_2
+    z = torch.cat([
+        (_piece0_z + _piece3_z + _piece10_z).reshape(n, 32),
+        (_piece1_z + _piece6_z + _piece13_z).reshape(n, 96),
+        (_piece2_z + _piece9_z + _piece16_z).reshape(n, 160),
+    ], dim=-1)
+    del _piece0_z, _piece10_z, _piece13_z, _piece16_z, _piece1_z, _piece2_z, _piece3_z, _piece6_z, _piece9_z
+    return [z]
 
 
 _fc_tp__d__table = (
@@ -3150,353 +3232,6 @@ def _fc_tp__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Te
     return [outputs[0], outputs[1], outputs[2], partial[:, 8192:21504].sum(0)]
 
 
-def _fc_tp__d__d2(
-    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    d2_d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_z__0: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_x, d2_d_y, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fc_tp__d: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288), d2_d_y (n, 16), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
-    n = x.shape[0]
-    # every path's (i, k) map at once: y · G
-    _m_z__0 = torch.mm(y.reshape(n, 16), _g_z__0).view(n, 145) if _mask & 5 else None  # zj,jc->zc
-    _piece0_w_z__0_1_1 = weight[3072:4096].view(32, 32) if _mask & 3 else None
-    _piece1_w_z__0_1_1 = weight[6144:7168].view(32, 32) if _mask & 3 else None
-    _piece2_w_z__0_1_2 = weight[5120:6144].view(32, 32) if _mask & 3 else None
-    _piece3_w_z__0_1_2 = weight[7168:8192].view(32, 32) if _mask & 3 else None
-    _piece4_w_z__0_2_1 = weight[9216:10240].view(32, 32) if _mask & 3 else None
-    _piece5_w_z__0_2_1 = weight[12288:13312].view(32, 32) if _mask & 3 else None
-    _piece6_w_z__0_2_2 = weight[8192:9216].view(32, 32) if _mask & 3 else None
-    _piece7_w_z__0_2_2 = weight[11264:12288].view(32, 32) if _mask & 3 else None
-    # ∂/∂d__m_z__0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_z__0 = torch.mm(d2_d_y.reshape(n, 16), _g_z__0).view(n, 145) if _mask & 2 else None  # zj,jc->zc
-    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zui->pwzi
-    _piece8_d2_d_z = _m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1) * _c0.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    del _c0
-    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zwk->puzk
-    _piece9_d2_x = _m_z__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    _piece10_d2__m_z__0 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1) if _mask & 4 else None  # zui,puzk->zikp
-    del _c1
-    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c2 = d2_d__m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32) if _mask & 2 else None
-    _piece11_d2_d_z = torch.mm(_c2.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    del _c2
-    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c3 = d2_d__m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32) if _mask & 2 else None
-    _piece12_d2_x = torch.mm(_c3.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x0e
-    _piece13_d2_weight = torch.mm(_c3.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1) if _mask & 2 else None  # zui,zipw->puw
-    del _c3
-    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c4 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) if _mask & 1 else None
-    _piece14_d2_d_z = torch.mm(_c4.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zukp->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c5 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 1 else None  # zui,puw->zipw
-    _piece15_d2__m_z__0 = torch.bmm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c5.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1).permute(0, 2, 1, 3) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c5
-    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _piece16_d2_weight = torch.mm(_c4.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32) if _mask & 1 else None  # zwk,zukp->puw
-    del _c4
-    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c6 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zui->pwzi
-    _piece17_d2_d_z = _m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c6.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c7 = torch.bmm(_m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 5 else None  # zwk,zikp->zwip
-    _piece18_d2_x = torch.mm(_c7.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zwip->zui
-    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _piece19_d2__m_z__0 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c6.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 3, 1, 2) if _mask & 4 else None  # zwk,pwzi->zikp
-    del _c6
-    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c8 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zui,puw->zipw
-    _piece20_d2_d_z = d2_d__m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c8.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 2 else None
-    del _c8
-    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c9 = torch.bmm(d2_d__m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zikp,zwk->zipw
-    _piece21_d2_x = torch.mm(_c9.permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x1o
-    _piece22_d2_weight = torch.mm(_c9.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1) if _mask & 2 else None  # zui,zipw->puw
-    del _c9
-    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c10 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 1 else None  # zui,puw->zipw
-    _piece23_d2_d_z = _m_z__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c10.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _piece24_d2__m_z__0 = torch.bmm(_c10.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c10
-    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _piece25_d2_weight = torch.mm(_c7.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1) if _mask & 1 else None  # zui,zwip->puw
-    del _c7
-    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c11 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zui->pwzi
-    _piece26_d2_d_z = _m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c11.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c12 = torch.bmm(_m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 5 else None  # zwk,zikp->zwip
-    _piece27_d2_x = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zwip->zui
-    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _piece28_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c11.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 3, 1, 2) if _mask & 4 else None  # zwk,pwzi->zikp
-    del _c11
-    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c13 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zui,puw->zipw
-    _piece29_d2_d_z = d2_d__m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c13.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 2 else None
-    del _c13
-    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c14 = torch.bmm(d2_d__m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zikp,zwk->zipw
-    _piece30_d2_x = torch.mm(_c14.permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x0e ⊗ y -> 32x2e
-    _piece31_d2_weight = torch.mm(_c14.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1) if _mask & 2 else None  # zui,zipw->puw
-    del _c14
-    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c15 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 1 else None  # zui,puw->zipw
-    _piece32_d2_d_z = _m_z__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c15.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 1 else None
-    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _piece33_d2__m_z__0 = torch.bmm(_c15.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c15
-    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _piece34_d2_weight = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1) if _mask & 1 else None  # zui,zwip->puw
-    del _c12
-    # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c16 = torch.bmm(_m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 4 else None  # zui,zikp->zukp
-    _piece35_d2_d_z = torch.mm(_c16.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zukp->zwk
-    del _c16
-    # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c17 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zwk->puzk
-    _piece36_d2_x = _m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c17.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _piece37_d2__m_z__0 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c17.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1) if _mask & 4 else None  # zui,puzk->zikp
-    del _c17
-    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
-    _c18 = torch.bmm(d2_d__m_z__0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zikp,zui->zkpu
-    _piece38_d2_d_z = torch.mm(_c18.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
-    _c19 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 3 else None  # zwk,puw->zkpu
-    _piece39_d2_x = d2_d__m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c19.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x1o ⊗ y -> 32x0e
-    _piece40_d2_weight = torch.mm(_c18.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32) if _mask & 2 else None  # zwk,zkpu->puw
-    del _c18
-    # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c20 = torch.bmm(_m_z__0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 1 else None  # zui,zikp->zukp
-    _piece41_d2_d_z = torch.mm(_c20.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zukp->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _piece42_d2__m_z__0 = torch.bmm(_c19.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2) if _mask & 1 else None  # zui,zkpu->zikp
-    del _c19
-    # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _piece43_d2_weight = torch.mm(_c20.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32) if _mask & 1 else None  # zwk,zukp->puw
-    del _c20
-    _piece44_d2_d__w_z__0_1_1 = d2_d_weight[3072:4096].view(32, 32) if _mask & 4 else None
-    _piece45_d2_d__w_z__0_1_1 = d2_d_weight[6144:7168].view(32, 32) if _mask & 4 else None
-    # ∂/∂d_z: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_d__w_z__0_1_1 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece44_d2_d__w_z__0_1_1]), (1024, 1024, [_piece45_d2_d__w_z__0_1_1])])
-    del _piece44_d2_d__w_z__0_1_1, _piece45_d2_d__w_z__0_1_1
-    _c21 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32) if _mask & 4 else None  # puw,zui->zipw
-    _piece46_d2_d_z = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6), _c21.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zipw->zwk
-    del _c21
-    # ∂/∂x: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _c22 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32) if _mask & 4 else None  # puw,zwk->zkpu
-    del d2_d__w_z__0_1_1
-    _piece47_d2_x = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6), _c22.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zkpu->zui
-    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _piece48_d2__m_z__0 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c22.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2) if _mask & 4 else None  # zui,zkpu->zikp
-    del _c22
-    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c23 = torch.bmm(d2_d__m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32) if _mask & 2 else None  # zikp,zui->zkpu
-    _w_z__0_1_1 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece0_w_z__0_1_1]), (1024, 1024, [_piece1_w_z__0_1_1])])
-    del _piece0_w_z__0_1_1, _piece1_w_z__0_1_1
-    _piece49_d2_d_z = torch.mm(_c23.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    del _c23
-    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c24 = torch.bmm(d2_d__m_z__0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 6, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32) if _mask & 2 else None  # zikp,zwk->zipw
-    _piece50_d2_x = torch.mm(_c24.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂_w_z__0_1_1: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x1o
-    _piece51_d2__w_z__0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c24.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2) if _mask & 2 else None  # zui,zipw->puw
-    del _c24
-    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c25 = torch.bmm(_m_z__0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32) if _mask & 1 else None  # zui,zikp->zkpu
-    _piece52_d2_d_z = torch.mm(_c25.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zkpu->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c26 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32) if _mask & 1 else None  # zui,puw->zipw
-    del _w_z__0_1_1
-    _piece53_d2__m_z__0 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c26.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c26
-    # ∂/∂_w_z__0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _piece54_d2__w_z__0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c25.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0) if _mask & 1 else None  # zwk,zkpu->puw
-    del _c25
-    _piece55_d2_d__w_z__0_1_2 = d2_d_weight[5120:6144].view(32, 32) if _mask & 4 else None
-    _piece56_d2_d__w_z__0_1_2 = d2_d_weight[7168:8192].view(32, 32) if _mask & 4 else None
-    # ∂/∂d_z: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_d__w_z__0_1_2 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece55_d2_d__w_z__0_1_2]), (1024, 1024, [_piece56_d2_d__w_z__0_1_2])])
-    del _piece55_d2_d__w_z__0_1_2, _piece56_d2_d__w_z__0_1_2
-    _c27 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32) if _mask & 4 else None  # puw,zui->zipw
-    _piece57_d2_d_z = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c27.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zipw->zwk
-    # ∂/∂x: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _c28 = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32) if _mask & 5 else None  # zwk,zikp->zipw
-    _piece58_d2_x = torch.mm(_c28.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zipw->zui
-    del d2_d__w_z__0_1_2
-    # ∂/∂_m_z__0: ∂/∂_w_z__0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _piece59_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c27.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3) if _mask & 4 else None  # zwk,zipw->zikp
-    del _c27
-    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
-    _w_z__0_1_2 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece2_w_z__0_1_2]), (1024, 1024, [_piece3_w_z__0_1_2])])
-    del _piece2_w_z__0_1_2, _piece3_w_z__0_1_2
-    _c29 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32) if _mask & 2 else None  # zui,puw->zipw
-    _piece60_d2_d_z = torch.bmm(d2_d__m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c29.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zipw->zwk
-    del _c29
-    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c30 = torch.bmm(d2_d__m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 6, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32) if _mask & 2 else None  # zikp,zwk->zipw
-    _piece61_d2_x = torch.mm(_c30.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂_w_z__0_1_2: ∂/∂_m_z__0: 2 paths 32x1o ⊗ y -> 32x2e
-    _piece62_d2__w_z__0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c30.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2) if _mask & 2 else None  # zui,zipw->puw
-    del _c30
-    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _c31 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32) if _mask & 1 else None  # zui,puw->zipw
-    del _w_z__0_1_2
-    _piece63_d2_d_z = torch.bmm(_m_z__0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c31.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 1 else None  # zikp,zipw->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _piece64_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c31.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c31
-    # ∂/∂_w_z__0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _piece65_d2__w_z__0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c28.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2) if _mask & 1 else None  # zui,zipw->puw
-    del _c28
-    # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c32 = torch.bmm(_m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 4 else None  # zui,zikp->zukp
-    _piece66_d2_d_z = torch.mm(_c32.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zukp->zwk
-    del _c32
-    # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c33 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1) if _mask & 4 else None  # puw,zwk->puzk
-    _piece67_d2_x = _m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c33.permute(2, 1, 3, 0).reshape(n, 32, 1) if _mask & 4 else None
-    # ∂/∂_m_z__0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _piece68_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c33.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1) if _mask & 4 else None  # zui,puzk->zikp
-    del _c33
-    # ∂/∂d_z: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
-    _c34 = torch.bmm(d2_d__m_z__0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32) if _mask & 2 else None  # zikp,zui->zkpu
-    _piece69_d2_d_z = torch.mm(_c34.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
-    _c35 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32) if _mask & 3 else None  # zwk,puw->zkpu
-    _piece70_d2_x = d2_d__m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c35.permute(0, 3, 1, 2).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂_m_z__0: 1 paths 32x2e ⊗ y -> 32x0e
-    _piece71_d2_weight = torch.mm(_c34.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32) if _mask & 2 else None  # zwk,zkpu->puw
-    del _c34
-    # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c36 = torch.bmm(_m_z__0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2) if _mask & 1 else None  # zui,zikp->zukp
-    _piece72_d2_d_z = torch.mm(_c36.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zukp->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _piece73_d2__m_z__0 = torch.bmm(_c35.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2) if _mask & 1 else None  # zui,zkpu->zikp
-    del _c35
-    # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _piece74_d2_weight = torch.mm(_c36.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32) if _mask & 1 else None  # zwk,zukp->puw
-    del _c36
-    _piece75_d2_d__w_z__0_2_1 = d2_d_weight[9216:10240].view(32, 32) if _mask & 4 else None
-    _piece76_d2_d__w_z__0_2_1 = d2_d_weight[12288:13312].view(32, 32) if _mask & 4 else None
-    # ∂/∂d_z: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c37 = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32) if _mask & 4 else None  # zui,zikp->zkpu
-    d2_d__w_z__0_2_1 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece75_d2_d__w_z__0_2_1]), (1024, 1024, [_piece76_d2_d__w_z__0_2_1])])
-    del _piece75_d2_d__w_z__0_2_1, _piece76_d2_d__w_z__0_2_1
-    _piece77_d2_d_z = torch.mm(_c37.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # puw,zkpu->zwk
-    del _c37
-    # ∂/∂x: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c38 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z__0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32) if _mask & 4 else None  # puw,zwk->zkpu
-    del d2_d__w_z__0_2_1
-    _piece78_d2_x = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c38.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zkpu->zui
-    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _piece79_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c38.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2) if _mask & 4 else None  # zui,zkpu->zikp
-    del _c38
-    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c39 = torch.bmm(d2_d__m_z__0[:, 65:95].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32) if _mask & 2 else None  # zikp,zui->zkpu
-    _w_z__0_2_1 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece4_w_z__0_2_1]), (1024, 1024, [_piece5_w_z__0_2_1])])
-    del _piece4_w_z__0_2_1, _piece5_w_z__0_2_1
-    _piece80_d2_d_z = torch.mm(_c39.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c40 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32) if _mask & 3 else None  # zwk,puw->zkpu
-    _piece81_d2_x = torch.bmm(d2_d__m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c40.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zkpu->zui
-    # ∂/∂_w_z__0_2_1: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x1o
-    _piece82_d2__w_z__0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c39.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0) if _mask & 2 else None  # zwk,zkpu->puw
-    del _c39
-    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _c41 = torch.bmm(_m_z__0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32) if _mask & 1 else None  # zui,zikp->zkpu
-    _piece83_d2_d_z = torch.mm(_c41.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z__0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zkpu->zwk
-    del _w_z__0_2_1
-    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _piece84_d2__m_z__0 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c40.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2) if _mask & 1 else None  # zui,zkpu->zikp
-    del _c40
-    # ∂/∂_w_z__0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _piece85_d2__w_z__0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c41.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0) if _mask & 1 else None  # zwk,zkpu->puw
-    del _c41
-    _piece86_d2_d__w_z__0_2_2 = d2_d_weight[8192:9216].view(32, 32) if _mask & 4 else None
-    _piece87_d2_d__w_z__0_2_2 = d2_d_weight[11264:12288].view(32, 32) if _mask & 4 else None
-    # ∂/∂d_z: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_d__w_z__0_2_2 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece86_d2_d__w_z__0_2_2]), (1024, 1024, [_piece87_d2_d__w_z__0_2_2])])
-    del _piece86_d2_d__w_z__0_2_2, _piece87_d2_d__w_z__0_2_2
-    _c42 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z__0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32) if _mask & 4 else None  # puw,zui->zipw
-    _piece88_d2_d_z = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10), _c42.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zipw->zwk
-    del _c42
-    # ∂/∂x: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _c43 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z__0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32) if _mask & 4 else None  # puw,zwk->zkpu
-    del d2_d__w_z__0_2_2
-    _piece89_d2_x = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10), _c43.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zikp,zkpu->zui
-    # ∂/∂_m_z__0: ∂/∂_w_z__0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _piece90_d2__m_z__0 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c43.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2) if _mask & 4 else None  # zui,zkpu->zikp
-    del _c43
-    # ∂/∂d_z: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c44 = torch.bmm(d2_d__m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32) if _mask & 2 else None  # zikp,zui->zkpu
-    _w_z__0_2_2 = rt.assemble(weight, None, 2048, [(0, 1024, [_piece6_w_z__0_2_2]), (1024, 1024, [_piece7_w_z__0_2_2])])
-    del _piece6_w_z__0_2_2, _piece7_w_z__0_2_2
-    _piece91_d2_d_z = torch.mm(_c44.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zkpu->zwk
-    del _c44
-    # ∂/∂x: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c45 = torch.bmm(d2_d__m_z__0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 10, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32) if _mask & 2 else None  # zikp,zwk->zipw
-    del d2_d__m_z__0
-    _piece92_d2_x = torch.mm(_c45.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # puw,zipw->zui
-    # ∂/∂_w_z__0_2_2: ∂/∂_m_z__0: 2 paths 32x2e ⊗ y -> 32x2e
-    _piece93_d2__w_z__0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c45.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2) if _mask & 2 else None  # zui,zipw->puw
-    del _c45
-    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c46 = torch.bmm(_m_z__0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32) if _mask & 1 else None  # zui,zikp->zkpu
-    del _m_z__0
-    _piece94_d2_d_z = torch.mm(_c46.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z__0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1) if _mask & 1 else None  # puw,zkpu->zwk
-    # ∂/∂_m_z__0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c47 = torch.mm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z__0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32) if _mask & 1 else None  # zui,puw->zipw
-    del _w_z__0_2_2
-    _piece95_d2__m_z__0 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c47.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3) if _mask & 1 else None  # zwk,zipw->zikp
-    del _c47
-    # ∂/∂_w_z__0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _piece96_d2__w_z__0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c46.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0) if _mask & 1 else None  # zwk,zkpu->puw
-    del _c46
-    d2__w_z__0_2_2 = rt.assemble(weight, None, 2048, [(0, 2048, [_piece93_d2__w_z__0_2_2, _piece96_d2__w_z__0_2_2])])
-    del _piece93_d2__w_z__0_2_2, _piece96_d2__w_z__0_2_2
-    _piece97_d2_weight = d2__w_z__0_2_2[1024:2048].view(32, 32) if _mask & 3 else None
-    _piece98_d2_weight = d2__w_z__0_2_2[0:1024].view(32, 32) if _mask & 3 else None
-    del d2__w_z__0_2_2
-    d2__w_z__0_2_1 = rt.assemble(weight, None, 2048, [(0, 2048, [_piece82_d2__w_z__0_2_1, _piece85_d2__w_z__0_2_1])])
-    del _piece82_d2__w_z__0_2_1, _piece85_d2__w_z__0_2_1
-    _piece99_d2_weight = d2__w_z__0_2_1[1024:2048].view(32, 32) if _mask & 3 else None
-    _piece100_d2_weight = d2__w_z__0_2_1[0:1024].view(32, 32) if _mask & 3 else None
-    del d2__w_z__0_2_1
-    d2__w_z__0_1_2 = rt.assemble(weight, None, 2048, [(0, 2048, [_piece62_d2__w_z__0_1_2, _piece65_d2__w_z__0_1_2])])
-    del _piece62_d2__w_z__0_1_2, _piece65_d2__w_z__0_1_2
-    _piece101_d2_weight = d2__w_z__0_1_2[1024:2048].view(32, 32) if _mask & 3 else None
-    _piece102_d2_weight = d2__w_z__0_1_2[0:1024].view(32, 32) if _mask & 3 else None
-    del d2__w_z__0_1_2
-    d2__w_z__0_1_1 = rt.assemble(weight, None, 2048, [(0, 2048, [_piece51_d2__w_z__0_1_1, _piece54_d2__w_z__0_1_1])])
-    del _piece51_d2__w_z__0_1_1, _piece54_d2__w_z__0_1_1
-    _piece103_d2_weight = d2__w_z__0_1_1[1024:2048].view(32, 32) if _mask & 3 else None
-    _piece104_d2_weight = d2__w_z__0_1_1[0:1024].view(32, 32) if _mask & 3 else None
-    del d2__w_z__0_1_1
-    # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_z__0 = rt.assemble(weight, n, 145, [(0, 1, [_piece10_d2__m_z__0, _piece15_d2__m_z__0]), (1, 3, [_piece19_d2__m_z__0, _piece24_d2__m_z__0]), (4, 5, [_piece28_d2__m_z__0, _piece33_d2__m_z__0]), (9, 3, [_piece37_d2__m_z__0, _piece42_d2__m_z__0]), (12, 18, [_piece48_d2__m_z__0, _piece53_d2__m_z__0]), (30, 30, [_piece59_d2__m_z__0, _piece64_d2__m_z__0]), (60, 5, [_piece68_d2__m_z__0, _piece73_d2__m_z__0]), (65, 30, [_piece79_d2__m_z__0, _piece84_d2__m_z__0]), (95, 50, [_piece90_d2__m_z__0, _piece95_d2__m_z__0])])
-    del _piece10_d2__m_z__0, _piece15_d2__m_z__0, _piece19_d2__m_z__0, _piece24_d2__m_z__0, _piece28_d2__m_z__0, _piece33_d2__m_z__0, _piece37_d2__m_z__0, _piece42_d2__m_z__0, _piece48_d2__m_z__0, _piece53_d2__m_z__0, _piece59_d2__m_z__0, _piece64_d2__m_z__0, _piece68_d2__m_z__0, _piece73_d2__m_z__0, _piece79_d2__m_z__0, _piece84_d2__m_z__0, _piece90_d2__m_z__0, _piece95_d2__m_z__0
-    _piece105_d2_y = torch.mm(d2__m_z__0, _g_z__0.permute(1, 0).reshape(145, 16)).view(n, 16) if _mask & 5 else None  # zc,jc->zj
-    del d2__m_z__0
-    d2_x = rt.assemble(weight, n, 288, [(0, 32, [_piece9_d2_x, _piece12_d2_x, _piece18_d2_x, _piece21_d2_x, _piece27_d2_x, _piece30_d2_x]), (32, 96, [_piece36_d2_x, _piece39_d2_x, _piece47_d2_x, _piece50_d2_x, _piece58_d2_x, _piece61_d2_x]), (128, 160, [_piece67_d2_x, _piece70_d2_x, _piece78_d2_x, _piece81_d2_x, _piece89_d2_x, _piece92_d2_x])])
-    del _piece12_d2_x, _piece18_d2_x, _piece21_d2_x, _piece27_d2_x, _piece30_d2_x, _piece36_d2_x, _piece39_d2_x, _piece47_d2_x, _piece50_d2_x, _piece58_d2_x, _piece61_d2_x, _piece67_d2_x, _piece70_d2_x, _piece78_d2_x, _piece81_d2_x, _piece89_d2_x, _piece92_d2_x, _piece9_d2_x
-    d2_y = rt.assemble(weight, n, 16, [(0, 16, [_piece105_d2_y])])
-    del _piece105_d2_y
-    d2_d_z = rt.assemble(weight, n, 288, [(0, 32, [_piece8_d2_d_z, _piece11_d2_d_z, _piece14_d2_d_z, _piece35_d2_d_z, _piece38_d2_d_z, _piece41_d2_d_z, _piece66_d2_d_z, _piece69_d2_d_z, _piece72_d2_d_z]), (32, 96, [_piece17_d2_d_z, _piece20_d2_d_z, _piece23_d2_d_z, _piece46_d2_d_z, _piece49_d2_d_z, _piece52_d2_d_z, _piece77_d2_d_z, _piece80_d2_d_z, _piece83_d2_d_z]), (128, 160, [_piece26_d2_d_z, _piece29_d2_d_z, _piece32_d2_d_z, _piece57_d2_d_z, _piece60_d2_d_z, _piece63_d2_d_z, _piece88_d2_d_z, _piece91_d2_d_z, _piece94_d2_d_z])])
-    del _piece11_d2_d_z, _piece14_d2_d_z, _piece17_d2_d_z, _piece20_d2_d_z, _piece23_d2_d_z, _piece26_d2_d_z, _piece29_d2_d_z, _piece32_d2_d_z, _piece35_d2_d_z, _piece38_d2_d_z, _piece41_d2_d_z, _piece46_d2_d_z, _piece49_d2_d_z, _piece52_d2_d_z, _piece57_d2_d_z, _piece60_d2_d_z, _piece63_d2_d_z, _piece66_d2_d_z, _piece69_d2_d_z, _piece72_d2_d_z, _piece77_d2_d_z, _piece80_d2_d_z, _piece83_d2_d_z, _piece88_d2_d_z, _piece8_d2_d_z, _piece91_d2_d_z, _piece94_d2_d_z
-    d2_weight = rt.assemble(weight, None, 13312, [(0, 1024, [_piece13_d2_weight, _piece16_d2_weight]), (1024, 1024, [_piece22_d2_weight, _piece25_d2_weight]), (2048, 1024, [_piece31_d2_weight, _piece34_d2_weight]), (3072, 1024, [_piece104_d2_weight]), (4096, 1024, [_piece40_d2_weight, _piece43_d2_weight]), (5120, 1024, [_piece102_d2_weight]), (6144, 1024, [_piece103_d2_weight]), (7168, 1024, [_piece101_d2_weight]), (8192, 1024, [_piece98_d2_weight]), (9216, 1024, [_piece100_d2_weight]), (10240, 1024, [_piece71_d2_weight, _piece74_d2_weight]), (11264, 1024, [_piece97_d2_weight]), (12288, 1024, [_piece99_d2_weight])])
-    del _piece100_d2_weight, _piece101_d2_weight, _piece102_d2_weight, _piece103_d2_weight, _piece104_d2_weight, _piece13_d2_weight, _piece16_d2_weight, _piece22_d2_weight, _piece25_d2_weight, _piece31_d2_weight, _piece34_d2_weight, _piece40_d2_weight, _piece43_d2_weight, _piece71_d2_weight, _piece74_d2_weight, _piece97_d2_weight, _piece98_d2_weight, _piece99_d2_weight
-    return [d2_x if d2_x is not None else weight.new_zeros(n, 288), d2_y if d2_y is not None else weight.new_zeros(n, 16), d2_d_z if d2_d_z is not None else weight.new_zeros(n, 288), d2_weight if d2_weight is not None else weight.new_zeros(13312)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -3758,9 +3493,145 @@ def _fc_tp__triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]
 
 # fc_tp: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("fc_tp__d__d2", _fc_tp__d__d2__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, masked=True, reference=_fc_tp__d__d2)
+_ops.register("fc_tp__d__d2", _fc_tp__d__d2__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, masked=True, reference=rt.second_order(_fc_tp, 0, 2))
 _ops.register("fc_tp__d", _fc_tp__d__triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward_all=_ops["fc_tp__d__d2"], masked=True)
 _ops.register("fc_tp", _fc_tp__triton, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d"]], check_indices=True)
+
+
+def _conv_tp(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    _g_m__0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m__0 = torch.mm(sh.reshape(n, 16), _g_m__0).view(n, 388)  # zj,jc->zc
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    _t_m__0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    _piece0_m = _t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_0_0
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    _t_m__0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    _piece1_m = _t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_0_1
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    _t_m__0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    _piece2_m = _t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_0_2
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    _t_m__0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
+    _piece3_m = _t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_0_5
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    _t_m__0_1_0 = torch.bmm(_m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece4_m = _t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_1_0
+    _piece5_w_m__0_1_1 = w[:, 128:160].reshape(n, 32)
+    _piece6_w_m__0_1_1 = w[:, 256:288].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m__0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    _w_m__0_1_1 = torch.cat([
+        _piece5_w_m__0_1_1.reshape(n, 32),
+        _piece6_w_m__0_1_1.reshape(n, 32),
+    ], dim=-1)
+    del _piece5_w_m__0_1_1, _piece6_w_m__0_1_1
+    _piece7_m = (_t_m__0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _t_m__0_1_1, _w_m__0_1_1
+    _piece8_w_m__0_1_2 = w[:, 192:224].reshape(n, 32)
+    _piece9_w_m__0_1_2 = w[:, 352:384].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m__0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _w_m__0_1_2 = torch.cat([
+        _piece8_w_m__0_1_2.reshape(n, 32),
+        _piece9_w_m__0_1_2.reshape(n, 32),
+    ], dim=-1)
+    del _piece8_w_m__0_1_2, _piece9_w_m__0_1_2
+    _piece10_m = torch.bmm(_w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), _t_m__0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _t_m__0_1_2, _w_m__0_1_2
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    _t_m__0_1_3 = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece11_m = _t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_1_3
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    _t_m__0_1_4 = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece12_m = _t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_1_4
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    _t_m__0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _piece13_m = _t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_1_5
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    _t_m__0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _piece14_m = _t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_1_6
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    _t_m__0_2_0 = torch.bmm(_m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece15_m = _t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_2_0
+    _piece16_w_m__0_2_1 = w[:, 448:480].reshape(n, 32)
+    _piece17_w_m__0_2_1 = w[:, 672:704].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m__0_2_1 = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _w_m__0_2_1 = torch.cat([
+        _piece16_w_m__0_2_1.reshape(n, 32),
+        _piece17_w_m__0_2_1.reshape(n, 32),
+    ], dim=-1)
+    del _piece16_w_m__0_2_1, _piece17_w_m__0_2_1
+    _piece18_m = (_t_m__0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
+    del _t_m__0_2_1, _w_m__0_2_1
+    _piece19_w_m__0_2_2 = w[:, 416:448].reshape(n, 32)
+    _piece20_w_m__0_2_2 = w[:, 576:608].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m__0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _w_m__0_2_2 = torch.cat([
+        _piece19_w_m__0_2_2.reshape(n, 32),
+        _piece20_w_m__0_2_2.reshape(n, 32),
+    ], dim=-1)
+    del _piece19_w_m__0_2_2, _piece20_w_m__0_2_2
+    _piece21_m = torch.bmm(_w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), _t_m__0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _t_m__0_2_2, _w_m__0_2_2
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    _t_m__0_2_3 = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _piece22_m = _t_m__0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_2_3
+    _piece23_w_m__0_2_4 = w[:, 480:512].reshape(n, 32)
+    _piece24_w_m__0_2_4 = w[:, 704:736].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m__0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
+    _w_m__0_2_4 = torch.cat([
+        _piece23_w_m__0_2_4.reshape(n, 32),
+        _piece24_w_m__0_2_4.reshape(n, 32),
+    ], dim=-1)
+    del _piece23_w_m__0_2_4, _piece24_w_m__0_2_4
+    _piece25_m = torch.bmm(_w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), _t_m__0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _t_m__0_2_4, _w_m__0_2_4
+    _piece26_w_m__0_2_5 = w[:, 512:544].reshape(n, 32)
+    _piece27_w_m__0_2_5 = w[:, 736:768].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m__0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
+    _w_m__0_2_5 = torch.cat([
+        _piece26_w_m__0_2_5.reshape(n, 32),
+        _piece27_w_m__0_2_5.reshape(n, 32),
+    ], dim=-1)
+    del _piece26_w_m__0_2_5, _piece27_w_m__0_2_5
+    _piece28_m = torch.bmm(_w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), _t_m__0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
+    del _t_m__0_2_5, _w_m__0_2_5
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _t_m__0_2_6 = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    del _m_m__0
+    _piece29_m = _t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    del _t_m__0_2_6
+    m = torch.cat([
+        (_piece0_m + _piece4_m + _piece15_m).reshape(n, 32),
+        (_piece1_m + _piece7_m + _piece18_m).reshape(n, 96),
+        (_piece2_m + _piece10_m + _piece21_m).reshape(n, 160),
+        (_piece11_m + _piece22_m).reshape(n, 96),
+        (_piece12_m + _piece25_m).reshape(n, 160),
+        (_piece3_m + _piece13_m + _piece28_m).reshape(n, 224),
+        (_piece14_m + _piece29_m).reshape(n, 224),
+    ], dim=-1)
+    del _piece0_m, _piece10_m, _piece11_m, _piece12_m, _piece13_m, _piece14_m, _piece15_m, _piece18_m, _piece1_m, _piece21_m, _piece22_m, _piece25_m, _piece28_m, _piece29_m, _piece2_m, _piece3_m, _piece4_m, _piece7_m
+    return [m]
 
 
 _conv_tp__d__table = (
@@ -7648,565 +7519,6 @@ def _conv_tp__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.
     return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:0].sum(0)]
 
 
-def _conv_tp__d__d2(
-    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_h: torch.Tensor, d2_d_sh: torch.Tensor, d2_d_w: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, _g_m__0: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_h, d2_d_sh, d2_d_w, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp__d: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288), d2_d_sh (n, 16), d2_d_w (n, 768), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
-    n = h.shape[0]
-    # every path's (i, k) map at once: sh · G
-    _m_m__0 = torch.mm(sh.reshape(n, 16), _g_m__0).view(n, 388) if _mask & 5 else None  # zj,jc->zc
-    # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m__0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) if _mask & 4 else None
-    # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m__0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) if _mask & 4 else None
-    # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m__0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) if _mask & 4 else None
-    # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m__0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) if _mask & 4 else None
-    # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m__0_1_0 = torch.bmm(_m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    _piece0_w_m__0_1_1 = w[:, 128:160].reshape(n, 32) if _mask & 3 else None
-    _piece1_w_m__0_1_1 = w[:, 256:288].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m__0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3) if _mask & 4 else None  # zui,zikp->zupk
-    _piece2_w_m__0_1_2 = w[:, 192:224].reshape(n, 32) if _mask & 3 else None
-    _piece3_w_m__0_1_2 = w[:, 352:384].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m__0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m__0_1_3 = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m__0_1_4 = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x1o ⊗ sh -> 32x3o
-    _t_m__0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x1o ⊗ sh -> 32x3e
-    _t_m__0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m__0_2_0 = torch.bmm(_m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    _piece4_w_m__0_2_1 = w[:, 448:480].reshape(n, 32) if _mask & 3 else None
-    _piece5_w_m__0_2_1 = w[:, 672:704].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m__0_2_1 = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    _piece6_w_m__0_2_2 = w[:, 416:448].reshape(n, 32) if _mask & 3 else None
-    _piece7_w_m__0_2_2 = w[:, 576:608].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m__0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m__0_2_3 = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    _piece8_w_m__0_2_4 = w[:, 480:512].reshape(n, 32) if _mask & 3 else None
-    _piece9_w_m__0_2_4 = w[:, 704:736].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m__0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5) if _mask & 4 else None  # zui,zikp->zupk
-    _piece10_w_m__0_2_5 = w[:, 512:544].reshape(n, 32) if _mask & 3 else None
-    _piece11_w_m__0_2_5 = w[:, 736:768].reshape(n, 32) if _mask & 3 else None
-    # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m__0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7) if _mask & 4 else None  # zui,zikp->zupk
-    # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m__0_2_6 = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1) if _mask & 4 else None  # zui,zikp->zupk
-    d__t_m__0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    _w_m__0_2_5 = rt.assemble(weight, n, 64, [(0, 32, [_piece10_w_m__0_2_5]), (32, 32, [_piece11_w_m__0_2_5])])
-    del _piece10_w_m__0_2_5, _piece11_w_m__0_2_5
-    d__t_m__0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    _w_m__0_2_4 = rt.assemble(weight, n, 64, [(0, 32, [_piece8_w_m__0_2_4]), (32, 32, [_piece9_w_m__0_2_4])])
-    del _piece8_w_m__0_2_4, _piece9_w_m__0_2_4
-    d__t_m__0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    d__t_m__0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    _w_m__0_2_2 = rt.assemble(weight, n, 64, [(0, 32, [_piece6_w_m__0_2_2]), (32, 32, [_piece7_w_m__0_2_2])])
-    del _piece6_w_m__0_2_2, _piece7_w_m__0_2_2
-    d__t_m__0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    _w_m__0_2_1 = rt.assemble(weight, n, 64, [(0, 32, [_piece4_w_m__0_2_1]), (32, 32, [_piece5_w_m__0_2_1])])
-    del _piece4_w_m__0_2_1, _piece5_w_m__0_2_1
-    d__t_m__0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    d__t_m__0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    _w_m__0_1_2 = rt.assemble(weight, n, 64, [(0, 32, [_piece2_w_m__0_1_2]), (32, 32, [_piece3_w_m__0_1_2])])
-    del _piece2_w_m__0_1_2, _piece3_w_m__0_1_2
-    d__t_m__0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    _w_m__0_1_1 = rt.assemble(weight, n, 64, [(0, 32, [_piece0_w_m__0_1_1]), (32, 32, [_piece1_w_m__0_1_1])])
-    del _piece0_w_m__0_1_1, _piece1_w_m__0_1_1
-    d__t_m__0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) if _mask & 3 else None
-    d__t_m__0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    d__t_m__0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) if _mask & 3 else None
-    # ∂/∂d__m_m__0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_m__0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m__0).view(n, 388) if _mask & 2 else None  # zj,jc->zc
-    # ∂/∂d__t_m__0_0_0: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece12_d2_d__t_m__0_0_0 = d2_d__m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 2 else None
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece13_d2_h = d2_d__m_m__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂d__t_m__0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece14_d2_d__t_m__0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) if _mask & 1 else None
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece15_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_0_0
-    _piece16_d2_d_m = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 4 else None
-    del _t_m__0_0_0
-    d2__t_m__0_0_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 4 else None
-    d2_d__t_m__0_0_0 = rt.assemble(weight, n, 32, [(0, 32, [_piece12_d2_d__t_m__0_0_0, _piece14_d2_d__t_m__0_0_0])])
-    del _piece12_d2_d__t_m__0_0_0, _piece14_d2_d__t_m__0_0_0
-    _piece17_d2_d_m = d2_d__t_m__0_0_0.reshape(n, 32, 1, 1).permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece18_d2_w = d2_d__t_m__0_0_0.reshape(n, 32, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) if _mask & 3 else None
-    del d2_d__t_m__0_0_0
-    # ∂/∂d__t_m__0_0_1: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece19_d2_d__t_m__0_0_1 = d2_d__m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 2 else None
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece20_d2_h = torch.bmm(d2_d__m_m__0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_m__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece21_d2_d__t_m__0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) if _mask & 1 else None
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece22_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_0_1
-    _piece23_d2_d_m = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) if _mask & 4 else None
-    del _t_m__0_0_1
-    d2__t_m__0_0_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 4 else None
-    d2_d__t_m__0_0_1 = rt.assemble(weight, n, 96, [(0, 96, [_piece19_d2_d__t_m__0_0_1, _piece21_d2_d__t_m__0_0_1])])
-    del _piece19_d2_d__t_m__0_0_1, _piece21_d2_d__t_m__0_0_1
-    _piece24_d2_d_m = d2_d__t_m__0_0_1.reshape(n, 32, 1, 3).permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece25_d2_w = (d2_d__t_m__0_0_1.reshape(n, 32, 1, 3).permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_0_1
-    # ∂/∂d__t_m__0_0_2: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece26_d2_d__t_m__0_0_2 = d2_d__m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 2 else None
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece27_d2_h = torch.bmm(d2_d__m_m__0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_m__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece28_d2_d__t_m__0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) if _mask & 1 else None
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece29_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_0_2
-    _piece30_d2_d_m = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) if _mask & 4 else None
-    del _t_m__0_0_2
-    d2__t_m__0_0_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 4 else None
-    d2_d__t_m__0_0_2 = rt.assemble(weight, n, 160, [(0, 160, [_piece26_d2_d__t_m__0_0_2, _piece28_d2_d__t_m__0_0_2])])
-    del _piece26_d2_d__t_m__0_0_2, _piece28_d2_d__t_m__0_0_2
-    _piece31_d2_d_m = d2_d__t_m__0_0_2.reshape(n, 32, 1, 5).permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece32_d2_w = (d2_d__t_m__0_0_2.reshape(n, 32, 1, 5).permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_0_2
-    # ∂/∂d__t_m__0_0_5: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece33_d2_d__t_m__0_0_5 = d2_d__m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 2 else None
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece34_d2_h = torch.bmm(d2_d__m_m__0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7), d__t_m__0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece35_d2_d__t_m__0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) if _mask & 1 else None
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece36_d2__m_m__0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_0_5
-    _piece37_d2_d_m = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) if _mask & 4 else None
-    del _t_m__0_0_5
-    d2__t_m__0_0_5 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) if _mask & 4 else None
-    d2_d__t_m__0_0_5 = rt.assemble(weight, n, 224, [(0, 224, [_piece33_d2_d__t_m__0_0_5, _piece35_d2_d__t_m__0_0_5])])
-    del _piece33_d2_d__t_m__0_0_5, _piece35_d2_d__t_m__0_0_5
-    _piece38_d2_d_m = d2_d__t_m__0_0_5.reshape(n, 32, 1, 7).permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece39_d2_w = (d2_d__t_m__0_0_5.reshape(n, 32, 1, 7).permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_0_5
-    # ∂/∂d__t_m__0_1_0: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece40_d2_d__t_m__0_1_0 = torch.bmm(d2_d__m_m__0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece41_d2_h = d2_d__m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂d__t_m__0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece42_d2_d__t_m__0_1_0 = torch.bmm(_m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece43_d2__m_m__0 = torch.bmm(d__t_m__0_1_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_0
-    _piece44_d2_d_m = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 4 else None
-    del _t_m__0_1_0
-    d2__t_m__0_1_0 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 4 else None
-    d2_d__t_m__0_1_0 = rt.assemble(weight, n, 32, [(0, 32, [_piece40_d2_d__t_m__0_1_0, _piece42_d2_d__t_m__0_1_0])])
-    del _piece40_d2_d__t_m__0_1_0, _piece42_d2_d__t_m__0_1_0
-    _piece45_d2_d_m = d2_d__t_m__0_1_0.reshape(n, 32, 1, 1).permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece46_d2_w = d2_d__t_m__0_1_0.reshape(n, 32, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) if _mask & 3 else None
-    del d2_d__t_m__0_1_0
-    _piece47_d2_d__w_m__0_1_1 = d2_d_w[:, 128:160].reshape(n, 32) if _mask & 4 else None
-    _piece48_d2_d__w_m__0_1_1 = d2_d_w[:, 256:288].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_1_1: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece49_d2_d__t_m__0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece50_d2_h = torch.bmm(d2_d__m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6), d__t_m__0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece51_d2_d__t_m__0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece52_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_1
-    d2_d__w_m__0_1_1 = rt.assemble(weight, n, 64, [(0, 32, [_piece47_d2_d__w_m__0_1_1]), (32, 32, [_piece48_d2_d__w_m__0_1_1])])
-    del _piece47_d2_d__w_m__0_1_1, _piece48_d2_d__w_m__0_1_1
-    _piece53_d2_d_m = (d2_d__w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m__0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,)) if _mask & 4 else None
-    del _t_m__0_1_1
-    d2__t_m__0_1_1 = d2_d__w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 4 else None
-    del d2_d__w_m__0_1_1
-    d2_d__t_m__0_1_1 = rt.assemble(weight, n, 192, [(0, 192, [_piece49_d2_d__t_m__0_1_1, _piece51_d2_d__t_m__0_1_1])])
-    del _piece49_d2_d__t_m__0_1_1, _piece51_d2_d__t_m__0_1_1
-    _piece54_d2_d_m = (d2_d__t_m__0_1_1.reshape(n, 32, 2, 3).permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,)) if _mask & 3 else None
-    del _w_m__0_1_1
-    d2__w_m__0_1_1 = (d2_d__t_m__0_1_1.reshape(n, 32, 2, 3).permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_1
-    _piece55_d2_d__w_m__0_1_2 = d2_d_w[:, 192:224].reshape(n, 32) if _mask & 4 else None
-    _piece56_d2_d__w_m__0_1_2 = d2_d_w[:, 352:384].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_1_2: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece57_d2_d__t_m__0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece58_d2_h = torch.bmm(d2_d__m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_m__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece59_d2_d__t_m__0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece60_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_2.reshape(n, 32, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_2
-    d2_d__w_m__0_1_2 = rt.assemble(weight, n, 64, [(0, 32, [_piece55_d2_d__w_m__0_1_2]), (32, 32, [_piece56_d2_d__w_m__0_1_2])])
-    del _piece55_d2_d__w_m__0_1_2, _piece56_d2_d__w_m__0_1_2
-    _piece61_d2_d_m = torch.bmm(d2_d__w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5) if _mask & 4 else None  # zpu,zupk->zuk
-    del _t_m__0_1_2
-    d2__t_m__0_1_2 = d2_d__w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 4 else None
-    del d2_d__w_m__0_1_2
-    d2_d__t_m__0_1_2 = rt.assemble(weight, n, 320, [(0, 320, [_piece57_d2_d__t_m__0_1_2, _piece59_d2_d__t_m__0_1_2])])
-    del _piece57_d2_d__t_m__0_1_2, _piece59_d2_d__t_m__0_1_2
-    _piece62_d2_d_m = torch.bmm(_w_m__0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_1_2.reshape(n, 32, 2, 5).permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5) if _mask & 3 else None  # zupk,zpu->zuk
-    del _w_m__0_1_2
-    d2__w_m__0_1_2 = (d2_d__t_m__0_1_2.reshape(n, 32, 2, 5).permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_2
-    # ∂/∂d__t_m__0_1_3: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece63_d2_d__t_m__0_1_3 = torch.bmm(d2_d__m_m__0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece64_d2_h = torch.bmm(d2_d__m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3), d__t_m__0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece65_d2_d__t_m__0_1_3 = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece66_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_3
-    _piece67_d2_d_m = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) if _mask & 4 else None
-    del _t_m__0_1_3
-    d2__t_m__0_1_3 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 4 else None
-    d2_d__t_m__0_1_3 = rt.assemble(weight, n, 96, [(0, 96, [_piece63_d2_d__t_m__0_1_3, _piece65_d2_d__t_m__0_1_3])])
-    del _piece63_d2_d__t_m__0_1_3, _piece65_d2_d__t_m__0_1_3
-    _piece68_d2_d_m = d2_d__t_m__0_1_3.reshape(n, 32, 1, 3).permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece69_d2_w = (d2_d__t_m__0_1_3.reshape(n, 32, 1, 3).permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_3
-    # ∂/∂d__t_m__0_1_4: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece70_d2_d__t_m__0_1_4 = torch.bmm(d2_d__m_m__0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 2, 3, 1).reshape(n, 5, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 5, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece71_d2_h = torch.bmm(d2_d__m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5), d__t_m__0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece72_d2_d__t_m__0_1_4 = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece73_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_4
-    _piece74_d2_d_m = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) if _mask & 4 else None
-    del _t_m__0_1_4
-    d2__t_m__0_1_4 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 4 else None
-    d2_d__t_m__0_1_4 = rt.assemble(weight, n, 160, [(0, 160, [_piece70_d2_d__t_m__0_1_4, _piece72_d2_d__t_m__0_1_4])])
-    del _piece70_d2_d__t_m__0_1_4, _piece72_d2_d__t_m__0_1_4
-    _piece75_d2_d_m = d2_d__t_m__0_1_4.reshape(n, 32, 1, 5).permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece76_d2_w = (d2_d__t_m__0_1_4.reshape(n, 32, 1, 5).permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_4
-    # ∂/∂d__t_m__0_1_5: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece77_d2_d__t_m__0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece78_d2_h = torch.bmm(d2_d__m_m__0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m__0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece79_d2_d__t_m__0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece80_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_5
-    _piece81_d2_d_m = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) if _mask & 4 else None
-    del _t_m__0_1_5
-    d2__t_m__0_1_5 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) if _mask & 4 else None
-    d2_d__t_m__0_1_5 = rt.assemble(weight, n, 224, [(0, 224, [_piece77_d2_d__t_m__0_1_5, _piece79_d2_d__t_m__0_1_5])])
-    del _piece77_d2_d__t_m__0_1_5, _piece79_d2_d__t_m__0_1_5
-    _piece82_d2_d_m = d2_d__t_m__0_1_5.reshape(n, 32, 1, 7).permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece83_d2_w = (d2_d__t_m__0_1_5.reshape(n, 32, 1, 7).permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_5
-    # ∂/∂d__t_m__0_1_6: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece84_d2_d__t_m__0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece85_d2_h = torch.bmm(d2_d__m_m__0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m__0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece86_d2_d__t_m__0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece87_d2__m_m__0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_1_6
-    _piece88_d2_d_m = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) if _mask & 4 else None
-    del _t_m__0_1_6
-    d2__t_m__0_1_6 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) if _mask & 4 else None
-    d2_d__t_m__0_1_6 = rt.assemble(weight, n, 224, [(0, 224, [_piece84_d2_d__t_m__0_1_6, _piece86_d2_d__t_m__0_1_6])])
-    del _piece84_d2_d__t_m__0_1_6, _piece86_d2_d__t_m__0_1_6
-    _piece89_d2_d_m = d2_d__t_m__0_1_6.reshape(n, 32, 1, 7).permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece90_d2_w = (d2_d__t_m__0_1_6.reshape(n, 32, 1, 7).permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_1_6
-    # ∂/∂d__t_m__0_2_0: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece91_d2_d__t_m__0_2_0 = torch.bmm(d2_d__m_m__0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece92_d2_h = d2_d__m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 2 else None
-    # ∂/∂d__t_m__0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece93_d2_d__t_m__0_2_0 = torch.bmm(_m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece94_d2__m_m__0 = torch.bmm(d__t_m__0_2_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_0
-    _piece95_d2_d_m = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) if _mask & 4 else None
-    del _t_m__0_2_0
-    d2__t_m__0_2_0 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) if _mask & 4 else None
-    d2_d__t_m__0_2_0 = rt.assemble(weight, n, 32, [(0, 32, [_piece91_d2_d__t_m__0_2_0, _piece93_d2_d__t_m__0_2_0])])
-    del _piece91_d2_d__t_m__0_2_0, _piece93_d2_d__t_m__0_2_0
-    _piece96_d2_d_m = d2_d__t_m__0_2_0.reshape(n, 32, 1, 1).permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece97_d2_w = d2_d__t_m__0_2_0.reshape(n, 32, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32) if _mask & 3 else None
-    del d2_d__t_m__0_2_0
-    _piece98_d2_d__w_m__0_2_1 = d2_d_w[:, 448:480].reshape(n, 32) if _mask & 4 else None
-    _piece99_d2_d__w_m__0_2_1 = d2_d_w[:, 672:704].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_2_1: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece100_d2_d__t_m__0_2_1 = torch.bmm(d2_d__m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece101_d2_h = torch.bmm(d2_d__m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_m__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece102_d2_d__t_m__0_2_1 = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece103_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_1
-    d2_d__w_m__0_2_1 = rt.assemble(weight, n, 64, [(0, 32, [_piece98_d2_d__w_m__0_2_1]), (32, 32, [_piece99_d2_d__w_m__0_2_1])])
-    del _piece98_d2_d__w_m__0_2_1, _piece99_d2_d__w_m__0_2_1
-    _piece104_d2_d_m = (d2_d__w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m__0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,)) if _mask & 4 else None
-    del _t_m__0_2_1
-    d2__t_m__0_2_1 = d2_d__w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 4 else None
-    del d2_d__w_m__0_2_1
-    d2_d__t_m__0_2_1 = rt.assemble(weight, n, 192, [(0, 192, [_piece100_d2_d__t_m__0_2_1, _piece102_d2_d__t_m__0_2_1])])
-    del _piece100_d2_d__t_m__0_2_1, _piece102_d2_d__t_m__0_2_1
-    _piece105_d2_d_m = (d2_d__t_m__0_2_1.reshape(n, 32, 2, 3).permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m__0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,)) if _mask & 3 else None
-    del _w_m__0_2_1
-    d2__w_m__0_2_1 = (d2_d__t_m__0_2_1.reshape(n, 32, 2, 3).permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_1
-    _piece106_d2_d__w_m__0_2_2 = d2_d_w[:, 416:448].reshape(n, 32) if _mask & 4 else None
-    _piece107_d2_d__w_m__0_2_2 = d2_d_w[:, 576:608].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_2_2: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece108_d2_d__t_m__0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece109_d2_h = torch.bmm(d2_d__m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m__0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece110_d2_d__t_m__0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece111_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_2.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_2
-    d2_d__w_m__0_2_2 = rt.assemble(weight, n, 64, [(0, 32, [_piece106_d2_d__w_m__0_2_2]), (32, 32, [_piece107_d2_d__w_m__0_2_2])])
-    del _piece106_d2_d__w_m__0_2_2, _piece107_d2_d__w_m__0_2_2
-    _piece112_d2_d_m = torch.bmm(d2_d__w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5) if _mask & 4 else None  # zpu,zupk->zuk
-    del _t_m__0_2_2
-    d2__t_m__0_2_2 = d2_d__w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 4 else None
-    del d2_d__w_m__0_2_2
-    d2_d__t_m__0_2_2 = rt.assemble(weight, n, 320, [(0, 320, [_piece108_d2_d__t_m__0_2_2, _piece110_d2_d__t_m__0_2_2])])
-    del _piece108_d2_d__t_m__0_2_2, _piece110_d2_d__t_m__0_2_2
-    _piece113_d2_d_m = torch.bmm(_w_m__0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_2.reshape(n, 32, 2, 5).permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5) if _mask & 3 else None  # zupk,zpu->zuk
-    del _w_m__0_2_2
-    d2__w_m__0_2_2 = (d2_d__t_m__0_2_2.reshape(n, 32, 2, 5).permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_2
-    # ∂/∂d__t_m__0_2_3: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece114_d2_d__t_m__0_2_3 = torch.bmm(d2_d__m_m__0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece115_d2_h = torch.bmm(d2_d__m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3), d__t_m__0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece116_d2_d__t_m__0_2_3 = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece117_d2__m_m__0 = torch.bmm(d__t_m__0_2_3.reshape(n, 32, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 3, 5).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_3
-    _piece118_d2_d_m = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) if _mask & 4 else None
-    del _t_m__0_2_3
-    d2__t_m__0_2_3 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) if _mask & 4 else None
-    d2_d__t_m__0_2_3 = rt.assemble(weight, n, 96, [(0, 96, [_piece114_d2_d__t_m__0_2_3, _piece116_d2_d__t_m__0_2_3])])
-    del _piece114_d2_d__t_m__0_2_3, _piece116_d2_d__t_m__0_2_3
-    _piece119_d2_d_m = d2_d__t_m__0_2_3.reshape(n, 32, 1, 3).permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece120_d2_w = (d2_d__t_m__0_2_3.reshape(n, 32, 1, 3).permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_3
-    _piece121_d2_d__w_m__0_2_4 = d2_d_w[:, 480:512].reshape(n, 32) if _mask & 4 else None
-    _piece122_d2_d__w_m__0_2_4 = d2_d_w[:, 704:736].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_2_4: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece123_d2_d__t_m__0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece124_d2_h = torch.bmm(d2_d__m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m__0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece125_d2_d__t_m__0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece126_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_4.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_4
-    d2_d__w_m__0_2_4 = rt.assemble(weight, n, 64, [(0, 32, [_piece121_d2_d__w_m__0_2_4]), (32, 32, [_piece122_d2_d__w_m__0_2_4])])
-    del _piece121_d2_d__w_m__0_2_4, _piece122_d2_d__w_m__0_2_4
-    _piece127_d2_d_m = torch.bmm(d2_d__w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5) if _mask & 4 else None  # zpu,zupk->zuk
-    del _t_m__0_2_4
-    d2__t_m__0_2_4 = d2_d__w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) if _mask & 4 else None
-    del d2_d__w_m__0_2_4
-    d2_d__t_m__0_2_4 = rt.assemble(weight, n, 320, [(0, 320, [_piece123_d2_d__t_m__0_2_4, _piece125_d2_d__t_m__0_2_4])])
-    del _piece123_d2_d__t_m__0_2_4, _piece125_d2_d__t_m__0_2_4
-    _piece128_d2_d_m = torch.bmm(_w_m__0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_4.reshape(n, 32, 2, 5).permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5) if _mask & 3 else None  # zupk,zpu->zuk
-    del _w_m__0_2_4
-    d2__w_m__0_2_4 = (d2_d__t_m__0_2_4.reshape(n, 32, 2, 5).permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_4
-    _piece129_d2_d__w_m__0_2_5 = d2_d_w[:, 512:544].reshape(n, 32) if _mask & 4 else None
-    _piece130_d2_d__w_m__0_2_5 = d2_d_w[:, 736:768].reshape(n, 32) if _mask & 4 else None
-    # ∂/∂d__t_m__0_2_5: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece131_d2_d__t_m__0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece132_d2_h = torch.bmm(d2_d__m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14), d__t_m__0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    # ∂/∂d__t_m__0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece133_d2_d__t_m__0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece134_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_5.reshape(n, 32, 14)).view(n, 5, 2, 7).permute(0, 1, 3, 2) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_5
-    d2_d__w_m__0_2_5 = rt.assemble(weight, n, 64, [(0, 32, [_piece129_d2_d__w_m__0_2_5]), (32, 32, [_piece130_d2_d__w_m__0_2_5])])
-    del _piece129_d2_d__w_m__0_2_5, _piece130_d2_d__w_m__0_2_5
-    _piece135_d2_d_m = torch.bmm(d2_d__w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m__0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7) if _mask & 4 else None  # zpu,zupk->zuk
-    del _t_m__0_2_5
-    d2__t_m__0_2_5 = d2_d__w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) if _mask & 4 else None
-    del d2_d__w_m__0_2_5
-    d2_d__t_m__0_2_5 = rt.assemble(weight, n, 448, [(0, 448, [_piece131_d2_d__t_m__0_2_5, _piece133_d2_d__t_m__0_2_5])])
-    del _piece131_d2_d__t_m__0_2_5, _piece133_d2_d__t_m__0_2_5
-    _piece136_d2_d_m = torch.bmm(_w_m__0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m__0_2_5.reshape(n, 32, 2, 7).permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7) if _mask & 3 else None  # zupk,zpu->zuk
-    del _w_m__0_2_5
-    d2__w_m__0_2_5 = (d2_d__t_m__0_2_5.reshape(n, 32, 2, 7).permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_5
-    # ∂/∂d__t_m__0_2_6: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece137_d2_d__t_m__0_2_6 = torch.bmm(d2_d__m_m__0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 2, 3, 1).reshape(n, 7, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 7, 1, 32).permute(0, 3, 2, 1) if _mask & 2 else None  # zikp,zui->zupk
-    # ∂/∂h: ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece138_d2_h = torch.bmm(d2_d__m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7), d__t_m__0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 5, 32).permute(0, 2, 1) if _mask & 2 else None  # zikp,zupk->zui
-    del d2_d__m_m__0
-    # ∂/∂d__t_m__0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece139_d2_d__t_m__0_2_6 = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1) if _mask & 1 else None  # zui,zikp->zupk
-    # ∂/∂_m_m__0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece140_d2__m_m__0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1) if _mask & 1 else None  # zui,zupk->zikp
-    del d__t_m__0_2_6
-    _piece141_d2_d_m = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m__0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) if _mask & 4 else None
-    del _t_m__0_2_6
-    d2__t_m__0_2_6 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) if _mask & 4 else None
-    d2_d__t_m__0_2_6 = rt.assemble(weight, n, 224, [(0, 224, [_piece137_d2_d__t_m__0_2_6, _piece139_d2_d__t_m__0_2_6])])
-    del _piece137_d2_d__t_m__0_2_6, _piece139_d2_d__t_m__0_2_6
-    _piece142_d2_d_m = d2_d__t_m__0_2_6.reshape(n, 32, 1, 7).permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) if _mask & 3 else None
-    _piece143_d2_w = (d2_d__t_m__0_2_6.reshape(n, 32, 1, 7).permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,)) if _mask & 3 else None
-    del d2_d__t_m__0_2_6
-    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece144_d2_h = torch.bmm(_m_m__0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d2__t_m__0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x3e
-    _piece145_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_6
-    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece146_d2_h = torch.bmm(_m_m__0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2), d2__t_m__0_2_5.reshape(n, 32, 14).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x3o
-    _piece147_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2)).view(n, 5, 2, 7).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_5
-    _piece148_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece149_d2_w = d2__w_m__0_2_5.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_2_5
-    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece150_d2_h = torch.bmm(_m_m__0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m__0_2_4.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2o
-    _piece151_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_4
-    _piece152_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece153_d2_w = d2__w_m__0_2_4.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_2_4
-    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece154_d2_h = torch.bmm(_m_m__0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2), d2__t_m__0_2_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x1e
-    _piece155_d2__m_m__0 = torch.bmm(d2__t_m__0_2_3.permute(0, 2, 3, 1).reshape(n, 3, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 3, 5).permute(0, 3, 2, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_3
-    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece156_d2_h = torch.bmm(_m_m__0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m__0_2_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x2e
-    _piece157_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_2
-    _piece158_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece159_d2_w = d2__w_m__0_2_2.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_2_2
-    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece160_d2_h = torch.bmm(_m_m__0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_m__0_2_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x2e ⊗ sh -> 32x1o
-    _piece161_d2__m_m__0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m__0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_1
-    _piece162_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece163_d2_w = d2__w_m__0_2_1.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_2_1
-    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece164_d2_h = d2__t_m__0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) if _mask & 4 else None
-    # ∂/∂_m_m__0: 1 paths 32x2e ⊗ sh -> 32x0e
-    _piece165_d2__m_m__0 = torch.bmm(d2__t_m__0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_2_0
-    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece166_d2_h = torch.bmm(_m_m__0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m__0_1_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3e
-    _piece167_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_6
-    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece168_d2_h = torch.bmm(_m_m__0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m__0_1_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x3o
-    _piece169_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_5
-    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece170_d2_h = torch.bmm(_m_m__0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2), d2__t_m__0_1_4.reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x2o
-    _piece171_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_4
-    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece172_d2_h = torch.bmm(_m_m__0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2), d2__t_m__0_1_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x1e
-    _piece173_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_3
-    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece174_d2_h = torch.bmm(_m_m__0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_m__0_1_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x2e
-    _piece175_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_2
-    _piece176_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece177_d2_w = d2__w_m__0_1_2.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_1_2
-    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece178_d2_h = torch.bmm(_m_m__0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2), d2__t_m__0_1_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 2 paths 32x1o ⊗ sh -> 32x1o
-    _piece179_d2__m_m__0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m__0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_1
-    _piece180_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 32:64].reshape(n, 32) if _mask & 3 else None
-    _piece181_d2_w = d2__w_m__0_1_1.reshape(n, 64)[:, 0:32].reshape(n, 32) if _mask & 3 else None
-    del d2__w_m__0_1_1
-    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece182_d2_h = d2__t_m__0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) if _mask & 4 else None
-    # ∂/∂_m_m__0: 1 paths 32x1o ⊗ sh -> 32x0e
-    _piece183_d2__m_m__0 = torch.bmm(d2__t_m__0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_1_0
-    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece184_d2_h = torch.bmm(_m_m__0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2), d2__t_m__0_0_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x3o
-    _piece185_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_0_5
-    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece186_d2_h = torch.bmm(_m_m__0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_m__0_0_2.reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x2e
-    _piece187_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_0_2
-    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece188_d2_h = torch.bmm(_m_m__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_m__0_0_1.reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1) if _mask & 4 else None  # zupk,zikp->zui
-    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x1o
-    _piece189_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_0_1
-    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece190_d2_h = d2__t_m__0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) if _mask & 4 else None
-    del _m_m__0
-    # ∂/∂_m_m__0: 1 paths 32x0e ⊗ sh -> 32x0e
-    _piece191_d2__m_m__0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m__0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1) if _mask & 4 else None  # zupk,zui->zikp
-    del d2__t_m__0_0_0
-    # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2__m_m__0 = rt.assemble(weight, n, 388, [(0, 1, [_piece15_d2__m_m__0, _piece191_d2__m_m__0]), (1, 3, [_piece22_d2__m_m__0, _piece189_d2__m_m__0]), (4, 5, [_piece29_d2__m_m__0, _piece187_d2__m_m__0]), (9, 7, [_piece36_d2__m_m__0, _piece185_d2__m_m__0]), (16, 3, [_piece43_d2__m_m__0, _piece183_d2__m_m__0]), (19, 18, [_piece52_d2__m_m__0, _piece179_d2__m_m__0]), (37, 30, [_piece60_d2__m_m__0, _piece175_d2__m_m__0]), (67, 9, [_piece66_d2__m_m__0, _piece173_d2__m_m__0]), (76, 15, [_piece73_d2__m_m__0, _piece171_d2__m_m__0]), (91, 21, [_piece80_d2__m_m__0, _piece169_d2__m_m__0]), (112, 21, [_piece87_d2__m_m__0, _piece167_d2__m_m__0]), (133, 5, [_piece94_d2__m_m__0, _piece165_d2__m_m__0]), (138, 30, [_piece103_d2__m_m__0, _piece161_d2__m_m__0]), (168, 50, [_piece111_d2__m_m__0, _piece157_d2__m_m__0]), (218, 15, [_piece117_d2__m_m__0, _piece155_d2__m_m__0]), (233, 50, [_piece126_d2__m_m__0, _piece151_d2__m_m__0]), (283, 70, [_piece134_d2__m_m__0, _piece147_d2__m_m__0]), (353, 35, [_piece140_d2__m_m__0, _piece145_d2__m_m__0])])
-    del _piece103_d2__m_m__0, _piece111_d2__m_m__0, _piece117_d2__m_m__0, _piece126_d2__m_m__0, _piece134_d2__m_m__0, _piece140_d2__m_m__0, _piece145_d2__m_m__0, _piece147_d2__m_m__0, _piece151_d2__m_m__0, _piece155_d2__m_m__0, _piece157_d2__m_m__0, _piece15_d2__m_m__0, _piece161_d2__m_m__0, _piece165_d2__m_m__0, _piece167_d2__m_m__0, _piece169_d2__m_m__0, _piece171_d2__m_m__0, _piece173_d2__m_m__0, _piece175_d2__m_m__0, _piece179_d2__m_m__0, _piece183_d2__m_m__0, _piece185_d2__m_m__0, _piece187_d2__m_m__0, _piece189_d2__m_m__0, _piece191_d2__m_m__0, _piece22_d2__m_m__0, _piece29_d2__m_m__0, _piece36_d2__m_m__0, _piece43_d2__m_m__0, _piece52_d2__m_m__0, _piece60_d2__m_m__0, _piece66_d2__m_m__0, _piece73_d2__m_m__0, _piece80_d2__m_m__0, _piece87_d2__m_m__0, _piece94_d2__m_m__0
-    _piece192_d2_sh = torch.mm(d2__m_m__0, _g_m__0.permute(1, 0).reshape(388, 16)).view(n, 16) if _mask & 5 else None  # zc,jc->zj
-    del d2__m_m__0
-    d2_h = rt.assemble(weight, n, 288, [(0, 32, [_piece13_d2_h, _piece20_d2_h, _piece27_d2_h, _piece34_d2_h, _piece184_d2_h, _piece186_d2_h, _piece188_d2_h, _piece190_d2_h]), (32, 96, [_piece41_d2_h, _piece50_d2_h, _piece58_d2_h, _piece64_d2_h, _piece71_d2_h, _piece78_d2_h, _piece85_d2_h, _piece166_d2_h, _piece168_d2_h, _piece170_d2_h, _piece172_d2_h, _piece174_d2_h, _piece178_d2_h, _piece182_d2_h]), (128, 160, [_piece92_d2_h, _piece101_d2_h, _piece109_d2_h, _piece115_d2_h, _piece124_d2_h, _piece132_d2_h, _piece138_d2_h, _piece144_d2_h, _piece146_d2_h, _piece150_d2_h, _piece154_d2_h, _piece156_d2_h, _piece160_d2_h, _piece164_d2_h])])
-    del _piece101_d2_h, _piece109_d2_h, _piece115_d2_h, _piece124_d2_h, _piece132_d2_h, _piece138_d2_h, _piece13_d2_h, _piece144_d2_h, _piece146_d2_h, _piece150_d2_h, _piece154_d2_h, _piece156_d2_h, _piece160_d2_h, _piece164_d2_h, _piece166_d2_h, _piece168_d2_h, _piece170_d2_h, _piece172_d2_h, _piece174_d2_h, _piece178_d2_h, _piece182_d2_h, _piece184_d2_h, _piece186_d2_h, _piece188_d2_h, _piece190_d2_h, _piece20_d2_h, _piece27_d2_h, _piece34_d2_h, _piece41_d2_h, _piece50_d2_h, _piece58_d2_h, _piece64_d2_h, _piece71_d2_h, _piece78_d2_h, _piece85_d2_h, _piece92_d2_h
-    d2_sh = rt.assemble(weight, n, 16, [(0, 16, [_piece192_d2_sh])])
-    del _piece192_d2_sh
-    d2_w = rt.assemble(weight, n, 768, [(0, 32, [_piece18_d2_w]), (32, 32, [_piece25_d2_w]), (64, 32, [_piece32_d2_w]), (96, 32, [_piece39_d2_w]), (128, 32, [_piece181_d2_w]), (160, 32, [_piece46_d2_w]), (192, 32, [_piece177_d2_w]), (224, 32, [_piece69_d2_w]), (256, 32, [_piece180_d2_w]), (288, 32, [_piece76_d2_w]), (320, 32, [_piece83_d2_w]), (352, 32, [_piece176_d2_w]), (384, 32, [_piece90_d2_w]), (416, 32, [_piece159_d2_w]), (448, 32, [_piece163_d2_w]), (480, 32, [_piece153_d2_w]), (512, 32, [_piece149_d2_w]), (544, 32, [_piece97_d2_w]), (576, 32, [_piece158_d2_w]), (608, 32, [_piece120_d2_w]), (640, 32, [_piece143_d2_w]), (672, 32, [_piece162_d2_w]), (704, 32, [_piece152_d2_w]), (736, 32, [_piece148_d2_w])])
-    del _piece120_d2_w, _piece143_d2_w, _piece148_d2_w, _piece149_d2_w, _piece152_d2_w, _piece153_d2_w, _piece158_d2_w, _piece159_d2_w, _piece162_d2_w, _piece163_d2_w, _piece176_d2_w, _piece177_d2_w, _piece180_d2_w, _piece181_d2_w, _piece18_d2_w, _piece25_d2_w, _piece32_d2_w, _piece39_d2_w, _piece46_d2_w, _piece69_d2_w, _piece76_d2_w, _piece83_d2_w, _piece90_d2_w, _piece97_d2_w
-    d2_d_m = rt.assemble(weight, n, 992, [(0, 32, [_piece16_d2_d_m, _piece17_d2_d_m, _piece44_d2_d_m, _piece45_d2_d_m, _piece95_d2_d_m, _piece96_d2_d_m]), (32, 96, [_piece23_d2_d_m, _piece24_d2_d_m, _piece53_d2_d_m, _piece54_d2_d_m, _piece104_d2_d_m, _piece105_d2_d_m]), (128, 160, [_piece30_d2_d_m, _piece31_d2_d_m, _piece61_d2_d_m, _piece62_d2_d_m, _piece112_d2_d_m, _piece113_d2_d_m]), (288, 96, [_piece67_d2_d_m, _piece68_d2_d_m, _piece118_d2_d_m, _piece119_d2_d_m]), (384, 160, [_piece74_d2_d_m, _piece75_d2_d_m, _piece127_d2_d_m, _piece128_d2_d_m]), (544, 224, [_piece37_d2_d_m, _piece38_d2_d_m, _piece81_d2_d_m, _piece82_d2_d_m, _piece135_d2_d_m, _piece136_d2_d_m]), (768, 224, [_piece88_d2_d_m, _piece89_d2_d_m, _piece141_d2_d_m, _piece142_d2_d_m])])
-    del _piece104_d2_d_m, _piece105_d2_d_m, _piece112_d2_d_m, _piece113_d2_d_m, _piece118_d2_d_m, _piece119_d2_d_m, _piece127_d2_d_m, _piece128_d2_d_m, _piece135_d2_d_m, _piece136_d2_d_m, _piece141_d2_d_m, _piece142_d2_d_m, _piece16_d2_d_m, _piece17_d2_d_m, _piece23_d2_d_m, _piece24_d2_d_m, _piece30_d2_d_m, _piece31_d2_d_m, _piece37_d2_d_m, _piece38_d2_d_m, _piece44_d2_d_m, _piece45_d2_d_m, _piece53_d2_d_m, _piece54_d2_d_m, _piece61_d2_d_m, _piece62_d2_d_m, _piece67_d2_d_m, _piece68_d2_d_m, _piece74_d2_d_m, _piece75_d2_d_m, _piece81_d2_d_m, _piece82_d2_d_m, _piece88_d2_d_m, _piece89_d2_d_m, _piece95_d2_d_m, _piece96_d2_d_m
-    d2_weight = weight.new_zeros(0)
-    return [d2_h if d2_h is not None else weight.new_zeros(n, 288), d2_sh if d2_sh is not None else weight.new_zeros(n, 16), d2_w if d2_w is not None else weight.new_zeros(n, 768), d2_d_m if d2_d_m is not None else weight.new_zeros(n, 992), d2_weight]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -8747,9 +8059,88 @@ def _conv_tp__triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.T
 
 # conv_tp: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("conv_tp__d__d2", _conv_tp__d__d2__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, masked=True, reference=_conv_tp__d__d2)
+_ops.register("conv_tp__d__d2", _conv_tp__d__d2__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, masked=True, reference=rt.second_order(_conv_tp, 0, 3))
 _ops.register("conv_tp__d", _conv_tp__d__triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward_all=_ops["conv_tp__d__d2"], masked=True)
 _ops.register("conv_tp", _conv_tp__triton, outputs=((992, True),), index_ranges={}, backward=[_ops["conv_tp__d"]], check_indices=True)
+
+
+def _elementwise_tp(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """elementwise_tp on rows: a (n, 144), b (n, 144) -> c (n, 192)."""
+    n = a.shape[0]
+    # 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    _piece0_c = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
+    del _c0, _c1
+    # 16x0e ⊗ 16x1o -> 16x1o
+    _c2 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    _piece1_c = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    del _c2, _c3
+    # 16x0e ⊗ 16x2e -> 16x2e
+    _c4 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    _piece2_c = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4, _c5
+    # 16x1o ⊗ 16x0e -> 16x1o
+    _c6 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    _piece3_c = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
+    del _c6, _c7
+    # 16x1o ⊗ 16x1o -> 16x0e
+    _c8 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
+    _piece4_c = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c9
+    # 16x1o ⊗ 16x1o -> 16x2e
+    _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
+    _piece5_c = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c10
+    # 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
+    _piece6_c = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c11, _c8
+    # 16x1o ⊗ 16x2e -> 16x1o
+    _c12 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    _piece7_c = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12, _c13
+    # 16x2e ⊗ 16x0e -> 16x2e
+    _c14 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c15 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _piece8_c = torch.bmm((_c15 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c14, _c15
+    # 16x2e ⊗ 16x1o -> 16x1o
+    _c16 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c17 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
+    _piece9_c = torch.bmm((_c17 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c16, _c17
+    # 16x2e ⊗ 16x2e -> 16x0e
+    _c18 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c19 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
+    _piece10_c = torch.bmm((_c19 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c19
+    # 16x2e ⊗ 16x2e -> 16x2e
+    _c20 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
+    _piece11_c = torch.bmm((_c20 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20
+    # 16x2e ⊗ 16x2e -> 16x1e
+    _c21 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
+    _piece12_c = torch.bmm((_c21 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c18, _c21
+    c = torch.cat([
+        (_piece0_c + _piece4_c + _piece10_c).reshape(n, 16),
+        (_piece1_c + _piece3_c + _piece7_c + _piece9_c).reshape(n, 48),
+        (_piece2_c + _piece5_c + _piece8_c + _piece11_c).reshape(n, 80),
+        (_piece6_c + _piece12_c).reshape(n, 48),
+    ], dim=-1)
+    del _piece0_c, _piece10_c, _piece11_c, _piece12_c, _piece1_c, _piece2_c, _piece3_c, _piece4_c, _piece5_c, _piece6_c, _piece7_c, _piece8_c, _piece9_c
+    return [c]
 
 
 _elementwise_tp__d__table = (
@@ -14229,496 +13620,6 @@ def _elementwise_tp__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:208].sum(0)]
 
 
-def _elementwise_tp__d__d2(
-    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
-    d2_d_b: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
-    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_a, d2_d_b, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of elementwise_tp__d: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144), d2_d_b (n, 144), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
-    n = a.shape[0]
-    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1) if _mask & 4 else None  # u,ijk->uijk
-    _c1 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece0_d2_d_c = (_c0 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(1, 16, 1) * _c1.reshape(n, 16, 1) if _mask & 4 else None
-    del _c1
-    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c2 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece1_d2_a = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 4 else None
-    del _c2
-    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece2_d2_b = (_c0 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 1) * _c3.permute(0, 1, 3, 2).reshape(n, 16, 1) if _mask & 4 else None
-    del _c0, _c3
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c4 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _c5 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16) if _mask & 3 else None  # ijk,u->ijku
-    _piece3_d2_d_c = _c4.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c5 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1) if _mask & 2 else None
-    del _c4
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c6 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _piece4_d2_a = _c6.reshape(n, 16, 1) * (_c5 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1) if _mask & 2 else None  # zui,zujk->uijk
-    del _c6
-    _piece5_d2_weight = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c7.permute(1, 2, 3, 0).reshape(1, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c7
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c8 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece6_d2_d_c = _c8.reshape(n, 16, 1) * (_c5 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1) if _mask & 1 else None
-    del _c8
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c9 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece7_d2_b = _c9.reshape(n, 16, 1) * (_c5 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1) if _mask & 1 else None
-    del _c5
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c10 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c9.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c9
-    _piece8_d2_weight = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c10.permute(2, 1, 3, 0).reshape(1, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c10
-    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c11 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3) if _mask & 4 else None  # u,ijk->uijk
-    _c12 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece9_d2_d_c = ((_c11 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c12.reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c12
-    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c13 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 4 else None
-    _piece10_d2_a = torch.bmm((_c11 * 0.8660254037844386).reshape(16, 1, 9), _c13.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece11_d2_b = ((_c11 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c14.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c11, _c14
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c15 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _c16 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3) if _mask & 3 else None  # ijk,u->uijk
-    _piece12_d2_d_c = (_c15.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c16 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 2 else None
-    del _c15
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c17 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece13_d2_a = torch.bmm((_c16 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,uijk->zui
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c18 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c17.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3) if _mask & 2 else None  # zui,zujk->uijk
-    _piece14_d2_weight = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c18.permute(1, 2, 3, 0).reshape(9, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c18
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c19 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece15_d2_d_c = (_c19.reshape(n, 16, 1, 3) * (_c16 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 1 else None
-    del _c19
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c20 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece16_d2_b = (_c20.reshape(n, 16, 1, 3) * (_c16 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 1 else None
-    del _c16
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c21 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c20.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c20
-    _piece17_d2_weight = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c21.permute(2, 1, 3, 0).reshape(9, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c21
-    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c22 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5) if _mask & 4 else None  # u,ijk->uijk
-    _c23 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece18_d2_d_c = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c23.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c23
-    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c24 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 4 else None
-    _piece19_d2_a = torch.bmm((_c22 * 1.118033988749895).reshape(16, 1, 25), _c24.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c25 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece20_d2_b = torch.bmm((_c22 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c25.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c22, _c25
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c26 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _c27 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5) if _mask & 3 else None  # ijk,u->uijk
-    _piece21_d2_d_c = torch.bmm((_c27 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,uijk->zuk
-    del _c26
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c28 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _piece22_d2_a = torch.bmm((_c27 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c28.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,uijk->zui
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c29 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c28.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5) if _mask & 2 else None  # zui,zujk->uijk
-    _piece23_d2_weight = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c29.permute(1, 2, 3, 0).reshape(25, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c29
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c30 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece24_d2_d_c = torch.bmm((_c27 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c30.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,uijk->zuk
-    del _c30
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c31 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece25_d2_b = torch.bmm((_c27 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,uijk->zuj
-    del _c27
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c32 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c31
-    _piece26_d2_weight = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c32
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c33 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3) if _mask & 4 else None  # u,ijk->uijk
-    _c34 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece27_d2_d_c = ((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c34.reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c34
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c35 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece28_d2_a = ((_c33 * 0.8660254037844386).reshape(1, 16, 3, 3) * _c35.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c35
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c36 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 4 else None
-    _piece29_d2_b = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c36.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuik->zuj
-    del _c33
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c37 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _c38 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3) if _mask & 3 else None  # ijk,u->uijk
-    _piece30_d2_d_c = (_c37.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c38 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 2 else None
-    del _c37
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c39 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece31_d2_a = (_c39.reshape(n, 16, 1, 3) * (_c38 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c40 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c39.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3) if _mask & 2 else None  # zui,zujk->uijk
-    del _c39
-    _piece32_d2_weight = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c40.permute(1, 2, 3, 0).reshape(9, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c40
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c41 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece33_d2_d_c = (_c41.reshape(n, 16, 1, 3) * (_c38 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 1 else None
-    del _c41
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c42 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece34_d2_b = torch.bmm((_c38 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c42.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,uijk->zuj
-    del _c38
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c43 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c42.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    _piece35_d2_weight = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c43.permute(2, 1, 3, 0).reshape(9, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c43
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c44 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1) if _mask & 4 else None  # u,ijk->uijk
-    _c45 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece36_d2_d_c = torch.bmm((_c44 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c45.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c46 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece37_d2_a = ((_c44 * 0.5773502691896257).reshape(1, 16, 3, 3) * _c46.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c46
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c47 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece38_d2_b = ((_c44 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c47.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,)) if _mask & 4 else None
-    del _c44, _c47
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c48 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _c49 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16) if _mask & 3 else None  # ijk,u->jiku
-    _piece39_d2_d_c = torch.bmm((_c49 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c48.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,jiku->zuk
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c50 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _piece40_d2_a = (_c50.reshape(n, 16, 1, 3) * (_c49 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c51 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c50.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1) if _mask & 2 else None  # zui,zujk->uijk
-    del _c50
-    _piece41_d2_weight = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c51.permute(1, 2, 3, 0).reshape(9, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c51
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c52 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece42_d2_d_c = torch.bmm((_c49 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 9, 1).transpose(1, 2), _c52.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,jiku->zuk
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c53 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece43_d2_b = (_c53.reshape(n, 16, 1, 3) * (_c49 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 3, 3)).sum((3,)) if _mask & 1 else None
-    del _c49
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c54 = torch.bmm(_c53.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3) if _mask & 1 else None  # zuj,zuik->uikj
-    del _c53
-    _piece44_d2_weight = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c54.permute(1, 3, 2, 0).reshape(9, 16)).view(16) if _mask & 1 else None  # ijk,uikj->u
-    del _c54
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c55 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5) if _mask & 4 else None  # u,ijk->uijk
-    _piece45_d2_d_c = torch.bmm((_c55 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c45.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c56 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 4 else None
-    _piece46_d2_a = torch.bmm((_c55 * 1.118033988749895).reshape(16, 3, 15), _c56.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c56
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c57 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece47_d2_b = torch.bmm((_c55 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c57.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c55, _c57
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c58 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5) if _mask & 3 else None  # ijk,u->ujik
-    _piece48_d2_d_c = torch.bmm((_c58 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c48.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c59 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _piece49_d2_a = torch.bmm((_c58 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c59.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c60 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c59.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5) if _mask & 2 else None  # zui,zujk->uijk
-    del _c59
-    _piece50_d2_weight = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c60.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c60
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _piece51_d2_d_c = torch.bmm((_c58 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 9, 5).transpose(1, 2), _c52.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c61 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece52_d2_b = torch.bmm((_c58 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c61.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c58
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c62 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c61.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c61
-    _piece53_d2_weight = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c62.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c62
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c63 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3) if _mask & 4 else None  # u,ijk->uijk
-    _piece54_d2_d_c = torch.bmm((_c63 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c45.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c45
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c64 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) if _mask & 4 else None
-    _piece55_d2_a = torch.bmm((_c63 * 1.224744871391589).reshape(16, 3, 9), _c64.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c64
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c65 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece56_d2_b = torch.bmm((_c63 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c65.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c63, _c65
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c66 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3) if _mask & 3 else None  # ijk,u->ujik
-    _piece57_d2_d_c = torch.bmm((_c66 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c48.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    del _c48
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c67 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece58_d2_a = torch.bmm((_c66 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c67.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c68 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c67.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3) if _mask & 2 else None  # zui,zujk->uijk
-    del _c67
-    _piece59_d2_weight = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c68.permute(1, 2, 3, 0).reshape(27, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c68
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _piece60_d2_d_c = torch.bmm((_c66 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 9, 3).transpose(1, 2), _c52.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    del _c52
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c69 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece61_d2_b = torch.bmm((_c66 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c69.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c66
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c70 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c69.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c69
-    _piece62_d2_weight = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c70.permute(1, 2, 3, 0).reshape(27, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c70
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c71 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3) if _mask & 4 else None  # u,ijk->uijk
-    _c72 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece63_d2_d_c = torch.bmm((_c71 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c72.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c72
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c73 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 4 else None
-    _piece64_d2_a = torch.bmm((_c71 * 0.8660254037844386).reshape(16, 3, 15), _c73.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c73
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _piece65_d2_b = torch.bmm((_c71 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c36.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuik->zuj
-    del _c36, _c71
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c74 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _c75 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3) if _mask & 3 else None  # ijk,u->ujik
-    _piece66_d2_d_c = torch.bmm((_c75 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c74.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    del _c74
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c76 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece67_d2_a = torch.bmm((_c75 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c76.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c77 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c76.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3) if _mask & 2 else None  # zui,zujk->uijk
-    del _c76
-    _piece68_d2_weight = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c77.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c77
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c78 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece69_d2_d_c = torch.bmm((_c75 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c78.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    del _c78
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _piece70_d2_b = torch.bmm((_c75 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c42.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c75
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c79 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c42.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c42
-    _piece71_d2_weight = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c79.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c79
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c80 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5) if _mask & 4 else None  # u,ijk->uijk
-    _c81 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece72_d2_d_c = torch.bmm((_c80 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c81.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c81
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c82 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 4 else None
-    _piece73_d2_a = torch.bmm((_c80 * 1.118033988749895).reshape(16, 5, 5), _c82.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zukj->zui
-    del _c82
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c83 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 4 else None
-    _piece74_d2_b = torch.bmm((_c80 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c83.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuik->zuj
-    del _c80
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c84 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _c85 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5) if _mask & 3 else None  # ijk,u->uijk
-    _piece75_d2_d_c = torch.bmm((_c85 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c84.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,uijk->zuk
-    del _c84
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c86 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _piece76_d2_a = torch.bmm((_c85 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5).transpose(1, 2), _c86.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,uijk->zui
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c87 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c86.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5) if _mask & 2 else None  # zui,zujk->uijk
-    del _c86
-    _piece77_d2_weight = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c87.permute(1, 2, 3, 0).reshape(25, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c87
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c88 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece78_d2_d_c = torch.bmm((_c85 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c88.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,uijk->zuk
-    del _c88
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c89 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece79_d2_b = torch.bmm((_c85 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c89.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,uijk->zuj
-    del _c85
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c90 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c89.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5) if _mask & 1 else None  # zuj,zuik->ujik
-    _piece80_d2_weight = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c90.permute(2, 1, 3, 0).reshape(25, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c90
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c91 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3) if _mask & 4 else None  # u,ijk->uijk
-    _c92 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 4 else None
-    _piece81_d2_d_c = torch.bmm((_c91 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c92.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c92
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _piece82_d2_a = torch.bmm((_c91 * 0.8660254037844386).reshape(16, 5, 9), _c13.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c13
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c93 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece83_d2_b = torch.bmm((_c91 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c93.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c91, _c93
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c94 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _c95 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3) if _mask & 3 else None  # ijk,u->ujik
-    _piece84_d2_d_c = torch.bmm((_c95 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c94.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    del _c94
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _piece85_d2_a = torch.bmm((_c95 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c96 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c17.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3) if _mask & 2 else None  # zui,zujk->uijk
-    del _c17
-    _piece86_d2_weight = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c96.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c96
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c97 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece87_d2_d_c = torch.bmm((_c95 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c97.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    del _c97
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c98 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece88_d2_b = torch.bmm((_c95 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c98.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c95
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c99 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c98.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c98
-    _piece89_d2_weight = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c99.permute(1, 2, 3, 0).reshape(45, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c99
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c100 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1) if _mask & 4 else None  # u,ijk->uijk
-    _c101 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece90_d2_d_c = torch.bmm((_c100 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c101.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c102 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece91_d2_a = torch.bmm((_c100 * 0.5773502691896257).reshape(16, 5, 5), _c102.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zukj->zui
-    del _c102
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c103 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece92_d2_b = torch.bmm((_c100 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c103.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c100, _c103
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c104 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 2 else None
-    _c105 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16) if _mask & 3 else None  # ijk,u->jiku
-    _piece93_d2_d_c = torch.bmm((_c105 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c104.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,jiku->zuk
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c106 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 2 else None
-    _piece94_d2_a = torch.bmm((_c105 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c106.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,jiku->zui
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c107 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c106.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1) if _mask & 2 else None  # zui,zujk->uijk
-    del _c106
-    _piece95_d2_weight = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c107.permute(1, 2, 3, 0).reshape(25, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c107
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c108 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 1 else None
-    _piece96_d2_d_c = torch.bmm((_c105 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 25, 1).transpose(1, 2), _c108.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,jiku->zuk
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c109 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) if _mask & 1 else None
-    _piece97_d2_b = torch.bmm((_c105 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 5, 5).transpose(1, 2), _c109.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,jiku->zuj
-    del _c105
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c110 = torch.bmm(_c109.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5) if _mask & 1 else None  # zuj,zuik->uikj
-    del _c109
-    _piece98_d2_weight = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c110.permute(1, 3, 2, 0).reshape(25, 16)).view(16) if _mask & 1 else None  # ijk,uikj->u
-    del _c110
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c111 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5) if _mask & 4 else None  # u,ijk->uijk
-    _piece99_d2_d_c = torch.bmm((_c111 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c101.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _piece100_d2_a = torch.bmm((_c111 * 1.118033988749895).reshape(16, 5, 25), _c24.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c24
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _piece101_d2_b = torch.bmm((_c111 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c83.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuik->zuj
-    del _c111, _c83
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c112 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5) if _mask & 3 else None  # ijk,u->ujik
-    _piece102_d2_d_c = torch.bmm((_c112 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c104.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _piece103_d2_a = torch.bmm((_c112 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c28.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c113 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c28.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5) if _mask & 2 else None  # zui,zujk->uijk
-    del _c28
-    _piece104_d2_weight = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c113.permute(1, 2, 3, 0).reshape(125, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c113
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _piece105_d2_d_c = torch.bmm((_c112 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 25, 5).transpose(1, 2), _c108.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _piece106_d2_b = torch.bmm((_c112 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c89.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c112
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c114 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c89.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c89
-    _piece107_d2_weight = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c114.permute(1, 2, 3, 0).reshape(125, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c114
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c115 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3) if _mask & 4 else None  # u,ijk->uijk
-    _piece108_d2_d_c = torch.bmm((_c115 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c101.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuij->zuk
-    del _c101
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c116 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) if _mask & 4 else None
-    _piece109_d2_a = torch.bmm((_c115 * 1.224744871391589).reshape(16, 5, 15), _c116.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zujk->zui
-    del _c116
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c117 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) if _mask & 4 else None
-    _piece110_d2_b = torch.bmm((_c115 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c117.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1) if _mask & 4 else None  # uijk,zuki->zuj
-    del _c115, _c117
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c118 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3) if _mask & 3 else None  # ijk,u->ujik
-    _piece111_d2_d_c = torch.bmm((_c118 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c104.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 2 else None  # zuji,ujik->zuk
-    del _c104
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c119 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 2 else None
-    _piece112_d2_a = torch.bmm((_c118 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c119.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 2 else None  # zujk,ujik->zui
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c120 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c119.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3) if _mask & 2 else None  # zui,zujk->uijk
-    del _c119
-    _piece113_d2_weight = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c120.permute(1, 2, 3, 0).reshape(75, 16)).view(16) if _mask & 2 else None  # ijk,uijk->u
-    del _c120
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _piece114_d2_d_c = torch.bmm((_c118 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 25, 3).transpose(1, 2), _c108.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1) if _mask & 1 else None  # zuij,ujik->zuk
-    del _c108
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c121 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) if _mask & 1 else None
-    _piece115_d2_b = torch.bmm((_c118 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c121.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1) if _mask & 1 else None  # zuik,ujik->zuj
-    del _c118
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c122 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c121.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3) if _mask & 1 else None  # zuj,zuik->ujik
-    del _c121
-    _piece116_d2_weight = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c122.permute(1, 2, 3, 0).reshape(75, 16)).view(16) if _mask & 1 else None  # ijk,ujik->u
-    del _c122
-    d2_a = rt.assemble(weight, n, 144, [(0, 16, [_piece1_d2_a, _piece4_d2_a, _piece10_d2_a, _piece13_d2_a, _piece19_d2_a, _piece22_d2_a]), (16, 48, [_piece28_d2_a, _piece31_d2_a, _piece37_d2_a, _piece40_d2_a, _piece46_d2_a, _piece49_d2_a, _piece55_d2_a, _piece58_d2_a, _piece64_d2_a, _piece67_d2_a]), (64, 80, [_piece73_d2_a, _piece76_d2_a, _piece82_d2_a, _piece85_d2_a, _piece91_d2_a, _piece94_d2_a, _piece100_d2_a, _piece103_d2_a, _piece109_d2_a, _piece112_d2_a])])
-    del _piece100_d2_a, _piece103_d2_a, _piece109_d2_a, _piece10_d2_a, _piece112_d2_a, _piece13_d2_a, _piece19_d2_a, _piece1_d2_a, _piece22_d2_a, _piece28_d2_a, _piece31_d2_a, _piece37_d2_a, _piece40_d2_a, _piece46_d2_a, _piece49_d2_a, _piece4_d2_a, _piece55_d2_a, _piece58_d2_a, _piece64_d2_a, _piece67_d2_a, _piece73_d2_a, _piece76_d2_a, _piece82_d2_a, _piece85_d2_a, _piece91_d2_a, _piece94_d2_a
-    d2_b = rt.assemble(weight, n, 144, [(0, 16, [_piece2_d2_b, _piece7_d2_b, _piece29_d2_b, _piece34_d2_b, _piece74_d2_b, _piece79_d2_b]), (16, 48, [_piece11_d2_b, _piece16_d2_b, _piece38_d2_b, _piece43_d2_b, _piece47_d2_b, _piece52_d2_b, _piece56_d2_b, _piece61_d2_b, _piece83_d2_b, _piece88_d2_b]), (64, 80, [_piece20_d2_b, _piece25_d2_b, _piece65_d2_b, _piece70_d2_b, _piece92_d2_b, _piece97_d2_b, _piece101_d2_b, _piece106_d2_b, _piece110_d2_b, _piece115_d2_b])])
-    del _piece101_d2_b, _piece106_d2_b, _piece110_d2_b, _piece115_d2_b, _piece11_d2_b, _piece16_d2_b, _piece20_d2_b, _piece25_d2_b, _piece29_d2_b, _piece2_d2_b, _piece34_d2_b, _piece38_d2_b, _piece43_d2_b, _piece47_d2_b, _piece52_d2_b, _piece56_d2_b, _piece61_d2_b, _piece65_d2_b, _piece70_d2_b, _piece74_d2_b, _piece79_d2_b, _piece7_d2_b, _piece83_d2_b, _piece88_d2_b, _piece92_d2_b, _piece97_d2_b
-    d2_d_c = rt.assemble(weight, n, 192, [(0, 16, [_piece0_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece36_d2_d_c, _piece39_d2_d_c, _piece42_d2_d_c, _piece90_d2_d_c, _piece93_d2_d_c, _piece96_d2_d_c]), (16, 48, [_piece9_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece63_d2_d_c, _piece66_d2_d_c, _piece69_d2_d_c, _piece81_d2_d_c, _piece84_d2_d_c, _piece87_d2_d_c]), (64, 80, [_piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece45_d2_d_c, _piece48_d2_d_c, _piece51_d2_d_c, _piece72_d2_d_c, _piece75_d2_d_c, _piece78_d2_d_c, _piece99_d2_d_c, _piece102_d2_d_c, _piece105_d2_d_c]), (144, 48, [_piece54_d2_d_c, _piece57_d2_d_c, _piece60_d2_d_c, _piece108_d2_d_c, _piece111_d2_d_c, _piece114_d2_d_c])])
-    del _piece0_d2_d_c, _piece102_d2_d_c, _piece105_d2_d_c, _piece108_d2_d_c, _piece111_d2_d_c, _piece114_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece36_d2_d_c, _piece39_d2_d_c, _piece3_d2_d_c, _piece42_d2_d_c, _piece45_d2_d_c, _piece48_d2_d_c, _piece51_d2_d_c, _piece54_d2_d_c, _piece57_d2_d_c, _piece60_d2_d_c, _piece63_d2_d_c, _piece66_d2_d_c, _piece69_d2_d_c, _piece6_d2_d_c, _piece72_d2_d_c, _piece75_d2_d_c, _piece78_d2_d_c, _piece81_d2_d_c, _piece84_d2_d_c, _piece87_d2_d_c, _piece90_d2_d_c, _piece93_d2_d_c, _piece96_d2_d_c, _piece99_d2_d_c, _piece9_d2_d_c
-    d2_weight = rt.assemble(weight, None, 208, [(0, 16, [_piece5_d2_weight, _piece8_d2_weight]), (16, 16, [_piece14_d2_weight, _piece17_d2_weight]), (32, 16, [_piece23_d2_weight, _piece26_d2_weight]), (48, 16, [_piece32_d2_weight, _piece35_d2_weight]), (64, 16, [_piece41_d2_weight, _piece44_d2_weight]), (80, 16, [_piece50_d2_weight, _piece53_d2_weight]), (96, 16, [_piece59_d2_weight, _piece62_d2_weight]), (112, 16, [_piece68_d2_weight, _piece71_d2_weight]), (128, 16, [_piece77_d2_weight, _piece80_d2_weight]), (144, 16, [_piece86_d2_weight, _piece89_d2_weight]), (160, 16, [_piece95_d2_weight, _piece98_d2_weight]), (176, 16, [_piece104_d2_weight, _piece107_d2_weight]), (192, 16, [_piece113_d2_weight, _piece116_d2_weight])])
-    del _piece104_d2_weight, _piece107_d2_weight, _piece113_d2_weight, _piece116_d2_weight, _piece14_d2_weight, _piece17_d2_weight, _piece23_d2_weight, _piece26_d2_weight, _piece32_d2_weight, _piece35_d2_weight, _piece41_d2_weight, _piece44_d2_weight, _piece50_d2_weight, _piece53_d2_weight, _piece59_d2_weight, _piece5_d2_weight, _piece62_d2_weight, _piece68_d2_weight, _piece71_d2_weight, _piece77_d2_weight, _piece80_d2_weight, _piece86_d2_weight, _piece89_d2_weight, _piece8_d2_weight, _piece95_d2_weight, _piece98_d2_weight
-    return [d2_a if d2_a is not None else weight.new_zeros(n, 144), d2_b if d2_b is not None else weight.new_zeros(n, 144), d2_d_c if d2_d_c is not None else weight.new_zeros(n, 192), d2_weight if d2_weight is not None else weight.new_zeros(208)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 2, "BLOCK_U": 16}, num_warps=1, maxnreg=255),
     triton.Config({"BLOCK_Z": 4, "BLOCK_U": 16}, num_warps=2, maxnreg=255),
@@ -14886,9 +13787,48 @@ def _elementwise_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torc
 
 # elementwise_tp: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("elementwise_tp__d__d2", _elementwise_tp__d__d2__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, masked=True, reference=_elementwise_tp__d__d2)
+_ops.register("elementwise_tp__d__d2", _elementwise_tp__d__d2__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, masked=True, reference=rt.second_order(_elementwise_tp, 0, 2))
 _ops.register("elementwise_tp__d", _elementwise_tp__d__triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward_all=_ops["elementwise_tp__d__d2"], masked=True)
 _ops.register("elementwise_tp", _elementwise_tp__triton, outputs=((192, True),), index_ranges={}, backward=[_ops["elementwise_tp__d"]], check_indices=True)
+
+
+def _full_tp(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """full_tp on rows: a (n, 16), b (n, 32) -> c (n, 224)."""
+    n = a.shape[0]
+    # 4x0e ⊗ 8x0e -> 32x0e
+    _c0 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _piece0_c = _c0.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(3, 4, 2, 0, 1).reshape(1, 4, 8, 1)
+    del _c0, _c1
+    # 4x0e ⊗ 8x1o -> 32x1o
+    _c2 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
+    _c3 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    _piece1_c = (_c2.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c3 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    del _c2, _c3
+    # 4x1o ⊗ 8x0e -> 32x1o
+    _c4 = a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
+    _c5 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    _piece2_c = (_c4.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
+    del _c4, _c5
+    # 4x1o ⊗ 8x1o -> 32x0e
+    _c6 = a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
+    _c7 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _piece3_c = torch.bmm((_c7 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c6.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
+    del _c7
+    # 4x1o ⊗ 8x1o -> 32x1e
+    _c8 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    _piece4_c = torch.bmm((_c8 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c6.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    del _c6, _c8
+    c = torch.cat([
+        (_piece0_c + _piece3_c).reshape(n, 32),
+        (_piece1_c + _piece2_c).reshape(n, 96),
+        _piece4_c.reshape(n, 96),
+    ], dim=-1)
+    del _piece0_c, _piece1_c, _piece2_c, _piece3_c, _piece4_c
+    return [c]
 
 
 _full_tp__d__table = (
@@ -16942,228 +15882,6 @@ def _full_tp__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _full_tp__d__d2(
-    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
-    d2_d_b: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_a, d2_d_b, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of full_tp__d: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16), d2_d_b (n, 32), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
-    n = a.shape[0]
-    # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1) if _mask & 4 else None  # uv,ijk->uvijk
-    _c1 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8) if _mask & 4 else None
-    _piece0_d2_d_c = (_c0 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 1) * _c1.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) if _mask & 4 else None
-    del _c1
-    # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) if _mask & 4 else None
-    _piece1_d2_a = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _c2.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8)).sum((3,)) if _mask & 4 else None
-    del _c2
-    # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) if _mask & 4 else None
-    _piece2_d2_b = ((_c0 * 0.7071067811865476).permute(1, 3, 2, 4, 0).reshape(1, 8, 1, 4) * _c3.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4)).sum((3,)) if _mask & 4 else None
-    del _c0, _c3
-    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c4 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4) if _mask & 2 else None
-    _c5 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3) if _mask & 3 else None  # ijk,uv->ijkvu
-    _piece3_d2_d_c = _c4.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1) * (_c5 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(1, 4, 8, 1) if _mask & 2 else None
-    del _c4
-    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c6 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4) if _mask & 2 else None
-    _piece4_d2_a = (_c6.permute(0, 4, 2, 3, 1).reshape(n, 4, 1, 8) * (_c5 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,)) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c6.permute(4, 0, 2, 3, 1).reshape(4, n, 8)).view(4, 1, 1, 1, 8) if _mask & 2 else None  # zui,zvjku->uijkv
-    del _c6
-    _piece5_d2_weight = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c7.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8) if _mask & 2 else None  # ijk,uijkv->uv
-    del _c7
-    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c8 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8) if _mask & 1 else None
-    _piece6_d2_d_c = _c8.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) * (_c5 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(1, 4, 8, 1) if _mask & 1 else None
-    del _c8
-    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c9 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8) if _mask & 1 else None
-    _piece7_d2_b = (_c9.permute(0, 4, 2, 3, 1).reshape(n, 8, 1, 4) * (_c5 * 0.7071067811865476).permute(3, 1, 0, 2, 4).reshape(1, 8, 1, 4)).sum((3,)) if _mask & 1 else None
-    del _c5
-    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c10 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c9.permute(4, 0, 2, 3, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4) if _mask & 1 else None  # zvj,zuikv->vjiku
-    del _c9
-    _piece8_d2_weight = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c10.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8) if _mask & 1 else None  # ijk,vjiku->uv
-    del _c10
-    # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c11 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3) if _mask & 4 else None  # uv,ijk->uvijk
-    _c12 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 1, 8, 3) if _mask & 4 else None
-    _piece9_d2_d_c = ((_c11 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c12.permute(0, 2, 3, 1, 4).reshape(n, 4, 8, 1, 3)).sum((4,)) if _mask & 4 else None
-    del _c12
-    # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c13 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3) if _mask & 4 else None
-    _piece10_d2_a = torch.bmm((_c11 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c13.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uvijk,zvkuj->zui
-    del _c11, _c13
-    # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c14 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) if _mask & 6 else None
-    _c15 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c14.permute(3, 0, 4, 2, 1).reshape(8, n, 1, 3, 4)).sum((4,)) if _mask & 4 else None
-    _piece11_d2_b = torch.mm(_c15.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3) if _mask & 4 else None  # ijk,vzik->zvj
-    del _c15
-    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c16 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4) if _mask & 2 else None
-    _c17 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3) if _mask & 3 else None  # ijk,uv->uvijk
-    _piece12_d2_d_c = (_c16.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c17 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,)) if _mask & 2 else None
-    del _c16
-    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c18 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4) if _mask & 2 else None
-    _piece13_d2_a = torch.bmm((_c17 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c18.permute(4, 0, 1, 2, 3).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1) if _mask & 2 else None  # zvjku,uvijk->zui
-    del _c18
-    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c19 = torch.mm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3), cg_0_1_1.permute(1, 0, 2).reshape(3, 3)).view(n, 8, 1, 3) if _mask & 2 else None  # zvj,ijk->zvik
-    _piece14_d2_weight = torch.bmm((_c19 * 1.224744871391589).permute(1, 0, 2, 3).reshape(8, 1, n * 3), _c14.permute(3, 0, 4, 2, 1).reshape(8, n * 3, 4)).view(8, 4).permute(1, 0) if _mask & 2 else None  # zvik,zukvi->uv
-    del _c14, _c19
-    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c20 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8) if _mask & 1 else None
-    _piece15_d2_d_c = (_c20.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c17 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,)) if _mask & 1 else None
-    del _c17, _c20
-    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c21 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8) if _mask & 1 else None
-    _c22 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c21.permute(4, 0, 2, 3, 1).reshape(8, n, 1, 3, 4)).sum((4,)) if _mask & 1 else None
-    _piece16_d2_b = torch.mm(_c22.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3) if _mask & 1 else None  # ijk,vzik->zvj
-    del _c22
-    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c23 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8) if _mask & 1 else None  # zvj,ijk->ikzv
-    _piece17_d2_weight = torch.bmm((_c23 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c21.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0) if _mask & 1 else None  # zuikv,ikzv->uv
-    del _c21, _c23
-    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c24 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3) if _mask & 4 else None  # uv,ijk->uvijk
-    _c25 = a[:, 4:16].reshape(n, 4, 3).reshape(n, 1, 1, 4, 3) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) if _mask & 4 else None
-    _piece18_d2_d_c = ((_c24 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c25.permute(0, 3, 2, 4, 1).reshape(n, 4, 8, 1, 3)).sum((4,)) if _mask & 4 else None
-    del _c25
-    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c26 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) if _mask & 5 else None
-    _c27 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c26.permute(3, 0, 4, 2, 1).reshape(4, n, 1, 3, 8)).sum((4,)) if _mask & 4 else None
-    _piece19_d2_a = torch.mm(_c27.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3) if _mask & 4 else None  # ijk,uzjk->zui
-    del _c27
-    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c28 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3) if _mask & 4 else None
-    _piece20_d2_b = torch.bmm((_c24 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c28.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1) if _mask & 4 else None  # uvijk,zukvi->zvj
-    del _c24, _c28
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c29 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4) if _mask & 2 else None
-    _c30 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3) if _mask & 3 else None  # ijk,uv->uvijk
-    _piece21_d2_d_c = (_c29.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c30 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,)) if _mask & 2 else None
-    del _c29
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c31 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4) if _mask & 2 else None
-    _c32 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c31.permute(4, 0, 2, 3, 1).reshape(4, n, 1, 3, 8)).sum((4,)) if _mask & 2 else None
-    _piece22_d2_a = torch.mm(_c32.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3) if _mask & 2 else None  # ijk,uzjk->zui
-    del _c32
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c33 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4) if _mask & 2 else None  # zui,ijk->jkzu
-    _piece23_d2_weight = torch.bmm((_c33 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c31.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8) if _mask & 2 else None  # zvjku,jkzu->uv
-    del _c31, _c33
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c34 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8) if _mask & 1 else None
-    _piece24_d2_d_c = (_c34.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c30 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,)) if _mask & 1 else None
-    del _c34
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c35 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8) if _mask & 1 else None
-    _piece25_d2_b = torch.bmm((_c30 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _c35.permute(4, 0, 1, 2, 3).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1) if _mask & 1 else None  # zuikv,uvijk->zvj
-    del _c30, _c35
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c36 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_0_1.reshape(3, 3)).view(n, 4, 1, 3) if _mask & 1 else None  # zui,ijk->zujk
-    _piece26_d2_weight = torch.bmm((_c36 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c26.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8) if _mask & 1 else None  # zujk,zvkuj->uv
-    del _c26, _c36
-    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c37 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1) if _mask & 4 else None  # uv,ijk->uvijk
-    _c38 = a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8) if _mask & 4 else None
-    _piece27_d2_d_c = torch.bmm((_c37 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c38.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2) if _mask & 4 else None  # uvijk,ziujv->zuvk
-    del _c37
-    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c39 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3) if _mask & 5 else None
-    _c40 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c39.permute(3, 0, 4, 2, 1).reshape(4, n, 3, 1, 8)).sum((4,)) if _mask & 4 else None
-    _piece28_d2_a = torch.mm(_c40.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3) if _mask & 4 else None  # ijk,uzjk->zui
-    del _c40
-    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c41 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3) if _mask & 4 else None
-    _c42 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c41.permute(3, 0, 4, 2, 1).reshape(8, n, 3, 1, 4)).sum((4,)) if _mask & 4 else None
-    del _c41
-    _piece29_d2_b = torch.mm(_c42.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3) if _mask & 4 else None  # ijk,vzik->zvj
-    del _c42
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c43 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4) if _mask & 2 else None
-    _c44 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8) if _mask & 3 else None  # ijk,uv->ijkuv
-    _piece30_d2_d_c = torch.bmm((_c44 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c43.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2) if _mask & 2 else None  # zjviu,ijkuv->zuvk
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c45 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4) if _mask & 2 else None
-    _c46 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c45.permute(4, 0, 2, 3, 1).reshape(4, n, 3, 1, 8)).sum((4,)) if _mask & 2 else None
-    _piece31_d2_a = torch.mm(_c46.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3) if _mask & 2 else None  # ijk,uzjk->zui
-    del _c46
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c47 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4) if _mask & 2 else None  # zui,ijk->jkzu
-    _piece32_d2_weight = torch.bmm((_c47 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c45.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8) if _mask & 2 else None  # zvjku,jkzu->uv
-    del _c45, _c47
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c48 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8) if _mask & 1 else None
-    _piece33_d2_d_c = torch.bmm((_c44 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c48.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2) if _mask & 1 else None  # ziujv,ijkuv->zuvk
-    del _c44
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c49 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8) if _mask & 1 else None
-    _c50 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c49.permute(4, 0, 2, 3, 1).reshape(8, n, 3, 1, 4)).sum((4,)) if _mask & 1 else None
-    del _c49
-    _piece34_d2_b = torch.mm(_c50.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3) if _mask & 1 else None  # ijk,vzik->zvj
-    del _c50
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c51 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_1_0.reshape(3, 3)).view(n, 4, 3, 1) if _mask & 1 else None  # zui,ijk->zujk
-    _piece35_d2_weight = torch.bmm((_c51 * 0.7071067811865476).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c39.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8) if _mask & 1 else None  # zujk,zvkuj->uv
-    del _c39, _c51
-    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c52 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3) if _mask & 4 else None  # uv,ijk->uvijk
-    _piece36_d2_d_c = torch.bmm((_c52 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c38.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2) if _mask & 4 else None  # uvijk,ziujv->zuvk
-    del _c38, _c52
-    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c53 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3) if _mask & 5 else None
-    _c54 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _c53.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3) if _mask & 4 else None  # uv,zvkuj->uzjk
-    _piece37_d2_a = torch.mm(_c54.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3) if _mask & 4 else None  # ijk,uzjk->zui
-    del _c54
-    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c55 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3) if _mask & 4 else None
-    _c56 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c55.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3) if _mask & 4 else None  # uv,zukvi->vzik
-    del _c55
-    _piece38_d2_b = torch.mm(_c56.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3) if _mask & 4 else None  # ijk,vzik->zvj
-    del _c56
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c57 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3) if _mask & 3 else None  # ijk,uv->uvijk
-    _piece39_d2_d_c = torch.bmm((_c57 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c43.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2) if _mask & 2 else None  # zjviu,uvijk->zuvk
-    del _c43
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c58 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4) if _mask & 2 else None
-    _c59 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c58.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9)).view(4, n, 3, 3) if _mask & 2 else None  # uv,zvjku->uzjk
-    _piece40_d2_a = torch.mm(_c59.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3) if _mask & 2 else None  # ijk,uzjk->zui
-    del _c59
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c60 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4) if _mask & 2 else None  # zui,ijk->jkzu
-    _piece41_d2_weight = torch.bmm((_c60 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1).transpose(1, 2), _c58.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8) if _mask & 2 else None  # zvjku,jkzu->uv
-    del _c58, _c60
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _piece42_d2_d_c = torch.bmm((_c57 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c48.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2) if _mask & 1 else None  # ziujv,uvijk->zuvk
-    del _c48, _c57
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c61 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8) if _mask & 1 else None
-    _c62 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c61.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9)).view(8, n, 3, 3) if _mask & 1 else None  # uv,zuikv->vzik
-    del _c61
-    _piece43_d2_b = torch.mm(_c62.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3) if _mask & 1 else None  # ijk,vzik->zvj
-    del _c62
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c63 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_1_1.reshape(3, 9)).view(n, 4, 3, 3) if _mask & 1 else None  # zui,ijk->zujk
-    _piece44_d2_weight = torch.bmm((_c63 * 1.7320508075688772).permute(1, 0, 2, 3).reshape(4, 1, n * 9), _c53.permute(3, 0, 4, 2, 1).reshape(4, n * 9, 8)).view(4, 8) if _mask & 1 else None  # zujk,zvkuj->uv
-    del _c53, _c63
-    d2_a = rt.assemble(weight, n, 16, [(0, 4, [_piece1_d2_a, _piece4_d2_a, _piece10_d2_a, _piece13_d2_a]), (4, 12, [_piece19_d2_a, _piece22_d2_a, _piece28_d2_a, _piece31_d2_a, _piece37_d2_a, _piece40_d2_a])])
-    del _piece10_d2_a, _piece13_d2_a, _piece19_d2_a, _piece1_d2_a, _piece22_d2_a, _piece28_d2_a, _piece31_d2_a, _piece37_d2_a, _piece40_d2_a, _piece4_d2_a
-    d2_b = rt.assemble(weight, n, 32, [(0, 8, [_piece2_d2_b, _piece7_d2_b, _piece20_d2_b, _piece25_d2_b]), (8, 24, [_piece11_d2_b, _piece16_d2_b, _piece29_d2_b, _piece34_d2_b, _piece38_d2_b, _piece43_d2_b])])
-    del _piece11_d2_b, _piece16_d2_b, _piece20_d2_b, _piece25_d2_b, _piece29_d2_b, _piece2_d2_b, _piece34_d2_b, _piece38_d2_b, _piece43_d2_b, _piece7_d2_b
-    d2_d_c = rt.assemble(weight, n, 224, [(0, 32, [_piece0_d2_d_c, _piece3_d2_d_c, _piece6_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c]), (32, 96, [_piece9_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c]), (128, 96, [_piece36_d2_d_c, _piece39_d2_d_c, _piece42_d2_d_c])])
-    del _piece0_d2_d_c, _piece12_d2_d_c, _piece15_d2_d_c, _piece18_d2_d_c, _piece21_d2_d_c, _piece24_d2_d_c, _piece27_d2_d_c, _piece30_d2_d_c, _piece33_d2_d_c, _piece36_d2_d_c, _piece39_d2_d_c, _piece3_d2_d_c, _piece42_d2_d_c, _piece6_d2_d_c, _piece9_d2_d_c
-    d2_weight = rt.assemble(weight, None, 160, [(0, 32, [_piece5_d2_weight, _piece8_d2_weight]), (32, 32, [_piece14_d2_weight, _piece17_d2_weight]), (64, 32, [_piece23_d2_weight, _piece26_d2_weight]), (96, 32, [_piece32_d2_weight, _piece35_d2_weight]), (128, 32, [_piece41_d2_weight, _piece44_d2_weight])])
-    del _piece14_d2_weight, _piece17_d2_weight, _piece23_d2_weight, _piece26_d2_weight, _piece32_d2_weight, _piece35_d2_weight, _piece41_d2_weight, _piece44_d2_weight, _piece5_d2_weight, _piece8_d2_weight
-    return [d2_a if d2_a is not None else weight.new_zeros(n, 16), d2_b if d2_b is not None else weight.new_zeros(n, 32), d2_d_c if d2_d_c is not None else weight.new_zeros(n, 224), d2_weight if d2_weight is not None else weight.new_zeros(160)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -17234,9 +15952,29 @@ def _full_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tenso
 
 # full_tp: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("full_tp__d__d2", _full_tp__d__d2__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, masked=True, reference=_full_tp__d__d2)
+_ops.register("full_tp__d__d2", _full_tp__d__d2__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, masked=True, reference=rt.second_order(_full_tp, 0, 2))
 _ops.register("full_tp__d", _full_tp__d__triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward_all=_ops["full_tp__d__d2"], masked=True)
 _ops.register("full_tp", _full_tp__triton, outputs=((224, True),), index_ranges={}, backward=[_ops["full_tp__d"]], check_indices=True)
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """linear on rows: x (n, 120) -> y (n, 144)."""
+    n = x.shape[0]
+    # 32x0e -> 16x0e
+    _piece0_y = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 16x1o -> 16x1o
+    _piece1_y = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
+    # 8x2e -> 16x2e
+    _piece2_y = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
+    y = torch.cat([
+        _piece0_y.reshape(n, 16),
+        _piece1_y.reshape(n, 48),
+        _piece2_y.reshape(n, 80),
+    ], dim=-1)
+    del _piece0_y, _piece1_y, _piece2_y
+    return [y]
 
 
 _linear__d__table = (
@@ -17622,46 +16360,6 @@ def _linear__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.T
     return [outputs[0], outputs[1], partial[:, 0:896].sum(0)]
 
 
-def _linear__d__d2(
-    x: torch.Tensor, d_y: torch.Tensor, d2_d_x: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_x, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of linear__d: x (n, 120), d_y (n, 144), d2_d_x (n, 120), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
-    n = x.shape[0]
-    # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
-    _piece0_d2_d_y = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32).t()).view(n, 1, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
-    _piece1_d2_x = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).t()).view(n, 1, 32).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    _piece2_d2_d_y = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    _piece3_d2_weight = torch.mm((d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(16, 32).permute(1, 0) if _mask & 1 else None  # zui,zwi->uw
-    # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
-    _piece4_d2_d_y = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
-    _piece5_d2_x = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    _piece6_d2_d_y = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    _piece7_d2_weight = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16) if _mask & 1 else None  # zui,zwi->uw
-    # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
-    _piece8_d2_d_y = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(1, 0, 2).reshape(8, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8).t()).view(n, 5, 16).permute(0, 2, 1) if _mask & 2 else None  # uw,zui->zwi
-    # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
-    _piece9_d2_x = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).t()).view(n, 5, 8).permute(0, 2, 1) if _mask & 2 else None  # uw,zwi->zui
-    # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    _piece10_d2_d_y = torch.mm(d2_d_x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1) if _mask & 1 else None  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    _piece11_d2_weight = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(8, 16) if _mask & 1 else None  # zui,zwi->uw
-    d2_x = rt.assemble(weight, n, 120, [(0, 32, [_piece1_d2_x]), (32, 48, [_piece5_d2_x]), (80, 40, [_piece9_d2_x])])
-    del _piece1_d2_x, _piece5_d2_x, _piece9_d2_x
-    d2_d_y = rt.assemble(weight, n, 144, [(0, 16, [_piece0_d2_d_y, _piece2_d2_d_y]), (16, 48, [_piece4_d2_d_y, _piece6_d2_d_y]), (64, 80, [_piece8_d2_d_y, _piece10_d2_d_y])])
-    del _piece0_d2_d_y, _piece10_d2_d_y, _piece2_d2_d_y, _piece4_d2_d_y, _piece6_d2_d_y, _piece8_d2_d_y
-    d2_weight = rt.assemble(weight, None, 896, [(0, 512, [_piece3_d2_weight]), (512, 256, [_piece7_d2_weight]), (768, 128, [_piece11_d2_weight])])
-    del _piece11_d2_weight, _piece3_d2_weight, _piece7_d2_weight
-    return [d2_x if d2_x is not None else weight.new_zeros(n, 120), d2_d_y if d2_d_y is not None else weight.new_zeros(n, 144), d2_weight if d2_weight is not None else weight.new_zeros(896)]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -17751,9 +16449,56 @@ def _linear__triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
 
 # linear: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("linear__d__d2", _linear__d__d2__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, masked=True, reference=_linear__d__d2)
+_ops.register("linear__d__d2", _linear__d__d2__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, masked=True, reference=rt.second_order(_linear, 0, 1))
 _ops.register("linear__d", _linear__d__triton, outputs=((120, True), (896, False)), index_ranges={}, backward_all=_ops["linear__d__d2"], masked=True)
 _ops.register("linear", _linear__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["linear__d"]], check_indices=True)
+
+
+def _tp_then_linear(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_t__0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_t__0 = torch.mm(y.reshape(n, 4), _g_t__0).view(n, 16)  # zj,jc->zc
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    _piece0_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    del _c0
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _piece1_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
+    del _c1
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    _c2 = torch.bmm(_m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
+    _piece2_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    del _c2
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _c3 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    del _m_t__0
+    _piece3_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
+    del _c3
+    # 8x0e -> 8x0e
+    t = torch.cat([
+        (_piece0_t + _piece2_t).reshape(n, 8),
+        (_piece1_t + _piece3_t).reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    del _piece0_t, _piece1_t, _piece2_t, _piece3_t
+    _piece4_z = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
+    # 8x1o -> 8x1o
+    _piece5_z = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
+    del t
+    # 8x0e -> 8x0e
+    _piece6_z = x[:, 0:8].reshape(n, 8, 1)
+    # 8x1o -> 8x1o
+    _piece7_z = x[:, 8:32].reshape(n, 8, 3)
+    z = torch.cat([
+        (_piece4_z + _piece6_z).reshape(n, 8),
+        (_piece5_z + _piece7_z).reshape(n, 24),
+    ], dim=-1)
+    del _piece4_z, _piece5_z, _piece6_z, _piece7_z
+    return [z]
 
 
 _tp_then_linear__d__table = (
@@ -19650,249 +18395,6 @@ def _tp_then_linear__d__d2__triton(*args: torch.Tensor, _mask: int = -1) -> list
     return [outputs[0], outputs[1], outputs[2], partial[:, 0:160].sum(0)]
 
 
-def _tp_then_linear__d__d2(
-    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    d2_d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_t__0: torch.Tensor,
-    _mask: int = -1,  # bit k: d2_d_x, d2_d_y, d2_d_weight[k] present
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of tp_then_linear__d: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32), d2_d_y (n, 4), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
-    n = x.shape[0]
-    # every path's (i, k) map at once: y · G
-    _m_t__0 = torch.mm(y.reshape(n, 4), _g_t__0).view(n, 16) if _mask & 5 else None  # zj,jc->zc
-    # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) if _mask & 4 else None
-    _piece0_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1) if _mask & 4 else None
-    # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) if _mask & 6 else None
-    _piece1_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1) if _mask & 4 else None
-    # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.bmm(_m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2) if _mask & 4 else None  # zui,zikp->zukp
-    _piece2_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1) if _mask & 4 else None
-    # 1 paths 8x1o ⊗ y -> 8x1o
-    _c3 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8) if _mask & 4 else None  # zui,zikp->zkpu
-    _piece3_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 4 else None
-    # ∂/∂t: 8x1o -> 8x1o
-    _piece4_d_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
-    # ∂/∂t: 8x0e -> 8x0e
-    _piece5_d_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
-    # ∂/∂d__m_t__0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_t__0 = torch.mm(d2_d_y.reshape(n, 4), _g_t__0).view(n, 16) if _mask & 2 else None  # zj,jc->zc
-    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _piece6_d2_d_t = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1) if _mask & 4 else None
-    del _c0
-    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d_t = torch.cat([
-        _piece5_d_t.reshape(n, 8),
-        _piece4_d_t.reshape(n, 24),
-        weight.new_zeros(n, 24),
-    ], dim=-1)
-    del _piece4_d_t, _piece5_d_t
-    _c4 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1) if _mask & 4 else None
-    _piece7_d2_x = _m_t__0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.permute(2, 0, 3, 1).reshape(n, 8, 1) if _mask & 4 else None
-    del _c4
-    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _c5 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) if _mask & 4 else None
-    _piece8_d2__m_t__0 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,)) if _mask & 4 else None
-    del _c5
-    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c6 = d2_d__m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) if _mask & 2 else None
-    _piece9_d2_d_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 1) if _mask & 2 else None
-    del _c6
-    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c7 = d2_d__m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) if _mask & 2 else None
-    _piece10_d2_x = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.permute(0, 3, 1, 2).reshape(n, 8, 1) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
-    _piece11_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c7.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 2 else None  # zui,zipu->pu
-    del _c7
-    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c8 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) if _mask & 1 else None
-    _piece12_d2_d_t = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c8.reshape(n, 8, 1) if _mask & 1 else None
-    del _c8
-    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c9 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) if _mask & 1 else None
-    _piece13_d2__m_t__0 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c9.permute(0, 2, 3, 1).reshape(n, 1, 1, 1, 8)).sum((4,)) if _mask & 1 else None
-    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _piece14_d2_weight = torch.mm(_m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c9.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8) if _mask & 1 else None  # zikp,zuik->pu
-    del _c9
-    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c10 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1) if _mask & 4 else None
-    _piece15_d2_d_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c10.permute(2, 0, 3, 1).reshape(n, 8, 1) if _mask & 4 else None
-    del _c10
-    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c11 = torch.bmm(_m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2) if _mask & 5 else None  # zuk,zikp->zuip
-    _piece16_d2_x = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c11.reshape(n, 8, 1) if _mask & 4 else None
-    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c12 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) if _mask & 4 else None
-    _piece17_d2__m_t__0 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c12.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,)) if _mask & 4 else None
-    del _c12
-    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
-    _piece18_d2_d_t = d2_d__m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1) if _mask & 2 else None
-    del _c1
-    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c13 = torch.bmm(d2_d__m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8) if _mask & 2 else None  # zikp,zuk->zipu
-    _piece19_d2_x = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c13.permute(0, 3, 1, 2).reshape(n, 8, 1) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
-    _piece20_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c13.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 2 else None  # zui,zipu->pu
-    del _c13
-    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c14 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) if _mask & 1 else None
-    _piece21_d2_d_t = _m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c14.permute(1, 0, 2, 3).reshape(n, 8, 1) if _mask & 1 else None
-    del _c14
-    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c15 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 1 else None
-    _piece22_d2__m_t__0 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c15.permute(1, 2, 3, 0).reshape(n, 1, 3, 1, 8)).sum((4,)) if _mask & 1 else None
-    del _c15
-    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _piece23_d2_weight = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c11.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 1 else None  # zui,zuip->pu
-    del _c11
-    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _piece24_d2_d_t = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1) if _mask & 4 else None
-    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c16 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1) if _mask & 4 else None
-    _piece25_d2_x = _m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c16.permute(2, 0, 3, 1).reshape(n, 8, 1) if _mask & 4 else None
-    del _c16
-    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c17 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 4 else None
-    _piece26_d2__m_t__0 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c17.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,)) if _mask & 4 else None
-    del _c17
-    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c18 = torch.bmm(d2_d__m_t__0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8) if _mask & 2 else None  # zikp,zui->zkpu
-    _piece27_d2_d_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c18.permute(0, 3, 1, 2).reshape(n, 8, 1) if _mask & 2 else None
-    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c19 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) if _mask & 2 else None
-    _piece28_d2_x = d2_d__m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c19.permute(1, 0, 2, 3).reshape(n, 8, 1) if _mask & 2 else None
-    del _c19
-    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
-    _piece29_d2_weight = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c18.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 2 else None  # zuk,zkpu->pu
-    del _c18
-    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c20 = torch.bmm(_m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2) if _mask & 1 else None  # zui,zikp->zukp
-    _piece30_d2_d_t = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c20.reshape(n, 8, 1) if _mask & 1 else None
-    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c21 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) if _mask & 1 else None
-    _piece31_d2__m_t__0 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c21.permute(1, 2, 3, 0).reshape(n, 3, 1, 1, 8)).sum((4,)) if _mask & 1 else None
-    del _c21
-    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _piece32_d2_weight = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c20.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 1 else None  # zuk,zukp->pu
-    del _c20
-    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _piece33_d2_d_t = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 4 else None
-    del _c3
-    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c22 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3) if _mask & 4 else None
-    _piece34_d2_x = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), _c22.permute(2, 1, 3, 0).reshape(n, 3, 8)).view(n, 3, 8).permute(0, 2, 1) if _mask & 4 else None  # zikp,upzk->zui
-    del _c22
-    # ∂/∂_m_t__0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c23 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 4 else None
-    _piece35_d2__m_t__0 = torch.mm(_c23.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1) if _mask & 4 else None  # pu,uzki->zikp
-    del _c23
-    # ∂/∂d_t: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c24 = torch.bmm(d2_d__m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8) if _mask & 2 else None  # zikp,zui->zkpu
-    _piece36_d2_d_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c24.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 2 else None
-    del _c24
-    # ∂/∂x: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c25 = torch.bmm(d2_d__m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8) if _mask & 2 else None  # zikp,zuk->zipu
-    del d2_d__m_t__0
-    _piece37_d2_x = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c25.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 2 else None
-    # ∂/∂weight: ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
-    _piece38_d2_weight = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c25.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0) if _mask & 2 else None  # zui,zipu->pu
-    del _c25
-    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c26 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8) if _mask & 1 else None  # zui,zikp->zkpu
-    _piece39_d2_d_t = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c26.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 1 else None
-    # ∂/∂_m_t__0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c27 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 1 else None
-    _piece40_d2__m_t__0 = torch.mm(_c27.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1) if _mask & 1 else None  # pu,uzik->zikp
-    del _c27
-    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _piece41_d2_weight = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c26.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0) if _mask & 1 else None  # zuk,zkpu->pu
-    del _c26, d_t
-    # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
-    t = rt.assemble(weight, n, 56, [(0, 8, [_piece0_t, _piece2_t]), (8, 24, [_piece1_t, _piece3_t])])
-    del _piece0_t, _piece1_t, _piece2_t, _piece3_t
-    _piece42_d2_d_z = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8).permute(0, 2, 1) if _mask & 4 else None  # uw,zui->zwi
-    # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    _piece43_d2_t = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8).permute(0, 2, 1) if _mask & 4 else None  # uw,zwi->zui
-    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
-    d2_d_t = rt.assemble(weight, n, 56, [(0, 8, [_piece6_d2_d_t, _piece9_d2_d_t, _piece12_d2_d_t, _piece24_d2_d_t, _piece27_d2_d_t, _piece30_d2_d_t]), (8, 24, [_piece15_d2_d_t, _piece18_d2_d_t, _piece21_d2_d_t, _piece33_d2_d_t, _piece36_d2_d_t, _piece39_d2_d_t])])
-    del _piece12_d2_d_t, _piece15_d2_d_t, _piece18_d2_d_t, _piece21_d2_d_t, _piece24_d2_d_t, _piece27_d2_d_t, _piece30_d2_d_t, _piece33_d2_d_t, _piece36_d2_d_t, _piece39_d2_d_t, _piece6_d2_d_t, _piece9_d2_d_t
-    _piece44_d2_d_z = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    _piece45_d2_weight = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
-    # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    _piece46_d2_d_z = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8).permute(0, 2, 1) if _mask & 4 else None  # uw,zui->zwi
-    del t
-    # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    _piece47_d2_t = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8).permute(0, 2, 1) if _mask & 4 else None  # uw,zwi->zui
-    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    _piece48_d2_d_z = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
-    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    _piece49_d2_weight = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
-    del d2_d_t
-    # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
-    _piece50_d2_d_z = d2_d_x[:, 0:8].reshape(n, 8, 1) if _mask & 1 else None
-    # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
-    _piece51_d2_d_z = d2_d_x[:, 8:32].reshape(n, 8, 3) if _mask & 1 else None
-    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_t = rt.assemble(weight, n, 56, [(0, 8, [_piece43_d2_t]), (8, 24, [_piece47_d2_t])])
-    del _piece43_d2_t, _piece47_d2_t
-    _c28 = torch.bmm(_m_t__0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8) if _mask & 4 else None  # zuk,zikp->zipu
-    _piece52_d2_x = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c28.permute(0, 3, 1, 2).reshape(n, 8, 3) if _mask & 4 else None
-    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c29 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 4 else None
-    _piece53_d2__m_t__0 = torch.mm(_c29.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1) if _mask & 4 else None  # pu,uzki->zikp
-    del _c29
-    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _piece54_d2_weight = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c28.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0) if _mask & 4 else None  # zui,zipu->pu
-    del _c28
-    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c30 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) if _mask & 4 else None
-    _piece55_d2_x = _m_t__0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c30.permute(1, 0, 2, 3).reshape(n, 8, 1) if _mask & 4 else None
-    del _c30
-    # ∂/∂_m_t__0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c31 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3) if _mask & 4 else None
-    _piece56_d2__m_t__0 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c31.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,)) if _mask & 4 else None
-    del _c31
-    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _piece57_d2_weight = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 4 else None  # zuk,zukp->pu
-    del _c2
-    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c32 = torch.bmm(_m_t__0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2) if _mask & 4 else None  # zuk,zikp->zuip
-    _piece58_d2_x = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c32.reshape(n, 8, 1) if _mask & 4 else None
-    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c33 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) if _mask & 4 else None
-    _piece59_d2__m_t__0 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c33.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,)) if _mask & 4 else None
-    del _c33
-    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _piece60_d2_weight = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c32.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0) if _mask & 4 else None  # zui,zuip->pu
-    del _c32
-    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c34 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) if _mask & 4 else None
-    _piece61_d2_x = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c34.reshape(n, 8, 1) if _mask & 4 else None
-    del _c34
-    # ∂/∂_m_t__0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c35 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) if _mask & 4 else None
-    del d2_t
-    _piece62_d2__m_t__0 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c35.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,)) if _mask & 4 else None
-    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _piece63_d2_weight = torch.mm(_m_t__0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c35.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8) if _mask & 4 else None  # zikp,zuki->pu
-    del _c35, _m_t__0
-    # ∂/∂y: every path's (i, k) map at once: y · G
-    d2__m_t__0 = rt.assemble(weight, n, 16, [(0, 1, [_piece8_d2__m_t__0, _piece13_d2__m_t__0, _piece62_d2__m_t__0]), (1, 3, [_piece17_d2__m_t__0, _piece22_d2__m_t__0, _piece59_d2__m_t__0]), (4, 3, [_piece26_d2__m_t__0, _piece31_d2__m_t__0, _piece56_d2__m_t__0]), (7, 9, [_piece35_d2__m_t__0, _piece40_d2__m_t__0, _piece53_d2__m_t__0])])
-    del _piece13_d2__m_t__0, _piece17_d2__m_t__0, _piece22_d2__m_t__0, _piece26_d2__m_t__0, _piece31_d2__m_t__0, _piece35_d2__m_t__0, _piece40_d2__m_t__0, _piece53_d2__m_t__0, _piece56_d2__m_t__0, _piece59_d2__m_t__0, _piece62_d2__m_t__0, _piece8_d2__m_t__0
-    _piece64_d2_y = torch.mm(d2__m_t__0, _g_t__0.permute(1, 0).reshape(16, 4)).view(n, 4) if _mask & 5 else None  # zc,jc->zj
-    del d2__m_t__0
-    d2_x = rt.assemble(weight, n, 32, [(0, 8, [_piece7_d2_x, _piece10_d2_x, _piece16_d2_x, _piece19_d2_x, _piece58_d2_x, _piece61_d2_x]), (8, 24, [_piece25_d2_x, _piece28_d2_x, _piece34_d2_x, _piece37_d2_x, _piece52_d2_x, _piece55_d2_x])])
-    del _piece10_d2_x, _piece16_d2_x, _piece19_d2_x, _piece25_d2_x, _piece28_d2_x, _piece34_d2_x, _piece37_d2_x, _piece52_d2_x, _piece55_d2_x, _piece58_d2_x, _piece61_d2_x, _piece7_d2_x
-    d2_y = rt.assemble(weight, n, 4, [(0, 4, [_piece64_d2_y])])
-    del _piece64_d2_y
-    d2_d_z = rt.assemble(weight, n, 32, [(0, 8, [_piece42_d2_d_z, _piece44_d2_d_z, _piece50_d2_d_z]), (8, 24, [_piece46_d2_d_z, _piece48_d2_d_z, _piece51_d2_d_z])])
-    del _piece42_d2_d_z, _piece44_d2_d_z, _piece46_d2_d_z, _piece48_d2_d_z, _piece50_d2_d_z, _piece51_d2_d_z
-    d2_weight = rt.assemble(weight, None, 160, [(0, 8, [_piece11_d2_weight, _piece14_d2_weight, _piece63_d2_weight]), (8, 8, [_piece20_d2_weight, _piece23_d2_weight, _piece60_d2_weight]), (16, 8, [_piece38_d2_weight, _piece41_d2_weight, _piece54_d2_weight]), (24, 8, [_piece29_d2_weight, _piece32_d2_weight, _piece57_d2_weight]), (32, 64, [_piece45_d2_weight]), (96, 64, [_piece49_d2_weight])])
-    del _piece11_d2_weight, _piece14_d2_weight, _piece20_d2_weight, _piece23_d2_weight, _piece29_d2_weight, _piece32_d2_weight, _piece38_d2_weight, _piece41_d2_weight, _piece45_d2_weight, _piece49_d2_weight, _piece54_d2_weight, _piece57_d2_weight, _piece60_d2_weight, _piece63_d2_weight
-    return [d2_x if d2_x is not None else weight.new_zeros(n, 32), d2_y if d2_y is not None else weight.new_zeros(n, 4), d2_d_z.clone(), d2_weight]
-
-
 @triton.autotune(configs=[
     triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
     triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
@@ -19989,7 +18491,7 @@ def _tp_then_linear__triton(x, y, weight, *constants: torch.Tensor) -> list[torc
 
 # tp_then_linear: an op's autograd runs the op of its derivative program, masked to the gradients
 # used (the cotangents present); the last ones differentiate through their own torch code
-_ops.register("tp_then_linear__d__d2", _tp_then_linear__d__d2__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, masked=True, reference=_tp_then_linear__d__d2)
+_ops.register("tp_then_linear__d__d2", _tp_then_linear__d__d2__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, masked=True, reference=rt.second_order(_tp_then_linear, 0, 2))
 _ops.register("tp_then_linear__d", _tp_then_linear__d__triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward_all=_ops["tp_then_linear__d__d2"], masked=True)
 _ops.register("tp_then_linear", _tp_then_linear__triton, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d"]], check_indices=True)
 
