@@ -205,9 +205,19 @@ def _compile_cmd(args: argparse.Namespace) -> int:
         print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
         # flushed row by row: compiling a file's kernels takes minutes, and a pipe would hold them all
         print(REPORT_HEADER, flush=True)
-        for report in compile_for(ops.module, ps, target, args.kernels):
+        for report in compile_for(ops.module, ps, target, args.kernels, args.jobs or _cpus()):
             print(format_report(report), flush=True)
     return 0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text}'")
+    return int(text)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -255,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--kernels", choices=("all", "forward", "derivatives"), default="all",
                       help="with --target: which kernels to compile: all (default), the fused forward kernels, "
                            "or the derivative programs' kernels")
+    comp.add_argument("-j", "--jobs", type=_positive, default=None, metavar="N",
+                      help="with --target: compile N kernels at once, a process each (default: one per CPU)")
     comp.add_argument("--dump-ir", action=_PassesHelp, metavar="PASS",
                       help=f"print what a pass produced ({', '.join(PASS_NAMES)}); help: describe them")
     comp.set_defaults(run=_compile_cmd)

@@ -33,7 +33,7 @@ def test_compile_for_a_target_prints_each_row_when_its_kernel_is_done(tmp_path) 
     env.update(PYTHONPATH=str(REPO), FUSIONC_CACHE_DIR=str(tmp_path / "cache"))
     # stdout is a pipe, as under `| tee`: rows must be flushed, not left in the buffer to the end
     result = subprocess.run([sys.executable, "-c", _WRAPPED_CLI, "compile", str(source), "--backend", "triton",
-                             "--target", "sm_90", "--kernels", "forward"],
+                             "--target", "sm_90", "--kernels", "forward", "--jobs", "1"],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -42,6 +42,27 @@ def test_compile_for_a_target_prints_each_row_when_its_kernel_is_done(tmp_path) 
     events = ["row" if line.startswith("_small__kernel[") else line for line in lines[header + 1:]]
     assert events.count("row") >= 2, result.stdout
     assert events == ["COMPILING", "row"] * events.count("row"), result.stdout
+
+
+@slow
+def test_kernels_compiled_in_parallel_report_what_one_at_a_time_reports(tmp_path) -> None:
+    """`--jobs 2` compiles kernels in two processes: the same rows (registers, shared and local
+    memory, stack), in the same order."""
+    source = tmp_path / "small.fus"
+    source.write_text("diagram small { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x0e + 2x1o  "
+                      "z = fuse(x, y) mix uvw }\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO), FUSIONC_CACHE_DIR=str(tmp_path / "cache"))
+    rows = []
+    for jobs in ("1", "2"):
+        env["TRITON_CACHE_DIR"] = str(tmp_path / f"triton{jobs}")  # each compiles every kernel itself
+        result = subprocess.run([sys.executable, "-m", "fusionc.cli", "compile", str(source), "--backend", "triton",
+                                 "--target", "sm_90", "--jobs", jobs], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr
+        rows.append([line for line in result.stdout.splitlines() if line.startswith("_small")])
+    assert len(rows[0]) >= 4 and any("__d__d2__kernel" in row for row in rows[0])
+    assert rows[0] == rows[1]
 
 
 def test_unknown_target_is_a_usage_error(tmp_path, capsys) -> None:

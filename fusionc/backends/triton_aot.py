@@ -4,13 +4,17 @@ Each kernel (a diagram's fused forward in every autotuning configuration, and it
 programs: backward and backward of backward, each masked) is compiled with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for float32 rows, and its
 cubin's resource usage is read with the `cuobjdump` that Triton ships: registers, shared memory,
-local memory and the stack frame (register spills land in one of the last two).
+local memory and the stack frame (register spills land in one of the last two). Kernels compile
+in parallel, a process per CPU (`jobs`): Triton compiles one kernel on one CPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import re
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +73,8 @@ def _bytes_per_row(d: Diagram) -> int:
 
 
 def _kernels(module: ModuleType, ps: ProgramSet, which: str):
-    """(name, kernel, signature, constexprs, compile options, FLOPs per row, bytes per row) of the kernels."""
+    """(name, the module's attribute holding the kernel and the attribute of that holding the
+    function, signature, constexprs, compile options, FLOPs per row, bytes per row) of the kernels."""
     import triton.language as tl
 
     for dp in ps.programs:
@@ -78,8 +83,8 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
             tuned = getattr(module, f"_{d.name}__kernel")
             for config in tuned.configs:
                 block_z, block_u = config.kwargs["BLOCK_Z"], config.kwargs["BLOCK_U"]
-                yield (f"_{d.name}__kernel[{block_z}x{block_u},{config.num_warps}w]", tuned.fn, _signature(d),
-                       dict(config.kwargs), {"num_warps": config.num_warps, "maxnreg": config.maxnreg},
+                yield (f"_{d.name}__kernel[{block_z}x{block_u},{config.num_warps}w]", (f"_{d.name}__kernel", "fn"),
+                       _signature(d), dict(config.kwargs), {"num_warps": config.num_warps, "maxnreg": config.maxnreg},
                        plan.planned_flops, _bytes_per_row(d))
         if which == "forward":
             continue
@@ -88,9 +93,40 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
             if p is None:
                 continue
             for name, flops, traffic in triton_program.kernel_costs(p):
-                yield (name, getattr(module, name).jit, triton_program.kernel_signature(p),
+                yield (name, (name, "jit"), triton_program.kernel_signature(p),
                        {"BLOCK_Z": triton_program.BLOCK_Z, "DTYPE": tl.float32},
                        {"num_warps": triton_program.WARPS, "maxnreg": triton_program.MAX_REGISTERS}, flops, traffic)
+
+
+#: The generated modules a process compiles kernels of, by path (a worker imports each once).
+_MODULES: dict[str, ModuleType] = {}
+
+
+def _compile(job: tuple) -> KernelReport:
+    """Compile one kernel (`_kernels`' row, with the module's path and the target) and read its
+    cubin's resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    path, target, (name, (attribute, field), signature, constexprs, options, flops, traffic) = job
+    if path not in _MODULES:  # a worker process: the module, under a name of its own
+        spec = importlib.util.spec_from_file_location(f"fusionc_aot_{len(_MODULES)}", path)
+        assert spec and spec.loader
+        _MODULES[path] = module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    kernel = getattr(getattr(_MODULES[path], attribute), field)
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability(target), 32),
+                              options={**options, "enable_fp_fusion": True})
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(cubin)],
+                               capture_output=True, text=True, check=True).stdout
+    registers, stack, shared, local = map(int, _USAGE.search(usage).groups())
+    return KernelReport(name, target, registers, shared, local, stack, flops, traffic)
 
 
 def capability(target: str) -> int:
@@ -105,27 +141,23 @@ def capability(target: str) -> int:
     return int(match.group(1))
 
 
-def compile_for(module: ModuleType, ps: ProgramSet, target: str, which: str = "all") -> Iterator[KernelReport]:
+def compile_for(module: ModuleType, ps: ProgramSet, target: str, which: str = "all",
+                jobs: int = 1) -> Iterator[KernelReport]:
     """Compile the kernels of a generated Triton module (rendered from `ps`, compiled for the Triton
     back end) for `target` (sm_80, sm_90, …): `which` is
-    all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels).
-    Each kernel's report comes as soon as it is compiled: a file's kernels take minutes."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    arch = capability(target)
-    for name, kernel, signature, constexprs, options, flops, traffic in _kernels(module, ps, which):
-        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                  options={**options, "enable_fp_fusion": True})
-        with tempfile.TemporaryDirectory() as tmp:
-            cubin = Path(tmp) / "kernel.cubin"
-            cubin.write_bytes(compiled.asm["cubin"])
-            usage = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(cubin)],
-                                   capture_output=True, text=True, check=True).stdout
-        registers, stack, shared, local = map(int, _USAGE.search(usage).groups())
-        yield KernelReport(name, target, registers, shared, local, stack, flops, traffic)
+    all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels);
+    `jobs` kernels at once, each in a process of its own where more than one. The reports come in
+    the kernels' order, each as soon as it and those before it are compiled: a file's kernels
+    take minutes."""
+    capability(target)
+    path = module.__file__
+    _MODULES.setdefault(path, module)
+    work = [(path, target, row) for row in _kernels(module, ps, which)]
+    if jobs <= 1 or len(work) <= 1:
+        yield from map(_compile, work)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(work))) as pool:
+        yield from pool.imap(_compile, work)
 
 
 #: The column titles of `format_report`'s rows.

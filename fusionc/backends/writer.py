@@ -518,8 +518,8 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
         w()
         w()
         w(f"# {d.name}: an op's autograd runs the op of its derivative program, masked to the gradients")
-        w("# used (the cotangents present); the last ones differentiate through their own torch code, or")
-        w("# (a kernel) through the forward's, twice")
+        w("# used (the cotangents present); the last ones differentiate " +
+          ("through the forward's torch code, twice" if program_kernel else "through their own torch code"))
         for k, (first, second) in enumerate(zip(dp.firsts, dp.seconds)):
             run = runners.get(second.name)
             # a kernel autograd cannot see through: its derivative differentiates the forward's torch code
