@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from fusionc import machine
 from fusionc.analysis.cost import path_flops
 from fusionc.analysis.plan import DiagramPlan, explain, plan_diagram
 from fusionc.analysis.program import ProgramSet
@@ -205,13 +206,9 @@ def _compile_cmd(args: argparse.Namespace) -> int:
         print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
         # flushed row by row: compiling a file's kernels takes minutes, and a pipe would hold them all
         print(REPORT_HEADER, flush=True)
-        for report in compile_for(ops.module, ps, target, args.kernels, args.jobs or _cpus()):
+        for report in compile_for(ops.module, ps, target, args.kernels, args.jobs or machine.cpus()):
             print(format_report(report), flush=True)
     return 0
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _positive(text: str) -> int:

@@ -99,7 +99,8 @@ class CpuNative:
     narrow_channels: int = 16
     narrow_weight: float = 5
     #: a program's kernels compile as translation units of about this many C statements each, at
-    #: most one per CPU, in parallel (-O1 compiles about 1,000 a second here)
+    #: most one per CPU, in parallel (-O1 compiles about 1,000 a second here); a tabled kernel's
+    #: body is cut into functions of about this many, so that several units can share it
     unit_lines: int = 1000
     #: in a kernel too long for -O3, a run of at least this many consecutive statements of one form
     #: (the same loop nests, operands elsewhere) is one loop over a table of where their operands are
@@ -176,6 +177,11 @@ def path() -> Path:
 @functools.lru_cache(maxsize=4)
 def _load(location: str, stamp: float) -> Machine:
     return parse(Path(location).read_text())
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (compilers run one per CPU)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def current() -> Machine:

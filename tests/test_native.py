@@ -117,7 +117,7 @@ def test_kernels_cut_into_parts_and_units_give_what_one_function_gives(tmp_path,
     path = tmp_path / "machine.json"
     path.write_text(model.to_json())
     monkeypatch.setenv("FUSIONC_MACHINE", str(path))
-    monkeypatch.setattr(native, "_cpus", lambda: 4)
+    monkeypatch.setattr(machine, "cpus", lambda: 4)
     ops = fusionc.loads(random_diagram(1, "uvw", lmax=1, max_mul=2))
     split = [s for s in ops.module._native.sources.values() if "/* shared " in s]
     assert split, "some kernel should have been cut into parts"

@@ -379,9 +379,8 @@ class SegmentWriter:
 
 
 def _parts(blocks: list[list[str]], size: int) -> list[list[list[str]]]:
-    """The body's blocks cut into consecutive parts of about `size` C statements each (at least
-    `size` / 2 in the last): a part is a function of its own, so that a body too long for one
-    compiler process is compiled by several."""
+    """The body's blocks cut into consecutive parts of about `size` C statements each: a part is a
+    function of its own, so that a body too long for one compiler process is compiled by several."""
     statements = [sum(line.count(";") for line in block) for block in blocks]
     count = max(1, round(sum(statements) / size))
     parts: list[list[list[str]]] = [[]]
@@ -394,8 +393,8 @@ def _parts(blocks: list[list[str]], size: int) -> list[list[list[str]]]:
     return parts
 
 
-#: Declarations the row loop's body sees: (const, name, whether an array of pointers).
-_DECLARED = re.compile(r"^\s*(const )?real (?:\*restrict |\*const )?(\w+)(\[)?")
+#: A declaration of what the row loop's body sees: (const or not, name).
+_DECLARED = re.compile(r"^\s*(const )?real (?:\*restrict |\*const )?(\w+)")
 
 
 def _part_function(name: str, lines: list[str], outside: list[str]) -> tuple[list[str], list[str]]:
@@ -406,7 +405,7 @@ def _part_function(name: str, lines: list[str], outside: list[str]) -> tuple[lis
     for line in outside:
         m = _DECLARED.match(line)
         if m:
-            const, variable, bracket = m.groups()
+            const, variable = m.groups()
             declared[variable] = ("real *const *{v} = (real *const *)" if variable == "_P" else
                                   f"{const or ''}real *restrict {{v}} = ")
     used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(lines)))

@@ -143,13 +143,6 @@ def flags_for(source: str) -> tuple[str, ...]:
     return ("-O3", *FLAGS[1:]) if small and _STATEMENT_TABLE not in source else FLAGS
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def units(source: str) -> list[str]:
     """A program's C as translation units of about `CpuNative.unit_lines` C statements, at most
     one per CPU (gcc's time grows with a unit, and each runs on its own CPU): its kernels (and
@@ -158,7 +151,7 @@ def units(source: str) -> list[str]:
     shared = [piece for every, piece in pieces(source) if every]
     own = [piece for every, piece in pieces(source) if not every]
     sizes = [piece.count(";") for piece in own]
-    count = max(1, min(_cpus(), len(own), round(sum(sizes) / machine.current().cpu_native.unit_lines)))
+    count = max(1, min(machine.cpus(), len(own), round(sum(sizes) / machine.current().cpu_native.unit_lines)))
     loads, members = [0] * count, [[] for _ in range(count)]
     for k in sorted(range(len(own)), key=lambda k: (-sizes[k], k)):
         unit = loads.index(min(loads))
