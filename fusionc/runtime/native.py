@@ -176,6 +176,16 @@ def _whole(path: Path) -> bool:
     return bool(found) and digest == hashlib.sha256(body).hexdigest().encode()
 
 
+#: Compiler processes running at once in this process, at most one per CPU: `NativeKernels.build`
+#: compiles programs side by side, and each program's units side by side.
+_SLOTS = threading.BoundedSemaphore(machine.cpus())
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    with _SLOTS:
+        return subprocess.run(command, capture_output=True, text=True)
+
+
 def _build(prelude: str, source: str, real: str) -> Path:
     """The cached library of a program's C: its translation units (`units`, each after `prelude`)
     compiled in parallel, then linked."""
@@ -195,8 +205,8 @@ def _build(prelude: str, source: str, real: str) -> Path:
         steps = ([[[cc, *flags, "-o", str(so), str(Path(build) / "kernels0.c")]]] if len(parts) == 1 else
                  [[[cc, *flags, "-c", "-o", o, o[:-2] + ".c"] for o in objects], [[cc, *flags, "-o", str(so), *objects]]])
         for step in steps:  # the units at once, then the link
-            running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in step]
-            errors = [error for p in running for error in [p.communicate()[1]] if p.returncode != 0]
+            with ThreadPoolExecutor(max_workers=len(step)) as pool:
+                errors = [r.stderr for r in pool.map(_run, step) if r.returncode != 0]
             if errors:
                 raise RuntimeError(f"fusionc: compiling native kernels with {cc} failed:\n{errors[0][-4000:]}")
         data = so.read_bytes()
@@ -245,7 +255,7 @@ class NativeKernels:
         once, rather than each at its program's first call."""
         todo = [(program, dtype) for dtype in dtypes for program in self.sources
                 if (program, dtype) not in self.libraries]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=machine.cpus()) as pool:
             paths = list(pool.map(lambda key: self._compiled(*key), todo))
         with _lock:
             for key, path in zip(todo, paths):
