@@ -382,11 +382,12 @@ def _parts(blocks: list[list[str]], size: int) -> list[list[list[str]]]:
     """The body's blocks cut into consecutive parts of about `size` C statements each: a part is a
     function of its own, so that a body too long for one compiler process is compiled by several."""
     statements = [sum(line.count(";") for line in block) for block in blocks]
-    count = max(1, round(sum(statements) / size))
+    total = sum(statements)
+    count = max(1, round(total / size))
     parts: list[list[list[str]]] = [[]]
     done = 0
     for block, n in zip(blocks, statements):
-        if parts[-1] and done >= sum(statements) * len(parts) / count:
+        if parts[-1] and done >= total * len(parts) / count:
             parts.append([])
         parts[-1].append(block)
         done += n

@@ -120,16 +120,16 @@ def pieces(source: str) -> list[tuple[bool, str]]:
     """A program's C cut where `_PIECE` marks it: (whether every translation unit needs the piece,
     the piece). A source without marks is one piece."""
     marks = list(_PIECE.finditer(source))
-    starts = [0] + [m.start() for m in marks[1:]]
-    shared = [bool(marks) and marks[0].group(1) == "shared"] + [m.group(1) == "shared" for m in marks[1:]]
-    return [(s, source[a:b].strip("\n")) for s, a, b in zip(shared, starts, starts[1:] + [len(source)])]
+    if not marks:
+        return [(False, source.strip("\n"))]
+    bounds = [0] + [m.start() for m in marks[1:]] + [len(source)]
+    return [(m.group(1) == "shared", source[a:b].strip("\n")) for m, a, b in zip(marks, bounds, bounds[1:])]
 
 
-def _size(kernel: str) -> float:
+def _size(kernel: str, model: machine.CpuNative) -> float:
     """A kernel's C statements as gcc -O3 spends its time on them (`CpuNative`): `;` however the
     lines are laid out, `sparse_weight` per non-zero of a loop over a CG table, all of it
     `narrow_weight` times where every channel loop fits one vector."""
-    model = machine.current().cpu_native
     size = kernel.count(";") + model.sparse_weight * sum(map(int, _TABLE_LOOP.findall(kernel)))
     channels = [int(c) for c in _CHANNEL_LOOP.findall(kernel)]
     return size * (model.narrow_weight if channels and max(channels) <= model.narrow_channels else 1)
@@ -139,7 +139,8 @@ def flags_for(source: str) -> tuple[str, ...]:
     """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` C statements
     (as `_size` counts them), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling
     in between: gcc 12 miscompiles that (tests/test_reproducers.py)."""
-    small = sum(_size(piece) for _, piece in pieces(source)) <= machine.current().cpu_native.o3_lines
+    model = machine.current().cpu_native
+    small = sum(_size(piece, model) for _, piece in pieces(source)) <= model.o3_lines
     return ("-O3", *FLAGS[1:]) if small and _STATEMENT_TABLE not in source else FLAGS
 
 
@@ -148,8 +149,9 @@ def units(source: str) -> list[str]:
     one per CPU (gcc's time grows with a unit, and each runs on its own CPU): its kernels (and
     parts of kernels, `pieces`) dealt the largest first, each to the unit with the fewest
     statements so far, in their order within a unit, after the pieces every unit needs."""
-    shared = [piece for every, piece in pieces(source) if every]
-    own = [piece for every, piece in pieces(source) if not every]
+    cut = pieces(source)
+    shared = [piece for every, piece in cut if every]
+    own = [piece for every, piece in cut if not every]
     sizes = [piece.count(";") for piece in own]
     count = max(1, min(machine.cpus(), len(own), round(sum(sizes) / machine.current().cpu_native.unit_lines)))
     loads, members = [0] * count, [[] for _ in range(count)]
