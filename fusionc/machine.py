@@ -114,9 +114,9 @@ class CpuNative:
 class GpuTriton:
     """Triton kernels on an NVIDIA GPU (sm_80, sm_90), float32.
 
-    A derivative program's statement is a broadcast product of register tiles; its temporaries live
-    in global memory, so a pairwise intermediate costs its bytes as well as its FLOPs, and products
-    batched over rows cost no more per FLOP than any other (no BLAS to lose)."""
+    A derivative program's statement is a product of register tiles (`fusionc.runtime.table_kernel`);
+    its temporaries live in global memory, so a pairwise intermediate costs its bytes as well as its
+    FLOPs, and products batched over rows cost no more per FLOP than any other (no BLAS to lose)."""
 
     fitted_on: str = "not timed: register and spill figures from ptxas for sm_80 and sm_90"
     #: products batched over rows cost this many FLOPs per FLOP
@@ -126,14 +126,9 @@ class GpuTriton:
     #: FLOPs one element written to and read back from global memory costs (an H100 does about
     #: 60 FLOPs per byte of DRAM bandwidth in float32; an element is written once and read once)
     element_cost: float = 16
-    #: rows per program instance of a derivative program's kernels
+    #: rows per program instance of the table kernel (derivative programs)
     block_z: int = 16
-    #: most elements of one statement's product tile (rows included): 16 per thread of 8 warps
-    tile_budget: int = 4096
-    #: units per kernel (a statement, or a loop over a table of statements of one form): a longer
-    #: program runs as several kernels in sequence
-    segment: int = 16
-    #: columns per step of a gather, a scatter or an output's zero fill
+    #: columns per step of a gather or a scatter
     chunk: int = 128
     warps: int = 8
     #: registers a thread may use (`.maxnreg`): without it ptxas may stop at 128 and spill

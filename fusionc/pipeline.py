@@ -10,7 +10,7 @@ from fusionc import machine
 from fusionc.analysis.build import build
 from fusionc.analysis.plan import explain, plan_diagram
 from fusionc.analysis.program import (DiagramPrograms, Program, ProgramSet, Versions, differentiate, factorize,
-                                      group, liveness, lower, mask)
+                                      liveness, lower, mask)
 from fusionc.analysis.prune import prune
 from fusionc.analysis.recouple import recouple
 from fusionc.analysis import schedule
@@ -31,7 +31,7 @@ PASSES: tuple[tuple[str, str], ...] = (
     ("mask", "per statement of each product, the gradients (cotangents) it serves: a call runs only those"),
     ("factorize", "every program split into pairwise products, per target's cost model"),
     ("segment", "programs as the CPU runs them: runs of row-local statements as native kernels"),
-    ("schedule", "statements of one form together (in each native kernel, in each Triton program): a run is one loop"),
+    ("schedule", "statements of one form together in each long native kernel: a run is one loop"),
     ("liveness", "where each temporary of torch code is last read, and freed"),
 )
 PASS_NAMES = tuple(name for name, _ in PASSES)
@@ -99,8 +99,7 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
                                      for d in programs),
                     lambda ps: _pretty_programs(v.native for d in ps for v in d.all() if v.native is not None))
-    programs = show("schedule", tuple(_each(_each(d, "native", lambda p: schedule.native(p, model.cpu_native)),
-                                                     "triton", schedule.triton)
+    programs = show("schedule", tuple(_each(d, "native", lambda p: schedule.native(p, model.cpu_native))
                                       for d in programs), _pretty_versions)
     programs = show("liveness", tuple(_each(_each(d, "torch", liveness), "native", liveness) for d in programs),
                     _pretty_versions)
@@ -139,8 +138,8 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
         if v is d.forward:  # the fused forward kernel is written from the diagram and its plan; the
             # torch code is what the last derivatives' own derivative differentiates twice
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas))
-        # the statements of each mask bits together: a masked call skips whole kernels
-        return replace(v, triton=group(factorize(p, model.gpu_triton, blas=model.cpu_blas)))
+        # a derivative program runs as a table of its statements (fusionc.runtime.table_kernel)
+        return replace(v, triton=factorize(p, model.gpu_triton, blas=model.cpu_blas))
 
     return _map(d, targets)
 

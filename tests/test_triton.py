@@ -96,9 +96,20 @@ def test_a_small_two_input_product_equals_the_torch_back_end() -> None:
     double backward."""
     source = random_diagram(0, "uvw", lmax=1, max_mul=2, by=True)
     torch_ops, triton_ops = _pair(source, "small.fus")
-    # statements of one form run as loops over the program's table (`triton_program.table_loop`)
-    assert "statements, table rows" in inspect.getsource(triton_ops.module)
+    # the derivative programs are tables the runtime's one kernel interprets: no kernel code of theirs
+    module = inspect.getsource(triton_ops.module)
+    assert module.count("= rt.TableProgram(") == 2 and module.count("@triton.jit") == 1  # the forward's
     _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=7)
+
+
+def test_the_table_kernel_in_the_gpus_tiles_equals_the_torch_back_end(monkeypatch) -> None:
+    """Under the interpreter the table kernel runs in large tiles (`FUSIONC_TABLE_TILES`); here in
+    the GPU's: this product has statements of each tile shape that step through M or K in several
+    tiles, on 19 rows (two program instances, the second partly empty)."""
+    monkeypatch.setenv("FUSIONC_TABLE_TILES", "gpu")
+    source = "diagram tiles { in x : 30x0e + 8x1o  in y : 0e + 1o  out z : 30x0e + 8x1o  z = fuse(x, y) mix uvw }"
+    torch_ops, triton_ops = _pair(source, "gpu_tiles.fus")
+    _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=19)
 
 
 # the quick subset: seeds whose diagrams the interpreter runs in about a second or less (others take up to a minute)
@@ -180,38 +191,31 @@ def test_every_autotuning_configuration_equals_the_torch_back_end() -> None:
 
 @slow
 def test_derivative_kernels_ahead_of_time(tmp_path) -> None:
-    """Every derivative program of a diagram with a gather and a scatter (per-index weights)
-    compiles without spilling (no local memory, no stack frame); the kernels of kernels/ compile the
-    same way, in minutes per file (`--kernels derivatives`)."""
+    """The table kernel, which runs every derivative program (of a diagram with a gather and a
+    scatter here: per-index weights), compiles without spilling (no local memory, no stack frame)."""
     path = tmp_path / "small.fus"
     path.write_text("diagram small { in x : 4x0e + 4x1o  in s : index(3)  out y : 4x0e + 4x1o\n"
                     "  y = fuse(x, x) mix uuu per s + x mix uvw }\n")
     report = _aot(str(path), "derivatives", tmp_path)
-    programs = {re.sub(r"__kernel\d+$", "", kernel) for kernel, _ in report}  # long programs run as several kernels
-    assert programs == {"_small__d", "_small__d__d2"}
-    assert {target for _, target in report} == {"sm_80", "sm_90"} and len(report) % 2 == 0
+    assert set(report) == {("_table_kernel", "sm_80"), ("_table_kernel", "sm_90")}
     assert all(local == 0 and stack == 0 and 0 < registers <= 255 for registers, _, local, stack in report.values()), \
         report
 
 
-def test_derivative_kernels_are_made_triton_functions_at_their_first_launch(monkeypatch) -> None:
-    """Importing a module decorates no derivative kernel (triton tokenizes each one's source:
-    fusion_block's took 6.5 s at every import); a backward makes those it launches, and the
-    gradient is right."""
-    import triton
-
-    made: list[str] = []
-    jit = triton.jit
-    monkeypatch.setattr(triton, "jit", lambda fn=None, **kw: made.append(fn.__name__) or jit(fn, **kw))
+def test_derivative_programs_are_tables_and_the_kernel_is_imported_at_the_first_launch(monkeypatch) -> None:
+    """Importing a generated module makes no Triton function of any derivative program (triton
+    tokenizes a kernel's source: fusion_block's hundreds took 6.5 s at every import); the first
+    backward imports the one table kernel, and the gradient is right."""
+    monkeypatch.delitem(sys.modules, "fusionc.runtime.table_kernel", raising=False)
     source = "diagram lazy { in x : 2x0e + 2x1o  in y : 0e + 1o  out z : 2x1o  z = fuse(x, y) mix uvw }"
     torch_ops, triton_ops = _pair(source, "lazy.fus")
-    assert not any("__d" in name for name in made), made
+    assert "fusionc.runtime.table_kernel" not in sys.modules
     reference, kernel = _modules(torch_ops, triton_ops, "lazy", torch.float64)
     x, y = torch.randn(3, 8, dtype=torch.float64, requires_grad=True), torch.randn(3, 4, dtype=torch.float64)
     (got,) = torch.autograd.grad(kernel(x, y).sum(), x)
     (want,) = torch.autograd.grad(reference(x, y).sum(), x)
     torch.testing.assert_close(got, want)
-    assert any(name.startswith("_lazy__d__kernel") for name in made), made
+    assert "fusionc.runtime.table_kernel" in sys.modules
 
 
 def test_third_derivatives_differentiate_the_forward_torch_code() -> None:

@@ -3,12 +3,11 @@ of them as one loop over a table of where their operands are, and the code grows
 statement in a program rather than with their number.
 
 Two statements have one form when their code differs only in values a back end reads from a table:
-- native kernels (`fusionc.backends.native`), in those too long for -O3: where the operands are
-  and the coefficient; a CG table's non-zeros, looped over, are the same code for every table;
-- Triton (`fusionc.backends.triton_program`): where the operands are, their sizes within the same
-  power-of-two tiles, and the coefficient.
-Statements move only as what each reads and writes allows (`fusionc.analysis.program.scheduled`);
-a native kernel's statements stay within it.
+in native kernels (`fusionc.backends.native`) too long for -O3, where the operands are and the
+coefficient; a CG table's non-zeros, looped over, are the same code for every table. Statements
+move only as what each reads and writes allows (`fusionc.analysis.program.scheduled`); a native
+kernel's statements stay within it. (Triton programs need no schedule: one kernel, written once,
+interprets each program's table of statements; `fusionc.runtime.table_kernel`.)
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fusionc.algebra.cg import cg_entries
-from fusionc.analysis.program import Einsum, Kernel, Program, Statement, View, cg_degrees, scheduled, sparse_cg
+from fusionc.analysis.program import Einsum, Kernel, Program, View, cg_degrees, scheduled, sparse_cg
 from fusionc.machine import CpuNative
 
 
@@ -50,26 +49,3 @@ def native(p: Program, model: CpuNative) -> Program:
         replace(s, statements=scheduled(p, list(s.statements), form), tabled=True)
         if isinstance(s, Kernel) and size(s) > model.o3_lines else s for s in p.statements))
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def triton(p: Program) -> Program:
-    """p (factorized for the GPU) with its statements of one form together."""
-    def home(v: View) -> str:
-        t = p.tensors[v.tensor]
-        if t.kind == "temp" and t.rows:
-            return "scratch"
-        if t.kind in ("temp", "output") and not t.rows:
-            return "partial"
-        return v.tensor
-
-    def form(s: Statement) -> tuple:
-        if not isinstance(s, Einsum):
-            return (type(s).__name__, s.out, s.source, s.when)
-        views = (s.out, *s.operands)
-        return (s.when is None, s.coeff == 1.0,  # a size that fills its tile needs no mask
-                tuple((v.labels, tuple((_pow2(n), n == _pow2(n)) for n in v.shape), home(v)) for v in views))
-
-    return replace(p, statements=scheduled(p, list(p.statements), form))

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
 
-Each kernel (a diagram's fused forward in every autotuning configuration, and its derivative
-programs: backward and backward of backward, each masked) is compiled with
+Each kernel (a diagram's fused forward in every autotuning configuration, and the table kernel
+that runs every derivative program, `fusionc.runtime.table_kernel`) is compiled with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for float32 rows, and its
 cubin's resource usage is read with the `cuobjdump` that Triton ships: registers, shared memory,
 local memory and the stack frame (register spills land in one of the last two). Kernels compile
@@ -74,7 +74,9 @@ def _bytes_per_row(d: Diagram) -> int:
 
 def _kernels(module: ModuleType, ps: ProgramSet, which: str):
     """(name, the module's attribute holding the kernel and the attribute of that holding the
-    function, signature, constexprs, compile options, FLOPs per row, bytes per row) of the kernels."""
+    function (or a runtime module's name and its kernel), signature, constexprs, compile options,
+    FLOPs per row, bytes per row) of the kernels: the forward kernels' every configuration, then
+    the table kernel, which runs the derivative programs (their FLOPs and bytes per row summed)."""
     import triton.language as tl
 
     for dp in ps.programs:
@@ -86,16 +88,21 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
                 yield (f"_{d.name}__kernel[{block_z}x{block_u},{config.num_warps}w]", (f"_{d.name}__kernel", "fn"),
                        _signature(d), dict(config.kwargs), {"num_warps": config.num_warps, "maxnreg": config.maxnreg},
                        plan.planned_flops, _bytes_per_row(d))
-        if which == "forward":
-            continue
-        for v in dp.all():
-            p = v.triton
-            if p is None:
-                continue
-            for name, flops, traffic in triton_program.kernel_costs(p):
-                yield (name, (name, "jit"), triton_program.kernel_signature(p),
-                       {"BLOCK_Z": triton_program.BLOCK_Z, "DTYPE": tl.float32},
-                       {"num_warps": triton_program.WARPS, "maxnreg": triton_program.MAX_REGISTERS}, flops, traffic)
+    if which in ("all", "derivatives"):  # one kernel runs every derivative program's table
+        model = ps.machine.gpu_triton
+        programs = [v.triton for dp in ps.programs for v in dp.all() if v.triton is not None]
+        if programs:
+            costs = [triton_program.kernel_cost(p) for p in programs]
+            yield ("_table_kernel", ("fusionc.runtime.table_kernel", "table_kernel"), TABLE_SIGNATURE,
+                   {"BLOCK_Z": model.block_z, "CHUNK": model.chunk, "DTYPE": tl.float32},
+                   {"num_warps": model.warps, "maxnreg": model.max_registers},
+                   sum(f for f, _ in costs), sum(b for _, b in costs))
+
+
+#: The table kernel's arguments for float32 rows (`fusionc.runtime.table_kernel.table_kernel`).
+TABLE_SIGNATURE = {"buf": "*fp32", "idx": "*i64", "table": "*i32", "coefs": "*fp32", "count": "i32", "n": "i32",
+                   "mask": "i32", "width": "i32", "slots": "i32", "rowbase": "i64", "indices": "i32",
+                   "BLOCK_Z": "constexpr", "CHUNK": "constexpr", "DTYPE": "constexpr"}
 
 
 #: The generated modules a process compiles kernels of, by path (a worker imports each once).
@@ -116,7 +123,8 @@ def _compile(job: tuple) -> KernelReport:
         _MODULES[path] = module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    kernel = getattr(getattr(_MODULES[path], attribute), field)
+    holder = importlib.import_module(attribute) if attribute.startswith("fusionc.") else getattr(_MODULES[path], attribute)
+    kernel = getattr(holder, field)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability(target), 32),
                               options={**options, "enable_fp_fusion": True})

@@ -12,7 +12,8 @@ kernel, and recoupled terms map their weights through the exact recoupling matri
   IEEE precision (not TF32), or with per-row weights a broadcast sum; `uvu` scales channels;
   `uvuv` works elementwise on the output's grid of channel pairs (u, v).
 The kernel is the op's forward; its backward and double backward are the diagram's derivative
-programs, each lowered to Triton kernels by `fusionc.backends.triton_program`.
+programs, each written as a table (`fusionc.backends.triton_program`) that the runtime's one
+table kernel interprets (`fusionc.runtime.table_kernel`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from collections.abc import Callable
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
-from fusionc.analysis.program import Program, ProgramSet
+from fusionc.analysis.program import ProgramSet
 from fusionc.backends.writer import CodeWriter, emit_module
-from fusionc.backends.triton_program import MAX_REGISTERS, lower_program
+from fusionc.backends.triton_program import lower_program
+from fusionc.machine import GpuTriton
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
 
@@ -196,7 +198,7 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     w("@triton.autotune(configs=[")
     w.indent()
     for block_z, block_u, warps in tile_configs(d):
-        w(f'triton.Config({{"BLOCK_Z": {block_z}, "BLOCK_U": {block_u}}}, num_warps={warps}, maxnreg={MAX_REGISTERS}),')
+        w(f'triton.Config({{"BLOCK_Z": {block_z}, "BLOCK_U": {block_u}}}, num_warps={warps}, maxnreg={GpuTriton.max_registers}),')
     w.dedent()
     w('], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})')
     w("@triton.jit")
@@ -466,9 +468,6 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
 
 def render(ps: ProgramSet) -> str:
     """The generated Triton module of a program set; same input, same bytes."""
+    model = ps.machine.gpu_triton
     return emit_module(ps, imports=("import triton", "import triton.language as tl"), forward_kernel=_lower,
-                       program_kernel=_lower_program)
-
-
-def _lower_program(p: Program) -> tuple[list[str], str]:
-    return lower_program(p), f"_{p.name}__triton"
+                       program_kernel=lambda p: (lower_program(p, model), f"_{p.name}__triton"))

@@ -9,6 +9,7 @@ import os
 import torch
 
 from fusionc.runtime.native import NativeKernels  # noqa: F401  (generated modules use it as rt.NativeKernels)
+from fusionc.runtime.tables import TableProgram  # noqa: F401  (generated modules use it as rt.TableProgram)
 
 
 def _dense(shape: tuple[int, ...], entries: tuple[tuple, ...], dtype: torch.dtype,
@@ -153,41 +154,6 @@ def output_rows(like: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     if os.environ.get("FUSIONC_POISON_OUTPUTS") == "1":
         return like.new_full((n, dim), float("nan"))
     return like.new_empty(n, dim)
-
-
-_tables: dict[tuple[int, torch.dtype, torch.device], tuple[tuple, torch.Tensor]] = {}
-
-
-def device_table(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A generated module's constant table (what its kernels' loops over statements read) as a
-    tensor on `device`, made once per (table, dtype, device); an empty one holds a zero."""
-    key = (id(values), dtype, device)
-    entry = _tables.get(key)
-    if entry is None or entry[0] is not values:
-        entry = _tables[key] = (values, torch.tensor(values or (0,), dtype=dtype, device=device))
-    return entry[1]
-
-
-class lazy_jit:
-    """A derivative program's Triton kernel, made a `triton.jit` function at its first launch:
-    decorating the hundreds of kernels of a large module at import (triton tokenizes each one's
-    source) took seconds (fusion_block: 6.5 s), for kernels a run may never launch (the double
-    backward's, without forces). Triton is imported only then: the runtime needs torch alone."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-        self._jit = None
-
-    @property
-    def jit(self):
-        if self._jit is None:
-            import triton
-
-            self._jit = triton.jit(self.fn)
-        return self._jit
-
-    def __getitem__(self, grid):
-        return self.jit[grid]
 
 
 def tuning_configs(configs: list, named_args: dict, **kwargs) -> list:
