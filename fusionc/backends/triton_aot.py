@@ -94,7 +94,7 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
         if programs:
             costs = [triton_program.kernel_cost(p) for p in programs]
             yield ("_table_kernel", ("fusionc.runtime.table_kernel", "table_kernel"), TABLE_SIGNATURE,
-                   {"BLOCK_Z": model.block_z, "CHUNK": model.chunk, "DTYPE": tl.float32},
+                   {"BLOCK_Z": model.block_z, "CHUNK": model.chunk, "DTYPE": tl.float32, "LARGE": False},
                    {"num_warps": model.warps, "maxnreg": model.max_registers},
                    sum(f for f, _ in costs), sum(b for _, b in costs))
 
@@ -102,7 +102,7 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
 #: The table kernel's arguments for float32 rows (`fusionc.runtime.table_kernel.table_kernel`).
 TABLE_SIGNATURE = {"buf": "*fp32", "idx": "*i64", "table": "*i32", "coefs": "*fp32", "count": "i32", "n": "i32",
                    "mask": "i32", "width": "i32", "slots": "i32", "rowbase": "i64", "indices": "i32",
-                   "BLOCK_Z": "constexpr", "CHUNK": "constexpr", "DTYPE": "constexpr"}
+                   "BLOCK_Z": "constexpr", "CHUNK": "constexpr", "DTYPE": "constexpr", "LARGE": "constexpr"}
 
 
 #: The generated modules a process compiles kernels of, by path (a worker imports each once).
