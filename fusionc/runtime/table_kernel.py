@@ -15,7 +15,10 @@ outputs, temporaries) as columns of an (n, R) block. A view is a home (shared, s
 offset, and an einsum statement `out += c · a · b` is, per row, a product over its kept labels
 (those of `out`, flattened into M) and its summed ones (flattened into K): each program instance
 takes `BLOCK_Z` rows and steps through M and K in tiles whose shape it picks by M and K, decoding
-each tile index into labels and addresses with the strides the table gives. A statement's output
+each tile index into labels and addresses with the strides the table gives. A tile holds 2,048
+elements with 16 rows (M × K: 64 × 1 or 128 × 1, 32 × 4, 16 × 8, 8 × 16): with 4,096 it spilled on
+sm_80. Under the Triton interpreter (`LARGE`) tiles are 256 × 8, where an operation costs about the
+same whatever its size. A statement's output
 without rows sums the rows (a weight gradient: each instance's partial sum in its own slot, the
 launcher adds the slots) or, where no operand has rows, takes one. A barrier after each statement
 makes its writes visible to the whole instance. A gather reads each row's weight set by its index;
