@@ -99,14 +99,11 @@ class CpuNative:
     narrow_channels: int = 16
     narrow_weight: float = 5
     #: a program's kernels compile as translation units of about this many C statements each, at
-    #: most one per CPU, in parallel (-O1 compiles about 1,000 a second here); a tabled kernel's
-    #: body is cut into functions of about this many, so that several units can share it
+    #: most one per CPU, in parallel (-O1 compiles about 1,000 a second here)
     unit_lines: int = 1000
-    #: in a kernel too long for -O3, a run of at least this many consecutive statements of one form
-    #: (the same loop nests, operands elsewhere) is one loop over a table of where their operands are
-    table_min: int = 4
     #: C statements a statement counts as towards o3_lines, where the schedule pass decides which
-    #: kernels to write with tables before any C is written (about what the C has per statement)
+    #: kernels to write as tables (too long for -O3: their statements one table, run by one loop)
+    #: before any C is written (about what the C has per statement)
     statement_lines: float = 4
 
 

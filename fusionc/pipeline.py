@@ -30,15 +30,18 @@ PASSES: tuple[tuple[str, str], ...] = (
     ("differentiate", "per output its vector-Jacobian product, per product its own"),
     ("mask", "per statement of each product, the gradients (cotangents) it serves: a call runs only those"),
     ("factorize", "every program split into pairwise products, per target's cost model"),
-    ("segment", "programs as the CPU runs them: runs of row-local statements as native kernels"),
-    ("schedule", "statements of one form together in each long native kernel: a run is one loop"),
+    ("segment", "programs as the CPU runs them: runs of row-local statements as native kernels (a derivative "
+                "program with some keeps no torch code: elsewhere autograd differentiates the forward's)"),
+    ("schedule", "long native kernels as tables of statements, those of one form together"),
     ("liveness", "where each temporary of torch code is last read, and freed"),
 )
 PASS_NAMES = tuple(name for name, _ in PASSES)
 
-#: The programs each back end runs, by target: the torch back end runs every program as torch code
-#: and, on the CPU, as native kernels; the Triton back end runs derivative programs as Triton
-#: kernels and the last ones' torch code too (autograd differentiates it for a third derivative).
+#: The programs each back end runs, by target: the torch back end runs every program on the CPU as
+#: native kernels (and torch code for what the BLAS does better), the forward as torch code anywhere
+#: else, and derivatives there by differentiating the forward's torch code (torch code of their own
+#: only where no statement runs natively); the Triton back end runs derivative programs as tables
+#: of its one kernel, the forward as a fused kernel, and the forward's torch code for a third derivative.
 BACKENDS = ("torch", "triton")
 
 
@@ -96,7 +99,8 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
                                     tuple(map(Versions, seconds))), backend, model)
         for d, plan, forward, (firsts, seconds) in zip(diagrams, plans, forwards, derivatives)),
         _pretty_versions)
-    programs = show("segment", tuple(_each(d, "native", lambda p: segment(p, model.cpu_native, model.cpu_blas))
+    programs = show("segment", tuple(_derivatives_native(_each(d, "native", lambda p: segment(p, model.cpu_native,
+                                                                                              model.cpu_blas)))
                                      for d in programs),
                     lambda ps: _pretty_programs(v.native for d in ps for v in d.all() if v.native is not None))
     programs = show("schedule", tuple(_each(d, "native", lambda p: schedule.native(p, model.cpu_native))
@@ -142,6 +146,16 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
         return replace(v, triton=factorize(p, model.gpu_triton, blas=model.cpu_blas))
 
     return _map(d, targets)
+
+
+def _derivatives_native(d: DiagramPrograms) -> DiagramPrograms:
+    """A derivative program with native kernels keeps no torch code: where they do not run (no C
+    compiler, another device) its op differentiates the forward's torch code (`rt.first_order`,
+    `rt.second_order`). One without, its torch code on every device."""
+    def one(v: Versions) -> Versions:
+        return replace(v, torch=None) if v.native is not None and v is not d.forward else v
+
+    return _map(d, one)
 
 
 def _each(d: DiagramPrograms, target: str, run: Callable[[Program], Program | None]) -> DiagramPrograms:

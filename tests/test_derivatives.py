@@ -1,7 +1,8 @@
-"""Derivative programs: the backward and double backward that the ops run are programs compiled
-from the diagram (fusionc.analysis.program.derivative), not autograd. Each is compared with an
-independent reference, torch.func.vjp through the previous program's torch code, in float64, for
-every diagram of the standard library and for random n-ary diagrams."""
+"""Derivative programs: the backward and double backward that the ops run on the CPU are programs
+compiled from the diagram (fusionc.analysis.program.derivative), not autograd: native kernels (the
+`__cpu` versions), or torch code where no statement runs natively. Each is compared with an
+independent reference, torch.func.vjp through the previous program's code, in float64, for every
+diagram of the standard library and for random n-ary diagrams."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import fusionc
+from fusionc.runtime.torch_ops import first_order
 from fusionc.analysis.program import derivative, lower
 from fusionc.analysis.plan import plan_diagram
 from fusionc.pipeline import compile_source
@@ -48,10 +50,16 @@ def _close(got, want) -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def _program(code, name: str):
+    """A derivative program as the CPU runs it: its native version, else its torch code."""
+    return getattr(code, f"{name}__cpu", None) or getattr(code, name)
+
+
 def _check_chain(ops, name: str, diagram, seed: int) -> None:
     """Per output: the derivative program for its cotangent against the VJP of the forward with
     that cotangent (the others zero), whole and masked to each gradient; then its own program
-    against the VJP of the derivative program, per cotangent (masked to it) and for all at once."""
+    against the VJP of the first derivative (autograd through the forward's torch code, twice), per
+    cotangent (masked to it) and for all at once."""
     module = getattr(ops, name)(dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     rows = random_inputs(module, diagram, 5, g)
@@ -62,7 +70,7 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
     outputs = forward(*rows, weight, *constants)
     for k, value in enumerate(diagram.outputs):
         first_name = f"_{name}__d" + (f"_{value.name}" if len(outputs) > 1 else "")
-        first = getattr(code, first_name)
+        first = _program(code, first_name)
         cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64) if j == k else torch.zeros_like(o)
                       for j, o in enumerate(outputs)]
         got = first(*rows, cotangents[k], weight, *constants)
@@ -73,14 +81,16 @@ def _check_chain(ops, name: str, diagram, seed: int) -> None:
             _close(masked[j:j + 1], reference[j:j + 1])
             assert not any(x.any() for i, x in enumerate(masked) if i != j)
         rows2 = rows + [cotangents[k]]
-        second = getattr(code, f"{first_name}__d2")
+        first_reference = first_order(forward, k, len(rows))  # autograd through the forward's torch code
+        second = _program(code, f"{first_name}__d2")
         for j in range(len(got)):
             cotangents2 = [torch.randn(o.shape, generator=g, dtype=torch.float64) if i == j else torch.zeros_like(o)
                            for i, o in enumerate(got)]
             got2 = second(*rows2, *cotangents2, weight, *constants, _mask=1 << j)
-            _close(got2, _vjp(first, rows2, weight, constants, cotangents2))
+            _close(got2, _vjp(first_reference, rows2, weight, constants, cotangents2))
         cotangents2 = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in got]
-        _close(second(*rows2, *cotangents2, weight, *constants), _vjp(first, rows2, weight, constants, cotangents2))
+        _close(second(*rows2, *cotangents2, weight, *constants),
+               _vjp(first_reference, rows2, weight, constants, cotangents2))
 
 
 @pytest.mark.parametrize("path, name", list(_cases()))
@@ -143,7 +153,7 @@ def test_backward_computes_only_the_gradients_autograd_uses():
         assert ran == [("fc_tp", -1), ("fc_tp__d", mask)], ran
         for k, grad in zip(wrt, got):
             torch.testing.assert_close(grad, full[k], rtol=1e-12, atol=1e-12)
-        masked = ops.module._fc_tp__d(x.detach(), y.detach(), cotangent, module.weight.detach(), *module.constants(),
+        masked = ops.module._fc_tp__d__cpu(x.detach(), y.detach(), cotangent, module.weight.detach(), *module.constants(),
                                       _mask=mask)
         for k, grad in zip("xyw", masked):
             assert grad.abs().max() > 0 if k in wrt else not grad.any(), k

@@ -1,8 +1,9 @@
 """Native CPU kernels: every program's CPU version (its row-local statements as compiled C) gives
-what its torch code gives, for every diagram of the standard library and random diagrams of each
-mode, in float64 and float32; the ops run them on the CPU by default; a missing compiler, a
-failing one and FUSIONC_NATIVE=0 behave as documented. The torch code itself is checked against
-autograd (test_derivatives), dense einsums and e3nn (test_numeric, test_e3nn_parity)."""
+what its torch code gives (a derivative program without any: what autograd through the forward's
+torch code gives), for every diagram of the standard library and random diagrams of each mode, in
+float64 and float32; the ops run them on the CPU by default; a missing compiler, a failing one
+and FUSIONC_NATIVE=0 behave as documented. The torch code itself is checked against autograd
+(test_derivatives), dense einsums and e3nn (test_numeric, test_e3nn_parity)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,29 @@ import fusionc
 from fusionc import machine
 from fusionc.pipeline import generate
 from fusionc.runtime import native
+from fusionc.runtime.torch_ops import first_order, second_order
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
 from conftest import KERNELS, mask_cases, slow
 
 
-def _programs(module):
-    """(name, torch function, CPU function) of every program that has a CPU version."""
-    for name, cpu in sorted(vars(module).items()):
-        if name.endswith("__cpu") and callable(cpu):
-            yield name[:-5], getattr(module, name[:-5]), cpu
+def _programs(module, diagram):
+    """(name, reference, CPU function) of every program of `diagram` that has a CPU version; the
+    reference is the program's torch code or, for a derivative program without any, the forward's
+    torch code differentiated by autograd (what its op runs where native kernels do not)."""
+    forward = getattr(module, f"_{diagram.name}")
+    for attribute, cpu in sorted(vars(module).items()):
+        name = attribute.removesuffix("__cpu")
+        if name == attribute or not callable(cpu) or not (
+                name == f"_{diagram.name}" or name.startswith(f"_{diagram.name}__d")):
+            continue
+        reference = getattr(module, name, None)
+        if reference is None:
+            output = name.removesuffix("__d2")[len(f"_{diagram.name}__d"):].lstrip("_")
+            k = [o.name for o in diagram.outputs].index(output) if output else 0
+            count = list(inspect.signature(forward).parameters).index("weight")
+            reference = (second_order if name.endswith("__d2") else first_order)(forward, k, count)
+        yield name, reference, cpu
 
 
 def _arguments(fn, diagram, module_cls, rows: int, dtype: torch.dtype, g: torch.Generator) -> list:
@@ -59,13 +73,11 @@ def _check_module(ops, rows: int = 37) -> int:
         ops.module._native.build(torch.float64, torch.float32)  # every CPU compiling at once
     checked = 0
     for diagram in ops.diagrams:
-        for name, reference, cpu in _programs(ops.module):
-            if name != f"_{diagram.name}" and not name.startswith(f"_{diagram.name}__d"):
-                continue
+        for name, reference, cpu in _programs(ops.module, diagram):
             for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
                 g = torch.Generator().manual_seed(7)
-                args = _arguments(reference, diagram, getattr(ops, diagram.name), rows, dtype, g)
-                cases = [(-1, args, None)] + mask_cases(name, reference, args)
+                args = _arguments(cpu, diagram, getattr(ops, diagram.name), rows, dtype, g)
+                cases = [(-1, args, None)] + mask_cases(name, cpu, args)
                 for mask, arguments, compared in cases:  # whole, and per mask bit as it computes
                     want = reference(*arguments)
                     got = cpu(*arguments) if mask == -1 else cpu(*arguments, _mask=mask)
@@ -93,40 +105,38 @@ def test_every_program_of_a_small_product():
 
 
 def test_statement_tables_give_what_the_statements_written_out_give(tmp_path, monkeypatch):
-    """Long programs loop over tables of statements of one form (`fusionc.backends.native`): with a
-    machine model where every program is long, a small product's kernels all do, and give what
-    its torch code gives (forward, backward, double backward, per mask bit)."""
+    """Long kernels run their statements from a table, a function per form (`fusionc.backends.native`):
+    with a machine model where every kernel is long, a small product's kernels all do, and give
+    what its reference gives (forward, backward, double backward, per mask bit)."""
     model = machine.Machine()
-    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0, table_min=2))
+    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0))
     path = tmp_path / "machine.json"
     path.write_text(model.to_json())
     monkeypatch.setenv("FUSIONC_MACHINE", str(path))
     ops = fusionc.loads(random_diagram(0, "uvw", lmax=1, max_mul=2))
     sources = ops.module._native.sources
-    assert any("for (int _r = 0; " in source for source in sources.values())
+    assert any("switch (_t[0])" in source for source in sources.values())
     assert _check_module(ops, rows=7) > 0
 
 
-def test_kernels_cut_into_parts_and_units_give_what_one_function_gives(tmp_path, monkeypatch):
-    """A long kernel's body is cut into functions (`_parts`), and a program's C into translation
-    units compiled in parallel (`runtime.native.units`): with a machine model where every kernel
-    is long and parts and units are short, on 4 CPUs, a small product still gives what its torch
-    code gives, each unit with the forms and tables its parts share."""
+def test_programs_cut_into_units_give_what_one_unit_gives(tmp_path, monkeypatch):
+    """A program's C is cut into translation units compiled in parallel (`runtime.native.units`):
+    with a machine model where units are short, on 4 CPUs, a program of several kernels (every
+    kernel tabled) is cut, each kernel in one unit, and still gives what its reference gives."""
     model = machine.Machine()
-    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0, table_min=2, unit_lines=40))
+    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=0, unit_lines=40))
     path = tmp_path / "machine.json"
     path.write_text(model.to_json())
     monkeypatch.setenv("FUSIONC_MACHINE", str(path))
     monkeypatch.setattr(machine, "cpus", lambda: 4)
     ops = fusionc.loads(random_diagram(1, "uvw", lmax=1, max_mul=2))
-    split = [s for s in ops.module._native.sources.values() if "/* shared " in s]
-    assert split, "some kernel should have been cut into parts"
+    split = [s for s in ops.module._native.sources.values() if len(re.findall(r"^/\* kernel ", s, re.M)) > 1]
+    assert split, "some program should have several kernels"
     for source in split:
         units = native.units(source)
         assert len(units) > 1
-        assert all(unit.startswith("/* shared ") for unit in units)
         assert sorted(name for unit in units for name in re.findall(r"^/\* kernel (\w+) \*/$", unit, re.M)) == \
-            sorted(re.findall(r"^/\* kernel (\w+) \*/$", source, re.M))  # each part in one unit
+            sorted(re.findall(r"^/\* kernel (\w+) \*/$", source, re.M))  # each kernel in one unit
     assert _check_module(ops, rows=7) > 0
 
 

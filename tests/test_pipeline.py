@@ -68,7 +68,7 @@ def test_segmented_programs_hold_kernels_and_liveness_frees_temporaries() -> Non
     assert any(isinstance(s, Kernel) for s in native.statements)
     assert len(native.frees) == len(native.statements)
     # a temporary is freed after its last reader, and nothing reads it after that
-    torch_code = ps.programs[0].firsts[0].torch
+    torch_code = ps.programs[0].forward.torch
     for k, freed in enumerate(torch_code.frees):
         later = {v.tensor for s in torch_code.statements[k + 1:] for v in torch_code.reads(s)}
         assert not set(freed) & later

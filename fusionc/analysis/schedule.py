@@ -1,10 +1,12 @@
-"""The `schedule` pass: statements of one form next to each other, so that a back end writes a run
-of them as one loop over a table of where their operands are, and the code grows with the kinds of
-statement in a program rather than with their number.
+"""The `schedule` pass: which native kernels run their statements from a table, and in those the
+statements of one form next to each other, so that the code grows with the kinds of statement in
+a program rather than with their number, and the table loop calls one form's function many times
+in a row.
 
 Two statements have one form when their code differs only in values a back end reads from a table:
-in native kernels (`fusionc.backends.native`) too long for -O3, where the operands are and the
-coefficient; a CG table's non-zeros, looped over, are the same code for every table. Statements
+in native kernels (`fusionc.backends.native`) too long for -O3, where the operands are, the
+coefficient and the mask bits; a CG table's non-zeros, looped over, are the same code for every
+table. Statements
 move only as what each reads and writes allows (`fusionc.analysis.program.scheduled`); a native
 kernel's statements stay within it. (Triton programs need no schedule: one kernel, written once,
 interprets each program's table of statements; `fusionc.runtime.table_kernel`.)

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, groupby
 from math import prod
 
 from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import Einsum, cg_degrees
 from fusionc.machine import CpuNative
 
-#: Every per-row buffer is declared 64-byte aligned. gcc 12's vectoriser at -O1/-O2 may raise a
-#: local array's alignment for aligned vector stores after the stack frame is laid out, so the
-#: array sits 16 bytes off and the first aligned store faults (a random uvw product in float64
-#: did); declared alignment is honoured when the frame is laid out.
-ALIGNED = "__attribute__((aligned(64)))"
+#: Every per-row buffer is declared 64-byte aligned (the runtime's header defines `ALIGNED` as
+#: `__attribute__((aligned(64)))`). gcc 12's vectoriser at -O1/-O2 may raise a local array's
+#: alignment for aligned vector stores after the stack frame is laid out, so the array sits 16
+#: bytes off and the first aligned store faults (a random uvw product in float64 did); declared
+#: alignment is honoured when the frame is laid out.
+ALIGNED = "ALIGNED"
 
 #: Scratch buffers live on the stack while one holds at most STACK_BUFFER elements and a function's
 #: hold at most STACK_TOTAL (2 MiB of doubles: the standard library's largest function has 256,960,
@@ -132,6 +133,10 @@ def _form(chunk: Chunk) -> tuple[str, tuple[tuple[str, str | int], ...]]:
     return text, tuple(values)
 
 
+#: Integers before a statement table row's operands: its form, its length, its mask bits, its coefficient
+ROW_HEAD = 4
+
+
 def _literal(lines: tuple[str, ...] | list[str], coeff: float) -> list[str]:
     return [line.replace("_coef", repr(coeff)) for line in lines]
 
@@ -148,7 +153,6 @@ class SegmentWriter:
         self.stacked = 0  # elements of the function's buffers on the stack
         self.heap: dict[str, int] = {}  # per-row buffers on the heap (one per thread) -> elements
         self.shared_heap: dict[str, int] = {}  # once-per-call buffers on the heap -> elements
-        self.tables: set[tuple[int, int, int]] = set()  # CG tables the sparse statements loop over
         self.declarations: list[str] = []  # per-row copies, declared at the top of the row loop
         self.when: int | None = None  # the mask bits the statement being written runs for (None: any)
         self.chunks: list[Chunk] = []  # the statements written, in order
@@ -234,7 +238,6 @@ class SegmentWriter:
         row to that order where they are not, the output summed in such a buffer first)."""
         cg = s.operands[table]
         ls = cg_degrees(cg.tensor)
-        self.tables.add(ls)
         out = out.squeezed()
         ops = [(b.squeezed(), ro) for k, (b, ro) in enumerate(operands) if k != table]
         sizes: dict[str, int] = {}
@@ -305,117 +308,59 @@ class SegmentWriter:
 
     def render(self, function: str) -> tuple[list[str], list[list[str]], list[str]]:
         """The row loop's body as C. In a `tabled` kernel (too long for -O3: the `schedule` pass),
-        each run of at least `CpuNative.table_min` consecutive statements of one form (`_form`,
-        masked or not alike) is one loop over a constant table of what their form leaves open (and
-        their coefficients and mask bits, where those differ), calling the form's function (one
-        per form, its pointers `restrict` parameters: gcc vectorises it as it does a statement
-        written out, where it did not with `restrict` pointers declared in the loop); the others
-        are written out.
-        Returns what goes before the function (forms and tables, named after it), the body's lines
-        (a block per statement or table loop) and the pointers the tables index (`_P`, which the
-        row loop declares first)."""
-        forms = [_form(c) for c in self.chunks]
-        shortest = self.model.table_min if self.tabled else len(self.chunks) + 1
+        the statements are one table, one row each (its form, what the form leaves open, its
+        coefficient and mask bits), and the body one loop over it that calls each row's form
+        (`_form`: one function per form, its pointers `restrict` parameters, so that gcc
+        vectorises it as it does a statement written out). Elsewhere each statement is written out.
+        Returns what goes before the function (forms and table, named after it), the body's lines
+        (a block per statement, or the table loop) and the pointers the table indexes (`_P`,
+        which the row loop declares first)."""
+        if not self.tabled:  # consecutive statements for the same mask bits under one test
+            return [], [_guarded([line for c in run for line in (f"/* {c.comment} */", *_literal(c.lines, c.coeff))],
+                                 when) for when, run in groupby(self.chunks, key=lambda c: c.when)], []
         before: list[str] = []
-        blocks: list[list[str]] = []
-        pointers: dict[str, int] = {}
-        cgs: dict[str, int] = {}
-        functions: dict[str, str] = {}  # form -> its function
-        runs = 0
-        k = 0
-        while k < len(self.chunks):
-            end = k + 1
-            while end < len(self.chunks) and forms[end][0] == forms[k][0] and (
-                    self.chunks[end].when is None) == (self.chunks[k].when is None):
-                end += 1
-            run = self.chunks[k:end]
-            if len(run) < shortest:
-                for c in run:
-                    blocks.append(_guarded([f"/* {c.comment} */", *_literal(c.lines, c.coeff)], c.when))
-                k = end
-                continue
-            template, values = forms[k]
+        functions: dict[str, int] = {}  # form -> its function's number
+        calls: list[str] = []  # per form, the call of its function from a table row `_t`
+        indices: dict[str, dict] = {"pointer": {}, "cg": {}, "coefficient": {}}
+        rows: list[list[int]] = []
+        for c in self.chunks:
+            template, values = _form(c)
             if template not in functions:
-                functions[template] = f"{function}_f{len(functions)}"
-                parameters = [f"real *restrict _B{j // 2}" if kind == "pointer" else
-                              "const struct fusionc_cg *restrict _G" if kind == "cg" else "const int _ne"
-                              for j, (kind, _) in enumerate(values) if kind in ("pointer", "cg", "count")]
+                number = functions[template] = len(functions)
+                parameters, arguments = [], []
+                for j, (kind, _) in enumerate(values, ROW_HEAD):
+                    if kind == "pointer":
+                        parameters.append(f"real *restrict _B{len(arguments)}")
+                        arguments.append(f"_P[_t[{j}]] + _t[{j + 1}]")
+                    elif kind == "cg":
+                        parameters += ["const struct fusionc_cg *restrict _G", "const int _ne"]
+                        arguments += [f"{function}_g[_t[{j}]]", f"_t[{j + 1}]"]
                 signature = ", ".join(parameters + ["const double _coef"])
-                before += [f"static inline void {functions[template]}({signature})",
+                before += [f"/* {c.equation} */", f"static inline void {function}_f{number}({signature})",
                            "{", *("    " + line for line in template.split("\n")), "}"]
-            name = f"{function}_t{runs}"
-            runs += 1
-            whens = sorted({c.when for c in run}, key=str)
-            coeffs = sorted({c.coeff for c in run})
-            index = {"pointer": pointers, "cg": cgs}
-            entries = [[index[kind].setdefault(v, len(index[kind])) if kind in index else v for kind, v in vs]
-                       + ([c.when] if len(whens) > 1 else []) for c, (_, vs) in zip(run, forms[k:end])]
-            texts = [f"{{{', '.join(map(str, e))}}}," for e in entries]
-            before += [f"static const int {name}[{len(run)}][{len(entries[0])}] = {{",
-                       *("    " + " ".join(texts[i:i + 8]) for i in range(0, len(texts), 8)), "};"]
-            arguments = []
-            for j, (kind, _) in enumerate(values):
-                if kind == "pointer":
-                    arguments.append(f"_P[_t[{j}]] + _t[{j + 1}]")
-                elif kind == "cg":
-                    arguments += [f"{function}_g[_t[{j}]]", f"_t[{j + 1}]"]
-            if len(coeffs) > 1:
-                coefficients = ", ".join(repr(c.coeff) for c in run)
-                before.append(f"static const double {name}_c[{len(run)}] = {{{coefficients}}};")
-                arguments.append(f"{name}_c[_r]")
-            else:
-                arguments.append(repr(coeffs[0]))
-            body = [f"for (int _r = 0; _r < {len(run)}; ++_r) {{", f"    const int *_t = {name}[_r];"]
-            if len(whens) > 1:
-                body.append(f"    if (!(mask & _t[{len(values)}])) continue;")
-            body += [f"    {functions[template]}({', '.join(arguments)});", "}"]
-            blocks.append(_guarded([f"/* {run[0].equation}: {len(run)} statements, operands from {name} */", *body],
-                                   whens[0] if len(whens) == 1 else None))
-            k = end
+                calls.append(f"{function}_f{number}({', '.join(arguments + [f'{function}_c[_t[3]]'])})")
+            operands = [indices[kind].setdefault(v, len(indices[kind])) if kind in ("pointer", "cg") else v
+                        for kind, v in values]
+            coefficient = indices["coefficient"].setdefault(c.coeff, len(indices["coefficient"]))
+            rows.append([functions[template], ROW_HEAD + len(operands), c.when or 0, coefficient, *operands])
+        cgs, coefficients = indices["cg"], indices["coefficient"]
         if cgs:
-            before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = "
-                             f"{{{', '.join(cgs)}}};")
-        return before, blocks, list(pointers)
-
-
-def _parts(blocks: list[list[str]], size: int) -> list[list[list[str]]]:
-    """The body's blocks cut into consecutive parts of about `size` C statements each: a part is a
-    function of its own, so that a body too long for one compiler process is compiled by several."""
-    statements = [sum(line.count(";") for line in block) for block in blocks]
-    total = sum(statements)
-    count = max(1, round(total / size))
-    parts: list[list[list[str]]] = [[]]
-    done = 0
-    for block, n in zip(blocks, statements):
-        if parts[-1] and done >= total * len(parts) / count:
-            parts.append([])
-        parts[-1].append(block)
-        done += n
-    return parts
-
-
-#: A declaration of what the row loop's body sees: (const or not, name).
-_DECLARED = re.compile(r"^\s*(const )?real (?:\*restrict |\*const )?(\w+)")
-
-
-def _part_function(name: str, lines: list[str], outside: list[str]) -> tuple[list[str], list[str]]:
-    """A part of a row loop's body as a function of the mask and `_V`, the pointers to what the
-    body reads and writes that is declared `outside` it (as restrict-qualified there as here).
-    Returns its lines and, in order, the values the caller puts in `_V`."""
-    declared: dict[str, str] = {}
-    for line in outside:
-        m = _DECLARED.match(line)
-        if m:
-            const, variable = m.groups()
-            declared[variable] = ("real *const *{v} = (real *const *)" if variable == "_P" else
-                                  f"{const or ''}real *restrict {{v}} = ")
-    used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(lines)))
-    assert not used & {"z", "n", "threads", "partial"}, f"{name}: its statements read the row loop's counters"
-    variables = [v for v in declared if v in used]
-    text = [f"__attribute__((visibility(\"hidden\"))) void {name}(const int64_t mask, void *const *_V)", "{",
-            *(f"    {declared[v].format(v=v)}_V[{k}];" for k, v in enumerate(variables)),
-            *(line[4:] for line in lines), "}"]
-    return text, [f"(void *){v}" for v in variables]
+            before.insert(0, f"static const struct fusionc_cg *const {function}_g[{len(cgs)}] = {{{', '.join(cgs)}}};")
+        size = sum(map(len, rows))
+        texts = [", ".join(map(str, row)) + "," for row in rows]
+        before += [f"static const double {function}_c[{len(coefficients)}] = {{{', '.join(map(repr, coefficients))}}};",
+                   "/* one row per statement: form, the row's length, mask bits (0: any), coefficient, then per "
+                   "operand pointer and offset, per CG table its number and non-zeros */",
+                   f"static const int {function}_t[{size}] = {{",
+                   *("    " + "  ".join(texts[i:i + 4]) for i in range(0, len(texts), 4)), "};"]
+        body = [f"/* {len(rows)} statements of {len(functions)} forms, from {function}_t */",
+                f"for (const int *_t = {function}_t; _t < {function}_t + {size}; _t += _t[1]) {{",
+                "    if (_t[2] && !(mask & _t[2])) continue;",
+                "    switch (_t[0]) {",
+                *(f"    case {k}: {call}; break;" for k, call in enumerate(calls)),
+                "    }",
+                "}"]
+        return before, [_guarded(body, None)], list(indices["pointer"])
 
 
 def _guarded(body: list[str], when: int | None) -> list[str]:
@@ -457,23 +402,9 @@ def _tidy(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-#: The first line of a kernel's C (its forms and tables, then its function), or of a part of its body
-#: (`_parts`): where the runtime may cut a program into translation units compiled in parallel
-#: (`fusionc.runtime.native`). What a kernel's parts share (forms, tables) is marked SHARED_MARK: it
-#: goes into every unit.
+#: The first line of a kernel's C (its forms and table, then its function): where the runtime may
+#: cut a program into translation units compiled in parallel (`fusionc.runtime.native`).
 KERNEL_MARK = "/* kernel {name} */"
-SHARED_MARK = "/* shared {name} */"
-
-
-def cg_tables(tables: set[tuple[int, int, int]]) -> str:
-    """C declarations of the CG tables sparse statements loop over: their non-zeros, exact doubles."""
-    lines = ["struct fusionc_cg { int i, j, k; double c; };"]
-    for ls in sorted(tables):
-        entries = [f"{{{i}, {j}, {k}, {v!r}}}," for i, j, k, v in cg_entries(*ls)]
-        lines.append(f"static const struct fusionc_cg {cg_table(ls)}[{len(entries)}] = {{")
-        lines += ["    " + " ".join(entries[start:start + 4]) for start in range(0, len(entries), 4)]
-        lines.append("};")
-    return "\n".join(lines)
 
 
 def program_of(function: str) -> str:
@@ -512,12 +443,10 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
     total = sum(a.numel for a in sums)
     for k, a in enumerate(arguments):
         const = "" if a.kind in "oaOA" else "const "
-        once.append(f"    {const}real *restrict {a.name.upper()} = ptr[{k}];")
         if a.rows:
-            once.append(f"    const int64_t {a.name}_stride = stride[{k}];")
-            setup.append(f"{const}real *restrict {a.name} = {a.name.upper()} + z * {a.name}_stride;")
-        elif a.kind not in "OA":
-            once.append(f"    {const}real *restrict {a.name} = {a.name.upper()};")
+            setup.append(f"{const}real *restrict {a.name} = ({const}real *)ptr[{k}] + z * stride[{k}];")
+        else:  # a sum over rows is added to what ptr points at after the loop (its rows sum elsewhere)
+            once.append(f"    {const}real *restrict {a.name.upper() if a.kind in 'OA' else a.name} = ptr[{k}];")
         if a.kind == "o":
             setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
     for local, (size, when) in locals_.items():  # zeroed per row where a statement writing it runs
@@ -530,21 +459,8 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
     tables, blocks, pointers = body.render(name)
     if pointers:
         setup.append(f"real *const _P[{len(pointers)}] = {{{', '.join(f'(real *){p}' for p in pointers)}}};")
-    parts = _parts(blocks, body.model.unit_lines) if body.tabled else [blocks]
-    if len(parts) == 1:
-        lines = [KERNEL_MARK.format(name=name), *tables]
-        statements = [line for block in blocks for line in block]
-    else:  # a function per part, each its own piece of C: the runtime compiles them in parallel
-        outside = [*once, *setup, *body.prologue, *(f"real *restrict {a.name};" for a in sums),
-                   *(f"real *restrict {b};" for b in (*body.heap, *body.shared_heap))]  # what the body sees
-        lines, prototypes, statements = [SHARED_MARK.format(name=name), *tables], [], []
-        for k, part in enumerate(parts):
-            text, values = _part_function(f"{name}_p{k}", [line for block in part for line in block], outside)
-            lines += ["", KERNEL_MARK.format(name=f"{name}_p{k}"), *text]
-            prototypes.append(f"void {name}_p{k}(const int64_t mask, void *const *_V);")
-            statements += [f"        {{ void *const _V[] = {{{', '.join(values)}}};",
-                           f"          {name}_p{k}(mask, _V); }}"]
-        lines += ["", KERNEL_MARK.format(name=name), *prototypes]
+    lines = [KERNEL_MARK.format(name=name), *tables]
+    statements = [line for block in blocks for line in block]
     lines += [f"int {name}(int64_t n, int threads, int64_t mask, void *const *ptr, const int64_t *stride)", "{", *once]
     owned = list(body.shared_heap)  # what the function frees before it returns
     for buffer, size in body.shared_heap.items():

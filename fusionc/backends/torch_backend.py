@@ -20,11 +20,10 @@ class _NativeWriter(ProgramWriter):
     is one call of a native function (`fusionc.backends.native`), collected in `kernels`."""
 
     def __init__(self, w: CodeWriter, p: Program, blas: CpuBlas, model: CpuNative,
-                 kernels: dict[str, tuple[str, str]], tables: set[tuple[int, int, int]]) -> None:
+                 kernels: dict[str, tuple[str, str]]) -> None:
         super().__init__(w, p, blas)
         self.model = model
         self.kernels = kernels  # C function name -> (source, argument kinds)
-        self.tables = tables  # CG tables (l1, l2, l3) the sparse statements of any program loop over
         self.allocated: set[str] = set()
 
     def statement(self, s: Statement | Kernel) -> None:
@@ -116,11 +115,8 @@ class _NativeWriter(ProgramWriter):
                 body.statement(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands)
             else:
                 body.sparse(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands, table)
-            if s.note:
-                self.w(f"# {s.note}")
         kinds = "".join(a.kind for a in arguments)
         self.kernels[name] = (native.segment_function(name, arguments, locals_, body), kinds)
-        self.tables.update(body.tables)
         call = f"_native.run({name!r}, n, {'_mask' if p.keys else -1}, {', '.join(expressions)})"
         if when is None:
             self.w(call)
@@ -138,11 +134,10 @@ class _NativeVersions:
     def __init__(self, blas: CpuBlas, model: CpuNative) -> None:
         self.blas, self.model = blas, model
         self.kernels: dict[str, tuple[str, str]] = {}  # C function -> (source, argument kinds)
-        self.tables: set[tuple[int, int, int]] = set()  # the CG tables any program's C loops over
 
     def function(self, p: Program) -> list[str]:
         w = CodeWriter()
-        emit_program(w, p, _NativeWriter(w, p, self.blas, self.model, self.kernels, self.tables), "__cpu")
+        emit_program(w, p, _NativeWriter(w, p, self.blas, self.model, self.kernels), "__cpu")
         return w.lines
 
     def code(self) -> list[str]:
@@ -154,7 +149,7 @@ class _NativeVersions:
         w()
         w()
         w("# the CPU versions' native kernels: C per program, compiled on first use after the CG tables they")
-        w("# loop over (`prelude`; fusionc.runtime.native)")
+        w("# loop over (fusionc.runtime.native)")
         w("_native = rt.NativeKernels(")
         w.indent()
         w("{")
@@ -172,10 +167,7 @@ class _NativeVersions:
             w(f"{name!r}: {kinds!r},")
         w.dedent()
         w("},")
-        if self.tables:
-            w('prelude="""\\')
-            w.lines.extend(native.cg_tables(self.tables).split("\n"))
-            w('""",')
+        w("_CG_TABLES,")
         w.dedent()
         w(")")
         w("_ops.kernels = _native")

@@ -20,7 +20,7 @@ from fusionc.analysis.layout import plan_pair
 from fusionc.analysis.plan import DiagramPlan
 from fusionc.algebra.cg import cg_entries
 from fusionc.analysis.program import (PLANNING_ROWS, Einsum, Gather, Kernel, Program, ProgramSet, Statement, Tensor, View,
-                                      cg_degrees, view_layout)
+                                      Versions, cg_degrees, view_layout)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.machine import CpuBlas
 from fusionc.version import __version__
@@ -45,6 +45,13 @@ def _weight_inputs(d: Diagram) -> dict[str, CouplingVertex]:
     return {t.weight_source: t for t in d.vertices if t.weight_source is not None}
 
 
+def _four_a_line(w: CodeWriter, entries: list[str]) -> None:
+    w.indent()
+    for start in range(0, len(entries), 4):
+        w(" ".join(entries[start:start + 4]))
+    w.dedent()
+
+
 def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
@@ -66,30 +73,16 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     w(f"weight_numel = {d.internal_weight_numel}")
     w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
 
-    def sparse(entries: list[str]) -> None:  # four to a line
-        w.indent()
-        for start in range(0, len(entries), 4):
-            w(" ".join(entries[start:start + 4]))
-        w.dedent()
-
-    # the CG tables' float64 values, written to round-trip exactly: loading the module needs no sympy
     tables = [cg_degrees(c) for c in forward.constants if c.startswith("cg_")]
     if tables:
-        w("cg_tables = {  # real-basis CG tables C[i, j, k] by (l1, l2, l3), as sparse (i, j, k, value)")
-        w.indent()
-        for ls in tables:
-            w(f"{ls!r}: (")
-            sparse([f"({i}, {j}, {k}, {v!r})," for i, j, k, v in cg_entries(*ls)])
-            w("),")
-        w.dedent()
-        w("}")
+        w(f"cg_tables = {{ls: _CG_TABLES[ls] for ls in {tuple(tables)!r}}}")
     names = [c for c in forward.constants if not c.startswith("cg_")]
     if names:
         w("matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables")
         w.indent()
         for name in names:
             w(f'"{name}": ({forward.tensors[name].shape!r}, (')
-            sparse([f"({i}, {j}, {v!r})," for i, j, v in forward.matrices[name]])
+            _four_a_line(w, [f"({i}, {j}, {v!r})," for i, j, v in forward.matrices[name]])
             w(")),")
         w.dedent()
         w("}")
@@ -470,9 +463,11 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     w(f"# Machine model {ps.machine.digest()} (fusionc.machine; cpu_blas fitted on {ps.machine.cpu_blas.fitted_on})")
     w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}.')
     w()
-    w("Per diagram: `_<name>` (forward), `_<name>__d` (its vector-Jacobian product) and `_<name>__d__d2` (the")
-    w("product's own), each a program of labelled contractions compiled from the diagram. A product's `mask`")
-    w("says which gradients to compute (which cotangents are present): statements no bit needs do not run.")
+    w("Per diagram: `_<name>`, its forward program (labelled contractions compiled from the diagram) as torch")
+    w("code; ops for it, its vector-Jacobian product (`<name>__d`) and the product's own (`<name>__d__d2`), which")
+    w("run the versions below (`__cpu`: native kernels on the CPU; `__triton`: GPU kernels) and elsewhere")
+    w("differentiate the forward's torch code. A product's `mask` says which gradients to compute (which")
+    w("cotangents are present): statements no bit needs do not run.")
     w('"""')
     w()
     w("from __future__ import annotations")
@@ -521,17 +516,30 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
         w("# used (the cotangents present); the last ones differentiate " +
           ("through the forward's torch code, twice" if program_kernel else "through their own torch code"))
         for k, (first, second) in enumerate(zip(dp.firsts, dp.seconds)):
+            differentiated = f"(_{d.name}, {k}, {len(forward.inputs)})"  # the forward's torch code, output k
             run = runners.get(second.name)
             # a kernel autograd cannot see through: its derivative differentiates the forward's torch code
-            reference = f", reference=rt.second_order(_{d.name}, {k}, {len(forward.inputs)})" if run else ""
-            w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second.program)}, '
-              f'masked=True{reference}{_native_impl(cpu, second.name)})')
-            w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, '
+            reference = f", reference=rt.second_order{differentiated}" if run else ""
+            w(f'_ops.register("{second.name}", {_runner(second, runners, "rt.second_order" + differentiated)}, '
+              f'{_signature(second.program)}, masked=True{reference}{_native_impl(cpu, second.name)})')
+            w(f'_ops.register("{first.name}", {_runner(first, runners, "rt.first_order" + differentiated)}, '
               f'{_signature(first.program)}, backward_all=_ops["{second.name}"], masked=True'
               f'{_native_impl(cpu, first.name)})')
         backward = ", ".join(f'_ops["{f.name}"]' for f in dp.firsts)
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
           f'backward=[{backward}], check_indices=True{_native_impl(cpu, d.name)})')
+    # the CG tables' float64 values, written to round-trip exactly: loading the module needs no sympy
+    tables = sorted({cg_degrees(c) for dp in ps.programs for c in dp.forward.program.constants if c.startswith("cg_")})
+    w()
+    w()
+    w("_CG_TABLES = {  # real-basis CG tables C[i, j, k] by (l1, l2, l3), as sparse (i, j, k, value)")
+    w.indent()
+    for ls in tables:
+        w(f"{ls!r}: (")
+        _four_a_line(w, [f"({i}, {j}, {k}, {v!r})," for i, j, k, v in cg_entries(*ls)])
+        w("),")
+    w.dedent()
+    w("}")
     for dp in ps.programs:
         w()
         w()
@@ -539,6 +547,14 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     if cpu_versions is not None:
         cpu_versions.write(w)
     return "\n".join(w.lines) + "\n"
+
+
+def _runner(v: Versions, runners: dict[str, str], differentiated: str) -> str:
+    """What a derivative program's op runs (its native version aside): a kernel (`runners`), its
+    torch code, or else the forward's torch code `differentiated`."""
+    if v.name in runners:
+        return runners[v.name]
+    return f"_{v.name}" if v.torch is not None else differentiated
 
 
 def _native_impl(cpu: dict[str, str], name: str) -> str:

@@ -45,6 +45,7 @@ HEADER = """\
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#define ALIGNED __attribute__((aligned(64)))
 """
 
 #: The first line of a kernel function's definition: the signature `NativeKernels` calls.
@@ -108,22 +109,17 @@ def _machine() -> str:
 
 #: How a loop over a statement table starts (`fusionc.backends.native`): gcc -O3 made those of
 #: fusion_block's forward 2.7x slower than -O1 did (7.6 ms against 2.7 for 1,000 rows)
-_STATEMENT_TABLE = "for (int _r = 0; "
+_STATEMENT_TABLE = "for (const int *_t = "
 _TABLE_LOOP = re.compile(r"for \(int _e = 0; _e < (\d+); \+\+_e\)")
 _CHANNEL_LOOP = re.compile(r"for \(int _[uvw] = 0; _[uvw] < (\d+); ")
-#: The first line of each kernel's C, or of a part of one, and of what its parts share
-#: (`fusionc.backends.native.KERNEL_MARK`, `SHARED_MARK`).
-_PIECE = re.compile(r"^/\* (kernel|shared) \w+ \*/$", re.MULTILINE)
+#: The first line of each kernel's C (`fusionc.backends.native.KERNEL_MARK`).
+_KERNEL = re.compile(r"^/\* kernel \w+ \*/$", re.MULTILINE)
 
 
-def pieces(source: str) -> list[tuple[bool, str]]:
-    """A program's C cut where `_PIECE` marks it: (whether every translation unit needs the piece,
-    the piece). A source without marks is one piece."""
-    marks = list(_PIECE.finditer(source))
-    if not marks:
-        return [(False, source.strip("\n"))]
-    bounds = [0] + [m.start() for m in marks[1:]] + [len(source)]
-    return [(m.group(1) == "shared", source[a:b].strip("\n")) for m, a, b in zip(marks, bounds, bounds[1:])]
+def kernels(source: str) -> list[str]:
+    """A program's C cut where `_KERNEL` marks it, a kernel a piece; a source without marks is one."""
+    bounds = [0] + [m.start() for m in list(_KERNEL.finditer(source))[1:]] + [len(source)]
+    return [source[a:b].strip("\n") for a, b in zip(bounds, bounds[1:])]
 
 
 def _size(kernel: str, model: machine.CpuNative) -> float:
@@ -140,26 +136,24 @@ def flags_for(source: str) -> tuple[str, ...]:
     (as `_size` counts them), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling
     in between: gcc 12 miscompiles that (tests/test_reproducers.py)."""
     model = machine.current().cpu_native
-    small = sum(_size(piece, model) for _, piece in pieces(source)) <= model.o3_lines
+    small = sum(_size(kernel, model) for kernel in kernels(source)) <= model.o3_lines
     return ("-O3", *FLAGS[1:]) if small and _STATEMENT_TABLE not in source else FLAGS
 
 
 def units(source: str) -> list[str]:
     """A program's C as translation units of about `CpuNative.unit_lines` C statements, at most
-    one per CPU (gcc's time grows with a unit, and each runs on its own CPU): its kernels (and
-    parts of kernels, `pieces`) dealt the largest first, each to the unit with the fewest
-    statements so far, in their order within a unit, after the pieces every unit needs."""
-    cut = pieces(source)
-    shared = [piece for every, piece in cut if every]
-    own = [piece for every, piece in cut if not every]
-    sizes = [piece.count(";") for piece in own]
+    one per CPU (gcc's time grows with a unit, and each runs on its own CPU): its kernels dealt
+    the largest first, each to the unit with the fewest statements so far, in their order within
+    a unit."""
+    own = kernels(source)
+    sizes = [kernel.count(";") for kernel in own]
     count = max(1, min(machine.cpus(), len(own), round(sum(sizes) / machine.current().cpu_native.unit_lines)))
     loads, members = [0] * count, [[] for _ in range(count)]
     for k in sorted(range(len(own)), key=lambda k: (-sizes[k], k)):
         unit = loads.index(min(loads))
         loads[unit] += sizes[k]
         members[unit].append(k)
-    return ["\n\n".join(shared + [own[k] for k in sorted(unit)]) for unit in members]
+    return ["\n\n".join(own[k] for k in sorted(unit)) for unit in members]
 
 
 #: Every cached library ends with this and the sha256 of the bytes before it (the dynamic loader
@@ -227,16 +221,30 @@ def _row_major(t: torch.Tensor) -> bool:
     return True
 
 
+def cg_declarations(tables: dict[tuple[int, int, int], tuple[tuple[int, int, int, float], ...]]) -> str:
+    """C declarations of CG tables, each `cg_<l1>_<l2>_<l3>` an array of its non-zeros (i, j, k,
+    value), the values exact doubles (Python's repr round-trips), for kernels that loop over them."""
+    lines = ["struct fusionc_cg { int i, j, k; double c; };"]
+    for ls, entries in sorted(tables.items()):
+        texts = [f"{{{i}, {j}, {k}, {v!r}}}," for i, j, k, v in entries]
+        lines.append("static const struct fusionc_cg cg_{}_{}_{}[{}] = {{".format(*ls, len(entries)))
+        lines += ["    " + " ".join(texts[start:start + 4]) for start in range(0, len(texts), 4)]
+        lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
 class NativeKernels:
     """The C functions of one generated module, by program: `sources[program]` holds its
-    functions (compiled into one library, after `prelude`, on the first call of one of them, per
-    dtype); `kinds[name]`
+    functions (compiled into one library, after the declarations of the module's `cg_tables`
+    (`cg_declarations`), on the first call of one of them, per dtype); `kinds[name]`
     gives, per argument of function `name`, `r` (rows in, (n, ...) with a row stride), `s` (shared
     in, no rows), `o` (rows out, overwritten), `a` (rows, accumulated into), `O` (shared out, the
     sum over rows) or `A` (shared, the sum over rows added to it)."""
 
-    def __init__(self, sources: dict[str, str], kinds: dict[str, str], prelude: str = "") -> None:
-        self.sources, self.kinds, self.prelude = sources, kinds, prelude
+    def __init__(self, sources: dict[str, str], kinds: dict[str, str],
+                 cg_tables: dict[tuple[int, int, int], tuple[tuple[int, int, int, float], ...]] | None = None) -> None:
+        self.sources, self.kinds = sources, kinds
+        self.prelude = cg_declarations(cg_tables) if cg_tables else ""
         self.libraries: dict[tuple[str, torch.dtype], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype], object] = {}
 

@@ -211,16 +211,48 @@ def assemble(like: torch.Tensor, n: int | None, size: int,
     return out
 
 
+def first_order(forward, output: int, count: int):
+    """A function computing what a first derivative program computes, by differentiating the
+    forward program's torch code (torch.func): what the op of a derivative program runs where its
+    native kernels do not (no C compiler, another device, FUSIONC_NATIVE=0). Its arguments are the
+    derivative's: the forward's `count` inputs, the cotangent of forward output `output`, the
+    weight and the constants, and `_mask` (bit k: the k-th gradient wanted); it returns the
+    gradients of the floating inputs, then of the weight, zeros where the mask does not ask."""
+
+    def first(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tensor]:
+        rows, cotangent, weight, constants = list(args[:count]), args[count], args[count + 1], args[count + 2:]
+        primals = [*(r for r in rows if r.is_floating_point()), weight]
+        wanted = [k for k in range(len(primals)) if _mask >> k & 1]
+
+        def value(*xs: torch.Tensor) -> torch.Tensor:
+            inputs = [*primals]
+            for k, x in zip(wanted, xs):
+                inputs[k] = x
+            floats = iter(inputs)
+            return forward(*(next(floats) if r.is_floating_point() else r for r in rows),
+                           inputs[-1], *constants)[output]
+
+        gradients = [torch.zeros_like(x) for x in primals]
+        if wanted:
+            _, pullback = torch.func.vjp(value, *(primals[k] for k in wanted))
+            for k, g in zip(wanted, pullback(cotangent)):
+                gradients[k] = g
+        return gradients
+
+    return first
+
+
 def second_order(forward, output: int, count: int):
     """A function computing what a second derivative program computes, by differentiating the
-    forward program's torch code twice (torch.func): the `reference` of a program whose kernel
-    autograd cannot see through, so that its own derivative (a third one) is available. Its
+    forward program's torch code twice (torch.func): what the op of a second derivative program
+    runs where its native kernels do not (as `first_order`), and the `reference` of a program whose
+    kernel autograd cannot see through, so that its own derivative (a third one) is available. Its
     arguments are the second program's: the forward's `count` inputs, the cotangent of forward
     output `output`, the cotangents of the first derivative's gradients (its floating inputs', then
     the weight's), the weight and the constants; it returns the gradients of the first
     derivative's floating inputs (the forward's, then the cotangent) and of the weight."""
 
-    def second(*args: torch.Tensor) -> list[torch.Tensor]:
+    def second(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tensor]:  # every gradient, whatever the mask
         rows, cotangent = list(args[:count]), args[count]
         floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
         seconds = args[count + 1:count + 2 + len(floats)]
