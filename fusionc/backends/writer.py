@@ -513,8 +513,8 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
         w()
         w()
         w(f"# {d.name}: an op's autograd runs the op of its derivative program, masked to the gradients")
-        w("# used (the cotangents present); the last ones differentiate " +
-          ("through the forward's torch code, twice" if program_kernel else "through their own torch code"))
+        w("# used (the cotangents present); the last ones' own derivative differentiates torch code: the")
+        w("# forward's (or theirs, where they have some)")
         for k, (first, second) in enumerate(zip(dp.firsts, dp.seconds)):
             differentiated = f"(_{d.name}, {k}, {len(forward.inputs)})"  # the forward's torch code, output k
             run = runners.get(second.name)

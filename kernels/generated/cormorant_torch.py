@@ -147,7 +147,8 @@ def _cormorant_cg__d__d2__cpu(
 
 
 # cormorant_cg: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("cormorant_cg__d__d2", rt.second_order(_cormorant_cg, 0, 1), outputs=((144, True), (144, True), (1680, False)), index_ranges={}, masked=True, cpu=_cormorant_cg__d__d2__cpu)
 _ops.register("cormorant_cg__d", rt.first_order(_cormorant_cg, 0, 1), outputs=((144, True), (1680, False)), index_ranges={}, backward_all=_ops["cormorant_cg__d__d2"], masked=True, cpu=_cormorant_cg__d__cpu)
 _ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d"]], check_indices=True, cpu=_cormorant_cg__cpu)
@@ -298,7 +299,8 @@ def _cormorant_message__d__d2__cpu(
 
 
 # cormorant_message: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("cormorant_message__d__d2", rt.second_order(_cormorant_message, 0, 3), outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, masked=True, cpu=_cormorant_message__d__d2__cpu)
 _ops.register("cormorant_message__d", rt.first_order(_cormorant_message, 0, 3), outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward_all=_ops["cormorant_message__d__d2"], masked=True, cpu=_cormorant_message__d__cpu)
 _ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d"]], check_indices=True, cpu=_cormorant_message__cpu)

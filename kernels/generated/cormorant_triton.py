@@ -743,7 +743,8 @@ def _cormorant_cg__triton(f, weight, *constants: torch.Tensor) -> list[torch.Ten
 
 
 # cormorant_cg: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("cormorant_cg__d__d2", _cormorant_cg__d__d2__triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, masked=True, reference=rt.second_order(_cormorant_cg, 0, 1))
 _ops.register("cormorant_cg__d", _cormorant_cg__d__triton, outputs=((144, True), (1680, False)), index_ranges={}, backward_all=_ops["cormorant_cg__d__d2"], masked=True)
 _ops.register("cormorant_cg", _cormorant_cg__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_cg__d"]], check_indices=True)
@@ -1584,7 +1585,8 @@ def _cormorant_message__triton(f, sh, w, weight, *constants: torch.Tensor) -> li
 
 
 # cormorant_message: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("cormorant_message__d__d2", _cormorant_message__d__d2__triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, masked=True, reference=rt.second_order(_cormorant_message, 0, 3))
 _ops.register("cormorant_message__d", _cormorant_message__d__triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward_all=_ops["cormorant_message__d__d2"], masked=True)
 _ops.register("cormorant_message", _cormorant_message__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["cormorant_message__d"]], check_indices=True)

@@ -318,7 +318,8 @@ def _mace_product__d__d2__cpu(
 
 
 # mace_product: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product__d__d2", rt.second_order(_mace_product, 0, 2), outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, masked=True, cpu=_mace_product__d__d2__cpu)
 _ops.register("mace_product__d", rt.first_order(_mace_product, 0, 2), outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product__d__d2"], masked=True, cpu=_mace_product__d__cpu)
 _ops.register("mace_product", _mace_product, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d"]], check_indices=True, cpu=_mace_product__cpu)
@@ -472,7 +473,8 @@ def _mace_product_2__d__d2__cpu(
 
 
 # mace_product_2: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product_2__d__d2", rt.second_order(_mace_product_2, 0, 2), outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, masked=True, cpu=_mace_product_2__d__d2__cpu)
 _ops.register("mace_product_2__d", rt.first_order(_mace_product_2, 0, 2), outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product_2__d__d2"], masked=True, cpu=_mace_product_2__d__cpu)
 _ops.register("mace_product_2", _mace_product_2, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d"]], check_indices=True, cpu=_mace_product_2__cpu)
@@ -992,7 +994,8 @@ def _mace_product_4__d__d2__cpu(
 
 
 # mace_product_4: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product_4__d__d2", rt.second_order(_mace_product_4, 0, 2), outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, masked=True, cpu=_mace_product_4__d__d2__cpu)
 _ops.register("mace_product_4__d", rt.first_order(_mace_product_4, 0, 2), outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward_all=_ops["mace_product_4__d__d2"], masked=True, cpu=_mace_product_4__d__cpu)
 _ops.register("mace_product_4", _mace_product_4, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d"]], check_indices=True, cpu=_mace_product_4__cpu)

@@ -1191,7 +1191,8 @@ def _mace_product__triton(A, z, weight, *constants: torch.Tensor) -> list[torch.
 
 
 # mace_product: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product__d__d2", _mace_product__d__d2__triton, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)}, masked=True, reference=rt.second_order(_mace_product, 0, 2))
 _ops.register("mace_product__d", _mace_product__d__triton, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product__d__d2"], masked=True)
 _ops.register("mace_product", _mace_product__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product__d"]], check_indices=True)
@@ -1659,7 +1660,8 @@ def _mace_product_2__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 
 
 # mace_product_2: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product_2__d__d2", _mace_product_2__d__d2__triton, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)}, masked=True, reference=rt.second_order(_mace_product_2, 0, 2))
 _ops.register("mace_product_2__d", _mace_product_2__d__triton, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward_all=_ops["mace_product_2__d__d2"], masked=True)
 _ops.register("mace_product_2", _mace_product_2__triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops["mace_product_2__d"]], check_indices=True)
@@ -3924,7 +3926,8 @@ def _mace_product_4__triton(A, z, weight, *constants: torch.Tensor) -> list[torc
 
 
 # mace_product_4: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("mace_product_4__d__d2", _mace_product_4__d__d2__triton, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)}, masked=True, reference=rt.second_order(_mace_product_4, 0, 2))
 _ops.register("mace_product_4__d", _mace_product_4__d__triton, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward_all=_ops["mace_product_4__d__d2"], masked=True)
 _ops.register("mace_product_4", _mace_product_4__triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops["mace_product_4__d"]], check_indices=True)

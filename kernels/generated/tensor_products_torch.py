@@ -386,7 +386,8 @@ def _fc_tp__d__d2__cpu(
 
 
 # fc_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("fc_tp__d__d2", rt.second_order(_fc_tp, 0, 2), outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, masked=True, cpu=_fc_tp__d__d2__cpu)
 _ops.register("fc_tp__d", rt.first_order(_fc_tp, 0, 2), outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward_all=_ops["fc_tp__d__d2"], masked=True, cpu=_fc_tp__d__cpu)
 _ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d"]], check_indices=True, cpu=_fc_tp__cpu)
@@ -574,7 +575,8 @@ def _conv_tp__d__d2__cpu(
 
 
 # conv_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("conv_tp__d__d2", rt.second_order(_conv_tp, 0, 3), outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, masked=True, cpu=_conv_tp__d__d2__cpu)
 _ops.register("conv_tp__d", rt.first_order(_conv_tp, 0, 3), outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward_all=_ops["conv_tp__d__d2"], masked=True, cpu=_conv_tp__d__cpu)
 _ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops["conv_tp__d"]], check_indices=True, cpu=_conv_tp__cpu)
@@ -710,7 +712,8 @@ def _elementwise_tp__d__d2__cpu(
 
 
 # elementwise_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("elementwise_tp__d__d2", rt.second_order(_elementwise_tp, 0, 2), outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, masked=True, cpu=_elementwise_tp__d__d2__cpu)
 _ops.register("elementwise_tp__d", rt.first_order(_elementwise_tp, 0, 2), outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward_all=_ops["elementwise_tp__d__d2"], masked=True, cpu=_elementwise_tp__d__cpu)
 _ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops["elementwise_tp__d"]], check_indices=True, cpu=_elementwise_tp__cpu)
@@ -935,7 +938,8 @@ def _full_tp__d__d2__cpu(
 
 
 # full_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("full_tp__d__d2", rt.second_order(_full_tp, 0, 2), outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, masked=True, cpu=_full_tp__d__d2__cpu)
 _ops.register("full_tp__d", rt.first_order(_full_tp, 0, 2), outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward_all=_ops["full_tp__d__d2"], masked=True, cpu=_full_tp__d__cpu)
 _ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops["full_tp__d"]], check_indices=True, cpu=_full_tp__cpu)
@@ -1000,7 +1004,8 @@ def _linear__d__d2__cpu(
 
 
 # linear: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("linear__d__d2", rt.second_order(_linear, 0, 1), outputs=((120, True), (144, True), (896, False)), index_ranges={}, masked=True, cpu=_linear__d__d2__cpu)
 _ops.register("linear__d", rt.first_order(_linear, 0, 1), outputs=((120, True), (896, False)), index_ranges={}, backward_all=_ops["linear__d__d2"], masked=True, cpu=_linear__d__cpu)
 _ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops["linear__d"]], check_indices=True, cpu=_linear__cpu)
@@ -1182,7 +1187,8 @@ def _tp_then_linear__d__d2__cpu(
 
 
 # tp_then_linear: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through their own torch code
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("tp_then_linear__d__d2", rt.second_order(_tp_then_linear, 0, 2), outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, masked=True, cpu=_tp_then_linear__d__d2__cpu)
 _ops.register("tp_then_linear__d", rt.first_order(_tp_then_linear, 0, 2), outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward_all=_ops["tp_then_linear__d__d2"], masked=True, cpu=_tp_then_linear__d__cpu)
 _ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d"]], check_indices=True, cpu=_tp_then_linear__cpu)

@@ -722,7 +722,8 @@ def _fc_tp__triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]
 
 
 # fc_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("fc_tp__d__d2", _fc_tp__d__d2__triton, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, masked=True, reference=rt.second_order(_fc_tp, 0, 2))
 _ops.register("fc_tp__d", _fc_tp__d__triton, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward_all=_ops["fc_tp__d__d2"], masked=True)
 _ops.register("fc_tp", _fc_tp__triton, outputs=((288, True),), index_ranges={}, backward=[_ops["fc_tp__d"]], check_indices=True)
@@ -1988,7 +1989,8 @@ def _conv_tp__triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.T
 
 
 # conv_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("conv_tp__d__d2", _conv_tp__d__d2__triton, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, masked=True, reference=rt.second_order(_conv_tp, 0, 3))
 _ops.register("conv_tp__d", _conv_tp__d__triton, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward_all=_ops["conv_tp__d__d2"], masked=True)
 _ops.register("conv_tp", _conv_tp__triton, outputs=((992, True),), index_ranges={}, backward=[_ops["conv_tp__d"]], check_indices=True)
@@ -2788,7 +2790,8 @@ def _elementwise_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torc
 
 
 # elementwise_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("elementwise_tp__d__d2", _elementwise_tp__d__d2__triton, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, masked=True, reference=rt.second_order(_elementwise_tp, 0, 2))
 _ops.register("elementwise_tp__d", _elementwise_tp__d__triton, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward_all=_ops["elementwise_tp__d__d2"], masked=True)
 _ops.register("elementwise_tp", _elementwise_tp__triton, outputs=((192, True),), index_ranges={}, backward=[_ops["elementwise_tp__d"]], check_indices=True)
@@ -3173,7 +3176,8 @@ def _full_tp__triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tenso
 
 
 # full_tp: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("full_tp__d__d2", _full_tp__d__d2__triton, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, masked=True, reference=rt.second_order(_full_tp, 0, 2))
 _ops.register("full_tp__d", _full_tp__d__triton, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward_all=_ops["full_tp__d__d2"], masked=True)
 _ops.register("full_tp", _full_tp__triton, outputs=((224, True),), index_ranges={}, backward=[_ops["full_tp__d"]], check_indices=True)
@@ -3369,7 +3373,8 @@ def _linear__triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
 
 
 # linear: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("linear__d__d2", _linear__d__d2__triton, outputs=((120, True), (144, True), (896, False)), index_ranges={}, masked=True, reference=rt.second_order(_linear, 0, 1))
 _ops.register("linear__d", _linear__d__triton, outputs=((120, True), (896, False)), index_ranges={}, backward_all=_ops["linear__d__d2"], masked=True)
 _ops.register("linear", _linear__triton, outputs=((144, True),), index_ranges={}, backward=[_ops["linear__d"]], check_indices=True)
@@ -3754,7 +3759,8 @@ def _tp_then_linear__triton(x, y, weight, *constants: torch.Tensor) -> list[torc
 
 
 # tp_then_linear: an op's autograd runs the op of its derivative program, masked to the gradients
-# used (the cotangents present); the last ones differentiate through the forward's torch code, twice
+# used (the cotangents present); the last ones' own derivative differentiates torch code: the
+# forward's (or theirs, where they have some)
 _ops.register("tp_then_linear__d__d2", _tp_then_linear__d__d2__triton, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, masked=True, reference=rt.second_order(_tp_then_linear, 0, 2))
 _ops.register("tp_then_linear__d", _tp_then_linear__d__triton, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward_all=_ops["tp_then_linear__d__d2"], masked=True)
 _ops.register("tp_then_linear", _tp_then_linear__triton, outputs=((32, True),), index_ranges={}, backward=[_ops["tp_then_linear__d"]], check_indices=True)
