@@ -62,7 +62,7 @@ class CpuBlas:
 class CpuNative:
     """The CPU's native kernels (`fusionc.backends.native`)."""
 
-    fitted_on: str = "2-core x86-64 (AVX-512), gcc 12.2 -O3 / -O1 -march=native, OpenMP, 2 threads"
+    fitted_on: str = "2-core x86-64 (AVX-512), gcc 12.2 -O3 -fno-predictive-commoning / -O1 -march=native, OpenMP, 2 threads"
     #: as `CpuBlas.batched_penalty`, for products a native kernel runs within each row: fc_tp's
     #: (32 × 5)·(5 × 10) per row at about 30 GFLOP/s, against about 130 for its matrix products
     batched_penalty: float = 4
@@ -82,7 +82,7 @@ class CpuNative:
     #: factorized into dense pairwise products
     sparse_cg: bool = True
     #: programs of at most this many C statements (about a line each as first written) compile at
-    #: -O3, longer ones at -O1 with the
+    #: -O3 (`runtime.native.O3_FLAGS`), longer ones at -O1 with the
     #: vectoriser (gcc's time grows faster than linearly with a function's length at -O3): -O3's full
     #: unrolling of the short loops over CG components keeps a statement's vector sums in registers
     #: (fc_tp's programs 10-20% faster than at -O1); it takes 4x as long to compile the largest

@@ -16,6 +16,7 @@ import fusionc
 from conftest import REPO, slow, slow_unless
 from fusionc.algebra.cache import cache_root
 from fusionc.backends import native
+from fusionc.runtime import native as runtime_native
 from fusionc.runtime.native import NativeKernels
 from fusionc.testing import random_inputs
 
@@ -187,6 +188,66 @@ def test_source_names_never_change_the_numbers(backend: str) -> None:
     for mine, theirs in zip(results[:half], results[half:]):
         for a, b in zip(mine, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+#: That gradient's miscompiled statements, alone: x's (6 values a row) from the cotangent and y · G.
+#: Integer values, so every compiler and flag must give exactly -O0's numbers.
+_GCC_REPRODUCER = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+static void f(int64_t n, const double *restrict y, const double *restrict G, const double *restrict dz,
+              double *restrict out)
+{
+  for (int64_t z = 0; z < n; ++z) {
+    const double *restrict a3 = y + z * 4;
+    const double *restrict a5 = dz + z * 6;
+    double l0[16] __attribute__((aligned(64)));
+    memset(l0, 0, sizeof(double) * 16);
+    double l1[6] __attribute__((aligned(64)));
+    memset(l1, 0, sizeof(double) * 6);
+    double acc[16] __attribute__((aligned(64))) = {0};
+    for (int j = 0; j < 4; ++j) for (int c = 0; c < 16; ++c)
+      acc[c] += a3[j] * G[j * 16 + c];
+    for (int c = 0; c < 16; ++c)
+      l0[c] += acc[c];
+    for (int i = 0; i < 3; ++i) for (int w = 0; w < 2; ++w) for (int k = 0; k < 3; ++k)
+      l1[i * 2 + w] += a5[w * 3 + k] * (l0 + 7)[i * 3 + k];
+    for (int i = 0; i < 6; ++i) out[z * 6 + i] = l1[i];
+  }
+}
+int main(void)
+{
+  double y[64], G[64], dz[96], out[96];
+  uint32_t s = 1;
+  for (int i = 0; i < 64; ++i) { s = s * 1103515245u + 12345u; y[i] = (int)(s >> 16) % 7 - 3; }
+  for (int i = 0; i < 64; ++i) { s = s * 1103515245u + 12345u; G[i] = (int)(s >> 16) % 5 - 2; }
+  for (int i = 0; i < 96; ++i) { s = s * 1103515245u + 12345u; dz[i] = (int)(s >> 16) % 5 - 2; }
+  f(16, y, G, dz, out);
+  for (int i = 0; i < 96; ++i) printf("%g ", out[i]);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("flags", ["FLAGS", "O3_FLAGS"])
+def test_the_native_flags_compile_a_gcc_miscompilation_right(flags, tmp_path) -> None:
+    """gcc 12.2 at -O1 or -O2 with -fpeel-loops, vectorising with 512-bit vectors (-march=native on
+    this AVX-512 machine), got 3 of these 6 values a row wrong, as it did the gradient below: the
+    loop and SLP vectorisers over completely peeled component loops. Neither of the flag sets the
+    native kernels compile with may: each must print what -O0 prints."""
+    compiler = runtime_native._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "r.c").write_text(_GCC_REPRODUCER)
+    outputs = []
+    for name, options in (("O0", ["-O0"]), (flags, getattr(runtime_native, flags))):
+        options = [o for o in options if o not in ("-shared", "-fPIC")]
+        subprocess.run([compiler, *options, "r.c", "-o", name], cwd=tmp_path, check=True)
+        outputs.append(subprocess.run([str(tmp_path / name)], capture_output=True, text=True, check=True).stdout)
+    expected, got = ([float(v) for v in output.split()] for output in outputs)
+    assert len(expected) == 96 and any(expected)
+    assert got == expected
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)], ids=str)

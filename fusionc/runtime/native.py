@@ -2,7 +2,7 @@
 
 A module's C source (`fusionc.backends.native`) is compiled on first use, once per dtype, with the
 system C compiler (`$CC`, else `cc`): `-O1` with the vectoriser, -O3 for the smaller programs
-(`FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double; a long
+(`FLAGS`, `O3_FLAGS`, `flags_for`), `-march=native -fopenmp`, `real` defined as float or double; a long
 program as several translation units compiled in parallel (`units`).
 The shared library is cached under `$FUSIONC_CACHE_DIR/native/`, keyed by the source, the flags,
 the compiler and the CPU, and written atomically: a compile that fails or is interrupted leaves no
@@ -131,13 +131,22 @@ def _size(kernel: str, model: machine.CpuNative) -> float:
     return size * (model.narrow_weight if channels and max(channels) <= model.narrow_channels else 1)
 
 
+#: -O3 for the smaller programs, without its predictive commoning: that pass carries values from one
+#: trip of the channel loops to the next in registers, which the per-row vector sums need; without
+#: it fc_tp's forward runs 1.6x as fast (float32, 1,000 rows: 1.4 ms against 2.3), its forward+
+#: backward 1.2-1.4x, and no benchmarked program slower (conv_tp's double backward 1.1-1.2x faster).
+#: Not -O1 or -O2 with -O3's loop peeling instead, as fusionc did before: gcc 12.2 miscompiles that
+#: pipeline when it vectorises with 512-bit vectors (its loop and SLP vectorisers over completely
+#: peeled component loops; tests/test_reproducers.py).
+O3_FLAGS = ("-O3", "-fno-predictive-commoning", *FLAGS[1:])
+
+
 def flags_for(source: str) -> tuple[str, ...]:
-    """The compiler flags for a program's C source: -O3 up to `CpuNative.o3_lines` C statements
-    (as `_size` counts them), else FLAGS (see `fusionc.machine`). Not -O1 with -O3's loop peeling
-    in between: gcc 12 miscompiles that (tests/test_reproducers.py)."""
+    """The compiler flags for a program's C source: O3_FLAGS up to `CpuNative.o3_lines` C
+    statements (as `_size` counts them), else FLAGS (see `fusionc.machine`)."""
     model = machine.current().cpu_native
     small = sum(_size(kernel, model) for kernel in kernels(source)) <= model.o3_lines
-    return ("-O3", *FLAGS[1:]) if small and _STATEMENT_TABLE not in source else FLAGS
+    return O3_FLAGS if small and _STATEMENT_TABLE not in source else FLAGS
 
 
 def units(source: str) -> list[str]:
