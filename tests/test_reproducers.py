@@ -233,7 +233,7 @@ int main(void)
 @pytest.mark.parametrize("flags", ["FLAGS", "O3_FLAGS"])
 def test_the_native_flags_compile_a_gcc_miscompilation_right(flags, tmp_path) -> None:
     """gcc 12.2 at -O1 or -O2 with -fpeel-loops, vectorising with 512-bit vectors (-march=native on
-    this AVX-512 machine), got 3 of these 6 values a row wrong, as it did the gradient below: the
+    this AVX-512 machine), got 28 of these 96 values wrong, as it did the gradient below: the
     loop and SLP vectorisers over completely peeled component loops. Neither of the flag sets the
     native kernels compile with may: each must print what -O0 prints."""
     compiler = runtime_native._compiler()

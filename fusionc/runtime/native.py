@@ -131,8 +131,8 @@ def _size(kernel: str, model: machine.CpuNative) -> float:
     return size * (model.narrow_weight if channels and max(channels) <= model.narrow_channels else 1)
 
 
-#: -O3 for the smaller programs, without its predictive commoning: that pass carries values from one
-#: trip of the channel loops to the next in registers, which the per-row vector sums need; without
+#: -O3 for the smaller programs, without its predictive commoning (which keeps values loaded on one
+#: trip of a loop in registers for the next; measured, not analysed, to slow these kernels): without
 #: it fc_tp's forward runs 1.6x as fast (float32, 1,000 rows: 1.4 ms against 2.3), its forward+
 #: backward 1.2-1.4x, and no benchmarked program slower (conv_tp's double backward 1.1-1.2x faster).
 #: Not -O1 or -O2 with -O3's loop peeling instead, as fusionc did before: gcc 12.2 miscompiles that
