@@ -140,6 +140,28 @@ def test_programs_cut_into_units_give_what_one_unit_gives(tmp_path, monkeypatch)
     assert _check_module(ops, rows=7) > 0
 
 
+def test_a_program_too_long_for_o3_compiles_each_mask_that_is_not_at_o3(tmp_path, monkeypatch):
+    """A masked program too long for -O3 compiles, for a call whose mask leaves few enough of its
+    statements, a library of its own for that mask, at -O3 (`runtime.native.for_mask`): with a
+    machine model where a small product's second derivative is too long and one cotangent's share
+    of it is not, that library is built, and every program still gives what its reference gives."""
+    ops = fusionc.loads(random_diagram(0, "uvw", lmax=1, max_mul=2))
+    kernels = ops.module._native
+    name, source = next((p, s) for p, s in kernels.sources.items() if p.endswith("__d2"))
+    model = machine.Machine()
+    size = lambda text: sum(native._size(kernel, model.cpu_native) for kernel in native.kernels(text))
+    live = max(size(native.live(source, bit)) for bit in (1, 2, 4))
+    assert live < size(source) and "if (mask & " not in native.live(source, 0)
+    model = replace(model, cpu_native=replace(model.cpu_native, o3_lines=live))
+    path = tmp_path / "machine.json"
+    path.write_text(model.to_json())
+    monkeypatch.setenv("FUSIONC_MACHINE", str(path))
+    assert native.flags_for(source)[0] == "-O1" and native.flags_for(native.live(source, 1))[0] == "-O3"
+    assert "const int64_t mask = 1;" in native.for_mask(source, 1) and native.for_mask(source, 7) is None
+    assert _check_module(ops, rows=7) > 0
+    assert {(name, torch.float64, 1), (name, torch.float64, None)} <= set(kernels.libraries)
+
+
 def test_narrow_kernels_count_more_towards_o3():
     """gcc -O3 unrolls whole loop nests around channel loops that fit one vector, and takes 5 times
     as long per statement there (`CpuNative.narrow_weight`): the same kernel with 16 channels
@@ -322,7 +344,7 @@ def test_build_compiles_every_program_before_its_first_call(tmp_path, monkeypatc
     kernels = ops.module._native
     assert not kernels.libraries
     kernels.build(torch.float32, torch.float64)
-    assert set(kernels.libraries) == {(p, d) for p in kernels.sources for d in (torch.float32, torch.float64)}
+    assert set(kernels.libraries) == {(p, d, None) for p in kernels.sources for d in (torch.float32, torch.float64)}
     assert len(list((tmp_path / "native").glob("*.so"))) == 2 * len(kernels.sources)
     assert _check_module(ops, rows=5) > 0
 
