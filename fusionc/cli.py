@@ -66,15 +66,18 @@ def _describe(d: Diagram, plan: DiagramPlan, explained: bool) -> list[str]:
     term_cost = {t.vertex: t.planned for t in plan.terms}
     lines = [f"diagram {d.name}  (group {d.group}, convention {d.convention})"]
     for i in d.inputs:
+        name = f"{i.name}[{i.space}]" if i.space else i.name
         if i.kind == "irreps":
-            lines.append(f"  in  {i.name} : {i.irreps}  (dim {i.irreps.dim})")
+            lines.append(f"  in  {name} : {i.irreps}  (dim {i.irreps.dim})")
         elif i.kind == "weights":
             numel = sum(t.weight_numel for t in d.vertices if t.weight_source == i.name)
-            lines.append(f"  in  {i.name} : weights  ({numel} per row)")
+            lines.append(f"  in  {name} : weights  ({numel} per row)")
         else:
-            lines.append(f"  in  {i.name} : index({i.size})")
+            lines.append(f"  in  {name} : index({i.points or i.size})")
     for v in d.values:
-        lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}  (dim {v.irreps.dim})")
+        name = f"{v.name}[{v.space}]" if v.space else v.name
+        summed = f"; each {d.input(v.scatter).space} row added into row {v.scatter}" if v.scatter else ""
+        lines.append(f"  {'out' if v.is_output else 'let'} {name} : {v.irreps}  (dim {v.irreps.dim}{summed})")
     for t in d.vertices:
         weights = f"{t.weight_numel} weights"
         if t.weight_source:
@@ -82,14 +85,19 @@ def _describe(d: Diagram, plan: DiagramPlan, explained: bool) -> list[str]:
         if t.per:
             weights += f" for each of the {t.weight_sets} values of '{t.per}'"
         kind = "fusion trees" if t.is_tree else "paths"
-        lines.append(f"  {t.id} = {t.text}: {len(t.paths)} {kind}, {weights}, {term_cost[t.id]} FLOPs/row")
+        row = f"FLOPs per {t.space} row" if t.space else "FLOPs/row"
+        lines.append(f"  {t.id} = {t.text}: {len(t.paths)} {kind}, {weights}, {term_cost[t.id]} {row}")
         for p in t.paths:
             shape = "×".join(map(str, p.weight_shape)) or "none"
             flops = "" if t.is_tree else f"   FLOPs/row {path_flops(t, p)}"
             lines.append(f"      {path_label(t, p)}   weights {shape}{flops}")
     external = sum(t.weight_numel for t in d.vertices if t.weight_source is not None)
     lines.append(f"  parameters: {d.internal_weight_numel} learnable, {external} per row from weights inputs")
-    lines.append(f"  FLOPs per row: {plan.planned_flops}" + ("" if explained else " (see --explain for the plan)"))
+    if d.spaces:
+        per = {s: sum(term_cost[t.id] for t in d.vertices if t.space == s) for s in d.spaces}
+        lines.append("  FLOPs: " + ", ".join(f"{flops} per {s} row" for s, flops in per.items() if flops))
+    else:
+        lines.append(f"  FLOPs per row: {plan.planned_flops}" + ("" if explained else " (see --explain for the plan)"))
     return lines
 
 

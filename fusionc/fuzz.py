@@ -628,7 +628,13 @@ def _loose_irreps(c: Chooser, so3: bool) -> str:
     return c.choice((" + ", "+")).join(blocks)
 
 
-def _loose_term(c: Chooser, names: Sequence[str], so3: bool) -> str:
+def _loose_operand(c: Chooser, names: Sequence[str], spaced: bool) -> str:
+    """A name, in a diagram with index spaces often read by an index (`x[i]`, a gather)."""
+    name = c.choice(names)
+    return f"{name}[{c.choice(names)}]" if spaced and c.chance(0.4) else name
+
+
+def _loose_term(c: Chooser, names: Sequence[str], so3: bool, spaced: bool = False) -> str:
     mix = ""
     if c.chance(0.7):
         mode = c.choice(MODES + ("uvv", "abc")) if c.chance(0.95) else c.choice(names)
@@ -638,8 +644,8 @@ def _loose_term(c: Chooser, names: Sequence[str], so3: bool) -> str:
         if c.chance(0.25):
             mix += f" per {c.choice(names)}"
     if c.chance(0.3):
-        return c.choice(names) + mix
-    operands = ", ".join(c.choice(names) for _ in range(c.choice((1, 2, 2, 2, 3, 4))))
+        return _loose_operand(c, names, spaced) + mix
+    operands = ", ".join(_loose_operand(c, names, spaced) for _ in range(c.choice((1, 2, 2, 2, 3, 4))))
     options = ""
     if c.chance(0.2):
         keys = [c.choice(("lmax", "lmax", "lmin", "foo")) for _ in range(c.choice((1, 1, 2)))]
@@ -661,18 +667,27 @@ def loose_program(c: Chooser) -> str:
     names = c.sample(("x", "y", "z", "w", "t", "o", "A"), c.integer(1, 5))
     for k in range(c.choice((0, 1, 1, 1, 2, 3))):
         lines = []
+        spaced = c.chance(0.3)  # index spaces: rows named (x[node]), gathers (x[i]) and scatters (y[i] +=)
+        spaces = ("node", "edge", "node", "edge", "atom") if spaced else ()
+
+        def rows() -> str:
+            return f"[{c.choice(spaces)}]" if spaced and c.chance(0.9) else ""
+
         for _ in range(c.choice((0, 1, 2, 3, 4, 5, 6))):
             kind = c.choice(("in", "in", "in", "out", "out", "let", "assign", "assign"))
             name = c.choice(names)
             if kind == "in":
                 what = c.choice(("irreps", "irreps", "weights", "index"))
-                typ = {"irreps": _loose_irreps(c, so3), "weights": "weights", "index": f"index({c.integer(0, 4)})"}[what]
-                lines.append(f"in {name} : {typ}")
+                size = c.choice(spaces) if spaced and c.chance(0.7) else c.integer(0, 4)
+                typ = {"irreps": _loose_irreps(c, so3), "weights": "weights", "index": f"index({size})"}[what]
+                lines.append(f"in {name}{rows()} : {typ}")
             elif kind == "out":
-                lines.append(f"out {name} : {_loose_irreps(c, so3)}")
+                lines.append(f"out {name}{rows()} : {_loose_irreps(c, so3)}")
             else:
-                expr = " + ".join(_loose_term(c, names, so3) for _ in range(c.choice((1, 1, 2, 3))))
-                lines.append(("let " if kind == "let" else "") + f"{name} = {expr}")
+                expr = " + ".join(_loose_term(c, names, so3, spaced) for _ in range(c.choice((1, 1, 2, 3))))
+                target = f"{name}[{c.choice(names)}]" if spaced and c.chance(0.5) else name
+                assign = c.choice(("+=", "+=", "=")) if spaced else "="
+                lines.append(("let " if kind == "let" else "") + f"{target} {assign} {expr}")
         parts.append(_layout(c, f"diagram {c.choice(DIAGRAM_NAMES[:3])}{k if c.chance(0.7) else ''}", lines))
     return "\n".join(parts) + "\n"
 
@@ -693,7 +708,8 @@ HUGE_NUMBERS = ("0", "1000", "100000", "1000000", "2147483648", "922337203685477
 FRAGMENTS = ("-> 0e", "-> 2x(0e + 1o)", "; lmax=2", "; lmax=0, lmax=1", "mix uvw", "mix uuu per z", "by w", "per z",
              "+", "fuse(x, x)", "fuse(x)", "in w : weights", "in z : index(2)", "out q : 0e", "let t = x",
              "diagram e {}", "group SO3", "{", "}", "(", ")", ",", ":", "=", "->", "x0e", "1000e", "0x0e",
-             "2x((0e))", "2x(0e + 1o", "1000000x0e", "3x(2x(0e))")
+             "2x((0e))", "2x(0e + 1o", "1000000x0e", "3x(2x(0e))", "[node]", "[edge]", "index(node)", "+=",
+             "x[i]", "in i[edge] : index(node)", "y[i] +=")
 
 
 def _tokens(text: str) -> list[str]:

@@ -84,6 +84,11 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     """The passes from the diagrams to the program set, in order (`compile`'s second half)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; available back ends: {', '.join(BACKENDS)}")
+    for d in diagrams:
+        if d.spaces:
+            where = next(i.span for i in d.inputs if i.space)
+            raise FusionError(f"diagram '{d.name}' has index spaces ({', '.join(d.spaces)}): fusionc checks such "
+                              f"diagrams but does not generate code for them yet", where).located(source, filename)
     model = machine.current()
     plans = show("plan", tuple(map(plan_diagram, diagrams)),
                  lambda plans: "\n\n".join(map(explain, diagrams, plans)))

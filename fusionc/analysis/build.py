@@ -51,6 +51,7 @@ class _DiagramChecker:
         self.used: set[str] = set()
         self.weights_user: dict[str, Span] = {}
         self.lets: set[str] = set()
+        self.spaces: dict[str, Span] = {}  # index spaces, where first named
         self.paths = 0  # paths and fusion trees of the terms checked so far
         self.weights = 0  # their learnable weights
 
@@ -65,6 +66,16 @@ class _DiagramChecker:
         self.decl_span[name.text] = name.span
 
     def check(self) -> Diagram:
+        decls = [s for s in self.d.statements if isinstance(s, (ast.InDecl, ast.OutDecl))]
+        spaced = next((s for s in decls if s.space is not None), None)
+        for stmt in decls:  # a diagram's rows are one implicit space, or every declaration names its own
+            if spaced is not None and stmt.space is None:
+                raise FusionError(f"'{stmt.name.text}' needs an index space ({stmt.name.text}[SPACE] : …): in a diagram "
+                                  f"with index spaces ({spaced.name.text}[{spaced.space.text}] at line "
+                                  f"{spaced.space.span.line}) every input and output names the space of its rows",
+                                  stmt.name.span)
+            if stmt.space is not None:
+                self.spaces.setdefault(stmt.space.text, stmt.space.span)
         for stmt in self.d.statements:
             if isinstance(stmt, ast.InDecl):
                 self.declare(stmt.name)
@@ -78,6 +89,10 @@ class _DiagramChecker:
         if not self.outputs:
             raise FusionError(f"diagram '{self.d.name.text}' has no outputs: declare one with 'out NAME : IRREPS'",
                               self.d.name.span)
+        for space, span in self.spaces.items():  # a call knows a space's rows from an input in it
+            if not any(i.space == space for i in self.inputs.values()):
+                raise FusionError(f"no input has rows in space '{space}', so a call cannot know how many it has: "
+                                  f"declare an input in it (in x[{space}] : …)", span)
         order: list[Value] = []
         for stmt in self.d.statements:
             if isinstance(stmt, ast.LetStmt):
@@ -95,14 +110,56 @@ class _DiagramChecker:
                        tuple(order), self.filename)
 
     def input(self, stmt: ast.InDecl) -> Input:
-        t = stmt.type
+        t, space = stmt.type, stmt.space.text if stmt.space else None
         if isinstance(t, ast.WeightsType):
-            return Input(stmt.name.text, "weights", span=stmt.span)
+            return Input(stmt.name.text, "weights", span=stmt.span, space=space)
+        if isinstance(t, ast.IndexType) and t.space is not None:
+            points = t.space.text
+            if space is None:
+                raise FusionError(f"index({points}) points at rows of an index space; declare the diagram's inputs "
+                                  f"and outputs with theirs, as in {stmt.name.text}[edge] : index({points}) and "
+                                  f"h[{points}]", t.space.span)
+            if points not in self.spaces:
+                close = difflib.get_close_matches(points, list(self.spaces), n=1)
+                raise FusionError(f"no input or output has rows in space '{points}'" +
+                                  (f"; did you mean '{close[0]}'?" if close else ""), t.space.span)
+            return Input(stmt.name.text, "index", span=stmt.span, space=space, points=points)
         if isinstance(t, ast.IndexType):
             if t.size < 1:
                 raise FusionError("an index input needs at least one value: index(K) with K ≥ 1", t.span)
-            return Input(stmt.name.text, "index", size=t.size, span=stmt.span)
-        return Input(stmt.name.text, "irreps", irreps=self.irreps(t), span=stmt.span)
+            return Input(stmt.name.text, "index", size=t.size, span=stmt.span, space=space)
+        return Input(stmt.name.text, "irreps", irreps=self.irreps(t), span=stmt.span, space=space)
+
+    def space_of(self, name: str) -> str | None:
+        """The index space of an input's or a value's rows."""
+        return self.inputs[name].space if name in self.inputs else self.values[name].space
+
+    def read(self, op: ast.Operand) -> tuple[Irreps, str | None]:
+        """The irreps of an operand and the space of the rows the term reads it in: its own, or
+        for `x[i]` the space of i's rows, where i points into x's space."""
+        irreps = self.operand(op.name)
+        space = self.space_of(op.name.text)
+        if op.index is None:
+            return irreps, space
+        index = self.index_input(op.index, f"'{op.name.text}[{op.index.text}]' reads")
+        if index.points != space:
+            where = f"space '{space}'" if space else "no index space"
+            raise FusionError(f"'{index.name}' points at rows of '{index.points}', but '{op.name.text}' has its rows in "
+                              f"{where}", op.index.span)
+        return irreps, index.space
+
+    def index_input(self, name: ast.Name, what: str) -> Input:
+        """The index input `name` that picks rows of another space (a gather or a scatter); marks it used."""
+        if name.text not in self.inputs:
+            raise FusionError(self.unknown(name.text), name.span)
+        i = self.inputs[name.text]
+        if i.kind != "index" or i.points is None:
+            kind = f"index({i.size}), a selector of weight sets ('per {i.name}')" if i.kind == "index" else \
+                f"a{'n irreps' if i.kind == 'irreps' else ' weights'} input"
+            raise FusionError(f"{what} the rows an index input picks (declared as in src[edge] : index(node)), "
+                              f"but '{name.text}' is {kind}", name.span)
+        self.used.add(name.text)
+        return i
 
     def operand(self, name: ast.Name) -> Irreps:
         """The irreps of a value read by a term; marks it used."""
@@ -146,9 +203,41 @@ class _DiagramChecker:
 
     def let(self, stmt: ast.LetStmt) -> Value:
         irreps = self.let_irreps(stmt.expr)
-        value = Value(stmt.name.text, irreps, self.terms(stmt.name.text, irreps, stmt.expr), False, stmt.span)
+        terms = self.terms(stmt.name.text, irreps, stmt.expr)
+        space, scatter = self.rows(stmt, terms, None)
+        value = Value(stmt.name.text, irreps, terms, False, stmt.span, space, scatter)
         self.values[value.name] = value
         return value
+
+    def rows(self, stmt: ast.LetStmt | ast.AssignStmt, terms: tuple[CouplingVertex, ...],
+             declared: ast.Name | None) -> tuple[str | None, str | None]:
+        """The space of a value's rows and the index its terms' rows are summed by (`y[i] += …`),
+        for an output in its `declared` space: its terms' rows are its own, or those of the
+        index, which points into its space."""
+        name, space = stmt.name.text, terms[0].space
+        for t, term in zip(terms[1:], stmt.expr.terms[1:]):
+            if t.space != space:
+                raise FusionError(f"this term's rows are in {_space(t.space)}, the first term's in {_space(space)}: "
+                                  f"the terms of a sum share their rows", term.span)
+        if stmt.index is None:
+            if stmt.accumulate:
+                raise FusionError(f"'+=' sums rows into the rows an index picks: write {name}[i] += … with an index "
+                                  f"input i, or {name} = …", stmt.name.span)
+            if declared is not None and space != declared.text:
+                raise FusionError(f"'{name}' has its rows in '{declared.text}' but this sum's are in {_space(space)}: "
+                                  f"add them into it by an index, as in {name}[dst] += …", stmt.expr.span)
+            return space, None
+        index = self.index_input(stmt.index, f"'{name}[{stmt.index.text}]' sums into")
+        if not stmt.accumulate:
+            raise FusionError(f"rows that land on the same row of '{name}' are summed: write {name}[{stmt.index.text}] "
+                              f"+= …", stmt.index.span)
+        if space != index.space:
+            raise FusionError(f"'{index.name}' has its rows in '{index.space}', but this sum's are in {_space(space)}",
+                              stmt.index.span)
+        if declared is not None and index.points != declared.text:
+            raise FusionError(f"'{index.name}' points at rows of '{index.points}', but '{name}' has its rows in "
+                              f"'{declared.text}'", stmt.index.span)
+        return index.points, index.name
 
     def let_irreps(self, expr: ast.Expr) -> Irreps:
         for term in expr.terms:
@@ -156,7 +245,7 @@ class _DiagramChecker:
                 return self.irreps(term.target)
         first = expr.terms[0]
         if isinstance(first, ast.NameTerm):
-            return self.operand(first.operand)
+            return self.operand(first.operand.name)
         raise FusionError("a let needs '-> IRREPS' on its fuse term to say what it produces", first.span)
 
     def assign(self, stmt: ast.AssignStmt) -> Value:
@@ -173,7 +262,9 @@ class _DiagramChecker:
             first = self.values[name].span
             raise FusionError(f"output '{name}' is assigned twice (first at line {first.line})", stmt.name.span)
         irreps = self.irreps(self.outputs[name].irreps)
-        value = Value(name, irreps, self.terms(name, irreps, stmt.expr), True, stmt.span)
+        terms = self.terms(name, irreps, stmt.expr)
+        space, scatter = self.rows(stmt, terms, self.outputs[name].space)
+        value = Value(name, irreps, terms, True, stmt.span, space, scatter)
         self.values[name] = value
         return value
 
@@ -232,6 +323,9 @@ class _DiagramChecker:
             if self.inputs[per].kind != "index":
                 raise FusionError(f"'per {per}' needs an index input (in {per} : index(K)), but '{per}' is "
                                   f"declared as {self.inputs[per].kind}", mix.per.span)
+            if self.inputs[per].points is not None:
+                raise FusionError(f"'per {per}' selects one of K weight sets by an index(K); '{per}' points at rows of "
+                                  f"'{self.inputs[per].points}' (read rows by it, as in h[{per}])", mix.per.span)
             self.used.add(per)
             sets = self.inputs[per].size
         if mix.by is None:
@@ -266,8 +360,9 @@ class _DiagramChecker:
     def term(self, vid: str, dest_name: str, dest: Irreps, term: ast.Term) -> CouplingVertex:
         text = _term_text(term)
         if isinstance(term, ast.NameTerm):
-            x = self.operand(term.operand)
+            x, space = self.read(term.operand)
             mode, source, per, sets = self.mix(term.mix, linear=True)
+            space = self.term_space([(term.operand, space)], term.mix)
             paths = linear_paths(mode, x, dest)
             for p in paths:
                 a, c = x[p.operand_blocks[0]], dest[p.out_block]
@@ -275,19 +370,23 @@ class _DiagramChecker:
                     how = f"mix {mode} maps" if term.mix else "a term without 'mix' maps"
                     raise FusionError(f"{how} channels one to one: {a} cannot give {c}; 'mix uvw' mixes "
                                       f"channels", term.mix.mode.span if term.mix else term.span)
-            return CouplingVertex(vid, (term.operand.text,), (x,), dest, mode, source, paths,
-                                  tuple(range(len(dest))), per, sets, text=text, span=term.span)
+            gathers = (term.operand.index.text if term.operand.index else None,)
+            return CouplingVertex(vid, (term.operand.name.text,), (x,), dest, mode, source, paths,
+                                  tuple(range(len(dest))), per, sets, text=text, span=term.span, gathers=gathers,
+                                  space=space)
         if len(term.operands) < 2:
             raise FusionError("fuse needs two operands; for a linear map write 'NAME mix MODE'", term.span)
-        operand_irreps = {n.text: self.operand(n) for n in term.operands}
+        reads = {_key(n): self.read(n) for n in term.operands}
+        operand_irreps = {key: irreps for key, (irreps, _) in reads.items()}
         mode, source, per, sets = self.mix(term.mix, linear=False)
+        space = self.term_space([(n, reads[_key(n)][1]) for n in term.operands], term.mix)
         lmax = self.fuse_options(term)
         target = self.irreps(term.target) if term.target is not None else dest
         placement = self.placement(target, dest_name, dest, term.target.span if term.target else term.span)
-        names = tuple(n.text for n in term.operands)
+        names = tuple(map(_key, term.operands))
         if len(names) > 2 or len(set(names)) < len(names):
             return self.tree_term(vid, term, names, operand_irreps, mode, source, per, sets, lmax, target,
-                                  placement, text)
+                                  placement, text, space)
         x, y = (operand_irreps[n] for n in names)
         self.bound_combinations((x, y, target), term.span)
         triples = coupling_paths(mode, x, y, target)
@@ -302,8 +401,22 @@ class _DiagramChecker:
                 parity = [r for r in reasons if "parity" in r]
                 raise FusionError(f"no path gives {block}: {(parity or reasons)[0]}", term.target.span)
         paths = normalise_coupling(mode, x, y, target, triples)
-        return CouplingVertex(vid, names, (x, y), target, mode, source, paths, placement, per, sets, text=text,
-                              span=term.span)
+        operands, gathers = _split(names)
+        return CouplingVertex(vid, operands, (x, y), target, mode, source, paths, placement, per, sets,
+                              text=text, span=term.span, gathers=gathers, space=space)
+
+    def term_space(self, reads: list[tuple[ast.Operand, str | None]], mix: ast.Mix | None) -> str | None:
+        """The space of a term's rows: every operand, and its weights' input, read row by row in one."""
+        rows = [(f"'{_key(op)}'", space, op.span) for op, space in reads]
+        for clause, what in ((mix.by, "weights input"), (mix.per, "index")) if mix else ():
+            if clause is not None:
+                rows.append((f"{what} '{clause.text}'", self.inputs[clause.text].space, clause.span))
+        first, space, _ = rows[0]
+        for what, other, span in rows[1:]:
+            if other != space:
+                raise FusionError(f"{what} has its rows in {_space(other)}, but {first} in {_space(space)}: a term reads "
+                                  f"its operands row by row in one space (read one by an index, as in h[src])", span)
+        return space
 
     def fuse_options(self, term: ast.FuseTerm) -> int | None:
         lmax = None
@@ -320,7 +433,7 @@ class _DiagramChecker:
 
     def tree_term(self, vid: str, term: ast.FuseTerm, names: tuple[str, ...], operand_irreps: dict[str, Irreps],
                   mode: str, source: str | None, per: str | None, sets: int, lmax: int | None,
-                  target: Irreps, placement: tuple[int, ...], text: str) -> CouplingVertex:
+                  target: Irreps, placement: tuple[int, ...], text: str, space: str | None) -> CouplingVertex:
         """A fusion of three or more operands, or of a repeated one, as a set of fusion trees."""
         where = term.mix.mode.span if term.mix else term.span
         if mode not in _TREE_MODES:
@@ -350,8 +463,24 @@ class _DiagramChecker:
             if io not in produced and term.target is not None:
                 bound = f" with inner labels up to l={lmax}" if lmax is not None else ""
                 raise FusionError(f"no fusion tree of {', '.join(names)} gives {block}{bound}", term.target.span)
-        return CouplingVertex(vid, canonical, irreps, target, mode, source, tree_paths(mode, target, trees),
-                              placement, per, sets, text=text, span=term.span)
+        operands, gathers = _split(canonical)
+        return CouplingVertex(vid, operands, irreps, target, mode, source, tree_paths(mode, target, trees),
+                              placement, per, sets, text=text, span=term.span, gathers=gathers, space=space)
+
+
+def _key(op: ast.Operand) -> str:
+    """An operand as written: `x` or `x[i]` (operands read alike are one operand repeated)."""
+    return f"{op.name.text}[{op.index.text}]" if op.index else op.name.text
+
+
+def _split(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """(names, gathers) of operands written as `_key` gives them."""
+    parts = [k.rstrip("]").split("[") for k in keys]
+    return tuple(p[0] for p in parts), tuple(p[1] if len(p) > 1 else None for p in parts)
+
+
+def _space(space: str | None) -> str:
+    return f"'{space}'" if space else "no index space"
 
 
 def _term_text(term: ast.Term) -> str:
@@ -360,10 +489,10 @@ def _term_text(term: ast.Term) -> str:
         mix = (f" mix {term.mix.mode.text}" + (f" by {term.mix.by.text}" if term.mix.by else "")
                + (f" per {term.mix.per.text}" if term.mix.per else ""))
     if isinstance(term, ast.NameTerm):
-        return f"{term.operand.text}{mix}"
+        return f"{_key(term.operand)}{mix}"
     target = f" -> {' '.join(term.target.text.split())}" if term.target else ""
     options = "".join(f"; {o.key.text}={o.value}" for o in term.options)
-    return f"fuse({', '.join(n.text for n in term.operands)}{options}){target}{mix}"
+    return f"fuse({', '.join(map(_key, term.operands))}{options}){target}{mix}"
 
 
 def build(program: ast.Program, filename: str = "<string>") -> tuple[Diagram, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fusionc.ir.diagram import CouplingVertex, Diagram, Value
+from fusionc.ir.diagram import CouplingVertex, Diagram
 
 
 def _read_blocks(diagram: Diagram) -> dict[str, set[int]]:
@@ -33,8 +33,7 @@ def prune(diagram: Diagram) -> Diagram:
         values = []
         for v in diagram.values:
             live = set(range(len(v.irreps))) if v.is_output else read.get(v.name, set())
-            values.append(Value(v.name, v.irreps, tuple(_without_dead_paths(t, live) for t in v.terms),
-                                v.is_output, v.span))
+            values.append(replace(v, terms=tuple(_without_dead_paths(t, live) for t in v.terms)))
         pruned = diagram.replace_values(tuple(values))
         if pruned == diagram:
             return diagram

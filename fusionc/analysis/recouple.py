@@ -9,12 +9,12 @@ from dataclasses import replace
 
 from fusionc.algebra.recoupling import recoupling_value
 from fusionc.analysis.plan import term_cost
-from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram, Recoupled, Value
+from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram, Recoupled
 
 
 def recouple_vertex(t: CouplingVertex) -> CouplingVertex:
     """`t` with its split-shape form attached (for three or more distinct operands)."""
-    assert len(t.operands) >= 3 and len(set(t.operands)) == len(t.operands)
+    assert len(t.operands) >= 3 and len(set(t.keys)) == len(t.operands)
     index: dict[tuple, int] = {}
     entries: dict[tuple[int, int], float] = {}
     for i, p in enumerate(t.paths):
@@ -47,10 +47,10 @@ def recouple(diagram: Diagram) -> Diagram:
     for v in diagram.values:
         terms = []
         for t in v.terms:
-            if t.is_tree and len(t.operands) >= 3 and len(set(t.operands)) == len(t.operands):
+            if t.is_tree and len(t.operands) >= 3 and len(set(t.keys)) == len(t.operands):
                 split = recouple_vertex(t)
                 if term_cost(split) < term_cost(t):
                     t = split
             terms.append(t)
-        values.append(Value(v.name, v.irreps, tuple(terms), v.is_output, v.span))
+        values.append(replace(v, terms=tuple(terms)))
     return diagram.replace_values(tuple(values))

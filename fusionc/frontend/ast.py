@@ -28,7 +28,10 @@ class WeightsType:
 
 @dataclass(frozen=True)
 class IndexType:
-    size: int
+    """`index(K)`: values in [0, K) (species); `index(space)`: rows of that space."""
+
+    size: int | None
+    space: Name | None
     span: Span
 
 
@@ -37,12 +40,23 @@ class InDecl:
     name: Name
     type: IrrepsText | WeightsType | IndexType
     span: Span
+    space: Name | None = None  # `in x[space] : …`
 
 
 @dataclass(frozen=True)
 class OutDecl:
     name: Name
     irreps: IrrepsText
+    span: Span
+    space: Name | None = None
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A value a term reads: `x`, or `x[i]`, row i[z] of x for each row z of the term."""
+
+    name: Name
+    index: Name | None
     span: Span
 
 
@@ -63,7 +77,7 @@ class Option:
 
 @dataclass(frozen=True)
 class FuseTerm:
-    operands: tuple[Name, ...]
+    operands: tuple[Operand, ...]
     options: tuple[Option, ...]
     target: IrrepsText | None
     mix: Mix | None
@@ -72,7 +86,7 @@ class FuseTerm:
 
 @dataclass(frozen=True)
 class NameTerm:
-    operand: Name
+    operand: Operand
     mix: Mix | None
     span: Span
 
@@ -91,6 +105,8 @@ class LetStmt:
     name: Name
     expr: Expr
     span: Span
+    index: Name | None = None  # `let y[i] += …`: each row z of expr summed into row i[z] of y
+    accumulate: bool = False  # `+=`
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,8 @@ class AssignStmt:
     name: Name
     expr: Expr
     span: Span
+    index: Name | None = None
+    accumulate: bool = False
 
 
 Statement = InDecl | OutDecl | LetStmt | AssignStmt

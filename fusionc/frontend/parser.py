@@ -16,7 +16,7 @@ from fusionc.ir.irreps import Irreps
 _READABLE = {
     "NAME": "a name", "INT": "an integer", "IRREPS": "irreps such as 32x0e + 1o",
     "MODE": "a mix mode (uvw, uvu, uuu, uvuv or none)", "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "COLON": "':'",
-    "EQUAL": "'='", "PLUS": "'+'", "COMMA": "','", "SEMICOLON": "';'", "__ANON_0": "'->'",
+    "EQUAL": "'='", "PLUS": "'+'", "COMMA": "','", "SEMICOLON": "';'",
     "$END": "end of file",
 }
 
@@ -199,23 +199,39 @@ class _ToAst(lark.Transformer):
 
     @lark.v_args(meta=True)
     def index_type(self, meta, children):
-        return ast.IndexType(children[0], _span(meta))
+        (what,) = children
+        return ast.IndexType(None, what, _span(meta)) if isinstance(what, ast.Name) else \
+            ast.IndexType(what, None, _span(meta))
+
+    def space(self, children):
+        return children[0]
+
+    def assign(self, children):
+        return str(children[0]) == "+="
 
     @lark.v_args(meta=True)
     def in_decl(self, meta, children):
-        return ast.InDecl(children[0], children[1], _span(meta))
+        name, space, kind = children
+        return ast.InDecl(name, kind, _span(meta), space)
 
     @lark.v_args(meta=True)
     def out_decl(self, meta, children):
-        return ast.OutDecl(children[0], children[1], _span(meta))
+        name, space, irreps = children
+        return ast.OutDecl(name, irreps, _span(meta), space)
 
     @lark.v_args(meta=True)
     def let_stmt(self, meta, children):
-        return ast.LetStmt(children[0], children[1], _span(meta))
+        name, index, accumulate, expr = children
+        return ast.LetStmt(name, expr, _span(meta), index, accumulate)
 
     @lark.v_args(meta=True)
     def assign_stmt(self, meta, children):
-        return ast.AssignStmt(children[0], children[1], _span(meta))
+        name, index, accumulate, expr = children
+        return ast.AssignStmt(name, expr, _span(meta), index, accumulate)
+
+    @lark.v_args(meta=True)
+    def operand(self, meta, children):
+        return ast.Operand(children[0], children[1], _span(meta))
 
     @lark.v_args(meta=True)
     def expr(self, meta, children):

@@ -22,13 +22,17 @@ MODES = ("uvw", "uvu", "uuu", "uvuv", "none")
 
 @dataclass(frozen=True)
 class Input:
-    """A declared input: irreps features, a flat `weights` vector, or an `index(K)` column."""
+    """A declared input: irreps features, a flat `weights` vector, or an index column: `index(K)`,
+    values in [0, K), or `index(space)`, rows of that space (`points`). `space`: the index space
+    its rows belong to (None in a diagram without spaces: one implicit row space)."""
 
     name: str
     kind: str  # "irreps" | "weights" | "index"
     irreps: Irreps | None = None
     size: int | None = None
     span: Span | None = field(default=None, compare=False)
+    space: str | None = None
+    points: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,18 @@ class CouplingVertex:
     recoupled: Recoupled | None = None  # set by the recoupling pass when that shape is cheaper
     text: str = field(default="", compare=False)
     span: Span | None = field(default=None, compare=False)
+    #: per operand, the index input whose rows it reads (`x[i]`: row i[z] of x), or None
+    gathers: tuple[str | None, ...] = ()
+    space: str | None = None  # the index space of its rows
+
+    def __post_init__(self) -> None:
+        if not self.gathers:
+            object.__setattr__(self, "gathers", (None,) * len(self.operands))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Each operand as the term reads it: `x`, or `x[i]` (gathered)."""
+        return tuple(f"{o}[{g}]" if g else o for o, g in zip(self.operands, self.gathers))
 
     @property
     def stem(self) -> str:
@@ -101,7 +117,7 @@ class CouplingVertex:
     @property
     def is_tree(self) -> bool:
         """A fusion of three or more operands, or of a repeated one: planned as fusion trees."""
-        return len(self.operands) > 2 or len(set(self.operands)) < len(self.operands)
+        return len(self.operands) > 2 or len(set(self.keys)) < len(self.operands)
 
     @property
     def per_row_weights(self) -> bool:
@@ -125,13 +141,16 @@ def path_label(t: CouplingVertex, p: CouplingPath) -> str:
 
 @dataclass(frozen=True)
 class Value:
-    """A `let` or `out`: the sum of its terms."""
+    """A `let` or `out`: the sum of its terms; with `scatter` (`y[i] += …`), each row z of the sum
+    added into row i[z] of the value, which is zero where no row lands."""
 
     name: str
     irreps: Irreps
     terms: tuple[CouplingVertex, ...]
     is_output: bool
     span: Span | None = field(default=None, compare=False)
+    space: str | None = None
+    scatter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,11 @@ class Diagram:
     @property
     def vertices(self) -> tuple[CouplingVertex, ...]:
         return tuple(t for v in self.values for t in v.terms)
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """The index spaces of its rows, in order of declaration (none: one implicit row space)."""
+        return tuple(dict.fromkeys(s for i in self.inputs for s in (i.space, i.points) if s))
 
     @property
     def internal_weight_numel(self) -> int:
@@ -175,7 +199,8 @@ class Diagram:
         """Inputs, vertices and values as nodes; edges carry the irreps that flow along them."""
         g = nx.MultiDiGraph()
         for i in self.inputs:
-            g.add_node(i.name, kind=f"in:{i.kind}", label=str(i.irreps) if i.irreps else i.kind)
+            label = str(i.irreps) if i.irreps else f"index({i.points})" if i.points else i.kind
+            g.add_node(i.name, kind=f"in:{i.kind}", label=f"[{i.space}] {label}" if i.space else label)
         for v in self.values:
             g.add_node(v.name, kind="out" if v.is_output else "let", label=str(v.irreps))
             for t in v.terms:
@@ -186,20 +211,28 @@ class Diagram:
                     g.add_edge(t.weight_source, t.id, label=f"{t.weight_numel} weights", position=len(t.operands))
                 if t.per is not None:
                     g.add_edge(t.per, t.id, label=f"selects 1 of {t.weight_sets}", position=len(t.operands) + 1)
+                for k, (op, by) in enumerate(zip(t.operands, t.gathers)):
+                    if by is not None:
+                        g.add_edge(by, t.id, label=f"rows of {op}", position=len(t.operands) + 2 + k)
                 g.add_edge(t.id, v.name, label=str(t.irreps_out), position=0)
+            if v.scatter is not None:
+                g.add_edge(v.scatter, v.name, label="rows summed into", position=1)
         return g
 
     def pretty(self) -> str:
         """A printable form of the IR, one line per vertex and path."""
         lines = [f"diagram {self.name}  [group {self.group}, convention {self.convention}]"]
         for i in self.inputs:
-            what = str(i.irreps) if i.kind == "irreps" else (f"index({i.size})" if i.kind == "index" else "weights")
-            lines.append(f"  in  {i.name} : {what}")
+            what = (str(i.irreps) if i.kind == "irreps" else "weights" if i.kind == "weights"
+                    else f"index({i.points or i.size})")
+            lines.append(f"  in  {i.name}{f'[{i.space}]' if i.space else ''} : {what}")
         for v in self.values:
-            lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
+            rows = f"[{v.space}]" if v.space else ""
+            sums = f"  (+= by {v.scatter})" if v.scatter else ""
+            lines.append(f"  {'out' if v.is_output else 'let'} {v.name}{rows} : {v.irreps}{sums}")
             for t in v.terms:
                 source = (f" by {t.weight_source}" if t.weight_source else "") + (f" per {t.per}" if t.per else "")
-                lines.append(f"    {t.id} = {t.mode} ({', '.join(t.operands)}){source}  "
+                lines.append(f"    {t.id} = {t.mode} ({', '.join(t.keys)}){source}  "
                              f"[{len(t.paths)} paths, {t.weight_numel} weights]")
                 for p in t.paths:
                     lines.append(f"      {path_label(t, p)}"
