@@ -1495,7 +1495,8 @@ def run_loads_case(case: Case, loads: Callable | None = None) -> tuple[list[Find
         return oracle.findings, True
     try:
         for d in diagrams:
-            oracle.diagram(ops, d)
+            if not d.spaces:  # the reference evaluation knows one row space (tests/test_spaces.py checks the others)
+                oracle.diagram(ops, d)
     finally:
         os.environ["FUSIONC_NATIVE"] = "0"
     return oracle.findings, True

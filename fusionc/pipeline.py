@@ -85,10 +85,11 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; available back ends: {', '.join(BACKENDS)}")
     for d in diagrams:
-        if d.spaces:
+        if d.spaces and backend != "torch":
             where = next(i.span for i in d.inputs if i.space)
-            raise FusionError(f"diagram '{d.name}' has index spaces ({', '.join(d.spaces)}): fusionc checks such "
-                              f"diagrams but does not generate code for them yet", where).located(source, filename)
+            raise FusionError(f"diagram '{d.name}' has index spaces ({', '.join(d.spaces)}): the {backend} back end "
+                              f"does not generate code for them yet (the torch back end does)",
+                              where).located(source, filename)
     model = machine.current()
     plans = show("plan", tuple(map(plan_diagram, diagrams)),
                  lambda plans: "\n\n".join(map(explain, diagrams, plans)))
@@ -141,9 +142,10 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
     """Each program factorized for the targets that run it (see `BACKENDS`)."""
     def targets(v: Versions) -> Versions:
         p = v.program
-        if backend == "torch":
+        if backend == "torch":  # (native kernels for diagrams with index spaces: not yet)
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas),
-                           native=factorize(p, model.cpu_native, ahead=True, blas=model.cpu_blas))
+                           native=None if d.diagram.spaces else factorize(p, model.cpu_native, ahead=True,
+                                                                           blas=model.cpu_blas))
         if v is d.forward:  # the fused forward kernel is written from the diagram and its plan; the
             # torch code is what the last derivatives' own derivative differentiates twice
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas))

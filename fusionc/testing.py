@@ -128,15 +128,19 @@ def random_nary_diagram(seed: int, lmax: int = 3) -> str:
 
 def random_inputs(module: torch.nn.Module, diagram: Diagram, batch: int, generator: torch.Generator,
                   dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
-    """Random arguments for `module`, in the order of the diagram's `in` declarations."""
+    """Random arguments for `module`, in the order of the diagram's `in` declarations: `batch` rows,
+    or in a diagram with index spaces `batch` rows in its first space, 3 × batch in its second, ….
+    An index into a space's rows takes every value but the last row's (a row that no index picks)."""
+    rows = {space: batch * (1 + 2 * k) for k, space in enumerate(diagram.spaces)}
     args = []
     for i in diagram.inputs:
+        n = rows[i.space] if i.space else batch
         if i.kind == "irreps":
-            args.append(torch.randn(batch, i.irreps.dim, generator=generator, dtype=dtype))
+            args.append(torch.randn(n, i.irreps.dim, generator=generator, dtype=dtype))
         elif i.kind == "weights":
-            args.append(torch.randn(batch, module.input_weight_numel[i.name], generator=generator, dtype=dtype))
+            args.append(torch.randn(n, module.input_weight_numel[i.name], generator=generator, dtype=dtype))
         else:
-            args.append(torch.randint(0, i.size, (batch,), generator=generator))
+            args.append(torch.randint(0, i.size or max(rows[i.points] - 1, 1), (n,), generator=generator))
     return args
 
 

@@ -5,8 +5,14 @@ diagram with spaces becomes."""
 
 from __future__ import annotations
 
-import pytest
+import contextlib
 
+import pytest
+import torch
+from e3nn import o3
+
+import fusionc
+from conftest import slow
 from fusionc.cli import main
 from fusionc.errors import FusionError
 from fusionc.pipeline import compile, compile_source
@@ -126,15 +132,125 @@ def test_the_check_report_counts_flops_per_row_of_each_space(capsys, tmp_path):
     assert "FLOPs per edge row" in out and "FLOPs: 36864 per node row" in out
 
 
-def test_diagrams_with_spaces_are_not_compiled_yet(tmp_path, capsys):
-    """Code generation for index spaces is not there yet: compiling one is a located error, not
-    code that ignores the indices."""
-    with pytest.raises(FusionError, match=r"has index spaces \(node, edge\).*does not generate code"):
-        compile(INTERACTION, "interaction.fus", "torch")
-    path = tmp_path / "interaction.fus"
-    path.write_text(INTERACTION)
-    assert main(["check", "--numeric", str(path)]) == 2
-    assert f"{path}:2:5: error:" in capsys.readouterr().err
+def test_the_triton_back_end_does_not_take_index_spaces_yet():
+    with pytest.raises(FusionError, match=r"interaction.fus:2:5: .*has index spaces \(node, edge\): the triton back end"):
+        compile(INTERACTION, "interaction.fus", "triton")
+
+
+SMALL = INTERACTION.replace("32x", "2x")
+
+
+def _graph(nodes: int, edges: int, seed: int, dtype=torch.float64):
+    """Features and a random graph whose last node receives no edge and sends none."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(nodes, o3.Irreps("2x0e + 2x1o + 2x2e").dim, generator=g, dtype=dtype)
+    sh = torch.randn(edges, 16, generator=g, dtype=dtype)
+    src, dst = (torch.randint(0, nodes - 1, (edges,), generator=g) for _ in range(2))
+    return h, sh, src, dst, g
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def _reference(module, h, sh, w, src, dst):
+    """The same block composed of e3nn (o3.Linear, o3.TensorProduct with uvu paths) and torch's
+    index_select and index_add, on fusionc's flat weight vector. The sum's blocks the last map does
+    not read (1e, 2o, 3o, 3e) fusionc does not compute (`prune`): e3nn's product leaves them out."""
+    node, sh_irreps = o3.Irreps("2x0e + 2x1o + 2x2e"), o3.Irreps("0e + 1o + 2e + 3o")
+    instructions = [(i, j, k, "uvu", True) for i, (_, a) in enumerate(node) for j, (_, b) in enumerate(sh_irreps)
+                    for k, (_, c) in enumerate(node) if c in a * b]
+    with _default_dtype(h.dtype):  # e3nn builds its CG tables in the default dtype
+        up, down = o3.Linear(node, node), o3.Linear(node, node)
+        tp = o3.TensorProduct(node, sh_irreps, node, instructions, shared_weights=False, internal_weights=False)
+    with torch.no_grad():
+        up.weight.copy_(module.weight[:12])
+        down.weight.copy_(module.weight[12:])
+    summed = torch.zeros(h.shape[0], node.dim, dtype=h.dtype).index_add(0, dst, tp(up(h)[src], sh, w))
+    return down(summed)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_the_interaction_block_equals_e3nn_composed_with_index_ops(dtype, tolerance):
+    ops = fusionc.loads(SMALL)
+    module = ops.interaction(dtype=dtype)
+    torch.nn.init.normal_(module.weight)
+    h, sh, src, dst, g = _graph(6, 20, 0, dtype)
+    w = torch.randn(20, module.input_weight_numel["w"], generator=g, dtype=dtype)
+    got, want = module(h, sh, w, src, dst), _reference(module, h, sh, w, src, dst)
+    assert got.shape == (6, h.shape[1]) and got.dtype == dtype
+    assert (got - want).abs().max() <= tolerance * want.abs().max()
+    assert not got[5].any()  # a node no edge points at: zero
+    grads = torch.autograd.grad(got.pow(2).sum(), module.weight)[0]
+    assert grads.abs().max() > 0
+
+
+def _differentiable():
+    """The interaction as a function of the node features, the edge features (spherical
+    harmonics: forces), the per-edge weights and the module's weights, and those in float64."""
+    module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
+    h, sh, src, dst, g = _graph(4, 6, 1)
+    w = torch.randn(6, module.input_weight_numel["w"], generator=g, dtype=torch.float64)
+
+    def f(h, sh, w, weight):
+        return torch.func.functional_call(module, {"weight": weight}, (h, sh, w, src, dst))
+
+    return f, tuple(x.detach().clone().requires_grad_() for x in (h, sh, w, module.weight))
+
+
+def test_gradients_through_gathers_and_scatters():
+    f, inputs = _differentiable()
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@slow
+def test_second_derivatives_through_gathers_and_scatters():
+    f, inputs = _differentiable()
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_the_interaction_is_equivariant():
+    """Rotating every edge's spherical harmonics and every node's features rotates the output."""
+    module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
+    h, sh, src, dst, g = _graph(6, 20, 2)
+    w = torch.randn(20, module.input_weight_numel["w"], generator=g, dtype=torch.float64)
+    with _default_dtype(torch.float64):  # e3nn builds its Wigner D matrices in the default dtype
+        angles = [torch.tensor(a, dtype=torch.float64) for a in (0.3, 1.1, -0.7)]
+        node = o3.Irreps("2x0e + 2x1o + 2x2e").D_from_angles(*angles)
+        edge = o3.Irreps("0e + 1o + 2e + 3o").D_from_angles(*angles)
+    rotated = module(h @ node.T, sh @ edge.T, w, src, dst)
+    assert (rotated - module(h, sh, w, src, dst) @ node.T).abs().max() < 1e-12
+
+
+def test_a_graph_without_edges_gives_zeros():
+    module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
+    h, sh, src, dst, _ = _graph(3, 0, 0)
+    out = module(h, sh, torch.zeros(0, module.input_weight_numel["w"], dtype=torch.float64), src, dst)
+    assert out.shape == (3, h.shape[1]) and not out.any()
+
+
+def test_bad_graph_inputs_name_the_input():
+    module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
+    h, sh, src, dst, g = _graph(5, 9, 3)
+    w = torch.randn(9, module.input_weight_numel["w"], generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"input 'src' points at rows of 'node', which has 5, but has values from .* to 5"):
+        module(h, sh, w, torch.where(src == src[0], 5, src), dst)
+    with pytest.raises(ValueError, match=r"input 'dst' points at rows of 'node', which has 5, but has values from -1"):
+        module(h, sh, w, src, torch.where(dst == dst[0], -1, dst))
+    with pytest.raises(ValueError, match=r"inputs 'sh' and 'w' both have rows in 'edge', but 9 and 8 of them"):
+        module(h, sh, w[:8], src, dst)
+    with pytest.raises(ValueError, match=r"inputs 'sh' and 'dst' both have rows in 'edge', but 9 and 8"):
+        module(h, sh, w, src, dst[:8])
+    with pytest.raises(ValueError, match=r"input 'src' must be an integer tensor of shape \(n_edge,\)"):
+        module(h, sh, w, src.double(), dst)
+    with pytest.raises(ValueError, match=r"input 'h' must have shape \(n_node, 18\), got \(5, 17\)"):
+        module(h[:, :17], sh, w, src, dst)
 
 
 def test_the_readme_example_is_the_one_checked_here():

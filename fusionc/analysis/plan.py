@@ -130,7 +130,7 @@ class Planner:
         return self.names[key]
 
     def leaf(self, t: CouplingVertex, position: int, block: int) -> str:
-        operand, b = t.operands[position], t.irreps_in[position][block]
+        operand, b = t.keys[position], t.irreps_in[position][block]  # h[src] and h[dst] are two operands
         return self._add(("leaf", operand, block), lambda name: Leaf(name, operand, block, b.mul, b.ir))
 
     def couple(self, a: str, b: str, k: Irrep) -> str:

@@ -34,6 +34,7 @@ from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.layout import Strided, natural_orders, plan_pair, row_view
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
+from fusionc.ir.irreps import Irreps
 from fusionc.machine import CpuBlas, CpuNative, GpuTriton, Machine
 
 #: Rows assumed when laying out views (`view_layout`): the layouts chosen depend on how rows
@@ -52,6 +53,8 @@ class Tensor:
     size: int
     rows: bool
     shape: tuple[int, ...] = ()  # constants: their table shape
+    space: str | None = None  # the index space of its rows (None: a diagram's one implicit space)
+    points: str | None = None  # an index into rows of another space: that space
 
     @property
     def differentiable(self) -> bool:
@@ -87,7 +90,8 @@ class Einsum:
 
 @dataclass(frozen=True)
 class Gather:
-    """out (rows) += sets[index[z]], `source` viewed as (sets, out.numel)."""
+    """out (rows) += sets[index[z]], `source` viewed as (sets, out.numel); a source with rows (of
+    the space the index points into: `sets` 0) has its rows as the sets."""
 
     out: View
     source: View
@@ -99,7 +103,8 @@ class Gather:
 
 @dataclass(frozen=True)
 class Scatter:
-    """out (sets × numel, no rows) += Σ_z over rows with index[z] = s of source[z] into set s."""
+    """out (sets × numel, no rows) += Σ_z over rows with index[z] = s of source[z] into set s; an
+    out with rows (of the space the index points into: `sets` 0) has its rows as the sets."""
 
     out: View
     source: View
@@ -159,7 +164,8 @@ class Program:
         lines = [f"program {self.name}" + (f"  ({self.doc})" if self.doc else "")]
         roles = {**{t: "in" for t in self.inputs}, **{t: "out" for t in self.outputs}}
         for name, t in self.tensors.items():
-            shape = ("n, " if t.rows else "") + ", ".join(map(str, t.shape or (t.size,)))
+            rows = f"n_{t.space}, " if t.space else "n, "
+            shape = (rows if t.rows else "") + ", ".join(map(str, t.shape or (t.size,)))
             lines.append(f"  {roles.get(name, t.kind):<6}{name} ({shape})")
         for k, s in enumerate(self.statements):
             lines.append("  " + pretty_statement(self, s))
@@ -170,6 +176,11 @@ class Program:
     @property
     def differentiable_inputs(self) -> tuple[str, ...]:
         return tuple(i for i in self.inputs if self.tensors[i].kind == "input")
+
+
+def row_space(p: Program, s: Einsum) -> str | None:
+    """The index space of the rows an einsum runs over (its row tensors share one)."""
+    return next((p.tensors[v.tensor].space for v in (s.out, *s.operands) if p.tensors[v.tensor].rows), None)
 
 
 def pretty_view(p: Program, v: View) -> str:
@@ -191,7 +202,8 @@ def pretty_statement(p: Program, s: Statement | Kernel) -> str:
         coeff = "" if s.coeff == 1.0 else f"{s.coeff:.6g} · "
         return f"{pretty_view(p, s.out)} += {coeff}{' · '.join(pretty_view(p, v) for v in s.operands)}{note}"
     what = "gather" if isinstance(s, Gather) else "scatter"
-    return f"{pretty_view(p, s.out)} += {what}({pretty_view(p, s.source)}, by {s.index}, {s.sets} sets){note}"
+    sets = f"{s.sets} sets" if s.sets else f"rows of {p.tensors[s.index].points}"
+    return f"{pretty_view(p, s.out)} += {what}({pretty_view(p, s.source)}, by {s.index}, {sets}){note}"
 
 
 def _cg(la: int, lb: int, lk: int, labels: str = "ijk") -> View:
@@ -229,19 +241,41 @@ class _Lowering:
         weight_inputs = {t.weight_source: t.weight_numel for t in d.vertices if t.weight_source is not None}
         for i in d.inputs:
             if i.kind == "irreps":
-                self.tensors[i.name] = Tensor(i.name, "input", i.irreps.dim, True)
+                self.tensors[i.name] = Tensor(i.name, "input", i.irreps.dim, True, space=i.space)
             elif i.kind == "weights":
-                self.tensors[i.name] = Tensor(i.name, "input", weight_inputs[i.name], True)
-            else:
-                self.tensors[i.name] = Tensor(i.name, "index", i.size, True)  # size: the number of values
+                self.tensors[i.name] = Tensor(i.name, "input", weight_inputs[i.name], True, space=i.space)
+            else:  # size: the number of values (0 for an index into another space's rows)
+                self.tensors[i.name] = Tensor(i.name, "index", i.size or 0, True, space=i.space, points=i.points)
         for v in d.values:
-            self.tensors[v.name] = Tensor(v.name, "output" if v.is_output else "temp", v.irreps.dim, True)
+            self.tensors[v.name] = Tensor(v.name, "output" if v.is_output else "temp", v.irreps.dim, True,
+                                          space=v.space)
+        self.gathered: dict[str, str] = {}  # `x[i]` -> the temporary holding the rows it reads
+        self.sums: dict[str, Irreps] = {}  # the temporary of each `y[i] += …`, rows before the scatter
+        self.space: str | None = None  # the space of the rows of the term being lowered
 
     def block(self, name: str, index: int, labels: str, split: tuple[int, ...] | None = None) -> View:
-        irreps = self.d.irreps_of(name)
+        """Block `index` of a value or operand; of `x[i]` (`CouplingVertex.keys`), of the rows of x
+        that i picks, gathered once for the diagram."""
+        base = name.partition("[")[0]
+        irreps = self.sums[base] if base in self.sums else self.d.irreps_of(base)
         start, _ = irreps.slices()[index]
         b = irreps[index]
-        return View(name, start, (*(split or (b.mul,)), b.ir.dim), labels)
+        return View(self.tensor_of(name), start, (*(split or (b.mul,)), b.ir.dim), labels)
+
+    def tensor_of(self, key: str) -> str:
+        """The tensor an operand reads: itself, or for `x[i]` the rows of x that i picks."""
+        base, _, by = key.rstrip("]").partition("[")
+        return self.gather(base, by) if by else key
+
+    def gather(self, name: str, index: str) -> str:
+        key = f"{name}[{index}]"
+        if key not in self.gathered:
+            size = self.d.irreps_of(name).dim
+            temp = self.gathered[key] = f"_x_{name}__{index}"  # source names have no '__': no clash
+            self.tensors[temp] = Tensor(temp, "temp", size, True, space=self.tensors[index].space)
+            self.statements.append(Gather(View(temp, 0, (size,), "zp"), View(name, 0, (size,), "zp"), index, 0,
+                                          note=f"{key}: the row of {name} each row of {self.tensors[index].space} reads"))
+        return self.gathered[key]
 
     def const(self, view: View) -> View:
         if view.tensor not in self.constants:
@@ -249,7 +283,7 @@ class _Lowering:
         return view
 
     def temp(self, name: str, shape: tuple[int, ...], rows: bool = True) -> str:
-        self.tensors[name] = Tensor(name, "temp", prod(shape), rows)
+        self.tensors[name] = Tensor(name, "temp", prod(shape), rows, space=self.space if rows else None)
         return name
 
     def weights(self, t: CouplingVertex, offset: int) -> str | None:
@@ -290,13 +324,23 @@ class _Lowering:
         d = self.d
         offset = 0
         for v in d.values:
+            value = v.name
+            if v.scatter is not None:  # its terms' rows, then each added into the row the index picks
+                value = "_s_" + v.name
+                self.tensors[value] = Tensor(value, "temp", v.irreps.dim, True, space=v.terms[0].space)
+                self.sums[value] = v.irreps
             for t in v.terms:
+                self.space = t.space
                 source = self.weights(t, offset)
                 offset += t.parameter_numel
                 if t.is_tree:
-                    self.tree(v.name, t, source)
-                elif not self.batched(v.name, t, source):
-                    self.paths(v.name, t, source)
+                    self.tree(value, t, source)
+                elif not self.batched(value, t, source):
+                    self.paths(value, t, source)
+            if v.scatter is not None:
+                size = v.irreps.dim
+                self.statements.append(Scatter(View(v.name, 0, (size,), "zp"), View(value, 0, (size,), "zp"),
+                                               v.scatter, 0, note=f"{v.name}[{v.scatter}] += each row's sum"))
         inputs = tuple(i.name for i in d.inputs)
         tensors = {**self.tensors, **self.constants}
         constants = tuple(sorted(self.constants, key=_constant_order))
@@ -361,7 +405,7 @@ class _Lowering:
         self.matrices[name] = tuple(sorted(entries))
         maps = self.temp("_m_" + t.stem, (column,))
         self.statements.append(Einsum(View(maps, 0, (column,), "zc"),
-                                      (View(t.operands[1], 0, (y_irreps.dim,), "zj"), matrix),
+                                      (View(self.tensor_of(t.keys[1]), 0, (y_irreps.dim,), "zj"), matrix),
                                       note=f"every path's (i, k) map at once: {t.operands[1]} · G"))
         rows_w = self.tensors[source].rows
         z = "z" if rows_w else ""
@@ -383,7 +427,7 @@ class _Lowering:
                 stacked = View(packed, 0, (n_p, *shape), z + stacked_labels)
             out = self.block(value, t.placement[o], "zwk" if t.mode == "uvw" else "zuk")
             note = f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"
-            pair = (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, d_o, n_p), "zikp"))
+            pair = (self.block(t.keys[0], b, "zui"), View(maps, start, (d_b, d_o, n_p), "zikp"))
             if rows_w:  # per-row weights: x with the maps first, then an elementwise weighting
                 products = View(self.temp(f"_t_{group}", (mul, n_p, d_o)), 0, (mul, n_p, d_o), "zupk")
                 self.statements.append(Einsum(products, pair, note=note))
@@ -398,7 +442,7 @@ class _Lowering:
         labels = ins.split(",")
         for p in t.paths:
             operands = []
-            for op, b, lab in zip(t.operands, p.operand_blocks, labels):
+            for op, b, lab in zip(t.keys, p.operand_blocks, labels):
                 operands.append(self.block(op, b, lab))
             rest = labels[len(t.operands):]
             if len(t.operands) == 2:
@@ -471,7 +515,7 @@ def derivative(p: Program, name: str, output: str | None = None, prefix: str = "
         if t.differentiable and (t.kind != "output" or tensor in seeded):
             grads[tensor] = grad_name(tensor)
             kind = "input" if t.kind == "output" else ("output" if t.kind in ("input", "param") else "temp")
-            tensors[grads[tensor]] = Tensor(grads[tensor], kind, t.size, t.rows)
+            tensors[grads[tensor]] = Tensor(grads[tensor], kind, t.size, t.rows, space=t.space)
     statements: list[Statement] = [s for s in p.statements if p.tensors[s.out.tensor].kind == "temp"]
     for s in reversed(p.statements):
         if s.out.tensor not in grads:  # an output without a cotangent
@@ -595,7 +639,8 @@ def factorize(p: Program, model: CpuBlas | CpuNative | GpuTriton = CpuBlas(), ah
                     ordered = layout(a, b, kept, operands, s.out, sizes)
                     shape = tuple(sizes[c] for c in ordered if c != "z")
                     name = f"_c{len(formed)}"
-                    tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept)
+                    tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept,
+                                           space=row_space(p, s) if "z" in kept else None)
                     formed[found] = View(name, 0, shape, ordered)
                     formers[found] = len(statements)
                     statements.append(Einsum(formed[found], (a, b), note=note, when=s.when))

@@ -104,6 +104,9 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     ret = "torch.Tensor" if len(outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outputs))}]"
     w(f"def forward(self, {args}) -> {ret}:")
     w.indent()
+    if d.spaces:
+        _graph_forward(w, d)
+        return
     specs = ", ".join(f'"{i.name}": ({i.name}, {i.irreps.dim})' for i in irreps_inputs)
     wspecs = ", ".join(f'"{k}": ({k}, {t.weight_numel})' for k, t in weight_inputs.items())
     # the method's own locals start with '_': an input may be named `batch`
@@ -127,12 +130,37 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     w.dedent()
 
 
+def _graph_forward(w: CodeWriter, d: Diagram) -> None:
+    """The forward of a diagram with index spaces: every input (rows of its space, size), index
+    inputs (rows,) of integers; `rt.graph_rows` checks them."""
+    weight_inputs = _weight_inputs(d)
+    features = ", ".join(
+        f'"{i.name}": ({i.name}, {i.irreps.dim if i.kind == "irreps" else weight_inputs[i.name].weight_numel}, '
+        f'"{i.space}")' for i in d.inputs if i.kind != "index")
+    indices = ", ".join(f'"{i.name}": ({i.name}, "{i.space}", {i.points!r})' for i in d.inputs if i.kind == "index")
+    w(f"rt.graph_rows(self.weight, {{{features}}}, {{{indices}}})")
+    w(f'_outputs = _ops["{d.name}"]([')
+    w.indent()
+    for i in d.inputs:
+        w(f"{i.name}.to(torch.int64)," if i.kind == "index" else f"{i.name},")
+    w.dedent()
+    w("], self.weight, self.constants())")
+    w(f"return {', '.join(f'_outputs[{k}]' for k in range(len(d.outputs)))}")
+    w.dedent()
+    w.dedent()
+
+
+def rows_of(t: Tensor | None) -> str:
+    """The local holding the number of rows of a tensor's space: `n`, or per index space `n_<space>`."""
+    return f"n_{t.space}" if t is not None and t.space else "n"
+
+
 def _slice(t: Tensor, v: View, source: str) -> str:
     """A view of a flat tensor as its shape: (n, *shape) for row tensors, else shape."""
     shape = ", ".join(map(str, v.shape))
     if t.rows:
         part = source if (v.start, v.numel) == (0, t.size) else f"{source}[:, {v.start}:{v.start + v.numel}]"
-        return f"{part}.reshape(n, {shape})"
+        return f"{part}.reshape({rows_of(t)}, {shape})"
     part = source if (v.start, v.numel) == (0, t.size) else f"{source}[{v.start}:{v.start + v.numel}]"
     return part if v.shape in ((t.size,), t.shape) else f"{part}.view({shape})"
 
@@ -167,7 +195,8 @@ class ProgramWriter:
         if shape == v.shape:
             return local
         # sizes spelled out: with no rows, -1 would be ambiguous
-        flat = local if len(shape) == 1 else f"{local}.reshape(n, {t.size})" if t.rows else f"{local}.reshape({t.size})"
+        flat = (local if len(shape) == 1 else f"{local}.reshape({rows_of(t)}, {t.size})" if t.rows
+                else f"{local}.reshape({t.size})")
         return _slice(t, v, flat)
 
     def add(self, s: Statement, expression: str, alias: bool = False) -> None:
@@ -229,12 +258,12 @@ class ProgramWriter:
     def assemble(self, name: str, pieces: dict[tuple[int, tuple[int, ...]], list[str]]) -> None:
         """name = the sum of its pieces, each at its place in the tensor (zeros where none is)."""
         t = self.p.tensors[name]
-        lead = "n, " if t.rows else ""
+        lead = f"{rows_of(t)}, " if t.rows else ""
         if any(piece in self.maybe for names in pieces.values() for piece in names):
             # pieces of statements that may not run: the runtime sums those that did (None if none did)
             parts = ", ".join(f"({start}, {prod(shape)}, [{', '.join(names)}])" for (start, shape), names in
                               sorted(pieces.items()))
-            self.w(f"{name} = rt.assemble(weight, {'n' if t.rows else 'None'}, {t.size}, [{parts}])")
+            self.w(f"{name} = rt.assemble(weight, {rows_of(t) if t.rows else 'None'}, {t.size}, [{parts}])")
             if all(piece in self.maybe for names in pieces.values() for piece in names):
                 self.maybe.add(name)
             if any(piece in self.aliases for names in pieces.values() for piece in names):
@@ -288,13 +317,14 @@ class ProgramWriter:
         plan = plan_pair(*(view_layout(v, self.p.tensors[v.tensor]) for v in (a, b)), s.out.labels, self.blas)
         if plan is None:
             return None
-        sizes = {"z": "n"}
+        n = rows_of(self.row_tensor(s))
+        sizes = {"z": n}
         for v in s.operands:
             sizes.update(zip(v.labels.replace("z", ""), map(str, v.shape)))
 
         def size(group: str) -> str:
             constant = prod(int(sizes[c]) for c in group if c != "z")
-            return ("n" if constant == 1 else f"n * {constant}") if "z" in group else str(constant)
+            return (n if constant == 1 else f"{n} * {constant}") if "z" in group else str(constant)
 
         def matrix(expression: str, v: View, groups: tuple[str, ...]) -> str:
             order = [v.labels.index(c) for c in "".join(groups)]
@@ -318,6 +348,10 @@ class ProgramWriter:
             product += f".permute({', '.join(map(str, order))})"
         return product
 
+    def row_tensor(self, s: Einsum) -> Tensor | None:
+        """A tensor with rows that the statement reads or writes (its rows are the statement's)."""
+        return next((self.p.tensors[v.tensor] for v in (s.out, *s.operands) if self.p.tensors[v.tensor].rows), None)
+
     def _numel(self, v: View) -> int:
         return v.numel * (PLANNING_ROWS if self.p.tensors[v.tensor].rows else 1)
 
@@ -336,21 +370,29 @@ class ProgramWriter:
                     k = min(range(len(operands)), key=lambda k: (self._numel(s.operands[k]), k))
                     operands[k] = f"({operands[k]} * {s.coeff!r})"
                 equation = f'{",".join(v.labels for v in s.operands)}->{s.out.labels}'
-                expression = _broadcast_product(s, operands)
+                expression = _broadcast_product(s, operands, rows_of(self.row_tensor(s)))
                 if expression is None:
                     product = self._matrix_product(s, operands)
                     expression = (f"{product}  # {equation}" if product else
                                   f'torch.einsum("{equation}", {", ".join(operands)})')
-        elif isinstance(s, Gather):
-            expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
+        elif isinstance(s, Gather):  # by an index: the source's rows (sets 0) or its weight sets
+            if s.sets:
+                expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
+            else:
+                expression = f"{self.read(s.source)}.index_select(0, {s.index})"
         else:
-            numel = s.source.numel
-            expression = (f"weight.new_zeros({s.sets}, {numel}).index_add(0, {s.index}, "
-                          f"{self.read(s.source)}.reshape(n, {numel})).reshape({s.out.numel})")
+            numel, source = s.source.numel, self.p.tensors[s.source.tensor]
+            if s.sets:
+                expression = (f"weight.new_zeros({s.sets}, {numel}).index_add(0, {s.index}, "
+                              f"{self.read(s.source)}.reshape({rows_of(source)}, {numel})).reshape({s.out.numel})")
+            else:
+                out = self.p.tensors[s.out.tensor]
+                expression = (f"weight.new_zeros({rows_of(out)}, {numel}).index_add(0, {s.index}, "
+                              f"{self.read(s.source)}.reshape({rows_of(source)}, {numel}))")
         self.add(s, expression, alias)
 
 
-def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
+def _broadcast_product(s: Einsum, operands: list[str], n: str = "n") -> str | None:
     """Two operands whose product is elementwise per row, but for a small sum: their summed labels
     have size 1 or (with at most 4 output elements per pair of matrices) at most 8. Broadcast
     multiplication (and a sum), which torch runs far faster than a batch of tiny matrix products:
@@ -377,7 +419,7 @@ def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
         order = [v.labels.index(c) for c in out + summed if c in v.labels]
         if order != sorted(order):
             expression += f".permute({', '.join(map(str, order))})"
-        dims = ", ".join(("n" if c == "z" else str(sizes[c])) if c in v.labels else "1" for c in kept)
+        dims = ", ".join((n if c == "z" else str(sizes[c])) if c in v.labels else "1" for c in kept)
         shaped.append(f"{expression}.reshape({dims})")
     product = " * ".join(shaped)
     if kept == out:
@@ -401,13 +443,17 @@ def emit_program(w: CodeWriter, p: Program, writer: "ProgramWriter", suffix: str
 
     def shape(name: str) -> str:
         t = p.tensors[name]
-        return f"{name} (n, {t.size})" if t.rows and t.kind != "index" else (f"{name} (n,)" if t.rows else
-                                                                              f"{name} ({t.size},)")
+        return (f"{name} ({rows_of(t)}, {t.size})" if t.rows and t.kind != "index" else
+                f"{name} ({rows_of(t)},)" if t.rows else f"{name} ({t.size},)")
 
     summary = f"{', '.join(shape(i) for i in p.inputs)} -> {', '.join(shape(o) for o in p.outputs)}"
     w(f'"""{p.doc or p.name + " on rows"}: {summary}."""')
-    first = next(i for i in p.inputs if p.tensors[i].rows)
-    w(f"n = {first}.shape[0]")
+    counted = set()
+    for i in p.inputs:  # the rows of each space, from its first input
+        t = p.tensors[i]
+        if t.rows and rows_of(t) not in counted:
+            counted.add(rows_of(t))
+            w(f"{rows_of(t)} = {i}.shape[0]")
     for k, s in enumerate(p.statements):
         writer.statement(s)
         writer.free(p.frees[k] if p.frees else ())
@@ -415,10 +461,11 @@ def emit_program(w: CodeWriter, p: Program, writer: "ProgramWriter", suffix: str
     for o in p.outputs:
         local, shape = writer.materialize(o)
         t = p.tensors[o]
-        result = local if shape == (t.size,) else f"{local}.reshape({'n, ' if t.rows else ''}{t.size})"
+        lead = f"{rows_of(t)}, " if t.rows else ""
+        result = local if shape == (t.size,) else f"{local}.reshape({lead}{t.size})"
         result = f"{result}.clone()" if local in writer.aliases or local in p.inputs else result
         if local in writer.maybe:  # a gradient the mask did not ask for
-            result = f"{result} if {local} is not None else weight.new_zeros({'n, ' if t.rows else ''}{t.size})"
+            result = f"{result} if {local} is not None else weight.new_zeros({lead}{t.size})"
         results.append(result)
     w(f"return [{', '.join(results)}]")
     w.dedent()
@@ -431,8 +478,18 @@ ProgramKernel = Callable[[Program], tuple[list[str], str]]
 
 
 def _signature(p: Program) -> str:
-    outputs = tuple((p.tensors[o].size, p.tensors[o].rows) for o in p.outputs)
-    ranges = {k: (i, p.tensors[i].size) for k, i in enumerate(p.inputs) if p.tensors[i].kind == "index"}
+    """The op's outputs, (size, rows) each: rows True for those of its first input, else (in a
+    diagram with index spaces) the position of the first input in the output's space, or False;
+    and its index inputs of K values, by position (those into another space's rows the module's
+    forward checks)."""
+    def rows(t: Tensor) -> bool | int:
+        if not t.rows or not t.space:
+            return t.rows
+        return next(k for k, i in enumerate(p.inputs) if p.tensors[i].rows and p.tensors[i].space == t.space)
+
+    outputs = tuple((p.tensors[o].size, rows(p.tensors[o])) for o in p.outputs)
+    ranges = {k: (i, p.tensors[i].size) for k, i in enumerate(p.inputs)
+              if p.tensors[i].kind == "index" and not p.tensors[i].points}
     return f"outputs={outputs!r}, index_ranges={ranges!r}"
 
 

@@ -117,6 +117,43 @@ def batch_shape(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int]]
     return batch
 
 
+def graph_rows(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int, str]],
+               indices: dict[str, tuple[torch.Tensor, str, str | None]]) -> dict[str, int]:
+    """The rows of each index space of a diagram with spaces, from its inputs: `features` (name:
+    tensor, size per row, space) and `indices` (name: tensor, its space, the space it points into,
+    or None for an index(K), which the op checks). A ValueError names any input whose shape,
+    dtype or device does not fit, inputs of one space with different row counts, and an index
+    outside the rows of the space it points into (with that space's size)."""
+    rows: dict[str, tuple[int, str]] = {}
+
+    def count(name: str, n: int, space: str) -> None:
+        if space in rows and rows[space][0] != n:
+            first, m = rows[space][1], rows[space][0]
+            raise ValueError(f"inputs '{first}' and '{name}' both have rows in '{space}', but {m} and {n} of them")
+        rows.setdefault(space, (n, name))
+
+    for name, (x, size, space) in features.items():
+        _check_float(name, x, size, ref, f"(n_{space}, {size})")
+        if x.dim() != 2:
+            raise ValueError(f"input '{name}' must have shape (n_{space}, {size}), got {tuple(x.shape)}")
+        count(name, x.shape[0], space)
+    for name, (z, space, _) in indices.items():
+        if not isinstance(z, torch.Tensor) or z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
+            raise ValueError(f"input '{name}' must be an integer tensor of shape (n_{space},), "
+                             f"got {getattr(z, 'dtype', type(z).__name__)}")
+        if z.dim() != 1:
+            raise ValueError(f"input '{name}' must have shape (n_{space},), got {tuple(z.shape)}")
+        if z.device != ref.device:
+            raise ValueError(f"input '{name}' is on {z.device} but the module is on {ref.device}")
+        count(name, z.shape[0], space)
+    sizes = {space: n for space, (n, _) in rows.items()}
+    for name, (z, space, points) in indices.items():
+        if points is not None and z.numel() and (int(z.min()) < 0 or int(z.max()) >= sizes[points]):
+            raise ValueError(f"input '{name}' points at rows of '{points}', which has {sizes[points]}, but has values "
+                             f"from {int(z.min())} to {int(z.max())}")
+    return sizes
+
+
 def numel(batch: torch.Size) -> int:
     return math.prod(batch)
 
@@ -306,10 +343,12 @@ class OpNamespace:
     def __getitem__(self, name: str):
         return self.ops[name]
 
-    def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
+    def register(self, name: str, fn, outputs: tuple[tuple[int, bool | int], ...],
                  index_ranges: dict[int, tuple[str, int]], backward=None, backward_all=None,
                  check_indices: bool = False, masked: bool = False, reference=None, cpu=None) -> None:
-        """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
+        """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) with n the
+        rows of its first input (rows True) or of input `rows` (an int: a diagram with index spaces),
+        or (size,) (rows False).
         `index_ranges` maps the position of each index input to its name and size; with
         `check_indices` the values are checked when the op runs (not when it is traced). A
         `masked` op takes a mask (bit k: its k-th gradient wanted, or its k-th cotangent input
@@ -345,10 +384,14 @@ class OpNamespace:
         # process imports torch._dynamo (0.9 s) to keep dynamo out of the implementation
         self.library.impl(name, op, "CompositeExplicitAutograd")
 
+        def shape(size: int, rows: bool | int, inputs) -> tuple[int, ...]:
+            if rows is False:
+                return (size,)
+            return (inputs[0 if rows is True else rows].shape[0], size)
+
         @torch.library.register_fake(qualname, lib=self.library)
         def _(inputs, weight, constants, mask=-1):
-            n = inputs[0].shape[0]
-            return [weight.new_empty(n, size) if rows else weight.new_empty(size) for size, rows in outputs]
+            return [weight.new_empty(shape(size, rows, inputs)) for size, rows in outputs]
 
         def setup_context(ctx, inputs, output):
             ctx.set_materialize_grads(False)  # an unused output's cotangent stays None: its work is skipped
@@ -356,8 +399,8 @@ class OpNamespace:
             ctx.save_for_backward(*rows, weight, *constants)
             ctx.count = len(rows)
 
-        def cotangents(grads, n: int, like: torch.Tensor) -> list[torch.Tensor]:
-            return [g if g is not None else (like.new_zeros(n, size) if rows else like.new_zeros(size))
+        def cotangents(grads, inputs, like: torch.Tensor) -> list[torch.Tensor]:
+            return [g if g is not None else like.new_zeros(shape(size, rows, inputs))
                     for g, (size, rows) in zip(grads, outputs)]
 
         def vjp(rows, weight, constants, grads) -> list[torch.Tensor]:
@@ -390,13 +433,12 @@ class OpNamespace:
             elif backward_all is not None:
                 present = [k for k, g in enumerate(grads) if g is not None]
                 if present:
-                    n = rows[0].shape[0]
-                    result = backward_all(rows + cotangents(grads, n, weight), weight, constants,
+                    result = backward_all(rows + cotangents(grads, rows, weight), weight, constants,
                                           sum(1 << k for k in present))
                 else:
                     result = [None] * gradients
             else:
-                result = vjp(rows, weight, constants, cotangents(grads, rows[0].shape[0], weight))
+                result = vjp(rows, weight, constants, cotangents(grads, rows, weight))
             grad_rows: list[torch.Tensor | None] = [None] * count
             floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
             for i, g in zip(floats, result[:-1]):
