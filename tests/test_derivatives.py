@@ -22,9 +22,10 @@ from conftest import KERNELS, slow
 def _cases():
     for path in KERNELS:
         for d in compile_source(path.read_text(), str(path)):
-            # the quick subset: the two-input products and cormorant's (mace_product's and
-            # fusion_block's many derivative programs take seconds each)
-            marks = [slow] if path.stem in ("fusion_block", "mace_product") else []
+            # the quick subset: the two-input products but conv_tp and cormorant's (mace_product's and
+            # fusion_block's many derivative programs take seconds each; conv_tp's second derivative
+            # compiles a library at -O3 per cotangent, 22 s)
+            marks = [slow] if path.stem in ("fusion_block", "mace_product") or d.name == "conv_tp" else []
             yield pytest.param(path, d.name, id=f"{path.stem}.{d.name}", marks=marks)
 
 
