@@ -154,7 +154,6 @@ def flags_for(source: str) -> tuple[str, ...]:
 #: the statement on the same line, or a block (`{` to the `}` at the if's indentation), or the lines
 #: indented under it.
 _GUARD = re.compile(r"^( *)if \(mask & (\d+)\)(.*)$", re.MULTILINE)
-_GUARD_BITS = re.compile(r"if \(mask & (\d+)\)")
 #: A kernel's parameters and the start of its body (`_DEFINITION`).
 _BODY = re.compile(r"int64_t mask, (void \*const \*ptr, const int64_t \*stride\)\n\{\n)")
 
@@ -184,8 +183,9 @@ def for_mask(source: str, mask: int) -> str | None:
     """A program's C as a library for calls with `mask` alone, where that buys -O3: in each kernel
     `mask` is a constant, so gcc drops what the mask skips before its costly passes and the rest
     compiles at O3_FLAGS (a constant local: setting the parameter instead, gcc compiled conv_tp's
-    second derivative 2.7x as long, OpenMP's outlined loop taking it as a variable). None where `flags_for` gives the whole program -O3 already, where it runs
-    statement tables, and where even this mask's statements are too many for -O3. conv_tp's second
+    second derivative 2.7x as long, OpenMP's outlined loop taking it as a variable). None where
+    `flags_for` gives the whole program -O3 already, where it runs statement tables, and where
+    even this mask's statements are too many for -O3. conv_tp's second
     derivative, 3,882 statements, is 1,832 for the forces' mask (a cotangent on the gradient with
     respect to sh alone): 15.5 ms against 23.6 at -O1 (float32, 2,000 rows), compiled in 4.1 s."""
     if flags_for(source) == O3_FLAGS or _STATEMENT_TABLE in source or not _GUARD.search(source):
@@ -336,7 +336,7 @@ class NativeKernels:
         key = (program, mask)
         if key not in self.variants:
             source = self.sources[program]
-            tested = functools.reduce(int.__or__, map(int, _GUARD_BITS.findall(source)), 0)
+            tested = functools.reduce(int.__or__, (int(bits) for _, bits, _ in _GUARD.findall(source)), 0)
             self.variants[key] = mask & tested if for_mask(source, mask & tested) is not None else None
         return self.variants[key]
 
