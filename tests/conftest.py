@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -11,6 +12,21 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """torch's default dtype set for a block: e3nn builds its Wigner 3j and D matrices, and MACE
+    its U matrices and weights, in the default dtype at construction time, so a float64
+    reference must be built under float64 (a later `.double()` would keep float32 values)."""
+    import torch
+
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
 KERNELS = sorted((REPO / "kernels").glob("*.fus"))
 
 #: Long-running tests: `pytest -m "not slow"` leaves them out (the quick subset for development);

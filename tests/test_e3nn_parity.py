@@ -15,7 +15,6 @@ bad calls. The quick subset (`pytest -m "not slow"`) keeps the first seeds of ea
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import re
@@ -26,7 +25,7 @@ import torch
 from e3nn import o3
 
 import fusionc
-from conftest import slow_unless
+from conftest import default_dtype, slow_unless
 from fusionc.testing import random_diagram, random_inputs
 
 MODES = ("uvw", "uvu", "uuu", "uvuv", "none")
@@ -39,18 +38,6 @@ KERNELS = Path(__file__).parents[1] / "kernels" / "tensor_products.fus"
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """e3nn builds its Wigner-3j buffers in the default dtype at construction time, so a float64
-    reference must be constructed under float64 (a later `.double()` would keep float32 values)."""
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
 
 
 def e3nn_instructions(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps,

@@ -19,7 +19,6 @@ torch ≥ 2.6 imports only with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (set below, i
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import os
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 from e3nn import o3  # noqa: E402
 from mace.tools.cg import U_matrix_real  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, default_dtype  # noqa: E402
 from fusionc import FusionError  # noqa: E402
 from fusionc.algebra.characters import symmetric_multiplicity  # noqa: E402
 from fusionc.compat.mace import from_symmetric_contraction  # noqa: E402
@@ -49,17 +48,6 @@ SymmetricContraction = symmetric_contraction.SymmetricContraction
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 BATCH = 20
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """MACE builds its U matrices and weights in the default dtype at construction time."""
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -5,14 +5,13 @@ diagram with spaces becomes."""
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
 from e3nn import o3
 
 import fusionc
-from conftest import slow
+from conftest import default_dtype, slow
 from fusionc.cli import main
 from fusionc.errors import FusionError
 from fusionc.pipeline import compile, compile_source
@@ -149,16 +148,6 @@ def _graph(nodes: int, edges: int, seed: int, dtype=torch.float64):
     return h, sh, src, dst, g
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
-
-
 def _reference(module, h, sh, w, src, dst):
     """The same block composed of e3nn (o3.Linear, o3.TensorProduct with uvu paths) and torch's
     index_select and index_add, on fusionc's flat weight vector. The sum's blocks the last map does
@@ -166,7 +155,7 @@ def _reference(module, h, sh, w, src, dst):
     node, sh_irreps = o3.Irreps("2x0e + 2x1o + 2x2e"), o3.Irreps("0e + 1o + 2e + 3o")
     instructions = [(i, j, k, "uvu", True) for i, (_, a) in enumerate(node) for j, (_, b) in enumerate(sh_irreps)
                     for k, (_, c) in enumerate(node) if c in a * b]
-    with _default_dtype(h.dtype):  # e3nn builds its CG tables in the default dtype
+    with default_dtype(h.dtype):  # e3nn builds its CG tables in the default dtype
         up, down = o3.Linear(node, node), o3.Linear(node, node)
         tp = o3.TensorProduct(node, sh_irreps, node, instructions, shared_weights=False, internal_weights=False)
     with torch.no_grad():
@@ -220,7 +209,7 @@ def test_the_interaction_is_equivariant():
     module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
     h, sh, src, dst, g = _graph(6, 20, 2)
     w = torch.randn(20, module.input_weight_numel["w"], generator=g, dtype=torch.float64)
-    with _default_dtype(torch.float64):  # e3nn builds its Wigner D matrices in the default dtype
+    with default_dtype(torch.float64):  # e3nn builds its Wigner D matrices in the default dtype
         angles = [torch.tensor(a, dtype=torch.float64) for a in (0.3, 1.1, -0.7)]
         node = o3.Irreps("2x0e + 2x1o + 2x2e").D_from_angles(*angles)
         edge = o3.Irreps("0e + 1o + 2e + 3o").D_from_angles(*angles)
