@@ -142,10 +142,9 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
     """Each program factorized for the targets that run it (see `BACKENDS`)."""
     def targets(v: Versions) -> Versions:
         p = v.program
-        if backend == "torch":  # (native kernels for diagrams with index spaces: not yet)
+        if backend == "torch":
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas),
-                           native=None if d.diagram.spaces else factorize(p, model.cpu_native, ahead=True,
-                                                                           blas=model.cpu_blas))
+                           native=factorize(p, model.cpu_native, ahead=True, blas=model.cpu_blas))
         if v is d.forward:  # the fused forward kernel is written from the diagram and its plan; the
             # torch code is what the last derivatives' own derivative differentiates twice
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas))

@@ -14,6 +14,7 @@ import fusionc
 from conftest import default_dtype, slow
 from fusionc.cli import main
 from fusionc.errors import FusionError
+from fusionc.analysis.program import Gather, Kernel, Scatter
 from fusionc.pipeline import compile, compile_source
 
 BASE = """\
@@ -165,8 +166,10 @@ def _reference(module, h, sh, w, src, dst):
     return down(summed)
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch-code"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_the_interaction_block_equals_e3nn_composed_with_index_ops(dtype, tolerance):
+def test_the_interaction_block_equals_e3nn_composed_with_index_ops(dtype, tolerance, native, monkeypatch):
+    monkeypatch.setenv("FUSIONC_NATIVE", native)  # the fused native kernels, and the torch code beside them
     ops = fusionc.loads(SMALL)
     module = ops.interaction(dtype=dtype)
     torch.nn.init.normal_(module.weight)
@@ -202,6 +205,55 @@ def test_gradients_through_gathers_and_scatters():
 def test_second_derivatives_through_gathers_and_scatters():
     f, inputs = _differentiable()
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_the_forward_never_holds_a_message_per_edge():
+    """The native forward is one kernel over edges that reads h[src] in place and adds each
+    message into m[dst] in place: no statement outside it, no per-edge tensor in memory but the
+    inputs, every row of its space grouped by the receiver."""
+    ps = compile(INTERACTION.replace("let hu = h mix uvw", "let hu = h").replace("m = agg mix uvw", "m = agg"),
+                 "interaction.fus", "torch")
+    p = ps.programs[0].forward.native
+    kernels = [s for s in p.statements if isinstance(s, Kernel)]
+    edge = [k for k in kernels if k.space == "edge"]
+    assert len(edge) == 1 and edge[0].by == "dst"
+    assert all(p.tensors[t].space == "node" or how == "local" for t, how in edge[0].homes)
+    assert not any(isinstance(s, (Gather, Scatter)) for s in p.statements)
+    first = ps.programs[0].firsts[0].native  # the gradient: the same, grouped by sender (d_h[src] +=)
+    assert [k.by for k in first.statements if isinstance(k, Kernel) and k.space == "edge"] == ["src"]
+
+
+def _bits(ts: list[torch.Tensor]) -> list[bytes]:
+    return [t.detach().numpy().tobytes() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_results_are_bitwise_the_same_on_one_and_two_threads(dtype):
+    """Each receiver's sum runs on one thread in edge order: forward, gradients and second
+    derivatives are the same bits run after run and for any thread count."""
+    module = fusionc.loads(BASE).d(dtype=dtype)
+    g = torch.Generator().manual_seed(4)
+    nodes, edges = 300, 6000
+    h = torch.randn(nodes, 32, generator=g, dtype=dtype, requires_grad=True)
+    sh = torch.randn(edges, 4, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(edges, module.input_weight_numel["w"], generator=g, dtype=dtype, requires_grad=True)
+    src, dst = (torch.randint(0, nodes, (edges,), generator=g) for _ in range(2))
+
+    def run() -> list[bytes]:
+        m = module(h, sh, w, src, dst)
+        grads = torch.autograd.grad(m.pow(2).sum(), (h, sh, w), create_graph=True)
+        seconds = torch.autograd.grad(grads[1].pow(2).sum(), (h, sh, w))
+        return _bits([m, *grads, *seconds])
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two, again = run(), run()
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two == again
 
 
 def test_the_interaction_is_equivariant():

@@ -70,6 +70,9 @@ class View:
     start: int
     shape: tuple[int, ...]
     labels: str
+    #: in a native kernel (`fusionc.analysis.segment`): the row `index[z]` of the tensor (in the space
+    #: the index points into) rather than row z, a gather read in place or a scatter written in place
+    index: str | None = None
 
     @property
     def numel(self) -> int:
@@ -133,6 +136,11 @@ class Kernel:
     ready: tuple[str, ...]
     #: its runs of statements of one form loop over tables (`fusionc.analysis.schedule.native`)
     tabled: bool = False
+    #: the index space its rows are (None: a diagram's one implicit space)
+    space: str | None = None
+    #: the index it scatters by, if any: it runs rows grouped by that index's value (edges by
+    #: receiver), each group by one thread, in row order, so that every sum lands the same way
+    by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,21 +187,25 @@ class Program:
 
 
 def row_space(p: Program, s: Einsum) -> str | None:
-    """The index space of the rows an einsum runs over (its row tensors share one)."""
-    return next((p.tensors[v.tensor].space for v in (s.out, *s.operands) if p.tensors[v.tensor].rows), None)
+    """The index space of the rows an einsum runs over (its row tensors share one; a view read or
+    written at `index[z]` is in the space the index points into)."""
+    return next((p.tensors[v.tensor].space for v in (s.out, *s.operands) if p.tensors[v.tensor].rows and not v.index),
+                None)
 
 
 def pretty_view(p: Program, v: View) -> str:
     """`x[16:64]:zui(16,3)`: the elements of the tensor, its labels and shape."""
     whole = (v.start, v.numel) == (0, p.tensors[v.tensor].size)
     part = "" if whole else f"[{v.start}:{v.start + v.numel}]"
-    return f"{v.tensor}{part}:{v.labels}({','.join(map(str, v.shape))})"
+    at = f"@{v.index}" if v.index else ""
+    return f"{v.tensor}{at}{part}:{v.labels}({','.join(map(str, v.shape))})"
 
 
 def pretty_statement(p: Program, s: Statement | Kernel) -> str:
     if isinstance(s, Kernel):
         homes = ", ".join(f"{t} {how}" for t, how in s.homes)
-        head = f"native {s.name} ({homes}){', tabled' if s.tabled else ''}:"
+        rows = (f", rows of {s.space}" if s.space else "") + (f" grouped by {s.by}" if s.by else "")
+        head = f"native {s.name} ({homes}){', tabled' if s.tabled else ''}{rows}:"
         return "\n    ".join([head] + [pretty_statement(p, t) for t in s.statements])
     note = f"  # {s.note}" if s.note else ""
     if s.when is not None:

@@ -21,8 +21,8 @@ from itertools import permutations
 from math import prod
 
 from fusionc.analysis.layout import matrix_copies, plan_pair, row_view
-from fusionc.analysis.program import (PLANNING_ROWS, Einsum, Kernel, Program, Statement, Tensor, View, group,
-                                      view_layout)
+from fusionc.analysis.program import (PLANNING_ROWS, Einsum, Gather, Kernel, Program, Scatter, Statement, Tensor,
+                                      View, group, row_space, scheduled, view_layout)
 from fusionc.machine import CpuBlas, CpuNative
 
 
@@ -44,9 +44,12 @@ class _Segmenter:
         self.relayouts: dict[tuple[View, str, int | None], View] = {}  # (view, label order, when) -> its copy
 
     def row_local(self, s: Statement) -> bool:
-        """Whether s runs row by row: no shared operand beyond `shared_native`, and either no sum
+        """Whether s runs row by row: a gather or scatter of rows by an index into another space
+        (`in_place`), or an einsum with no shared operand beyond `shared_native`, and either no sum
         over rows or a sum over rows into a shared tensor of at most `shared_native` elements (a
         weight gradient: each thread sums its rows, then the threads' sums are added in order)."""
+        if isinstance(s, (Gather, Scatter)):
+            return s.sets == 0
         if not isinstance(s, Einsum):
             return False
         summed = set("".join(v.labels for v in s.operands)) - set(s.out.labels)
@@ -90,11 +93,11 @@ class _Segmenter:
             sizes = dict(zip(s.out.labels.replace("z", ""), s.out.shape))
             shape = tuple(sizes[c] for c in plan.natural if c != "z")
             name = self.fresh("_mm")
-            self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
+            self.p.tensors[name] = Tensor(name, "temp", prod(shape), True, space=row_space(self.p, s))
             product = View(name, 0, shape, plan.natural)
             self.out.append(replace(s, out=product))
             s = Einsum(s.out, (product,), note="", when=s.when)
-        self.enqueue(position, s)
+        self.enqueue(position, in_place(s))
 
     def fresh(self, prefix: str) -> str:
         """A tensor name the program does not use."""
@@ -105,8 +108,15 @@ class _Segmenter:
 
     def enqueue(self, position: float, s: Einsum) -> None:
         inside = {k for k, _ in self.segment}
-        summing = {t.out.tensor for _, t in self.segment if not self.p.tensors[t.out.tensor].rows}
-        if any(v.tensor in summing for v in s.operands):  # a sum over rows is complete after its kernel
+        statements = [t for _, t in self.segment]
+        summing = {t.out.tensor for t in statements if not self.p.tensors[t.out.tensor].rows}
+        scattered = {t.out.tensor: t.out.index for t in statements if t.out.index}
+        written = {t.out.tensor for t in statements}
+        read = {v.tensor for t in statements for v in t.operands}
+        if (any(v.tensor in summing or v.tensor in scattered for v in s.operands)  # complete after its kernel
+                or any(v.index and v.tensor in written for v in s.operands)  # a gather reads complete rows
+                or s.out.index and (s.out.tensor in read or any(i != s.out.index for i in scattered.values()))
+                or statements and row_space(self.p, s) != row_space(self.p, statements[0])):
             self.flush()
             inside = set()
         for v in s.operands:  # a tensor partly written outside the segment is read as torch assembles it
@@ -148,7 +158,7 @@ class _Segmenter:
                 order = best[1]
                 shape = tuple(sizes[c] for c in order[1:])
                 name = self.fresh("_copy")
-                self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
+                self.p.tensors[name] = Tensor(name, "temp", prod(shape), True, space=row_space(self.p, s))
                 self.written_at[name] = [position - 0.5]
                 self.owned.add(name)
                 self.relayouts[key] = View(name, 0, shape, order)
@@ -161,8 +171,9 @@ class _Segmenter:
     def flush(self) -> None:
         if not self.segment:
             return
-        segment, self.segment = self.segment, []
-        inside = {k for k, _ in segment}
+        original, self.segment = self.segment, []
+        inside = {k for k, _ in original}
+        segment = _fused(original, self.p, self.written_at, self.read_at)
         last = max(inside)
         p = self.p
         homes: dict[str, str] = {}
@@ -183,8 +194,57 @@ class _Segmenter:
             else:
                 homes[t] = "local"
         count = sum(isinstance(s, Kernel) for s in self.out)
-        self.out.append(Kernel(f"{p.name}__s{count}", tuple(s for _, s in segment), tuple(homes.items()),
-                               tuple(ready)))
+        statements = tuple(s for _, s in segment)
+        by = next((s.out.index for s in statements if s.out.index), None)
+        self.out.append(Kernel(f"{p.name}__s{count}", statements, tuple(homes.items()), tuple(ready),
+                               space=row_space(p, statements[0]), by=by))
+
+
+def in_place(s: Statement) -> Einsum:
+    """A gather or scatter of rows by an index as a native statement: a copy whose source (gather)
+    or output (scatter) is read or written at row `index[z]`; an einsum as it is."""
+    if isinstance(s, Gather):
+        return Einsum(s.out, (replace(s.source, index=s.index),), note=s.note, when=s.when)
+    if isinstance(s, Scatter):
+        return Einsum(replace(s.out, index=s.index), (s.source,), note=s.note, when=s.when)
+    return s
+
+
+def _fused(segment: list[tuple[float, Einsum]], p: Program, written_at: dict[str, list[float]],
+           read_at: dict[str, list[float]]) -> list[tuple[float, Einsum]]:
+    """A kernel's statements with its gathers and scatters done in place: a temporary that a gather
+    fills (`x[src]`) and only the kernel reads is read where the gather reads it, row `src[z]` of
+    x; one that only the kernel writes and only a scatter reads (the messages `m[dst] += …` sums)
+    is written where the scatter adds it, row `dst[z]` of m. Per-edge rows then exist only as the
+    operands of each statement, never in memory."""
+    inside = {k for k, _ in segment}
+    moved: dict[str, tuple[str, str]] = {}  # temporary -> (the tensor it stands for, the index)
+    dropped = set()
+    for k, s in segment:
+        copy = len(s.operands) == 1 and s.out.labels == s.operands[0].labels == "zp"
+        if not copy:
+            continue
+        (source,) = s.operands
+        if source.index and not s.out.index:  # a gather
+            temp, target = s.out.tensor, source
+            alone = written_at[temp] == [k] and all(j in inside for j in read_at.get(temp, []))
+        elif s.out.index and not source.index:  # a scatter
+            temp, target = source.tensor, s.out
+            alone = read_at.get(temp) == [k] and all(j in inside for j in written_at[temp])
+        else:
+            continue
+        if alone and p.tensors[temp].kind == "temp" and temp not in moved:
+            moved[temp] = (target.tensor, target.index)
+            dropped.add(k)
+
+    def placed(v: View) -> View:
+        if v.tensor not in moved:
+            return v
+        tensor, index = moved[v.tensor]
+        return replace(v, tensor=tensor, index=index)
+
+    return [(k, replace(s, out=placed(s.out), operands=tuple(map(placed, s.operands))))
+            for k, s in segment if k not in dropped]
 
 
 def channels_inner(p: Program) -> Program:
@@ -205,7 +265,8 @@ def channels_inner(p: Program) -> Program:
                     outside.add(v.tensor)
     moved = set()
     for tensor, seen in views.items():
-        if tensor in outside or p.tensors[tensor].kind != "temp" or not p.tensors[tensor].rows:
+        if (tensor in outside or p.tensors[tensor].kind != "temp" or not p.tensors[tensor].rows
+                or any(v.index for v in seen)):
             continue
         shapes = {(v.start, v.shape) for v in seen}
         if all(len(v.labels) == 3 and v.labels[0] == "z" and v.shape[0] > v.shape[1] for v in seen) and len(
@@ -239,8 +300,20 @@ def segment(p: Program, model: CpuNative, blas: CpuBlas) -> Program | None:
     statements of each mask bits together (`group`) and as it is, whichever moves less through memory
     (together where they tie): together, a masked call skips whole kernels and runs long stretches
     of each; as it is, more temporaries may stay in per-row buffers (mace_product's second
-    derivative: 5,000 elements per row to memory against 24,000 grouped, 13 ms against 28)."""
-    cut = min((_Segmenter(q, model, blas).run() for q in ((group(p), p) if p.keys else (p,))), key=_traffic)
+    derivative: 5,000 elements per row to memory against 24,000 grouped, 13 ms against 28). In a
+    program with index spaces, the statements of each space are kept together first (a kernel's
+    rows are those of one space: per-node statements between per-edge ones would cut the edges'
+    kernel in two, and hold what passes between the halves in memory per edge)."""
+    if any(t.space for t in p.tensors.values()):
+        def space(s: Statement) -> str | None:
+            return p.tensors[s.source.tensor if isinstance(s, Scatter) else s.out.tensor].space if not isinstance(
+                s, Einsum) else row_space(p, s)
+
+        candidates = tuple(replace(p, statements=scheduled(p, list(p.statements), key))
+                           for key in (lambda s: (space(s), s.when), space))
+    else:
+        candidates = (group(p), p) if p.keys else (p,)
+    cut = min((_Segmenter(q, model, blas).run() for q in candidates), key=_traffic)
     if not any(isinstance(s, Kernel) for s in cut.statements):
         return None
     return channels_inner(cut) if model.sparse_cg else cut

@@ -417,12 +417,15 @@ class Argument:
     """A tensor the segment reads or writes: a C parameter named `name`; `rows` when it is (n, ...)
     with a row stride, `numel` the elements per row (or in all, for a shared one). `kind`: `r` read
     (rows), `s` read (shared), `o` written (zeroed per row first), `a` accumulated into; `O` (written)
-    and `A` (added to): shared, the sum over rows of what the body adds to it."""
+    and `A` (added to): shared, the sum over rows of what the body adds to it; `i` an index (int64
+    per row, `index`'s values); `g` the rows grouped by an index (`groups`). A row argument with an
+    `index` (the C name of an `i` argument) is read or added to at row index[z] of its tensor."""
 
     name: str
     rows: bool
     numel: int
     kind: str
+    index: str | None = None
 
 
 def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tuple[int, int | None]],
@@ -441,10 +444,17 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
     sums = [a for a in arguments if a.kind in "OA"]
     offsets = dict(zip((a.name for a in sums), accumulate([0] + [a.numel for a in sums])))
     total = sum(a.numel for a in sums)
+    grouped = next((k for k, a in enumerate(arguments) if a.kind == "g"), None)
     for k, a in enumerate(arguments):
         const = "" if a.kind in "oaOA" else "const "
-        if a.rows:
-            setup.append(f"{const}real *restrict {a.name} = ({const}real *)ptr[{k}] + z * stride[{k}];")
+        if a.kind == "i":
+            once.append(f"    const int64_t *restrict {a.name} = ptr[{k}];")
+        elif a.kind == "g":
+            once += [f"    const int64_t *restrict _start = ptr[{k}], groups = stride[{k}];",
+                     "    const int64_t *restrict _order = _start + groups + 1;"]
+        elif a.rows:
+            row = f"{a.index}[z]" if a.index else "z"
+            setup.append(f"{const}real *restrict {a.name} = ({const}real *)ptr[{k}] + {row} * stride[{k}];")
         else:  # a sum over rows is added to what ptr points at after the loop (its rows sum elsewhere)
             once.append(f"    {const}real *restrict {a.name.upper() if a.kind in 'OA' else a.name} = ptr[{k}];")
         if a.kind == "o":
@@ -471,7 +481,13 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
         lines += [f"    real *partial = calloc((size_t)threads * {total}, sizeof(real));",
                   f"    if (!partial) {{{''.join(f' free({b});' for b in owned)} return 1; }}"]
         owned.append("partial")
-    loop = ["    for (int64_t z = 0; z < n; ++z) {", *("        " + line for line in setup), *statements, "    }"]
+    if grouped is None:
+        head = ["    for (int64_t z = 0; z < n; ++z) {"]
+    else:  # a group's rows in order, each group by one thread: every sum into a group's row lands the same way
+        head = ["    for (int64_t g = 0; g < groups; ++g)",
+                "    for (int64_t _r = _start[g]; _r < _start[g + 1]; ++_r) {", "        const int64_t z = _order[_r];"]
+    rest = [*("        " + line for line in setup), *statements, "    }"]
+    loop = head + rest
     frees = [f"    free({b});" for b in owned]
     if not sums and not body.heap:
         lines += ["    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)", *loop,
@@ -490,7 +506,7 @@ def segment_function(name: str, arguments: list[Argument], locals_: dict[str, tu
               "            failed = 1;",
               "        }",
               "        #pragma omp for schedule(static)",
-              "    " + loop[0], "            if (!ok) continue;", *("    " + line for line in loop[1:]),
+              *("    " + line for line in head), "            if (!ok) continue;", *("    " + line for line in rest),
               *(f"        free({b});" for b in body.heap),
               "    }"]
     if sums:

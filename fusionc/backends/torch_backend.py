@@ -11,7 +11,7 @@ from functools import reduce
 
 from fusionc.analysis.program import Kernel, Program, ProgramSet, Statement, View, sparse_cg, union
 from fusionc.backends import native
-from fusionc.backends.writer import CodeWriter, ProgramWriter, emit_module, emit_program
+from fusionc.backends.writer import CodeWriter, ProgramWriter, emit_module, emit_program, rows_of, space_rows
 from fusionc.machine import CpuBlas, CpuNative
 
 
@@ -45,24 +45,33 @@ class _NativeWriter(ProgramWriter):
         locals_: dict[str, tuple[int, int | None]] = {}  # C buffer -> (elements per row, mask bits of its writers)
         home: dict[str, str] = {}  # tensor written here, whole -> its C buffer (per-row local or accumulator)
 
-        def argument(expression: str, rows: bool, numel: int, kind: str) -> str:
+        def argument(expression: str, rows: bool, numel: int, kind: str, index: str | None = None) -> str:
             arg = f"a{len(arguments)}"
-            arguments.append(native.Argument(arg, rows, numel, kind))
+            arguments.append(native.Argument(arg, rows, numel, kind, index))
             expressions.append(expression)
             return arg
 
+        indices: dict[str, str] = {}  # index input -> its C argument
+
+        def index(name: str) -> str:
+            if name not in indices:
+                indices[name] = argument(name, False, 0, "i")
+            return indices[name]
+
         for t, how in k.homes:
             size, rows = p.tensors[t].size, p.tensors[t].rows
+            scattered = rows and p.tensors[t].space != k.space  # written at row by[z]: zeros where none lands
             if how == "local":
                 home[t] = f"l{len(locals_)}"
                 locals_[home[t]] = (size, reduce(union, (s.when for s in k.statements if s.out.tensor == t)))
             elif how in ("new", "add"):  # the first kernel zeroes each row, the others add in
                 if how == "new":
-                    shape = f"{'n, ' if rows else ''}{size}"
-                    self.w(f"{t} = weight.new_empty({shape})" + skipped(f"weight.new_zeros({shape})"))
+                    shape = f"{rows_of(p.tensors[t]) + ', ' if rows else ''}{size}"
+                    allocate = "new_zeros" if scattered else "new_empty"
+                    self.w(f"{t} = weight.{allocate}({shape})" + skipped(f"weight.new_zeros({shape})"))
                     self.allocated.add(t)
-                kind = "o" if how == "new" else "a"
-                home[t] = argument(t, rows, size, kind if rows else kind.upper())
+                kind = "o" if how == "new" and not scattered else "a"
+                home[t] = argument(t, rows, size, kind if rows else kind.upper(), index(k.by) if scattered else None)
         for t in k.ready:
             self.ready[t] = (t, (p.tensors[t].size,))
         reads: dict[View, str] = {}
@@ -76,6 +85,14 @@ class _NativeWriter(ProgramWriter):
                 labels = v.labels.replace("z", "")
                 if position == table:  # its non-zeros are constants in the C source
                     operands.append((native.Buffer(v.tensor, labels, v.shape, True), True))
+                    continue
+                if v.index:  # rows of a complete tensor of another space, read in place at index[z]
+                    key = View(v.tensor, 0, (), "", v.index)
+                    if key not in reads:
+                        whole = View(v.tensor, 0, (p.tensors[v.tensor].size,), "zp")
+                        expression = self.read(whole) if v.tensor not in self.allocated else v.tensor
+                        reads[key] = argument(expression, True, p.tensors[v.tensor].size, "r", index(v.index))
+                    operands.append((native.Buffer(f"({reads[key]} + {v.start})", labels, v.shape), True))
                     continue
                 if v.tensor in home or v.tensor in self.allocated:  # complete: its writers come before
                     rows = p.tensors[v.tensor].rows
@@ -104,20 +121,23 @@ class _NativeWriter(ProgramWriter):
                     local = self.piece(o.tensor)
                     self.locals += 1
                     rows = p.tensors[o.tensor].rows
-                    self.w(f"{local} = weight.new_empty({'n, ' if rows else ''}{', '.join(map(str, o.shape))})"
-                           + skipped("None"))
+                    shape = f"{rows_of(p.tensors[o.tensor]) + ', ' if rows else ''}{', '.join(map(str, o.shape))}"
+                    self.w(f"{local} = weight.{'new_zeros' if o.index else 'new_empty'}({shape})" + skipped("None"))
                     if when is not None:
                         self.maybe.add(local)
                     self.pieces.setdefault(o.tensor, {}).setdefault((o.start, o.shape), []).append(local)
-                    pieces[key] = argument(local, rows, o.numel, "o" if rows else "O")
+                    kind = "a" if o.index else "o" if rows else "O"
+                    pieces[key] = argument(local, rows, o.numel, kind, index(o.index) if o.index else None)
                 base = pieces[key]
             if table is None:
                 body.statement(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands)
             else:
                 body.sparse(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands, table)
+        if k.by:  # rows grouped by the index scattered by: its groups are the rows of the space it points into
+            argument(f"_native.groups({k.by}, {space_rows(p.tensors[k.by].points)})", False, 0, "g")
         kinds = "".join(a.kind for a in arguments)
         self.kernels[name] = (native.segment_function(name, arguments, locals_, body), kinds)
-        call = f"_native.run({name!r}, n, {'_mask' if p.keys else -1}, {', '.join(expressions)})"
+        call = f"_native.run({name!r}, {space_rows(k.space)}, {'_mask' if p.keys else -1}, {', '.join(expressions)})"
         if when is None:
             self.w(call)
         else:  # no statement of the kernel serves the call's mask bits: skipped whole

@@ -152,7 +152,12 @@ def _graph_forward(w: CodeWriter, d: Diagram) -> None:
 
 def rows_of(t: Tensor | None) -> str:
     """The local holding the number of rows of a tensor's space: `n`, or per index space `n_<space>`."""
-    return f"n_{t.space}" if t is not None and t.space else "n"
+    return space_rows(t.space if t is not None else None)
+
+
+def space_rows(space: str | None) -> str:
+    """The local holding the number of rows of an index space (`n` for a diagram's one implicit space)."""
+    return f"n_{space}" if space else "n"
 
 
 def _slice(t: Tensor, v: View, source: str) -> str:

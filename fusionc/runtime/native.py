@@ -66,6 +66,9 @@ FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native"
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
+
+#: Groupings of rows by an index (`NativeKernels.groups`) a module keeps: a few graphs at once
+GROUPINGS = 8
 _warned = False
 
 
@@ -306,6 +309,7 @@ class NativeKernels:
         self.libraries: dict[tuple[str, torch.dtype, int | None], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype, int | None], object] = {}
         self.variants: dict[tuple[str, int], int | None] = {}  # (program, mask) -> the library's mask
+        self.grouped: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # `groups`
 
     @functools.cached_property
     def programs(self) -> dict[str, str]:
@@ -313,6 +317,26 @@ class NativeKernels:
         code generator's names for functions (the runtime imports no part of the compiler), and
         at the first call, so that importing a module scans no C."""
         return {name: program for program, source in self.sources.items() for name in _DEFINITION.findall(source)}
+
+    def groups(self, index: torch.Tensor, groups: int) -> torch.Tensor:
+        """Rows grouped by the value of `index` (edges by receiver), for a kernel that scatters by it:
+        int64 [start of each group (groups + 1), then the rows in group order, each group's in row
+        order]. Made once per graph: kept for the last few index tensors (by identity and version,
+        the tensor held so that its identity is not reused), which forward, backward and double
+        backward share."""
+        key = (id(index), index._version, groups)
+        found = self.grouped.get(key)
+        if found is not None and found[0] is index:
+            return found[1]
+        order = torch.argsort(index, stable=True)
+        start = torch.zeros(groups + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(index, minlength=groups), 0, out=start[1:])
+        csr = torch.cat([start, order])
+        with _lock:
+            if len(self.grouped) >= GROUPINGS:
+                self.grouped.pop(next(iter(self.grouped)))
+            self.grouped[key] = (index, csr)
+        return csr
 
     @staticmethod
     def usable(dtype: torch.dtype) -> bool:
@@ -363,18 +387,25 @@ class NativeKernels:
         """Run kernel `name` on n rows, its statements that serve some mask bits only where `mask`
         has one of them; its outputs (the `o`, `a`, `O` and `A` arguments) are written. An input
         that is None (torch code the mask skipped) is read by no statement that runs: NULL."""
-        dtype = next(t for t in tensors if t is not None).dtype
+        kinds = self.kinds[name]
+        dtype = next(t for t, kind in zip(tensors, kinds) if t is not None and kind not in "ig").dtype
         if n == 0:  # nothing to run: sums over no rows are zero
-            for t, kind in zip(tensors, self.kinds[name]):
+            for t, kind in zip(tensors, kinds):
                 if kind == "O":
                     t.zero_()
             return
         pointers, strides = [], []
         keep = []  # copies made here live until the call returns
-        for t, kind in zip(tensors, self.kinds[name]):
+        for t, kind in zip(tensors, kinds):
             if t is None and kind in "rs":
                 pointers.append(None)
                 strides.append(0)
+                continue
+            if kind in "ig":  # an index (n,), or rows grouped by one (`groups`): int64, contiguous
+                if t.dtype is not torch.int64 or not t.is_contiguous():
+                    raise ValueError(f"native kernel {name}: an index must be contiguous int64, got {t.dtype}")
+                pointers.append(t.data_ptr())
+                strides.append(t.numel() - n - 1 if kind == "g" else 1)
                 continue
             if t.dtype is not dtype or not t.is_cpu:
                 raise ValueError(f"native kernel {name}: every tensor must be {dtype} on the CPU, got {t.dtype} "
