@@ -275,6 +275,20 @@ def table(report: dict) -> str:
         lines += ["", "First use of a cached op in a new process (`fc_tp`, 16 rows, medians of {processes} "
                       "processes): import fusionc and torch {import_s:.2f} s, `fusionc.load` {load_s:.2f} s, "
                       "first call {first_call_s:.3f} s.".format(**report["first_use"])]
+    if report.get("interaction"):
+        from benchmarks import interaction
+
+        lines += ["", "**Message passing** (`benchmarks/interaction.py`): the interaction convolution "
+                      "`m[dst] += fuse(h[src], sh) mix uvu by w` (h 32x(0e+1o+2e), sh to l = 3, 24 paths, 768 "
+                      "per-edge weights) on water boxes (64 molecules at 1 g/cm³, replicated; `ase` neighbour "
+                      "list, 5 Å cutoff: 54 neighbours per atom) and the g2 molecules as one batch; e3nn is "
+                      "`index_select` + `o3.TensorProduct` + `index_add`, cuEquivariance its indexed "
+                      "`ChannelWiseTensorProduct` (CPU path, its own weights); double backward differentiates "
+                      "the forces on `sh`. Peak memory: allocated during one untimed call, inputs excluded. "
+                      f"Medians of {min(report['repeats'], interaction.REPEATS)} runs ({interaction.LARGE_REPEATS} "
+                      "for the 10,368-atom box, where each peer's pass runs in a process of its own: out of memory "
+                      "means the kernel's out-of-memory killer ended it on this 24 GiB machine).", "",
+                      interaction.table(report["interaction"]["results"])]
     naive = {r["case"]: r for r in report["flops"]}
     block = naive.get("fusion_block")
     if block:
@@ -350,6 +364,10 @@ def main() -> int:
             for r in report["results"][-3 * len(built["contenders"]):]:
                 print(f"  {r['case']:<13}{r['dtype']:<9}{r['pass']:<18}{r['contender']:<16}{spread(r)}")
         report["flops"].append({"case": case, "flops": built["flops"], "naive_flops": built["naive_flops"]})
+    from benchmarks import interaction
+
+    report["interaction"] = interaction.run(args.quick, repeats)
+    report["checks"] += report["interaction"]["checks"]
     report["first_use"] = first_use(1 if args.quick else 5)
     print("  fc_tp, cached, in a new process: import {import_s:.2f} s, load {load_s:.2f} s, "
           "first call {first_call_s:.3f} s".format(**report["first_use"]))

@@ -44,3 +44,27 @@ def test_peak_bytes_prints_no_profiler_notices(common, capfd: pytest.CaptureFixt
     assert peak >= 8 << 16
     assert out == ""
     assert err == "a warning of the measured code\n"  # passed on; libkineto's start and stop lines are not
+
+
+def test_the_water_box_is_liquid_water_and_g2_molecules_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message-passing benchmark's graphs: 64 molecules at 1 g/cm³, no two molecules closer than
+    a liquid's hydrogen bonds, ~54 neighbours per atom within 5 Å; replicas the same box; the g2
+    batch with no edge between two molecules."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.graphs import WATER_BOX, g2, water, water_box
+
+    box = water_box()
+    assert len(box) == 192 and box.get_chemical_formula() == "H128O64"
+    grams = box.get_masses().sum() / 6.02214076e23
+    assert abs(grams / (WATER_BOX * 1e-8) ** 3 - 1.0) < 0.01  # g/cm³
+    graph = water(1)
+    molecule = torch.arange(192) // 3
+    apart = molecule[graph.src] != molecule[graph.dst]
+    assert graph.vectors.norm(dim=1)[apart].min() >= 1.6  # Å: hydrogen-bond distances, no overlaps
+    assert 45 < graph.edges / graph.atoms < 60
+    assert water((1, 1, 2)).edges == 2 * graph.edges  # periodic replicas: the same neighbourhoods
+    batch = g2()
+    assert batch.atoms > 800 and batch.edges > 0
+    sizes = [len(m) for m in __import__("ase.collections", fromlist=["g2"]).g2]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    assert (owner[batch.src] == owner[batch.dst]).all()
