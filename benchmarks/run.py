@@ -343,11 +343,22 @@ def main() -> int:
     parser.add_argument("--mace-python", help="python of an environment with mace-torch (default .venv-mace)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--table-only", action="store_true", help="rewrite the table and plots from cpu.json")
+    parser.add_argument("--interaction-only", action="store_true",
+                        help="re-measure the message-passing rows (benchmarks/interaction.py) into cpu.json, keep the rest")
     args = parser.parse_args()
     if args.table_only:
         report = json.loads((args.output / "cpu.json").read_text())
         return _publish(report, args.output)
     torch.set_num_threads(THREADS)
+    if args.interaction_only:
+        from benchmarks import interaction
+
+        report = json.loads((args.output / "cpu.json").read_text())
+        report["interaction"] = interaction.run(False, args.repeats)
+        report["checks"] = [c for c in report["checks"] if c.get("case") != "interaction"]
+        report["checks"] += report["interaction"]["checks"]
+        (args.output / "cpu.json").write_text(json.dumps(report, indent=1) + "\n")
+        return _publish(report, args.output)
     rows = {"fc_tp": 2000, "conv_tp": 2000, "mace_product": 1000, "fusion_block": 1000}
     if args.quick:
         rows = {k: 16 for k in rows}

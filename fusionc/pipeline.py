@@ -14,7 +14,7 @@ from fusionc.analysis.program import (DiagramPrograms, Program, ProgramSet, Vers
 from fusionc.analysis.prune import prune
 from fusionc.analysis.recouple import recouple
 from fusionc.analysis import schedule
-from fusionc.analysis.segment import segment
+from fusionc.analysis.segment import by_space, segment
 from fusionc.errors import FusionError
 from fusionc.frontend.parser import parse
 from fusionc.ir.diagram import Diagram
@@ -84,12 +84,6 @@ def _programs(diagrams: tuple[Diagram, ...], source: str, filename: str, backend
     """The passes from the diagrams to the program set, in order (`compile`'s second half)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; available back ends: {', '.join(BACKENDS)}")
-    for d in diagrams:
-        if d.spaces and backend != "torch":
-            where = next(i.span for i in d.inputs if i.space)
-            raise FusionError(f"diagram '{d.name}' has index spaces ({', '.join(d.spaces)}): the {backend} back end "
-                              f"does not generate code for them yet (the torch back end does)",
-                              where).located(source, filename)
     model = machine.current()
     plans = show("plan", tuple(map(plan_diagram, diagrams)),
                  lambda plans: "\n\n".join(map(explain, diagrams, plans)))
@@ -145,11 +139,15 @@ def _factorized(d: DiagramPrograms, backend: str, model: machine.Machine) -> Dia
         if backend == "torch":
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas),
                            native=factorize(p, model.cpu_native, ahead=True, blas=model.cpu_blas))
-        if v is d.forward:  # the fused forward kernel is written from the diagram and its plan; the
-            # torch code is what the last derivatives' own derivative differentiates twice
+        if v is d.forward and not d.diagram.spaces:  # the fused forward kernel is written from the diagram
+            # and its plan; the torch code is what the last derivatives' own derivative differentiates twice
             return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas))
-        # a derivative program runs as a table of its statements (fusionc.runtime.table_kernel)
-        return replace(v, triton=factorize(p, model.gpu_triton, blas=model.cpu_blas))
+        # a derivative program, or any program of a diagram with index spaces, runs as a table of its
+        # statements (fusionc.runtime.table_kernel), a launch per run of one space's statements
+        triton = by_space(factorize(p, model.gpu_triton, blas=model.cpu_blas))
+        if v is d.forward:
+            return replace(v, torch=factorize(p, model.cpu_blas, blas=model.cpu_blas), triton=triton)
+        return replace(v, triton=triton)
 
     return _map(d, targets)
 

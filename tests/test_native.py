@@ -53,14 +53,15 @@ def _arguments(fn, diagram, module_cls, rows: int, dtype: torch.dtype, g: torch.
     inputs = random_inputs(module, diagram, rows, g, dtype)
     names = list(inspect.signature(fn).parameters)
     given = {i.name: x for i, x in zip(diagram.inputs, inputs)}
+    counts = {f"n_{i.space}" if i.space else "n": x.shape[0] for i, x in zip(diagram.inputs, inputs)}
     doc = fn.__doc__.split("->")[0]
     args = []
     for name in names[:names.index("weight")]:
+        with_rows = re.search(rf"\b{name} \((n(?:_\w+)?), (\d+)\)", doc)
         if name in given:
             args.append(given[name])
-        elif f"{name} (n, " in doc:
-            size = int(doc.split(f"{name} (n, ")[1].split(")")[0])
-            args.append(torch.randn(rows, size, generator=g, dtype=dtype))
+        elif with_rows:  # a cotangent with rows: of its space
+            args.append(torch.randn(counts[with_rows.group(1)], int(with_rows.group(2)), generator=g, dtype=dtype))
         else:
             size = int(doc.split(f"{name} (")[1].split(",)")[0])
             args.append(torch.randn(size, generator=g, dtype=dtype))

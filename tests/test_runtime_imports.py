@@ -48,7 +48,7 @@ torch.save(outputs, out_path)
 #: The fusionc modules a cache hit may import: the loader and what it needs, and the runtime.
 LOADER = {"fusionc", "fusionc.errors", "fusionc.version", "fusionc.source", "fusionc.loader", "fusionc.algebra",
           "fusionc.algebra.cache", "fusionc.machine", "fusionc.runtime", "fusionc.runtime.torch_ops",
-          "fusionc.runtime.native", "fusionc.runtime.tables"}
+          "fusionc.runtime.native", "fusionc.runtime.tables", "fusionc.runtime.grouping"}
 
 HIT = BLOCK + r"""
 import fusionc

@@ -132,11 +132,6 @@ def test_the_check_report_counts_flops_per_row_of_each_space(capsys, tmp_path):
     assert "FLOPs per edge row" in out and "FLOPs: 36864 per node row" in out
 
 
-def test_the_triton_back_end_does_not_take_index_spaces_yet():
-    with pytest.raises(FusionError, match=r"interaction.fus:2:5: .*has index spaces \(node, edge\): the triton back end"):
-        compile(INTERACTION, "interaction.fus", "triton")
-
-
 SMALL = INTERACTION.replace("32x", "2x")
 
 
@@ -254,6 +249,43 @@ def test_native_results_are_bitwise_the_same_on_one_and_two_threads(dtype):
     finally:
         torch.set_num_threads(threads)
     assert one == two == again
+
+
+def _all_orders(module, inputs):
+    """The output, its gradients with respect to h, sh and w, and the gradients of a function of
+    those (the sh one, as forces would): every program of the diagram, masked as training runs it."""
+    h, sh, w, src, dst = (x.detach().clone().requires_grad_() if x.is_floating_point() else x for x in inputs)
+    out = module(h, sh, w, src, dst)
+    grads = torch.autograd.grad(out.pow(2).sum(), (h, sh, w), create_graph=True)
+    seconds = torch.autograd.grad(grads[1].pow(2).sum() + grads[0].pow(3).sum(), (h, sh, w, module.weight))
+    return [out, *grads, *seconds]
+
+
+@pytest.mark.parametrize("mode", ["grouped", "atomic"])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_the_triton_back_end_equals_the_torch_back_end(dtype, tolerance, mode, monkeypatch):
+    """Under the Triton interpreter: every program of the interaction (linear maps per node, the
+    convolution per edge) as launches of the table kernel, scatters grouped by receiver or atomic."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("FUSIONC_SCATTER", mode)
+    reference = fusionc.loads(SMALL).interaction(dtype=dtype)
+    kernel = fusionc.loads(SMALL, backend="triton").interaction(dtype=dtype)
+    torch.nn.init.normal_(reference.weight)
+    with torch.no_grad():
+        kernel.weight.copy_(reference.weight)
+    h, sh, src, dst, g = _graph(7, 23, 5, dtype)
+    w = torch.randn(23, reference.input_weight_numel["w"], generator=g, dtype=dtype)
+    kernel.weight.requires_grad_()
+    for got, want in zip(_all_orders(kernel, (h, sh, w, src, dst)), _all_orders(reference, (h, sh, w, src, dst))):
+        assert (got - want).abs().max() <= tolerance * want.abs().max()
+
+
+def test_the_triton_back_end_runs_a_graph_without_edges(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    module = fusionc.loads(SMALL, backend="triton").interaction(dtype=torch.float64)
+    h, sh, src, dst, _ = _graph(3, 0, 0)
+    out = module(h, sh, torch.zeros(0, module.input_weight_numel["w"], dtype=torch.float64), src, dst)
+    assert out.shape == (3, h.shape[1]) and not out.any()
 
 
 def test_the_interaction_is_equivariant():

@@ -293,6 +293,23 @@ def _traffic(p: Program) -> tuple[int, int]:
             len(kernels))
 
 
+def by_space(p: Program, masks: bool = False) -> Program:
+    """p with the statements of each index space together as far as what each reads and writes
+    allows (with `masks`, those of each space and mask bits): a kernel or launch runs the rows of
+    one space, so per-node statements between per-edge ones would cut the edges' run in two. A
+    program without spaces as it is."""
+    if not any(t.space for t in p.tensors.values()):
+        return p
+
+    def space(s: Statement) -> str | None:
+        if isinstance(s, Einsum):
+            return row_space(p, s)
+        return p.tensors[s.source.tensor if isinstance(s, Scatter) else s.out.tensor].space
+
+    key = (lambda s: (space(s), s.when)) if masks else space
+    return replace(p, statements=scheduled(p, list(p.statements), key))
+
+
 def segment(p: Program, model: CpuNative, blas: CpuBlas) -> Program | None:
     """p as the CPU runs it: its row-local runs as `Kernel`s (by `model`), the rest torch code whose
     matrix products `blas` lays out, the kernels' own temporaries channels last (`channels_inner`);
@@ -305,12 +322,7 @@ def segment(p: Program, model: CpuNative, blas: CpuBlas) -> Program | None:
     rows are those of one space: per-node statements between per-edge ones would cut the edges'
     kernel in two, and hold what passes between the halves in memory per edge)."""
     if any(t.space for t in p.tensors.values()):
-        def space(s: Statement) -> str | None:
-            return p.tensors[s.source.tensor if isinstance(s, Scatter) else s.out.tensor].space if not isinstance(
-                s, Einsum) else row_space(p, s)
-
-        candidates = tuple(replace(p, statements=scheduled(p, list(p.statements), key))
-                           for key in (lambda s: (space(s), s.when), space))
+        candidates = (by_space(p, masks=True), by_space(p))
     else:
         candidates = (group(p), p) if p.keys else (p,)
     cut = min((_Segmenter(q, model, blas).run() for q in candidates), key=_traffic)

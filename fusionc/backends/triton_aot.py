@@ -76,12 +76,13 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
     """(name, the module's attribute holding the kernel and the attribute of that holding the
     function (or a runtime module's name and its kernel), signature, constexprs, compile options,
     FLOPs per row, bytes per row) of the kernels: the forward kernels' every configuration, then
-    the table kernel, which runs the derivative programs (their FLOPs and bytes per row summed)."""
+    the table kernel, which runs the derivative programs and every program of a diagram with index
+    spaces (their FLOPs and bytes per row summed)."""
     import triton.language as tl
 
     for dp in ps.programs:
         d, plan = dp.diagram, dp.plan
-        if which in ("all", "forward"):  # every configuration the autotuner may pick
+        if which in ("all", "forward") and not d.spaces:  # every configuration the autotuner may pick
             tuned = getattr(module, f"_{d.name}__kernel")
             for config in tuned.configs:
                 block_z, block_u = config.kwargs["BLOCK_Z"], config.kwargs["BLOCK_U"]
@@ -100,9 +101,10 @@ def _kernels(module: ModuleType, ps: ProgramSet, which: str):
 
 
 #: The table kernel's arguments for float32 rows (`fusionc.runtime.table_kernel.table_kernel`).
-TABLE_SIGNATURE = {"buf": "*fp32", "idx": "*i64", "table": "*i32", "coefs": "*fp32", "count": "i32", "n": "i32",
-                   "mask": "i32", "width": "i32", "slots": "i32", "rowbase": "i64", "indices": "i32",
-                   "BLOCK_Z": "constexpr", "CHUNK": "constexpr", "DTYPE": "constexpr", "LARGE": "constexpr"}
+TABLE_SIGNATURE = {"buf": "*fp32", "idx": "*i64", "frame": "*i64", "table": "*i32", "coefs": "*fp32", "first": "i32",
+                   "count": "i32", "n": "i32", "mask": "i32", "width": "i32", "slots": "i32", "rowbase": "i64",
+                   "grouped": "i32", "BLOCK_Z": "constexpr", "CHUNK": "constexpr", "DTYPE": "constexpr",
+                   "LARGE": "constexpr"}
 
 
 #: The generated modules a process compiles kernels of, by path (a worker imports each once).

@@ -457,7 +457,11 @@ def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
     w.dedent()
 
 
-def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
+def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str | None]:
+    """The diagram's fused forward kernel and its launcher; none for a diagram with index spaces,
+    whose forward program runs as a table like its derivatives (a launch per space)."""
+    if d.spaces:
+        return [], None
     w = CodeWriter()
     _emit_kernel(w, d, plan)
     w()

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from math import prod
 
-from fusionc.analysis.program import Einsum, Gather, Program, View
+from fusionc.analysis.program import Einsum, Gather, Program, Scatter, View
 from fusionc.backends.writer import CodeWriter
 from fusionc.machine import GpuTriton
 
@@ -38,7 +38,10 @@ class UnsupportedProgram(RuntimeError):
 
 class _Layout:
     """Where each tensor of a program lives in the runtime's buffer, and which tensors without rows
-    hold partial sums."""
+    hold partial sums. Tensors with rows are columns of one (n, width) block per index space (one
+    block for a diagram without spaces); `frame` numbers what a launch reads at run time from the
+    runtime's frame: per space its block's start, width and rows, per index input where its
+    values start and where its grouping (`fusionc.runtime.tables.groups`) starts."""
 
     def __init__(self, p: Program) -> None:
         self.p = p
@@ -47,16 +50,18 @@ class _Layout:
         self.flat_inputs = [t for t in ("weight", *p.inputs, *p.constants)
                             if not p.tensors[t].rows and p.tensors[t].kind not in ("index", "output")]
         self.indices = [i for i in p.inputs if p.tensors[i].kind == "index"]
-        self.width, self.flat = 0, 1  # element 0 of the flat part: the constant 1
+        self.spaces = list(dict.fromkeys(p.tensors[i].space for i in p.inputs if p.tensors[i].rows))
+        self.widths = {space: 0 for space in self.spaces}
+        self.flat = 1  # element 0 of the flat part: the constant 1
         for t in self.row_inputs:
-            self.width = self._place(t, self.width)
+            self._place_row(t)
         for t in self.flat_inputs:
             self.flat = self._place(t, self.flat)
         end = self.flat
         for name, t in p.tensors.items():
             if name not in self.base and t.kind in ("temp", "output"):
                 if t.rows:
-                    self.width = self._place(name, self.width)
+                    self._place_row(name)
                 else:
                     end = self._place(name, end)
         self.slots = end - self.flat
@@ -65,6 +70,22 @@ class _Layout:
     def _place(self, name: str, end: int) -> int:
         self.base[name] = end
         return end + self.p.tensors[name].size
+
+    def _place_row(self, name: str) -> None:
+        space = self.p.tensors[name].space
+        self.widths[space] = self._place(name, self.widths[space])
+
+    def space(self, tensor: str) -> int:
+        """The number of the space a row tensor's rows are in."""
+        return self.spaces.index(self.p.tensors[tensor].space)
+
+    def frame_space(self, tensor: str) -> int:
+        """Where the frame holds the start, width and rows of a row tensor's block."""
+        return 3 * self.space(tensor)
+
+    def frame_index(self, index: str) -> int:
+        """Where the frame holds the start of an index input's values (and after it, its grouping's)."""
+        return 3 * len(self.spaces) + 2 * self.indices.index(index)
 
     def _partial_tensors(self) -> set[str]:
         """Tensors without rows that hold per-program partial sums: outputs, and whatever a
@@ -126,11 +147,36 @@ def _statement(layout: _Layout, s) -> tuple[str, list[int]]:
         form = (("!" if first_only else "") + f"{layout.home(s.out)}.{''.join(names[c] for c in s.out.labels)}="
                 + text + "".join(f" {names[c]}{n}" for c, n in sizes.items()))
         return form, [layout.base[v.tensor] + v.start for v in views] + [0] * (3 - len(views))
-    column = layout.indices.index(s.index)
     kind = "gather" if isinstance(s, Gather) else "scatter"
     numel = s.out.numel if isinstance(s, Gather) else s.source.numel
-    return f"{kind} {column} {numel}", [layout.base[s.out.tensor] + s.out.start,
-                                         layout.base[s.source.tensor] + s.source.start, 0]
+    # a gather of another space's rows reads its block, a scatter into one adds to it: where the frame has it
+    other = "" if s.sets else f" {layout.frame_space(s.source.tensor if isinstance(s, Gather) else s.out.tensor)}"
+    if isinstance(s, Scatter) and not s.sets:  # and the block of the rows it reads
+        other += f" {layout.frame_space(s.source.tensor)}"
+    return f"{kind}{'' if s.sets else '-rows'} {layout.frame_index(s.index)} {numel}{other}", [
+        layout.base[s.out.tensor] + s.out.start, layout.base[s.source.tensor] + s.source.start, 0]
+
+
+def phases(layout: _Layout, statements) -> list[tuple[int, int, int]]:
+    """The program's launches: (space, first statement, count) per run of statements over the rows
+    of one space; a scatter of rows into another space's is a launch of its own (over the rows it
+    reads, or, grouped, over those it writes: `fusionc.runtime.tables`), so that every launch sees
+    the complete rows of the launches before it."""
+    p = layout.p
+    out: list[list[int]] = []
+    for k, s in enumerate(statements):
+        if isinstance(s, Einsum):
+            rows = next((v.tensor for v in (s.out, *s.operands) if p.tensors[v.tensor].rows), None)
+        else:
+            rows = s.source.tensor if isinstance(s, Scatter) else s.out.tensor
+            rows = rows if p.tensors[rows].rows else s.index
+        space = layout.space(rows) if rows is not None else 0
+        alone = isinstance(s, Scatter) and not s.sets
+        if out and out[-1][0] == space and not alone and not out[-1][3]:
+            out[-1][2] += 1
+        else:
+            out.append([space, k, 1, alone])
+    return [(space, first, count) for space, first, count, _ in out]
 
 
 def _constants(values: list, per_line: int) -> list[str]:
@@ -155,11 +201,15 @@ def lower_program(p: Program, model: GpuTriton) -> list[str]:
     w.indent()
     w(f'"{p.name}", block_z={model.block_z}, warps={model.warps}, max_registers={model.max_registers}, '
       f"chunk={model.chunk},")
-    w(f"width={layout.width}, flat={layout.flat}, slots={layout.slots},")
-    w(f"row_inputs={tuple((position[t], layout.base[t], p.tensors[t].size) for t in layout.row_inputs)!r},")
+    rows_from = tuple(next(position[i] for i in p.inputs if p.tensors[i].rows and p.tensors[i].space == space)
+                      for space in layout.spaces)
+    w(f"widths={tuple(layout.widths.values())!r}, rows_from={rows_from!r}, flat={layout.flat}, "
+      f"slots={layout.slots},")
+    w(f"row_inputs={tuple((position[t], layout.space(t), layout.base[t], p.tensors[t].size) for t in layout.row_inputs)!r},")
     w(f"flat_inputs={tuple((position[t], layout.base[t], p.tensors[t].size) for t in layout.flat_inputs)!r},")
-    w(f"outputs={tuple((p.tensors[o].rows, layout.base[o], p.tensors[o].size) for o in p.outputs)!r},")
-    w(f"indices={tuple(position[i] for i in layout.indices)!r},")
+    w(f"outputs={tuple((layout.space(o) if p.tensors[o].rows else -1, layout.base[o], p.tensors[o].size) for o in p.outputs)!r},")
+    w(f"indices={tuple((position[i], layout.space(i), layout.spaces.index(p.tensors[i].points) if p.tensors[i].points in layout.spaces else -1) for i in layout.indices)!r},")
+    w(f"phases={tuple(phases(layout, p.statements))!r},")
     w("forms=(")
     w.lines += [f'        "{form}",' for form in forms]
     w("),")

@@ -588,7 +588,7 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
               f'{_signature(first.program)}, backward_all=_ops["{second.name}"], masked=True'
               f'{_native_impl(cpu, first.name)})')
         backward = ", ".join(f'_ops["{f.name}"]' for f in dp.firsts)
-        w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
+        w(f'_ops.register("{d.name}", {runner or runners.get(forward.name) or "_" + d.name}, {_signature(forward)}, '
           f'backward=[{backward}], check_indices=True{_native_impl(cpu, d.name)})')
     # the CG tables' float64 values, written to round-trip exactly: loading the module needs no sympy
     tables = sorted({cg_degrees(c) for dp in ps.programs for c in dp.forward.program.constants if c.startswith("cg_")})

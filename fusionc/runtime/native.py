@@ -35,6 +35,7 @@ import torch
 from fusionc import machine
 
 from fusionc.algebra.cache import cache_root
+from fusionc.runtime.grouping import groups
 
 #: What goes before a program's functions when they are compiled. It lives here, with the flags and
 #: the `real` it leaves open, not with the code generator: generated modules carry their functions
@@ -66,9 +67,6 @@ FLAGS = ("-O1", "-fexpensive-optimizations", "-ftree-vectorize", "-march=native"
 TYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
-
-#: Groupings of rows by an index (`NativeKernels.groups`) a module keeps: a few graphs at once
-GROUPINGS = 8
 _warned = False
 
 
@@ -309,7 +307,6 @@ class NativeKernels:
         self.libraries: dict[tuple[str, torch.dtype, int | None], ctypes.CDLL] = {}
         self.functions: dict[tuple[str, torch.dtype, int | None], object] = {}
         self.variants: dict[tuple[str, int], int | None] = {}  # (program, mask) -> the library's mask
-        self.grouped: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # `groups`
 
     @functools.cached_property
     def programs(self) -> dict[str, str]:
@@ -318,25 +315,10 @@ class NativeKernels:
         at the first call, so that importing a module scans no C."""
         return {name: program for program, source in self.sources.items() for name in _DEFINITION.findall(source)}
 
-    def groups(self, index: torch.Tensor, groups: int) -> torch.Tensor:
-        """Rows grouped by the value of `index` (edges by receiver), for a kernel that scatters by it:
-        int64 [start of each group (groups + 1), then the rows in group order, each group's in row
-        order]. Made once per graph: kept for the last few index tensors (by identity and version,
-        the tensor held so that its identity is not reused), which forward, backward and double
-        backward share."""
-        key = (id(index), index._version, groups)
-        found = self.grouped.get(key)
-        if found is not None and found[0] is index:
-            return found[1]
-        order = torch.argsort(index, stable=True)
-        start = torch.zeros(groups + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(index, minlength=groups), 0, out=start[1:])
-        csr = torch.cat([start, order])
-        with _lock:
-            if len(self.grouped) >= GROUPINGS:
-                self.grouped.pop(next(iter(self.grouped)))
-            self.grouped[key] = (index, csr)
-        return csr
+    @staticmethod
+    def groups(index: torch.Tensor, count: int) -> torch.Tensor:
+        """Rows grouped by `index` for a kernel that scatters by it (`fusionc.runtime.grouping`)."""
+        return groups(index, count)
 
     @staticmethod
     def usable(dtype: torch.dtype) -> bool:

@@ -101,15 +101,16 @@ def _einsum(buf, t, coef, pid, row_mask, zrow, slot, rowbase, BLOCK_Z: tl.conste
 
 
 @triton.jit
-def table_kernel(buf, idx, table, coefs, count, n, mask, width, slots, rowbase, indices,
+def table_kernel(buf, idx, frame, table, coefs, first, count, n, mask, width, slots, rowbase, grouped,
                  BLOCK_Z: tl.constexpr, CHUNK: tl.constexpr, DTYPE: tl.constexpr, LARGE: tl.constexpr):
-    """Runs statements 0..count-1 of a program's table on BLOCK_Z rows per program instance."""
+    """Runs statements first..first+count-1 of a program's table on BLOCK_Z rows per program
+    instance: rows of the launch's space (its block at rowbase, `width` columns, n rows)."""
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
     zrow = z * width
     slot = pid.to(tl.int64) * slots  # this instance's slot: a slot view's offset counts from the first's
-    for r in range(count):
+    for r in range(first, first + count):
         t = table + r * 40  # WIDTH
         kind = tl.load(t)
         if (tl.load(t + 1) & mask) != 0:
@@ -132,9 +133,9 @@ def table_kernel(buf, idx, table, coefs, count, n, mask, width, slots, rowbase, 
                     _einsum(buf, t, coef, pid, row_mask, zrow, slot, rowbase, BLOCK_Z, 16, 8, DTYPE)
                 else:
                     _einsum(buf, t, coef, pid, row_mask, zrow, slot, rowbase, BLOCK_Z, 8, 16, DTYPE)
-            elif kind == 1:  # gather: out (rows) += source[index[z]]
+            elif kind == 1:  # gather: out (rows) += source[index[z]], a weight set by its index
                 numel_g = tl.load(t + 3)
-                k_set_g = tl.load(idx + z * indices + tl.load(t + 4), mask=row_mask, other=0)
+                k_set_g = tl.load(idx + tl.load(frame + tl.load(t + 4)) + z, mask=row_mask, other=0)
                 out0_g = tl.load(t + 6) + rowbase + zrow
                 source0_g = tl.load(t + 8) + tl.where(tl.load(t + 9) == 1, slot, 0)
                 for c0_g in range(0, numel_g, CHUNK):
@@ -143,15 +144,15 @@ def table_kernel(buf, idx, table, coefs, count, n, mask, width, slots, rowbase, 
                     v_g = tl.load(buf + source0_g + k_set_g[:, None] * numel_g + cols_g[None, :], mask=keep_g, other=0.0)
                     q_g = buf + out0_g[:, None] + cols_g[None, :]
                     tl.store(q_g, tl.load(q_g, mask=keep_g, other=0.0) + v_g * coef, mask=keep_g)
-            else:  # scatter: out (sets, no rows) += each row into its index's set, one row after another
+            elif kind == 2:  # scatter: out (sets, no rows) += each row into its index's set, one row after another
                 numel_s = tl.load(t + 3)
-                column_s = tl.load(t + 4)
+                index_s = tl.load(frame + tl.load(t + 4))
                 out0_s = tl.load(t + 6) + slot
                 source0_s = tl.load(t + 8) + rowbase
                 for rz_s in range(BLOCK_Z):
                     zz_s = pid.to(tl.int64) * BLOCK_Z + rz_s
                     if zz_s < n:
-                        k_set_s = tl.load(idx + zz_s * indices + column_s)
+                        k_set_s = tl.load(idx + index_s + zz_s)
                         for c0_s in range(0, numel_s, CHUNK):
                             cols_s = c0_s + tl.arange(0, CHUNK)
                             keep_s = cols_s < numel_s
@@ -159,4 +160,49 @@ def table_kernel(buf, idx, table, coefs, count, n, mask, width, slots, rowbase, 
                             q_s = buf + out0_s + k_set_s * numel_s + cols_s
                             tl.store(q_s, tl.load(q_s, mask=keep_s, other=0.0) + v_s * coef, mask=keep_s)
                     tl.debug_barrier()  # threads holding copies of one element: the next row reads what all stored
+            elif kind == 3:  # gather rows: out (rows) += row index[z] of a tensor of another space
+                numel_r = tl.load(t + 3)
+                other_r = tl.load(t + 5)
+                k_row_r = tl.load(idx + tl.load(frame + tl.load(t + 4)) + z, mask=row_mask, other=0)
+                source0_r = tl.load(frame + other_r) + k_row_r * tl.load(frame + other_r + 1) + tl.load(t + 8)
+                out0_r = tl.load(t + 6) + rowbase + zrow
+                for c0_r in range(0, numel_r, CHUNK):
+                    cols_r = c0_r + tl.arange(0, CHUNK)
+                    keep_r = row_mask[:, None] & (cols_r < numel_r)[None, :]
+                    v_r = tl.load(buf + source0_r[:, None] + cols_r[None, :], mask=keep_r, other=0.0)
+                    q_r = buf + out0_r[:, None] + cols_r[None, :]
+                    tl.store(q_r, tl.load(q_r, mask=keep_r, other=0.0) + v_r * coef, mask=keep_r)
+            else:  # scatter rows: row index[z] of a tensor of another space += row z
+                numel_a = tl.load(t + 3)
+                position_a = tl.load(t + 4)
+                into_a = tl.load(t + 5)
+                from_a = tl.load(t + 10)
+                if grouped != 0:  # launched over the rows added into: each sums its rows in row order
+                    groups_a = tl.load(frame + position_a + 1)
+                    order_a = groups_a + tl.load(frame + into_a + 2) + 1
+                    begin_a = tl.load(idx + groups_a + z, mask=row_mask, other=0)
+                    end_a = tl.load(idx + groups_a + z + 1, mask=row_mask, other=0)
+                    most_a = tl.max(end_a - begin_a, axis=0)
+                    out0_a = tl.load(t + 6) + rowbase + zrow
+                    for c0_a in range(0, numel_a, CHUNK):
+                        cols_a = c0_a + tl.arange(0, CHUNK)
+                        keep_a = row_mask[:, None] & (cols_a < numel_a)[None, :]
+                        acc_a = tl.zeros([BLOCK_Z, CHUNK], dtype=DTYPE)
+                        for e_a in range(0, most_a):
+                            live_a = row_mask & (begin_a + e_a < end_a)
+                            zz_a = tl.load(idx + order_a + begin_a + e_a, mask=live_a, other=0)
+                            source0_a = tl.load(frame + from_a) + zz_a * tl.load(frame + from_a + 1) + tl.load(t + 8)
+                            acc_a += tl.load(buf + source0_a[:, None] + cols_a[None, :],
+                                             mask=live_a[:, None] & keep_a, other=0.0)
+                        q_a = buf + out0_a[:, None] + cols_a[None, :]
+                        tl.store(q_a, tl.load(q_a, mask=keep_a, other=0.0) + acc_a * coef, mask=keep_a)
+                else:  # launched over the rows read: each added into its row with an atomic add
+                    k_row_a = tl.load(idx + tl.load(frame + position_a) + z, mask=row_mask, other=0)
+                    into0_a = tl.load(frame + into_a) + k_row_a * tl.load(frame + into_a + 1) + tl.load(t + 6)
+                    source1_a = tl.load(t + 8) + rowbase + zrow
+                    for c1_a in range(0, numel_a, CHUNK):
+                        cols1_a = c1_a + tl.arange(0, CHUNK)
+                        keep1_a = row_mask[:, None] & (cols1_a < numel_a)[None, :]
+                        v_a = tl.load(buf + source1_a[:, None] + cols1_a[None, :], mask=keep1_a, other=0.0)
+                        tl.atomic_add(buf + into0_a[:, None] + cols1_a[None, :], v_a * coef, mask=keep1_a)
         tl.debug_barrier()

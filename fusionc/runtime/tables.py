@@ -18,7 +18,7 @@ SUMMED = 4
 #: stride in a, b).
 WIDTH = 12 + 4 * KEPT + 3 * SUMMED
 assert WIDTH == 40, "the table kernel's literals: a row's width, its kept labels from 12, its summed ones from 28"
-EINSUM, GATHER, SCATTER = 0, 1, 2
+EINSUM, GATHER, SCATTER, GATHER_ROWS, SCATTER_ROWS = 0, 1, 2, 3, 4
 SHARED, SLOT, ROWS = 0, 1, 2
 #: flags: the output lacks rows that an operand has (summed over rows); program 0 alone adds it;
 #: from bit 4 on the number of kept labels, from bit 8 on that of summed ones
@@ -28,7 +28,9 @@ FIELDS = 6
 _HOMES = {"s": SHARED, "p": SLOT, "r": ROWS}
 
 
-#: A form: `[!]OUT=A[*B] SIZES` (einsum; `!`: program 0 alone adds it) or `gather|scatter INDEX NUMEL`.
+#: A form: `[!]OUT=A[*B] SIZES` (einsum; `!`: program 0 alone adds it), `gather|scatter INDEX NUMEL`
+#: (weight sets) or `gather-rows|scatter-rows INDEX NUMEL SPACE` (rows of another space), INDEX and
+#: SPACE where the frame holds the index's start and the other space's block.
 #: A view is its home (`s` shared, `p` the instance's slot, `r` rows) and labels, `r.zab`; sizes
 #: are label and size, `a16 b5`. A view's labels are its memory layout, the last contiguous.
 _VIEW = re.compile(r"([spr])\.(\w*)")
@@ -77,22 +79,38 @@ def _large_tiles() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("FUSIONC_TABLE_TILES") != "gpu"
 
 
-class TableProgram:
-    """A derivative program as its table (see the module's text), and the launcher that runs it.
+def scatter_mode() -> str:
+    """How the table kernel adds rows into another space's (a message into its receiver):
+    `grouped` (the default), one launch over the receivers, each summing its rows in order
+    (`fusionc.runtime.grouping`): the same bits every run; or `atomic`, one over the rows, each
+    added with an atomic add: no grouping to make, sums in whatever order the GPU runs them.
+    Chosen by FUSIONC_SCATTER."""
+    mode = os.environ.get("FUSIONC_SCATTER", "grouped")
+    if mode not in ("grouped", "atomic"):
+        raise ValueError(f"FUSIONC_SCATTER must be 'grouped' or 'atomic', got {mode!r}")
+    return mode
 
-    `row_inputs`: (argument, column, size) per input with rows; `flat_inputs`: (argument, offset,
-    size) per tensor without rows (the weight, inputs without rows, constants), from offset 1 on;
-    `outputs`: (rows, column or slot offset, size); `indices`: the arguments that are index inputs;
+
+class TableProgram:
+    """A program as its table (see the module's text), and the launcher that runs it.
+
+    `widths`: per index space the columns of its rows' block (one space, None, without spaces);
+    `rows_from`: per space the argument whose rows it counts; `row_inputs`: (argument, space,
+    column, size) per input with rows; `flat_inputs`: (argument, offset, size) per tensor without
+    rows (the weight, inputs without rows, constants), from offset 1 on; `outputs`: (space or -1
+    without rows, column or slot offset, size); `indices`: (argument, its space, the space it
+    points into or -1) per index input; `phases`: (space, first statement, count) per launch;
     `statements`: per statement its form, mask bits (-1: every call), coefficient (an index into
     `coefs`) and the offsets of its views (out, a, b; for a gather or a scatter out and source)."""
 
-    def __init__(self, name: str, *, block_z: int, warps: int, max_registers: int, chunk: int, width: int,
-                 flat: int, slots: int, row_inputs: tuple, flat_inputs: tuple, outputs: tuple, indices: tuple,
-                 forms: tuple[str, ...], statements: tuple[int, ...], coefs: tuple[float, ...]) -> None:
+    def __init__(self, name: str, *, block_z: int, warps: int, max_registers: int, chunk: int, widths: tuple,
+                 rows_from: tuple, flat: int, slots: int, row_inputs: tuple, flat_inputs: tuple, outputs: tuple,
+                 indices: tuple, phases: tuple, forms: tuple[str, ...], statements: tuple[int, ...],
+                 coefs: tuple[float, ...]) -> None:
         self.name, self.block_z, self.warps, self.max_registers, self.chunk = name, block_z, warps, max_registers, chunk
-        self.width, self.flat, self.slots = width, flat, slots
+        self.widths, self.rows_from, self.flat, self.slots = widths, rows_from, flat, slots
         self.row_inputs, self.flat_inputs, self.outputs, self.indices = row_inputs, flat_inputs, outputs, indices
-        self.forms, self.statements, self.coefs = forms, statements, coefs
+        self.phases, self.forms, self.statements, self.coefs = phases, forms, statements, coefs
         self._tables: dict[tuple, torch.Tensor] = {}
 
     def table(self) -> list[int]:
@@ -103,10 +121,14 @@ class TableProgram:
             form, when, coef, *offsets = self.statements[k:k + FIELDS]
             text = self.forms[form]
             if text.startswith(("gather", "scatter")):
-                kind, column, numel = text.split()
-                row = [GATHER if kind == "gather" else SCATTER, when, coef, int(numel), int(column), 0,
-                       offsets[0], SLOT if kind == "scatter" else ROWS, offsets[1],
-                       ROWS if kind == "scatter" else (SLOT if offsets[1] >= self.flat else SHARED), 0, 0]
+                kind, index, numel, *other = text.split()
+                if kind in ("gather", "scatter"):  # weight sets: shared or the instance's slot
+                    row = [GATHER if kind == "gather" else SCATTER, when, coef, int(numel), int(index), 0,
+                           offsets[0], SLOT if kind == "scatter" else ROWS, offsets[1],
+                           ROWS if kind == "scatter" else (SLOT if offsets[1] >= self.flat else SHARED), 0, 0]
+                else:  # rows of another space: where the frame has its block
+                    row = [GATHER_ROWS if kind == "gather-rows" else SCATTER_ROWS, when, coef, int(numel), int(index),
+                           int(other[0]), offsets[0], ROWS, offsets[1], ROWS, int(other[1]) if other[1:] else 0, 0]
                 rows.append(row + [0] * (WIDTH - len(row)))
                 continue
             if form not in parsed:
@@ -128,34 +150,69 @@ class TableProgram:
             self._tables[key] = torch.tensor(self.coefs, dtype=dtype, device=device)
         return self._tables[key]
 
+    def _scatters(self) -> set[int]:
+        """The phases that add rows into another space's."""
+        forms = self.statements[::FIELDS]
+        return {k for k, (_, first, count) in enumerate(self.phases)
+                if count == 1 and self.forms[forms[first]].startswith("scatter-rows")}
+
     def __call__(self, args: tuple[torch.Tensor, ...], mask: int = -1) -> list[torch.Tensor]:
         """The program's outputs on `args` (its inputs, the weight, the constants), running the
-        statements `mask` meets."""
+        statements `mask` meets, launch by launch (`phases`)."""
         import triton
         import triton.language as tl
 
+        from fusionc.runtime.grouping import groups
         from fusionc.runtime.table_kernel import table_kernel
 
         like = args[self.flat_inputs[0][0]]  # the weight
-        n = args[self.row_inputs[0][0]].shape[0]
-        programs = triton.cdiv(n, self.block_z)
-        rowbase = self.flat + programs * self.slots
-        buf = like.new_zeros(rowbase + n * self.width)
+        rows = [args[a].shape[0] for a in self.rows_from]
+        grouped = scatter_mode() == "grouped"
+        scatters = self._scatters()
+        programs = max(triton.cdiv(rows[space], self.block_z) for space, _, _ in self.phases) if self.phases else 1
+        starts = [self.flat + programs * self.slots]
+        for n, width in zip(rows, self.widths):
+            starts.append(starts[-1] + n * width)
+        buf = like.new_zeros(starts[-1])
         buf[0] = 1
         for a, offset, size in self.flat_inputs:
             buf[offset:offset + size] = args[a].reshape(-1)
-        rows = buf[rowbase:].view(n, self.width)
-        for a, column, size in self.row_inputs:
-            rows[:, column:column + size] = args[a]
-        idx = (torch.stack([args[a] for a in self.indices], dim=1).contiguous() if self.indices
-               else torch.zeros(1, dtype=torch.int64, device=like.device))
-        if n:
-            table_kernel[(programs,)](
-                buf, idx, self._device_table(like.device), self._device_coefs(like.dtype, like.device),
-                len(self.statements) // FIELDS, n, mask, self.width, self.slots, rowbase, max(len(self.indices), 1),
-                BLOCK_Z=self.block_z, CHUNK=self.chunk,
-                DTYPE=tl.float64 if like.dtype == torch.float64 else tl.float32, LARGE=_large_tiles(),
-                num_warps=self.warps, maxnreg=self.max_registers)
-        slots = buf[self.flat:rowbase].view(programs, self.slots)
-        return [rows[:, start:start + size].clone() if has_rows
-                else slots[:, start - self.flat:start - self.flat + size].sum(0) for has_rows, start, size in self.outputs]
+        blocks = [buf[start:start + n * width].view(n, width) for start, n, width in zip(starts, rows, self.widths)]
+        for a, space, column, size in self.row_inputs:
+            blocks[space][:, column:column + size] = args[a]
+        frame = [x for start, n, width in zip(starts, rows, self.widths) for x in (start, width, n)]
+        values = []  # every index's values, then the groupings the launches read
+        at = 0
+        for a, _, points in self.indices:
+            frame += [at, -1]
+            values.append(args[a])
+            at += args[a].numel()
+        if grouped and scatters:
+            for k, (a, _, points) in enumerate(self.indices):
+                if points >= 0:
+                    frame[3 * len(rows) + 2 * k + 1] = at
+                    values.append(groups(args[a], rows[points]).to(like.device))
+                    at += values[-1].numel()
+        idx = torch.cat(values) if values else torch.zeros(1, dtype=torch.int64, device=like.device)
+        frame_t = torch.tensor(frame, dtype=torch.int64, device=like.device)
+        table, coefs = self._device_table(like.device), self._device_coefs(like.dtype, like.device)
+        dtype = tl.float64 if like.dtype == torch.float64 else tl.float32
+        for k, (space, first, count) in enumerate(self.phases):
+            if k in scatters and grouped:  # over the rows it adds into: the space the index points into
+                index = self._index_of(first)
+                space = self.indices[index][2]
+            n = rows[space]
+            if n:
+                table_kernel[(triton.cdiv(n, self.block_z),)](
+                    buf, idx, frame_t, table, coefs, first, count, n, mask, self.widths[space], self.slots,
+                    starts[space], int(k in scatters and grouped),
+                    BLOCK_Z=self.block_z, CHUNK=self.chunk, DTYPE=dtype, LARGE=_large_tiles(),
+                    num_warps=self.warps, maxnreg=self.max_registers)
+        slots = buf[self.flat:starts[0]].view(programs, self.slots)
+        return [blocks[space][:, start:start + size].clone() if space >= 0
+                else slots[:, start - self.flat:start - self.flat + size].sum(0) for space, start, size in self.outputs]
+
+    def _index_of(self, statement: int) -> int:
+        """The index input a scatter of rows adds by (the frame position its form names)."""
+        form = self.forms[self.statements[statement * FIELDS]]
+        return (int(form.split()[1]) - 3 * len(self.widths)) // 2

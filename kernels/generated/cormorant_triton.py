@@ -20,7 +20,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_21e3e1931777a0e8")
+_ops = rt.OpNamespace("fusionc_47e340651a52e0ae")
 
 
 def _cormorant_cg(
@@ -108,11 +108,12 @@ def _cormorant_cg(
 
 _cormorant_cg__d__program = rt.TableProgram(
     "cormorant_cg__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=4464, flat=2040, slots=1680,
-    row_inputs=((0, 0, 144), (1, 144, 144)),
+    widths=(4464,), rows_from=(0,), flat=2040, slots=1680,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 144)),
     flat_inputs=((2, 1, 1680), (3, 1681, 1), (4, 1682, 9), (5, 1691, 25), (6, 1716, 9), (7, 1725, 45), (8, 1770, 45), (9, 1815, 75), (10, 1890, 25), (11, 1915, 125)),
-    outputs=((True, 896, 144), (False, 2040, 1680)),
+    outputs=((0, 896, 144), (-1, 2040, 1680)),
     indices=(),
+    phases=((0, 0, 86),),
     forms=(
         "r.za=r.za*r.za a16",
         "r.za=s.*r.za a16",
@@ -261,11 +262,12 @@ def _cormorant_cg__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch
 
 _cormorant_cg__d__d2__program = rt.TableProgram(
     "cormorant_cg__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=10080, flat=3720, slots=1680,
-    row_inputs=((0, 0, 144), (1, 144, 144), (2, 288, 144)),
+    widths=(10080,), rows_from=(0,), flat=3720, slots=1680,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 144), (2, 0, 288, 144)),
     flat_inputs=((4, 1, 1680), (3, 1681, 1680), (5, 3361, 1), (6, 3362, 9), (7, 3371, 25), (8, 3396, 9), (9, 3405, 45), (10, 3450, 45), (11, 3495, 75), (12, 3570, 25), (13, 3595, 125)),
-    outputs=((True, 1648, 144), (True, 2544, 144), (False, 3720, 1680)),
+    outputs=((0, 1648, 144), (0, 2544, 144), (-1, 3720, 1680)),
     indices=(),
+    phases=((0, 0, 211),),
     forms=(
         "r.za=r.za*r.za a16",
         "r.za=s.*r.za a16",
@@ -851,11 +853,12 @@ def _cormorant_message(
 
 _cormorant_message__d__program = rt.TableProgram(
     "cormorant_message__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=3528, flat=2380, slots=768,
-    row_inputs=((0, 0, 144), (1, 144, 9), (2, 153, 240), (3, 393, 144)),
+    widths=(3528,), rows_from=(0,), flat=2380, slots=768,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 9), (2, 0, 153, 240), (3, 0, 393, 144)),
     flat_inputs=((4, 1, 768), (5, 769, 1611)),
-    outputs=((True, 1836, 144), (True, 1980, 9), (True, 1989, 240), (False, 2380, 768)),
+    outputs=((0, 1836, 144), (0, 1980, 9), (0, 1989, 240), (-1, 2380, 768)),
     indices=(),
+    phases=((0, 0, 82),),
     forms=(
         "r.za=r.zb*s.ba a179 b9",
         "r.za=r.za*r.z a16",
@@ -1004,11 +1007,12 @@ def _cormorant_message__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[
 
 _cormorant_message__d__d2__program = rt.TableProgram(
     "cormorant_message__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=6324, flat=3148, slots=768,
-    row_inputs=((0, 0, 144), (1, 144, 9), (2, 153, 240), (3, 393, 144), (4, 537, 144), (5, 681, 9), (6, 690, 240)),
+    widths=(6324,), rows_from=(0,), flat=3148, slots=768,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 9), (2, 0, 153, 240), (3, 0, 393, 144), (4, 0, 537, 144), (5, 0, 681, 9), (6, 0, 690, 240)),
     flat_inputs=((8, 1, 768), (7, 769, 768), (9, 1537, 1611)),
-    outputs=((True, 3189, 144), (True, 3333, 9), (True, 3342, 240), (True, 5025, 144), (False, 3148, 768)),
+    outputs=((0, 3189, 144), (0, 3333, 9), (0, 3342, 240), (0, 5025, 144), (-1, 3148, 768)),
     indices=(),
+    phases=((0, 0, 183),),
     forms=(
         "r.za=r.zb*s.ba a179 b9",
         "r.za=r.za*r.z a16",

@@ -20,7 +20,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_99961e97b5c6ea79")
+_ops = rt.OpNamespace("fusionc_50e2c93619a63eec")
 
 
 def _mace_product(
@@ -203,14 +203,15 @@ def _mace_product(
 
 _mace_product__d__program = rt.TableProgram(
     "mace_product__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=40640, flat=19523, slots=18560,
-    row_inputs=((0, 0, 1024), (2, 1024, 256)),
+    widths=(40640,), rows_from=(0,), flat=19523, slots=18560,
+    row_inputs=((0, 0, 0, 1024), (2, 0, 1024, 256)),
     flat_inputs=((3, 1, 18560), (4, 18561, 1), (5, 18562, 9), (6, 18571, 9), (7, 18580, 9), (8, 18589, 45), (9, 18634, 45), (10, 18679, 45), (11, 18724, 25), (12, 18749, 75), (13, 18824, 125), (14, 18949, 105), (15, 19054, 175), (16, 19229, 49), (17, 19278, 245)),
-    outputs=((True, 7104, 1024), (False, 19523, 18560)),
-    indices=(1,),
+    outputs=((0, 7104, 1024), (-1, 19523, 18560)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 182),),
     forms=(
-        "gather 0 128",
-        "gather 0 448",
+        "gather 3 128",
+        "gather 3 448",
         "r.za=r.za*r.za a64",
         "r.za=s.*r.za a64",
         "r.zab=r.za*r.zab a64 b3",
@@ -225,7 +226,7 @@ _mace_product__d__program = rt.TableProgram(
         "r.zab=r.zac*r.zacb a64 b3 c5",
         "r.zab=r.zac*s.cb a64 b7 c7",
         "r.za=r.zab*r.zab a64 b7",
-        "gather 0 1280",
+        "gather 3 1280",
         "r.zabc=r.zab*r.zac a64 b3 c3",
         "r.zab=s.cdb*r.zacd a64 b5 c3 d3",
         "r.zabc=r.zab*r.zac a64 b5 c5",
@@ -263,11 +264,11 @@ _mace_product__d__program = rt.TableProgram(
         "r.zab=s.bcd*r.zacd a64 b5 c5 d5",
         "r.zab=s.cbd*r.zadc a64 b5 c5 d5",
         "r.zabc=r.zad*s.bcd a64 b3 c3 d5",
-        "scatter 0 1280",
+        "scatter 3 1280",
         "r.zab=r.za*r.zab a64 b7",
         "r.zab=s.bc*r.zac a64 b7 c7",
-        "scatter 0 448",
-        "scatter 0 128",
+        "scatter 3 448",
+        "scatter 3 128",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(
@@ -468,14 +469,15 @@ def _mace_product__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch
 
 _mace_product__d__d2__program = rt.TableProgram(
     "mace_product__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=80192, flat=38083, slots=18560,
-    row_inputs=((0, 0, 1024), (2, 1024, 256), (3, 1280, 1024)),
+    widths=(80192,), rows_from=(0,), flat=38083, slots=18560,
+    row_inputs=((0, 0, 0, 1024), (2, 0, 1024, 256), (3, 0, 1280, 1024)),
     flat_inputs=((5, 1, 18560), (4, 18561, 18560), (6, 37121, 1), (7, 37122, 9), (8, 37131, 9), (9, 37140, 9), (10, 37149, 45), (11, 37194, 45), (12, 37239, 45), (13, 37284, 25), (14, 37309, 75), (15, 37384, 125), (16, 37509, 105), (17, 37614, 175), (18, 37789, 49), (19, 37838, 245)),
-    outputs=((True, 13248, 1024), (True, 20096, 256), (False, 38083, 18560)),
-    indices=(1,),
+    outputs=((0, 13248, 1024), (0, 20096, 256), (-1, 38083, 18560)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 432),),
     forms=(
-        "gather 0 128",
-        "gather 0 448",
+        "gather 3 128",
+        "gather 3 448",
         "r.za=r.za*r.za a64",
         "r.za=s.*r.za a64",
         "r.zab=r.za*r.zab a64 b3",
@@ -490,7 +492,7 @@ _mace_product__d__d2__program = rt.TableProgram(
         "r.zab=r.zac*r.zacb a64 b3 c5",
         "r.zab=r.zac*s.cb a64 b7 c7",
         "r.za=r.zab*r.zab a64 b7",
-        "gather 0 1280",
+        "gather 3 1280",
         "r.zabc=r.zab*r.zac a64 b3 c3",
         "r.zab=s.cdb*r.zacd a64 b5 c3 d3",
         "r.zabc=r.zab*r.zac a64 b5 c5",
@@ -534,12 +536,12 @@ _mace_product__d__d2__program = rt.TableProgram(
         "r.zabc=r.zac*r.zab a64 b7 c5",
         "r.zab=s.cbd*r.zadc a64 b7 c5 d5",
         "r.zab=s.cbd*r.zadc a64 b5 c5 d5",
-        "scatter 0 1280",
+        "scatter 3 1280",
         "r.zabc=r.zab*r.zac a64 b3 c5",
         "r.zab=s.cbd*r.zadc a64 b7 c5 d3",
         "r.zab=s.cbd*r.zadc a64 b5 c3 d3",
-        "scatter 0 448",
-        "scatter 0 128",
+        "scatter 3 448",
+        "scatter 3 128",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(
@@ -1266,14 +1268,15 @@ def _mace_product_2(
 
 _mace_product_2__d__program = rt.TableProgram(
     "mace_product_2__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=10688, flat=6004, slots=5760,
-    row_inputs=((0, 0, 1024), (2, 1024, 256)),
+    widths=(10688,), rows_from=(0,), flat=6004, slots=5760,
+    row_inputs=((0, 0, 0, 1024), (2, 0, 1024, 256)),
     flat_inputs=((3, 1, 5760), (4, 5761, 1), (5, 5762, 9), (6, 5771, 9), (7, 5780, 45), (8, 5825, 25), (9, 5850, 105), (10, 5955, 49)),
-    outputs=((True, 2688, 1024), (False, 6004, 5760)),
-    indices=(1,),
+    outputs=((0, 2688, 1024), (-1, 6004, 5760)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 58),),
     forms=(
-        "gather 0 128",
-        "gather 0 448",
+        "gather 3 128",
+        "gather 3 448",
         "r.za=r.za*r.za a64",
         "r.za=s.*r.za a64",
         "r.zab=r.za*r.zab a64 b3",
@@ -1301,8 +1304,8 @@ _mace_product_2__d__program = rt.TableProgram(
         "r.zab=s.cbd*r.zadc a64 b5 c3 d3",
         "r.zab=s.bc*r.zac a64 b3 c3",
         "r.zab=r.zac*s.bc a64 b3 c3",
-        "scatter 0 448",
-        "scatter 0 128",
+        "scatter 3 448",
+        "scatter 3 128",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(
@@ -1378,14 +1381,15 @@ def _mace_product_2__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[tor
 
 _mace_product_2__d__d2__program = rt.TableProgram(
     "mace_product_2__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=20224, flat=11764, slots=5760,
-    row_inputs=((0, 0, 1024), (2, 1024, 256), (3, 1280, 1024)),
+    widths=(20224,), rows_from=(0,), flat=11764, slots=5760,
+    row_inputs=((0, 0, 0, 1024), (2, 0, 1024, 256), (3, 0, 1280, 1024)),
     flat_inputs=((5, 1, 5760), (4, 5761, 5760), (6, 11521, 1), (7, 11522, 9), (8, 11531, 9), (9, 11540, 45), (10, 11585, 25), (11, 11610, 105), (12, 11715, 49)),
-    outputs=((True, 4544, 1024), (True, 6976, 256), (False, 11764, 5760)),
-    indices=(1,),
+    outputs=((0, 4544, 1024), (0, 6976, 256), (-1, 11764, 5760)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 131),),
     forms=(
-        "gather 0 128",
-        "gather 0 448",
+        "gather 3 128",
+        "gather 3 448",
         "r.za=r.za*r.za a64",
         "r.za=s.*r.za a64",
         "r.zab=r.za*r.zab a64 b3",
@@ -1418,8 +1422,8 @@ _mace_product_2__d__d2__program = rt.TableProgram(
         "r.zab=s.cbd*r.zadc a64 b7 c5 d3",
         "r.zab=s.cbd*r.zadc a64 b5 c3 d3",
         "r.zab=r.zac*s.bc a64 b3 c3",
-        "scatter 0 448",
-        "scatter 0 128",
+        "scatter 3 448",
+        "scatter 3 128",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(
@@ -2018,14 +2022,15 @@ def _mace_product_4(
 
 _mace_product_4__d__program = rt.TableProgram(
     "mace_product_4__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=35744, flat=7931, slots=7424,
-    row_inputs=((0, 0, 288), (2, 288, 288)),
+    widths=(35744,), rows_from=(0,), flat=7931, slots=7424,
+    row_inputs=((0, 0, 0, 288), (2, 0, 288, 288)),
     flat_inputs=((3, 1, 7424), (4, 7425, 1), (5, 7426, 9), (6, 7435, 25), (7, 7460, 9), (8, 7469, 27), (9, 7496, 45), (10, 7541, 45), (11, 7586, 75), (12, 7661, 45), (13, 7706, 75), (14, 7781, 25), (15, 7806, 125)),
-    outputs=((True, 6400, 288), (False, 7931, 7424)),
-    indices=(1,),
+    outputs=((0, 6400, 288), (-1, 7931, 7424)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 385),),
     forms=(
-        "gather 0 96",
-        "gather 0 256",
+        "gather 3 96",
+        "gather 3 256",
         "r.za=r.za*r.za a32",
         "r.za=s.*r.za a32",
         "r.zab=r.za*r.zab a32 b3",
@@ -2042,11 +2047,11 @@ _mace_product_4__d__program = rt.TableProgram(
         "r.za=r.zab*r.zab a32 b5",
         "r.zabc=r.zab*r.zac a32 b5 c5",
         "r.zab=s.cdb*r.zacd a32 b5 c5 d5",
-        "gather 0 512",
+        "gather 3 512",
         "r.zab=r.zab*r.za a32 b3",
         "r.zab=r.zab*r.za a32 b5",
         "r.zabc=r.zad*s.dbc a32 b3 c3 d5",
-        "gather 0 992",
+        "gather 3 992",
         "r.zab=s.cdb*r.zacd a32 b3 c3 d3",
         "r.zabc=r.zab*r.zac a32 b3 c5",
         "r.zab=s.cdb*r.zacd a32 b5 c3 d5",
@@ -2076,10 +2081,10 @@ _mace_product_4__d__program = rt.TableProgram(
         "r.zab=s.bcd*r.zacd a32 b5 c3 d5",
         "r.zabc=r.zad*s.bcd a32 b5 c3 d5",
         "r.zab=r.zac*r.zacb a32 b3 c5",
-        "scatter 0 992",
-        "scatter 0 512",
-        "scatter 0 256",
-        "scatter 0 96",
+        "scatter 3 992",
+        "scatter 3 512",
+        "scatter 3 256",
+        "scatter 3 96",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(
@@ -2486,14 +2491,15 @@ def _mace_product_4__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[tor
 
 _mace_product_4__d__d2__program = rt.TableProgram(
     "mace_product_4__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=78368, flat=15355, slots=7424,
-    row_inputs=((0, 0, 288), (2, 288, 288), (3, 576, 288)),
+    widths=(78368,), rows_from=(0,), flat=15355, slots=7424,
+    row_inputs=((0, 0, 0, 288), (2, 0, 288, 288), (3, 0, 576, 288)),
     flat_inputs=((5, 1, 7424), (4, 7425, 7424), (6, 14849, 1), (7, 14850, 9), (8, 14859, 25), (9, 14884, 9), (10, 14893, 27), (11, 14920, 45), (12, 14965, 45), (13, 15010, 75), (14, 15085, 45), (15, 15130, 75), (16, 15205, 25), (17, 15230, 125)),
-    outputs=((True, 12448, 288), (True, 18560, 288), (False, 15355, 7424)),
-    indices=(1,),
+    outputs=((0, 12448, 288), (0, 18560, 288), (-1, 15355, 7424)),
+    indices=((1, 0, 0),),
+    phases=((0, 0, 959),),
     forms=(
-        "gather 0 96",
-        "gather 0 256",
+        "gather 3 96",
+        "gather 3 256",
         "r.za=r.za*r.za a32",
         "r.za=s.*r.za a32",
         "r.zab=r.za*r.zab a32 b3",
@@ -2510,11 +2516,11 @@ _mace_product_4__d__d2__program = rt.TableProgram(
         "r.za=r.zab*r.zab a32 b5",
         "r.zabc=r.zab*r.zac a32 b5 c5",
         "r.zab=s.cdb*r.zacd a32 b5 c5 d5",
-        "gather 0 512",
+        "gather 3 512",
         "r.zab=r.zab*r.za a32 b3",
         "r.zab=r.zab*r.za a32 b5",
         "r.zabc=r.zad*s.dbc a32 b3 c3 d5",
-        "gather 0 992",
+        "gather 3 992",
         "r.zab=s.cdb*r.zacd a32 b3 c3 d3",
         "r.zabc=r.zab*r.zac a32 b3 c5",
         "r.zab=s.cdb*r.zacd a32 b5 c3 d5",
@@ -2550,11 +2556,11 @@ _mace_product_4__d__d2__program = rt.TableProgram(
         "r.zab=r.zac*r.zacb a32 b3 c5",
         "r.zab=s.cbd*r.zadc a32 b3 c3 d3",
         "r.zab=s.cbd*r.zadc a32 b5 c5 d5",
-        "scatter 0 992",
-        "scatter 0 512",
+        "scatter 3 992",
+        "scatter 3 512",
         "r.zab=s.cbd*r.zadc a32 b5 c3 d3",
-        "scatter 0 256",
-        "scatter 0 96",
+        "scatter 3 256",
+        "scatter 3 96",
     ),
     # per statement: its form, mask bits (-1: every call), coefficient, and where its views start
     statements=(

@@ -20,7 +20,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_86700f02f521c8c9")
+_ops = rt.OpNamespace("fusionc_4abc569c269e2b0b")
 
 
 def _fc_tp(
@@ -107,11 +107,12 @@ def _fc_tp(
 
 _fc_tp__d__program = rt.TableProgram(
     "fc_tp__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=3298, flat=15633, slots=29696,
-    row_inputs=((0, 0, 288), (1, 288, 16), (2, 304, 288)),
+    widths=(3298,), rows_from=(0,), flat=15633, slots=29696,
+    row_inputs=((0, 0, 0, 288), (1, 0, 288, 16), (2, 0, 304, 288)),
     flat_inputs=((3, 1, 13312), (4, 13313, 2320)),
-    outputs=((True, 737, 288), (True, 1025, 16), (False, 23825, 13312)),
+    outputs=((0, 737, 288), (0, 1025, 16), (-1, 23825, 13312)),
     indices=(),
+    phases=((0, 0, 63),),
     forms=(
         "r.za=r.zb*s.ba a145 b16",
         "p.ab=s.ab a32 b32",
@@ -227,11 +228,12 @@ def _fc_tp__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tensor
 
 _fc_tp__d__d2__program = rt.TableProgram(
     "fc_tp__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=7747, flat=28945, slots=37888,
-    row_inputs=((0, 0, 288), (1, 288, 16), (2, 304, 288), (3, 592, 288), (4, 880, 16)),
+    widths=(7747,), rows_from=(0,), flat=28945, slots=37888,
+    row_inputs=((0, 0, 0, 288), (1, 0, 288, 16), (2, 0, 304, 288), (3, 0, 592, 288), (4, 0, 880, 16)),
     flat_inputs=((6, 1, 13312), (5, 13313, 13312), (7, 26625, 2320)),
-    outputs=((True, 1041, 288), (True, 1329, 16), (True, 1490, 288), (False, 37137, 13312)),
+    outputs=((0, 1041, 288), (0, 1329, 16), (0, 1490, 288), (-1, 37137, 13312)),
     indices=(),
+    phases=((0, 0, 156),),
     forms=(
         "r.za=r.zb*s.ba a145 b16",
         "p.ab=s.ab a32 b32",
@@ -867,11 +869,12 @@ def _conv_tp(
 
 _conv_tp__d__program = rt.TableProgram(
     "conv_tp__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=11464, flat=6209, slots=0,
-    row_inputs=((0, 0, 288), (1, 288, 16), (2, 304, 768), (3, 1072, 992)),
+    widths=(11464,), rows_from=(0,), flat=6209, slots=0,
+    row_inputs=((0, 0, 0, 288), (1, 0, 288, 16), (2, 0, 304, 768), (3, 0, 1072, 992)),
     flat_inputs=((4, 1, 0), (5, 1, 6208)),
-    outputs=((True, 6228, 288), (True, 6516, 16), (True, 6532, 768), (False, 6209, 0)),
+    outputs=((0, 6228, 288), (0, 6516, 16), (0, 6532, 768), (-1, 6209, 0)),
     indices=(),
+    phases=((0, 0, 116),),
     forms=(
         "r.za=r.zb*s.ba a388 b16",
         "r.za=r.za*r.z a32",
@@ -1065,11 +1068,12 @@ def _conv_tp__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tens
 
 _conv_tp__d__d2__program = rt.TableProgram(
     "conv_tp__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=21084, flat=6209, slots=0,
-    row_inputs=((0, 0, 288), (1, 288, 16), (2, 304, 768), (3, 1072, 992), (4, 2064, 288), (5, 2352, 16), (6, 2368, 768)),
+    widths=(21084,), rows_from=(0,), flat=6209, slots=0,
+    row_inputs=((0, 0, 0, 288), (1, 0, 288, 16), (2, 0, 304, 768), (3, 0, 1072, 992), (4, 0, 2064, 288), (5, 0, 2352, 16), (6, 0, 2368, 768)),
     flat_inputs=((8, 1, 0), (7, 1, 0), (9, 1, 6208)),
-    outputs=((True, 10692, 288), (True, 10980, 16), (True, 10996, 768), (True, 15928, 992), (False, 6209, 0)),
+    outputs=((0, 10692, 288), (0, 10980, 16), (0, 10996, 768), (0, 15928, 992), (-1, 6209, 0)),
     indices=(),
+    phases=((0, 0, 255),),
     forms=(
         "r.za=r.zb*s.ba a388 b16",
         "r.za=r.za*r.z a32",
@@ -2077,11 +2081,12 @@ def _elementwise_tp(
 
 _elementwise_tp__d__program = rt.TableProgram(
     "elementwise_tp__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=3744, flat=674, slots=15088,
-    row_inputs=((0, 0, 144), (1, 144, 144), (2, 288, 192)),
+    widths=(3744,), rows_from=(0,), flat=674, slots=15088,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 144), (2, 0, 288, 192)),
     flat_inputs=((3, 1, 208), (4, 209, 1), (5, 210, 9), (6, 219, 25), (7, 244, 9), (8, 253, 9), (9, 262, 27), (10, 289, 45), (11, 334, 45), (12, 379, 25), (13, 404, 45), (14, 449, 25), (15, 474, 75), (16, 549, 125)),
-    outputs=((True, 480, 144), (True, 624, 144), (False, 674, 208)),
+    outputs=((0, 480, 144), (0, 624, 144), (-1, 674, 208)),
     indices=(),
+    phases=((0, 0, 87),),
     forms=(
         "r.zabc=r.zab*r.zac a16 b3 c5",
         "p.abcd=s.bdc*s.a a16 b5 c3 d5",
@@ -2252,11 +2257,12 @@ def _elementwise_tp__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[tor
 
 _elementwise_tp__d__d2__program = rt.TableProgram(
     "elementwise_tp__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=10160, flat=882, slots=29968,
-    row_inputs=((0, 0, 144), (1, 144, 144), (2, 288, 192), (3, 480, 144), (4, 624, 144)),
+    widths=(10160,), rows_from=(0,), flat=882, slots=29968,
+    row_inputs=((0, 0, 0, 144), (1, 0, 144, 144), (2, 0, 288, 192), (3, 0, 480, 144), (4, 0, 624, 144)),
     flat_inputs=((6, 1, 208), (5, 209, 208), (7, 417, 1), (8, 418, 9), (9, 427, 25), (10, 452, 9), (11, 461, 9), (12, 470, 27), (13, 497, 45), (14, 542, 45), (15, 587, 25), (16, 612, 45), (17, 657, 25), (18, 682, 75), (19, 757, 125)),
-    outputs=((True, 768, 144), (True, 912, 144), (True, 1056, 192), (False, 882, 208)),
+    outputs=((0, 768, 144), (0, 912, 144), (0, 1056, 192), (-1, 882, 208)),
     indices=(),
+    phases=((0, 0, 242),),
     forms=(
         "p.a=s.a*s. a16",
         "r.za=r.za*r.za a16",
@@ -2838,11 +2844,12 @@ def _full_tp(
 
 _full_tp__d__program = rt.TableProgram(
     "full_tp__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=936, flat=216, slots=224,
-    row_inputs=((0, 0, 16), (1, 16, 32), (2, 48, 224)),
+    widths=(936,), rows_from=(0,), flat=216, slots=224,
+    row_inputs=((0, 0, 0, 16), (1, 0, 16, 32), (2, 0, 48, 224)),
     flat_inputs=((3, 1, 160), (4, 161, 1), (5, 162, 9), (6, 171, 9), (7, 180, 9), (8, 189, 27)),
-    outputs=((True, 272, 16), (True, 288, 32), (False, 216, 160)),
+    outputs=((0, 272, 16), (0, 288, 32), (-1, 216, 160)),
     indices=(),
+    phases=((0, 0, 35),),
     forms=(
         "r.zabc=r.zabc*s.ab a4 b8 c3",
         "r.zabc=r.zdc*r.zadb a4 b3 c3 d8",
@@ -2929,11 +2936,12 @@ def _full_tp__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tens
 
 _full_tp__d__d2__program = rt.TableProgram(
     "full_tp__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=2304, flat=376, slots=288,
-    row_inputs=((0, 0, 16), (1, 16, 32), (2, 48, 224), (3, 272, 16), (4, 288, 32)),
+    widths=(2304,), rows_from=(0,), flat=376, slots=288,
+    row_inputs=((0, 0, 0, 16), (1, 0, 16, 32), (2, 0, 48, 224), (3, 0, 272, 16), (4, 0, 288, 32)),
     flat_inputs=((6, 1, 160), (5, 161, 160), (7, 321, 1), (8, 322, 9), (9, 331, 9), (10, 340, 9), (11, 349, 27)),
-    outputs=((True, 320, 16), (True, 336, 32), (True, 368, 224), (False, 376, 160)),
+    outputs=((0, 320, 16), (0, 336, 32), (0, 368, 224), (-1, 376, 160)),
     indices=(),
+    phases=((0, 0, 94),),
     forms=(
         "p.ab=s.ab*s. a4 b8",
         "r.zab=r.za*r.zb a4 b8",
@@ -3205,11 +3213,12 @@ def _linear(
 
 _linear__d__program = rt.TableProgram(
     "linear__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=384, flat=897, slots=896,
-    row_inputs=((0, 0, 120), (1, 120, 144)),
+    widths=(384,), rows_from=(0,), flat=897, slots=896,
+    row_inputs=((0, 0, 0, 120), (1, 0, 120, 144)),
     flat_inputs=((2, 1, 896),),
-    outputs=((True, 264, 120), (False, 897, 896)),
+    outputs=((0, 264, 120), (-1, 897, 896)),
     indices=(),
+    phases=((0, 0, 6),),
     forms=(
         "r.zab=r.zcb*s.ac a8 b5 c16",
         "p.ab=r.zbc*r.zac a8 b16 c5",
@@ -3240,11 +3249,12 @@ def _linear__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[torch.Tenso
 
 _linear__d__d2__program = rt.TableProgram(
     "linear__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=648, flat=1793, slots=896,
-    row_inputs=((0, 0, 120), (1, 120, 144), (2, 264, 120)),
+    widths=(648,), rows_from=(0,), flat=1793, slots=896,
+    row_inputs=((0, 0, 0, 120), (1, 0, 120, 144), (2, 0, 264, 120)),
     flat_inputs=((4, 1, 896), (3, 897, 896)),
-    outputs=((True, 384, 120), (True, 504, 144), (False, 1793, 896)),
+    outputs=((0, 384, 120), (0, 504, 144), (-1, 1793, 896)),
     indices=(),
+    phases=((0, 0, 12),),
     forms=(
         "r.za=s.ba*r.zb a16 b32",
         "r.za=s.ab*r.zb a32 b16",
@@ -3429,11 +3439,12 @@ def _tp_then_linear(
 
 _tp_then_linear__d__program = rt.TableProgram(
     "tp_then_linear__d", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=376, flat=225, slots=160,
-    row_inputs=((0, 0, 32), (1, 32, 4), (2, 36, 32)),
+    widths=(376,), rows_from=(0,), flat=225, slots=160,
+    row_inputs=((0, 0, 0, 32), (1, 0, 32, 4), (2, 0, 36, 32)),
     flat_inputs=((3, 1, 160), (4, 161, 64)),
-    outputs=((True, 140, 32), (True, 172, 4), (False, 225, 160)),
+    outputs=((0, 140, 32), (0, 172, 4), (-1, 225, 160)),
     indices=(),
+    phases=((0, 0, 34),),
     forms=(
         "r.za=r.zb*s.ba a16 b4",
         "r.za=r.za*r.z a8",
@@ -3510,11 +3521,12 @@ def _tp_then_linear__d__triton(*args: torch.Tensor, _mask: int = -1) -> list[tor
 
 _tp_then_linear__d__d2__program = rt.TableProgram(
     "tp_then_linear__d__d2", block_z=16, warps=8, max_registers=255, chunk=128,
-    width=796, flat=385, slots=160,
-    row_inputs=((0, 0, 32), (1, 32, 4), (2, 36, 32), (3, 68, 32), (4, 100, 4)),
+    widths=(796,), rows_from=(0,), flat=385, slots=160,
+    row_inputs=((0, 0, 0, 32), (1, 0, 32, 4), (2, 0, 36, 32), (3, 0, 68, 32), (4, 0, 100, 4)),
     flat_inputs=((6, 1, 160), (5, 161, 160), (7, 321, 64)),
-    outputs=((True, 232, 32), (True, 264, 4), (True, 396, 32), (False, 385, 160)),
+    outputs=((0, 232, 32), (0, 264, 4), (0, 396, 32), (-1, 385, 160)),
     indices=(),
+    phases=((0, 0, 95),),
     forms=(
         "r.za=r.zb*s.ba a16 b4",
         "r.za=r.za*r.z a8",
