@@ -289,16 +289,28 @@ def test_the_triton_back_end_runs_a_graph_without_edges(monkeypatch):
 
 
 def test_the_interaction_is_equivariant():
-    """Rotating every edge's spherical harmonics and every node's features rotates the output."""
+    """Rotating the edge vectors (the spherical harmonics made from them) and every node's features
+    rotates the output; its gradient with respect to the vectors (forces) rotates as a vector."""
     module = fusionc.loads(SMALL).interaction(dtype=torch.float64)
-    h, sh, src, dst, g = _graph(6, 20, 2)
+    h, _, src, dst, g = _graph(6, 20, 2)
+    vectors = torch.randn(20, 3, generator=g, dtype=torch.float64)
     w = torch.randn(20, module.input_weight_numel["w"], generator=g, dtype=torch.float64)
     with default_dtype(torch.float64):  # e3nn builds its Wigner D matrices in the default dtype
         angles = [torch.tensor(a, dtype=torch.float64) for a in (0.3, 1.1, -0.7)]
         node = o3.Irreps("2x0e + 2x1o + 2x2e").D_from_angles(*angles)
-        edge = o3.Irreps("0e + 1o + 2e + 3o").D_from_angles(*angles)
-    rotated = module(h @ node.T, sh @ edge.T, w, src, dst)
-    assert (rotated - module(h, sh, w, src, dst) @ node.T).abs().max() < 1e-12
+        turn = o3.angles_to_matrix(*angles)
+
+    def run(vectors, h):
+        vectors = vectors.clone().requires_grad_()
+        sh = o3.spherical_harmonics("0e + 1o + 2e + 3o", vectors, True, normalization="component")
+        out = module(h, sh, w, src, dst)
+        (force,) = torch.autograd.grad(out.pow(2).sum(), vectors)
+        return out.detach(), force
+
+    out, force = run(vectors, h)
+    rotated, rotated_force = run(vectors @ turn.T, h @ node.T)
+    assert (rotated - out @ node.T).abs().max() < 1e-12 * max(1.0, float(out.abs().max()))
+    assert (rotated_force - force @ turn.T).abs().max() < 1e-12 * max(1.0, float(force.abs().max()))
 
 
 def test_a_graph_without_edges_gives_zeros():

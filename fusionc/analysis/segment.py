@@ -221,9 +221,9 @@ def _fused(segment: list[tuple[float, Einsum]], p: Program, written_at: dict[str
     moved: dict[str, tuple[str, str]] = {}  # temporary -> (the tensor it stands for, the index)
     dropped = set()
     for k, s in segment:
-        copy = len(s.operands) == 1 and s.out.labels == s.operands[0].labels == "zp"
-        if not copy:
-            continue
+        whole = len(s.operands) == 1 and s.out.labels == s.operands[0].labels == "zp" and s.out.start == 0
+        if not whole or s.operands[0].start or s.out.numel != p.tensors[s.out.tensor].size:
+            continue  # only a copy of whole rows (as `in_place` makes of one) stands for its tensor
         (source,) = s.operands
         if source.index and not s.out.index:  # a gather
             temp, target = s.out.tensor, source
