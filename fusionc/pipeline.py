@@ -41,7 +41,8 @@ PASS_NAMES = tuple(name for name, _ in PASSES)
 #: native kernels (and torch code for what the BLAS does better), the forward as torch code anywhere
 #: else, and derivatives there by differentiating the forward's torch code (torch code of their own
 #: only where no statement runs natively); the Triton back end runs derivative programs as tables
-#: of its one kernel, the forward as a fused kernel, and the forward's torch code for a third derivative.
+#: of its one kernel, the forward as a fused kernel (a diagram with index spaces: as a table too), and
+#: the forward's torch code for a third derivative.
 BACKENDS = ("torch", "triton")
 
 

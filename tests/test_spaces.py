@@ -280,6 +280,39 @@ def test_the_triton_back_end_equals_the_torch_back_end(dtype, tolerance, mode, m
         assert (got - want).abs().max() <= tolerance * want.abs().max()
 
 
+HOPS = """\
+diagram hop {
+    in  h[node]   : 4x0e + 4x1o
+    in  nbr[node] : index(node)
+    out m[node]   : 4x0e + 4x1o
+    let a = h mix uvw
+    let b = a[nbr] mix uvw
+    m = fuse(b[nbr], a) mix uvw
+}
+"""
+
+
+def test_gathers_within_one_space_read_complete_rows(monkeypatch):
+    """An index into its own space: rows gathered from a value the same rows computed (`a[nbr]`,
+    then `b[nbr]`) are read only once every row of it is written: a native kernel, or a Triton
+    launch, ends before such a gather. Native kernels, torch code and Triton give one result."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reference = fusionc.loads(HOPS).hop(dtype=torch.float64)
+    kernel = fusionc.loads(HOPS, backend="triton").hop(dtype=torch.float64)
+    torch.nn.init.normal_(reference.weight)
+    with torch.no_grad():
+        kernel.weight.copy_(reference.weight)
+    g = torch.Generator().manual_seed(0)
+    nodes = 40  # three program instances of the table kernel (16 rows each)
+    h, nbr = torch.randn(nodes, 16, generator=g, dtype=torch.float64), torch.randint(0, nodes, (nodes,), generator=g)
+    native = reference(h, nbr).detach()
+    monkeypatch.setenv("FUSIONC_NATIVE", "0")
+    torch_code = reference(h, nbr).detach()
+    triton = kernel(h, nbr).detach()
+    assert native.abs().max() > 1
+    assert (native - torch_code).abs().max() < 1e-12 and (triton - torch_code).abs().max() < 1e-12
+
+
 def test_the_triton_back_end_runs_a_graph_without_edges(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     module = fusionc.loads(SMALL, backend="triton").interaction(dtype=torch.float64)

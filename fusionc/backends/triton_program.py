@@ -160,22 +160,25 @@ def _statement(layout: _Layout, s) -> tuple[str, list[int]]:
 def phases(layout: _Layout, statements) -> list[tuple[int, int, int]]:
     """The program's launches: (space, first statement, count) per run of statements over the rows
     of one space; a scatter of rows into another space's is a launch of its own (over the rows it
-    reads, or, grouped, over those it writes: `fusionc.runtime.tables`), so that every launch sees
-    the complete rows of the launches before it."""
+    reads, or, grouped, over those it writes: `fusionc.runtime.tables`), and a gather of rows that
+    the launch writes starts another, so that every launch sees the complete rows of those before it."""
     p = layout.p
     out: list[list[int]] = []
+    written: set[str] = set()  # by the launch being cut
     for k, s in enumerate(statements):
         if isinstance(s, Einsum):
             rows = next((v.tensor for v in (s.out, *s.operands) if p.tensors[v.tensor].rows), None)
-        else:
+        else:  # a gather's rows are its output's, a scatter's its source's
             rows = s.source.tensor if isinstance(s, Scatter) else s.out.tensor
-            rows = rows if p.tensors[rows].rows else s.index
         space = layout.space(rows) if rows is not None else 0
         alone = isinstance(s, Scatter) and not s.sets
-        if out and out[-1][0] == space and not alone and not out[-1][3]:
+        gathers_written = isinstance(s, Gather) and not s.sets and s.source.tensor in written
+        if out and out[-1][0] == space and not alone and not out[-1][3] and not gathers_written:
             out[-1][2] += 1
         else:
             out.append([space, k, 1, alone])
+            written = set()
+        written.add(s.out.tensor)
     return [(space, first, count) for space, first, count, _ in out]
 
 
