@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 import torch
 
 PASSES = ("forward", "forward+backward", "double backward")
+#: How far a peer sharing fusionc's weights may be from it (relative; ×10 for the double backward)
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def run_pass(module: Callable, inputs: list[torch.Tensor], which: str, grad_input: int = 0) -> torch.Tensor:
@@ -121,3 +123,26 @@ def matmul_peak(dtype: torch.dtype, size: int = 1536, repeats: int = 10) -> floa
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def check_peers(label: str, contenders: dict, dtype: torch.dtype, grad_input: int) -> list[dict]:
+    """Every pass of every peer that shares fusionc's weights gives fusionc's numbers and shapes
+    (within TOLERANCE); the others (their own weights, or one output block per path rather than
+    their sum) must give finite outputs. `contenders`: {name: (module, inputs, shares weights)}.
+    Returns a record per peer and pass (`label` names the case in errors)."""
+    checks = []
+    mine, inputs, _ = contenders["fusionc"]
+    for which in PASSES:
+        expected = run_pass(mine, inputs, which, grad_input)
+        for name, (module, their_inputs, shared) in contenders.items():
+            if name == "fusionc":
+                continue
+            got = run_pass(module, their_inputs, which, grad_input)
+            if (shared and got.shape != expected.shape) or not torch.isfinite(got).all():
+                raise AssertionError(f"{label}/{name}/{which}: shape {tuple(got.shape)} (fusionc "
+                                     f"{tuple(expected.shape)}) or non-finite values")
+            error = relative_error(got, expected) if shared else None
+            if shared and not error < TOLERANCE[dtype] * (10 if which == "double backward" else 1):
+                raise AssertionError(f"{label}/{name}/{which}/{dtype}: relative difference {error:.2e} to fusionc")
+            checks.append({"peer": name, "dtype": str(dtype)[6:], "pass": which, "relative_error": error})
+    return checks

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import PASSES, peak_bytes, relative_error, run_pass, spread, summary, time_alternating
+from benchmarks.common import PASSES, check_peers, peak_bytes, run_pass, spread, summary, time_alternating
 from benchmarks.graphs import Graph, g2, water
 
 SOURCE = """\
@@ -33,7 +33,6 @@ diagram interaction {
 }
 """
 NODE, EDGE, OUT = "32x0e + 32x1o + 32x2e", "0e + 1o + 2e + 3o", "32x0e + 32x1o + 32x2e + 32x1e + 32x2o + 32x3o + 32x3e"
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: Timed runs on the 10,368-atom box, where one of e3nn's calls takes from 30 s to minutes
 LARGE_REPEATS = 2
 #: Timed runs on the other graphs (the suite's --repeats when fewer)
@@ -119,26 +118,10 @@ def build(graph: Graph, dtype: torch.dtype, only: str | None = None) -> dict:
 
 
 def check(graph: Graph, contenders: dict, dtype: torch.dtype) -> list[dict]:
-    """e3nn gives fusionc's numbers in every pass (the double backward differentiates the forces
-    on the spherical harmonics); cuEquivariance, finite ones."""
-    checks = []
-    mine, inputs, _ = contenders["fusionc"]
-    for which in PASSES:
-        expected = run_pass(mine, inputs, which, 1)
-        for name, (module, their_inputs, shared) in contenders.items():
-            if name == "fusionc":
-                continue
-            got = run_pass(module, their_inputs, which, 1)
-            if not torch.isfinite(got).all() or (shared and got.shape != expected.shape):
-                raise AssertionError(f"interaction/{graph.name}/{name}/{which}: non-finite values or shape "
-                                     f"{tuple(got.shape)} (fusionc {tuple(expected.shape)})")
-            error = relative_error(got, expected) if shared else None
-            if shared and not error < TOLERANCE[dtype] * (10 if which == "double backward" else 1):
-                raise AssertionError(f"interaction/{graph.name}/{name}/{which}/{dtype}: relative difference "
-                                     f"{error:.2e} to fusionc")
-            checks.append({"case": "interaction", "graph": graph.name, "peer": name, "dtype": str(dtype)[6:],
-                           "pass": which, "relative_error": error})
-    return checks
+    """`check_peers`: e3nn gives fusionc's numbers in every pass (the double backward
+    differentiates the forces on the spherical harmonics); cuEquivariance, finite ones."""
+    return [{"case": "interaction", "graph": graph.name, **c}
+            for c in check_peers(f"interaction/{graph.name}", contenders, dtype, 1)]
 
 
 def _row(graph: Graph, name: str, dtype: torch.dtype, which: str, figures: dict) -> dict:

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (PASSES, matmul_peak, peak_bytes, relative_error, run_pass, spread, summary,
+from benchmarks.common import (PASSES, TOLERANCE, check_peers, matmul_peak, peak_bytes, run_pass, spread, summary,
                                time_alternating)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 THREADS = 2
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: The input each case differentiates for its double backward (forces): the spherical harmonics
 #: of the edges for the products, the features otherwise.
 FORCE_INPUT = {"fc_tp": 1, "conv_tp": 1, "mace_product": 0, "fusion_block": 0}
@@ -115,26 +114,9 @@ def _peers(case: str, contenders: dict, irreps: list, dtype: torch.dtype, rows: 
 
 
 def check_case(case: str, built: dict, dtype: torch.dtype) -> list[dict]:
-    """Every pass of every peer that shares fusionc's weights gives fusionc's numbers and shapes;
-    the others (cuEquivariance: its own weights, and for conv_tp one output block per path rather
-    than their sum) must give finite outputs."""
-    checks = []
-    mine, inputs, _ = built["contenders"]["fusionc"]
-    for which in PASSES:
-        expected = run_pass(mine, inputs, which, FORCE_INPUT[case])
-        for name, (module, their_inputs, shared) in built["contenders"].items():
-            if name == "fusionc":
-                continue
-            got = run_pass(module, their_inputs, which, FORCE_INPUT[case])
-            if (shared and got.shape != expected.shape) or not torch.isfinite(got).all():
-                raise AssertionError(f"{case}/{name}/{which}: shape {tuple(got.shape)} (fusionc "
-                                     f"{tuple(expected.shape)}) or non-finite values")
-            error = relative_error(got, expected) if shared else None
-            if shared and not error < TOLERANCE[dtype] * (10 if which == "double backward" else 1):
-                raise AssertionError(f"{case}/{name}/{which}/{dtype}: relative difference {error:.2e} to fusionc")
-            checks.append({"case": case, "peer": name, "dtype": str(dtype)[6:], "pass": which,
-                           "relative_error": error})
-    return checks
+    """`check_peers` on a case (cuEquivariance keeps its own weights, and for conv_tp gives one
+    output block per path rather than their sum: only finite outputs)."""
+    return [{"case": case, **c} for c in check_peers(case, built["contenders"], dtype, FORCE_INPUT[case])]
 
 
 def measure_case(case: str, built: dict, dtype: torch.dtype, rows: int, repeats: int, memory: bool) -> list[dict]:

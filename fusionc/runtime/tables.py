@@ -112,6 +112,13 @@ class TableProgram:
         self.row_inputs, self.flat_inputs, self.outputs, self.indices = row_inputs, flat_inputs, outputs, indices
         self.phases, self.forms, self.statements, self.coefs = phases, forms, statements, coefs
         self._tables: dict[tuple, torch.Tensor] = {}
+        #: per launch that adds rows into another space's, the index input it adds by (the frame
+        #: position its form names: `fusionc.backends.triton_program.phases`)
+        self.scatters: dict[int, int] = {}
+        for k, (_, first, count) in enumerate(phases):
+            words = forms[statements[first * FIELDS]].split()
+            if count == 1 and words[0] == "scatter-rows":
+                self.scatters[k] = (int(words[1]) - 3 * len(widths)) // 2
 
     def table(self) -> list[int]:
         """The kernel's table: WIDTH integers per statement."""
@@ -150,12 +157,6 @@ class TableProgram:
             self._tables[key] = torch.tensor(self.coefs, dtype=dtype, device=device)
         return self._tables[key]
 
-    def _scatters(self) -> set[int]:
-        """The phases that add rows into another space's."""
-        forms = self.statements[::FIELDS]
-        return {k for k, (_, first, count) in enumerate(self.phases)
-                if count == 1 and self.forms[forms[first]].startswith("scatter-rows")}
-
     def __call__(self, args: tuple[torch.Tensor, ...], mask: int = -1) -> list[torch.Tensor]:
         """The program's outputs on `args` (its inputs, the weight, the constants), running the
         statements `mask` meets, launch by launch (`phases`)."""
@@ -168,7 +169,6 @@ class TableProgram:
         like = args[self.flat_inputs[0][0]]  # the weight
         rows = [args[a].shape[0] for a in self.rows_from]
         grouped = scatter_mode() == "grouped"
-        scatters = self._scatters()
         programs = max(triton.cdiv(rows[space], self.block_z) for space, _, _ in self.phases) if self.phases else 1
         starts = [self.flat + programs * self.slots]
         for n, width in zip(rows, self.widths):
@@ -187,32 +187,26 @@ class TableProgram:
             frame += [at, -1]
             values.append(args[a])
             at += args[a].numel()
-        if grouped and scatters:
-            for k, (a, _, points) in enumerate(self.indices):
-                if points >= 0:
-                    frame[3 * len(rows) + 2 * k + 1] = at
-                    values.append(groups(args[a], rows[points]).to(like.device))
-                    at += values[-1].numel()
+        for k in sorted(set(self.scatters.values()) if grouped else ()):  # the groupings of the indices scattered by
+            a, _, points = self.indices[k]
+            frame[3 * len(rows) + 2 * k + 1] = at
+            values.append(groups(args[a], rows[points]).to(like.device))
+            at += values[-1].numel()
         idx = torch.cat(values) if values else torch.zeros(1, dtype=torch.int64, device=like.device)
         frame_t = torch.tensor(frame, dtype=torch.int64, device=like.device)
         table, coefs = self._device_table(like.device), self._device_coefs(like.dtype, like.device)
         dtype = tl.float64 if like.dtype == torch.float64 else tl.float32
         for k, (space, first, count) in enumerate(self.phases):
-            if k in scatters and grouped:  # over the rows it adds into: the space the index points into
-                index = self._index_of(first)
-                space = self.indices[index][2]
+            in_groups = grouped and k in self.scatters
+            if in_groups:  # over the rows it adds into: the space the index points into
+                space = self.indices[self.scatters[k]][2]
             n = rows[space]
             if n:
                 table_kernel[(triton.cdiv(n, self.block_z),)](
                     buf, idx, frame_t, table, coefs, first, count, n, mask, self.widths[space], self.slots,
-                    starts[space], int(k in scatters and grouped),
+                    starts[space], int(in_groups),
                     BLOCK_Z=self.block_z, CHUNK=self.chunk, DTYPE=dtype, LARGE=_large_tiles(),
                     num_warps=self.warps, maxnreg=self.max_registers)
         slots = buf[self.flat:starts[0]].view(programs, self.slots)
         return [blocks[space][:, start:start + size].clone() if space >= 0
                 else slots[:, start - self.flat:start - self.flat + size].sum(0) for space, start, size in self.outputs]
-
-    def _index_of(self, statement: int) -> int:
-        """The index input a scatter of rows adds by (the frame position its form names)."""
-        form = self.forms[self.statements[statement * FIELDS]]
-        return (int(form.split()[1]) - 3 * len(self.widths)) // 2
