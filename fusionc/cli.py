@@ -244,6 +244,12 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from fusionc.nn.train import main as train_main
+
+    return train_main([args.config] + (["--resume"] if args.resume else []))
+
+
 def _parser() -> argparse.ArgumentParser:
     from fusionc.version import __version__
 
@@ -280,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="OUT.svg or OUT.dot")
     show.add_argument("--diagram", help="draw only this diagram")
     show.set_defaults(run=_show)
+    train = sub.add_parser("train", help="train a fusionc.nn potential from a TOML config (python -m fusionc.nn.train)")
+    train.add_argument("config", metavar="CONFIG.toml")
+    train.add_argument("--resume", action="store_true", help="go on from the run's checkpoint.pt")
+    train.set_defaults(run=_train)
     return parser
 
 

@@ -148,7 +148,12 @@ def graph_rows(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int, s
         count(name, z.shape[0], space)
     sizes = {space: n for space, (n, _) in rows.items()}
     for name, (z, space, points) in indices.items():
-        if points is not None and z.numel() and (int(z.min()) < 0 or int(z.max()) >= sizes[points]):
+        if points is None:
+            continue
+        if torch.compiler.is_compiling():  # traced (torch.compile, torch.export): checked in the graph when it runs
+            torch._assert_async(((z >= 0) & (z < sizes[points])).all(),
+                                f"input '{name}' points at rows of '{points}', outside its {sizes[points]} rows")
+        elif z.numel() and (int(z.min()) < 0 or int(z.max()) >= sizes[points]):
             raise ValueError(f"input '{name}' points at rows of '{points}', which has {sizes[points]}, but has values "
                              f"from {int(z.min())} to {int(z.max())}")
     return sizes
@@ -369,9 +374,11 @@ class OpNamespace:
         except AttributeError:
             pass
 
-        self.library.define(f"{name}(Tensor[] inputs, Tensor weight, Tensor[] constants, int mask=-1) -> Tensor[]")
+        # constants optional: AOTInductor's runtime passes an empty tensor list as None
+        self.library.define(f"{name}(Tensor[] inputs, Tensor weight, Tensor[]? constants, int mask=-1) -> Tensor[]")
 
         def op(inputs, weight, constants, mask=-1):
+            constants = constants or []
             if check_indices:
                 for position, (input_name, size) in index_ranges.items():
                     check_index_range(inputs[position], size, input_name)
