@@ -11,7 +11,8 @@ residual); a readout of the new features' scalars gives each atom's energy term.
 The diagrams come from two `.fus` files: the layers (`interaction_0`, `update_0`, `interaction_1`, …;
 by default `kernels/potential.fus`) and the product (`product_0`, `product_1`, …; `"mace"` and
 `"fusion"` name `kernels/potential_mace.fus` and `kernels/potential_fusion.fus`). A product diagram
-takes `A` and, if it declares them, the node features `h` and the species `z`, and gives `B`.
+takes `A` and, if it declares them, the node features `h` and the species `z`, and gives `B`; an
+update takes `B` and, if it declares them, `h` and `z`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from fusionc.source import decode_source
 _STDLIB = (Path(__file__).resolve().parents[1] / "kernels", Path(__file__).resolve().parents[2] / "kernels")
 PRODUCTS = {"mace": "potential_mace.fus", "fusion": "potential_fusion.fus"}
 _INTERACTION_INPUTS = ("h", "sh", "w", "src", "dst")
-_PRODUCT_INPUTS = ("A", "h", "z")
 
 
 def stdlib_file(name: str) -> Path:
@@ -95,6 +95,7 @@ class Potential(torch.nn.Module):
         self.radial_mlps = torch.nn.ModuleList()
         self.readouts = torch.nn.ModuleList()
         self.product_inputs: list[tuple[str, ...]] = []
+        self.update_inputs: list[tuple[str, ...]] = []
         self.scalars: list[int] = []
         h_irreps = None
         lmax = None
@@ -102,8 +103,8 @@ class Potential(torch.nn.Module):
             inter, prod, upd = (diagram("layers", f"interaction_{l}"), diagram("product", f"product_{l}"),
                                 diagram("layers", f"update_{l}"))
             _expect_inputs(inter, _INTERACTION_INPUTS, exact=True)
-            _expect_inputs(upd, ("B", "h", "z"), exact=True)
-            _expect_inputs(prod, _PRODUCT_INPUTS, exact=False)
+            _expect_inputs(upd, ("B", "h", "z"), exact=False)
+            _expect_inputs(prod, ("A", "h", "z"), exact=False)
             irreps_h = inter.irreps_of("h")
             if h_irreps is None:
                 if any(b.ir != Irrep(0, 1) for b in irreps_h):
@@ -123,7 +124,8 @@ class Potential(torch.nn.Module):
             if "h" in _names(prod):
                 _match(prod, "h", irreps_h, f"interaction_{l}'s input h")
             _match(upd, "B", prod.outputs[0].irreps, f"product_{l}'s output {prod.outputs[0].name}")
-            _match(upd, "h", irreps_h, f"interaction_{l}'s input h")
+            if "h" in _names(upd):
+                _match(upd, "h", irreps_h, f"interaction_{l}'s input h")
             for d in (prod, upd):
                 if "z" in _names(d) and d.input("z").size != species:
                     raise ValueError(f"{d.name}'s input z is index({d.input('z').size}), but the potential has "
@@ -135,7 +137,8 @@ class Potential(torch.nn.Module):
             self.interactions.append(getattr(layer_ops, inter.name)())
             self.products.append(getattr(product_ops, prod.name)())
             self.updates.append(getattr(layer_ops, upd.name)())
-            self.product_inputs.append(tuple(i.name for i in prod.inputs))
+            self.product_inputs.append(_names(prod))
+            self.update_inputs.append(_names(upd))
             self.radial_mlps.append(MLP([num_bessel, *radial_hidden, self.interactions[l].input_weight_numel["w"]]))
             last = l == n_layers - 1
             self.readouts.append(MLP([h_irreps[0].mul, readout_hidden, 1] if last else [h_irreps[0].mul, 1]))
@@ -184,8 +187,8 @@ class Potential(torch.nn.Module):
             w = self.radial_mlps[l](radial) * inv_neighbors  # messages are linear in w: this averages them
             a = interaction(h, sh, w, src, dst)
             named = {"A": a, "h": h, "z": species}
-            b = product(*[named[name] for name in self.product_inputs[l]])
-            h = update(b, h, species)
+            named["B"] = product(*[named[name] for name in self.product_inputs[l]])
+            h = update(*[named[name] for name in self.update_inputs[l]])
             layers = layers + self.readouts[l](h[:, :self.scalars[l]]).squeeze(-1)
         atom_energy = self.atomic_energies[species] + self.config["shift"] + self.config["scale"] * layers
         if num_graphs == 1:  # one structure (what a calculator or an exported model runs): no scatter
@@ -224,10 +227,11 @@ def _names(d) -> tuple[str, ...]:
 
 
 def _expect_inputs(d, names: tuple[str, ...], exact: bool) -> None:
+    """`d` takes exactly `names`, or (not `exact`) the first of them and any of the others; one output."""
     have = _names(d)
-    wrong = (set(have) != set(names)) if exact else (not set(have) <= set(names) or "A" not in have)
+    wrong = (set(have) != set(names)) if exact else (not set(have) <= set(names) or names[0] not in have)
     if wrong or len(d.outputs) != 1:
-        want = ", ".join(names) if exact else "A and any of h, z"
+        want = ", ".join(names) if exact else f"{names[0]} and any of {', '.join(names[1:])}"
         raise ValueError(f"diagram {d.name} ({d.source_file}) must take {want} and give one output; "
                          f"it takes {', '.join(have)} and gives {', '.join(v.name for v in d.outputs)}")
 
