@@ -457,7 +457,7 @@ def test_science_experiment_and_md_run_end_to_end(tmp_path):
     assert (tmp_path / "science.png").stat().st_size > 0
     model = tmp_path / "runs" / "ethanol" / "fusionc_fusion" / "seed0" / "model.pt"
     assert md.main(["--model", str(model), "--data", str(tmp_path / "ethanol.extxyz"), "--ps", "0.01",
-                    "--results", str(tmp_path)]) == 0
+                    "--results", str(tmp_path), "--no-readme"]) == 0
     result = json.loads((tmp_path / "md.json").read_text())
     assert result["steps"] == 20 and len(result["total_energy_eV"]) == 3
 

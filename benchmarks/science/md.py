@@ -21,6 +21,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
+BEGIN, END = "<!-- md:begin -->", "<!-- md:end -->"
 
 
 def run(model_path: Path, data: Path, picoseconds: float, step_fs: float, dtype: str, temperature: float = 300.0):
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=float, default=0.5, help="time step in fs")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     args = parser.parse_args(argv)
     for path in (args.model, args.data):
         if not path.exists():
@@ -94,10 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "md.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.results / "md.png")
-    print(f"{result['picoseconds']} ps NVE ({result['steps']} steps of {result['time_step_fs']} fs, {result['dtype']}): "
-          f"drift {result['drift_meV_per_ps']:.4f} meV/ps ({result['drift_meV_per_ps_per_atom']:.5f} meV/ps/atom), "
-          f"largest deviation {result['max_deviation_meV']:.3f} meV, potential energy spans "
-          f"{result['potential_energy_range_meV']:.0f} meV; {result['ms_per_step']:.2f} ms/step")
+    model = args.model.resolve()
+    shown = model.relative_to(REPO) if model.is_relative_to(REPO) else model
+    line = (f"{result['picoseconds']:g} ps of NVE ({result['steps']} steps of {result['time_step_fs']:g} fs, "
+            f"{result['dtype']}, model `{shown}`): "
+            f"drift {result['drift_meV_per_ps']:.4f} meV/ps ({result['drift_meV_per_ps_per_atom']:.5f} meV/ps per atom), "
+            f"largest deviation of the total energy from its start {result['max_deviation_meV']:.3f} meV while the "
+            f"potential energy spans {result['potential_energy_range_meV']:.0f} meV; {result['ms_per_step']:.2f} ms "
+            f"per step on one structure (ase calculator, 2 threads).")
+    print(line)
+    if not args.no_readme:
+        readme = REPO / "README.md"
+        body = readme.read_text()
+        if BEGIN in body and END in body:
+            head, rest = body.split(BEGIN)
+            _, tail = rest.split(END)
+            readme.write_text(head + BEGIN + "\n" + line + "\n" + END + tail)
     return 0
 
 

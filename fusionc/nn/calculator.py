@@ -13,10 +13,8 @@ from fusionc.nn.model import Potential
 
 
 class Calculator(_AseCalculator):
-    """Energy and forces of an `ase.Atoms` from a potential, or a `model.pt` that training wrote.
-
-    >>> atoms.calc = Calculator("runs/ethanol/model.pt")        # doctest: +SKIP
-    >>> atoms.get_potential_energy(), atoms.get_forces()         # doctest: +SKIP
+    """Energy and forces of an `ase.Atoms` from a potential, or a `model.pt` that training wrote
+    (`atoms.calc = Calculator("runs/ethanol/model.pt")`).
 
     Forces are the exact negative gradient of the energy (autograd), so dynamics conserve energy.
     A structure with an element the model does not know raises a ValueError naming it.

@@ -54,10 +54,8 @@ class Potential(torch.nn.Module):
     """Energy (and forces) of structures given as graphs: `forward(positions, species, src, dst,
     shifts, batch, num_graphs)`, species as indices into `atomic_numbers` (`species_index` maps
     atomic numbers), an edge from `src` to `dst` for each neighbour `src` of atom `dst` within the
-    cutoff, its vector `positions[src] - positions[dst] + shifts` (shifts: periodic images' offsets, in Å).
-
-    >>> model = Potential([1, 6, 8])                 # doctest: +SKIP
-    >>> model.num_parameters()                       # doctest: +SKIP
+    cutoff, its vector `positions[src] - positions[dst] + shifts` (shifts: periodic images' offsets, in Å);
+    `fusionc.nn.data.graph` and `collate` make these from `ase.Atoms`.
     """
 
     def __init__(self, atomic_numbers: list[int], layers: str = "default", product: str = "mace", *,

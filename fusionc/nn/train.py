@@ -77,6 +77,7 @@ def load_config(path: str | Path) -> dict:
 
 
 def validate(raw: dict, where: str = "config") -> dict:
+    """`raw` (sections of keys) merged over `DEFAULTS`, checked as `load_config` says."""
     config = copy.deepcopy(DEFAULTS)
     for section, values in raw.items():
         if section not in DEFAULTS:
@@ -344,8 +345,9 @@ def train(config: dict, resume: bool = False, graphs: list[Graph] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fusionc train", description="Train a fusionc.nn potential.")
-    parser.add_argument("config", help="a TOML file (see `python -m fusionc.nn.train --help`)")
+    parser = argparse.ArgumentParser(prog="fusionc train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a TOML file (its sections and keys: above)")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     args = parser.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one process of several
