@@ -354,7 +354,8 @@ def test_periodic_images_are_edges():
     assert len(g.src) > 6  # images of each atom are neighbours too
 
 
-def test_stilbene_builder_makes_both_isomers():
+def test_stilbene_builder_makes_both_isomers(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not installed
     from benchmarks.science.data import stilbene
 
     for cis in (False, True):
@@ -370,6 +371,7 @@ def test_stilbene_builder_makes_both_isomers():
 def test_data_command_writes_labelled_frames(tmp_path, monkeypatch):
     import ase.io
 
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not installed
     import benchmarks.science.data as data
 
     monkeypatch.setattr(data, "EQUILIBRATION", 10)
@@ -428,7 +430,7 @@ def test_exported_potential_loads_in_a_fresh_process(tmp_path, aoti):
     assert float(de) <= (1e-6 if aoti else 0.0) and float(df) <= (1e-5 if aoti else 0.0), (de, df)
 
 
-def test_science_experiment_and_md_run_end_to_end(tmp_path):
+def test_science_experiment_and_md_run_end_to_end(tmp_path, monkeypatch):
     """`benchmarks.science.run` (both fusionc models, one seed, one epoch, EMT-labelled ethanol) writes
     its table, JSON and learning curves; `benchmarks.science.md` runs NVE with a model it trained."""
     import ase.io
@@ -436,6 +438,7 @@ def test_science_experiment_and_md_run_end_to_end(tmp_path):
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not installed
     from benchmarks.science import md, run
 
     rng = np.random.default_rng(0)
