@@ -10,6 +10,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -146,3 +147,16 @@ def check_peers(label: str, contenders: dict, dtype: torch.dtype, grad_input: in
                 raise AssertionError(f"{label}/{name}/{which}/{dtype}: relative difference {error:.2e} to fusionc")
             checks.append({"peer": name, "dtype": str(dtype)[6:], "pass": which, "relative_error": error})
     return checks
+
+
+def write_readme(section: str, markdown: str, command: str) -> None:
+    """Replace README.md's `<!-- SECTION:begin -->` … `<!-- SECTION:end -->` block with `markdown`,
+    marked as written by `command`."""
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    path = Path(__file__).resolve().parents[1] / "README.md"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise RuntimeError(f"README.md has no {begin} … {end} section to write the results into")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n<!-- written by `{command}`; do not edit by hand -->\n\n{markdown}\n\n{end}{tail}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (PASSES, TOLERANCE, check_peers, matmul_peak, peak_bytes, run_pass, spread, summary,
-                               time_alternating)
+                               time_alternating, write_readme)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -33,7 +33,6 @@ THREADS = 2
 #: The input each case differentiates for its double backward (forces): the spherical harmonics
 #: of the edges for the products, the features otherwise.
 FORCE_INPUT = {"fc_tp": 1, "conv_tp": 1, "mace_product": 0, "fusion_block": 0}
-BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
 
 def _fusionc(name: str, source: str | Path):
@@ -306,17 +305,6 @@ def first_use(repeats: int) -> dict:
     return {**dict(zip(("import_s", "load_s", "first_call_s"), medians)), "processes": repeats}
 
 
-def write_readme(markdown: str) -> None:
-    path = REPO / "README.md"
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise RuntimeError(f"README.md has no {BEGIN} … {END} section to write the results into")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    command = "python -m benchmarks.run"
-    path.write_text(f"{head}{BEGIN}\n<!-- written by `{command}`; do not edit by hand -->\n\n{markdown}\n\n{END}{tail}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 runs: every case runs and matches")
@@ -393,7 +381,7 @@ def _publish(report: dict, output: Path) -> int:
         plot(report["scaling"], output)
     markdown = table(report)
     (output / "cpu.md").write_text(markdown + "\n")
-    write_readme(markdown)
+    write_readme("benchmarks", markdown, "python -m benchmarks.run")
     print(markdown)
     print(f"wrote {output}/cpu.json, cpu.md, scaling_*.png and README.md's results")
     return 0

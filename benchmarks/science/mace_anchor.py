@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fusionc.nn.data import statistics  # noqa: E402
+from fusionc.nn.train import _default_dtype  # noqa: E402
 
 
 class MaceAnchor(torch.nn.Module):
@@ -72,11 +73,7 @@ def make_model(config: dict, train_frames) -> MaceAnchor:
     """`fusionc.nn.train.train`'s `make_model` for MACE, with the statistics fusionc's model gets."""
     m = config["model"]
     numbers = m["atomic_numbers"] or sorted({int(z) for g in train_frames for z in g.numbers})
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # MACE builds its U matrices in the default dtype
-    try:
+    with _default_dtype(torch.float64):  # MACE builds its U matrices in the default dtype
         model = MaceAnchor(numbers, statistics(train_frames, numbers), m["cutoff"], num_bessel=m["num_bessel"],
                            radial_hidden=tuple(m["radial_hidden"]), readout_hidden=m["readout_hidden"])
-    finally:
-        torch.set_default_dtype(saved)
     return model.to(getattr(torch, m["dtype"]))

@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import write_readme
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
-BEGIN, END = "<!-- md:begin -->", "<!-- md:end -->"
 
 
 def run(model_path: Path, data: Path, picoseconds: float, step_fs: float, dtype: str, temperature: float = 300.0):
@@ -106,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f"per step on one structure (ase calculator, 2 threads).")
     print(line)
     if not args.no_readme:
-        readme = REPO / "README.md"
-        body = readme.read_text()
-        if BEGIN in body and END in body:
-            head, rest = body.split(BEGIN)
-            _, tail = rest.split(END)
-            readme.write_text(head + BEGIN + "\n" + line + "\n" + END + tail)
+        write_readme("md", line, "python -m benchmarks.science.md")
     return 0
 
 

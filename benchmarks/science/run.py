@@ -26,12 +26,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import write_readme
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 DATA = REPO / "benchmarks" / "science" / "data"
 MOLECULES = ("ethanol", "malonaldehyde", "stilbene")
 MODELS = {"fusionc mace": "mace", "fusionc fusion": "fusion", "mace-torch": None}
-BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"{len(runs)} trainings in {(time.perf_counter() - start) / 60:.0f} min")
     if not args.no_readme:
-        readme = REPO / "README.md"
-        body = readme.read_text()
-        if BEGIN in body and END in body:
-            head, rest = body.split(BEGIN)
-            _, tail = rest.split(END)
-            readme.write_text(head + BEGIN + "\n" + _readme_block(text, settings, meta) + "\n" + END + tail)
+        write_readme("science", _readme_block(text, settings, meta), "python -m benchmarks.science.run")
     return 0
 
 

@@ -22,10 +22,7 @@ class EnergyAndForces(torch.nn.Module):
         self.model = model
 
     def forward(self, positions, species, src, dst, shifts, batch):
-        positions = positions.detach().requires_grad_(True)
-        energy = self.model(positions, species, src, dst, shifts, batch, 1)
-        (grad,) = torch.autograd.grad(energy.sum(), positions)
-        return energy.detach(), -grad
+        return self.model.energy_and_forces(positions, species, src, dst, shifts, batch, 1)
 
 
 def _example(model: Potential, dtype: torch.dtype):
