@@ -6,10 +6,17 @@ import the torch runtime when called, and the compiler only when the source is n
 
 from __future__ import annotations
 
+import sys
+
 from fusionc.errors import FusionError
 from fusionc.version import __version__
 
-__all__ = ["FusionError", "__version__", "load", "loads"]
+__all__ = ["FusionError", "__version__", "load", "loads", "register_ops"]
+
+if sys.modules.get("torch") is not None:  # torch.ops finds the ops of modules in the cache (`fusionc.loader`)
+    from fusionc.loader import install_op_resolver
+
+    install_op_resolver()
 
 
 def load(path, backend: str = "torch"):
@@ -24,3 +31,11 @@ def loads(source: str, backend: str = "torch", filename: str = "<string>"):
     from fusionc.loader import loads as _loads
 
     return _loads(source, backend, filename)
+
+
+def register_ops(*namespaces: str) -> list[str]:
+    """Register the ops of cached modules (`fusionc_<hash>` namespaces; all, if none is given): for
+    `torch.jit.load` of a scripted model, which looks its ops up in C++."""
+    from fusionc.loader import register_ops as _register_ops
+
+    return _register_ops(*namespaces)

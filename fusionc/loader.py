@@ -5,6 +5,14 @@ known before compiling, so a cache hit imports the cached module and nothing els
 analysis or code generator (a generated module needs only `fusionc.runtime` and torch). Only a
 source that compiles ever makes an entry, so a hit needs no check of the source; its diagrams
 are compiled again only if `CompiledOps.diagrams` is read.
+
+A module it imports leaves the process with its source: pickling one of its modules (`torch.save`,
+`copy.deepcopy`) stores the source and the class name, and unpickling imports the module from the
+cache again (compiling it on a miss). Its ops are found by name in a new process too: each import
+records the namespace of its ops (`fusionc_<hash>`) under `ops/` in the cache, and after
+`import torch; import fusionc` a lookup of such a namespace on `torch.ops` (as `torch.export.load`
+does) imports the module that registers it. `register_ops` imports them ahead, for what looks ops
+up in C++ (`torch.jit.load`).
 """
 
 from __future__ import annotations
@@ -91,8 +99,12 @@ def _bytecode(path: Path) -> None:
         pass  # a read-only cache: Python compiles the module in memory
 
 
+def _module_name(key: str) -> str:
+    return f"fusionc_generated_{key[:16]}"
+
+
 def _import(path: Path, key: str) -> ModuleType:
-    name = f"fusionc_generated_{key[:16]}"
+    name = _module_name(key)
     if name in sys.modules:
         return sys.modules[name]
     if not Path(importlib.util.cache_from_source(str(path))).exists():
@@ -106,7 +118,79 @@ def _import(path: Path, key: str) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
+    _record_ops(module, path)
     return module
+
+
+def _ops_index() -> Path:
+    return cache_root() / "ops"
+
+
+def _record_ops(module: ModuleType, path: Path) -> None:
+    """Record which cache entry registers the module's op namespace (its name: the entry's file name)."""
+    ops = getattr(module, "_ops", None)
+    if ops is None:
+        return
+    record = _ops_index() / ops.namespace
+    try:
+        if not record.exists() or record.read_text() != path.name:
+            atomic_write(record, path.name.encode())
+    except OSError:
+        pass  # a read-only cache: the ops are registered in this process all the same
+
+
+def register_ops(*namespaces: str) -> list[str]:
+    """Import the cached modules whose ops are in `namespaces` (every recorded one if none is
+    given), registering their ops; the namespaces registered. An unknown namespace is a ValueError."""
+    index = _ops_index()
+    wanted = namespaces or sorted(p.name for p in index.glob("fusionc_*"))
+    done = []
+    for namespace in wanted:
+        try:
+            entry = cache_root() / "modules" / (index / namespace).read_text()
+        except OSError:
+            raise ValueError(f"no module for the op namespace '{namespace}' is recorded in the cache "
+                             f"{cache_root()}; load the .fus source that defines it once (fusionc.load)") from None
+        if not _read_entry(entry):
+            raise ValueError(f"the cache entry {entry} of op namespace '{namespace}' is missing or damaged; "
+                             f"load its .fus source again")
+        # the entry's name holds the first 32 hex digits of its key, the module's name the first 16
+        _import(entry, entry.stem.split("_", 1)[1])
+        done.append(namespace)
+    return done
+
+
+def install_op_resolver() -> None:
+    """Make each recorded op namespace on `torch.ops` import its module on first lookup."""
+    import torch
+
+    class _Namespace(torch._ops._OpNamespace):
+        __module__ = torch._ops._OpNamespace.__module__  # its ops' names, as serialised, are torch's
+
+        def __getattr__(self, op_name: str):
+            if not self.__dict__.get("_fusionc_loaded", False) and not op_name.startswith("__"):
+                self._fusionc_loaded = True
+                try:
+                    register_ops(self.name)
+                except ValueError:
+                    pass  # not (any more) in the cache: the lookup fails as torch's would
+            return super().__getattr__(op_name)
+
+    index = _ops_index()
+    if not index.is_dir():
+        return
+    for record in index.glob("fusionc_*"):
+        if record.name not in torch.ops.__dict__:
+            setattr(torch.ops, record.name, _Namespace(record.name))
+
+
+def _unpickle(origin: tuple[str, str, str, str], name: str):
+    """A new, uninitialised module of class `name` from the source in `origin` (pickle then sets its
+    state): the inverse of `FusionModule.__reduce_ex__`."""
+    key, source, backend, filename = origin
+    module = sys.modules.get(_module_name(key)) or loads(source, backend, filename).module
+    cls = getattr(module, name)
+    return cls.__new__(cls)
 
 
 def _key(source: str, backend: str, filename: str) -> str:
@@ -140,7 +224,9 @@ def loads(source: str, backend: str = "torch", filename: str = "<string>") -> Co
         atomic_write(path, (body + _TRAILER + hashlib.sha256(body.encode()).hexdigest() + "\n").encode())
         _bytecode(path)
         diagrams = programs.diagrams
-    return CompiledOps(_import(path, key), path, source, filename, diagrams)
+    module = _import(path, key)
+    module.__fusionc_origin__ = (key, source, backend, filename)  # what pickling a module of it stores
+    return CompiledOps(module, path, source, filename, diagrams)
 
 
 def load(path: str | Path, backend: str = "torch") -> CompiledOps:

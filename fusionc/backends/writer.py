@@ -52,7 +52,7 @@ def _four_a_line(w: CodeWriter, entries: list[str]) -> None:
     w.dedent()
 
 
-def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
+def emit_class(w: CodeWriter, d: Diagram, forward: Program, namespace: str) -> None:
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
     outputs = d.outputs
@@ -104,6 +104,7 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     ret = "torch.Tensor" if len(outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outputs))}]"
     w(f"def forward(self, {args}) -> {ret}:")
     w.indent()
+    _scripted_forward(w, d, forward, namespace)
     if d.spaces:
         _graph_forward(w, d)
         return
@@ -128,6 +129,47 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     w(f"return {', '.join(f'_outputs[{k}].reshape(*_batch, {v.irreps.dim})' for k, v in enumerate(outputs))}")
     w.dedent()
     w.dedent()
+
+
+def _scripted_forward(w: CodeWriter, d: Diagram, forward: Program, namespace: str) -> None:
+    """What `torch.jit.script` compiles of the forward (it skips the rest: the eager path's checks
+    are Python): the op by its qualified name, the constants by attribute, inputs of a diagram
+    without spaces broadcast to the first input's leading shape; unchecked beyond the op's own."""
+    weight_inputs = _weight_inputs(d)
+    # in `FusionModule.constants()`'s order: the CG tables, then the matrices
+    ordered = sorted(forward.constants, key=lambda c: not c.startswith("cg_"))
+    constants = [f"self.{c}," for c in ordered]
+    w("if torch.jit.is_scripting():  # TorchScript")
+    w.indent()
+    if d.spaces:
+        inputs = [f"{i.name}.to(torch.int64)" if i.kind == "index" else i.name for i in d.inputs]
+        _op_call(w, f"torch.ops.{namespace}.{d.name}", inputs, constants)
+        w(f"return {', '.join(f'_outputs[{k}]' for k in range(len(d.outputs)))}")
+    else:
+        first = next(i for i in d.inputs if i.kind != "index")
+        w(f"_lead = {first.name}.shape[:-1]")
+        inputs = []
+        for i in d.inputs:
+            size = i.irreps.dim if i.kind == "irreps" else weight_inputs[i.name].weight_numel if i.kind == "weights" else None
+            inputs.append(f"{i.name}.expand(_lead).reshape(-1).to(torch.int64)" if size is None
+                          else f"{i.name}.expand(_lead + [{size}]).reshape(-1, {size})")
+        _op_call(w, f"torch.ops.{namespace}.{d.name}", inputs, constants)
+        w(f"return {', '.join(f'_outputs[{k}].reshape(_lead + [{v.irreps.dim}])' for k, v in enumerate(d.outputs))}")
+    w.dedent()
+
+
+def _op_call(w: CodeWriter, op: str, inputs: list[str], constants: list[str]) -> None:
+    w(f"_outputs = {op}([")
+    w.indent()
+    for i in inputs:
+        w(f"{i},")
+    w.dedent()
+    if not constants:
+        w("], self.weight, [])")
+        return
+    w("], self.weight, [")
+    _four_a_line(w, constants)
+    w("])")
 
 
 def _graph_forward(w: CodeWriter, d: Diagram) -> None:
@@ -563,7 +605,8 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     code = "\n".join([*(line for _, blocks, (extra, _), _ in functions for lines in blocks + [extra]
                         for line in lines), *(cpu_versions.code() if cpu_versions else ())])
     w()
-    w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
+    namespace = f"fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}"
+    w(f'_ops = rt.OpNamespace("{namespace}")')
     for dp, blocks, (extra, runner), runners in functions:
         d = dp.diagram
         forward = dp.forward.program
@@ -605,7 +648,7 @@ def emit_module(ps: ProgramSet, imports: tuple[str, ...] = (), forward_kernel: F
     for dp in ps.programs:
         w()
         w()
-        emit_class(w, dp.diagram, dp.forward.program)
+        emit_class(w, dp.diagram, dp.forward.program, namespace)
     if cpu_versions is not None:
         cpu_versions.write(w)
     return "\n".join(w.lines) + "\n"

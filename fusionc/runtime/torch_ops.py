@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import torch
 
@@ -55,6 +56,22 @@ class FusionModule(torch.nn.Module):
     def constants(self) -> list[torch.Tensor]:
         """The constant tables in the order the diagram's op takes them."""
         return [getattr(self, name) for name in self._constant_names()]
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (`torch.save`, `copy.deepcopy`) as the module's `.fus` source, class name and
+        state, where the loader imported it: unpickling imports the module from the cache (compiling
+        it on a miss), so that a new process needs nothing but fusionc installed."""
+        origin = getattr(sys.modules.get(type(self).__module__), "__fusionc_origin__", None)
+        if origin is None:
+            return super().__reduce_ex__(protocol)
+        rebuild = sys.modules["fusionc.loader"]._unpickle  # the loader imported this module's
+        return rebuild, (origin, type(self).__name__), self.__getstate__()
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if self.weight.numel() != self.weight_numel:  # another compiler version lays out other weights
+            raise ValueError(f"{type(self).__name__} was saved with {self.weight.numel()} internal weights, but "
+                             f"this compiler's module has {self.weight_numel}; rebuild it from its source")
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

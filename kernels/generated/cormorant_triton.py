@@ -1665,6 +1665,16 @@ class cormorant_cg(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = f.shape[:-1]
+            _outputs = torch.ops.fusionc_47e340651a52e0ae.cormorant_cg([
+                f.expand(_lead + [144]).reshape(-1, 144),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_0_2_2, self.cg_1_1_0,
+                self.cg_1_1_2, self.cg_1_2_1, self.cg_1_2_2, self.cg_2_2_0,
+                self.cg_2_2_2,
+            ])
+            return _outputs[0].reshape(_lead + [144])
         _batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
         _outputs = _ops["cormorant_cg"]([
             rt.rows(f, _batch, 144),
@@ -1735,6 +1745,16 @@ class cormorant_message(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = f.shape[:-1]
+            _outputs = torch.ops.fusionc_47e340651a52e0ae.cormorant_message([
+                f.expand(_lead + [144]).reshape(-1, 144),
+                sh.expand(_lead + [9]).reshape(-1, 9),
+                w.expand(_lead + [240]).reshape(-1, 240),
+            ], self.weight, [
+                self._g_p__0,
+            ])
+            return _outputs[0].reshape(_lead + [144])
         _batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
         _outputs = _ops["cormorant_message"]([
             rt.rows(f, _batch, 144),

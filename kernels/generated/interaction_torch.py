@@ -347,6 +347,17 @@ class interaction(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _outputs = torch.ops.fusionc_e621507d4d36aa65.interaction([
+                h,
+                sh,
+                w,
+                src.to(torch.int64),
+                dst.to(torch.int64),
+            ], self.weight, [
+                self._g_agg__0,
+            ])
+            return _outputs[0]
         rt.graph_rows(self.weight, {"h": (h, 288, "node"), "sh": (sh, 16, "edge"), "w": (w, 416, "edge")}, {"src": (src, "edge", 'node'), "dst": (dst, "edge", 'node')})
         _outputs = _ops["interaction"]([
             h,

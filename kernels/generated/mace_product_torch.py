@@ -1128,6 +1128,18 @@ class mace_product(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = A.shape[:-1]
+            _outputs = torch.ops.fusionc_761cc507725732c9.mace_product([
+                A.expand(_lead + [1024]).reshape(-1, 1024),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_1_0_1, self.cg_1_1_0,
+                self.cg_1_1_2, self.cg_1_2_1, self.cg_2_1_1, self.cg_2_2_0,
+                self.cg_2_2_1, self.cg_2_2_2, self.cg_2_3_1, self.cg_2_3_2,
+                self.cg_3_3_0, self.cg_3_3_2,
+            ])
+            return _outputs[0].reshape(_lead + [256])
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
         _outputs = _ops["mace_product"]([
             rt.rows(A, _batch, 1024),
@@ -1159,6 +1171,16 @@ class mace_product_2(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = A.shape[:-1]
+            _outputs = torch.ops.fusionc_761cc507725732c9.mace_product_2([
+                A.expand(_lead + [1024]).reshape(-1, 1024),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_1_1_0, self.cg_1_2_1,
+                self.cg_2_2_0, self.cg_2_3_1, self.cg_3_3_0,
+            ])
+            return _outputs[0].reshape(_lead + [256])
         _batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
         _outputs = _ops["mace_product_2"]([
             rt.rows(A, _batch, 1024),
@@ -1190,6 +1212,17 @@ class mace_product_4(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = A.shape[:-1]
+            _outputs = torch.ops.fusionc_761cc507725732c9.mace_product_4([
+                A.expand(_lead + [288]).reshape(-1, 288),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_0_2_2, self.cg_1_1_0,
+                self.cg_1_1_1, self.cg_1_1_2, self.cg_1_2_1, self.cg_1_2_2,
+                self.cg_2_1_1, self.cg_2_1_2, self.cg_2_2_0, self.cg_2_2_2,
+            ])
+            return _outputs[0].reshape(_lead + [288])
         _batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})
         _outputs = _ops["mace_product_4"]([
             rt.rows(A, _batch, 288),

@@ -1843,6 +1843,18 @@ class product_0(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = h.shape[:-1]
+            _outputs = torch.ops.fusionc_54f630214acc3c91.product_0([
+                h.expand(_lead + [32]).reshape(-1, 32),
+                A.expand(_lead + [512]).reshape(-1, 512),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_0_2_2, self.cg_0_3_3,
+                self.cg_1_1_0, self.cg_1_2_1, self.cg_2_2_0, self.cg_2_3_1,
+                self.cg_3_3_0,
+            ])
+            return _outputs[0].reshape(_lead + [128])
         _batch = rt.batch_shape(self.weight, {"h": (h, 32), "A": (A, 512)}, {})
         _outputs = _ops["product_0"]([
             rt.rows(h, _batch, 32),
@@ -1876,6 +1888,18 @@ class product_1(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = h.shape[:-1]
+            _outputs = torch.ops.fusionc_54f630214acc3c91.product_1([
+                h.expand(_lead + [128]).reshape(-1, 128),
+                A.expand(_lead + [512]).reshape(-1, 512),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_0_2_2, self.cg_0_3_3,
+                self.cg_1_1_0, self.cg_1_2_1, self.cg_1_3_2, self.cg_2_2_0,
+                self.cg_3_3_0,
+            ])
+            return _outputs[0].reshape(_lead + [32])
         _batch = rt.batch_shape(self.weight, {"h": (h, 128), "A": (A, 512)}, {})
         _outputs = _ops["product_1"]([
             rt.rows(h, _batch, 128),

@@ -1980,6 +1980,18 @@ class product_0(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = A.shape[:-1]
+            _outputs = torch.ops.fusionc_494cf26d5f6a8817.product_0([
+                A.expand(_lead + [512]).reshape(-1, 512),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_1_0_1, self.cg_1_1_0,
+                self.cg_1_1_2, self.cg_1_2_1, self.cg_2_1_1, self.cg_2_2_0,
+                self.cg_2_2_1, self.cg_2_2_2, self.cg_2_3_1, self.cg_2_3_2,
+                self.cg_3_3_0, self.cg_3_3_2,
+            ])
+            return _outputs[0].reshape(_lead + [128])
         _batch = rt.batch_shape(self.weight, {"A": (A, 512)}, {})
         _outputs = _ops["product_0"]([
             rt.rows(A, _batch, 512),
@@ -2011,6 +2023,16 @@ class product_1(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = A.shape[:-1]
+            _outputs = torch.ops.fusionc_494cf26d5f6a8817.product_1([
+                A.expand(_lead + [512]).reshape(-1, 512),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_1_1_0, self.cg_1_2_1, self.cg_2_2_0,
+                self.cg_2_2_2, self.cg_2_3_1, self.cg_3_3_0, self.cg_3_3_2,
+            ])
+            return _outputs[0].reshape(_lead + [32])
         _batch = rt.batch_shape(self.weight, {"A": (A, 512)}, {})
         _outputs = _ops["product_1"]([
             rt.rows(A, _batch, 512),

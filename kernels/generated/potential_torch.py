@@ -617,6 +617,17 @@ class interaction_0(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _outputs = torch.ops.fusionc_73079e9d85fb7c16.interaction_0([
+                h,
+                sh,
+                w,
+                src.to(torch.int64),
+                dst.to(torch.int64),
+            ], self.weight, [
+                self._g_agg__0,
+            ])
+            return _outputs[0]
         rt.graph_rows(self.weight, {"h": (h, 32, "node"), "sh": (sh, 16, "edge"), "w": (w, 128, "edge")}, {"src": (src, "edge", 'node'), "dst": (dst, "edge", 'node')})
         _outputs = _ops["interaction_0"]([
             h,
@@ -681,6 +692,17 @@ class interaction_1(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _outputs = torch.ops.fusionc_73079e9d85fb7c16.interaction_1([
+                h,
+                sh,
+                w,
+                src.to(torch.int64),
+                dst.to(torch.int64),
+            ], self.weight, [
+                self._g_agg__0,
+            ])
+            return _outputs[0]
         rt.graph_rows(self.weight, {"h": (h, 128, "node"), "sh": (sh, 16, "edge"), "w": (w, 320, "edge")}, {"src": (src, "edge", 'node'), "dst": (dst, "edge", 'node')})
         _outputs = _ops["interaction_1"]([
             h,
@@ -713,6 +735,12 @@ class update_0(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, B: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = B.shape[:-1]
+            _outputs = torch.ops.fusionc_73079e9d85fb7c16.update_0([
+                B.expand(_lead + [128]).reshape(-1, 128),
+            ], self.weight, [])
+            return _outputs[0].reshape(_lead + [128])
         _batch = rt.batch_shape(self.weight, {"B": (B, 128)}, {})
         _outputs = _ops["update_0"]([
             rt.rows(B, _batch, 128),
@@ -743,6 +771,14 @@ class update_1(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, B: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = B.shape[:-1]
+            _outputs = torch.ops.fusionc_73079e9d85fb7c16.update_1([
+                B.expand(_lead + [32]).reshape(-1, 32),
+                h.expand(_lead + [128]).reshape(-1, 128),
+                z.expand(_lead).reshape(-1).to(torch.int64),
+            ], self.weight, [])
+            return _outputs[0].reshape(_lead + [32])
         _batch = rt.batch_shape(self.weight, {"B": (B, 32), "h": (h, 128)}, {})
         _outputs = _ops["update_1"]([
             rt.rows(B, _batch, 32),

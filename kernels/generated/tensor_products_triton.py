@@ -3898,6 +3898,15 @@ class fc_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = x.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.fc_tp([
+                x.expand(_lead + [288]).reshape(-1, 288),
+                y.expand(_lead + [16]).reshape(-1, 16),
+            ], self.weight, [
+                self._g_z__0,
+            ])
+            return _outputs[0].reshape(_lead + [288])
         _batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
         _outputs = _ops["fc_tp"]([
             rt.rows(x, _batch, 288),
@@ -4019,6 +4028,16 @@ class conv_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = h.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.conv_tp([
+                h.expand(_lead + [288]).reshape(-1, 288),
+                sh.expand(_lead + [16]).reshape(-1, 16),
+                w.expand(_lead + [768]).reshape(-1, 768),
+            ], self.weight, [
+                self._g_m__0,
+            ])
+            return _outputs[0].reshape(_lead + [992])
         _batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
         _outputs = _ops["conv_tp"]([
             rt.rows(h, _batch, 288),
@@ -4051,6 +4070,18 @@ class elementwise_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = a.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.elementwise_tp([
+                a.expand(_lead + [144]).reshape(-1, 144),
+                b.expand(_lead + [144]).reshape(-1, 144),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_0_2_2, self.cg_1_0_1,
+                self.cg_1_1_0, self.cg_1_1_1, self.cg_1_1_2, self.cg_1_2_1,
+                self.cg_2_0_2, self.cg_2_1_1, self.cg_2_2_0, self.cg_2_2_1,
+                self.cg_2_2_2,
+            ])
+            return _outputs[0].reshape(_lead + [192])
         _batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
         _outputs = _ops["elementwise_tp"]([
             rt.rows(a, _batch, 144),
@@ -4082,6 +4113,16 @@ class full_tp(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = a.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.full_tp([
+                a.expand(_lead + [16]).reshape(-1, 16),
+                b.expand(_lead + [32]).reshape(-1, 32),
+            ], self.weight, [
+                self.cg_0_0_0, self.cg_0_1_1, self.cg_1_0_1, self.cg_1_1_0,
+                self.cg_1_1_1,
+            ])
+            return _outputs[0].reshape(_lead + [224])
         _batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
         _outputs = _ops["full_tp"]([
             rt.rows(a, _batch, 16),
@@ -4111,6 +4152,12 @@ class linear(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = x.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.linear([
+                x.expand(_lead + [120]).reshape(-1, 120),
+            ], self.weight, [])
+            return _outputs[0].reshape(_lead + [144])
         _batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
         _outputs = _ops["linear"]([
             rt.rows(x, _batch, 120),
@@ -4148,6 +4195,15 @@ class tp_then_linear(rt.FusionModule):
         self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript
+            _lead = x.shape[:-1]
+            _outputs = torch.ops.fusionc_4abc569c269e2b0b.tp_then_linear([
+                x.expand(_lead + [32]).reshape(-1, 32),
+                y.expand(_lead + [4]).reshape(-1, 4),
+            ], self.weight, [
+                self._g_t__0,
+            ])
+            return _outputs[0].reshape(_lead + [32])
         _batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
         _outputs = _ops["tp_then_linear"]([
             rt.rows(x, _batch, 32),
