@@ -34,13 +34,19 @@ How it is built:
 3. The weights: per correlation, W_fusionc[e, t, c] = Σ_k W_mace[e, k, c] M[k, t], stored as a
    learnable (num_elements, numel_ν) matrix in fusionc's flat layout (per path, `weight_offset`
    and `weight_shape`); per row the weights are `y @ W_ν`.
-"""
 
-from __future__ import annotations
+A model with MACE's product swapped in (`accelerate`) leaves its process as mace-torch's does:
+`torch.save` (the generated module is stored as its source), `torch.export`, and `torch.jit.script`,
+MACE's LAMMPS path included. Its state dict carries the product weights twice: fusionc's
+(`weights.0`, …), which it loads, and MACE's layout (`contractions.<o>.weights_max`, …), the
+minimum-norm MACE weights of the same function, which mace-torch's `extract_model` loads into a
+plain MACE model that computes the same.
+"""
 
 import math
 import sys
 from dataclasses import dataclass
+from typing import List
 
 import torch
 
@@ -48,7 +54,7 @@ import fusionc
 from fusionc.algebra.characters import symmetric_multiplicity
 from fusionc.ir.irreps import Irrep, Irreps, MulIrrep
 
-__all__ = ["MaceSymmetricContraction", "from_symmetric_contraction"]
+__all__ = ["MaceSymmetricContraction", "accelerate", "from_symmetric_contraction", "symmetric_contraction"]
 
 #: Bound on the relative residual of the basis change when MACE's U matrices are float64.
 RESIDUAL_TOLERANCE = 1e-10
@@ -140,7 +146,7 @@ def _source(layout: _Layout, name: str) -> tuple[str, list[int], list[int]]:
     return "\n".join(lines) + "\n", terms, kept
 
 
-def _to_mul_ir(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+def _to_mul_ir(x: torch.Tensor, slices: List[List[int]]) -> torch.Tensor:
     """(n, channels, Σ(2l+1)) → (n, Σ channels·(2l+1)), block by block, channel-major."""
     n = x.shape[0]
     if len(slices) == 1:
@@ -179,17 +185,65 @@ def _power(x: torch.Tensor, nu: int) -> torch.Tensor:
     return out
 
 
+class _Call1(torch.nn.Module):
+    """Calls a generated module with A and one weights input: TorchScript cannot spread a list into
+    arguments, so there is one of these per count of weights inputs (`_CALLS`)."""
+
+    def __init__(self, fusion: torch.nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, a: torch.Tensor, w: List[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(a, w[0])
+
+
+class _Call2(_Call1):
+    def forward(self, a: torch.Tensor, w: List[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(a, w[0], w[1])
+
+
+class _Call3(_Call1):
+    def forward(self, a: torch.Tensor, w: List[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(a, w[0], w[1], w[2])
+
+
+class _Call4(_Call1):
+    def forward(self, a: torch.Tensor, w: List[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(a, w[0], w[1], w[2], w[3])
+
+
+class _CallAny(_Call1):
+    """More weights inputs than a `_Call<k>` takes: eager only."""
+
+    def forward(self, a: torch.Tensor, w: List[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(a, *w)
+
+
+_CALLS = {1: _Call1, 2: _Call2, 3: _Call3, 4: _Call4}
+
+
 class MaceSymmetricContraction(torch.nn.Module):
     """A fusionc drop-in for mace-torch's `SymmetricContraction` (see the module docstring).
 
-    `weights` holds one learnable (num_elements, numel_ν) matrix per correlation ν (keys "w1",
-    "w2", …, fusionc's weights inputs); `fusion` is the compiled fusionc module; `source` its
-    `.fus` text; `basis_change[(ν, o)]` the float64 (K, T) matrix M for output irrep o; and
-    `residuals[(ν, o)]` the relative residual of its least-squares fit.
+    `weights[i]` is the learnable (num_elements, numel_ν) matrix of correlation ν = `terms[i]`
+    (fusionc's weights input `w<ν>`); `fusion` is the compiled fusionc module; `source` its
+    `.fus` text; `basis_change[(ν, o)]` the float64 (K, T) matrix M for output irrep o (MACE's
+    weights W give fusionc's W·M on the trees at `tree_offsets[(ν, o)]`); and `residuals[(ν, o)]`
+    the relative residual of its least-squares fit. `contraction_degree` is the correlation, where
+    mace-torch's `extract_model` looks for it.
     """
 
+    # what TorchScript does not compile (Python objects: the layout, dicts keyed by tuples)
+    __jit_ignored_attributes__ = ["layout", "source", "basis_change", "residuals", "tree_offsets", "irreps_in",
+                                  "irreps_out"]
+    __jit_unused_properties__ = ["fusion", "contraction_degree"]
+    kept: List[int]  # the output irreps fusionc's diagram computes (the others are zero)
+    terms: List[int]
+    _in_slices: List[List[int]]
+    _out_slices: List[List[int]]
+
     def __init__(self, layout: _Layout, source: str, fusion: torch.nn.Module | None, kept: list[int],
-                 weights: dict[str, torch.Tensor], basis_change: dict, residuals: dict) -> None:
+                 weights: dict[str, torch.Tensor], basis_change: dict, residuals: dict, tree_offsets: dict) -> None:
         super().__init__()
         self.layout = layout
         self.irreps_in = " + ".join(f"{layout.channels}x{ir}" for ir in layout.irreps_in)
@@ -197,22 +251,35 @@ class MaceSymmetricContraction(torch.nn.Module):
         self.correlation = layout.correlation
         self.num_elements = layout.num_elements
         self.source = source
-        self.fusion = fusion
-        self.kept = tuple(kept)
-        self.weights = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in weights.items()})
+        self.call = None if fusion is None else _CALLS.get(len(weights), _CallAny)(fusion)
+        self.kept = list(kept)
+        self.terms = [int(name[1:]) for name in weights]
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(v) for v in weights.values()])
         self.basis_change = basis_change
         self.residuals = residuals
-        self._in_slices = layout.in_slices()
-        self._out_slices = layout.out_slices()
+        self.tree_offsets = tree_offsets
+        self._channels, self._dim_in = layout.channels, layout.dim_in
+        self._in_slices = [list(s) for s in layout.in_slices()]
+        self._out_slices = [list(s) for s in layout.out_slices()]
         self._dim_out = self._out_slices[-1][1] if self._out_slices else 0
+        self._register_state_dict_hook(_add_mace_weights)
+        self._register_load_state_dict_pre_hook(_take_weights, with_module=True)
+
+    @property
+    def fusion(self) -> torch.nn.Module | None:
+        return None if self.call is None else self.call.fusion
+
+    @property
+    def contraction_degree(self) -> int:
+        return self.correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        if self.fusion is None:
+        call = self.call
+        if call is None:
             return x.new_zeros(n, self._dim_out)
-        a = _to_mul_ir(x.reshape(n, self.layout.channels, self.layout.dim_in), self._in_slices)
-        rows = {name: y @ w for name, w in self.weights.items()}
-        b = self.fusion(A=a, **rows)
+        a = _to_mul_ir(x.reshape(n, self._channels, self._dim_in), self._in_slices)
+        b = call(a, [y @ w for w in self.weights])
         if len(self.kept) == len(self._out_slices):
             return b
         pieces, start = [], 0
@@ -223,6 +290,63 @@ class MaceSymmetricContraction(torch.nn.Module):
             else:
                 pieces.append(b.new_zeros(n, hi - lo))
         return torch.cat(pieces, dim=1)
+
+    def mace_weights(self) -> dict[tuple[int, int], torch.Tensor]:
+        """Per (ν, output irrep o), MACE's (num_elements, K, channels) weights of the function this
+        module computes: the minimum-norm W with W·M equal to fusionc's weights (zeros where MACE's
+        basis vanishes)."""
+        out = {}
+        c = self._channels
+        for (nu, o), m in self.basis_change.items():
+            offsets = self.tree_offsets.get((nu, o), [])
+            flat = self.weights[self.terms.index(nu)].detach() if offsets else None
+            if flat is None:
+                reference = next(iter(self.weights.values()), None)
+                dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+                out[(nu, o)] = torch.zeros(self.num_elements, m.shape[0], c, dtype=dtype)
+                continue
+            trees = torch.stack([flat[:, k:k + c] for k in offsets], dim=1).to(torch.float64)  # (E, T, C)
+            mace = torch.einsum("etc,tk->ekc", trees.cpu(), torch.linalg.pinv(m))
+            out[(nu, o)] = mace.to(device=flat.device, dtype=flat.dtype)
+        return out
+
+
+def _mace_key(nu: int, o: int, correlation: int) -> str:
+    """The state-dict key of MACE's weights of correlation ν onto output irrep o."""
+    return f"contractions.{o}.weights_max" if nu == correlation else f"contractions.{o}.weights.{correlation - 1 - nu}"
+
+
+def _add_mace_weights(module: MaceSymmetricContraction, state: dict, prefix: str, _metadata) -> None:
+    for (nu, o), w in module.mace_weights().items():
+        state[prefix + _mace_key(nu, o, module.correlation)] = w
+
+
+def _take_weights(module: MaceSymmetricContraction, state: dict, prefix: str, _metadata, _strict, _missing,
+                  _unexpected, _errors) -> None:
+    """Load fusionc's weights where the state has them; where it has MACE's only (a state dict of
+    mace-torch's SymmetricContraction), map those onto the trees. MACE's keys (its weights, U
+    matrices and masks) are then dropped."""
+    mace = {}
+    for nu, o in module.basis_change:
+        key = prefix + _mace_key(nu, o, module.correlation)
+        if key in state:
+            mace[(nu, o)] = state.pop(key)
+    for key in [k for k in state if k.startswith(prefix + "contractions.")]:
+        del state[key]  # the rest of a mace-torch state: U matrices, masks
+    c = module._channels
+    for i, (nu, current) in enumerate(zip(module.terms, module.weights)):
+        if f"{prefix}weights.{i}" in state:
+            continue
+        flat = torch.zeros_like(current, dtype=torch.float64, device="cpu")
+        for (mu, o), m in module.basis_change.items():
+            offsets = module.tree_offsets.get((mu, o), [])
+            if mu != nu or not offsets or (mu, o) not in mace:
+                continue
+            trees = torch.einsum("ekc,kt->etc", mace[(mu, o)].detach().cpu().to(torch.float64), m)
+            for j, k in enumerate(offsets):
+                flat[:, k:k + c] = trees[:, j, :]
+        if mace:
+            state[f"{prefix}weights.{i}"] = flat.to(current.dtype)
 
 
 def from_symmetric_contraction(sc, seed: int = 0, name: str = "mace_symmetric_contraction") -> MaceSymmetricContraction:
@@ -259,7 +383,7 @@ def from_symmetric_contraction(sc, seed: int = 0, name: str = "mace_symmetric_co
     out_slices = _slices(tuple(layout.irreps_out[o] for o in kept))
 
     weights: dict[str, torch.Tensor] = {}
-    basis_change, residuals = {}, {}
+    basis_change, residuals, tree_offsets = {}, {}, {}
     for nu in range(1, layout.correlation + 1):
         t = vertices.get(nu)
         values = None
@@ -307,6 +431,7 @@ def from_symmetric_contraction(sc, seed: int = 0, name: str = "mace_symmetric_co
             basis_change[(nu, o)] = m_t.T.contiguous()
             residuals[(nu, o)] = residual
             if cols:
+                tree_offsets[(nu, o)] = [t.paths[i].weight_offset for i in cols]
                 w_mace = _mace_weights(contraction)[nu].detach().to("cpu", torch.float64)  # (E, K, C)
                 w_trees = torch.einsum("ekc,kt->etc", w_mace, m_t.T)
                 for j, i in enumerate(cols):
@@ -318,4 +443,46 @@ def from_symmetric_contraction(sc, seed: int = 0, name: str = "mace_symmetric_co
     fusion = None
     if fusion64 is not None:
         fusion = type(fusion64)(dtype=dtype, device=device)
-    return MaceSymmetricContraction(layout, source, fusion, kept, weights, basis_change, residuals)
+    return MaceSymmetricContraction(layout, source, fusion, kept, weights, basis_change, residuals, tree_offsets)
+
+
+def symmetric_contraction(irreps_in, irreps_out, correlation: int, num_elements: int, *,
+                          dtype: torch.dtype | None = None, seed: int | None = None) -> MaceSymmetricContraction:
+    """A new product block with MACE's initialisation: mace-torch's `SymmetricContraction(irreps_in,
+    irreps_out, correlation, num_elements=num_elements)` built (U matrices in float64; weights drawn
+    as MACE draws them, from torch's generator seeded with `seed` where given) and imported. Needs
+    mace-torch; `irreps_in`/`irreps_out` are e3nn Irreps or their strings."""
+    from e3nn import o3
+    from mace.modules.symmetric_contraction import SymmetricContraction
+
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # MACE builds its U matrices in the default dtype
+    try:
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            sc = SymmetricContraction(o3.Irreps(str(irreps_in)), o3.Irreps(str(irreps_out)), correlation,
+                                      num_elements=num_elements)
+    finally:
+        torch.set_default_dtype(saved)
+    return from_symmetric_contraction(sc).to(dtype or saved)
+
+
+def accelerate(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap every mace-torch `SymmetricContraction` inside `model` for its fusionc module, in place,
+    with the same weights (`from_symmetric_contraction`); returns `model`. A ValueError if there is
+    none.
+
+    In place, because copying a mace-torch model is a trap: `copy.deepcopy` (and `torch.save` then
+    `torch.load`) of e3nn 0.4.4's code-generated modules (its `Linear`s and tensor products) gives
+    TorchScript modules back, not the fx code the model had. To keep the original, save its state
+    dict, or build a second model."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "SymmetricContraction" and hasattr(child, "contractions"):
+                setattr(parent, name, from_symmetric_contraction(child))
+                swapped += 1
+    if not swapped:
+        raise ValueError(f"{type(model).__name__} has no mace-torch SymmetricContraction to swap")
+    return model
