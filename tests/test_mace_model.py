@@ -236,3 +236,16 @@ def test_fresh_block_has_mace_initialisation_and_trains() -> None:
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "non-strict"])
+def test_block_exports(strict) -> None:
+    """`torch.export` of the swapped block, strict (dynamo traces fusionc's Python) or not: the
+    program computes what the block does."""
+    block = symmetric_contraction("8x0e + 8x1o + 8x2e + 8x3o", "8x0e + 8x1o", 3, num_elements=3,
+                                  dtype=torch.float64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 8, 16, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (5,), generator=g), 3).double()
+    program = torch.export.export(block, (x, y), strict=strict)
+    assert torch.equal(program.module()(x, y), block(x, y))

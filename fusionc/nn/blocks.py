@@ -56,18 +56,21 @@ class SphericalHarmonics(torch.nn.Module):
         if lmax < 1:
             raise ValueError(f"lmax must be at least 1, got {lmax}")
         self.lmax = lmax
-        self._tables = _harmonic_tables(lmax)
+        # the tables T_l, each as its ((2l - 1)·3, 2l + 1) matrix, in one buffer (TorchScript can slice
+        # a buffer by offsets, not look one up by name)
+        self._tables = np.concatenate([t.reshape(-1) for t in _harmonic_tables(lmax)])
+        self._offsets = [0]
+        for l in range(2, lmax + 1):
+            self._offsets.append(self._offsets[-1] + (2 * l - 1) * 3 * (2 * l + 1))
         self._register(torch.get_default_dtype(), None)
 
     def _register(self, dtype: torch.dtype, device: torch.device | None) -> None:
-        for l, table in enumerate(self._tables, start=2):
-            self.register_buffer(f"table_{l}", torch.tensor(table, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("tables", torch.tensor(self._tables, dtype=dtype, device=device), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # rebuilt from the float64 tables: a float32 round trip would lose the float64 values
         super()._apply(fn, recurse)
-        if self._tables:
-            self._register(self.table_2.dtype, self.table_2.device)
+        self._register(self.tables.dtype, self.tables.device)
         return self
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -78,8 +81,8 @@ class SphericalHarmonics(torch.nn.Module):
         for l in range(2, self.lmax + 1):
             # (Y_{l-1} ⊗ Y_1) · T as a product of matrices: einsum's backward, like sqrt's, breaks torch.export
             # of autograd.grad (see `length`)
-            table = getattr(self, f"table_{l}")
-            prev = (prev[..., :, None] * y1[..., None, :]).flatten(-2) @ table.flatten(0, 1)
+            table = self.tables[self._offsets[l - 2]:self._offsets[l - 1]].view((2 * l - 1) * 3, 2 * l + 1)
+            prev = (prev[..., :, None] * y1[..., None, :]).flatten(-2) @ table
             out.append(prev)
         return torch.cat(out, dim=-1)
 
@@ -115,11 +118,11 @@ class MLP(torch.nn.Module):
     def __init__(self, sizes: list[int]) -> None:
         super().__init__()
         self.weights = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes, sizes[1:]))
+        self.layers = len(sizes) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
             x = x @ w / math.sqrt(w.shape[0])
-            if i < last:
+            if i < self.layers - 1:
                 x = torch.nn.functional.silu(x) * 1.679177  # e3nn's normalize2mom constant for SiLU
         return x
