@@ -146,7 +146,7 @@ def _scripted_forward(w: CodeWriter, d: Diagram, forward: Program, namespace: st
         _op_call(w, f"torch.ops.{namespace}.{d.name}", inputs, constants)
         w(f"return {', '.join(f'_outputs[{k}]' for k in range(len(d.outputs)))}")
     else:
-        first = next(i for i in d.inputs if i.kind != "index")
+        first = next((i for i in d.inputs if i.kind == "irreps"), None) or next(i for i in d.inputs if i.kind != "index")
         w(f"_lead = {first.name}.shape[:-1]")
         inputs = []
         for i in d.inputs:
