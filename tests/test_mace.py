@@ -126,6 +126,27 @@ def test_import_zero_blocks_and_unnatural_outputs() -> None:
     compare(sc, fast, 2, 9, 2, dtype)
 
 
+@pytest.mark.parametrize("irreps_in,irreps_out,correlation,elements", [
+    *CONFIGS, pytest.param("4x0e+4x1o", "4x2e+4x1e+4x0e", 3, 2, id="zero-blocks")])
+def test_state_dicts_round_trip_in_both_layouts(irreps_in, irreps_out, correlation, elements) -> None:
+    """A fusionc module's state dict loads into another (its own weights), and so does a mace-torch
+    SymmetricContraction's (MACE's weights mapped onto the trees); both then compute what their
+    source computes. The MACE-layout weights a fusionc state dict carries load into mace-torch."""
+    dtype = torch.float64
+    sc, other = build(irreps_in, irreps_out, correlation, elements, dtype), build(irreps_in, irreps_out, correlation,
+                                                                               elements, dtype, seed=1)
+    fast = from_symmetric_contraction(sc)
+    channels, dim = sc.irreps_in[0].mul, sum(ir.dim for _, ir in sc.irreps_in)
+    twin = from_symmetric_contraction(other)
+    twin.load_state_dict(fast.state_dict())
+    compare(sc, twin, channels, dim, elements, dtype)
+    twin = from_symmetric_contraction(other)
+    twin.load_state_dict(sc.state_dict())
+    compare(sc, twin, channels, dim, elements, dtype)
+    other.load_state_dict(fast.state_dict(), strict=False)
+    compare(other, fast, channels, dim, elements, dtype)
+
+
 def test_differing_correlations_are_refused() -> None:
     sc = build("4x0e+4x1o", "4x0e+4x1o", 2, 2, torch.float64)
     sc.contractions[1] = build("4x0e+4x1o", "4x0e+4x1o", 3, 2, torch.float64).contractions[1]

@@ -294,17 +294,17 @@ class MaceSymmetricContraction(torch.nn.Module):
     def mace_weights(self) -> dict[tuple[int, int], torch.Tensor]:
         """Per (ν, output irrep o), MACE's (num_elements, K, channels) weights of the function this
         module computes: the minimum-norm W with W·M equal to fusionc's weights (zeros where MACE's
-        basis vanishes)."""
+        basis vanishes). Exact where MACE's basis spans fusionc's trees, which is every case but
+        unnatural-parity outputs at correlation 4, where MACE has no basis and fusionc has trees."""
         out = {}
         c = self._channels
         for (nu, o), m in self.basis_change.items():
             offsets = self.tree_offsets.get((nu, o), [])
-            flat = self.weights[self.terms.index(nu)].detach() if offsets else None
-            if flat is None:
-                reference = next(iter(self.weights.values()), None)
-                dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-                out[(nu, o)] = torch.zeros(self.num_elements, m.shape[0], c, dtype=dtype)
+            if not offsets:
+                like = self.weights[0] if len(self.weights) else torch.zeros(0)
+                out[(nu, o)] = like.new_zeros(self.num_elements, m.shape[0], c)
                 continue
+            flat = self.weights[self.terms.index(nu)].detach()
             trees = torch.stack([flat[:, k:k + c] for k in offsets], dim=1).to(torch.float64)  # (E, T, C)
             mace = torch.einsum("etc,tk->ekc", trees.cpu(), torch.linalg.pinv(m))
             out[(nu, o)] = mace.to(device=flat.device, dtype=flat.dtype)
