@@ -473,10 +473,11 @@ def accelerate(model: torch.nn.Module) -> torch.nn.Module:
     with the same weights (`from_symmetric_contraction`); returns `model`. A ValueError if there is
     none.
 
-    In place, because copying a mace-torch model is a trap: `copy.deepcopy` (and `torch.save` then
-    `torch.load`) of e3nn 0.4.4's code-generated modules (its `Linear`s and tensor products) gives
-    TorchScript modules back, not the fx code the model had. To keep the original, save its state
-    dict, or build a second model."""
+    In place, because copying a mace-torch model is a trap: e3nn 0.4.4 pickles its code-generated
+    modules (its `Linear`s and tensor products) as TorchScript, so `copy.deepcopy` (or `torch.save`
+    then `torch.load`) of a model built with fx code (`e3nn.set_optimization_defaults(
+    jit_script_fx=False)`, which `torch.export` needs) gives TorchScript modules back, which
+    `torch.export` cannot trace. To keep the original, save its state dict, or build a second model."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
