@@ -38,15 +38,21 @@ def test_every_standard_diagram_scripts_and_saves(name, tmp_path) -> None:
                 assert g.shape == e.shape and torch.equal(g, e), diagram.name
 
 
-def test_scripted_module_broadcasts_a_shared_weight_and_keeps_leading_shape() -> None:
+def test_scripted_module_broadcasts_as_eager() -> None:
     ops = fusionc.loads("diagram tp { in x : 4x0e + 2x1o  in y : 1x1o  in w : weights  out z : 3x1o\n"
                         "  z = fuse(x, y) mix uvw by w }")
     module = ops.tp(dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 5, 10, generator=g, dtype=torch.float64), torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
     w = torch.randn(module.input_weight_numel["w"], generator=g, dtype=torch.float64)
-    got = torch.jit.script(module)(x, y, w)
+    scripted = torch.jit.script(module)
+    got = scripted(x, y, w)
     assert got.shape == (2, 5, 9) and torch.equal(got, module(x, y, w))
+    # leading shapes broadcast as in eager mode, whichever input is the larger
+    x1, y1 = x[:1, :1], y[:1]
+    for args in ((x1, y, w), (x, y1, w)):
+        got = scripted(*args)
+        assert got.shape == (2, 5, 9) and torch.equal(got, module(*args))
 
 
 def _mace_product_4():

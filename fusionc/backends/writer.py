@@ -134,7 +134,8 @@ def emit_class(w: CodeWriter, d: Diagram, forward: Program, namespace: str) -> N
 def _scripted_forward(w: CodeWriter, d: Diagram, forward: Program, namespace: str) -> None:
     """What `torch.jit.script` compiles of the forward (it skips the rest: the eager path's checks
     are Python): the op by its qualified name, the constants by attribute, inputs of a diagram
-    without spaces broadcast to the first input's leading shape; unchecked beyond the op's own."""
+    without spaces broadcast as the eager path broadcasts them (to the feature inputs' leading
+    shapes); unchecked beyond the op's own and torch's."""
     weight_inputs = _weight_inputs(d)
     # in `FusionModule.constants()`'s order: the CG tables, then the matrices
     ordered = sorted(forward.constants, key=lambda c: not c.startswith("cg_"))
@@ -146,8 +147,10 @@ def _scripted_forward(w: CodeWriter, d: Diagram, forward: Program, namespace: st
         _op_call(w, f"torch.ops.{namespace}.{d.name}", inputs, constants)
         w(f"return {', '.join(f'_outputs[{k}]' for k in range(len(d.outputs)))}")
     else:
-        first = next((i for i in d.inputs if i.kind == "irreps"), None) or next(i for i in d.inputs if i.kind != "index")
-        w(f"_lead = {first.name}.shape[:-1]")
+        features = [i.name for i in d.inputs if i.kind == "irreps"] or [i.name for i in d.inputs if i.kind != "index"][:1]
+        w(f"_lead = {features[0]}.shape[:-1]")
+        for name in features[1:]:  # TorchScript's broadcast_shapes takes two
+            w(f"_lead = torch.broadcast_shapes(_lead, {name}.shape[:-1])")
         inputs = []
         for i in d.inputs:
             size = i.irreps.dim if i.kind == "irreps" else weight_inputs[i.name].weight_numel if i.kind == "weights" else None

@@ -1747,6 +1747,7 @@ class cormorant_message(rt.FusionModule):
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = f.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, sh.shape[:-1])
             _outputs = torch.ops.fusionc_47e340651a52e0ae.cormorant_message([
                 f.expand(_lead + [144]).reshape(-1, 144),
                 sh.expand(_lead + [9]).reshape(-1, 9),

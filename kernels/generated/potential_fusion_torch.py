@@ -665,6 +665,7 @@ class product_0(rt.FusionModule):
     def forward(self, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = h.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, A.shape[:-1])
             _outputs = torch.ops.fusionc_fbd215df29e0decd.product_0([
                 h.expand(_lead + [32]).reshape(-1, 32),
                 A.expand(_lead + [512]).reshape(-1, 512),
@@ -710,6 +711,7 @@ class product_1(rt.FusionModule):
     def forward(self, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = h.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, A.shape[:-1])
             _outputs = torch.ops.fusionc_fbd215df29e0decd.product_1([
                 h.expand(_lead + [128]).reshape(-1, 128),
                 A.expand(_lead + [512]).reshape(-1, 512),

@@ -773,6 +773,7 @@ class update_1(rt.FusionModule):
     def forward(self, B: torch.Tensor, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = B.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, h.shape[:-1])
             _outputs = torch.ops.fusionc_73079e9d85fb7c16.update_1([
                 B.expand(_lead + [32]).reshape(-1, 32),
                 h.expand(_lead + [128]).reshape(-1, 128),

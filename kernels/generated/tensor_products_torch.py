@@ -1316,6 +1316,7 @@ class fc_tp(rt.FusionModule):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = x.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, y.shape[:-1])
             _outputs = torch.ops.fusionc_344b8dd94178e198.fc_tp([
                 x.expand(_lead + [288]).reshape(-1, 288),
                 y.expand(_lead + [16]).reshape(-1, 16),
@@ -1446,6 +1447,7 @@ class conv_tp(rt.FusionModule):
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = h.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, sh.shape[:-1])
             _outputs = torch.ops.fusionc_344b8dd94178e198.conv_tp([
                 h.expand(_lead + [288]).reshape(-1, 288),
                 sh.expand(_lead + [16]).reshape(-1, 16),
@@ -1488,6 +1490,7 @@ class elementwise_tp(rt.FusionModule):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = a.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, b.shape[:-1])
             _outputs = torch.ops.fusionc_344b8dd94178e198.elementwise_tp([
                 a.expand(_lead + [144]).reshape(-1, 144),
                 b.expand(_lead + [144]).reshape(-1, 144),
@@ -1531,6 +1534,7 @@ class full_tp(rt.FusionModule):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = a.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, b.shape[:-1])
             _outputs = torch.ops.fusionc_344b8dd94178e198.full_tp([
                 a.expand(_lead + [16]).reshape(-1, 16),
                 b.expand(_lead + [32]).reshape(-1, 32),
@@ -1613,6 +1617,7 @@ class tp_then_linear(rt.FusionModule):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript
             _lead = x.shape[:-1]
+            _lead = torch.broadcast_shapes(_lead, y.shape[:-1])
             _outputs = torch.ops.fusionc_344b8dd94178e198.tp_then_linear([
                 x.expand(_lead + [32]).reshape(-1, 32),
                 y.expand(_lead + [4]).reshape(-1, 4),
