@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import relative_error, summary, time_alternating, write_readme  # noqa: E402
+from fusionc.nn.train import _default_dtype  # noqa: E402
 
 ELEMENTS = [1, 6, 8]
 MOLECULES = ("CH3CH2OH", "CH3COOH", "H2CCO", "CH3OCH3")
@@ -30,9 +31,7 @@ def build(channels: int, dtype: torch.dtype, seed: int = 0):
     from e3nn import o3
     from mace.modules import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock, ScaleShiftMACE
 
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # MACE builds its U matrices in the default dtype
-    try:
+    with _default_dtype(torch.float64):  # MACE builds its U matrices in the default dtype
         torch.manual_seed(seed)
         model = ScaleShiftMACE(
             atomic_inter_scale=1.0, atomic_inter_shift=0.0, r_max=5.0, num_bessel=8, num_polynomial_cutoff=6,
@@ -41,8 +40,6 @@ def build(channels: int, dtype: torch.dtype, seed: int = 0):
             hidden_irreps=o3.Irreps(f"{channels}x0e + {channels}x1o"), MLP_irreps=o3.Irreps("16x0e"),
             atomic_energies=np.zeros(len(ELEMENTS)), avg_num_neighbors=8.0, atomic_numbers=ELEMENTS,
             correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64])
-    finally:
-        torch.set_default_dtype(saved)
     return model.to(dtype)
 
 

@@ -21,17 +21,14 @@ pytest.importorskip("mace.modules", reason="mace-torch is not installed (pip ins
 
 import torch  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, default_dtype  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # benchmarks/: the model and batch the speed-up table uses
+from benchmarks.common import relative_error as relative  # noqa: E402
 from benchmarks.mace_model import batch, build, energy_and_forces  # noqa: E402
 from fusionc.compat.mace import MaceSymmetricContraction, accelerate, from_symmetric_contraction, symmetric_contraction  # noqa: E402
 
 CHANNELS = 8
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +180,14 @@ def test_extract_model_gives_mace_model_computing_the_same(models) -> None:
         for p in fast.products:
             for w in p.symmetric_contractions.weights:
                 w.mul_(1.5)  # the extracted model must follow fusionc's weights, not MACE's initial ones
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # extract_model builds the model in the default dtype
     try:
-        plain = extract_model(fast)
+        with default_dtype(torch.float64):  # extract_model builds the model in the default dtype
+            plain = extract_model(fast)
         assert all(type(p.symmetric_contractions) is SymmetricContraction for p in plain.products)
         (e_ref, f_ref), (e, f) = energy_and_forces(fast, inputs), energy_and_forces(plain, inputs)
         assert relative(e, e_ref) < 1e-12 and relative(f, f_ref) < 1e-10
         assert relative(e_ref, energy_and_forces(mace, inputs)[0]) > 1e-6
     finally:
-        torch.set_default_dtype(saved)
         with torch.no_grad():
             for p in fast.products:
                 for w in p.symmetric_contractions.weights:
@@ -212,14 +207,10 @@ def test_fresh_block_has_mace_initialisation_and_trains() -> None:
     irreps_in, irreps_out = "8x0e + 8x1o + 8x2e + 8x3o", "8x0e + 8x1o"
     block = symmetric_contraction(irreps_in, irreps_out, 3, num_elements=3, seed=7)
     assert block.contraction_degree == 3 and block.weights[0].dtype == torch.get_default_dtype()
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         torch.manual_seed(7)
         reference = from_symmetric_contraction(SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), 3,
                                                                     num_elements=3))
-    finally:
-        torch.set_default_dtype(saved)
     for mine, theirs in zip(block.weights, reference.weights):
         assert torch.equal(mine, theirs.to(mine.dtype))
 
